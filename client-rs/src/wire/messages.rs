@@ -1,0 +1,247 @@
+//! The two frame-body enums: [`Request`] (client to server) and [`Reply`] (server to client:
+//! answers, errors and the unsolicited deliveries, confirms and notices), each tied to the
+//! opcode table.
+
+use bytes::{Bytes, BytesMut};
+
+use super::ack::{Ack, Extend, Nack, Reject};
+use super::connection::{Blocked, Close, ErrorReply, Hello, Welcome};
+use super::consume::{
+    Cancel, CancelOk, Consume, ConsumeOk, ConsumerCancelled, Deliver, Get, GetOk, SetPrefetch,
+};
+use super::error::WireError;
+use super::exchange::{Bind, DeclareExchange, DeleteExchange, Unbind};
+use super::frame::{FrameBody, Opcode, Payload};
+use super::publish::{Confirm, Publish, PublishRejected};
+use super::queue::{
+    DeclareQueue, DeclareQueueOk, DeleteQueue, DeleteQueueOk, InspectQueue, InspectQueueOk,
+    PurgeQueue, PurgeQueueOk,
+};
+
+/// Defines a frame-body enum: variants with a payload type, then variants with an empty
+/// payload, each named after its opcode.
+macro_rules! frame_body {
+    (
+        $(#[doc = $doc:literal])*
+        $enum:ident {
+            payload { $( $(#[doc = $pdoc:literal])* $pvar:ident($pty:ty), )* }
+            empty { $( $(#[doc = $edoc:literal])* $evar:ident, )* }
+        }
+    ) => {
+        $(#[doc = $doc])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum $enum {
+            $( $(#[doc = $pdoc])* $pvar($pty), )*
+            $( $(#[doc = $edoc])* $evar, )*
+        }
+
+        impl FrameBody for $enum {
+            fn opcode(&self) -> Opcode {
+                match self {
+                    $( $enum::$pvar(_) => Opcode::$pvar, )*
+                    $( $enum::$evar => Opcode::$evar, )*
+                }
+            }
+
+            fn encode_payload(&self, buf: &mut BytesMut) -> Result<(), WireError> {
+                match self {
+                    $( $enum::$pvar(m) => m.encode(buf), )*
+                    $( $enum::$evar => Ok(()), )*
+                }
+            }
+
+            fn decode_payload(opcode: u16, payload: &Bytes) -> Result<Self, WireError> {
+                let Some(known) = Opcode::from_u16(opcode) else {
+                    return Err(WireError::UnknownOpcode { opcode });
+                };
+                match known {
+                    $( Opcode::$pvar => <$pty>::decode_exact(payload).map($enum::$pvar), )*
+                    $( Opcode::$evar => match payload.len() {
+                        0 => Ok($enum::$evar),
+                        count => Err(WireError::TrailingBytes { count }),
+                    }, )*
+                    #[allow(unreachable_patterns)]
+                    _ => Err(WireError::UnknownOpcode { opcode }),
+                }
+            }
+        }
+
+        $(
+            impl From<$pty> for $enum {
+                fn from(m: $pty) -> Self {
+                    $enum::$pvar(m)
+                }
+            }
+        )*
+    };
+}
+
+frame_body! {
+    /// Every frame a client sends.
+    Request {
+        payload {
+            /// Opens the handshake.
+            Hello(Hello),
+            /// Starts closing the connection.
+            Close(Close),
+            /// Declares a queue; answered by `DeclareQueueOk`.
+            DeclareQueue(DeclareQueue),
+            /// Deletes a queue; answered by `DeleteQueueOk`.
+            DeleteQueue(DeleteQueue),
+            /// Purges a queue; answered by `PurgeQueueOk`.
+            PurgeQueue(PurgeQueue),
+            /// Inspects a queue; answered by `InspectQueueOk`.
+            InspectQueue(InspectQueue),
+            /// Declares an exchange; answered by `DeclareExchangeOk`.
+            DeclareExchange(DeclareExchange),
+            /// Deletes an exchange; answered by `DeleteExchangeOk`.
+            DeleteExchange(DeleteExchange),
+            /// Binds a queue; answered by `BindOk`.
+            Bind(Bind),
+            /// Unbinds a queue; answered by `UnbindOk`.
+            Unbind(Unbind),
+            /// Publishes a batch; settled by `Confirm` (and `PublishRejected`).
+            Publish(Publish),
+            /// Starts a consumer; answered by `ConsumeOk`.
+            Consume(Consume),
+            /// Stops a consumer; answered by `CancelOk`.
+            Cancel(Cancel),
+            /// Changes a consumer's prefetch; no answer unless it fails.
+            SetPrefetch(SetPrefetch),
+            /// Pulls one message; answered by `GetOk`.
+            Get(Get),
+            /// Acknowledges; no answer unless it fails.
+            Ack(Ack),
+            /// Negatively acknowledges; no answer unless it fails.
+            Nack(Nack),
+            /// Rejects; no answer unless it fails.
+            Reject(Reject),
+            /// Extends a lease; no answer unless it fails.
+            Extend(Extend),
+        }
+        empty {
+            /// Keep-alive.
+            Heartbeat,
+            /// Answers a server's `Close`.
+            CloseOk,
+        }
+    }
+}
+
+frame_body! {
+    /// Every frame a server sends: answers to requests, `Error`, and unsolicited frames
+    /// (`Deliver`, `Confirm`, `PublishRejected`, `ConsumerCancelled`, `Blocked`, …).
+    Reply {
+        payload {
+            /// Accepts the handshake.
+            Welcome(Welcome),
+            /// Starts closing the connection.
+            Close(Close),
+            /// A request failed.
+            Error(ErrorReply),
+            /// Publishing is refused until `Unblocked`.
+            Blocked(Blocked),
+            /// Answers `DeclareQueue`.
+            DeclareQueueOk(DeclareQueueOk),
+            /// Answers `DeleteQueue`.
+            DeleteQueueOk(DeleteQueueOk),
+            /// Answers `PurgeQueue`.
+            PurgeQueueOk(PurgeQueueOk),
+            /// Answers `InspectQueue`.
+            InspectQueueOk(InspectQueueOk),
+            /// Settles every publish up to a sequence number.
+            Confirm(Confirm),
+            /// Refuses some published messages.
+            PublishRejected(PublishRejected),
+            /// Answers `Consume`.
+            ConsumeOk(ConsumeOk),
+            /// Answers `Cancel`.
+            CancelOk(CancelOk),
+            /// The server stopped a consumer.
+            ConsumerCancelled(ConsumerCancelled),
+            /// Deliveries for a consumer.
+            Deliver(Deliver),
+            /// Answers `Get`.
+            GetOk(GetOk),
+        }
+        empty {
+            /// Keep-alive.
+            Heartbeat,
+            /// Answers a client's `Close`.
+            CloseOk,
+            /// Publishing is accepted again.
+            Unblocked,
+            /// Answers `DeclareExchange`.
+            DeclareExchangeOk,
+            /// Answers `DeleteExchange`.
+            DeleteExchangeOk,
+            /// Answers `Bind`.
+            BindOk,
+            /// Answers `Unbind`.
+            UnbindOk,
+        }
+    }
+}
+
+impl Request {
+    /// Whether the server answers this request when it succeeds. Requests that are not
+    /// answered (`Publish`, `Ack`, `Nack`, `Reject`, `Extend`, `SetPrefetch`, `Heartbeat`,
+    /// `CloseOk`) may still get an `Error` naming them; a `Publish` is settled by `Confirm`.
+    pub fn expects_reply(&self) -> bool {
+        !matches!(
+            self,
+            Request::Publish(_)
+                | Request::Ack(_)
+                | Request::Nack(_)
+                | Request::Reject(_)
+                | Request::Extend(_)
+                | Request::SetPrefetch(_)
+                | Request::Heartbeat
+                | Request::CloseOk
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::frame::Direction;
+
+    /// Every opcode belongs to exactly the enums its direction says.
+    #[test]
+    fn opcode_directions_match_the_enums() {
+        for &op in Opcode::ALL {
+            let n = op as u16;
+            // An empty payload decodes for empty variants and fails with a field error
+            // (never UnknownOpcode) for payload variants of the right direction.
+            let known =
+                |r: Result<(), WireError>| !matches!(r, Err(WireError::UnknownOpcode { .. }));
+            let as_request = known(Request::decode_payload(n, &Bytes::new()).map(drop));
+            let as_reply = known(Reply::decode_payload(n, &Bytes::new()).map(drop));
+            let expected = match op.direction() {
+                Direction::ToServer => (true, false),
+                Direction::ToClient => (false, true),
+                Direction::Both => (true, true),
+            };
+            assert_eq!((as_request, as_reply), expected, "{op:?}");
+        }
+    }
+
+    #[test]
+    fn fire_and_forget_requests_expect_no_reply() {
+        assert!(Request::Get(Get { queue: "q".into() }).expects_reply());
+        assert!(!Request::Heartbeat.expects_reply());
+        assert!(!Request::Reject(Reject {
+            delivery_tag: crate::wire::DeliveryTag(1)
+        })
+        .expects_reply());
+    }
+
+    #[test]
+    fn empty_bodies_refuse_payload_bytes() {
+        assert_eq!(
+            Request::decode_payload(Opcode::Heartbeat as u16, &Bytes::from_static(b"x")),
+            Err(WireError::TrailingBytes { count: 1 })
+        );
+    }
+}

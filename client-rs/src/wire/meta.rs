@@ -1,0 +1,367 @@
+//! The meta block (protocol.md §8.1): a message's exchange, routing key and properties in one
+//! contiguous block, separate from its body.
+//!
+//! The broker validates a published meta block, stores its bytes as they are and sends them
+//! back unchanged in deliveries, so it never re-encodes them on the hot path. Routing reads
+//! the block through the borrowing [`MetaView`]; clients build and read it as a [`MessageMeta`].
+//!
+//! ```text
+//! flags u8 (0 mandatory, 1 persistent), exchange str, routing_key str,
+//! present u16 (bit i set = field i follows), then the present fields in bit order:
+//! 0 content_type str, 1 content_encoding str, 2 message_id str, 3 correlation_id str,
+//! 4 reply_to str, 5 expiration_ms u64, 6 timestamp_ms u64, 7 headers (at least one entry)
+//! ```
+
+use bytes::{Bytes, BytesMut};
+
+use super::error::WireError;
+use super::frame::Payload;
+use super::header::{headers_len, put_headers, read_headers, skip_headers, Headers};
+use super::primitives::{self as p, Reader};
+
+const MANDATORY: u8 = 1 << 0;
+const PERSISTENT: u8 = 1 << 1;
+
+const CONTENT_TYPE: u16 = 1 << 0;
+const CONTENT_ENCODING: u16 = 1 << 1;
+const MESSAGE_ID: u16 = 1 << 2;
+const CORRELATION_ID: u16 = 1 << 3;
+const REPLY_TO: u16 = 1 << 4;
+const EXPIRATION: u16 = 1 << 5;
+const TIMESTAMP: u16 = 1 << 6;
+const HEADERS: u16 = 1 << 7;
+const ALL_PROPERTIES: u16 = 0x00ff;
+
+/// Message properties: what the broker and the consumer know about a body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Properties {
+    /// Stored durably (in a durable queue) and confirmed only once synced to disk.
+    pub persistent: bool,
+    /// MIME type of the body, e.g. `application/json`.
+    pub content_type: Option<String>,
+    /// Encoding of the body, e.g. `gzip`.
+    pub content_encoding: Option<String>,
+    /// Application message id (not interpreted by the broker).
+    pub message_id: Option<String>,
+    /// Id of the request this message answers.
+    pub correlation_id: Option<String>,
+    /// Queue a reply should be sent to.
+    pub reply_to: Option<String>,
+    /// Per-message TTL in milliseconds, counted from when the queue accepted the message.
+    pub expiration_ms: Option<u64>,
+    /// Application timestamp, milliseconds since the Unix epoch.
+    pub timestamp_ms: Option<u64>,
+    /// Application headers (matched by headers exchanges). Empty = none.
+    pub headers: Headers,
+}
+
+/// A message's meta block, owned: where it is published and its properties.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageMeta {
+    /// Exchange to publish to; empty = the default exchange (routes to the queue named by
+    /// the routing key).
+    pub exchange: String,
+    /// Routing key.
+    pub routing_key: String,
+    /// Refuse the message with `UNROUTABLE` if it matches no queue.
+    pub mandatory: bool,
+    /// Properties.
+    pub properties: Properties,
+}
+
+impl MessageMeta {
+    /// The meta block for `exchange` and `routing_key` with default properties.
+    pub fn new(exchange: impl Into<String>, routing_key: impl Into<String>) -> Self {
+        MessageMeta {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Encoded length of the block.
+    pub fn encoded_len(&self) -> usize {
+        let props = &self.properties;
+        let strs = [
+            &props.content_type,
+            &props.content_encoding,
+            &props.message_id,
+            &props.correlation_id,
+            &props.reply_to,
+        ];
+        1 + p::str_len(&self.exchange)
+            + p::str_len(&self.routing_key)
+            + 2
+            + strs
+                .iter()
+                .map(|s| s.as_deref().map_or(0, p::str_len))
+                .sum::<usize>()
+            + props.expiration_ms.map_or(0, |_| 8)
+            + props.timestamp_ms.map_or(0, |_| 8)
+            + if props.headers.is_empty() {
+                0
+            } else {
+                headers_len(&props.headers)
+            }
+    }
+
+    /// The encoded block, ready to go into a `PublishMessage`.
+    pub fn to_bytes(&self) -> Result<Bytes, WireError> {
+        let mut buf = BytesMut::with_capacity(self.encoded_len());
+        self.encode(&mut buf)?;
+        Ok(buf.freeze())
+    }
+
+    /// Decodes a whole meta block.
+    pub fn from_slice(meta: &[u8]) -> Result<Self, WireError> {
+        MetaView::parse(meta)?.to_meta()
+    }
+}
+
+impl Payload for MessageMeta {
+    fn encode(&self, buf: &mut BytesMut) -> Result<(), WireError> {
+        let props = &self.properties;
+        let mut flags = 0;
+        if self.mandatory {
+            flags |= MANDATORY;
+        }
+        if props.persistent {
+            flags |= PERSISTENT;
+        }
+        p::put_u8(buf, flags);
+        p::put_str(buf, "exchange name", &self.exchange)?;
+        p::put_str(buf, "routing key", &self.routing_key)?;
+        let strs = [
+            (CONTENT_TYPE, "content_type", &props.content_type),
+            (
+                CONTENT_ENCODING,
+                "content_encoding",
+                &props.content_encoding,
+            ),
+            (MESSAGE_ID, "message_id", &props.message_id),
+            (CORRELATION_ID, "correlation_id", &props.correlation_id),
+            (REPLY_TO, "reply_to", &props.reply_to),
+        ];
+        let mut present = 0;
+        for (bit, _, value) in &strs {
+            if value.is_some() {
+                present |= bit;
+            }
+        }
+        for (bit, value) in [
+            (EXPIRATION, props.expiration_ms.is_some()),
+            (TIMESTAMP, props.timestamp_ms.is_some()),
+            (HEADERS, !props.headers.is_empty()),
+        ] {
+            if value {
+                present |= bit;
+            }
+        }
+        p::put_u16(buf, present);
+        for (_, what, value) in strs {
+            if let Some(value) = value {
+                p::put_str(buf, what, value)?;
+            }
+        }
+        if let Some(v) = props.expiration_ms {
+            p::put_u64(buf, v);
+        }
+        if let Some(v) = props.timestamp_ms {
+            p::put_u64(buf, v);
+        }
+        if !props.headers.is_empty() {
+            put_headers(buf, &props.headers)?;
+        }
+        Ok(())
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        MetaView::read(r)?.to_meta()
+    }
+}
+
+/// A validated meta block, borrowed: what the broker reads to route a message without
+/// allocating. Every field was checked by [`MetaView::parse`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetaView<'a> {
+    /// Exchange the message was published to.
+    pub exchange: &'a str,
+    /// Routing key.
+    pub routing_key: &'a str,
+    /// Refuse the message with `UNROUTABLE` if it matches no queue.
+    pub mandatory: bool,
+    /// Stored durably and confirmed only once synced.
+    pub persistent: bool,
+    /// See [`Properties::content_type`].
+    pub content_type: Option<&'a str>,
+    /// See [`Properties::content_encoding`].
+    pub content_encoding: Option<&'a str>,
+    /// See [`Properties::message_id`].
+    pub message_id: Option<&'a str>,
+    /// See [`Properties::correlation_id`].
+    pub correlation_id: Option<&'a str>,
+    /// See [`Properties::reply_to`].
+    pub reply_to: Option<&'a str>,
+    /// See [`Properties::expiration_ms`].
+    pub expiration_ms: Option<u64>,
+    /// See [`Properties::timestamp_ms`].
+    pub timestamp_ms: Option<u64>,
+    /// The encoded header table (validated), or empty when the message has no headers.
+    pub raw_headers: &'a [u8],
+}
+
+impl<'a> MetaView<'a> {
+    /// Validates a whole meta block and borrows its fields.
+    pub fn parse(meta: &'a [u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new(meta);
+        let view = MetaView::read(&mut r)?;
+        r.finish()?;
+        Ok(view)
+    }
+
+    fn read(r: &mut Reader<'a>) -> Result<Self, WireError> {
+        let flags = r.flags_u8("meta flags", MANDATORY | PERSISTENT)?;
+        let exchange = r.str()?;
+        let routing_key = r.str()?;
+        let present = r.flags_u16("meta properties", ALL_PROPERTIES)?;
+        let mut opt_str = |bit: u16| (present & bit != 0).then(|| r.str()).transpose();
+        let content_type = opt_str(CONTENT_TYPE)?;
+        let content_encoding = opt_str(CONTENT_ENCODING)?;
+        let message_id = opt_str(MESSAGE_ID)?;
+        let correlation_id = opt_str(CORRELATION_ID)?;
+        let reply_to = opt_str(REPLY_TO)?;
+        let expiration_ms = (present & EXPIRATION != 0).then(|| r.u64()).transpose()?;
+        let timestamp_ms = (present & TIMESTAMP != 0).then(|| r.u64()).transpose()?;
+        let raw_headers = if present & HEADERS != 0 {
+            let raw = skip_headers(r)?;
+            if raw.starts_with(&[0, 0]) {
+                // An empty table is encoded by leaving the bit clear, so encoding stays unique.
+                return Err(WireError::InvalidValue {
+                    what: "meta header count",
+                    value: 0,
+                });
+            }
+            raw
+        } else {
+            &[]
+        };
+        Ok(MetaView {
+            exchange,
+            routing_key,
+            mandatory: flags & MANDATORY != 0,
+            persistent: flags & PERSISTENT != 0,
+            content_type,
+            content_encoding,
+            message_id,
+            correlation_id,
+            reply_to,
+            expiration_ms,
+            timestamp_ms,
+            raw_headers,
+        })
+    }
+
+    /// Decodes the headers (empty when there are none).
+    pub fn headers(&self) -> Result<Headers, WireError> {
+        if self.raw_headers.is_empty() {
+            return Ok(Vec::new());
+        }
+        read_headers(&mut Reader::new(self.raw_headers))
+    }
+
+    /// Copies the block into an owned [`MessageMeta`].
+    pub fn to_meta(&self) -> Result<MessageMeta, WireError> {
+        let owned = |s: Option<&str>| s.map(str::to_owned);
+        Ok(MessageMeta {
+            exchange: self.exchange.to_owned(),
+            routing_key: self.routing_key.to_owned(),
+            mandatory: self.mandatory,
+            properties: Properties {
+                persistent: self.persistent,
+                content_type: owned(self.content_type),
+                content_encoding: owned(self.content_encoding),
+                message_id: owned(self.message_id),
+                correlation_id: owned(self.correlation_id),
+                reply_to: owned(self.reply_to),
+                expiration_ms: self.expiration_ms,
+                timestamp_ms: self.timestamp_ms,
+                headers: self.headers()?,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::testing::{check_payload, hex};
+    use crate::wire::HeaderValue;
+
+    pub(crate) fn full_meta() -> MessageMeta {
+        MessageMeta {
+            exchange: "orders".into(),
+            routing_key: "eu.new".into(),
+            mandatory: true,
+            properties: Properties {
+                persistent: true,
+                content_type: Some("application/json".into()),
+                content_encoding: Some("gzip".into()),
+                message_id: Some("m-1".into()),
+                correlation_id: Some("c-1".into()),
+                reply_to: Some("replies".into()),
+                expiration_ms: Some(60_000),
+                timestamp_ms: Some(1_700_000_000_000),
+                headers: vec![("tenant".into(), HeaderValue::Int(42))],
+            },
+        }
+    }
+
+    #[test]
+    fn minimal_meta() {
+        let meta = MessageMeta::new("", "tasks");
+        let bytes = hex("00  00 00  05 00 74 61 73 6b 73  00 00");
+        check_payload(&meta, &bytes);
+        assert_eq!(meta.encoded_len(), bytes.len());
+    }
+
+    #[test]
+    fn full_meta_round_trips_through_view() {
+        let meta = full_meta();
+        let bytes = meta.to_bytes().unwrap();
+        assert_eq!(meta.encoded_len(), bytes.len());
+        let view = MetaView::parse(&bytes).unwrap();
+        assert_eq!(view.exchange, "orders");
+        assert_eq!(view.routing_key, "eu.new");
+        assert!(view.mandatory && view.persistent);
+        assert_eq!(view.expiration_ms, Some(60_000));
+        assert_eq!(view.headers().unwrap(), meta.properties.headers);
+        assert_eq!(MessageMeta::from_slice(&bytes).unwrap(), meta);
+        check_payload(&meta, &bytes);
+        for i in 0..bytes.len() {
+            assert!(MetaView::parse(&bytes[..i]).is_err(), "prefix {i}");
+        }
+    }
+
+    #[test]
+    fn persistent_json_meta_exact_bytes() {
+        let mut meta = MessageMeta::new("", "tasks");
+        meta.properties.persistent = true;
+        meta.properties.content_type = Some("text/plain".into());
+        check_payload(
+            &meta,
+            &hex("02  00 00  05 00 74 61 73 6b 73  01 00  0a 00 74 65 78 74 2f 70 6c 61 69 6e"),
+        );
+    }
+
+    #[test]
+    fn non_canonical_blocks_are_rejected() {
+        // headers bit set with an empty table
+        assert!(MetaView::parse(&hex("00 00 00 00 00 80 00 00 00")).is_err());
+        // undefined property bit 8
+        assert!(MetaView::parse(&hex("00 00 00 00 00 00 01")).is_err());
+        // undefined flag bit 2
+        assert!(MetaView::parse(&hex("04 00 00 00 00 00 00")).is_err());
+        // trailing byte
+        assert!(MetaView::parse(&hex("00 00 00 00 00 00 00 ff")).is_err());
+    }
+}

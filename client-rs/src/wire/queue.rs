@@ -1,0 +1,533 @@
+//! Queue management (protocol.md §6): declare, delete, purge and inspect.
+
+use bytes::BytesMut;
+
+use super::error::WireError;
+use super::frame::Payload;
+use super::primitives::{self as p, Reader};
+
+/// What a queue at its length limit does with a new message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Overflow {
+    /// Drop (or dead-letter) the oldest ready message to make room.
+    DropHead = 0,
+    /// Refuse the new message: the publisher gets `QUEUE_FULL`.
+    RejectPublish = 1,
+}
+
+impl Overflow {
+    fn from_u8(v: u8) -> Result<Self, WireError> {
+        match v {
+            0 => Ok(Overflow::DropHead),
+            1 => Ok(Overflow::RejectPublish),
+            other => Err(WireError::InvalidValue {
+                what: "overflow",
+                value: u64::from(other),
+            }),
+        }
+    }
+}
+
+/// Optional queue settings. `None` = the server's default (usually: no limit).
+///
+/// ```text
+/// present u16 (bit i set = field i follows), then the present fields in bit order:
+/// 0 max_length u64, 1 max_length_bytes u64, 2 overflow u8, 3 message_ttl_ms u64,
+/// 4 dead_letter_exchange str, 5 dead_letter_routing_key str, 6 ack_timeout_ms u64,
+/// 7 delivery_limit u32, 8 expires_ms u64
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueArguments {
+    /// Most ready messages the queue holds.
+    pub max_length: Option<u64>,
+    /// Most bytes (meta plus body) of ready messages the queue holds.
+    pub max_length_bytes: Option<u64>,
+    /// What happens at a length limit (default [`Overflow::DropHead`]).
+    pub overflow: Option<Overflow>,
+    /// Messages older than this are dead-lettered (or dropped).
+    pub message_ttl_ms: Option<u64>,
+    /// Exchange that receives dead-lettered messages.
+    pub dead_letter_exchange: Option<String>,
+    /// Routing key for dead-lettered messages (default: the message's own).
+    pub dead_letter_routing_key: Option<String>,
+    /// Ack deadline for deliveries from this queue (default 30 minutes).
+    pub ack_timeout_ms: Option<u64>,
+    /// Deliveries after which a message is dead-lettered instead of redelivered.
+    pub delivery_limit: Option<u32>,
+    /// The queue is deleted after being unused (no consumers, no `Get`) this long.
+    pub expires_ms: Option<u64>,
+}
+
+const ARG_BITS: u16 = 0x01ff;
+
+impl Payload for QueueArguments {
+    fn encode(&self, buf: &mut BytesMut) -> Result<(), WireError> {
+        let present = [
+            self.max_length.is_some(),
+            self.max_length_bytes.is_some(),
+            self.overflow.is_some(),
+            self.message_ttl_ms.is_some(),
+            self.dead_letter_exchange.is_some(),
+            self.dead_letter_routing_key.is_some(),
+            self.ack_timeout_ms.is_some(),
+            self.delivery_limit.is_some(),
+            self.expires_ms.is_some(),
+        ]
+        .iter()
+        .enumerate()
+        .fold(0u16, |bits, (i, &set)| bits | (u16::from(set) << i));
+        p::put_u16(buf, present);
+        if let Some(v) = self.max_length {
+            p::put_u64(buf, v);
+        }
+        if let Some(v) = self.max_length_bytes {
+            p::put_u64(buf, v);
+        }
+        if let Some(v) = self.overflow {
+            p::put_u8(buf, v as u8);
+        }
+        if let Some(v) = self.message_ttl_ms {
+            p::put_u64(buf, v);
+        }
+        if let Some(v) = &self.dead_letter_exchange {
+            p::put_str(buf, "dead_letter_exchange", v)?;
+        }
+        if let Some(v) = &self.dead_letter_routing_key {
+            p::put_str(buf, "dead_letter_routing_key", v)?;
+        }
+        if let Some(v) = self.ack_timeout_ms {
+            p::put_u64(buf, v);
+        }
+        if let Some(v) = self.delivery_limit {
+            p::put_u32(buf, v);
+        }
+        if let Some(v) = self.expires_ms {
+            p::put_u64(buf, v);
+        }
+        Ok(())
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        let present = r.flags_u16("queue arguments", ARG_BITS)?;
+        let has = |bit: u16| present & (1 << bit) != 0;
+        Ok(QueueArguments {
+            max_length: has(0).then(|| r.u64()).transpose()?,
+            max_length_bytes: has(1).then(|| r.u64()).transpose()?,
+            overflow: has(2)
+                .then(|| r.u8().and_then(Overflow::from_u8))
+                .transpose()?,
+            message_ttl_ms: has(3).then(|| r.u64()).transpose()?,
+            dead_letter_exchange: has(4).then(|| r.string()).transpose()?,
+            dead_letter_routing_key: has(5).then(|| r.string()).transpose()?,
+            ack_timeout_ms: has(6).then(|| r.u64()).transpose()?,
+            delivery_limit: has(7).then(|| r.u32()).transpose()?,
+            expires_ms: has(8).then(|| r.u64()).transpose()?,
+        })
+    }
+}
+
+const DURABLE: u8 = 1 << 0;
+const EXCLUSIVE: u8 = 1 << 1;
+const AUTO_DELETE: u8 = 1 << 2;
+const PASSIVE: u8 = 1 << 3;
+
+fn bit(set: bool, bit: u8) -> u8 {
+    if set {
+        bit
+    } else {
+        0
+    }
+}
+
+/// Creates a queue, or checks that an existing one matches.
+///
+/// ```text
+/// name str, flags u8 (0 durable, 1 exclusive, 2 auto_delete, 3 passive), arguments
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeclareQueue {
+    /// Queue name; empty = let the server generate one.
+    pub name: String,
+    /// Survives a broker restart (its persistent messages too).
+    pub durable: bool,
+    /// Used only by this connection and deleted when it closes.
+    pub exclusive: bool,
+    /// Deleted when its last consumer is cancelled.
+    pub auto_delete: bool,
+    /// Only check that the queue exists; never create it.
+    pub passive: bool,
+    /// Optional settings.
+    pub arguments: QueueArguments,
+}
+
+impl Payload for DeclareQueue {
+    fn encode(&self, buf: &mut BytesMut) -> Result<(), WireError> {
+        p::put_str(buf, "queue name", &self.name)?;
+        p::put_u8(
+            buf,
+            bit(self.durable, DURABLE)
+                | bit(self.exclusive, EXCLUSIVE)
+                | bit(self.auto_delete, AUTO_DELETE)
+                | bit(self.passive, PASSIVE),
+        );
+        self.arguments.encode(buf)
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        let name = r.string()?;
+        let flags = r.flags_u8(
+            "declare queue flags",
+            DURABLE | EXCLUSIVE | AUTO_DELETE | PASSIVE,
+        )?;
+        Ok(DeclareQueue {
+            name,
+            durable: flags & DURABLE != 0,
+            exclusive: flags & EXCLUSIVE != 0,
+            auto_delete: flags & AUTO_DELETE != 0,
+            passive: flags & PASSIVE != 0,
+            arguments: QueueArguments::decode(r)?,
+        })
+    }
+}
+
+/// Answers `DeclareQueue`.
+///
+/// ```text
+/// name str, ready u64, consumers u32
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclareQueueOk {
+    /// The queue's name (the generated one if the request's was empty).
+    pub name: String,
+    /// Messages ready for delivery.
+    pub ready: u64,
+    /// Active consumers.
+    pub consumers: u32,
+}
+
+impl Payload for DeclareQueueOk {
+    fn encode(&self, buf: &mut BytesMut) -> Result<(), WireError> {
+        p::put_str(buf, "queue name", &self.name)?;
+        p::put_u64(buf, self.ready);
+        p::put_u32(buf, self.consumers);
+        Ok(())
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        Ok(DeclareQueueOk {
+            name: r.string()?,
+            ready: r.u64()?,
+            consumers: r.u32()?,
+        })
+    }
+}
+
+const IF_UNUSED: u8 = 1 << 0;
+const IF_EMPTY: u8 = 1 << 1;
+
+/// Deletes a queue and its messages.
+///
+/// ```text
+/// name str, flags u8 (0 if_unused, 1 if_empty)
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeleteQueue {
+    /// Queue name.
+    pub name: String,
+    /// Fail with `PRECONDITION_FAILED` if the queue has consumers.
+    pub if_unused: bool,
+    /// Fail with `PRECONDITION_FAILED` if the queue holds messages.
+    pub if_empty: bool,
+}
+
+impl Payload for DeleteQueue {
+    fn encode(&self, buf: &mut BytesMut) -> Result<(), WireError> {
+        p::put_str(buf, "queue name", &self.name)?;
+        p::put_u8(
+            buf,
+            bit(self.if_unused, IF_UNUSED) | bit(self.if_empty, IF_EMPTY),
+        );
+        Ok(())
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        let name = r.string()?;
+        let flags = r.flags_u8("delete queue flags", IF_UNUSED | IF_EMPTY)?;
+        Ok(DeleteQueue {
+            name,
+            if_unused: flags & IF_UNUSED != 0,
+            if_empty: flags & IF_EMPTY != 0,
+        })
+    }
+}
+
+/// Defines a payload that is a single `messages: u64` count.
+macro_rules! message_count {
+    ($(#[doc = $doc:literal])* $name:ident) => {
+        $(#[doc = $doc])*
+        ///
+        /// ```text
+        /// messages u64
+        /// ```
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub struct $name {
+            /// Messages removed.
+            pub messages: u64,
+        }
+
+        impl Payload for $name {
+            fn encode(&self, buf: &mut BytesMut) -> Result<(), WireError> {
+                p::put_u64(buf, self.messages);
+                Ok(())
+            }
+
+            fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
+                Ok($name { messages: r.u64()? })
+            }
+        }
+    };
+}
+
+message_count! {
+    /// Answers `DeleteQueue`: ready and unacked messages deleted with the queue.
+    DeleteQueueOk
+}
+
+message_count! {
+    /// Answers `PurgeQueue`: ready messages removed (unacked ones are kept).
+    PurgeQueueOk
+}
+
+/// Defines a request whose payload is one queue name.
+macro_rules! queue_name_request {
+    ($(#[doc = $doc:literal])* $name:ident) => {
+        $(#[doc = $doc])*
+        ///
+        /// ```text
+        /// name str
+        /// ```
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        pub struct $name {
+            /// Queue name.
+            pub name: String,
+        }
+
+        impl Payload for $name {
+            fn encode(&self, buf: &mut BytesMut) -> Result<(), WireError> {
+                p::put_str(buf, "queue name", &self.name)
+            }
+
+            fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
+                Ok($name { name: r.string()? })
+            }
+        }
+    };
+}
+
+queue_name_request! {
+    /// Removes a queue's ready messages (unacked ones stay).
+    PurgeQueue
+}
+
+queue_name_request! {
+    /// Reads a queue's settings and counters.
+    InspectQueue
+}
+
+/// Answers `InspectQueue`.
+///
+/// ```text
+/// name str, flags u8 (0 durable, 1 exclusive, 2 auto_delete), ready u64, unacked u64,
+/// consumers u32, bytes u64, arguments
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InspectQueueOk {
+    /// Queue name.
+    pub name: String,
+    /// As declared.
+    pub durable: bool,
+    /// As declared.
+    pub exclusive: bool,
+    /// As declared.
+    pub auto_delete: bool,
+    /// Messages ready for delivery.
+    pub ready: u64,
+    /// Messages delivered and not yet settled.
+    pub unacked: u64,
+    /// Active consumers.
+    pub consumers: u32,
+    /// Bytes (meta plus body) of ready and unacked messages.
+    pub bytes: u64,
+    /// As declared.
+    pub arguments: QueueArguments,
+}
+
+impl Payload for InspectQueueOk {
+    fn encode(&self, buf: &mut BytesMut) -> Result<(), WireError> {
+        p::put_str(buf, "queue name", &self.name)?;
+        p::put_u8(
+            buf,
+            bit(self.durable, DURABLE)
+                | bit(self.exclusive, EXCLUSIVE)
+                | bit(self.auto_delete, AUTO_DELETE),
+        );
+        p::put_u64(buf, self.ready);
+        p::put_u64(buf, self.unacked);
+        p::put_u32(buf, self.consumers);
+        p::put_u64(buf, self.bytes);
+        self.arguments.encode(buf)
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        let name = r.string()?;
+        let flags = r.flags_u8("queue flags", DURABLE | EXCLUSIVE | AUTO_DELETE)?;
+        Ok(InspectQueueOk {
+            name,
+            durable: flags & DURABLE != 0,
+            exclusive: flags & EXCLUSIVE != 0,
+            auto_delete: flags & AUTO_DELETE != 0,
+            ready: r.u64()?,
+            unacked: r.u64()?,
+            consumers: r.u32()?,
+            bytes: r.u64()?,
+            arguments: QueueArguments::decode(r)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::testing::{check_payload, hex};
+
+    fn full_arguments() -> QueueArguments {
+        QueueArguments {
+            max_length: Some(1000),
+            max_length_bytes: Some(1 << 20),
+            overflow: Some(Overflow::RejectPublish),
+            message_ttl_ms: Some(60_000),
+            dead_letter_exchange: Some("dlx".into()),
+            dead_letter_routing_key: Some("dead".into()),
+            ack_timeout_ms: Some(1_800_000),
+            delivery_limit: Some(5),
+            expires_ms: Some(3_600_000),
+        }
+    }
+
+    #[test]
+    fn declare_queue() {
+        check_payload(
+            &DeclareQueue {
+                name: "tasks".into(),
+                durable: true,
+                arguments: QueueArguments {
+                    max_length: Some(1000),
+                    dead_letter_exchange: Some("dlx".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            &hex("05 00 74 61 73 6b 73  01
+                 11 00  e8 03 00 00 00 00 00 00  03 00 64 6c 78"),
+        );
+    }
+
+    #[test]
+    fn declare_queue_with_every_argument() {
+        check_payload(
+            &DeclareQueue {
+                name: String::new(),
+                durable: false,
+                exclusive: true,
+                auto_delete: true,
+                passive: true,
+                arguments: full_arguments(),
+            },
+            &hex("00 00  0e  ff 01
+                 e8 03 00 00 00 00 00 00  00 00 10 00 00 00 00 00  01  60 ea 00 00 00 00 00 00
+                 03 00 64 6c 78  04 00 64 65 61 64  40 77 1b 00 00 00 00 00  05 00 00 00
+                 80 ee 36 00 00 00 00 00"),
+        );
+    }
+
+    #[test]
+    fn undefined_bits_and_values_are_rejected() {
+        // flags bit 4
+        let bad_flags = hex("00 00 10 00 00");
+        assert!(matches!(
+            DeclareQueue::decode(&mut Reader::new(&bad_flags)),
+            Err(WireError::ReservedBits { .. })
+        ));
+        // argument bit 9
+        let bad_args = hex("00 00 00 00 02");
+        assert!(DeclareQueue::decode(&mut Reader::new(&bad_args)).is_err());
+        // overflow 2
+        let bad_overflow = hex("00 00 00 04 00 02");
+        assert!(matches!(
+            DeclareQueue::decode(&mut Reader::new(&bad_overflow)),
+            Err(WireError::InvalidValue {
+                what: "overflow",
+                value: 2
+            })
+        ));
+    }
+
+    #[test]
+    fn declare_queue_ok() {
+        check_payload(
+            &DeclareQueueOk {
+                name: "tasks".into(),
+                ready: 3,
+                consumers: 1,
+            },
+            &hex("05 00 74 61 73 6b 73  03 00 00 00 00 00 00 00  01 00 00 00"),
+        );
+    }
+
+    #[test]
+    fn delete_queue() {
+        check_payload(
+            &DeleteQueue {
+                name: "q".into(),
+                if_unused: true,
+                if_empty: true,
+            },
+            &hex("01 00 71 03"),
+        );
+        check_payload(
+            &DeleteQueueOk { messages: 7 },
+            &hex("07 00 00 00 00 00 00 00"),
+        );
+        check_payload(
+            &PurgeQueueOk { messages: 7 },
+            &hex("07 00 00 00 00 00 00 00"),
+        );
+    }
+
+    #[test]
+    fn purge_and_inspect() {
+        check_payload(&PurgeQueue { name: "q".into() }, &hex("01 00 71"));
+        check_payload(&InspectQueue { name: "q".into() }, &hex("01 00 71"));
+        check_payload(
+            &InspectQueueOk {
+                name: "q".into(),
+                durable: true,
+                exclusive: false,
+                auto_delete: true,
+                ready: 1,
+                unacked: 2,
+                consumers: 3,
+                bytes: 4,
+                arguments: QueueArguments {
+                    overflow: Some(Overflow::DropHead),
+                    ..Default::default()
+                },
+            },
+            &hex(
+                "01 00 71  05  01 00 00 00 00 00 00 00  02 00 00 00 00 00 00 00  03 00 00 00
+                 04 00 00 00 00 00 00 00  04 00 00",
+            ),
+        );
+    }
+}
