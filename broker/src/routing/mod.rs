@@ -1,1 +1,78 @@
-//! Exchanges, bindings and routing (filled in by the routing work).
+//! Exchanges, bindings and routing with the AMQP 0-9-1 matching rules (DESIGN.md §4).
+//!
+//! Pure logic: no I/O, no storage, no async. The broker keeps one [`RoutingTable`], mutates it
+//! on declare/bind/delete, and reads it on every publish.
+//!
+//! # Layout
+//! - `exchange`: the plain definitions ([`Exchange`], [`Binding`], [`Definitions`]) that the
+//!   broker persists and lists.
+//! - `table`: [`RoutingTable`], the indexes routing reads on the hot path.
+//! - `topic`: topic patterns (`*`, `#`), a trie for many bindings and [`topic_matches`] for one.
+//! - `headers`: the `x-match` rules of headers exchanges.
+//!
+//! # Matching rules (as RabbitMQ)
+//! - direct: the binding key equals the routing key.
+//! - fanout: every bound queue.
+//! - topic: keys and patterns are words split on `.`, empty words kept (`"a..b"` is three
+//!   words, `"a."` two); the empty string is zero words. `*` is exactly one word (possibly
+//!   empty), `#` zero or more words.
+//! - headers: `x-match` is `all` (default), `any`, `all-with-x` or `any-with-x`; binding
+//!   arguments starting with `x-` count only in the `-with-x` modes (`x-match` itself never);
+//!   an argument matches when the message has the key with an equal value of the same type.
+//!   `all` with nothing to compare matches every message, `any` matches none.
+//! - default exchange `""`: routes to the queue named by the routing key, if it exists.
+//! - a message no binding matches goes to the exchange's alternate exchange, and so on along
+//!   the chain, stopping at a missing exchange or one already visited.
+
+mod exchange;
+mod headers;
+mod queue_list;
+mod table;
+mod topic;
+
+pub use exchange::{Binding, Definitions, Exchange, ExchangeKind};
+pub use table::{QueueName, RouteResult, RoutingTable, UnbindOutcome};
+pub use topic::{topic_matches, MAX_TOPIC_HASH_GROUPS};
+
+/// Why a routing-table operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoutingError {
+    /// No exchange has this name.
+    #[error("exchange '{0}' not found")]
+    ExchangeNotFound(String),
+    /// No queue has this name.
+    #[error("queue '{0}' not found")]
+    QueueNotFound(String),
+    /// The exchange exists with different properties than the ones declared.
+    #[error("exchange '{name}' exists with {field} '{existing}', not '{requested}'")]
+    ExchangeMismatch {
+        /// The exchange.
+        name: String,
+        /// The property that differs: `kind`, `durable`, `auto_delete` or `alternate_exchange`.
+        field: &'static str,
+        /// Its current value.
+        existing: String,
+        /// The value asked for.
+        requested: String,
+    },
+    /// The default exchange cannot be declared, deleted, bound or unbound.
+    #[error("operation not permitted on the default exchange")]
+    DefaultExchangeAccess,
+    /// Names starting with `amq.` belong to the broker: they cannot be created or deleted.
+    #[error("exchange name '{0}' is reserved (prefix 'amq.')")]
+    ReservedExchange(String),
+    /// `if_unused` was asked and the exchange still has bindings.
+    #[error("exchange '{0}' is in use")]
+    ExchangeInUse(String),
+    /// Not one of `direct`, `fanout`, `topic`, `headers`.
+    #[error("invalid exchange kind '{0}'")]
+    InvalidKind(String),
+    /// The binding's key or arguments are not valid for the exchange's kind.
+    #[error("invalid binding to exchange '{exchange}': {reason}")]
+    InvalidBinding {
+        /// The exchange.
+        exchange: String,
+        /// What is wrong.
+        reason: String,
+    },
+}

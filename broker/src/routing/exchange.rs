@@ -1,0 +1,145 @@
+//! The plain definitions of exchanges and bindings: what the broker persists and lists.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::str::FromStr;
+
+use sluice_client::wire::Headers;
+
+use super::RoutingError;
+
+/// How an exchange picks the queues for a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExchangeKind {
+    /// The binding key equals the routing key.
+    Direct,
+    /// Every bound queue.
+    Fanout,
+    /// The binding key is a pattern of dot-separated words with `*` and `#`.
+    Topic,
+    /// The binding arguments are compared with the message headers.
+    Headers,
+}
+
+impl ExchangeKind {
+    /// The protocol name: `direct`, `fanout`, `topic` or `headers`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Fanout => "fanout",
+            Self::Topic => "topic",
+            Self::Headers => "headers",
+        }
+    }
+}
+
+impl fmt::Display for ExchangeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ExchangeKind {
+    type Err = RoutingError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "direct" => Ok(Self::Direct),
+            "fanout" => Ok(Self::Fanout),
+            "topic" => Ok(Self::Topic),
+            "headers" => Ok(Self::Headers),
+            other => Err(RoutingError::InvalidKind(other.to_owned())),
+        }
+    }
+}
+
+/// An exchange as declared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    /// Its name; `""` is the default exchange.
+    pub name: String,
+    /// How it routes.
+    pub kind: ExchangeKind,
+    /// Whether it survives a broker restart.
+    pub durable: bool,
+    /// Whether it is deleted when its last binding is removed.
+    pub auto_delete: bool,
+    /// Where messages go that no binding matches.
+    pub alternate_exchange: Option<String>,
+}
+
+impl Exchange {
+    /// A transient, non-auto-delete exchange without an alternate exchange.
+    pub fn new(name: impl Into<String>, kind: ExchangeKind) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            durable: false,
+            auto_delete: false,
+            alternate_exchange: None,
+        }
+    }
+}
+
+/// A binding from an exchange to a queue. Two bindings are the same when exchange, queue,
+/// routing key and arguments are equal; the order of the arguments does not matter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// The queue messages go to.
+    pub queue: String,
+    /// The exchange messages come from.
+    pub exchange: String,
+    /// The binding key (a pattern for topic exchanges, ignored by fanout and headers).
+    pub routing_key: String,
+    /// Binding arguments (`x-match` and the headers to compare for headers exchanges).
+    pub arguments: Headers,
+}
+
+impl Binding {
+    /// A binding without arguments.
+    pub fn new(
+        exchange: impl Into<String>,
+        queue: impl Into<String>,
+        routing_key: impl Into<String>,
+    ) -> Self {
+        Self {
+            queue: queue.into(),
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            arguments: Headers::new(),
+        }
+    }
+}
+
+/// Everything a [`RoutingTable`](super::RoutingTable) needs to be rebuilt, queues aside: the
+/// exchanges declared by users (never `""` nor the built-in `amq.*` ones) and every explicit
+/// binding, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Definitions {
+    /// User-declared exchanges, by name.
+    pub exchanges: Vec<Exchange>,
+    /// Explicit bindings, in creation order.
+    pub bindings: Vec<Binding>,
+}
+
+impl Definitions {
+    /// Keeps what survives a restart: durable exchanges, and bindings whose exchange (built-in
+    /// or durable) and queue are both durable, as RabbitMQ does.
+    pub fn retain_durable(&mut self, queue_is_durable: impl Fn(&str) -> bool) {
+        let Self {
+            exchanges,
+            bindings,
+        } = self;
+        exchanges.retain(|x| x.durable);
+        let durable: HashSet<&str> = exchanges.iter().map(|x| x.name.as_str()).collect();
+        bindings.retain(|b| {
+            (is_builtin(&b.exchange) || durable.contains(b.exchange.as_str()))
+                && queue_is_durable(&b.queue)
+        });
+    }
+}
+
+/// The default exchange and the `amq.*` ones exist from the start and cannot be deleted.
+pub(super) fn is_builtin(name: &str) -> bool {
+    name.is_empty() || name.starts_with("amq.")
+}

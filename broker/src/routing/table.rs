@@ -1,0 +1,1215 @@
+//! The routing table: exchanges, bindings, known queues, and the indexes a publish reads.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use sluice_client::wire::{HeaderValue, Headers};
+
+use super::exchange::is_builtin;
+use super::headers::HeadersFilter;
+use super::queue_list::QueueList;
+use super::topic::{validate_pattern, TopicTrie};
+use super::{Binding, Definitions, Exchange, ExchangeKind, RoutingError};
+
+/// A queue name, shared between the table and routing results so that routing copies a
+/// pointer, not the string.
+pub type QueueName = Arc<str>;
+
+/// Identifies a binding inside the table; increasing, so it also orders bindings by age.
+pub(super) type BindingId = u64;
+
+/// The exchanges every table starts with, besides the default one, as in RabbitMQ.
+const BUILTIN_EXCHANGES: [(&str, ExchangeKind); 5] = [
+    ("amq.direct", ExchangeKind::Direct),
+    ("amq.fanout", ExchangeKind::Fanout),
+    ("amq.headers", ExchangeKind::Headers),
+    ("amq.match", ExchangeKind::Headers),
+    ("amq.topic", ExchangeKind::Topic),
+];
+
+/// Where a message goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteResult {
+    /// The destination queues, each once, sorted by name. Empty when unroutable.
+    pub queues: Vec<QueueName>,
+    /// Whether the queues were found through an alternate exchange.
+    pub via_alternate: bool,
+}
+
+/// What [`RoutingTable::unbind`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnbindOutcome {
+    /// Whether the binding existed and was removed.
+    pub removed: bool,
+    /// The exchange, if it is auto-delete and this was its last binding: the caller deletes it.
+    pub unused_auto_delete: Option<String>,
+}
+
+/// Exchanges, bindings and known queues, indexed for routing.
+///
+/// Mutations take `&mut self` and are rare; [`route`](Self::route) takes `&self`, so the
+/// broker can share one table between connections (behind a lock or a copy-on-write `Arc`).
+#[derive(Debug, Clone)]
+pub struct RoutingTable {
+    exchanges: HashMap<Arc<str>, ExchangeState>,
+    queues: HashSet<QueueName>,
+    next_binding_id: BindingId,
+}
+
+#[derive(Debug, Clone)]
+struct ExchangeState {
+    exchange: Exchange,
+    /// The explicit bindings, by queue (few per queue, so a linear scan finds one).
+    bindings: HashMap<QueueName, Vec<BindingRecord>>,
+    binding_count: usize,
+    matcher: Matcher,
+}
+
+#[derive(Debug, Clone)]
+struct BindingRecord {
+    id: BindingId,
+    routing_key: String,
+    /// Sorted by key, so that argument order does not make two bindings differ.
+    arguments: Headers,
+}
+
+/// The per-kind index that routing reads.
+#[derive(Debug, Clone)]
+enum Matcher {
+    /// The default exchange: the routing key names the queue.
+    Default,
+    Direct(HashMap<Box<str>, QueueList>),
+    Fanout(QueueList),
+    Topic(TopicTrie),
+    Headers(Vec<HeadersBinding>),
+}
+
+#[derive(Debug, Clone)]
+struct HeadersBinding {
+    id: BindingId,
+    queue: QueueName,
+    filter: HeadersFilter,
+}
+
+impl Matcher {
+    fn new(kind: ExchangeKind) -> Self {
+        match kind {
+            ExchangeKind::Direct => Self::Direct(HashMap::new()),
+            ExchangeKind::Fanout => Self::Fanout(QueueList::default()),
+            ExchangeKind::Topic => Self::Topic(TopicTrie::default()),
+            ExchangeKind::Headers => Self::Headers(Vec::new()),
+        }
+    }
+
+    /// Validates and indexes a binding; on error nothing changed.
+    fn add(
+        &mut self,
+        id: BindingId,
+        queue: &QueueName,
+        routing_key: &str,
+        arguments: &[(String, HeaderValue)],
+    ) -> Result<(), String> {
+        match self {
+            Self::Default => return Err("the default exchange cannot be bound".to_owned()),
+            Self::Direct(by_key) => by_key.entry(routing_key.into()).or_default().add(queue),
+            Self::Fanout(list) => list.add(queue),
+            Self::Topic(trie) => {
+                validate_pattern(routing_key)?;
+                trie.insert(routing_key, queue);
+            }
+            Self::Headers(bindings) => {
+                let binding = HeadersBinding {
+                    id,
+                    queue: QueueName::clone(queue),
+                    filter: HeadersFilter::parse(arguments)?,
+                };
+                // Kept sorted by queue, so that matches come out sorted.
+                let at = bindings.partition_point(|b| *b.queue <= **queue);
+                bindings.insert(at, binding);
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, id: BindingId, queue: &str, routing_key: &str) {
+        match self {
+            Self::Default => {}
+            Self::Direct(by_key) => {
+                if by_key
+                    .get_mut(routing_key)
+                    .is_some_and(|list| list.remove(queue))
+                {
+                    by_key.remove(routing_key);
+                }
+            }
+            Self::Fanout(list) => {
+                list.remove(queue);
+            }
+            Self::Topic(trie) => trie.remove(routing_key, queue),
+            Self::Headers(bindings) => bindings.retain(|b| b.id != id),
+        }
+    }
+}
+
+impl Default for RoutingTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RoutingTable {
+    /// A table with the default exchange and the built-in `amq.*` exchanges, and no queues.
+    pub fn new() -> Self {
+        let mut table = Self {
+            exchanges: HashMap::new(),
+            queues: HashSet::new(),
+            next_binding_id: 0,
+        };
+        let default = Exchange {
+            durable: true,
+            ..Exchange::new("", ExchangeKind::Direct)
+        };
+        table.insert_exchange(default, Matcher::Default);
+        for (name, kind) in BUILTIN_EXCHANGES {
+            let exchange = Exchange {
+                durable: true,
+                ..Exchange::new(name, kind)
+            };
+            table.insert_exchange(exchange, Matcher::new(kind));
+        }
+        table
+    }
+
+    /// Rebuilds a table from saved definitions and the names of the queues that exist.
+    pub fn from_definitions<S: AsRef<str>>(
+        definitions: &Definitions,
+        queues: impl IntoIterator<Item = S>,
+    ) -> Result<Self, RoutingError> {
+        let mut table = Self::new();
+        for queue in queues {
+            table.add_queue(queue.as_ref());
+        }
+        for exchange in &definitions.exchanges {
+            table.declare_exchange(exchange.clone())?;
+        }
+        for binding in &definitions.bindings {
+            table.bind(binding.clone())?;
+        }
+        Ok(table)
+    }
+
+    /// The user-declared exchanges and all explicit bindings, for persisting.
+    pub fn definitions(&self) -> Definitions {
+        let exchanges = self
+            .exchanges()
+            .into_iter()
+            .filter(|x| !is_builtin(&x.name))
+            .cloned()
+            .collect();
+        Definitions {
+            exchanges,
+            bindings: self.bindings(),
+        }
+    }
+
+    fn insert_exchange(&mut self, exchange: Exchange, matcher: Matcher) {
+        let state = ExchangeState {
+            exchange,
+            bindings: HashMap::new(),
+            binding_count: 0,
+            matcher,
+        };
+        self.exchanges
+            .insert(Arc::from(state.exchange.name.as_str()), state);
+    }
+
+    /// Declares an exchange. Returns `true` if it was created, `false` if an equivalent one
+    /// already existed. Kind, durability, auto-delete and alternate exchange must all agree
+    /// with an existing exchange. New names may not start with `amq.`.
+    pub fn declare_exchange(&mut self, exchange: Exchange) -> Result<bool, RoutingError> {
+        if exchange.name.is_empty() {
+            return Err(RoutingError::DefaultExchangeAccess);
+        }
+        if let Some(state) = self.exchanges.get(exchange.name.as_str()) {
+            check_equivalent(&state.exchange, &exchange)?;
+            return Ok(false);
+        }
+        if is_builtin(&exchange.name) {
+            return Err(RoutingError::ReservedExchange(exchange.name));
+        }
+        let matcher = Matcher::new(exchange.kind);
+        self.insert_exchange(exchange, matcher);
+        Ok(true)
+    }
+
+    /// Deletes an exchange and its bindings. Returns whether it existed: deleting a missing
+    /// exchange succeeds, as in RabbitMQ. With `if_unused`, an exchange that still has
+    /// bindings is kept and [`RoutingError::ExchangeInUse`] returned. Exchanges naming it as
+    /// their alternate keep the name; routing skips a missing alternate.
+    pub fn delete_exchange(&mut self, name: &str, if_unused: bool) -> Result<bool, RoutingError> {
+        if name.is_empty() {
+            return Err(RoutingError::DefaultExchangeAccess);
+        }
+        if is_builtin(name) {
+            return Err(RoutingError::ReservedExchange(name.to_owned()));
+        }
+        let Some(state) = self.exchanges.get(name) else {
+            return Ok(false);
+        };
+        if if_unused && state.binding_count > 0 {
+            return Err(RoutingError::ExchangeInUse(name.to_owned()));
+        }
+        self.exchanges.remove(name);
+        Ok(true)
+    }
+
+    /// The exchange with this name, built-in ones included.
+    pub fn exchange(&self, name: &str) -> Option<&Exchange> {
+        self.exchanges.get(name).map(|state| &state.exchange)
+    }
+
+    /// All exchanges, the default and built-in ones included, sorted by name.
+    pub fn exchanges(&self) -> Vec<&Exchange> {
+        let mut all: Vec<&Exchange> = self.exchanges.values().map(|s| &s.exchange).collect();
+        all.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// All explicit bindings, oldest first. The default exchange's bindings are implicit
+    /// (one per queue, keyed by its name) and not listed.
+    pub fn bindings(&self) -> Vec<Binding> {
+        let mut all: Vec<(BindingId, Binding)> = self
+            .exchanges
+            .values()
+            .flat_map(|state| {
+                state.bindings.iter().flat_map(move |(queue, records)| {
+                    records.iter().map(move |r| {
+                        let binding = Binding {
+                            queue: queue.to_string(),
+                            exchange: state.exchange.name.clone(),
+                            routing_key: r.routing_key.clone(),
+                            arguments: r.arguments.clone(),
+                        };
+                        (r.id, binding)
+                    })
+                })
+            })
+            .collect();
+        all.sort_unstable_by_key(|(id, _)| *id);
+        all.into_iter().map(|(_, b)| b).collect()
+    }
+
+    /// Binds a queue to an exchange. Returns `true` if the binding is new, `false` if the same
+    /// one existed. Both must exist; the key and arguments must suit the exchange's kind
+    /// (topic: at most [`MAX_TOPIC_HASH_GROUPS`](super::MAX_TOPIC_HASH_GROUPS) groups of `#`;
+    /// headers: a valid `x-match`).
+    pub fn bind(&mut self, binding: Binding) -> Result<bool, RoutingError> {
+        if binding.exchange.is_empty() {
+            return Err(RoutingError::DefaultExchangeAccess);
+        }
+        let state = self
+            .exchanges
+            .get_mut(binding.exchange.as_str())
+            .ok_or_else(|| RoutingError::ExchangeNotFound(binding.exchange.clone()))?;
+        let queue = self
+            .queues
+            .get(binding.queue.as_str())
+            .cloned()
+            .ok_or_else(|| RoutingError::QueueNotFound(binding.queue.clone()))?;
+        let arguments = normalized(binding.arguments);
+        let exists = state.bindings.get(&queue).is_some_and(|records| {
+            records
+                .iter()
+                .any(|r| r.routing_key == binding.routing_key && r.arguments == arguments)
+        });
+        if exists {
+            return Ok(false);
+        }
+        let id = self.next_binding_id;
+        state
+            .matcher
+            .add(id, &queue, &binding.routing_key, &arguments)
+            .map_err(|reason| RoutingError::InvalidBinding {
+                exchange: binding.exchange.clone(),
+                reason,
+            })?;
+        self.next_binding_id += 1;
+        state.binding_count += 1;
+        state
+            .bindings
+            .entry(queue)
+            .or_default()
+            .push(BindingRecord {
+                id,
+                routing_key: binding.routing_key,
+                arguments,
+            });
+        Ok(true)
+    }
+
+    /// Removes a binding. As in RabbitMQ, removing one that does not exist (or whose exchange
+    /// or queue does not) succeeds with `removed: false`.
+    pub fn unbind(&mut self, binding: &Binding) -> Result<UnbindOutcome, RoutingError> {
+        if binding.exchange.is_empty() {
+            return Err(RoutingError::DefaultExchangeAccess);
+        }
+        let Some(state) = self.exchanges.get_mut(binding.exchange.as_str()) else {
+            return Ok(UnbindOutcome::default());
+        };
+        let Some(records) = state.bindings.get_mut(binding.queue.as_str()) else {
+            return Ok(UnbindOutcome::default());
+        };
+        let arguments = normalized(binding.arguments.clone());
+        let Some(pos) = records
+            .iter()
+            .position(|r| r.routing_key == binding.routing_key && r.arguments == arguments)
+        else {
+            return Ok(UnbindOutcome::default());
+        };
+        let record = records.remove(pos);
+        if records.is_empty() {
+            state.bindings.remove(binding.queue.as_str());
+        }
+        state
+            .matcher
+            .remove(record.id, &binding.queue, &record.routing_key);
+        state.binding_count -= 1;
+        Ok(UnbindOutcome {
+            removed: true,
+            unused_auto_delete: state.unused_auto_delete().then(|| binding.exchange.clone()),
+        })
+    }
+
+    /// Makes a queue known, so that it can be bound and the default exchange routes to it.
+    /// Returns `false` if it was known already.
+    pub fn add_queue(&mut self, name: &str) -> bool {
+        if self.queues.contains(name) {
+            return false;
+        }
+        self.queues.insert(QueueName::from(name))
+    }
+
+    /// Whether a queue is known.
+    pub fn has_queue(&self, name: &str) -> bool {
+        self.queues.contains(name)
+    }
+
+    /// Forgets a queue and drops its bindings. Returns, sorted, the auto-delete exchanges
+    /// that thereby lost their last binding: the caller deletes them.
+    pub fn remove_queue(&mut self, name: &str) -> Vec<String> {
+        self.queues.remove(name);
+        let mut unused = Vec::new();
+        for state in self.exchanges.values_mut() {
+            let Some(records) = state.bindings.remove(name) else {
+                continue;
+            };
+            for record in &records {
+                state.matcher.remove(record.id, name, &record.routing_key);
+            }
+            state.binding_count -= records.len();
+            if state.unused_auto_delete() {
+                unused.push(state.exchange.name.clone());
+            }
+        }
+        unused.sort_unstable();
+        unused
+    }
+
+    /// Routes a message published to `exchange`; see [`route_into`](Self::route_into).
+    pub fn route(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        headers: &[(String, HeaderValue)],
+    ) -> Result<RouteResult, RoutingError> {
+        let mut result = RouteResult::default();
+        self.route_into(exchange, routing_key, headers, &mut result)?;
+        Ok(result)
+    }
+
+    /// Routes a message into `out`, reusing its allocation (handy when routing a batch).
+    ///
+    /// When no binding matches, the exchange's alternate exchange routes it, then that one's,
+    /// until some queue matches, the chain reaches a missing exchange or comes back to one
+    /// already tried. Only an unknown `exchange` is an error; unroutable is an empty result.
+    pub fn route_into(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        headers: &[(String, HeaderValue)],
+        out: &mut RouteResult,
+    ) -> Result<(), RoutingError> {
+        out.queues.clear();
+        out.via_alternate = false;
+        let start = self
+            .exchanges
+            .get(exchange)
+            .ok_or_else(|| RoutingError::ExchangeNotFound(exchange.to_owned()))?;
+        let mut current = start;
+        let mut hops = 0;
+        loop {
+            self.collect(current, routing_key, headers, &mut out.queues);
+            if !out.queues.is_empty() {
+                out.via_alternate = hops > 0;
+                return Ok(());
+            }
+            let Some(alternate) = current.exchange.alternate_exchange.as_deref() else {
+                return Ok(());
+            };
+            if self.chain_contains(start, hops, alternate) {
+                return Ok(());
+            }
+            let Some(next) = self.exchanges.get(alternate) else {
+                return Ok(());
+            };
+            current = next;
+            hops += 1;
+        }
+    }
+
+    /// Whether `name` is among the first `hops + 1` exchanges of the alternate chain from
+    /// `start`. Chains are short, so walking again beats allocating a visited set per publish.
+    fn chain_contains(&self, start: &ExchangeState, hops: usize, name: &str) -> bool {
+        let mut state = start;
+        for _ in 0..=hops {
+            if state.exchange.name == name {
+                return true;
+            }
+            match (state.exchange.alternate_exchange.as_deref()).and_then(|a| self.exchanges.get(a))
+            {
+                Some(next) => state = next,
+                None => return false,
+            }
+        }
+        false
+    }
+
+    /// Appends the queues one exchange's bindings select, each once, sorted by name.
+    fn collect(
+        &self,
+        state: &ExchangeState,
+        routing_key: &str,
+        headers: &[(String, HeaderValue)],
+        out: &mut Vec<QueueName>,
+    ) {
+        match &state.matcher {
+            Matcher::Default => {
+                if let Some(queue) = self.queues.get(routing_key) {
+                    out.push(QueueName::clone(queue));
+                }
+            }
+            Matcher::Direct(by_key) => {
+                if let Some(list) = by_key.get(routing_key) {
+                    list.extend_into(out);
+                }
+            }
+            Matcher::Fanout(list) => list.extend_into(out),
+            Matcher::Topic(trie) => {
+                // Each trie node holds a sorted list: only several of them need merging.
+                if trie.collect(routing_key, out) > 1 {
+                    // A stable sort merges the sorted runs in about linear time.
+                    out.sort();
+                    out.dedup();
+                }
+            }
+            Matcher::Headers(bindings) => {
+                out.extend(
+                    bindings
+                        .iter()
+                        .filter(|b| b.filter.matches(headers))
+                        .map(|b| QueueName::clone(&b.queue)),
+                );
+                // Already sorted; a queue bound twice may be there twice.
+                out.dedup();
+            }
+        }
+    }
+}
+
+impl ExchangeState {
+    fn unused_auto_delete(&self) -> bool {
+        self.exchange.auto_delete && self.binding_count == 0
+    }
+}
+
+/// Binding arguments in a canonical order, as RabbitMQ sorts them by key.
+fn normalized(mut arguments: Headers) -> Headers {
+    arguments.sort_by(|a, b| a.0.cmp(&b.0));
+    arguments
+}
+
+fn check_equivalent(existing: &Exchange, requested: &Exchange) -> Result<(), RoutingError> {
+    let mismatch = |field, was: String, asked: String| RoutingError::ExchangeMismatch {
+        name: requested.name.clone(),
+        field,
+        existing: was,
+        requested: asked,
+    };
+    if existing.kind != requested.kind {
+        return Err(mismatch(
+            "kind",
+            existing.kind.to_string(),
+            requested.kind.to_string(),
+        ));
+    }
+    if existing.durable != requested.durable {
+        return Err(mismatch(
+            "durable",
+            existing.durable.to_string(),
+            requested.durable.to_string(),
+        ));
+    }
+    if existing.auto_delete != requested.auto_delete {
+        return Err(mismatch(
+            "auto_delete",
+            existing.auto_delete.to_string(),
+            requested.auto_delete.to_string(),
+        ));
+    }
+    if existing.alternate_exchange != requested.alternate_exchange {
+        let show = |ae: &Option<String>| ae.clone().unwrap_or_else(|| "(none)".to_owned());
+        return Err(mismatch(
+            "alternate_exchange",
+            show(&existing.alternate_exchange),
+            show(&requested.alternate_exchange),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table_with_queues(queues: &[&str]) -> RoutingTable {
+        let mut table = RoutingTable::new();
+        for q in queues {
+            assert!(table.add_queue(q));
+        }
+        table
+    }
+
+    fn declare(table: &mut RoutingTable, name: &str, kind: ExchangeKind) {
+        assert!(table.declare_exchange(Exchange::new(name, kind)).unwrap());
+    }
+
+    fn bind(table: &mut RoutingTable, exchange: &str, queue: &str, key: &str) -> bool {
+        table.bind(Binding::new(exchange, queue, key)).unwrap()
+    }
+
+    fn bind_args(
+        table: &mut RoutingTable,
+        exchange: &str,
+        queue: &str,
+        args: &[(&str, HeaderValue)],
+    ) -> Result<bool, RoutingError> {
+        table.bind(Binding {
+            arguments: headers(args),
+            ..Binding::new(exchange, queue, "")
+        })
+    }
+
+    fn headers(pairs: &[(&str, HeaderValue)]) -> Headers {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect()
+    }
+
+    fn s(v: &str) -> HeaderValue {
+        HeaderValue::Str(v.to_owned())
+    }
+
+    /// The queues a message reaches, as strings.
+    fn route(table: &RoutingTable, exchange: &str, key: &str) -> Vec<String> {
+        route_h(table, exchange, key, &[])
+    }
+
+    fn route_h(
+        table: &RoutingTable,
+        exchange: &str,
+        key: &str,
+        hdrs: &[(&str, HeaderValue)],
+    ) -> Vec<String> {
+        let result = table.route(exchange, key, &headers(hdrs)).unwrap();
+        result.queues.iter().map(|q| q.to_string()).collect()
+    }
+
+    #[test]
+    fn exchange_kind_parses_and_displays() {
+        for kind in [
+            ExchangeKind::Direct,
+            ExchangeKind::Fanout,
+            ExchangeKind::Topic,
+            ExchangeKind::Headers,
+        ] {
+            assert_eq!(kind.to_string().parse::<ExchangeKind>().unwrap(), kind);
+        }
+        assert_eq!(
+            "topic".parse::<ExchangeKind>().unwrap(),
+            ExchangeKind::Topic
+        );
+        assert_eq!(
+            "x-delayed".parse::<ExchangeKind>(),
+            Err(RoutingError::InvalidKind("x-delayed".into()))
+        );
+        assert!("Direct".parse::<ExchangeKind>().is_err());
+    }
+
+    #[test]
+    fn direct_routes_on_exact_key_and_dedups_sorted() {
+        let mut t = table_with_queues(&["q1", "q2", "q3"]);
+        declare(&mut t, "x", ExchangeKind::Direct);
+        bind(&mut t, "x", "q2", "k");
+        bind(&mut t, "x", "q1", "k");
+        bind(&mut t, "x", "q3", "other");
+        // A second binding of q1 under the same key (different arguments) must not duplicate.
+        t.bind(Binding {
+            arguments: headers(&[("a", s("b"))]),
+            ..Binding::new("x", "q1", "k")
+        })
+        .unwrap();
+        assert_eq!(route(&t, "x", "k"), ["q1", "q2"]);
+        assert_eq!(route(&t, "x", "other"), ["q3"]);
+        assert!(route(&t, "x", "K").is_empty());
+        assert!(route(&t, "x", "").is_empty());
+        assert_eq!(t.bindings().len(), 4);
+        t.unbind(&Binding::new("x", "q1", "k")).unwrap();
+        assert_eq!(route(&t, "x", "k"), ["q1", "q2"]);
+    }
+
+    #[test]
+    fn fanout_routes_everywhere_ignoring_key() {
+        let mut t = table_with_queues(&["b", "a", "c"]);
+        declare(&mut t, "f", ExchangeKind::Fanout);
+        bind(&mut t, "f", "b", "x");
+        bind(&mut t, "f", "a", "");
+        bind(&mut t, "f", "b", "y");
+        assert_eq!(route(&t, "f", "anything"), ["a", "b"]);
+        assert_eq!(route(&t, "amq.fanout", "k"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn topic_routes_through_the_table() {
+        let mut t = table_with_queues(&["all", "eu", "created", "root"]);
+        declare(&mut t, "t", ExchangeKind::Topic);
+        bind(&mut t, "t", "all", "#");
+        bind(&mut t, "t", "eu", "orders.*.eu");
+        bind(&mut t, "t", "created", "orders.created.#");
+        bind(&mut t, "t", "created", "#.created.#");
+        bind(&mut t, "t", "root", "");
+        assert_eq!(
+            route(&t, "t", "orders.created.eu"),
+            ["all", "created", "eu"]
+        );
+        assert_eq!(route(&t, "t", "orders.created"), ["all", "created"]);
+        assert_eq!(route(&t, "t", "orders.paid.us"), ["all"]);
+        assert_eq!(route(&t, "t", ""), ["all", "root"]);
+        let too_many = Binding::new("t", "all", "#.a.#.b.#");
+        assert!(matches!(
+            t.bind(too_many),
+            Err(RoutingError::InvalidBinding { .. })
+        ));
+        assert!(bind(&mut t, "t", "all", "#.#.#"));
+    }
+
+    #[test]
+    fn headers_exchange_routes_by_x_match() {
+        let mut t = table_with_queues(&["pdf", "any", "withx", "empty_all", "empty_any"]);
+        declare(&mut t, "h", ExchangeKind::Headers);
+        bind_args(
+            &mut t,
+            "h",
+            "pdf",
+            &[("format", s("pdf")), ("pages", HeaderValue::Int(1))],
+        )
+        .unwrap();
+        bind_args(
+            &mut t,
+            "h",
+            "any",
+            &[
+                ("x-match", s("any")),
+                ("format", s("pdf")),
+                ("urgent", HeaderValue::Bool(true)),
+            ],
+        )
+        .unwrap();
+        bind_args(
+            &mut t,
+            "h",
+            "withx",
+            &[("x-match", s("all-with-x")), ("x-tenant", s("t1"))],
+        )
+        .unwrap();
+        bind_args(&mut t, "h", "empty_all", &[]).unwrap();
+        bind_args(&mut t, "h", "empty_any", &[("x-match", s("any"))]).unwrap();
+
+        let pdf = [("format", s("pdf")), ("pages", HeaderValue::Int(1))];
+        assert_eq!(route_h(&t, "h", "", &pdf), ["any", "empty_all", "pdf"]);
+        // Int 1 and Str "1" differ.
+        let wrong_type = [("format", s("pdf")), ("pages", s("1"))];
+        assert_eq!(route_h(&t, "h", "", &wrong_type), ["any", "empty_all"]);
+        let urgent = [("urgent", HeaderValue::Bool(true))];
+        assert_eq!(route_h(&t, "h", "", &urgent), ["any", "empty_all"]);
+        let tenant = [("x-tenant", s("t1"))];
+        assert_eq!(route_h(&t, "h", "", &tenant), ["empty_all", "withx"]);
+        assert_eq!(route_h(&t, "h", "ignored", &[]), ["empty_all"]);
+
+        let bad = bind_args(&mut t, "h", "pdf", &[("x-match", s("most"))]);
+        assert!(matches!(bad, Err(RoutingError::InvalidBinding { .. })));
+        let bad_type = bind_args(&mut t, "h", "pdf", &[("x-match", HeaderValue::Int(1))]);
+        assert!(matches!(bad_type, Err(RoutingError::InvalidBinding { .. })));
+        // A refused binding leaves nothing behind.
+        assert_eq!(t.bindings().len(), 5);
+    }
+
+    #[test]
+    fn binding_arguments_order_does_not_matter() {
+        let mut t = table_with_queues(&["q"]);
+        declare(&mut t, "h", ExchangeKind::Headers);
+        assert!(bind_args(&mut t, "h", "q", &[("a", s("1")), ("b", s("2"))]).unwrap());
+        assert!(!bind_args(&mut t, "h", "q", &[("b", s("2")), ("a", s("1"))]).unwrap());
+        let reversed = Binding {
+            arguments: headers(&[("b", s("2")), ("a", s("1"))]),
+            ..Binding::new("h", "q", "")
+        };
+        assert!(t.unbind(&reversed).unwrap().removed);
+        assert!(t.bindings().is_empty());
+    }
+
+    #[test]
+    fn default_exchange_routes_to_named_existing_queue_only() {
+        let mut t = table_with_queues(&["jobs"]);
+        assert_eq!(route(&t, "", "jobs"), ["jobs"]);
+        assert!(route(&t, "", "nope").is_empty());
+        assert!(route(&t, "", "").is_empty());
+        t.remove_queue("jobs");
+        assert!(route(&t, "", "jobs").is_empty());
+
+        let default = t.exchange("").unwrap();
+        assert_eq!(default.kind, ExchangeKind::Direct);
+        assert!(default.durable);
+        let refused = Err(RoutingError::DefaultExchangeAccess);
+        t.add_queue("jobs");
+        assert_eq!(t.bind(Binding::new("", "jobs", "jobs")), refused);
+        assert_eq!(
+            t.unbind(&Binding::new("", "jobs", "jobs")),
+            Err(RoutingError::DefaultExchangeAccess)
+        );
+        assert_eq!(
+            t.delete_exchange("", false),
+            Err(RoutingError::DefaultExchangeAccess)
+        );
+        assert_eq!(
+            t.declare_exchange(Exchange::new("", ExchangeKind::Direct)),
+            Err(RoutingError::DefaultExchangeAccess)
+        );
+    }
+
+    #[test]
+    fn builtin_exchanges_exist_and_are_reserved() {
+        let mut t = table_with_queues(&["q"]);
+        let names: Vec<&str> = t.exchanges().iter().map(|x| x.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "",
+                "amq.direct",
+                "amq.fanout",
+                "amq.headers",
+                "amq.match",
+                "amq.topic"
+            ]
+        );
+        assert_eq!(t.exchange("amq.topic").unwrap().kind, ExchangeKind::Topic);
+        assert_eq!(t.exchange("amq.match").unwrap().kind, ExchangeKind::Headers);
+        // Redeclaring with the same properties is fine, creating a new amq.* is not.
+        let same = Exchange {
+            durable: true,
+            ..Exchange::new("amq.direct", ExchangeKind::Direct)
+        };
+        assert_eq!(t.declare_exchange(same), Ok(false));
+        assert_eq!(
+            t.declare_exchange(Exchange::new("amq.custom", ExchangeKind::Direct)),
+            Err(RoutingError::ReservedExchange("amq.custom".into()))
+        );
+        assert_eq!(
+            t.delete_exchange("amq.direct", false),
+            Err(RoutingError::ReservedExchange("amq.direct".into()))
+        );
+        // They can be bound like any other.
+        assert!(bind(&mut t, "amq.direct", "q", "k"));
+        assert_eq!(route(&t, "amq.direct", "k"), ["q"]);
+        assert!(t.definitions().exchanges.is_empty());
+    }
+
+    #[test]
+    fn declare_is_idempotent_and_reports_each_mismatch() {
+        let mut t = RoutingTable::new();
+        let x = Exchange {
+            name: "x".into(),
+            kind: ExchangeKind::Topic,
+            durable: true,
+            auto_delete: false,
+            alternate_exchange: Some("ae".into()),
+        };
+        assert_eq!(t.declare_exchange(x.clone()), Ok(true));
+        assert_eq!(t.declare_exchange(x.clone()), Ok(false));
+        let cases = [
+            (
+                Exchange {
+                    kind: ExchangeKind::Direct,
+                    ..x.clone()
+                },
+                "kind",
+                "topic",
+                "direct",
+            ),
+            (
+                Exchange {
+                    durable: false,
+                    ..x.clone()
+                },
+                "durable",
+                "true",
+                "false",
+            ),
+            (
+                Exchange {
+                    auto_delete: true,
+                    ..x.clone()
+                },
+                "auto_delete",
+                "false",
+                "true",
+            ),
+            (
+                Exchange {
+                    alternate_exchange: None,
+                    ..x.clone()
+                },
+                "alternate_exchange",
+                "ae",
+                "(none)",
+            ),
+            (
+                Exchange {
+                    alternate_exchange: Some("other".into()),
+                    ..x.clone()
+                },
+                "alternate_exchange",
+                "ae",
+                "other",
+            ),
+        ];
+        for (requested, field, existing, asked) in cases {
+            assert_eq!(
+                t.declare_exchange(requested),
+                Err(RoutingError::ExchangeMismatch {
+                    name: "x".into(),
+                    field,
+                    existing: existing.into(),
+                    requested: asked.into(),
+                })
+            );
+        }
+        assert_eq!(t.exchange("x"), Some(&x));
+    }
+
+    #[test]
+    fn delete_exchange_if_unused() {
+        let mut t = table_with_queues(&["q"]);
+        declare(&mut t, "x", ExchangeKind::Direct);
+        bind(&mut t, "x", "q", "k");
+        assert_eq!(
+            t.delete_exchange("x", true),
+            Err(RoutingError::ExchangeInUse("x".into()))
+        );
+        assert_eq!(route(&t, "x", "k"), ["q"]);
+        assert_eq!(t.delete_exchange("x", false), Ok(true));
+        assert!(t.bindings().is_empty());
+        assert_eq!(
+            t.route("x", "k", &[]),
+            Err(RoutingError::ExchangeNotFound("x".into()))
+        );
+        // Deleting what is not there succeeds, as in RabbitMQ.
+        assert_eq!(t.delete_exchange("x", true), Ok(false));
+        declare(&mut t, "y", ExchangeKind::Fanout);
+        assert_eq!(t.delete_exchange("y", true), Ok(true));
+        // Redeclaring after deletion starts empty.
+        declare(&mut t, "x", ExchangeKind::Direct);
+        assert!(route(&t, "x", "k").is_empty());
+    }
+
+    #[test]
+    fn bind_is_idempotent_and_checks_both_ends() {
+        let mut t = table_with_queues(&["q"]);
+        declare(&mut t, "x", ExchangeKind::Direct);
+        assert!(bind(&mut t, "x", "q", "k"));
+        assert!(!bind(&mut t, "x", "q", "k"));
+        assert_eq!(t.bindings(), [Binding::new("x", "q", "k")]);
+        assert_eq!(
+            t.bind(Binding::new("nope", "q", "k")),
+            Err(RoutingError::ExchangeNotFound("nope".into()))
+        );
+        assert_eq!(
+            t.bind(Binding::new("x", "nope", "k")),
+            Err(RoutingError::QueueNotFound("nope".into()))
+        );
+    }
+
+    #[test]
+    fn unbind_removes_and_missing_is_ok() {
+        let mut t = table_with_queues(&["q", "r"]);
+        declare(&mut t, "x", ExchangeKind::Direct);
+        bind(&mut t, "x", "q", "k");
+        bind(&mut t, "x", "r", "k");
+        let b = Binding::new("x", "q", "k");
+        assert_eq!(
+            t.unbind(&b),
+            Ok(UnbindOutcome {
+                removed: true,
+                unused_auto_delete: None
+            })
+        );
+        assert_eq!(route(&t, "x", "k"), ["r"]);
+        assert_eq!(t.unbind(&b), Ok(UnbindOutcome::default()));
+        assert_eq!(
+            t.unbind(&Binding::new("nope", "q", "k")),
+            Ok(UnbindOutcome::default())
+        );
+        assert_eq!(
+            t.unbind(&Binding::new("x", "nope", "k")),
+            Ok(UnbindOutcome::default())
+        );
+        assert_eq!(
+            t.unbind(&Binding::new("x", "r", "other")),
+            Ok(UnbindOutcome::default())
+        );
+        assert!(t.unbind(&Binding::new("x", "r", "k")).unwrap().removed);
+        assert!(route(&t, "x", "k").is_empty());
+    }
+
+    #[test]
+    fn unbinding_last_binding_of_auto_delete_exchange_reports_it() {
+        let mut t = table_with_queues(&["q"]);
+        let x = Exchange {
+            auto_delete: true,
+            ..Exchange::new("x", ExchangeKind::Topic)
+        };
+        t.declare_exchange(x).unwrap();
+        bind(&mut t, "x", "q", "a.*");
+        bind(&mut t, "x", "q", "b.#");
+        assert_eq!(
+            t.unbind(&Binding::new("x", "q", "a.*"))
+                .unwrap()
+                .unused_auto_delete,
+            None
+        );
+        assert_eq!(
+            t.unbind(&Binding::new("x", "q", "b.#"))
+                .unwrap()
+                .unused_auto_delete,
+            Some("x".into())
+        );
+    }
+
+    #[test]
+    fn remove_queue_drops_bindings_and_reports_unused_auto_delete() {
+        let mut t = table_with_queues(&["q", "r"]);
+        for (name, auto_delete) in [("auto1", true), ("auto2", true), ("keep", false)] {
+            let x = Exchange {
+                auto_delete,
+                ..Exchange::new(name, ExchangeKind::Fanout)
+            };
+            t.declare_exchange(x).unwrap();
+        }
+        declare(&mut t, "t", ExchangeKind::Topic);
+        declare(&mut t, "h", ExchangeKind::Headers);
+        bind(&mut t, "auto2", "q", "");
+        bind(&mut t, "auto1", "q", "");
+        bind(&mut t, "auto1", "q", "again");
+        bind(&mut t, "keep", "q", "");
+        bind(&mut t, "t", "q", "#");
+        bind(&mut t, "t", "r", "#");
+        bind_args(&mut t, "h", "q", &[]).unwrap();
+        let still_used = Exchange {
+            auto_delete: true,
+            ..Exchange::new("shared", ExchangeKind::Fanout)
+        };
+        t.declare_exchange(still_used).unwrap();
+        bind(&mut t, "shared", "q", "");
+        bind(&mut t, "shared", "r", "");
+
+        assert_eq!(t.remove_queue("q"), ["auto1", "auto2"]);
+        assert!(!t.has_queue("q"));
+        assert!(t.bindings().iter().all(|b| b.queue == "r"));
+        assert_eq!(route(&t, "t", "a.b"), ["r"]);
+        assert!(route(&t, "h", "").is_empty());
+        assert!(route(&t, "keep", "").is_empty());
+        assert_eq!(route(&t, "shared", ""), ["r"]);
+        assert_eq!(
+            t.bind(Binding::new("t", "q", "#")),
+            Err(RoutingError::QueueNotFound("q".into()))
+        );
+        // Removing it again is harmless.
+        assert!(t.remove_queue("q").is_empty());
+    }
+
+    fn with_alternate(name: &str, kind: ExchangeKind, alternate: &str) -> Exchange {
+        Exchange {
+            alternate_exchange: Some(alternate.into()),
+            ..Exchange::new(name, kind)
+        }
+    }
+
+    #[test]
+    fn alternate_exchange_takes_unroutable_messages() {
+        let mut t = table_with_queues(&["orders", "unrouted"]);
+        t.declare_exchange(with_alternate("main", ExchangeKind::Direct, "ae"))
+            .unwrap();
+        declare(&mut t, "ae", ExchangeKind::Fanout);
+        bind(&mut t, "main", "orders", "order");
+        bind(&mut t, "ae", "unrouted", "");
+
+        let routed = t.route("main", "order", &[]).unwrap();
+        assert_eq!(routed.queues, [QueueName::from("orders")]);
+        assert!(!routed.via_alternate);
+        let fallback = t.route("main", "other", &[]).unwrap();
+        assert_eq!(fallback.queues, [QueueName::from("unrouted")]);
+        assert!(fallback.via_alternate);
+    }
+
+    #[test]
+    fn alternate_chain_is_followed_and_missing_alternate_is_unroutable() {
+        let mut t = table_with_queues(&["last"]);
+        t.declare_exchange(with_alternate("a", ExchangeKind::Direct, "b"))
+            .unwrap();
+        t.declare_exchange(with_alternate("b", ExchangeKind::Topic, "c"))
+            .unwrap();
+        declare(&mut t, "c", ExchangeKind::Fanout);
+        bind(&mut t, "c", "last", "");
+        assert_eq!(route(&t, "a", "x"), ["last"]);
+        // The alternate may be the default exchange.
+        t.declare_exchange(with_alternate("d", ExchangeKind::Direct, ""))
+            .unwrap();
+        assert_eq!(route(&t, "d", "last"), ["last"]);
+        t.declare_exchange(with_alternate("dangling", ExchangeKind::Direct, "gone"))
+            .unwrap();
+        let result = t.route("dangling", "x", &[]).unwrap();
+        assert_eq!(result, RouteResult::default());
+        t.delete_exchange("c", false).unwrap();
+        assert!(route(&t, "a", "x").is_empty());
+    }
+
+    #[test]
+    fn alternate_cycles_terminate() {
+        let mut t = table_with_queues(&["q"]);
+        t.declare_exchange(with_alternate("self", ExchangeKind::Direct, "self"))
+            .unwrap();
+        assert!(route(&t, "self", "x").is_empty());
+
+        t.declare_exchange(with_alternate("x", ExchangeKind::Direct, "y"))
+            .unwrap();
+        t.declare_exchange(with_alternate("y", ExchangeKind::Topic, "z"))
+            .unwrap();
+        t.declare_exchange(with_alternate("z", ExchangeKind::Fanout, "y"))
+            .unwrap();
+        assert!(route(&t, "x", "k").is_empty());
+        assert!(route(&t, "y", "k").is_empty());
+        // A cycle does not stop a later exchange in it from routing.
+        bind(&mut t, "z", "q", "");
+        let result = t.route("x", "k", &[]).unwrap();
+        assert_eq!(result.queues, [QueueName::from("q")]);
+        assert!(result.via_alternate);
+    }
+
+    #[test]
+    fn route_into_reuses_and_clears_the_result() {
+        let mut t = table_with_queues(&["a", "b"]);
+        declare(&mut t, "x", ExchangeKind::Direct);
+        bind(&mut t, "x", "a", "ka");
+        bind(&mut t, "x", "b", "kb");
+        let mut out = RouteResult::default();
+        t.route_into("x", "ka", &[], &mut out).unwrap();
+        assert_eq!(out.queues, [QueueName::from("a")]);
+        t.route_into("x", "kb", &[], &mut out).unwrap();
+        assert_eq!(out.queues, [QueueName::from("b")]);
+        t.route_into("x", "none", &[], &mut out).unwrap();
+        assert!(out.queues.is_empty());
+        assert_eq!(
+            t.route_into("missing", "ka", &[], &mut out),
+            Err(RoutingError::ExchangeNotFound("missing".into()))
+        );
+    }
+
+    #[test]
+    fn definitions_round_trip() {
+        let mut t = table_with_queues(&["q", "r", "tmp"]);
+        t.declare_exchange(Exchange {
+            durable: true,
+            ..with_alternate("t", ExchangeKind::Topic, "ae")
+        })
+        .unwrap();
+        t.declare_exchange(Exchange {
+            durable: true,
+            ..Exchange::new("ae", ExchangeKind::Fanout)
+        })
+        .unwrap();
+        declare(&mut t, "transient", ExchangeKind::Direct);
+        bind(&mut t, "t", "q", "a.#");
+        bind(&mut t, "ae", "r", "");
+        bind(&mut t, "amq.direct", "r", "k");
+        bind(&mut t, "transient", "q", "k");
+        bind(&mut t, "t", "tmp", "#");
+        bind_args(
+            &mut t,
+            "amq.headers",
+            "q",
+            &[("x-match", s("any")), ("a", s("1"))],
+        )
+        .unwrap();
+
+        let defs = t.definitions();
+        let names: Vec<&str> = defs.exchanges.iter().map(|x| x.name.as_str()).collect();
+        assert_eq!(names, ["ae", "t", "transient"]);
+        assert_eq!(defs.bindings.len(), 6);
+        assert_eq!(defs.bindings[0], Binding::new("t", "q", "a.#"));
+
+        let copy = RoutingTable::from_definitions(&defs, ["q", "r", "tmp"]).unwrap();
+        assert_eq!(copy.definitions(), defs);
+        for (x, key) in [
+            ("t", "a.b"),
+            ("t", "z"),
+            ("amq.direct", "k"),
+            ("transient", "k"),
+        ] {
+            assert_eq!(copy.route(x, key, &[]), t.route(x, key, &[]));
+        }
+
+        let mut durable = defs.clone();
+        durable.retain_durable(|queue| queue != "tmp");
+        let names: Vec<&str> = durable.exchanges.iter().map(|x| x.name.as_str()).collect();
+        assert_eq!(names, ["ae", "t"]);
+        let kept: Vec<(&str, &str)> = durable
+            .bindings
+            .iter()
+            .map(|b| (b.exchange.as_str(), b.queue.as_str()))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("t", "q"),
+                ("ae", "r"),
+                ("amq.direct", "r"),
+                ("amq.headers", "q")
+            ]
+        );
+
+        assert_eq!(
+            RoutingTable::from_definitions(&defs, ["q"]).unwrap_err(),
+            RoutingError::QueueNotFound("r".into())
+        );
+    }
+}
