@@ -1,1 +1,48 @@
-//! The storage engine (in progress).
+//! The storage engine: one crash-safe, append-only, segmented, memory-mapped log per queue.
+//!
+//! # Layout
+//! ```text
+//! <data>/LOCK                      flock()ed while a process uses the directory
+//! <data>/FORMAT                    "sluice-storage 1"
+//! <data>/queues/<uid:016x>/        one directory per queue log
+//!     manifest.log                 Created/Deleted record per segment (CRC'd, pwrite)
+//!     durable.ckpt                 durable watermark, rewritten by the sync thread
+//!     00000000000000000001.seg     segment: 64-byte header, then 8-byte aligned records
+//!     00000000000000000001.ack     its ack log: batches of acked seqs and delivery counts
+//!     quarantine/                  copies of damaged records, for inspection
+//! ```
+//!
+//! # Modules
+//! - [`format`]: every byte layout, pure encode/decode.
+//! - `mmap`: the segment mapping, the only `unsafe` code.
+//! - `durability`: the sync thread (group commit, fail-stop, watermarks).
+//! - `queue_log`: append, read, ack, rotate, delete, relocate.
+//! - `recovery`: open after any stop (torn tails, corruption, interrupted deletions).
+//! - `store`: the data directory.
+//!
+//! # Guarantees
+//! - A message whose append epoch is durable survives any crash of the process or machine.
+//! - Sequence numbers are per queue and never reused, even across torn tails.
+//! - A full disk is a [`StorageError::StorageFull`] from `fallocate`, never a SIGBUS; nothing
+//!   already written is harmed.
+//! - Damage below the durable watermark is reported ([`Damage`]) and quarantined, never
+//!   silently dropped; the rest of the queue, and every other queue, keeps serving.
+
+mod durability;
+mod error;
+mod files;
+pub mod format;
+mod mmap;
+mod queue_log;
+mod recovery;
+mod store;
+
+#[cfg(test)]
+mod tests;
+
+pub use durability::{Durability, DurabilityConfig, Epoch};
+pub use error::{Damage, Result, StorageError};
+pub use queue_log::{
+    Appended, LogConfig, QueueLog, RecoveredDeliveries, RecoveryReport, StoredMessage, TornTail,
+};
+pub use store::{Store, StoreConfig};

@@ -1,0 +1,409 @@
+//! Group commit: one sync thread makes every dirty file durable and then releases everyone
+//! waiting, in epoch order.
+//!
+//! Writers tag what they dirtied with the current epoch *under the lock*; the sync thread, under
+//! the same lock, takes the dirty set and closes the epoch. A write tagged `e` is therefore in
+//! the set that the sync for `e` flushes, and `durable_epoch() >= e` means it is on disk.
+//! Batching comes from the time a sync takes, not from a timer. A failed sync stops the process:
+//! after a failed `fsync` the kernel may have dropped the dirty pages, so retrying could report
+//! success for data that is gone ("fsyncgate").
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::format::{Watermark, CKPT_LEN};
+
+/// A group-commit generation. Everything tagged with epoch `e` is durable once the durable
+/// epoch reaches `e`.
+pub type Epoch = u64;
+
+/// Identity of a file registered with the sync thread.
+pub(crate) type FileId = u64;
+
+static NEXT_FILE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh, process-unique [`FileId`].
+pub(crate) fn new_file_id() -> FileId {
+    NEXT_FILE_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Where a queue's durable watermark lives.
+#[derive(Debug)]
+pub(crate) struct CheckpointTarget {
+    pub(crate) queue_uid: u64,
+    pub(crate) dir: PathBuf,
+}
+
+/// Name of the durable watermark file in a queue directory.
+pub(crate) const CKPT_FILE: &str = "durable.ckpt";
+
+#[derive(Debug)]
+struct DirtyFile {
+    file: Arc<File>,
+    path: Arc<Path>,
+    watermark: Option<(Arc<CheckpointTarget>, Watermark)>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    epoch: Epoch,
+    files: HashMap<FileId, DirtyFile>,
+    dirs: HashSet<PathBuf>,
+    checkpoint_requested: bool,
+    /// Someone waits for the open epoch: close it even if nothing is dirty, so waiting for
+    /// [`Durability::current_epoch`] always ends.
+    close_requested: bool,
+    shutdown: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    work: Condvar,
+    durable: AtomicU64,
+    done: Mutex<DoneCounters>,
+    done_cv: Condvar,
+    durable_tx: watch::Sender<Epoch>,
+}
+
+#[derive(Debug, Default)]
+struct DoneCounters {
+    durable: Epoch,
+    checkpoints: u64,
+}
+
+/// Settings of the sync thread.
+#[derive(Debug, Clone)]
+pub struct DurabilityConfig {
+    /// How often watermarks are written when they changed.
+    pub checkpoint_interval: Duration,
+    /// Above this many dirty files, one `syncfs` replaces per-file `fdatasync` calls.
+    pub syncfs_min_files: usize,
+}
+
+impl Default for DurabilityConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_interval: Duration::from_secs(1),
+            syncfs_min_files: 8,
+        }
+    }
+}
+
+/// Handle to the sync thread of one data directory; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Durability {
+    shared: Arc<Shared>,
+}
+
+/// Owns the sync thread; dropping it syncs everything, writes watermarks and joins the thread.
+#[derive(Debug)]
+pub(crate) struct SyncThread {
+    handle: Durability,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SyncThread {
+    pub(crate) fn start(data_dir: &Path, config: DurabilityConfig) -> std::io::Result<Self> {
+        let (durable_tx, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                epoch: 1,
+                ..State::default()
+            }),
+            work: Condvar::new(),
+            durable: AtomicU64::new(0),
+            done: Mutex::new(DoneCounters::default()),
+            done_cv: Condvar::new(),
+            durable_tx,
+        });
+        let dir = File::open(data_dir)?;
+        let worker = Worker {
+            shared: Arc::clone(&shared),
+            config,
+            data_dir_fd: dir,
+            watermarks: HashMap::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("sluice-sync".into())
+            .spawn(move || worker.run())?;
+        Ok(Self {
+            handle: Durability { shared },
+            thread: Some(thread),
+        })
+    }
+
+    pub(crate) fn handle(&self) -> &Durability {
+        &self.handle
+    }
+}
+
+impl Drop for SyncThread {
+    fn drop(&mut self) {
+        lock(&self.handle.shared.state).shutdown = true;
+        self.handle.shared.work.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks leaves plain data behind; keep going.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Durability {
+    /// Tags `file` as dirty in the current epoch and returns that epoch. `watermark`, if given,
+    /// is the end of the queue log data this write covers; it becomes the queue's durable
+    /// watermark once the epoch is durable.
+    pub(crate) fn mark_file(
+        &self,
+        id: FileId,
+        file: &Arc<File>,
+        path: &Arc<Path>,
+        watermark: Option<(&Arc<CheckpointTarget>, Watermark)>,
+    ) -> Epoch {
+        let mut st = lock(&self.shared.state);
+        let wake = st.files.is_empty() && st.dirs.is_empty();
+        let entry = st.files.entry(id).or_insert_with(|| DirtyFile {
+            file: Arc::clone(file),
+            path: Arc::clone(path),
+            watermark: None,
+        });
+        if let Some((target, w)) = watermark {
+            match &mut entry.watermark {
+                Some((_, old)) if *old >= w => {}
+                slot => *slot = Some((Arc::clone(target), w)),
+            }
+        }
+        let e = st.epoch;
+        drop(st);
+        if wake {
+            self.shared.work.notify_one();
+        }
+        e
+    }
+
+    /// Tags a directory whose entries changed (a file created or renamed) as dirty.
+    pub(crate) fn mark_dir(&self, dir: &Path) -> Epoch {
+        let mut st = lock(&self.shared.state);
+        let wake = st.files.is_empty() && st.dirs.is_empty();
+        if !st.dirs.contains(dir) {
+            st.dirs.insert(dir.to_path_buf());
+        }
+        let e = st.epoch;
+        drop(st);
+        if wake {
+            self.shared.work.notify_one();
+        }
+        e
+    }
+
+    /// The epoch that covers every write tagged so far.
+    pub fn current_epoch(&self) -> Epoch {
+        lock(&self.shared.state).epoch
+    }
+
+    /// The highest epoch known to be durable.
+    pub fn durable_epoch(&self) -> Epoch {
+        self.shared.durable.load(Ordering::Acquire)
+    }
+
+    /// Waits until epoch `e` is durable.
+    pub async fn wait(&self, e: Epoch) {
+        if self.durable_epoch() >= e {
+            return;
+        }
+        self.request_close(e);
+        let mut rx = self.shared.durable_tx.subscribe();
+        // The sender lives as long as `self`; an error would mean it is gone, and then the
+        // process is stopping anyway.
+        let _ = rx.wait_for(|d| *d >= e).await;
+    }
+
+    /// Blocks the calling thread until epoch `e` is durable.
+    pub fn wait_blocking(&self, e: Epoch) {
+        if self.durable_epoch() >= e {
+            return;
+        }
+        self.request_close(e);
+        let mut done = lock(&self.shared.done);
+        while done.durable < e {
+            done = self.shared.done_cv.wait(done).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Makes sure epoch `e` gets closed even when no write is tagged with it.
+    fn request_close(&self, e: Epoch) {
+        let mut st = lock(&self.shared.state);
+        if st.epoch <= e && !st.close_requested {
+            st.close_requested = true;
+            drop(st);
+            self.shared.work.notify_one();
+        }
+    }
+
+    /// Syncs everything written so far and writes every queue's durable watermark now; blocks.
+    pub fn checkpoint_blocking(&self) {
+        let target = {
+            let mut st = lock(&self.shared.state);
+            st.checkpoint_requested = true;
+            lock(&self.shared.done).checkpoints + 1
+        };
+        self.shared.work.notify_one();
+        let mut done = lock(&self.shared.done);
+        while done.checkpoints < target {
+            done = self.shared.done_cv.wait(done).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    config: DurabilityConfig,
+    data_dir_fd: File,
+    /// Latest durable watermark per queue, and whether it still has to be written.
+    watermarks: HashMap<u64, (Arc<CheckpointTarget>, Watermark, bool)>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let mut last_checkpoint = Instant::now();
+        loop {
+            let (epoch, files, dirs, checkpoint, shutdown) = {
+                let mut st = lock(&self.shared.state);
+                loop {
+                    let has_work = !st.files.is_empty() || !st.dirs.is_empty();
+                    if has_work || st.checkpoint_requested || st.close_requested || st.shutdown {
+                        break;
+                    }
+                    let pending = self.watermarks.values().any(|w| w.2);
+                    if pending && last_checkpoint.elapsed() >= self.config.checkpoint_interval {
+                        break;
+                    }
+                    let wait = if pending {
+                        self.config.checkpoint_interval.saturating_sub(last_checkpoint.elapsed())
+                    } else {
+                        Duration::from_secs(3600)
+                    };
+                    st = self.shared.work.wait_timeout(st, wait).unwrap_or_else(|p| p.into_inner()).0;
+                }
+                let e = st.epoch;
+                st.epoch += 1;
+                let files = std::mem::take(&mut st.files);
+                let dirs = std::mem::take(&mut st.dirs);
+                let checkpoint = std::mem::take(&mut st.checkpoint_requested);
+                st.close_requested = false;
+                (e, files, dirs, checkpoint, st.shutdown)
+            };
+            self.sync(&files, &dirs);
+            for f in files.into_values() {
+                if let Some((target, w)) = f.watermark {
+                    let slot = self.watermarks.entry(target.queue_uid).or_insert((target, w, true));
+                    if slot.1 < w {
+                        slot.1 = w;
+                    }
+                    slot.2 = true;
+                }
+            }
+            self.shared.durable.store(epoch, Ordering::Release);
+            self.shared.durable_tx.send_replace(epoch);
+            {
+                let mut done = lock(&self.shared.done);
+                done.durable = epoch;
+            }
+            self.shared.done_cv.notify_all();
+            if checkpoint || shutdown || last_checkpoint.elapsed() >= self.config.checkpoint_interval {
+                self.write_watermarks();
+                last_checkpoint = Instant::now();
+                if checkpoint {
+                    lock(&self.shared.done).checkpoints += 1;
+                    self.shared.done_cv.notify_all();
+                }
+            }
+            if shutdown {
+                let st = lock(&self.shared.state);
+                if st.files.is_empty() && st.dirs.is_empty() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn sync(&self, files: &HashMap<FileId, DirtyFile>, dirs: &HashSet<PathBuf>) {
+        if files.len() >= self.config.syncfs_min_files {
+            if let Err(e) = rustix::fs::syncfs(&self.data_dir_fd) {
+                fail_stop("syncfs of the data directory", Path::new("."), &e.into());
+            }
+        } else {
+            for f in files.values() {
+                if let Err(e) = f.file.sync_data() {
+                    fail_stop("fdatasync", &f.path, &e);
+                }
+            }
+        }
+        for d in dirs {
+            match File::open(d).and_then(|f| f.sync_all()) {
+                Ok(()) => {}
+                // A directory removed since (a deleted queue) has nothing left to make durable.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => fail_stop("fsync of a directory", d, &e),
+            }
+        }
+    }
+
+    fn write_watermarks(&mut self) {
+        for (target, w, pending) in self.watermarks.values_mut() {
+            if !*pending {
+                continue;
+            }
+            match write_watermark(target, *w) {
+                Ok(()) => *pending = false,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => *pending = false,
+                // The old file is still a valid lower bound; try again next time.
+                Err(e) => tracing::warn!(dir = %target.dir.display(), error = %e,
+                    "could not write the durable watermark; will retry"),
+            }
+        }
+        // Queues that were deleted leave nothing to write.
+        self.watermarks.retain(|_, (t, _, _)| t.dir.exists());
+    }
+}
+
+/// Replaces `durable.ckpt` atomically: write a temporary file, sync it, rename it over.
+fn write_watermark(target: &CheckpointTarget, w: Watermark) -> std::io::Result<()> {
+    let tmp = target.dir.join("durable.ckpt.tmp");
+    let mut f = File::create(&tmp)?;
+    let bytes: [u8; CKPT_LEN] = w.encode(target.queue_uid);
+    f.write_all(&bytes)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, target.dir.join(CKPT_FILE))
+}
+
+/// Reads a queue's durable watermark; `None` if absent or damaged (then nothing is assumed
+/// durable, which is the safe lower bound).
+pub(crate) fn read_watermark(dir: &Path, queue_uid: u64) -> Option<Watermark> {
+    let f = File::open(dir.join(CKPT_FILE)).ok()?;
+    let mut b = [0u8; CKPT_LEN];
+    f.read_exact_at(&mut b, 0).ok()?;
+    Watermark::decode(&b, queue_uid)
+}
+
+/// Stops the process after a failed sync. Retrying is unsafe: the kernel may already have
+/// dropped the pages it could not write, so a second sync could succeed over lost data.
+fn fail_stop(what: &str, path: &Path, err: &std::io::Error) -> ! {
+    tracing::error!(path = %path.display(), error = %err,
+        "{what} failed; stopping the process to avoid confirming lost data");
+    eprintln!("sluice: FATAL: {what} of {} failed: {err}; stopping", path.display());
+    std::process::abort()
+}

@@ -1,0 +1,181 @@
+//! The memory map of one segment file: the only module with `unsafe`.
+//!
+//! A segment is mapped once at its full size. Three rules make that sound:
+//! - bytes below `committed` are immutable: nothing writes them again, and readers may only
+//!   look at bytes below `committed` (loaded with `Acquire`);
+//! - there is at most one [`MapWriter`] per map, and it writes only at or beyond `committed`,
+//!   then publishes the new end with `Release`;
+//! - the writer only touches bytes below `allocated`, the length that `fallocate` reserved on
+//!   disk, so a full disk is an `ENOSPC` from `fallocate` and never a SIGBUS from a page fault.
+
+use std::fs::File;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use memmap2::{MmapOptions, MmapRaw};
+
+/// A shared, read-mostly mapping of a segment file.
+#[derive(Debug)]
+pub(crate) struct SegmentMap {
+    raw: MmapRaw,
+    len: usize,
+    committed: AtomicUsize,
+    allocated: AtomicUsize,
+    writer_taken: AtomicBool,
+}
+
+impl SegmentMap {
+    /// Maps `len` bytes of `file`. `committed` bytes are already valid and `allocated` bytes
+    /// have disk blocks behind them.
+    pub(crate) fn map(file: &File, len: usize, committed: usize, allocated: usize) -> io::Result<Self> {
+        assert!(committed <= allocated && allocated <= len, "inconsistent segment map bounds");
+        let raw = MmapOptions::new().len(len).map_raw(file)?;
+        Ok(Self {
+            raw,
+            len,
+            committed: AtomicUsize::new(committed),
+            allocated: AtomicUsize::new(allocated),
+            writer_taken: AtomicBool::new(false),
+        })
+    }
+
+    /// Length of the valid, immutable prefix.
+    pub(crate) fn committed(&self) -> usize {
+        self.committed.load(Ordering::Acquire)
+    }
+
+    /// The committed bytes `[offset, offset + len)`, or `None` if any of them is not committed.
+    pub(crate) fn read(&self, offset: usize, len: usize) -> Option<&[u8]> {
+        let end = offset.checked_add(len)?;
+        if end > self.committed() {
+            return None;
+        }
+        // SAFETY: `[offset, end)` lies below `committed` (Acquire), so the writer finished
+        // these bytes before publishing them and never writes them again; they lie inside the
+        // mapping (committed <= allocated <= len) and inside the file (allocated was
+        // fallocated), so reading cannot fault. The slice borrows `self`, which keeps the
+        // mapping alive.
+        Some(unsafe { std::slice::from_raw_parts(self.raw.as_ptr().add(offset), len) })
+    }
+
+    /// The committed bytes `[offset, offset + len)` as `Bytes` that share the mapping: no copy.
+    pub(crate) fn bytes(self: &Arc<Self>, offset: usize, len: usize) -> Option<Bytes> {
+        self.read(offset, len)?;
+        Some(Bytes::from_owner(MappedSlice {
+            map: Arc::clone(self),
+            offset,
+            len,
+        }))
+    }
+
+    /// Takes the one writer of this map; `None` if it was taken already.
+    pub(crate) fn writer(self: &Arc<Self>) -> Option<MapWriter> {
+        if self.writer_taken.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        Some(MapWriter {
+            map: Arc::clone(self),
+        })
+    }
+}
+
+/// A range of a mapping, owned; backs zero-copy `Bytes`.
+struct MappedSlice {
+    map: Arc<SegmentMap>,
+    offset: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for MappedSlice {
+    fn as_ref(&self) -> &[u8] {
+        self.map
+            .read(self.offset, self.len)
+            .expect("a committed range stays committed")
+    }
+}
+
+/// The unique right to append to a [`SegmentMap`].
+#[derive(Debug)]
+pub(crate) struct MapWriter {
+    map: Arc<SegmentMap>,
+}
+
+impl MapWriter {
+    /// The mapping's full length.
+    pub(crate) fn capacity(&self) -> usize {
+        self.map.len
+    }
+
+    /// Bytes reserved on disk.
+    pub(crate) fn allocated(&self) -> usize {
+        self.map.allocated.load(Ordering::Relaxed)
+    }
+
+    /// Records that the file now has disk blocks up to `allocated` (after `fallocate` succeeded).
+    pub(crate) fn set_allocated(&self, allocated: usize) {
+        assert!(allocated <= self.map.len && allocated >= self.allocated());
+        self.map.allocated.store(allocated, Ordering::Relaxed);
+    }
+
+    /// Copies `parts` back to back at the committed end, then publishes `new_end` (which may
+    /// exceed the bytes copied, to cover zero padding). Returns the offset written at.
+    ///
+    /// Panics if `new_end` is beyond the allocated space: that would risk a SIGBUS.
+    pub(crate) fn append(&mut self, parts: &[&[u8]], new_end: usize) -> usize {
+        let start = self.map.committed.load(Ordering::Relaxed);
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        assert!(start + total <= new_end, "record longer than its slot");
+        assert!(new_end <= self.allocated(), "write beyond the space fallocate reserved");
+        let mut at = start;
+        for p in parts {
+            // SAFETY: `[at, at + p.len())` lies inside `[start, new_end)`, which is at or above
+            // `committed` (no reader looks there, and `self` is the only writer: `writer()`
+            // hands out one `MapWriter` per map) and below `allocated <= len` (inside the
+            // mapping and backed by reserved disk blocks). `p` is a separate allocation.
+            unsafe {
+                std::ptr::copy_nonoverlapping(p.as_ptr(), self.map.raw.as_mut_ptr().add(at), p.len())
+            };
+            at += p.len();
+        }
+        // Padding bytes between `at` and `new_end` are already zero: appends only go to fresh,
+        // fallocated space of a segment created by this process.
+        self.map.committed.store(new_end, Ordering::Release);
+        start
+    }
+
+    /// The map this writer appends to.
+    pub(crate) fn map(&self) -> &Arc<SegmentMap> {
+        &self.map
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_become_visible_only_when_committed_and_bytes_share_the_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("m"))
+            .unwrap();
+        rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, 4096).unwrap();
+        let map = Arc::new(SegmentMap::map(&f, 8192, 0, 4096).unwrap());
+        let mut w = map.writer().unwrap();
+        assert!(map.writer().is_none(), "a second writer must be refused");
+        assert!(map.read(0, 1).is_none());
+        let at = w.append(&[b"abc", b"de"], 8);
+        assert_eq!(at, 0);
+        assert_eq!(map.read(0, 5).unwrap(), b"abcde");
+        let b = map.bytes(1, 3).unwrap();
+        drop(w);
+        assert_eq!(&b[..], b"bcd");
+        assert!(map.read(4, 8).is_none());
+    }
+}

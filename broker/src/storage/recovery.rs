@@ -1,0 +1,635 @@
+//! Opening a queue log after a clean or unclean stop.
+//!
+//! Everything is read with `pread` (an I/O error is a value, never a SIGBUS) and every record's
+//! checksum is checked. An invalid record at or past the durable watermark is a torn tail: no
+//! completed sync covered it, so nothing from there on was ever confirmed, and it is cut. An
+//! invalid record below the watermark is corruption of durable data: it is reported, copied to
+//! `quarantine/`, and every other record is kept. Every step only deletes or zeroes what a
+//! repeated recovery would delete or zero too, so recovery is idempotent.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::durability::{new_file_id, read_watermark, Durability};
+use super::error::{Damage, Result, StorageError};
+use super::files;
+use super::format::{
+    align_up, AckBatch, LogHeader, ManifestRecord, RecordHeader, RecordKind, SegmentHeader,
+    Watermark, ACK_MAGIC, LOG_HEADER_LEN, SEGMENT_FLAG_AFTER_RESTART, MANIFEST_MAGIC, MANIFEST_RECORD_LEN, RECORD_HEADER_LEN,
+    SEGMENT_HEADER_LEN,
+};
+use super::mmap::SegmentMap;
+use super::queue_log::{
+    ack_path, segment_path, AckLog, Bits, LogConfig, Manifest, QueueLog, RecoveredDeliveries,
+    Segment, SegmentFile, TornTail, MANIFEST_FILE,
+};
+
+/// A manifest larger than this is rewritten at open with only the live segments.
+const MANIFEST_REWRITE_BYTES: u64 = 1 << 20;
+const NO_RECORD: u32 = u32::MAX;
+
+struct Scanned {
+    no: u64,
+    path: PathBuf,
+    header: SegmentHeader,
+    file_len: usize,
+    /// End of the last valid record: the committed length of the mapping.
+    end: usize,
+    /// Offsets of message slots `base_seq + i` (`NO_RECORD` where lost).
+    offsets: Vec<u32>,
+    /// Payload length per message slot.
+    sizes: Vec<u32>,
+    /// Relocated copies held here: (seq, offset, payload length).
+    relocated: Vec<(u64, u32, u32)>,
+    /// First seq lost to damage that skipped the rest of the segment.
+    lost_from: Option<(u64, usize)>,
+}
+
+impl Scanned {
+    fn records(&self) -> u32 {
+        (self.offsets.iter().filter(|&&o| o != NO_RECORD).count() + self.relocated.len()) as u32
+    }
+}
+
+/// Opens the log in `dir`, recovering from whatever stop came before.
+pub(crate) fn open(uid: u64, dir: PathBuf, config: LogConfig, durability: Durability) -> Result<QueueLog> {
+    let wm = read_watermark(&dir, uid).unwrap_or(Watermark {
+        segment_no: 0,
+        offset: 0,
+    });
+    let below_wm = |no: u64, pos: usize| (no, pos as u64) < (wm.segment_no, wm.offset);
+    let (mut manifest, created, deleted) = open_manifest(&dir, uid)?;
+
+    let (seg_files, ack_files) = list_files(&dir)?;
+    let mut max_no = created.keys().chain(&deleted).chain(&seg_files).chain(&ack_files).copied().max().unwrap_or(0);
+    let mut max_seq_seen = 0u64;
+    let mut damage = Vec::new();
+    let mut scanned: Vec<Scanned> = Vec::new();
+    let mut torn: Option<TornTail> = None;
+
+    let nos: BTreeSet<u64> = seg_files.iter().chain(created.keys()).copied().collect();
+    for no in nos {
+        let path = segment_path(&dir, no);
+        if deleted.contains(&no) {
+            // An interrupted deletion: the Deleted record is durable, finish the unlinks.
+            files::remove_if_exists(&path)?;
+            files::remove_if_exists(&ack_path(&dir, no))?;
+            continue;
+        }
+        if let Some(t) = torn.as_mut() {
+            // Written after a torn tail, so never covered by a completed sync: discard, but
+            // remember its seqs so they are never reused.
+            if let Ok(data) = files::read_all(&path) {
+                if let Ok(h) = SegmentHeader::decode(&data) {
+                    max_seq_seen = max_seq_seen.max(probe_max_seq(&data, SEGMENT_HEADER_LEN, h.salt, &config));
+                }
+            }
+            if created.contains_key(&no) {
+                // Say so durably first, or a later start would report it missing.
+                manifest.append_sync(ManifestRecord::Deleted { segment_no: no })?;
+            }
+            files::remove_if_exists(&path)?;
+            files::remove_if_exists(&ack_path(&dir, no))?;
+            t.segments_discarded += 1;
+            continue;
+        }
+        if !seg_files.contains(&no) {
+            if no > wm.segment_no {
+                // Created, but its directory entry never became durable: nothing was confirmed
+                // in it. Record that it is gone so later starts do not look for it.
+                manifest.append_sync(ManifestRecord::Deleted { segment_no: no })?;
+            } else {
+                let base = created[&no].0;
+                let next_base = created.range(no + 1..).next().map(|(_, &(b, _))| b);
+                let lost = next_base.filter(|&n| n > base).map(|n| base..=n - 1);
+                tracing::error!(queue = uid, segment = no, ?lost, "segment file missing: messages lost");
+                damage.push(Damage::MissingSegment { segment_no: no, lost });
+            }
+            continue;
+        }
+        let data = files::read_all(&path)?;
+        if data.len() < SEGMENT_HEADER_LEN && no <= wm.segment_no {
+            // A durable segment cut to (almost) nothing: everything it held is lost.
+            let base = created.get(&no).map(|c| c.0);
+            let next_base = created.range(no + 1..).next().map(|(_, &(b, _))| b);
+            let lost = base.zip(next_base).filter(|(b, n)| n > b).map(|(b, n)| b..=n - 1);
+            tracing::error!(queue = uid, segment = no, ?lost, "segment file truncated: messages lost");
+            damage.push(Damage::MissingSegment { segment_no: no, lost });
+            continue;
+        }
+        let header = match SegmentHeader::decode(&data) {
+            Ok(h) if h.queue_uid == uid && h.segment_no == no => h,
+            bad => {
+                if no > wm.segment_no {
+                    // The header write itself was never synced: a torn creation.
+                    if created.contains_key(&no) {
+                        manifest.append_sync(ManifestRecord::Deleted { segment_no: no })?;
+                    }
+                    files::remove_if_exists(&path)?;
+                    files::remove_if_exists(&ack_path(&dir, no))?;
+                    torn = Some(TornTail {
+                        segment_no: no,
+                        offset: 0,
+                        segments_discarded: 0,
+                    });
+                    continue;
+                }
+                let reason = bad.err().unwrap_or("segment belongs to another queue or file name");
+                return Err(StorageError::CorruptSegmentHeader { path, reason });
+            }
+        };
+        if !created.contains_key(&no) {
+            // Crashed right after creating the file: adopt it.
+            manifest.append_sync(ManifestRecord::Created {
+                segment_no: no,
+                base_seq: header.base_seq,
+                after_restart: header.flags & SEGMENT_FLAG_AFTER_RESTART != 0,
+            })?;
+        }
+        let mut s = Scanned {
+            no,
+            path: path.clone(),
+            header,
+            file_len: data.len(),
+            end: SEGMENT_HEADER_LEN,
+            offsets: Vec::new(),
+            sizes: Vec::new(),
+            relocated: Vec::new(),
+            lost_from: None,
+        };
+        let mut pos = SEGMENT_HEADER_LEN;
+        let mut expected = header.base_seq;
+        loop {
+            let rest = &data[pos.min(data.len())..];
+            let bad_reason = match RecordHeader::peek_len(rest) {
+                None if rest.iter().all(|&b| b == 0) => break,
+                // Zeros end the data, except inside the watermark segment below the watermark,
+                // where durable records must be. (Earlier segments that end too early are
+                // caught by the seq continuity check below.)
+                Some(0) if !(no == wm.segment_no && (pos as u64) < wm.offset) => {
+                    if below_wm(no, pos) || rest.iter().all(|&b| b == 0) {
+                        break;
+                    }
+                    // Records after a gap of zeros: pages written back out of order before a
+                    // crash. Nothing there was confirmed; it is a torn tail.
+                    "data after a zeroed gap"
+                }
+                Some(0) => "durable data reads as zeros",
+                _ => match RecordHeader::decode(rest, header.salt, config.max_record_bytes) {
+                    Ok(h) if h.kind == RecordKind::Message && h.seq == expected => {
+                        s.offsets.push(pos as u32);
+                        s.sizes.push(h.rec_len - RECORD_HEADER_LEN as u32);
+                        max_seq_seen = max_seq_seen.max(h.seq);
+                        expected += 1;
+                        pos += align_up(h.rec_len as usize);
+                        s.end = pos;
+                        continue;
+                    }
+                    Ok(h) if h.kind == RecordKind::Relocated && h.seq < header.base_seq => {
+                        s.relocated.push((h.seq, pos as u32, h.rec_len - RECORD_HEADER_LEN as u32));
+                        pos += align_up(h.rec_len as usize);
+                        s.end = pos;
+                        continue;
+                    }
+                    Ok(_) => "sequence number out of order",
+                    Err(_) => "checksum or header mismatch",
+                },
+            };
+            if !below_wm(no, pos) {
+                max_seq_seen = max_seq_seen.max(probe_max_seq(&data, pos, header.salt, &config));
+                if data[pos..].iter().any(|&b| b != 0) {
+                    zero_tail(&path, pos as u64, data.len() as u64)?;
+                }
+                tracing::warn!(queue = uid, segment = no, offset = pos, bytes = data.len() - pos,
+                    "cut a torn tail after an unclean stop");
+                torn = Some(TornTail {
+                    segment_no: no,
+                    offset: pos as u64,
+                    segments_discarded: 0,
+                });
+                break;
+            }
+            quarantine(&dir, no, pos, &data, &config);
+            // Resynchronise: trust the length only if the record after it validates.
+            let next = RecordHeader::peek_len(rest)
+                .map(|l| l as usize)
+                .filter(|&l| l >= RECORD_HEADER_LEN && l <= config.max_record_bytes)
+                .map(|l| pos + align_up(l))
+                .filter(|&n| n <= data.len());
+            let next_ok = next.and_then(|n| {
+                let r = &data[n..];
+                match RecordHeader::peek_len(r) {
+                    None | Some(0) => Some(None),
+                    _ => RecordHeader::decode(r, header.salt, config.max_record_bytes).ok().map(Some),
+                }
+            });
+            match (next, next_ok) {
+                (Some(n), Some(following)) => {
+                    // Exactly one record is bad. If the one after it is the next message, the
+                    // bad one was message `expected`; otherwise it was a relocated copy.
+                    let was_message = match following {
+                        Some(f) if f.kind == RecordKind::Message => f.seq == expected + 1,
+                        _ => rest.get(8) == Some(&(RecordKind::Message as u8)),
+                    };
+                    let lost = was_message.then_some(expected..=expected);
+                    if was_message {
+                        s.offsets.push(NO_RECORD);
+                        s.sizes.push(0);
+                        max_seq_seen = max_seq_seen.max(expected);
+                        expected += 1;
+                    }
+                    tracing::error!(queue = uid, segment = no, offset = pos, ?lost, "corrupt record quarantined");
+                    damage.push(Damage::CorruptRecords {
+                        segment_no: no,
+                        offset: pos as u64,
+                        lost,
+                        reason: bad_reason,
+                    });
+                    pos = n;
+                    s.end = pos;
+                }
+                _ => {
+                    tracing::error!(queue = uid, segment = no, offset = pos,
+                        "corrupt record with an unusable length: the rest of the segment is lost");
+                    s.lost_from = Some((expected, pos));
+                    break;
+                }
+            }
+        }
+        scanned.push(s);
+    }
+
+    // Damage that skipped the rest of a segment: the next segment's base bounds what was lost.
+    for i in 0..scanned.len() {
+        // The next segment ever created (it may since have been deleted, fully acked).
+        let next = created.range(scanned[i].no + 1..).next().map(|(_, &c)| c);
+        let next_base = next.map(|n| n.0);
+        let jump_expected = next.is_some_and(|n| n.1);
+        let end_seq = scanned[i].header.base_seq + scanned[i].offsets.len() as u64;
+        if scanned[i].lost_from.is_none() && !jump_expected && next_base.is_some_and(|n| n > end_seq) {
+            // The segment ends cleanly, but before the seqs the next segment starts after:
+            // durable data was cut off (a sealed segment always holds every seq up to the next
+            // segment's base).
+            scanned[i].lost_from = Some((end_seq, scanned[i].end));
+        }
+        if let Some((from, pos)) = scanned[i].lost_from {
+            let lost = next_base.filter(|&n| n > from).map(|n| from..=n - 1);
+            if let Some(r) = &lost {
+                max_seq_seen = max_seq_seen.max(*r.end());
+            }
+            damage.push(Damage::CorruptRecords {
+                segment_no: scanned[i].no,
+                offset: pos as u64,
+                lost,
+                reason: "record length unusable; rest of segment skipped",
+            });
+        }
+    }
+
+    // Ack logs.
+    let mut recovered = RecoveredDeliveries::default();
+    let mut acked: Vec<HashSet<u64>> = Vec::with_capacity(scanned.len());
+    let mut ack_logs: Vec<AckLog> = Vec::with_capacity(scanned.len());
+    let kept: BTreeSet<u64> = scanned.iter().map(|s| s.no).collect();
+    for &no in &ack_files {
+        if !kept.contains(&no) {
+            files::remove_if_exists(&ack_path(&dir, no))?;
+        }
+    }
+    for s in &scanned {
+        let before = damage.len();
+        let (log, batch) = open_ack_log(&dir, uid, s.no, &mut damage)?;
+        if damage.len() > before {
+            // Acks were lost, so any message of this segment may have been delivered already:
+            // make sure it comes back flagged as a redelivery.
+            let last = s.header.base_seq + s.offsets.len() as u64;
+            let last_relocated = s.relocated.iter().map(|r| r.0 + 1).max().unwrap_or(0);
+            recovered.delivered_hwm = recovered.delivered_hwm.max(last.max(last_relocated) - 1);
+        }
+        max_seq_seen = max_seq_seen.max(batch.acks.iter().copied().max().unwrap_or(0));
+        recovered.delivered_hwm = recovered.delivered_hwm.max(batch.delivered_hwm);
+        for (seq, c) in batch.delivery_counts {
+            let e = recovered.counts.entry(seq).or_insert(0);
+            *e = (*e).max(c);
+        }
+        acked.push(batch.acks.into_iter().collect());
+        ack_logs.push(log);
+    }
+
+    // The newest copy of a relocated message is the one that counts.
+    let mut newest_copy: BTreeMap<u64, u64> = BTreeMap::new();
+    for s in &scanned {
+        for &(seq, _, _) in &s.relocated {
+            newest_copy.insert(seq, s.no);
+        }
+    }
+
+    let next_seq = (max_seq_seen + 1).max(created.values().map(|c| c.0).max().unwrap_or(1)).max(1);
+    let mut segments = BTreeMap::new();
+    let mut seq_index = BTreeMap::new();
+    let mut moved = BTreeMap::new();
+    let (mut live_messages, mut live_bytes) = (0u64, 0u64);
+    for ((s, acks), ack_log) in scanned.into_iter().zip(acked).zip(ack_logs) {
+        let mut live = Bits::default();
+        let mut live_here = 0u32;
+        for (i, (&off, &size)) in s.offsets.iter().zip(&s.sizes).enumerate() {
+            let seq = s.header.base_seq + i as u64;
+            if off != NO_RECORD && !acks.contains(&seq) && !newest_copy.contains_key(&seq) {
+                live.set(i, true);
+                live_here += 1;
+                live_messages += 1;
+                live_bytes += u64::from(size);
+            }
+        }
+        for &(seq, off, size) in &s.relocated {
+            if newest_copy.get(&seq) == Some(&s.no) && !acks.contains(&seq) {
+                moved.insert(seq, (s.no, off));
+                live_here += 1;
+                live_messages += 1;
+                live_bytes += u64::from(size);
+            }
+        }
+        let records = s.records();
+        let file = files::open_rw(&s.path)?;
+        let map = SegmentMap::map(&file, s.file_len, s.end, s.file_len).map_err(|e| StorageError::io(&s.path, e))?;
+        if !s.offsets.is_empty() {
+            seq_index.insert(s.header.base_seq, s.no);
+        }
+        segments.insert(
+            s.no,
+            Segment {
+                file: SegmentFile {
+                    no: s.no,
+                    path: s.path.into(),
+                    file: Arc::new(file),
+                    id: new_file_id(),
+                    salt: s.header.salt,
+                    base_seq: s.header.base_seq,
+                    map: Arc::new(map),
+                },
+                writer: None,
+                offsets: s.offsets,
+                live,
+                records,
+                dead: records - live_here,
+                sealed_at: Some(Instant::now()),
+                relocated_at: None,
+                deleting: None,
+                ack_log,
+                acks_dirty: false,
+            },
+        );
+    }
+
+    if manifest.write_pos > MANIFEST_REWRITE_BYTES {
+        manifest = rewrite_manifest(&dir, uid, &segments)?;
+    }
+    let report_segments = segments.len();
+    let mut log = QueueLog::assemble(uid, dir, config, durability, manifest, segments, next_seq);
+    log.seq_index = seq_index;
+    log.moved = moved;
+    log.live_messages = live_messages;
+    log.live_bytes = live_bytes;
+    log.delivered_hwm = recovered.delivered_hwm;
+    log.recovered = recovered;
+    log.report.segments = report_segments;
+    log.report.messages = live_messages;
+    log.report.bytes = live_bytes;
+    log.report.torn_tail = torn;
+    log.report.damage = damage;
+    // Writing always resumes in a fresh segment, so a recovered tail is never written twice.
+    max_no += 1;
+    log.start_segment(max_no, 0, true)?;
+    let sealed: Vec<u64> = log.segments.keys().copied().filter(|&n| n != max_no).collect();
+    for no in sealed {
+        log.maybe_delete_recovered(no);
+    }
+    Ok(log)
+}
+
+impl QueueLog {
+    fn maybe_delete_recovered(&mut self, no: u64) {
+        let seg = &self.segments[&no];
+        if seg.dead == seg.records {
+            if let Ok(e) = self.manifest.append(ManifestRecord::Deleted { segment_no: no }, &self.durability) {
+                self.segments.get_mut(&no).expect("present").deleting = Some(e);
+            }
+        }
+    }
+}
+
+impl Manifest {
+    /// Appends a record and syncs it before returning (used during recovery only).
+    fn append_sync(&mut self, rec: ManifestRecord) -> Result<()> {
+        let bytes = rec.encode(self.salt);
+        files::write_at(&self.file, &self.path, &bytes, self.write_pos)?;
+        self.write_pos += bytes.len() as u64;
+        self.file.sync_data().map_err(|e| StorageError::io(&*self.path, e))
+    }
+}
+
+/// The manifest, segments created (number → base seq, started after a restart), deleted.
+type ManifestState = (Manifest, BTreeMap<u64, (u64, bool)>, BTreeSet<u64>);
+
+fn open_manifest(dir: &Path, uid: u64) -> Result<ManifestState> {
+    let path = dir.join(MANIFEST_FILE);
+    if !path.exists() {
+        let m = Manifest::create(dir, uid)?;
+        files::sync_dir(dir)?;
+        return Ok((m, BTreeMap::new(), BTreeSet::new()));
+    }
+    let data = files::read_all(&path)?;
+    let header = match LogHeader::decode(&data, MANIFEST_MAGIC) {
+        Ok(h) if h.queue_uid == uid => h,
+        _ => {
+            // A torn or damaged manifest header: keep the old file for inspection and rebuild
+            // from the segment files, whose own headers say what they are.
+            tracing::error!(path = %path.display(), "manifest header damaged; rebuilding from segments");
+            let aside = dir.join("manifest.log.damaged");
+            std::fs::rename(&path, &aside).map_err(|e| StorageError::io(&path, e))?;
+            let m = Manifest::create(dir, uid)?;
+            files::sync_dir(dir)?;
+            return Ok((m, BTreeMap::new(), BTreeSet::new()));
+        }
+    };
+    let mut created = BTreeMap::new();
+    let mut deleted = BTreeSet::new();
+    let mut pos = LOG_HEADER_LEN;
+    while let Some(rec) = data.get(pos..).and_then(|r| ManifestRecord::decode(r, header.salt)) {
+        match rec {
+            ManifestRecord::Created {
+                segment_no,
+                base_seq,
+                after_restart,
+            } => {
+                created.insert(segment_no, (base_seq, after_restart));
+            }
+            ManifestRecord::Deleted { segment_no } => {
+                deleted.insert(segment_no);
+            }
+        }
+        pos += MANIFEST_RECORD_LEN;
+    }
+    let file = files::open_rw(&path)?;
+    if data[pos.min(data.len())..].iter().any(|&b| b != 0) {
+        // A torn manifest append: nothing after it was confirmed to anyone.
+        file.set_len(pos as u64).map_err(|e| StorageError::io(&path, e))?;
+        file.sync_data().map_err(|e| StorageError::io(&path, e))?;
+    }
+    let manifest = Manifest {
+        path: path.into(),
+        file: Arc::new(file),
+        id: new_file_id(),
+        salt: header.salt,
+        write_pos: pos as u64,
+    };
+    Ok((manifest, created, deleted))
+}
+
+fn rewrite_manifest(dir: &Path, uid: u64, segments: &BTreeMap<u64, Segment>) -> Result<Manifest> {
+    let tmp = dir.join("manifest.log.tmp");
+    files::remove_if_exists(&tmp)?;
+    let tmp_dir = dir.join(".manifest-rewrite");
+    let _ = std::fs::remove_dir_all(&tmp_dir);
+    std::fs::create_dir(&tmp_dir).map_err(|e| StorageError::io(&tmp_dir, e))?;
+    let mut m = Manifest::create(&tmp_dir, uid)?;
+    for (&no, s) in segments {
+        // Whether a seq jump preceded each segment is not kept in memory; claiming one
+        // only switches off the continuity check for that segment's predecessor.
+        let rec = ManifestRecord::Created {
+            segment_no: no,
+            base_seq: s.file.base_seq,
+            after_restart: true,
+        };
+        files::write_at(&m.file, &m.path, &rec.encode(m.salt), m.write_pos)?;
+        m.write_pos += MANIFEST_RECORD_LEN as u64;
+    }
+    m.file.sync_data().map_err(|e| StorageError::io(&*m.path, e))?;
+    let final_path = dir.join(MANIFEST_FILE);
+    std::fs::rename(&m.path, &final_path).map_err(|e| StorageError::io(&final_path, e))?;
+    files::sync_dir(dir)?;
+    let _ = std::fs::remove_dir_all(&tmp_dir);
+    m.path = final_path.into();
+    Ok(m)
+}
+
+fn list_files(dir: &Path) -> Result<(BTreeSet<u64>, BTreeSet<u64>)> {
+    let mut segs = BTreeSet::new();
+    let mut acks = BTreeSet::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| StorageError::io(dir, e))? {
+        let entry = entry.map_err(|e| StorageError::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let parse = |stem: &str| (stem.len() == 20).then(|| stem.parse::<u64>().ok()).flatten();
+        if let Some(no) = name.strip_suffix(".seg").and_then(parse) {
+            segs.insert(no);
+        } else if let Some(no) = name.strip_suffix(".ack").and_then(parse) {
+            acks.insert(no);
+        }
+    }
+    Ok((segs, acks))
+}
+
+fn open_ack_log(dir: &Path, uid: u64, no: u64, damage: &mut Vec<Damage>) -> Result<(AckLog, AckBatch)> {
+    let path = ack_path(dir, no);
+    let fresh = || AckLog {
+        path: path.clone().into(),
+        file: None,
+        salt: fastrand::u32(..),
+        write_pos: LOG_HEADER_LEN as u64,
+        pending: AckBatch::default(),
+    };
+    if !path.exists() {
+        return Ok((fresh(), AckBatch::default()));
+    }
+    let data = files::read_all(&path)?;
+    let header = match LogHeader::decode(&data, ACK_MAGIC) {
+        Ok(h) if h.queue_uid == uid && h.segment_no == no => h,
+        _ => {
+            // Losing acks only causes redeliveries; say so and start the log again.
+            if data.iter().any(|&b| b != 0) {
+                damage.push(Damage::AckLogTruncated {
+                    segment_no: no,
+                    bytes: data.len() as u64,
+                });
+            }
+            files::remove_if_exists(&path)?;
+            return Ok((fresh(), AckBatch::default()));
+        }
+    };
+    let mut batch = AckBatch::default();
+    let mut pos = LOG_HEADER_LEN;
+    while let Some(n) = batch.decode_one(&data[pos..], header.salt) {
+        pos += n;
+    }
+    let file = files::open_rw(&path)?;
+    if data[pos..].iter().any(|&b| b != 0) {
+        tracing::warn!(segment = no, bytes = data.len() - pos, "ack log cut at a damaged batch");
+        damage.push(Damage::AckLogTruncated {
+            segment_no: no,
+            bytes: (data.len() - pos) as u64,
+        });
+        file.set_len(pos as u64).map_err(|e| StorageError::io(&path, e))?;
+        file.sync_data().map_err(|e| StorageError::io(&path, e))?;
+    }
+    let log = AckLog {
+        path: path.into(),
+        file: Some((Arc::new(file), new_file_id())),
+        salt: header.salt,
+        write_pos: pos as u64,
+        pending: AckBatch::default(),
+    };
+    Ok((log, batch))
+}
+
+/// The highest seq of any valid-looking record at or after `from` (8-byte aligned positions),
+/// so seqs that appeared in a discarded tail are never reused.
+fn probe_max_seq(data: &[u8], from: usize, salt: u32, config: &LogConfig) -> u64 {
+    let mut max = 0;
+    let mut p = align_up(from);
+    while p + RECORD_HEADER_LEN <= data.len() {
+        if let Ok(h) = RecordHeader::decode(&data[p..], salt, config.max_record_bytes) {
+            max = max.max(h.seq);
+        }
+        p += 8;
+    }
+    max
+}
+
+/// Zeroes `[from, to)` and syncs it, so a later crash cannot bring the torn bytes back.
+fn zero_tail(path: &Path, from: u64, to: u64) -> Result<()> {
+    let f = files::open_rw(path)?;
+    let zeros = vec![0u8; 1 << 16];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(zeros.len());
+        files::write_at(&f, path, &zeros[..n], at)?;
+        at += n as u64;
+    }
+    f.sync_data().map_err(|e| StorageError::io(path, e))
+}
+
+/// Copies a damaged record's bytes to `quarantine/` for inspection (best effort).
+fn quarantine(dir: &Path, no: u64, pos: usize, data: &[u8], config: &LogConfig) {
+    let len = RecordHeader::peek_len(&data[pos..])
+        .map(|l| l as usize)
+        .filter(|&l| l >= RECORD_HEADER_LEN && l <= config.max_record_bytes)
+        .unwrap_or(4096);
+    let bytes = &data[pos..(pos + len).min(data.len())];
+    let qdir = dir.join("quarantine");
+    let target = qdir.join(format!("{no:020}-{pos:010}.rec"));
+    let written = std::fs::create_dir_all(&qdir).and_then(|()| {
+        if target.exists() {
+            return Ok(());
+        }
+        let mut f = File::create(&target)?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        tracing::warn!(path = %target.display(), error = %e, "could not quarantine a damaged record");
+    }
+}

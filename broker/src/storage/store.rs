@@ -1,0 +1,172 @@
+//! A data directory: the lock, the format marker, every queue's log and the sync thread.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
+
+use rustix::fs::FlockOperation;
+
+use super::durability::{Durability, DurabilityConfig, SyncThread};
+use super::error::{Result, StorageError};
+use super::files;
+use super::format::DATA_DIR_FORMAT;
+use super::queue_log::{LogConfig, QueueLog};
+use super::recovery;
+
+/// Settings of a data directory.
+#[derive(Debug, Clone, Default)]
+pub struct StoreConfig {
+    /// Settings every queue log gets.
+    pub log: LogConfig,
+    /// Settings of the sync thread.
+    pub durability: DurabilityConfig,
+}
+
+/// An open data directory. Drop the queue logs first: dropping the store syncs what is
+/// outstanding, writes the durable watermarks and stops the sync thread.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    config: StoreConfig,
+    // Field order matters: the sync thread stops (and syncs) before the lock is released.
+    sync: SyncThread,
+    _lock: File,
+}
+
+const QUEUES_DIR: &str = "queues";
+const DELETED_PREFIX: &str = ".deleted-";
+
+impl Store {
+    /// Opens (creating if needed) the data directory `dir` and takes its lock.
+    pub fn open(dir: impl Into<PathBuf>, config: StoreConfig) -> Result<Self> {
+        ignore_file_size_signal();
+        let dir = dir.into();
+        std::fs::create_dir_all(dir.join(QUEUES_DIR)).map_err(|e| StorageError::io(&dir, e))?;
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| StorageError::io(&lock_path, e))?;
+        rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive)
+            .map_err(|_| StorageError::Locked(dir.clone()))?;
+        check_format(&dir)?;
+        let queues = dir.join(QUEUES_DIR);
+        for entry in std::fs::read_dir(&queues).map_err(|e| StorageError::io(&queues, e))? {
+            let entry = entry.map_err(|e| StorageError::io(&queues, e))?;
+            if entry.file_name().to_string_lossy().starts_with(DELETED_PREFIX) {
+                // A queue deletion interrupted by a stop: finish it.
+                std::fs::remove_dir_all(entry.path()).map_err(|e| StorageError::io(entry.path(), e))?;
+            }
+        }
+        files::sync_dir(&dir)?;
+        let sync = SyncThread::start(&dir, config.durability.clone()).map_err(|e| StorageError::io(&dir, e))?;
+        Ok(Self {
+            dir,
+            config,
+            sync,
+            _lock: lock,
+        })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The group-commit handle shared by every queue of this store.
+    pub fn durability(&self) -> &Durability {
+        self.sync.handle()
+    }
+
+    fn queue_dir(&self, uid: u64) -> PathBuf {
+        self.dir.join(QUEUES_DIR).join(format!("{uid:016x}"))
+    }
+
+    /// Creates a new, empty queue log with a fresh random identity.
+    pub fn create_queue(&self) -> Result<QueueLog> {
+        loop {
+            let uid = fastrand::u64(1..);
+            let dir = self.queue_dir(uid);
+            if dir.exists() {
+                continue;
+            }
+            return QueueLog::create(uid, dir, self.config.log.clone(), self.durability().clone());
+        }
+    }
+
+    /// Opens (and recovers) the queue log `uid`. Damage to one queue is an error for that queue
+    /// only; the store keeps serving the others.
+    pub fn open_queue(&self, uid: u64) -> Result<QueueLog> {
+        recovery::open(uid, self.queue_dir(uid), self.config.log.clone(), self.durability().clone())
+    }
+
+    /// The identities of every queue log in the directory.
+    pub fn queue_uids(&self) -> Result<Vec<u64>> {
+        let queues = self.dir.join(QUEUES_DIR);
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&queues).map_err(|e| StorageError::io(&queues, e))? {
+            let entry = entry.map_err(|e| StorageError::io(&queues, e))?;
+            let name = entry.file_name();
+            if let Some(uid) = name.to_str().and_then(|n| u64::from_str_radix(n, 16).ok()) {
+                out.push(uid);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Deletes a queue log and all its files. The directory is renamed first (one atomic,
+    /// durable step), so a stop half-way leaves nothing that looks like a live queue.
+    pub fn delete_queue(&self, log: QueueLog) -> Result<()> {
+        let dir = log.dir().to_path_buf();
+        let uid = log.uid();
+        drop(log);
+        let parent = self.dir.join(QUEUES_DIR);
+        let aside = parent.join(format!("{DELETED_PREFIX}{uid:016x}"));
+        std::fs::rename(&dir, &aside).map_err(|e| StorageError::io(&dir, e))?;
+        files::sync_dir(&parent)?;
+        std::fs::remove_dir_all(&aside).map_err(|e| StorageError::io(&aside, e))
+    }
+
+    /// Syncs everything written so far and records every queue's durable watermark now.
+    pub fn checkpoint(&self) {
+        self.durability().checkpoint_blocking();
+    }
+}
+
+fn check_format(dir: &Path) -> Result<()> {
+    let path = dir.join("FORMAT");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if s == DATA_DIR_FORMAT => Ok(()),
+        Ok(found) => Err(StorageError::UnsupportedFormat { path, found }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = dir.join("FORMAT.tmp");
+            let write = || -> std::io::Result<()> {
+                let mut f = File::create(&tmp)?;
+                f.write_all(DATA_DIR_FORMAT.as_bytes())?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &path)
+            };
+            write().map_err(|e| StorageError::io(&path, e))?;
+            files::sync_dir(dir)
+        }
+        Err(e) => Err(StorageError::io(&path, e)),
+    }
+}
+
+/// Exceeding `RLIMIT_FSIZE` raises SIGXFSZ, whose default action kills the process. With a
+/// handler installed the write fails with `EFBIG` instead, which becomes `StorageFull`.
+fn ignore_file_size_signal() {
+    static REGISTERED: OnceLock<()> = OnceLock::new();
+    REGISTERED.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGXFSZ, flag) {
+            tracing::warn!(error = %e, "could not install a SIGXFSZ handler");
+        }
+    });
+}

@@ -1,0 +1,196 @@
+//! Append, read, ack, rotate, delete, relocate and restart.
+
+use super::support::*;
+use crate::storage::{Store, StorageError};
+
+#[test]
+fn append_read_and_ack_round_trip_without_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config(64 << 10)).unwrap();
+    let mut log = store.create_queue().unwrap();
+    let seqs = append_durable(&mut log, 0, 500, 300);
+    assert_eq!(seqs, (1..=500).collect::<Vec<_>>(), "seqs start at 1 and are dense");
+    assert!(log.segment_count() > 1, "small segments rotate");
+    let first = log.read(1).unwrap();
+    for (i, &s) in seqs.iter().enumerate() {
+        let m = log.read(s).unwrap();
+        assert_eq!(&m.body[..], &body(i as u64, 300)[..]);
+        assert_eq!(m.timestamp_ms, i as u64);
+    }
+    for &s in &seqs {
+        log.ack(s).unwrap();
+    }
+    assert!(matches!(log.ack(1), Err(StorageError::NotLive(1))), "double ack is refused");
+    assert!(matches!(log.read(1), Err(StorageError::NotLive(1))));
+    let e = log.flush().unwrap();
+    store.durability().wait_blocking(e.max(store.durability().current_epoch()));
+    log.flush().unwrap();
+    assert_eq!(log.segment_count(), 1, "fully acked sealed segments are deleted");
+    assert_eq!(segments(log.dir()).len(), 1);
+    // A delivered body stays valid after its ack and its segment's deletion.
+    assert_eq!(&first.body[..], &body(0, 300)[..]);
+    assert_eq!(log.message_count(), 0);
+    assert_eq!(log.message_bytes(), 0);
+}
+
+#[test]
+fn disk_use_returns_to_one_segment_after_a_backlog_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config(256 << 10)).unwrap();
+    let mut log = store.create_queue().unwrap();
+    let seqs = append_durable(&mut log, 0, 20_000, 128);
+    let full = log.disk_bytes();
+    assert!(full > 3 << 20, "backlog uses {full} bytes");
+    for s in seqs {
+        log.ack(s).unwrap();
+    }
+    let e = log.flush().unwrap();
+    store.durability().wait_blocking(e.max(store.durability().current_epoch()));
+    log.flush().unwrap();
+    let drained = log.disk_bytes();
+    assert!(drained < 300 << 10, "after the drain {drained} bytes remain");
+}
+
+#[test]
+fn acks_and_delivery_counts_survive_a_clean_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let uid;
+    {
+        let store = Store::open(dir.path(), config(64 << 10)).unwrap();
+        let mut log = store.create_queue().unwrap();
+        uid = log.uid();
+        append_durable(&mut log, 0, 10, 50);
+        for s in [2, 4, 6] {
+            log.ack(s).unwrap();
+        }
+        log.record_delivery_count(7, 3).unwrap();
+        log.set_delivered_hwm(8);
+        log.flush().unwrap();
+    }
+    let store = Store::open(dir.path(), config(64 << 10)).unwrap();
+    let log = store.open_queue(uid).unwrap();
+    assert_eq!(log.live_seqs(), vec![1, 3, 5, 7, 8, 9, 10]);
+    assert_eq!(log.recovered_deliveries().delivered_hwm, 8);
+    assert_eq!(log.recovered_deliveries().counts.get(&7), Some(&3));
+    assert!(log.recovery_report().torn_tail.is_none());
+    assert!(log.recovery_report().damage.is_empty());
+    assert_eq!(log.next_seq(), 11);
+}
+
+#[test]
+fn a_second_process_cannot_open_the_same_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let _store = Store::open(dir.path(), config(64 << 10)).unwrap();
+    assert!(matches!(
+        Store::open(dir.path(), config(64 << 10)),
+        Err(StorageError::Locked(_))
+    ));
+}
+
+#[test]
+fn oversized_records_are_refused_and_large_ones_get_their_own_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config(64 << 10)).unwrap();
+    let mut log = store.create_queue().unwrap();
+    let big = vec![7u8; 200 << 10];
+    let a = log.append(b"m", &big, 1).unwrap();
+    assert_eq!(&log.read(a.seq).unwrap().body[..], &big[..]);
+    let huge = vec![0u8; 17 << 20];
+    assert!(matches!(
+        log.append(b"", &huge, 1),
+        Err(StorageError::RecordTooLarge { .. })
+    ));
+    assert_eq!(log.next_seq(), 2, "a refused append consumes no seq");
+}
+
+#[test]
+fn survivors_of_sparse_segments_are_relocated_and_old_segments_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config(64 << 10)).unwrap();
+    let mut log = store.create_queue().unwrap();
+    let seqs = append_durable(&mut log, 0, 2000, 200);
+    let before = log.segment_count();
+    assert!(before >= 6);
+    // Keep one slow message in each of the first segments; ack everything else.
+    let keep: Vec<u64> = seqs.iter().copied().filter(|s| s % 250 == 7).collect();
+    for &s in &seqs {
+        if !keep.contains(&s) {
+            log.ack(s).unwrap();
+        }
+    }
+    log.flush().unwrap();
+    assert!(log.segment_count() >= before - 1, "slow messages pin their segments");
+    log.compact_now().unwrap();
+    let e = log.flush().unwrap().max(store.durability().current_epoch());
+    store.durability().wait_blocking(e);
+    log.flush().unwrap();
+    let e = store.durability().current_epoch();
+    store.durability().wait_blocking(e);
+    log.flush().unwrap();
+    assert!(log.segment_count() <= 2, "{} segments remain", log.segment_count());
+    assert_eq!(log.live_seqs(), keep, "relocation keeps seqs and order");
+    for &s in &keep {
+        assert_eq!(&log.read(s).unwrap().body[..], &body(s - 1, 200)[..]);
+    }
+    // The relocated copies survive a restart, each exactly once.
+    let uid = log.uid();
+    drop(log);
+    drop(store);
+    let store = Store::open(dir.path(), config(64 << 10)).unwrap();
+    let mut log = store.open_queue(uid).unwrap();
+    assert_eq!(log.live_seqs(), keep);
+    for &s in &keep {
+        log.ack(s).unwrap();
+    }
+    assert_eq!(log.message_count(), 0);
+}
+
+#[test]
+fn a_crash_between_relocation_and_deletion_keeps_exactly_one_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config(64 << 10)).unwrap();
+    let mut log = store.create_queue().unwrap();
+    let seqs = append_durable(&mut log, 0, 600, 200);
+    for &s in &seqs[..590] {
+        if s != 3 {
+            log.ack(s).unwrap();
+        }
+    }
+    log.flush().unwrap();
+    log.compact_now().unwrap();
+    let e = store.durability().current_epoch();
+    store.durability().wait_blocking(e);
+    store.checkpoint();
+    // Both copies of seq 3 are on disk now: the old segment is not deleted yet.
+    let copy = crash_copy(dir.path());
+    let store2 = Store::open(copy.path(), config(64 << 10)).unwrap();
+    let log2 = open_only(&store2);
+    let mut expect = vec![3];
+    expect.extend(591..=600);
+    assert_eq!(log2.live_seqs(), expect);
+    assert_eq!(log2.message_count(), 11);
+    assert_eq!(&log2.read(3).unwrap().body[..], &body(2, 200)[..]);
+}
+
+#[test]
+fn recovery_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config(64 << 10)).unwrap();
+    let mut log = store.create_queue().unwrap();
+    append_durable(&mut log, 0, 300, 100);
+    store.checkpoint();
+    for i in 300..320u64 {
+        log.append(&i.to_le_bytes(), &body(i, 100), i).unwrap();
+    }
+    let copy = crash_copy(dir.path());
+    let first = {
+        let s = Store::open(copy.path(), config(64 << 10)).unwrap();
+        contents(&open_only(&s))
+    };
+    let second = {
+        let s = Store::open(copy.path(), config(64 << 10)).unwrap();
+        contents(&open_only(&s))
+    };
+    assert_eq!(first, second);
+    assert!(first.len() >= 300);
+}

@@ -1,0 +1,9 @@
+//! Storage tests on real files: no mocks. A "crash" is a copy of the data directory taken
+//! while the store is running (exactly what the disk holds if the process dies then), optionally
+//! with the pages a power loss could lose zeroed; recovery then runs on the copy.
+
+mod damage;
+mod full_disk;
+mod lifecycle;
+mod model;
+mod support;
