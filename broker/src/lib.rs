@@ -1,7 +1,24 @@
 //! Sluice broker: a persistent message broker for producer/consumer microservices.
 //!
 //! # Layout
-//! - [`storage`]: the crash-safe, segmented, memory-mapped log that holds every durable queue.
+//! - [`config`]: settings from flags, `SLUICE_*` variables and a TOML file.
+//! - [`server`]: the TCP listener and graceful shutdown.
+//! - `connection`: one task set per client: handshake, reading frames, the session that
+//!   answers requests, writing frames.
+//! - [`broker`]: shared state: the registry of queues and the routing table, the durable
+//!   topology ([`definitions`]).
+//! - [`queue`]: one task per queue: its log, ready messages, consumers, deliveries in flight.
 //! - [`routing`]: exchanges, bindings and the AMQP 0-9-1 matching rules.
+//! - [`storage`]: the crash-safe, segmented, memory-mapped log that holds every durable queue.
+//! - [`error`]: broker failures as wire error codes, in one place.
+//!
+//! The wire format itself lives in [`sluice_client::wire`], shared with the clients.
+pub mod broker;
+pub mod config;
+mod connection;
+pub mod definitions;
+pub mod error;
+pub mod queue;
 pub mod routing;
+pub mod server;
 pub mod storage;

@@ -1,1 +1,68 @@
-fn main() {}
+//! `sluice`: the broker server and its admin commands.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sluice_broker::broker::Broker;
+use sluice_broker::config::{ServeArgs, ServerConfig};
+use sluice_broker::server::Server;
+
+/// Sluice: a persistent message broker.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker (the default when no command is given).
+    Serve(ServeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let result = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::Serve(args) => serve(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let config = ServerConfig::resolve(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let data_dir = config.data_dir.clone();
+        let broker = Broker::open(config)?;
+        let server = Server::bind(broker).await?;
+        let addr = server.local_addr()?;
+        // Tests and scripts wait for this line to learn the port.
+        println!("sluice listening on {addr} (data directory {})", data_dir.display());
+        tracing::info!(%addr, data_dir = %data_dir.display(), "sluice ready");
+        server.run(shutdown_signal()).await;
+        anyhow::Ok(())
+    })?;
+    // The runtime and the broker are gone: every log is closed and synced.
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

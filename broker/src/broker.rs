@@ -1,0 +1,539 @@
+//! The broker's shared state: the store, the queues and the routing table, and the durable
+//! topology that ties them together.
+//!
+//! Connections read the [`Registry`] (routing a publish batch, finding a queue) under a read
+//! lock; topology changes take the write lock and rewrite `definitions.bin` before answering,
+//! so an acknowledged declare or bind survives a crash.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bytes::BytesMut;
+use sluice_client::wire::{
+    self, DeclareExchange, DeclareQueue, DeclareQueueOk, ErrorCode, Headers, Payload,
+    QueueArguments, Reader, MAX_NAME_LEN,
+};
+
+use crate::config::ServerConfig;
+use crate::definitions::{self, BindingDef, ExchangeDef, QueueDef, Topology};
+use crate::error::RequestError;
+use crate::queue::{self, ConnId, QueueHandle, QueueMeta, QueueStats};
+use crate::routing::{Binding, Exchange, ExchangeKind, RoutingTable};
+use crate::storage::{LogConfig, Store, StoreConfig};
+
+/// Names with this prefix belong to the server.
+pub const RESERVED_PREFIX: &str = "sluice.";
+
+/// Queues and exchanges, read by every connection.
+#[derive(Debug)]
+pub struct Registry {
+    /// Exchanges and bindings.
+    pub routing: RoutingTable,
+    /// Queues by name.
+    pub queues: HashMap<Arc<str>, QueueHandle>,
+}
+
+/// The broker.
+#[derive(Debug)]
+pub struct Broker {
+    /// Its settings.
+    pub config: ServerConfig,
+    registry: RwLock<Registry>,
+    next_conn_id: AtomicU64,
+    next_generated: AtomicU64,
+    blocked: AtomicBool,
+    // Last: dropped after the queues' logs, which the queue tasks close first.
+    store: Store,
+}
+
+/// The broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The storage engine refused the data directory.
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    /// The topology file is unreadable or damaged.
+    #[error("topology: {0}")]
+    Definitions(#[from] definitions::DefinitionsError),
+    /// The saved topology does not fit together.
+    #[error("topology: {0}")]
+    Routing(#[from] crate::routing::RoutingError),
+}
+
+impl Broker {
+    /// Opens the data directory, recovers every durable queue and its topology, and starts the
+    /// queue tasks. Must run inside a tokio runtime.
+    pub fn open(config: ServerConfig) -> Result<Arc<Self>, StartError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| crate::storage::StorageError::io(&config.data_dir, e))?;
+        let store = Store::open(
+            &config.data_dir,
+            StoreConfig {
+                log: LogConfig {
+                    segment_bytes: config.segment_bytes,
+                    ..LogConfig::default()
+                },
+                ..StoreConfig::default()
+            },
+        )?;
+        let topology = definitions::load(&config.data_dir)?;
+        let broker = Arc::new(Self {
+            config,
+            registry: RwLock::new(Registry {
+                routing: RoutingTable::new(),
+                queues: HashMap::new(),
+            }),
+            next_conn_id: AtomicU64::new(1),
+            next_generated: AtomicU64::new(1),
+            blocked: AtomicBool::new(false),
+            store,
+        });
+        broker.restore(topology)?;
+        Ok(broker)
+    }
+
+    fn restore(self: &Arc<Self>, topology: Topology) -> Result<(), StartError> {
+        let mut reg = self.write();
+        let known: std::collections::HashSet<u64> = topology.queues.iter().map(|q| q.uid).collect();
+        for uid in self.store.queue_uids()? {
+            if !known.contains(&uid) {
+                // A transient queue of an earlier run, or one created just before a crash.
+                let log = self.store.open_queue(uid)?;
+                self.store.delete_queue(log)?;
+            }
+        }
+        for q in &topology.queues {
+            let log = self.store.open_queue(q.uid)?;
+            let report = log.recovery_report();
+            if let Some(t) = &report.torn_tail {
+                tracing::info!(queue = %q.name, segment = t.segment_no, offset = t.offset, "cut a torn tail left by an unclean stop");
+            }
+            for d in &report.damage {
+                tracing::error!(queue = %q.name, damage = ?d, "damaged records quarantined; the rest of the queue is served");
+            }
+            tracing::info!(queue = %q.name, messages = report.messages, "queue recovered");
+            let arguments = decode_arguments(&q.arguments).unwrap_or_default();
+            let meta = Arc::new(QueueMeta {
+                name: Arc::from(q.name.as_str()),
+                uid: q.uid,
+                durable: true,
+                exclusive_owner: None,
+                auto_delete: q.auto_delete,
+                arguments,
+                stats: QueueStats::default(),
+            });
+            let handle = queue::spawn(Arc::clone(&meta), log, Arc::downgrade(self));
+            reg.routing.add_queue(&q.name);
+            reg.queues.insert(Arc::clone(&meta.name), handle);
+        }
+        for x in topology.exchanges {
+            reg.routing.declare_exchange(Exchange {
+                name: x.name,
+                kind: kind_from_u8(x.kind),
+                durable: true,
+                auto_delete: x.auto_delete,
+                alternate_exchange: x.alternate_exchange,
+            })?;
+        }
+        for b in topology.bindings {
+            let arguments = decode_headers(&b.arguments).unwrap_or_default();
+            reg.routing.bind(Binding {
+                queue: b.queue,
+                exchange: b.exchange,
+                routing_key: b.routing_key,
+                arguments,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The storage engine.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// A fresh connection number.
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether publishing is blocked (disk space).
+    pub fn is_blocked(&self) -> bool {
+        self.blocked.load(Ordering::Relaxed)
+    }
+
+    /// Reads the registry.
+    pub fn read(&self) -> RwLockReadGuard<'_, Registry> {
+        self.registry.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Registry> {
+        self.registry.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The queue `name`, if it exists and `conn` may use it.
+    pub fn queue(&self, name: &str, conn: ConnId) -> Result<QueueHandle, RequestError> {
+        let reg = self.read();
+        let q = reg.queues.get(name).ok_or_else(|| RequestError::no_queue(name))?;
+        if !q.meta.accessible_by(conn) {
+            return Err(RequestError::locked(name));
+        }
+        Ok(q.clone())
+    }
+
+    /// Every queue, sorted by name.
+    pub fn queues(&self) -> Vec<QueueHandle> {
+        let mut v: Vec<QueueHandle> = self.read().queues.values().cloned().collect();
+        v.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
+        v
+    }
+
+    /// Declares a queue (protocol.md §6.1).
+    pub fn declare_queue(
+        self: &Arc<Self>,
+        conn: ConnId,
+        req: DeclareQueue,
+    ) -> Result<DeclareQueueOk, RequestError> {
+        if req.passive {
+            if req.name.is_empty() {
+                return Err(RequestError::invalid("a passive declare needs a queue name"));
+            }
+            let q = self.queue(&req.name, conn)?;
+            return Ok(declare_ok(&q));
+        }
+        validate_name("queue", &req.name)?;
+        validate_arguments(&req.arguments)?;
+        let mut reg = self.write();
+        if let Some(q) = reg.queues.get(req.name.as_str()) {
+            if !q.meta.accessible_by(conn) {
+                return Err(RequestError::locked(&req.name));
+            }
+            check_same_queue(&q.meta, &req)?;
+            return Ok(declare_ok(q));
+        }
+        let name = if req.name.is_empty() {
+            format!(
+                "sluice.gen-{}-{}",
+                conn,
+                self.next_generated.fetch_add(1, Ordering::Relaxed)
+            )
+        } else {
+            req.name.clone()
+        };
+        let durable = req.durable && !req.exclusive;
+        let log = self.store.create_queue().map_err(RequestError::from)?;
+        let meta = Arc::new(QueueMeta {
+            name: Arc::from(name.as_str()),
+            uid: log.uid(),
+            durable,
+            exclusive_owner: req.exclusive.then_some(conn),
+            auto_delete: req.auto_delete,
+            arguments: req.arguments,
+            stats: QueueStats::default(),
+        });
+        let handle = queue::spawn(Arc::clone(&meta), log, Arc::downgrade(self));
+        reg.routing.add_queue(&name);
+        reg.queues.insert(Arc::clone(&meta.name), handle.clone());
+        if durable {
+            self.persist(&reg)?;
+        }
+        Ok(declare_ok(&handle))
+    }
+
+    /// Removes a deleted queue from the registry and the routing table (called by its task).
+    pub(crate) fn forget_queue(&self, meta: &QueueMeta) {
+        let mut reg = self.write();
+        let current = reg
+            .queues
+            .get(&meta.name)
+            .is_some_and(|q| q.meta.uid == meta.uid);
+        if !current {
+            return;
+        }
+        reg.queues.remove(&meta.name);
+        for exchange in reg.routing.remove_queue(&meta.name) {
+            let _ = reg.routing.delete_exchange(&exchange, false);
+        }
+        if let Err(e) = self.persist(&reg) {
+            tracing::error!(queue = %meta.name, error = %e, "could not record the queue's deletion");
+        }
+    }
+
+    /// Declares an exchange (protocol.md §7.1).
+    pub fn declare_exchange(&self, req: DeclareExchange) -> Result<(), RequestError> {
+        let mut reg = self.write();
+        if req.passive {
+            if req.name.is_empty() || reg.routing.exchange(&req.name).is_some() {
+                return Ok(());
+            }
+            return Err(RequestError::new(
+                ErrorCode::NotFound,
+                format!("no exchange '{}'", req.name),
+            ));
+        }
+        if req.name.starts_with(RESERVED_PREFIX) {
+            return Err(RequestError::new(
+                ErrorCode::NotAllowed,
+                format!("exchange names starting with '{RESERVED_PREFIX}' are reserved"),
+            ));
+        }
+        validate_name("exchange", &req.name)?;
+        let created = reg.routing.declare_exchange(Exchange {
+            name: req.name,
+            kind: kind_from_wire(req.kind),
+            durable: req.durable,
+            auto_delete: req.auto_delete,
+            alternate_exchange: req.alternate_exchange,
+        })?;
+        if created && req.durable {
+            self.persist(&reg)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes an exchange (protocol.md §7.2).
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), RequestError> {
+        let mut reg = self.write();
+        if reg.routing.delete_exchange(name, if_unused)? {
+            self.persist(&reg)?;
+        }
+        Ok(())
+    }
+
+    /// Binds or unbinds (protocol.md §7.3).
+    pub fn bind(&self, conn: ConnId, binding: Binding, bind: bool) -> Result<(), RequestError> {
+        let mut reg = self.write();
+        let queue_ok = match reg.queues.get(binding.queue.as_str()) {
+            Some(q) if !q.meta.accessible_by(conn) => return Err(RequestError::locked(&binding.queue)),
+            Some(_) => true,
+            None => false,
+        };
+        if bind {
+            if !queue_ok {
+                return Err(RequestError::no_queue(&binding.queue));
+            }
+            validate_x_match(&binding.arguments)?;
+            if reg.routing.bind(binding)? {
+                self.persist(&reg)?;
+            }
+        } else {
+            let outcome = reg.routing.unbind(&binding)?;
+            if let Some(exchange) = outcome.unused_auto_delete {
+                reg.routing.delete_exchange(&exchange, false)?;
+            }
+            if outcome.removed {
+                self.persist(&reg)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites `definitions.bin` from the registry.
+    fn persist(&self, reg: &Registry) -> Result<(), RequestError> {
+        let durable_queue = |name: &str| reg.queues.get(name).is_some_and(|q| q.meta.durable);
+        let mut defs = reg.routing.definitions();
+        defs.retain_durable(durable_queue);
+        let mut queues: Vec<QueueDef> = reg
+            .queues
+            .values()
+            .filter(|q| q.meta.durable)
+            .map(|q| QueueDef {
+                name: q.meta.name.to_string(),
+                uid: q.meta.uid,
+                auto_delete: q.meta.auto_delete,
+                arguments: encode_payload(&q.meta.arguments),
+            })
+            .collect();
+        queues.sort_by(|a, b| a.name.cmp(&b.name));
+        let topology = Topology {
+            queues,
+            exchanges: defs
+                .exchanges
+                .into_iter()
+                .map(|x| ExchangeDef {
+                    name: x.name,
+                    kind: kind_to_u8(x.kind),
+                    auto_delete: x.auto_delete,
+                    alternate_exchange: x.alternate_exchange,
+                })
+                .collect(),
+            bindings: defs
+                .bindings
+                .into_iter()
+                .map(|b| BindingDef {
+                    queue: b.queue,
+                    exchange: b.exchange,
+                    routing_key: b.routing_key,
+                    arguments: encode_headers(&b.arguments),
+                })
+                .collect(),
+        };
+        definitions::store(&self.config.data_dir, &topology).map_err(|e| {
+            tracing::error!(error = %e, "could not write the topology");
+            RequestError::internal(format!("could not write the topology: {e}"))
+        })
+    }
+
+    /// Stops every queue task, letting each write what is pending and close its log.
+    pub async fn shutdown_queues(&self) {
+        let queues = self.queues();
+        let mut waits = Vec::new();
+        for q in queues {
+            let (done, wait) = tokio::sync::oneshot::channel();
+            if q.send(queue::QueueCmd::Shutdown { done }) {
+                waits.push(wait);
+            }
+        }
+        for w in waits {
+            let _ = w.await;
+        }
+    }
+}
+
+fn declare_ok(q: &QueueHandle) -> DeclareQueueOk {
+    DeclareQueueOk {
+        name: q.meta.name.to_string(),
+        ready: q.meta.stats.ready.load(Ordering::Relaxed),
+        consumers: q.meta.stats.consumers.load(Ordering::Relaxed),
+    }
+}
+
+fn check_same_queue(meta: &QueueMeta, req: &DeclareQueue) -> Result<(), RequestError> {
+    let durable = req.durable && !req.exclusive;
+    let differs = |field: &str, have: String, want: String| {
+        RequestError::precondition(format!(
+            "queue '{}' exists with {field} {have}, not {want}",
+            meta.name
+        ))
+    };
+    if meta.durable != durable {
+        return Err(differs("durable", meta.durable.to_string(), durable.to_string()));
+    }
+    if meta.exclusive_owner.is_some() != req.exclusive {
+        return Err(differs(
+            "exclusive",
+            meta.exclusive_owner.is_some().to_string(),
+            req.exclusive.to_string(),
+        ));
+    }
+    if meta.auto_delete != req.auto_delete {
+        return Err(differs(
+            "auto_delete",
+            meta.auto_delete.to_string(),
+            req.auto_delete.to_string(),
+        ));
+    }
+    if meta.arguments != req.arguments {
+        return Err(differs(
+            "arguments",
+            format!("{:?}", meta.arguments),
+            format!("{:?}", req.arguments),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_name(what: &str, name: &str) -> Result<(), RequestError> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(RequestError::invalid(format!(
+            "{what} name is {} bytes; the limit is {MAX_NAME_LEN}",
+            name.len()
+        )));
+    }
+    if name.starts_with(RESERVED_PREFIX) {
+        return Err(RequestError::new(
+            ErrorCode::NotAllowed,
+            format!("{what} names starting with '{RESERVED_PREFIX}' are reserved"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_arguments(a: &QueueArguments) -> Result<(), RequestError> {
+    if a.delivery_limit == Some(0) {
+        return Err(RequestError::invalid("delivery_limit must be at least 1"));
+    }
+    if a.expires_ms == Some(0) {
+        return Err(RequestError::invalid("expires_ms must be at least 1"));
+    }
+    if a.ack_timeout_ms == Some(0) {
+        return Err(RequestError::invalid("ack_timeout_ms must be at least 1"));
+    }
+    let unsupported = [
+        ("max_length_bytes", a.max_length_bytes.is_some()),
+        ("dead_letter_exchange", a.dead_letter_exchange.is_some()),
+        ("dead_letter_routing_key", a.dead_letter_routing_key.is_some()),
+        ("delivery_limit", a.delivery_limit.is_some()),
+        ("expires_ms", a.expires_ms.is_some()),
+    ];
+    if let Some((name, _)) = unsupported.iter().find(|(_, set)| *set) {
+        return Err(RequestError::invalid(format!(
+            "queue argument {name} is not supported by this server yet"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_x_match(arguments: &Headers) -> Result<(), RequestError> {
+    for (k, v) in arguments {
+        if k == "x-match" {
+            let ok = matches!(v, wire::HeaderValue::Str(s) if ["all", "any", "all-with-x", "any-with-x"].contains(&s.as_str()));
+            if !ok {
+                return Err(RequestError::invalid(
+                    "x-match must be \"all\", \"any\", \"all-with-x\" or \"any-with-x\"",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn kind_from_wire(k: wire::ExchangeKind) -> ExchangeKind {
+    match k {
+        wire::ExchangeKind::Direct => ExchangeKind::Direct,
+        wire::ExchangeKind::Fanout => ExchangeKind::Fanout,
+        wire::ExchangeKind::Topic => ExchangeKind::Topic,
+        wire::ExchangeKind::Headers => ExchangeKind::Headers,
+    }
+}
+
+fn kind_to_u8(k: ExchangeKind) -> u8 {
+    match k {
+        ExchangeKind::Direct => 0,
+        ExchangeKind::Fanout => 1,
+        ExchangeKind::Topic => 2,
+        ExchangeKind::Headers => 3,
+    }
+}
+
+fn kind_from_u8(k: u8) -> ExchangeKind {
+    match k {
+        1 => ExchangeKind::Fanout,
+        2 => ExchangeKind::Topic,
+        3 => ExchangeKind::Headers,
+        _ => ExchangeKind::Direct,
+    }
+}
+
+fn encode_payload<P: Payload>(p: &P) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    // Values that came off the wire encode again.
+    let _ = p.encode(&mut buf);
+    buf.to_vec()
+}
+
+fn decode_arguments(bytes: &[u8]) -> Option<QueueArguments> {
+    QueueArguments::decode_exact(&bytes::Bytes::copy_from_slice(bytes)).ok()
+}
+
+fn encode_headers(h: &Headers) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    let _ = wire::put_headers(&mut buf, h);
+    buf.to_vec()
+}
+
+fn decode_headers(bytes: &[u8]) -> Option<Headers> {
+    let mut r = Reader::new(bytes);
+    wire::read_headers(&mut r).ok()
+}

@@ -1,0 +1,273 @@
+//! Server settings: command-line flags, `SLUICE_*` environment variables and a TOML file, in
+//! that order of precedence, over built-in defaults that need no set-up at all.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sluice_client::wire::{
+    DEFAULT_HEARTBEAT_MS, DEFAULT_MAX_FRAME_LEN, DEFAULT_MAX_MESSAGE_LEN, DEFAULT_PORT,
+    FRAME_OVERHEAD_RESERVE, MIN_MAX_FRAME_LEN,
+};
+
+/// The data directory used when none is configured, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "sluice-data";
+
+/// Flags of `sluice serve`; each also reads an environment variable.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (flags and environment variables win).
+    #[arg(long, env = "SLUICE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory holding the queues' logs and the topology [default: ./sluice-data].
+    #[arg(long, env = "SLUICE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:5680]; port 0 picks a free port.
+    #[arg(long, env = "SLUICE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Size of each segment file of a queue log, in bytes [default: 8 MiB].
+    #[arg(long, env = "SLUICE_SEGMENT_BYTES")]
+    pub segment_bytes: Option<usize>,
+    /// Largest accepted message (meta + body), in bytes [default: 16 MiB].
+    #[arg(long, env = "SLUICE_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<u32>,
+    /// Heartbeat interval offered to clients that have no preference, in ms; 0 = off.
+    #[arg(long, env = "SLUICE_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u32>,
+    /// Users as `name:password[,name:password...]` [default: guest:guest].
+    #[arg(long, env = "SLUICE_USERS", hide_env_values = true)]
+    pub users: Option<String>,
+    /// Publishers are blocked while the data directory's file system has less free space.
+    #[arg(long, env = "SLUICE_MIN_FREE_DISK_BYTES")]
+    pub min_free_disk_bytes: Option<u64>,
+}
+
+/// The `[server]`-less TOML file: the same names as the flags, with underscores.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    segment_bytes: Option<usize>,
+    max_message_bytes: Option<u32>,
+    heartbeat_ms: Option<u32>,
+    #[serde(default)]
+    users: Vec<User>,
+    min_free_disk_bytes: Option<u64>,
+}
+
+/// A user allowed to connect.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// Login name.
+    pub name: String,
+    /// Password, compared in constant time.
+    pub password: String,
+}
+
+/// Everything the server needs, resolved.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Listening address.
+    pub listen: SocketAddr,
+    /// Segment size of new queue logs.
+    pub segment_bytes: usize,
+    /// Largest frame a client may send or receive.
+    pub max_frame_len: u32,
+    /// Largest message (meta + body).
+    pub max_message_len: u32,
+    /// Heartbeat interval offered; 0 = off.
+    pub heartbeat_ms: u32,
+    /// Allowed heartbeat range for client proposals.
+    pub heartbeat_range_ms: (u32, u32),
+    /// Users allowed to connect.
+    pub users: Vec<User>,
+    /// Publishers are blocked below this much free disk space.
+    pub min_free_disk_bytes: u64,
+    /// Time a client has to complete the handshake.
+    pub handshake_timeout: Duration,
+    /// Lease of deliveries when neither queue nor consumer sets one.
+    pub default_ack_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            segment_bytes: 8 << 20,
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            max_message_len: DEFAULT_MAX_MESSAGE_LEN,
+            heartbeat_ms: DEFAULT_HEARTBEAT_MS,
+            heartbeat_range_ms: (1_000, 600_000),
+            users: vec![User {
+                name: "guest".into(),
+                password: "guest".into(),
+            }],
+            min_free_disk_bytes: 64 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            default_ack_timeout: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// A setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML file does not parse or has unknown keys.
+    #[error("config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid setting {name}: {reason}")]
+    Invalid {
+        /// The setting.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ServerConfig {
+    /// Resolves flags (and their environment variables) over the TOML file over defaults.
+    pub fn resolve(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let mut c = ServerConfig::default();
+        if let Some(v) = args.data_dir.clone().or(file.data_dir) {
+            c.data_dir = v;
+        }
+        if let Some(v) = args.listen.or(file.listen) {
+            c.listen = v;
+        }
+        if let Some(v) = args.segment_bytes.or(file.segment_bytes) {
+            if !(64 << 10..=1 << 30).contains(&v) {
+                return Err(invalid("segment_bytes", "must be between 64 KiB and 1 GiB"));
+            }
+            c.segment_bytes = v;
+        }
+        if let Some(v) = args.max_message_bytes.or(file.max_message_bytes) {
+            let limit = u32::MAX - FRAME_OVERHEAD_RESERVE - 4;
+            if v == 0 || v > limit {
+                return Err(invalid("max_message_bytes", "must be between 1 and 4 GiB"));
+            }
+            c.max_message_len = v;
+            c.max_frame_len = v.saturating_add(FRAME_OVERHEAD_RESERVE).max(MIN_MAX_FRAME_LEN);
+        }
+        if let Some(v) = args.heartbeat_ms.or(file.heartbeat_ms) {
+            c.heartbeat_ms = v;
+        }
+        if let Some(v) = args.min_free_disk_bytes.or(file.min_free_disk_bytes) {
+            c.min_free_disk_bytes = v;
+        }
+        if let Some(spec) = &args.users {
+            c.users = parse_users(spec)?;
+        } else if !file.users.is_empty() {
+            c.users = file.users;
+        }
+        Ok(c)
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn invalid(name: &'static str, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        reason: reason.into(),
+    }
+}
+
+fn parse_users(spec: &str) -> Result<Vec<User>, ConfigError> {
+    spec.split(',')
+        .map(|entry| {
+            let (name, password) = entry
+                .split_once(':')
+                .ok_or_else(|| invalid("users", "expected name:password[,name:password...]"))?;
+            if name.is_empty() {
+                return Err(invalid("users", "a user name is empty"));
+            }
+            Ok(User {
+                name: name.into(),
+                password: password.into(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_setup() {
+        let c = ServerConfig::resolve(&ServeArgs::default()).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("sluice-data"));
+        assert_eq!(c.listen.to_string(), "127.0.0.1:5680");
+        assert_eq!(c.users[0].name, "guest");
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/srv/q\"\nlisten = \"127.0.0.1:7000\"\n[[users]]\nname = \"app\"\npassword = \"pw\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            listen: Some("127.0.0.1:7001".parse().unwrap()),
+            ..ServeArgs::default()
+        };
+        let c = ServerConfig::resolve(&args).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/q"));
+        assert_eq!(c.listen.port(), 7001);
+        assert_eq!(c.users, vec![User { name: "app".into(), password: "pw".into() }]);
+    }
+
+    #[test]
+    fn unknown_file_keys_and_bad_users_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, "data_dirr = \"x\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(ServerConfig::resolve(&args), Err(ConfigError::Parse { .. })));
+        let args = ServeArgs {
+            users: Some("nopassword".into()),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(ServerConfig::resolve(&args), Err(ConfigError::Invalid { .. })));
+    }
+}

@@ -1,0 +1,823 @@
+//! The state of one connection and the handling of every request (protocol.md §5–§10).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use sluice_client::wire::{
+    Ack, Cancel, CancelOk, Close, Confirm, Consume, ConsumerCancelled, ConsumerId, DecodeError,
+    DeclareExchange, Deliver, Delivery, DeleteQueue, DeleteQueueOk, ErrorCode, ErrorReply,
+    Extend, Frame, GetOk, MetaView, Nack, Publish, PublishRejected, PublishSeq,
+    Rejection, Reply, Request, RequestId, MAX_NAME_LEN,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{Agreed, ReadEvent};
+use crate::broker::Broker;
+use crate::error::RequestError;
+use crate::queue::{ConnEvent, ConnLink, Incoming, QueueCmd, QueueHandle, Settlement};
+use crate::routing::{Binding, RouteResult};
+use crate::storage::Epoch;
+
+/// Bytes of published messages a connection may have in queues' mailboxes and awaiting
+/// confirmation before the session stops reading (TCP backpressure to the publisher).
+const MAX_UNSETTLED_PUBLISH_BYTES: usize = 64 << 20;
+/// Fixed bytes of a `Deliver` frame, and per delivery (protocol.md §9.5).
+const DELIVER_FRAME_FIXED: usize = 12 + 4 + 4;
+const DELIVERY_FIXED: usize = 29;
+
+/// A publish frame on its way through the queues.
+struct Batch {
+    id: u64,
+    up_to: u64,
+    waiting: usize,
+    epoch: Epoch,
+    bytes: usize,
+    rejections: Vec<Rejection>,
+}
+
+struct ConsumerEntry {
+    queue: QueueHandle,
+    tag: String,
+}
+
+/// Whether the session goes on after an event.
+enum Ending {
+    /// Keep going.
+    No,
+    /// Stop now: the socket is gone, a `Close` was exchanged, or a connection error was sent.
+    Now,
+}
+
+pub(super) struct Session {
+    broker: Arc<Broker>,
+    link: Arc<ConnLink>,
+    events: mpsc::UnboundedReceiver<ConnEvent>,
+    agreed: Agreed,
+    out: BytesMut,
+    writer: mpsc::UnboundedSender<Bytes>,
+    last_recv: Arc<AtomicU64>,
+    started: Instant,
+    last_sent: Instant,
+    // Publishing.
+    next_publish_seq: u64,
+    next_batch: u64,
+    batches: VecDeque<Batch>,
+    unsettled_bytes: usize,
+    to_confirm: mpsc::UnboundedSender<(u64, Epoch)>,
+    /// Rejections of batches handed to the confirm task, emitted before the covering confirm.
+    rejections: VecDeque<Rejection>,
+    confirmed: u64,
+    // Consuming.
+    next_consumer: u32,
+    consumers: HashMap<u32, ConsumerEntry>,
+    pending_consumes: HashMap<RequestId, u32>,
+    outstanding: BTreeMap<u64, (QueueHandle, u64)>,
+    touched: Vec<QueueHandle>,
+    // Closing.
+    client_close: Option<RequestId>,
+}
+
+impl Session {
+    pub(super) fn new(
+        broker: Arc<Broker>,
+        conn_id: u64,
+        agreed: Agreed,
+        writer: mpsc::UnboundedSender<Bytes>,
+        last_recv: Arc<AtomicU64>,
+        started: Instant,
+    ) -> Self {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let link = ConnLink::new(conn_id, events_tx);
+        let (to_confirm, confirm_rx) = mpsc::unbounded_channel();
+        tokio::spawn(confirm_task(
+            broker.store().durability().clone(),
+            confirm_rx,
+            Arc::clone(&link),
+        ));
+        Self {
+            broker,
+            link,
+            events,
+            agreed,
+            out: BytesMut::with_capacity(64 * 1024),
+            writer,
+            last_recv,
+            started,
+            last_sent: Instant::now(),
+            next_publish_seq: 1,
+            next_batch: 1,
+            batches: VecDeque::new(),
+            unsettled_bytes: 0,
+            to_confirm,
+            rejections: VecDeque::new(),
+            confirmed: 0,
+            next_consumer: 1,
+            consumers: HashMap::new(),
+            pending_consumes: HashMap::new(),
+            outstanding: BTreeMap::new(),
+            touched: Vec::new(),
+            client_close: None,
+        }
+    }
+
+    pub(super) async fn run(
+        mut self,
+        mut frames: mpsc::Receiver<ReadEvent>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let tick_every = self
+            .agreed
+            .heartbeat
+            .map_or(Duration::from_secs(1), |h| (h / 4).max(Duration::from_millis(100)));
+        let mut tick = tokio::time::interval(tick_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let reading =
+                self.unsettled_bytes < MAX_UNSETTLED_PUBLISH_BYTES && self.client_close.is_none();
+            let ending = tokio::select! {
+                biased;
+                event = self.events.recv() => {
+                    // The session holds a sender (in its link), so the channel never closes.
+                    let mut ending = event.map_or(Ending::No, |e| self.on_event(e));
+                    while matches!(ending, Ending::No) {
+                        match self.events.try_recv() {
+                            Ok(e) => ending = self.on_event(e),
+                            Err(_) => break,
+                        }
+                    }
+                    ending
+                }
+                read = frames.recv(), if reading => match read {
+                    Some(ReadEvent::Frames(batch)) => self.on_frames(batch).await,
+                    Some(ReadEvent::Closed) | None => Ending::Now,
+                },
+                _ = tick.tick() => self.on_tick(),
+                _ = shutdown.changed() => {
+                    self.close_with(ErrorCode::ConnectionForced, "the server is shutting down");
+                    Ending::Now
+                }
+            };
+            let ending = match ending {
+                Ending::No => self.check_client_close(),
+                e => e,
+            };
+            self.flush_out();
+            if matches!(ending, Ending::Now) {
+                break;
+            }
+        }
+        self.cleanup();
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn on_tick(&mut self) -> Ending {
+        let Some(h) = self.agreed.heartbeat else {
+            return Ending::No;
+        };
+        let silent_ms = self.now_ms().saturating_sub(self.last_recv.load(Ordering::Relaxed));
+        // Twice the interval, plus a little for scheduling jitter (§5.3).
+        if Duration::from_millis(silent_ms) > h * 2 + h / 10 {
+            self.close_with(ErrorCode::HeartbeatTimeout, "no data received for two heartbeat intervals");
+            return Ending::Now;
+        }
+        if self.last_sent.elapsed() >= h {
+            self.send(RequestId(0), Reply::Heartbeat);
+        }
+        Ending::No
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Output
+    // ------------------------------------------------------------------------------------
+
+    fn send(&mut self, request_id: RequestId, reply: impl Into<Reply>) {
+        let frame = Frame::<Reply>::new(request_id, reply);
+        if let Err(e) = frame.encode(&mut self.out, self.agreed.max_frame_len) {
+            tracing::error!(conn = self.link.id, error = %e, "could not encode a reply");
+        }
+    }
+
+    fn send_error(&mut self, request_id: RequestId, e: RequestError) {
+        self.send(
+            request_id,
+            ErrorReply {
+                code: e.code,
+                message: e.message,
+            },
+        );
+    }
+
+    fn flush_out(&mut self) {
+        if !self.out.is_empty() {
+            let _ = self.writer.send(self.out.split().freeze());
+            self.last_sent = Instant::now();
+        }
+    }
+
+    /// Sends a connection-level `Close` (no `CloseOk` awaited: §5.4).
+    fn close_with(&mut self, code: ErrorCode, reason: &str) {
+        tracing::info!(conn = self.link.id, code = code.name(), reason, "closing connection");
+        self.send(
+            RequestId(0),
+            Close {
+                code: Some(code),
+                reason: reason.into(),
+            },
+        );
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Requests
+    // ------------------------------------------------------------------------------------
+
+    async fn on_frames(&mut self, batch: Vec<Result<Frame<Request>, DecodeError>>) -> Ending {
+        for item in batch {
+            if self.client_close.is_some() {
+                continue;
+            }
+            let frame = match item {
+                Ok(f) => f,
+                Err(e) if e.is_fatal() => {
+                    self.close_with(e.error_code(), &e.to_string());
+                    return Ending::Now;
+                }
+                Err(e) => {
+                    let request_id = e.request_id().unwrap_or(RequestId(0));
+                    let code = e.error_code();
+                    self.send_error(request_id, RequestError::new(code, e.to_string()));
+                    continue;
+                }
+            };
+            if let Ending::Now = self.on_request(frame.request_id, frame.body).await {
+                return Ending::Now;
+            }
+        }
+        Ending::No
+    }
+
+    async fn on_request(&mut self, id: RequestId, req: Request) -> Ending {
+        match req {
+            Request::Hello(_) => {
+                self.close_with(ErrorCode::UnexpectedFrame, "a second Hello");
+                return Ending::Now;
+            }
+            Request::Heartbeat => {}
+            Request::Close(c) => {
+                tracing::debug!(conn = self.link.id, code = ?c.code, reason = %c.reason, "client closes");
+                self.client_close = Some(id);
+            }
+            Request::CloseOk => return Ending::Now,
+            Request::Publish(p) => self.on_publish(p),
+            Request::DeclareQueue(d) => {
+                let broker = Arc::clone(&self.broker);
+                let conn = self.link.id;
+                match tokio::task::block_in_place(|| broker.declare_queue(conn, d)) {
+                    Ok(ok) => self.send(id, Reply::DeclareQueueOk(ok)),
+                    Err(e) => self.send_error(id, e),
+                }
+            }
+            Request::DeleteQueue(d) => self.on_delete_queue(id, d).await,
+            Request::PurgeQueue(p) => self.with_queue(id, &p.name, |link| QueueCmd::Purge {
+                conn: link,
+                request_id: id,
+            }),
+            Request::InspectQueue(p) => self.with_queue(id, &p.name, |link| QueueCmd::Inspect {
+                conn: link,
+                request_id: id,
+            }),
+            Request::DeclareExchange(d) => self.on_declare_exchange(id, d),
+            Request::DeleteExchange(d) => {
+                let broker = Arc::clone(&self.broker);
+                match tokio::task::block_in_place(|| broker.delete_exchange(&d.name, d.if_unused)) {
+                    Ok(()) => self.send(id, Reply::DeleteExchangeOk),
+                    Err(e) => self.send_error(id, e),
+                }
+            }
+            Request::Bind(b) => self.on_bind(id, b.queue, b.exchange, b.routing_key, b.arguments, true),
+            Request::Unbind(b) => self.on_bind(id, b.queue, b.exchange, b.routing_key, b.arguments, false),
+            Request::Consume(c) => self.on_consume(id, c),
+            Request::Cancel(c) => self.on_cancel(id, c),
+            Request::SetPrefetch(p) => match self.consumers.get(&p.consumer_id.0) {
+                Some(entry) => {
+                    entry.queue.send(QueueCmd::SetPrefetch {
+                        conn_id: self.link.id,
+                        consumer_id: p.consumer_id,
+                        prefetch: p.prefetch,
+                    });
+                }
+                None => self.send_error(id, no_consumer(p.consumer_id)),
+            },
+            Request::Get(g) => self.with_queue(id, &g.queue, |link| QueueCmd::Get {
+                conn: link,
+                request_id: id,
+            }),
+            Request::Ack(Ack {
+                delivery_tag,
+                multiple,
+            }) => self.settle(id, delivery_tag.0, multiple, Settlement::Ack),
+            Request::Nack(Nack {
+                delivery_tag,
+                multiple,
+                requeue,
+            }) => {
+                let how = if requeue { Settlement::Requeue } else { Settlement::Reject };
+                self.settle(id, delivery_tag.0, multiple, how);
+            }
+            Request::Reject(r) => self.settle(id, r.delivery_tag.0, false, Settlement::Reject),
+            Request::Extend(e) => self.on_extend(id, e),
+        }
+        Ending::No
+    }
+
+    /// Sends a command to a queue this connection may use, or answers the error.
+    fn with_queue(&mut self, id: RequestId, name: &str, cmd: impl FnOnce(Arc<ConnLink>) -> QueueCmd) {
+        match self.broker.queue(name, self.link.id) {
+            Ok(q) => {
+                if !q.send(cmd(Arc::clone(&self.link))) {
+                    self.send_error(id, RequestError::no_queue(name));
+                } else {
+                    self.touch(&q);
+                }
+            }
+            Err(e) => self.send_error(id, e),
+        }
+    }
+
+    fn touch(&mut self, q: &QueueHandle) {
+        if !self.touched.iter().any(|t| t.same(q)) {
+            self.touched.push(q.clone());
+        }
+    }
+
+    async fn on_delete_queue(&mut self, id: RequestId, d: DeleteQueue) {
+        let q = match self.broker.queue(&d.name, self.link.id) {
+            Ok(q) => q,
+            Err(e) if e.code == ErrorCode::NotFound => {
+                self.send(id, Reply::DeleteQueueOk(DeleteQueueOk { messages: 0 }));
+                return;
+            }
+            Err(e) => return self.send_error(id, e),
+        };
+        let (reply, answer) = oneshot::channel();
+        let sent = q.send(QueueCmd::Delete {
+            if_unused: d.if_unused,
+            if_empty: d.if_empty,
+            reply,
+        });
+        let result = if sent { answer.await.unwrap_or(Ok(0)) } else { Ok(0) };
+        match result {
+            Ok(messages) => self.send(id, Reply::DeleteQueueOk(DeleteQueueOk { messages })),
+            Err(e) => self.send_error(id, e),
+        }
+    }
+
+    fn on_declare_exchange(&mut self, id: RequestId, d: DeclareExchange) {
+        let broker = Arc::clone(&self.broker);
+        match tokio::task::block_in_place(|| broker.declare_exchange(d)) {
+            Ok(()) => self.send(id, Reply::DeclareExchangeOk),
+            Err(e) => self.send_error(id, e),
+        }
+    }
+
+    fn on_bind(
+        &mut self,
+        id: RequestId,
+        queue: String,
+        exchange: String,
+        routing_key: String,
+        arguments: sluice_client::wire::Headers,
+        bind: bool,
+    ) {
+        let binding = Binding {
+            queue,
+            exchange,
+            routing_key,
+            arguments,
+        };
+        let broker = Arc::clone(&self.broker);
+        let conn = self.link.id;
+        match tokio::task::block_in_place(|| broker.bind(conn, binding, bind)) {
+            Ok(()) => self.send(id, if bind { Reply::BindOk } else { Reply::UnbindOk }),
+            Err(e) => self.send_error(id, e),
+        }
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Publishing (§8)
+    // ------------------------------------------------------------------------------------
+
+    fn on_publish(&mut self, p: Publish) {
+        let batch_id = self.next_batch;
+        self.next_batch += 1;
+        let mut rejections = Vec::new();
+        let mut per_queue: Vec<(QueueHandle, Vec<Incoming>)> = Vec::new();
+        let mut bytes = 0;
+        let blocked = self.broker.is_blocked();
+        let broker = Arc::clone(&self.broker);
+        let reg = broker.read();
+        let mut route = RouteResult::default();
+        let mut reject = |seq: u64, code: ErrorCode, message: String| {
+            rejections.push(Rejection {
+                seq: PublishSeq(seq),
+                code,
+                message,
+            });
+        };
+        for m in p.messages {
+            let seq = self.next_publish_seq;
+            self.next_publish_seq += 1;
+            let size = m.meta.len() + m.body.len();
+            if size > self.agreed.max_message_len as usize {
+                reject(seq, ErrorCode::MessageTooLarge, format!("message of {size} bytes exceeds the limit of {}", self.agreed.max_message_len));
+                continue;
+            }
+            if blocked {
+                reject(seq, ErrorCode::StorageFull, "publishing is blocked: the disk is nearly full".into());
+                continue;
+            }
+            let view = match MetaView::parse(&m.meta) {
+                Ok(v) => v,
+                Err(e) => {
+                    reject(seq, ErrorCode::MalformedRequest, format!("bad meta block: {e}"));
+                    continue;
+                }
+            };
+            if view.routing_key.len() > MAX_NAME_LEN {
+                reject(seq, ErrorCode::InvalidArgument, "routing key longer than 255 bytes".into());
+                continue;
+            }
+            let headers = if view.raw_headers.is_empty() {
+                Vec::new()
+            } else {
+                match view.headers() {
+                    Ok(h) => h,
+                    Err(e) => {
+                        reject(seq, ErrorCode::MalformedRequest, format!("bad headers: {e}"));
+                        continue;
+                    }
+                }
+            };
+            if let Err(e) = reg.routing.route_into(view.exchange, view.routing_key, &headers, &mut route) {
+                let e = RequestError::from(e);
+                reject(seq, e.code, e.message);
+                continue;
+            }
+            if route.queues.is_empty() {
+                if view.mandatory {
+                    reject(seq, ErrorCode::Unroutable, format!("no queue matched exchange '{}' with routing key '{}'", view.exchange, view.routing_key));
+                }
+                continue;
+            }
+            let persistent = view.persistent;
+            for name in &route.queues {
+                let Some(q) = reg.queues.get(name) else { continue };
+                let incoming = Incoming {
+                    publish_seq: seq,
+                    meta: m.meta.clone(),
+                    body: m.body.clone(),
+                    persistent,
+                };
+                bytes += size;
+                match per_queue.iter_mut().find(|(h, _)| h.meta.uid == q.meta.uid) {
+                    Some((_, v)) => v.push(incoming),
+                    None => per_queue.push((q.clone(), vec![incoming])),
+                }
+            }
+        }
+        let mut waiting = 0;
+        for (q, messages) in per_queue {
+            if q.send(QueueCmd::Publish {
+                conn: Arc::clone(&self.link),
+                batch: batch_id,
+                messages,
+            }) {
+                waiting += 1;
+            }
+        }
+        drop(reg);
+        self.unsettled_bytes += bytes;
+        self.batches.push_back(Batch {
+            id: batch_id,
+            up_to: self.next_publish_seq - 1,
+            waiting,
+            epoch: 0,
+            bytes,
+            rejections,
+        });
+        self.advance_batches();
+    }
+
+    /// Hands every finished batch at the front to the confirm task, in order.
+    fn advance_batches(&mut self) {
+        while self.batches.front().is_some_and(|b| b.waiting == 0) {
+            let mut b = self.batches.pop_front().expect("checked");
+            self.unsettled_bytes -= b.bytes;
+            b.rejections.sort_by_key(|r| r.seq.0);
+            b.rejections.dedup_by_key(|r| r.seq.0);
+            self.rejections.extend(b.rejections);
+            let _ = self.to_confirm.send((b.up_to, b.epoch));
+        }
+    }
+
+    fn on_confirmed(&mut self, up_to: u64) {
+        if up_to <= self.confirmed {
+            return;
+        }
+        let n = self.rejections.iter().take_while(|r| r.seq.0 <= up_to).count();
+        if n > 0 {
+            let rejections: Vec<Rejection> = self.rejections.drain(..n).collect();
+            self.send(RequestId(0), PublishRejected { rejections });
+        }
+        self.confirmed = up_to;
+        self.send(RequestId(0), Confirm { up_to: PublishSeq(up_to) });
+    }
+
+    /// A client `Close` is a barrier: answer it once every publish before it is settled.
+    fn check_client_close(&mut self) -> Ending {
+        let Some(id) = self.client_close else {
+            return Ending::No;
+        };
+        if self.batches.is_empty() && self.confirmed == self.next_publish_seq - 1 {
+            self.send(id, Reply::CloseOk);
+            return Ending::Now;
+        }
+        Ending::No
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Consuming (§9) and settling (§10)
+    // ------------------------------------------------------------------------------------
+
+    fn on_consume(&mut self, id: RequestId, c: Consume) {
+        let q = match self.broker.queue(&c.queue, self.link.id) {
+            Ok(q) => q,
+            Err(e) => return self.send_error(id, e),
+        };
+        if c.ack_timeout_ms == Some(0) {
+            return self.send_error(id, RequestError::invalid("ack_timeout_ms must be at least 1"));
+        }
+        let tag = if c.consumer_tag.is_empty() {
+            format!("sluice.ctag-{}-{}", self.link.id, self.next_consumer)
+        } else {
+            c.consumer_tag
+        };
+        if self.consumers.values().any(|e| e.tag == tag) {
+            return self.send_error(
+                id,
+                RequestError::new(ErrorCode::NotAllowed, format!("consumer tag '{tag}' is already used on this connection")),
+            );
+        }
+        let consumer_id = self.next_consumer;
+        self.next_consumer += 1;
+        let sent = q.send(QueueCmd::Consume {
+            conn: Arc::clone(&self.link),
+            request_id: id,
+            consumer_id: ConsumerId(consumer_id),
+            tag: tag.clone(),
+            prefetch: c.prefetch,
+            exclusive: c.exclusive,
+            ack_timeout: c.ack_timeout_ms.map(Duration::from_millis),
+        });
+        if !sent {
+            return self.send_error(id, RequestError::no_queue(&c.queue));
+        }
+        self.touch(&q);
+        self.pending_consumes.insert(id, consumer_id);
+        self.consumers.insert(consumer_id, ConsumerEntry { queue: q, tag });
+    }
+
+    fn on_cancel(&mut self, id: RequestId, c: Cancel) {
+        let Some(entry) = self.consumers.get(&c.consumer_id.0) else {
+            return self.send_error(id, no_consumer(c.consumer_id));
+        };
+        let sent = entry.queue.send(QueueCmd::Cancel {
+            conn: Arc::clone(&self.link),
+            consumer_id: c.consumer_id,
+            request_id: Some(id),
+        });
+        if !sent {
+            self.consumers.remove(&c.consumer_id.0);
+            self.send(id, CancelOk { consumer_id: c.consumer_id });
+        }
+    }
+
+    fn settle(&mut self, id: RequestId, tag: u64, multiple: bool, how: Settlement) {
+        let picked: Vec<(u64, (QueueHandle, u64))> = if multiple {
+            if tag > self.link.last_tag() {
+                return self.send_error(id, unknown_tag(tag));
+            }
+            let upper = if tag == 0 { u64::MAX } else { tag };
+            let keys: Vec<u64> = self.outstanding.range(..=upper).map(|(&k, _)| k).collect();
+            keys.into_iter()
+                .filter_map(|k| self.outstanding.remove(&k).map(|v| (k, v)))
+                .collect()
+        } else {
+            match self.outstanding.remove(&tag) {
+                Some(v) => vec![(tag, v)],
+                None => return self.send_error(id, unknown_tag(tag)),
+            }
+        };
+        let mut groups: Vec<(QueueHandle, Vec<(u64, u64)>)> = Vec::new();
+        for (tag, (q, seq)) in picked {
+            match groups.iter_mut().find(|(h, _)| h.same(&q)) {
+                Some((_, v)) => v.push((tag, seq)),
+                None => groups.push((q, vec![(tag, seq)])),
+            }
+        }
+        for (q, deliveries) in groups {
+            // A deleted queue accepts settlements with no effect (§6.2).
+            q.send(QueueCmd::Settle {
+                conn: Arc::clone(&self.link),
+                request_id: id,
+                deliveries,
+                how,
+            });
+        }
+    }
+
+    fn on_extend(&mut self, id: RequestId, e: Extend) {
+        if e.extend_ms == 0 {
+            return self.send_error(id, RequestError::invalid("extend_ms must be at least 1"));
+        }
+        let tag = e.delivery_tag.0;
+        match self.outstanding.get(&tag) {
+            Some((q, seq)) => {
+                q.send(QueueCmd::Extend {
+                    conn: Arc::clone(&self.link),
+                    request_id: id,
+                    tag,
+                    seq: *seq,
+                    extend: Duration::from_millis(e.extend_ms),
+                });
+            }
+            None => self.send_error(id, unknown_tag(tag)),
+        }
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Events from queues
+    // ------------------------------------------------------------------------------------
+
+    fn on_event(&mut self, event: ConnEvent) -> Ending {
+        match event {
+            ConnEvent::Deliver {
+                consumer_id,
+                queue,
+                deliveries,
+            } => {
+                for d in &deliveries {
+                    self.outstanding
+                        .insert(d.delivery_tag.0, (queue.clone(), d.message_seq));
+                }
+                self.send_deliveries(consumer_id, deliveries);
+            }
+            ConnEvent::Got {
+                request_id,
+                queue,
+                ready,
+                delivery,
+            } => {
+                if let Some(d) = &delivery {
+                    self.outstanding.insert(d.delivery_tag.0, (queue, d.message_seq));
+                }
+                self.send(request_id, Reply::GetOk(GetOk { ready, delivery }));
+            }
+            ConnEvent::Reply { request_id, reply } => {
+                if matches!(reply, Reply::ConsumeOk(_)) {
+                    self.pending_consumes.remove(&request_id);
+                }
+                self.send(request_id, reply);
+            }
+            ConnEvent::Error { request_id, error } => {
+                if let Some(consumer) = self.pending_consumes.remove(&request_id) {
+                    self.consumers.remove(&consumer);
+                }
+                self.send_error(request_id, error);
+            }
+            ConnEvent::Stored {
+                batch,
+                epoch,
+                rejections,
+            } => {
+                if let Some(front) = self.batches.front().map(|b| b.id) {
+                    if let Some(b) = self.batches.get_mut((batch - front) as usize) {
+                        b.waiting -= 1;
+                        b.epoch = b.epoch.max(epoch);
+                        b.rejections.extend(rejections);
+                    }
+                }
+                self.advance_batches();
+            }
+            ConnEvent::ConsumerStopped {
+                consumer_id,
+                code,
+                reason,
+            } => {
+                self.consumers.remove(&consumer_id.0);
+                self.send(
+                    RequestId(0),
+                    ConsumerCancelled {
+                        consumer_id,
+                        code,
+                        reason,
+                    },
+                );
+            }
+            ConnEvent::Cancelled {
+                request_id,
+                consumer_id,
+            } => {
+                self.consumers.remove(&consumer_id.0);
+                self.send(request_id, CancelOk { consumer_id });
+            }
+            ConnEvent::LeasesExpired { tags } => {
+                for t in tags {
+                    self.outstanding.remove(&t);
+                }
+            }
+            ConnEvent::Confirmed { up_to } => self.on_confirmed(up_to),
+            ConnEvent::Shutdown => {
+                self.close_with(ErrorCode::ConnectionForced, "the server is shutting down");
+                return Ending::Now;
+            }
+        }
+        Ending::No
+    }
+
+    /// Encodes deliveries as `Deliver` frames below the frame limit.
+    fn send_deliveries(&mut self, consumer_id: ConsumerId, deliveries: Vec<Delivery>) {
+        let max = self.agreed.max_frame_len as usize;
+        let mut chunk = Vec::new();
+        let mut size = DELIVER_FRAME_FIXED;
+        for d in deliveries {
+            let len = DELIVERY_FIXED + d.meta.len() + d.body.len();
+            if !chunk.is_empty() && size + len > max {
+                let deliveries = std::mem::take(&mut chunk);
+                self.send(RequestId(0), Deliver { consumer_id, deliveries });
+                size = DELIVER_FRAME_FIXED;
+            }
+            size += len;
+            chunk.push(d);
+        }
+        if !chunk.is_empty() {
+            self.send(RequestId(0), Deliver { consumer_id, deliveries: chunk });
+        }
+    }
+
+    /// The connection ended: its consumers stop, its deliveries return at once, its exclusive
+    /// queues go.
+    fn cleanup(&mut self) {
+        for q in self.touched.drain(..) {
+            q.send(QueueCmd::ConnectionClosed { conn_id: self.link.id });
+        }
+        for q in self.broker.queues() {
+            if q.meta.exclusive_owner == Some(self.link.id) {
+                let (reply, _) = oneshot::channel();
+                q.send(QueueCmd::Delete {
+                    if_unused: false,
+                    if_empty: false,
+                    reply,
+                });
+            }
+        }
+        self.flush_out();
+    }
+}
+
+/// Waits for durability in order and reports the highest settled publish sequence number.
+async fn confirm_task(
+    durability: crate::storage::Durability,
+    mut rx: mpsc::UnboundedReceiver<(u64, Epoch)>,
+    link: Arc<ConnLink>,
+) {
+    while let Some((mut up_to, mut epoch)) = rx.recv().await {
+        while let Ok((u, e)) = rx.try_recv() {
+            up_to = u;
+            epoch = epoch.max(e);
+        }
+        if epoch > 0 {
+            durability.wait(epoch).await;
+        }
+        link.send(ConnEvent::Confirmed { up_to });
+        if link.events.is_closed() {
+            return;
+        }
+    }
+}
+
+fn no_consumer(id: ConsumerId) -> RequestError {
+    RequestError::new(ErrorCode::NotFound, format!("no consumer {} on this connection", id.0))
+}
+
+fn unknown_tag(tag: u64) -> RequestError {
+    RequestError::new(
+        ErrorCode::UnknownDeliveryTag,
+        format!("delivery tag {tag} is not outstanding on this connection"),
+    )
+}

@@ -1,0 +1,201 @@
+//! The durable topology (queues, exchanges, bindings) in one file, `<data>/definitions.bin`.
+//!
+//! The whole file is rewritten on every change (topology changes are rare): written to a
+//! temporary file, synced, renamed over the old one, and the directory synced, so a crash
+//! leaves either the old or the new topology. Layout: magic `SLUICEDF`, format version `u32`,
+//! payload length `u32`, CRC32 of the payload `u32`, then the payload, encoded with bincode.
+//! This is the only module that uses bincode (1.3.3, complete and otherwise unmaintained).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+const MAGIC: &[u8; 8] = b"SLUICEDF";
+const VERSION: u32 = 1;
+const HEADER_LEN: usize = 20;
+/// Name of the topology file in the data directory.
+pub const FILE_NAME: &str = "definitions.bin";
+
+/// A durable queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueDef {
+    /// Its name.
+    pub name: String,
+    /// Its log's directory id in the store.
+    pub uid: u64,
+    /// Deleted when its last consumer goes.
+    pub auto_delete: bool,
+    /// Its arguments in the wire encoding of protocol.md §6.1.
+    pub arguments: Vec<u8>,
+}
+
+/// A durable exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExchangeDef {
+    /// Its name.
+    pub name: String,
+    /// 0 direct, 1 fanout, 2 topic, 3 headers (protocol.md §7.1).
+    pub kind: u8,
+    /// Deleted when its last binding goes.
+    pub auto_delete: bool,
+    /// Where unroutable messages go.
+    pub alternate_exchange: Option<String>,
+}
+
+/// A binding between a durable exchange and a durable queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindingDef {
+    /// Destination queue.
+    pub queue: String,
+    /// Source exchange.
+    pub exchange: String,
+    /// Binding key.
+    pub routing_key: String,
+    /// Arguments, as a wire header table (protocol.md §2.3).
+    pub arguments: Vec<u8>,
+}
+
+/// Everything that survives a restart besides the messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topology {
+    /// Durable queues.
+    pub queues: Vec<QueueDef>,
+    /// Durable exchanges.
+    pub exchanges: Vec<ExchangeDef>,
+    /// Durable bindings.
+    pub bindings: Vec<BindingDef>,
+}
+
+/// The topology file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum DefinitionsError {
+    /// An I/O error.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is damaged: refuse to start rather than lose the topology silently.
+    #[error("{path} is damaged: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DefinitionsError + '_ {
+    move |source| DefinitionsError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Reads the topology of `data_dir`; a missing file is an empty topology.
+pub fn load(data_dir: &Path) -> Result<Topology, DefinitionsError> {
+    let path = data_dir.join(FILE_NAME);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Topology::default()),
+        Err(e) => return Err(io(&path)(e)),
+    };
+    decode(&bytes).map_err(|reason| DefinitionsError::Corrupt { path, reason })
+}
+
+/// Replaces the topology of `data_dir` atomically and durably.
+pub fn store(data_dir: &Path, topology: &Topology) -> Result<(), DefinitionsError> {
+    let path = data_dir.join(FILE_NAME);
+    let tmp = data_dir.join(format!("{FILE_NAME}.tmp"));
+    let bytes = encode(topology);
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(&bytes).map_err(io(&tmp))?;
+    f.sync_data().map_err(io(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    std::fs::File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(data_dir))
+}
+
+fn encode(topology: &Topology) -> Vec<u8> {
+    // Serializing plain owned data into a Vec cannot fail.
+    let payload = bincode::serialize(topology).expect("topology serializes");
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn decode(bytes: &[u8]) -> Result<Topology, String> {
+    if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
+        return Err("bad magic number".into());
+    }
+    let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    if word(8) != VERSION {
+        return Err(format!("unsupported format version {}", word(8)));
+    }
+    let len = word(12) as usize;
+    let payload = bytes
+        .get(HEADER_LEN..HEADER_LEN + len)
+        .filter(|_| bytes.len() == HEADER_LEN + len)
+        .ok_or("length does not match the file size")?;
+    if crc32fast::hash(payload) != word(16) {
+        return Err("checksum mismatch".into());
+    }
+    bincode::deserialize(payload).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Topology {
+        Topology {
+            queues: vec![QueueDef {
+                name: "tasks".into(),
+                uid: 7,
+                auto_delete: false,
+                arguments: vec![0, 0],
+            }],
+            exchanges: vec![ExchangeDef {
+                name: "orders".into(),
+                kind: 2,
+                auto_delete: false,
+                alternate_exchange: Some("ae".into()),
+            }],
+            bindings: vec![BindingDef {
+                queue: "tasks".into(),
+                exchange: "orders".into(),
+                routing_key: "eu.#".into(),
+                arguments: vec![0, 0],
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trips_through_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Topology::default());
+        store(dir.path(), &sample()).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), sample());
+        assert!(!dir.path().join("definitions.bin.tmp").exists());
+    }
+
+    #[test]
+    fn every_flipped_byte_is_detected() {
+        let bytes = encode(&sample());
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x10;
+            assert!(decode(&bad).is_err(), "flip at {i} went unnoticed");
+        }
+        assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+}

@@ -1,0 +1,86 @@
+//! The one place where broker failures become wire error codes (protocol.md §11).
+
+use sluice_client::wire::ErrorCode;
+
+use crate::routing::RoutingError;
+use crate::storage::StorageError;
+
+/// A request that cannot be carried out: answered with an `Error` frame (or a rejection) and
+/// the connection stays up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RequestError {
+    /// The stable wire code.
+    pub code: ErrorCode,
+    /// Human-readable detail, e.g. "no queue 'tasks'".
+    pub message: String,
+}
+
+impl RequestError {
+    /// An error with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// `NOT_FOUND` for the queue `name`.
+    pub fn no_queue(name: &str) -> Self {
+        Self::new(ErrorCode::NotFound, format!("no queue '{name}'"))
+    }
+
+    /// `RESOURCE_LOCKED` for an exclusive queue of another connection.
+    pub fn locked(name: &str) -> Self {
+        Self::new(
+            ErrorCode::ResourceLocked,
+            format!("queue '{name}' is exclusive to another connection"),
+        )
+    }
+
+    /// `PRECONDITION_FAILED` with `message`.
+    pub fn precondition(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::PreconditionFailed, message)
+    }
+
+    /// `INVALID_ARGUMENT` with `message`.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidArgument, message)
+    }
+
+    /// `INTERNAL_ERROR` with `message`.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InternalError, message)
+    }
+}
+
+impl From<RoutingError> for RequestError {
+    fn from(e: RoutingError) -> Self {
+        let code = match &e {
+            RoutingError::ExchangeNotFound(_) | RoutingError::QueueNotFound(_) => {
+                ErrorCode::NotFound
+            }
+            RoutingError::ExchangeMismatch { .. } | RoutingError::ExchangeInUse(_) => {
+                ErrorCode::PreconditionFailed
+            }
+            RoutingError::DefaultExchangeAccess | RoutingError::ReservedExchange(_) => {
+                ErrorCode::NotAllowed
+            }
+            RoutingError::InvalidKind(_) | RoutingError::InvalidBinding { .. } => {
+                ErrorCode::InvalidArgument
+            }
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+impl From<StorageError> for RequestError {
+    fn from(e: StorageError) -> Self {
+        let code = match &e {
+            StorageError::StorageFull { .. } => ErrorCode::StorageFull,
+            StorageError::RecordTooLarge { .. } => ErrorCode::MessageTooLarge,
+            _ => ErrorCode::InternalError,
+        };
+        Self::new(code, e.to_string())
+    }
+}

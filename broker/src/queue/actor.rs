@@ -1,0 +1,791 @@
+//! The queue task.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sluice_client::wire::{
+    ConsumeOk, ConsumerId, Delivery, DeliveryTag, ErrorCode, InspectQueueOk, MetaView,
+    PurgeQueueOk, Rejection, Reply, RequestId,
+};
+use tokio::sync::mpsc;
+
+use super::{
+    ConnEvent, ConnId, ConnLink, Incoming, QueueCmd, QueueHandle, QueueMeta, Settlement,
+};
+use crate::broker::Broker;
+use crate::error::RequestError;
+use crate::storage::{QueueLog, StorageError};
+
+/// Most deliveries handed to one consumer before the next consumer's turn.
+const DELIVERY_BATCH: u32 = 64;
+/// Most commands handled before ready messages are handed out.
+const COMMANDS_PER_ROUND: usize = 256;
+/// How often acks are written and segments maintained when nothing else triggers it.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Starts the task of a queue whose log is open; returns its handle.
+pub(crate) fn spawn(meta: Arc<QueueMeta>, log: QueueLog, broker: Weak<Broker>) -> QueueHandle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle = QueueHandle {
+        meta: Arc::clone(&meta),
+        tx,
+    };
+    let default_lease = broker
+        .upgrade()
+        .map_or(Duration::from_secs(1800), |b| b.config.default_ack_timeout);
+    let mut actor = Actor::new(meta, log, broker, handle.clone(), default_lease);
+    tokio::spawn(async move { actor.run(rx).await });
+    handle
+}
+
+struct Consumer {
+    conn: Arc<ConnLink>,
+    id: ConsumerId,
+    prefetch: u32,
+    unacked: u32,
+    lease: Duration,
+}
+
+impl Consumer {
+    fn credit(&self) -> u32 {
+        if self.prefetch == 0 {
+            DELIVERY_BATCH
+        } else {
+            self.prefetch.saturating_sub(self.unacked).min(DELIVERY_BATCH)
+        }
+    }
+}
+
+struct InFlight {
+    conn: Arc<ConnLink>,
+    consumer: Option<ConsumerId>,
+    tag: u64,
+    deadline: Instant,
+    count: u32,
+}
+
+struct Actor {
+    meta: Arc<QueueMeta>,
+    /// `None` once the queue is deleted.
+    log: Option<QueueLog>,
+    broker: Weak<Broker>,
+    handle: QueueHandle,
+    default_lease: Duration,
+    /// Never-delivered messages, in seq order.
+    fresh: VecDeque<u64>,
+    /// Messages delivered before and returned, with their delivery count so far.
+    returned: BTreeMap<u64, u32>,
+    inflight: HashMap<u64, InFlight>,
+    deadlines: BTreeSet<(Instant, u64)>,
+    consumers: Vec<Consumer>,
+    exclusive_consumer: bool,
+    next_consumer: usize,
+    had_consumer: bool,
+    /// Messages below this seq were written before the last start.
+    first_seq_this_run: u64,
+    delivered_hwm: u64,
+    dirty: bool,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Actor {
+    fn new(
+        meta: Arc<QueueMeta>,
+        log: QueueLog,
+        broker: Weak<Broker>,
+        handle: QueueHandle,
+        default_lease: Duration,
+    ) -> Self {
+        let recovered = log.recovered_deliveries().clone();
+        let mut fresh = VecDeque::new();
+        let mut returned = BTreeMap::new();
+        for seq in log.live_seqs() {
+            if seq <= recovered.delivered_hwm || recovered.counts.contains_key(&seq) {
+                returned.insert(seq, recovered.counts.get(&seq).copied().unwrap_or(1));
+            } else {
+                fresh.push_back(seq);
+            }
+        }
+        let lease = meta
+            .arguments
+            .ack_timeout_ms
+            .map_or(default_lease, Duration::from_millis);
+        let first_seq_this_run = log.next_seq();
+        let actor = Self {
+            meta,
+            log: Some(log),
+            broker,
+            handle,
+            default_lease: lease,
+            fresh,
+            returned,
+            inflight: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            consumers: Vec::new(),
+            exclusive_consumer: false,
+            next_consumer: 0,
+            had_consumer: false,
+            first_seq_this_run,
+            delivered_hwm: recovered.delivered_hwm,
+            dirty: false,
+        };
+        actor.update_stats();
+        actor
+    }
+
+    async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<QueueCmd>) {
+        let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let next_deadline = self.deadlines.first().map(|d| d.0);
+            tokio::select! {
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    if self.handle_cmd(cmd) {
+                        break;
+                    }
+                    let mut stop = false;
+                    for _ in 1..COMMANDS_PER_ROUND {
+                        match rx.try_recv() {
+                            Ok(cmd) => if self.handle_cmd(cmd) { stop = true; break; },
+                            Err(_) => break,
+                        }
+                    }
+                    if stop {
+                        break;
+                    }
+                }
+                _ = sleep_until_opt(next_deadline) => self.expire_leases(),
+                _ = tick.tick() => self.dirty = true,
+            }
+            self.pump();
+            self.flush();
+            self.update_stats();
+        }
+        self.close(&mut rx);
+    }
+
+    /// Handles one command; true when the task must stop.
+    fn handle_cmd(&mut self, cmd: QueueCmd) -> bool {
+        match cmd {
+            QueueCmd::Publish {
+                conn,
+                batch,
+                messages,
+            } => self.publish(&conn, batch, messages),
+            QueueCmd::Consume {
+                conn,
+                request_id,
+                consumer_id,
+                tag,
+                prefetch,
+                exclusive,
+                ack_timeout,
+            } => {
+                if exclusive && !self.consumers.is_empty() || self.exclusive_consumer {
+                    conn.send(ConnEvent::Error {
+                        request_id,
+                        error: RequestError::new(
+                            ErrorCode::ResourceLocked,
+                            format!("queue '{}' has an exclusive consumer or, for an exclusive consumer, other consumers", self.meta.name),
+                        ),
+                    });
+                    return false;
+                }
+                self.exclusive_consumer = exclusive;
+                self.had_consumer = true;
+                conn.send(ConnEvent::Reply {
+                    request_id,
+                    reply: Reply::ConsumeOk(ConsumeOk {
+                        consumer_id,
+                        consumer_tag: tag,
+                    }),
+                });
+                self.consumers.push(Consumer {
+                    conn,
+                    id: consumer_id,
+                    prefetch,
+                    unacked: 0,
+                    lease: ack_timeout.unwrap_or(self.default_lease),
+                });
+            }
+            QueueCmd::Cancel {
+                conn,
+                consumer_id,
+                request_id,
+            } => {
+                self.remove_consumer(conn.id, consumer_id);
+                if let Some(request_id) = request_id {
+                    conn.send(ConnEvent::Cancelled {
+                        request_id,
+                        consumer_id,
+                    });
+                }
+                return self.auto_delete_if_unused();
+            }
+            QueueCmd::SetPrefetch {
+                conn_id,
+                consumer_id,
+                prefetch,
+            } => {
+                if let Some(c) = self
+                    .consumers
+                    .iter_mut()
+                    .find(|c| c.conn.id == conn_id && c.id == consumer_id)
+                {
+                    c.prefetch = prefetch;
+                }
+            }
+            QueueCmd::Get { conn, request_id } => self.get(&conn, request_id),
+            QueueCmd::Settle {
+                conn,
+                request_id,
+                deliveries,
+                how,
+            } => self.settle(&conn, request_id, &deliveries, how),
+            QueueCmd::Extend {
+                conn,
+                request_id,
+                tag,
+                seq,
+                extend,
+            } => match self.inflight.get_mut(&seq) {
+                Some(f) if f.conn.id == conn.id && f.tag == tag => {
+                    self.deadlines.remove(&(f.deadline, seq));
+                    f.deadline = Instant::now() + extend;
+                    self.deadlines.insert((f.deadline, seq));
+                }
+                _ => conn.send(unknown_tag(request_id, tag)),
+            },
+            QueueCmd::Inspect { conn, request_id } => {
+                self.update_stats();
+                let s = &self.meta.stats;
+                conn.send(ConnEvent::Reply {
+                    request_id,
+                    reply: Reply::InspectQueueOk(InspectQueueOk {
+                        name: self.meta.name.to_string(),
+                        durable: self.meta.durable,
+                        exclusive: self.meta.exclusive_owner.is_some(),
+                        auto_delete: self.meta.auto_delete,
+                        ready: s.ready.load(Ordering::Relaxed),
+                        unacked: s.unacked.load(Ordering::Relaxed),
+                        consumers: s.consumers.load(Ordering::Relaxed),
+                        bytes: s.bytes.load(Ordering::Relaxed),
+                        arguments: self.meta.arguments.clone(),
+                    }),
+                });
+            }
+            QueueCmd::Purge { conn, request_id } => {
+                let messages = self.purge();
+                conn.send(ConnEvent::Reply {
+                    request_id,
+                    reply: Reply::PurgeQueueOk(PurgeQueueOk { messages }),
+                });
+            }
+            QueueCmd::Delete {
+                if_unused,
+                if_empty,
+                reply,
+            } => {
+                if if_unused && !self.consumers.is_empty() {
+                    let _ = reply.send(Err(RequestError::precondition(format!(
+                        "queue '{}' has {} consumers",
+                        self.meta.name,
+                        self.consumers.len()
+                    ))));
+                    return false;
+                }
+                let messages = self.ready_count() + self.inflight.len() as u64;
+                if if_empty && messages > 0 {
+                    let _ = reply.send(Err(RequestError::precondition(format!(
+                        "queue '{}' holds {messages} messages",
+                        self.meta.name
+                    ))));
+                    return false;
+                }
+                self.delete();
+                let _ = reply.send(Ok(messages));
+                return true;
+            }
+            QueueCmd::ConnectionClosed { conn_id } => {
+                self.consumers.retain(|c| c.conn.id != conn_id);
+                let seqs: Vec<u64> = self
+                    .inflight
+                    .iter()
+                    .filter(|(_, f)| f.conn.id == conn_id)
+                    .map(|(&s, _)| s)
+                    .collect();
+                for seq in seqs {
+                    self.return_delivery(seq, false);
+                }
+                if self.consumers.is_empty() {
+                    self.exclusive_consumer = false;
+                }
+                return self.auto_delete_if_unused();
+            }
+            QueueCmd::Shutdown { done } => {
+                self.flush_now();
+                drop(done);
+                return true;
+            }
+        }
+        false
+    }
+
+    fn log(&mut self) -> &mut QueueLog {
+        self.log.as_mut().expect("the log is open while the task runs")
+    }
+
+    fn publish(&mut self, conn: &Arc<ConnLink>, batch: u64, messages: Vec<Incoming>) {
+        let mut epoch = 0;
+        let mut rejections = Vec::new();
+        let ts = now_ms();
+        let limit = self.meta.arguments.max_length;
+        let reject_when_full = matches!(
+            self.meta.arguments.overflow,
+            Some(sluice_client::wire::Overflow::RejectPublish)
+        );
+        for m in messages {
+            if let Some(max) = limit {
+                if self.ready_count() >= max {
+                    if reject_when_full || max == 0 {
+                        rejections.push(Rejection {
+                            seq: sluice_client::wire::PublishSeq(m.publish_seq),
+                            code: ErrorCode::QueueFull,
+                            message: format!("queue '{}' is full ({max} messages)", self.meta.name),
+                        });
+                        continue;
+                    }
+                    self.drop_head();
+                }
+            }
+            match self.log().append(&m.meta, &m.body, ts) {
+                Ok(a) => {
+                    if m.persistent && self.meta.durable {
+                        epoch = epoch.max(a.epoch);
+                    }
+                    self.fresh.push_back(a.seq);
+                    self.meta.stats.published.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    let err = RequestError::from(e);
+                    rejections.push(Rejection {
+                        seq: sluice_client::wire::PublishSeq(m.publish_seq),
+                        code: err.code,
+                        message: err.message,
+                    });
+                }
+            }
+        }
+        conn.send(ConnEvent::Stored {
+            batch,
+            epoch,
+            rejections,
+        });
+    }
+
+    fn ready_count(&self) -> u64 {
+        (self.fresh.len() + self.returned.len()) as u64
+    }
+
+    /// The next ready message in sequence order, with its delivery count so far.
+    fn next_ready(&mut self) -> Option<(u64, u32)> {
+        let fresh = self.fresh.front().copied();
+        let back = self.returned.first_key_value().map(|(&s, &c)| (s, c));
+        match (fresh, back) {
+            (Some(f), Some((r, c))) => {
+                if r < f {
+                    self.returned.pop_first();
+                    Some((r, c))
+                } else {
+                    self.fresh.pop_front();
+                    Some((f, 0))
+                }
+            }
+            (Some(f), None) => {
+                self.fresh.pop_front();
+                Some((f, 0))
+            }
+            (None, Some((r, c))) => {
+                self.returned.pop_first();
+                Some((r, c))
+            }
+            (None, None) => None,
+        }
+    }
+
+    fn drop_head(&mut self) {
+        if let Some((seq, _)) = self.next_ready() {
+            self.ack_in_log(seq);
+        }
+    }
+
+    fn ack_in_log(&mut self, seq: u64) {
+        match self.log().ack(seq) {
+            Ok(()) | Err(StorageError::NotLive(_)) => {}
+            Err(e) => tracing::warn!(queue = %self.meta.name, seq, error = %e, "ack failed"),
+        }
+        self.dirty = true;
+    }
+
+    /// Reads the next deliverable message: skips (and drops) expired ones and transient ones
+    /// left from before a restart.
+    fn take_deliverable(&mut self) -> Option<(u64, u32, sluice_client::wire::Delivery)> {
+        loop {
+            let (seq, count) = self.next_ready()?;
+            let msg = match self.log().read(seq) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(queue = %self.meta.name, seq, error = %e, "unreadable message skipped; see the recovery report");
+                    continue;
+                }
+            };
+            let (persistent, expiration) = match MetaView::parse(&msg.meta) {
+                Ok(v) => (v.persistent, v.expiration_ms),
+                Err(_) => (true, None),
+            };
+            if !persistent && seq < self.first_seq_this_run {
+                self.ack_in_log(seq);
+                continue;
+            }
+            let ttl = match (expiration, self.meta.arguments.message_ttl_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if let Some(ttl) = ttl {
+                if msg.timestamp_ms.saturating_add(ttl) <= now_ms() {
+                    self.ack_in_log(seq);
+                    continue;
+                }
+            }
+            let delivery = Delivery {
+                delivery_tag: DeliveryTag(0),
+                redelivered: count > 0,
+                delivery_count: count + 1,
+                message_seq: seq,
+                meta: msg.meta,
+                body: msg.body,
+            };
+            return Some((seq, count + 1, delivery));
+        }
+    }
+
+    fn record_flight(
+        &mut self,
+        conn: &Arc<ConnLink>,
+        consumer: Option<ConsumerId>,
+        seq: u64,
+        count: u32,
+        lease: Duration,
+    ) -> u64 {
+        let tag = conn.take_tag();
+        let deadline = Instant::now() + lease;
+        self.deadlines.insert((deadline, seq));
+        self.inflight.insert(
+            seq,
+            InFlight {
+                conn: Arc::clone(conn),
+                consumer,
+                tag,
+                deadline,
+                count,
+            },
+        );
+        if seq > self.delivered_hwm {
+            self.delivered_hwm = seq;
+            self.log().set_delivered_hwm(seq);
+        }
+        if count > 1 {
+            if let Err(e) = self.log().record_delivery_count(seq, count) {
+                tracing::warn!(queue = %self.meta.name, seq, error = %e, "could not record a delivery count");
+            }
+            self.dirty = true;
+        }
+        tag
+    }
+
+    /// Hands ready messages to consumers with credit, round-robin.
+    fn pump(&mut self) {
+        while self.ready_count() > 0 && !self.consumers.is_empty() {
+            let n = self.consumers.len();
+            let Some(idx) = (0..n)
+                .map(|i| (self.next_consumer + i) % n)
+                .find(|&i| self.consumers[i].credit() > 0)
+            else {
+                return;
+            };
+            let credit = self.consumers[idx].credit();
+            let conn = Arc::clone(&self.consumers[idx].conn);
+            let consumer_id = self.consumers[idx].id;
+            let lease = self.consumers[idx].lease;
+            let mut deliveries = Vec::with_capacity(credit.min(64) as usize);
+            while deliveries.len() < credit as usize {
+                let Some((seq, count, mut d)) = self.take_deliverable() else {
+                    break;
+                };
+                d.delivery_tag = DeliveryTag(self.record_flight(&conn, Some(consumer_id), seq, count, lease));
+                deliveries.push(d);
+            }
+            self.consumers[idx].unacked += deliveries.len() as u32;
+            self.next_consumer = (idx + 1) % n;
+            if deliveries.is_empty() {
+                return;
+            }
+            conn.send(ConnEvent::Deliver {
+                consumer_id,
+                queue: self.handle.clone(),
+                deliveries,
+            });
+        }
+    }
+
+    fn get(&mut self, conn: &Arc<ConnLink>, request_id: RequestId) {
+        if self.exclusive_consumer {
+            conn.send(ConnEvent::Error {
+                request_id,
+                error: RequestError::new(
+                    ErrorCode::ResourceLocked,
+                    format!("queue '{}' has an exclusive consumer", self.meta.name),
+                ),
+            });
+            return;
+        }
+        let delivery = self.take_deliverable().map(|(seq, count, mut d)| {
+            let lease = self.default_lease;
+            d.delivery_tag = DeliveryTag(self.record_flight(conn, None, seq, count, lease));
+            d
+        });
+        conn.send(ConnEvent::Got {
+            request_id,
+            queue: self.handle.clone(),
+            ready: self.ready_count(),
+            delivery,
+        });
+    }
+
+    fn settle(
+        &mut self,
+        conn: &Arc<ConnLink>,
+        request_id: RequestId,
+        deliveries: &[(u64, u64)],
+        how: Settlement,
+    ) {
+        let mut unknown = None;
+        for &(tag, seq) in deliveries {
+            let matches = self
+                .inflight
+                .get(&seq)
+                .is_some_and(|f| f.conn.id == conn.id && f.tag == tag);
+            if !matches {
+                unknown.get_or_insert(tag);
+                continue;
+            }
+            match how {
+                Settlement::Ack => {
+                    let f = self.take_flight(seq);
+                    drop(f);
+                    self.ack_in_log(seq);
+                    self.meta.stats.acked.fetch_add(1, Ordering::Relaxed);
+                }
+                Settlement::Requeue => self.return_delivery(seq, true),
+                Settlement::Reject => {
+                    self.take_flight(seq);
+                    self.ack_in_log(seq);
+                }
+            }
+        }
+        if let Some(tag) = unknown {
+            conn.send(unknown_tag(request_id, tag));
+        }
+    }
+
+    /// Removes a delivery from flight and gives its consumer the credit back.
+    fn take_flight(&mut self, seq: u64) -> Option<InFlight> {
+        let f = self.inflight.remove(&seq)?;
+        self.deadlines.remove(&(f.deadline, seq));
+        if let Some(id) = f.consumer {
+            if let Some(c) = self
+                .consumers
+                .iter_mut()
+                .find(|c| c.conn.id == f.conn.id && c.id == id)
+            {
+                c.unacked = c.unacked.saturating_sub(1);
+            }
+        }
+        Some(f)
+    }
+
+    /// Puts a delivered message back in the ready set, ahead of newer messages.
+    fn return_delivery(&mut self, seq: u64, _by_consumer: bool) {
+        if let Some(f) = self.take_flight(seq) {
+            self.returned.insert(seq, f.count);
+        }
+    }
+
+    fn expire_leases(&mut self) {
+        let now = Instant::now();
+        let mut expired: HashMap<ConnId, (Arc<ConnLink>, Vec<u64>)> = HashMap::new();
+        while let Some(&(deadline, seq)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            if let Some(f) = self.inflight.get(&seq) {
+                expired
+                    .entry(f.conn.id)
+                    .or_insert_with(|| (Arc::clone(&f.conn), Vec::new()))
+                    .1
+                    .push(f.tag);
+                self.return_delivery(seq, false);
+            } else {
+                self.deadlines.pop_first();
+            }
+        }
+        for (_, (conn, tags)) in expired {
+            conn.send(ConnEvent::LeasesExpired { tags });
+        }
+    }
+
+    fn remove_consumer(&mut self, conn_id: ConnId, id: ConsumerId) {
+        self.consumers.retain(|c| !(c.conn.id == conn_id && c.id == id));
+        if self.consumers.is_empty() {
+            self.exclusive_consumer = false;
+        }
+    }
+
+    /// Deletes an auto-delete queue whose last consumer went; true when the task must stop.
+    fn auto_delete_if_unused(&mut self) -> bool {
+        if !(self.meta.auto_delete && self.had_consumer && self.consumers.is_empty()) {
+            return false;
+        }
+        self.delete();
+        true
+    }
+
+    fn purge(&mut self) -> u64 {
+        let n = self.ready_count();
+        let seqs: Vec<u64> = self
+            .fresh
+            .drain(..)
+            .chain(std::mem::take(&mut self.returned).into_keys())
+            .collect();
+        for seq in seqs {
+            self.ack_in_log(seq);
+        }
+        n
+    }
+
+    /// Removes the queue from the broker, stops its consumers and deletes its log.
+    fn delete(&mut self) {
+        if let Some(broker) = self.broker.upgrade() {
+            broker.forget_queue(&self.meta);
+        }
+        for c in self.consumers.drain(..) {
+            c.conn.send(ConnEvent::ConsumerStopped {
+                consumer_id: c.id,
+                code: ErrorCode::QueueDeleted,
+                reason: format!("queue '{}' was deleted", self.meta.name),
+            });
+        }
+        self.inflight.clear();
+        self.deadlines.clear();
+        self.fresh.clear();
+        self.returned.clear();
+        if let Some(log) = self.log.take() {
+            match self.broker.upgrade() {
+                Some(broker) => {
+                    if let Err(e) = broker.store().delete_queue(log) {
+                        tracing::error!(queue = %self.meta.name, error = %e, "could not delete the queue's log");
+                    }
+                }
+                None => drop(log),
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.dirty {
+            self.flush_now();
+        }
+    }
+
+    fn flush_now(&mut self) {
+        self.dirty = false;
+        if let Some(log) = self.log.as_mut() {
+            if let Err(e) = log.flush() {
+                tracing::warn!(queue = %self.meta.name, error = %e, "could not write acks");
+            }
+        }
+    }
+
+    fn update_stats(&self) {
+        let s = &self.meta.stats;
+        s.ready.store(self.ready_count(), Ordering::Relaxed);
+        s.unacked.store(self.inflight.len() as u64, Ordering::Relaxed);
+        s.consumers.store(self.consumers.len() as u32, Ordering::Relaxed);
+        if let Some(log) = &self.log {
+            s.bytes.store(log.message_bytes(), Ordering::Relaxed);
+        }
+    }
+
+    /// After the task's last command: answers what is still in the mailbox as a deleted queue
+    /// would, so no publisher waits forever.
+    fn close(&mut self, rx: &mut mpsc::UnboundedReceiver<QueueCmd>) {
+        rx.close();
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                QueueCmd::Publish { conn, batch, .. } => conn.send(ConnEvent::Stored {
+                    batch,
+                    epoch: 0,
+                    rejections: Vec::new(),
+                }),
+                QueueCmd::Consume {
+                    conn, request_id, ..
+                }
+                | QueueCmd::Get { conn, request_id }
+                | QueueCmd::Inspect { conn, request_id }
+                | QueueCmd::Purge { conn, request_id } => conn.send(ConnEvent::Error {
+                    request_id,
+                    error: RequestError::no_queue(&self.meta.name),
+                }),
+                QueueCmd::Cancel {
+                    conn,
+                    consumer_id,
+                    request_id: Some(request_id),
+                } => conn.send(ConnEvent::Cancelled {
+                    request_id,
+                    consumer_id,
+                }),
+                QueueCmd::Delete { reply, .. } => {
+                    let _ = reply.send(Ok(0));
+                }
+                _ => {}
+            }
+        }
+        self.flush_now();
+        self.log = None;
+    }
+}
+
+fn unknown_tag(request_id: RequestId, tag: u64) -> ConnEvent {
+    ConnEvent::Error {
+        request_id,
+        error: RequestError::new(
+            ErrorCode::UnknownDeliveryTag,
+            format!("delivery tag {tag} is not outstanding on this connection"),
+        ),
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,340 @@
+//! Queues: one task per queue owns its log, its ready messages, its consumers and the
+//! deliveries in flight (an actor: no lock on the hot path).
+//!
+//! Connections talk to a queue with [`QueueCmd`]s over its mailbox; the queue answers through
+//! the connection's event channel ([`ConnEvent`]), so replies, deliveries and publish results
+//! reach a connection in the order the queue produced them.
+
+mod actor;
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_client::wire::{
+    ConsumerId, Delivery, ErrorCode, QueueArguments, Rejection, Reply, RequestId,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::RequestError;
+use crate::storage::Epoch;
+
+pub(crate) use actor::spawn;
+
+/// A connection's number, unique for the life of the process.
+pub type ConnId = u64;
+
+/// What a queue knows of a connection: where its events go and its delivery tag counter
+/// (tags are per connection, shared by all its consumers, protocol.md §9.5).
+#[derive(Debug)]
+pub struct ConnLink {
+    /// The connection's number.
+    pub id: ConnId,
+    /// Its event channel.
+    pub events: mpsc::UnboundedSender<ConnEvent>,
+    next_tag: AtomicU64,
+}
+
+impl ConnLink {
+    /// A link for connection `id`.
+    pub fn new(id: ConnId, events: mpsc::UnboundedSender<ConnEvent>) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            events,
+            next_tag: AtomicU64::new(0),
+        })
+    }
+
+    /// Takes the connection's next delivery tag (the first is 1).
+    pub fn take_tag(&self) -> u64 {
+        self.next_tag.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The highest tag issued so far.
+    pub fn last_tag(&self) -> u64 {
+        self.next_tag.load(Ordering::Relaxed)
+    }
+
+    /// Sends an event; a closed connection no longer cares.
+    pub fn send(&self, event: ConnEvent) {
+        let _ = self.events.send(event);
+    }
+}
+
+/// What a queue (or the connection's own helpers) tells a connection.
+#[derive(Debug)]
+pub enum ConnEvent {
+    /// Deliveries for one consumer (tags already assigned).
+    Deliver {
+        /// The consumer.
+        consumer_id: ConsumerId,
+        /// The queue they come from.
+        queue: QueueHandle,
+        /// The deliveries.
+        deliveries: Vec<Delivery>,
+    },
+    /// The answer to a `Get`.
+    Got {
+        /// The request.
+        request_id: RequestId,
+        /// The queue.
+        queue: QueueHandle,
+        /// Ready messages left.
+        ready: u64,
+        /// The delivery, if there was a message.
+        delivery: Option<Delivery>,
+    },
+    /// A reply frame to send as is.
+    Reply {
+        /// The request it answers.
+        request_id: RequestId,
+        /// The reply.
+        reply: Reply,
+    },
+    /// A request failed.
+    Error {
+        /// The request.
+        request_id: RequestId,
+        /// Why.
+        error: RequestError,
+    },
+    /// A queue stored (or refused) its part of a publish batch.
+    Stored {
+        /// The connection's batch number.
+        batch: u64,
+        /// The epoch that makes the stored messages durable (0: nothing to wait for).
+        epoch: Epoch,
+        /// Refused messages.
+        rejections: Vec<Rejection>,
+    },
+    /// A consumer was stopped by the server (`ConsumerCancelled`).
+    ConsumerStopped {
+        /// The consumer.
+        consumer_id: ConsumerId,
+        /// Why (a 4xx code).
+        code: ErrorCode,
+        /// Detail.
+        reason: String,
+    },
+    /// A `Cancel` took effect; no delivery for the consumer follows.
+    Cancelled {
+        /// The request.
+        request_id: RequestId,
+        /// The consumer.
+        consumer_id: ConsumerId,
+    },
+    /// Leases that expired: these tags are no longer outstanding.
+    LeasesExpired {
+        /// The tags.
+        tags: Vec<u64>,
+    },
+    /// Publishes up to this sequence number are settled and durable.
+    Confirmed {
+        /// Publish sequence number.
+        up_to: u64,
+    },
+    /// The server is shutting down.
+    Shutdown,
+}
+
+/// A message on its way into a queue.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// The publisher's sequence number, for rejections.
+    pub publish_seq: u64,
+    /// The meta block, as received.
+    pub meta: Bytes,
+    /// The body.
+    pub body: Bytes,
+    /// Whether it must be synced before it is confirmed.
+    pub persistent: bool,
+}
+
+/// How a delivery is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// Processed: delete it.
+    Ack,
+    /// Not processed: deliver it again.
+    Requeue,
+    /// Bad: dead-letter or drop it.
+    Reject,
+}
+
+/// A request to a queue.
+#[derive(Debug)]
+pub enum QueueCmd {
+    /// Store messages and report with [`ConnEvent::Stored`].
+    Publish {
+        /// The publisher.
+        conn: Arc<ConnLink>,
+        /// Its batch number.
+        batch: u64,
+        /// The messages.
+        messages: Vec<Incoming>,
+    },
+    /// Start a consumer.
+    Consume {
+        /// Its connection.
+        conn: Arc<ConnLink>,
+        /// The request.
+        request_id: RequestId,
+        /// The consumer's number on its connection.
+        consumer_id: ConsumerId,
+        /// Its tag.
+        tag: String,
+        /// Its window; 0 = unlimited.
+        prefetch: u32,
+        /// Whether it must be the only consumer.
+        exclusive: bool,
+        /// Lease of its deliveries, overriding the queue's.
+        ack_timeout: Option<Duration>,
+    },
+    /// Stop a consumer; answers with [`ConnEvent::Cancelled`] when `request_id` is given.
+    Cancel {
+        /// Its connection.
+        conn: Arc<ConnLink>,
+        /// The consumer.
+        consumer_id: ConsumerId,
+        /// The request, if a client asked.
+        request_id: Option<RequestId>,
+    },
+    /// Change a consumer's window.
+    SetPrefetch {
+        /// Its connection.
+        conn_id: ConnId,
+        /// The consumer.
+        consumer_id: ConsumerId,
+        /// The new window.
+        prefetch: u32,
+    },
+    /// Take one ready message.
+    Get {
+        /// The connection.
+        conn: Arc<ConnLink>,
+        /// The request.
+        request_id: RequestId,
+    },
+    /// Settle deliveries: `(tag, message seq)` pairs.
+    Settle {
+        /// The connection that holds them.
+        conn: Arc<ConnLink>,
+        /// The request, for errors.
+        request_id: RequestId,
+        /// The deliveries.
+        deliveries: Vec<(u64, u64)>,
+        /// What to do with them.
+        how: Settlement,
+    },
+    /// Push a delivery's deadline to `extend` from now.
+    Extend {
+        /// The connection that holds it.
+        conn: Arc<ConnLink>,
+        /// The request, for errors.
+        request_id: RequestId,
+        /// Its tag.
+        tag: u64,
+        /// Its message.
+        seq: u64,
+        /// The new lease.
+        extend: Duration,
+    },
+    /// Answer `InspectQueueOk`.
+    Inspect {
+        /// The connection.
+        conn: Arc<ConnLink>,
+        /// The request.
+        request_id: RequestId,
+    },
+    /// Remove the ready messages; answer `PurgeQueueOk`.
+    Purge {
+        /// The connection.
+        conn: Arc<ConnLink>,
+        /// The request.
+        request_id: RequestId,
+    },
+    /// Delete the queue if the conditions hold; the answer is the number of messages
+    /// deleted with it, or why not.
+    Delete {
+        /// Fail if it has consumers.
+        if_unused: bool,
+        /// Fail if it holds messages.
+        if_empty: bool,
+        /// The answer.
+        reply: oneshot::Sender<Result<u64, RequestError>>,
+    },
+    /// A connection ended: cancel its consumers, return its deliveries.
+    ConnectionClosed {
+        /// The connection.
+        conn_id: ConnId,
+    },
+    /// Write what is pending and stop (server shutdown).
+    Shutdown {
+        /// Dropped when the queue's log is closed.
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// Live counters of a queue, for declare replies and listings.
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    /// Messages ready for delivery.
+    pub ready: AtomicU64,
+    /// Messages delivered and not settled.
+    pub unacked: AtomicU64,
+    /// Active consumers.
+    pub consumers: AtomicU32,
+    /// Bytes of ready and unacked messages.
+    pub bytes: AtomicU64,
+    /// Messages published into the queue, ever (this run).
+    pub published: AtomicU64,
+    /// Messages acknowledged, ever (this run).
+    pub acked: AtomicU64,
+}
+
+/// What does not change about a queue after its declaration.
+#[derive(Debug)]
+pub struct QueueMeta {
+    /// Its name.
+    pub name: Arc<str>,
+    /// Its log's id in the store.
+    pub uid: u64,
+    /// Survives restarts.
+    pub durable: bool,
+    /// The connection that owns it, if exclusive.
+    pub exclusive_owner: Option<ConnId>,
+    /// Deleted when its last consumer goes.
+    pub auto_delete: bool,
+    /// Its arguments, as declared.
+    pub arguments: QueueArguments,
+    /// Live counters.
+    pub stats: QueueStats,
+}
+
+impl QueueMeta {
+    /// Whether connection `conn` may use the queue.
+    pub fn accessible_by(&self, conn: ConnId) -> bool {
+        self.exclusive_owner.is_none_or(|owner| owner == conn)
+    }
+}
+
+/// A cheap handle to a queue task.
+#[derive(Debug, Clone)]
+pub struct QueueHandle {
+    /// The queue's fixed properties and counters.
+    pub meta: Arc<QueueMeta>,
+    tx: mpsc::UnboundedSender<QueueCmd>,
+}
+
+impl QueueHandle {
+    /// Sends a command; false when the queue task has stopped (the queue was deleted).
+    pub fn send(&self, cmd: QueueCmd) -> bool {
+        self.tx.send(cmd).is_ok()
+    }
+
+    /// Whether two handles name the same queue task.
+    pub fn same(&self, other: &QueueHandle) -> bool {
+        self.tx.same_channel(&other.tx)
+    }
+}
