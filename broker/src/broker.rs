@@ -43,6 +43,8 @@ pub struct Broker {
     next_conn_id: AtomicU64,
     next_generated: AtomicU64,
     blocked: AtomicBool,
+    /// Why publishing is blocked, if it is; sessions turn changes into `Blocked`/`Unblocked`.
+    flow: tokio::sync::watch::Sender<Option<String>>,
     // Last: dropped after the queues' logs, which the queue tasks close first.
     store: Store,
 }
@@ -87,6 +89,7 @@ impl Broker {
             next_conn_id: AtomicU64::new(1),
             next_generated: AtomicU64::new(1),
             blocked: AtomicBool::new(false),
+            flow: tokio::sync::watch::channel(None).0,
             store,
         });
         broker.restore(topology)?;
@@ -163,6 +166,63 @@ impl Broker {
         self.blocked.load(Ordering::Relaxed)
     }
 
+    /// Follows whether publishing is blocked, and why.
+    pub fn flow(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.flow.subscribe()
+    }
+
+    /// Checks the data directory's free space every second and blocks publishers while it is
+    /// below `min_free_disk_bytes`, so the disk never fills up under a running broker; acks,
+    /// which free space, keep flowing. Runs until the broker is dropped.
+    pub async fn watch_disk(self: Arc<Self>) {
+        let weak = Arc::downgrade(&self);
+        drop(self);
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let Some(broker) = weak.upgrade() else { return };
+            broker.check_disk();
+        }
+    }
+
+    /// One free-space check; see [`watch_disk`](Self::watch_disk).
+    pub fn check_disk(&self) {
+        let dir = &self.config.data_dir;
+        let free = match rustix::fs::statvfs(dir) {
+            Ok(st) => st.f_bavail.saturating_mul(st.f_frsize),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot read free disk space");
+                return;
+            }
+        };
+        let min = self.config.min_free_disk_bytes;
+        let blocked = free < min;
+        if blocked != self.blocked.swap(blocked, Ordering::Relaxed) {
+            let reason = blocked.then(|| {
+                format!(
+                    "free disk space {} MiB is below {} MiB on {}",
+                    free >> 20,
+                    min >> 20,
+                    dir.display()
+                )
+            });
+            match &reason {
+                Some(r) => tracing::warn!("publishing blocked: {r}"),
+                None => tracing::info!("publishing resumed: free disk space is back"),
+            }
+            self.flow.send_replace(reason);
+        }
+    }
+
+    /// The queues a dead-lettered message goes to, by exchange and routing key.
+    pub fn route(&self, exchange: &str, routing_key: &str, headers: &Headers) -> Vec<QueueHandle> {
+        let reg = self.read();
+        match reg.routing.route(exchange, routing_key, headers) {
+            Ok(r) => r.queues.iter().filter_map(|q| reg.queues.get(q).cloned()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Reads the registry.
     pub fn read(&self) -> RwLockReadGuard<'_, Registry> {
         self.registry.read().unwrap_or_else(|e| e.into_inner())
@@ -210,6 +270,7 @@ impl Broker {
                 return Err(RequestError::locked(&req.name));
             }
             check_same_queue(&q.meta, &req)?;
+            q.send(queue::QueueCmd::Touch);
             return Ok(declare_ok(q));
         }
         let name = if req.name.is_empty() {
@@ -460,17 +521,11 @@ fn validate_arguments(a: &QueueArguments) -> Result<(), RequestError> {
     if a.ack_timeout_ms == Some(0) {
         return Err(RequestError::invalid("ack_timeout_ms must be at least 1"));
     }
-    let unsupported = [
-        ("max_length_bytes", a.max_length_bytes.is_some()),
-        ("dead_letter_exchange", a.dead_letter_exchange.is_some()),
-        ("dead_letter_routing_key", a.dead_letter_routing_key.is_some()),
-        ("delivery_limit", a.delivery_limit.is_some()),
-        ("expires_ms", a.expires_ms.is_some()),
-    ];
-    if let Some((name, _)) = unsupported.iter().find(|(_, set)| *set) {
-        return Err(RequestError::invalid(format!(
-            "queue argument {name} is not supported by this server yet"
-        )));
+    if let Some(x) = &a.dead_letter_exchange {
+        validate_name("dead-letter exchange", x)?;
+    }
+    if a.dead_letter_routing_key.as_ref().is_some_and(|k| k.len() > MAX_NAME_LEN) {
+        return Err(RequestError::invalid("dead_letter_routing_key is longer than 255 bytes"));
     }
     Ok(())
 }

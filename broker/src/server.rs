@@ -37,6 +37,8 @@ impl Server {
     /// what is pending, and returns once the data is synced.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
+        self.broker.check_disk();
+        let disk = tokio::spawn(Arc::clone(&self.broker).watch_disk());
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -56,6 +58,7 @@ impl Server {
             }
         }
         tracing::info!("shutting down: closing connections");
+        disk.abort();
         drop(self.listener);
         let _ = stop_tx.send(true);
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {

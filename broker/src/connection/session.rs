@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use sluice_client::wire::{
-    Ack, Cancel, CancelOk, Close, Confirm, Consume, ConsumerCancelled, ConsumerId, DecodeError,
+    Ack, Blocked, Cancel, CancelOk, Close, Confirm, Consume, ConsumerCancelled, ConsumerId, DecodeError,
     DeclareExchange, Deliver, Delivery, DeleteQueue, DeleteQueueOk, ErrorCode, ErrorReply,
     Extend, Frame, GetOk, MetaView, Nack, Publish, PublishRejected, PublishSeq,
     Rejection, Reply, Request, RequestId, MAX_NAME_LEN,
@@ -132,6 +132,10 @@ impl Session {
             .agreed
             .heartbeat
             .map_or(Duration::from_secs(1), |h| (h / 4).max(Duration::from_millis(100)));
+        let mut flow = self.broker.flow();
+        if let Some(reason) = flow.borrow_and_update().clone() {
+            self.send(RequestId(0), Blocked { code: ErrorCode::StorageFull, reason });
+        }
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -155,6 +159,13 @@ impl Session {
                     Some(ReadEvent::Closed) | None => Ending::Now,
                 },
                 _ = tick.tick() => self.on_tick(),
+                Ok(()) = flow.changed() => {
+                    match flow.borrow_and_update().clone() {
+                        Some(reason) => self.send(RequestId(0), Blocked { code: ErrorCode::StorageFull, reason }),
+                        None => self.send(RequestId(0), Reply::Unblocked),
+                    }
+                    Ending::No
+                }
                 _ = shutdown.changed() => {
                     self.close_with(ErrorCode::ConnectionForced, "the server is shutting down");
                     Ending::Now

@@ -6,8 +6,8 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sluice_client::wire::{
-    ConsumeOk, ConsumerId, Delivery, DeliveryTag, ErrorCode, InspectQueueOk, MetaView,
-    PurgeQueueOk, Rejection, Reply, RequestId,
+    ConsumeOk, ConsumerId, Delivery, DeliveryTag, ErrorCode, HeaderValue, InspectQueueOk,
+    MessageMeta, MetaView, Overflow, PublishSeq, PurgeQueueOk, Rejection, Reply, RequestId,
 };
 use tokio::sync::mpsc;
 
@@ -64,6 +64,37 @@ struct InFlight {
     tag: u64,
     deadline: Instant,
     count: u32,
+    bytes: u64,
+}
+
+/// Messages copied to the dead-letter exchange, acked here once the copies are durable.
+#[derive(Default)]
+struct DeadLetters {
+    next_batch: u64,
+    /// batch → (queues still to store it, epoch to wait for, the seq here, a queue failed).
+    storing: HashMap<u64, (usize, u64, u64, bool)>,
+    /// (epoch, seq) of copies stored and waiting for their sync.
+    syncing: Vec<(u64, u64)>,
+}
+
+/// Why a message leaves for the dead-letter exchange (protocol.md §8.1).
+#[derive(Debug, Clone, Copy)]
+enum DeathReason {
+    Rejected,
+    Expired,
+    MaxLen,
+    DeliveryLimit,
+}
+
+impl DeathReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            DeathReason::Rejected => "rejected",
+            DeathReason::Expired => "expired",
+            DeathReason::MaxLen => "maxlen",
+            DeathReason::DeliveryLimit => "delivery-limit",
+        }
+    }
 }
 
 struct Actor {
@@ -87,6 +118,12 @@ struct Actor {
     first_seq_this_run: u64,
     delivered_hwm: u64,
     dirty: bool,
+    inflight_bytes: u64,
+    last_used: Instant,
+    /// Where dead-lettered copies report back (as a publisher would).
+    dl_link: Arc<ConnLink>,
+    dl_events: mpsc::UnboundedReceiver<ConnEvent>,
+    dead: DeadLetters,
 }
 
 fn now_ms() -> u64 {
@@ -118,6 +155,7 @@ impl Actor {
             .ack_timeout_ms
             .map_or(default_lease, Duration::from_millis);
         let first_seq_this_run = log.next_seq();
+        let (dl_tx, dl_events) = mpsc::unbounded_channel();
         let actor = Self {
             meta,
             log: Some(log),
@@ -135,6 +173,11 @@ impl Actor {
             first_seq_this_run,
             delivered_hwm: recovered.delivered_hwm,
             dirty: false,
+            inflight_bytes: 0,
+            last_used: Instant::now(),
+            dl_link: ConnLink::new(0, dl_tx),
+            dl_events,
+            dead: DeadLetters::default(),
         };
         actor.update_stats();
         actor
@@ -163,8 +206,16 @@ impl Actor {
                     }
                 }
                 _ = sleep_until_opt(next_deadline) => self.expire_leases(),
-                _ = tick.tick() => self.dirty = true,
+                Some(event) = self.dl_events.recv() => self.on_dead_letter_event(event),
+                _ = tick.tick() => {
+                    self.dirty = true;
+                    if self.expired_unused() {
+                        self.delete();
+                        break;
+                    }
+                }
             }
+            self.ack_dead_letters();
             self.pump();
             self.flush();
             self.update_stats();
@@ -201,6 +252,7 @@ impl Actor {
                 }
                 self.exclusive_consumer = exclusive;
                 self.had_consumer = true;
+                self.last_used = Instant::now();
                 conn.send(ConnEvent::Reply {
                     request_id,
                     reply: Reply::ConsumeOk(ConsumeOk {
@@ -243,7 +295,11 @@ impl Actor {
                     c.prefetch = prefetch;
                 }
             }
-            QueueCmd::Get { conn, request_id } => self.get(&conn, request_id),
+            QueueCmd::Get { conn, request_id } => {
+                self.last_used = Instant::now();
+                self.get(&conn, request_id);
+            }
+            QueueCmd::Touch => self.last_used = Instant::now(),
             QueueCmd::Settle {
                 conn,
                 request_id,
@@ -323,7 +379,7 @@ impl Actor {
                     .map(|(&s, _)| s)
                     .collect();
                 for seq in seqs {
-                    self.return_delivery(seq, false);
+                    self.return_delivery(seq);
                 }
                 if self.consumers.is_empty() {
                     self.exclusive_consumer = false;
@@ -347,24 +403,18 @@ impl Actor {
         let mut epoch = 0;
         let mut rejections = Vec::new();
         let ts = now_ms();
-        let limit = self.meta.arguments.max_length;
-        let reject_when_full = matches!(
-            self.meta.arguments.overflow,
-            Some(sluice_client::wire::Overflow::RejectPublish)
-        );
+        let args = &self.meta.arguments;
+        let (max_len, max_bytes) = (args.max_length, args.max_length_bytes);
+        let reject_when_full = matches!(args.overflow, Some(Overflow::RejectPublish));
         for m in messages {
-            if let Some(max) = limit {
-                if self.ready_count() >= max {
-                    if reject_when_full || max == 0 {
-                        rejections.push(Rejection {
-                            seq: sluice_client::wire::PublishSeq(m.publish_seq),
-                            code: ErrorCode::QueueFull,
-                            message: format!("queue '{}' is full ({max} messages)", self.meta.name),
-                        });
-                        continue;
-                    }
-                    self.drop_head();
-                }
+            let size = (m.meta.len() + m.body.len()) as u64;
+            if let Some(refusal) = self.make_room(size, max_len, max_bytes, reject_when_full) {
+                rejections.push(Rejection {
+                    seq: PublishSeq(m.publish_seq),
+                    code: ErrorCode::QueueFull,
+                    message: refusal,
+                });
+                continue;
             }
             match self.log().append(&m.meta, &m.body, ts) {
                 Ok(a) => {
@@ -377,7 +427,7 @@ impl Actor {
                 Err(e) => {
                     let err = RequestError::from(e);
                     rejections.push(Rejection {
-                        seq: sluice_client::wire::PublishSeq(m.publish_seq),
+                        seq: PublishSeq(m.publish_seq),
                         code: err.code,
                         message: err.message,
                     });
@@ -389,6 +439,43 @@ impl Actor {
             epoch,
             rejections,
         });
+    }
+
+    /// Applies the length limits before a message of `size` bytes is added: drops (or
+    /// dead-letters) the oldest ready messages, or returns why the message is refused.
+    fn make_room(
+        &mut self,
+        size: u64,
+        max_len: Option<u64>,
+        max_bytes: Option<u64>,
+        reject_when_full: bool,
+    ) -> Option<String> {
+        if max_len.is_none() && max_bytes.is_none() {
+            return None;
+        }
+        loop {
+            let over_len = max_len.is_some_and(|m| self.ready_count() + 1 > m);
+            let over_bytes = max_bytes.is_some_and(|m| self.ready_bytes() + size > m);
+            if !over_len && !over_bytes {
+                return None;
+            }
+            if reject_when_full || self.ready_count() == 0 {
+                return Some(match (over_len, max_len, max_bytes) {
+                    (true, Some(m), _) => format!("queue '{}' is full ({m} messages)", self.meta.name),
+                    (_, _, Some(m)) => format!("queue '{}' is full ({m} bytes)", self.meta.name),
+                    _ => format!("queue '{}' is full", self.meta.name),
+                });
+            }
+            if let Some((seq, _)) = self.next_ready() {
+                self.dead_letter(seq, DeathReason::MaxLen);
+            }
+        }
+    }
+
+    /// Bytes of ready messages (meta + body).
+    fn ready_bytes(&self) -> u64 {
+        let live = self.log.as_ref().map_or(0, QueueLog::message_bytes);
+        live.saturating_sub(self.inflight_bytes)
     }
 
     fn ready_count(&self) -> u64 {
@@ -418,12 +505,6 @@ impl Actor {
                 Some((r, c))
             }
             (None, None) => None,
-        }
-    }
-
-    fn drop_head(&mut self) {
-        if let Some((seq, _)) = self.next_ready() {
-            self.ack_in_log(seq);
         }
     }
 
@@ -461,7 +542,7 @@ impl Actor {
             };
             if let Some(ttl) = ttl {
                 if msg.timestamp_ms.saturating_add(ttl) <= now_ms() {
-                    self.ack_in_log(seq);
+                    self.dead_letter(seq, DeathReason::Expired);
                     continue;
                 }
             }
@@ -484,9 +565,11 @@ impl Actor {
         seq: u64,
         count: u32,
         lease: Duration,
+        bytes: u64,
     ) -> u64 {
         let tag = conn.take_tag();
         let deadline = Instant::now() + lease;
+        self.inflight_bytes += bytes;
         self.deadlines.insert((deadline, seq));
         self.inflight.insert(
             seq,
@@ -496,6 +579,7 @@ impl Actor {
                 tag,
                 deadline,
                 count,
+                bytes,
             },
         );
         if seq > self.delivered_hwm {
@@ -530,7 +614,9 @@ impl Actor {
                 let Some((seq, count, mut d)) = self.take_deliverable() else {
                     break;
                 };
-                d.delivery_tag = DeliveryTag(self.record_flight(&conn, Some(consumer_id), seq, count, lease));
+                let bytes = (d.meta.len() + d.body.len()) as u64;
+                d.delivery_tag =
+                    DeliveryTag(self.record_flight(&conn, Some(consumer_id), seq, count, lease, bytes));
                 deliveries.push(d);
             }
             self.consumers[idx].unacked += deliveries.len() as u32;
@@ -559,7 +645,8 @@ impl Actor {
         }
         let delivery = self.take_deliverable().map(|(seq, count, mut d)| {
             let lease = self.default_lease;
-            d.delivery_tag = DeliveryTag(self.record_flight(conn, None, seq, count, lease));
+            let bytes = (d.meta.len() + d.body.len()) as u64;
+            d.delivery_tag = DeliveryTag(self.record_flight(conn, None, seq, count, lease, bytes));
             d
         });
         conn.send(ConnEvent::Got {
@@ -594,10 +681,10 @@ impl Actor {
                     self.ack_in_log(seq);
                     self.meta.stats.acked.fetch_add(1, Ordering::Relaxed);
                 }
-                Settlement::Requeue => self.return_delivery(seq, true),
+                Settlement::Requeue => self.return_delivery(seq),
                 Settlement::Reject => {
                     self.take_flight(seq);
-                    self.ack_in_log(seq);
+                    self.dead_letter(seq, DeathReason::Rejected);
                 }
             }
         }
@@ -610,6 +697,7 @@ impl Actor {
     fn take_flight(&mut self, seq: u64) -> Option<InFlight> {
         let f = self.inflight.remove(&seq)?;
         self.deadlines.remove(&(f.deadline, seq));
+        self.inflight_bytes -= f.bytes;
         if let Some(id) = f.consumer {
             if let Some(c) = self
                 .consumers
@@ -623,10 +711,148 @@ impl Actor {
     }
 
     /// Puts a delivered message back in the ready set, ahead of newer messages.
-    fn return_delivery(&mut self, seq: u64, _by_consumer: bool) {
+    /// Past the queue's delivery limit it is dead-lettered instead.
+    fn return_delivery(&mut self, seq: u64) {
         if let Some(f) = self.take_flight(seq) {
-            self.returned.insert(seq, f.count);
+            match self.meta.arguments.delivery_limit {
+                Some(limit) if f.count >= limit => self.dead_letter(seq, DeathReason::DeliveryLimit),
+                _ => {
+                    self.returned.insert(seq, f.count);
+                }
+            }
         }
+    }
+
+    /// Moves a message (no longer ready nor in flight) to the dead-letter exchange, or drops
+    /// it when the queue has none. The message is acked here only once its copies are durable
+    /// in every queue the dead-letter exchange routed it to, so a crash can duplicate but not
+    /// lose it.
+    fn dead_letter(&mut self, seq: u64, reason: DeathReason) {
+        let Some(dlx) = self.meta.arguments.dead_letter_exchange.clone() else {
+            self.ack_in_log(seq);
+            return;
+        };
+        let copy = self.log().read(seq).ok().and_then(|msg| {
+            let mut meta = MessageMeta::from_slice(&msg.meta).ok()?;
+            let persistent = meta.properties.persistent;
+            let original_exchange = std::mem::replace(&mut meta.exchange, dlx.clone());
+            let routing_key = self
+                .meta
+                .arguments
+                .dead_letter_routing_key
+                .clone()
+                .unwrap_or_else(|| meta.routing_key.clone());
+            let original_key = std::mem::replace(&mut meta.routing_key, routing_key);
+            meta.mandatory = false;
+            meta.properties.expiration_ms = None;
+            let headers = &mut meta.properties.headers;
+            let count = headers
+                .iter()
+                .find(|(k, _)| k == "x-death-count")
+                .and_then(|(_, v)| match v {
+                    HeaderValue::Int(n) => Some(*n),
+                    _ => None,
+                })
+                .unwrap_or(0);
+            headers.retain(|(k, _)| !k.starts_with("x-death-"));
+            headers.extend([
+                ("x-death-reason".to_owned(), HeaderValue::from(reason.as_str())),
+                ("x-death-queue".to_owned(), HeaderValue::from(&*self.meta.name)),
+                ("x-death-exchange".to_owned(), HeaderValue::from(original_exchange.as_str())),
+                ("x-death-routing-key".to_owned(), HeaderValue::from(original_key.as_str())),
+                ("x-death-count".to_owned(), HeaderValue::Int(count + 1)),
+                ("x-death-time-ms".to_owned(), HeaderValue::Int(now_ms() as i64)),
+            ]);
+            let targets = self.broker.upgrade()?.route(&meta.exchange, &meta.routing_key, &meta.properties.headers);
+            Some((meta.to_bytes().ok()?, msg.body, persistent, targets))
+        });
+        let Some((meta, body, persistent, targets)) = copy.filter(|c| !c.3.is_empty()) else {
+            // Nowhere to go (no such exchange, or it routes nowhere): dropped, as in RabbitMQ.
+            self.ack_in_log(seq);
+            return;
+        };
+        self.dead.next_batch += 1;
+        let batch = self.dead.next_batch;
+        let mut waiting = 0;
+        for q in targets {
+            let sent = q.send(QueueCmd::Publish {
+                conn: Arc::clone(&self.dl_link),
+                batch,
+                messages: vec![Incoming {
+                    publish_seq: seq,
+                    meta: meta.clone(),
+                    body: body.clone(),
+                    persistent,
+                }],
+            });
+            waiting += usize::from(sent);
+        }
+        if waiting == 0 {
+            self.ack_in_log(seq);
+        } else {
+            self.dead.storing.insert(batch, (waiting, 0, seq, false));
+        }
+    }
+
+    fn on_dead_letter_event(&mut self, event: ConnEvent) {
+        if let ConnEvent::Stored {
+            batch,
+            epoch,
+            rejections,
+        } = event
+        {
+            let Some(entry) = self.dead.storing.get_mut(&batch) else {
+                return;
+            };
+            entry.0 -= 1;
+            entry.1 = entry.1.max(epoch);
+            // Out of disk in a target: keep the message here and try again later. Other
+            // refusals (a full reject-publish queue) drop the copy, as RabbitMQ does.
+            entry.3 |= rejections.iter().any(|r| r.code == ErrorCode::StorageFull);
+            if entry.0 == 0 {
+                let (_, epoch, seq, failed) = self.dead.storing.remove(&batch).expect("present");
+                if failed {
+                    self.returned.insert(seq, 1);
+                    return;
+                }
+                self.dead.syncing.push((epoch, seq));
+                if epoch > 0 {
+                    // Wake this task once the copies are durable.
+                    let durability = self.log().durability().clone();
+                    let link = Arc::clone(&self.dl_link);
+                    tokio::spawn(async move {
+                        durability.wait(epoch).await;
+                        link.send(ConnEvent::Confirmed { up_to: epoch });
+                    });
+                }
+            }
+        }
+    }
+
+    /// Acks dead-lettered messages whose copies are durable.
+    fn ack_dead_letters(&mut self) {
+        if self.dead.syncing.is_empty() {
+            return;
+        }
+        let durable = self.log().durability().durable_epoch();
+        let ready: Vec<u64> = self
+            .dead
+            .syncing
+            .iter()
+            .filter(|(e, _)| *e <= durable)
+            .map(|&(_, seq)| seq)
+            .collect();
+        self.dead.syncing.retain(|(e, _)| *e > durable);
+        for seq in ready {
+            self.ack_in_log(seq);
+        }
+    }
+
+    /// Whether an `expires_ms` queue has gone unused for that long.
+    fn expired_unused(&self) -> bool {
+        self.meta.arguments.expires_ms.is_some_and(|ms| {
+            self.consumers.is_empty() && self.last_used.elapsed() >= Duration::from_millis(ms)
+        })
     }
 
     fn expire_leases(&mut self) {
@@ -642,7 +868,7 @@ impl Actor {
                     .or_insert_with(|| (Arc::clone(&f.conn), Vec::new()))
                     .1
                     .push(f.tag);
-                self.return_delivery(seq, false);
+                self.return_delivery(seq);
             } else {
                 self.deadlines.pop_first();
             }

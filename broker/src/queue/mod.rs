@@ -269,6 +269,8 @@ pub enum QueueCmd {
         /// The connection.
         conn_id: ConnId,
     },
+    /// The queue was declared again: it is in use (for `expires_ms`).
+    Touch,
     /// Write what is pending and stop (server shutdown).
     Shutdown {
         /// Dropped when the queue's log is closed.
