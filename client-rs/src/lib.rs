@@ -1,6 +1,95 @@
-//! Sluice client library.
+//! Async Rust client for the Sluice message broker, and the wire codec the broker shares.
+//!
+//! A [`Client`] is a cheap, cloneable handle to one connection, served by a background tokio
+//! task that owns the socket. Every call is pipelined: the task tags requests with ids and
+//! matches the answers, packs consecutive publishes into shared frames, and writes whatever
+//! is queued in one system call. Consumers are [`Stream`](futures_core::Stream)s of
+//! [`Message`]s.
 //!
 //! # Layout
-//! - [`wire`]: the sans-I/O codec for the Sluice wire protocol (`protocol.md`). The broker
-//!   reuses these types, so there is exactly one definition of every frame.
+//! - [`wire`]: the sans-I/O codec for the wire protocol (`protocol.md`). The broker reuses
+//!   these types, so there is exactly one definition of every frame.
+//! - `url`: [`ConnectUrl`], `sluice://user:password@host:port/?options`.
+//! - `error`: [`Error`], [`CloseReason`], and the mapping from protocol error codes.
+//! - `options`: [`QueueOptions`], [`ExchangeOptions`], [`ConsumeOptions`],
+//!   [`PublishOptions`] and friends.
+//! - `client`: [`Client`] (connecting, queues, exchanges, bindings, settling by tag, close)
+//!   and [`ClientBuilder`].
+//! - `publish`: [`Client::publish`], [`Client::publish_batch`], [`Publisher`].
+//! - `consumer`: [`Client::consume`], [`Consumer`], [`Message`], [`Client::get`].
+//! - `connection`: the handshake and the connection task (not public): the select loop,
+//!   request/reply correlation, publish-confirm tracking, delivery dispatch, heartbeats.
+//!
+//! # Use
+//! ```no_run
+//! use futures_util::StreamExt;
+//! use sluice_client::{Client, ConsumeOptions, OutgoingMessage, PublishOptions, QueueOptions};
+//!
+//! # async fn example() -> sluice_client::Result<()> {
+//! let client = Client::connect("sluice://guest:guest@localhost:5680").await?;
+//! client.declare_queue("tasks", QueueOptions::new()).await?;
+//!
+//! // One message, waiting for its confirm (durable once this returns).
+//! client.publish("", "tasks", "job-1", &PublishOptions::new()).await?;
+//!
+//! // Many messages, pipelined: one outcome each.
+//! let batch = (2..100).map(|i| OutgoingMessage::new("", "tasks", format!("job-{i}")));
+//! for outcome in client.publish_batch(batch).await {
+//!     outcome?;
+//! }
+//!
+//! // Work through the queue.
+//! let mut consumer = client.consume("tasks", ConsumeOptions::new().prefetch(50)).await?;
+//! while let Some(message) = consumer.next().await {
+//!     let message = message?;
+//!     println!("{}", String::from_utf8_lossy(&message.body));
+//!     message.ack().await?;
+//! }
+//! client.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod client;
+mod connection;
+mod consumer;
+mod error;
+mod options;
+mod publish;
+mod url;
 pub mod wire;
+
+pub use client::{
+    Client, ClientBuilder, DEFAULT_CONFIRM_WINDOW, DEFAULT_PREFETCH, DEFAULT_REQUEST_TIMEOUT,
+};
+pub use connection::ServerInfo;
+pub use consumer::{Consumer, Message};
+pub use error::{CloseReason, Error, ErrorGroup, Result};
+pub use options::{
+    ConsumeOptions, DeleteExchangeOptions, DeleteQueueOptions, ExchangeOptions, PublishOptions,
+    QueueOptions,
+};
+pub use publish::{OutgoingMessage, PublishConfirm, Publisher};
+pub use url::{ConnectUrl, UrlError};
+pub use wire::{
+    ConsumerId, DeclareQueueOk, DeliveryTag, ErrorCode, ExchangeKind, HeaderValue, Headers,
+    InspectQueueOk, MetaView, Overflow, Properties, PublishSeq, QueueArguments,
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_sync<T: Send + Sync>() {}
+
+    /// Handles are shared across tasks and threads.
+    #[test]
+    fn handles_are_send_and_sync() {
+        send_sync::<Client>();
+        send_sync::<Consumer>();
+        send_sync::<Message>();
+        send_sync::<Publisher>();
+        send_sync::<PublishConfirm>();
+        send_sync::<Error>();
+    }
+}

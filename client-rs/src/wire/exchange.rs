@@ -22,7 +22,7 @@ pub enum ExchangeKind {
 }
 
 impl ExchangeKind {
-    fn from_u8(v: u8) -> Result<Self, WireError> {
+    pub(crate) fn from_u8(v: u8) -> Result<Self, WireError> {
         match v {
             0 => Ok(ExchangeKind::Direct),
             1 => Ok(ExchangeKind::Fanout),

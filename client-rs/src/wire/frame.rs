@@ -182,6 +182,23 @@ opcodes! {
     Reject = 0x0503, ToServer;
     /// Push back a delivery's ack deadline.
     Extend = 0x0504, ToServer;
+    // 0x06xx: listings for operators
+    /// List every queue.
+    ListQueues = 0x0601, ToServer;
+    /// The queues.
+    ListQueuesOk = 0x0602, ToClient;
+    /// List every exchange.
+    ListExchanges = 0x0603, ToServer;
+    /// The exchanges.
+    ListExchangesOk = 0x0604, ToClient;
+    /// List every binding.
+    ListBindings = 0x0605, ToServer;
+    /// The bindings.
+    ListBindingsOk = 0x0606, ToClient;
+    /// List every consumer.
+    ListConsumers = 0x0607, ToServer;
+    /// The consumers.
+    ListConsumersOk = 0x0608, ToClient;
 }
 
 /// One direction's set of frame bodies: [`Request`](super::Request) or [`Reply`](super::Reply).

@@ -5,6 +5,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::ack::{Ack, Extend, Nack, Reject};
+use super::admin::{ListBindingsOk, ListConsumersOk, ListExchangesOk, ListQueuesOk};
 use super::connection::{Blocked, Close, ErrorReply, Hello, Welcome};
 use super::consume::{
     Cancel, CancelOk, Consume, ConsumeOk, ConsumerCancelled, Deliver, Get, GetOk, SetPrefetch,
@@ -124,6 +125,14 @@ frame_body! {
             Heartbeat,
             /// Answers a server's `Close`.
             CloseOk,
+            /// Lists queues (§15).
+            ListQueues,
+            /// Lists exchanges (§15).
+            ListExchanges,
+            /// Lists bindings (§15).
+            ListBindings,
+            /// Lists consumers (§15).
+            ListConsumers,
         }
     }
 }
@@ -163,6 +172,10 @@ frame_body! {
             Deliver(Deliver),
             /// Answers `Get`.
             GetOk(GetOk),
+            ListQueuesOk(ListQueuesOk),
+            ListExchangesOk(ListExchangesOk),
+            ListBindingsOk(ListBindingsOk),
+            ListConsumersOk(ListConsumersOk),
         }
         empty {
             /// Keep-alive.

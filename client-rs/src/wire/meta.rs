@@ -81,28 +81,7 @@ impl MessageMeta {
 
     /// Encoded length of the block.
     pub fn encoded_len(&self) -> usize {
-        let props = &self.properties;
-        let strs = [
-            &props.content_type,
-            &props.content_encoding,
-            &props.message_id,
-            &props.correlation_id,
-            &props.reply_to,
-        ];
-        1 + p::str_len(&self.exchange)
-            + p::str_len(&self.routing_key)
-            + 2
-            + strs
-                .iter()
-                .map(|s| s.as_deref().map_or(0, p::str_len))
-                .sum::<usize>()
-            + props.expiration_ms.map_or(0, |_| 8)
-            + props.timestamp_ms.map_or(0, |_| 8)
-            + if props.headers.is_empty() {
-                0
-            } else {
-                headers_len(&props.headers)
-            }
+        meta_len(&self.exchange, &self.routing_key, &self.properties)
     }
 
     /// The encoded block, ready to go into a `PublishMessage`.
@@ -120,64 +99,107 @@ impl MessageMeta {
 
 impl Payload for MessageMeta {
     fn encode(&self, buf: &mut BytesMut) -> Result<(), WireError> {
-        let props = &self.properties;
-        let mut flags = 0;
-        if self.mandatory {
-            flags |= MANDATORY;
-        }
-        if props.persistent {
-            flags |= PERSISTENT;
-        }
-        p::put_u8(buf, flags);
-        p::put_str(buf, "exchange name", &self.exchange)?;
-        p::put_str(buf, "routing key", &self.routing_key)?;
-        let strs = [
-            (CONTENT_TYPE, "content_type", &props.content_type),
-            (
-                CONTENT_ENCODING,
-                "content_encoding",
-                &props.content_encoding,
-            ),
-            (MESSAGE_ID, "message_id", &props.message_id),
-            (CORRELATION_ID, "correlation_id", &props.correlation_id),
-            (REPLY_TO, "reply_to", &props.reply_to),
-        ];
-        let mut present = 0;
-        for (bit, _, value) in &strs {
-            if value.is_some() {
-                present |= bit;
-            }
-        }
-        for (bit, value) in [
-            (EXPIRATION, props.expiration_ms.is_some()),
-            (TIMESTAMP, props.timestamp_ms.is_some()),
-            (HEADERS, !props.headers.is_empty()),
-        ] {
-            if value {
-                present |= bit;
-            }
-        }
-        p::put_u16(buf, present);
-        for (_, what, value) in strs {
-            if let Some(value) = value {
-                p::put_str(buf, what, value)?;
-            }
-        }
-        if let Some(v) = props.expiration_ms {
-            p::put_u64(buf, v);
-        }
-        if let Some(v) = props.timestamp_ms {
-            p::put_u64(buf, v);
-        }
-        if !props.headers.is_empty() {
-            put_headers(buf, &props.headers)?;
-        }
-        Ok(())
+        put_meta(
+            buf,
+            &self.exchange,
+            &self.routing_key,
+            self.mandatory,
+            &self.properties,
+        )
     }
 
     fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
         MetaView::read(r)?.to_meta()
     }
+}
+
+/// Encoded length of the meta block with these parts (what [`put_meta`] appends).
+pub fn meta_len(exchange: &str, routing_key: &str, props: &Properties) -> usize {
+    let strs = [
+        &props.content_type,
+        &props.content_encoding,
+        &props.message_id,
+        &props.correlation_id,
+        &props.reply_to,
+    ];
+    1 + p::str_len(exchange)
+        + p::str_len(routing_key)
+        + 2
+        + strs
+            .iter()
+            .map(|s| s.as_deref().map_or(0, p::str_len))
+            .sum::<usize>()
+        + props.expiration_ms.map_or(0, |_| 8)
+        + props.timestamp_ms.map_or(0, |_| 8)
+        + if props.headers.is_empty() {
+            0
+        } else {
+            headers_len(&props.headers)
+        }
+}
+
+/// Appends the meta block built from borrowed parts: the bytes [`MessageMeta`] encodes to,
+/// without first copying the exchange and routing key into owned strings (the publish hot
+/// path). On error `buf` may hold a partial block.
+pub fn put_meta(
+    buf: &mut BytesMut,
+    exchange: &str,
+    routing_key: &str,
+    mandatory: bool,
+    props: &Properties,
+) -> Result<(), WireError> {
+    let mut flags = 0;
+    if mandatory {
+        flags |= MANDATORY;
+    }
+    if props.persistent {
+        flags |= PERSISTENT;
+    }
+    p::put_u8(buf, flags);
+    p::put_str(buf, "exchange name", exchange)?;
+    p::put_str(buf, "routing key", routing_key)?;
+    let strs = [
+        (CONTENT_TYPE, "content_type", &props.content_type),
+        (
+            CONTENT_ENCODING,
+            "content_encoding",
+            &props.content_encoding,
+        ),
+        (MESSAGE_ID, "message_id", &props.message_id),
+        (CORRELATION_ID, "correlation_id", &props.correlation_id),
+        (REPLY_TO, "reply_to", &props.reply_to),
+    ];
+    let mut present = 0;
+    for (bit, _, value) in &strs {
+        if value.is_some() {
+            present |= bit;
+        }
+    }
+    for (bit, value) in [
+        (EXPIRATION, props.expiration_ms.is_some()),
+        (TIMESTAMP, props.timestamp_ms.is_some()),
+        (HEADERS, !props.headers.is_empty()),
+    ] {
+        if value {
+            present |= bit;
+        }
+    }
+    p::put_u16(buf, present);
+    for (_, what, value) in strs {
+        if let Some(value) = value {
+            p::put_str(buf, what, value)?;
+        }
+    }
+    if let Some(v) = props.expiration_ms {
+        p::put_u64(buf, v);
+    }
+    if let Some(v) = props.timestamp_ms {
+        p::put_u64(buf, v);
+    }
+    if !props.headers.is_empty() {
+        put_headers(buf, &props.headers)?;
+    }
+    Ok(())
 }
 
 /// A validated meta block, borrowed: what the broker reads to route a message without

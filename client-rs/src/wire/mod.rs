@@ -10,7 +10,8 @@
 //! - `frame`: the frame header, [`Opcode`], ids, [`FrameDecoder`] and [`Frame::encode`].
 //! - `messages`: the [`Request`] and [`Reply`] enums, one variant per opcode.
 //! - one module per group of messages: `connection` (handshake, close, errors, flow control),
-//!   `queue`, `exchange`, `publish` (+ `meta`, the stored meta block), `consume`, `ack`.
+//!   `queue`, `exchange`, `publish` (+ `meta`, the stored meta block), `consume`, `ack`,
+//!   `admin` (listings for operators).
 //! - `error`: [`WireError`], [`DecodeError`] and the stable [`ErrorCode`] table.
 //!
 //! # Use
@@ -33,6 +34,7 @@
 //! ```
 
 mod ack;
+mod admin;
 mod connection;
 mod consume;
 mod error;
@@ -50,6 +52,10 @@ mod testing;
 mod tests;
 
 pub use ack::{Ack, Extend, Nack, Reject};
+pub use admin::{
+    BindingSummary, ConsumerSummary, ExchangeSummary, ListBindingsOk, ListConsumersOk,
+    ListExchangesOk, ListQueuesOk, QueueSummary,
+};
 pub use connection::{Blocked, Close, ErrorReply, Hello, Welcome};
 pub use consume::{
     Cancel, CancelOk, Consume, ConsumeOk, ConsumerCancelled, Deliver, Delivery, Get, GetOk,
@@ -63,7 +69,7 @@ pub use frame::{
 };
 pub use header::{headers_len, put_headers, read_headers, HeaderValue, Headers};
 pub use messages::{Reply, Request};
-pub use meta::{MessageMeta, MetaView, Properties};
+pub use meta::{meta_len, put_meta, MessageMeta, MetaView, Properties};
 pub use primitives::Reader;
 pub use publish::{Confirm, Publish, PublishMessage, PublishRejected, Rejection};
 pub use queue::{

@@ -1,0 +1,603 @@
+//! [`Client`], the cheap cloneable handle to a connection, and [`ClientBuilder`].
+//!
+//! Publishing lives in [`publish`](crate::publish) and consuming in
+//! [`consumer`](crate::consumer); this file has connecting, queue and exchange management,
+//! settling by delivery tag, and closing.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::connection::{self, Command, HandshakeParams, ServerInfo, Settings, Shared};
+use crate::error::{CloseReason, Error, Result};
+use crate::options::{
+    millis, millis_at_least_1, DeleteExchangeOptions, DeleteQueueOptions, ExchangeOptions,
+    QueueOptions,
+};
+use crate::url::{ConnectUrl, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_PASSWORD, DEFAULT_USERNAME};
+use crate::wire::{
+    Ack, Bind, DeclareQueueOk, DeliveryTag, ExchangeKind, Extend, FrameBody, Headers, InspectQueue,
+    InspectQueueOk, Nack, PurgeQueue, Reject, Reply, Request, Unbind,
+};
+
+/// Default prefetch window of consumers (see [`ClientBuilder::prefetch`]).
+pub const DEFAULT_PREFETCH: u32 = 1000;
+/// Default publisher window (see [`ClientBuilder::confirm_window`]).
+pub const DEFAULT_CONFIRM_WINDOW: u32 = 1024;
+/// Default time to wait for the answer to a request (see [`ClientBuilder::request_timeout`]).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connection to a Sluice broker.
+///
+/// `Client` is a cheap handle (two reference counts) to a background task that owns the
+/// socket: clone it freely and use it from many tasks at once. Every call is pipelined; the
+/// task matches answers to requests. The connection closes gracefully when [`close`](Self::close)
+/// is called or when the last handle (clients, consumers, messages) is dropped.
+///
+/// ```no_run
+/// # async fn example() -> sluice_client::Result<()> {
+/// use sluice_client::{Client, PublishOptions, QueueOptions};
+///
+/// let client = Client::connect("sluice://localhost").await?;
+/// client.declare_queue("tasks", QueueOptions::new()).await?;
+/// client.publish("", "tasks", "job-1", &PublishOptions::new()).await?;
+/// client.close().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) commands: mpsc::UnboundedSender<Command>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("connection_id", &self.shared.info.connection_id)
+            .field("closed", &self.shared.close_reason())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Returns the body of a reply of the expected kind, or a protocol error.
+macro_rules! expect_reply {
+    ($reply:expr, $variant:ident) => {
+        match $reply {
+            Reply::$variant(body) => Ok(body),
+            other => Err(unexpected_reply(other)),
+        }
+    };
+    ($reply:expr, $variant:ident, empty) => {
+        match $reply {
+            Reply::$variant => Ok(()),
+            other => Err(unexpected_reply(other)),
+        }
+    };
+}
+
+pub(crate) fn unexpected_reply(reply: Reply) -> Error {
+    Error::Protocol(format!("unexpected reply {:?}", reply.opcode()))
+}
+
+impl Client {
+    /// Connects with default settings. See [`ConnectUrl`] for the URL form; every part has a
+    /// default (`sluice://` is `guest:guest@127.0.0.1:5680`).
+    pub async fn connect(url: &str) -> Result<Client> {
+        ClientBuilder::new().connect(url).await
+    }
+
+    /// A builder for connection settings.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::new()
+    }
+
+    /// What the server agreed to in the handshake.
+    pub fn server_info(&self) -> &ServerInfo {
+        &self.shared.info
+    }
+
+    /// True while the server refuses publishes (`Blocked`, e.g. low disk space). Publishes
+    /// made meanwhile wait, and go out when the server sends `Unblocked`.
+    pub fn is_blocked(&self) -> bool {
+        self.shared.is_blocked()
+    }
+
+    /// True once the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.shared.close_reason().is_some() || self.commands.is_closed()
+    }
+
+    /// Why the connection ended, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.shared.close_reason().cloned()
+    }
+
+    pub(crate) fn send(&self, command: Command) -> Result<()> {
+        self.commands
+            .send(command)
+            .map_err(|_| self.shared.closed_error())
+    }
+
+    /// Waits for an answer from the task, within the request timeout.
+    pub(crate) async fn wait<T>(&self, rx: oneshot::Receiver<Result<T>>) -> Result<T> {
+        let after = self.shared.settings.request_timeout;
+        match tokio::time::timeout(after, rx).await {
+            Err(_) => Err(Error::Timeout {
+                operation: "request",
+                after,
+            }),
+            Ok(Err(_)) => Err(self.shared.closed_error()),
+            Ok(Ok(result)) => result,
+        }
+    }
+
+    /// Sends a request and waits for its answer.
+    pub(crate) async fn call(&self, request: impl Into<Request>) -> Result<Reply> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Call {
+            request: request.into(),
+            reply,
+        })?;
+        self.wait(rx).await
+    }
+
+    /// Sends a request that is not answered on success.
+    pub(crate) fn send_request(&self, request: impl Into<Request>) -> Result<()> {
+        self.send(Command::Send(request.into()))
+    }
+
+    // ---- queues -----------------------------------------------------------------------
+
+    /// Declares a queue: creates it, or checks that an existing one has the same settings
+    /// (`PRECONDITION_FAILED` otherwise). An empty name asks the server to generate one; the
+    /// answer carries it.
+    pub async fn declare_queue(&self, name: &str, options: QueueOptions) -> Result<DeclareQueueOk> {
+        let reply = self.call(options.into_request(name)).await?;
+        expect_reply!(reply, DeclareQueueOk)
+    }
+
+    /// Deletes a queue with its messages; returns how many messages were deleted. Deleting a
+    /// queue that does not exist succeeds with 0.
+    pub async fn delete_queue(&self, name: &str, options: DeleteQueueOptions) -> Result<u64> {
+        let reply = self.call(options.into_request(name)).await?;
+        expect_reply!(reply, DeleteQueueOk).map(|ok| ok.messages)
+    }
+
+    /// Removes a queue's ready messages (delivered, unsettled ones stay); returns how many.
+    pub async fn purge_queue(&self, name: &str) -> Result<u64> {
+        let reply = self
+            .call(PurgeQueue {
+                name: name.to_owned(),
+            })
+            .await?;
+        expect_reply!(reply, PurgeQueueOk).map(|ok| ok.messages)
+    }
+
+    /// Reads a queue's settings and counters.
+    pub async fn inspect_queue(&self, name: &str) -> Result<InspectQueueOk> {
+        let reply = self
+            .call(InspectQueue {
+                name: name.to_owned(),
+            })
+            .await?;
+        expect_reply!(reply, InspectQueueOk)
+    }
+
+    // ---- exchanges and bindings -------------------------------------------------------
+
+    /// Declares an exchange: creates it, or checks that an existing one matches.
+    pub async fn declare_exchange(
+        &self,
+        name: &str,
+        kind: ExchangeKind,
+        options: ExchangeOptions,
+    ) -> Result<()> {
+        let reply = self.call(options.into_request(name, kind)).await?;
+        expect_reply!(reply, DeclareExchangeOk, empty)
+    }
+
+    /// Deletes an exchange and its bindings. Deleting one that does not exist succeeds.
+    pub async fn delete_exchange(&self, name: &str, options: DeleteExchangeOptions) -> Result<()> {
+        let reply = self.call(options.into_request(name)).await?;
+        expect_reply!(reply, DeleteExchangeOk, empty)
+    }
+
+    /// Binds `queue` to `exchange`. `routing_key` is the binding key (direct, topic);
+    /// `arguments` are what a headers exchange matches (with `x-match`). Binding twice is a
+    /// no-op.
+    pub async fn bind(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: Headers,
+    ) -> Result<()> {
+        let reply = self
+            .call(Bind {
+                queue: queue.to_owned(),
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+                arguments,
+            })
+            .await?;
+        expect_reply!(reply, BindOk, empty)
+    }
+
+    /// Removes a binding (same identity as in [`bind`](Self::bind)). Removing one that does
+    /// not exist succeeds.
+    pub async fn unbind(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: Headers,
+    ) -> Result<()> {
+        let reply = self
+            .call(Unbind {
+                queue: queue.to_owned(),
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+                arguments,
+            })
+            .await?;
+        expect_reply!(reply, UnbindOk, empty)
+    }
+
+    // ---- settling by delivery tag -----------------------------------------------------
+    //
+    // Not answered on success; a failure (e.g. UNKNOWN_DELIVERY_TAG after a lease expired)
+    // is logged. `Ok` means the request was queued for sending.
+
+    /// Acks one delivery. Usually called as [`Message::ack`](crate::Message::ack).
+    pub async fn ack(&self, delivery_tag: DeliveryTag) -> Result<()> {
+        self.send_request(Ack {
+            delivery_tag,
+            multiple: false,
+        })
+    }
+
+    /// Acks every outstanding delivery of this connection with a tag up to `up_to`, whatever
+    /// consumer (or `get`) it came from. `DeliveryTag(0)` acks all of them.
+    pub async fn ack_multiple(&self, up_to: DeliveryTag) -> Result<()> {
+        self.send_request(Ack {
+            delivery_tag: up_to,
+            multiple: true,
+        })
+    }
+
+    /// Nacks one delivery: back to its queue if `requeue`, else dead-lettered (or dropped).
+    pub async fn nack(&self, delivery_tag: DeliveryTag, requeue: bool) -> Result<()> {
+        self.send_request(Nack {
+            delivery_tag,
+            multiple: false,
+            requeue,
+        })
+    }
+
+    /// Nacks every outstanding delivery of this connection with a tag up to `up_to`.
+    pub async fn nack_multiple(&self, up_to: DeliveryTag, requeue: bool) -> Result<()> {
+        self.send_request(Nack {
+            delivery_tag: up_to,
+            multiple: true,
+            requeue,
+        })
+    }
+
+    /// Rejects one delivery: dead-lettered, or dropped if its queue has no dead-letter
+    /// exchange.
+    pub async fn reject(&self, delivery_tag: DeliveryTag) -> Result<()> {
+        self.send_request(Reject { delivery_tag })
+    }
+
+    /// Moves a delivery's ack deadline to `by` from when the server reads the request.
+    pub async fn extend(&self, delivery_tag: DeliveryTag, by: Duration) -> Result<()> {
+        self.send_request(Extend {
+            delivery_tag,
+            extend_ms: millis_at_least_1(by),
+        })
+    }
+
+    // ---- closing ----------------------------------------------------------------------
+
+    /// Closes the connection gracefully: `Close` is a barrier, so every message published
+    /// before it is settled (its confirm or rejection delivered) before this returns.
+    /// Consumers' streams end; their unsettled deliveries return to their queues.
+    ///
+    /// Idempotent: closing a closed connection returns `Ok`. Fails with
+    /// [`Error::Timeout`] if the server does not answer within 5 seconds.
+    pub async fn close(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Command::Close { reply }).is_err() {
+            return Ok(());
+        }
+        rx.await.unwrap_or(Ok(()))
+    }
+}
+
+/// Connection settings. Parameters in the URL win over the builder's, which win over the
+/// defaults.
+///
+/// ```no_run
+/// # async fn example() -> sluice_client::Result<()> {
+/// use std::time::Duration;
+/// use sluice_client::Client;
+///
+/// let client = Client::builder()
+///     .name("billing-worker")
+///     .heartbeat(Duration::from_secs(10))
+///     .prefetch(200)
+///     .connect("sluice://app:secret@mq.internal")
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ClientBuilder {
+    username: Option<String>,
+    password: Option<String>,
+    name: Option<String>,
+    heartbeat: Option<Duration>,
+    max_frame_len: Option<u32>,
+    connect_timeout: Option<Duration>,
+    request_timeout: Duration,
+    prefetch: u32,
+    confirm_window: u32,
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("name", &self.name)
+            .field("heartbeat", &self.heartbeat)
+            .field("max_frame_len", &self.max_frame_len)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("prefetch", &self.prefetch)
+            .field("confirm_window", &self.confirm_window)
+            .finish()
+    }
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder {
+            username: None,
+            password: None,
+            name: None,
+            heartbeat: None,
+            max_frame_len: None,
+            connect_timeout: None,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            prefetch: DEFAULT_PREFETCH,
+            confirm_window: DEFAULT_CONFIRM_WINDOW,
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// Default settings.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Credentials, used when the URL has no user info (default `guest` / `guest`).
+    pub fn credentials(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
+        self.username = Some(username.into());
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Connection name shown by the server's admin API (URL parameter `name`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Heartbeat interval to propose (URL `heartbeat_ms`); the server clamps it to its range.
+    /// Without it the server chooses (30 s by default).
+    pub fn heartbeat(mut self, interval: Duration) -> Self {
+        self.heartbeat = Some(interval);
+        self
+    }
+
+    /// Largest frame the client wants to receive (URL `max_frame_len`); the server never
+    /// agrees to less than 64 KiB. Without it the server chooses (17 MiB by default).
+    pub fn max_frame_len(mut self, max_frame_len: u32) -> Self {
+        self.max_frame_len = Some(max_frame_len);
+        self
+    }
+
+    /// Time allowed for the TCP connect plus the handshake (URL `connect_timeout_ms`,
+    /// default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// Time to wait for the answer to a request (declare, bind, consume, get, ...; default
+    /// 30 s). Publish confirms are not limited: a blocked server may hold them for long.
+    /// `Duration::MAX` waits forever.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Default prefetch window of consumers (default 1000; 0 = no limit).
+    pub fn prefetch(mut self, prefetch: u32) -> Self {
+        self.prefetch = prefetch;
+        self
+    }
+
+    /// Default window of a [`Publisher`](crate::Publisher): how many messages may await their
+    /// confirm at once (default 1024, at least 1).
+    pub fn confirm_window(mut self, messages: u32) -> Self {
+        self.confirm_window = messages.max(1);
+        self
+    }
+
+    /// Parses `url` and connects.
+    pub async fn connect(self, url: &str) -> Result<Client> {
+        let url = ConnectUrl::parse(url)?;
+        self.connect_url(&url).await
+    }
+
+    /// Connects to a parsed URL.
+    pub async fn connect_url(self, url: &ConnectUrl) -> Result<Client> {
+        let params = self.handshake_params(Some(url));
+        let timeout = self.connect_timeout_for(Some(url));
+        let settings = self.settings();
+        let addr = url.socket_addr();
+        let connect = async move {
+            let stream = TcpStream::connect(&addr).await?;
+            // Frames are batched by the connection task; Nagle would only add latency.
+            stream.set_nodelay(true)?;
+            let mut stream = stream;
+            let (welcome, leftover) = connection::handshake(&mut stream, &params).await?;
+            let (reader, writer) = stream.into_split();
+            let (commands, shared) = connection::spawn(reader, writer, leftover, welcome, settings);
+            Ok(Client { commands, shared })
+        };
+        tokio::time::timeout(timeout, connect)
+            .await
+            .map_err(|_| Error::Timeout {
+                operation: "connect",
+                after: timeout,
+            })?
+    }
+
+    /// Runs the protocol over an already connected stream (a Unix socket, a TLS stream of
+    /// your own, an in-memory pipe in tests). Uses the builder's settings; there is no URL.
+    pub async fn connect_stream<S>(self, stream: S) -> Result<Client>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let params = self.handshake_params(None);
+        let timeout = self.connect_timeout_for(None);
+        let settings = self.settings();
+        let connect = async move {
+            let mut stream = stream;
+            let (welcome, leftover) = connection::handshake(&mut stream, &params).await?;
+            let (reader, writer) = tokio::io::split(stream);
+            let (commands, shared) = connection::spawn(reader, writer, leftover, welcome, settings);
+            Ok(Client { commands, shared })
+        };
+        tokio::time::timeout(timeout, connect)
+            .await
+            .map_err(|_| Error::Timeout {
+                operation: "connect",
+                after: timeout,
+            })?
+    }
+
+    fn handshake_params(&self, url: Option<&ConnectUrl>) -> HandshakeParams {
+        let (username, password) = match url.and_then(|u| u.username().zip(u.password())) {
+            Some((user, password)) => (user.to_owned(), password.to_owned()),
+            None => (
+                self.username
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_USERNAME.to_owned()),
+                self.password
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_PASSWORD.to_owned()),
+            ),
+        };
+        let heartbeat_ms = url.and_then(ConnectUrl::heartbeat_ms).unwrap_or_else(|| {
+            self.heartbeat
+                .map_or(0, |h| u32::try_from(millis(h)).unwrap_or(u32::MAX))
+        });
+        HandshakeParams {
+            username,
+            password,
+            heartbeat_ms,
+            max_frame_len: url
+                .and_then(ConnectUrl::max_frame_len)
+                .or(self.max_frame_len)
+                .unwrap_or(0),
+            connection_name: url
+                .and_then(ConnectUrl::name)
+                .map(str::to_owned)
+                .or_else(|| self.name.clone()),
+        }
+    }
+
+    fn connect_timeout_for(&self, url: Option<&ConnectUrl>) -> Duration {
+        url.and_then(ConnectUrl::connect_timeout_ms)
+            .map(Duration::from_millis)
+            .or(self.connect_timeout)
+            .unwrap_or(Duration::from_millis(DEFAULT_CONNECT_TIMEOUT_MS))
+    }
+
+    fn settings(&self) -> Settings {
+        Settings {
+            request_timeout: self.request_timeout,
+            prefetch: self.prefetch,
+            confirm_window: self.confirm_window,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_parameters_win_over_builder_settings() {
+        let builder = ClientBuilder::new()
+            .credentials("builder", "pw")
+            .name("from-builder")
+            .heartbeat(Duration::from_secs(5))
+            .max_frame_len(100_000)
+            .connect_timeout(Duration::from_secs(1));
+        let plain = ConnectUrl::parse("sluice://host").unwrap();
+        let params = builder.handshake_params(Some(&plain));
+        assert_eq!(
+            (params.username.as_str(), params.password.as_str()),
+            ("builder", "pw")
+        );
+        assert_eq!(params.heartbeat_ms, 5000);
+        assert_eq!(params.max_frame_len, 100_000);
+        assert_eq!(params.connection_name.as_deref(), Some("from-builder"));
+        assert_eq!(
+            builder.connect_timeout_for(Some(&plain)),
+            Duration::from_secs(1)
+        );
+
+        let full = ConnectUrl::parse(
+            "sluice://u:p@host?heartbeat_ms=0&max_frame_len=70000&name=url&connect_timeout_ms=7",
+        )
+        .unwrap();
+        let params = builder.handshake_params(Some(&full));
+        assert_eq!(
+            (params.username.as_str(), params.password.as_str()),
+            ("u", "p")
+        );
+        assert_eq!(params.heartbeat_ms, 0);
+        assert_eq!(params.max_frame_len, 70_000);
+        assert_eq!(params.connection_name.as_deref(), Some("url"));
+        assert_eq!(
+            builder.connect_timeout_for(Some(&full)),
+            Duration::from_millis(7)
+        );
+    }
+
+    #[test]
+    fn defaults_without_url_or_builder_settings() {
+        let builder = ClientBuilder::new();
+        let params = builder.handshake_params(None);
+        assert_eq!(
+            (params.username.as_str(), params.password.as_str()),
+            ("guest", "guest")
+        );
+        assert_eq!((params.heartbeat_ms, params.max_frame_len), (0, 0));
+        assert_eq!(params.connection_name, None);
+        assert_eq!(builder.connect_timeout_for(None), Duration::from_secs(10));
+        assert!(!format!("{:?}", builder.credentials("u", "hunter2")).contains("hunter2"));
+    }
+}

@@ -1,0 +1,350 @@
+//! Tracking published messages until they are settled (protocol.md §8.2, §8.4).
+//!
+//! Messages are numbered implicitly: the connection's first published message is 1, then 2,
+//! 3, ... in the order they are written. The tracker keeps the unsettled ones as runs of
+//! consecutive numbers, one run per publish command, each with the sink that wants its
+//! outcome. `PublishRejected` marks single messages as refused; a cumulative `Confirm(up_to)`
+//! settles every run that ends at or below `up_to`.
+
+use std::collections::VecDeque;
+
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+
+use crate::error::{Error, Result};
+use crate::wire::{PublishSeq, Rejection};
+
+/// Who waits for the outcome of a run of messages.
+#[derive(Debug)]
+pub(crate) enum PublishSink {
+    /// One message: `Client::publish`, `Publisher::publish`.
+    One {
+        reply: oneshot::Sender<Result<()>>,
+        /// The message's place in a publisher's window, freed when it is settled.
+        permit: Option<OwnedSemaphorePermit>,
+    },
+    /// Several messages with one outcome each: `Client::publish_batch`.
+    Many {
+        reply: oneshot::Sender<Vec<Result<()>>>,
+    },
+}
+
+impl PublishSink {
+    /// Fails a run that was never written (it consumed no sequence numbers).
+    pub(crate) fn fail_unsent(self, count: usize, error: &Error) {
+        match self {
+            PublishSink::One { reply, .. } => {
+                let _ = reply.send(Err(error.clone()));
+            }
+            PublishSink::Many { reply } => {
+                let _ = reply.send(vec![Err(error.clone()); count]);
+            }
+        }
+    }
+}
+
+/// Outcomes recorded so far for a run.
+#[derive(Debug)]
+enum Outcomes {
+    One {
+        reply: oneshot::Sender<Result<()>>,
+        permit: Option<OwnedSemaphorePermit>,
+        rejection: Option<Error>,
+    },
+    Many {
+        reply: oneshot::Sender<Vec<Result<()>>>,
+        /// Refused messages, by offset in the run, in sequence order.
+        rejections: Vec<(usize, Error)>,
+    },
+}
+
+#[derive(Debug)]
+struct Run {
+    first: u64,
+    last: u64,
+    outcomes: Outcomes,
+}
+
+impl Run {
+    /// Resolves the run: messages up to `settled_up_to` are accepted unless refused, the rest
+    /// get `unsettled` (the connection died before their confirm).
+    fn resolve(self, settled_up_to: u64, unsettled: Option<&Error>) {
+        let outcome = |seq: u64| match unsettled {
+            Some(error) if seq > settled_up_to => Err(error.clone()),
+            _ => Ok(()),
+        };
+        match self.outcomes {
+            Outcomes::One {
+                reply,
+                permit,
+                rejection,
+            } => {
+                let _ = reply.send(rejection.map_or_else(|| outcome(self.first), Err));
+                drop(permit);
+            }
+            Outcomes::Many { reply, rejections } => {
+                let mut results: Vec<Result<()>> = (self.first..=self.last).map(outcome).collect();
+                for (offset, error) in rejections {
+                    results[offset] = Err(error);
+                }
+                let _ = reply.send(results);
+            }
+        }
+    }
+}
+
+/// The unsettled publishes of one connection.
+#[derive(Debug)]
+pub(crate) struct PublishTracker {
+    /// The number the next written message takes.
+    next_seq: u64,
+    /// The highest `up_to` confirmed so far.
+    confirmed: u64,
+    /// Unsettled runs, in sequence order.
+    runs: VecDeque<Run>,
+}
+
+impl Default for PublishTracker {
+    fn default() -> Self {
+        PublishTracker {
+            next_seq: 1,
+            confirmed: 0,
+            runs: VecDeque::new(),
+        }
+    }
+}
+
+impl PublishTracker {
+    /// Records that `count` (≥ 1) messages were just written, in order, and who waits for
+    /// them. Returns the first one's number.
+    pub(crate) fn written(&mut self, count: usize, sink: PublishSink) -> u64 {
+        debug_assert!(count > 0);
+        let first = self.next_seq;
+        let last = first + count as u64 - 1;
+        self.next_seq = last + 1;
+        let outcomes = match sink {
+            PublishSink::One { reply, permit } => {
+                debug_assert_eq!(count, 1);
+                Outcomes::One {
+                    reply,
+                    permit,
+                    rejection: None,
+                }
+            }
+            PublishSink::Many { reply } => Outcomes::Many {
+                reply,
+                rejections: Vec::new(),
+            },
+        };
+        self.runs.push_back(Run {
+            first,
+            last,
+            outcomes,
+        });
+        first
+    }
+
+    /// Number of written messages not yet settled.
+    pub(crate) fn unsettled(&self) -> u64 {
+        self.next_seq - 1 - self.confirmed
+    }
+
+    /// Records a refused message. Fails if the server names a message that is not awaiting
+    /// its outcome (never written, or already confirmed).
+    pub(crate) fn rejected(&mut self, rejection: Rejection) -> Result<(), String> {
+        let seq = rejection.seq.0;
+        if seq <= self.confirmed || seq >= self.next_seq {
+            return Err(format!(
+                "PublishRejected names message {seq}, but only {}..{} are unsettled",
+                self.confirmed + 1,
+                self.next_seq
+            ));
+        }
+        let index = self.runs.partition_point(|run| run.last < seq);
+        let run = match self.runs.get_mut(index) {
+            Some(run) if run.first <= seq => run,
+            // Unreachable while every written message belongs to a run.
+            _ => return Err(format!("PublishRejected names unknown message {seq}")),
+        };
+        let error = Error::from(rejection);
+        match &mut run.outcomes {
+            Outcomes::One { rejection, .. } => *rejection = Some(error),
+            Outcomes::Many { rejections, .. } => {
+                rejections.push(((seq - run.first) as usize, error));
+            }
+        }
+        Ok(())
+    }
+
+    /// Settles every message up to `up_to`. Fails if `up_to` covers unwritten messages.
+    pub(crate) fn confirmed(&mut self, up_to: PublishSeq) -> Result<(), String> {
+        let up_to = up_to.0;
+        if up_to >= self.next_seq {
+            return Err(format!(
+                "Confirm up to {up_to}, but only {} messages were published",
+                self.next_seq - 1
+            ));
+        }
+        if up_to <= self.confirmed {
+            // Not strictly increasing: harmless, nothing new is settled.
+            tracing::debug!(up_to, confirmed = self.confirmed, "stale Confirm ignored");
+            return Ok(());
+        }
+        self.confirmed = up_to;
+        while self.runs.front().is_some_and(|run| run.last <= up_to) {
+            if let Some(run) = self.runs.pop_front() {
+                run.resolve(up_to, None);
+            }
+        }
+        Ok(())
+    }
+
+    /// The connection is gone: settles what was confirmed and fails the rest with `error`.
+    pub(crate) fn fail_all(&mut self, error: &Error) {
+        for run in self.runs.drain(..) {
+            run.resolve(self.confirmed, Some(error));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::CloseReason;
+    use crate::wire::ErrorCode;
+
+    fn one(tracker: &mut PublishTracker) -> (u64, oneshot::Receiver<Result<()>>) {
+        let (reply, rx) = oneshot::channel();
+        let seq = tracker.written(
+            1,
+            PublishSink::One {
+                reply,
+                permit: None,
+            },
+        );
+        (seq, rx)
+    }
+
+    fn many(tracker: &mut PublishTracker, n: usize) -> (u64, oneshot::Receiver<Vec<Result<()>>>) {
+        let (reply, rx) = oneshot::channel();
+        (tracker.written(n, PublishSink::Many { reply }), rx)
+    }
+
+    fn rejection(seq: u64, code: ErrorCode) -> Rejection {
+        Rejection {
+            seq: PublishSeq(seq),
+            code,
+            message: String::new(),
+        }
+    }
+
+    fn summary(results: Vec<Result<()>>) -> Vec<Option<ErrorCode>> {
+        results
+            .into_iter()
+            .map(|r| r.err().map(|e| e.code().unwrap_or(ErrorCode::Unknown(0))))
+            .collect()
+    }
+
+    #[test]
+    fn numbers_runs_consecutively_from_one() {
+        let mut t = PublishTracker::default();
+        assert_eq!(one(&mut t).0, 1);
+        assert_eq!(many(&mut t, 3).0, 2);
+        assert_eq!(one(&mut t).0, 5);
+        assert_eq!(t.unsettled(), 5);
+    }
+
+    #[test]
+    fn cumulative_confirms_settle_whole_runs_only() {
+        let mut t = PublishTracker::default();
+        let (_, mut a) = one(&mut t);
+        let (_, mut b) = many(&mut t, 3); // 2..=4
+        let (_, mut c) = one(&mut t); // 5
+        t.confirmed(PublishSeq(3)).unwrap();
+        assert!(a.try_recv().unwrap().is_ok());
+        assert!(b.try_recv().is_err(), "run 2..=4 is only partly confirmed");
+        t.rejected(rejection(4, ErrorCode::QueueFull)).unwrap();
+        t.confirmed(PublishSeq(5)).unwrap();
+        assert_eq!(
+            summary(b.try_recv().unwrap()),
+            [None, None, Some(ErrorCode::QueueFull)]
+        );
+        assert!(c.try_recv().unwrap().is_ok());
+        assert_eq!(t.unsettled(), 0);
+    }
+
+    #[test]
+    fn rejections_resolve_single_messages_with_their_code() {
+        let mut t = PublishTracker::default();
+        let (_, mut a) = one(&mut t);
+        let (_, mut b) = one(&mut t);
+        t.rejected(Rejection {
+            seq: PublishSeq(2),
+            code: ErrorCode::Unroutable,
+            message: "no route".into(),
+        })
+        .unwrap();
+        t.confirmed(PublishSeq(2)).unwrap();
+        assert!(a.try_recv().unwrap().is_ok());
+        let err = b.try_recv().unwrap().unwrap_err();
+        assert!(err.is_unroutable());
+        assert!(matches!(
+            err,
+            Error::PublishRejected { seq: PublishSeq(2), ref message, .. } if message == "no route"
+        ));
+    }
+
+    #[test]
+    fn protocol_violations_are_reported() {
+        let mut t = PublishTracker::default();
+        let _ = many(&mut t, 2);
+        assert!(t.confirmed(PublishSeq(3)).is_err(), "beyond what was sent");
+        assert!(t.rejected(rejection(3, ErrorCode::Unroutable)).is_err());
+        assert!(t.rejected(rejection(0, ErrorCode::Unroutable)).is_err());
+        t.confirmed(PublishSeq(2)).unwrap();
+        assert!(
+            t.confirmed(PublishSeq(1)).is_ok(),
+            "stale confirms are ignored"
+        );
+        assert!(
+            t.rejected(rejection(2, ErrorCode::Unroutable)).is_err(),
+            "already confirmed"
+        );
+    }
+
+    #[test]
+    fn failing_keeps_what_was_confirmed() {
+        let mut t = PublishTracker::default();
+        let (_, mut a) = many(&mut t, 4); // 1..=4
+        let (_, mut b) = one(&mut t); // 5
+        t.rejected(rejection(1, ErrorCode::StorageFull)).unwrap();
+        t.confirmed(PublishSeq(2)).unwrap();
+        t.fail_all(&Error::ConnectionClosed(CloseReason::HeartbeatTimeout));
+        let results = a.try_recv().unwrap();
+        assert!(results[0].as_ref().unwrap_err().is_publish_rejected());
+        assert!(
+            results[1].is_ok(),
+            "message 2 was confirmed before the failure"
+        );
+        assert!(results[2].as_ref().unwrap_err().is_connection_closed());
+        assert!(results[3].as_ref().unwrap_err().is_connection_closed());
+        assert!(b.try_recv().unwrap().unwrap_err().is_connection_closed());
+    }
+
+    #[test]
+    fn permits_are_released_on_settlement() {
+        let window = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+        let permit = window.clone().try_acquire_owned().unwrap();
+        let mut t = PublishTracker::default();
+        let (reply, _rx) = oneshot::channel();
+        t.written(
+            1,
+            PublishSink::One {
+                reply,
+                permit: Some(permit),
+            },
+        );
+        assert_eq!(window.available_permits(), 0);
+        t.confirmed(PublishSeq(1)).unwrap();
+        assert_eq!(window.available_permits(), 1);
+    }
+}

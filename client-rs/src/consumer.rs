@@ -1,0 +1,384 @@
+//! Consuming: [`Consumer`], a stream of [`Message`]s, and [`Client::get`].
+//!
+//! Deliveries arrive in batches (one `Deliver` frame each) on the consumer's channel; the
+//! stream hands them out one by one without copying their bodies out of the receive buffer.
+//! A message is settled with [`Message::ack`], [`nack`](Message::nack),
+//! [`reject`](Message::reject), or its lease pushed back with [`extend`](Message::extend).
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_core::Stream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::client::{unexpected_reply, Client};
+use crate::connection::{Command, ConsumerEvent};
+use crate::error::{Error, Result};
+use crate::options::{millis_at_least_1, ConsumeOptions};
+use crate::wire::{
+    Ack, ConsumerId, Delivery, DeliveryTag, Extend, Get, HeaderValue, Headers, MetaView, Nack,
+    Properties, Reject, Reply, Request, SetPrefetch,
+};
+
+impl Client {
+    /// Starts consuming from `queue`. The [`Consumer`] is a [`Stream`] of messages; it ends
+    /// when the consumer is cancelled, and yields an error first when the server cancels it
+    /// or the connection fails. Dropping it cancels the consumer and requeues the deliveries
+    /// it had received but not yet handed out.
+    ///
+    /// ```no_run
+    /// # async fn example(client: sluice_client::Client) -> sluice_client::Result<()> {
+    /// use futures_util::StreamExt;
+    /// use sluice_client::ConsumeOptions;
+    ///
+    /// let mut consumer = client.consume("tasks", ConsumeOptions::new().prefetch(100)).await?;
+    /// while let Some(message) = consumer.next().await {
+    ///     let message = message?;
+    ///     println!("{:?}", message.body);
+    ///     message.ack().await?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<Consumer> {
+        let request = options.into_request(queue, self.shared.settings.prefetch);
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Consume {
+            request,
+            events: events_tx,
+            reply,
+        })?;
+        let ok = self.wait(rx).await?;
+        Ok(Consumer {
+            id: ok.consumer_id,
+            tag: ok.consumer_tag,
+            queue: queue.to_owned(),
+            events,
+            batch: Vec::new().into_iter(),
+            client: self.clone(),
+            ended: false,
+        })
+    }
+
+    /// Takes one ready message from `queue` without a consumer; `None` when it has none.
+    /// The message must be settled like a consumer's.
+    pub async fn get(&self, queue: &str) -> Result<Option<Message>> {
+        let reply = self
+            .call(Get {
+                queue: queue.to_owned(),
+            })
+            .await?;
+        match reply {
+            Reply::GetOk(ok) => Ok(ok.delivery.map(|d| Message::new(d, self.clone()))),
+            other => Err(unexpected_reply(other)),
+        }
+    }
+}
+
+/// A consumer: a [`Stream`] of [`Message`]s from one queue.
+///
+/// Items are `Err` only once, right before the stream ends: when the server cancels the
+/// consumer ([`Error::ConsumerCancelled`]) or the connection fails
+/// ([`Error::ConnectionClosed`]). After [`Client::close`] or [`Consumer::cancel`] the stream
+/// ends without an error once the messages already received are handed out.
+pub struct Consumer {
+    id: ConsumerId,
+    tag: String,
+    queue: String,
+    events: mpsc::UnboundedReceiver<ConsumerEvent>,
+    /// The rest of the last `Deliver` batch.
+    batch: std::vec::IntoIter<Delivery>,
+    client: Client,
+    ended: bool,
+}
+
+impl fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("id", &self.id)
+            .field("tag", &self.tag)
+            .field("queue", &self.queue)
+            .field("buffered", &self.batch.len())
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    /// The consumer's number on its connection.
+    pub fn id(&self) -> ConsumerId {
+        self.id
+    }
+
+    /// The consumer's tag (the server-generated one if none was asked for).
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// The queue it consumes from.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// The client the consumer belongs to.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Changes the prefetch window (0 = no limit). Lowering it does not take back
+    /// deliveries already made.
+    pub async fn set_prefetch(&self, prefetch: u32) -> Result<()> {
+        self.client.send_request(SetPrefetch {
+            consumer_id: self.id,
+            prefetch,
+        })
+    }
+
+    /// Stops the consumer and waits for the server to confirm. No delivery follows; the
+    /// stream still hands out the messages already received, then ends. They (and any
+    /// message not yet settled) must still be settled.
+    pub async fn cancel(&mut self) -> Result<()> {
+        if self.ended {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.client.send(Command::Cancel {
+            consumer: self.id,
+            reply,
+        })?;
+        self.client.wait(rx).await
+    }
+}
+
+impl Stream for Consumer {
+    type Item = Result<Message>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(delivery) = this.batch.next() {
+                return Poll::Ready(Some(Ok(Message::new(delivery, this.client.clone()))));
+            }
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            match ready!(this.events.poll_recv(cx)) {
+                Some(ConsumerEvent::Deliveries(deliveries)) => this.batch = deliveries.into_iter(),
+                Some(ConsumerEvent::Ended(error)) => {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(error)));
+                }
+                None => {
+                    this.ended = true;
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (
+            self.batch.len(),
+            if self.ended {
+                Some(self.batch.len())
+            } else {
+                None
+            },
+        )
+    }
+}
+
+impl Drop for Consumer {
+    /// Cancels the consumer and requeues the deliveries received but never handed out.
+    fn drop(&mut self) {
+        let mut requeue: Vec<DeliveryTag> = self.batch.by_ref().map(|d| d.delivery_tag).collect();
+        let mut ended = self.ended;
+        while let Ok(event) = self.events.try_recv() {
+            match event {
+                ConsumerEvent::Deliveries(deliveries) => {
+                    requeue.extend(deliveries.iter().map(|d| d.delivery_tag));
+                }
+                ConsumerEvent::Ended(_) => ended = true,
+            }
+        }
+        if !ended || !requeue.is_empty() {
+            let _ = self.client.send(Command::Release {
+                consumer: self.id,
+                requeue,
+            });
+        }
+    }
+}
+
+/// A delivered message.
+///
+/// The body and the delivery facts are fields; what the publisher set (exchange, routing key,
+/// properties, headers) is read from the meta block on demand. Settle it once, with
+/// [`ack`](Self::ack), [`nack`](Self::nack) or [`reject`](Self::reject); a second settlement
+/// fails with [`Error::AlreadySettled`]. A message dropped unsettled stays outstanding until
+/// its lease expires or the connection closes, then returns to its queue.
+pub struct Message {
+    /// The body.
+    pub body: Bytes,
+    /// Names this delivery on its connection.
+    pub delivery_tag: DeliveryTag,
+    /// The message may have been delivered before.
+    pub redelivered: bool,
+    /// Deliveries of this message so far, this one included (1 = first).
+    pub delivery_count: u32,
+    /// The message's number in its queue (stable across redeliveries).
+    pub message_seq: u64,
+    meta: Bytes,
+    client: Client,
+    settled: AtomicBool,
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("delivery_tag", &self.delivery_tag)
+            .field("exchange", &self.exchange())
+            .field("routing_key", &self.routing_key())
+            .field("redelivered", &self.redelivered)
+            .field("delivery_count", &self.delivery_count)
+            .field("body_len", &self.body.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Message::meta`] returns if a block could not be read (never: the connection task
+/// validates every meta block before it hands a delivery out).
+const EMPTY_META: MetaView<'static> = MetaView {
+    exchange: "",
+    routing_key: "",
+    mandatory: false,
+    persistent: false,
+    content_type: None,
+    content_encoding: None,
+    message_id: None,
+    correlation_id: None,
+    reply_to: None,
+    expiration_ms: None,
+    timestamp_ms: None,
+    raw_headers: &[],
+};
+
+impl Message {
+    fn new(delivery: Delivery, client: Client) -> Self {
+        Message {
+            body: delivery.body,
+            delivery_tag: delivery.delivery_tag,
+            redelivered: delivery.redelivered,
+            delivery_count: delivery.delivery_count,
+            message_seq: delivery.message_seq,
+            meta: delivery.meta,
+            client,
+            settled: AtomicBool::new(false),
+        }
+    }
+
+    /// The meta block as published, borrowed: exchange, routing key, flags, properties.
+    pub fn meta(&self) -> MetaView<'_> {
+        MetaView::parse(&self.meta).unwrap_or(EMPTY_META)
+    }
+
+    /// The exchange it was published to (empty: the default exchange).
+    pub fn exchange(&self) -> &str {
+        self.meta().exchange
+    }
+
+    /// The routing key it was published with.
+    pub fn routing_key(&self) -> &str {
+        self.meta().routing_key
+    }
+
+    /// Its headers (decoded on each call; empty when it has none).
+    pub fn headers(&self) -> Headers {
+        self.meta().headers().unwrap_or_default()
+    }
+
+    /// One header's value.
+    pub fn header(&self, key: &str) -> Option<HeaderValue> {
+        self.headers()
+            .into_iter()
+            .find_map(|(k, v)| (k == key).then_some(v))
+    }
+
+    /// All properties, owned.
+    pub fn properties(&self) -> Properties {
+        self.meta()
+            .to_meta()
+            .map(|meta| meta.properties)
+            .unwrap_or_default()
+    }
+
+    /// True once this handle has acked, nacked or rejected the delivery.
+    pub fn is_settled(&self) -> bool {
+        self.settled.load(Ordering::Relaxed)
+    }
+
+    /// The client the message came through.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn settle(&self, request: impl Into<Request>) -> Result<()> {
+        if self.settled.swap(true, Ordering::Relaxed) {
+            return Err(Error::AlreadySettled);
+        }
+        self.client.send_request(request)
+    }
+
+    /// Acks: the message was processed; the broker deletes it. Not answered on success, so
+    /// `Ok` means the ack was queued; a late failure (the lease had expired) is logged.
+    pub async fn ack(&self) -> Result<()> {
+        self.settle(Ack {
+            delivery_tag: self.delivery_tag,
+            multiple: false,
+        })
+    }
+
+    /// Acks this delivery and every earlier outstanding one of the connection, whatever
+    /// consumer it came from (other [`Message`] handles are not marked settled).
+    pub async fn ack_multiple(&self) -> Result<()> {
+        self.settle(Ack {
+            delivery_tag: self.delivery_tag,
+            multiple: true,
+        })
+    }
+
+    /// Nacks: the message was not processed. With `requeue` it returns to its queue
+    /// (`delivery_count` + 1, dead-lettered past the queue's delivery limit); without, it is
+    /// dead-lettered (or dropped when the queue has no dead-letter exchange).
+    pub async fn nack(&self, requeue: bool) -> Result<()> {
+        self.settle(Nack {
+            delivery_tag: self.delivery_tag,
+            multiple: false,
+            requeue,
+        })
+    }
+
+    /// Rejects: the message is bad; dead-lettered, or dropped without a dead-letter exchange.
+    pub async fn reject(&self) -> Result<()> {
+        self.settle(Reject {
+            delivery_tag: self.delivery_tag,
+        })
+    }
+
+    /// Pushes the ack deadline to `by` from now (a heartbeat for long tasks). Does not
+    /// settle the message.
+    pub async fn extend(&self, by: Duration) -> Result<()> {
+        if self.is_settled() {
+            return Err(Error::AlreadySettled);
+        }
+        self.client.send_request(Extend {
+            delivery_tag: self.delivery_tag,
+            extend_ms: millis_at_least_1(by),
+        })
+    }
+}

@@ -1,0 +1,524 @@
+//! Connection URLs (protocol.md §5.1):
+//! `sluice://[user[:password]@][host][:port][/][?param=value[&param=value...]]`.
+//!
+//! Every part has a default, so `sluice://` alone means `guest:guest@127.0.0.1:5680`.
+//! `sluices://` (TLS) is reserved and refused with [`UrlError::TlsNotSupported`].
+//!
+//! ```
+//! use sluice_client::ConnectUrl;
+//!
+//! let url: ConnectUrl = "sluice://app:s%40cret@mq.internal?heartbeat_ms=10000&name=billing"
+//!     .parse()
+//!     .unwrap();
+//! assert_eq!(url.host(), "mq.internal");
+//! assert_eq!(url.port(), 5680);
+//! assert_eq!(url.password(), Some("s@cret"));
+//! assert_eq!(url.heartbeat_ms(), Some(10_000));
+//! assert_eq!(url.name(), Some("billing"));
+//! // The password is never displayed.
+//! assert_eq!(url.to_string(), "sluice://app:***@mq.internal:5680/?heartbeat_ms=10000&name=billing");
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use thiserror::Error;
+
+use crate::wire::DEFAULT_PORT;
+
+/// User name used when the URL names none.
+pub const DEFAULT_USERNAME: &str = "guest";
+/// Password used when the URL names no user.
+pub const DEFAULT_PASSWORD: &str = "guest";
+/// Host used when the URL names none.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+/// Time allowed for the TCP connect plus the handshake when the URL does not say.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
+
+/// Why a connection URL was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum UrlError {
+    /// The URL has no `scheme://` prefix.
+    #[error("missing scheme: expected sluice://...")]
+    MissingScheme,
+    /// The scheme is neither `sluice` nor `sluices`.
+    #[error("unsupported scheme {0:?}: expected sluice://")]
+    UnsupportedScheme(String),
+    /// `sluices://` asks for TLS, which this client does not support yet.
+    #[error("TLS not supported yet (sluices://): use sluice://")]
+    TlsNotSupported,
+    /// A `%` escape is not followed by two hex digits, or decodes to invalid UTF-8.
+    #[error("bad percent-encoding in {0}")]
+    BadEncoding(&'static str),
+    /// The host is malformed (e.g. an unclosed `[` of an IPv6 address).
+    #[error("invalid host {0:?}")]
+    InvalidHost(String),
+    /// The port is not a number from 1 to 65535.
+    #[error("invalid port {0:?}")]
+    InvalidPort(String),
+    /// Only an empty path or `/` is allowed.
+    #[error("unexpected path {0:?}: only / is allowed")]
+    UnexpectedPath(String),
+    /// A `#fragment` is not allowed.
+    #[error("unexpected fragment in URL")]
+    UnexpectedFragment,
+    /// A query parameter this client does not know (usually a typo).
+    #[error("unknown query parameter {0:?}")]
+    UnknownParameter(String),
+    /// A query parameter appears twice.
+    #[error("query parameter {0:?} given twice")]
+    DuplicateParameter(String),
+    /// A query parameter's value does not parse.
+    #[error("invalid value {value:?} for query parameter {name:?}")]
+    InvalidParameter {
+        /// The parameter.
+        name: String,
+        /// Its value, decoded.
+        value: String,
+    },
+}
+
+/// A parsed `sluice://` URL. Parts the URL leaves out are `None` (or the default, for host
+/// and port) so that [`ClientBuilder`](crate::ClientBuilder) settings can fill them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnectUrl {
+    host: String,
+    port: u16,
+    username: Option<String>,
+    password: Option<String>,
+    heartbeat_ms: Option<u32>,
+    max_frame_len: Option<u32>,
+    connect_timeout_ms: Option<u64>,
+    name: Option<String>,
+}
+
+impl Default for ConnectUrl {
+    /// `sluice://guest:guest@127.0.0.1:5680`.
+    fn default() -> Self {
+        ConnectUrl {
+            host: DEFAULT_HOST.to_owned(),
+            port: DEFAULT_PORT,
+            username: None,
+            password: None,
+            heartbeat_ms: None,
+            max_frame_len: None,
+            connect_timeout_ms: None,
+            name: None,
+        }
+    }
+}
+
+impl ConnectUrl {
+    /// Parses a URL; same as `s.parse()`.
+    pub fn parse(s: &str) -> Result<Self, UrlError> {
+        let (scheme, rest) = s.split_once("://").ok_or(UrlError::MissingScheme)?;
+        if scheme.eq_ignore_ascii_case("sluices") {
+            return Err(UrlError::TlsNotSupported);
+        }
+        if !scheme.eq_ignore_ascii_case("sluice") {
+            return Err(UrlError::UnsupportedScheme(scheme.to_owned()));
+        }
+        if rest.contains('#') {
+            return Err(UrlError::UnexpectedFragment);
+        }
+        let (rest, query) = match rest.split_once('?') {
+            Some((rest, query)) => (rest, Some(query)),
+            None => (rest, None),
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        if !(path.is_empty() || path == "/") {
+            return Err(UrlError::UnexpectedPath(path.to_owned()));
+        }
+
+        let mut url = ConnectUrl::default();
+        // The last '@' ends the user info: a stray '@' in a password is tolerated.
+        let host_port = match authority.rsplit_once('@') {
+            Some((userinfo, host_port)) => {
+                let (user, password) = match userinfo.split_once(':') {
+                    Some((user, password)) => (user, password),
+                    // `user@` alone means an empty password.
+                    None => (userinfo, ""),
+                };
+                url.username = Some(percent_decode(user, "user name")?);
+                url.password = Some(percent_decode(password, "password")?);
+                host_port
+            }
+            None => authority,
+        };
+        let (host, port) = split_host_port(host_port)?;
+        if !host.is_empty() {
+            url.host = percent_decode(host, "host")?;
+        }
+        if let Some(port) = port {
+            url.port = match port.parse::<u16>() {
+                Ok(0) | Err(_) => return Err(UrlError::InvalidPort(port.to_owned())),
+                Ok(port) => port,
+            };
+        }
+        if let Some(query) = query {
+            url.parse_query(query)?;
+        }
+        Ok(url)
+    }
+
+    fn parse_query(&mut self, query: &str) -> Result<(), UrlError> {
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let name = percent_decode(name, "query parameter name")?;
+            let value = percent_decode(value, "query parameter value")?;
+            let invalid = || UrlError::InvalidParameter {
+                name: name.clone(),
+                value: value.clone(),
+            };
+            let duplicate = match name.as_str() {
+                "heartbeat_ms" => set_once(&mut self.heartbeat_ms, value.parse().ok())?,
+                "max_frame_len" => set_once(&mut self.max_frame_len, value.parse().ok())?,
+                "connect_timeout_ms" => set_once(
+                    &mut self.connect_timeout_ms,
+                    value.parse().ok().filter(|&ms| ms > 0),
+                )?,
+                "name" => set_once(&mut self.name, Some(value.clone()))?,
+                _ => return Err(UrlError::UnknownParameter(name)),
+            }
+            .ok_or_else(invalid)?;
+            if duplicate {
+                return Err(UrlError::DuplicateParameter(name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Host name or address (IPv6 without brackets). Default `127.0.0.1`.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// TCP port. Default 5680.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// User name, when the URL gives one (decoded).
+    pub fn username(&self) -> Option<&str> {
+        self.username.as_deref()
+    }
+
+    /// Password, when the URL gives a user (decoded; empty for `user@`).
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
+    /// `heartbeat_ms` parameter: the heartbeat interval to propose (0 = server's choice).
+    pub fn heartbeat_ms(&self) -> Option<u32> {
+        self.heartbeat_ms
+    }
+
+    /// `max_frame_len` parameter: the frame limit to propose (0 = server's choice).
+    pub fn max_frame_len(&self) -> Option<u32> {
+        self.max_frame_len
+    }
+
+    /// `connect_timeout_ms` parameter: time for TCP connect plus handshake.
+    pub fn connect_timeout_ms(&self) -> Option<u64> {
+        self.connect_timeout_ms
+    }
+
+    /// `name` parameter: sent as the `connection_name` client property.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// `host:port` for `TcpStream::connect` (IPv6 hosts in brackets).
+    pub fn socket_addr(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl FromStr for ConnectUrl {
+    type Err = UrlError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ConnectUrl::parse(s)
+    }
+}
+
+impl fmt::Display for ConnectUrl {
+    /// The URL with the password replaced by `***`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("sluice://")?;
+        if let Some(user) = &self.username {
+            write!(f, "{}:***@", percent_encode(user))?;
+        }
+        write!(f, "{}/", self.socket_addr())?;
+        let mut sep = '?';
+        let mut param = |f: &mut fmt::Formatter<'_>, name: &str, value: &dyn fmt::Display| {
+            let result = write!(f, "{sep}{name}={value}");
+            sep = '&';
+            result
+        };
+        if let Some(v) = self.heartbeat_ms {
+            param(f, "heartbeat_ms", &v)?;
+        }
+        if let Some(v) = self.max_frame_len {
+            param(f, "max_frame_len", &v)?;
+        }
+        if let Some(v) = self.connect_timeout_ms {
+            param(f, "connect_timeout_ms", &v)?;
+        }
+        if let Some(v) = &self.name {
+            param(f, "name", &percent_encode(v))?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ConnectUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConnectUrl({self})")
+    }
+}
+
+/// Stores `value` in an empty slot. `None` means the value did not parse; `Some(true)` means
+/// the slot was already filled.
+fn set_once<T>(slot: &mut Option<T>, value: Option<T>) -> Result<Option<bool>, UrlError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let duplicate = slot.is_some();
+    *slot = Some(value);
+    Ok(Some(duplicate))
+}
+
+/// Splits `host[:port]` or `[v6]:port`. The host may be empty.
+fn split_host_port(s: &str) -> Result<(&str, Option<&str>), UrlError> {
+    if let Some(bracketed) = s.strip_prefix('[') {
+        let (host, after) = bracketed
+            .split_once(']')
+            .ok_or_else(|| UrlError::InvalidHost(s.to_owned()))?;
+        if host.is_empty() {
+            return Err(UrlError::InvalidHost(s.to_owned()));
+        }
+        return match after {
+            "" => Ok((host, None)),
+            _ => match after.strip_prefix(':') {
+                Some("") => Ok((host, None)),
+                Some(port) => Ok((host, Some(port))),
+                None => Err(UrlError::InvalidHost(s.to_owned())),
+            },
+        };
+    }
+    match s.split_once(':') {
+        Some((host, port)) if port.contains(':') => Err(UrlError::InvalidHost(format!(
+            "{host}:{port} (put IPv6 addresses in brackets)"
+        ))),
+        Some((host, "")) => Ok((host, None)),
+        Some((host, port)) => Ok((host, Some(port))),
+        None => Ok((s, None)),
+    }
+}
+
+/// Decodes RFC 3986 percent escapes; the result must be UTF-8.
+fn percent_decode(s: &str, what: &'static str) -> Result<String, UrlError> {
+    if !s.contains('%') {
+        return Ok(s.to_owned());
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or(UrlError::BadEncoding(what))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| UrlError::BadEncoding(what))
+}
+
+/// Escapes everything but RFC 3986 unreserved characters.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> ConnectUrl {
+        ConnectUrl::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn every_part_has_a_default() {
+        for s in [
+            "sluice://",
+            "sluice:///",
+            "SLUICE://",
+            "sluice://:",
+            "sluice://?",
+        ] {
+            let url = parse(s);
+            assert_eq!(url, ConnectUrl::default(), "{s}");
+            assert_eq!(url.host(), "127.0.0.1");
+            assert_eq!(url.port(), 5680);
+            assert_eq!(url.username(), None);
+            assert_eq!(url.password(), None);
+            assert_eq!(url.socket_addr(), "127.0.0.1:5680");
+        }
+    }
+
+    #[test]
+    fn full_url() {
+        let url = parse(
+            "sluice://app:s%40cret@mq.internal:7000/?heartbeat_ms=10000&max_frame_len=131072\
+             &connect_timeout_ms=2500&name=billing%20v2",
+        );
+        assert_eq!(url.username(), Some("app"));
+        assert_eq!(url.password(), Some("s@cret"));
+        assert_eq!(url.host(), "mq.internal");
+        assert_eq!(url.port(), 7000);
+        assert_eq!(url.heartbeat_ms(), Some(10_000));
+        assert_eq!(url.max_frame_len(), Some(131_072));
+        assert_eq!(url.connect_timeout_ms(), Some(2500));
+        assert_eq!(url.name(), Some("billing v2"));
+        assert_eq!(
+            url.to_string(),
+            "sluice://app:***@mq.internal:7000/?heartbeat_ms=10000&max_frame_len=131072\
+             &connect_timeout_ms=2500&name=billing%20v2"
+        );
+        assert!(!format!("{url:?}").contains("cret"));
+        // What Display prints parses back to the same URL, password aside.
+        let again = parse(&url.to_string());
+        assert_eq!(again.password(), Some("***"));
+        assert_eq!(again.name(), url.name());
+    }
+
+    #[test]
+    fn user_info_forms() {
+        let url = parse("sluice://bob@host");
+        assert_eq!((url.username(), url.password()), (Some("bob"), Some("")));
+        let url = parse("sluice://bob:@host");
+        assert_eq!((url.username(), url.password()), (Some("bob"), Some("")));
+        let url = parse("sluice://:pw@host");
+        assert_eq!((url.username(), url.password()), (Some(""), Some("pw")));
+        // A password may contain ':' and, tolerated, a raw '@'.
+        let url = parse("sluice://u:a:b@c@host:1");
+        assert_eq!(url.password(), Some("a:b@c"));
+        assert_eq!((url.host(), url.port()), ("host", 1));
+        let url = parse("sluice://%E2%9C%93:%25@h");
+        assert_eq!((url.username(), url.password()), (Some("✓"), Some("%")));
+        // Only user info: host and port default.
+        let url = parse("sluice://u:p@");
+        assert_eq!(url.socket_addr(), "127.0.0.1:5680");
+    }
+
+    #[test]
+    fn hosts_and_ports() {
+        assert_eq!(
+            parse("sluice://example.com").socket_addr(),
+            "example.com:5680"
+        );
+        assert_eq!(parse("sluice://:9999").socket_addr(), "127.0.0.1:9999");
+        assert_eq!(parse("sluice://10.0.0.1:1").socket_addr(), "10.0.0.1:1");
+        let v6 = parse("sluice://[::1]:5690/");
+        assert_eq!(v6.host(), "::1");
+        assert_eq!(v6.socket_addr(), "[::1]:5690");
+        assert_eq!(parse("sluice://[fe80::1]").port(), 5680);
+    }
+
+    #[test]
+    fn tls_is_refused_with_a_typed_error() {
+        assert_eq!(
+            ConnectUrl::parse("sluices://mq:5681"),
+            Err(UrlError::TlsNotSupported)
+        );
+        assert_eq!(
+            ConnectUrl::parse("sluices://").unwrap_err().to_string(),
+            "TLS not supported yet (sluices://): use sluice://"
+        );
+    }
+
+    #[test]
+    fn malformed_urls_are_refused() {
+        let cases: &[(&str, UrlError)] = &[
+            ("localhost:5680", UrlError::MissingScheme),
+            ("amqp://h", UrlError::UnsupportedScheme("amqp".into())),
+            ("sluice://h:0", UrlError::InvalidPort("0".into())),
+            ("sluice://h:70000", UrlError::InvalidPort("70000".into())),
+            ("sluice://h:x", UrlError::InvalidPort("x".into())),
+            (
+                "sluice://h/vhost",
+                UrlError::UnexpectedPath("/vhost".into()),
+            ),
+            ("sluice://h//", UrlError::UnexpectedPath("//".into())),
+            ("sluice://h#frag", UrlError::UnexpectedFragment),
+            ("sluice://[::1", UrlError::InvalidHost("[::1".into())),
+            ("sluice://[::1]x", UrlError::InvalidHost("[::1]x".into())),
+            ("sluice://u:%zz@h", UrlError::BadEncoding("password")),
+            ("sluice://%ff@h", UrlError::BadEncoding("user name")),
+            ("sluice://u:%4@h", UrlError::BadEncoding("password")),
+            (
+                "sluice://h?heartbeat=1",
+                UrlError::UnknownParameter("heartbeat".into()),
+            ),
+            (
+                "sluice://h?name=a&name=b",
+                UrlError::DuplicateParameter("name".into()),
+            ),
+            (
+                "sluice://h?heartbeat_ms=-1",
+                UrlError::InvalidParameter {
+                    name: "heartbeat_ms".into(),
+                    value: "-1".into(),
+                },
+            ),
+            (
+                "sluice://h?connect_timeout_ms=0",
+                UrlError::InvalidParameter {
+                    name: "connect_timeout_ms".into(),
+                    value: "0".into(),
+                },
+            ),
+        ];
+        for (s, expected) in cases {
+            assert_eq!(ConnectUrl::parse(s).as_ref(), Err(expected), "{s}");
+        }
+        assert!(matches!(
+            ConnectUrl::parse("sluice://::1"),
+            Err(UrlError::InvalidHost(_))
+        ));
+    }
+
+    #[test]
+    fn query_parameters_are_decoded() {
+        let url = parse("sluice://h?name=a%26b%3Dc&heartbeat_ms=0");
+        assert_eq!(url.name(), Some("a&b=c"));
+        assert_eq!(url.heartbeat_ms(), Some(0));
+        // Empty pairs are skipped; a '+' is kept literally (RFC 3986, not form encoding).
+        let url = parse("sluice://h?&name=a+b&");
+        assert_eq!(url.name(), Some("a+b"));
+    }
+}
