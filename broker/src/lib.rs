@@ -10,9 +10,11 @@
 //! - [`queue`]: one task per queue: its log, ready messages, consumers, deliveries in flight.
 //! - [`routing`]: exchanges, bindings and the AMQP 0-9-1 matching rules.
 //! - [`storage`]: the crash-safe, segmented, memory-mapped log that holds every durable queue.
+//! - [`admin`]: listings for operators (queues, exchanges, bindings, consumers).
 //! - [`error`]: broker failures as wire error codes, in one place.
 //!
 //! The wire format itself lives in [`sluice_client::wire`], shared with the clients.
+pub mod admin;
 pub mod broker;
 pub mod config;
 mod connection;

@@ -342,6 +342,22 @@ impl Session {
             }
             Request::Reject(r) => self.settle(id, r.delivery_tag.0, false, Settlement::Reject),
             Request::Extend(e) => self.on_extend(id, e),
+            Request::ListQueues => {
+                let reply = crate::admin::list_queues(&self.broker);
+                self.send(id, reply);
+            }
+            Request::ListExchanges => {
+                let reply = crate::admin::list_exchanges(&self.broker);
+                self.send(id, reply);
+            }
+            Request::ListBindings => {
+                let reply = crate::admin::list_bindings(&self.broker);
+                self.send(id, reply);
+            }
+            Request::ListConsumers => {
+                let reply = crate::admin::list_consumers(&self.broker);
+                self.send(id, reply);
+            }
         }
         Ending::No
     }

@@ -43,6 +43,7 @@ pub(crate) fn spawn(meta: Arc<QueueMeta>, log: QueueLog, broker: Weak<Broker>) -
 struct Consumer {
     conn: Arc<ConnLink>,
     id: ConsumerId,
+    tag: String,
     prefetch: u32,
     unacked: u32,
     lease: Duration,
@@ -124,6 +125,9 @@ struct Actor {
     dl_link: Arc<ConnLink>,
     dl_events: mpsc::UnboundedReceiver<ConnEvent>,
     dead: DeadLetters,
+    /// Counters (published, acked) when the rates were last measured, and when.
+    rates_from: (u64, u64),
+    rates_at: Instant,
 }
 
 fn now_ms() -> u64 {
@@ -178,6 +182,8 @@ impl Actor {
             dl_link: ConnLink::new(0, dl_tx),
             dl_events,
             dead: DeadLetters::default(),
+            rates_from: (0, 0),
+            rates_at: Instant::now(),
         };
         actor.update_stats();
         actor
@@ -209,6 +215,8 @@ impl Actor {
                 Some(event) = self.dl_events.recv() => self.on_dead_letter_event(event),
                 _ = tick.tick() => {
                     self.dirty = true;
+                    self.measure_rates();
+                    self.publish_consumers();
                     if self.expired_unused() {
                         self.delete();
                         break;
@@ -257,16 +265,18 @@ impl Actor {
                     request_id,
                     reply: Reply::ConsumeOk(ConsumeOk {
                         consumer_id,
-                        consumer_tag: tag,
+                        consumer_tag: tag.clone(),
                     }),
                 });
                 self.consumers.push(Consumer {
                     conn,
                     id: consumer_id,
+                    tag,
                     prefetch,
                     unacked: 0,
                     lease: ack_timeout.unwrap_or(self.default_lease),
                 });
+                self.publish_consumers();
             }
             QueueCmd::Cancel {
                 conn,
@@ -372,6 +382,7 @@ impl Actor {
             }
             QueueCmd::ConnectionClosed { conn_id } => {
                 self.consumers.retain(|c| c.conn.id != conn_id);
+                self.publish_consumers();
                 let seqs: Vec<u64> = self
                     .inflight
                     .iter()
@@ -880,6 +891,7 @@ impl Actor {
 
     fn remove_consumer(&mut self, conn_id: ConnId, id: ConsumerId) {
         self.consumers.retain(|c| !(c.conn.id == conn_id && c.id == id));
+        self.publish_consumers();
         if self.consumers.is_empty() {
             self.exclusive_consumer = false;
         }
@@ -948,6 +960,37 @@ impl Actor {
                 tracing::warn!(queue = %self.meta.name, error = %e, "could not write acks");
             }
         }
+    }
+
+    /// Refreshes the per-second rates about once a second.
+    fn measure_rates(&mut self) {
+        let elapsed = self.rates_at.elapsed();
+        if elapsed < Duration::from_secs(1) {
+            return;
+        }
+        let s = &self.meta.stats;
+        let (published, acked) = (s.published.load(Ordering::Relaxed), s.acked.load(Ordering::Relaxed));
+        let per_sec = |now: u64, before: u64| ((now - before) as f64 / elapsed.as_secs_f64()).round() as u64;
+        s.publish_rate.store(per_sec(published, self.rates_from.0), Ordering::Relaxed);
+        s.ack_rate.store(per_sec(acked, self.rates_from.1), Ordering::Relaxed);
+        self.rates_from = (published, acked);
+        self.rates_at = Instant::now();
+    }
+
+    /// Refreshes the consumer list that listings read.
+    fn publish_consumers(&self) {
+        let list = self
+            .consumers
+            .iter()
+            .map(|c| sluice_client::wire::ConsumerSummary {
+                queue: self.meta.name.to_string(),
+                consumer_tag: c.tag.clone(),
+                connection_id: c.conn.id,
+                prefetch: c.prefetch,
+                unacked: c.unacked,
+            })
+            .collect();
+        *self.meta.stats.consumers_list.lock().unwrap_or_else(|e| e.into_inner()) = list;
     }
 
     fn update_stats(&self) {

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_client::wire::{
-    ConsumerId, Delivery, ErrorCode, QueueArguments, Rejection, Reply, RequestId,
+    ConsumerId, ConsumerSummary, Delivery, ErrorCode, QueueArguments, Rejection, Reply,
+    RequestId,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -293,6 +294,12 @@ pub struct QueueStats {
     pub published: AtomicU64,
     /// Messages acknowledged, ever (this run).
     pub acked: AtomicU64,
+    /// Messages stored per second, recently.
+    pub publish_rate: AtomicU64,
+    /// Messages acknowledged per second, recently.
+    pub ack_rate: AtomicU64,
+    /// The consumers, refreshed a few times a second.
+    pub consumers_list: std::sync::Mutex<Vec<ConsumerSummary>>,
 }
 
 /// What does not change about a queue after its declaration.
