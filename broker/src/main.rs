@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sluice_broker::broker::Broker;
+use sluice_broker::cli::{self, AdminCommand};
 use sluice_broker::config::{ServeArgs, ServerConfig};
 use sluice_broker::server::Server;
 
@@ -19,23 +20,36 @@ struct Cli {
 enum Command {
     /// Run the broker (the default when no command is given).
     Serve(ServeArgs),
+    #[command(flatten)]
+    Admin(AdminCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let result = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
-        Command::Serve(args) => serve(&args),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("sluice: {e:#}");
-            ExitCode::FAILURE
+    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::Serve(args) => {
+            init_logging("info");
+            match serve(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sluice: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Admin(command) => {
+            // Commands print their results; the client's logs are for trouble only.
+            init_logging("warn");
+            cli::run(command)
         }
     }
+}
+
+/// Logs go to stderr; `SLUICE_LOG` overrides the default filter.
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {

@@ -4,6 +4,7 @@ mod bad_input;
 mod crash;
 mod harness;
 mod routing;
+mod semantics;
 
 use std::collections::HashMap;
 use std::time::Duration;
