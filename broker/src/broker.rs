@@ -218,7 +218,11 @@ impl Broker {
     pub fn route(&self, exchange: &str, routing_key: &str, headers: &Headers) -> Vec<QueueHandle> {
         let reg = self.read();
         match reg.routing.route(exchange, routing_key, headers) {
-            Ok(r) => r.queues.iter().filter_map(|q| reg.queues.get(q).cloned()).collect(),
+            Ok(r) => r
+                .queues
+                .iter()
+                .filter_map(|q| reg.queues.get(q).cloned())
+                .collect(),
             Err(_) => Vec::new(),
         }
     }
@@ -235,7 +239,10 @@ impl Broker {
     /// The queue `name`, if it exists and `conn` may use it.
     pub fn queue(&self, name: &str, conn: ConnId) -> Result<QueueHandle, RequestError> {
         let reg = self.read();
-        let q = reg.queues.get(name).ok_or_else(|| RequestError::no_queue(name))?;
+        let q = reg
+            .queues
+            .get(name)
+            .ok_or_else(|| RequestError::no_queue(name))?;
         if !q.meta.accessible_by(conn) {
             return Err(RequestError::locked(name));
         }
@@ -257,7 +264,9 @@ impl Broker {
     ) -> Result<DeclareQueueOk, RequestError> {
         if req.passive {
             if req.name.is_empty() {
-                return Err(RequestError::invalid("a passive declare needs a queue name"));
+                return Err(RequestError::invalid(
+                    "a passive declare needs a queue name",
+                ));
             }
             let q = self.queue(&req.name, conn)?;
             return Ok(declare_ok(&q));
@@ -366,7 +375,9 @@ impl Broker {
     pub fn bind(&self, conn: ConnId, binding: Binding, bind: bool) -> Result<(), RequestError> {
         let mut reg = self.write();
         let queue_ok = match reg.queues.get(binding.queue.as_str()) {
-            Some(q) if !q.meta.accessible_by(conn) => return Err(RequestError::locked(&binding.queue)),
+            Some(q) if !q.meta.accessible_by(conn) => {
+                return Err(RequestError::locked(&binding.queue))
+            }
             Some(_) => true,
             None => false,
         };
@@ -469,7 +480,11 @@ fn check_same_queue(meta: &QueueMeta, req: &DeclareQueue) -> Result<(), RequestE
         ))
     };
     if meta.durable != durable {
-        return Err(differs("durable", meta.durable.to_string(), durable.to_string()));
+        return Err(differs(
+            "durable",
+            meta.durable.to_string(),
+            durable.to_string(),
+        ));
     }
     if meta.exclusive_owner.is_some() != req.exclusive {
         return Err(differs(
@@ -524,8 +539,13 @@ fn validate_arguments(a: &QueueArguments) -> Result<(), RequestError> {
     if let Some(x) = &a.dead_letter_exchange {
         validate_name("dead-letter exchange", x)?;
     }
-    if a.dead_letter_routing_key.as_ref().is_some_and(|k| k.len() > MAX_NAME_LEN) {
-        return Err(RequestError::invalid("dead_letter_routing_key is longer than 255 bytes"));
+    if a.dead_letter_routing_key
+        .as_ref()
+        .is_some_and(|k| k.len() > MAX_NAME_LEN)
+    {
+        return Err(RequestError::invalid(
+            "dead_letter_routing_key is longer than 255 bytes",
+        ));
     }
     Ok(())
 }

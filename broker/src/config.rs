@@ -170,7 +170,9 @@ impl ServerConfig {
                 return Err(invalid("max_message_bytes", "must be between 1 and 4 GiB"));
             }
             c.max_message_len = v;
-            c.max_frame_len = v.saturating_add(FRAME_OVERHEAD_RESERVE).max(MIN_MAX_FRAME_LEN);
+            c.max_frame_len = v
+                .saturating_add(FRAME_OVERHEAD_RESERVE)
+                .max(MIN_MAX_FRAME_LEN);
         }
         if let Some(v) = args.heartbeat_ms.or(file.heartbeat_ms) {
             c.heartbeat_ms = v;
@@ -251,7 +253,13 @@ mod tests {
         let c = ServerConfig::resolve(&args).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/srv/q"));
         assert_eq!(c.listen.port(), 7001);
-        assert_eq!(c.users, vec![User { name: "app".into(), password: "pw".into() }]);
+        assert_eq!(
+            c.users,
+            vec![User {
+                name: "app".into(),
+                password: "pw".into()
+            }]
+        );
     }
 
     #[test]
@@ -263,11 +271,17 @@ mod tests {
             config: Some(path),
             ..ServeArgs::default()
         };
-        assert!(matches!(ServerConfig::resolve(&args), Err(ConfigError::Parse { .. })));
+        assert!(matches!(
+            ServerConfig::resolve(&args),
+            Err(ConfigError::Parse { .. })
+        ));
         let args = ServeArgs {
             users: Some("nopassword".into()),
             ..ServeArgs::default()
         };
-        assert!(matches!(ServerConfig::resolve(&args), Err(ConfigError::Invalid { .. })));
+        assert!(matches!(
+            ServerConfig::resolve(&args),
+            Err(ConfigError::Invalid { .. })
+        ));
     }
 }

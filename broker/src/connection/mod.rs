@@ -56,7 +56,12 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, shutdown: watch::Rece
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let timeout = broker.config.handshake_timeout;
-    let agreed = match tokio::time::timeout(timeout, handshake(&broker, conn_id, &mut rd, &mut wr, &mut buf)).await {
+    let agreed = match tokio::time::timeout(
+        timeout,
+        handshake(&broker, conn_id, &mut rd, &mut wr, &mut buf),
+    )
+    .await
+    {
         Ok(Ok(agreed)) => agreed,
         Ok(Err(reason)) => {
             tracing::info!(conn = conn_id, ?peer, %reason, "handshake refused");
@@ -118,7 +123,12 @@ async fn handshake(
         }
     };
     if raw.opcode != Opcode::Hello as u16 {
-        return Err(refuse(wr, ErrorCode::UnexpectedFrame, "the first frame must be Hello").await);
+        return Err(refuse(
+            wr,
+            ErrorCode::UnexpectedFrame,
+            "the first frame must be Hello",
+        )
+        .await);
     }
     let request_id = raw.request_id;
     let hello: Hello = match raw.decode::<Request>() {
@@ -126,21 +136,39 @@ async fn handshake(
             body: Request::Hello(h),
             ..
         }) => h,
-        Ok(_) => return Err(refuse(wr, ErrorCode::UnexpectedFrame, "the first frame must be Hello").await),
-        Err(e) => return Err(refuse(wr, ErrorCode::MalformedFrame, &format!("malformed Hello: {e}")).await),
+        Ok(_) => {
+            return Err(refuse(
+                wr,
+                ErrorCode::UnexpectedFrame,
+                "the first frame must be Hello",
+            )
+            .await)
+        }
+        Err(e) => {
+            return Err(refuse(
+                wr,
+                ErrorCode::MalformedFrame,
+                &format!("malformed Hello: {e}"),
+            )
+            .await)
+        }
     };
     let version = hello.max_version.min(PROTOCOL_VERSION);
     if version < hello.min_version.max(MIN_VERSION) {
         let reason = format!("server speaks versions {MIN_VERSION}..{PROTOCOL_VERSION}");
         return Err(refuse(wr, ErrorCode::UnsupportedVersion, &reason).await);
     }
-    let known = broker
-        .config
-        .users
-        .iter()
-        .any(|u| u.name == hello.username && constant_time_eq(u.password.as_bytes(), hello.password.as_bytes()));
+    let known = broker.config.users.iter().any(|u| {
+        u.name == hello.username
+            && constant_time_eq(u.password.as_bytes(), hello.password.as_bytes())
+    });
     if !known {
-        return Err(refuse(wr, ErrorCode::AccessRefused, "unknown user or wrong password").await);
+        return Err(refuse(
+            wr,
+            ErrorCode::AccessRefused,
+            "unknown user or wrong password",
+        )
+        .await);
     }
     let cfg = &broker.config;
     let heartbeat_ms = if cfg.heartbeat_ms == 0 {
@@ -148,14 +176,18 @@ async fn handshake(
     } else if hello.heartbeat_ms == 0 {
         cfg.heartbeat_ms
     } else {
-        hello.heartbeat_ms.clamp(cfg.heartbeat_range_ms.0, cfg.heartbeat_range_ms.1)
+        hello
+            .heartbeat_ms
+            .clamp(cfg.heartbeat_range_ms.0, cfg.heartbeat_range_ms.1)
     };
     let mut max_frame_len = cfg.max_frame_len;
     if hello.max_frame_len != 0 {
         max_frame_len = max_frame_len.min(hello.max_frame_len);
     }
     max_frame_len = max_frame_len.max(MIN_MAX_FRAME_LEN);
-    let max_message_len = cfg.max_message_len.min(max_frame_len - FRAME_OVERHEAD_RESERVE);
+    let max_message_len = cfg
+        .max_message_len
+        .min(max_frame_len - FRAME_OVERHEAD_RESERVE);
     let welcome = Welcome {
         version,
         heartbeat_ms,

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use sluice_client::wire::{
-    Ack, Blocked, Cancel, CancelOk, Close, Confirm, Consume, ConsumerCancelled, ConsumerId, DecodeError,
-    DeclareExchange, Deliver, Delivery, DeleteQueue, DeleteQueueOk, ErrorCode, ErrorReply,
-    Extend, Frame, GetOk, MetaView, Nack, Publish, PublishRejected, PublishSeq,
+    Ack, Blocked, Cancel, CancelOk, Close, Confirm, Consume, ConsumerCancelled, ConsumerId,
+    DeclareExchange, DecodeError, DeleteQueue, DeleteQueueOk, Deliver, Delivery, ErrorCode,
+    ErrorReply, Extend, Frame, GetOk, MetaView, Nack, Publish, PublishRejected, PublishSeq,
     Rejection, Reply, Request, RequestId, MAX_NAME_LEN,
 };
 use tokio::sync::{mpsc, oneshot, watch};
@@ -128,13 +128,18 @@ impl Session {
         mut frames: mpsc::Receiver<ReadEvent>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let tick_every = self
-            .agreed
-            .heartbeat
-            .map_or(Duration::from_secs(1), |h| (h / 4).max(Duration::from_millis(100)));
+        let tick_every = self.agreed.heartbeat.map_or(Duration::from_secs(1), |h| {
+            (h / 4).max(Duration::from_millis(100))
+        });
         let mut flow = self.broker.flow();
         if let Some(reason) = flow.borrow_and_update().clone() {
-            self.send(RequestId(0), Blocked { code: ErrorCode::StorageFull, reason });
+            self.send(
+                RequestId(0),
+                Blocked {
+                    code: ErrorCode::StorageFull,
+                    reason,
+                },
+            );
         }
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -191,10 +196,15 @@ impl Session {
         let Some(h) = self.agreed.heartbeat else {
             return Ending::No;
         };
-        let silent_ms = self.now_ms().saturating_sub(self.last_recv.load(Ordering::Relaxed));
+        let silent_ms = self
+            .now_ms()
+            .saturating_sub(self.last_recv.load(Ordering::Relaxed));
         // Twice the interval, plus a little for scheduling jitter (§5.3).
         if Duration::from_millis(silent_ms) > h * 2 + h / 10 {
-            self.close_with(ErrorCode::HeartbeatTimeout, "no data received for two heartbeat intervals");
+            self.close_with(
+                ErrorCode::HeartbeatTimeout,
+                "no data received for two heartbeat intervals",
+            );
             return Ending::Now;
         }
         if self.last_sent.elapsed() >= h {
@@ -233,7 +243,12 @@ impl Session {
 
     /// Sends a connection-level `Close` (no `CloseOk` awaited: §5.4).
     fn close_with(&mut self, code: ErrorCode, reason: &str) {
-        tracing::info!(conn = self.link.id, code = code.name(), reason, "closing connection");
+        tracing::info!(
+            conn = self.link.id,
+            code = code.name(),
+            reason,
+            "closing connection"
+        );
         self.send(
             RequestId(0),
             Close {
@@ -310,8 +325,12 @@ impl Session {
                     Err(e) => self.send_error(id, e),
                 }
             }
-            Request::Bind(b) => self.on_bind(id, b.queue, b.exchange, b.routing_key, b.arguments, true),
-            Request::Unbind(b) => self.on_bind(id, b.queue, b.exchange, b.routing_key, b.arguments, false),
+            Request::Bind(b) => {
+                self.on_bind(id, b.queue, b.exchange, b.routing_key, b.arguments, true)
+            }
+            Request::Unbind(b) => {
+                self.on_bind(id, b.queue, b.exchange, b.routing_key, b.arguments, false)
+            }
             Request::Consume(c) => self.on_consume(id, c),
             Request::Cancel(c) => self.on_cancel(id, c),
             Request::SetPrefetch(p) => match self.consumers.get(&p.consumer_id.0) {
@@ -337,7 +356,11 @@ impl Session {
                 multiple,
                 requeue,
             }) => {
-                let how = if requeue { Settlement::Requeue } else { Settlement::Reject };
+                let how = if requeue {
+                    Settlement::Requeue
+                } else {
+                    Settlement::Reject
+                };
                 self.settle(id, delivery_tag.0, multiple, how);
             }
             Request::Reject(r) => self.settle(id, r.delivery_tag.0, false, Settlement::Reject),
@@ -363,7 +386,12 @@ impl Session {
     }
 
     /// Sends a command to a queue this connection may use, or answers the error.
-    fn with_queue(&mut self, id: RequestId, name: &str, cmd: impl FnOnce(Arc<ConnLink>) -> QueueCmd) {
+    fn with_queue(
+        &mut self,
+        id: RequestId,
+        name: &str,
+        cmd: impl FnOnce(Arc<ConnLink>) -> QueueCmd,
+    ) {
         match self.broker.queue(name, self.link.id) {
             Ok(q) => {
                 if !q.send(cmd(Arc::clone(&self.link))) {
@@ -397,7 +425,11 @@ impl Session {
             if_empty: d.if_empty,
             reply,
         });
-        let result = if sent { answer.await.unwrap_or(Ok(0)) } else { Ok(0) };
+        let result = if sent {
+            answer.await.unwrap_or(Ok(0))
+        } else {
+            Ok(0)
+        };
         match result {
             Ok(messages) => self.send(id, Reply::DeleteQueueOk(DeleteQueueOk { messages })),
             Err(e) => self.send_error(id, e),
@@ -461,22 +493,41 @@ impl Session {
             self.next_publish_seq += 1;
             let size = m.meta.len() + m.body.len();
             if size > self.agreed.max_message_len as usize {
-                reject(seq, ErrorCode::MessageTooLarge, format!("message of {size} bytes exceeds the limit of {}", self.agreed.max_message_len));
+                reject(
+                    seq,
+                    ErrorCode::MessageTooLarge,
+                    format!(
+                        "message of {size} bytes exceeds the limit of {}",
+                        self.agreed.max_message_len
+                    ),
+                );
                 continue;
             }
             if blocked {
-                reject(seq, ErrorCode::StorageFull, "publishing is blocked: the disk is nearly full".into());
+                reject(
+                    seq,
+                    ErrorCode::StorageFull,
+                    "publishing is blocked: the disk is nearly full".into(),
+                );
                 continue;
             }
             let view = match MetaView::parse(&m.meta) {
                 Ok(v) => v,
                 Err(e) => {
-                    reject(seq, ErrorCode::MalformedRequest, format!("bad meta block: {e}"));
+                    reject(
+                        seq,
+                        ErrorCode::MalformedRequest,
+                        format!("bad meta block: {e}"),
+                    );
                     continue;
                 }
             };
             if view.routing_key.len() > MAX_NAME_LEN {
-                reject(seq, ErrorCode::InvalidArgument, "routing key longer than 255 bytes".into());
+                reject(
+                    seq,
+                    ErrorCode::InvalidArgument,
+                    "routing key longer than 255 bytes".into(),
+                );
                 continue;
             }
             let headers = if view.raw_headers.is_empty() {
@@ -485,25 +536,41 @@ impl Session {
                 match view.headers() {
                     Ok(h) => h,
                     Err(e) => {
-                        reject(seq, ErrorCode::MalformedRequest, format!("bad headers: {e}"));
+                        reject(
+                            seq,
+                            ErrorCode::MalformedRequest,
+                            format!("bad headers: {e}"),
+                        );
                         continue;
                     }
                 }
             };
-            if let Err(e) = reg.routing.route_into(view.exchange, view.routing_key, &headers, &mut route) {
+            if let Err(e) =
+                reg.routing
+                    .route_into(view.exchange, view.routing_key, &headers, &mut route)
+            {
                 let e = RequestError::from(e);
                 reject(seq, e.code, e.message);
                 continue;
             }
             if route.queues.is_empty() {
                 if view.mandatory {
-                    reject(seq, ErrorCode::Unroutable, format!("no queue matched exchange '{}' with routing key '{}'", view.exchange, view.routing_key));
+                    reject(
+                        seq,
+                        ErrorCode::Unroutable,
+                        format!(
+                            "no queue matched exchange '{}' with routing key '{}'",
+                            view.exchange, view.routing_key
+                        ),
+                    );
                 }
                 continue;
             }
             let persistent = view.persistent;
             for name in &route.queues {
-                let Some(q) = reg.queues.get(name) else { continue };
+                let Some(q) = reg.queues.get(name) else {
+                    continue;
+                };
                 let incoming = Incoming {
                     publish_seq: seq,
                     meta: m.meta.clone(),
@@ -556,13 +623,22 @@ impl Session {
         if up_to <= self.confirmed {
             return;
         }
-        let n = self.rejections.iter().take_while(|r| r.seq.0 <= up_to).count();
+        let n = self
+            .rejections
+            .iter()
+            .take_while(|r| r.seq.0 <= up_to)
+            .count();
         if n > 0 {
             let rejections: Vec<Rejection> = self.rejections.drain(..n).collect();
             self.send(RequestId(0), PublishRejected { rejections });
         }
         self.confirmed = up_to;
-        self.send(RequestId(0), Confirm { up_to: PublishSeq(up_to) });
+        self.send(
+            RequestId(0),
+            Confirm {
+                up_to: PublishSeq(up_to),
+            },
+        );
     }
 
     /// A client `Close` is a barrier: answer it once every publish before it is settled.
@@ -587,7 +663,10 @@ impl Session {
             Err(e) => return self.send_error(id, e),
         };
         if c.ack_timeout_ms == Some(0) {
-            return self.send_error(id, RequestError::invalid("ack_timeout_ms must be at least 1"));
+            return self.send_error(
+                id,
+                RequestError::invalid("ack_timeout_ms must be at least 1"),
+            );
         }
         let tag = if c.consumer_tag.is_empty() {
             format!("sluice.ctag-{}-{}", self.link.id, self.next_consumer)
@@ -597,7 +676,10 @@ impl Session {
         if self.consumers.values().any(|e| e.tag == tag) {
             return self.send_error(
                 id,
-                RequestError::new(ErrorCode::NotAllowed, format!("consumer tag '{tag}' is already used on this connection")),
+                RequestError::new(
+                    ErrorCode::NotAllowed,
+                    format!("consumer tag '{tag}' is already used on this connection"),
+                ),
             );
         }
         let consumer_id = self.next_consumer;
@@ -616,7 +698,8 @@ impl Session {
         }
         self.touch(&q);
         self.pending_consumes.insert(id, consumer_id);
-        self.consumers.insert(consumer_id, ConsumerEntry { queue: q, tag });
+        self.consumers
+            .insert(consumer_id, ConsumerEntry { queue: q, tag });
     }
 
     fn on_cancel(&mut self, id: RequestId, c: Cancel) {
@@ -630,7 +713,12 @@ impl Session {
         });
         if !sent {
             self.consumers.remove(&c.consumer_id.0);
-            self.send(id, CancelOk { consumer_id: c.consumer_id });
+            self.send(
+                id,
+                CancelOk {
+                    consumer_id: c.consumer_id,
+                },
+            );
         }
     }
 
@@ -711,7 +799,8 @@ impl Session {
                 delivery,
             } => {
                 if let Some(d) = &delivery {
-                    self.outstanding.insert(d.delivery_tag.0, (queue, d.message_seq));
+                    self.outstanding
+                        .insert(d.delivery_tag.0, (queue, d.message_seq));
                 }
                 self.send(request_id, Reply::GetOk(GetOk { ready, delivery }));
             }
@@ -786,14 +875,26 @@ impl Session {
             let len = DELIVERY_FIXED + d.meta.len() + d.body.len();
             if !chunk.is_empty() && size + len > max {
                 let deliveries = std::mem::take(&mut chunk);
-                self.send(RequestId(0), Deliver { consumer_id, deliveries });
+                self.send(
+                    RequestId(0),
+                    Deliver {
+                        consumer_id,
+                        deliveries,
+                    },
+                );
                 size = DELIVER_FRAME_FIXED;
             }
             size += len;
             chunk.push(d);
         }
         if !chunk.is_empty() {
-            self.send(RequestId(0), Deliver { consumer_id, deliveries: chunk });
+            self.send(
+                RequestId(0),
+                Deliver {
+                    consumer_id,
+                    deliveries: chunk,
+                },
+            );
         }
     }
 
@@ -801,7 +902,9 @@ impl Session {
     /// queues go.
     fn cleanup(&mut self) {
         for q in self.touched.drain(..) {
-            q.send(QueueCmd::ConnectionClosed { conn_id: self.link.id });
+            q.send(QueueCmd::ConnectionClosed {
+                conn_id: self.link.id,
+            });
         }
         for q in self.broker.queues() {
             if q.meta.exclusive_owner == Some(self.link.id) {
@@ -839,7 +942,10 @@ async fn confirm_task(
 }
 
 fn no_consumer(id: ConsumerId) -> RequestError {
-    RequestError::new(ErrorCode::NotFound, format!("no consumer {} on this connection", id.0))
+    RequestError::new(
+        ErrorCode::NotFound,
+        format!("no consumer {} on this connection", id.0),
+    )
 }
 
 fn unknown_tag(tag: u64) -> RequestError {

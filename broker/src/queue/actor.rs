@@ -11,9 +11,7 @@ use sluice_client::wire::{
 };
 use tokio::sync::mpsc;
 
-use super::{
-    ConnEvent, ConnId, ConnLink, Incoming, QueueCmd, QueueHandle, QueueMeta, Settlement,
-};
+use super::{ConnEvent, ConnId, ConnLink, Incoming, QueueCmd, QueueHandle, QueueMeta, Settlement};
 use crate::broker::Broker;
 use crate::error::RequestError;
 use crate::storage::{QueueLog, StorageError};
@@ -54,7 +52,9 @@ impl Consumer {
         if self.prefetch == 0 {
             DELIVERY_BATCH
         } else {
-            self.prefetch.saturating_sub(self.unacked).min(DELIVERY_BATCH)
+            self.prefetch
+                .saturating_sub(self.unacked)
+                .min(DELIVERY_BATCH)
         }
     }
 }
@@ -407,7 +407,9 @@ impl Actor {
     }
 
     fn log(&mut self) -> &mut QueueLog {
-        self.log.as_mut().expect("the log is open while the task runs")
+        self.log
+            .as_mut()
+            .expect("the log is open while the task runs")
     }
 
     fn publish(&mut self, conn: &Arc<ConnLink>, batch: u64, messages: Vec<Incoming>) {
@@ -472,7 +474,9 @@ impl Actor {
             }
             if reject_when_full || self.ready_count() == 0 {
                 return Some(match (over_len, max_len, max_bytes) {
-                    (true, Some(m), _) => format!("queue '{}' is full ({m} messages)", self.meta.name),
+                    (true, Some(m), _) => {
+                        format!("queue '{}' is full ({m} messages)", self.meta.name)
+                    }
                     (_, _, Some(m)) => format!("queue '{}' is full ({m} bytes)", self.meta.name),
                     _ => format!("queue '{}' is full", self.meta.name),
                 });
@@ -626,8 +630,14 @@ impl Actor {
                     break;
                 };
                 let bytes = (d.meta.len() + d.body.len()) as u64;
-                d.delivery_tag =
-                    DeliveryTag(self.record_flight(&conn, Some(consumer_id), seq, count, lease, bytes));
+                d.delivery_tag = DeliveryTag(self.record_flight(
+                    &conn,
+                    Some(consumer_id),
+                    seq,
+                    count,
+                    lease,
+                    bytes,
+                ));
                 deliveries.push(d);
             }
             self.consumers[idx].unacked += deliveries.len() as u32;
@@ -726,7 +736,9 @@ impl Actor {
     fn return_delivery(&mut self, seq: u64) {
         if let Some(f) = self.take_flight(seq) {
             match self.meta.arguments.delivery_limit {
-                Some(limit) if f.count >= limit => self.dead_letter(seq, DeathReason::DeliveryLimit),
+                Some(limit) if f.count >= limit => {
+                    self.dead_letter(seq, DeathReason::DeliveryLimit)
+                }
                 _ => {
                     self.returned.insert(seq, f.count);
                 }
@@ -767,14 +779,33 @@ impl Actor {
                 .unwrap_or(0);
             headers.retain(|(k, _)| !k.starts_with("x-death-"));
             headers.extend([
-                ("x-death-reason".to_owned(), HeaderValue::from(reason.as_str())),
-                ("x-death-queue".to_owned(), HeaderValue::from(&*self.meta.name)),
-                ("x-death-exchange".to_owned(), HeaderValue::from(original_exchange.as_str())),
-                ("x-death-routing-key".to_owned(), HeaderValue::from(original_key.as_str())),
+                (
+                    "x-death-reason".to_owned(),
+                    HeaderValue::from(reason.as_str()),
+                ),
+                (
+                    "x-death-queue".to_owned(),
+                    HeaderValue::from(&*self.meta.name),
+                ),
+                (
+                    "x-death-exchange".to_owned(),
+                    HeaderValue::from(original_exchange.as_str()),
+                ),
+                (
+                    "x-death-routing-key".to_owned(),
+                    HeaderValue::from(original_key.as_str()),
+                ),
                 ("x-death-count".to_owned(), HeaderValue::Int(count + 1)),
-                ("x-death-time-ms".to_owned(), HeaderValue::Int(now_ms() as i64)),
+                (
+                    "x-death-time-ms".to_owned(),
+                    HeaderValue::Int(now_ms() as i64),
+                ),
             ]);
-            let targets = self.broker.upgrade()?.route(&meta.exchange, &meta.routing_key, &meta.properties.headers);
+            let targets = self.broker.upgrade()?.route(
+                &meta.exchange,
+                &meta.routing_key,
+                &meta.properties.headers,
+            );
             Some((meta.to_bytes().ok()?, msg.body, persistent, targets))
         });
         let Some((meta, body, persistent, targets)) = copy.filter(|c| !c.3.is_empty()) else {
@@ -890,7 +921,8 @@ impl Actor {
     }
 
     fn remove_consumer(&mut self, conn_id: ConnId, id: ConsumerId) {
-        self.consumers.retain(|c| !(c.conn.id == conn_id && c.id == id));
+        self.consumers
+            .retain(|c| !(c.conn.id == conn_id && c.id == id));
         self.publish_consumers();
         if self.consumers.is_empty() {
             self.exclusive_consumer = false;
@@ -969,10 +1001,16 @@ impl Actor {
             return;
         }
         let s = &self.meta.stats;
-        let (published, acked) = (s.published.load(Ordering::Relaxed), s.acked.load(Ordering::Relaxed));
-        let per_sec = |now: u64, before: u64| ((now - before) as f64 / elapsed.as_secs_f64()).round() as u64;
-        s.publish_rate.store(per_sec(published, self.rates_from.0), Ordering::Relaxed);
-        s.ack_rate.store(per_sec(acked, self.rates_from.1), Ordering::Relaxed);
+        let (published, acked) = (
+            s.published.load(Ordering::Relaxed),
+            s.acked.load(Ordering::Relaxed),
+        );
+        let per_sec =
+            |now: u64, before: u64| ((now - before) as f64 / elapsed.as_secs_f64()).round() as u64;
+        s.publish_rate
+            .store(per_sec(published, self.rates_from.0), Ordering::Relaxed);
+        s.ack_rate
+            .store(per_sec(acked, self.rates_from.1), Ordering::Relaxed);
         self.rates_from = (published, acked);
         self.rates_at = Instant::now();
     }
@@ -990,14 +1028,21 @@ impl Actor {
                 unacked: c.unacked,
             })
             .collect();
-        *self.meta.stats.consumers_list.lock().unwrap_or_else(|e| e.into_inner()) = list;
+        *self
+            .meta
+            .stats
+            .consumers_list
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = list;
     }
 
     fn update_stats(&self) {
         let s = &self.meta.stats;
         s.ready.store(self.ready_count(), Ordering::Relaxed);
-        s.unacked.store(self.inflight.len() as u64, Ordering::Relaxed);
-        s.consumers.store(self.consumers.len() as u32, Ordering::Relaxed);
+        s.unacked
+            .store(self.inflight.len() as u64, Ordering::Relaxed);
+        s.consumers
+            .store(self.consumers.len() as u32, Ordering::Relaxed);
         if let Some(log) = &self.log {
             s.bytes.store(log.message_bytes(), Ordering::Relaxed);
         }

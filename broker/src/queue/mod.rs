@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_client::wire::{
-    ConsumerId, ConsumerSummary, Delivery, ErrorCode, QueueArguments, Rejection, Reply,
-    RequestId,
+    ConsumerId, ConsumerSummary, Delivery, ErrorCode, QueueArguments, Rejection, Reply, RequestId,
 };
 use tokio::sync::{mpsc, oneshot};
 

@@ -35,7 +35,10 @@ async fn read_reply(sock: &mut TcpStream, buf: &mut BytesMut) -> Option<Frame<Re
     let decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
     within("a reply", async {
         loop {
-            if let Some(f) = decoder.decode::<Reply>(buf).expect("the server sends valid frames") {
+            if let Some(f) = decoder
+                .decode::<Reply>(buf)
+                .expect("the server sends valid frames")
+            {
                 return Some(f);
             }
             if sock.read_buf(buf).await.unwrap_or(0) == 0 {
@@ -58,12 +61,17 @@ async fn expect_close(sock: &mut TcpStream, buf: &mut BytesMut) -> Close {
 }
 
 async fn connect(broker: &Broker) -> (TcpStream, BytesMut) {
-    (TcpStream::connect(&broker.addr).await.unwrap(), BytesMut::new())
+    (
+        TcpStream::connect(&broker.addr).await.unwrap(),
+        BytesMut::new(),
+    )
 }
 
 async fn handshaken(broker: &Broker) -> (TcpStream, BytesMut) {
     let (mut sock, mut buf) = connect(broker).await;
-    sock.write_all(&encode(1, hello("guest", "guest", 1, 1))).await.unwrap();
+    sock.write_all(&encode(1, hello("guest", "guest", 1, 1)))
+        .await
+        .unwrap();
     let f = read_reply(&mut sock, &mut buf).await.unwrap();
     assert!(matches!(f.body, Reply::Welcome(_)), "{f:?}");
     (sock, buf)
@@ -75,39 +83,60 @@ async fn bad_input_gets_typed_errors_and_others_keep_being_served() {
     let broker = Broker::start_with(dir.path(), &["--max-message-bytes", "65536"]);
     // A well-behaved client, active throughout.
     let good = broker.client().await;
-    good.declare_queue("steady", QueueOptions::new()).await.unwrap();
+    good.declare_queue("steady", QueueOptions::new())
+        .await
+        .unwrap();
 
     // Garbage before the handshake: the length prefix is way above the handshake limit.
     let (mut sock, mut buf) = connect(&broker).await;
-    sock.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    sock.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let close = expect_close(&mut sock, &mut buf).await;
     assert_eq!(close.code, Some(ErrorCode::FrameTooLarge));
 
     // A first frame that is not Hello.
     let (mut sock, mut buf) = connect(&broker).await;
-    sock.write_all(&encode(1, Request::Heartbeat)).await.unwrap();
-    assert_eq!(expect_close(&mut sock, &mut buf).await.code, Some(ErrorCode::UnexpectedFrame));
+    sock.write_all(&encode(1, Request::Heartbeat))
+        .await
+        .unwrap();
+    assert_eq!(
+        expect_close(&mut sock, &mut buf).await.code,
+        Some(ErrorCode::UnexpectedFrame)
+    );
 
     // A Hello with the wrong magic.
     let (mut sock, mut buf) = connect(&broker).await;
     let mut frame = encode(1, hello("guest", "guest", 1, 1));
     frame[12] = b'X';
     sock.write_all(&frame).await.unwrap();
-    assert_eq!(expect_close(&mut sock, &mut buf).await.code, Some(ErrorCode::MalformedFrame));
+    assert_eq!(
+        expect_close(&mut sock, &mut buf).await.code,
+        Some(ErrorCode::MalformedFrame)
+    );
 
     // No common version.
     let (mut sock, mut buf) = connect(&broker).await;
-    sock.write_all(&encode(1, hello("guest", "guest", 7, 9))).await.unwrap();
+    sock.write_all(&encode(1, hello("guest", "guest", 7, 9)))
+        .await
+        .unwrap();
     let close = expect_close(&mut sock, &mut buf).await;
     assert_eq!(close.code, Some(ErrorCode::UnsupportedVersion));
     assert!(close.reason.contains("1..1"), "{}", close.reason);
 
     // Wrong credentials, through the real client too.
     let (mut sock, mut buf) = connect(&broker).await;
-    sock.write_all(&encode(1, hello("guest", "wrong", 1, 1))).await.unwrap();
-    assert_eq!(expect_close(&mut sock, &mut buf).await.code, Some(ErrorCode::AccessRefused));
+    sock.write_all(&encode(1, hello("guest", "wrong", 1, 1)))
+        .await
+        .unwrap();
+    assert_eq!(
+        expect_close(&mut sock, &mut buf).await.code,
+        Some(ErrorCode::AccessRefused)
+    );
     let url = format!("sluice://guest:nope@{}", broker.addr);
-    let err = within("refused connect", Client::connect(&url)).await.unwrap_err();
+    let err = within("refused connect", Client::connect(&url))
+        .await
+        .unwrap_err();
     assert!(err.is_access_refused(), "{err:?}");
 
     // After the handshake: an unknown opcode is a request error, the connection stays.
@@ -117,24 +146,47 @@ async fn bad_input_gets_typed_errors_and_others_keep_being_served() {
     sock.write_all(&unknown).await.unwrap();
     let f = read_reply(&mut sock, &mut buf).await.unwrap();
     assert_eq!(f.request_id, RequestId(9));
-    assert!(matches!(&f.body, Reply::Error(e) if e.code == ErrorCode::UnknownOpcode), "{f:?}");
+    assert!(
+        matches!(&f.body, Reply::Error(e) if e.code == ErrorCode::UnknownOpcode),
+        "{f:?}"
+    );
     // A malformed payload inside a good frame: MALFORMED_REQUEST, still connected.
-    let mut bad = encode(10, Request::InspectQueue(sluice_client::wire::InspectQueue { name: "steady".into() }));
+    let mut bad = encode(
+        10,
+        Request::InspectQueue(sluice_client::wire::InspectQueue {
+            name: "steady".into(),
+        }),
+    );
     bad[12] = 0xff; // the name's length now runs past the frame
     sock.write_all(&bad).await.unwrap();
     let f = read_reply(&mut sock, &mut buf).await.unwrap();
-    assert!(matches!(&f.body, Reply::Error(e) if e.code == ErrorCode::MalformedRequest), "{f:?}");
+    assert!(
+        matches!(&f.body, Reply::Error(e) if e.code == ErrorCode::MalformedRequest),
+        "{f:?}"
+    );
     // An unknown queue: NOT_FOUND.
-    sock.write_all(&encode(11, Request::InspectQueue(sluice_client::wire::InspectQueue { name: "ghost".into() })))
-        .await
-        .unwrap();
+    sock.write_all(&encode(
+        11,
+        Request::InspectQueue(sluice_client::wire::InspectQueue {
+            name: "ghost".into(),
+        }),
+    ))
+    .await
+    .unwrap();
     let f = read_reply(&mut sock, &mut buf).await.unwrap();
-    assert!(matches!(&f.body, Reply::Error(e) if e.code == ErrorCode::NotFound), "{f:?}");
+    assert!(
+        matches!(&f.body, Reply::Error(e) if e.code == ErrorCode::NotFound),
+        "{f:?}"
+    );
     // A message above max_message_len in a well-framed Publish: refused, typed, then confirmed.
     let meta = sluice_client::wire::MessageMeta::new("", "steady");
     let big = sluice_client::wire::PublishMessage::new(&meta, vec![7u8; 65536]).unwrap();
-    let publish = sluice_client::wire::Publish { messages: vec![big] };
-    sock.write_all(&encode(12, Request::Publish(publish))).await.unwrap();
+    let publish = sluice_client::wire::Publish {
+        messages: vec![big],
+    };
+    sock.write_all(&encode(12, Request::Publish(publish)))
+        .await
+        .unwrap();
     let f = read_reply(&mut sock, &mut buf).await.unwrap();
     match &f.body {
         Reply::PublishRejected(r) => {
@@ -144,10 +196,18 @@ async fn bad_input_gets_typed_errors_and_others_keep_being_served() {
         other => panic!("expected PublishRejected, got {other:?}"),
     }
     let f = read_reply(&mut sock, &mut buf).await.unwrap();
-    assert!(matches!(&f.body, Reply::Confirm(c) if c.up_to.0 == 1), "{f:?}");
+    assert!(
+        matches!(&f.body, Reply::Confirm(c) if c.up_to.0 == 1),
+        "{f:?}"
+    );
     // An oversized frame: its length prefix alone closes the connection.
-    sock.write_all(&(65536u32 + 1024 + 1).to_le_bytes()).await.unwrap();
-    assert_eq!(expect_close(&mut sock, &mut buf).await.code, Some(ErrorCode::FrameTooLarge));
+    sock.write_all(&(65536u32 + 1024 + 1).to_le_bytes())
+        .await
+        .unwrap();
+    assert_eq!(
+        expect_close(&mut sock, &mut buf).await.code,
+        Some(ErrorCode::FrameTooLarge)
+    );
 
     // The client refuses an oversized message before sending it.
     let max = good.server_info().max_message_len as usize;
@@ -156,10 +216,15 @@ async fn bad_input_gets_typed_errors_and_others_keep_being_served() {
         .publish("", "steady", vec![0u8; max + 1], &PublishOptions::new())
         .await
         .unwrap_err();
-    assert!(matches!(err, sluice_client::Error::MessageTooLarge { .. }), "{err:?}");
+    assert!(
+        matches!(err, sluice_client::Error::MessageTooLarge { .. }),
+        "{err:?}"
+    );
 
     // The good client was served all along.
-    good.publish("", "steady", "still here", &PublishOptions::new()).await.unwrap();
+    good.publish("", "steady", "still here", &PublishOptions::new())
+        .await
+        .unwrap();
     let m = good.get("steady").await.unwrap().expect("message");
     assert_eq!(&m.body[..], b"still here");
     let err = good.purge_queue("ghost").await.unwrap_err();

@@ -38,7 +38,10 @@ async fn publish_until_killed(
     let mut pending = FuturesOrdered::new();
     let mut id = first;
     loop {
-        let confirm = match publisher.publish("", "load", payload(id), &PublishOptions::new()).await {
+        let confirm = match publisher
+            .publish("", "load", payload(id), &PublishOptions::new())
+            .await
+        {
             Ok(c) => c,
             Err(_) => break,
         };
@@ -69,7 +72,10 @@ async fn confirmed_messages_survive_repeated_kill_9_under_load() {
     for round in 0..4u64 {
         let broker = Broker::start(dir.path());
         let client = broker.client().await;
-        client.declare_queue("load", QueueOptions::new()).await.unwrap();
+        client
+            .declare_queue("load", QueueOptions::new())
+            .await
+            .unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let publisher = tokio::spawn(publish_until_killed(client.clone(), next_id, tx));
         // Let a varying number of confirms arrive, then crash the broker mid-stream.
@@ -84,7 +90,9 @@ async fn confirmed_messages_survive_repeated_kill_9_under_load() {
         })
         .await;
         broker.kill9();
-        within("publisher notices the crash", publisher).await.unwrap();
+        within("publisher notices the crash", publisher)
+            .await
+            .unwrap();
         while let Ok(id) = rx.try_recv() {
             confirmed.insert(id);
         }
@@ -93,18 +101,29 @@ async fn confirmed_messages_survive_repeated_kill_9_under_load() {
 
     let broker = Broker::start(dir.path());
     let client = broker.client().await;
-    let mut consumer = client.consume("load", ConsumeOptions::new().prefetch(1000)).await.unwrap();
+    let mut consumer = client
+        .consume("load", ConsumeOptions::new().prefetch(1000))
+        .await
+        .unwrap();
     let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
     within("every confirmed message delivered", async {
         while !confirmed.iter().all(|id| seen.contains_key(id)) {
             let m = consumer.next().await.expect("stream").expect("message");
             let id = id_of(&m.body);
-            assert_eq!(m.body, payload(id), "message {id} came back with different bytes");
+            assert_eq!(
+                m.body,
+                payload(id),
+                "message {id} came back with different bytes"
+            );
             *seen.entry(id).or_default() += 1;
             m.ack().await.unwrap();
         }
     })
     .await;
-    assert!(confirmed.len() >= 4_000, "only {} confirmed", confirmed.len());
+    assert!(
+        confirmed.len() >= 4_000,
+        "only {} confirmed",
+        confirmed.len()
+    );
     broker.stop();
 }

@@ -15,9 +15,16 @@ pub const WAIT: Duration = Duration::from_secs(20);
 /// The `sluice` binary built with this test (cargo builds every workspace binary first).
 pub fn sluice_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let bin = dir.join("sluice");
-    assert!(bin.exists(), "{} is missing: run `cargo build --bin sluice` (scripts/test does)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --bin sluice` (scripts/test does)",
+        bin.display()
+    );
     bin
 }
 
@@ -126,7 +133,11 @@ impl Broker {
         }
         let (_, status) = waiter.join().expect("waiter");
         let status = status.expect("wait");
-        assert!(status.success(), "sluice exited with {status}: {}", self.log());
+        assert!(
+            status.success(),
+            "sluice exited with {status}: {}",
+            self.log()
+        );
     }
 
     /// What it logged so far.

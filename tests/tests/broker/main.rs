@@ -13,8 +13,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use harness::{within, Broker};
 use sluice_client::{
-    ConsumeOptions, Consumer, ExchangeKind, ExchangeOptions, HeaderValue, Message,
-    PublishOptions, QueueOptions,
+    ConsumeOptions, Consumer, ExchangeKind, ExchangeOptions, HeaderValue, Message, PublishOptions,
+    QueueOptions,
 };
 
 /// The next message of a consumer, within the time limit.
@@ -34,13 +34,22 @@ async fn publish_consume_ack_round_trip_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
     let client = broker.client().await;
-    client.declare_queue("tasks", QueueOptions::new()).await.unwrap();
+    client
+        .declare_queue("tasks", QueueOptions::new())
+        .await
+        .unwrap();
     for i in 0..100 {
-        client.publish("", "tasks", body(i), &PublishOptions::new()).await.unwrap();
+        client
+            .publish("", "tasks", body(i), &PublishOptions::new())
+            .await
+            .unwrap();
     }
     let info = client.inspect_queue("tasks").await.unwrap();
     assert_eq!(info.ready, 100);
-    let mut consumer = client.consume("tasks", ConsumeOptions::new().prefetch(10)).await.unwrap();
+    let mut consumer = client
+        .consume("tasks", ConsumeOptions::new().prefetch(10))
+        .await
+        .unwrap();
     for i in 0..100 {
         let m = next(&mut consumer).await;
         assert_eq!(m.body, body(i), "FIFO order, identical bytes");
@@ -71,12 +80,18 @@ async fn competing_consumers_share_the_work_under_prefetch() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
     let producer = broker.client().await;
-    producer.declare_queue("work", QueueOptions::new()).await.unwrap();
+    producer
+        .declare_queue("work", QueueOptions::new())
+        .await
+        .unwrap();
     let workers: Vec<_> = futures_util::future::join_all((0..3).map(|_| broker.client())).await;
     let mut handles = Vec::new();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
     for (w, client) in workers.iter().enumerate() {
-        let mut consumer = client.consume("work", ConsumeOptions::new().prefetch(5)).await.unwrap();
+        let mut consumer = client
+            .consume("work", ConsumeOptions::new().prefetch(5))
+            .await
+            .unwrap();
         let done = done_tx.clone();
         handles.push(tokio::spawn(async move {
             while let Some(Ok(m)) = consumer.next().await {
@@ -103,7 +118,10 @@ async fn competing_consumers_share_the_work_under_prefetch() {
     }
     for w in 0..3 {
         let n = per_worker.get(&w).copied().unwrap_or(0);
-        assert!(n >= total / 6, "worker {w} got only {n} of {total}: {per_worker:?}");
+        assert!(
+            n >= total / 6,
+            "worker {w} got only {n} of {total}: {per_worker:?}"
+        );
     }
     for h in handles {
         h.abort();
@@ -116,11 +134,20 @@ async fn nacked_messages_return_in_sequence_order_ahead_of_newer_ones() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
     let client = broker.client().await;
-    client.declare_queue("q", QueueOptions::new()).await.unwrap();
+    client
+        .declare_queue("q", QueueOptions::new())
+        .await
+        .unwrap();
     for i in 0..5 {
-        client.publish("", "q", body(i), &PublishOptions::new()).await.unwrap();
+        client
+            .publish("", "q", body(i), &PublishOptions::new())
+            .await
+            .unwrap();
     }
-    let mut consumer = client.consume("q", ConsumeOptions::new().prefetch(5)).await.unwrap();
+    let mut consumer = client
+        .consume("q", ConsumeOptions::new().prefetch(5))
+        .await
+        .unwrap();
     let mut first = Vec::new();
     for _ in 0..5 {
         first.push(next(&mut consumer).await);
@@ -131,13 +158,22 @@ async fn nacked_messages_return_in_sequence_order_ahead_of_newer_ones() {
     for i in [0, 2, 4] {
         first[i].ack().await.unwrap();
     }
-    client.publish("", "q", body(5), &PublishOptions::new()).await.unwrap();
+    client
+        .publish("", "q", body(5), &PublishOptions::new())
+        .await
+        .unwrap();
     let a = next(&mut consumer).await;
     let b = next(&mut consumer).await;
     let c = next(&mut consumer).await;
-    assert_eq!((a.body.clone(), b.body.clone(), c.body.clone()), (body(1), body(3), body(5)));
+    assert_eq!(
+        (a.body.clone(), b.body.clone(), c.body.clone()),
+        (body(1), body(3), body(5))
+    );
     assert!(a.redelivered && b.redelivered && !c.redelivered);
-    assert_eq!((a.delivery_count, b.delivery_count, c.delivery_count), (2, 2, 1));
+    assert_eq!(
+        (a.delivery_count, b.delivery_count, c.delivery_count),
+        (2, 2, 1)
+    );
     for m in [a, b, c] {
         m.ack().await.unwrap();
     }
@@ -149,12 +185,21 @@ async fn a_closed_connections_deliveries_go_to_another_consumer_as_redelivered()
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
     let producer = broker.client().await;
-    producer.declare_queue("jobs", QueueOptions::new()).await.unwrap();
+    producer
+        .declare_queue("jobs", QueueOptions::new())
+        .await
+        .unwrap();
     for i in 0..3 {
-        producer.publish("", "jobs", body(i), &PublishOptions::new()).await.unwrap();
+        producer
+            .publish("", "jobs", body(i), &PublishOptions::new())
+            .await
+            .unwrap();
     }
     let doomed = broker.client().await;
-    let mut c1 = doomed.consume("jobs", ConsumeOptions::new().prefetch(10)).await.unwrap();
+    let mut c1 = doomed
+        .consume("jobs", ConsumeOptions::new().prefetch(10))
+        .await
+        .unwrap();
     for i in 0..3 {
         assert_eq!(next(&mut c1).await.body, body(i));
     }
@@ -162,7 +207,10 @@ async fn a_closed_connections_deliveries_go_to_another_consumer_as_redelivered()
     std::mem::forget(c1);
     doomed.close().await.unwrap();
     let survivor = broker.client().await;
-    let mut c2 = survivor.consume("jobs", ConsumeOptions::new().prefetch(10)).await.unwrap();
+    let mut c2 = survivor
+        .consume("jobs", ConsumeOptions::new().prefetch(10))
+        .await
+        .unwrap();
     for i in 0..3 {
         let m = next(&mut c2).await;
         assert_eq!(m.body, body(i));
@@ -178,10 +226,21 @@ async fn an_expired_lease_returns_the_message_and_the_consumer_stays() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
     let client = broker.client().await;
-    client.declare_queue("slow", QueueOptions::new()).await.unwrap();
-    client.publish("", "slow", body(1), &PublishOptions::new()).await.unwrap();
-    client.publish("", "slow", body(2), &PublishOptions::new()).await.unwrap();
-    let opts = ConsumeOptions::new().prefetch(10).ack_timeout(Duration::from_millis(300));
+    client
+        .declare_queue("slow", QueueOptions::new())
+        .await
+        .unwrap();
+    client
+        .publish("", "slow", body(1), &PublishOptions::new())
+        .await
+        .unwrap();
+    client
+        .publish("", "slow", body(2), &PublishOptions::new())
+        .await
+        .unwrap();
+    let opts = ConsumeOptions::new()
+        .prefetch(10)
+        .ack_timeout(Duration::from_millis(300));
     let mut consumer = client.consume("slow", opts).await.unwrap();
     let held = next(&mut consumer).await;
     let kept = next(&mut consumer).await;
@@ -230,12 +289,21 @@ async fn messages_and_topology_survive_a_restart_and_unacked_come_back_redeliver
         .declare_exchange("orders", ExchangeKind::Topic, ExchangeOptions::new())
         .await
         .unwrap();
-    client.declare_queue("eu", QueueOptions::new()).await.unwrap();
+    client
+        .declare_queue("eu", QueueOptions::new())
+        .await
+        .unwrap();
     client.bind("eu", "orders", "eu.#", vec![]).await.unwrap();
     for i in 0..10 {
-        client.publish("orders", "eu.de.new", body(i), &PublishOptions::new()).await.unwrap();
+        client
+            .publish("orders", "eu.de.new", body(i), &PublishOptions::new())
+            .await
+            .unwrap();
     }
-    let mut consumer = client.consume("eu", ConsumeOptions::new().prefetch(5)).await.unwrap();
+    let mut consumer = client
+        .consume("eu", ConsumeOptions::new().prefetch(5))
+        .await
+        .unwrap();
     for i in 0..5 {
         let m = next(&mut consumer).await;
         assert_eq!(m.body, body(i));
@@ -253,17 +321,28 @@ async fn messages_and_topology_survive_a_restart_and_unacked_come_back_redeliver
     let client = broker.client().await;
     // The binding survived: publishing through the exchange still reaches the queue.
     client
-        .publish("orders", "eu.fr", body(10), &PublishOptions::new().mandatory())
+        .publish(
+            "orders",
+            "eu.fr",
+            body(10),
+            &PublishOptions::new().mandatory(),
+        )
         .await
         .unwrap();
-    let mut consumer = client.consume("eu", ConsumeOptions::new().prefetch(20)).await.unwrap();
+    let mut consumer = client
+        .consume("eu", ConsumeOptions::new().prefetch(20))
+        .await
+        .unwrap();
     for i in 3..11 {
         let m = next(&mut consumer).await;
         assert_eq!(m.body, body(i));
         // 3 and 4 were held unacked at the stop; acks gave credit back, so 5..8 may have
         // been handed out too. The message published after the restart never was.
         if i < 5 {
-            assert!(m.redelivered, "message {i} was delivered before the restart");
+            assert!(
+                m.redelivered,
+                "message {i} was delivered before the restart"
+            );
         }
         if i == 10 {
             assert!(!m.redelivered);
@@ -278,9 +357,15 @@ async fn get_pulls_one_message_and_it_must_be_settled() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
     let client = broker.client().await;
-    client.declare_queue("pull", QueueOptions::new()).await.unwrap();
+    client
+        .declare_queue("pull", QueueOptions::new())
+        .await
+        .unwrap();
     assert!(client.get("pull").await.unwrap().is_none());
-    client.publish("", "pull", body(7), &PublishOptions::new()).await.unwrap();
+    client
+        .publish("", "pull", body(7), &PublishOptions::new())
+        .await
+        .unwrap();
     let m = client.get("pull").await.unwrap().expect("a message");
     assert_eq!(m.body, body(7));
     m.nack(true).await.unwrap();
@@ -296,16 +381,36 @@ async fn rejected_messages_are_dead_lettered_with_their_history() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
     let client = broker.client().await;
-    client.declare_exchange("dlx", ExchangeKind::Fanout, ExchangeOptions::new()).await.unwrap();
-    client.declare_queue("dead", QueueOptions::new()).await.unwrap();
-    client.bind("dead", "dlx", "", vec![]).await.unwrap();
     client
-        .declare_queue("work", QueueOptions::new().dead_letter_exchange("dlx").delivery_limit(2))
+        .declare_exchange("dlx", ExchangeKind::Fanout, ExchangeOptions::new())
         .await
         .unwrap();
-    client.publish("", "work", body(1), &PublishOptions::new()).await.unwrap();
-    client.publish("", "work", body(2), &PublishOptions::new()).await.unwrap();
-    let mut consumer = client.consume("work", ConsumeOptions::new().prefetch(1)).await.unwrap();
+    client
+        .declare_queue("dead", QueueOptions::new())
+        .await
+        .unwrap();
+    client.bind("dead", "dlx", "", vec![]).await.unwrap();
+    client
+        .declare_queue(
+            "work",
+            QueueOptions::new()
+                .dead_letter_exchange("dlx")
+                .delivery_limit(2),
+        )
+        .await
+        .unwrap();
+    client
+        .publish("", "work", body(1), &PublishOptions::new())
+        .await
+        .unwrap();
+    client
+        .publish("", "work", body(2), &PublishOptions::new())
+        .await
+        .unwrap();
+    let mut consumer = client
+        .consume("work", ConsumeOptions::new().prefetch(1))
+        .await
+        .unwrap();
     next(&mut consumer).await.reject().await.unwrap();
     // The second one is requeued until its delivery limit.
     let m = next(&mut consumer).await;
@@ -318,7 +423,12 @@ async fn rejected_messages_are_dead_lettered_with_their_history() {
         let m = next(&mut dead).await;
         assert_eq!(m.body, expected);
         let headers = m.headers();
-        let get = |k: &str| headers.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        let get = |k: &str| {
+            headers
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
         assert_eq!(get("x-death-reason"), Some(HeaderValue::from(reason)));
         assert_eq!(get("x-death-queue"), Some(HeaderValue::from("work")));
         assert_eq!(get("x-death-count"), Some(HeaderValue::Int(1)));

@@ -41,11 +41,21 @@ async fn topic_patterns_match_as_in_amqp() {
         let exchange = format!("topic-{i}");
         let queue = format!("q-{i}");
         client
-            .declare_exchange(&exchange, ExchangeKind::Topic, ExchangeOptions::new().durable(false))
+            .declare_exchange(
+                &exchange,
+                ExchangeKind::Topic,
+                ExchangeOptions::new().durable(false),
+            )
             .await
             .unwrap();
-        client.declare_queue(&queue, QueueOptions::new()).await.unwrap();
-        client.bind(&queue, &exchange, pattern, vec![]).await.unwrap();
+        client
+            .declare_queue(&queue, QueueOptions::new())
+            .await
+            .unwrap();
+        client
+            .bind(&queue, &exchange, pattern, vec![])
+            .await
+            .unwrap();
         let result = client
             .publish(&exchange, key, "m", &PublishOptions::new().mandatory())
             .await;
@@ -58,7 +68,11 @@ async fn topic_patterns_match_as_in_amqp() {
             assert!(result.unwrap_err().is_unroutable());
         }
         let got = client.get(&queue).await.unwrap();
-        assert_eq!(got.is_some(), *expected, "pattern {pattern:?} with key {key:?}");
+        assert_eq!(
+            got.is_some(),
+            *expected,
+            "pattern {pattern:?} with key {key:?}"
+        );
     }
     broker.stop();
 }
@@ -72,8 +86,14 @@ async fn headers_exchange_matches_all_and_any() {
         .declare_exchange("h", ExchangeKind::Headers, ExchangeOptions::new())
         .await
         .unwrap();
-    client.declare_queue("all", QueueOptions::new()).await.unwrap();
-    client.declare_queue("any", QueueOptions::new()).await.unwrap();
+    client
+        .declare_queue("all", QueueOptions::new())
+        .await
+        .unwrap();
+    client
+        .declare_queue("any", QueueOptions::new())
+        .await
+        .unwrap();
     let args = |mode: &str| {
         vec![
             ("x-match".to_owned(), HeaderValue::from(mode)),
@@ -92,12 +112,28 @@ async fn headers_exchange_matches_all_and_any() {
     };
     // Both match.
     client
-        .publish("h", "", "both", &publish(vec![("format", "pdf".into()), ("pages", HeaderValue::Int(2))]))
+        .publish(
+            "h",
+            "",
+            "both",
+            &publish(vec![
+                ("format", "pdf".into()),
+                ("pages", HeaderValue::Int(2)),
+            ]),
+        )
         .await
         .unwrap();
     // Only `any` matches.
     client
-        .publish("h", "", "one", &publish(vec![("format", "pdf".into()), ("pages", HeaderValue::Int(3))]))
+        .publish(
+            "h",
+            "",
+            "one",
+            &publish(vec![
+                ("format", "pdf".into()),
+                ("pages", HeaderValue::Int(3)),
+            ]),
+        )
         .await
         .unwrap();
     // Same value, different type: no match (2 as a string is not the integer 2).
@@ -130,8 +166,14 @@ async fn unroutable_mandatory_publish_is_refused_and_alternate_exchanges_catch_t
         .declare_exchange("lost", ExchangeKind::Fanout, ExchangeOptions::new())
         .await
         .unwrap();
-    client.declare_queue("lost-and-found", QueueOptions::new()).await.unwrap();
-    client.bind("lost-and-found", "lost", "", vec![]).await.unwrap();
+    client
+        .declare_queue("lost-and-found", QueueOptions::new())
+        .await
+        .unwrap();
+    client
+        .bind("lost-and-found", "lost", "", vec![])
+        .await
+        .unwrap();
     client
         .declare_exchange(
             "orders",
@@ -150,18 +192,36 @@ async fn unroutable_mandatory_publish_is_refused_and_alternate_exchanges_catch_t
         .unwrap_err();
     assert!(err.is_unroutable(), "{err:?}");
     // Not mandatory: accepted and dropped.
-    client.publish("strict", "nobody", "x", &PublishOptions::new()).await.unwrap();
-    // Through the alternate exchange, even when mandatory.
     client
-        .publish("orders", "nobody", "caught", &PublishOptions::new().mandatory())
+        .publish("strict", "nobody", "x", &PublishOptions::new())
         .await
         .unwrap();
-    let m = client.get("lost-and-found").await.unwrap().expect("caught by the alternate");
+    // Through the alternate exchange, even when mandatory.
+    client
+        .publish(
+            "orders",
+            "nobody",
+            "caught",
+            &PublishOptions::new().mandatory(),
+        )
+        .await
+        .unwrap();
+    let m = client
+        .get("lost-and-found")
+        .await
+        .unwrap()
+        .expect("caught by the alternate");
     assert_eq!(&m.body[..], b"caught");
     assert_eq!(m.exchange(), "orders");
     // An unknown exchange refuses the message with NOT_FOUND; the connection stays usable.
-    let err = client.publish("nope", "k", "x", &PublishOptions::new()).await.unwrap_err();
+    let err = client
+        .publish("nope", "k", "x", &PublishOptions::new())
+        .await
+        .unwrap_err();
     assert!(err.is_not_found(), "{err:?}");
-    client.declare_queue("still-works", QueueOptions::new()).await.unwrap();
+    client
+        .declare_queue("still-works", QueueOptions::new())
+        .await
+        .unwrap();
     broker.stop();
 }

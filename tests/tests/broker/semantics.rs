@@ -21,11 +21,20 @@ async fn exclusive_queues_belong_to_their_connection_and_go_with_it() {
     let broker = Broker::start(dir.path());
     let owner = broker.client().await;
     let other = broker.client().await;
-    owner.declare_queue("mine", QueueOptions::new().exclusive(true)).await.unwrap();
-    owner.publish("", "mine", "x", &PublishOptions::new()).await.unwrap();
+    owner
+        .declare_queue("mine", QueueOptions::new().exclusive(true))
+        .await
+        .unwrap();
+    owner
+        .publish("", "mine", "x", &PublishOptions::new())
+        .await
+        .unwrap();
     let err = other.inspect_queue("mine").await.unwrap_err();
     assert!(err.is_resource_locked(), "{err:?}");
-    let err = other.consume("mine", ConsumeOptions::new()).await.unwrap_err();
+    let err = other
+        .consume("mine", ConsumeOptions::new())
+        .await
+        .unwrap_err();
     assert!(err.is_resource_locked(), "{err:?}");
     owner.close().await.unwrap();
     // Gone with its connection: a new declare by the other connection creates it afresh.
@@ -47,7 +56,10 @@ async fn auto_delete_queue_goes_with_its_last_consumer() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
     let client = broker.client().await;
-    client.declare_queue("temp", QueueOptions::new().auto_delete(true)).await.unwrap();
+    client
+        .declare_queue("temp", QueueOptions::new().auto_delete(true))
+        .await
+        .unwrap();
     let mut a = client.consume("temp", ConsumeOptions::new()).await.unwrap();
     let mut b = client.consume("temp", ConsumeOptions::new()).await.unwrap();
     a.cancel().await;
@@ -65,19 +77,41 @@ async fn declare_is_idempotent_and_mismatches_are_precondition_failures() {
     let client = broker.client().await;
     let opts = QueueOptions::new().max_length(10);
     client.declare_queue("q", opts.clone()).await.unwrap();
-    client.publish("", "q", "m", &PublishOptions::new()).await.unwrap();
+    client
+        .publish("", "q", "m", &PublishOptions::new())
+        .await
+        .unwrap();
     let again = client.declare_queue("q", opts).await.unwrap();
     assert_eq!(again.ready, 1);
-    let err = client.declare_queue("q", QueueOptions::new()).await.unwrap_err();
+    let err = client
+        .declare_queue("q", QueueOptions::new())
+        .await
+        .unwrap_err();
     assert!(err.is_precondition_failed(), "{err:?}");
-    let err = client.declare_queue("q", QueueOptions::new().max_length(10).durable(false)).await.unwrap_err();
+    let err = client
+        .declare_queue("q", QueueOptions::new().max_length(10).durable(false))
+        .await
+        .unwrap_err();
     assert!(err.is_precondition_failed(), "{err:?}");
-    let err = client.declare_queue("missing", QueueOptions::passive()).await.unwrap_err();
+    let err = client
+        .declare_queue("missing", QueueOptions::passive())
+        .await
+        .unwrap_err();
     assert!(err.is_not_found(), "{err:?}");
-    let err = client.declare_queue("sluice.mine", QueueOptions::new()).await.unwrap_err();
+    let err = client
+        .declare_queue("sluice.mine", QueueOptions::new())
+        .await
+        .unwrap_err();
     assert!(err.is_not_allowed(), "{err:?}");
-    let generated = client.declare_queue("", QueueOptions::new().exclusive(true)).await.unwrap();
-    assert!(generated.name.starts_with("sluice.gen-"), "{}", generated.name);
+    let generated = client
+        .declare_queue("", QueueOptions::new().exclusive(true))
+        .await
+        .unwrap();
+    assert!(
+        generated.name.starts_with("sluice.gen-"),
+        "{}",
+        generated.name
+    );
     broker.stop();
 }
 
@@ -86,22 +120,43 @@ async fn conditional_delete_purge_and_multiple_ack() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
     let client = broker.client().await;
-    client.declare_queue("q", QueueOptions::new()).await.unwrap();
+    client
+        .declare_queue("q", QueueOptions::new())
+        .await
+        .unwrap();
     for i in 0..6 {
-        client.publish("", "q", format!("m{i}"), &PublishOptions::new()).await.unwrap();
+        client
+            .publish("", "q", format!("m{i}"), &PublishOptions::new())
+            .await
+            .unwrap();
     }
     let err = client
-        .delete_queue("q", DeleteQueueOptions { if_empty: true, ..Default::default() })
+        .delete_queue(
+            "q",
+            DeleteQueueOptions {
+                if_empty: true,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap_err();
     assert!(err.is_precondition_failed(), "{err:?}");
-    let mut consumer = client.consume("q", ConsumeOptions::new().prefetch(3)).await.unwrap();
+    let mut consumer = client
+        .consume("q", ConsumeOptions::new().prefetch(3))
+        .await
+        .unwrap();
     let mut got = Vec::new();
     for _ in 0..3 {
         got.push(within("delivery", consumer.next()).await.unwrap().unwrap());
     }
     let err = client
-        .delete_queue("q", DeleteQueueOptions { if_unused: true, ..Default::default() })
+        .delete_queue(
+            "q",
+            DeleteQueueOptions {
+                if_unused: true,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap_err();
     assert!(err.is_precondition_failed(), "{err:?}");
@@ -124,12 +179,27 @@ async fn conditional_delete_purge_and_multiple_ack() {
     .await;
     assert_eq!(info.ready, 3);
     assert_eq!(client.purge_queue("q").await.unwrap(), 3);
-    assert_eq!(client.delete_queue("q", DeleteQueueOptions::default()).await.unwrap(), 0);
-    assert_eq!(client.delete_queue("q", DeleteQueueOptions::default()).await.unwrap(), 0);
+    assert_eq!(
+        client
+            .delete_queue("q", DeleteQueueOptions::default())
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        client
+            .delete_queue("q", DeleteQueueOptions::default())
+            .await
+            .unwrap(),
+        0
+    );
     broker.stop();
 }
 
-async fn raw_handshake(broker: &Broker, heartbeat_ms: u32) -> (TcpStream, BytesMut, Vec<Frame<Reply>>) {
+async fn raw_handshake(
+    broker: &Broker,
+    heartbeat_ms: u32,
+) -> (TcpStream, BytesMut, Vec<Frame<Reply>>) {
     let mut sock = TcpStream::connect(&broker.addr).await.unwrap();
     let mut out = BytesMut::new();
     let hello = Hello {
@@ -141,7 +211,9 @@ async fn raw_handshake(broker: &Broker, heartbeat_ms: u32) -> (TcpStream, BytesM
         max_frame_len: 0,
         client_properties: vec![],
     };
-    Frame::<Request>::new(RequestId(1), hello).encode(&mut out, DEFAULT_MAX_FRAME_LEN).unwrap();
+    Frame::<Request>::new(RequestId(1), hello)
+        .encode(&mut out, DEFAULT_MAX_FRAME_LEN)
+        .unwrap();
     sock.write_all(&out).await.unwrap();
     let mut buf = BytesMut::new();
     let first = read_frames(&mut sock, &mut buf, 1).await;
@@ -158,7 +230,10 @@ async fn read_frames(sock: &mut TcpStream, buf: &mut BytesMut, n: usize) -> Vec<
                 frames.push(f);
                 continue;
             }
-            assert!(sock.read_buf(buf).await.unwrap() > 0, "closed early: {frames:?}");
+            assert!(
+                sock.read_buf(buf).await.unwrap() > 0,
+                "closed early: {frames:?}"
+            );
         }
     })
     .await;
@@ -169,7 +244,10 @@ async fn read_frames(sock: &mut TcpStream, buf: &mut BytesMut, n: usize) -> Vec<
 async fn publishers_are_blocked_with_a_reason_when_disk_space_runs_low() {
     let dir = tempfile::tempdir().unwrap();
     // Ask for more free space than any disk has: publishing is blocked from the start.
-    let broker = Broker::start_with(dir.path(), &["--min-free-disk-bytes", "18446744073709551615"]);
+    let broker = Broker::start_with(
+        dir.path(),
+        &["--min-free-disk-bytes", "18446744073709551615"],
+    );
     let (mut sock, mut buf, _) = raw_handshake(&broker, 0).await;
     let blocked = read_frames(&mut sock, &mut buf, 1).await;
     match &blocked[0].body {
@@ -182,19 +260,30 @@ async fn publishers_are_blocked_with_a_reason_when_disk_space_runs_low() {
     let meta = MessageMeta::new("", "anything");
     let msg = PublishMessage::new(&meta, &b"x"[..]).unwrap();
     let mut out = BytesMut::new();
-    Frame::<Request>::new(RequestId(2), Publish { messages: vec![msg] })
-        .encode(&mut out, DEFAULT_MAX_FRAME_LEN)
-        .unwrap();
+    Frame::<Request>::new(
+        RequestId(2),
+        Publish {
+            messages: vec![msg],
+        },
+    )
+    .encode(&mut out, DEFAULT_MAX_FRAME_LEN)
+    .unwrap();
     sock.write_all(&out).await.unwrap();
     let replies = read_frames(&mut sock, &mut buf, 2).await;
     assert!(
         matches!(&replies[0].body, Reply::PublishRejected(r) if r.rejections[0].code == ErrorCode::StorageFull),
         "{replies:?}"
     );
-    assert!(matches!(&replies[1].body, Reply::Confirm(c) if c.up_to.0 == 1), "{replies:?}");
+    assert!(
+        matches!(&replies[1].body, Reply::Confirm(c) if c.up_to.0 == 1),
+        "{replies:?}"
+    );
     // Everything else keeps working, and the client knows it is blocked.
     let client = broker.client().await;
-    client.declare_queue("q", QueueOptions::new()).await.unwrap();
+    client
+        .declare_queue("q", QueueOptions::new())
+        .await
+        .unwrap();
     assert!(client.is_blocked());
     broker.stop();
 }
@@ -217,13 +306,20 @@ async fn a_silent_peer_is_closed_after_two_heartbeat_intervals() {
                     other => panic!("unexpected {other:?}"),
                 }
             }
-            assert!(sock.read_buf(&mut buf).await.unwrap() > 0, "closed without Close");
+            assert!(
+                sock.read_buf(&mut buf).await.unwrap() > 0,
+                "closed without Close"
+            );
         }
     })
     .await;
     assert_eq!(close.code, Some(ErrorCode::HeartbeatTimeout));
     assert!(saw_heartbeat);
-    assert!(started.elapsed() >= Duration::from_millis(1_900), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_900),
+        "{:?}",
+        started.elapsed()
+    );
     broker.stop();
 }
 
