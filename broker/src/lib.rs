@@ -12,10 +12,13 @@
 //! - [`storage`]: the crash-safe, segmented, memory-mapped log that holds every durable queue.
 //! - [`admin`]: listings for operators (queues, exchanges, bindings, consumers).
 //! - [`error`]: broker failures as wire error codes, in one place.
+//! - [`cli`]: the admin commands of the `sluice` binary (listings, declare/delete/purge,
+//!   publish and consume from the shell), built on the Rust client.
 //!
 //! The wire format itself lives in [`sluice_client::wire`], shared with the clients.
 pub mod admin;
 pub mod broker;
+pub mod cli;
 pub mod config;
 mod connection;
 pub mod definitions;

@@ -49,21 +49,32 @@ fn main() -> ExitCode {
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let config = ServerConfig::resolve(args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let data_dir = config.data_dir.clone();
         let broker = Broker::open(config)?;
         let server = Server::bind(broker).await?;
         let addr = server.local_addr()?;
+        // The handlers are installed before the announcement: a SIGTERM sent as soon as the
+        // line is read must shut down gracefully, not kill the process.
+        let shutdown = shutdown_signal()?;
         // Tests and scripts wait for this line to learn the port.
-        println!("sluice listening on {addr} (data directory {})", data_dir.display());
+        println!(
+            "sluice listening on {addr} (data directory {})",
+            data_dir.display()
+        );
         tracing::info!(%addr, data_dir = %data_dir.display(), "sluice ready");
-        server.run(shutdown_signal()).await;
+        server.run(shutdown).await;
         anyhow::Ok(())
     })?;
     // The runtime and the broker are gone: every log is closed and synced.
@@ -71,12 +82,15 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the future ends at the first signal.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
 }

@@ -13,8 +13,8 @@
 //! - `error`: [`Error`], [`CloseReason`], and the mapping from protocol error codes.
 //! - `options`: [`QueueOptions`], [`ExchangeOptions`], [`ConsumeOptions`],
 //!   [`PublishOptions`] and friends.
-//! - `client`: [`Client`] (connecting, queues, exchanges, bindings, settling by tag, close)
-//!   and [`ClientBuilder`].
+//! - `client`: [`Client`] (connecting, queues, exchanges, bindings, listings for operators,
+//!   settling by tag, close) and [`ClientBuilder`].
 //! - `publish`: [`Client::publish`], [`Client::publish_batch`], [`Publisher`].
 //! - `consumer`: [`Client::consume`], [`Consumer`], [`Message`], [`Client::get`].
 //! - `connection`: the handshake and the connection task (not public): the select loop,
@@ -72,8 +72,9 @@ pub use options::{
 pub use publish::{OutgoingMessage, PublishConfirm, Publisher};
 pub use url::{ConnectUrl, UrlError};
 pub use wire::{
-    ConsumerId, DeclareQueueOk, DeliveryTag, ErrorCode, ExchangeKind, HeaderValue, Headers,
-    InspectQueueOk, MetaView, Overflow, Properties, PublishSeq, QueueArguments,
+    BindingSummary, ConsumerId, ConsumerSummary, DeclareQueueOk, DeliveryTag, ErrorCode,
+    ExchangeKind, ExchangeSummary, HeaderValue, Headers, InspectQueueOk, MetaView, Overflow,
+    Properties, PublishSeq, QueueArguments, QueueSummary,
 };
 
 #[cfg(test)]

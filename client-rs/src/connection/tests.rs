@@ -310,6 +310,84 @@ async fn exchanges_and_bindings_round_trip() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn listings_send_empty_requests_and_return_the_lists() {
+    let (client, mut peer) = connect().await;
+    let task = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let queues = client.list_queues().await?;
+            let exchanges = client.list_exchanges().await?;
+            let bindings = client.list_bindings().await?;
+            let consumers = client.list_consumers().await?;
+            crate::Result::<_>::Ok((queues, exchanges, bindings, consumers))
+        }
+    });
+    let queue = QueueSummary {
+        name: "q".into(),
+        durable: true,
+        exclusive: false,
+        auto_delete: false,
+        ready: 3,
+        unacked: 1,
+        consumers: 1,
+        bytes: 120,
+        publish_rate: 5,
+        ack_rate: 4,
+    };
+    let exchange = ExchangeSummary {
+        name: "logs".into(),
+        kind: ExchangeKind::Topic,
+        durable: true,
+        auto_delete: false,
+        alternate_exchange: None,
+    };
+    let binding = BindingSummary {
+        exchange: "logs".into(),
+        queue: "q".into(),
+        routing_key: "*.error".into(),
+        arguments: Vec::new(),
+    };
+    let consumer = ConsumerSummary {
+        queue: "q".into(),
+        consumer_tag: "w".into(),
+        connection_id: 7,
+        prefetch: 10,
+        unacked: 1,
+    };
+    let (id, request) = peer.recv_request().await;
+    assert!(matches!(request, Request::ListQueues), "{request:?}");
+    let queues = vec![queue.clone()];
+    peer.send(id, ListQueuesOk { queues }).await;
+    let (id, request) = peer.recv_request().await;
+    assert!(matches!(request, Request::ListExchanges), "{request:?}");
+    let exchanges = vec![exchange.clone()];
+    peer.send(id, ListExchangesOk { exchanges }).await;
+    let (id, request) = peer.recv_request().await;
+    assert!(matches!(request, Request::ListBindings), "{request:?}");
+    let bindings = vec![binding.clone()];
+    peer.send(id, ListBindingsOk { bindings }).await;
+    let (id, request) = peer.recv_request().await;
+    assert!(matches!(request, Request::ListConsumers), "{request:?}");
+    let consumers = vec![consumer.clone()];
+    peer.send(id, ListConsumersOk { consumers }).await;
+    let listed = task.await.unwrap().unwrap();
+    assert_eq!(
+        listed,
+        (vec![queue], vec![exchange], vec![binding], vec![consumer])
+    );
+
+    // A wrong kind of answer is a protocol error, not a panic or a hang.
+    let task = tokio::spawn({
+        let client = client.clone();
+        async move { client.list_queues().await }
+    });
+    let (id, _) = peer.recv_request().await;
+    peer.send(id, Reply::BindOk).await;
+    let err = task.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::Protocol(_)), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn unanswered_requests_time_out() {
     let (client, mut peer, _) = connect_with(
         ClientBuilder::new().request_timeout(Duration::from_secs(2)),

@@ -1,0 +1,403 @@
+//! What each admin command does: one connection per command, closed gracefully at the end
+//! (`Close` is a barrier: every ack and publish before it is settled when it returns).
+
+use std::io::{self, Read, Write};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::json;
+use sluice_client::{
+    Client, ConnectUrl, ConsumeOptions, DeleteExchangeOptions, DeleteQueueOptions, ExchangeKind,
+    ExchangeOptions, Headers, Message, PublishOptions, QueueArguments, QueueOptions,
+};
+
+use super::format::{
+    bindings_table, consumers_table, exchange_name, exchanges_table, headers_text, inspect_text,
+    kind_name, queues_table, BindingJson, ConsumerJson, ExchangeJson, HeadersJson, InspectJson,
+    MessageJson, QueueJson,
+};
+use super::{
+    AdminCommand, BindArgs, CliError, ConsumeArgs, DeclareExchangeArgs, DeclareQueueArgs,
+    DeleteExchangeArgs, DeleteQueueArgs, GetArgs, HeaderArg, Outcome, PublishArgs,
+};
+
+/// The connection name the broker shows for the CLI's connections (unless the URL names one).
+const CONNECTION_NAME: &str = "sluice-cli";
+
+/// Connects, runs `command`, and closes the connection.
+pub(super) async fn execute(command: AdminCommand) -> Result<Outcome, CliError> {
+    // A body from stdin is read before connecting: no connection idles while someone types.
+    let stdin_body = match &command {
+        AdminCommand::Publish(a) if a.body.is_none() => Some(read_stdin()?),
+        _ => None,
+    };
+    let target = command.target().clone();
+    let url = ConnectUrl::parse(&target.url).map_err(sluice_client::Error::from)?;
+    let client = Client::builder()
+        .name(CONNECTION_NAME)
+        .connect_url(&url)
+        .await
+        .map_err(|e| CliError::from(e).context(format_args!("cannot connect to {url}")))?;
+    let result = dispatch(&client, command, stdin_body, target.json).await;
+    let closed = client.close().await;
+    let outcome = result?;
+    closed.map_err(|e| CliError::from(e).context("closing the connection"))?;
+    Ok(outcome)
+}
+
+async fn dispatch(
+    client: &Client,
+    command: AdminCommand,
+    stdin_body: Option<Vec<u8>>,
+    json: bool,
+) -> Result<Outcome, CliError> {
+    match command {
+        AdminCommand::Queues(_) => {
+            let queues = client.list_queues().await?;
+            if json {
+                print_json(&queues.iter().map(QueueJson::from).collect::<Vec<_>>())?;
+            } else {
+                print(&queues_table(&queues).to_string())?;
+            }
+        }
+        AdminCommand::Exchanges(_) => {
+            let exchanges = client.list_exchanges().await?;
+            if json {
+                print_json(&exchanges.iter().map(ExchangeJson::from).collect::<Vec<_>>())?;
+            } else {
+                print(&exchanges_table(&exchanges).to_string())?;
+            }
+        }
+        AdminCommand::Bindings(_) => {
+            let bindings = client.list_bindings().await?;
+            if json {
+                print_json(&bindings.iter().map(BindingJson::from).collect::<Vec<_>>())?;
+            } else {
+                print(&bindings_table(&bindings).to_string())?;
+            }
+        }
+        AdminCommand::Consumers(_) => {
+            let consumers = client.list_consumers().await?;
+            if json {
+                print_json(&consumers.iter().map(ConsumerJson::from).collect::<Vec<_>>())?;
+            } else {
+                print(&consumers_table(&consumers).to_string())?;
+            }
+        }
+        AdminCommand::DeclareQueue(a) => declare_queue(client, a, json).await?,
+        AdminCommand::DeleteQueue(a) => delete_queue(client, &a, json).await?,
+        AdminCommand::Purge(a) => {
+            let messages = client.purge_queue(&a.queue).await?;
+            if json {
+                print_json(&json!({ "queue": a.queue, "messages": messages }))?;
+            } else {
+                print(&format!(
+                    "queue '{}' purged ({messages} messages)\n",
+                    a.queue
+                ))?;
+            }
+        }
+        AdminCommand::Inspect(a) => {
+            let queue = client.inspect_queue(&a.queue).await?;
+            if json {
+                print_json(&InspectJson::from(&queue))?;
+            } else {
+                print(&inspect_text(&queue))?;
+            }
+        }
+        AdminCommand::DeclareExchange(a) => declare_exchange(client, a, json).await?,
+        AdminCommand::DeleteExchange(a) => delete_exchange(client, &a, json).await?,
+        AdminCommand::Bind(a) => bind(client, a, true, json).await?,
+        AdminCommand::Unbind(a) => bind(client, a, false, json).await?,
+        AdminCommand::Publish(a) => publish(client, a, stdin_body, json).await?,
+        AdminCommand::Get(a) => return get(client, &a, json).await,
+        AdminCommand::Consume(a) => consume(client, &a, json).await?,
+    }
+    Ok(Outcome::Done)
+}
+
+async fn declare_queue(client: &Client, a: DeclareQueueArgs, json: bool) -> Result<(), CliError> {
+    let options = QueueOptions {
+        durable: !a.transient,
+        exclusive: a.exclusive,
+        auto_delete: a.auto_delete,
+        passive: a.passive,
+        arguments: QueueArguments {
+            max_length: a.max_length,
+            max_length_bytes: a.max_length_bytes,
+            overflow: a.overflow.map(Into::into),
+            message_ttl_ms: a.message_ttl_ms,
+            dead_letter_exchange: a.dead_letter_exchange,
+            dead_letter_routing_key: a.dead_letter_routing_key,
+            ack_timeout_ms: a.ack_timeout_ms,
+            delivery_limit: a.delivery_limit,
+            expires_ms: a.expires_ms,
+        },
+    };
+    let ok = client.declare_queue(&a.name, options).await?;
+    if json {
+        print_json(&json!({ "name": ok.name, "ready": ok.ready, "consumers": ok.consumers }))
+    } else {
+        let verb = if a.passive { "exists" } else { "declared" };
+        print(&format!(
+            "queue '{}' {verb} ({} ready, {} consumers)\n",
+            ok.name, ok.ready, ok.consumers
+        ))
+    }
+}
+
+async fn delete_queue(client: &Client, a: &DeleteQueueArgs, json: bool) -> Result<(), CliError> {
+    let options = DeleteQueueOptions {
+        if_unused: a.if_unused,
+        if_empty: a.if_empty,
+    };
+    let messages = client.delete_queue(&a.queue, options).await?;
+    if json {
+        print_json(&json!({ "queue": a.queue, "messages": messages }))
+    } else {
+        print(&format!(
+            "queue '{}' deleted ({messages} messages)\n",
+            a.queue
+        ))
+    }
+}
+
+async fn declare_exchange(
+    client: &Client,
+    a: DeclareExchangeArgs,
+    json: bool,
+) -> Result<(), CliError> {
+    let kind = ExchangeKind::from(a.kind);
+    let options = ExchangeOptions {
+        durable: !a.transient,
+        auto_delete: a.auto_delete,
+        passive: a.passive,
+        alternate_exchange: a.alternate_exchange,
+    };
+    client.declare_exchange(&a.name, kind, options).await?;
+    if json {
+        print_json(&json!({ "exchange": a.name, "kind": kind_name(kind) }))
+    } else {
+        let verb = if a.passive { "exists" } else { "declared" };
+        print(&format!(
+            "exchange '{}' ({}) {verb}\n",
+            a.name,
+            kind_name(kind)
+        ))
+    }
+}
+
+async fn delete_exchange(
+    client: &Client,
+    a: &DeleteExchangeArgs,
+    json: bool,
+) -> Result<(), CliError> {
+    let options = DeleteExchangeOptions {
+        if_unused: a.if_unused,
+    };
+    client.delete_exchange(&a.name, options).await?;
+    if json {
+        print_json(&json!({ "exchange": a.name, "deleted": true }))
+    } else {
+        print(&format!("exchange '{}' deleted\n", a.name))
+    }
+}
+
+fn headers(args: Vec<HeaderArg>) -> Headers {
+    args.into_iter().map(|h| (h.key, h.value)).collect()
+}
+
+async fn bind(client: &Client, a: BindArgs, bind: bool, json: bool) -> Result<(), CliError> {
+    let arguments = headers(a.headers);
+    if bind {
+        client
+            .bind(&a.queue, &a.exchange, &a.routing_key, arguments.clone())
+            .await?;
+    } else {
+        client
+            .unbind(&a.queue, &a.exchange, &a.routing_key, arguments.clone())
+            .await?;
+    }
+    if json {
+        return print_json(&BindingJson {
+            exchange: &a.exchange,
+            queue: &a.queue,
+            routing_key: &a.routing_key,
+            arguments: HeadersJson(&arguments),
+        });
+    }
+    let mut text = format!(
+        "queue '{}' {} exchange '{}' with routing key '{}'",
+        a.queue,
+        if bind { "bound to" } else { "unbound from" },
+        exchange_name(&a.exchange),
+        a.routing_key
+    );
+    if !arguments.is_empty() {
+        text.push_str(&format!(" and headers {}", headers_text(&arguments)));
+    }
+    text.push('\n');
+    print(&text)
+}
+
+async fn publish(
+    client: &Client,
+    a: PublishArgs,
+    stdin_body: Option<Vec<u8>>,
+    json: bool,
+) -> Result<(), CliError> {
+    let body = match (a.body, stdin_body) {
+        (Some(body), _) => Bytes::from(body),
+        (None, Some(body)) => Bytes::from(body),
+        (None, None) => Bytes::new(),
+    };
+    let mut options = PublishOptions::new();
+    options.mandatory = a.mandatory;
+    options.properties.persistent = !a.transient;
+    options.properties.content_type = a.content_type;
+    options.properties.message_id = a.message_id;
+    options.properties.correlation_id = a.correlation_id;
+    options.properties.reply_to = a.reply_to;
+    options.properties.expiration_ms = a.expiration_ms;
+    for h in a.headers {
+        options = options.header(h.key, h.value);
+    }
+    let len = body.len();
+    client
+        .publish(&a.exchange, &a.routing_key, body, &options)
+        .await?;
+    if json {
+        print_json(&json!({
+            "exchange": a.exchange,
+            "routing_key": a.routing_key,
+            "bytes": len,
+            "confirmed": true,
+        }))
+    } else {
+        print(&format!(
+            "published {len} bytes to exchange '{}' with routing key '{}' (confirmed)\n",
+            exchange_name(&a.exchange),
+            a.routing_key
+        ))
+    }
+}
+
+async fn get(client: &Client, a: &GetArgs, json: bool) -> Result<Outcome, CliError> {
+    let Some(message) = client.get(&a.queue).await? else {
+        eprintln!("sluice: queue '{}' has no ready message", a.queue);
+        return Ok(Outcome::Empty);
+    };
+    if let Err(e) = write_message(&message, json) {
+        // Nobody got it: put it back.
+        message.nack(true).await?;
+        return Err(CliError::new(format!(
+            "cannot write the message (it was requeued): {e}"
+        )));
+    }
+    if a.requeue {
+        message.nack(true).await?;
+    } else {
+        message.ack().await?;
+    }
+    Ok(Outcome::Done)
+}
+
+async fn consume(client: &Client, a: &ConsumeArgs, json: bool) -> Result<(), CliError> {
+    if a.count == Some(0) {
+        return Ok(());
+    }
+    // The window never exceeds what --count still needs, so the broker delivers no message
+    // this command would only hand back (counted as a delivery, marked redelivered).
+    let window = |remaining: Option<u64>| match remaining {
+        None => a.prefetch,
+        Some(r) => {
+            let r = u32::try_from(r).unwrap_or(u32::MAX);
+            if a.prefetch == 0 {
+                r
+            } else {
+                a.prefetch.min(r)
+            }
+        }
+    };
+    let mut prefetch = window(a.count);
+    let mut consumer = client
+        .consume(&a.queue, ConsumeOptions::new().prefetch(prefetch))
+        .await?;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    let mut printed = 0u64;
+    loop {
+        let next = tokio::select! {
+            next = consumer.next() => next,
+            _ = &mut interrupted => break,
+        };
+        let Some(message) = next else { break };
+        let message = message?;
+        if let Err(e) = write_message(&message, json) {
+            // Not acked: it returns to the queue with the rest when the connection closes.
+            return if e.kind() == io::ErrorKind::BrokenPipe {
+                Ok(()) // the reader is gone (`sluice consume q | head -n 3`)
+            } else {
+                Err(CliError::new(format!("cannot write a message: {e}")))
+            };
+        }
+        printed += 1;
+        let remaining = a.count.map(|n| n - printed);
+        if remaining == Some(0) {
+            // Stop deliveries before the last ack frees a place in the window.
+            consumer.cancel().await?;
+            message.ack().await?;
+            break;
+        }
+        let narrower = window(remaining);
+        if narrower < prefetch {
+            consumer.set_prefetch(narrower).await?;
+            prefetch = narrower;
+        }
+        message.ack().await?;
+    }
+    Ok(())
+}
+
+/// Writes a message to stdout: its body and a newline, or its JSON view on one line.
+fn write_message(message: &Message, json: bool) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    if json {
+        let headers = message.headers();
+        let line = serde_json::to_string(&MessageJson::new(message, &headers))?;
+        out.write_all(line.as_bytes())?;
+    } else {
+        out.write_all(&message.body)?;
+    }
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
+fn read_stdin() -> Result<Vec<u8>, CliError> {
+    let mut body = Vec::new();
+    io::stdin()
+        .lock()
+        .read_to_end(&mut body)
+        .map_err(|e| CliError::from(e).context("reading the body from stdin"))?;
+    Ok(body)
+}
+
+/// Prints to stdout. A closed stdout (`sluice queues | head -n 1`) is not an error.
+fn print(text: &str) -> Result<(), CliError> {
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+            Err(CliError::from(e).context("writing to stdout"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Prints one JSON document, indented, and a newline.
+fn print_json(value: &impl Serialize) -> Result<(), CliError> {
+    let mut text = serde_json::to_string_pretty(value)
+        .map_err(|e| CliError::new(format!("cannot encode JSON: {e}")))?;
+    text.push('\n');
+    print(&text)
+}

@@ -1,0 +1,591 @@
+//! Output of the admin commands: a small text table, header values as text, and the JSON
+//! shapes printed with `--json` (field order as declared, so the output reads like the table).
+
+use std::fmt::{self, Write as _};
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use sluice_client::wire::{
+    BindingSummary, ConsumerSummary, ExchangeSummary, InspectQueueOk, QueueSummary,
+};
+use sluice_client::{ExchangeKind, HeaderValue, Headers, Message, Overflow};
+
+/// How a column is aligned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Align {
+    /// Text.
+    Left,
+    /// Numbers.
+    Right,
+}
+
+/// A text table: a header line, then one line per row, columns separated by two spaces. The
+/// last column is not padded, so no line ends in spaces.
+#[derive(Debug)]
+pub struct Table {
+    columns: Vec<(&'static str, Align)>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with these columns and no rows.
+    pub fn new(columns: &[(&'static str, Align)]) -> Self {
+        Table {
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row (one cell per column).
+    pub fn row(&mut self, cells: Vec<String>) {
+        debug_assert_eq!(cells.len(), self.columns.len());
+        self.rows.push(cells);
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let width = |cell: &str| cell.chars().count();
+        let mut widths: Vec<usize> = self.columns.iter().map(|(h, _)| width(h)).collect();
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(width(cell));
+            }
+        }
+        let header: Vec<String> = self.columns.iter().map(|(h, _)| (*h).to_owned()).collect();
+        for cells in std::iter::once(&header).chain(&self.rows) {
+            let mut line = String::new();
+            let last = cells.len().saturating_sub(1);
+            for (i, cell) in cells.iter().enumerate() {
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                let pad = widths[i] - width(cell);
+                match self.columns[i].1 {
+                    Align::Right => {
+                        line.extend(std::iter::repeat_n(' ', pad));
+                        line.push_str(cell);
+                    }
+                    Align::Left => {
+                        line.push_str(cell);
+                        if i < last {
+                            line.extend(std::iter::repeat_n(' ', pad));
+                        }
+                    }
+                }
+            }
+            writeln!(f, "{}", line.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+/// A byte count for people: `512 B`, `1.5 KiB`, `20.0 MiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Lower-case hex digits.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// The name of an exchange kind, as `declare-exchange --kind` takes it.
+pub fn kind_name(kind: ExchangeKind) -> &'static str {
+    match kind {
+        ExchangeKind::Direct => "direct",
+        ExchangeKind::Fanout => "fanout",
+        ExchangeKind::Topic => "topic",
+        ExchangeKind::Headers => "headers",
+    }
+}
+
+/// The name of an overflow behaviour, as `declare-queue --overflow` takes it.
+pub fn overflow_name(overflow: Overflow) -> &'static str {
+    match overflow {
+        Overflow::DropHead => "drop-head",
+        Overflow::RejectPublish => "reject-publish",
+    }
+}
+
+/// An exchange name for text output: the default exchange has the empty name.
+pub fn exchange_name(name: &str) -> &str {
+    if name.is_empty() {
+        "(default)"
+    } else {
+        name
+    }
+}
+
+/// One header value as text: strings as they are, bytes as `0x` and hex.
+pub fn header_value_text(value: &HeaderValue) -> String {
+    match value {
+        HeaderValue::Str(s) => s.clone(),
+        HeaderValue::Int(i) => i.to_string(),
+        HeaderValue::Bool(b) => b.to_string(),
+        HeaderValue::Bytes(b) => format!("0x{}", hex(b)),
+    }
+}
+
+/// A header table as text: `k=v, k2=v2`.
+pub fn headers_text(headers: &Headers) -> String {
+    headers
+        .iter()
+        .map(|(k, v)| format!("{k}={}", header_value_text(v)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Flags as letters: `D` durable, `E` exclusive, `A` auto-delete; `-` for none.
+pub fn flags_text(durable: bool, exclusive: bool, auto_delete: bool) -> String {
+    let flags: String = [(durable, 'D'), (exclusive, 'E'), (auto_delete, 'A')]
+        .iter()
+        .filter_map(|&(set, c)| set.then_some(c))
+        .collect();
+    if flags.is_empty() {
+        "-".to_owned()
+    } else {
+        flags
+    }
+}
+
+/// `yes` / `no`.
+pub fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+// ---- tables -----------------------------------------------------------------------------
+
+/// The `sluice queues` table.
+pub fn queues_table(queues: &[QueueSummary]) -> Table {
+    use Align::{Left, Right};
+    let mut table = Table::new(&[
+        ("NAME", Left),
+        ("FLAGS", Left),
+        ("READY", Right),
+        ("UNACKED", Right),
+        ("CONSUMERS", Right),
+        ("BYTES", Right),
+        ("PUBLISH/S", Right),
+        ("ACK/S", Right),
+    ]);
+    for q in queues {
+        table.row(vec![
+            q.name.clone(),
+            flags_text(q.durable, q.exclusive, q.auto_delete),
+            q.ready.to_string(),
+            q.unacked.to_string(),
+            q.consumers.to_string(),
+            human_bytes(q.bytes),
+            q.publish_rate.to_string(),
+            q.ack_rate.to_string(),
+        ]);
+    }
+    table
+}
+
+/// The `sluice exchanges` table.
+pub fn exchanges_table(exchanges: &[ExchangeSummary]) -> Table {
+    use Align::Left;
+    let mut table = Table::new(&[
+        ("NAME", Left),
+        ("KIND", Left),
+        ("FLAGS", Left),
+        ("ALTERNATE", Left),
+    ]);
+    for x in exchanges {
+        table.row(vec![
+            exchange_name(&x.name).to_owned(),
+            kind_name(x.kind).to_owned(),
+            flags_text(x.durable, false, x.auto_delete),
+            x.alternate_exchange.clone().unwrap_or_default(),
+        ]);
+    }
+    table
+}
+
+/// The `sluice bindings` table.
+pub fn bindings_table(bindings: &[BindingSummary]) -> Table {
+    use Align::Left;
+    let mut table = Table::new(&[
+        ("EXCHANGE", Left),
+        ("QUEUE", Left),
+        ("ROUTING KEY", Left),
+        ("ARGUMENTS", Left),
+    ]);
+    for b in bindings {
+        table.row(vec![
+            exchange_name(&b.exchange).to_owned(),
+            b.queue.clone(),
+            b.routing_key.clone(),
+            headers_text(&b.arguments),
+        ]);
+    }
+    table
+}
+
+/// The `sluice consumers` table.
+pub fn consumers_table(consumers: &[ConsumerSummary]) -> Table {
+    use Align::{Left, Right};
+    let mut table = Table::new(&[
+        ("QUEUE", Left),
+        ("TAG", Left),
+        ("CONNECTION", Right),
+        ("PREFETCH", Right),
+        ("UNACKED", Right),
+    ]);
+    for c in consumers {
+        table.row(vec![
+            c.queue.clone(),
+            c.consumer_tag.clone(),
+            c.connection_id.to_string(),
+            match c.prefetch {
+                0 => "unlimited".to_owned(),
+                n => n.to_string(),
+            },
+            c.unacked.to_string(),
+        ]);
+    }
+    table
+}
+
+/// The `sluice inspect` text: one `key  value` line per field, the queue's arguments after
+/// its counters (only those that are set).
+pub fn inspect_text(q: &InspectQueueOk) -> String {
+    let a = &q.arguments;
+    let mut lines: Vec<(&str, String)> = vec![
+        ("name", q.name.clone()),
+        ("durable", yes_no(q.durable).to_owned()),
+        ("exclusive", yes_no(q.exclusive).to_owned()),
+        ("auto-delete", yes_no(q.auto_delete).to_owned()),
+        ("ready", q.ready.to_string()),
+        ("unacked", q.unacked.to_string()),
+        ("consumers", q.consumers.to_string()),
+        ("bytes", format!("{} ({})", q.bytes, human_bytes(q.bytes))),
+    ];
+    let optional: [(&str, Option<String>); 9] = [
+        ("max-length", a.max_length.map(|v| v.to_string())),
+        (
+            "max-length-bytes",
+            a.max_length_bytes.map(|v| v.to_string()),
+        ),
+        ("overflow", a.overflow.map(|o| overflow_name(o).to_owned())),
+        ("message-ttl-ms", a.message_ttl_ms.map(|v| v.to_string())),
+        ("dead-letter-exchange", a.dead_letter_exchange.clone()),
+        ("dead-letter-routing-key", a.dead_letter_routing_key.clone()),
+        ("ack-timeout-ms", a.ack_timeout_ms.map(|v| v.to_string())),
+        ("delivery-limit", a.delivery_limit.map(|v| v.to_string())),
+        ("expires-ms", a.expires_ms.map(|v| v.to_string())),
+    ];
+    lines.extend(optional.into_iter().filter_map(|(k, v)| Some((k, v?))));
+    let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    lines
+        .iter()
+        .map(|(k, v)| format!("{k:width$}  {v}\n"))
+        .collect()
+}
+
+// ---- JSON -------------------------------------------------------------------------------
+
+/// A header value as JSON: strings, integers and booleans as themselves, bytes as
+/// `{"bytes": "<hex>"}`.
+pub struct HeaderValueJson<'a>(pub &'a HeaderValue);
+
+impl Serialize for HeaderValueJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            HeaderValue::Str(v) => s.serialize_str(v),
+            HeaderValue::Int(v) => s.serialize_i64(*v),
+            HeaderValue::Bool(v) => s.serialize_bool(*v),
+            HeaderValue::Bytes(v) => {
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry("bytes", &hex(v))?;
+                map.end()
+            }
+        }
+    }
+}
+
+/// A header table as a JSON object, in its order.
+pub struct HeadersJson<'a>(pub &'a Headers);
+
+impl Serialize for HeadersJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            map.serialize_entry(k, &HeaderValueJson(v))?;
+        }
+        map.end()
+    }
+}
+
+/// One queue of `sluice queues --json`.
+#[derive(serde::Serialize)]
+pub struct QueueJson<'a> {
+    name: &'a str,
+    durable: bool,
+    exclusive: bool,
+    auto_delete: bool,
+    ready: u64,
+    unacked: u64,
+    consumers: u32,
+    bytes: u64,
+    publish_rate: u64,
+    ack_rate: u64,
+}
+
+impl<'a> From<&'a QueueSummary> for QueueJson<'a> {
+    fn from(q: &'a QueueSummary) -> Self {
+        QueueJson {
+            name: &q.name,
+            durable: q.durable,
+            exclusive: q.exclusive,
+            auto_delete: q.auto_delete,
+            ready: q.ready,
+            unacked: q.unacked,
+            consumers: q.consumers,
+            bytes: q.bytes,
+            publish_rate: q.publish_rate,
+            ack_rate: q.ack_rate,
+        }
+    }
+}
+
+/// One exchange of `sluice exchanges --json`.
+#[derive(serde::Serialize)]
+pub struct ExchangeJson<'a> {
+    name: &'a str,
+    kind: &'static str,
+    durable: bool,
+    auto_delete: bool,
+    alternate_exchange: Option<&'a str>,
+}
+
+impl<'a> From<&'a ExchangeSummary> for ExchangeJson<'a> {
+    fn from(x: &'a ExchangeSummary) -> Self {
+        ExchangeJson {
+            name: &x.name,
+            kind: kind_name(x.kind),
+            durable: x.durable,
+            auto_delete: x.auto_delete,
+            alternate_exchange: x.alternate_exchange.as_deref(),
+        }
+    }
+}
+
+/// One binding of `sluice bindings --json` (and what `bind`/`unbind` print).
+#[derive(serde::Serialize)]
+pub struct BindingJson<'a> {
+    /// Source exchange.
+    pub exchange: &'a str,
+    /// Destination queue.
+    pub queue: &'a str,
+    /// Binding key.
+    pub routing_key: &'a str,
+    /// Binding arguments.
+    pub arguments: HeadersJson<'a>,
+}
+
+impl<'a> From<&'a BindingSummary> for BindingJson<'a> {
+    fn from(b: &'a BindingSummary) -> Self {
+        BindingJson {
+            exchange: &b.exchange,
+            queue: &b.queue,
+            routing_key: &b.routing_key,
+            arguments: HeadersJson(&b.arguments),
+        }
+    }
+}
+
+/// One consumer of `sluice consumers --json`.
+#[derive(serde::Serialize)]
+pub struct ConsumerJson<'a> {
+    queue: &'a str,
+    consumer_tag: &'a str,
+    connection_id: u64,
+    prefetch: u32,
+    unacked: u32,
+}
+
+impl<'a> From<&'a ConsumerSummary> for ConsumerJson<'a> {
+    fn from(c: &'a ConsumerSummary) -> Self {
+        ConsumerJson {
+            queue: &c.queue,
+            consumer_tag: &c.consumer_tag,
+            connection_id: c.connection_id,
+            prefetch: c.prefetch,
+            unacked: c.unacked,
+        }
+    }
+}
+
+/// `sluice inspect --json`: the counters and every argument (`null` when not set).
+#[derive(serde::Serialize)]
+pub struct InspectJson<'a> {
+    name: &'a str,
+    durable: bool,
+    exclusive: bool,
+    auto_delete: bool,
+    ready: u64,
+    unacked: u64,
+    consumers: u32,
+    bytes: u64,
+    arguments: ArgumentsJson<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct ArgumentsJson<'a> {
+    max_length: Option<u64>,
+    max_length_bytes: Option<u64>,
+    overflow: Option<&'static str>,
+    message_ttl_ms: Option<u64>,
+    dead_letter_exchange: Option<&'a str>,
+    dead_letter_routing_key: Option<&'a str>,
+    ack_timeout_ms: Option<u64>,
+    delivery_limit: Option<u32>,
+    expires_ms: Option<u64>,
+}
+
+impl<'a> From<&'a InspectQueueOk> for InspectJson<'a> {
+    fn from(q: &'a InspectQueueOk) -> Self {
+        let a = &q.arguments;
+        InspectJson {
+            name: &q.name,
+            durable: q.durable,
+            exclusive: q.exclusive,
+            auto_delete: q.auto_delete,
+            ready: q.ready,
+            unacked: q.unacked,
+            consumers: q.consumers,
+            bytes: q.bytes,
+            arguments: ArgumentsJson {
+                max_length: a.max_length,
+                max_length_bytes: a.max_length_bytes,
+                overflow: a.overflow.map(overflow_name),
+                message_ttl_ms: a.message_ttl_ms,
+                dead_letter_exchange: a.dead_letter_exchange.as_deref(),
+                dead_letter_routing_key: a.dead_letter_routing_key.as_deref(),
+                ack_timeout_ms: a.ack_timeout_ms,
+                delivery_limit: a.delivery_limit,
+                expires_ms: a.expires_ms,
+            },
+        }
+    }
+}
+
+/// A delivered message, for `get --json` and `consume --json` (one line each). The body is
+/// `body` when it is UTF-8 text, else `null` with `body_hex`.
+#[derive(serde::Serialize)]
+pub struct MessageJson<'a> {
+    exchange: &'a str,
+    routing_key: &'a str,
+    redelivered: bool,
+    delivery_count: u32,
+    message_seq: u64,
+    persistent: bool,
+    content_type: Option<&'a str>,
+    content_encoding: Option<&'a str>,
+    message_id: Option<&'a str>,
+    correlation_id: Option<&'a str>,
+    reply_to: Option<&'a str>,
+    expiration_ms: Option<u64>,
+    timestamp_ms: Option<u64>,
+    headers: HeadersJson<'a>,
+    body: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body_hex: Option<String>,
+}
+
+impl<'a> MessageJson<'a> {
+    /// The JSON view of `message`; `headers` are its decoded headers.
+    pub fn new(message: &'a Message, headers: &'a Headers) -> Self {
+        let meta = message.meta();
+        let body = std::str::from_utf8(&message.body).ok();
+        MessageJson {
+            exchange: meta.exchange,
+            routing_key: meta.routing_key,
+            redelivered: message.redelivered,
+            delivery_count: message.delivery_count,
+            message_seq: message.message_seq,
+            persistent: meta.persistent,
+            content_type: meta.content_type,
+            content_encoding: meta.content_encoding,
+            message_id: meta.message_id,
+            correlation_id: meta.correlation_id,
+            reply_to: meta.reply_to,
+            expiration_ms: meta.expiration_ms,
+            timestamp_ms: meta.timestamp_ms,
+            headers: HeadersJson(headers),
+            body,
+            body_hex: body.is_none().then(|| hex(&message.body)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_and_do_not_end_lines_in_spaces() {
+        let mut table = Table::new(&[
+            ("NAME", Align::Left),
+            ("READY", Align::Right),
+            ("NOTE", Align::Left),
+        ]);
+        table.row(vec!["tasks".into(), "3".into(), String::new()]);
+        table.row(vec!["q".into(), "12345".into(), "x".into()]);
+        assert_eq!(
+            table.to_string(),
+            "NAME   READY  NOTE\n\
+             tasks      3\n\
+             q      12345  x\n"
+        );
+    }
+
+    #[test]
+    fn sizes_and_flags_read_well() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(20 * 1024 * 1024), "20.0 MiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
+        assert_eq!(flags_text(true, false, true), "DA");
+        assert_eq!(flags_text(false, false, false), "-");
+    }
+
+    #[test]
+    fn header_values_keep_their_type_in_json() {
+        let headers: Headers = vec![
+            ("s".into(), HeaderValue::from("x\"y")),
+            ("i".into(), HeaderValue::Int(-4)),
+            ("b".into(), HeaderValue::Bool(true)),
+            (
+                "raw".into(),
+                HeaderValue::Bytes(bytes::Bytes::from_static(&[0, 255])),
+            ),
+        ];
+        assert_eq!(
+            serde_json::to_string(&HeadersJson(&headers)).unwrap(),
+            r#"{"s":"x\"y","i":-4,"b":true,"raw":{"bytes":"00ff"}}"#
+        );
+        assert_eq!(headers_text(&headers), "s=x\"y, i=-4, b=true, raw=0x00ff");
+    }
+}

@@ -1,0 +1,617 @@
+//! The admin commands of the `sluice` binary: listings (queues, exchanges, bindings,
+//! consumers), declaring, deleting and purging, and publishing and consuming from the shell.
+//! Each one connects to a running broker with the Rust client ([`sluice_client`]), does its
+//! work, and closes the connection gracefully (so acks and publishes are settled first).
+//!
+//! Every command takes `--url` (`SLUICE_URL`, default [`DEFAULT_URL`]) and `--json`.
+//! Results go to stdout; errors go to stderr as `sluice: <message> (CODE_NAME)` (the
+//! protocol's error code, when the broker sent one) with exit status 1. `sluice get` on a
+//! queue with no ready message exits with [`EXIT_EMPTY`].
+//!
+//! # Layout
+//! - this file: the command line ([`AdminCommand`] and its arguments), [`run`], [`CliError`].
+//! - `commands`: what each command does.
+//! - `format`: the text tables and the JSON shapes.
+
+use std::fmt;
+use std::io;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand, ValueEnum};
+use sluice_client::{ErrorCode, ExchangeKind, HeaderValue, Overflow};
+
+mod commands;
+mod format;
+
+/// The broker the admin commands talk to when neither `--url` nor `SLUICE_URL` is given.
+pub const DEFAULT_URL: &str = "sluice://guest:guest@127.0.0.1:5680";
+
+/// Exit status of `sluice get` when the queue has no ready message (errors exit with 1,
+/// command-line mistakes with 2).
+pub const EXIT_EMPTY: u8 = 3;
+
+/// Consumer window of `sluice consume` without `--prefetch`.
+pub const DEFAULT_CONSUME_PREFETCH: u32 = 100;
+
+/// The admin subcommands; `main.rs` flattens them next to `serve`.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// List queues with their depth, consumers and rates.
+    ///
+    /// FLAGS: D durable, E exclusive, A auto-delete. READY and UNACKED count messages,
+    /// BYTES is their meta and body size, PUBLISH/S and ACK/S are messages per second over
+    /// the last few seconds.
+    Queues(ListArgs),
+    /// List exchanges.
+    ///
+    /// The default exchange ("(default)", the empty name) and the built-in amq.* ones are
+    /// included. FLAGS: D durable, A auto-delete.
+    Exchanges(ListArgs),
+    /// List bindings, oldest first.
+    ///
+    /// Only explicit bindings: the default exchange's (routing key = queue name) are
+    /// implicit.
+    Bindings(ListArgs),
+    /// List the consumers of every connection.
+    Consumers(ListArgs),
+    /// Declare a queue, or check that it exists as declared.
+    ///
+    /// Queues are durable unless --transient. Declaring an existing queue with other
+    /// settings fails with PRECONDITION_FAILED.
+    DeclareQueue(DeclareQueueArgs),
+    /// Delete a queue with its messages.
+    ///
+    /// Deleting a queue that does not exist succeeds (0 messages).
+    DeleteQueue(DeleteQueueArgs),
+    /// Remove a queue's ready messages.
+    ///
+    /// Delivered, unsettled messages stay.
+    Purge(QueueArgs),
+    /// Show a queue's settings and counters.
+    Inspect(QueueArgs),
+    /// Declare an exchange, or check that it exists as declared.
+    ///
+    /// Exchanges are durable unless --transient.
+    DeclareExchange(DeclareExchangeArgs),
+    /// Delete an exchange and its bindings.
+    ///
+    /// Deleting an exchange that does not exist succeeds.
+    DeleteExchange(DeleteExchangeArgs),
+    /// Bind a queue to an exchange.
+    Bind(BindArgs),
+    /// Remove a binding.
+    ///
+    /// Give the same queue, exchange, routing key and headers as when it was bound.
+    /// Removing a binding that does not exist succeeds.
+    Unbind(BindArgs),
+    /// Publish one message and wait for the broker's confirm.
+    ///
+    /// Exits with status 1 and the broker's reason (e.g. UNROUTABLE with --mandatory) if
+    /// the message is refused.
+    Publish(PublishArgs),
+    /// Take one message from a queue and print its body.
+    ///
+    /// The body is printed to stdout followed by a newline, then the message is acked (or
+    /// requeued with --requeue). Exits with status 3 when the queue has no ready message.
+    Get(GetArgs),
+    /// Consume from a queue, printing each body on its own line.
+    ///
+    /// Each message is acked once printed. Runs until --count messages are printed, or
+    /// until interrupted (Ctrl-C); messages received but not printed return to the queue.
+    Consume(ConsumeArgs),
+}
+
+impl AdminCommand {
+    /// The connection and output options every command has.
+    pub fn target(&self) -> &Target {
+        match self {
+            AdminCommand::Queues(a)
+            | AdminCommand::Exchanges(a)
+            | AdminCommand::Bindings(a)
+            | AdminCommand::Consumers(a) => &a.target,
+            AdminCommand::DeclareQueue(a) => &a.target,
+            AdminCommand::DeleteQueue(a) => &a.target,
+            AdminCommand::Purge(a) | AdminCommand::Inspect(a) => &a.target,
+            AdminCommand::DeclareExchange(a) => &a.target,
+            AdminCommand::DeleteExchange(a) => &a.target,
+            AdminCommand::Bind(a) | AdminCommand::Unbind(a) => &a.target,
+            AdminCommand::Publish(a) => &a.target,
+            AdminCommand::Get(a) => &a.target,
+            AdminCommand::Consume(a) => &a.target,
+        }
+    }
+}
+
+/// Which broker, and how to print.
+#[derive(Debug, Clone, Args)]
+pub struct Target {
+    /// Broker URL, `sluice://user:password@host:port` (the password is never printed).
+    #[arg(long, env = "SLUICE_URL", default_value = DEFAULT_URL, hide_env_values = true)]
+    pub url: String,
+    /// Print JSON instead of text (`consume`: one JSON object per line).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of the listings.
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Arguments of commands that name one queue.
+#[derive(Debug, Clone, Args)]
+pub struct QueueArgs {
+    /// The queue.
+    pub queue: String,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Arguments of `sluice declare-queue`.
+#[derive(Debug, Clone, Args)]
+pub struct DeclareQueueArgs {
+    /// The queue's name; "" asks the broker to generate one (printed).
+    pub name: String,
+    /// Not durable: the queue and its messages are gone after a broker restart.
+    #[arg(long)]
+    pub transient: bool,
+    /// Exclusive to this command's connection, so deleted when the command exits (for tests).
+    #[arg(long)]
+    pub exclusive: bool,
+    /// Delete the queue when its last consumer is cancelled.
+    #[arg(long)]
+    pub auto_delete: bool,
+    /// Only check that the queue exists (NOT_FOUND otherwise); other settings are ignored.
+    #[arg(long)]
+    pub passive: bool,
+    /// Most ready messages the queue holds.
+    #[arg(long, value_name = "N")]
+    pub max_length: Option<u64>,
+    /// Most bytes (meta plus body) of ready messages the queue holds.
+    #[arg(long, value_name = "BYTES")]
+    pub max_length_bytes: Option<u64>,
+    /// What happens at a length limit [broker default: drop-head].
+    #[arg(long, value_enum)]
+    pub overflow: Option<OverflowArg>,
+    /// Messages older than this are dead-lettered (or dropped).
+    #[arg(long, value_name = "MS")]
+    pub message_ttl_ms: Option<u64>,
+    /// Exchange that receives dead-lettered messages.
+    #[arg(long, value_name = "EXCHANGE")]
+    pub dead_letter_exchange: Option<String>,
+    /// Routing key of dead-lettered messages [default: the message's own].
+    #[arg(long, value_name = "KEY")]
+    pub dead_letter_routing_key: Option<String>,
+    /// Lease of deliveries from this queue [broker default: 30 minutes].
+    #[arg(long, value_name = "MS")]
+    pub ack_timeout_ms: Option<u64>,
+    /// Deliveries after which a message is dead-lettered instead of redelivered.
+    #[arg(long, value_name = "N")]
+    pub delivery_limit: Option<u32>,
+    /// Delete the queue after it has been unused this long.
+    #[arg(long, value_name = "MS")]
+    pub expires_ms: Option<u64>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// What a queue does at its length limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OverflowArg {
+    /// Drop (or dead-letter) the oldest ready message.
+    DropHead,
+    /// Refuse the new message (the publisher gets QUEUE_FULL).
+    RejectPublish,
+}
+
+impl From<OverflowArg> for Overflow {
+    fn from(o: OverflowArg) -> Self {
+        match o {
+            OverflowArg::DropHead => Overflow::DropHead,
+            OverflowArg::RejectPublish => Overflow::RejectPublish,
+        }
+    }
+}
+
+/// Arguments of `sluice delete-queue`.
+#[derive(Debug, Clone, Args)]
+pub struct DeleteQueueArgs {
+    /// The queue.
+    pub queue: String,
+    /// Fail with PRECONDITION_FAILED if the queue has consumers.
+    #[arg(long)]
+    pub if_unused: bool,
+    /// Fail with PRECONDITION_FAILED if the queue holds messages.
+    #[arg(long)]
+    pub if_empty: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Arguments of `sluice declare-exchange`.
+#[derive(Debug, Clone, Args)]
+pub struct DeclareExchangeArgs {
+    /// The exchange's name.
+    pub name: String,
+    /// How it routes.
+    #[arg(long, value_enum)]
+    pub kind: KindArg,
+    /// Not durable: gone after a broker restart.
+    #[arg(long)]
+    pub transient: bool,
+    /// Delete the exchange when its last binding is removed.
+    #[arg(long)]
+    pub auto_delete: bool,
+    /// Only check that the exchange exists (NOT_FOUND otherwise).
+    #[arg(long)]
+    pub passive: bool,
+    /// Where messages that match no binding go.
+    #[arg(long, value_name = "EXCHANGE")]
+    pub alternate_exchange: Option<String>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// An exchange kind on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KindArg {
+    /// Routing key equals binding key.
+    Direct,
+    /// Every bound queue.
+    Fanout,
+    /// Dot-separated words; `*` matches one word, `#` zero or more.
+    Topic,
+    /// Message headers against binding headers, under `x-match` (all or any).
+    Headers,
+}
+
+impl From<KindArg> for ExchangeKind {
+    fn from(k: KindArg) -> Self {
+        match k {
+            KindArg::Direct => ExchangeKind::Direct,
+            KindArg::Fanout => ExchangeKind::Fanout,
+            KindArg::Topic => ExchangeKind::Topic,
+            KindArg::Headers => ExchangeKind::Headers,
+        }
+    }
+}
+
+/// Arguments of `sluice delete-exchange`.
+#[derive(Debug, Clone, Args)]
+pub struct DeleteExchangeArgs {
+    /// The exchange.
+    pub name: String,
+    /// Fail with PRECONDITION_FAILED if the exchange has bindings.
+    #[arg(long)]
+    pub if_unused: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Arguments of `sluice bind` and `sluice unbind`.
+#[derive(Debug, Clone, Args)]
+pub struct BindArgs {
+    /// The queue.
+    pub queue: String,
+    /// The exchange.
+    pub exchange: String,
+    /// The binding key (direct and topic exchanges).
+    #[arg(default_value = "")]
+    pub routing_key: String,
+    /// A binding header, `KEY=VALUE` (a string) or `KEY:int=N`, `KEY:bool=true|false`;
+    /// headers exchanges match on them (`x-match=all|any`). Repeatable.
+    #[arg(long = "header", value_name = "KEY[:TYPE]=VALUE", value_parser = parse_header)]
+    pub headers: Vec<HeaderArg>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Arguments of `sluice publish`.
+#[derive(Debug, Clone, Args)]
+pub struct PublishArgs {
+    /// The exchange ("" is the default exchange: routing key = queue name).
+    pub exchange: String,
+    /// The routing key.
+    pub routing_key: String,
+    /// The body; read from stdin (all of it, bytes as they are) when omitted.
+    pub body: Option<String>,
+    /// A message header, `KEY=VALUE` (a string) or `KEY:int=N`, `KEY:bool=true|false`.
+    /// Repeatable.
+    #[arg(long = "header", value_name = "KEY[:TYPE]=VALUE", value_parser = parse_header)]
+    pub headers: Vec<HeaderArg>,
+    /// Refuse the message (UNROUTABLE) instead of dropping it when it reaches no queue.
+    #[arg(long)]
+    pub mandatory: bool,
+    /// Not persistent: confirmed once enqueued, lost on a broker restart.
+    #[arg(long)]
+    pub transient: bool,
+    /// MIME type of the body.
+    #[arg(long, value_name = "TYPE")]
+    pub content_type: Option<String>,
+    /// Application message id.
+    #[arg(long, value_name = "ID")]
+    pub message_id: Option<String>,
+    /// Id of the request this message answers.
+    #[arg(long, value_name = "ID")]
+    pub correlation_id: Option<String>,
+    /// Queue a reply should go to.
+    #[arg(long, value_name = "QUEUE")]
+    pub reply_to: Option<String>,
+    /// Per-message TTL, from when a queue accepts the message.
+    #[arg(long, value_name = "MS")]
+    pub expiration_ms: Option<u64>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Arguments of `sluice get`.
+#[derive(Debug, Clone, Args)]
+pub struct GetArgs {
+    /// The queue.
+    pub queue: String,
+    /// Put the message back (nack with requeue) instead of acking it.
+    #[arg(long)]
+    pub requeue: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Arguments of `sluice consume`.
+#[derive(Debug, Clone, Args)]
+pub struct ConsumeArgs {
+    /// The queue.
+    pub queue: String,
+    /// Stop after this many messages.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Most unacked deliveries in flight (0 = no limit); never more than what --count still
+    /// needs, so no extra message is taken and requeued.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CONSUME_PREFETCH)]
+    pub prefetch: u32,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// A header from the command line: `KEY=VALUE`, `KEY:str=VALUE`, `KEY:int=N` or
+/// `KEY:bool=true|false`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderArg {
+    /// The key.
+    pub key: String,
+    /// The typed value.
+    pub value: HeaderValue,
+}
+
+/// Parses a [`HeaderArg`]. A key may contain `:` as long as what follows its last `:` is not
+/// one of the type names.
+pub fn parse_header(s: &str) -> Result<HeaderArg, String> {
+    let (left, raw) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got '{s}'"))?;
+    let (key, kind) = match left.rsplit_once(':') {
+        Some((key, kind @ ("str" | "int" | "bool"))) => (key, kind),
+        _ => (left, "str"),
+    };
+    let value = match kind {
+        "int" => HeaderValue::Int(
+            raw.parse()
+                .map_err(|_| format!("'{raw}' is not a 64-bit integer"))?,
+        ),
+        "bool" => HeaderValue::Bool(
+            raw.parse()
+                .map_err(|_| format!("'{raw}' is not true or false"))?,
+        ),
+        _ => HeaderValue::from(raw),
+    };
+    Ok(HeaderArg {
+        key: key.to_owned(),
+        value,
+    })
+}
+
+/// Runs an admin command to completion and returns the process's exit status. Results are
+/// printed on stdout, errors on stderr.
+pub fn run(command: AdminCommand) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("sluice: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::execute(command)) {
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::Empty) => ExitCode::from(EXIT_EMPTY),
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// How a command that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It did its work.
+    Done,
+    /// `get` found no ready message.
+    Empty,
+}
+
+/// A failed admin command: a message, and the protocol error code when the broker sent one.
+/// Displays as `<message> (CODE_NAME)`.
+#[derive(Debug, Clone)]
+pub struct CliError {
+    message: String,
+    code: Option<ErrorCode>,
+}
+
+impl CliError {
+    /// An error without a protocol code.
+    pub fn new(message: impl Into<String>) -> Self {
+        CliError {
+            message: message.into(),
+            code: None,
+        }
+    }
+
+    /// The protocol error code, if the broker sent one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        self.code
+    }
+
+    /// Prefixes the message with what was being done.
+    pub fn context(mut self, what: impl fmt::Display) -> Self {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(code) = self.code {
+            write!(f, " ({})", code.name())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for CliError {}
+
+impl From<sluice_client::Error> for CliError {
+    /// The broker's own words for errors it sent (the code goes in parentheses); the client's
+    /// description otherwise.
+    fn from(e: sluice_client::Error) -> Self {
+        use sluice_client::{CloseReason, Error};
+        let or_code = |detail: &str, code: ErrorCode| {
+            if detail.is_empty() {
+                code.name().to_lowercase().replace('_', " ")
+            } else {
+                detail.to_owned()
+            }
+        };
+        let message = match &e {
+            Error::Server { code, message } => or_code(message, *code),
+            Error::PublishRejected { code, message, .. } => {
+                format!("message refused: {}", or_code(message, *code))
+            }
+            Error::ConsumerCancelled { code, reason } => {
+                format!(
+                    "consumer cancelled by the broker: {}",
+                    or_code(reason, *code)
+                )
+            }
+            Error::ConnectionClosed(CloseReason::Server {
+                code: Some(code),
+                reason,
+            }) => format!(
+                "connection closed by the broker: {}",
+                or_code(reason, *code)
+            ),
+            other => other.to_string(),
+        };
+        CliError {
+            message,
+            code: e.code(),
+        }
+    }
+}
+
+impl From<io::Error> for CliError {
+    fn from(e: io::Error) -> Self {
+        CliError::new(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_parse_with_optional_types() {
+        let h = |key: &str, value: HeaderValue| HeaderArg {
+            key: key.into(),
+            value,
+        };
+        assert_eq!(parse_header("a=b=c"), Ok(h("a", "b=c".into())));
+        assert_eq!(parse_header("n:int=-5"), Ok(h("n", HeaderValue::Int(-5))));
+        assert_eq!(
+            parse_header("f:bool=true"),
+            Ok(h("f", HeaderValue::Bool(true)))
+        );
+        assert_eq!(parse_header("x:str=1"), Ok(h("x", "1".into())));
+        assert_eq!(parse_header("ns:key=v"), Ok(h("ns:key", "v".into())));
+        assert_eq!(parse_header("empty="), Ok(h("empty", "".into())));
+        assert!(parse_header("novalue").is_err());
+        assert!(parse_header("n:int=x").is_err());
+        assert!(parse_header("f:bool=yes").is_err());
+    }
+
+    #[test]
+    fn broker_errors_print_their_message_and_code_name() {
+        let e = CliError::from(sluice_client::Error::Server {
+            code: ErrorCode::NotFound,
+            message: "no queue 'q'".into(),
+        });
+        assert_eq!(e.to_string(), "no queue 'q' (NOT_FOUND)");
+        let e = CliError::from(sluice_client::Error::Server {
+            code: ErrorCode::PreconditionFailed,
+            message: String::new(),
+        });
+        assert_eq!(
+            e.context("cannot delete").to_string(),
+            "cannot delete: precondition failed (PRECONDITION_FAILED)"
+        );
+        let e = CliError::from(sluice_client::Error::Protocol("bad".into()));
+        assert_eq!(e.to_string(), "protocol violation: bad");
+        assert_eq!(e.code(), None);
+    }
+
+    #[test]
+    fn the_command_line_parses() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            command: AdminCommand,
+        }
+        let cli = Cli::try_parse_from([
+            "sluice",
+            "bind",
+            "q",
+            "x",
+            "a.*",
+            "--header",
+            "n:int=1",
+            "--url",
+            "sluice://h:1",
+        ])
+        .unwrap();
+        let AdminCommand::Bind(bind) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!((bind.routing_key.as_str(), bind.headers.len()), ("a.*", 1));
+        assert_eq!(bind.target.url, "sluice://h:1");
+        let cli = Cli::try_parse_from(["sluice", "unbind", "q", "x"]).unwrap();
+        if std::env::var_os("SLUICE_URL").is_none() {
+            assert_eq!(cli.command.target().url, DEFAULT_URL);
+        }
+        let AdminCommand::Unbind(unbind) = &cli.command else {
+            panic!()
+        };
+        assert_eq!(unbind.routing_key, "");
+        assert!(Cli::try_parse_from(["sluice", "declare-exchange", "x"]).is_err());
+        let cli = Cli::try_parse_from(["sluice", "consume", "q", "--count", "2", "--json"]);
+        let AdminCommand::Consume(consume) = cli.unwrap().command else {
+            panic!()
+        };
+        assert_eq!(consume.prefetch, DEFAULT_CONSUME_PREFETCH);
+        assert!(consume.target.json);
+    }
+}
