@@ -38,7 +38,7 @@ async fn exclusive_queues_belong_to_their_connection_and_go_with_it() {
     assert!(err.is_resource_locked(), "{err:?}");
     owner.close().await.unwrap();
     // Gone with its connection: a new declare by the other connection creates it afresh.
-    let info = within("exclusive queue deleted", async {
+    within("exclusive queue deleted", async {
         loop {
             match other.inspect_queue("mine").await {
                 Err(e) if e.is_not_found() => break,
@@ -47,7 +47,6 @@ async fn exclusive_queues_belong_to_their_connection_and_go_with_it() {
         }
     })
     .await;
-    drop(info);
     broker.stop();
 }
 
@@ -62,9 +61,9 @@ async fn auto_delete_queue_goes_with_its_last_consumer() {
         .unwrap();
     let mut a = client.consume("temp", ConsumeOptions::new()).await.unwrap();
     let mut b = client.consume("temp", ConsumeOptions::new()).await.unwrap();
-    a.cancel().await;
+    a.cancel().await.unwrap();
     assert_eq!(client.inspect_queue("temp").await.unwrap().consumers, 1);
-    b.cancel().await;
+    b.cancel().await.unwrap();
     let err = client.inspect_queue("temp").await.unwrap_err();
     assert!(err.is_not_found(), "{err:?}");
     broker.stop();
@@ -166,7 +165,7 @@ async fn conditional_delete_purge_and_multiple_ack() {
         let m = within("delivery", consumer.next()).await.unwrap().unwrap();
         m.nack(true).await.unwrap();
     }
-    consumer.cancel().await;
+    consumer.cancel().await.unwrap();
     let info = within("settled", async {
         loop {
             let i = client.inspect_queue("q").await.unwrap();
