@@ -59,17 +59,10 @@ async fn publish_consume_ack_round_trip_in_order() {
         m.ack().await.unwrap();
     }
     drop(consumer);
-    // Acks are fire-and-forget; a request after them is processed after them.
-    let info = within("inspect", async {
-        loop {
-            let info = client.inspect_queue("tasks").await.unwrap();
-            if info.unacked == 0 {
-                break info;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    // Settlements are processed in order before a later request on the same connection
+    // (protocol.md §3.5), so one inspect sees their effect.
+    let info = client.inspect_queue("tasks").await.unwrap();
+    assert_eq!(info.unacked, 0);
     assert_eq!((info.ready, info.unacked), (0, 0));
     client.close().await.unwrap();
     broker.stop();
@@ -266,16 +259,10 @@ async fn an_expired_lease_returns_the_message_and_the_consumer_stays() {
     // The client may refuse locally or the server may answer UNKNOWN_DELIVERY_TAG later;
     // either way the consumer is still connected and the queue is empty.
     drop(err);
-    let info = within("queue drained", async {
-        loop {
-            let i = client.inspect_queue("slow").await.unwrap();
-            if i.unacked == 0 {
-                break i;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    // Settlements are processed in order before a later request on the same connection
+    // (protocol.md §3.5), so one inspect sees their effect.
+    let info = client.inspect_queue("slow").await.unwrap();
+    assert_eq!(info.unacked, 0);
     assert_eq!((info.ready, info.consumers), (0, 1));
     broker.stop();
 }
