@@ -145,7 +145,10 @@ async fn nacked_messages_return_in_sequence_order_ahead_of_newer_ones() {
     for _ in 0..5 {
         first.push(next(&mut consumer).await);
     }
-    // Nack 3 then 1 (out of order), ack the rest, then publish a newer message.
+    // Stop the consumer so the returns queue up instead of going straight back out; its
+    // deliveries stay outstanding. Nack 3 then 1 (out of order), ack the rest, then publish
+    // a newer message.
+    consumer.cancel().await.unwrap();
     first[3].nack(true).await.unwrap();
     first[1].nack(true).await.unwrap();
     for i in [0, 2, 4] {
@@ -153,6 +156,10 @@ async fn nacked_messages_return_in_sequence_order_ahead_of_newer_ones() {
     }
     client
         .publish("", "q", body(5), &PublishOptions::new())
+        .await
+        .unwrap();
+    let mut consumer = client
+        .consume("q", ConsumeOptions::new().prefetch(5))
         .await
         .unwrap();
     let a = next(&mut consumer).await;
