@@ -1,1 +1,22 @@
-//! tests
+//! Process-level tests of Sluice on real files.
+//!
+//! The storage tests inside `sluice-broker` simulate a crash by copying a data directory while
+//! the store runs. The tests in this crate crash for real: a child process (the `log_writer`
+//! binary of this crate) appends to a store and reports on stdout what it has confirmed, the
+//! test kills it with SIGKILL (or lets it run into a file-size limit), then reopens the
+//! directory and checks that every confirmed message is still there, byte for byte.
+//!
+//! # Modules
+//! - [`workload`]: the deterministic messages the writer appends and the tests expect back,
+//!   and the store settings both sides use.
+//! - [`protocol`]: the line protocol the writer speaks on stdout.
+//! - [`child`]: a child process with a line reader, bounded waits and kill-on-drop.
+//! - [`ledger`]: what the writer has confirmed so far, and the check of a reopened log
+//!   against it.
+//! - [`writer`]: the commands that start the writer, and reopening what it wrote.
+
+pub mod child;
+pub mod ledger;
+pub mod protocol;
+pub mod workload;
+pub mod writer;

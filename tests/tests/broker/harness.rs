@@ -10,7 +10,7 @@ use std::time::Duration;
 use sluice_client::Client;
 
 /// How long any single wait in these tests may take.
-pub const WAIT: Duration = Duration::from_secs(20);
+pub const WAIT: Duration = Duration::from_secs(60);
 
 /// The `sluice` binary built with this test (cargo builds every workspace binary first).
 pub fn sluice_bin() -> PathBuf {
@@ -153,6 +153,21 @@ impl Drop for Broker {
             let _ = child.wait();
         }
     }
+}
+
+/// Inspects `queue` until none of its messages is unacked (settlements that race with
+/// redeliveries, e.g. a consumer's own requeue of what it had buffered when cancelled).
+pub async fn settled(client: &Client, queue: &str) -> sluice_client::InspectQueueOk {
+    within("all deliveries settled", async {
+        loop {
+            let info = client.inspect_queue(queue).await.expect("inspect");
+            if info.unacked == 0 {
+                return info;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
 }
 
 /// Runs `f` under the test-wide time limit.
