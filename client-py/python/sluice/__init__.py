@@ -1,0 +1,103 @@
+"""Python client for the Sluice message broker.
+
+Two clients with the same methods: :class:`Client` blocks (releasing the GIL while it waits)
+and :class:`AsyncClient` returns awaitables for asyncio. Both wrap the Rust client
+``sluice-client``, running on one tokio runtime shared by the process.
+
+::
+
+    import sluice
+
+    with sluice.Client("sluice://guest:guest@127.0.0.1:5680") as client:
+        client.declare_queue("tasks")
+        client.publish("", "tasks", b"job-1")          # returns once confirmed
+        for msg in client.consume("tasks", prefetch=100):
+            with msg.process():                         # ack, or reject if it raises
+                handle(msg.body)
+
+    async with sluice.AsyncClient("sluice://") as client:
+        await client.publish("", "tasks", b"job-2")
+        async for msg in client.consume("tasks"):
+            async with msg.process(requeue=True):
+                await handle(msg.body)
+"""
+
+from ._sluice import (
+    AsyncClient,
+    AsyncConsumer,
+    AsyncMessage,
+    AsyncMessageProcess,
+    BaseMessage,
+    Client,
+    Consumer,
+    DeclaredQueue,
+    Message,
+    MessageProcess,
+    OutgoingMessage,
+    QueueInfo,
+    __version__,
+)
+from .exceptions import (
+    AccessRefused,
+    AlreadySettled,
+    ChannelError,
+    ConnectionClosed,
+    ConnectionError,
+    ConsumerCancelled,
+    InvalidArgument,
+    InvalidUrl,
+    MessageTooLarge,
+    NotAllowed,
+    NotFound,
+    PreconditionFailed,
+    ProtocolError,
+    PublishRejected,
+    QueueFull,
+    ResourceLimit,
+    ResourceLocked,
+    ServerError,
+    SluiceError,
+    StorageFull,
+    TimeoutError,
+    UnknownDeliveryTag,
+    Unroutable,
+)
+
+__all__ = [
+    "AccessRefused",
+    "AlreadySettled",
+    "AsyncClient",
+    "AsyncConsumer",
+    "AsyncMessage",
+    "AsyncMessageProcess",
+    "BaseMessage",
+    "ChannelError",
+    "Client",
+    "ConnectionClosed",
+    "ConnectionError",
+    "Consumer",
+    "ConsumerCancelled",
+    "DeclaredQueue",
+    "InvalidArgument",
+    "InvalidUrl",
+    "Message",
+    "MessageProcess",
+    "MessageTooLarge",
+    "NotAllowed",
+    "NotFound",
+    "OutgoingMessage",
+    "PreconditionFailed",
+    "ProtocolError",
+    "PublishRejected",
+    "QueueFull",
+    "QueueInfo",
+    "ResourceLimit",
+    "ResourceLocked",
+    "ServerError",
+    "SluiceError",
+    "StorageFull",
+    "TimeoutError",
+    "UnknownDeliveryTag",
+    "Unroutable",
+    "__version__",
+]

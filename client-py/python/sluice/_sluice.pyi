@@ -1,0 +1,469 @@
+"""Type stubs for the native module ``sluice._sluice`` (re-exported by ``sluice``).
+
+The async API returns asyncio futures (awaitable, cancellable; for a task of its own use
+``asyncio.ensure_future``, not ``asyncio.create_task``, which takes coroutines).
+"""
+
+from asyncio import Future
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import Any, Literal, Optional, Union, final, overload
+
+from typing_extensions import Self, disjoint_base
+
+from .exceptions import SluiceError
+
+__all__ = [
+    "AsyncClient",
+    "AsyncConsumer",
+    "AsyncMessage",
+    "AsyncMessageProcess",
+    "BaseMessage",
+    "Client",
+    "Consumer",
+    "DeclaredQueue",
+    "Message",
+    "MessageProcess",
+    "OutgoingMessage",
+    "QueueInfo",
+    "__version__",
+]
+
+__version__: str
+
+#: What a message body may be: bytes are sent without a copy, str as UTF-8.
+_Body = Union[bytes, bytearray, memoryview, str]
+#: A header value: the protocol's four types (bool is kept apart from int).
+_HeaderValue = Union[str, int, bool, bytes]
+_Headers = Mapping[str, _HeaderValue]
+_ExchangeKind = Literal["direct", "fanout", "topic", "headers"]
+_Overflow = Literal["drop-head", "reject-publish"]
+
+@final
+class DeclaredQueue:
+    """What ``declare_queue`` answers."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def ready(self) -> int: ...
+    @property
+    def consumers(self) -> int: ...
+
+@final
+class QueueInfo:
+    """What ``inspect_queue`` answers: a queue's settings and counters."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def durable(self) -> bool: ...
+    @property
+    def exclusive(self) -> bool: ...
+    @property
+    def auto_delete(self) -> bool: ...
+    @property
+    def ready(self) -> int: ...
+    @property
+    def unacked(self) -> int: ...
+    @property
+    def consumers(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def arguments(self) -> dict[str, Any]: ...
+
+@final
+class OutgoingMessage:
+    """A message for ``publish_batch``."""
+
+    def __new__(
+        cls,
+        exchange: str,
+        routing_key: str,
+        body: _Body,
+        *,
+        headers: Optional[_Headers] = None,
+        mandatory: bool = False,
+        persistent: bool = True,
+        content_type: Optional[str] = None,
+        content_encoding: Optional[str] = None,
+        message_id: Optional[str] = None,
+        correlation_id: Optional[str] = None,
+        reply_to: Optional[str] = None,
+        expiration: Optional[float] = None,
+        timestamp: Optional[float] = None,
+    ) -> OutgoingMessage: ...
+    @property
+    def exchange(self) -> str: ...
+    @property
+    def routing_key(self) -> str: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def headers(self) -> dict[str, _HeaderValue]: ...
+    @property
+    def mandatory(self) -> bool: ...
+    @property
+    def persistent(self) -> bool: ...
+
+@disjoint_base
+class BaseMessage:
+    """A delivered message's fields; ``Message`` and ``AsyncMessage`` add settling."""
+
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def headers(self) -> dict[str, _HeaderValue]: ...
+    @property
+    def exchange(self) -> str: ...
+    @property
+    def routing_key(self) -> str: ...
+    @property
+    def redelivered(self) -> bool: ...
+    @property
+    def delivery_count(self) -> int: ...
+    @property
+    def delivery_tag(self) -> int: ...
+    @property
+    def message_seq(self) -> int: ...
+    @property
+    def persistent(self) -> bool: ...
+    @property
+    def content_type(self) -> Optional[str]: ...
+    @property
+    def content_encoding(self) -> Optional[str]: ...
+    @property
+    def message_id(self) -> Optional[str]: ...
+    @property
+    def correlation_id(self) -> Optional[str]: ...
+    @property
+    def reply_to(self) -> Optional[str]: ...
+    @property
+    def expiration(self) -> Optional[float]: ...
+    @property
+    def timestamp(self) -> Optional[float]: ...
+    @property
+    def settled(self) -> bool: ...
+
+@final
+class Message(BaseMessage):
+    """A message from the blocking API."""
+
+    def ack(self) -> None: ...
+    def nack(self, requeue: bool = True) -> None: ...
+    def reject(self) -> None: ...
+    def extend(self, seconds: float) -> None: ...
+    def process(
+        self, *, requeue: bool = False, reject_on_redelivered: bool = False
+    ) -> MessageProcess: ...
+
+@final
+class AsyncMessage(BaseMessage):
+    """A message from the asyncio API."""
+
+    def ack(self) -> Future[None]: ...
+    def nack(self, requeue: bool = True) -> Future[None]: ...
+    def reject(self) -> Future[None]: ...
+    def extend(self, seconds: float) -> Future[None]: ...
+    def process(
+        self, *, requeue: bool = False, reject_on_redelivered: bool = False
+    ) -> AsyncMessageProcess: ...
+
+@final
+class MessageProcess:
+    """Acks the message when the block succeeds; rejects or requeues it when it raises."""
+
+    def __enter__(self) -> Message: ...
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc_value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> bool: ...
+
+@final
+class AsyncMessageProcess:
+    """Acks the message when the block succeeds; rejects or requeues it when it raises."""
+
+    def __aenter__(self) -> Future[AsyncMessage]: ...
+    def __aexit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc_value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> Future[bool]: ...
+
+@final
+class Consumer(Iterator[Message]):
+    """Messages from one queue, for the blocking API."""
+
+    def __iter__(self) -> Self: ...
+    def __next__(self) -> Message: ...
+    def receive(self, timeout: Optional[float] = None) -> Optional[Message]: ...
+    def cancel(self) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc_value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> bool: ...
+    @property
+    def queue(self) -> str: ...
+    @property
+    def tag(self) -> Optional[str]: ...
+    @property
+    def is_closed(self) -> bool: ...
+
+@final
+class AsyncConsumer(AsyncIterator[AsyncMessage]):
+    """Messages from one queue, for the asyncio API."""
+
+    def __aiter__(self) -> Self: ...
+    def __anext__(self) -> Future[AsyncMessage]: ...
+    def receive(self, timeout: Optional[float] = None) -> Future[Optional[AsyncMessage]]: ...
+    def cancel(self) -> Future[None]: ...
+    def __aenter__(self) -> Future[Self]: ...
+    def __aexit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc_value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> Future[bool]: ...
+    @property
+    def queue(self) -> str: ...
+    @property
+    def tag(self) -> Optional[str]: ...
+    @property
+    def is_closed(self) -> bool: ...
+
+@final
+class Client:
+    """A blocking client: one connection, made in the constructor."""
+
+    def __new__(
+        cls,
+        url: str = "sluice://",
+        *,
+        name: Optional[str] = None,
+        heartbeat: Optional[float] = None,
+        connect_timeout: Optional[float] = None,
+        request_timeout: float = 30.0,
+        prefetch: int = 1000,
+    ) -> Client: ...
+    def connect(self) -> Self: ...
+    def declare_queue(
+        self,
+        name: str,
+        durable: bool = True,
+        *,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        passive: bool = False,
+        max_length: Optional[int] = None,
+        max_length_bytes: Optional[int] = None,
+        overflow: Optional[_Overflow] = None,
+        message_ttl: Optional[float] = None,
+        dead_letter_exchange: Optional[str] = None,
+        dead_letter_routing_key: Optional[str] = None,
+        ack_timeout: Optional[float] = None,
+        delivery_limit: Optional[int] = None,
+        expires: Optional[float] = None,
+    ) -> DeclaredQueue: ...
+    def delete_queue(
+        self, name: str, *, if_unused: bool = False, if_empty: bool = False
+    ) -> int: ...
+    def purge_queue(self, name: str) -> int: ...
+    def inspect_queue(self, name: str) -> QueueInfo: ...
+    def declare_exchange(
+        self,
+        name: str,
+        kind: _ExchangeKind = "direct",
+        *,
+        durable: bool = True,
+        auto_delete: bool = False,
+        passive: bool = False,
+        alternate_exchange: Optional[str] = None,
+    ) -> None: ...
+    def delete_exchange(self, name: str, *, if_unused: bool = False) -> None: ...
+    def bind(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: Optional[_Headers] = None,
+    ) -> None: ...
+    def unbind(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: Optional[_Headers] = None,
+    ) -> None: ...
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: _Body,
+        *,
+        headers: Optional[_Headers] = None,
+        mandatory: bool = False,
+        persistent: bool = True,
+        content_type: Optional[str] = None,
+        content_encoding: Optional[str] = None,
+        message_id: Optional[str] = None,
+        correlation_id: Optional[str] = None,
+        reply_to: Optional[str] = None,
+        expiration: Optional[float] = None,
+        timestamp: Optional[float] = None,
+    ) -> None: ...
+    @overload
+    def publish_batch(
+        self,
+        messages: Iterable[Union[OutgoingMessage, tuple[str, str, _Body]]],
+        *,
+        return_exceptions: Literal[False] = False,
+    ) -> None: ...
+    @overload
+    def publish_batch(
+        self,
+        messages: Iterable[Union[OutgoingMessage, tuple[str, str, _Body]]],
+        *,
+        return_exceptions: Literal[True],
+    ) -> list[Optional[SluiceError]]: ...
+    def get(self, queue: str) -> Optional[Message]: ...
+    def consume(
+        self,
+        queue: str,
+        *,
+        prefetch: Optional[int] = None,
+        consumer_tag: Optional[str] = None,
+        exclusive: bool = False,
+        ack_timeout: Optional[float] = None,
+    ) -> Consumer: ...
+    def close(self) -> None: ...
+    @property
+    def is_closed(self) -> bool: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc_value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> bool: ...
+
+@final
+class AsyncClient:
+    """An asyncio client: one connection, made on first use."""
+
+    def __new__(
+        cls,
+        url: str = "sluice://",
+        *,
+        name: Optional[str] = None,
+        heartbeat: Optional[float] = None,
+        connect_timeout: Optional[float] = None,
+        request_timeout: float = 30.0,
+        prefetch: int = 1000,
+    ) -> AsyncClient: ...
+    def connect(self) -> Future[Self]: ...
+    def declare_queue(
+        self,
+        name: str,
+        durable: bool = True,
+        *,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        passive: bool = False,
+        max_length: Optional[int] = None,
+        max_length_bytes: Optional[int] = None,
+        overflow: Optional[_Overflow] = None,
+        message_ttl: Optional[float] = None,
+        dead_letter_exchange: Optional[str] = None,
+        dead_letter_routing_key: Optional[str] = None,
+        ack_timeout: Optional[float] = None,
+        delivery_limit: Optional[int] = None,
+        expires: Optional[float] = None,
+    ) -> Future[DeclaredQueue]: ...
+    def delete_queue(
+        self, name: str, *, if_unused: bool = False, if_empty: bool = False
+    ) -> Future[int]: ...
+    def purge_queue(self, name: str) -> Future[int]: ...
+    def inspect_queue(self, name: str) -> Future[QueueInfo]: ...
+    def declare_exchange(
+        self,
+        name: str,
+        kind: _ExchangeKind = "direct",
+        *,
+        durable: bool = True,
+        auto_delete: bool = False,
+        passive: bool = False,
+        alternate_exchange: Optional[str] = None,
+    ) -> Future[None]: ...
+    def delete_exchange(self, name: str, *, if_unused: bool = False) -> Future[None]: ...
+    def bind(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: Optional[_Headers] = None,
+    ) -> Future[None]: ...
+    def unbind(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: Optional[_Headers] = None,
+    ) -> Future[None]: ...
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: _Body,
+        *,
+        headers: Optional[_Headers] = None,
+        mandatory: bool = False,
+        persistent: bool = True,
+        content_type: Optional[str] = None,
+        content_encoding: Optional[str] = None,
+        message_id: Optional[str] = None,
+        correlation_id: Optional[str] = None,
+        reply_to: Optional[str] = None,
+        expiration: Optional[float] = None,
+        timestamp: Optional[float] = None,
+    ) -> Future[None]: ...
+    @overload
+    def publish_batch(
+        self,
+        messages: Iterable[Union[OutgoingMessage, tuple[str, str, _Body]]],
+        *,
+        return_exceptions: Literal[False] = False,
+    ) -> Future[None]: ...
+    @overload
+    def publish_batch(
+        self,
+        messages: Iterable[Union[OutgoingMessage, tuple[str, str, _Body]]],
+        *,
+        return_exceptions: Literal[True],
+    ) -> Future[list[Optional[SluiceError]]]: ...
+    def get(self, queue: str) -> Future[Optional[AsyncMessage]]: ...
+    def consume(
+        self,
+        queue: str,
+        *,
+        prefetch: Optional[int] = None,
+        consumer_tag: Optional[str] = None,
+        exclusive: bool = False,
+        ack_timeout: Optional[float] = None,
+    ) -> AsyncConsumer: ...
+    def close(self) -> Future[None]: ...
+    @property
+    def is_closed(self) -> bool: ...
+    def __aenter__(self) -> Future[Self]: ...
+    def __aexit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc_value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> Future[bool]: ...

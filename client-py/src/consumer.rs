@@ -1,0 +1,398 @@
+//! Consumers: [`Consumer`] is an iterator of `Message`s for the blocking API, and
+//! [`AsyncConsumer`] an async iterator of `AsyncMessage`s. Both wrap one [`ConsumerCore`].
+//!
+//! `AsyncClient.consume()` is not awaited (`async for msg in client.consume(...)`), so an
+//! async consumer starts on first use; a blocking one starts in `Client.consume()`, where its
+//! errors belong.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use pyo3::exceptions::PyStopAsyncIteration;
+use pyo3::prelude::*;
+use sluice_client::ConsumeOptions;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::Connection;
+use crate::convert;
+use crate::errors::{to_py, IntoPyResult};
+use crate::message::{IncomingAsync, Message};
+use crate::runtime;
+
+enum State {
+    /// Not started yet (async consumers start on first use).
+    Pending {
+        connection: Arc<Connection>,
+        options: ConsumeOptions,
+    },
+    Active(sluice_client::Consumer),
+    Ended,
+}
+
+/// What both consumer classes share: the Rust consumer behind a lock (one reader at a time),
+/// and a token that stops a reader waiting on it.
+pub(crate) struct ConsumerCore {
+    queue: String,
+    state: tokio::sync::Mutex<State>,
+    stop: CancellationToken,
+    ended: AtomicBool,
+    tag: OnceLock<String>,
+}
+
+impl ConsumerCore {
+    pub(crate) fn pending(
+        connection: Arc<Connection>,
+        queue: String,
+        options: ConsumeOptions,
+    ) -> Self {
+        Self::new(
+            queue,
+            State::Pending {
+                connection,
+                options,
+            },
+        )
+    }
+
+    pub(crate) fn active(consumer: sluice_client::Consumer) -> Self {
+        let queue = consumer.queue().to_owned();
+        let tag = consumer.tag().to_owned();
+        let core = Self::new(queue, State::Active(consumer));
+        let _ = core.tag.set(tag);
+        core
+    }
+
+    fn new(queue: String, state: State) -> Self {
+        ConsumerCore {
+            queue,
+            state: tokio::sync::Mutex::new(state),
+            stop: CancellationToken::new(),
+            ended: AtomicBool::new(false),
+            tag: OnceLock::new(),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.stop.is_cancelled() || self.ended.load(Ordering::Relaxed)
+    }
+
+    /// Starts the consumer if it has not started.
+    async fn start_locked(&self, state: &mut State) -> PyResult<()> {
+        if let State::Pending {
+            connection,
+            options,
+        } = state
+        {
+            let client = connection.get().await?;
+            let consumer = client.consume(&self.queue, options.clone()).await.py()?;
+            let _ = self.tag.set(consumer.tag().to_owned());
+            *state = State::Active(consumer);
+        }
+        Ok(())
+    }
+
+    async fn start(&self) -> PyResult<()> {
+        let mut state = self.state.lock().await;
+        self.start_locked(&mut state).await
+    }
+
+    /// What one item of the Rust stream means here.
+    fn item(
+        &self,
+        state: &mut State,
+        item: Option<sluice_client::Result<sluice_client::Message>>,
+    ) -> PyResult<Option<sluice_client::Message>> {
+        match item {
+            Some(Ok(message)) => Ok(Some(message)),
+            Some(Err(error)) => {
+                self.end(state);
+                Err(to_py(error))
+            }
+            None => {
+                self.end(state);
+                Ok(None)
+            }
+        }
+    }
+
+    fn end(&self, state: &mut State) {
+        *state = State::Ended;
+        self.ended.store(true, Ordering::Relaxed);
+    }
+
+    /// The next message; `None` once the consumer has ended or was cancelled, or when
+    /// `timeout` passes first.
+    async fn next(&self, timeout: Option<Duration>) -> PyResult<Option<sluice_client::Message>> {
+        let mut state = tokio::select! {
+            state = self.state.lock() => state,
+            () = self.stop.cancelled() => return Ok(None),
+        };
+        if self.stop.is_cancelled() {
+            return Ok(None);
+        }
+        self.start_locked(&mut state).await?;
+        let State::Active(consumer) = &mut *state else {
+            return Ok(None);
+        };
+        let next = async {
+            tokio::select! {
+                item = consumer.next() => Some(item),
+                () = self.stop.cancelled() => None,
+            }
+        };
+        let item = match timeout {
+            None => next.await,
+            Some(timeout) => match tokio::time::timeout(timeout, next).await {
+                Ok(item) => item,
+                Err(_elapsed) => return Ok(None),
+            },
+        };
+        match item {
+            Some(item) => self.item(&mut state, item),
+            None => Ok(None),
+        }
+    }
+
+    /// The next message if one is already here, without waiting; `None` when it would have
+    /// to wait.
+    fn next_now(&self) -> Option<PyResult<Option<sluice_client::Message>>> {
+        if self.stop.is_cancelled() {
+            return Some(Ok(None));
+        }
+        let mut state = self.state.try_lock().ok()?;
+        match &mut *state {
+            State::Active(consumer) => {
+                let item = consumer.next().now_or_never()?;
+                Some(self.item(&mut state, item))
+            }
+            State::Ended => Some(Ok(None)),
+            State::Pending { .. } => None,
+        }
+    }
+
+    fn describe(&self, class: &str) -> String {
+        let tag = self
+            .tag
+            .get()
+            .map_or("None".to_owned(), |t| format!("{t:?}"));
+        let closed = if self.is_closed() { "True" } else { "False" };
+        format!("<{class} queue={:?} tag={tag} closed={closed}>", self.queue)
+    }
+
+    /// Stops the consumer: no delivery follows, iteration ends, and the messages received
+    /// but not yet handed out return to the queue. Idempotent; a closed connection is not
+    /// an error (its consumers are gone already).
+    async fn cancel(&self) -> PyResult<()> {
+        self.stop.cancel();
+        let mut state = self.state.lock().await;
+        let previous = std::mem::replace(&mut *state, State::Ended);
+        self.ended.store(true, Ordering::Relaxed);
+        match previous {
+            State::Active(mut consumer) => match consumer.cancel().await {
+                Err(error) if error.is_connection_closed() => Ok(()),
+                outcome => outcome.py(),
+            },
+            State::Pending { .. } | State::Ended => Ok(()),
+        }
+    }
+}
+
+/// A consumer of the blocking API: iterate it for messages. Ends when cancelled or when the
+/// client closes; raises `ConsumerCancelled` if the broker stops it (its queue was deleted).
+#[pyclass(module = "sluice", frozen)]
+pub(crate) struct Consumer {
+    core: Arc<ConsumerCore>,
+}
+
+impl Consumer {
+    pub(crate) fn new(consumer: sluice_client::Consumer) -> Self {
+        Consumer {
+            core: Arc::new(ConsumerCore::active(consumer)),
+        }
+    }
+}
+
+fn to_message(
+    py: Python<'_>,
+    item: Option<sluice_client::Message>,
+) -> PyResult<Option<Bound<'_, Message>>> {
+    item.map(|m| Message::create(py, m)).transpose()
+}
+
+#[pymethods]
+impl Consumer {
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, Message>>> {
+        let item = match self.core.next_now() {
+            Some(item) => item?,
+            None => {
+                let core = self.core.clone();
+                runtime::block_on(py, async move { core.next(None).await })?
+            }
+        };
+        to_message(py, item)
+    }
+
+    /// The next message, waiting at most `timeout` seconds (forever if `None`). `None` when
+    /// the time passed first or the consumer has ended (see `is_closed`).
+    #[pyo3(signature = (timeout = None))]
+    fn receive<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<Bound<'py, Message>>> {
+        let timeout = convert::opt_seconds("timeout", timeout)?;
+        let item = match self.core.next_now() {
+            Some(item) => item?,
+            None => {
+                let core = self.core.clone();
+                runtime::block_on(py, async move { core.next(timeout).await })?
+            }
+        };
+        to_message(py, item)
+    }
+
+    /// Stops the consumer (idempotent). Messages already handed out must still be settled.
+    fn cancel(&self, py: Python<'_>) -> PyResult<()> {
+        let core = self.core.clone();
+        runtime::block_on(py, async move { core.cancel().await })
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        _exc_type: Option<&Bound<'_, PyAny>>,
+        _exc_value: Option<&Bound<'_, PyAny>>,
+        _traceback: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        self.cancel(py)?;
+        Ok(false)
+    }
+
+    /// The queue it consumes from.
+    #[getter]
+    fn queue(&self) -> &str {
+        &self.core.queue
+    }
+
+    /// The consumer tag (the broker's if none was asked for); `None` before it started.
+    #[getter]
+    fn tag(&self) -> Option<&str> {
+        self.core.tag.get().map(String::as_str)
+    }
+
+    /// True once the consumer was cancelled or has ended.
+    #[getter]
+    fn is_closed(&self) -> bool {
+        self.core.is_closed()
+    }
+
+    fn __repr__(&self) -> String {
+        self.core.describe("Consumer")
+    }
+}
+
+/// A consumer of the async API: `async for msg in consumer`. Starts on first use (or in
+/// `async with`), ends when cancelled or when the client closes.
+#[pyclass(module = "sluice", frozen)]
+pub(crate) struct AsyncConsumer {
+    core: Arc<ConsumerCore>,
+}
+
+impl AsyncConsumer {
+    pub(crate) fn new(connection: Arc<Connection>, queue: String, options: ConsumeOptions) -> Self {
+        AsyncConsumer {
+            core: Arc::new(ConsumerCore::pending(connection, queue, options)),
+        }
+    }
+}
+
+#[pymethods]
+impl AsyncConsumer {
+    fn __aiter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        fn or_stop(item: Option<sluice_client::Message>) -> PyResult<IncomingAsync> {
+            item.map(IncomingAsync)
+                .ok_or_else(|| PyStopAsyncIteration::new_err(()))
+        }
+        if let Some(item) = self.core.next_now() {
+            return runtime::ready(py, item.and_then(or_stop));
+        }
+        let core = self.core.clone();
+        runtime::awaitable(py, async move { or_stop(core.next(None).await?) })
+    }
+
+    /// The next message, waiting at most `timeout` seconds (forever if `None`). `None` when
+    /// the time passed first or the consumer has ended (see `is_closed`).
+    #[pyo3(signature = (timeout = None))]
+    fn receive<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+        let timeout = convert::opt_seconds("timeout", timeout)?;
+        let core = self.core.clone();
+        runtime::awaitable(py, async move {
+            Ok(core.next(timeout).await?.map(IncomingAsync))
+        })
+    }
+
+    /// Stops the consumer (idempotent). Messages already handed out must still be settled.
+    fn cancel<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let core = self.core.clone();
+        runtime::awaitable(py, async move { core.cancel().await })
+    }
+
+    fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let core = slf.get().core.clone();
+        let this = slf.clone().unbind();
+        runtime::awaitable(slf.py(), async move {
+            core.start().await?;
+            Ok(this)
+        })
+    }
+
+    fn __aexit__<'py>(
+        &self,
+        py: Python<'py>,
+        _exc_type: Option<&Bound<'py, PyAny>>,
+        _exc_value: Option<&Bound<'py, PyAny>>,
+        _traceback: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let core = self.core.clone();
+        runtime::awaitable(py, async move {
+            core.cancel().await?;
+            Ok(false)
+        })
+    }
+
+    /// The queue it consumes from.
+    #[getter]
+    fn queue(&self) -> &str {
+        &self.core.queue
+    }
+
+    /// The consumer tag (the broker's if none was asked for); `None` before it started.
+    #[getter]
+    fn tag(&self) -> Option<&str> {
+        self.core.tag.get().map(String::as_str)
+    }
+
+    /// True once the consumer was cancelled or has ended.
+    #[getter]
+    fn is_closed(&self) -> bool {
+        self.core.is_closed()
+    }
+
+    fn __repr__(&self) -> String {
+        self.core.describe("AsyncConsumer")
+    }
+}

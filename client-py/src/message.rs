@@ -1,0 +1,437 @@
+//! Delivered messages: `BaseMessage` with the delivery's fields, `Message` (blocking API) and
+//! `AsyncMessage` (asyncio API) with the settling methods, and the `process()` context
+//! managers that ack on success and reject (or requeue) on an exception.
+//!
+//! Settling never waits for the broker (acks are not answered on success), so the blocking
+//! methods return at once and the async ones return futures that are already done.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyType};
+
+use crate::convert;
+use crate::errors::IntoPyResult;
+use crate::runtime;
+
+/// How a `process()` block ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BlockEnd {
+    Succeeded,
+    Failed,
+    Interrupted,
+}
+
+impl BlockEnd {
+    fn of(exc_type: Option<&Bound<'_, PyAny>>) -> BlockEnd {
+        match exc_type {
+            None => BlockEnd::Succeeded,
+            Some(t) if t.is_none() => BlockEnd::Succeeded,
+            Some(t) => match t.cast::<PyType>() {
+                Ok(t) if !t.is_subclass_of::<PyException>().unwrap_or(true) => {
+                    BlockEnd::Interrupted
+                }
+                _ => BlockEnd::Failed,
+            },
+        }
+    }
+}
+
+/// How a message is settled.
+#[derive(Debug, Clone, Copy)]
+enum Settle {
+    Ack,
+    Nack { requeue: bool },
+    Reject,
+    Extend(Duration),
+}
+
+impl Settle {
+    /// What a `process()` block does with an unsettled message when it ends: ack on
+    /// success; on an `Exception`, reject (or requeue with `requeue`); on an interruption
+    /// (`KeyboardInterrupt`, `SystemExit`, a cancelled task: not an `Exception`), requeue,
+    /// since the work was stopped rather than failed.
+    fn after_block(
+        message: &sluice_client::Message,
+        ending: BlockEnd,
+        requeue: bool,
+        reject_on_redelivered: bool,
+    ) -> Settle {
+        match ending {
+            BlockEnd::Succeeded => Settle::Ack,
+            BlockEnd::Interrupted => Settle::Nack { requeue: true },
+            BlockEnd::Failed if requeue && !(reject_on_redelivered && message.redelivered) => {
+                Settle::Nack { requeue: true }
+            }
+            BlockEnd::Failed => Settle::Reject,
+        }
+    }
+
+    async fn run(self, message: Arc<sluice_client::Message>) -> PyResult<()> {
+        match self {
+            Settle::Ack => message.ack().await,
+            Settle::Nack { requeue } => message.nack(requeue).await,
+            Settle::Reject => message.reject().await,
+            Settle::Extend(by) => message.extend(by).await,
+        }
+        .py()
+    }
+
+    /// Settles from the blocking API.
+    fn blocking(self, py: Python<'_>, message: &Arc<sluice_client::Message>) -> PyResult<()> {
+        runtime::now_or_block_on(py, self.run(message.clone()))
+    }
+
+    /// Settles from the async API: an asyncio future, done at once in practice.
+    fn awaitable<'py>(
+        self,
+        py: Python<'py>,
+        message: &Arc<sluice_client::Message>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mut future = Box::pin(self.run(message.clone()));
+        match future.as_mut().now_or_never() {
+            Some(outcome) => runtime::ready(py, outcome),
+            None => runtime::awaitable(py, future),
+        }
+    }
+}
+
+/// Fields of a delivered message; [`Message`] and [`AsyncMessage`] add the settling methods.
+#[pyclass(module = "sluice", subclass, frozen)]
+pub(crate) struct BaseMessage {
+    inner: Arc<sluice_client::Message>,
+}
+
+#[pymethods]
+impl BaseMessage {
+    /// The body.
+    #[getter]
+    fn body<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.inner.body)
+    }
+
+    /// The headers (a new dict on each access; empty when the message has none).
+    #[getter]
+    fn headers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        convert::headers_to_dict(py, self.inner.headers())
+    }
+
+    /// The exchange it was published to (empty: the default exchange).
+    #[getter]
+    fn exchange(&self) -> &str {
+        self.inner.exchange()
+    }
+
+    /// The routing key it was published with.
+    #[getter]
+    fn routing_key(&self) -> &str {
+        self.inner.routing_key()
+    }
+
+    /// The message may have been delivered before.
+    #[getter]
+    fn redelivered(&self) -> bool {
+        self.inner.redelivered
+    }
+
+    /// Deliveries of this message so far, this one included (1 = first).
+    #[getter]
+    fn delivery_count(&self) -> u32 {
+        self.inner.delivery_count
+    }
+
+    /// Names this delivery on its connection.
+    #[getter]
+    fn delivery_tag(&self) -> u64 {
+        self.inner.delivery_tag.0
+    }
+
+    /// The message's number in its queue (stable across redeliveries).
+    #[getter]
+    fn message_seq(&self) -> u64 {
+        self.inner.message_seq
+    }
+
+    /// Stored durably by the broker.
+    #[getter]
+    fn persistent(&self) -> bool {
+        self.inner.meta().persistent
+    }
+
+    /// MIME type of the body.
+    #[getter]
+    fn content_type(&self) -> Option<&str> {
+        self.inner.meta().content_type
+    }
+
+    /// Encoding of the body, e.g. `gzip`.
+    #[getter]
+    fn content_encoding(&self) -> Option<&str> {
+        self.inner.meta().content_encoding
+    }
+
+    /// Application message id.
+    #[getter]
+    fn message_id(&self) -> Option<&str> {
+        self.inner.meta().message_id
+    }
+
+    /// Id of the request this message answers.
+    #[getter]
+    fn correlation_id(&self) -> Option<&str> {
+        self.inner.meta().correlation_id
+    }
+
+    /// Queue a reply should go to.
+    #[getter]
+    fn reply_to(&self) -> Option<&str> {
+        self.inner.meta().reply_to
+    }
+
+    /// Per-message TTL in seconds.
+    #[getter]
+    fn expiration(&self) -> Option<f64> {
+        self.inner.meta().expiration_ms.map(|ms| ms as f64 / 1000.0)
+    }
+
+    /// Application timestamp, seconds since the Unix epoch (millisecond precision).
+    #[getter]
+    fn timestamp(&self) -> Option<f64> {
+        self.inner.meta().timestamp_ms.map(|ms| ms as f64 / 1000.0)
+    }
+
+    /// True once this handle has acked, nacked or rejected the delivery.
+    #[getter]
+    fn settled(&self) -> bool {
+        self.inner.is_settled()
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let this = slf.get();
+        let m = &this.inner;
+        Ok(format!(
+            "<{} exchange={:?} routing_key={:?} delivery_tag={} delivery_count={} body=<{} bytes>>",
+            slf.get_type().name()?,
+            m.exchange(),
+            m.routing_key(),
+            m.delivery_tag.0,
+            m.delivery_count,
+            m.body.len()
+        ))
+    }
+}
+
+/// A message from the blocking API. Settle it once: `ack()`, `nack()` or `reject()`.
+#[pyclass(module = "sluice", extends = BaseMessage, frozen)]
+pub(crate) struct Message {
+    inner: Arc<sluice_client::Message>,
+}
+
+impl Message {
+    pub(crate) fn create(
+        py: Python<'_>,
+        message: sluice_client::Message,
+    ) -> PyResult<Bound<'_, Message>> {
+        let inner = Arc::new(message);
+        let init = PyClassInitializer::from(BaseMessage {
+            inner: inner.clone(),
+        })
+        .add_subclass(Message { inner });
+        Bound::new(py, init)
+    }
+}
+
+#[pymethods]
+impl Message {
+    /// The message was processed: the broker deletes it.
+    fn ack(&self, py: Python<'_>) -> PyResult<()> {
+        Settle::Ack.blocking(py, &self.inner)
+    }
+
+    /// The message was not processed: back to its queue if `requeue` (delivered again),
+    /// else dead-lettered (or dropped).
+    #[pyo3(signature = (requeue = true))]
+    fn nack(&self, py: Python<'_>, requeue: bool) -> PyResult<()> {
+        Settle::Nack { requeue }.blocking(py, &self.inner)
+    }
+
+    /// The message is bad: dead-lettered, or dropped if its queue has no dead-letter
+    /// exchange.
+    fn reject(&self, py: Python<'_>) -> PyResult<()> {
+        Settle::Reject.blocking(py, &self.inner)
+    }
+
+    /// Moves the ack deadline (lease) to `seconds` from now, for long tasks.
+    fn extend(&self, py: Python<'_>, seconds: f64) -> PyResult<()> {
+        Settle::Extend(convert::seconds("seconds", seconds)?).blocking(py, &self.inner)
+    }
+
+    /// A context manager that acks the message when the block succeeds, and rejects it
+    /// (or with `requeue=True`, requeues it) when the block raises an `Exception`. An
+    /// interrupted block (`KeyboardInterrupt`, `SystemExit`) requeues it. A message settled
+    /// inside the block is left alone; the exception always propagates.
+    #[pyo3(signature = (*, requeue = false, reject_on_redelivered = false))]
+    fn process(
+        slf: &Bound<'_, Self>,
+        requeue: bool,
+        reject_on_redelivered: bool,
+    ) -> MessageProcess {
+        MessageProcess {
+            message: slf.clone().unbind(),
+            requeue,
+            reject_on_redelivered,
+        }
+    }
+}
+
+/// A message from the async API: the settling methods return awaitables.
+#[pyclass(module = "sluice", extends = BaseMessage, frozen)]
+pub(crate) struct AsyncMessage {
+    inner: Arc<sluice_client::Message>,
+}
+
+/// A message on its way to Python as an [`AsyncMessage`], built once the GIL is held.
+pub(crate) struct IncomingAsync(pub(crate) sluice_client::Message);
+
+impl<'py> IntoPyObject<'py> for IncomingAsync {
+    type Target = AsyncMessage;
+    type Output = Bound<'py, AsyncMessage>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
+        let inner = Arc::new(self.0);
+        let init = PyClassInitializer::from(BaseMessage {
+            inner: inner.clone(),
+        })
+        .add_subclass(AsyncMessage { inner });
+        Bound::new(py, init)
+    }
+}
+
+#[pymethods]
+impl AsyncMessage {
+    /// The message was processed: the broker deletes it.
+    fn ack<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Settle::Ack.awaitable(py, &self.inner)
+    }
+
+    /// The message was not processed: back to its queue if `requeue`, else dead-lettered.
+    #[pyo3(signature = (requeue = true))]
+    fn nack<'py>(&self, py: Python<'py>, requeue: bool) -> PyResult<Bound<'py, PyAny>> {
+        Settle::Nack { requeue }.awaitable(py, &self.inner)
+    }
+
+    /// The message is bad: dead-lettered, or dropped.
+    fn reject<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Settle::Reject.awaitable(py, &self.inner)
+    }
+
+    /// Moves the ack deadline (lease) to `seconds` from now.
+    fn extend<'py>(&self, py: Python<'py>, seconds: f64) -> PyResult<Bound<'py, PyAny>> {
+        Settle::Extend(convert::seconds("seconds", seconds)?).awaitable(py, &self.inner)
+    }
+
+    /// An async context manager: ack when the block succeeds, reject (or requeue) when it
+    /// raises an `Exception`, requeue when it is interrupted or cancelled.
+    #[pyo3(signature = (*, requeue = false, reject_on_redelivered = false))]
+    fn process(
+        slf: &Bound<'_, Self>,
+        requeue: bool,
+        reject_on_redelivered: bool,
+    ) -> AsyncMessageProcess {
+        AsyncMessageProcess {
+            message: slf.clone().unbind(),
+            requeue,
+            reject_on_redelivered,
+        }
+    }
+}
+
+/// Settles a message as its `process()` block ends. When the block raised, a failure to
+/// settle (the connection is gone: the message returns to its queue anyway) must not hide
+/// the block's exception.
+fn end_block(
+    py: Python<'_>,
+    message: &Arc<sluice_client::Message>,
+    exc_type: Option<&Bound<'_, PyAny>>,
+    requeue: bool,
+    reject_on_redelivered: bool,
+) -> PyResult<bool> {
+    if message.is_settled() {
+        return Ok(false);
+    }
+    let ending = BlockEnd::of(exc_type);
+    let how = Settle::after_block(message, ending, requeue, reject_on_redelivered);
+    match how.blocking(py, message) {
+        Err(error) if ending == BlockEnd::Succeeded => Err(error),
+        _ => Ok(false),
+    }
+}
+
+/// What `Message.process()` returns.
+#[pyclass(module = "sluice", frozen)]
+pub(crate) struct MessageProcess {
+    message: Py<Message>,
+    requeue: bool,
+    reject_on_redelivered: bool,
+}
+
+#[pymethods]
+impl MessageProcess {
+    fn __enter__(&self, py: Python<'_>) -> Py<Message> {
+        self.message.clone_ref(py)
+    }
+
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        exc_type: Option<&Bound<'_, PyAny>>,
+        _exc_value: Option<&Bound<'_, PyAny>>,
+        _traceback: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let message = &self.message.get().inner;
+        end_block(
+            py,
+            message,
+            exc_type,
+            self.requeue,
+            self.reject_on_redelivered,
+        )
+    }
+}
+
+/// What `AsyncMessage.process()` returns.
+#[pyclass(module = "sluice", frozen)]
+pub(crate) struct AsyncMessageProcess {
+    message: Py<AsyncMessage>,
+    requeue: bool,
+    reject_on_redelivered: bool,
+}
+
+#[pymethods]
+impl AsyncMessageProcess {
+    fn __aenter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        runtime::ready(py, Ok(self.message.clone_ref(py)))
+    }
+
+    fn __aexit__<'py>(
+        &self,
+        py: Python<'py>,
+        exc_type: Option<&Bound<'py, PyAny>>,
+        _exc_value: Option<&Bound<'py, PyAny>>,
+        _traceback: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let message = &self.message.get().inner;
+        let outcome = end_block(
+            py,
+            message,
+            exc_type,
+            self.requeue,
+            self.reject_on_redelivered,
+        );
+        runtime::ready(py, outcome)
+    }
+}

@@ -1,0 +1,406 @@
+//! Keyword arguments → the Rust client's option structs, the `OutgoingMessage` class for
+//! batches, and the result classes `DeclaredQueue` and `QueueInfo`.
+
+use std::time::Duration;
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use sluice_client::{
+    ConsumeOptions, DeclareQueueOk, ExchangeKind, ExchangeOptions, InspectQueueOk, Overflow,
+    PublishOptions, QueueArguments, QueueOptions,
+};
+
+use crate::convert;
+
+/// The `declare_queue` keywords past `name` and `durable`.
+pub(crate) struct QueueArgs {
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub passive: bool,
+    pub max_length: Option<u64>,
+    pub max_length_bytes: Option<u64>,
+    pub overflow: Option<String>,
+    pub message_ttl: Option<f64>,
+    pub dead_letter_exchange: Option<String>,
+    pub dead_letter_routing_key: Option<String>,
+    pub ack_timeout: Option<f64>,
+    pub delivery_limit: Option<u32>,
+    pub expires: Option<f64>,
+}
+
+impl QueueArgs {
+    pub(crate) fn into_options(self, durable: bool) -> PyResult<QueueOptions> {
+        let mut options = QueueOptions::new()
+            .durable(durable)
+            .exclusive(self.exclusive)
+            .auto_delete(self.auto_delete);
+        options.passive = self.passive;
+        let overflow = match self.overflow.as_deref() {
+            None => None,
+            Some("drop-head") => Some(Overflow::DropHead),
+            Some("reject-publish") => Some(Overflow::RejectPublish),
+            Some(other) => {
+                return Err(PyValueError::new_err(format!(
+                    "overflow must be 'drop-head' or 'reject-publish', not {other:?}"
+                )))
+            }
+        };
+        let millis_at_least_1 =
+            |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+        options.arguments = QueueArguments {
+            max_length: self.max_length,
+            max_length_bytes: self.max_length_bytes,
+            overflow,
+            message_ttl_ms: self
+                .message_ttl
+                .map(|s| convert::millis("message_ttl", s))
+                .transpose()?,
+            dead_letter_exchange: self.dead_letter_exchange,
+            dead_letter_routing_key: self.dead_letter_routing_key,
+            ack_timeout_ms: convert::opt_seconds("ack_timeout", self.ack_timeout)?
+                .map(millis_at_least_1),
+            delivery_limit: self.delivery_limit,
+            expires_ms: convert::opt_seconds("expires", self.expires)?.map(millis_at_least_1),
+        };
+        Ok(options)
+    }
+}
+
+/// An exchange kind from its name.
+pub(crate) fn exchange_kind(kind: &str) -> PyResult<ExchangeKind> {
+    match kind {
+        "direct" => Ok(ExchangeKind::Direct),
+        "fanout" => Ok(ExchangeKind::Fanout),
+        "topic" => Ok(ExchangeKind::Topic),
+        "headers" => Ok(ExchangeKind::Headers),
+        other => Err(PyValueError::new_err(format!(
+            "exchange kind must be 'direct', 'fanout', 'topic' or 'headers', not {other:?}"
+        ))),
+    }
+}
+
+/// The `declare_exchange` keywords.
+pub(crate) fn exchange_options(
+    durable: bool,
+    auto_delete: bool,
+    passive: bool,
+    alternate_exchange: Option<String>,
+) -> ExchangeOptions {
+    let mut options = ExchangeOptions::new()
+        .durable(durable)
+        .auto_delete(auto_delete)
+        .passive(passive);
+    options.alternate_exchange = alternate_exchange;
+    options
+}
+
+/// The `consume` keywords.
+pub(crate) fn consume_options(
+    prefetch: Option<u32>,
+    consumer_tag: Option<String>,
+    exclusive: bool,
+    ack_timeout: Option<f64>,
+) -> PyResult<ConsumeOptions> {
+    let mut options = ConsumeOptions::new().exclusive(exclusive);
+    options.prefetch = prefetch;
+    if let Some(tag) = consumer_tag {
+        options = options.consumer_tag(tag);
+    }
+    if let Some(timeout) = convert::opt_seconds("ack_timeout", ack_timeout)? {
+        options = options.ack_timeout(timeout);
+    }
+    Ok(options)
+}
+
+/// The keywords every publishing call takes: flags and properties.
+pub(crate) struct PublishArgs<'a, 'py> {
+    pub headers: Option<&'a Bound<'py, PyAny>>,
+    pub mandatory: bool,
+    pub persistent: bool,
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub message_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub reply_to: Option<String>,
+    pub expiration: Option<f64>,
+    pub timestamp: Option<f64>,
+}
+
+impl PublishArgs<'_, '_> {
+    pub(crate) fn into_options(self) -> PyResult<PublishOptions> {
+        let mut options = PublishOptions::new();
+        options.mandatory = self.mandatory;
+        let properties = &mut options.properties;
+        properties.persistent = self.persistent;
+        properties.content_type = self.content_type;
+        properties.content_encoding = self.content_encoding;
+        properties.message_id = self.message_id;
+        properties.correlation_id = self.correlation_id;
+        properties.reply_to = self.reply_to;
+        properties.expiration_ms = self
+            .expiration
+            .map(|s| convert::millis("expiration", s))
+            .transpose()?;
+        properties.timestamp_ms = self
+            .timestamp
+            .map(|s| convert::millis("timestamp", s))
+            .transpose()?;
+        properties.headers = convert::headers(self.headers)?;
+        Ok(options)
+    }
+}
+
+/// A message for `publish_batch`: where it goes, its body, and the same keywords as
+/// `publish`.
+#[pyclass(module = "sluice", frozen)]
+pub(crate) struct OutgoingMessage {
+    pub(crate) inner: sluice_client::OutgoingMessage,
+}
+
+#[pymethods]
+impl OutgoingMessage {
+    #[new]
+    #[pyo3(signature = (
+        exchange, routing_key, body, *, headers=None, mandatory=false, persistent=true,
+        content_type=None, content_encoding=None, message_id=None, correlation_id=None,
+        reply_to=None, expiration=None, timestamp=None,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        exchange: String,
+        routing_key: String,
+        body: &Bound<'_, PyAny>,
+        headers: Option<&Bound<'_, PyAny>>,
+        mandatory: bool,
+        persistent: bool,
+        content_type: Option<String>,
+        content_encoding: Option<String>,
+        message_id: Option<String>,
+        correlation_id: Option<String>,
+        reply_to: Option<String>,
+        expiration: Option<f64>,
+        timestamp: Option<f64>,
+    ) -> PyResult<Self> {
+        let options = PublishArgs {
+            headers,
+            mandatory,
+            persistent,
+            content_type,
+            content_encoding,
+            message_id,
+            correlation_id,
+            reply_to,
+            expiration,
+            timestamp,
+        }
+        .into_options()?;
+        let inner =
+            sluice_client::OutgoingMessage::new(exchange, routing_key, convert::body(body)?)
+                .with_options(options);
+        Ok(OutgoingMessage { inner })
+    }
+
+    /// The exchange.
+    #[getter]
+    fn exchange(&self) -> &str {
+        &self.inner.exchange
+    }
+
+    /// The routing key.
+    #[getter]
+    fn routing_key(&self) -> &str {
+        &self.inner.routing_key
+    }
+
+    /// The body.
+    #[getter]
+    fn body<'py>(&self, py: Python<'py>) -> Bound<'py, pyo3::types::PyBytes> {
+        pyo3::types::PyBytes::new(py, &self.inner.body)
+    }
+
+    /// The headers.
+    #[getter]
+    fn headers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        convert::headers_to_dict(py, self.inner.options.properties.headers.clone())
+    }
+
+    /// Whether the broker refuses the message if it reaches no queue.
+    #[getter]
+    fn mandatory(&self) -> bool {
+        self.inner.options.mandatory
+    }
+
+    /// Whether the message is stored durably.
+    #[getter]
+    fn persistent(&self) -> bool {
+        self.inner.options.properties.persistent
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "OutgoingMessage(exchange={:?}, routing_key={:?}, body=<{} bytes>)",
+            self.inner.exchange,
+            self.inner.routing_key,
+            self.inner.body.len()
+        )
+    }
+}
+
+/// The messages of a `publish_batch` call: `OutgoingMessage`s, or
+/// `(exchange, routing_key, body)` tuples.
+pub(crate) fn outgoing_messages(
+    messages: &Bound<'_, PyAny>,
+) -> PyResult<Vec<sluice_client::OutgoingMessage>> {
+    let mut batch = Vec::with_capacity(messages.len().unwrap_or(0));
+    for item in messages.try_iter()? {
+        let item = item?;
+        if let Ok(message) = item.cast::<OutgoingMessage>() {
+            batch.push(message.get().inner.clone());
+        } else if let Ok(tuple) = item.cast::<PyTuple>() {
+            let (exchange, routing_key, body): (String, String, Bound<'_, PyAny>) =
+                tuple.extract()?;
+            batch.push(sluice_client::OutgoingMessage::new(
+                exchange,
+                routing_key,
+                convert::body(&body)?,
+            ));
+        } else {
+            return Err(PyTypeError::new_err(format!(
+                "publish_batch takes OutgoingMessage objects or (exchange, routing_key, body) \
+                 tuples, not {}",
+                item.get_type().name()?
+            )));
+        }
+    }
+    Ok(batch)
+}
+
+/// What `declare_queue` answers: the queue's name (the generated one for an empty name),
+/// its ready messages and its consumers.
+#[pyclass(module = "sluice", frozen, get_all)]
+pub(crate) struct DeclaredQueue {
+    /// The queue's name.
+    name: String,
+    /// Messages ready for delivery.
+    ready: u64,
+    /// Active consumers.
+    consumers: u32,
+}
+
+impl From<DeclareQueueOk> for DeclaredQueue {
+    fn from(ok: DeclareQueueOk) -> Self {
+        DeclaredQueue {
+            name: ok.name,
+            ready: ok.ready,
+            consumers: ok.consumers,
+        }
+    }
+}
+
+#[pymethods]
+impl DeclaredQueue {
+    fn __repr__(&self) -> String {
+        format!(
+            "DeclaredQueue(name={:?}, ready={}, consumers={})",
+            self.name, self.ready, self.consumers
+        )
+    }
+}
+
+/// What `inspect_queue` answers: a queue's settings and counters.
+#[pyclass(module = "sluice", frozen)]
+pub(crate) struct QueueInfo {
+    /// The queue's name.
+    #[pyo3(get)]
+    name: String,
+    /// As declared.
+    #[pyo3(get)]
+    durable: bool,
+    /// As declared.
+    #[pyo3(get)]
+    exclusive: bool,
+    /// As declared.
+    #[pyo3(get)]
+    auto_delete: bool,
+    /// Messages ready for delivery.
+    #[pyo3(get)]
+    ready: u64,
+    /// Messages delivered and not yet settled.
+    #[pyo3(get)]
+    unacked: u64,
+    /// Active consumers.
+    #[pyo3(get)]
+    consumers: u32,
+    /// Bytes (meta plus body) of ready and unacked messages.
+    #[pyo3(get)]
+    bytes: u64,
+    args: QueueArguments,
+}
+
+impl From<InspectQueueOk> for QueueInfo {
+    fn from(ok: InspectQueueOk) -> Self {
+        QueueInfo {
+            name: ok.name,
+            durable: ok.durable,
+            exclusive: ok.exclusive,
+            auto_delete: ok.auto_delete,
+            ready: ok.ready,
+            unacked: ok.unacked,
+            consumers: ok.consumers,
+            bytes: ok.bytes,
+            args: ok.arguments,
+        }
+    }
+}
+
+#[pymethods]
+impl QueueInfo {
+    /// The arguments it was declared with (only those set), named as `declare_queue`'s
+    /// keywords, durations in seconds.
+    #[getter]
+    fn arguments<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let args = PyDict::new(py);
+        let a = &self.args;
+        let secs = |ms: u64| ms as f64 / 1000.0;
+        if let Some(v) = a.max_length {
+            args.set_item("max_length", v)?;
+        }
+        if let Some(v) = a.max_length_bytes {
+            args.set_item("max_length_bytes", v)?;
+        }
+        if let Some(v) = a.overflow {
+            let name = match v {
+                Overflow::DropHead => "drop-head",
+                Overflow::RejectPublish => "reject-publish",
+            };
+            args.set_item("overflow", name)?;
+        }
+        if let Some(v) = a.message_ttl_ms {
+            args.set_item("message_ttl", secs(v))?;
+        }
+        if let Some(v) = &a.dead_letter_exchange {
+            args.set_item("dead_letter_exchange", v)?;
+        }
+        if let Some(v) = &a.dead_letter_routing_key {
+            args.set_item("dead_letter_routing_key", v)?;
+        }
+        if let Some(v) = a.ack_timeout_ms {
+            args.set_item("ack_timeout", secs(v))?;
+        }
+        if let Some(v) = a.delivery_limit {
+            args.set_item("delivery_limit", v)?;
+        }
+        if let Some(v) = a.expires_ms {
+            args.set_item("expires", secs(v))?;
+        }
+        Ok(args)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "QueueInfo(name={:?}, ready={}, unacked={}, consumers={})",
+            self.name, self.ready, self.unacked, self.consumers
+        )
+    }
+}
