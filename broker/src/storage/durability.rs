@@ -58,7 +58,10 @@ struct State {
     epoch: Epoch,
     files: HashMap<FileId, DirtyFile>,
     dirs: HashSet<PathBuf>,
-    checkpoint_requested: bool,
+    /// Checkpoints asked for so far; the sync thread takes them all with the next epoch.
+    checkpoints_requested: u64,
+    /// Checkpoints taken by the sync thread so far (`<= checkpoints_requested`).
+    checkpoints_taken: u64,
     /// Someone waits for the open epoch: close it even if nothing is dirty, so waiting for
     /// [`Durability::current_epoch`] always ends.
     close_requested: bool,
@@ -78,6 +81,8 @@ struct Shared {
 #[derive(Debug, Default)]
 struct DoneCounters {
     durable: Epoch,
+    /// Checkpoint requests (numbered as `State::checkpoints_requested` counts them) whose
+    /// watermarks are written.
     checkpoints: u64,
 }
 
@@ -239,7 +244,11 @@ impl Durability {
         self.request_close(e);
         let mut done = lock(&self.shared.done);
         while done.durable < e {
-            done = self.shared.done_cv.wait(done).unwrap_or_else(|p| p.into_inner());
+            done = self
+                .shared
+                .done_cv
+                .wait(done)
+                .unwrap_or_else(|p| p.into_inner());
         }
     }
 
@@ -255,15 +264,23 @@ impl Durability {
 
     /// Syncs everything written so far and writes every queue's durable watermark now; blocks.
     pub fn checkpoint_blocking(&self) {
+        // Numbered under the state lock, where the sync thread takes requests together with
+        // the dirty files: a request made while a checkpoint is already under way gets a
+        // later number, so it waits for the next one, which covers the caller's writes.
+        // (Counting completed checkpoints instead let such a caller return early.)
         let target = {
             let mut st = lock(&self.shared.state);
-            st.checkpoint_requested = true;
-            lock(&self.shared.done).checkpoints + 1
+            st.checkpoints_requested += 1;
+            st.checkpoints_requested
         };
         self.shared.work.notify_one();
         let mut done = lock(&self.shared.done);
         while done.checkpoints < target {
-            done = self.shared.done_cv.wait(done).unwrap_or_else(|p| p.into_inner());
+            done = self
+                .shared
+                .done_cv
+                .wait(done)
+                .unwrap_or_else(|p| p.into_inner());
         }
     }
 }
@@ -284,7 +301,8 @@ impl Worker {
                 let mut st = lock(&self.shared.state);
                 loop {
                     let has_work = !st.files.is_empty() || !st.dirs.is_empty();
-                    if has_work || st.checkpoint_requested || st.close_requested || st.shutdown {
+                    let checkpoint_requested = st.checkpoints_requested > st.checkpoints_taken;
+                    if has_work || checkpoint_requested || st.close_requested || st.shutdown {
                         break;
                     }
                     let pending = self.watermarks.values().any(|w| w.2);
@@ -292,24 +310,36 @@ impl Worker {
                         break;
                     }
                     let wait = if pending {
-                        self.config.checkpoint_interval.saturating_sub(last_checkpoint.elapsed())
+                        self.config
+                            .checkpoint_interval
+                            .saturating_sub(last_checkpoint.elapsed())
                     } else {
                         Duration::from_secs(3600)
                     };
-                    st = self.shared.work.wait_timeout(st, wait).unwrap_or_else(|p| p.into_inner()).0;
+                    st = self
+                        .shared
+                        .work
+                        .wait_timeout(st, wait)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
                 }
                 let e = st.epoch;
                 st.epoch += 1;
                 let files = std::mem::take(&mut st.files);
                 let dirs = std::mem::take(&mut st.dirs);
-                let checkpoint = std::mem::take(&mut st.checkpoint_requested);
+                let checkpoint = (st.checkpoints_requested > st.checkpoints_taken)
+                    .then_some(st.checkpoints_requested);
+                st.checkpoints_taken = st.checkpoints_requested;
                 st.close_requested = false;
                 (e, files, dirs, checkpoint, st.shutdown)
             };
             self.sync(&files, &dirs);
             for f in files.into_values() {
                 if let Some((target, w)) = f.watermark {
-                    let slot = self.watermarks.entry(target.queue_uid).or_insert((target, w, true));
+                    let slot = self
+                        .watermarks
+                        .entry(target.queue_uid)
+                        .or_insert((target, w, true));
                     if slot.1 < w {
                         slot.1 = w;
                     }
@@ -323,11 +353,14 @@ impl Worker {
                 done.durable = epoch;
             }
             self.shared.done_cv.notify_all();
-            if checkpoint || shutdown || last_checkpoint.elapsed() >= self.config.checkpoint_interval {
+            if checkpoint.is_some()
+                || shutdown
+                || last_checkpoint.elapsed() >= self.config.checkpoint_interval
+            {
                 self.write_watermarks();
                 last_checkpoint = Instant::now();
-                if checkpoint {
-                    lock(&self.shared.done).checkpoints += 1;
+                if let Some(n) = checkpoint {
+                    lock(&self.shared.done).checkpoints = n;
                     self.shared.done_cv.notify_all();
                 }
             }
@@ -404,6 +437,9 @@ pub(crate) fn read_watermark(dir: &Path, queue_uid: u64) -> Option<Watermark> {
 fn fail_stop(what: &str, path: &Path, err: &std::io::Error) -> ! {
     tracing::error!(path = %path.display(), error = %err,
         "{what} failed; stopping the process to avoid confirming lost data");
-    eprintln!("sluice: FATAL: {what} of {} failed: {err}; stopping", path.display());
+    eprintln!(
+        "sluice: FATAL: {what} of {} failed: {err}; stopping",
+        path.display()
+    );
     std::process::abort()
 }

@@ -2,11 +2,15 @@
 //!
 //! Everything is read with `pread` (an I/O error is a value, never a SIGBUS) and every record's
 //! checksum is checked. An invalid record at or past the durable watermark is a torn tail: no
-//! completed sync covered it, so nothing from there on was ever confirmed, and it is cut. An
-//! invalid record below the watermark is corruption of durable data: it is reported, copied to
-//! `quarantine/`, and every other record is kept. Every step only deletes or zeroes what a
-//! repeated recovery would delete or zero too, so recovery is idempotent.
+//! completed sync covered it, so nothing from there on was ever confirmed, and it is cut. So is
+//! a segment past the watermark whose data ends (in zeros) before the seqs its successor starts
+//! after: its last pages were lost. An invalid record below the watermark is corruption of
+//! durable data: it is reported, copied to `quarantine/`, and every other record is kept.
+//! Every step only deletes or zeroes what a repeated recovery would delete or zero too, so
+//! recovery is idempotent. What recovery keeps is synced by the next group commit, and the
+//! watermark moves over it once it is.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -18,8 +22,8 @@ use super::error::{Damage, Result, StorageError};
 use super::files;
 use super::format::{
     align_up, AckBatch, LogHeader, ManifestRecord, RecordHeader, RecordKind, SegmentHeader,
-    Watermark, ACK_MAGIC, LOG_HEADER_LEN, SEGMENT_FLAG_AFTER_RESTART, MANIFEST_MAGIC, MANIFEST_RECORD_LEN, RECORD_HEADER_LEN,
-    SEGMENT_HEADER_LEN,
+    Watermark, ACK_MAGIC, LOG_HEADER_LEN, MANIFEST_MAGIC, MANIFEST_RECORD_LEN, RECORD_HEADER_LEN,
+    SEGMENT_FLAG_AFTER_RESTART, SEGMENT_HEADER_LEN,
 };
 use super::mmap::SegmentMap;
 use super::queue_log::{
@@ -55,20 +59,34 @@ impl Scanned {
 }
 
 /// Opens the log in `dir`, recovering from whatever stop came before.
-pub(crate) fn open(uid: u64, dir: PathBuf, config: LogConfig, durability: Durability) -> Result<QueueLog> {
+pub(crate) fn open(
+    uid: u64,
+    dir: PathBuf,
+    config: LogConfig,
+    durability: Durability,
+) -> Result<QueueLog> {
     let wm = read_watermark(&dir, uid).unwrap_or(Watermark {
         segment_no: 0,
         offset: 0,
     });
     let below_wm = |no: u64, pos: usize| (no, pos as u64) < (wm.segment_no, wm.offset);
-    let (mut manifest, created, deleted) = open_manifest(&dir, uid)?;
+    let (mut manifest, mut created, deleted) = open_manifest(&dir, uid)?;
 
     let (seg_files, ack_files) = list_files(&dir)?;
-    let mut max_no = created.keys().chain(&deleted).chain(&seg_files).chain(&ack_files).copied().max().unwrap_or(0);
+    let mut max_no = created
+        .keys()
+        .chain(&deleted)
+        .chain(&seg_files)
+        .chain(&ack_files)
+        .copied()
+        .max()
+        .unwrap_or(0);
     let mut max_seq_seen = 0u64;
     let mut damage = Vec::new();
     let mut scanned: Vec<Scanned> = Vec::new();
     let mut torn: Option<TornTail> = None;
+    // The segment cut by a torn tail and the first seq it lost.
+    let mut torn_end_seq: Option<(u64, u64)> = None;
 
     let nos: BTreeSet<u64> = seg_files.iter().chain(created.keys()).copied().collect();
     for no in nos {
@@ -84,12 +102,13 @@ pub(crate) fn open(uid: u64, dir: PathBuf, config: LogConfig, durability: Durabi
             // remember its seqs so they are never reused.
             if let Ok(data) = files::read_all(&path) {
                 if let Ok(h) = SegmentHeader::decode(&data) {
-                    max_seq_seen = max_seq_seen.max(probe_max_seq(&data, SEGMENT_HEADER_LEN, h.salt, &config));
+                    max_seq_seen =
+                        max_seq_seen.max(probe_max_seq(&data, SEGMENT_HEADER_LEN, h.salt, &config));
                 }
             }
             if created.contains_key(&no) {
                 // Say so durably first, or a later start would report it missing.
-                manifest.append_sync(ManifestRecord::Deleted { segment_no: no })?;
+                manifest.append_sync(&[ManifestRecord::Deleted { segment_no: no }])?;
             }
             files::remove_if_exists(&path)?;
             files::remove_if_exists(&ack_path(&dir, no))?;
@@ -100,13 +119,21 @@ pub(crate) fn open(uid: u64, dir: PathBuf, config: LogConfig, durability: Durabi
             if no > wm.segment_no {
                 // Created, but its directory entry never became durable: nothing was confirmed
                 // in it. Record that it is gone so later starts do not look for it.
-                manifest.append_sync(ManifestRecord::Deleted { segment_no: no })?;
+                manifest.append_sync(&[ManifestRecord::Deleted { segment_no: no }])?;
             } else {
                 let base = created[&no].0;
                 let next_base = created.range(no + 1..).next().map(|(_, &(b, _))| b);
                 let lost = next_base.filter(|&n| n > base).map(|n| base..=n - 1);
-                tracing::error!(queue = uid, segment = no, ?lost, "segment file missing: messages lost");
-                damage.push(Damage::MissingSegment { segment_no: no, lost });
+                tracing::error!(
+                    queue = uid,
+                    segment = no,
+                    ?lost,
+                    "segment file missing: messages lost"
+                );
+                damage.push(Damage::MissingSegment {
+                    segment_no: no,
+                    lost,
+                });
             }
             continue;
         }
@@ -115,9 +142,20 @@ pub(crate) fn open(uid: u64, dir: PathBuf, config: LogConfig, durability: Durabi
             // A durable segment cut to (almost) nothing: everything it held is lost.
             let base = created.get(&no).map(|c| c.0);
             let next_base = created.range(no + 1..).next().map(|(_, &(b, _))| b);
-            let lost = base.zip(next_base).filter(|(b, n)| n > b).map(|(b, n)| b..=n - 1);
-            tracing::error!(queue = uid, segment = no, ?lost, "segment file truncated: messages lost");
-            damage.push(Damage::MissingSegment { segment_no: no, lost });
+            let lost = base
+                .zip(next_base)
+                .filter(|(b, n)| n > b)
+                .map(|(b, n)| b..=n - 1);
+            tracing::error!(
+                queue = uid,
+                segment = no,
+                ?lost,
+                "segment file truncated: messages lost"
+            );
+            damage.push(Damage::MissingSegment {
+                segment_no: no,
+                lost,
+            });
             continue;
         }
         let header = match SegmentHeader::decode(&data) {
@@ -126,7 +164,7 @@ pub(crate) fn open(uid: u64, dir: PathBuf, config: LogConfig, durability: Durabi
                 if no > wm.segment_no {
                     // The header write itself was never synced: a torn creation.
                     if created.contains_key(&no) {
-                        manifest.append_sync(ManifestRecord::Deleted { segment_no: no })?;
+                        manifest.append_sync(&[ManifestRecord::Deleted { segment_no: no }])?;
                     }
                     files::remove_if_exists(&path)?;
                     files::remove_if_exists(&ack_path(&dir, no))?;
@@ -137,17 +175,21 @@ pub(crate) fn open(uid: u64, dir: PathBuf, config: LogConfig, durability: Durabi
                     });
                     continue;
                 }
-                let reason = bad.err().unwrap_or("segment belongs to another queue or file name");
+                let reason = bad
+                    .err()
+                    .unwrap_or("segment belongs to another queue or file name");
                 return Err(StorageError::CorruptSegmentHeader { path, reason });
             }
         };
-        if !created.contains_key(&no) {
+        if let Entry::Vacant(e) = created.entry(no) {
             // Crashed right after creating the file: adopt it.
-            manifest.append_sync(ManifestRecord::Created {
+            let after_restart = header.flags & SEGMENT_FLAG_AFTER_RESTART != 0;
+            manifest.append_sync(&[ManifestRecord::Created {
                 segment_no: no,
                 base_seq: header.base_seq,
-                after_restart: header.flags & SEGMENT_FLAG_AFTER_RESTART != 0,
-            })?;
+                after_restart,
+            }])?;
+            e.insert((header.base_seq, after_restart));
         }
         let mut s = Scanned {
             no,
@@ -164,13 +206,23 @@ pub(crate) fn open(uid: u64, dir: PathBuf, config: LogConfig, durability: Durabi
         let mut expected = header.base_seq;
         loop {
             let rest = &data[pos.min(data.len())..];
+            let zeros = rest.iter().all(|&b| b == 0);
+            let in_durable_part = no == wm.segment_no && (pos as u64) < wm.offset;
             let bad_reason = match RecordHeader::peek_len(rest) {
-                None if rest.iter().all(|&b| b == 0) => break,
-                // Zeros end the data, except inside the watermark segment below the watermark,
-                // where durable records must be. (Earlier segments that end too early are
-                // caught by the seq continuity check below.)
-                Some(0) if !(no == wm.segment_no && (pos as u64) < wm.offset) => {
-                    if below_wm(no, pos) || rest.iter().all(|&b| b == 0) {
+                // Zeros to the end of the file end the data, except inside the watermark
+                // segment below the watermark, where durable records must be. (Earlier segments
+                // that end too early are caught by the seq continuity check below.)
+                None | Some(0) if zeros && !in_durable_part => {
+                    if below_wm(no, pos) || !ends_short(&dir, no, expected, &created) {
+                        break;
+                    }
+                    // Past the watermark, a segment that stops short of the seqs its successor
+                    // starts after lost its last pages: a torn tail (the successor was written
+                    // later, so nothing in it was confirmed either).
+                    "segment ends before the seqs its successor starts after"
+                }
+                Some(0) if !in_durable_part => {
+                    if below_wm(no, pos) {
                         break;
                     }
                     // Records after a gap of zeros: pages written back out of order before a
@@ -189,7 +241,8 @@ pub(crate) fn open(uid: u64, dir: PathBuf, config: LogConfig, durability: Durabi
                         continue;
                     }
                     Ok(h) if h.kind == RecordKind::Relocated && h.seq < header.base_seq => {
-                        s.relocated.push((h.seq, pos as u32, h.rec_len - RECORD_HEADER_LEN as u32));
+                        s.relocated
+                            .push((h.seq, pos as u32, h.rec_len - RECORD_HEADER_LEN as u32));
                         pos += align_up(h.rec_len as usize);
                         s.end = pos;
                         continue;
@@ -203,13 +256,19 @@ pub(crate) fn open(uid: u64, dir: PathBuf, config: LogConfig, durability: Durabi
                 if data[pos..].iter().any(|&b| b != 0) {
                     zero_tail(&path, pos as u64, data.len() as u64)?;
                 }
-                tracing::warn!(queue = uid, segment = no, offset = pos, bytes = data.len() - pos,
-                    "cut a torn tail after an unclean stop");
+                tracing::warn!(
+                    queue = uid,
+                    segment = no,
+                    offset = pos,
+                    bytes = data.len() - pos,
+                    "cut a torn tail after an unclean stop"
+                );
                 torn = Some(TornTail {
                     segment_no: no,
                     offset: pos as u64,
                     segments_discarded: 0,
                 });
+                torn_end_seq = Some((no, expected));
                 break;
             }
             quarantine(&dir, no, pos, &data, &config);
@@ -223,7 +282,9 @@ pub(crate) fn open(uid: u64, dir: PathBuf, config: LogConfig, durability: Durabi
                 let r = &data[n..];
                 match RecordHeader::peek_len(r) {
                     None | Some(0) => Some(None),
-                    _ => RecordHeader::decode(r, header.salt, config.max_record_bytes).ok().map(Some),
+                    _ => RecordHeader::decode(r, header.salt, config.max_record_bytes)
+                        .ok()
+                        .map(Some),
                 }
             });
             match (next, next_ok) {
@@ -241,7 +302,13 @@ pub(crate) fn open(uid: u64, dir: PathBuf, config: LogConfig, durability: Durabi
                         max_seq_seen = max_seq_seen.max(expected);
                         expected += 1;
                     }
-                    tracing::error!(queue = uid, segment = no, offset = pos, ?lost, "corrupt record quarantined");
+                    tracing::error!(
+                        queue = uid,
+                        segment = no,
+                        offset = pos,
+                        ?lost,
+                        "corrupt record quarantined"
+                    );
                     damage.push(Damage::CorruptRecords {
                         segment_no: no,
                         offset: pos as u64,
@@ -252,8 +319,12 @@ pub(crate) fn open(uid: u64, dir: PathBuf, config: LogConfig, durability: Durabi
                     s.end = pos;
                 }
                 _ => {
-                    tracing::error!(queue = uid, segment = no, offset = pos,
-                        "corrupt record with an unusable length: the rest of the segment is lost");
+                    tracing::error!(
+                        queue = uid,
+                        segment = no,
+                        offset = pos,
+                        "corrupt record with an unusable length: the rest of the segment is lost"
+                    );
                     s.lost_from = Some((expected, pos));
                     break;
                 }
@@ -262,26 +333,43 @@ pub(crate) fn open(uid: u64, dir: PathBuf, config: LogConfig, durability: Durabi
         scanned.push(s);
     }
 
+    if let Some((no, end_seq)) = torn_end_seq {
+        // The segment cut by the torn tail no longer reaches the seqs its successor (since
+        // discarded, or deleted earlier when fully acked) starts after. Declare the successor
+        // again as started after a restart, so seqs may jump before it: otherwise this start and
+        // every later one would take the shorter segment for lost durable data. Done after the
+        // discards above, so a crash before it leaves the cut to be found again.
+        let next = created.range(no + 1..).next().map(|(&n, &c)| (n, c));
+        if let Some((next_no, (base, false))) = next.filter(|&(_, (base, _))| base > end_seq) {
+            manifest.append_sync(&[ManifestRecord::Created {
+                segment_no: next_no,
+                base_seq: base,
+                after_restart: true,
+            }])?;
+            created.insert(next_no, (base, true));
+        }
+    }
+
     // Damage that skipped the rest of a segment: the next segment's base bounds what was lost.
-    for i in 0..scanned.len() {
+    for s in &mut scanned {
         // The next segment ever created (it may since have been deleted, fully acked).
-        let next = created.range(scanned[i].no + 1..).next().map(|(_, &c)| c);
+        let next = created.range(s.no + 1..).next().map(|(_, &c)| c);
         let next_base = next.map(|n| n.0);
         let jump_expected = next.is_some_and(|n| n.1);
-        let end_seq = scanned[i].header.base_seq + scanned[i].offsets.len() as u64;
-        if scanned[i].lost_from.is_none() && !jump_expected && next_base.is_some_and(|n| n > end_seq) {
+        let end_seq = s.header.base_seq + s.offsets.len() as u64;
+        if s.lost_from.is_none() && !jump_expected && next_base.is_some_and(|n| n > end_seq) {
             // The segment ends cleanly, but before the seqs the next segment starts after:
             // durable data was cut off (a sealed segment always holds every seq up to the next
             // segment's base).
-            scanned[i].lost_from = Some((end_seq, scanned[i].end));
+            s.lost_from = Some((end_seq, s.end));
         }
-        if let Some((from, pos)) = scanned[i].lost_from {
+        if let Some((from, pos)) = s.lost_from {
             let lost = next_base.filter(|&n| n > from).map(|n| from..=n - 1);
             if let Some(r) = &lost {
                 max_seq_seen = max_seq_seen.max(*r.end());
             }
             damage.push(Damage::CorruptRecords {
-                segment_no: scanned[i].no,
+                segment_no: s.no,
                 offset: pos as u64,
                 lost,
                 reason: "record length unusable; rest of segment skipped",
@@ -327,7 +415,9 @@ pub(crate) fn open(uid: u64, dir: PathBuf, config: LogConfig, durability: Durabi
         }
     }
 
-    let next_seq = (max_seq_seen + 1).max(created.values().map(|c| c.0).max().unwrap_or(1)).max(1);
+    let next_seq = (max_seq_seen + 1)
+        .max(created.values().map(|c| c.0).max().unwrap_or(1))
+        .max(1);
     let mut segments = BTreeMap::new();
     let mut seq_index = BTreeMap::new();
     let mut moved = BTreeMap::new();
@@ -354,7 +444,8 @@ pub(crate) fn open(uid: u64, dir: PathBuf, config: LogConfig, durability: Durabi
         }
         let records = s.records();
         let file = files::open_rw(&s.path)?;
-        let map = SegmentMap::map(&file, s.file_len, s.end, s.file_len).map_err(|e| StorageError::io(&s.path, e))?;
+        let map = SegmentMap::map(&file, s.file_len, s.end, s.file_len)
+            .map_err(|e| StorageError::io(&s.path, e))?;
         if !s.offsets.is_empty() {
             seq_index.insert(s.header.base_seq, s.no);
         }
@@ -400,21 +491,83 @@ pub(crate) fn open(uid: u64, dir: PathBuf, config: LogConfig, durability: Durabi
     log.report.bytes = live_bytes;
     log.report.torn_tail = torn;
     log.report.damage = damage;
+    log.sync_recovered(wm);
     // Writing always resumes in a fresh segment, so a recovered tail is never written twice.
     max_no += 1;
     log.start_segment(max_no, 0, true)?;
-    let sealed: Vec<u64> = log.segments.keys().copied().filter(|&n| n != max_no).collect();
+    let sealed: Vec<u64> = log
+        .segments
+        .keys()
+        .copied()
+        .filter(|&n| n != max_no)
+        .collect();
     for no in sealed {
         log.maybe_delete_recovered(no);
     }
     Ok(log)
 }
 
+/// True if segment `no`, whose records end before seq `expected`, stops short of its
+/// successor: the next segment was started by a rotation (not after a restart, where seqs may
+/// jump) at a later base seq, so seqs in between were written here and lost.
+fn ends_short(dir: &Path, no: u64, expected: u64, created: &BTreeMap<u64, (u64, bool)>) -> bool {
+    let next = created.range(no + 1..).next().map(|(_, &c)| c).or_else(|| {
+        // A successor without a manifest record (a crash right after its creation): its header
+        // says the same.
+        let (segs, _) = list_files(dir).ok()?;
+        let next = *segs.range(no + 1..).next()?;
+        let f = File::open(segment_path(dir, next)).ok()?;
+        let mut b = [0u8; SEGMENT_HEADER_LEN];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, 0).ok()?;
+        let h = SegmentHeader::decode(&b).ok()?;
+        Some((h.base_seq, h.flags & SEGMENT_FLAG_AFTER_RESTART != 0))
+    });
+    next.is_some_and(|(base, after_restart)| !after_restart && base > expected)
+}
+
 impl QueueLog {
+    /// Has the next group commit sync everything recovery kept that no completed sync may have
+    /// covered, and moves the durable watermark over it once synced.
+    ///
+    /// After a process crash, writes that were never synced are still in the page cache, and
+    /// recovery reads them from there: the segments past the watermark, the ack logs. Unless
+    /// they are synced, a clean stop does not make them durable, and the watermark of the
+    /// next append (in a newer segment, so vouching for every earlier one) would cover pages
+    /// that a power loss can still take, turning a lost unsynced page into reported
+    /// corruption. The deletions recovery decides next (fully acked segments, originals of
+    /// relocated copies) ride a later epoch, so they happen only once this is durable.
+    fn sync_recovered(&self, wm: Watermark) {
+        let mut last = None;
+        for seg in self.segments.values() {
+            if seg.file.no >= wm.segment_no {
+                self.durability
+                    .mark_file(seg.file.id, &seg.file.file, &seg.file.path, None);
+                last = Some(&seg.file);
+            }
+            if let Some((file, id)) = &seg.ack_log.file {
+                self.durability
+                    .mark_file(*id, file, &seg.ack_log.path, None);
+            }
+        }
+        if let Some(f) = last {
+            // Never lower it: damage below the old watermark must stay classified as such.
+            let w = wm.max(Watermark {
+                segment_no: f.no,
+                offset: f.map.committed() as u64,
+            });
+            self.durability
+                .mark_file(f.id, &f.file, &f.path, Some((&self.checkpoint, w)));
+        }
+        self.durability.mark_dir(&self.dir);
+    }
+
     fn maybe_delete_recovered(&mut self, no: u64) {
         let seg = &self.segments[&no];
         if seg.dead == seg.records {
-            if let Ok(e) = self.manifest.append(ManifestRecord::Deleted { segment_no: no }, &self.durability) {
+            if let Ok(e) = self
+                .manifest
+                .append(ManifestRecord::Deleted { segment_no: no }, &self.durability)
+            {
                 self.segments.get_mut(&no).expect("present").deleting = Some(e);
             }
         }
@@ -422,12 +575,14 @@ impl QueueLog {
 }
 
 impl Manifest {
-    /// Appends a record and syncs it before returning (used during recovery only).
-    fn append_sync(&mut self, rec: ManifestRecord) -> Result<()> {
-        let bytes = rec.encode(self.salt);
+    /// Appends records and syncs them before returning (used during recovery only).
+    fn append_sync(&mut self, recs: &[ManifestRecord]) -> Result<()> {
+        let bytes: Vec<u8> = recs.iter().flat_map(|r| r.encode(self.salt)).collect();
         files::write_at(&self.file, &self.path, &bytes, self.write_pos)?;
         self.write_pos += bytes.len() as u64;
-        self.file.sync_data().map_err(|e| StorageError::io(&*self.path, e))
+        self.file
+            .sync_data()
+            .map_err(|e| StorageError::io(&*self.path, e))
     }
 }
 
@@ -458,7 +613,10 @@ fn open_manifest(dir: &Path, uid: u64) -> Result<ManifestState> {
     let mut created = BTreeMap::new();
     let mut deleted = BTreeSet::new();
     let mut pos = LOG_HEADER_LEN;
-    while let Some(rec) = data.get(pos..).and_then(|r| ManifestRecord::decode(r, header.salt)) {
+    while let Some(rec) = data
+        .get(pos..)
+        .and_then(|r| ManifestRecord::decode(r, header.salt))
+    {
         match rec {
             ManifestRecord::Created {
                 segment_no,
@@ -476,9 +634,13 @@ fn open_manifest(dir: &Path, uid: u64) -> Result<ManifestState> {
     let file = files::open_rw(&path)?;
     if data[pos.min(data.len())..].iter().any(|&b| b != 0) {
         // A torn manifest append: nothing after it was confirmed to anyone.
-        file.set_len(pos as u64).map_err(|e| StorageError::io(&path, e))?;
-        file.sync_data().map_err(|e| StorageError::io(&path, e))?;
+        file.set_len(pos as u64)
+            .map_err(|e| StorageError::io(&path, e))?;
     }
+    // Recovery acts on these records (unlinks what they say is deleted); after a process crash
+    // the last of them may be in the page cache only, so make them durable first, or a power
+    // loss could keep the unlinks and lose the records that justified them.
+    file.sync_data().map_err(|e| StorageError::io(&path, e))?;
     let manifest = Manifest {
         path: path.into(),
         file: Arc::new(file),
@@ -507,7 +669,9 @@ fn rewrite_manifest(dir: &Path, uid: u64, segments: &BTreeMap<u64, Segment>) -> 
         files::write_at(&m.file, &m.path, &rec.encode(m.salt), m.write_pos)?;
         m.write_pos += MANIFEST_RECORD_LEN as u64;
     }
-    m.file.sync_data().map_err(|e| StorageError::io(&*m.path, e))?;
+    m.file
+        .sync_data()
+        .map_err(|e| StorageError::io(&*m.path, e))?;
     let final_path = dir.join(MANIFEST_FILE);
     std::fs::rename(&m.path, &final_path).map_err(|e| StorageError::io(&final_path, e))?;
     files::sync_dir(dir)?;
@@ -523,7 +687,11 @@ fn list_files(dir: &Path) -> Result<(BTreeSet<u64>, BTreeSet<u64>)> {
         let entry = entry.map_err(|e| StorageError::io(dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let parse = |stem: &str| (stem.len() == 20).then(|| stem.parse::<u64>().ok()).flatten();
+        let parse = |stem: &str| {
+            (stem.len() == 20)
+                .then(|| stem.parse::<u64>().ok())
+                .flatten()
+        };
         if let Some(no) = name.strip_suffix(".seg").and_then(parse) {
             segs.insert(no);
         } else if let Some(no) = name.strip_suffix(".ack").and_then(parse) {
@@ -533,7 +701,12 @@ fn list_files(dir: &Path) -> Result<(BTreeSet<u64>, BTreeSet<u64>)> {
     Ok((segs, acks))
 }
 
-fn open_ack_log(dir: &Path, uid: u64, no: u64, damage: &mut Vec<Damage>) -> Result<(AckLog, AckBatch)> {
+fn open_ack_log(
+    dir: &Path,
+    uid: u64,
+    no: u64,
+    damage: &mut Vec<Damage>,
+) -> Result<(AckLog, AckBatch)> {
     let path = ack_path(dir, no);
     let fresh = || AckLog {
         path: path.clone().into(),
@@ -567,12 +740,17 @@ fn open_ack_log(dir: &Path, uid: u64, no: u64, damage: &mut Vec<Damage>) -> Resu
     }
     let file = files::open_rw(&path)?;
     if data[pos..].iter().any(|&b| b != 0) {
-        tracing::warn!(segment = no, bytes = data.len() - pos, "ack log cut at a damaged batch");
+        tracing::warn!(
+            segment = no,
+            bytes = data.len() - pos,
+            "ack log cut at a damaged batch"
+        );
         damage.push(Damage::AckLogTruncated {
             segment_no: no,
             bytes: (data.len() - pos) as u64,
         });
-        file.set_len(pos as u64).map_err(|e| StorageError::io(&path, e))?;
+        file.set_len(pos as u64)
+            .map_err(|e| StorageError::io(&path, e))?;
         file.sync_data().map_err(|e| StorageError::io(&path, e))?;
     }
     let log = AckLog {

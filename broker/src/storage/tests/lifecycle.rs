@@ -1,7 +1,7 @@
 //! Append, read, ack, rotate, delete, relocate and restart.
 
 use super::support::*;
-use crate::storage::{Store, StorageError};
+use crate::storage::{StorageError, Store};
 
 #[test]
 fn append_read_and_ack_round_trip_without_copies() {
@@ -9,7 +9,11 @@ fn append_read_and_ack_round_trip_without_copies() {
     let store = Store::open(dir.path(), config(64 << 10)).unwrap();
     let mut log = store.create_queue().unwrap();
     let seqs = append_durable(&mut log, 0, 500, 300);
-    assert_eq!(seqs, (1..=500).collect::<Vec<_>>(), "seqs start at 1 and are dense");
+    assert_eq!(
+        seqs,
+        (1..=500).collect::<Vec<_>>(),
+        "seqs start at 1 and are dense"
+    );
     assert!(log.segment_count() > 1, "small segments rotate");
     let first = log.read(1).unwrap();
     for (i, &s) in seqs.iter().enumerate() {
@@ -20,12 +24,21 @@ fn append_read_and_ack_round_trip_without_copies() {
     for &s in &seqs {
         log.ack(s).unwrap();
     }
-    assert!(matches!(log.ack(1), Err(StorageError::NotLive(1))), "double ack is refused");
+    assert!(
+        matches!(log.ack(1), Err(StorageError::NotLive(1))),
+        "double ack is refused"
+    );
     assert!(matches!(log.read(1), Err(StorageError::NotLive(1))));
     let e = log.flush().unwrap();
-    store.durability().wait_blocking(e.max(store.durability().current_epoch()));
+    store
+        .durability()
+        .wait_blocking(e.max(store.durability().current_epoch()));
     log.flush().unwrap();
-    assert_eq!(log.segment_count(), 1, "fully acked sealed segments are deleted");
+    assert_eq!(
+        log.segment_count(),
+        1,
+        "fully acked sealed segments are deleted"
+    );
     assert_eq!(segments(log.dir()).len(), 1);
     // A delivered body stays valid after its ack and its segment's deletion.
     assert_eq!(&first.body[..], &body(0, 300)[..]);
@@ -45,10 +58,15 @@ fn disk_use_returns_to_one_segment_after_a_backlog_drains() {
         log.ack(s).unwrap();
     }
     let e = log.flush().unwrap();
-    store.durability().wait_blocking(e.max(store.durability().current_epoch()));
+    store
+        .durability()
+        .wait_blocking(e.max(store.durability().current_epoch()));
     log.flush().unwrap();
     let drained = log.disk_bytes();
-    assert!(drained < 300 << 10, "after the drain {drained} bytes remain");
+    assert!(
+        drained < 300 << 10,
+        "after the drain {drained} bytes remain"
+    );
 }
 
 #[test]
@@ -119,7 +137,10 @@ fn survivors_of_sparse_segments_are_relocated_and_old_segments_freed() {
         }
     }
     log.flush().unwrap();
-    assert!(log.segment_count() >= before - 1, "slow messages pin their segments");
+    assert!(
+        log.segment_count() >= before - 1,
+        "slow messages pin their segments"
+    );
     log.compact_now().unwrap();
     let e = log.flush().unwrap().max(store.durability().current_epoch());
     store.durability().wait_blocking(e);
@@ -127,7 +148,11 @@ fn survivors_of_sparse_segments_are_relocated_and_old_segments_freed() {
     let e = store.durability().current_epoch();
     store.durability().wait_blocking(e);
     log.flush().unwrap();
-    assert!(log.segment_count() <= 2, "{} segments remain", log.segment_count());
+    assert!(
+        log.segment_count() <= 2,
+        "{} segments remain",
+        log.segment_count()
+    );
     assert_eq!(log.live_seqs(), keep, "relocation keeps seqs and order");
     for &s in &keep {
         assert_eq!(&log.read(s).unwrap().body[..], &body(s - 1, 200)[..]);
@@ -193,4 +218,35 @@ fn recovery_is_idempotent() {
     };
     assert_eq!(first, second);
     assert!(first.len() >= 300);
+}
+
+#[test]
+fn concurrent_checkpoints_each_cover_their_callers_writes() {
+    use crate::storage::durability::read_watermark;
+    use crate::storage::format::Watermark;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config(64 << 10)).unwrap();
+    let logs: Vec<_> = (0..2).map(|_| store.create_queue().unwrap()).collect();
+    std::thread::scope(|sc| {
+        for mut log in logs {
+            let store = &store;
+            sc.spawn(move || {
+                for i in 0..100u64 {
+                    log.append(b"m", &body(i, 10), i).unwrap();
+                    let written = Watermark {
+                        segment_no: log.active,
+                        offset: log.segments[&log.active].file.map.committed() as u64,
+                    };
+                    // While the other thread's checkpoint is under way, this one must wait for
+                    // the next, not return when that one completes.
+                    store.checkpoint();
+                    let got = read_watermark(log.dir(), log.uid());
+                    assert!(
+                        got >= Some(written),
+                        "checkpoint {i} returned before covering {written:?}: {got:?}"
+                    );
+                }
+            });
+        }
+    });
 }
