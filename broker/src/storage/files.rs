@@ -42,7 +42,8 @@ pub(crate) fn reserve(file: &File, path: &Path, from: u64, to: u64) -> Result<()
             let mut at = from;
             while at < to {
                 let n = ((to - at) as usize).min(zeros.len());
-                file.write_all_at(&zeros[..n], at).map_err(|e| StorageError::io(path, e))?;
+                file.write_all_at(&zeros[..n], at)
+                    .map_err(|e| StorageError::io(path, e))?;
                 at += n as u64;
             }
             Ok(())
@@ -53,13 +54,17 @@ pub(crate) fn reserve(file: &File, path: &Path, from: u64, to: u64) -> Result<()
 
 /// Writes all of `buf` at `offset`.
 pub(crate) fn write_at(file: &File, path: &Path, buf: &[u8], offset: u64) -> Result<()> {
-    file.write_all_at(buf, offset).map_err(|e| StorageError::io(path, e))
+    file.write_all_at(buf, offset)
+        .map_err(|e| StorageError::io(path, e))
 }
 
 /// Reads a whole file with `pread`, so an I/O error is an error value, never a SIGBUS.
 pub(crate) fn read_all(path: &Path) -> Result<Vec<u8>> {
     let file = File::open(path).map_err(|e| StorageError::io(path, e))?;
-    let len = file.metadata().map_err(|e| StorageError::io(path, e))?.len() as usize;
+    let len = file
+        .metadata()
+        .map_err(|e| StorageError::io(path, e))?
+        .len() as usize;
     let mut buf = vec![0u8; len];
     let mut at = 0;
     while at < len {

@@ -327,7 +327,14 @@ impl AckBatch {
             for s in &self.acks {
                 entries.extend_from_slice(&s.to_le_bytes());
             }
-            encode_sub(out, salt, ACK_ENTRY_ACK, self.acks.len(), self.delivered_hwm, &entries);
+            encode_sub(
+                out,
+                salt,
+                ACK_ENTRY_ACK,
+                self.acks.len(),
+                self.delivered_hwm,
+                &entries,
+            );
         }
         if !self.delivery_counts.is_empty() {
             let mut entries = Vec::with_capacity(self.delivery_counts.len() * 12);
@@ -347,8 +354,7 @@ impl AckBatch {
             return None;
         }
         let len = u32_at(b, 4) as usize;
-        if len < ACK_BATCH_HEADER_LEN || len > b.len() || crc(salt, &[&b[4..len]]) != u32_at(b, 0)
-        {
+        if len < ACK_BATCH_HEADER_LEN || len > b.len() || crc(salt, &[&b[4..len]]) != u32_at(b, 0) {
             return None;
         }
         let kind = b[8];
@@ -357,10 +363,13 @@ impl AckBatch {
         let entries = &b[ACK_BATCH_HEADER_LEN..len];
         match kind {
             ACK_ENTRY_ACK if entries.len() == count * 8 => {
-                self.acks.extend(entries.chunks_exact(8).map(|c| u64_at(c, 0)));
+                self.acks
+                    .extend(entries.chunks_exact(8).map(|c| u64_at(c, 0)));
             }
             ACK_ENTRY_COUNT if entries.len() == count * 12 => {
-                let counts = entries.chunks_exact(12).map(|c| (u64_at(c, 0), u32_at(c, 8)));
+                let counts = entries
+                    .chunks_exact(12)
+                    .map(|c| (u64_at(c, 0), u32_at(c, 8)));
                 self.delivery_counts.extend(counts);
             }
             _ => return None,
@@ -517,7 +526,10 @@ mod tests {
         for bit in 0..60 * 8 {
             let mut c = b;
             c[bit / 8] ^= 1 << (bit % 8);
-            assert!(SegmentHeader::decode(&c).is_err(), "flip of bit {bit} undetected");
+            assert!(
+                SegmentHeader::decode(&c).is_err(),
+                "flip of bit {bit} undetected"
+            );
         }
     }
 
@@ -539,16 +551,28 @@ mod tests {
         assert_eq!(&rec[h.meta_range()], meta);
         assert_eq!(&rec[h.body_range()], body);
         // Another salt (a stale record from another file) never validates.
-        assert_eq!(RecordHeader::decode(&rec, 10, 1 << 20), Err(RecordError::BadChecksum));
+        assert_eq!(
+            RecordHeader::decode(&rec, 10, 1 << 20),
+            Err(RecordError::BadChecksum)
+        );
         for cut in 0..rec.len() {
-            assert!(RecordHeader::decode(&rec[..cut], 9, 1 << 20).is_err(), "cut {cut}");
+            assert!(
+                RecordHeader::decode(&rec[..cut], 9, 1 << 20).is_err(),
+                "cut {cut}"
+            );
         }
         for bit in 0..rec.len() * 8 {
             let mut c = rec.clone();
             c[bit / 8] ^= 1 << (bit % 8);
-            assert!(RecordHeader::decode(&c, 9, 1 << 20).is_err(), "flip {bit} undetected");
+            assert!(
+                RecordHeader::decode(&c, 9, 1 << 20).is_err(),
+                "flip {bit} undetected"
+            );
         }
-        assert_eq!(RecordHeader::decode(&rec, 9, 16), Err(RecordError::BadHeader));
+        assert_eq!(
+            RecordHeader::decode(&rec, 9, 16),
+            Err(RecordError::BadHeader)
+        );
     }
 
     #[test]

@@ -29,8 +29,16 @@ pub(crate) struct SegmentMap {
 impl SegmentMap {
     /// Maps `len` bytes of `file`. `committed` bytes are already valid and `allocated` bytes
     /// have disk blocks behind them.
-    pub(crate) fn map(file: &File, len: usize, committed: usize, allocated: usize) -> io::Result<Self> {
-        assert!(committed <= allocated && allocated <= len, "inconsistent segment map bounds");
+    pub(crate) fn map(
+        file: &File,
+        len: usize,
+        committed: usize,
+        allocated: usize,
+    ) -> io::Result<Self> {
+        assert!(
+            committed <= allocated && allocated <= len,
+            "inconsistent segment map bounds"
+        );
         let raw = MmapOptions::new().len(len).map_raw(file)?;
         Ok(Self {
             raw,
@@ -127,7 +135,10 @@ impl MapWriter {
         let start = self.map.committed.load(Ordering::Relaxed);
         let total: usize = parts.iter().map(|p| p.len()).sum();
         assert!(start + total <= new_end, "record longer than its slot");
-        assert!(new_end <= self.allocated(), "write beyond the space fallocate reserved");
+        assert!(
+            new_end <= self.allocated(),
+            "write beyond the space fallocate reserved"
+        );
         let mut at = start;
         for p in parts {
             // SAFETY: `[at, at + p.len())` lies inside `[start, new_end)`, which is at or above
@@ -135,7 +146,11 @@ impl MapWriter {
             // hands out one `MapWriter` per map) and below `allocated <= len` (inside the
             // mapping and backed by reserved disk blocks). `p` is a separate allocation.
             unsafe {
-                std::ptr::copy_nonoverlapping(p.as_ptr(), self.map.raw.as_mut_ptr().add(at), p.len())
+                std::ptr::copy_nonoverlapping(
+                    p.as_ptr(),
+                    self.map.raw.as_mut_ptr().add(at),
+                    p.len(),
+                )
             };
             at += p.len();
         }

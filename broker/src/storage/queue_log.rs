@@ -17,7 +17,8 @@ use super::error::{Damage, Result, StorageError};
 use super::files;
 use super::format::{
     align_up, AckBatch, LogHeader, ManifestRecord, RecordHeader, RecordKind, SegmentHeader,
-    Watermark, ACK_MAGIC, SEGMENT_FLAG_AFTER_RESTART, LOG_HEADER_LEN, MANIFEST_MAGIC, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+    Watermark, ACK_MAGIC, LOG_HEADER_LEN, MANIFEST_MAGIC, RECORD_HEADER_LEN,
+    SEGMENT_FLAG_AFTER_RESTART, SEGMENT_HEADER_LEN,
 };
 use super::mmap::{MapWriter, SegmentMap};
 
@@ -280,7 +281,12 @@ impl Drop for QueueLog {
 
 impl QueueLog {
     /// Creates an empty log in the new directory `dir`.
-    pub(crate) fn create(uid: u64, dir: PathBuf, config: LogConfig, durability: Durability) -> Result<Self> {
+    pub(crate) fn create(
+        uid: u64,
+        dir: PathBuf,
+        config: LogConfig,
+        durability: Durability,
+    ) -> Result<Self> {
         std::fs::create_dir(&dir).map_err(|e| StorageError::io(&dir, e))?;
         let manifest = Manifest::create(&dir, uid)?;
         let mut log = Self::assemble(uid, dir, config, durability, manifest, BTreeMap::new(), 1);
@@ -382,7 +388,8 @@ impl QueueLog {
     /// written and the seq was not consumed.
     pub fn append(&mut self, meta: &[u8], body: &[u8], timestamp_ms: u64) -> Result<Appended> {
         let seq = self.next_seq;
-        let (no, offset, end) = self.append_record(RecordKind::Message, seq, timestamp_ms, meta, body)?;
+        let (no, offset, end) =
+            self.append_record(RecordKind::Message, seq, timestamp_ms, meta, body)?;
         self.next_seq += 1;
         let seg = self.segments.get_mut(&no).expect("active segment");
         if seg.offsets.is_empty() {
@@ -428,7 +435,10 @@ impl QueueLog {
         }
         let padded = align_up(rec_len);
         let fits = |w: &MapWriter| w.map().committed() + padded <= w.capacity();
-        let active = self.segments.get(&self.active).and_then(|s| s.writer.as_ref());
+        let active = self
+            .segments
+            .get(&self.active)
+            .and_then(|s| s.writer.as_ref());
         if !active.is_some_and(fits) {
             self.rotate(padded)?;
         }
@@ -440,7 +450,12 @@ impl QueueLog {
             let cap = writer.capacity();
             let chunk = writer.allocated().clamp(MIN_CHUNK, MAX_CHUNK);
             let target = end.max(writer.allocated() + chunk).min(cap);
-            files::reserve(&seg.file.file, &seg.file.path, writer.allocated() as u64, target as u64)?;
+            files::reserve(
+                &seg.file.file,
+                &seg.file.path,
+                writer.allocated() as u64,
+                target as u64,
+            )?;
             writer.set_allocated(target);
         }
         let header = RecordHeader {
@@ -466,9 +481,17 @@ impl QueueLog {
 
     /// Creates segment `no` as the new active segment. If creation fails, the old active
     /// segment stays active and nothing is left behind.
-    pub(crate) fn start_segment(&mut self, no: u64, needed: usize, after_restart: bool) -> Result<()> {
+    pub(crate) fn start_segment(
+        &mut self,
+        no: u64,
+        needed: usize,
+        after_restart: bool,
+    ) -> Result<()> {
         let path: Arc<Path> = segment_path(&self.dir, no).into();
-        let cap = self.config.segment_bytes.max(align_up(SEGMENT_HEADER_LEN + needed).next_multiple_of(4096));
+        let cap = self
+            .config
+            .segment_bytes
+            .max(align_up(SEGMENT_HEADER_LEN + needed).next_multiple_of(4096));
         let first = (SEGMENT_HEADER_LEN + needed).max(MIN_CHUNK).min(cap);
         let salt = fastrand::u32(..);
         let base_seq = self.next_seq;
@@ -481,7 +504,11 @@ impl QueueLog {
                 base_seq,
                 salt,
                 created_unix_ms: files::now_unix_ms(),
-                flags: if after_restart { SEGMENT_FLAG_AFTER_RESTART } else { 0 },
+                flags: if after_restart {
+                    SEGMENT_FLAG_AFTER_RESTART
+                } else {
+                    0
+                },
             };
             files::write_at(&file, &path, &header.encode(), 0)?;
             let map = SegmentMap::map(&file, cap, SEGMENT_HEADER_LEN, first)
@@ -539,7 +566,8 @@ impl QueueLog {
         // The header and the directory entry must be durable before any record in the new
         // segment is: tag the file now so the next group commit covers it.
         let seg = &self.segments[&no].file;
-        self.durability.mark_file(seg.id, &seg.file, &seg.path, None);
+        self.durability
+            .mark_file(seg.id, &seg.file, &seg.path, None);
         if let Some(prev) = self.segments.get_mut(&old) {
             prev.writer = None;
             prev.sealed_at = Some(Instant::now());
@@ -580,7 +608,10 @@ impl QueueLog {
             .read(off, 8)
             .and_then(RecordHeader::peek_len)
             .ok_or(corrupt("record beyond the written data"))? as usize;
-        let rec = seg.map.read(off, len).ok_or(corrupt("record length beyond the written data"))?;
+        let rec = seg
+            .map
+            .read(off, len)
+            .ok_or(corrupt("record length beyond the written data"))?;
         let h = RecordHeader::decode(rec, seg.salt, self.config.max_record_bytes)
             .map_err(|_| corrupt("checksum or header mismatch"))?;
         if h.seq != seq {
@@ -591,8 +622,14 @@ impl QueueLog {
         Ok(StoredMessage {
             seq,
             timestamp_ms: h.timestamp_ms,
-            meta: seg.map.bytes(off + meta.start, meta.len()).expect("validated"),
-            body: seg.map.bytes(off + body.start, body.len()).expect("validated"),
+            meta: seg
+                .map
+                .bytes(off + meta.start, meta.len())
+                .expect("validated"),
+            body: seg
+                .map
+                .bytes(off + body.start, body.len())
+                .expect("validated"),
         })
     }
 
@@ -600,7 +637,12 @@ impl QueueLog {
     pub fn next_live_after(&self, after: u64) -> Option<u64> {
         let from = after.checked_add(1)?;
         let moved = self.moved.range(from..).next().map(|(&s, _)| s);
-        let start = self.seq_index.range(..=from).next_back().map(|(&b, _)| b).unwrap_or(0);
+        let start = self
+            .seq_index
+            .range(..=from)
+            .next_back()
+            .map(|(&b, _)| b)
+            .unwrap_or(0);
         let mut in_segments = None;
         for (&base, &no) in self.seq_index.range(start..) {
             if moved.is_some_and(|m| m < base) {
@@ -697,13 +739,22 @@ impl QueueLog {
             buf.clear();
             seg.ack_log.pending.delivered_hwm = hwm;
             seg.ack_log.pending.encode(seg.ack_log.salt, &mut buf);
-            match write_acks(&mut seg.ack_log, &buf, self.uid, seg.file.no, &self.durability, &self.dir) {
+            match write_acks(
+                &mut seg.ack_log,
+                &buf,
+                self.uid,
+                seg.file.no,
+                &self.durability,
+                &self.dir,
+            ) {
                 Ok(e) => {
                     epoch = epoch.max(e);
                     seg.ack_log.pending = AckBatch::default();
                     seg.acks_dirty = false;
                 }
-                Err(e) => tracing::warn!(error = %e, "could not write acks; keeping them for the next flush"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not write acks; keeping them for the next flush")
+                }
             }
         }
         self.maintain()?;
@@ -713,7 +764,9 @@ impl QueueLog {
     /// Schedules deletion of sealed segment `no` if nothing in it is live any more.
     fn maybe_delete(&mut self, no: u64) {
         let durable = self.durability.durable_epoch();
-        let Some(seg) = self.segments.get(&no) else { return };
+        let Some(seg) = self.segments.get(&no) else {
+            return;
+        };
         if seg.writer.is_some()
             || seg.deleting.is_some()
             || !seg.is_empty_of_live()
@@ -721,10 +774,15 @@ impl QueueLog {
         {
             return;
         }
-        match self.manifest.append(ManifestRecord::Deleted { segment_no: no }, &self.durability) {
+        match self
+            .manifest
+            .append(ManifestRecord::Deleted { segment_no: no }, &self.durability)
+        {
             Ok(e) => self.segments.get_mut(&no).expect("present").deleting = Some(e),
             // Without a durable Deleted record the file must stay; retried at the next flush.
-            Err(e) => tracing::warn!(segment = no, error = %e, "could not record a segment deletion"),
+            Err(e) => {
+                tracing::warn!(segment = no, error = %e, "could not record a segment deletion")
+            }
         }
     }
 
@@ -766,8 +824,10 @@ impl QueueLog {
                     && s.deleting.is_none()
                     && s.relocated_at.is_none_or(|e| e <= durable)
                     && !s.is_empty_of_live()
-                    && s.sealed_at.is_some_and(|t| t.elapsed() >= self.config.relocate_after)
-                    && f64::from(s.records - s.dead) <= f64::from(s.records) * self.config.relocate_live_fraction
+                    && s.sealed_at
+                        .is_some_and(|t| t.elapsed() >= self.config.relocate_after)
+                    && f64::from(s.records - s.dead)
+                        <= f64::from(s.records) * self.config.relocate_live_fraction
             })
             .map(|(&n, _)| n)
             .collect();
@@ -789,17 +849,33 @@ impl QueueLog {
             survivors.push((base + j as u64, seg.offsets[j]));
             i = j + 1;
         }
-        survivors.extend(self.moved.iter().filter(|(_, l)| l.0 == no).map(|(&s, l)| (s, l.1)));
+        survivors.extend(
+            self.moved
+                .iter()
+                .filter(|(_, l)| l.0 == no)
+                .map(|(&s, l)| (s, l.1)),
+        );
         let map = Arc::clone(&seg.file.map);
         let salt = seg.file.salt;
         let mut last = None;
         for (seq, offset) in survivors {
             let off = offset as usize;
-            let Some(len) = map.read(off, 8).and_then(RecordHeader::peek_len) else { continue };
-            let Some(rec) = map.read(off, len as usize) else { continue };
-            let Ok(h) = RecordHeader::decode(rec, salt, self.config.max_record_bytes) else { continue };
-            let (to, at, end) =
-                self.append_record(RecordKind::Relocated, seq, h.timestamp_ms, &rec[h.meta_range()], &rec[h.body_range()])?;
+            let Some(len) = map.read(off, 8).and_then(RecordHeader::peek_len) else {
+                continue;
+            };
+            let Some(rec) = map.read(off, len as usize) else {
+                continue;
+            };
+            let Ok(h) = RecordHeader::decode(rec, salt, self.config.max_record_bytes) else {
+                continue;
+            };
+            let (to, at, end) = self.append_record(
+                RecordKind::Relocated,
+                seq,
+                h.timestamp_ms,
+                &rec[h.meta_range()],
+                &rec[h.body_range()],
+            )?;
             if self.moved.insert(seq, (to, at as u32)).is_none() {
                 let old = self.segments.get_mut(&no).expect("present");
                 let i = old.slot(seq).expect("live slot");
@@ -810,7 +886,11 @@ impl QueueLog {
         }
         if let Some(e) = last {
             self.segments.get_mut(&no).expect("present").relocated_at = Some(e);
-            tracing::debug!(queue = self.uid, segment = no, "relocated survivors of a sparse segment");
+            tracing::debug!(
+                queue = self.uid,
+                segment = no,
+                "relocated survivors of a sparse segment"
+            );
         }
         Ok(())
     }
@@ -839,7 +919,14 @@ impl QueueLog {
     }
 }
 
-fn write_acks(log: &mut AckLog, buf: &[u8], uid: u64, no: u64, durability: &Durability, dir: &Path) -> Result<Epoch> {
+fn write_acks(
+    log: &mut AckLog,
+    buf: &[u8],
+    uid: u64,
+    no: u64,
+    durability: &Durability,
+    dir: &Path,
+) -> Result<Epoch> {
     if log.file.is_none() {
         let file = files::create_new(&log.path)?;
         let header = LogHeader {

@@ -58,13 +58,19 @@ impl Store {
         let queues = dir.join(QUEUES_DIR);
         for entry in std::fs::read_dir(&queues).map_err(|e| StorageError::io(&queues, e))? {
             let entry = entry.map_err(|e| StorageError::io(&queues, e))?;
-            if entry.file_name().to_string_lossy().starts_with(DELETED_PREFIX) {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(DELETED_PREFIX)
+            {
                 // A queue deletion interrupted by a stop: finish it.
-                std::fs::remove_dir_all(entry.path()).map_err(|e| StorageError::io(entry.path(), e))?;
+                std::fs::remove_dir_all(entry.path())
+                    .map_err(|e| StorageError::io(entry.path(), e))?;
             }
         }
         files::sync_dir(&dir)?;
-        let sync = SyncThread::start(&dir, config.durability.clone()).map_err(|e| StorageError::io(&dir, e))?;
+        let sync = SyncThread::start(&dir, config.durability.clone())
+            .map_err(|e| StorageError::io(&dir, e))?;
         Ok(Self {
             dir,
             config,
@@ -102,7 +108,12 @@ impl Store {
     /// Opens (and recovers) the queue log `uid`. Damage to one queue is an error for that queue
     /// only; the store keeps serving the others.
     pub fn open_queue(&self, uid: u64) -> Result<QueueLog> {
-        recovery::open(uid, self.queue_dir(uid), self.config.log.clone(), self.durability().clone())
+        recovery::open(
+            uid,
+            self.queue_dir(uid),
+            self.config.log.clone(),
+            self.durability().clone(),
+        )
     }
 
     /// The identities of every queue log in the directory.

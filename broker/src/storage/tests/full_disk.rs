@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::support::*;
-use crate::storage::{Store, StorageError};
+use crate::storage::{StorageError, Store};
 
 /// A mount point; the temp dir is removed after the unmount (fields drop after `drop`).
 struct Mount(PathBuf, #[allow(dead_code)] tempfile::TempDir);
@@ -63,7 +63,10 @@ fn a_full_disk_is_storage_full_keeps_confirmed_data_and_recovers_when_space_retu
     assert!(err.is_storage_full(), "expected StorageFull, got {err}");
     assert!(matches!(err, StorageError::StorageFull { .. }));
     let next = log.next_seq();
-    assert!(log.append(b"x", &[0u8; 2000], 0).unwrap_err().is_storage_full());
+    assert!(log
+        .append(b"x", &[0u8; 2000], 0)
+        .unwrap_err()
+        .is_storage_full());
     assert_eq!(log.next_seq(), next, "a refused append consumes no seq");
     // Everything confirmed before is intact.
     let got = contents(&log);
