@@ -240,6 +240,12 @@ workload_args() {
     esac
 }
 
+# One raw reference (1 MiB pwrite + fdatasync into a preallocated file) and a 4 KiB store run.
+disk_reference() {
+    "$BIN/storage-bench" --dir "$WORK" --seconds 3 --rounds 1 --sizes 4096 --raw-chunks \
+        --overwrite-chunks --json >"$1" 2>/dev/null || log "storage-bench failed"
+}
+
 # ---- main ------------------------------------------------------------------------------------
 install_peers
 log "building release binaries into $TARGET"
@@ -267,8 +273,13 @@ for workload in $WORKLOADS; do
         dir=$(mktemp -d "$WORK/$broker-$workload-XXXX")
         log "$workload on $broker"
         "start_$broker" "$dir"
-        cmd="sluice-bench --broker $broker $args --broker-pid $BROKER_PID --broker-data-dir $BROKER_DATA --label $workload --json $RESULTS/$workload-$broker.json"
-        echo "$cmd" >"$RESULTS/$workload-$broker.cmd"
+        echo "sluice-bench --broker $broker $args --broker-pid \$PID --broker-data-dir \$DATA --label $workload --json $workload-$broker.json" \
+            >"$RESULTS/$workload-$broker.cmd"
+        # The disk's rate drifts: the 4 KiB workload is compared with references taken right
+        # before and right after it.
+        if [ "$workload" = 1p1c-4k ]; then
+            disk_reference "$RESULTS/$workload-$broker.disk-before.json"
+        fi
         # Other work on the machine skews the figures: keep the load average around each run.
         {
             echo "before $(cat /proc/loadavg)"
@@ -280,6 +291,9 @@ for workload in $WORKLOADS; do
             --json "$RESULTS/$workload-$broker.json" \
             >"$RESULTS/$workload-$broker.txt" 2>"$RESULTS/$workload-$broker.log"; then
             log "$workload on $broker: incomplete or failed (see $RESULTS/$workload-$broker.log)"
+        fi
+        if [ "$workload" = 1p1c-4k ]; then
+            disk_reference "$RESULTS/$workload-$broker.disk-after.json"
         fi
         {
             echo "after $(cat /proc/loadavg)"
