@@ -215,6 +215,10 @@ impl Actor {
                 Some(event) = self.dl_events.recv() => self.on_dead_letter_event(event),
                 _ = tick.tick() => {
                     self.dirty = true;
+                    // A drained backlog should not keep its index's memory.
+                    if self.fresh.capacity() > 4096 && self.fresh.len() < self.fresh.capacity() / 4 {
+                        self.fresh.shrink_to(self.fresh.len() * 2);
+                    }
                     self.measure_rates();
                     self.publish_consumers();
                     if self.expired_unused() {

@@ -78,6 +78,22 @@ impl SegmentMap {
         }))
     }
 
+    /// Drops this process's resident pages of the mapping, so a backlog of sealed segments
+    /// does not count against the broker's memory; the bytes stay in the page cache and on
+    /// disk and fault back in when read.
+    pub(crate) fn release_resident(&self) {
+        // SAFETY: the mapping is shared (`map_raw`) over a regular file, so MADV_DONTNEED only
+        // unmaps pages from this process: dirty pages stay in the page cache (and are still
+        // written by the next sync), and a later access reads the same bytes back from the
+        // page cache or the file. Virtual addresses do not change, so slices and `Bytes`
+        // handed out earlier stay valid. Nothing here is a private (copy-on-write) mapping,
+        // which is the case that makes this advice unsafe.
+        let result = unsafe { self.raw.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "madvise(DONTNEED) on a sealed segment failed");
+        }
+    }
+
     /// Takes the one writer of this map; `None` if it was taken already.
     pub(crate) fn writer(self: &Arc<Self>) -> Option<MapWriter> {
         if self.writer_taken.swap(true, Ordering::AcqRel) {

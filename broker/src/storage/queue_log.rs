@@ -571,6 +571,7 @@ impl QueueLog {
         if let Some(prev) = self.segments.get_mut(&old) {
             prev.writer = None;
             prev.sealed_at = Some(Instant::now());
+            prev.file.map.release_resident();
             self.maybe_delete(old);
         }
         Ok(())
