@@ -52,6 +52,12 @@ pub(crate) fn reserve(file: &File, path: &Path, from: u64, to: u64) -> Result<()
     }
 }
 
+/// Reserves disk blocks for `[from, to)` without changing the file size (best effort: false
+/// if the disk is full or the filesystem cannot do it).
+pub(crate) fn reserve_keep_size(file: &File, from: u64, to: u64) -> bool {
+    to <= from || rustix::fs::fallocate(file, FallocateFlags::KEEP_SIZE, from, to - from).is_ok()
+}
+
 /// Writes all of `buf` at `offset`.
 pub(crate) fn write_at(file: &File, path: &Path, buf: &[u8], offset: u64) -> Result<()> {
     file.write_all_at(buf, offset)

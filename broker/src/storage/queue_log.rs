@@ -50,8 +50,16 @@ impl Default for LogConfig {
 /// The first space reserved for a segment, and the largest single extension.
 const MIN_CHUNK: usize = 64 << 10;
 const MAX_CHUNK: usize = 1 << 20;
+/// Space reserved by the smallest extension: a record's needs are rounded up to this.
+const PAGE: usize = 4096;
+/// Blocks kept reserved past the end of a manifest, so the `Deleted` records that free space
+/// can still be written when the disk is full.
+const MANIFEST_HEADROOM: u64 = 8 << 10;
 /// An `offsets` slot whose record was lost to corruption.
 const NO_RECORD: u32 = u32::MAX;
+/// Prefix of a queue directory being created: renamed into place once complete, removed at
+/// open if a stop interrupted the creation.
+pub(crate) const CREATING_PREFIX: &str = ".creating-";
 
 pub(crate) fn segment_path(dir: &Path, no: u64) -> PathBuf {
     dir.join(format!("{no:020}.seg"))
@@ -179,6 +187,8 @@ pub(crate) struct Manifest {
     pub(crate) id: FileId,
     pub(crate) salt: u32,
     pub(crate) write_pos: u64,
+    /// Bytes with disk blocks reserved (beyond the file size: `FALLOC_FL_KEEP_SIZE`).
+    pub(crate) reserved: u64,
 }
 
 impl Manifest {
@@ -193,20 +203,36 @@ impl Manifest {
             segment_no: 0,
         };
         files::write_at(&file, &path, &header.encode(), 0)?;
-        Ok(Self {
+        let mut m = Self {
             path,
             file: Arc::new(file),
             id: new_file_id(),
             salt,
             write_pos: LOG_HEADER_LEN as u64,
-        })
+            reserved: 0,
+        };
+        m.keep_headroom();
+        Ok(m)
     }
 
     pub(crate) fn append(&mut self, rec: ManifestRecord, durability: &Durability) -> Result<Epoch> {
         let bytes = rec.encode(self.salt);
         files::write_at(&self.file, &self.path, &bytes, self.write_pos)?;
         self.write_pos += bytes.len() as u64;
+        self.keep_headroom();
         Ok(durability.mark_file(self.id, &self.file, &self.path, None))
+    }
+
+    /// Keeps disk blocks reserved ahead of the manifest's end (best effort, without changing
+    /// the file size), so deleting segments, the way space comes back, never needs new space.
+    pub(crate) fn keep_headroom(&mut self) {
+        if self.reserved >= self.write_pos + MANIFEST_HEADROOM / 2 {
+            return;
+        }
+        let to = self.write_pos + MANIFEST_HEADROOM;
+        if files::reserve_keep_size(&self.file, self.write_pos, to) {
+            self.reserved = to;
+        }
     }
 }
 
@@ -259,7 +285,11 @@ pub struct QueueLog {
     pub(crate) seq_index: BTreeMap<u64, u64>,
     /// Live relocated copies: seq → (segment number, offset).
     pub(crate) moved: BTreeMap<u64, (u64, u32)>,
+    /// The active segment, or (with no writer) the highest segment number used so far.
     pub(crate) active: u64,
+    /// Set at open: the next segment started (at the first append) is flagged as started
+    /// after a restart, so the seqs before it may jump.
+    pub(crate) resume_after_restart: bool,
     pub(crate) next_seq: u64,
     pub(crate) manifest: Manifest,
     pub(crate) live_messages: u64,
@@ -280,21 +310,50 @@ impl Drop for QueueLog {
 }
 
 impl QueueLog {
-    /// Creates an empty log in the new directory `dir`.
+    /// Creates an empty log in the new directory `dir`, atomically: the directory is built
+    /// under a temporary name next to it (manifest written and synced) and renamed into place,
+    /// so a stop half-way never leaves something that looks like a queue. The first segment is
+    /// started by the first append.
     pub(crate) fn create(
         uid: u64,
         dir: PathBuf,
         config: LogConfig,
         durability: Durability,
     ) -> Result<Self> {
-        std::fs::create_dir(&dir).map_err(|e| StorageError::io(&dir, e))?;
-        let manifest = Manifest::create(&dir, uid)?;
-        let mut log = Self::assemble(uid, dir, config, durability, manifest, BTreeMap::new(), 1);
-        log.start_segment(1, 0, false)?;
-        if let Some(parent) = log.dir.parent() {
-            log.durability.mark_dir(parent);
-        }
-        Ok(log)
+        let parent = dir
+            .parent()
+            .expect("a queue directory has a parent")
+            .to_path_buf();
+        let tmp = parent.join(format!("{CREATING_PREFIX}{uid:016x}"));
+        let build = || -> Result<Manifest> {
+            std::fs::create_dir(&tmp).map_err(|e| StorageError::io(&tmp, e))?;
+            let mut manifest = Manifest::create(&tmp, uid)?;
+            manifest
+                .file
+                .sync_data()
+                .map_err(|e| StorageError::io(&*manifest.path, e))?;
+            files::sync_dir(&tmp)?;
+            std::fs::rename(&tmp, &dir).map_err(|e| StorageError::io(&dir, e))?;
+            manifest.path = dir.join(MANIFEST_FILE).into();
+            Ok(manifest)
+        };
+        let manifest = match build() {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        };
+        files::sync_dir(&parent)?;
+        Ok(Self::assemble(
+            uid,
+            dir,
+            config,
+            durability,
+            manifest,
+            BTreeMap::new(),
+            1,
+        ))
     }
 
     pub(crate) fn assemble(
@@ -320,6 +379,7 @@ impl QueueLog {
             seq_index: BTreeMap::new(),
             moved: BTreeMap::new(),
             active: 0,
+            resume_after_restart: false,
             next_seq,
             manifest,
             live_messages: 0,
@@ -448,14 +508,10 @@ impl QueueLog {
         let end = start + padded;
         if end > writer.allocated() {
             let cap = writer.capacity();
-            let chunk = writer.allocated().clamp(MIN_CHUNK, MAX_CHUNK);
-            let target = end.max(writer.allocated() + chunk).min(cap);
-            files::reserve(
-                &seg.file.file,
-                &seg.file.path,
-                writer.allocated() as u64,
-                target as u64,
-            )?;
+            let from = writer.allocated();
+            let chunk = from.clamp(MIN_CHUNK, MAX_CHUNK);
+            let target = end.max(from + chunk).min(cap);
+            let target = reserve_or_just_enough(&seg.file.file, &seg.file.path, from, target, end)?;
             writer.set_allocated(target);
         }
         let header = RecordHeader {
@@ -473,9 +529,12 @@ impl QueueLog {
     }
 
     /// Seals the active segment and starts the next one, sized for at least `needed` bytes.
+    /// The first segment after an open is flagged as started after a restart: writing always
+    /// resumes in a fresh segment, so a recovered tail is never written twice.
     fn rotate(&mut self, needed: usize) -> Result<()> {
         let no = self.active + 1;
-        self.start_segment(no, needed, false)?;
+        self.start_segment(no, needed, self.resume_after_restart)?;
+        self.resume_after_restart = false;
         Ok(())
     }
 
@@ -497,7 +556,8 @@ impl QueueLog {
         let base_seq = self.next_seq;
         let created = (|| -> Result<SegmentFile> {
             let file = files::create_new(&path)?;
-            files::reserve(&file, &path, 0, first as u64)?;
+            let first =
+                reserve_or_just_enough(&file, &path, 0, first, SEGMENT_HEADER_LEN + needed)?;
             let header = SegmentHeader {
                 queue_uid: self.uid,
                 segment_no: no,
@@ -568,7 +628,8 @@ impl QueueLog {
         let seg = &self.segments[&no].file;
         self.durability
             .mark_file(seg.id, &seg.file, &seg.path, None);
-        if let Some(prev) = self.segments.get_mut(&old) {
+        // (After an open, `old` names a recovered segment, sealed already.)
+        if let Some(prev) = self.segments.get_mut(&old).filter(|s| s.writer.is_some()) {
             prev.writer = None;
             prev.sealed_at = Some(Instant::now());
             prev.file.map.release_resident();
@@ -936,7 +997,11 @@ fn write_acks(
             queue_uid: uid,
             segment_no: no,
         };
-        files::write_at(&file, &log.path, &header.encode(), 0)?;
+        if let Err(e) = files::write_at(&file, &log.path, &header.encode(), 0) {
+            // A full disk: leave no headerless file behind, so the next flush can start over.
+            let _ = files::remove_if_exists(&log.path);
+            return Err(e);
+        }
         durability.mark_dir(dir);
         log.file = Some((Arc::new(file), new_file_id()));
     }
@@ -944,4 +1009,29 @@ fn write_acks(
     files::write_at(file, &log.path, buf, log.write_pos)?;
     log.write_pos += buf.len() as u64;
     Ok(durability.mark_file(*id, file, &log.path, None))
+}
+
+/// Reserves `[from, target)`; if the disk cannot give that much, retries with just what is
+/// needed up to `needed` (rounded up to a page, never past `target`) before giving up, so a
+/// record that fits in the space left is not refused for want of a whole chunk. Returns the
+/// new reserved end.
+fn reserve_or_just_enough(
+    file: &File,
+    path: &Path,
+    from: usize,
+    target: usize,
+    needed: usize,
+) -> Result<usize> {
+    match files::reserve(file, path, from as u64, target as u64) {
+        Ok(()) => Ok(target),
+        Err(e) if e.is_storage_full() => {
+            let just = needed.next_multiple_of(PAGE).min(target);
+            if just >= target {
+                return Err(e);
+            }
+            files::reserve(file, path, from as u64, just as u64)?;
+            Ok(just)
+        }
+        Err(e) => Err(e),
+    }
 }

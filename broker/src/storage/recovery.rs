@@ -73,11 +73,12 @@ pub(crate) fn open(
     let (mut manifest, mut created, deleted) = open_manifest(&dir, uid)?;
 
     let (seg_files, ack_files) = list_files(&dir)?;
-    let mut max_no = created
+    let max_no = created
         .keys()
         .chain(&deleted)
         .chain(&seg_files)
         .chain(&ack_files)
+        .chain([&wm.segment_no])
         .copied()
         .max()
         .unwrap_or(0);
@@ -476,8 +477,17 @@ pub(crate) fn open(
     }
 
     if manifest.write_pos > MANIFEST_REWRITE_BYTES {
-        manifest = rewrite_manifest(&dir, uid, &segments)?;
+        match rewrite_manifest(&dir, uid, &segments, max_no) {
+            Ok(m) => manifest = m,
+            // A full disk must not keep a queue from opening (draining it frees space): the
+            // long manifest serves as well, and the rewrite is tried again at the next open.
+            Err(e) if e.is_storage_full() => {
+                tracing::warn!(queue = uid, error = %e, "could not rewrite the manifest");
+            }
+            Err(e) => return Err(e),
+        }
     }
+    manifest.keep_headroom();
     let report_segments = segments.len();
     let mut log = QueueLog::assemble(uid, dir, config, durability, manifest, segments, next_seq);
     log.seq_index = seq_index;
@@ -493,14 +503,24 @@ pub(crate) fn open(
     log.report.damage = damage;
     log.sync_recovered(wm);
     // Writing always resumes in a fresh segment, so a recovered tail is never written twice.
-    max_no += 1;
-    log.start_segment(max_no, 0, true)?;
-    let sealed: Vec<u64> = log
-        .segments
-        .keys()
-        .copied()
-        .filter(|&n| n != max_no)
-        .collect();
+    // It is started by the first append, not here: opening needs no new space, so a queue
+    // on a full disk can still be opened and drained (which is how space comes back).
+    // Its number and base seq are declared in the manifest now (as a `Created` record whose
+    // file does not exist yet, which a later recovery handles like a creation that never
+    // reached the disk): the record keeps seqs seen in a discarded tail from being reused, and
+    // says that seqs may jump before it. It fits in the manifest's reserved headroom.
+    log.active = max_no;
+    log.resume_after_restart = true;
+    let declared = ManifestRecord::Created {
+        segment_no: max_no + 1,
+        base_seq: log.next_seq,
+        after_restart: true,
+    };
+    if let Err(e) = log.manifest.append(declared, &log.durability) {
+        // The first append writes the same record (or fails the same way) before any seq is used.
+        tracing::warn!(queue = uid, error = %e, "could not declare the next segment");
+    }
+    let sealed: Vec<u64> = log.segments.keys().copied().collect();
     for no in sealed {
         log.maybe_delete_recovered(no);
     }
@@ -647,17 +667,57 @@ fn open_manifest(dir: &Path, uid: u64) -> Result<ManifestState> {
         id: new_file_id(),
         salt: header.salt,
         write_pos: pos as u64,
+        reserved: 0,
     };
     Ok((manifest, created, deleted))
 }
 
-fn rewrite_manifest(dir: &Path, uid: u64, segments: &BTreeMap<u64, Segment>) -> Result<Manifest> {
+/// Rewrites the manifest with only the live segments. `max_no`, the highest segment number
+/// ever used, is kept (as a `Deleted` record if no live segment has it), so segment numbers
+/// are never reused. On an error before the new manifest is in place, the old one stays.
+fn rewrite_manifest(
+    dir: &Path,
+    uid: u64,
+    segments: &BTreeMap<u64, Segment>,
+    max_no: u64,
+) -> Result<Manifest> {
     let tmp = dir.join("manifest.log.tmp");
     files::remove_if_exists(&tmp)?;
     let tmp_dir = dir.join(".manifest-rewrite");
     let _ = std::fs::remove_dir_all(&tmp_dir);
-    std::fs::create_dir(&tmp_dir).map_err(|e| StorageError::io(&tmp_dir, e))?;
-    let mut m = Manifest::create(&tmp_dir, uid)?;
+    // (A segment file left on disk, damaged, keeps its number by itself.)
+    let keep_no =
+        (max_no > 0 && !segments.contains_key(&max_no) && !segment_path(dir, max_no).exists())
+            .then_some(max_no);
+    let built = build_manifest(&tmp_dir, uid, segments, keep_no);
+    let mut m = match built {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp_dir);
+            return Err(e);
+        }
+    };
+    let final_path = dir.join(MANIFEST_FILE);
+    std::fs::rename(&m.path, &final_path).map_err(|e| StorageError::io(&final_path, e))?;
+    files::sync_dir(dir)?;
+    let _ = std::fs::remove_dir_all(&tmp_dir);
+    m.path = final_path.into();
+    Ok(m)
+}
+
+fn build_manifest(
+    tmp_dir: &Path,
+    uid: u64,
+    segments: &BTreeMap<u64, Segment>,
+    keep_no: Option<u64>,
+) -> Result<Manifest> {
+    std::fs::create_dir(tmp_dir).map_err(|e| StorageError::io(tmp_dir, e))?;
+    let mut m = Manifest::create(tmp_dir, uid)?;
+    if let Some(no) = keep_no {
+        let rec = ManifestRecord::Deleted { segment_no: no };
+        files::write_at(&m.file, &m.path, &rec.encode(m.salt), m.write_pos)?;
+        m.write_pos += MANIFEST_RECORD_LEN as u64;
+    }
     for (&no, s) in segments {
         // Whether a seq jump preceded each segment is not kept in memory; claiming one
         // only switches off the continuity check for that segment's predecessor.
@@ -672,11 +732,6 @@ fn rewrite_manifest(dir: &Path, uid: u64, segments: &BTreeMap<u64, Segment>) -> 
     m.file
         .sync_data()
         .map_err(|e| StorageError::io(&*m.path, e))?;
-    let final_path = dir.join(MANIFEST_FILE);
-    std::fs::rename(&m.path, &final_path).map_err(|e| StorageError::io(&final_path, e))?;
-    files::sync_dir(dir)?;
-    let _ = std::fs::remove_dir_all(&tmp_dir);
-    m.path = final_path.into();
     Ok(m)
 }
 

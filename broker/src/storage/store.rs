@@ -12,7 +12,7 @@ use super::durability::{Durability, DurabilityConfig, SyncThread};
 use super::error::{Result, StorageError};
 use super::files;
 use super::format::DATA_DIR_FORMAT;
-use super::queue_log::{LogConfig, QueueLog};
+use super::queue_log::{LogConfig, QueueLog, CREATING_PREFIX};
 use super::recovery;
 
 /// Settings of a data directory.
@@ -58,12 +58,11 @@ impl Store {
         let queues = dir.join(QUEUES_DIR);
         for entry in std::fs::read_dir(&queues).map_err(|e| StorageError::io(&queues, e))? {
             let entry = entry.map_err(|e| StorageError::io(&queues, e))?;
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(DELETED_PREFIX)
-            {
-                // A queue deletion interrupted by a stop: finish it.
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(DELETED_PREFIX) || name.starts_with(CREATING_PREFIX) {
+                // A queue deletion interrupted by a stop: finish it. A queue creation
+                // interrupted by a stop: nothing was ever in it, remove it.
                 std::fs::remove_dir_all(entry.path())
                     .map_err(|e| StorageError::io(entry.path(), e))?;
             }

@@ -88,3 +88,123 @@ fn a_full_disk_is_storage_full_keeps_confirmed_data_and_recovers_when_space_retu
     assert_eq!(log.message_count(), confirmed.len() as u64 + 1);
     assert!(log.recovery_report().damage.is_empty());
 }
+
+/// Bytes free on the filesystem holding `path`.
+fn free_bytes(path: &Path) -> u64 {
+    let s = rustix::fs::statvfs(path).unwrap();
+    s.f_bavail * s.f_frsize
+}
+
+/// Leaves about `leave` bytes free on the filesystem of `dir` with a ballast file in it.
+fn fill_to(dir: &Path, leave: u64) -> PathBuf {
+    let ballast = dir.join("ballast");
+    let free = free_bytes(dir);
+    assert!(free > leave, "only {free} bytes free");
+    std::fs::write(&ballast, vec![1u8; (free - leave) as usize]).unwrap();
+    ballast
+}
+
+#[test]
+fn a_queue_on_a_full_disk_opens_drains_frees_space_and_takes_appends_again() {
+    let mnt = Mount::tmpfs("4m");
+    let data = mnt.path().join("data");
+    let uid;
+    let mut appended = 0u64;
+    {
+        let store = Store::open(&data, config(256 << 10)).unwrap();
+        let mut log = store.create_queue().unwrap();
+        uid = log.uid();
+        fill_to(mnt.path(), 1 << 20);
+        let err = loop {
+            match log.append(&appended.to_le_bytes(), &body(appended, 2000), appended) {
+                Ok(a) => {
+                    store.durability().wait_blocking(a.epoch);
+                    appended += 1;
+                }
+                Err(e) => break e,
+            }
+        };
+        assert!(err.is_storage_full(), "expected StorageFull, got {err}");
+        assert!(
+            appended > 100,
+            "only {appended} appends before the disk filled"
+        );
+    }
+    // Restarted on the full disk (less than a segment's first chunk is free): the queue opens.
+    let free_before = free_bytes(mnt.path());
+    assert!(free_before < 64 << 10, "{free_before} bytes still free");
+    let store = Store::open(&data, config(256 << 10)).unwrap();
+    let mut log = store
+        .open_queue(uid)
+        .expect("a queue on a full disk must open");
+    let segs_before = segments(&queue_dir(&data, uid)).len();
+    assert!(segs_before > 3);
+    // Every message reads back; a few acks whose ack log cannot be written stay in memory.
+    let got = contents(&log);
+    assert_eq!(got.len() as u64, appended);
+    for (i, (seq, id, b)) in got.iter().enumerate() {
+        assert_eq!(*id, i as u64);
+        assert_eq!(b, &body(*id, 2000), "seq {seq}");
+    }
+    let seqs: Vec<u64> = got.iter().map(|g| g.0).collect();
+    for &s in &seqs[..seqs.len() / 2] {
+        log.ack(s).unwrap();
+    }
+    let _ = log.flush();
+    for &s in &seqs[seqs.len() / 2..] {
+        log.ack(s).unwrap();
+    }
+    assert_eq!(log.message_count(), 0);
+    let _ = log.flush();
+    let d = log.durability().clone();
+    d.wait_blocking(d.current_epoch());
+    log.flush().unwrap();
+    // The drained segments are gone and their space is back.
+    assert_eq!(segments(&queue_dir(&data, uid)), Vec::<PathBuf>::new());
+    assert_eq!(log.segment_count(), 0);
+    let free_after = free_bytes(mnt.path());
+    assert!(
+        free_after > free_before + (512 << 10),
+        "{free_before} -> {free_after} bytes free"
+    );
+    // Appends resume, after every seq used before.
+    let a = log.append(b"again", b"after the drain", 1).unwrap();
+    assert!(a.seq > *seqs.last().unwrap());
+    d.wait_blocking(a.epoch);
+    assert_eq!(&log.read(a.seq).unwrap().body[..], b"after the drain");
+    drop(log);
+    drop(store);
+    let store = Store::open(&data, config(256 << 10)).unwrap();
+    let log = store.open_queue(uid).unwrap();
+    assert_eq!(log.live_seqs(), vec![a.seq]);
+    assert!(log.recovery_report().damage.is_empty());
+}
+
+#[test]
+fn a_record_that_fits_in_the_space_left_is_not_refused_for_want_of_a_whole_chunk() {
+    use crate::storage::format::{align_up, RecordHeader};
+    let mnt = Mount::tmpfs("4m");
+    let data = mnt.path().join("data");
+    let store = Store::open(&data, config(1 << 20)).unwrap();
+    let mut log = store.create_queue().unwrap();
+    let a = log.append(&0u64.to_le_bytes(), &body(0, 1000), 0).unwrap();
+    store.durability().wait_blocking(a.epoch);
+    // The segment has its first 64 KiB chunk; 16 KiB more are free, not a whole next chunk.
+    fill_to(mnt.path(), 16 << 10);
+    let mut n = 1u64;
+    let err = loop {
+        match log.append(&n.to_le_bytes(), &body(n, 1000), n) {
+            Ok(_) => n += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(err.is_storage_full(), "expected StorageFull, got {err}");
+    let written = 64 + n as usize * align_up(RecordHeader::record_len(8, 1000));
+    assert!(
+        written > (64 << 10) + (8 << 10),
+        "{n} records ({written} bytes): the space left past the first chunk went unused"
+    );
+    for s in log.live_seqs() {
+        log.read(s).unwrap();
+    }
+}

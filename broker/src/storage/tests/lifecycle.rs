@@ -250,3 +250,37 @@ fn concurrent_checkpoints_each_cover_their_callers_writes() {
         }
     });
 }
+
+#[test]
+fn an_interrupted_queue_creation_leaves_no_queue_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let uid = {
+        let store = Store::open(dir.path(), config(64 << 10)).unwrap();
+        let log = store.create_queue().unwrap();
+        // Created complete, under its final name, with nothing left aside.
+        let names: Vec<String> = std::fs::read_dir(dir.path().join("queues"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec![format!("{:016x}", log.uid())]);
+        assert!(log.dir().join("manifest.log").exists());
+        log.uid()
+    };
+    // What a stop in the middle of a creation leaves: a directory under its temporary name,
+    // with a manifest cut short (or nothing at all) in it.
+    let queues = dir.path().join("queues");
+    let torn = queues.join(".creating-00000000000000ab");
+    std::fs::create_dir(&torn).unwrap();
+    std::fs::write(torn.join("manifest.log"), [0u8; 10]).unwrap();
+    std::fs::create_dir(queues.join(".creating-00000000000000cd")).unwrap();
+    let store = Store::open(dir.path(), config(64 << 10)).unwrap();
+    assert!(!torn.exists(), "a leftover creation is removed at open");
+    assert!(!queues.join(".creating-00000000000000cd").exists());
+    assert_eq!(store.queue_uids().unwrap(), vec![uid]);
+    // The queue created before, never appended to, opens empty and clean and takes appends.
+    let mut log = store.open_queue(uid).unwrap();
+    assert_eq!(log.message_count(), 0);
+    assert!(log.recovery_report().damage.is_empty());
+    let seqs = append_durable(&mut log, 0, 3, 100);
+    assert_eq!(seqs, vec![1, 2, 3]);
+}
