@@ -88,7 +88,10 @@ impl SegmentMap {
         // page cache or the file. Virtual addresses do not change, so slices and `Bytes`
         // handed out earlier stay valid. Nothing here is a private (copy-on-write) mapping,
         // which is the case that makes this advice unsafe.
-        let result = unsafe { self.raw.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        let result = unsafe {
+            self.raw
+                .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+        };
         if let Err(e) = result {
             tracing::debug!(error = %e, "madvise(DONTNEED) on a sealed segment failed");
         }
