@@ -97,15 +97,37 @@ impl SegmentMap {
         }
     }
 
-    /// Takes the one writer of this map; `None` if it was taken already.
-    pub(crate) fn writer(self: &Arc<Self>) -> Option<MapWriter> {
+    /// Takes the one writer of this map (`file` is the mapped file); `None` if it was taken
+    /// already.
+    pub(crate) fn writer(self: &Arc<Self>, file: Arc<File>) -> Option<MapWriter> {
         if self.writer_taken.swap(true, Ordering::AcqRel) {
             return None;
         }
         Some(MapWriter {
             map: Arc::clone(self),
+            file,
         })
     }
+}
+
+/// Writes `parts` back to back at `at`, with one `pwritev` unless the kernel writes less.
+fn pwrite_all(file: &File, parts: &[&[u8]], at: u64) -> io::Result<()> {
+    let slices: Vec<io::IoSlice<'_>> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
+    let mut done = rustix::io::pwritev(file, &slices, at)?;
+    // Short writes are rare on regular files; finish part by part.
+    let mut offset = at;
+    for p in parts {
+        let len = p.len();
+        if done >= len {
+            done -= len;
+            offset += len as u64;
+            continue;
+        }
+        std::os::unix::fs::FileExt::write_all_at(file, &p[done..], offset + done as u64)?;
+        offset += len as u64;
+        done = 0;
+    }
+    Ok(())
 }
 
 /// A range of a mapping, owned; backs zero-copy `Bytes`.
@@ -123,10 +145,19 @@ impl AsRef<[u8]> for MappedSlice {
     }
 }
 
+/// Records at least this long are written with `pwritev` rather than copied into the mapping.
+///
+/// Writing through a shared mapping makes every written page writable-mapped: the first touch
+/// faults, and writeback must write-protect each page again and shoot down TLBs on every CPU,
+/// which dominates the cost of large records. Small records share pages, so for them one copy
+/// beats one system call each.
+const PWRITE_MIN: usize = 2048;
+
 /// The unique right to append to a [`SegmentMap`].
 #[derive(Debug)]
 pub(crate) struct MapWriter {
     map: Arc<SegmentMap>,
+    file: Arc<File>,
 }
 
 impl MapWriter {
@@ -150,7 +181,7 @@ impl MapWriter {
     /// exceed the bytes copied, to cover zero padding). Returns the offset written at.
     ///
     /// Panics if `new_end` is beyond the allocated space: that would risk a SIGBUS.
-    pub(crate) fn append(&mut self, parts: &[&[u8]], new_end: usize) -> usize {
+    pub(crate) fn append(&mut self, parts: &[&[u8]], new_end: usize) -> io::Result<usize> {
         let start = self.map.committed.load(Ordering::Relaxed);
         let total: usize = parts.iter().map(|p| p.len()).sum();
         assert!(start + total <= new_end, "record longer than its slot");
@@ -158,6 +189,14 @@ impl MapWriter {
             new_end <= self.allocated(),
             "write beyond the space fallocate reserved"
         );
+        if total >= PWRITE_MIN {
+            // The file's page cache is what the mapping shows, so readers see these bytes once
+            // `committed` covers them, as with a copy. The range is inside the file (allocated
+            // by fallocate), so this neither extends the file nor needs new blocks.
+            pwrite_all(&self.file, parts, start as u64)?;
+            self.map.committed.store(new_end, Ordering::Release);
+            return Ok(start);
+        }
         let mut at = start;
         for p in parts {
             // SAFETY: `[at, at + p.len())` lies inside `[start, new_end)`, which is at or above
@@ -176,7 +215,7 @@ impl MapWriter {
         // Padding bytes between `at` and `new_end` are already zero: appends only go to fresh,
         // fallocated space of a segment created by this process.
         self.map.committed.store(new_end, Ordering::Release);
-        start
+        Ok(start)
     }
 
     /// The map this writer appends to.
@@ -201,15 +240,28 @@ mod tests {
             .unwrap();
         rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, 4096).unwrap();
         let map = Arc::new(SegmentMap::map(&f, 8192, 0, 4096).unwrap());
-        let mut w = map.writer().unwrap();
-        assert!(map.writer().is_none(), "a second writer must be refused");
+        let f = Arc::new(f);
+        let mut w = map.writer(Arc::clone(&f)).unwrap();
+        assert!(
+            map.writer(Arc::clone(&f)).is_none(),
+            "a second writer must be refused"
+        );
         assert!(map.read(0, 1).is_none());
-        let at = w.append(&[b"abc", b"de"], 8);
+        let at = w.append(&[b"abc", b"de"], 8).unwrap();
         assert_eq!(at, 0);
         assert_eq!(map.read(0, 5).unwrap(), b"abcde");
+        // A large record goes through pwritev and shows through the mapping all the same.
+        let big = vec![7u8; PWRITE_MIN + 100];
+        let at = w
+            .append(&[b"hdr", &big, b"tail"], 8 + 3 + big.len() + 4)
+            .unwrap();
+        assert_eq!(at, 8);
+        assert_eq!(map.read(8, 3).unwrap(), b"hdr");
+        assert_eq!(map.read(11, big.len()).unwrap(), &big[..]);
+        assert_eq!(map.read(11 + big.len(), 4).unwrap(), b"tail");
         let b = map.bytes(1, 3).unwrap();
         drop(w);
         assert_eq!(&b[..], b"bcd");
-        assert!(map.read(4, 8).is_none());
+        assert!(map.read(4, 8 + 3 + big.len() + 4 + 1).is_none());
     }
 }

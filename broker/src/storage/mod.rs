@@ -14,7 +14,10 @@
 //!
 //! # Modules
 //! - [`format`]: every byte layout, pure encode/decode.
-//! - `mmap`: the segment mapping, the only `unsafe` code.
+//! - `mmap`: the segment mapping, the only `unsafe` code. Small records are copied into the
+//!   mapping; records of 2 KiB and more are written with `pwritev` into the same reserved space
+//!   (writeback of writable-mapped pages costs a TLB shootdown per page, which halved the 4 KiB
+//!   rate). Reads always go through the mapping.
 //! - `durability`: the sync thread (group commit, fail-stop, watermarks).
 //! - `queue_log`: append, read, ack, rotate, delete, relocate.
 //! - `recovery`: open after any stop (torn tails, corruption, interrupted deletions).

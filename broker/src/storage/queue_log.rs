@@ -523,7 +523,9 @@ impl QueueLog {
             timestamp_ms,
         }
         .encode(seg.file.salt, meta, body);
-        let at = writer.append(&[&header, meta, body], end);
+        let at = writer
+            .append(&[&header, meta, body], end)
+            .map_err(|e| StorageError::io(seg.file.path.to_path_buf(), e))?;
         seg.records += u32::from(kind == RecordKind::Relocated);
         Ok((self.active, at, end))
     }
@@ -597,7 +599,10 @@ impl QueueLog {
             }
         };
         self.durability.mark_dir(&self.dir);
-        let writer = file.map.writer().expect("new map has no writer yet");
+        let writer = file
+            .map
+            .writer(Arc::clone(&file.file))
+            .expect("new map has no writer yet");
         let ack_log = AckLog {
             path: ack_path(&self.dir, no).into(),
             file: None,
