@@ -20,6 +20,8 @@ use crate::storage::{QueueLog, StorageError};
 const DELIVERY_BATCH: u32 = 64;
 /// Most commands handled before ready messages are handed out.
 const COMMANDS_PER_ROUND: usize = 256;
+/// Shortest time between two writes of pending acks to the ack logs.
+const ACK_FLUSH_INTERVAL: Duration = Duration::from_millis(10);
 /// How often acks are written and segments maintained when nothing else triggers it.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -128,6 +130,7 @@ struct Actor {
     /// Counters (published, acked) when the rates were last measured, and when.
     rates_from: (u64, u64),
     rates_at: Instant,
+    last_flush: Instant,
 }
 
 fn now_ms() -> u64 {
@@ -184,6 +187,7 @@ impl Actor {
             dead: DeadLetters::default(),
             rates_from: (0, 0),
             rates_at: Instant::now(),
+            last_flush: Instant::now(),
         };
         actor.update_stats();
         actor
@@ -983,14 +987,18 @@ impl Actor {
         }
     }
 
+    /// Writes pending acks at most every [`ACK_FLUSH_INTERVAL`]: acks are lazy (an ack lost in
+    /// a crash only means a redelivery), and an ack log written in every round would add a
+    /// second file to nearly every group commit that publishers wait for.
     fn flush(&mut self) {
-        if self.dirty {
+        if self.dirty && self.last_flush.elapsed() >= ACK_FLUSH_INTERVAL {
             self.flush_now();
         }
     }
 
     fn flush_now(&mut self) {
         self.dirty = false;
+        self.last_flush = Instant::now();
         if let Some(log) = self.log.as_mut() {
             if let Err(e) = log.flush() {
                 tracing::warn!(queue = %self.meta.name, error = %e, "could not write acks");
