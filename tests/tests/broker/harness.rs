@@ -155,21 +155,6 @@ impl Drop for Broker {
     }
 }
 
-/// Inspects `queue` until none of its messages is unacked (settlements that race with
-/// redeliveries, e.g. a consumer's own requeue of what it had buffered when cancelled).
-pub async fn settled(client: &Client, queue: &str) -> sluice_client::InspectQueueOk {
-    within("all deliveries settled", async {
-        loop {
-            let info = client.inspect_queue(queue).await.expect("inspect");
-            if info.unacked == 0 {
-                return info;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-}
-
 /// Runs `f` under the test-wide time limit.
 pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(WAIT, f)
