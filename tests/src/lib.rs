@@ -10,11 +10,13 @@
 //! - [`workload`]: the deterministic messages the writer appends and the tests expect back,
 //!   and the store settings both sides use.
 //! - [`protocol`]: the line protocol the writer speaks on stdout.
+//! - [`broker`]: the real `sluice` binary as a child process, for the end-to-end suites.
 //! - [`child`]: a child process with a line reader, bounded waits and kill-on-drop.
 //! - [`ledger`]: what the writer has confirmed so far, and the check of a reopened log
 //!   against it.
 //! - [`writer`]: the commands that start the writer, and reopening what it wrote.
 
+pub mod broker;
 pub mod child;
 pub mod ledger;
 pub mod protocol;

@@ -7,128 +7,37 @@
 //! (`target/<profile>/sluice`); `cargo build -p sluice-broker --bin sluice` builds it when
 //! only this crate's tests are run.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::io::{Read, Write};
+use std::process::{ExitStatus, Stdio};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
+use sluice_tests::broker::{sluice_command, wait_bounded, BrokerProcess, WAIT as TIMEOUT};
 
-/// Longest wait for the broker's first line, or for one command to finish (debug builds on
-/// a busy two-core machine).
-const TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Settings of the environment that would change what the broker or the CLI do.
-const SLUICE_VARIABLES: &[&str] = &[
-    "SLUICE_URL",
-    "SLUICE_CONFIG",
-    "SLUICE_DATA_DIR",
-    "SLUICE_LISTEN",
-    "SLUICE_SEGMENT_BYTES",
-    "SLUICE_MAX_MESSAGE_BYTES",
-    "SLUICE_HEARTBEAT_MS",
-    "SLUICE_USERS",
-    "SLUICE_MIN_FREE_DISK_BYTES",
-    "SLUICE_LOG",
-];
-
-/// The `sluice` binary of the target directory this test was built into.
-fn sluice_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's own path");
-    // Integration tests run from target/<profile>/deps/; binaries sit in target/<profile>/.
-    let mut dir = exe.parent().expect("the test's directory").to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let bin = dir.join(format!("sluice{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.is_file(),
-        "{} not found: run `cargo test --workspace`, or `cargo build -p sluice-broker --bin \
-         sluice` before testing this crate alone",
-        bin.display()
-    );
-    bin
-}
-
-fn command(bin: &PathBuf) -> Command {
-    let mut cmd = Command::new(bin);
-    for var in SLUICE_VARIABLES {
-        cmd.env_remove(var);
-    }
-    cmd
-}
-
-/// A broker process on a temporary data directory, killed (SIGKILL, by its pid) and reaped
-/// when dropped.
+/// A broker process on a temporary data directory, stopped by its pid when dropped.
 struct Broker {
-    child: Child,
+    process: BrokerProcess,
     url: String,
-    bin: PathBuf,
-    log: PathBuf,
-    stdout_thread: Option<JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
 impl Broker {
     /// Starts `sluice serve` on a free port and waits for the line that names the port.
     fn start() -> Broker {
-        let bin = sluice_bin();
         let dir = tempfile::tempdir().expect("temporary directory");
-        let log = dir.path().join("broker.log");
-        let mut child = command(&bin)
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(File::create(&log).expect("broker log file"))
-            .spawn()
-            .expect("starting sluice serve");
-        // The first stdout line, read on a thread so the wait is bounded; the thread then
-        // drains stdout until the broker exits.
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        let stdout_thread = thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next());
-            for _ in lines {}
-        });
-        let line = rx.recv_timeout(TIMEOUT);
-        let mut broker = Broker {
-            child,
-            url: String::new(),
-            bin,
-            log,
-            stdout_thread: Some(stdout_thread),
+        let process = BrokerProcess::start(&dir.path().join("data"), &[]);
+        let url = process.url();
+        Broker {
+            process,
+            url,
             _dir: dir,
-        };
-        let line = match line {
-            Ok(Some(Ok(line))) => line,
-            other => panic!(
-                "the broker printed no first line ({other:?}); its log:\n{}",
-                broker.log_text()
-            ),
-        };
-        // "sluice listening on 127.0.0.1:PORT (data directory ...)"
-        let addr = line
-            .strip_prefix("sluice listening on ")
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        broker.url = format!("sluice://guest:guest@{addr}");
-        broker
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        }
     }
 
     /// Runs `sluice ARGS --url <this broker>` with `stdin` as its standard input.
     fn run_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Run {
-        let mut child = command(&self.bin)
+        let mut child = sluice_command()
             .args(args)
             .args(["--url", &self.url])
             .stdin(if stdin.is_some() {
@@ -147,22 +56,13 @@ impl Broker {
         }
         let stdout = drain(child.stdout.take().expect("stdout is piped"));
         let stderr = drain(child.stderr.take().expect("stderr is piped"));
-        let started = Instant::now();
         // A bounded wait: a hung command fails the test instead of stalling it.
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("waiting for sluice") {
-                break status;
-            }
-            if started.elapsed() > TIMEOUT {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "`sluice {}` did not finish within {TIMEOUT:?}",
-                    shell_words(args)
-                );
-            }
-            thread::sleep(Duration::from_millis(5));
-        };
+        let status = wait_bounded(child, TIMEOUT).unwrap_or_else(|| {
+            panic!(
+                "`sluice {}` did not finish within {TIMEOUT:?}",
+                shell_words(args)
+            )
+        });
         let run = Run {
             args: shell_words(args),
             status,
@@ -227,13 +127,8 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(thread) = self.stdout_thread.take() {
-            let _ = thread.join();
-        }
         if thread::panicking() {
-            eprintln!("broker log:\n{}", self.log_text());
+            eprintln!("broker log:\n{}", self.process.log());
         }
     }
 }
@@ -413,7 +308,7 @@ fn text_listings_and_connection_errors() {
 
     // Wrong credentials: refused by the broker, the password not echoed.
     let url = broker.url.replace("guest:guest", "guest:not-the-password");
-    let refused = command(&broker.bin)
+    let refused = sluice_command()
         .args(["queues", "--url", &url])
         .stdin(Stdio::null())
         .output()

@@ -1,0 +1,178 @@
+//! The real `sluice` binary as a child process: started on a free port and a data directory,
+//! stopped by its process id. Shared by the end-to-end suites (`tests/broker`, `tests/cli.rs`).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Longest wait for the broker's first line, for a clean stop, or for one CLI command (debug
+/// builds on a busy two-core machine).
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Environment settings that would change what the broker or the CLI do; removed from every
+/// child so the developer's shell cannot leak into a test.
+const SLUICE_VARIABLES: &[&str] = &[
+    "SLUICE_URL",
+    "SLUICE_CONFIG",
+    "SLUICE_DATA_DIR",
+    "SLUICE_LISTEN",
+    "SLUICE_SEGMENT_BYTES",
+    "SLUICE_MAX_MESSAGE_BYTES",
+    "SLUICE_HEARTBEAT_MS",
+    "SLUICE_USERS",
+    "SLUICE_MIN_FREE_DISK_BYTES",
+    "SLUICE_LOG",
+];
+
+/// The `sluice` binary of the target directory the running test was built into
+/// (`target/<profile>/`; tests run from `target/<profile>/deps/`). `scripts/test` builds it.
+pub fn sluice_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let mut dir = exe.parent().expect("the test's directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join(format!("sluice{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "{} not found: run `cargo build --workspace --bins` (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A `sluice` command with no `SLUICE_*` variables from the environment.
+pub fn sluice_command() -> Command {
+    let mut cmd = Command::new(sluice_bin());
+    for var in SLUICE_VARIABLES {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// Waits for `child` at most `limit`; kills it (by its pid) and returns `None` past that.
+pub fn wait_bounded(mut child: Child, limit: Duration) -> Option<ExitStatus> {
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let status = child.wait();
+        let _ = tx.send(());
+        status
+    });
+    if rx.recv_timeout(limit).is_err() {
+        if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+        let _ = waiter.join();
+        return None;
+    }
+    waiter.join().expect("waiter thread").ok()
+}
+
+/// A running `sluice serve`; SIGKILLed and reaped when dropped if still running.
+#[derive(Debug)]
+pub struct BrokerProcess {
+    child: Option<Child>,
+    addr: String,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl BrokerProcess {
+    /// Starts `sluice serve --data-dir DIR --listen 127.0.0.1:0 EXTRA...` and waits (bounded)
+    /// for its first stdout line, which names the port.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> BrokerProcess {
+        let mut child = sluice_command()
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("SLUICE_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sluice serve");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (line_tx, line_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = line_tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (err_tx, err_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = err_tx.send(line);
+            }
+        });
+        let mut broker = BrokerProcess {
+            child: Some(child),
+            addr: String::new(),
+            stderr: err_rx,
+        };
+        let line = match line_rx.recv_timeout(WAIT) {
+            Ok(line) => line,
+            Err(_) => panic!("sluice did not start:\n{}", broker.log()),
+        };
+        // "sluice listening on 127.0.0.1:PORT (data directory ...)"
+        broker.addr = line
+            .strip_prefix("sluice listening on ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .to_owned();
+        broker
+    }
+
+    /// `host:port` it listens on.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The connection URL, as guest.
+    pub fn url(&self) -> String {
+        format!("sluice://guest:guest@{}", self.addr)
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill9(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then a bounded wait for a clean exit; panics if it does not come.
+    pub fn stop(mut self) {
+        let child = self.child.take().expect("running");
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        match wait_bounded(child, WAIT) {
+            Some(status) => assert!(
+                status.success(),
+                "sluice exited with {status}: {}",
+                self.log()
+            ),
+            None => panic!("sluice did not stop on SIGTERM: {}", self.log()),
+        }
+    }
+
+    /// What it logged on stderr so far.
+    pub fn log(&self) -> String {
+        self.stderr.try_iter().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
