@@ -3,12 +3,11 @@
 use std::sync::atomic::Ordering;
 
 use sluice_client::wire::{
-    self, BindingSummary, ExchangeSummary, ListBindingsOk, ListConsumersOk, ListExchangesOk,
+    BindingSummary, ExchangeSummary, ListBindingsOk, ListConsumersOk, ListExchangesOk,
     ListQueuesOk, QueueSummary,
 };
 
 use crate::broker::Broker;
-use crate::routing::ExchangeKind;
 
 /// Every queue, by name.
 pub fn list_queues(broker: &Broker) -> ListQueuesOk {
@@ -44,12 +43,7 @@ pub fn list_exchanges(broker: &Broker) -> ListExchangesOk {
         .into_iter()
         .map(|x| ExchangeSummary {
             name: x.name.clone(),
-            kind: match x.kind {
-                ExchangeKind::Direct => wire::ExchangeKind::Direct,
-                ExchangeKind::Fanout => wire::ExchangeKind::Fanout,
-                ExchangeKind::Topic => wire::ExchangeKind::Topic,
-                ExchangeKind::Headers => wire::ExchangeKind::Headers,
-            },
+            kind: x.kind.into(),
             durable: x.durable,
             auto_delete: x.auto_delete,
             alternate_exchange: x.alternate_exchange.clone(),

@@ -351,7 +351,7 @@ impl Broker {
         validate_name("exchange", &req.name)?;
         let created = reg.routing.declare_exchange(Exchange {
             name: req.name,
-            kind: kind_from_wire(req.kind),
+            kind: req.kind.into(),
             durable: req.durable,
             auto_delete: req.auto_delete,
             alternate_exchange: req.alternate_exchange,
@@ -425,7 +425,7 @@ impl Broker {
                 .into_iter()
                 .map(|x| ExchangeDef {
                     name: x.name,
-                    kind: kind_to_u8(x.kind),
+                    kind: wire::ExchangeKind::from(x.kind) as u8,
                     auto_delete: x.auto_delete,
                     alternate_exchange: x.alternate_exchange,
                 })
@@ -564,24 +564,7 @@ fn validate_x_match(arguments: &Headers) -> Result<(), RequestError> {
     Ok(())
 }
 
-fn kind_from_wire(k: wire::ExchangeKind) -> ExchangeKind {
-    match k {
-        wire::ExchangeKind::Direct => ExchangeKind::Direct,
-        wire::ExchangeKind::Fanout => ExchangeKind::Fanout,
-        wire::ExchangeKind::Topic => ExchangeKind::Topic,
-        wire::ExchangeKind::Headers => ExchangeKind::Headers,
-    }
-}
-
-fn kind_to_u8(k: ExchangeKind) -> u8 {
-    match k {
-        ExchangeKind::Direct => 0,
-        ExchangeKind::Fanout => 1,
-        ExchangeKind::Topic => 2,
-        ExchangeKind::Headers => 3,
-    }
-}
-
+/// Reads a kind stored as its wire value (protocol.md §7.1).
 fn kind_from_u8(k: u8) -> ExchangeKind {
     match k {
         1 => ExchangeKind::Fanout,

@@ -705,8 +705,7 @@ impl Actor {
             }
             match how {
                 Settlement::Ack => {
-                    let f = self.take_flight(seq);
-                    drop(f);
+                    self.take_flight(seq);
                     self.ack_in_log(seq);
                     self.meta.stats.acked.fetch_add(1, Ordering::Relaxed);
                 }

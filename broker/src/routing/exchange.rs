@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 
-use sluice_client::wire::Headers;
+use sluice_client::wire::{self, Headers};
 
 use super::RoutingError;
 
@@ -29,6 +29,29 @@ impl ExchangeKind {
             Self::Fanout => "fanout",
             Self::Topic => "topic",
             Self::Headers => "headers",
+        }
+    }
+}
+
+/// The wire's exchange kind (protocol.md §7.1) is the same set of kinds.
+impl From<wire::ExchangeKind> for ExchangeKind {
+    fn from(k: wire::ExchangeKind) -> Self {
+        match k {
+            wire::ExchangeKind::Direct => ExchangeKind::Direct,
+            wire::ExchangeKind::Fanout => ExchangeKind::Fanout,
+            wire::ExchangeKind::Topic => ExchangeKind::Topic,
+            wire::ExchangeKind::Headers => ExchangeKind::Headers,
+        }
+    }
+}
+
+impl From<ExchangeKind> for wire::ExchangeKind {
+    fn from(k: ExchangeKind) -> Self {
+        match k {
+            ExchangeKind::Direct => wire::ExchangeKind::Direct,
+            ExchangeKind::Fanout => wire::ExchangeKind::Fanout,
+            ExchangeKind::Topic => wire::ExchangeKind::Topic,
+            ExchangeKind::Headers => wire::ExchangeKind::Headers,
         }
     }
 }
