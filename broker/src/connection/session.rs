@@ -76,6 +76,8 @@ pub(super) struct Session {
     pending_consumes: HashMap<RequestId, u32>,
     outstanding: BTreeMap<u64, (QueueHandle, u64)>,
     touched: Vec<QueueHandle>,
+    /// Names of the exclusive queues this connection declared: deleted when it ends.
+    exclusive_queues: Vec<String>,
     // Closing.
     client_close: Option<RequestId>,
 }
@@ -119,6 +121,7 @@ impl Session {
             pending_consumes: HashMap::new(),
             outstanding: BTreeMap::new(),
             touched: Vec::new(),
+            exclusive_queues: Vec::new(),
             client_close: None,
         }
     }
@@ -303,8 +306,14 @@ impl Session {
             Request::DeclareQueue(d) => {
                 let broker = Arc::clone(&self.broker);
                 let conn = self.link.id;
+                let exclusive = d.exclusive && !d.passive;
                 match tokio::task::block_in_place(|| broker.declare_queue(conn, d)) {
-                    Ok(ok) => self.send(id, Reply::DeclareQueueOk(ok)),
+                    Ok(ok) => {
+                        if exclusive && !self.exclusive_queues.contains(&ok.name) {
+                            self.exclusive_queues.push(ok.name.clone());
+                        }
+                        self.send(id, Reply::DeclareQueueOk(ok));
+                    }
                     Err(e) => self.send_error(id, e),
                 }
             }
@@ -906,7 +915,11 @@ impl Session {
                 conn_id: self.link.id,
             });
         }
-        for q in self.broker.queues() {
+        for name in std::mem::take(&mut self.exclusive_queues) {
+            // Still ours? It may have been deleted, or deleted and declared by another.
+            let Ok(q) = self.broker.queue(&name, self.link.id) else {
+                continue;
+            };
             if q.meta.exclusive_owner == Some(self.link.id) {
                 let (reply, _) = oneshot::channel();
                 q.send(QueueCmd::Delete {
