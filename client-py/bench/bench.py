@@ -2,25 +2,40 @@
 
     python bench.py sluice --url sluice://127.0.0.1:5680
     python bench.py pika --url amqp://guest:guest@127.0.0.1:5672/%2F
+    python bench.py floor --dir DATA_DISK_DIR
+    python bench.py report sluice.json pika.json floor.json
 
-Three measurements, each on a fresh durable queue with persistent 100-byte messages:
+``benches/run-python.sh`` runs all of them in one go, with both brokers started fresh.
+
+Three measurements, each on a fresh durable queue with persistent 128-byte messages:
 
 - ``single``: one publish at a time, each waiting for its confirm.
 - ``batch``: many publishes with their confirms pipelined (sluice: ``publish_batch`` of
   ``--batch`` messages; pika's BlockingConnection cannot pipeline confirms, so its batch is
   confirm mode off plus one round trip at the end: faster, but nothing is confirmed).
 - ``consume``: consume and ack every message one by one, ``--prefetch`` in flight.
+
+``floor`` measures what bounds ``single`` for any broker that makes a message durable before
+confirming it: one loopback round trip between two processes (a publish goes to the broker and
+its confirm comes back) plus one small write and ``fdatasync`` on the disk (the message made
+durable). A synchronous publisher cannot beat their sum, whatever the broker does.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
+import socket
+import statistics
+import sys
+import tempfile
 import time
 import uuid
 from typing import Any, Callable
 
-BODY = b"x" * 100
+BODY = b"x" * 128
 
 
 def timed(count: int, run: Callable[[], None]) -> float:
@@ -106,19 +121,120 @@ def bench_pika(args: argparse.Namespace) -> dict[str, float]:
     return rates
 
 
+def echo(listener: socket.socket) -> None:
+    """Echoes what it reads until the peer closes: the far end of the round-trip probe."""
+    conn, _ = listener.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with conn:
+        while data := conn.recv(4096):
+            conn.sendall(data)
+
+
+def round_trip_us(count: int) -> float:
+    """Mean time of sending 150 bytes over loopback TCP to another process and reading them
+    back: the trip a publish and its confirm make."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    server = multiprocessing.get_context("fork").Process(target=echo, args=(listener,))
+    server.start()
+    try:
+        with socket.create_connection(listener.getsockname()) as conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            request = b"p" * 150
+            started = time.perf_counter()
+            for _ in range(count):
+                conn.sendall(request)
+                got = 0
+                while got < len(request):
+                    got += len(conn.recv(4096))
+            elapsed = time.perf_counter() - started
+    finally:
+        server.join(timeout=10)
+        if server.is_alive():
+            server.kill()
+        listener.close()
+    return elapsed / count * 1e6
+
+
+def durable_write_us(directory: str, count: int) -> float:
+    """Mean time of appending one 192-byte record (a 128-byte body with its headers) to a
+    preallocated file and `fdatasync`ing it: what making one message durable costs on this
+    disk."""
+    fd, path = tempfile.mkstemp(dir=directory, prefix="floor-")
+    try:
+        record = b"r" * 192
+        os.posix_fallocate(fd, 0, (count + 1) * len(record))
+        os.fsync(fd)
+        started = time.perf_counter()
+        for i in range(count):
+            os.pwrite(fd, record, i * len(record))
+            os.fdatasync(fd)
+        elapsed = time.perf_counter() - started
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return elapsed / count * 1e6
+
+
+def bench_floor(args: argparse.Namespace) -> dict[str, float]:
+    # Medians of several short runs: the disk and the scheduler both have slow moments.
+    rtt = statistics.median(round_trip_us(args.single * 2) for _ in range(args.runs))
+    flush = statistics.median(durable_write_us(args.dir, args.single) for _ in range(args.runs))
+    return {
+        "round_trip_us": round(rtt, 1),
+        "durable_write_us": round(flush, 1),
+        "single_max": round(1e6 / (rtt + flush)),
+    }
+
+
+def report(paths: list[str]) -> None:
+    """Prints the Markdown table of BENCHMARKS.md from the JSON lines of one run."""
+    results = {}
+    for path in paths:
+        with open(path) as f:
+            line = json.loads(f.read())
+        results[line["target"]] = line.get("msg_per_s") or line["floor"]
+    ours, theirs = results["sluice"], results["pika"]
+    print("| msg/s | single publish + confirm | batch publish | consume + ack |")
+    print("|---|---:|---:|---:|")
+    for name, label in (("sluice", "sluice (Python)"), ("pika", "pika + RabbitMQ")):
+        row = results[name]
+        print(f"| {label} | {row['single']:,} | {row['batch']:,} | {row['consume']:,} |")
+    ratios = " | ".join(f"{ours[k] / theirs[k]:.1f}×" for k in ("single", "batch", "consume"))
+    print(f"| ratio | {ratios} |")
+    if "floor" in results:
+        floor = results["floor"]
+        limit = floor["single_max"]
+        print()
+        print(
+            f"Floor for `single` on this machine, same run: loopback round trip "
+            f"{floor['round_trip_us']} µs + 192-byte write and fdatasync "
+            f"{floor['durable_write_us']} µs → at most {limit:,} confirmed publishes/s from one "
+            f"synchronous caller = {limit / theirs['single']:.1f}× pika; sluice reaches "
+            f"{ours['single'] / limit:.0%} of it."
+        )
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["report"]:
+        report(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("target", choices=["sluice", "pika"])
-    parser.add_argument("--url", required=True)
+    parser.add_argument("target", choices=["sluice", "pika", "floor"])
+    parser.add_argument("--url", help="the broker's (sluice, pika)")
+    parser.add_argument("--dir", default=".", help="a directory on the brokers' disk (floor)")
     parser.add_argument("--single", type=int, default=2000, help="confirmed one at a time")
     parser.add_argument("--messages", type=int, default=50_000, help="published in batches")
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--prefetch", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3, help="best of")
     args = parser.parse_args()
-    bench: Callable[[argparse.Namespace], dict[str, float]] = (
-        bench_sluice if args.target == "sluice" else bench_pika
-    )
+    if args.target == "floor":
+        floor = bench_floor(args)
+        print(json.dumps({"target": "floor", "floor": floor, "runs": args.runs}))
+        return
+    if not args.url:
+        parser.error("--url is required")
+    bench = bench_sluice if args.target == "sluice" else bench_pika
     runs = [bench(args) for _ in range(args.runs)]
     best: dict[str, Any] = {k: round(max(r[k] for r in runs)) for k in runs[0]}
     print(json.dumps({"target": args.target, "msg_per_s": best, "runs": args.runs}))
