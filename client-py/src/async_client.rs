@@ -56,7 +56,7 @@ impl AsyncClient {
     fn connect<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let connection = slf.get().connection.clone();
         let this = slf.clone().unbind();
-        runtime::awaitable(slf.py(), async move {
+        runtime::coroutine(slf.py(), async move {
             connection.get().await?;
             Ok(this)
         })
@@ -104,7 +104,7 @@ impl AsyncClient {
         }
         .into_options(durable)?;
         let connection = self.connection.clone();
-        runtime::awaitable(py, async move {
+        runtime::coroutine(py, async move {
             let client = connection.get().await?;
             let ok = client.declare_queue(&name, options).await.py()?;
             Ok(DeclaredQueue::from(ok))
@@ -125,7 +125,7 @@ impl AsyncClient {
             if_empty,
         };
         let connection = self.connection.clone();
-        runtime::awaitable(py, async move {
+        runtime::coroutine(py, async move {
             let client = connection.get().await?;
             client.delete_queue(&name, options).await.py()
         })
@@ -134,7 +134,7 @@ impl AsyncClient {
     /// Removes a queue's ready messages; resolves to how many.
     fn purge_queue<'py>(&self, py: Python<'py>, name: String) -> PyResult<Bound<'py, PyAny>> {
         let connection = self.connection.clone();
-        runtime::awaitable(py, async move {
+        runtime::coroutine(py, async move {
             let client = connection.get().await?;
             client.purge_queue(&name).await.py()
         })
@@ -143,7 +143,7 @@ impl AsyncClient {
     /// A queue's settings and counters.
     fn inspect_queue<'py>(&self, py: Python<'py>, name: String) -> PyResult<Bound<'py, PyAny>> {
         let connection = self.connection.clone();
-        runtime::awaitable(py, async move {
+        runtime::coroutine(py, async move {
             let client = connection.get().await?;
             Ok(QueueInfo::from(client.inspect_queue(&name).await.py()?))
         })
@@ -168,7 +168,7 @@ impl AsyncClient {
         let kind = options::exchange_kind(kind)?;
         let options = options::exchange_options(durable, auto_delete, passive, alternate_exchange);
         let connection = self.connection.clone();
-        runtime::awaitable(py, async move {
+        runtime::coroutine(py, async move {
             let client = connection.get().await?;
             client.declare_exchange(&name, kind, options).await.py()
         })
@@ -184,7 +184,7 @@ impl AsyncClient {
     ) -> PyResult<Bound<'py, PyAny>> {
         let options = DeleteExchangeOptions { if_unused };
         let connection = self.connection.clone();
-        runtime::awaitable(py, async move {
+        runtime::coroutine(py, async move {
             let client = connection.get().await?;
             client.delete_exchange(&name, options).await.py()
         })
@@ -203,7 +203,7 @@ impl AsyncClient {
         let arguments = convert::headers(arguments)?;
         let routing_key = routing_key.to_owned();
         let connection = self.connection.clone();
-        runtime::awaitable(py, async move {
+        runtime::coroutine(py, async move {
             let client = connection.get().await?;
             client
                 .bind(&queue, &exchange, &routing_key, arguments)
@@ -225,7 +225,7 @@ impl AsyncClient {
         let arguments = convert::headers(arguments)?;
         let routing_key = routing_key.to_owned();
         let connection = self.connection.clone();
-        runtime::awaitable(py, async move {
+        runtime::coroutine(py, async move {
             let client = connection.get().await?;
             client
                 .unbind(&queue, &exchange, &routing_key, arguments)
@@ -273,7 +273,7 @@ impl AsyncClient {
         }
         .into_options()?;
         let connection = self.connection.clone();
-        runtime::awaitable(py, async move {
+        runtime::coroutine(py, async move {
             let client = connection.get().await?;
             client
                 .publish(&exchange, &routing_key, body, &options)
@@ -292,7 +292,7 @@ impl AsyncClient {
     ) -> PyResult<Bound<'py, PyAny>> {
         let batch = options::outgoing_messages(messages)?;
         let connection = self.connection.clone();
-        runtime::awaitable(py, async move {
+        runtime::coroutine(py, async move {
             let client = connection.get().await?;
             Ok(BatchOutcome {
                 outcomes: client.publish_batch(batch).await,
@@ -304,7 +304,7 @@ impl AsyncClient {
     /// Takes one ready message from `queue` without a consumer; resolves to it or `None`.
     fn get<'py>(&self, py: Python<'py>, queue: String) -> PyResult<Bound<'py, PyAny>> {
         let connection = self.connection.clone();
-        runtime::awaitable(py, async move {
+        runtime::coroutine(py, async move {
             let client = connection.get().await?;
             Ok(client.get(&queue).await.py()?.map(IncomingAsync))
         })
@@ -330,7 +330,7 @@ impl AsyncClient {
     /// Closes the connection gracefully (see `Client.close`). Idempotent.
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let connection = self.connection.clone();
-        runtime::awaitable(py, async move { connection.close().await })
+        runtime::coroutine(py, async move { connection.close().await })
     }
 
     /// True once the connection has ended.
@@ -353,7 +353,7 @@ impl AsyncClient {
     ) -> PyResult<Bound<'py, PyAny>> {
         let connection = self.connection.clone();
         let raised = exc_type.is_some();
-        runtime::awaitable(py, async move {
+        runtime::coroutine(py, async move {
             match connection.close().await {
                 Err(error) if !raised => Err(error),
                 _ => Ok(false),

@@ -340,7 +340,7 @@ impl AsyncConsumer {
     fn receive<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
         let timeout = convert::opt_seconds("timeout", timeout)?;
         let core = self.core.clone();
-        runtime::awaitable(py, async move {
+        runtime::coroutine(py, async move {
             Ok(core.next(timeout).await?.map(IncomingAsync))
         })
     }
@@ -348,7 +348,7 @@ impl AsyncConsumer {
     /// Stops the consumer (idempotent). Messages already handed out must still be settled.
     fn cancel<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let core = self.core.clone();
-        runtime::awaitable(py, async move { core.cancel().await })
+        runtime::coroutine(py, async move { core.cancel().await })
     }
 
     fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {

@@ -3,8 +3,9 @@
 //!
 //! # Layout
 //! - `runtime`: the one tokio runtime the process shares (stopped at interpreter exit), and
-//!   the two ways Python waits on it: [`runtime::block_on`] (GIL released, Ctrl-C checked)
-//!   and [`runtime::awaitable`] (an asyncio future, through pyo3-async-runtimes).
+//!   the ways Python waits on it: [`runtime::block_on`] (GIL released, Ctrl-C checked),
+//!   [`runtime::awaitable`] (an asyncio future, through pyo3-async-runtimes) and
+//!   [`runtime::coroutine`] (a coroutine that starts such a future when awaited).
 //! - `errors`: `sluice_client::Error` → the exception classes of `sluice.exceptions`, in one
 //!   place.
 //! - `convert`: bodies, headers and durations between Python and Rust.

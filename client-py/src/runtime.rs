@@ -4,7 +4,8 @@
 //! Blocking calls ([`block_on`]) release the GIL while they wait, in slices, checking for
 //! signals between slices so that Ctrl-C interrupts even a consumer waiting on an empty
 //! queue. Async calls ([`awaitable`]) hand the future to the runtime and return an asyncio
-//! future, through pyo3-async-runtimes' generic bridge over [`SharedRuntime`].
+//! future, through pyo3-async-runtimes' generic bridge over [`SharedRuntime`]; the methods
+//! users call by name wrap that in a coroutine ([`coroutine`]) that starts it when awaited.
 
 use std::cell::OnceCell;
 use std::future::Future;
@@ -14,6 +15,8 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyCFunction;
 use pyo3::IntoPyObjectExt;
 use pyo3_async_runtimes::generic::{self, ContextExt, Runtime as GenericRuntime};
 use pyo3_async_runtimes::TaskLocals;
@@ -130,6 +133,30 @@ where
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
     generic::future_into_py::<SharedRuntime, _, T>(py, future)
+}
+
+/// Like [`awaitable`], but returns a coroutine that spawns `future` when it is first run and
+/// awaits it: what the async methods users call by name return, so that `asyncio.create_task`
+/// and `TaskGroup.create_task` accept them, and so that they can be created outside the
+/// event loop that runs them (`asyncio.run(client.connect())`).
+pub(crate) fn coroutine<'py, F, T>(py: Python<'py>, future: F) -> PyResult<Bound<'py, PyAny>>
+where
+    F: Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'a> IntoPyObject<'a> + Send + 'static,
+{
+    static AWAIT_LATER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let future = Mutex::new(Some(future));
+    let start = PyCFunction::new_closure(py, None, None, move |args, _kwargs| {
+        let future = future
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .expect("await_later calls start once");
+        awaitable(args.py(), future).map(Bound::unbind)
+    })?;
+    AWAIT_LATER
+        .import(py, "sluice._coroutine", "await_later")?
+        .call1((start,))
 }
 
 /// An asyncio future that is already done, for calls that complete without waiting (acks).

@@ -1,4 +1,4 @@
-"""The asyncio AsyncClient: the same surface as Client, with awaitables."""
+"""The asyncio AsyncClient: the same surface as Client, with coroutines."""
 
 from __future__ import annotations
 
@@ -50,6 +50,30 @@ async def test_concurrent_publishes_share_the_connection(url: str, queue_name: s
         await asyncio.gather(*(client.publish("", queue_name, f"{i}") for i in range(200)))
         assert (await client.inspect_queue(queue_name)).ready == 200
         assert await client.purge_queue(queue_name) == 200
+
+
+async def test_methods_are_coroutines_that_tasks_take(url: str, queue_name: str) -> None:
+    async with sluice.AsyncClient(url) as client:
+        pending = client.declare_queue(queue_name)
+        assert inspect.iscoroutine(pending)
+        await asyncio.create_task(pending)
+        tasks = [asyncio.create_task(client.publish("", queue_name, f"{i}")) for i in range(5)]
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
+        consumer = client.consume(queue_name, prefetch=10)
+        received = await asyncio.create_task(consumer.receive(timeout=10))
+        assert received is not None and received.body == b"0"
+        await received.ack()
+        await asyncio.create_task(consumer.cancel())
+        assert (await client.inspect_queue(queue_name)).ready == 4
+
+
+def test_coroutines_run_in_an_event_loop_started_after_them(url: str, queue_name: str) -> None:
+    client = sluice.AsyncClient(url)
+    declare = client.declare_queue(queue_name)  # no event loop runs yet
+    assert asyncio.run(declare).name == queue_name
+    assert asyncio.run(client.purge_queue(queue_name)) == 0
+    asyncio.run(client.close())
+    assert client.is_closed
 
 
 async def test_lazy_connect_and_explicit_connect(url: str, queue_name: str) -> None:

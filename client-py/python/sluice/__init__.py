@@ -1,7 +1,7 @@
 """Python client for the Sluice message broker.
 
 Two clients with the same methods: :class:`Client` blocks (releasing the GIL while it waits)
-and :class:`AsyncClient` returns awaitables for asyncio. Both wrap the Rust client
+and :class:`AsyncClient` returns coroutines for asyncio. Both wrap the Rust client
 ``sluice-client``, running on one tokio runtime shared by the process.
 
 ::
