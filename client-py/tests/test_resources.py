@@ -86,6 +86,26 @@ def test_no_sockets_or_threads_leak(broker: Broker, url: str, queue_name: str) -
     assert native_threads() <= threads + 2, (threads, native_threads())
 
 
+def test_close_returns_with_the_socket_closed(broker: Broker, url: str, queue_name: str) -> None:
+    open_sockets = lambda: broker_sockets(broker.port)  # noqa: E731
+    assert eventually(lambda: open_sockets() == 0), "sockets left by earlier tests"
+    for _ in range(5):
+        client = sluice.Client(url)
+        client.declare_queue(queue_name)
+        assert open_sockets() == 1
+        client.close()
+        assert open_sockets() == 0
+
+    async def use_and_close() -> None:
+        async with sluice.AsyncClient(url) as client:
+            await client.declare_queue(queue_name)
+            assert open_sockets() == 1
+        assert open_sockets() == 0
+
+    for _ in range(5):
+        asyncio.run(use_and_close())
+
+
 def test_dropped_clients_close_their_connections(
     broker: Broker, url: str, queue_name: str
 ) -> None:

@@ -648,7 +648,8 @@ where
 
     // ---- the end ----------------------------------------------------------------------
 
-    /// Writes what is left (a `Close` or `CloseOk`, at least), then settles every waiter.
+    /// Writes what is left (a `Close` or `CloseOk`, at least), closes the socket, then settles
+    /// every waiter.
     async fn finish(mut self, reason: CloseReason) {
         self.out.close_publish();
         if !matches!(reason, CloseReason::Io(_)) {
@@ -660,6 +661,10 @@ where
             };
             let _ = tokio::time::timeout(FINAL_FLUSH_TIMEOUT, flush).await;
         }
+        // The socket is closed before anyone hears that the connection ended: `close()`
+        // returns with the descriptor gone.
+        drop(self.reader);
+        drop(self.writer);
         let unsettled = self.publishes.unsettled();
         match &reason {
             CloseReason::Normal => tracing::debug!(unsettled, "connection closed"),
