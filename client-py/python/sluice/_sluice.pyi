@@ -405,7 +405,9 @@ class AsyncClient:
         passive: bool = False,
         alternate_exchange: Optional[str] = None,
     ) -> Coroutine[Any, Any, None]: ...
-    def delete_exchange(self, name: str, *, if_unused: bool = False) -> Coroutine[Any, Any, None]: ...
+    def delete_exchange(
+        self, name: str, *, if_unused: bool = False
+    ) -> Coroutine[Any, Any, None]: ...
     def bind(
         self,
         queue: str,
