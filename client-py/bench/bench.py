@@ -10,6 +10,8 @@
 Three measurements, each on a fresh durable queue with persistent 128-byte messages:
 
 - ``single``: one publish at a time, each waiting for its confirm.
+- ``threads``: the same from ``--threads`` threads at once (sluice: one shared ``Client``;
+  pika, which is not thread-safe: one connection per thread, opened before the clock starts).
 - ``batch``: many publishes with their confirms pipelined (sluice: ``publish_batch`` of
   ``--batch`` messages; pika's BlockingConnection cannot pipeline confirms, so its batch is
   confirm mode off plus one round trip at the end: faster, but nothing is confirmed).
@@ -30,6 +32,7 @@ import os
 import socket
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from typing import Any, Callable
@@ -41,6 +44,36 @@ def timed(count: int, run: Callable[[], None]) -> float:
     started = time.perf_counter()
     run()
     return count / (time.perf_counter() - started)
+
+
+def run_threads(workers: list[Callable[[], None]]) -> float:
+    """Runs each worker on its own thread; seconds from when all are ready to when all are
+    done. An exception in a worker is raised here."""
+    ready = threading.Barrier(len(workers) + 1)
+    errors: list[BaseException] = []
+
+    def run(work: Callable[[], None]) -> None:
+        ready.wait()
+        try:
+            work()
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    ready.wait()
+    started = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    return elapsed
+
+
+def per_thread(args: argparse.Namespace) -> int:
+    return max(1, args.single * 4 // args.threads)
 
 
 def bench_sluice(args: argparse.Namespace) -> dict[str, float]:
@@ -60,8 +93,12 @@ def bench_sluice(args: argparse.Namespace) -> dict[str, float]:
                 n = min(args.batch, args.messages - first)
                 client.publish_batch(("", queue, BODY) for _ in range(n))
 
+        def publish_n(n: int) -> None:
+            for _ in range(n):
+                client.publish("", queue, BODY)
+
         def consume() -> None:
-            left = args.single + args.messages
+            left = published
             with client.consume(queue, prefetch=args.prefetch) as consumer:
                 for msg in consumer:
                     msg.ack()
@@ -70,8 +107,11 @@ def bench_sluice(args: argparse.Namespace) -> dict[str, float]:
                         break
 
         rates["single"] = timed(args.single, single)
+        n = per_thread(args)
+        rates["threads"] = n * args.threads / run_threads([lambda: publish_n(n)] * args.threads)
         rates["batch"] = timed(args.messages, batch)
-        rates["consume"] = timed(args.single + args.messages, consume)
+        published = args.single + n * args.threads + args.messages
+        rates["consume"] = timed(published, consume)
         client.delete_queue(queue)
     return rates
 
@@ -99,8 +139,29 @@ def bench_pika(args: argparse.Namespace) -> dict[str, float]:
                 unconfirmed.basic_publish("", queue, BODY, persistent)
             unconfirmed.queue_declare(queue, passive=True)  # one round trip
 
+        def threads() -> float:
+            n = per_thread(args)
+            params = pika.URLParameters(args.url)
+            connections = [pika.BlockingConnection(params) for _ in range(args.threads)]
+            try:
+                channels = [c.channel() for c in connections]
+                for ch in channels:
+                    ch.confirm_delivery()
+
+                def publisher(ch: Any) -> Callable[[], None]:
+                    def publish() -> None:
+                        for _ in range(n):
+                            ch.basic_publish("", queue, BODY, persistent)
+
+                    return publish
+
+                return n * args.threads / run_threads([publisher(ch) for ch in channels])
+            finally:
+                for c in connections:
+                    c.close()
+
         def consume() -> None:
-            left = args.single + args.messages
+            left = published
             consumer = connection.channel()
             consumer.basic_qos(prefetch_count=args.prefetch)
             for method, _props, _body in consumer.consume(queue):
@@ -111,9 +172,11 @@ def bench_pika(args: argparse.Namespace) -> dict[str, float]:
             consumer.cancel()
 
         rates["single"] = timed(args.single, single)
+        rates["threads"] = threads()
         rates["batch"] = timed(args.messages, batch)
         time.sleep(0.5)  # let RabbitMQ settle the unconfirmed ones before counting
-        rates["consume"] = timed(args.single + args.messages, consume)
+        published = args.single + per_thread(args) * args.threads + args.messages
+        rates["consume"] = timed(published, consume)
         channel.queue_delete(queue)
     finally:
         connection.close()
@@ -188,18 +251,22 @@ def bench_floor(args: argparse.Namespace) -> dict[str, float]:
 def report(paths: list[str]) -> None:
     """Prints the Markdown table of BENCHMARKS.md from the JSON lines of one run."""
     results = {}
+    threads = 0
     for path in paths:
         with open(path) as f:
             line = json.loads(f.read())
         results[line["target"]] = line.get("msg_per_s") or line["floor"]
+        threads = line.get("threads", threads)
     ours, theirs = results["sluice"], results["pika"]
-    print("| msg/s | single publish + confirm | batch publish | consume + ack |")
-    print("|---|---:|---:|---:|")
+    columns = ("single", "threads", "batch", "consume")
+    print(
+        f"| msg/s | single publish + confirm | the same from {threads} threads | batch publish "
+        "| consume + ack |"
+    )
+    print("|---|---:|---:|---:|---:|")
     for name, label in (("sluice", "sluice (Python)"), ("pika", "pika + RabbitMQ")):
-        row = results[name]
-        print(f"| {label} | {row['single']:,} | {row['batch']:,} | {row['consume']:,} |")
-    ratios = " | ".join(f"{ours[k] / theirs[k]:.1f}×" for k in ("single", "batch", "consume"))
-    print(f"| ratio | {ratios} |")
+        print(f"| {label} | " + " | ".join(f"{results[name][k]:,}" for k in columns) + " |")
+    print("| ratio | " + " | ".join(f"{ours[k] / theirs[k]:.1f}×" for k in columns) + " |")
     if "floor" in results:
         floor = results["floor"]
         limit = floor["single_max"]
@@ -223,6 +290,7 @@ def main() -> None:
     parser.add_argument("--dir", default=".", help="a directory on the brokers' disk (floor)")
     parser.add_argument("--single", type=int, default=2000, help="confirmed one at a time")
     parser.add_argument("--messages", type=int, default=50_000, help="published in batches")
+    parser.add_argument("--threads", type=int, default=16, help="publishing threads (threads)")
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--prefetch", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3, help="best of")
@@ -236,7 +304,8 @@ def main() -> None:
     bench = bench_sluice if args.target == "sluice" else bench_pika
     runs = [bench(args) for _ in range(args.runs)]
     best: dict[str, Any] = {k: round(max(r[k] for r in runs)) for k in runs[0]}
-    print(json.dumps({"target": args.target, "msg_per_s": best, "runs": args.runs}))
+    line = {"target": args.target, "msg_per_s": best, "runs": args.runs, "threads": args.threads}
+    print(json.dumps(line))
 
 
 if __name__ == "__main__":
