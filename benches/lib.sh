@@ -10,8 +10,9 @@ NATS_PORT=4222
 
 log() { printf '== %s\n' "$*" >&2; }
 
-# ---- processes we started, stopped by pid on exit -------------------------------------
+# ---- processes we started, stopped by pid on exit; their data dirs removed -----------
 STARTED=()      # pids to SIGTERM, last started first
+DATA_DIRS=()    # brokers' temporary directories (see new_data_dir)
 cleanup() {
     local pid
     for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
@@ -24,6 +25,9 @@ cleanup() {
         wait_gone "$pid" 60 || kill -KILL "$pid" 2>/dev/null || true
     done
     wait 2>/dev/null || true
+    for dir in "${DATA_DIRS[@]}"; do
+        rm -rf "$dir"
+    done
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -43,6 +47,13 @@ wait_gone() {
     done
     wait "$pid" 2>/dev/null || true
     return 0
+}
+
+# A fresh directory under $WORK named after $1, removed on exit even if the run fails.
+# Sets DATA_DIR (a command substitution would lose the bookkeeping in its subshell).
+new_data_dir() {
+    DATA_DIR=$(mktemp -d "$WORK/$1-XXXX")
+    DATA_DIRS+=("$DATA_DIR")
 }
 
 forget() {

@@ -92,7 +92,8 @@ log "disk: fdatasync'd write rate (storage-bench)"
 for workload in $WORKLOADS; do
     for broker in $BROKERS; do
         args=$(workload_args "$broker" "$workload")
-        dir=$(mktemp -d "$WORK/$broker-$workload-XXXX")
+        new_data_dir "$broker-$workload"
+        dir=$DATA_DIR
         log "$workload on $broker"
         "start_$broker" "$dir"
         echo "sluice-bench --broker $broker $args --broker-pid \$PID --broker-data-dir \$DATA --label $workload --json $workload-$broker.json" \

@@ -49,7 +49,8 @@ bench() {
 log "floor: loopback round trip and one durable small write"
 bench floor --dir "$WORK" >"$RESULTS/floor.json"
 for broker in $BROKERS; do
-    dir=$(mktemp -d "$WORK/python-$broker-XXXX")
+    new_data_dir "python-$broker"
+    dir=$DATA_DIR
     "start_$broker" "$dir"
     echo "load before $(cat /proc/loadavg)" >"$RESULTS/$broker.load"
     if [ "$broker" = sluice ]; then

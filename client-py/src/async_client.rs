@@ -1,4 +1,4 @@
-//! `AsyncClient`: the same methods as `Client`, returning awaitables. It connects on first
+//! `AsyncClient`: the same methods as `Client`, returning coroutines. It connects on first
 //! use (or in `await client.connect()` / `async with`), since a constructor cannot await.
 
 use std::sync::Arc;
@@ -16,9 +16,9 @@ use crate::runtime;
 
 /// An asyncio client: one connection to a Sluice broker, made on first use.
 ///
-/// Every method returns an awaitable (an asyncio future running on the shared tokio
-/// runtime); `consume()` returns an async iterator. Use it as an async context manager, or
-/// await `close()`.
+/// Every method returns a coroutine, which starts its work on the shared tokio runtime when
+/// it is awaited (or its task runs); `consume()` returns an async iterator. Use it as an
+/// async context manager, or await `close()`.
 #[pyclass(module = "sluice", frozen)]
 pub(crate) struct AsyncClient {
     connection: Arc<Connection>,

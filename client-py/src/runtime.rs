@@ -1,5 +1,5 @@
-//! The tokio runtime shared by every client of the process, and the two ways Python waits
-//! for a Rust future on it.
+//! The tokio runtime shared by every client of the process, and the ways Python waits for a
+//! Rust future on it.
 //!
 //! Blocking calls ([`block_on`]) release the GIL while they wait, in slices, checking for
 //! signals between slices so that Ctrl-C interrupts even a consumer waiting on an empty
@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyCFunction;
@@ -147,12 +148,14 @@ where
     static AWAIT_LATER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let future = Mutex::new(Some(future));
     let start = PyCFunction::new_closure(py, None, None, move |args, _kwargs| {
-        let future = future
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-            .expect("await_later calls start once");
-        awaitable(args.py(), future).map(Bound::unbind)
+        let future = future.lock().unwrap_or_else(PoisonError::into_inner).take();
+        match future {
+            Some(future) => awaitable(args.py(), future).map(Bound::unbind),
+            // Python's own words for awaiting a coroutine twice.
+            None => Err(PyRuntimeError::new_err(
+                "cannot reuse already awaited coroutine",
+            )),
+        }
     })?;
     AWAIT_LATER
         .import(py, "sluice._coroutine", "await_later")?

@@ -68,6 +68,23 @@ async def test_methods_are_coroutines_that_tasks_take(url: str, queue_name: str)
         assert (await client.inspect_queue(queue_name)).ready == 4
 
 
+async def test_a_coroutine_closed_while_waiting_stops_its_call(url: str, queue_name: str) -> None:
+    async with sluice.AsyncClient(url) as client:
+        await client.declare_queue(queue_name)
+        consumer = client.consume(queue_name)
+        waiting = consumer.receive()
+        pending = next(waiting.__await__())  # started: waits on the empty queue
+        waiting.close()  # not a task cancel: the coroutine is just closed
+        await asyncio.sleep(0)
+        assert pending.cancelled()
+        await client.publish("", queue_name, b"m")
+        # The abandoned receive did not take the message.
+        msg = await consumer.receive(timeout=10)
+        assert msg is not None and msg.body == b"m"
+        await msg.ack()
+        await consumer.cancel()
+
+
 def test_coroutines_run_in_an_event_loop_started_after_them(url: str, queue_name: str) -> None:
     client = sluice.AsyncClient(url)
     declare = client.declare_queue(queue_name)  # no event loop runs yet

@@ -5,8 +5,18 @@
 awaited (or its task runs), inside the running event loop.
 """
 
-from typing import Any, Awaitable, Callable
+import asyncio
+import contextlib
+from typing import Any, Callable
 
 
-async def await_later(start: Callable[[], Awaitable[Any]]) -> Any:
-    return await start()
+async def await_later(start: Callable[[], "asyncio.Future[Any]"]) -> Any:
+    future = start()
+    try:
+        return await future
+    finally:
+        # Closed or collected while suspended (not cancelled through a task): drop the Rust
+        # future all the same. A closed event loop has nothing left to cancel.
+        if not future.done():
+            with contextlib.suppress(RuntimeError):
+                future.cancel()
