@@ -40,12 +40,14 @@ async def run(url: str, queue: str = "tasks", results: Optional[str] = None, pre
         await client.declare_queue(queue)
         if results:
             await client.declare_queue(results)
-        print(f"ready pid={pid}", flush=True)
         try:
-            async for msg in client.consume(queue, prefetch=prefetch):
-                task = asyncio.create_task(handle(client, msg, results))
-                running.add(task)
-                task.add_done_callback(running.discard)
+            async with client.consume(queue, prefetch=prefetch) as consumer:
+                # The broker knows this consumer from here on: tasks published now can reach it.
+                print(f"ready pid={pid}", flush=True)
+                async for msg in consumer:
+                    task = asyncio.create_task(handle(client, msg, results))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
         finally:
             # Stopped: the tasks in progress requeue their messages (see `process()`).
             for task in running:

@@ -46,19 +46,23 @@ def run(
         client.declare_queue(queue)
         if results:
             client.declare_queue(results)
-        print(f"ready pid={pid}", flush=True)
-        for msg in client.consume(queue, prefetch=prefetch):
-            with msg.process():
-                task = json.loads(msg.body)
-                print(
-                    f"started id={task['id']} delivery_count={msg.delivery_count} pid={pid}",
-                    flush=True,
-                )
-                time.sleep(float(task.get("work", 0)))
-                if results:
-                    outcome = {"id": task["id"], "worker": pid, "delivery_count": msg.delivery_count}
-                    client.publish("", results, json.dumps(outcome))
-                print(f"done id={task['id']} pid={pid}", flush=True)
+        with client.consume(queue, prefetch=prefetch) as consumer:
+            # The broker knows this consumer from here on: tasks published now can reach it.
+            print(f"ready pid={pid}", flush=True)
+            for msg in consumer:
+                with msg.process():
+                    task = json.loads(msg.body)
+                    print(
+                        f"started id={task['id']} delivery_count={msg.delivery_count} pid={pid}",
+                        flush=True,
+                    )
+                    time.sleep(float(task.get("work", 0)))
+                    if results:
+                        outcome = {
+                            "id": task["id"], "worker": pid, "delivery_count": msg.delivery_count,
+                        }
+                        client.publish("", results, json.dumps(outcome))
+                    print(f"done id={task['id']} pid={pid}", flush=True)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -98,14 +98,19 @@ def test_worker_pool_and_scaling_workers_independently(
         client.publish_batch(
             ("", queue_name, json.dumps({"id": i, "work": 0.05})) for i in range(40)
         )
-        # One more worker joins while the pool is busy: nothing else changes.
+        # One more worker joins while the pool is busy: nothing else changes. Tasks published
+        # once it consumes reach it too, whether or not the pool has finished the first 40.
         extra = spawn_python(
             str(EXAMPLES / "worker.py"), "--url", url, "--queue", queue_name,
             "--results", results_queue,
         )
         processes.append(extra)
-        results = collect_results(client, results_queue, 40)
-        assert sorted(r["id"] for r in results) == list(range(40))
+        read_line(extra, "ready")
+        client.publish_batch(
+            ("", queue_name, json.dumps({"id": i, "work": 0.05})) for i in range(40, 50)
+        )
+        results = collect_results(client, results_queue, 50)
+        assert sorted(r["id"] for r in results) == list(range(50))
         workers = {r["worker"] for r in results}
         assert extra.pid in workers and len(workers) == 3, workers
 
