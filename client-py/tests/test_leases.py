@@ -46,8 +46,10 @@ async def test_async_extend(url: str, queue_name: str) -> None:
         await client.publish("", queue_name, b"y")
         msg = await client.get(queue_name)
         assert msg is not None
+        # Held for 1 s, twice the 0.5 s lease; each extension leaves 1.25 s of slack, so a
+        # stalled machine does not let the lease run out between them.
         for _ in range(4):
-            await msg.extend(0.5)
+            await msg.extend(1.5)
             time.sleep(0.25)
         await msg.ack()
         assert (await client.inspect_queue(queue_name)).ready == 0
