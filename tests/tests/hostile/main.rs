@@ -1,0 +1,53 @@
+//! Hostile and unlucky clients against the real `sluice` binary: each test plays one kind of
+//! bad client and asserts that the broker's memory stays bounded, that a well-behaved client
+//! next to it keeps being served, and that nothing confirmed is lost.
+
+mod descriptors;
+mod fuzz;
+mod headers;
+mod listings;
+mod slow_consumer;
+mod unread_replies;
+
+use std::path::Path;
+use std::time::Duration;
+
+use sluice_client::Client;
+use sluice_tests::broker::{BrokerProcess, WAIT};
+
+/// A running broker for one test.
+pub struct Broker {
+    /// The process.
+    pub process: BrokerProcess,
+}
+
+impl Broker {
+    /// Starts a broker on `dir` with extra `serve` flags.
+    pub fn start(dir: &Path, extra: &[&str]) -> Broker {
+        Broker {
+            process: BrokerProcess::start(dir, extra),
+        }
+    }
+
+    /// `host:port`.
+    pub fn addr(&self) -> &str {
+        self.process.addr()
+    }
+
+    /// Connects a well-behaved client.
+    pub async fn client(&self) -> Client {
+        within("connect", Client::connect(&self.process.url()))
+            .await
+            .expect("connect")
+    }
+}
+
+/// Runs `f` under the test-wide time limit.
+pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// A short bound for things a healthy broker answers at once, even next to a hostile client.
+pub const PROMPT: Duration = Duration::from_secs(5);
