@@ -310,7 +310,12 @@ impl Error {
             },
             _ => matches!(
                 self.code(),
-                Some(ErrorCode::StorageFull | ErrorCode::QueueFull | ErrorCode::InternalError)
+                Some(
+                    ErrorCode::StorageFull
+                        | ErrorCode::MemoryLimit
+                        | ErrorCode::QueueFull
+                        | ErrorCode::InternalError
+                )
             ),
         }
     }
