@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// Publishers are blocked while the data directory's file system has less free space.
     #[arg(long, env = "SLUICE_MIN_FREE_DISK_BYTES")]
     pub min_free_disk_bytes: Option<u64>,
+    /// A connection whose socket stays full this long (it does not read what it asked for) is
+    /// closed with SLOW_CONSUMER, in ms [default: 30000].
+    #[arg(long, env = "SLUICE_SLOW_CONSUMER_TIMEOUT_MS")]
+    pub slow_consumer_timeout_ms: Option<u64>,
 }
 
 /// The `[server]`-less TOML file: the same names as the flags, with underscores.
@@ -55,6 +59,7 @@ struct FileConfig {
     #[serde(default)]
     users: Vec<User>,
     min_free_disk_bytes: Option<u64>,
+    slow_consumer_timeout_ms: Option<u64>,
 }
 
 /// A user allowed to connect.
@@ -88,6 +93,8 @@ pub struct ServerConfig {
     pub users: Vec<User>,
     /// Publishers are blocked below this much free disk space.
     pub min_free_disk_bytes: u64,
+    /// A connection whose outbox stays full this long is closed (a slow consumer).
+    pub slow_consumer_timeout: Duration,
     /// Time a client has to complete the handshake.
     pub handshake_timeout: Duration,
     /// Lease of deliveries when neither queue nor consumer sets one.
@@ -109,6 +116,7 @@ impl Default for ServerConfig {
                 password: "guest".into(),
             }],
             min_free_disk_bytes: 64 << 20,
+            slow_consumer_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             default_ack_timeout: Duration::from_secs(30 * 60),
         }
@@ -179,6 +187,15 @@ impl ServerConfig {
         }
         if let Some(v) = args.min_free_disk_bytes.or(file.min_free_disk_bytes) {
             c.min_free_disk_bytes = v;
+        }
+        if let Some(v) = args
+            .slow_consumer_timeout_ms
+            .or(file.slow_consumer_timeout_ms)
+        {
+            if v == 0 {
+                return Err(invalid("slow_consumer_timeout_ms", "must be at least 1"));
+            }
+            c.slow_consumer_timeout = Duration::from_millis(v);
         }
         if let Some(spec) = &args.users {
             c.users = parse_users(spec)?;

@@ -6,7 +6,12 @@
 //! - the **session** (`session.rs`) owns the connection's state and turns requests and queue
 //!   events into replies;
 //! - the **writer** writes what the session encoded, coalescing what has queued up.
+//!
+//! Every byte on its way to the socket is counted in the connection's [`Outbox`], from the
+//! queue or session that produced it to the writer that wrote it: a peer that stops reading
+//! holds at most about [`Outbox::HIGH_WATER`] bytes of the broker's memory (`output.rs`).
 
+mod output;
 mod session;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +29,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use crate::broker::Broker;
+use crate::queue::Outbox;
+use output::{Output, WRITER_CHUNKS};
 
 /// Oldest protocol version this server speaks.
 const MIN_VERSION: u16 = 1;
@@ -85,17 +92,29 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, shutdown: watch::Rece
         Arc::clone(&last_recv),
         started,
     ));
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_frames(wr, out_rx));
+    let outbox = Arc::new(Outbox::default());
+    let (out_tx, out_rx) = mpsc::channel(WRITER_CHUNKS);
+    let mut writer = tokio::spawn(write_frames(wr, out_rx, Arc::clone(&outbox)));
+    let output = Output::new(
+        out_tx,
+        outbox,
+        agreed.max_frame_len,
+        broker.config.slow_consumer_timeout,
+    );
 
-    session::Session::new(broker, conn_id, agreed, out_tx, last_recv, started)
+    session::Session::new(broker, conn_id, peer, agreed, output, last_recv, started)
         .run(frames_rx, shutdown)
         .await;
 
     reader.abort();
     // The session dropped its sender: the writer flushes what is queued (a final Close) and
-    // ends, unless the peer stopped reading.
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer).await;
+    // ends. A peer that stopped reading does not get to keep the socket and what is queued.
+    if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
     tracing::debug!(conn = conn_id, "connection closed");
 }
 
@@ -278,16 +297,13 @@ async fn read_frames(
     }
 }
 
-async fn write_frames(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+/// Writes the session's chunks in order; each leaves the outbox once written.
+async fn write_frames(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>, outbox: Arc<Outbox>) {
     while let Some(chunk) = rx.recv().await {
         if wr.write_all(&chunk).await.is_err() {
             return;
         }
-        while let Ok(chunk) = rx.try_recv() {
-            if wr.write_all(&chunk).await.is_err() {
-                return;
-            }
-        }
+        outbox.remove(chunk.len());
     }
     let _ = wr.shutdown().await;
 }

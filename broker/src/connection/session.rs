@@ -1,11 +1,11 @@
 //! The state of one connection and the handling of every request (protocol.md §5–§10).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use sluice_client::wire::{
     Ack, Blocked, Cancel, CancelOk, Close, Confirm, Consume, ConsumerCancelled, ConsumerId,
     DeclareExchange, DecodeError, DeleteQueue, DeleteQueueOk, Deliver, Delivery, ErrorCode,
@@ -14,19 +14,21 @@ use sluice_client::wire::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::output::Output;
 use super::{Agreed, ReadEvent};
 use crate::broker::Broker;
 use crate::error::RequestError;
-use crate::queue::{ConnEvent, ConnLink, Incoming, QueueCmd, QueueHandle, Settlement};
+use crate::queue::{
+    delivery_bytes, ConnEvent, ConnLink, Incoming, QueueCmd, QueueHandle, Settlement,
+};
 use crate::routing::{Binding, RouteResult};
 use crate::storage::Epoch;
 
 /// Bytes of published messages a connection may have in queues' mailboxes and awaiting
 /// confirmation before the session stops reading (TCP backpressure to the publisher).
 const MAX_UNSETTLED_PUBLISH_BYTES: usize = 64 << 20;
-/// Fixed bytes of a `Deliver` frame, and per delivery (protocol.md §9.5).
+/// Fixed bytes of a `Deliver` frame (protocol.md §9.5).
 const DELIVER_FRAME_FIXED: usize = 12 + 4 + 4;
-const DELIVERY_FIXED: usize = 29;
 
 /// A publish frame on its way through the queues.
 struct Batch {
@@ -54,13 +56,15 @@ enum Ending {
 pub(super) struct Session {
     broker: Arc<Broker>,
     link: Arc<ConnLink>,
+    peer: Option<SocketAddr>,
     events: mpsc::UnboundedReceiver<ConnEvent>,
     agreed: Agreed,
-    out: BytesMut,
-    writer: mpsc::UnboundedSender<Bytes>,
+    output: Output,
+    /// Frames read but not handled yet: a batch is handled only while the outbox has room,
+    /// the rest waits here (at most one read's worth).
+    unread: VecDeque<Result<Frame<Request>, DecodeError>>,
     last_recv: Arc<AtomicU64>,
     started: Instant,
-    last_sent: Instant,
     // Publishing.
     next_publish_seq: u64,
     next_batch: u64,
@@ -86,13 +90,14 @@ impl Session {
     pub(super) fn new(
         broker: Arc<Broker>,
         conn_id: u64,
+        peer: Option<SocketAddr>,
         agreed: Agreed,
-        writer: mpsc::UnboundedSender<Bytes>,
+        output: Output,
         last_recv: Arc<AtomicU64>,
         started: Instant,
     ) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
-        let link = ConnLink::new(conn_id, events_tx);
+        let link = ConnLink::new(conn_id, events_tx, Arc::clone(output.outbox()));
         let (to_confirm, confirm_rx) = mpsc::unbounded_channel();
         tokio::spawn(confirm_task(
             broker.store().durability().clone(),
@@ -102,13 +107,13 @@ impl Session {
         Self {
             broker,
             link,
+            peer,
             events,
             agreed,
-            out: BytesMut::with_capacity(64 * 1024),
-            writer,
+            output,
+            unread: VecDeque::new(),
             last_recv,
             started,
-            last_sent: Instant::now(),
             next_publish_seq: 1,
             next_batch: 1,
             batches: VecDeque::new(),
@@ -147,8 +152,14 @@ impl Session {
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let reading =
-                self.unsettled_bytes < MAX_UNSETTLED_PUBLISH_BYTES && self.client_close.is_none();
+            let takes_requests = self.takes_requests();
+            if takes_requests && !self.unread.is_empty() {
+                let ending = self.on_unread().await;
+                if self.end_round(ending) {
+                    break;
+                }
+                continue;
+            }
             let ending = tokio::select! {
                 biased;
                 event = self.events.recv() => {
@@ -162,10 +173,18 @@ impl Session {
                     }
                     ending
                 }
-                read = frames.recv(), if reading => match read {
-                    Some(ReadEvent::Frames(batch)) => self.on_frames(batch).await,
+                _ = self.output.outbox().drained() => self.on_drained(),
+                read = frames.recv(), if takes_requests => match read {
+                    Some(ReadEvent::Frames(batch)) => {
+                        self.unread.extend(batch);
+                        self.on_unread().await
+                    }
                     Some(ReadEvent::Closed) | None => Ending::Now,
                 },
+                _ = self.output.writer_room(), if self.output.has_pending() => Ending::No,
+                // Also ends a session that stopped reading requests from a peer that left.
+                _ = self.output.writer_gone() => Ending::Now,
+                _ = sleep_until_opt(self.output.stall_deadline()) => self.on_stall_deadline(),
                 _ = tick.tick() => self.on_tick(),
                 Ok(()) = flow.changed() => {
                     match flow.borrow_and_update().clone() {
@@ -179,16 +198,74 @@ impl Session {
                     Ending::Now
                 }
             };
-            let ending = match ending {
-                Ending::No => self.check_client_close(),
-                e => e,
-            };
-            self.flush_out();
-            if matches!(ending, Ending::Now) {
+            if self.end_round(ending) {
                 break;
             }
         }
         self.cleanup();
+    }
+
+    /// Whether the session handles request frames now: not while the socket owes too much
+    /// (the peer is not reading its replies), nor while too many publishes are unsettled (a
+    /// slow queue slows its publishers), nor after the client's `Close`. Unread frames then
+    /// wait in the reader's channel and the socket, which slows the client down.
+    fn takes_requests(&self) -> bool {
+        !self.output.is_full()
+            && self.unsettled_bytes < MAX_UNSETTLED_PUBLISH_BYTES
+            && self.client_close.is_none()
+    }
+
+    /// After each round: answers a pending client `Close` once it may, hands the output to
+    /// the writer and notes whether the outbox is full; true when the session ends.
+    fn end_round(&mut self, ending: Ending) -> bool {
+        let ending = match ending {
+            Ending::No => self.check_client_close(),
+            e => e,
+        };
+        self.output.flush();
+        self.output.observe();
+        matches!(ending, Ending::Now)
+    }
+
+    /// The outbox drained: the stall is over, and the queues may deliver to this connection's
+    /// consumers again.
+    fn on_drained(&mut self) -> Ending {
+        self.output.drained();
+        let mut queues: Vec<&QueueHandle> = Vec::new();
+        for entry in self.consumers.values() {
+            if !queues.iter().any(|q| q.same(&entry.queue)) {
+                queues.push(&entry.queue);
+            }
+        }
+        for q in queues {
+            q.send(QueueCmd::Resume);
+        }
+        Ending::No
+    }
+
+    /// The outbox has stayed full for the slow-consumer timeout: the peer does not read what
+    /// it asked for, so it is disconnected and its deliveries go to other consumers.
+    fn on_stall_deadline(&mut self) -> Ending {
+        let stalled = self.output.stalled_for();
+        if !self.output.is_slow_consumer() {
+            return Ending::No;
+        }
+        let owed = self.output.outbox().bytes();
+        tracing::warn!(
+            conn = self.link.id,
+            peer = ?self.peer,
+            owed_bytes = owed,
+            stalled_ms = stalled.as_millis() as u64,
+            "slow consumer: its socket stayed full; closing the connection"
+        );
+        self.close_with(
+            ErrorCode::SlowConsumer,
+            &format!(
+                "slow consumer: {owed} bytes unread for {} ms",
+                stalled.as_millis()
+            ),
+        );
+        Ending::Now
     }
 
     fn now_ms(&self) -> u64 {
@@ -210,7 +287,7 @@ impl Session {
             );
             return Ending::Now;
         }
-        if self.last_sent.elapsed() >= h {
+        if self.output.last_sent().elapsed() >= h {
             self.send(RequestId(0), Reply::Heartbeat);
         }
         Ending::No
@@ -221,8 +298,7 @@ impl Session {
     // ------------------------------------------------------------------------------------
 
     fn send(&mut self, request_id: RequestId, reply: impl Into<Reply>) {
-        let frame = Frame::<Reply>::new(request_id, reply);
-        if let Err(e) = frame.encode(&mut self.out, self.agreed.max_frame_len) {
+        if let Err(e) = self.output.send(request_id, reply) {
             tracing::error!(conn = self.link.id, error = %e, "could not encode a reply");
         }
     }
@@ -235,13 +311,6 @@ impl Session {
                 message: e.message,
             },
         );
-    }
-
-    fn flush_out(&mut self) {
-        if !self.out.is_empty() {
-            let _ = self.writer.send(self.out.split().freeze());
-            self.last_sent = Instant::now();
-        }
     }
 
     /// Sends a connection-level `Close` (no `CloseOk` awaited: §5.4).
@@ -265,11 +334,12 @@ impl Session {
     // Requests
     // ------------------------------------------------------------------------------------
 
-    async fn on_frames(&mut self, batch: Vec<Result<Frame<Request>, DecodeError>>) -> Ending {
-        for item in batch {
-            if self.client_close.is_some() {
-                continue;
-            }
+    /// Handles read frames while the session takes requests; the rest stay in `unread`.
+    async fn on_unread(&mut self) -> Ending {
+        while self.takes_requests() {
+            let Some(item) = self.unread.pop_front() else {
+                break;
+            };
             let frame = match item {
                 Ok(f) => f,
                 Err(e) if e.is_fatal() => {
@@ -795,10 +865,13 @@ impl Session {
                 queue,
                 deliveries,
             } => {
+                let mut bytes = 0;
                 for d in &deliveries {
                     self.outstanding
                         .insert(d.delivery_tag.0, (queue.clone(), d.message_seq));
+                    bytes += delivery_bytes(d);
                 }
+                self.output.take_over(bytes);
                 self.send_deliveries(consumer_id, deliveries);
             }
             ConnEvent::Got {
@@ -881,7 +954,7 @@ impl Session {
         let mut chunk = Vec::new();
         let mut size = DELIVER_FRAME_FIXED;
         for d in deliveries {
-            let len = DELIVERY_FIXED + d.meta.len() + d.body.len();
+            let len = delivery_bytes(&d);
             if !chunk.is_empty() && size + len > max {
                 let deliveries = std::mem::take(&mut chunk);
                 self.send(
@@ -929,7 +1002,7 @@ impl Session {
                 });
             }
         }
-        self.flush_out();
+        self.output.flush();
     }
 }
 
@@ -951,6 +1024,13 @@ async fn confirm_task(
         if link.events.is_closed() {
             return;
         }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -11,7 +11,10 @@ use sluice_client::wire::{
 };
 use tokio::sync::mpsc;
 
-use super::{ConnEvent, ConnId, ConnLink, Incoming, QueueCmd, QueueHandle, QueueMeta, Settlement};
+use super::{
+    delivery_bytes, ConnEvent, ConnId, ConnLink, Incoming, QueueCmd, QueueHandle, QueueMeta,
+    Settlement,
+};
 use crate::broker::Broker;
 use crate::error::RequestError;
 use crate::storage::{QueueLog, StorageError};
@@ -50,14 +53,20 @@ struct Consumer {
 }
 
 impl Consumer {
+    /// Deliveries this consumer takes now: its prefetch window, and none while its
+    /// connection's outbox is full (the connection asks for a `Resume` when it drains).
     fn credit(&self) -> u32 {
-        if self.prefetch == 0 {
+        let window = if self.prefetch == 0 {
             DELIVERY_BATCH
         } else {
             self.prefetch
                 .saturating_sub(self.unacked)
                 .min(DELIVERY_BATCH)
+        };
+        if window == 0 || !self.conn.outbox.accepts_more() {
+            return 0;
         }
+        window
     }
 }
 
@@ -182,7 +191,7 @@ impl Actor {
             dirty: false,
             inflight_bytes: 0,
             last_used: Instant::now(),
-            dl_link: ConnLink::new(0, dl_tx),
+            dl_link: ConnLink::new(0, dl_tx, Arc::default()),
             dl_events,
             dead: DeadLetters::default(),
             rates_from: (0, 0),
@@ -318,6 +327,8 @@ impl Actor {
                 self.get(&conn, request_id);
             }
             QueueCmd::Touch => self.last_used = Instant::now(),
+            // Nothing to do here: every round of commands ends with `pump`.
+            QueueCmd::Resume => {}
             QueueCmd::Settle {
                 conn,
                 request_id,
@@ -633,10 +644,15 @@ impl Actor {
             let consumer_id = self.consumers[idx].id;
             let lease = self.consumers[idx].lease;
             let mut deliveries = Vec::with_capacity(credit.min(64) as usize);
-            while deliveries.len() < credit as usize {
+            // At most one message past the connection's room: its outbox stays bounded. (Its
+            // credit was checked just now; at least one goes even if the room closed since.)
+            let room = conn.outbox.room().max(1);
+            let mut outbox_bytes = 0;
+            while deliveries.len() < credit as usize && outbox_bytes < room {
                 let Some((seq, count, mut d)) = self.take_deliverable() else {
                     break;
                 };
+                outbox_bytes += delivery_bytes(&d);
                 let bytes = (d.meta.len() + d.body.len()) as u64;
                 d.delivery_tag = DeliveryTag(self.record_flight(
                     &conn,
@@ -653,6 +669,7 @@ impl Actor {
             if deliveries.is_empty() {
                 return;
             }
+            conn.outbox.add(outbox_bytes);
             conn.send(ConnEvent::Deliver {
                 consumer_id,
                 queue: self.handle.clone(),

@@ -4,8 +4,18 @@
 //! Connections talk to a queue with [`QueueCmd`]s over its mailbox; the queue answers through
 //! the connection's event channel ([`ConnEvent`]), so replies, deliveries and publish results
 //! reach a connection in the order the queue produced them.
+//!
+//! # Bounds
+//! A queue never waits for a connection, so the event channel from queues to a connection is
+//! not a bounded channel (a queue blocked on a full session while the session waits for the
+//! queue would deadlock). It is bounded by credit instead: deliveries by the connection's
+//! [`Outbox`] (a queue stops delivering to a full connection, so at most
+//! [`Outbox::HIGH_WATER`] plus one message per queue are on their way), and every other event
+//! answers a request or a publish the session sent, which it stops doing while its outbox is
+//! full or its unsettled publishes are over their limit.
 
 mod actor;
+mod outbox;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,27 +31,36 @@ use crate::error::RequestError;
 use crate::storage::Epoch;
 
 pub(crate) use actor::spawn;
+pub use outbox::{delivery_bytes, Outbox, DELIVERY_FIXED};
 
 /// A connection's number, unique for the life of the process.
 pub type ConnId = u64;
 
-/// What a queue knows of a connection: where its events go and its delivery tag counter
-/// (tags are per connection, shared by all its consumers, protocol.md §9.5).
+/// What a queue knows of a connection: where its events go, what its socket still owes
+/// (deliveries pause while that is full), and its delivery tag counter (tags are per
+/// connection, shared by all its consumers, protocol.md §9.5).
 #[derive(Debug)]
 pub struct ConnLink {
     /// The connection's number.
     pub id: ConnId,
-    /// Its event channel.
+    /// Its event channel (bounded by credit: see the module documentation).
     pub events: mpsc::UnboundedSender<ConnEvent>,
+    /// Bytes on their way to its socket.
+    pub outbox: Arc<Outbox>,
     next_tag: AtomicU64,
 }
 
 impl ConnLink {
     /// A link for connection `id`.
-    pub fn new(id: ConnId, events: mpsc::UnboundedSender<ConnEvent>) -> Arc<Self> {
+    pub fn new(
+        id: ConnId,
+        events: mpsc::UnboundedSender<ConnEvent>,
+        outbox: Arc<Outbox>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             id,
             events,
+            outbox,
             next_tag: AtomicU64::new(0),
         })
     }
@@ -271,6 +290,8 @@ pub enum QueueCmd {
     },
     /// The queue was declared again: it is in use (for `expires_ms`).
     Touch,
+    /// A connection's outbox drained: its consumers may take deliveries again.
+    Resume,
     /// Write what is pending and stop (server shutdown).
     Shutdown {
         /// Dropped when the queue's log is closed.
