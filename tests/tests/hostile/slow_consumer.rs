@@ -304,8 +304,17 @@ async fn a_consumer_that_stops_reading_holds_a_bounded_share_and_the_others_get_
         }
     })
     .await;
-    let q = admin.inspect_queue("jobs").await.unwrap();
-    assert_eq!((q.ready, q.unacked), (0, 0));
+    // The last acks are on their way: the queue ends empty.
+    within("the queue to be empty", async {
+        loop {
+            let q = admin.inspect_queue("jobs").await.unwrap();
+            if (q.ready, q.unacked) == (0, 0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     broker.process.stop();
 }
 
