@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// closed with SLOW_CONSUMER, in ms [default: 30000].
     #[arg(long, env = "SLUICE_SLOW_CONSUMER_TIMEOUT_MS")]
     pub slow_consumer_timeout_ms: Option<u64>,
+    /// Publishers are blocked while the broker's resident heap memory is above this, in
+    /// bytes; 0 = no limit [default: 40% of the machine's or the cgroup's memory].
+    #[arg(long, env = "SLUICE_MAX_MEMORY_BYTES")]
+    pub max_memory_bytes: Option<u64>,
 }
 
 /// The `[server]`-less TOML file: the same names as the flags, with underscores.
@@ -60,6 +64,7 @@ struct FileConfig {
     users: Vec<User>,
     min_free_disk_bytes: Option<u64>,
     slow_consumer_timeout_ms: Option<u64>,
+    max_memory_bytes: Option<u64>,
 }
 
 /// A user allowed to connect.
@@ -95,6 +100,8 @@ pub struct ServerConfig {
     pub min_free_disk_bytes: u64,
     /// A connection whose outbox stays full this long is closed (a slow consumer).
     pub slow_consumer_timeout: Duration,
+    /// Publishers are blocked while the resident heap memory is above this; `None` = no limit.
+    pub max_memory_bytes: Option<u64>,
     /// Time a client has to complete the handshake.
     pub handshake_timeout: Duration,
     /// Lease of deliveries when neither queue nor consumer sets one.
@@ -117,6 +124,7 @@ impl Default for ServerConfig {
             }],
             min_free_disk_bytes: 64 << 20,
             slow_consumer_timeout: Duration::from_secs(30),
+            max_memory_bytes: crate::flow::default_memory_limit(),
             handshake_timeout: Duration::from_secs(10),
             default_ack_timeout: Duration::from_secs(30 * 60),
         }
@@ -196,6 +204,9 @@ impl ServerConfig {
                 return Err(invalid("slow_consumer_timeout_ms", "must be at least 1"));
             }
             c.slow_consumer_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = args.max_memory_bytes.or(file.max_memory_bytes) {
+            c.max_memory_bytes = (v > 0).then_some(v);
         }
         if let Some(spec) = &args.users {
             c.users = parse_users(spec)?;

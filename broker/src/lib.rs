@@ -12,6 +12,8 @@
 //! - [`storage`]: the crash-safe, segmented, memory-mapped log that holds every durable queue.
 //! - [`admin`]: listings for operators (queues, exchanges, bindings, consumers).
 //! - [`error`]: broker failures as wire error codes, in one place.
+//! - [`flow`]: publisher flow control: blocked while the disk is nearly full or memory use is
+//!   above its limit.
 //! - [`cli`]: the admin commands of the `sluice` binary (listings, declare/delete/purge,
 //!   publish and consume from the shell), built on the Rust client.
 //!
@@ -23,6 +25,7 @@ pub mod config;
 mod connection;
 pub mod definitions;
 pub mod error;
+pub mod flow;
 pub mod queue;
 pub mod routing;
 pub mod server;

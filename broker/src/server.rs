@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 
 use crate::broker::Broker;
 use crate::connection;
+use crate::flow;
 
 /// Time connections get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,6 +40,11 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         self.broker.check_disk();
         let disk = tokio::spawn(Arc::clone(&self.broker).watch_disk());
+        let memory = self.broker.config.max_memory_bytes.map(|limit| {
+            let flow = Arc::clone(self.broker.flow_control());
+            flow::check_memory(&flow, limit);
+            tokio::spawn(flow::watch_memory(flow, limit))
+        });
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -59,6 +65,9 @@ impl Server {
         }
         tracing::info!("shutting down: closing connections");
         disk.abort();
+        if let Some(memory) = memory {
+            memory.abort();
+        }
         drop(self.listener);
         let _ = stop_tx.send(true);
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {

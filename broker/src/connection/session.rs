@@ -140,12 +140,12 @@ impl Session {
             (h / 4).max(Duration::from_millis(100))
         });
         let mut flow = self.broker.flow();
-        if let Some(reason) = flow.borrow_and_update().clone() {
+        if let Some(b) = flow.borrow_and_update().clone() {
             self.send(
                 RequestId(0),
                 Blocked {
-                    code: ErrorCode::StorageFull,
-                    reason,
+                    code: b.code,
+                    reason: b.reason,
                 },
             );
         }
@@ -188,7 +188,7 @@ impl Session {
                 _ = tick.tick() => self.on_tick(),
                 Ok(()) = flow.changed() => {
                     match flow.borrow_and_update().clone() {
-                        Some(reason) => self.send(RequestId(0), Blocked { code: ErrorCode::StorageFull, reason }),
+                        Some(b) => self.send(RequestId(0), Blocked { code: b.code, reason: b.reason }),
                         None => self.send(RequestId(0), Reply::Unblocked),
                     }
                     Ending::No
@@ -556,7 +556,11 @@ impl Session {
         let mut rejections = Vec::new();
         let mut per_queue: Vec<(QueueHandle, Vec<Incoming>)> = Vec::new();
         let mut bytes = 0;
-        let blocked = self.broker.is_blocked();
+        let blocking = if self.broker.is_blocked() {
+            self.broker.flow_control().blocking()
+        } else {
+            None
+        };
         let broker = Arc::clone(&self.broker);
         let reg = broker.read();
         let mut route = RouteResult::default();
@@ -582,12 +586,8 @@ impl Session {
                 );
                 continue;
             }
-            if blocked {
-                reject(
-                    seq,
-                    ErrorCode::StorageFull,
-                    "publishing is blocked: the disk is nearly full".into(),
-                );
+            if let Some(b) = &blocking {
+                reject(seq, b.code, format!("publishing is blocked: {}", b.reason));
                 continue;
             }
             let view = match MetaView::parse(&m.meta) {
