@@ -40,6 +40,16 @@ struct Batch {
     rejections: Vec<Rejection>,
 }
 
+/// A publish frame's messages, numbered and routed.
+struct Routed {
+    /// What goes to each queue.
+    per_queue: Vec<(QueueHandle, Vec<Incoming>)>,
+    /// Messages refused before they reached a queue.
+    rejections: Vec<Rejection>,
+    /// Bytes of messages handed to queues (counted once per queue).
+    bytes: usize,
+}
+
 struct ConsumerEntry {
     queue: QueueHandle,
     tag: String,
@@ -372,7 +382,7 @@ impl Session {
                 self.client_close = Some(id);
             }
             Request::CloseOk => return Ending::Now,
-            Request::Publish(p) => self.on_publish(p),
+            Request::Publish(p) => self.on_publish(p).await,
             Request::DeclareQueue(d) => {
                 let broker = Arc::clone(&self.broker);
                 let conn = self.link.id;
@@ -550,9 +560,43 @@ impl Session {
     // Publishing (§8)
     // ------------------------------------------------------------------------------------
 
-    fn on_publish(&mut self, p: Publish) {
+    async fn on_publish(&mut self, p: Publish) {
         let batch_id = self.next_batch;
         self.next_batch += 1;
+        let Routed {
+            per_queue,
+            rejections,
+            bytes,
+        } = self.route_publish(p);
+        let mut waiting = 0;
+        for (q, messages) in per_queue {
+            // Waits while the queue's mailbox is full of other publishes: a slow queue slows
+            // down the publishers that write to it (this session stops reading meanwhile).
+            let room = q.publish_room(&messages).await;
+            if q.send(QueueCmd::Publish {
+                conn: Arc::clone(&self.link),
+                batch: batch_id,
+                messages,
+                room: Some(room),
+            }) {
+                waiting += 1;
+            }
+        }
+        self.unsettled_bytes += bytes;
+        self.batches.push_back(Batch {
+            id: batch_id,
+            up_to: self.next_publish_seq - 1,
+            waiting,
+            epoch: 0,
+            bytes,
+            rejections,
+        });
+        self.advance_batches();
+    }
+
+    /// Numbers a publish's messages and routes them: what goes to which queue, and what is
+    /// refused (under the routing table's read lock, which is never held across an await).
+    fn route_publish(&mut self, p: Publish) -> Routed {
         let mut rejections = Vec::new();
         let mut per_queue: Vec<(QueueHandle, Vec<Incoming>)> = Vec::new();
         let mut bytes = 0;
@@ -663,27 +707,12 @@ impl Session {
                 }
             }
         }
-        let mut waiting = 0;
-        for (q, messages) in per_queue {
-            if q.send(QueueCmd::Publish {
-                conn: Arc::clone(&self.link),
-                batch: batch_id,
-                messages,
-            }) {
-                waiting += 1;
-            }
-        }
         drop(reg);
-        self.unsettled_bytes += bytes;
-        self.batches.push_back(Batch {
-            id: batch_id,
-            up_to: self.next_publish_seq - 1,
-            waiting,
-            epoch: 0,
-            bytes,
+        Routed {
+            per_queue,
             rejections,
-        });
-        self.advance_batches();
+            bytes,
+        }
     }
 
     /// Hands every finished batch at the front to the confirm task, in order.

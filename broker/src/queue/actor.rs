@@ -31,10 +31,7 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(250);
 /// Starts the task of a queue whose log is open; returns its handle.
 pub(crate) fn spawn(meta: Arc<QueueMeta>, log: QueueLog, broker: Weak<Broker>) -> QueueHandle {
     let (tx, rx) = mpsc::unbounded_channel();
-    let handle = QueueHandle {
-        meta: Arc::clone(&meta),
-        tx,
-    };
+    let handle = QueueHandle::new(Arc::clone(&meta), tx);
     let default_lease = broker
         .upgrade()
         .map_or(Duration::from_secs(1800), |b| b.config.default_ack_timeout);
@@ -255,7 +252,11 @@ impl Actor {
                 conn,
                 batch,
                 messages,
-            } => self.publish(&conn, batch, messages),
+                room,
+            } => {
+                self.publish(&conn, batch, messages);
+                drop(room);
+            }
             QueueCmd::Consume {
                 conn,
                 request_id,
@@ -841,8 +842,12 @@ impl Actor {
         let batch = self.dead.next_batch;
         let mut waiting = 0;
         for q in targets {
+            // Outside the target's publish room: a queue never waits for another queue (two
+            // queues dead-lettering into each other would deadlock). The copies are bounded by
+            // this queue's own messages.
             let sent = q.send(QueueCmd::Publish {
                 conn: Arc::clone(&self.dl_link),
+                room: None,
                 batch,
                 messages: vec![Incoming {
                     publish_seq: seq,
