@@ -36,6 +36,10 @@ use output::{Output, WRITER_CHUNKS};
 const MIN_VERSION: u16 = 1;
 /// Frame batches the reader may run ahead of the session (backpressure to the client).
 const READ_AHEAD: usize = 8;
+/// Most frames in one batch: a read buffer full of tiny requests (it may have grown to a
+/// whole large frame) is handed on in pieces, so decoded requests waiting for the session
+/// stay bounded.
+const MAX_BATCH_FRAMES: usize = 1024;
 /// Time the peer has to answer our `Close`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -265,7 +269,7 @@ async fn read_frames(
     loop {
         let mut frames = Vec::new();
         let mut fatal = false;
-        loop {
+        while frames.len() < MAX_BATCH_FRAMES {
             match decoder.decode::<Request>(&mut buf) {
                 Ok(Some(f)) => frames.push(Ok(f)),
                 Ok(None) => break,
@@ -278,11 +282,16 @@ async fn read_frames(
                 }
             }
         }
+        let full_batch = frames.len() == MAX_BATCH_FRAMES;
         if !frames.is_empty() && tx.send(ReadEvent::Frames(frames)).await.is_err() {
             return;
         }
         if fatal {
             return;
+        }
+        if full_batch {
+            // More may be buffered: decode it before reading again.
+            continue;
         }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(64 * 1024);
