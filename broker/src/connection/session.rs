@@ -286,6 +286,11 @@ impl Session {
         let Some(h) = self.agreed.heartbeat else {
             return Ending::No;
         };
+        if !self.takes_requests() {
+            // Not reading is the server's choice (backpressure): the peer's silence means
+            // nothing until it reads again. A peer that never drains is a slow consumer.
+            self.mark_alive();
+        }
         let silent_ms = self
             .now_ms()
             .saturating_sub(self.last_recv.load(Ordering::Relaxed));
@@ -301,6 +306,11 @@ impl Session {
             self.send(RequestId(0), Reply::Heartbeat);
         }
         Ending::No
+    }
+
+    /// Counts the peer as heard from now.
+    fn mark_alive(&self) {
+        self.last_recv.store(self.now_ms(), Ordering::Relaxed);
     }
 
     // ------------------------------------------------------------------------------------
@@ -571,8 +581,10 @@ impl Session {
         let mut waiting = 0;
         for (q, messages) in per_queue {
             // Waits while the queue's mailbox is full of other publishes: a slow queue slows
-            // down the publishers that write to it (this session stops reading meanwhile).
+            // down the publishers that write to it (this session stops reading meanwhile, so
+            // the peer counts as alive once it is done).
             let room = q.publish_room(&messages).await;
+            self.mark_alive();
             if q.send(QueueCmd::Publish {
                 conn: Arc::clone(&self.link),
                 batch: batch_id,
