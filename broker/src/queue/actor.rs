@@ -225,8 +225,7 @@ impl Actor {
                     }
                     self.measure_rates();
                     self.publish_consumers();
-                    if self.expired_unused() {
-                        self.delete();
+                    if self.expired_unused() && self.delete_or_log("it expired unused") {
                         break;
                     }
                 }
@@ -384,7 +383,10 @@ impl Actor {
                     ))));
                     return false;
                 }
-                self.delete();
+                if let Err(e) = self.delete() {
+                    let _ = reply.send(Err(e));
+                    return false;
+                }
                 let _ = reply.send(Ok(messages));
                 return true;
             }
@@ -941,8 +943,20 @@ impl Actor {
         if !(self.meta.auto_delete && self.had_consumer && self.consumers.is_empty()) {
             return false;
         }
-        self.delete();
-        true
+        self.delete_or_log("its last consumer went (auto-delete)")
+    }
+
+    /// A deletion the server decided on: true when done; otherwise the queue stays as it was,
+    /// and the next occasion (or the next start, for a transient queue) tries again.
+    fn delete_or_log(&mut self, why: &str) -> bool {
+        match self.delete() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(queue = %self.meta.name, error = %e,
+                    "could not delete the queue after {why}; it stays for now");
+                false
+            }
+        }
     }
 
     fn purge(&mut self) -> u64 {
@@ -958,10 +972,12 @@ impl Actor {
         n
     }
 
-    /// Removes the queue from the broker, stops its consumers and deletes its log.
-    fn delete(&mut self) {
+    /// Removes the queue from the broker (durably), stops its consumers and deletes its log.
+    /// When the removal cannot be recorded nothing happens: the log stays, since the topology
+    /// on disk still names it.
+    fn delete(&mut self) -> Result<(), RequestError> {
         if let Some(broker) = self.broker.upgrade() {
-            broker.forget_queue(&self.meta);
+            tokio::task::block_in_place(|| broker.forget_queue(&self.meta))?;
         }
         for c in self.consumers.drain(..) {
             c.conn.send(ConnEvent::ConsumerStopped {
@@ -984,6 +1000,7 @@ impl Actor {
                 None => drop(log),
             }
         }
+        Ok(())
     }
 
     /// Writes pending acks at most every [`ACK_FLUSH_INTERVAL`]: acks are lazy (an ack lost in

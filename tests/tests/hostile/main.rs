@@ -16,6 +16,7 @@ use sluice_client::Client;
 use sluice_tests::broker::{BrokerProcess, WAIT};
 
 /// A running broker for one test.
+#[derive(Debug)]
 pub struct Broker {
     /// The process.
     pub process: BrokerProcess,
