@@ -26,6 +26,11 @@ use crate::queue::{self, ConnId, QueueHandle, QueueMeta, QueueStats};
 use crate::routing::{Binding, Exchange, ExchangeKind, RoutingTable};
 use crate::storage::{LogConfig, Store, StoreConfig};
 
+/// How often the free disk space is checked when little is published.
+const DISK_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+/// Free space is checked again after each `1/DISK_CHECK_SLICES` of `min_free_disk_bytes` published.
+const DISK_CHECK_SLICES: u64 = 8;
+
 /// Names with this prefix belong to the server.
 pub const RESERVED_PREFIX: &str = "sluice.";
 
@@ -50,6 +55,8 @@ pub struct Broker {
     next_conn_id: AtomicU64,
     next_generated: AtomicU64,
     blocked: AtomicBool,
+    /// Bytes published since the last free-space check (see [`Broker::note_published`]).
+    published_since_check: AtomicU64,
     /// Why publishing is blocked, if it is; sessions turn changes into `Blocked`/`Unblocked`.
     flow: tokio::sync::watch::Sender<Option<String>>,
     // Last: dropped after the queues' logs, which the queue tasks close first.
@@ -114,6 +121,7 @@ impl Broker {
             next_conn_id: AtomicU64::new(1),
             next_generated: AtomicU64::new(1),
             blocked: AtomicBool::new(false),
+            published_since_check: AtomicU64::new(0),
             flow: tokio::sync::watch::channel(None).0,
             store,
         });
@@ -233,13 +241,27 @@ impl Broker {
         self.flow.subscribe()
     }
 
-    /// Checks the data directory's free space every second and blocks publishers while it is
+    /// Counts published bytes and checks the free space again once a slice of the threshold
+    /// has been published since the last check, so a fast publisher cannot run far past the
+    /// threshold between two ticks of [`watch_disk`](Self::watch_disk).
+    pub fn note_published(&self, bytes: usize) {
+        let slice = (self.config.min_free_disk_bytes / DISK_CHECK_SLICES).max(1);
+        let before = self
+            .published_since_check
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        if before < slice && before + bytes as u64 >= slice {
+            self.check_disk();
+        }
+    }
+
+    /// Checks the data directory's free space every 100 ms (and after every slice of published
+    /// bytes, see [`note_published`](Self::note_published)) and blocks publishers while it is
     /// below `min_free_disk_bytes`, so the disk never fills up under a running broker; acks,
     /// which free space, keep flowing. Runs until the broker is dropped.
     pub async fn watch_disk(self: Arc<Self>) {
         let weak = Arc::downgrade(&self);
         drop(self);
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut tick = tokio::time::interval(DISK_CHECK_INTERVAL);
         loop {
             tick.tick().await;
             let Some(broker) = weak.upgrade() else { return };
@@ -249,6 +271,7 @@ impl Broker {
 
     /// One free-space check; see [`watch_disk`](Self::watch_disk).
     pub fn check_disk(&self) {
+        self.published_since_check.store(0, Ordering::Relaxed);
         let dir = &self.config.data_dir;
         let free = match rustix::fs::statvfs(dir) {
             Ok(st) => st.f_bavail.saturating_mul(st.f_frsize),

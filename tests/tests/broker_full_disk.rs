@@ -287,3 +287,59 @@ fn dir_holds(dir: &Path, needle: &[u8]) -> bool {
         bytes.windows(needle.len()).any(|w| w == needle)
     })
 }
+
+/// Free bytes of the file system holding `path`.
+fn free_bytes(path: &Path) -> u64 {
+    let st = rustix::fs::statvfs(path).expect("statvfs");
+    st.f_bavail * st.f_frsize
+}
+
+/// The free-space threshold holds at full publishing speed: publishers are blocked before the
+/// disk is actually full, not a second of publishing later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_are_blocked_near_the_threshold_even_at_full_speed() {
+    const MIN_FREE: u64 = 24 << 20;
+    let disk = Tmpfs::mount("64m");
+    let data = disk.path().join("data");
+    let min_free = MIN_FREE.to_string();
+    let flags = [
+        "--segment-bytes",
+        "1048576",
+        "--min-free-disk-bytes",
+        &min_free,
+    ];
+    let broker = BrokerProcess::start(&data, &flags);
+    let client = connect(&broker).await;
+    client
+        .declare_queue("fast", QueueOptions::new())
+        .await
+        .unwrap();
+    let publisher = client.publisher_with_window(256);
+    let options = PublishOptions::new();
+    let payload = Bytes::from(vec![7u8; 16 << 10]);
+    let mut confirms = futures_util::stream::FuturesUnordered::new();
+    let mut refusal = None;
+    // At most twice the disk's size: the broker must refuse long before.
+    for _ in 0..(2 * 64 * 64) {
+        let sent = publisher.publish("", "fast", payload.clone(), &options);
+        confirms.push(within("a publish", sent).await.expect("sent"));
+        if confirms.len() >= 256 {
+            if let Some(Err(e)) = futures_util::StreamExt::next(&mut confirms).await {
+                refusal = Some(e);
+                break;
+            }
+        }
+    }
+    let refusal = refusal.expect("publishing was refused before the disk filled");
+    assert_eq!(refusal.code(), Some(ErrorCode::StorageFull), "{refusal}");
+    let free = free_bytes(disk.path());
+    assert!(
+        free >= MIN_FREE / 2,
+        "the broker ran {} MiB past its {} MiB threshold",
+        (MIN_FREE - free.min(MIN_FREE)) >> 20,
+        MIN_FREE >> 20
+    );
+    drop(confirms);
+    drop(client);
+    broker.stop();
+}

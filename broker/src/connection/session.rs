@@ -604,6 +604,7 @@ impl Session {
             }
         }
         drop(reg);
+        self.broker.note_published(bytes);
         self.unsettled_bytes += bytes;
         self.batches.push_back(Batch {
             id: batch_id,
