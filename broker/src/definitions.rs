@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::storage::fault::{self, Point};
+
 const MAGIC: &[u8; 8] = b"SLUICEDF";
 const VERSION: u32 = 1;
 const HEADER_LEN: usize = 20;
@@ -144,6 +146,7 @@ fn write_atomically(data_dir: &Path, bytes: &[u8]) -> Result<(), DefinitionsErro
     let path = data_dir.join(FILE_NAME);
     let tmp = data_dir.join(format!("{FILE_NAME}.tmp"));
     let written = (|| {
+        fault::check(Point::TopologyWrite, &tmp)?;
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_data()

@@ -10,6 +10,7 @@ use rustix::fs::FlockOperation;
 
 use super::durability::{Durability, DurabilityConfig, SyncThread};
 use super::error::{Result, StorageError};
+use super::fault::{self, Point};
 use super::files;
 use super::format::DATA_DIR_FORMAT;
 use super::queue_log::{LogConfig, QueueLog, CREATING_PREFIX};
@@ -150,7 +151,9 @@ impl Store {
         let dir = self.queue_dir(uid);
         let parent = self.dir.join(QUEUES_DIR);
         let aside = parent.join(format!("{DELETED_PREFIX}{uid:016x}"));
-        std::fs::rename(&dir, &aside).map_err(|e| StorageError::io(&dir, e))?;
+        fault::check(Point::Rename, &dir)
+            .and_then(|()| std::fs::rename(&dir, &aside))
+            .map_err(|e| StorageError::io(&dir, e))?;
         files::sync_dir(&parent)?;
         std::fs::remove_dir_all(&aside).map_err(|e| StorageError::io(&aside, e))
     }
