@@ -391,7 +391,7 @@ mod tests {
         fn value() -> impl Strategy<Value = HeaderValue> {
             prop_oneof![
                 (0i64..3).prop_map(HeaderValue::Int),
-                prop::sample::select(vec!["0", "1", "2"]).prop_map(|v| s(v)),
+                prop::sample::select(vec!["0", "1", "2"]).prop_map(s),
                 any::<bool>().prop_map(HeaderValue::Bool),
                 prop::sample::select(vec![&b"1"[..], b"2"])
                     .prop_map(|v| HeaderValue::Bytes(Bytes::from_static(v))),
