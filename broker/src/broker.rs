@@ -1,13 +1,17 @@
 //! The broker's shared state: the store, the queues and the routing table, and the durable
 //! topology that ties them together.
 //!
-//! Connections read the [`Registry`] (routing a publish batch, finding a queue) under a read
-//! lock; topology changes take the write lock and rewrite `definitions.bin` before answering,
-//! so an acknowledged declare or bind survives a crash.
+//! Connections read the [`Registry`] as an immutable snapshot (routing a publish batch, finding
+//! a queue): taking one is a pointer copy under a lock held for nanoseconds, so routing never
+//! holds a lock that a declare waits on. Topology changes are serialized by one writer lock and
+//! follow one order: build the next registry on a copy, write `definitions.bin` durably, and
+//! only then publish the copy. A change whose write fails (a full disk) is not visible to
+//! anyone and the client gets the typed cause: a declare that was answered survives a crash,
+//! and one that was refused left nothing behind.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::BytesMut;
 use sluice_client::wire::{
@@ -16,18 +20,23 @@ use sluice_client::wire::{
 };
 
 use crate::config::ServerConfig;
-use crate::definitions::{self, BindingDef, ExchangeDef, QueueDef, Topology};
+use crate::definitions::{self, BindingDef, ChangeKind, ExchangeDef, QueueDef, Topology};
 use crate::error::RequestError;
 use crate::flow::{Blocking, Cause, Flow};
 use crate::queue::{self, ConnId, QueueHandle, QueueMeta, QueueStats};
 use crate::routing::{Binding, Exchange, ExchangeKind, RoutingTable};
 use crate::storage::{LogConfig, Store, StoreConfig};
 
+/// How often the free disk space is checked when little is published.
+const DISK_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+/// Free space is checked again after each `1/DISK_CHECK_SLICES` of `min_free_disk_bytes` published.
+const DISK_CHECK_SLICES: u64 = 8;
+
 /// Names with this prefix belong to the server.
 pub const RESERVED_PREFIX: &str = "sluice.";
 
-/// Queues and exchanges, read by every connection.
-#[derive(Debug)]
+/// Queues and exchanges, read by every connection as an immutable snapshot.
+#[derive(Debug, Clone)]
 pub struct Registry {
     /// Exchanges and bindings.
     pub routing: RoutingTable,
@@ -40,13 +49,32 @@ pub struct Registry {
 pub struct Broker {
     /// Its settings.
     pub config: ServerConfig,
-    registry: RwLock<Registry>,
+    /// The published snapshot; replaced whole, never changed in place.
+    registry: RwLock<Arc<Registry>>,
+    /// Serializes topology changes and remembers what `definitions.bin` holds.
+    topology: Mutex<TopologyWriter>,
     next_conn_id: AtomicU64,
     next_generated: AtomicU64,
+    /// Bytes published since the last free-space check (see [`Broker::note_published`]).
+    published_since_check: AtomicU64,
     /// Why publishing is blocked, if it is; sessions turn changes into `Blocked`/`Unblocked`.
     flow: Arc<Flow>,
     // Last: dropped after the queues' logs, which the queue tasks close first.
     store: Store,
+}
+
+/// The writer's side of topology changes: what is on disk now, so a change that leaves the
+/// durable topology as it is (a transient queue, an idempotent declare) writes nothing.
+#[derive(Debug)]
+struct TopologyWriter {
+    persisted: Topology,
+}
+
+/// A topology change in progress: the writer lock and the copy being changed. Nothing is
+/// visible until [`Broker::commit`] has made it durable.
+struct Change<'a> {
+    writer: MutexGuard<'a, TopologyWriter>,
+    next: Registry,
 }
 
 /// The broker could not start.
@@ -80,14 +108,19 @@ impl Broker {
             },
         )?;
         let topology = definitions::load(&config.data_dir)?;
+        definitions::keep_reserve(&config.data_dir, 0);
         let broker = Arc::new(Self {
             config,
-            registry: RwLock::new(Registry {
+            registry: RwLock::new(Arc::new(Registry {
                 routing: RoutingTable::new(),
                 queues: HashMap::new(),
+            })),
+            topology: Mutex::new(TopologyWriter {
+                persisted: topology.clone(),
             }),
             next_conn_id: AtomicU64::new(1),
             next_generated: AtomicU64::new(1),
+            published_since_check: AtomicU64::new(0),
             flow: Arc::default(),
             store,
         });
@@ -96,26 +129,26 @@ impl Broker {
     }
 
     fn restore(self: &Arc<Self>, topology: Topology) -> Result<(), StartError> {
-        let mut reg = self.write();
+        let mut change = self.begin_change();
+        let reg = &mut change.next;
         let known: std::collections::HashSet<u64> = topology.queues.iter().map(|q| q.uid).collect();
         for uid in self.store.queue_uids()? {
             if !known.contains(&uid) {
-                // A transient queue of an earlier run, or one created just before a crash.
-                let log = self.store.open_queue(uid)?;
-                self.store.delete_queue(log)?;
+                // A transient queue of an earlier run, one created just before a crash, or
+                // one whose deletion was recorded just before a stop.
+                self.store.remove_queue_dir(uid)?;
             }
         }
         for q in &topology.queues {
-            let log = self.store.open_queue(q.uid)?;
-            let report = log.recovery_report();
-            if let Some(t) = &report.torn_tail {
-                tracing::info!(queue = %q.name, segment = t.segment_no, offset = t.offset, "cut a torn tail left by an unclean stop");
-            }
-            for d in &report.damage {
-                tracing::error!(queue = %q.name, damage = ?d, "damaged records quarantined; the rest of the queue is served");
-            }
-            tracing::info!(queue = %q.name, messages = report.messages, "queue recovered");
-            let arguments = decode_arguments(&q.arguments).unwrap_or_default();
+            let Some(log) = self.recover_queue(q)? else {
+                continue;
+            };
+            let arguments = decode_arguments(&q.arguments).ok_or_else(|| {
+                definitions::DefinitionsError::Corrupt {
+                    path: self.config.data_dir.join(definitions::FILE_NAME),
+                    reason: format!("the arguments of queue '{}' cannot be decoded", q.name),
+                }
+            })?;
             let meta = Arc::new(QueueMeta {
                 name: Arc::from(q.name.as_str()),
                 uid: q.uid,
@@ -139,7 +172,20 @@ impl Broker {
             })?;
         }
         for b in topology.bindings {
-            let arguments = decode_headers(&b.arguments).unwrap_or_default();
+            if !reg.routing.has_queue(&b.queue) {
+                tracing::error!(queue = %b.queue, exchange = %b.exchange,
+                    "binding skipped: its queue could not be recovered");
+                continue;
+            }
+            let arguments = decode_headers(&b.arguments).ok_or_else(|| {
+                definitions::DefinitionsError::Corrupt {
+                    path: self.config.data_dir.join(definitions::FILE_NAME),
+                    reason: format!(
+                        "the arguments of a binding of queue '{}' cannot be decoded",
+                        b.queue
+                    ),
+                }
+            })?;
             reg.routing.bind(Binding {
                 queue: b.queue,
                 exchange: b.exchange,
@@ -147,7 +193,31 @@ impl Broker {
                 arguments,
             })?;
         }
+        // Nothing to write: the file already says this (less what could not be recovered,
+        // which the next change drops from it).
+        self.publish(change.next);
         Ok(())
+    }
+
+    /// Opens the log of a queue the topology names. A queue whose directory is gone (deleted
+    /// by hand, or by an older version that removed it before recording the deletion) is
+    /// reported and skipped, so one lost queue does not keep the broker from starting.
+    fn recover_queue(&self, q: &QueueDef) -> Result<Option<crate::storage::QueueLog>, StartError> {
+        if !self.store.queue_dir_exists(q.uid) {
+            tracing::error!(queue = %q.name, uid = format!("{:016x}", q.uid),
+                "queue skipped: the topology names it but its directory is gone");
+            return Ok(None);
+        }
+        let log = self.store.open_queue(q.uid)?;
+        let report = log.recovery_report();
+        if let Some(t) = &report.torn_tail {
+            tracing::info!(queue = %q.name, segment = t.segment_no, offset = t.offset, "cut a torn tail left by an unclean stop");
+        }
+        for d in &report.damage {
+            tracing::error!(queue = %q.name, damage = ?d, "damaged records quarantined; the rest of the queue is served");
+        }
+        tracing::info!(queue = %q.name, messages = report.messages, "queue recovered");
+        Ok(Some(log))
     }
 
     /// The storage engine.
@@ -175,13 +245,27 @@ impl Broker {
         &self.flow
     }
 
-    /// Checks the data directory's free space every second and blocks publishers while it is
+    /// Counts published bytes and checks the free space again once a slice of the threshold
+    /// has been published since the last check, so a fast publisher cannot run far past the
+    /// threshold between two ticks of [`watch_disk`](Self::watch_disk).
+    pub fn note_published(&self, bytes: usize) {
+        let slice = (self.config.min_free_disk_bytes / DISK_CHECK_SLICES).max(1);
+        let before = self
+            .published_since_check
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        if before < slice && before + bytes as u64 >= slice {
+            self.check_disk();
+        }
+    }
+
+    /// Checks the data directory's free space every 100 ms (and after every slice of published
+    /// bytes, see [`note_published`](Self::note_published)) and blocks publishers while it is
     /// below `min_free_disk_bytes`, so the disk never fills up under a running broker; acks,
     /// which free space, keep flowing. Runs until the broker is dropped.
     pub async fn watch_disk(self: Arc<Self>) {
         let weak = Arc::downgrade(&self);
         drop(self);
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut tick = tokio::time::interval(DISK_CHECK_INTERVAL);
         loop {
             tick.tick().await;
             let Some(broker) = weak.upgrade() else { return };
@@ -191,6 +275,7 @@ impl Broker {
 
     /// One free-space check; see [`watch_disk`](Self::watch_disk).
     pub fn check_disk(&self) {
+        self.published_since_check.store(0, Ordering::Relaxed);
         let dir = &self.config.data_dir;
         let free = match rustix::fs::statvfs(dir) {
             Ok(st) => st.f_bavail.saturating_mul(st.f_frsize),
@@ -231,13 +316,33 @@ impl Broker {
         }
     }
 
-    /// Reads the registry.
-    pub fn read(&self) -> RwLockReadGuard<'_, Registry> {
-        self.registry.read().unwrap_or_else(|e| e.into_inner())
+    /// The current snapshot of queues and exchanges. Holding it blocks no one; a change made
+    /// meanwhile shows in the next snapshot.
+    pub fn read(&self) -> Arc<Registry> {
+        Arc::clone(&self.registry.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Registry> {
-        self.registry.write().unwrap_or_else(|e| e.into_inner())
+    /// Starts a topology change: takes the writer lock and copies the current snapshot.
+    fn begin_change(&self) -> Change<'_> {
+        let writer = self.topology.lock().unwrap_or_else(|e| e.into_inner());
+        let next = Registry::clone(&self.read());
+        Change { writer, next }
+    }
+
+    /// Makes a change durable, then visible. On error nothing changed, on disk or in memory.
+    fn commit(&self, change: Change<'_>, kind: ChangeKind) -> Result<(), RequestError> {
+        let Change { mut writer, next } = change;
+        let topology = durable_topology(&next);
+        if topology != writer.persisted {
+            definitions::store(&self.config.data_dir, &topology, kind).map_err(topology_error)?;
+            writer.persisted = topology;
+        }
+        self.publish(next);
+        Ok(())
+    }
+
+    fn publish(&self, next: Registry) {
+        *self.registry.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
     }
 
     /// The queue `name`, if it exists and `conn` may use it.
@@ -277,8 +382,8 @@ impl Broker {
         }
         validate_name("queue", &req.name)?;
         validate_arguments(&req.arguments)?;
-        let mut reg = self.write();
-        if let Some(q) = reg.queues.get(req.name.as_str()) {
+        let mut change = self.begin_change();
+        if let Some(q) = change.next.queues.get(req.name.as_str()) {
             if !q.meta.accessible_by(conn) {
                 return Err(RequestError::locked(&req.name));
             }
@@ -307,38 +412,49 @@ impl Broker {
             stats: QueueStats::default(),
         });
         let handle = queue::spawn(Arc::clone(&meta), log, Arc::downgrade(self));
-        reg.routing.add_queue(&name);
-        reg.queues.insert(Arc::clone(&meta.name), handle.clone());
-        if durable {
-            self.persist(&reg)?;
+        change.next.routing.add_queue(&name);
+        change
+            .next
+            .queues
+            .insert(Arc::clone(&meta.name), handle.clone());
+        if let Err(e) = self.commit(change, ChangeKind::Grows) {
+            // Never visible to anyone: its task removes its log (it is not in the registry, so
+            // its deletion changes no topology).
+            let (reply, _) = tokio::sync::oneshot::channel();
+            handle.send(queue::QueueCmd::Delete {
+                if_unused: false,
+                if_empty: false,
+                reply,
+            });
+            return Err(e);
         }
         Ok(declare_ok(&handle))
     }
 
-    /// Removes a deleted queue from the registry and the routing table (called by its task).
-    pub(crate) fn forget_queue(&self, meta: &QueueMeta) {
-        let mut reg = self.write();
+    /// Removes a queue that is being deleted from the registry and the routing table, durably
+    /// (called by its task before it removes its log). On error the queue stays as it was:
+    /// a deletion that could not be recorded must not remove files the topology still names.
+    pub(crate) fn forget_queue(&self, meta: &QueueMeta) -> Result<(), RequestError> {
+        let mut change = self.begin_change();
+        let reg = &mut change.next;
         let current = reg
             .queues
             .get(&meta.name)
             .is_some_and(|q| q.meta.uid == meta.uid);
         if !current {
-            return;
+            return Ok(());
         }
         reg.queues.remove(&meta.name);
         for exchange in reg.routing.remove_queue(&meta.name) {
             let _ = reg.routing.delete_exchange(&exchange, false);
         }
-        if let Err(e) = self.persist(&reg) {
-            tracing::error!(queue = %meta.name, error = %e, "could not record the queue's deletion");
-        }
+        self.commit(change, ChangeKind::Shrinks)
     }
 
     /// Declares an exchange (protocol.md §7.1).
     pub fn declare_exchange(&self, req: DeclareExchange) -> Result<(), RequestError> {
-        let mut reg = self.write();
         if req.passive {
-            if req.name.is_empty() || reg.routing.exchange(&req.name).is_some() {
+            if req.name.is_empty() || self.read().routing.exchange(&req.name).is_some() {
                 return Ok(());
             }
             return Err(RequestError::new(
@@ -353,31 +469,33 @@ impl Broker {
             ));
         }
         validate_name("exchange", &req.name)?;
-        let created = reg.routing.declare_exchange(Exchange {
+        let mut change = self.begin_change();
+        let created = change.next.routing.declare_exchange(Exchange {
             name: req.name,
             kind: req.kind.into(),
             durable: req.durable,
             auto_delete: req.auto_delete,
             alternate_exchange: req.alternate_exchange,
         })?;
-        if created && req.durable {
-            self.persist(&reg)?;
+        if created {
+            self.commit(change, ChangeKind::Grows)?;
         }
         Ok(())
     }
 
     /// Deletes an exchange (protocol.md §7.2).
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), RequestError> {
-        let mut reg = self.write();
-        if reg.routing.delete_exchange(name, if_unused)? {
-            self.persist(&reg)?;
+        let mut change = self.begin_change();
+        if change.next.routing.delete_exchange(name, if_unused)? {
+            self.commit(change, ChangeKind::Shrinks)?;
         }
         Ok(())
     }
 
     /// Binds or unbinds (protocol.md §7.3).
     pub fn bind(&self, conn: ConnId, binding: Binding, bind: bool) -> Result<(), RequestError> {
-        let mut reg = self.write();
+        let mut change = self.begin_change();
+        let reg = &mut change.next;
         let queue_ok = match reg.queues.get(binding.queue.as_str()) {
             Some(q) if !q.meta.accessible_by(conn) => {
                 return Err(RequestError::locked(&binding.queue))
@@ -385,70 +503,23 @@ impl Broker {
             Some(_) => true,
             None => false,
         };
-        if bind {
+        let changed = if bind {
             if !queue_ok {
                 return Err(RequestError::no_queue(&binding.queue));
             }
             validate_x_match(&binding.arguments)?;
-            if reg.routing.bind(binding)? {
-                self.persist(&reg)?;
-            }
+            reg.routing.bind(binding)?.then_some(ChangeKind::Grows)
         } else {
             let outcome = reg.routing.unbind(&binding)?;
             if let Some(exchange) = outcome.unused_auto_delete {
                 reg.routing.delete_exchange(&exchange, false)?;
             }
-            if outcome.removed {
-                self.persist(&reg)?;
-            }
+            outcome.removed.then_some(ChangeKind::Shrinks)
+        };
+        if let Some(kind) = changed {
+            self.commit(change, kind)?;
         }
         Ok(())
-    }
-
-    /// Rewrites `definitions.bin` from the registry.
-    fn persist(&self, reg: &Registry) -> Result<(), RequestError> {
-        let durable_queue = |name: &str| reg.queues.get(name).is_some_and(|q| q.meta.durable);
-        let mut defs = reg.routing.definitions();
-        defs.retain_durable(durable_queue);
-        let mut queues: Vec<QueueDef> = reg
-            .queues
-            .values()
-            .filter(|q| q.meta.durable)
-            .map(|q| QueueDef {
-                name: q.meta.name.to_string(),
-                uid: q.meta.uid,
-                auto_delete: q.meta.auto_delete,
-                arguments: encode_payload(&q.meta.arguments),
-            })
-            .collect();
-        queues.sort_by(|a, b| a.name.cmp(&b.name));
-        let topology = Topology {
-            queues,
-            exchanges: defs
-                .exchanges
-                .into_iter()
-                .map(|x| ExchangeDef {
-                    name: x.name,
-                    kind: wire::ExchangeKind::from(x.kind) as u8,
-                    auto_delete: x.auto_delete,
-                    alternate_exchange: x.alternate_exchange,
-                })
-                .collect(),
-            bindings: defs
-                .bindings
-                .into_iter()
-                .map(|b| BindingDef {
-                    queue: b.queue,
-                    exchange: b.exchange,
-                    routing_key: b.routing_key,
-                    arguments: encode_headers(&b.arguments),
-                })
-                .collect(),
-        };
-        definitions::store(&self.config.data_dir, &topology).map_err(|e| {
-            tracing::error!(error = %e, "could not write the topology");
-            RequestError::internal(format!("could not write the topology: {e}"))
-        })
     }
 
     /// Stops every queue task, letting each write what is pending and close its log.
@@ -465,6 +536,64 @@ impl Broker {
             let _ = w.await;
         }
     }
+}
+
+/// The part of a registry that survives a restart, as `definitions.bin` stores it.
+fn durable_topology(reg: &Registry) -> Topology {
+    let durable_queue = |name: &str| reg.queues.get(name).is_some_and(|q| q.meta.durable);
+    let mut defs = reg.routing.definitions();
+    defs.retain_durable(durable_queue);
+    let mut queues: Vec<QueueDef> = reg
+        .queues
+        .values()
+        .filter(|q| q.meta.durable)
+        .map(|q| QueueDef {
+            name: q.meta.name.to_string(),
+            uid: q.meta.uid,
+            auto_delete: q.meta.auto_delete,
+            arguments: encode_payload(&q.meta.arguments),
+        })
+        .collect();
+    queues.sort_by(|a, b| a.name.cmp(&b.name));
+    Topology {
+        queues,
+        exchanges: defs
+            .exchanges
+            .into_iter()
+            .map(|x| ExchangeDef {
+                name: x.name,
+                kind: wire::ExchangeKind::from(x.kind) as u8,
+                auto_delete: x.auto_delete,
+                alternate_exchange: x.alternate_exchange,
+            })
+            .collect(),
+        bindings: defs
+            .bindings
+            .into_iter()
+            .map(|b| BindingDef {
+                queue: b.queue,
+                exchange: b.exchange,
+                routing_key: b.routing_key,
+                arguments: encode_headers(&b.arguments),
+            })
+            .collect(),
+    }
+}
+
+/// A topology write that failed, as the client sees it: `STORAGE_FULL` for a full disk, the
+/// cause otherwise. Nothing changed.
+fn topology_error(e: definitions::DefinitionsError) -> RequestError {
+    tracing::error!(error = %e, "could not write the topology; the change was not made");
+    let e = match e {
+        definitions::DefinitionsError::Io { path, source } => {
+            RequestError::from(crate::storage::StorageError::io(path, source))
+        }
+        other => RequestError::internal(other.to_string()),
+    };
+    RequestError::new(
+        e.code,
+        format!("the topology change was not made: {}", e.message),
+    )
 }
 
 fn declare_ok(q: &QueueHandle) -> DeclareQueueOk {

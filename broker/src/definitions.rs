@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::storage::fault::{self, Point};
+
 const MAGIC: &[u8; 8] = b"SLUICEDF";
 const VERSION: u32 = 1;
 const HEADER_LEN: usize = 20;
@@ -106,19 +108,97 @@ pub fn load(data_dir: &Path) -> Result<Topology, DefinitionsError> {
     decode(&bytes).map_err(|reason| DefinitionsError::Corrupt { path, reason })
 }
 
+/// What a topology change does to the space used, which decides whether it may use the
+/// reserve (see [`keep_reserve`]) when the disk is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Adds something (a declare, a binding): refused on a full disk.
+    Grows,
+    /// Removes something (a deletion, an unbinding): what an operator does to free space, so
+    /// it may use the reserve.
+    Shrinks,
+}
+
 /// Replaces the topology of `data_dir` atomically and durably.
-pub fn store(data_dir: &Path, topology: &Topology) -> Result<(), DefinitionsError> {
+///
+/// A [`ChangeKind::Shrinks`] write that finds the disk full gives back the reserve and tries
+/// once more, so the deletions an operator makes to free space still get recorded.
+pub fn store(
+    data_dir: &Path,
+    topology: &Topology,
+    kind: ChangeKind,
+) -> Result<(), DefinitionsError> {
+    let bytes = encode(topology);
+    match write_atomically(data_dir, &bytes) {
+        Err(DefinitionsError::Io { source, .. })
+            if kind == ChangeKind::Shrinks && is_no_space(&source) && release_reserve(data_dir) =>
+        {
+            tracing::warn!("the disk is full: the topology reserve was used to record a change");
+            write_atomically(data_dir, &bytes)?;
+        }
+        other => other?,
+    }
+    keep_reserve(data_dir, bytes.len());
+    Ok(())
+}
+
+fn write_atomically(data_dir: &Path, bytes: &[u8]) -> Result<(), DefinitionsError> {
     let path = data_dir.join(FILE_NAME);
     let tmp = data_dir.join(format!("{FILE_NAME}.tmp"));
-    let bytes = encode(topology);
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(&bytes).map_err(io(&tmp))?;
-    f.sync_data().map_err(io(&tmp))?;
-    drop(f);
+    let written = (|| {
+        fault::check(Point::TopologyWrite, &tmp)?;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_data()
+    })();
+    if let Err(e) = written {
+        // A partial temporary file must not hold on to space the disk lacks.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(&tmp)(e));
+    }
     std::fs::rename(&tmp, &path).map_err(io(&path))?;
     std::fs::File::open(data_dir)
         .and_then(|d| d.sync_all())
         .map_err(io(data_dir))
+}
+
+/// Name of the file that holds disk blocks in reserve for topology writes.
+pub const RESERVE_FILE: &str = "definitions.reserve";
+/// The reserve holds at least this much, and at least twice the topology.
+const MIN_RESERVE_BYTES: u64 = 1 << 20;
+
+/// Makes sure a reserve of blocks for the next topology writes is allocated (best effort: on
+/// a disk that is already full it stays smaller, and is topped up by a later write).
+pub fn keep_reserve(data_dir: &Path, topology_bytes: usize) {
+    let want = MIN_RESERVE_BYTES.max(2 * topology_bytes as u64);
+    let path = data_dir.join(RESERVE_FILE);
+    let result = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .and_then(|f| {
+            if f.metadata()?.len() >= want {
+                return Ok(());
+            }
+            rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, want)
+                .map_err(std::io::Error::from)
+        });
+    if let Err(e) = result {
+        tracing::debug!(path = %path.display(), error = %e, "topology reserve not topped up");
+    }
+}
+
+/// Frees the reserve; true when there was one to free.
+fn release_reserve(data_dir: &Path) -> bool {
+    // Removing a file gives its blocks back at once; no sync is needed for the space.
+    std::fs::remove_file(data_dir.join(RESERVE_FILE)).is_ok()
+}
+
+fn is_no_space(e: &std::io::Error) -> bool {
+    let code = e.raw_os_error();
+    code == Some(rustix::io::Errno::NOSPC.raw_os_error())
+        || code == Some(rustix::io::Errno::DQUOT.raw_os_error())
 }
 
 fn encode(topology: &Topology) -> Vec<u8> {
@@ -183,9 +263,17 @@ mod tests {
     fn round_trips_through_the_file() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(load(dir.path()).unwrap(), Topology::default());
-        store(dir.path(), &sample()).unwrap();
+        store(dir.path(), &sample(), ChangeKind::Grows).unwrap();
         assert_eq!(load(dir.path()).unwrap(), sample());
         assert!(!dir.path().join("definitions.bin.tmp").exists());
+    }
+
+    #[test]
+    fn a_write_keeps_a_reserve_for_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        store(dir.path(), &sample(), ChangeKind::Grows).unwrap();
+        let reserve = std::fs::metadata(dir.path().join(RESERVE_FILE)).unwrap();
+        assert!(reserve.len() >= MIN_RESERVE_BYTES);
     }
 
     #[test]

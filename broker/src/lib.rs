@@ -30,3 +30,6 @@ pub mod queue;
 pub mod routing;
 pub mod server;
 pub mod storage;
+
+#[cfg(test)]
+mod tests;

@@ -14,11 +14,13 @@
 //! - [`child`]: a child process with a line reader, bounded waits and kill-on-drop.
 //! - [`ledger`]: what the writer has confirmed so far, and the check of a reopened log
 //!   against it.
+//! - [`tmpfs`]: a small tmpfs mounted for one test, for a real full disk.
 //! - [`writer`]: the commands that start the writer, and reopening what it wrote.
 
 pub mod broker;
 pub mod child;
 pub mod ledger;
 pub mod protocol;
+pub mod tmpfs;
 pub mod workload;
 pub mod writer;

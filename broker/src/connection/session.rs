@@ -21,7 +21,9 @@ use crate::error::RequestError;
 use crate::queue::{
     delivery_bytes, ConnEvent, ConnLink, Incoming, QueueCmd, QueueHandle, Settlement,
 };
-use crate::routing::{Binding, RouteResult};
+use crate::routing::{
+    check_header_count, check_header_limits, check_headers_len, Binding, RouteResult,
+};
 use crate::storage::Epoch;
 
 /// Bytes of published messages a connection may have in queues' mailboxes and awaiting
@@ -552,6 +554,14 @@ impl Session {
         arguments: sluice_client::wire::Headers,
         bind: bool,
     ) {
+        // Only new bindings are limited: unbinding must still reach one made before the
+        // limits existed, and compares arguments without matching any message.
+        if bind {
+            if let Err(e) = check_header_limits(&arguments) {
+                self.send_error(id, RequestError::invalid(format!("binding arguments: {e}")));
+                return;
+            }
+        }
         let binding = Binding {
             queue,
             exchange,
@@ -594,6 +604,7 @@ impl Session {
                 waiting += 1;
             }
         }
+        self.broker.note_published(bytes);
         self.unsettled_bytes += bytes;
         self.batches.push_back(Batch {
             id: batch_id,
@@ -665,6 +676,13 @@ impl Session {
                 );
                 continue;
             }
+            // The length is checked before decoding, so an over-long table costs no
+            // allocation; the count after, since it is a decoded field. Both keep the work
+            // done under the routing lock small (protocol.md §14).
+            if let Err(e) = check_headers_len(view.raw_headers.len()) {
+                reject(seq, ErrorCode::InvalidArgument, e.to_string());
+                continue;
+            }
             let headers = if view.raw_headers.is_empty() {
                 Vec::new()
             } else {
@@ -680,6 +698,10 @@ impl Session {
                     }
                 }
             };
+            if let Err(e) = check_header_count(headers.len()) {
+                reject(seq, ErrorCode::InvalidArgument, e.to_string());
+                continue;
+            }
             if let Err(e) =
                 reg.routing
                     .route_into(view.exchange, view.routing_key, &headers, &mut route)

@@ -231,8 +231,7 @@ impl Actor {
                     }
                     self.measure_rates();
                     self.publish_consumers();
-                    if self.expired_unused() {
-                        self.delete();
+                    if self.expired_unused() && self.delete_or_log("it expired unused") {
                         break;
                     }
                 }
@@ -396,7 +395,10 @@ impl Actor {
                     ))));
                     return false;
                 }
-                self.delete();
+                if let Err(e) = self.delete() {
+                    let _ = reply.send(Err(e));
+                    return false;
+                }
                 let _ = reply.send(Ok(messages));
                 return true;
             }
@@ -963,8 +965,20 @@ impl Actor {
         if !(self.meta.auto_delete && self.had_consumer && self.consumers.is_empty()) {
             return false;
         }
-        self.delete();
-        true
+        self.delete_or_log("its last consumer went (auto-delete)")
+    }
+
+    /// A deletion the server decided on: true when done; otherwise the queue stays as it was,
+    /// and the next occasion (or the next start, for a transient queue) tries again.
+    fn delete_or_log(&mut self, why: &str) -> bool {
+        match self.delete() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(queue = %self.meta.name, error = %e,
+                    "could not delete the queue after {why}; it stays for now");
+                false
+            }
+        }
     }
 
     fn purge(&mut self) -> u64 {
@@ -980,10 +994,12 @@ impl Actor {
         n
     }
 
-    /// Removes the queue from the broker, stops its consumers and deletes its log.
-    fn delete(&mut self) {
+    /// Removes the queue from the broker (durably), stops its consumers and deletes its log.
+    /// When the removal cannot be recorded nothing happens: the log stays, since the topology
+    /// on disk still names it.
+    fn delete(&mut self) -> Result<(), RequestError> {
         if let Some(broker) = self.broker.upgrade() {
-            broker.forget_queue(&self.meta);
+            tokio::task::block_in_place(|| broker.forget_queue(&self.meta))?;
         }
         for c in self.consumers.drain(..) {
             c.conn.send(ConnEvent::ConsumerStopped {
@@ -1006,6 +1022,7 @@ impl Actor {
                 None => drop(log),
             }
         }
+        Ok(())
     }
 
     /// Writes pending acks at most every [`ACK_FLUSH_INTERVAL`]: acks are lazy (an ack lost in

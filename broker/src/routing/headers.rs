@@ -1,16 +1,106 @@
-//! Headers exchanges: binding arguments compared with message headers under `x-match`.
+//! Headers exchanges: binding arguments compared with message headers under `x-match`, and
+//! the limits on header tables that keep that comparison (and its decoding) bounded.
+//!
+//! # Matching by merge
+//! As in RabbitMQ, a binding's arguments are sorted by key once, at bind time, and a
+//! message's headers once per routed message ([`MessageHeaders`], shared by every binding of
+//! every exchange along the alternate chain). A binding then walks its arguments in order and
+//! finds each key in the part of the headers not yet passed over, by binary search: at most
+//! `arguments × log(headers)` comparisons, where the former linear `find` per argument cost
+//! `arguments × headers` per binding.
 
-use sluice_client::wire::HeaderValue;
+use std::cell::OnceCell;
+
+use sluice_client::wire::{headers_len, HeaderValue};
 
 /// The binding argument that selects the matching mode; never compared itself.
 const X_MATCH: &str = "x-match";
+
+/// Most entries in one header table: a message's headers or a binding's arguments
+/// (protocol.md §14). Generous for any application (RabbitMQ's own `x-death` bookkeeping
+/// uses a handful) while keeping the decoding and sorting done under the routing lock small.
+pub const MAX_HEADER_ENTRIES: usize = 1024;
+
+/// Most bytes of one encoded header table (its `count` field included), checked before the
+/// table is decoded (protocol.md §14). 64 KiB holds 1 024 entries of 60-byte key and value.
+pub const MAX_HEADERS_LEN: usize = 64 * 1024;
+
+/// Why a header table is refused: it exceeds [`MAX_HEADER_ENTRIES`] or [`MAX_HEADERS_LEN`].
+/// Reported as `INVALID_ARGUMENT`, for that message or that `Bind` only.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderLimitError {
+    /// More entries than [`MAX_HEADER_ENTRIES`].
+    #[error("{count} header entries exceed the limit of {MAX_HEADER_ENTRIES}")]
+    TooManyEntries {
+        /// Entries in the table.
+        count: usize,
+    },
+    /// More encoded bytes than [`MAX_HEADERS_LEN`].
+    #[error("a header table of {len} bytes exceeds the limit of {MAX_HEADERS_LEN}")]
+    TooLong {
+        /// Encoded length of the table.
+        len: usize,
+    },
+}
+
+/// Checks the encoded length of a header table, before decoding it.
+pub fn check_headers_len(len: usize) -> Result<(), HeaderLimitError> {
+    if len > MAX_HEADERS_LEN {
+        return Err(HeaderLimitError::TooLong { len });
+    }
+    Ok(())
+}
+
+/// Checks the number of entries of a decoded header table.
+pub fn check_header_count(count: usize) -> Result<(), HeaderLimitError> {
+    if count > MAX_HEADER_ENTRIES {
+        return Err(HeaderLimitError::TooManyEntries { count });
+    }
+    Ok(())
+}
+
+/// Checks both limits on a decoded header table (binding arguments).
+pub fn check_header_limits(headers: &[(String, HeaderValue)]) -> Result<(), HeaderLimitError> {
+    check_header_count(headers.len())?;
+    check_headers_len(headers_len(headers))
+}
+
+/// A message's headers as routing reads them: sorted by key on first use, then shared by
+/// every headers binding the message is compared with.
+pub(super) struct MessageHeaders<'a> {
+    given: &'a [(String, HeaderValue)],
+    sorted: OnceCell<Vec<&'a (String, HeaderValue)>>,
+}
+
+impl<'a> MessageHeaders<'a> {
+    /// Wraps the headers as given; nothing is sorted until a headers binding needs it.
+    pub(super) fn new(given: &'a [(String, HeaderValue)]) -> Self {
+        Self {
+            given,
+            sorted: OnceCell::new(),
+        }
+    }
+
+    /// The headers sorted by key, one entry per key. A repeated key (the wire refuses them;
+    /// callers of the routing API might not) keeps its first occurrence, as a `find` would:
+    /// the sort is stable and `dedup_by` keeps the earlier of two equal neighbours.
+    fn sorted(&self) -> &[&'a (String, HeaderValue)] {
+        self.sorted.get_or_init(|| {
+            let mut sorted: Vec<_> = self.given.iter().collect();
+            sorted.sort_by(|a, b| a.0.cmp(&b.0));
+            sorted.dedup_by(|later, earlier| later.0 == earlier.0);
+            sorted
+        })
+    }
+}
 
 /// One headers binding's arguments, parsed once at bind time.
 #[derive(Debug, Clone)]
 pub(super) struct HeadersFilter {
     /// `any` instead of `all`.
     any: bool,
-    /// The arguments that take part in matching (`x-` ones only in the `-with-x` modes).
+    /// The arguments that take part in matching (`x-` ones only in the `-with-x` modes),
+    /// sorted by key (stably: a repeated key, which the wire refuses, is compared twice).
     args: Vec<(String, HeaderValue)>,
 }
 
@@ -33,27 +123,29 @@ impl HeadersFilter {
             },
             Some((_, other)) => return Err(format!("x-match must be a string, not {other:?}")),
         };
-        let args = arguments
+        let mut args: Vec<_> = arguments
             .iter()
             .filter(|(k, _)| k != X_MATCH && (with_x || !k.starts_with("x-")))
             .cloned()
             .collect();
+        args.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(Self { any, args })
     }
 
     /// Whether a message with these headers matches.
-    pub(super) fn matches(&self, headers: &[(String, HeaderValue)]) -> bool {
-        // Values must agree in type as well as content: Int(1) is not Str("1").
-        let has = |(key, value): &(String, HeaderValue)| {
-            headers
-                .iter()
-                .find(|(k, _)| k == key)
-                .is_some_and(|(_, v)| v == value)
+    pub(super) fn matches(&self, headers: &MessageHeaders<'_>) -> bool {
+        // Both lists are sorted by key, so the headers before an argument's key are never
+        // needed by a later argument: each search starts where the previous one ended.
+        let mut rest = headers.sorted();
+        let mut has = |(key, value): &(String, HeaderValue)| {
+            rest = &rest[rest.partition_point(|(k, _)| k < key)..];
+            // Values must agree in type as well as content: Int(1) is not Str("1").
+            rest.first().is_some_and(|(k, v)| k == key && v == value)
         };
         if self.any {
-            self.args.iter().any(has)
+            self.args.iter().any(&mut has)
         } else {
-            self.args.iter().all(has)
+            self.args.iter().all(&mut has)
         }
     }
 }
@@ -75,7 +167,39 @@ mod tests {
     }
 
     fn matches(args: &[(&str, HeaderValue)], headers: &[(&str, HeaderValue)]) -> bool {
-        HeadersFilter::parse(&h(args)).unwrap().matches(&h(headers))
+        let headers = h(headers);
+        HeadersFilter::parse(&h(args))
+            .unwrap()
+            .matches(&MessageHeaders::new(&headers))
+    }
+
+    /// The former matcher, one linear `find` per argument: the reference the merge must
+    /// agree with.
+    fn naive_matches(
+        arguments: &[(String, HeaderValue)],
+        headers: &[(String, HeaderValue)],
+    ) -> bool {
+        let mode = arguments.iter().find(|(k, _)| k == X_MATCH).map(|(_, v)| v);
+        let mode = match mode {
+            None => "all",
+            Some(HeaderValue::Str(m)) => m.as_str(),
+            Some(_) => unreachable!("generated modes are strings"),
+        };
+        let with_x = mode.ends_with("-with-x");
+        let has = |(key, value): &&(String, HeaderValue)| {
+            headers
+                .iter()
+                .find(|(k, _)| k == key)
+                .is_some_and(|(_, v)| v == value)
+        };
+        let mut args = arguments
+            .iter()
+            .filter(|(k, _)| k != X_MATCH && (with_x || !k.starts_with("x-")));
+        if mode.starts_with("any") {
+            args.any(|a| has(&a))
+        } else {
+            args.all(|a| has(&a))
+        }
     }
 
     #[test]
@@ -174,8 +298,139 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_header_key_keeps_its_first_value() {
+        let args = [("k", s("first"))];
+        assert!(matches(&args, &[("k", s("first")), ("k", s("second"))]));
+        assert!(!matches(&args, &[("k", s("second")), ("k", s("first"))]));
+        // And the entries around the repeated key are still found.
+        let around = [("a", s("1")), ("k", s("first")), ("z", s("2"))];
+        assert!(matches(
+            &around,
+            &[
+                ("z", s("2")),
+                ("k", s("first")),
+                ("k", s("second")),
+                ("a", s("1"))
+            ]
+        ));
+    }
+
+    #[test]
+    fn arguments_and_headers_in_any_order_match() {
+        let args = [("c", s("3")), ("a", s("1")), ("b", s("2"))];
+        assert!(matches(
+            &args,
+            &[("b", s("2")), ("c", s("3")), ("a", s("1"))]
+        ));
+        assert!(matches(
+            &args,
+            &[("z", s("0")), ("c", s("3")), ("b", s("2")), ("a", s("1"))]
+        ));
+        assert!(!matches(&args, &[("c", s("3")), ("a", s("1"))]));
+    }
+
+    #[test]
+    fn headers_are_sorted_once_and_only_when_a_binding_needs_them() {
+        let given = h(&[("b", s("2")), ("a", s("1"))]);
+        let headers = MessageHeaders::new(&given);
+        assert!(headers.sorted.get().is_none());
+        let filter = HeadersFilter::parse(&h(&[("a", s("1"))])).unwrap();
+        assert!(filter.matches(&headers));
+        let first = headers.sorted().as_ptr();
+        assert!(filter.matches(&headers));
+        assert_eq!(headers.sorted().as_ptr(), first);
+    }
+
+    #[test]
+    fn header_tables_over_the_limits_are_refused() {
+        assert_eq!(check_header_count(MAX_HEADER_ENTRIES), Ok(()));
+        assert_eq!(
+            check_header_count(MAX_HEADER_ENTRIES + 1),
+            Err(HeaderLimitError::TooManyEntries {
+                count: MAX_HEADER_ENTRIES + 1
+            })
+        );
+        assert_eq!(check_headers_len(MAX_HEADERS_LEN), Ok(()));
+        assert_eq!(
+            check_headers_len(MAX_HEADERS_LEN + 1),
+            Err(HeaderLimitError::TooLong {
+                len: MAX_HEADERS_LEN + 1
+            })
+        );
+        let many: Vec<_> = (0..=MAX_HEADER_ENTRIES)
+            .map(|i| (format!("k{i}"), HeaderValue::Bool(true)))
+            .collect();
+        assert!(matches!(
+            check_header_limits(&many),
+            Err(HeaderLimitError::TooManyEntries { .. })
+        ));
+        assert_eq!(check_header_limits(&many[1..]), Ok(()));
+        let long = vec![("k".to_owned(), s(&"v".repeat(MAX_HEADERS_LEN)))];
+        assert!(matches!(
+            check_header_limits(&long),
+            Err(HeaderLimitError::TooLong { .. })
+        ));
+    }
+
+    #[test]
     fn invalid_x_match_is_refused() {
         assert!(HeadersFilter::parse(&h(&[("x-match", s("some"))])).is_err());
         assert!(HeadersFilter::parse(&h(&[("x-match", HeaderValue::Int(1))])).is_err());
+    }
+
+    mod merge_vs_naive {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Few keys, so that arguments and headers often share them; `x-` ones included.
+        fn key() -> impl Strategy<Value = String> {
+            prop::sample::select(vec!["a", "b", "c", "d", "x-a", "x-b", "", "ab"])
+                .prop_map(str::to_owned)
+        }
+
+        fn value() -> impl Strategy<Value = HeaderValue> {
+            prop_oneof![
+                (0i64..3).prop_map(HeaderValue::Int),
+                prop::sample::select(vec!["0", "1", "2"]).prop_map(s),
+                any::<bool>().prop_map(HeaderValue::Bool),
+                prop::sample::select(vec![&b"1"[..], b"2"])
+                    .prop_map(|v| HeaderValue::Bytes(Bytes::from_static(v))),
+            ]
+        }
+
+        fn table(max: usize) -> impl Strategy<Value = Vec<(String, HeaderValue)>> {
+            prop::collection::vec((key(), value()), 0..max)
+        }
+
+        fn mode() -> impl Strategy<Value = Option<&'static str>> {
+            prop::option::of(prop::sample::select(vec![
+                "all",
+                "any",
+                "all-with-x",
+                "any-with-x",
+            ]))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn merge_agrees_with_a_linear_find_per_argument(
+                mode in mode(),
+                mut args in table(6),
+                headers in table(10),
+                at in 0usize..7,
+            ) {
+                if let Some(mode) = mode {
+                    args.insert(at.min(args.len()), (X_MATCH.to_owned(), s(mode)));
+                }
+                let filter = HeadersFilter::parse(&args).unwrap();
+                prop_assert_eq!(
+                    filter.matches(&MessageHeaders::new(&headers)),
+                    naive_matches(&args, &headers),
+                    "args {:?} headers {:?}", args, headers
+                );
+            }
+        }
     }
 }

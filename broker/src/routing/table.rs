@@ -6,7 +6,7 @@ use std::sync::Arc;
 use sluice_client::wire::{HeaderValue, Headers};
 
 use super::exchange::is_builtin;
-use super::headers::HeadersFilter;
+use super::headers::{HeadersFilter, MessageHeaders};
 use super::queue_list::QueueList;
 use super::topic::{validate_pattern, TopicTrie};
 use super::{Binding, Definitions, Exchange, ExchangeKind, RoutingError};
@@ -445,10 +445,13 @@ impl RoutingTable {
             .exchanges
             .get(exchange)
             .ok_or_else(|| RoutingError::ExchangeNotFound(exchange.to_owned()))?;
+        // Sorted at most once for the whole alternate chain, and only if a headers exchange
+        // is on it.
+        let headers = MessageHeaders::new(headers);
         let mut current = start;
         let mut hops = 0;
         loop {
-            self.collect(current, routing_key, headers, &mut out.queues);
+            self.collect(current, routing_key, &headers, &mut out.queues);
             if !out.queues.is_empty() {
                 out.via_alternate = hops > 0;
                 return Ok(());
@@ -489,7 +492,7 @@ impl RoutingTable {
         &self,
         state: &ExchangeState,
         routing_key: &str,
-        headers: &[(String, HeaderValue)],
+        headers: &MessageHeaders<'_>,
         out: &mut Vec<QueueName>,
     ) {
         match &state.matcher {

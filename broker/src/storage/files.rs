@@ -8,9 +8,11 @@ use rustix::fs::FallocateFlags;
 use rustix::io::Errno;
 
 use super::error::{Result, StorageError};
+use super::fault::{self, Point};
 
 /// Creates a new file; fails if it exists (so a name is never silently reused).
 pub(crate) fn create_new(path: &Path) -> Result<File> {
+    fault::check(Point::CreateFile, path).map_err(|e| StorageError::io(path, e))?;
     OpenOptions::new()
         .read(true)
         .write(true)
@@ -21,6 +23,7 @@ pub(crate) fn create_new(path: &Path) -> Result<File> {
 
 /// Opens an existing file for reading and writing.
 pub(crate) fn open_rw(path: &Path) -> Result<File> {
+    fault::check(Point::OpenFile, path).map_err(|e| StorageError::io(path, e))?;
     OpenOptions::new()
         .read(true)
         .write(true)
@@ -35,6 +38,7 @@ pub(crate) fn reserve(file: &File, path: &Path, from: u64, to: u64) -> Result<()
     if to <= from {
         return Ok(());
     }
+    fault::check(Point::Reserve, path).map_err(|e| StorageError::io(path, e))?;
     match rustix::fs::fallocate(file, FallocateFlags::empty(), from, to - from) {
         Ok(()) => Ok(()),
         Err(Errno::OPNOTSUPP) => {
@@ -60,6 +64,7 @@ pub(crate) fn reserve_keep_size(file: &File, from: u64, to: u64) -> bool {
 
 /// Writes all of `buf` at `offset`.
 pub(crate) fn write_at(file: &File, path: &Path, buf: &[u8], offset: u64) -> Result<()> {
+    fault::check(Point::Write, path).map_err(|e| StorageError::io(path, e))?;
     file.write_all_at(buf, offset)
         .map_err(|e| StorageError::io(path, e))
 }
@@ -89,6 +94,7 @@ pub(crate) fn read_all(path: &Path) -> Result<Vec<u8>> {
 
 /// Removes a file if it exists.
 pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {
+    fault::check(Point::Remove, path).map_err(|e| StorageError::io(path, e))?;
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -98,7 +104,8 @@ pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {
 
 /// Makes a directory's entries durable.
 pub(crate) fn sync_dir(path: &Path) -> Result<()> {
-    File::open(path)
+    fault::check(Point::OpenDir, path)
+        .and_then(|()| File::open(path))
         .and_then(|d| d.sync_all())
         .map_err(|e| StorageError::io(path, e))
 }

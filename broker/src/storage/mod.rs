@@ -33,6 +33,7 @@
 
 mod durability;
 mod error;
+pub mod fault;
 mod files;
 pub mod format;
 mod mmap;

@@ -14,6 +14,7 @@ use bytes::Bytes;
 
 use super::durability::{new_file_id, CheckpointTarget, Durability, Epoch, FileId};
 use super::error::{Damage, Result, StorageError};
+use super::fault::{self, Point};
 use super::files;
 use super::format::{
     align_up, AckBatch, LogHeader, ManifestRecord, RecordHeader, RecordKind, SegmentHeader,
@@ -326,14 +327,18 @@ impl QueueLog {
             .to_path_buf();
         let tmp = parent.join(format!("{CREATING_PREFIX}{uid:016x}"));
         let build = || -> Result<Manifest> {
-            std::fs::create_dir(&tmp).map_err(|e| StorageError::io(&tmp, e))?;
+            fault::check(Point::CreateDir, &tmp)
+                .and_then(|()| std::fs::create_dir(&tmp))
+                .map_err(|e| StorageError::io(&tmp, e))?;
             let mut manifest = Manifest::create(&tmp, uid)?;
             manifest
                 .file
                 .sync_data()
                 .map_err(|e| StorageError::io(&*manifest.path, e))?;
             files::sync_dir(&tmp)?;
-            std::fs::rename(&tmp, &dir).map_err(|e| StorageError::io(&dir, e))?;
+            fault::check(Point::Rename, &dir)
+                .and_then(|()| std::fs::rename(&tmp, &dir))
+                .map_err(|e| StorageError::io(&dir, e))?;
             manifest.path = dir.join(MANIFEST_FILE).into();
             Ok(manifest)
         };
@@ -523,6 +528,8 @@ impl QueueLog {
             timestamp_ms,
         }
         .encode(seg.file.salt, meta, body);
+        fault::check(Point::Write, &seg.file.path)
+            .map_err(|e| StorageError::io(seg.file.path.to_path_buf(), e))?;
         let at = writer
             .append(&[&header, meta, body], end)
             .map_err(|e| StorageError::io(seg.file.path.to_path_buf(), e))?;

@@ -10,6 +10,7 @@ use rustix::fs::FlockOperation;
 
 use super::durability::{Durability, DurabilityConfig, SyncThread};
 use super::error::{Result, StorageError};
+use super::fault::{self, Point};
 use super::files;
 use super::format::DATA_DIR_FORMAT;
 use super::queue_log::{LogConfig, QueueLog, CREATING_PREFIX};
@@ -115,6 +116,11 @@ impl Store {
         )
     }
 
+    /// Whether the directory of queue log `uid` exists.
+    pub fn queue_dir_exists(&self, uid: u64) -> bool {
+        self.queue_dir(uid).is_dir()
+    }
+
     /// The identities of every queue log in the directory.
     pub fn queue_uids(&self) -> Result<Vec<u64>> {
         let queues = self.dir.join(QUEUES_DIR);
@@ -133,12 +139,21 @@ impl Store {
     /// Deletes a queue log and all its files. The directory is renamed first (one atomic,
     /// durable step), so a stop half-way leaves nothing that looks like a live queue.
     pub fn delete_queue(&self, log: QueueLog) -> Result<()> {
-        let dir = log.dir().to_path_buf();
         let uid = log.uid();
         drop(log);
+        self.remove_queue_dir(uid)
+    }
+
+    /// Deletes the files of a queue that is not open, without reading them: a queue of an
+    /// earlier run that the topology no longer names (transient, or deleted just before a
+    /// stop) is removed even if it is damaged.
+    pub fn remove_queue_dir(&self, uid: u64) -> Result<()> {
+        let dir = self.queue_dir(uid);
         let parent = self.dir.join(QUEUES_DIR);
         let aside = parent.join(format!("{DELETED_PREFIX}{uid:016x}"));
-        std::fs::rename(&dir, &aside).map_err(|e| StorageError::io(&dir, e))?;
+        fault::check(Point::Rename, &dir)
+            .and_then(|()| std::fs::rename(&dir, &aside))
+            .map_err(|e| StorageError::io(&dir, e))?;
         files::sync_dir(&parent)?;
         std::fs::remove_dir_all(&aside).map_err(|e| StorageError::io(&aside, e))
     }
