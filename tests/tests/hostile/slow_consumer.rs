@@ -67,6 +67,14 @@ pub fn encode(request_id: u32, request: impl Into<Request>) -> BytesMut {
 
 /// Connects and completes the handshake with a long heartbeat (the peer stays silent).
 pub async fn raw_connect(broker: &Broker) -> (TcpStream, BytesMut, u64) {
+    raw_connect_with_heartbeat(broker, 600_000).await
+}
+
+/// Connects and completes the handshake, proposing this heartbeat interval.
+pub async fn raw_connect_with_heartbeat(
+    broker: &Broker,
+    heartbeat_ms: u32,
+) -> (TcpStream, BytesMut, u64) {
     let mut sock = within("connect", TcpStream::connect(broker.addr()))
         .await
         .expect("connect");
@@ -75,7 +83,7 @@ pub async fn raw_connect(broker: &Broker) -> (TcpStream, BytesMut, u64) {
         max_version: 1,
         username: "guest".into(),
         password: "guest".into(),
-        heartbeat_ms: 600_000,
+        heartbeat_ms,
         max_frame_len: 0,
         client_properties: vec![],
     };
@@ -374,5 +382,62 @@ async fn a_consumer_whose_socket_stays_full_is_disconnected_and_its_messages_ret
     if let Some(Reply::Close(c)) = &last {
         assert_eq!(c.code, Some(ErrorCode::SlowConsumer), "{c:?}");
     }
+    broker.process.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_held_back_by_its_full_socket_is_not_closed_for_its_silence() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &["--slow-consumer-timeout-ms", "600000"]);
+    let admin = broker.client().await;
+    admin
+        .declare_queue("jobs", QueueOptions::new())
+        .await
+        .unwrap();
+    // A one-second heartbeat: the server gives up after about two seconds of silence.
+    let (mut sock, mut buf, connection_id) = raw_connect_with_heartbeat(&broker, 1_000).await;
+    let consume = Consume {
+        queue: "jobs".into(),
+        consumer_tag: "stalled".into(),
+        prefetch: 0,
+        exclusive: false,
+        ack_timeout_ms: None,
+    };
+    sock.write_all(&encode(2, consume)).await.unwrap();
+    loop {
+        match read_frame(&mut sock, &mut buf)
+            .await
+            .expect("ConsumeOk")
+            .body
+        {
+            Reply::ConsumeOk(_) => break,
+            Reply::Heartbeat => {}
+            other => panic!("expected ConsumeOk, got {other:?}"),
+        }
+    }
+    let publisher = broker.client().await;
+    publish_numbered(&publisher, "jobs", max_held() + 64).await;
+    // Its socket is full: the queue keeps the rest back.
+    within("the queue to stop delivering to it", async {
+        while admin.inspect_queue("jobs").await.unwrap().ready == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+
+    // It keeps sending heartbeats, which the server does not read while it holds the
+    // connection back: that is the server's doing, not the peer's silence.
+    for _ in 0..20 {
+        sock.write_all(&encode(0, Request::Heartbeat))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let consumers = admin.list_consumers().await.unwrap();
+    assert!(
+        consumers.iter().any(|c| c.connection_id == connection_id),
+        "closed while held back: {}",
+        broker.process.log()
+    );
     broker.process.stop();
 }
