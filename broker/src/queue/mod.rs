@@ -37,7 +37,7 @@ use crate::error::RequestError;
 use crate::storage::Epoch;
 
 pub(crate) use actor::spawn;
-pub use outbox::{delivery_bytes, Outbox, DELIVERY_FIXED};
+pub use outbox::{delivery_bytes, Outbox};
 
 /// A connection's number, unique for the life of the process.
 pub type ConnId = u64;

@@ -14,7 +14,7 @@ use sluice_client::wire::Delivery;
 use tokio::sync::Notify;
 
 /// Fixed bytes of one delivery inside a `Deliver` frame (protocol.md §9.5).
-pub const DELIVERY_FIXED: usize = 29;
+const DELIVERY_FIXED: usize = 29;
 
 /// Bytes a delivery takes in a `Deliver` frame, as counted against an [`Outbox`].
 pub fn delivery_bytes(d: &Delivery) -> usize {
