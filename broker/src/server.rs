@@ -68,7 +68,17 @@ impl Server {
         if drained.is_err() {
             connections.abort_all();
         }
-        self.broker.shutdown_queues().await;
-        tracing::info!("queues closed");
+        if drained.is_ok() && self.broker.shutdown_queues().await {
+            match self.broker.store().mark_clean_stop() {
+                Ok(()) => tracing::info!("queues closed; clean stop recorded"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not record the clean stop; the next start assumes a crash")
+                }
+            }
+        } else {
+            tracing::warn!(
+                "not every connection or queue closed in time; the next start assumes a crash"
+            );
+        }
     }
 }

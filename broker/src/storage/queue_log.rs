@@ -271,6 +271,11 @@ pub struct RecoveredDeliveries {
     pub delivered_hwm: u64,
     /// Delivery counts of messages delivered more than once.
     pub counts: BTreeMap<u64, u32>,
+    /// After an unclean stop, every live message below this seq may have been delivered,
+    /// above `delivered_hwm` too (the watermark rides the lazy ack writes, so a crash can
+    /// lose its last steps): flag them redelivered, without counting a delivery. After a clean
+    /// stop the watermark is exact and this is 0.
+    pub maybe_delivered_below: u64,
 }
 
 /// The log of one queue.
@@ -782,7 +787,15 @@ impl QueueLog {
 
     /// Records that every seq up to `seq` may have been handed to a consumer.
     pub fn set_delivered_hwm(&mut self, seq: u64) {
-        self.delivered_hwm = self.delivered_hwm.max(seq);
+        if seq > self.delivered_hwm {
+            self.delivered_hwm = seq;
+            // The watermark is written with an ack batch: make sure one is written even when
+            // nothing is acked (a consumer that holds its messages), or a clean stop would
+            // forget what was delivered.
+            if let Some(seg) = self.segments.get_mut(&self.active) {
+                seg.acks_dirty = true;
+            }
+        }
     }
 
     fn payload_len(&self, no: u64, offset: u32) -> u64 {
