@@ -376,20 +376,24 @@ impl Session {
             }
             Request::Reject(r) => self.settle(id, r.delivery_tag.0, false, Settlement::Reject),
             Request::Extend(e) => self.on_extend(id, e),
-            Request::ListQueues => {
-                let reply = crate::admin::list_queues(&self.broker);
+            Request::ListQueues(r) => {
+                let max = self.agreed.max_frame_len;
+                let reply = crate::admin::list_queues(&self.broker, &r, max);
                 self.send(id, reply);
             }
-            Request::ListExchanges => {
-                let reply = crate::admin::list_exchanges(&self.broker);
+            Request::ListExchanges(r) => {
+                let max = self.agreed.max_frame_len;
+                let reply = crate::admin::list_exchanges(&self.broker, &r, max);
                 self.send(id, reply);
             }
-            Request::ListBindings => {
-                let reply = crate::admin::list_bindings(&self.broker);
+            Request::ListBindings(r) => {
+                let max = self.agreed.max_frame_len;
+                let reply = crate::admin::list_bindings(&self.broker, &r, max);
                 self.send(id, reply);
             }
-            Request::ListConsumers => {
-                let reply = crate::admin::list_consumers(&self.broker);
+            Request::ListConsumers(r) => {
+                let max = self.agreed.max_frame_len;
+                let reply = crate::admin::list_consumers(&self.broker, &r, max);
                 self.send(id, reply);
             }
         }
