@@ -19,9 +19,12 @@ use tokio::net::TcpStream;
 
 use crate::{within, Broker, PROMPT};
 
-/// Items of each kind: enough that their listing takes several 64 KiB frames.
-const ITEMS: usize = 300;
-/// Small log segments: every queue has one, and the test declares hundreds.
+/// Items of each kind that one 64 KiB frame cannot hold: a queue takes 302 bytes of a page
+/// (217 fit), a consumer 530, a binding 773.
+const MORE_THAN_A_FRAME: usize = 240;
+/// Items of each kind for tests that page by a small limit.
+const A_FEW: usize = 40;
+/// Small log segments: every queue has one, and the tests declare hundreds.
 const FLAGS: &[&str] = &["--segment-bytes", "65536"];
 
 /// A 255-byte name (the longest allowed) that sorts by `i`.
@@ -127,70 +130,84 @@ impl RawConnection {
     }
 }
 
-/// Declares [`ITEMS`] queues with 255-byte names, each bound to `exchange` with a
-/// 255-byte routing key, and one consumer with a 255-byte tag on each. Returns the names and
-/// the consumers (dropping them cancels them).
-async fn declare_many(client: &Client, exchange: &str) -> (Vec<String>, Vec<Consumer>) {
-    let names: Vec<String> = (0..ITEMS).map(|i| long_name('q', i)).collect();
-    within(
-        "declare queues",
-        try_join_all(
-            names
-                .iter()
-                .map(|name| client.declare_queue(name, QueueOptions::new())),
-        ),
-    )
-    .await
-    .expect("declare queues");
-    let keys: Vec<String> = (0..ITEMS).map(|i| long_name('k', i)).collect();
-    within(
-        "bind queues",
-        try_join_all(
-            names
-                .iter()
-                .zip(&keys)
-                .map(|(name, key)| client.bind(name, exchange, key, Vec::new())),
-        ),
-    )
-    .await
-    .expect("bind queues");
-    let consumers = within(
-        "consume",
-        try_join_all(names.iter().enumerate().map(|(i, name)| {
-            let options = ConsumeOptions::new().consumer_tag(long_name('t', i));
-            client.consume(name, options)
-        })),
-    )
-    .await
-    .expect("consume");
-    (names, consumers)
+/// What [`Topology::declare`] made; dropping it cancels the consumers.
+struct Topology {
+    /// The exchange every queue is bound to.
+    exchange: String,
+    /// The queues, in listing order.
+    queues: Vec<String>,
+    /// One binding key per queue.
+    keys: Vec<String>,
+    /// One consumer tag per queue.
+    tags: Vec<String>,
+    _consumers: Vec<Consumer>,
+}
+
+impl Topology {
+    /// Declares `n` queues, each bound to one exchange with its own routing key and consumed
+    /// by one consumer with its own tag: every name, key and tag 255 bytes long.
+    async fn declare(client: &Client, n: usize) -> Topology {
+        let exchange = long_name('x', 0);
+        let queues: Vec<String> = (0..n).map(|i| long_name('q', i)).collect();
+        let keys: Vec<String> = (0..n).map(|i| long_name('k', i)).collect();
+        let tags: Vec<String> = (0..n).map(|i| long_name('t', i)).collect();
+        let direct = ExchangeOptions::new();
+        within(
+            "declare exchange",
+            client.declare_exchange(&exchange, ExchangeKind::Direct, direct),
+        )
+        .await
+        .expect("declare exchange");
+        let declares = queues
+            .iter()
+            .map(|q| client.declare_queue(q, QueueOptions::new()));
+        within("declare queues", try_join_all(declares))
+            .await
+            .expect("declare queues");
+        let binds = queues
+            .iter()
+            .zip(&keys)
+            .map(|(q, k)| client.bind(q, &exchange, k, Vec::new()));
+        within("bind queues", try_join_all(binds))
+            .await
+            .expect("bind queues");
+        let consumes = queues
+            .iter()
+            .zip(&tags)
+            .map(|(q, t)| client.consume(q, ConsumeOptions::new().consumer_tag(t.clone())));
+        let consumers = within("consume", try_join_all(consumes))
+            .await
+            .expect("consume");
+        Topology {
+            exchange,
+            queues,
+            keys,
+            tags,
+            _consumers: consumers,
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn listings_larger_than_a_frame_arrive_whole_with_every_item_once() {
+async fn listings_larger_than_a_frame_arrive_whole_in_pages_that_fit_it() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), FLAGS);
     let client = small_frame_client(&broker).await;
-    let exchange = long_name('x', 0);
-    client
-        .declare_exchange(&exchange, ExchangeKind::Direct, ExchangeOptions::new())
-        .await
-        .unwrap();
-    let (names, _consumers) = declare_many(&client, &exchange).await;
+    let made = Topology::declare(&client, MORE_THAN_A_FRAME).await;
 
     // One page cannot hold them: the answer says more follow, and fits the frame.
     let first = within("first page", client.list_queues_page(ListQueues::default()))
         .await
         .unwrap();
     assert!(first.more, "{} queues in one page", first.queues.len());
-    assert!(!first.queues.is_empty() && first.queues.len() < ITEMS);
+    assert!(!first.queues.is_empty() && first.queues.len() < MORE_THAN_A_FRAME);
     let bytes: usize = first.queues.iter().map(QueueSummary::encoded_len).sum();
     assert!(8 + 4 + bytes <= MIN_MAX_FRAME_LEN as usize);
 
+    // The client reads every page: each item once, in order.
     let queues = within("list queues", client.list_queues()).await.unwrap();
     let listed: Vec<&str> = queues.iter().map(|q| q.name.as_str()).collect();
-    assert_eq!(listed, names, "every queue once, by name");
-
+    assert_eq!(listed, made.queues, "every queue once, by name");
     let bindings = within("list bindings", client.list_bindings())
         .await
         .unwrap();
@@ -204,14 +221,13 @@ async fn listings_larger_than_a_frame_arrive_whole_with_every_item_once() {
             )
         })
         .collect();
-    let keys: Vec<String> = (0..ITEMS).map(|i| long_name('k', i)).collect();
-    let expected: Vec<(&str, &str, &str)> = names
+    let expected: Vec<(&str, &str, &str)> = made
+        .queues
         .iter()
-        .zip(&keys)
-        .map(|(q, k)| (exchange.as_str(), q.as_str(), k.as_str()))
+        .zip(&made.keys)
+        .map(|(q, k)| (made.exchange.as_str(), q.as_str(), k.as_str()))
         .collect();
     assert_eq!(listed, expected, "every binding once, in order");
-
     let consumers = within("list consumers", client.list_consumers())
         .await
         .unwrap();
@@ -219,19 +235,55 @@ async fn listings_larger_than_a_frame_arrive_whole_with_every_item_once() {
         .iter()
         .map(|c| (c.queue.as_str(), c.consumer_tag.as_str()))
         .collect();
-    let tags: Vec<String> = (0..ITEMS).map(|i| long_name('t', i)).collect();
-    let expected: Vec<(&str, &str)> = names
+    let expected: Vec<(&str, &str)> = made
+        .queues
         .iter()
-        .zip(&tags)
+        .zip(&made.tags)
         .map(|(q, t)| (q.as_str(), t.as_str()))
         .collect();
     assert_eq!(listed, expected, "every consumer once, in order");
-
     let exchanges = within("list exchanges", client.list_exchanges())
         .await
         .unwrap();
     assert_eq!(exchanges.first().map(|x| x.name.as_str()), Some(""));
-    assert!(exchanges.iter().any(|x| x.name == exchange));
+    assert!(exchanges.iter().any(|x| x.name == made.exchange));
+
+    // Asking for everything at once gets a page that fits the frame, and says more follow.
+    let mut raw = RawConnection::connect(&broker).await;
+    let request = ListQueues {
+        after: None,
+        limit: u32::MAX,
+    };
+    let answer = raw.call(request).await;
+    assert!(
+        matches!(answer.body, Reply::ListQueuesOk(ref p) if p.more),
+        "{:?}",
+        answer.body
+    );
+    assert!(answer.frame_len <= MIN_MAX_FRAME_LEN as usize);
+    let request = ListBindings {
+        after: None,
+        limit: u32::MAX,
+    };
+    let answer = raw.call(request).await;
+    assert!(
+        matches!(answer.body, Reply::ListBindingsOk(ref p) if p.more),
+        "{:?}",
+        answer.body
+    );
+    assert!(answer.frame_len <= MIN_MAX_FRAME_LEN as usize);
+
+    // So does a request with the empty payload of the first protocol draft.
+    raw.send_bytes(&[8, 0, 0, 0, 0x07, 0x06, 0, 0, 99, 0, 0, 0])
+        .await;
+    let answer = raw.answer(RequestId(99)).await;
+    assert!(
+        matches!(answer.body, Reply::ListConsumersOk(ref p) if p.more),
+        "{:?}",
+        answer.body
+    );
+    assert!(answer.frame_len <= MIN_MAX_FRAME_LEN as usize);
+    drop(made);
     broker.process.stop();
 }
 
@@ -240,12 +292,7 @@ async fn a_raw_request_with_a_small_limit_gets_pages_that_say_whether_more_follo
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), FLAGS);
     let client = broker.client().await;
-    let exchange = long_name('x', 0);
-    client
-        .declare_exchange(&exchange, ExchangeKind::Direct, ExchangeOptions::new())
-        .await
-        .unwrap();
-    let (names, _consumers) = declare_many(&client, &exchange).await;
+    let made = Topology::declare(&client, A_FEW).await;
     let mut raw = RawConnection::connect(&broker).await;
 
     // Queues, seven at a time.
@@ -265,48 +312,48 @@ async fn a_raw_request_with_a_small_limit_gets_pages_that_say_whether_more_follo
         }
         after = listed.last().cloned();
     }
-    assert_eq!(listed, names);
-    assert_eq!(pages, ITEMS.div_ceil(7));
+    assert_eq!(listed, made.queues);
+    assert_eq!(pages, A_FEW.div_ceil(7));
 
-    // Bindings and consumers, in pages of 50, continuing after the last item seen.
+    // Bindings and consumers, in pages of 6, continuing after the last item seen.
     let mut cursor = None;
     let mut bindings = Vec::new();
     loop {
         let request = ListBindings {
             after: cursor.take(),
-            limit: 50,
+            limit: 6,
         };
         let Reply::ListBindingsOk(page) = raw.call(request).await.body else {
             panic!("not a page of bindings");
         };
-        assert!(page.bindings.len() <= 50);
+        assert!(page.bindings.len() <= 6);
         bindings.extend(page.bindings);
         if !page.more {
             break;
         }
         cursor = bindings.last().cloned();
     }
-    let queues: Vec<&str> = bindings.iter().map(|b| b.queue.as_str()).collect();
-    assert_eq!(queues, names);
+    let keys: Vec<&str> = bindings.iter().map(|b| b.routing_key.as_str()).collect();
+    assert_eq!(keys, made.keys);
     let mut cursor = None;
     let mut consumers = Vec::new();
     loop {
         let request = ListConsumers {
             after: cursor.take(),
-            limit: 50,
+            limit: 6,
         };
         let Reply::ListConsumersOk(page) = raw.call(request).await.body else {
             panic!("not a page of consumers");
         };
-        assert!(page.consumers.len() <= 50);
+        assert!(page.consumers.len() <= 6);
         consumers.extend(page.consumers);
         if !page.more {
             break;
         }
         cursor = consumers.last().map(|c| c.key());
     }
-    let queues: Vec<&str> = consumers.iter().map(|c| c.queue.as_str()).collect();
-    assert_eq!(queues, names);
+    let tags: Vec<&str> = consumers.iter().map(|c| c.consumer_tag.as_str()).collect();
+    assert_eq!(tags, made.tags);
 
     // Exchanges one at a time: the default exchange ("") comes first, and continuing after
     // it is not starting over.
@@ -327,18 +374,8 @@ async fn a_raw_request_with_a_small_limit_gets_pages_that_say_whether_more_follo
     assert_eq!(exchanges[0], "");
     let unique: BTreeSet<&String> = exchanges.iter().collect();
     assert_eq!(unique.len(), exchanges.len(), "{exchanges:?}");
-    assert!(exchanges.contains(&exchange));
-
-    // A request with the empty payload of the first protocol draft gets the first page.
-    let mut legacy = BytesMut::new();
-    legacy.extend_from_slice(&[8, 0, 0, 0, 0x01, 0x06, 0, 0, 99, 0, 0, 0]);
-    raw.send_bytes(&legacy).await;
-    let answer = raw.answer(RequestId(99)).await;
-    let Reply::ListQueuesOk(page) = answer.body else {
-        panic!("not a page of queues");
-    };
-    assert!(page.more && page.queues.len() < ITEMS);
-    assert!(answer.frame_len <= MIN_MAX_FRAME_LEN as usize);
+    assert!(exchanges.contains(&made.exchange));
+    drop(made);
     broker.process.stop();
 }
 
@@ -347,32 +384,19 @@ async fn absurd_listing_requests_are_still_answered() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), FLAGS);
     let client = broker.client().await;
-    let exchange = long_name('x', 0);
-    client
-        .declare_exchange(&exchange, ExchangeKind::Direct, ExchangeOptions::new())
-        .await
-        .unwrap();
-    let (_names, _consumers) = declare_many(&client, &exchange).await;
+    let made = Topology::declare(&client, A_FEW).await;
     let mut raw = RawConnection::connect(&broker).await;
 
-    // The largest limit there is: the frame bounds the page.
-    let request = ListQueues {
+    // The largest limit there is.
+    let request = ListConsumers {
         after: None,
         limit: u32::MAX,
     };
-    let answer = raw.call(request).await;
-    let Reply::ListQueuesOk(page) = answer.body else {
-        panic!("not a page of queues");
+    let Reply::ListConsumersOk(page) = raw.call(request).await.body else {
+        panic!("not a page of consumers");
     };
-    assert!(page.more && !page.queues.is_empty());
-    assert!(answer.frame_len <= MIN_MAX_FRAME_LEN as usize);
-    let request = ListBindings {
-        after: None,
-        limit: u32::MAX,
-    };
-    let answer = raw.call(request).await;
-    assert!(matches!(answer.body, Reply::ListBindingsOk(ref p) if p.more));
-    assert!(answer.frame_len <= MIN_MAX_FRAME_LEN as usize);
+    assert_eq!(page.consumers.len(), A_FEW);
+    assert!(!page.more);
 
     // A cursor past every item: an empty last page.
     let request = ListQueues {
@@ -386,13 +410,14 @@ async fn absurd_listing_requests_are_still_answered() {
 
     // A cursor naming nothing that exists: the page starts where it would sort.
     let request = ListQueues {
-        after: Some(long_name('q', 149) + "z"),
+        after: Some(made.queues[14].clone() + "z"),
         limit: 1,
     };
     let Reply::ListQueuesOk(page) = raw.call(request).await.body else {
         panic!("not a page of queues");
     };
-    assert_eq!(page.queues[0].name, long_name('q', 150));
+    assert_eq!(page.queues[0].name, made.queues[15]);
+    assert!(page.more);
 
     // Malformed listing requests (a spelled-out default, a truncated cursor, an undefined
     // flag) get MALFORMED_REQUEST, and the connection goes on.
@@ -416,6 +441,7 @@ async fn absurd_listing_requests_are_still_answered() {
     let Reply::ListExchangesOk(_) = raw.call(ListExchanges::default()).await.body else {
         panic!("the connection stopped answering");
     };
+    drop(made);
     broker.process.stop();
 }
 
