@@ -446,23 +446,28 @@ async fn absurd_listing_requests_are_still_answered() {
 }
 
 /// A reply that cannot fit this connection's frames is answered with an error naming the
-/// request instead of being dropped: here a binding with 100 KiB of arguments, made over a
-/// connection with large frames, listed over one with 64 KiB frames; and a 100 KiB message
-/// pulled with `Get` over such a connection.
+/// request instead of being dropped: here a binding with the largest arguments allowed
+/// (64 KiB) and 255-byte names, made over a connection with large frames and listed over one
+/// with 64 KiB frames; and a 100 KiB message pulled with `Get` over such a connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_too_large_for_the_connection_is_answered_with_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), FLAGS);
     let big = broker.client().await;
-    big.declare_queue("q", QueueOptions::new()).await.unwrap();
-    big.declare_exchange("h", ExchangeKind::Headers, ExchangeOptions::new())
+    let (queue, exchange) = (long_name('q', 0), long_name('x', 0));
+    big.declare_queue(&queue, QueueOptions::new())
         .await
         .unwrap();
-    let huge = HeaderValue::Bytes(Bytes::from(vec![7u8; 100 << 10]));
-    big.bind("q", "h", "", vec![("blob".into(), huge)])
+    big.declare_exchange(&exchange, ExchangeKind::Headers, ExchangeOptions::new())
         .await
         .unwrap();
-    big.publish("", "q", vec![1u8; 100 << 10], &PublishOptions::new())
+    // 2 (count) + 2 + 4 (key "blob") + 1 (type) + 4 (length) + the bytes = 65 536, the limit.
+    let blob = HeaderValue::Bytes(Bytes::from(vec![7u8; 65_536 - 13]));
+    let arguments = vec![("blob".to_owned(), blob)];
+    big.bind(&queue, &exchange, &long_name('k', 0), arguments)
+        .await
+        .expect("a binding within the argument limits");
+    big.publish("", &queue, vec![1u8; 100 << 10], &PublishOptions::new())
         .await
         .unwrap();
 
@@ -471,7 +476,7 @@ async fn a_reply_too_large_for_the_connection_is_answered_with_an_error() {
         .await
         .expect_err("the binding cannot be sent");
     assert_eq!(err.code(), Some(ErrorCode::InternalError), "{err}");
-    let err = within("get", small.get("q"))
+    let err = within("get", small.get(&queue))
         .await
         .expect_err("the message cannot be sent");
     assert_eq!(err.code(), Some(ErrorCode::InternalError), "{err}");
