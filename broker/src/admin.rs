@@ -45,8 +45,8 @@ impl PageLimit {
 /// Takes `items` (already in listing order, after the cursor) while they fit in `limit`, and
 /// says whether any are left. The first item is taken even if it alone is too large, so a
 /// listing never stalls on an empty page: such an answer fails to encode and the request gets
-/// an `INTERNAL_ERROR` instead (only a binding with arguments of nearly a frame, listed over a
-/// connection with smaller frames than the one that bound it, can be that large).
+/// an `INTERNAL_ERROR` instead (only a binding with arguments near their 64 KiB limit, listed
+/// over a connection with frames near the 64 KiB minimum, can be that large).
 fn take_page<T>(
     items: impl IntoIterator<Item = T>,
     limit: PageLimit,
