@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::durability::{new_file_id, CheckpointTarget, Durability, Epoch, FileId};
+use super::durability::{new_file_id, CheckpointTarget, DirHandle, Durability, Epoch, FileId};
 use super::error::{Damage, Result, StorageError};
 use super::fault::{self, Point};
 use super::files;
@@ -326,6 +326,9 @@ impl QueueLog {
             .expect("a queue directory has a parent")
             .to_path_buf();
         let tmp = parent.join(format!("{CREATING_PREFIX}{uid:016x}"));
+        // Opened before anything is created: out of descriptors, nothing is left behind (a
+        // failure to open it after the rename would leave a queue directory nobody knows).
+        let parent_dir = files::open_dir(&parent)?;
         let build = || -> Result<Manifest> {
             fault::check(Point::CreateDir, &tmp)
                 .and_then(|()| std::fs::create_dir(&tmp))
@@ -349,7 +352,8 @@ impl QueueLog {
                 return Err(e);
             }
         };
-        files::sync_dir(&parent)?;
+        files::sync_open_dir(&parent_dir, &parent)?;
+        drop(parent_dir);
         Ok(Self::assemble(
             uid,
             dir,
@@ -563,6 +567,8 @@ impl QueueLog {
         let first = (SEGMENT_HEADER_LEN + needed).max(MIN_CHUNK).min(cap);
         let salt = fastrand::u32(..);
         let base_seq = self.next_seq;
+        // Opened first: out of descriptors, nothing has been created yet.
+        let dir = DirHandle::open(&self.dir)?;
         let created = (|| -> Result<SegmentFile> {
             let file = files::create_new(&path)?;
             let first =
@@ -605,7 +611,7 @@ impl QueueLog {
                 return Err(e);
             }
         };
-        self.durability.mark_dir(&self.dir);
+        self.durability.mark_dir(dir);
         let writer = file
             .map
             .writer(Arc::clone(&file.file))
@@ -1002,6 +1008,8 @@ fn write_acks(
     dir: &Path,
 ) -> Result<Epoch> {
     if log.file.is_none() {
+        // Opened first: out of descriptors, no ack log has been created yet.
+        let dir = DirHandle::open(dir)?;
         let file = files::create_new(&log.path)?;
         let header = LogHeader {
             magic: ACK_MAGIC,

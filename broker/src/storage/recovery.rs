@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::durability::{new_file_id, read_watermark, Durability};
+use super::durability::{new_file_id, read_watermark, DirHandle, Durability};
 use super::error::{Damage, Result, StorageError};
 use super::files;
 use super::format::{
@@ -501,7 +501,7 @@ pub(crate) fn open(
     log.report.bytes = live_bytes;
     log.report.torn_tail = torn;
     log.report.damage = damage;
-    log.sync_recovered(wm);
+    log.sync_recovered(wm)?;
     // Writing always resumes in a fresh segment, so a recovered tail is never written twice.
     // It is started by the first append, not here: opening needs no new space, so a queue
     // on a full disk can still be opened and drained (which is how space comes back).
@@ -556,7 +556,8 @@ impl QueueLog {
     /// that a power loss can still take, turning a lost unsynced page into reported
     /// corruption. The deletions recovery decides next (fully acked segments, originals of
     /// relocated copies) ride a later epoch, so they happen only once this is durable.
-    fn sync_recovered(&self, wm: Watermark) {
+    fn sync_recovered(&self, wm: Watermark) -> Result<()> {
+        let dir = DirHandle::open(&self.dir)?;
         let mut last = None;
         for seg in self.segments.values() {
             if seg.file.no >= wm.segment_no {
@@ -578,7 +579,8 @@ impl QueueLog {
             self.durability
                 .mark_file(f.id, &f.file, &f.path, Some((&self.checkpoint, w)));
         }
-        self.durability.mark_dir(&self.dir);
+        self.durability.mark_dir(dir);
+        Ok(())
     }
 
     fn maybe_delete_recovered(&mut self, no: u64) {
