@@ -109,6 +109,13 @@ impl StorageError {
     }
 }
 
+/// True when `err` says the process or the system ran out of descriptors or memory: what
+/// [`StorageError::io`] classifies as [`StorageError::ResourceExhausted`].
+pub fn is_out_of_resources(err: &io::Error) -> bool {
+    err.raw_os_error()
+        .is_some_and(|code| is_one_of(code, NO_RESOURCES))
+}
+
 /// The disk, a quota or a file-size limit is exhausted.
 const NO_SPACE: &[Errno] = &[Errno::NOSPC, Errno::DQUOT, Errno::FBIG];
 
