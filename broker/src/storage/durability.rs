@@ -477,12 +477,29 @@ fn write_watermark(target: &CheckpointTarget, w: Watermark) -> std::io::Result<(
 }
 
 /// Reads a queue's durable watermark; `None` if absent or damaged (then nothing is assumed
-/// durable, which is the safe lower bound).
-pub(crate) fn read_watermark(dir: &Path, queue_uid: u64) -> Option<Watermark> {
-    let f = File::open(dir.join(CKPT_FILE)).ok()?;
+/// durable, which is the safe lower bound). A file that is there but cannot be read (out of
+/// descriptors, an I/O error) is an error, not an absent watermark: recovery without it would
+/// take damage to durable data for a torn tail and cut it.
+pub(crate) fn load_watermark(dir: &Path, queue_uid: u64) -> Result<Option<Watermark>> {
+    let path = dir.join(CKPT_FILE);
+    let f = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StorageError::io(path, e)),
+    };
     let mut b = [0u8; CKPT_LEN];
-    f.read_exact_at(&mut b, 0).ok()?;
-    Watermark::decode(&b, queue_uid)
+    match f.read_exact_at(&mut b, 0) {
+        Ok(()) => Ok(Watermark::decode(&b, queue_uid)),
+        // Cut short: damaged.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(StorageError::io(path, e)),
+    }
+}
+
+/// [`load_watermark`], with errors read as "no watermark" (for tests that inspect one).
+#[cfg(test)]
+pub(crate) fn read_watermark(dir: &Path, queue_uid: u64) -> Option<Watermark> {
+    load_watermark(dir, queue_uid).ok().flatten()
 }
 
 /// Stops the process after a failed sync. Retrying is unsafe: the kernel may already have

@@ -298,6 +298,9 @@ pub struct QueueLog {
     pub(crate) delivered_hwm: u64,
     pub(crate) recovered: RecoveredDeliveries,
     pub(crate) report: RecoveryReport,
+    /// The last flush could not write some acks (and said so): out of descriptors, every
+    /// flush would fail the same way, and one warning per run of failures is enough.
+    pub(crate) acks_failing: bool,
 }
 
 /// A clean close writes the pending acks, so a drained queue stays drained after a restart;
@@ -396,6 +399,7 @@ impl QueueLog {
             delivered_hwm: 0,
             recovered: RecoveredDeliveries::default(),
             report: RecoveryReport::default(),
+            acks_failing: false,
         }
     }
 
@@ -810,6 +814,7 @@ impl QueueLog {
         let mut epoch = 0;
         let hwm = self.delivered_hwm;
         let mut buf = Vec::new();
+        let mut failed = false;
         for seg in self.segments.values_mut().filter(|s| s.acks_dirty) {
             if seg.deleting.is_some() {
                 seg.ack_log.pending = AckBatch::default();
@@ -833,10 +838,18 @@ impl QueueLog {
                     seg.acks_dirty = false;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "could not write acks; keeping them for the next flush")
+                    if !failed && !self.acks_failing {
+                        tracing::warn!(queue = self.uid, error = %e,
+                            "could not write acks; keeping them for the next flushes");
+                    }
+                    failed = true;
                 }
             }
         }
+        if self.acks_failing && !failed {
+            tracing::info!(queue = self.uid, "acks are written again");
+        }
+        self.acks_failing = failed;
         self.maintain()?;
         Ok(epoch)
     }
