@@ -5,6 +5,7 @@
 
 use std::process::Command;
 
+use rustix::io::Errno;
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
 use super::support::*;
@@ -127,4 +128,43 @@ fn exhaust_descriptors() {
         .map(|(_, id, _)| id)
         .collect();
     assert_eq!(ids, confirmed, "every durable message survives a restart");
+}
+
+/// The same, in process, with the fault injected where a directory is opened: a rotation that
+/// cannot open its directory changes nothing, and succeeds once descriptors are back.
+#[test]
+fn a_rotation_that_cannot_open_its_directory_changes_nothing() {
+    use crate::storage::fault::{self, Point};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config(64 << 10)).unwrap();
+    let mut log = store.create_queue().unwrap();
+    append_durable(&mut log, 0, 4, 100);
+    let mut confirmed: Vec<u64> = (0..4).collect();
+    let qdir = log.dir().to_path_buf();
+    let before = segments(&qdir);
+
+    let armed = fault::arm(Point::OpenDir, dir.path(), Errno::MFILE.raw_os_error());
+    let mut next = 4;
+    let refusal = loop {
+        match append_one(&mut log, next, 4000) {
+            Ok(epoch) => {
+                store.durability().wait_blocking(epoch);
+                confirmed.push(next);
+                next += 1;
+            }
+            Err(e) => break e,
+        }
+        assert!(next < 1000, "no rotation was needed");
+    };
+    assert!(refusal.is_resource_exhausted(), "{refusal:?}");
+    assert!(armed.hits() > 0);
+    assert_eq!(segments(&qdir), before, "no segment file was left behind");
+    drop(armed);
+
+    let epoch = append_one(&mut log, next, 4000).unwrap();
+    store.durability().wait_blocking(epoch);
+    confirmed.push(next);
+    assert_eq!(segments(&qdir).len(), before.len() + 1);
+    let ids: Vec<u64> = contents(&log).into_iter().map(|(_, id, _)| id).collect();
+    assert_eq!(ids, confirmed);
 }
