@@ -257,8 +257,12 @@ impl Refusal {
 
     /// Sends the `Close` without waiting: a new socket's send buffer has room for it, and the
     /// accept loop must not wait on a peer it is refusing. False if it could not be sent.
+    ///
+    /// A plain `write(2)` on the non-blocking socket, not `try_write`: tokio answers
+    /// `WouldBlock` without trying until its reactor has seen the new socket become writable,
+    /// which right after `accept` it may not have yet.
     pub(crate) fn send_now(&self, stream: &TcpStream) -> bool {
-        matches!(stream.try_write(&self.frame), Ok(n) if n == self.frame.len())
+        matches!(rustix::io::write(stream, &self.frame), Ok(n) if n == self.frame.len())
     }
 }
 
