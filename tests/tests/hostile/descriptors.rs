@@ -1,18 +1,22 @@
 //! Clients that use up the broker's file descriptors: a flood of sockets that never say Hello,
 //! and a client declaring queues until no file can be opened. The broker runs under a lowered
 //! `RLIMIT_NOFILE` (soft = hard, so it cannot raise it). It must refuse what does not fit with
-//! typed errors, keep serving, never abort, and lose nothing it confirmed.
+//! typed errors, keep serving, never abort, serve again by itself once descriptors are freed,
+//! and lose nothing it confirmed.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use rustix::process::{Resource, Rlimit};
 use sluice_broker::limits::default_max_connections;
 use sluice_client::wire::{ErrorCode, FrameDecoder, Reply, HANDSHAKE_MAX_FRAME_LEN};
-use sluice_client::{Client, ConsumeOptions, OutgoingMessage, QueueOptions};
+use sluice_client::{
+    Client, ConsumeOptions, DeleteQueueOptions, OutgoingMessage, PublishOptions, QueueOptions,
+};
 use sluice_tests::broker::BrokerProcess;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -173,14 +177,13 @@ async fn running_out_of_descriptors_refuses_with_typed_errors_and_loses_nothing_
     for i in 0..QUEUES {
         let queue = format!("many-{i:03}");
         let body = format!("only-{i}");
-        let outcome = match second.declare_queue(&queue, QueueOptions::new()).await {
-            Ok(_) => {
-                second
-                    .publish("", &queue, body.clone(), &Default::default())
-                    .await
-            }
-            Err(e) => Err(e),
-        };
+        let outcome = within("declare and publish", async {
+            second.declare_queue(&queue, QueueOptions::new()).await?;
+            second
+                .publish("", &queue, body.clone(), &PublishOptions::new())
+                .await
+        })
+        .await;
         match outcome {
             Ok(()) => {
                 kept.insert(queue, body);
@@ -201,10 +204,40 @@ async fn running_out_of_descriptors_refuses_with_typed_errors_and_loses_nothing_
     let more = bodies("exhausted", 5);
     publish_confirmed(&first, "work", &more).await;
     work.extend(more);
+
+    // Descriptors come back (a connection leaves, queues are deleted): the broker takes
+    // declares again by itself. The connection's socket is released a moment after its
+    // close, so a deletion may still find none free, and says so.
+    first.close().await.unwrap();
+    let deleted: Vec<String> = kept.keys().take(3).cloned().collect();
+    for queue in &deleted {
+        within("a deletion once a descriptor is free", async {
+            loop {
+                match second
+                    .delete_queue(queue, DeleteQueueOptions::default())
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(e) => {
+                        assert_eq!(e.code(), Some(ErrorCode::ResourceExhausted), "{e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        })
+        .await;
+        kept.remove(queue);
+    }
+    second
+        .declare_queue("after-exhaustion", QueueOptions::new())
+        .await
+        .unwrap();
+    let again = bodies("after-exhaustion", 5);
+    publish_confirmed(&second, "after-exhaustion", &again).await;
     let log = broker.process.log();
     assert!(!log.contains("FATAL"), "{log}");
 
-    drop((first, second, consumer));
+    drop((second, consumer));
     broker.process.stop();
 
     // Everything confirmed is there after a clean restart (with the usual limit).
@@ -221,6 +254,19 @@ async fn running_out_of_descriptors_refuses_with_typed_errors_and_loses_nothing_
             .unwrap();
         assert_eq!(message.body, expected.as_bytes());
         message.ack().await.unwrap();
+    }
+    for expected in &again {
+        let message = client
+            .get("after-exhaustion")
+            .await
+            .unwrap()
+            .expect("confirmed");
+        assert_eq!(message.body, expected.as_bytes());
+        message.ack().await.unwrap();
+    }
+    for queue in &deleted {
+        let gone = client.declare_queue(queue, QueueOptions::passive()).await;
+        assert!(gone.unwrap_err().is_not_found(), "{queue} came back");
     }
     for (queue, body) in &kept {
         let message = client.get(queue).await.unwrap();
