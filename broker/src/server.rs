@@ -44,7 +44,9 @@ impl Server {
         let max_connections = broker
             .config
             .max_connections
-            .unwrap_or_else(|| limits::default_max_connections(limits::descriptor_limit()));
+            .unwrap_or_else(|| limits::default_max_connections(limits::descriptor_limit()))
+            // More would make the semaphore panic; no process has that many descriptors.
+            .min(Semaphore::MAX_PERMITS);
         tracing::info!(max_connections, "connection limit");
         Ok(Self {
             broker,
