@@ -41,6 +41,14 @@ pub struct ServeArgs {
     /// Publishers are blocked while the data directory's file system has less free space.
     #[arg(long, env = "SLUICE_MIN_FREE_DISK_BYTES")]
     pub min_free_disk_bytes: Option<u64>,
+    /// Most client connections at once, those still in their handshake included; more are
+    /// refused with CONNECTION_LIMIT [default: half the descriptor limit left after a reserve
+    /// of 64; the rest is kept for queue files].
+    #[arg(long, env = "SLUICE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Time a client has to complete the handshake, in ms [default: 10000].
+    #[arg(long, env = "SLUICE_HANDSHAKE_TIMEOUT_MS")]
+    pub handshake_timeout_ms: Option<u64>,
 }
 
 /// The `[server]`-less TOML file: the same names as the flags, with underscores.
@@ -55,6 +63,8 @@ struct FileConfig {
     #[serde(default)]
     users: Vec<User>,
     min_free_disk_bytes: Option<u64>,
+    max_connections: Option<usize>,
+    handshake_timeout_ms: Option<u64>,
 }
 
 /// A user allowed to connect.
@@ -90,6 +100,9 @@ pub struct ServerConfig {
     pub min_free_disk_bytes: u64,
     /// Time a client has to complete the handshake.
     pub handshake_timeout: Duration,
+    /// Most connections at once (in handshake or not); `None`: derived from the descriptor
+    /// limit when the server starts ([`crate::limits::default_max_connections`]).
+    pub max_connections: Option<usize>,
     /// Lease of deliveries when neither queue nor consumer sets one.
     pub default_ack_timeout: Duration,
 }
@@ -110,6 +123,7 @@ impl Default for ServerConfig {
             }],
             min_free_disk_bytes: 64 << 20,
             handshake_timeout: Duration::from_secs(10),
+            max_connections: None,
             default_ack_timeout: Duration::from_secs(30 * 60),
         }
     }
@@ -179,6 +193,18 @@ impl ServerConfig {
         }
         if let Some(v) = args.min_free_disk_bytes.or(file.min_free_disk_bytes) {
             c.min_free_disk_bytes = v;
+        }
+        if let Some(v) = args.max_connections.or(file.max_connections) {
+            if v == 0 {
+                return Err(invalid("max_connections", "must be at least 1"));
+            }
+            c.max_connections = Some(v);
+        }
+        if let Some(v) = args.handshake_timeout_ms.or(file.handshake_timeout_ms) {
+            if v == 0 {
+                return Err(invalid("handshake_timeout_ms", "must be at least 1"));
+            }
+            c.handshake_timeout = Duration::from_millis(v);
         }
         if let Some(spec) = &args.users {
             c.users = parse_users(spec)?;
@@ -260,6 +286,38 @@ mod tests {
                 password: "pw".into()
             }]
         );
+    }
+
+    #[test]
+    fn the_connection_limit_is_derived_unless_set_and_never_zero() {
+        let c = ServerConfig::resolve(&ServeArgs::default()).unwrap();
+        assert_eq!(c.max_connections, None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(
+            &path,
+            "max_connections = 200\nhandshake_timeout_ms = 2500\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        };
+        let c = ServerConfig::resolve(&args).unwrap();
+        assert_eq!(c.max_connections, Some(200));
+        assert_eq!(c.handshake_timeout, Duration::from_millis(2500));
+        let args = ServeArgs {
+            config: Some(path),
+            max_connections: Some(0),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(
+            ServerConfig::resolve(&args),
+            Err(ConfigError::Invalid {
+                name: "max_connections",
+                ..
+            })
+        ));
     }
 
     #[test]

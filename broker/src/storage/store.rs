@@ -179,10 +179,12 @@ impl Store {
         let dir = self.queue_dir(uid);
         let parent = self.dir.join(QUEUES_DIR);
         let aside = parent.join(format!("{DELETED_PREFIX}{uid:016x}"));
+        let parent_dir = files::open_dir(&parent)?;
         fault::check(Point::Rename, &dir)
             .and_then(|()| std::fs::rename(&dir, &aside))
             .map_err(|e| StorageError::io(&dir, e))?;
-        files::sync_dir(&parent)?;
+        files::sync_open_dir(&parent_dir, &parent)?;
+        drop(parent_dir);
         std::fs::remove_dir_all(&aside).map_err(|e| StorageError::io(&aside, e))
     }
 

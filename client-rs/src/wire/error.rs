@@ -239,6 +239,9 @@ error_codes! {
     UnexpectedFrame = 105, "UNEXPECTED_FRAME";
     /// The server is shutting down, or an operator closed the connection.
     ConnectionForced = 106, "CONNECTION_FORCED";
+    /// The server is at its connection limit; the connection was refused before its
+    /// handshake. Retry later.
+    ConnectionLimit = 108, "CONNECTION_LIMIT";
 
     // 2xx: request errors. Sent in an `Error` frame naming the request; the connection stays up.
     /// The payload of a well-framed request could not be decoded.
@@ -278,6 +281,9 @@ error_codes! {
     // 5xx: server faults.
     /// The server failed; the request may be retried.
     InternalError = 500, "INTERNAL_ERROR";
+    /// The server ran out of a resource (file descriptors, memory for a mapping); nothing was
+    /// changed, and the request may succeed once the resource is released.
+    ResourceExhausted = 501, "RESOURCE_EXHAUSTED";
 }
 
 impl ErrorCode {
@@ -347,6 +353,7 @@ mod tests {
                 (104, "HEARTBEAT_TIMEOUT"),
                 (105, "UNEXPECTED_FRAME"),
                 (106, "CONNECTION_FORCED"),
+                (108, "CONNECTION_LIMIT"),
                 (200, "MALFORMED_REQUEST"),
                 (201, "UNKNOWN_OPCODE"),
                 (202, "NOT_FOUND"),
@@ -362,6 +369,7 @@ mod tests {
                 (400, "QUEUE_DELETED"),
                 (401, "CONSUMER_CANCELLED"),
                 (500, "INTERNAL_ERROR"),
+                (501, "RESOURCE_EXHAUSTED"),
             ]
         );
     }
