@@ -124,7 +124,10 @@ impl Server {
         if drained.is_err() {
             connections.abort_all();
         }
-        if drained.is_ok() && self.broker.shutdown_queues().await {
+        // Every queue closes whatever happened to the connections; the stop is clean only if
+        // both went as planned.
+        let queues_closed = self.broker.shutdown_queues().await;
+        if drained.is_ok() && queues_closed {
             match self.broker.store().mark_clean_stop() {
                 Ok(()) => tracing::info!("queues closed; clean stop recorded"),
                 Err(e) => {
