@@ -1,64 +1,135 @@
-//! Listings for operators (protocol.md §15), read from the registry and the queues' counters.
+//! Listings for operators (protocol.md §15), read from the registry and the queues' counters,
+//! one page at a time.
+//!
+//! Each page holds the items that sort strictly after the request's cursor, in a fixed order,
+//! as many as the request's limit and the connection's maximum frame allow. Because the
+//! cursor is a key rather than a position, an item that exists for the whole of a listing is
+//! listed exactly once, whatever is created or deleted meanwhile, and no item is listed twice.
 
 use std::sync::atomic::Ordering;
 
 use sluice_client::wire::{
-    BindingSummary, ExchangeSummary, ListBindingsOk, ListConsumersOk, ListExchangesOk,
-    ListQueuesOk, QueueSummary,
+    BindingSummary, ConsumerSummary, ExchangeSummary, ListBindings, ListBindingsOk, ListConsumers,
+    ListConsumersOk, ListExchanges, ListExchangesOk, ListQueues, ListQueuesOk, QueueSummary,
+    MAX_PAGE_ITEMS, MIN_FRAME_LEN, PAGE_FIXED_LEN,
 };
 
 use crate::broker::Broker;
+use crate::queue::QueueHandle;
 
-/// Every queue, by name.
-pub fn list_queues(broker: &Broker) -> ListQueuesOk {
-    let queues = broker
-        .queues()
-        .into_iter()
-        .map(|q| {
-            let m = &q.meta;
-            let s = &m.stats;
-            QueueSummary {
-                name: m.name.to_string(),
-                durable: m.durable,
-                exclusive: m.exclusive_owner.is_some(),
-                auto_delete: m.auto_delete,
-                ready: s.ready.load(Ordering::Relaxed),
-                unacked: s.unacked.load(Ordering::Relaxed),
-                consumers: s.consumers.load(Ordering::Relaxed),
-                bytes: s.bytes.load(Ordering::Relaxed),
-                publish_rate: s.publish_rate.load(Ordering::Relaxed),
-                ack_rate: s.ack_rate.load(Ordering::Relaxed),
-            }
-        })
-        .collect();
-    ListQueuesOk { queues }
+/// How much of a listing one answer may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimit {
+    /// Most items.
+    items: usize,
+    /// Most encoded bytes of items.
+    bytes: usize,
 }
 
-/// Every exchange, by name.
-pub fn list_exchanges(broker: &Broker) -> ListExchangesOk {
+impl PageLimit {
+    /// At most `limit` items (0 = no count limit), and no more than fit in an answer frame of
+    /// `max_frame_len` (the connection's agreed maximum).
+    pub fn new(limit: u32, max_frame_len: u32) -> Self {
+        let items = match limit {
+            0 => MAX_PAGE_ITEMS,
+            n => (n as usize).min(MAX_PAGE_ITEMS),
+        };
+        let fixed = MIN_FRAME_LEN as usize + PAGE_FIXED_LEN;
+        PageLimit {
+            items,
+            bytes: (max_frame_len as usize).saturating_sub(fixed),
+        }
+    }
+}
+
+/// Takes `items` (already in listing order, after the cursor) while they fit in `limit`, and
+/// says whether any are left. The first item is taken even if it alone is too large, so a
+/// listing never stalls on an empty page: such an answer fails to encode and the request gets
+/// an `INTERNAL_ERROR` instead (only a binding with arguments near their 64 KiB limit, listed
+/// over a connection with frames near the 64 KiB minimum, can be that large).
+fn take_page<T>(
+    items: impl IntoIterator<Item = T>,
+    limit: PageLimit,
+    encoded_len: impl Fn(&T) -> usize,
+) -> (Vec<T>, bool) {
+    let mut page = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let len = encoded_len(&item);
+        if !page.is_empty() && (page.len() >= limit.items || bytes + len > limit.bytes) {
+            return (page, true);
+        }
+        bytes += len;
+        page.push(item);
+    }
+    (page, false)
+}
+
+/// A page of queues, by name.
+pub fn list_queues(broker: &Broker, request: &ListQueues, max_frame_len: u32) -> ListQueuesOk {
+    let queues = broker.queues();
+    let start = match &request.after {
+        Some(after) => queues.partition_point(|q| *q.meta.name <= **after),
+        None => 0,
+    };
+    let limit = PageLimit::new(request.limit, max_frame_len);
+    let (queues, more) = take_page(
+        queues[start..].iter().map(queue_summary),
+        limit,
+        QueueSummary::encoded_len,
+    );
+    ListQueuesOk { queues, more }
+}
+
+fn queue_summary(q: &QueueHandle) -> QueueSummary {
+    let m = &q.meta;
+    let s = &m.stats;
+    QueueSummary {
+        name: m.name.to_string(),
+        durable: m.durable,
+        exclusive: m.exclusive_owner.is_some(),
+        auto_delete: m.auto_delete,
+        ready: s.ready.load(Ordering::Relaxed),
+        unacked: s.unacked.load(Ordering::Relaxed),
+        consumers: s.consumers.load(Ordering::Relaxed),
+        bytes: s.bytes.load(Ordering::Relaxed),
+        publish_rate: s.publish_rate.load(Ordering::Relaxed),
+        ack_rate: s.ack_rate.load(Ordering::Relaxed),
+    }
+}
+
+/// A page of exchanges, by name (the default exchange, `""`, first).
+pub fn list_exchanges(
+    broker: &Broker,
+    request: &ListExchanges,
+    max_frame_len: u32,
+) -> ListExchangesOk {
     let reg = broker.read();
-    let mut exchanges: Vec<ExchangeSummary> = reg
-        .routing
-        .exchanges()
-        .into_iter()
-        .map(|x| ExchangeSummary {
-            name: x.name.clone(),
-            kind: x.kind.into(),
-            durable: x.durable,
-            auto_delete: x.auto_delete,
-            alternate_exchange: x.alternate_exchange.clone(),
-        })
-        .collect();
-    exchanges.sort_by(|a, b| a.name.cmp(&b.name));
-    ListExchangesOk { exchanges }
+    let exchanges = reg.routing.exchanges();
+    let start = match &request.after {
+        Some(after) => exchanges.partition_point(|x| x.name <= *after),
+        None => 0,
+    };
+    let summaries = exchanges[start..].iter().map(|x| ExchangeSummary {
+        name: x.name.clone(),
+        kind: x.kind.into(),
+        durable: x.durable,
+        auto_delete: x.auto_delete,
+        alternate_exchange: x.alternate_exchange.clone(),
+    });
+    let limit = PageLimit::new(request.limit, max_frame_len);
+    let (exchanges, more) = take_page(summaries, limit, ExchangeSummary::encoded_len);
+    ListExchangesOk { exchanges, more }
 }
 
-/// Every explicit binding, oldest first.
-pub fn list_bindings(broker: &Broker) -> ListBindingsOk {
-    let bindings = broker
-        .read()
-        .routing
-        .bindings()
+/// A page of explicit bindings, in [`BindingSummary::listing_cmp`] order.
+pub fn list_bindings(
+    broker: &Broker,
+    request: &ListBindings,
+    max_frame_len: u32,
+) -> ListBindingsOk {
+    let all = broker.read().routing.bindings();
+    let mut rest: Vec<BindingSummary> = all
         .into_iter()
         .map(|b| BindingSummary {
             exchange: b.exchange,
@@ -66,15 +137,31 @@ pub fn list_bindings(broker: &Broker) -> ListBindingsOk {
             routing_key: b.routing_key,
             arguments: b.arguments,
         })
+        .filter(|b| match &request.after {
+            Some(after) => b.listing_cmp(after).is_gt(),
+            None => true,
+        })
         .collect();
-    ListBindingsOk { bindings }
+    rest.sort_unstable_by(BindingSummary::listing_cmp);
+    let limit = PageLimit::new(request.limit, max_frame_len);
+    let (bindings, more) = take_page(rest, limit, BindingSummary::encoded_len);
+    ListBindingsOk { bindings, more }
 }
 
-/// Every consumer, by queue.
-pub fn list_consumers(broker: &Broker) -> ListConsumersOk {
-    let consumers = broker
+/// A page of consumers, by queue, tag and connection ([`ConsumerKey`] order).
+///
+/// [`ConsumerKey`]: sluice_client::wire::ConsumerKey
+pub fn list_consumers(
+    broker: &Broker,
+    request: &ListConsumers,
+    max_frame_len: u32,
+) -> ListConsumersOk {
+    let after = request.after.as_ref();
+    let mut rest: Vec<ConsumerSummary> = broker
         .queues()
         .iter()
+        // Queues are sorted by name: those before the cursor's queue hold no consumer after it.
+        .filter(|q| after.is_none_or(|a| *q.meta.name >= *a.queue))
         .flat_map(|q| {
             q.meta
                 .stats
@@ -83,6 +170,44 @@ pub fn list_consumers(broker: &Broker) -> ListConsumersOk {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone()
         })
+        .filter(|c| after.is_none_or(|a| c.key() > *a))
         .collect();
-    ListConsumersOk { consumers }
+    rest.sort_unstable_by_key(ConsumerSummary::key);
+    let limit = PageLimit::new(request.limit, max_frame_len);
+    let (consumers, more) = take_page(rest, limit, ConsumerSummary::encoded_len);
+    ListConsumersOk { consumers, more }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lens(page: &(Vec<usize>, bool)) -> (usize, bool) {
+        (page.0.len(), page.1)
+    }
+
+    #[test]
+    fn a_page_stops_at_the_limit_or_the_frame_whichever_comes_first() {
+        let fixed = MIN_FRAME_LEN as usize + PAGE_FIXED_LEN;
+        let items = || vec![10usize; 10];
+        let by_count = PageLimit::new(3, 1 << 20);
+        assert_eq!(lens(&take_page(items(), by_count, |n| *n)), (3, true));
+        let by_bytes = PageLimit::new(0, (fixed + 45) as u32);
+        assert_eq!(lens(&take_page(items(), by_bytes, |n| *n)), (4, true));
+        let exact = PageLimit::new(0, (fixed + 100) as u32);
+        assert_eq!(lens(&take_page(items(), exact, |n| *n)), (10, false));
+        let all = PageLimit::new(u32::MAX, u32::MAX);
+        assert_eq!(lens(&take_page(items(), all, |n| *n)), (10, false));
+        assert_eq!(lens(&take_page(Vec::new(), all, |n| *n)), (0, false));
+    }
+
+    #[test]
+    fn a_page_holds_at_least_one_item_even_if_it_is_too_large() {
+        let tiny = PageLimit::new(0, 0);
+        assert_eq!(
+            take_page(vec![500usize, 1], tiny, |n| *n),
+            (vec![500], true)
+        );
+        assert_eq!(take_page(vec![500usize], tiny, |n| *n), (vec![500], false));
+    }
 }

@@ -522,8 +522,9 @@ impl Broker {
         Ok(())
     }
 
-    /// Stops every queue task, letting each write what is pending and close its log.
-    pub async fn shutdown_queues(&self) {
+    /// Stops every queue task, letting each write what is pending and close its log; true when
+    /// every one of them did.
+    pub async fn shutdown_queues(&self) -> bool {
         let queues = self.queues();
         let mut waits = Vec::new();
         for q in queues {
@@ -532,9 +533,12 @@ impl Broker {
                 waits.push(wait);
             }
         }
+        let mut all_closed = true;
         for w in waits {
-            let _ = w.await;
+            // The sender is dropped once the log is closed: `Err` is the normal answer.
+            all_closed &= w.await.is_err();
         }
+        all_closed
     }
 }
 

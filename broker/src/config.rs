@@ -49,6 +49,14 @@ pub struct ServeArgs {
     /// bytes; 0 = no limit [default: 40% of the machine's or the cgroup's memory].
     #[arg(long, env = "SLUICE_MAX_MEMORY_BYTES")]
     pub max_memory_bytes: Option<u64>,
+    /// Most client connections at once, those still in their handshake included; more are
+    /// refused with CONNECTION_LIMIT [default: half the descriptor limit left after a reserve
+    /// of 64; the rest is kept for queue files].
+    #[arg(long, env = "SLUICE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Time a client has to complete the handshake, in ms [default: 10000].
+    #[arg(long, env = "SLUICE_HANDSHAKE_TIMEOUT_MS")]
+    pub handshake_timeout_ms: Option<u64>,
 }
 
 /// The `[server]`-less TOML file: the same names as the flags, with underscores.
@@ -65,6 +73,8 @@ struct FileConfig {
     min_free_disk_bytes: Option<u64>,
     slow_consumer_timeout_ms: Option<u64>,
     max_memory_bytes: Option<u64>,
+    max_connections: Option<usize>,
+    handshake_timeout_ms: Option<u64>,
 }
 
 /// A user allowed to connect.
@@ -104,6 +114,9 @@ pub struct ServerConfig {
     pub max_memory_bytes: Option<u64>,
     /// Time a client has to complete the handshake.
     pub handshake_timeout: Duration,
+    /// Most connections at once (in handshake or not); `None`: derived from the descriptor
+    /// limit when the server starts ([`crate::limits::default_max_connections`]).
+    pub max_connections: Option<usize>,
     /// Lease of deliveries when neither queue nor consumer sets one.
     pub default_ack_timeout: Duration,
 }
@@ -126,6 +139,7 @@ impl Default for ServerConfig {
             slow_consumer_timeout: Duration::from_secs(30),
             max_memory_bytes: crate::flow::default_memory_limit(),
             handshake_timeout: Duration::from_secs(10),
+            max_connections: None,
             default_ack_timeout: Duration::from_secs(30 * 60),
         }
     }
@@ -208,6 +222,18 @@ impl ServerConfig {
         if let Some(v) = args.max_memory_bytes.or(file.max_memory_bytes) {
             c.max_memory_bytes = (v > 0).then_some(v);
         }
+        if let Some(v) = args.max_connections.or(file.max_connections) {
+            if v == 0 {
+                return Err(invalid("max_connections", "must be at least 1"));
+            }
+            c.max_connections = Some(v);
+        }
+        if let Some(v) = args.handshake_timeout_ms.or(file.handshake_timeout_ms) {
+            if v == 0 {
+                return Err(invalid("handshake_timeout_ms", "must be at least 1"));
+            }
+            c.handshake_timeout = Duration::from_millis(v);
+        }
         if let Some(spec) = &args.users {
             c.users = parse_users(spec)?;
         } else if !file.users.is_empty() {
@@ -288,6 +314,38 @@ mod tests {
                 password: "pw".into()
             }]
         );
+    }
+
+    #[test]
+    fn the_connection_limit_is_derived_unless_set_and_never_zero() {
+        let c = ServerConfig::resolve(&ServeArgs::default()).unwrap();
+        assert_eq!(c.max_connections, None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(
+            &path,
+            "max_connections = 200\nhandshake_timeout_ms = 2500\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        };
+        let c = ServerConfig::resolve(&args).unwrap();
+        assert_eq!(c.max_connections, Some(200));
+        assert_eq!(c.handshake_timeout, Duration::from_millis(2500));
+        let args = ServeArgs {
+            config: Some(path),
+            max_connections: Some(0),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(
+            ServerConfig::resolve(&args),
+            Err(ConfigError::Invalid {
+                name: "max_connections",
+                ..
+            })
+        ));
     }
 
     #[test]

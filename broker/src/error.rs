@@ -79,8 +79,30 @@ impl From<StorageError> for RequestError {
         let code = match &e {
             StorageError::StorageFull { .. } => ErrorCode::StorageFull,
             StorageError::RecordTooLarge { .. } => ErrorCode::MessageTooLarge,
+            StorageError::ResourceExhausted { .. } => ErrorCode::ResourceExhausted,
             _ => ErrorCode::InternalError,
         };
         Self::new(code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os_error(errno: rustix::io::Errno) -> std::io::Error {
+        std::io::Error::from_raw_os_error(errno.raw_os_error())
+    }
+
+    #[test]
+    fn running_out_of_descriptors_is_resource_exhausted_on_the_wire() {
+        use rustix::io::Errno;
+        for errno in [Errno::MFILE, Errno::NFILE, Errno::NOMEM] {
+            let storage = StorageError::io("/data/queues/1", os_error(errno));
+            let request = RequestError::from(storage);
+            assert_eq!(request.code, ErrorCode::ResourceExhausted, "{errno:?}");
+        }
+        let other = StorageError::io("/data/queues/1", os_error(Errno::IO));
+        assert_eq!(RequestError::from(other).code, ErrorCode::InternalError);
     }
 }

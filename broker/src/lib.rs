@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: settings from flags, `SLUICE_*` variables and a TOML file.
-//! - [`server`]: the TCP listener and graceful shutdown.
+//! - [`server`]: the TCP listener, the connection limit and graceful shutdown.
+//! - [`limits`]: the descriptor limit, and the share of it connections may take.
 //! - `connection`: one task set per client: handshake, reading frames, the session that
 //!   answers requests, writing frames.
 //! - [`broker`]: shared state: the registry of queues and the routing table, the durable
@@ -26,6 +27,7 @@ mod connection;
 pub mod definitions;
 pub mod error;
 pub mod flow;
+pub mod limits;
 pub mod queue;
 pub mod routing;
 pub mod server;

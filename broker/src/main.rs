@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use sluice_broker::broker::Broker;
 use sluice_broker::cli::{self, AdminCommand};
 use sluice_broker::config::{ServeArgs, ServerConfig};
+use sluice_broker::limits;
 use sluice_broker::server::Server;
 
 /// Sluice: a persistent message broker.
@@ -57,6 +58,13 @@ fn init_logging(default: &str) {
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let config = ServerConfig::resolve(args)?;
+    // Before anything opens a file: the sockets and queue files all draw on this limit.
+    match limits::raise_descriptor_limit() {
+        Ok(limit) => tracing::info!(before = ?limit.before, now = ?limit.now,
+            "file descriptor limit (RLIMIT_NOFILE, soft)"),
+        Err(e) => tracing::warn!(error = %e, limit = ?limits::descriptor_limit(),
+            "could not raise the file descriptor limit; keeping it"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -1,8 +1,8 @@
 //! [`Client`], the cheap cloneable handle to a connection, and [`ClientBuilder`].
 //!
 //! Publishing lives in [`publish`](crate::publish) and consuming in
-//! [`consumer`](crate::consumer); this file has connecting, queue and exchange management,
-//! operators' listings, settling by delivery tag, and closing.
+//! [`consumer`](crate::consumer), operators' listings in `listing`; this file has connecting,
+//! queue and exchange management, settling by delivery tag, and closing.
 
 use std::fmt;
 use std::sync::Arc;
@@ -20,9 +20,8 @@ use crate::options::{
 };
 use crate::url::{ConnectUrl, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_PASSWORD, DEFAULT_USERNAME};
 use crate::wire::{
-    Ack, Bind, BindingSummary, ConsumerSummary, DeclareQueueOk, DeliveryTag, ExchangeKind,
-    ExchangeSummary, Extend, FrameBody, Headers, InspectQueue, InspectQueueOk, Nack, PurgeQueue,
-    QueueSummary, Reject, Reply, Request, Unbind,
+    Ack, Bind, DeclareQueueOk, DeliveryTag, ExchangeKind, Extend, FrameBody, Headers, InspectQueue,
+    InspectQueueOk, Nack, PurgeQueue, Reject, Reply, Request, Unbind,
 };
 
 /// Default prefetch window of consumers (see [`ClientBuilder::prefetch`]).
@@ -247,36 +246,6 @@ impl Client {
             })
             .await?;
         expect_reply!(reply, UnbindOk, empty)
-    }
-
-    // ---- listings for operators (protocol.md §15) --------------------------------------
-
-    /// Lists every queue, sorted by name, with its counters: ready and unacked messages,
-    /// consumers, bytes, and publish and ack rates. Exclusive queues of other connections
-    /// are listed too.
-    pub async fn list_queues(&self) -> Result<Vec<QueueSummary>> {
-        let reply = self.call(Request::ListQueues).await?;
-        expect_reply!(reply, ListQueuesOk).map(|ok| ok.queues)
-    }
-
-    /// Lists every exchange, sorted by name, the default exchange (`""`) and the built-in
-    /// `amq.*` ones included.
-    pub async fn list_exchanges(&self) -> Result<Vec<ExchangeSummary>> {
-        let reply = self.call(Request::ListExchanges).await?;
-        expect_reply!(reply, ListExchangesOk).map(|ok| ok.exchanges)
-    }
-
-    /// Lists every explicit binding, oldest first (the default exchange's implicit bindings
-    /// are not listed).
-    pub async fn list_bindings(&self) -> Result<Vec<BindingSummary>> {
-        let reply = self.call(Request::ListBindings).await?;
-        expect_reply!(reply, ListBindingsOk).map(|ok| ok.bindings)
-    }
-
-    /// Lists every consumer of every connection, sorted by queue.
-    pub async fn list_consumers(&self) -> Result<Vec<ConsumerSummary>> {
-        let reply = self.call(Request::ListConsumers).await?;
-        expect_reply!(reply, ListConsumersOk).map(|ok| ok.consumers)
     }
 
     // ---- settling by delivery tag -----------------------------------------------------

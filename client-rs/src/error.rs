@@ -315,6 +315,7 @@ impl Error {
                         | ErrorCode::MemoryLimit
                         | ErrorCode::QueueFull
                         | ErrorCode::InternalError
+                        | ErrorCode::ResourceExhausted
                 )
             ),
         }
@@ -361,6 +362,12 @@ mod tests {
             message: String::new(),
         });
         assert!(full.is_transient());
+        let exhausted = Error::from(Rejection {
+            seq: PublishSeq(5),
+            code: ErrorCode::ResourceExhausted,
+            message: String::new(),
+        });
+        assert!(exhausted.is_transient());
     }
 
     #[test]
@@ -377,6 +384,11 @@ mod tests {
             reason: "shutdown".into(),
         });
         assert!(forced.is_transient());
+        let at_capacity = Error::ConnectionClosed(CloseReason::Server {
+            code: Some(ErrorCode::ConnectionLimit),
+            reason: "at the connection limit".into(),
+        });
+        assert!(at_capacity.is_transient());
         assert!(!Error::ConnectionClosed(CloseReason::Normal).is_transient());
         assert!(Error::ConnectionClosed(CloseReason::HeartbeatTimeout).is_transient());
         assert_eq!(

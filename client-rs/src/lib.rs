@@ -13,8 +13,10 @@
 //! - `error`: [`Error`], [`CloseReason`], and the mapping from protocol error codes.
 //! - `options`: [`QueueOptions`], [`ExchangeOptions`], [`ConsumeOptions`],
 //!   [`PublishOptions`] and friends.
-//! - `client`: [`Client`] (connecting, queues, exchanges, bindings, listings for operators,
-//!   settling by tag, close) and [`ClientBuilder`].
+//! - `client`: [`Client`] (connecting, queues, exchanges, bindings, settling by tag, close)
+//!   and [`ClientBuilder`].
+//! - `listing`: operators' listings, every page fetched ([`Client::list_queues`]) or one at a
+//!   time ([`Client::list_queues_page`]).
 //! - `publish`: [`Client::publish`], [`Client::publish_batch`], [`Publisher`].
 //! - `consumer`: [`Client::consume`], [`Consumer`], [`Message`], [`Client::get`].
 //! - `connection`: the handshake and the connection task (not public): the select loop,
@@ -54,6 +56,7 @@ mod client;
 mod connection;
 mod consumer;
 mod error;
+mod listing;
 mod options;
 mod publish;
 mod url;

@@ -25,6 +25,8 @@ const SLUICE_VARIABLES: &[&str] = &[
     "SLUICE_MIN_FREE_DISK_BYTES",
     "SLUICE_SLOW_CONSUMER_TIMEOUT_MS",
     "SLUICE_MAX_MEMORY_BYTES",
+    "SLUICE_MAX_CONNECTIONS",
+    "SLUICE_HANDSHAKE_TIMEOUT_MS",
     "SLUICE_LOG",
 ];
 
@@ -85,8 +87,19 @@ impl BrokerProcess {
     /// Starts `sluice serve --data-dir DIR --listen 127.0.0.1:0 EXTRA...` and waits (bounded)
     /// for its first stdout line, which names the port.
     pub fn start(data_dir: &Path, extra: &[&str]) -> BrokerProcess {
-        let mut child = sluice_command()
-            .arg("serve")
+        Self::start_with(data_dir, extra, |_| {})
+    }
+
+    /// Like [`start`](Self::start), with `customize` applied to the command just before it is
+    /// spawned: more environment, or a resource limit set in the child with
+    /// `std::os::unix::process::CommandExt::pre_exec`.
+    pub fn start_with(
+        data_dir: &Path,
+        extra: &[&str],
+        customize: impl FnOnce(&mut Command),
+    ) -> BrokerProcess {
+        let mut cmd = sluice_command();
+        cmd.arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0"])
@@ -94,9 +107,9 @@ impl BrokerProcess {
             .env("SLUICE_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start sluice serve");
+            .stderr(Stdio::piped());
+        customize(&mut cmd);
+        let mut child = cmd.spawn().expect("start sluice serve");
         let stdout = child.stdout.take().expect("stdout is piped");
         let (line_tx, line_rx) = mpsc::channel();
         std::thread::spawn(move || {

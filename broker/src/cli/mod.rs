@@ -47,7 +47,7 @@ pub enum AdminCommand {
     /// The default exchange ("(default)", the empty name) and the built-in amq.* ones are
     /// included. FLAGS: D durable, A auto-delete.
     Exchanges(ListArgs),
-    /// List bindings, oldest first.
+    /// List bindings, by exchange, queue and routing key.
     ///
     /// Only explicit bindings: the default exchange's (routing key = queue name) are
     /// implicit.

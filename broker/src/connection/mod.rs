@@ -251,6 +251,57 @@ async fn refuse(wr: &mut OwnedWriteHalf, code: ErrorCode, reason: &str) -> Strin
     format!("{}: {reason}", code.name())
 }
 
+/// How long a refused connection is kept open for its peer to read the `Close` and leave.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// A `Close` sent instead of `Welcome` to connections the server has no room for.
+#[derive(Debug, Clone)]
+pub(crate) struct Refusal {
+    frame: Bytes,
+}
+
+impl Refusal {
+    /// `Close` with `CONNECTION_LIMIT`, naming the limit.
+    pub(crate) fn connection_limit(max_connections: usize) -> Self {
+        let close = Close {
+            code: Some(ErrorCode::ConnectionLimit),
+            reason: format!(
+                "the server is at its limit of {max_connections} connections; try again later"
+            ),
+        };
+        let mut out = BytesMut::new();
+        Frame::<Reply>::new(RequestId(0), close)
+            .encode(&mut out, HANDSHAKE_MAX_FRAME_LEN)
+            .expect("a short Close fits the handshake frame limit");
+        Self {
+            frame: out.freeze(),
+        }
+    }
+
+    /// Sends the `Close` without waiting: a new socket's send buffer has room for it, and the
+    /// accept loop must not wait on a peer it is refusing. False if it could not be sent.
+    ///
+    /// A plain `write(2)` on the non-blocking socket, not `try_write`: tokio answers
+    /// `WouldBlock` without trying until its reactor has seen the new socket become writable,
+    /// which right after `accept` it may not have yet.
+    pub(crate) fn send_now(&self, stream: &TcpStream) -> bool {
+        matches!(rustix::io::write(stream, &self.frame), Ok(n) if n == self.frame.len())
+    }
+}
+
+/// Closes a refused connection gracefully: our side first (FIN after the `Close`), then waits,
+/// bounded, for the peer to leave. Closing at once while the peer's `Hello` is unread would
+/// send a reset, which can make the peer drop the `Close` before reading it.
+pub(crate) async fn linger(stream: TcpStream) {
+    let (mut rd, mut wr) = stream.into_split();
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        let _ = wr.shutdown().await;
+        let mut sink = [0u8; 512];
+        while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;

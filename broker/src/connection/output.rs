@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use sluice_client::wire::{Frame, Reply, RequestId, WireError};
+use sluice_client::wire::{Frame, Reply, WireError};
 use tokio::sync::mpsc;
 
 use crate::queue::Outbox;
@@ -56,15 +56,11 @@ impl Output {
         &self.outbox
     }
 
-    /// Encodes a frame; its bytes count against the outbox from now on.
-    pub(super) fn send(
-        &mut self,
-        request_id: RequestId,
-        reply: impl Into<Reply>,
-    ) -> Result<(), WireError> {
+    /// Encodes a frame; its bytes count against the outbox from now on. A frame that cannot
+    /// be encoded leaves nothing behind.
+    pub(super) fn send(&mut self, frame: &Frame<Reply>) -> Result<(), WireError> {
         let before = self.buf.len();
-        let result =
-            Frame::<Reply>::new(request_id, reply).encode(&mut self.buf, self.max_frame_len);
+        let result = frame.encode(&mut self.buf, self.max_frame_len);
         self.outbox.add(self.buf.len() - before);
         result
     }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use sluice_client::wire::{
     Ack, Blocked, Cancel, CancelOk, Close, Confirm, Consume, ConsumerCancelled, ConsumerId,
     DeclareExchange, DecodeError, DeleteQueue, DeleteQueueOk, Deliver, Delivery, ErrorCode,
-    ErrorReply, Extend, Frame, GetOk, MetaView, Nack, Publish, PublishRejected, PublishSeq,
-    Rejection, Reply, Request, RequestId, MAX_NAME_LEN,
+    ErrorReply, Extend, Frame, FrameBody, GetOk, MetaView, Nack, Publish, PublishRejected,
+    PublishSeq, Rejection, Reply, Request, RequestId, MAX_NAME_LEN,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -319,9 +319,27 @@ impl Session {
     // Output
     // ------------------------------------------------------------------------------------
 
+    /// Queues a frame. A reply that cannot be encoded (a field or the frame too long for this
+    /// connection) is replaced by an `INTERNAL_ERROR` naming the same request, so the client
+    /// is never left waiting for an answer that was dropped.
     fn send(&mut self, request_id: RequestId, reply: impl Into<Reply>) {
-        if let Err(e) = self.output.send(request_id, reply) {
-            tracing::error!(conn = self.link.id, error = %e, "could not encode a reply");
+        let frame = Frame::<Reply>::new(request_id, reply);
+        let Err(e) = self.output.send(&frame) else {
+            return;
+        };
+        let opcode = frame.body.opcode();
+        tracing::error!(conn = self.link.id, request = %request_id, ?opcode, error = %e, "could not encode a reply");
+        if request_id == RequestId::NONE {
+            // An unsolicited frame: there is no request to answer.
+            return;
+        }
+        let error = ErrorReply {
+            code: ErrorCode::InternalError,
+            message: format!("the {opcode:?} reply could not be sent: {e}"),
+        };
+        if let Err(e) = self.output.send(&Frame::<Reply>::new(request_id, error)) {
+            // A short message in a frame of at least 64 KiB: cannot happen.
+            tracing::error!(conn = self.link.id, error = %e, "could not encode an error reply");
         }
     }
 
@@ -466,20 +484,24 @@ impl Session {
             }
             Request::Reject(r) => self.settle(id, r.delivery_tag.0, false, Settlement::Reject),
             Request::Extend(e) => self.on_extend(id, e),
-            Request::ListQueues => {
-                let reply = crate::admin::list_queues(&self.broker);
+            Request::ListQueues(r) => {
+                let max = self.agreed.max_frame_len;
+                let reply = crate::admin::list_queues(&self.broker, &r, max);
                 self.send(id, reply);
             }
-            Request::ListExchanges => {
-                let reply = crate::admin::list_exchanges(&self.broker);
+            Request::ListExchanges(r) => {
+                let max = self.agreed.max_frame_len;
+                let reply = crate::admin::list_exchanges(&self.broker, &r, max);
                 self.send(id, reply);
             }
-            Request::ListBindings => {
-                let reply = crate::admin::list_bindings(&self.broker);
+            Request::ListBindings(r) => {
+                let max = self.agreed.max_frame_len;
+                let reply = crate::admin::list_bindings(&self.broker, &r, max);
                 self.send(id, reply);
             }
-            Request::ListConsumers => {
-                let reply = crate::admin::list_consumers(&self.broker);
+            Request::ListConsumers(r) => {
+                let max = self.agreed.max_frame_len;
+                let reply = crate::admin::list_consumers(&self.broker, &r, max);
                 self.send(id, reply);
             }
         }

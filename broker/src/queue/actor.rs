@@ -125,6 +125,9 @@ struct Actor {
     had_consumer: bool,
     /// Messages below this seq were written before the last start.
     first_seq_this_run: u64,
+    /// Recovered messages below this may have been delivered before a crash (see
+    /// `RecoveredDeliveries::maybe_delivered_below`).
+    maybe_delivered_below: u64,
     delivered_hwm: u64,
     dirty: bool,
     inflight_bytes: u64,
@@ -184,6 +187,7 @@ impl Actor {
             next_consumer: 0,
             had_consumer: false,
             first_seq_this_run,
+            maybe_delivered_below: recovered.maybe_delivered_below,
             delivered_hwm: recovered.delivered_hwm,
             dirty: false,
             inflight_bytes: 0,
@@ -585,7 +589,7 @@ impl Actor {
             }
             let delivery = Delivery {
                 delivery_tag: DeliveryTag(0),
-                redelivered: count > 0,
+                redelivered: count > 0 || seq < self.maybe_delivered_below,
                 delivery_count: count + 1,
                 message_seq: seq,
                 meta: msg.meta,
@@ -622,6 +626,7 @@ impl Actor {
         if seq > self.delivered_hwm {
             self.delivered_hwm = seq;
             self.log().set_delivered_hwm(seq);
+            self.dirty = true;
         }
         if count > 1 {
             if let Err(e) = self.log().record_delivery_count(seq, count) {

@@ -7,8 +7,14 @@
 //! Batching comes from the time a sync takes, not from a timer. A failed sync stops the process:
 //! after a failed `fsync` the kernel may have dropped the dirty pages, so retrying could report
 //! success for data that is gone ("fsyncgate").
+//!
+//! The sync thread never opens a file to sync it: every dirty file and directory comes with the
+//! descriptor its writer already holds (a directory is opened when it is marked). Running out
+//! of descriptors (`EMFILE`) is therefore an error its writer gets back, before it changes
+//! anything, and never something the sync thread would have to tell apart from a failed sync.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -20,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::error::{Result, StorageError};
+use super::files;
 use super::format::{Watermark, CKPT_LEN};
 
 /// A group-commit generation. Everything tagged with epoch `e` is durable once the durable
@@ -46,6 +54,26 @@ pub(crate) struct CheckpointTarget {
 /// Name of the durable watermark file in a queue directory.
 pub(crate) const CKPT_FILE: &str = "durable.ckpt";
 
+/// A directory opened to be marked dirty ([`Durability::mark_dir`]); open it *before*
+/// changing the directory's entries, so that running out of descriptors leaves nothing half
+/// done.
+#[derive(Debug)]
+pub(crate) struct DirHandle {
+    path: PathBuf,
+    file: File,
+}
+
+impl DirHandle {
+    /// Opens `path`; `EMFILE` and the like are [`StorageError::ResourceExhausted`].
+    pub(crate) fn open(path: &Path) -> Result<Self> {
+        let file = files::open_dir(path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+}
+
 #[derive(Debug)]
 struct DirtyFile {
     file: Arc<File>,
@@ -57,7 +85,8 @@ struct DirtyFile {
 struct State {
     epoch: Epoch,
     files: HashMap<FileId, DirtyFile>,
-    dirs: HashSet<PathBuf>,
+    /// Dirty directories, with the descriptor opened when they were marked.
+    dirs: HashMap<PathBuf, File>,
     /// Checkpoints asked for so far; the sync thread takes them all with the next epoch.
     checkpoints_requested: u64,
     /// Checkpoints taken by the sync thread so far (`<= checkpoints_requested`).
@@ -139,6 +168,7 @@ impl SyncThread {
             config,
             data_dir_fd: dir,
             watermarks: HashMap::new(),
+            watermarks_failing: false,
         };
         let thread = std::thread::Builder::new()
             .name("sluice-sync".into())
@@ -201,15 +231,23 @@ impl Durability {
         e
     }
 
-    /// Tags a directory whose entries changed (a file created or renamed) as dirty.
-    pub(crate) fn mark_dir(&self, dir: &Path) -> Epoch {
+    /// Tags a directory whose entries changed (a file created or renamed) as dirty. The sync
+    /// thread syncs it through `dir`'s descriptor, so it needs none of its own.
+    pub(crate) fn mark_dir(&self, dir: DirHandle) -> Epoch {
         let mut st = lock(&self.shared.state);
         let wake = st.files.is_empty() && st.dirs.is_empty();
-        if !st.dirs.contains(dir) {
-            st.dirs.insert(dir.to_path_buf());
-        }
+        // Already dirty in this epoch: the descriptor taken then serves; close ours after
+        // the lock is released.
+        let spare = match st.dirs.entry(dir.path) {
+            Entry::Occupied(_) => Some(dir.file),
+            Entry::Vacant(slot) => {
+                slot.insert(dir.file);
+                None
+            }
+        };
         let e = st.epoch;
         drop(st);
+        drop(spare);
         if wake {
             self.shared.work.notify_one();
         }
@@ -293,6 +331,8 @@ struct Worker {
     data_dir_fd: File,
     /// Latest durable watermark per queue, and whether it still has to be written.
     watermarks: HashMap<u64, (Arc<CheckpointTarget>, Watermark, bool)>,
+    /// The last attempt to write watermarks failed (and that was logged).
+    watermarks_failing: bool,
 }
 
 impl Worker {
@@ -375,7 +415,7 @@ impl Worker {
         }
     }
 
-    fn sync(&self, files: &HashMap<FileId, DirtyFile>, dirs: &HashSet<PathBuf>) {
+    fn sync(&self, files: &HashMap<FileId, DirtyFile>, dirs: &HashMap<PathBuf, File>) {
         if files.len() >= self.config.syncfs_min_files {
             if let Err(e) = rustix::fs::syncfs(&self.data_dir_fd) {
                 fail_stop("syncfs of the data directory", Path::new("."), &e.into());
@@ -387,17 +427,18 @@ impl Worker {
                 }
             }
         }
-        for d in dirs {
-            match File::open(d).and_then(|f| f.sync_all()) {
-                Ok(()) => {}
-                // A directory removed since (a deleted queue) has nothing left to make durable.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => fail_stop("fsync of a directory", d, &e),
+        // Through the descriptors opened at marking: opening one here could fail for want of
+        // descriptors, which is not a failed sync and must not stop the process. (A directory
+        // removed since, a deleted queue, syncs fine through its descriptor.)
+        for (path, dir) in dirs {
+            if let Err(e) = dir.sync_all() {
+                fail_stop("fsync of a directory", path, &e);
             }
         }
     }
 
     fn write_watermarks(&mut self) {
+        let mut failed = false;
         for (target, w, pending) in self.watermarks.values_mut() {
             if !*pending {
                 continue;
@@ -405,11 +446,21 @@ impl Worker {
             match write_watermark(target, *w) {
                 Ok(()) => *pending = false,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => *pending = false,
-                // The old file is still a valid lower bound; try again next time.
-                Err(e) => tracing::warn!(dir = %target.dir.display(), error = %e,
-                    "could not write the durable watermark; will retry"),
+                // The old file is still a valid lower bound; try again next time. Said once
+                // per run of failures: out of descriptors, every queue fails every second.
+                Err(e) => {
+                    if !failed && !self.watermarks_failing {
+                        tracing::warn!(dir = %target.dir.display(), error = %e,
+                            "could not write a durable watermark; retrying every checkpoint");
+                    }
+                    failed = true;
+                }
             }
         }
+        if self.watermarks_failing && !failed {
+            tracing::info!("durable watermarks are written again");
+        }
+        self.watermarks_failing = failed;
         // Queues that were deleted leave nothing to write.
         self.watermarks.retain(|_, (t, _, _)| t.dir.exists());
     }
@@ -426,12 +477,29 @@ fn write_watermark(target: &CheckpointTarget, w: Watermark) -> std::io::Result<(
 }
 
 /// Reads a queue's durable watermark; `None` if absent or damaged (then nothing is assumed
-/// durable, which is the safe lower bound).
-pub(crate) fn read_watermark(dir: &Path, queue_uid: u64) -> Option<Watermark> {
-    let f = File::open(dir.join(CKPT_FILE)).ok()?;
+/// durable, which is the safe lower bound). A file that is there but cannot be read (out of
+/// descriptors, an I/O error) is an error, not an absent watermark: recovery without it would
+/// take damage to durable data for a torn tail and cut it.
+pub(crate) fn load_watermark(dir: &Path, queue_uid: u64) -> Result<Option<Watermark>> {
+    let path = dir.join(CKPT_FILE);
+    let f = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StorageError::io(path, e)),
+    };
     let mut b = [0u8; CKPT_LEN];
-    f.read_exact_at(&mut b, 0).ok()?;
-    Watermark::decode(&b, queue_uid)
+    match f.read_exact_at(&mut b, 0) {
+        Ok(()) => Ok(Watermark::decode(&b, queue_uid)),
+        // Cut short: damaged.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(StorageError::io(path, e)),
+    }
+}
+
+/// [`load_watermark`], with errors read as "no watermark" (for tests that inspect one).
+#[cfg(test)]
+pub(crate) fn read_watermark(dir: &Path, queue_uid: u64) -> Option<Watermark> {
+    load_watermark(dir, queue_uid).ok().flatten()
 }
 
 /// Stops the process after a failed sync. Retrying is unsafe: the kernel may already have

@@ -4,6 +4,8 @@ use std::io;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
+use rustix::io::Errno;
+
 /// Result of a storage operation.
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
@@ -16,6 +18,16 @@ pub enum StorageError {
         /// The file that could not grow.
         path: PathBuf,
         /// `ENOSPC`, `EDQUOT` or `EFBIG`.
+        source: io::Error,
+    },
+    /// The process ran out of a kernel resource: file descriptors (`EMFILE`, `ENFILE`) or
+    /// memory for a mapping (`ENOMEM`). Nothing was changed; the same call can succeed once
+    /// descriptors are released (connections closed, queues deleted).
+    #[error("out of resources while opening {path}: {source}")]
+    ResourceExhausted {
+        /// The file or directory that could not be opened or mapped.
+        path: PathBuf,
+        /// `EMFILE`, `ENFILE` or `ENOMEM`.
         source: io::Error,
     },
     /// Any other I/O error, with the file it concerns.
@@ -75,11 +87,13 @@ pub enum StorageError {
 }
 
 impl StorageError {
-    /// Wraps an I/O error, classifying "no space" errors as [`StorageError::StorageFull`].
+    /// Wraps an I/O error, classifying "no space" errors as [`StorageError::StorageFull`] and
+    /// "no descriptor or memory" errors as [`StorageError::ResourceExhausted`].
     pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
         let path = path.into();
         match source.raw_os_error() {
-            Some(code) if is_no_space(code) => Self::StorageFull { path, source },
+            Some(code) if is_one_of(code, NO_SPACE) => Self::StorageFull { path, source },
+            Some(code) if is_one_of(code, NO_RESOURCES) => Self::ResourceExhausted { path, source },
             _ => Self::Io { path, source },
         }
     }
@@ -88,13 +102,29 @@ impl StorageError {
     pub fn is_storage_full(&self) -> bool {
         matches!(self, Self::StorageFull { .. })
     }
+
+    /// True for [`StorageError::ResourceExhausted`]: retrying later can succeed.
+    pub fn is_resource_exhausted(&self) -> bool {
+        matches!(self, Self::ResourceExhausted { .. })
+    }
 }
 
-fn is_no_space(code: i32) -> bool {
-    use rustix::io::Errno;
-    [Errno::NOSPC, Errno::DQUOT, Errno::FBIG]
-        .iter()
-        .any(|e| e.raw_os_error() == code)
+/// True when `err` says the process or the system ran out of descriptors or memory: what
+/// [`StorageError::io`] classifies as [`StorageError::ResourceExhausted`].
+pub fn is_out_of_resources(err: &io::Error) -> bool {
+    err.raw_os_error()
+        .is_some_and(|code| is_one_of(code, NO_RESOURCES))
+}
+
+/// The disk, a quota or a file-size limit is exhausted.
+const NO_SPACE: &[Errno] = &[Errno::NOSPC, Errno::DQUOT, Errno::FBIG];
+
+/// The process (`EMFILE`) or the system (`ENFILE`) has no descriptor left, or no memory for a
+/// mapping (`ENOMEM`, also what `mmap` reports past `vm.max_map_count`).
+const NO_RESOURCES: &[Errno] = &[Errno::MFILE, Errno::NFILE, Errno::NOMEM];
+
+fn is_one_of(code: i32, errnos: &[Errno]) -> bool {
+    errnos.iter().any(|e| e.raw_os_error() == code)
 }
 
 /// Damage found while opening a queue: reported, never silently dropped.
@@ -133,5 +163,34 @@ impl Damage {
     /// True when messages were lost (as opposed to acks, which only cause redeliveries).
     pub fn loses_messages(&self) -> bool {
         !matches!(self, Self::AckLogTruncated { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify(errno: Errno) -> StorageError {
+        StorageError::io("/x", io::Error::from_raw_os_error(errno.raw_os_error()))
+    }
+
+    #[test]
+    fn running_out_of_descriptors_or_mappings_is_resource_exhaustion() {
+        for errno in [Errno::MFILE, Errno::NFILE, Errno::NOMEM] {
+            let e = classify(errno);
+            assert!(e.is_resource_exhausted(), "{errno:?} gave {e:?}");
+            assert!(!e.is_storage_full());
+        }
+    }
+
+    #[test]
+    fn a_full_disk_stays_storage_full_and_other_errors_stay_io() {
+        for errno in [Errno::NOSPC, Errno::DQUOT, Errno::FBIG] {
+            assert!(classify(errno).is_storage_full(), "{errno:?}");
+        }
+        for errno in [Errno::IO, Errno::ACCESS, Errno::NOENT] {
+            let e = classify(errno);
+            assert!(matches!(e, StorageError::Io { .. }), "{errno:?} gave {e:?}");
+        }
     }
 }

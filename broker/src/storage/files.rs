@@ -104,10 +104,20 @@ pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {
 
 /// Makes a directory's entries durable.
 pub(crate) fn sync_dir(path: &Path) -> Result<()> {
+    sync_open_dir(&open_dir(path)?, path)
+}
+
+/// Opens a directory to sync it later: opened before its entries change, running out of
+/// descriptors (`ResourceExhausted`) leaves nothing half done.
+pub(crate) fn open_dir(path: &Path) -> Result<File> {
     fault::check(Point::OpenDir, path)
         .and_then(|()| File::open(path))
-        .and_then(|d| d.sync_all())
         .map_err(|e| StorageError::io(path, e))
+}
+
+/// Makes the entries of a directory opened with [`open_dir`] durable.
+pub(crate) fn sync_open_dir(dir: &File, path: &Path) -> Result<()> {
+    dir.sync_all().map_err(|e| StorageError::io(path, e))
 }
 
 /// Milliseconds since the Unix epoch.

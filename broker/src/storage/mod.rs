@@ -4,6 +4,7 @@
 //! ```text
 //! <data>/LOCK                      flock()ed while a process uses the directory
 //! <data>/FORMAT                    "sluice-storage 1"
+//! <data>/CLEAN                     only while closed after a clean stop; removed at open
 //! <data>/queues/<uid:016x>/        one directory per queue log
 //!     manifest.log                 Created/Deleted record per segment (CRC'd, pwrite)
 //!     durable.ckpt                 durable watermark, rewritten by the sync thread
@@ -45,7 +46,7 @@ mod store;
 mod tests;
 
 pub use durability::{Durability, DurabilityConfig, Epoch};
-pub use error::{Damage, Result, StorageError};
+pub use error::{is_out_of_resources, Damage, Result, StorageError};
 pub use queue_log::{
     Appended, LogConfig, QueueLog, RecoveredDeliveries, RecoveryReport, StoredMessage, TornTail,
 };

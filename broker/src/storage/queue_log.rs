@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::durability::{new_file_id, CheckpointTarget, Durability, Epoch, FileId};
+use super::durability::{new_file_id, CheckpointTarget, DirHandle, Durability, Epoch, FileId};
 use super::error::{Damage, Result, StorageError};
 use super::fault::{self, Point};
 use super::files;
@@ -271,6 +271,11 @@ pub struct RecoveredDeliveries {
     pub delivered_hwm: u64,
     /// Delivery counts of messages delivered more than once.
     pub counts: BTreeMap<u64, u32>,
+    /// After an unclean stop, every live message below this seq may have been delivered,
+    /// above `delivered_hwm` too (the watermark rides the lazy ack writes, so a crash can
+    /// lose its last steps): flag them redelivered, without counting a delivery. After a clean
+    /// stop the watermark is exact and this is 0.
+    pub maybe_delivered_below: u64,
 }
 
 /// The log of one queue.
@@ -298,6 +303,9 @@ pub struct QueueLog {
     pub(crate) delivered_hwm: u64,
     pub(crate) recovered: RecoveredDeliveries,
     pub(crate) report: RecoveryReport,
+    /// The last flush could not write some acks (and said so): out of descriptors, every
+    /// flush would fail the same way, and one warning per run of failures is enough.
+    pub(crate) acks_failing: bool,
 }
 
 /// A clean close writes the pending acks, so a drained queue stays drained after a restart;
@@ -326,6 +334,9 @@ impl QueueLog {
             .expect("a queue directory has a parent")
             .to_path_buf();
         let tmp = parent.join(format!("{CREATING_PREFIX}{uid:016x}"));
+        // Opened before anything is created: out of descriptors, nothing is left behind (a
+        // failure to open it after the rename would leave a queue directory nobody knows).
+        let parent_dir = files::open_dir(&parent)?;
         let build = || -> Result<Manifest> {
             fault::check(Point::CreateDir, &tmp)
                 .and_then(|()| std::fs::create_dir(&tmp))
@@ -349,7 +360,8 @@ impl QueueLog {
                 return Err(e);
             }
         };
-        files::sync_dir(&parent)?;
+        files::sync_open_dir(&parent_dir, &parent)?;
+        drop(parent_dir);
         Ok(Self::assemble(
             uid,
             dir,
@@ -392,6 +404,7 @@ impl QueueLog {
             delivered_hwm: 0,
             recovered: RecoveredDeliveries::default(),
             report: RecoveryReport::default(),
+            acks_failing: false,
         }
     }
 
@@ -563,6 +576,8 @@ impl QueueLog {
         let first = (SEGMENT_HEADER_LEN + needed).max(MIN_CHUNK).min(cap);
         let salt = fastrand::u32(..);
         let base_seq = self.next_seq;
+        // Opened first: out of descriptors, nothing has been created yet.
+        let dir = DirHandle::open(&self.dir)?;
         let created = (|| -> Result<SegmentFile> {
             let file = files::create_new(&path)?;
             let first =
@@ -605,7 +620,7 @@ impl QueueLog {
                 return Err(e);
             }
         };
-        self.durability.mark_dir(&self.dir);
+        self.durability.mark_dir(dir);
         let writer = file
             .map
             .writer(Arc::clone(&file.file))
@@ -782,7 +797,15 @@ impl QueueLog {
 
     /// Records that every seq up to `seq` may have been handed to a consumer.
     pub fn set_delivered_hwm(&mut self, seq: u64) {
-        self.delivered_hwm = self.delivered_hwm.max(seq);
+        if seq > self.delivered_hwm {
+            self.delivered_hwm = seq;
+            // The watermark is written with an ack batch: make sure one is written even when
+            // nothing is acked (a consumer that holds its messages), or a clean stop would
+            // forget what was delivered.
+            if let Some(seg) = self.segments.get_mut(&self.active) {
+                seg.acks_dirty = true;
+            }
+        }
     }
 
     fn payload_len(&self, no: u64, offset: u32) -> u64 {
@@ -804,6 +827,7 @@ impl QueueLog {
         let mut epoch = 0;
         let hwm = self.delivered_hwm;
         let mut buf = Vec::new();
+        let mut failed = false;
         for seg in self.segments.values_mut().filter(|s| s.acks_dirty) {
             if seg.deleting.is_some() {
                 seg.ack_log.pending = AckBatch::default();
@@ -827,10 +851,18 @@ impl QueueLog {
                     seg.acks_dirty = false;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "could not write acks; keeping them for the next flush")
+                    if !failed && !self.acks_failing {
+                        tracing::warn!(queue = self.uid, error = %e,
+                            "could not write acks; keeping them for the next flushes");
+                    }
+                    failed = true;
                 }
             }
         }
+        if self.acks_failing && !failed {
+            tracing::info!(queue = self.uid, "acks are written again");
+        }
+        self.acks_failing = failed;
         self.maintain()?;
         Ok(epoch)
     }
@@ -1002,6 +1034,8 @@ fn write_acks(
     dir: &Path,
 ) -> Result<Epoch> {
     if log.file.is_none() {
+        // Opened first: out of descriptors, no ack log has been created yet.
+        let dir = DirHandle::open(dir)?;
         let file = files::create_new(&log.path)?;
         let header = LogHeader {
             magic: ACK_MAGIC,

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::durability::{new_file_id, read_watermark, Durability};
+use super::durability::{load_watermark, new_file_id, DirHandle, Durability};
 use super::error::{Damage, Result, StorageError};
 use super::files;
 use super::format::{
@@ -65,7 +65,7 @@ pub(crate) fn open(
     config: LogConfig,
     durability: Durability,
 ) -> Result<QueueLog> {
-    let wm = read_watermark(&dir, uid).unwrap_or(Watermark {
+    let wm = load_watermark(&dir, uid)?.unwrap_or(Watermark {
         segment_no: 0,
         offset: 0,
     });
@@ -214,7 +214,7 @@ pub(crate) fn open(
                 // segment below the watermark, where durable records must be. (Earlier segments
                 // that end too early are caught by the seq continuity check below.)
                 None | Some(0) if zeros && !in_durable_part => {
-                    if below_wm(no, pos) || !ends_short(&dir, no, expected, &created) {
+                    if below_wm(no, pos) || !ends_short(&dir, no, expected, &created)? {
                         break;
                     }
                     // Past the watermark, a segment that stops short of the seqs its successor
@@ -501,7 +501,7 @@ pub(crate) fn open(
     log.report.bytes = live_bytes;
     log.report.torn_tail = torn;
     log.report.damage = damage;
-    log.sync_recovered(wm);
+    log.sync_recovered(wm)?;
     // Writing always resumes in a fresh segment, so a recovered tail is never written twice.
     // It is started by the first append, not here: opening needs no new space, so a queue
     // on a full disk can still be opened and drained (which is how space comes back).
@@ -530,19 +530,39 @@ pub(crate) fn open(
 /// True if segment `no`, whose records end before seq `expected`, stops short of its
 /// successor: the next segment was started by a rotation (not after a restart, where seqs may
 /// jump) at a later base seq, so seqs in between were written here and lost.
-fn ends_short(dir: &Path, no: u64, expected: u64, created: &BTreeMap<u64, (u64, bool)>) -> bool {
-    let next = created.range(no + 1..).next().map(|(_, &c)| c).or_else(|| {
-        // A successor without a manifest record (a crash right after its creation): its header
-        // says the same.
-        let (segs, _) = list_files(dir).ok()?;
-        let next = *segs.range(no + 1..).next()?;
-        let f = File::open(segment_path(dir, next)).ok()?;
-        let mut b = [0u8; SEGMENT_HEADER_LEN];
-        std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, 0).ok()?;
-        let h = SegmentHeader::decode(&b).ok()?;
-        Some((h.base_seq, h.flags & SEGMENT_FLAG_AFTER_RESTART != 0))
-    });
-    next.is_some_and(|(base, after_restart)| !after_restart && base > expected)
+fn ends_short(
+    dir: &Path,
+    no: u64,
+    expected: u64,
+    created: &BTreeMap<u64, (u64, bool)>,
+) -> Result<bool> {
+    let next = match created.range(no + 1..).next() {
+        Some((_, &c)) => Some(c),
+        None => successor_by_header(dir, no)?,
+    };
+    Ok(next.is_some_and(|(base, after_restart)| !after_restart && base > expected))
+}
+
+/// The base seq and restart flag of the segment after `no` according to its own header, for a
+/// successor without a manifest record (a crash right after its creation). `None` when there
+/// is none or its header is cut short or damaged; an error when it cannot be read at all (out
+/// of descriptors), so that a guess never decides what is a torn tail.
+fn successor_by_header(dir: &Path, no: u64) -> Result<Option<(u64, bool)>> {
+    let (segs, _) = list_files(dir)?;
+    let Some(&next) = segs.range(no + 1..).next() else {
+        return Ok(None);
+    };
+    let path = segment_path(dir, next);
+    let f = File::open(&path).map_err(|e| StorageError::io(&path, e))?;
+    let mut b = [0u8; SEGMENT_HEADER_LEN];
+    match std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, 0) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(StorageError::io(&path, e)),
+    }
+    Ok(SegmentHeader::decode(&b)
+        .ok()
+        .map(|h| (h.base_seq, h.flags & SEGMENT_FLAG_AFTER_RESTART != 0)))
 }
 
 impl QueueLog {
@@ -556,7 +576,8 @@ impl QueueLog {
     /// that a power loss can still take, turning a lost unsynced page into reported
     /// corruption. The deletions recovery decides next (fully acked segments, originals of
     /// relocated copies) ride a later epoch, so they happen only once this is durable.
-    fn sync_recovered(&self, wm: Watermark) {
+    fn sync_recovered(&self, wm: Watermark) -> Result<()> {
+        let dir = DirHandle::open(&self.dir)?;
         let mut last = None;
         for seg in self.segments.values() {
             if seg.file.no >= wm.segment_no {
@@ -578,7 +599,8 @@ impl QueueLog {
             self.durability
                 .mark_file(f.id, &f.file, &f.path, Some((&self.checkpoint, w)));
         }
-        self.durability.mark_dir(&self.dir);
+        self.durability.mark_dir(dir);
+        Ok(())
     }
 
     fn maybe_delete_recovered(&mut self, no: u64) {

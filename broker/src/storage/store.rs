@@ -33,11 +33,16 @@ pub struct Store {
     config: StoreConfig,
     // Field order matters: the sync thread stops (and syncs) before the lock is released.
     sync: SyncThread,
+    /// Whether the previous run ended with [`Store::mark_clean_stop`].
+    clean_stop: bool,
     _lock: File,
 }
 
 const QUEUES_DIR: &str = "queues";
 const DELETED_PREFIX: &str = ".deleted-";
+/// Present while the directory is closed after a clean stop; removed at open, so a crash
+/// leaves none.
+const CLEAN_STOP_FILE: &str = "CLEAN";
 
 impl Store {
     /// Opens (creating if needed) the data directory `dir` and takes its lock.
@@ -68,6 +73,8 @@ impl Store {
                     .map_err(|e| StorageError::io(entry.path(), e))?;
             }
         }
+        let clean_stop = dir.join(CLEAN_STOP_FILE).exists();
+        files::remove_if_exists(&dir.join(CLEAN_STOP_FILE))?;
         files::sync_dir(&dir)?;
         let sync = SyncThread::start(&dir, config.durability.clone())
             .map_err(|e| StorageError::io(&dir, e))?;
@@ -75,6 +82,7 @@ impl Store {
             dir,
             config,
             sync,
+            clean_stop,
             _lock: lock,
         })
     }
@@ -108,12 +116,32 @@ impl Store {
     /// Opens (and recovers) the queue log `uid`. Damage to one queue is an error for that queue
     /// only; the store keeps serving the others.
     pub fn open_queue(&self, uid: u64) -> Result<QueueLog> {
-        recovery::open(
+        let mut log = recovery::open(
             uid,
             self.queue_dir(uid),
             self.config.log.clone(),
             self.durability().clone(),
-        )
+        )?;
+        if !self.clean_stop {
+            log.recovered.maybe_delivered_below = log.next_seq();
+        }
+        Ok(log)
+    }
+
+    /// Whether the previous run stopped cleanly (see [`mark_clean_stop`](Self::mark_clean_stop)).
+    pub fn last_stop_was_clean(&self) -> bool {
+        self.clean_stop
+    }
+
+    /// Records that this run stops cleanly: call once every queue log is closed. Syncs
+    /// everything, writes every watermark, then leaves a marker that the next open reads; its
+    /// absence makes the next open assume a crash.
+    pub fn mark_clean_stop(&self) -> Result<()> {
+        self.checkpoint();
+        let path = self.dir.join(CLEAN_STOP_FILE);
+        let file = files::create_new(&path)?;
+        file.sync_all().map_err(|e| StorageError::io(&path, e))?;
+        files::sync_dir(&self.dir)
     }
 
     /// Whether the directory of queue log `uid` exists.
@@ -151,10 +179,12 @@ impl Store {
         let dir = self.queue_dir(uid);
         let parent = self.dir.join(QUEUES_DIR);
         let aside = parent.join(format!("{DELETED_PREFIX}{uid:016x}"));
+        let parent_dir = files::open_dir(&parent)?;
         fault::check(Point::Rename, &dir)
             .and_then(|()| std::fs::rename(&dir, &aside))
             .map_err(|e| StorageError::io(&dir, e))?;
-        files::sync_dir(&parent)?;
+        files::sync_open_dir(&parent_dir, &parent)?;
+        drop(parent_dir);
         std::fs::remove_dir_all(&aside).map_err(|e| StorageError::io(&aside, e))
     }
 

@@ -108,6 +108,8 @@ async fn drain(client: &Client, queue: &str) -> BTreeSet<u64> {
 fn assert_typed(errno: Errno, code: ErrorCode, what: &str) {
     if errno == Errno::NOSPC {
         assert_eq!(code, ErrorCode::StorageFull, "{what}");
+    } else if errno == Errno::MFILE {
+        assert_eq!(code, ErrorCode::ResourceExhausted, "{what}");
     } else {
         assert!(
             code == ErrorCode::InternalError || code.as_u16() / 100 == 3,

@@ -310,7 +310,7 @@ async fn exchanges_and_bindings_round_trip() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn listings_send_empty_requests_and_return_the_lists() {
+async fn listings_ask_for_the_first_page_and_return_the_lists() {
     let (client, mut peer) = connect().await;
     let task = tokio::spawn({
         let client = client.clone();
@@ -355,21 +355,49 @@ async fn listings_send_empty_requests_and_return_the_lists() {
         unacked: 1,
     };
     let (id, request) = peer.recv_request().await;
-    assert!(matches!(request, Request::ListQueues), "{request:?}");
+    assert_eq!(request, Request::ListQueues(ListQueues::default()));
     let queues = vec![queue.clone()];
-    peer.send(id, ListQueuesOk { queues }).await;
+    peer.send(
+        id,
+        ListQueuesOk {
+            queues,
+            more: false,
+        },
+    )
+    .await;
     let (id, request) = peer.recv_request().await;
-    assert!(matches!(request, Request::ListExchanges), "{request:?}");
+    assert_eq!(request, Request::ListExchanges(ListExchanges::default()));
     let exchanges = vec![exchange.clone()];
-    peer.send(id, ListExchangesOk { exchanges }).await;
+    peer.send(
+        id,
+        ListExchangesOk {
+            exchanges,
+            more: false,
+        },
+    )
+    .await;
     let (id, request) = peer.recv_request().await;
-    assert!(matches!(request, Request::ListBindings), "{request:?}");
+    assert_eq!(request, Request::ListBindings(ListBindings::default()));
     let bindings = vec![binding.clone()];
-    peer.send(id, ListBindingsOk { bindings }).await;
+    peer.send(
+        id,
+        ListBindingsOk {
+            bindings,
+            more: false,
+        },
+    )
+    .await;
     let (id, request) = peer.recv_request().await;
-    assert!(matches!(request, Request::ListConsumers), "{request:?}");
+    assert_eq!(request, Request::ListConsumers(ListConsumers::default()));
     let consumers = vec![consumer.clone()];
-    peer.send(id, ListConsumersOk { consumers }).await;
+    peer.send(
+        id,
+        ListConsumersOk {
+            consumers,
+            more: false,
+        },
+    )
+    .await;
     let listed = task.await.unwrap().unwrap();
     assert_eq!(
         listed,
@@ -383,6 +411,107 @@ async fn listings_send_empty_requests_and_return_the_lists() {
     });
     let (id, _) = peer.recv_request().await;
     peer.send(id, Reply::BindOk).await;
+    let err = task.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::Protocol(_)), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn listings_fetch_every_page_after_the_last_item_of_the_previous_one() {
+    let (client, mut peer) = connect().await;
+    let task = tokio::spawn({
+        let client = client.clone();
+        async move { client.list_exchanges().await }
+    });
+    let exchange = |name: &str| ExchangeSummary {
+        name: name.into(),
+        kind: ExchangeKind::Direct,
+        durable: true,
+        auto_delete: false,
+        alternate_exchange: None,
+    };
+    // The default exchange's name is empty: the second request continues after it, not
+    // from the start.
+    let (id, request) = peer.recv_request().await;
+    assert_eq!(request, Request::ListExchanges(ListExchanges::default()));
+    let exchanges = vec![exchange("")];
+    peer.send(
+        id,
+        ListExchangesOk {
+            exchanges,
+            more: true,
+        },
+    )
+    .await;
+    let (id, request) = peer.recv_request().await;
+    let after = Some(String::new());
+    assert_eq!(
+        request,
+        Request::ListExchanges(ListExchanges { after, limit: 0 })
+    );
+    let exchanges = vec![exchange("a"), exchange("b")];
+    peer.send(
+        id,
+        ListExchangesOk {
+            exchanges,
+            more: true,
+        },
+    )
+    .await;
+    let (id, request) = peer.recv_request().await;
+    let after = Some("b".to_owned());
+    assert_eq!(
+        request,
+        Request::ListExchanges(ListExchanges { after, limit: 0 })
+    );
+    let exchanges = vec![exchange("c")];
+    peer.send(
+        id,
+        ListExchangesOk {
+            exchanges,
+            more: false,
+        },
+    )
+    .await;
+    let names: Vec<String> = task
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|x| x.name)
+        .collect();
+    assert_eq!(names, ["", "a", "b", "c"]);
+
+    // A page that does not move past the cursor would have the client ask forever.
+    let task = tokio::spawn({
+        let client = client.clone();
+        async move { client.list_queues().await }
+    });
+    let queue = QueueSummary {
+        name: "q".into(),
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+        ready: 0,
+        unacked: 0,
+        consumers: 0,
+        bytes: 0,
+        publish_rate: 0,
+        ack_rate: 0,
+    };
+    let (id, _) = peer.recv_request().await;
+    let queues = vec![queue.clone()];
+    peer.send(id, ListQueuesOk { queues, more: true }).await;
+    let (id, request) = peer.recv_request().await;
+    let after = Some("q".to_owned());
+    assert_eq!(request, Request::ListQueues(ListQueues { after, limit: 0 }));
+    peer.send(
+        id,
+        ListQueuesOk {
+            queues: vec![queue],
+            more: true,
+        },
+    )
+    .await;
     let err = task.await.unwrap().unwrap_err();
     assert!(matches!(err, Error::Protocol(_)), "{err}");
 }

@@ -1,18 +1,175 @@
 //! Listings for operators and the CLI (protocol.md §15): queues, exchanges, bindings and
-//! consumers. Each request has an empty payload; each answer is a counted list.
+//! consumers, one page at a time.
+//!
+//! A request names where its page starts (`after`: the sort key of the last item of the
+//! previous page, `None` = from the first item) and how many items it wants (`limit`, 0 = as
+//! many as fit in one frame). The answer holds items in a fixed order, every one sorting
+//! strictly after `after`, and says whether more follow. The first page with the default limit
+//! is the empty payload, so requests from before paging are still valid.
+//!
+//! ```text
+//! request: empty, or  limit u32, flags u8 (bit 0: after present), after (per listing)
+//! answer:  count u32 (bits 0-30: items in this page, bit 31: more pages follow), items
+//! ```
+
+use std::cmp::Ordering;
 
 use bytes::BytesMut;
 
 use super::error::WireError;
 use super::exchange::ExchangeKind;
 use super::frame::Payload;
-use super::header::{put_headers, read_headers, Headers};
+use super::header::{headers_len, put_headers, read_headers, HeaderValue, Headers};
 use super::primitives::{self as p, Reader};
-use super::publish::put_count;
 
 const DURABLE: u8 = 1;
 const EXCLUSIVE: u8 = 2;
 const AUTO_DELETE: u8 = 4;
+
+/// Bit 0 of a listing request's flags: the `after` cursor follows.
+const HAS_AFTER: u8 = 1;
+/// Bit 31 of a listing answer's count: more pages follow this one.
+const MORE: u32 = 1 << 31;
+/// Most items one page can count (bits 0-30 of the count).
+pub const MAX_PAGE_ITEMS: usize = (MORE - 1) as usize;
+/// Bytes of a listing answer's payload besides its items (the count).
+pub const PAGE_FIXED_LEN: usize = 4;
+
+/// A cursor's wire form: the sort key of one item of a listing.
+trait Cursor: Sized {
+    fn put(&self, buf: &mut BytesMut) -> Result<(), WireError>;
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError>;
+}
+
+/// Queues and exchanges are listed by name.
+impl Cursor for String {
+    fn put(&self, buf: &mut BytesMut) -> Result<(), WireError> {
+        p::put_str(buf, "after", self)
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        r.string()
+    }
+}
+
+fn put_page_request<C: Cursor>(
+    buf: &mut BytesMut,
+    limit: u32,
+    after: Option<&C>,
+) -> Result<(), WireError> {
+    // The first page with the default limit is the empty payload (its only encoding, §2.5).
+    if limit == 0 && after.is_none() {
+        return Ok(());
+    }
+    p::put_u32(buf, limit);
+    p::put_u8(buf, if after.is_some() { HAS_AFTER } else { 0 });
+    after.map_or(Ok(()), |c| c.put(buf))
+}
+
+fn read_page_request<C: Cursor>(r: &mut Reader<'_>) -> Result<(u32, Option<C>), WireError> {
+    if r.remaining() == 0 {
+        return Ok((0, None));
+    }
+    let limit = r.u32()?;
+    let flags = r.flags_u8("listing flags", HAS_AFTER)?;
+    if flags & HAS_AFTER == 0 {
+        if limit == 0 {
+            // The empty payload says this; two encodings of one request are not allowed.
+            return Err(WireError::InvalidValue {
+                what: "listing limit without after (send an empty payload)",
+                value: 0,
+            });
+        }
+        return Ok((limit, None));
+    }
+    Ok((limit, Some(C::read(r)?)))
+}
+
+fn put_page_count(
+    buf: &mut BytesMut,
+    what: &'static str,
+    n: usize,
+    more: bool,
+) -> Result<(), WireError> {
+    let n = p::checked_len(what, n, MAX_PAGE_ITEMS)?;
+    p::put_u32(buf, n as u32 | if more { MORE } else { 0 });
+    Ok(())
+}
+
+/// Reads a page's count: the number of items (checked against the bytes left, at least
+/// `min_item_len` each) and whether more pages follow.
+fn read_page_count(r: &mut Reader<'_>, min_item_len: usize) -> Result<(usize, bool), WireError> {
+    let raw = r.u32()?;
+    let more = raw & MORE != 0;
+    let count = r.count((raw & !MORE) as usize, min_item_len)?;
+    if more && count == 0 {
+        // The client would ask for the same page again, forever.
+        return Err(WireError::InvalidValue {
+            what: "empty listing page with more to follow",
+            value: u64::from(raw),
+        });
+    }
+    Ok((count, more))
+}
+
+macro_rules! page_request {
+    ($(#[doc = $doc:literal])* $name:ident, $cursor:ty, $after_doc:literal, $limit_doc:literal) => {
+        $(#[doc = $doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Default)]
+        pub struct $name {
+            #[doc = $after_doc]
+            pub after: Option<$cursor>,
+            #[doc = $limit_doc]
+            pub limit: u32,
+        }
+
+        impl Payload for $name {
+            fn encode(&self, buf: &mut BytesMut) -> Result<(), WireError> {
+                put_page_request(buf, self.limit, self.after.as_ref())
+            }
+
+            fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
+                let (limit, after) = read_page_request(r)?;
+                Ok($name { after, limit })
+            }
+        }
+    };
+}
+
+page_request!(
+    /// `ListQueues` (0x0601): asks for a page of queues, by name.
+    ListQueues,
+    String,
+    "The name of the last queue of the previous page; `None` = from the first queue.",
+    "Most queues wanted; 0 = as many as fit in one frame. The server may send fewer."
+);
+
+page_request!(
+    /// `ListExchanges` (0x0603): asks for a page of exchanges, by name.
+    ListExchanges,
+    String,
+    "The name of the last exchange of the previous page (`\"\"` is the default exchange, \
+     which sorts first); `None` = from the first exchange.",
+    "Most exchanges wanted; 0 = as many as fit in one frame. The server may send fewer."
+);
+
+page_request!(
+    /// `ListBindings` (0x0605): asks for a page of bindings, in [`BindingSummary::listing_cmp`]
+    /// order.
+    ListBindings,
+    BindingSummary,
+    "The last binding of the previous page (a binding is its own key); `None` = from the \
+     first binding.",
+    "Most bindings wanted; 0 = as many as fit in one frame. The server may send fewer."
+);
+
+page_request!(
+    /// `ListConsumers` (0x0607): asks for a page of consumers, in [`ConsumerKey`] order.
+    ListConsumers,
+    ConsumerKey,
+    "The key of the last consumer of the previous page; `None` = from the first consumer.",
+    "Most consumers wanted; 0 = as many as fit in one frame. The server may send fewer."
+);
 
 /// One queue in `ListQueuesOk`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,54 +196,69 @@ pub struct QueueSummary {
     pub ack_rate: u64,
 }
 
-/// `ListQueuesOk` (0x0602): every queue the connection may see, sorted by name.
+/// Encoded size of a queue summary besides its name.
+const QUEUE_FIXED_LEN: usize = 2 + 1 + 8 + 8 + 4 + 8 + 8 + 8;
+
+impl QueueSummary {
+    /// Bytes it takes in a `ListQueuesOk` payload.
+    pub fn encoded_len(&self) -> usize {
+        QUEUE_FIXED_LEN + self.name.len()
+    }
+
+    fn put(&self, buf: &mut BytesMut) -> Result<(), WireError> {
+        p::put_str(buf, "queue name", &self.name)?;
+        let flags = (u8::from(self.durable) * DURABLE)
+            | (u8::from(self.exclusive) * EXCLUSIVE)
+            | (u8::from(self.auto_delete) * AUTO_DELETE);
+        p::put_u8(buf, flags);
+        p::put_u64(buf, self.ready);
+        p::put_u64(buf, self.unacked);
+        p::put_u32(buf, self.consumers);
+        p::put_u64(buf, self.bytes);
+        p::put_u64(buf, self.publish_rate);
+        p::put_u64(buf, self.ack_rate);
+        Ok(())
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        let name = r.string()?;
+        let flags = r.flags_u8("queue flags", DURABLE | EXCLUSIVE | AUTO_DELETE)?;
+        Ok(QueueSummary {
+            name,
+            durable: flags & DURABLE != 0,
+            exclusive: flags & EXCLUSIVE != 0,
+            auto_delete: flags & AUTO_DELETE != 0,
+            ready: r.u64()?,
+            unacked: r.u64()?,
+            consumers: r.u32()?,
+            bytes: r.u64()?,
+            publish_rate: r.u64()?,
+            ack_rate: r.u64()?,
+        })
+    }
+}
+
+/// `ListQueuesOk` (0x0602): a page of queues, sorted by name.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ListQueuesOk {
     /// The queues.
     pub queues: Vec<QueueSummary>,
+    /// More queues follow: ask again with `after` = the last one's name.
+    pub more: bool,
 }
 
 impl Payload for ListQueuesOk {
     fn encode(&self, buf: &mut BytesMut) -> Result<(), WireError> {
-        put_count(buf, "queues", self.queues.len())?;
-        for q in &self.queues {
-            p::put_str(buf, "queue name", &q.name)?;
-            let flags = (u8::from(q.durable) * DURABLE)
-                | (u8::from(q.exclusive) * EXCLUSIVE)
-                | (u8::from(q.auto_delete) * AUTO_DELETE);
-            p::put_u8(buf, flags);
-            p::put_u64(buf, q.ready);
-            p::put_u64(buf, q.unacked);
-            p::put_u32(buf, q.consumers);
-            p::put_u64(buf, q.bytes);
-            p::put_u64(buf, q.publish_rate);
-            p::put_u64(buf, q.ack_rate);
-        }
-        Ok(())
+        put_page_count(buf, "queues", self.queues.len(), self.more)?;
+        self.queues.iter().try_for_each(|q| q.put(buf))
     }
 
     fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
-        let count = r.u32()? as usize;
-        let count = r.count(count, 2 + 1 + 8 + 8 + 4 + 8 + 8 + 8)?;
+        let (count, more) = read_page_count(r, QUEUE_FIXED_LEN)?;
         let queues = (0..count)
-            .map(|_| {
-                let name = r.string()?;
-                let flags = r.flags_u8("queue flags", DURABLE | EXCLUSIVE | AUTO_DELETE)?;
-                Ok(QueueSummary {
-                    name,
-                    durable: flags & DURABLE != 0,
-                    exclusive: flags & EXCLUSIVE != 0,
-                    auto_delete: flags & AUTO_DELETE != 0,
-                    ready: r.u64()?,
-                    unacked: r.u64()?,
-                    consumers: r.u32()?,
-                    bytes: r.u64()?,
-                    publish_rate: r.u64()?,
-                    ack_rate: r.u64()?,
-                })
-            })
-            .collect::<Result<_, WireError>>()?;
-        Ok(ListQueuesOk { queues })
+            .map(|_| QueueSummary::read(r))
+            .collect::<Result<_, _>>()?;
+        Ok(ListQueuesOk { queues, more })
     }
 }
 
@@ -105,59 +277,79 @@ pub struct ExchangeSummary {
     pub alternate_exchange: Option<String>,
 }
 
-/// `ListExchangesOk` (0x0604): every exchange, sorted by name.
+const EXCHANGE_AUTO_DELETE: u8 = 2;
+const HAS_ALTERNATE: u8 = 4;
+/// Encoded size of an exchange summary without a name or an alternate exchange.
+const EXCHANGE_MIN_LEN: usize = 2 + 1 + 1;
+
+impl ExchangeSummary {
+    /// Bytes it takes in a `ListExchangesOk` payload.
+    pub fn encoded_len(&self) -> usize {
+        EXCHANGE_MIN_LEN
+            + self.name.len()
+            + self.alternate_exchange.as_deref().map_or(0, p::str_len)
+    }
+
+    fn put(&self, buf: &mut BytesMut) -> Result<(), WireError> {
+        p::put_str(buf, "exchange name", &self.name)?;
+        p::put_u8(buf, self.kind as u8);
+        let flags = (u8::from(self.durable) * DURABLE)
+            | (u8::from(self.auto_delete) * EXCHANGE_AUTO_DELETE)
+            | (u8::from(self.alternate_exchange.is_some()) * HAS_ALTERNATE);
+        p::put_u8(buf, flags);
+        match &self.alternate_exchange {
+            Some(a) => p::put_str(buf, "alternate exchange", a),
+            None => Ok(()),
+        }
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        let name = r.string()?;
+        let kind = ExchangeKind::from_u8(r.u8()?)?;
+        let flags = r.flags_u8(
+            "exchange flags",
+            DURABLE | EXCHANGE_AUTO_DELETE | HAS_ALTERNATE,
+        )?;
+        let alternate_exchange = if flags & HAS_ALTERNATE != 0 {
+            Some(r.string()?)
+        } else {
+            None
+        };
+        Ok(ExchangeSummary {
+            name,
+            kind,
+            durable: flags & DURABLE != 0,
+            auto_delete: flags & EXCHANGE_AUTO_DELETE != 0,
+            alternate_exchange,
+        })
+    }
+}
+
+/// `ListExchangesOk` (0x0604): a page of exchanges, sorted by name.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ListExchangesOk {
     /// The exchanges.
     pub exchanges: Vec<ExchangeSummary>,
+    /// More exchanges follow: ask again with `after` = the last one's name.
+    pub more: bool,
 }
-
-const HAS_ALTERNATE: u8 = 4;
 
 impl Payload for ListExchangesOk {
     fn encode(&self, buf: &mut BytesMut) -> Result<(), WireError> {
-        put_count(buf, "exchanges", self.exchanges.len())?;
-        for x in &self.exchanges {
-            p::put_str(buf, "exchange name", &x.name)?;
-            p::put_u8(buf, x.kind as u8);
-            let flags = (u8::from(x.durable) * DURABLE)
-                | (u8::from(x.auto_delete) * 2)
-                | (u8::from(x.alternate_exchange.is_some()) * HAS_ALTERNATE);
-            p::put_u8(buf, flags);
-            if let Some(a) = &x.alternate_exchange {
-                p::put_str(buf, "alternate exchange", a)?;
-            }
-        }
-        Ok(())
+        put_page_count(buf, "exchanges", self.exchanges.len(), self.more)?;
+        self.exchanges.iter().try_for_each(|x| x.put(buf))
     }
 
     fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
-        let count = r.u32()? as usize;
-        let count = r.count(count, 2 + 1 + 1)?;
+        let (count, more) = read_page_count(r, EXCHANGE_MIN_LEN)?;
         let exchanges = (0..count)
-            .map(|_| {
-                let name = r.string()?;
-                let kind = ExchangeKind::from_u8(r.u8()?)?;
-                let flags = r.flags_u8("exchange flags", DURABLE | 2 | HAS_ALTERNATE)?;
-                let alternate_exchange = if flags & HAS_ALTERNATE != 0 {
-                    Some(r.string()?)
-                } else {
-                    None
-                };
-                Ok(ExchangeSummary {
-                    name,
-                    kind,
-                    durable: flags & DURABLE != 0,
-                    auto_delete: flags & 2 != 0,
-                    alternate_exchange,
-                })
-            })
-            .collect::<Result<_, WireError>>()?;
-        Ok(ListExchangesOk { exchanges })
+            .map(|_| ExchangeSummary::read(r))
+            .collect::<Result<_, _>>()?;
+        Ok(ListExchangesOk { exchanges, more })
     }
 }
 
-/// One binding in `ListBindingsOk`.
+/// One binding in `ListBindingsOk`, and the cursor of `ListBindings`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BindingSummary {
     /// Source exchange.
@@ -170,39 +362,131 @@ pub struct BindingSummary {
     pub arguments: Headers,
 }
 
-/// `ListBindingsOk` (0x0606): every explicit binding, oldest first.
+/// Encoded size of a binding with empty names, key and arguments.
+const BINDING_MIN_LEN: usize = 2 + 2 + 2 + 2;
+
+impl BindingSummary {
+    /// Bytes it takes in a `ListBindingsOk` payload.
+    pub fn encoded_len(&self) -> usize {
+        p::str_len(&self.exchange)
+            + p::str_len(&self.queue)
+            + p::str_len(&self.routing_key)
+            + headers_len(&self.arguments)
+    }
+
+    /// The order of bindings in listings (protocol.md §15), which is also what a
+    /// `ListBindings` cursor means: by exchange, then queue, then routing key (each compared
+    /// as bytes), then arguments ([`cmp_headers`]). Bindings are unique under this order.
+    pub fn listing_cmp(&self, other: &Self) -> Ordering {
+        (
+            self.exchange.as_str(),
+            self.queue.as_str(),
+            self.routing_key.as_str(),
+        )
+            .cmp(&(
+                other.exchange.as_str(),
+                other.queue.as_str(),
+                other.routing_key.as_str(),
+            ))
+            .then_with(|| cmp_headers(&self.arguments, &other.arguments))
+    }
+}
+
+impl Cursor for BindingSummary {
+    fn put(&self, buf: &mut BytesMut) -> Result<(), WireError> {
+        p::put_str(buf, "exchange name", &self.exchange)?;
+        p::put_str(buf, "queue name", &self.queue)?;
+        p::put_str(buf, "routing key", &self.routing_key)?;
+        put_headers(buf, &self.arguments)
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        Ok(BindingSummary {
+            exchange: r.string()?,
+            queue: r.string()?,
+            routing_key: r.string()?,
+            arguments: read_headers(r)?,
+        })
+    }
+}
+
+/// Orders header tables entry by entry, in their order (a table that is a prefix of another
+/// sorts first); entries by key (as bytes), then type code (str 1, int 2, bool 3, bytes 4),
+/// then value: str and bytes as bytes, int as a signed number, `false` before `true`.
+pub fn cmp_headers(a: &[(String, HeaderValue)], b: &[(String, HeaderValue)]) -> Ordering {
+    fn rank(v: &HeaderValue) -> u8 {
+        match v {
+            HeaderValue::Str(_) => 1,
+            HeaderValue::Int(_) => 2,
+            HeaderValue::Bool(_) => 3,
+            HeaderValue::Bytes(_) => 4,
+        }
+    }
+    let cmp_value = |x: &HeaderValue, y: &HeaderValue| match (x, y) {
+        (HeaderValue::Str(x), HeaderValue::Str(y)) => x.cmp(y),
+        (HeaderValue::Int(x), HeaderValue::Int(y)) => x.cmp(y),
+        (HeaderValue::Bool(x), HeaderValue::Bool(y)) => x.cmp(y),
+        (HeaderValue::Bytes(x), HeaderValue::Bytes(y)) => x.cmp(y),
+        (x, y) => rank(x).cmp(&rank(y)),
+    };
+    a.iter()
+        .zip(b)
+        .map(|((ka, va), (kb, vb))| ka.cmp(kb).then_with(|| cmp_value(va, vb)))
+        .find(|o| o.is_ne())
+        .unwrap_or_else(|| a.len().cmp(&b.len()))
+}
+
+/// `ListBindingsOk` (0x0606): a page of explicit bindings, in
+/// [`BindingSummary::listing_cmp`] order.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ListBindingsOk {
     /// The bindings.
     pub bindings: Vec<BindingSummary>,
+    /// More bindings follow: ask again with `after` = the last one.
+    pub more: bool,
 }
 
 impl Payload for ListBindingsOk {
     fn encode(&self, buf: &mut BytesMut) -> Result<(), WireError> {
-        put_count(buf, "bindings", self.bindings.len())?;
-        for b in &self.bindings {
-            p::put_str(buf, "exchange name", &b.exchange)?;
-            p::put_str(buf, "queue name", &b.queue)?;
-            p::put_str(buf, "routing key", &b.routing_key)?;
-            put_headers(buf, &b.arguments)?;
-        }
-        Ok(())
+        put_page_count(buf, "bindings", self.bindings.len(), self.more)?;
+        self.bindings.iter().try_for_each(|b| b.put(buf))
     }
 
     fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
-        let count = r.u32()? as usize;
-        let count = r.count(count, 2 + 2 + 2 + 2)?;
+        let (count, more) = read_page_count(r, BINDING_MIN_LEN)?;
         let bindings = (0..count)
-            .map(|_| {
-                Ok(BindingSummary {
-                    exchange: r.string()?,
-                    queue: r.string()?,
-                    routing_key: r.string()?,
-                    arguments: read_headers(r)?,
-                })
-            })
-            .collect::<Result<_, WireError>>()?;
-        Ok(ListBindingsOk { bindings })
+            .map(|_| BindingSummary::read(r))
+            .collect::<Result<_, _>>()?;
+        Ok(ListBindingsOk { bindings, more })
+    }
+}
+
+/// What orders consumers in listings and names one in a `ListConsumers` cursor: a tag is
+/// unique on its connection, not on its queue, hence the connection too.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ConsumerKey {
+    /// The queue it consumes from (first sort field).
+    pub queue: String,
+    /// Its tag (second).
+    pub consumer_tag: String,
+    /// Its connection (third).
+    pub connection_id: u64,
+}
+
+impl Cursor for ConsumerKey {
+    fn put(&self, buf: &mut BytesMut) -> Result<(), WireError> {
+        p::put_str(buf, "queue name", &self.queue)?;
+        p::put_str(buf, "consumer tag", &self.consumer_tag)?;
+        p::put_u64(buf, self.connection_id);
+        Ok(())
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        Ok(ConsumerKey {
+            queue: r.string()?,
+            consumer_tag: r.string()?,
+            connection_id: r.u64()?,
+        })
     }
 }
 
@@ -221,70 +505,141 @@ pub struct ConsumerSummary {
     pub unacked: u32,
 }
 
-/// `ListConsumersOk` (0x0608): every consumer, by queue.
+/// Encoded size of a consumer summary besides its queue name and tag.
+const CONSUMER_FIXED_LEN: usize = 2 + 2 + 8 + 4 + 4;
+
+impl ConsumerSummary {
+    /// Bytes it takes in a `ListConsumersOk` payload.
+    pub fn encoded_len(&self) -> usize {
+        CONSUMER_FIXED_LEN + self.queue.len() + self.consumer_tag.len()
+    }
+
+    /// Its place in listings, and the cursor that continues after it.
+    pub fn key(&self) -> ConsumerKey {
+        ConsumerKey {
+            queue: self.queue.clone(),
+            consumer_tag: self.consumer_tag.clone(),
+            connection_id: self.connection_id,
+        }
+    }
+
+    fn put(&self, buf: &mut BytesMut) -> Result<(), WireError> {
+        p::put_str(buf, "queue name", &self.queue)?;
+        p::put_str(buf, "consumer tag", &self.consumer_tag)?;
+        p::put_u64(buf, self.connection_id);
+        p::put_u32(buf, self.prefetch);
+        p::put_u32(buf, self.unacked);
+        Ok(())
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        Ok(ConsumerSummary {
+            queue: r.string()?,
+            consumer_tag: r.string()?,
+            connection_id: r.u64()?,
+            prefetch: r.u32()?,
+            unacked: r.u32()?,
+        })
+    }
+}
+
+/// `ListConsumersOk` (0x0608): a page of consumers, in [`ConsumerKey`] order.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ListConsumersOk {
     /// The consumers.
     pub consumers: Vec<ConsumerSummary>,
+    /// More consumers follow: ask again with `after` = the last one's key.
+    pub more: bool,
 }
 
 impl Payload for ListConsumersOk {
     fn encode(&self, buf: &mut BytesMut) -> Result<(), WireError> {
-        put_count(buf, "consumers", self.consumers.len())?;
-        for c in &self.consumers {
-            p::put_str(buf, "queue name", &c.queue)?;
-            p::put_str(buf, "consumer tag", &c.consumer_tag)?;
-            p::put_u64(buf, c.connection_id);
-            p::put_u32(buf, c.prefetch);
-            p::put_u32(buf, c.unacked);
-        }
-        Ok(())
+        put_page_count(buf, "consumers", self.consumers.len(), self.more)?;
+        self.consumers.iter().try_for_each(|c| c.put(buf))
     }
 
     fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
-        let count = r.u32()? as usize;
-        let count = r.count(count, 2 + 2 + 8 + 4 + 4)?;
+        let (count, more) = read_page_count(r, CONSUMER_FIXED_LEN)?;
         let consumers = (0..count)
-            .map(|_| {
-                Ok(ConsumerSummary {
-                    queue: r.string()?,
-                    consumer_tag: r.string()?,
-                    connection_id: r.u64()?,
-                    prefetch: r.u32()?,
-                    unacked: r.u32()?,
-                })
-            })
-            .collect::<Result<_, WireError>>()?;
-        Ok(ListConsumersOk { consumers })
+            .map(|_| ConsumerSummary::read(r))
+            .collect::<Result<_, _>>()?;
+        Ok(ListConsumersOk { consumers, more })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::testing::{check_payload, hex};
-    use crate::wire::HeaderValue;
+    use crate::wire::testing::{check_page_request, check_payload, hex};
+
+    fn queue(name: &str) -> QueueSummary {
+        QueueSummary {
+            name: name.into(),
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            ready: 2,
+            unacked: 1,
+            consumers: 1,
+            bytes: 300,
+            publish_rate: 15,
+            ack_rate: 0,
+        }
+    }
+
+    fn binding(exchange: &str, queue: &str, key: &str, arguments: Headers) -> BindingSummary {
+        BindingSummary {
+            exchange: exchange.into(),
+            queue: queue.into(),
+            routing_key: key.into(),
+            arguments,
+        }
+    }
+
+    fn encoded<T: Payload>(value: &T) -> BytesMut {
+        let mut buf = BytesMut::new();
+        value.encode(&mut buf).unwrap();
+        buf
+    }
 
     #[test]
-    fn list_queues() {
+    fn a_last_page_of_queues_is_laid_out_as_before_paging() {
         let ok = ListQueuesOk {
-            queues: vec![QueueSummary {
-                name: "q".into(),
-                durable: true,
-                exclusive: false,
-                auto_delete: false,
-                ready: 2,
-                unacked: 1,
-                consumers: 1,
-                bytes: 300,
-                publish_rate: 15,
-                ack_rate: 0,
-            }],
+            queues: vec![queue("q")],
+            more: false,
         };
         let bytes = hex("01 00 00 00  01 00 71  01
              02 00 00 00 00 00 00 00  01 00 00 00 00 00 00 00  01 00 00 00
              2c 01 00 00 00 00 00 00  0f 00 00 00 00 00 00 00  00 00 00 00 00 00 00 00");
         check_payload(&ok, &bytes);
+    }
+
+    #[test]
+    fn a_page_with_more_to_follow_sets_bit_31_of_the_count() {
+        let ok = ListQueuesOk {
+            queues: vec![queue("q")],
+            more: true,
+        };
+        let last = ListQueuesOk {
+            more: false,
+            ..ok.clone()
+        };
+        let mut bytes = hex("01 00 00 80");
+        bytes.extend_from_slice(&encoded(&last)[4..]);
+        check_payload(&ok, &bytes);
+        assert_eq!(
+            &encoded(&ListQueuesOk::default())[..],
+            &hex("00 00 00 00")[..]
+        );
+    }
+
+    #[test]
+    fn an_empty_page_with_more_to_follow_is_malformed() {
+        for raw in ["00 00 00 80", "00 00 00 00 00"] {
+            let bytes = bytes::Bytes::from(hex(raw));
+            assert!(ListQueuesOk::decode_exact(&bytes).is_err(), "{raw}");
+            assert!(ListBindingsOk::decode_exact(&bytes).is_err(), "{raw}");
+        }
     }
 
     #[test]
@@ -298,17 +653,19 @@ mod tests {
                     auto_delete: false,
                     alternate_exchange: Some("ae".into()),
                 }],
+                more: true,
             },
-            &hex("01 00 00 00  01 00 78  02  05  02 00 61 65"),
+            &hex("01 00 00 80  01 00 78  02  05  02 00 61 65"),
         );
         check_payload(
             &ListBindingsOk {
-                bindings: vec![BindingSummary {
-                    exchange: "x".into(),
-                    queue: "q".into(),
-                    routing_key: "a.#".into(),
-                    arguments: vec![("k".into(), HeaderValue::Bool(true))],
-                }],
+                bindings: vec![binding(
+                    "x",
+                    "q",
+                    "a.#",
+                    vec![("k".into(), HeaderValue::Bool(true))],
+                )],
+                more: false,
             },
             &hex("01 00 00 00  01 00 78  01 00 71  03 00 61 2e 23  01 00  01 00 6b 03 01"),
         );
@@ -321,8 +678,154 @@ mod tests {
                     prefetch: 10,
                     unacked: 4,
                 }],
+                more: false,
             },
             &hex("01 00 00 00  01 00 71  01 00 77  03 00 00 00 00 00 00 00  0a 00 00 00  04 00 00 00"),
         );
     }
+
+    #[test]
+    fn the_first_page_with_the_default_limit_is_the_empty_payload() {
+        check_page_request(&ListQueues::default(), &[]);
+        check_page_request(&ListExchanges::default(), &[]);
+        check_page_request(&ListBindings::default(), &[]);
+        check_page_request(&ListConsumers::default(), &[]);
+    }
+
+    #[test]
+    fn page_requests_carry_a_limit_and_the_last_key_seen() {
+        check_page_request(
+            &ListQueues {
+                after: Some("a".into()),
+                limit: 2,
+            },
+            &hex("02 00 00 00  01  01 00 61"),
+        );
+        check_page_request(
+            &ListQueues {
+                after: None,
+                limit: 100,
+            },
+            &hex("64 00 00 00  00"),
+        );
+        // The default exchange's name is empty: "after it" differs from "from the start".
+        check_page_request(
+            &ListExchanges {
+                after: Some(String::new()),
+                limit: 0,
+            },
+            &hex("00 00 00 00  01  00 00"),
+        );
+        check_page_request(
+            &ListBindings {
+                after: Some(binding(
+                    "x",
+                    "q",
+                    "k",
+                    vec![("m".into(), HeaderValue::Int(1))],
+                )),
+                limit: 1,
+            },
+            &hex("01 00 00 00  01  01 00 78  01 00 71  01 00 6b
+                  01 00  01 00 6d 02 01 00 00 00 00 00 00 00"),
+        );
+        check_page_request(
+            &ListConsumers {
+                after: Some(ConsumerKey {
+                    queue: "q".into(),
+                    consumer_tag: "w".into(),
+                    connection_id: 7,
+                }),
+                limit: 3,
+            },
+            &hex("03 00 00 00  01  01 00 71  01 00 77  07 00 00 00 00 00 00 00"),
+        );
+    }
+
+    #[test]
+    fn a_spelled_out_default_request_and_undefined_flags_are_malformed() {
+        for raw in ["00 00 00 00  00", "01 00 00 00  02", "01 00 00 00  00  00"] {
+            let bytes = bytes::Bytes::from(hex(raw));
+            assert!(ListQueues::decode_exact(&bytes).is_err(), "{raw}");
+            assert!(ListConsumers::decode_exact(&bytes).is_err(), "{raw}");
+        }
+    }
+
+    #[test]
+    fn encoded_len_is_exact() {
+        let q = queue(&"n".repeat(255));
+        assert_eq!(q.encoded_len(), q.put_len());
+        for ae in [None, Some("alt".to_owned())] {
+            let x = ExchangeSummary {
+                name: "x".into(),
+                kind: ExchangeKind::Headers,
+                durable: false,
+                auto_delete: true,
+                alternate_exchange: ae,
+            };
+            assert_eq!(x.encoded_len(), x.put_len());
+        }
+        let b = binding("x", "q", "k.#", vec![("a".into(), "b".into())]);
+        assert_eq!(b.encoded_len(), b.put_len());
+        let c = ConsumerSummary {
+            queue: "q".into(),
+            consumer_tag: "tag".into(),
+            connection_id: 1,
+            prefetch: 0,
+            unacked: 0,
+        };
+        assert_eq!(c.encoded_len(), c.put_len());
+    }
+
+    #[test]
+    fn bindings_sort_by_exchange_queue_key_then_arguments() {
+        let plain = |x, q, k| binding(x, q, k, Vec::new());
+        let with = |args: Headers| binding("x", "q", "k", args);
+        let ordered = [
+            plain("", "z", "z"),
+            plain("a", "a", "b"),
+            plain("a", "b", "a"),
+            plain("b", "a", "a"),
+            with(Vec::new()),
+            with(vec![("a".into(), "z".into())]),
+            with(vec![("a".into(), HeaderValue::Int(-5))]),
+            with(vec![("a".into(), HeaderValue::Int(3))]),
+            with(vec![("a".into(), HeaderValue::Bool(false))]),
+            with(vec![("a".into(), HeaderValue::Bool(true))]),
+            with(vec![
+                ("a".into(), HeaderValue::Bool(true)),
+                ("b".into(), true.into()),
+            ]),
+            with(vec![("a".into(), HeaderValue::Bytes(bytes::Bytes::new()))]),
+            with(vec![("b".into(), HeaderValue::Bool(false))]),
+        ];
+        for (i, a) in ordered.iter().enumerate() {
+            for (j, b) in ordered.iter().enumerate() {
+                assert_eq!(a.listing_cmp(b), i.cmp(&j), "{a:?} vs {b:?}");
+            }
+        }
+    }
+
+    trait PutLen {
+        fn put_len(&self) -> usize;
+    }
+
+    macro_rules! put_len {
+        ($($t:ty),*) => {$(
+            impl PutLen for $t {
+                fn put_len(&self) -> usize {
+                    let mut buf = BytesMut::new();
+                    self.put(&mut buf).unwrap();
+                    buf.len()
+                }
+            }
+        )*};
+    }
+
+    put_len!(
+        QueueSummary,
+        ExchangeSummary,
+        BindingSummary,
+        ConsumerSummary
+    );
 }

@@ -241,6 +241,9 @@ error_codes! {
     ConnectionForced = 106, "CONNECTION_FORCED";
     /// The client left what it asked for unread too long (its socket stayed full).
     SlowConsumer = 107, "SLOW_CONSUMER";
+    /// The server is at its connection limit; the connection was refused before its
+    /// handshake. Retry later.
+    ConnectionLimit = 108, "CONNECTION_LIMIT";
 
     // 2xx: request errors. Sent in an `Error` frame naming the request; the connection stays up.
     /// The payload of a well-framed request could not be decoded.
@@ -282,6 +285,9 @@ error_codes! {
     // 5xx: server faults.
     /// The server failed; the request may be retried.
     InternalError = 500, "INTERNAL_ERROR";
+    /// The server ran out of a resource (file descriptors, memory for a mapping); nothing was
+    /// changed, and the request may succeed once the resource is released.
+    ResourceExhausted = 501, "RESOURCE_EXHAUSTED";
 }
 
 impl ErrorCode {
@@ -352,6 +358,7 @@ mod tests {
                 (105, "UNEXPECTED_FRAME"),
                 (106, "CONNECTION_FORCED"),
                 (107, "SLOW_CONSUMER"),
+                (108, "CONNECTION_LIMIT"),
                 (200, "MALFORMED_REQUEST"),
                 (201, "UNKNOWN_OPCODE"),
                 (202, "NOT_FOUND"),
@@ -368,6 +375,7 @@ mod tests {
                 (400, "QUEUE_DELETED"),
                 (401, "CONSUMER_CANCELLED"),
                 (500, "INTERNAL_ERROR"),
+                (501, "RESOURCE_EXHAUSTED"),
             ]
         );
     }

@@ -5,7 +5,10 @@
 use bytes::{Bytes, BytesMut};
 
 use super::ack::{Ack, Extend, Nack, Reject};
-use super::admin::{ListBindingsOk, ListConsumersOk, ListExchangesOk, ListQueuesOk};
+use super::admin::{
+    ListBindings, ListBindingsOk, ListConsumers, ListConsumersOk, ListExchanges, ListExchangesOk,
+    ListQueues, ListQueuesOk,
+};
 use super::connection::{Blocked, Close, ErrorReply, Hello, Welcome};
 use super::consume::{
     Cancel, CancelOk, Consume, ConsumeOk, ConsumerCancelled, Deliver, Get, GetOk, SetPrefetch,
@@ -119,20 +122,20 @@ frame_body! {
             Reject(Reject),
             /// Extends a lease; no answer unless it fails.
             Extend(Extend),
+            /// Asks for a page of queues (§15); answered by `ListQueuesOk`.
+            ListQueues(ListQueues),
+            /// Asks for a page of exchanges (§15); answered by `ListExchangesOk`.
+            ListExchanges(ListExchanges),
+            /// Asks for a page of bindings (§15); answered by `ListBindingsOk`.
+            ListBindings(ListBindings),
+            /// Asks for a page of consumers (§15); answered by `ListConsumersOk`.
+            ListConsumers(ListConsumers),
         }
         empty {
             /// Keep-alive.
             Heartbeat,
             /// Answers a server's `Close`.
             CloseOk,
-            /// Lists queues (§15).
-            ListQueues,
-            /// Lists exchanges (§15).
-            ListExchanges,
-            /// Lists bindings (§15).
-            ListBindings,
-            /// Lists consumers (§15).
-            ListConsumers,
         }
     }
 }
@@ -172,9 +175,13 @@ frame_body! {
             Deliver(Deliver),
             /// Answers `Get`.
             GetOk(GetOk),
+            /// A page of queues.
             ListQueuesOk(ListQueuesOk),
+            /// A page of exchanges.
             ListExchangesOk(ListExchangesOk),
+            /// A page of bindings.
             ListBindingsOk(ListBindingsOk),
+            /// A page of consumers.
             ListConsumersOk(ListConsumersOk),
         }
         empty {

@@ -53,8 +53,9 @@ mod tests;
 
 pub use ack::{Ack, Extend, Nack, Reject};
 pub use admin::{
-    BindingSummary, ConsumerSummary, ExchangeSummary, ListBindingsOk, ListConsumersOk,
-    ListExchangesOk, ListQueuesOk, QueueSummary,
+    cmp_headers, BindingSummary, ConsumerKey, ConsumerSummary, ExchangeSummary, ListBindings,
+    ListBindingsOk, ListConsumers, ListConsumersOk, ListExchanges, ListExchangesOk, ListQueues,
+    ListQueuesOk, QueueSummary, MAX_PAGE_ITEMS, PAGE_FIXED_LEN,
 };
 pub use connection::{Blocked, Close, ErrorReply, Hello, Welcome};
 pub use consume::{

@@ -75,3 +75,25 @@ pub(crate) fn check_frame<B: FrameBody + PartialEq + Debug>(frame: &Frame<B>, ex
         );
     }
 }
+
+/// [`check_payload`] for a listing request (protocol.md §15), whose empty payload is the
+/// first page with the default limit: `expected` must be that value's encoding, every other
+/// strict prefix is rejected, and the empty payload decodes to `T::default()`.
+pub(crate) fn check_page_request<T: Payload + PartialEq + Debug + Default>(
+    value: &T,
+    expected: &[u8],
+) {
+    let mut buf = BytesMut::new();
+    value.encode(&mut buf).expect("encode");
+    assert_eq!(&buf[..], expected, "encoding of {value:?}");
+    let bytes = Bytes::copy_from_slice(expected);
+    assert_eq!(&T::decode_exact(&bytes).expect("decode"), value);
+    assert_eq!(T::decode_exact(&Bytes::new()).expect("empty"), T::default());
+    for i in 1..expected.len() {
+        let prefix = Bytes::copy_from_slice(&expected[..i]);
+        assert!(
+            T::decode_exact(&prefix).is_err(),
+            "prefix of {i} bytes of {value:?} was accepted"
+        );
+    }
+}

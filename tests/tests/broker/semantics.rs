@@ -9,7 +9,9 @@ use sluice_client::wire::{
     ErrorCode, Frame, FrameDecoder, Hello, MessageMeta, Publish, PublishMessage, Reply, Request,
     RequestId, DEFAULT_MAX_FRAME_LEN,
 };
-use sluice_client::{ConsumeOptions, DeleteQueueOptions, PublishOptions, QueueOptions};
+use sluice_client::{
+    ConsumeOptions, DeleteQueueOptions, ExchangeKind, ExchangeOptions, PublishOptions, QueueOptions,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -47,6 +49,73 @@ async fn exclusive_queues_belong_to_their_connection_and_go_with_it() {
         }
     })
     .await;
+    broker.stop();
+}
+
+/// Publishing names an exchange, not a queue: like RabbitMQ, the broker routes another
+/// connection's messages into an exclusive queue, while every request that names the queue
+/// is refused (protocol.md §6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_connections_may_publish_into_an_exclusive_queue_but_not_use_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let owner = broker.client().await;
+    let other = broker.client().await;
+    owner
+        .declare_queue("mine", QueueOptions::new().exclusive(true))
+        .await
+        .unwrap();
+    owner
+        .declare_exchange("fan", ExchangeKind::Fanout, ExchangeOptions::new())
+        .await
+        .unwrap();
+    owner.bind("mine", "fan", "", Vec::new()).await.unwrap();
+
+    let mandatory = PublishOptions::new().mandatory();
+    within(
+        "publish through an exchange",
+        other.publish("fan", "", "via fan", &mandatory),
+    )
+    .await
+    .expect("a publish through a bound exchange is accepted");
+    within(
+        "publish to the default exchange",
+        other.publish("", "mine", "direct", &mandatory),
+    )
+    .await
+    .expect("a publish to the default exchange is accepted");
+    assert_eq!(owner.inspect_queue("mine").await.unwrap().ready, 2);
+    for expected in ["via fan", "direct"] {
+        let message = owner.get("mine").await.unwrap().expect("a message");
+        assert_eq!(&message.body[..], expected.as_bytes());
+        message.ack().await.unwrap();
+    }
+
+    let locked = |what: &str, result: Result<(), sluice_client::Error>| {
+        let err = result.expect_err(what);
+        assert!(err.is_resource_locked(), "{what}: {err:?}");
+    };
+    locked("get", other.get("mine").await.map(drop));
+    locked("purge", other.purge_queue("mine").await.map(drop));
+    locked("inspect", other.inspect_queue("mine").await.map(drop));
+    let delete = other
+        .delete_queue("mine", DeleteQueueOptions::default())
+        .await;
+    locked("delete", delete.map(drop));
+    let consume = other.consume("mine", ConsumeOptions::new()).await;
+    locked("consume", consume.map(drop));
+    let passive = other.declare_queue("mine", QueueOptions::passive()).await;
+    locked("passive declare", passive.map(drop));
+    locked("bind", other.bind("mine", "fan", "k", Vec::new()).await);
+    locked("unbind", other.unbind("mine", "fan", "", Vec::new()).await);
+    // Refusals have no effect: the owner's queue and binding are as they were.
+    owner
+        .publish("fan", "", "still bound", &PublishOptions::new())
+        .await
+        .unwrap();
+    let message = owner.get("mine").await.unwrap().expect("still bound");
+    assert_eq!(&message.body[..], b"still bound");
+    message.ack().await.unwrap();
     broker.stop();
 }
 

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use sluice_client::wire::{
     Ack, Bind, Consume, DeclareExchange, DeclareQueue, DeleteQueue, DeliveryTag, Frame, Get, Hello,
-    MessageMeta, Nack, Publish, PublishMessage, PurgeQueue, Request, RequestId, PROTOCOL_VERSION,
+    ListBindings, ListQueues, MessageMeta, Nack, Publish, PublishMessage, PurgeQueue, Request,
+    RequestId, PROTOCOL_VERSION,
 };
 use sluice_client::{ConsumeOptions, HeaderValue, PublishOptions, QueueOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -141,8 +142,14 @@ fn corpus() -> Vec<Vec<u8>> {
                 ..Default::default()
             },
         ),
-        encode(11, Request::ListQueues),
-        encode(12, Request::ListBindings),
+        encode(
+            11,
+            ListQueues {
+                after: Some("fz".into()),
+                limit: 5,
+            },
+        ),
+        encode(12, ListBindings::default()),
         encode(13, Request::Heartbeat),
     ]
 }

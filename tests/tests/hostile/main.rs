@@ -51,5 +51,18 @@ pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T
         .unwrap_or_else(|_| panic!("timed out: {what}"))
 }
 
+impl Broker {
+    /// Fails the test when the broker's peak resident memory so far is `bound` or more.
+    pub fn assert_peak_rss_below(&self, bound: u64, what: &str) {
+        let peak = self.process.peak_rss_bytes();
+        assert!(
+            peak < bound,
+            "{what}: the broker's peak RSS is {} MiB, over {} MiB",
+            peak >> 20,
+            bound >> 20
+        );
+    }
+}
+
 /// A short bound for things a healthy broker answers at once, even next to a hostile client.
 pub const PROMPT: Duration = Duration::from_secs(5);

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use sluice_client::wire::Request;
+use sluice_client::wire::ListQueues;
 use sluice_client::QueueOptions;
 use tokio::io::AsyncWriteExt;
 
@@ -34,7 +34,7 @@ async fn a_client_that_never_reads_its_replies_is_held_back_and_others_stay_prom
     let (mut sock, _buf, _) = raw_connect(&broker).await;
     let mut requests = BytesMut::new();
     for i in 0..4096 {
-        requests.extend_from_slice(&encode(10 + i, Request::ListQueues));
+        requests.extend_from_slice(&encode(10 + i, ListQueues::default()));
     }
     let hammer = tokio::spawn(async move {
         let _ = tokio::time::timeout(HAMMER, async {

@@ -3,6 +3,7 @@
 //! with the pages a power loss could lose zeroed; recovery then runs on the copy.
 
 mod damage;
+mod descriptors;
 mod full_disk;
 mod lifecycle;
 mod model;
