@@ -1,7 +1,7 @@
 //! Server settings: command-line flags, `SLUICE_*` environment variables and a TOML file, in
 //! that order of precedence, over built-in defaults that need no set-up at all.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -23,9 +23,10 @@ pub struct ServeArgs {
     /// Directory holding the queues' logs and the topology [default: ./sluice-data].
     #[arg(long, env = "SLUICE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:5680]; port 0 picks a free port.
-    #[arg(long, env = "SLUICE_LISTEN")]
-    pub listen: Option<SocketAddr>,
+    /// Address to listen on, `HOST:PORT` [default: 127.0.0.1:5680]; a host name is resolved
+    /// (IPv4 loopback preferred); port 0 picks a free port.
+    #[arg(long, env = "SLUICE_LISTEN", value_name = "HOST:PORT")]
+    pub listen: Option<String>,
     /// Size of each segment file of a queue log, in bytes [default: 8 MiB].
     #[arg(long, env = "SLUICE_SEGMENT_BYTES")]
     pub segment_bytes: Option<usize>,
@@ -64,7 +65,7 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<PathBuf>,
-    listen: Option<SocketAddr>,
+    listen: Option<String>,
     segment_bytes: Option<usize>,
     max_message_bytes: Option<u32>,
     heartbeat_ms: Option<u32>,
@@ -185,8 +186,8 @@ impl ServerConfig {
         if let Some(v) = args.data_dir.clone().or(file.data_dir) {
             c.data_dir = v;
         }
-        if let Some(v) = args.listen.or(file.listen) {
-            c.listen = v;
+        if let Some(v) = args.listen.as_deref().or(file.listen.as_deref()) {
+            c.listen = resolve_listen(v)?;
         }
         if let Some(v) = args.segment_bytes.or(file.segment_bytes) {
             if !(64 << 10..=1 << 30).contains(&v) {
@@ -261,6 +262,38 @@ fn invalid(name: &'static str, reason: &str) -> ConfigError {
     }
 }
 
+/// `HOST:PORT` to one address. A host name may resolve to several (`localhost` to `::1` and
+/// `127.0.0.1`): IPv4 loopback first, since that is what `127.0.0.1` in a client URL reaches,
+/// then any IPv4, then the first one.
+fn resolve_listen(spec: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(addr) = spec.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let bad = |reason: String| ConfigError::Invalid {
+        name: "listen",
+        reason,
+    };
+    let has_port = spec
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !has_port {
+        return Err(bad(format!(
+            "'{spec}' is not HOST:PORT; give one such as 127.0.0.1:5680 or localhost:5680"
+        )));
+    }
+    let addrs: Vec<SocketAddr> = spec
+        .to_socket_addrs()
+        .map_err(|e| bad(format!("the host of '{spec}' does not resolve ({e})")))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4() && a.ip().is_loopback())
+        .or_else(|| addrs.iter().find(|a| a.is_ipv4()))
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| bad(format!("the host of '{spec}' resolves to no address")))
+}
+
 fn parse_users(spec: &str) -> Result<Vec<User>, ConfigError> {
     spec.split(',')
         .map(|entry| {
@@ -301,7 +334,7 @@ mod tests {
         .unwrap();
         let args = ServeArgs {
             config: Some(path),
-            listen: Some("127.0.0.1:7001".parse().unwrap()),
+            listen: Some("127.0.0.1:7001".into()),
             ..ServeArgs::default()
         };
         let c = ServerConfig::resolve(&args).unwrap();
@@ -346,6 +379,26 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn listen_takes_a_host_name_and_prefers_ipv4_loopback() {
+        assert_eq!(
+            resolve_listen("localhost:5680").unwrap(),
+            SocketAddr::from(([127, 0, 0, 1], 5680))
+        );
+        assert_eq!(resolve_listen("[::1]:0").unwrap().to_string(), "[::1]:0");
+        for bad in [
+            "localhost",
+            "5680",
+            ":5680",
+            "localhost:http",
+            "no-such-host.invalid:1",
+        ] {
+            let e = resolve_listen(bad).unwrap_err().to_string();
+            assert!(e.starts_with("invalid setting listen: "), "{e}");
+            assert!(e.contains(bad), "{e}");
+        }
     }
 
     #[test]
