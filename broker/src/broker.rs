@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::BytesMut;
 use sluice_client::wire::{
-    self, DeclareExchange, DeclareQueue, DeclareQueueOk, ErrorCode, Headers, Payload,
+    self, DeclareExchange, DeclareQueue, DeclareQueueOk, ErrorCode, Headers, Overflow, Payload,
     QueueArguments, Reader, MAX_NAME_LEN,
 };
 
@@ -637,14 +637,93 @@ fn check_same_queue(meta: &QueueMeta, req: &DeclareQueue) -> Result<(), RequestE
             req.auto_delete.to_string(),
         ));
     }
-    if meta.arguments != req.arguments {
-        return Err(differs(
-            "arguments",
-            format!("{:?}", meta.arguments),
-            format!("{:?}", req.arguments),
-        ));
+    if let Some(d) = first_argument_difference(&meta.arguments, &req.arguments) {
+        let name = &meta.name;
+        let field = d.field;
+        return Err(RequestError::precondition(match (d.have, d.want) {
+            (Some(have), Some(want)) => {
+                format!("queue '{name}' exists with {field} {have}, not {want}")
+            }
+            (Some(have), None) => format!(
+                "queue '{name}' exists with {field} {have}, which this declaration does not set"
+            ),
+            (None, want) => format!(
+                "queue '{name}' exists without {field}, which this declaration sets to {}",
+                want.unwrap_or_default()
+            ),
+        }));
     }
     Ok(())
+}
+
+/// One queue argument that differs between the existing queue and a declaration, its values
+/// as text (`None`: not set).
+#[derive(Debug, PartialEq, Eq)]
+struct ArgumentDifference {
+    field: &'static str,
+    have: Option<String>,
+    want: Option<String>,
+}
+
+/// The first argument, in wire order, that `want` sets differently from `have`; a plain
+/// description for the PRECONDITION_FAILED message instead of a dump of both.
+fn first_argument_difference(
+    have: &QueueArguments,
+    want: &QueueArguments,
+) -> Option<ArgumentDifference> {
+    fn text<T: ToString>(v: &Option<T>) -> Option<String> {
+        v.as_ref().map(ToString::to_string)
+    }
+    let overflow = |o: &Option<Overflow>| {
+        o.map(|o| match o {
+            Overflow::DropHead => "drop-head".to_owned(),
+            Overflow::RejectPublish => "reject-publish".to_owned(),
+        })
+    };
+    let quoted = |v: &Option<String>| v.as_ref().map(|s| format!("'{s}'"));
+    let fields = [
+        ("max_length", text(&have.max_length), text(&want.max_length)),
+        (
+            "max_length_bytes",
+            text(&have.max_length_bytes),
+            text(&want.max_length_bytes),
+        ),
+        (
+            "overflow",
+            overflow(&have.overflow),
+            overflow(&want.overflow),
+        ),
+        (
+            "message_ttl_ms",
+            text(&have.message_ttl_ms),
+            text(&want.message_ttl_ms),
+        ),
+        (
+            "dead_letter_exchange",
+            quoted(&have.dead_letter_exchange),
+            quoted(&want.dead_letter_exchange),
+        ),
+        (
+            "dead_letter_routing_key",
+            quoted(&have.dead_letter_routing_key),
+            quoted(&want.dead_letter_routing_key),
+        ),
+        (
+            "ack_timeout_ms",
+            text(&have.ack_timeout_ms),
+            text(&want.ack_timeout_ms),
+        ),
+        (
+            "delivery_limit",
+            text(&have.delivery_limit),
+            text(&want.delivery_limit),
+        ),
+        ("expires_ms", text(&have.expires_ms), text(&want.expires_ms)),
+    ];
+    fields
+        .into_iter()
+        .find(|(_, h, w)| h != w)
+        .map(|(field, have, want)| ArgumentDifference { field, have, want })
 }
 
 fn validate_name(what: &str, name: &str) -> Result<(), RequestError> {
@@ -731,4 +810,38 @@ fn encode_headers(h: &Headers) -> Vec<u8> {
 fn decode_headers(bytes: &[u8]) -> Option<Headers> {
     let mut r = Reader::new(bytes);
     wire::read_headers(&mut r).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_differing_queue_argument_is_named_with_both_values() {
+        let have = QueueArguments {
+            max_length: Some(10),
+            dead_letter_exchange: Some("dlx".into()),
+            ..QueueArguments::default()
+        };
+        let want = QueueArguments {
+            max_length: Some(20),
+            ..have.clone()
+        };
+        let d = first_argument_difference(&have, &want).unwrap();
+        assert_eq!(
+            (d.field, d.have.as_deref(), d.want.as_deref()),
+            ("max_length", Some("10"), Some("20"))
+        );
+        let want = QueueArguments {
+            dead_letter_exchange: None,
+            overflow: Some(Overflow::RejectPublish),
+            ..have.clone()
+        };
+        let d = first_argument_difference(&have, &want).unwrap();
+        assert_eq!(
+            (d.field, d.have.as_deref(), d.want.as_deref()),
+            ("overflow", None, Some("reject-publish"))
+        );
+        assert_eq!(first_argument_difference(&have, &have.clone()), None);
+    }
 }
