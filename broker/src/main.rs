@@ -1,18 +1,34 @@
 //! `sluice`: the broker server and its admin commands.
 
+use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use sluice_broker::broker::Broker;
-use sluice_broker::cli::{self, AdminCommand};
+use sluice_broker::cli::{self, AdminCommand, Target};
 use sluice_broker::config::{ServeArgs, ServerConfig};
 use sluice_broker::limits;
 use sluice_broker::server::Server;
 
 /// Sluice: a persistent message broker.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "sluice", version, about)]
 struct Cli {
+    /// `--url` and `--json`: global, so they may come before or after the command.
+    #[command(flatten)]
+    target: Target,
+    /// How log lines on stderr look: `text` for people, `json` (one object a line) for log
+    /// collectors.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -25,44 +41,93 @@ enum Command {
     Admin(AdminCommand),
 }
 
+/// The format of the log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Plain text; coloured only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, the event's fields at the top level.
+    Json,
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => {
-            init_logging("info");
+            init_logging("info", cli.log_format);
+            if let Some(flag) = admin_flag_given(&matches) {
+                return fail(&format!(
+                    "{flag} is for the admin commands, not for serve; set the address to listen on with --listen"
+                ));
+            }
             match serve(&args) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("sluice: {e:#}");
-                    ExitCode::FAILURE
-                }
+                Err(e) => fail(&one_sentence(&e)),
             }
         }
         Command::Admin(command) => {
             // Commands print their results; the client's logs are for trouble only.
-            init_logging("warn");
-            cli::run(command)
+            init_logging("warn", cli.log_format);
+            cli::run(command, cli.target)
         }
     }
 }
 
+/// The admin-only option given on the command line, if any (`SLUICE_URL` in the environment is
+/// fine: it is there for the admin commands run from the same shell).
+fn admin_flag_given(matches: &ArgMatches) -> Option<&'static str> {
+    [("url", "--url"), ("json", "--json")]
+        .into_iter()
+        .find(|(id, _)| matches.value_source(id) == Some(ValueSource::CommandLine))
+        .map(|(_, flag)| flag)
+}
+
+/// Prints `sluice: <message>` on stderr, once, and returns the failure status.
+fn fail(message: &str) -> ExitCode {
+    eprintln!("sluice: {message}");
+    ExitCode::FAILURE
+}
+
+/// The error and its causes on one line. Many errors already include their source in their
+/// own message, so a cause is added only if its text is not there yet.
+fn one_sentence(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
 /// Logs go to stderr; `SLUICE_LOG` overrides the default filter.
-fn init_logging(default: &str) {
+fn init_logging(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        // Escape codes are noise in a file or a pipe.
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_ansi(false).init(),
+    }
 }
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let config = ServerConfig::resolve(args)?;
     // Before anything opens a file: the sockets and queue files all draw on this limit.
     match limits::raise_descriptor_limit() {
-        Ok(limit) => tracing::info!(before = ?limit.before, now = ?limit.now,
-            "file descriptor limit (RLIMIT_NOFILE, soft)"),
-        Err(e) => tracing::warn!(error = %e, limit = ?limits::descriptor_limit(),
+        Ok(limit) => tracing::info!(
+            before = %limit_text(limit.before),
+            now = %limit_text(limit.now),
+            "file descriptor limit (RLIMIT_NOFILE, soft)"
+        ),
+        Err(e) => tracing::warn!(error = %e, limit = %limit_text(limits::descriptor_limit()),
             "could not raise the file descriptor limit; keeping it"),
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -70,8 +135,13 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let data_dir = config.data_dir.clone();
-        let broker = Broker::open(config)?;
-        let server = Server::bind(broker).await?;
+        let listen = config.listen;
+        let broker = Broker::open(config).map_err(|e| {
+            anyhow::anyhow!("cannot open the data directory {}: {e}", data_dir.display())
+        })?;
+        let server = Server::bind(broker)
+            .await
+            .map_err(|e| anyhow::anyhow!(listen_error(listen, &e)))?;
         let addr = server.local_addr()?;
         // The handlers are installed before the announcement: a SIGTERM sent as soon as the
         // line is read must shut down gracefully, not kill the process.
@@ -88,6 +158,27 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     // The runtime and the broker are gone: every log is closed and synced.
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Why the listener could not be bound, naming the address and what to do.
+fn listen_error(addr: SocketAddr, e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "cannot listen on {addr}: the address is already in use (is another broker running?); choose another with --listen"
+        ),
+        std::io::ErrorKind::AddrNotAvailable => format!(
+            "cannot listen on {addr}: no network interface of this machine has that address; choose another with --listen"
+        ),
+        std::io::ErrorKind::PermissionDenied => format!(
+            "cannot listen on {addr}: permission denied (ports below 1024 need privileges); choose another with --listen"
+        ),
+        _ => format!("cannot listen on {addr}: {e}"),
+    }
+}
+
+/// A descriptor limit for the log: a number, or "unlimited".
+fn limit_text(limit: Option<u64>) -> String {
+    limit.map_or_else(|| "unlimited".to_owned(), |n| n.to_string())
 }
 
 /// Installs the SIGTERM and SIGINT handlers now; the future ends at the first signal.

@@ -8,8 +8,8 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::json;
 use sluice_client::{
-    Client, ConnectUrl, ConsumeOptions, DeleteExchangeOptions, DeleteQueueOptions, ExchangeKind,
-    ExchangeOptions, Headers, Message, PublishOptions, QueueArguments, QueueOptions,
+    Client, ConnectUrl, ConsumeOptions, DeleteExchangeOptions, DeleteQueueOptions, ErrorCode,
+    ExchangeKind, ExchangeOptions, Headers, Message, PublishOptions, QueueArguments, QueueOptions,
 };
 
 use super::format::{
@@ -19,20 +19,19 @@ use super::format::{
 };
 use super::{
     AdminCommand, BindArgs, CliError, ConsumeArgs, DeclareExchangeArgs, DeclareQueueArgs,
-    DeleteExchangeArgs, DeleteQueueArgs, GetArgs, HeaderArg, Outcome, PublishArgs,
+    DeleteExchangeArgs, DeleteQueueArgs, GetArgs, HeaderArg, Outcome, PublishArgs, Target,
 };
 
 /// The connection name the broker shows for the CLI's connections (unless the URL names one).
 const CONNECTION_NAME: &str = "sluice-cli";
 
 /// Connects, runs `command`, and closes the connection.
-pub(super) async fn execute(command: AdminCommand) -> Result<Outcome, CliError> {
+pub(super) async fn execute(command: AdminCommand, target: Target) -> Result<Outcome, CliError> {
     // A body from stdin is read before connecting: no connection idles while someone types.
     let stdin_body = match &command {
         AdminCommand::Publish(a) if a.body.is_none() => Some(read_stdin()?),
         _ => None,
     };
-    let target = command.target().clone();
     let url = ConnectUrl::parse(&target.url).map_err(sluice_client::Error::from)?;
     let client = Client::builder()
         .name(CONNECTION_NAME)
@@ -53,7 +52,7 @@ async fn dispatch(
     json: bool,
 ) -> Result<Outcome, CliError> {
     match command {
-        AdminCommand::Queues(_) => {
+        AdminCommand::Queues => {
             let queues = client.list_queues().await?;
             if json {
                 print_json(&queues.iter().map(QueueJson::from).collect::<Vec<_>>())?;
@@ -61,7 +60,7 @@ async fn dispatch(
                 print(&queues_table(&queues).to_string())?;
             }
         }
-        AdminCommand::Exchanges(_) => {
+        AdminCommand::Exchanges => {
             let exchanges = client.list_exchanges().await?;
             if json {
                 print_json(&exchanges.iter().map(ExchangeJson::from).collect::<Vec<_>>())?;
@@ -69,7 +68,7 @@ async fn dispatch(
                 print(&exchanges_table(&exchanges).to_string())?;
             }
         }
-        AdminCommand::Bindings(_) => {
+        AdminCommand::Bindings => {
             let bindings = client.list_bindings().await?;
             if json {
                 print_json(&bindings.iter().map(BindingJson::from).collect::<Vec<_>>())?;
@@ -77,7 +76,7 @@ async fn dispatch(
                 print(&bindings_table(&bindings).to_string())?;
             }
         }
-        AdminCommand::Consumers(_) => {
+        AdminCommand::Consumers => {
             let consumers = client.list_consumers().await?;
             if json {
                 print_json(&consumers.iter().map(ConsumerJson::from).collect::<Vec<_>>())?;
@@ -253,7 +252,10 @@ async fn publish(
         (None, None) => Bytes::new(),
     };
     let mut options = PublishOptions::new();
-    options.mandatory = a.mandatory;
+    // Mandatory unless told otherwise: without it the broker confirms a message that reached
+    // no queue just like one that did, and the command could not tell the user.
+    let mandatory = !a.no_mandatory;
+    options.mandatory = mandatory;
     options.properties.persistent = !a.transient;
     options.properties.content_type = a.content_type;
     options.properties.message_id = a.message_id;
@@ -266,17 +268,38 @@ async fn publish(
     let len = body.len();
     client
         .publish(&a.exchange, &a.routing_key, body, &options)
-        .await?;
+        .await
+        .map_err(|e| match e {
+            sluice_client::Error::PublishRejected {
+                code: ErrorCode::Unroutable,
+                ..
+            } => CliError::with_code(
+                format!(
+                    "no queue is bound to exchange '{}' with routing key '{}', so the message was dropped; bind a queue first",
+                    exchange_name(&a.exchange),
+                    a.routing_key
+                ),
+                ErrorCode::Unroutable,
+            ),
+            other => CliError::from(other),
+        })?;
     if json {
         print_json(&json!({
             "exchange": a.exchange,
             "routing_key": a.routing_key,
             "bytes": len,
             "confirmed": true,
+            // Unknown (null) without mandatory: the broker does not say.
+            "routed": mandatory.then_some(true),
         }))
     } else {
+        let how = if mandatory {
+            "confirmed"
+        } else {
+            "confirmed; with --no-mandatory the broker does not say whether any queue took it"
+        };
         print(&format!(
-            "published {len} bytes to exchange '{}' with routing key '{}' (confirmed)\n",
+            "published {len} bytes to exchange '{}' with routing key '{}' ({how})\n",
             exchange_name(&a.exchange),
             a.routing_key
         ))

@@ -41,19 +41,19 @@ pub enum AdminCommand {
     /// FLAGS: D durable, E exclusive, A auto-delete. READY and UNACKED count messages,
     /// BYTES is their meta and body size, PUBLISH/S and ACK/S are messages per second over
     /// the last few seconds.
-    Queues(ListArgs),
+    Queues,
     /// List exchanges.
     ///
     /// The default exchange ("(default)", the empty name) and the built-in amq.* ones are
     /// included. FLAGS: D durable, A auto-delete.
-    Exchanges(ListArgs),
+    Exchanges,
     /// List bindings, by exchange, queue and routing key.
     ///
     /// Only explicit bindings: the default exchange's (routing key = queue name) are
     /// implicit.
-    Bindings(ListArgs),
+    Bindings,
     /// List the consumers of every connection.
-    Consumers(ListArgs),
+    Consumers,
     /// Declare a queue, or check that it exists as declared.
     ///
     /// Queues are durable unless --transient. Declaring an existing queue with other
@@ -86,8 +86,11 @@ pub enum AdminCommand {
     Unbind(BindArgs),
     /// Publish one message and wait for the broker's confirm.
     ///
-    /// Exits with status 1 and the broker's reason (e.g. UNROUTABLE with --mandatory) if
-    /// the message is refused.
+    /// The message is published as mandatory: if no queue is bound to the exchange with that
+    /// routing key, the command says so and exits with status 1 (UNROUTABLE) instead of
+    /// reporting a message that went nowhere as confirmed. --no-mandatory lets the broker
+    /// drop such a message silently. Other refusals also exit with status 1 and the broker's
+    /// reason.
     Publish(PublishArgs),
     /// Take one message from a queue and print its body.
     ///
@@ -101,43 +104,17 @@ pub enum AdminCommand {
     Consume(ConsumeArgs),
 }
 
-impl AdminCommand {
-    /// The connection and output options every command has.
-    pub fn target(&self) -> &Target {
-        match self {
-            AdminCommand::Queues(a)
-            | AdminCommand::Exchanges(a)
-            | AdminCommand::Bindings(a)
-            | AdminCommand::Consumers(a) => &a.target,
-            AdminCommand::DeclareQueue(a) => &a.target,
-            AdminCommand::DeleteQueue(a) => &a.target,
-            AdminCommand::Purge(a) | AdminCommand::Inspect(a) => &a.target,
-            AdminCommand::DeclareExchange(a) => &a.target,
-            AdminCommand::DeleteExchange(a) => &a.target,
-            AdminCommand::Bind(a) | AdminCommand::Unbind(a) => &a.target,
-            AdminCommand::Publish(a) => &a.target,
-            AdminCommand::Get(a) => &a.target,
-            AdminCommand::Consume(a) => &a.target,
-        }
-    }
-}
-
-/// Which broker, and how to print.
+/// Which broker, and how to print: options of every admin command, global so that they may
+/// come before or after the command's name (`main.rs` flattens them into the top level).
 #[derive(Debug, Clone, Args)]
 pub struct Target {
-    /// Broker URL, `sluice://user:password@host:port` (the password is never printed).
-    #[arg(long, env = "SLUICE_URL", default_value = DEFAULT_URL, hide_env_values = true)]
+    /// Broker URL of the admin commands, `sluice://user:password@host:port` (the password is
+    /// never printed).
+    #[arg(long, global = true, env = "SLUICE_URL", default_value = DEFAULT_URL, hide_env_values = true)]
     pub url: String,
-    /// Print JSON instead of text (`consume`: one JSON object per line).
-    #[arg(long)]
+    /// Admin commands print JSON instead of text (`consume`: one JSON object per line).
+    #[arg(long, global = true)]
     pub json: bool,
-}
-
-/// Arguments of the listings.
-#[derive(Debug, Clone, Args)]
-pub struct ListArgs {
-    #[command(flatten)]
-    pub target: Target,
 }
 
 /// Arguments of commands that name one queue.
@@ -145,8 +122,6 @@ pub struct ListArgs {
 pub struct QueueArgs {
     /// The queue.
     pub queue: String,
-    #[command(flatten)]
-    pub target: Target,
 }
 
 /// Arguments of `sluice declare-queue`.
@@ -193,8 +168,6 @@ pub struct DeclareQueueArgs {
     /// Delete the queue after it has been unused this long.
     #[arg(long, value_name = "MS")]
     pub expires_ms: Option<u64>,
-    #[command(flatten)]
-    pub target: Target,
 }
 
 /// What a queue does at its length limit.
@@ -226,8 +199,6 @@ pub struct DeleteQueueArgs {
     /// Fail with PRECONDITION_FAILED if the queue holds messages.
     #[arg(long)]
     pub if_empty: bool,
-    #[command(flatten)]
-    pub target: Target,
 }
 
 /// Arguments of `sluice declare-exchange`.
@@ -250,8 +221,6 @@ pub struct DeclareExchangeArgs {
     /// Where messages that match no binding go.
     #[arg(long, value_name = "EXCHANGE")]
     pub alternate_exchange: Option<String>,
-    #[command(flatten)]
-    pub target: Target,
 }
 
 /// An exchange kind on the command line.
@@ -286,8 +255,6 @@ pub struct DeleteExchangeArgs {
     /// Fail with PRECONDITION_FAILED if the exchange has bindings.
     #[arg(long)]
     pub if_unused: bool,
-    #[command(flatten)]
-    pub target: Target,
 }
 
 /// Arguments of `sluice bind` and `sluice unbind`.
@@ -304,8 +271,6 @@ pub struct BindArgs {
     /// headers exchanges match on them (`x-match=all|any`). Repeatable.
     #[arg(long = "header", value_name = "KEY[:TYPE]=VALUE", value_parser = parse_header)]
     pub headers: Vec<HeaderArg>,
-    #[command(flatten)]
-    pub target: Target,
 }
 
 /// Arguments of `sluice publish`.
@@ -321,8 +286,15 @@ pub struct PublishArgs {
     /// Repeatable.
     #[arg(long = "header", value_name = "KEY[:TYPE]=VALUE", value_parser = parse_header)]
     pub headers: Vec<HeaderArg>,
-    /// Refuse the message (UNROUTABLE) instead of dropping it when it reaches no queue.
+    /// Publish even if no queue takes the message: the broker then confirms it and drops it
+    /// without notice, as an application's non-mandatory publish would be. By default the
+    /// command publishes as mandatory and fails with UNROUTABLE when the message reaches no
+    /// queue.
     #[arg(long)]
+    pub no_mandatory: bool,
+    /// Fail with UNROUTABLE when the message reaches no queue (the default; kept for scripts
+    /// that say it).
+    #[arg(long, overrides_with = "no_mandatory")]
     pub mandatory: bool,
     /// Not persistent: confirmed once enqueued, lost on a broker restart.
     #[arg(long)]
@@ -342,8 +314,6 @@ pub struct PublishArgs {
     /// Per-message TTL, from when a queue accepts the message.
     #[arg(long, value_name = "MS")]
     pub expiration_ms: Option<u64>,
-    #[command(flatten)]
-    pub target: Target,
 }
 
 /// Arguments of `sluice get`.
@@ -354,8 +324,6 @@ pub struct GetArgs {
     /// Put the message back (nack with requeue) instead of acking it.
     #[arg(long)]
     pub requeue: bool,
-    #[command(flatten)]
-    pub target: Target,
 }
 
 /// Arguments of `sluice consume`.
@@ -370,8 +338,6 @@ pub struct ConsumeArgs {
     /// needs, so no extra message is taken and requeued.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CONSUME_PREFETCH)]
     pub prefetch: u32,
-    #[command(flatten)]
-    pub target: Target,
 }
 
 /// A header from the command line: `KEY=VALUE`, `KEY:str=VALUE`, `KEY:int=N` or
@@ -413,7 +379,7 @@ pub fn parse_header(s: &str) -> Result<HeaderArg, String> {
 
 /// Runs an admin command to completion and returns the process's exit status. Results are
 /// printed on stdout, errors on stderr.
-pub fn run(command: AdminCommand) -> ExitCode {
+pub fn run(command: AdminCommand, target: Target) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -424,7 +390,7 @@ pub fn run(command: AdminCommand) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(commands::execute(command)) {
+    match runtime.block_on(commands::execute(command, target)) {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::Empty) => ExitCode::from(EXIT_EMPTY),
         Err(e) => {
@@ -457,6 +423,14 @@ impl CliError {
         CliError {
             message: message.into(),
             code: None,
+        }
+    }
+
+    /// An error the broker signalled with `code`, in the command's own words.
+    pub fn with_code(message: impl Into<String>, code: ErrorCode) -> Self {
+        CliError {
+            message: message.into(),
+            code: Some(code),
         }
     }
 
@@ -578,6 +552,8 @@ mod tests {
         use clap::Parser;
         #[derive(Debug, Parser)]
         struct Cli {
+            #[command(flatten)]
+            target: Target,
             #[command(subcommand)]
             command: AdminCommand,
         }
@@ -597,10 +573,18 @@ mod tests {
             panic!("{:?}", cli.command)
         };
         assert_eq!((bind.routing_key.as_str(), bind.headers.len()), ("a.*", 1));
-        assert_eq!(bind.target.url, "sluice://h:1");
+        assert_eq!(cli.target.url, "sluice://h:1");
+        // Global: before the command too.
+        let cli =
+            Cli::try_parse_from(["sluice", "--url", "sluice://h:2", "--json", "queues"]).unwrap();
+        assert!(matches!(cli.command, AdminCommand::Queues));
+        assert_eq!(
+            (cli.target.url.as_str(), cli.target.json),
+            ("sluice://h:2", true)
+        );
         let cli = Cli::try_parse_from(["sluice", "unbind", "q", "x"]).unwrap();
         if std::env::var_os("SLUICE_URL").is_none() {
-            assert_eq!(cli.command.target().url, DEFAULT_URL);
+            assert_eq!(cli.target.url, DEFAULT_URL);
         }
         let AdminCommand::Unbind(unbind) = &cli.command else {
             panic!()
@@ -608,10 +592,11 @@ mod tests {
         assert_eq!(unbind.routing_key, "");
         assert!(Cli::try_parse_from(["sluice", "declare-exchange", "x"]).is_err());
         let cli = Cli::try_parse_from(["sluice", "consume", "q", "--count", "2", "--json"]);
-        let AdminCommand::Consume(consume) = cli.unwrap().command else {
+        let cli = cli.unwrap();
+        let AdminCommand::Consume(consume) = cli.command else {
             panic!()
         };
         assert_eq!(consume.prefetch, DEFAULT_CONSUME_PREFETCH);
-        assert!(consume.target.json);
+        assert!(cli.target.json);
     }
 }

@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use sluice_client::wire::{
-    Close, DecodeError, ErrorCode, Frame, FrameDecoder, Hello, Opcode, Reply, Request, RequestId,
-    Welcome, FRAME_OVERHEAD_RESERVE, HANDSHAKE_MAX_FRAME_LEN, MIN_MAX_FRAME_LEN, PROTOCOL_VERSION,
+    Close, DecodeError, ErrorCode, Frame, FrameDecoder, HeaderValue, Hello, Opcode, Reply, Request,
+    RequestId, Welcome, FRAME_OVERHEAD_RESERVE, HANDSHAKE_MAX_FRAME_LEN, MIN_MAX_FRAME_LEN,
+    PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -59,31 +60,146 @@ struct Agreed {
     max_message_len: u32,
 }
 
+/// Who is on the other end, from the socket and the `Hello`: what the connection's log lines
+/// name.
+#[derive(Debug, Clone)]
+struct ClientInfo {
+    /// The user it logged in as.
+    user: String,
+    /// `product version` from its client properties, `unknown` if it sent neither.
+    client: String,
+    /// The `connection_name` it gave, or empty.
+    connection_name: String,
+}
+
+impl ClientInfo {
+    fn from_hello(hello: &Hello) -> Self {
+        let text = |key: &str| {
+            hello
+                .client_properties
+                .iter()
+                .find(|(k, _)| k == key)
+                .and_then(|(_, v)| match v {
+                    HeaderValue::Str(s) => Some(s.as_str()),
+                    _ => None,
+                })
+                .unwrap_or("")
+        };
+        let client = match (text("product"), text("version")) {
+            ("", "") => "unknown".to_owned(),
+            (product, "") => product.to_owned(),
+            ("", version) => format!("unknown {version}"),
+            (product, version) => format!("{product} {version}"),
+        };
+        Self {
+            user: hello.username.clone(),
+            client,
+            connection_name: text("connection_name").to_owned(),
+        }
+    }
+}
+
+/// Why the handshake did not end in `Welcome`.
+#[derive(Debug)]
+struct HandshakeRefused {
+    /// The code sent in `Close`, if one was sent.
+    code: Option<ErrorCode>,
+    /// What happened, for the log.
+    reason: String,
+    /// The client, if its `Hello` was read.
+    client: Option<ClientInfo>,
+}
+
+impl HandshakeRefused {
+    fn without_close(reason: impl Into<String>) -> Self {
+        Self {
+            code: None,
+            reason: reason.into(),
+            client: None,
+        }
+    }
+}
+
+/// Why a connection ended, for its log line.
+#[derive(Debug, Clone)]
+pub(super) enum CloseReason {
+    /// The client sent `Close`.
+    Client {
+        /// Its code, if it gave one (an error on its side).
+        code: Option<ErrorCode>,
+        /// Its words.
+        reason: String,
+    },
+    /// The server sent `Close`.
+    Server {
+        /// The code sent.
+        code: ErrorCode,
+        /// The words sent.
+        reason: String,
+    },
+    /// The socket closed or failed without a `Close` exchanged.
+    SocketClosed,
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseReason::Client { code: None, reason } if reason.is_empty() => {
+                f.write_str("closed by the client")
+            }
+            CloseReason::Client { code, reason } => {
+                f.write_str("closed by the client")?;
+                if let Some(code) = code {
+                    write!(f, " with {}", code.name())?;
+                }
+                if !reason.is_empty() {
+                    write!(f, " (\"{reason}\")")?;
+                }
+                Ok(())
+            }
+            CloseReason::Server { code, reason } => {
+                write!(f, "closed by the server with {}: {reason}", code.name())
+            }
+            CloseReason::SocketClosed => f.write_str("the socket closed without a Close"),
+        }
+    }
+}
+
 /// Serves one client until it leaves or the server shuts down.
 pub async fn serve(broker: Arc<Broker>, stream: TcpStream, shutdown: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
     let conn_id = broker.next_conn_id();
-    let peer = stream.peer_addr().ok();
+    let peer = match stream.peer_addr() {
+        Ok(addr) => addr.to_string(),
+        Err(_) => "unknown".to_owned(),
+    };
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let timeout = broker.config.handshake_timeout;
-    let agreed = match tokio::time::timeout(
+    let (agreed, who) = match tokio::time::timeout(
         timeout,
         handshake(&broker, conn_id, &mut rd, &mut wr, &mut buf),
     )
     .await
     {
-        Ok(Ok(agreed)) => agreed,
-        Ok(Err(reason)) => {
-            tracing::info!(conn = conn_id, ?peer, %reason, "handshake refused");
+        Ok(Ok(done)) => done,
+        Ok(Err(refused)) => {
+            log_refusal(conn_id, &peer, &refused);
             return;
         }
         Err(_) => {
-            tracing::info!(conn = conn_id, ?peer, "handshake timed out");
+            tracing::info!(conn = conn_id, peer, "handshake timed out");
             return;
         }
     };
-    tracing::debug!(conn = conn_id, ?peer, "connection open");
+    tracing::info!(
+        conn = conn_id,
+        peer,
+        user = who.user,
+        client = who.client,
+        connection_name = who.connection_name,
+        "connection opened"
+    );
 
     let last_recv = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -106,9 +222,17 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, shutdown: watch::Rece
         broker.config.slow_consumer_timeout,
     );
 
-    session::Session::new(broker, conn_id, peer, agreed, output, last_recv, started)
-        .run(frames_rx, shutdown)
-        .await;
+    let reason = session::Session::new(
+        broker,
+        conn_id,
+        peer.clone(),
+        agreed,
+        output,
+        last_recv,
+        started,
+    )
+    .run(frames_rx, shutdown)
+    .await;
 
     reader.abort();
     // The session dropped its sender: the writer flushes what is queued (a final Close) and
@@ -119,7 +243,38 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, shutdown: watch::Rece
     {
         writer.abort();
     }
-    tracing::debug!(conn = conn_id, "connection closed");
+    tracing::info!(
+        conn = conn_id,
+        peer,
+        user = who.user,
+        client = who.client,
+        connection_name = who.connection_name,
+        duration_ms = started.elapsed().as_millis() as u64,
+        reason = reason.to_string().as_str(),
+        "connection closed"
+    );
+}
+
+/// One line per refused handshake; a wrong user or password is a warning, since it may be
+/// someone guessing.
+fn log_refusal(conn_id: u64, peer: &str, refused: &HandshakeRefused) {
+    let user = refused.client.as_ref().map_or("", |c| c.user.as_str());
+    let client = refused.client.as_ref().map_or("", |c| c.client.as_str());
+    let code = refused.code.map_or("", |c| c.name());
+    let reason = refused.reason.as_str();
+    if refused.code == Some(ErrorCode::AccessRefused) {
+        tracing::warn!(conn = conn_id, peer, user, client, reason, "login failed");
+    } else {
+        tracing::info!(
+            conn = conn_id,
+            peer,
+            user,
+            client,
+            code,
+            reason,
+            "handshake refused"
+        );
+    }
 }
 
 /// Runs the server side of §5.2; on refusal sends `Close` and returns the reason.
@@ -129,7 +284,7 @@ async fn handshake(
     rd: &mut OwnedReadHalf,
     wr: &mut OwnedWriteHalf,
     buf: &mut BytesMut,
-) -> Result<Agreed, String> {
+) -> Result<(Agreed, ClientInfo), HandshakeRefused> {
     let decoder = FrameDecoder::new(HANDSHAKE_MAX_FRAME_LEN);
     let raw = loop {
         match decoder.decode_raw(buf) {
@@ -137,11 +292,15 @@ async fn handshake(
             Ok(None) => {}
             Err(e) => {
                 let code = e.error_code();
-                return Err(refuse(wr, code, &e.to_string()).await);
+                return Err(refuse(wr, code, &e.to_string(), None).await);
             }
         }
         match rd.read_buf(buf).await {
-            Ok(0) | Err(_) => return Err("peer left during the handshake".into()),
+            Ok(0) | Err(_) => {
+                return Err(HandshakeRefused::without_close(
+                    "the peer left during the handshake",
+                ))
+            }
             Ok(_) => {}
         }
     };
@@ -150,6 +309,7 @@ async fn handshake(
             wr,
             ErrorCode::UnexpectedFrame,
             "the first frame must be Hello",
+            None,
         )
         .await);
     }
@@ -164,6 +324,7 @@ async fn handshake(
                 wr,
                 ErrorCode::UnexpectedFrame,
                 "the first frame must be Hello",
+                None,
             )
             .await)
         }
@@ -172,14 +333,16 @@ async fn handshake(
                 wr,
                 ErrorCode::MalformedFrame,
                 &format!("malformed Hello: {e}"),
+                None,
             )
             .await)
         }
     };
+    let who = ClientInfo::from_hello(&hello);
     let version = hello.max_version.min(PROTOCOL_VERSION);
     if version < hello.min_version.max(MIN_VERSION) {
         let reason = format!("server speaks versions {MIN_VERSION}..{PROTOCOL_VERSION}");
-        return Err(refuse(wr, ErrorCode::UnsupportedVersion, &reason).await);
+        return Err(refuse(wr, ErrorCode::UnsupportedVersion, &reason, Some(who)).await);
     }
     let known = broker.config.users.iter().any(|u| {
         u.name == hello.username
@@ -190,6 +353,7 @@ async fn handshake(
             wr,
             ErrorCode::AccessRefused,
             "unknown user or wrong password",
+            Some(who),
         )
         .await);
     }
@@ -225,17 +389,25 @@ async fn handshake(
     let mut out = BytesMut::new();
     Frame::<Reply>::new(request_id, welcome)
         .encode(&mut out, HANDSHAKE_MAX_FRAME_LEN)
-        .map_err(|e| e.to_string())?;
-    wr.write_all(&out).await.map_err(|e| e.to_string())?;
-    Ok(Agreed {
+        .map_err(|e| HandshakeRefused::without_close(format!("cannot encode Welcome: {e}")))?;
+    wr.write_all(&out)
+        .await
+        .map_err(|e| HandshakeRefused::without_close(format!("cannot send Welcome: {e}")))?;
+    let agreed = Agreed {
         heartbeat: (heartbeat_ms > 0).then(|| Duration::from_millis(heartbeat_ms.into())),
         max_frame_len,
         max_message_len,
-    })
+    };
+    Ok((agreed, who))
 }
 
-/// Sends `Close` with `code` and returns a description for the log.
-async fn refuse(wr: &mut OwnedWriteHalf, code: ErrorCode, reason: &str) -> String {
+/// Sends `Close` with `code` and returns what the log says about it.
+async fn refuse(
+    wr: &mut OwnedWriteHalf,
+    code: ErrorCode,
+    reason: &str,
+    client: Option<ClientInfo>,
+) -> HandshakeRefused {
     let mut out = BytesMut::new();
     let close = Close {
         code: Some(code),
@@ -248,7 +420,11 @@ async fn refuse(wr: &mut OwnedWriteHalf, code: ErrorCode, reason: &str) -> Strin
         let _ = wr.write_all(&out).await;
         let _ = wr.shutdown().await;
     }
-    format!("{}: {reason}", code.name())
+    HandshakeRefused {
+        code: Some(code),
+        reason: reason.into(),
+        client,
+    }
 }
 
 /// How long a refused connection is kept open for its peer to read the `Close` and leave.

@@ -1,7 +1,6 @@
 //! The state of one connection and the handling of every request (protocol.md §5–§10).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +14,7 @@ use sluice_client::wire::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::output::Output;
-use super::{Agreed, ReadEvent};
+use super::{Agreed, CloseReason, ReadEvent};
 use crate::broker::Broker;
 use crate::error::RequestError;
 use crate::queue::{
@@ -68,7 +67,8 @@ enum Ending {
 pub(super) struct Session {
     broker: Arc<Broker>,
     link: Arc<ConnLink>,
-    peer: Option<SocketAddr>,
+    /// The peer's address as the log shows it.
+    peer: String,
     events: mpsc::UnboundedReceiver<ConnEvent>,
     agreed: Agreed,
     output: Output,
@@ -96,13 +96,15 @@ pub(super) struct Session {
     exclusive_queues: Vec<String>,
     // Closing.
     client_close: Option<RequestId>,
+    /// The first `Close` sent or received: what the connection's last log line says.
+    close_reason: Option<CloseReason>,
 }
 
 impl Session {
     pub(super) fn new(
         broker: Arc<Broker>,
         conn_id: u64,
-        peer: Option<SocketAddr>,
+        peer: String,
         agreed: Agreed,
         output: Output,
         last_recv: Arc<AtomicU64>,
@@ -140,6 +142,7 @@ impl Session {
             touched: Vec::new(),
             exclusive_queues: Vec::new(),
             client_close: None,
+            close_reason: None,
         }
     }
 
@@ -147,7 +150,7 @@ impl Session {
         mut self,
         mut frames: mpsc::Receiver<ReadEvent>,
         mut shutdown: watch::Receiver<bool>,
-    ) {
+    ) -> CloseReason {
         let tick_every = self.agreed.heartbeat.map_or(Duration::from_secs(1), |h| {
             (h / 4).max(Duration::from_millis(100))
         });
@@ -215,6 +218,9 @@ impl Session {
             }
         }
         self.cleanup();
+        self.close_reason
+            .take()
+            .unwrap_or(CloseReason::SocketClosed)
     }
 
     /// Whether the session handles request frames now: not while the socket owes too much
@@ -265,7 +271,7 @@ impl Session {
         let owed = self.output.outbox().bytes();
         tracing::warn!(
             conn = self.link.id,
-            peer = ?self.peer,
+            peer = self.peer,
             owed_bytes = owed,
             stalled_ms = stalled.as_millis() as u64,
             "slow consumer: its socket stayed full; closing the connection"
@@ -361,6 +367,11 @@ impl Session {
             reason,
             "closing connection"
         );
+        self.close_reason
+            .get_or_insert_with(|| CloseReason::Server {
+                code,
+                reason: reason.to_owned(),
+            });
         self.send(
             RequestId(0),
             Close {
@@ -410,6 +421,10 @@ impl Session {
             Request::Close(c) => {
                 tracing::debug!(conn = self.link.id, code = ?c.code, reason = %c.reason, "client closes");
                 self.client_close = Some(id);
+                self.close_reason.get_or_insert(CloseReason::Client {
+                    code: c.code,
+                    reason: c.reason,
+                });
             }
             Request::CloseOk => return Ending::Now,
             Request::Publish(p) => self.on_publish(p).await,
