@@ -28,6 +28,7 @@ const SLUICE_VARIABLES: &[&str] = &[
     "SLUICE_MAX_CONNECTIONS",
     "SLUICE_HANDSHAKE_TIMEOUT_MS",
     "SLUICE_LOG",
+    "SLUICE_LOG_FORMAT",
 ];
 
 /// The `sluice` binary of the target directory the running test was built into
@@ -197,6 +198,29 @@ impl BrokerProcess {
                 self.log()
             ),
             None => panic!("sluice did not stop on SIGTERM: {}", self.log()),
+        }
+    }
+
+    /// Reads its stderr until a line satisfies `wanted`, waiting at most `limit` in all;
+    /// returns the lines read, the matching one last. Panics with what was read if none does.
+    pub fn wait_for_log(&self, limit: Duration, wanted: impl Fn(&str) -> bool) -> Vec<String> {
+        let deadline = std::time::Instant::now() + limit;
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    let found = wanted(&line);
+                    lines.push(line);
+                    if found {
+                        return lines;
+                    }
+                }
+                Err(_) => panic!(
+                    "no such log line within {limit:?}; the log was:\n{}",
+                    lines.join("\n")
+                ),
+            }
         }
     }
 

@@ -35,42 +35,26 @@ impl Broker {
         }
     }
 
+    /// Starts `sluice serve EXTRA...` on a free port logging at `info`, so that tests can
+    /// read its log lines.
+    fn start_logging(extra: &[&str]) -> Broker {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let process = BrokerProcess::start_with(&dir.path().join("data"), extra, |cmd| {
+            cmd.env("SLUICE_LOG", "info");
+        });
+        let url = process.url();
+        Broker {
+            process,
+            url,
+            _dir: dir,
+        }
+    }
+
     /// Runs `sluice ARGS --url <this broker>` with `stdin` as its standard input.
     fn run_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Run {
-        let mut child = sluice_command()
-            .args(args)
-            .args(["--url", &self.url])
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting sluice");
-        if let Some(input) = stdin {
-            let mut pipe = child.stdin.take().expect("stdin is piped");
-            pipe.write_all(input).expect("writing the command's stdin");
-            // Dropping the pipe closes it: the command sees the end of its input.
-        }
-        let stdout = drain(child.stdout.take().expect("stdout is piped"));
-        let stderr = drain(child.stderr.take().expect("stderr is piped"));
-        // A bounded wait: a hung command fails the test instead of stalling it.
-        let status = wait_bounded(child, TIMEOUT).unwrap_or_else(|| {
-            panic!(
-                "`sluice {}` did not finish within {TIMEOUT:?}",
-                shell_words(args)
-            )
-        });
-        let run = Run {
-            args: shell_words(args),
-            status,
-            stdout: String::from_utf8(stdout.join().expect("stdout reader")).expect("UTF-8"),
-            stderr: String::from_utf8(stderr.join().expect("stderr reader")).expect("UTF-8"),
-        };
-        eprintln!("$ sluice {}\n{}{}", run.args, run.stdout, run.stderr);
-        run
+        let mut args = args.to_vec();
+        args.extend(["--url", &self.url]);
+        run_sluice(&args, stdin)
     }
 
     fn run(&self, args: &[&str]) -> Run {
@@ -133,6 +117,44 @@ impl Drop for Broker {
     }
 }
 
+/// Runs `sluice ARGS` with `stdin` as its standard input, stdout and stderr captured (pipes,
+/// as in a script), bounded in time.
+fn run_sluice(args: &[&str], stdin: Option<&[u8]>) -> Run {
+    let mut child = sluice_command()
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting sluice");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin is piped");
+        pipe.write_all(input).expect("writing the command's stdin");
+        // Dropping the pipe closes it: the command sees the end of its input.
+    }
+    let stdout = drain(child.stdout.take().expect("stdout is piped"));
+    let stderr = drain(child.stderr.take().expect("stderr is piped"));
+    // A bounded wait: a hung command fails the test instead of stalling it.
+    let status = wait_bounded(child, TIMEOUT).unwrap_or_else(|| {
+        panic!(
+            "`sluice {}` did not finish within {TIMEOUT:?}",
+            shell_words(args)
+        )
+    });
+    let run = Run {
+        args: shell_words(args),
+        status,
+        stdout: String::from_utf8(stdout.join().expect("stdout reader")).expect("UTF-8"),
+        stderr: String::from_utf8(stderr.join().expect("stderr reader")).expect("UTF-8"),
+    };
+    eprintln!("$ sluice {}\n{}{}", run.args, run.stdout, run.stderr);
+    run
+}
+
 fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
     thread::spawn(move || {
         let mut buf = Vec::new();
@@ -159,6 +181,25 @@ struct Run {
 }
 
 impl Run {
+    /// Asserts the command failed with status 1 and printed exactly `message` on stderr: one
+    /// line, `sluice: ` first. Returns nothing else it printed there (log lines).
+    fn assert_fails_with(&self, message: &str) {
+        assert_eq!(
+            self.status.code(),
+            Some(1),
+            "`sluice {}`: {}",
+            self.args,
+            self.stderr
+        );
+        let errors: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("sluice: "))
+            .collect();
+        assert_eq!(errors, [format!("sluice: {message}")], "{}", self.stderr);
+        assert_eq!(self.stdout, "");
+    }
+
     fn assert_success(&self) {
         assert!(
             self.status.success(),
@@ -317,4 +358,311 @@ fn text_listings_and_connection_errors() {
     assert_eq!(refused.status.code(), Some(1));
     assert!(stderr.contains("(ACCESS_REFUSED)"), "{stderr}");
     assert!(!stderr.contains("not-the-password"), "{stderr}");
+}
+
+// ----------------------------------------------------------------------------------------
+// The command line as a new user meets it
+// ----------------------------------------------------------------------------------------
+
+#[test]
+fn version_names_the_program() {
+    let run = run_sluice(&["--version"], None);
+    run.assert_success();
+    assert_eq!(
+        run.stdout,
+        format!("sluice {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn url_and_json_may_come_before_the_command() {
+    let broker = Broker::start();
+    let run = run_sluice(
+        &["--url", &broker.url, "--json", "declare-queue", "early-url"],
+        None,
+    );
+    run.assert_success();
+    let declared: Value = serde_json::from_str(&run.stdout).expect("JSON on stdout");
+    assert_eq!(declared["name"], "early-url");
+
+    // `serve` has no use for them: said plainly rather than ignored.
+    let run = run_sluice(&["--url", &broker.url, "serve"], None);
+    run.assert_fails_with(
+        "--url is for the admin commands, not for serve; set the address to listen on with --listen",
+    );
+}
+
+#[test]
+fn listen_takes_a_host_name_and_the_server_prints_the_address_it_bound() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let data = dir.path().join("data");
+    let mut child = sluice_command()
+        .args(["serve", "--listen", "localhost:0", "--data-dir"])
+        .arg(&data)
+        .env("SLUICE_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting sluice serve");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let mut first = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first);
+        let _ = tx.send(first);
+    });
+    let line = rx.recv_timeout(TIMEOUT);
+    // Reached through the same host name, as a user would.
+    let queues = line.as_ref().ok().and_then(|line| {
+        let port = line
+            .strip_prefix("sluice listening on 127.0.0.1:")?
+            .split_whitespace()
+            .next()?
+            .to_owned();
+        let url = format!("sluice://guest:guest@localhost:{port}");
+        Some(run_sluice(&["queues", "--url", &url], None))
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("the server printed no line");
+    assert!(
+        line.starts_with("sluice listening on 127.0.0.1:") && !line.contains("127.0.0.1:0 "),
+        "{line}"
+    );
+    queues.expect("a port in the line").assert_success();
+}
+
+#[test]
+fn a_host_name_that_does_not_resolve_is_one_line_naming_it() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("UTF-8 path");
+    let run = run_sluice(
+        &[
+            "serve",
+            "--listen",
+            "no-such-host.invalid:5680",
+            "--data-dir",
+            data,
+        ],
+        None,
+    );
+    assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("sluice: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    assert!(
+        errors[0].starts_with(
+            "sluice: invalid setting listen: the host of 'no-such-host.invalid:5680' does not resolve"
+        ),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_port_already_in_use_is_one_line_naming_the_address_and_exit_status_1() {
+    let broker = Broker::start();
+    let addr = broker.process.addr().to_owned();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let data = dir.path().join("data");
+    // SLUICE_LOG unset: the default `info` lines come too, and the error is still said once.
+    let run = run_sluice(
+        &[
+            "serve",
+            "--listen",
+            &addr,
+            "--data-dir",
+            data.to_str().expect("UTF-8 path"),
+        ],
+        None,
+    );
+    run.assert_fails_with(&format!(
+        "cannot listen on {addr}: the address is already in use (is another broker running?); choose another with --listen"
+    ));
+    assert_eq!(run.stderr.matches("already in use").count(), 1);
+    // A pipe is no terminal: no colour codes.
+    assert!(!run.stderr.contains('\x1b'), "{:?}", run.stderr);
+}
+
+#[test]
+fn a_start_failure_says_its_cause_once() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, b"").expect("a file");
+    let path = file.to_str().expect("UTF-8 path");
+    let run = run_sluice(
+        &["serve", "--listen", "127.0.0.1:0", "--data-dir", path],
+        None,
+    );
+    assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("sluice: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    assert!(
+        errors[0].starts_with(&format!("sluice: cannot open the data directory {path}: ")),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(
+        errors[0].matches("File exists").count(),
+        1,
+        "the cause repeated: {}",
+        errors[0]
+    );
+}
+
+#[test]
+fn an_unroutable_publish_says_the_message_reached_no_queue() {
+    let broker = Broker::start();
+    let run = broker.run(&["publish", "amq.topic", "nobody.listens", "lost"]);
+    run.assert_fails_with(
+        "no queue is bound to exchange 'amq.topic' with routing key 'nobody.listens', so the message was dropped; bind a queue first (UNROUTABLE)",
+    );
+
+    // Asked for: published, and the output does not claim it went anywhere.
+    let run = broker.run(&[
+        "publish",
+        "amq.topic",
+        "nobody.listens",
+        "lost",
+        "--no-mandatory",
+    ]);
+    run.assert_success();
+    assert!(
+        run.stdout
+            .contains("the broker does not say whether any queue took it"),
+        "{}",
+        run.stdout
+    );
+    let published = broker.json(&[
+        "publish",
+        "amq.topic",
+        "nobody.listens",
+        "x",
+        "--no-mandatory",
+    ]);
+    assert_eq!(published["routed"], Value::Null, "{published}");
+
+    broker.ok(&["declare-queue", "routed", "--transient"]);
+    let published = broker.json(&["publish", "", "routed", "x"]);
+    assert_eq!(published["routed"], true, "{published}");
+}
+
+#[test]
+fn declaring_a_queue_with_other_arguments_names_the_one_that_differs() {
+    let broker = Broker::start();
+    broker.ok(&["declare-queue", "limited", "--max-length", "10"]);
+    let run = broker.run(&["declare-queue", "limited", "--max-length", "20"]);
+    run.assert_fails_with(
+        "queue 'limited' exists with max_length 10, not 20 (PRECONDITION_FAILED)",
+    );
+    let run = broker.run(&[
+        "declare-queue",
+        "limited",
+        "--max-length",
+        "10",
+        "--dead-letter-exchange",
+        "dlx",
+    ]);
+    run.assert_fails_with(
+        "queue 'limited' exists without dead_letter_exchange, which this declaration sets to 'dlx' (PRECONDITION_FAILED)",
+    );
+    assert!(!run.stderr.contains("QueueArguments"), "{}", run.stderr);
+}
+
+// ----------------------------------------------------------------------------------------
+// The broker's log
+// ----------------------------------------------------------------------------------------
+
+#[test]
+fn json_logs_are_one_object_a_line_and_record_each_connection() {
+    let broker = Broker::start_logging(&["--log-format", "json"]);
+    broker.ok(&["queues"]);
+    let lines = broker
+        .process
+        .wait_for_log(TIMEOUT, |l| l.contains("connection closed"));
+    let events: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let event = |message: &str| {
+        events
+            .iter()
+            .find(|e| e["message"] == message)
+            .unwrap_or_else(|| panic!("no {message:?} in {events:?}"))
+    };
+    let opened = event("connection opened");
+    let closed = event("connection closed");
+    for e in [opened, closed] {
+        let peer: std::net::SocketAddr = e["peer"]
+            .as_str()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no peer address: {e}"));
+        assert!(peer.ip().is_loopback(), "{e}");
+        assert_eq!(e["user"], "guest", "{e}");
+        assert_eq!(
+            e["client"],
+            format!("sluice-client-rs {}", env!("CARGO_PKG_VERSION")),
+            "{e}"
+        );
+        assert_eq!(e["connection_name"], "sluice-cli", "{e}");
+        assert_eq!(e["level"], "INFO", "{e}");
+    }
+    assert!(closed["duration_ms"].is_u64(), "{closed}");
+    let reason = closed["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("closed by the client"), "{closed}");
+}
+
+#[test]
+fn text_logs_have_no_colour_in_a_pipe_and_record_connections_and_failed_logins() {
+    let broker = Broker::start_logging(&[]);
+    broker.ok(&["queues"]);
+    let mut lines = broker
+        .process
+        .wait_for_log(TIMEOUT, |l| l.contains("connection closed"));
+    let closed = lines.last().expect("the matching line").clone();
+    for field in [
+        "peer=\"127.0.0.1:",
+        "user=\"guest\"",
+        "client=\"sluice-client-rs ",
+        "connection_name=\"sluice-cli\"",
+        "duration_ms=",
+        "reason=\"closed by the client",
+    ] {
+        assert!(closed.contains(field), "no {field} in: {closed}");
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("connection opened")),
+        "{lines:?}"
+    );
+
+    let url = broker.url.replace("guest:guest", "mallory:guess");
+    let refused = run_sluice(&["queues", "--url", &url], None);
+    assert_eq!(refused.status.code(), Some(1));
+    let more = broker
+        .process
+        .wait_for_log(TIMEOUT, |l| l.contains("login failed"));
+    let failed = more.last().expect("the matching line").clone();
+    lines.extend(more);
+    assert!(failed.contains(" WARN "), "{failed}");
+    assert!(failed.contains("user=\"mallory\""), "{failed}");
+    assert!(failed.contains("peer=\"127.0.0.1:"), "{failed}");
+    assert!(
+        !failed.contains("guess"),
+        "the password is logged: {failed}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.contains('\x1b') && !l.contains("Some(")),
+        "{lines:?}"
+    );
 }
