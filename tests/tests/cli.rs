@@ -666,3 +666,17 @@ fn text_logs_have_no_colour_in_a_pipe_and_record_connections_and_failed_logins()
         "{lines:?}"
     );
 }
+
+#[test]
+fn a_broker_that_is_not_running_is_said_plainly_with_what_to_do() {
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let url = format!("sluice://guest:guest@127.0.0.1:{port}");
+    let run = run_sluice(&["queues", "--url", &url], None);
+    run.assert_fails_with(&format!(
+        "cannot connect to sluice://guest:***@127.0.0.1:{port}/: nothing is listening there; start the broker with `sluice serve`, or give its address with --url"
+    ));
+}

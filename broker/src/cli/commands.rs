@@ -37,12 +37,25 @@ pub(super) async fn execute(command: AdminCommand, target: Target) -> Result<Out
         .name(CONNECTION_NAME)
         .connect_url(&url)
         .await
-        .map_err(|e| CliError::from(e).context(format_args!("cannot connect to {url}")))?;
+        .map_err(|e| connect_error(&url, e))?;
     let result = dispatch(&client, command, stdin_body, target.json).await;
     let closed = client.close().await;
     let outcome = result?;
     closed.map_err(|e| CliError::from(e).context("closing the connection"))?;
     Ok(outcome)
+}
+
+/// Why the command could not connect, with what to do when the cause is a common one.
+fn connect_error(url: &ConnectUrl, e: sluice_client::Error) -> CliError {
+    match &e {
+        sluice_client::Error::Io(io) if io.kind() == io::ErrorKind::ConnectionRefused => {
+            CliError::new(format!(
+                "cannot connect to {url}: nothing is listening there; start the broker with `sluice serve`, or give its address with --url"
+            ))
+        }
+        sluice_client::Error::Io(io) => CliError::new(format!("cannot connect to {url}: {io}")),
+        _ => CliError::from(e).context(format_args!("cannot connect to {url}")),
+    }
 }
 
 async fn dispatch(
