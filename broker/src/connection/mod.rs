@@ -158,11 +158,10 @@ async fn handshake(
         let reason = format!("server speaks versions {MIN_VERSION}..{PROTOCOL_VERSION}");
         return Err(refuse(wr, ErrorCode::UnsupportedVersion, &reason).await);
     }
-    let known = broker.config.users.iter().any(|u| {
-        u.name == hello.username
-            && constant_time_eq(u.password.as_bytes(), hello.password.as_bytes())
-    });
-    if !known {
+    if !broker
+        .config
+        .is_known_user(&hello.username, &hello.password)
+    {
         return Err(refuse(
             wr,
             ErrorCode::AccessRefused,
@@ -277,13 +276,6 @@ pub(crate) async fn linger(stream: TcpStream) {
         while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
     })
     .await;
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn read_frames(
