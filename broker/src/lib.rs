@@ -12,6 +12,7 @@
 //! - [`routing`]: exchanges, bindings and the AMQP 0-9-1 matching rules.
 //! - [`storage`]: the crash-safe, segmented, memory-mapped log that holds every durable queue.
 //! - [`admin`]: listings for operators (queues, exchanges, bindings, consumers).
+//! - [`http`]: the HTTP admin API (axum): the same listings and changes as JSON, health probes.
 //! - [`error`]: broker failures as wire error codes, in one place.
 //! - [`cli`]: the admin commands of the `sluice` binary (listings, declare/delete/purge,
 //!   publish and consume from the shell), built on the Rust client.
@@ -24,6 +25,7 @@ pub mod config;
 mod connection;
 pub mod definitions;
 pub mod error;
+pub mod http;
 pub mod limits;
 pub mod queue;
 pub mod routing;

@@ -73,6 +73,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         let broker = Broker::open(config)?;
         let server = Server::bind(broker).await?;
         let addr = server.local_addr()?;
+        let http_addr = server.http_addr()?;
         // The handlers are installed before the announcement: a SIGTERM sent as soon as the
         // line is read must shut down gracefully, not kill the process.
         let shutdown = shutdown_signal()?;
@@ -81,7 +82,12 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             "sluice listening on {addr} (data directory {})",
             data_dir.display()
         );
-        tracing::info!(%addr, data_dir = %data_dir.display(), "sluice ready");
+        // Always a second line, so a reader of the first knows whether to expect the API.
+        match http_addr {
+            Some(http) => println!("sluice http on {http}"),
+            None => println!("sluice http off"),
+        }
+        tracing::info!(%addr, http = ?http_addr, data_dir = %data_dir.display(), "sluice ready");
         server.run(shutdown).await;
         anyhow::Ok(())
     })?;

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 
 use crate::broker::Broker;
 use crate::connection::{self, Refusal};
+use crate::http::{self, Api, ConnectionGauge};
 use crate::limits;
 
 /// Time connections get to finish after a shutdown signal.
@@ -33,14 +34,40 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Server {
     broker: Arc<Broker>,
     listener: TcpListener,
+    /// The HTTP admin API's listener, unless it is off.
+    http: Option<TcpListener>,
     max_connections: usize,
 }
 
+/// A listener could not be bound (the port is taken, the address is not local...).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen for {purpose} on {addr}: {source}")]
+pub struct BindError {
+    /// What the listener is for.
+    pub purpose: &'static str,
+    /// The address asked for.
+    pub addr: SocketAddr,
+    /// Why not.
+    pub source: std::io::Error,
+}
+
+async fn bind_listener(purpose: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr).await.map_err(|source| BindError {
+        purpose,
+        addr,
+        source,
+    })
+}
+
 impl Server {
-    /// Opens the broker and binds its listener. The connection limit is the configured one, or
-    /// derived from the descriptor limit in force now.
-    pub async fn bind(broker: Arc<Broker>) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(broker.config.listen).await?;
+    /// Binds the client listener and the HTTP admin API's (unless it is off). The connection
+    /// limit is the configured one, or derived from the descriptor limit in force now.
+    pub async fn bind(broker: Arc<Broker>) -> Result<Self, BindError> {
+        let listener = bind_listener("clients", broker.config.listen).await?;
+        let http = match broker.config.http_listen.addr() {
+            Some(addr) => Some(bind_listener("the HTTP admin API", addr).await?),
+            None => None,
+        };
         let max_connections = broker
             .config
             .max_connections
@@ -51,6 +78,7 @@ impl Server {
         Ok(Self {
             broker,
             listener,
+            http,
             max_connections,
         })
     }
@@ -58,6 +86,11 @@ impl Server {
     /// The address clients connect to.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The address of the HTTP admin API, unless it is off.
+    pub fn http_addr(&self) -> std::io::Result<Option<SocketAddr>> {
+        self.http.as_ref().map(TcpListener::local_addr).transpose()
     }
 
     /// The most connections served at once.
@@ -77,6 +110,16 @@ impl Server {
         let mut refusals = RefusalLog::default();
         let mut backoff = AcceptBackoff::default();
         let mut connections = JoinSet::new();
+        let mut http = self.http.map(|listener| {
+            let gauge = ConnectionGauge::new(Arc::clone(&permits), self.max_connections);
+            let api = Api::new(
+                Arc::clone(&self.broker),
+                Instant::now(),
+                gauge,
+                stop_rx.clone(),
+            );
+            tokio::spawn(serve_http(api, listener, stop_rx.clone()))
+        });
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -119,10 +162,16 @@ impl Server {
         let _ = stop_tx.send(true);
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
             while connections.join_next().await.is_some() {}
+            if let Some(api) = http.as_mut() {
+                let _ = api.await;
+            }
         })
         .await;
         if drained.is_err() {
             connections.abort_all();
+            if let Some(api) = &http {
+                api.abort();
+            }
         }
         // Every queue closes whatever happened to the connections; the stop is clean only if
         // both went as planned.
@@ -139,6 +188,17 @@ impl Server {
                 "not every connection or queue closed in time; the next start assumes a crash"
             );
         }
+    }
+}
+
+/// Serves the HTTP admin API until `stop` turns true, then lets requests in progress finish.
+async fn serve_http(api: Api, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let stopped = async move {
+        // An error means the sender is gone: the server is stopping either way.
+        let _ = stop.wait_for(|stopping| *stopping).await;
+    };
+    if let Err(e) = http::serve(api, listener, stopped).await {
+        tracing::error!(error = %e, "the HTTP admin API stopped");
     }
 }
 

@@ -18,6 +18,7 @@ const SLUICE_VARIABLES: &[&str] = &[
     "SLUICE_CONFIG",
     "SLUICE_DATA_DIR",
     "SLUICE_LISTEN",
+    "SLUICE_HTTP_LISTEN",
     "SLUICE_SEGMENT_BYTES",
     "SLUICE_MAX_MESSAGE_BYTES",
     "SLUICE_HEARTBEAT_MS",
@@ -78,12 +79,15 @@ pub fn wait_bounded(mut child: Child, limit: Duration) -> Option<ExitStatus> {
 pub struct BrokerProcess {
     child: Option<Child>,
     addr: String,
+    http_addr: Option<String>,
     stderr: mpsc::Receiver<String>,
 }
 
 impl BrokerProcess {
     /// Starts `sluice serve --data-dir DIR --listen 127.0.0.1:0 EXTRA...` and waits (bounded)
-    /// for its first stdout line, which names the port.
+    /// for its first two stdout lines, which name the port and the HTTP API's port. Unless
+    /// `EXTRA` sets `--http-listen`, the HTTP API listens on a free port too (`127.0.0.1:0`):
+    /// brokers of tests running in parallel would collide on the default one.
     pub fn start(data_dir: &Path, extra: &[&str]) -> BrokerProcess {
         Self::start_with(data_dir, extra, |_| {})
     }
@@ -100,8 +104,11 @@ impl BrokerProcess {
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
+            .args(["--listen", "127.0.0.1:0"]);
+        if !extra.iter().any(|a| a.starts_with("--http-listen")) {
+            cmd.args(["--http-listen", "127.0.0.1:0"]);
+        }
+        cmd.args(extra)
             .env("SLUICE_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -112,7 +119,7 @@ impl BrokerProcess {
         let (line_tx, line_rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
+            for line in lines.by_ref().take(2).map_while(Result::ok) {
                 let _ = line_tx.send(line);
             }
             for _ in lines {}
@@ -127,6 +134,7 @@ impl BrokerProcess {
         let mut broker = BrokerProcess {
             child: Some(child),
             addr: String::new(),
+            http_addr: None,
             stderr: err_rx,
         };
         let line = match line_rx.recv_timeout(WAIT) {
@@ -139,6 +147,19 @@ impl BrokerProcess {
             .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("unexpected first line: {line}"))
             .to_owned();
+        let line = match line_rx.recv_timeout(WAIT) {
+            Ok(line) => line,
+            Err(_) => panic!(
+                "sluice did not say where its HTTP API is:\n{}",
+                broker.log()
+            ),
+        };
+        // "sluice http on 127.0.0.1:PORT" or "sluice http off"
+        broker.http_addr = match line.strip_prefix("sluice http on ") {
+            Some(addr) => Some(addr.trim().to_owned()),
+            None if line == "sluice http off" => None,
+            None => panic!("unexpected second line: {line}"),
+        };
         broker
     }
 
@@ -168,6 +189,11 @@ impl BrokerProcess {
     /// `host:port` it listens on.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// `host:port` of its HTTP admin API, unless that is off.
+    pub fn http_addr(&self) -> Option<&str> {
+        self.http_addr.as_deref()
     }
 
     /// The connection URL, as guest.
