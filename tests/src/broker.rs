@@ -210,7 +210,23 @@ impl BrokerProcess {
     }
 
     /// SIGTERM, then a bounded wait for a clean exit; panics if it does not come.
-    pub fn stop(mut self) {
+    pub fn stop(self) {
+        self.stop_and_log();
+    }
+
+    /// Like [`stop`](Self::stop), and returns what it logged that was not read yet, up to
+    /// its last line (what it says while stopping included).
+    pub fn stop_and_log(mut self) -> String {
+        self.stop_child();
+        let mut lines = Vec::new();
+        // The reader thread ends at the end of the pipe, which came with the exit.
+        while let Ok(line) = self.stderr.recv_timeout(WAIT) {
+            lines.push(line);
+        }
+        lines.join("\n")
+    }
+
+    fn stop_child(&mut self) {
         let child = self.child.take().expect("running");
         let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
         rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
