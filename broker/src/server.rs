@@ -41,7 +41,8 @@ pub struct Server {
 
 /// A listener could not be bound (the port is taken, the address is not local...).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen for {purpose} on {addr}: {source}")]
+// The cause is the source: `{e:#}` (anyhow) prints it after the message.
+#[error("cannot listen for {purpose} on {addr}")]
 pub struct BindError {
     /// What the listener is for.
     pub purpose: &'static str,
