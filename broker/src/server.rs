@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 
 use crate::broker::Broker;
 use crate::connection::{self, Refusal};
-use crate::http::{self, Api, ConnectionGauge};
+use crate::http::{self, Api};
 use crate::limits;
 
 /// Time connections get to finish after a shutdown signal.
@@ -112,13 +112,7 @@ impl Server {
         let mut backoff = AcceptBackoff::default();
         let mut connections = JoinSet::new();
         let mut http = self.http.map(|listener| {
-            let gauge = ConnectionGauge::new(Arc::clone(&permits), self.max_connections);
-            let api = Api::new(
-                Arc::clone(&self.broker),
-                Instant::now(),
-                gauge,
-                stop_rx.clone(),
-            );
+            let api = Api::new(Arc::clone(&self.broker), Instant::now(), stop_rx.clone());
             tokio::spawn(serve_http(api, listener, stop_rx.clone()))
         });
         tokio::pin!(shutdown);

@@ -6,7 +6,11 @@
 //! - the **session** (`session.rs`) owns the connection's state and turns requests and queue
 //!   events into replies;
 //! - the **writer** writes what the session encoded, coalescing what has queued up.
+//!
+//! Once its handshake succeeded a connection is listed in the broker's [`ConnectionRegistry`]
+//! until it ends; the three tasks count what they move in its entry.
 
+pub(crate) mod registry;
 mod session;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +28,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use crate::broker::Broker;
+pub(crate) use registry::{ClientIdentity, ConnectionEntry, ConnectionRegistry, ConnectionStats};
 
 /// Oldest protocol version this server speaks.
 const MIN_VERSION: u16 = 1;
@@ -48,6 +53,14 @@ struct Agreed {
     max_message_len: u32,
 }
 
+/// A successful handshake: what was agreed and who the client is.
+#[derive(Debug)]
+struct Handshake {
+    agreed: Agreed,
+    user: String,
+    client: ClientIdentity,
+}
+
 /// Serves one client until it leaves or the server shuts down.
 pub async fn serve(broker: Arc<Broker>, stream: TcpStream, shutdown: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
@@ -56,13 +69,17 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, shutdown: watch::Rece
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let timeout = broker.config.handshake_timeout;
-    let agreed = match tokio::time::timeout(
+    let Handshake {
+        agreed,
+        user,
+        client,
+    } = match tokio::time::timeout(
         timeout,
         handshake(&broker, conn_id, &mut rd, &mut wr, &mut buf),
     )
     .await
     {
-        Ok(Ok(agreed)) => agreed,
+        Ok(Ok(done)) => done,
         Ok(Err(reason)) => {
             tracing::info!(conn = conn_id, ?peer, %reason, "handshake refused");
             return;
@@ -73,6 +90,8 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, shutdown: watch::Rece
         }
     };
     tracing::debug!(conn = conn_id, ?peer, "connection open");
+    let registration = broker.connections().register(conn_id, peer, user, client);
+    let entry = registration.entry();
 
     let last_recv = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -84,18 +103,27 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, shutdown: watch::Rece
         frames_tx,
         Arc::clone(&last_recv),
         started,
+        Arc::clone(entry),
     ));
     let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_frames(wr, out_rx));
+    let writer = tokio::spawn(write_frames(wr, out_rx, Arc::clone(entry)));
 
-    session::Session::new(broker, conn_id, agreed, out_tx, last_recv, started)
-        .run(frames_rx, shutdown)
-        .await;
+    let session = session::Session::new(
+        Arc::clone(&broker),
+        conn_id,
+        agreed,
+        out_tx,
+        last_recv,
+        started,
+        Arc::clone(entry),
+    );
+    session.run(frames_rx, shutdown).await;
 
     reader.abort();
     // The session dropped its sender: the writer flushes what is queued (a final Close) and
     // ends, unless the peer stopped reading.
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer).await;
+    drop(registration);
     tracing::debug!(conn = conn_id, "connection closed");
 }
 
@@ -106,7 +134,7 @@ async fn handshake(
     rd: &mut OwnedReadHalf,
     wr: &mut OwnedWriteHalf,
     buf: &mut BytesMut,
-) -> Result<Agreed, String> {
+) -> Result<Handshake, String> {
     let decoder = FrameDecoder::new(HANDSHAKE_MAX_FRAME_LEN);
     let raw = loop {
         match decoder.decode_raw(buf) {
@@ -203,10 +231,14 @@ async fn handshake(
         .encode(&mut out, HANDSHAKE_MAX_FRAME_LEN)
         .map_err(|e| e.to_string())?;
     wr.write_all(&out).await.map_err(|e| e.to_string())?;
-    Ok(Agreed {
-        heartbeat: (heartbeat_ms > 0).then(|| Duration::from_millis(heartbeat_ms.into())),
-        max_frame_len,
-        max_message_len,
+    Ok(Handshake {
+        agreed: Agreed {
+            heartbeat: (heartbeat_ms > 0).then(|| Duration::from_millis(heartbeat_ms.into())),
+            max_frame_len,
+            max_message_len,
+        },
+        client: ClientIdentity::from_hello(&hello),
+        user: hello.username,
     })
 }
 
@@ -285,7 +317,9 @@ async fn read_frames(
     tx: mpsc::Sender<ReadEvent>,
     last_recv: Arc<AtomicU64>,
     started: Instant,
+    entry: Arc<ConnectionEntry>,
 ) {
+    let stats = &entry.stats;
     loop {
         let mut frames = Vec::new();
         let mut fatal = false;
@@ -302,6 +336,7 @@ async fn read_frames(
                 }
             }
         }
+        ConnectionStats::add(&stats.frames_in, frames.len() as u64);
         if !frames.is_empty() && tx.send(ReadEvent::Frames(frames)).await.is_err() {
             return;
         }
@@ -316,20 +351,30 @@ async fn read_frames(
                 let _ = tx.send(ReadEvent::Closed).await;
                 return;
             }
-            Ok(_) => last_recv.store(started.elapsed().as_millis() as u64, Ordering::Relaxed),
+            Ok(n) => {
+                ConnectionStats::add(&stats.bytes_in, n as u64);
+                last_recv.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            }
         }
     }
 }
 
-async fn write_frames(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+async fn write_frames(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    entry: Arc<ConnectionEntry>,
+) {
+    let bytes_out = &entry.stats.bytes_out;
     while let Some(chunk) = rx.recv().await {
         if wr.write_all(&chunk).await.is_err() {
             return;
         }
+        ConnectionStats::add(bytes_out, chunk.len() as u64);
         while let Ok(chunk) = rx.try_recv() {
             if wr.write_all(&chunk).await.is_err() {
                 return;
             }
+            ConnectionStats::add(bytes_out, chunk.len() as u64);
         }
     }
     let _ = wr.shutdown().await;

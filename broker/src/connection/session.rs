@@ -14,7 +14,7 @@ use sluice_client::wire::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Agreed, ReadEvent};
+use super::{Agreed, ConnectionEntry, ConnectionStats, ReadEvent};
 use crate::broker::Broker;
 use crate::error::RequestError;
 use crate::queue::{ConnEvent, ConnLink, Incoming, QueueCmd, QueueHandle, Settlement};
@@ -63,6 +63,8 @@ pub(super) struct Session {
     last_recv: Arc<AtomicU64>,
     started: Instant,
     last_sent: Instant,
+    /// This connection in the broker's registry: its counters for operators.
+    entry: Arc<ConnectionEntry>,
     // Publishing.
     next_publish_seq: u64,
     next_batch: u64,
@@ -92,6 +94,7 @@ impl Session {
         writer: mpsc::UnboundedSender<Bytes>,
         last_recv: Arc<AtomicU64>,
         started: Instant,
+        entry: Arc<ConnectionEntry>,
     ) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
         let link = ConnLink::new(conn_id, events_tx);
@@ -111,6 +114,7 @@ impl Session {
             last_recv,
             started,
             last_sent: Instant::now(),
+            entry,
             next_publish_seq: 1,
             next_batch: 1,
             batches: VecDeque::new(),
@@ -228,6 +232,7 @@ impl Session {
     fn send(&mut self, request_id: RequestId, reply: impl Into<Reply>) {
         let frame = Frame::<Reply>::new(request_id, reply);
         let max = self.agreed.max_frame_len;
+        ConnectionStats::add(&self.entry.stats.frames_out, 1);
         let Err(e) = frame.encode(&mut self.out, max) else {
             return;
         };
@@ -258,6 +263,15 @@ impl Session {
     }
 
     fn flush_out(&mut self) {
+        // Once per turn of the loop, not per change: operators look a few times a second.
+        let stats = &self.entry.stats;
+        let unsettled = (self.next_publish_seq - 1).saturating_sub(self.confirmed);
+        stats
+            .unsettled_publishes
+            .store(unsettled, Ordering::Relaxed);
+        stats
+            .consumers
+            .store(self.consumers.len() as u64, Ordering::Relaxed);
         if !self.out.is_empty() {
             let _ = self.writer.send(self.out.split().freeze());
             self.last_sent = Instant::now();

@@ -7,13 +7,14 @@
 //! - `error.rs`: [`RequestError`](crate::error::RequestError) codes as HTTP statuses, and the
 //!   JSON body extractor whose failures are answered in the same shape.
 //! - one file per resource: `overview.rs`, `queues.rs`, `exchanges.rs`, `bindings.rs`,
-//!   `consumers.rs`, and `health.rs` for `/healthz` and `/readyz`.
+//!   `consumers.rs`, `connections.rs`, and `health.rs` for `/healthz` and `/readyz`.
 //!
 //! Handlers call the same broker functions as the wire protocol's sessions, so a request means
 //! the same thing whichever door it came through; the JSON mirrors the CLI's `--json`.
 
 mod auth;
 mod bindings;
+mod connections;
 mod consumers;
 mod error;
 mod exchanges;
@@ -28,7 +29,7 @@ use std::time::Instant;
 use axum::routing::{get, put};
 use axum::Router;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 use crate::broker::Broker;
 
@@ -37,45 +38,18 @@ use crate::broker::Broker;
 pub struct Api {
     broker: Arc<Broker>,
     started: Instant,
-    connections: ConnectionGauge,
     stopping: watch::Receiver<bool>,
 }
 
 impl Api {
-    /// The API of `broker`, served by a server that started at `started`, counts its
-    /// connections with `connections` and says it is stopping through `stopping`.
-    pub fn new(
-        broker: Arc<Broker>,
-        started: Instant,
-        connections: ConnectionGauge,
-        stopping: watch::Receiver<bool>,
-    ) -> Self {
+    /// The API of `broker`, served by a server that started at `started` and says it is
+    /// stopping through `stopping`.
+    pub fn new(broker: Arc<Broker>, started: Instant, stopping: watch::Receiver<bool>) -> Self {
         Self {
             broker,
             started,
-            connections,
             stopping,
         }
-    }
-}
-
-/// Client connections open now, read from the server's connection semaphore (each holds one
-/// permit from accept to close), so counting costs the connections nothing.
-#[derive(Debug, Clone)]
-pub struct ConnectionGauge {
-    permits: Arc<Semaphore>,
-    max: usize,
-}
-
-impl ConnectionGauge {
-    /// A gauge over `permits`, of which there are `max` in all.
-    pub fn new(permits: Arc<Semaphore>, max: usize) -> Self {
-        Self { permits, max }
-    }
-
-    /// Connections open now, those still in their handshake included.
-    pub fn open(&self) -> usize {
-        self.max.saturating_sub(self.permits.available_permits())
     }
 }
 
@@ -118,6 +92,7 @@ fn router(api: Api) -> Router {
                 .delete(bindings::unbind),
         )
         .route("/api/consumers", get(consumers::list))
+        .route("/api/connections", get(connections::list))
         .route_layer(axum::middleware::from_fn_with_state(
             api.clone(),
             auth::require_user,
