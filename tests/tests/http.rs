@@ -655,6 +655,63 @@ async fn an_idle_keep_alive_connection_does_not_hold_up_shutdown() {
     assert_eq!(n, 0, "the broker closed the idle connection");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_cannot_hold_the_api_they_are_closed_when_idle() {
+    use tokio::io::AsyncReadExt;
+    // The API closes connections idle for the handshake timeout.
+    let broker = Broker::start_with(&["--handshake-timeout-ms", "300"]);
+    // More silent sockets than the API serves at once (16): the others wait in the backlog.
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(
+            tokio::net::TcpStream::connect(broker.http_addr())
+                .await
+                .unwrap(),
+        );
+    }
+    // A request still gets its answer once idle ones made room.
+    assert_eq!(
+        json_of(&broker.http.get("/api/queues").await, 200),
+        json!([])
+    );
+    for mut socket in silent {
+        let mut byte = [0u8; 1];
+        let n = within("idle close", socket.read(&mut byte))
+            .await
+            .unwrap_or(0);
+        assert_eq!(n, 0, "the broker closed the idle socket");
+    }
+    broker.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_being_answered_is_not_idle_however_slow() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let broker = Broker::start_with(&["--handshake-timeout-ms", "300"]);
+    let mut socket = tokio::net::TcpStream::connect(broker.http_addr())
+        .await
+        .unwrap();
+    socket
+        .write_all(
+            b"PUT /api/queues/slow HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\
+              Authorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\nContent-Length: 2\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+    // The stimulus, not a synchronisation: the body's end comes three idle timeouts later,
+    // while the request is being answered (its handler waits for the body).
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    socket.write_all(b"}").await.unwrap();
+    let mut answer = Vec::new();
+    within("answer", socket.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    json_of(&broker.http.get("/api/queues/slow").await, 200);
+    broker.stop();
+}
+
 #[test]
 fn http_listen_off_starts_no_api_and_says_so() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`serve`] is the one door: it runs the router on a bound listener until shutdown.
+//! - `listener.rs`: at most [`MAX_HTTP_CONNECTIONS`] connections at once, idle ones closed.
 //! - `auth.rs`: HTTP basic auth against the broker's users (`/api/...` only).
 //! - `error.rs`: [`RequestError`](crate::error::RequestError) codes as HTTP statuses, and the
 //!   JSON body extractor whose failures are answered in the same shape.
@@ -19,6 +20,7 @@ mod consumers;
 mod error;
 mod exchanges;
 mod health;
+mod listener;
 mod overview;
 mod queues;
 
@@ -32,6 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::broker::Broker;
+pub use listener::MAX_HTTP_CONNECTIONS;
 
 /// What the handlers share: the broker and what the server knows about itself.
 #[derive(Debug, Clone)]
@@ -54,13 +57,18 @@ impl Api {
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then lets requests in progress
-/// finish (the caller bounds how long it waits).
+/// finish (the caller bounds how long it waits). Connections idle for the broker's handshake
+/// timeout are closed.
 pub async fn serve(
     api: Api,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(api))
+    let listener = listener::BoundedListener::new(listener, api.broker.config.handshake_timeout);
+    let app = router(api)
+        .layer(axum::middleware::from_fn(listener::track_requests))
+        .into_make_service_with_connect_info::<listener::Activity>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
