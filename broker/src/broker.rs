@@ -20,7 +20,6 @@ use sluice_client::wire::{
 };
 
 use crate::config::ServerConfig;
-use crate::connection::ConnectionRegistry;
 use crate::definitions::{self, BindingDef, ChangeKind, ExchangeDef, QueueDef, Topology};
 use crate::error::RequestError;
 use crate::queue::{self, ConnId, QueueHandle, QueueMeta, QueueStats};
@@ -54,8 +53,6 @@ pub struct Broker {
     /// Serializes topology changes and remembers what `definitions.bin` holds.
     topology: Mutex<TopologyWriter>,
     next_conn_id: AtomicU64,
-    /// The client connections past their handshake.
-    connections: ConnectionRegistry,
     next_generated: AtomicU64,
     blocked: AtomicBool,
     /// Bytes published since the last free-space check (see [`Broker::note_published`]).
@@ -122,7 +119,6 @@ impl Broker {
                 persisted: topology.clone(),
             }),
             next_conn_id: AtomicU64::new(1),
-            connections: ConnectionRegistry::default(),
             next_generated: AtomicU64::new(1),
             blocked: AtomicBool::new(false),
             published_since_check: AtomicU64::new(0),
@@ -233,11 +229,6 @@ impl Broker {
     /// A fresh connection number.
     pub fn next_conn_id(&self) -> ConnId {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// The live client connections.
-    pub(crate) fn connections(&self) -> &ConnectionRegistry {
-        &self.connections
     }
 
     /// Whether publishing is blocked (disk space).

@@ -15,7 +15,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::broker::Broker;
-use crate::connection::{self, Refusal};
+use crate::connection::{self, ConnectionRegistry, Refusal};
 use crate::http::{self, Api};
 use crate::limits;
 
@@ -111,8 +111,14 @@ impl Server {
         let mut refusals = RefusalLog::default();
         let mut backoff = AcceptBackoff::default();
         let mut connections = JoinSet::new();
+        let registry = Arc::new(ConnectionRegistry::default());
         let mut http = self.http.map(|listener| {
-            let api = Api::new(Arc::clone(&self.broker), Instant::now(), stop_rx.clone());
+            let api = Api::new(
+                Arc::clone(&self.broker),
+                Arc::clone(&registry),
+                Instant::now(),
+                stop_rx.clone(),
+            );
             tokio::spawn(serve_http(api, listener, stop_rx.clone()))
         });
         tokio::pin!(shutdown);
@@ -132,7 +138,12 @@ impl Server {
                             }
                             continue;
                         };
-                        let serve = connection::serve(Arc::clone(&self.broker), stream, stop_rx.clone());
+                        let serve = connection::serve(
+                            Arc::clone(&self.broker),
+                            stream,
+                            stop_rx.clone(),
+                            Arc::clone(&registry),
+                        );
                         connections.spawn(async move {
                             serve.await;
                             drop(permit);

@@ -7,7 +7,7 @@
 //!   events into replies;
 //! - the **writer** writes what the session encoded, coalescing what has queued up.
 //!
-//! Once its handshake succeeded a connection is listed in the broker's [`ConnectionRegistry`]
+//! Once its handshake succeeded a connection is listed in the server's [`ConnectionRegistry`]
 //! until it ends; the three tasks count what they move in its entry.
 
 pub(crate) mod registry;
@@ -62,7 +62,12 @@ struct Handshake {
 }
 
 /// Serves one client until it leaves or the server shuts down.
-pub async fn serve(broker: Arc<Broker>, stream: TcpStream, shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    broker: Arc<Broker>,
+    stream: TcpStream,
+    shutdown: watch::Receiver<bool>,
+    registry: Arc<ConnectionRegistry>,
+) {
     let _ = stream.set_nodelay(true);
     let conn_id = broker.next_conn_id();
     let peer = stream.peer_addr().ok();
@@ -90,7 +95,7 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, shutdown: watch::Rece
         }
     };
     tracing::debug!(conn = conn_id, ?peer, "connection open");
-    let registration = broker.connections().register(conn_id, peer, user, client);
+    let registration = registry.register(conn_id, peer, user, client);
     let entry = registration.entry();
 
     let last_recv = Arc::new(AtomicU64::new(0));

@@ -1,7 +1,8 @@
 //! The live client connections, for operators (`GET /api/connections`): who each one is and
 //! what it has moved.
 //!
-//! A connection registers once its handshake succeeded and is removed when its
+//! The server owns the registry and hands it to each connection and to the HTTP API. A
+//! connection registers once its handshake succeeded and is removed when its
 //! [`Registration`] drops, so the registry holds at most `max_connections` entries. The
 //! counters are relaxed atomics that only their connection's tasks write; readers take a
 //! snapshot of the list under a lock held for the copy of a few pointers.
@@ -97,19 +98,19 @@ impl ConnectionStats {
 
 /// Keeps a connection listed until it drops.
 #[derive(Debug)]
-pub struct Registration<'a> {
-    registry: &'a ConnectionRegistry,
+pub struct Registration {
+    registry: Arc<ConnectionRegistry>,
     entry: Arc<ConnectionEntry>,
 }
 
-impl Registration<'_> {
+impl Registration {
     /// The entry, shared with the tasks that update its counters.
     pub fn entry(&self) -> &Arc<ConnectionEntry> {
         &self.entry
     }
 }
 
-impl Drop for Registration<'_> {
+impl Drop for Registration {
     fn drop(&mut self) {
         self.registry.lock().remove(&self.entry.id);
     }
@@ -122,12 +123,12 @@ impl ConnectionRegistry {
 
     /// Lists a connection whose handshake just succeeded.
     pub fn register(
-        &self,
+        self: &Arc<Self>,
         id: ConnId,
         peer: Option<SocketAddr>,
         user: String,
         client: ClientIdentity,
-    ) -> Registration<'_> {
+    ) -> Registration {
         let entry = Arc::new(ConnectionEntry {
             id,
             peer,
@@ -138,7 +139,7 @@ impl ConnectionRegistry {
         });
         self.lock().insert(id, Arc::clone(&entry));
         Registration {
-            registry: self,
+            registry: Arc::clone(self),
             entry,
         }
     }
@@ -160,7 +161,7 @@ mod tests {
 
     #[test]
     fn a_connection_is_listed_while_its_registration_lives() {
-        let registry = ConnectionRegistry::default();
+        let registry = Arc::new(ConnectionRegistry::default());
         let a = registry.register(1, None, "guest".into(), ClientIdentity::default());
         {
             let b = registry.register(2, None, "app".into(), ClientIdentity::default());

@@ -53,6 +53,6 @@ impl From<&ConnectionEntry> for ConnectionJson {
 
 /// `GET /api/connections`: every client connection past its handshake, by number.
 pub async fn list(State(api): State<Api>) -> Json<Vec<ConnectionJson>> {
-    let live = api.broker.connections().snapshot();
+    let live = api.connections.snapshot();
     Json(live.iter().map(|c| ConnectionJson::from(&**c)).collect())
 }

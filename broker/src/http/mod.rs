@@ -34,22 +34,30 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::broker::Broker;
+use crate::connection::ConnectionRegistry;
 pub use listener::MAX_HTTP_CONNECTIONS;
 
 /// What the handlers share: the broker and what the server knows about itself.
 #[derive(Debug, Clone)]
 pub struct Api {
     broker: Arc<Broker>,
+    connections: Arc<ConnectionRegistry>,
     started: Instant,
     stopping: watch::Receiver<bool>,
 }
 
 impl Api {
-    /// The API of `broker`, served by a server that started at `started` and says it is
-    /// stopping through `stopping`.
-    pub fn new(broker: Arc<Broker>, started: Instant, stopping: watch::Receiver<bool>) -> Self {
+    /// The API of `broker`, served by a server that lists its connections in `connections`,
+    /// started at `started` and says it is stopping through `stopping`.
+    pub(crate) fn new(
+        broker: Arc<Broker>,
+        connections: Arc<ConnectionRegistry>,
+        started: Instant,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             broker,
+            connections,
             started,
             stopping,
         }

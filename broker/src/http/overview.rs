@@ -37,7 +37,7 @@ pub async fn show(State(api): State<Api>) -> Json<Overview> {
         version: env!("CARGO_PKG_VERSION"),
         uptime_seconds: api.started.elapsed().as_secs(),
         queues: queues.len(),
-        connections: broker.connections().len(),
+        connections: api.connections.len(),
         consumers: sum(&|s| u64::from(s.consumers.load(Ordering::Relaxed))),
         ready: sum(&|s| s.ready.load(Ordering::Relaxed)),
         unacked: sum(&|s| s.unacked.load(Ordering::Relaxed)),
