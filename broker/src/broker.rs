@@ -10,7 +10,7 @@
 //! and one that was refused left nothing behind.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::BytesMut;
@@ -22,6 +22,7 @@ use sluice_client::wire::{
 use crate::config::ServerConfig;
 use crate::definitions::{self, BindingDef, ChangeKind, ExchangeDef, QueueDef, Topology};
 use crate::error::RequestError;
+use crate::flow::{Blocking, Cause, Flow};
 use crate::queue::{self, ConnId, QueueHandle, QueueMeta, QueueStats};
 use crate::routing::{Binding, Exchange, ExchangeKind, RoutingTable};
 use crate::storage::{LogConfig, Store, StoreConfig};
@@ -54,11 +55,10 @@ pub struct Broker {
     topology: Mutex<TopologyWriter>,
     next_conn_id: AtomicU64,
     next_generated: AtomicU64,
-    blocked: AtomicBool,
     /// Bytes published since the last free-space check (see [`Broker::note_published`]).
     published_since_check: AtomicU64,
     /// Why publishing is blocked, if it is; sessions turn changes into `Blocked`/`Unblocked`.
-    flow: tokio::sync::watch::Sender<Option<String>>,
+    flow: Arc<Flow>,
     // Last: dropped after the queues' logs, which the queue tasks close first.
     store: Store,
 }
@@ -120,9 +120,8 @@ impl Broker {
             }),
             next_conn_id: AtomicU64::new(1),
             next_generated: AtomicU64::new(1),
-            blocked: AtomicBool::new(false),
             published_since_check: AtomicU64::new(0),
-            flow: tokio::sync::watch::channel(None).0,
+            flow: Arc::default(),
             store,
         });
         broker.restore(topology)?;
@@ -231,14 +230,19 @@ impl Broker {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Whether publishing is blocked (disk space).
+    /// Whether publishing is blocked (disk space, memory).
     pub fn is_blocked(&self) -> bool {
-        self.blocked.load(Ordering::Relaxed)
+        self.flow.is_blocked()
     }
 
     /// Follows whether publishing is blocked, and why.
-    pub fn flow(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+    pub fn flow(&self) -> tokio::sync::watch::Receiver<Option<Blocking>> {
         self.flow.subscribe()
+    }
+
+    /// Publisher flow control, for the watchers that block and unblock publishing.
+    pub fn flow_control(&self) -> &Arc<Flow> {
+        &self.flow
     }
 
     /// Counts published bytes and checks the free space again once a slice of the threshold
@@ -282,7 +286,7 @@ impl Broker {
         };
         let min = self.config.min_free_disk_bytes;
         let blocked = free < min;
-        if blocked != self.blocked.swap(blocked, Ordering::Relaxed) {
+        if blocked != self.flow.holds(Cause::Disk) {
             let reason = blocked.then(|| {
                 format!(
                     "free disk space {} MiB is below {} MiB on {}",
@@ -295,7 +299,7 @@ impl Broker {
                 Some(r) => tracing::warn!("publishing blocked: {r}"),
                 None => tracing::info!("publishing resumed: free disk space is back"),
             }
-            self.flow.send_replace(reason);
+            self.flow.set(Cause::Disk, reason);
         }
     }
 

@@ -97,6 +97,14 @@ pub struct ServeArgs {
     /// Publishers are blocked while the data directory's file system has less free space.
     #[arg(long, env = "SLUICE_MIN_FREE_DISK_BYTES")]
     pub min_free_disk_bytes: Option<u64>,
+    /// A connection whose socket stays full this long (it does not read what it asked for) is
+    /// closed with SLOW_CONSUMER, in ms [default: 30000].
+    #[arg(long, env = "SLUICE_SLOW_CONSUMER_TIMEOUT_MS")]
+    pub slow_consumer_timeout_ms: Option<u64>,
+    /// Publishers are blocked while the broker's resident heap memory is above this, in
+    /// bytes; 0 = no limit [default: 40% of the machine's or the cgroup's memory].
+    #[arg(long, env = "SLUICE_MAX_MEMORY_BYTES")]
+    pub max_memory_bytes: Option<u64>,
     /// Most client connections at once, those still in their handshake included; more are
     /// refused with CONNECTION_LIMIT [default: half the descriptor limit left after a reserve
     /// of 64; the rest is kept for queue files].
@@ -120,6 +128,8 @@ struct FileConfig {
     #[serde(default)]
     users: Vec<User>,
     min_free_disk_bytes: Option<u64>,
+    slow_consumer_timeout_ms: Option<u64>,
+    max_memory_bytes: Option<u64>,
     max_connections: Option<usize>,
     handshake_timeout_ms: Option<u64>,
 }
@@ -157,6 +167,10 @@ pub struct ServerConfig {
     pub users: Vec<User>,
     /// Publishers are blocked below this much free disk space.
     pub min_free_disk_bytes: u64,
+    /// A connection whose outbox stays full this long is closed (a slow consumer).
+    pub slow_consumer_timeout: Duration,
+    /// Publishers are blocked while the resident heap memory is above this; `None` = no limit.
+    pub max_memory_bytes: Option<u64>,
     /// Time a client has to complete the handshake.
     pub handshake_timeout: Duration,
     /// Most connections at once (in handshake or not); `None`: derived from the descriptor
@@ -182,6 +196,8 @@ impl Default for ServerConfig {
                 password: "guest".into(),
             }],
             min_free_disk_bytes: 64 << 20,
+            slow_consumer_timeout: Duration::from_secs(30),
+            max_memory_bytes: crate::flow::default_memory_limit(),
             handshake_timeout: Duration::from_secs(10),
             max_connections: None,
             default_ack_timeout: Duration::from_secs(30 * 60),
@@ -256,6 +272,18 @@ impl ServerConfig {
         }
         if let Some(v) = args.min_free_disk_bytes.or(file.min_free_disk_bytes) {
             c.min_free_disk_bytes = v;
+        }
+        if let Some(v) = args
+            .slow_consumer_timeout_ms
+            .or(file.slow_consumer_timeout_ms)
+        {
+            if v == 0 {
+                return Err(invalid("slow_consumer_timeout_ms", "must be at least 1"));
+            }
+            c.slow_consumer_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = args.max_memory_bytes.or(file.max_memory_bytes) {
+            c.max_memory_bytes = (v > 0).then_some(v);
         }
         if let Some(v) = args.max_connections.or(file.max_connections) {
             if v == 0 {

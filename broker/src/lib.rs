@@ -14,6 +14,8 @@
 //! - [`admin`]: listings for operators (queues, exchanges, bindings, consumers).
 //! - [`http`]: the HTTP admin API (axum): the same listings and changes as JSON, health probes.
 //! - [`error`]: broker failures as wire error codes, in one place.
+//! - [`flow`]: publisher flow control: blocked while the disk is nearly full or memory use is
+//!   above its limit.
 //! - [`cli`]: the admin commands of the `sluice` binary (listings, declare/delete/purge,
 //!   publish and consume from the shell), built on the Rust client.
 //!
@@ -25,6 +27,7 @@ pub mod config;
 mod connection;
 pub mod definitions;
 pub mod error;
+pub mod flow;
 pub mod http;
 pub mod limits;
 pub mod queue;

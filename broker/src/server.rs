@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 
 use crate::broker::Broker;
 use crate::connection::{self, ConnectionRegistry, Refusal};
+use crate::flow;
 use crate::http::{self, Api};
 use crate::limits;
 
@@ -105,6 +106,11 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         self.broker.check_disk();
         let disk = tokio::spawn(Arc::clone(&self.broker).watch_disk());
+        let memory = self.broker.config.max_memory_bytes.map(|limit| {
+            let flow = Arc::clone(self.broker.flow_control());
+            flow::check_memory(&flow, limit);
+            tokio::spawn(flow::watch_memory(flow, limit))
+        });
         let permits = Arc::new(Semaphore::new(self.max_connections));
         let lingering = Arc::new(Semaphore::new(MAX_LINGERING));
         let refusal = Refusal::connection_limit(self.max_connections);
@@ -164,6 +170,9 @@ impl Server {
         }
         tracing::info!("shutting down: closing connections");
         disk.abort();
+        if let Some(memory) = memory {
+            memory.abort();
+        }
         drop(self.listener);
         let _ = stop_tx.send(true);
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {

@@ -59,6 +59,7 @@ pub(crate) fn to_py(error: Error) -> PyErr {
             ErrorCode::MessageTooLarge => MessageTooLarge::new_err(args),
             ErrorCode::StorageFull => StorageFull::new_err(args),
             ErrorCode::QueueFull => QueueFull::new_err(args),
+            ErrorCode::MemoryLimit => ResourceLimit::new_err(args),
             _ => PublishRejected::new_err(args),
         },
         Error::ConsumerCancelled { .. } => ConsumerCancelled::new_err(args),

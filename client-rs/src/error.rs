@@ -312,6 +312,7 @@ impl Error {
                 self.code(),
                 Some(
                     ErrorCode::StorageFull
+                        | ErrorCode::MemoryLimit
                         | ErrorCode::QueueFull
                         | ErrorCode::InternalError
                         | ErrorCode::ResourceExhausted

@@ -7,9 +7,14 @@
 //!   events into replies;
 //! - the **writer** writes what the session encoded, coalescing what has queued up.
 //!
+//! Every byte on its way to the socket is counted in the connection's [`Outbox`], from the
+//! queue or session that produced it to the writer that wrote it: a peer that stops reading
+//! holds at most about [`Outbox::HIGH_WATER`] bytes of the broker's memory (`output.rs`).
+//!
 //! Once its handshake succeeded a connection is listed in the server's [`ConnectionRegistry`]
 //! until it ends; the three tasks count what they move in its entry.
 
+mod output;
 pub(crate) mod registry;
 mod session;
 
@@ -28,12 +33,18 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use crate::broker::Broker;
+use crate::queue::Outbox;
+use output::{Output, WRITER_CHUNKS};
 pub(crate) use registry::{ClientIdentity, ConnectionEntry, ConnectionRegistry, ConnectionStats};
 
 /// Oldest protocol version this server speaks.
 const MIN_VERSION: u16 = 1;
 /// Frame batches the reader may run ahead of the session (backpressure to the client).
 const READ_AHEAD: usize = 8;
+/// Most frames in one batch: a read buffer full of tiny requests (it may have grown to a
+/// whole large frame) is handed on in pieces, so decoded requests waiting for the session
+/// stay bounded.
+const MAX_BATCH_FRAMES: usize = 1024;
 /// Time the peer has to answer our `Close`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -110,24 +121,40 @@ pub async fn serve(
         started,
         Arc::clone(entry),
     ));
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_frames(wr, out_rx, Arc::clone(entry)));
+    let outbox = Arc::new(Outbox::default());
+    let (out_tx, out_rx) = mpsc::channel(WRITER_CHUNKS);
+    let mut writer = tokio::spawn(write_frames(
+        wr,
+        out_rx,
+        Arc::clone(&outbox),
+        Arc::clone(entry),
+    ));
+    let output = Output::new(
+        out_tx,
+        outbox,
+        agreed.max_frame_len,
+        broker.config.slow_consumer_timeout,
+    );
 
     let session = session::Session::new(
         Arc::clone(&broker),
-        conn_id,
+        Arc::clone(entry),
         agreed,
-        out_tx,
+        output,
         last_recv,
         started,
-        Arc::clone(entry),
     );
     session.run(frames_rx, shutdown).await;
 
     reader.abort();
     // The session dropped its sender: the writer flushes what is queued (a final Close) and
-    // ends, unless the peer stopped reading.
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer).await;
+    // ends. A peer that stopped reading does not get to keep the socket and what is queued.
+    if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
     drop(registration);
     tracing::debug!(conn = conn_id, "connection closed");
 }
@@ -328,7 +355,7 @@ async fn read_frames(
     loop {
         let mut frames = Vec::new();
         let mut fatal = false;
-        loop {
+        while frames.len() < MAX_BATCH_FRAMES {
             match decoder.decode::<Request>(&mut buf) {
                 Ok(Some(f)) => frames.push(Ok(f)),
                 Ok(None) => break,
@@ -342,11 +369,16 @@ async fn read_frames(
             }
         }
         ConnectionStats::add(&stats.frames_in, frames.len() as u64);
+        let full_batch = frames.len() == MAX_BATCH_FRAMES;
         if !frames.is_empty() && tx.send(ReadEvent::Frames(frames)).await.is_err() {
             return;
         }
         if fatal {
             return;
+        }
+        if full_batch {
+            // More may be buffered: decode it before reading again.
+            continue;
         }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(64 * 1024);
@@ -364,23 +396,19 @@ async fn read_frames(
     }
 }
 
+/// Writes the session's chunks in order; each leaves the outbox once written.
 async fn write_frames(
     mut wr: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    mut rx: mpsc::Receiver<Bytes>,
+    outbox: Arc<Outbox>,
     entry: Arc<ConnectionEntry>,
 ) {
-    let bytes_out = &entry.stats.bytes_out;
     while let Some(chunk) = rx.recv().await {
         if wr.write_all(&chunk).await.is_err() {
             return;
         }
-        ConnectionStats::add(bytes_out, chunk.len() as u64);
-        while let Ok(chunk) = rx.try_recv() {
-            if wr.write_all(&chunk).await.is_err() {
-                return;
-            }
-            ConnectionStats::add(bytes_out, chunk.len() as u64);
-        }
+        ConnectionStats::add(&entry.stats.bytes_out, chunk.len() as u64);
+        outbox.remove(chunk.len());
     }
     let _ = wr.shutdown().await;
 }

@@ -1,11 +1,11 @@
 //! The state of one connection and the handling of every request (protocol.md §5–§10).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use sluice_client::wire::{
     Ack, Blocked, Cancel, CancelOk, Close, Confirm, Consume, ConsumerCancelled, ConsumerId,
     DeclareExchange, DecodeError, DeleteQueue, DeleteQueueOk, Deliver, Delivery, ErrorCode,
@@ -14,10 +14,13 @@ use sluice_client::wire::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::output::Output;
 use super::{Agreed, ConnectionEntry, ConnectionStats, ReadEvent};
 use crate::broker::Broker;
 use crate::error::RequestError;
-use crate::queue::{ConnEvent, ConnLink, Incoming, QueueCmd, QueueHandle, Settlement};
+use crate::queue::{
+    delivery_bytes, ConnEvent, ConnLink, Incoming, QueueCmd, QueueHandle, Settlement,
+};
 use crate::routing::{
     check_header_count, check_header_limits, check_headers_len, Binding, RouteResult,
 };
@@ -26,9 +29,8 @@ use crate::storage::Epoch;
 /// Bytes of published messages a connection may have in queues' mailboxes and awaiting
 /// confirmation before the session stops reading (TCP backpressure to the publisher).
 const MAX_UNSETTLED_PUBLISH_BYTES: usize = 64 << 20;
-/// Fixed bytes of a `Deliver` frame, and per delivery (protocol.md §9.5).
+/// Fixed bytes of a `Deliver` frame (protocol.md §9.5).
 const DELIVER_FRAME_FIXED: usize = 12 + 4 + 4;
-const DELIVERY_FIXED: usize = 29;
 
 /// A publish frame on its way through the queues.
 struct Batch {
@@ -38,6 +40,16 @@ struct Batch {
     epoch: Epoch,
     bytes: usize,
     rejections: Vec<Rejection>,
+}
+
+/// A publish frame's messages, numbered and routed.
+struct Routed {
+    /// What goes to each queue.
+    per_queue: Vec<(QueueHandle, Vec<Incoming>)>,
+    /// Messages refused before they reached a queue.
+    rejections: Vec<Rejection>,
+    /// Bytes of messages handed to queues (counted once per queue).
+    bytes: usize,
 }
 
 struct ConsumerEntry {
@@ -56,14 +68,16 @@ enum Ending {
 pub(super) struct Session {
     broker: Arc<Broker>,
     link: Arc<ConnLink>,
+    peer: Option<SocketAddr>,
     events: mpsc::UnboundedReceiver<ConnEvent>,
     agreed: Agreed,
-    out: BytesMut,
-    writer: mpsc::UnboundedSender<Bytes>,
+    output: Output,
+    /// Frames read but not handled yet: a batch is handled only while the outbox has room,
+    /// the rest waits here (at most one read's worth).
+    unread: VecDeque<Result<Frame<Request>, DecodeError>>,
     last_recv: Arc<AtomicU64>,
     started: Instant,
-    last_sent: Instant,
-    /// This connection in the broker's registry: its counters for operators.
+    /// This connection in the server's registry: its counters for operators.
     entry: Arc<ConnectionEntry>,
     // Publishing.
     next_publish_seq: u64,
@@ -87,17 +101,17 @@ pub(super) struct Session {
 }
 
 impl Session {
+    /// The session of the connection `entry` (its number and peer come from there).
     pub(super) fn new(
         broker: Arc<Broker>,
-        conn_id: u64,
+        entry: Arc<ConnectionEntry>,
         agreed: Agreed,
-        writer: mpsc::UnboundedSender<Bytes>,
+        output: Output,
         last_recv: Arc<AtomicU64>,
         started: Instant,
-        entry: Arc<ConnectionEntry>,
     ) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
-        let link = ConnLink::new(conn_id, events_tx);
+        let link = ConnLink::new(entry.id, events_tx, Arc::clone(output.outbox()));
         let (to_confirm, confirm_rx) = mpsc::unbounded_channel();
         tokio::spawn(confirm_task(
             broker.store().durability().clone(),
@@ -107,13 +121,13 @@ impl Session {
         Self {
             broker,
             link,
+            peer: entry.peer,
             events,
             agreed,
-            out: BytesMut::with_capacity(64 * 1024),
-            writer,
+            output,
+            unread: VecDeque::new(),
             last_recv,
             started,
-            last_sent: Instant::now(),
             entry,
             next_publish_seq: 1,
             next_batch: 1,
@@ -141,20 +155,26 @@ impl Session {
             (h / 4).max(Duration::from_millis(100))
         });
         let mut flow = self.broker.flow();
-        if let Some(reason) = flow.borrow_and_update().clone() {
+        if let Some(b) = flow.borrow_and_update().clone() {
             self.send(
                 RequestId(0),
                 Blocked {
-                    code: ErrorCode::StorageFull,
-                    reason,
+                    code: b.code,
+                    reason: b.reason,
                 },
             );
         }
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let reading =
-                self.unsettled_bytes < MAX_UNSETTLED_PUBLISH_BYTES && self.client_close.is_none();
+            let takes_requests = self.takes_requests();
+            if takes_requests && !self.unread.is_empty() {
+                let ending = self.on_unread().await;
+                if self.end_round(ending) {
+                    break;
+                }
+                continue;
+            }
             let ending = tokio::select! {
                 biased;
                 event = self.events.recv() => {
@@ -168,14 +188,22 @@ impl Session {
                     }
                     ending
                 }
-                read = frames.recv(), if reading => match read {
-                    Some(ReadEvent::Frames(batch)) => self.on_frames(batch).await,
+                _ = self.output.outbox().drained() => self.on_drained(),
+                read = frames.recv(), if takes_requests => match read {
+                    Some(ReadEvent::Frames(batch)) => {
+                        self.unread.extend(batch);
+                        self.on_unread().await
+                    }
                     Some(ReadEvent::Closed) | None => Ending::Now,
                 },
+                _ = self.output.writer_room(), if self.output.has_pending() => Ending::No,
+                // Also ends a session that stopped reading requests from a peer that left.
+                _ = self.output.writer_gone() => Ending::Now,
+                _ = sleep_until_opt(self.output.stall_deadline()) => self.on_stall_deadline(),
                 _ = tick.tick() => self.on_tick(),
                 Ok(()) = flow.changed() => {
                     match flow.borrow_and_update().clone() {
-                        Some(reason) => self.send(RequestId(0), Blocked { code: ErrorCode::StorageFull, reason }),
+                        Some(b) => self.send(RequestId(0), Blocked { code: b.code, reason: b.reason }),
                         None => self.send(RequestId(0), Reply::Unblocked),
                     }
                     Ending::No
@@ -185,16 +213,75 @@ impl Session {
                     Ending::Now
                 }
             };
-            let ending = match ending {
-                Ending::No => self.check_client_close(),
-                e => e,
-            };
-            self.flush_out();
-            if matches!(ending, Ending::Now) {
+            if self.end_round(ending) {
                 break;
             }
         }
         self.cleanup();
+    }
+
+    /// Whether the session handles request frames now: not while the socket owes too much
+    /// (the peer is not reading its replies), nor while too many publishes are unsettled (a
+    /// slow queue slows its publishers), nor after the client's `Close`. Unread frames then
+    /// wait in the reader's channel and the socket, which slows the client down.
+    fn takes_requests(&self) -> bool {
+        !self.output.is_full()
+            && self.unsettled_bytes < MAX_UNSETTLED_PUBLISH_BYTES
+            && self.client_close.is_none()
+    }
+
+    /// After each round: answers a pending client `Close` once it may, hands the output to
+    /// the writer and notes whether the outbox is full; true when the session ends.
+    fn end_round(&mut self, ending: Ending) -> bool {
+        let ending = match ending {
+            Ending::No => self.check_client_close(),
+            e => e,
+        };
+        self.output.flush();
+        self.output.observe();
+        self.publish_counters();
+        matches!(ending, Ending::Now)
+    }
+
+    /// The outbox drained: the stall is over, and the queues may deliver to this connection's
+    /// consumers again.
+    fn on_drained(&mut self) -> Ending {
+        self.output.drained();
+        let mut queues: Vec<&QueueHandle> = Vec::new();
+        for entry in self.consumers.values() {
+            if !queues.iter().any(|q| q.same(&entry.queue)) {
+                queues.push(&entry.queue);
+            }
+        }
+        for q in queues {
+            q.send(QueueCmd::Resume);
+        }
+        Ending::No
+    }
+
+    /// The outbox has stayed full for the slow-consumer timeout: the peer does not read what
+    /// it asked for, so it is disconnected and its deliveries go to other consumers.
+    fn on_stall_deadline(&mut self) -> Ending {
+        let stalled = self.output.stalled_for();
+        if !self.output.is_slow_consumer() {
+            return Ending::No;
+        }
+        let owed = self.output.outbox().bytes();
+        tracing::warn!(
+            conn = self.link.id,
+            peer = ?self.peer,
+            owed_bytes = owed,
+            stalled_ms = stalled.as_millis() as u64,
+            "slow consumer: its socket stayed full; closing the connection"
+        );
+        self.close_with(
+            ErrorCode::SlowConsumer,
+            &format!(
+                "slow consumer: {owed} bytes unread for {} ms",
+                stalled.as_millis()
+            ),
+        );
+        Ending::Now
     }
 
     fn now_ms(&self) -> u64 {
@@ -205,6 +292,11 @@ impl Session {
         let Some(h) = self.agreed.heartbeat else {
             return Ending::No;
         };
+        if !self.takes_requests() {
+            // Not reading is the server's choice (backpressure): the peer's silence means
+            // nothing until it reads again. A peer that never drains is a slow consumer.
+            self.mark_alive();
+        }
         let silent_ms = self
             .now_ms()
             .saturating_sub(self.last_recv.load(Ordering::Relaxed));
@@ -216,10 +308,15 @@ impl Session {
             );
             return Ending::Now;
         }
-        if self.last_sent.elapsed() >= h {
+        if self.output.last_sent().elapsed() >= h {
             self.send(RequestId(0), Reply::Heartbeat);
         }
         Ending::No
+    }
+
+    /// Counts the peer as heard from now.
+    fn mark_alive(&self) {
+        self.last_recv.store(self.now_ms(), Ordering::Relaxed);
     }
 
     // ------------------------------------------------------------------------------------
@@ -231,9 +328,8 @@ impl Session {
     /// is never left waiting for an answer that was dropped.
     fn send(&mut self, request_id: RequestId, reply: impl Into<Reply>) {
         let frame = Frame::<Reply>::new(request_id, reply);
-        let max = self.agreed.max_frame_len;
         ConnectionStats::add(&self.entry.stats.frames_out, 1);
-        let Err(e) = frame.encode(&mut self.out, max) else {
+        let Err(e) = self.output.send(&frame) else {
             return;
         };
         let opcode = frame.body.opcode();
@@ -246,7 +342,7 @@ impl Session {
             code: ErrorCode::InternalError,
             message: format!("the {opcode:?} reply could not be sent: {e}"),
         };
-        if let Err(e) = Frame::<Reply>::new(request_id, error).encode(&mut self.out, max) {
+        if let Err(e) = self.output.send(&Frame::<Reply>::new(request_id, error)) {
             // A short message in a frame of at least 64 KiB: cannot happen.
             tracing::error!(conn = self.link.id, error = %e, "could not encode an error reply");
         }
@@ -262,8 +358,9 @@ impl Session {
         );
     }
 
-    fn flush_out(&mut self) {
-        // Once per turn of the loop, not per change: operators look a few times a second.
+    /// Publishes the counters the session keeps itself, once per round rather than per
+    /// change: operators look a few times a second.
+    fn publish_counters(&self) {
         let stats = &self.entry.stats;
         let unsettled = (self.next_publish_seq - 1).saturating_sub(self.confirmed);
         stats
@@ -272,10 +369,6 @@ impl Session {
         stats
             .consumers
             .store(self.consumers.len() as u64, Ordering::Relaxed);
-        if !self.out.is_empty() {
-            let _ = self.writer.send(self.out.split().freeze());
-            self.last_sent = Instant::now();
-        }
     }
 
     /// Sends a connection-level `Close` (no `CloseOk` awaited: §5.4).
@@ -299,11 +392,12 @@ impl Session {
     // Requests
     // ------------------------------------------------------------------------------------
 
-    async fn on_frames(&mut self, batch: Vec<Result<Frame<Request>, DecodeError>>) -> Ending {
-        for item in batch {
-            if self.client_close.is_some() {
-                continue;
-            }
+    /// Handles read frames while the session takes requests; the rest stay in `unread`.
+    async fn on_unread(&mut self) -> Ending {
+        while self.takes_requests() {
+            let Some(item) = self.unread.pop_front() else {
+                break;
+            };
             let frame = match item {
                 Ok(f) => f,
                 Err(e) if e.is_fatal() => {
@@ -336,7 +430,7 @@ impl Session {
                 self.client_close = Some(id);
             }
             Request::CloseOk => return Ending::Now,
-            Request::Publish(p) => self.on_publish(p),
+            Request::Publish(p) => self.on_publish(p).await,
             Request::DeclareQueue(d) => {
                 let broker = Arc::clone(&self.broker);
                 let conn = self.link.id;
@@ -526,13 +620,54 @@ impl Session {
     // Publishing (§8)
     // ------------------------------------------------------------------------------------
 
-    fn on_publish(&mut self, p: Publish) {
+    async fn on_publish(&mut self, p: Publish) {
         let batch_id = self.next_batch;
         self.next_batch += 1;
+        let Routed {
+            per_queue,
+            rejections,
+            bytes,
+        } = self.route_publish(p);
+        let mut waiting = 0;
+        for (q, messages) in per_queue {
+            // Waits while the queue's mailbox is full of other publishes: a slow queue slows
+            // down the publishers that write to it (this session stops reading meanwhile, so
+            // the peer counts as alive once it is done).
+            let room = q.publish_room(&messages).await;
+            self.mark_alive();
+            if q.send(QueueCmd::Publish {
+                conn: Arc::clone(&self.link),
+                batch: batch_id,
+                messages,
+                room: Some(room),
+            }) {
+                waiting += 1;
+            }
+        }
+        self.broker.note_published(bytes);
+        self.unsettled_bytes += bytes;
+        self.batches.push_back(Batch {
+            id: batch_id,
+            up_to: self.next_publish_seq - 1,
+            waiting,
+            epoch: 0,
+            bytes,
+            rejections,
+        });
+        self.advance_batches();
+    }
+
+    /// Numbers a publish's messages and routes them: what goes to which queue, and what is
+    /// refused (under the routing table's read lock, which is never held across an await).
+    fn route_publish(&mut self, p: Publish) -> Routed {
         let mut rejections = Vec::new();
         let mut per_queue: Vec<(QueueHandle, Vec<Incoming>)> = Vec::new();
         let mut bytes = 0;
-        let blocked = self.broker.is_blocked();
+        let blocking = if self.broker.is_blocked() {
+            self.broker.flow_control().blocking()
+        } else {
+            None
+        };
         let broker = Arc::clone(&self.broker);
         let reg = broker.read();
         let mut route = RouteResult::default();
@@ -558,12 +693,8 @@ impl Session {
                 );
                 continue;
             }
-            if blocked {
-                reject(
-                    seq,
-                    ErrorCode::StorageFull,
-                    "publishing is blocked: the disk is nearly full".into(),
-                );
+            if let Some(b) = &blocking {
+                reject(seq, b.code, format!("publishing is blocked: {}", b.reason));
                 continue;
             }
             let view = match MetaView::parse(&m.meta) {
@@ -650,28 +781,12 @@ impl Session {
                 }
             }
         }
-        let mut waiting = 0;
-        for (q, messages) in per_queue {
-            if q.send(QueueCmd::Publish {
-                conn: Arc::clone(&self.link),
-                batch: batch_id,
-                messages,
-            }) {
-                waiting += 1;
-            }
-        }
         drop(reg);
-        self.broker.note_published(bytes);
-        self.unsettled_bytes += bytes;
-        self.batches.push_back(Batch {
-            id: batch_id,
-            up_to: self.next_publish_seq - 1,
-            waiting,
-            epoch: 0,
-            bytes,
+        Routed {
+            per_queue,
             rejections,
-        });
-        self.advance_batches();
+            bytes,
+        }
     }
 
     /// Hands every finished batch at the front to the confirm task, in order.
@@ -853,10 +968,13 @@ impl Session {
                 queue,
                 deliveries,
             } => {
+                let mut bytes = 0;
                 for d in &deliveries {
                     self.outstanding
                         .insert(d.delivery_tag.0, (queue.clone(), d.message_seq));
+                    bytes += delivery_bytes(d);
                 }
+                self.output.take_over(bytes);
                 self.send_deliveries(consumer_id, deliveries);
             }
             ConnEvent::Got {
@@ -939,7 +1057,7 @@ impl Session {
         let mut chunk = Vec::new();
         let mut size = DELIVER_FRAME_FIXED;
         for d in deliveries {
-            let len = DELIVERY_FIXED + d.meta.len() + d.body.len();
+            let len = delivery_bytes(&d);
             if !chunk.is_empty() && size + len > max {
                 let deliveries = std::mem::take(&mut chunk);
                 self.send(
@@ -987,7 +1105,7 @@ impl Session {
                 });
             }
         }
-        self.flush_out();
+        self.output.flush();
     }
 }
 
@@ -1009,6 +1127,13 @@ async fn confirm_task(
         if link.events.is_closed() {
             return;
         }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
     }
 }
 

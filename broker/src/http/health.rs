@@ -14,13 +14,14 @@ pub async fn alive() -> Json<Value> {
 }
 
 /// `GET /readyz`: 200 once the broker has recovered its queues and listens for clients (the
-/// API starts only then) and while publishers are not blocked; 503 with the reason otherwise.
+/// API starts only then) and while publishers are not blocked (disk space, memory); 503 with
+/// the reason otherwise.
 pub async fn ready(State(api): State<Api>) -> (StatusCode, Json<Value>) {
     if *api.stopping.borrow() {
         return unavailable("shutting down");
     }
-    match api.broker.flow().borrow().clone() {
-        Some(reason) => unavailable(&format!("publishing blocked: {reason}")),
+    match api.broker.flow_control().blocking() {
+        Some(blocking) => unavailable(&format!("publishing blocked: {}", blocking.reason)),
         None => (StatusCode::OK, Json(json!({ "status": "ok" }))),
     }
 }

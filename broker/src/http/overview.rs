@@ -32,7 +32,7 @@ pub async fn show(State(api): State<Api>) -> Json<Overview> {
     let sum = |f: &dyn Fn(&crate::queue::QueueStats) -> u64| -> u64 {
         queues.iter().map(|q| f(&q.meta.stats)).sum()
     };
-    let blocked_reason = broker.flow().borrow().clone();
+    let blocked_reason = broker.flow_control().blocking().map(|b| b.reason);
     Json(Overview {
         version: env!("CARGO_PKG_VERSION"),
         uptime_seconds: api.started.elapsed().as_secs(),

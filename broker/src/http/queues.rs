@@ -19,7 +19,7 @@ use super::Api;
 use crate::admin;
 use crate::cli::format::{InspectJson, QueueJson};
 use crate::error::RequestError;
-use crate::queue::{ConnEvent, ConnLink, QueueCmd};
+use crate::queue::{ConnEvent, ConnLink, Outbox, QueueCmd};
 
 /// Longest wait for a queue's answer; a queue stuck on its disk must not hold a request (and
 /// its socket) forever.
@@ -198,7 +198,9 @@ async fn ask_queue(
     // One answer comes back; the queue drops the link after sending it.
     let (events, mut answers) = mpsc::unbounded_channel();
     let request_id = RequestId(1);
-    if !queue.send(cmd(ConnLink::new(conn, events), request_id)) {
+    // Its own outbox: the answer is no delivery, and nothing else counts against it.
+    let link = ConnLink::new(conn, events, Arc::new(Outbox::default()));
+    if !queue.send(cmd(link, request_id)) {
         return Err(RequestError::no_queue(name).into());
     }
     match tokio::time::timeout(QUEUE_ANSWER_TIMEOUT, answers.recv()).await {

@@ -11,7 +11,10 @@ use sluice_client::wire::{
 };
 use tokio::sync::mpsc;
 
-use super::{ConnEvent, ConnId, ConnLink, Incoming, QueueCmd, QueueHandle, QueueMeta, Settlement};
+use super::{
+    delivery_bytes, ConnEvent, ConnId, ConnLink, Incoming, QueueCmd, QueueHandle, QueueMeta,
+    Settlement,
+};
 use crate::broker::Broker;
 use crate::error::RequestError;
 use crate::storage::{QueueLog, StorageError};
@@ -28,10 +31,7 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(250);
 /// Starts the task of a queue whose log is open; returns its handle.
 pub(crate) fn spawn(meta: Arc<QueueMeta>, log: QueueLog, broker: Weak<Broker>) -> QueueHandle {
     let (tx, rx) = mpsc::unbounded_channel();
-    let handle = QueueHandle {
-        meta: Arc::clone(&meta),
-        tx,
-    };
+    let handle = QueueHandle::new(Arc::clone(&meta), tx);
     let default_lease = broker
         .upgrade()
         .map_or(Duration::from_secs(1800), |b| b.config.default_ack_timeout);
@@ -50,14 +50,20 @@ struct Consumer {
 }
 
 impl Consumer {
+    /// Deliveries this consumer takes now: its prefetch window, and none while its
+    /// connection's outbox is full (the connection asks for a `Resume` when it drains).
     fn credit(&self) -> u32 {
-        if self.prefetch == 0 {
+        let window = if self.prefetch == 0 {
             DELIVERY_BATCH
         } else {
             self.prefetch
                 .saturating_sub(self.unacked)
                 .min(DELIVERY_BATCH)
+        };
+        if window == 0 || !self.conn.outbox.accepts_more() {
+            return 0;
         }
+        window
     }
 }
 
@@ -186,7 +192,7 @@ impl Actor {
             dirty: false,
             inflight_bytes: 0,
             last_used: Instant::now(),
-            dl_link: ConnLink::new(0, dl_tx),
+            dl_link: ConnLink::new(0, dl_tx, Arc::default()),
             dl_events,
             dead: DeadLetters::default(),
             rates_from: (0, 0),
@@ -249,7 +255,11 @@ impl Actor {
                 conn,
                 batch,
                 messages,
-            } => self.publish(&conn, batch, messages),
+                room,
+            } => {
+                self.publish(&conn, batch, messages);
+                drop(room);
+            }
             QueueCmd::Consume {
                 conn,
                 request_id,
@@ -321,6 +331,8 @@ impl Actor {
                 self.get(&conn, request_id);
             }
             QueueCmd::Touch => self.last_used = Instant::now(),
+            // Nothing to do here: every round of commands ends with `pump`.
+            QueueCmd::Resume => {}
             QueueCmd::Settle {
                 conn,
                 request_id,
@@ -640,10 +652,15 @@ impl Actor {
             let consumer_id = self.consumers[idx].id;
             let lease = self.consumers[idx].lease;
             let mut deliveries = Vec::with_capacity(credit.min(64) as usize);
-            while deliveries.len() < credit as usize {
+            // At most one message past the connection's room: its outbox stays bounded. (Its
+            // credit was checked just now; at least one goes even if the room closed since.)
+            let room = conn.outbox.room().max(1);
+            let mut outbox_bytes = 0;
+            while deliveries.len() < credit as usize && outbox_bytes < room {
                 let Some((seq, count, mut d)) = self.take_deliverable() else {
                     break;
                 };
+                outbox_bytes += delivery_bytes(&d);
                 let bytes = (d.meta.len() + d.body.len()) as u64;
                 d.delivery_tag = DeliveryTag(self.record_flight(
                     &conn,
@@ -660,6 +677,7 @@ impl Actor {
             if deliveries.is_empty() {
                 return;
             }
+            conn.outbox.add(outbox_bytes);
             conn.send(ConnEvent::Deliver {
                 consumer_id,
                 queue: self.handle.clone(),
@@ -831,8 +849,12 @@ impl Actor {
         let batch = self.dead.next_batch;
         let mut waiting = 0;
         for q in targets {
+            // Outside the target's publish room: a queue never waits for another queue (two
+            // queues dead-lettering into each other would deadlock). The copies are bounded by
+            // this queue's own messages.
             let sent = q.send(QueueCmd::Publish {
                 conn: Arc::clone(&self.dl_link),
+                room: None,
                 batch,
                 messages: vec![Incoming {
                     publish_seq: seq,

@@ -4,8 +4,24 @@
 //! Connections talk to a queue with [`QueueCmd`]s over its mailbox; the queue answers through
 //! the connection's event channel ([`ConnEvent`]), so replies, deliveries and publish results
 //! reach a connection in the order the queue produced them.
+//!
+//! # Bounds
+//! A queue never waits for a connection, so the event channel from queues to a connection is
+//! not a bounded channel (a queue blocked on a full session while the session waits for the
+//! queue would deadlock). It is bounded by credit instead: deliveries by the connection's
+//! [`Outbox`] (a queue stops delivering to a full connection, so at most
+//! [`Outbox::HIGH_WATER`] plus one message per queue are on their way), and every other event
+//! answers a request or a publish the session sent, which it stops doing while its outbox is
+//! full or its unsettled publishes are over their limit.
+//!
+//! A queue's mailbox is bounded in bytes where the bytes are: publishes from sessions take
+//! their share of [`MAILBOX_PUBLISH_BYTES`] first and wait for it, so a queue that cannot keep
+//! up slows down its own publishers only. Dead-letter copies from other queues skip it (a
+//! queue never waits for another). The other commands are small and bounded by credit: each
+//! settles a delivery once, answers into the sender's outbox, or stops with the connection.
 
 mod actor;
+mod outbox;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,33 +31,42 @@ use bytes::Bytes;
 use sluice_client::wire::{
     ConsumerId, ConsumerSummary, Delivery, ErrorCode, QueueArguments, Rejection, Reply, RequestId,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::RequestError;
 use crate::storage::Epoch;
 
 pub(crate) use actor::spawn;
+pub use outbox::{delivery_bytes, Outbox};
 
 /// A connection's number, unique for the life of the process.
 pub type ConnId = u64;
 
-/// What a queue knows of a connection: where its events go and its delivery tag counter
-/// (tags are per connection, shared by all its consumers, protocol.md §9.5).
+/// What a queue knows of a connection: where its events go, what its socket still owes
+/// (deliveries pause while that is full), and its delivery tag counter (tags are per
+/// connection, shared by all its consumers, protocol.md §9.5).
 #[derive(Debug)]
 pub struct ConnLink {
     /// The connection's number.
     pub id: ConnId,
-    /// Its event channel.
+    /// Its event channel (bounded by credit: see the module documentation).
     pub events: mpsc::UnboundedSender<ConnEvent>,
+    /// Bytes on their way to its socket.
+    pub outbox: Arc<Outbox>,
     next_tag: AtomicU64,
 }
 
 impl ConnLink {
     /// A link for connection `id`.
-    pub fn new(id: ConnId, events: mpsc::UnboundedSender<ConnEvent>) -> Arc<Self> {
+    pub fn new(
+        id: ConnId,
+        events: mpsc::UnboundedSender<ConnEvent>,
+        outbox: Arc<Outbox>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             id,
             events,
+            outbox,
             next_tag: AtomicU64::new(0),
         })
     }
@@ -173,6 +198,9 @@ pub enum QueueCmd {
         batch: u64,
         /// The messages.
         messages: Vec<Incoming>,
+        /// Their share of the mailbox, given back once they are stored (`None`: dead-letter
+        /// copies from another queue).
+        room: Option<PublishRoom>,
     },
     /// Start a consumer.
     Consume {
@@ -271,6 +299,8 @@ pub enum QueueCmd {
     },
     /// The queue was declared again: it is in use (for `expires_ms`).
     Touch,
+    /// A connection's outbox drained: its consumers may take deliveries again.
+    Resume,
     /// Write what is pending and stop (server shutdown).
     Shutdown {
         /// Dropped when the queue's log is closed.
@@ -327,15 +357,50 @@ impl QueueMeta {
     }
 }
 
+/// Bytes of published messages a queue's mailbox holds at most (from sessions); a publisher
+/// waits for room, so a queue that cannot keep up slows down its own publishers only.
+pub const MAILBOX_PUBLISH_BYTES: usize = 64 << 20;
+
+/// A publish's share of a queue's mailbox ([`MAILBOX_PUBLISH_BYTES`]), returned when dropped.
+#[derive(Debug)]
+pub struct PublishRoom {
+    _permit: OwnedSemaphorePermit,
+}
+
 /// A cheap handle to a queue task.
 #[derive(Debug, Clone)]
 pub struct QueueHandle {
     /// The queue's fixed properties and counters.
     pub meta: Arc<QueueMeta>,
     tx: mpsc::UnboundedSender<QueueCmd>,
+    publish_room: Arc<Semaphore>,
 }
 
 impl QueueHandle {
+    fn new(meta: Arc<QueueMeta>, tx: mpsc::UnboundedSender<QueueCmd>) -> Self {
+        Self {
+            meta,
+            tx,
+            publish_room: Arc::new(Semaphore::new(MAILBOX_PUBLISH_BYTES)),
+        }
+    }
+
+    /// Waits until the mailbox has room for these messages (a batch larger than the whole
+    /// room waits for all of it).
+    pub async fn publish_room(&self, messages: &[Incoming]) -> PublishRoom {
+        let bytes: usize = messages.iter().map(|m| m.meta.len() + m.body.len()).sum();
+        let n = bytes.clamp(1, MAILBOX_PUBLISH_BYTES) as u32;
+        let room = Arc::clone(&self.publish_room);
+        let permit = match room.clone().try_acquire_many_owned(n) {
+            Ok(p) => p,
+            Err(_) => room
+                .acquire_many_owned(n)
+                .await
+                .expect("the publish room is never closed"),
+        };
+        PublishRoom { _permit: permit }
+    }
+
     /// Sends a command; false when the queue task has stopped (the queue was deleted).
     pub fn send(&self, cmd: QueueCmd) -> bool {
         self.tx.send(cmd).is_ok()
@@ -344,5 +409,56 @@ impl QueueHandle {
     /// Whether two handles name the same queue task.
     pub fn same(&self, other: &QueueHandle) -> bool {
         self.tx.same_channel(&other.tx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle() -> QueueHandle {
+        let meta = QueueMeta {
+            name: "q".into(),
+            uid: 1,
+            durable: true,
+            exclusive_owner: None,
+            auto_delete: false,
+            arguments: QueueArguments::default(),
+            stats: QueueStats::default(),
+        };
+        QueueHandle::new(Arc::new(meta), mpsc::unbounded_channel().0)
+    }
+
+    fn message(bytes: usize) -> Incoming {
+        Incoming {
+            publish_seq: 1,
+            meta: Bytes::new(),
+            body: Bytes::from(vec![0; bytes]),
+            persistent: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_mailbox_makes_publishers_wait_until_the_queue_took_its_messages() {
+        let q = handle();
+        let first = q.publish_room(&[message(MAILBOX_PUBLISH_BYTES - 10)]).await;
+        let _small = q.publish_room(&[message(10)]).await;
+        let one = [message(1)];
+        let waiting = q.publish_room(&one);
+        tokio::pin!(waiting);
+        let wait = std::time::Duration::from_millis(20);
+        assert!(tokio::time::timeout(wait, &mut waiting).await.is_err());
+        drop(first);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("room once the queue took the first batch");
+    }
+
+    #[tokio::test]
+    async fn a_batch_larger_than_the_mailbox_waits_for_all_of_it() {
+        let q = handle();
+        let huge = q.publish_room(&[message(MAILBOX_PUBLISH_BYTES * 2)]).await;
+        drop(huge);
+        let _again = q.publish_room(&[message(MAILBOX_PUBLISH_BYTES)]).await;
     }
 }

@@ -23,7 +23,7 @@ protocol name as ``error.code_name``.
     │   └── InvalidArgument         207 (also a ValueError)
     ├── PublishRejected             3xx: the broker refused one published message
     │   ├── Unroutable              302: a mandatory message matched no queue
-    │   └── ResourceLimit           a limit was hit
+    │   └── ResourceLimit           a limit was hit (itself for 304: the broker's memory limit)
     │       ├── MessageTooLarge     300
     │       ├── StorageFull         301
     │       └── QueueFull           303

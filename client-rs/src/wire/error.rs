@@ -239,6 +239,8 @@ error_codes! {
     UnexpectedFrame = 105, "UNEXPECTED_FRAME";
     /// The server is shutting down, or an operator closed the connection.
     ConnectionForced = 106, "CONNECTION_FORCED";
+    /// The client left what it asked for unread too long (its socket stayed full).
+    SlowConsumer = 107, "SLOW_CONSUMER";
     /// The server is at its connection limit; the connection was refused before its
     /// handshake. Retry later.
     ConnectionLimit = 108, "CONNECTION_LIMIT";
@@ -271,6 +273,8 @@ error_codes! {
     Unroutable = 302, "UNROUTABLE";
     /// A queue with overflow `reject-publish` is at its length limit.
     QueueFull = 303, "QUEUE_FULL";
+    /// The broker uses more memory than it may: publishing is blocked until it uses less.
+    MemoryLimit = 304, "MEMORY_LIMIT";
 
     // 4xx: why a consumer was cancelled by the server (`ConsumerCancelled`).
     /// The consumer's queue was deleted.
@@ -353,6 +357,7 @@ mod tests {
                 (104, "HEARTBEAT_TIMEOUT"),
                 (105, "UNEXPECTED_FRAME"),
                 (106, "CONNECTION_FORCED"),
+                (107, "SLOW_CONSUMER"),
                 (108, "CONNECTION_LIMIT"),
                 (200, "MALFORMED_REQUEST"),
                 (201, "UNKNOWN_OPCODE"),
@@ -366,6 +371,7 @@ mod tests {
                 (301, "STORAGE_FULL"),
                 (302, "UNROUTABLE"),
                 (303, "QUEUE_FULL"),
+                (304, "MEMORY_LIMIT"),
                 (400, "QUEUE_DELETED"),
                 (401, "CONSUMER_CANCELLED"),
                 (500, "INTERNAL_ERROR"),

@@ -6,6 +6,7 @@ mod descriptors;
 mod fuzz;
 mod headers;
 mod listings;
+mod memory_limit;
 mod slow_consumer;
 mod unread_replies;
 
