@@ -1,8 +1,10 @@
 //! Server settings: command-line flags, `SLUICE_*` environment variables and a TOML file, in
 //! that order of precedence, over built-in defaults that need no set-up at all.
 
+use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -13,6 +15,56 @@ use sluice_client::wire::{
 
 /// The data directory used when none is configured, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "sluice-data";
+/// The HTTP admin API's port when none is configured (on the loopback interface).
+pub const DEFAULT_HTTP_PORT: u16 = 15680;
+
+/// Where the HTTP admin API listens: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpListen {
+    /// Listen on this address; port 0 picks a free port.
+    On(SocketAddr),
+    /// No HTTP server.
+    Off,
+}
+
+impl HttpListen {
+    /// The address, unless the API is off.
+    pub fn addr(self) -> Option<SocketAddr> {
+        match self {
+            HttpListen::On(addr) => Some(addr),
+            HttpListen::Off => None,
+        }
+    }
+}
+
+impl FromStr for HttpListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(HttpListen::Off);
+        }
+        s.parse()
+            .map(HttpListen::On)
+            .map_err(|_| format!("expected host:port or `off`, got '{s}'"))
+    }
+}
+
+impl fmt::Display for HttpListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HttpListen::On(addr) => addr.fmt(f),
+            HttpListen::Off => f.write_str("off"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HttpListen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 /// Flags of `sluice serve`; each also reads an environment variable.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -27,6 +79,10 @@ pub struct ServeArgs {
     /// (IPv4 loopback preferred); port 0 picks a free port.
     #[arg(long, env = "SLUICE_LISTEN", value_name = "HOST:PORT")]
     pub listen: Option<String>,
+    /// Address of the HTTP admin API, or `off` [default: 127.0.0.1:15680]; port 0 picks a
+    /// free port.
+    #[arg(long, env = "SLUICE_HTTP_LISTEN", value_name = "ADDR|off")]
+    pub http_listen: Option<HttpListen>,
     /// Size of each segment file of a queue log, in bytes [default: 8 MiB].
     #[arg(long, env = "SLUICE_SEGMENT_BYTES")]
     pub segment_bytes: Option<usize>,
@@ -66,6 +122,7 @@ pub struct ServeArgs {
 struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<String>,
+    http_listen: Option<HttpListen>,
     segment_bytes: Option<usize>,
     max_message_bytes: Option<u32>,
     heartbeat_ms: Option<u32>,
@@ -95,6 +152,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Listening address.
     pub listen: SocketAddr,
+    /// The HTTP admin API's address, or off.
+    pub http_listen: HttpListen,
     /// Segment size of new queue logs.
     pub segment_bytes: usize,
     /// Largest frame a client may send or receive.
@@ -127,6 +186,7 @@ impl Default for ServerConfig {
         Self {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            http_listen: HttpListen::On(SocketAddr::from(([127, 0, 0, 1], DEFAULT_HTTP_PORT))),
             segment_bytes: 8 << 20,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             max_message_len: DEFAULT_MAX_MESSAGE_LEN,
@@ -189,6 +249,9 @@ impl ServerConfig {
         if let Some(v) = args.listen.as_deref().or(file.listen.as_deref()) {
             c.listen = resolve_listen(v)?;
         }
+        if let Some(v) = args.http_listen.or(file.http_listen) {
+            c.http_listen = v;
+        }
         if let Some(v) = args.segment_bytes.or(file.segment_bytes) {
             if !(64 << 10..=1 << 30).contains(&v) {
                 return Err(invalid("segment_bytes", "must be between 64 KiB and 1 GiB"));
@@ -242,6 +305,21 @@ impl ServerConfig {
         }
         Ok(c)
     }
+
+    /// Whether `name` is a user with `password`. The password is compared in constant time,
+    /// so the time taken does not tell how much of a guess was right.
+    pub fn is_known_user(&self, name: &str, password: &str) -> bool {
+        self.users
+            .iter()
+            .any(|u| u.name == name && constant_time_eq(u.password.as_bytes(), password.as_bytes()))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -320,7 +398,44 @@ mod tests {
         let c = ServerConfig::resolve(&ServeArgs::default()).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("sluice-data"));
         assert_eq!(c.listen.to_string(), "127.0.0.1:5680");
+        assert_eq!(c.http_listen.to_string(), "127.0.0.1:15680");
         assert_eq!(c.users[0].name, "guest");
+        assert!(c.is_known_user("guest", "guest"));
+        assert!(!c.is_known_user("guest", "guesT"));
+        assert!(!c.is_known_user("guest", "guest2"));
+        assert!(!c.is_known_user("nobody", "guest"));
+    }
+
+    #[test]
+    fn the_http_api_listens_where_told_or_is_off() {
+        assert_eq!("off".parse(), Ok(HttpListen::Off));
+        assert_eq!("OFF".parse(), Ok(HttpListen::Off));
+        assert_eq!(
+            "127.0.0.1:0".parse(),
+            Ok(HttpListen::On("127.0.0.1:0".parse().unwrap()))
+        );
+        assert!("nowhere".parse::<HttpListen>().is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, "http_listen = \"off\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            ServerConfig::resolve(&args).unwrap().http_listen,
+            HttpListen::Off
+        );
+        let args = ServeArgs {
+            config: Some(path),
+            http_listen: Some(HttpListen::On("127.0.0.1:9999".parse().unwrap())),
+            ..ServeArgs::default()
+        };
+        let c = ServerConfig::resolve(&args).unwrap();
+        assert_eq!(
+            c.http_listen.addr(),
+            Some("127.0.0.1:9999".parse().unwrap())
+        );
     }
 
     #[test]

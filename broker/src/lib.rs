@@ -12,6 +12,7 @@
 //! - [`routing`]: exchanges, bindings and the AMQP 0-9-1 matching rules.
 //! - [`storage`]: the crash-safe, segmented, memory-mapped log that holds every durable queue.
 //! - [`admin`]: listings for operators (queues, exchanges, bindings, consumers).
+//! - [`http`]: the HTTP admin API (axum): the same listings and changes as JSON, health probes.
 //! - [`error`]: broker failures as wire error codes, in one place.
 //! - [`flow`]: publisher flow control: blocked while the disk is nearly full or memory use is
 //!   above its limit.
@@ -27,6 +28,7 @@ mod connection;
 pub mod definitions;
 pub mod error;
 pub mod flow;
+pub mod http;
 pub mod limits;
 pub mod queue;
 pub mod routing;

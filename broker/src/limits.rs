@@ -16,8 +16,9 @@ use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
 /// Descriptors kept aside whatever the limit: standard streams, the listener, the runtime's
 /// epoll and wake-up descriptors, the data directory and its lock, the sync thread's handle,
-/// the topology file while it is rewritten, directories opened for a sync, and the refused
-/// connections that linger for a moment ([`crate::server`]).
+/// the topology file while it is rewritten, directories opened for a sync, the refused
+/// connections that linger for a moment ([`crate::server`]), and the HTTP API's listener and
+/// connections ([`crate::http::MAX_HTTP_CONNECTIONS`]).
 pub const FIXED_RESERVE: u64 = 64;
 
 /// The descriptor limit before and after [`raise_descriptor_limit`].

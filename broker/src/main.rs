@@ -1,7 +1,6 @@
 //! `sluice`: the broker server and its admin commands.
 
 use std::io::IsTerminal;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::parser::ValueSource;
@@ -10,7 +9,7 @@ use sluice_broker::broker::Broker;
 use sluice_broker::cli::{self, AdminCommand, Target};
 use sluice_broker::config::{ServeArgs, ServerConfig};
 use sluice_broker::limits;
-use sluice_broker::server::Server;
+use sluice_broker::server::{BindError, Server};
 
 /// Sluice: a persistent message broker.
 #[derive(Debug, Parser)]
@@ -135,14 +134,14 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let data_dir = config.data_dir.clone();
-        let listen = config.listen;
         let broker = Broker::open(config).map_err(|e| {
             anyhow::anyhow!("cannot open the data directory {}: {e}", data_dir.display())
         })?;
         let server = Server::bind(broker)
             .await
-            .map_err(|e| anyhow::anyhow!(listen_error(listen, &e)))?;
+            .map_err(|e| anyhow::anyhow!(listen_error(&e)))?;
         let addr = server.local_addr()?;
+        let http_addr = server.http_addr()?;
         // The handlers are installed before the announcement: a SIGTERM sent as soon as the
         // line is read must shut down gracefully, not kill the process.
         let shutdown = shutdown_signal()?;
@@ -151,7 +150,12 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             "sluice listening on {addr} (data directory {})",
             data_dir.display()
         );
-        tracing::info!(%addr, data_dir = %data_dir.display(), "sluice ready");
+        // Always a second line, so a reader of the first knows whether to expect the API.
+        match http_addr {
+            Some(http) => println!("sluice http on {http}"),
+            None => println!("sluice http off"),
+        }
+        tracing::info!(%addr, http = ?http_addr, data_dir = %data_dir.display(), "sluice ready");
         server.run(shutdown).await;
         anyhow::Ok(())
     })?;
@@ -160,19 +164,28 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Why the listener could not be bound, naming the address and what to do.
-fn listen_error(addr: SocketAddr, e: &std::io::Error) -> String {
-    match e.kind() {
+/// Why a listener could not be bound, naming the address and what to do.
+fn listen_error(e: &BindError) -> String {
+    let addr = e.addr;
+    let (what, flag) = if e.purpose == "clients" {
+        (format!("cannot listen on {addr}"), "--listen")
+    } else {
+        (
+            format!("cannot listen for {} on {addr}", e.purpose),
+            "--http-listen",
+        )
+    };
+    match e.source.kind() {
         std::io::ErrorKind::AddrInUse => format!(
-            "cannot listen on {addr}: the address is already in use (is another broker running?); choose another with --listen"
+            "{what}: the address is already in use (is another broker running?); choose another with {flag}"
         ),
         std::io::ErrorKind::AddrNotAvailable => format!(
-            "cannot listen on {addr}: no network interface of this machine has that address; choose another with --listen"
+            "{what}: no network interface of this machine has that address; choose another with {flag}"
         ),
         std::io::ErrorKind::PermissionDenied => format!(
-            "cannot listen on {addr}: permission denied (ports below 1024 need privileges); choose another with --listen"
+            "{what}: permission denied (ports below 1024 need privileges); choose another with {flag}"
         ),
-        _ => format!("cannot listen on {addr}: {e}"),
+        _ => format!("{what}: {}", e.source),
     }
 }
 

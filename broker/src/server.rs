@@ -15,8 +15,9 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::broker::Broker;
-use crate::connection::{self, Refusal};
+use crate::connection::{self, ConnectionRegistry, Refusal};
 use crate::flow;
+use crate::http::{self, Api};
 use crate::limits;
 
 /// Time connections get to finish after a shutdown signal.
@@ -34,14 +35,41 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Server {
     broker: Arc<Broker>,
     listener: TcpListener,
+    /// The HTTP admin API's listener, unless it is off.
+    http: Option<TcpListener>,
     max_connections: usize,
 }
 
+/// A listener could not be bound (the port is taken, the address is not local...).
+#[derive(Debug, thiserror::Error)]
+// The cause is the source: `{e:#}` (anyhow) prints it after the message.
+#[error("cannot listen for {purpose} on {addr}")]
+pub struct BindError {
+    /// What the listener is for.
+    pub purpose: &'static str,
+    /// The address asked for.
+    pub addr: SocketAddr,
+    /// Why not.
+    pub source: std::io::Error,
+}
+
+async fn bind_listener(purpose: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr).await.map_err(|source| BindError {
+        purpose,
+        addr,
+        source,
+    })
+}
+
 impl Server {
-    /// Opens the broker and binds its listener. The connection limit is the configured one, or
-    /// derived from the descriptor limit in force now.
-    pub async fn bind(broker: Arc<Broker>) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(broker.config.listen).await?;
+    /// Binds the client listener and the HTTP admin API's (unless it is off). The connection
+    /// limit is the configured one, or derived from the descriptor limit in force now.
+    pub async fn bind(broker: Arc<Broker>) -> Result<Self, BindError> {
+        let listener = bind_listener("clients", broker.config.listen).await?;
+        let http = match broker.config.http_listen.addr() {
+            Some(addr) => Some(bind_listener("the HTTP admin API", addr).await?),
+            None => None,
+        };
         let max_connections = broker
             .config
             .max_connections
@@ -52,6 +80,7 @@ impl Server {
         Ok(Self {
             broker,
             listener,
+            http,
             max_connections,
         })
     }
@@ -59,6 +88,11 @@ impl Server {
     /// The address clients connect to.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The address of the HTTP admin API, unless it is off.
+    pub fn http_addr(&self) -> std::io::Result<Option<SocketAddr>> {
+        self.http.as_ref().map(TcpListener::local_addr).transpose()
     }
 
     /// The most connections served at once.
@@ -83,6 +117,16 @@ impl Server {
         let mut refusals = RefusalLog::default();
         let mut backoff = AcceptBackoff::default();
         let mut connections = JoinSet::new();
+        let registry = Arc::new(ConnectionRegistry::default());
+        let mut http = self.http.map(|listener| {
+            let api = Api::new(
+                Arc::clone(&self.broker),
+                Arc::clone(&registry),
+                Instant::now(),
+                stop_rx.clone(),
+            );
+            tokio::spawn(serve_http(api, listener, stop_rx.clone()))
+        });
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -100,7 +144,12 @@ impl Server {
                             }
                             continue;
                         };
-                        let serve = connection::serve(Arc::clone(&self.broker), stream, stop_rx.clone());
+                        let serve = connection::serve(
+                            Arc::clone(&self.broker),
+                            stream,
+                            stop_rx.clone(),
+                            Arc::clone(&registry),
+                        );
                         connections.spawn(async move {
                             serve.await;
                             drop(permit);
@@ -128,15 +177,22 @@ impl Server {
         let _ = stop_tx.send(true);
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
             while connections.join_next().await.is_some() {}
+            if let Some(api) = http.as_mut() {
+                let _ = api.await;
+            }
         })
         .await;
         if drained.is_err() {
             connections.abort_all();
+            if let Some(api) = &http {
+                api.abort();
+            }
         }
-        // Every queue closes whatever happened to the connections; the stop is clean only if
-        // both went as planned.
+        // Every queue closes whatever happened to the connections. The clean-stop marker says
+        // that every queue's delivered watermark is exact, which aborted connections do not
+        // change: the queues recorded what they handed out, and write it as they close.
         let queues_closed = self.broker.shutdown_queues().await;
-        if drained.is_ok() && queues_closed {
+        if queues_closed {
             match self.broker.store().mark_clean_stop() {
                 Ok(()) => tracing::info!("queues closed; clean stop recorded"),
                 Err(e) => {
@@ -144,10 +200,19 @@ impl Server {
                 }
             }
         } else {
-            tracing::warn!(
-                "not every connection or queue closed in time; the next start assumes a crash"
-            );
+            tracing::warn!("not every queue closed; the next start assumes a crash");
         }
+    }
+}
+
+/// Serves the HTTP admin API until `stop` turns true, then lets requests in progress finish.
+async fn serve_http(api: Api, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let stopped = async move {
+        // An error means the sender is gone: the server is stopping either way.
+        let _ = stop.wait_for(|stopping| *stopping).await;
+    };
+    if let Err(e) = http::serve(api, listener, stopped).await {
+        tracing::error!(error = %e, "the HTTP admin API stopped");
     }
 }
 

@@ -50,7 +50,17 @@ class Broker:
         self._stdout = open(self.stdout_path, "wb")
         self._stderr = open(self.stderr_path, "wb")
         self.process = subprocess.Popen(
-            [SLUICE_BIN, "serve", "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0"],
+            [
+                SLUICE_BIN,
+                "serve",
+                "--data-dir",
+                str(self.data_dir),
+                "--listen",
+                "127.0.0.1:0",
+                # Brokers of parallel runs would collide on the default HTTP port.
+                "--http-listen",
+                "127.0.0.1:0",
+            ],
             stdout=self._stdout,
             stderr=self._stderr,
             stdin=subprocess.DEVNULL,

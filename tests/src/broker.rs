@@ -18,6 +18,7 @@ const SLUICE_VARIABLES: &[&str] = &[
     "SLUICE_CONFIG",
     "SLUICE_DATA_DIR",
     "SLUICE_LISTEN",
+    "SLUICE_HTTP_LISTEN",
     "SLUICE_SEGMENT_BYTES",
     "SLUICE_MAX_MESSAGE_BYTES",
     "SLUICE_HEARTBEAT_MS",
@@ -81,12 +82,15 @@ pub fn wait_bounded(mut child: Child, limit: Duration) -> Option<ExitStatus> {
 pub struct BrokerProcess {
     child: Option<Child>,
     addr: String,
+    http_addr: Option<String>,
     stderr: mpsc::Receiver<String>,
 }
 
 impl BrokerProcess {
     /// Starts `sluice serve --data-dir DIR --listen 127.0.0.1:0 EXTRA...` and waits (bounded)
-    /// for its first stdout line, which names the port.
+    /// for its first two stdout lines, which name the port and the HTTP API's port. Unless
+    /// `EXTRA` sets `--http-listen`, the HTTP API listens on a free port too (`127.0.0.1:0`):
+    /// brokers of tests running in parallel would collide on the default one.
     pub fn start(data_dir: &Path, extra: &[&str]) -> BrokerProcess {
         Self::start_with(data_dir, extra, |_| {})
     }
@@ -103,8 +107,11 @@ impl BrokerProcess {
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
+            .args(["--listen", "127.0.0.1:0"]);
+        if !extra.iter().any(|a| a.starts_with("--http-listen")) {
+            cmd.args(["--http-listen", "127.0.0.1:0"]);
+        }
+        cmd.args(extra)
             .env("SLUICE_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -115,7 +122,7 @@ impl BrokerProcess {
         let (line_tx, line_rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
+            for line in lines.by_ref().take(2).map_while(Result::ok) {
                 let _ = line_tx.send(line);
             }
             for _ in lines {}
@@ -130,6 +137,7 @@ impl BrokerProcess {
         let mut broker = BrokerProcess {
             child: Some(child),
             addr: String::new(),
+            http_addr: None,
             stderr: err_rx,
         };
         let line = match line_rx.recv_timeout(WAIT) {
@@ -142,6 +150,19 @@ impl BrokerProcess {
             .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("unexpected first line: {line}"))
             .to_owned();
+        let line = match line_rx.recv_timeout(WAIT) {
+            Ok(line) => line,
+            Err(_) => panic!(
+                "sluice did not say where its HTTP API is:\n{}",
+                broker.log()
+            ),
+        };
+        // "sluice http on 127.0.0.1:PORT" or "sluice http off"
+        broker.http_addr = match line.strip_prefix("sluice http on ") {
+            Some(addr) => Some(addr.trim().to_owned()),
+            None if line == "sluice http off" => None,
+            None => panic!("unexpected second line: {line}"),
+        };
         broker
     }
 
@@ -173,6 +194,11 @@ impl BrokerProcess {
         &self.addr
     }
 
+    /// `host:port` of its HTTP admin API, unless that is off.
+    pub fn http_addr(&self) -> Option<&str> {
+        self.http_addr.as_deref()
+    }
+
     /// The connection URL, as guest.
     pub fn url(&self) -> String {
         format!("sluice://guest:guest@{}", self.addr)
@@ -187,7 +213,23 @@ impl BrokerProcess {
     }
 
     /// SIGTERM, then a bounded wait for a clean exit; panics if it does not come.
-    pub fn stop(mut self) {
+    pub fn stop(self) {
+        self.stop_and_log();
+    }
+
+    /// Like [`stop`](Self::stop), and returns what it logged that was not read yet, up to
+    /// its last line (what it says while stopping included).
+    pub fn stop_and_log(mut self) -> String {
+        self.stop_child();
+        let mut lines = Vec::new();
+        // The reader thread ends at the end of the pipe, which came with the exit.
+        while let Ok(line) = self.stderr.recv_timeout(WAIT) {
+            lines.push(line);
+        }
+        lines.join("\n")
+    }
+
+    fn stop_child(&mut self) {
         let child = self.child.take().expect("running");
         let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
         rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");

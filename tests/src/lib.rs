@@ -12,6 +12,7 @@
 //! - [`protocol`]: the line protocol the writer speaks on stdout.
 //! - [`broker`]: the real `sluice` binary as a child process, for the end-to-end suites.
 //! - [`child`]: a child process with a line reader, bounded waits and kill-on-drop.
+//! - [`http`]: a minimal HTTP/1.1 client for the broker's admin API.
 //! - [`ledger`]: what the writer has confirmed so far, and the check of a reopened log
 //!   against it.
 //! - [`tmpfs`]: a small tmpfs mounted for one test, for a real full disk.
@@ -19,6 +20,7 @@
 
 pub mod broker;
 pub mod child;
+pub mod http;
 pub mod ledger;
 pub mod protocol;
 pub mod tmpfs;

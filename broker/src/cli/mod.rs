@@ -21,7 +21,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use sluice_client::{ErrorCode, ExchangeKind, HeaderValue, Overflow};
 
 mod commands;
-mod format;
+pub(crate) mod format;
 
 /// The broker the admin commands talk to when neither `--url` nor `SLUICE_URL` is given.
 pub const DEFAULT_URL: &str = "sluice://guest:guest@127.0.0.1:5680";

@@ -10,8 +10,12 @@
 //! Every byte on its way to the socket is counted in the connection's [`Outbox`], from the
 //! queue or session that produced it to the writer that wrote it: a peer that stops reading
 //! holds at most about [`Outbox::HIGH_WATER`] bytes of the broker's memory (`output.rs`).
+//!
+//! Once its handshake succeeded a connection is listed in the server's [`ConnectionRegistry`]
+//! until it ends; the three tasks count what they move in its entry.
 
 mod output;
+pub(crate) mod registry;
 mod session;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +36,7 @@ use tokio::sync::{mpsc, watch};
 use crate::broker::Broker;
 use crate::queue::Outbox;
 use output::{Output, WRITER_CHUNKS};
+pub(crate) use registry::{ClientIdentity, ConnectionEntry, ConnectionRegistry, ConnectionStats};
 
 /// Oldest protocol version this server speaks.
 const MIN_VERSION: u16 = 1;
@@ -70,6 +75,8 @@ struct ClientInfo {
     client: String,
     /// The `connection_name` it gave, or empty.
     connection_name: String,
+    /// The same, as the connection registry keeps it.
+    identity: ClientIdentity,
 }
 
 impl ClientInfo {
@@ -95,6 +102,7 @@ impl ClientInfo {
             user: hello.username.clone(),
             client,
             connection_name: text("connection_name").to_owned(),
+            identity: ClientIdentity::from_hello(hello),
         }
     }
 }
@@ -166,13 +174,16 @@ impl std::fmt::Display for CloseReason {
 }
 
 /// Serves one client until it leaves or the server shuts down.
-pub async fn serve(broker: Arc<Broker>, stream: TcpStream, shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    broker: Arc<Broker>,
+    stream: TcpStream,
+    shutdown: watch::Receiver<bool>,
+    registry: Arc<ConnectionRegistry>,
+) {
     let _ = stream.set_nodelay(true);
     let conn_id = broker.next_conn_id();
-    let peer = match stream.peer_addr() {
-        Ok(addr) => addr.to_string(),
-        Err(_) => "unknown".to_owned(),
-    };
+    let peer_addr = stream.peer_addr().ok();
+    let peer = peer_addr.map_or_else(|| "unknown".to_owned(), |addr| addr.to_string());
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let timeout = broker.config.handshake_timeout;
@@ -200,6 +211,9 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, shutdown: watch::Rece
         connection_name = who.connection_name,
         "connection opened"
     );
+    let registration =
+        registry.register(conn_id, peer_addr, who.user.clone(), who.identity.clone());
+    let entry = registration.entry();
 
     let last_recv = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -211,10 +225,16 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, shutdown: watch::Rece
         frames_tx,
         Arc::clone(&last_recv),
         started,
+        Arc::clone(entry),
     ));
     let outbox = Arc::new(Outbox::default());
     let (out_tx, out_rx) = mpsc::channel(WRITER_CHUNKS);
-    let mut writer = tokio::spawn(write_frames(wr, out_rx, Arc::clone(&outbox)));
+    let mut writer = tokio::spawn(write_frames(
+        wr,
+        out_rx,
+        Arc::clone(&outbox),
+        Arc::clone(entry),
+    ));
     let output = Output::new(
         out_tx,
         outbox,
@@ -223,8 +243,8 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, shutdown: watch::Rece
     );
 
     let reason = session::Session::new(
-        broker,
-        conn_id,
+        Arc::clone(&broker),
+        Arc::clone(entry),
         peer.clone(),
         agreed,
         output,
@@ -243,6 +263,7 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, shutdown: watch::Rece
     {
         writer.abort();
     }
+    drop(registration);
     tracing::info!(
         conn = conn_id,
         peer,
@@ -344,11 +365,10 @@ async fn handshake(
         let reason = format!("server speaks versions {MIN_VERSION}..{PROTOCOL_VERSION}");
         return Err(refuse(wr, ErrorCode::UnsupportedVersion, &reason, Some(who)).await);
     }
-    let known = broker.config.users.iter().any(|u| {
-        u.name == hello.username
-            && constant_time_eq(u.password.as_bytes(), hello.password.as_bytes())
-    });
-    if !known {
+    if !broker
+        .config
+        .is_known_user(&hello.username, &hello.password)
+    {
         return Err(refuse(
             wr,
             ErrorCode::AccessRefused,
@@ -478,13 +498,6 @@ pub(crate) async fn linger(stream: TcpStream) {
     .await;
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn read_frames(
     mut rd: OwnedReadHalf,
     mut buf: BytesMut,
@@ -492,7 +505,9 @@ async fn read_frames(
     tx: mpsc::Sender<ReadEvent>,
     last_recv: Arc<AtomicU64>,
     started: Instant,
+    entry: Arc<ConnectionEntry>,
 ) {
+    let stats = &entry.stats;
     loop {
         let mut frames = Vec::new();
         let mut fatal = false;
@@ -509,6 +524,7 @@ async fn read_frames(
                 }
             }
         }
+        ConnectionStats::add(&stats.frames_in, frames.len() as u64);
         let full_batch = frames.len() == MAX_BATCH_FRAMES;
         if !frames.is_empty() && tx.send(ReadEvent::Frames(frames)).await.is_err() {
             return;
@@ -528,17 +544,26 @@ async fn read_frames(
                 let _ = tx.send(ReadEvent::Closed).await;
                 return;
             }
-            Ok(_) => last_recv.store(started.elapsed().as_millis() as u64, Ordering::Relaxed),
+            Ok(n) => {
+                ConnectionStats::add(&stats.bytes_in, n as u64);
+                last_recv.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            }
         }
     }
 }
 
 /// Writes the session's chunks in order; each leaves the outbox once written.
-async fn write_frames(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>, outbox: Arc<Outbox>) {
+async fn write_frames(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Bytes>,
+    outbox: Arc<Outbox>,
+    entry: Arc<ConnectionEntry>,
+) {
     while let Some(chunk) = rx.recv().await {
         if wr.write_all(&chunk).await.is_err() {
             return;
         }
+        ConnectionStats::add(&entry.stats.bytes_out, chunk.len() as u64);
         outbox.remove(chunk.len());
     }
     let _ = wr.shutdown().await;

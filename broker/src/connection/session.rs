@@ -14,7 +14,7 @@ use sluice_client::wire::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::output::Output;
-use super::{Agreed, CloseReason, ReadEvent};
+use super::{Agreed, CloseReason, ConnectionEntry, ConnectionStats, ReadEvent};
 use crate::broker::Broker;
 use crate::error::RequestError;
 use crate::queue::{
@@ -77,6 +77,8 @@ pub(super) struct Session {
     unread: VecDeque<Result<Frame<Request>, DecodeError>>,
     last_recv: Arc<AtomicU64>,
     started: Instant,
+    /// This connection in the server's registry: its counters for operators.
+    entry: Arc<ConnectionEntry>,
     // Publishing.
     next_publish_seq: u64,
     next_batch: u64,
@@ -101,9 +103,11 @@ pub(super) struct Session {
 }
 
 impl Session {
+    /// The session of the connection `entry` (its number comes from there; `peer` is its
+    /// address as the log shows it).
     pub(super) fn new(
         broker: Arc<Broker>,
-        conn_id: u64,
+        entry: Arc<ConnectionEntry>,
         peer: String,
         agreed: Agreed,
         output: Output,
@@ -111,7 +115,7 @@ impl Session {
         started: Instant,
     ) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
-        let link = ConnLink::new(conn_id, events_tx, Arc::clone(output.outbox()));
+        let link = ConnLink::new(entry.id, events_tx, Arc::clone(output.outbox()));
         let (to_confirm, confirm_rx) = mpsc::unbounded_channel();
         tokio::spawn(confirm_task(
             broker.store().durability().clone(),
@@ -128,6 +132,7 @@ impl Session {
             unread: VecDeque::new(),
             last_recv,
             started,
+            entry,
             next_publish_seq: 1,
             next_batch: 1,
             batches: VecDeque::new(),
@@ -242,6 +247,7 @@ impl Session {
         };
         self.output.flush();
         self.output.observe();
+        self.publish_counters();
         matches!(ending, Ending::Now)
     }
 
@@ -330,6 +336,7 @@ impl Session {
     /// is never left waiting for an answer that was dropped.
     fn send(&mut self, request_id: RequestId, reply: impl Into<Reply>) {
         let frame = Frame::<Reply>::new(request_id, reply);
+        ConnectionStats::add(&self.entry.stats.frames_out, 1);
         let Err(e) = self.output.send(&frame) else {
             return;
         };
@@ -357,6 +364,19 @@ impl Session {
                 message: e.message,
             },
         );
+    }
+
+    /// Publishes the counters the session keeps itself, once per round rather than per
+    /// change: operators look a few times a second.
+    fn publish_counters(&self) {
+        let stats = &self.entry.stats;
+        let unsettled = (self.next_publish_seq - 1).saturating_sub(self.confirmed);
+        stats
+            .unsettled_publishes
+            .store(unsettled, Ordering::Relaxed);
+        stats
+            .consumers
+            .store(self.consumers.len() as u64, Ordering::Relaxed);
     }
 
     /// Sends a connection-level `Close` (no `CloseOk` awaited: §5.4).

@@ -15,7 +15,7 @@ use sluice_client::{Client, DeleteQueueOptions, ErrorCode, PublishOptions, Queue
 use tokio::sync::oneshot;
 
 use crate::broker::Broker;
-use crate::config::ServerConfig;
+use crate::config::{HttpListen, ServerConfig};
 use crate::server::Server;
 use crate::storage::fault::{self, Point, ALL_POINTS};
 
@@ -41,6 +41,8 @@ impl Node {
         let config = ServerConfig {
             data_dir: data.to_path_buf(),
             listen: "127.0.0.1:0".parse().unwrap(),
+            // Parallel tests would collide on the default port; these need no HTTP API.
+            http_listen: HttpListen::Off,
             segment_bytes: 64 << 10,
             min_free_disk_bytes: 0,
             ..ServerConfig::default()

@@ -1,0 +1,142 @@
+//! `/api/bindings`: list, bind and unbind.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use sluice_client::wire::{HeaderValue, Headers, ListBindings};
+
+use super::error::{ApiError, JsonBody};
+use super::Api;
+use crate::admin;
+use crate::cli::format::{BindingJson, HeadersJson};
+use crate::error::RequestError;
+use crate::routing::Binding;
+
+/// `GET /api/bindings`: every explicit binding, as `sluice bindings --json` prints them.
+pub async fn list(State(api): State<Api>) -> Response {
+    let all = admin::list_bindings(&api.broker, &ListBindings::default(), u32::MAX);
+    let json: Vec<BindingJson<'_>> = all.bindings.iter().map(BindingJson::from).collect();
+    Json(json).into_response()
+}
+
+/// The body of `POST` and `DELETE /api/bindings`: the binding, in the shape it is listed in.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindingBody {
+    exchange: String,
+    queue: String,
+    #[serde(default)]
+    routing_key: String,
+    #[serde(default)]
+    arguments: serde_json::Map<String, serde_json::Value>,
+}
+
+impl BindingBody {
+    fn into_binding(self) -> Result<Binding, RequestError> {
+        let arguments = self
+            .arguments
+            .into_iter()
+            .map(|(k, v)| header_value(&k, v).map(|v| (k, v)))
+            .collect::<Result<Headers, _>>()?;
+        Ok(Binding {
+            queue: self.queue,
+            exchange: self.exchange,
+            routing_key: self.routing_key,
+            arguments,
+        })
+    }
+}
+
+/// A binding argument from JSON, the inverse of how listings print it: strings, integers
+/// and booleans as themselves, bytes as `{"bytes": "<hex>"}`.
+fn header_value(key: &str, v: serde_json::Value) -> Result<HeaderValue, RequestError> {
+    use serde_json::Value;
+    let bad = || {
+        RequestError::invalid(format!(
+            "binding argument '{key}': expected a string, an integer, a boolean or {{\"bytes\": \"<hex>\"}}"
+        ))
+    };
+    match v {
+        Value::String(s) => Ok(HeaderValue::Str(s)),
+        Value::Bool(b) => Ok(HeaderValue::Bool(b)),
+        Value::Number(n) => n.as_i64().map(HeaderValue::Int).ok_or_else(bad),
+        Value::Object(map) if map.len() == 1 => match map.get("bytes") {
+            Some(Value::String(hex)) => parse_hex(hex).map(HeaderValue::Bytes).ok_or_else(bad),
+            _ => Err(bad()),
+        },
+        _ => Err(bad()),
+    }
+}
+
+fn parse_hex(hex: &str) -> Option<Bytes> {
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()
+        .map(Bytes::from)
+}
+
+/// `POST /api/bindings`: binds the queue to the exchange.
+pub async fn bind(
+    State(api): State<Api>,
+    JsonBody(body): JsonBody<BindingBody>,
+) -> Result<Response, ApiError> {
+    change(&api, body, true)
+}
+
+/// `DELETE /api/bindings`: removes the binding (nothing to remove is not an error).
+pub async fn unbind(
+    State(api): State<Api>,
+    JsonBody(body): JsonBody<BindingBody>,
+) -> Result<Response, ApiError> {
+    change(&api, body, false)
+}
+
+fn change(api: &Api, body: BindingBody, bind: bool) -> Result<Response, ApiError> {
+    let binding = body.into_binding()?;
+    let conn = api.broker.next_conn_id();
+    // Writes the topology file durably: off the runtime's worker, as sessions do.
+    tokio::task::block_in_place(|| api.broker.bind(conn, binding.clone(), bind))?;
+    let json = BindingJson {
+        exchange: &binding.exchange,
+        queue: &binding.queue,
+        routing_key: &binding.routing_key,
+        arguments: HeadersJson(&binding.arguments),
+    };
+    Ok(Json(json).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binding_arguments_read_back_what_listings_print() {
+        let body: BindingBody = serde_json::from_str(
+            r#"{"exchange":"x","queue":"q","arguments":
+                {"x-match":"any","n":-4,"ok":true,"raw":{"bytes":"00ff"}}}"#,
+        )
+        .unwrap();
+        let binding = body.into_binding().unwrap();
+        assert_eq!(binding.routing_key, "");
+        let printed = serde_json::to_value(HeadersJson(&binding.arguments)).unwrap();
+        assert_eq!(
+            printed,
+            serde_json::json!({"x-match":"any","n":-4,"ok":true,"raw":{"bytes":"00ff"}})
+        );
+        for bad in [
+            r#"1.5"#,
+            r#"null"#,
+            r#"[1]"#,
+            r#"{"bytes":"0"}"#,
+            r#"{"bytes":"zz"}"#,
+        ] {
+            let v: serde_json::Value = serde_json::from_str(bad).unwrap();
+            assert!(header_value("k", v).is_err(), "{bad}");
+        }
+    }
+}

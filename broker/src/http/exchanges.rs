@@ -1,0 +1,99 @@
+//! `/api/exchanges`: list, declare and delete exchanges.
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use sluice_client::wire::{DeclareExchange, ErrorCode, ExchangeKind, ListExchanges};
+
+use super::error::{flag, ApiError, JsonBody, QueryParams};
+use super::Api;
+use crate::admin;
+use crate::cli::format::{kind_name, ExchangeJson};
+use crate::error::RequestError;
+
+/// `GET /api/exchanges`: every exchange, the default one (`""`) first, as
+/// `sluice exchanges --json` prints them.
+pub async fn list(State(api): State<Api>) -> Response {
+    let all = admin::list_exchanges(&api.broker, &ListExchanges::default(), u32::MAX);
+    let json: Vec<ExchangeJson<'_>> = all.exchanges.iter().map(ExchangeJson::from).collect();
+    Json(json).into_response()
+}
+
+/// The body of `PUT /api/exchanges/NAME`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeDeclaration {
+    kind: KindName,
+    #[serde(default = "yes")]
+    durable: bool,
+    #[serde(default)]
+    auto_delete: bool,
+    alternate_exchange: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// An exchange kind as the CLI names it.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum KindName {
+    Direct,
+    Fanout,
+    Topic,
+    Headers,
+}
+
+impl From<KindName> for ExchangeKind {
+    fn from(k: KindName) -> Self {
+        match k {
+            KindName::Direct => ExchangeKind::Direct,
+            KindName::Fanout => ExchangeKind::Fanout,
+            KindName::Topic => ExchangeKind::Topic,
+            KindName::Headers => ExchangeKind::Headers,
+        }
+    }
+}
+
+/// `PUT /api/exchanges/NAME`: declares the exchange (durable unless told otherwise).
+pub async fn declare(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<ExchangeDeclaration>,
+) -> Result<Response, ApiError> {
+    let kind = ExchangeKind::from(body.kind);
+    let request = DeclareExchange {
+        name: name.clone(),
+        kind,
+        durable: body.durable,
+        auto_delete: body.auto_delete,
+        passive: false,
+        alternate_exchange: body.alternate_exchange,
+    };
+    // Writes the topology file durably: off the runtime's worker, as sessions do.
+    tokio::task::block_in_place(|| api.broker.declare_exchange(request))?;
+    Ok(Json(json!({ "exchange": name, "kind": kind_name(kind) })).into_response())
+}
+
+/// The query of `DELETE /api/exchanges/NAME`.
+#[derive(Debug, serde::Deserialize)]
+pub struct DeleteConditions {
+    if_unused: Option<String>,
+}
+
+/// `DELETE /api/exchanges/NAME` (`?if_unused`): deletes the exchange and its bindings.
+pub async fn delete(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    QueryParams(conditions): QueryParams<DeleteConditions>,
+) -> Result<Response, ApiError> {
+    let if_unused = flag("if_unused", conditions.if_unused.as_deref())?;
+    if api.broker.read().routing.exchange(&name).is_none() {
+        let missing = RequestError::new(ErrorCode::NotFound, format!("no exchange '{name}'"));
+        return Err(missing.into());
+    }
+    tokio::task::block_in_place(|| api.broker.delete_exchange(&name, if_unused))?;
+    Ok(Json(json!({ "exchange": name, "deleted": true })).into_response())
+}

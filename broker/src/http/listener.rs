@@ -1,0 +1,192 @@
+//! The API's listener, bounded: at most [`MAX_HTTP_CONNECTIONS`] connections at once, each
+//! closed once idle for the handshake timeout.
+//!
+//! HTTP connections hold descriptors like client connections do, and those are budgeted
+//! ([`crate::limits`]): without a bound, a flood of sockets on the API's port could take the
+//! descriptors the queues' files need. Past the bound, new sockets wait in the kernel's
+//! backlog until a connection ends. The idle timeout keeps a few silent sockets from holding
+//! every slot (and the API) forever; it does not run while a request of the connection is
+//! being answered ([`track_requests`]), however long the broker takes.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::serve::IncomingStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+
+/// Most HTTP connections served at once; counted in [`crate::limits::FIXED_RESERVE`].
+pub const MAX_HTTP_CONNECTIONS: usize = 16;
+
+/// A listener that hands out at most [`MAX_HTTP_CONNECTIONS`] connections at once.
+#[derive(Debug)]
+pub struct BoundedListener {
+    inner: TcpListener,
+    slots: Arc<Semaphore>,
+    idle_timeout: Duration,
+}
+
+impl BoundedListener {
+    /// Bounds `inner`; its connections are closed after `idle_timeout` without traffic.
+    pub fn new(inner: TcpListener, idle_timeout: Duration) -> Self {
+        Self {
+            inner,
+            slots: Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS)),
+            idle_timeout,
+        }
+    }
+}
+
+impl axum::serve::Listener for BoundedListener {
+    type Io = BoundedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        // The semaphore is never closed.
+        let slot = Arc::clone(&self.slots)
+            .acquire_owned()
+            .await
+            .expect("the slots are never closed");
+        // Backs off on accept errors (out of descriptors) by itself.
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        let _ = stream.set_nodelay(true);
+        let stream = BoundedStream {
+            inner: stream,
+            idle: Box::pin(tokio::time::sleep(self.idle_timeout)),
+            idle_timeout: self.idle_timeout,
+            answering: Activity::default(),
+            _slot: slot,
+        };
+        (stream, addr)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A connection holding one of the listener's slots until it is dropped; reading fails with
+/// `TimedOut` once nothing was read or written for the idle timeout while no request of it
+/// was being answered.
+#[derive(Debug)]
+pub struct BoundedStream {
+    inner: TcpStream,
+    idle: Pin<Box<Sleep>>,
+    idle_timeout: Duration,
+    answering: Activity,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// The number of requests of one connection being answered now; handed to the router as the
+/// connection's `ConnectInfo`.
+#[derive(Debug, Clone, Default)]
+pub struct Activity(Arc<AtomicUsize>);
+
+impl Connected<IncomingStream<'_, BoundedListener>> for Activity {
+    fn connect_info(stream: IncomingStream<'_, BoundedListener>) -> Self {
+        stream.io().answering.clone()
+    }
+}
+
+/// Middleware: counts the request as being answered on its connection while it runs (and if
+/// it is dropped half-way, no longer).
+pub async fn track_requests(
+    ConnectInfo(activity): ConnectInfo<Activity>,
+    request: Request,
+    next: Next,
+) -> Response {
+    struct Answering(Activity);
+    impl Drop for Answering {
+        fn drop(&mut self) {
+            (self.0).0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    activity.0.fetch_add(1, Ordering::Relaxed);
+    let _answering = Answering(activity);
+    next.run(request).await
+}
+
+impl BoundedStream {
+    fn active(&mut self) {
+        let deadline = Instant::now() + self.idle_timeout;
+        self.idle.as_mut().reset(deadline);
+    }
+}
+
+impl AsyncRead for BoundedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                self.active();
+                Poll::Ready(result)
+            }
+            // hyper reads while a request is answered, to notice the peer leaving: that time
+            // is not idle.
+            Poll::Pending if self.answering.0.load(Ordering::Relaxed) > 0 => {
+                self.active();
+                Poll::Pending
+            }
+            Poll::Pending => match self.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "idle HTTP connection",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for BoundedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if result.is_ready() {
+            self.active();
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if result.is_ready() {
+            self.active();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

@@ -1,0 +1,122 @@
+//! The HTTP admin API (docs/http-api.md): JSON over HTTP/1.1 for operators, scripts and
+//! orchestrators, served beside the wire protocol on its own port.
+//!
+//! # Layout
+//! - [`serve`] is the one door: it runs the router on a bound listener until shutdown.
+//! - `listener.rs`: at most [`MAX_HTTP_CONNECTIONS`] connections at once, idle ones closed.
+//! - `auth.rs`: HTTP basic auth against the broker's users (`/api/...` only).
+//! - `error.rs`: [`RequestError`](crate::error::RequestError) codes as HTTP statuses, and the
+//!   JSON body extractor whose failures are answered in the same shape.
+//! - one file per resource: `overview.rs`, `queues.rs`, `exchanges.rs`, `bindings.rs`,
+//!   `consumers.rs`, `connections.rs`, and `health.rs` for `/healthz` and `/readyz`.
+//!
+//! Handlers call the same broker functions as the wire protocol's sessions, so a request means
+//! the same thing whichever door it came through; the JSON mirrors the CLI's `--json`.
+
+mod auth;
+mod bindings;
+mod connections;
+mod consumers;
+mod error;
+mod exchanges;
+mod health;
+mod listener;
+mod overview;
+mod queues;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::routing::{get, put};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::broker::Broker;
+use crate::connection::ConnectionRegistry;
+pub use listener::MAX_HTTP_CONNECTIONS;
+
+/// What the handlers share: the broker and what the server knows about itself.
+#[derive(Debug, Clone)]
+pub struct Api {
+    broker: Arc<Broker>,
+    connections: Arc<ConnectionRegistry>,
+    started: Instant,
+    stopping: watch::Receiver<bool>,
+}
+
+impl Api {
+    /// The API of `broker`, served by a server that lists its connections in `connections`,
+    /// started at `started` and says it is stopping through `stopping`.
+    pub(crate) fn new(
+        broker: Arc<Broker>,
+        connections: Arc<ConnectionRegistry>,
+        started: Instant,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            broker,
+            connections,
+            started,
+            stopping,
+        }
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then lets requests in progress
+/// finish (the caller bounds how long it waits). Connections idle for the broker's handshake
+/// timeout are closed.
+pub async fn serve(
+    api: Api,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = listener::BoundedListener::new(listener, api.broker.config.handshake_timeout);
+    let app = router(api)
+        .layer(axum::middleware::from_fn(listener::track_requests))
+        .into_make_service_with_connect_info::<listener::Activity>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Every route: the health probes without auth, the rest behind basic auth.
+fn router(api: Api) -> Router {
+    let protected = Router::new()
+        .route("/api/overview", get(overview::show))
+        .route("/api/queues", get(queues::list))
+        .route(
+            "/api/queues/{name}",
+            get(queues::show)
+                .put(queues::declare)
+                .delete(queues::delete),
+        )
+        .route(
+            "/api/queues/{name}/contents",
+            axum::routing::delete(queues::purge),
+        )
+        .route("/api/exchanges", get(exchanges::list))
+        .route(
+            "/api/exchanges/{name}",
+            put(exchanges::declare).delete(exchanges::delete),
+        )
+        .route(
+            "/api/bindings",
+            get(bindings::list)
+                .post(bindings::bind)
+                .delete(bindings::unbind),
+        )
+        .route("/api/consumers", get(consumers::list))
+        .route("/api/connections", get(connections::list))
+        .route_layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            auth::require_user,
+        ));
+    Router::new()
+        .route("/healthz", get(health::alive))
+        .route("/readyz", get(health::ready))
+        .merge(protected)
+        .fallback(error::no_route)
+        .with_state(api)
+}

@@ -1,0 +1,228 @@
+//! `/api/queues`: list, show, declare, delete and purge queues.
+//!
+//! The API is not a connection of the wire protocol, so each request acts as a connection of
+//! its own: it may not touch another connection's exclusive queue (`RESOURCE_LOCKED`), and it
+//! cannot declare an exclusive queue, which would belong to nobody.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use sluice_client::wire::{DeclareQueue, ListQueues, Overflow, QueueArguments, Reply, RequestId};
+use tokio::sync::{mpsc, oneshot};
+
+use super::error::{flag, ApiError, JsonBody, QueryParams};
+use super::Api;
+use crate::admin;
+use crate::cli::format::{InspectJson, QueueJson};
+use crate::error::RequestError;
+use crate::queue::{ConnEvent, ConnLink, Outbox, QueueCmd};
+
+/// Longest wait for a queue's answer; a queue stuck on its disk must not hold a request (and
+/// its socket) forever.
+const QUEUE_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `GET /api/queues`: every queue, as `sluice queues --json` prints them.
+pub async fn list(State(api): State<Api>) -> Response {
+    // In-process there is no frame to fit: one page holds everything.
+    let all = admin::list_queues(&api.broker, &ListQueues::default(), u32::MAX);
+    let json: Vec<QueueJson<'_>> = all.queues.iter().map(QueueJson::from).collect();
+    Json(json).into_response()
+}
+
+/// `GET /api/queues/NAME`: the queue's counters and arguments, as `sluice inspect --json`.
+pub async fn show(State(api): State<Api>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let reply = ask_queue(&api, &name, |conn, request_id| QueueCmd::Inspect {
+        conn,
+        request_id,
+    })
+    .await?;
+    match reply {
+        Reply::InspectQueueOk(q) => Ok(Json(InspectJson::from(&q)).into_response()),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// The body of `PUT /api/queues/NAME`; every field may be left out.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueDeclaration {
+    #[serde(default = "yes")]
+    durable: bool,
+    #[serde(default)]
+    exclusive: bool,
+    #[serde(default)]
+    auto_delete: bool,
+    #[serde(default)]
+    arguments: ArgumentsBody,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Queue arguments, named as in `sluice inspect --json`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArgumentsBody {
+    max_length: Option<u64>,
+    max_length_bytes: Option<u64>,
+    overflow: Option<OverflowName>,
+    message_ttl_ms: Option<u64>,
+    dead_letter_exchange: Option<String>,
+    dead_letter_routing_key: Option<String>,
+    ack_timeout_ms: Option<u64>,
+    delivery_limit: Option<u32>,
+    expires_ms: Option<u64>,
+}
+
+/// What a queue does at its length limit, as `declare-queue --overflow` names it.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum OverflowName {
+    DropHead,
+    RejectPublish,
+}
+
+impl From<ArgumentsBody> for QueueArguments {
+    fn from(a: ArgumentsBody) -> Self {
+        QueueArguments {
+            max_length: a.max_length,
+            max_length_bytes: a.max_length_bytes,
+            overflow: a.overflow.map(|o| match o {
+                OverflowName::DropHead => Overflow::DropHead,
+                OverflowName::RejectPublish => Overflow::RejectPublish,
+            }),
+            message_ttl_ms: a.message_ttl_ms,
+            dead_letter_exchange: a.dead_letter_exchange,
+            dead_letter_routing_key: a.dead_letter_routing_key,
+            ack_timeout_ms: a.ack_timeout_ms,
+            delivery_limit: a.delivery_limit,
+            expires_ms: a.expires_ms,
+        }
+    }
+}
+
+/// `PUT /api/queues/NAME`: declares the queue (durable unless told otherwise); declaring it
+/// again with the same settings is a no-op, with others `PRECONDITION_FAILED`.
+pub async fn declare(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<QueueDeclaration>,
+) -> Result<Response, ApiError> {
+    if body.exclusive {
+        return Err(RequestError::invalid(
+            "exclusive queues belong to a client connection: declare them over the wire protocol",
+        )
+        .into());
+    }
+    let request = DeclareQueue {
+        name,
+        durable: body.durable,
+        exclusive: false,
+        auto_delete: body.auto_delete,
+        passive: false,
+        arguments: body.arguments.into(),
+    };
+    let broker = Arc::clone(&api.broker);
+    let conn = broker.next_conn_id();
+    // The declare writes the topology file durably: off the runtime's worker, as sessions do.
+    let ok = tokio::task::block_in_place(|| broker.declare_queue(conn, request))?;
+    Ok(
+        Json(json!({ "name": ok.name, "ready": ok.ready, "consumers": ok.consumers }))
+            .into_response(),
+    )
+}
+
+/// The query of `DELETE /api/queues/NAME`: `?if_unused&if_empty` (bare, or `=true`/`=false`).
+#[derive(Debug, serde::Deserialize)]
+pub struct DeleteConditions {
+    if_unused: Option<String>,
+    if_empty: Option<String>,
+}
+
+/// `DELETE /api/queues/NAME`: deletes the queue and its messages.
+pub async fn delete(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    QueryParams(conditions): QueryParams<DeleteConditions>,
+) -> Result<Response, ApiError> {
+    let if_unused = flag("if_unused", conditions.if_unused.as_deref())?;
+    let if_empty = flag("if_empty", conditions.if_empty.as_deref())?;
+    let conn = api.broker.next_conn_id();
+    let queue = api.broker.queue(&name, conn)?;
+    let (reply, answer) = oneshot::channel();
+    if !queue.send(QueueCmd::Delete {
+        if_unused,
+        if_empty,
+        reply,
+    }) {
+        return Err(RequestError::no_queue(&name).into());
+    }
+    let messages = match tokio::time::timeout(QUEUE_ANSWER_TIMEOUT, answer).await {
+        Ok(Ok(result)) => result?,
+        // The task stopped before answering: another request deleted the queue first.
+        Ok(Err(_)) => return Err(RequestError::no_queue(&name).into()),
+        Err(_) => return Err(no_answer(&name)),
+    };
+    Ok(Json(json!({ "queue": name, "messages": messages })).into_response())
+}
+
+/// `DELETE /api/queues/NAME/contents`: purges the queue's ready messages.
+pub async fn purge(State(api): State<Api>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let reply = ask_queue(&api, &name, |conn, request_id| QueueCmd::Purge {
+        conn,
+        request_id,
+    })
+    .await?;
+    match reply {
+        Reply::PurgeQueueOk(ok) => {
+            Ok(Json(json!({ "queue": name, "messages": ok.messages })).into_response())
+        }
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Sends the queue `name` a command that answers through a connection's event channel, as
+/// a connection of its own, and waits (bounded) for the answer.
+async fn ask_queue(
+    api: &Api,
+    name: &str,
+    cmd: impl FnOnce(Arc<ConnLink>, RequestId) -> QueueCmd,
+) -> Result<Reply, ApiError> {
+    let conn = api.broker.next_conn_id();
+    let queue = api.broker.queue(name, conn)?;
+    // One answer comes back; the queue drops the link after sending it.
+    let (events, mut answers) = mpsc::unbounded_channel();
+    let request_id = RequestId(1);
+    // Its own outbox: the answer is no delivery, and nothing else counts against it.
+    let link = ConnLink::new(conn, events, Arc::new(Outbox::default()));
+    if !queue.send(cmd(link, request_id)) {
+        return Err(RequestError::no_queue(name).into());
+    }
+    match tokio::time::timeout(QUEUE_ANSWER_TIMEOUT, answers.recv()).await {
+        Ok(Some(ConnEvent::Reply { reply, .. })) => Ok(reply),
+        Ok(Some(ConnEvent::Error { error, .. })) => Err(error.into()),
+        Ok(Some(other)) => {
+            Err(RequestError::internal(format!("queue '{name}' answered with {other:?}")).into())
+        }
+        // The task stopped without answering: the queue was deleted meanwhile.
+        Ok(None) => Err(RequestError::no_queue(name).into()),
+        Err(_) => Err(no_answer(name)),
+    }
+}
+
+fn no_answer(name: &str) -> ApiError {
+    RequestError::internal(format!(
+        "queue '{name}' did not answer within {} s",
+        QUEUE_ANSWER_TIMEOUT.as_secs()
+    ))
+    .into()
+}
+
+fn unexpected(reply: &Reply) -> ApiError {
+    RequestError::internal(format!("unexpected answer from the queue: {reply:?}")).into()
+}
