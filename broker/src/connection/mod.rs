@@ -24,9 +24,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use sluice_client::wire::{
-    Close, DecodeError, ErrorCode, Frame, FrameDecoder, HeaderValue, Hello, Opcode, Reply, Request,
-    RequestId, Welcome, FRAME_OVERHEAD_RESERVE, HANDSHAKE_MAX_FRAME_LEN, MIN_MAX_FRAME_LEN,
-    PROTOCOL_VERSION,
+    Close, DecodeError, ErrorCode, Frame, FrameDecoder, Hello, Opcode, Reply, Request, RequestId,
+    Welcome, FRAME_OVERHEAD_RESERVE, HANDSHAKE_MAX_FRAME_LEN, MIN_MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -79,30 +78,25 @@ struct ClientInfo {
     identity: ClientIdentity,
 }
 
+/// A client property that was given and is not empty.
+fn given(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|s| !s.is_empty())
+}
+
 impl ClientInfo {
     fn from_hello(hello: &Hello) -> Self {
-        let text = |key: &str| {
-            hello
-                .client_properties
-                .iter()
-                .find(|(k, _)| k == key)
-                .and_then(|(_, v)| match v {
-                    HeaderValue::Str(s) => Some(s.as_str()),
-                    _ => None,
-                })
-                .unwrap_or("")
-        };
-        let client = match (text("product"), text("version")) {
-            ("", "") => "unknown".to_owned(),
-            (product, "") => product.to_owned(),
-            ("", version) => format!("unknown {version}"),
-            (product, version) => format!("{product} {version}"),
+        let identity = ClientIdentity::from_hello(hello);
+        let client = match (given(&identity.product), given(&identity.version)) {
+            (None, None) => "unknown".to_owned(),
+            (Some(product), None) => product.to_owned(),
+            (None, Some(version)) => format!("unknown {version}"),
+            (Some(product), Some(version)) => format!("{product} {version}"),
         };
         Self {
             user: hello.username.clone(),
             client,
-            connection_name: text("connection_name").to_owned(),
-            identity: ClientIdentity::from_hello(hello),
+            connection_name: identity.connection_name.clone().unwrap_or_default(),
+            identity,
         }
     }
 }
