@@ -118,8 +118,10 @@ install_peers() {
 start_sluice() {
     local dir=$1
     port_free $SLUICE_PORT || { log "127.0.0.1:$SLUICE_PORT is taken"; return 1; }
+    # The HTTP admin API takes a free port: a broker already on the default one must not
+    # keep the benchmark from starting.
     "$BIN/sluice" serve --data-dir "$dir/data" --listen "127.0.0.1:$SLUICE_PORT" \
-        >"$dir/server.log" 2>&1 &
+        --http-listen 127.0.0.1:0 >"$dir/server.log" 2>&1 &
     BROKER_PID=$!
     STARTED+=("$BROKER_PID")
     BROKER_STOP=("$BROKER_PID")
