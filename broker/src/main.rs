@@ -155,7 +155,8 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             Some(http) => println!("sluice http on {http}"),
             None => println!("sluice http off"),
         }
-        tracing::info!(%addr, http = ?http_addr, data_dir = %data_dir.display(), "sluice ready");
+        let http = http_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
+        tracing::info!(%addr, %http, data_dir = %data_dir.display(), "sluice ready");
         server.run(shutdown).await;
         anyhow::Ok(())
     })?;
