@@ -203,7 +203,7 @@ impl Broker {
     /// by hand, or by an older version that removed it before recording the deletion) is
     /// reported and skipped, so one lost queue does not keep the broker from starting.
     fn recover_queue(&self, q: &QueueDef) -> Result<Option<crate::storage::QueueLog>, StartError> {
-        if !self.store.queue_dir_exists(q.uid) {
+        if !self.store.queue_dir_exists(q.uid)? {
             tracing::error!(queue = %q.name, uid = format!("{:016x}", q.uid),
                 "queue skipped: the topology names it but its directory is gone");
             return Ok(None);
@@ -382,6 +382,9 @@ impl Broker {
         }
         validate_name("queue", &req.name)?;
         validate_arguments(&req.arguments)?;
+        req.arguments
+            .encode(&mut BytesMut::new())
+            .map_err(|e| RequestError::invalid(format!("queue arguments: {e}")))?;
         let mut change = self.begin_change();
         if let Some(q) = change.next.queues.get(req.name.as_str()) {
             if !q.meta.accessible_by(conn) {
@@ -469,6 +472,9 @@ impl Broker {
             ));
         }
         validate_name("exchange", &req.name)?;
+        if let Some(alternate) = &req.alternate_exchange {
+            validate_name("alternate exchange", alternate)?;
+        }
         let mut change = self.begin_change();
         let created = change.next.routing.declare_exchange(Exchange {
             name: req.name,
@@ -507,7 +513,7 @@ impl Broker {
             if !queue_ok {
                 return Err(RequestError::no_queue(&binding.queue));
             }
-            validate_x_match(&binding.arguments)?;
+            validate_binding(&binding)?;
             reg.routing.bind(binding)?.then_some(ChangeKind::Grows)
         } else {
             let outcome = reg.routing.unbind(&binding)?;
@@ -764,6 +770,23 @@ fn validate_arguments(a: &QueueArguments) -> Result<(), RequestError> {
         ));
     }
     Ok(())
+}
+
+/// What every binding must be before it is stored, whatever door it came in by (the wire
+/// checks the same limits earlier; the HTTP API relies on this one): a stored binding that
+/// cannot be encoded again would make `definitions.bin` unreadable.
+fn validate_binding(binding: &Binding) -> Result<(), RequestError> {
+    if binding.routing_key.len() > MAX_NAME_LEN {
+        return Err(RequestError::invalid(format!(
+            "routing key is {} bytes; the limit is {MAX_NAME_LEN}",
+            binding.routing_key.len()
+        )));
+    }
+    crate::routing::check_header_limits(&binding.arguments)
+        .map_err(|e| RequestError::invalid(format!("binding arguments: {e}")))?;
+    wire::put_headers(&mut BytesMut::new(), &binding.arguments)
+        .map_err(|e| RequestError::invalid(format!("binding arguments: {e}")))?;
+    validate_x_match(&binding.arguments)
 }
 
 fn validate_x_match(arguments: &Headers) -> Result<(), RequestError> {

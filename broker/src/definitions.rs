@@ -142,24 +142,39 @@ pub fn store(
     Ok(())
 }
 
+/// Writes `bytes` as the new topology file. An error means nothing changed: the directory is
+/// opened first (running out of descriptors fails here, before any change), and once the
+/// rename is done the change is made, so the only step after it, the directory's `fsync`,
+/// stops the process if it fails (as a failed sync does anywhere in the broker: retrying
+/// could report durable what the kernel dropped).
 fn write_atomically(data_dir: &Path, bytes: &[u8]) -> Result<(), DefinitionsError> {
     let path = data_dir.join(FILE_NAME);
     let tmp = data_dir.join(format!("{FILE_NAME}.tmp"));
+    let dir = fault::check(Point::OpenDir, data_dir)
+        .and_then(|()| std::fs::File::open(data_dir))
+        .map_err(io(data_dir))?;
     let written = (|| {
         fault::check(Point::TopologyWrite, &tmp)?;
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_data()
+        f.sync_data()?;
+        std::fs::rename(&tmp, &path)
     })();
     if let Err(e) = written {
         // A partial temporary file must not hold on to space the disk lacks.
         let _ = std::fs::remove_file(&tmp);
         return Err(io(&tmp)(e));
     }
-    std::fs::rename(&tmp, &path).map_err(io(&path))?;
-    std::fs::File::open(data_dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(data_dir))
+    if let Err(e) = dir.sync_all() {
+        tracing::error!(dir = %data_dir.display(), error = %e,
+            "fsync of the data directory failed after a topology change; stopping");
+        eprintln!(
+            "sluice: FATAL: fsync of {} failed after a topology change: {e}; stopping",
+            data_dir.display()
+        );
+        std::process::abort();
+    }
+    Ok(())
 }
 
 /// Name of the file that holds disk blocks in reserve for topology writes.

@@ -397,7 +397,13 @@ fn listen_takes_a_host_name_and_the_server_prints_the_address_it_bound() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let data = dir.path().join("data");
     let mut child = sluice_command()
-        .args(["serve", "--listen", "localhost:0", "--http-listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--listen",
+            "localhost:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
         .arg("--data-dir")
         .arg(&data)
         .env("SLUICE_LOG", "warn")

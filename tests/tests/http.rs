@@ -384,6 +384,29 @@ async fn bad_input_gets_400_or_404_with_a_json_error_and_the_broker_serves_on() 
         .await
         .unwrap();
     json_of(&http.get("/api/queues/q").await, 200);
+    // What the wire would refuse, the API refuses too: a binding stored with a string too long
+    // to encode again would leave a topology file the next start cannot read.
+    let huge = "v".repeat(70_000);
+    let too_much = [
+        json!({"exchange": "amq.match", "queue": "q", "arguments": {"k": huge}}),
+        json!({"exchange": "amq.direct", "queue": "q", "routing_key": "k".repeat(300)}),
+    ];
+    for binding in too_much {
+        assert_error(
+            &http.post("/api/bindings", &binding.to_string()).await,
+            400,
+            "INVALID_ARGUMENT",
+        );
+    }
+    let long_alternate = json!({"kind": "direct", "alternate_exchange": "a".repeat(300)});
+    assert_error(
+        &http
+            .put("/api/exchanges/x", &long_alternate.to_string())
+            .await,
+        400,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(json_of(&http.get("/api/bindings").await, 200), json!([]));
     broker.stop();
 }
 

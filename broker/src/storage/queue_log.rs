@@ -802,7 +802,14 @@ impl QueueLog {
             // The watermark is written with an ack batch: make sure one is written even when
             // nothing is acked (a consumer that holds its messages), or a clean stop would
             // forget what was delivered.
-            if let Some(seg) = self.segments.get_mut(&self.active) {
+            // Any segment not being deleted will do: recovery takes the highest watermark of
+            // all batches. (Right after a restart the active segment may be a drained one.)
+            if let Some(seg) = self
+                .segments
+                .values_mut()
+                .rev()
+                .find(|s| s.deleting.is_none())
+            {
                 seg.acks_dirty = true;
             }
         }

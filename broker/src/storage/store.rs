@@ -144,9 +144,15 @@ impl Store {
         files::sync_dir(&self.dir)
     }
 
-    /// Whether the directory of queue log `uid` exists.
-    pub fn queue_dir_exists(&self, uid: u64) -> bool {
-        self.queue_dir(uid).is_dir()
+    /// Whether the directory of queue log `uid` exists. Only "not found" is a no: a directory
+    /// that cannot be looked at (permissions, I/O) is an error, never taken for a lost queue.
+    pub fn queue_dir_exists(&self, uid: u64) -> Result<bool> {
+        let dir = self.queue_dir(uid);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StorageError::io(dir, e)),
+        }
     }
 
     /// The identities of every queue log in the directory.
