@@ -220,6 +220,31 @@ async fn churn(client: Client, first: u64, events: mpsc::UnboundedSender<Event>)
     }
 }
 
+/// Churn queues kept across cycles at most: more would make every restart recover thousands
+/// of queues, and the soak would measure start-up time instead of crashes.
+const KEPT_CHURN_QUEUES: usize = 64;
+
+/// Deletes the oldest churn queues that may exist (declared, or left unknown by a crash),
+/// beyond [`KEPT_CHURN_QUEUES`]. Deleting one that is not there succeeds, so each ends known.
+async fn prune_churn(client: &Client, history: &mut History) -> Result<()> {
+    let declared: Vec<u64> = history
+        .churn
+        .iter()
+        .filter(|(_, state)| **state != Some(false))
+        .map(|(&k, _)| k)
+        .collect();
+    let excess = declared.len().saturating_sub(KEPT_CHURN_QUEUES);
+    for k in declared.into_iter().take(excess) {
+        let name = format!("soak-churn-{k}");
+        client
+            .delete_queue(&name, DeleteQueueOptions::default())
+            .await
+            .with_context(|| format!("deleting {name}"))?;
+        history.apply(Event::Churn(k, false));
+    }
+    Ok(())
+}
+
 async fn connect(broker: &BrokerProcess) -> Result<Client> {
     tokio::time::timeout(WAIT, Client::connect(&broker.url()))
         .await
@@ -240,6 +265,7 @@ async fn cycle(
     for q in QUEUES {
         client.declare_queue(q, QueueOptions::new()).await?;
     }
+    prune_churn(&client, history).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut tasks = Vec::new();
     for q in 0..QUEUES.len() {
