@@ -146,14 +146,14 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         // line is read must shut down gracefully, not kill the process.
         let shutdown = shutdown_signal()?;
         // Tests and scripts wait for this line to learn the port.
-        println!(
+        announce(&format!(
             "sluice listening on {addr} (data directory {})",
             data_dir.display()
-        );
+        ));
         // Always a second line, so a reader of the first knows whether to expect the API.
         match http_addr {
-            Some(http) => println!("sluice http on {http}"),
-            None => println!("sluice http off"),
+            Some(http) => announce(&format!("sluice http on {http}")),
+            None => announce("sluice http off"),
         }
         let http = http_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
         tracing::info!(%addr, %http, data_dir = %data_dir.display(), "sluice ready");
@@ -188,6 +188,14 @@ fn listen_error(e: &BindError) -> String {
         ),
         _ => format!("{what}: {}", e.source),
     }
+}
+
+/// Writes a line on stdout for whoever started the broker. A reader that has gone (a closed
+/// pipe) is no reason to stop serving: `println!` would panic there.
+fn announce(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 /// A descriptor limit for the log: a number, or "unlimited".
