@@ -71,7 +71,9 @@ disk_reference() {
 # ---- main ------------------------------------------------------------------------------------
 install_peers
 log "building release binaries into $TARGET"
-cargo build --release --locked -p sluice-broker --bin sluice -p sluice-benches >&2
+# Two commands: `--bin sluice` would also keep the benches package to a binary named sluice.
+cargo build --release --locked -p sluice-broker --bin sluice >&2
+cargo build --release --locked -p sluice-benches --bins >&2
 mkdir -p "$RESULTS" "$WORK"
 
 log "disk: fdatasync'd write rate (storage-bench)"
