@@ -15,9 +15,15 @@ use crate::error::RequestError;
 /// The protection space named in `WWW-Authenticate`.
 const CHALLENGE: &str = "Basic realm=\"sluice\"";
 
+/// Sent by the dashboard's script: it shows its own login form, so a refusal must not carry
+/// the challenge, which would make the browser pop up its own password dialog.
+const SCRIPTED: &str = "x-requested-with";
+
 /// Lets the request through when it carries the name and password of a broker user;
-/// otherwise answers 401 with the challenge that makes a browser or curl ask for them.
+/// otherwise answers 401 with the challenge that makes a browser or curl ask for them
+/// (none for a request that says it comes from a script).
 pub async fn require_user(State(api): State<Api>, request: Request, next: Next) -> Response {
+    let scripted = request.headers().contains_key(SCRIPTED);
     let known = request
         .headers()
         .get(AUTHORIZATION)
@@ -31,9 +37,11 @@ pub async fn require_user(State(api): State<Api>, request: Request, next: Next) 
         "unknown user or wrong password (HTTP basic auth)",
     );
     let mut response = ApiError(refusal).into_response();
-    response
-        .headers_mut()
-        .insert(WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
+    if !scripted {
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
+    }
     response
 }
 

@@ -9,6 +9,10 @@
 //!   JSON body extractor whose failures are answered in the same shape.
 //! - one file per resource: `overview.rs`, `queues.rs`, `exchanges.rs`, `bindings.rs`,
 //!   `consumers.rs`, `connections.rs`, and `health.rs` for `/healthz` and `/readyz`.
+//! - `history.rs`: a sampler task keeps the last minutes of the broker's and each queue's
+//!   counters, for the dashboard's charts.
+//! - `dashboard.rs`: the web dashboard at `/`, static files from `dashboard/` embedded in the
+//!   binary (docs/dashboard.md).
 //!
 //! Handlers call the same broker functions as the wire protocol's sessions, so a request means
 //! the same thing whichever door it came through; the JSON mirrors the CLI's `--json`.
@@ -17,9 +21,11 @@ mod auth;
 mod bindings;
 mod connections;
 mod consumers;
+mod dashboard;
 mod error;
 mod exchanges;
 mod health;
+mod history;
 mod listener;
 mod overview;
 mod queues;
@@ -44,6 +50,7 @@ pub struct Api {
     connections: Arc<ConnectionRegistry>,
     started: Instant,
     stopping: watch::Receiver<bool>,
+    history: Arc<history::History>,
 }
 
 impl Api {
@@ -60,31 +67,46 @@ impl Api {
             connections,
             started,
             stopping,
+            history: Arc::default(),
         }
     }
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then lets requests in progress
 /// finish (the caller bounds how long it waits). Connections idle for the broker's handshake
-/// timeout are closed.
+/// timeout are closed. The history's sampler runs as long as the server.
 pub async fn serve(
     api: Api,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let sampler = AbortOnDrop(tokio::spawn(history::sample(api.clone())));
     let listener = listener::BoundedListener::new(listener, api.broker.config.handshake_timeout);
     let app = router(api)
         .layer(axum::middleware::from_fn(listener::track_requests))
         .into_make_service_with_connect_info::<listener::Activity>();
-    axum::serve(listener, app)
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    drop(sampler);
+    served
 }
 
-/// Every route: the health probes without auth, the rest behind basic auth.
+/// Stops a task when dropped, so it cannot outlive the server that owns it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Every route: the health probes and the dashboard's files without auth, the API behind
+/// basic auth.
 fn router(api: Api) -> Router {
     let protected = Router::new()
         .route("/api/overview", get(overview::show))
+        .route("/api/overview/history", get(history::broker))
         .route("/api/queues", get(queues::list))
         .route(
             "/api/queues/{name}",
@@ -96,6 +118,7 @@ fn router(api: Api) -> Router {
             "/api/queues/{name}/contents",
             axum::routing::delete(queues::purge),
         )
+        .route("/api/queues/{name}/history", get(history::queue))
         .route("/api/exchanges", get(exchanges::list))
         .route(
             "/api/exchanges/{name}",
@@ -116,6 +139,7 @@ fn router(api: Api) -> Router {
     Router::new()
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
+        .merge(dashboard::routes())
         .merge(protected)
         .fallback(error::no_route)
         .with_state(api)

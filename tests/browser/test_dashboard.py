@@ -1,0 +1,180 @@
+"""The dashboard in a real headless Chromium against a live broker with traffic: each page,
+and each button an operator would press. Waits are Playwright's (expect, wait_for), bounded
+by the page's default timeout; nothing sleeps.
+
+`SLUICE_SCREENSHOTS=DIR` makes `test_screenshots_of_each_page` write its PNGs to DIR
+(scripts/screenshots writes docs/screenshots/); otherwise they go to a temp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from playwright.sync_api import Page, expect
+
+from conftest import Broker
+
+
+def wait_for_chart_points(page: Page, chart: str, at_least: int, timeout_ms: int = 30_000) -> None:
+    page.wait_for_function(
+        f"document.querySelector('{chart}') && Number(document.querySelector('{chart}').dataset.points) >= {at_least}",
+        timeout=timeout_ms,
+    )
+
+
+def test_a_wrong_password_is_refused_with_a_message_and_the_right_one_signs_in(page: Page):
+    page.goto("/")
+    expect(page.locator("#login-form")).to_be_visible()
+    page.fill("#login-user", "guest")
+    page.fill("#login-password", "not-the-password")
+    page.click("#login-submit")
+    expect(page.locator("#login-error")).to_have_text("Wrong user name or password.")
+    # No native basic-auth dialog: the refusal was answered in the page.
+    expect(page.locator("#login-form")).to_be_visible()
+
+    page.fill("#login-password", "guest")
+    page.click("#login-submit")
+    expect(page).to_have_url(re.compile("#/overview$"))
+    expect(page.locator("#who")).to_have_text("guest")
+
+
+def test_refused_credentials_return_to_the_login_with_a_message(page: Page):
+    page.goto("/")
+    page.evaluate("sessionStorage.setItem('sluice.credentials', JSON.stringify({user: 'guest', password: 'stale'}))")
+    page.goto("/#/queues")
+    expect(page.locator("#login-error")).to_contain_text("refused your credentials")
+
+
+def test_the_overview_charts_the_traffic_and_shows_the_totals(signed_in: Page, broker: Broker):
+    page = signed_in
+    expect(page.locator("#tile-queues .value")).to_have_text(str(len(broker.api("GET", "/api/queues"))))
+    expect(page.locator("#tile-connections .value")).not_to_have_text("0")
+    expect(page.locator("#tile-consumers .value")).to_have_text("2")
+    expect(page.locator("#tile-disk .value")).to_contain_text("B")
+    # Two samples make a line: the sampler takes one at start and one every 5 s.
+    wait_for_chart_points(page, "#rates-chart", 2)
+    wait_for_chart_points(page, "#depth-chart", 2)
+    expect(page.locator("#rates-chart polyline")).to_have_count(3)
+    expect(page.locator("#depth-chart polyline")).to_have_count(2)
+    expect(page.locator("#rates-legend")).to_contain_text("Publish")
+    expect(page.locator("#ov-top")).to_contain_text("invoices")
+    expect(page.locator("#blocked-banner")).to_have_count(0)
+
+
+def test_the_queue_list_sorts_by_a_column_and_filters_by_name(signed_in: Page):
+    page = signed_in
+    page.click('nav a[data-nav="queues"]')
+    expect(page.locator("#queues tbody tr")).to_have_count(7)
+    names = page.locator("#queues tbody td.name-cell a")
+    expect(names.first).to_have_text("emails")
+
+    page.click('#queues th[data-sort="name"]')
+    expect(names.first).to_have_text("receipts")
+    # Numbers sort largest first on the first click.
+    page.click('#queues th[data-sort="ready"]')
+    expect(page.locator('#queues th[data-sort="ready"]')).to_have_attribute("aria-sort", "descending")
+    ready = [int(t.replace(",", "")) for t in page.locator("#queues tbody td:nth-child(2)").all_inner_texts()]
+    assert ready == sorted(ready, reverse=True) and len(ready) == 7
+
+    page.fill("#queue-filter", "pay")
+    expect(page.locator("#queues tbody tr")).to_have_count(3)
+    expect(page.locator("#queue-count")).to_have_text("3 of 7 queues")
+    page.fill("#queue-filter", "no-such-queue")
+    expect(page.locator("#queues tbody tr")).to_have_count(0)
+    expect(page.locator("#queue-table .empty")).to_have_text("No queue matches the filter.")
+
+
+def test_screenshots_of_each_page(signed_in: Page, broker: Broker, tmp_path):
+    out = os.environ.get("SLUICE_SCREENSHOTS") or str(tmp_path)
+    os.makedirs(out, exist_ok=True)
+    page = signed_in
+    # A screenshot run lets the charts fill for a while; the test only needs a line.
+    points = int(os.environ.get("SLUICE_SCREENSHOT_SAMPLES", "2"))
+    wait_for_chart_points(page, "#rates-chart", points, timeout_ms=max(30_000, points * 7_000))
+    page.mouse.move(0, 0)
+    page.screenshot(path=f"{out}/overview.png")
+
+    page.click('nav a[data-nav="queues"]')
+    expect(page.locator("#queues tbody tr").first).to_be_visible()
+    page.screenshot(path=f"{out}/queues.png")
+
+    page.goto("/#/queues/invoices")
+    wait_for_chart_points(page, "#rates-chart", 2)
+    page.click('[data-action="browse"]')
+    expect(page.locator("#browse-table")).to_be_visible()
+    page.screenshot(path=f"{out}/queue.png", full_page=True)
+
+    page.click('nav a[data-nav="connections"]')
+    expect(page.locator("#connections tbody tr").first).to_be_visible()
+    page.screenshot(path=f"{out}/connections.png")
+    for name in ("overview", "queues", "queue", "connections"):
+        assert os.path.getsize(f"{out}/{name}.png") > 10_000
+
+
+def test_the_queue_page_browses_a_published_message_and_purges(signed_in: Page, broker: Broker):
+    page = signed_in
+    broker.cli("publish", "", "receipts", "receipt #4711 for ACME", "--header", "source=browser-test")
+    page.goto("/#/queues/receipts")
+    expect(page.locator("#queue-name")).to_have_text("receipts")
+    expect(page.locator("#q-ready .value")).to_have_text("1")
+    expect(page.locator("#q-arguments")).to_contain_text("Max length")
+
+    page.click('[data-action="browse"]')
+    row = page.locator("#browse-table tbody tr", has_text="receipt #4711 for ACME")
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("source")
+    expect(row).to_contain_text("browser-test")
+
+    page.click('[data-action="purge"]')
+    expect(page.locator(".modal")).to_contain_text("cannot be undone")
+    page.click('.modal [data-role="confirm"]')
+    expect(page.locator(".toast.ok")).to_contain_text("Purged 1 messages from receipts.")
+    expect(page.locator(".modal")).to_have_count(0)
+    expect(page.locator("#q-ready .value")).to_have_text("0")
+
+
+def test_a_dead_letter_queue_shows_its_reasons_and_moves_to_another_queue(signed_in: Page, broker: Broker):
+    page = signed_in
+    page.goto("/#/queues/payments.dlq")
+    page.click('[data-action="browse"]')
+    expect(page.locator("#browse-table tbody tr")).to_have_count(3)
+    expect(page.locator("#browse-reasons")).to_contain_text("maxlen · 3")
+    expect(page.locator("#browse-table .chip-danger").first).to_contain_text("maxlen")
+
+    page.goto("/#/queues/payments")
+    expect(page.locator("#q-dead")).not_to_contain_text("does not report")
+
+    page.goto("/#/queues/payments.dlq")
+    page.click('[data-action="move"]')
+    page.select_option("#move-destination", "payments.retry")
+    page.click('.modal [data-role="confirm"]')
+    expect(page.locator("#move-done")).to_have_text("Done: moved 3 messages to payments.retry.")
+    page.click('.modal [data-role="cancel"]')
+    page.goto("/#/queues/payments.retry")
+    expect(page.locator("#q-ready .value")).to_have_text("3")
+
+
+def test_closing_a_connection_disconnects_that_client(signed_in: Page, broker: Broker):
+    page = signed_in
+    page.click('nav a[data-nav="connections"]')
+    row = page.locator("#connections tbody tr", has_text="orders-worker")
+    expect(row).to_have_count(1)
+    row.locator('[data-action="close-connection"]').click()
+    page.fill("#close-reason", "maintenance window")
+    page.click('.modal [data-role="confirm"]')
+    expect(page.locator(".toast.ok")).to_contain_text("closed")
+    expect(row).to_have_count(0)
+    worker = next(c for c in broker.children if "orders" in c.args)
+    assert worker.wait(timeout=20) != 0
+
+
+def test_cancelling_a_consumer_removes_it_from_the_list(signed_in: Page, broker: Broker):
+    page = signed_in
+    page.click('nav a[data-nav="consumers"]')
+    row = page.locator("#consumers tbody tr", has_text="emails")
+    expect(row).to_have_count(1)
+    row.locator('[data-action="cancel-consumer"]').click()
+    page.click('.modal [data-role="confirm"]')
+    expect(page.locator(".toast.ok")).to_contain_text("cancelled")
+    expect(row).to_have_count(0)
