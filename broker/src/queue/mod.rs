@@ -327,6 +327,8 @@ pub struct QueueStats {
     pub publish_rate: AtomicU64,
     /// Messages acknowledged per second, recently.
     pub ack_rate: AtomicU64,
+    /// When the oldest ready message was enqueued (Unix ms); 0 = no ready message.
+    pub oldest_ready_at_ms: AtomicU64,
     /// The consumers, refreshed a few times a second.
     pub consumers_list: std::sync::Mutex<Vec<ConsumerSummary>>,
 }
