@@ -654,7 +654,8 @@ impl Actor {
             let queue_ttl = self.meta.arguments.message_ttl_ms;
             let own = MetaView::peek_expiration_ms(&msg.meta);
             if own.is_some() || queue_ttl.is_some() {
-                let deadline = expiry_deadline(msg.timestamp_ms, own.unwrap_or(u64::MAX), queue_ttl);
+                let deadline =
+                    expiry_deadline(msg.timestamp_ms, own.unwrap_or(u64::MAX), queue_ttl);
                 if deadline <= now_ms() {
                     self.dead_letter_at(seq, DeathReason::Expired, deadline);
                     continue;

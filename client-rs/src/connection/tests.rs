@@ -781,7 +781,10 @@ async fn deliveries_reach_their_consumer_and_settle() {
     assert_eq!((m1.delivery_tag, m1.message_seq), (DeliveryTag(1), 101));
     assert_eq!(m1.enqueued_at_ms, 1_733_400_000_001);
     let since_epoch = m1.enqueued_at().duration_since(std::time::UNIX_EPOCH);
-    assert_eq!(since_epoch.unwrap(), Duration::from_millis(1_733_400_000_001));
+    assert_eq!(
+        since_epoch.unwrap(),
+        Duration::from_millis(1_733_400_000_001)
+    );
     m1.ack().await.unwrap();
     assert!(matches!(m1.ack().await, Err(Error::AlreadySettled)));
     let m2 = next(&mut consumer).await.unwrap().unwrap();

@@ -300,7 +300,13 @@ impl<'a> MetaView<'a> {
         if present & EXPIRATION == 0 {
             return None;
         }
-        for bit in [CONTENT_TYPE, CONTENT_ENCODING, MESSAGE_ID, CORRELATION_ID, REPLY_TO] {
+        for bit in [
+            CONTENT_TYPE,
+            CONTENT_ENCODING,
+            MESSAGE_ID,
+            CORRELATION_ID,
+            REPLY_TO,
+        ] {
             if present & bit != 0 {
                 r.str().ok()?;
             }
