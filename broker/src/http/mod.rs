@@ -8,7 +8,8 @@
 //! - `error.rs`: [`RequestError`](crate::error::RequestError) codes as HTTP statuses, and the
 //!   JSON body extractor whose failures are answered in the same shape.
 //! - one file per resource: `overview.rs`, `queues.rs`, `exchanges.rs`, `bindings.rs`,
-//!   `consumers.rs`, `connections.rs`, and `health.rs` for `/healthz` and `/readyz`.
+//!   `consumers.rs`, `connections.rs`, `health.rs` for `/healthz` and `/readyz`, and
+//!   `metrics.rs` for the Prometheus scrape `/metrics` (rendered by [`crate::metrics`]).
 //!
 //! Handlers call the same broker functions as the wire protocol's sessions, so a request means
 //! the same thing whichever door it came through; the JSON mirrors the CLI's `--json`.
@@ -21,6 +22,7 @@ mod error;
 mod exchanges;
 mod health;
 mod listener;
+mod metrics;
 mod overview;
 mod queues;
 
@@ -35,6 +37,7 @@ use tokio::sync::watch;
 
 use crate::broker::Broker;
 use crate::connection::ConnectionRegistry;
+use crate::metrics::Exporter;
 pub use listener::MAX_HTTP_CONNECTIONS;
 
 /// What the handlers share: the broker and what the server knows about itself.
@@ -44,6 +47,7 @@ pub struct Api {
     connections: Arc<ConnectionRegistry>,
     started: Instant,
     stopping: watch::Receiver<bool>,
+    exporter: Arc<Exporter>,
 }
 
 impl Api {
@@ -55,11 +59,13 @@ impl Api {
         started: Instant,
         stopping: watch::Receiver<bool>,
     ) -> Self {
+        let exporter = Arc::new(Exporter::new(Arc::clone(&broker), Arc::clone(&connections)));
         Self {
             broker,
             connections,
             started,
             stopping,
+            exporter,
         }
     }
 }
@@ -81,7 +87,7 @@ pub async fn serve(
         .await
 }
 
-/// Every route: the health probes without auth, the rest behind basic auth.
+/// Every route: the health probes and the metrics without auth, the rest behind basic auth.
 fn router(api: Api) -> Router {
     let protected = Router::new()
         .route("/api/overview", get(overview::show))
@@ -116,6 +122,7 @@ fn router(api: Api) -> Router {
     Router::new()
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
+        .route("/metrics", get(metrics::scrape))
         .merge(protected)
         .fallback(error::no_route)
         .with_state(api)
