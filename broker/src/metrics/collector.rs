@@ -238,52 +238,65 @@ fn encode_queue_gauges(enc: &mut DescriptorEncoder, queues: &[&QueueHandle]) -> 
     )
 }
 
+/// A per-queue counter without labels of its own.
+struct QueueCounter {
+    name: &'static str,
+    help: &'static str,
+    counter: fn(&QueueStats) -> &AtomicU64,
+}
+
+const QUEUE_COUNTERS: [QueueCounter; 8] = [
+    QueueCounter {
+        name: "sluice_queue_published_messages",
+        help: "Messages stored in the queue (published to it, or dead-lettered into it).",
+        counter: |s| &s.published,
+    },
+    QueueCounter {
+        name: "sluice_queue_confirmed_messages",
+        help: "Stored messages whose part of the publisher's confirm is settled (durable, or transient).",
+        counter: |s| &s.confirmed,
+    },
+    QueueCounter {
+        name: "sluice_queue_delivered_messages",
+        help: "Deliveries to consumers and gets, redeliveries included.",
+        counter: |s| &s.delivered,
+    },
+    QueueCounter {
+        name: "sluice_queue_redelivered_messages",
+        help: "Deliveries of messages that may have been delivered before.",
+        counter: |s| &s.redelivered,
+    },
+    QueueCounter {
+        name: "sluice_queue_acked_messages",
+        help: "Messages acknowledged.",
+        counter: |s| &s.acked,
+    },
+    QueueCounter {
+        name: "sluice_queue_nacked_messages",
+        help: "Deliveries returned to the queue (nack with requeue).",
+        counter: |s| &s.nacked,
+    },
+    QueueCounter {
+        name: "sluice_queue_rejected_messages",
+        help: "Deliveries rejected (dead-lettered, or dropped without a dead-letter exchange).",
+        counter: |s| &s.rejected,
+    },
+    QueueCounter {
+        name: "sluice_queue_expired_messages",
+        help: "Messages whose TTL ran out in the queue.",
+        counter: |s| &s.expired,
+    },
+];
+
 fn encode_queue_counters(enc: &mut DescriptorEncoder, queues: &[&QueueHandle]) -> fmt::Result {
-    let simple: [(&str, &str, fn(&QueueStats) -> &AtomicU64); 8] = [
-        (
-            "sluice_queue_published_messages",
-            "Messages stored in the queue (published to it, or dead-lettered into it).",
-            |s| &s.published,
-        ),
-        (
-            "sluice_queue_confirmed_messages",
-            "Stored messages whose part of the publisher's confirm is settled (durable, or transient).",
-            |s| &s.confirmed,
-        ),
-        (
-            "sluice_queue_delivered_messages",
-            "Deliveries to consumers and gets, redeliveries included.",
-            |s| &s.delivered,
-        ),
-        (
-            "sluice_queue_redelivered_messages",
-            "Deliveries of messages that may have been delivered before.",
-            |s| &s.redelivered,
-        ),
-        ("sluice_queue_acked_messages", "Messages acknowledged.", |s| {
-            &s.acked
-        }),
-        (
-            "sluice_queue_nacked_messages",
-            "Deliveries returned to the queue (nack with requeue).",
-            |s| &s.nacked,
-        ),
-        (
-            "sluice_queue_rejected_messages",
-            "Deliveries rejected (dead-lettered, or dropped without a dead-letter exchange).",
-            |s| &s.rejected,
-        ),
-        (
-            "sluice_queue_expired_messages",
-            "Messages whose TTL ran out in the queue.",
-            |s| &s.expired,
-        ),
-    ];
-    for (name, help, counter) in simple {
-        let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for c in &QUEUE_COUNTERS {
+        let mut m = enc.encode_descriptor(c.name, c.help, None, MetricType::Counter)?;
         for q in queues {
             let labels = [("queue", &*q.meta.name)];
-            counter_value(&mut m.encode_family(&labels)?, load(counter(&q.meta.stats)))?;
+            counter_value(
+                &mut m.encode_family(&labels)?,
+                load((c.counter)(&q.meta.stats)),
+            )?;
         }
     }
     let mut m = enc.encode_descriptor(

@@ -524,10 +524,10 @@ impl Actor {
     /// wakes this task when the newest pending epoch is durable (the task may have nothing
     /// else to wake it).
     fn count_confirmed(&mut self) {
-        let Some(&(newest, _)) = self.unconfirmed.pending.back() else {
+        let (Some(&(newest, _)), Some(log)) = (self.unconfirmed.pending.back(), &self.log) else {
             return;
         };
-        let durability = self.log().durability().clone();
+        let durability = log.durability().clone();
         let durable = durability.durable_epoch();
         let mut confirmed = 0;
         while let Some(&(e, n)) = self.unconfirmed.pending.front() {
