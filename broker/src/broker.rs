@@ -23,9 +23,10 @@ use crate::config::ServerConfig;
 use crate::definitions::{self, BindingDef, ChangeKind, ExchangeDef, QueueDef, Topology};
 use crate::error::RequestError;
 use crate::flow::{Blocking, Cause, Flow};
+use crate::metrics::Metrics;
 use crate::queue::{self, ConnId, QueueHandle, QueueMeta, QueueStats};
 use crate::routing::{Binding, Exchange, ExchangeKind, RoutingTable};
-use crate::storage::{LogConfig, Store, StoreConfig};
+use crate::storage::{DurabilityConfig, LogConfig, Store, StoreConfig};
 
 /// How often the free disk space is checked when little is published.
 const DISK_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
@@ -59,6 +60,8 @@ pub struct Broker {
     published_since_check: AtomicU64,
     /// Why publishing is blocked, if it is; sessions turn changes into `Blocked`/`Unblocked`.
     flow: Arc<Flow>,
+    /// Broker-wide metrics (the queues keep their own counters).
+    metrics: Arc<Metrics>,
     // Last: dropped after the queues' logs, which the queue tasks close first.
     store: Store,
 }
@@ -97,6 +100,7 @@ impl Broker {
     pub fn open(config: ServerConfig) -> Result<Arc<Self>, StartError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| crate::storage::StorageError::io(&config.data_dir, e))?;
+        let metrics = Arc::new(Metrics::default());
         let store = Store::open(
             &config.data_dir,
             StoreConfig {
@@ -104,7 +108,10 @@ impl Broker {
                     segment_bytes: config.segment_bytes,
                     ..LogConfig::default()
                 },
-                ..StoreConfig::default()
+                durability: DurabilityConfig {
+                    observer: Some(Arc::clone(&metrics) as _),
+                    ..DurabilityConfig::default()
+                },
             },
         )?;
         let topology = definitions::load(&config.data_dir)?;
@@ -122,6 +129,7 @@ impl Broker {
             next_generated: AtomicU64::new(1),
             published_since_check: AtomicU64::new(0),
             flow: Arc::default(),
+            metrics,
             store,
         });
         broker.restore(topology)?;
@@ -223,6 +231,11 @@ impl Broker {
     /// The storage engine.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Broker-wide metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// A fresh connection number.

@@ -45,7 +45,7 @@ impl Totals {
     fn of(stats: &QueueStats) -> Self {
         Totals {
             published: stats.published.load(Ordering::Relaxed),
-            delivered: 0,
+            delivered: stats.delivered.load(Ordering::Relaxed),
             acked: stats.acked.load(Ordering::Relaxed),
         }
     }

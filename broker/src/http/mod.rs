@@ -8,7 +8,8 @@
 //! - `error.rs`: [`RequestError`](crate::error::RequestError) codes as HTTP statuses, and the
 //!   JSON body extractor whose failures are answered in the same shape.
 //! - one file per resource: `overview.rs`, `queues.rs`, `exchanges.rs`, `bindings.rs`,
-//!   `consumers.rs`, `connections.rs`, and `health.rs` for `/healthz` and `/readyz`.
+//!   `consumers.rs`, `connections.rs`, `health.rs` for `/healthz` and `/readyz`, and
+//!   `metrics.rs` for the Prometheus scrape `/metrics` (rendered by [`crate::metrics`]).
 //! - `history.rs`: a sampler task keeps the last minutes of the broker's and each queue's
 //!   counters, for the dashboard's charts.
 //! - `dashboard.rs`: the web dashboard at `/`, static files from `dashboard/` embedded in the
@@ -27,6 +28,7 @@ mod exchanges;
 mod health;
 mod history;
 mod listener;
+mod metrics;
 mod overview;
 mod queues;
 
@@ -41,6 +43,7 @@ use tokio::sync::watch;
 
 use crate::broker::Broker;
 use crate::connection::ConnectionRegistry;
+use crate::metrics::Exporter;
 pub use listener::MAX_HTTP_CONNECTIONS;
 
 /// What the handlers share: the broker and what the server knows about itself.
@@ -50,6 +53,7 @@ pub struct Api {
     connections: Arc<ConnectionRegistry>,
     started: Instant,
     stopping: watch::Receiver<bool>,
+    exporter: Arc<Exporter>,
     history: Arc<history::History>,
 }
 
@@ -62,11 +66,13 @@ impl Api {
         started: Instant,
         stopping: watch::Receiver<bool>,
     ) -> Self {
+        let exporter = Arc::new(Exporter::new(Arc::clone(&broker), Arc::clone(&connections)));
         Self {
             broker,
             connections,
             started,
             stopping,
+            exporter,
             history: Arc::default(),
         }
     }
@@ -101,8 +107,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Every route: the health probes and the dashboard's files without auth, the API behind
-/// basic auth.
+/// Every route: the health probes, the metrics and the dashboard's files without auth, the
+/// API behind basic auth.
 fn router(api: Api) -> Router {
     let protected = Router::new()
         .route("/api/overview", get(overview::show))
@@ -139,6 +145,7 @@ fn router(api: Api) -> Router {
     Router::new()
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
+        .route("/metrics", get(metrics::scrape))
         .merge(dashboard::routes())
         .merge(protected)
         .fallback(error::no_route)

@@ -1,6 +1,6 @@
 //! The queue task.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -13,12 +13,13 @@ use tokio::sync::mpsc;
 
 use super::ready::{Expiries, Fresh};
 use super::{
-    delivery_bytes, ConnEvent, ConnId, ConnLink, Incoming, QueueCmd, QueueHandle, QueueMeta,
-    Settlement,
+    delivery_bytes, ConnEvent, ConnId, ConnLink, DeathReason, Incoming, QueueCmd, QueueHandle,
+    QueueMeta, Settlement,
 };
 use crate::broker::Broker;
 use crate::error::RequestError;
-use crate::storage::{QueueLog, StorageError};
+use crate::metrics::Metrics;
+use crate::storage::{Epoch, QueueLog, StorageError};
 
 /// Most deliveries handed to one consumer before the next consumer's turn.
 const DELIVERY_BATCH: u32 = 64;
@@ -39,10 +40,11 @@ const TOPOLOGY_WAIT: Duration = Duration::from_millis(10);
 pub(crate) fn spawn(meta: Arc<QueueMeta>, log: QueueLog, broker: Weak<Broker>) -> QueueHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = QueueHandle::new(Arc::clone(&meta), tx);
-    let default_lease = broker
-        .upgrade()
-        .map_or(Duration::from_secs(1800), |b| b.config.default_ack_timeout);
-    let mut actor = Actor::new(meta, log, broker, handle.clone(), default_lease);
+    let (default_lease, metrics) = broker.upgrade().map_or_else(
+        || (Duration::from_secs(1800), Arc::default()),
+        |b| (b.config.default_ack_timeout, Arc::clone(b.metrics())),
+    );
+    let mut actor = Actor::new(meta, log, broker, handle.clone(), default_lease, metrics);
     tokio::spawn(async move { actor.run(rx).await });
     handle
 }
@@ -79,6 +81,8 @@ struct InFlight {
     consumer: Option<ConsumerId>,
     tag: u64,
     deadline: Instant,
+    /// When it was handed out, for the delivery→ack time.
+    delivered_at: Instant,
     count: u32,
     bytes: u64,
     /// When the message's own TTL runs out (Unix ms), for the deadline index if it returns.
@@ -107,30 +111,33 @@ struct OldestReady {
 #[derive(Default)]
 struct DeadLetters {
     next_batch: u64,
-    /// batch → (queues still to store it, epoch to wait for, the seq here, a queue failed).
-    storing: HashMap<u64, (usize, u64, u64, bool)>,
+    /// batch → its copies on their way into the target queues.
+    storing: HashMap<u64, DeadLetterCopy>,
     /// (epoch, seq) of copies stored and waiting for their sync.
     syncing: Vec<(u64, u64)>,
 }
 
-/// Why a message leaves for the dead-letter exchange (protocol.md §8.1).
-#[derive(Debug, Clone, Copy)]
-enum DeathReason {
-    Rejected,
-    Expired,
-    MaxLen,
-    DeliveryLimit,
+/// A dead-lettered message whose copies the target queues are storing.
+struct DeadLetterCopy {
+    /// Queues still to store it.
+    waiting: usize,
+    /// The epoch that makes every stored copy durable.
+    epoch: Epoch,
+    /// The message here.
+    seq: u64,
+    /// A target was out of disk: the message stays here and is tried again.
+    failed: bool,
+    reason: DeathReason,
 }
 
-impl DeathReason {
-    fn as_str(self) -> &'static str {
-        match self {
-            DeathReason::Rejected => "rejected",
-            DeathReason::Expired => "expired",
-            DeathReason::MaxLen => "maxlen",
-            DeathReason::DeliveryLimit => "delivery-limit",
-        }
-    }
+/// Stored messages whose confirm waits for the sync of their epoch (counted as confirmed
+/// then). One entry per epoch: group commit keeps the list short.
+#[derive(Default)]
+struct Unconfirmed {
+    /// (epoch, messages), epochs ascending.
+    pending: VecDeque<(Epoch, u64)>,
+    /// The epoch a waiter task wakes this queue for (0: none): at most one at a time.
+    waiter: Epoch,
 }
 
 struct Actor {
@@ -170,6 +177,9 @@ struct Actor {
     dl_link: Arc<ConnLink>,
     dl_events: mpsc::UnboundedReceiver<ConnEvent>,
     dead: DeadLetters,
+    unconfirmed: Unconfirmed,
+    /// Broker-wide histograms (delivery→ack time) and the totals of deleted queues.
+    metrics: Arc<Metrics>,
     /// Counters (published, acked) when the rates were last measured, and when.
     rates_from: (u64, u64),
     rates_at: Instant,
@@ -187,6 +197,7 @@ impl Actor {
         broker: Weak<Broker>,
         handle: QueueHandle,
         default_lease: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let mut log = log;
         let recovered = log.recovered_deliveries().clone();
@@ -249,6 +260,8 @@ impl Actor {
             dl_link: ConnLink::new(0, dl_tx, Arc::default()),
             dl_events,
             dead: DeadLetters::default(),
+            unconfirmed: Unconfirmed::default(),
+            metrics,
             rates_from: (0, 0),
             rates_at: Instant::now(),
             last_flush: Instant::now(),
@@ -307,6 +320,7 @@ impl Actor {
                 }
             }
             self.ack_dead_letters();
+            self.count_confirmed();
             self.pump();
             self.flush();
             self.refresh_oldest();
@@ -510,6 +524,7 @@ impl Actor {
 
     fn publish(&mut self, conn: &Arc<ConnLink>, batch: u64, messages: Vec<Incoming>) {
         let mut epoch = 0;
+        let mut stored = 0;
         let mut rejections = Vec::new();
         let ts = now_ms();
         let args = &self.meta.arguments;
@@ -535,7 +550,7 @@ impl Actor {
                         let deadline = expiry_deadline(ts, own, self.meta.arguments.message_ttl_ms);
                         self.expiries.insert(a.seq, deadline);
                     }
-                    self.meta.stats.published.fetch_add(1, Ordering::Relaxed);
+                    stored += 1;
                 }
                 Err(e) => {
                     let err = RequestError::from(e);
@@ -547,11 +562,69 @@ impl Actor {
                 }
             }
         }
+        let stats = &self.meta.stats;
+        stats.published.fetch_add(stored, Ordering::Relaxed);
+        for r in &rejections {
+            stats.refused.add(r.code, 1);
+        }
+        self.await_confirm(epoch, stored);
         conn.send(ConnEvent::Stored {
             batch,
             epoch,
             rejections,
         });
+    }
+
+    /// Counts `messages` stored under `epoch` as confirmed once that epoch is durable (at
+    /// once for epoch 0: nothing to sync).
+    fn await_confirm(&mut self, epoch: Epoch, messages: u64) {
+        if messages == 0 {
+            return;
+        }
+        if epoch == 0 {
+            self.meta
+                .stats
+                .confirmed
+                .fetch_add(messages, Ordering::Relaxed);
+            return;
+        }
+        match self.unconfirmed.pending.back_mut() {
+            Some((e, n)) if *e == epoch => *n += messages,
+            _ => self.unconfirmed.pending.push_back((epoch, messages)),
+        }
+    }
+
+    /// Moves the messages of durable epochs to the confirmed count, and makes sure a waiter
+    /// wakes this task when the newest pending epoch is durable (the task may have nothing
+    /// else to wake it).
+    fn count_confirmed(&mut self) {
+        let (Some(&(newest, _)), Some(log)) = (self.unconfirmed.pending.back(), &self.log) else {
+            return;
+        };
+        let durability = log.durability().clone();
+        let durable = durability.durable_epoch();
+        let mut confirmed = 0;
+        while let Some(&(e, n)) = self.unconfirmed.pending.front() {
+            if e > durable {
+                break;
+            }
+            confirmed += n;
+            self.unconfirmed.pending.pop_front();
+        }
+        if confirmed > 0 {
+            self.meta
+                .stats
+                .confirmed
+                .fetch_add(confirmed, Ordering::Relaxed);
+        }
+        if newest > durable && self.unconfirmed.waiter < newest {
+            self.unconfirmed.waiter = newest;
+            let link = Arc::clone(&self.dl_link);
+            tokio::spawn(async move {
+                durability.wait(newest).await;
+                link.send(ConnEvent::Confirmed { up_to: newest });
+            });
+        }
     }
 
     /// Applies the length limits before a message of `size` bytes is added: drops (or
@@ -690,7 +763,8 @@ impl Actor {
         let (seq, count) = (d.seq, d.count);
         let bytes = (d.delivery.meta.len() + d.delivery.body.len()) as u64;
         let tag = conn.take_tag();
-        let deadline = Instant::now() + lease;
+        let delivered_at = Instant::now();
+        let deadline = delivered_at + lease;
         self.inflight_bytes += bytes;
         self.deadlines.insert((deadline, seq));
         self.inflight.insert(
@@ -700,6 +774,7 @@ impl Actor {
                 consumer,
                 tag,
                 deadline,
+                delivered_at,
                 count,
                 bytes,
                 expires_at_ms: d.expires_at_ms,
@@ -752,12 +827,25 @@ impl Actor {
             if deliveries.is_empty() {
                 return;
             }
+            self.count_deliveries(&deliveries);
             conn.outbox.add(outbox_bytes);
             conn.send(ConnEvent::Deliver {
                 consumer_id,
                 queue: self.handle.clone(),
                 deliveries,
             });
+        }
+    }
+
+    /// Counts a batch of deliveries: delivered, and how many of them are redeliveries.
+    fn count_deliveries(&self, deliveries: &[Delivery]) {
+        let stats = &self.meta.stats;
+        let again = deliveries.iter().filter(|d| d.redelivered).count() as u64;
+        stats
+            .delivered
+            .fetch_add(deliveries.len() as u64, Ordering::Relaxed);
+        if again > 0 {
+            stats.redelivered.fetch_add(again, Ordering::Relaxed);
         }
     }
 
@@ -777,6 +865,9 @@ impl Actor {
             d.delivery.delivery_tag = DeliveryTag(tag);
             d.delivery
         });
+        if let Some(d) = &delivery {
+            self.count_deliveries(std::slice::from_ref(d));
+        }
         conn.send(ConnEvent::Got {
             request_id,
             queue: self.handle.clone(),
@@ -793,6 +884,12 @@ impl Actor {
         how: Settlement,
     ) {
         let mut unknown = None;
+        let mut settled = 0;
+        // Delivery→ack times, added to the broker-wide histogram once per batch.
+        let histogram = Arc::clone(&self.metrics);
+        let histogram = &histogram.delivery_ack;
+        let mut ack_times = histogram.tally();
+        let now = Instant::now();
         for &(tag, seq) in deliveries {
             let matches = self
                 .inflight
@@ -802,11 +899,13 @@ impl Actor {
                 unknown.get_or_insert(tag);
                 continue;
             }
+            settled += 1;
             match how {
                 Settlement::Ack => {
-                    self.take_flight(seq);
+                    if let Some(f) = self.take_flight(seq) {
+                        histogram.tally_duration(&mut ack_times, now - f.delivered_at);
+                    }
                     self.ack_in_log(seq);
-                    self.meta.stats.acked.fetch_add(1, Ordering::Relaxed);
                 }
                 Settlement::Requeue => self.return_delivery(seq),
                 Settlement::Reject => {
@@ -815,6 +914,14 @@ impl Actor {
                 }
             }
         }
+        histogram.add(&ack_times);
+        let stats = &self.meta.stats;
+        let counter = match how {
+            Settlement::Ack => &stats.acked,
+            Settlement::Requeue => &stats.nacked,
+            Settlement::Reject => &stats.rejected,
+        };
+        counter.fetch_add(settled, Ordering::Relaxed);
         if let Some(tag) = unknown {
             conn.send(unknown_tag(request_id, tag));
         }
@@ -866,6 +973,9 @@ impl Actor {
     /// [`dead_letter`](Self::dead_letter), with the time of death (`x-death-time-ms`): an
     /// expired message died at its deadline, not when the queue noticed.
     fn dead_letter_at(&mut self, seq: u64, reason: DeathReason, died_at_ms: u64) {
+        if matches!(reason, DeathReason::Expired) {
+            self.meta.stats.expired.fetch_add(1, Ordering::Relaxed);
+        }
         let Some(dlx) = self.meta.arguments.dead_letter_exchange.clone() else {
             self.ack_in_log(seq);
             return;
@@ -951,11 +1061,27 @@ impl Actor {
         if waiting == 0 {
             self.ack_in_log(seq);
         } else {
-            self.dead.storing.insert(batch, (waiting, 0, seq, false));
+            self.dead.storing.insert(
+                batch,
+                DeadLetterCopy {
+                    waiting,
+                    epoch: 0,
+                    seq,
+                    failed: false,
+                    reason,
+                },
+            );
         }
     }
 
     fn on_dead_letter_event(&mut self, event: ConnEvent) {
+        if let ConnEvent::Confirmed { up_to } = event {
+            // A confirm waiter (see `count_confirmed`) woke the task.
+            if self.unconfirmed.waiter == up_to {
+                self.unconfirmed.waiter = 0;
+            }
+            return;
+        }
         if let ConnEvent::Stored {
             batch,
             epoch,
@@ -965,18 +1091,25 @@ impl Actor {
             let Some(entry) = self.dead.storing.get_mut(&batch) else {
                 return;
             };
-            entry.0 -= 1;
-            entry.1 = entry.1.max(epoch);
+            entry.waiting -= 1;
+            entry.epoch = entry.epoch.max(epoch);
             // Out of disk in a target: keep the message here and try again later. Other
             // refusals (a full reject-publish queue) drop the copy, as RabbitMQ does.
-            entry.3 |= rejections.iter().any(|r| r.code == ErrorCode::StorageFull);
-            if entry.0 == 0 {
-                let (_, epoch, seq, failed) = self.dead.storing.remove(&batch).expect("present");
+            entry.failed |= rejections.iter().any(|r| r.code == ErrorCode::StorageFull);
+            if entry.waiting == 0 {
+                let DeadLetterCopy {
+                    epoch,
+                    seq,
+                    failed,
+                    reason,
+                    ..
+                } = self.dead.storing.remove(&batch).expect("present");
                 if failed {
                     self.returned.insert(seq, 1);
                     self.expiry_paused_until = Some(Instant::now() + MAINTENANCE_INTERVAL);
                     return;
                 }
+                self.meta.stats.dead_lettered[reason as usize].fetch_add(1, Ordering::Relaxed);
                 self.dead.syncing.push((epoch, seq));
                 if epoch > 0 {
                     // Wake this task once the copies are durable.
@@ -1092,6 +1225,8 @@ impl Actor {
         if let Some(broker) = self.broker.upgrade() {
             tokio::task::block_in_place(|| broker.forget_queue(&self.meta))?;
         }
+        // The broker's totals keep what this queue counted.
+        self.metrics.retire(&self.meta.stats);
         for c in self.consumers.drain(..) {
             c.conn.send(ConnEvent::ConsumerStopped {
                 consumer_id: c.id,
