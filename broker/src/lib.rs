@@ -10,6 +10,8 @@
 //!   topology ([`definitions`]).
 //! - [`queue`]: one task per queue: its log, ready messages, consumers, deliveries in flight.
 //! - [`routing`]: exchanges, bindings and the AMQP 0-9-1 matching rules.
+//! - `publish`: the checks and routing of one published message, shared by the sessions and
+//!   the HTTP API.
 //! - [`storage`]: the crash-safe, segmented, memory-mapped log that holds every durable queue.
 //! - [`admin`]: listings for operators (queues, exchanges, bindings, consumers).
 //! - [`http`]: the HTTP admin API (axum): the same listings and changes as JSON, health probes.
@@ -30,6 +32,7 @@ pub mod error;
 pub mod flow;
 pub mod http;
 pub mod limits;
+mod publish;
 pub mod queue;
 pub mod routing;
 pub mod server;

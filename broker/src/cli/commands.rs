@@ -13,9 +13,9 @@ use sluice_client::{
 };
 
 use super::format::{
-    bindings_table, consumers_table, exchange_name, exchanges_table, headers_text, inspect_text,
-    kind_name, queues_table, BindingJson, ConsumerJson, ExchangeJson, HeadersJson, InspectJson,
-    MessageJson, QueueJson,
+    bindings_table, connections_table, consumers_table, exchange_name, exchanges_table,
+    headers_text, inspect_text, kind_name, queues_table, BindingJson, ConnectionJson, ConsumerJson,
+    ExchangeJson, HeadersJson, InspectJson, MessageJson, QueueJson,
 };
 use super::{
     AdminCommand, BindArgs, CliError, ConsumeArgs, DeclareExchangeArgs, DeclareQueueArgs,
@@ -95,6 +95,42 @@ async fn dispatch(
                 print_json(&consumers.iter().map(ConsumerJson::from).collect::<Vec<_>>())?;
             } else {
                 print(&consumers_table(&consumers).to_string())?;
+            }
+        }
+        AdminCommand::Connections => {
+            let connections = client.list_connections().await?;
+            if json {
+                print_json(
+                    &connections
+                        .iter()
+                        .map(ConnectionJson::from)
+                        .collect::<Vec<_>>(),
+                )?;
+            } else {
+                print(&connections_table(&connections).to_string())?;
+            }
+        }
+        AdminCommand::CloseConnection(a) => {
+            client.close_connection(a.id, &a.reason).await?;
+            if json {
+                print_json(&json!({ "connection_id": a.id, "closed": true }))?;
+            } else {
+                print(&format!("connection {} closed\n", a.id))?;
+            }
+        }
+        AdminCommand::CancelConsumer(a) => {
+            client.cancel_consumer(a.connection_id, &a.tag).await?;
+            if json {
+                print_json(&json!({
+                    "connection_id": a.connection_id,
+                    "consumer_tag": a.tag,
+                    "cancelled": true,
+                }))?;
+            } else {
+                print(&format!(
+                    "consumer '{}' of connection {} cancelled\n",
+                    a.tag, a.connection_id
+                ))?;
             }
         }
         AdminCommand::DeclareQueue(a) => declare_queue(client, a, json).await?,

@@ -54,6 +54,21 @@ pub enum AdminCommand {
     Bindings,
     /// List the consumers of every connection.
     Consumers,
+    /// List client connections: who, from where, since when, and what they moved.
+    ///
+    /// IN and OUT are bytes read from and written to the connection's socket, UNSETTLED its
+    /// published messages not yet confirmed. SINCE is UTC.
+    Connections,
+    /// Close a client connection.
+    ///
+    /// The client gets CONNECTION_FORCED with the reason; its unacked messages return to
+    /// their queues. ID is the connection's number from `sluice connections`.
+    CloseConnection(CloseConnectionArgs),
+    /// Cancel a consumer of any connection.
+    ///
+    /// The client gets CONSUMER_CANCELLED; the consumer's unacked messages return to its
+    /// queue. The connection stays open.
+    CancelConsumer(CancelConsumerArgs),
     /// Declare a queue, or check that it exists as declared.
     ///
     /// Queues are durable unless --transient. Declaring an existing queue with other
@@ -122,6 +137,25 @@ pub struct Target {
 pub struct QueueArgs {
     /// The queue.
     pub queue: String,
+}
+
+/// Arguments of `sluice close-connection`.
+#[derive(Debug, Clone, Args)]
+pub struct CloseConnectionArgs {
+    /// The connection's number (`sluice connections`).
+    pub id: u64,
+    /// What the client is told.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub reason: String,
+}
+
+/// Arguments of `sluice cancel-consumer`.
+#[derive(Debug, Clone, Args)]
+pub struct CancelConsumerArgs {
+    /// The consumer's connection (`sluice consumers`, `sluice connections`).
+    pub connection_id: u64,
+    /// The consumer's tag.
+    pub tag: String,
 }
 
 /// Arguments of `sluice declare-queue`.

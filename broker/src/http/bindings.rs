@@ -51,10 +51,20 @@ impl BindingBody {
 /// A binding argument from JSON, the inverse of how listings print it: strings, integers
 /// and booleans as themselves, bytes as `{"bytes": "<hex>"}`.
 fn header_value(key: &str, v: serde_json::Value) -> Result<HeaderValue, RequestError> {
+    header_value_of("binding argument", key, v)
+}
+
+/// A header value from JSON (`what` names the table in errors): strings, integers and
+/// booleans as themselves, bytes as `{"bytes": "<hex>"}`.
+pub(super) fn header_value_of(
+    what: &str,
+    key: &str,
+    v: serde_json::Value,
+) -> Result<HeaderValue, RequestError> {
     use serde_json::Value;
     let bad = || {
         RequestError::invalid(format!(
-            "binding argument '{key}': expected a string, an integer, a boolean or {{\"bytes\": \"<hex>\"}}"
+            "{what} '{key}': expected a string, an integer, a boolean or {{\"bytes\": \"<hex>\"}}"
         ))
     };
     match v {

@@ -8,7 +8,9 @@
 //! - `error.rs`: [`RequestError`](crate::error::RequestError) codes as HTTP statuses, and the
 //!   JSON body extractor whose failures are answered in the same shape.
 //! - one file per resource: `overview.rs`, `queues.rs`, `exchanges.rs`, `bindings.rs`,
-//!   `consumers.rs`, `connections.rs`, and `health.rs` for `/healthz` and `/readyz`.
+//!   `consumers.rs`, `connections.rs` (list, close, cancel a consumer), `publish.rs` (publish
+//!   and get for debugging), `definitions.rs` (export and import the topology), and
+//!   `health.rs` for `/healthz` and `/readyz`.
 //!
 //! Handlers call the same broker functions as the wire protocol's sessions, so a request means
 //! the same thing whichever door it came through; the JSON mirrors the CLI's `--json`.
@@ -22,13 +24,14 @@ mod exchanges;
 mod health;
 mod listener;
 mod overview;
+mod publish;
 mod queues;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -96,6 +99,8 @@ fn router(api: Api) -> Router {
             "/api/queues/{name}/contents",
             axum::routing::delete(queues::purge),
         )
+        .route("/api/queues/{name}/get", post(publish::get))
+        .route("/api/exchanges/{name}/publish", post(publish::publish))
         .route("/api/exchanges", get(exchanges::list))
         .route(
             "/api/exchanges/{name}",
@@ -109,6 +114,14 @@ fn router(api: Api) -> Router {
         )
         .route("/api/consumers", get(consumers::list))
         .route("/api/connections", get(connections::list))
+        .route(
+            "/api/connections/{id}",
+            axum::routing::delete(connections::close),
+        )
+        .route(
+            "/api/connections/{id}/consumers/{tag}",
+            axum::routing::delete(connections::cancel_consumer),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             api.clone(),
             auth::require_user,
