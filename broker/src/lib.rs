@@ -13,6 +13,7 @@
 //! - `publish`: the checks and routing of one published message, shared by the sessions and
 //!   the HTTP API.
 //! - [`storage`]: the crash-safe, segmented, memory-mapped log that holds every durable queue.
+//! - [`topology`]: the topology as JSON, for `sluice definitions` and `/api/definitions`.
 //! - [`admin`]: listings for operators (queues, exchanges, bindings, consumers).
 //! - [`http`]: the HTTP admin API (axum): the same listings and changes as JSON, health probes.
 //! - [`error`]: broker failures as wire error codes, in one place.
@@ -37,6 +38,7 @@ pub mod queue;
 pub mod routing;
 pub mod server;
 pub mod storage;
+pub mod topology;
 
 #[cfg(test)]
 mod tests;

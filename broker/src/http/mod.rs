@@ -19,6 +19,7 @@ mod auth;
 mod bindings;
 mod connections;
 mod consumers;
+mod definitions;
 mod error;
 mod exchanges;
 mod health;
@@ -113,6 +114,10 @@ fn router(api: Api) -> Router {
                 .delete(bindings::unbind),
         )
         .route("/api/consumers", get(consumers::list))
+        .route(
+            "/api/definitions",
+            get(definitions::export).post(definitions::import),
+        )
         .route("/api/connections", get(connections::list))
         .route(
             "/api/connections/{id}",
