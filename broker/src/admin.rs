@@ -1,5 +1,5 @@
-//! Listings for operators (protocol.md §15), read from the registry and the queues' counters,
-//! one page at a time.
+//! Listings for operators (protocol.md §15, §16), read from the registry, the queues' counters
+//! and the live connections, one page at a time.
 //!
 //! Each page holds the items that sort strictly after the request's cursor, in a fixed order,
 //! as many as the request's limit and the connection's maximum frame allow. Because the
@@ -8,13 +8,17 @@
 
 use std::sync::atomic::Ordering;
 
+use std::time::UNIX_EPOCH;
+
 use sluice_client::wire::{
-    BindingSummary, ConsumerSummary, ExchangeSummary, ListBindings, ListBindingsOk, ListConsumers,
-    ListConsumersOk, ListExchanges, ListExchangesOk, ListQueues, ListQueuesOk, QueueSummary,
-    MAX_PAGE_ITEMS, MIN_FRAME_LEN, PAGE_FIXED_LEN,
+    BindingSummary, ConnectionSummary, ConsumerSummary, ExchangeSummary, ListBindings,
+    ListBindingsOk, ListConnections, ListConnectionsOk, ListConsumers, ListConsumersOk,
+    ListExchanges, ListExchangesOk, ListQueues, ListQueuesOk, QueueSummary, MAX_PAGE_ITEMS,
+    MIN_FRAME_LEN, PAGE_FIXED_LEN,
 };
 
 use crate::broker::Broker;
+use crate::connection::{ConnectionEntry, ConnectionRegistry};
 use crate::queue::QueueHandle;
 
 /// How much of a listing one answer may hold.
@@ -177,6 +181,41 @@ pub fn list_consumers(
     let limit = PageLimit::new(request.limit, max_frame_len);
     let (consumers, more) = take_page(rest, limit, ConsumerSummary::encoded_len);
     ListConsumersOk { consumers, more }
+}
+
+/// A page of client connections, by id.
+pub(crate) fn list_connections(
+    registry: &ConnectionRegistry,
+    request: &ListConnections,
+    max_frame_len: u32,
+) -> ListConnectionsOk {
+    let rest = registry.snapshot_after(request.after);
+    let limit = PageLimit::new(request.limit, max_frame_len);
+    let summaries = rest.iter().map(|e| connection_summary(e));
+    let (connections, more) = take_page(summaries, limit, ConnectionSummary::encoded_len);
+    ListConnectionsOk { connections, more }
+}
+
+fn connection_summary(c: &ConnectionEntry) -> ConnectionSummary {
+    let s = &c.stats;
+    ConnectionSummary {
+        connection_id: c.id,
+        user: c.user.clone(),
+        peer: c.peer.map(|p| p.to_string()),
+        client_product: c.client.product.clone(),
+        client_version: c.client.version.clone(),
+        connection_name: c.client.connection_name.clone(),
+        connected_at_ms: c
+            .connected_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        bytes_in: s.bytes_in.load(Ordering::Relaxed),
+        bytes_out: s.bytes_out.load(Ordering::Relaxed),
+        frames_in: s.frames_in.load(Ordering::Relaxed),
+        frames_out: s.frames_out.load(Ordering::Relaxed),
+        unsettled_publishes: s.unsettled_publishes.load(Ordering::Relaxed),
+        consumers: s.consumers.load(Ordering::Relaxed) as u32,
+    }
 }
 
 #[cfg(test)]

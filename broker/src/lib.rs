@@ -10,7 +10,10 @@
 //!   topology ([`definitions`]).
 //! - [`queue`]: one task per queue: its log, ready messages, consumers, deliveries in flight.
 //! - [`routing`]: exchanges, bindings and the AMQP 0-9-1 matching rules.
+//! - `publish`: the checks and routing of one published message, shared by the sessions and
+//!   the HTTP API.
 //! - [`storage`]: the crash-safe, segmented, memory-mapped log that holds every durable queue.
+//! - [`topology`]: the topology as JSON, for `sluice definitions` and `/api/definitions`.
 //! - [`admin`]: listings for operators (queues, exchanges, bindings, consumers).
 //! - [`http`]: the HTTP admin API (axum): the same listings and changes as JSON, health probes,
 //!   `/metrics`.
@@ -34,10 +37,12 @@ pub mod flow;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+mod publish;
 pub mod queue;
 pub mod routing;
 pub mod server;
 pub mod storage;
+pub mod topology;
 
 #[cfg(test)]
 mod tests;

@@ -75,9 +75,9 @@ pub use options::{
 pub use publish::{OutgoingMessage, PublishConfirm, Publisher};
 pub use url::{ConnectUrl, UrlError};
 pub use wire::{
-    BindingSummary, ConsumerId, ConsumerSummary, DeclareQueueOk, DeliveryTag, ErrorCode,
-    ExchangeKind, ExchangeSummary, HeaderValue, Headers, InspectQueueOk, MetaView, Overflow,
-    Properties, PublishSeq, QueueArguments, QueueSummary,
+    BindingSummary, ConnectionSummary, ConsumerId, ConsumerSummary, DeclareQueueOk, DeliveryTag,
+    ErrorCode, ExchangeKind, ExchangeSummary, HeaderValue, Headers, InspectQueueOk, MetaView,
+    Overflow, Properties, PublishSeq, QueueArguments, QueueSummary,
 };
 
 #[cfg(test)]

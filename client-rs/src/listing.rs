@@ -1,14 +1,17 @@
 //! Operators' listings (protocol.md §15): [`Client::list_queues`] and friends fetch every page
 //! of a listing and return one list; [`Client::list_queues_page`] and friends ask for one page.
+//! Also operators' acts on other connections (§16): [`Client::close_connection`] and
+//! [`Client::cancel_consumer`].
 
 use std::cmp::Ordering;
 
 use crate::client::{unexpected_reply, Client};
 use crate::error::{Error, Result};
 use crate::wire::{
-    BindingSummary, ConsumerKey, ConsumerSummary, ExchangeSummary, ListBindings, ListBindingsOk,
-    ListConsumers, ListConsumersOk, ListExchanges, ListExchangesOk, ListQueues, ListQueuesOk,
-    QueueSummary, Reply, Request,
+    BindingSummary, CancelConsumer, CloseConnection, ConnectionSummary, ConsumerKey,
+    ConsumerSummary, ExchangeSummary, ListBindings, ListBindingsOk, ListConnections,
+    ListConnectionsOk, ListConsumers, ListConsumersOk, ListExchanges, ListExchangesOk, ListQueues,
+    ListQueuesOk, QueueSummary, Reply, Request,
 };
 
 /// One kind of listing: its request, its answer, and how the next page is named.
@@ -94,6 +97,16 @@ listing!(
     |c: &ConsumerSummary, k: &ConsumerKey| c.key().cmp(k)
 );
 
+listing!(
+    ListConnectionsOk,
+    ListConnections,
+    connections,
+    ConnectionSummary,
+    u64,
+    |c: &ConnectionSummary| c.connection_id,
+    |c: &ConnectionSummary, id: &u64| c.connection_id.cmp(id)
+);
+
 impl Client {
     /// Lists every queue, sorted by name, with its counters: ready and unacked messages,
     /// consumers, bytes, and publish and ack rates. Exclusive queues of other connections
@@ -119,6 +132,41 @@ impl Client {
     /// page.
     pub async fn list_consumers(&self) -> Result<Vec<ConsumerSummary>> {
         self.list_all::<ListConsumersOk>().await
+    }
+
+    /// Lists every client connection past its handshake, by id: who it is (user, address,
+    /// client product and version, connection name), since when, and what it has moved.
+    /// Fetches every page.
+    pub async fn list_connections(&self) -> Result<Vec<ConnectionSummary>> {
+        self.list_all::<ListConnectionsOk>().await
+    }
+
+    /// Closes connection `connection_id` (an operator's act): its client gets `Close` with
+    /// `CONNECTION_FORCED` and `reason` (empty: the server's default words), and its
+    /// unsettled deliveries return to their queues. `NOT_FOUND` if no such connection is live.
+    pub async fn close_connection(&self, connection_id: u64, reason: &str) -> Result<()> {
+        let request = CloseConnection {
+            connection_id,
+            reason: reason.to_owned(),
+        };
+        match self.call(request).await? {
+            Reply::CloseConnectionOk => Ok(()),
+            other => Err(unexpected_reply(other)),
+        }
+    }
+
+    /// Cancels the consumer `consumer_tag` of connection `connection_id` (an operator's act):
+    /// its client gets `ConsumerCancelled` with `CONSUMER_CANCELLED`, and its unsettled
+    /// deliveries return to the queue. `NOT_FOUND` if the connection or the tag is unknown.
+    pub async fn cancel_consumer(&self, connection_id: u64, consumer_tag: &str) -> Result<()> {
+        let request = CancelConsumer {
+            connection_id,
+            consumer_tag: consumer_tag.to_owned(),
+        };
+        match self.call(request).await? {
+            Reply::CancelConsumerOk => Ok(()),
+            other => Err(unexpected_reply(other)),
+        }
     }
 
     /// Asks for one page of queues: those named after `request.after`, at most

@@ -12,14 +12,16 @@ use sluice_client::{
     ExchangeKind, ExchangeOptions, Headers, Message, PublishOptions, QueueArguments, QueueOptions,
 };
 
+use super::definitions;
 use super::format::{
-    bindings_table, consumers_table, exchange_name, exchanges_table, headers_text, inspect_text,
-    kind_name, queues_table, BindingJson, ConsumerJson, ExchangeJson, HeadersJson, InspectJson,
-    MessageJson, QueueJson,
+    bindings_table, connections_table, consumers_table, exchange_name, exchanges_table,
+    headers_text, inspect_text, kind_name, queues_table, BindingJson, ConnectionJson, ConsumerJson,
+    ExchangeJson, HeadersJson, InspectJson, MessageJson, QueueJson,
 };
 use super::{
     AdminCommand, BindArgs, CliError, ConsumeArgs, DeclareExchangeArgs, DeclareQueueArgs,
-    DeleteExchangeArgs, DeleteQueueArgs, GetArgs, HeaderArg, Outcome, PublishArgs, Target,
+    DefinitionsAction, DefinitionsArgs, DeleteExchangeArgs, DeleteQueueArgs, GetArgs, HeaderArg,
+    Outcome, PublishArgs, Target,
 };
 
 /// The connection name the broker shows for the CLI's connections (unless the URL names one).
@@ -32,13 +34,28 @@ pub(super) async fn execute(command: AdminCommand, target: Target) -> Result<Out
         AdminCommand::Publish(a) if a.body.is_none() => Some(read_stdin()?),
         _ => None,
     };
+    // A file to import is read and checked before connecting: a bad one needs no broker.
+    let import = match &command {
+        AdminCommand::Definitions(DefinitionsArgs {
+            action: DefinitionsAction::Import { file },
+        }) => {
+            let bytes = std::fs::read(file).map_err(|e| {
+                CliError::from(e).context(format_args!("cannot read {}", file.display()))
+            })?;
+            Some(definitions::parse(file, &bytes)?)
+        }
+        _ => None,
+    };
     let url = ConnectUrl::parse(&target.url).map_err(sluice_client::Error::from)?;
     let client = Client::builder()
         .name(CONNECTION_NAME)
         .connect_url(&url)
         .await
         .map_err(|e| connect_error(&url, e))?;
-    let result = dispatch(&client, command, stdin_body, target.json).await;
+    let result = match (import, command) {
+        (Some(defs), _) => definitions::import(&client, &defs, target.json).await,
+        (None, command) => dispatch(&client, command, stdin_body, target.json).await,
+    };
     let closed = client.close().await;
     let outcome = result?;
     closed.map_err(|e| CliError::from(e).context("closing the connection"))?;
@@ -97,6 +114,50 @@ async fn dispatch(
                 print(&consumers_table(&consumers).to_string())?;
             }
         }
+        AdminCommand::Connections => {
+            let connections = client.list_connections().await?;
+            if json {
+                print_json(
+                    &connections
+                        .iter()
+                        .map(ConnectionJson::from)
+                        .collect::<Vec<_>>(),
+                )?;
+            } else {
+                print(&connections_table(&connections).to_string())?;
+            }
+        }
+        AdminCommand::CloseConnection(a) => {
+            client.close_connection(a.id, &a.reason).await?;
+            if json {
+                print_json(&json!({ "connection_id": a.id, "closed": true }))?;
+            } else {
+                print(&format!("connection {} closed\n", a.id))?;
+            }
+        }
+        AdminCommand::CancelConsumer(a) => {
+            client.cancel_consumer(a.connection_id, &a.tag).await?;
+            if json {
+                print_json(&json!({
+                    "connection_id": a.connection_id,
+                    "consumer_tag": a.tag,
+                    "cancelled": true,
+                }))?;
+            } else {
+                print(&format!(
+                    "consumer '{}' of connection {} cancelled\n",
+                    a.tag, a.connection_id
+                ))?;
+            }
+        }
+        AdminCommand::Definitions(a) => match a.action {
+            DefinitionsAction::Export { file } => {
+                definitions::export(client, file.as_deref()).await?;
+            }
+            DefinitionsAction::Import { .. } => {
+                return Err(CliError::new("the definitions file was not read"));
+            }
+        },
         AdminCommand::DeclareQueue(a) => declare_queue(client, a, json).await?,
         AdminCommand::DeleteQueue(a) => delete_queue(client, &a, json).await?,
         AdminCommand::Purge(a) => {
@@ -420,7 +481,7 @@ fn read_stdin() -> Result<Vec<u8>, CliError> {
 }
 
 /// Prints to stdout. A closed stdout (`sluice queues | head -n 1`) is not an error.
-fn print(text: &str) -> Result<(), CliError> {
+pub(super) fn print(text: &str) -> Result<(), CliError> {
     let mut out = io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
@@ -431,7 +492,7 @@ fn print(text: &str) -> Result<(), CliError> {
 }
 
 /// Prints one JSON document, indented, and a newline.
-fn print_json(value: &impl Serialize) -> Result<(), CliError> {
+pub(super) fn print_json(value: &impl Serialize) -> Result<(), CliError> {
     let mut text = serde_json::to_string_pretty(value)
         .map_err(|e| CliError::new(format!("cannot encode JSON: {e}")))?;
     text.push('\n');

@@ -5,7 +5,8 @@ use std::fmt::{self, Write as _};
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use sluice_client::wire::{
-    BindingSummary, ConsumerSummary, ExchangeSummary, InspectQueueOk, QueueSummary,
+    BindingSummary, ConnectionSummary, ConsumerSummary, ExchangeSummary, InspectQueueOk,
+    QueueSummary,
 };
 use sluice_client::{ExchangeKind, HeaderValue, Headers, Message, Overflow};
 
@@ -289,6 +290,69 @@ pub fn consumers_table(consumers: &[ConsumerSummary]) -> Table {
     table
 }
 
+/// The `sluice connections` table. SINCE is when the handshake completed (UTC).
+pub fn connections_table(connections: &[ConnectionSummary]) -> Table {
+    use Align::{Left, Right};
+    let mut table = Table::new(&[
+        ("ID", Right),
+        ("USER", Left),
+        ("PEER", Left),
+        ("CLIENT", Left),
+        ("NAME", Left),
+        ("SINCE", Left),
+        ("IN", Right),
+        ("OUT", Right),
+        ("UNSETTLED", Right),
+        ("CONSUMERS", Right),
+    ]);
+    for c in connections {
+        let client = [c.client_product.as_deref(), c.client_version.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
+        table.row(vec![
+            c.connection_id.to_string(),
+            c.user.clone(),
+            c.peer.clone().unwrap_or_else(|| "-".to_owned()),
+            if client.is_empty() {
+                "-".to_owned()
+            } else {
+                client
+            },
+            c.connection_name.clone().unwrap_or_default(),
+            utc_time(c.connected_at_ms),
+            human_bytes(c.bytes_in),
+            human_bytes(c.bytes_out),
+            c.unsettled_publishes.to_string(),
+            c.consumers.to_string(),
+        ]);
+    }
+    table
+}
+
+/// Milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS` UTC.
+pub fn utc_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
 /// The `sluice inspect` text: one `key  value` line per field, the queue's arguments after
 /// its counters (only those that are set).
 pub fn inspect_text(q: &InspectQueueOk) -> String {
@@ -473,6 +537,44 @@ impl<'a> From<&'a ConsumerSummary> for ConsumerJson<'a> {
     }
 }
 
+/// One connection of `sluice connections --json` and `GET /api/connections`.
+#[derive(serde::Serialize)]
+pub struct ConnectionJson<'a> {
+    connection_id: u64,
+    peer: Option<&'a str>,
+    user: &'a str,
+    client_product: Option<&'a str>,
+    client_version: Option<&'a str>,
+    connection_name: Option<&'a str>,
+    connected_at_ms: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    frames_in: u64,
+    frames_out: u64,
+    unsettled_publishes: u64,
+    consumers: u32,
+}
+
+impl<'a> From<&'a ConnectionSummary> for ConnectionJson<'a> {
+    fn from(c: &'a ConnectionSummary) -> Self {
+        ConnectionJson {
+            connection_id: c.connection_id,
+            peer: c.peer.as_deref(),
+            user: &c.user,
+            client_product: c.client_product.as_deref(),
+            client_version: c.client_version.as_deref(),
+            connection_name: c.connection_name.as_deref(),
+            connected_at_ms: c.connected_at_ms,
+            bytes_in: c.bytes_in,
+            bytes_out: c.bytes_out,
+            frames_in: c.frames_in,
+            frames_out: c.frames_out,
+            unsettled_publishes: c.unsettled_publishes,
+            consumers: c.consumers,
+        }
+    }
+}
+
 /// `sluice inspect --json`: the counters and every argument (`null` when not set).
 #[derive(serde::Serialize)]
 pub struct InspectJson<'a> {
@@ -601,6 +703,13 @@ mod tests {
              tasks      3\n\
              q      12345  x\n"
         );
+    }
+
+    #[test]
+    fn times_print_as_utc_dates() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00");
+        assert_eq!(utc_time(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(utc_time(1_798_761_599_999), "2026-12-31 23:59:59");
     }
 
     #[test]

@@ -15,12 +15,14 @@
 
 use std::fmt;
 use std::io;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
 use sluice_client::{ErrorCode, ExchangeKind, HeaderValue, Overflow};
 
 mod commands;
+mod definitions;
 pub(crate) mod format;
 
 /// The broker the admin commands talk to when neither `--url` nor `SLUICE_URL` is given.
@@ -54,6 +56,21 @@ pub enum AdminCommand {
     Bindings,
     /// List the consumers of every connection.
     Consumers,
+    /// List client connections: who, from where, since when, and what they moved.
+    ///
+    /// IN and OUT are bytes read from and written to the connection's socket, UNSETTLED its
+    /// published messages not yet confirmed. SINCE is UTC.
+    Connections,
+    /// Close a client connection.
+    ///
+    /// The client gets CONNECTION_FORCED with the reason; its unacked messages return to
+    /// their queues. ID is the connection's number from `sluice connections`.
+    CloseConnection(CloseConnectionArgs),
+    /// Cancel a consumer of any connection.
+    ///
+    /// The client gets CONSUMER_CANCELLED; the consumer's unacked messages return to its
+    /// queue. The connection stays open.
+    CancelConsumer(CancelConsumerArgs),
     /// Declare a queue, or check that it exists as declared.
     ///
     /// Queues are durable unless --transient. Declaring an existing queue with other
@@ -97,6 +114,12 @@ pub enum AdminCommand {
     /// The body is printed to stdout followed by a newline, then the message is acked (or
     /// requeued with --requeue). Exits with status 3 when the queue has no ready message.
     Get(GetArgs),
+    /// Export or import the topology (exchanges, queues, bindings) as JSON.
+    ///
+    /// Durable exchanges and queues (not exclusive, not server-named) with their arguments,
+    /// and the bindings between them; no messages. The format is the one of
+    /// GET/POST /api/definitions (docs/http-api.md).
+    Definitions(DefinitionsArgs),
     /// Consume from a queue, printing each body on its own line.
     ///
     /// Each message is acked once printed. Runs until --count messages are printed, or
@@ -122,6 +145,52 @@ pub struct Target {
 pub struct QueueArgs {
     /// The queue.
     pub queue: String,
+}
+
+/// Arguments of `sluice close-connection`.
+#[derive(Debug, Clone, Args)]
+pub struct CloseConnectionArgs {
+    /// The connection's number (`sluice connections`).
+    pub id: u64,
+    /// What the client is told.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub reason: String,
+}
+
+/// Arguments of `sluice cancel-consumer`.
+#[derive(Debug, Clone, Args)]
+pub struct CancelConsumerArgs {
+    /// The consumer's connection (`sluice consumers`, `sluice connections`).
+    pub connection_id: u64,
+    /// The consumer's tag.
+    pub tag: String,
+}
+
+/// Arguments of `sluice definitions`.
+#[derive(Debug, Clone, Args)]
+pub struct DefinitionsArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: DefinitionsAction,
+}
+
+/// `sluice definitions export|import`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum DefinitionsAction {
+    /// Write the broker's topology as JSON to FILE, or to stdout.
+    Export {
+        /// Where to write it [default: stdout].
+        file: Option<PathBuf>,
+    },
+    /// Declare what FILE holds.
+    ///
+    /// What already exists as given is left alone, so importing twice changes nothing. An
+    /// item that conflicts (a queue that exists with other arguments) is reported and the
+    /// others are still imported; the command then exits with status 1.
+    Import {
+        /// A file written by `sluice definitions export` or GET /api/definitions.
+        file: PathBuf,
+    },
 }
 
 /// Arguments of `sluice declare-queue`.

@@ -12,7 +12,8 @@
 //! holds at most about [`Outbox::HIGH_WATER`] bytes of the broker's memory (`output.rs`).
 //!
 //! Once its handshake succeeded a connection is listed in the server's [`ConnectionRegistry`]
-//! until it ends; the three tasks count what they move in its entry.
+//! until it ends; the three tasks count what they move in its entry, and operators reach its
+//! session through it ([`Control`]: close the connection, cancel a consumer).
 
 mod output;
 pub(crate) mod registry;
@@ -35,7 +36,9 @@ use tokio::sync::{mpsc, watch};
 use crate::broker::Broker;
 use crate::queue::Outbox;
 use output::{Output, WRITER_CHUNKS};
-pub(crate) use registry::{ClientIdentity, ConnectionEntry, ConnectionRegistry, ConnectionStats};
+pub(crate) use registry::{
+    ClientIdentity, ConnectionEntry, ConnectionRegistry, ConnectionStats, Control,
+};
 
 /// Oldest protocol version this server speaks.
 const MIN_VERSION: u16 = 1;
@@ -205,8 +208,14 @@ pub async fn serve(
         connection_name = who.connection_name,
         "connection opened"
     );
-    let registration =
-        registry.register(conn_id, peer_addr, who.user.clone(), who.identity.clone());
+    let (control_tx, control_rx) = mpsc::channel(registry::CONTROL_CAPACITY);
+    let registration = registry.register(
+        conn_id,
+        peer_addr,
+        who.user.clone(),
+        who.identity.clone(),
+        control_tx,
+    );
     let entry = registration.entry();
 
     let last_recv = Arc::new(AtomicU64::new(0));
@@ -239,13 +248,14 @@ pub async fn serve(
     let reason = session::Session::new(
         Arc::clone(&broker),
         Arc::clone(entry),
+        Arc::clone(&registry),
         peer.clone(),
         agreed,
         output,
         last_recv,
         started,
     )
-    .run(frames_rx, shutdown)
+    .run(frames_rx, control_rx, shutdown)
     .await;
 
     reader.abort();

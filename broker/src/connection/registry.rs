@@ -6,16 +6,50 @@
 //! [`Registration`] drops, so the registry holds at most `max_connections` entries. The
 //! counters are relaxed atomics that only their connection's tasks write; readers take a
 //! snapshot of the list under a lock held for the copy of a few pointers.
+//!
+//! Operators act on a connection through its entry: [`ConnectionRegistry::close`] and
+//! [`ConnectionRegistry::cancel_consumer`] send a [`Control`] to its session over a small
+//! bounded channel and wait, bounded, for the session to have done it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use sluice_client::wire::{HeaderValue, Hello};
+use sluice_client::wire::{ErrorCode, HeaderValue, Hello};
+use tokio::sync::{mpsc, oneshot};
 
+use crate::error::RequestError;
 use crate::queue::ConnId;
+
+/// Operator requests a connection may have waiting for its session; more are refused with
+/// `RESOURCE_EXHAUSTED` rather than queued without bound.
+pub const CONTROL_CAPACITY: usize = 8;
+/// Longest wait for a session to act on an operator's request (one stuck on a full queue
+/// mailbox must not hold the operator's request forever).
+const CONTROL_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// What a connection closed by an operator is told when the operator gave no reason.
+pub const DEFAULT_CLOSE_REASON: &str = "closed by an operator";
+
+/// What an operator asks of a live connection; its session acts on it.
+#[derive(Debug)]
+pub enum Control {
+    /// Send `Close` with `CONNECTION_FORCED` and `reason`, return the deliveries, end.
+    Close {
+        /// What the client is told.
+        reason: String,
+        /// Dropped or answered once the `Close` is on its way.
+        done: oneshot::Sender<()>,
+    },
+    /// Stop the consumer tagged `tag` with `CONSUMER_CANCELLED` and return its deliveries.
+    CancelConsumer {
+        /// The consumer's tag.
+        tag: String,
+        /// `NOT_FOUND` when the connection has no such consumer.
+        done: oneshot::Sender<Result<(), RequestError>>,
+    },
+}
 
 /// Every live connection, by number.
 #[derive(Debug, Default)]
@@ -38,6 +72,8 @@ pub struct ConnectionEntry {
     pub connected_at: SystemTime,
     /// What it has moved so far.
     pub stats: ConnectionStats,
+    /// Operators' requests to its session.
+    control: mpsc::Sender<Control>,
 }
 
 /// The `product`, `version` and `connection_name` client properties, when they are text.
@@ -121,13 +157,15 @@ impl ConnectionRegistry {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Lists a connection whose handshake just succeeded.
+    /// Lists a connection whose handshake just succeeded; operators' requests for it arrive
+    /// on `control` (made with [`CONTROL_CAPACITY`]).
     pub fn register(
         self: &Arc<Self>,
         id: ConnId,
         peer: Option<SocketAddr>,
         user: String,
         client: ClientIdentity,
+        control: mpsc::Sender<Control>,
     ) -> Registration {
         let entry = Arc::new(ConnectionEntry {
             id,
@@ -136,6 +174,7 @@ impl ConnectionRegistry {
             client,
             connected_at: SystemTime::now(),
             stats: ConnectionStats::default(),
+            control,
         });
         self.lock().insert(id, Arc::clone(&entry));
         Registration {
@@ -144,15 +183,102 @@ impl ConnectionRegistry {
         }
     }
 
-    /// The live connections, by number.
-    pub fn snapshot(&self) -> Vec<Arc<ConnectionEntry>> {
-        self.lock().values().cloned().collect()
-    }
-
     /// How many connections are live.
     pub fn len(&self) -> usize {
         self.lock().len()
     }
+
+    /// The live connections with an id above `after` (all with `None`), by id.
+    pub fn snapshot_after(&self, after: Option<ConnId>) -> Vec<Arc<ConnectionEntry>> {
+        let live = self.lock();
+        match after {
+            Some(id) => live
+                .range(id.saturating_add(1)..)
+                .filter(|(&k, _)| k > id)
+                .map(|(_, e)| Arc::clone(e))
+                .collect(),
+            None => live.values().cloned().collect(),
+        }
+    }
+
+    fn entry(&self, id: ConnId) -> Result<Arc<ConnectionEntry>, RequestError> {
+        self.lock()
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| no_connection(id))
+    }
+
+    /// Closes connection `id` for an operator: its client gets `Close` with
+    /// `CONNECTION_FORCED` and `reason` ([`DEFAULT_CLOSE_REASON`] if empty). Returns once the
+    /// session has sent the `Close`; `NOT_FOUND` if no such connection is live.
+    pub async fn close(&self, id: ConnId, reason: &str) -> Result<(), RequestError> {
+        let entry = self.entry(id)?;
+        let reason = if reason.is_empty() {
+            DEFAULT_CLOSE_REASON
+        } else {
+            reason
+        };
+        let (done, answer) = oneshot::channel();
+        let control = Control::Close {
+            reason: reason.to_owned(),
+            done,
+        };
+        if !send_control(&entry, control)? {
+            // The session is ending on its own: the connection is closing anyway.
+            return Ok(());
+        }
+        match tokio::time::timeout(CONTROL_ANSWER_TIMEOUT, answer).await {
+            // A dropped answer means the session ended: closed either way.
+            Ok(_) => Ok(()),
+            Err(_) => Err(no_answer(id)),
+        }
+    }
+
+    /// Cancels the consumer `tag` of connection `id` for an operator: its client gets
+    /// `ConsumerCancelled` with `CONSUMER_CANCELLED`. `NOT_FOUND` for an unknown connection
+    /// or tag.
+    pub async fn cancel_consumer(&self, id: ConnId, tag: &str) -> Result<(), RequestError> {
+        let entry = self.entry(id)?;
+        let (done, answer) = oneshot::channel();
+        let control = Control::CancelConsumer {
+            tag: tag.to_owned(),
+            done,
+        };
+        if !send_control(&entry, control)? {
+            return Err(no_connection(id));
+        }
+        match tokio::time::timeout(CONTROL_ANSWER_TIMEOUT, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(no_connection(id)),
+            Err(_) => Err(no_answer(id)),
+        }
+    }
+}
+
+/// Hands `control` to the entry's session; false when the session has already ended.
+fn send_control(entry: &ConnectionEntry, control: Control) -> Result<bool, RequestError> {
+    match entry.control.try_send(control) {
+        Ok(()) => Ok(true),
+        Err(mpsc::error::TrySendError::Closed(_)) => Ok(false),
+        Err(mpsc::error::TrySendError::Full(_)) => Err(RequestError::new(
+            ErrorCode::ResourceExhausted,
+            format!(
+                "connection {} already has {CONTROL_CAPACITY} operator requests waiting; try again",
+                entry.id
+            ),
+        )),
+    }
+}
+
+fn no_connection(id: ConnId) -> RequestError {
+    RequestError::new(ErrorCode::NotFound, format!("no connection {id}"))
+}
+
+fn no_answer(id: ConnId) -> RequestError {
+    RequestError::internal(format!(
+        "connection {id} did not act on the request within {} s",
+        CONTROL_ANSWER_TIMEOUT.as_secs()
+    ))
 }
 
 #[cfg(test)]
@@ -162,14 +288,21 @@ mod tests {
     #[test]
     fn a_connection_is_listed_while_its_registration_lives() {
         let registry = Arc::new(ConnectionRegistry::default());
-        let a = registry.register(1, None, "guest".into(), ClientIdentity::default());
+        let control = || mpsc::channel(CONTROL_CAPACITY).0;
+        let a = registry.register(
+            1,
+            None,
+            "guest".into(),
+            ClientIdentity::default(),
+            control(),
+        );
         {
-            let b = registry.register(2, None, "app".into(), ClientIdentity::default());
+            let b = registry.register(2, None, "app".into(), ClientIdentity::default(), control());
             ConnectionStats::add(&b.entry().stats.frames_in, 3);
-            let ids: Vec<ConnId> = registry.snapshot().iter().map(|e| e.id).collect();
+            let ids: Vec<ConnId> = registry.snapshot_after(None).iter().map(|e| e.id).collect();
             assert_eq!(ids, [1, 2]);
             assert_eq!(
-                registry.snapshot()[1]
+                registry.snapshot_after(None)[1]
                     .stats
                     .frames_in
                     .load(Ordering::Relaxed),
@@ -179,6 +312,65 @@ mod tests {
         assert_eq!(registry.len(), 1);
         drop(a);
         assert_eq!(registry.len(), 0);
+    }
+
+    #[test]
+    fn listings_continue_after_the_last_id_seen() {
+        let registry = Arc::new(ConnectionRegistry::default());
+        let _live: Vec<Registration> = [3, 5, 9]
+            .into_iter()
+            .map(|id| {
+                let control = mpsc::channel(CONTROL_CAPACITY).0;
+                registry.register(id, None, "u".into(), ClientIdentity::default(), control)
+            })
+            .collect();
+        let ids = |after| -> Vec<ConnId> {
+            registry
+                .snapshot_after(after)
+                .iter()
+                .map(|e| e.id)
+                .collect()
+        };
+        assert_eq!(ids(None), [3, 5, 9]);
+        assert_eq!(ids(Some(3)), [5, 9]);
+        assert_eq!(ids(Some(4)), [5, 9]);
+        assert_eq!(ids(Some(9)), Vec::<ConnId>::new());
+        assert_eq!(ids(Some(u64::MAX)), Vec::<ConnId>::new());
+    }
+
+    #[tokio::test]
+    async fn operators_reach_a_session_through_its_entry() {
+        let registry = Arc::new(ConnectionRegistry::default());
+        let (tx, mut rx) = mpsc::channel(CONTROL_CAPACITY);
+        let _reg = registry.register(4, None, "u".into(), ClientIdentity::default(), tx);
+        let session = tokio::spawn(async move {
+            while let Some(control) = rx.recv().await {
+                match control {
+                    Control::Close { reason, done } => {
+                        assert_eq!(reason, DEFAULT_CLOSE_REASON);
+                        let _ = done.send(());
+                    }
+                    Control::CancelConsumer { tag, done } => {
+                        let result = if tag == "w" {
+                            Ok(())
+                        } else {
+                            Err(RequestError::new(ErrorCode::NotFound, "no such tag"))
+                        };
+                        let _ = done.send(result);
+                    }
+                }
+            }
+        });
+        registry.close(4, "").await.unwrap();
+        registry.cancel_consumer(4, "w").await.unwrap();
+        let missing = registry.cancel_consumer(4, "x").await.unwrap_err();
+        assert_eq!(missing.code, ErrorCode::NotFound);
+        assert_eq!(
+            registry.close(5, "r").await.unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        drop(_reg);
+        session.await.unwrap();
     }
 
     #[test]

@@ -8,22 +8,23 @@ use std::time::{Duration, Instant};
 use sluice_client::wire::{
     Ack, Blocked, Cancel, CancelOk, Close, Confirm, Consume, ConsumerCancelled, ConsumerId,
     DeclareExchange, DecodeError, DeleteQueue, DeleteQueueOk, Deliver, Delivery, ErrorCode,
-    ErrorReply, Extend, Frame, FrameBody, GetOk, MetaView, Nack, Publish, PublishRejected,
-    PublishSeq, Rejection, Reply, Request, RequestId, MAX_NAME_LEN,
+    ErrorReply, Extend, Frame, FrameBody, GetOk, Nack, Publish, PublishRejected, PublishSeq,
+    Rejection, Reply, Request, RequestId,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::output::Output;
-use super::{Agreed, CloseReason, ConnectionEntry, ConnectionStats, ReadEvent};
+use super::{
+    Agreed, CloseReason, ConnectionEntry, ConnectionRegistry, ConnectionStats, Control, ReadEvent,
+};
 use crate::broker::Broker;
 use crate::error::RequestError;
 use crate::metrics::Metrics;
+use crate::publish::{route_message, PublishLimits};
 use crate::queue::{
     delivery_bytes, ConnEvent, ConnLink, Incoming, QueueCmd, QueueHandle, Settlement,
 };
-use crate::routing::{
-    check_header_count, check_header_limits, check_headers_len, Binding, RouteResult,
-};
+use crate::routing::{check_header_limits, Binding, RouteResult};
 use crate::storage::Epoch;
 
 /// Bytes of published messages a connection may have in queues' mailboxes and awaiting
@@ -91,6 +92,8 @@ pub(super) struct Session {
     started: Instant,
     /// This connection in the server's registry: its counters for operators.
     entry: Arc<ConnectionEntry>,
+    /// Every connection: what this one's operator requests list and act on.
+    registry: Arc<ConnectionRegistry>,
     // Publishing.
     next_publish_seq: u64,
     next_batch: u64,
@@ -117,9 +120,11 @@ pub(super) struct Session {
 impl Session {
     /// The session of the connection `entry` (its number comes from there; `peer` is its
     /// address as the log shows it).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         broker: Arc<Broker>,
         entry: Arc<ConnectionEntry>,
+        registry: Arc<ConnectionRegistry>,
         peer: String,
         agreed: Agreed,
         output: Output,
@@ -146,6 +151,7 @@ impl Session {
             last_recv,
             started,
             entry,
+            registry,
             next_publish_seq: 1,
             next_batch: 1,
             batches: VecDeque::new(),
@@ -167,6 +173,7 @@ impl Session {
     pub(super) async fn run(
         mut self,
         mut frames: mpsc::Receiver<ReadEvent>,
+        mut control: mpsc::Receiver<Control>,
         mut shutdown: watch::Receiver<bool>,
     ) -> CloseReason {
         let tick_every = self.agreed.heartbeat.map_or(Duration::from_secs(1), |h| {
@@ -195,6 +202,8 @@ impl Session {
             }
             let ending = tokio::select! {
                 biased;
+                // The entry holds a sender while the session runs: never closed here.
+                Some(request) = control.recv() => self.on_control(request),
                 event = self.events.recv() => {
                     // The session holds a sender (in its link), so the channel never closes.
                     let mut ending = event.map_or(Ending::No, |e| self.on_event(e));
@@ -303,6 +312,75 @@ impl Session {
             ),
         );
         Ending::Now
+    }
+
+    /// An operator's request for this connection (through the registry).
+    fn on_control(&mut self, request: Control) -> Ending {
+        match request {
+            Control::Close { reason, done } => {
+                tracing::info!(
+                    conn = self.link.id,
+                    peer = self.peer,
+                    reason,
+                    "an operator closes the connection"
+                );
+                self.close_with(ErrorCode::ConnectionForced, &reason);
+                let _ = done.send(());
+                Ending::Now
+            }
+            Control::CancelConsumer { tag, done } => {
+                let _ = done.send(self.stop_consumer(&tag));
+                Ending::No
+            }
+        }
+    }
+
+    /// Asks the queue of the consumer tagged `tag` to stop it for an operator: the queue
+    /// takes back its deliveries and answers `ConsumerStopped`, which the client sees as
+    /// `ConsumerCancelled`.
+    fn stop_consumer(&mut self, tag: &str) -> Result<(), RequestError> {
+        let Some((&id, entry)) = self.consumers.iter().find(|(_, e)| e.tag == tag) else {
+            return Err(RequestError::new(
+                ErrorCode::NotFound,
+                format!("connection {} has no consumer '{tag}'", self.link.id),
+            ));
+        };
+        tracing::info!(
+            conn = self.link.id,
+            consumer_tag = tag,
+            "an operator cancels a consumer"
+        );
+        // A queue that is gone has stopped the consumer already (QUEUE_DELETED).
+        entry.queue.send(QueueCmd::StopConsumer {
+            conn: Arc::clone(&self.link),
+            consumer_id: ConsumerId(id),
+            code: ErrorCode::ConsumerCancelled,
+            reason: format!("consumer '{tag}' was cancelled by an operator"),
+        });
+        Ok(())
+    }
+
+    /// Runs an operator's request on another connection without waiting for it here (the
+    /// target may be this very session, or one waiting on this one), and answers `id` with
+    /// `ok` or the error once it is done.
+    fn answer_later<F>(&self, id: RequestId, ok: Reply, act: F)
+    where
+        F: std::future::Future<Output = Result<(), RequestError>> + Send + 'static,
+    {
+        let link = Arc::clone(&self.link);
+        tokio::spawn(async move {
+            let event = match act.await {
+                Ok(()) => ConnEvent::Reply {
+                    request_id: id,
+                    reply: ok,
+                },
+                Err(error) => ConnEvent::Error {
+                    request_id: id,
+                    error,
+                },
+            };
+            link.send(event);
+        });
     }
 
     fn now_ms(&self) -> u64 {
@@ -552,6 +630,25 @@ impl Session {
                 let reply = crate::admin::list_consumers(&self.broker, &r, max);
                 self.send(id, reply);
             }
+            Request::ListConnections(r) => {
+                let max = self.agreed.max_frame_len;
+                let reply = crate::admin::list_connections(&self.registry, &r, max);
+                self.send(id, reply);
+            }
+            Request::CloseConnection(c) => {
+                let registry = Arc::clone(&self.registry);
+                self.answer_later(id, Reply::CloseConnectionOk, async move {
+                    registry.close(c.connection_id, &c.reason).await
+                });
+            }
+            Request::CancelConsumer(c) => {
+                let registry = Arc::clone(&self.registry);
+                self.answer_later(id, Reply::CancelConsumerOk, async move {
+                    registry
+                        .cancel_consumer(c.connection_id, &c.consumer_tag)
+                        .await
+                });
+            }
         }
         Ending::No
     }
@@ -714,92 +811,21 @@ impl Session {
                 message,
             });
         };
+        let limits = PublishLimits {
+            max_message_len: self.agreed.max_message_len,
+            blocking: blocking.as_ref(),
+        };
         for m in p.messages {
             let seq = self.next_publish_seq;
             self.next_publish_seq += 1;
             let size = m.meta.len() + m.body.len();
-            if size > self.agreed.max_message_len as usize {
-                reject(
-                    seq,
-                    ErrorCode::MessageTooLarge,
-                    format!(
-                        "message of {size} bytes exceeds the limit of {}",
-                        self.agreed.max_message_len
-                    ),
-                );
-                continue;
-            }
-            if let Some(b) = &blocking {
-                reject(seq, b.code, format!("publishing is blocked: {}", b.reason));
-                continue;
-            }
-            let view = match MetaView::parse(&m.meta) {
-                Ok(v) => v,
+            let persistent = match route_message(&reg, &m.meta, m.body.len(), limits, &mut route) {
+                Ok(persistent) => persistent,
                 Err(e) => {
-                    reject(
-                        seq,
-                        ErrorCode::MalformedRequest,
-                        format!("bad meta block: {e}"),
-                    );
+                    reject(seq, e.code, e.message);
                     continue;
                 }
             };
-            if view.routing_key.len() > MAX_NAME_LEN {
-                reject(
-                    seq,
-                    ErrorCode::InvalidArgument,
-                    "routing key longer than 255 bytes".into(),
-                );
-                continue;
-            }
-            // The length is checked before decoding, so an over-long table costs no
-            // allocation; the count after, since it is a decoded field. Both keep the work
-            // done under the routing lock small (protocol.md §14).
-            if let Err(e) = check_headers_len(view.raw_headers.len()) {
-                reject(seq, ErrorCode::InvalidArgument, e.to_string());
-                continue;
-            }
-            let headers = if view.raw_headers.is_empty() {
-                Vec::new()
-            } else {
-                match view.headers() {
-                    Ok(h) => h,
-                    Err(e) => {
-                        reject(
-                            seq,
-                            ErrorCode::MalformedRequest,
-                            format!("bad headers: {e}"),
-                        );
-                        continue;
-                    }
-                }
-            };
-            if let Err(e) = check_header_count(headers.len()) {
-                reject(seq, ErrorCode::InvalidArgument, e.to_string());
-                continue;
-            }
-            if let Err(e) =
-                reg.routing
-                    .route_into(view.exchange, view.routing_key, &headers, &mut route)
-            {
-                let e = RequestError::from(e);
-                reject(seq, e.code, e.message);
-                continue;
-            }
-            if route.queues.is_empty() {
-                if view.mandatory {
-                    reject(
-                        seq,
-                        ErrorCode::Unroutable,
-                        format!(
-                            "no queue matched exchange '{}' with routing key '{}'",
-                            view.exchange, view.routing_key
-                        ),
-                    );
-                }
-                continue;
-            }
-            let persistent = view.persistent;
             for name in &route.queues {
                 let Some(q) = reg.queues.get(name) else {
                     continue;

@@ -3,7 +3,6 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bytes::Bytes;
 use sluice_client::wire::{HeaderValue, Headers, ListBindings};
 
 use super::error::{ApiError, JsonBody};
@@ -12,6 +11,7 @@ use crate::admin;
 use crate::cli::format::{BindingJson, HeadersJson};
 use crate::error::RequestError;
 use crate::routing::Binding;
+use crate::topology::header_value_from_json;
 
 /// `GET /api/bindings`: every explicit binding, as `sluice bindings --json` prints them.
 pub async fn list(State(api): State<Api>) -> Response {
@@ -51,33 +51,17 @@ impl BindingBody {
 /// A binding argument from JSON, the inverse of how listings print it: strings, integers
 /// and booleans as themselves, bytes as `{"bytes": "<hex>"}`.
 fn header_value(key: &str, v: serde_json::Value) -> Result<HeaderValue, RequestError> {
-    use serde_json::Value;
-    let bad = || {
-        RequestError::invalid(format!(
-            "binding argument '{key}': expected a string, an integer, a boolean or {{\"bytes\": \"<hex>\"}}"
-        ))
-    };
-    match v {
-        Value::String(s) => Ok(HeaderValue::Str(s)),
-        Value::Bool(b) => Ok(HeaderValue::Bool(b)),
-        Value::Number(n) => n.as_i64().map(HeaderValue::Int).ok_or_else(bad),
-        Value::Object(map) if map.len() == 1 => match map.get("bytes") {
-            Some(Value::String(hex)) => parse_hex(hex).map(HeaderValue::Bytes).ok_or_else(bad),
-            _ => Err(bad()),
-        },
-        _ => Err(bad()),
-    }
+    header_value_of("binding argument", key, v)
 }
 
-fn parse_hex(hex: &str) -> Option<Bytes> {
-    if hex.len() % 2 != 0 {
-        return None;
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect::<Option<Vec<u8>>>()
-        .map(Bytes::from)
+/// A header value from JSON (`what` names the table in errors): strings, integers and
+/// booleans as themselves, bytes as `{"bytes": "<hex>"}`.
+pub(super) fn header_value_of(
+    what: &str,
+    key: &str,
+    v: serde_json::Value,
+) -> Result<HeaderValue, RequestError> {
+    header_value_from_json(key, &v).map_err(|e| RequestError::invalid(format!("{what} {e}")))
 }
 
 /// `POST /api/bindings`: binds the queue to the exchange.

@@ -1,58 +1,63 @@
-//! `GET /api/connections`.
+//! `/api/connections`: list client connections, close one, cancel one of its consumers.
 
-use std::sync::atomic::Ordering;
-use std::time::UNIX_EPOCH;
-
-use axum::extract::State;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use sluice_client::wire::{ErrorCode, ListConnections};
 
+use super::error::{ApiError, JsonBody};
 use super::Api;
-use crate::connection::ConnectionEntry;
+use crate::admin;
+use crate::cli::format::ConnectionJson;
+use crate::error::RequestError;
 
-/// One connection of `GET /api/connections`.
-#[derive(Debug, serde::Serialize)]
-pub struct ConnectionJson {
-    connection_id: u64,
-    peer: Option<String>,
-    user: String,
-    client_product: Option<String>,
-    client_version: Option<String>,
-    connection_name: Option<String>,
-    connected_at_ms: u64,
-    bytes_in: u64,
-    bytes_out: u64,
-    frames_in: u64,
-    frames_out: u64,
-    unsettled_publishes: u64,
-    consumers: u64,
+/// `GET /api/connections`: every client connection past its handshake, by number, as
+/// `sluice connections --json` prints them.
+pub async fn list(State(api): State<Api>) -> Response {
+    // In-process there is no frame to fit: one page holds everything.
+    let all = admin::list_connections(&api.connections, &ListConnections::default(), u32::MAX);
+    let json: Vec<ConnectionJson<'_>> = all.connections.iter().map(ConnectionJson::from).collect();
+    Json(json).into_response()
 }
 
-impl From<&ConnectionEntry> for ConnectionJson {
-    fn from(c: &ConnectionEntry) -> Self {
-        let s = &c.stats;
-        ConnectionJson {
-            connection_id: c.id,
-            peer: c.peer.map(|p| p.to_string()),
-            user: c.user.clone(),
-            client_product: c.client.product.clone(),
-            client_version: c.client.version.clone(),
-            connection_name: c.client.connection_name.clone(),
-            connected_at_ms: c
-                .connected_at
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-            bytes_in: s.bytes_in.load(Ordering::Relaxed),
-            bytes_out: s.bytes_out.load(Ordering::Relaxed),
-            frames_in: s.frames_in.load(Ordering::Relaxed),
-            frames_out: s.frames_out.load(Ordering::Relaxed),
-            unsettled_publishes: s.unsettled_publishes.load(Ordering::Relaxed),
-            consumers: s.consumers.load(Ordering::Relaxed),
-        }
-    }
+/// The optional body of `DELETE /api/connections/ID`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloseBody {
+    /// What the client is told (`Close` with `CONNECTION_FORCED`).
+    #[serde(default)]
+    reason: String,
 }
 
-/// `GET /api/connections`: every client connection past its handshake, by number.
-pub async fn list(State(api): State<Api>) -> Json<Vec<ConnectionJson>> {
-    let live = api.connections.snapshot();
-    Json(live.iter().map(|c| ConnectionJson::from(&**c)).collect())
+/// `DELETE /api/connections/ID`: closes the connection; its client gets `Close` with
+/// `CONNECTION_FORCED` and the reason, its unsettled deliveries return to their queues.
+pub async fn close(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<CloseBody>,
+) -> Result<Response, ApiError> {
+    api.connections
+        .close(connection_id(&id)?, &body.reason)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `DELETE /api/connections/ID/consumers/TAG`: cancels the consumer; its client gets
+/// `ConsumerCancelled` with `CONSUMER_CANCELLED`, its unsettled deliveries return.
+pub async fn cancel_consumer(
+    State(api): State<Api>,
+    Path((id, tag)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    api.connections
+        .cancel_consumer(connection_id(&id)?, &tag)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A connection id from a path; anything else names no connection.
+fn connection_id(raw: &str) -> Result<u64, ApiError> {
+    raw.parse().map_err(|_| {
+        RequestError::new(ErrorCode::NotFound, format!("no connection '{raw}'")).into()
+    })
 }

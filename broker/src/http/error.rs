@@ -31,7 +31,11 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::AccessRefused => StatusCode::UNAUTHORIZED,
         ErrorCode::NotAllowed => StatusCode::FORBIDDEN,
         ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
-        ErrorCode::ResourceExhausted => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::ResourceExhausted | ErrorCode::MemoryLimit => StatusCode::SERVICE_UNAVAILABLE,
+        // Refusals of a debugging publish (`POST /api/exchanges/NAME/publish`).
+        ErrorCode::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::Unroutable => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::QueueFull => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -127,6 +131,10 @@ mod tests {
             (ErrorCode::NotAllowed, 403),
             (ErrorCode::StorageFull, 507),
             (ErrorCode::ResourceExhausted, 503),
+            (ErrorCode::MemoryLimit, 503),
+            (ErrorCode::MessageTooLarge, 413),
+            (ErrorCode::Unroutable, 422),
+            (ErrorCode::QueueFull, 429),
             (ErrorCode::InternalError, 500),
             (ErrorCode::Unknown(999), 500),
         ];

@@ -8,8 +8,10 @@
 //! - `error.rs`: [`RequestError`](crate::error::RequestError) codes as HTTP statuses, and the
 //!   JSON body extractor whose failures are answered in the same shape.
 //! - one file per resource: `overview.rs`, `queues.rs`, `exchanges.rs`, `bindings.rs`,
-//!   `consumers.rs`, `connections.rs`, `health.rs` for `/healthz` and `/readyz`, and
-//!   `metrics.rs` for the Prometheus scrape `/metrics` (rendered by [`crate::metrics`]).
+//!   `consumers.rs`, `connections.rs` (list, close, cancel a consumer), `publish.rs` (publish
+//!   and get for debugging), `definitions.rs` (export and import the topology),
+//!   `health.rs` for `/healthz` and `/readyz`, and `metrics.rs` for the Prometheus scrape
+//!   `/metrics` (rendered by [`crate::metrics`]).
 //! - `history.rs`: a sampler task keeps the last minutes of the broker's and each queue's
 //!   counters, for the dashboard's charts.
 //! - `dashboard.rs`: the web dashboard at `/`, static files from `dashboard/` embedded in the
@@ -23,6 +25,7 @@ mod bindings;
 mod connections;
 mod consumers;
 mod dashboard;
+mod definitions;
 mod error;
 mod exchanges;
 mod health;
@@ -30,13 +33,14 @@ mod history;
 mod listener;
 mod metrics;
 mod overview;
+mod publish;
 mod queues;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -125,6 +129,8 @@ fn router(api: Api) -> Router {
             axum::routing::delete(queues::purge),
         )
         .route("/api/queues/{name}/history", get(history::queue))
+        .route("/api/queues/{name}/get", post(publish::get))
+        .route("/api/exchanges/{name}/publish", post(publish::publish))
         .route("/api/exchanges", get(exchanges::list))
         .route(
             "/api/exchanges/{name}",
@@ -137,7 +143,19 @@ fn router(api: Api) -> Router {
                 .delete(bindings::unbind),
         )
         .route("/api/consumers", get(consumers::list))
+        .route(
+            "/api/definitions",
+            get(definitions::export).post(definitions::import),
+        )
         .route("/api/connections", get(connections::list))
+        .route(
+            "/api/connections/{id}",
+            axum::routing::delete(connections::close),
+        )
+        .route(
+            "/api/connections/{id}/consumers/{tag}",
+            axum::routing::delete(connections::cancel_consumer),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             api.clone(),
             auth::require_user,

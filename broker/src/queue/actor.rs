@@ -394,6 +394,12 @@ impl Actor {
                 }
                 return self.auto_delete_if_unused();
             }
+            QueueCmd::StopConsumer {
+                conn,
+                consumer_id,
+                code,
+                reason,
+            } => return self.stop_consumer(&conn, consumer_id, code, reason),
             QueueCmd::SetPrefetch {
                 conn_id,
                 consumer_id,
@@ -1171,6 +1177,43 @@ impl Actor {
         for (_, (conn, tags)) in expired {
             conn.send(ConnEvent::LeasesExpired { tags });
         }
+    }
+
+    /// Stops a consumer for the server and takes back its deliveries (they go to the other
+    /// consumers); true when the task must stop (an auto-delete queue lost its last one).
+    fn stop_consumer(
+        &mut self,
+        conn: &Arc<ConnLink>,
+        id: ConsumerId,
+        code: ErrorCode,
+        reason: String,
+    ) -> bool {
+        let known = self
+            .consumers
+            .iter()
+            .any(|c| c.conn.id == conn.id && c.id == id);
+        if !known {
+            // Cancelled meanwhile: its connection was answered already.
+            return false;
+        }
+        self.remove_consumer(conn.id, id);
+        let held: Vec<(u64, u64)> = self
+            .inflight
+            .iter()
+            .filter(|(_, f)| f.conn.id == conn.id && f.consumer == Some(id))
+            .map(|(&seq, f)| (seq, f.tag))
+            .collect();
+        let tags = held.iter().map(|&(_, tag)| tag).collect();
+        for (seq, _) in held {
+            self.return_delivery(seq);
+        }
+        conn.send(ConnEvent::LeasesExpired { tags });
+        conn.send(ConnEvent::ConsumerStopped {
+            consumer_id: id,
+            code,
+            reason,
+        });
+        self.auto_delete_if_unused()
     }
 
     fn remove_consumer(&mut self, conn_id: ConnId, id: ConsumerId) {

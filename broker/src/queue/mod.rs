@@ -237,6 +237,19 @@ pub enum QueueCmd {
         /// The request, if a client asked.
         request_id: Option<RequestId>,
     },
+    /// Stop a consumer for the server (an operator): its deliveries return to the queue,
+    /// its connection gets [`ConnEvent::LeasesExpired`] for them, then
+    /// [`ConnEvent::ConsumerStopped`].
+    StopConsumer {
+        /// Its connection.
+        conn: Arc<ConnLink>,
+        /// The consumer.
+        consumer_id: ConsumerId,
+        /// Why (a 4xx code).
+        code: ErrorCode,
+        /// Detail for the client.
+        reason: String,
+    },
     /// Change a consumer's window.
     SetPrefetch {
         /// Its connection.

@@ -36,7 +36,7 @@ pub const MAX_PAGE_ITEMS: usize = (MORE - 1) as usize;
 pub const PAGE_FIXED_LEN: usize = 4;
 
 /// A cursor's wire form: the sort key of one item of a listing.
-trait Cursor: Sized {
+pub(super) trait Cursor: Sized {
     fn put(&self, buf: &mut BytesMut) -> Result<(), WireError>;
     fn read(r: &mut Reader<'_>) -> Result<Self, WireError>;
 }
@@ -52,7 +52,7 @@ impl Cursor for String {
     }
 }
 
-fn put_page_request<C: Cursor>(
+pub(super) fn put_page_request<C: Cursor>(
     buf: &mut BytesMut,
     limit: u32,
     after: Option<&C>,
@@ -66,7 +66,9 @@ fn put_page_request<C: Cursor>(
     after.map_or(Ok(()), |c| c.put(buf))
 }
 
-fn read_page_request<C: Cursor>(r: &mut Reader<'_>) -> Result<(u32, Option<C>), WireError> {
+pub(super) fn read_page_request<C: Cursor>(
+    r: &mut Reader<'_>,
+) -> Result<(u32, Option<C>), WireError> {
     if r.remaining() == 0 {
         return Ok((0, None));
     }
@@ -85,7 +87,7 @@ fn read_page_request<C: Cursor>(r: &mut Reader<'_>) -> Result<(u32, Option<C>), 
     Ok((limit, Some(C::read(r)?)))
 }
 
-fn put_page_count(
+pub(super) fn put_page_count(
     buf: &mut BytesMut,
     what: &'static str,
     n: usize,
@@ -98,7 +100,10 @@ fn put_page_count(
 
 /// Reads a page's count: the number of items (checked against the bytes left, at least
 /// `min_item_len` each) and whether more pages follow.
-fn read_page_count(r: &mut Reader<'_>, min_item_len: usize) -> Result<(usize, bool), WireError> {
+pub(super) fn read_page_count(
+    r: &mut Reader<'_>,
+    min_item_len: usize,
+) -> Result<(usize, bool), WireError> {
     let raw = r.u32()?;
     let more = raw & MORE != 0;
     let count = r.count((raw & !MORE) as usize, min_item_len)?;

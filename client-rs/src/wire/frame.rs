@@ -199,6 +199,18 @@ opcodes! {
     ListConsumers = 0x0607, ToServer;
     /// The consumers.
     ListConsumersOk = 0x0608, ToClient;
+    /// List every client connection.
+    ListConnections = 0x0609, ToServer;
+    /// The connections.
+    ListConnectionsOk = 0x060A, ToClient;
+    /// Close another connection (operators).
+    CloseConnection = 0x060B, ToServer;
+    /// Answers `CloseConnection`.
+    CloseConnectionOk = 0x060C, ToClient;
+    /// Cancel another connection's consumer (operators).
+    CancelConsumer = 0x060D, ToServer;
+    /// Answers `CancelConsumer`.
+    CancelConsumerOk = 0x060E, ToClient;
 }
 
 /// One direction's set of frame bodies: [`Request`](super::Request) or [`Reply`](super::Reply).

@@ -10,6 +10,7 @@ use super::admin::{
     ListQueues, ListQueuesOk,
 };
 use super::connection::{Blocked, Close, ErrorReply, Hello, Welcome};
+use super::connections::{CancelConsumer, CloseConnection, ListConnections, ListConnectionsOk};
 use super::consume::{
     Cancel, CancelOk, Consume, ConsumeOk, ConsumerCancelled, Deliver, Get, GetOk, SetPrefetch,
 };
@@ -130,6 +131,12 @@ frame_body! {
             ListBindings(ListBindings),
             /// Asks for a page of consumers (§15); answered by `ListConsumersOk`.
             ListConsumers(ListConsumers),
+            /// Asks for a page of connections (§16); answered by `ListConnectionsOk`.
+            ListConnections(ListConnections),
+            /// Closes a connection (§16.2); answered by `CloseConnectionOk`.
+            CloseConnection(CloseConnection),
+            /// Cancels a consumer of any connection (§16.3); answered by `CancelConsumerOk`.
+            CancelConsumer(CancelConsumer),
         }
         empty {
             /// Keep-alive.
@@ -183,6 +190,8 @@ frame_body! {
             ListBindingsOk(ListBindingsOk),
             /// A page of consumers.
             ListConsumersOk(ListConsumersOk),
+            /// A page of connections.
+            ListConnectionsOk(ListConnectionsOk),
         }
         empty {
             /// Keep-alive.
@@ -199,6 +208,10 @@ frame_body! {
             BindOk,
             /// Answers `Unbind`.
             UnbindOk,
+            /// Answers `CloseConnection`.
+            CloseConnectionOk,
+            /// Answers `CancelConsumer`.
+            CancelConsumerOk,
         }
     }
 }

@@ -11,7 +11,7 @@
 //! - `messages`: the [`Request`] and [`Reply`] enums, one variant per opcode.
 //! - one module per group of messages: `connection` (handshake, close, errors, flow control),
 //!   `queue`, `exchange`, `publish` (+ `meta`, the stored meta block), `consume`, `ack`,
-//!   `admin` (listings for operators).
+//!   `admin` (listings for operators), `connections` (operators' connections and consumers).
 //! - `error`: [`WireError`], [`DecodeError`] and the stable [`ErrorCode`] table.
 //!
 //! # Use
@@ -36,6 +36,7 @@
 mod ack;
 mod admin;
 mod connection;
+mod connections;
 mod consume;
 mod error;
 mod exchange;
@@ -58,6 +59,9 @@ pub use admin::{
     ListQueuesOk, QueueSummary, MAX_PAGE_ITEMS, PAGE_FIXED_LEN,
 };
 pub use connection::{Blocked, Close, ErrorReply, Hello, Welcome};
+pub use connections::{
+    CancelConsumer, CloseConnection, ConnectionSummary, ListConnections, ListConnectionsOk,
+};
 pub use consume::{
     Cancel, CancelOk, Consume, ConsumeOk, ConsumerCancelled, Deliver, Delivery, Get, GetOk,
     SetPrefetch,

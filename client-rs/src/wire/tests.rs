@@ -355,6 +355,17 @@ fn sample_requests() -> Vec<Request> {
         ListExchanges::default().into(),
         ListBindings::default().into(),
         ListConsumers::default().into(),
+        ListConnections::default().into(),
+        CloseConnection {
+            connection_id: 3,
+            reason: "maintenance".into(),
+        }
+        .into(),
+        CancelConsumer {
+            connection_id: 3,
+            consumer_tag: "worker".into(),
+        }
+        .into(),
     ]
 }
 
@@ -483,6 +494,18 @@ fn sample_replies() -> Vec<Reply> {
             more: false,
         }
         .into(),
+        ListConnectionsOk {
+            connections: vec![ConnectionSummary {
+                connection_id: 1,
+                user: "guest".into(),
+                peer: Some("127.0.0.1:5".into()),
+                ..ConnectionSummary::default()
+            }],
+            more: false,
+        }
+        .into(),
+        Reply::CloseConnectionOk,
+        Reply::CancelConsumerOk,
     ]
 }
 
