@@ -9,6 +9,8 @@
 //! - [`broker`]: shared state: the registry of queues and the routing table, the durable
 //!   topology ([`definitions`]).
 //! - [`queue`]: one task per queue: its log, ready messages, consumers, deliveries in flight.
+//! - [`moves`]: moving ready messages from one queue to another (redrive), crash-safe, as a
+//!   task operators follow by id.
 //! - [`routing`]: exchanges, bindings and the AMQP 0-9-1 matching rules.
 //! - [`storage`]: the crash-safe, segmented, memory-mapped log that holds every durable queue.
 //! - [`admin`]: listings for operators (queues, exchanges, bindings, consumers).
@@ -30,6 +32,7 @@ pub mod error;
 pub mod flow;
 pub mod http;
 pub mod limits;
+pub mod moves;
 pub mod queue;
 pub mod routing;
 pub mod server;

@@ -125,6 +125,8 @@ async fn dispatch(
         AdminCommand::Publish(a) => publish(client, a, stdin_body, json).await?,
         AdminCommand::Get(a) => return get(client, &a, json).await,
         AdminCommand::Consume(a) => consume(client, &a, json).await?,
+        AdminCommand::Browse(a) => super::messages::browse(client, &a, json).await?,
+        AdminCommand::MoveMessages(a) => super::messages::move_messages(client, &a, json).await?,
     }
     Ok(Outcome::Done)
 }
@@ -420,7 +422,7 @@ fn read_stdin() -> Result<Vec<u8>, CliError> {
 }
 
 /// Prints to stdout. A closed stdout (`sluice queues | head -n 1`) is not an error.
-fn print(text: &str) -> Result<(), CliError> {
+pub(super) fn print(text: &str) -> Result<(), CliError> {
     let mut out = io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
@@ -431,7 +433,7 @@ fn print(text: &str) -> Result<(), CliError> {
 }
 
 /// Prints one JSON document, indented, and a newline.
-fn print_json(value: &impl Serialize) -> Result<(), CliError> {
+pub(super) fn print_json(value: &impl Serialize) -> Result<(), CliError> {
     let mut text = serde_json::to_string_pretty(value)
         .map_err(|e| CliError::new(format!("cannot encode JSON: {e}")))?;
     text.push('\n');

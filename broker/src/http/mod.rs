@@ -8,7 +8,8 @@
 //! - `error.rs`: [`RequestError`](crate::error::RequestError) codes as HTTP statuses, and the
 //!   JSON body extractor whose failures are answered in the same shape.
 //! - one file per resource: `overview.rs`, `queues.rs`, `exchanges.rs`, `bindings.rs`,
-//!   `consumers.rs`, `connections.rs`, and `health.rs` for `/healthz` and `/readyz`.
+//!   `consumers.rs`, `connections.rs`, `messages.rs` (browsing a queue), `moves.rs` (moving
+//!   messages between queues), and `health.rs` for `/healthz` and `/readyz`.
 //!
 //! Handlers call the same broker functions as the wire protocol's sessions, so a request means
 //! the same thing whichever door it came through; the JSON mirrors the CLI's `--json`.
@@ -21,6 +22,8 @@ mod error;
 mod exchanges;
 mod health;
 mod listener;
+mod messages;
+mod moves;
 mod overview;
 mod queues;
 
@@ -28,7 +31,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -96,6 +99,10 @@ fn router(api: Api) -> Router {
             "/api/queues/{name}/contents",
             axum::routing::delete(queues::purge),
         )
+        .route("/api/queues/{name}/messages", get(messages::browse))
+        .route("/api/queues/{name}/move", post(moves::start))
+        .route("/api/moves", get(moves::list))
+        .route("/api/moves/{id}", get(moves::show))
         .route("/api/exchanges", get(exchanges::list))
         .route(
             "/api/exchanges/{name}",

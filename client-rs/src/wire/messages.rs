@@ -9,6 +9,7 @@ use super::admin::{
     ListBindings, ListBindingsOk, ListConsumers, ListConsumersOk, ListExchanges, ListExchangesOk,
     ListQueues, ListQueuesOk,
 };
+use super::browse::{BrowseQueue, BrowseQueueOk};
 use super::connection::{Blocked, Close, ErrorReply, Hello, Welcome};
 use super::consume::{
     Cancel, CancelOk, Consume, ConsumeOk, ConsumerCancelled, Deliver, Get, GetOk, SetPrefetch,
@@ -16,6 +17,7 @@ use super::consume::{
 use super::error::WireError;
 use super::exchange::{Bind, DeclareExchange, DeleteExchange, Unbind};
 use super::frame::{FrameBody, Opcode, Payload};
+use super::moves::{MoveMessages, MoveMessagesOk, MoveStatus, MoveStatusOk};
 use super::publish::{Confirm, Publish, PublishRejected};
 use super::queue::{
     DeclareQueue, DeclareQueueOk, DeleteQueue, DeleteQueueOk, InspectQueue, InspectQueueOk,
@@ -130,6 +132,12 @@ frame_body! {
             ListBindings(ListBindings),
             /// Asks for a page of consumers (§15); answered by `ListConsumersOk`.
             ListConsumers(ListConsumers),
+            /// Reads a queue's first ready messages (§16); answered by `BrowseQueueOk`.
+            BrowseQueue(BrowseQueue),
+            /// Starts a move (§17); answered by `MoveMessagesOk`.
+            MoveMessages(MoveMessages),
+            /// Asks for a move's progress (§17); answered by `MoveStatusOk`.
+            MoveStatus(MoveStatus),
         }
         empty {
             /// Keep-alive.
@@ -183,6 +191,12 @@ frame_body! {
             ListBindingsOk(ListBindingsOk),
             /// A page of consumers.
             ListConsumersOk(ListConsumersOk),
+            /// Ready messages of a queue, left in place.
+            BrowseQueueOk(BrowseQueueOk),
+            /// A move started.
+            MoveMessagesOk(MoveMessagesOk),
+            /// A move's progress.
+            MoveStatusOk(MoveStatusOk),
         }
         empty {
             /// Keep-alive.
