@@ -207,6 +207,7 @@ pub fn start(
         source: from,
         destination: to,
         requested,
+        moved: 0,
         link: ConnLink::new(
             broker.next_conn_id(),
             events_tx,
@@ -228,6 +229,8 @@ struct Mover {
     source: QueueHandle,
     destination: QueueHandle,
     requested: u64,
+    /// Messages moved so far.
+    moved: u64,
     /// Where the destination reports stored batches, as to a publisher.
     link: Arc<ConnLink>,
     events: mpsc::UnboundedReceiver<ConnEvent>,
@@ -251,17 +254,15 @@ impl Mover {
     }
 
     async fn move_all(&mut self) -> Result<(), RequestError> {
-        let mut moved = 0;
-        while moved < self.requested {
+        while self.moved < self.requested {
             self.check_flow()?;
-            let want = (self.requested - moved).min(BATCH_MESSAGES as u64) as usize;
+            let want = (self.requested - self.moved).min(BATCH_MESSAGES as u64) as usize;
             let batch = self.take(want).await?;
             if batch.is_empty() {
                 // The source has nothing ready left (consumers took the rest).
                 return Ok(());
             }
-            moved += self.store(batch).await?;
-            self.moves.progress(self.id, moved);
+            self.store(batch).await?;
             // The queues' other work gets its turn between batches.
             tokio::task::yield_now().await;
         }
@@ -295,8 +296,9 @@ impl Mover {
         answer.await.unwrap_or_else(|_| Err(gone(&self.source)))
     }
 
-    /// Stores a batch in the destination and settles it in the source; the number moved.
-    async fn store(&mut self, batch: Vec<MovingMessage>) -> Result<u64, RequestError> {
+    /// Stores a batch in the destination and settles it in the source; fails (after counting
+    /// what was moved) when the destination refused some of it.
+    async fn store(&mut self, batch: Vec<MovingMessage>) -> Result<(), RequestError> {
         let seqs: Vec<u64> = batch.iter().map(|m| m.seq).collect();
         let messages: Vec<Incoming> = batch
             .into_iter()
@@ -336,10 +338,11 @@ impl Mover {
         let refused: HashSet<u64> = rejections.iter().map(|r| r.seq.0).collect();
         let (returned, moved): (Vec<u64>, Vec<u64>) =
             seqs.into_iter().partition(|s| refused.contains(s));
-        let n = moved.len() as u64;
+        self.moved += moved.len() as u64;
+        self.moves.progress(self.id, self.moved);
         self.source.send(QueueCmd::SettleMove { moved, returned });
         match rejections.into_iter().next() {
-            None => Ok(n),
+            None => Ok(()),
             Some(r) => Err(RequestError::new(
                 r.code,
                 format!(
