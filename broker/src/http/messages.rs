@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use sluice_client::wire::{MessageMeta, Reply, MAX_BROWSE_LIMIT, MIN_BROWSED_LEN};
+use sluice_client::wire::{MessageMeta, Reply, MAX_BROWSE_LIMIT};
 
 use super::error::{ApiError, QueryParams};
 use super::queues::{ask_queue, unexpected};
@@ -17,8 +17,9 @@ use crate::queue::{BrowsePage, QueueCmd};
 /// Messages shown when the request names no `limit`.
 const DEFAULT_LIMIT: u32 = 100;
 /// Bytes of payloads (each counted up to [`HTTP_PAYLOAD_LIMIT`]) and meta blocks one answer
-/// holds at most; a page cut short by it says so in [`MORE_HEADER`].
-const MAX_ANSWER_BYTES: usize = 16 << 20;
+/// holds at most (its JSON is larger: base64, escapes); a page cut short by it says so in
+/// [`MORE_HEADER`].
+const MAX_ANSWER_BYTES: usize = 4 << 20;
 /// Response header: `true` when ready messages follow the last one shown (ask again with
 /// `after` = its `seq`), else `false`.
 pub const MORE_HEADER: &str = "x-sluice-more";
@@ -48,7 +49,7 @@ pub async fn browse(
         limit: limit as usize,
         after_seq: query.after.unwrap_or(0),
         max_bytes: MAX_ANSWER_BYTES,
-        body_budget: HTTP_PAYLOAD_LIMIT + MIN_BROWSED_LEN,
+        body_budget: HTTP_PAYLOAD_LIMIT,
     };
     let reply = ask_queue(&api, &name, |conn, request_id| QueueCmd::Browse {
         conn,
