@@ -24,6 +24,7 @@ use crate::definitions::{self, BindingDef, ChangeKind, ExchangeDef, QueueDef, To
 use crate::error::RequestError;
 use crate::flow::{Blocking, Cause, Flow};
 use crate::metrics::Metrics;
+use crate::moves::Moves;
 use crate::queue::{self, ConnId, QueueHandle, QueueMeta, QueueStats};
 use crate::routing::{Binding, Exchange, ExchangeKind, RoutingTable};
 use crate::storage::{DurabilityConfig, LogConfig, Store, StoreConfig};
@@ -62,6 +63,8 @@ pub struct Broker {
     flow: Arc<Flow>,
     /// Broker-wide metrics (the queues keep their own counters).
     metrics: Arc<Metrics>,
+    /// Moves of messages between queues, running and recently finished.
+    moves: Arc<Moves>,
     // Last: dropped after the queues' logs, which the queue tasks close first.
     store: Store,
 }
@@ -130,6 +133,7 @@ impl Broker {
             published_since_check: AtomicU64::new(0),
             flow: Arc::default(),
             metrics,
+            moves: Arc::default(),
             store,
         });
         broker.restore(topology)?;
@@ -236,6 +240,11 @@ impl Broker {
     /// Broker-wide metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Moves of messages between queues (see [`crate::moves`]).
+    pub fn moves(&self) -> &Arc<Moves> {
+        &self.moves
     }
 
     /// A fresh connection number.

@@ -9,9 +9,10 @@
 //!   JSON body extractor whose failures are answered in the same shape.
 //! - one file per resource: `overview.rs`, `queues.rs`, `exchanges.rs`, `bindings.rs`,
 //!   `consumers.rs`, `connections.rs` (list, close, cancel a consumer), `publish.rs` (publish
-//!   and get for debugging), `definitions.rs` (export and import the topology),
-//!   `health.rs` for `/healthz` and `/readyz`, and `metrics.rs` for the Prometheus scrape
-//!   `/metrics` (rendered by [`crate::metrics`]).
+//!   and get for debugging), `definitions.rs` (export and import the topology), `messages.rs`
+//!   (browsing a queue), `moves.rs` (moving messages between queues), `health.rs` for
+//!   `/healthz` and `/readyz`, and `metrics.rs` for the Prometheus scrape `/metrics`
+//!   (rendered by [`crate::metrics`]).
 //! - `history.rs`: a sampler task keeps the last minutes of the broker's and each queue's
 //!   counters, for the dashboard's charts.
 //! - `dashboard.rs`: the web dashboard at `/`, static files from `dashboard/` embedded in the
@@ -31,7 +32,9 @@ mod exchanges;
 mod health;
 mod history;
 mod listener;
+mod messages;
 mod metrics;
+mod moves;
 mod overview;
 mod publish;
 mod queues;
@@ -131,6 +134,10 @@ fn router(api: Api) -> Router {
         .route("/api/queues/{name}/history", get(history::queue))
         .route("/api/queues/{name}/get", post(publish::get))
         .route("/api/exchanges/{name}/publish", post(publish::publish))
+        .route("/api/queues/{name}/messages", get(messages::browse))
+        .route("/api/queues/{name}/move", post(moves::start))
+        .route("/api/moves", get(moves::list))
+        .route("/api/moves/{id}", get(moves::show))
         .route("/api/exchanges", get(exchanges::list))
         .route(
             "/api/exchanges/{name}",

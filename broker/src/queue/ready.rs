@@ -54,6 +54,15 @@ impl Fresh {
         self.seqs.is_empty()
     }
 
+    /// The messages newer than `after`, oldest first (for browsing).
+    pub(super) fn after(&self, after: u64) -> impl Iterator<Item = u64> + '_ {
+        let start = self.seqs.partition_point(|&s| s <= after);
+        self.seqs
+            .range(start..)
+            .copied()
+            .filter(|s| !self.removed.contains(s))
+    }
+
     /// Takes every message, oldest first.
     pub(super) fn drain(&mut self) -> impl Iterator<Item = u64> {
         let removed = std::mem::take(&mut self.removed);
