@@ -78,10 +78,10 @@ pub use options::{
 pub use publish::{OutgoingMessage, PublishConfirm, Publisher};
 pub use url::{ConnectUrl, UrlError};
 pub use wire::{
-    BindingSummary, BrowseQueueOk, BrowsedMessage, ConnectionSummary, ConsumerId,
-    ConsumerSummary, DeclareQueueOk, DeliveryTag, ErrorCode, ExchangeKind, ExchangeSummary,
-    HeaderValue, Headers, InspectQueueOk, MetaView, MoveId, MoveState, MoveStatusOk, Overflow,
-    Properties, PublishSeq, QueueArguments, QueueSummary,
+    BindingSummary, BrowseQueueOk, BrowsedMessage, ConnectionSummary, ConsumerId, ConsumerSummary,
+    DeclareQueueOk, DeliveryTag, ErrorCode, ExchangeKind, ExchangeSummary, HeaderValue, Headers,
+    InspectQueueOk, MetaView, MoveId, MoveState, MoveStatusOk, Overflow, Properties, PublishSeq,
+    QueueArguments, QueueSummary,
 };
 
 #[cfg(test)]

@@ -143,7 +143,8 @@ def test_a_dead_letter_queue_shows_its_reasons_and_moves_to_another_queue(signed
     expect(page.locator("#browse-table .chip-danger").first).to_contain_text("maxlen")
 
     page.goto("/#/queues/payments")
-    expect(page.locator("#q-dead")).not_to_contain_text("does not report")
+    expect(page.locator('#q-dead [data-reason="maxlen"] .n')).to_have_text("3")
+    expect(page.locator('#q-dead [data-reason="expired"] .n')).to_have_text("0")
 
     page.goto("/#/queues/payments.dlq")
     page.click('[data-action="move"]')

@@ -164,3 +164,49 @@ async fn history_samples_the_broker_and_each_queue_with_rates_from_counters() {
     client.close().await.unwrap();
     broker.stop_and_log();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_shows_how_many_messages_it_dead_lettered_by_reason() {
+    let (broker, _dir) = start();
+    let http = HttpClient::new(broker.http_addr().unwrap(), "guest", "guest");
+    let declare = |name: &str, arguments: &str| {
+        let http = http.clone();
+        let (path, body) = (
+            format!("/api/queues/{name}"),
+            format!("{{\"arguments\": {arguments}}}"),
+        );
+        async move { json_of(&http.put(&path, &body).await) }
+    };
+    declare("dead", "{}").await;
+    declare(
+        "small",
+        r#"{"max_length": 1, "overflow": "drop-head", "dead_letter_exchange": "", "dead_letter_routing_key": "dead"}"#,
+    )
+    .await;
+    for i in 0..3 {
+        let r = http
+            .post(
+                "/api/exchanges/amq.default/publish",
+                &format!(r#"{{"routing_key": "small", "payload": "m{i}"}}"#),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    // Counted once the copies are stored in `dead`.
+    let queue = within("two dead-lettered", async {
+        loop {
+            let q = json_of(&http.get("/api/queues/small").await);
+            if q["dead_lettered_by_reason"]["maxlen"] == 2 {
+                return q;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        queue["dead_lettered_by_reason"],
+        serde_json::json!({"delivery-limit": 0, "expired": 0, "maxlen": 2, "rejected": 0})
+    );
+    assert_eq!(queue["message_stats"]["dead_lettered"], 2);
+    broker.stop_and_log();
+}

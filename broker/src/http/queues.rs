@@ -4,6 +4,8 @@
 //! its own: it may not touch another connection's exclusive queue (`RESOURCE_LOCKED`), and it
 //! cannot declare an exclusive queue, which would belong to nobody.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +22,7 @@ use crate::admin;
 use crate::cli::format::{InspectJson, QueueJson};
 use crate::error::RequestError;
 use crate::metrics::MessageStats;
-use crate::queue::{ConnEvent, ConnLink, Outbox, QueueCmd};
+use crate::queue::{ConnEvent, ConnLink, DeathReason, Outbox, QueueCmd};
 
 /// Longest wait for a queue's answer; a queue stuck on its disk must not hold a request (and
 /// its socket) forever.
@@ -73,13 +75,40 @@ pub async fn show(State(api): State<Api>, Path(name): Path<String>) -> Result<Re
     })
     .await?;
     match reply {
-        Reply::InspectQueueOk(q) => Ok(Json(WithStats {
-            queue: InspectJson::from(&q),
-            message_stats: message_stats(&api, &name),
+        Reply::InspectQueueOk(q) => Ok(Json(QueueDetail {
+            queue: WithStats {
+                queue: InspectJson::from(&q),
+                message_stats: message_stats(&api, &name),
+            },
+            dead_lettered_by_reason: dead_lettered_by_reason(&api, &name),
         })
         .into_response()),
         other => Err(unexpected(&other)),
     }
+}
+
+/// One queue as `GET /api/queues/NAME` shows it: with why its messages were dead-lettered,
+/// which the dashboard shows beside a dead-letter queue's contents.
+#[derive(Debug, serde::Serialize)]
+struct QueueDetail<T> {
+    #[serde(flatten)]
+    queue: WithStats<T>,
+    dead_lettered_by_reason: BTreeMap<&'static str, u64>,
+}
+
+/// Messages dead-lettered from queue `name` since the start, by `x-death-reason`.
+fn dead_lettered_by_reason(api: &Api, name: &str) -> BTreeMap<&'static str, u64> {
+    let registry = api.broker.read();
+    let Some(queue) = registry.queues.get(name) else {
+        return BTreeMap::new();
+    };
+    DeathReason::ALL
+        .iter()
+        .map(|&r| {
+            let n = queue.meta.stats.dead_lettered[r as usize].load(Ordering::Relaxed);
+            (r.as_str(), n)
+        })
+        .collect()
 }
 
 /// The body of `PUT /api/queues/NAME`; every field may be left out.

@@ -607,7 +607,7 @@ pages.queue = {
       ? html`<dt>${label}</dt><dd class="unset">not set</dd>`
       : html`<dt>${label}</dt><dd>${f(args[k])}</dd>`))}</dl>`);
     const stats = info.message_stats;
-    setHtml($('#q-dead'), deadLetterBars(stats && stats.dead_lettered));
+    setHtml($('#q-dead'), deadLetterBars(info.dead_lettered_by_reason ?? (stats && stats.dead_lettered)));
     setHtml($('#q-totals'), totals(stats));
   },
 };
@@ -656,7 +656,12 @@ function renderBrowsed(messages) {
         <td class="mono">${m.routing_key ?? ''}</td>
         <td class="wrap"><div class="chips">${pairs.length ? pairs.map(([k, v]) => html`<span class="chip ${k === 'x-death-reason' ? 'chip-danger' : ''}" title="${k}: ${showValue(v)}"><b>${k}</b> ${showValue(v)}</span>`) : html`<span class="muted">none</span>`}</div></td>
         <td class="wrap"><div class="payload" data-payload="${i}">${m.payload ?? ''}</div>
-          <span class="muted payload-toggle">${fmtBytes(m.payload_bytes ?? (m.payload || '').length)}${encoded ? ` · ${m.payload_encoding}` : ''}</span>
+          <span class="muted payload-toggle">${[
+            fmtBytes(m.payload_bytes ?? (m.payload || '').length),
+            m.properties && m.properties.content_type,
+            encoded ? m.payload_encoding : null,
+            m.truncated ? `first ${fmtBytes((m.payload || '').length)} shown` : null,
+          ].filter(Boolean).join(' · ')}</span>
           ${(m.payload || '').length > 200 ? html` · <a href="#" data-action="toggle-payload" data-index="${i}" class="payload-toggle">expand</a>` : ''}</td>
       </tr>`;
     })}</tbody></table></div>`;
