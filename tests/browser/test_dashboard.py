@@ -68,6 +68,9 @@ def test_the_queue_list_sorts_by_a_column_and_filters_by_name(signed_in: Page):
     expect(page.locator("#queues tbody tr")).to_have_count(7)
     names = page.locator("#queues tbody td.name-cell a")
     expect(names.first).to_have_text("emails")
+    # Deliveries per second come from the broker's latest sample of each queue.
+    orders_deliver = page.locator("#queues tbody tr", has_text="orders").locator("td:nth-child(6)")
+    expect(orders_deliver).to_have_text(re.compile(r"^[0-9.k]+/s$"), timeout=20_000)
 
     page.click('#queues th[data-sort="name"]')
     expect(names.first).to_have_text("receipts")
@@ -101,14 +104,20 @@ def test_screenshots_of_each_page(signed_in: Page, broker: Broker, tmp_path):
 
     page.goto("/#/queues/invoices")
     wait_for_chart_points(page, "#rates-chart", 2)
+    expect(page.locator("#q-totals .stat").first).to_be_visible()
+    page.screenshot(path=f"{out}/queue.png")
+
+    page.goto("/#/queues/payments.dlq")
     page.click('[data-action="browse"]')
-    expect(page.locator("#browse-table")).to_be_visible()
-    page.screenshot(path=f"{out}/queue.png", full_page=True)
+    expect(page.locator("#browse-reasons")).to_be_visible()
+    page.locator("#browse").scroll_into_view_if_needed()
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    page.screenshot(path=f"{out}/queue-messages.png")
 
     page.click('nav a[data-nav="connections"]')
     expect(page.locator("#connections tbody tr").first).to_be_visible()
     page.screenshot(path=f"{out}/connections.png")
-    for name in ("overview", "queues", "queue", "connections"):
+    for name in ("overview", "queues", "queue", "queue-messages", "connections"):
         assert os.path.getsize(f"{out}/{name}.png") > 10_000
 
 

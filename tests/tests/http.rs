@@ -357,8 +357,8 @@ async fn bad_input_gets_400_or_404_with_a_json_error_and_the_broker_serves_on() 
         400,
         "INVALID_ARGUMENT",
     );
-    // Unknown things are 404 with the same body shape.
-    for path in ["/api/queues/ghost", "/api/nothing", "/"] {
+    // Unknown things are 404 with the same body shape (`/` is the dashboard).
+    for path in ["/api/queues/ghost", "/api/nothing", "/nothing"] {
         assert_error(&http.get(path).await, 404, "NOT_FOUND");
     }
     assert_error(

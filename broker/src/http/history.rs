@@ -243,6 +243,16 @@ impl Samples {
     }
 }
 
+impl Samples {
+    /// Deliveries per second of queue `name` in its latest sample, if it has one.
+    fn latest_deliver_rate(&self, name: &str) -> Option<f64> {
+        let track = self.queues.get(name)?;
+        let sample = track.samples.back()?;
+        let tick = self.ticks.back()?;
+        Some(per_second(u64::from(sample.delivered), tick.span_ms))
+    }
+}
+
 impl QueueTrack {
     fn new(uid: u64) -> Self {
         QueueTrack {
@@ -282,6 +292,18 @@ impl History {
     fn lock(&self) -> MutexGuard<'_, Samples> {
         // A panic while recording leaves at worst a sample short: keep serving.
         self.samples.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl History {
+    /// The deliveries per second of each of `names` in its latest sample (`None` for a queue
+    /// not sampled yet), for listings: the queues count deliveries but keep no rate of them.
+    pub fn latest_deliver_rates<'a>(
+        &self,
+        names: impl Iterator<Item = &'a str>,
+    ) -> Vec<Option<f64>> {
+        let samples = self.lock();
+        names.map(|n| samples.latest_deliver_rate(n)).collect()
     }
 }
 
@@ -414,6 +436,17 @@ mod tests {
         assert_eq!(b.samples[1].unacked, 1);
         assert_eq!(b.samples[1].consumers, 2);
         assert_eq!(b.samples[1].connections, 3);
+    }
+
+    #[test]
+    fn a_listing_gets_each_queue_s_latest_deliver_rate() {
+        let mut s = Samples::default();
+        let mut a = reading("a", 1, 0, 0, 0);
+        s.record(tick(5_000), &[a.clone()], 0);
+        a.totals.delivered = 25;
+        s.record(tick(10_000), &[a], 0);
+        assert_eq!(s.latest_deliver_rate("a"), Some(5.0));
+        assert_eq!(s.latest_deliver_rate("b"), None);
     }
 
     #[test]

@@ -51,6 +51,7 @@ use tokio::sync::watch;
 use crate::broker::Broker;
 use crate::connection::ConnectionRegistry;
 use crate::metrics::Exporter;
+use history::History;
 pub use listener::MAX_HTTP_CONNECTIONS;
 
 /// What the handlers share: the broker and what the server knows about itself.
@@ -61,7 +62,7 @@ pub struct Api {
     started: Instant,
     stopping: watch::Receiver<bool>,
     exporter: Arc<Exporter>,
-    history: Arc<history::History>,
+    history: Arc<History>,
 }
 
 impl Api {

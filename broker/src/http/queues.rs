@@ -46,22 +46,38 @@ fn message_stats(api: &Api, name: &str) -> MessageStats {
         .unwrap_or_default()
 }
 
+/// One queue of `GET /api/queues`: with its deliveries per second from the history's latest
+/// sample (`null` before its first), beside the queue's own publish and ack rates.
+#[derive(serde::Serialize)]
+struct Listed<'a> {
+    #[serde(flatten)]
+    queue: WithStats<QueueJson<'a>>,
+    deliver_rate: Option<f64>,
+}
+
 /// `GET /api/queues`: every queue, as `sluice queues --json` prints them, with their
-/// `message_stats`.
+/// `message_stats` and `deliver_rate`.
 pub async fn list(State(api): State<Api>) -> Response {
     // In-process there is no frame to fit: one page holds everything.
     let all = admin::list_queues(&api.broker, &ListQueues::default(), u32::MAX);
+    let deliver_rates = api
+        .history
+        .latest_deliver_rates(all.queues.iter().map(|q| q.name.as_str()));
     let registry = api.broker.read();
-    let json: Vec<WithStats<QueueJson<'_>>> = all
+    let json: Vec<Listed<'_>> = all
         .queues
         .iter()
-        .map(|q| WithStats {
-            queue: QueueJson::from(q),
-            message_stats: registry
-                .queues
-                .get(q.name.as_str())
-                .map(|h| MessageStats::of(&h.meta.stats))
-                .unwrap_or_default(),
+        .zip(deliver_rates)
+        .map(|(q, deliver_rate)| Listed {
+            queue: WithStats {
+                queue: QueueJson::from(q),
+                message_stats: registry
+                    .queues
+                    .get(q.name.as_str())
+                    .map(|h| MessageStats::of(&h.meta.stats))
+                    .unwrap_or_default(),
+            },
+            deliver_rate,
         })
         .collect();
     Json(json).into_response()

@@ -230,7 +230,8 @@ function drawChart(el, { times, series, windowMs, stacked = false, format = fmtC
   for (let t = Math.ceil(start / stepMs) * stepMs; t <= end; t += stepMs) {
     svg += `<text class="axis-label" x="${x(t)}" y="${height - 6}" text-anchor="middle">${esc(fmtClock(t))}</text>`;
   }
-  // Areas first, then lines, the first series' line last: on top where lines meet.
+  // Areas first, then lines: a stack's lowest line last, so it stays visible where the
+  // series above it adds nothing; lines in order otherwise (a dashed last one shows through).
   const baseline = times.map(() => 0);
   const lines = [];
   series.forEach((s) => {
@@ -240,7 +241,9 @@ function drawChart(el, { times, series, windowMs, stacked = false, format = fmtC
     if (times.length > 0) {
       const back = times.map((t, i) => `${x(t).toFixed(1)},${y(lows[i]).toFixed(1)}`).reverse();
       svg += `<polygon points="${line.concat(back).join(' ')}" fill="${s.color}" fill-opacity="${stacked ? 0.2 : 0.06}"/>`;
-      lines.unshift(`<polyline points="${line.join(' ')}" fill="none" stroke="${s.color}" stroke-width="2" stroke-linejoin="round" stroke-linecap="round"/>`);
+      const polyline = `<polyline points="${line.join(' ')}" fill="none" stroke="${s.color}" stroke-width="2" stroke-linejoin="round" stroke-linecap="round"${s.dashed ? ' stroke-dasharray="5 4"' : ''}/>`;
+      if (stacked) lines.unshift(polyline);
+      else lines.push(polyline);
     }
     if (stacked) highs.forEach((v, i) => { baseline[i] = v; });
   });
@@ -291,7 +294,7 @@ function rateSeries(samples) {
   return [
     { name: 'Publish', color: color('publish'), values: samples.map((s) => s.publish_rate) },
     { name: 'Deliver', color: color('deliver'), values: samples.map((s) => s.deliver_rate) },
-    { name: 'Ack', color: color('ack'), values: samples.map((s) => s.ack_rate) },
+    { name: 'Ack', color: color('ack'), values: samples.map((s) => s.ack_rate), dashed: true },
   ];
 }
 function depthSeries(samples) {
@@ -466,24 +469,7 @@ const STAT_NAMES = [
 ];
 function totals(stats) {
   if (!stats) return html`<p class="muted">This broker does not report message totals.</p>`;
-  return html`<dl class="kv">${STAT_NAMES.filter(([k]) => k in stats).map(([k, label]) => html`<dt>${label}</dt><dd>${fmtCount(total(stats[k]))}</dd>`)}</dl>`;
-}
-
-// Per-queue deliver rates from `message_stats.delivered` between two listings.
-const deliverMemo = { at: 0, counts: new Map(), rates: new Map() };
-function noteDeliveries(queues) {
-  const now = Date.now();
-  const span = (now - deliverMemo.at) / 1000;
-  const counts = new Map();
-  queues.forEach((x) => {
-    const d = x.message_stats && total(x.message_stats.delivered);
-    if (d === null || d === undefined) return;
-    counts.set(x.name, d);
-    const before = deliverMemo.counts.get(x.name);
-    if (before !== undefined && span > 0.5) deliverMemo.rates.set(x.name, Math.max(0, (d - before) / span));
-  });
-  deliverMemo.at = now;
-  deliverMemo.counts = counts;
+  return html`<div class="stat-grid">${STAT_NAMES.filter(([k]) => k in stats).map(([k, label]) => html`<div class="stat" data-stat="${k}"><div class="label">${label}</div><div class="value">${fmtCount(total(stats[k]))}</div></div>`)}</div>`;
 }
 
 const queueTable = { sort: 'name', desc: false, filter: '' };
@@ -493,7 +479,7 @@ const QUEUE_COLUMNS = [
   { key: 'unacked', label: 'Unacked', num: true, value: (x) => x.unacked, cell: (x) => fmtCount(x.unacked) },
   { key: 'consumers', label: 'Consumers', num: true, value: (x) => x.consumers, cell: (x) => fmtCount(x.consumers) },
   { key: 'publish_rate', label: 'Publish', num: true, value: (x) => x.publish_rate, cell: (x) => fmtRate(x.publish_rate) },
-  { key: 'deliver_rate', label: 'Deliver', num: true, value: (x) => deliverMemo.rates.get(x.name), cell: (x) => fmtRate(deliverMemo.rates.get(x.name)) },
+  { key: 'deliver_rate', label: 'Deliver', num: true, value: (x) => x.deliver_rate, cell: (x) => fmtRate(x.deliver_rate) },
   { key: 'ack_rate', label: 'Ack', num: true, value: (x) => x.ack_rate, cell: (x) => fmtRate(x.ack_rate) },
   { key: 'oldest', label: 'Oldest ready', num: true, value: (x) => (x.ready > 0 ? x.oldest_ready_age_ms : null), cell: (x) => (x.ready > 0 && x.oldest_ready_age_ms !== undefined ? fmtDuration(x.oldest_ready_age_ms) : html`<span class="muted">—</span>`) },
   { key: 'bytes', label: 'Bytes', num: true, value: (x) => x.bytes, cell: (x) => fmtBytes(x.bytes) },
@@ -516,7 +502,6 @@ pages.queues = {
   },
   async refresh() {
     this.data = await api('/api/queues');
-    noteDeliveries(this.data);
     this.draw();
   },
   draw() {
@@ -632,7 +617,12 @@ function headerPairs(headers) {
   if (Array.isArray(headers)) return headers.map((h) => (Array.isArray(h) ? h : [h.key ?? h.name, h.value]));
   return Object.entries(headers);
 }
-const showValue = (v) => (v !== null && typeof v === 'object' ? JSON.stringify(v) : String(v));
+const showValue = (v) => (v === '' ? '""' : v !== null && typeof v === 'object' ? JSON.stringify(v) : String(v));
+// A header value as people read it: times (`...-time-ms`) as a clock time.
+function showHeader(key, v) {
+  if (typeof v === 'number' && /-time-ms$/.test(key)) return `${fmtClockSeconds(v)} (${fmtAgo(Date.now() - v)})`;
+  return showValue(v);
+}
 
 function renderBrowsed(messages) {
   if (!messages.length) return html`<div class="empty">The queue has no ready message.</div>`;
@@ -644,7 +634,7 @@ function renderBrowsed(messages) {
   const now = Date.now();
   return html`
     ${reasons.size ? html`<div class="toolbar" id="browse-reasons"><span class="muted">Dead-letter reasons among these messages:</span>${[...reasons].map(([r, n]) => html`<span class="badge badge-danger">${r} · ${n}</span>`)}</div>` : ''}
-    <div class="table-wrap"><table class="data" id="browse-table"><thead><tr><th class="num">Seq</th><th class="num">Age</th><th class="num">Deliveries</th><th>Routing key</th><th>Headers</th><th>Payload</th></tr></thead><tbody>
+    <div class="table-wrap"><table class="data" id="browse-table"><thead><tr><th class="num">Seq</th><th class="num">Age</th><th class="num">Deliveries</th><th>Routing key</th><th class="headers-col">Headers</th><th class="payload-col">Payload</th></tr></thead><tbody>
     ${messages.map((m, i) => {
       const pairs = headerPairs(m.headers);
       const age = m.age_ms ?? (m.enqueued_at_ms ? now - m.enqueued_at_ms : null);
@@ -654,7 +644,7 @@ function renderBrowsed(messages) {
         <td class="num">${fmtDuration(age)}</td>
         <td class="num">${fmtCount(m.delivery_count ?? 0)}${m.redelivered ? html` <span class="badge badge-warn">redelivered</span>` : ''}</td>
         <td class="mono">${m.routing_key ?? ''}</td>
-        <td class="wrap"><div class="chips">${pairs.length ? pairs.map(([k, v]) => html`<span class="chip ${k === 'x-death-reason' ? 'chip-danger' : ''}" title="${k}: ${showValue(v)}"><b>${k}</b> ${showValue(v)}</span>`) : html`<span class="muted">none</span>`}</div></td>
+        <td class="wrap"><div class="chips">${pairs.length ? pairs.map(([k, v]) => html`<span class="chip ${k === 'x-death-reason' ? 'chip-danger' : ''}" title="${k}: ${showValue(v)}"><b>${k}</b> ${showHeader(k, v)}</span>`) : html`<span class="muted">none</span>`}</div></td>
         <td class="wrap"><div class="payload" data-payload="${i}">${m.payload ?? ''}</div>
           <span class="muted payload-toggle">${[
             fmtBytes(m.payload_bytes ?? (m.payload || '').length),
