@@ -791,7 +791,7 @@ const actions = {
     openModal({
       title: `Close connection #${id}?`,
       body: html`<p>The client${label ? html` <strong>${label}</strong>` : ''} is told why and disconnected; its unacked messages return to their queues.</p>
-        <label class="field">Reason <span class="hint">sent to the client</span><input class="input" id="close-reason" value="closed by an operator from the dashboard" maxlength="200"></label>`,
+        <label class="field"><span>Reason <span class="hint">(sent to the client)</span></span><input class="input" id="close-reason" value="closed by an operator from the dashboard" maxlength="200"></label>`,
       confirmLabel: 'Close connection',
       danger: true,
       async onConfirm(dialog) {
