@@ -1,4 +1,4 @@
-//! Moves: ready messages carried from one queue to another (protocol.md §17), for example a
+//! Moves: ready messages carried from one queue to another (protocol.md §18), for example a
 //! dead-letter queue back to its source, by a task in the broker that operators follow by id.
 //!
 //! # Crash safety

@@ -1,4 +1,4 @@
-//! Operators' tools for messages (protocol.md §16, §17): [`Client::browse`] reads a queue's
+//! Operators' tools for messages (protocol.md §17, §18): [`Client::browse`] reads a queue's
 //! ready messages without taking them; [`Client::move_messages`] starts moving them to
 //! another queue and [`Client::move_status`] follows the move.
 

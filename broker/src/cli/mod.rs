@@ -1,5 +1,7 @@
 //! The admin commands of the `sluice` binary: listings (queues, exchanges, bindings,
-//! consumers), declaring, deleting and purging, and publishing and consuming from the shell.
+//! consumers, connections), declaring, deleting and purging, closing connections and
+//! cancelling consumers, exporting and importing definitions, and publishing and consuming
+//! from the shell.
 //! Each one connects to a running broker with the Rust client ([`sluice_client`]), does its
 //! work, and closes the connection gracefully (so acks and publishes are settled first).
 //!
@@ -11,6 +13,7 @@
 //! # Layout
 //! - this file: the command line ([`AdminCommand`] and its arguments), [`run`], [`CliError`].
 //! - `commands`: what each command does.
+//! - `definitions`: `sluice definitions export|import` over the wire.
 //! - `format`: the text tables and the JSON shapes.
 
 use std::fmt;

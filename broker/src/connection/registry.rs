@@ -39,7 +39,8 @@ pub enum Control {
     Close {
         /// What the client is told.
         reason: String,
-        /// Dropped or answered once the `Close` is on its way.
+        /// Dropped or answered once the `Close` is on its way and the connection's
+        /// deliveries are sent back to their queues.
         done: oneshot::Sender<()>,
     },
     /// Stop the consumer tagged `tag` with `CONSUMER_CANCELLED` and return its deliveries.
@@ -210,7 +211,9 @@ impl ConnectionRegistry {
 
     /// Closes connection `id` for an operator: its client gets `Close` with
     /// `CONNECTION_FORCED` and `reason` ([`DEFAULT_CLOSE_REASON`] if empty). Returns once the
-    /// session has sent the `Close`; `NOT_FOUND` if no such connection is live.
+    /// session has sent the `Close` and handed its deliveries back to their queues (a request
+    /// to a queue made after this sees them there); `NOT_FOUND` if no such connection is
+    /// live.
     pub async fn close(&self, id: ConnId, reason: &str) -> Result<(), RequestError> {
         let entry = self.entry(id)?;
         let reason = if reason.is_empty() {
@@ -223,13 +226,14 @@ impl ConnectionRegistry {
             reason: reason.to_owned(),
             done,
         };
+        // A session that ended before it took the request (it is still listed while its last
+        // frames are written) is gone as far as operators are concerned.
         if !send_control(&entry, control)? {
-            // The session is ending on its own: the connection is closing anyway.
-            return Ok(());
+            return Err(no_connection(id));
         }
         match tokio::time::timeout(CONTROL_ANSWER_TIMEOUT, answer).await {
-            // A dropped answer means the session ended: closed either way.
-            Ok(_) => Ok(()),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(no_connection(id)),
             Err(_) => Err(no_answer(id)),
         }
     }

@@ -115,6 +115,9 @@ pub(super) struct Session {
     client_close: Option<RequestId>,
     /// The first `Close` sent or received: what the connection's last log line says.
     close_reason: Option<CloseReason>,
+    /// The operator who closed this connection, told once its deliveries are on their way
+    /// back to their queues (so what the operator does next sees them there).
+    closed_by_operator: Option<oneshot::Sender<()>>,
 }
 
 impl Session {
@@ -167,6 +170,7 @@ impl Session {
             exclusive_queues: Vec::new(),
             client_close: None,
             close_reason: None,
+            closed_by_operator: None,
         }
     }
 
@@ -245,6 +249,9 @@ impl Session {
             }
         }
         self.cleanup();
+        if let Some(done) = self.closed_by_operator.take() {
+            let _ = done.send(());
+        }
         self.close_reason
             .take()
             .unwrap_or(CloseReason::SocketClosed)
@@ -325,7 +332,7 @@ impl Session {
                     "an operator closes the connection"
                 );
                 self.close_with(ErrorCode::ConnectionForced, &reason);
-                let _ = done.send(());
+                self.closed_by_operator = Some(done);
                 Ending::Now
             }
             Control::CancelConsumer { tag, done } => {

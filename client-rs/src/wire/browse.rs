@@ -1,4 +1,4 @@
-//! Browsing a queue (protocol.md §16): reading its first ready messages without taking them.
+//! Browsing a queue (protocol.md §17): reading its first ready messages without taking them.
 //!
 //! ```text
 //! BrowseQueue:   queue str, limit u32, after_seq u64

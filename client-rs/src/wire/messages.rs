@@ -139,11 +139,11 @@ frame_body! {
             CloseConnection(CloseConnection),
             /// Cancels a consumer of any connection (§16.3); answered by `CancelConsumerOk`.
             CancelConsumer(CancelConsumer),
-            /// Reads a queue's first ready messages (§16); answered by `BrowseQueueOk`.
+            /// Reads a queue's first ready messages (§17); answered by `BrowseQueueOk`.
             BrowseQueue(BrowseQueue),
-            /// Starts a move (§17); answered by `MoveMessagesOk`.
+            /// Starts a move (§18); answered by `MoveMessagesOk`.
             MoveMessages(MoveMessages),
-            /// Asks for a move's progress (§17); answered by `MoveStatusOk`.
+            /// Asks for a move's progress (§18); answered by `MoveStatusOk`.
             MoveStatus(MoveStatus),
         }
         empty {

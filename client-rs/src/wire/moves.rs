@@ -1,4 +1,4 @@
-//! Moving ready messages from one queue to another (protocol.md §17), for example a
+//! Moving ready messages from one queue to another (protocol.md §18), for example a
 //! dead-letter queue back to its source: started as a task in the server, then watched.
 //!
 //! ```text

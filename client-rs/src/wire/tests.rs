@@ -562,6 +562,83 @@ fn example_listing_in_pages() {
     assert_eq!(frame_bytes::<Request>(9, ListQueues::default()), legacy);
 }
 
+/// protocol.md §16.4: an operator lists the connections, closes one, cancels a consumer.
+#[test]
+fn example_operators_close_a_connection() {
+    assert_eq!(
+        frame_bytes::<Request>(11, ListConnections::default()),
+        hex("08 00 00 00  09 06  00 00  0b 00 00 00")
+    );
+    let listed = ListConnectionsOk {
+        connections: vec![ConnectionSummary {
+            connection_id: 7,
+            user: "guest".into(),
+            peer: Some("127.0.0.1:50412".into()),
+            client_product: None,
+            client_version: None,
+            connection_name: Some("billing".into()),
+            connected_at_ms: 1_796_463_850_123,
+            bytes_in: 5321,
+            bytes_out: 1870,
+            frames_in: 42,
+            frames_out: 40,
+            unsettled_publishes: 0,
+            consumers: 1,
+        }],
+        more: false,
+    };
+    let mut expected = hex("6a 00 00 00  0a 06  00 00  0b 00 00 00  01 00 00 00
+        07 00 00 00 00 00 00 00  09  05 00 67 75 65 73 74
+        0f 00 31 32 37 2e 30 2e 30 2e 31 3a 35 30 34 31 32  07 00 62 69 6c 6c 69 6e 67
+        8b f2 96 45 a2 01 00 00  c9 14 00 00 00 00 00 00  4e 07 00 00 00 00 00 00
+        2a 00 00 00 00 00 00 00  28 00 00 00 00 00 00 00");
+    expected.extend(hex("00 00 00 00 00 00 00 00  01 00 00 00"));
+    assert_eq!(frame_bytes::<Reply>(11, listed), expected);
+    let close = CloseConnection {
+        connection_id: 7,
+        reason: "maintenance".into(),
+    };
+    assert_eq!(
+        frame_bytes::<Request>(12, close),
+        hex(
+            "1d 00 00 00  0b 06  00 00  0c 00 00 00  07 00 00 00 00 00 00 00
+             0b 00 6d 61 69 6e 74 65 6e 61 6e 63 65"
+        )
+    );
+    let forced = Close {
+        code: Some(ErrorCode::ConnectionForced),
+        reason: "maintenance".into(),
+    };
+    assert_eq!(
+        frame_bytes::<Reply>(0, forced),
+        hex("17 00 00 00  04 00  00 00  00 00 00 00  6a 00
+             0b 00 6d 61 69 6e 74 65 6e 61 6e 63 65")
+    );
+    assert_eq!(
+        frame_bytes::<Reply>(12, Reply::CloseConnectionOk),
+        hex("08 00 00 00  0c 06  00 00  0c 00 00 00")
+    );
+    let cancel = CancelConsumer {
+        connection_id: 7,
+        consumer_tag: "worker-1".into(),
+    };
+    assert_eq!(
+        frame_bytes::<Request>(13, cancel),
+        hex(
+            "1a 00 00 00  0d 06  00 00  0d 00 00 00  07 00 00 00 00 00 00 00
+             08 00 77 6f 72 6b 65 72 2d 31"
+        )
+    );
+    let cancelled = ConsumerCancelled {
+        consumer_id: ConsumerId(1),
+        code: ErrorCode::ConsumerCancelled,
+        reason: "consumer 'worker-1' was cancelled by an operator".into(),
+    };
+    let mut expected = hex("40 00 00 00  05 04  00 00  00 00 00 00  01 00 00 00  91 01  30 00");
+    expected.extend_from_slice(b"consumer 'worker-1' was cancelled by an operator");
+    assert_eq!(frame_bytes::<Reply>(0, cancelled), expected);
+}
+
 #[test]
 fn every_request_and_reply_variant_round_trips_as_a_frame() {
     for (i, body) in sample_requests().into_iter().enumerate() {
