@@ -301,15 +301,19 @@ fn encode_queue_counters(enc: &mut DescriptorEncoder, queues: &[&QueueHandle]) -
     }
     let mut m = enc.encode_descriptor(
         "sluice_queue_dead_lettered_messages",
-        "Messages moved to the queue's dead-letter exchange, by reason (rejected, expired, maxlen, delivery-limit).",
+        "Messages moved to the queue's dead-letter exchange, by reason (rejected, expired, maxlen, delivery-limit; only reasons that happened).",
         None,
         MetricType::Counter,
     )?;
+    // Only the reasons that happened: four zero series for each of ten thousand queues would
+    // be a third of the scrape.
     for q in queues {
         for reason in DeathReason::ALL {
-            let labels = [("queue", &*q.meta.name), ("reason", reason.as_str())];
             let n = load(&q.meta.stats.dead_lettered[reason as usize]);
-            counter_value(&mut m.encode_family(&labels)?, n)?;
+            if n > 0 {
+                let labels = [("queue", &*q.meta.name), ("reason", reason.as_str())];
+                counter_value(&mut m.encode_family(&labels)?, n)?;
+            }
         }
     }
     let mut m = enc.encode_descriptor(
