@@ -223,10 +223,7 @@ fn encode_queue_gauges(enc: &mut DescriptorEncoder, queues: &[&QueueHandle]) -> 
         "sluice_queue_oldest_ready_age",
         "Age of the oldest ready message (0 when none is ready).",
         Some(&Unit::Seconds),
-        |s| match load(&s.oldest_ready_at_ms) {
-            0 => 0.0,
-            at => now_ms.saturating_sub(at) as f64 / 1000.0,
-        },
+        |s| s.oldest_ready_age_ms(now_ms) as f64 / 1000.0,
     )?;
     per_queue_gauge(
         enc,

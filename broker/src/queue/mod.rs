@@ -22,6 +22,7 @@
 
 mod actor;
 mod outbox;
+mod ready;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -39,6 +40,13 @@ use crate::storage::Epoch;
 
 pub(crate) use actor::spawn;
 pub use outbox::{delivery_bytes, Outbox};
+
+/// The wall clock in Unix milliseconds, as message timestamps are (0 before 1970).
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// A connection's number, unique for the life of the process.
 pub type ConnId = u64;
@@ -385,6 +393,17 @@ impl DeathReason {
             DeathReason::Expired => "expired",
             DeathReason::MaxLen => "maxlen",
             DeathReason::DeliveryLimit => "delivery-limit",
+        }
+    }
+}
+
+impl QueueStats {
+    /// How long the oldest ready message has waited at `now_ms` (Unix ms); 0 when there is
+    /// no ready message.
+    pub fn oldest_ready_age_ms(&self, now_ms: u64) -> u64 {
+        match self.oldest_ready_at_ms.load(Ordering::Relaxed) {
+            0 => 0,
+            at => now_ms.saturating_sub(at),
         }
     }
 }
