@@ -207,7 +207,7 @@ pub fn queues_table(queues: &[QueueSummary]) -> Table {
         ("BYTES", Right),
         ("PUBLISH/S", Right),
         ("ACK/S", Right),
-        ("OLDEST READY", Right),
+        ("OLDEST", Right),
     ]);
     for q in queues {
         table.row(vec![

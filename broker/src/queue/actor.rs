@@ -1473,8 +1473,9 @@ impl Actor {
             match (own, by_queue) {
                 (Some(own), by_queue) if by_queue.is_none_or(|q| own <= q) => {
                     let (seq, deadline) = self.expiries.pop_due(now).expect("due");
-                    self.take_ready(seq);
-                    self.dead_letter_at(seq, DeathReason::Expired, deadline);
+                    if self.take_ready(seq) {
+                        self.dead_letter_at(seq, DeathReason::Expired, deadline);
+                    }
                 }
                 (_, Some(deadline)) => {
                     // The oldest ready message is the next to run out of the queue's TTL.
@@ -1488,11 +1489,10 @@ impl Actor {
         }
     }
 
-    /// Takes `seq` out of the ready set, wherever it is.
-    fn take_ready(&mut self, seq: u64) {
-        if self.returned.remove(&seq).is_none() {
-            self.fresh.remove(seq);
-        }
+    /// Takes `seq` out of the ready set, wherever it is; false if it was not ready (then it
+    /// is someone else's: in flight, or on its way to the dead-letter exchange).
+    fn take_ready(&mut self, seq: u64) -> bool {
+        self.returned.remove(&seq).is_some() || self.fresh.remove(seq)
     }
 
     /// Whether the broker's published topology names this queue, so a dead-lettered copy is

@@ -41,6 +41,9 @@ struct Args {
     /// Pairs of phases (without scraping, then with).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Pause between two scrapes, in milliseconds (0: back to back, the worst case).
+    #[arg(long, default_value_t = 0)]
+    interval_ms: u64,
     /// Where the broker keeps its data (default: a temporary directory under ./target).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -90,21 +93,28 @@ async fn main() -> Result<()> {
     let (mut quiet, mut scraped) = (Vec::new(), Vec::new());
     let mut scrapes = Vec::new();
     let mut scrape_bytes = 0;
+    let interval = Duration::from_millis(args.interval_ms);
     for round in 1..=args.rounds {
-        let rate = measure(&published, phase).await;
-        println!("round {round}: without scraping {rate:>9.0} msg/s");
-        quiet.push(rate);
+        let p = measure(&published, phase).await;
+        println!(
+            "round {round}: without scraping {:>9.0} msg/s, longest pause {:>4} ms",
+            p.rate,
+            p.longest_pause.as_millis()
+        );
+        quiet.push(p);
 
         let scraping = Arc::new(AtomicBool::new(true));
-        let scraper = tokio::spawn(scrape_loop(http.clone(), Arc::clone(&scraping)));
-        let rate = measure(&published, phase).await;
+        let scraper = tokio::spawn(scrape_loop(http.clone(), interval, Arc::clone(&scraping)));
+        let p = measure(&published, phase).await;
         scraping.store(false, Ordering::Relaxed);
         let (times, bytes) = scraper.await??;
         println!(
-            "round {round}: while scraping   {rate:>9.0} msg/s ({} scrapes)",
+            "round {round}: while scraping   {:>9.0} msg/s, longest pause {:>4} ms ({} scrapes)",
+            p.rate,
+            p.longest_pause.as_millis(),
             times.len()
         );
-        scraped.push(rate);
+        scraped.push(p);
         scrapes.extend(times);
         scrape_bytes = bytes;
     }
@@ -114,15 +124,18 @@ async fn main() -> Result<()> {
     }
     broker.stop();
 
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let mean = |v: &[Phase]| v.iter().map(|p| p.rate).sum::<f64>() / v.len() as f64;
+    let pause = |v: &[Phase]| v.iter().map(|p| p.longest_pause).max().unwrap_or_default();
     scrapes.sort_by(f64::total_cmp);
     ensure!(!scrapes.is_empty(), "no scrape finished");
     let pct = |p: f64| scrapes[((scrapes.len() - 1) as f64 * p).round() as usize];
     println!(
-        "publish rate while scraping / without: {:.3} ({:.0} / {:.0} msg/s)",
+        "publish rate while scraping / without: {:.3} ({:.0} / {:.0} msg/s); longest pause {} / {} ms",
         mean(&scraped) / mean(&quiet),
         mean(&scraped),
-        mean(&quiet)
+        mean(&quiet),
+        pause(&scraped).as_millis(),
+        pause(&quiet).as_millis()
     );
     println!(
         "scrape of {} queues: {:.1} MB, {} scrapes, median {:.0} ms, p90 {:.0} ms, max {:.0} ms",
@@ -192,18 +205,44 @@ async fn publish_loop(
     Ok(())
 }
 
-/// Confirmed messages per second over `phase`.
-async fn measure(published: &AtomicU64, phase: Duration) -> f64 {
-    let before = published.load(Ordering::Relaxed);
-    let started = Instant::now();
-    tokio::time::sleep(phase).await;
-    let n = published.load(Ordering::Relaxed) - before;
-    n as f64 / started.elapsed().as_secs_f64()
+/// What publishers did during one phase.
+#[derive(Debug, Clone, Copy)]
+struct Phase {
+    /// Confirmed messages per second.
+    rate: f64,
+    /// The longest time no confirm arrived (sampled every 5 ms): a stalled broker shows here.
+    longest_pause: Duration,
 }
 
-/// Scrapes `/metrics` back to back while `running`; returns each scrape's seconds and the
-/// size of the last one.
-async fn scrape_loop(http: HttpClient, running: Arc<AtomicBool>) -> Result<(Vec<f64>, usize)> {
+/// Measures the publishers over `phase`.
+async fn measure(published: &AtomicU64, phase: Duration) -> Phase {
+    let before = published.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let (mut last, mut last_change) = (before, started);
+    let mut longest_pause = Duration::ZERO;
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    while started.elapsed() < phase {
+        tick.tick().await;
+        let now = published.load(Ordering::Relaxed);
+        if now != last {
+            (last, last_change) = (now, Instant::now());
+        }
+        longest_pause = longest_pause.max(last_change.elapsed());
+    }
+    let n = published.load(Ordering::Relaxed) - before;
+    Phase {
+        rate: n as f64 / started.elapsed().as_secs_f64(),
+        longest_pause,
+    }
+}
+
+/// Scrapes `/metrics` while `running`, `interval` apart; returns each scrape's seconds and
+/// the size of the last one.
+async fn scrape_loop(
+    http: HttpClient,
+    interval: Duration,
+    running: Arc<AtomicBool>,
+) -> Result<(Vec<f64>, usize)> {
     let mut times = Vec::new();
     let mut bytes = 0;
     while running.load(Ordering::Relaxed) {
@@ -212,6 +251,7 @@ async fn scrape_loop(http: HttpClient, running: Arc<AtomicBool>) -> Result<(Vec<
         ensure!(r.status == 200, "scrape answered {}", r.status);
         times.push(started.elapsed().as_secs_f64());
         bytes = r.body.len();
+        tokio::time::sleep(interval).await;
     }
     Ok((times, bytes))
 }
