@@ -504,3 +504,39 @@ async fn publishing_and_consuming_go_on_while_a_long_move_runs() {
     client.close().await.unwrap();
     broker.process.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_whose_source_is_deleted_fails_with_not_found_and_keeps_what_it_moved() {
+    const N: u64 = 50_000;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let client = broker.client().await;
+    fill(&client, "src", 0..N).await;
+    client
+        .declare_queue("dst", QueueOptions::new())
+        .await
+        .unwrap();
+    let id = client.move_messages("src", "dst", None).await.unwrap();
+    within("some progress", async {
+        while client.move_status(id).await.unwrap().moved == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    client
+        .delete_queue("src", sluice_client::DeleteQueueOptions::default())
+        .await
+        .unwrap();
+    let status = finished(&client, id).await;
+    let MoveState::Failed { code, message } = &status.state else {
+        panic!("{status:?}")
+    };
+    assert_eq!(*code, ErrorCode::NotFound, "{message}");
+    assert!(message.contains("src"), "{message}");
+    assert!(status.moved < N, "{status:?}");
+    // Every message counted as moved is in the destination, once, in order.
+    let moved = drain(&client, "dst").await;
+    assert_eq!(moved, (0..status.moved).collect::<Vec<_>>());
+    client.close().await.unwrap();
+    broker.process.stop();
+}
