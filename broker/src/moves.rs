@@ -248,7 +248,11 @@ struct Mover {
 impl Mover {
     async fn run(mut self) {
         let state = match self.move_all().await {
-            Ok(()) => MoveState::Done,
+            Ok(()) => {
+                tracing::info!(move_id = %self.id, source = %self.source.meta.name,
+                    destination = %self.destination.meta.name, moved = self.moved, "a move is done");
+                MoveState::Done
+            }
             Err(e) => {
                 tracing::warn!(move_id = %self.id, source = %self.source.meta.name,
                     destination = %self.destination.meta.name, error = %e, "a move stopped early");
