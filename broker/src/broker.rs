@@ -23,6 +23,7 @@ use crate::config::ServerConfig;
 use crate::definitions::{self, BindingDef, ChangeKind, ExchangeDef, QueueDef, Topology};
 use crate::error::RequestError;
 use crate::flow::{Blocking, Cause, Flow};
+use crate::moves::Moves;
 use crate::queue::{self, ConnId, QueueHandle, QueueMeta, QueueStats};
 use crate::routing::{Binding, Exchange, ExchangeKind, RoutingTable};
 use crate::storage::{LogConfig, Store, StoreConfig};
@@ -59,6 +60,8 @@ pub struct Broker {
     published_since_check: AtomicU64,
     /// Why publishing is blocked, if it is; sessions turn changes into `Blocked`/`Unblocked`.
     flow: Arc<Flow>,
+    /// Moves of messages between queues, running and recently finished.
+    moves: Arc<Moves>,
     // Last: dropped after the queues' logs, which the queue tasks close first.
     store: Store,
 }
@@ -122,6 +125,7 @@ impl Broker {
             next_generated: AtomicU64::new(1),
             published_since_check: AtomicU64::new(0),
             flow: Arc::default(),
+            moves: Arc::default(),
             store,
         });
         broker.restore(topology)?;
@@ -223,6 +227,11 @@ impl Broker {
     /// The storage engine.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Moves of messages between queues (see [`crate::moves`]).
+    pub fn moves(&self) -> &Arc<Moves> {
+        &self.moves
     }
 
     /// A fresh connection number.

@@ -9,6 +9,8 @@
 //! - [`broker`]: shared state: the registry of queues and the routing table, the durable
 //!   topology ([`definitions`]).
 //! - [`queue`]: one task per queue: its log, ready messages, consumers, deliveries in flight.
+//! - [`moves`]: moving ready messages from one queue to another (redrive), crash-safe, as a
+//!   task operators follow by id.
 //! - [`routing`]: exchanges, bindings and the AMQP 0-9-1 matching rules.
 //! - `publish`: the checks and routing of one published message, shared by the sessions and
 //!   the HTTP API.
@@ -33,6 +35,7 @@ pub mod error;
 pub mod flow;
 pub mod http;
 pub mod limits;
+pub mod moves;
 mod publish;
 pub mod queue;
 pub mod routing;

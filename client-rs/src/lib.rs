@@ -17,6 +17,8 @@
 //!   and [`ClientBuilder`].
 //! - `listing`: operators' listings, every page fetched ([`Client::list_queues`]) or one at a
 //!   time ([`Client::list_queues_page`]).
+//! - `browse`: operators' tools for messages: [`Client::browse`], [`Client::move_messages`],
+//!   [`Client::move_status`].
 //! - `publish`: [`Client::publish`], [`Client::publish_batch`], [`Publisher`].
 //! - `consumer`: [`Client::consume`], [`Consumer`], [`Message`], [`Client::get`].
 //! - `connection`: the handshake and the connection task (not public): the select loop,
@@ -52,6 +54,7 @@
 //! # }
 //! ```
 
+mod browse;
 mod client;
 mod connection;
 mod consumer;
@@ -75,9 +78,10 @@ pub use options::{
 pub use publish::{OutgoingMessage, PublishConfirm, Publisher};
 pub use url::{ConnectUrl, UrlError};
 pub use wire::{
-    BindingSummary, ConnectionSummary, ConsumerId, ConsumerSummary, DeclareQueueOk, DeliveryTag,
-    ErrorCode, ExchangeKind, ExchangeSummary, HeaderValue, Headers, InspectQueueOk, MetaView,
-    Overflow, Properties, PublishSeq, QueueArguments, QueueSummary,
+    BindingSummary, BrowseQueueOk, BrowsedMessage, ConnectionSummary, ConsumerId, ConsumerSummary,
+    DeclareQueueOk, DeliveryTag, ErrorCode, ExchangeKind, ExchangeSummary, HeaderValue, Headers,
+    InspectQueueOk, MetaView, MoveId, MoveState, MoveStatusOk, Overflow, Properties, PublishSeq,
+    QueueArguments, QueueSummary,
 };
 
 #[cfg(test)]

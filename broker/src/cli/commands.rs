@@ -186,6 +186,8 @@ async fn dispatch(
         AdminCommand::Publish(a) => publish(client, a, stdin_body, json).await?,
         AdminCommand::Get(a) => return get(client, &a, json).await,
         AdminCommand::Consume(a) => consume(client, &a, json).await?,
+        AdminCommand::Browse(a) => super::messages::browse(client, &a, json).await?,
+        AdminCommand::MoveMessages(a) => super::messages::move_messages(client, &a, json).await?,
     }
     Ok(Outcome::Done)
 }

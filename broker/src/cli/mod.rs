@@ -27,6 +27,7 @@ use sluice_client::{ErrorCode, ExchangeKind, HeaderValue, Overflow};
 mod commands;
 mod definitions;
 pub(crate) mod format;
+pub(crate) mod messages;
 
 /// The broker the admin commands talk to when neither `--url` nor `SLUICE_URL` is given.
 pub const DEFAULT_URL: &str = "sluice://guest:guest@127.0.0.1:5680";
@@ -128,6 +129,19 @@ pub enum AdminCommand {
     /// Each message is acked once printed. Runs until --count messages are printed, or
     /// until interrupted (Ctrl-C); messages received but not printed return to the queue.
     Consume(ConsumeArgs),
+    /// Show a queue's first ready messages without taking them.
+    ///
+    /// Nothing changes: no delivery is counted and consumers get the messages as if nobody
+    /// had looked. DELIVERIES is how often a message was delivered before ("R": its next
+    /// delivery is flagged redelivered), AGE the time since the queue stored it.
+    Browse(BrowseArgs),
+    /// Move ready messages from one queue to another (e.g. a dead-letter queue back to its
+    /// source), printing progress until done.
+    ///
+    /// Each batch is stored durably in DESTINATION before it leaves SOURCE: a broker crash
+    /// can duplicate messages but never lose them. Exits with status 1 if the move fails
+    /// (e.g. DESTINATION is full); messages not moved stay in SOURCE.
+    MoveMessages(MoveMessagesArgs),
 }
 
 /// Which broker, and how to print: options of every admin command, global so that they may
@@ -410,6 +424,31 @@ pub struct ConsumeArgs {
     /// needs, so no extra message is taken and requeued.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CONSUME_PREFETCH)]
     pub prefetch: u32,
+}
+
+/// Arguments of `sluice browse`.
+#[derive(Debug, Clone, Args)]
+pub struct BrowseArgs {
+    /// The queue.
+    pub queue: String,
+    /// Most messages to show.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_BROWSE_COUNT)]
+    pub count: u64,
+}
+
+/// Messages `sluice browse` shows without `--count`.
+pub const DEFAULT_BROWSE_COUNT: u64 = 20;
+
+/// Arguments of `sluice move-messages`.
+#[derive(Debug, Clone, Args)]
+pub struct MoveMessagesArgs {
+    /// The queue the messages leave.
+    pub source: String,
+    /// The queue they go to.
+    pub destination: String,
+    /// Most messages to move [default: every message ready in SOURCE now].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max: Option<u64>,
 }
 
 /// A header from the command line: `KEY=VALUE`, `KEY:str=VALUE`, `KEY:int=N` or

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use sluice_client::wire::{
     Ack, Blocked, Cancel, CancelOk, Close, Confirm, Consume, ConsumerCancelled, ConsumerId,
     DeclareExchange, DecodeError, DeleteQueue, DeleteQueueOk, Deliver, Delivery, ErrorCode,
-    ErrorReply, Extend, Frame, FrameBody, GetOk, Nack, Publish, PublishRejected, PublishSeq,
-    Rejection, Reply, Request, RequestId,
+    ErrorReply, Extend, Frame, FrameBody, GetOk, MoveMessagesOk, Nack, Publish, PublishRejected,
+    PublishSeq, Rejection, Reply, Request, RequestId,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -21,7 +21,7 @@ use crate::broker::Broker;
 use crate::error::RequestError;
 use crate::publish::{route_message, PublishLimits};
 use crate::queue::{
-    delivery_bytes, ConnEvent, ConnLink, Incoming, QueueCmd, QueueHandle, Settlement,
+    delivery_bytes, BrowsePage, ConnEvent, ConnLink, Incoming, QueueCmd, QueueHandle, Settlement,
 };
 use crate::routing::{check_header_limits, Binding, RouteResult};
 use crate::storage::Epoch;
@@ -643,6 +643,25 @@ impl Session {
                         .await
                 });
             }
+            Request::BrowseQueue(b) => {
+                let page = BrowsePage::for_frame(b.limit, b.after_seq, self.agreed.max_frame_len);
+                self.with_queue(id, &b.queue, |link| QueueCmd::Browse {
+                    conn: link,
+                    request_id: id,
+                    page,
+                });
+            }
+            Request::MoveMessages(m) => {
+                let conn = self.link.id;
+                match crate::moves::start(&self.broker, conn, &m.source, &m.destination, m.max) {
+                    Ok(move_id) => self.send(id, MoveMessagesOk { move_id }),
+                    Err(e) => self.send_error(id, e),
+                }
+            }
+            Request::MoveStatus(m) => match self.broker.moves().get(m.move_id) {
+                Some(info) => self.send(id, info.status()),
+                None => self.send_error(id, crate::moves::unknown(m.move_id)),
+            },
         }
         Ending::No
     }

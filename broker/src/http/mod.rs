@@ -9,8 +9,9 @@
 //!   JSON body extractor whose failures are answered in the same shape.
 //! - one file per resource: `overview.rs`, `queues.rs`, `exchanges.rs`, `bindings.rs`,
 //!   `consumers.rs`, `connections.rs` (list, close, cancel a consumer), `publish.rs` (publish
-//!   and get for debugging), `definitions.rs` (export and import the topology), and
-//!   `health.rs` for `/healthz` and `/readyz`.
+//!   and get for debugging), `messages.rs` (browsing a queue), `moves.rs` (moving messages
+//!   between queues), `definitions.rs` (export and import the topology), and `health.rs` for
+//!   `/healthz` and `/readyz`.
 //!
 //! Handlers call the same broker functions as the wire protocol's sessions, so a request means
 //! the same thing whichever door it came through; the JSON mirrors the CLI's `--json`.
@@ -24,6 +25,8 @@ mod error;
 mod exchanges;
 mod health;
 mod listener;
+mod messages;
+mod moves;
 mod overview;
 mod publish;
 mod queues;
@@ -102,6 +105,10 @@ fn router(api: Api) -> Router {
         )
         .route("/api/queues/{name}/get", post(publish::get))
         .route("/api/exchanges/{name}/publish", post(publish::publish))
+        .route("/api/queues/{name}/messages", get(messages::browse))
+        .route("/api/queues/{name}/move", post(moves::start))
+        .route("/api/moves", get(moves::list))
+        .route("/api/moves/{id}", get(moves::show))
         .route("/api/exchanges", get(exchanges::list))
         .route(
             "/api/exchanges/{name}",

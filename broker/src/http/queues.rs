@@ -188,7 +188,7 @@ pub async fn purge(State(api): State<Api>, Path(name): Path<String>) -> Result<R
 
 /// Sends the queue `name` a command that answers through a connection's event channel, as
 /// a connection of its own, and waits (bounded) for the answer.
-async fn ask_queue(
+pub(super) async fn ask_queue(
     api: &Api,
     name: &str,
     cmd: impl FnOnce(Arc<ConnLink>, RequestId) -> QueueCmd,
@@ -223,6 +223,6 @@ fn no_answer(name: &str) -> ApiError {
     .into()
 }
 
-fn unexpected(reply: &Reply) -> ApiError {
+pub(super) fn unexpected(reply: &Reply) -> ApiError {
     RequestError::internal(format!("unexpected answer from the queue: {reply:?}")).into()
 }

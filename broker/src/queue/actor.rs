@@ -1,4 +1,10 @@
 //! The queue task.
+//!
+//! Operators' reads and moves live beside it: `browse.rs` (ready messages shown in place) and
+//! `mover.rs` (messages held for a move to another queue).
+
+mod browse;
+mod mover;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -18,6 +24,7 @@ use super::{
 use crate::broker::Broker;
 use crate::error::RequestError;
 use crate::storage::{QueueLog, StorageError};
+use mover::HeldForMoves;
 
 /// Most deliveries handed to one consumer before the next consumer's turn.
 const DELIVERY_BATCH: u32 = 64;
@@ -136,6 +143,8 @@ struct Actor {
     dl_link: Arc<ConnLink>,
     dl_events: mpsc::UnboundedReceiver<ConnEvent>,
     dead: DeadLetters,
+    /// Messages taken by moves to other queues, not settled yet.
+    held: HeldForMoves,
     /// Counters (published, acked) when the rates were last measured, and when.
     rates_from: (u64, u64),
     rates_at: Instant,
@@ -195,6 +204,7 @@ impl Actor {
             dl_link: ConnLink::new(0, dl_tx, Arc::default()),
             dl_events,
             dead: DeadLetters::default(),
+            held: HeldForMoves::default(),
             rates_from: (0, 0),
             rates_at: Instant::now(),
             last_flush: Instant::now(),
@@ -397,7 +407,8 @@ impl Actor {
                     ))));
                     return false;
                 }
-                let messages = self.ready_count() + self.inflight.len() as u64;
+                let messages =
+                    self.ready_count() + self.inflight.len() as u64 + self.held.len() as u64;
                 if if_empty && messages > 0 {
                     let _ = reply.send(Err(RequestError::precondition(format!(
                         "queue '{}' holds {messages} messages",
@@ -429,6 +440,22 @@ impl Actor {
                 }
                 return self.auto_delete_if_unused();
             }
+            QueueCmd::Browse {
+                conn,
+                request_id,
+                page,
+            } => conn.send(ConnEvent::Reply {
+                request_id,
+                reply: Reply::BrowseQueueOk(self.browse(&page)),
+            }),
+            QueueCmd::TakeForMove {
+                max_messages,
+                max_bytes,
+                reply,
+            } => {
+                let _ = reply.send(self.take_for_move(max_messages, max_bytes));
+            }
+            QueueCmd::SettleMove { moved, returned } => self.settle_move(&moved, &returned),
             QueueCmd::Shutdown { done } => {
                 self.flush_now();
                 drop(done);
@@ -522,7 +549,7 @@ impl Actor {
     /// Bytes of ready messages (meta + body).
     fn ready_bytes(&self) -> u64 {
         let live = self.log.as_ref().map_or(0, QueueLog::message_bytes);
-        live.saturating_sub(self.inflight_bytes)
+        live.saturating_sub(self.inflight_bytes + self.held.bytes())
     }
 
     fn ready_count(&self) -> u64 {
@@ -1137,8 +1164,9 @@ impl Actor {
     fn update_stats(&self) {
         let s = &self.meta.stats;
         s.ready.store(self.ready_count(), Ordering::Relaxed);
-        s.unacked
-            .store(self.inflight.len() as u64, Ordering::Relaxed);
+        // Messages held by a move are taken, as if leased to it.
+        let taken = self.inflight.len() + self.held.len();
+        s.unacked.store(taken as u64, Ordering::Relaxed);
         s.consumers
             .store(self.consumers.len() as u32, Ordering::Relaxed);
         if let Some(log) = &self.log {
@@ -1162,7 +1190,10 @@ impl Actor {
                 }
                 | QueueCmd::Get { conn, request_id }
                 | QueueCmd::Inspect { conn, request_id }
-                | QueueCmd::Purge { conn, request_id } => conn.send(ConnEvent::Error {
+                | QueueCmd::Purge { conn, request_id }
+                | QueueCmd::Browse {
+                    conn, request_id, ..
+                } => conn.send(ConnEvent::Error {
                     request_id,
                     error: RequestError::no_queue(&self.meta.name),
                 }),

@@ -19,6 +19,8 @@
 //! up slows down its own publishers only. Dead-letter copies from other queues skip it (a
 //! queue never waits for another). The other commands are small and bounded by credit: each
 //! settles a delivery once, answers into the sender's outbox, or stops with the connection.
+//! A move (crate::moves) has one batch on its way at a time: one `TakeForMove`, then one
+//! `SettleMove`.
 
 mod actor;
 mod outbox;
@@ -30,6 +32,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sluice_client::wire::{
     ConsumerId, ConsumerSummary, Delivery, ErrorCode, QueueArguments, Rejection, Reply, RequestId,
+    BROWSE_FIXED_LEN, MAX_BROWSE_LIMIT, MIN_FRAME_LEN,
 };
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -314,11 +317,84 @@ pub enum QueueCmd {
     Touch,
     /// A connection's outbox drained: its consumers may take deliveries again.
     Resume,
+    /// Show ready messages without taking them; answers `BrowseQueueOk`.
+    Browse {
+        /// The connection.
+        conn: Arc<ConnLink>,
+        /// The request.
+        request_id: RequestId,
+        /// Which messages, and how many bytes of them fit the answer.
+        page: BrowsePage,
+    },
+    /// Take ready messages for a move (crate::moves): they are held, neither ready nor
+    /// delivered, until a [`QueueCmd::SettleMove`] names them. The answer is empty when no
+    /// message is ready.
+    TakeForMove {
+        /// Most messages.
+        max_messages: usize,
+        /// Most bytes (meta + body), but at least one message.
+        max_bytes: usize,
+        /// The messages taken, or why none may be.
+        reply: oneshot::Sender<Result<Vec<MovingMessage>, RequestError>>,
+    },
+    /// Ends a move's hold on messages it took.
+    SettleMove {
+        /// Stored durably in the destination: delete them here.
+        moved: Vec<u64>,
+        /// Not moved: ready again, where they were in the queue.
+        returned: Vec<u64>,
+    },
     /// Write what is pending and stop (server shutdown).
     Shutdown {
         /// Dropped when the queue's log is closed.
         done: oneshot::Sender<()>,
     },
+}
+
+/// What a browse asks of a queue.
+#[derive(Debug, Clone, Copy)]
+pub struct BrowsePage {
+    /// Most messages.
+    pub limit: usize,
+    /// Only messages with a greater sequence number; 0 = from the head.
+    pub after_seq: u64,
+    /// Bytes the answer's messages may take (their encoded size, bodies counted up to
+    /// `body_budget`); at least one message is answered.
+    pub max_bytes: usize,
+    /// Bytes of each body counted against `max_bytes`: a reader that shows only the start of
+    /// long bodies (the HTTP API) gets more of them per page.
+    pub body_budget: usize,
+}
+
+impl BrowsePage {
+    /// A page for a `BrowseQueue` request answered in a frame of at most `max_frame_len`:
+    /// whole bodies, and a `limit` of 0 or above [`MAX_BROWSE_LIMIT`] means that maximum.
+    pub fn for_frame(limit: u32, after_seq: u64, max_frame_len: u32) -> Self {
+        let limit = match limit {
+            0 => MAX_BROWSE_LIMIT,
+            n => n.min(MAX_BROWSE_LIMIT),
+        };
+        let fixed = MIN_FRAME_LEN as usize + BROWSE_FIXED_LEN;
+        BrowsePage {
+            limit: limit as usize,
+            after_seq,
+            max_bytes: (max_frame_len as usize).saturating_sub(fixed),
+            body_budget: usize::MAX,
+        }
+    }
+}
+
+/// A ready message taken by a move, on its way to another queue.
+#[derive(Debug, Clone)]
+pub struct MovingMessage {
+    /// Its sequence number in the queue it leaves.
+    pub seq: u64,
+    /// The meta block, as published.
+    pub meta: Bytes,
+    /// The body.
+    pub body: Bytes,
+    /// Whether it was published as persistent.
+    pub persistent: bool,
 }
 
 /// Live counters of a queue, for declare replies and listings.

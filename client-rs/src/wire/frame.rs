@@ -211,6 +211,18 @@ opcodes! {
     CancelConsumer = 0x060D, ToServer;
     /// Answers `CancelConsumer`.
     CancelConsumerOk = 0x060E, ToClient;
+    /// Read a queue's first ready messages without taking them.
+    BrowseQueue = 0x060F, ToServer;
+    /// The messages.
+    BrowseQueueOk = 0x0610, ToClient;
+    /// Start moving ready messages to another queue.
+    MoveMessages = 0x0611, ToServer;
+    /// The move started.
+    MoveMessagesOk = 0x0612, ToClient;
+    /// Ask how a move is doing.
+    MoveStatus = 0x0613, ToServer;
+    /// A move's state and progress.
+    MoveStatusOk = 0x0614, ToClient;
 }
 
 /// One direction's set of frame bodies: [`Request`](super::Request) or [`Reply`](super::Reply).

@@ -9,6 +9,7 @@ use super::admin::{
     ListBindings, ListBindingsOk, ListConsumers, ListConsumersOk, ListExchanges, ListExchangesOk,
     ListQueues, ListQueuesOk,
 };
+use super::browse::{BrowseQueue, BrowseQueueOk};
 use super::connection::{Blocked, Close, ErrorReply, Hello, Welcome};
 use super::connections::{CancelConsumer, CloseConnection, ListConnections, ListConnectionsOk};
 use super::consume::{
@@ -17,6 +18,7 @@ use super::consume::{
 use super::error::WireError;
 use super::exchange::{Bind, DeclareExchange, DeleteExchange, Unbind};
 use super::frame::{FrameBody, Opcode, Payload};
+use super::moves::{MoveMessages, MoveMessagesOk, MoveStatus, MoveStatusOk};
 use super::publish::{Confirm, Publish, PublishRejected};
 use super::queue::{
     DeclareQueue, DeclareQueueOk, DeleteQueue, DeleteQueueOk, InspectQueue, InspectQueueOk,
@@ -137,6 +139,12 @@ frame_body! {
             CloseConnection(CloseConnection),
             /// Cancels a consumer of any connection (§16.3); answered by `CancelConsumerOk`.
             CancelConsumer(CancelConsumer),
+            /// Reads a queue's first ready messages (§17); answered by `BrowseQueueOk`.
+            BrowseQueue(BrowseQueue),
+            /// Starts a move (§18); answered by `MoveMessagesOk`.
+            MoveMessages(MoveMessages),
+            /// Asks for a move's progress (§18); answered by `MoveStatusOk`.
+            MoveStatus(MoveStatus),
         }
         empty {
             /// Keep-alive.
@@ -192,6 +200,12 @@ frame_body! {
             ListConsumersOk(ListConsumersOk),
             /// A page of connections.
             ListConnectionsOk(ListConnectionsOk),
+            /// Ready messages of a queue, left in place.
+            BrowseQueueOk(BrowseQueueOk),
+            /// A move started.
+            MoveMessagesOk(MoveMessagesOk),
+            /// A move's progress.
+            MoveStatusOk(MoveStatusOk),
         }
         empty {
             /// Keep-alive.

@@ -11,7 +11,8 @@
 //! - `messages`: the [`Request`] and [`Reply`] enums, one variant per opcode.
 //! - one module per group of messages: `connection` (handshake, close, errors, flow control),
 //!   `queue`, `exchange`, `publish` (+ `meta`, the stored meta block), `consume`, `ack`,
-//!   `admin` (listings for operators), `connections` (operators' connections and consumers).
+//!   `admin` (listings for operators), `connections` (operators' connections and consumers),
+//!   `browse` (reading ready messages in place), `moves` (moving ready messages between queues).
 //! - `error`: [`WireError`], [`DecodeError`] and the stable [`ErrorCode`] table.
 //!
 //! # Use
@@ -35,6 +36,7 @@
 
 mod ack;
 mod admin;
+mod browse;
 mod connection;
 mod connections;
 mod consume;
@@ -44,6 +46,7 @@ mod frame;
 mod header;
 mod messages;
 mod meta;
+mod moves;
 pub mod primitives;
 mod publish;
 mod queue;
@@ -57,6 +60,9 @@ pub use admin::{
     cmp_headers, BindingSummary, ConsumerKey, ConsumerSummary, ExchangeSummary, ListBindings,
     ListBindingsOk, ListConsumers, ListConsumersOk, ListExchanges, ListExchangesOk, ListQueues,
     ListQueuesOk, QueueSummary, MAX_PAGE_ITEMS, PAGE_FIXED_LEN,
+};
+pub use browse::{
+    BrowseQueue, BrowseQueueOk, BrowsedMessage, BROWSE_FIXED_LEN, MAX_BROWSE_LIMIT, MIN_BROWSED_LEN,
 };
 pub use connection::{Blocked, Close, ErrorReply, Hello, Welcome};
 pub use connections::{
@@ -75,6 +81,7 @@ pub use frame::{
 pub use header::{headers_len, put_headers, read_headers, HeaderValue, Headers};
 pub use messages::{Reply, Request};
 pub use meta::{meta_len, put_meta, MessageMeta, MetaView, Properties};
+pub use moves::{MoveId, MoveMessages, MoveMessagesOk, MoveState, MoveStatus, MoveStatusOk};
 pub use primitives::Reader;
 pub use publish::{Confirm, Publish, PublishMessage, PublishRejected, Rejection};
 pub use queue::{
