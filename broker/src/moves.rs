@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sluice_client::wire::{ErrorCode, MoveId, MoveState, MoveStatusOk};
+use sluice_client::wire::{ErrorCode, MoveId, MoveState, MoveStatusOk, Rejection};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::broker::Broker;
@@ -33,7 +33,7 @@ use crate::error::RequestError;
 use crate::queue::{
     ConnEvent, ConnId, ConnLink, Incoming, MovingMessage, Outbox, QueueCmd, QueueHandle,
 };
-use crate::storage::Durability;
+use crate::storage::{Durability, Epoch};
 
 /// Most messages taken from the source at once.
 pub const BATCH_MESSAGES: usize = 256;
@@ -220,6 +220,14 @@ pub fn start(
     Ok(id)
 }
 
+/// The destination's answer to a batch.
+struct Stored {
+    /// Makes the stored copies durable once synced.
+    epoch: Epoch,
+    /// Copies it refused, named by their seq in the source.
+    rejections: Vec<Rejection>,
+}
+
 /// The task of one move.
 struct Mover {
     id: MoveId,
@@ -240,7 +248,11 @@ struct Mover {
 impl Mover {
     async fn run(mut self) {
         let state = match self.move_all().await {
-            Ok(()) => MoveState::Done,
+            Ok(()) => {
+                tracing::info!(move_id = %self.id, source = %self.source.meta.name,
+                    destination = %self.destination.meta.name, moved = self.moved, "a move is done");
+                MoveState::Done
+            }
             Err(e) => {
                 tracing::warn!(move_id = %self.id, source = %self.source.meta.name,
                     destination = %self.destination.meta.name, error = %e, "a move stopped early");
@@ -326,7 +338,7 @@ impl Mover {
         if let Some(broker) = self.broker.upgrade() {
             broker.note_published(bytes);
         }
-        let (epoch, rejections) = match self.stored().await {
+        let Stored { epoch, rejections } = match self.stored().await {
             Ok(stored) => stored,
             Err(e) => {
                 self.give_back(seqs);
@@ -354,16 +366,14 @@ impl Mover {
     }
 
     /// Waits for the destination's answer to the last batch.
-    async fn stored(
-        &mut self,
-    ) -> Result<(crate::storage::Epoch, Vec<sluice_client::wire::Rejection>), RequestError> {
+    async fn stored(&mut self) -> Result<Stored, RequestError> {
         loop {
             match tokio::time::timeout(STORE_TIMEOUT, self.events.recv()).await {
                 Ok(Some(ConnEvent::Stored {
                     batch,
                     epoch,
                     rejections,
-                })) if batch == self.next_batch => return Ok((epoch, rejections)),
+                })) if batch == self.next_batch => return Ok(Stored { epoch, rejections }),
                 // An answer to a batch given up on earlier.
                 Ok(Some(_)) => {}
                 // The link's sender lives in `self`: the channel cannot close.

@@ -462,3 +462,81 @@ fn run_cli(broker: &Broker, args: &[&str]) -> (bool, String, String) {
         stderr.join().unwrap(),
     )
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_and_consuming_go_on_while_a_long_move_runs() {
+    const N: u64 = 50_000;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let client = broker.client().await;
+    fill(&client, "src", 0..N).await;
+    client
+        .declare_queue("dst", QueueOptions::new())
+        .await
+        .unwrap();
+    let id = client.move_messages("src", "dst", None).await.unwrap();
+    let started = std::time::Instant::now();
+    // Into the destination and out of the source, one confirmed message at a time: each
+    // waits behind a batch or two of the move, not behind the whole move.
+    for i in 0..10u64 {
+        client
+            .publish("", "dst", (N + i).to_string(), &PublishOptions::new())
+            .await
+            .unwrap();
+        let m = client.get("src").await.unwrap().expect("a ready message");
+        m.ack().await.unwrap();
+    }
+    let during = started.elapsed();
+    let status = client.move_status(id).await.unwrap();
+    let status_after_work = status.clone();
+    let done = finished(&client, id).await;
+    eprintln!(
+        "10 publishes and gets in {during:?}; the move: {status_after_work:?} then, all of it in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        status.state,
+        MoveState::Running,
+        "{status:?} after {during:?}"
+    );
+    assert_eq!(done.state, MoveState::Done);
+    assert_eq!(done.moved, N - 10);
+    client.close().await.unwrap();
+    broker.process.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_whose_source_is_deleted_fails_with_not_found_and_keeps_what_it_moved() {
+    const N: u64 = 50_000;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let client = broker.client().await;
+    fill(&client, "src", 0..N).await;
+    client
+        .declare_queue("dst", QueueOptions::new())
+        .await
+        .unwrap();
+    let id = client.move_messages("src", "dst", None).await.unwrap();
+    within("some progress", async {
+        while client.move_status(id).await.unwrap().moved == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    client
+        .delete_queue("src", sluice_client::DeleteQueueOptions::default())
+        .await
+        .unwrap();
+    let status = finished(&client, id).await;
+    let MoveState::Failed { code, message } = &status.state else {
+        panic!("{status:?}")
+    };
+    assert_eq!(*code, ErrorCode::NotFound, "{message}");
+    assert!(message.contains("src"), "{message}");
+    assert!(status.moved < N, "{status:?}");
+    // Every message counted as moved is in the destination, once, in order.
+    let moved = drain(&client, "dst").await;
+    assert_eq!(moved, (0..status.moved).collect::<Vec<_>>());
+    client.close().await.unwrap();
+    broker.process.stop();
+}

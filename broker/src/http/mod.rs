@@ -9,8 +9,8 @@
 //!   JSON body extractor whose failures are answered in the same shape.
 //! - one file per resource: `overview.rs`, `queues.rs`, `exchanges.rs`, `bindings.rs`,
 //!   `consumers.rs`, `connections.rs` (list, close, cancel a consumer), `publish.rs` (publish
-//!   and get for debugging), `definitions.rs` (export and import the topology), `messages.rs`
-//!   (browsing a queue), `moves.rs` (moving messages between queues), `health.rs` for
+//!   and get for debugging), `messages.rs` (browsing a queue), `moves.rs` (moving messages
+//!   between queues), `definitions.rs` (export and import the topology), `health.rs` for
 //!   `/healthz` and `/readyz`, and `metrics.rs` for the Prometheus scrape `/metrics`
 //!   (rendered by [`crate::metrics`]).
 //! - `history.rs`: a sampler task keeps the last minutes of the broker's and each queue's

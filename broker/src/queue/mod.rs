@@ -19,6 +19,8 @@
 //! up slows down its own publishers only. Dead-letter copies from other queues skip it (a
 //! queue never waits for another). The other commands are small and bounded by credit: each
 //! settles a delivery once, answers into the sender's outbox, or stops with the connection.
+//! A move (crate::moves) has one batch on its way at a time: one `TakeForMove`, then one
+//! `SettleMove`.
 
 mod actor;
 mod outbox;

@@ -12,8 +12,7 @@
 //! - one module per group of messages: `connection` (handshake, close, errors, flow control),
 //!   `queue`, `exchange`, `publish` (+ `meta`, the stored meta block), `consume`, `ack`,
 //!   `admin` (listings for operators), `connections` (operators' connections and consumers),
-//!   `browse` (reading ready messages in place), `moves` (moving ready messages between
-//!   queues).
+//!   `browse` (reading ready messages in place), `moves` (moving ready messages between queues).
 //! - `error`: [`WireError`], [`DecodeError`] and the stable [`ErrorCode`] table.
 //!
 //! # Use

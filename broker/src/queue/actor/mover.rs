@@ -12,10 +12,19 @@ use super::{Actor, Deliverable};
 use crate::error::RequestError;
 use crate::queue::MovingMessage;
 
-/// Messages held for moves: seq → (deliveries so far, bytes).
+/// Messages held for moves, by seq.
 #[derive(Debug, Default)]
 pub(super) struct HeldForMoves {
-    held: HashMap<u64, (u32, u64)>,
+    held: HashMap<u64, Hold>,
+    bytes: u64,
+}
+
+/// One held message.
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    /// Deliveries before it was taken (it keeps them if it returns).
+    count: u32,
+    /// Meta and body bytes.
     bytes: u64,
 }
 
@@ -31,15 +40,15 @@ impl HeldForMoves {
     }
 
     fn hold(&mut self, seq: u64, count: u32, bytes: u64) {
-        self.held.insert(seq, (count, bytes));
+        self.held.insert(seq, Hold { count, bytes });
         self.bytes += bytes;
     }
 
     /// Ends the hold of `seq`; its delivery count, if it was held.
     fn release(&mut self, seq: u64) -> Option<u32> {
-        let (count, bytes) = self.held.remove(&seq)?;
-        self.bytes -= bytes;
-        Some(count)
+        let hold = self.held.remove(&seq)?;
+        self.bytes -= hold.bytes;
+        Some(hold.count)
     }
 }
 
