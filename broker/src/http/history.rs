@@ -244,13 +244,25 @@ impl Samples {
 }
 
 impl Samples {
-    /// Deliveries per second of queue `name` in its latest sample, if it has one.
-    fn latest_deliver_rate(&self, name: &str) -> Option<f64> {
+    /// The rates of queue `name` in its latest sample, if it has one.
+    fn latest_rates(&self, name: &str) -> Option<Rates> {
         let track = self.queues.get(name)?;
         let sample = track.samples.back()?;
-        let tick = self.ticks.back()?;
-        Some(per_second(u64::from(sample.delivered), tick.span_ms))
+        let span_ms = self.ticks.back()?.span_ms;
+        Some(Rates {
+            publish: per_second(u64::from(sample.published), span_ms),
+            deliver: per_second(u64::from(sample.delivered), span_ms),
+            ack: per_second(u64::from(sample.acked), span_ms),
+        })
     }
+}
+
+/// Messages per second of one queue over its latest sample, as listings show them.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Rates {
+    publish: f64,
+    deliver: f64,
+    ack: f64,
 }
 
 impl QueueTrack {
@@ -296,14 +308,11 @@ impl History {
 }
 
 impl History {
-    /// The deliveries per second of each of `names` in its latest sample (`None` for a queue
-    /// not sampled yet), for listings: the queues count deliveries but keep no rate of them.
-    pub fn latest_deliver_rates<'a>(
-        &self,
-        names: impl Iterator<Item = &'a str>,
-    ) -> Vec<Option<f64>> {
+    /// The rates of each of `names` in its latest sample (`None` for a queue not sampled
+    /// yet), for listings: one lock for the whole list.
+    pub fn latest_rates<'a>(&self, names: impl Iterator<Item = &'a str>) -> Vec<Option<Rates>> {
         let samples = self.lock();
-        names.map(|n| samples.latest_deliver_rate(n)).collect()
+        names.map(|n| samples.latest_rates(n)).collect()
     }
 }
 
@@ -439,14 +448,20 @@ mod tests {
     }
 
     #[test]
-    fn a_listing_gets_each_queue_s_latest_deliver_rate() {
+    fn a_listing_gets_each_queue_s_latest_rates() {
         let mut s = Samples::default();
-        let mut a = reading("a", 1, 0, 0, 0);
+        let mut a = reading("a", 1, 0, 10, 0);
         s.record(tick(5_000), &[a.clone()], 0);
         a.totals.delivered = 25;
+        a.totals.published = 13;
         s.record(tick(10_000), &[a], 0);
-        assert_eq!(s.latest_deliver_rate("a"), Some(5.0));
-        assert_eq!(s.latest_deliver_rate("b"), None);
+        let rates = Rates {
+            publish: 0.6,
+            deliver: 5.0,
+            ack: 0.0,
+        };
+        assert_eq!(s.latest_rates("a"), Some(rates));
+        assert_eq!(s.latest_rates("b"), None);
     }
 
     #[test]

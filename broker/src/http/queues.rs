@@ -17,6 +17,7 @@ use sluice_client::wire::{DeclareQueue, ListQueues, Overflow, QueueArguments, Re
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::{flag, ApiError, JsonBody, QueryParams};
+use super::history::Rates;
 use super::Api;
 use crate::admin;
 use crate::cli::format::{InspectJson, QueueJson};
@@ -46,29 +47,31 @@ fn message_stats(api: &Api, name: &str) -> MessageStats {
         .unwrap_or_default()
 }
 
-/// One queue of `GET /api/queues`: with its deliveries per second from the history's latest
-/// sample (`null` before its first), beside the queue's own publish and ack rates.
+/// One queue of `GET /api/queues`: with its publish, deliver and ack rates over the history's
+/// latest sample (`null` before its first), to a tenth of a message per second; the queues'
+/// own `publish_rate` and `ack_rate` are whole numbers, and there is no deliver rate beside
+/// them.
 #[derive(serde::Serialize)]
 struct Listed<'a> {
     #[serde(flatten)]
     queue: WithStats<QueueJson<'a>>,
-    deliver_rate: Option<f64>,
+    rates: Option<Rates>,
 }
 
 /// `GET /api/queues`: every queue, as `sluice queues --json` prints them, with their
-/// `message_stats` and `deliver_rate`.
+/// `message_stats` and sampled `rates`.
 pub async fn list(State(api): State<Api>) -> Response {
     // In-process there is no frame to fit: one page holds everything.
     let all = admin::list_queues(&api.broker, &ListQueues::default(), u32::MAX);
-    let deliver_rates = api
+    let rates = api
         .history
-        .latest_deliver_rates(all.queues.iter().map(|q| q.name.as_str()));
+        .latest_rates(all.queues.iter().map(|q| q.name.as_str()));
     let registry = api.broker.read();
     let json: Vec<Listed<'_>> = all
         .queues
         .iter()
-        .zip(deliver_rates)
-        .map(|(q, deliver_rate)| Listed {
+        .zip(rates)
+        .map(|(q, rates)| Listed {
             queue: WithStats {
                 queue: QueueJson::from(q),
                 message_stats: registry
@@ -77,7 +80,7 @@ pub async fn list(State(api): State<Api>) -> Response {
                     .map(|h| MessageStats::of(&h.meta.stats))
                     .unwrap_or_default(),
             },
-            deliver_rate,
+            rates,
         })
         .collect();
     Json(json).into_response()

@@ -452,7 +452,7 @@ pages.overview = {
     drawHistory(history, 10 * 60000);
     const deepest = queues.slice().sort((a, b) => (b.ready + b.unacked) - (a.ready + a.unacked)).slice(0, 6);
     setHtml($('#ov-top'), deepest.length ? html`<table class="data"><thead><tr><th>Queue</th><th class="num">Ready</th><th class="num">Unacked</th><th class="num">Consumers</th><th class="num">Publish</th></tr></thead><tbody>
-      ${deepest.map((x) => html`<tr><td class="name-cell"><a href="#/queues/${q(x.name)}">${x.name}</a></td><td class="num">${fmtCount(x.ready)}</td><td class="num">${fmtCount(x.unacked)}</td><td class="num">${fmtCount(x.consumers)}</td><td class="num">${fmtRate(x.publish_rate)}</td></tr>`)}
+      ${deepest.map((x) => html`<tr><td class="name-cell"><a href="#/queues/${q(x.name)}">${x.name}</a></td><td class="num">${fmtCount(x.ready)}</td><td class="num">${fmtCount(x.unacked)}</td><td class="num">${fmtCount(x.consumers)}</td><td class="num">${fmtRate(rate(x, 'publish'))}</td></tr>`)}
       </tbody></table>` : html`<div class="empty">No queues yet.</div>`);
     setHtml($('#ov-totals'), totals(ov.message_stats));
   },
@@ -472,15 +472,22 @@ function totals(stats) {
   return html`<div class="stat-grid">${STAT_NAMES.filter(([k]) => k in stats).map(([k, label]) => html`<div class="stat" data-stat="${k}"><div class="label">${label}</div><div class="value">${fmtCount(total(stats[k]))}</div></div>`)}</div>`;
 }
 
+// A listed queue's rate: the broker's latest 5 s sample (as the charts), else what the queue
+// keeps itself (whole messages per second; none for deliveries).
+function rate(x, kind) {
+  if (x.rates) return x.rates[kind];
+  return kind === 'deliver' ? null : x[`${kind}_rate`];
+}
+
 const queueTable = { sort: 'name', desc: false, filter: '' };
 const QUEUE_COLUMNS = [
   { key: 'name', label: 'Name', value: (x) => x.name, className: 'name-cell', cell: (x) => html`<a href="#/queues/${q(x.name)}">${x.name}</a>${x.exclusive ? html` <span class="badge">exclusive</span>` : ''}${x.durable ? '' : html` <span class="badge">transient</span>`}` },
   { key: 'ready', label: 'Ready', num: true, value: (x) => x.ready, cell: (x) => fmtCount(x.ready) },
   { key: 'unacked', label: 'Unacked', num: true, value: (x) => x.unacked, cell: (x) => fmtCount(x.unacked) },
   { key: 'consumers', label: 'Consumers', num: true, value: (x) => x.consumers, cell: (x) => fmtCount(x.consumers) },
-  { key: 'publish_rate', label: 'Publish', num: true, value: (x) => x.publish_rate, cell: (x) => fmtRate(x.publish_rate) },
-  { key: 'deliver_rate', label: 'Deliver', num: true, value: (x) => x.deliver_rate, cell: (x) => fmtRate(x.deliver_rate) },
-  { key: 'ack_rate', label: 'Ack', num: true, value: (x) => x.ack_rate, cell: (x) => fmtRate(x.ack_rate) },
+  { key: 'publish_rate', label: 'Publish', num: true, value: (x) => rate(x, 'publish'), cell: (x) => fmtRate(rate(x, 'publish')) },
+  { key: 'deliver_rate', label: 'Deliver', num: true, value: (x) => rate(x, 'deliver'), cell: (x) => fmtRate(rate(x, 'deliver')) },
+  { key: 'ack_rate', label: 'Ack', num: true, value: (x) => rate(x, 'ack'), cell: (x) => fmtRate(rate(x, 'ack')) },
   { key: 'oldest', label: 'Oldest ready', num: true, value: (x) => (x.ready > 0 ? x.oldest_ready_age_ms : null), cell: (x) => (x.ready > 0 && x.oldest_ready_age_ms !== undefined ? fmtDuration(x.oldest_ready_age_ms) : html`<span class="muted">—</span>`) },
   { key: 'bytes', label: 'Bytes', num: true, value: (x) => x.bytes, cell: (x) => fmtBytes(x.bytes) },
 ];
