@@ -22,13 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 ROOT = Path(__file__).resolve().parents[2]
 SLUICE = Path(os.environ.get("SLUICE_BIN", ROOT / "target" / "debug" / "sluice"))
 CHROMIUM = os.environ.get("SLUICE_CHROMIUM", "/usr/bin/chromium")
 START_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 10
+# Longest wait for what a page shows (a refresh takes a request or two; a debug broker on a
+# busy two-core machine may be slow to answer): Playwright's default of 5 s is tight.
+PAGE_TIMEOUT_MS = 20_000
+expect.set_options(timeout=PAGE_TIMEOUT_MS)
 
 # The topology the traffic runs over (declared through the HTTP API):
 # - orders: published to continuously, taken by the consumer "orders-worker";
@@ -239,7 +243,7 @@ def page(browser: Browser, broker: Broker):
     """A fresh tab at 1440×900, not signed in."""
     context = browser.new_context(viewport={"width": 1440, "height": 900}, base_url=broker.base_url)
     tab = context.new_page()
-    tab.set_default_timeout(20_000)
+    tab.set_default_timeout(PAGE_TIMEOUT_MS)
     yield tab
     context.close()
 
