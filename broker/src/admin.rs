@@ -99,6 +99,7 @@ fn queue_summary(q: &QueueHandle) -> QueueSummary {
         bytes: s.bytes.load(Ordering::Relaxed),
         publish_rate: s.publish_rate.load(Ordering::Relaxed),
         ack_rate: s.ack_rate.load(Ordering::Relaxed),
+        oldest_ready_age_ms: s.oldest_ready_age_ms(crate::queue::unix_now_ms()),
     }
 }
 

@@ -23,10 +23,11 @@ use crate::config::ServerConfig;
 use crate::definitions::{self, BindingDef, ChangeKind, ExchangeDef, QueueDef, Topology};
 use crate::error::RequestError;
 use crate::flow::{Blocking, Cause, Flow};
+use crate::metrics::Metrics;
 use crate::moves::Moves;
 use crate::queue::{self, ConnId, QueueHandle, QueueMeta, QueueStats};
 use crate::routing::{Binding, Exchange, ExchangeKind, RoutingTable};
-use crate::storage::{LogConfig, Store, StoreConfig};
+use crate::storage::{DurabilityConfig, LogConfig, Store, StoreConfig};
 
 /// How often the free disk space is checked when little is published.
 const DISK_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
@@ -62,6 +63,8 @@ pub struct Broker {
     flow: Arc<Flow>,
     /// Moves of messages between queues, running and recently finished.
     moves: Arc<Moves>,
+    /// Broker-wide metrics (the queues keep their own counters).
+    metrics: Arc<Metrics>,
     // Last: dropped after the queues' logs, which the queue tasks close first.
     store: Store,
 }
@@ -100,6 +103,7 @@ impl Broker {
     pub fn open(config: ServerConfig) -> Result<Arc<Self>, StartError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| crate::storage::StorageError::io(&config.data_dir, e))?;
+        let metrics = Arc::new(Metrics::default());
         let store = Store::open(
             &config.data_dir,
             StoreConfig {
@@ -107,7 +111,10 @@ impl Broker {
                     segment_bytes: config.segment_bytes,
                     ..LogConfig::default()
                 },
-                ..StoreConfig::default()
+                durability: DurabilityConfig {
+                    observer: Some(Arc::clone(&metrics) as _),
+                    ..DurabilityConfig::default()
+                },
             },
         )?;
         let topology = definitions::load(&config.data_dir)?;
@@ -126,6 +133,7 @@ impl Broker {
             published_since_check: AtomicU64::new(0),
             flow: Arc::default(),
             moves: Arc::default(),
+            metrics,
             store,
         });
         broker.restore(topology)?;
@@ -232,6 +240,11 @@ impl Broker {
     /// Moves of messages between queues (see [`crate::moves`]).
     pub fn moves(&self) -> &Arc<Moves> {
         &self.moves
+    }
+
+    /// Broker-wide metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// A fresh connection number.

@@ -17,7 +17,10 @@
 //! - [`storage`]: the crash-safe, segmented, memory-mapped log that holds every durable queue.
 //! - [`topology`]: the topology as JSON, for `sluice definitions` and `/api/definitions`.
 //! - [`admin`]: listings for operators (queues, exchanges, bindings, consumers).
-//! - [`http`]: the HTTP admin API (axum): the same listings and changes as JSON, health probes.
+//! - [`http`]: the HTTP admin API (axum): the same listings and changes as JSON, health probes,
+//!   `/metrics`.
+//! - [`metrics`]: what `/metrics` exports: broker-wide histograms and the scrape's collector,
+//!   which reads the queues' counters ([`queue::QueueStats`]) without asking the queues.
 //! - [`error`]: broker failures as wire error codes, in one place.
 //! - [`flow`]: publisher flow control: blocked while the disk is nearly full or memory use is
 //!   above its limit.
@@ -35,6 +38,7 @@ pub mod error;
 pub mod flow;
 pub mod http;
 pub mod limits;
+pub mod metrics;
 pub mod moves;
 mod publish;
 pub mod queue;

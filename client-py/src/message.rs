@@ -155,6 +155,13 @@ impl BaseMessage {
         self.inner.message_seq
     }
 
+    /// When the queue stored the message: Unix milliseconds by the broker's clock (stable
+    /// across redeliveries).
+    #[getter]
+    fn enqueued_at_ms(&self) -> u64 {
+        self.inner.enqueued_at_ms
+    }
+
     /// Stored durably by the broker.
     #[getter]
     fn persistent(&self) -> bool {

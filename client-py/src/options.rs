@@ -335,6 +335,9 @@ pub(crate) struct QueueInfo {
     /// Bytes (meta plus body) of ready and unacked messages.
     #[pyo3(get)]
     bytes: u64,
+    /// How long the oldest ready message has waited, in milliseconds; 0 when none is ready.
+    #[pyo3(get)]
+    oldest_ready_age_ms: u64,
     args: QueueArguments,
 }
 
@@ -349,6 +352,7 @@ impl From<InspectQueueOk> for QueueInfo {
             unacked: ok.unacked,
             consumers: ok.consumers,
             bytes: ok.bytes,
+            oldest_ready_age_ms: ok.oldest_ready_age_ms,
             args: ok.arguments,
         }
     }

@@ -130,6 +130,25 @@ def test_get(client: sluice.Client, queue_name: str) -> None:
     assert client.get(queue_name) is None
 
 
+def test_messages_carry_the_time_their_queue_stored_them(
+    client: sluice.Client, queue_name: str
+) -> None:
+    client.declare_queue(queue_name)
+    before_ms = time.time_ns() // 1_000_000
+    client.publish("", queue_name, b"stamped")  # returns once confirmed
+    after_ms = time.time_ns() // 1_000_000
+    info = client.inspect_queue(queue_name)
+    assert info.ready == 1 and info.oldest_ready_age_ms >= 0
+    msg = client.get(queue_name)
+    assert msg is not None
+    assert before_ms <= msg.enqueued_at_ms <= after_ms
+    msg.nack(requeue=True)
+    again = client.get(queue_name)
+    assert again is not None and again.enqueued_at_ms == msg.enqueued_at_ms
+    again.ack()
+    assert client.inspect_queue(queue_name).oldest_ready_age_ms == 0
+
+
 def test_exchanges_and_bindings(client: sluice.Client, queue_name: str) -> None:
     ex = f"{queue_name}-topic"
     client.declare_exchange(ex, "topic")

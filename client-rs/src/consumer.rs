@@ -9,7 +9,7 @@ use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_core::Stream;
@@ -233,6 +233,9 @@ pub struct Message {
     pub delivery_count: u32,
     /// The message's number in its queue (stable across redeliveries).
     pub message_seq: u64,
+    /// When its queue stored it, Unix milliseconds by the broker's clock (stable across
+    /// redeliveries); see [`enqueued_at`](Self::enqueued_at).
+    pub enqueued_at_ms: u64,
     meta: Bytes,
     client: Client,
     settled: AtomicBool,
@@ -246,6 +249,7 @@ impl fmt::Debug for Message {
             .field("routing_key", &self.routing_key())
             .field("redelivered", &self.redelivered)
             .field("delivery_count", &self.delivery_count)
+            .field("enqueued_at_ms", &self.enqueued_at_ms)
             .field("body_len", &self.body.len())
             .finish_non_exhaustive()
     }
@@ -276,6 +280,7 @@ impl Message {
             redelivered: delivery.redelivered,
             delivery_count: delivery.delivery_count,
             message_seq: delivery.message_seq,
+            enqueued_at_ms: delivery.enqueued_at_ms,
             meta: delivery.meta,
             client,
             settled: AtomicBool::new(false),
@@ -285,6 +290,12 @@ impl Message {
     /// The meta block as published, borrowed: exchange, routing key, flags, properties.
     pub fn meta(&self) -> MetaView<'_> {
         MetaView::parse(&self.meta).unwrap_or(EMPTY_META)
+    }
+
+    /// When its queue stored it (the broker's clock): how long a message waited is
+    /// `SystemTime::now().duration_since(message.enqueued_at())`, give or take clock skew.
+    pub fn enqueued_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.enqueued_at_ms)
     }
 
     /// The exchange it was published to (empty: the default exchange).

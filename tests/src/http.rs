@@ -64,6 +64,11 @@ impl HttpClient {
         self.request("GET", path, None).await
     }
 
+    /// `GET path` with an `Accept` header (content negotiation, as for `/metrics`).
+    pub async fn get_accepting(&self, path: &str, accept: &str) -> HttpResponse {
+        self.send("GET", path, &[("Accept", accept)], None).await
+    }
+
     /// `PUT path` with a JSON `body`.
     pub async fn put(&self, path: &str, body: &str) -> HttpResponse {
         self.request("PUT", path, Some(body)).await
@@ -82,10 +87,24 @@ impl HttpClient {
     /// Sends one request on a fresh connection and reads the whole answer; panics past
     /// [`WAIT`] or on anything that is not a well-formed HTTP/1.1 answer.
     pub async fn request(&self, method: &str, path: &str, body: Option<&str>) -> HttpResponse {
+        self.send(method, path, &[], body).await
+    }
+
+    /// [`request`](Self::request) with extra header lines.
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> HttpResponse {
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
             self.addr
         );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
         if let Some(auth) = &self.authorization {
             head.push_str(&format!("Authorization: {auth}\r\n"));
         }

@@ -321,7 +321,8 @@ fn text_listings_and_connection_errors() {
             "CONSUMERS",
             "BYTES",
             "PUBLISH/S",
-            "ACK/S"
+            "ACK/S",
+            "OLDEST"
         ]
     );
     let row: Vec<&str> = lines

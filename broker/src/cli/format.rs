@@ -95,6 +95,27 @@ pub fn human_bytes(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// A duration in milliseconds, short: `250ms`, `12.5s`, `4m05s`, `3h07m`, `2d05h`.
+pub fn human_ms(ms: u64) -> String {
+    let s = ms / 1000;
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m{:02}s", s / 60, s % 60),
+        3_600_000..86_400_000 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// How long the oldest ready message has waited, for tables: `-` when none is ready.
+fn oldest_text(ready: u64, age_ms: u64) -> String {
+    if ready == 0 {
+        "-".to_owned()
+    } else {
+        human_ms(age_ms)
+    }
+}
+
 /// Lower-case hex digits.
 pub fn hex(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() * 2);
@@ -186,6 +207,7 @@ pub fn queues_table(queues: &[QueueSummary]) -> Table {
         ("BYTES", Right),
         ("PUBLISH/S", Right),
         ("ACK/S", Right),
+        ("OLDEST", Right),
     ]);
     for q in queues {
         table.row(vec![
@@ -197,6 +219,7 @@ pub fn queues_table(queues: &[QueueSummary]) -> Table {
             human_bytes(q.bytes),
             q.publish_rate.to_string(),
             q.ack_rate.to_string(),
+            oldest_text(q.ready, q.oldest_ready_age_ms),
         ]);
     }
     table
@@ -343,6 +366,17 @@ pub fn inspect_text(q: &InspectQueueOk) -> String {
         ("unacked", q.unacked.to_string()),
         ("consumers", q.consumers.to_string()),
         ("bytes", format!("{} ({})", q.bytes, human_bytes(q.bytes))),
+        (
+            "oldest-ready-age-ms",
+            match q.ready {
+                0 => "0 (no ready message)".to_owned(),
+                _ => format!(
+                    "{} ({})",
+                    q.oldest_ready_age_ms,
+                    human_ms(q.oldest_ready_age_ms)
+                ),
+            },
+        ),
     ];
     let optional: [(&str, Option<String>); 9] = [
         ("max-length", a.max_length.map(|v| v.to_string())),
@@ -413,6 +447,8 @@ pub struct QueueJson<'a> {
     bytes: u64,
     publish_rate: u64,
     ack_rate: u64,
+    /// How long the oldest ready message has waited; 0 when none is ready.
+    oldest_ready_age_ms: u64,
 }
 
 impl<'a> From<&'a QueueSummary> for QueueJson<'a> {
@@ -428,6 +464,7 @@ impl<'a> From<&'a QueueSummary> for QueueJson<'a> {
             bytes: q.bytes,
             publish_rate: q.publish_rate,
             ack_rate: q.ack_rate,
+            oldest_ready_age_ms: q.oldest_ready_age_ms,
         }
     }
 }
@@ -549,6 +586,8 @@ pub struct InspectJson<'a> {
     unacked: u64,
     consumers: u32,
     bytes: u64,
+    /// How long the oldest ready message has waited; 0 when none is ready.
+    oldest_ready_age_ms: u64,
     arguments: ArgumentsJson<'a>,
 }
 
@@ -577,6 +616,7 @@ impl<'a> From<&'a InspectQueueOk> for InspectJson<'a> {
             unacked: q.unacked,
             consumers: q.consumers,
             bytes: q.bytes,
+            oldest_ready_age_ms: q.oldest_ready_age_ms,
             arguments: ArgumentsJson {
                 max_length: a.max_length,
                 max_length_bytes: a.max_length_bytes,
@@ -601,6 +641,8 @@ pub struct MessageJson<'a> {
     redelivered: bool,
     delivery_count: u32,
     message_seq: u64,
+    /// When the queue stored it (Unix ms, the broker's clock).
+    enqueued_at_ms: u64,
     persistent: bool,
     content_type: Option<&'a str>,
     content_encoding: Option<&'a str>,
@@ -626,6 +668,7 @@ impl<'a> MessageJson<'a> {
             redelivered: message.redelivered,
             delivery_count: message.delivery_count,
             message_seq: message.message_seq,
+            enqueued_at_ms: message.enqueued_at_ms,
             persistent: meta.persistent,
             content_type: meta.content_type,
             content_encoding: meta.content_encoding,
@@ -678,6 +721,18 @@ mod tests {
         assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
         assert_eq!(flags_text(true, false, true), "DA");
         assert_eq!(flags_text(false, false, false), "-");
+    }
+
+    #[test]
+    fn ages_read_well() {
+        assert_eq!(human_ms(0), "0ms");
+        assert_eq!(human_ms(999), "999ms");
+        assert_eq!(human_ms(12_500), "12.5s");
+        assert_eq!(human_ms(245_000), "4m05s");
+        assert_eq!(human_ms(3 * 3_600_000 + 7 * 60_000), "3h07m");
+        assert_eq!(human_ms(2 * 86_400_000 + 5 * 3_600_000), "2d05h");
+        assert_eq!(oldest_text(0, 0), "-");
+        assert_eq!(oldest_text(4, 1500), "1.5s");
     }
 
     #[test]

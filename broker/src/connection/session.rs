@@ -19,6 +19,7 @@ use super::{
 };
 use crate::broker::Broker;
 use crate::error::RequestError;
+use crate::metrics::Metrics;
 use crate::publish::{route_message, PublishLimits};
 use crate::queue::{
     delivery_bytes, BrowsePage, ConnEvent, ConnLink, Incoming, QueueCmd, QueueHandle, Settlement,
@@ -40,6 +41,17 @@ struct Batch {
     epoch: Epoch,
     bytes: usize,
     rejections: Vec<Rejection>,
+    /// When the frame reached the session, and its messages: for the publish→confirm time.
+    received: Instant,
+    messages: u64,
+}
+
+/// Publishes handed to the confirm task: confirmed once `epoch` is durable.
+struct ToConfirm {
+    up_to: u64,
+    epoch: Epoch,
+    received: Instant,
+    messages: u64,
 }
 
 /// A publish frame's messages, numbered and routed.
@@ -87,7 +99,7 @@ pub(super) struct Session {
     next_batch: u64,
     batches: VecDeque<Batch>,
     unsettled_bytes: usize,
-    to_confirm: mpsc::UnboundedSender<(u64, Epoch)>,
+    to_confirm: mpsc::UnboundedSender<ToConfirm>,
     /// Rejections of batches handed to the confirm task, emitted before the covering confirm.
     rejections: VecDeque<Rejection>,
     confirmed: u64,
@@ -129,6 +141,7 @@ impl Session {
             broker.store().durability().clone(),
             confirm_rx,
             Arc::clone(&link),
+            Arc::clone(broker.metrics()),
         ));
         Self {
             broker,
@@ -761,6 +774,8 @@ impl Session {
     // ------------------------------------------------------------------------------------
 
     async fn on_publish(&mut self, p: Publish) {
+        let received = Instant::now();
+        let messages = p.messages.len() as u64;
         let batch_id = self.next_batch;
         self.next_batch += 1;
         let Routed {
@@ -793,6 +808,8 @@ impl Session {
             epoch: 0,
             bytes,
             rejections,
+            received,
+            messages,
         });
         self.advance_batches();
     }
@@ -811,7 +828,9 @@ impl Session {
         let broker = Arc::clone(&self.broker);
         let reg = broker.read();
         let mut route = RouteResult::default();
+        let refused = &broker.metrics().refused;
         let mut reject = |seq: u64, code: ErrorCode, message: String| {
+            refused.add(code, 1);
             rejections.push(Rejection {
                 seq: PublishSeq(seq),
                 code,
@@ -866,7 +885,12 @@ impl Session {
             b.rejections.sort_by_key(|r| r.seq.0);
             b.rejections.dedup_by_key(|r| r.seq.0);
             self.rejections.extend(b.rejections);
-            let _ = self.to_confirm.send((b.up_to, b.epoch));
+            let _ = self.to_confirm.send(ToConfirm {
+                up_to: b.up_to,
+                epoch: b.epoch,
+                received: b.received,
+                messages: b.messages,
+            });
         }
     }
 
@@ -1181,18 +1205,30 @@ impl Session {
 /// Waits for durability in order and reports the highest settled publish sequence number.
 async fn confirm_task(
     durability: crate::storage::Durability,
-    mut rx: mpsc::UnboundedReceiver<(u64, Epoch)>,
+    mut rx: mpsc::UnboundedReceiver<ToConfirm>,
     link: Arc<ConnLink>,
+    metrics: Arc<Metrics>,
 ) {
-    while let Some((mut up_to, mut epoch)) = rx.recv().await {
-        while let Ok((u, e)) = rx.try_recv() {
-            up_to = u;
-            epoch = epoch.max(e);
+    // (received, messages) of the frames one confirm settles; kept between rounds.
+    let mut timings: Vec<(Instant, u64)> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let (mut up_to, mut epoch) = (first.up_to, first.epoch);
+        timings.push((first.received, first.messages));
+        while let Ok(next) = rx.try_recv() {
+            up_to = next.up_to;
+            epoch = epoch.max(next.epoch);
+            timings.push((next.received, next.messages));
         }
         if epoch > 0 {
             durability.wait(epoch).await;
         }
         link.send(ConnEvent::Confirmed { up_to });
+        let now = Instant::now();
+        for (received, messages) in timings.drain(..) {
+            metrics
+                .publish_confirm
+                .observe_duration_many(now - received, messages);
+        }
         if link.events.is_closed() {
             return;
         }

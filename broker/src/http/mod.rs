@@ -10,8 +10,9 @@
 //! - one file per resource: `overview.rs`, `queues.rs`, `exchanges.rs`, `bindings.rs`,
 //!   `consumers.rs`, `connections.rs` (list, close, cancel a consumer), `publish.rs` (publish
 //!   and get for debugging), `messages.rs` (browsing a queue), `moves.rs` (moving messages
-//!   between queues), `definitions.rs` (export and import the topology), and `health.rs` for
-//!   `/healthz` and `/readyz`.
+//!   between queues), `definitions.rs` (export and import the topology), `health.rs` for
+//!   `/healthz` and `/readyz`, and `metrics.rs` for the Prometheus scrape `/metrics` (rendered
+//!   by [`crate::metrics`]).
 //!
 //! Handlers call the same broker functions as the wire protocol's sessions, so a request means
 //! the same thing whichever door it came through; the JSON mirrors the CLI's `--json`.
@@ -26,6 +27,7 @@ mod exchanges;
 mod health;
 mod listener;
 mod messages;
+mod metrics;
 mod moves;
 mod overview;
 mod publish;
@@ -42,6 +44,7 @@ use tokio::sync::watch;
 
 use crate::broker::Broker;
 use crate::connection::ConnectionRegistry;
+use crate::metrics::Exporter;
 pub use listener::MAX_HTTP_CONNECTIONS;
 
 /// What the handlers share: the broker and what the server knows about itself.
@@ -51,6 +54,7 @@ pub struct Api {
     connections: Arc<ConnectionRegistry>,
     started: Instant,
     stopping: watch::Receiver<bool>,
+    exporter: Arc<Exporter>,
 }
 
 impl Api {
@@ -62,11 +66,13 @@ impl Api {
         started: Instant,
         stopping: watch::Receiver<bool>,
     ) -> Self {
+        let exporter = Arc::new(Exporter::new(Arc::clone(&broker), Arc::clone(&connections)));
         Self {
             broker,
             connections,
             started,
             stopping,
+            exporter,
         }
     }
 }
@@ -88,7 +94,7 @@ pub async fn serve(
         .await
 }
 
-/// Every route: the health probes without auth, the rest behind basic auth.
+/// Every route: the health probes and the metrics without auth, the rest behind basic auth.
 fn router(api: Api) -> Router {
     let protected = Router::new()
         .route("/api/overview", get(overview::show))
@@ -141,6 +147,7 @@ fn router(api: Api) -> Router {
     Router::new()
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
+        .route("/metrics", get(metrics::scrape))
         .merge(protected)
         .fallback(error::no_route)
         .with_state(api)

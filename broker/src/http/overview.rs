@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::Json;
 
 use super::Api;
+use crate::metrics::MessageStats;
 
 /// The overview's JSON.
 #[derive(Debug, serde::Serialize)]
@@ -23,6 +24,7 @@ pub struct Overview {
     blocked_reason: Option<String>,
     disk_free_bytes: Option<u64>,
     min_free_disk_bytes: u64,
+    message_stats: MessageStats,
 }
 
 /// `GET /api/overview`: counts and totals over every queue, read from their live counters.
@@ -50,5 +52,9 @@ pub async fn show(State(api): State<Api>) -> Json<Overview> {
             .ok()
             .map(|st| st.f_bavail.saturating_mul(st.f_frsize)),
         min_free_disk_bytes: broker.config.min_free_disk_bytes,
+        // Since the broker started, deleted queues included.
+        message_stats: broker
+            .metrics()
+            .totals(queues.iter().map(|q| &q.meta.stats)),
     })
 }

@@ -19,17 +19,49 @@ use super::Api;
 use crate::admin;
 use crate::cli::format::{InspectJson, QueueJson};
 use crate::error::RequestError;
+use crate::metrics::MessageStats;
 use crate::queue::{ConnEvent, ConnLink, Outbox, QueueCmd};
 
 /// Longest wait for a queue's answer; a queue stuck on its disk must not hold a request (and
 /// its socket) forever.
 const QUEUE_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// `GET /api/queues`: every queue, as `sluice queues --json` prints them.
+/// A queue as the CLI's `--json` shows it, with its message counters since the start.
+#[derive(Debug, serde::Serialize)]
+struct WithStats<T> {
+    #[serde(flatten)]
+    queue: T,
+    message_stats: MessageStats,
+}
+
+/// The message counters of queue `name` now (zeros if it was deleted meanwhile).
+fn message_stats(api: &Api, name: &str) -> MessageStats {
+    api.broker
+        .read()
+        .queues
+        .get(name)
+        .map(|q| MessageStats::of(&q.meta.stats))
+        .unwrap_or_default()
+}
+
+/// `GET /api/queues`: every queue, as `sluice queues --json` prints them, with their
+/// `message_stats`.
 pub async fn list(State(api): State<Api>) -> Response {
     // In-process there is no frame to fit: one page holds everything.
     let all = admin::list_queues(&api.broker, &ListQueues::default(), u32::MAX);
-    let json: Vec<QueueJson<'_>> = all.queues.iter().map(QueueJson::from).collect();
+    let registry = api.broker.read();
+    let json: Vec<WithStats<QueueJson<'_>>> = all
+        .queues
+        .iter()
+        .map(|q| WithStats {
+            queue: QueueJson::from(q),
+            message_stats: registry
+                .queues
+                .get(q.name.as_str())
+                .map(|h| MessageStats::of(&h.meta.stats))
+                .unwrap_or_default(),
+        })
+        .collect();
     Json(json).into_response()
 }
 
@@ -41,7 +73,11 @@ pub async fn show(State(api): State<Api>, Path(name): Path<String>) -> Result<Re
     })
     .await?;
     match reply {
-        Reply::InspectQueueOk(q) => Ok(Json(InspectJson::from(&q)).into_response()),
+        Reply::InspectQueueOk(q) => Ok(Json(WithStats {
+            queue: InspectJson::from(&q),
+            message_stats: message_stats(&api, &name),
+        })
+        .into_response()),
         other => Err(unexpected(&other)),
     }
 }

@@ -9,7 +9,7 @@ mod mover;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use sluice_client::wire::{
     ConsumeOk, ConsumerId, Delivery, DeliveryTag, ErrorCode, HeaderValue, InspectQueueOk,
@@ -17,13 +17,15 @@ use sluice_client::wire::{
 };
 use tokio::sync::mpsc;
 
+use super::ready::{Expiries, Fresh};
 use super::{
-    delivery_bytes, ConnEvent, ConnId, ConnLink, Incoming, QueueCmd, QueueHandle, QueueMeta,
-    Settlement,
+    delivery_bytes, ConnEvent, ConnId, ConnLink, DeathReason, Incoming, QueueCmd, QueueHandle,
+    QueueMeta, Settlement,
 };
 use crate::broker::Broker;
 use crate::error::RequestError;
-use crate::storage::{QueueLog, StorageError};
+use crate::metrics::Metrics;
+use crate::storage::{Epoch, QueueLog, StorageError};
 use mover::HeldForMoves;
 
 /// Most deliveries handed to one consumer before the next consumer's turn.
@@ -34,15 +36,22 @@ const COMMANDS_PER_ROUND: usize = 256;
 const ACK_FLUSH_INTERVAL: Duration = Duration::from_millis(10);
 /// How often acks are written and segments maintained when nothing else triggers it.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(250);
+/// Most messages expired in one round: a backlog that expires at once is dead-lettered over
+/// several rounds, with commands and deliveries in between.
+const EXPIRE_PER_ROUND: usize = 1024;
+/// How long expiry waits, at start, for the broker to publish the topology a dead-lettered
+/// copy is routed by.
+const TOPOLOGY_WAIT: Duration = Duration::from_millis(10);
 
 /// Starts the task of a queue whose log is open; returns its handle.
 pub(crate) fn spawn(meta: Arc<QueueMeta>, log: QueueLog, broker: Weak<Broker>) -> QueueHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = QueueHandle::new(Arc::clone(&meta), tx);
-    let default_lease = broker
-        .upgrade()
-        .map_or(Duration::from_secs(1800), |b| b.config.default_ack_timeout);
-    let mut actor = Actor::new(meta, log, broker, handle.clone(), default_lease);
+    let (default_lease, metrics) = broker.upgrade().map_or_else(
+        || (Duration::from_secs(1800), Arc::default()),
+        |b| (b.config.default_ack_timeout, Arc::clone(b.metrics())),
+    );
+    let mut actor = Actor::new(meta, log, broker, handle.clone(), default_lease, metrics);
     tokio::spawn(async move { actor.run(rx).await });
     handle
 }
@@ -79,38 +88,63 @@ struct InFlight {
     consumer: Option<ConsumerId>,
     tag: u64,
     deadline: Instant,
+    /// When it was handed out, for the delivery→ack time.
+    delivered_at: Instant,
     count: u32,
     bytes: u64,
+    /// When the message's own TTL runs out (Unix ms), for the deadline index if it returns.
+    expires_at_ms: Option<u64>,
+}
+
+/// A message taken from the ready set for a delivery.
+struct Deliverable {
+    seq: u64,
+    /// Deliveries so far, this one included.
+    count: u32,
+    /// When its own TTL runs out (Unix ms).
+    expires_at_ms: Option<u64>,
+    delivery: Delivery,
+}
+
+/// The oldest ready message: the next to expire by the queue's TTL, and the age listings show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OldestReady {
+    seq: u64,
+    /// When the queue stored it (Unix ms); `None` if its record could not be read.
+    enqueued_at_ms: Option<u64>,
 }
 
 /// Messages copied to the dead-letter exchange, acked here once the copies are durable.
 #[derive(Default)]
 struct DeadLetters {
     next_batch: u64,
-    /// batch → (queues still to store it, epoch to wait for, the seq here, a queue failed).
-    storing: HashMap<u64, (usize, u64, u64, bool)>,
+    /// batch → its copies on their way into the target queues.
+    storing: HashMap<u64, DeadLetterCopy>,
     /// (epoch, seq) of copies stored and waiting for their sync.
     syncing: Vec<(u64, u64)>,
 }
 
-/// Why a message leaves for the dead-letter exchange (protocol.md §8.1).
-#[derive(Debug, Clone, Copy)]
-enum DeathReason {
-    Rejected,
-    Expired,
-    MaxLen,
-    DeliveryLimit,
+/// A dead-lettered message whose copies the target queues are storing.
+struct DeadLetterCopy {
+    /// Queues still to store it.
+    waiting: usize,
+    /// The epoch that makes every stored copy durable.
+    epoch: Epoch,
+    /// The message here.
+    seq: u64,
+    /// A target was out of disk: the message stays here and is tried again.
+    failed: bool,
+    reason: DeathReason,
 }
 
-impl DeathReason {
-    fn as_str(self) -> &'static str {
-        match self {
-            DeathReason::Rejected => "rejected",
-            DeathReason::Expired => "expired",
-            DeathReason::MaxLen => "maxlen",
-            DeathReason::DeliveryLimit => "delivery-limit",
-        }
-    }
+/// Stored messages whose confirm waits for the sync of their epoch (counted as confirmed
+/// then). One entry per epoch: group commit keeps the list short.
+#[derive(Default)]
+struct Unconfirmed {
+    /// (epoch, messages), epochs ascending.
+    pending: VecDeque<(Epoch, u64)>,
+    /// The epoch a waiter task wakes this queue for (0: none): at most one at a time.
+    waiter: Epoch,
 }
 
 struct Actor {
@@ -121,17 +155,24 @@ struct Actor {
     handle: QueueHandle,
     default_lease: Duration,
     /// Never-delivered messages, in seq order.
-    fresh: VecDeque<u64>,
+    fresh: Fresh,
     /// Messages delivered before and returned, with their delivery count so far.
     returned: BTreeMap<u64, u32>,
+    /// Deadlines of ready messages with a TTL of their own.
+    expiries: Expiries,
+    /// The oldest ready message, as last seen (refreshed after every round).
+    oldest: Option<OldestReady>,
+    /// The broker's published topology names this queue (dead-lettered copies can be routed).
+    registered: bool,
+    /// Expiry waits until then after a dead-lettered copy found no space, instead of trying
+    /// again at once.
+    expiry_paused_until: Option<Instant>,
     inflight: HashMap<u64, InFlight>,
     deadlines: BTreeSet<(Instant, u64)>,
     consumers: Vec<Consumer>,
     exclusive_consumer: bool,
     next_consumer: usize,
     had_consumer: bool,
-    /// Messages below this seq were written before the last start.
-    first_seq_this_run: u64,
     /// Recovered messages below this may have been delivered before a crash (see
     /// `RecoveredDeliveries::maybe_delivered_below`).
     maybe_delivered_below: u64,
@@ -145,6 +186,9 @@ struct Actor {
     dead: DeadLetters,
     /// Messages taken by moves to other queues, not settled yet.
     held: HeldForMoves,
+    unconfirmed: Unconfirmed,
+    /// Broker-wide histograms (delivery→ack time) and the totals of deleted queues.
+    metrics: Arc<Metrics>,
     /// Counters (published, acked) when the rates were last measured, and when.
     rates_from: (u64, u64),
     rates_at: Instant,
@@ -152,9 +196,7 @@ struct Actor {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    super::unix_now_ms()
 }
 
 impl Actor {
@@ -164,24 +206,44 @@ impl Actor {
         broker: Weak<Broker>,
         handle: QueueHandle,
         default_lease: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
+        let mut log = log;
         let recovered = log.recovered_deliveries().clone();
-        let mut fresh = VecDeque::new();
+        let mut fresh = Fresh::default();
         let mut returned = BTreeMap::new();
+        let mut expiries = Expiries::default();
+        let mut transient = Vec::new();
+        let queue_ttl = meta.arguments.message_ttl_ms;
         for seq in log.live_seqs() {
+            // Transient messages do not survive a restart (protocol.md §8.1): drop them now,
+            // so they are never counted as ready.
+            if let Ok(head) = log.peek(seq) {
+                if !MetaView::peek_persistent(head.meta) {
+                    transient.push(seq);
+                    continue;
+                }
+                if let Some(own) = MetaView::peek_expiration_ms(head.meta) {
+                    expiries.insert(seq, expiry_deadline(head.timestamp_ms, own, queue_ttl));
+                }
+            }
             if seq <= recovered.delivered_hwm || recovered.counts.contains_key(&seq) {
                 returned.insert(seq, recovered.counts.get(&seq).copied().unwrap_or(1));
             } else {
                 fresh.push_back(seq);
             }
         }
+        for &seq in &transient {
+            if let Err(e) = log.ack(seq) {
+                tracing::warn!(queue = %meta.name, seq, error = %e, "could not drop a transient message");
+            }
+        }
         let lease = meta
             .arguments
             .ack_timeout_ms
             .map_or(default_lease, Duration::from_millis);
-        let first_seq_this_run = log.next_seq();
         let (dl_tx, dl_events) = mpsc::unbounded_channel();
-        let actor = Self {
+        let mut actor = Self {
             meta,
             log: Some(log),
             broker,
@@ -189,26 +251,32 @@ impl Actor {
             default_lease: lease,
             fresh,
             returned,
+            expiries,
+            oldest: None,
+            registered: false,
+            expiry_paused_until: None,
             inflight: HashMap::new(),
             deadlines: BTreeSet::new(),
             consumers: Vec::new(),
             exclusive_consumer: false,
             next_consumer: 0,
             had_consumer: false,
-            first_seq_this_run,
             maybe_delivered_below: recovered.maybe_delivered_below,
             delivered_hwm: recovered.delivered_hwm,
-            dirty: false,
+            dirty: !transient.is_empty(),
             inflight_bytes: 0,
             last_used: Instant::now(),
             dl_link: ConnLink::new(0, dl_tx, Arc::default()),
             dl_events,
             dead: DeadLetters::default(),
             held: HeldForMoves::default(),
+            unconfirmed: Unconfirmed::default(),
+            metrics,
             rates_from: (0, 0),
             rates_at: Instant::now(),
             last_flush: Instant::now(),
         };
+        actor.refresh_oldest();
         actor.update_stats();
         actor
     }
@@ -218,6 +286,7 @@ impl Actor {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next_deadline = self.deadlines.first().map(|d| d.0);
+            let next_expiry = self.next_expiry();
             tokio::select! {
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
@@ -236,6 +305,16 @@ impl Actor {
                     }
                 }
                 _ = sleep_until_opt(next_deadline) => self.expire_leases(),
+                _ = sleep_until_opt(next_expiry) => {
+                    self.expire_messages();
+                    if self.expired_unused() {
+                        if self.delete_or_log("it expired unused") {
+                            break;
+                        }
+                        // Not again at once: after another `expires_ms` (or the next tick).
+                        self.last_used = Instant::now();
+                    }
+                }
                 Some(event) = self.dl_events.recv() => self.on_dead_letter_event(event),
                 _ = tick.tick() => {
                     self.dirty = true;
@@ -251,8 +330,10 @@ impl Actor {
                 }
             }
             self.ack_dead_letters();
+            self.count_confirmed();
             self.pump();
             self.flush();
+            self.refresh_oldest();
             self.update_stats();
         }
         self.close(&mut rx);
@@ -370,6 +451,7 @@ impl Actor {
                 _ => conn.send(unknown_tag(request_id, tag)),
             },
             QueueCmd::Inspect { conn, request_id } => {
+                self.refresh_oldest();
                 self.update_stats();
                 let s = &self.meta.stats;
                 conn.send(ConnEvent::Reply {
@@ -384,6 +466,7 @@ impl Actor {
                         consumers: s.consumers.load(Ordering::Relaxed),
                         bytes: s.bytes.load(Ordering::Relaxed),
                         arguments: self.meta.arguments.clone(),
+                        oldest_ready_age_ms: s.oldest_ready_age_ms(now_ms()),
                     }),
                 });
             }
@@ -426,6 +509,7 @@ impl Actor {
             QueueCmd::ConnectionClosed { conn_id } => {
                 self.consumers.retain(|c| c.conn.id != conn_id);
                 self.publish_consumers();
+                self.note_if_unused();
                 let seqs: Vec<u64> = self
                     .inflight
                     .iter()
@@ -473,6 +557,7 @@ impl Actor {
 
     fn publish(&mut self, conn: &Arc<ConnLink>, batch: u64, messages: Vec<Incoming>) {
         let mut epoch = 0;
+        let mut stored = 0;
         let mut rejections = Vec::new();
         let ts = now_ms();
         let args = &self.meta.arguments;
@@ -494,7 +579,11 @@ impl Actor {
                         epoch = epoch.max(a.epoch);
                     }
                     self.fresh.push_back(a.seq);
-                    self.meta.stats.published.fetch_add(1, Ordering::Relaxed);
+                    if let Some(own) = MetaView::peek_expiration_ms(&m.meta) {
+                        let deadline = expiry_deadline(ts, own, self.meta.arguments.message_ttl_ms);
+                        self.expiries.insert(a.seq, deadline);
+                    }
+                    stored += 1;
                 }
                 Err(e) => {
                     let err = RequestError::from(e);
@@ -506,11 +595,69 @@ impl Actor {
                 }
             }
         }
+        let stats = &self.meta.stats;
+        stats.published.fetch_add(stored, Ordering::Relaxed);
+        for r in &rejections {
+            stats.refused.add(r.code, 1);
+        }
+        self.await_confirm(epoch, stored);
         conn.send(ConnEvent::Stored {
             batch,
             epoch,
             rejections,
         });
+    }
+
+    /// Counts `messages` stored under `epoch` as confirmed once that epoch is durable (at
+    /// once for epoch 0: nothing to sync).
+    fn await_confirm(&mut self, epoch: Epoch, messages: u64) {
+        if messages == 0 {
+            return;
+        }
+        if epoch == 0 {
+            self.meta
+                .stats
+                .confirmed
+                .fetch_add(messages, Ordering::Relaxed);
+            return;
+        }
+        match self.unconfirmed.pending.back_mut() {
+            Some((e, n)) if *e == epoch => *n += messages,
+            _ => self.unconfirmed.pending.push_back((epoch, messages)),
+        }
+    }
+
+    /// Moves the messages of durable epochs to the confirmed count, and makes sure a waiter
+    /// wakes this task when the newest pending epoch is durable (the task may have nothing
+    /// else to wake it).
+    fn count_confirmed(&mut self) {
+        let (Some(&(newest, _)), Some(log)) = (self.unconfirmed.pending.back(), &self.log) else {
+            return;
+        };
+        let durability = log.durability().clone();
+        let durable = durability.durable_epoch();
+        let mut confirmed = 0;
+        while let Some(&(e, n)) = self.unconfirmed.pending.front() {
+            if e > durable {
+                break;
+            }
+            confirmed += n;
+            self.unconfirmed.pending.pop_front();
+        }
+        if confirmed > 0 {
+            self.meta
+                .stats
+                .confirmed
+                .fetch_add(confirmed, Ordering::Relaxed);
+        }
+        if newest > durable && self.unconfirmed.waiter < newest {
+            self.unconfirmed.waiter = newest;
+            let link = Arc::clone(&self.dl_link);
+            tokio::spawn(async move {
+                durability.wait(newest).await;
+                link.send(ConnEvent::Confirmed { up_to: newest });
+            });
+        }
     }
 
     /// Applies the length limits before a message of `size` bytes is added: drops (or
@@ -558,7 +705,15 @@ impl Actor {
 
     /// The next ready message in sequence order, with its delivery count so far.
     fn next_ready(&mut self) -> Option<(u64, u32)> {
-        let fresh = self.fresh.front().copied();
+        let next = self.pop_ready();
+        if let Some((seq, _)) = next {
+            self.expiries.remove(seq);
+        }
+        next
+    }
+
+    fn pop_ready(&mut self) -> Option<(u64, u32)> {
+        let fresh = self.fresh.front();
         let back = self.returned.first_key_value().map(|(&s, &c)| (s, c));
         match (fresh, back) {
             (Some(f), Some((r, c))) => {
@@ -590,9 +745,9 @@ impl Actor {
         self.dirty = true;
     }
 
-    /// Reads the next deliverable message: skips (and drops) expired ones and transient ones
-    /// left from before a restart.
-    fn take_deliverable(&mut self) -> Option<(u64, u32, sluice_client::wire::Delivery)> {
+    /// Reads the next deliverable message: dead-letters expired ones on the way (the timer
+    /// may not have fired yet).
+    fn take_deliverable(&mut self) -> Option<Deliverable> {
         loop {
             let (seq, count) = self.next_ready()?;
             let msg = match self.log().read(seq) {
@@ -602,21 +757,13 @@ impl Actor {
                     continue;
                 }
             };
-            let (persistent, expiration) = match MetaView::parse(&msg.meta) {
-                Ok(v) => (v.persistent, v.expiration_ms),
-                Err(_) => (true, None),
-            };
-            if !persistent && seq < self.first_seq_this_run {
-                self.ack_in_log(seq);
-                continue;
-            }
-            let ttl = match (expiration, self.meta.arguments.message_ttl_ms) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            if let Some(ttl) = ttl {
-                if msg.timestamp_ms.saturating_add(ttl) <= now_ms() {
-                    self.dead_letter(seq, DeathReason::Expired);
+            let queue_ttl = self.meta.arguments.message_ttl_ms;
+            let own = MetaView::peek_expiration_ms(&msg.meta);
+            if own.is_some() || queue_ttl.is_some() {
+                let deadline =
+                    expiry_deadline(msg.timestamp_ms, own.unwrap_or(u64::MAX), queue_ttl);
+                if deadline <= now_ms() {
+                    self.dead_letter_at(seq, DeathReason::Expired, deadline);
                     continue;
                 }
             }
@@ -625,24 +772,32 @@ impl Actor {
                 redelivered: count > 0 || seq < self.maybe_delivered_below,
                 delivery_count: count + 1,
                 message_seq: seq,
+                enqueued_at_ms: msg.timestamp_ms,
                 meta: msg.meta,
                 body: msg.body,
             };
-            return Some((seq, count + 1, delivery));
+            return Some(Deliverable {
+                seq,
+                count: count + 1,
+                expires_at_ms: own.map(|own| expiry_deadline(msg.timestamp_ms, own, queue_ttl)),
+                delivery,
+            });
         }
     }
 
+    /// Records a delivery in flight; returns its tag.
     fn record_flight(
         &mut self,
         conn: &Arc<ConnLink>,
         consumer: Option<ConsumerId>,
-        seq: u64,
-        count: u32,
         lease: Duration,
-        bytes: u64,
+        d: &Deliverable,
     ) -> u64 {
+        let (seq, count) = (d.seq, d.count);
+        let bytes = (d.delivery.meta.len() + d.delivery.body.len()) as u64;
         let tag = conn.take_tag();
-        let deadline = Instant::now() + lease;
+        let delivered_at = Instant::now();
+        let deadline = delivered_at + lease;
         self.inflight_bytes += bytes;
         self.deadlines.insert((deadline, seq));
         self.inflight.insert(
@@ -652,8 +807,10 @@ impl Actor {
                 consumer,
                 tag,
                 deadline,
+                delivered_at,
                 count,
                 bytes,
+                expires_at_ms: d.expires_at_ms,
             },
         );
         if seq > self.delivered_hwm {
@@ -690,32 +847,38 @@ impl Actor {
             let room = conn.outbox.room().max(1);
             let mut outbox_bytes = 0;
             while deliveries.len() < credit as usize && outbox_bytes < room {
-                let Some((seq, count, mut d)) = self.take_deliverable() else {
+                let Some(mut d) = self.take_deliverable() else {
                     break;
                 };
-                outbox_bytes += delivery_bytes(&d);
-                let bytes = (d.meta.len() + d.body.len()) as u64;
-                d.delivery_tag = DeliveryTag(self.record_flight(
-                    &conn,
-                    Some(consumer_id),
-                    seq,
-                    count,
-                    lease,
-                    bytes,
-                ));
-                deliveries.push(d);
+                outbox_bytes += delivery_bytes(&d.delivery);
+                let tag = self.record_flight(&conn, Some(consumer_id), lease, &d);
+                d.delivery.delivery_tag = DeliveryTag(tag);
+                deliveries.push(d.delivery);
             }
             self.consumers[idx].unacked += deliveries.len() as u32;
             self.next_consumer = (idx + 1) % n;
             if deliveries.is_empty() {
                 return;
             }
+            self.count_deliveries(&deliveries);
             conn.outbox.add(outbox_bytes);
             conn.send(ConnEvent::Deliver {
                 consumer_id,
                 queue: self.handle.clone(),
                 deliveries,
             });
+        }
+    }
+
+    /// Counts a batch of deliveries: delivered, and how many of them are redeliveries.
+    fn count_deliveries(&self, deliveries: &[Delivery]) {
+        let stats = &self.meta.stats;
+        let again = deliveries.iter().filter(|d| d.redelivered).count() as u64;
+        stats
+            .delivered
+            .fetch_add(deliveries.len() as u64, Ordering::Relaxed);
+        if again > 0 {
+            stats.redelivered.fetch_add(again, Ordering::Relaxed);
         }
     }
 
@@ -730,12 +893,14 @@ impl Actor {
             });
             return;
         }
-        let delivery = self.take_deliverable().map(|(seq, count, mut d)| {
-            let lease = self.default_lease;
-            let bytes = (d.meta.len() + d.body.len()) as u64;
-            d.delivery_tag = DeliveryTag(self.record_flight(conn, None, seq, count, lease, bytes));
-            d
+        let delivery = self.take_deliverable().map(|mut d| {
+            let tag = self.record_flight(conn, None, self.default_lease, &d);
+            d.delivery.delivery_tag = DeliveryTag(tag);
+            d.delivery
         });
+        if let Some(d) = &delivery {
+            self.count_deliveries(std::slice::from_ref(d));
+        }
         conn.send(ConnEvent::Got {
             request_id,
             queue: self.handle.clone(),
@@ -752,6 +917,12 @@ impl Actor {
         how: Settlement,
     ) {
         let mut unknown = None;
+        let mut settled = 0;
+        // Delivery→ack times, added to the broker-wide histogram once per batch.
+        let histogram = Arc::clone(&self.metrics);
+        let histogram = &histogram.delivery_ack;
+        let mut ack_times = histogram.tally();
+        let now = Instant::now();
         for &(tag, seq) in deliveries {
             let matches = self
                 .inflight
@@ -761,11 +932,13 @@ impl Actor {
                 unknown.get_or_insert(tag);
                 continue;
             }
+            settled += 1;
             match how {
                 Settlement::Ack => {
-                    self.take_flight(seq);
+                    if let Some(f) = self.take_flight(seq) {
+                        histogram.tally_duration(&mut ack_times, now - f.delivered_at);
+                    }
                     self.ack_in_log(seq);
-                    self.meta.stats.acked.fetch_add(1, Ordering::Relaxed);
                 }
                 Settlement::Requeue => self.return_delivery(seq),
                 Settlement::Reject => {
@@ -774,6 +947,14 @@ impl Actor {
                 }
             }
         }
+        histogram.add(&ack_times);
+        let stats = &self.meta.stats;
+        let counter = match how {
+            Settlement::Ack => &stats.acked,
+            Settlement::Requeue => &stats.nacked,
+            Settlement::Reject => &stats.rejected,
+        };
+        counter.fetch_add(settled, Ordering::Relaxed);
         if let Some(tag) = unknown {
             conn.send(unknown_tag(request_id, tag));
         }
@@ -806,6 +987,9 @@ impl Actor {
                 }
                 _ => {
                     self.returned.insert(seq, f.count);
+                    if let Some(deadline) = f.expires_at_ms {
+                        self.expiries.insert(seq, deadline);
+                    }
                 }
             }
         }
@@ -816,6 +1000,15 @@ impl Actor {
     /// in every queue the dead-letter exchange routed it to, so a crash can duplicate but not
     /// lose it.
     fn dead_letter(&mut self, seq: u64, reason: DeathReason) {
+        self.dead_letter_at(seq, reason, now_ms());
+    }
+
+    /// [`dead_letter`](Self::dead_letter), with the time of death (`x-death-time-ms`): an
+    /// expired message died at its deadline, not when the queue noticed.
+    fn dead_letter_at(&mut self, seq: u64, reason: DeathReason, died_at_ms: u64) {
+        if matches!(reason, DeathReason::Expired) {
+            self.meta.stats.expired.fetch_add(1, Ordering::Relaxed);
+        }
         let Some(dlx) = self.meta.arguments.dead_letter_exchange.clone() else {
             self.ack_in_log(seq);
             return;
@@ -863,7 +1056,7 @@ impl Actor {
                 ("x-death-count".to_owned(), HeaderValue::Int(count + 1)),
                 (
                     "x-death-time-ms".to_owned(),
-                    HeaderValue::Int(now_ms() as i64),
+                    HeaderValue::Int(died_at_ms as i64),
                 ),
             ]);
             let targets = self.broker.upgrade()?.route(
@@ -901,11 +1094,27 @@ impl Actor {
         if waiting == 0 {
             self.ack_in_log(seq);
         } else {
-            self.dead.storing.insert(batch, (waiting, 0, seq, false));
+            self.dead.storing.insert(
+                batch,
+                DeadLetterCopy {
+                    waiting,
+                    epoch: 0,
+                    seq,
+                    failed: false,
+                    reason,
+                },
+            );
         }
     }
 
     fn on_dead_letter_event(&mut self, event: ConnEvent) {
+        if let ConnEvent::Confirmed { up_to } = event {
+            // A confirm waiter (see `count_confirmed`) woke the task.
+            if self.unconfirmed.waiter == up_to {
+                self.unconfirmed.waiter = 0;
+            }
+            return;
+        }
         if let ConnEvent::Stored {
             batch,
             epoch,
@@ -915,17 +1124,25 @@ impl Actor {
             let Some(entry) = self.dead.storing.get_mut(&batch) else {
                 return;
             };
-            entry.0 -= 1;
-            entry.1 = entry.1.max(epoch);
+            entry.waiting -= 1;
+            entry.epoch = entry.epoch.max(epoch);
             // Out of disk in a target: keep the message here and try again later. Other
             // refusals (a full reject-publish queue) drop the copy, as RabbitMQ does.
-            entry.3 |= rejections.iter().any(|r| r.code == ErrorCode::StorageFull);
-            if entry.0 == 0 {
-                let (_, epoch, seq, failed) = self.dead.storing.remove(&batch).expect("present");
+            entry.failed |= rejections.iter().any(|r| r.code == ErrorCode::StorageFull);
+            if entry.waiting == 0 {
+                let DeadLetterCopy {
+                    epoch,
+                    seq,
+                    failed,
+                    reason,
+                    ..
+                } = self.dead.storing.remove(&batch).expect("present");
                 if failed {
                     self.returned.insert(seq, 1);
+                    self.expiry_paused_until = Some(Instant::now() + MAINTENANCE_INTERVAL);
                     return;
                 }
+                self.meta.stats.dead_lettered[reason as usize].fetch_add(1, Ordering::Relaxed);
                 self.dead.syncing.push((epoch, seq));
                 if epoch > 0 {
                     // Wake this task once the copies are durable.
@@ -1030,6 +1247,7 @@ impl Actor {
         self.consumers
             .retain(|c| !(c.conn.id == conn_id && c.id == id));
         self.publish_consumers();
+        self.note_if_unused();
         if self.consumers.is_empty() {
             self.exclusive_consumer = false;
         }
@@ -1058,9 +1276,10 @@ impl Actor {
 
     fn purge(&mut self) -> u64 {
         let n = self.ready_count();
+        self.expiries.clear();
         let seqs: Vec<u64> = self
             .fresh
-            .drain(..)
+            .drain()
             .chain(std::mem::take(&mut self.returned).into_keys())
             .collect();
         for seq in seqs {
@@ -1076,6 +1295,8 @@ impl Actor {
         if let Some(broker) = self.broker.upgrade() {
             tokio::task::block_in_place(|| broker.forget_queue(&self.meta))?;
         }
+        // The broker's totals keep what this queue counted.
+        self.metrics.retire(&self.meta.stats);
         for c in self.consumers.drain(..) {
             c.conn.send(ConnEvent::ConsumerStopped {
                 consumer_id: c.id,
@@ -1087,6 +1308,7 @@ impl Actor {
         self.deadlines.clear();
         self.fresh.clear();
         self.returned.clear();
+        self.expiries.clear();
         if let Some(log) = self.log.take() {
             match self.broker.upgrade() {
                 Some(broker) => {
@@ -1172,6 +1394,126 @@ impl Actor {
         if let Some(log) = &self.log {
             s.bytes.store(log.message_bytes(), Ordering::Relaxed);
         }
+        let oldest = self.oldest.and_then(|o| o.enqueued_at_ms).unwrap_or(0);
+        s.oldest_ready_at_ms.store(oldest, Ordering::Relaxed);
+    }
+
+    /// Looks up the oldest ready message again if it changed (one header read).
+    fn refresh_oldest(&mut self) -> Option<OldestReady> {
+        let head = match (self.fresh.front(), self.returned.first_key_value()) {
+            (Some(f), Some((&r, _))) => Some(f.min(r)),
+            (f, r) => f.or(r.map(|(&s, _)| s)),
+        };
+        self.oldest = match (head, self.oldest) {
+            (None, _) => None,
+            (Some(seq), Some(o)) if o.seq == seq => Some(o),
+            (Some(seq), _) => Some(OldestReady {
+                seq,
+                enqueued_at_ms: self
+                    .log
+                    .as_ref()
+                    .and_then(|l| l.peek(seq).ok())
+                    .map(|h| h.timestamp_ms),
+            }),
+        };
+        self.oldest
+    }
+
+    /// When the oldest ready message runs out of the queue's TTL (Unix ms).
+    fn queue_ttl_deadline(&self) -> Option<u64> {
+        let ttl = self.meta.arguments.message_ttl_ms?;
+        let enqueued = self.oldest?.enqueued_at_ms?;
+        Some(enqueued.saturating_add(ttl))
+    }
+
+    /// When the timer must next wake: the soonest message deadline, or the moment an
+    /// `expires_ms` queue has been unused long enough. Free for queues without a TTL.
+    fn next_expiry(&self) -> Option<Instant> {
+        let unused = self
+            .meta
+            .arguments
+            .expires_ms
+            .filter(|_| self.consumers.is_empty())
+            .map(|ms| self.last_used + Duration::from_millis(ms));
+        let message = match (self.expiries.next_deadline(), self.queue_ttl_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+        .map(|deadline_ms| {
+            // Rounded so the timer never fires before the deadline's millisecond.
+            let now = Instant::now();
+            let at = now + Duration::from_millis(deadline_ms.saturating_sub(now_ms()));
+            let at = self.expiry_paused_until.map_or(at, |p| at.max(p));
+            if self.registered {
+                at
+            } else {
+                at.max(now + TOPOLOGY_WAIT)
+            }
+        });
+        match (unused, message) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Dead-letters (reason `expired`) ready messages whose TTL has run out, soonest deadline
+    /// first, each with its deadline as the time of death.
+    fn expire_messages(&mut self) {
+        if !self.topology_published()
+            || self.expiry_paused_until.is_some_and(|p| Instant::now() < p)
+        {
+            return;
+        }
+        self.expiry_paused_until = None;
+        let now = now_ms();
+        for _ in 0..EXPIRE_PER_ROUND {
+            let own = self.expiries.next_deadline().filter(|&d| d <= now);
+            self.refresh_oldest();
+            let by_queue = self.queue_ttl_deadline().filter(|&d| d <= now);
+            match (own, by_queue) {
+                (Some(own), by_queue) if by_queue.is_none_or(|q| own <= q) => {
+                    let (seq, deadline) = self.expiries.pop_due(now).expect("due");
+                    if self.take_ready(seq) {
+                        self.dead_letter_at(seq, DeathReason::Expired, deadline);
+                    }
+                }
+                (_, Some(deadline)) => {
+                    // The oldest ready message is the next to run out of the queue's TTL.
+                    let Some((seq, _)) = self.next_ready() else {
+                        break;
+                    };
+                    self.dead_letter_at(seq, DeathReason::Expired, deadline);
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Takes `seq` out of the ready set, wherever it is; false if it was not ready (then it
+    /// is someone else's: in flight, or on its way to the dead-letter exchange).
+    fn take_ready(&mut self, seq: u64) -> bool {
+        self.returned.remove(&seq).is_some() || self.fresh.remove(seq)
+    }
+
+    /// Whether the broker's published topology names this queue, so a dead-lettered copy is
+    /// routed by the whole topology (at start, queues run before it is published).
+    fn topology_published(&mut self) -> bool {
+        if !self.registered {
+            self.registered = self.broker.upgrade().is_none_or(|b| {
+                b.read()
+                    .queues
+                    .get(&*self.meta.name)
+                    .is_some_and(|h| h.same(&self.handle))
+            });
+        }
+        self.registered
+    }
+
+    /// An `expires_ms` queue counts its unused time from when its last consumer left.
+    fn note_if_unused(&mut self) {
+        if self.consumers.is_empty() {
+            self.last_used = Instant::now();
+        }
     }
 
     /// After the task's last command: answers what is still in the mailbox as a deleted queue
@@ -1224,6 +1566,12 @@ fn unknown_tag(request_id: RequestId, tag: u64) -> ConnEvent {
             format!("delivery tag {tag} is not outstanding on this connection"),
         ),
     }
+}
+
+/// When a message stored at `enqueued_at_ms` with its own TTL `own_ms` expires, given the
+/// queue's TTL (the shorter one wins).
+fn expiry_deadline(enqueued_at_ms: u64, own_ms: u64, queue_ttl_ms: Option<u64>) -> u64 {
+    enqueued_at_ms.saturating_add(queue_ttl_ms.map_or(own_ms, |q| q.min(own_ms)))
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -24,6 +24,7 @@
 
 mod actor;
 mod outbox;
+mod ready;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,10 +38,18 @@ use sluice_client::wire::{
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::RequestError;
+use crate::metrics::RefusedCounts;
 use crate::storage::Epoch;
 
 pub(crate) use actor::spawn;
 pub use outbox::{delivery_bytes, Outbox};
+
+/// The wall clock in Unix milliseconds, as message timestamps are (0 before 1970).
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// A connection's number, unique for the life of the process.
 pub type ConnId = u64;
@@ -397,7 +406,11 @@ pub struct MovingMessage {
     pub persistent: bool,
 }
 
-/// Live counters of a queue, for declare replies and listings.
+/// Live counters of a queue, for declare replies, listings and `/metrics`.
+///
+/// Only the queue's task writes them (relaxed, counted per batch where it can); readers take
+/// them as they are, without asking the task, so a scrape of many queues never waits for one.
+/// The `*ed` totals count since the broker started.
 #[derive(Debug, Default)]
 pub struct QueueStats {
     /// Messages ready for delivery.
@@ -408,16 +421,80 @@ pub struct QueueStats {
     pub consumers: AtomicU32,
     /// Bytes of ready and unacked messages.
     pub bytes: AtomicU64,
-    /// Messages published into the queue, ever (this run).
+    /// Messages stored in the queue (published to it, or dead-lettered into it).
     pub published: AtomicU64,
-    /// Messages acknowledged, ever (this run).
+    /// Messages handed to a consumer or a `Get`, redeliveries included.
+    pub delivered: AtomicU64,
+    /// Deliveries of messages that may have been delivered before.
+    pub redelivered: AtomicU64,
+    /// Messages acknowledged.
     pub acked: AtomicU64,
+    /// Deliveries settled with a requeue.
+    pub nacked: AtomicU64,
+    /// Deliveries rejected (dead-lettered, or dropped without a dead-letter exchange).
+    pub rejected: AtomicU64,
+    /// Messages whose TTL ran out in the queue.
+    pub expired: AtomicU64,
+    /// Messages moved to the dead-letter exchange, by [`DeathReason`] (index `reason as
+    /// usize`), counted once their copies are stored.
+    pub dead_lettered: [AtomicU64; DeathReason::ALL.len()],
+    /// Stored messages whose part of the publisher's confirm is settled: durable, or
+    /// transient and stored.
+    pub confirmed: AtomicU64,
+    /// Messages the queue refused (`QUEUE_FULL`, `STORAGE_FULL`, ...).
+    pub refused: RefusedCounts,
     /// Messages stored per second, recently.
     pub publish_rate: AtomicU64,
     /// Messages acknowledged per second, recently.
     pub ack_rate: AtomicU64,
+    /// When the oldest ready message was enqueued (Unix ms); 0 = no ready message.
+    pub oldest_ready_at_ms: AtomicU64,
     /// The consumers, refreshed a few times a second.
     pub consumers_list: std::sync::Mutex<Vec<ConsumerSummary>>,
+}
+
+/// Why a message leaves for the dead-letter exchange (protocol.md §8.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeathReason {
+    /// Rejected without requeue.
+    Rejected,
+    /// Its TTL ran out.
+    Expired,
+    /// Pushed out by the queue's length limit (`drop-head`).
+    MaxLen,
+    /// Returned more often than the queue's delivery limit.
+    DeliveryLimit,
+}
+
+impl DeathReason {
+    /// Every reason, in index order.
+    pub const ALL: [DeathReason; 4] = [
+        DeathReason::Rejected,
+        DeathReason::Expired,
+        DeathReason::MaxLen,
+        DeathReason::DeliveryLimit,
+    ];
+
+    /// The name in `x-death-reason` headers and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeathReason::Rejected => "rejected",
+            DeathReason::Expired => "expired",
+            DeathReason::MaxLen => "maxlen",
+            DeathReason::DeliveryLimit => "delivery-limit",
+        }
+    }
+}
+
+impl QueueStats {
+    /// How long the oldest ready message has waited at `now_ms` (Unix ms); 0 when there is
+    /// no ready message.
+    pub fn oldest_ready_age_ms(&self, now_ms: u64) -> u64 {
+        match self.oldest_ready_at_ms.load(Ordering::Relaxed) {
+            0 => 0,
+            at => now_ms.saturating_sub(at),
+        }
+    }
 }
 
 /// What does not change about a queue after its declaration.

@@ -13,12 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use sluice_client::wire::Delivery;
 use tokio::sync::Notify;
 
-/// Fixed bytes of one delivery inside a `Deliver` frame (protocol.md §9.5).
-const DELIVERY_FIXED: usize = 29;
-
-/// Bytes a delivery takes in a `Deliver` frame, as counted against an [`Outbox`].
+/// Bytes a delivery takes in a `Deliver` frame (protocol.md §9.5), as counted against an
+/// [`Outbox`].
 pub fn delivery_bytes(d: &Delivery) -> usize {
-    DELIVERY_FIXED + d.meta.len() + d.body.len()
+    d.encoded_len()
 }
 
 /// What a connection owes its socket; see the module documentation.

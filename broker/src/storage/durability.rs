@@ -85,6 +85,8 @@ struct DirtyFile {
 struct State {
     epoch: Epoch,
     files: HashMap<FileId, DirtyFile>,
+    /// Messages appended in this epoch (writes that moved a watermark), for the observer.
+    messages: u64,
     /// Dirty directories, with the descriptor opened when they were marked.
     dirs: HashMap<PathBuf, File>,
     /// Checkpoints asked for so far; the sync thread takes them all with the next epoch.
@@ -115,6 +117,15 @@ struct DoneCounters {
     checkpoints: u64,
 }
 
+/// Told what each group commit did, for metrics. Called on the sync thread, between syncs:
+/// keep it short.
+pub trait CommitObserver: std::fmt::Debug + Send + Sync {
+    /// One `fdatasync` of a file (or one `syncfs` of the data directory) took `took`.
+    fn file_synced(&self, took: Duration);
+    /// A group commit made `messages` appended messages durable.
+    fn committed(&self, messages: u64);
+}
+
 /// Settings of the sync thread.
 #[derive(Debug, Clone)]
 pub struct DurabilityConfig {
@@ -124,6 +135,8 @@ pub struct DurabilityConfig {
     /// high: `syncfs` also flushes every other writer's dirty data on the file system, so a
     /// confirm would wait for them (a fan-out to 4 queues already dirties 8 files).
     pub syncfs_min_files: usize,
+    /// Told about every group commit, if set.
+    pub observer: Option<Arc<dyn CommitObserver>>,
 }
 
 impl Default for DurabilityConfig {
@@ -131,6 +144,7 @@ impl Default for DurabilityConfig {
         Self {
             checkpoint_interval: Duration::from_secs(1),
             syncfs_min_files: 64,
+            observer: None,
         }
     }
 }
@@ -212,6 +226,7 @@ impl Durability {
     ) -> Epoch {
         let mut st = lock(&self.shared.state);
         let wake = st.files.is_empty() && st.dirs.is_empty();
+        st.messages += u64::from(watermark.is_some());
         let entry = st.files.entry(id).or_insert_with(|| DirtyFile {
             file: Arc::clone(file),
             path: Arc::clone(path),
@@ -339,7 +354,7 @@ impl Worker {
     fn run(mut self) {
         let mut last_checkpoint = Instant::now();
         loop {
-            let (epoch, files, dirs, checkpoint, shutdown) = {
+            let (epoch, files, dirs, messages, checkpoint, shutdown) = {
                 let mut st = lock(&self.shared.state);
                 loop {
                     let has_work = !st.files.is_empty() || !st.dirs.is_empty();
@@ -369,13 +384,17 @@ impl Worker {
                 st.epoch += 1;
                 let files = std::mem::take(&mut st.files);
                 let dirs = std::mem::take(&mut st.dirs);
+                let messages = std::mem::take(&mut st.messages);
                 let checkpoint = (st.checkpoints_requested > st.checkpoints_taken)
                     .then_some(st.checkpoints_requested);
                 st.checkpoints_taken = st.checkpoints_requested;
                 st.close_requested = false;
-                (e, files, dirs, checkpoint, st.shutdown)
+                (e, files, dirs, messages, checkpoint, st.shutdown)
             };
             self.sync(&files, &dirs);
+            if let (Some(observer), true) = (&self.config.observer, messages > 0) {
+                observer.committed(messages);
+            }
             for f in files.into_values() {
                 if let Some((target, w)) = f.watermark {
                     let slot = self
@@ -416,14 +435,23 @@ impl Worker {
     }
 
     fn sync(&self, files: &HashMap<FileId, DirtyFile>, dirs: &HashMap<PathBuf, File>) {
+        let observer = self.config.observer.as_deref();
         if files.len() >= self.config.syncfs_min_files {
+            let started = Instant::now();
             if let Err(e) = rustix::fs::syncfs(&self.data_dir_fd) {
                 fail_stop("syncfs of the data directory", Path::new("."), &e.into());
             }
+            if let Some(o) = observer {
+                o.file_synced(started.elapsed());
+            }
         } else {
             for f in files.values() {
+                let started = Instant::now();
                 if let Err(e) = f.file.sync_data() {
                     fail_stop("fdatasync", &f.path, &e);
+                }
+                if let Some(o) = observer {
+                    o.file_synced(started.elapsed());
                 }
             }
         }

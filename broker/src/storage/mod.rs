@@ -45,9 +45,10 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-pub use durability::{Durability, DurabilityConfig, Epoch};
+pub use durability::{CommitObserver, Durability, DurabilityConfig, Epoch};
 pub use error::{is_out_of_resources, Damage, Result, StorageError};
 pub use queue_log::{
-    Appended, LogConfig, QueueLog, RecoveredDeliveries, RecoveryReport, StoredMessage, TornTail,
+    Appended, LogConfig, MessageHead, QueueLog, RecoveredDeliveries, RecoveryReport, StoredMessage,
+    TornTail,
 };
 pub use store::{Store, StoreConfig};

@@ -83,6 +83,15 @@ pub struct StoredMessage {
     pub body: Bytes,
 }
 
+/// What [`QueueLog::peek`] reads of a live message: everything but the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageHead<'a> {
+    /// Publish time (when the queue stored it), Unix milliseconds.
+    pub timestamp_ms: u64,
+    /// The opaque metadata block stored with the message.
+    pub meta: &'a [u8],
+}
+
 /// Where an appended message went and when it will be durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -720,6 +729,26 @@ impl QueueLog {
                 .bytes(off + body.start, body.len())
                 .expect("validated"),
         })
+    }
+
+    /// The publish time and metadata of a live message, without the body's checksum: cheap
+    /// enough to call for every message at start (recovery verified each record) or for the
+    /// oldest ready message after each round. A full [`read`](Self::read) still verifies the
+    /// record before it is delivered.
+    pub fn peek(&self, seq: u64) -> Result<MessageHead<'_>> {
+        let (no, offset) = self.locate(seq).ok_or(StorageError::NotLive(seq))?;
+        let map = &self.segments[&no].file.map;
+        let corrupt = |reason| StorageError::CorruptRecord { seq, reason };
+        let off = offset as usize;
+        let header = map
+            .read(off, RECORD_HEADER_LEN)
+            .ok_or(corrupt("record beyond the written data"))?;
+        let meta_len = u32::from_le_bytes(header[12..16].try_into().expect("4 bytes")) as usize;
+        let timestamp_ms = u64::from_le_bytes(header[24..32].try_into().expect("8 bytes"));
+        let meta = map
+            .read(off + RECORD_HEADER_LEN, meta_len)
+            .ok_or(corrupt("metadata beyond the written data"))?;
+        Ok(MessageHead { timestamp_ms, meta })
     }
 
     /// The first live seq greater than `after` (messages come out in seq order).

@@ -115,6 +115,7 @@ fn delivery(tag: u64, routing_key: &str, body: &'static [u8]) -> Delivery {
         redelivered: false,
         delivery_count: 1,
         message_seq: 100 + tag,
+        enqueued_at_ms: 1_733_400_000_000 + tag,
         meta: meta.to_bytes().unwrap(),
         body: Bytes::from_static(body),
     }
@@ -333,6 +334,7 @@ async fn listings_ask_for_the_first_page_and_return_the_lists() {
         bytes: 120,
         publish_rate: 5,
         ack_rate: 4,
+        oldest_ready_age_ms: 900,
     };
     let exchange = ExchangeSummary {
         name: "logs".into(),
@@ -497,6 +499,7 @@ async fn listings_fetch_every_page_after_the_last_item_of_the_previous_one() {
         bytes: 0,
         publish_rate: 0,
         ack_rate: 0,
+        oldest_ready_age_ms: 0,
     };
     let (id, _) = peer.recv_request().await;
     let queues = vec![queue.clone()];
@@ -776,6 +779,12 @@ async fn deliveries_reach_their_consumer_and_settle() {
     assert_eq!(m1.header("attempt"), Some(HeaderValue::Int(1)));
     assert!(m1.properties().persistent);
     assert_eq!((m1.delivery_tag, m1.message_seq), (DeliveryTag(1), 101));
+    assert_eq!(m1.enqueued_at_ms, 1_733_400_000_001);
+    let since_epoch = m1.enqueued_at().duration_since(std::time::UNIX_EPOCH);
+    assert_eq!(
+        since_epoch.unwrap(),
+        Duration::from_millis(1_733_400_000_001)
+    );
     m1.ack().await.unwrap();
     assert!(matches!(m1.ack().await, Err(Error::AlreadySettled)));
     let m2 = next(&mut consumer).await.unwrap().unwrap();

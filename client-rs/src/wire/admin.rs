@@ -199,10 +199,12 @@ pub struct QueueSummary {
     pub publish_rate: u64,
     /// Messages acknowledged per second, over the last few seconds.
     pub ack_rate: u64,
+    /// How long the oldest ready message has waited, in milliseconds; 0 when none is ready.
+    pub oldest_ready_age_ms: u64,
 }
 
 /// Encoded size of a queue summary besides its name.
-const QUEUE_FIXED_LEN: usize = 2 + 1 + 8 + 8 + 4 + 8 + 8 + 8;
+const QUEUE_FIXED_LEN: usize = 2 + 1 + 8 + 8 + 4 + 8 + 8 + 8 + 8;
 
 impl QueueSummary {
     /// Bytes it takes in a `ListQueuesOk` payload.
@@ -222,6 +224,7 @@ impl QueueSummary {
         p::put_u64(buf, self.bytes);
         p::put_u64(buf, self.publish_rate);
         p::put_u64(buf, self.ack_rate);
+        p::put_u64(buf, self.oldest_ready_age_ms);
         Ok(())
     }
 
@@ -239,6 +242,7 @@ impl QueueSummary {
             bytes: r.u64()?,
             publish_rate: r.u64()?,
             ack_rate: r.u64()?,
+            oldest_ready_age_ms: r.u64()?,
         })
     }
 }
@@ -589,6 +593,7 @@ mod tests {
             bytes: 300,
             publish_rate: 15,
             ack_rate: 0,
+            oldest_ready_age_ms: 2500,
         }
     }
 
@@ -615,7 +620,8 @@ mod tests {
         };
         let bytes = hex("01 00 00 00  01 00 71  01
              02 00 00 00 00 00 00 00  01 00 00 00 00 00 00 00  01 00 00 00
-             2c 01 00 00 00 00 00 00  0f 00 00 00 00 00 00 00  00 00 00 00 00 00 00 00");
+             2c 01 00 00 00 00 00 00  0f 00 00 00 00 00 00 00  00 00 00 00 00 00 00 00
+             c4 09 00 00 00 00 00 00");
         check_payload(&ok, &bytes);
     }
 

@@ -194,13 +194,13 @@ impl Payload for SetPrefetch {
 const REDELIVERED: u8 = 1 << 0;
 
 /// Smallest encoded delivery: fixed fields plus two empty blobs.
-const MIN_DELIVERY_LEN: usize = 8 + 1 + 4 + 8 + 4 + 4;
+const MIN_DELIVERY_LEN: usize = 8 + 1 + 4 + 8 + 8 + 4 + 4;
 
 /// One delivered message.
 ///
 /// ```text
 /// delivery_tag u64, flags u8 (0 redelivered), delivery_count u32, message_seq u64,
-/// meta_len u32, meta, body_len u32, body
+/// enqueued_at_ms u64, meta_len u32, meta, body_len u32, body
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Delivery {
@@ -212,6 +212,9 @@ pub struct Delivery {
     pub delivery_count: u32,
     /// The message's sequence number in its queue (stable across redeliveries).
     pub message_seq: u64,
+    /// When the queue stored the message, Unix milliseconds (the broker's clock; stable
+    /// across redeliveries).
+    pub enqueued_at_ms: u64,
     /// The meta block exactly as published (decode with
     /// [`MessageMeta::from_slice`](super::MessageMeta::from_slice)).
     pub meta: Bytes,
@@ -232,6 +235,7 @@ impl Payload for Delivery {
         p::put_u8(buf, if self.redelivered { REDELIVERED } else { 0 });
         p::put_u32(buf, self.delivery_count);
         p::put_u64(buf, self.message_seq);
+        p::put_u64(buf, self.enqueued_at_ms);
         p::put_blob(buf, "meta", &self.meta)?;
         p::put_blob(buf, "body", &self.body)
     }
@@ -244,6 +248,7 @@ impl Payload for Delivery {
             redelivered: flags & REDELIVERED != 0,
             delivery_count: r.u32()?,
             message_seq: r.u64()?,
+            enqueued_at_ms: r.u64()?,
             meta: r.blob()?,
             body: r.blob()?,
         })
@@ -408,6 +413,7 @@ mod tests {
             redelivered: tag == 2,
             delivery_count: if tag == 2 { 2 } else { 1 },
             message_seq: 40 + tag,
+            enqueued_at_ms: 1_700_000_000_000 + tag,
             meta: Bytes::from(hex("00 00 00 05 00 74 61 73 6b 73 00 00")),
             body: Bytes::from_static(body),
         }
@@ -422,13 +428,15 @@ mod tests {
             },
             &hex("01 00 00 00  02 00 00 00
                  01 00 00 00 00 00 00 00  00  01 00 00 00  29 00 00 00 00 00 00 00
+                 01 68 e5 cf 8b 01 00 00
                  0c 00 00 00 00 00 00 05 00 74 61 73 6b 73 00 00  02 00 00 00 68 69
                  02 00 00 00 00 00 00 00  01  02 00 00 00  2a 00 00 00 00 00 00 00
+                 02 68 e5 cf 8b 01 00 00
                  0c 00 00 00 00 00 00 05 00 74 61 73 6b 73 00 00  00 00 00 00"),
         );
         let bad_flags = Bytes::from(hex(
             "01 00 00 00 01 00 00 00 01 00 00 00 00 00 00 00 02 01 00 00 00
-             00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
+             00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
         ));
         assert!(Deliver::decode_exact(&bad_flags).is_err());
     }
@@ -451,6 +459,7 @@ mod tests {
             },
             &hex("05 00 00 00 00 00 00 00  01
                  01 00 00 00 00 00 00 00  00  01 00 00 00  29 00 00 00 00 00 00 00
+                 01 68 e5 cf 8b 01 00 00
                  0c 00 00 00 00 00 00 05 00 74 61 73 6b 73 00 00  01 00 00 00 78"),
         );
     }

@@ -283,6 +283,42 @@ impl<'a> MetaView<'a> {
         })
     }
 
+    /// Whether a meta block is flagged persistent, reading only its first byte (for a block
+    /// validated before; an empty block counts as persistent, the safe side).
+    pub fn peek_persistent(meta: &[u8]) -> bool {
+        meta.first().is_none_or(|f| f & PERSISTENT != 0)
+    }
+
+    /// The per-message TTL of a meta block validated before, reading only what precedes it
+    /// (cheap enough for every publish); `None` when it has none or the block is malformed.
+    pub fn peek_expiration_ms(meta: &[u8]) -> Option<u64> {
+        // Strings are skipped, not checked again: the block was validated when published.
+        fn skip_str(r: &mut Reader<'_>) -> Option<()> {
+            let len = r.u16().ok()?;
+            r.raw(usize::from(len)).ok().map(drop)
+        }
+        let mut r = Reader::new(meta);
+        r.u8().ok()?;
+        skip_str(&mut r)?;
+        skip_str(&mut r)?;
+        let present = r.u16().ok()?;
+        if present & EXPIRATION == 0 {
+            return None;
+        }
+        for bit in [
+            CONTENT_TYPE,
+            CONTENT_ENCODING,
+            MESSAGE_ID,
+            CORRELATION_ID,
+            REPLY_TO,
+        ] {
+            if present & bit != 0 {
+                skip_str(&mut r)?;
+            }
+        }
+        r.u64().ok()
+    }
+
     /// Decodes the headers (empty when there are none).
     pub fn headers(&self) -> Result<Headers, WireError> {
         if self.raw_headers.is_empty() {
@@ -344,6 +380,22 @@ mod tests {
         let bytes = hex("00  00 00  05 00 74 61 73 6b 73  00 00");
         check_payload(&meta, &bytes);
         assert_eq!(meta.encoded_len(), bytes.len());
+    }
+
+    #[test]
+    fn peeking_reads_the_ttl_and_persistence_without_parsing_the_rest() {
+        let full = full_meta().to_bytes().unwrap();
+        assert_eq!(MetaView::peek_expiration_ms(&full), Some(60_000));
+        assert!(MetaView::peek_persistent(&full));
+        let mut only_ttl = MessageMeta::new("", "q");
+        only_ttl.properties.expiration_ms = Some(300);
+        let only_ttl = only_ttl.to_bytes().unwrap();
+        assert_eq!(MetaView::peek_expiration_ms(&only_ttl), Some(300));
+        assert!(!MetaView::peek_persistent(&only_ttl));
+        let none = MessageMeta::new("", "q").to_bytes().unwrap();
+        assert_eq!(MetaView::peek_expiration_ms(&none), None);
+        assert_eq!(MetaView::peek_expiration_ms(&full[..full.len() / 2]), None);
+        assert_eq!(MetaView::peek_expiration_ms(&[]), None);
     }
 
     #[test]

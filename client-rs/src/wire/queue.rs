@@ -339,7 +339,7 @@ queue_name_request! {
 ///
 /// ```text
 /// name str, flags u8 (0 durable, 1 exclusive, 2 auto_delete), ready u64, unacked u64,
-/// consumers u32, bytes u64, arguments
+/// consumers u32, bytes u64, arguments, oldest_ready_age_ms u64
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InspectQueueOk {
@@ -361,6 +361,8 @@ pub struct InspectQueueOk {
     pub bytes: u64,
     /// As declared.
     pub arguments: QueueArguments,
+    /// How long the oldest ready message has waited, in milliseconds; 0 when none is ready.
+    pub oldest_ready_age_ms: u64,
 }
 
 impl Payload for InspectQueueOk {
@@ -376,7 +378,9 @@ impl Payload for InspectQueueOk {
         p::put_u64(buf, self.unacked);
         p::put_u32(buf, self.consumers);
         p::put_u64(buf, self.bytes);
-        self.arguments.encode(buf)
+        self.arguments.encode(buf)?;
+        p::put_u64(buf, self.oldest_ready_age_ms);
+        Ok(())
     }
 
     fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
@@ -392,6 +396,7 @@ impl Payload for InspectQueueOk {
             consumers: r.u32()?,
             bytes: r.u64()?,
             arguments: QueueArguments::decode(r)?,
+            oldest_ready_age_ms: r.u64()?,
         })
     }
 }
@@ -523,10 +528,11 @@ mod tests {
                     overflow: Some(Overflow::DropHead),
                     ..Default::default()
                 },
+                oldest_ready_age_ms: 1500,
             },
             &hex(
                 "01 00 71  05  01 00 00 00 00 00 00 00  02 00 00 00 00 00 00 00  03 00 00 00
-                 04 00 00 00 00 00 00 00  04 00 00",
+                 04 00 00 00 00 00 00 00  04 00 00  dc 05 00 00 00 00 00 00",
             ),
         );
     }

@@ -187,6 +187,7 @@ fn example_deliver_and_ack() {
         redelivered: false,
         delivery_count: 1,
         message_seq: tag,
+        enqueued_at_ms: 1_733_400_000_000 + tag - 1,
         meta: tasks_meta(true).to_bytes().unwrap(),
         body: Bytes::from_static(body),
     };
@@ -196,11 +197,13 @@ fn example_deliver_and_ack() {
     };
     super::testing::check_frame(
         &Frame::<Reply>::new(RequestId::NONE, deliver),
-        &hex("6c 00 00 00  06 04  00 00  00 00 00 00
+        &hex("7c 00 00 00  06 04  00 00  00 00 00 00
              01 00 00 00  02 00 00 00
              01 00 00 00 00 00 00 00  00  01 00 00 00  01 00 00 00 00 00 00 00
+             00 f6 b0 96 93 01 00 00
              0c 00 00 00  02 00 00 05 00 74 61 73 6b 73 00 00  05 00 00 00 6a 6f 62 2d 31
              02 00 00 00 00 00 00 00  00  01 00 00 00  02 00 00 00 00 00 00 00
+             01 f6 b0 96 93 01 00 00
              0c 00 00 00  02 00 00 05 00 74 61 73 6b 73 00 00  05 00 00 00 6a 6f 62 2d 32"),
     );
     super::testing::check_frame(
@@ -374,6 +377,7 @@ fn sample_replies() -> Vec<Reply> {
         redelivered: true,
         delivery_count: 3,
         message_seq: 9,
+        enqueued_at_ms: 1_733_400_000_000,
         meta: meta.clone(),
         body: Bytes::from_static(b"b"),
     };
@@ -517,6 +521,7 @@ fn queue_summary(name: &str, durable: bool, ready: u64) -> QueueSummary {
         bytes: 0,
         publish_rate: 0,
         ack_rate: 0,
+        oldest_ready_age_ms: 0,
     }
 }
 
@@ -536,16 +541,21 @@ fn example_listing_in_pages() {
         hex("0d 00 00 00  01 06  00 00  09 00 00 00  01 00 00 00  00")
     );
     let zeros = |n| vec![0u8; n];
-    let mut first = hex("3c 00 00 00  02 06  00 00  09 00 00 00  01 00 00 80  01 00 61  00");
+    let mut first = hex("44 00 00 00  02 06  00 00  09 00 00 00  01 00 00 80  01 00 61  00");
     first.extend(hex("03 00 00 00 00 00 00 00"));
     first.extend(zeros(36));
-    assert_eq!(page(9, queue_summary("a", false, 3), true), first);
+    first.extend(hex("dc 05 00 00 00 00 00 00"));
+    let a = QueueSummary {
+        oldest_ready_age_ms: 1500,
+        ..queue_summary("a", false, 3)
+    };
+    assert_eq!(page(9, a, true), first);
     assert_eq!(
         request(10, Some("a")),
         hex("10 00 00 00  01 06  00 00  0a 00 00 00  01 00 00 00  01  01 00 61")
     );
-    let mut last = hex("3c 00 00 00  02 06  00 00  0a 00 00 00  01 00 00 00  01 00 62  01");
-    last.extend(zeros(44));
+    let mut last = hex("44 00 00 00  02 06  00 00  0a 00 00 00  01 00 00 00  01 00 62  01");
+    last.extend(zeros(52));
     assert_eq!(page(10, queue_summary("b", true, 0), false), last);
     // A request of the first protocol draft (empty payload) is the first page, default limit.
     let legacy = hex("08 00 00 00  01 06  00 00  09 00 00 00");

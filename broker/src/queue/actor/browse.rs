@@ -39,8 +39,7 @@ impl Actor {
     /// Ready messages (never delivered, and returned ones) above `after`, in sequence order.
     fn ready_after(&self, after: u64) -> impl Iterator<Item = u64> + '_ {
         // `fresh` is in sequence order: messages enter it only at the back, in order.
-        let start = self.fresh.partition_point(|&s| s <= after);
-        let fresh = self.fresh.range(start..).copied();
+        let fresh = self.fresh.after(after);
         let returned = self
             .returned
             .range(after.saturating_add(1)..)

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use sluice_client::wire::{ErrorCode, MetaView};
 
-use super::Actor;
+use super::{Actor, Deliverable};
 use crate::error::RequestError;
 use crate::queue::MovingMessage;
 
@@ -70,7 +70,13 @@ impl Actor {
         let mut bytes = 0;
         while taken.len() < max_messages && (taken.is_empty() || bytes < max_bytes) {
             // Expired messages are dead-lettered on the way, as for a delivery.
-            let Some((seq, count, d)) = self.take_deliverable() else {
+            let Some(Deliverable {
+                seq,
+                count,
+                delivery: d,
+                ..
+            }) = self.take_deliverable()
+            else {
                 break;
             };
             let size = (d.meta.len() + d.body.len()) as u64;

@@ -284,3 +284,26 @@ fn an_interrupted_queue_creation_leaves_no_queue_behind() {
     let seqs = append_durable(&mut log, 0, 3, 100);
     assert_eq!(seqs, vec![1, 2, 3]);
 }
+
+#[test]
+fn peeking_reads_the_publish_time_and_meta_of_live_messages_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config(64 << 10)).unwrap();
+    let mut log = store.create_queue().unwrap();
+    let first = log.append(b"meta-1", b"body-1", 1_000).unwrap().seq;
+    let second = log.append(b"", b"body-2", 2_000).unwrap().seq;
+    let head = log.peek(first).unwrap();
+    assert_eq!((head.timestamp_ms, head.meta), (1_000, &b"meta-1"[..]));
+    let head = log.peek(second).unwrap();
+    assert_eq!((head.timestamp_ms, head.meta), (2_000, &b""[..]));
+    log.ack(first).unwrap();
+    assert!(matches!(log.peek(first), Err(StorageError::NotLive(_))));
+    // Relocated survivors keep their publish time.
+    let seqs = append_durable(&mut log, 10, 400, 300);
+    for &s in &seqs[..399] {
+        log.ack(s).unwrap();
+    }
+    log.compact_now().unwrap();
+    assert_eq!(log.peek(second).unwrap().timestamp_ms, 2_000);
+    assert_eq!(log.peek(seqs[399]).unwrap().timestamp_ms, 10 + 399);
+}
