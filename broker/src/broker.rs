@@ -61,10 +61,10 @@ pub struct Broker {
     published_since_check: AtomicU64,
     /// Why publishing is blocked, if it is; sessions turn changes into `Blocked`/`Unblocked`.
     flow: Arc<Flow>,
-    /// Broker-wide metrics (the queues keep their own counters).
-    metrics: Arc<Metrics>,
     /// Moves of messages between queues, running and recently finished.
     moves: Arc<Moves>,
+    /// Broker-wide metrics (the queues keep their own counters).
+    metrics: Arc<Metrics>,
     // Last: dropped after the queues' logs, which the queue tasks close first.
     store: Store,
 }
@@ -132,8 +132,8 @@ impl Broker {
             next_generated: AtomicU64::new(1),
             published_since_check: AtomicU64::new(0),
             flow: Arc::default(),
-            metrics,
             moves: Arc::default(),
+            metrics,
             store,
         });
         broker.restore(topology)?;
@@ -237,14 +237,14 @@ impl Broker {
         &self.store
     }
 
-    /// Broker-wide metrics.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
     /// Moves of messages between queues (see [`crate::moves`]).
     pub fn moves(&self) -> &Arc<Moves> {
         &self.moves
+    }
+
+    /// Broker-wide metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// A fresh connection number.

@@ -11,8 +11,8 @@
 //!   `consumers.rs`, `connections.rs` (list, close, cancel a consumer), `publish.rs` (publish
 //!   and get for debugging), `messages.rs` (browsing a queue), `moves.rs` (moving messages
 //!   between queues), `definitions.rs` (export and import the topology), `health.rs` for
-//!   `/healthz` and `/readyz`, and `metrics.rs` for the Prometheus scrape `/metrics`
-//!   (rendered by [`crate::metrics`]).
+//!   `/healthz` and `/readyz`, and `metrics.rs` for the Prometheus scrape `/metrics` (rendered
+//!   by [`crate::metrics`]).
 //! - `history.rs`: a sampler task keeps the last minutes of the broker's and each queue's
 //!   counters, for the dashboard's charts.
 //! - `dashboard.rs`: the web dashboard at `/`, static files from `dashboard/` embedded in the

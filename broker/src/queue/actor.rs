@@ -184,11 +184,11 @@ struct Actor {
     dl_link: Arc<ConnLink>,
     dl_events: mpsc::UnboundedReceiver<ConnEvent>,
     dead: DeadLetters,
+    /// Messages taken by moves to other queues, not settled yet.
+    held: HeldForMoves,
     unconfirmed: Unconfirmed,
     /// Broker-wide histograms (delivery→ack time) and the totals of deleted queues.
     metrics: Arc<Metrics>,
-    /// Messages taken by moves to other queues, not settled yet.
-    held: HeldForMoves,
     /// Counters (published, acked) when the rates were last measured, and when.
     rates_from: (u64, u64),
     rates_at: Instant,
@@ -269,9 +269,9 @@ impl Actor {
             dl_link: ConnLink::new(0, dl_tx, Arc::default()),
             dl_events,
             dead: DeadLetters::default(),
+            held: HeldForMoves::default(),
             unconfirmed: Unconfirmed::default(),
             metrics,
-            held: HeldForMoves::default(),
             rates_from: (0, 0),
             rates_at: Instant::now(),
             last_flush: Instant::now(),

@@ -453,17 +453,6 @@ pub struct QueueStats {
     pub consumers_list: std::sync::Mutex<Vec<ConsumerSummary>>,
 }
 
-impl QueueStats {
-    /// How long the oldest ready message has waited at `now_ms` (Unix ms); 0 when there is
-    /// no ready message.
-    pub fn oldest_ready_age_ms(&self, now_ms: u64) -> u64 {
-        match self.oldest_ready_at_ms.load(Ordering::Relaxed) {
-            0 => 0,
-            at => now_ms.saturating_sub(at),
-        }
-    }
-}
-
 /// Why a message leaves for the dead-letter exchange (protocol.md §8.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeathReason {
@@ -493,6 +482,17 @@ impl DeathReason {
             DeathReason::Expired => "expired",
             DeathReason::MaxLen => "maxlen",
             DeathReason::DeliveryLimit => "delivery-limit",
+        }
+    }
+}
+
+impl QueueStats {
+    /// How long the oldest ready message has waited at `now_ms` (Unix ms); 0 when there is
+    /// no ready message.
+    pub fn oldest_ready_age_ms(&self, now_ms: u64) -> u64 {
+        match self.oldest_ready_at_ms.load(Ordering::Relaxed) {
+            0 => 0,
+            at => now_ms.saturating_sub(at),
         }
     }
 }

@@ -292,10 +292,15 @@ impl<'a> MetaView<'a> {
     /// The per-message TTL of a meta block validated before, reading only what precedes it
     /// (cheap enough for every publish); `None` when it has none or the block is malformed.
     pub fn peek_expiration_ms(meta: &[u8]) -> Option<u64> {
+        // Strings are skipped, not checked again: the block was validated when published.
+        fn skip_str(r: &mut Reader<'_>) -> Option<()> {
+            let len = r.u16().ok()?;
+            r.raw(usize::from(len)).ok().map(drop)
+        }
         let mut r = Reader::new(meta);
         r.u8().ok()?;
-        r.str().ok()?;
-        r.str().ok()?;
+        skip_str(&mut r)?;
+        skip_str(&mut r)?;
         let present = r.u16().ok()?;
         if present & EXPIRATION == 0 {
             return None;
@@ -308,7 +313,7 @@ impl<'a> MetaView<'a> {
             REPLY_TO,
         ] {
             if present & bit != 0 {
-                r.str().ok()?;
+                skip_str(&mut r)?;
             }
         }
         r.u64().ok()
