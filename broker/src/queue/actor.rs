@@ -1489,6 +1489,19 @@ impl Actor {
         }
     }
 
+    /// Puts a message that is ready again (after a move that did not take it) back in the
+    /// deadline index if it has a TTL of its own.
+    fn note_own_expiry(&mut self, seq: u64) {
+        let queue_ttl = self.meta.arguments.message_ttl_ms;
+        let Some(head) = self.log.as_ref().and_then(|l| l.peek(seq).ok()) else {
+            return;
+        };
+        if let Some(own) = MetaView::peek_expiration_ms(head.meta) {
+            let deadline = expiry_deadline(head.timestamp_ms, own, queue_ttl);
+            self.expiries.insert(seq, deadline);
+        }
+    }
+
     /// Takes `seq` out of the ready set, wherever it is; false if it was not ready (then it
     /// is someone else's: in flight, or on its way to the dead-letter exchange).
     fn take_ready(&mut self, seq: u64) -> bool {
