@@ -355,7 +355,8 @@ async fn every_delivery_carries_the_time_its_queue_stored_the_message() {
         assert_eq!(m.enqueued_at_ms, stamp);
         m.ack().await.unwrap();
     }
-    drop(consumer);
+    // Cancelled and answered before the next publish, so that message stays ready for `get`.
+    within("cancel", consumer.cancel()).await.unwrap();
 
     // The HTTP API's get shows the same stamp.
     let before = now_ms();
