@@ -324,7 +324,8 @@ async fn publishers_are_blocked_near_the_threshold_even_at_full_speed() {
         let sent = publisher.publish("", "fast", payload.clone(), &options);
         confirms.push(within("a publish", sent).await.expect("sent"));
         if confirms.len() >= 256 {
-            if let Some(Err(e)) = futures_util::StreamExt::next(&mut confirms).await {
+            let next = futures_util::StreamExt::next(&mut confirms);
+            if let Some(Err(e)) = within("a confirm", next).await {
                 refusal = Some(e);
                 break;
             }

@@ -355,6 +355,27 @@ async fn every_delivery_carries_the_time_its_queue_stored_the_message() {
         assert_eq!(m.enqueued_at_ms, stamp);
         m.ack().await.unwrap();
     }
+    // Cancelled and answered before the next publish, so that message stays ready for `get`.
+    within("cancel", consumer.cancel()).await.unwrap();
+
+    // The HTTP API's get shows the same stamp.
+    let before = now_ms();
+    client
+        .publish(
+            "",
+            "stamped",
+            Bytes::from_static(b"h"),
+            &PublishOptions::new(),
+        )
+        .await
+        .unwrap();
+    let after = now_ms();
+    let http = HttpClient::new(process.http_addr().unwrap(), "guest", "guest");
+    let got = http.post("/api/queues/stamped/get", "{}").await;
+    assert_eq!(got.status, 200, "{}", got.body);
+    let got: Value = serde_json::from_str(&got.body).unwrap();
+    let stamp = got[0]["enqueued_at_ms"].as_u64().unwrap();
+    assert!((before..=after).contains(&stamp), "{got}");
     process.stop();
 }
 

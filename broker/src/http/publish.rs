@@ -332,6 +332,8 @@ struct GotMessage {
     redelivered: bool,
     delivery_count: u32,
     message_seq: u64,
+    /// When the queue stored it (Unix ms, the broker's clock).
+    enqueued_at_ms: u64,
     payload: String,
     payload_encoding: PayloadEncoding,
     payload_bytes: usize,
@@ -370,6 +372,7 @@ impl GotMessage {
             redelivered: d.redelivered,
             delivery_count: d.delivery_count,
             message_seq: d.message_seq,
+            enqueued_at_ms: d.enqueued_at_ms,
             payload,
             payload_encoding,
             payload_bytes: d.body.len(),

@@ -1,9 +1,15 @@
-//! The queue task.
+//! The queue task: its state, its loop, and publishing, delivering and settling.
 //!
-//! Operators' reads and moves live beside it: `browse.rs` (ready messages shown in place) and
-//! `mover.rs` (messages held for a move to another queue).
+//! The rest of what it does is split by concept into submodules that add methods to the same
+//! [`Actor`]: `expiry.rs` (the TTL timer and the oldest ready message), `dead_letter.rs`
+//! (copies to the dead-letter exchange, acked once durable), `counters.rs` (the live
+//! [`QueueStats`](super::QueueStats) and confirm counting), and for operators `browse.rs`
+//! (ready messages shown in place) and `mover.rs` (messages held for a move to another queue).
 
 mod browse;
+mod counters;
+mod dead_letter;
+mod expiry;
 mod mover;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -12,8 +18,8 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use sluice_client::wire::{
-    ConsumeOk, ConsumerId, Delivery, DeliveryTag, ErrorCode, HeaderValue, InspectQueueOk,
-    MessageMeta, MetaView, Overflow, PublishSeq, PurgeQueueOk, Rejection, Reply, RequestId,
+    ConsumeOk, ConsumerId, Delivery, DeliveryTag, ErrorCode, InspectQueueOk, MetaView, Overflow,
+    PublishSeq, PurgeQueueOk, Rejection, Reply, RequestId,
 };
 use tokio::sync::mpsc;
 
@@ -608,58 +614,6 @@ impl Actor {
         });
     }
 
-    /// Counts `messages` stored under `epoch` as confirmed once that epoch is durable (at
-    /// once for epoch 0: nothing to sync).
-    fn await_confirm(&mut self, epoch: Epoch, messages: u64) {
-        if messages == 0 {
-            return;
-        }
-        if epoch == 0 {
-            self.meta
-                .stats
-                .confirmed
-                .fetch_add(messages, Ordering::Relaxed);
-            return;
-        }
-        match self.unconfirmed.pending.back_mut() {
-            Some((e, n)) if *e == epoch => *n += messages,
-            _ => self.unconfirmed.pending.push_back((epoch, messages)),
-        }
-    }
-
-    /// Moves the messages of durable epochs to the confirmed count, and makes sure a waiter
-    /// wakes this task when the newest pending epoch is durable (the task may have nothing
-    /// else to wake it).
-    fn count_confirmed(&mut self) {
-        let (Some(&(newest, _)), Some(log)) = (self.unconfirmed.pending.back(), &self.log) else {
-            return;
-        };
-        let durability = log.durability().clone();
-        let durable = durability.durable_epoch();
-        let mut confirmed = 0;
-        while let Some(&(e, n)) = self.unconfirmed.pending.front() {
-            if e > durable {
-                break;
-            }
-            confirmed += n;
-            self.unconfirmed.pending.pop_front();
-        }
-        if confirmed > 0 {
-            self.meta
-                .stats
-                .confirmed
-                .fetch_add(confirmed, Ordering::Relaxed);
-        }
-        if newest > durable && self.unconfirmed.waiter < newest {
-            self.unconfirmed.waiter = newest;
-            let link = Arc::clone(&self.dl_link);
-            tokio::spawn(async move {
-                durability.wait(newest).await;
-                link.send(ConnEvent::Confirmed { up_to: newest });
-            });
-        }
-    }
-
     /// Applies the length limits before a message of `size` bytes is added: drops (or
     /// dead-letters) the oldest ready messages, or returns why the message is refused.
     fn make_room(
@@ -870,18 +824,6 @@ impl Actor {
         }
     }
 
-    /// Counts a batch of deliveries: delivered, and how many of them are redeliveries.
-    fn count_deliveries(&self, deliveries: &[Delivery]) {
-        let stats = &self.meta.stats;
-        let again = deliveries.iter().filter(|d| d.redelivered).count() as u64;
-        stats
-            .delivered
-            .fetch_add(deliveries.len() as u64, Ordering::Relaxed);
-        if again > 0 {
-            stats.redelivered.fetch_add(again, Ordering::Relaxed);
-        }
-    }
-
     fn get(&mut self, conn: &Arc<ConnLink>, request_id: RequestId) {
         if self.exclusive_consumer {
             conn.send(ConnEvent::Error {
@@ -993,194 +935,6 @@ impl Actor {
                 }
             }
         }
-    }
-
-    /// Moves a message (no longer ready nor in flight) to the dead-letter exchange, or drops
-    /// it when the queue has none. The message is acked here only once its copies are durable
-    /// in every queue the dead-letter exchange routed it to, so a crash can duplicate but not
-    /// lose it.
-    fn dead_letter(&mut self, seq: u64, reason: DeathReason) {
-        self.dead_letter_at(seq, reason, now_ms());
-    }
-
-    /// [`dead_letter`](Self::dead_letter), with the time of death (`x-death-time-ms`): an
-    /// expired message died at its deadline, not when the queue noticed.
-    fn dead_letter_at(&mut self, seq: u64, reason: DeathReason, died_at_ms: u64) {
-        if matches!(reason, DeathReason::Expired) {
-            self.meta.stats.expired.fetch_add(1, Ordering::Relaxed);
-        }
-        let Some(dlx) = self.meta.arguments.dead_letter_exchange.clone() else {
-            self.ack_in_log(seq);
-            return;
-        };
-        let copy = self.log().read(seq).ok().and_then(|msg| {
-            let mut meta = MessageMeta::from_slice(&msg.meta).ok()?;
-            let persistent = meta.properties.persistent;
-            let original_exchange = std::mem::replace(&mut meta.exchange, dlx.clone());
-            let routing_key = self
-                .meta
-                .arguments
-                .dead_letter_routing_key
-                .clone()
-                .unwrap_or_else(|| meta.routing_key.clone());
-            let original_key = std::mem::replace(&mut meta.routing_key, routing_key);
-            meta.mandatory = false;
-            meta.properties.expiration_ms = None;
-            let headers = &mut meta.properties.headers;
-            let count = headers
-                .iter()
-                .find(|(k, _)| k == "x-death-count")
-                .and_then(|(_, v)| match v {
-                    HeaderValue::Int(n) => Some(*n),
-                    _ => None,
-                })
-                .unwrap_or(0);
-            headers.retain(|(k, _)| !k.starts_with("x-death-"));
-            headers.extend([
-                (
-                    "x-death-reason".to_owned(),
-                    HeaderValue::from(reason.as_str()),
-                ),
-                (
-                    "x-death-queue".to_owned(),
-                    HeaderValue::from(&*self.meta.name),
-                ),
-                (
-                    "x-death-exchange".to_owned(),
-                    HeaderValue::from(original_exchange.as_str()),
-                ),
-                (
-                    "x-death-routing-key".to_owned(),
-                    HeaderValue::from(original_key.as_str()),
-                ),
-                ("x-death-count".to_owned(), HeaderValue::Int(count + 1)),
-                (
-                    "x-death-time-ms".to_owned(),
-                    HeaderValue::Int(died_at_ms as i64),
-                ),
-            ]);
-            let targets = self.broker.upgrade()?.route(
-                &meta.exchange,
-                &meta.routing_key,
-                &meta.properties.headers,
-            );
-            Some((meta.to_bytes().ok()?, msg.body, persistent, targets))
-        });
-        let Some((meta, body, persistent, targets)) = copy.filter(|c| !c.3.is_empty()) else {
-            // Nowhere to go (no such exchange, or it routes nowhere): dropped, as in RabbitMQ.
-            self.ack_in_log(seq);
-            return;
-        };
-        self.dead.next_batch += 1;
-        let batch = self.dead.next_batch;
-        let mut waiting = 0;
-        for q in targets {
-            // Outside the target's publish room: a queue never waits for another queue (two
-            // queues dead-lettering into each other would deadlock). The copies are bounded by
-            // this queue's own messages.
-            let sent = q.send(QueueCmd::Publish {
-                conn: Arc::clone(&self.dl_link),
-                room: None,
-                batch,
-                messages: vec![Incoming {
-                    publish_seq: seq,
-                    meta: meta.clone(),
-                    body: body.clone(),
-                    persistent,
-                }],
-            });
-            waiting += usize::from(sent);
-        }
-        if waiting == 0 {
-            self.ack_in_log(seq);
-        } else {
-            self.dead.storing.insert(
-                batch,
-                DeadLetterCopy {
-                    waiting,
-                    epoch: 0,
-                    seq,
-                    failed: false,
-                    reason,
-                },
-            );
-        }
-    }
-
-    fn on_dead_letter_event(&mut self, event: ConnEvent) {
-        if let ConnEvent::Confirmed { up_to } = event {
-            // A confirm waiter (see `count_confirmed`) woke the task.
-            if self.unconfirmed.waiter == up_to {
-                self.unconfirmed.waiter = 0;
-            }
-            return;
-        }
-        if let ConnEvent::Stored {
-            batch,
-            epoch,
-            rejections,
-        } = event
-        {
-            let Some(entry) = self.dead.storing.get_mut(&batch) else {
-                return;
-            };
-            entry.waiting -= 1;
-            entry.epoch = entry.epoch.max(epoch);
-            // Out of disk in a target: keep the message here and try again later. Other
-            // refusals (a full reject-publish queue) drop the copy, as RabbitMQ does.
-            entry.failed |= rejections.iter().any(|r| r.code == ErrorCode::StorageFull);
-            if entry.waiting == 0 {
-                let DeadLetterCopy {
-                    epoch,
-                    seq,
-                    failed,
-                    reason,
-                    ..
-                } = self.dead.storing.remove(&batch).expect("present");
-                if failed {
-                    self.returned.insert(seq, 1);
-                    self.expiry_paused_until = Some(Instant::now() + MAINTENANCE_INTERVAL);
-                    return;
-                }
-                self.meta.stats.dead_lettered[reason as usize].fetch_add(1, Ordering::Relaxed);
-                self.dead.syncing.push((epoch, seq));
-                if epoch > 0 {
-                    // Wake this task once the copies are durable.
-                    let durability = self.log().durability().clone();
-                    let link = Arc::clone(&self.dl_link);
-                    tokio::spawn(async move {
-                        durability.wait(epoch).await;
-                        link.send(ConnEvent::Confirmed { up_to: epoch });
-                    });
-                }
-            }
-        }
-    }
-
-    /// Acks dead-lettered messages whose copies are durable.
-    fn ack_dead_letters(&mut self) {
-        if self.dead.syncing.is_empty() {
-            return;
-        }
-        let durable = self.log().durability().durable_epoch();
-        let ready: Vec<u64> = self
-            .dead
-            .syncing
-            .iter()
-            .filter(|(e, _)| *e <= durable)
-            .map(|&(_, seq)| seq)
-            .collect();
-        self.dead.syncing.retain(|(e, _)| *e > durable);
-        for seq in ready {
-            self.ack_in_log(seq);
-        }
-    }
-
-    /// Whether an `expires_ms` queue has gone unused for that long.
-    fn expired_unused(&self) -> bool {
-        self.meta.arguments.expires_ms.is_some_and(|ms| {
-            self.consumers.is_empty() && self.last_used.elapsed() >= Duration::from_millis(ms)
-        })
     }
 
     fn expire_leases(&mut self) {
@@ -1338,181 +1092,6 @@ impl Actor {
             if let Err(e) = log.flush() {
                 tracing::warn!(queue = %self.meta.name, error = %e, "could not write acks");
             }
-        }
-    }
-
-    /// Refreshes the per-second rates about once a second.
-    fn measure_rates(&mut self) {
-        let elapsed = self.rates_at.elapsed();
-        if elapsed < Duration::from_secs(1) {
-            return;
-        }
-        let s = &self.meta.stats;
-        let (published, acked) = (
-            s.published.load(Ordering::Relaxed),
-            s.acked.load(Ordering::Relaxed),
-        );
-        let per_sec =
-            |now: u64, before: u64| ((now - before) as f64 / elapsed.as_secs_f64()).round() as u64;
-        s.publish_rate
-            .store(per_sec(published, self.rates_from.0), Ordering::Relaxed);
-        s.ack_rate
-            .store(per_sec(acked, self.rates_from.1), Ordering::Relaxed);
-        self.rates_from = (published, acked);
-        self.rates_at = Instant::now();
-    }
-
-    /// Refreshes the consumer list that listings read.
-    fn publish_consumers(&self) {
-        let list = self
-            .consumers
-            .iter()
-            .map(|c| sluice_client::wire::ConsumerSummary {
-                queue: self.meta.name.to_string(),
-                consumer_tag: c.tag.clone(),
-                connection_id: c.conn.id,
-                prefetch: c.prefetch,
-                unacked: c.unacked,
-            })
-            .collect();
-        *self
-            .meta
-            .stats
-            .consumers_list
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = list;
-    }
-
-    fn update_stats(&self) {
-        let s = &self.meta.stats;
-        s.ready.store(self.ready_count(), Ordering::Relaxed);
-        // Messages held by a move are taken, as if leased to it.
-        let taken = self.inflight.len() + self.held.len();
-        s.unacked.store(taken as u64, Ordering::Relaxed);
-        s.consumers
-            .store(self.consumers.len() as u32, Ordering::Relaxed);
-        if let Some(log) = &self.log {
-            s.bytes.store(log.message_bytes(), Ordering::Relaxed);
-        }
-        let oldest = self.oldest.and_then(|o| o.enqueued_at_ms).unwrap_or(0);
-        s.oldest_ready_at_ms.store(oldest, Ordering::Relaxed);
-    }
-
-    /// Looks up the oldest ready message again if it changed (one header read).
-    fn refresh_oldest(&mut self) -> Option<OldestReady> {
-        let head = match (self.fresh.front(), self.returned.first_key_value()) {
-            (Some(f), Some((&r, _))) => Some(f.min(r)),
-            (f, r) => f.or(r.map(|(&s, _)| s)),
-        };
-        self.oldest = match (head, self.oldest) {
-            (None, _) => None,
-            (Some(seq), Some(o)) if o.seq == seq => Some(o),
-            (Some(seq), _) => Some(OldestReady {
-                seq,
-                enqueued_at_ms: self
-                    .log
-                    .as_ref()
-                    .and_then(|l| l.peek(seq).ok())
-                    .map(|h| h.timestamp_ms),
-            }),
-        };
-        self.oldest
-    }
-
-    /// When the oldest ready message runs out of the queue's TTL (Unix ms).
-    fn queue_ttl_deadline(&self) -> Option<u64> {
-        let ttl = self.meta.arguments.message_ttl_ms?;
-        let enqueued = self.oldest?.enqueued_at_ms?;
-        Some(enqueued.saturating_add(ttl))
-    }
-
-    /// When the timer must next wake: the soonest message deadline, or the moment an
-    /// `expires_ms` queue has been unused long enough. Free for queues without a TTL.
-    fn next_expiry(&self) -> Option<Instant> {
-        let unused = self
-            .meta
-            .arguments
-            .expires_ms
-            .filter(|_| self.consumers.is_empty())
-            .map(|ms| self.last_used + Duration::from_millis(ms));
-        let message = match (self.expiries.next_deadline(), self.queue_ttl_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-        .map(|deadline_ms| {
-            // Rounded so the timer never fires before the deadline's millisecond.
-            let now = Instant::now();
-            let at = now + Duration::from_millis(deadline_ms.saturating_sub(now_ms()));
-            let at = self.expiry_paused_until.map_or(at, |p| at.max(p));
-            if self.registered {
-                at
-            } else {
-                at.max(now + TOPOLOGY_WAIT)
-            }
-        });
-        match (unused, message) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    /// Dead-letters (reason `expired`) ready messages whose TTL has run out, soonest deadline
-    /// first, each with its deadline as the time of death.
-    fn expire_messages(&mut self) {
-        if !self.topology_published()
-            || self.expiry_paused_until.is_some_and(|p| Instant::now() < p)
-        {
-            return;
-        }
-        self.expiry_paused_until = None;
-        let now = now_ms();
-        for _ in 0..EXPIRE_PER_ROUND {
-            let own = self.expiries.next_deadline().filter(|&d| d <= now);
-            self.refresh_oldest();
-            let by_queue = self.queue_ttl_deadline().filter(|&d| d <= now);
-            match (own, by_queue) {
-                (Some(own), by_queue) if by_queue.is_none_or(|q| own <= q) => {
-                    let (seq, deadline) = self.expiries.pop_due(now).expect("due");
-                    if self.take_ready(seq) {
-                        self.dead_letter_at(seq, DeathReason::Expired, deadline);
-                    }
-                }
-                (_, Some(deadline)) => {
-                    // The oldest ready message is the next to run out of the queue's TTL.
-                    let Some((seq, _)) = self.next_ready() else {
-                        break;
-                    };
-                    self.dead_letter_at(seq, DeathReason::Expired, deadline);
-                }
-                _ => break,
-            }
-        }
-    }
-
-    /// Takes `seq` out of the ready set, wherever it is; false if it was not ready (then it
-    /// is someone else's: in flight, or on its way to the dead-letter exchange).
-    fn take_ready(&mut self, seq: u64) -> bool {
-        self.returned.remove(&seq).is_some() || self.fresh.remove(seq)
-    }
-
-    /// Whether the broker's published topology names this queue, so a dead-lettered copy is
-    /// routed by the whole topology (at start, queues run before it is published).
-    fn topology_published(&mut self) -> bool {
-        if !self.registered {
-            self.registered = self.broker.upgrade().is_none_or(|b| {
-                b.read()
-                    .queues
-                    .get(&*self.meta.name)
-                    .is_some_and(|h| h.same(&self.handle))
-            });
-        }
-        self.registered
-    }
-
-    /// An `expires_ms` queue counts its unused time from when its last consumer left.
-    fn note_if_unused(&mut self) {
-        if self.consumers.is_empty() {
-            self.last_used = Instant::now();
         }
     }
 

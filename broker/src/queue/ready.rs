@@ -176,6 +176,8 @@ mod tests {
         assert!(!f.remove(3), "already gone");
         assert!(!f.remove(9), "never there");
         assert_eq!(f.len(), 3);
+        assert_eq!(f.after(0).collect::<Vec<_>>(), [1, 2, 4]);
+        assert_eq!(f.after(2).collect::<Vec<_>>(), [4]);
         assert_eq!(f.pop_front(), Some(1));
         assert_eq!(f.pop_front(), Some(2));
         assert_eq!(f.front(), Some(4), "the tombstone never shows at the front");

@@ -105,6 +105,7 @@ impl Actor {
                 // `returned` keeps its entries in sequence order, so the message is ready
                 // again ahead of newer ones; a count of 0 still delivers it as a first delivery.
                 self.returned.insert(seq, count);
+                self.note_own_expiry(seq);
             }
         }
     }

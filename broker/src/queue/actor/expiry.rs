@@ -1,0 +1,150 @@
+//! Eager expiry: one timer per queue fires at the next deadline, whether the queue's TTL (the
+//! oldest ready message is always next) or a message's own (the deadline index), and at the
+//! queue's own `expires_ms`. Also the oldest ready message, for its age.
+
+use std::time::{Duration, Instant};
+
+use sluice_client::wire::MetaView;
+
+use super::{expiry_deadline, now_ms, Actor, OldestReady, EXPIRE_PER_ROUND, TOPOLOGY_WAIT};
+use crate::queue::DeathReason;
+
+impl Actor {
+    /// Whether an `expires_ms` queue has gone unused for that long.
+    pub(super) fn expired_unused(&self) -> bool {
+        self.meta.arguments.expires_ms.is_some_and(|ms| {
+            self.consumers.is_empty() && self.last_used.elapsed() >= Duration::from_millis(ms)
+        })
+    }
+
+    /// Looks up the oldest ready message again if it changed (one header read).
+    pub(super) fn refresh_oldest(&mut self) -> Option<OldestReady> {
+        let head = match (self.fresh.front(), self.returned.first_key_value()) {
+            (Some(f), Some((&r, _))) => Some(f.min(r)),
+            (f, r) => f.or(r.map(|(&s, _)| s)),
+        };
+        self.oldest = match (head, self.oldest) {
+            (None, _) => None,
+            (Some(seq), Some(o)) if o.seq == seq => Some(o),
+            (Some(seq), _) => Some(OldestReady {
+                seq,
+                enqueued_at_ms: self
+                    .log
+                    .as_ref()
+                    .and_then(|l| l.peek(seq).ok())
+                    .map(|h| h.timestamp_ms),
+            }),
+        };
+        self.oldest
+    }
+
+    /// When the oldest ready message runs out of the queue's TTL (Unix ms).
+    pub(super) fn queue_ttl_deadline(&self) -> Option<u64> {
+        let ttl = self.meta.arguments.message_ttl_ms?;
+        let enqueued = self.oldest?.enqueued_at_ms?;
+        Some(enqueued.saturating_add(ttl))
+    }
+
+    /// When the timer must next wake: the soonest message deadline, or the moment an
+    /// `expires_ms` queue has been unused long enough. Free for queues without a TTL.
+    pub(super) fn next_expiry(&self) -> Option<Instant> {
+        let unused = self
+            .meta
+            .arguments
+            .expires_ms
+            .filter(|_| self.consumers.is_empty())
+            .map(|ms| self.last_used + Duration::from_millis(ms));
+        let message = match (self.expiries.next_deadline(), self.queue_ttl_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+        .map(|deadline_ms| {
+            // Rounded so the timer never fires before the deadline's millisecond.
+            let now = Instant::now();
+            let at = now + Duration::from_millis(deadline_ms.saturating_sub(now_ms()));
+            let at = self.expiry_paused_until.map_or(at, |p| at.max(p));
+            if self.registered {
+                at
+            } else {
+                at.max(now + TOPOLOGY_WAIT)
+            }
+        });
+        match (unused, message) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Dead-letters (reason `expired`) ready messages whose TTL has run out, soonest deadline
+    /// first, each with its deadline as the time of death.
+    pub(super) fn expire_messages(&mut self) {
+        if !self.topology_published()
+            || self.expiry_paused_until.is_some_and(|p| Instant::now() < p)
+        {
+            return;
+        }
+        self.expiry_paused_until = None;
+        let now = now_ms();
+        for _ in 0..EXPIRE_PER_ROUND {
+            let own = self.expiries.next_deadline().filter(|&d| d <= now);
+            self.refresh_oldest();
+            let by_queue = self.queue_ttl_deadline().filter(|&d| d <= now);
+            match (own, by_queue) {
+                (Some(own), by_queue) if by_queue.is_none_or(|q| own <= q) => {
+                    let (seq, deadline) = self.expiries.pop_due(now).expect("due");
+                    if self.take_ready(seq) {
+                        self.dead_letter_at(seq, DeathReason::Expired, deadline);
+                    }
+                }
+                (_, Some(deadline)) => {
+                    // The oldest ready message is the next to run out of the queue's TTL.
+                    let Some((seq, _)) = self.next_ready() else {
+                        break;
+                    };
+                    self.dead_letter_at(seq, DeathReason::Expired, deadline);
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Puts a message that is ready again (after a move that did not take it) back in the
+    /// deadline index if it has a TTL of its own.
+    pub(super) fn note_own_expiry(&mut self, seq: u64) {
+        let queue_ttl = self.meta.arguments.message_ttl_ms;
+        let Some(head) = self.log.as_ref().and_then(|l| l.peek(seq).ok()) else {
+            return;
+        };
+        if let Some(own) = MetaView::peek_expiration_ms(head.meta) {
+            let deadline = expiry_deadline(head.timestamp_ms, own, queue_ttl);
+            self.expiries.insert(seq, deadline);
+        }
+    }
+
+    /// Takes `seq` out of the ready set, wherever it is; false if it was not ready (then it
+    /// is someone else's: in flight, or on its way to the dead-letter exchange).
+    pub(super) fn take_ready(&mut self, seq: u64) -> bool {
+        self.returned.remove(&seq).is_some() || self.fresh.remove(seq)
+    }
+
+    /// Whether the broker's published topology names this queue, so a dead-lettered copy is
+    /// routed by the whole topology (at start, queues run before it is published).
+    pub(super) fn topology_published(&mut self) -> bool {
+        if !self.registered {
+            self.registered = self.broker.upgrade().is_none_or(|b| {
+                b.read()
+                    .queues
+                    .get(&*self.meta.name)
+                    .is_some_and(|h| h.same(&self.handle))
+            });
+        }
+        self.registered
+    }
+
+    /// An `expires_ms` queue counts its unused time from when its last consumer left.
+    pub(super) fn note_if_unused(&mut self) {
+        if self.consumers.is_empty() {
+            self.last_used = Instant::now();
+        }
+    }
+}
