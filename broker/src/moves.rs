@@ -345,6 +345,13 @@ impl Mover {
                 return Err(e);
             }
         };
+        // A queue that stops (deleted, or the broker shutting down) answers the publishes
+        // left in its mailbox as stored without storing them: those copies do not exist, so
+        // the originals stay in the source.
+        if self.destination.is_closed() {
+            self.give_back(seqs);
+            return Err(gone(&self.destination));
+        }
         // The copies must survive a crash before the originals may go.
         self.durability.wait(epoch).await;
         let refused: HashSet<u64> = rejections.iter().map(|r| r.seq.0).collect();

@@ -149,8 +149,6 @@ struct DeadLetterCopy {
 struct Unconfirmed {
     /// (epoch, messages), epochs ascending.
     pending: VecDeque<(Epoch, u64)>,
-    /// The epoch a waiter task wakes this queue for (0: none): at most one at a time.
-    waiter: Epoch,
 }
 
 struct Actor {
@@ -325,9 +323,7 @@ impl Actor {
                 _ = tick.tick() => {
                     self.dirty = true;
                     // A drained backlog should not keep its index's memory.
-                    if self.fresh.capacity() > 4096 && self.fresh.len() < self.fresh.capacity() / 4 {
-                        self.fresh.shrink_to(self.fresh.len() * 2);
-                    }
+                    self.fresh.shrink_if_sparse();
                     self.measure_rates();
                     self.publish_consumers();
                     if self.expired_unused() && self.delete_or_log("it expired unused") {
@@ -767,11 +763,7 @@ impl Actor {
                 expires_at_ms: d.expires_at_ms,
             },
         );
-        if seq > self.delivered_hwm {
-            self.delivered_hwm = seq;
-            self.log().set_delivered_hwm(seq);
-            self.dirty = true;
-        }
+        self.note_handed_out(seq);
         if count > 1 {
             if let Err(e) = self.log().record_delivery_count(seq, count) {
                 tracing::warn!(queue = %self.meta.name, seq, error = %e, "could not record a delivery count");
@@ -779,6 +771,16 @@ impl Actor {
             self.dirty = true;
         }
         tag
+    }
+
+    /// Raises the delivered high-water mark to `seq`: after a crash, every message up to it
+    /// is flagged `redelivered`, since it may have gone out (to a consumer or a move).
+    fn note_handed_out(&mut self, seq: u64) {
+        if seq > self.delivered_hwm {
+            self.delivered_hwm = seq;
+            self.log().set_delivered_hwm(seq);
+            self.dirty = true;
+        }
     }
 
     /// Hands ready messages to consumers with credit, round-robin.

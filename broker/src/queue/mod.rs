@@ -572,6 +572,11 @@ impl QueueHandle {
         self.tx.send(cmd).is_ok()
     }
 
+    /// Whether the queue's task has stopped taking commands (deleted, or shutting down).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     /// Whether two handles name the same queue task.
     pub fn same(&self, other: &QueueHandle) -> bool {
         self.tx.same_channel(&other.tx)

@@ -82,6 +82,9 @@ impl Actor {
             let size = (d.meta.len() + d.body.len()) as u64;
             bytes += size as usize;
             self.held.hold(seq, count - 1, size);
+            // A copy may reach the destination and survive a crash that this queue's ack does
+            // not: the original must then come back flagged `redelivered`.
+            self.note_handed_out(seq);
             let persistent = MetaView::parse(&d.meta).map_or(true, |v| v.persistent);
             taken.push(MovingMessage {
                 seq,
