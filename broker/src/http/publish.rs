@@ -306,6 +306,11 @@ pub async fn get(
             }
         }
     }
+    // Shown first: a message that cannot be shown is not acked (it returns to the queue).
+    let messages = taken
+        .iter()
+        .map(GotMessage::new)
+        .collect::<Result<Vec<_>, _>>()?;
     if !body.requeue && !taken.is_empty() {
         queue.send(QueueCmd::Settle {
             conn: Arc::clone(&link),
@@ -317,10 +322,6 @@ pub async fn get(
             how: Settlement::Ack,
         });
     }
-    let messages = taken
-        .iter()
-        .map(GotMessage::new)
-        .collect::<Result<Vec<_>, _>>()?;
     Ok(Json(messages).into_response())
 }
 

@@ -40,7 +40,17 @@ impl Fresh {
             self.pop_front();
             return true;
         }
-        self.seqs.binary_search(&seq).is_ok() && self.removed.insert(seq)
+        if self.seqs.binary_search(&seq).is_err() || !self.removed.insert(seq) {
+            return false;
+        }
+        // Tombstones behind a front that stays (an old message without a TTL of its own)
+        // would pile up: once they are half the deque, sweep them out, which costs as much
+        // as the removals that made them.
+        if self.removed.len() > self.seqs.len() / 2 {
+            let removed = std::mem::take(&mut self.removed);
+            self.seqs.retain(|s| !removed.contains(s));
+        }
+        true
     }
 
     /// Messages here.
@@ -71,14 +81,12 @@ impl Fresh {
             .filter(move |s| removed.is_empty() || !removed.contains(s))
     }
 
-    /// Slots allocated.
-    pub(super) fn capacity(&self) -> usize {
-        self.seqs.capacity()
-    }
-
-    /// Gives back memory beyond `n` slots.
-    pub(super) fn shrink_to(&mut self, n: usize) {
-        self.seqs.shrink_to(n);
+    /// Gives back memory when at most a quarter of a large allocation is in use.
+    pub(super) fn shrink_if_sparse(&mut self) {
+        let used = self.seqs.len();
+        if self.seqs.capacity() > 4096 && used < self.seqs.capacity() / 4 {
+            self.seqs.shrink_to(used * 2);
+        }
     }
 
     /// Forgets every message.
@@ -167,6 +175,22 @@ mod tests {
         let mut f = Fresh::default();
         seqs.iter().for_each(|&s| f.push_back(s));
         f
+    }
+
+    #[test]
+    fn tombstones_behind_a_front_that_stays_are_swept_out() {
+        let mut f = fresh(&(1..=1000).collect::<Vec<_>>());
+        for seq in 2..=1000 {
+            assert!(f.remove(seq));
+        }
+        assert_eq!(f.len(), 1);
+        assert!(
+            f.seqs.len() <= 2,
+            "{} slots kept for 1 message",
+            f.seqs.len()
+        );
+        assert!(f.removed.len() <= 1);
+        assert_eq!(f.drain().collect::<Vec<_>>(), vec![1]);
     }
 
     #[test]

@@ -2,13 +2,11 @@
 //! rates, consumers, and confirms counted once their epoch is synced.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_client::wire::Delivery;
 
 use super::Actor;
-use crate::queue::ConnEvent;
 use crate::storage::Epoch;
 
 impl Actor {
@@ -31,15 +29,15 @@ impl Actor {
         }
     }
 
-    /// Moves the messages of durable epochs to the confirmed count, and makes sure a waiter
-    /// wakes this task when the newest pending epoch is durable (the task may have nothing
-    /// else to wake it).
+    /// Moves the messages of durable epochs to the confirmed count. Called every round; a
+    /// queue with nothing else to do still has its maintenance tick, so the count lags the
+    /// confirms by at most [`MAINTENANCE_INTERVAL`](super::MAINTENANCE_INTERVAL), without a
+    /// task per group commit on the publish path.
     pub(super) fn count_confirmed(&mut self) {
-        let (Some(&(newest, _)), Some(log)) = (self.unconfirmed.pending.back(), &self.log) else {
+        let (Some(_), Some(log)) = (self.unconfirmed.pending.front(), &self.log) else {
             return;
         };
-        let durability = log.durability().clone();
-        let durable = durability.durable_epoch();
+        let durable = log.durability().durable_epoch();
         let mut confirmed = 0;
         while let Some(&(e, n)) = self.unconfirmed.pending.front() {
             if e > durable {
@@ -53,14 +51,6 @@ impl Actor {
                 .stats
                 .confirmed
                 .fetch_add(confirmed, Ordering::Relaxed);
-        }
-        if newest > durable && self.unconfirmed.waiter < newest {
-            self.unconfirmed.waiter = newest;
-            let link = Arc::clone(&self.dl_link);
-            tokio::spawn(async move {
-                durability.wait(newest).await;
-                link.send(ConnEvent::Confirmed { up_to: newest });
-            });
         }
     }
 

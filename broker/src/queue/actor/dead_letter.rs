@@ -22,10 +22,8 @@ impl Actor {
     /// [`dead_letter`](Self::dead_letter), with the time of death (`x-death-time-ms`): an
     /// expired message died at its deadline, not when the queue noticed.
     pub(super) fn dead_letter_at(&mut self, seq: u64, reason: DeathReason, died_at_ms: u64) {
-        if matches!(reason, DeathReason::Expired) {
-            self.meta.stats.expired.fetch_add(1, Ordering::Relaxed);
-        }
         let Some(dlx) = self.meta.arguments.dead_letter_exchange.clone() else {
+            self.count_gone(reason);
             self.ack_in_log(seq);
             return;
         };
@@ -84,6 +82,7 @@ impl Actor {
         });
         let Some((meta, body, persistent, targets)) = copy.filter(|c| !c.3.is_empty()) else {
             // Nowhere to go (no such exchange, or it routes nowhere): dropped, as in RabbitMQ.
+            self.count_gone(reason);
             self.ack_in_log(seq);
             return;
         };
@@ -108,6 +107,7 @@ impl Actor {
             waiting += usize::from(sent);
         }
         if waiting == 0 {
+            self.count_gone(reason);
             self.ack_in_log(seq);
         } else {
             self.dead.storing.insert(
@@ -124,11 +124,8 @@ impl Actor {
     }
 
     pub(super) fn on_dead_letter_event(&mut self, event: ConnEvent) {
-        if let ConnEvent::Confirmed { up_to } = event {
-            // A confirm waiter (see `count_confirmed`) woke the task.
-            if self.unconfirmed.waiter == up_to {
-                self.unconfirmed.waiter = 0;
-            }
+        if let ConnEvent::Confirmed { .. } = event {
+            // Dead-lettered copies are durable: the round after this acks the originals.
             return;
         }
         if let ConnEvent::Stored {
@@ -154,10 +151,14 @@ impl Actor {
                     ..
                 } = self.dead.storing.remove(&batch).expect("present");
                 if failed {
+                    // Ready again, and due again for its own TTL: tried after a pause, and
+                    // counted as expired only when it has left.
                     self.returned.insert(seq, 1);
+                    self.note_own_expiry(seq);
                     self.expiry_paused_until = Some(Instant::now() + MAINTENANCE_INTERVAL);
                     return;
                 }
+                self.count_gone(reason);
                 self.meta.stats.dead_lettered[reason as usize].fetch_add(1, Ordering::Relaxed);
                 self.dead.syncing.push((epoch, seq));
                 if epoch > 0 {
@@ -170,6 +171,13 @@ impl Actor {
                     });
                 }
             }
+        }
+    }
+
+    /// Counts a message that left for `reason` (dead-lettered or dropped), once.
+    fn count_gone(&self, reason: DeathReason) {
+        if matches!(reason, DeathReason::Expired) {
+            self.meta.stats.expired.fetch_add(1, Ordering::Relaxed);
         }
     }
 
