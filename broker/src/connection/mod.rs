@@ -41,7 +41,7 @@ pub(crate) use registry::{
 };
 
 /// Oldest protocol version this server speaks.
-const MIN_VERSION: u16 = 1;
+const MIN_VERSION: u16 = 2;
 /// Frame batches the reader may run ahead of the session (backpressure to the client).
 const READ_AHEAD: usize = 8;
 /// Most frames in one batch: a read buffer full of tiny requests (it may have grown to a

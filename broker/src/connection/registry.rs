@@ -380,8 +380,8 @@ mod tests {
     #[test]
     fn the_client_identity_is_read_from_text_properties_only() {
         let hello = Hello {
-            min_version: 1,
-            max_version: 1,
+            min_version: 2,
+            max_version: 2,
             username: "u".into(),
             password: "p".into(),
             heartbeat_ms: 0,

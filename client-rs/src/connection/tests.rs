@@ -78,7 +78,7 @@ impl Peer {
 
 fn welcome(heartbeat_ms: u32) -> Welcome {
     Welcome {
-        version: 1,
+        version: crate::wire::PROTOCOL_VERSION,
         heartbeat_ms,
         max_frame_len: MAX_FRAME,
         max_message_len: MAX_FRAME - 1024,
@@ -173,7 +173,7 @@ async fn handshake_sends_credentials_and_proposals() {
     let (client, _peer, hello) = connect_with(builder, welcome(10_000)).await;
     assert_eq!(&hello.username, "app");
     assert_eq!(&hello.password, "s3cret");
-    assert_eq!((hello.min_version, hello.max_version), (1, 1));
+    assert_eq!((hello.min_version, hello.max_version), (2, 2));
     assert_eq!((hello.heartbeat_ms, hello.max_frame_len), (10_000, 100_000));
     let property = |key: &str| {
         hello

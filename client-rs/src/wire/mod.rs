@@ -90,7 +90,7 @@ pub use queue::{
 };
 
 /// The protocol version this codec speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// First bytes of every `Hello` payload.
 pub const MAGIC: &[u8; 6] = b"SLUICE";
 /// Default TCP port (`sluice://`).

@@ -69,7 +69,7 @@ async fn connect(broker: &Broker) -> (TcpStream, BytesMut) {
 
 async fn handshaken(broker: &Broker) -> (TcpStream, BytesMut) {
     let (mut sock, mut buf) = connect(broker).await;
-    sock.write_all(&encode(1, hello("guest", "guest", 1, 1)))
+    sock.write_all(&encode(1, hello("guest", "guest", 2, 2)))
         .await
         .unwrap();
     let f = read_reply(&mut sock, &mut buf).await.unwrap();
@@ -107,7 +107,7 @@ async fn bad_input_gets_typed_errors_and_others_keep_being_served() {
 
     // A Hello with the wrong magic.
     let (mut sock, mut buf) = connect(&broker).await;
-    let mut frame = encode(1, hello("guest", "guest", 1, 1));
+    let mut frame = encode(1, hello("guest", "guest", 2, 2));
     frame[12] = b'X';
     sock.write_all(&frame).await.unwrap();
     assert_eq!(
@@ -122,11 +122,20 @@ async fn bad_input_gets_typed_errors_and_others_keep_being_served() {
         .unwrap();
     let close = expect_close(&mut sock, &mut buf).await;
     assert_eq!(close.code, Some(ErrorCode::UnsupportedVersion));
-    assert!(close.reason.contains("1..1"), "{}", close.reason);
+    assert!(close.reason.contains("2..2"), "{}", close.reason);
+
+    // A client of version 1, whose deliveries lack `enqueued_at_ms`, is told so rather than
+    // sent frames it would misread.
+    let (mut sock, mut buf) = connect(&broker).await;
+    sock.write_all(&encode(1, hello("guest", "guest", 1, 1)))
+        .await
+        .unwrap();
+    let close = expect_close(&mut sock, &mut buf).await;
+    assert_eq!(close.code, Some(ErrorCode::UnsupportedVersion));
 
     // Wrong credentials, through the real client too.
     let (mut sock, mut buf) = connect(&broker).await;
-    sock.write_all(&encode(1, hello("guest", "wrong", 1, 1)))
+    sock.write_all(&encode(1, hello("guest", "wrong", 2, 2)))
         .await
         .unwrap();
     assert_eq!(

@@ -269,8 +269,8 @@ async fn raw_handshake(
     let mut sock = TcpStream::connect(&broker.addr).await.unwrap();
     let mut out = BytesMut::new();
     let hello = Hello {
-        min_version: 1,
-        max_version: 1,
+        min_version: sluice_client::wire::PROTOCOL_VERSION,
+        max_version: sluice_client::wire::PROTOCOL_VERSION,
         username: "guest".into(),
         password: "guest".into(),
         heartbeat_ms,

@@ -31,7 +31,7 @@ const MAX_PEAK_RSS: u64 = 256 << 20;
 
 fn hello() -> Hello {
     Hello {
-        min_version: 1,
+        min_version: sluice_client::wire::PROTOCOL_VERSION,
         max_version: PROTOCOL_VERSION,
         username: "guest".into(),
         password: "guest".into(),

@@ -73,8 +73,8 @@ impl RawConnection {
             next_id: 1,
         };
         let hello = Hello {
-            min_version: 1,
-            max_version: 1,
+            min_version: sluice_client::wire::PROTOCOL_VERSION,
+            max_version: sluice_client::wire::PROTOCOL_VERSION,
             username: "guest".into(),
             password: "guest".into(),
             heartbeat_ms: 0,

@@ -79,8 +79,8 @@ pub async fn raw_connect_with_heartbeat(
         .await
         .expect("connect");
     let hello = Hello {
-        min_version: 1,
-        max_version: 1,
+        min_version: sluice_client::wire::PROTOCOL_VERSION,
+        max_version: sluice_client::wire::PROTOCOL_VERSION,
         username: "guest".into(),
         password: "guest".into(),
         heartbeat_ms,
