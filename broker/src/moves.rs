@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sluice_client::wire::{ErrorCode, MoveId, MoveState, MoveStatusOk, Rejection};
 use tokio::sync::{mpsc, oneshot};
@@ -142,7 +142,7 @@ impl Moves {
                 requested,
                 moved: 0,
                 state: MoveState::Running,
-                started_at_ms: now_ms(),
+                started_at_ms: crate::queue::unix_now_ms(),
                 finished_at_ms: None,
             },
         );
@@ -159,7 +159,7 @@ impl Moves {
         let mut r = self.lock();
         if let Some(m) = r.moves.get_mut(&id) {
             m.state = state;
-            m.finished_at_ms = Some(now_ms());
+            m.finished_at_ms = Some(crate::queue::unix_now_ms());
         }
         r.running -= 1;
         r.finished.push_back(id);
@@ -407,12 +407,6 @@ impl Mover {
 
 fn gone(q: &QueueHandle) -> RequestError {
     RequestError::no_queue(&q.meta.name)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

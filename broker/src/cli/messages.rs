@@ -30,7 +30,7 @@ pub(super) async fn browse(client: &Client, a: &BrowseArgs, json: bool) -> Resul
         }
     }
     messages.truncate(a.count as usize);
-    let now = now_ms();
+    let now = crate::queue::unix_now_ms();
     if json {
         let metas: Vec<Option<MessageMeta>> = messages
             .iter()
@@ -94,12 +94,6 @@ pub(super) async fn move_messages(
             status.moved, a.source, a.destination
         ))
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Bytes of a payload the HTTP API shows; longer ones are cut and flagged `truncated`.

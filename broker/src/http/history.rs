@@ -17,7 +17,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::Json;
@@ -329,18 +329,12 @@ pub async fn sample(api: Api) {
         let readings: Vec<QueueReading> =
             api.broker.queues().iter().map(QueueReading::of).collect();
         let tick = Tick {
-            at_ms: unix_ms(),
+            at_ms: crate::queue::unix_now_ms(),
             span_ms: span.as_millis() as u64,
         };
         let connections = api.connections.len() as u64;
         api.history.lock().record(tick, &readings, connections);
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `GET /api/overview/history`.

@@ -60,7 +60,7 @@ pub async fn browse(
     let Reply::BrowseQueueOk(ok) = reply else {
         return Err(unexpected(&reply));
     };
-    let now = now_ms();
+    let now = crate::queue::unix_now_ms();
     let metas: Vec<Option<MessageMeta>> = ok
         .messages
         .iter()
@@ -78,10 +78,4 @@ pub async fn browse(
         HeaderValue::from_static(if ok.more { "true" } else { "false" }),
     );
     Ok(response)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

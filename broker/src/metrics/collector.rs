@@ -7,7 +7,6 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -214,9 +213,7 @@ fn encode_queue_gauges(enc: &mut DescriptorEncoder, queues: &[&QueueHandle]) -> 
         None,
         |s| u64::from(s.consumers.load(Ordering::Relaxed)),
     )?;
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now_ms = crate::queue::unix_now_ms();
     per_queue_gauge(
         enc,
         queues,
