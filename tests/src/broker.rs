@@ -11,6 +11,13 @@ use std::time::Duration;
 /// builds on a busy two-core machine).
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// Runs `f` under the test-wide time limit ([`WAIT`]); panics naming `what` if it runs out.
+pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
 /// Environment settings that would change what the broker or the CLI do; removed from every
 /// child so the developer's shell cannot leak into a test.
 const SLUICE_VARIABLES: &[&str] = &[

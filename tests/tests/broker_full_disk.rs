@@ -11,18 +11,14 @@ use sluice_client::{
     Client, DeleteQueueOptions, ErrorCode, ExchangeKind, ExchangeOptions, PublishOptions,
     QueueOptions,
 };
-use sluice_tests::broker::{BrokerProcess, WAIT};
+use sluice_tests::broker::BrokerProcess;
 use sluice_tests::tmpfs::Tmpfs;
 
 /// Small segments, so a queue runs out of reserved blocks soon after the disk fills; no
 /// free-space threshold, so the disk really fills instead of publishers being blocked first.
 const FLAGS: &[&str] = &["--segment-bytes", "262144", "--min-free-disk-bytes", "0"];
 
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
+use sluice_tests::broker::within;
 
 async fn connect(broker: &BrokerProcess) -> Client {
     within("connect", Client::connect(&broker.url()))

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sluice_client::{Client, PublishOptions, QueueOptions};
-use sluice_tests::broker::{BrokerProcess, WAIT};
+use sluice_tests::broker::BrokerProcess;
 use sluice_tests::http::{HttpClient, HttpResponse};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -17,11 +17,7 @@ fn start() -> (BrokerProcess, tempfile::TempDir) {
     (process, dir)
 }
 
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
+use sluice_tests::broker::within;
 
 fn json_of(r: &HttpResponse) -> Value {
     assert_eq!(r.status, 200, "{r:?}");

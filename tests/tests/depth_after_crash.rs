@@ -6,13 +6,9 @@ use std::collections::BTreeSet;
 
 use bytes::Bytes;
 use sluice_client::{Client, PublishOptions, QueueOptions};
-use sluice_tests::broker::{BrokerProcess, WAIT};
+use sluice_tests::broker::BrokerProcess;
 
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
+use sluice_tests::broker::within;
 
 async fn connect(process: &BrokerProcess) -> Client {
     within("connect", Client::connect(&process.url()))

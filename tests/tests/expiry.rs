@@ -34,11 +34,7 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
+use sluice_tests::broker::within;
 
 async fn connect(process: &BrokerProcess) -> Client {
     within("connect", Client::connect(&process.url()))

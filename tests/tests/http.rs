@@ -52,11 +52,7 @@ impl Broker {
     }
 }
 
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
+use sluice_tests::broker::within;
 
 /// The answer's body as JSON, after checking its status.
 fn json_of(r: &HttpResponse, status: u16) -> Value {

@@ -78,11 +78,7 @@ fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
     })
 }
 
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
+use sluice_tests::broker::within;
 
 fn json_of(r: &HttpResponse, status: u16) -> Value {
     assert_eq!(r.status, status, "{r:?}");

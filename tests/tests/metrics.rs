@@ -75,11 +75,7 @@ impl Broker {
     }
 }
 
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
+use sluice_tests::broker::within;
 
 async fn next_message(consumer: &mut Consumer) -> Message {
     within("a delivery", consumer.next())

@@ -88,11 +88,7 @@ fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
     })
 }
 
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
+use sluice_tests::broker::within;
 
 /// Declares `queue` and publishes `n` confirmed messages `m0`, `m1`, ... to it.
 async fn fill(client: &Client, queue: &str, n: usize) {

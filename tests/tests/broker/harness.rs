@@ -2,13 +2,9 @@
 //! [`sluice_tests::broker::BrokerProcess`].
 
 use std::path::Path;
-use std::time::Duration;
 
 use sluice_client::Client;
 use sluice_tests::broker::BrokerProcess;
-
-/// How long any single wait in these tests may take.
-pub const WAIT: Duration = sluice_tests::broker::WAIT;
 
 /// A running broker; killed (SIGKILL) when dropped if still running.
 pub struct Broker {
@@ -53,9 +49,4 @@ impl Broker {
     }
 }
 
-/// Runs `f` under the test-wide time limit.
-pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
+pub use sluice_tests::broker::within;

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use sluice_client::Client;
-use sluice_tests::broker::{BrokerProcess, WAIT};
+use sluice_tests::broker::BrokerProcess;
 
 /// A running broker for one test.
 #[derive(Debug)]
@@ -44,12 +44,7 @@ impl Broker {
     }
 }
 
-/// Runs `f` under the test-wide time limit.
-pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
+pub use sluice_tests::broker::within;
 
 impl Broker {
     /// Fails the test when the broker's peak resident memory so far is `bound` or more.
