@@ -194,8 +194,7 @@ impl ConnectionRegistry {
         let live = self.lock();
         match after {
             Some(id) => live
-                .range(id.saturating_add(1)..)
-                .filter(|(&k, _)| k > id)
+                .range((std::ops::Bound::Excluded(id), std::ops::Bound::Unbounded))
                 .map(|(_, e)| Arc::clone(e))
                 .collect(),
             None => live.values().cloned().collect(),

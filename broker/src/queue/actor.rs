@@ -199,9 +199,7 @@ struct Actor {
     last_flush: Instant,
 }
 
-fn now_ms() -> u64 {
-    super::unix_now_ms()
-}
+use super::unix_now_ms as now_ms;
 
 impl Actor {
     fn new(
@@ -709,9 +707,11 @@ impl Actor {
             };
             let queue_ttl = self.meta.arguments.message_ttl_ms;
             let own = MetaView::peek_expiration_ms(&msg.meta);
-            if own.is_some() || queue_ttl.is_some() {
-                let deadline =
-                    expiry_deadline(msg.timestamp_ms, own.unwrap_or(u64::MAX), queue_ttl);
+            let own_deadline = own.map(|own| expiry_deadline(msg.timestamp_ms, own, queue_ttl));
+            let deadline = own_deadline.or_else(|| {
+                queue_ttl.map(|_| expiry_deadline(msg.timestamp_ms, u64::MAX, queue_ttl))
+            });
+            if let Some(deadline) = deadline {
                 if deadline <= now_ms() {
                     self.dead_letter_at(seq, DeathReason::Expired, deadline);
                     continue;
@@ -729,7 +729,7 @@ impl Actor {
             return Some(Deliverable {
                 seq,
                 count: count + 1,
-                expires_at_ms: own.map(|own| expiry_deadline(msg.timestamp_ms, own, queue_ttl)),
+                expires_at_ms: own_deadline,
                 delivery,
             });
         }

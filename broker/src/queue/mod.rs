@@ -46,9 +46,7 @@ pub use outbox::{delivery_bytes, Outbox};
 
 /// The wall clock in Unix milliseconds, as message timestamps are (0 before 1970).
 pub fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    crate::storage::now_unix_ms()
 }
 
 /// A connection's number, unique for the life of the process.

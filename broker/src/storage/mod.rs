@@ -47,6 +47,7 @@ mod tests;
 
 pub use durability::{CommitObserver, Durability, DurabilityConfig, Epoch};
 pub use error::{is_out_of_resources, Damage, Result, StorageError};
+pub(crate) use files::now_unix_ms;
 pub use queue_log::{
     Appended, LogConfig, MessageHead, QueueLog, RecoveredDeliveries, RecoveryReport, StoredMessage,
     TornTail,

@@ -85,7 +85,7 @@ impl Actor {
             // A copy may reach the destination and survive a crash that this queue's ack does
             // not: the original must then come back flagged `redelivered`.
             self.note_handed_out(seq);
-            let persistent = MetaView::parse(&d.meta).map_or(true, |v| v.persistent);
+            let persistent = MetaView::peek_persistent(&d.meta);
             taken.push(MovingMessage {
                 seq,
                 meta: d.meta,
