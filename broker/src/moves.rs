@@ -30,9 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::broker::Broker;
 use crate::error::RequestError;
-use crate::queue::{
-    ConnEvent, ConnId, ConnLink, Incoming, MovingMessage, Outbox, QueueCmd, QueueHandle,
-};
+use crate::queue::{ConnEvent, ConnId, ConnLink, Incoming, Outbox, QueueCmd, QueueHandle};
 use crate::storage::{Durability, Epoch};
 
 /// Most messages taken from the source at once.
@@ -294,7 +292,7 @@ impl Mover {
         }
     }
 
-    async fn take(&self, max_messages: usize) -> Result<Vec<MovingMessage>, RequestError> {
+    async fn take(&self, max_messages: usize) -> Result<Vec<Incoming>, RequestError> {
         let (reply, answer) = oneshot::channel();
         let sent = self.source.send(QueueCmd::TakeForMove {
             max_messages,
@@ -310,18 +308,9 @@ impl Mover {
 
     /// Stores a batch in the destination and settles it in the source; fails (after counting
     /// what was moved) when the destination refused some of it.
-    async fn store(&mut self, batch: Vec<MovingMessage>) -> Result<(), RequestError> {
-        let seqs: Vec<u64> = batch.iter().map(|m| m.seq).collect();
-        let messages: Vec<Incoming> = batch
-            .into_iter()
-            .map(|m| Incoming {
-                // Names the message in the destination's rejections.
-                publish_seq: m.seq,
-                meta: m.meta,
-                body: m.body,
-                persistent: m.persistent,
-            })
-            .collect();
+    async fn store(&mut self, messages: Vec<Incoming>) -> Result<(), RequestError> {
+        // Each message's `publish_seq` is its seq in the source.
+        let seqs: Vec<u64> = messages.iter().map(|m| m.publish_seq).collect();
         let bytes: usize = messages.iter().map(|m| m.meta.len() + m.body.len()).sum();
         let room = self.destination.publish_room(&messages).await;
         self.next_batch += 1;

@@ -173,7 +173,7 @@ impl<'a> BrowsedJson<'a> {
 /// A payload as text: itself when it is UTF-8, else base64; cut to `limit` bytes (a UTF-8
 /// character split by the cut is left out). Returns the text, its encoding, and whether it
 /// was cut.
-fn payload_text(body: &[u8], limit: usize) -> (String, &'static str, bool) {
+pub(crate) fn payload_text(body: &[u8], limit: usize) -> (String, &'static str, bool) {
     let truncated = body.len() > limit;
     let shown = &body[..body.len().min(limit)];
     let text = match std::str::from_utf8(shown) {

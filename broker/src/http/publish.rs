@@ -336,7 +336,8 @@ struct GotMessage {
     /// When the queue stored it (Unix ms, the broker's clock).
     enqueued_at_ms: u64,
     payload: String,
-    payload_encoding: PayloadEncoding,
+    /// `string` or `base64`, as a publish's `payload_encoding`.
+    payload_encoding: &'static str,
     payload_bytes: usize,
     properties: PropertiesJson,
     headers: serde_json::Value,
@@ -359,13 +360,8 @@ impl GotMessage {
     fn new(d: &Delivery) -> Result<Self, RequestError> {
         let meta = MessageMeta::from_slice(&d.meta)
             .map_err(|e| RequestError::internal(format!("a stored meta block: {e}")))?;
-        let (payload, payload_encoding) = match std::str::from_utf8(&d.body) {
-            Ok(text) => (text.to_owned(), PayloadEncoding::String),
-            Err(_) => (
-                base64::engine::general_purpose::STANDARD.encode(&d.body),
-                PayloadEncoding::Base64,
-            ),
-        };
+        let (payload, payload_encoding, _) =
+            crate::cli::messages::payload_text(&d.body, usize::MAX);
         let p = meta.properties;
         Ok(GotMessage {
             exchange: meta.exchange,

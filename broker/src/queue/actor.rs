@@ -719,7 +719,7 @@ impl Actor {
             }
             let delivery = Delivery {
                 delivery_tag: DeliveryTag(0),
-                redelivered: count > 0 || seq < self.maybe_delivered_below,
+                redelivered: self.may_have_been_delivered(seq, count),
                 delivery_count: count + 1,
                 message_seq: seq,
                 enqueued_at_ms: msg.timestamp_ms,
@@ -771,6 +771,12 @@ impl Actor {
             self.dirty = true;
         }
         tag
+    }
+
+    /// Whether message `seq`, delivered `count` times before, may have gone out already: the
+    /// `redelivered` flag of its next delivery.
+    fn may_have_been_delivered(&self, seq: u64, count: u32) -> bool {
+        count > 0 || seq < self.maybe_delivered_below
     }
 
     /// Raises the delivered high-water mark to `seq`: after a crash, every message up to it

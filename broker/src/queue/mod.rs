@@ -342,7 +342,7 @@ pub enum QueueCmd {
         /// Most bytes (meta + body), but at least one message.
         max_bytes: usize,
         /// The messages taken, or why none may be.
-        reply: oneshot::Sender<Result<Vec<MovingMessage>, RequestError>>,
+        reply: oneshot::Sender<Result<Vec<Incoming>, RequestError>>,
     },
     /// Ends a move's hold on messages it took.
     SettleMove {
@@ -389,19 +389,6 @@ impl BrowsePage {
             body_budget: usize::MAX,
         }
     }
-}
-
-/// A ready message taken by a move, on its way to another queue.
-#[derive(Debug, Clone)]
-pub struct MovingMessage {
-    /// Its sequence number in the queue it leaves.
-    pub seq: u64,
-    /// The meta block, as published.
-    pub meta: Bytes,
-    /// The body.
-    pub body: Bytes,
-    /// Whether it was published as persistent.
-    pub persistent: bool,
 }
 
 /// Live counters of a queue, for declare replies, listings and `/metrics`.

@@ -9,6 +9,7 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::admin::{put_page_count, read_page_count};
 use super::error::WireError;
 use super::frame::Payload;
 use super::primitives::{self as p, Reader};
@@ -16,8 +17,6 @@ use super::primitives::{self as p, Reader};
 /// Most messages one `BrowseQueueOk` holds, whatever the request's `limit`.
 pub const MAX_BROWSE_LIMIT: u32 = 1000;
 
-/// Bit 31 of the answer's count: more ready messages follow the last one sent.
-const MORE: u32 = 1 << 31;
 const REDELIVERED: u8 = 1 << 0;
 
 /// Smallest encoded entry: fixed fields plus two empty blobs.
@@ -116,22 +115,14 @@ pub struct BrowseQueueOk {
 
 impl Payload for BrowseQueueOk {
     fn encode(&self, buf: &mut BytesMut) -> Result<(), WireError> {
-        let n = p::checked_len("browsed messages", self.messages.len(), (MORE - 1) as usize)?;
-        p::put_u32(buf, n as u32 | if self.more { MORE } else { 0 });
+        put_page_count(buf, "browsed messages", self.messages.len(), self.more)?;
         self.messages.iter().try_for_each(|m| m.encode(buf))
     }
 
     fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
-        let raw = r.u32()?;
-        let more = raw & MORE != 0;
-        let count = r.count((raw & !MORE) as usize, MIN_BROWSED_LEN)?;
-        if more && count == 0 {
-            // A client would ask for the same page again, forever.
-            return Err(WireError::InvalidValue {
-                what: "empty browse page with more to follow",
-                value: u64::from(raw),
-            });
-        }
+        // Paged like the listings (§15.2): bit 31 says more follow; never an empty page that
+        // says so.
+        let (count, more) = read_page_count(r, MIN_BROWSED_LEN)?;
         let messages = (0..count)
             .map(|_| BrowsedMessage::decode(r))
             .collect::<Result<_, _>>()?;

@@ -54,7 +54,7 @@ impl Actor {
             message_seq: seq,
             delivery_count: count,
             // What its next delivery will say (see `take_deliverable`).
-            redelivered: count > 0 || seq < self.maybe_delivered_below,
+            redelivered: self.may_have_been_delivered(seq, count),
             enqueued_at_ms: message.timestamp_ms,
             meta: message.meta,
             body: message.body,

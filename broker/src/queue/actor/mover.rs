@@ -10,7 +10,7 @@ use sluice_client::wire::{ErrorCode, MetaView};
 
 use super::{Actor, Deliverable};
 use crate::error::RequestError;
-use crate::queue::MovingMessage;
+use crate::queue::Incoming;
 
 /// Messages held for moves, by seq.
 #[derive(Debug, Default)]
@@ -58,7 +58,7 @@ impl Actor {
         &mut self,
         max_messages: usize,
         max_bytes: usize,
-    ) -> Result<Vec<MovingMessage>, RequestError> {
+    ) -> Result<Vec<Incoming>, RequestError> {
         if self.exclusive_consumer {
             // As for `Get`: an exclusive consumer is promised every message.
             return Err(RequestError::new(
@@ -86,8 +86,9 @@ impl Actor {
             // not: the original must then come back flagged `redelivered`.
             self.note_handed_out(seq);
             let persistent = MetaView::peek_persistent(&d.meta);
-            taken.push(MovingMessage {
-                seq,
+            taken.push(Incoming {
+                // Its seq here names it in the destination's rejections.
+                publish_seq: seq,
                 meta: d.meta,
                 body: d.body,
                 persistent,
