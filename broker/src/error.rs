@@ -54,6 +54,12 @@ impl RequestError {
     }
 }
 
+impl From<crate::auth::AccessRefused> for RequestError {
+    fn from(e: crate::auth::AccessRefused) -> Self {
+        Self::new(ErrorCode::AccessRefused, e.to_string())
+    }
+}
+
 impl From<RoutingError> for RequestError {
     fn from(e: RoutingError) -> Self {
         let code = match &e {

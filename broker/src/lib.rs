@@ -16,6 +16,7 @@
 //!   the HTTP API.
 //! - [`storage`]: the crash-safe, segmented, memory-mapped log that holds every durable queue.
 //! - [`topology`]: the topology as JSON, for `sluice definitions` and `/api/definitions`.
+//! - [`auth`]: who may do what: vhosts, users' tags, permissions (configure/write/read).
 //! - [`admin`]: listings for operators (queues, exchanges, bindings, consumers).
 //! - [`http`]: the HTTP admin API (axum): the same listings and changes as JSON, health probes,
 //!   `/metrics`.
@@ -29,6 +30,7 @@
 //!
 //! The wire format itself lives in [`sluice_client::wire`], shared with the clients.
 pub mod admin;
+pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod config;

@@ -231,7 +231,9 @@ error_codes! {
     FrameTooLarge = 101, "FRAME_TOO_LARGE";
     /// Client and server have no protocol version in common.
     UnsupportedVersion = 102, "UNSUPPORTED_VERSION";
-    /// Authentication failed: unknown user or wrong password.
+    /// Authentication failed (unknown user, wrong password, no access to the vhost): sent in
+    /// `Close`. Also sent in `Error` or `PublishRejected` for one request that lacks a
+    /// permission; then the connection stays up.
     AccessRefused = 103, "ACCESS_REFUSED";
     /// Nothing was received for two heartbeat intervals.
     HeartbeatTimeout = 104, "HEARTBEAT_TIMEOUT";
@@ -263,6 +265,9 @@ error_codes! {
     UnknownDeliveryTag = 206, "UNKNOWN_DELIVERY_TAG";
     /// A field is well-formed but its value is out of range (name too long, zero prefetch…).
     InvalidArgument = 207, "INVALID_ARGUMENT";
+    /// A configured limit would be exceeded (queues or exchanges per vhost, bindings per
+    /// exchange, consumers per connection...); the message names the limit.
+    LimitExceeded = 208, "LIMIT_EXCEEDED";
 
     // 3xx: publish refusals, sent in `PublishRejected` for one message.
     /// The message (meta plus body) is longer than the negotiated maximum message length.
@@ -333,7 +338,7 @@ mod tests {
 
     #[test]
     fn unknown_numbers_are_preserved() {
-        for n in [0u16, 1, 99, 199, 208, 999, u16::MAX] {
+        for n in [0u16, 1, 99, 199, 209, 999, u16::MAX] {
             let code = ErrorCode::from(n);
             assert_eq!(code, ErrorCode::Unknown(n));
             assert_eq!(u16::from(code), n);
@@ -367,6 +372,7 @@ mod tests {
                 (205, "NOT_ALLOWED"),
                 (206, "UNKNOWN_DELIVERY_TAG"),
                 (207, "INVALID_ARGUMENT"),
+                (208, "LIMIT_EXCEEDED"),
                 (300, "MESSAGE_TOO_LARGE"),
                 (301, "STORAGE_FULL"),
                 (302, "UNROUTABLE"),
