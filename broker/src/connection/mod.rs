@@ -324,6 +324,11 @@ fn log_user_limit(refused: &registry::UserLimitReached) {
 /// One line per refused handshake; a wrong user or password is a warning, since it may be
 /// someone guessing.
 fn log_refusal(conn_id: u64, peer: &str, refused: &HandshakeRefused) {
+    if refused.code == Some(ErrorCode::ConnectionLimit) {
+        // A user at its connection limit, logged once a second by `log_user_limit`: a
+        // client retrying in a loop must not write a line per attempt.
+        return;
+    }
     let user = refused.client.as_ref().map_or("", |c| c.user.as_str());
     let client = refused.client.as_ref().map_or("", |c| c.client.as_str());
     let code = refused.code.map_or("", |c| c.name());
