@@ -59,6 +59,7 @@ from .exceptions import (
     SluiceError,
     StorageFull,
     TimeoutError,
+    TlsError,
     UnknownDeliveryTag,
     Unroutable,
 )
@@ -97,6 +98,7 @@ __all__ = [
     "SluiceError",
     "StorageFull",
     "TimeoutError",
+    "TlsError",
     "UnknownDeliveryTag",
     "Unroutable",
     "__version__",
