@@ -277,7 +277,10 @@ impl ServerConfig {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let mut c = ServerConfig::default();
+        let mut c = ServerConfig {
+            tls: resolve_tls(args, &file)?,
+            ..ServerConfig::default()
+        };
         if let Some(v) = args.data_dir.clone().or(file.data_dir) {
             c.data_dir = v;
         }
@@ -291,7 +294,6 @@ impl ServerConfig {
         if let Some(v) = args.http_listen.or(file.http_listen) {
             c.http_listen = v;
         }
-        c.tls = resolve_tls(args, &file)?;
         if c.listen.is_none() && c.tls.is_none() {
             return Err(invalid(
                 "listen",

@@ -169,7 +169,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             Some(tls) => announce(&format!("sluice tls on {tls}")),
             None => announce("sluice tls off"),
         }
-        tracing::info!(addr = off(addr), tls = off(tls_addr), http = off(http_addr),
+        tracing::info!(addr = %off(addr), tls = %off(tls_addr), http = %off(http_addr),
             data_dir = %data_dir.display(), "sluice ready");
         server.run(shutdown).await;
         anyhow::Ok(())

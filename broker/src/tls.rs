@@ -231,16 +231,6 @@ pub enum MaybeTlsStream {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-impl MaybeTlsStream {
-    /// The TCP socket underneath.
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            MaybeTlsStream::Plain(s) => s,
-            MaybeTlsStream::Tls(s) => s.get_ref().0,
-        }
-    }
-}
-
 impl AsyncRead for MaybeTlsStream {
     fn poll_read(
         self: Pin<&mut Self>,
