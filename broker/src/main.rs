@@ -148,7 +148,8 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         // line is read must shut down gracefully, not kill the process.
         let shutdown = shutdown_signal()?;
         // Tests and scripts wait for this line to learn the port.
-        let off = |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_owned(), |a| a.to_string());
+        let off =
+            |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_owned(), |a| a.to_string());
         match addr {
             Some(addr) => announce(&format!(
                 "sluice listening on {addr} (data directory {})",
@@ -185,7 +186,10 @@ fn listen_error(e: &BindError) -> String {
     let (what, flag) = if e.purpose == "clients" {
         (format!("cannot listen on {addr}"), "--listen")
     } else if e.purpose == "TLS clients" {
-        (format!("cannot listen for TLS clients on {addr}"), "--tls-listen")
+        (
+            format!("cannot listen for TLS clients on {addr}"),
+            "--tls-listen",
+        )
     } else {
         (
             format!("cannot listen for {} on {addr}", e.purpose),

@@ -197,7 +197,12 @@ impl Server {
                 Instant::now(),
                 stop_rx.clone(),
             );
-            tokio::spawn(serve_http(api, listener, tls_config.clone(), stop_rx.clone()))
+            tokio::spawn(serve_http(
+                api,
+                listener,
+                tls_config.clone(),
+                stop_rx.clone(),
+            ))
         });
         tokio::pin!(shutdown);
         loop {
@@ -292,9 +297,7 @@ impl Server {
 }
 
 /// Accepts on `listener`, or never if there is none (that port is off).
-async fn accept_on(
-    listener: Option<&TcpListener>,
-) -> std::io::Result<(TcpStream, SocketAddr)> {
+async fn accept_on(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
     match listener {
         Some(listener) => listener.accept().await,
         None => std::future::pending().await,

@@ -306,11 +306,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = files(dir.path());
         let e = ServerTls::load(f.clone()).unwrap_err();
-        assert!(matches!(e, TlsError::Read { what: "certificate", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                TlsError::Read {
+                    what: "certificate",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         assert!(e.to_string().contains("cert.pem"), "{e}");
         std::fs::write(&f.cert, "not pem at all\n").unwrap();
         let e = ServerTls::load(f.clone()).unwrap_err();
-        assert!(matches!(e, TlsError::BadPem { what: "certificate", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                TlsError::BadPem {
+                    what: "certificate",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         assert!(e.to_string().contains("cert.pem"), "{e}");
     }
 }

@@ -15,11 +15,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::connection::{self, Command, HandshakeParams, ServerInfo, Settings, Shared};
 use crate::error::{CloseReason, Error, Result};
-use crate::tls::{self, TlsFiles};
 use crate::options::{
     millis, millis_at_least_1, DeleteExchangeOptions, DeleteQueueOptions, ExchangeOptions,
     QueueOptions,
 };
+use crate::tls::{self, TlsFiles};
 use crate::url::{ConnectUrl, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_PASSWORD, DEFAULT_USERNAME};
 use crate::wire::{
     Ack, Bind, DeclareQueueOk, DeliveryTag, ExchangeKind, Extend, FrameBody, Headers, InspectQueue,

@@ -144,7 +144,8 @@ fn system_roots() -> Result<Arc<RootCertStore>, TlsError> {
     }
     let mut roots = RootCertStore::empty();
     // Unreadable or unparsable system certificates are skipped, as every TLS client does.
-    let (added, _ignored) = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    let (added, _ignored) =
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
     if added == 0 {
         return Err(TlsError::NoRootCertificates);
     }

@@ -182,7 +182,10 @@ impl BrokerProcess {
         };
         let line = match line_rx.recv_timeout(WAIT) {
             Ok(line) => line,
-            Err(_) => panic!("sluice did not say where its TLS port is:\n{}", broker.log()),
+            Err(_) => panic!(
+                "sluice did not say where its TLS port is:\n{}",
+                broker.log()
+            ),
         };
         // "sluice tls on 127.0.0.1:PORT" or "sluice tls off"
         broker.tls_addr = match line.strip_prefix("sluice tls on ") {

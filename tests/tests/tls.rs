@@ -380,10 +380,16 @@ async fn sighup_reloads_the_certificate_for_new_connections_and_keeps_open_ones(
 async fn a_silent_client_on_the_tls_port_is_closed_at_the_handshake_timeout() {
     let ca = Ca::new("test CA");
     let broker = TlsBroker::start(&ca.server(), None, &["--handshake-timeout-ms", "300"]);
-    let mut silent = TcpStream::connect(broker.tls_addr()).await.expect("connect");
+    let mut silent = TcpStream::connect(broker.tls_addr())
+        .await
+        .expect("connect");
     let mut sink = [0u8; 64];
     // The broker closes it: end of stream, or a reset.
-    let read = within("the broker closes the silent socket", silent.read(&mut sink)).await;
+    let read = within(
+        "the broker closes the silent socket",
+        silent.read(&mut sink),
+    )
+    .await;
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     let client = connect(&broker.url(&ca, "ca.pem", "")).await.expect("TLS");
     client.close().await.expect("close");

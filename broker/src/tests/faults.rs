@@ -49,7 +49,10 @@ impl Node {
         };
         let broker = Broker::open(config).map_err(|e| e.to_string())?;
         let server = Server::bind(Arc::clone(&broker)).await.unwrap();
-        let url = format!("sluice://guest:guest@{}", server.local_addr().unwrap().expect("the plain port is on"));
+        let url = format!(
+            "sluice://guest:guest@{}",
+            server.local_addr().unwrap().expect("the plain port is on")
+        );
         drop(broker);
         let (stop, stopped) = oneshot::channel::<()>();
         let done = tokio::spawn(server.run(async {
