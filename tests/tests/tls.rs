@@ -379,7 +379,7 @@ async fn sighup_reloads_the_certificate_for_new_connections_and_keeps_open_ones(
 #[tokio::test]
 async fn a_silent_client_on_the_tls_port_is_closed_at_the_handshake_timeout() {
     let ca = Ca::new("test CA");
-    let broker = TlsBroker::start(&ca.server(), None, &["--handshake-timeout-ms", "300"]);
+    let broker = TlsBroker::start(&ca.server(), None, &["--handshake-timeout-ms", "2000"]);
     let mut silent = TcpStream::connect(broker.tls_addr())
         .await
         .expect("connect");
