@@ -10,6 +10,7 @@ use sluice_broker::cli::{self, AdminCommand, Target};
 use sluice_broker::config::{ServeArgs, ServerConfig};
 use sluice_broker::limits;
 use sluice_broker::server::{BindError, Server, StartError};
+use sluice_broker::tls::ServerTls;
 
 /// Sluice: a persistent message broker.
 #[derive(Debug, Parser)]
@@ -119,6 +120,11 @@ fn init_logging(default: &str, format: LogFormat) {
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let config = ServerConfig::resolve(args)?;
+    // Unusable TLS files fail the start now, not after a recovery that may take long; the
+    // server loads them again when it binds.
+    if let Some(tls) = &config.tls {
+        ServerTls::load(tls.files.clone())?;
+    }
     // Before anything opens a file: the sockets and queue files all draw on this limit.
     match limits::raise_descriptor_limit() {
         Ok(limit) => tracing::info!(

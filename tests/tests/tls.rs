@@ -205,6 +205,25 @@ async fn a_sluices_client_publishes_and_consumes_over_tls_beside_the_plain_port(
     round_trip(&tls, "over-tls").await;
     let plain = connect(&broker.process.url()).await.expect("plain");
     round_trip(&plain, "over-plain").await;
+    // The admin commands take the same URL.
+    let tls_url = broker.url(&ca, "ca.pem", "");
+    let listing = within(
+        "sluice queues over TLS",
+        tokio::task::spawn_blocking(move || {
+            sluice_command()
+                .args(["--url", &tls_url, "--json", "queues"])
+                .output()
+                .expect("run sluice queues")
+        }),
+    )
+    .await
+    .expect("CLI thread");
+    let stdout = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.status.success(), "{listing:?}");
+    assert!(
+        stdout.contains("over-tls") && stdout.contains("over-plain"),
+        "{stdout}"
+    );
     tls.close().await.expect("close TLS");
     plain.close().await.expect("close plain");
     broker.stop();
