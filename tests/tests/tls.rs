@@ -416,6 +416,34 @@ async fn a_silent_client_on_the_tls_port_is_closed_at_the_handshake_timeout() {
 }
 
 #[tokio::test]
+async fn tls_clients_count_in_the_connection_limit_shared_with_the_plain_port() {
+    let ca = Ca::new("test CA");
+    let broker = TlsBroker::start(&ca.server(), None, &["--max-connections", "1"]);
+    let url = broker.url(&ca, "ca.pem", "");
+    let plain = connect(&broker.process.url()).await.expect("plain");
+    // No room: the TLS client is closed before its TLS handshake completes.
+    match connect(&url).await {
+        Err(Error::Io(_) | Error::Tls(_)) => {}
+        other => panic!("expected the TLS client to be turned away, got {other:?}"),
+    }
+    plain.close().await.expect("close");
+    // The slot is back once the plain connection has ended on the broker's side too.
+    let tls = within("a TLS client gets the freed slot", async {
+        loop {
+            match Client::connect(&url).await {
+                Ok(client) => break client,
+                Err(Error::Io(_) | Error::Tls(_)) => tokio::task::yield_now().await,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await;
+    round_trip(&tls, "after-the-limit").await;
+    tls.close().await.expect("close");
+    broker.stop();
+}
+
+#[tokio::test]
 async fn with_the_plain_port_off_only_tls_clients_are_served() {
     let ca = Ca::new("test CA");
     let broker = TlsBroker::start(&ca.server(), None, &["--listen", "off"]);
