@@ -217,12 +217,13 @@ impl Server {
                 Ok((stream, peer)) => {
                     backoff.succeeded();
                     let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-                        // A TLS client could read a Close only after a TLS handshake.
-                        let sent = tls.is_none() && refusal.send_now(&stream);
-                        refusals.refused(Instant::now(), peer, sent, self.max_connections);
                         if tls.is_some() {
+                            // It could read a Close only after a TLS handshake: closed now.
+                            refusals.refused(Instant::now(), peer, false, self.max_connections);
                             continue;
                         }
+                        let sent = refusal.send_now(&stream);
+                        refusals.refused(Instant::now(), peer, sent, self.max_connections);
                         if let Ok(slot) = Arc::clone(&lingering).try_acquire_owned() {
                             tokio::spawn(async move {
                                 connection::linger(stream).await;

@@ -633,6 +633,33 @@ mod tests {
     }
 
     #[test]
+    fn tls_files_come_from_the_url_else_from_the_builder() {
+        let builder = ClientBuilder::new()
+            .tls_ca_file("builder-ca.pem")
+            .tls_client_cert("builder.pem", "builder.key");
+        let url = ConnectUrl::parse("sluices://h").unwrap();
+        let files = builder.tls_files(&url);
+        assert_eq!(files.ca_file, Some(PathBuf::from("builder-ca.pem")));
+        assert_eq!(
+            files.client_cert,
+            Some((PathBuf::from("builder.pem"), PathBuf::from("builder.key")))
+        );
+        let url =
+            ConnectUrl::parse("sluices://h?ca_file=url-ca.pem&cert_file=u.pem&key_file=u.key")
+                .unwrap();
+        let files = builder.tls_files(&url);
+        assert_eq!(files.ca_file, Some(PathBuf::from("url-ca.pem")));
+        assert_eq!(
+            files.client_cert,
+            Some((PathBuf::from("u.pem"), PathBuf::from("u.key")))
+        );
+        assert_eq!(
+            ClientBuilder::new().tls_files(&ConnectUrl::parse("sluices://h").unwrap()),
+            TlsFiles::default()
+        );
+    }
+
+    #[test]
     fn defaults_without_url_or_builder_settings() {
         let builder = ClientBuilder::new();
         let params = builder.handshake_params(None);

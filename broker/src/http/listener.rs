@@ -95,18 +95,6 @@ async fn tls_handshake(
     }
 }
 
-impl BoundedStream {
-    fn new(inner: MaybeTlsStream, slot: OwnedSemaphorePermit, idle_timeout: Duration) -> Self {
-        Self {
-            inner,
-            idle: Box::pin(tokio::time::sleep(idle_timeout)),
-            idle_timeout,
-            answering: Activity::default(),
-            _slot: slot,
-        }
-    }
-}
-
 impl axum::serve::Listener for BoundedListener {
     type Io = BoundedStream;
     type Addr = SocketAddr;
@@ -183,6 +171,16 @@ pub async fn track_requests(
 }
 
 impl BoundedStream {
+    fn new(inner: MaybeTlsStream, slot: OwnedSemaphorePermit, idle_timeout: Duration) -> Self {
+        Self {
+            inner,
+            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle_timeout,
+            answering: Activity::default(),
+            _slot: slot,
+        }
+    }
+
     fn active(&mut self) {
         let deadline = Instant::now() + self.idle_timeout;
         self.idle.as_mut().reset(deadline);
