@@ -240,6 +240,12 @@ async fn a_client_that_does_not_trust_the_servers_ca_is_refused_and_others_are_s
         }
         other => panic!("expected an untrusted server certificate, got {other:?}"),
     }
+    // Without a ca_file the system's roots decide, and they do not know the test's CA.
+    let system_roots = format!("sluices://guest:guest@{}", broker.tls_addr());
+    match connect(&system_roots).await {
+        Err(Error::Tls(TlsError::ServerNotTrusted(_) | TlsError::NoRootCertificates)) => {}
+        other => panic!("expected the system's roots to refuse the test CA, got {other:?}"),
+    }
     // A plain client on the TLS port gets nowhere either, and breaks nothing.
     let plain_on_tls = format!("sluice://guest:guest@{}", broker.tls_addr());
     assert!(connect(&plain_on_tls).await.is_err());
