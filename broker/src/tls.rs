@@ -111,7 +111,7 @@ impl ServerTls {
 
     /// An acceptor with the config in force now.
     pub fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(Arc::clone(&self.read_current()))
+        TlsAcceptor::from(self.read_current())
     }
 
     /// Reads the files again and, if they are usable, makes them the config of new
