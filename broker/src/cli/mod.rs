@@ -149,7 +149,7 @@ pub enum AdminCommand {
 #[derive(Debug, Clone, Args)]
 pub struct Target {
     /// Broker URL of the admin commands, `sluice://user:password@host:port` (the password is
-    /// never printed).
+    /// never printed); `sluices://...?ca_file=ca.pem` for TLS.
     #[arg(long, global = true, env = "SLUICE_URL", default_value = DEFAULT_URL, hide_env_values = true)]
     pub url: String,
     /// Admin commands print JSON instead of text (`consume`: one JSON object per line).

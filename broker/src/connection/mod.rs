@@ -1,5 +1,9 @@
 //! One client connection: the handshake, then three tasks.
 //!
+//! A client of the TLS port first completes the TLS handshake ([`crate::tls`]); everything
+//! after it is generic over the socket's two halves, so plain connections keep tokio's
+//! lock-free owned halves of the `TcpStream`.
+//!
 //! - the **reader** reads the socket into a buffer and decodes every complete frame it holds
 //!   before it hands them on as one batch (the frame length is checked before any buffer is
 //!   reserved, in [`FrameDecoder`]);
@@ -29,10 +33,11 @@ use sluice_client::wire::{
     Close, DecodeError, ErrorCode, Frame, FrameDecoder, Hello, Opcode, Reply, Request, RequestId,
     Welcome, FRAME_OVERHEAD_RESERVE, HANDSHAKE_MAX_FRAME_LEN, MIN_MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::time::Instant as Deadline;
+use tokio_rustls::TlsAcceptor;
 
 use crate::broker::Broker;
 use crate::queue::Outbox;
@@ -171,20 +176,101 @@ impl std::fmt::Display for CloseReason {
     }
 }
 
-/// Serves one client until it leaves or the server shuts down. `handshaking` is the socket's
-/// place among those in their handshake, given back once the handshake ended.
-pub async fn serve(
-    broker: Arc<Broker>,
-    stream: TcpStream,
+/// The socket of one accepted client and what it needs to be served.
+pub(crate) struct Accepted {
+    /// The socket.
+    pub(crate) stream: TcpStream,
+    /// The TLS config in force when it was accepted, if it came to the TLS port.
+    pub(crate) tls: Option<TlsAcceptor>,
+    /// Turns true when the server shuts down.
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// Where open connections are listed.
+    pub(crate) registry: Arc<ConnectionRegistry>,
+    /// The socket's place among those in their handshake, given back once it ended.
+    pub(crate) handshaking: OwnedSemaphorePermit,
+}
+
+/// What a connection keeps from its acceptance once its socket is ready.
+struct Admission {
     shutdown: watch::Receiver<bool>,
     registry: Arc<ConnectionRegistry>,
-    handshaking: tokio::sync::OwnedSemaphorePermit,
-) {
+    handshaking: OwnedSemaphorePermit,
+}
+
+/// Where a connection came from, for its log lines.
+struct Peer {
+    conn_id: u64,
+    addr: Option<std::net::SocketAddr>,
+    /// The address as text, `unknown` if the socket could not tell.
+    name: String,
+}
+
+/// Serves one client until it leaves or the server shuts down. A TLS client's TLS handshake
+/// counts in the handshake timeout, like the protocol's own.
+pub(crate) async fn serve(broker: Arc<Broker>, accepted: Accepted) {
+    let Accepted {
+        stream,
+        tls,
+        shutdown,
+        registry,
+        handshaking,
+    } = accepted;
+    let admission = Admission {
+        shutdown,
+        registry,
+        handshaking,
+    };
     let _ = stream.set_nodelay(true);
-    let conn_id = broker.next_conn_id();
-    let peer_addr = stream.peer_addr().ok();
-    let peer = peer_addr.map_or_else(|| "unknown".to_owned(), |addr| addr.to_string());
-    let (mut rd, mut wr) = stream.into_split();
+    let addr = stream.peer_addr().ok();
+    let peer = Peer {
+        conn_id: broker.next_conn_id(),
+        addr,
+        name: addr.map_or_else(|| "unknown".to_owned(), |addr| addr.to_string()),
+    };
+    let deadline = Deadline::now() + broker.config.handshake_timeout;
+    let Some(tls) = tls else {
+        // Owned halves, without the lock tokio::io::split takes on every poll.
+        let (rd, wr) = stream.into_split();
+        return serve_halves(broker, rd, wr, peer, deadline, admission).await;
+    };
+    match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let (rd, wr) = tokio::io::split(stream);
+            serve_halves(broker, rd, wr, peer, deadline, admission).await;
+        }
+        Ok(Err(e)) => tracing::info!(conn = peer.conn_id, peer = peer.name, error = %e,
+            "TLS handshake failed"),
+        Err(_) => tracing::info!(
+            conn = peer.conn_id,
+            peer = peer.name,
+            "handshake timed out (in TLS)"
+        ),
+    }
+}
+
+/// Serves a client over its socket's halves (plain or TLS) once any TLS handshake is done:
+/// the protocol's handshake by `deadline`, then the reader, session and writer.
+async fn serve_halves<R, W>(
+    broker: Arc<Broker>,
+    mut rd: R,
+    mut wr: W,
+    peer: Peer,
+    deadline: Deadline,
+    admission: Admission,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let Peer {
+        conn_id,
+        addr: peer_addr,
+        name: peer,
+    } = peer;
+    let Admission {
+        shutdown,
+        registry,
+        handshaking,
+    } = admission;
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let timeout = broker.config.handshake_timeout;
     let (control_tx, control_rx) = mpsc::channel(registry::CONTROL_CAPACITY);
@@ -204,8 +290,8 @@ pub async fn serve(
                 refused.to_string()
             })
     };
-    let handshake = tokio::time::timeout(
-        timeout,
+    let handshake = tokio::time::timeout_at(
+        deadline,
         handshake(&broker, conn_id, &mut rd, &mut wr, &mut buf, admit),
     )
     .await;
@@ -351,14 +437,18 @@ fn log_refusal(conn_id: u64, peer: &str, refused: &HandshakeRefused) {
 /// Runs the server side of §5.2; on refusal sends `Close` and returns the reason. Once the
 /// credentials are good, `admit` decides whether the client gets in (what it returns comes
 /// back with the result) or gets `Close(CONNECTION_LIMIT)` with its reason.
-async fn handshake<T>(
+async fn handshake<R, W, T>(
     broker: &Broker,
     conn_id: u64,
-    rd: &mut OwnedReadHalf,
-    wr: &mut OwnedWriteHalf,
+    rd: &mut R,
+    wr: &mut W,
     buf: &mut BytesMut,
     admit: impl FnOnce(&ClientInfo) -> Result<T, String>,
-) -> Result<(Agreed, ClientInfo, T), HandshakeRefused> {
+) -> Result<(Agreed, ClientInfo, T), HandshakeRefused>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let decoder = FrameDecoder::new(HANDSHAKE_MAX_FRAME_LEN);
     let raw = loop {
         match decoder.decode_raw(buf) {
@@ -481,8 +571,8 @@ async fn handshake<T>(
 }
 
 /// Sends `Close` with `code` and returns what the log says about it.
-async fn refuse(
-    wr: &mut OwnedWriteHalf,
+async fn refuse<W: AsyncWrite + Unpin>(
+    wr: &mut W,
     code: ErrorCode,
     reason: &str,
     client: Option<ClientInfo>,
@@ -555,8 +645,8 @@ pub(crate) async fn linger(stream: TcpStream) {
     .await;
 }
 
-async fn read_frames(
-    mut rd: OwnedReadHalf,
+async fn read_frames<R: AsyncRead + Unpin>(
+    mut rd: R,
     mut buf: BytesMut,
     decoder: FrameDecoder,
     tx: mpsc::Sender<ReadEvent>,
@@ -610,8 +700,8 @@ async fn read_frames(
 }
 
 /// Writes the session's chunks in order; each leaves the outbox once written.
-async fn write_frames(
-    mut wr: OwnedWriteHalf,
+async fn write_frames<W: AsyncWrite + Unpin>(
+    mut wr: W,
     mut rx: mpsc::Receiver<Bytes>,
     outbox: Arc<Outbox>,
     entry: Arc<ConnectionEntry>,

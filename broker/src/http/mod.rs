@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`serve`] is the one door: it runs the router on a bound listener until shutdown.
-//! - `listener.rs`: at most [`MAX_HTTP_CONNECTIONS`] connections at once, idle ones closed.
+//! - `listener.rs`: at most [`MAX_HTTP_CONNECTIONS`] connections at once, idle ones closed;
+//!   the TLS handshake of HTTPS.
 //! - `auth.rs`: HTTP basic auth against the broker's users (`/api/...` only).
 //! - `error.rs`: [`RequestError`](crate::error::RequestError) codes as HTTP statuses, and the
 //!   JSON body extractor whose failures are answered in the same shape.
@@ -54,6 +55,7 @@ use crate::broker::Broker;
 use crate::connection::limits::Admission;
 use crate::connection::ConnectionRegistry;
 use crate::metrics::Exporter;
+use crate::tls::ServerTls;
 use history::History;
 pub use listener::MAX_HTTP_CONNECTIONS;
 
@@ -93,16 +95,19 @@ impl Api {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then lets requests in progress
-/// finish (the caller bounds how long it waits). Connections idle for the broker's handshake
-/// timeout are closed. The history's sampler runs as long as the server.
+/// Serves the API on `listener` (HTTPS with `tls`) until `shutdown` resolves, then lets
+/// requests in progress finish (the caller bounds how long it waits). Connections idle for
+/// the broker's handshake timeout are closed, as are TLS handshakes that take longer. The
+/// history's sampler runs as long as the server.
 pub async fn serve(
     api: Api,
     listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let sampler = AbortOnDrop(tokio::spawn(history::sample(api.clone())));
-    let listener = listener::BoundedListener::new(listener, api.broker.config.handshake_timeout);
+    let listener =
+        listener::BoundedListener::new(listener, api.broker.config.handshake_timeout, tls);
     let app = router(api)
         .layer(axum::middleware::from_fn(listener::track_requests))
         .into_make_service_with_connect_info::<listener::Activity>();

@@ -60,6 +60,7 @@ from .exceptions import (
     SluiceError,
     StorageFull,
     TimeoutError,
+    TlsError,
     UnknownDeliveryTag,
     Unroutable,
 )
@@ -99,6 +100,7 @@ __all__ = [
     "SluiceError",
     "StorageFull",
     "TimeoutError",
+    "TlsError",
     "UnknownDeliveryTag",
     "Unroutable",
     "__version__",

@@ -11,7 +11,8 @@ protocol name as ``error.code_name``.
     ├── InvalidUrl                  (also a ValueError)
     ├── ConnectionError             could not connect, or the connection was lost
     │   ├── ConnectionClosed        the connection has ended (1xx codes, or closed by us)
-    │   └── AccessRefused           103: bad credentials
+    │   ├── AccessRefused           103: bad credentials
+    │   └── TlsError                sluices://: the TLS handshake failed or TLS is misconfigured
     ├── TimeoutError                no answer in time
     ├── ProtocolError               the server broke the protocol
     ├── ChannelError                2xx: the request failed; the connection is still usable
@@ -60,6 +61,7 @@ __all__ = [
     "SluiceError",
     "StorageFull",
     "TimeoutError",
+    "TlsError",
     "UnknownDeliveryTag",
     "Unroutable",
 ]
@@ -128,6 +130,11 @@ class ConnectionClosed(ConnectionError):
 
 class AccessRefused(ConnectionError):
     """The broker refused the credentials (``ACCESS_REFUSED``)."""
+
+
+class TlsError(ConnectionError):
+    """TLS (``sluices://``) failed: the server's certificate is not trusted, the server
+    refused ours (mutual TLS), or a ``ca_file``/``cert_file``/``key_file`` is unusable."""
 
 
 class TimeoutError(SluiceError):
