@@ -17,6 +17,7 @@ use super::output::Output;
 use super::{
     Agreed, CloseReason, ConnectionEntry, ConnectionRegistry, ConnectionStats, Control, ReadEvent,
 };
+use crate::auth::Principal;
 use crate::broker::Broker;
 use crate::error::RequestError;
 use crate::metrics::Metrics;
@@ -84,6 +85,8 @@ pub(super) struct Session {
     peer: String,
     events: mpsc::UnboundedReceiver<ConnEvent>,
     agreed: Agreed,
+    /// Who logged in, into which vhost, with which permissions (a snapshot of the login).
+    principal: Principal,
     output: Output,
     /// Frames read but not handled yet: a batch is handled only while the outbox has room,
     /// the rest waits here (at most one read's worth).
@@ -130,6 +133,7 @@ impl Session {
         registry: Arc<ConnectionRegistry>,
         peer: String,
         agreed: Agreed,
+        principal: Principal,
         output: Output,
         last_recv: Arc<AtomicU64>,
         started: Instant,
@@ -149,6 +153,7 @@ impl Session {
             peer,
             events,
             agreed,
+            principal,
             output,
             unread: VecDeque::new(),
             last_recv,
@@ -307,6 +312,8 @@ impl Session {
         tracing::warn!(
             conn = self.link.id,
             peer = self.peer,
+            user = self.principal.user,
+            vhost = %self.principal.vhost,
             owed_bytes = owed,
             stalled_ms = stalled.as_millis() as u64,
             "slow consumer: its socket stayed full; closing the connection"
@@ -328,6 +335,8 @@ impl Session {
                 tracing::info!(
                     conn = self.link.id,
                     peer = self.peer,
+                    user = self.principal.user,
+                    vhost = %self.principal.vhost,
                     reason,
                     "an operator closes the connection"
                 );
