@@ -124,6 +124,10 @@ fn init_logging(default: &str, format: LogFormat) {
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let config = ServerConfig::resolve(args)?;
+    if std::env::var_os("SLUICE_USERS").is_some() {
+        // Its plain passwords would otherwise seem to work and silently not.
+        tracing::warn!("SLUICE_USERS is no longer read: users and their hashed passwords live in the users file (sluice user add; docs/security.md)");
+    }
     // Before anything opens a file: the sockets and queue files all draw on this limit.
     match limits::raise_descriptor_limit() {
         Ok(limit) => tracing::info!(
