@@ -313,6 +313,12 @@ async fn the_url_path_names_the_vhost_and_a_user_without_permissions_there_is_re
         reason,
         "access to vhost 'prod' refused for user 'ci': no such vhost"
     );
+    let (code, reason) = refusal(broker.login("ci", "ci-pw", "a%01b").await);
+    assert_eq!(code, Some(ErrorCode::AccessRefused));
+    assert_eq!(
+        reason,
+        "invalid vhost name 'a\\u{1}b': it contains a control character"
+    );
     let guest = broker
         .login("guest", "guest", "%2F")
         .await

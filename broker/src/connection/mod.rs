@@ -396,7 +396,8 @@ async fn handshake(
     }
     let vhost = match requested_vhost(&hello) {
         Ok(vhost) => vhost,
-        Err(why) => return Err(refuse(wr, ErrorCode::InvalidArgument, &why, Some(who)).await),
+        // Close carries connection codes only: a vhost that cannot be named is no access.
+        Err(why) => return Err(refuse(wr, ErrorCode::AccessRefused, &why, Some(who)).await),
     };
     let principal = match broker
         .access
