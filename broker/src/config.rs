@@ -9,6 +9,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::limits::{LimitArgs, Limits};
 use sluice_client::wire::{
     DEFAULT_HEARTBEAT_MS, DEFAULT_MAX_FRAME_LEN, DEFAULT_MAX_MESSAGE_LEN, DEFAULT_PORT,
     FRAME_OVERHEAD_RESERVE, MIN_MAX_FRAME_LEN,
@@ -121,6 +123,9 @@ pub struct ServeArgs {
     /// Time a client has to complete the handshake, in ms [default: 10000].
     #[arg(long, env = "SLUICE_HANDSHAKE_TIMEOUT_MS")]
     pub handshake_timeout_ms: Option<u64>,
+    /// Limits per user, connection, consumer and exchange ([`crate::limits::Limits`]).
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// The `[server]`-less TOML file: the same names as the flags, with underscores.
@@ -140,6 +145,30 @@ struct FileConfig {
     max_memory_bytes: Option<u64>,
     max_connections: Option<usize>,
     handshake_timeout_ms: Option<u64>,
+    max_connections_per_user: Option<usize>,
+    max_handshaking: Option<usize>,
+    max_consumers_per_connection: Option<usize>,
+    max_unsettled_publish_bytes: Option<usize>,
+    max_prefetch: Option<u32>,
+    max_bindings_per_exchange: Option<usize>,
+    max_header_entries: Option<usize>,
+    max_header_bytes: Option<usize>,
+}
+
+impl FileConfig {
+    /// The file's limit settings (top-level keys, like every other setting).
+    fn limits(&self) -> LimitArgs {
+        LimitArgs {
+            max_connections_per_user: self.max_connections_per_user,
+            max_handshaking: self.max_handshaking,
+            max_consumers_per_connection: self.max_consumers_per_connection,
+            max_unsettled_publish_bytes: self.max_unsettled_publish_bytes,
+            max_prefetch: self.max_prefetch,
+            max_bindings_per_exchange: self.max_bindings_per_exchange,
+            max_header_entries: self.max_header_entries,
+            max_header_bytes: self.max_header_bytes,
+        }
+    }
 }
 
 /// Everything the server needs, resolved.
@@ -178,6 +207,8 @@ pub struct ServerConfig {
     pub max_connections: Option<usize>,
     /// Lease of deliveries when neither queue nor consumer sets one.
     pub default_ack_timeout: Duration,
+    /// Limits per user, connection, consumer and exchange.
+    pub limits: Limits,
 }
 
 impl Default for ServerConfig {
@@ -199,6 +230,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             max_connections: None,
             default_ack_timeout: Duration::from_secs(30 * 60),
+            limits: Limits::default(),
         }
     }
 }
@@ -239,7 +271,10 @@ impl ServerConfig {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let mut c = ServerConfig::default();
+        let mut c = ServerConfig {
+            limits: args.limits.or(&file.limits()).resolve()?,
+            ..ServerConfig::default()
+        };
         if let Some(v) = args.data_dir.clone().or(file.data_dir) {
             c.data_dir = v;
         }
@@ -461,6 +496,30 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn limits_come_from_the_file_under_their_own_names_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(
+            &path,
+            "max_connections_per_user = 5\nmax_consumers_per_connection = 9\nmax_header_bytes = 4096\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            limits: LimitArgs {
+                max_consumers_per_connection: Some(3),
+                ..LimitArgs::default()
+            },
+            ..ServeArgs::default()
+        };
+        let c = ServerConfig::resolve(&args).unwrap();
+        assert_eq!(c.limits.max_connections_per_user, Some(5));
+        assert_eq!(c.limits.max_consumers_per_connection, 3);
+        assert_eq!(c.limits.headers.max_bytes, 4096);
+        assert_eq!(c.limits.max_prefetch, Limits::default().max_prefetch);
     }
 
     #[test]

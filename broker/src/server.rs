@@ -1,10 +1,11 @@
 //! The TCP listener, the connection limit and graceful shutdown.
 //!
 //! Connections are bounded by a semaphore (as in mini-redis): a permit is taken at accept and
-//! held until the connection ends, so connections still in their handshake count. Past the
-//! limit a socket is accepted and refused at once with `Close(CONNECTION_LIMIT)`, which keeps
-//! the backlog draining and tells a client why. Descriptors beyond the limit stay free for the
-//! queues' files ([`crate::limits`]).
+//! held until the connection ends, so connections still in their handshake count. A second
+//! one bounds the sockets still in their handshake (`max_handshaking`), so silent sockets
+//! cannot take every connection. Past either limit a socket is accepted and refused at once
+//! with `Close(CONNECTION_LIMIT)`, which keeps the backlog draining and tells a client why.
+//! Descriptors beyond the limit stay free for the queues' files ([`crate::limits`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +14,8 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
+
+use crate::connection::limits::{Admission, AdmissionLimit};
 use tokio::task::JoinSet;
 
 use crate::broker::Broker;
@@ -118,13 +121,18 @@ impl Server {
             flow::check_memory(&flow, limit);
             tokio::spawn(flow::watch_memory(flow, limit))
         });
-        let permits = Arc::new(Semaphore::new(self.max_connections));
+        let limits = self.broker.config.limits;
+        let admission = Arc::new(Admission::new(self.max_connections, limits.max_handshaking));
         let lingering = Arc::new(Semaphore::new(MAX_LINGERING));
-        let refusal = Refusal::connection_limit(self.max_connections);
+        let refusal = |which| Refusal::connection_limit(which, admission.max(which));
+        let refusals_sent = [
+            refusal(AdmissionLimit::Connections),
+            refusal(AdmissionLimit::Handshaking),
+        ];
         let mut refusals = RefusalLog::default();
         let mut backoff = AcceptBackoff::default();
         let mut connections = JoinSet::new();
-        let registry = Arc::new(ConnectionRegistry::default());
+        let registry = Arc::new(ConnectionRegistry::new(limits.max_connections_per_user));
         let reloads = tokio::spawn(reload_users_on_sighup(
             Arc::clone(&self.broker),
             Arc::clone(&registry),
@@ -134,6 +142,7 @@ impl Server {
             let api = Api::new(
                 Arc::clone(&self.broker),
                 Arc::clone(&registry),
+                Arc::clone(&admission),
                 Instant::now(),
                 stop_rx.clone(),
             );
@@ -145,23 +154,32 @@ impl Server {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         backoff.succeeded();
-                        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-                            let sent = refusal.send_now(&stream);
-                            refusals.refused(Instant::now(), peer, sent, self.max_connections);
-                            if let Ok(slot) = Arc::clone(&lingering).try_acquire_owned() {
-                                tokio::spawn(async move {
-                                    connection::linger(stream).await;
-                                    drop(slot);
-                                });
+                        let admitted = match admission.admit() {
+                            Ok(admitted) => admitted,
+                            Err(which) => {
+                                let refusal = match which {
+                                    AdmissionLimit::Connections => &refusals_sent[0],
+                                    AdmissionLimit::Handshaking => &refusals_sent[1],
+                                };
+                                let sent = refusal.send_now(&stream);
+                                refusals.refused(Instant::now(), peer, sent, which, admission.max(which));
+                                if let Ok(slot) = Arc::clone(&lingering).try_acquire_owned() {
+                                    tokio::spawn(async move {
+                                        connection::linger(stream).await;
+                                        drop(slot);
+                                    });
+                                }
+                                continue;
                             }
-                            continue;
                         };
                         let serve = connection::serve(
                             Arc::clone(&self.broker),
                             stream,
                             stop_rx.clone(),
                             Arc::clone(&registry),
+                            admitted.handshake,
                         );
+                        let permit = admitted.connection;
                         connections.spawn(async move {
                             serve.await;
                             drop(permit);
@@ -304,8 +322,16 @@ struct RefusalLog {
 }
 
 impl RefusalLog {
-    /// Notes one refusal at `now`; returns whether it was logged.
-    fn refused(&mut self, now: Instant, peer: SocketAddr, sent: bool, limit: usize) -> bool {
+    /// Notes one refusal at `now` for the limit `which` (of `limit`); returns whether it was
+    /// logged.
+    fn refused(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        sent: bool,
+        which: AdmissionLimit,
+        limit: usize,
+    ) -> bool {
         let due = self
             .last
             .is_none_or(|t| now.saturating_duration_since(t) >= REFUSAL_LOG_INTERVAL);
@@ -313,9 +339,15 @@ impl RefusalLog {
             self.unlogged += 1;
             return false;
         }
-        tracing::warn!(%peer, max_connections = limit, close_sent = sent,
-            also_refused_since_last_line = self.unlogged,
-            "connection refused: the server is at its connection limit (raise max_connections or the descriptor limit)");
+        let unlogged = self.unlogged;
+        match which {
+            AdmissionLimit::Connections => tracing::warn!(%peer, max_connections = limit,
+                close_sent = sent, also_refused_since_last_line = unlogged,
+                "connection refused: the server is at its connection limit (raise max_connections or the descriptor limit)"),
+            AdmissionLimit::Handshaking => tracing::warn!(%peer, max_handshaking = limit,
+                close_sent = sent, also_refused_since_last_line = unlogged,
+                "connection refused: too many sockets are in their handshake (raise max_handshaking; many silent sockets may be an attack)"),
+        }
         self.last = Some(now);
         self.unlogged = 0;
         true
@@ -340,13 +372,14 @@ mod tests {
         let mut log = RefusalLog::default();
         let peer: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         let t0 = Instant::now();
-        assert!(log.refused(t0, peer, true, 10));
+        let which = AdmissionLimit::Connections;
+        assert!(log.refused(t0, peer, true, which, 10));
         let quiet = (1..100)
-            .filter(|i| log.refused(t0 + Duration::from_millis(*i), peer, true, 10))
+            .filter(|i| log.refused(t0 + Duration::from_millis(*i), peer, true, which, 10))
             .count();
         assert_eq!(quiet, 0);
         assert_eq!(log.unlogged, 99);
-        assert!(log.refused(t0 + Duration::from_secs(1), peer, true, 10));
+        assert!(log.refused(t0 + Duration::from_secs(1), peer, true, which, 10));
         assert_eq!(log.unlogged, 0);
     }
 }

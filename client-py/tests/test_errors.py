@@ -31,6 +31,8 @@ def test_hierarchy() -> None:
     assert issubclass(sluice.ResourceLimit, sluice.PublishRejected)
     assert issubclass(sluice.InvalidUrl, ValueError)
     assert issubclass(sluice.InvalidArgument, ValueError)
+    assert issubclass(sluice.LimitExceeded, sluice.ChannelError)
+    assert sluice.LimitExceeded("at its limit", 208).code_name == "LIMIT_EXCEEDED"
 
 
 def test_exceptions_keep_their_code_across_pickling() -> None:

@@ -282,6 +282,9 @@ pub struct DeclareQueueArgs {
     /// Delete the queue after it has been unused this long.
     #[arg(long, value_name = "MS")]
     pub expires_ms: Option<u64>,
+    /// Largest message (meta + body) the queue takes; larger ones are refused.
+    #[arg(long, value_name = "BYTES")]
+    pub max_message_bytes: Option<u32>,
 }
 
 /// What a queue does at its length limit.

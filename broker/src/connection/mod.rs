@@ -15,6 +15,7 @@
 //! until it ends; the three tasks count what they move in its entry, and operators reach its
 //! session through it ([`Control`]: close the connection, cancel a consumer).
 
+pub(crate) mod limits;
 mod output;
 pub(crate) mod registry;
 mod session;
@@ -106,6 +107,16 @@ impl ClientInfo {
     }
 }
 
+/// What a handshake that ended in `Welcome` agreed and learned.
+struct Handshaken<T> {
+    agreed: Agreed,
+    who: ClientInfo,
+    /// The user, logged into its vhost.
+    principal: Principal,
+    /// What the server's admission gave (the connection's registration).
+    admitted: T,
+}
+
 /// Why the handshake did not end in `Welcome`.
 #[derive(Debug)]
 struct HandshakeRefused {
@@ -185,12 +196,14 @@ impl std::fmt::Display for CloseReason {
     }
 }
 
-/// Serves one client until it leaves or the server shuts down.
+/// Serves one client until it leaves or the server shuts down. `handshaking` is the socket's
+/// place among those in their handshake, given back once the handshake ended.
 pub async fn serve(
     broker: Arc<Broker>,
     stream: TcpStream,
     shutdown: watch::Receiver<bool>,
     registry: Arc<ConnectionRegistry>,
+    handshaking: tokio::sync::OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
     let conn_id = broker.next_conn_id();
@@ -203,19 +216,42 @@ pub async fn serve(
     let peer_ip = peer_addr.map_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), |a| {
         a.ip()
     });
-    let (agreed, who, principal) = match tokio::time::timeout(
+    let (control_tx, control_rx) = mpsc::channel(registry::CONTROL_CAPACITY);
+    // Listed (and counted for its user) once its credentials are good, before `Welcome`: a
+    // user at its connection limit gets `Close` instead.
+    let admit = |who: &ClientInfo| {
+        registry
+            .register(
+                conn_id,
+                peer_addr,
+                who.user.clone(),
+                who.identity.clone(),
+                control_tx,
+            )
+            .map_err(|refused| {
+                log_user_limit(&refused);
+                refused.to_string()
+            })
+    };
+    let handshake = tokio::time::timeout(
         timeout,
-        handshake(&broker, conn_id, peer_ip, &mut rd, &mut wr, &mut buf),
+        handshake(&broker, conn_id, peer_ip, &mut rd, &mut wr, &mut buf, admit),
     )
-    .await
-    {
+    .await;
+    drop(handshaking);
+    let Handshaken {
+        agreed,
+        who,
+        principal,
+        admitted: registration,
+    } = match handshake {
         Ok(Ok(done)) => done,
         Ok(Err(refused)) => {
             log_refusal(conn_id, &peer, &refused);
             return;
         }
         Err(_) => {
-            tracing::info!(conn = conn_id, peer, "handshake timed out");
+            log_handshake_timeout(conn_id, &peer, timeout);
             return;
         }
     };
@@ -227,14 +263,6 @@ pub async fn serve(
         client = who.client,
         connection_name = who.connection_name,
         "connection opened"
-    );
-    let (control_tx, control_rx) = mpsc::channel(registry::CONTROL_CAPACITY);
-    let registration = registry.register(
-        conn_id,
-        peer_addr,
-        who.user.clone(),
-        who.identity.clone(),
-        control_tx,
     );
     let entry = registration.entry();
 
@@ -301,10 +329,41 @@ pub async fn serve(
     );
 }
 
+/// A socket that did not finish its handshake in time: one line each, rate-limited, since a
+/// flood of silent sockets would otherwise flood the log.
+fn log_handshake_timeout(conn_id: u64, peer: &str, timeout: Duration) {
+    static LOG: crate::limits::LogGate = crate::limits::LogGate::new();
+    if let Some(also_timed_out_since_last_line) = LOG.open() {
+        tracing::info!(
+            conn = conn_id,
+            peer,
+            handshake_timeout_ms = timeout.as_millis() as u64,
+            also_timed_out_since_last_line,
+            "handshake timed out; socket closed"
+        );
+    }
+}
+
+/// A user at `max_connections_per_user`, rate-limited: its client may retry in a loop.
+fn log_user_limit(refused: &registry::UserLimitReached) {
+    static LOG: crate::limits::LogGate = crate::limits::LogGate::new();
+    if let Some(also_refused_since_last_line) = LOG.open() {
+        tracing::warn!(
+            user = refused.user,
+            max_connections_per_user = refused.max,
+            also_refused_since_last_line,
+            "connection refused: the user is at its connection limit"
+        );
+    }
+}
+
 /// One line per refused handshake, unless already logged; a refused login is a warning,
 /// since it may be someone guessing.
 fn log_refusal(conn_id: u64, peer: &str, refused: &HandshakeRefused) {
-    if refused.logged {
+    // A user at its connection limit is logged once a second by `log_user_limit`, and wrong
+    // passwords are summarised per source address by the login throttle: a client retrying
+    // in a loop must not write a line per attempt.
+    if refused.logged || refused.code == Some(ErrorCode::ConnectionLimit) {
         return;
     }
     let user = refused.client.as_ref().map_or("", |c| c.user.as_str());
@@ -326,15 +385,18 @@ fn log_refusal(conn_id: u64, peer: &str, refused: &HandshakeRefused) {
     }
 }
 
-/// Runs the server side of §5.2; on refusal sends `Close` and returns the reason.
-async fn handshake(
+/// Runs the server side of §5.2; on refusal sends `Close` and returns the reason. Once the
+/// credentials are good, `admit` decides whether the client gets in (what it returns comes
+/// back with the result) or gets `Close(CONNECTION_LIMIT)` with its reason.
+async fn handshake<T>(
     broker: &Broker,
     conn_id: u64,
     peer_ip: std::net::IpAddr,
     rd: &mut OwnedReadHalf,
     wr: &mut OwnedWriteHalf,
     buf: &mut BytesMut,
-) -> Result<(Agreed, ClientInfo, Principal), HandshakeRefused> {
+    admit: impl FnOnce(&ClientInfo) -> Result<T, String>,
+) -> Result<Handshaken<T>, HandshakeRefused> {
     let decoder = FrameDecoder::new(HANDSHAKE_MAX_FRAME_LEN);
     let raw = loop {
         match decoder.decode_raw(buf) {
@@ -420,6 +482,12 @@ async fn handshake(
             return Err(refusal);
         }
     };
+    let admitted = match admit(&who) {
+        Ok(admitted) => admitted,
+        Err(reason) => {
+            return Err(refuse(wr, ErrorCode::ConnectionLimit, &reason, Some(who)).await);
+        }
+    };
     let cfg = &broker.config;
     let heartbeat_ms = if cfg.heartbeat_ms == 0 {
         0
@@ -461,7 +529,12 @@ async fn handshake(
         max_frame_len,
         max_message_len,
     };
-    Ok((agreed, who, principal))
+    Ok(Handshaken {
+        agreed,
+        who,
+        principal,
+        admitted,
+    })
 }
 
 /// Sends `Close` with `code` and returns what the log says about it.
@@ -501,13 +574,11 @@ pub(crate) struct Refusal {
 }
 
 impl Refusal {
-    /// `Close` with `CONNECTION_LIMIT`, naming the limit.
-    pub(crate) fn connection_limit(max_connections: usize) -> Self {
+    /// `Close` with `CONNECTION_LIMIT`, naming the limit `which` (at most `max`).
+    pub(crate) fn connection_limit(which: limits::AdmissionLimit, max: usize) -> Self {
         let close = Close {
             code: Some(ErrorCode::ConnectionLimit),
-            reason: format!(
-                "the server is at its limit of {max_connections} connections; try again later"
-            ),
+            reason: limits::admission_refusal(which, max),
         };
         let mut out = BytesMut::new();
         Frame::<Reply>::new(RequestId(0), close)

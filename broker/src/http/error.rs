@@ -35,7 +35,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         // Refusals of a debugging publish (`POST /api/exchanges/NAME/publish`).
         ErrorCode::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::Unroutable => StatusCode::UNPROCESSABLE_ENTITY,
-        ErrorCode::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::QueueFull | ErrorCode::LimitExceeded => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -9,7 +9,8 @@
 //! - `error.rs`: [`RequestError`](crate::error::RequestError) codes as HTTP statuses, and the
 //!   JSON body extractor whose failures are answered in the same shape.
 //! - one file per resource: `overview.rs`, `queues.rs`, `exchanges.rs`, `bindings.rs`,
-//!   `consumers.rs`, `connections.rs` (list, close, cancel a consumer), `publish.rs` (publish
+//!   `consumers.rs`, `connections.rs` (list, close, cancel a consumer), `limits.rs` (every
+//!   configured limit and its current use), `publish.rs` (publish
 //!   and get for debugging), `messages.rs` (browsing a queue), `moves.rs` (moving messages
 //!   between queues), `definitions.rs` (export and import the topology), `users.rs`,
 //!   `vhosts.rs` and `permissions.rs` (the users file; `/api/whoami`), `health.rs` for
@@ -33,6 +34,7 @@ mod error;
 mod exchanges;
 mod health;
 mod history;
+mod limits;
 mod listener;
 mod messages;
 mod metrics;
@@ -54,6 +56,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::broker::Broker;
+use crate::connection::limits::Admission;
 use crate::connection::ConnectionRegistry;
 use crate::metrics::Exporter;
 use history::History;
@@ -64,6 +67,7 @@ pub use listener::MAX_HTTP_CONNECTIONS;
 pub struct Api {
     broker: Arc<Broker>,
     connections: Arc<ConnectionRegistry>,
+    admission: Arc<Admission>,
     started: Instant,
     stopping: watch::Receiver<bool>,
     exporter: Arc<Exporter>,
@@ -72,10 +76,12 @@ pub struct Api {
 
 impl Api {
     /// The API of `broker`, served by a server that lists its connections in `connections`,
-    /// started at `started` and says it is stopping through `stopping`.
+    /// counts what it admits in `admission`, started at `started` and says it is stopping
+    /// through `stopping`.
     pub(crate) fn new(
         broker: Arc<Broker>,
         connections: Arc<ConnectionRegistry>,
+        admission: Arc<Admission>,
         started: Instant,
         stopping: watch::Receiver<bool>,
     ) -> Self {
@@ -83,6 +89,7 @@ impl Api {
         Self {
             broker,
             connections,
+            admission,
             started,
             stopping,
             exporter,
@@ -126,6 +133,7 @@ fn router(api: Api) -> Router {
     let protected = Router::new()
         .route("/api/overview", get(overview::show))
         .route("/api/overview/history", get(history::broker))
+        .route("/api/limits", get(limits::show))
         .route("/api/queues", get(queues::list))
         .route(
             "/api/queues/{name}",

@@ -9,7 +9,7 @@
 //! - `table`: [`RoutingTable`], the indexes routing reads on the hot path.
 //! - `topic`: topic patterns (`*`, `#`), a trie for many bindings and [`topic_matches`] for one.
 //! - `headers`: the `x-match` rules of headers exchanges, matched by merging sorted lists,
-//!   and the limits on header tables ([`MAX_HEADER_ENTRIES`], [`MAX_HEADERS_LEN`]).
+//!   and the limits on header tables ([`HeaderLimits`]).
 //!
 //! # Matching rules (as RabbitMQ)
 //! - direct: the binding key equals the routing key.
@@ -32,10 +32,7 @@ mod table;
 mod topic;
 
 pub use exchange::{Binding, Definitions, Exchange, ExchangeKind};
-pub use headers::{
-    check_header_count, check_header_limits, check_headers_len, HeaderLimitError, MAX_HEADERS_LEN,
-    MAX_HEADER_ENTRIES,
-};
+pub use headers::{HeaderLimitError, HeaderLimits, MAX_HEADERS_LEN, MAX_HEADER_ENTRIES};
 pub use table::{QueueName, RouteResult, RoutingTable, UnbindOutcome};
 pub use topic::{topic_matches, MAX_TOPIC_HASH_GROUPS};
 

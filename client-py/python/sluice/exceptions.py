@@ -20,7 +20,8 @@ protocol name as ``error.code_name``.
     │   ├── ResourceLocked          204
     │   ├── NotAllowed              205
     │   ├── UnknownDeliveryTag      206
-    │   └── InvalidArgument         207 (also a ValueError)
+    │   ├── InvalidArgument         207 (also a ValueError)
+    │   └── LimitExceeded           208: a configured limit (the message names it)
     ├── PublishRejected             3xx: the broker refused one published message
     │   ├── Unroutable              302: a mandatory message matched no queue
     │   └── ResourceLimit           a limit was hit (itself for 304: the broker's memory limit)
@@ -45,6 +46,7 @@ __all__ = [
     "ConsumerCancelled",
     "InvalidArgument",
     "InvalidUrl",
+    "LimitExceeded",
     "MessageTooLarge",
     "NotAllowed",
     "NotFound",
@@ -79,6 +81,7 @@ CODE_NAMES: dict[int, str] = {
     205: "NOT_ALLOWED",
     206: "UNKNOWN_DELIVERY_TAG",
     207: "INVALID_ARGUMENT",
+    208: "LIMIT_EXCEEDED",
     300: "MESSAGE_TOO_LARGE",
     301: "STORAGE_FULL",
     302: "UNROUTABLE",
@@ -161,6 +164,11 @@ class UnknownDeliveryTag(ChannelError):
 
 class InvalidArgument(ChannelError, ValueError):
     """A value out of range: a name too long, a bad ``x-match``, a field too long to encode."""
+
+
+class LimitExceeded(ChannelError):
+    """A configured limit would be exceeded (``LIMIT_EXCEEDED``): consumers per connection,
+    bindings per exchange, ...; the message names the limit."""
 
 
 class PublishRejected(SluiceError):
