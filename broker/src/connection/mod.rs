@@ -371,7 +371,19 @@ fn log_refusal(conn_id: u64, peer: &str, refused: &HandshakeRefused) {
     let code = refused.code.map_or("", |c| c.name());
     let reason = refused.reason.as_str();
     if refused.code == Some(ErrorCode::AccessRefused) {
-        tracing::warn!(conn = conn_id, peer, user, client, reason, "login refused");
+        // A bad vhost needs no password: a client could repeat it as often as it likes.
+        static LOG: crate::limits::LogGate = crate::limits::LogGate::new();
+        if let Some(also_refused_since_last_line) = LOG.open() {
+            tracing::warn!(
+                conn = conn_id,
+                peer,
+                user,
+                client,
+                reason,
+                also_refused_since_last_line,
+                "login refused"
+            );
+        }
     } else {
         tracing::info!(
             conn = conn_id,
