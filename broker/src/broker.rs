@@ -19,6 +19,7 @@ use sluice_client::wire::{
     QueueArguments, Reader, MAX_NAME_LEN,
 };
 
+use crate::auth::AccessStore;
 use crate::config::ServerConfig;
 use crate::definitions::{self, BindingDef, ChangeKind, ExchangeDef, QueueDef, Topology};
 use crate::error::RequestError;
@@ -51,6 +52,8 @@ pub struct Registry {
 pub struct Broker {
     /// Its settings.
     pub config: ServerConfig,
+    /// Users, vhosts and permissions (the users file), and logins against them.
+    pub access: Arc<AccessStore>,
     /// The published snapshot; replaced whole, never changed in place.
     registry: RwLock<Arc<Registry>>,
     /// Serializes topology changes and remembers what `definitions.bin` holds.
@@ -95,6 +98,9 @@ pub enum StartError {
     /// The saved topology does not fit together.
     #[error("topology: {0}")]
     Routing(#[from] crate::routing::RoutingError),
+    /// The users file cannot be read, created or used.
+    #[error("{0}")]
+    Users(#[from] crate::auth::UsersFileError),
 }
 
 impl Broker {
@@ -119,8 +125,13 @@ impl Broker {
         )?;
         let topology = definitions::load(&config.data_dir)?;
         definitions::keep_reserve(&config.data_dir, 0);
+        let access = Arc::new(AccessStore::open(
+            &config.users_file_path(),
+            config.loopback_users.clone(),
+        )?);
         let broker = Arc::new(Self {
             config,
+            access,
             registry: RwLock::new(Arc::new(Registry {
                 routing: RoutingTable::new(),
                 queues: HashMap::new(),

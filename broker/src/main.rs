@@ -5,11 +5,11 @@ use std::process::ExitCode;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use sluice_broker::broker::Broker;
+use sluice_broker::broker::{self, Broker};
 use sluice_broker::cli::{self, AdminCommand, Target};
 use sluice_broker::config::{ServeArgs, ServerConfig};
 use sluice_broker::limits;
-use sluice_broker::server::{BindError, Server, StartError};
+use sluice_broker::server::{self, BindError, Server};
 use sluice_broker::tls::ServerTls;
 
 /// Sluice: a persistent message broker.
@@ -72,6 +72,11 @@ fn main() -> ExitCode {
         Command::Admin(command) => {
             // Commands print their results; the client's logs are for trouble only.
             init_logging("warn", cli.log_format);
+            if matches.value_source("url") == Some(ValueSource::CommandLine) {
+                if let Some(refusal) = cli::refuse_password_in_url_flag(&cli.target.url) {
+                    return fail(&refusal);
+                }
+            }
             cli::run(command, cli.target)
         }
     }
@@ -122,6 +127,10 @@ fn init_logging(default: &str, format: LogFormat) {
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let config = ServerConfig::resolve(args)?;
+    if std::env::var_os("SLUICE_USERS").is_some() {
+        // Its plain passwords would otherwise seem to work and silently not.
+        tracing::warn!("SLUICE_USERS is no longer read: users and their hashed passwords live in the users file (sluice user add; docs/security.md)");
+    }
     // Unusable TLS files fail the start now, not after a recovery that may take long; the
     // server loads them again when it binds.
     if let Some(tls) = &config.tls {
@@ -142,11 +151,13 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let data_dir = config.data_dir.clone();
-        let broker = Broker::open(config).map_err(|e| {
-            anyhow::anyhow!("cannot open the data directory {}: {e}", data_dir.display())
+        let broker = Broker::open(config).map_err(|e| match e {
+            // Names its own file, which need not be in the data directory.
+            broker::StartError::Users(e) => anyhow::anyhow!("{e}"),
+            e => anyhow::anyhow!("cannot open the data directory {}: {e}", data_dir.display()),
         })?;
         let server = Server::bind(broker).await.map_err(|e| match e {
-            StartError::Bind(e) => anyhow::anyhow!(listen_error(&e)),
+            server::StartError::Bind(e) => anyhow::anyhow!(listen_error(&e)),
             e => anyhow::Error::new(e),
         })?;
         let addr = server.local_addr()?;

@@ -49,6 +49,9 @@ pub struct Server {
     /// The HTTP admin API's listener, unless it is off.
     http: Option<TcpListener>,
     max_connections: usize,
+    /// SIGHUP, installed at bind time: a signal sent as soon as the broker says it is ready
+    /// must reload the users file, not end the process (SIGHUP's default).
+    hangup: Signal,
 }
 
 /// The TLS port: its listener, the certificate (shared with the HTTP API), and the SIGHUP
@@ -69,8 +72,8 @@ pub enum StartError {
     /// The TLS files cannot be used.
     #[error(transparent)]
     Tls(#[from] TlsError),
-    /// SIGHUP (certificate reload) cannot be listened for.
-    #[error("cannot listen for SIGHUP to reload the TLS certificate: {0}")]
+    /// SIGHUP (reloads of the users file and the TLS certificate) cannot be listened for.
+    #[error("cannot listen for SIGHUP, which reloads the users file and the TLS certificate: {0}")]
     Signal(std::io::Error),
 }
 
@@ -128,12 +131,14 @@ impl Server {
             // More would make the semaphore panic; no process has that many descriptors.
             .min(Semaphore::MAX_PERMITS);
         tracing::info!(max_connections, "connection limit");
+        let hangup = signal(SignalKind::hangup()).map_err(StartError::Signal)?;
         Ok(Self {
             broker,
             listener,
             tls,
             http,
             max_connections,
+            hangup,
         })
     }
 
@@ -197,6 +202,11 @@ impl Server {
             }
             None => (None, None, None),
         };
+        let reloads = tokio::spawn(reload_users_on_sighup(
+            Arc::clone(&self.broker),
+            Arc::clone(&registry),
+            self.hangup,
+        ));
         let mut http = self.http.map(|listener| {
             let api = Api::new(
                 Arc::clone(&self.broker),
@@ -279,6 +289,7 @@ impl Server {
         if let Some(reload) = reload {
             reload.abort();
         }
+        reloads.abort();
         if let Some(memory) = memory {
             memory.abort();
         }
@@ -337,6 +348,36 @@ async fn serve_http(
     };
     if let Err(e) = http::serve(api, listener, tls, stopped).await {
         tracing::error!(error = %e, "the HTTP admin API stopped");
+    }
+}
+
+/// Reloads the users file at every SIGHUP, logging what it holds now; a file that does not
+/// load keeps the users as they were, and says why. Connections of users no longer in the
+/// file are closed.
+async fn reload_users_on_sighup(
+    broker: Arc<Broker>,
+    registry: Arc<ConnectionRegistry>,
+    mut hangup: Signal,
+) {
+    while hangup.recv().await.is_some() {
+        let path = broker.access.path().display().to_string();
+        let reloaded = match broker.access.reload() {
+            Ok(reloaded) => reloaded,
+            Err(e) => {
+                tracing::error!(path, error = %e,
+                    "SIGHUP: users file not reloaded; the previous users, vhosts and permissions stay");
+                continue;
+            }
+        };
+        tracing::info!(path, users = reloaded.users, vhosts = reloaded.vhosts,
+            removed_users = ?reloaded.removed_users, "SIGHUP: users file reloaded");
+        for user in &reloaded.removed_users {
+            let reason = format!("user '{user}' was removed from the users file");
+            let closed = registry.close_user(user, &reason).await;
+            if closed > 0 {
+                tracing::info!(user, closed, "connections of a removed user closed");
+            }
+        }
     }
 }
 

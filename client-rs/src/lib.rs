@@ -9,7 +9,8 @@
 //! # Layout
 //! - [`wire`]: the sans-I/O codec for the wire protocol (`protocol.md`). The broker reuses
 //!   these types, so there is exactly one definition of every frame.
-//! - `url`: [`ConnectUrl`], `sluice://user:password@host:port/?options` (`sluices://` for TLS).
+//! - `url`: [`ConnectUrl`], `sluice://user:password@host:port/vhost?options` (`sluices://` for
+//!   TLS).
 //! - `tls`: TLS for `sluices://` (rustls), and its typed [`TlsError`].
 //! - `error`: [`Error`], [`CloseReason`], and the mapping from protocol error codes.
 //! - `options`: [`QueueOptions`], [`ExchangeOptions`], [`ConsumeOptions`],

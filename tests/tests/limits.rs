@@ -11,7 +11,7 @@ use sluice_client::{
     Client, ConsumeOptions, ExchangeKind, ExchangeOptions, OutgoingMessage, PublishOptions,
     QueueOptions,
 };
-use sluice_tests::broker::{within, BrokerProcess};
+use sluice_tests::broker::{users_file_command, within, BrokerProcess};
 use sluice_tests::http::HttpClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -26,6 +26,21 @@ impl Broker {
     fn start(flags: &[&str]) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let process = BrokerProcess::start(&dir.path().join("data"), flags);
+        Broker { process, dir }
+    }
+
+    /// Starts with the user `app` (password `pw`, every permission on `/`) beside guest.
+    fn start_with_app(flags: &[&str]) -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        users_file_command(&data, &["user", "add", "app"], Some("pw"));
+        let everything = ["--configure", ".*", "--write", ".*", "--read", ".*"];
+        users_file_command(
+            &data,
+            &[&["permissions", "set", "app"], &everything[..]].concat(),
+            None,
+        );
+        let process = BrokerProcess::start(&data, flags);
         Broker { process, dir }
     }
 
@@ -117,12 +132,7 @@ fn rejection(e: &sluice_client::Error) -> (ErrorCode, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_past_its_connection_limit_is_closed_after_login_and_other_users_get_in() {
-    let broker = Broker::start(&[
-        "--users",
-        "guest:guest,app:pw",
-        "--max-connections-per-user",
-        "2",
-    ]);
+    let broker = Broker::start_with_app(&["--max-connections-per-user", "2"]);
     let app_url = broker.url_of("app", "pw");
     let first = within("app 1", Client::connect(&app_url)).await.unwrap();
     let _second = within("app 2", Client::connect(&app_url)).await.unwrap();

@@ -205,13 +205,14 @@ async fn a_sluices_client_publishes_and_consumes_over_tls_beside_the_plain_port(
     round_trip(&tls, "over-tls").await;
     let plain = connect(&broker.process.url()).await.expect("plain");
     round_trip(&plain, "over-plain").await;
-    // The admin commands take the same URL.
+    // The admin commands take the same URL (from SLUICE_URL: it holds a password).
     let tls_url = broker.url(&ca, "ca.pem", "");
     let listing = within(
         "sluice queues over TLS",
         tokio::task::spawn_blocking(move || {
             sluice_command()
-                .args(["--url", &tls_url, "--json", "queues"])
+                .env("SLUICE_URL", &tls_url)
+                .args(["--json", "queues"])
                 .output()
                 .expect("run sluice queues")
         }),

@@ -30,8 +30,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use sluice_client::wire::{
-    Close, DecodeError, ErrorCode, Frame, FrameDecoder, Hello, Opcode, Reply, Request, RequestId,
-    Welcome, FRAME_OVERHEAD_RESERVE, HANDSHAKE_MAX_FRAME_LEN, MIN_MAX_FRAME_LEN, PROTOCOL_VERSION,
+    Close, DecodeError, ErrorCode, Frame, FrameDecoder, HeaderValue, Hello, Opcode, Reply, Request,
+    RequestId, Welcome, FRAME_OVERHEAD_RESERVE, HANDSHAKE_MAX_FRAME_LEN, MIN_MAX_FRAME_LEN,
+    PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -39,6 +40,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio::time::Instant as Deadline;
 use tokio_rustls::TlsAcceptor;
 
+use crate::auth::{LoginRefused, Principal, VhostName};
 use crate::broker::Broker;
 use crate::queue::Outbox;
 use output::{Output, WRITER_CHUNKS};
@@ -110,6 +112,16 @@ impl ClientInfo {
     }
 }
 
+/// What a handshake that ended in `Welcome` agreed and learned.
+struct Handshaken<T> {
+    agreed: Agreed,
+    who: ClientInfo,
+    /// The user, logged into its vhost.
+    principal: Principal,
+    /// What the server's admission gave (the connection's registration).
+    admitted: T,
+}
+
 /// Why the handshake did not end in `Welcome`.
 #[derive(Debug)]
 struct HandshakeRefused {
@@ -119,6 +131,9 @@ struct HandshakeRefused {
     reason: String,
     /// The client, if its `Hello` was read.
     client: Option<ClientInfo>,
+    /// Already logged elsewhere: wrong passwords are summarised per source address by the
+    /// login throttle, so a guessing client does not write a line per guess.
+    logged: bool,
 }
 
 impl HandshakeRefused {
@@ -127,7 +142,17 @@ impl HandshakeRefused {
             code: None,
             reason: reason.into(),
             client: None,
+            logged: false,
         }
+    }
+}
+
+/// The vhost a `Hello` asks for: its `vhost` client property (a string), `/` without one.
+fn requested_vhost(hello: &Hello) -> Result<VhostName, String> {
+    match hello.client_properties.iter().find(|(k, _)| k == "vhost") {
+        None => Ok(VhostName::default_vhost()),
+        Some((_, HeaderValue::Str(name))) => VhostName::new(name).map_err(|e| e.to_string()),
+        Some(_) => Err("the client property vhost must be a string".into()),
     }
 }
 
@@ -273,6 +298,10 @@ async fn serve_halves<R, W>(
     } = admission;
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let timeout = broker.config.handshake_timeout;
+    // A peer whose address is unknown is not on loopback.
+    let peer_ip = peer_addr.map_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), |a| {
+        a.ip()
+    });
     let (control_tx, control_rx) = mpsc::channel(registry::CONTROL_CAPACITY);
     // Listed (and counted for its user) once its credentials are good, before `Welcome`: a
     // user at its connection limit gets `Close` instead.
@@ -292,11 +321,16 @@ async fn serve_halves<R, W>(
     };
     let handshake = tokio::time::timeout_at(
         deadline,
-        handshake(&broker, conn_id, &mut rd, &mut wr, &mut buf, admit),
+        handshake(&broker, conn_id, peer_ip, &mut rd, &mut wr, &mut buf, admit),
     )
     .await;
     drop(handshaking);
-    let (agreed, who, registration) = match handshake {
+    let Handshaken {
+        agreed,
+        who,
+        principal,
+        admitted: registration,
+    } = match handshake {
         Ok(Ok(done)) => done,
         Ok(Err(refused)) => {
             log_refusal(conn_id, &peer, &refused);
@@ -311,6 +345,7 @@ async fn serve_halves<R, W>(
         conn = conn_id,
         peer,
         user = who.user,
+        vhost = %principal.vhost,
         client = who.client,
         connection_name = who.connection_name,
         "connection opened"
@@ -350,6 +385,7 @@ async fn serve_halves<R, W>(
         Arc::clone(&registry),
         peer.clone(),
         agreed,
+        principal,
         output,
         last_recv,
         started,
@@ -407,12 +443,13 @@ fn log_user_limit(refused: &registry::UserLimitReached) {
     }
 }
 
-/// One line per refused handshake; a wrong user or password is a warning, since it may be
-/// someone guessing.
+/// One line per refused handshake, unless already logged; a refused login is a warning,
+/// since it may be someone guessing.
 fn log_refusal(conn_id: u64, peer: &str, refused: &HandshakeRefused) {
-    if refused.code == Some(ErrorCode::ConnectionLimit) {
-        // A user at its connection limit, logged once a second by `log_user_limit`: a
-        // client retrying in a loop must not write a line per attempt.
+    // A user at its connection limit is logged once a second by `log_user_limit`, and wrong
+    // passwords are summarised per source address by the login throttle: a client retrying
+    // in a loop must not write a line per attempt.
+    if refused.logged || refused.code == Some(ErrorCode::ConnectionLimit) {
         return;
     }
     let user = refused.client.as_ref().map_or("", |c| c.user.as_str());
@@ -420,7 +457,19 @@ fn log_refusal(conn_id: u64, peer: &str, refused: &HandshakeRefused) {
     let code = refused.code.map_or("", |c| c.name());
     let reason = refused.reason.as_str();
     if refused.code == Some(ErrorCode::AccessRefused) {
-        tracing::warn!(conn = conn_id, peer, user, client, reason, "login failed");
+        // A bad vhost needs no password: a client could repeat it as often as it likes.
+        static LOG: crate::limits::LogGate = crate::limits::LogGate::new();
+        if let Some(also_refused_since_last_line) = LOG.open() {
+            tracing::warn!(
+                conn = conn_id,
+                peer,
+                user,
+                client,
+                reason,
+                also_refused_since_last_line,
+                "login refused"
+            );
+        }
     } else {
         tracing::info!(
             conn = conn_id,
@@ -440,11 +489,12 @@ fn log_refusal(conn_id: u64, peer: &str, refused: &HandshakeRefused) {
 async fn handshake<R, W, T>(
     broker: &Broker,
     conn_id: u64,
+    peer_ip: std::net::IpAddr,
     rd: &mut R,
     wr: &mut W,
     buf: &mut BytesMut,
     admit: impl FnOnce(&ClientInfo) -> Result<T, String>,
-) -> Result<(Agreed, ClientInfo, T), HandshakeRefused>
+) -> Result<Handshaken<T>, HandshakeRefused>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -508,18 +558,32 @@ where
         let reason = format!("server speaks versions {MIN_VERSION}..{PROTOCOL_VERSION}");
         return Err(refuse(wr, ErrorCode::UnsupportedVersion, &reason, Some(who)).await);
     }
-    if !broker
-        .config
-        .is_known_user(&hello.username, &hello.password)
+    let vhost = match requested_vhost(&hello) {
+        Ok(vhost) => vhost,
+        // Close carries connection codes only: a vhost that cannot be named is no access.
+        Err(why) => return Err(refuse(wr, ErrorCode::AccessRefused, &why, Some(who)).await),
+    };
+    let principal = match broker
+        .access
+        .login(&hello.username, &hello.password, &vhost, peer_ip)
+        .await
     {
-        return Err(refuse(
-            wr,
-            ErrorCode::AccessRefused,
-            "unknown user or wrong password",
-            Some(who),
-        )
-        .await);
-    }
+        Ok(principal) => principal,
+        Err(refused) => {
+            let mut refusal = refuse(
+                wr,
+                ErrorCode::AccessRefused,
+                &refused.to_string(),
+                Some(who),
+            )
+            .await;
+            refusal.logged = matches!(
+                refused,
+                LoginRefused::BadCredentials | LoginRefused::Throttled { .. }
+            );
+            return Err(refusal);
+        }
+    };
     let admitted = match admit(&who) {
         Ok(admitted) => admitted,
         Err(reason) => {
@@ -567,7 +631,12 @@ where
         max_frame_len,
         max_message_len,
     };
-    Ok((agreed, who, admitted))
+    Ok(Handshaken {
+        agreed,
+        who,
+        principal,
+        admitted,
+    })
 }
 
 /// Sends `Close` with `code` and returns what the log says about it.
@@ -593,6 +662,7 @@ async fn refuse<W: AsyncWrite + Unpin>(
         code: Some(code),
         reason: reason.into(),
         client,
+        logged: false,
     }
 }
 
@@ -714,4 +784,43 @@ async fn write_frames<W: AsyncWrite + Unpin>(
         outbox.remove(chunk.len());
     }
     let _ = wr.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello_with(properties: Vec<(String, HeaderValue)>) -> Hello {
+        Hello {
+            min_version: 2,
+            max_version: 2,
+            username: "u".into(),
+            password: "p".into(),
+            heartbeat_ms: 0,
+            max_frame_len: 0,
+            client_properties: properties,
+        }
+    }
+
+    #[test]
+    fn the_vhost_comes_from_the_vhost_client_property_and_defaults_to_slash() {
+        assert_eq!(
+            requested_vhost(&hello_with(vec![])),
+            Ok(VhostName::default_vhost())
+        );
+        let staging = vec![("vhost".to_owned(), HeaderValue::from("staging"))];
+        assert_eq!(
+            requested_vhost(&hello_with(staging)).unwrap().as_str(),
+            "staging"
+        );
+        let number = vec![("vhost".to_owned(), HeaderValue::Int(1))];
+        assert_eq!(
+            requested_vhost(&hello_with(number)),
+            Err("the client property vhost must be a string".to_owned())
+        );
+        let empty = vec![("vhost".to_owned(), HeaderValue::from(""))];
+        assert!(requested_vhost(&hello_with(empty))
+            .unwrap_err()
+            .contains("it is empty"));
+    }
 }

@@ -18,6 +18,7 @@ use super::output::Output;
 use super::{
     Agreed, CloseReason, ConnectionEntry, ConnectionRegistry, ConnectionStats, Control, ReadEvent,
 };
+use crate::auth::Principal;
 use crate::broker::Broker;
 use crate::error::RequestError;
 use crate::metrics::Metrics;
@@ -82,6 +83,8 @@ pub(super) struct Session {
     peer: String,
     events: mpsc::UnboundedReceiver<ConnEvent>,
     agreed: Agreed,
+    /// Who logged in, into which vhost, with which permissions (a snapshot of the login).
+    principal: Principal,
     output: Output,
     /// Frames read but not handled yet: a batch is handled only while the outbox has room,
     /// the rest waits here (at most one read's worth).
@@ -133,6 +136,7 @@ impl Session {
         registry: Arc<ConnectionRegistry>,
         peer: String,
         agreed: Agreed,
+        principal: Principal,
         output: Output,
         last_recv: Arc<AtomicU64>,
         started: Instant,
@@ -152,6 +156,7 @@ impl Session {
             peer,
             events,
             agreed,
+            principal,
             output,
             unread: VecDeque::new(),
             last_recv,
@@ -311,6 +316,8 @@ impl Session {
         tracing::warn!(
             conn = self.link.id,
             peer = self.peer,
+            user = self.principal.user,
+            vhost = %self.principal.vhost,
             owed_bytes = owed,
             stalled_ms = stalled.as_millis() as u64,
             "slow consumer: its socket stayed full; closing the connection"
@@ -332,6 +339,8 @@ impl Session {
                 tracing::info!(
                     conn = self.link.id,
                     peer = self.peer,
+                    user = self.principal.user,
+                    vhost = %self.principal.vhost,
                     reason,
                     "an operator closes the connection"
                 );

@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sluice_client::wire::{ErrorCode, ListConnections};
 
+use super::auth::Administrator;
 use super::error::{ApiError, JsonBody};
 use super::Api;
 use crate::admin;
@@ -30,9 +31,10 @@ pub struct CloseBody {
     reason: String,
 }
 
-/// `DELETE /api/connections/ID`: closes the connection; its client gets `Close` with
+/// `DELETE /api/connections/ID` (administrators only): closes the connection; its client gets `Close` with
 /// `CONNECTION_FORCED` and the reason, its unsettled deliveries return to their queues.
 pub async fn close(
+    _: Administrator,
     State(api): State<Api>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<CloseBody>,
@@ -43,9 +45,10 @@ pub async fn close(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `DELETE /api/connections/ID/consumers/TAG`: cancels the consumer; its client gets
+/// `DELETE /api/connections/ID/consumers/TAG` (administrators only): cancels the consumer; its client gets
 /// `ConsumerCancelled` with `CONSUMER_CANCELLED`, its unsettled deliveries return.
 pub async fn cancel_consumer(
+    _: Administrator,
     State(api): State<Api>,
     Path((id, tag)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
