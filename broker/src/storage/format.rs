@@ -14,8 +14,9 @@ pub const DATA_DIR_FORMAT: &str = "sluice-storage 1\n";
 
 /// The largest sequence number, and the largest segment number, any file may carry. Both
 /// count up from 1 and are never reused, so a real log never comes near (2^62); a larger one
-/// in a file whose CRC holds was written by something else, and is refused like any other
-/// damage: accepted, it would overflow the counters recovery derives from it.
+/// (or a record with seq 0) in a file whose CRC holds was written by something else, and is
+/// refused like any other damage: accepted, it would overflow the counters recovery derives
+/// from it.
 pub const MAX_SEQ: u64 = 1 << 62;
 /// See [`MAX_SEQ`].
 pub const MAX_SEGMENT_NO: u64 = 1 << 62;
@@ -220,7 +221,7 @@ impl RecordHeader {
             || kind.is_none()
             || b[9] & !1 != 0
             || meta_len as usize > rec_len as usize - RECORD_HEADER_LEN
-            || u64_at(b, 16) > MAX_SEQ
+            || !(1..=MAX_SEQ).contains(&u64_at(b, 16))
         {
             return Err(RecordError::BadHeader);
         }

@@ -394,9 +394,11 @@ pub(crate) fn open(
         if damage.len() > before {
             // Acks were lost, so any message of this segment may have been delivered already:
             // make sure it comes back flagged as a redelivery.
-            let last = s.header.base_seq + s.offsets.len() as u64;
-            let last_relocated = s.relocated.iter().map(|r| r.0 + 1).max().unwrap_or(0);
-            recovered.delivered_hwm = recovered.delivered_hwm.max(last.max(last_relocated) - 1);
+            let end = s.header.base_seq + s.offsets.len() as u64;
+            let end_relocated = s.relocated.iter().map(|r| r.0 + 1).max().unwrap_or(0);
+            // (An empty segment whose header says base seq 0 ends at 0: nothing to flag.)
+            let last = end.max(end_relocated).saturating_sub(1);
+            recovered.delivered_hwm = recovered.delivered_hwm.max(last);
         }
         max_seq_seen = max_seq_seen.max(batch.acks.iter().copied().max().unwrap_or(0));
         recovered.delivered_hwm = recovered.delivered_hwm.max(batch.delivered_hwm);

@@ -324,3 +324,43 @@ fn a_segment_claiming_seqs_near_the_end_of_u64_is_refused_not_a_panic() {
         Err(StorageError::SeqsExhausted { max: MAX_SEQ })
     ));
 }
+
+/// Found by the `recovery` fuzz target: an empty segment whose header says base seq 0, with a
+/// damaged ack log, made recovery compute the segment's last seq as 0 - 1.
+#[test]
+fn an_empty_segment_at_seq_0_with_a_damaged_ack_log_opens() {
+    let data = data_dir_with(&segment_bytes(0, &[]), None);
+    let ack_log = queue_dir(data.path(), UID).join(format!("{:020}.ack", 1));
+    std::fs::write(ack_log, [0xa5; 64]).unwrap();
+    {
+        let store = Store::open(data.path(), config(SEG)).unwrap();
+        let log = store.open_queue(UID).expect("the queue opens");
+        assert!(log.live_seqs().is_empty());
+        assert!(log
+            .recovery_report()
+            .damage
+            .iter()
+            .any(|d| matches!(d, Reported::AckLogTruncated { .. })));
+    }
+    recover_and_check(data.path(), UID);
+}
+
+/// Seqs start at 1: a record claiming seq 0 (CRC valid) is damage, not a message that
+/// `live_seqs` could never list while the counts included it.
+#[test]
+fn a_record_with_seq_0_is_not_kept() {
+    let record = GenRecord {
+        relocated: false,
+        seq_skew: 0,
+        meta: vec![],
+        body: vec![1],
+    };
+    let data = data_dir_with(&segment_bytes(0, &[record]), None);
+    {
+        let store = Store::open(data.path(), config(SEG)).unwrap();
+        let log = store.open_queue(UID).unwrap();
+        assert_eq!(log.message_count(), 0);
+        assert!(log.live_seqs().is_empty());
+    }
+    recover_and_check(data.path(), UID);
+}
