@@ -35,7 +35,11 @@ fn frames<B: FrameBody + PartialEq + Debug>(data: &[u8]) {
         let start = data.len() - buf.len();
         match decoder.decode::<B>(&mut buf) {
             Ok(None) => {
-                assert_eq!(data.len() - buf.len(), start, "an incomplete frame was consumed");
+                assert_eq!(
+                    data.len() - buf.len(),
+                    start,
+                    "an incomplete frame was consumed"
+                );
                 break;
             }
             Ok(Some(frame)) => {

@@ -26,7 +26,10 @@ pub fn check(data: &[u8]) {
     let in_meta = MetaView::parse(&meta);
 
     let Ok(headers) = read else {
-        assert!(in_meta.is_err(), "the meta block accepts a table read_headers refuses");
+        assert!(
+            in_meta.is_err(),
+            "the meta block accepts a table read_headers refuses"
+        );
         return;
     };
     let used = r.position();
@@ -39,7 +42,11 @@ pub fn check(data: &[u8]) {
     let mut again = BytesMut::new();
     put_headers(&mut again, &headers)
         .unwrap_or_else(|e| panic!("decoded table does not encode: {e}: {headers:?}"));
-    assert_eq!(&again[..], &data[..used], "re-encoding differs: {headers:?}");
+    assert_eq!(
+        &again[..],
+        &data[..used],
+        "re-encoding differs: {headers:?}"
+    );
     assert_eq!(headers_len(&headers), used);
 
     // In a meta block the table must be the last field and hold at least one entry.

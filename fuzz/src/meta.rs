@@ -19,7 +19,10 @@ pub fn check(data: &[u8]) {
         Ok(view) => view,
         Err(_) => {
             assert!(owned.is_err(), "MessageMeta accepts what MetaView refuses");
-            assert!(zero_copy.is_err(), "decode_exact accepts what MetaView refuses");
+            assert!(
+                zero_copy.is_err(),
+                "decode_exact accepts what MetaView refuses"
+            );
             return;
         }
     };

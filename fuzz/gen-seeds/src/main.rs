@@ -112,7 +112,10 @@ fn every_header_type() -> Vec<(String, HeaderValue)> {
         ("x-match".into(), "all".into()),
         ("n".into(), HeaderValue::Int(-1)),
         ("ok".into(), true.into()),
-        ("raw".into(), HeaderValue::Bytes(Bytes::from_static(b"\x00\xff"))),
+        (
+            "raw".into(),
+            HeaderValue::Bytes(Bytes::from_static(b"\x00\xff")),
+        ),
     ]
 }
 
@@ -203,7 +206,10 @@ fn case_of(data: &Path, uid: u64, clean_stop: bool, fix: bool) -> Case {
 
 /// Runs `scenario` on a fresh store and returns the queue directory as the disk holds it
 /// afterwards (while the store is still open: what a crash then leaves).
-fn scenario(config: StoreConfig, scenario: impl FnOnce(&Store, &mut QueueLog)) -> (tempfile::TempDir, u64) {
+fn scenario(
+    config: StoreConfig,
+    scenario: impl FnOnce(&Store, &mut QueueLog),
+) -> (tempfile::TempDir, u64) {
     let data = recovery::scratch_dir();
     let store = Store::open(data.path(), config).expect("store");
     let mut log = store.create_queue().expect("queue");
