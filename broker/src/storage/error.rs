@@ -46,6 +46,13 @@ pub enum StorageError {
         /// Configured maximum.
         max: usize,
     },
+    /// Every sequence number a record can carry ([`MAX_SEQ`](super::format::MAX_SEQ)) is used:
+    /// reachable only from files written by something else, never by 2^62 appends.
+    #[error("no sequence numbers left: {max} is the last a record can carry")]
+    SeqsExhausted {
+        /// The last sequence number allowed.
+        max: u64,
+    },
     /// The sequence number names no live message (never written, or already acknowledged).
     #[error("message {0} is not live: unknown or already acknowledged")]
     NotLive(u64),

@@ -12,6 +12,15 @@ pub const FORMAT_VERSION: u16 = 1;
 /// Contents of the `FORMAT` file at the top of a data directory.
 pub const DATA_DIR_FORMAT: &str = "sluice-storage 1\n";
 
+/// The largest sequence number, and the largest segment number, any file may carry. Both
+/// count up from 1 and are never reused, so a real log never comes near (2^62); a larger one
+/// (or a record with seq 0) in a file whose CRC holds was written by something else, and is
+/// refused like any other damage: accepted, it would overflow the counters recovery derives
+/// from it.
+pub const MAX_SEQ: u64 = 1 << 62;
+/// See [`MAX_SEQ`].
+pub const MAX_SEGMENT_NO: u64 = 1 << 62;
+
 /// Records start on 8-byte boundaries.
 pub const RECORD_ALIGN: usize = 8;
 
@@ -103,6 +112,9 @@ impl SegmentHeader {
         }
         if u16_at(b, 10) as usize != SEGMENT_HEADER_LEN {
             return Err("unexpected segment header length");
+        }
+        if u64_at(b, 24) > MAX_SEGMENT_NO || u64_at(b, 32) > MAX_SEQ {
+            return Err("segment or sequence number out of range");
         }
         Ok(Self {
             queue_uid: u64_at(b, 16),
@@ -209,6 +221,7 @@ impl RecordHeader {
             || kind.is_none()
             || b[9] & !1 != 0
             || meta_len as usize > rec_len as usize - RECORD_HEADER_LEN
+            || !(1..=MAX_SEQ).contains(&u64_at(b, 16))
         {
             return Err(RecordError::BadHeader);
         }
@@ -361,6 +374,14 @@ impl AckBatch {
         let count = u32_at(b, 12) as usize;
         let hwm = u64_at(b, 16);
         let entries = &b[ACK_BATCH_HEADER_LEN..len];
+        let stride = if kind == ACK_ENTRY_ACK { 8 } else { 12 };
+        if hwm > MAX_SEQ
+            || entries
+                .chunks(stride)
+                .any(|c| c.len() >= 8 && u64_at(c, 0) > MAX_SEQ)
+        {
+            return None;
+        }
         match kind {
             ACK_ENTRY_ACK if entries.len() == count * 8 => {
                 self.acks
@@ -445,6 +466,9 @@ impl ManifestRecord {
             return None;
         }
         let segment_no = u64_at(b, 16);
+        if segment_no > MAX_SEGMENT_NO || u64_at(b, 24) > MAX_SEQ {
+            return None;
+        }
         match b[8] {
             1 if b[9] <= 1 => Some(Self::Created {
                 segment_no,
@@ -497,6 +521,7 @@ impl Watermark {
             || crc(0, &[&b[0..36]]) != u32_at(b, 36)
             || u16_at(b, 8) != FORMAT_VERSION
             || u64_at(b, 12) != queue_uid
+            || u64_at(b, 20) > MAX_SEGMENT_NO
         {
             return None;
         }

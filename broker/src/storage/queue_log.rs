@@ -18,7 +18,7 @@ use super::fault::{self, Point};
 use super::files;
 use super::format::{
     align_up, AckBatch, LogHeader, ManifestRecord, RecordHeader, RecordKind, SegmentHeader,
-    Watermark, ACK_MAGIC, LOG_HEADER_LEN, MANIFEST_MAGIC, RECORD_HEADER_LEN,
+    Watermark, ACK_MAGIC, LOG_HEADER_LEN, MANIFEST_MAGIC, MAX_SEQ, RECORD_HEADER_LEN,
     SEGMENT_FLAG_AFTER_RESTART, SEGMENT_HEADER_LEN,
 };
 use super::mmap::{MapWriter, SegmentMap};
@@ -475,6 +475,10 @@ impl QueueLog {
     /// written and the seq was not consumed.
     pub fn append(&mut self, meta: &[u8], body: &[u8], timestamp_ms: u64) -> Result<Appended> {
         let seq = self.next_seq;
+        if seq > MAX_SEQ {
+            // A record with a larger seq would not be read back.
+            return Err(StorageError::SeqsExhausted { max: MAX_SEQ });
+        }
         let (no, offset, end) =
             self.append_record(RecordKind::Message, seq, timestamp_ms, meta, body)?;
         self.next_seq += 1;

@@ -22,8 +22,8 @@ use super::error::{Damage, Result, StorageError};
 use super::files;
 use super::format::{
     align_up, AckBatch, LogHeader, ManifestRecord, RecordHeader, RecordKind, SegmentHeader,
-    Watermark, ACK_MAGIC, LOG_HEADER_LEN, MANIFEST_MAGIC, MANIFEST_RECORD_LEN, RECORD_HEADER_LEN,
-    SEGMENT_FLAG_AFTER_RESTART, SEGMENT_HEADER_LEN,
+    Watermark, ACK_MAGIC, LOG_HEADER_LEN, MANIFEST_MAGIC, MANIFEST_RECORD_LEN, MAX_SEGMENT_NO,
+    RECORD_HEADER_LEN, SEGMENT_FLAG_AFTER_RESTART, SEGMENT_HEADER_LEN,
 };
 use super::mmap::SegmentMap;
 use super::queue_log::{
@@ -237,14 +237,14 @@ pub(crate) fn open(
                         s.sizes.push(h.rec_len - RECORD_HEADER_LEN as u32);
                         max_seq_seen = max_seq_seen.max(h.seq);
                         expected += 1;
-                        pos += align_up(h.rec_len as usize);
+                        pos = after_record(pos, h.rec_len, data.len());
                         s.end = pos;
                         continue;
                     }
                     Ok(h) if h.kind == RecordKind::Relocated && h.seq < header.base_seq => {
                         s.relocated
                             .push((h.seq, pos as u32, h.rec_len - RECORD_HEADER_LEN as u32));
-                        pos += align_up(h.rec_len as usize);
+                        pos = after_record(pos, h.rec_len, data.len());
                         s.end = pos;
                         continue;
                     }
@@ -394,9 +394,11 @@ pub(crate) fn open(
         if damage.len() > before {
             // Acks were lost, so any message of this segment may have been delivered already:
             // make sure it comes back flagged as a redelivery.
-            let last = s.header.base_seq + s.offsets.len() as u64;
-            let last_relocated = s.relocated.iter().map(|r| r.0 + 1).max().unwrap_or(0);
-            recovered.delivered_hwm = recovered.delivered_hwm.max(last.max(last_relocated) - 1);
+            let end = s.header.base_seq + s.offsets.len() as u64;
+            let end_relocated = s.relocated.iter().map(|r| r.0 + 1).max().unwrap_or(0);
+            // (An empty segment whose header says base seq 0 ends at 0: nothing to flag.)
+            let last = end.max(end_relocated).saturating_sub(1);
+            recovered.delivered_hwm = recovered.delivered_hwm.max(last);
         }
         max_seq_seen = max_seq_seen.max(batch.acks.iter().copied().max().unwrap_or(0));
         recovered.delivered_hwm = recovered.delivered_hwm.max(batch.delivered_hwm);
@@ -525,6 +527,13 @@ pub(crate) fn open(
         log.maybe_delete_recovered(no);
     }
     Ok(log)
+}
+
+/// Where the record at `pos` of `rec_len` bytes (validated, so inside the file) ends with its
+/// padding. A file cut at a length that is not a multiple of 8 can end inside the padding of
+/// a whole record: then the data ends at the file's end, and nothing follows.
+fn after_record(pos: usize, rec_len: u32, file_len: usize) -> usize {
+    (pos + align_up(rec_len as usize)).min(file_len)
 }
 
 /// True if segment `no`, whose records end before seq `expected`, stops short of its
@@ -768,6 +777,7 @@ fn list_files(dir: &Path) -> Result<(BTreeSet<u64>, BTreeSet<u64>)> {
             (stem.len() == 20)
                 .then(|| stem.parse::<u64>().ok())
                 .flatten()
+                .filter(|&no| no <= MAX_SEGMENT_NO)
         };
         if let Some(no) = name.strip_suffix(".seg").and_then(parse) {
             segs.insert(no);

@@ -48,6 +48,8 @@ mod messages;
 mod meta;
 mod moves;
 pub mod primitives;
+#[cfg(test)]
+mod proptests;
 mod publish;
 mod queue;
 #[cfg(test)]

@@ -5,6 +5,7 @@
 mod damage;
 mod descriptors;
 mod full_disk;
+mod fuzz_like;
 mod lifecycle;
 mod model;
 mod support;

@@ -1,0 +1,4 @@
+#![no_main]
+//! See docs/fuzzing.md and `sluice_fuzz::frame` for the input and the invariants checked.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sluice_fuzz::frame::check(data));
