@@ -26,7 +26,7 @@ use crate::flow::{Blocking, Cause, Flow};
 use crate::metrics::Metrics;
 use crate::moves::Moves;
 use crate::queue::{self, ConnId, QueueHandle, QueueMeta, QueueStats};
-use crate::routing::{Binding, Exchange, ExchangeKind, RoutingTable};
+use crate::routing::{namespace, Binding, Exchange, ExchangeKind, RoutingTable};
 use crate::storage::{DurabilityConfig, LogConfig, Store, StoreConfig};
 
 /// How often the free disk space is checked when little is published.
@@ -36,6 +36,18 @@ const DISK_CHECK_SLICES: u64 = 8;
 
 /// Names with this prefix belong to the server.
 pub const RESERVED_PREFIX: &str = "sluice.";
+
+/// A vhost's limits, checked where queues and exchanges are made and messages published
+/// (`None`: no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VhostLimits {
+    /// Most queues in the vhost.
+    pub max_queues: Option<u64>,
+    /// Most exchanges the vhost's users declared (the default and `amq.*` ones not counted).
+    pub max_exchanges: Option<u64>,
+    /// Most bytes of one message (meta block and body).
+    pub max_message_bytes: Option<u64>,
+}
 
 /// Queues and exchanges, read by every connection as an immutable snapshot.
 #[derive(Debug, Clone)]
@@ -65,6 +77,8 @@ pub struct Broker {
     moves: Arc<Moves>,
     /// Broker-wide metrics (the queues keep their own counters).
     metrics: Arc<Metrics>,
+    /// Each vhost's limits, by vhost name (a vhost not listed has none).
+    vhost_limits: RwLock<HashMap<String, VhostLimits>>,
     // Last: dropped after the queues' logs, which the queue tasks close first.
     store: Store,
 }
@@ -134,6 +148,7 @@ impl Broker {
             flow: Arc::default(),
             moves: Arc::default(),
             metrics,
+            vhost_limits: RwLock::default(),
             store,
         });
         broker.restore(topology)?;
@@ -372,6 +387,30 @@ impl Broker {
         *self.registry.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
     }
 
+    /// Gives a vhost its default and `amq.*` exchanges if it has none yet (they are made at
+    /// its first use, never stored).
+    pub fn open_vhost(&self, namespace: &namespace::Namespace) {
+        if self.read().routing.exchange(namespace.prefix()).is_some() {
+            return;
+        }
+        let mut change = self.begin_change();
+        if change.next.routing.ensure_namespace(namespace.prefix()) {
+            self.publish(change.next);
+        }
+    }
+
+    /// The limits of `vhost` (none for a vhost without a record).
+    pub fn vhost_limits(&self, vhost: &str) -> VhostLimits {
+        let limits = self.vhost_limits.read().unwrap_or_else(|e| e.into_inner());
+        limits.get(vhost).copied().unwrap_or_default()
+    }
+
+    /// Replaces every vhost's limits (at start, and when the users file is read again);
+    /// connections opened afterwards see them.
+    pub fn set_vhost_limits(&self, limits: HashMap<String, VhostLimits>) {
+        *self.vhost_limits.write().unwrap_or_else(|e| e.into_inner()) = limits;
+    }
+
     /// The queue `name`, if it exists and `conn` may use it.
     pub fn queue(&self, name: &str, conn: ConnId) -> Result<QueueHandle, RequestError> {
         let reg = self.read();
@@ -393,13 +432,19 @@ impl Broker {
     }
 
     /// Declares a queue (protocol.md §6.1).
+    ///
+    /// `req.name` is the internal name ([`crate::routing::namespace`]); a name empty in its
+    /// vhost's terms gets a generated one in that vhost. A new queue past the vhost's
+    /// `max_queues` is `LIMIT_EXCEEDED`.
     pub fn declare_queue(
         self: &Arc<Self>,
         conn: ConnId,
         req: DeclareQueue,
+        limits: &VhostLimits,
     ) -> Result<DeclareQueueOk, RequestError> {
+        let local_empty = namespace::split(&req.name).local.is_empty();
         if req.passive {
-            if req.name.is_empty() {
+            if local_empty {
                 return Err(RequestError::invalid(
                     "a passive declare needs a queue name",
                 ));
@@ -421,9 +466,16 @@ impl Broker {
             q.send(queue::QueueCmd::Touch);
             return Ok(declare_ok(q));
         }
-        let name = if req.name.is_empty() {
+        check_count(
+            "queues",
+            limits.max_queues,
+            &req.name,
+            change.next.queues.keys().map(|k| &**k),
+        )?;
+        let name = if local_empty {
             format!(
-                "sluice.gen-{}-{}",
+                "{}sluice.gen-{}-{}",
+                req.name,
                 conn,
                 self.next_generated.fetch_add(1, Ordering::Relaxed)
             )
@@ -481,10 +533,17 @@ impl Broker {
         self.commit(change, ChangeKind::Shrinks)
     }
 
-    /// Declares an exchange (protocol.md §7.1).
-    pub fn declare_exchange(&self, req: DeclareExchange) -> Result<(), RequestError> {
+    /// Declares an exchange (protocol.md §7.1), named by its internal name; its alternate
+    /// exchange is named in its vhost's terms. A new exchange past the vhost's
+    /// `max_exchanges` is `LIMIT_EXCEEDED`.
+    pub fn declare_exchange(
+        &self,
+        req: DeclareExchange,
+        limits: &VhostLimits,
+    ) -> Result<(), RequestError> {
+        let local = namespace::split(&req.name).local;
         if req.passive {
-            if req.name.is_empty() || self.read().routing.exchange(&req.name).is_some() {
+            if local.is_empty() || self.read().routing.exchange(&req.name).is_some() {
                 return Ok(());
             }
             return Err(RequestError::new(
@@ -492,7 +551,7 @@ impl Broker {
                 format!("no exchange '{}'", req.name),
             ));
         }
-        if req.name.starts_with(RESERVED_PREFIX) {
+        if local.starts_with(RESERVED_PREFIX) {
             return Err(RequestError::new(
                 ErrorCode::NotAllowed,
                 format!("exchange names starting with '{RESERVED_PREFIX}' are reserved"),
@@ -500,9 +559,21 @@ impl Broker {
         }
         validate_name("exchange", &req.name)?;
         if let Some(alternate) = &req.alternate_exchange {
+            namespace::check_local(alternate)?;
             validate_name("alternate exchange", alternate)?;
         }
         let mut change = self.begin_change();
+        if change.next.routing.exchange(&req.name).is_none() {
+            let exchanges = change.next.routing.exchanges();
+            let declared = exchanges
+                .iter()
+                .filter(|x| {
+                    let local = namespace::split(&x.name).local;
+                    !local.is_empty() && !local.starts_with("amq.")
+                })
+                .map(|x| x.name.as_str());
+            check_count("exchanges", limits.max_exchanges, &req.name, declared)?;
+        }
         let created = change.next.routing.declare_exchange(Exchange {
             name: req.name,
             kind: req.kind.into(),
@@ -759,7 +830,38 @@ fn first_argument_difference(
         .map(|(field, have, want)| ArgumentDifference { field, have, want })
 }
 
+/// `LIMIT_EXCEEDED` when the vhost of `name` already holds `max` of the `existing` names.
+fn check_count<'a>(
+    what: &str,
+    max: Option<u64>,
+    name: &str,
+    existing: impl Iterator<Item = &'a str>,
+) -> Result<(), RequestError> {
+    let Some(max) = max else { return Ok(()) };
+    let prefix = namespace::prefix_of(name);
+    let count = existing
+        .filter(|n| namespace::prefix_of(n) == prefix)
+        .count() as u64;
+    if count < max {
+        return Ok(());
+    }
+    let vhost = namespace::split(name).vhost;
+    tracing::warn!(
+        vhost,
+        limit = format!("max_{what}"),
+        max,
+        "vhost limit reached: declaration refused"
+    );
+    Err(RequestError::new(
+        ErrorCode::LimitExceeded,
+        format!("vhost '{vhost}' has reached its max_{what} limit of {max}"),
+    ))
+}
+
+/// Checks a name in its vhost's terms: length, reserved prefix, no `\0`.
 fn validate_name(what: &str, name: &str) -> Result<(), RequestError> {
+    let name = namespace::split(name).local;
+    namespace::check_local(name)?;
     if name.len() > MAX_NAME_LEN {
         return Err(RequestError::invalid(format!(
             "{what} name is {} bytes; the limit is {MAX_NAME_LEN}",
@@ -786,6 +888,7 @@ fn validate_arguments(a: &QueueArguments) -> Result<(), RequestError> {
         return Err(RequestError::invalid("ack_timeout_ms must be at least 1"));
     }
     if let Some(x) = &a.dead_letter_exchange {
+        namespace::check_local(x)?;
         validate_name("dead-letter exchange", x)?;
     }
     if a.dead_letter_routing_key

@@ -53,6 +53,9 @@ pub struct Definitions {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExchangeDefinition {
+    /// Its vhost; absent for `/` (or, on import, for the vhost the import names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost: Option<String>,
     /// Its name.
     pub name: String,
     /// How it routes.
@@ -105,6 +108,9 @@ impl From<KindName> for ExchangeKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueDefinition {
+    /// Its vhost; absent for `/` (or, on import, for the vhost the import names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost: Option<String>,
     /// Its name.
     pub name: String,
     /// Deleted when its last consumer goes.
@@ -189,6 +195,9 @@ impl From<&ArgumentsDefinition> for QueueArguments {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BindingDefinition {
+    /// Its vhost; absent for `/` (or, on import, for the vhost the import names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost: Option<String>,
     /// Source exchange.
     pub exchange: String,
     /// Destination queue.
@@ -282,6 +291,7 @@ impl Definitions {
             .into_iter()
             .filter(|q| exports_queue(q.name, q.durable, q.exclusive))
             .map(|q| QueueDefinition {
+                vhost: None,
                 name: q.name.to_owned(),
                 auto_delete: q.auto_delete,
                 arguments: ArgumentsDefinition::from(q.arguments),
@@ -292,6 +302,7 @@ impl Definitions {
             .iter()
             .filter(|x| x.durable && !is_builtin_exchange(&x.name))
             .map(|x| ExchangeDefinition {
+                vhost: None,
                 name: x.name.clone(),
                 kind: x.kind.into(),
                 auto_delete: x.auto_delete,
@@ -313,6 +324,7 @@ impl Definitions {
         let bindings = bindings
             .into_iter()
             .map(|b| BindingDefinition {
+                vhost: None,
                 exchange: b.exchange.clone(),
                 queue: b.queue.clone(),
                 routing_key: b.routing_key.clone(),

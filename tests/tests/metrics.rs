@@ -144,12 +144,16 @@ impl Scrape {
         Scrape { types, samples }
     }
 
-    /// The value of the sample `name` with exactly `labels`.
+    /// The value of the sample `name` with exactly `labels` (a queue's series in vhost `/`
+    /// unless `labels` name another).
     fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let wanted: BTreeMap<String, String> = labels
+        let mut wanted: BTreeMap<String, String> = labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        if wanted.contains_key("queue") {
+            wanted.entry("vhost".into()).or_insert_with(|| "/".into());
+        }
         self.samples
             .iter()
             .find(|s| s.name == name && s.labels == wanted)

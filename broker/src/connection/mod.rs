@@ -15,6 +15,7 @@
 //! until it ends; the three tasks count what they move in its entry, and operators reach its
 //! session through it ([`Control`]: close the connection, cancel a consumer).
 
+mod access;
 mod output;
 pub(crate) mod registry;
 mod session;
@@ -245,8 +246,18 @@ pub async fn serve(
         broker.config.slow_consumer_timeout,
     );
 
+    // Until logins carry a user's permissions, everyone works in `/` with all of them.
+    let principal = crate::auth::Principal {
+        user: who.user.clone(),
+        tags: [crate::auth::Tag::Administrator].into(),
+        vhost: crate::auth::VhostName::default_vhost(),
+        permissions: crate::auth::PermissionSet::full(),
+    };
+    let principal_vhost = principal.vhost.clone();
     let reason = session::Session::new(
         Arc::clone(&broker),
+        principal,
+        broker.vhost_limits(principal_vhost.as_str()),
         Arc::clone(entry),
         Arc::clone(&registry),
         peer.clone(),

@@ -201,6 +201,11 @@ impl ConnectionRegistry {
         }
     }
 
+    /// The user connection `id` logged in as; `NOT_FOUND` if there is no such connection.
+    pub fn user_of(&self, id: ConnId) -> Result<String, RequestError> {
+        self.entry(id).map(|e| e.user.clone())
+    }
+
     fn entry(&self, id: ConnId) -> Result<Arc<ConnectionEntry>, RequestError> {
         self.lock()
             .get(&id)

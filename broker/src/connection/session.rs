@@ -1,5 +1,6 @@
 //! The state of one connection and the handling of every request (protocol.md §5–§10).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,11 +14,13 @@ use sluice_client::wire::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::access::Access;
 use super::output::Output;
 use super::{
     Agreed, CloseReason, ConnectionEntry, ConnectionRegistry, ConnectionStats, Control, ReadEvent,
 };
-use crate::broker::Broker;
+use crate::auth::{Permission, Principal, ResourceKind, Tag};
+use crate::broker::{Broker, VhostLimits};
 use crate::error::RequestError;
 use crate::metrics::Metrics;
 use crate::publish::{route_message, PublishLimits};
@@ -79,6 +82,8 @@ enum Ending {
 
 pub(super) struct Session {
     broker: Arc<Broker>,
+    /// Who is logged in, in which vhost: every request passes through it.
+    access: Access,
     link: Arc<ConnLink>,
     /// The peer's address as the log shows it.
     peer: String,
@@ -126,6 +131,8 @@ impl Session {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         broker: Arc<Broker>,
+        principal: Principal,
+        limits: VhostLimits,
         entry: Arc<ConnectionEntry>,
         registry: Arc<ConnectionRegistry>,
         peer: String,
@@ -143,8 +150,11 @@ impl Session {
             Arc::clone(&link),
             Arc::clone(broker.metrics()),
         ));
+        let access = Access::new(entry.id, principal, limits);
+        broker.open_vhost(access.namespace());
         Self {
             broker,
+            access,
             link,
             peer,
             events,
@@ -455,6 +465,7 @@ impl Session {
     }
 
     fn send_error(&mut self, request_id: RequestId, e: RequestError) {
+        let e = self.access.localize(e);
         self.send(
             request_id,
             ErrorReply {
@@ -546,33 +557,35 @@ impl Session {
             }
             Request::CloseOk => return Ending::Now,
             Request::Publish(p) => self.on_publish(p).await,
-            Request::DeclareQueue(d) => {
-                let broker = Arc::clone(&self.broker);
-                let conn = self.link.id;
-                let exclusive = d.exclusive && !d.passive;
-                match tokio::task::block_in_place(|| broker.declare_queue(conn, d)) {
-                    Ok(ok) => {
-                        if exclusive && !self.exclusive_queues.contains(&ok.name) {
-                            self.exclusive_queues.push(ok.name.clone());
-                        }
-                        self.send(id, Reply::DeclareQueueOk(ok));
-                    }
-                    Err(e) => self.send_error(id, e),
-                }
-            }
+            Request::DeclareQueue(d) => self.on_declare_queue(id, d),
             Request::DeleteQueue(d) => self.on_delete_queue(id, d).await,
-            Request::PurgeQueue(p) => self.with_queue(id, &p.name, |link| QueueCmd::Purge {
-                conn: link,
-                request_id: id,
-            }),
-            Request::InspectQueue(p) => self.with_queue(id, &p.name, |link| QueueCmd::Inspect {
-                conn: link,
-                request_id: id,
-            }),
+            Request::PurgeQueue(p) => {
+                self.with_queue(id, Permission::Read, &p.name, |link| QueueCmd::Purge {
+                    conn: link,
+                    request_id: id,
+                })
+            }
+            Request::InspectQueue(p) => {
+                if let Err(e) = self.access.check_any(ResourceKind::Queue, &p.name) {
+                    return self.refuse(id, e);
+                }
+                self.with_queue(id, None, &p.name, |link| QueueCmd::Inspect {
+                    conn: link,
+                    request_id: id,
+                })
+            }
             Request::DeclareExchange(d) => self.on_declare_exchange(id, d),
             Request::DeleteExchange(d) => {
+                let name =
+                    match self
+                        .access
+                        .grant(Permission::Configure, ResourceKind::Exchange, &d.name)
+                    {
+                        Ok(name) => name.into_owned(),
+                        Err(e) => return self.refuse(id, e),
+                    };
                 let broker = Arc::clone(&self.broker);
-                match tokio::task::block_in_place(|| broker.delete_exchange(&d.name, d.if_unused)) {
+                match tokio::task::block_in_place(|| broker.delete_exchange(&name, d.if_unused)) {
                     Ok(()) => self.send(id, Reply::DeleteExchangeOk),
                     Err(e) => self.send_error(id, e),
                 }
@@ -595,10 +608,12 @@ impl Session {
                 }
                 None => self.send_error(id, no_consumer(p.consumer_id)),
             },
-            Request::Get(g) => self.with_queue(id, &g.queue, |link| QueueCmd::Get {
-                conn: link,
-                request_id: id,
-            }),
+            Request::Get(g) => {
+                self.with_queue(id, Permission::Read, &g.queue, |link| QueueCmd::Get {
+                    conn: link,
+                    request_id: id,
+                })
+            }
             Request::Ack(Ack {
                 delivery_tag,
                 multiple,
@@ -617,38 +632,57 @@ impl Session {
             }
             Request::Reject(r) => self.settle(id, r.delivery_tag.0, false, Settlement::Reject),
             Request::Extend(e) => self.on_extend(id, e),
+            // Listings show the session's own vhost, in its clients' names.
             Request::ListQueues(r) => {
                 let max = self.agreed.max_frame_len;
-                let reply = crate::admin::list_queues(&self.broker, &r, max);
+                let ns = Some(self.access.namespace());
+                let reply = crate::admin::list_queues(&self.broker, ns, &r, max);
                 self.send(id, reply);
             }
             Request::ListExchanges(r) => {
                 let max = self.agreed.max_frame_len;
-                let reply = crate::admin::list_exchanges(&self.broker, &r, max);
+                let ns = Some(self.access.namespace());
+                let reply = crate::admin::list_exchanges(&self.broker, ns, &r, max);
                 self.send(id, reply);
             }
             Request::ListBindings(r) => {
                 let max = self.agreed.max_frame_len;
-                let reply = crate::admin::list_bindings(&self.broker, &r, max);
+                let ns = Some(self.access.namespace());
+                let reply = crate::admin::list_bindings(&self.broker, ns, &r, max);
                 self.send(id, reply);
             }
             Request::ListConsumers(r) => {
                 let max = self.agreed.max_frame_len;
-                let reply = crate::admin::list_consumers(&self.broker, &r, max);
+                let ns = Some(self.access.namespace());
+                let reply = crate::admin::list_consumers(&self.broker, ns, &r, max);
                 self.send(id, reply);
             }
             Request::ListConnections(r) => {
                 let max = self.agreed.max_frame_len;
-                let reply = crate::admin::list_connections(&self.registry, &r, max);
+                // Administrators and monitors see every connection, others their own user's.
+                let principal = self.access.principal();
+                let only_user =
+                    (!principal.has_tag(Tag::Monitoring)).then_some(principal.user.as_str());
+                let reply = crate::admin::list_connections(&self.registry, only_user, &r, max);
                 self.send(id, reply);
             }
             Request::CloseConnection(c) => {
+                if let Err(e) =
+                    self.check_operator(c.connection_id, "close another user's connection")
+                {
+                    return self.refuse(id, e);
+                }
                 let registry = Arc::clone(&self.registry);
                 self.answer_later(id, Reply::CloseConnectionOk, async move {
                     registry.close(c.connection_id, &c.reason).await
                 });
             }
             Request::CancelConsumer(c) => {
+                if let Err(e) =
+                    self.check_operator(c.connection_id, "cancel another user's consumer")
+                {
+                    return self.refuse(id, e);
+                }
                 let registry = Arc::clone(&self.registry);
                 self.answer_later(id, Reply::CancelConsumerOk, async move {
                     registry
@@ -658,34 +692,70 @@ impl Session {
             }
             Request::BrowseQueue(b) => {
                 let page = BrowsePage::for_frame(b.limit, b.after_seq, self.agreed.max_frame_len);
-                self.with_queue(id, &b.queue, |link| QueueCmd::Browse {
+                self.with_queue(id, Permission::Read, &b.queue, |link| QueueCmd::Browse {
                     conn: link,
                     request_id: id,
                     page,
                 });
             }
-            Request::MoveMessages(m) => {
-                let conn = self.link.id;
-                match crate::moves::start(&self.broker, conn, &m.source, &m.destination, m.max) {
-                    Ok(move_id) => self.send(id, MoveMessagesOk { move_id }),
-                    Err(e) => self.send_error(id, e),
-                }
-            }
+            Request::MoveMessages(m) => self.on_move(id, m),
             Request::MoveStatus(m) => match self.broker.moves().get(m.move_id) {
-                Some(info) => self.send(id, info.status()),
+                Some(info) => {
+                    let mut status = info.status();
+                    if let sluice_client::wire::MoveState::Failed { message, .. } =
+                        &mut status.state
+                    {
+                        *message = self.access.namespace().localize(std::mem::take(message));
+                    }
+                    self.send(id, status)
+                }
                 None => self.send_error(id, crate::moves::unknown(m.move_id)),
             },
         }
         Ending::No
     }
 
-    /// Sends a command to a queue this connection may use, or answers the error.
+    /// Answers a request the session's access refused.
+    fn refuse(&mut self, id: RequestId, e: RequestError) -> Ending {
+        self.send_error(id, e);
+        Ending::No
+    }
+
+    /// `Ok` for an operator request on connection `target`: one of the user's own, or any
+    /// for an administrator.
+    fn check_operator(&mut self, target: u64, what: &str) -> Result<(), RequestError> {
+        let own = self
+            .registry
+            .user_of(target)
+            .is_ok_and(|user| user == self.access.principal().user);
+        if own {
+            return Ok(());
+        }
+        self.access.check_tag(Tag::Administrator, what)
+    }
+
+    /// Sends a command to a queue this connection may use (with `permission` on it, when one
+    /// is needed), or answers the error.
     fn with_queue(
         &mut self,
         id: RequestId,
+        permission: impl Into<Option<Permission>>,
         name: &str,
         cmd: impl FnOnce(Arc<ConnLink>) -> QueueCmd,
     ) {
+        let internal = match permission.into() {
+            Some(p) => self.access.grant(p, ResourceKind::Queue, name),
+            None => self
+                .access
+                .namespace()
+                .qualify(name)
+                .map_err(RequestError::from),
+        };
+        let internal = match internal {
+            Ok(n) => n.into_owned(),
+            Err(e) => return self.send_error(id, e),
+        };
+        let name = internal.as_str();
         match self.broker.queue(name, self.link.id) {
             Ok(q) => {
                 if !q.send(cmd(Arc::clone(&self.link))) {
@@ -704,7 +774,84 @@ impl Session {
         }
     }
 
-    async fn on_delete_queue(&mut self, id: RequestId, d: DeleteQueue) {
+    fn on_declare_queue(&mut self, id: RequestId, mut d: sluice_client::wire::DeclareQueue) {
+        let checked = if d.passive {
+            self.access.check_any(ResourceKind::Queue, &d.name)
+        } else {
+            self.check_declare_queue(&d)
+        };
+        if let Err(e) = checked {
+            return self.send_error(id, e);
+        }
+        d.name = match self.access.namespace().qualify(&d.name) {
+            Ok(n) => n.into_owned(),
+            Err(e) => return self.send_error(id, e.into()),
+        };
+        let broker = Arc::clone(&self.broker);
+        let conn = self.link.id;
+        let exclusive = d.exclusive && !d.passive;
+        let limits = *self.access.limits();
+        match tokio::task::block_in_place(|| broker.declare_queue(conn, d, &limits)) {
+            Ok(mut ok) => {
+                if exclusive && !self.exclusive_queues.contains(&ok.name) {
+                    self.exclusive_queues.push(ok.name.clone());
+                }
+                let ns = self.access.namespace();
+                ok.name = ns.local(&ok.name).unwrap_or(&ok.name).to_owned();
+                self.send(id, Reply::DeclareQueueOk(ok));
+            }
+            Err(e) => self.send_error(id, e),
+        }
+    }
+
+    /// `configure` on the queue; with a dead-letter exchange also `write` on it and `read` on
+    /// the queue (what it dead-letters is read from it and written there, as RabbitMQ).
+    fn check_declare_queue(
+        &mut self,
+        d: &sluice_client::wire::DeclareQueue,
+    ) -> Result<(), RequestError> {
+        self.access
+            .check(Permission::Configure, ResourceKind::Queue, &d.name)?;
+        if let Some(dlx) = &d.arguments.dead_letter_exchange {
+            self.access
+                .check(Permission::Write, ResourceKind::Exchange, dlx)?;
+            self.access
+                .check(Permission::Read, ResourceKind::Queue, &d.name)?;
+        }
+        Ok(())
+    }
+
+    /// Moving reads the source and writes the destination.
+    fn on_move(&mut self, id: RequestId, m: sluice_client::wire::MoveMessages) {
+        let granted = self
+            .access
+            .grant(Permission::Read, ResourceKind::Queue, &m.source)
+            .map(Cow::into_owned)
+            .and_then(|source| {
+                let destination =
+                    self.access
+                        .grant(Permission::Write, ResourceKind::Queue, &m.destination)?;
+                Ok((source, destination.into_owned()))
+            });
+        let (source, destination) = match granted {
+            Ok(names) => names,
+            Err(e) => return self.send_error(id, e),
+        };
+        let conn = self.link.id;
+        match crate::moves::start(&self.broker, conn, &source, &destination, m.max) {
+            Ok(move_id) => self.send(id, MoveMessagesOk { move_id }),
+            Err(e) => self.send_error(id, e),
+        }
+    }
+
+    async fn on_delete_queue(&mut self, id: RequestId, mut d: DeleteQueue) {
+        d.name = match self
+            .access
+            .grant(Permission::Configure, ResourceKind::Queue, &d.name)
+        {
+            Ok(n) => n.into_owned(),
+            Err(e) => return self.send_error(id, e),
+        };
         let q = match self.broker.queue(&d.name, self.link.id) {
             Ok(q) => q,
             Err(e) if e.code == ErrorCode::NotFound => {
@@ -730,12 +877,39 @@ impl Session {
         }
     }
 
-    fn on_declare_exchange(&mut self, id: RequestId, d: DeclareExchange) {
+    fn on_declare_exchange(&mut self, id: RequestId, mut d: DeclareExchange) {
+        let checked = if d.passive {
+            self.access.check_any(ResourceKind::Exchange, &d.name)
+        } else {
+            self.check_declare_exchange(&d)
+        };
+        if let Err(e) = checked {
+            return self.send_error(id, e);
+        }
+        d.name = match self.access.namespace().qualify(&d.name) {
+            Ok(n) => n.into_owned(),
+            Err(e) => return self.send_error(id, e.into()),
+        };
         let broker = Arc::clone(&self.broker);
-        match tokio::task::block_in_place(|| broker.declare_exchange(d)) {
+        let limits = *self.access.limits();
+        match tokio::task::block_in_place(|| broker.declare_exchange(d, &limits)) {
             Ok(()) => self.send(id, Reply::DeclareExchangeOk),
             Err(e) => self.send_error(id, e),
         }
+    }
+
+    /// `configure` on the exchange; with an alternate exchange also `write` on it and `read`
+    /// on the exchange (as RabbitMQ).
+    fn check_declare_exchange(&mut self, d: &DeclareExchange) -> Result<(), RequestError> {
+        self.access
+            .check(Permission::Configure, ResourceKind::Exchange, &d.name)?;
+        if let Some(alternate) = &d.alternate_exchange {
+            self.access
+                .check(Permission::Write, ResourceKind::Exchange, alternate)?;
+            self.access
+                .check(Permission::Read, ResourceKind::Exchange, &d.name)?;
+        }
+        Ok(())
     }
 
     fn on_bind(
@@ -755,6 +929,21 @@ impl Session {
                 return;
             }
         }
+        // The destination is written to, the source exchange read from (as RabbitMQ).
+        let names = self
+            .access
+            .grant(Permission::Write, ResourceKind::Queue, &queue)
+            .map(Cow::into_owned)
+            .and_then(|queue| {
+                let exchange =
+                    self.access
+                        .grant(Permission::Read, ResourceKind::Exchange, &exchange)?;
+                Ok((queue, exchange.into_owned()))
+            });
+        let (queue, exchange) = match names {
+            Ok(names) => names,
+            Err(e) => return self.send_error(id, e),
+        };
         let binding = Binding {
             queue,
             exchange,
@@ -841,17 +1030,19 @@ impl Session {
             max_message_len: self.agreed.max_message_len,
             blocking: blocking.as_ref(),
         };
+        let access = &mut self.access;
         for m in p.messages {
             let seq = self.next_publish_seq;
             self.next_publish_seq += 1;
             let size = m.meta.len() + m.body.len();
-            let persistent = match route_message(&reg, &m.meta, m.body.len(), limits, &mut route) {
-                Ok(persistent) => persistent,
-                Err(e) => {
-                    reject(seq, e.code, e.message);
-                    continue;
-                }
-            };
+            let persistent =
+                match route_message(&reg, &m.meta, m.body.len(), limits, access, &mut route) {
+                    Ok(persistent) => persistent,
+                    Err(e) => {
+                        reject(seq, e.code, access.namespace().localize(e.message));
+                        continue;
+                    }
+                };
             for name in &route.queues {
                 let Some(q) = reg.queues.get(name) else {
                     continue;
@@ -933,7 +1124,14 @@ impl Session {
     // ------------------------------------------------------------------------------------
 
     fn on_consume(&mut self, id: RequestId, c: Consume) {
-        let q = match self.broker.queue(&c.queue, self.link.id) {
+        let name = match self
+            .access
+            .grant(Permission::Read, ResourceKind::Queue, &c.queue)
+        {
+            Ok(n) => n.into_owned(),
+            Err(e) => return self.send_error(id, e),
+        };
+        let q = match self.broker.queue(&name, self.link.id) {
             Ok(q) => q,
             Err(e) => return self.send_error(id, e),
         };
@@ -1097,8 +1295,14 @@ impl Session {
             ConnEvent::Stored {
                 batch,
                 epoch,
-                rejections,
+                mut rejections,
             } => {
+                for r in &mut rejections {
+                    r.message = self
+                        .access
+                        .namespace()
+                        .localize(std::mem::take(&mut r.message));
+                }
                 if let Some(front) = self.batches.front().map(|b| b.id) {
                     if let Some(b) = self.batches.get_mut((batch - front) as usize) {
                         b.waiting -= 1;
@@ -1114,6 +1318,7 @@ impl Session {
                 reason,
             } => {
                 self.consumers.remove(&consumer_id.0);
+                let reason = self.access.namespace().localize(reason);
                 self.send(
                     RequestId(0),
                     ConsumerCancelled {

@@ -1,15 +1,19 @@
 //! HTTP basic auth against the broker's users, for every `/api/...` route.
 
+use std::sync::Arc;
+
 use axum::extract::{Request, State};
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use sluice_client::wire::ErrorCode;
 
+use super::access::HttpUser;
 use super::error::ApiError;
 use super::Api;
+use crate::auth::Tag;
 use crate::error::RequestError;
 
 /// The protection space named in `WWW-Authenticate`.
@@ -28,8 +32,16 @@ pub async fn require_user(State(api): State<Api>, request: Request, next: Next) 
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| credentials(v.as_bytes()))
-        .is_some_and(|c| api.broker.config.is_known_user(&c.user, &c.password));
-    if known {
+        .filter(|c| api.broker.config.is_known_user(&c.user, &c.password));
+    if let Some(c) = known {
+        // Until users carry permissions, a known user may do everything everywhere.
+        let user = HttpUser {
+            name: c.user,
+            tags: [Tag::Administrator].into(),
+            permissions: None,
+        };
+        let mut request = request;
+        request.extensions_mut().insert(Arc::new(user));
         return next.run(request).await;
     }
     let refusal = RequestError::new(
@@ -37,6 +49,8 @@ pub async fn require_user(State(api): State<Api>, request: Request, next: Next) 
         "unknown user or wrong password (HTTP basic auth)",
     );
     let mut response = ApiError(refusal).into_response();
+    // ACCESS_REFUSED is 403 for a missing permission; here nobody is logged in.
+    *response.status_mut() = StatusCode::UNAUTHORIZED;
     if !scripted {
         response
             .headers_mut()

@@ -5,6 +5,7 @@
 //! - [`serve`] is the one door: it runs the router on a bound listener until shutdown.
 //! - `listener.rs`: at most [`MAX_HTTP_CONNECTIONS`] connections at once, idle ones closed.
 //! - `auth.rs`: HTTP basic auth against the broker's users (`/api/...` only).
+//! - `access.rs`: the vhost a request works in (`?vhost=`) and the user's permissions there.
 //! - `error.rs`: [`RequestError`](crate::error::RequestError) codes as HTTP statuses, and the
 //!   JSON body extractor whose failures are answered in the same shape.
 //! - one file per resource: `overview.rs`, `queues.rs`, `exchanges.rs`, `bindings.rs`,
@@ -21,6 +22,7 @@
 //! Handlers call the same broker functions as the wire protocol's sessions, so a request means
 //! the same thing whichever door it came through; the JSON mirrors the CLI's `--json`.
 
+mod access;
 mod auth;
 mod bindings;
 mod connections;

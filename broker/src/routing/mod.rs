@@ -27,6 +27,7 @@
 
 mod exchange;
 mod headers;
+pub mod namespace;
 mod queue_list;
 mod table;
 mod topic;
@@ -36,6 +37,7 @@ pub use headers::{
     check_header_count, check_header_limits, check_headers_len, HeaderLimitError, MAX_HEADERS_LEN,
     MAX_HEADER_ENTRIES,
 };
+pub use namespace::{Namespace, ResourceName};
 pub use table::{QueueName, RouteResult, RoutingTable, UnbindOutcome};
 pub use topic::{topic_matches, MAX_TOPIC_HASH_GROUPS};
 
@@ -69,6 +71,9 @@ pub enum RoutingError {
     /// `if_unused` was asked and the exchange still has bindings.
     #[error("exchange '{0}' is in use")]
     ExchangeInUse(String),
+    /// A client's name holding `\0`, which only internal names of vhosts hold.
+    #[error("invalid name '{0}': names may not contain the character U+0000")]
+    InvalidName(String),
     /// Not one of `direct`, `fanout`, `topic`, `headers`.
     #[error("invalid exchange kind '{0}'")]
     InvalidKind(String),
