@@ -22,6 +22,8 @@ import_exception!(sluice.exceptions, ResourceLocked);
 import_exception!(sluice.exceptions, NotAllowed);
 import_exception!(sluice.exceptions, UnknownDeliveryTag);
 import_exception!(sluice.exceptions, InvalidArgument);
+import_exception!(sluice.exceptions, LimitExceeded);
+import_exception!(sluice.exceptions, PermissionDenied);
 import_exception!(sluice.exceptions, PublishRejected);
 import_exception!(sluice.exceptions, Unroutable);
 import_exception!(sluice.exceptions, ResourceLimit);
@@ -51,6 +53,9 @@ pub(crate) fn to_py(error: Error) -> PyErr {
             ErrorCode::NotAllowed => NotAllowed::new_err(args),
             ErrorCode::UnknownDeliveryTag => UnknownDeliveryTag::new_err(args),
             ErrorCode::InvalidArgument => InvalidArgument::new_err(args),
+            ErrorCode::LimitExceeded => LimitExceeded::new_err(args),
+            // A missing permission: the request failed, the connection stays up.
+            ErrorCode::AccessRefused => PermissionDenied::new_err(args),
             code if code.as_u16() / 100 == 5 => ServerError::new_err(args),
             _ => ChannelError::new_err(args),
         },

@@ -11,7 +11,7 @@ protocol name as ``error.code_name``.
     ├── InvalidUrl                  (also a ValueError)
     ├── ConnectionError             could not connect, or the connection was lost
     │   ├── ConnectionClosed        the connection has ended (1xx codes, or closed by us)
-    │   └── AccessRefused           103: bad credentials
+    │   └── AccessRefused           103 in Close: bad credentials, or no access to the vhost
     ├── TimeoutError                no answer in time
     ├── ProtocolError               the server broke the protocol
     ├── ChannelError                2xx: the request failed; the connection is still usable
@@ -20,7 +20,10 @@ protocol name as ``error.code_name``.
     │   ├── ResourceLocked          204
     │   ├── NotAllowed              205
     │   ├── UnknownDeliveryTag      206
-    │   └── InvalidArgument         207 (also a ValueError)
+    │   ├── InvalidArgument         207 (also a ValueError)
+    │   ├── LimitExceeded           208: a vhost's or the broker's configured limit
+    │   └── PermissionDenied        103 in Error: the user lacks a permission
+    │                               (the connection stays up)
     ├── PublishRejected             3xx: the broker refused one published message
     │   ├── Unroutable              302: a mandatory message matched no queue
     │   └── ResourceLimit           a limit was hit (itself for 304: the broker's memory limit)
@@ -45,9 +48,11 @@ __all__ = [
     "ConsumerCancelled",
     "InvalidArgument",
     "InvalidUrl",
+    "LimitExceeded",
     "MessageTooLarge",
     "NotAllowed",
     "NotFound",
+    "PermissionDenied",
     "PreconditionFailed",
     "ProtocolError",
     "PublishRejected",
@@ -79,6 +84,7 @@ CODE_NAMES: dict[int, str] = {
     205: "NOT_ALLOWED",
     206: "UNKNOWN_DELIVERY_TAG",
     207: "INVALID_ARGUMENT",
+    208: "LIMIT_EXCEEDED",
     300: "MESSAGE_TOO_LARGE",
     301: "STORAGE_FULL",
     302: "UNROUTABLE",
@@ -124,7 +130,7 @@ class ConnectionClosed(ConnectionError):
 
 
 class AccessRefused(ConnectionError):
-    """The broker refused the credentials (``ACCESS_REFUSED``)."""
+    """The broker refused the credentials, or the vhost (``ACCESS_REFUSED`` at login)."""
 
 
 class TimeoutError(SluiceError):
@@ -161,6 +167,17 @@ class UnknownDeliveryTag(ChannelError):
 
 class InvalidArgument(ChannelError, ValueError):
     """A value out of range: a name too long, a bad ``x-match``, a field too long to encode."""
+
+
+class LimitExceeded(ChannelError):
+    """A configured limit would be exceeded, e.g. a vhost's ``max_queues``
+    (``LIMIT_EXCEEDED``); the message names the limit."""
+
+
+class PermissionDenied(ChannelError):
+    """The user lacks the permission the request needs (``ACCESS_REFUSED`` in an ``Error``);
+    the message names it. Unlike :class:`AccessRefused`, the connection stays up. A refused
+    publish raises :class:`PublishRejected` with code 103."""
 
 
 class PublishRejected(SluiceError):
