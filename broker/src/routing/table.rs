@@ -185,7 +185,7 @@ impl RoutingTable {
         for (name, kind) in BUILTIN_EXCHANGES {
             let exchange = Exchange {
                 durable: true,
-                ..Exchange::new(&format!("{prefix}{name}"), kind)
+                ..Exchange::new(format!("{prefix}{name}"), kind)
             };
             self.insert_exchange(exchange, Matcher::new(kind));
         }
