@@ -25,19 +25,46 @@ pub(crate) const REFUSAL_LOGS_PER_SECOND: u32 = 10;
 /// (a publisher cycling through that many exchanges pays a regex match per new name).
 const MAX_CACHED_EXCHANGES: usize = 1024;
 
+/// May a message go to an exchange: its internal name, or the refusal.
+type Decision = Result<Box<str>, RequestError>;
+
 /// A session's access: who, in which vhost, with which limits.
 pub(super) struct Access {
     principal: Principal,
     namespace: Namespace,
     limits: VhostLimits,
-    /// Publish decisions by the exchange's name as the client wrote it: the internal name,
-    /// or the refusal. A [`Principal`] is a snapshot, so they never go stale.
-    publish: HashMap<Box<str>, Result<Box<str>, RequestError>>,
+    /// Publish decisions by the exchange's name as the client wrote it. A [`Principal`] is
+    /// a snapshot, so they never go stale.
+    publish: HashMap<Box<str>, Decision>,
+    /// The last exchange published to and its decision: most publishers use one exchange.
+    last: Option<(Box<str>, Decision)>,
     refusal_log: RefusalLog,
     conn: u64,
 }
 
 impl Access {
+    /// Whether the principal may publish to `exchange`, and its internal name: remembered.
+    fn decide(&mut self, exchange: &str) -> Decision {
+        if let Some(decision) = self.publish.get(exchange) {
+            return decision.clone();
+        }
+        if self.publish.len() >= MAX_CACHED_EXCHANGES {
+            self.publish.clear();
+        }
+        let decision = self
+            .namespace
+            .qualify(exchange)
+            .map_err(RequestError::from)
+            .and_then(|internal| {
+                self.principal
+                    .check(Permission::Write, ResourceKind::Exchange, exchange)
+                    .map_err(RequestError::from)?;
+                Ok(Box::from(internal.as_ref()))
+            });
+        self.publish.insert(Box::from(exchange), decision.clone());
+        decision
+    }
+
     pub(super) fn new(conn: u64, principal: Principal, limits: VhostLimits) -> Self {
         let namespace = Namespace::of_vhost(principal.vhost.as_str());
         Self {
@@ -45,6 +72,7 @@ impl Access {
             namespace,
             limits,
             publish: HashMap::new(),
+            last: None,
             refusal_log: RefusalLog::default(),
             conn,
         }
@@ -138,24 +166,20 @@ impl Access {
 }
 
 impl ExchangeDoor for Access {
+    /// On the publish path: one string comparison when the exchange is the previous
+    /// message's (the common case), one hash lookup otherwise, a regex match only the first
+    /// time a name is seen.
     fn open(&mut self, exchange: &str) -> Result<&str, RequestError> {
-        if !self.publish.contains_key(exchange) {
-            if self.publish.len() >= MAX_CACHED_EXCHANGES {
-                self.publish.clear();
-            }
-            let decision = self
-                .namespace
-                .qualify(exchange)
-                .map_err(RequestError::from)
-                .and_then(|internal| {
-                    self.principal
-                        .check(Permission::Write, ResourceKind::Exchange, exchange)
-                        .map_err(RequestError::from)?;
-                    Ok(Box::from(internal.as_ref()))
-                });
-            self.publish.insert(Box::from(exchange), decision);
+        let hit = self
+            .last
+            .as_ref()
+            .is_some_and(|(name, _)| **name == *exchange);
+        if !hit {
+            let decision = self.decide(exchange);
+            self.last = Some((Box::from(exchange), decision));
         }
-        if let Err(e) = &self.publish[exchange] {
+        let (_, decision) = self.last.as_ref().expect("just set");
+        if let Err(e) = decision {
             // Each message is refused, and logged (within the rate limit).
             let e = e.clone();
             if e.code == ErrorCode::AccessRefused {
@@ -163,7 +187,8 @@ impl ExchangeDoor for Access {
             }
             return Err(e);
         }
-        Ok(self.publish[exchange].as_deref().unwrap_or_default())
+        let (_, decision) = self.last.as_ref().expect("just set");
+        Ok(decision.as_deref().unwrap_or_default())
     }
 
     fn max_message_len(&self) -> Option<(u64, &str)> {

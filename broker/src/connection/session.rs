@@ -699,7 +699,13 @@ impl Session {
                 });
             }
             Request::MoveMessages(m) => self.on_move(id, m),
-            Request::MoveStatus(m) => match self.broker.moves().get(m.move_id) {
+            // A move of another vhost is as unknown here as one never started.
+            Request::MoveStatus(m) => match self
+                .broker
+                .moves()
+                .get(m.move_id)
+                .filter(|info| self.access.namespace().contains(&info.source))
+            {
                 Some(info) => {
                     let mut status = info.status();
                     if let sluice_client::wire::MoveState::Failed { message, .. } =
