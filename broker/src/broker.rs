@@ -19,6 +19,7 @@ use sluice_client::wire::{
     QueueArguments, Reader, MAX_NAME_LEN,
 };
 
+use crate::auth::{AccessStore, VhostLimits};
 use crate::config::ServerConfig;
 use crate::definitions::{self, BindingDef, ChangeKind, ExchangeDef, QueueDef, Topology};
 use crate::error::RequestError;
@@ -37,17 +38,6 @@ const DISK_CHECK_SLICES: u64 = 8;
 /// Names with this prefix belong to the server.
 pub const RESERVED_PREFIX: &str = "sluice.";
 
-/// A vhost's limits, checked where queues and exchanges are made and messages published
-/// (`None`: no limit).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct VhostLimits {
-    /// Most queues in the vhost.
-    pub max_queues: Option<u64>,
-    /// Most exchanges the vhost's users declared (the default and `amq.*` ones not counted).
-    pub max_exchanges: Option<u64>,
-    /// Most bytes of one message (meta block and body).
-    pub max_message_bytes: Option<u64>,
-}
 
 /// Queues and exchanges, read by every connection as an immutable snapshot.
 #[derive(Debug, Clone)]
@@ -63,6 +53,8 @@ pub struct Registry {
 pub struct Broker {
     /// Its settings.
     pub config: ServerConfig,
+    /// Users, vhosts and permissions (the users file), and logins against them.
+    pub access: Arc<AccessStore>,
     /// The published snapshot; replaced whole, never changed in place.
     registry: RwLock<Arc<Registry>>,
     /// Serializes topology changes and remembers what `definitions.bin` holds.
@@ -77,8 +69,6 @@ pub struct Broker {
     moves: Arc<Moves>,
     /// Broker-wide metrics (the queues keep their own counters).
     metrics: Arc<Metrics>,
-    /// Each vhost's limits, by vhost name (a vhost not listed has none).
-    vhost_limits: RwLock<HashMap<String, VhostLimits>>,
     // Last: dropped after the queues' logs, which the queue tasks close first.
     store: Store,
 }
@@ -109,6 +99,9 @@ pub enum StartError {
     /// The saved topology does not fit together.
     #[error("topology: {0}")]
     Routing(#[from] crate::routing::RoutingError),
+    /// The users file cannot be read, created or used.
+    #[error("{0}")]
+    Users(#[from] crate::auth::UsersFileError),
 }
 
 impl Broker {
@@ -133,8 +126,13 @@ impl Broker {
         )?;
         let topology = definitions::load(&config.data_dir)?;
         definitions::keep_reserve(&config.data_dir, 0);
+        let access = Arc::new(AccessStore::open(
+            &config.users_file_path(),
+            config.loopback_users.clone(),
+        )?);
         let broker = Arc::new(Self {
             config,
+            access,
             registry: RwLock::new(Arc::new(Registry {
                 routing: RoutingTable::new(),
                 queues: HashMap::new(),
@@ -148,7 +146,6 @@ impl Broker {
             flow: Arc::default(),
             moves: Arc::default(),
             metrics,
-            vhost_limits: RwLock::default(),
             store,
         });
         broker.restore(topology)?;
@@ -399,16 +396,13 @@ impl Broker {
         }
     }
 
-    /// The limits of `vhost` (none for a vhost without a record).
+    /// The limits of `vhost`, from the users file (none for a vhost without a record).
     pub fn vhost_limits(&self, vhost: &str) -> VhostLimits {
-        let limits = self.vhost_limits.read().unwrap_or_else(|e| e.into_inner());
-        limits.get(vhost).copied().unwrap_or_default()
-    }
-
-    /// Replaces every vhost's limits (at start, and when the users file is read again);
-    /// connections opened afterwards see them.
-    pub fn set_vhost_limits(&self, limits: HashMap<String, VhostLimits>) {
-        *self.vhost_limits.write().unwrap_or_else(|e| e.into_inner()) = limits;
+        let Ok(vhost) = crate::auth::VhostName::new(vhost) else {
+            return VhostLimits::default();
+        };
+        let access = self.access.snapshot();
+        access.vhosts().get(&vhost).cloned().unwrap_or_default()
     }
 
     /// The queue `name`, if it exists and `conn` may use it.

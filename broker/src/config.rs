@@ -1,6 +1,7 @@
 //! Server settings: command-line flags, `SLUICE_*` environment variables and a TOML file, in
 //! that order of precedence, over built-in defaults that need no set-up at all.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -92,9 +93,15 @@ pub struct ServeArgs {
     /// Heartbeat interval offered to clients that have no preference, in ms; 0 = off.
     #[arg(long, env = "SLUICE_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u32>,
-    /// Users as `name:password[,name:password...]` [default: guest:guest].
-    #[arg(long, env = "SLUICE_USERS", hide_env_values = true)]
-    pub users: Option<String>,
+    /// The users file: vhosts, users (argon2id password hashes), tags and permissions
+    /// [default: DATA_DIR/users.toml, created with user guest on first start]. Edit it with
+    /// `sluice user|vhost|permissions`, then `kill -HUP` the broker.
+    #[arg(long, env = "SLUICE_USERS_FILE")]
+    pub users_file: Option<PathBuf>,
+    /// Users who may log in from loopback addresses only, comma-separated; an empty value
+    /// allows every user from anywhere [default: guest].
+    #[arg(long, env = "SLUICE_LOOPBACK_USERS", value_delimiter = ',', num_args = 0..)]
+    pub loopback_users: Option<Vec<String>>,
     /// Publishers are blocked while the data directory's file system has less free space.
     #[arg(long, env = "SLUICE_MIN_FREE_DISK_BYTES")]
     pub min_free_disk_bytes: Option<u64>,
@@ -126,23 +133,13 @@ struct FileConfig {
     segment_bytes: Option<usize>,
     max_message_bytes: Option<u32>,
     heartbeat_ms: Option<u32>,
-    #[serde(default)]
-    users: Vec<User>,
+    users_file: Option<PathBuf>,
+    loopback_users: Option<Vec<String>>,
     min_free_disk_bytes: Option<u64>,
     slow_consumer_timeout_ms: Option<u64>,
     max_memory_bytes: Option<u64>,
     max_connections: Option<usize>,
     handshake_timeout_ms: Option<u64>,
-}
-
-/// A user allowed to connect.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct User {
-    /// Login name.
-    pub name: String,
-    /// Password, compared in constant time.
-    pub password: String,
 }
 
 /// Everything the server needs, resolved.
@@ -164,8 +161,10 @@ pub struct ServerConfig {
     pub heartbeat_ms: u32,
     /// Allowed heartbeat range for client proposals.
     pub heartbeat_range_ms: (u32, u32),
-    /// Users allowed to connect.
-    pub users: Vec<User>,
+    /// The users file; `None`: `users.toml` in the data directory.
+    pub users_file: Option<PathBuf>,
+    /// Users who may log in from loopback addresses only.
+    pub loopback_users: BTreeSet<String>,
     /// Publishers are blocked below this much free disk space.
     pub min_free_disk_bytes: u64,
     /// A connection whose outbox stays full this long is closed (a slow consumer).
@@ -192,10 +191,8 @@ impl Default for ServerConfig {
             max_message_len: DEFAULT_MAX_MESSAGE_LEN,
             heartbeat_ms: DEFAULT_HEARTBEAT_MS,
             heartbeat_range_ms: (1_000, 600_000),
-            users: vec![User {
-                name: "guest".into(),
-                password: "guest".into(),
-            }],
+            users_file: None,
+            loopback_users: BTreeSet::from(["guest".to_owned()]),
             min_free_disk_bytes: 64 << 20,
             slow_consumer_timeout: Duration::from_secs(30),
             max_memory_bytes: crate::flow::default_memory_limit(),
@@ -298,28 +295,23 @@ impl ServerConfig {
             }
             c.handshake_timeout = Duration::from_millis(v);
         }
-        if let Some(spec) = &args.users {
-            c.users = parse_users(spec)?;
-        } else if !file.users.is_empty() {
-            c.users = file.users;
+        c.users_file = args.users_file.clone().or(file.users_file);
+        if let Some(users) = args.loopback_users.clone().or(file.loopback_users) {
+            c.loopback_users = users
+                .into_iter()
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty())
+                .collect();
         }
         Ok(c)
     }
 
-    /// Whether `name` is a user with `password`. The password is compared in constant time,
-    /// so the time taken does not tell how much of a guess was right.
-    pub fn is_known_user(&self, name: &str, password: &str) -> bool {
-        self.users
-            .iter()
-            .any(|u| u.name == name && constant_time_eq(u.password.as_bytes(), password.as_bytes()))
+    /// The users file: the configured one, or `users.toml` in the data directory.
+    pub fn users_file_path(&self) -> PathBuf {
+        self.users_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(crate::auth::DEFAULT_FILE_NAME))
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -372,23 +364,6 @@ fn resolve_listen(spec: &str) -> Result<SocketAddr, ConfigError> {
         .ok_or_else(|| bad(format!("the host of '{spec}' resolves to no address")))
 }
 
-fn parse_users(spec: &str) -> Result<Vec<User>, ConfigError> {
-    spec.split(',')
-        .map(|entry| {
-            let (name, password) = entry
-                .split_once(':')
-                .ok_or_else(|| invalid("users", "expected name:password[,name:password...]"))?;
-            if name.is_empty() {
-                return Err(invalid("users", "a user name is empty"));
-            }
-            Ok(User {
-                name: name.into(),
-                password: password.into(),
-            })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,11 +374,8 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("sluice-data"));
         assert_eq!(c.listen.to_string(), "127.0.0.1:5680");
         assert_eq!(c.http_listen.to_string(), "127.0.0.1:15680");
-        assert_eq!(c.users[0].name, "guest");
-        assert!(c.is_known_user("guest", "guest"));
-        assert!(!c.is_known_user("guest", "guesT"));
-        assert!(!c.is_known_user("guest", "guest2"));
-        assert!(!c.is_known_user("nobody", "guest"));
+        assert_eq!(c.users_file_path(), PathBuf::from("sluice-data/users.toml"));
+        assert_eq!(c.loopback_users, BTreeSet::from(["guest".to_owned()]));
     }
 
     #[test]
@@ -444,7 +416,7 @@ mod tests {
         let path = dir.path().join("sluice.toml");
         std::fs::write(
             &path,
-            "data_dir = \"/srv/q\"\nlisten = \"127.0.0.1:7000\"\n[[users]]\nname = \"app\"\npassword = \"pw\"\n",
+            "data_dir = \"/srv/q\"\nlisten = \"127.0.0.1:7000\"\nloopback_users = []\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -455,13 +427,8 @@ mod tests {
         let c = ServerConfig::resolve(&args).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/srv/q"));
         assert_eq!(c.listen.port(), 7001);
-        assert_eq!(
-            c.users,
-            vec![User {
-                name: "app".into(),
-                password: "pw".into()
-            }]
-        );
+        assert!(c.loopback_users.is_empty());
+        assert_eq!(c.users_file_path(), PathBuf::from("/srv/q/users.toml"));
     }
 
     #[test]
@@ -517,7 +484,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_file_keys_and_bad_users_are_errors() {
+    fn unknown_file_keys_and_plain_passwords_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sluice.toml");
         std::fs::write(&path, "data_dirr = \"x\"\n").unwrap();
@@ -529,13 +496,17 @@ mod tests {
             ServerConfig::resolve(&args),
             Err(ConfigError::Parse { .. })
         ));
+        // Users and passwords live in the users file, hashed; never in the config.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, "[[users]]\nname = \"app\"\npassword = \"pw\"\n").unwrap();
         let args = ServeArgs {
-            users: Some("nopassword".into()),
+            config: Some(path),
             ..ServeArgs::default()
         };
         assert!(matches!(
             ServerConfig::resolve(&args),
-            Err(ConfigError::Invalid { .. })
+            Err(ConfigError::Parse { .. })
         ));
     }
 }

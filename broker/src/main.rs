@@ -69,6 +69,11 @@ fn main() -> ExitCode {
         Command::Admin(command) => {
             // Commands print their results; the client's logs are for trouble only.
             init_logging("warn", cli.log_format);
+            if matches.value_source("url") == Some(ValueSource::CommandLine) {
+                if let Some(refusal) = cli::refuse_password_in_url_flag(&cli.target.url) {
+                    return fail(&refusal);
+                }
+            }
             cli::run(command, cli.target)
         }
     }

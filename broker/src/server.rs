@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
@@ -38,6 +39,9 @@ pub struct Server {
     /// The HTTP admin API's listener, unless it is off.
     http: Option<TcpListener>,
     max_connections: usize,
+    /// SIGHUP, installed at bind time: a signal sent as soon as the broker says it is ready
+    /// must reload the users file, not end the process (SIGHUP's default).
+    hangup: Signal,
 }
 
 /// A listener could not be bound (the port is taken, the address is not local...).
@@ -77,11 +81,14 @@ impl Server {
             // More would make the semaphore panic; no process has that many descriptors.
             .min(Semaphore::MAX_PERMITS);
         tracing::info!(max_connections, "connection limit");
+        // Fails only outside a runtime with its signal driver, which `bind` never runs in.
+        let hangup = signal(SignalKind::hangup()).expect("the runtime's signal driver is enabled");
         Ok(Self {
             broker,
             listener,
             http,
             max_connections,
+            hangup,
         })
     }
 
@@ -118,6 +125,11 @@ impl Server {
         let mut backoff = AcceptBackoff::default();
         let mut connections = JoinSet::new();
         let registry = Arc::new(ConnectionRegistry::default());
+        let reloads = tokio::spawn(reload_users_on_sighup(
+            Arc::clone(&self.broker),
+            Arc::clone(&registry),
+            self.hangup,
+        ));
         let mut http = self.http.map(|listener| {
             let api = Api::new(
                 Arc::clone(&self.broker),
@@ -170,6 +182,7 @@ impl Server {
         }
         tracing::info!("shutting down: closing connections");
         disk.abort();
+        reloads.abort();
         if let Some(memory) = memory {
             memory.abort();
         }
@@ -213,6 +226,36 @@ async fn serve_http(api: Api, listener: TcpListener, mut stop: watch::Receiver<b
     };
     if let Err(e) = http::serve(api, listener, stopped).await {
         tracing::error!(error = %e, "the HTTP admin API stopped");
+    }
+}
+
+/// Reloads the users file at every SIGHUP, logging what it holds now; a file that does not
+/// load keeps the users as they were, and says why. Connections of users no longer in the
+/// file are closed.
+async fn reload_users_on_sighup(
+    broker: Arc<Broker>,
+    registry: Arc<ConnectionRegistry>,
+    mut hangup: Signal,
+) {
+    while hangup.recv().await.is_some() {
+        let path = broker.access.path().display().to_string();
+        let reloaded = match broker.access.reload() {
+            Ok(reloaded) => reloaded,
+            Err(e) => {
+                tracing::error!(path, error = %e,
+                    "SIGHUP: users file not reloaded; the previous users, vhosts and permissions stay");
+                continue;
+            }
+        };
+        tracing::info!(path, users = reloaded.users, vhosts = reloaded.vhosts,
+            removed_users = ?reloaded.removed_users, "SIGHUP: users file reloaded");
+        for user in &reloaded.removed_users {
+            let reason = format!("user '{user}' was removed from the users file");
+            let closed = registry.close_user(user, &reason).await;
+            if closed > 0 {
+                tracing::info!(user, closed, "connections of a removed user closed");
+            }
+        }
     }
 }
 

@@ -341,6 +341,7 @@ pub struct ClientBuilder {
     username: Option<String>,
     password: Option<String>,
     name: Option<String>,
+    vhost: Option<String>,
     heartbeat: Option<Duration>,
     max_frame_len: Option<u32>,
     connect_timeout: Option<Duration>,
@@ -355,6 +356,7 @@ impl fmt::Debug for ClientBuilder {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("name", &self.name)
+            .field("vhost", &self.vhost)
             .field("heartbeat", &self.heartbeat)
             .field("max_frame_len", &self.max_frame_len)
             .field("connect_timeout", &self.connect_timeout)
@@ -371,6 +373,7 @@ impl Default for ClientBuilder {
             username: None,
             password: None,
             name: None,
+            vhost: None,
             heartbeat: None,
             max_frame_len: None,
             connect_timeout: None,
@@ -397,6 +400,12 @@ impl ClientBuilder {
     /// Connection name shown by the server's admin API (URL parameter `name`).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
+        self
+    }
+
+    /// The vhost to work in, used when the URL's path names none (default `/`).
+    pub fn vhost(mut self, vhost: impl Into<String>) -> Self {
+        self.vhost = Some(vhost.into());
         self
     }
 
@@ -524,6 +533,10 @@ impl ClientBuilder {
                 .and_then(ConnectUrl::name)
                 .map(str::to_owned)
                 .or_else(|| self.name.clone()),
+            vhost: url
+                .and_then(ConnectUrl::vhost)
+                .map(str::to_owned)
+                .or_else(|| self.vhost.clone()),
         }
     }
 
@@ -581,6 +594,26 @@ mod tests {
         assert_eq!(params.heartbeat_ms, 0);
         assert_eq!(params.max_frame_len, 70_000);
         assert_eq!(params.connection_name.as_deref(), Some("url"));
+        assert_eq!(params.vhost, None);
+        let with_vhost = ConnectUrl::parse("sluice://host/%2F").unwrap();
+        assert_eq!(
+            builder
+                .clone()
+                .vhost("from-builder")
+                .handshake_params(Some(&with_vhost))
+                .vhost
+                .as_deref(),
+            Some("/")
+        );
+        assert_eq!(
+            builder
+                .clone()
+                .vhost("b")
+                .handshake_params(Some(&plain))
+                .vhost
+                .as_deref(),
+            Some("b")
+        );
         assert_eq!(
             builder.connect_timeout_for(Some(&full)),
             Duration::from_millis(7)
@@ -597,6 +630,7 @@ mod tests {
         );
         assert_eq!((params.heartbeat_ms, params.max_frame_len), (0, 0));
         assert_eq!(params.connection_name, None);
+        assert_eq!(params.vhost, None);
         assert_eq!(builder.connect_timeout_for(None), Duration::from_secs(10));
         assert!(!format!("{:?}", builder.credentials("u", "hunter2")).contains("hunter2"));
     }

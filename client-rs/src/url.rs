@@ -1,7 +1,9 @@
 //! Connection URLs (protocol.md §5.1):
-//! `sluice://[user[:password]@][host][:port][/][?param=value[&param=value...]]`.
+//! `sluice://[user[:password]@][host][:port][/[vhost]][?param=value[&param=value...]]`.
 //!
-//! Every part has a default, so `sluice://` alone means `guest:guest@127.0.0.1:5680`.
+//! Every part has a default, so `sluice://` alone means `guest:guest@127.0.0.1:5680`, vhost
+//! `/`. The path names the vhost, percent-decoded as RabbitMQ does: `sluice://h/staging` is
+//! vhost `staging`, `sluice://h/%2F` (like `sluice://h/` and `sluice://h`) is `/`.
 //! `sluices://` (TLS) is reserved and refused with [`UrlError::TlsNotSupported`].
 //!
 //! ```
@@ -57,8 +59,8 @@ pub enum UrlError {
     /// The port is not a number from 1 to 65535.
     #[error("invalid port {0:?}")]
     InvalidPort(String),
-    /// Only an empty path or `/` is allowed.
-    #[error("unexpected path {0:?}: only / is allowed")]
+    /// The path holds more than one segment (a vhost named with `/` is written `%2F`).
+    #[error("unexpected path {0:?}: the path is one vhost name (write / inside it as %2F)")]
     UnexpectedPath(String),
     /// A `#fragment` is not allowed.
     #[error("unexpected fragment in URL")]
@@ -87,6 +89,7 @@ pub struct ConnectUrl {
     port: u16,
     username: Option<String>,
     password: Option<String>,
+    vhost: Option<String>,
     heartbeat_ms: Option<u32>,
     max_frame_len: Option<u32>,
     connect_timeout_ms: Option<u64>,
@@ -101,6 +104,7 @@ impl Default for ConnectUrl {
             port: DEFAULT_PORT,
             username: None,
             password: None,
+            vhost: None,
             heartbeat_ms: None,
             max_frame_len: None,
             connect_timeout_ms: None,
@@ -130,11 +134,15 @@ impl ConnectUrl {
             Some(i) => rest.split_at(i),
             None => (rest, ""),
         };
-        if !(path.is_empty() || path == "/") {
+        let vhost = path.strip_prefix('/').unwrap_or(path);
+        if vhost.contains('/') {
             return Err(UrlError::UnexpectedPath(path.to_owned()));
         }
 
         let mut url = ConnectUrl::default();
+        if !vhost.is_empty() {
+            url.vhost = Some(percent_decode(vhost, "vhost")?);
+        }
         // The last '@' ends the user info: a stray '@' in a password is tolerated.
         let host_port = match authority.rsplit_once('@') {
             Some((userinfo, host_port)) => {
@@ -212,6 +220,11 @@ impl ConnectUrl {
         self.password.as_deref()
     }
 
+    /// The vhost the path names (decoded), when it names one; the server's default is `/`.
+    pub fn vhost(&self) -> Option<&str> {
+        self.vhost.as_deref()
+    }
+
     /// `heartbeat_ms` parameter: the heartbeat interval to propose (0 = server's choice).
     pub fn heartbeat_ms(&self) -> Option<u32> {
         self.heartbeat_ms
@@ -258,6 +271,9 @@ impl fmt::Display for ConnectUrl {
             write!(f, "{}:***@", percent_encode(user))?;
         }
         write!(f, "{}/", self.socket_addr())?;
+        if let Some(vhost) = &self.vhost {
+            f.write_str(&percent_encode(vhost))?;
+        }
         let mut sep = '?';
         let mut param = |f: &mut fmt::Formatter<'_>, name: &str, value: &dyn fmt::Display| {
             let result = write!(f, "{sep}{name}={value}");
@@ -469,11 +485,9 @@ mod tests {
             ("sluice://h:0", UrlError::InvalidPort("0".into())),
             ("sluice://h:70000", UrlError::InvalidPort("70000".into())),
             ("sluice://h:x", UrlError::InvalidPort("x".into())),
-            (
-                "sluice://h/vhost",
-                UrlError::UnexpectedPath("/vhost".into()),
-            ),
+            ("sluice://h/a/b", UrlError::UnexpectedPath("/a/b".into())),
             ("sluice://h//", UrlError::UnexpectedPath("//".into())),
+            ("sluice://h/%zz", UrlError::BadEncoding("vhost")),
             ("sluice://h#frag", UrlError::UnexpectedFragment),
             ("sluice://[::1", UrlError::InvalidHost("[::1".into())),
             ("sluice://[::1]x", UrlError::InvalidHost("[::1]x".into())),
@@ -510,6 +524,21 @@ mod tests {
             ConnectUrl::parse("sluice://::1"),
             Err(UrlError::InvalidHost(_))
         ));
+    }
+
+    #[test]
+    fn the_path_names_the_vhost() {
+        for s in ["sluice://h", "sluice://h/", "sluice://h/?name=x"] {
+            assert_eq!(parse(s).vhost(), None, "{s}");
+        }
+        assert_eq!(parse("sluice://h/staging").vhost(), Some("staging"));
+        assert_eq!(parse("sluice://h/%2F").vhost(), Some("/"));
+        assert_eq!(parse("sluice://h/%2fprod").vhost(), Some("/prod"));
+        assert_eq!(parse("sluice://u:p@h:1/a%20b?name=n").vhost(), Some("a b"));
+        // Display writes it back encoded, and it parses to the same vhost.
+        let url = parse("sluice://h/%2Fteam%2Fa");
+        assert_eq!(url.to_string(), "sluice://h:5680/%2Fteam%2Fa");
+        assert_eq!(parse(&url.to_string()).vhost(), Some("/team/a"));
     }
 
     #[test]

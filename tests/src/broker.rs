@@ -29,7 +29,10 @@ const SLUICE_VARIABLES: &[&str] = &[
     "SLUICE_SEGMENT_BYTES",
     "SLUICE_MAX_MESSAGE_BYTES",
     "SLUICE_HEARTBEAT_MS",
-    "SLUICE_USERS",
+    "SLUICE_USERS_FILE",
+    "SLUICE_LOOPBACK_USERS",
+    "SLUICE_PASSWORD",
+    "SLUICE_NEW_PASSWORD",
     "SLUICE_MIN_FREE_DISK_BYTES",
     "SLUICE_SLOW_CONSUMER_TIMEOUT_MS",
     "SLUICE_MAX_MEMORY_BYTES",
@@ -63,6 +66,50 @@ pub fn sluice_command() -> Command {
         cmd.env_remove(var);
     }
     cmd
+}
+
+/// Runs an offline users-file command, `sluice ARGS --data-dir DATA_DIR` (`user add ...`,
+/// `vhost add ...`, `permissions set ...`), with `SLUICE_NEW_PASSWORD` set to `new_password`
+/// when given; panics with its stderr unless it succeeds. Returns its stdout. A broker started
+/// on `data_dir` afterwards finds the users file as edited (created with `guest` first if
+/// there was none).
+pub fn users_file_command(data_dir: &Path, args: &[&str], new_password: Option<&str>) -> String {
+    let mut cmd = sluice_command();
+    cmd.args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(password) = new_password {
+        cmd.env("SLUICE_NEW_PASSWORD", password);
+    }
+    let child = cmd.spawn().expect("start sluice");
+    let output = wait_output(child);
+    assert!(
+        output.status.success(),
+        "sluice {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Waits (bounded by [`WAIT`]) for `child` and collects its piped output.
+pub fn wait_output(child: Child) -> std::process::Output {
+    let (tx, rx) = mpsc::channel();
+    let pid = child.id();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(WAIT) {
+        Ok(output) => output.expect("waiting for sluice"),
+        Err(_) => {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+            panic!("sluice did not finish within {WAIT:?}")
+        }
+    }
 }
 
 /// Waits for `child` at most `limit`; kills it (by its pid) and returns `None` past that.
@@ -209,6 +256,12 @@ impl BrokerProcess {
     /// The connection URL, as guest.
     pub fn url(&self) -> String {
         format!("sluice://guest:guest@{}", self.addr)
+    }
+
+    /// The URL for the CLI's `--url`, which refuses passwords: no user info, so the CLI logs
+    /// in as the client's default user, guest (from loopback, where guest is allowed).
+    pub fn cli_url(&self) -> String {
+        format!("sluice://{}", self.addr)
     }
 
     /// SIGKILL: a crash.

@@ -286,7 +286,7 @@ async fn browsing_a_missing_queue_is_not_found_bad_limits_are_refused_and_creden
 
 /// Runs `sluice ARGS --url <broker>`, which must succeed; its stdout.
 fn run_cli(broker: &Broker, args: &[&str]) -> String {
-    let url = broker.process.url();
+    let url = broker.process.cli_url();
     let mut child = sluice_command()
         .args(args)
         .args(["--url", &url])

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sluice_client::{Client, ConsumeOptions, PublishOptions, QueueOptions};
-use sluice_tests::broker::{sluice_command, wait_bounded, BrokerProcess, WAIT};
+use sluice_tests::broker::{sluice_command, users_file_command, wait_bounded, BrokerProcess, WAIT};
 use sluice_tests::http::{HttpClient, HttpResponse};
 
 /// A broker with its HTTP API, and a client of both doors.
@@ -25,6 +25,11 @@ impl Broker {
 
     fn start_with(extra: &[&str]) -> Broker {
         let dir = tempfile::tempdir().expect("temporary directory");
+        Self::start_in(dir, extra)
+    }
+
+    /// Starts on `dir/data`, whose users file may already be set up.
+    fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Broker {
         let process = BrokerProcess::start(&dir.path().join("data"), extra);
         let addr = process.http_addr().expect("the HTTP API is on");
         let http = HttpClient::new(addr, "guest", "guest");
@@ -103,7 +108,15 @@ async fn health_probes_answer_without_credentials() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_requests_without_the_right_credentials_get_401_with_a_challenge() {
-    let broker = Broker::start_with(&["--users", "app:s3cret,ops:pw"]);
+    // Two users of their own; guest is gone.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let data = dir.path().join("data");
+    for (user, password) in [("app", "s3cret"), ("ops", "pw")] {
+        let add = ["user", "add", user, "--tags", "management"];
+        users_file_command(&data, &add, Some(password));
+    }
+    users_file_command(&data, &["user", "delete", "guest"], None);
+    let broker = Broker::start_in(dir, &[]);
     let addr = broker.http_addr().to_owned();
     let refused = [
         HttpClient::anonymous(&addr),

@@ -41,7 +41,7 @@ impl Broker {
     /// code and stdout.
     async fn sluice(&self, args: &[&str]) -> (Option<i32>, String) {
         let mut args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        args.extend(["--url".to_owned(), self.process.url()]);
+        args.extend(["--url".to_owned(), self.process.cli_url()]);
         tokio::task::spawn_blocking(move || {
             let mut child = sluice_command()
                 .args(&args)

@@ -445,7 +445,7 @@ async fn broker_stopped_in_the_middle_of_a_move_loses_no_message(stop: fn(Broker
 
 /// Runs `sluice ARGS --url <broker>`: whether it succeeded, its stdout and its stderr.
 fn run_cli(broker: &Broker, args: &[&str]) -> (bool, String, String) {
-    let url = broker.process.url();
+    let url = broker.process.cli_url();
     let mut child = sluice_command()
         .args(args)
         .args(["--url", &url])

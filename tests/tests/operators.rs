@@ -36,7 +36,7 @@ impl Broker {
     /// Runs `sluice ARGS --url <this broker>` off the runtime's threads, bounded in time.
     async fn sluice(&self, args: &[&str]) -> Run {
         let mut args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        args.extend(["--url".to_owned(), self.process.url()]);
+        args.extend(["--url".to_owned(), self.process.cli_url()]);
         tokio::task::spawn_blocking(move || run_sluice(&args))
             .await
             .expect("the command's thread")

@@ -4,11 +4,33 @@
 //!
 //! This module knows nothing of networking: the connection handshake and the HTTP API ask it
 //! for a [`Principal`] and call [`Principal::check`] before every request.
+//!
+//! # Layout
+//! - `vhost.rs`, `permissions.rs`: the vocabulary (vhost names, permission expressions).
+//! - `password.rs`: argon2id hashes, and the cache of recently verified passwords.
+//! - `users_file.rs`: the users file (TOML): vhosts, users, tags, permissions; validated,
+//!   written atomically.
+//! - `throttle.rs`: failed logins slowed per source address.
+//! - `store.rs`: the [`AccessStore`] a running broker logs users in with, and changes and
+//!   reloads the users file through.
 
+mod password;
 mod permissions;
+mod store;
+mod throttle;
+mod users_file;
 mod vhost;
 
-pub use permissions::{AccessRefused, Permission, PermissionSet, PermissionSpec, ResourceKind};
+pub use password::{InvalidPasswordHash, PasswordHash};
+pub use permissions::{
+    AccessRefused, InvalidPermission, Permission, PermissionSet, PermissionSpec, ResourceKind,
+};
+pub use store::{is_loopback, AccessStore, AuthenticatedUser, ChangeError, LoginRefused, Reloaded};
+pub use throttle::{LoginThrottle, ThrottleConfig};
+pub use users_file::{
+    check_user_name, parse_tags, Access, InvalidAccess, User, UsersFileError, VhostLimits,
+    DEFAULT_FILE_NAME,
+};
 pub use vhost::{InvalidVhostName, VhostName};
 
 use std::collections::BTreeSet;

@@ -46,9 +46,12 @@ pub(super) async fn execute(command: AdminCommand, target: Target) -> Result<Out
         }
         _ => None,
     };
-    let url = ConnectUrl::parse(&target.url).map_err(sluice_client::Error::from)?;
-    let client = Client::builder()
-        .name(CONNECTION_NAME)
+    let (url, credentials) = target_url(&target.url)?;
+    let mut builder = Client::builder().name(CONNECTION_NAME);
+    if let Some((user, password)) = credentials {
+        builder = builder.credentials(user, password);
+    }
+    let client = builder
         .connect_url(&url)
         .await
         .map_err(|e| connect_error(&url, e))?;
@@ -60,6 +63,35 @@ pub(super) async fn execute(command: AdminCommand, target: Target) -> Result<Out
     let outcome = result?;
     closed.map_err(|e| CliError::from(e).context("closing the connection"))?;
     Ok(outcome)
+}
+
+/// The URL to connect to and, when `SLUICE_PASSWORD` is set, the user and password to log in
+/// with: the URL's user (guest without one) with that password.
+fn target_url(raw: &str) -> Result<(ConnectUrl, Option<(String, String)>), CliError> {
+    let url = ConnectUrl::parse(raw).map_err(sluice_client::Error::from)?;
+    let Ok(password) = std::env::var(super::PASSWORD_VAR) else {
+        return Ok((url, None));
+    };
+    let user = url
+        .username()
+        .unwrap_or("guest") // the client's default user
+        .to_owned();
+    // Credentials in the URL win over the builder's: take them out of it.
+    let bare = ConnectUrl::parse(&without_user_info(raw)).map_err(sluice_client::Error::from)?;
+    Ok((bare, Some((user, password))))
+}
+
+/// `raw` without its `user[:password]@` part.
+fn without_user_info(raw: &str) -> String {
+    let Some((scheme, rest)) = raw.split_once("://") else {
+        return raw.to_owned();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((_, host_port)) => format!("{scheme}://{host_port}{tail}"),
+        None => raw.to_owned(),
+    }
 }
 
 /// Why the command could not connect, with what to do when the cause is a common one.
@@ -188,6 +220,11 @@ async fn dispatch(
         AdminCommand::Consume(a) => consume(client, &a, json).await?,
         AdminCommand::Browse(a) => super::messages::browse(client, &a, json).await?,
         AdminCommand::MoveMessages(a) => super::messages::move_messages(client, &a, json).await?,
+        AdminCommand::User(_) | AdminCommand::Vhost(_) | AdminCommand::Permissions(_) => {
+            return Err(CliError::new(
+                "this command edits the users file; it needs no broker",
+            ))
+        }
     }
     Ok(Outcome::Done)
 }

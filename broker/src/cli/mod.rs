@@ -28,9 +28,27 @@ mod commands;
 mod definitions;
 pub(crate) mod format;
 pub(crate) mod messages;
+pub(crate) mod users;
 
-/// The broker the admin commands talk to when neither `--url` nor `SLUICE_URL` is given.
-pub const DEFAULT_URL: &str = "sluice://guest:guest@127.0.0.1:5680";
+pub use users::{PermissionsArgs, UserArgs, VhostArgs};
+
+/// The broker the admin commands talk to when neither `--url` nor `SLUICE_URL` is given
+/// (as `guest`, the client's default user).
+pub const DEFAULT_URL: &str = "sluice://127.0.0.1:5680";
+
+/// The environment variable holding the password of the admin commands' user (a password in
+/// `--url` is refused: command lines are visible to every user of the machine).
+pub const PASSWORD_VAR: &str = "SLUICE_PASSWORD";
+
+/// Why a `--url` given on the command line is refused, if it is: it carries a password.
+pub fn refuse_password_in_url_flag(url: &str) -> Option<String> {
+    let parsed = sluice_client::ConnectUrl::parse(url).ok()?;
+    parsed.password().filter(|p| !p.is_empty())?;
+    Some(format!(
+        "--url must not carry a password: command lines are visible to every user of this machine (ps, shell history). \
+         Name the user in the URL (sluice://USER@HOST:PORT) and put the password in {PASSWORD_VAR}, or put the whole URL in SLUICE_URL"
+    ))
+}
 
 /// Exit status of `sluice get` when the queue has no ready message (errors exit with 1,
 /// command-line mistakes with 2).
@@ -135,6 +153,16 @@ pub enum AdminCommand {
     /// had looked. DELIVERIES is how often a message was delivered before ("R": its next
     /// delivery is flagged redelivered), AGE the time since the queue stored it.
     Browse(BrowseArgs),
+    /// Manage users in the users file (offline; then kill -HUP the broker).
+    ///
+    /// Passwords are read from SLUICE_NEW_PASSWORD or standard input, never from the command
+    /// line, and stored as argon2id hashes.
+    User(UserArgs),
+    /// Manage vhosts in the users file (offline; then kill -HUP the broker).
+    Vhost(VhostArgs),
+    /// Manage users' permissions per vhost in the users file (offline; then kill -HUP the
+    /// broker).
+    Permissions(PermissionsArgs),
     /// Move ready messages from one queue to another (e.g. a dead-letter queue back to its
     /// source), printing progress until done.
     ///
@@ -148,8 +176,8 @@ pub enum AdminCommand {
 /// come before or after the command's name (`main.rs` flattens them into the top level).
 #[derive(Debug, Clone, Args)]
 pub struct Target {
-    /// Broker URL of the admin commands, `sluice://user:password@host:port` (the password is
-    /// never printed).
+    /// Broker URL of the admin commands, `sluice://user@host:port[/vhost]`; the password
+    /// comes from SLUICE_PASSWORD (or SLUICE_URL), never from the command line.
     #[arg(long, global = true, env = "SLUICE_URL", default_value = DEFAULT_URL, hide_env_values = true)]
     pub url: String,
     /// Admin commands print JSON instead of text (`consume`: one JSON object per line).
@@ -491,6 +519,23 @@ pub fn parse_header(s: &str) -> Result<HeaderArg, String> {
 /// Runs an admin command to completion and returns the process's exit status. Results are
 /// printed on stdout, errors on stderr.
 pub fn run(command: AdminCommand, target: Target) -> ExitCode {
+    // The users file is edited offline: no broker, no runtime.
+    let offline = match command {
+        AdminCommand::User(args) => users::user(args, target.json),
+        AdminCommand::Vhost(args) => users::vhost(args, target.json),
+        AdminCommand::Permissions(args) => users::permissions(args, target.json),
+        command => return run_online(command, target),
+    };
+    match offline {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_online(command: AdminCommand, target: Target) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

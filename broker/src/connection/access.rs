@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use sluice_client::wire::ErrorCode;
 
 use crate::auth::{AccessRefused, Permission, Principal, ResourceKind, Tag};
-use crate::broker::VhostLimits;
+use crate::auth::VhostLimits;
 use crate::error::RequestError;
 use crate::publish::ExchangeDoor;
 use crate::routing::Namespace;

@@ -26,14 +26,16 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use sluice_client::wire::{
-    Close, DecodeError, ErrorCode, Frame, FrameDecoder, Hello, Opcode, Reply, Request, RequestId,
-    Welcome, FRAME_OVERHEAD_RESERVE, HANDSHAKE_MAX_FRAME_LEN, MIN_MAX_FRAME_LEN, PROTOCOL_VERSION,
+    Close, DecodeError, ErrorCode, Frame, FrameDecoder, HeaderValue, Hello, Opcode, Reply, Request,
+    RequestId, Welcome, FRAME_OVERHEAD_RESERVE, HANDSHAKE_MAX_FRAME_LEN, MIN_MAX_FRAME_LEN,
+    PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
+use crate::auth::{LoginRefused, Principal, VhostName};
 use crate::broker::Broker;
 use crate::queue::Outbox;
 use output::{Output, WRITER_CHUNKS};
@@ -114,6 +116,9 @@ struct HandshakeRefused {
     reason: String,
     /// The client, if its `Hello` was read.
     client: Option<ClientInfo>,
+    /// Already logged elsewhere: wrong passwords are summarised per source address by the
+    /// login throttle, so a guessing client does not write a line per guess.
+    logged: bool,
 }
 
 impl HandshakeRefused {
@@ -122,7 +127,17 @@ impl HandshakeRefused {
             code: None,
             reason: reason.into(),
             client: None,
+            logged: false,
         }
+    }
+}
+
+/// The vhost a `Hello` asks for: its `vhost` client property (a string), `/` without one.
+fn requested_vhost(hello: &Hello) -> Result<VhostName, String> {
+    match hello.client_properties.iter().find(|(k, _)| k == "vhost") {
+        None => Ok(VhostName::default_vhost()),
+        Some((_, HeaderValue::Str(name))) => VhostName::new(name).map_err(|e| e.to_string()),
+        Some(_) => Err("the client property vhost must be a string".into()),
     }
 }
 
@@ -185,9 +200,13 @@ pub async fn serve(
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let timeout = broker.config.handshake_timeout;
-    let (agreed, who) = match tokio::time::timeout(
+    // A peer whose address is unknown is not on loopback.
+    let peer_ip = peer_addr.map_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), |a| {
+        a.ip()
+    });
+    let (agreed, who, principal) = match tokio::time::timeout(
         timeout,
-        handshake(&broker, conn_id, &mut rd, &mut wr, &mut buf),
+        handshake(&broker, conn_id, peer_ip, &mut rd, &mut wr, &mut buf),
     )
     .await
     {
@@ -205,6 +224,7 @@ pub async fn serve(
         conn = conn_id,
         peer,
         user = who.user,
+        vhost = %principal.vhost,
         client = who.client,
         connection_name = who.connection_name,
         "connection opened"
@@ -246,22 +266,15 @@ pub async fn serve(
         broker.config.slow_consumer_timeout,
     );
 
-    // Until logins carry a user's permissions, everyone works in `/` with all of them.
-    let principal = crate::auth::Principal {
-        user: who.user.clone(),
-        tags: [crate::auth::Tag::Administrator].into(),
-        vhost: crate::auth::VhostName::default_vhost(),
-        permissions: crate::auth::PermissionSet::full(),
-    };
-    let principal_vhost = principal.vhost.clone();
+    let limits = broker.vhost_limits(principal.vhost.as_str());
     let reason = session::Session::new(
         Arc::clone(&broker),
-        principal,
-        broker.vhost_limits(principal_vhost.as_str()),
+        limits,
         Arc::clone(entry),
         Arc::clone(&registry),
         peer.clone(),
         agreed,
+        principal,
         output,
         last_recv,
         started,
@@ -291,15 +304,18 @@ pub async fn serve(
     );
 }
 
-/// One line per refused handshake; a wrong user or password is a warning, since it may be
-/// someone guessing.
+/// One line per refused handshake, unless already logged; a refused login is a warning,
+/// since it may be someone guessing.
 fn log_refusal(conn_id: u64, peer: &str, refused: &HandshakeRefused) {
+    if refused.logged {
+        return;
+    }
     let user = refused.client.as_ref().map_or("", |c| c.user.as_str());
     let client = refused.client.as_ref().map_or("", |c| c.client.as_str());
     let code = refused.code.map_or("", |c| c.name());
     let reason = refused.reason.as_str();
     if refused.code == Some(ErrorCode::AccessRefused) {
-        tracing::warn!(conn = conn_id, peer, user, client, reason, "login failed");
+        tracing::warn!(conn = conn_id, peer, user, client, reason, "login refused");
     } else {
         tracing::info!(
             conn = conn_id,
@@ -317,10 +333,11 @@ fn log_refusal(conn_id: u64, peer: &str, refused: &HandshakeRefused) {
 async fn handshake(
     broker: &Broker,
     conn_id: u64,
+    peer_ip: std::net::IpAddr,
     rd: &mut OwnedReadHalf,
     wr: &mut OwnedWriteHalf,
     buf: &mut BytesMut,
-) -> Result<(Agreed, ClientInfo), HandshakeRefused> {
+) -> Result<(Agreed, ClientInfo, Principal), HandshakeRefused> {
     let decoder = FrameDecoder::new(HANDSHAKE_MAX_FRAME_LEN);
     let raw = loop {
         match decoder.decode_raw(buf) {
@@ -380,18 +397,31 @@ async fn handshake(
         let reason = format!("server speaks versions {MIN_VERSION}..{PROTOCOL_VERSION}");
         return Err(refuse(wr, ErrorCode::UnsupportedVersion, &reason, Some(who)).await);
     }
-    if !broker
-        .config
-        .is_known_user(&hello.username, &hello.password)
+    let vhost = match requested_vhost(&hello) {
+        Ok(vhost) => vhost,
+        Err(why) => return Err(refuse(wr, ErrorCode::InvalidArgument, &why, Some(who)).await),
+    };
+    let principal = match broker
+        .access
+        .login(&hello.username, &hello.password, &vhost, peer_ip)
+        .await
     {
-        return Err(refuse(
-            wr,
-            ErrorCode::AccessRefused,
-            "unknown user or wrong password",
-            Some(who),
-        )
-        .await);
-    }
+        Ok(principal) => principal,
+        Err(refused) => {
+            let mut refusal = refuse(
+                wr,
+                ErrorCode::AccessRefused,
+                &refused.to_string(),
+                Some(who),
+            )
+            .await;
+            refusal.logged = matches!(
+                refused,
+                LoginRefused::BadCredentials | LoginRefused::Throttled { .. }
+            );
+            return Err(refusal);
+        }
+    };
     let cfg = &broker.config;
     let heartbeat_ms = if cfg.heartbeat_ms == 0 {
         0
@@ -433,7 +463,7 @@ async fn handshake(
         max_frame_len,
         max_message_len,
     };
-    Ok((agreed, who))
+    Ok((agreed, who, principal))
 }
 
 /// Sends `Close` with `code` and returns what the log says about it.
@@ -459,6 +489,7 @@ async fn refuse(
         code: Some(code),
         reason: reason.into(),
         client,
+        logged: false,
     }
 }
 

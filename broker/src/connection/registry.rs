@@ -242,6 +242,28 @@ impl ConnectionRegistry {
         }
     }
 
+    /// Closes every connection of `user` (deleted, or removed from the users file), each as
+    /// [`close`](Self::close) does; returns how many were closed.
+    pub async fn close_user(&self, user: &str, reason: &str) -> usize {
+        let theirs: Vec<ConnId> = self
+            .snapshot_after(None)
+            .iter()
+            .filter(|e| e.user == user)
+            .map(|e| e.id)
+            .collect();
+        let mut closed = 0;
+        for id in theirs {
+            match self.close(id, reason).await {
+                Ok(()) => closed += 1,
+                // Gone by itself meanwhile: nothing to do.
+                Err(e) if e.code == ErrorCode::NotFound => {}
+                Err(e) => tracing::warn!(conn = id, user, error = %e.message,
+                    "could not close a connection of a removed user"),
+            }
+        }
+        closed
+    }
+
     /// Cancels the consumer `tag` of connection `id` for an operator: its client gets
     /// `ConsumerCancelled` with `CONSUMER_CANCELLED`. `NOT_FOUND` for an unknown connection
     /// or tag.

@@ -19,8 +19,8 @@ use super::output::Output;
 use super::{
     Agreed, CloseReason, ConnectionEntry, ConnectionRegistry, ConnectionStats, Control, ReadEvent,
 };
-use crate::auth::{Permission, Principal, ResourceKind, Tag};
-use crate::broker::{Broker, VhostLimits};
+use crate::auth::{Permission, Principal, ResourceKind, Tag, VhostLimits};
+use crate::broker::Broker;
 use crate::error::RequestError;
 use crate::metrics::Metrics;
 use crate::publish::{route_message, PublishLimits};
@@ -131,12 +131,12 @@ impl Session {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         broker: Arc<Broker>,
-        principal: Principal,
         limits: VhostLimits,
         entry: Arc<ConnectionEntry>,
         registry: Arc<ConnectionRegistry>,
         peer: String,
         agreed: Agreed,
+        principal: Principal,
         output: Output,
         last_recv: Arc<AtomicU64>,
         started: Instant,
@@ -317,6 +317,8 @@ impl Session {
         tracing::warn!(
             conn = self.link.id,
             peer = self.peer,
+            user = self.access.principal().user,
+            vhost = %self.access.principal().vhost,
             owed_bytes = owed,
             stalled_ms = stalled.as_millis() as u64,
             "slow consumer: its socket stayed full; closing the connection"
@@ -338,6 +340,8 @@ impl Session {
                 tracing::info!(
                     conn = self.link.id,
                     peer = self.peer,
+                    user = self.access.principal().user,
+                    vhost = %self.access.principal().vhost,
                     reason,
                     "an operator closes the connection"
                 );

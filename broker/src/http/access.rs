@@ -8,61 +8,23 @@
 //! - [`Visible`]: the vhosts a listing shows: the one asked for, or every vhost the user may
 //!   see (administrators and monitors all of them, others those they have permissions in).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 use sluice_client::wire::ErrorCode;
 
 use super::error::ApiError;
 use super::Api;
-use crate::auth::{Permission, PermissionSet, Principal, ResourceKind, Tag, VhostName};
+use crate::auth::{AuthenticatedUser, Permission, Principal, ResourceKind, Tag, VhostName};
 use crate::error::RequestError;
 use crate::routing::{namespace, Namespace};
 
-/// The user that HTTP basic auth let in, left in the request's extensions.
-#[derive(Debug, Clone)]
-pub(crate) struct HttpUser {
-    /// Its name.
-    pub name: String,
-    /// Its tags.
-    pub tags: BTreeSet<Tag>,
-    /// Its permissions per vhost; `None`: every permission in every vhost (a broker without
-    /// a users file).
-    pub permissions: Option<BTreeMap<VhostName, PermissionSet>>,
-}
-
-impl HttpUser {
-    /// The user in `vhost`, if it has permissions there.
-    pub(crate) fn principal(&self, vhost: &VhostName) -> Option<Principal> {
-        let permissions = match &self.permissions {
-            None => PermissionSet::full(),
-            Some(by_vhost) => by_vhost.get(vhost)?.clone(),
-        };
-        Some(Principal {
-            user: self.name.clone(),
-            tags: self.tags.clone(),
-            vhost: vhost.clone(),
-            permissions,
-        })
+/// Whether listings show `user` the vhost `vhost`: every vhost to administrators and
+/// monitors, to others those they have permissions in.
+fn sees(user: &AuthenticatedUser, vhost: &str) -> bool {
+    if user.has_tag(Tag::Monitoring) {
+        return true;
     }
-
-    /// Whether listings show it `vhost`.
-    pub(crate) fn sees(&self, vhost: &str) -> bool {
-        if self.tags.contains(&Tag::Administrator) || self.tags.contains(&Tag::Monitoring) {
-            return true;
-        }
-        match &self.permissions {
-            None => true,
-            Some(by_vhost) => VhostName::new(vhost).is_ok_and(|v| by_vhost.contains_key(&v)),
-        }
-    }
-
-    /// Whether it carries `tag` (an administrator carries them all).
-    pub(crate) fn has_tag(&self, tag: Tag) -> bool {
-        self.tags.contains(&tag) || self.tags.contains(&Tag::Administrator)
-    }
+    VhostName::new(vhost).is_ok_and(|v| user.permissions_in(&v).is_some())
 }
 
 /// `?vhost=NAME`.
@@ -71,10 +33,10 @@ struct VhostParam {
     vhost: Option<String>,
 }
 
-fn user_of(parts: &Parts) -> Result<Arc<HttpUser>, ApiError> {
+fn user_of(parts: &Parts) -> Result<AuthenticatedUser, ApiError> {
     parts
         .extensions
-        .get::<Arc<HttpUser>>()
+        .get::<AuthenticatedUser>()
         .cloned()
         .ok_or_else(|| RequestError::new(ErrorCode::AccessRefused, "not logged in").into())
 }
@@ -180,7 +142,7 @@ impl Scope {
 /// The vhosts a listing shows.
 #[derive(Debug)]
 pub(crate) struct Visible {
-    user: Arc<HttpUser>,
+    user: AuthenticatedUser,
     only: Option<VhostName>,
 }
 
@@ -191,7 +153,7 @@ impl FromRequestParts<Api> for Visible {
         let user = user_of(parts)?;
         let only = vhost_param(parts)?;
         if let Some(vhost) = &only {
-            if !user.sees(vhost.as_str()) {
+            if !sees(&user, vhost.as_str()) {
                 let message = format!("user '{}' has no access to vhost '{vhost}'", user.name);
                 return Err(RequestError::new(ErrorCode::AccessRefused, message).into());
             }
@@ -205,7 +167,7 @@ impl Visible {
     pub(crate) fn show<'a>(&self, internal: &'a str) -> Option<namespace::ResourceName<'a>> {
         let name = namespace::split(internal);
         let wanted = self.only.as_ref().is_none_or(|v| v.as_str() == name.vhost);
-        (wanted && self.user.sees(name.vhost)).then_some(name)
+        (wanted && sees(&self.user, name.vhost)).then_some(name)
     }
 
     /// The vhost `?vhost=` names, or `/`.
@@ -216,7 +178,7 @@ impl Visible {
     }
 
     /// The user.
-    pub(crate) fn user(&self) -> &HttpUser {
+    pub(crate) fn user(&self) -> &AuthenticatedUser {
         &self.user
     }
 }

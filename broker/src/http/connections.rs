@@ -40,8 +40,9 @@ pub struct CloseBody {
     reason: String,
 }
 
-/// `DELETE /api/connections/ID`: closes the connection; its client gets `Close` with
-/// `CONNECTION_FORCED` and the reason, its unsettled deliveries return to their queues.
+/// `DELETE /api/connections/ID` (one of the user's own, or any for administrators): closes
+/// the connection; its client gets `Close` with `CONNECTION_FORCED` and the reason, its
+/// unsettled deliveries return to their queues.
 pub async fn close(
     State(api): State<Api>,
     visible: Visible,
@@ -54,8 +55,9 @@ pub async fn close(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `DELETE /api/connections/ID/consumers/TAG`: cancels the consumer; its client gets
-/// `ConsumerCancelled` with `CONSUMER_CANCELLED`, its unsettled deliveries return.
+/// `DELETE /api/connections/ID/consumers/TAG` (one of the user's own connections, or any for
+/// administrators): cancels the consumer; its client gets `ConsumerCancelled` with
+/// `CONSUMER_CANCELLED`, its unsettled deliveries return.
 pub async fn cancel_consumer(
     State(api): State<Api>,
     visible: Visible,

@@ -16,11 +16,11 @@ use sluice_client::wire::{
     ListExchanges, QueueArguments,
 };
 
-use super::access::{HttpUser, Visible};
+use super::access::Visible;
 use super::error::{ApiError, JsonBody};
 use super::Api;
 use crate::admin;
-use crate::auth::{Permission, ResourceKind, VhostName};
+use crate::auth::{AuthenticatedUser, Permission, ResourceKind, VhostName};
 use crate::broker::Broker;
 use crate::error::RequestError;
 use crate::queue::ConnId;
@@ -116,7 +116,7 @@ pub async fn import(
 struct BrokerTarget {
     broker: Arc<Broker>,
     conn: ConnId,
-    user: HttpUser,
+    user: AuthenticatedUser,
     default_vhost: String,
 }
 

@@ -89,21 +89,32 @@ pub struct BoundedStream {
     _slot: OwnedSemaphorePermit,
 }
 
-/// The number of requests of one connection being answered now; handed to the router as the
-/// connection's `ConnectInfo`.
+/// The number of requests of one connection being answered now.
 #[derive(Debug, Clone, Default)]
 pub struct Activity(Arc<AtomicUsize>);
 
-impl Connected<IncomingStream<'_, BoundedListener>> for Activity {
+/// What the router knows of a connection (its `ConnectInfo`): its activity, and the peer's
+/// address (logins are throttled and `loopback_users` checked by it).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    activity: Activity,
+    /// The client's address.
+    pub addr: SocketAddr,
+}
+
+impl Connected<IncomingStream<'_, BoundedListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, BoundedListener>) -> Self {
-        stream.io().answering.clone()
+        Peer {
+            activity: stream.io().answering.clone(),
+            addr: *stream.remote_addr(),
+        }
     }
 }
 
 /// Middleware: counts the request as being answered on its connection while it runs (and if
 /// it is dropped half-way, no longer).
 pub async fn track_requests(
-    ConnectInfo(activity): ConnectInfo<Activity>,
+    ConnectInfo(Peer { activity, .. }): ConnectInfo<Peer>,
     request: Request,
     next: Next,
 ) -> Response {

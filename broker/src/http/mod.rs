@@ -4,14 +4,16 @@
 //! # Layout
 //! - [`serve`] is the one door: it runs the router on a bound listener until shutdown.
 //! - `listener.rs`: at most [`MAX_HTTP_CONNECTIONS`] connections at once, idle ones closed.
-//! - `auth.rs`: HTTP basic auth against the broker's users (`/api/...` only).
+//! - `auth.rs`: HTTP basic auth against the broker's users (`/api/...` only), the tags that
+//!   open the API, and the authenticated user in each request's extensions.
 //! - `access.rs`: the vhost a request works in (`?vhost=`) and the user's permissions there.
 //! - `error.rs`: [`RequestError`](crate::error::RequestError) codes as HTTP statuses, and the
 //!   JSON body extractor whose failures are answered in the same shape.
 //! - one file per resource: `overview.rs`, `queues.rs`, `exchanges.rs`, `bindings.rs`,
 //!   `consumers.rs`, `connections.rs` (list, close, cancel a consumer), `publish.rs` (publish
 //!   and get for debugging), `messages.rs` (browsing a queue), `moves.rs` (moving messages
-//!   between queues), `definitions.rs` (export and import the topology), `health.rs` for
+//!   between queues), `definitions.rs` (export and import the topology), `users.rs`,
+//!   `vhosts.rs` and `permissions.rs` (the users file; `/api/whoami`), `health.rs` for
 //!   `/healthz` and `/readyz`, and `metrics.rs` for the Prometheus scrape `/metrics` (rendered
 //!   by [`crate::metrics`]).
 //! - `history.rs`: a sampler task keeps the last minutes of the broker's and each queue's
@@ -38,8 +40,11 @@ mod messages;
 mod metrics;
 mod moves;
 mod overview;
+mod permissions;
 mod publish;
 mod queues;
+mod users;
+mod vhosts;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -100,7 +105,7 @@ pub async fn serve(
     let listener = listener::BoundedListener::new(listener, api.broker.config.handshake_timeout);
     let app = router(api)
         .layer(axum::middleware::from_fn(listener::track_requests))
-        .into_make_service_with_connect_info::<listener::Activity>();
+        .into_make_service_with_connect_info::<listener::Peer>();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
@@ -165,6 +170,24 @@ fn router(api: Api) -> Router {
         .route(
             "/api/connections/{id}/consumers/{tag}",
             axum::routing::delete(connections::cancel_consumer),
+        )
+        .route("/api/whoami", get(users::whoami))
+        .route("/api/users", get(users::list))
+        .route(
+            "/api/users/{name}",
+            get(users::show).put(users::put).delete(users::delete),
+        )
+        .route("/api/vhosts", get(vhosts::list))
+        .route(
+            "/api/vhosts/{name}",
+            get(vhosts::show).put(vhosts::put).delete(vhosts::delete),
+        )
+        .route("/api/permissions", get(permissions::list))
+        .route(
+            "/api/permissions/{vhost}/{user}",
+            get(permissions::show)
+                .put(permissions::put)
+                .delete(permissions::delete),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             api.clone(),

@@ -182,6 +182,8 @@ pub(crate) struct HandshakeParams {
     pub(crate) heartbeat_ms: u32,
     pub(crate) max_frame_len: u32,
     pub(crate) connection_name: Option<String>,
+    /// Sent as the `vhost` client property; none means the server's default, `/`.
+    pub(crate) vhost: Option<String>,
 }
 
 impl HandshakeParams {
@@ -193,6 +195,9 @@ impl HandshakeParams {
         ];
         if let Some(name) = &self.connection_name {
             client_properties.push(("connection_name".into(), name.as_str().into()));
+        }
+        if let Some(vhost) = &self.vhost {
+            client_properties.push(("vhost".into(), vhost.as_str().into()));
         }
         Hello {
             min_version: PROTOCOL_VERSION,

@@ -34,7 +34,7 @@ impl Session {
         let broker = Arc::clone(&self.broker);
         let conn = self.link.id;
         let exclusive = d.exclusive && !d.passive;
-        let limits = *self.access.limits();
+        let limits = self.access.limits().clone();
         match tokio::task::block_in_place(|| broker.declare_queue(conn, d, &limits)) {
             Ok(mut ok) => {
                 if exclusive && !self.exclusive_queues.contains(&ok.name) {
@@ -132,7 +132,7 @@ impl Session {
             Err(e) => return self.send_error(id, e.into()),
         };
         let broker = Arc::clone(&self.broker);
-        let limits = *self.access.limits();
+        let limits = self.access.limits().clone();
         match tokio::task::block_in_place(|| broker.declare_exchange(d, &limits)) {
             Ok(()) => self.send(id, Reply::DeclareExchangeOk),
             Err(e) => self.send_error(id, e),

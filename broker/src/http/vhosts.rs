@@ -1,0 +1,102 @@
+//! `/api/vhosts`: list and show vhosts with their limits (administrators and monitoring users
+//! see every vhost, others those they have permissions in); create, change and delete them
+//! (administrators only). Names in paths are percent-encoded: `/api/vhosts/%2F` is `/`.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use sluice_client::wire::ErrorCode;
+
+use super::auth::{Administrator, ApiUser};
+use super::error::{ApiError, JsonBody};
+use super::users::blocking;
+use super::Api;
+use crate::auth::{AuthenticatedUser, Tag, VhostLimits, VhostName};
+use crate::cli::users::{vhosts_json, VhostJson};
+use crate::error::RequestError;
+
+/// Whether `user` may see `vhost` in listings.
+fn visible(user: &AuthenticatedUser, vhost: &str) -> bool {
+    user.has_tag(Tag::Monitoring)
+        || VhostName::new(vhost).is_ok_and(|v| user.permissions_in(&v).is_some())
+}
+
+/// `GET /api/vhosts`.
+pub async fn list(ApiUser(user): ApiUser, State(api): State<Api>) -> Response {
+    let all = vhosts_json(&api.broker.access.snapshot());
+    let shown: Vec<VhostJson> = all
+        .into_iter()
+        .filter(|v| visible(&user, &v.name))
+        .collect();
+    Json(shown).into_response()
+}
+
+/// `GET /api/vhosts/NAME`.
+pub async fn show(
+    ApiUser(user): ApiUser,
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let found = vhosts_json(&api.broker.access.snapshot())
+        .into_iter()
+        .find(|v| v.name == name && visible(&user, &v.name));
+    found
+        .map(|v| Json(v).into_response())
+        .ok_or_else(|| RequestError::new(ErrorCode::NotFound, format!("no vhost '{name}'")).into())
+}
+
+/// The body of `PUT /api/vhosts/NAME`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutVhost {
+    #[serde(default)]
+    limits: VhostLimits,
+}
+
+/// `PUT /api/vhosts/NAME`: creates the vhost (201) or replaces its limits (204).
+pub async fn put(
+    Administrator(by): Administrator,
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<PutVhost>,
+) -> Result<Response, ApiError> {
+    let vhost = vhost_name(&name)?;
+    let access = std::sync::Arc::clone(&api.broker.access);
+    let created = blocking(move || access.change(|a| Ok(a.put_vhost(&vhost, body.limits)))).await?;
+    tracing::info!(
+        vhost = name,
+        by = by.name,
+        created,
+        "vhost changed through the HTTP API"
+    );
+    Ok(if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::NO_CONTENT
+    }
+    .into_response())
+}
+
+/// `DELETE /api/vhosts/NAME`: deletes the vhost and every permission on it.
+pub async fn delete(
+    Administrator(by): Administrator,
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let vhost = vhost_name(&name)?;
+    let access = std::sync::Arc::clone(&api.broker.access);
+    blocking(move || access.change(|a| a.delete_vhost(&vhost))).await?;
+    tracing::info!(
+        vhost = name,
+        by = by.name,
+        "vhost deleted through the HTTP API"
+    );
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A vhost name from a path; an invalid one is a bad request.
+pub(super) fn vhost_name(raw: &str) -> Result<VhostName, ApiError> {
+    VhostName::new(raw).map_err(|e| RequestError::invalid(e.to_string()).into())
+}
