@@ -38,7 +38,6 @@ const DISK_CHECK_SLICES: u64 = 8;
 /// Names with this prefix belong to the server.
 pub const RESERVED_PREFIX: &str = "sluice.";
 
-
 /// Queues and exchanges, read by every connection as an immutable snapshot.
 #[derive(Debug, Clone)]
 pub struct Registry {

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use sluice_client::wire::ErrorCode;
 
-use crate::auth::{AccessRefused, Permission, Principal, ResourceKind, Tag};
 use crate::auth::VhostLimits;
+use crate::auth::{AccessRefused, Permission, Principal, ResourceKind, Tag};
 use crate::error::RequestError;
 use crate::publish::ExchangeDoor;
 use crate::routing::Namespace;
@@ -126,18 +126,20 @@ impl Access {
         self.check(Permission::Configure, kind, name)
     }
 
-    /// `Ok` when the principal carries `tag` (an administrator carries them all).
+    /// `Ok` when the principal carries `tag` (an administrator carries them all);
+    /// `NOT_ALLOWED` naming it if not.
     pub(super) fn check_tag(&mut self, tag: Tag, what: &str) -> Result<(), RequestError> {
         if self.principal.has_tag(tag) {
             return Ok(());
         }
         let message = format!(
-            "user '{}' lacks the {} tag needed to {what}",
+            "user '{}' lacks the tag {} needed to {what}",
             self.principal.user,
             tag.as_str()
         );
         self.log_refusal(&message);
-        Err(RequestError::new(ErrorCode::AccessRefused, message))
+        // A missing tag is NOT_ALLOWED, as on the HTTP API (`http/auth.rs`).
+        Err(RequestError::new(ErrorCode::NotAllowed, message))
     }
 
     /// An error as this vhost's client sees it: internal names become its own.

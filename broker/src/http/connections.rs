@@ -78,11 +78,12 @@ fn check_operator(api: &Api, visible: &Visible, id: u64, what: &str) -> Result<(
         return Ok(());
     }
     let message = format!(
-        "user '{}' lacks the administrator tag needed to {what}",
+        "user '{}' lacks the tag administrator needed to {what}",
         user.name
     );
     tracing::warn!(user = user.name, "HTTP access refused: {message}");
-    Err(RequestError::new(ErrorCode::AccessRefused, message).into())
+    // A missing tag is NOT_ALLOWED, as everywhere on the API (`auth.rs`).
+    Err(RequestError::new(ErrorCode::NotAllowed, message).into())
 }
 
 /// A connection id from a path; anything else names no connection.
