@@ -8,6 +8,8 @@
 //!   broker persists and lists.
 //! - `table`: [`RoutingTable`], the indexes routing reads on the hot path.
 //! - `topic`: topic patterns (`*`, `#`), a trie for many bindings and [`topic_matches`] for one.
+//! - [`namespace`]: vhosts as prefixes of the names the table knows (the default exchange,
+//!   `amq.*` and alternate exchanges are per vhost).
 //! - `headers`: the `x-match` rules of headers exchanges, matched by merging sorted lists,
 //!   and the limits on header tables ([`MAX_HEADER_ENTRIES`], [`MAX_HEADERS_LEN`]).
 //!
