@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use sluice_broker::broker::Broker;
+use sluice_broker::broker::{Broker, StartError};
 use sluice_broker::cli::{self, AdminCommand, Target};
 use sluice_broker::config::{ServeArgs, ServerConfig};
 use sluice_broker::limits;
@@ -124,6 +124,10 @@ fn init_logging(default: &str, format: LogFormat) {
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let config = ServerConfig::resolve(args)?;
+    if std::env::var_os("SLUICE_USERS").is_some() {
+        // Its plain passwords would otherwise seem to work and silently not.
+        tracing::warn!("SLUICE_USERS is no longer read: users and their hashed passwords live in the users file (sluice user add; docs/security.md)");
+    }
     // Before anything opens a file: the sockets and queue files all draw on this limit.
     match limits::raise_descriptor_limit() {
         Ok(limit) => tracing::info!(
@@ -139,8 +143,10 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let data_dir = config.data_dir.clone();
-        let broker = Broker::open(config).map_err(|e| {
-            anyhow::anyhow!("cannot open the data directory {}: {e}", data_dir.display())
+        let broker = Broker::open(config).map_err(|e| match e {
+            // Names its own file, which need not be in the data directory.
+            StartError::Users(e) => anyhow::anyhow!("{e}"),
+            e => anyhow::anyhow!("cannot open the data directory {}: {e}", data_dir.display()),
         })?;
         let server = Server::bind(broker)
             .await

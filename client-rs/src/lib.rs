@@ -9,7 +9,7 @@
 //! # Layout
 //! - [`wire`]: the sans-I/O codec for the wire protocol (`protocol.md`). The broker reuses
 //!   these types, so there is exactly one definition of every frame.
-//! - `url`: [`ConnectUrl`], `sluice://user:password@host:port/?options`.
+//! - `url`: [`ConnectUrl`], `sluice://user:password@host:port/vhost?options`.
 //! - `error`: [`Error`], [`CloseReason`], and the mapping from protocol error codes.
 //! - `options`: [`QueueOptions`], [`ExchangeOptions`], [`ConsumeOptions`],
 //!   [`PublishOptions`] and friends.

@@ -223,6 +223,42 @@ async fn a_broken_users_file_keeps_the_users_the_broker_had() {
     broker.process.stop();
 }
 
+#[test]
+fn a_broker_whose_users_file_does_not_load_does_not_start_and_says_why() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("users.toml"),
+        "[[users]]\nname = \"app\"\npassword = \"plain\"\n",
+    )
+    .unwrap();
+    let child = sluice_command()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "off",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sluice serve");
+    let output = wait_output(child);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let users_file = data.join("users.toml");
+    assert!(
+        stderr.contains(&format!("sluice: users file {}: ", users_file.display()))
+            && stderr.contains("unknown field `password`"),
+        "{stderr}"
+    );
+}
+
 // ----------------------------------------------------------------------------------------
 // Vhosts at login
 // ----------------------------------------------------------------------------------------
@@ -276,6 +312,12 @@ async fn the_url_path_names_the_vhost_and_a_user_without_permissions_there_is_re
     assert_eq!(
         reason,
         "access to vhost 'prod' refused for user 'ci': no such vhost"
+    );
+    let (code, reason) = refusal(broker.login("ci", "ci-pw", "a%01b").await);
+    assert_eq!(code, Some(ErrorCode::AccessRefused));
+    assert_eq!(
+        reason,
+        "invalid vhost name 'a\\u{1}b': it contains a control character"
     );
     let guest = broker
         .login("guest", "guest", "%2F")
@@ -535,10 +577,14 @@ async fn users_vhosts_and_permissions_are_managed_over_http_by_administrators_on
         "INVALID_ARGUMENT",
     );
     assert!(message.contains("unknown tag 'root'"), "{message}");
-    assert_status(
+    let message = assert_status(
         &admin.put("/api/users/y", r#"{"tags": []}"#).await,
-        404,
-        "NOT_FOUND",
+        400,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(
+        message,
+        "user 'y' does not exist; creating it needs a password"
     );
     assert_status(
         &admin

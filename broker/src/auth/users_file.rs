@@ -187,6 +187,17 @@ pub enum InvalidAccess {
     /// No such user.
     #[error("no user '{0}'")]
     NoUser(String),
+    /// The user has no permissions in the vhost.
+    #[error("user '{user}' has no permissions in vhost '{vhost}'")]
+    NoPermissions {
+        /// The user.
+        user: String,
+        /// The vhost.
+        vhost: String,
+    },
+    /// A user that does not exist cannot be made without a password.
+    #[error("user '{0}' does not exist; creating it needs a password")]
+    PasswordRequired(String),
     /// The vhost or user exists already (for commands that only create).
     #[error("{kind} '{name}' already exists")]
     Exists {
@@ -200,7 +211,12 @@ pub enum InvalidAccess {
 impl InvalidAccess {
     /// Whether the change names something that does not exist (404 on the HTTP API).
     pub fn is_not_found(&self) -> bool {
-        matches!(self, InvalidAccess::NoVhost(_) | InvalidAccess::NoUser(_))
+        matches!(
+            self,
+            InvalidAccess::NoVhost(_)
+                | InvalidAccess::NoUser(_)
+                | InvalidAccess::NoPermissions { .. }
+        )
     }
 }
 
@@ -425,7 +441,7 @@ impl Access {
             return Ok(false);
         }
         let Some(password_hash) = password_hash else {
-            return Err(InvalidAccess::NoUser(name.to_owned()));
+            return Err(InvalidAccess::PasswordRequired(name.to_owned()));
         };
         self.users.insert(
             name.to_owned(),
@@ -481,7 +497,7 @@ impl Access {
         Ok(())
     }
 
-    /// Removes a user's permissions in a vhost; `NoVhost` if it had none there.
+    /// Removes a user's permissions in a vhost.
     pub fn clear_permissions(
         &mut self,
         user: &str,
@@ -495,7 +511,10 @@ impl Access {
             .permissions
             .remove(vhost)
             .map(|_| ())
-            .ok_or_else(|| InvalidAccess::NoVhost(format!("{vhost}' for user '{user}")))
+            .ok_or_else(|| InvalidAccess::NoPermissions {
+                user: user.to_owned(),
+                vhost: vhost.to_string(),
+            })
     }
 }
 

@@ -537,3 +537,36 @@ pub(super) fn print_json(value: &impl Serialize) -> Result<(), CliError> {
     text.push('\n');
     print(&text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_info_is_taken_out_of_a_url_and_the_rest_kept() {
+        assert_eq!(
+            without_user_info("sluice://app@h:1/v?name=x"),
+            "sluice://h:1/v?name=x"
+        );
+        assert_eq!(without_user_info("sluice://app:p@w@h"), "sluice://h");
+        assert_eq!(without_user_info("sluice://h:1/%2F"), "sluice://h:1/%2F");
+        assert_eq!(without_user_info("sluice://"), "sluice://");
+    }
+
+    #[test]
+    fn a_password_in_the_url_flag_is_refused_and_a_user_alone_is_not() {
+        let refusal = super::super::refuse_password_in_url_flag("sluice://app:pw@h").unwrap();
+        assert!(
+            refusal.contains("SLUICE_PASSWORD") && !refusal.contains("pw@"),
+            "{refusal}"
+        );
+        assert_eq!(
+            super::super::refuse_password_in_url_flag("sluice://app@h"),
+            None
+        );
+        assert_eq!(
+            super::super::refuse_password_in_url_flag("sluice://h/staging"),
+            None
+        );
+    }
+}

@@ -399,7 +399,8 @@ async fn handshake(
     }
     let vhost = match requested_vhost(&hello) {
         Ok(vhost) => vhost,
-        Err(why) => return Err(refuse(wr, ErrorCode::InvalidArgument, &why, Some(who)).await),
+        // Close carries connection codes only: a vhost that cannot be named is no access.
+        Err(why) => return Err(refuse(wr, ErrorCode::AccessRefused, &why, Some(who)).await),
     };
     let principal = match broker
         .access
@@ -613,4 +614,43 @@ async fn write_frames(
         outbox.remove(chunk.len());
     }
     let _ = wr.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello_with(properties: Vec<(String, HeaderValue)>) -> Hello {
+        Hello {
+            min_version: 2,
+            max_version: 2,
+            username: "u".into(),
+            password: "p".into(),
+            heartbeat_ms: 0,
+            max_frame_len: 0,
+            client_properties: properties,
+        }
+    }
+
+    #[test]
+    fn the_vhost_comes_from_the_vhost_client_property_and_defaults_to_slash() {
+        assert_eq!(
+            requested_vhost(&hello_with(vec![])),
+            Ok(VhostName::default_vhost())
+        );
+        let staging = vec![("vhost".to_owned(), HeaderValue::from("staging"))];
+        assert_eq!(
+            requested_vhost(&hello_with(staging)).unwrap().as_str(),
+            "staging"
+        );
+        let number = vec![("vhost".to_owned(), HeaderValue::Int(1))];
+        assert_eq!(
+            requested_vhost(&hello_with(number)),
+            Err("the client property vhost must be a string".to_owned())
+        );
+        let empty = vec![("vhost".to_owned(), HeaderValue::from(""))];
+        assert!(requested_vhost(&hello_with(empty))
+            .unwrap_err()
+            .contains("it is empty"));
+    }
 }
