@@ -470,3 +470,66 @@ async fn a_vhost_s_queues_exchanges_and_messages_survive_a_restart() {
     assert_eq!(take_all(&a, "jobs").await, ["kept", "after"]);
     broker.process.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_carry_their_vhost_out_and_back_in() {
+    let source = Broker::start();
+    let a = source.app("a").await;
+    a.declare_exchange("orders", ExchangeKind::Topic, ExchangeOptions::new())
+        .await
+        .unwrap();
+    a.declare_queue("jobs", QueueOptions::new().dead_letter_exchange("orders"))
+        .await
+        .unwrap();
+    a.bind("jobs", "orders", "eu.#", Vec::new()).await.unwrap();
+    source
+        .guest()
+        .await
+        .declare_queue("rootq", QueueOptions::new())
+        .await
+        .unwrap();
+    let exported = source.http("guest", "guest").get("/api/definitions").await;
+    assert_eq!(exported.status, 200, "{exported:?}");
+    let doc = json_of(&exported.body);
+    // By vhost (`/` first, its items without a `vhost` field), then by name.
+    assert_eq!(
+        doc["queues"],
+        serde_json::json!([
+            {"name": "rootq", "auto_delete": false, "arguments": {}},
+            {"vhost": "a", "name": "jobs", "auto_delete": false,
+             "arguments": {"dead_letter_exchange": "orders"}}
+        ]),
+        "{doc}"
+    );
+    assert_eq!(doc["exchanges"][0]["vhost"], "a", "{doc}");
+    assert_eq!(doc["bindings"][0]["vhost"], "a", "{doc}");
+    // app sees only its vhosts' part.
+    let app_doc = json_of(
+        &source
+            .http("app", APP_PASSWORD)
+            .get("/api/definitions")
+            .await
+            .body,
+    );
+    assert_eq!(app_doc["queues"].as_array().unwrap().len(), 1, "{app_doc}");
+    source.process.stop();
+
+    let target = Broker::start();
+    let imported = target
+        .http("guest", "guest")
+        .post("/api/definitions", &exported.body)
+        .await;
+    assert_eq!(imported.status, 200, "{imported:?}");
+    let report = json_of(&imported.body);
+    assert_eq!(report["errors"], serde_json::json!([]), "{report}");
+    assert_eq!(
+        (report["queues"].as_u64(), report["bindings"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let a = target.app("a").await;
+    assert_eq!(queue_names(&a).await, ["jobs"]);
+    publish(&a, "orders", "eu.it", &["routed"]).await;
+    assert_eq!(take_all(&a, "jobs").await, ["routed"]);
+    assert_eq!(queue_names(&target.guest().await).await, ["rootq"]);
+    target.process.stop();
+}

@@ -237,6 +237,45 @@ impl RefusalLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::{PermissionSet, PermissionSpec, VhostName};
+
+    fn access(vhost: &str, write: &str) -> Access {
+        let permissions = PermissionSet::compile(PermissionSpec {
+            configure: String::new(),
+            write: write.into(),
+            read: String::new(),
+        })
+        .unwrap();
+        let principal = Principal {
+            user: "app".into(),
+            tags: Default::default(),
+            vhost: VhostName::new(vhost).unwrap(),
+            permissions,
+        };
+        Access::new(1, principal, VhostLimits::default())
+    }
+
+    #[test]
+    fn publishing_opens_the_vhost_s_exchange_or_refuses_it_every_time() {
+        let mut a = access("v", "^orders$");
+        assert_eq!(a.open("orders").unwrap(), "\0v\0orders");
+        assert_eq!(a.open("orders").unwrap(), "\0v\0orders");
+        for _ in 0..2 {
+            let e = a.open("audit").unwrap_err();
+            assert_eq!(e.code, ErrorCode::AccessRefused);
+            assert!(
+                e.message.contains("write permission on exchange 'audit'"),
+                "{e}"
+            );
+        }
+        // Back and forth between two names: each decision is remembered.
+        assert_eq!(a.open("orders").unwrap(), "\0v\0orders");
+        assert_eq!(a.publish.len(), 2);
+        let e = a.open("\0w\0orders").unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidArgument);
+        let mut root = access("/", ".*");
+        assert_eq!(root.open("").unwrap(), "");
+    }
 
     #[test]
     fn the_refusal_log_admits_ten_a_second_and_counts_the_rest() {
