@@ -53,7 +53,9 @@ pub struct Definitions {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExchangeDefinition {
-    /// Its vhost; absent for `/` (or, on import, for the vhost the import names).
+    /// Its vhost; absent for `/` in an export of the HTTP API (and in any export of the CLI,
+    /// which lists its connection's vhost); on import, absent means the vhost the import
+    /// works in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vhost: Option<String>,
     /// Its name.
@@ -108,7 +110,9 @@ impl From<KindName> for ExchangeKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueDefinition {
-    /// Its vhost; absent for `/` (or, on import, for the vhost the import names).
+    /// Its vhost; absent for `/` in an export of the HTTP API (and in any export of the CLI,
+    /// which lists its connection's vhost); on import, absent means the vhost the import
+    /// works in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vhost: Option<String>,
     /// Its name.
@@ -195,7 +199,9 @@ impl From<&ArgumentsDefinition> for QueueArguments {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BindingDefinition {
-    /// Its vhost; absent for `/` (or, on import, for the vhost the import names).
+    /// Its vhost; absent for `/` in an export of the HTTP API (and in any export of the CLI,
+    /// which lists its connection's vhost); on import, absent means the vhost the import
+    /// works in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vhost: Option<String>,
     /// Source exchange.
