@@ -533,3 +533,36 @@ async fn definitions_carry_their_vhost_out_and_back_in() {
     assert_eq!(queue_names(&target.guest().await).await, ["rootq"]);
     target.process.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_imports_into_its_url_s_vhost_and_refuses_items_of_another() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("topology.json");
+    std::fs::write(
+        &file,
+        r#"{"version": 1, "queues": [
+            {"name": "here", "auto_delete": false, "arguments": {}},
+            {"vhost": "b", "name": "there", "auto_delete": false, "arguments": {}}]}"#,
+    )
+    .unwrap();
+    let url = format!("sluice://app@{}/a", broker.process.addr());
+    let mut cmd = sluice_tests::broker::sluice_command();
+    cmd.args(["definitions", "import"])
+        .arg(&file)
+        .args(["--url", &url])
+        .env("SLUICE_PASSWORD", APP_PASSWORD)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().expect("sluice starts");
+    let output = tokio::task::spawn_blocking(move || sluice_tests::broker::wait_output(child))
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("belongs to vhost 'b'"), "{stderr}");
+    assert_eq!(queue_names(&broker.app("a").await).await, ["here"]);
+    assert!(queue_names(&broker.app("b").await).await.is_empty());
+    broker.process.stop();
+}
