@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use sluice_client::wire::ErrorCode;
 
-use crate::auth::VhostLimits;
-use crate::auth::{AccessRefused, Permission, Principal, ResourceKind, Tag};
+use crate::auth::{AccessRefused, Permission, Principal, ResourceKind, Tag, VhostLimits};
 use crate::error::RequestError;
 use crate::publish::ExchangeDoor;
 use crate::routing::Namespace;
@@ -43,28 +42,6 @@ pub(super) struct Access {
 }
 
 impl Access {
-    /// Whether the principal may publish to `exchange`, and its internal name: remembered.
-    fn decide(&mut self, exchange: &str) -> Decision {
-        if let Some(decision) = self.publish.get(exchange) {
-            return decision.clone();
-        }
-        if self.publish.len() >= MAX_CACHED_EXCHANGES {
-            self.publish.clear();
-        }
-        let decision = self
-            .namespace
-            .qualify(exchange)
-            .map_err(RequestError::from)
-            .and_then(|internal| {
-                self.principal
-                    .check(Permission::Write, ResourceKind::Exchange, exchange)
-                    .map_err(RequestError::from)?;
-                Ok(Box::from(internal.as_ref()))
-            });
-        self.publish.insert(Box::from(exchange), decision.clone());
-        decision
-    }
-
     pub(super) fn new(conn: u64, principal: Principal, limits: VhostLimits) -> Self {
         let namespace = Namespace::of_vhost(principal.vhost.as_str());
         Self {
@@ -140,6 +117,28 @@ impl Access {
         self.log_refusal(&message);
         // A missing tag is NOT_ALLOWED, as on the HTTP API (`http/auth.rs`).
         Err(RequestError::new(ErrorCode::NotAllowed, message))
+    }
+
+    /// Whether the principal may publish to `exchange`, and its internal name: remembered.
+    fn decide(&mut self, exchange: &str) -> Decision {
+        if let Some(decision) = self.publish.get(exchange) {
+            return decision.clone();
+        }
+        if self.publish.len() >= MAX_CACHED_EXCHANGES {
+            self.publish.clear();
+        }
+        let decision = self
+            .namespace
+            .qualify(exchange)
+            .map_err(RequestError::from)
+            .and_then(|internal| {
+                self.principal
+                    .check(Permission::Write, ResourceKind::Exchange, exchange)
+                    .map_err(RequestError::from)?;
+                Ok(Box::from(internal.as_ref()))
+            });
+        self.publish.insert(Box::from(exchange), decision.clone());
+        decision
     }
 
     /// An error as this vhost's client sees it: internal names become its own.
