@@ -27,7 +27,7 @@ use crate::flow::{Blocking, Cause, Flow};
 use crate::metrics::Metrics;
 use crate::moves::Moves;
 use crate::queue::{self, ConnId, QueueHandle, QueueMeta, QueueStats};
-use crate::routing::{namespace, Binding, Exchange, ExchangeKind, RoutingTable};
+use crate::routing::{namespace, Binding, Exchange, ExchangeKind, HeaderLimits, RoutingTable};
 use crate::storage::{DurabilityConfig, LogConfig, Store, StoreConfig};
 
 /// How often the free disk space is checked when little is published.
@@ -216,6 +216,7 @@ impl Broker {
                 arguments,
             })?;
         }
+        report_exchanges_over_limit(&reg.routing, self.config.limits.max_bindings_per_exchange);
         // Nothing to write: the file already says this (less what could not be recovered,
         // which the next change drops from it).
         self.publish(change.next);
@@ -604,8 +605,16 @@ impl Broker {
             if !queue_ok {
                 return Err(RequestError::no_queue(&binding.queue));
             }
-            validate_binding(&binding)?;
-            reg.routing.bind(binding)?.then_some(ChangeKind::Grows)
+            validate_binding(&binding, &self.config.limits.headers)?;
+            let exchange = binding.exchange.clone();
+            let added = reg.routing.bind(binding)?;
+            // Checked once the binding is in the copy: a binding that exists already is no
+            // new one, and the copy is dropped uncommitted when the limit refuses it.
+            if added {
+                let max = self.config.limits.max_bindings_per_exchange;
+                check_bindings_per_exchange(&exchange, reg.routing.binding_count(&exchange), max)?;
+            }
+            added.then_some(ChangeKind::Grows)
         } else {
             let outcome = reg.routing.unbind(&binding)?;
             if let Some(exchange) = outcome.unused_auto_delete {
@@ -816,6 +825,11 @@ fn first_argument_difference(
             text(&want.delivery_limit),
         ),
         ("expires_ms", text(&have.expires_ms), text(&want.expires_ms)),
+        (
+            "max_message_bytes",
+            text(&have.max_message_bytes),
+            text(&want.max_message_bytes),
+        ),
     ];
     fields
         .into_iter()
@@ -880,6 +894,11 @@ fn validate_arguments(a: &QueueArguments) -> Result<(), RequestError> {
     if a.ack_timeout_ms == Some(0) {
         return Err(RequestError::invalid("ack_timeout_ms must be at least 1"));
     }
+    if a.max_message_bytes == Some(0) {
+        return Err(RequestError::invalid(
+            "max_message_bytes must be at least 1",
+        ));
+    }
     if let Some(x) = &a.dead_letter_exchange {
         namespace::check_local(x)?;
         validate_name("dead-letter exchange", x)?;
@@ -898,18 +917,58 @@ fn validate_arguments(a: &QueueArguments) -> Result<(), RequestError> {
 /// What every binding must be before it is stored, whatever door it came in by (the wire
 /// checks the same limits earlier; the HTTP API relies on this one): a stored binding that
 /// cannot be encoded again would make `definitions.bin` unreadable.
-fn validate_binding(binding: &Binding) -> Result<(), RequestError> {
+fn validate_binding(binding: &Binding, header_limits: &HeaderLimits) -> Result<(), RequestError> {
     if binding.routing_key.len() > MAX_NAME_LEN {
         return Err(RequestError::invalid(format!(
             "routing key is {} bytes; the limit is {MAX_NAME_LEN}",
             binding.routing_key.len()
         )));
     }
-    crate::routing::check_header_limits(&binding.arguments)
+    header_limits
+        .check(&binding.arguments)
         .map_err(|e| RequestError::invalid(format!("binding arguments: {e}")))?;
     wire::put_headers(&mut BytesMut::new(), &binding.arguments)
         .map_err(|e| RequestError::invalid(format!("binding arguments: {e}")))?;
     validate_x_match(&binding.arguments)
+}
+
+/// Bindings made before a lower `max_bindings_per_exchange` was configured are kept (a limit
+/// never stops the broker from starting or loses topology): logged, and new ones refused.
+fn report_exchanges_over_limit(routing: &RoutingTable, max: usize) {
+    for (exchange, bindings) in routing.exchanges_over(max) {
+        tracing::warn!(
+            exchange,
+            bindings,
+            max_bindings_per_exchange = max,
+            "exchange has more bindings than its limit; they are kept, new ones are refused"
+        );
+    }
+}
+
+/// `LIMIT_EXCEEDED` once exchange `exchange` has more than `max` bindings, naming the limit.
+fn check_bindings_per_exchange(
+    exchange: &str,
+    count: usize,
+    max: usize,
+) -> Result<(), RequestError> {
+    if count <= max {
+        return Ok(());
+    }
+    static LOG: crate::limits::LogGate = crate::limits::LogGate::new();
+    if let Some(also_refused_since_last_line) = LOG.open() {
+        tracing::warn!(
+            exchange,
+            max_bindings_per_exchange = max,
+            also_refused_since_last_line,
+            "bind refused: the exchange is at its binding limit"
+        );
+    }
+    Err(RequestError::new(
+        ErrorCode::LimitExceeded,
+        format!(
+            "exchange '{exchange}' is at its limit of {max} bindings (max_bindings_per_exchange)"
+        ),
+    ))
 }
 
 fn validate_x_match(arguments: &Headers) -> Result<(), RequestError> {

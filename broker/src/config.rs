@@ -9,6 +9,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::limits::{LimitArgs, Limits};
+use crate::tls::TlsFiles;
 use sluice_client::wire::{
     DEFAULT_HEARTBEAT_MS, DEFAULT_MAX_FRAME_LEN, DEFAULT_MAX_MESSAGE_LEN, DEFAULT_PORT,
     FRAME_OVERHEAD_RESERVE, MIN_MAX_FRAME_LEN,
@@ -18,6 +21,17 @@ use sluice_client::wire::{
 pub const DEFAULT_DATA_DIR: &str = "sluice-data";
 /// The HTTP admin API's port when none is configured (on the loopback interface).
 pub const DEFAULT_HTTP_PORT: u16 = 15680;
+/// The TLS port when a certificate is given and no port (protocol.md §5.1).
+pub const DEFAULT_TLS_PORT: u16 = 5681;
+
+/// TLS, resolved: where it listens and what it reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// The TLS port's address.
+    pub listen: SocketAddr,
+    /// The PEM files, read at start and on SIGHUP.
+    pub files: TlsFiles,
+}
 
 /// Where the HTTP admin API listens: an address, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,14 +90,29 @@ pub struct ServeArgs {
     /// Directory holding the queues' logs and the topology [default: ./sluice-data].
     #[arg(long, env = "SLUICE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Address to listen on, `HOST:PORT` [default: 127.0.0.1:5680]; a host name is resolved
-    /// (IPv4 loopback preferred); port 0 picks a free port.
-    #[arg(long, env = "SLUICE_LISTEN", value_name = "HOST:PORT")]
+    /// Address to listen on for plain (unencrypted) clients, `HOST:PORT`, or `off` (then TLS
+    /// must be on) [default: 127.0.0.1:5680]; a host name is resolved (IPv4 loopback
+    /// preferred); port 0 picks a free port.
+    #[arg(long, env = "SLUICE_LISTEN", value_name = "HOST:PORT|off")]
     pub listen: Option<String>,
     /// Address of the HTTP admin API, or `off` [default: 127.0.0.1:15680]; port 0 picks a
-    /// free port.
+    /// free port. With TLS on it serves HTTPS with the same certificate.
     #[arg(long, env = "SLUICE_HTTP_LISTEN", value_name = "ADDR|off")]
     pub http_listen: Option<HttpListen>,
+    /// The server's TLS certificate chain (PEM, leaf first); turns TLS on, with --tls-key.
+    #[arg(long, env = "SLUICE_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// The TLS certificate's private key (PEM).
+    #[arg(long, env = "SLUICE_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) for mutual TLS: clients without a certificate signed by one of
+    /// them are refused in the TLS handshake, on the wire and the HTTP port.
+    #[arg(long, env = "SLUICE_TLS_CLIENT_CA", value_name = "PEM")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Address to listen on for TLS clients (`sluices://`), `HOST:PORT` [default:
+    /// 127.0.0.1:5681 when a certificate is given].
+    #[arg(long, env = "SLUICE_TLS_LISTEN", value_name = "HOST:PORT")]
+    pub tls_listen: Option<String>,
     /// Size of each segment file of a queue log, in bytes [default: 8 MiB].
     #[arg(long, env = "SLUICE_SEGMENT_BYTES")]
     pub segment_bytes: Option<usize>,
@@ -121,6 +150,9 @@ pub struct ServeArgs {
     /// Time a client has to complete the handshake, in ms [default: 10000].
     #[arg(long, env = "SLUICE_HANDSHAKE_TIMEOUT_MS")]
     pub handshake_timeout_ms: Option<u64>,
+    /// Limits per user, connection, consumer and exchange ([`crate::limits::Limits`]).
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// The `[server]`-less TOML file: the same names as the flags, with underscores.
@@ -130,6 +162,10 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<String>,
     http_listen: Option<HttpListen>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    tls_listen: Option<String>,
     segment_bytes: Option<usize>,
     max_message_bytes: Option<u32>,
     heartbeat_ms: Option<u32>,
@@ -140,6 +176,30 @@ struct FileConfig {
     max_memory_bytes: Option<u64>,
     max_connections: Option<usize>,
     handshake_timeout_ms: Option<u64>,
+    max_connections_per_user: Option<usize>,
+    max_handshaking: Option<usize>,
+    max_consumers_per_connection: Option<usize>,
+    max_unsettled_publish_bytes: Option<usize>,
+    max_prefetch: Option<u32>,
+    max_bindings_per_exchange: Option<usize>,
+    max_header_entries: Option<usize>,
+    max_header_bytes: Option<usize>,
+}
+
+impl FileConfig {
+    /// The file's limit settings (top-level keys, like every other setting).
+    fn limits(&self) -> LimitArgs {
+        LimitArgs {
+            max_connections_per_user: self.max_connections_per_user,
+            max_handshaking: self.max_handshaking,
+            max_consumers_per_connection: self.max_consumers_per_connection,
+            max_unsettled_publish_bytes: self.max_unsettled_publish_bytes,
+            max_prefetch: self.max_prefetch,
+            max_bindings_per_exchange: self.max_bindings_per_exchange,
+            max_header_entries: self.max_header_entries,
+            max_header_bytes: self.max_header_bytes,
+        }
+    }
 }
 
 /// Everything the server needs, resolved.
@@ -147,10 +207,12 @@ struct FileConfig {
 pub struct ServerConfig {
     /// Data directory.
     pub data_dir: PathBuf,
-    /// Listening address.
-    pub listen: SocketAddr,
+    /// Listening address of the plain port; `None`: off (TLS only).
+    pub listen: Option<SocketAddr>,
     /// The HTTP admin API's address, or off.
     pub http_listen: HttpListen,
+    /// TLS: its port and files; `None`: off.
+    pub tls: Option<TlsSettings>,
     /// Segment size of new queue logs.
     pub segment_bytes: usize,
     /// Largest frame a client may send or receive.
@@ -178,14 +240,17 @@ pub struct ServerConfig {
     pub max_connections: Option<usize>,
     /// Lease of deliveries when neither queue nor consumer sets one.
     pub default_ack_timeout: Duration,
+    /// Limits per user, connection, consumer and exchange.
+    pub limits: Limits,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
-            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT))),
             http_listen: HttpListen::On(SocketAddr::from(([127, 0, 0, 1], DEFAULT_HTTP_PORT))),
+            tls: None,
             segment_bytes: 8 << 20,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             max_message_len: DEFAULT_MAX_MESSAGE_LEN,
@@ -199,6 +264,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             max_connections: None,
             default_ack_timeout: Duration::from_secs(30 * 60),
+            limits: Limits::default(),
         }
     }
 }
@@ -239,15 +305,29 @@ impl ServerConfig {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let mut c = ServerConfig::default();
+        let mut c = ServerConfig {
+            limits: args.limits.or(&file.limits()).resolve()?,
+            tls: resolve_tls(args, &file)?,
+            ..ServerConfig::default()
+        };
         if let Some(v) = args.data_dir.clone().or(file.data_dir) {
             c.data_dir = v;
         }
         if let Some(v) = args.listen.as_deref().or(file.listen.as_deref()) {
-            c.listen = resolve_listen(v)?;
+            c.listen = if v.eq_ignore_ascii_case("off") {
+                None
+            } else {
+                Some(resolve_listen("listen", v)?)
+            };
         }
         if let Some(v) = args.http_listen.or(file.http_listen) {
             c.http_listen = v;
+        }
+        if c.listen.is_none() && c.tls.is_none() {
+            return Err(invalid(
+                "listen",
+                "`off` needs TLS on (--tls-cert and --tls-key): clients must have a port",
+            ));
         }
         if let Some(v) = args.segment_bytes.or(file.segment_bytes) {
             if !(64 << 10..=1 << 30).contains(&v) {
@@ -314,6 +394,48 @@ impl ServerConfig {
     }
 }
 
+/// TLS from `tls_cert`, `tls_key`, `tls_client_ca` and `tls_listen`: on with a certificate
+/// and its key; the other two without them are a mistake, not something to ignore.
+fn resolve_tls(args: &ServeArgs, file: &FileConfig) -> Result<Option<TlsSettings>, ConfigError> {
+    let cert = args.tls_cert.clone().or_else(|| file.tls_cert.clone());
+    let key = args.tls_key.clone().or_else(|| file.tls_key.clone());
+    let client_ca = args
+        .tls_client_ca
+        .clone()
+        .or_else(|| file.tls_client_ca.clone());
+    let listen = args.tls_listen.as_deref().or(file.tls_listen.as_deref());
+    let (cert, key) = match (cert, key) {
+        (Some(cert), Some(key)) => (cert, key),
+        (Some(_), None) => return Err(invalid("tls_key", "--tls-cert needs --tls-key")),
+        (None, Some(_)) => return Err(invalid("tls_cert", "--tls-key needs --tls-cert")),
+        (None, None) => {
+            let needs_cert = if client_ca.is_some() {
+                Some("tls_client_ca")
+            } else if listen.is_some() {
+                Some("tls_listen")
+            } else {
+                None
+            };
+            return match needs_cert {
+                Some(name) => Err(invalid(name, "needs --tls-cert and --tls-key")),
+                None => Ok(None),
+            };
+        }
+    };
+    let listen = match listen {
+        Some(spec) => resolve_listen("tls_listen", spec)?,
+        None => SocketAddr::from(([127, 0, 0, 1], DEFAULT_TLS_PORT)),
+    };
+    Ok(Some(TlsSettings {
+        listen,
+        files: TlsFiles {
+            cert,
+            key,
+            client_ca,
+        },
+    }))
+}
+
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
@@ -335,14 +457,11 @@ fn invalid(name: &'static str, reason: &str) -> ConfigError {
 /// `HOST:PORT` to one address. A host name may resolve to several (`localhost` to `::1` and
 /// `127.0.0.1`): IPv4 loopback first, since that is what `127.0.0.1` in a client URL reaches,
 /// then any IPv4, then the first one.
-fn resolve_listen(spec: &str) -> Result<SocketAddr, ConfigError> {
+fn resolve_listen(name: &'static str, spec: &str) -> Result<SocketAddr, ConfigError> {
     if let Ok(addr) = spec.parse::<SocketAddr>() {
         return Ok(addr);
     }
-    let bad = |reason: String| ConfigError::Invalid {
-        name: "listen",
-        reason,
-    };
+    let bad = |reason: String| ConfigError::Invalid { name, reason };
     let has_port = spec
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
@@ -372,7 +491,8 @@ mod tests {
     fn defaults_need_no_setup() {
         let c = ServerConfig::resolve(&ServeArgs::default()).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("sluice-data"));
-        assert_eq!(c.listen.to_string(), "127.0.0.1:5680");
+        assert_eq!(c.listen, Some("127.0.0.1:5680".parse().unwrap()));
+        assert_eq!(c.tls, None);
         assert_eq!(c.http_listen.to_string(), "127.0.0.1:15680");
         assert_eq!(c.users_file_path(), PathBuf::from("sluice-data/users.toml"));
         assert_eq!(c.loopback_users, BTreeSet::from(["guest".to_owned()]));
@@ -426,7 +546,7 @@ mod tests {
         };
         let c = ServerConfig::resolve(&args).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/srv/q"));
-        assert_eq!(c.listen.port(), 7001);
+        assert_eq!(c.listen.map(|a| a.port()), Some(7001));
         assert!(c.loopback_users.is_empty());
         assert_eq!(c.users_file_path(), PathBuf::from("/srv/q/users.toml"));
     }
@@ -464,12 +584,39 @@ mod tests {
     }
 
     #[test]
+    fn limits_come_from_the_file_under_their_own_names_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(
+            &path,
+            "max_connections_per_user = 5\nmax_consumers_per_connection = 9\nmax_header_bytes = 4096\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            limits: LimitArgs {
+                max_consumers_per_connection: Some(3),
+                ..LimitArgs::default()
+            },
+            ..ServeArgs::default()
+        };
+        let c = ServerConfig::resolve(&args).unwrap();
+        assert_eq!(c.limits.max_connections_per_user, Some(5));
+        assert_eq!(c.limits.max_consumers_per_connection, 3);
+        assert_eq!(c.limits.headers.max_bytes, 4096);
+        assert_eq!(c.limits.max_prefetch, Limits::default().max_prefetch);
+    }
+
+    #[test]
     fn listen_takes_a_host_name_and_prefers_ipv4_loopback() {
         assert_eq!(
-            resolve_listen("localhost:5680").unwrap(),
+            resolve_listen("listen", "localhost:5680").unwrap(),
             SocketAddr::from(([127, 0, 0, 1], 5680))
         );
-        assert_eq!(resolve_listen("[::1]:0").unwrap().to_string(), "[::1]:0");
+        assert_eq!(
+            resolve_listen("listen", "[::1]:0").unwrap().to_string(),
+            "[::1]:0"
+        );
         for bad in [
             "localhost",
             "5680",
@@ -477,7 +624,7 @@ mod tests {
             "localhost:http",
             "no-such-host.invalid:1",
         ] {
-            let e = resolve_listen(bad).unwrap_err().to_string();
+            let e = resolve_listen("listen", bad).unwrap_err().to_string();
             assert!(e.starts_with("invalid setting listen: "), "{e}");
             assert!(e.contains(bad), "{e}");
         }
@@ -508,5 +655,86 @@ mod tests {
             ServerConfig::resolve(&args),
             Err(ConfigError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn tls_is_on_with_a_certificate_and_its_key_on_port_5681_by_default() {
+        let args = ServeArgs {
+            tls_cert: Some("/etc/sluice/cert.pem".into()),
+            tls_key: Some("/etc/sluice/key.pem".into()),
+            ..ServeArgs::default()
+        };
+        let c = ServerConfig::resolve(&args).unwrap();
+        let tls = c.tls.expect("TLS on");
+        assert_eq!(tls.listen.to_string(), "127.0.0.1:5681");
+        assert_eq!(tls.files.cert, PathBuf::from("/etc/sluice/cert.pem"));
+        assert_eq!(tls.files.client_ca, None);
+        // The plain port stays.
+        assert_eq!(c.listen, Some("127.0.0.1:5680".parse().unwrap()));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(
+            &path,
+            "listen = \"off\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n\
+             tls_client_ca = \"ca.pem\"\ntls_listen = \"127.0.0.1:7443\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        };
+        let c = ServerConfig::resolve(&args).unwrap();
+        assert_eq!(c.listen, None);
+        let tls = c.tls.expect("TLS on");
+        assert_eq!(tls.listen.port(), 7443);
+        assert_eq!(tls.files.client_ca, Some(PathBuf::from("ca.pem")));
+    }
+
+    #[test]
+    fn half_a_tls_setup_or_no_port_at_all_is_an_error() {
+        let cases = [
+            (
+                ServeArgs {
+                    tls_cert: Some("c.pem".into()),
+                    ..ServeArgs::default()
+                },
+                "tls_key",
+            ),
+            (
+                ServeArgs {
+                    tls_key: Some("k.pem".into()),
+                    ..ServeArgs::default()
+                },
+                "tls_cert",
+            ),
+            (
+                ServeArgs {
+                    tls_client_ca: Some("ca.pem".into()),
+                    ..ServeArgs::default()
+                },
+                "tls_client_ca",
+            ),
+            (
+                ServeArgs {
+                    tls_listen: Some("127.0.0.1:5681".into()),
+                    ..ServeArgs::default()
+                },
+                "tls_listen",
+            ),
+            (
+                ServeArgs {
+                    listen: Some("off".into()),
+                    ..ServeArgs::default()
+                },
+                "listen",
+            ),
+        ];
+        for (args, setting) in cases {
+            match ServerConfig::resolve(&args) {
+                Err(ConfigError::Invalid { name, .. }) => assert_eq!(name, setting),
+                other => panic!("{setting}: {other:?}"),
+            }
+        }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: settings from flags, `SLUICE_*` variables and a TOML file.
-//! - [`server`]: the TCP listener, the connection limit and graceful shutdown.
+//! - [`server`]: the TCP listeners, the connection limit and graceful shutdown.
+//! - [`tls`]: TLS on the client and HTTP ports: the certificate, mutual TLS, reload on SIGHUP.
 //! - [`limits`]: the descriptor limit, and the share of it connections may take.
 //! - `connection`: one task set per client: handshake, reading frames, the session that
 //!   answers requests, writing frames.
@@ -47,6 +48,7 @@ pub mod queue;
 pub mod routing;
 pub mod server;
 pub mod storage;
+pub mod tls;
 pub mod topology;
 
 #[cfg(test)]

@@ -5,11 +5,12 @@ use std::process::ExitCode;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use sluice_broker::broker::{Broker, StartError};
+use sluice_broker::broker::{self, Broker};
 use sluice_broker::cli::{self, AdminCommand, Target};
 use sluice_broker::config::{ServeArgs, ServerConfig};
 use sluice_broker::limits;
-use sluice_broker::server::{BindError, Server};
+use sluice_broker::server::{self, BindError, Server};
+use sluice_broker::tls::ServerTls;
 
 /// Sluice: a persistent message broker.
 #[derive(Debug, Parser)]
@@ -33,6 +34,8 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start: the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run the broker (the default when no command is given).
     Serve(ServeArgs),
@@ -128,6 +131,11 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         // Its plain passwords would otherwise seem to work and silently not.
         tracing::warn!("SLUICE_USERS is no longer read: users and their hashed passwords live in the users file (sluice user add; docs/security.md)");
     }
+    // Unusable TLS files fail the start now, not after a recovery that may take long; the
+    // server loads them again when it binds.
+    if let Some(tls) = &config.tls {
+        ServerTls::load(tls.files.clone())?;
+    }
     // Before anything opens a file: the sockets and queue files all draw on this limit.
     match limits::raise_descriptor_limit() {
         Ok(limit) => tracing::info!(
@@ -145,29 +153,44 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         let data_dir = config.data_dir.clone();
         let broker = Broker::open(config).map_err(|e| match e {
             // Names its own file, which need not be in the data directory.
-            StartError::Users(e) => anyhow::anyhow!("{e}"),
+            broker::StartError::Users(e) => anyhow::anyhow!("{e}"),
             e => anyhow::anyhow!("cannot open the data directory {}: {e}", data_dir.display()),
         })?;
-        let server = Server::bind(broker)
-            .await
-            .map_err(|e| anyhow::anyhow!(listen_error(&e)))?;
+        let server = Server::bind(broker).await.map_err(|e| match e {
+            server::StartError::Bind(e) => anyhow::anyhow!(listen_error(&e)),
+            e => anyhow::Error::new(e),
+        })?;
         let addr = server.local_addr()?;
+        let tls_addr = server.tls_addr()?;
         let http_addr = server.http_addr()?;
         // The handlers are installed before the announcement: a SIGTERM sent as soon as the
         // line is read must shut down gracefully, not kill the process.
         let shutdown = shutdown_signal()?;
         // Tests and scripts wait for this line to learn the port.
-        announce(&format!(
-            "sluice listening on {addr} (data directory {})",
-            data_dir.display()
-        ));
-        // Always a second line, so a reader of the first knows whether to expect the API.
+        let off =
+            |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_owned(), |a| a.to_string());
+        match addr {
+            Some(addr) => announce(&format!(
+                "sluice listening on {addr} (data directory {})",
+                data_dir.display()
+            )),
+            None => announce(&format!(
+                "sluice listening off (data directory {})",
+                data_dir.display()
+            )),
+        }
+        // Always a second and a third line, so a reader knows whether to expect the API and
+        // the TLS port.
         match http_addr {
             Some(http) => announce(&format!("sluice http on {http}")),
             None => announce("sluice http off"),
         }
-        let http = http_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
-        tracing::info!(%addr, %http, data_dir = %data_dir.display(), "sluice ready");
+        match tls_addr {
+            Some(tls) => announce(&format!("sluice tls on {tls}")),
+            None => announce("sluice tls off"),
+        }
+        tracing::info!(addr = %off(addr), tls = %off(tls_addr), http = %off(http_addr),
+            data_dir = %data_dir.display(), "sluice ready");
         server.run(shutdown).await;
         anyhow::Ok(())
     })?;
@@ -181,6 +204,11 @@ fn listen_error(e: &BindError) -> String {
     let addr = e.addr;
     let (what, flag) = if e.purpose == "clients" {
         (format!("cannot listen on {addr}"), "--listen")
+    } else if e.purpose == "TLS clients" {
+        (
+            format!("cannot listen for TLS clients on {addr}"),
+            "--tls-listen",
+        )
     } else {
         (
             format!("cannot listen for {} on {addr}", e.purpose),

@@ -6,7 +6,7 @@ use sluice_client::wire::{ErrorCode, MetaView, MAX_NAME_LEN};
 use crate::broker::Registry;
 use crate::error::RequestError;
 use crate::flow::Blocking;
-use crate::routing::{check_header_count, check_headers_len, RouteResult};
+use crate::routing::{HeaderLimits, RouteResult};
 
 /// The publisher's way into the routing table: turns the exchange a message names into the
 /// table's name for it (the publisher's vhost), or refuses it (no `write` permission).
@@ -25,6 +25,8 @@ pub(crate) struct PublishLimits<'a> {
     pub max_message_len: u32,
     /// Why publishing is refused now, if it is.
     pub blocking: Option<&'a Blocking>,
+    /// Entries and bytes of the message's headers.
+    pub headers: HeaderLimits,
 }
 
 /// Checks one message (its encoded meta block and the length of its body) and routes it:
@@ -75,7 +77,10 @@ pub(crate) fn route_message(
     // The length is checked before decoding, so an over-long table costs no allocation; the
     // count after, since it is a decoded field. Both keep the work done under the routing
     // snapshot small (protocol.md §14).
-    check_headers_len(view.raw_headers.len()).map_err(|e| RequestError::invalid(e.to_string()))?;
+    let header_limits = limits.headers;
+    header_limits
+        .check_len(view.raw_headers.len())
+        .map_err(|e| RequestError::invalid(e.to_string()))?;
     let headers = if view.raw_headers.is_empty() {
         Vec::new()
     } else {
@@ -83,7 +88,9 @@ pub(crate) fn route_message(
             RequestError::new(ErrorCode::MalformedRequest, format!("bad headers: {e}"))
         })?
     };
-    check_header_count(headers.len()).map_err(|e| RequestError::invalid(e.to_string()))?;
+    header_limits
+        .check_count(headers.len())
+        .map_err(|e| RequestError::invalid(e.to_string()))?;
     let exchange = door.open(view.exchange)?;
     reg.routing
         .route_into(exchange, view.routing_key, &headers, route)
@@ -97,5 +104,29 @@ pub(crate) fn route_message(
             ),
         ));
     }
+    check_queue_sizes(reg, route, size)?;
     Ok(view.persistent)
+}
+
+/// Refuses a message larger than the `max_message_bytes` of a queue it was routed to
+/// (protocol.md §6.1): the whole message, so that it is stored in every matched queue or none.
+fn check_queue_sizes(reg: &Registry, route: &RouteResult, size: usize) -> Result<(), RequestError> {
+    for name in &route.queues {
+        let Some(limit) = reg
+            .queues
+            .get(name)
+            .and_then(|q| q.meta.arguments.max_message_bytes)
+        else {
+            continue;
+        };
+        if size > limit as usize {
+            return Err(RequestError::new(
+                ErrorCode::MessageTooLarge,
+                format!(
+                    "message of {size} bytes exceeds the limit of {limit} of queue '{name}' (max_message_bytes)"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }

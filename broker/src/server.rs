@@ -1,25 +1,32 @@
 //! The TCP listener, the connection limit and graceful shutdown.
 //!
 //! Connections are bounded by a semaphore (as in mini-redis): a permit is taken at accept and
-//! held until the connection ends, so connections still in their handshake count. Past the
-//! limit a socket is accepted and refused at once with `Close(CONNECTION_LIMIT)`, which keeps
-//! the backlog draining and tells a client why. Descriptors beyond the limit stay free for the
-//! queues' files ([`crate::limits`]).
+//! held until the connection ends, so connections still in their handshake count. A second
+//! one bounds the sockets still in their handshake (`max_handshaking`), so silent sockets
+//! cannot take every connection. Past either limit a socket is accepted and refused at once
+//! with `Close(CONNECTION_LIMIT)`, which keeps the backlog draining and tells a client why.
+//! Descriptors beyond the limit stay free for the queues' files ([`crate::limits`]).
+//!
+//! With TLS configured a second listener takes TLS clients; they share both limits. A TLS
+//! client past a limit is closed without a `Close` (it could only be sent after a TLS
+//! handshake the server has no room for). SIGHUP reloads the certificate ([`crate::tls`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::broker::Broker;
-use crate::connection::{self, ConnectionRegistry, Refusal};
+use crate::connection::limits::{Admission, AdmissionLimit};
+use crate::connection::{self, Accepted, ConnectionRegistry, Refusal};
 use crate::flow;
 use crate::http::{self, Api};
 use crate::limits;
+use crate::tls::{self, ServerTls, TlsError};
 
 /// Time connections get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,13 +42,39 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Server {
     broker: Arc<Broker>,
-    listener: TcpListener,
+    /// The plain port's listener, unless it is off.
+    listener: Option<TcpListener>,
+    /// The TLS port, unless TLS is off.
+    tls: Option<TlsPort>,
     /// The HTTP admin API's listener, unless it is off.
     http: Option<TcpListener>,
     max_connections: usize,
     /// SIGHUP, installed at bind time: a signal sent as soon as the broker says it is ready
     /// must reload the users file, not end the process (SIGHUP's default).
     hangup: Signal,
+}
+
+/// The TLS port: its listener, the certificate (shared with the HTTP API), and the SIGHUP
+/// stream that reloads it, installed at bind so a SIGHUP after the start is never fatal.
+#[derive(Debug)]
+struct TlsPort {
+    listener: TcpListener,
+    config: Arc<ServerTls>,
+    hangups: Signal,
+}
+
+/// The server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A port could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The TLS files cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// SIGHUP (reloads of the users file and the TLS certificate) cannot be listened for.
+    #[error("cannot listen for SIGHUP, which reloads the users file and the TLS certificate: {0}")]
+    Signal(std::io::Error),
 }
 
 /// A listener could not be bound (the port is taken, the address is not local...).
@@ -66,10 +99,27 @@ async fn bind_listener(purpose: &'static str, addr: SocketAddr) -> Result<TcpLis
 }
 
 impl Server {
-    /// Binds the client listener and the HTTP admin API's (unless it is off). The connection
-    /// limit is the configured one, or derived from the descriptor limit in force now.
-    pub async fn bind(broker: Arc<Broker>) -> Result<Self, BindError> {
-        let listener = bind_listener("clients", broker.config.listen).await?;
+    /// Loads the TLS certificate (if configured), binds the client listeners and the HTTP
+    /// admin API's (those that are on). The connection limit is the configured one, or
+    /// derived from the descriptor limit in force now.
+    pub async fn bind(broker: Arc<Broker>) -> Result<Self, StartError> {
+        let tls = match &broker.config.tls {
+            Some(settings) => {
+                let config = Arc::new(ServerTls::load(settings.files.clone())?);
+                let listener = bind_listener("TLS clients", settings.listen).await?;
+                let hangups = signal(SignalKind::hangup()).map_err(StartError::Signal)?;
+                Some(TlsPort {
+                    listener,
+                    config,
+                    hangups,
+                })
+            }
+            None => None,
+        };
+        let listener = match broker.config.listen {
+            Some(addr) => Some(bind_listener("clients", addr).await?),
+            None => None,
+        };
         let http = match broker.config.http_listen.addr() {
             Some(addr) => Some(bind_listener("the HTTP admin API", addr).await?),
             None => None,
@@ -81,20 +131,31 @@ impl Server {
             // More would make the semaphore panic; no process has that many descriptors.
             .min(Semaphore::MAX_PERMITS);
         tracing::info!(max_connections, "connection limit");
-        // Fails only outside a runtime with its signal driver, which `bind` never runs in.
-        let hangup = signal(SignalKind::hangup()).expect("the runtime's signal driver is enabled");
+        let hangup = signal(SignalKind::hangup()).map_err(StartError::Signal)?;
         Ok(Self {
             broker,
             listener,
+            tls,
             http,
             max_connections,
             hangup,
         })
     }
 
-    /// The address clients connect to.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+    /// The address plain clients connect to, unless that port is off.
+    pub fn local_addr(&self) -> std::io::Result<Option<SocketAddr>> {
+        self.listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()
+    }
+
+    /// The address TLS clients connect to, unless TLS is off.
+    pub fn tls_addr(&self) -> std::io::Result<Option<SocketAddr>> {
+        self.tls
+            .as_ref()
+            .map(|t| t.listener.local_addr())
+            .transpose()
     }
 
     /// The address of the HTTP admin API, unless it is off.
@@ -118,13 +179,29 @@ impl Server {
             flow::check_memory(&flow, limit);
             tokio::spawn(flow::watch_memory(flow, limit))
         });
-        let permits = Arc::new(Semaphore::new(self.max_connections));
+        let limits = self.broker.config.limits;
+        let admission = Arc::new(Admission::new(self.max_connections, limits.max_handshaking));
         let lingering = Arc::new(Semaphore::new(MAX_LINGERING));
-        let refusal = Refusal::connection_limit(self.max_connections);
+        let refusal = |which| Refusal::connection_limit(which, admission.max(which));
+        let refusals_sent = [
+            refusal(AdmissionLimit::Connections),
+            refusal(AdmissionLimit::Handshaking),
+        ];
         let mut refusals = RefusalLog::default();
         let mut backoff = AcceptBackoff::default();
         let mut connections = JoinSet::new();
-        let registry = Arc::new(ConnectionRegistry::default());
+        let registry = Arc::new(ConnectionRegistry::new(limits.max_connections_per_user));
+        let (tls_listener, tls_config, reload) = match self.tls {
+            Some(TlsPort {
+                listener,
+                config,
+                hangups,
+            }) => {
+                let reload = tokio::spawn(tls::reload_on_hangup(Arc::clone(&config), hangups));
+                (Some(listener), Some(config), Some(reload))
+            }
+            None => (None, None, None),
+        };
         let reloads = tokio::spawn(reload_users_on_sighup(
             Arc::clone(&self.broker),
             Arc::clone(&registry),
@@ -134,20 +211,44 @@ impl Server {
             let api = Api::new(
                 Arc::clone(&self.broker),
                 Arc::clone(&registry),
+                Arc::clone(&admission),
                 Instant::now(),
                 stop_rx.clone(),
             );
-            tokio::spawn(serve_http(api, listener, stop_rx.clone()))
+            tokio::spawn(serve_http(
+                api,
+                listener,
+                tls_config.clone(),
+                stop_rx.clone(),
+            ))
         });
         tokio::pin!(shutdown);
         loop {
-            tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        backoff.succeeded();
-                        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            let (accepted, tls) = tokio::select! {
+                accepted = accept_on(self.listener.as_ref()) => (accepted, None),
+                accepted = accept_on(tls_listener.as_ref()) =>
+                    (accepted, tls_config.as_ref().map(|c| c.acceptor())),
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+                () = &mut shutdown => break,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    backoff.succeeded();
+                    let admitted = match admission.admit() {
+                        Ok(admitted) => admitted,
+                        Err(which) => {
+                            let max = admission.max(which);
+                            if tls.is_some() {
+                                // It could read a Close only after a TLS handshake: closed now.
+                                refusals.refused(Instant::now(), peer, false, which, max);
+                                continue;
+                            }
+                            let refusal = match which {
+                                AdmissionLimit::Connections => &refusals_sent[0],
+                                AdmissionLimit::Handshaking => &refusals_sent[1],
+                            };
                             let sent = refusal.send_now(&stream);
-                            refusals.refused(Instant::now(), peer, sent, self.max_connections);
+                            refusals.refused(Instant::now(), peer, sent, which, max);
                             if let Ok(slot) = Arc::clone(&lingering).try_acquire_owned() {
                                 tokio::spawn(async move {
                                     connection::linger(stream).await;
@@ -155,38 +256,45 @@ impl Server {
                                 });
                             }
                             continue;
-                        };
-                        let serve = connection::serve(
-                            Arc::clone(&self.broker),
+                        }
+                    };
+                    let serve = connection::serve(
+                        Arc::clone(&self.broker),
+                        Accepted {
                             stream,
-                            stop_rx.clone(),
-                            Arc::clone(&registry),
-                        );
-                        connections.spawn(async move {
-                            serve.await;
-                            drop(permit);
-                        });
-                    }
-                    Err(e) => {
-                        // Out of file descriptors and the like: keep serving the others, and
-                        // give the pressure time to ease instead of spinning on the error.
-                        let pause = backoff.failed();
-                        tracing::warn!(error = %e, cause = accept_failure_cause(&e),
-                            pause_ms = pause.as_millis() as u64, "accept failed; pausing");
-                        tokio::time::sleep(pause).await;
-                    }
-                },
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                () = &mut shutdown => break,
+                            tls,
+                            shutdown: stop_rx.clone(),
+                            registry: Arc::clone(&registry),
+                            handshaking: admitted.handshake,
+                        },
+                    );
+                    let permit = admitted.connection;
+                    connections.spawn(async move {
+                        serve.await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: keep serving the others, and
+                    // give the pressure time to ease instead of spinning on the error.
+                    let pause = backoff.failed();
+                    tracing::warn!(error = %e, cause = accept_failure_cause(&e),
+                        pause_ms = pause.as_millis() as u64, "accept failed; pausing");
+                    tokio::time::sleep(pause).await;
+                }
             }
         }
         tracing::info!("shutting down: closing connections");
         disk.abort();
+        if let Some(reload) = reload {
+            reload.abort();
+        }
         reloads.abort();
         if let Some(memory) = memory {
             memory.abort();
         }
         drop(self.listener);
+        drop(tls_listener);
         let _ = stop_tx.send(true);
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
             while connections.join_next().await.is_some() {}
@@ -218,13 +326,27 @@ impl Server {
     }
 }
 
-/// Serves the HTTP admin API until `stop` turns true, then lets requests in progress finish.
-async fn serve_http(api: Api, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+/// Accepts on `listener`, or never if there is none (that port is off).
+async fn accept_on(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves the HTTP admin API (HTTPS with `tls`) until `stop` turns true, then lets requests
+/// in progress finish.
+async fn serve_http(
+    api: Api,
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let stopped = async move {
         // An error means the sender is gone: the server is stopping either way.
         let _ = stop.wait_for(|stopping| *stopping).await;
     };
-    if let Err(e) = http::serve(api, listener, stopped).await {
+    if let Err(e) = http::serve(api, listener, tls, stopped).await {
         tracing::error!(error = %e, "the HTTP admin API stopped");
     }
 }
@@ -304,8 +426,16 @@ struct RefusalLog {
 }
 
 impl RefusalLog {
-    /// Notes one refusal at `now`; returns whether it was logged.
-    fn refused(&mut self, now: Instant, peer: SocketAddr, sent: bool, limit: usize) -> bool {
+    /// Notes one refusal at `now` for the limit `which` (of `limit`); returns whether it was
+    /// logged.
+    fn refused(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        sent: bool,
+        which: AdmissionLimit,
+        limit: usize,
+    ) -> bool {
         let due = self
             .last
             .is_none_or(|t| now.saturating_duration_since(t) >= REFUSAL_LOG_INTERVAL);
@@ -313,9 +443,15 @@ impl RefusalLog {
             self.unlogged += 1;
             return false;
         }
-        tracing::warn!(%peer, max_connections = limit, close_sent = sent,
-            also_refused_since_last_line = self.unlogged,
-            "connection refused: the server is at its connection limit (raise max_connections or the descriptor limit)");
+        let unlogged = self.unlogged;
+        match which {
+            AdmissionLimit::Connections => tracing::warn!(%peer, max_connections = limit,
+                close_sent = sent, also_refused_since_last_line = unlogged,
+                "connection refused: the server is at its connection limit (raise max_connections or the descriptor limit)"),
+            AdmissionLimit::Handshaking => tracing::warn!(%peer, max_handshaking = limit,
+                close_sent = sent, also_refused_since_last_line = unlogged,
+                "connection refused: too many sockets are in their handshake (raise max_handshaking; many silent sockets may be an attack)"),
+        }
         self.last = Some(now);
         self.unlogged = 0;
         true
@@ -340,13 +476,14 @@ mod tests {
         let mut log = RefusalLog::default();
         let peer: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         let t0 = Instant::now();
-        assert!(log.refused(t0, peer, true, 10));
+        let which = AdmissionLimit::Connections;
+        assert!(log.refused(t0, peer, true, which, 10));
         let quiet = (1..100)
-            .filter(|i| log.refused(t0 + Duration::from_millis(*i), peer, true, 10))
+            .filter(|i| log.refused(t0 + Duration::from_millis(*i), peer, true, which, 10))
             .count();
         assert_eq!(quiet, 0);
         assert_eq!(log.unlogged, 99);
-        assert!(log.refused(t0 + Duration::from_secs(1), peer, true, 10));
+        assert!(log.refused(t0 + Duration::from_secs(1), peer, true, which, 10));
         assert_eq!(log.unlogged, 0);
     }
 }

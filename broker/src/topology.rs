@@ -147,6 +147,8 @@ pub struct ArgumentsDefinition {
     delivery_limit: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expires_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_message_bytes: Option<u32>,
 }
 
 /// What a queue does at its length limit, as `declare-queue --overflow` names it.
@@ -172,6 +174,7 @@ impl From<&QueueArguments> for ArgumentsDefinition {
             ack_timeout_ms: a.ack_timeout_ms,
             delivery_limit: a.delivery_limit,
             expires_ms: a.expires_ms,
+            max_message_bytes: a.max_message_bytes,
         }
     }
 }
@@ -191,6 +194,7 @@ impl From<&ArgumentsDefinition> for QueueArguments {
             ack_timeout_ms: a.ack_timeout_ms,
             delivery_limit: a.delivery_limit,
             expires_ms: a.expires_ms,
+            max_message_bytes: a.max_message_bytes,
         }
     }
 }

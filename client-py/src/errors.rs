@@ -13,6 +13,7 @@ import_exception!(sluice.exceptions, InvalidUrl);
 import_exception!(sluice.exceptions, ConnectionError);
 import_exception!(sluice.exceptions, ConnectionClosed);
 import_exception!(sluice.exceptions, AccessRefused);
+import_exception!(sluice.exceptions, TlsError);
 import_exception!(sluice.exceptions, TimeoutError);
 import_exception!(sluice.exceptions, ProtocolError);
 import_exception!(sluice.exceptions, ChannelError);
@@ -42,6 +43,7 @@ pub(crate) fn to_py(error: Error) -> PyErr {
     match &error {
         Error::InvalidUrl(_) => InvalidUrl::new_err(args),
         Error::Io(_) => ConnectionError::new_err(args),
+        Error::Tls(_) => TlsError::new_err(args),
         Error::ConnectionClosed(_) => match code {
             Some(ErrorCode::AccessRefused) => AccessRefused::new_err(args),
             _ => ConnectionClosed::new_err(args),

@@ -62,6 +62,8 @@ impl QueueArgs {
                 .map(millis_at_least_1),
             delivery_limit: self.delivery_limit,
             expires_ms: convert::opt_seconds("expires", self.expires)?.map(millis_at_least_1),
+            // Not offered by the Python declare yet; the Rust client and the HTTP API set it.
+            max_message_bytes: None,
         };
         Ok(options)
     }
@@ -397,6 +399,9 @@ impl QueueInfo {
         }
         if let Some(v) = a.expires_ms {
             args.set_item("expires", secs(v))?;
+        }
+        if let Some(v) = a.max_message_bytes {
+            args.set_item("max_message_bytes", v)?;
         }
         Ok(args)
     }

@@ -1,8 +1,9 @@
 """Fixtures: a real `sluice` broker on a free port with a temporary data directory.
 
 The broker binary is $SLUICE_BIN, else target/debug/sluice of the repository. It listens on
-127.0.0.1:0 and prints `sluice listening on 127.0.0.1:PORT (data directory DIR)` first; the
-fixture reads the port from that line and stops the broker by its process id.
+127.0.0.1:0 and prints `sluice listening on 127.0.0.1:PORT (data directory DIR)` first, then
+`sluice http ...` and `sluice tls on 127.0.0.1:PORT` (or `sluice tls off`); the fixture reads
+the ports from those lines and stops the broker by its process id.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "client-py" / "examples"
 SLUICE_BIN = os.environ.get("SLUICE_BIN") or str(REPO / "target" / "debug" / "sluice")
 LISTENING = re.compile(r"sluice listening on 127\.0\.0\.1:(\d+) ")
+TLS_LISTENING = re.compile(r"sluice tls on 127\.0\.0\.1:(\d+)$")
 
 
 class Broker:
@@ -36,6 +38,8 @@ class Broker:
         self.stderr_path = log_dir / "broker.stderr"
         self.process: Optional[subprocess.Popen[bytes]] = None
         self.port = 0
+        #: The TLS port, when started with TLS flags.
+        self.tls_port = 0
         self._stdout: Optional[IO[bytes]] = None
         self._stderr: Optional[IO[bytes]] = None
 
@@ -43,7 +47,7 @@ class Broker:
     def url(self) -> str:
         return f"sluice://guest:guest@127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> "Broker":
+    def start(self, timeout: float = 20.0, extra: tuple[str, ...] = ()) -> "Broker":
         if not os.path.exists(SLUICE_BIN):
             pytest.fail(f"no broker binary at {SLUICE_BIN}: build it or set SLUICE_BIN")
         # Output goes to files, not pipes: a pipe nobody drains would block the broker.
@@ -60,6 +64,7 @@ class Broker:
                 # Brokers of parallel runs would collide on the default HTTP port.
                 "--http-listen",
                 "127.0.0.1:0",
+                *extra,
             ],
             stdout=self._stdout,
             stderr=self._stderr,
@@ -67,10 +72,13 @@ class Broker:
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            first = self.stdout_path.read_text(errors="replace").split("\n", 1)
-            match = LISTENING.match(first[0]) if len(first) > 1 else None
+            lines = self.stdout_path.read_text(errors="replace").split("\n")
+            # Three complete lines: the plain port, the HTTP API, the TLS port.
+            match = LISTENING.match(lines[0]) if len(lines) > 3 else None
             if match:
                 self.port = int(match.group(1))
+                tls = TLS_LISTENING.match(lines[2])
+                self.tls_port = int(tls.group(1)) if tls else 0
                 return self
             if self.process.poll() is not None:
                 break

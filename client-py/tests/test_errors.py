@@ -39,6 +39,8 @@ def test_hierarchy() -> None:
     assert issubclass(sluice.ResourceLimit, sluice.PublishRejected)
     assert issubclass(sluice.InvalidUrl, ValueError)
     assert issubclass(sluice.InvalidArgument, ValueError)
+    assert issubclass(sluice.LimitExceeded, sluice.ChannelError)
+    assert sluice.LimitExceeded("at its limit", 208).code_name == "LIMIT_EXCEEDED"
 
 
 def test_exceptions_keep_their_code_across_pickling() -> None:
@@ -50,7 +52,8 @@ def test_exceptions_keep_their_code_across_pickling() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["http://127.0.0.1", "sluice://h?bogus=1", "sluices://h", "sluice://h:99999"]
+    "bad",
+    ["http://127.0.0.1", "sluice://h?bogus=1", "sluice://h?ca_file=ca.pem", "sluice://h:99999"],
 )
 def test_invalid_urls(bad: str) -> None:
     with pytest.raises(sluice.InvalidUrl):

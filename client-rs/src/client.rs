@@ -5,6 +5,7 @@
 //! queue and exchange management, settling by delivery tag, and closing.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use crate::options::{
     millis, millis_at_least_1, DeleteExchangeOptions, DeleteQueueOptions, ExchangeOptions,
     QueueOptions,
 };
+use crate::tls::{self, TlsFiles};
 use crate::url::{ConnectUrl, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_PASSWORD, DEFAULT_USERNAME};
 use crate::wire::{
     Ack, Bind, DeclareQueueOk, DeliveryTag, ExchangeKind, Extend, FrameBody, Headers, InspectQueue,
@@ -348,6 +350,7 @@ pub struct ClientBuilder {
     request_timeout: Duration,
     prefetch: u32,
     confirm_window: u32,
+    tls: TlsFiles,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -363,6 +366,7 @@ impl fmt::Debug for ClientBuilder {
             .field("request_timeout", &self.request_timeout)
             .field("prefetch", &self.prefetch)
             .field("confirm_window", &self.confirm_window)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -380,6 +384,7 @@ impl Default for ClientBuilder {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             prefetch: DEFAULT_PREFETCH,
             confirm_window: DEFAULT_CONFIRM_WINDOW,
+            tls: TlsFiles::default(),
         }
     }
 }
@@ -451,6 +456,20 @@ impl ClientBuilder {
         self
     }
 
+    /// For `sluices://`: trust the CA certificates of this PEM file instead of the system's
+    /// roots (URL `ca_file`).
+    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls.ca_file = Some(path.into());
+        self
+    }
+
+    /// For `sluices://` to servers that require mutual TLS: present this certificate chain
+    /// with its private key, both PEM files (URL `cert_file` and `key_file`).
+    pub fn tls_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls.client_cert = Some((cert.into(), key.into()));
+        self
+    }
+
     /// Parses `url` and connects.
     pub async fn connect(self, url: &str) -> Result<Client> {
         let url = ConnectUrl::parse(url)?;
@@ -463,13 +482,24 @@ impl ClientBuilder {
         let timeout = self.connect_timeout_for(Some(url));
         let settings = self.settings();
         let addr = url.socket_addr();
+        let tls = url.is_tls().then(|| self.tls_files(url));
+        let host = url.host().to_owned();
         let connect = async move {
-            let stream = TcpStream::connect(&addr).await?;
+            let mut stream = TcpStream::connect(&addr).await?;
             // Frames are batched by the connection task; Nagle would only add latency.
             stream.set_nodelay(true)?;
-            let mut stream = stream;
-            let (welcome, leftover) = connection::handshake(&mut stream, &params).await?;
-            let (reader, writer) = stream.into_split();
+            let Some(tls) = tls else {
+                let (welcome, leftover) = connection::handshake(&mut stream, &params).await?;
+                let (reader, writer) = stream.into_split();
+                let (commands, shared) =
+                    connection::spawn(reader, writer, leftover, welcome, settings);
+                return Ok(Client { commands, shared });
+            };
+            let mut stream = tls::connect(stream, &host, &tls).await?;
+            let (welcome, leftover) = connection::handshake(&mut stream, &params)
+                .await
+                .map_err(tls::classify)?;
+            let (reader, writer) = tokio::io::split(stream);
             let (commands, shared) = connection::spawn(reader, writer, leftover, welcome, settings);
             Ok(Client { commands, shared })
         };
@@ -537,6 +567,21 @@ impl ClientBuilder {
                 .and_then(ConnectUrl::vhost)
                 .map(str::to_owned)
                 .or_else(|| self.vhost.clone()),
+        }
+    }
+
+    /// The URL's TLS files, else the builder's; a client certificate comes whole from one.
+    fn tls_files(&self, url: &ConnectUrl) -> TlsFiles {
+        let url_cert = url
+            .cert_file()
+            .zip(url.key_file())
+            .map(|(cert, key)| (cert.to_owned(), key.to_owned()));
+        TlsFiles {
+            ca_file: url
+                .ca_file()
+                .map(Path::to_owned)
+                .or_else(|| self.tls.ca_file.clone()),
+            client_cert: url_cert.or_else(|| self.tls.client_cert.clone()),
         }
     }
 
@@ -617,6 +662,33 @@ mod tests {
         assert_eq!(
             builder.connect_timeout_for(Some(&full)),
             Duration::from_millis(7)
+        );
+    }
+
+    #[test]
+    fn tls_files_come_from_the_url_else_from_the_builder() {
+        let builder = ClientBuilder::new()
+            .tls_ca_file("builder-ca.pem")
+            .tls_client_cert("builder.pem", "builder.key");
+        let url = ConnectUrl::parse("sluices://h").unwrap();
+        let files = builder.tls_files(&url);
+        assert_eq!(files.ca_file, Some(PathBuf::from("builder-ca.pem")));
+        assert_eq!(
+            files.client_cert,
+            Some((PathBuf::from("builder.pem"), PathBuf::from("builder.key")))
+        );
+        let url =
+            ConnectUrl::parse("sluices://h?ca_file=url-ca.pem&cert_file=u.pem&key_file=u.key")
+                .unwrap();
+        let files = builder.tls_files(&url);
+        assert_eq!(files.ca_file, Some(PathBuf::from("url-ca.pem")));
+        assert_eq!(
+            files.client_cert,
+            Some((PathBuf::from("u.pem"), PathBuf::from("u.key")))
+        );
+        assert_eq!(
+            ClientBuilder::new().tls_files(&ConnectUrl::parse("sluices://h").unwrap()),
+            TlsFiles::default()
         );
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::tls::TlsError;
 use crate::url::UrlError;
 use crate::wire::{
     Close, ConsumerCancelled, DecodeError, ErrorCode, ErrorReply, PublishSeq, Rejection, WireError,
@@ -23,9 +24,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Clone, Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The connection URL does not parse (or asks for TLS).
+    /// The connection URL does not parse.
     #[error("invalid URL: {0}")]
     InvalidUrl(#[from] UrlError),
+    /// TLS (`sluices://`) could not be set up, or its handshake failed: an untrusted server
+    /// certificate, a client certificate the server refused, an unreadable CA file...
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
     /// Connecting failed (DNS, TCP connect, or the socket broke during the handshake).
     #[error("I/O error: {0}")]
     Io(#[source] Arc<io::Error>),
@@ -459,9 +464,9 @@ mod tests {
         let io = Error::from(io::Error::from(io::ErrorKind::ConnectionRefused));
         assert_eq!(io.code(), None);
         assert!(io.is_transient());
-        assert!(Error::from(UrlError::TlsNotSupported)
+        assert!(Error::from(UrlError::IncompleteClientCertificate)
             .to_string()
-            .contains("TLS not supported yet"));
+            .starts_with("invalid URL: cert_file and key_file"));
         let clone = io.clone();
         assert!(matches!(clone, Error::Io(_)));
     }

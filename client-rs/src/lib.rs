@@ -9,7 +9,9 @@
 //! # Layout
 //! - [`wire`]: the sans-I/O codec for the wire protocol (`protocol.md`). The broker reuses
 //!   these types, so there is exactly one definition of every frame.
-//! - `url`: [`ConnectUrl`], `sluice://user:password@host:port/vhost?options`.
+//! - `url`: [`ConnectUrl`], `sluice://user:password@host:port/vhost?options` (`sluices://` for
+//!   TLS).
+//! - `tls`: TLS for `sluices://` (rustls), and its typed [`TlsError`].
 //! - `error`: [`Error`], [`CloseReason`], and the mapping from protocol error codes.
 //! - `options`: [`QueueOptions`], [`ExchangeOptions`], [`ConsumeOptions`],
 //!   [`PublishOptions`] and friends.
@@ -62,6 +64,7 @@ mod error;
 mod listing;
 mod options;
 mod publish;
+mod tls;
 mod url;
 pub mod wire;
 
@@ -76,6 +79,7 @@ pub use options::{
     QueueOptions,
 };
 pub use publish::{OutgoingMessage, PublishConfirm, Publisher};
+pub use tls::TlsError;
 pub use url::{ConnectUrl, UrlError};
 pub use wire::{
     BindingSummary, BrowseQueueOk, BrowsedMessage, ConnectionSummary, ConsumerId, ConsumerSummary,

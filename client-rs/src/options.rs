@@ -159,6 +159,13 @@ impl QueueOptions {
         self
     }
 
+    /// Largest message (meta plus body) the queue takes; a larger one routed to it is refused
+    /// with `MESSAGE_TOO_LARGE` (the server's own limit applies anyway).
+    pub fn max_message_bytes(mut self, bytes: u32) -> Self {
+        self.arguments.max_message_bytes = Some(bytes);
+        self
+    }
+
     pub(crate) fn into_request(self, name: &str) -> DeclareQueue {
         DeclareQueue {
             name: name.to_owned(),

@@ -4,7 +4,9 @@
 //! Every part has a default, so `sluice://` alone means `guest:guest@127.0.0.1:5680`, vhost
 //! `/`. The path names the vhost, percent-decoded as RabbitMQ does: `sluice://h/staging` is
 //! vhost `staging`, `sluice://h/%2F` (like `sluice://h/` and `sluice://h`) is `/`.
-//! `sluices://` (TLS) is reserved and refused with [`UrlError::TlsNotSupported`].
+//! `sluices://` is the same over TLS (default port 5681), with the parameters `ca_file`
+//! (trust this CA instead of the system's roots), `cert_file` and `key_file` (a client
+//! certificate, for mutual TLS).
 //!
 //! ```
 //! use sluice_client::ConnectUrl;
@@ -22,11 +24,12 @@
 //! ```
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use thiserror::Error;
 
-use crate::wire::DEFAULT_PORT;
+use crate::wire::{DEFAULT_PORT, DEFAULT_TLS_PORT};
 
 /// User name used when the URL names none.
 pub const DEFAULT_USERNAME: &str = "guest";
@@ -45,11 +48,15 @@ pub enum UrlError {
     #[error("missing scheme: expected sluice://...")]
     MissingScheme,
     /// The scheme is neither `sluice` nor `sluices`.
-    #[error("unsupported scheme {0:?}: expected sluice://")]
+    #[error("unsupported scheme {0:?}: expected sluice:// or sluices://")]
     UnsupportedScheme(String),
-    /// `sluices://` asks for TLS, which this client does not support yet.
-    #[error("TLS not supported yet (sluices://): use sluice://")]
-    TlsNotSupported,
+    /// A TLS parameter (`ca_file`, `cert_file`, `key_file`) in a `sluice://` URL, which has
+    /// no TLS: most likely the `s` of `sluices://` is missing.
+    #[error("query parameter {0:?} needs TLS: use sluices://")]
+    TlsParameterWithoutTls(String),
+    /// Only one of `cert_file` and `key_file` is given; a client certificate needs both.
+    #[error("cert_file and key_file go together (a client certificate and its key)")]
+    IncompleteClientCertificate,
     /// A `%` escape is not followed by two hex digits, or decodes to invalid UTF-8.
     #[error("bad percent-encoding in {0}")]
     BadEncoding(&'static str),
@@ -85,6 +92,8 @@ pub enum UrlError {
 /// and port) so that [`ClientBuilder`](crate::ClientBuilder) settings can fill them.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ConnectUrl {
+    /// `sluices://`: TLS from the first byte.
+    tls: bool,
     host: String,
     port: u16,
     username: Option<String>,
@@ -94,12 +103,16 @@ pub struct ConnectUrl {
     max_frame_len: Option<u32>,
     connect_timeout_ms: Option<u64>,
     name: Option<String>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
 }
 
 impl Default for ConnectUrl {
     /// `sluice://guest:guest@127.0.0.1:5680`.
     fn default() -> Self {
         ConnectUrl {
+            tls: false,
             host: DEFAULT_HOST.to_owned(),
             port: DEFAULT_PORT,
             username: None,
@@ -109,6 +122,9 @@ impl Default for ConnectUrl {
             max_frame_len: None,
             connect_timeout_ms: None,
             name: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
         }
     }
 }
@@ -117,12 +133,13 @@ impl ConnectUrl {
     /// Parses a URL; same as `s.parse()`.
     pub fn parse(s: &str) -> Result<Self, UrlError> {
         let (scheme, rest) = s.split_once("://").ok_or(UrlError::MissingScheme)?;
-        if scheme.eq_ignore_ascii_case("sluices") {
-            return Err(UrlError::TlsNotSupported);
-        }
-        if !scheme.eq_ignore_ascii_case("sluice") {
+        let tls = if scheme.eq_ignore_ascii_case("sluices") {
+            true
+        } else if scheme.eq_ignore_ascii_case("sluice") {
+            false
+        } else {
             return Err(UrlError::UnsupportedScheme(scheme.to_owned()));
-        }
+        };
         if rest.contains('#') {
             return Err(UrlError::UnexpectedFragment);
         }
@@ -139,7 +156,11 @@ impl ConnectUrl {
             return Err(UrlError::UnexpectedPath(path.to_owned()));
         }
 
-        let mut url = ConnectUrl::default();
+        let mut url = ConnectUrl {
+            tls,
+            port: if tls { DEFAULT_TLS_PORT } else { DEFAULT_PORT },
+            ..ConnectUrl::default()
+        };
         if !vhost.is_empty() {
             url.vhost = Some(percent_decode(vhost, "vhost")?);
         }
@@ -170,7 +191,26 @@ impl ConnectUrl {
         if let Some(query) = query {
             url.parse_query(query)?;
         }
+        url.check_tls_parameters()?;
         Ok(url)
+    }
+
+    /// TLS parameters only with TLS, and a client certificate only with its key.
+    fn check_tls_parameters(&self) -> Result<(), UrlError> {
+        let given = [
+            ("ca_file", &self.ca_file),
+            ("cert_file", &self.cert_file),
+            ("key_file", &self.key_file),
+        ];
+        if !self.tls {
+            if let Some((name, _)) = given.iter().find(|(_, v)| v.is_some()) {
+                return Err(UrlError::TlsParameterWithoutTls((*name).to_owned()));
+            }
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(UrlError::IncompleteClientCertificate);
+        }
+        Ok(())
     }
 
     fn parse_query(&mut self, query: &str) -> Result<(), UrlError> {
@@ -190,6 +230,9 @@ impl ConnectUrl {
                     value.parse().ok().filter(|&ms| ms > 0),
                 )?,
                 "name" => set_once(&mut self.name, Some(value.clone()))?,
+                "ca_file" => set_once(&mut self.ca_file, file_path(&value))?,
+                "cert_file" => set_once(&mut self.cert_file, file_path(&value))?,
+                "key_file" => set_once(&mut self.key_file, file_path(&value))?,
                 _ => return Err(UrlError::UnknownParameter(name)),
             }
             .ok_or_else(invalid)?;
@@ -200,12 +243,34 @@ impl ConnectUrl {
         Ok(())
     }
 
+    /// Whether the URL asks for TLS (`sluices://`).
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// `ca_file` parameter (`sluices://` only): a PEM file of the CA certificates the server's
+    /// certificate must be signed by, instead of the system's roots.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
+    }
+
+    /// `cert_file` parameter (`sluices://` only): the client's certificate chain (PEM), for
+    /// servers that require mutual TLS.
+    pub fn cert_file(&self) -> Option<&Path> {
+        self.cert_file.as_deref()
+    }
+
+    /// `key_file` parameter (`sluices://` only): the private key of `cert_file` (PEM).
+    pub fn key_file(&self) -> Option<&Path> {
+        self.key_file.as_deref()
+    }
+
     /// Host name or address (IPv6 without brackets). Default `127.0.0.1`.
     pub fn host(&self) -> &str {
         &self.host
     }
 
-    /// TCP port. Default 5680.
+    /// TCP port. Default 5680 (`sluices://`: 5681).
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -266,7 +331,7 @@ impl FromStr for ConnectUrl {
 impl fmt::Display for ConnectUrl {
     /// The URL with the password replaced by `***`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("sluice://")?;
+        f.write_str(if self.tls { "sluices://" } else { "sluice://" })?;
         if let Some(user) = &self.username {
             write!(f, "{}:***@", percent_encode(user))?;
         }
@@ -292,6 +357,15 @@ impl fmt::Display for ConnectUrl {
         if let Some(v) = &self.name {
             param(f, "name", &percent_encode(v))?;
         }
+        for (name, path) in [
+            ("ca_file", &self.ca_file),
+            ("cert_file", &self.cert_file),
+            ("key_file", &self.key_file),
+        ] {
+            if let Some(path) = path {
+                param(f, name, &percent_encode(&path.to_string_lossy()))?;
+            }
+        }
         Ok(())
     }
 }
@@ -311,6 +385,11 @@ fn set_once<T>(slot: &mut Option<T>, value: Option<T>) -> Result<Option<bool>, U
     let duplicate = slot.is_some();
     *slot = Some(value);
     Ok(Some(duplicate))
+}
+
+/// A file parameter's value: any non-empty path.
+fn file_path(value: &str) -> Option<PathBuf> {
+    (!value.is_empty()).then(|| PathBuf::from(value))
 }
 
 /// Splits `host[:port]` or `[v6]:port`. The host may be empty.
@@ -466,14 +545,69 @@ mod tests {
     }
 
     #[test]
-    fn tls_is_refused_with_a_typed_error() {
-        assert_eq!(
-            ConnectUrl::parse("sluices://mq:5681"),
-            Err(UrlError::TlsNotSupported)
+    fn sluices_means_tls_on_port_5681_with_its_files() {
+        let url = parse("sluices://");
+        assert!(url.is_tls());
+        assert_eq!(url.socket_addr(), "127.0.0.1:5681");
+        assert_eq!(url.ca_file(), None);
+        assert!(!parse("sluice://").is_tls());
+        let url = parse(
+            "SLUICES://app:pw@mq.internal:7443/?ca_file=/etc/ca%20dir/ca.pem\
+             &cert_file=client.pem&key_file=client.key",
         );
+        assert!(url.is_tls());
+        assert_eq!(url.socket_addr(), "mq.internal:7443");
+        assert_eq!(url.ca_file(), Some(Path::new("/etc/ca dir/ca.pem")));
+        assert_eq!(url.cert_file(), Some(Path::new("client.pem")));
+        assert_eq!(url.key_file(), Some(Path::new("client.key")));
         assert_eq!(
-            ConnectUrl::parse("sluices://").unwrap_err().to_string(),
-            "TLS not supported yet (sluices://): use sluice://"
+            url.to_string(),
+            "sluices://app:***@mq.internal:7443/?ca_file=%2Fetc%2Fca%20dir%2Fca.pem\
+             &cert_file=client.pem&key_file=client.key"
+        );
+        // What Display prints parses back to the same URL, password aside.
+        assert_eq!(parse(&url.to_string()).ca_file(), url.ca_file());
+    }
+
+    #[test]
+    fn tls_parameters_without_tls_or_half_a_client_certificate_are_refused() {
+        let cases: &[(&str, UrlError)] = &[
+            (
+                "sluice://h?ca_file=ca.pem",
+                UrlError::TlsParameterWithoutTls("ca_file".into()),
+            ),
+            (
+                "sluice://h?cert_file=c.pem&key_file=k.pem",
+                UrlError::TlsParameterWithoutTls("cert_file".into()),
+            ),
+            (
+                "sluices://h?cert_file=c.pem",
+                UrlError::IncompleteClientCertificate,
+            ),
+            (
+                "sluices://h?key_file=k.pem",
+                UrlError::IncompleteClientCertificate,
+            ),
+            (
+                "sluices://h?ca_file=",
+                UrlError::InvalidParameter {
+                    name: "ca_file".into(),
+                    value: String::new(),
+                },
+            ),
+            (
+                "sluices://h?ca_file=a&ca_file=b",
+                UrlError::DuplicateParameter("ca_file".into()),
+            ),
+        ];
+        for (s, expected) in cases {
+            assert_eq!(ConnectUrl::parse(s).as_ref(), Err(expected), "{s}");
+        }
+        assert_eq!(
+            ConnectUrl::parse("sluice://h?ca_file=ca.pem")
+                .unwrap_err()
+                .to_string(),
+            "query parameter \"ca_file\" needs TLS: use sluices://"
         );
     }
 

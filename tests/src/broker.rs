@@ -26,6 +26,10 @@ const SLUICE_VARIABLES: &[&str] = &[
     "SLUICE_DATA_DIR",
     "SLUICE_LISTEN",
     "SLUICE_HTTP_LISTEN",
+    "SLUICE_TLS_CERT",
+    "SLUICE_TLS_KEY",
+    "SLUICE_TLS_CLIENT_CA",
+    "SLUICE_TLS_LISTEN",
     "SLUICE_SEGMENT_BYTES",
     "SLUICE_MAX_MESSAGE_BYTES",
     "SLUICE_HEARTBEAT_MS",
@@ -138,14 +142,16 @@ pub struct BrokerProcess {
     child: Option<Child>,
     addr: String,
     http_addr: Option<String>,
+    tls_addr: Option<String>,
     stderr: mpsc::Receiver<String>,
 }
 
 impl BrokerProcess {
     /// Starts `sluice serve --data-dir DIR --listen 127.0.0.1:0 EXTRA...` and waits (bounded)
-    /// for its first two stdout lines, which name the port and the HTTP API's port. Unless
-    /// `EXTRA` sets `--http-listen`, the HTTP API listens on a free port too (`127.0.0.1:0`):
-    /// brokers of tests running in parallel would collide on the default one.
+    /// for its first three stdout lines, which name the port, the HTTP API's port and the TLS
+    /// port. Unless `EXTRA` sets `--http-listen`, the HTTP API listens on a free port too
+    /// (`127.0.0.1:0`): brokers of tests running in parallel would collide on the default
+    /// one. `EXTRA` may set `--listen` itself (`--listen off`).
     pub fn start(data_dir: &Path, extra: &[&str]) -> BrokerProcess {
         Self::start_with(data_dir, extra, |_| {})
     }
@@ -159,10 +165,10 @@ impl BrokerProcess {
         customize: impl FnOnce(&mut Command),
     ) -> BrokerProcess {
         let mut cmd = sluice_command();
-        cmd.arg("serve")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0"]);
+        cmd.arg("serve").arg("--data-dir").arg(data_dir);
+        if !extra.iter().any(|a| a.starts_with("--listen")) {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
         if !extra.iter().any(|a| a.starts_with("--http-listen")) {
             cmd.args(["--http-listen", "127.0.0.1:0"]);
         }
@@ -177,7 +183,7 @@ impl BrokerProcess {
         let (line_tx, line_rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
-            for line in lines.by_ref().take(2).map_while(Result::ok) {
+            for line in lines.by_ref().take(3).map_while(Result::ok) {
                 let _ = line_tx.send(line);
             }
             for _ in lines {}
@@ -193,18 +199,22 @@ impl BrokerProcess {
             child: Some(child),
             addr: String::new(),
             http_addr: None,
+            tls_addr: None,
             stderr: err_rx,
         };
         let line = match line_rx.recv_timeout(WAIT) {
             Ok(line) => line,
             Err(_) => panic!("sluice did not start:\n{}", broker.log()),
         };
-        // "sluice listening on 127.0.0.1:PORT (data directory ...)"
-        broker.addr = line
-            .strip_prefix("sluice listening on ")
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-            .to_owned();
+        // "sluice listening on 127.0.0.1:PORT (data directory ...)", or "sluice listening off
+        // (...)" (then `addr` is empty)
+        if !line.starts_with("sluice listening off ") {
+            broker.addr = line
+                .strip_prefix("sluice listening on ")
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+                .to_owned();
+        }
         let line = match line_rx.recv_timeout(WAIT) {
             Ok(line) => line,
             Err(_) => panic!(
@@ -217,6 +227,19 @@ impl BrokerProcess {
             Some(addr) => Some(addr.trim().to_owned()),
             None if line == "sluice http off" => None,
             None => panic!("unexpected second line: {line}"),
+        };
+        let line = match line_rx.recv_timeout(WAIT) {
+            Ok(line) => line,
+            Err(_) => panic!(
+                "sluice did not say where its TLS port is:\n{}",
+                broker.log()
+            ),
+        };
+        // "sluice tls on 127.0.0.1:PORT" or "sluice tls off"
+        broker.tls_addr = match line.strip_prefix("sluice tls on ") {
+            Some(addr) => Some(addr.trim().to_owned()),
+            None if line == "sluice tls off" => None,
+            None => panic!("unexpected third line: {line}"),
         };
         broker
     }
@@ -247,6 +270,11 @@ impl BrokerProcess {
     /// `host:port` it listens on.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// `host:port` of its TLS port, unless TLS is off.
+    pub fn tls_addr(&self) -> Option<&str> {
+        self.tls_addr.as_deref()
     }
 
     /// `host:port` of its HTTP admin API, unless that is off.

@@ -405,7 +405,7 @@ async fn a_vhost_s_limits_are_limit_exceeded_while_another_vhost_keeps_going() {
         .http("app")
         .put("/api/queues/q4?vhost=small", "{}")
         .await;
-    let message = assert_status(&r, 403, "LIMIT_EXCEEDED");
+    let message = assert_status(&r, 429, "LIMIT_EXCEEDED");
     assert!(message.contains("max_queues"), "{message}");
     // The other vhost is not limited by them.
     for q in ["q1", "q2", "q3", "q4"] {

@@ -250,6 +250,7 @@ async fn declare_queue(client: &Client, a: DeclareQueueArgs, json: bool) -> Resu
             ack_timeout_ms: a.ack_timeout_ms,
             delivery_limit: a.delivery_limit,
             expires_ms: a.expires_ms,
+            max_message_bytes: a.max_message_bytes,
         },
     };
     let ok = client.declare_queue(&a.name, options).await?;

@@ -378,7 +378,7 @@ pub fn inspect_text(q: &InspectQueueOk) -> String {
             },
         ),
     ];
-    let optional: [(&str, Option<String>); 9] = [
+    let optional: [(&str, Option<String>); 10] = [
         ("max-length", a.max_length.map(|v| v.to_string())),
         (
             "max-length-bytes",
@@ -391,6 +391,10 @@ pub fn inspect_text(q: &InspectQueueOk) -> String {
         ("ack-timeout-ms", a.ack_timeout_ms.map(|v| v.to_string())),
         ("delivery-limit", a.delivery_limit.map(|v| v.to_string())),
         ("expires-ms", a.expires_ms.map(|v| v.to_string())),
+        (
+            "max-message-bytes",
+            a.max_message_bytes.map(|v| v.to_string()),
+        ),
     ];
     lines.extend(optional.into_iter().filter_map(|(k, v)| Some((k, v?))));
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
@@ -602,6 +606,7 @@ struct ArgumentsJson<'a> {
     ack_timeout_ms: Option<u64>,
     delivery_limit: Option<u32>,
     expires_ms: Option<u64>,
+    max_message_bytes: Option<u32>,
 }
 
 impl<'a> From<&'a InspectQueueOk> for InspectJson<'a> {
@@ -627,6 +632,7 @@ impl<'a> From<&'a InspectQueueOk> for InspectJson<'a> {
                 ack_timeout_ms: a.ack_timeout_ms,
                 delivery_limit: a.delivery_limit,
                 expires_ms: a.expires_ms,
+                max_message_bytes: a.max_message_bytes,
             },
         }
     }

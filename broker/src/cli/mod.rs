@@ -176,8 +176,9 @@ pub enum AdminCommand {
 /// come before or after the command's name (`main.rs` flattens them into the top level).
 #[derive(Debug, Clone, Args)]
 pub struct Target {
-    /// Broker URL of the admin commands, `sluice://user@host:port[/vhost]`; the password
-    /// comes from SLUICE_PASSWORD (or SLUICE_URL), never from the command line.
+    /// Broker URL of the admin commands, `sluice://user@host:port[/vhost]`
+    /// (`sluices://...?ca_file=ca.pem` for TLS); the password comes from SLUICE_PASSWORD (or
+    /// SLUICE_URL), never from the command line.
     #[arg(long, global = true, env = "SLUICE_URL", default_value = DEFAULT_URL, hide_env_values = true)]
     pub url: String,
     /// Admin commands print JSON instead of text (`consume`: one JSON object per line).
@@ -282,6 +283,9 @@ pub struct DeclareQueueArgs {
     /// Delete the queue after it has been unused this long.
     #[arg(long, value_name = "MS")]
     pub expires_ms: Option<u64>,
+    /// Largest message (meta + body) the queue takes; larger ones are refused.
+    #[arg(long, value_name = "BYTES")]
+    pub max_message_bytes: Option<u32>,
 }
 
 /// What a queue does at its length limit.

@@ -1,5 +1,9 @@
 //! One client connection: the handshake, then three tasks.
 //!
+//! A client of the TLS port first completes the TLS handshake ([`crate::tls`]); everything
+//! after it is generic over the socket's two halves, so plain connections keep tokio's
+//! lock-free owned halves of the `TcpStream`.
+//!
 //! - the **reader** reads the socket into a buffer and decodes every complete frame it holds
 //!   before it hands them on as one batch (the frame length is checked before any buffer is
 //!   reserved, in [`FrameDecoder`]);
@@ -16,6 +20,7 @@
 //! session through it ([`Control`]: close the connection, cancel a consumer).
 
 mod access;
+pub(crate) mod limits;
 mod output;
 pub(crate) mod registry;
 mod session;
@@ -30,10 +35,11 @@ use sluice_client::wire::{
     RequestId, Welcome, FRAME_OVERHEAD_RESERVE, HANDSHAKE_MAX_FRAME_LEN, MIN_MAX_FRAME_LEN,
     PROTOCOL_VERSION,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::time::Instant as Deadline;
+use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{LoginRefused, Principal, VhostName};
 use crate::broker::Broker;
@@ -105,6 +111,16 @@ impl ClientInfo {
             identity,
         }
     }
+}
+
+/// What a handshake that ended in `Welcome` agreed and learned.
+struct Handshaken<T> {
+    agreed: Agreed,
+    who: ClientInfo,
+    /// The user, logged into its vhost.
+    principal: Principal,
+    /// What the server's admission gave (the connection's registration).
+    admitted: T,
 }
 
 /// Why the handshake did not end in `Welcome`.
@@ -186,37 +202,143 @@ impl std::fmt::Display for CloseReason {
     }
 }
 
-/// Serves one client until it leaves or the server shuts down.
-pub async fn serve(
-    broker: Arc<Broker>,
-    stream: TcpStream,
+/// The socket of one accepted client and what it needs to be served.
+pub(crate) struct Accepted {
+    /// The socket.
+    pub(crate) stream: TcpStream,
+    /// The TLS config in force when it was accepted, if it came to the TLS port.
+    pub(crate) tls: Option<TlsAcceptor>,
+    /// Turns true when the server shuts down.
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// Where open connections are listed.
+    pub(crate) registry: Arc<ConnectionRegistry>,
+    /// The socket's place among those in their handshake, given back once it ended.
+    pub(crate) handshaking: OwnedSemaphorePermit,
+}
+
+/// What a connection keeps from its acceptance once its socket is ready.
+struct Admission {
     shutdown: watch::Receiver<bool>,
     registry: Arc<ConnectionRegistry>,
-) {
+    handshaking: OwnedSemaphorePermit,
+}
+
+/// Where a connection came from, for its log lines.
+struct Peer {
+    conn_id: u64,
+    addr: Option<std::net::SocketAddr>,
+    /// The address as text, `unknown` if the socket could not tell.
+    name: String,
+}
+
+/// Serves one client until it leaves or the server shuts down. A TLS client's TLS handshake
+/// counts in the handshake timeout, like the protocol's own.
+pub(crate) async fn serve(broker: Arc<Broker>, accepted: Accepted) {
+    let Accepted {
+        stream,
+        tls,
+        shutdown,
+        registry,
+        handshaking,
+    } = accepted;
+    let admission = Admission {
+        shutdown,
+        registry,
+        handshaking,
+    };
     let _ = stream.set_nodelay(true);
-    let conn_id = broker.next_conn_id();
-    let peer_addr = stream.peer_addr().ok();
-    let peer = peer_addr.map_or_else(|| "unknown".to_owned(), |addr| addr.to_string());
-    let (mut rd, mut wr) = stream.into_split();
+    let addr = stream.peer_addr().ok();
+    let peer = Peer {
+        conn_id: broker.next_conn_id(),
+        addr,
+        name: addr.map_or_else(|| "unknown".to_owned(), |addr| addr.to_string()),
+    };
+    let deadline = Deadline::now() + broker.config.handshake_timeout;
+    let Some(tls) = tls else {
+        // Owned halves, without the lock tokio::io::split takes on every poll.
+        let (rd, wr) = stream.into_split();
+        return serve_halves(broker, rd, wr, peer, deadline, admission).await;
+    };
+    match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let (rd, wr) = tokio::io::split(stream);
+            serve_halves(broker, rd, wr, peer, deadline, admission).await;
+        }
+        Ok(Err(e)) => tracing::info!(conn = peer.conn_id, peer = peer.name, error = %e,
+            "TLS handshake failed"),
+        Err(_) => tracing::info!(
+            conn = peer.conn_id,
+            peer = peer.name,
+            "handshake timed out (in TLS)"
+        ),
+    }
+}
+
+/// Serves a client over its socket's halves (plain or TLS) once any TLS handshake is done:
+/// the protocol's handshake by `deadline`, then the reader, session and writer.
+async fn serve_halves<R, W>(
+    broker: Arc<Broker>,
+    mut rd: R,
+    mut wr: W,
+    peer: Peer,
+    deadline: Deadline,
+    admission: Admission,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let Peer {
+        conn_id,
+        addr: peer_addr,
+        name: peer,
+    } = peer;
+    let Admission {
+        shutdown,
+        registry,
+        handshaking,
+    } = admission;
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let timeout = broker.config.handshake_timeout;
     // A peer whose address is unknown is not on loopback.
     let peer_ip = peer_addr.map_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), |a| {
         a.ip()
     });
-    let (agreed, who, principal) = match tokio::time::timeout(
-        timeout,
-        handshake(&broker, conn_id, peer_ip, &mut rd, &mut wr, &mut buf),
+    let (control_tx, control_rx) = mpsc::channel(registry::CONTROL_CAPACITY);
+    // Listed (and counted for its user) once its credentials are good, before `Welcome`: a
+    // user at its connection limit gets `Close` instead.
+    let admit = |who: &ClientInfo| {
+        registry
+            .register(
+                conn_id,
+                peer_addr,
+                who.user.clone(),
+                who.identity.clone(),
+                control_tx,
+            )
+            .map_err(|refused| {
+                log_user_limit(&refused);
+                refused.to_string()
+            })
+    };
+    let handshake = tokio::time::timeout_at(
+        deadline,
+        handshake(&broker, conn_id, peer_ip, &mut rd, &mut wr, &mut buf, admit),
     )
-    .await
-    {
+    .await;
+    drop(handshaking);
+    let Handshaken {
+        agreed,
+        who,
+        principal,
+        admitted: registration,
+    } = match handshake {
         Ok(Ok(done)) => done,
         Ok(Err(refused)) => {
             log_refusal(conn_id, &peer, &refused);
             return;
         }
         Err(_) => {
-            tracing::info!(conn = conn_id, peer, "handshake timed out");
+            log_handshake_timeout(conn_id, &peer, timeout);
             return;
         }
     };
@@ -228,14 +350,6 @@ pub async fn serve(
         client = who.client,
         connection_name = who.connection_name,
         "connection opened"
-    );
-    let (control_tx, control_rx) = mpsc::channel(registry::CONTROL_CAPACITY);
-    let registration = registry.register(
-        conn_id,
-        peer_addr,
-        who.user.clone(),
-        who.identity.clone(),
-        control_tx,
     );
     let entry = registration.entry();
 
@@ -304,10 +418,41 @@ pub async fn serve(
     );
 }
 
+/// A socket that did not finish its handshake in time: one line each, rate-limited, since a
+/// flood of silent sockets would otherwise flood the log.
+fn log_handshake_timeout(conn_id: u64, peer: &str, timeout: Duration) {
+    static LOG: crate::limits::LogGate = crate::limits::LogGate::new();
+    if let Some(also_timed_out_since_last_line) = LOG.open() {
+        tracing::info!(
+            conn = conn_id,
+            peer,
+            handshake_timeout_ms = timeout.as_millis() as u64,
+            also_timed_out_since_last_line,
+            "handshake timed out; socket closed"
+        );
+    }
+}
+
+/// A user at `max_connections_per_user`, rate-limited: its client may retry in a loop.
+fn log_user_limit(refused: &registry::UserLimitReached) {
+    static LOG: crate::limits::LogGate = crate::limits::LogGate::new();
+    if let Some(also_refused_since_last_line) = LOG.open() {
+        tracing::warn!(
+            user = refused.user,
+            max_connections_per_user = refused.max,
+            also_refused_since_last_line,
+            "connection refused: the user is at its connection limit"
+        );
+    }
+}
+
 /// One line per refused handshake, unless already logged; a refused login is a warning,
 /// since it may be someone guessing.
 fn log_refusal(conn_id: u64, peer: &str, refused: &HandshakeRefused) {
-    if refused.logged {
+    // A user at its connection limit is logged once a second by `log_user_limit`, and wrong
+    // passwords are summarised per source address by the login throttle: a client retrying
+    // in a loop must not write a line per attempt.
+    if refused.logged || refused.code == Some(ErrorCode::ConnectionLimit) {
         return;
     }
     let user = refused.client.as_ref().map_or("", |c| c.user.as_str());
@@ -315,7 +460,19 @@ fn log_refusal(conn_id: u64, peer: &str, refused: &HandshakeRefused) {
     let code = refused.code.map_or("", |c| c.name());
     let reason = refused.reason.as_str();
     if refused.code == Some(ErrorCode::AccessRefused) {
-        tracing::warn!(conn = conn_id, peer, user, client, reason, "login refused");
+        // A bad vhost needs no password: a client could repeat it as often as it likes.
+        static LOG: crate::limits::LogGate = crate::limits::LogGate::new();
+        if let Some(also_refused_since_last_line) = LOG.open() {
+            tracing::warn!(
+                conn = conn_id,
+                peer,
+                user,
+                client,
+                reason,
+                also_refused_since_last_line,
+                "login refused"
+            );
+        }
     } else {
         tracing::info!(
             conn = conn_id,
@@ -329,15 +486,22 @@ fn log_refusal(conn_id: u64, peer: &str, refused: &HandshakeRefused) {
     }
 }
 
-/// Runs the server side of §5.2; on refusal sends `Close` and returns the reason.
-async fn handshake(
+/// Runs the server side of §5.2; on refusal sends `Close` and returns the reason. Once the
+/// credentials are good, `admit` decides whether the client gets in (what it returns comes
+/// back with the result) or gets `Close(CONNECTION_LIMIT)` with its reason.
+async fn handshake<R, W, T>(
     broker: &Broker,
     conn_id: u64,
     peer_ip: std::net::IpAddr,
-    rd: &mut OwnedReadHalf,
-    wr: &mut OwnedWriteHalf,
+    rd: &mut R,
+    wr: &mut W,
     buf: &mut BytesMut,
-) -> Result<(Agreed, ClientInfo, Principal), HandshakeRefused> {
+    admit: impl FnOnce(&ClientInfo) -> Result<T, String>,
+) -> Result<Handshaken<T>, HandshakeRefused>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let decoder = FrameDecoder::new(HANDSHAKE_MAX_FRAME_LEN);
     let raw = loop {
         match decoder.decode_raw(buf) {
@@ -423,6 +587,12 @@ async fn handshake(
             return Err(refusal);
         }
     };
+    let admitted = match admit(&who) {
+        Ok(admitted) => admitted,
+        Err(reason) => {
+            return Err(refuse(wr, ErrorCode::ConnectionLimit, &reason, Some(who)).await);
+        }
+    };
     let cfg = &broker.config;
     let heartbeat_ms = if cfg.heartbeat_ms == 0 {
         0
@@ -464,12 +634,17 @@ async fn handshake(
         max_frame_len,
         max_message_len,
     };
-    Ok((agreed, who, principal))
+    Ok(Handshaken {
+        agreed,
+        who,
+        principal,
+        admitted,
+    })
 }
 
 /// Sends `Close` with `code` and returns what the log says about it.
-async fn refuse(
-    wr: &mut OwnedWriteHalf,
+async fn refuse<W: AsyncWrite + Unpin>(
+    wr: &mut W,
     code: ErrorCode,
     reason: &str,
     client: Option<ClientInfo>,
@@ -504,13 +679,11 @@ pub(crate) struct Refusal {
 }
 
 impl Refusal {
-    /// `Close` with `CONNECTION_LIMIT`, naming the limit.
-    pub(crate) fn connection_limit(max_connections: usize) -> Self {
+    /// `Close` with `CONNECTION_LIMIT`, naming the limit `which` (at most `max`).
+    pub(crate) fn connection_limit(which: limits::AdmissionLimit, max: usize) -> Self {
         let close = Close {
             code: Some(ErrorCode::ConnectionLimit),
-            reason: format!(
-                "the server is at its limit of {max_connections} connections; try again later"
-            ),
+            reason: limits::admission_refusal(which, max),
         };
         let mut out = BytesMut::new();
         Frame::<Reply>::new(RequestId(0), close)
@@ -545,8 +718,8 @@ pub(crate) async fn linger(stream: TcpStream) {
     .await;
 }
 
-async fn read_frames(
-    mut rd: OwnedReadHalf,
+async fn read_frames<R: AsyncRead + Unpin>(
+    mut rd: R,
     mut buf: BytesMut,
     decoder: FrameDecoder,
     tx: mpsc::Sender<ReadEvent>,
@@ -600,8 +773,8 @@ async fn read_frames(
 }
 
 /// Writes the session's chunks in order; each leaves the outbox once written.
-async fn write_frames(
-    mut wr: OwnedWriteHalf,
+async fn write_frames<W: AsyncWrite + Unpin>(
+    mut wr: W,
     mut rx: mpsc::Receiver<Bytes>,
     outbox: Arc<Outbox>,
     entry: Arc<ConnectionEntry>,

@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 use sluice_client::wire::{ErrorCode, HeaderValue, Hello};
 use tokio::sync::{mpsc, oneshot};
 
+use super::limits::UserCounts;
 use crate::error::RequestError;
 use crate::queue::ConnId;
 
@@ -55,7 +56,26 @@ pub enum Control {
 /// Every live connection, by number.
 #[derive(Debug, Default)]
 pub struct ConnectionRegistry {
-    live: Mutex<BTreeMap<ConnId, Arc<ConnectionEntry>>>,
+    live: Mutex<Live>,
+    /// `max_connections_per_user`; `None` = no limit.
+    max_per_user: Option<usize>,
+}
+
+/// The live connections, and how many each user has (for `max_connections_per_user`).
+#[derive(Debug, Default)]
+struct Live {
+    by_id: BTreeMap<ConnId, Arc<ConnectionEntry>>,
+    users: UserCounts,
+}
+
+/// A user already has as many connections as `max_connections_per_user` allows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("user '{user}' is at its limit of {max} connections (max_connections_per_user); close one or try again later")]
+pub struct UserLimitReached {
+    /// The user.
+    pub user: String,
+    /// Their limit.
+    pub max: usize,
 }
 
 /// One connection: fixed facts from its handshake, and live counters.
@@ -149,17 +169,33 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.registry.lock().remove(&self.entry.id);
+        let mut live = self.registry.lock();
+        live.by_id.remove(&self.entry.id);
+        live.users.remove(&self.entry.user);
     }
 }
 
 impl ConnectionRegistry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ConnId, Arc<ConnectionEntry>>> {
+    /// A registry that lets each user have at most `max_per_user` connections.
+    pub fn new(max_per_user: Option<usize>) -> Self {
+        Self {
+            live: Mutex::default(),
+            max_per_user,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Live> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The most connections any one user has now.
+    pub fn most_connections_of_a_user(&self) -> usize {
+        self.lock().users.highest()
+    }
+
     /// Lists a connection whose handshake just succeeded; operators' requests for it arrive
-    /// on `control` (made with [`CONTROL_CAPACITY`]).
+    /// on `control` (made with [`CONTROL_CAPACITY`]). Refused when the user is at its
+    /// connection limit.
     pub fn register(
         self: &Arc<Self>,
         id: ConnId,
@@ -167,7 +203,11 @@ impl ConnectionRegistry {
         user: String,
         client: ClientIdentity,
         control: mpsc::Sender<Control>,
-    ) -> Registration {
+    ) -> Result<Registration, UserLimitReached> {
+        let mut live = self.lock();
+        if let Err(max) = live.users.try_add(&user, self.max_per_user) {
+            return Err(UserLimitReached { user, max });
+        }
         let entry = Arc::new(ConnectionEntry {
             id,
             peer,
@@ -177,16 +217,16 @@ impl ConnectionRegistry {
             stats: ConnectionStats::default(),
             control,
         });
-        self.lock().insert(id, Arc::clone(&entry));
-        Registration {
+        live.by_id.insert(id, Arc::clone(&entry));
+        Ok(Registration {
             registry: Arc::clone(self),
             entry,
-        }
+        })
     }
 
     /// How many connections are live.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().by_id.len()
     }
 
     /// The live connections with an id above `after` (all with `None`), by id.
@@ -194,10 +234,11 @@ impl ConnectionRegistry {
         let live = self.lock();
         match after {
             Some(id) => live
+                .by_id
                 .range((std::ops::Bound::Excluded(id), std::ops::Bound::Unbounded))
                 .map(|(_, e)| Arc::clone(e))
                 .collect(),
-            None => live.values().cloned().collect(),
+            None => live.by_id.values().cloned().collect(),
         }
     }
 
@@ -208,6 +249,7 @@ impl ConnectionRegistry {
 
     fn entry(&self, id: ConnId) -> Result<Arc<ConnectionEntry>, RequestError> {
         self.lock()
+            .by_id
             .get(&id)
             .cloned()
             .ok_or_else(|| no_connection(id))
@@ -319,15 +361,19 @@ mod tests {
     fn a_connection_is_listed_while_its_registration_lives() {
         let registry = Arc::new(ConnectionRegistry::default());
         let control = || mpsc::channel(CONTROL_CAPACITY).0;
-        let a = registry.register(
-            1,
-            None,
-            "guest".into(),
-            ClientIdentity::default(),
-            control(),
-        );
+        let a = registry
+            .register(
+                1,
+                None,
+                "guest".into(),
+                ClientIdentity::default(),
+                control(),
+            )
+            .unwrap();
         {
-            let b = registry.register(2, None, "app".into(), ClientIdentity::default(), control());
+            let b = registry
+                .register(2, None, "app".into(), ClientIdentity::default(), control())
+                .unwrap();
             ConnectionStats::add(&b.entry().stats.frames_in, 3);
             let ids: Vec<ConnId> = registry.snapshot_after(None).iter().map(|e| e.id).collect();
             assert_eq!(ids, [1, 2]);
@@ -345,13 +391,37 @@ mod tests {
     }
 
     #[test]
+    fn a_user_at_its_connection_limit_is_refused_and_others_are_not() {
+        let registry = Arc::new(ConnectionRegistry::new(Some(1)));
+        let control = || mpsc::channel(CONTROL_CAPACITY).0;
+        let register = |id, user: &str| {
+            registry.register(id, None, user.into(), ClientIdentity::default(), control())
+        };
+        let first = register(1, "app").unwrap();
+        let refused = register(2, "app").unwrap_err();
+        assert_eq!(refused.max, 1);
+        assert!(refused
+            .to_string()
+            .contains("user 'app' is at its limit of 1 connections"));
+        let other = register(3, "ops").unwrap();
+        assert_eq!(registry.len(), 2);
+        assert_eq!(registry.most_connections_of_a_user(), 1);
+        drop(first);
+        let again = register(4, "app").unwrap();
+        drop((other, again));
+        assert_eq!(registry.len(), 0);
+    }
+
+    #[test]
     fn listings_continue_after_the_last_id_seen() {
         let registry = Arc::new(ConnectionRegistry::default());
         let _live: Vec<Registration> = [3, 5, 9]
             .into_iter()
             .map(|id| {
                 let control = mpsc::channel(CONTROL_CAPACITY).0;
-                registry.register(id, None, "u".into(), ClientIdentity::default(), control)
+                registry
+                    .register(id, None, "u".into(), ClientIdentity::default(), control)
+                    .unwrap()
             })
             .collect();
         let ids = |after| -> Vec<ConnId> {
@@ -372,7 +442,9 @@ mod tests {
     async fn operators_reach_a_session_through_its_entry() {
         let registry = Arc::new(ConnectionRegistry::default());
         let (tx, mut rx) = mpsc::channel(CONTROL_CAPACITY);
-        let _reg = registry.register(4, None, "u".into(), ClientIdentity::default(), tx);
+        let _reg = registry
+            .register(4, None, "u".into(), ClientIdentity::default(), tx)
+            .unwrap();
         let session = tokio::spawn(async move {
             while let Some(control) = rx.recv().await {
                 match control {

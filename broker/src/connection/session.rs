@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 mod topology;
 
 use super::access::Access;
+use super::limits;
 use super::output::Output;
 use super::{
     Agreed, CloseReason, ConnectionEntry, ConnectionRegistry, ConnectionStats, Control, ReadEvent,
@@ -30,9 +31,6 @@ use crate::queue::{
 use crate::routing::RouteResult;
 use crate::storage::Epoch;
 
-/// Bytes of published messages a connection may have in queues' mailboxes and awaiting
-/// confirmation before the session stops reading (TCP backpressure to the publisher).
-const MAX_UNSETTLED_PUBLISH_BYTES: usize = 64 << 20;
 /// Fixed bytes of a `Deliver` frame (protocol.md §9.5).
 const DELIVER_FRAME_FIXED: usize = 12 + 4 + 4;
 
@@ -103,7 +101,12 @@ pub(super) struct Session {
     next_publish_seq: u64,
     next_batch: u64,
     batches: VecDeque<Batch>,
+    /// Bytes of publishes not yet confirmed; the session stops reading at the connection's
+    /// `max_unsettled_publish_bytes` (TCP back-pressure to the publisher).
     unsettled_bytes: usize,
+    /// Bytes of the frames handed to the confirm task, by the last sequence number each
+    /// covers: released from `unsettled_bytes` when the confirm covering them is sent.
+    confirming: VecDeque<(u64, usize)>,
     to_confirm: mpsc::UnboundedSender<ToConfirm>,
     /// Rejections of batches handed to the confirm task, emitted before the covering confirm.
     rejections: VecDeque<Rejection>,
@@ -169,6 +172,7 @@ impl Session {
             next_batch: 1,
             batches: VecDeque::new(),
             unsettled_bytes: 0,
+            confirming: VecDeque::new(),
             to_confirm,
             rejections: VecDeque::new(),
             confirmed: 0,
@@ -273,7 +277,7 @@ impl Session {
     /// wait in the reader's channel and the socket, which slows the client down.
     fn takes_requests(&self) -> bool {
         !self.output.is_full()
-            && self.unsettled_bytes < MAX_UNSETTLED_PUBLISH_BYTES
+            && self.unsettled_bytes < self.broker.config.limits.max_unsettled_publish_bytes
             && self.client_close.is_none()
     }
 
@@ -607,7 +611,7 @@ impl Session {
                     entry.queue.send(QueueCmd::SetPrefetch {
                         conn_id: self.link.id,
                         consumer_id: p.consumer_id,
-                        prefetch: p.prefetch,
+                        prefetch: self.broker.config.limits.effective_prefetch(p.prefetch),
                     });
                 }
                 None => self.send_error(id, no_consumer(p.consumer_id)),
@@ -855,6 +859,7 @@ impl Session {
         let limits = PublishLimits {
             max_message_len: self.agreed.max_message_len,
             blocking: blocking.as_ref(),
+            headers: self.broker.config.limits.headers,
         };
         let access = &mut self.access;
         for m in p.messages {
@@ -898,7 +903,7 @@ impl Session {
     fn advance_batches(&mut self) {
         while self.batches.front().is_some_and(|b| b.waiting == 0) {
             let mut b = self.batches.pop_front().expect("checked");
-            self.unsettled_bytes -= b.bytes;
+            self.confirming.push_back((b.up_to, b.bytes));
             b.rejections.sort_by_key(|r| r.seq.0);
             b.rejections.dedup_by_key(|r| r.seq.0);
             self.rejections.extend(b.rejections);
@@ -912,6 +917,7 @@ impl Session {
     }
 
     fn on_confirmed(&mut self, up_to: u64) {
+        self.release_unsettled(up_to);
         if up_to <= self.confirmed {
             return;
         }
@@ -931,6 +937,18 @@ impl Session {
                 up_to: PublishSeq(up_to),
             },
         );
+    }
+
+    /// The frames whose messages are all settled by a confirm up to `up_to` no longer count
+    /// against the connection's unsettled window.
+    fn release_unsettled(&mut self, up_to: u64) {
+        while let Some(&(last, bytes)) = self.confirming.front() {
+            if last > up_to {
+                break;
+            }
+            self.unsettled_bytes -= bytes;
+            self.confirming.pop_front();
+        }
     }
 
     /// A client `Close` is a barrier: answer it once every publish before it is settled.
@@ -972,6 +990,10 @@ impl Session {
         } else {
             c.consumer_tag
         };
+        let max = self.broker.config.limits.max_consumers_per_connection;
+        if let Err(e) = limits::check_consumers(self.link.id, self.consumers.len(), max) {
+            return self.send_error(id, e);
+        }
         if self.consumers.values().any(|e| e.tag == tag) {
             return self.send_error(
                 id,
@@ -988,7 +1010,7 @@ impl Session {
             request_id: id,
             consumer_id: ConsumerId(consumer_id),
             tag: tag.clone(),
-            prefetch: c.prefetch,
+            prefetch: self.broker.config.limits.effective_prefetch(c.prefetch),
             exclusive: c.exclusive,
             ack_timeout: c.ack_timeout_ms.map(Duration::from_millis),
         });

@@ -29,15 +29,13 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::ResourceLocked => StatusCode::LOCKED,
         ErrorCode::InvalidArgument | ErrorCode::MalformedRequest => StatusCode::BAD_REQUEST,
         // A logged-in user without the permission; a failed login is 401 (`auth.rs`).
-        ErrorCode::AccessRefused | ErrorCode::NotAllowed | ErrorCode::LimitExceeded => {
-            StatusCode::FORBIDDEN
-        }
+        ErrorCode::AccessRefused | ErrorCode::NotAllowed => StatusCode::FORBIDDEN,
         ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
         ErrorCode::ResourceExhausted | ErrorCode::MemoryLimit => StatusCode::SERVICE_UNAVAILABLE,
         // Refusals of a debugging publish (`POST /api/exchanges/NAME/publish`).
         ErrorCode::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::Unroutable => StatusCode::UNPROCESSABLE_ENTITY,
-        ErrorCode::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::QueueFull | ErrorCode::LimitExceeded => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -130,7 +128,6 @@ mod tests {
             (ErrorCode::ResourceLocked, 423),
             (ErrorCode::InvalidArgument, 400),
             (ErrorCode::AccessRefused, 403),
-            (ErrorCode::LimitExceeded, 403),
             (ErrorCode::NotAllowed, 403),
             (ErrorCode::StorageFull, 507),
             (ErrorCode::ResourceExhausted, 503),

@@ -7,6 +7,10 @@
 //! backlog until a connection ends. The idle timeout keeps a few silent sockets from holding
 //! every slot (and the API) forever; it does not run while a request of the connection is
 //! being answered ([`track_requests`]), however long the broker takes.
+//!
+//! With TLS the API serves HTTPS: the TLS handshakes run in tasks of their own, each bounded
+//! by the same timeout and holding a slot, so a client that stalls its handshake delays no
+//! one else's.
 
 use std::future::Future;
 use std::io;
@@ -25,7 +29,10 @@ use axum::serve::IncomingStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
+
+use crate::tls::{MaybeTlsStream, ServerTls};
 
 /// Most HTTP connections served at once; counted in [`crate::limits::FIXED_RESERVE`].
 pub const MAX_HTTP_CONNECTIONS: usize = 16;
@@ -36,16 +43,55 @@ pub struct BoundedListener {
     inner: TcpListener,
     slots: Arc<Semaphore>,
     idle_timeout: Duration,
+    tls: Option<Arc<ServerTls>>,
+    /// TLS handshakes under way; each yields a connection, or nothing if it failed.
+    handshakes: JoinSet<Option<(BoundedStream, SocketAddr)>>,
 }
 
 impl BoundedListener {
     /// Bounds `inner`; its connections are closed after `idle_timeout` without traffic.
-    pub fn new(inner: TcpListener, idle_timeout: Duration) -> Self {
+    /// With `tls`, each connection first completes a TLS handshake within `idle_timeout`.
+    pub fn new(inner: TcpListener, idle_timeout: Duration, tls: Option<Arc<ServerTls>>) -> Self {
         Self {
             inner,
             slots: Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS)),
             idle_timeout,
+            tls,
+            handshakes: JoinSet::new(),
         }
+    }
+}
+
+/// A slot, then a socket. Dropping it half-way loses nothing: the slot goes back, and
+/// accepting is cancel-safe.
+async fn next_socket(
+    slots: &Arc<Semaphore>,
+    listener: &mut TcpListener,
+) -> (OwnedSemaphorePermit, TcpStream, SocketAddr) {
+    let slot = Arc::clone(slots)
+        .acquire_owned()
+        .await
+        .expect("the slots are never closed");
+    // Backs off on accept errors (out of descriptors) by itself.
+    let (stream, addr) = axum::serve::Listener::accept(listener).await;
+    let _ = stream.set_nodelay(true);
+    (slot, stream, addr)
+}
+
+/// Runs the TLS handshake of an HTTPS connection, bounded by `timeout`; `None` if it failed.
+async fn tls_handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Option<MaybeTlsStream> {
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(MaybeTlsStream::Tls(Box::new(stream))),
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %addr, error = %e, "HTTPS: TLS handshake failed");
+            None
+        }
+        Err(_) => None,
     }
 }
 
@@ -54,22 +100,28 @@ impl axum::serve::Listener for BoundedListener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        // The semaphore is never closed.
-        let slot = Arc::clone(&self.slots)
-            .acquire_owned()
-            .await
-            .expect("the slots are never closed");
-        // Backs off on accept errors (out of descriptors) by itself.
-        let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
-        let _ = stream.set_nodelay(true);
-        let stream = BoundedStream {
-            inner: stream,
-            idle: Box::pin(tokio::time::sleep(self.idle_timeout)),
-            idle_timeout: self.idle_timeout,
-            answering: Activity::default(),
-            _slot: slot,
+        let idle_timeout = self.idle_timeout;
+        let Some(tls) = &self.tls else {
+            let (slot, stream, addr) = next_socket(&self.slots, &mut self.inner).await;
+            let stream = BoundedStream::new(MaybeTlsStream::Plain(stream), slot, idle_timeout);
+            return (stream, addr);
         };
-        (stream, addr)
+        loop {
+            tokio::select! {
+                (slot, stream, addr) = next_socket(&self.slots, &mut self.inner) => {
+                    let acceptor = tls.acceptor();
+                    self.handshakes.spawn(async move {
+                        let stream = tls_handshake(acceptor, stream, addr, idle_timeout).await?;
+                        Some((BoundedStream::new(stream, slot, idle_timeout), addr))
+                    });
+                }
+                Some(done) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
+                    if let Ok(Some(connection)) = done {
+                        return connection;
+                    }
+                }
+            }
+        }
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
@@ -82,7 +134,7 @@ impl axum::serve::Listener for BoundedListener {
 /// was being answered.
 #[derive(Debug)]
 pub struct BoundedStream {
-    inner: TcpStream,
+    inner: MaybeTlsStream,
     idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
     answering: Activity,
@@ -130,6 +182,16 @@ pub async fn track_requests(
 }
 
 impl BoundedStream {
+    fn new(inner: MaybeTlsStream, slot: OwnedSemaphorePermit, idle_timeout: Duration) -> Self {
+        Self {
+            inner,
+            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle_timeout,
+            answering: Activity::default(),
+            _slot: slot,
+        }
+    }
+
     fn active(&mut self) {
         let deadline = Instant::now() + self.idle_timeout;
         self.idle.as_mut().reset(deadline);

@@ -3,14 +3,16 @@
 //!
 //! # Layout
 //! - [`serve`] is the one door: it runs the router on a bound listener until shutdown.
-//! - `listener.rs`: at most [`MAX_HTTP_CONNECTIONS`] connections at once, idle ones closed.
+//! - `listener.rs`: at most [`MAX_HTTP_CONNECTIONS`] connections at once, idle ones closed;
+//!   the TLS handshake of HTTPS.
 //! - `auth.rs`: HTTP basic auth against the broker's users (`/api/...` only), the tags that
 //!   open the API, and the authenticated user in each request's extensions.
 //! - `access.rs`: the vhost a request works in (`?vhost=`) and the user's permissions there.
 //! - `error.rs`: [`RequestError`](crate::error::RequestError) codes as HTTP statuses, and the
 //!   JSON body extractor whose failures are answered in the same shape.
 //! - one file per resource: `overview.rs`, `queues.rs`, `exchanges.rs`, `bindings.rs`,
-//!   `consumers.rs`, `connections.rs` (list, close, cancel a consumer), `publish.rs` (publish
+//!   `consumers.rs`, `connections.rs` (list, close, cancel a consumer), `limits.rs` (every
+//!   configured limit and its current use), `publish.rs` (publish
 //!   and get for debugging), `messages.rs` (browsing a queue), `moves.rs` (moving messages
 //!   between queues), `definitions.rs` (export and import the topology), `users.rs`,
 //!   `vhosts.rs` and `permissions.rs` (the users file; `/api/whoami`), `health.rs` for
@@ -35,6 +37,7 @@ mod error;
 mod exchanges;
 mod health;
 mod history;
+mod limits;
 mod listener;
 mod messages;
 mod metrics;
@@ -56,8 +59,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::broker::Broker;
+use crate::connection::limits::Admission;
 use crate::connection::ConnectionRegistry;
 use crate::metrics::Exporter;
+use crate::tls::ServerTls;
 use history::History;
 pub use listener::MAX_HTTP_CONNECTIONS;
 
@@ -66,6 +71,7 @@ pub use listener::MAX_HTTP_CONNECTIONS;
 pub struct Api {
     broker: Arc<Broker>,
     connections: Arc<ConnectionRegistry>,
+    admission: Arc<Admission>,
     started: Instant,
     stopping: watch::Receiver<bool>,
     exporter: Arc<Exporter>,
@@ -74,10 +80,12 @@ pub struct Api {
 
 impl Api {
     /// The API of `broker`, served by a server that lists its connections in `connections`,
-    /// started at `started` and says it is stopping through `stopping`.
+    /// counts what it admits in `admission`, started at `started` and says it is stopping
+    /// through `stopping`.
     pub(crate) fn new(
         broker: Arc<Broker>,
         connections: Arc<ConnectionRegistry>,
+        admission: Arc<Admission>,
         started: Instant,
         stopping: watch::Receiver<bool>,
     ) -> Self {
@@ -85,6 +93,7 @@ impl Api {
         Self {
             broker,
             connections,
+            admission,
             started,
             stopping,
             exporter,
@@ -93,16 +102,19 @@ impl Api {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then lets requests in progress
-/// finish (the caller bounds how long it waits). Connections idle for the broker's handshake
-/// timeout are closed. The history's sampler runs as long as the server.
+/// Serves the API on `listener` (HTTPS with `tls`) until `shutdown` resolves, then lets
+/// requests in progress finish (the caller bounds how long it waits). Connections idle for
+/// the broker's handshake timeout are closed, as are TLS handshakes that take longer. The
+/// history's sampler runs as long as the server.
 pub async fn serve(
     api: Api,
     listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let sampler = AbortOnDrop(tokio::spawn(history::sample(api.clone())));
-    let listener = listener::BoundedListener::new(listener, api.broker.config.handshake_timeout);
+    let listener =
+        listener::BoundedListener::new(listener, api.broker.config.handshake_timeout, tls);
     let app = router(api)
         .layer(axum::middleware::from_fn(listener::track_requests))
         .into_make_service_with_connect_info::<listener::Peer>();
@@ -128,6 +140,7 @@ fn router(api: Api) -> Router {
     let protected = Router::new()
         .route("/api/overview", get(overview::show))
         .route("/api/overview/history", get(history::broker))
+        .route("/api/limits", get(limits::show))
         .route("/api/queues", get(queues::list))
         .route(
             "/api/queues/{name}",

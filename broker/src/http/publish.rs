@@ -184,6 +184,7 @@ pub async fn publish(
     let limits = PublishLimits {
         max_message_len: broker.config.max_message_len,
         blocking: blocking.as_ref(),
+        headers: broker.config.limits.headers,
     };
     let (persistent, targets) = {
         let reg = broker.read();

@@ -197,6 +197,7 @@ struct ArgumentsBody {
     ack_timeout_ms: Option<u64>,
     delivery_limit: Option<u32>,
     expires_ms: Option<u64>,
+    max_message_bytes: Option<u32>,
 }
 
 /// What a queue does at its length limit, as `declare-queue --overflow` names it.
@@ -222,6 +223,7 @@ impl From<ArgumentsBody> for QueueArguments {
             ack_timeout_ms: a.ack_timeout_ms,
             delivery_limit: a.delivery_limit,
             expires_ms: a.expires_ms,
+            max_message_bytes: a.max_message_bytes,
         }
     }
 }

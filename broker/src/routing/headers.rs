@@ -16,53 +16,86 @@ use sluice_client::wire::{headers_len, HeaderValue};
 /// The binding argument that selects the matching mode; never compared itself.
 const X_MATCH: &str = "x-match";
 
-/// Most entries in one header table: a message's headers or a binding's arguments
-/// (protocol.md §14). Generous for any application (RabbitMQ's own `x-death` bookkeeping
-/// uses a handful) while keeping the decoding and sorting done under the routing lock small.
+/// Most entries in one header table by default: a message's headers or a binding's arguments
+/// (protocol.md §14; `max_header_entries` changes it). Generous for any application
+/// (RabbitMQ's own `x-death` bookkeeping uses a handful) while keeping the decoding and sorting
+/// done under the routing lock small.
 pub const MAX_HEADER_ENTRIES: usize = 1024;
 
-/// Most bytes of one encoded header table (its `count` field included), checked before the
-/// table is decoded (protocol.md §14). 64 KiB holds 1 024 entries of 60-byte key and value.
+/// Most bytes of one encoded header table (its `count` field included) by default, checked
+/// before the table is decoded (protocol.md §14; `max_header_bytes` changes it). 64 KiB holds
+/// 1 024 entries of 60-byte key and value.
 pub const MAX_HEADERS_LEN: usize = 64 * 1024;
 
-/// Why a header table is refused: it exceeds [`MAX_HEADER_ENTRIES`] or [`MAX_HEADERS_LEN`].
-/// Reported as `INVALID_ARGUMENT`, for that message or that `Bind` only.
+/// The limits on one header table. Header values do not nest (protocol.md §2.3: string,
+/// integer, boolean, bytes), so a table has no depth to bound: entries and bytes are all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderLimits {
+    /// Most entries.
+    pub max_entries: usize,
+    /// Most encoded bytes, the `count` field included.
+    pub max_bytes: usize,
+}
+
+impl Default for HeaderLimits {
+    fn default() -> Self {
+        Self {
+            max_entries: MAX_HEADER_ENTRIES,
+            max_bytes: MAX_HEADERS_LEN,
+        }
+    }
+}
+
+/// Why a header table is refused: it exceeds its [`HeaderLimits`]. Reported as
+/// `INVALID_ARGUMENT`, for that message or that `Bind` only.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HeaderLimitError {
-    /// More entries than [`MAX_HEADER_ENTRIES`].
-    #[error("{count} header entries exceed the limit of {MAX_HEADER_ENTRIES}")]
+    /// More entries than the limit.
+    #[error("{count} header entries exceed the limit of {limit} (max_header_entries)")]
     TooManyEntries {
         /// Entries in the table.
         count: usize,
+        /// The limit.
+        limit: usize,
     },
-    /// More encoded bytes than [`MAX_HEADERS_LEN`].
-    #[error("a header table of {len} bytes exceeds the limit of {MAX_HEADERS_LEN}")]
+    /// More encoded bytes than the limit.
+    #[error("a header table of {len} bytes exceeds the limit of {limit} (max_header_bytes)")]
     TooLong {
         /// Encoded length of the table.
         len: usize,
+        /// The limit.
+        limit: usize,
     },
 }
 
-/// Checks the encoded length of a header table, before decoding it.
-pub fn check_headers_len(len: usize) -> Result<(), HeaderLimitError> {
-    if len > MAX_HEADERS_LEN {
-        return Err(HeaderLimitError::TooLong { len });
+impl HeaderLimits {
+    /// Checks the encoded length of a header table, before decoding it.
+    pub fn check_len(&self, len: usize) -> Result<(), HeaderLimitError> {
+        if len > self.max_bytes {
+            return Err(HeaderLimitError::TooLong {
+                len,
+                limit: self.max_bytes,
+            });
+        }
+        Ok(())
     }
-    Ok(())
-}
 
-/// Checks the number of entries of a decoded header table.
-pub fn check_header_count(count: usize) -> Result<(), HeaderLimitError> {
-    if count > MAX_HEADER_ENTRIES {
-        return Err(HeaderLimitError::TooManyEntries { count });
+    /// Checks the number of entries of a decoded header table.
+    pub fn check_count(&self, count: usize) -> Result<(), HeaderLimitError> {
+        if count > self.max_entries {
+            return Err(HeaderLimitError::TooManyEntries {
+                count,
+                limit: self.max_entries,
+            });
+        }
+        Ok(())
     }
-    Ok(())
-}
 
-/// Checks both limits on a decoded header table (binding arguments).
-pub fn check_header_limits(headers: &[(String, HeaderValue)]) -> Result<(), HeaderLimitError> {
-    check_header_count(headers.len())?;
-    check_headers_len(headers_len(headers))
+    /// Checks both limits on a decoded header table (binding arguments).
+    pub fn check(&self, headers: &[(String, HeaderValue)]) -> Result<(), HeaderLimitError> {
+        self.check_count(headers.len())?;
+        self.check_len(headers_len(headers))
+    }
 }
 
 /// A message's headers as routing reads them: sorted by key on first use, then shared by
@@ -343,32 +376,55 @@ mod tests {
 
     #[test]
     fn header_tables_over_the_limits_are_refused() {
-        assert_eq!(check_header_count(MAX_HEADER_ENTRIES), Ok(()));
+        let limits = HeaderLimits::default();
+        assert_eq!(limits.check_count(MAX_HEADER_ENTRIES), Ok(()));
         assert_eq!(
-            check_header_count(MAX_HEADER_ENTRIES + 1),
+            limits.check_count(MAX_HEADER_ENTRIES + 1),
             Err(HeaderLimitError::TooManyEntries {
-                count: MAX_HEADER_ENTRIES + 1
+                count: MAX_HEADER_ENTRIES + 1,
+                limit: MAX_HEADER_ENTRIES,
             })
         );
-        assert_eq!(check_headers_len(MAX_HEADERS_LEN), Ok(()));
+        assert_eq!(limits.check_len(MAX_HEADERS_LEN), Ok(()));
         assert_eq!(
-            check_headers_len(MAX_HEADERS_LEN + 1),
+            limits.check_len(MAX_HEADERS_LEN + 1),
             Err(HeaderLimitError::TooLong {
-                len: MAX_HEADERS_LEN + 1
+                len: MAX_HEADERS_LEN + 1,
+                limit: MAX_HEADERS_LEN,
             })
         );
         let many: Vec<_> = (0..=MAX_HEADER_ENTRIES)
             .map(|i| (format!("k{i}"), HeaderValue::Bool(true)))
             .collect();
         assert!(matches!(
-            check_header_limits(&many),
+            limits.check(&many),
             Err(HeaderLimitError::TooManyEntries { .. })
         ));
-        assert_eq!(check_header_limits(&many[1..]), Ok(()));
+        assert_eq!(limits.check(&many[1..]), Ok(()));
         let long = vec![("k".to_owned(), s(&"v".repeat(MAX_HEADERS_LEN)))];
         assert!(matches!(
-            check_header_limits(&long),
+            limits.check(&long),
             Err(HeaderLimitError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn configured_header_limits_replace_the_defaults() {
+        let limits = HeaderLimits {
+            max_entries: 2,
+            max_bytes: 100,
+        };
+        let three = h(&[("a", s("1")), ("b", s("2")), ("c", s("3"))]);
+        let e = limits.check(&three).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "3 header entries exceed the limit of 2 (max_header_entries)"
+        );
+        assert!(limits.check(&three[1..]).is_ok());
+        let long = h(&[("a", s(&"v".repeat(100)))]);
+        assert!(matches!(
+            limits.check(&long),
+            Err(HeaderLimitError::TooLong { limit: 100, .. })
         ));
     }
 

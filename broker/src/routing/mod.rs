@@ -11,7 +11,7 @@
 //! - [`namespace`]: vhosts as prefixes of the names the table knows (the default exchange,
 //!   `amq.*` and alternate exchanges are per vhost).
 //! - `headers`: the `x-match` rules of headers exchanges, matched by merging sorted lists,
-//!   and the limits on header tables ([`MAX_HEADER_ENTRIES`], [`MAX_HEADERS_LEN`]).
+//!   and the limits on header tables ([`HeaderLimits`]).
 //!
 //! # Matching rules (as RabbitMQ)
 //! - direct: the binding key equals the routing key.
@@ -35,10 +35,7 @@ mod table;
 mod topic;
 
 pub use exchange::{Binding, Definitions, Exchange, ExchangeKind};
-pub use headers::{
-    check_header_count, check_header_limits, check_headers_len, HeaderLimitError, MAX_HEADERS_LEN,
-    MAX_HEADER_ENTRIES,
-};
+pub use headers::{HeaderLimitError, HeaderLimits, MAX_HEADERS_LEN, MAX_HEADER_ENTRIES};
 pub use namespace::{Namespace, ResourceName};
 pub use table::{QueueName, RouteResult, RoutingTable, UnbindOutcome};
 pub use topic::{topic_matches, MAX_TOPIC_HASH_GROUPS};

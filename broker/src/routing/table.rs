@@ -312,6 +312,35 @@ impl RoutingTable {
         all.into_iter().map(|(_, b)| b).collect()
     }
 
+    /// The explicit bindings of `exchange` (0 for a missing one).
+    pub fn binding_count(&self, exchange: &str) -> usize {
+        self.exchanges
+            .get(exchange)
+            .map_or(0, |state| state.binding_count)
+    }
+
+    /// The most bindings any one exchange has.
+    pub fn most_bindings(&self) -> usize {
+        self.exchanges
+            .values()
+            .map(|state| state.binding_count)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Every exchange with more than `max` bindings, with its count (made before a lower limit
+    /// was configured: kept, and reported).
+    pub fn exchanges_over(&self, max: usize) -> Vec<(String, usize)> {
+        let mut over: Vec<(String, usize)> = self
+            .exchanges
+            .iter()
+            .filter(|(_, state)| state.binding_count > max)
+            .map(|(name, state)| (name.to_string(), state.binding_count))
+            .collect();
+        over.sort();
+        over
+    }
+
     /// Binds a queue to an exchange. Returns `true` if the binding is new, `false` if the same
     /// one existed. Both must exist; the key and arguments must suit the exchange's kind
     /// (topic: at most [`MAX_TOPIC_HASH_GROUPS`](super::MAX_TOPIC_HASH_GROUPS) groups of `#`;

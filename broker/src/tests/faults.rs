@@ -40,7 +40,7 @@ impl Node {
     async fn start(data: &Path) -> Result<Node, String> {
         let config = ServerConfig {
             data_dir: data.to_path_buf(),
-            listen: "127.0.0.1:0".parse().unwrap(),
+            listen: Some("127.0.0.1:0".parse().unwrap()),
             // Parallel tests would collide on the default port; these need no HTTP API.
             http_listen: HttpListen::Off,
             segment_bytes: 64 << 10,
@@ -49,7 +49,10 @@ impl Node {
         };
         let broker = Broker::open(config).map_err(|e| e.to_string())?;
         let server = Server::bind(Arc::clone(&broker)).await.unwrap();
-        let url = format!("sluice://guest:guest@{}", server.local_addr().unwrap());
+        let url = format!(
+            "sluice://guest:guest@{}",
+            server.local_addr().unwrap().expect("the plain port is on")
+        );
         drop(broker);
         let (stop, stopped) = oneshot::channel::<()>();
         let done = tokio::spawn(server.run(async {

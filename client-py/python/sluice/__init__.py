@@ -61,6 +61,7 @@ from .exceptions import (
     SluiceError,
     StorageFull,
     TimeoutError,
+    TlsError,
     UnknownDeliveryTag,
     Unroutable,
 )
@@ -101,6 +102,7 @@ __all__ = [
     "SluiceError",
     "StorageFull",
     "TimeoutError",
+    "TlsError",
     "UnknownDeliveryTag",
     "Unroutable",
     "__version__",

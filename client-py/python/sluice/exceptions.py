@@ -11,7 +11,8 @@ protocol name as ``error.code_name``.
     ├── InvalidUrl                  (also a ValueError)
     ├── ConnectionError             could not connect, or the connection was lost
     │   ├── ConnectionClosed        the connection has ended (1xx codes, or closed by us)
-    │   └── AccessRefused           103 in Close: bad credentials, or no access to the vhost
+    │   ├── AccessRefused           103 in Close: bad credentials, or no access to the vhost
+    │   └── TlsError                sluices://: the TLS handshake failed or TLS is misconfigured
     ├── TimeoutError                no answer in time
     ├── ProtocolError               the server broke the protocol
     ├── ChannelError                2xx: the request failed; the connection is still usable
@@ -21,7 +22,7 @@ protocol name as ``error.code_name``.
     │   ├── NotAllowed              205
     │   ├── UnknownDeliveryTag      206
     │   ├── InvalidArgument         207 (also a ValueError)
-    │   ├── LimitExceeded           208: a vhost's or the broker's configured limit
+    │   ├── LimitExceeded           208: a configured limit (the message names it)
     │   └── PermissionDenied        103 in Error: the user lacks a permission
     │                               (the connection stays up)
     ├── PublishRejected             3xx: the broker refused one published message
@@ -63,6 +64,7 @@ __all__ = [
     "SluiceError",
     "StorageFull",
     "TimeoutError",
+    "TlsError",
     "UnknownDeliveryTag",
     "Unroutable",
 ]
@@ -133,6 +135,11 @@ class AccessRefused(ConnectionError):
     """The broker refused the credentials, or the vhost (``ACCESS_REFUSED`` at login)."""
 
 
+class TlsError(ConnectionError):
+    """TLS (``sluices://``) failed: the server's certificate is not trusted, the server
+    refused ours (mutual TLS), or a ``ca_file``/``cert_file``/``key_file`` is unusable."""
+
+
 class TimeoutError(SluiceError):
     """No answer within the allowed time; the outcome of the request is unknown."""
 
@@ -170,8 +177,8 @@ class InvalidArgument(ChannelError, ValueError):
 
 
 class LimitExceeded(ChannelError):
-    """A configured limit would be exceeded, e.g. a vhost's ``max_queues``
-    (``LIMIT_EXCEEDED``); the message names the limit."""
+    """A configured limit would be exceeded (``LIMIT_EXCEEDED``): a vhost's ``max_queues``,
+    consumers per connection, bindings per exchange, ...; the message names the limit."""
 
 
 class PermissionDenied(ChannelError):

@@ -95,7 +95,7 @@ pub const PROTOCOL_VERSION: u16 = 2;
 pub const MAGIC: &[u8; 6] = b"SLUICE";
 /// Default TCP port (`sluice://`).
 pub const DEFAULT_PORT: u16 = 5680;
-/// Default TLS port (`sluices://`, reserved).
+/// Default TLS port (`sluices://`).
 pub const DEFAULT_TLS_PORT: u16 = 5681;
 /// Maximum frame length (length prefix value) until the handshake has set one.
 pub const HANDSHAKE_MAX_FRAME_LEN: u32 = 64 * 1024;

@@ -35,7 +35,7 @@ impl Overflow {
 /// present u16 (bit i set = field i follows), then the present fields in bit order:
 /// 0 max_length u64, 1 max_length_bytes u64, 2 overflow u8, 3 message_ttl_ms u64,
 /// 4 dead_letter_exchange str, 5 dead_letter_routing_key str, 6 ack_timeout_ms u64,
-/// 7 delivery_limit u32, 8 expires_ms u64
+/// 7 delivery_limit u32, 8 expires_ms u64, 9 max_message_bytes u32
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueArguments {
@@ -57,9 +57,12 @@ pub struct QueueArguments {
     pub delivery_limit: Option<u32>,
     /// The queue is deleted after being unused (no consumers, no `Get`) this long.
     pub expires_ms: Option<u64>,
+    /// Largest message (meta plus body) the queue takes; a larger one routed to it is refused
+    /// with `MESSAGE_TOO_LARGE`. At most the server's own limit applies anyway.
+    pub max_message_bytes: Option<u32>,
 }
 
-const ARG_BITS: u16 = 0x01ff;
+const ARG_BITS: u16 = 0x03ff;
 
 impl Payload for QueueArguments {
     fn encode(&self, buf: &mut BytesMut) -> Result<(), WireError> {
@@ -73,6 +76,7 @@ impl Payload for QueueArguments {
             self.ack_timeout_ms.is_some(),
             self.delivery_limit.is_some(),
             self.expires_ms.is_some(),
+            self.max_message_bytes.is_some(),
         ]
         .iter()
         .enumerate()
@@ -105,6 +109,9 @@ impl Payload for QueueArguments {
         if let Some(v) = self.expires_ms {
             p::put_u64(buf, v);
         }
+        if let Some(v) = self.max_message_bytes {
+            p::put_u32(buf, v);
+        }
         Ok(())
     }
 
@@ -123,6 +130,7 @@ impl Payload for QueueArguments {
             ack_timeout_ms: has(6).then(|| r.u64()).transpose()?,
             delivery_limit: has(7).then(|| r.u32()).transpose()?,
             expires_ms: has(8).then(|| r.u64()).transpose()?,
+            max_message_bytes: has(9).then(|| r.u32()).transpose()?,
         })
     }
 }
@@ -417,6 +425,7 @@ mod tests {
             ack_timeout_ms: Some(1_800_000),
             delivery_limit: Some(5),
             expires_ms: Some(3_600_000),
+            max_message_bytes: Some(65_536),
         }
     }
 
@@ -449,10 +458,10 @@ mod tests {
                 passive: true,
                 arguments: full_arguments(),
             },
-            &hex("00 00  0e  ff 01
+            &hex("00 00  0e  ff 03
                  e8 03 00 00 00 00 00 00  00 00 10 00 00 00 00 00  01  60 ea 00 00 00 00 00 00
                  03 00 64 6c 78  04 00 64 65 61 64  40 77 1b 00 00 00 00 00  05 00 00 00
-                 80 ee 36 00 00 00 00 00"),
+                 80 ee 36 00 00 00 00 00  00 00 01 00"),
         );
     }
 
@@ -464,8 +473,8 @@ mod tests {
             DeclareQueue::decode(&mut Reader::new(&bad_flags)),
             Err(WireError::ReservedBits { .. })
         ));
-        // argument bit 9
-        let bad_args = hex("00 00 00 00 02");
+        // argument bit 10
+        let bad_args = hex("00 00 00 00 04");
         assert!(DeclareQueue::decode(&mut Reader::new(&bad_args)).is_err());
         // overflow 2
         let bad_overflow = hex("00 00 00 04 00 02");
@@ -476,6 +485,21 @@ mod tests {
                 value: 2
             })
         ));
+    }
+
+    #[test]
+    fn declare_queue_with_a_max_message_size() {
+        check_payload(
+            &DeclareQueue {
+                name: "q".into(),
+                arguments: QueueArguments {
+                    max_message_bytes: Some(1024),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            &hex("01 00 71  00  00 02  00 04 00 00"),
+        );
     }
 
     #[test]

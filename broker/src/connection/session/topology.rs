@@ -15,7 +15,7 @@ use super::Session;
 use crate::auth::{Permission, ResourceKind};
 use crate::error::RequestError;
 use crate::queue::QueueCmd;
-use crate::routing::{check_header_limits, Binding};
+use crate::routing::Binding;
 
 impl Session {
     pub(super) fn on_declare_queue(&mut self, id: RequestId, mut d: DeclareQueue) {
@@ -168,7 +168,7 @@ impl Session {
         // Only new bindings are limited: unbinding must still reach one made before the
         // limits existed, and compares arguments without matching any message.
         if bind {
-            if let Err(e) = check_header_limits(&arguments) {
+            if let Err(e) = self.broker.config.limits.headers.check(&arguments) {
                 self.send_error(id, RequestError::invalid(format!("binding arguments: {e}")));
                 return;
             }
