@@ -20,6 +20,16 @@ use sluice_client::wire::{
 use crate::broker::Broker;
 use crate::connection::{ConnectionEntry, ConnectionRegistry};
 use crate::queue::QueueHandle;
+use crate::routing::Namespace;
+
+/// The names of `internal` as a listing shows them: with a scope, only the vhost's names, in
+/// its clients' terms; without one (the HTTP API, which splits them itself), every name.
+fn in_scope<'a>(scope: Option<&Namespace>, internal: &'a str) -> Option<&'a str> {
+    match scope {
+        Some(ns) => ns.local(internal),
+        None => Some(internal),
+    }
+}
 
 /// How much of a listing one answer may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,27 +79,33 @@ fn take_page<T>(
     (page, false)
 }
 
-/// A page of queues, by name.
-pub fn list_queues(broker: &Broker, request: &ListQueues, max_frame_len: u32) -> ListQueuesOk {
+/// A page of queues, by name (of `scope`'s vhost, or of all).
+pub fn list_queues(
+    broker: &Broker,
+    scope: Option<&Namespace>,
+    request: &ListQueues,
+    max_frame_len: u32,
+) -> ListQueuesOk {
     let queues = broker.queues();
-    let start = match &request.after {
-        Some(after) => queues.partition_point(|q| *q.meta.name <= **after),
-        None => 0,
-    };
+    // A vhost's names share its prefix, so they sort among themselves as their local names.
+    let named = queues
+        .iter()
+        .filter_map(|q| in_scope(scope, &q.meta.name).map(|name| (name, q)))
+        .filter(|(name, _)| request.after.as_deref().is_none_or(|after| *name > after));
     let limit = PageLimit::new(request.limit, max_frame_len);
     let (queues, more) = take_page(
-        queues[start..].iter().map(queue_summary),
+        named.map(|(name, q)| queue_summary(name, q)),
         limit,
         QueueSummary::encoded_len,
     );
     ListQueuesOk { queues, more }
 }
 
-fn queue_summary(q: &QueueHandle) -> QueueSummary {
+fn queue_summary(name: &str, q: &QueueHandle) -> QueueSummary {
     let m = &q.meta;
     let s = &m.stats;
     QueueSummary {
-        name: m.name.to_string(),
+        name: name.to_owned(),
         durable: m.durable,
         exclusive: m.exclusive_owner.is_some(),
         auto_delete: m.auto_delete,
@@ -103,20 +119,22 @@ fn queue_summary(q: &QueueHandle) -> QueueSummary {
     }
 }
 
-/// A page of exchanges, by name (the default exchange, `""`, first).
+/// A page of exchanges, by name (the default exchange, `""`, first), of `scope`'s vhost or
+/// of all.
 pub fn list_exchanges(
     broker: &Broker,
+    scope: Option<&Namespace>,
     request: &ListExchanges,
     max_frame_len: u32,
 ) -> ListExchangesOk {
     let reg = broker.read();
     let exchanges = reg.routing.exchanges();
-    let start = match &request.after {
-        Some(after) => exchanges.partition_point(|x| x.name <= *after),
-        None => 0,
-    };
-    let summaries = exchanges[start..].iter().map(|x| ExchangeSummary {
-        name: x.name.clone(),
+    let named = exchanges
+        .iter()
+        .filter_map(|x| in_scope(scope, &x.name).map(|name| (name, x)))
+        .filter(|(name, _)| request.after.as_deref().is_none_or(|after| *name > after));
+    let summaries = named.map(|(name, x)| ExchangeSummary {
+        name: name.to_owned(),
         kind: x.kind.into(),
         durable: x.durable,
         auto_delete: x.auto_delete,
@@ -127,20 +145,24 @@ pub fn list_exchanges(
     ListExchangesOk { exchanges, more }
 }
 
-/// A page of explicit bindings, in [`BindingSummary::listing_cmp`] order.
+/// A page of explicit bindings, in [`BindingSummary::listing_cmp`] order, of `scope`'s vhost
+/// or of all.
 pub fn list_bindings(
     broker: &Broker,
+    scope: Option<&Namespace>,
     request: &ListBindings,
     max_frame_len: u32,
 ) -> ListBindingsOk {
     let all = broker.read().routing.bindings();
     let mut rest: Vec<BindingSummary> = all
         .into_iter()
-        .map(|b| BindingSummary {
-            exchange: b.exchange,
-            queue: b.queue,
-            routing_key: b.routing_key,
-            arguments: b.arguments,
+        .filter_map(|b| {
+            Some(BindingSummary {
+                exchange: in_scope(scope, &b.exchange)?.to_owned(),
+                queue: in_scope(scope, &b.queue)?.to_owned(),
+                routing_key: b.routing_key,
+                arguments: b.arguments,
+            })
         })
         .filter(|b| match &request.after {
             Some(after) => b.listing_cmp(after).is_gt(),
@@ -158,6 +180,7 @@ pub fn list_bindings(
 /// [`ConsumerKey`]: sluice_client::wire::ConsumerKey
 pub fn list_consumers(
     broker: &Broker,
+    scope: Option<&Namespace>,
     request: &ListConsumers,
     max_frame_len: u32,
 ) -> ListConsumersOk {
@@ -165,15 +188,21 @@ pub fn list_consumers(
     let mut rest: Vec<ConsumerSummary> = broker
         .queues()
         .iter()
+        .filter_map(|q| in_scope(scope, &q.meta.name).map(|name| (name, q)))
         // Queues are sorted by name: those before the cursor's queue hold no consumer after it.
-        .filter(|q| after.is_none_or(|a| *q.meta.name >= *a.queue))
-        .flat_map(|q| {
-            q.meta
+        .filter(|(name, _)| after.is_none_or(|a| **name >= *a.queue))
+        .flat_map(|(name, q)| {
+            let mut consumers = q
+                .meta
                 .stats
                 .consumers_list
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .clone()
+                .clone();
+            for c in &mut consumers {
+                name.clone_into(&mut c.queue);
+            }
+            consumers
         })
         .filter(|c| after.is_none_or(|a| c.key() > *a))
         .collect();
@@ -183,15 +212,19 @@ pub fn list_consumers(
     ListConsumersOk { consumers, more }
 }
 
-/// A page of client connections, by id.
+/// A page of client connections, by id: every one, or only those of the user `only_user`.
 pub(crate) fn list_connections(
     registry: &ConnectionRegistry,
+    only_user: Option<&str>,
     request: &ListConnections,
     max_frame_len: u32,
 ) -> ListConnectionsOk {
     let rest = registry.snapshot_after(request.after);
     let limit = PageLimit::new(request.limit, max_frame_len);
-    let summaries = rest.iter().map(|e| connection_summary(e));
+    let summaries = rest
+        .iter()
+        .filter(|e| only_user.is_none_or(|u| e.user == u))
+        .map(|e| connection_summary(e));
     let (connections, more) = take_page(summaries, limit, ConnectionSummary::encoded_len);
     ListConnectionsOk { connections, more }
 }

@@ -19,7 +19,7 @@ use sluice_client::wire::{
     QueueArguments, Reader, MAX_NAME_LEN,
 };
 
-use crate::auth::AccessStore;
+use crate::auth::{AccessStore, VhostLimits};
 use crate::config::ServerConfig;
 use crate::definitions::{self, BindingDef, ChangeKind, ExchangeDef, QueueDef, Topology};
 use crate::error::RequestError;
@@ -27,7 +27,7 @@ use crate::flow::{Blocking, Cause, Flow};
 use crate::metrics::Metrics;
 use crate::moves::Moves;
 use crate::queue::{self, ConnId, QueueHandle, QueueMeta, QueueStats};
-use crate::routing::{Binding, Exchange, ExchangeKind, HeaderLimits, RoutingTable};
+use crate::routing::{namespace, Binding, Exchange, ExchangeKind, HeaderLimits, RoutingTable};
 use crate::storage::{DurabilityConfig, LogConfig, Store, StoreConfig};
 
 /// How often the free disk space is checked when little is published.
@@ -384,6 +384,27 @@ impl Broker {
         *self.registry.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
     }
 
+    /// Gives a vhost its default and `amq.*` exchanges if it has none yet (they are made at
+    /// its first use, never stored).
+    pub fn open_vhost(&self, namespace: &namespace::Namespace) {
+        if self.read().routing.exchange(namespace.prefix()).is_some() {
+            return;
+        }
+        let mut change = self.begin_change();
+        if change.next.routing.ensure_namespace(namespace.prefix()) {
+            self.publish(change.next);
+        }
+    }
+
+    /// The limits of `vhost`, from the users file (none for a vhost without a record).
+    pub fn vhost_limits(&self, vhost: &str) -> VhostLimits {
+        let Ok(vhost) = crate::auth::VhostName::new(vhost) else {
+            return VhostLimits::default();
+        };
+        let access = self.access.snapshot();
+        access.vhosts().get(&vhost).cloned().unwrap_or_default()
+    }
+
     /// The queue `name`, if it exists and `conn` may use it.
     pub fn queue(&self, name: &str, conn: ConnId) -> Result<QueueHandle, RequestError> {
         let reg = self.read();
@@ -405,13 +426,19 @@ impl Broker {
     }
 
     /// Declares a queue (protocol.md §6.1).
+    ///
+    /// `req.name` is the internal name ([`crate::routing::namespace`]); a name empty in its
+    /// vhost's terms gets a generated one in that vhost. A new queue past the vhost's
+    /// `max_queues` is `LIMIT_EXCEEDED`.
     pub fn declare_queue(
         self: &Arc<Self>,
         conn: ConnId,
         req: DeclareQueue,
+        limits: &VhostLimits,
     ) -> Result<DeclareQueueOk, RequestError> {
+        let local_empty = namespace::split(&req.name).local.is_empty();
         if req.passive {
-            if req.name.is_empty() {
+            if local_empty {
                 return Err(RequestError::invalid(
                     "a passive declare needs a queue name",
                 ));
@@ -433,9 +460,16 @@ impl Broker {
             q.send(queue::QueueCmd::Touch);
             return Ok(declare_ok(q));
         }
-        let name = if req.name.is_empty() {
+        check_count(
+            "queues",
+            limits.max_queues,
+            &req.name,
+            change.next.queues.keys().map(|k| &**k),
+        )?;
+        let name = if local_empty {
             format!(
-                "sluice.gen-{}-{}",
+                "{}sluice.gen-{}-{}",
+                req.name,
                 conn,
                 self.next_generated.fetch_add(1, Ordering::Relaxed)
             )
@@ -493,10 +527,17 @@ impl Broker {
         self.commit(change, ChangeKind::Shrinks)
     }
 
-    /// Declares an exchange (protocol.md §7.1).
-    pub fn declare_exchange(&self, req: DeclareExchange) -> Result<(), RequestError> {
+    /// Declares an exchange (protocol.md §7.1), named by its internal name; its alternate
+    /// exchange is named in its vhost's terms. A new exchange past the vhost's
+    /// `max_exchanges` is `LIMIT_EXCEEDED`.
+    pub fn declare_exchange(
+        &self,
+        req: DeclareExchange,
+        limits: &VhostLimits,
+    ) -> Result<(), RequestError> {
+        let local = namespace::split(&req.name).local;
         if req.passive {
-            if req.name.is_empty() || self.read().routing.exchange(&req.name).is_some() {
+            if local.is_empty() || self.read().routing.exchange(&req.name).is_some() {
                 return Ok(());
             }
             return Err(RequestError::new(
@@ -504,7 +545,7 @@ impl Broker {
                 format!("no exchange '{}'", req.name),
             ));
         }
-        if req.name.starts_with(RESERVED_PREFIX) {
+        if local.starts_with(RESERVED_PREFIX) {
             return Err(RequestError::new(
                 ErrorCode::NotAllowed,
                 format!("exchange names starting with '{RESERVED_PREFIX}' are reserved"),
@@ -512,9 +553,21 @@ impl Broker {
         }
         validate_name("exchange", &req.name)?;
         if let Some(alternate) = &req.alternate_exchange {
+            namespace::check_local(alternate)?;
             validate_name("alternate exchange", alternate)?;
         }
         let mut change = self.begin_change();
+        if change.next.routing.exchange(&req.name).is_none() {
+            let exchanges = change.next.routing.exchanges();
+            let declared = exchanges
+                .iter()
+                .filter(|x| {
+                    let local = namespace::split(&x.name).local;
+                    !local.is_empty() && !local.starts_with("amq.")
+                })
+                .map(|x| x.name.as_str());
+            check_count("exchanges", limits.max_exchanges, &req.name, declared)?;
+        }
         let created = change.next.routing.declare_exchange(Exchange {
             name: req.name,
             kind: req.kind.into(),
@@ -784,7 +837,38 @@ fn first_argument_difference(
         .map(|(field, have, want)| ArgumentDifference { field, have, want })
 }
 
+/// `LIMIT_EXCEEDED` when the vhost of `name` already holds `max` of the `existing` names.
+fn check_count<'a>(
+    what: &str,
+    max: Option<u64>,
+    name: &str,
+    existing: impl Iterator<Item = &'a str>,
+) -> Result<(), RequestError> {
+    let Some(max) = max else { return Ok(()) };
+    let prefix = namespace::prefix_of(name);
+    let count = existing
+        .filter(|n| namespace::prefix_of(n) == prefix)
+        .count() as u64;
+    if count < max {
+        return Ok(());
+    }
+    let vhost = namespace::split(name).vhost;
+    tracing::warn!(
+        vhost,
+        limit = format!("max_{what}"),
+        max,
+        "vhost limit reached: declaration refused"
+    );
+    Err(RequestError::new(
+        ErrorCode::LimitExceeded,
+        format!("vhost '{vhost}' has reached its max_{what} limit of {max}"),
+    ))
+}
+
+/// Checks a name in its vhost's terms: length, reserved prefix, no `\0`.
 fn validate_name(what: &str, name: &str) -> Result<(), RequestError> {
+    let name = namespace::split(name).local;
+    namespace::check_local(name)?;
     if name.len() > MAX_NAME_LEN {
         return Err(RequestError::invalid(format!(
             "{what} name is {} bytes; the limit is {MAX_NAME_LEN}",
@@ -816,6 +900,7 @@ fn validate_arguments(a: &QueueArguments) -> Result<(), RequestError> {
         ));
     }
     if let Some(x) = &a.dead_letter_exchange {
+        namespace::check_local(x)?;
         validate_name("dead-letter exchange", x)?;
     }
     if a.dead_letter_routing_key

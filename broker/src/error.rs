@@ -72,9 +72,9 @@ impl From<RoutingError> for RequestError {
             RoutingError::DefaultExchangeAccess | RoutingError::ReservedExchange(_) => {
                 ErrorCode::NotAllowed
             }
-            RoutingError::InvalidKind(_) | RoutingError::InvalidBinding { .. } => {
-                ErrorCode::InvalidArgument
-            }
+            RoutingError::InvalidKind(_)
+            | RoutingError::InvalidBinding { .. }
+            | RoutingError::InvalidName(_) => ErrorCode::InvalidArgument,
         };
         Self::new(code, e.to_string())
     }

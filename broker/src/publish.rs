@@ -8,6 +8,16 @@ use crate::error::RequestError;
 use crate::flow::Blocking;
 use crate::routing::{HeaderLimits, RouteResult};
 
+/// The publisher's way into the routing table: turns the exchange a message names into the
+/// table's name for it (the publisher's vhost), or refuses it (no `write` permission).
+pub(crate) trait ExchangeDoor {
+    /// The internal name of `exchange`, or why the message is refused.
+    fn open(&mut self, exchange: &str) -> Result<&str, RequestError>;
+
+    /// The vhost's limit on a message's bytes, and the vhost's name, if it has one.
+    fn max_message_len(&self) -> Option<(u64, &str)>;
+}
+
 /// What a message is checked against besides the topology.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PublishLimits<'a> {
@@ -28,6 +38,7 @@ pub(crate) fn route_message(
     meta: &[u8],
     body_len: usize,
     limits: PublishLimits<'_>,
+    door: &mut dyn ExchangeDoor,
     route: &mut RouteResult,
 ) -> Result<bool, RequestError> {
     route.queues.clear();
@@ -40,6 +51,16 @@ pub(crate) fn route_message(
                 limits.max_message_len
             ),
         ));
+    }
+    if let Some((max, vhost)) = door.max_message_len() {
+        if size as u64 > max {
+            return Err(RequestError::new(
+                ErrorCode::MessageTooLarge,
+                format!(
+                    "message of {size} bytes exceeds the max_message_bytes limit of {max} of vhost '{vhost}'"
+                ),
+            ));
+        }
     }
     if let Some(b) = limits.blocking {
         return Err(RequestError::new(
@@ -70,8 +91,9 @@ pub(crate) fn route_message(
     header_limits
         .check_count(headers.len())
         .map_err(|e| RequestError::invalid(e.to_string()))?;
+    let exchange = door.open(view.exchange)?;
     reg.routing
-        .route_into(view.exchange, view.routing_key, &headers, route)
+        .route_into(exchange, view.routing_key, &headers, route)
         .map_err(RequestError::from)?;
     if route.queues.is_empty() && view.mandatory {
         return Err(RequestError::new(

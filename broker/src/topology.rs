@@ -53,6 +53,11 @@ pub struct Definitions {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExchangeDefinition {
+    /// Its vhost; absent for `/` in an export of the HTTP API (and in any export of the CLI,
+    /// which lists its connection's vhost); on import, absent means the vhost the import
+    /// works in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost: Option<String>,
     /// Its name.
     pub name: String,
     /// How it routes.
@@ -105,6 +110,11 @@ impl From<KindName> for ExchangeKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueDefinition {
+    /// Its vhost; absent for `/` in an export of the HTTP API (and in any export of the CLI,
+    /// which lists its connection's vhost); on import, absent means the vhost the import
+    /// works in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost: Option<String>,
     /// Its name.
     pub name: String,
     /// Deleted when its last consumer goes.
@@ -193,6 +203,11 @@ impl From<&ArgumentsDefinition> for QueueArguments {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BindingDefinition {
+    /// Its vhost; absent for `/` in an export of the HTTP API (and in any export of the CLI,
+    /// which lists its connection's vhost); on import, absent means the vhost the import
+    /// works in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost: Option<String>,
     /// Source exchange.
     pub exchange: String,
     /// Destination queue.
@@ -286,6 +301,7 @@ impl Definitions {
             .into_iter()
             .filter(|q| exports_queue(q.name, q.durable, q.exclusive))
             .map(|q| QueueDefinition {
+                vhost: None,
                 name: q.name.to_owned(),
                 auto_delete: q.auto_delete,
                 arguments: ArgumentsDefinition::from(q.arguments),
@@ -296,6 +312,7 @@ impl Definitions {
             .iter()
             .filter(|x| x.durable && !is_builtin_exchange(&x.name))
             .map(|x| ExchangeDefinition {
+                vhost: None,
                 name: x.name.clone(),
                 kind: x.kind.into(),
                 auto_delete: x.auto_delete,
@@ -317,6 +334,7 @@ impl Definitions {
         let bindings = bindings
             .into_iter()
             .map(|b| BindingDefinition {
+                vhost: None,
                 exchange: b.exchange.clone(),
                 queue: b.queue.clone(),
                 routing_key: b.routing_key.clone(),

@@ -24,6 +24,7 @@ import_exception!(sluice.exceptions, NotAllowed);
 import_exception!(sluice.exceptions, UnknownDeliveryTag);
 import_exception!(sluice.exceptions, InvalidArgument);
 import_exception!(sluice.exceptions, LimitExceeded);
+import_exception!(sluice.exceptions, PermissionDenied);
 import_exception!(sluice.exceptions, PublishRejected);
 import_exception!(sluice.exceptions, Unroutable);
 import_exception!(sluice.exceptions, ResourceLimit);
@@ -55,6 +56,8 @@ pub(crate) fn to_py(error: Error) -> PyErr {
             ErrorCode::UnknownDeliveryTag => UnknownDeliveryTag::new_err(args),
             ErrorCode::InvalidArgument => InvalidArgument::new_err(args),
             ErrorCode::LimitExceeded => LimitExceeded::new_err(args),
+            // A missing permission: the request failed, the connection stays up.
+            ErrorCode::AccessRefused => PermissionDenied::new_err(args),
             code if code.as_u16() / 100 == 5 => ServerError::new_err(args),
             _ => ChannelError::new_err(args),
         },

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 import sluice
 from sluice import exceptions
+
+from .conftest import SLUICE_BIN, Broker
 
 
 @pytest.fixture
@@ -26,6 +31,9 @@ def test_hierarchy() -> None:
     assert issubclass(sluice.NotFound, sluice.ChannelError)
     assert issubclass(sluice.PreconditionFailed, sluice.ChannelError)
     assert issubclass(sluice.AccessRefused, sluice.ConnectionError)
+    assert issubclass(sluice.PermissionDenied, sluice.ChannelError)
+    assert not issubclass(sluice.PermissionDenied, sluice.ConnectionError)
+    assert issubclass(sluice.LimitExceeded, sluice.ChannelError)
     assert issubclass(sluice.ConnectionClosed, sluice.ConnectionError)
     assert issubclass(sluice.QueueFull, sluice.ResourceLimit)
     assert issubclass(sluice.ResourceLimit, sluice.PublishRejected)
@@ -158,3 +166,36 @@ def test_argument_errors_are_python_errors(client: sluice.Client, queue_name: st
         client.declare_queue(queue_name, overflow="sometimes")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         client.declare_queue(queue_name, message_ttl=-1)
+
+
+def test_a_missing_permission_and_a_vhost_limit_are_request_errors(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+
+    def users_file(*args: str) -> None:
+        env = {**os.environ, "SLUICE_NEW_PASSWORD": "app-pw"}
+        cmd = [SLUICE_BIN, *args, "--data-dir", str(data)]
+        subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=60)
+
+    users_file("vhost", "add", "small", "--max-queues", "1")
+    users_file("user", "add", "app")
+    users_file(
+        "permissions", "set", "app", "--vhost", "small",
+        "--configure", "^own", "--write", ".*", "--read", ".*",
+    )  # fmt: skip
+    broker = Broker(data, tmp_path).start()
+    try:
+        with sluice.Client(f"sluice://app:app-pw@127.0.0.1:{broker.port}/small") as c:
+            with pytest.raises(sluice.PermissionDenied) as denied:
+                c.declare_queue("theirs")
+            assert denied.value.code == 103 and denied.value.code_name == "ACCESS_REFUSED"
+            assert "lacks configure permission on queue 'theirs'" in str(denied.value)
+            assert isinstance(denied.value, sluice.ChannelError)
+            assert not isinstance(denied.value, sluice.ConnectionError)
+            c.declare_queue("own.1")
+            with pytest.raises(sluice.LimitExceeded) as limit:
+                c.declare_queue("own.2")
+            assert limit.value.code == 208 and "max_queues" in str(limit.value)
+            # The connection goes on.
+            c.declare_queue("own.1")
+    finally:
+        broker.stop()

@@ -243,9 +243,16 @@ impl Error {
         }
     }
 
-    /// The group of [`code`](Self::code), if there is a code.
+    /// The group of [`code`](Self::code), if there is a code. An `Error` reply is a
+    /// request's failure whatever its code: `ACCESS_REFUSED` (103) there is a missing
+    /// permission (protocol.md §5.8), and the connection stays up.
     pub fn group(&self) -> Option<ErrorGroup> {
-        self.code().map(ErrorGroup::of)
+        match self {
+            Error::Server { code, .. } if ErrorGroup::of(*code) == ErrorGroup::Connection => {
+                Some(ErrorGroup::Request)
+            }
+            _ => self.code().map(ErrorGroup::of),
+        }
     }
 
     fn has_code(&self, wanted: ErrorCode) -> bool {
@@ -279,7 +286,9 @@ impl Error {
         self.has_code(ErrorCode::UnknownDeliveryTag)
     }
 
-    /// `ACCESS_REFUSED`: the server refused the credentials.
+    /// `ACCESS_REFUSED`: the server refused the credentials or the vhost (the connection is
+    /// closed), or the user lacks the permission a request needs ([`Error::Server`] or
+    /// [`Error::PublishRejected`]: the connection stays up).
     pub fn is_access_refused(&self) -> bool {
         self.has_code(ErrorCode::AccessRefused)
     }
@@ -346,6 +355,23 @@ mod tests {
             err.to_string(),
             "server error NOT_FOUND (202): no queue 'tasks'"
         );
+    }
+
+    #[test]
+    fn a_missing_permission_is_a_request_error_not_a_closed_connection() {
+        let err = Error::from(ErrorReply {
+            code: ErrorCode::AccessRefused,
+            message: "user 'app' lacks read permission on queue 'q' in vhost '/'".into(),
+        });
+        assert!(err.is_access_refused());
+        assert!(!err.is_connection_closed());
+        assert_eq!(err.group(), Some(ErrorGroup::Request));
+        assert!(!err.is_transient());
+        let limit = Error::from(ErrorReply {
+            code: ErrorCode::LimitExceeded,
+            message: "vhost 'v' has reached its max_queues limit of 2".into(),
+        });
+        assert_eq!(limit.group(), Some(ErrorGroup::Request));
     }
 
     #[test]

@@ -452,8 +452,8 @@ async fn exchanges_and_bindings_made_over_http_route_messages() {
         exchanges
             .as_array()
             .unwrap()
-            .contains(&json!({"name": "events", "kind": "topic", "durable": true,
-                "auto_delete": false, "alternate_exchange": null})),
+            .contains(&json!({"vhost": "/", "name": "events", "kind": "topic",
+                "durable": true, "auto_delete": false, "alternate_exchange": null})),
         "{exchanges}"
     );
 
@@ -474,9 +474,11 @@ async fn exchanges_and_bindings_made_over_http_route_messages() {
         404,
         "NOT_FOUND",
     );
+    let mut listed = binding.clone();
+    listed["vhost"] = json!("/");
     assert_eq!(
         json_of(&http.get("/api/bindings").await, 200),
-        json!([binding])
+        json!([listed])
     );
 
     // The binding routes a publish made over the wire protocol.
@@ -557,8 +559,8 @@ async fn consumers_and_the_overview_count_what_clients_do() {
     let connection_id = consumers[0]["connection_id"].as_u64().unwrap();
     assert_eq!(
         consumers,
-        json!([{"queue": "work", "consumer_tag": "worker-1", "connection_id": connection_id,
-            "prefetch": 2, "unacked": 2}])
+        json!([{"vhost": "/", "queue": "work", "consumer_tag": "worker-1",
+            "connection_id": connection_id, "prefetch": 2, "unacked": 2}])
     );
     let overview = poll_until(http, "/api/overview", |o| o["unacked"] == 2).await;
     assert_eq!(overview["queues"], 1);

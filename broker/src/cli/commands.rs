@@ -56,7 +56,12 @@ pub(super) async fn execute(command: AdminCommand, target: Target) -> Result<Out
         .await
         .map_err(|e| connect_error(&url, e))?;
     let result = match (import, command) {
-        (Some(defs), _) => definitions::import(&client, &defs, target.json).await,
+        (Some(defs), _) => {
+            let vhost = url
+                .vhost()
+                .unwrap_or(crate::routing::namespace::DEFAULT_VHOST);
+            definitions::import(&client, vhost, &defs, target.json).await
+        }
         (None, command) => dispatch(&client, command, stdin_body, target.json).await,
     };
     let closed = client.close().await;

@@ -59,14 +59,17 @@ pub(super) fn parse(file: &Path, bytes: &[u8]) -> Result<Definitions, CliError> 
         .map_err(|e| CliError::new(format!("{} is not a definitions file: {e}", file.display())))
 }
 
-/// Declares what `definitions` holds; exits with status 1 when any item failed, after
-/// importing all the others.
+/// Declares what `definitions` holds in the connection's vhost `vhost`; exits with status 1
+/// when any item failed (an item of another vhost among them: connect to that vhost to
+/// import it), after importing all the others.
 pub(super) async fn import(
     client: &Client,
+    vhost: &str,
     definitions: &Definitions,
     json: bool,
 ) -> Result<Outcome, CliError> {
-    let report = topology::import(&ClientTarget(client), definitions)
+    let target = ClientTarget { client, vhost };
+    let report = topology::import(&target, definitions)
         .await
         .map_err(|e| CliError::with_code(e.message, e.code))?;
     if json {
@@ -94,24 +97,46 @@ pub(super) async fn import(
     )))
 }
 
-/// Imports with the client's declares.
-struct ClientTarget<'a>(&'a Client);
+/// Imports with the client's declares, into the vhost it is connected to.
+struct ClientTarget<'a> {
+    client: &'a Client,
+    vhost: &'a str,
+}
+
+impl ClientTarget<'_> {
+    /// An item of another vhost than the connection's is not declared here; one without a
+    /// vhost is (as the HTTP API declares it in the vhost its import names).
+    fn check_vhost(&self, vhost: &Option<String>) -> Result<(), RequestError> {
+        let Some(wanted) = vhost.as_deref() else {
+            return Ok(());
+        };
+        if wanted == self.vhost {
+            return Ok(());
+        }
+        Err(RequestError::invalid(format!(
+            "it belongs to vhost '{wanted}', not to '{}' this connection works in",
+            self.vhost
+        )))
+    }
+}
 
 impl ImportTarget for ClientTarget<'_> {
     async fn declare_exchange(&self, x: &ExchangeDefinition) -> Result<(), RequestError> {
+        self.check_vhost(&x.vhost)?;
         let options = ExchangeOptions {
             durable: true,
             auto_delete: x.auto_delete,
             passive: false,
             alternate_exchange: x.alternate_exchange.clone(),
         };
-        self.0
+        self.client
             .declare_exchange(&x.name, x.kind.into(), options)
             .await
             .map_err(client_error)
     }
 
     async fn declare_queue(&self, q: &QueueDefinition) -> Result<(), RequestError> {
+        self.check_vhost(&q.vhost)?;
         let options = QueueOptions {
             durable: true,
             exclusive: false,
@@ -119,7 +144,7 @@ impl ImportTarget for ClientTarget<'_> {
             passive: false,
             arguments: (&q.arguments).into(),
         };
-        self.0
+        self.client
             .declare_queue(&q.name, options)
             .await
             .map(drop)
@@ -127,8 +152,9 @@ impl ImportTarget for ClientTarget<'_> {
     }
 
     async fn bind(&self, b: &BindingDefinition) -> Result<(), RequestError> {
+        self.check_vhost(&b.vhost)?;
         let arguments = b.header_arguments()?;
-        self.0
+        self.client
             .bind(&b.queue, &b.exchange, &b.routing_key, arguments)
             .await
             .map_err(client_error)

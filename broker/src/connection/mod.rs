@@ -19,6 +19,7 @@
 //! until it ends; the three tasks count what they move in its entry, and operators reach its
 //! session through it ([`Control`]: close the connection, cancel a consumer).
 
+mod access;
 pub(crate) mod limits;
 mod output;
 pub(crate) mod registry;
@@ -379,8 +380,10 @@ async fn serve_halves<R, W>(
         broker.config.slow_consumer_timeout,
     );
 
+    let limits = broker.vhost_limits(principal.vhost.as_str());
     let reason = session::Session::new(
         Arc::clone(&broker),
+        limits,
         Arc::clone(entry),
         Arc::clone(&registry),
         peer.clone(),

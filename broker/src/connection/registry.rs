@@ -242,6 +242,11 @@ impl ConnectionRegistry {
         }
     }
 
+    /// The user connection `id` logged in as; `NOT_FOUND` if there is no such connection.
+    pub fn user_of(&self, id: ConnId) -> Result<String, RequestError> {
+        self.entry(id).map(|e| e.user.clone())
+    }
+
     fn entry(&self, id: ConnId) -> Result<Arc<ConnectionEntry>, RequestError> {
         self.lock()
             .by_id

@@ -7,18 +7,20 @@ use std::time::{Duration, Instant};
 
 use sluice_client::wire::{
     Ack, Blocked, Cancel, CancelOk, Close, Confirm, Consume, ConsumerCancelled, ConsumerId,
-    DeclareExchange, DecodeError, DeleteQueue, DeleteQueueOk, Deliver, Delivery, ErrorCode,
-    ErrorReply, Extend, Frame, FrameBody, GetOk, MoveMessagesOk, Nack, Publish, PublishRejected,
-    PublishSeq, Rejection, Reply, Request, RequestId,
+    DecodeError, Deliver, Delivery, ErrorCode, ErrorReply, Extend, Frame, FrameBody, GetOk, Nack,
+    Publish, PublishRejected, PublishSeq, Rejection, Reply, Request, RequestId,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
+mod topology;
+
+use super::access::Access;
 use super::limits;
 use super::output::Output;
 use super::{
     Agreed, CloseReason, ConnectionEntry, ConnectionRegistry, ConnectionStats, Control, ReadEvent,
 };
-use crate::auth::Principal;
+use crate::auth::{Permission, Principal, ResourceKind, Tag, VhostLimits};
 use crate::broker::Broker;
 use crate::error::RequestError;
 use crate::metrics::Metrics;
@@ -26,7 +28,7 @@ use crate::publish::{route_message, PublishLimits};
 use crate::queue::{
     delivery_bytes, BrowsePage, ConnEvent, ConnLink, Incoming, QueueCmd, QueueHandle, Settlement,
 };
-use crate::routing::{Binding, RouteResult};
+use crate::routing::RouteResult;
 use crate::storage::Epoch;
 
 /// Fixed bytes of a `Deliver` frame (protocol.md §9.5).
@@ -78,13 +80,13 @@ enum Ending {
 
 pub(super) struct Session {
     broker: Arc<Broker>,
+    /// Who is logged in, in which vhost: every request passes through it.
+    access: Access,
     link: Arc<ConnLink>,
     /// The peer's address as the log shows it.
     peer: String,
     events: mpsc::UnboundedReceiver<ConnEvent>,
     agreed: Agreed,
-    /// Who logged in, into which vhost, with which permissions (a snapshot of the login).
-    principal: Principal,
     output: Output,
     /// Frames read but not handled yet: a batch is handled only while the outbox has room,
     /// the rest waits here (at most one read's worth).
@@ -132,6 +134,7 @@ impl Session {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         broker: Arc<Broker>,
+        limits: VhostLimits,
         entry: Arc<ConnectionEntry>,
         registry: Arc<ConnectionRegistry>,
         peer: String,
@@ -150,13 +153,15 @@ impl Session {
             Arc::clone(&link),
             Arc::clone(broker.metrics()),
         ));
+        let access = Access::new(entry.id, principal, limits);
+        broker.open_vhost(access.namespace());
         Self {
             broker,
+            access,
             link,
             peer,
             events,
             agreed,
-            principal,
             output,
             unread: VecDeque::new(),
             last_recv,
@@ -316,8 +321,8 @@ impl Session {
         tracing::warn!(
             conn = self.link.id,
             peer = self.peer,
-            user = self.principal.user,
-            vhost = %self.principal.vhost,
+            user = self.access.principal().user,
+            vhost = %self.access.principal().vhost,
             owed_bytes = owed,
             stalled_ms = stalled.as_millis() as u64,
             "slow consumer: its socket stayed full; closing the connection"
@@ -339,8 +344,8 @@ impl Session {
                 tracing::info!(
                     conn = self.link.id,
                     peer = self.peer,
-                    user = self.principal.user,
-                    vhost = %self.principal.vhost,
+                    user = self.access.principal().user,
+                    vhost = %self.access.principal().vhost,
                     reason,
                     "an operator closes the connection"
                 );
@@ -468,6 +473,7 @@ impl Session {
     }
 
     fn send_error(&mut self, request_id: RequestId, e: RequestError) {
+        let e = self.access.localize(e);
         self.send(
             request_id,
             ErrorReply {
@@ -559,33 +565,35 @@ impl Session {
             }
             Request::CloseOk => return Ending::Now,
             Request::Publish(p) => self.on_publish(p).await,
-            Request::DeclareQueue(d) => {
-                let broker = Arc::clone(&self.broker);
-                let conn = self.link.id;
-                let exclusive = d.exclusive && !d.passive;
-                match tokio::task::block_in_place(|| broker.declare_queue(conn, d)) {
-                    Ok(ok) => {
-                        if exclusive && !self.exclusive_queues.contains(&ok.name) {
-                            self.exclusive_queues.push(ok.name.clone());
-                        }
-                        self.send(id, Reply::DeclareQueueOk(ok));
-                    }
-                    Err(e) => self.send_error(id, e),
-                }
-            }
+            Request::DeclareQueue(d) => self.on_declare_queue(id, d),
             Request::DeleteQueue(d) => self.on_delete_queue(id, d).await,
-            Request::PurgeQueue(p) => self.with_queue(id, &p.name, |link| QueueCmd::Purge {
-                conn: link,
-                request_id: id,
-            }),
-            Request::InspectQueue(p) => self.with_queue(id, &p.name, |link| QueueCmd::Inspect {
-                conn: link,
-                request_id: id,
-            }),
+            Request::PurgeQueue(p) => {
+                self.with_queue(id, Permission::Read, &p.name, |link| QueueCmd::Purge {
+                    conn: link,
+                    request_id: id,
+                })
+            }
+            Request::InspectQueue(p) => {
+                if let Err(e) = self.access.check_any(ResourceKind::Queue, &p.name) {
+                    return self.refuse(id, e);
+                }
+                self.with_queue(id, None, &p.name, |link| QueueCmd::Inspect {
+                    conn: link,
+                    request_id: id,
+                })
+            }
             Request::DeclareExchange(d) => self.on_declare_exchange(id, d),
             Request::DeleteExchange(d) => {
+                let name =
+                    match self
+                        .access
+                        .grant(Permission::Configure, ResourceKind::Exchange, &d.name)
+                    {
+                        Ok(name) => name.into_owned(),
+                        Err(e) => return self.refuse(id, e),
+                    };
                 let broker = Arc::clone(&self.broker);
-                match tokio::task::block_in_place(|| broker.delete_exchange(&d.name, d.if_unused)) {
+                match tokio::task::block_in_place(|| broker.delete_exchange(&name, d.if_unused)) {
                     Ok(()) => self.send(id, Reply::DeleteExchangeOk),
                     Err(e) => self.send_error(id, e),
                 }
@@ -608,10 +616,12 @@ impl Session {
                 }
                 None => self.send_error(id, no_consumer(p.consumer_id)),
             },
-            Request::Get(g) => self.with_queue(id, &g.queue, |link| QueueCmd::Get {
-                conn: link,
-                request_id: id,
-            }),
+            Request::Get(g) => {
+                self.with_queue(id, Permission::Read, &g.queue, |link| QueueCmd::Get {
+                    conn: link,
+                    request_id: id,
+                })
+            }
             Request::Ack(Ack {
                 delivery_tag,
                 multiple,
@@ -630,38 +640,57 @@ impl Session {
             }
             Request::Reject(r) => self.settle(id, r.delivery_tag.0, false, Settlement::Reject),
             Request::Extend(e) => self.on_extend(id, e),
+            // Listings show the session's own vhost, in its clients' names.
             Request::ListQueues(r) => {
                 let max = self.agreed.max_frame_len;
-                let reply = crate::admin::list_queues(&self.broker, &r, max);
+                let ns = Some(self.access.namespace());
+                let reply = crate::admin::list_queues(&self.broker, ns, &r, max);
                 self.send(id, reply);
             }
             Request::ListExchanges(r) => {
                 let max = self.agreed.max_frame_len;
-                let reply = crate::admin::list_exchanges(&self.broker, &r, max);
+                let ns = Some(self.access.namespace());
+                let reply = crate::admin::list_exchanges(&self.broker, ns, &r, max);
                 self.send(id, reply);
             }
             Request::ListBindings(r) => {
                 let max = self.agreed.max_frame_len;
-                let reply = crate::admin::list_bindings(&self.broker, &r, max);
+                let ns = Some(self.access.namespace());
+                let reply = crate::admin::list_bindings(&self.broker, ns, &r, max);
                 self.send(id, reply);
             }
             Request::ListConsumers(r) => {
                 let max = self.agreed.max_frame_len;
-                let reply = crate::admin::list_consumers(&self.broker, &r, max);
+                let ns = Some(self.access.namespace());
+                let reply = crate::admin::list_consumers(&self.broker, ns, &r, max);
                 self.send(id, reply);
             }
             Request::ListConnections(r) => {
                 let max = self.agreed.max_frame_len;
-                let reply = crate::admin::list_connections(&self.registry, &r, max);
+                // Administrators and monitors see every connection, others their own user's.
+                let principal = self.access.principal();
+                let only_user =
+                    (!principal.has_tag(Tag::Monitoring)).then_some(principal.user.as_str());
+                let reply = crate::admin::list_connections(&self.registry, only_user, &r, max);
                 self.send(id, reply);
             }
             Request::CloseConnection(c) => {
+                if let Err(e) =
+                    self.check_operator(c.connection_id, "close another user's connection")
+                {
+                    return self.refuse(id, e);
+                }
                 let registry = Arc::clone(&self.registry);
                 self.answer_later(id, Reply::CloseConnectionOk, async move {
                     registry.close(c.connection_id, &c.reason).await
                 });
             }
             Request::CancelConsumer(c) => {
+                if let Err(e) =
+                    self.check_operator(c.connection_id, "cancel another user's consumer")
+                {
+                    return self.refuse(id, e);
+                }
                 let registry = Arc::clone(&self.registry);
                 self.answer_later(id, Reply::CancelConsumerOk, async move {
                     registry
@@ -671,34 +700,76 @@ impl Session {
             }
             Request::BrowseQueue(b) => {
                 let page = BrowsePage::for_frame(b.limit, b.after_seq, self.agreed.max_frame_len);
-                self.with_queue(id, &b.queue, |link| QueueCmd::Browse {
+                self.with_queue(id, Permission::Read, &b.queue, |link| QueueCmd::Browse {
                     conn: link,
                     request_id: id,
                     page,
                 });
             }
-            Request::MoveMessages(m) => {
-                let conn = self.link.id;
-                match crate::moves::start(&self.broker, conn, &m.source, &m.destination, m.max) {
-                    Ok(move_id) => self.send(id, MoveMessagesOk { move_id }),
-                    Err(e) => self.send_error(id, e),
+            Request::MoveMessages(m) => self.on_move(id, m),
+            // A move of another vhost is as unknown here as one never started.
+            Request::MoveStatus(m) => match self
+                .broker
+                .moves()
+                .get(m.move_id)
+                .filter(|info| self.access.namespace().contains(&info.source))
+            {
+                Some(info) => {
+                    let mut status = info.status();
+                    if let sluice_client::wire::MoveState::Failed { message, .. } =
+                        &mut status.state
+                    {
+                        *message = self.access.namespace().localize(std::mem::take(message));
+                    }
+                    self.send(id, status)
                 }
-            }
-            Request::MoveStatus(m) => match self.broker.moves().get(m.move_id) {
-                Some(info) => self.send(id, info.status()),
                 None => self.send_error(id, crate::moves::unknown(m.move_id)),
             },
         }
         Ending::No
     }
 
-    /// Sends a command to a queue this connection may use, or answers the error.
+    /// Answers a request the session's access refused.
+    fn refuse(&mut self, id: RequestId, e: RequestError) -> Ending {
+        self.send_error(id, e);
+        Ending::No
+    }
+
+    /// `Ok` for an operator request on connection `target`: one of the user's own, or any
+    /// for an administrator.
+    fn check_operator(&mut self, target: u64, what: &str) -> Result<(), RequestError> {
+        let own = self
+            .registry
+            .user_of(target)
+            .is_ok_and(|user| user == self.access.principal().user);
+        if own {
+            return Ok(());
+        }
+        self.access.check_tag(Tag::Administrator, what)
+    }
+
+    /// Sends a command to a queue this connection may use (with `permission` on it, when one
+    /// is needed), or answers the error.
     fn with_queue(
         &mut self,
         id: RequestId,
+        permission: impl Into<Option<Permission>>,
         name: &str,
         cmd: impl FnOnce(Arc<ConnLink>) -> QueueCmd,
     ) {
+        let internal = match permission.into() {
+            Some(p) => self.access.grant(p, ResourceKind::Queue, name),
+            None => self
+                .access
+                .namespace()
+                .qualify(name)
+                .map_err(RequestError::from),
+        };
+        let internal = match internal {
+            Ok(n) => n.into_owned(),
+            Err(e) => return self.send_error(id, e),
+        };
+        let name = internal.as_str();
         match self.broker.queue(name, self.link.id) {
             Ok(q) => {
                 if !q.send(cmd(Arc::clone(&self.link))) {
@@ -714,71 +785,6 @@ impl Session {
     fn touch(&mut self, q: &QueueHandle) {
         if !self.touched.iter().any(|t| t.same(q)) {
             self.touched.push(q.clone());
-        }
-    }
-
-    async fn on_delete_queue(&mut self, id: RequestId, d: DeleteQueue) {
-        let q = match self.broker.queue(&d.name, self.link.id) {
-            Ok(q) => q,
-            Err(e) if e.code == ErrorCode::NotFound => {
-                self.send(id, Reply::DeleteQueueOk(DeleteQueueOk { messages: 0 }));
-                return;
-            }
-            Err(e) => return self.send_error(id, e),
-        };
-        let (reply, answer) = oneshot::channel();
-        let sent = q.send(QueueCmd::Delete {
-            if_unused: d.if_unused,
-            if_empty: d.if_empty,
-            reply,
-        });
-        let result = if sent {
-            answer.await.unwrap_or(Ok(0))
-        } else {
-            Ok(0)
-        };
-        match result {
-            Ok(messages) => self.send(id, Reply::DeleteQueueOk(DeleteQueueOk { messages })),
-            Err(e) => self.send_error(id, e),
-        }
-    }
-
-    fn on_declare_exchange(&mut self, id: RequestId, d: DeclareExchange) {
-        let broker = Arc::clone(&self.broker);
-        match tokio::task::block_in_place(|| broker.declare_exchange(d)) {
-            Ok(()) => self.send(id, Reply::DeclareExchangeOk),
-            Err(e) => self.send_error(id, e),
-        }
-    }
-
-    fn on_bind(
-        &mut self,
-        id: RequestId,
-        queue: String,
-        exchange: String,
-        routing_key: String,
-        arguments: sluice_client::wire::Headers,
-        bind: bool,
-    ) {
-        // Only new bindings are limited: unbinding must still reach one made before the
-        // limits existed, and compares arguments without matching any message.
-        if bind {
-            if let Err(e) = self.broker.config.limits.headers.check(&arguments) {
-                self.send_error(id, RequestError::invalid(format!("binding arguments: {e}")));
-                return;
-            }
-        }
-        let binding = Binding {
-            queue,
-            exchange,
-            routing_key,
-            arguments,
-        };
-        let broker = Arc::clone(&self.broker);
-        let conn = self.link.id;
-        match tokio::task::block_in_place(|| broker.bind(conn, binding, bind)) {
-            Ok(()) => self.send(id, if bind { Reply::BindOk } else { Reply::UnbindOk }),
-            Err(e) => self.send_error(id, e),
         }
     }
 
@@ -855,17 +861,19 @@ impl Session {
             blocking: blocking.as_ref(),
             headers: self.broker.config.limits.headers,
         };
+        let access = &mut self.access;
         for m in p.messages {
             let seq = self.next_publish_seq;
             self.next_publish_seq += 1;
             let size = m.meta.len() + m.body.len();
-            let persistent = match route_message(&reg, &m.meta, m.body.len(), limits, &mut route) {
-                Ok(persistent) => persistent,
-                Err(e) => {
-                    reject(seq, e.code, e.message);
-                    continue;
-                }
-            };
+            let persistent =
+                match route_message(&reg, &m.meta, m.body.len(), limits, access, &mut route) {
+                    Ok(persistent) => persistent,
+                    Err(e) => {
+                        reject(seq, e.code, access.namespace().localize(e.message));
+                        continue;
+                    }
+                };
             for name in &route.queues {
                 let Some(q) = reg.queues.get(name) else {
                     continue;
@@ -960,7 +968,14 @@ impl Session {
     // ------------------------------------------------------------------------------------
 
     fn on_consume(&mut self, id: RequestId, c: Consume) {
-        let q = match self.broker.queue(&c.queue, self.link.id) {
+        let name = match self
+            .access
+            .grant(Permission::Read, ResourceKind::Queue, &c.queue)
+        {
+            Ok(n) => n.into_owned(),
+            Err(e) => return self.send_error(id, e),
+        };
+        let q = match self.broker.queue(&name, self.link.id) {
             Ok(q) => q,
             Err(e) => return self.send_error(id, e),
         };
@@ -1128,8 +1143,14 @@ impl Session {
             ConnEvent::Stored {
                 batch,
                 epoch,
-                rejections,
+                mut rejections,
             } => {
+                for r in &mut rejections {
+                    r.message = self
+                        .access
+                        .namespace()
+                        .localize(std::mem::take(&mut r.message));
+                }
                 if let Some(front) = self.batches.front().map(|b| b.id) {
                     if let Some(b) = self.batches.get_mut((batch - front) as usize) {
                         b.waiting -= 1;
@@ -1145,6 +1166,7 @@ impl Session {
                 reason,
             } => {
                 self.consumers.remove(&consumer_id.0);
+                let reason = self.access.namespace().localize(reason);
                 self.send(
                     RequestId(0),
                     ConsumerCancelled {

@@ -12,7 +12,7 @@
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use axum::http::request::Parts;
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -76,6 +76,8 @@ pub async fn require_user(
     };
     let mut response =
         ApiError(RequestError::new(ErrorCode::AccessRefused, refused)).into_response();
+    // ACCESS_REFUSED is 403 for a missing permission (error.rs); here nobody is logged in.
+    *response.status_mut() = StatusCode::UNAUTHORIZED;
     if !scripted {
         response
             .headers_mut()

@@ -5,18 +5,38 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sluice_client::wire::{HeaderValue, Headers, ListBindings};
 
+use super::access::{Scope, Visible, WithVhost};
 use super::error::{ApiError, JsonBody};
 use super::Api;
 use crate::admin;
+use crate::auth::{Permission, ResourceKind};
 use crate::cli::format::{BindingJson, HeadersJson};
 use crate::error::RequestError;
 use crate::routing::Binding;
 use crate::topology::header_value_from_json;
 
 /// `GET /api/bindings`: every explicit binding, as `sluice bindings --json` prints them.
-pub async fn list(State(api): State<Api>) -> Response {
-    let all = admin::list_bindings(&api.broker, &ListBindings::default(), u32::MAX);
-    let json: Vec<BindingJson<'_>> = all.bindings.iter().map(BindingJson::from).collect();
+pub async fn list(State(api): State<Api>, visible: Visible) -> Response {
+    let mut all = admin::list_bindings(&api.broker, None, &ListBindings::default(), u32::MAX);
+    let mut vhosts = Vec::new();
+    all.bindings.retain_mut(|b| {
+        let Some(exchange) = visible.show(&b.exchange) else {
+            return false;
+        };
+        vhosts.push(exchange.vhost.to_owned());
+        b.exchange = exchange.local.to_owned();
+        b.queue = crate::routing::namespace::split(&b.queue).local.to_owned();
+        true
+    });
+    let json: Vec<WithVhost<'_, BindingJson<'_>>> = all
+        .bindings
+        .iter()
+        .zip(&vhosts)
+        .map(|(b, vhost)| WithVhost {
+            vhost,
+            item: BindingJson::from(b),
+        })
+        .collect();
     Json(json).into_response()
 }
 
@@ -67,24 +87,33 @@ pub(super) fn header_value_of(
 /// `POST /api/bindings`: binds the queue to the exchange.
 pub async fn bind(
     State(api): State<Api>,
+    scope: Scope,
     JsonBody(body): JsonBody<BindingBody>,
 ) -> Result<Response, ApiError> {
-    change(&api, body, true)
+    change(&api, &scope, body, true)
 }
 
 /// `DELETE /api/bindings`: removes the binding (nothing to remove is not an error).
 pub async fn unbind(
     State(api): State<Api>,
+    scope: Scope,
     JsonBody(body): JsonBody<BindingBody>,
 ) -> Result<Response, ApiError> {
-    change(&api, body, false)
+    change(&api, &scope, body, false)
 }
 
-fn change(api: &Api, body: BindingBody, bind: bool) -> Result<Response, ApiError> {
+/// Binding writes to the queue and reads from the exchange (as RabbitMQ).
+fn change(api: &Api, scope: &Scope, body: BindingBody, bind: bool) -> Result<Response, ApiError> {
     let binding = body.into_binding()?;
+    let internal = Binding {
+        queue: scope.grant(Permission::Write, ResourceKind::Queue, &binding.queue)?,
+        exchange: scope.grant(Permission::Read, ResourceKind::Exchange, &binding.exchange)?,
+        ..binding.clone()
+    };
     let conn = api.broker.next_conn_id();
     // Writes the topology file durably: off the runtime's worker, as sessions do.
-    tokio::task::block_in_place(|| api.broker.bind(conn, binding.clone(), bind))?;
+    tokio::task::block_in_place(|| api.broker.bind(conn, internal, bind))
+        .map_err(|e| scope.localize(e))?;
     let json = BindingJson {
         exchange: &binding.exchange,
         queue: &binding.queue,

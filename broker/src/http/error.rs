@@ -28,8 +28,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::PreconditionFailed => StatusCode::CONFLICT,
         ErrorCode::ResourceLocked => StatusCode::LOCKED,
         ErrorCode::InvalidArgument | ErrorCode::MalformedRequest => StatusCode::BAD_REQUEST,
-        ErrorCode::AccessRefused => StatusCode::UNAUTHORIZED,
-        ErrorCode::NotAllowed => StatusCode::FORBIDDEN,
+        // A logged-in user without the permission; a failed login is 401 (`auth.rs`).
+        ErrorCode::AccessRefused | ErrorCode::NotAllowed => StatusCode::FORBIDDEN,
         ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
         ErrorCode::ResourceExhausted | ErrorCode::MemoryLimit => StatusCode::SERVICE_UNAVAILABLE,
         // Refusals of a debugging publish (`POST /api/exchanges/NAME/publish`).
@@ -127,7 +127,7 @@ mod tests {
             (ErrorCode::PreconditionFailed, 409),
             (ErrorCode::ResourceLocked, 423),
             (ErrorCode::InvalidArgument, 400),
-            (ErrorCode::AccessRefused, 401),
+            (ErrorCode::AccessRefused, 403),
             (ErrorCode::NotAllowed, 403),
             (ErrorCode::StorageFull, 507),
             (ErrorCode::ResourceExhausted, 503),

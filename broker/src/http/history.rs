@@ -22,8 +22,10 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::Json;
 
+use super::access::Scope;
 use super::error::ApiError;
 use super::Api;
+use crate::auth::ResourceKind;
 use crate::queue::{QueueHandle, QueueStats};
 
 /// How often the sampler reads the counters.
@@ -384,14 +386,18 @@ pub async fn broker(State(api): State<Api>) -> Json<BrokerHistory> {
 /// `404` for a queue that does not exist. A queue declared since the last sample has none yet.
 pub async fn queue(
     State(api): State<Api>,
+    scope: Scope,
     Path(name): Path<String>,
 ) -> Result<Json<QueueHistory>, ApiError> {
+    let name = scope.grant_any(ResourceKind::Queue, &name)?;
     if let Some(history) = api.history.lock().queue_history(&name) {
         return Ok(Json(history));
     }
     let conn = api.broker.next_conn_id();
     // Exists (and may be looked at) but was not sampled yet: an empty history.
-    api.broker.queue(&name, conn)?;
+    api.broker
+        .queue(&name, conn)
+        .map_err(|e| scope.localize(e))?;
     Ok(Json(QueueHistory {
         interval_ms: SAMPLE_INTERVAL.as_millis() as u64,
         samples: Vec::new(),

@@ -7,9 +7,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sluice_client::wire::{MessageMeta, Reply, MAX_BROWSE_LIMIT};
 
+use super::access::Scope;
 use super::error::{ApiError, QueryParams};
 use super::queues::{ask_queue, unexpected};
 use super::Api;
+use crate::auth::{Permission, ResourceKind};
 use crate::cli::messages::{BrowsedJson, HTTP_PAYLOAD_LIMIT};
 use crate::error::RequestError;
 use crate::queue::{BrowsePage, QueueCmd};
@@ -35,6 +37,7 @@ pub struct BrowseQuery {
 /// whose sequence number is above `after` (default 0: from the head), in sequence order.
 pub async fn browse(
     State(api): State<Api>,
+    scope: Scope,
     Path(name): Path<String>,
     QueryParams(query): QueryParams<BrowseQuery>,
 ) -> Result<Response, ApiError> {
@@ -51,12 +54,14 @@ pub async fn browse(
         max_bytes: MAX_ANSWER_BYTES,
         body_budget: HTTP_PAYLOAD_LIMIT,
     };
+    let name = scope.grant(Permission::Read, ResourceKind::Queue, &name)?;
     let reply = ask_queue(&api, &name, |conn, request_id| QueueCmd::Browse {
         conn,
         request_id,
         page,
     })
-    .await?;
+    .await
+    .map_err(|e| scope.localize(e))?;
     let Reply::BrowseQueueOk(ok) = reply else {
         return Err(unexpected(&reply));
     };

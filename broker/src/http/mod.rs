@@ -7,6 +7,7 @@
 //!   the TLS handshake of HTTPS.
 //! - `auth.rs`: HTTP basic auth against the broker's users (`/api/...` only), the tags that
 //!   open the API, and the authenticated user in each request's extensions.
+//! - `access.rs`: the vhost a request works in (`?vhost=`) and the user's permissions there.
 //! - `error.rs`: [`RequestError`](crate::error::RequestError) codes as HTTP statuses, and the
 //!   JSON body extractor whose failures are answered in the same shape.
 //! - one file per resource: `overview.rs`, `queues.rs`, `exchanges.rs`, `bindings.rs`,
@@ -25,6 +26,7 @@
 //! Handlers call the same broker functions as the wire protocol's sessions, so a request means
 //! the same thing whichever door it came through; the JSON mirrors the CLI's `--json`.
 
+mod access;
 mod auth;
 mod bindings;
 mod connections;

@@ -18,12 +18,14 @@ use serde_json::json;
 use sluice_client::wire::{Delivery, Headers, MessageMeta, Properties, RequestId};
 use tokio::sync::mpsc;
 
+use super::access::Scope;
 use super::bindings::header_value_of;
 use super::error::{ApiError, JsonBody};
 use super::Api;
+use crate::auth::{Permission, ResourceKind};
 use crate::cli::format::HeadersJson;
 use crate::error::RequestError;
-use crate::publish::{route_message, PublishLimits};
+use crate::publish::{route_message, ExchangeDoor, PublishLimits};
 use crate::queue::{
     ConnEvent, ConnId, ConnLink, Incoming, Outbox, QueueCmd, QueueHandle, Settlement,
 };
@@ -154,6 +156,7 @@ async fn next_answer(
 /// in every queue it reached, with whether it reached any.
 pub async fn publish(
     State(api): State<Api>,
+    scope: Scope,
     Path(exchange): Path<String>,
     JsonBody(body): JsonBody<PublishBody>,
 ) -> Result<Response, ApiError> {
@@ -161,6 +164,14 @@ pub async fn publish(
         String::new()
     } else {
         exchange
+    };
+    let mut door = Granted {
+        internal: scope.grant(Permission::Write, ResourceKind::Exchange, &exchange)?,
+        max_message_len: api
+            .broker
+            .vhost_limits(scope.vhost())
+            .max_message_bytes
+            .map(|max| (max, scope.vhost())),
     };
     let payload = body.payload()?;
     let meta = body.meta(exchange)?;
@@ -178,7 +189,8 @@ pub async fn publish(
     let (persistent, targets) = {
         let reg = broker.read();
         let mut route = RouteResult::default();
-        let persistent = route_message(&reg, &meta, payload.len(), limits, &mut route)?;
+        let persistent = route_message(&reg, &meta, payload.len(), limits, &mut door, &mut route)
+            .map_err(|e| scope.localize(e))?;
         let targets: Vec<QueueHandle> = route
             .queues
             .iter()
@@ -221,7 +233,7 @@ pub async fn publish(
         }
     }
     if let Some(r) = refused {
-        return Err(RequestError::new(r.code, r.message).into());
+        return Err(scope.localize(RequestError::new(r.code, r.message)));
     }
     if epoch > 0 {
         let durable = broker.store().durability().wait(epoch);
@@ -234,6 +246,22 @@ pub async fn publish(
         }
     }
     Ok(Json(json!({ "routed": !targets.is_empty() })).into_response())
+}
+
+/// The one exchange a debugging publish may name, already granted.
+struct Granted<'a> {
+    internal: String,
+    max_message_len: Option<(u64, &'a str)>,
+}
+
+impl ExchangeDoor for Granted<'_> {
+    fn open(&mut self, _exchange: &str) -> Result<&str, RequestError> {
+        Ok(&self.internal)
+    }
+
+    fn max_message_len(&self) -> Option<(u64, &str)> {
+        self.max_message_len
+    }
 }
 
 /// The body of `POST /api/queues/NAME/get`.
@@ -268,9 +296,12 @@ impl Drop for ReturnOnDrop {
 /// `requeue` returns them (they are then marked redelivered), before answering with them.
 pub async fn get(
     State(api): State<Api>,
+    scope: Scope,
     Path(name): Path<String>,
     JsonBody(body): JsonBody<GetBody>,
 ) -> Result<Response, ApiError> {
+    let local = name;
+    let name = scope.grant(Permission::Read, ResourceKind::Queue, &local)?;
     if body.count == 0 || body.count > MAX_GET_COUNT {
         return Err(RequestError::invalid(format!(
             "count must be between 1 and {MAX_GET_COUNT}, not {}",
@@ -279,7 +310,10 @@ pub async fn get(
         .into());
     }
     let conn = api.broker.next_conn_id();
-    let queue = api.broker.queue(&name, conn)?;
+    let queue = api
+        .broker
+        .queue(&name, conn)
+        .map_err(|e| scope.localize(e))?;
     let (link, mut answers) = own_link(conn);
     let _return = ReturnOnDrop {
         queue: queue.clone(),
@@ -292,17 +326,17 @@ pub async fn get(
             conn: Arc::clone(&link),
             request_id,
         }) {
-            return Err(RequestError::no_queue(&name).into());
+            return Err(RequestError::no_queue(&local).into());
         }
         match next_answer(&mut answers, "get").await? {
             ConnEvent::Got {
                 delivery: Some(d), ..
             } => taken.push(d),
             ConnEvent::Got { delivery: None, .. } => break,
-            ConnEvent::Error { error, .. } => return Err(error.into()),
+            ConnEvent::Error { error, .. } => return Err(scope.localize(error)),
             other => {
                 return Err(
-                    RequestError::internal(format!("queue '{name}' answered {other:?}")).into(),
+                    RequestError::internal(format!("queue '{local}' answered {other:?}")).into(),
                 )
             }
         }

@@ -16,14 +16,17 @@ use serde_json::json;
 use sluice_client::wire::{DeclareQueue, ListQueues, Overflow, QueueArguments, Reply, RequestId};
 use tokio::sync::{mpsc, oneshot};
 
+use super::access::{Scope, Visible, WithVhost};
 use super::error::{flag, ApiError, JsonBody, QueryParams};
 use super::history::Rates;
 use super::Api;
 use crate::admin;
+use crate::auth::{Permission, ResourceKind};
 use crate::cli::format::{InspectJson, QueueJson};
 use crate::error::RequestError;
 use crate::metrics::MessageStats;
 use crate::queue::{ConnEvent, ConnLink, DeathReason, Outbox, QueueCmd};
+use crate::routing::namespace;
 
 /// Longest wait for a queue's answer; a queue stuck on its disk must not hold a request (and
 /// its socket) forever.
@@ -60,46 +63,79 @@ struct Listed<'a> {
 
 /// `GET /api/queues`: every queue, as `sluice queues --json` prints them, with their
 /// `message_stats` and sampled `rates`.
-pub async fn list(State(api): State<Api>) -> Response {
+pub async fn list(State(api): State<Api>, visible: Visible) -> Response {
     // In-process there is no frame to fit: one page holds everything.
-    let all = admin::list_queues(&api.broker, &ListQueues::default(), u32::MAX);
+    let mut all = admin::list_queues(&api.broker, None, &ListQueues::default(), u32::MAX);
+    all.queues.retain(|q| visible.show(&q.name).is_some());
     let rates = api
         .history
         .latest_rates(all.queues.iter().map(|q| q.name.as_str()));
     let registry = api.broker.read();
-    let json: Vec<Listed<'_>> = all
+    let stats: Vec<MessageStats> = all
+        .queues
+        .iter()
+        .map(|q| {
+            registry
+                .queues
+                .get(q.name.as_str())
+                .map(|h| MessageStats::of(&h.meta.stats))
+                .unwrap_or_default()
+        })
+        .collect();
+    // Names in their vhost's terms from here on.
+    let vhosts: Vec<String> = all
+        .queues
+        .iter_mut()
+        .map(|q| {
+            let name = namespace::split(&q.name);
+            let vhost = name.vhost.to_owned();
+            q.name = name.local.to_owned();
+            vhost
+        })
+        .collect();
+    let json: Vec<WithVhost<'_, Listed<'_>>> = all
         .queues
         .iter()
         .zip(rates)
-        .map(|(q, rates)| Listed {
-            queue: WithStats {
-                queue: QueueJson::from(q),
-                message_stats: registry
-                    .queues
-                    .get(q.name.as_str())
-                    .map(|h| MessageStats::of(&h.meta.stats))
-                    .unwrap_or_default(),
+        .zip(stats)
+        .zip(&vhosts)
+        .map(|(((q, rates), message_stats), vhost)| WithVhost {
+            vhost,
+            item: Listed {
+                queue: WithStats {
+                    queue: QueueJson::from(q),
+                    message_stats,
+                },
+                rates,
             },
-            rates,
         })
         .collect();
     Json(json).into_response()
 }
 
 /// `GET /api/queues/NAME`: the queue's counters and arguments, as `sluice inspect --json`.
-pub async fn show(State(api): State<Api>, Path(name): Path<String>) -> Result<Response, ApiError> {
-    let reply = ask_queue(&api, &name, |conn, request_id| QueueCmd::Inspect {
+pub async fn show(
+    State(api): State<Api>,
+    scope: Scope,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let internal = scope.grant_any(ResourceKind::Queue, &name)?;
+    let reply = ask_queue(&api, &internal, |conn, request_id| QueueCmd::Inspect {
         conn,
         request_id,
     })
-    .await?;
+    .await
+    .map_err(|e| scope.localize(e))?;
     match reply {
-        Reply::InspectQueueOk(q) => Ok(Json(QueueDetail {
-            queue: WithStats {
-                queue: InspectJson::from(&q),
-                message_stats: message_stats(&api, &name),
+        Reply::InspectQueueOk(q) => Ok(Json(WithVhost {
+            vhost: scope.vhost(),
+            item: QueueDetail {
+                queue: WithStats {
+                    queue: InspectJson::from(&q),
+                    message_stats: message_stats(&api, &internal),
+                },
+                dead_lettered_by_reason: dead_lettered_by_reason(&api, &internal),
             },
-            dead_lettered_by_reason: dead_lettered_by_reason(&api, &name),
         })
         .into_response()),
         other => Err(unexpected(&other)),
@@ -196,9 +232,15 @@ impl From<ArgumentsBody> for QueueArguments {
 /// again with the same settings is a no-op, with others `PRECONDITION_FAILED`.
 pub async fn declare(
     State(api): State<Api>,
+    scope: Scope,
     Path(name): Path<String>,
     JsonBody(body): JsonBody<QueueDeclaration>,
 ) -> Result<Response, ApiError> {
+    let internal = scope.grant(Permission::Configure, ResourceKind::Queue, &name)?;
+    if let Some(dlx) = &body.arguments.dead_letter_exchange {
+        scope.check(Permission::Write, ResourceKind::Exchange, dlx)?;
+        scope.check(Permission::Read, ResourceKind::Queue, &name)?;
+    }
     if body.exclusive {
         return Err(RequestError::invalid(
             "exclusive queues belong to a client connection: declare them over the wire protocol",
@@ -206,7 +248,7 @@ pub async fn declare(
         .into());
     }
     let request = DeclareQueue {
-        name,
+        name: internal,
         durable: body.durable,
         exclusive: false,
         auto_delete: body.auto_delete,
@@ -216,11 +258,11 @@ pub async fn declare(
     let broker = Arc::clone(&api.broker);
     let conn = broker.next_conn_id();
     // The declare writes the topology file durably: off the runtime's worker, as sessions do.
-    let ok = tokio::task::block_in_place(|| broker.declare_queue(conn, request))?;
-    Ok(
-        Json(json!({ "name": ok.name, "ready": ok.ready, "consumers": ok.consumers }))
-            .into_response(),
-    )
+    let limits = broker.vhost_limits(scope.vhost());
+    let ok = tokio::task::block_in_place(|| broker.declare_queue(conn, request, &limits))
+        .map_err(|e| scope.localize(e))?;
+    let name = namespace::split(&ok.name).local;
+    Ok(Json(json!({ "name": name, "ready": ok.ready, "consumers": ok.consumers })).into_response())
 }
 
 /// The query of `DELETE /api/queues/NAME`: `?if_unused&if_empty` (bare, or `=true`/`=false`).
@@ -233,13 +275,18 @@ pub struct DeleteConditions {
 /// `DELETE /api/queues/NAME`: deletes the queue and its messages.
 pub async fn delete(
     State(api): State<Api>,
+    scope: Scope,
     Path(name): Path<String>,
     QueryParams(conditions): QueryParams<DeleteConditions>,
 ) -> Result<Response, ApiError> {
     let if_unused = flag("if_unused", conditions.if_unused.as_deref())?;
     let if_empty = flag("if_empty", conditions.if_empty.as_deref())?;
+    let internal = scope.grant(Permission::Configure, ResourceKind::Queue, &name)?;
     let conn = api.broker.next_conn_id();
-    let queue = api.broker.queue(&name, conn)?;
+    let queue = api
+        .broker
+        .queue(&internal, conn)
+        .map_err(|e| scope.localize(e))?;
     let (reply, answer) = oneshot::channel();
     if !queue.send(QueueCmd::Delete {
         if_unused,
@@ -249,7 +296,7 @@ pub async fn delete(
         return Err(RequestError::no_queue(&name).into());
     }
     let messages = match tokio::time::timeout(QUEUE_ANSWER_TIMEOUT, answer).await {
-        Ok(Ok(result)) => result?,
+        Ok(Ok(result)) => result.map_err(|e| scope.localize(e))?,
         // The task stopped before answering: another request deleted the queue first.
         Ok(Err(_)) => return Err(RequestError::no_queue(&name).into()),
         Err(_) => return Err(no_answer(&name)),
@@ -258,12 +305,18 @@ pub async fn delete(
 }
 
 /// `DELETE /api/queues/NAME/contents`: purges the queue's ready messages.
-pub async fn purge(State(api): State<Api>, Path(name): Path<String>) -> Result<Response, ApiError> {
-    let reply = ask_queue(&api, &name, |conn, request_id| QueueCmd::Purge {
+pub async fn purge(
+    State(api): State<Api>,
+    scope: Scope,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let internal = scope.grant(Permission::Read, ResourceKind::Queue, &name)?;
+    let reply = ask_queue(&api, &internal, |conn, request_id| QueueCmd::Purge {
         conn,
         request_id,
     })
-    .await?;
+    .await
+    .map_err(|e| scope.localize(e))?;
     match reply {
         Reply::PurgeQueueOk(ok) => {
             Ok(Json(json!({ "queue": name, "messages": ok.messages })).into_response())

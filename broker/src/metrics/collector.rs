@@ -20,6 +20,7 @@ use super::HistogramSnapshot;
 use crate::broker::Broker;
 use crate::connection::ConnectionRegistry;
 use crate::queue::{DeathReason, QueueHandle, QueueStats};
+use crate::routing::namespace;
 
 /// The text format of a scrape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,7 +287,8 @@ fn encode_queue_counters(enc: &mut DescriptorEncoder, queues: &[&QueueHandle]) -
     for c in &QUEUE_COUNTERS {
         let mut m = enc.encode_descriptor(c.name, c.help, None, MetricType::Counter)?;
         for q in queues {
-            let labels = [("queue", &*q.meta.name)];
+            let name = namespace::split(&q.meta.name);
+            let labels = [("vhost", name.vhost), ("queue", name.local)];
             counter_value(
                 &mut m.encode_family(&labels)?,
                 load((c.counter)(&q.meta.stats)),
@@ -305,7 +307,12 @@ fn encode_queue_counters(enc: &mut DescriptorEncoder, queues: &[&QueueHandle]) -
         for reason in DeathReason::ALL {
             let n = load(&q.meta.stats.dead_lettered[reason as usize]);
             if n > 0 {
-                let labels = [("queue", &*q.meta.name), ("reason", reason.as_str())];
+                let name = namespace::split(&q.meta.name);
+                let labels = [
+                    ("vhost", name.vhost),
+                    ("queue", name.local),
+                    ("reason", reason.as_str()),
+                ];
                 counter_value(&mut m.encode_family(&labels)?, n)?;
             }
         }
@@ -318,7 +325,12 @@ fn encode_queue_counters(enc: &mut DescriptorEncoder, queues: &[&QueueHandle]) -
     )?;
     for q in queues {
         for (code, n) in q.meta.stats.refused.nonzero() {
-            let labels = [("queue", &*q.meta.name), ("code", code.name())];
+            let name = namespace::split(&q.meta.name);
+            let labels = [
+                ("vhost", name.vhost),
+                ("queue", name.local),
+                ("code", code.name()),
+            ];
             counter_value(&mut m.encode_family(&labels)?, n)?;
         }
     }
@@ -335,7 +347,8 @@ fn per_queue_gauge<V: EncodeGaugeValue>(
 ) -> fmt::Result {
     let mut m = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
     for q in queues {
-        let labels = [("queue", &*q.meta.name)];
+        let name = namespace::split(&q.meta.name);
+        let labels = [("vhost", name.vhost), ("queue", name.local)];
         m.encode_family(&labels)?
             .encode_gauge(&value(&q.meta.stats))?;
     }

@@ -162,7 +162,14 @@ impl Definitions {
     }
 }
 
-/// The default exchange and the `amq.*` ones exist from the start and cannot be deleted.
+/// The default exchange and the `amq.*` ones exist from the start (in every vhost) and
+/// cannot be deleted.
 pub(super) fn is_builtin(name: &str) -> bool {
-    name.is_empty() || name.starts_with("amq.")
+    let local = super::namespace::split(name).local;
+    local.is_empty() || local.starts_with("amq.")
+}
+
+/// Whether `name` is a vhost's default exchange (`""` in the vhost's own terms).
+pub(super) fn is_default(name: &str) -> bool {
+    super::namespace::split(name).local.is_empty()
 }

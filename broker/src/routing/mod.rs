@@ -8,6 +8,8 @@
 //!   broker persists and lists.
 //! - `table`: [`RoutingTable`], the indexes routing reads on the hot path.
 //! - `topic`: topic patterns (`*`, `#`), a trie for many bindings and [`topic_matches`] for one.
+//! - [`namespace`]: vhosts as prefixes of the names the table knows (the default exchange,
+//!   `amq.*` and alternate exchanges are per vhost).
 //! - `headers`: the `x-match` rules of headers exchanges, matched by merging sorted lists,
 //!   and the limits on header tables ([`HeaderLimits`]).
 //!
@@ -27,12 +29,14 @@
 
 mod exchange;
 mod headers;
+pub mod namespace;
 mod queue_list;
 mod table;
 mod topic;
 
 pub use exchange::{Binding, Definitions, Exchange, ExchangeKind};
 pub use headers::{HeaderLimitError, HeaderLimits, MAX_HEADERS_LEN, MAX_HEADER_ENTRIES};
+pub use namespace::{Namespace, ResourceName};
 pub use table::{QueueName, RouteResult, RoutingTable, UnbindOutcome};
 pub use topic::{topic_matches, MAX_TOPIC_HASH_GROUPS};
 
@@ -66,6 +70,9 @@ pub enum RoutingError {
     /// `if_unused` was asked and the exchange still has bindings.
     #[error("exchange '{0}' is in use")]
     ExchangeInUse(String),
+    /// A client's name holding `\0`, which only internal names of vhosts hold.
+    #[error("invalid name '{0}': names may not contain the character U+0000")]
+    InvalidName(String),
     /// Not one of `direct`, `fanout`, `topic`, `headers`.
     #[error("invalid exchange kind '{0}'")]
     InvalidKind(String),

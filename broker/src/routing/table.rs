@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use sluice_client::wire::{HeaderValue, Headers};
 
-use super::exchange::is_builtin;
+use super::exchange::{is_builtin, is_default};
 use super::headers::{HeadersFilter, MessageHeaders};
+use super::namespace::{check_local, prefix_of};
 use super::queue_list::QueueList;
 use super::topic::{validate_pattern, TopicTrie};
 use super::{Binding, Definitions, Exchange, ExchangeKind, RoutingError};
@@ -158,26 +159,37 @@ impl Default for RoutingTable {
 }
 
 impl RoutingTable {
-    /// A table with the default exchange and the built-in `amq.*` exchanges, and no queues.
+    /// A table with the default exchange and the built-in `amq.*` exchanges of `/`, and no
+    /// queues.
     pub fn new() -> Self {
         let mut table = Self {
             exchanges: HashMap::new(),
             queues: HashSet::new(),
             next_binding_id: 0,
         };
+        table.ensure_namespace("");
+        table
+    }
+
+    /// Gives the vhost whose names start with `prefix` (see [`super::namespace`]) its default
+    /// exchange and `amq.*` exchanges, unless it has them. Returns whether it added them.
+    pub fn ensure_namespace(&mut self, prefix: &str) -> bool {
+        if self.exchanges.contains_key(prefix) {
+            return false;
+        }
         let default = Exchange {
             durable: true,
-            ..Exchange::new("", ExchangeKind::Direct)
+            ..Exchange::new(prefix, ExchangeKind::Direct)
         };
-        table.insert_exchange(default, Matcher::Default);
+        self.insert_exchange(default, Matcher::Default);
         for (name, kind) in BUILTIN_EXCHANGES {
             let exchange = Exchange {
                 durable: true,
-                ..Exchange::new(name, kind)
+                ..Exchange::new(format!("{prefix}{name}"), kind)
             };
-            table.insert_exchange(exchange, Matcher::new(kind));
+            self.insert_exchange(exchange, Matcher::new(kind));
         }
-        table
+        true
     }
 
     /// Rebuilds a table from saved definitions and the names of the queues that exist.
@@ -227,9 +239,10 @@ impl RoutingTable {
     /// already existed. Kind, durability, auto-delete and alternate exchange must all agree
     /// with an existing exchange. New names may not start with `amq.`.
     pub fn declare_exchange(&mut self, exchange: Exchange) -> Result<bool, RoutingError> {
-        if exchange.name.is_empty() {
+        if is_default(&exchange.name) {
             return Err(RoutingError::DefaultExchangeAccess);
         }
+        self.ensure_namespace(prefix_of(&exchange.name));
         if let Some(state) = self.exchanges.get(exchange.name.as_str()) {
             check_equivalent(&state.exchange, &exchange)?;
             return Ok(false);
@@ -247,7 +260,7 @@ impl RoutingTable {
     /// bindings is kept and [`RoutingError::ExchangeInUse`] returned. Exchanges naming it as
     /// their alternate keep the name; routing skips a missing alternate.
     pub fn delete_exchange(&mut self, name: &str, if_unused: bool) -> Result<bool, RoutingError> {
-        if name.is_empty() {
+        if is_default(name) {
             return Err(RoutingError::DefaultExchangeAccess);
         }
         if is_builtin(name) {
@@ -333,7 +346,7 @@ impl RoutingTable {
     /// (topic: at most [`MAX_TOPIC_HASH_GROUPS`](super::MAX_TOPIC_HASH_GROUPS) groups of `#`;
     /// headers: a valid `x-match`).
     pub fn bind(&mut self, binding: Binding) -> Result<bool, RoutingError> {
-        if binding.exchange.is_empty() {
+        if is_default(&binding.exchange) {
             return Err(RoutingError::DefaultExchangeAccess);
         }
         let state = self
@@ -379,7 +392,7 @@ impl RoutingTable {
     /// Removes a binding. As in RabbitMQ, removing one that does not exist (or whose exchange
     /// or queue does not) succeeds with `removed: false`.
     pub fn unbind(&mut self, binding: &Binding) -> Result<UnbindOutcome, RoutingError> {
-        if binding.exchange.is_empty() {
+        if is_default(&binding.exchange) {
             return Err(RoutingError::DefaultExchangeAccess);
         }
         let Some(state) = self.exchanges.get_mut(binding.exchange.as_str()) else {
@@ -415,6 +428,7 @@ impl RoutingTable {
         if self.queues.contains(name) {
             return false;
         }
+        self.ensure_namespace(prefix_of(name));
         self.queues.insert(QueueName::from(name))
     }
 
@@ -485,35 +499,43 @@ impl RoutingTable {
                 out.via_alternate = hops > 0;
                 return Ok(());
             }
-            let Some(alternate) = current.exchange.alternate_exchange.as_deref() else {
+            let Some(next) = self.alternate_of(current) else {
                 return Ok(());
             };
-            if self.chain_contains(start, hops, alternate) {
+            if self.chain_contains(start, hops, next) {
                 return Ok(());
             }
-            let Some(next) = self.exchanges.get(alternate) else {
-                return Ok(());
-            };
             current = next;
             hops += 1;
         }
     }
 
-    /// Whether `name` is among the first `hops + 1` exchanges of the alternate chain from
+    /// Whether `target` is among the first `hops + 1` exchanges of the alternate chain from
     /// `start`. Chains are short, so walking again beats allocating a visited set per publish.
-    fn chain_contains(&self, start: &ExchangeState, hops: usize, name: &str) -> bool {
+    fn chain_contains(&self, start: &ExchangeState, hops: usize, target: &ExchangeState) -> bool {
         let mut state = start;
         for _ in 0..=hops {
-            if state.exchange.name == name {
+            if std::ptr::eq(state, target) {
                 return true;
             }
-            match (state.exchange.alternate_exchange.as_deref()).and_then(|a| self.exchanges.get(a))
-            {
+            match self.alternate_of(state) {
                 Some(next) => state = next,
                 None => return false,
             }
         }
         false
+    }
+
+    /// The exchange's alternate exchange, if it has one that exists. The name is the one its
+    /// vhost's clients gave, so it is looked up in that vhost.
+    fn alternate_of(&self, state: &ExchangeState) -> Option<&ExchangeState> {
+        let alternate = state.exchange.alternate_exchange.as_deref()?;
+        let prefix = prefix_of(&state.exchange.name);
+        if prefix.is_empty() {
+            self.exchanges.get(alternate)
+        } else {
+            self.exchanges.get(format!("{prefix}{alternate}").as_str())
+        }
     }
 
     /// Appends the queues one exchange's bindings select, each once, sorted by name.
@@ -526,7 +548,17 @@ impl RoutingTable {
     ) {
         match &state.matcher {
             Matcher::Default => {
-                if let Some(queue) = self.queues.get(routing_key) {
+                // A key holding the separator would reach into another vhost.
+                if check_local(routing_key).is_err() {
+                    return;
+                }
+                let prefix = state.exchange.name.as_str();
+                let queue = if prefix.is_empty() {
+                    self.queues.get(routing_key)
+                } else {
+                    self.queues.get(format!("{prefix}{routing_key}").as_str())
+                };
+                if let Some(queue) = queue {
                     out.push(QueueName::clone(queue));
                 }
             }
@@ -837,6 +869,43 @@ mod tests {
             t.declare_exchange(Exchange::new("", ExchangeKind::Direct)),
             Err(RoutingError::DefaultExchangeAccess)
         );
+    }
+
+    #[test]
+    fn each_vhost_has_its_own_default_and_builtin_exchanges_and_routes_only_to_its_queues() {
+        let v = "\0v\0";
+        let mut t = table_with_queues(&["jobs", "\0v\0jobs"]);
+        // The default exchange of each vhost routes its own routing keys to its own queues.
+        assert_eq!(route(&t, "", "jobs"), ["jobs"]);
+        assert_eq!(route(&t, v, "jobs"), ["\0v\0jobs"]);
+        // A key that spells another vhost's name reaches nothing.
+        assert!(route(&t, "", "\0v\0jobs").is_empty());
+        assert!(t.exchange("\0v\0amq.topic").is_some());
+        assert_eq!(
+            t.delete_exchange("\0v\0amq.direct", false),
+            Err(RoutingError::ReservedExchange("\0v\0amq.direct".into()))
+        );
+        assert_eq!(
+            t.bind(Binding::new(v, "\0v\0jobs", "k")),
+            Err(RoutingError::DefaultExchangeAccess)
+        );
+        // Alternate exchanges are named in the exchange's vhost.
+        let x = Exchange {
+            alternate_exchange: Some("ae".into()),
+            ..Exchange::new("\0v\0x", ExchangeKind::Direct)
+        };
+        t.declare_exchange(x).unwrap();
+        declare(&mut t, "\0v\0ae", ExchangeKind::Fanout);
+        declare(&mut t, "ae", ExchangeKind::Fanout);
+        assert!(bind(&mut t, "\0v\0ae", "\0v\0jobs", ""));
+        assert!(bind(&mut t, "ae", "jobs", ""));
+        assert_eq!(route(&t, "\0v\0x", "nothing"), ["\0v\0jobs"]);
+        // Built-in exchanges of any vhost are never stored.
+        assert!(t
+            .definitions()
+            .exchanges
+            .iter()
+            .all(|x| !x.name.ends_with("amq.topic")));
     }
 
     #[test]

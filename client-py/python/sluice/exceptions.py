@@ -11,7 +11,7 @@ protocol name as ``error.code_name``.
     ├── InvalidUrl                  (also a ValueError)
     ├── ConnectionError             could not connect, or the connection was lost
     │   ├── ConnectionClosed        the connection has ended (1xx codes, or closed by us)
-    │   ├── AccessRefused           103: bad credentials
+    │   ├── AccessRefused           103 in Close: bad credentials, or no access to the vhost
     │   └── TlsError                sluices://: the TLS handshake failed or TLS is misconfigured
     ├── TimeoutError                no answer in time
     ├── ProtocolError               the server broke the protocol
@@ -22,7 +22,9 @@ protocol name as ``error.code_name``.
     │   ├── NotAllowed              205
     │   ├── UnknownDeliveryTag      206
     │   ├── InvalidArgument         207 (also a ValueError)
-    │   └── LimitExceeded           208: a configured limit (the message names it)
+    │   ├── LimitExceeded           208: a configured limit (the message names it)
+    │   └── PermissionDenied        103 in Error: the user lacks a permission
+    │                               (the connection stays up)
     ├── PublishRejected             3xx: the broker refused one published message
     │   ├── Unroutable              302: a mandatory message matched no queue
     │   └── ResourceLimit           a limit was hit (itself for 304: the broker's memory limit)
@@ -51,6 +53,7 @@ __all__ = [
     "MessageTooLarge",
     "NotAllowed",
     "NotFound",
+    "PermissionDenied",
     "PreconditionFailed",
     "ProtocolError",
     "PublishRejected",
@@ -129,7 +132,7 @@ class ConnectionClosed(ConnectionError):
 
 
 class AccessRefused(ConnectionError):
-    """The broker refused the credentials (``ACCESS_REFUSED``)."""
+    """The broker refused the credentials, or the vhost (``ACCESS_REFUSED`` at login)."""
 
 
 class TlsError(ConnectionError):
@@ -174,8 +177,14 @@ class InvalidArgument(ChannelError, ValueError):
 
 
 class LimitExceeded(ChannelError):
-    """A configured limit would be exceeded (``LIMIT_EXCEEDED``): consumers per connection,
-    bindings per exchange, ...; the message names the limit."""
+    """A configured limit would be exceeded (``LIMIT_EXCEEDED``): a vhost's ``max_queues``,
+    consumers per connection, bindings per exchange, ...; the message names the limit."""
+
+
+class PermissionDenied(ChannelError):
+    """The user lacks the permission the request needs (``ACCESS_REFUSED`` in an ``Error``);
+    the message names it. Unlike :class:`AccessRefused`, the connection stays up. A refused
+    publish raises :class:`PublishRejected` with code 103."""
 
 
 class PublishRejected(SluiceError):

@@ -9,6 +9,7 @@ use sluice_client::wire::{ErrorCode, HeaderValue, MessageMeta};
 
 use super::{now_ms, Actor, DeadLetterCopy, MAINTENANCE_INTERVAL};
 use crate::queue::{ConnEvent, DeathReason, Incoming, QueueCmd};
+use crate::routing::namespace;
 
 impl Actor {
     /// Moves a message (no longer ready nor in flight) to the dead-letter exchange, or drops
@@ -57,7 +58,7 @@ impl Actor {
                 ),
                 (
                     "x-death-queue".to_owned(),
-                    HeaderValue::from(&*self.meta.name),
+                    HeaderValue::from(namespace::split(&self.meta.name).local),
                 ),
                 (
                     "x-death-exchange".to_owned(),
@@ -73,8 +74,11 @@ impl Actor {
                     HeaderValue::Int(died_at_ms as i64),
                 ),
             ]);
+            // The dead-letter exchange is named in the queue's vhost, as are the headers and
+            // the exchange its consumers see.
+            let dlx_internal = format!("{}{dlx}", namespace::prefix_of(&self.meta.name));
             let targets = self.broker.upgrade()?.route(
-                &meta.exchange,
+                &dlx_internal,
                 &meta.routing_key,
                 &meta.properties.headers,
             );
