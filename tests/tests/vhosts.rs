@@ -566,3 +566,57 @@ async fn the_cli_imports_into_its_url_s_vhost_and_refuses_items_of_another() {
     assert!(queue_names(&broker.app("b").await).await.is_empty());
     broker.process.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_vhost_closes_its_connections_and_removes_its_queues_and_exchanges() {
+    let broker = Broker::start();
+    let a = broker.app("a").await;
+    a.declare_exchange("orders", ExchangeKind::Fanout, ExchangeOptions::new())
+        .await
+        .unwrap();
+    a.declare_queue("jobs", QueueOptions::new()).await.unwrap();
+    a.bind("jobs", "orders", "", Vec::new()).await.unwrap();
+    publish(&a, "orders", "", &["gone with the vhost"]).await;
+    let root = broker.guest().await;
+    root.declare_queue("jobs", QueueOptions::new())
+        .await
+        .unwrap();
+    publish(&root, "", "jobs", &["stays in /"]).await;
+
+    let admin = broker.http("guest", "guest");
+    let deleted = admin.delete("/api/vhosts/a", None).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+    // Its connection is closed by the server, not left working in a vhost that is gone.
+    match within("the connection closes", a.list_queues()).await {
+        Err(Error::ConnectionClosed(_)) => {}
+        other => panic!("a connection of the deleted vhost stayed open: {other:?}"),
+    }
+    // Created again, the vhost is empty: nothing of the old one was left behind.
+    let created = admin.put("/api/vhosts/a", "{}").await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let granted = admin
+        .put(
+            "/api/permissions/a/app",
+            r#"{"configure": ".*", "write": ".*", "read": ".*"}"#,
+        )
+        .await;
+    assert!(granted.status < 300, "{}", granted.body);
+    let again = broker.app("a").await;
+    assert_eq!(queue_names(&again).await, Vec::<String>::new());
+    let exchanges = within("list", again.list_exchanges()).await.unwrap();
+    assert!(
+        exchanges.iter().all(|x| x.name != "orders"),
+        "{exchanges:?}"
+    );
+    // The same name in `/` was never touched.
+    assert_eq!(take_all(&root, "jobs").await, ["stays in /"]);
+    again.close().await.unwrap();
+    root.close().await.unwrap();
+    // After a restart too: the deleted vhost's queue left nothing in the data directory.
+    let broker = broker.restart();
+    let root = broker.guest().await;
+    assert_eq!(queue_names(&root).await, ["jobs"]);
+    let a = broker.app("a").await;
+    assert_eq!(queue_names(&a).await, Vec::<String>::new());
+    broker.process.stop();
+}

@@ -113,7 +113,8 @@ pub enum VhostAction {
         #[arg(long)]
         max_message_bytes: Option<u64>,
     },
-    /// Delete a vhost and every permission on it.
+    /// Delete a vhost and every permission on it from the users file. Its queues stay in
+    /// the data directory, unreachable; `DELETE /api/vhosts/NAME` deletes them too.
     Delete {
         /// The vhost's name.
         name: String,
@@ -325,7 +326,14 @@ pub fn vhost(args: VhostArgs, json: bool) -> Result<(), CliError> {
             let vhost = VhostName::new(&name).map_err(InvalidAccess::from)?;
             let mut access = load(&path)?;
             access.delete_vhost(&vhost)?;
-            save(&access, &path, &format!("vhost '{name}' deleted"))
+            save(
+                &access,
+                &path,
+                &format!(
+                    "vhost '{name}' deleted from the users file; its queues and exchanges stay in \
+                     the data directory (DELETE /api/vhosts/NAME on a running broker deletes them)"
+                ),
+            )
         }
     }
 }

@@ -306,12 +306,13 @@ async fn serve_halves<R, W>(
     let (control_tx, control_rx) = mpsc::channel(registry::CONTROL_CAPACITY);
     // Listed (and counted for its user) once its credentials are good, before `Welcome`: a
     // user at its connection limit gets `Close` instead.
-    let admit = |who: &ClientInfo| {
+    let admit = |who: &ClientInfo, vhost: &VhostName| {
         registry
             .register(
                 conn_id,
                 peer_addr,
                 who.user.clone(),
+                vhost.to_string(),
                 who.identity.clone(),
                 control_tx,
             )
@@ -496,7 +497,7 @@ async fn handshake<R, W, T>(
     rd: &mut R,
     wr: &mut W,
     buf: &mut BytesMut,
-    admit: impl FnOnce(&ClientInfo) -> Result<T, String>,
+    admit: impl FnOnce(&ClientInfo, &VhostName) -> Result<T, String>,
 ) -> Result<Handshaken<T>, HandshakeRefused>
 where
     R: AsyncRead + Unpin,
@@ -587,7 +588,7 @@ where
             return Err(refusal);
         }
     };
-    let admitted = match admit(&who) {
+    let admitted = match admit(&who, &principal.vhost) {
         Ok(admitted) => admitted,
         Err(reason) => {
             return Err(refuse(wr, ErrorCode::ConnectionLimit, &reason, Some(who)).await);

@@ -87,6 +87,8 @@ pub struct ConnectionEntry {
     pub peer: Option<SocketAddr>,
     /// The user it authenticated as.
     pub user: String,
+    /// The vhost it works in.
+    pub vhost: String,
     /// What the client says of itself.
     pub client: ClientIdentity,
     /// When its handshake completed.
@@ -201,6 +203,7 @@ impl ConnectionRegistry {
         id: ConnId,
         peer: Option<SocketAddr>,
         user: String,
+        vhost: String,
         client: ClientIdentity,
         control: mpsc::Sender<Control>,
     ) -> Result<Registration, UserLimitReached> {
@@ -212,6 +215,7 @@ impl ConnectionRegistry {
             id,
             peer,
             user,
+            vhost,
             client,
             connected_at: SystemTime::now(),
             stats: ConnectionStats::default(),
@@ -287,20 +291,30 @@ impl ConnectionRegistry {
     /// Closes every connection of `user` (deleted, or removed from the users file), each as
     /// [`close`](Self::close) does; returns how many were closed.
     pub async fn close_user(&self, user: &str, reason: &str) -> usize {
-        let theirs: Vec<ConnId> = self
+        self.close_all(|e| e.user == user, reason).await
+    }
+
+    /// Closes every connection working in `vhost` (deleted); returns how many were closed.
+    pub async fn close_vhost(&self, vhost: &str, reason: &str) -> usize {
+        self.close_all(|e| e.vhost == vhost, reason).await
+    }
+
+    /// Closes every connection `which` picks, each as [`close`](Self::close) does.
+    async fn close_all(&self, which: impl Fn(&ConnectionEntry) -> bool, reason: &str) -> usize {
+        let picked: Vec<ConnId> = self
             .snapshot_after(None)
             .iter()
-            .filter(|e| e.user == user)
+            .filter(|e| which(e))
             .map(|e| e.id)
             .collect();
         let mut closed = 0;
-        for id in theirs {
+        for id in picked {
             match self.close(id, reason).await {
                 Ok(()) => closed += 1,
                 // Gone by itself meanwhile: nothing to do.
                 Err(e) if e.code == ErrorCode::NotFound => {}
-                Err(e) => tracing::warn!(conn = id, user, error = %e.message,
-                    "could not close a connection of a removed user"),
+                Err(e) => tracing::warn!(conn = id, error = %e.message, reason,
+                    "could not close a connection"),
             }
         }
         closed
@@ -366,13 +380,21 @@ mod tests {
                 1,
                 None,
                 "guest".into(),
+                "/".into(),
                 ClientIdentity::default(),
                 control(),
             )
             .unwrap();
         {
             let b = registry
-                .register(2, None, "app".into(), ClientIdentity::default(), control())
+                .register(
+                    2,
+                    None,
+                    "app".into(),
+                    "/".into(),
+                    ClientIdentity::default(),
+                    control(),
+                )
                 .unwrap();
             ConnectionStats::add(&b.entry().stats.frames_in, 3);
             let ids: Vec<ConnId> = registry.snapshot_after(None).iter().map(|e| e.id).collect();
@@ -395,7 +417,14 @@ mod tests {
         let registry = Arc::new(ConnectionRegistry::new(Some(1)));
         let control = || mpsc::channel(CONTROL_CAPACITY).0;
         let register = |id, user: &str| {
-            registry.register(id, None, user.into(), ClientIdentity::default(), control())
+            registry.register(
+                id,
+                None,
+                user.into(),
+                "/".into(),
+                ClientIdentity::default(),
+                control(),
+            )
         };
         let first = register(1, "app").unwrap();
         let refused = register(2, "app").unwrap_err();
