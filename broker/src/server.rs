@@ -361,7 +361,13 @@ async fn reload_users_on_sighup(
 ) {
     while hangup.recv().await.is_some() {
         let path = broker.access.path().display().to_string();
-        let reloaded = match broker.access.reload() {
+        // File read, TOML parse, regex compiles: off the runtime's threads.
+        let access = Arc::clone(&broker.access);
+        let reloaded =
+            tokio::task::spawn_blocking(move || access.reload().map_err(|e| e.to_string()))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+        let reloaded = match reloaded {
             Ok(reloaded) => reloaded,
             Err(e) => {
                 tracing::error!(path, error = %e,

@@ -135,7 +135,13 @@ pub async fn reload_on_hangup(tls: Arc<ServerTls>, mut hangups: Signal) {
     while hangups.recv().await.is_some() {
         let files = tls.files();
         let cert = files.cert.display().to_string();
-        match tls.reload() {
+        // File reads: off the runtime's threads.
+        let reloading = Arc::clone(&tls);
+        let reloaded =
+            tokio::task::spawn_blocking(move || reloading.reload().map_err(|e| e.to_string()))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+        match reloaded {
             Ok(()) => tracing::info!(cert, "TLS certificate reloaded"),
             Err(e) => tracing::error!(error = %e, cert,
                 "TLS certificate reload failed; new connections keep the previous certificate"),

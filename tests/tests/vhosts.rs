@@ -296,7 +296,10 @@ async fn the_same_names_in_two_vhosts_are_two_resources_and_messages_never_cross
     // The default exchange of each vhost routes to its own queue of that name.
     publish(&a, "", "jobs", &["a3"]).await;
     publish(&b, "", "jobs", &["b1"]).await;
-    assert_eq!(a.inspect_queue("jobs").await.unwrap().ready, 3);
+    let inspected = a.inspect_queue("jobs").await.unwrap();
+    assert_eq!(inspected.ready, 3);
+    // The reply names the queue as the vhost's clients do, never by its internal name.
+    assert_eq!(inspected.name, "jobs");
     assert_eq!(b.inspect_queue("jobs").await.unwrap().ready, 1);
     // `/` has no queue `jobs`, and a publish there reaches neither.
     let missing = root
@@ -618,5 +621,22 @@ async fn deleting_a_vhost_closes_its_connections_and_removes_its_queues_and_exch
     assert_eq!(queue_names(&root).await, ["jobs"]);
     let a = broker.app("a").await;
     assert_eq!(queue_names(&a).await, Vec::<String>::new());
+    broker.process.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_management_user_does_not_see_sums_over_other_vhosts() {
+    let broker = Broker::start();
+    let app = broker.http("app", APP_PASSWORD);
+    for path in ["/api/overview", "/api/overview/history", "/api/limits"] {
+        let refused = app.get(path).await;
+        assert_eq!(refused.status, 403, "{path}: {}", refused.body);
+        assert!(refused.body.contains("monitoring"), "{}", refused.body);
+    }
+    // Its own vhosts' listings stay open to it.
+    let queues = app.get("/api/queues?vhost=a").await;
+    assert_eq!(queues.status, 200, "{}", queues.body);
+    let admin = broker.http("guest", "guest");
+    assert_eq!(admin.get("/api/overview").await.status, 200);
     broker.process.stop();
 }

@@ -29,6 +29,13 @@ pub struct InvalidPasswordHash {
     pub why: String,
 }
 
+/// The largest argon2 memory cost a hash may ask for, in KiB (256 MiB).
+const MAX_MEMORY_KIB: u32 = 256 * 1024;
+/// The most argon2 passes a hash may ask for.
+const MAX_PASSES: u32 = 10;
+/// The most argon2 lanes a hash may ask for.
+const MAX_LANES: u32 = 4;
+
 impl PasswordHash {
     /// Hashes `password` with a fresh random salt and the argon2 defaults (m=19 MiB, t=2,
     /// p=1, OWASP's recommendation).
@@ -40,7 +47,7 @@ impl PasswordHash {
         Self(hash.to_string())
     }
 
-    /// Checks that `phc` is an argon2id PHC string.
+    /// Checks that `phc` is an argon2id PHC string whose cost is within the broker's limits.
     pub fn parse(phc: &str) -> Result<Self, InvalidPasswordHash> {
         let parsed = argon2::PasswordHash::new(phc)
             .map_err(|e| InvalidPasswordHash { why: e.to_string() })?;
@@ -52,6 +59,23 @@ impl PasswordHash {
         if parsed.hash.is_none() {
             return Err(InvalidPasswordHash {
                 why: "it has no hash part".into(),
+            });
+        }
+        let params = argon2::Params::try_from(&parsed)
+            .map_err(|e| InvalidPasswordHash { why: e.to_string() })?;
+        // Every login verifies with the hash's own cost: a hash made with a huge one (from a
+        // hand-edited file or `password_hash` on the API) would let each login take GiBs.
+        if params.m_cost() > MAX_MEMORY_KIB
+            || params.t_cost() > MAX_PASSES
+            || params.p_cost() > MAX_LANES
+        {
+            return Err(InvalidPasswordHash {
+                why: format!(
+                    "its cost (m={}, t={}, p={}) is above the broker's limit (m={MAX_MEMORY_KIB}, t={MAX_PASSES}, p={MAX_LANES})",
+                    params.m_cost(),
+                    params.t_cost(),
+                    params.p_cost()
+                ),
             });
         }
         Ok(Self(phc.to_owned()))
@@ -179,6 +203,21 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hash_whose_cost_would_let_each_login_take_gibibytes_is_refused() {
+        let ours = PasswordHash::new("pw");
+        let huge = ours.as_str().replacen("m=19456", "m=4194304", 1);
+        assert_ne!(huge, ours.as_str());
+        let refused = PasswordHash::parse(&huge).unwrap_err();
+        assert!(
+            refused.why.contains("above the broker's limit"),
+            "{}",
+            refused.why
+        );
+        let slow = ours.as_str().replacen("t=2", "t=1000", 1);
+        assert!(PasswordHash::parse(&slow).is_err());
+    }
 
     #[test]
     fn a_hash_verifies_its_password_only_and_never_holds_it() {

@@ -449,7 +449,14 @@ mod tests {
             .map(|id| {
                 let control = mpsc::channel(CONTROL_CAPACITY).0;
                 registry
-                    .register(id, None, "u".into(), ClientIdentity::default(), control)
+                    .register(
+                        id,
+                        None,
+                        "u".into(),
+                        "/".into(),
+                        ClientIdentity::default(),
+                        control,
+                    )
                     .unwrap()
             })
             .collect();
@@ -472,7 +479,14 @@ mod tests {
         let registry = Arc::new(ConnectionRegistry::default());
         let (tx, mut rx) = mpsc::channel(CONTROL_CAPACITY);
         let _reg = registry
-            .register(4, None, "u".into(), ClientIdentity::default(), tx)
+            .register(
+                4,
+                None,
+                "u".into(),
+                "/".into(),
+                ClientIdentity::default(),
+                tx,
+            )
             .unwrap();
         let session = tokio::spawn(async move {
             while let Some(control) = rx.recv().await {

@@ -129,6 +129,30 @@ impl<S: Send + Sync> FromRequestParts<S> for Administrator {
     }
 }
 
+/// A request by a user tagged `monitoring` (or `administrator`): for what sums over every
+/// vhost (the overview, its history, the limits' usage), which a `management` user, limited to
+/// its own vhosts, may not see.
+#[derive(Debug)]
+pub struct Monitoring;
+
+impl<S: Send + Sync> FromRequestParts<S> for Monitoring {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let ApiUser(user) = ApiUser::from_request_parts(parts, state).await?;
+        if user.has_tag(Tag::Monitoring) {
+            return Ok(Monitoring);
+        }
+        Err(ApiError(RequestError::new(
+            ErrorCode::NotAllowed,
+            format!(
+                "user '{}' lacks the tag monitoring that this request requires (it sums over every vhost)",
+                user.name
+            ),
+        )))
+    }
+}
+
 /// A user name and password from an `Authorization` header.
 #[derive(Debug, PartialEq, Eq)]
 struct Credentials {

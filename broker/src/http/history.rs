@@ -23,6 +23,7 @@ use axum::extract::{Path, State};
 use axum::Json;
 
 use super::access::Scope;
+use super::auth::Monitoring;
 use super::error::ApiError;
 use super::Api;
 use crate::auth::ResourceKind;
@@ -378,7 +379,7 @@ struct QueuePoint {
 }
 
 /// `GET /api/overview/history`: the broker's samples of the last 10 minutes, oldest first.
-pub async fn broker(State(api): State<Api>) -> Json<BrokerHistory> {
+pub async fn broker(_: Monitoring, State(api): State<Api>) -> Json<BrokerHistory> {
     Json(api.history.lock().broker_history())
 }
 

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use axum::extract::State;
 use axum::Json;
 
+use super::auth::Monitoring;
 use super::Api;
 use crate::connection::limits::AdmissionLimit;
 
@@ -47,7 +48,7 @@ pub struct Limits {
 }
 
 /// `GET /api/limits`.
-pub async fn show(State(api): State<Api>) -> Json<Limits> {
+pub async fn show(_: Monitoring, State(api): State<Api>) -> Json<Limits> {
     let config = &api.broker.config;
     let l = &config.limits;
     let admission = &api.admission;

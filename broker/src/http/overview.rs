@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use axum::extract::State;
 use axum::Json;
 
+use super::auth::Monitoring;
 use super::Api;
 use crate::metrics::MessageStats;
 
@@ -28,7 +29,7 @@ pub struct Overview {
 }
 
 /// `GET /api/overview`: counts and totals over every queue, read from their live counters.
-pub async fn show(State(api): State<Api>) -> Json<Overview> {
+pub async fn show(_: Monitoring, State(api): State<Api>) -> Json<Overview> {
     let broker = &api.broker;
     let queues = broker.queues();
     let sum = |f: &dyn Fn(&crate::queue::QueueStats) -> u64| -> u64 {

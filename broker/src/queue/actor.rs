@@ -457,7 +457,10 @@ impl Actor {
                 conn.send(ConnEvent::Reply {
                     request_id,
                     reply: Reply::InspectQueueOk(InspectQueueOk {
-                        name: self.meta.name.to_string(),
+                        // The name its vhost's clients use (protocol.md §5.8).
+                        name: crate::routing::namespace::split(&self.meta.name)
+                            .local
+                            .to_owned(),
                         durable: self.meta.durable,
                         exclusive: self.meta.exclusive_owner.is_some(),
                         auto_delete: self.meta.auto_delete,
