@@ -130,15 +130,6 @@ pub struct AccessStore {
     verified: VerifiedCache,
 }
 
-/// Whether a login may wait for its source's turn at the throttle.
-#[derive(Debug, Clone, Copy)]
-enum Patience {
-    /// Up to the throttle's limit: a wire connection waits on its own socket.
-    Wait,
-    /// Not at all.
-    Never,
-}
-
 impl AccessStore {
     /// Opens the users file at `path`, creating the initial one (vhost `/`, user `guest`) if
     /// there is none. `loopback_users` may log in from loopback addresses only.
@@ -188,30 +179,6 @@ impl AccessStore {
         password: &str,
         peer: IpAddr,
     ) -> Result<AuthenticatedUser, LoginRefused> {
-        self.authenticate_with(user, password, peer, Patience::Wait)
-            .await
-    }
-
-    /// [`authenticate`](Self::authenticate) that never waits for the throttle: refused at
-    /// once when the source has no attempt left now (HTTP basic auth, whose waiting requests
-    /// would hold the API's connection slots from other clients).
-    pub async fn authenticate_now(
-        &self,
-        user: &str,
-        password: &str,
-        peer: IpAddr,
-    ) -> Result<AuthenticatedUser, LoginRefused> {
-        self.authenticate_with(user, password, peer, Patience::Never)
-            .await
-    }
-
-    async fn authenticate_with(
-        &self,
-        user: &str,
-        password: &str,
-        peer: IpAddr,
-        patience: Patience,
-    ) -> Result<AuthenticatedUser, LoginRefused> {
         // Before the password is looked at: answering this only for the right password would
         // tell a remote guesser when they found it.
         if self.loopback_users.contains(user) && !is_loopback(peer) {
@@ -219,13 +186,13 @@ impl AccessStore {
                 user: user.to_owned(),
             });
         }
-        let admitted = match patience {
-            Patience::Wait => self.throttle.admit(peer).await,
-            Patience::Never => self.throttle.admit_now(peer).await,
-        };
-        let attempt = admitted.map_err(|t| LoginRefused::Throttled {
-            address: t.source.to_string(),
-        })?;
+        let attempt = self
+            .throttle
+            .admit(peer)
+            .await
+            .map_err(|t| LoginRefused::Throttled {
+                address: t.source.to_string(),
+            })?;
         let access = self.snapshot();
         let found = access.user(user);
         let hash = found.map_or_else(

@@ -137,18 +137,8 @@ impl LoginThrottle {
 
     /// Waits until `ip`'s source may try a password, at most `max_wait`.
     pub async fn admit(&self, ip: IpAddr) -> Result<Attempt<'_>, Throttled> {
-        self.admit_within(ip, self.config.max_wait).await
-    }
-
-    /// Lets `ip`'s source try a password if it may now, without waiting: for HTTP, where a
-    /// waiting request would hold one of the API's few connection slots from everyone else.
-    pub async fn admit_now(&self, ip: IpAddr) -> Result<Attempt<'_>, Throttled> {
-        self.admit_within(ip, Duration::ZERO).await
-    }
-
-    async fn admit_within(&self, ip: IpAddr, patience: Duration) -> Result<Attempt<'_>, Throttled> {
         let source = Source::of(ip);
-        let deadline = Instant::now() + patience;
+        let deadline = Instant::now() + self.config.max_wait;
         loop {
             let wake = Arc::clone(&self.state(&mut self.lock(), source, Instant::now()).wake);
             let notified = wake.notified();

@@ -54,7 +54,7 @@ pub async fn require_user(
         Some(c) => match api
             .broker
             .access
-            .authenticate_now(&c.user, &c.password, peer.addr.ip())
+            .authenticate(&c.user, &c.password, peer.addr.ip())
             .await
         {
             Ok(user) if API_TAGS.iter().any(|t| user.tags.contains(t)) => {
