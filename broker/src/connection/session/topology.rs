@@ -18,18 +18,20 @@ use crate::queue::QueueCmd;
 use crate::routing::Binding;
 
 impl Session {
+    /// The internal name of the client's `name` in its vhost.
+    fn qualified(&self, name: &str) -> Result<String, RequestError> {
+        Ok(self.access.namespace().qualify(name)?.into_owned())
+    }
+
     pub(super) fn on_declare_queue(&mut self, id: RequestId, mut d: DeclareQueue) {
         let checked = if d.passive {
             self.access.check_any(ResourceKind::Queue, &d.name)
         } else {
             self.check_declare_queue(&d)
         };
-        if let Err(e) = checked {
-            return self.send_error(id, e);
-        }
-        d.name = match self.access.namespace().qualify(&d.name) {
-            Ok(n) => n.into_owned(),
-            Err(e) => return self.send_error(id, e.into()),
+        d.name = match checked.and_then(|()| self.qualified(&d.name)) {
+            Ok(name) => name,
+            Err(e) => return self.send_error(id, e),
         };
         let broker = Arc::clone(&self.broker);
         let conn = self.link.id;
@@ -124,12 +126,9 @@ impl Session {
         } else {
             self.check_declare_exchange(&d)
         };
-        if let Err(e) = checked {
-            return self.send_error(id, e);
-        }
-        d.name = match self.access.namespace().qualify(&d.name) {
-            Ok(n) => n.into_owned(),
-            Err(e) => return self.send_error(id, e.into()),
+        d.name = match checked.and_then(|()| self.qualified(&d.name)) {
+            Ok(name) => name,
+            Err(e) => return self.send_error(id, e),
         };
         let broker = Arc::clone(&self.broker);
         let limits = self.access.limits().clone();
