@@ -121,9 +121,13 @@ def queue_name(request: pytest.FixtureRequest) -> str:
 
 
 def spawn_python(*args: str) -> subprocess.Popen[str]:
-    """Runs this interpreter (unbuffered) with `args` in a child process, output piped."""
+    """Runs this interpreter (unbuffered) with `args` in a child process, output piped.
+
+    With the fault handler on, a child that hangs prints every thread's stack on SIGABRT
+    (see `stop` in test_workers.py), so a hang in CI says where it was.
+    """
     return subprocess.Popen(
-        [sys.executable, "-u", *args],
+        [sys.executable, "-u", "-X", "faulthandler", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,

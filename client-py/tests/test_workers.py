@@ -41,7 +41,13 @@ def collect_results(client: sluice.Client, queue: str, count: int, timeout: floa
 
 def stop(process: subprocess.Popen[str], sig: int = signal.SIGTERM) -> tuple[int, str]:
     os.kill(process.pid, sig)
-    _, err = process.communicate(timeout=15)
+    try:
+        _, err = process.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        # Make the hang tell where it is: the fault handler prints every thread's stack.
+        process.send_signal(signal.SIGABRT)
+        out, err = process.communicate(timeout=10)
+        pytest.fail(f"still running 15 s after signal {sig}; stdout:\n{out}\nstderr:\n{err}")
     return process.returncode, err
 
 
