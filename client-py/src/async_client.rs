@@ -10,7 +10,7 @@ use crate::client::{BatchOutcome, Connection};
 use crate::consumer::AsyncConsumer;
 use crate::convert;
 use crate::errors::IntoPyResult;
-use crate::message::IncomingAsync;
+use crate::message::Handoff;
 use crate::options::{self, DeclaredQueue, PublishArgs, QueueArgs, QueueInfo};
 use crate::runtime;
 
@@ -306,7 +306,7 @@ impl AsyncClient {
         let connection = self.connection.clone();
         runtime::coroutine(py, async move {
             let client = connection.get().await?;
-            Ok(client.get(&queue).await.py()?.map(IncomingAsync))
+            Ok(client.get(&queue).await.py()?.map(Handoff::from_get))
         })
     }
 

@@ -5,20 +5,22 @@
 //! async consumer starts on first use; a blocking one starts in `Client.consume()`, where its
 //! errors belong.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use pyo3::exceptions::PyStopAsyncIteration;
 use pyo3::prelude::*;
 use sluice_client::ConsumeOptions;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Connection;
 use crate::convert;
 use crate::errors::{to_py, IntoPyResult};
-use crate::message::{IncomingAsync, Message};
+use crate::message::{Handoff, Message};
 use crate::runtime;
 
 enum State {
@@ -39,6 +41,18 @@ pub(crate) struct ConsumerCore {
     stop: CancellationToken,
     ended: AtomicBool,
     tag: OnceLock<String>,
+    /// Messages taken for an async caller that had stopped waiting (see [`Handoff`]): the
+    /// next reader gets them first.
+    given_back: Mutex<VecDeque<sluice_client::Message>>,
+    /// Wakes a reader waiting on the stream when a message is given back.
+    given_back_wake: Notify,
+}
+
+/// One step of a reader waiting for a message.
+enum Step {
+    Item(Option<sluice_client::Result<sluice_client::Message>>),
+    GivenBack(sluice_client::Message),
+    Stopped,
 }
 
 impl ConsumerCore {
@@ -71,7 +85,31 @@ impl ConsumerCore {
             stop: CancellationToken::new(),
             ended: AtomicBool::new(false),
             tag: OnceLock::new(),
+            given_back: Mutex::default(),
+            given_back_wake: Notify::new(),
         }
+    }
+
+    /// Takes back a message a reader received after its caller stopped waiting for it (an
+    /// asyncio `wait_for` that timed out, a cancelled task): it goes to the next reader, ahead
+    /// of the stream. Once the consumer has ended it returns to the queue instead.
+    pub(crate) fn give_back(&self, message: sluice_client::Message) {
+        if self.is_closed() {
+            requeue(message);
+            return;
+        }
+        self.given_back
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(message);
+        self.given_back_wake.notify_one();
+    }
+
+    fn take_given_back(&self) -> Option<sluice_client::Message> {
+        self.given_back
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front()
     }
 
     fn is_closed(&self) -> bool {
@@ -136,22 +174,33 @@ impl ConsumerCore {
         let State::Active(consumer) = &mut *state else {
             return Ok(None);
         };
+        if let Some(message) = self.take_given_back() {
+            return Ok(Some(message));
+        }
         let next = async {
-            tokio::select! {
-                item = consumer.next() => Some(item),
-                () = self.stop.cancelled() => None,
+            loop {
+                tokio::select! {
+                    item = consumer.next() => return Step::Item(item),
+                    () = self.stop.cancelled() => return Step::Stopped,
+                    () = self.given_back_wake.notified() => {
+                        if let Some(message) = self.take_given_back() {
+                            return Step::GivenBack(message);
+                        }
+                    }
+                }
             }
         };
-        let item = match timeout {
+        let step = match timeout {
             None => next.await,
             Some(timeout) => match tokio::time::timeout(timeout, next).await {
-                Ok(item) => item,
+                Ok(step) => step,
                 Err(_elapsed) => return Ok(None),
             },
         };
-        match item {
-            Some(item) => self.item(&mut state, item),
-            None => Ok(None),
+        match step {
+            Step::Item(item) => self.item(&mut state, item),
+            Step::GivenBack(message) => Ok(Some(message)),
+            Step::Stopped => Ok(None),
         }
     }
 
@@ -162,6 +211,9 @@ impl ConsumerCore {
             return Some(Ok(None));
         }
         let mut state = self.state.try_lock().ok()?;
+        if let Some(message) = self.take_given_back() {
+            return Some(Ok(Some(message)));
+        }
         match &mut *state {
             State::Active(consumer) => {
                 let item = consumer.next().now_or_never()?;
@@ -189,6 +241,9 @@ impl ConsumerCore {
         let mut state = self.state.lock().await;
         let previous = std::mem::replace(&mut *state, State::Ended);
         self.ended.store(true, Ordering::Relaxed);
+        while let Some(message) = self.take_given_back() {
+            requeue(message);
+        }
         match previous {
             State::Active(mut consumer) => match consumer.cancel().await {
                 Err(error) if error.is_connection_closed() => Ok(()),
@@ -323,10 +378,11 @@ impl AsyncConsumer {
     }
 
     fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        fn or_stop(item: Option<sluice_client::Message>) -> PyResult<IncomingAsync> {
-            item.map(IncomingAsync)
+        let core = self.core.clone();
+        let or_stop = move |item: Option<sluice_client::Message>| {
+            item.map(|message| Handoff::from_consumer(message, core.clone()))
                 .ok_or_else(|| PyStopAsyncIteration::new_err(()))
-        }
+        };
         if let Some(item) = self.core.next_now() {
             return runtime::ready(py, item.and_then(or_stop));
         }
@@ -341,7 +397,8 @@ impl AsyncConsumer {
         let timeout = convert::opt_seconds("timeout", timeout)?;
         let core = self.core.clone();
         runtime::coroutine(py, async move {
-            Ok(core.next(timeout).await?.map(IncomingAsync))
+            let item = core.next(timeout).await?;
+            Ok(item.map(|message| Handoff::from_consumer(message, core.clone())))
         })
     }
 
@@ -395,4 +452,12 @@ impl AsyncConsumer {
     fn __repr__(&self) -> String {
         self.core.describe("AsyncConsumer")
     }
+}
+
+/// Returns a message that no caller will see to its queue (delivered again, `redelivered`).
+pub(crate) fn requeue(message: sluice_client::Message) {
+    runtime::runtime().spawn(async move {
+        // Fails only when the connection is gone, and then the broker has requeued it.
+        let _ = message.nack(true).await;
+    });
 }

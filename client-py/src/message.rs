@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use pyo3::exceptions::PyException;
+use pyo3::exceptions::{PyException, PyRuntimeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyType};
 
+use crate::consumer::{self, ConsumerCore};
 use crate::convert;
 use crate::errors::IntoPyResult;
 use crate::runtime;
@@ -301,15 +302,61 @@ pub(crate) struct AsyncMessage {
 }
 
 /// A message on its way to Python as an [`AsyncMessage`], built once the GIL is held.
-pub(crate) struct IncomingAsync(pub(crate) sluice_client::Message);
+///
+/// The asyncio bridge drops the value unconverted when the caller stopped waiting before it
+/// arrived (a `wait_for` that timed out, a cancelled task). The message is not lost with it:
+/// one taken from a consumer goes back to that consumer, first in line; one taken by `get`
+/// returns to its queue.
+pub(crate) struct Handoff {
+    message: Option<sluice_client::Message>,
+    home: Home,
+}
 
-impl<'py> IntoPyObject<'py> for IncomingAsync {
+/// Where a [`Handoff`] nobody took goes.
+enum Home {
+    Consumer(Arc<ConsumerCore>),
+    Queue,
+}
+
+impl Handoff {
+    pub(crate) fn from_consumer(message: sluice_client::Message, core: Arc<ConsumerCore>) -> Self {
+        Handoff {
+            message: Some(message),
+            home: Home::Consumer(core),
+        }
+    }
+
+    pub(crate) fn from_get(message: sluice_client::Message) -> Self {
+        Handoff {
+            message: Some(message),
+            home: Home::Queue,
+        }
+    }
+}
+
+impl Drop for Handoff {
+    fn drop(&mut self) {
+        let Some(message) = self.message.take() else {
+            return; // converted: Python has it
+        };
+        match &self.home {
+            Home::Consumer(core) => core.give_back(message),
+            Home::Queue => consumer::requeue(message),
+        }
+    }
+}
+
+impl<'py> IntoPyObject<'py> for Handoff {
     type Target = AsyncMessage;
     type Output = Bound<'py, AsyncMessage>;
     type Error = PyErr;
 
-    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
-        let inner = Arc::new(self.0);
+    fn into_pyobject(mut self, py: Python<'py>) -> PyResult<Self::Output> {
+        let message = self
+            .message
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("a message was handed to Python twice"))?;
+        let inner = Arc::new(message);
         let init = PyClassInitializer::from(BaseMessage {
             inner: inner.clone(),
         })

@@ -63,22 +63,62 @@ pub(crate) fn runtime() -> Arc<Runtime> {
 /// starts: a task finishing later would attach to a finalizing interpreter (an asyncio
 /// future being resolved after its loop and the interpreter are gone), which crashes CPython.
 /// Waits with the GIL released, so tasks already waiting for it can finish.
+///
+/// The runtime is taken only while the slot holds its last reference. Runtime threads clone
+/// it for a moment when they spawn a task (pyo3-async-runtimes does so when it resolves an
+/// asyncio future); had the slot let go of it then, the last reference would drop on a
+/// runtime thread, which tokio forbids: it panics there and the process dies of SIGSEGV on
+/// its way out. Such a clone is gone within microseconds, so this waits a little for it; a
+/// daemon thread still blocked in a call holds its reference for longer, and then the runtime
+/// is left to it.
 #[pyfunction]
 pub(crate) fn shutdown(py: Python<'_>) {
     let pid = std::process::id();
-    let taken = {
-        let mut slot = RUNTIME.lock().unwrap_or_else(PoisonError::into_inner);
-        match slot.take() {
-            Some((owner, runtime)) if owner == pid => Some(runtime),
-            other => {
-                *slot = other;
-                None
-            }
+    let deadline = std::time::Instant::now() + SHUTDOWN_TIMEOUT;
+    let runtime = loop {
+        match take_if_last(pid) {
+            Taken::Last(runtime) => break runtime,
+            Taken::NotOurs => return,
+            Taken::Shared if std::time::Instant::now() >= deadline => return,
+            Taken::Shared => py.detach(|| std::thread::sleep(Duration::from_millis(1))),
         }
     };
-    // A daemon thread still blocked in a call holds a reference: leave the runtime to it.
-    if let Some(Ok(runtime)) = taken.map(Arc::try_unwrap) {
-        py.detach(|| runtime.shutdown_timeout(SHUTDOWN_TIMEOUT));
+    py.detach(|| runtime.shutdown_timeout(SHUTDOWN_TIMEOUT));
+}
+
+/// What [`take_if_last`] found in the slot.
+enum Taken {
+    /// The runtime, which nothing else references any more.
+    Last(Runtime),
+    /// Another thread holds a reference: the slot keeps the runtime.
+    Shared,
+    /// No runtime of this process.
+    NotOurs,
+}
+
+/// Takes this process's runtime out of the slot if the slot holds its only reference.
+/// References are only cloned from the slot under its lock, so the count cannot grow while
+/// this looks at it.
+fn take_if_last(pid: u32) -> Taken {
+    let mut slot = RUNTIME.lock().unwrap_or_else(PoisonError::into_inner);
+    match &*slot {
+        Some((owner, runtime)) if *owner == pid => {
+            if Arc::strong_count(runtime) > 1 {
+                return Taken::Shared;
+            }
+        }
+        _ => return Taken::NotOurs,
+    }
+    let Some((_, runtime)) = slot.take() else {
+        return Taken::NotOurs;
+    };
+    match Arc::try_unwrap(runtime) {
+        Ok(runtime) => Taken::Last(runtime),
+        Err(runtime) => {
+            // Unreachable while clones come from the slot only; keep it rather than drop it.
+            *slot = Some((pid, runtime));
+            Taken::Shared
+        }
     }
 }
 
