@@ -4,6 +4,11 @@
 //! stream hands them out one by one without copying their bodies out of the receive buffer.
 //! A message is settled with [`Message::ack`], [`nack`](Message::nack),
 //! [`reject`](Message::reject), or its lease pushed back with [`extend`](Message::extend).
+//! These return once the request is queued, as RabbitMQ's `basic.ack` (the broker answers
+//! settles only with errors, which are then logged); their `_confirmed` variants
+//! ([`Message::ack_confirmed`], ...) wait for the broker's outcome, as SQS's
+//! `DeleteMessage`, and return its error (`UNKNOWN_DELIVERY_TAG` for an expired lease) to
+//! the call that sent the request.
 
 use std::fmt;
 use std::pin::Pin;

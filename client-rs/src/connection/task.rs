@@ -363,6 +363,10 @@ where
 
     /// The settle request `settle` got no `Error` before its barrier's answer: it succeeded.
     fn settle_succeeded(&mut self, settle: u32) {
+        // Gone if its `Error` came first (the id may then serve another request already).
+        if !matches!(self.pending.get(&settle), Some(Pending::Settle(_))) {
+            return;
+        }
         if let Some(Pending::Settle(reply)) = self.pending.remove(&settle) {
             let _ = reply.send(Ok(()));
         }
