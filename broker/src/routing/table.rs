@@ -994,8 +994,8 @@ mod tests {
                     ..x.clone()
                 },
                 "alternate_exchange",
-                "ae",
-                "(none)",
+                "'ae'",
+                "none",
             ),
             (
                 Exchange {
