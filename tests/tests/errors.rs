@@ -8,7 +8,7 @@ use std::time::Duration;
 use sluice_client::{
     Client, Error, ErrorCode, ExchangeKind, ExchangeOptions, Message, PublishOptions, QueueOptions,
 };
-use sluice_tests::broker::{within, BrokerProcess, WAIT};
+use sluice_tests::broker::{users_file_command, within, BrokerProcess, WAIT};
 use sluice_tests::http::HttpClient;
 
 /// A broker in a temporary directory.
@@ -249,6 +249,56 @@ async fn messages_dead_lettered_to_a_missing_exchange_are_counted_and_logged_per
     assert!(drops[0].contains("dropped_so_far=1"), "{}", drops[0]);
     assert!(drops[1].contains("dropped_so_far=2"), "{}", drops[1]);
     assert_eq!(client.inspect_queue("work").await.unwrap().ready, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_vhost_the_dead_letter_reports_and_errors_use_the_clients_names() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let data = dir.path().join("data");
+    users_file_command(&data, &["vhost", "add", "staging"], None);
+    let all = [
+        "permissions",
+        "set",
+        "guest",
+        "--vhost",
+        "staging",
+        "--configure",
+        ".*",
+        "--write",
+        ".*",
+        "--read",
+        ".*",
+    ];
+    users_file_command(&data, &all, None);
+    let process = BrokerProcess::start(&data, &[]);
+    let url = format!("{}/staging", process.url());
+    let client = within("connect", Client::connect(&url)).await.unwrap();
+    client
+        .declare_queue("work", QueueOptions::new().dead_letter_exchange("ghost"))
+        .await
+        .unwrap();
+    let (_, message) = server_error(client.declare_queue("work", QueueOptions::new()).await);
+    assert_eq!(
+        message,
+        "queue 'work' exists with other arguments; argument dead_letter_exchange: existing \
+         'ghost', requested absent"
+    );
+    client
+        .publish("", "work", "m", &PublishOptions::new())
+        .await
+        .unwrap();
+    let message = within("get", client.get("work")).await.unwrap().unwrap();
+    message.reject_confirmed().await.unwrap();
+    let lines = process.wait_for_log(WAIT, |line| line.contains("dead-lettered message dropped"));
+    let declared = lines
+        .iter()
+        .find(|l| l.contains("dead-letter exchange that does not exist"))
+        .expect("a warning when the queue was declared");
+    for line in [declared, lines.last().unwrap()] {
+        assert!(!line.contains('\0'), "a raw NUL: {line:?}");
+        assert!(line.contains("staging") && line.contains("work"), "{line}");
+        assert!(line.contains("ghost"), "{line}");
+    }
 }
 
 // ---- settle errors reach their caller ----------------------------------------------------
