@@ -476,6 +476,7 @@ impl Broker {
         } else {
             req.name.clone()
         };
+        warn_if_dead_letter_exchange_missing(&change.next.routing, &name, &req.arguments);
         let durable = req.durable && !req.exclusive;
         let log = self.store.create_queue().map_err(RequestError::from)?;
         let meta = Arc::new(QueueMeta {
@@ -714,52 +715,48 @@ fn declare_ok(q: &QueueHandle) -> DeclareQueueOk {
     }
 }
 
+/// `PRECONDITION_FAILED` naming, in words, the first setting in which an existing queue
+/// differs from a declaration of it (protocol.md §6.1).
 fn check_same_queue(meta: &QueueMeta, req: &DeclareQueue) -> Result<(), RequestError> {
+    let name = &meta.name;
     let durable = req.durable && !req.exclusive;
-    let differs = |field: &str, have: String, want: String| {
-        RequestError::precondition(format!(
-            "queue '{}' exists with {field} {have}, not {want}",
-            meta.name
-        ))
-    };
-    if meta.durable != durable {
-        return Err(differs(
-            "durable",
-            meta.durable.to_string(),
-            durable.to_string(),
-        ));
-    }
-    if meta.exclusive_owner.is_some() != req.exclusive {
-        return Err(differs(
-            "exclusive",
-            meta.exclusive_owner.is_some().to_string(),
-            req.exclusive.to_string(),
-        ));
-    }
-    if meta.auto_delete != req.auto_delete {
-        return Err(differs(
-            "auto_delete",
-            meta.auto_delete.to_string(),
-            req.auto_delete.to_string(),
-        ));
+    let flags = [
+        ("durable", meta.durable, durable),
+        ("exclusive", meta.exclusive_owner.is_some(), req.exclusive),
+        ("auto_delete", meta.auto_delete, req.auto_delete),
+    ];
+    if let Some((field, have, want)) = flags.into_iter().find(|(_, h, w)| h != w) {
+        return Err(RequestError::precondition(format!(
+            "queue '{name}' exists with {field}={have}; the declare asked {field}={want}"
+        )));
     }
     if let Some(d) = first_argument_difference(&meta.arguments, &req.arguments) {
-        let name = &meta.name;
-        let field = d.field;
-        return Err(RequestError::precondition(match (d.have, d.want) {
-            (Some(have), Some(want)) => {
-                format!("queue '{name}' exists with {field} {have}, not {want}")
-            }
-            (Some(have), None) => format!(
-                "queue '{name}' exists with {field} {have}, which this declaration does not set"
-            ),
-            (None, want) => format!(
-                "queue '{name}' exists without {field}, which this declaration sets to {}",
-                want.unwrap_or_default()
-            ),
-        }));
+        return Err(RequestError::precondition(format!(
+            "queue '{name}' exists with other arguments; {d}"
+        )));
     }
     Ok(())
+}
+
+/// A queue may name a dead-letter exchange that does not exist yet (as in RabbitMQ: the
+/// exchange is often declared after the queue, and definitions are imported in any order), so
+/// the declaration succeeds; the broker says so in its log. Messages dead-lettered while it
+/// is missing are dropped, counted and logged (`queue::actor::dead_letter`).
+fn warn_if_dead_letter_exchange_missing(routing: &RoutingTable, queue: &str, a: &QueueArguments) {
+    let Some(dlx) = &a.dead_letter_exchange else {
+        return;
+    };
+    let internal = format!("{}{dlx}", namespace::prefix_of(queue));
+    if routing.exchange(&internal).is_none() {
+        let queue = namespace::split(queue);
+        tracing::warn!(
+            vhost = queue.vhost,
+            queue = queue.local,
+            dead_letter_exchange = dlx.as_str(),
+            "queue declared with a dead-letter exchange that does not exist: its dead letters \
+             are dropped until the exchange is declared"
+        );
+    }
 }
 
 /// One queue argument that differs between the existing queue and a declaration, its values
@@ -769,6 +766,20 @@ struct ArgumentDifference {
     field: &'static str,
     have: Option<String>,
     want: Option<String>,
+}
+
+/// `argument message_ttl_ms: existing 60000, requested absent`.
+impl std::fmt::Display for ArgumentDifference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "absent".to_owned());
+        write!(
+            f,
+            "argument {}: existing {}, requested {}",
+            self.field,
+            show(&self.have),
+            show(&self.want)
+        )
+    }
 }
 
 /// The first argument, in wire order, that `want` sets differently from `have`; a plain

@@ -33,6 +33,8 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _sluice(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("ERROR_CODES", errors::error_codes())?;
+    m.add_function(wrap_pyfunction!(errors::_exception_for, m)?)?;
     let shutdown = wrap_pyfunction!(runtime::shutdown, m)?;
     m.py()
         .import("atexit")?

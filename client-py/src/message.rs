@@ -2,8 +2,10 @@
 //! `AsyncMessage` (asyncio API) with the settling methods, and the `process()` context
 //! managers that ack on success and reject (or requeue) on an exception.
 //!
-//! Settling never waits for the broker (acks are not answered on success), so the blocking
-//! methods return at once and the async ones return futures that are already done.
+//! Settling does not wait for the broker by default (acks are not answered on success), so
+//! the blocking methods return at once and the async ones return futures that are already
+//! done. With `confirm=True` they wait for the broker's outcome (one round trip) and raise
+//! its error, e.g. `UnknownDeliveryTag` when the lease had expired.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,29 +73,45 @@ impl Settle {
         }
     }
 
-    async fn run(self, message: Arc<sluice_client::Message>) -> PyResult<()> {
-        match self {
-            Settle::Ack => message.ack().await,
-            Settle::Nack { requeue } => message.nack(requeue).await,
-            Settle::Reject => message.reject().await,
-            Settle::Extend(by) => message.extend(by).await,
+    async fn run(self, message: Arc<sluice_client::Message>, confirm: bool) -> PyResult<()> {
+        match (self, confirm) {
+            (Settle::Ack, false) => message.ack().await,
+            (Settle::Ack, true) => message.ack_confirmed().await,
+            (Settle::Nack { requeue }, false) => message.nack(requeue).await,
+            (Settle::Nack { requeue }, true) => message.nack_confirmed(requeue).await,
+            (Settle::Reject, false) => message.reject().await,
+            (Settle::Reject, true) => message.reject_confirmed().await,
+            (Settle::Extend(by), false) => message.extend(by).await,
+            (Settle::Extend(by), true) => message.extend_confirmed(by).await,
         }
         .py()
     }
 
-    /// Settles from the blocking API.
-    fn blocking(self, py: Python<'_>, message: &Arc<sluice_client::Message>) -> PyResult<()> {
-        runtime::now_or_block_on(py, self.run(message.clone()))
+    /// Settles from the blocking API; with `confirm`, waits for the broker's outcome.
+    fn blocking(
+        self,
+        py: Python<'_>,
+        message: &Arc<sluice_client::Message>,
+        confirm: bool,
+    ) -> PyResult<()> {
+        runtime::now_or_block_on(py, self.run(message.clone(), confirm))
     }
 
-    /// Settles from the async API: an asyncio future, done at once in practice.
+    /// Settles from the async API: an asyncio future, done at once in practice unless
+    /// `confirm` waits for the broker.
     fn awaitable<'py>(
         self,
         py: Python<'py>,
         message: &Arc<sluice_client::Message>,
+        confirm: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let mut future = Box::pin(self.run(message.clone()));
-        match future.as_mut().now_or_never() {
+        let mut future = Box::pin(self.run(message.clone(), confirm));
+        let polled = {
+            // Inside the runtime's context: a confirmed settle starts a timer.
+            let _context = runtime::runtime().enter();
+            future.as_mut().now_or_never()
+        };
+        match polled {
             Some(outcome) => runtime::ready(py, outcome),
             None => runtime::awaitable(py, future),
         }
@@ -254,27 +272,33 @@ impl Message {
 
 #[pymethods]
 impl Message {
-    /// The message was processed: the broker deletes it.
-    fn ack(&self, py: Python<'_>) -> PyResult<()> {
-        Settle::Ack.blocking(py, &self.inner)
+    /// The message was processed: the broker deletes it. Returns once the ack is sent; with
+    /// `confirm=True`, once the broker handled it, raising `UnknownDeliveryTag` if the lease
+    /// had expired (the message will be delivered again).
+    #[pyo3(signature = (*, confirm = false))]
+    fn ack(&self, py: Python<'_>, confirm: bool) -> PyResult<()> {
+        Settle::Ack.blocking(py, &self.inner, confirm)
     }
 
     /// The message was not processed: back to its queue if `requeue` (delivered again),
-    /// else dead-lettered (or dropped).
-    #[pyo3(signature = (requeue = true))]
-    fn nack(&self, py: Python<'_>, requeue: bool) -> PyResult<()> {
-        Settle::Nack { requeue }.blocking(py, &self.inner)
+    /// else dead-lettered (or dropped). `confirm` as in `ack`.
+    #[pyo3(signature = (requeue = true, *, confirm = false))]
+    fn nack(&self, py: Python<'_>, requeue: bool, confirm: bool) -> PyResult<()> {
+        Settle::Nack { requeue }.blocking(py, &self.inner, confirm)
     }
 
     /// The message is bad: dead-lettered, or dropped if its queue has no dead-letter
-    /// exchange.
-    fn reject(&self, py: Python<'_>) -> PyResult<()> {
-        Settle::Reject.blocking(py, &self.inner)
+    /// exchange. `confirm` as in `ack`.
+    #[pyo3(signature = (*, confirm = false))]
+    fn reject(&self, py: Python<'_>, confirm: bool) -> PyResult<()> {
+        Settle::Reject.blocking(py, &self.inner, confirm)
     }
 
-    /// Moves the ack deadline (lease) to `seconds` from now, for long tasks.
-    fn extend(&self, py: Python<'_>, seconds: f64) -> PyResult<()> {
-        Settle::Extend(convert::seconds("seconds", seconds)?).blocking(py, &self.inner)
+    /// Moves the ack deadline (lease) to `seconds` from now, for long tasks. `confirm` as
+    /// in `ack`.
+    #[pyo3(signature = (seconds, *, confirm = false))]
+    fn extend(&self, py: Python<'_>, seconds: f64, confirm: bool) -> PyResult<()> {
+        Settle::Extend(convert::seconds("seconds", seconds)?).blocking(py, &self.inner, confirm)
     }
 
     /// A context manager that acks the message when the block succeeds, and rejects it
@@ -367,25 +391,39 @@ impl<'py> IntoPyObject<'py> for Handoff {
 
 #[pymethods]
 impl AsyncMessage {
-    /// The message was processed: the broker deletes it.
-    fn ack<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        Settle::Ack.awaitable(py, &self.inner)
+    /// The message was processed: the broker deletes it. With `confirm=True` the awaitable
+    /// waits for the broker and raises `UnknownDeliveryTag` if the lease had expired.
+    #[pyo3(signature = (*, confirm = false))]
+    fn ack<'py>(&self, py: Python<'py>, confirm: bool) -> PyResult<Bound<'py, PyAny>> {
+        Settle::Ack.awaitable(py, &self.inner, confirm)
     }
 
     /// The message was not processed: back to its queue if `requeue`, else dead-lettered.
-    #[pyo3(signature = (requeue = true))]
-    fn nack<'py>(&self, py: Python<'py>, requeue: bool) -> PyResult<Bound<'py, PyAny>> {
-        Settle::Nack { requeue }.awaitable(py, &self.inner)
+    #[pyo3(signature = (requeue = true, *, confirm = false))]
+    fn nack<'py>(
+        &self,
+        py: Python<'py>,
+        requeue: bool,
+        confirm: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        Settle::Nack { requeue }.awaitable(py, &self.inner, confirm)
     }
 
     /// The message is bad: dead-lettered, or dropped.
-    fn reject<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        Settle::Reject.awaitable(py, &self.inner)
+    #[pyo3(signature = (*, confirm = false))]
+    fn reject<'py>(&self, py: Python<'py>, confirm: bool) -> PyResult<Bound<'py, PyAny>> {
+        Settle::Reject.awaitable(py, &self.inner, confirm)
     }
 
     /// Moves the ack deadline (lease) to `seconds` from now.
-    fn extend<'py>(&self, py: Python<'py>, seconds: f64) -> PyResult<Bound<'py, PyAny>> {
-        Settle::Extend(convert::seconds("seconds", seconds)?).awaitable(py, &self.inner)
+    #[pyo3(signature = (seconds, *, confirm = false))]
+    fn extend<'py>(
+        &self,
+        py: Python<'py>,
+        seconds: f64,
+        confirm: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        Settle::Extend(convert::seconds("seconds", seconds)?).awaitable(py, &self.inner, confirm)
     }
 
     /// An async context manager: ack when the block succeeds, reject (or requeue) when it
@@ -419,7 +457,7 @@ fn end_block(
     }
     let ending = BlockEnd::of(exc_type);
     let how = Settle::after_block(message, ending, requeue, reject_on_redelivered);
-    match how.blocking(py, message) {
+    match how.blocking(py, message, false) {
         Err(error) if ending == BlockEnd::Succeeded => Err(error),
         _ => Ok(false),
     }

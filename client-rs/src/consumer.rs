@@ -4,10 +4,16 @@
 //! stream hands them out one by one without copying their bodies out of the receive buffer.
 //! A message is settled with [`Message::ack`], [`nack`](Message::nack),
 //! [`reject`](Message::reject), or its lease pushed back with [`extend`](Message::extend).
+//! These return once the request is queued, as RabbitMQ's `basic.ack` (the broker answers
+//! settles only with errors, which are then logged); their `_confirmed` variants
+//! ([`Message::ack_confirmed`], ...) wait for the broker's outcome, as SQS's
+//! `DeleteMessage`, and return its error (`UNKNOWN_DELIVERY_TAG` for an expired lease) to
+//! the call that sent the request.
 
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -57,7 +63,7 @@ impl Client {
         Ok(Consumer {
             id: ok.consumer_id,
             tag: ok.consumer_tag,
-            queue: queue.to_owned(),
+            queue: Arc::from(queue),
             events,
             batch: Vec::new().into_iter(),
             client: self.clone(),
@@ -74,7 +80,9 @@ impl Client {
             })
             .await?;
         match reply {
-            Reply::GetOk(ok) => Ok(ok.delivery.map(|d| Message::new(d, self.clone()))),
+            Reply::GetOk(ok) => Ok(ok
+                .delivery
+                .map(|d| Message::new(d, Arc::from(queue), self.clone()))),
             other => Err(unexpected_reply(other)),
         }
     }
@@ -89,7 +97,7 @@ impl Client {
 pub struct Consumer {
     id: ConsumerId,
     tag: String,
-    queue: String,
+    queue: Arc<str>,
     events: mpsc::UnboundedReceiver<ConsumerEvent>,
     /// The rest of the last `Deliver` batch.
     batch: std::vec::IntoIter<Delivery>,
@@ -162,7 +170,8 @@ impl Stream for Consumer {
         let this = self.get_mut();
         loop {
             if let Some(delivery) = this.batch.next() {
-                return Poll::Ready(Some(Ok(Message::new(delivery, this.client.clone()))));
+                let queue = Arc::clone(&this.queue);
+                return Poll::Ready(Some(Ok(Message::new(delivery, queue, this.client.clone()))));
             }
             if this.ended {
                 return Poll::Ready(None);
@@ -237,6 +246,8 @@ pub struct Message {
     /// redeliveries); see [`enqueued_at`](Self::enqueued_at).
     pub enqueued_at_ms: u64,
     meta: Bytes,
+    /// The queue it came from: where a confirmed settle sends its barrier.
+    queue: Arc<str>,
     client: Client,
     settled: AtomicBool,
 }
@@ -273,7 +284,7 @@ const EMPTY_META: MetaView<'static> = MetaView {
 };
 
 impl Message {
-    fn new(delivery: Delivery, client: Client) -> Self {
+    fn new(delivery: Delivery, queue: Arc<str>, client: Client) -> Self {
         Message {
             body: delivery.body,
             delivery_tag: delivery.delivery_tag,
@@ -282,6 +293,7 @@ impl Message {
             message_seq: delivery.message_seq,
             enqueued_at_ms: delivery.enqueued_at_ms,
             meta: delivery.meta,
+            queue,
             client,
             settled: AtomicBool::new(false),
         }
@@ -338,6 +350,11 @@ impl Message {
         &self.client
     }
 
+    /// The queue the message came from.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
     fn settle(&self, request: impl Into<Request>) -> Result<()> {
         if self.settled.swap(true, Ordering::Relaxed) {
             return Err(Error::AlreadySettled);
@@ -345,13 +362,61 @@ impl Message {
         self.client.send_request(request)
     }
 
-    /// Acks: the message was processed; the broker deletes it. Not answered on success, so
-    /// `Ok` means the ack was queued; a late failure (the lease had expired) is logged.
+    /// Sends a settle request and waits for the broker to have handled it: `Ok` when it
+    /// succeeded, the broker's error (e.g. `UNKNOWN_DELIVERY_TAG`) otherwise. Costs a round
+    /// trip (an `InspectQueue` of the message's queue follows the request; its answer proves
+    /// the settle succeeded, protocol.md §10).
+    async fn confirm(&self, request: Request) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.client.send(Command::Settle {
+            request,
+            queue: Arc::clone(&self.queue),
+            reply,
+        })?;
+        self.client.wait(rx).await
+    }
+
+    /// Marks the message settled, then [`confirm`](Self::confirm)s `request`.
+    async fn settle_confirmed(&self, request: impl Into<Request>) -> Result<()> {
+        if self.settled.swap(true, Ordering::Relaxed) {
+            return Err(Error::AlreadySettled);
+        }
+        self.confirm(request.into()).await
+    }
+
+    /// Acks: the message was processed; the broker deletes it. Like RabbitMQ's `basic.ack`,
+    /// this does not wait for the broker (acks are not answered on success): `Ok` means the
+    /// ack was queued, and a late failure (the lease had expired, so the message will be
+    /// delivered again) is only logged. [`ack_confirmed`](Self::ack_confirmed) reports it.
     pub async fn ack(&self) -> Result<()> {
         self.settle(Ack {
             delivery_tag: self.delivery_tag,
             multiple: false,
         })
+    }
+
+    /// Acks and waits for the broker to have deleted the message, like SQS's
+    /// `DeleteMessage`: fails with [`ErrorCode::UnknownDeliveryTag`](crate::ErrorCode) when
+    /// the delivery was no longer outstanding (its lease expired: the message will be, or
+    /// was, delivered again). Costs one round trip; acks of other messages sent meanwhile
+    /// are not slowed down.
+    ///
+    /// ```no_run
+    /// # async fn example(message: sluice_client::Message) -> sluice_client::Result<()> {
+    /// match message.ack_confirmed().await {
+    ///     Ok(()) => {}
+    ///     Err(e) if e.is_unknown_delivery_tag() => println!("too late: it will come again"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn ack_confirmed(&self) -> Result<()> {
+        self.settle_confirmed(Ack {
+            delivery_tag: self.delivery_tag,
+            multiple: false,
+        })
+        .await
     }
 
     /// Acks this delivery and every earlier outstanding one of the connection, whatever
@@ -365,7 +430,8 @@ impl Message {
 
     /// Nacks: the message was not processed. With `requeue` it returns to its queue
     /// (`delivery_count` + 1, dead-lettered past the queue's delivery limit); without, it is
-    /// dead-lettered (or dropped when the queue has no dead-letter exchange).
+    /// dead-lettered (or dropped when the queue has no dead-letter exchange). Does not wait
+    /// for the broker, as [`ack`](Self::ack).
     pub async fn nack(&self, requeue: bool) -> Result<()> {
         self.settle(Nack {
             delivery_tag: self.delivery_tag,
@@ -374,22 +440,56 @@ impl Message {
         })
     }
 
+    /// [`nack`](Self::nack), waiting for the broker's outcome as
+    /// [`ack_confirmed`](Self::ack_confirmed).
+    pub async fn nack_confirmed(&self, requeue: bool) -> Result<()> {
+        self.settle_confirmed(Nack {
+            delivery_tag: self.delivery_tag,
+            multiple: false,
+            requeue,
+        })
+        .await
+    }
+
     /// Rejects: the message is bad; dead-lettered, or dropped without a dead-letter exchange.
+    /// Does not wait for the broker, as [`ack`](Self::ack).
     pub async fn reject(&self) -> Result<()> {
         self.settle(Reject {
             delivery_tag: self.delivery_tag,
         })
     }
 
+    /// [`reject`](Self::reject), waiting for the broker's outcome as
+    /// [`ack_confirmed`](Self::ack_confirmed).
+    pub async fn reject_confirmed(&self) -> Result<()> {
+        self.settle_confirmed(Reject {
+            delivery_tag: self.delivery_tag,
+        })
+        .await
+    }
+
     /// Pushes the ack deadline to `by` from now (a heartbeat for long tasks). Does not
-    /// settle the message.
+    /// settle the message, nor wait for the broker, as [`ack`](Self::ack).
     pub async fn extend(&self, by: Duration) -> Result<()> {
         if self.is_settled() {
             return Err(Error::AlreadySettled);
         }
-        self.client.send_request(Extend {
+        self.client.send_request(self.extend_request(by))
+    }
+
+    /// [`extend`](Self::extend), waiting for the broker's outcome: fails with
+    /// `UNKNOWN_DELIVERY_TAG` when the lease had already expired.
+    pub async fn extend_confirmed(&self, by: Duration) -> Result<()> {
+        if self.is_settled() {
+            return Err(Error::AlreadySettled);
+        }
+        self.confirm(self.extend_request(by).into()).await
+    }
+
+    fn extend_request(&self, by: Duration) -> Extend {
+        Extend {
             delivery_tag: self.delivery_tag,
             extend_ms: millis_at_least_1(by),
-        })
+        }
     }
 }

@@ -48,7 +48,10 @@ pub enum Error {
         message: String,
     },
     /// The server refused a published message (`PublishRejected`). It was not stored, except
-    /// possibly in other queues for [`ErrorCode::QueueFull`] (protocol.md §8.4).
+    /// possibly in other queues for [`ErrorCode::QueueFull`] (protocol.md §8.4). The code may
+    /// be of any group: `NOT_FOUND` for a missing exchange, `ACCESS_REFUSED` for a missing
+    /// permission, `QUEUE_FULL`...; match on it, or use [`Error::code`] and the `is_*`
+    /// methods, which look at it whatever frame carried it.
     #[error("message {seq} refused: {code}: {message}")]
     PublishRejected {
         /// The message's publish sequence number on its connection.
@@ -298,6 +301,28 @@ impl Error {
         self.has_code(ErrorCode::Unroutable)
     }
 
+    /// `QUEUE_FULL`: a `reject-publish` queue at its length limit refused the message.
+    pub fn is_queue_full(&self) -> bool {
+        self.has_code(ErrorCode::QueueFull)
+    }
+
+    /// `MESSAGE_TOO_LARGE` from the server, or a message this client refused to send for
+    /// being larger than the server accepts ([`Error::MessageTooLarge`]).
+    pub fn is_message_too_large(&self) -> bool {
+        matches!(self, Error::MessageTooLarge { .. }) || self.has_code(ErrorCode::MessageTooLarge)
+    }
+
+    /// `INVALID_ARGUMENT` from the server, or an argument this client could not encode
+    /// ([`Error::InvalidArgument`]).
+    pub fn is_invalid_argument(&self) -> bool {
+        matches!(self, Error::InvalidArgument(_)) || self.has_code(ErrorCode::InvalidArgument)
+    }
+
+    /// `LIMIT_EXCEEDED`: a configured limit would be exceeded; the message names it.
+    pub fn is_limit_exceeded(&self) -> bool {
+        self.has_code(ErrorCode::LimitExceeded)
+    }
+
     /// The server refused a published message (any code).
     pub fn is_publish_rejected(&self) -> bool {
         matches!(self, Error::PublishRejected { .. })
@@ -426,6 +451,39 @@ mod tests {
             forced.to_string(),
             "connection closed: closed by the server with CONNECTION_FORCED (106): shutdown"
         );
+    }
+
+    /// Every code reaches the caller typed, whichever frame carries it: a `match` on
+    /// `Error::PublishRejected { code: ErrorCode::NotFound, .. }` works like one on
+    /// `Error::Server { code, .. }`.
+    #[test]
+    fn every_code_is_reachable_as_a_typed_error() {
+        for &code in ErrorCode::ALL {
+            let rejected = Error::from(Rejection {
+                seq: PublishSeq(1),
+                code,
+                message: String::new(),
+            });
+            assert!(
+                matches!(rejected, Error::PublishRejected { code: c, .. } if c == code),
+                "{code}"
+            );
+            assert_eq!(rejected.code(), Some(code));
+            let failed = Error::from(ErrorReply {
+                code,
+                message: String::new(),
+            });
+            assert!(matches!(failed, Error::Server { code: c, .. } if c == code));
+            assert_eq!(failed.code(), Some(code));
+        }
+        let full = Error::from(Rejection {
+            seq: PublishSeq(2),
+            code: ErrorCode::QueueFull,
+            message: "queue 'q' is full".into(),
+        });
+        assert!(full.is_queue_full() && full.is_publish_rejected() && !full.is_not_found());
+        let too_large = Error::MessageTooLarge { size: 10, max: 5 };
+        assert!(too_large.is_message_too_large());
     }
 
     #[test]

@@ -573,7 +573,7 @@ fn declaring_a_queue_with_other_arguments_names_the_one_that_differs() {
     broker.ok(&["declare-queue", "limited", "--max-length", "10"]);
     let run = broker.run(&["declare-queue", "limited", "--max-length", "20"]);
     run.assert_fails_with(
-        "queue 'limited' exists with max_length 10, not 20 (PRECONDITION_FAILED)",
+        "queue 'limited' exists with other arguments; argument max_length: existing 10, requested 20 (PRECONDITION_FAILED)",
     );
     let run = broker.run(&[
         "declare-queue",
@@ -584,7 +584,7 @@ fn declaring_a_queue_with_other_arguments_names_the_one_that_differs() {
         "dlx",
     ]);
     run.assert_fails_with(
-        "queue 'limited' exists without dead_letter_exchange, which this declaration sets to 'dlx' (PRECONDITION_FAILED)",
+        "queue 'limited' exists with other arguments; argument dead_letter_exchange: existing absent, requested 'dlx' (PRECONDITION_FAILED)",
     );
     assert!(!run.stderr.contains("QueueArguments"), "{}", run.stderr);
 }

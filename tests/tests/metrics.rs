@@ -534,6 +534,14 @@ async fn make_every_series(broker: &Broker) -> Client {
     let _ = client
         .publish("", "nowhere", "x", &PublishOptions::new().mandatory())
         .await;
+    // A dead letter with no exchange to go to.
+    client
+        .declare_queue("orphan", QueueOptions::new().dead_letter_exchange("ghost"))
+        .await
+        .unwrap();
+    publish(&client, "orphan", 1).await;
+    let orphan = client.get("orphan").await.unwrap().expect("a message");
+    orphan.reject().await.unwrap();
     broker
         .scrape_until("every series", |s| {
             s.get(
@@ -541,6 +549,11 @@ async fn make_every_series(broker: &Broker) -> Client {
                 &[("queue", "small"), ("code", "QUEUE_FULL")],
             )
             .is_some()
+                && s.get(
+                    "sluice_queue_dead_letters_dropped_messages_total",
+                    &[("queue", "orphan"), ("reason", "rejected")],
+                )
+                .is_some()
                 && s.get("sluice_queue_acked_messages_total", &[("queue", "work")]) == Some(8.0)
         })
         .await;

@@ -318,6 +318,26 @@ fn encode_queue_counters(enc: &mut DescriptorEncoder, queues: &[&QueueHandle]) -
         }
     }
     let mut m = enc.encode_descriptor(
+        "sluice_queue_dead_letters_dropped_messages",
+        "Messages to be dead-lettered that were dropped because the queue's dead-letter exchange does not exist or routes them nowhere, by reason (only reasons that happened).",
+        None,
+        MetricType::Counter,
+    )?;
+    for q in queues {
+        for reason in DeathReason::ALL {
+            let n = load(&q.meta.stats.dead_letters_dropped[reason as usize]);
+            if n > 0 {
+                let name = namespace::split(&q.meta.name);
+                let labels = [
+                    ("vhost", name.vhost),
+                    ("queue", name.local),
+                    ("reason", reason.as_str()),
+                ];
+                counter_value(&mut m.encode_family(&labels)?, n)?;
+            }
+        }
+    }
+    let mut m = enc.encode_descriptor(
         "sluice_queue_refused_messages",
         "Messages the queue refused, by wire error code (only codes that refused any).",
         None,

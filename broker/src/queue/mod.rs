@@ -423,6 +423,9 @@ pub struct QueueStats {
     /// Messages moved to the dead-letter exchange, by [`DeathReason`] (index `reason as
     /// usize`), counted once their copies are stored.
     pub dead_lettered: [AtomicU64; DeathReason::ALL.len()],
+    /// Messages that were to be dead-lettered but were dropped, by [`DeathReason`]: the
+    /// dead-letter exchange does not exist, or routes them to no queue.
+    pub dead_letters_dropped: [AtomicU64; DeathReason::ALL.len()],
     /// Stored messages whose part of the publisher's confirm is settled: durable, or
     /// transient and stored.
     pub confirmed: AtomicU64,

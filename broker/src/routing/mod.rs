@@ -50,15 +50,17 @@ pub enum RoutingError {
     #[error("queue '{0}' not found")]
     QueueNotFound(String),
     /// The exchange exists with different properties than the ones declared.
-    #[error("exchange '{name}' exists with {field} '{existing}', not '{requested}'")]
+    #[error(
+        "exchange '{name}' exists with {field}={existing}; the declare asked {field}={requested}"
+    )]
     ExchangeMismatch {
         /// The exchange.
         name: String,
         /// The property that differs: `kind`, `durable`, `auto_delete` or `alternate_exchange`.
         field: &'static str,
-        /// Its current value.
+        /// Its current value, in words (`topic`, `true`, `'ae'`, `none`).
         existing: String,
-        /// The value asked for.
+        /// The value asked for, in words.
         requested: String,
     },
     /// The default exchange cannot be declared, deleted, bound or unbound.

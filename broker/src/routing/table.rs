@@ -631,7 +631,10 @@ fn check_equivalent(existing: &Exchange, requested: &Exchange) -> Result<(), Rou
         ));
     }
     if existing.alternate_exchange != requested.alternate_exchange {
-        let show = |ae: &Option<String>| ae.clone().unwrap_or_else(|| "(none)".to_owned());
+        let show = |ae: &Option<String>| {
+            ae.as_ref()
+                .map_or_else(|| "none".to_owned(), |ae| format!("'{ae}'"))
+        };
         return Err(mismatch(
             "alternate_exchange",
             show(&existing.alternate_exchange),
@@ -991,8 +994,8 @@ mod tests {
                     ..x.clone()
                 },
                 "alternate_exchange",
-                "ae",
-                "(none)",
+                "'ae'",
+                "none",
             ),
             (
                 Exchange {
@@ -1000,8 +1003,8 @@ mod tests {
                     ..x.clone()
                 },
                 "alternate_exchange",
-                "ae",
-                "other",
+                "'ae'",
+                "'other'",
             ),
         ];
         for (requested, field, existing, asked) in cases {

@@ -152,6 +152,14 @@ pub(crate) enum Command {
     /// A request not answered on success: `Ack`, `Nack`, `Reject`, `Extend`, `SetPrefetch`.
     /// A failure is only logged.
     Send(Request),
+    /// A settle request (`Ack`, `Nack`, `Reject`, `Extend`) of a delivery from `queue`, whose
+    /// outcome goes to `reply`: its `Error`, or `Ok` once the answer to an `InspectQueue` of
+    /// the same queue, sent right after it, proves that it succeeded (protocol.md §10).
+    Settle {
+        request: Request,
+        queue: Arc<str>,
+        reply: oneshot::Sender<Result<()>>,
+    },
     /// Messages to publish; their outcome goes to `sink`.
     Publish { batch: Batch, sink: PublishSink },
     /// Starts a consumer whose deliveries go to `events`.

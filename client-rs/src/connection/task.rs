@@ -18,8 +18,8 @@ use super::{Batch, Command, ConsumerEvent, Shared};
 use crate::error::{CloseReason, Error, Result};
 use crate::wire::{
     Cancel, CancelOk, Close, ConsumeOk, ConsumerCancelled, ConsumerId, Deliver, Delivery,
-    DeliveryTag, ErrorCode, ErrorReply, Frame, FrameBody, FrameDecoder, MetaView, Nack, Reply,
-    Request, RequestId,
+    DeliveryTag, ErrorCode, ErrorReply, Frame, FrameBody, FrameDecoder, InspectQueue, MetaView,
+    Nack, Reply, Request, RequestId,
 };
 
 /// Stop taking commands while this much is waiting to be written.
@@ -45,6 +45,14 @@ enum Pending {
         consumer: ConsumerId,
         reply: Option<oneshot::Sender<Result<()>>>,
     },
+    /// A settle request whose caller waits for its outcome: an `Error` fails it, the answer
+    /// to its barrier proves it succeeded.
+    Settle(oneshot::Sender<Result<()>>),
+    /// The `InspectQueue` sent after the settle request `settle`: the queue answers it only
+    /// after that settle, so whatever the answer, the settle did not fail.
+    SettleBarrier {
+        settle: u32,
+    },
 }
 
 impl Pending {
@@ -61,6 +69,11 @@ impl Pending {
                     let _ = reply.send(Err(error));
                 }
             }
+            Pending::Settle(reply) => {
+                let _ = reply.send(Err(error));
+            }
+            // Its settle is pending too, and fails with the same error.
+            Pending::SettleBarrier { .. } => {}
         }
     }
 }
@@ -309,6 +322,7 @@ where
             Some(Pending::Reply(reply)) => {
                 let _ = reply.send(Ok(body));
             }
+            Some(Pending::SettleBarrier { settle }) => self.settle_succeeded(settle),
             Some(other) => other.fail(Error::Protocol(format!(
                 "unexpected {:?} answering request {id}",
                 body.opcode()
@@ -332,6 +346,9 @@ where
                     let _ = reply.send(result);
                 }
             }
+            // The queue answered the barrier (with an error: it was deleted meanwhile, which
+            // a settle survives, §6.2) after the settle: the settle did not fail.
+            Some(Pending::SettleBarrier { settle }) => self.settle_succeeded(settle),
             Some(pending) => pending.fail(error.into()),
             // A request that is not answered on success: Ack, Nack, Reject, Extend,
             // SetPrefetch. Nobody waits for it.
@@ -341,6 +358,17 @@ where
                 "request failed: {}",
                 error.message
             ),
+        }
+    }
+
+    /// The settle request `settle` got no `Error` before its barrier's answer: it succeeded.
+    fn settle_succeeded(&mut self, settle: u32) {
+        // Gone if its `Error` came first (the id may then serve another request already).
+        if !matches!(self.pending.get(&settle), Some(Pending::Settle(_))) {
+            return;
+        }
+        if let Some(Pending::Settle(reply)) = self.pending.remove(&settle) {
+            let _ = reply.send(Ok(()));
         }
     }
 
@@ -504,6 +532,11 @@ where
                     tracing::warn!("request not sent: {e}");
                 }
             }
+            Command::Settle {
+                request,
+                queue,
+                reply,
+            } => self.settle_confirmed(request, &queue, reply),
             Command::Publish { batch, sink } => {
                 if self.blocked || !self.held.is_empty() {
                     self.held.push_back((batch, sink));
@@ -539,6 +572,39 @@ where
             },
             Command::Release { consumer, requeue } => self.release(consumer, requeue),
             Command::Close { reply } => self.start_close(Some(reply)),
+        }
+    }
+
+    /// Writes a settle request and, right behind it, its barrier: an `InspectQueue` of the
+    /// delivery's queue. The queue handles both in order, so an `Error` for the settle
+    /// arrives before the barrier's answer (protocol.md §10).
+    fn settle_confirmed(
+        &mut self,
+        request: Request,
+        queue: &str,
+        reply: oneshot::Sender<Result<()>>,
+    ) {
+        let id = self.next_id();
+        if let Err(e) = self.out.frame(id, request) {
+            let _ = reply.send(Err(e.into()));
+            return;
+        }
+        self.pending.insert(id.0, Pending::Settle(reply));
+        let barrier = self.next_id();
+        let inspect = InspectQueue {
+            name: queue.to_owned(),
+        };
+        match self.out.frame(barrier, Request::InspectQueue(inspect)) {
+            Ok(()) => {
+                self.pending
+                    .insert(barrier.0, Pending::SettleBarrier { settle: id.0 });
+            }
+            // A name too long for a frame cannot be a queue's: nothing proves the outcome.
+            Err(e) => {
+                if let Some(pending) = self.pending.remove(&id.0) {
+                    pending.fail(e.into());
+                }
+            }
         }
     }
 
@@ -711,6 +777,9 @@ where
                     sink.fail_unsent(batch.as_slice().len(), &error);
                 }
                 Command::Consume { reply, .. } => {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                Command::Settle { reply, .. } => {
                     let _ = reply.send(Err(error.clone()));
                 }
                 Command::Cancel { reply, .. } => {

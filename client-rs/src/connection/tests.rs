@@ -823,6 +823,75 @@ async fn deliveries_reach_their_consumer_and_settle() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_confirmed_settle_fails_with_its_error_or_succeeds_at_its_barriers_answer() {
+    let (client, mut peer) = connect().await;
+    let mut consumer = start_consumer(&client, &mut peer).await;
+    deliver(
+        &mut peer,
+        5,
+        vec![delivery(1, "tasks", b"a"), delivery(2, "tasks", b"b")],
+    )
+    .await;
+    let m1 = next(&mut consumer).await.unwrap().unwrap();
+    let m2 = next(&mut consumer).await.unwrap().unwrap();
+    assert_eq!(m1.queue(), "tasks");
+    let acking = tokio::spawn(async move {
+        let first = m1.ack_confirmed().await;
+        (first, m1)
+    });
+    // The ack, then its barrier: an InspectQueue of the delivery's queue.
+    let (ack_id, ack) = peer.recv_request().await;
+    assert_eq!(
+        ack,
+        Request::Ack(Ack {
+            delivery_tag: DeliveryTag(1),
+            multiple: false,
+        })
+    );
+    let (barrier_id, barrier) = peer.recv_request().await;
+    assert_eq!(
+        barrier,
+        Request::InspectQueue(InspectQueue {
+            name: "tasks".into()
+        })
+    );
+    peer.send(
+        ack_id,
+        ErrorReply {
+            code: ErrorCode::UnknownDeliveryTag,
+            message: "delivery tag 1 is not outstanding on this connection".into(),
+        },
+    )
+    .await;
+    peer.send(
+        barrier_id,
+        ErrorReply {
+            code: ErrorCode::NotFound,
+            message: "no queue 'tasks'".into(),
+        },
+    )
+    .await;
+    let (outcome, m1) = acking.await.unwrap();
+    assert!(outcome.unwrap_err().is_unknown_delivery_tag());
+    assert!(m1.is_settled());
+
+    // No error before the barrier's answer (an error one: the queue was deleted) is success.
+    let extending = tokio::spawn(async move { m2.extend_confirmed(Duration::from_secs(5)).await });
+    let (_, extend) = peer.recv_request().await;
+    assert!(matches!(extend, Request::Extend(_)), "{extend:?}");
+    let (barrier_id, _) = peer.recv_request().await;
+    peer.send(
+        barrier_id,
+        ErrorReply {
+            code: ErrorCode::NotFound,
+            message: "no queue 'tasks'".into(),
+        },
+    )
+    .await;
+    extending.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_failed_ack_is_logged_and_the_connection_goes_on() {
     let (client, mut peer) = connect().await;
     client.ack(DeliveryTag(99)).await.unwrap();

@@ -28,6 +28,9 @@ impl Actor {
             self.ack_in_log(seq);
             return;
         };
+        // The dead-letter exchange is named in the queue's vhost, as are the headers and the
+        // exchange its consumers see.
+        let dlx_internal = format!("{}{dlx}", namespace::prefix_of(&self.meta.name));
         let copy = self.log().read(seq).ok().and_then(|msg| {
             let mut meta = MessageMeta::from_slice(&msg.meta).ok()?;
             let persistent = meta.properties.persistent;
@@ -74,9 +77,6 @@ impl Actor {
                     HeaderValue::Int(died_at_ms as i64),
                 ),
             ]);
-            // The dead-letter exchange is named in the queue's vhost, as are the headers and
-            // the exchange its consumers see.
-            let dlx_internal = format!("{}{dlx}", namespace::prefix_of(&self.meta.name));
             let targets = self.broker.upgrade()?.route(
                 &dlx_internal,
                 &meta.routing_key,
@@ -85,9 +85,9 @@ impl Actor {
             Some((meta.to_bytes().ok()?, msg.body, persistent, targets))
         });
         let Some((meta, body, persistent, targets)) = copy.filter(|c| !c.3.is_empty()) else {
-            // Nowhere to go (no such exchange, or it routes nowhere): dropped, as in RabbitMQ.
-            self.count_gone(reason);
-            self.ack_in_log(seq);
+            // Nowhere to go (no such exchange, or it routes nowhere): dropped, as in RabbitMQ,
+            // but counted and logged.
+            self.drop_dead_letter(seq, reason, &dlx_internal);
             return;
         };
         self.dead.next_batch += 1;
@@ -111,8 +111,8 @@ impl Actor {
             waiting += usize::from(sent);
         }
         if waiting == 0 {
-            self.count_gone(reason);
-            self.ack_in_log(seq);
+            // Every target queue was deleted meanwhile.
+            self.drop_dead_letter(seq, reason, &dlx_internal);
         } else {
             self.dead.storing.insert(
                 batch,
@@ -176,6 +176,43 @@ impl Actor {
                 }
             }
         }
+    }
+
+    /// Drops a message that was to be dead-lettered through `dlx` (an internal name) but had
+    /// nowhere to go: the exchange does not exist, or routes it to no queue. Counted in
+    /// `/metrics`, and logged at the 1st, 2nd, 4th, 8th... drop of the queue, so that a steady
+    /// stream of them costs a log line per doubling rather than one per message.
+    fn drop_dead_letter(&mut self, seq: u64, reason: DeathReason, dlx: &str) {
+        self.count_gone(reason);
+        self.ack_in_log(seq);
+        let dropped = &self.meta.stats.dead_letters_dropped[reason as usize];
+        let total = 1 + DeathReason::ALL
+            .iter()
+            .map(|&r| self.meta.stats.dead_letters_dropped[r as usize].load(Ordering::Relaxed))
+            .sum::<u64>();
+        dropped.fetch_add(1, Ordering::Relaxed);
+        if !total.is_power_of_two() {
+            return;
+        }
+        let missing = self
+            .broker
+            .upgrade()
+            .is_some_and(|b| b.read().routing.exchange(dlx).is_none());
+        let queue = namespace::split(&self.meta.name);
+        let exchange = namespace::split(dlx).local;
+        let why = if missing {
+            "the exchange does not exist"
+        } else {
+            "the exchange routes it to no queue"
+        };
+        tracing::warn!(
+            vhost = queue.vhost,
+            queue = queue.local,
+            dead_letter_exchange = exchange,
+            reason = reason.as_str(),
+            dropped_so_far = total,
+            "dead-lettered message dropped: {why}"
+        );
     }
 
     /// Counts a message that left for `reason` (dead-lettered or dropped), once.
