@@ -307,6 +307,35 @@ mod tests {
         assert!(matches(&[("k", bytes.clone())], &[("k", bytes)]));
     }
 
+    /// The shared table of tests/data/routing_exact (also run end to end by
+    /// tests/tests/routing_exact.rs), values in the HTTP API's JSON form.
+    #[test]
+    fn the_shared_case_table_matches_as_rabbitmq() {
+        let doc: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../tests/data/routing_exact/header_cases.json"
+        ))
+        .unwrap();
+        let table = |v: &serde_json::Value| -> Vec<(String, HeaderValue)> {
+            v.as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| {
+                    let value = crate::topology::header_value_from_json(k, v).unwrap();
+                    (k.clone(), value)
+                })
+                .collect()
+        };
+        let cases = doc["cases"].as_array().unwrap();
+        assert!(cases.len() >= 100, "{} cases", cases.len());
+        for case in cases {
+            let (args, headers) = (table(&case["arguments"]), table(&case["headers"]));
+            let got = HeadersFilter::parse(&args)
+                .unwrap()
+                .matches(&MessageHeaders::new(&headers));
+            assert_eq!(got, case["matches"].as_bool().unwrap(), "{case}");
+        }
+    }
+
     #[test]
     fn a_void_argument_asks_only_for_presence() {
         let args = [("k", HeaderValue::Void)];

@@ -425,6 +425,59 @@ mod tests {
         }
     }
 
+    /// The shared table of tests/data/routing_exact (also run end to end by
+    /// tests/tests/routing_exact.rs): (pattern, key, matches, why).
+    fn case_table() -> Vec<(String, String, bool, String)> {
+        let doc: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../tests/data/routing_exact/topic_cases.json"
+        ))
+        .unwrap();
+        doc["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let text = |k: &str| c[k].as_str().unwrap().to_owned();
+                (
+                    text("pattern"),
+                    text("key"),
+                    c["matches"].as_bool().unwrap(),
+                    text("why"),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_shared_case_table_matches_one_pattern_at_a_time() {
+        let cases = case_table();
+        assert!(cases.len() >= 200, "{} cases", cases.len());
+        for (pattern, key, want, why) in &cases {
+            let ctx = format!("{pattern:?} vs {key:?} ({why})");
+            assert_eq!(reference(pattern, key), *want, "reference: {ctx}");
+            assert_eq!(topic_matches(pattern, key), *want, "matcher: {ctx}");
+            assert_eq!(trie_matches(pattern, key), *want, "trie: {ctx}");
+        }
+    }
+
+    #[test]
+    fn the_shared_case_table_matches_with_every_pattern_in_one_trie() {
+        let cases = case_table();
+        let mut trie = TopicTrie::default();
+        for (pattern, ..) in &cases {
+            trie.insert(pattern, &QueueName::from(pattern.as_str()));
+        }
+        for (pattern, key, want, why) in &cases {
+            let mut out = Vec::new();
+            trie.collect(key, &mut out);
+            assert_eq!(
+                out.iter().any(|q| **q == **pattern),
+                *want,
+                "{pattern:?} vs {key:?} ({why})"
+            );
+        }
+    }
+
     #[test]
     fn deep_hash_nodes_get_memo_slots_that_removal_frees_for_reuse() {
         let mut trie = TopicTrie::default();
