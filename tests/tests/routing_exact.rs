@@ -1,18 +1,25 @@
 //! Routing exactly as RabbitMQ, against the real broker: the shared case tables of
 //! tests/data/routing_exact (topic patterns and headers bindings, also run as unit tests of
 //! the matchers) routed end to end, a pattern of 50 `#` groups against a 200-word key, and
-//! every AMQP header value type carried through storage and a `kill -9`.
+//! every AMQP header value type carried through storage and a `kill -9`, and tables nested
+//! deeper than the limit refused by the client and by the server.
 
 use std::collections::{BTreeMap, HashSet};
 
+use bytes::BytesMut;
 use serde_json::Value;
 use sluice_broker::topology::header_value_from_json;
-use sluice_client::wire::MAX_HEADER_DEPTH;
+use sluice_client::wire::{
+    Bind, ErrorCode, Frame, FrameDecoder, Hello, Reply, Request, RequestId,
+    HANDSHAKE_MAX_FRAME_LEN, MAX_HEADER_DEPTH, PROTOCOL_VERSION,
+};
 use sluice_client::{
     Client, Decimal, ExchangeKind, ExchangeOptions, HeaderValue, Headers, OutgoingMessage,
     PublishOptions, QueueOptions,
 };
 use sluice_tests::broker::{within, BrokerProcess};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 fn case_table(json: &str) -> Vec<Value> {
     let doc: Value = serde_json::from_str(json).expect("case table is JSON");
@@ -276,5 +283,111 @@ async fn headers_nested_deeper_than_the_limit_are_refused_and_the_connection_goe
     let got = within("get", client.get("q")).await.unwrap().unwrap();
     assert_eq!(got.header("k"), Some(nested(MAX_HEADER_DEPTH)));
     assert!(within("get", client.get("q")).await.unwrap().is_none());
+    broker.stop();
+}
+
+/// A connection that writes frames by hand, to send a table no library would encode.
+struct RawConnection {
+    sock: TcpStream,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+}
+
+impl RawConnection {
+    async fn connect(broker: &BrokerProcess) -> RawConnection {
+        let sock = within("raw connect", TcpStream::connect(broker.addr()))
+            .await
+            .expect("raw connect");
+        let mut raw = RawConnection {
+            sock,
+            buf: BytesMut::new(),
+            decoder: FrameDecoder::new(HANDSHAKE_MAX_FRAME_LEN),
+        };
+        let hello = Hello {
+            min_version: PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            username: "guest".into(),
+            password: "guest".into(),
+            heartbeat_ms: 0,
+            max_frame_len: 0,
+            client_properties: Vec::new(),
+        };
+        raw.send(&Self::frame(1, hello)).await;
+        let Reply::Welcome(welcome) = raw.answer(1).await else {
+            panic!("no Welcome");
+        };
+        raw.decoder.set_max_frame_len(welcome.max_frame_len);
+        raw
+    }
+
+    fn frame(id: u32, request: impl Into<Request>) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        Frame::<Request>::new(RequestId(id), request)
+            .encode(&mut out, HANDSHAKE_MAX_FRAME_LEN)
+            .expect("encode");
+        out.to_vec()
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        within("send", self.sock.write_all(bytes))
+            .await
+            .expect("send");
+    }
+
+    async fn answer(&mut self, id: u32) -> Reply {
+        within("answer", async {
+            loop {
+                if let Some(raw) = self.decoder.decode_raw(&mut self.buf).expect("framing") {
+                    let frame = raw.decode::<Reply>().expect("a decodable reply");
+                    assert_eq!(frame.request_id, RequestId(id), "{:?}", frame.body);
+                    return frame.body;
+                }
+                let n = self.sock.read_buf(&mut self.buf).await.expect("read");
+                assert!(n > 0, "the server closed the connection");
+            }
+        })
+        .await
+    }
+}
+
+/// A `Bind` whose arguments nest 17 arrays: the client library refuses to encode it, so the
+/// frame is patched by hand. The server answers MALFORMED_REQUEST and serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_nested_deeper_than_the_limit_is_malformed_and_the_connection_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let client = connect(&broker).await;
+    within("declare", client.declare_queue("q", QueueOptions::new()))
+        .await
+        .unwrap();
+    let mut raw = RawConnection::connect(&broker).await;
+    let deepest = (1..MAX_HEADER_DEPTH).fold(HeaderValue::Array(vec![]), |v, _| {
+        HeaderValue::Array(vec![v])
+    });
+    let bind = |id| {
+        RawConnection::frame(
+            id,
+            Bind {
+                queue: "q".into(),
+                exchange: "amq.headers".into(),
+                routing_key: String::new(),
+                arguments: vec![("k".into(), deepest.clone())],
+            },
+        )
+    };
+    // The innermost empty array (`07 00 00`) ends the frame: make it hold one more.
+    let mut frame = bind(2);
+    let at = frame.len() - 3;
+    assert_eq!(&frame[at..], [7, 0, 0]);
+    frame.splice(at.., [7, 1, 0, 7, 0, 0]);
+    let len = u32::from_le_bytes(frame[..4].try_into().unwrap()) + 3;
+    frame[..4].copy_from_slice(&len.to_le_bytes());
+    raw.send(&frame).await;
+    match raw.answer(2).await {
+        Reply::Error(e) => assert_eq!(e.code, ErrorCode::MalformedRequest, "{}", e.message),
+        other => panic!("expected MALFORMED_REQUEST, got {other:?}"),
+    }
+    raw.send(&bind(3)).await;
+    assert!(matches!(raw.answer(3).await, Reply::BindOk));
     broker.stop();
 }
