@@ -157,7 +157,12 @@ impl HeadersFilter {
                     ))
                 }
             },
-            Some((_, other)) => return Err(format!("x-match must be a string, not {other:?}")),
+            Some((_, other)) => {
+                return Err(format!(
+                    "x-match must be a string, not a value of type {}",
+                    other.type_name()
+                ))
+            }
         };
         let mut args: Vec<_> = arguments
             .iter()
@@ -489,7 +494,8 @@ mod tests {
     #[test]
     fn invalid_x_match_is_refused() {
         assert!(HeadersFilter::parse(&h(&[("x-match", s("some"))])).is_err());
-        assert!(HeadersFilter::parse(&h(&[("x-match", HeaderValue::Int(1))])).is_err());
+        let e = HeadersFilter::parse(&h(&[("x-match", HeaderValue::Int(1))])).unwrap_err();
+        assert_eq!(e, "x-match must be a string, not a value of type integer");
     }
 
     mod merge_vs_naive {
