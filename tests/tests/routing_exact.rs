@@ -10,8 +10,8 @@ use bytes::BytesMut;
 use serde_json::Value;
 use sluice_broker::topology::header_value_from_json;
 use sluice_client::wire::{
-    Bind, ErrorCode, Frame, FrameDecoder, Hello, Reply, Request, RequestId,
-    HANDSHAKE_MAX_FRAME_LEN, MAX_HEADER_DEPTH, PROTOCOL_VERSION,
+    Bind, ErrorCode, Frame, FrameDecoder, Hello, MessageMeta, Publish, PublishMessage, PublishSeq,
+    Reply, Request, RequestId, HANDSHAKE_MAX_FRAME_LEN, MAX_HEADER_DEPTH, PROTOCOL_VERSION,
 };
 use sluice_client::{
     Client, Decimal, ExchangeKind, ExchangeOptions, HeaderValue, Headers, OutgoingMessage,
@@ -389,5 +389,62 @@ async fn a_bind_nested_deeper_than_the_limit_is_malformed_and_the_connection_sta
     }
     raw.send(&bind(3)).await;
     assert!(matches!(raw.answer(3).await, Reply::BindOk));
+    broker.stop();
+}
+
+/// The same in a message's headers: that message is refused with MALFORMED_REQUEST, the next
+/// one is stored, and the connection stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_nested_deeper_than_the_limit_is_refused_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let client = connect(&broker).await;
+    within("declare", client.declare_queue("q", QueueOptions::new()))
+        .await
+        .unwrap();
+    let mut raw = RawConnection::connect(&broker).await;
+    let deepest = (1..MAX_HEADER_DEPTH).fold(HeaderValue::Array(vec![]), |v, _| {
+        HeaderValue::Array(vec![v])
+    });
+    let publish = |id, body: &'static str| {
+        let mut meta = MessageMeta::new("", "q");
+        meta.properties.headers = vec![("k".into(), deepest.clone())];
+        let message = PublishMessage::new(&meta, body).expect("16 deep encodes");
+        RawConnection::frame(
+            id,
+            Publish {
+                messages: vec![message],
+            },
+        )
+    };
+    // The headers end the meta block, the innermost empty array (`07 00 00`) ends the
+    // headers, and an empty body's length (`00 00 00 00`) ends the frame.
+    let mut frame = publish(2, "");
+    let at = frame.len() - 4 - 3;
+    assert_eq!(&frame[at..], [7, 0, 0, 0, 0, 0, 0]);
+    frame.splice(at..at + 3, [7, 1, 0, 7, 0, 0]);
+    for length_at in [0, 16] {
+        // The frame's length, then the message's meta_len (after the 12-byte frame header
+        // and the 4-byte count).
+        let field = &mut frame[length_at..length_at + 4];
+        let len = u32::from_le_bytes(field.try_into().unwrap()) + 3;
+        field.copy_from_slice(&len.to_le_bytes());
+    }
+    raw.send(&frame).await;
+    match raw.answer(0).await {
+        Reply::PublishRejected(r) => {
+            assert_eq!(r.rejections.len(), 1);
+            assert_eq!(r.rejections[0].seq, PublishSeq(1));
+            assert_eq!(r.rejections[0].code, ErrorCode::MalformedRequest);
+        }
+        other => panic!("expected PublishRejected, got {other:?}"),
+    }
+    assert!(matches!(raw.answer(0).await, Reply::Confirm(c) if c.up_to == PublishSeq(1)));
+    raw.send(&publish(3, "kept")).await;
+    assert!(matches!(raw.answer(0).await, Reply::Confirm(c) if c.up_to == PublishSeq(2)));
+    assert_eq!(
+        bodies(&client, "q").await,
+        HashSet::from(["kept".to_owned()])
+    );
     broker.stop();
 }
