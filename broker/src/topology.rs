@@ -20,9 +20,10 @@ use std::collections::HashSet;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use sluice_client::wire::MAX_HEADER_DEPTH;
 use sluice_client::wire::{
     BindingSummary, ErrorCode, ExchangeKind, ExchangeSummary, HeaderValue, Headers, Overflow,
-    QueueArguments, MAX_HEADER_DEPTH,
+    QueueArguments,
 };
 
 use crate::broker::RESERVED_PREFIX;
