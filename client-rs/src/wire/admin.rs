@@ -421,7 +421,7 @@ impl Cursor for BindingSummary {
 
 /// Orders header tables entry by entry, in their order (a table that is a prefix of another
 /// sorts first); entries by key (as bytes), then type code (protocol.md §2.3), then value:
-/// see [`cmp_header_values`].
+/// as `cmp_header_values` orders them.
 pub fn cmp_headers(a: &[(String, HeaderValue)], b: &[(String, HeaderValue)]) -> Ordering {
     a.iter()
         .zip(b)
