@@ -20,6 +20,7 @@ use std::collections::HashSet;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use sluice_client::wire::MAX_HEADER_DEPTH;
 use sluice_client::wire::{
     BindingSummary, ErrorCode, ExchangeKind, ExchangeSummary, HeaderValue, Headers, Overflow,
     QueueArguments,
@@ -237,20 +238,103 @@ impl BindingDefinition {
 
 /// A header value from JSON, the inverse of [`HeadersJson`]; the error names `key` and what
 /// was expected.
+///
+/// Strings, booleans and integers are themselves, a number with a fraction or exponent is a
+/// float, `null` is void, an array an array and an object a table, except the one-key
+/// objects `{"bytes": "<hex>"}`, `{"timestamp": <seconds>}`, `{"decimal": "<digits>"}` and
+/// `{"table": {...}}` (a table whose only key is one of those four names).
 pub fn header_value_from_json(key: &str, v: &serde_json::Value) -> Result<HeaderValue, String> {
+    json_value(v, 1).map_err(|why| format!("'{key}': {why}"))
+}
+
+/// `depth`: the value's depth, 1 for a value of the header table (protocol.md §2.3).
+fn json_value(v: &serde_json::Value, depth: usize) -> Result<HeaderValue, String> {
     use serde_json::Value;
-    let bad =
-        || format!("'{key}': expected a string, an integer, a boolean or {{\"bytes\": \"<hex>\"}}");
+    let container = |depth: usize| {
+        if depth > MAX_HEADER_DEPTH {
+            Err(format!(
+                "arrays and tables nest at most {MAX_HEADER_DEPTH} deep"
+            ))
+        } else {
+            Ok(())
+        }
+    };
     match v {
         Value::String(s) => Ok(HeaderValue::Str(s.clone())),
         Value::Bool(b) => Ok(HeaderValue::Bool(*b)),
-        Value::Number(n) => n.as_i64().map(HeaderValue::Int).ok_or_else(bad),
-        Value::Object(map) if map.len() == 1 => match map.get("bytes") {
-            Some(Value::String(hex)) => parse_hex(hex).map(HeaderValue::Bytes).ok_or_else(bad),
-            _ => Err(bad()),
-        },
-        _ => Err(bad()),
+        Value::Null => Ok(HeaderValue::Void),
+        Value::Number(n) if n.is_f64() => n
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .map(HeaderValue::Float)
+            .ok_or_else(|| format!("{n} is not a finite float")),
+        Value::Number(n) => n
+            .as_i64()
+            .map(HeaderValue::Int)
+            .ok_or_else(|| format!("{n} does not fit a 64-bit signed integer")),
+        Value::Array(items) => {
+            container(depth)?;
+            items
+                .iter()
+                .map(|item| json_value(item, depth + 1))
+                .collect::<Result<_, _>>()
+                .map(HeaderValue::Array)
+        }
+        Value::Object(map) => {
+            if let (1, Some((tag, inner))) = (map.len(), map.iter().next()) {
+                if let Some(tagged) = json_tagged(tag, inner, depth) {
+                    return tagged;
+                }
+            }
+            container(depth)?;
+            json_table(map, depth)
+        }
     }
+}
+
+/// The value of a one-key object whose key is a tag, or `None` for a plain table.
+fn json_tagged(
+    tag: &str,
+    inner: &serde_json::Value,
+    depth: usize,
+) -> Option<Result<HeaderValue, String>> {
+    use serde_json::Value;
+    Some(match (tag, inner) {
+        ("bytes", Value::String(hex)) => parse_hex(hex)
+            .map(HeaderValue::Bytes)
+            .ok_or_else(|| format!("'{hex}' is not an even number of hex digits")),
+        ("timestamp", Value::Number(n)) => n
+            .as_u64()
+            .map(HeaderValue::Timestamp)
+            .ok_or_else(|| format!("timestamp {n} is not whole seconds since 1970 (u64)")),
+        ("decimal", Value::String(d)) => d
+            .parse()
+            .map(HeaderValue::Decimal)
+            .map_err(|e| e.to_string()),
+        ("table", Value::Object(map)) => {
+            if depth > MAX_HEADER_DEPTH {
+                return Some(Err(format!(
+                    "arrays and tables nest at most {MAX_HEADER_DEPTH} deep"
+                )));
+            }
+            json_table(map, depth)
+        }
+        ("bytes" | "timestamp" | "decimal" | "table", _) => Err(format!(
+            "expected {{\"bytes\": \"<hex>\"}}, {{\"timestamp\": <seconds>}}, \
+             {{\"decimal\": \"<digits>\"}} or {{\"table\": {{...}}}}, not {{\"{tag}\": {inner}}}"
+        )),
+        _ => return None,
+    })
+}
+
+fn json_table(
+    map: &serde_json::Map<String, serde_json::Value>,
+    depth: usize,
+) -> Result<HeaderValue, String> {
+    map.iter()
+        .map(|(k, v)| json_value(v, depth + 1).map(|v| (k.clone(), v)))
+        .collect::<Result<_, _>>()
+        .map(HeaderValue::Table)
 }
 
 fn parse_hex(hex: &str) -> Option<Bytes> {
@@ -542,6 +626,61 @@ mod tests {
     }
 
     #[test]
+    fn every_header_type_reads_back_what_listings_print() {
+        let headers: Headers = vec![
+            ("s".into(), "x".into()),
+            ("i".into(), HeaderValue::Int(-4)),
+            ("f".into(), HeaderValue::Float(1.0)),
+            ("nz".into(), HeaderValue::Float(-0.0)),
+            ("v".into(), HeaderValue::Void),
+            ("ts".into(), HeaderValue::Timestamp(1_700_000_000)),
+            (
+                "d".into(),
+                HeaderValue::Decimal(sluice_client::Decimal {
+                    scale: 2,
+                    value: 1230,
+                }),
+            ),
+            (
+                "a".into(),
+                HeaderValue::Array(vec![HeaderValue::Int(1), HeaderValue::Array(vec![])]),
+            ),
+            (
+                "t".into(),
+                HeaderValue::Table(vec![("k".into(), HeaderValue::Bool(true))]),
+            ),
+            // A table that would read as a tag is wrapped in {"table": ...}.
+            (
+                "tb".into(),
+                HeaderValue::Table(vec![("bytes".into(), "00".into())]),
+            ),
+        ];
+        let text = serde_json::to_string(&HeadersJson(&headers)).unwrap();
+        assert_eq!(
+            text,
+            r#"{"s":"x","i":-4,"f":1.0,"nz":-0.0,"v":null,"ts":{"timestamp":1700000000},"d":{"decimal":"12.30"},"a":[1,[]],"t":{"k":true},"tb":{"table":{"bytes":"00"}}}"#
+        );
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for (key, value) in &headers {
+            assert_eq!(
+                header_value_from_json(key, &json[key]).as_ref(),
+                Ok(value),
+                "{key}"
+            );
+        }
+        // Nesting is limited as on the wire.
+        let mut deep = serde_json::json!(1);
+        for _ in 0..MAX_HEADER_DEPTH {
+            deep = serde_json::json!([deep]);
+        }
+        assert!(header_value_from_json("k", &deep).is_ok());
+        let too_deep = serde_json::json!([deep]);
+        assert!(header_value_from_json("k", &too_deep)
+            .unwrap_err()
+            .contains("at most 16 deep"));
+    }
+
+    #[test]
     fn header_values_read_back_what_listings_print() {
         let v = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
         assert_eq!(
@@ -549,11 +688,13 @@ mod tests {
             Ok(HeaderValue::Bytes(Bytes::from_static(&[0, 255])))
         );
         for bad in [
-            "1.5",
-            "null",
-            "[1]",
+            "18446744073709551615",
             r#"{"bytes":"0"}"#,
             r#"{"bytes":"zz"}"#,
+            r#"{"bytes":1}"#,
+            r#"{"timestamp":-1}"#,
+            r#"{"decimal":"-1.5"}"#,
+            r#"{"table":1}"#,
         ] {
             assert!(header_value_from_json("k", &v(bad)).is_err(), "{bad}");
         }

@@ -81,6 +81,8 @@ pub use options::{
 pub use publish::{OutgoingMessage, PublishConfirm, Publisher};
 pub use tls::TlsError;
 pub use url::{ConnectUrl, UrlError};
+/// Header values of type decimal (AMQP's); the other header types are plain Rust values.
+pub use wire::Decimal;
 pub use wire::{
     BindingSummary, BrowseQueueOk, BrowsedMessage, ConnectionSummary, ConsumerId, ConsumerSummary,
     DeclareQueueOk, DeliveryTag, ErrorCode, ExchangeKind, ExchangeSummary, HeaderValue, Headers,

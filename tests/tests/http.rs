@@ -360,7 +360,7 @@ async fn bad_input_gets_400_or_404_with_a_json_error_and_the_broker_serves_on() 
         &http
             .post(
                 "/api/bindings",
-                r#"{"exchange": "amq.match", "queue": "q", "arguments": {"n": 1.5}}"#,
+                r#"{"exchange": "amq.match", "queue": "q", "arguments": {"n": 18446744073709551615}}"#,
             )
             .await,
         400,

@@ -349,7 +349,7 @@ async fn publish_and_get_refusals_are_typed_errors() {
     assert_error(&r, 400, "INVALID_ARGUMENT");
     let r = post(
         "/api/exchanges/amq.default/publish",
-        json!({"properties": {"headers": {"f": 1.5}}}),
+        json!({"properties": {"headers": {"f": {"bytes": "zz"}}}}),
     )
     .await;
     assert_error(&r, 400, "INVALID_ARGUMENT");

@@ -152,13 +152,22 @@ pub fn exchange_name(name: &str) -> &str {
     }
 }
 
-/// One header value as text: strings as they are, bytes as `0x` and hex.
+/// One header value as text: strings as they are, bytes as `0x` and hex, floats always
+/// with a point or exponent (`1.0`), void as `null`, timestamps as `@` and seconds since
+/// 1970, arrays and tables as JSON.
 pub fn header_value_text(value: &HeaderValue) -> String {
     match value {
         HeaderValue::Str(s) => s.clone(),
         HeaderValue::Int(i) => i.to_string(),
         HeaderValue::Bool(b) => b.to_string(),
         HeaderValue::Bytes(b) => format!("0x{}", hex(b)),
+        HeaderValue::Float(f) => format!("{f:?}"),
+        HeaderValue::Void => "null".to_owned(),
+        HeaderValue::Timestamp(t) => format!("@{t}"),
+        HeaderValue::Decimal(d) => d.to_string(),
+        HeaderValue::Array(_) | HeaderValue::Table(_) => {
+            serde_json::to_string(&HeaderValueJson(value)).unwrap_or_default()
+        }
     }
 }
 
@@ -406,9 +415,16 @@ pub fn inspect_text(q: &InspectQueueOk) -> String {
 
 // ---- JSON -------------------------------------------------------------------------------
 
-/// A header value as JSON: strings, integers and booleans as themselves, bytes as
-/// `{"bytes": "<hex>"}`.
+/// A header value as JSON: strings, integers, booleans and floats as themselves (a float
+/// always with a point or exponent), void as `null`, arrays as arrays, tables as objects;
+/// bytes as `{"bytes": "<hex>"}`, timestamps as `{"timestamp": <seconds>}`, decimals as
+/// `{"decimal": "<digits>"}`, and a table whose only key is one of those names or `table`
+/// as `{"table": {...}}`, so that [`header_value_from_json`](crate::topology::header_value_from_json)
+/// reads back each value as it was.
 pub struct HeaderValueJson<'a>(pub &'a HeaderValue);
+
+/// The one-key objects that are not tables.
+const JSON_TAGS: [&str; 4] = ["bytes", "timestamp", "decimal", "table"];
 
 impl Serialize for HeaderValueJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -416,12 +432,32 @@ impl Serialize for HeaderValueJson<'_> {
             HeaderValue::Str(v) => s.serialize_str(v),
             HeaderValue::Int(v) => s.serialize_i64(*v),
             HeaderValue::Bool(v) => s.serialize_bool(*v),
-            HeaderValue::Bytes(v) => {
-                let mut map = s.serialize_map(Some(1))?;
-                map.serialize_entry("bytes", &hex(v))?;
-                map.end()
+            HeaderValue::Bytes(v) => Tagged("bytes", hex(v)).serialize(s),
+            HeaderValue::Float(v) => s.serialize_f64(*v),
+            HeaderValue::Void => s.serialize_unit(),
+            HeaderValue::Array(items) => s.collect_seq(items.iter().map(HeaderValueJson)),
+            HeaderValue::Table(table) => {
+                if let [(key, _)] = table.as_slice() {
+                    if JSON_TAGS.contains(&key.as_str()) {
+                        return Tagged("table", HeadersJson(table)).serialize(s);
+                    }
+                }
+                HeadersJson(table).serialize(s)
             }
+            HeaderValue::Timestamp(v) => Tagged("timestamp", v).serialize(s),
+            HeaderValue::Decimal(v) => Tagged("decimal", v.to_string()).serialize(s),
         }
+    }
+}
+
+/// A one-key object `{tag: value}`.
+struct Tagged<'a, T>(&'a str, T);
+
+impl<T: Serialize> Serialize for Tagged<'_, T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(1))?;
+        map.serialize_entry(self.0, &self.1)?;
+        map.end()
     }
 }
 
@@ -757,5 +793,22 @@ mod tests {
             r#"{"s":"x\"y","i":-4,"b":true,"raw":{"bytes":"00ff"}}"#
         );
         assert_eq!(headers_text(&headers), "s=x\"y, i=-4, b=true, raw=0x00ff");
+        let more: Headers = vec![
+            ("f".into(), HeaderValue::Float(2.0)),
+            ("v".into(), HeaderValue::Void),
+            ("ts".into(), HeaderValue::Timestamp(17)),
+            (
+                "d".into(),
+                HeaderValue::Decimal(sluice_client::Decimal { scale: 1, value: 5 }),
+            ),
+            (
+                "a".into(),
+                HeaderValue::Array(vec![HeaderValue::Int(1), HeaderValue::from("x")]),
+            ),
+        ];
+        assert_eq!(
+            headers_text(&more),
+            r#"f=2.0, v=null, ts=@17, d=0.5, a=[1,"x"]"#
+        );
     }
 }

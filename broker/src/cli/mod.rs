@@ -385,8 +385,10 @@ pub struct BindArgs {
     /// The binding key (direct and topic exchanges).
     #[arg(default_value = "")]
     pub routing_key: String,
-    /// A binding header, `KEY=VALUE` (a string) or `KEY:int=N`, `KEY:bool=true|false`;
-    /// headers exchanges match on them (`x-match=all|any`). Repeatable.
+    /// A binding header, `KEY=VALUE` (a string) or `KEY:TYPE=VALUE` with TYPE one of str,
+    /// int, bool, float, void (`KEY:void=` matches any message that has KEY), timestamp,
+    /// decimal or json (arrays, tables); headers exchanges match on them
+    /// (`x-match=all|any`). Repeatable.
     #[arg(long = "header", value_name = "KEY[:TYPE]=VALUE", value_parser = parse_header)]
     pub headers: Vec<HeaderArg>,
 }
@@ -400,8 +402,9 @@ pub struct PublishArgs {
     pub routing_key: String,
     /// The body; read from stdin (all of it, bytes as they are) when omitted.
     pub body: Option<String>,
-    /// A message header, `KEY=VALUE` (a string) or `KEY:int=N`, `KEY:bool=true|false`.
-    /// Repeatable.
+    /// A message header, `KEY=VALUE` (a string) or `KEY:TYPE=VALUE` with TYPE one of str,
+    /// int, bool, float, void, timestamp (seconds), decimal (`12.30`) or json (arrays,
+    /// objects as tables). Repeatable.
     #[arg(long = "header", value_name = "KEY[:TYPE]=VALUE", value_parser = parse_header)]
     pub headers: Vec<HeaderArg>,
     /// Publish even if no queue takes the message: the broker then confirms it and drops it
@@ -483,8 +486,10 @@ pub struct MoveMessagesArgs {
     pub max: Option<u64>,
 }
 
-/// A header from the command line: `KEY=VALUE`, `KEY:str=VALUE`, `KEY:int=N` or
-/// `KEY:bool=true|false`.
+/// A header from the command line: `KEY=VALUE`, `KEY:str=VALUE`, `KEY:int=N`,
+/// `KEY:bool=true|false`, `KEY:float=X`, `KEY:void=`, `KEY:timestamp=SECONDS`,
+/// `KEY:decimal=DIGITS` or `KEY:json=JSON` (any value as the HTTP API writes it: arrays,
+/// objects as tables, `null` as void).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeaderArg {
     /// The key.
@@ -500,7 +505,10 @@ pub fn parse_header(s: &str) -> Result<HeaderArg, String> {
         .split_once('=')
         .ok_or_else(|| format!("expected KEY=VALUE, got '{s}'"))?;
     let (key, kind) = match left.rsplit_once(':') {
-        Some((key, kind @ ("str" | "int" | "bool"))) => (key, kind),
+        Some((
+            key,
+            kind @ ("str" | "int" | "bool" | "float" | "void" | "timestamp" | "decimal" | "json"),
+        )) => (key, kind),
         _ => (left, "str"),
     };
     let value = match kind {
@@ -512,6 +520,28 @@ pub fn parse_header(s: &str) -> Result<HeaderArg, String> {
             raw.parse()
                 .map_err(|_| format!("'{raw}' is not true or false"))?,
         ),
+        "float" => HeaderValue::Float(
+            raw.parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .ok_or_else(|| format!("'{raw}' is not a finite number"))?,
+        ),
+        "void" if raw.is_empty() => HeaderValue::Void,
+        "void" => {
+            return Err(format!(
+                "a void header takes no value: '{key}:void=', not '{s}'"
+            ))
+        }
+        "timestamp" => HeaderValue::Timestamp(
+            raw.parse()
+                .map_err(|_| format!("'{raw}' is not whole seconds since 1970"))?,
+        ),
+        "decimal" => HeaderValue::Decimal(raw.parse().map_err(|e| format!("{e}"))?),
+        "json" => {
+            let json: serde_json::Value =
+                serde_json::from_str(raw).map_err(|e| format!("'{raw}' is not JSON: {e}"))?;
+            crate::topology::header_value_from_json(key, &json)?
+        }
         _ => HeaderValue::from(raw),
     };
     Ok(HeaderArg {
@@ -685,6 +715,37 @@ mod tests {
         assert!(parse_header("novalue").is_err());
         assert!(parse_header("n:int=x").is_err());
         assert!(parse_header("f:bool=yes").is_err());
+    }
+
+    #[test]
+    fn headers_parse_every_value_type() {
+        let value = |s: &str| parse_header(s).map(|h| h.value);
+        assert_eq!(value("f:float=1"), Ok(HeaderValue::Float(1.0)));
+        assert_eq!(value("f:float=-0.0"), Ok(HeaderValue::Float(-0.0)));
+        assert!(value("f:float=NaN").is_err());
+        assert!(value("f:float=inf").is_err());
+        assert_eq!(value("v:void="), Ok(HeaderValue::Void));
+        assert!(value("v:void=x").is_err());
+        assert_eq!(value("t:timestamp=17"), Ok(HeaderValue::Timestamp(17)));
+        assert!(value("t:timestamp=-1").is_err());
+        assert_eq!(
+            value("d:decimal=12.30"),
+            Ok(HeaderValue::Decimal(sluice_client::Decimal {
+                scale: 2,
+                value: 1230
+            }))
+        );
+        assert!(value("d:decimal=1e3").is_err());
+        assert_eq!(
+            value(r#"j:json=[1, 2.5, null, {"k": "v"}]"#),
+            Ok(HeaderValue::Array(vec![
+                HeaderValue::Int(1),
+                HeaderValue::Float(2.5),
+                HeaderValue::Void,
+                HeaderValue::Table(vec![("k".into(), "v".into())]),
+            ]))
+        );
+        assert!(value("j:json=[").is_err());
     }
 
     #[test]

@@ -13,6 +13,8 @@ use std::cell::OnceCell;
 
 use sluice_client::wire::{headers_len, HeaderValue};
 
+use super::header_eq::values_equal;
+
 /// The binding argument that selects the matching mode; never compared itself.
 const X_MATCH: &str = "x-match";
 
@@ -27,8 +29,9 @@ pub const MAX_HEADER_ENTRIES: usize = 1024;
 /// 1 024 entries of 60-byte key and value.
 pub const MAX_HEADERS_LEN: usize = 64 * 1024;
 
-/// The limits on one header table. Header values do not nest (protocol.md §2.3: string,
-/// integer, boolean, bytes), so a table has no depth to bound: entries and bytes are all.
+/// The limits on one header table: its entries and encoded bytes. Nesting is bounded by the
+/// codec itself ([`MAX_HEADER_DEPTH`](sluice_client::wire::MAX_HEADER_DEPTH), protocol.md
+/// §2.3), whatever the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeaderLimits {
     /// Most entries.
@@ -154,7 +157,12 @@ impl HeadersFilter {
                     ))
                 }
             },
-            Some((_, other)) => return Err(format!("x-match must be a string, not {other:?}")),
+            Some((_, other)) => {
+                return Err(format!(
+                    "x-match must be a string, not a value of type {}",
+                    other.type_name()
+                ))
+            }
         };
         let mut args: Vec<_> = arguments
             .iter()
@@ -172,8 +180,10 @@ impl HeadersFilter {
         let mut rest = headers.sorted();
         let mut has = |(key, value): &(String, HeaderValue)| {
             rest = &rest[rest.partition_point(|(k, _)| k < key)..];
-            // Values must agree in type as well as content: Int(1) is not Str("1").
-            rest.first().is_some_and(|(k, v)| k == key && v == value)
+            rest.first().is_some_and(|(k, v)| {
+                // A void argument asks only for the key, as in RabbitMQ.
+                k == key && (matches!(value, HeaderValue::Void) || values_equal(value, v))
+            })
         };
         if self.any {
             self.args.iter().any(&mut has)
@@ -223,7 +233,10 @@ mod tests {
             headers
                 .iter()
                 .find(|(k, _)| k == key)
-                .is_some_and(|(_, v)| v == value)
+                .is_some_and(|(_, v)| {
+                    matches!(value, HeaderValue::Void)
+                        || super::super::header_eq::values_equal(value, v)
+                })
         };
         let mut args = arguments
             .iter()
@@ -283,15 +296,65 @@ mod tests {
     }
 
     #[test]
-    fn types_must_match() {
+    fn values_compare_as_rabbitmq_compares_them() {
         let bytes = HeaderValue::Bytes(Bytes::from_static(b"1"));
         assert!(!matches(&[("k", HeaderValue::Int(1))], &[("k", s("1"))]));
-        assert!(!matches(&[("k", s("1"))], &[("k", bytes.clone())]));
+        // Strings and bytes are both Erlang binaries to RabbitMQ.
+        assert!(matches(&[("k", s("1"))], &[("k", bytes.clone())]));
+        assert!(matches(
+            &[("k", HeaderValue::Int(1))],
+            &[("k", HeaderValue::Float(1.0))]
+        ));
         assert!(!matches(
             &[("k", HeaderValue::Bool(true))],
             &[("k", HeaderValue::Int(1))]
         ));
         assert!(matches(&[("k", bytes.clone())], &[("k", bytes)]));
+    }
+
+    /// The shared table of tests/data/routing_exact (also run end to end by
+    /// tests/tests/routing_exact.rs), values in the HTTP API's JSON form.
+    #[test]
+    fn the_shared_case_table_matches_as_rabbitmq() {
+        let doc: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../tests/data/routing_exact/header_cases.json"
+        ))
+        .unwrap();
+        let table = |v: &serde_json::Value| -> Vec<(String, HeaderValue)> {
+            v.as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| {
+                    let value = crate::topology::header_value_from_json(k, v).unwrap();
+                    (k.clone(), value)
+                })
+                .collect()
+        };
+        let cases = doc["cases"].as_array().unwrap();
+        assert!(cases.len() >= 100, "{} cases", cases.len());
+        for case in cases {
+            let (args, headers) = (table(&case["arguments"]), table(&case["headers"]));
+            let got = HeadersFilter::parse(&args)
+                .unwrap()
+                .matches(&MessageHeaders::new(&headers));
+            assert_eq!(got, case["matches"].as_bool().unwrap(), "{case}");
+        }
+    }
+
+    #[test]
+    fn a_void_argument_asks_only_for_presence() {
+        let args = [("k", HeaderValue::Void)];
+        assert!(matches(&args, &[("k", s("anything"))]));
+        assert!(matches(&args, &[("k", HeaderValue::Void)]));
+        assert!(!matches(&args, &[("other", HeaderValue::Void)]));
+        // A void header matches only a void (presence) argument.
+        assert!(!matches(&[("k", s(""))], &[("k", HeaderValue::Void)]));
+        let any = [
+            ("x-match", s("any")),
+            ("a", HeaderValue::Void),
+            ("b", s("x")),
+        ];
+        assert!(matches(&any, &[("a", HeaderValue::Int(3))]));
     }
 
     #[test]
@@ -431,7 +494,8 @@ mod tests {
     #[test]
     fn invalid_x_match_is_refused() {
         assert!(HeadersFilter::parse(&h(&[("x-match", s("some"))])).is_err());
-        assert!(HeadersFilter::parse(&h(&[("x-match", HeaderValue::Int(1))])).is_err());
+        let e = HeadersFilter::parse(&h(&[("x-match", HeaderValue::Int(1))])).unwrap_err();
+        assert_eq!(e, "x-match must be a string, not a value of type integer");
     }
 
     mod merge_vs_naive {
@@ -451,6 +515,8 @@ mod tests {
                 any::<bool>().prop_map(HeaderValue::Bool),
                 prop::sample::select(vec![&b"1"[..], b"2"])
                     .prop_map(|v| HeaderValue::Bytes(Bytes::from_static(v))),
+                (0i64..3).prop_map(|v| HeaderValue::Float(v as f64)),
+                Just(HeaderValue::Void),
             ]
         }
 

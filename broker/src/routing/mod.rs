@@ -12,22 +12,26 @@
 //!   `amq.*` and alternate exchanges are per vhost).
 //! - `headers`: the `x-match` rules of headers exchanges, matched by merging sorted lists,
 //!   and the limits on header tables ([`HeaderLimits`]).
+//! - `header_eq`: header values compared as RabbitMQ compares them.
 //!
 //! # Matching rules (as RabbitMQ)
 //! - direct: the binding key equals the routing key.
 //! - fanout: every bound queue.
 //! - topic: keys and patterns are words split on `.`, empty words kept (`"a..b"` is three
 //!   words, `"a."` two); the empty string is zero words. `*` is exactly one word (possibly
-//!   empty), `#` zero or more words.
+//!   empty), `#` zero or more words; a pattern may hold any number of `#`.
 //! - headers: `x-match` is `all` (default), `any`, `all-with-x` or `any-with-x`; binding
 //!   arguments starting with `x-` count only in the `-with-x` modes (`x-match` itself never);
-//!   an argument matches when the message has the key with an equal value of the same type.
+//!   an argument matches when the message has the key with an equal value, compared as
+//!   RabbitMQ compares them (numbers by value, so `1 == 1.0`; strings never equal numbers;
+//!   see `header_eq`), and a void argument when the message has the key at all.
 //!   `all` with nothing to compare matches every message, `any` matches none.
 //! - default exchange `""`: routes to the queue named by the routing key, if it exists.
 //! - a message no binding matches goes to the exchange's alternate exchange, and so on along
 //!   the chain, stopping at a missing exchange or one already visited.
 
 mod exchange;
+mod header_eq;
 mod headers;
 pub mod namespace;
 mod queue_list;
@@ -38,7 +42,7 @@ pub use exchange::{Binding, Definitions, Exchange, ExchangeKind};
 pub use headers::{HeaderLimitError, HeaderLimits, MAX_HEADERS_LEN, MAX_HEADER_ENTRIES};
 pub use namespace::{Namespace, ResourceName};
 pub use table::{QueueName, RouteResult, RoutingTable, UnbindOutcome};
-pub use topic::{topic_matches, MAX_TOPIC_HASH_GROUPS};
+pub use topic::topic_matches;
 
 /// Why a routing-table operation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

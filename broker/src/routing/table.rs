@@ -9,7 +9,7 @@ use super::exchange::{is_builtin, is_default};
 use super::headers::{HeadersFilter, MessageHeaders};
 use super::namespace::{check_local, prefix_of};
 use super::queue_list::QueueList;
-use super::topic::{validate_pattern, TopicTrie};
+use super::topic::TopicTrie;
 use super::{Binding, Definitions, Exchange, ExchangeKind, RoutingError};
 
 /// A queue name, shared between the table and routing results so that routing copies a
@@ -114,10 +114,7 @@ impl Matcher {
             Self::Default => return Err("the default exchange cannot be bound".to_owned()),
             Self::Direct(by_key) => by_key.entry(routing_key.into()).or_default().add(queue),
             Self::Fanout(list) => list.add(queue),
-            Self::Topic(trie) => {
-                validate_pattern(routing_key)?;
-                trie.insert(routing_key, queue);
-            }
+            Self::Topic(trie) => trie.insert(routing_key, queue),
             Self::Headers(bindings) => {
                 let binding = HeadersBinding {
                     id,
@@ -342,9 +339,8 @@ impl RoutingTable {
     }
 
     /// Binds a queue to an exchange. Returns `true` if the binding is new, `false` if the same
-    /// one existed. Both must exist; the key and arguments must suit the exchange's kind
-    /// (topic: at most [`MAX_TOPIC_HASH_GROUPS`](super::MAX_TOPIC_HASH_GROUPS) groups of `#`;
-    /// headers: a valid `x-match`).
+    /// one existed. Both must exist; the arguments must suit the exchange's kind (headers: a
+    /// valid `x-match`; any topic pattern is valid).
     pub fn bind(&mut self, binding: Binding) -> Result<bool, RoutingError> {
         if is_default(&binding.exchange) {
             return Err(RoutingError::DefaultExchangeAccess);
@@ -772,11 +768,9 @@ mod tests {
         assert_eq!(route(&t, "t", "orders.created"), ["all", "created"]);
         assert_eq!(route(&t, "t", "orders.paid.us"), ["all"]);
         assert_eq!(route(&t, "t", ""), ["all", "root"]);
-        let too_many = Binding::new("t", "all", "#.a.#.b.#");
-        assert!(matches!(
-            t.bind(too_many),
-            Err(RoutingError::InvalidBinding { .. })
-        ));
+        // Any number of `#` groups, as in RabbitMQ.
+        assert!(bind(&mut t, "t", "root", "#.a.#.b.#"));
+        assert_eq!(route(&t, "t", "x.a.y.b"), ["all", "root"]);
         assert!(bind(&mut t, "t", "all", "#.#.#"));
     }
 

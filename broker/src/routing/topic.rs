@@ -2,17 +2,23 @@
 //!
 //! Words are walked in place as `Option<&str>` cursors: `None` means no word is left,
 //! `Some(rest)` means at least one is (possibly empty: `Some("")` is one empty word). Nothing
-//! is allocated per match.
+//! is allocated per match of an ordinary pattern.
+//!
+//! # Any number of `#`, in linear time
+//! A pattern may hold any number of `#` groups, as in RabbitMQ. Tried naively, each group
+//! multiplies the work by the key's length (a pattern with 50 groups would never finish).
+//! Both matchers here are bounded by pattern words × key words instead:
+//! - [`topic_matches`] retries only the latest `#`, the classic wildcard algorithm.
+//! - [`TopicTrie::collect`] remembers, for each `#` node below another `#` node, the
+//!   earliest key position it has been walked from during this publish: walked from there,
+//!   it has covered every later position too, so each (node, position) pair is walked once.
+//!   A `#` node with no `#` above it is reached at one position only and needs no memo, so a
+//!   trie of ordinary patterns (at most one `#` group on any path) allocates nothing.
 
 use std::collections::HashMap;
 
 use super::queue_list::QueueList;
 use super::table::QueueName;
-
-/// The most groups of `#` a topic binding key may have. Adjacent `#` words form one group
-/// (`#.#` means the same as `#`). Each further group multiplies the work of every publish by
-/// the length of the routing key, so more are refused, as RabbitMQ does.
-pub const MAX_TOPIC_HASH_GROUPS: usize = 2;
 
 /// Whether the topic binding key `pattern` matches `routing_key`, with RabbitMQ's rules.
 ///
@@ -20,6 +26,7 @@ pub const MAX_TOPIC_HASH_GROUPS: usize = 2;
 /// use sluice_broker::routing::topic_matches;
 /// assert!(topic_matches("orders.*.eu", "orders.created.eu"));
 /// assert!(topic_matches("orders.#", "orders"));
+/// assert!(topic_matches("#.a.#.b.#", "x.a.y.b"));
 /// assert!(!topic_matches("*", ""));
 /// ```
 pub fn topic_matches(pattern: &str, routing_key: &str) -> bool {
@@ -27,7 +34,8 @@ pub fn topic_matches(pattern: &str, routing_key: &str) -> bool {
     let mut key = words(routing_key);
     // After a mismatch, the latest `#` swallows one more key word and matching resumes just
     // after it. Retrying only the latest `#` suffices: what an earlier one would swallow
-    // instead, the latest can swallow as well.
+    // instead, the latest can swallow as well. Each `#` is retried at most once per key
+    // word, so the work is at most pattern words × key words.
     let mut resume: Option<(Option<&str>, Option<&str>)> = None;
     loop {
         match (pat, key) {
@@ -62,29 +70,6 @@ pub fn topic_matches(pattern: &str, routing_key: &str) -> bool {
     }
 }
 
-/// Checks a topic binding key before it is bound.
-pub(super) fn validate_pattern(pattern: &str) -> Result<(), String> {
-    let mut groups = 0;
-    let mut prev_hash = false;
-    let mut rest = words(pattern);
-    while let Some(r) = rest {
-        let (w, tail) = split_word(r);
-        let hash = w == "#";
-        if hash && !prev_hash {
-            groups += 1;
-        }
-        prev_hash = hash;
-        rest = tail;
-    }
-    if groups > MAX_TOPIC_HASH_GROUPS {
-        return Err(format!(
-            "topic binding key '{pattern}' has {groups} groups of '#', at most \
-             {MAX_TOPIC_HASH_GROUPS} are allowed"
-        ));
-    }
-    Ok(())
-}
-
 /// The words of `s`. RabbitMQ splits `""` into no words at all, not one empty word.
 #[inline]
 fn words(s: &str) -> Option<&str> {
@@ -109,6 +94,8 @@ fn split_word(rest: &str) -> (&str, Option<&str>) {
 #[derive(Debug, Clone, Default)]
 pub(super) struct TopicTrie {
     root: TopicNode,
+    /// Memo slots of the `#` nodes that have a `#` node above them.
+    slots: MemoSlots,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -119,22 +106,68 @@ struct TopicNode {
     star: Option<Box<TopicNode>>,
     /// Child for a group of `#`; never itself has a `#` child, as adjacent `#` are merged.
     hash: Option<Box<TopicNode>>,
+    /// For a `#` node below another `#` node: its slot in a publish's [`Walk::memo`].
+    memo_slot: Option<usize>,
     /// The queues of the bindings whose pattern ends here.
     queues: QueueList,
 }
 
+/// Hands out dense slot numbers, reusing freed ones, so a publish's memo stays as small as
+/// the number of deep `#` nodes ever alive at once.
+#[derive(Debug, Clone, Default)]
+struct MemoSlots {
+    len: usize,
+    free: Vec<usize>,
+}
+
+impl MemoSlots {
+    fn take(&mut self) -> usize {
+        self.free.pop().unwrap_or_else(|| {
+            self.len += 1;
+            self.len - 1
+        })
+    }
+}
+
+/// One publish's walk of the trie.
+struct Walk<'o> {
+    key_len: usize,
+    /// Per memo slot, the earliest position its `#` node has been walked from (`usize::MAX`:
+    /// not yet). Empty, and unallocated, when the trie has no deep `#` node.
+    memo: Vec<usize>,
+    out: &'o mut Vec<QueueName>,
+}
+
+impl Walk<'_> {
+    /// A cursor's position in the key: later cursors have larger positions.
+    fn position(&self, rest: Option<&str>) -> usize {
+        match rest {
+            Some(r) => self.key_len - r.len(),
+            None => self.key_len + 1,
+        }
+    }
+}
+
 impl TopicTrie {
-    /// Adds a binding; `pattern` must have passed [`validate_pattern`].
+    /// Adds a binding. Any pattern is valid.
     pub(super) fn insert(&mut self, pattern: &str, queue: &QueueName) {
         let mut node = &mut self.root;
         let mut prev_hash = false;
+        let mut below_hash = false;
         let mut rest = words(pattern);
         while let Some(r) = rest {
             let (w, tail) = split_word(r);
             rest = tail;
             node = match w {
                 "#" if prev_hash => node,
-                "#" => &mut **node.hash.get_or_insert_with(Box::default),
+                "#" => {
+                    let child = node.hash.get_or_insert_with(Box::default);
+                    if below_hash && child.memo_slot.is_none() {
+                        child.memo_slot = Some(self.slots.take());
+                    }
+                    below_hash = true;
+                    &mut **child
+                }
                 "*" => &mut **node.star.get_or_insert_with(Box::default),
                 _ => node.words.entry(w.into()).or_default(),
             };
@@ -145,13 +178,20 @@ impl TopicTrie {
 
     /// Removes a binding added with the same pattern and queue, pruning emptied branches.
     pub(super) fn remove(&mut self, pattern: &str, queue: &str) {
-        self.root.remove(words(pattern), false, queue);
+        self.root
+            .remove(words(pattern), false, queue, &mut self.slots.free);
     }
 
     /// Appends the queues of the bindings matching `routing_key`: one sorted run per matching
-    /// node, whose number is returned (a queue may appear in several runs).
+    /// node, whose number is returned (a queue may appear in several runs; a node gives at
+    /// most one).
     pub(super) fn collect(&self, routing_key: &str, out: &mut Vec<QueueName>) -> usize {
-        self.root.collect(words(routing_key), out)
+        let mut walk = Walk {
+            key_len: routing_key.len(),
+            memo: vec![usize::MAX; self.slots.len],
+            out,
+        };
+        self.root.collect(words(routing_key), &mut walk)
     }
 }
 
@@ -163,25 +203,26 @@ impl TopicNode {
             && self.hash.is_none()
     }
 
-    fn remove(&mut self, rest: Option<&str>, prev_hash: bool, queue: &str) {
+    fn remove(&mut self, rest: Option<&str>, prev_hash: bool, queue: &str, free: &mut Vec<usize>) {
         let Some(r) = rest else {
             self.queues.remove(queue);
             return;
         };
         let (w, tail) = split_word(r);
         match w {
-            "#" if prev_hash => self.remove(tail, true, queue),
+            "#" if prev_hash => self.remove(tail, true, queue, free),
             "#" => {
                 if let Some(child) = self.hash.as_deref_mut() {
-                    child.remove(tail, true, queue);
+                    child.remove(tail, true, queue, free);
                     if child.is_empty() {
+                        free.extend(child.memo_slot);
                         self.hash = None;
                     }
                 }
             }
             "*" => {
                 if let Some(child) = self.star.as_deref_mut() {
-                    child.remove(tail, false, queue);
+                    child.remove(tail, false, queue, free);
                     if child.is_empty() {
                         self.star = None;
                     }
@@ -189,7 +230,7 @@ impl TopicNode {
             }
             _ => {
                 if let Some(child) = self.words.get_mut(w) {
-                    child.remove(tail, false, queue);
+                    child.remove(tail, false, queue, free);
                     if child.is_empty() {
                         self.words.remove(w);
                     }
@@ -198,33 +239,50 @@ impl TopicNode {
         }
     }
 
-    fn collect(&self, rest: Option<&str>, out: &mut Vec<QueueName>) -> usize {
+    fn collect(&self, rest: Option<&str>, walk: &mut Walk<'_>) -> usize {
         let mut runs = 0;
         match rest {
             None if !self.queues.is_empty() => {
-                self.queues.extend_into(out);
+                self.queues.extend_into(walk.out);
                 runs += 1;
             }
             None => {}
             Some(r) => {
                 let (w, tail) = split_word(r);
                 if let Some(child) = self.words.get(w) {
-                    runs += child.collect(tail, out);
+                    runs += child.collect(tail, walk);
                 }
                 if let Some(child) = &self.star {
-                    runs += child.collect(tail, out);
+                    runs += child.collect(tail, walk);
                 }
             }
         }
         if let Some(hash) = &self.hash {
-            // `#` swallows no word, then one more at a time, up to all of them.
-            let mut swallowed_to = rest;
-            loop {
-                runs += hash.collect(swallowed_to, out);
-                match swallowed_to {
-                    Some(r) => swallowed_to = split_word(r).1,
-                    None => break,
-                }
+            runs += hash.collect_hash(rest, walk);
+        }
+        runs
+    }
+
+    /// Walks this `#` node from every position from `rest` on: `#` swallows no word, then one
+    /// more at a time, up to all of them. Positions already walked in this publish are not
+    /// walked again.
+    fn collect_hash(&self, rest: Option<&str>, walk: &mut Walk<'_>) -> usize {
+        let start = walk.position(rest);
+        let walked_from = match self.memo_slot {
+            Some(slot) => {
+                let walked_from = walk.memo[slot];
+                walk.memo[slot] = start.min(walked_from);
+                walked_from
+            }
+            None => usize::MAX,
+        };
+        let mut runs = 0;
+        let mut swallowed_to = rest;
+        while walk.position(swallowed_to) < walked_from {
+            runs += self.collect(swallowed_to, walk);
+            match swallowed_to {
+                Some(r) => swallowed_to = split_word(r).1,
+                None => break,
             }
         }
         runs
@@ -367,14 +425,92 @@ mod tests {
         }
     }
 
+    /// The shared table of tests/data/routing_exact (also run end to end by
+    /// tests/tests/routing_exact.rs): (pattern, key, matches, why).
+    fn case_table() -> Vec<(String, String, bool, String)> {
+        let doc: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../tests/data/routing_exact/topic_cases.json"
+        ))
+        .unwrap();
+        doc["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let text = |k: &str| c[k].as_str().unwrap().to_owned();
+                (
+                    text("pattern"),
+                    text("key"),
+                    c["matches"].as_bool().unwrap(),
+                    text("why"),
+                )
+            })
+            .collect()
+    }
+
     #[test]
-    fn hash_groups_are_limited_but_adjacent_hashes_merge() {
-        assert!(validate_pattern("#").is_ok());
-        assert!(validate_pattern("#.#.#").is_ok());
-        assert!(validate_pattern("a.#.b.#").is_ok());
-        assert!(validate_pattern("#.*.#").is_ok());
-        assert!(validate_pattern("#.a.#.b.#").is_err());
-        assert!(validate_pattern("").is_ok());
+    fn the_shared_case_table_matches_one_pattern_at_a_time() {
+        let cases = case_table();
+        assert!(cases.len() >= 200, "{} cases", cases.len());
+        for (pattern, key, want, why) in &cases {
+            let ctx = format!("{pattern:?} vs {key:?} ({why})");
+            assert_eq!(reference(pattern, key), *want, "reference: {ctx}");
+            assert_eq!(topic_matches(pattern, key), *want, "matcher: {ctx}");
+            assert_eq!(trie_matches(pattern, key), *want, "trie: {ctx}");
+        }
+    }
+
+    #[test]
+    fn the_shared_case_table_matches_with_every_pattern_in_one_trie() {
+        let cases = case_table();
+        let mut trie = TopicTrie::default();
+        for (pattern, ..) in &cases {
+            trie.insert(pattern, &QueueName::from(pattern.as_str()));
+        }
+        for (pattern, key, want, why) in &cases {
+            let mut out = Vec::new();
+            trie.collect(key, &mut out);
+            assert_eq!(
+                out.iter().any(|q| **q == **pattern),
+                *want,
+                "{pattern:?} vs {key:?} ({why})"
+            );
+        }
+    }
+
+    #[test]
+    fn deep_hash_nodes_get_memo_slots_that_removal_frees_for_reuse() {
+        let mut trie = TopicTrie::default();
+        // One `#` group on the path: no memo.
+        trie.insert("a.#.b", &"q1".into());
+        trie.insert("#.#.x", &"q1".into());
+        assert_eq!(trie.slots.len, 0);
+        trie.insert("#.a.#.b.#", &"q2".into());
+        assert_eq!(trie.slots.len, 2);
+        trie.remove("#.a.#.b.#", "q2");
+        assert_eq!(trie.slots.free.len(), 2);
+        trie.insert("#.c.#", &"q3".into());
+        assert_eq!((trie.slots.len, trie.slots.free.len()), (2, 1));
+        let mut out = Vec::new();
+        trie.collect("c", &mut out);
+        assert_eq!(out, [QueueName::from("q3")]);
+    }
+
+    #[test]
+    fn fifty_hash_groups_against_a_long_key_are_walked_once_per_position() {
+        // 50 `#` groups separated by empty words, then a word the key lacks: every split of
+        // the key among the groups fails, which the naive walk would try one by one.
+        let mut words = vec!["#"; 50].join("..");
+        words.push_str(".z");
+        let key = ".".repeat(199);
+        let mut trie = TopicTrie::default();
+        trie.insert(&words, &"q".into());
+        let mut out = Vec::new();
+        assert_eq!(trie.collect(&key, &mut out), 0);
+        assert!(!topic_matches(&words, &key));
+        let matching = format!("{key}.z");
+        assert_eq!(trie.collect(&matching, &mut out), 1);
+        assert!(topic_matches(&words, &matching));
     }
 
     #[test]
@@ -423,11 +559,7 @@ mod tests {
             keys in prop::collection::vec(prop::collection::vec(word(), 0..7), 1..8),
             removed in prop::collection::vec(any::<bool>(), 12),
         ) {
-            let patterns: Vec<String> = patterns
-                .iter()
-                .map(|p| p.join("."))
-                .filter(|p| validate_pattern(p).is_ok())
-                .collect();
+            let patterns: Vec<String> = patterns.iter().map(|p| p.join(".")).collect();
             let mut trie = TopicTrie::default();
             // Queues repeat, so that a queue can be reached through several nodes.
             let queue = |i: usize| QueueName::from(format!("q{}", i % 5));

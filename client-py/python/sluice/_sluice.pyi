@@ -8,6 +8,8 @@ futures, often already done: acks and messages already buffered cost no task swi
 
 from asyncio import Future
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
+from datetime import datetime
+from decimal import Decimal
 from types import TracebackType
 from typing import Any, Literal, Optional, Union, final, overload
 
@@ -43,8 +45,23 @@ def _exception_for(kind: str, code: int, message: str) -> BaseException:
 
 #: What a message body may be: bytes are sent without a copy, str as UTF-8.
 _Body = Union[bytes, bytearray, memoryview, str]
-#: A header value: the protocol's four types (bool is kept apart from int).
-_HeaderValue = Union[str, int, bool, bytes]
+#: A header value, AMQP's field types: None is void, bool is kept apart from int, float is
+#: finite, list/tuple is an array, a mapping a nested table (16 levels at most), datetime a
+#: timestamp (whole seconds; naive means UTC; read back as UTC) and Decimal a decimal.
+#: Read back, arrays are lists and tables dicts.
+_HeaderValue = Union[
+    None,
+    str,
+    int,
+    bool,
+    float,
+    bytes,
+    datetime,
+    Decimal,
+    list["_HeaderValue"],
+    tuple["_HeaderValue", ...],
+    Mapping[str, "_HeaderValue"],
+]
 _Headers = Mapping[str, _HeaderValue]
 _ExchangeKind = Literal["direct", "fanout", "topic", "headers"]
 _Overflow = Literal["drop-head", "reject-publish"]

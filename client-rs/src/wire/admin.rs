@@ -420,29 +420,40 @@ impl Cursor for BindingSummary {
 }
 
 /// Orders header tables entry by entry, in their order (a table that is a prefix of another
-/// sorts first); entries by key (as bytes), then type code (str 1, int 2, bool 3, bytes 4),
-/// then value: str and bytes as bytes, int as a signed number, `false` before `true`.
+/// sorts first); entries by key (as bytes), then type code (protocol.md §2.3), then value:
+/// as `cmp_header_values` orders them.
 pub fn cmp_headers(a: &[(String, HeaderValue)], b: &[(String, HeaderValue)]) -> Ordering {
-    fn rank(v: &HeaderValue) -> u8 {
-        match v {
-            HeaderValue::Str(_) => 1,
-            HeaderValue::Int(_) => 2,
-            HeaderValue::Bool(_) => 3,
-            HeaderValue::Bytes(_) => 4,
-        }
-    }
-    let cmp_value = |x: &HeaderValue, y: &HeaderValue| match (x, y) {
-        (HeaderValue::Str(x), HeaderValue::Str(y)) => x.cmp(y),
-        (HeaderValue::Int(x), HeaderValue::Int(y)) => x.cmp(y),
-        (HeaderValue::Bool(x), HeaderValue::Bool(y)) => x.cmp(y),
-        (HeaderValue::Bytes(x), HeaderValue::Bytes(y)) => x.cmp(y),
-        (x, y) => rank(x).cmp(&rank(y)),
-    };
     a.iter()
         .zip(b)
-        .map(|((ka, va), (kb, vb))| ka.cmp(kb).then_with(|| cmp_value(va, vb)))
+        .map(|((ka, va), (kb, vb))| ka.cmp(kb).then_with(|| cmp_header_values(va, vb)))
         .find(|o| o.is_ne())
         .unwrap_or_else(|| a.len().cmp(&b.len()))
+}
+
+/// Orders header values by type code, then value: str and bytes as bytes, int and timestamp
+/// as numbers, `false` before `true`, floats by value with `-0.0` before `0.0`, decimals by
+/// scale then unscaled value, arrays element by element and tables as [`cmp_headers`] (a
+/// prefix first). Equal exactly when the values are `==`.
+pub fn cmp_header_values(x: &HeaderValue, y: &HeaderValue) -> Ordering {
+    use HeaderValue as V;
+    match (x, y) {
+        (V::Str(x), V::Str(y)) => x.cmp(y),
+        (V::Int(x), V::Int(y)) => x.cmp(y),
+        (V::Bool(x), V::Bool(y)) => x.cmp(y),
+        (V::Bytes(x), V::Bytes(y)) => x.cmp(y),
+        (V::Float(x), V::Float(y)) => x.total_cmp(y),
+        (V::Void, V::Void) => Ordering::Equal,
+        (V::Array(x), V::Array(y)) => x
+            .iter()
+            .zip(y)
+            .map(|(a, b)| cmp_header_values(a, b))
+            .find(|o| o.is_ne())
+            .unwrap_or_else(|| x.len().cmp(&y.len())),
+        (V::Table(x), V::Table(y)) => cmp_headers(x, y),
+        (V::Timestamp(x), V::Timestamp(y)) => x.cmp(y),
+        (V::Decimal(x), V::Decimal(y)) => (x.scale, x.value).cmp(&(y.scale, y.value)),
+        (x, y) => x.type_code().cmp(&y.type_code()),
+    }
 }
 
 /// `ListBindingsOk` (0x0606): a page of explicit bindings, in

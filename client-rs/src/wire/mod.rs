@@ -80,7 +80,10 @@ pub use frame::{
     put_frame_header, ConsumerId, DeliveryTag, Direction, Frame, FrameBody, FrameDecoder, Opcode,
     Payload, PublishSeq, RawFrame, RequestId, FRAME_HEADER_LEN, MIN_FRAME_LEN,
 };
-pub use header::{headers_len, put_headers, read_headers, HeaderValue, Headers};
+pub use header::{
+    headers_len, put_headers, read_headers, Decimal, DecimalParseError, HeaderValue, Headers,
+    MAX_HEADER_DEPTH,
+};
 pub use messages::{Reply, Request};
 pub use meta::{meta_len, put_meta, MessageMeta, MetaView, Properties};
 pub use moves::{MoveId, MoveMessages, MoveMessagesOk, MoveState, MoveStatus, MoveStatusOk};

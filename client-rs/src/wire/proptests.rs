@@ -14,14 +14,30 @@ use super::*;
 /// table follows.
 const META_WITH_HEADERS: [u8; 7] = [0, 0, 0, 0, 0, 0x80, 0];
 
+/// Every value type, arrays and tables nested a few levels.
 fn header_value() -> impl Strategy<Value = HeaderValue> {
-    prop_oneof![
+    let leaf = prop_oneof![
         "\\PC{0,8}".prop_map(HeaderValue::Str),
         any::<i64>().prop_map(HeaderValue::Int),
         any::<bool>().prop_map(HeaderValue::Bool),
         proptest::collection::vec(any::<u8>(), 0..8)
             .prop_map(|v| HeaderValue::Bytes(Bytes::from(v))),
-    ]
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(HeaderValue::Float),
+        Just(HeaderValue::Void),
+        any::<u64>().prop_map(HeaderValue::Timestamp),
+        (any::<u8>(), any::<u32>()).prop_map(|(scale, value)| HeaderValue::Decimal(
+            super::header::Decimal { scale, value }
+        )),
+    ];
+    leaf.prop_recursive(3, 16, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(HeaderValue::Array),
+            proptest::collection::hash_map("\\PC{0,4}", inner, 0..4)
+                .prop_map(|m| HeaderValue::Table(m.into_iter().collect())),
+        ]
+    })
 }
 
 /// Tables with unique keys, in an arbitrary (not sorted) order.
