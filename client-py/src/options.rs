@@ -64,6 +64,7 @@ impl QueueArgs {
             expires_ms: convert::opt_seconds("expires", self.expires)?.map(millis_at_least_1),
             // Not offered by the Python declare yet; the Rust client and the HTTP API set it.
             max_message_bytes: None,
+            max_priority: None,
         };
         Ok(options)
     }

@@ -100,6 +100,8 @@ struct Deliverable {
     seq: u64,
     /// Deliveries so far, this one included.
     count: u32,
+    /// Its priority level.
+    priority: u8,
     /// When its own TTL runs out (Unix ms).
     expires_at_ms: Option<u64>,
     delivery: Delivery,
@@ -158,13 +160,14 @@ impl Actor {
     ) -> Self {
         let mut log = log;
         let recovered = log.recovered_deliveries().clone();
-        let mut ready = ReadySet::default();
+        let mut ready = ReadySet::new(meta.arguments.max_priority);
         let mut transient = Vec::new();
         let queue_ttl = meta.arguments.message_ttl_ms;
         for seq in log.live_seqs() {
             // Transient messages do not survive a restart (protocol.md §8.1): drop them now,
             // so they are never counted as ready.
             let mut expires_at_ms = None;
+            let mut priority = 0;
             if let Ok(head) = log.peek(seq) {
                 if !MetaView::peek_persistent(head.meta) {
                     transient.push(seq);
@@ -172,12 +175,14 @@ impl Actor {
                 }
                 expires_at_ms = MetaView::peek_expiration_ms(head.meta)
                     .map(|own| expiry_deadline(head.timestamp_ms, own, queue_ttl));
+                // Back into its priority: the priority lives in the stored meta block.
+                priority = priority_of(&ready, head.meta);
             }
             if seq <= recovered.delivered_hwm || recovered.counts.contains_key(&seq) {
                 let count = recovered.counts.get(&seq).copied().unwrap_or(1);
-                ready.push_returned(seq, count, expires_at_ms);
+                ready.push_returned(seq, count, priority, expires_at_ms);
             } else {
-                ready.push_new(seq, expires_at_ms);
+                ready.push_new(seq, priority, expires_at_ms);
             }
         }
         for &seq in &transient {
@@ -515,7 +520,8 @@ impl Actor {
                     }
                     let expires_at_ms = MetaView::peek_expiration_ms(&m.meta)
                         .map(|own| expiry_deadline(ts, own, self.meta.arguments.message_ttl_ms));
-                    self.ready.push_new(a.seq, expires_at_ms);
+                    let priority = priority_of(&self.ready, &m.meta);
+                    self.ready.push_new(a.seq, priority, expires_at_ms);
                     stored += 1;
                 }
                 Err(e) => {
@@ -596,7 +602,11 @@ impl Actor {
     /// may not have fired yet).
     fn take_deliverable(&mut self) -> Option<Deliverable> {
         loop {
-            let ReadyMessage { seq, count } = self.ready.take_next()?;
+            let ReadyMessage {
+                seq,
+                count,
+                priority,
+            } = self.ready.take_next()?;
             let msg = match self.log().read(seq) {
                 Ok(m) => m,
                 Err(e) => {
@@ -628,6 +638,7 @@ impl Actor {
             return Some(Deliverable {
                 seq,
                 count: count + 1,
+                priority,
                 expires_at_ms: own_deadline,
                 delivery,
             });
@@ -654,6 +665,7 @@ impl Actor {
                 deadline: delivered_at + lease,
                 delivered_at,
                 count,
+                priority: d.priority,
                 bytes: (d.delivery.meta.len() + d.delivery.body.len()) as u64,
                 expires_at_ms: d.expires_at_ms,
             },
@@ -835,7 +847,9 @@ impl Actor {
     fn requeue(&mut self, seq: u64, d: Delivered) {
         match self.meta.arguments.delivery_limit {
             Some(limit) if d.count >= limit => self.dead_letter(seq, DeathReason::DeliveryLimit),
-            _ => self.ready.push_returned(seq, d.count, d.expires_at_ms),
+            _ => self
+                .ready
+                .push_returned(seq, d.count, d.priority, d.expires_at_ms),
         }
     }
 
@@ -923,7 +937,7 @@ impl Actor {
 
     fn purge(&mut self) -> u64 {
         let n = self.ready_count();
-        let seqs: Vec<u64> = self.ready.drain().collect();
+        let seqs = self.ready.drain();
         for seq in seqs {
             self.ack_in_log(seq);
         }
@@ -1029,6 +1043,16 @@ fn unknown_tag(request_id: RequestId, tag: DeliveryTag) -> ConnEvent {
             ErrorCode::UnknownDeliveryTag,
             format!("delivery tag {tag} is not outstanding on this connection"),
         ),
+    }
+}
+
+/// The priority level of a message with meta block `meta` in `ready`: 0 without priorities,
+/// where the meta block is not even looked at.
+fn priority_of(ready: &ReadySet, meta: &[u8]) -> u8 {
+    if ready.has_priorities() {
+        MetaView::peek_priority(meta).unwrap_or(0)
+    } else {
+        0
     }
 }
 

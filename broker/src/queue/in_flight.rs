@@ -25,6 +25,8 @@ pub(super) struct Delivered {
     pub(super) delivered_at: Instant,
     /// Deliveries of the message, this one included.
     pub(super) count: u32,
+    /// The message's priority level, to return it there.
+    pub(super) priority: u8,
     /// Meta and body bytes.
     pub(super) bytes: u64,
     /// When the message's own TTL runs out (Unix ms), for the deadline index if it returns.
@@ -156,6 +158,7 @@ mod tests {
             deadline,
             delivered_at: deadline,
             count: 1,
+            priority: 0,
             bytes,
             expires_at_ms: None,
         }

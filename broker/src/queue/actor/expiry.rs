@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use sluice_client::wire::MetaView;
 
-use super::{expiry_deadline, now_ms, Actor, EXPIRE_PER_ROUND, TOPOLOGY_WAIT};
+use super::{expiry_deadline, now_ms, priority_of, Actor, EXPIRE_PER_ROUND, TOPOLOGY_WAIT};
 use crate::queue::DeathReason;
 
 impl Actor {
@@ -93,16 +93,18 @@ impl Actor {
     }
 
     /// Makes a message that was taken but not delivered (a move that did not take it, a
-    /// dead-letter copy that found no space) ready again, delivered `count` times so far, with
-    /// the deadline of its own TTL if it has one (one header read).
+    /// dead-letter copy that found no space) ready again, delivered `count` times so far, in
+    /// its priority, with the deadline of its own TTL if it has one (one header read).
     pub(super) fn make_ready_again(&mut self, seq: u64, count: u32) {
         let queue_ttl = self.meta.arguments.message_ttl_ms;
         let head = self.log.as_ref().and_then(|l| l.peek(seq).ok());
-        let expires_at_ms = head.and_then(|head| {
+        let expires_at_ms = head.as_ref().and_then(|head| {
             let own = MetaView::peek_expiration_ms(head.meta)?;
             Some(expiry_deadline(head.timestamp_ms, own, queue_ttl))
         });
-        self.ready.push_returned(seq, count, expires_at_ms);
+        let priority = head.map_or(0, |head| priority_of(&self.ready, head.meta));
+        self.ready
+            .push_returned(seq, count, priority, expires_at_ms);
     }
 
     /// Whether the broker's published topology names this queue, so a dead-lettered copy is
