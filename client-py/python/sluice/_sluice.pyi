@@ -97,6 +97,7 @@ class OutgoingMessage:
         reply_to: Optional[str] = None,
         expiration: Optional[float] = None,
         timestamp: Optional[float] = None,
+        priority: Optional[int] = None,
     ) -> OutgoingMessage: ...
     @property
     def exchange(self) -> str: ...
@@ -149,6 +150,8 @@ class BaseMessage:
     def expiration(self) -> Optional[float]: ...
     @property
     def timestamp(self) -> Optional[float]: ...
+    @property
+    def priority(self) -> Optional[int]: ...
     @property
     def settled(self) -> bool: ...
 
@@ -278,6 +281,7 @@ class Client:
         ack_timeout: Optional[float] = None,
         delivery_limit: Optional[int] = None,
         expires: Optional[float] = None,
+        max_priority: Optional[int] = None,
     ) -> DeclaredQueue: ...
     def delete_queue(
         self, name: str, *, if_unused: bool = False, if_empty: bool = False
@@ -325,6 +329,7 @@ class Client:
         reply_to: Optional[str] = None,
         expiration: Optional[float] = None,
         timestamp: Optional[float] = None,
+        priority: Optional[int] = None,
     ) -> None: ...
     @overload
     def publish_batch(
@@ -393,6 +398,7 @@ class AsyncClient:
         ack_timeout: Optional[float] = None,
         delivery_limit: Optional[int] = None,
         expires: Optional[float] = None,
+        max_priority: Optional[int] = None,
     ) -> Coroutine[Any, Any, DeclaredQueue]: ...
     def delete_queue(
         self, name: str, *, if_unused: bool = False, if_empty: bool = False
@@ -442,6 +448,7 @@ class AsyncClient:
         reply_to: Optional[str] = None,
         expiration: Optional[float] = None,
         timestamp: Optional[float] = None,
+        priority: Optional[int] = None,
     ) -> Coroutine[Any, Any, None]: ...
     @overload
     def publish_batch(
