@@ -391,6 +391,22 @@ async fn the_cli_and_the_http_api_declare_publish_and_show_priorities() {
             .await;
         assert_eq!(published.status, 200, "{}", published.body);
     }
+    // /metrics counts the ready messages of each priority.
+    let expected = [("0", 1), ("1", 0), ("2", 1)].map(|(priority, n)| {
+        format!(
+            "sluice_queue_ready_by_priority_messages{{vhost=\"/\",queue=\"http-jobs\",priority=\"{priority}\"}} {n}\n"
+        )
+    });
+    within("the per-priority counts in /metrics", async {
+        loop {
+            let scraped = http.get("/metrics").await.body;
+            if expected.iter().all(|line| scraped.contains(line.as_str())) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     let shown: Value = serde_json::from_str(&http.get("/api/queues/http-jobs").await.body).unwrap();
     assert_eq!(shown["arguments"]["max_priority"], 2, "{shown}");
     let browsed: Value =

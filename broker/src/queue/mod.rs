@@ -38,7 +38,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sluice_client::wire::{
     ConsumerId, ConsumerSummary, Delivery, DeliveryTag, ErrorCode, QueueArguments, Rejection,
-    Reply, RequestId, BROWSE_FIXED_LEN, MAX_BROWSE_LIMIT, MIN_FRAME_LEN,
+    Reply, RequestId, BROWSE_FIXED_LEN, MAX_BROWSE_LIMIT, MAX_PRIORITY, MIN_FRAME_LEN,
 };
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -405,6 +405,9 @@ impl BrowsePage {
 pub struct QueueStats {
     /// Messages ready for delivery.
     pub ready: AtomicU64,
+    /// Of those, per priority (index = priority), in a queue with `max_priority`; all 0 in
+    /// a queue without.
+    pub ready_by_priority: [AtomicU64; MAX_PRIORITY as usize + 1],
     /// Messages delivered and not settled.
     pub unacked: AtomicU64,
     /// Active consumers.

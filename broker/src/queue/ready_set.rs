@@ -199,6 +199,11 @@ impl ReadySet {
         self.base.len() + self.higher_len
     }
 
+    /// Messages ready at each priority, lowest first (one entry without priorities).
+    pub(super) fn len_by_priority(&self) -> impl Iterator<Item = usize> + '_ {
+        self.levels().map(|(_, level)| level.len())
+    }
+
     /// Deliveries so far of ready message `seq` (0 if it was never delivered).
     pub(super) fn delivery_count(&self, seq: u64) -> u32 {
         self.levels()
@@ -510,6 +515,7 @@ mod tests {
         set.push_new(5, 0, None);
         set.push_new(6, 3, None);
         assert_eq!(set.len(), 6);
+        assert_eq!(set.len_by_priority().collect::<Vec<_>>(), [2, 1, 2, 1]);
         assert_eq!(
             take_all(&mut set),
             [

@@ -94,6 +94,12 @@ impl Actor {
     pub(super) fn update_stats(&self) {
         let s = &self.meta.stats;
         s.ready.store(self.ready_count(), Ordering::Relaxed);
+        if self.ready.has_priorities() {
+            let levels = self.ready.len_by_priority();
+            for (slot, n) in s.ready_by_priority.iter().zip(levels) {
+                slot.store(n as u64, Ordering::Relaxed);
+            }
+        }
         // Messages held by a move are taken, as if leased to it.
         let taken = self.in_flight.len() + self.held.len();
         s.unacked.store(taken as u64, Ordering::Relaxed);
