@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use bytes::BytesMut;
 use sluice_client::wire::{
     self, DeclareExchange, DeclareQueue, DeclareQueueOk, ErrorCode, Headers, Overflow, Payload,
-    QueueArguments, Reader, MAX_NAME_LEN,
+    QueueArguments, Reader, MAX_NAME_LEN, MAX_PRIORITY,
 };
 
 use crate::auth::{AccessStore, VhostLimits};
@@ -841,6 +841,11 @@ fn first_argument_difference(
             text(&have.max_message_bytes),
             text(&want.max_message_bytes),
         ),
+        (
+            "max_priority",
+            text(&have.max_priority),
+            text(&want.max_priority),
+        ),
     ];
     fields
         .into_iter()
@@ -909,6 +914,13 @@ fn validate_arguments(a: &QueueArguments) -> Result<(), RequestError> {
         return Err(RequestError::invalid(
             "max_message_bytes must be at least 1",
         ));
+    }
+    if a.max_priority
+        .is_some_and(|p| !(1..=MAX_PRIORITY).contains(&p))
+    {
+        return Err(RequestError::invalid(format!(
+            "max_priority must be between 1 and {MAX_PRIORITY}"
+        )));
     }
     if let Some(x) = &a.dead_letter_exchange {
         namespace::check_local(x)?;

@@ -67,7 +67,7 @@ impl AsyncClient {
         name, durable = true, *, exclusive = false, auto_delete = false, passive = false,
         max_length = None, max_length_bytes = None, overflow = None, message_ttl = None,
         dead_letter_exchange = None, dead_letter_routing_key = None, ack_timeout = None,
-        delivery_limit = None, expires = None,
+        delivery_limit = None, expires = None, max_priority = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn declare_queue<'py>(
@@ -87,6 +87,7 @@ impl AsyncClient {
         ack_timeout: Option<f64>,
         delivery_limit: Option<u32>,
         expires: Option<f64>,
+        max_priority: Option<u8>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let options = QueueArgs {
             exclusive,
@@ -101,6 +102,7 @@ impl AsyncClient {
             ack_timeout,
             delivery_limit,
             expires,
+            max_priority,
         }
         .into_options(durable)?;
         let connection = self.connection.clone();
@@ -238,7 +240,7 @@ impl AsyncClient {
     #[pyo3(signature = (
         exchange, routing_key, body, *, headers = None, mandatory = false, persistent = true,
         content_type = None, content_encoding = None, message_id = None, correlation_id = None,
-        reply_to = None, expiration = None, timestamp = None,
+        reply_to = None, expiration = None, timestamp = None, priority = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn publish<'py>(
@@ -257,6 +259,7 @@ impl AsyncClient {
         reply_to: Option<String>,
         expiration: Option<f64>,
         timestamp: Option<f64>,
+        priority: Option<u8>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let body = convert::body(body)?;
         let options = PublishArgs {
@@ -270,6 +273,7 @@ impl AsyncClient {
             reply_to,
             expiration,
             timestamp,
+            priority,
         }
         .into_options()?;
         let connection = self.connection.clone();

@@ -185,7 +185,7 @@ impl Client {
         name, durable = true, *, exclusive = false, auto_delete = false, passive = false,
         max_length = None, max_length_bytes = None, overflow = None, message_ttl = None,
         dead_letter_exchange = None, dead_letter_routing_key = None, ack_timeout = None,
-        delivery_limit = None, expires = None,
+        delivery_limit = None, expires = None, max_priority = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn declare_queue(
@@ -205,6 +205,7 @@ impl Client {
         ack_timeout: Option<f64>,
         delivery_limit: Option<u32>,
         expires: Option<f64>,
+        max_priority: Option<u8>,
     ) -> PyResult<DeclaredQueue> {
         let options = QueueArgs {
             exclusive,
@@ -219,6 +220,7 @@ impl Client {
             ack_timeout,
             delivery_limit,
             expires,
+            max_priority,
         }
         .into_options(durable)?;
         runtime::block_on(py, async {
@@ -343,7 +345,7 @@ impl Client {
     #[pyo3(signature = (
         exchange, routing_key, body, *, headers = None, mandatory = false, persistent = true,
         content_type = None, content_encoding = None, message_id = None, correlation_id = None,
-        reply_to = None, expiration = None, timestamp = None,
+        reply_to = None, expiration = None, timestamp = None, priority = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn publish(
@@ -362,6 +364,7 @@ impl Client {
         reply_to: Option<String>,
         expiration: Option<f64>,
         timestamp: Option<f64>,
+        priority: Option<u8>,
     ) -> PyResult<()> {
         let body = convert::body(body)?;
         let options = PublishArgs {
@@ -375,6 +378,7 @@ impl Client {
             reply_to,
             expiration,
             timestamp,
+            priority,
         }
         .into_options()?;
         runtime::block_on(py, async {

@@ -229,6 +229,12 @@ impl BaseMessage {
         self.inner.meta().timestamp_ms.map(|ms| ms as f64 / 1000.0)
     }
 
+    /// Priority (`None`: not set, the lowest).
+    #[getter]
+    fn priority(&self) -> Option<u8> {
+        self.inner.meta().priority
+    }
+
     /// True once this handle has acked, nacked or rejected the delivery.
     #[getter]
     fn settled(&self) -> bool {

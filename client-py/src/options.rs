@@ -27,6 +27,7 @@ pub(crate) struct QueueArgs {
     pub ack_timeout: Option<f64>,
     pub delivery_limit: Option<u32>,
     pub expires: Option<f64>,
+    pub max_priority: Option<u8>,
 }
 
 impl QueueArgs {
@@ -64,6 +65,7 @@ impl QueueArgs {
             expires_ms: convert::opt_seconds("expires", self.expires)?.map(millis_at_least_1),
             // Not offered by the Python declare yet; the Rust client and the HTTP API set it.
             max_message_bytes: None,
+            max_priority: self.max_priority,
         };
         Ok(options)
     }
@@ -127,6 +129,7 @@ pub(crate) struct PublishArgs<'a, 'py> {
     pub reply_to: Option<String>,
     pub expiration: Option<f64>,
     pub timestamp: Option<f64>,
+    pub priority: Option<u8>,
 }
 
 impl PublishArgs<'_, '_> {
@@ -149,6 +152,7 @@ impl PublishArgs<'_, '_> {
             .map(|s| convert::millis("timestamp", s))
             .transpose()?;
         properties.headers = convert::headers(self.headers)?;
+        properties.priority = self.priority;
         Ok(options)
     }
 }
@@ -166,7 +170,7 @@ impl OutgoingMessage {
     #[pyo3(signature = (
         exchange, routing_key, body, *, headers=None, mandatory=false, persistent=true,
         content_type=None, content_encoding=None, message_id=None, correlation_id=None,
-        reply_to=None, expiration=None, timestamp=None,
+        reply_to=None, expiration=None, timestamp=None, priority=None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -183,6 +187,7 @@ impl OutgoingMessage {
         reply_to: Option<String>,
         expiration: Option<f64>,
         timestamp: Option<f64>,
+        priority: Option<u8>,
     ) -> PyResult<Self> {
         let options = PublishArgs {
             headers,
@@ -195,6 +200,7 @@ impl OutgoingMessage {
             reply_to,
             expiration,
             timestamp,
+            priority,
         }
         .into_options()?;
         let inner =
@@ -402,6 +408,9 @@ impl QueueInfo {
         }
         if let Some(v) = a.max_message_bytes {
             args.set_item("max_message_bytes", v)?;
+        }
+        if let Some(v) = a.max_priority {
+            args.set_item("max_priority", v)?;
         }
         Ok(args)
     }

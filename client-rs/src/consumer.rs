@@ -281,6 +281,7 @@ const EMPTY_META: MetaView<'static> = MetaView {
     expiration_ms: None,
     timestamp_ms: None,
     raw_headers: &[],
+    priority: None,
 };
 
 impl Message {

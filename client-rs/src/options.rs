@@ -166,6 +166,13 @@ impl QueueOptions {
         self
     }
 
+    /// Priority levels above 0 (1 to 10): messages of higher priority are delivered first,
+    /// FIFO within a priority (see [`PublishOptions::priority`]).
+    pub fn max_priority(mut self, levels: u8) -> Self {
+        self.arguments.max_priority = Some(levels);
+        self
+    }
+
     pub(crate) fn into_request(self, name: &str) -> DeclareQueue {
         DeclareQueue {
             name: name.to_owned(),
@@ -427,6 +434,13 @@ impl PublishOptions {
     /// Application timestamp, milliseconds since the Unix epoch.
     pub fn timestamp_ms(mut self, timestamp_ms: u64) -> Self {
         self.properties.timestamp_ms = Some(timestamp_ms);
+        self
+    }
+
+    /// Priority (0, the default, is the lowest): in a queue with `max_priority` higher
+    /// priorities are delivered first; above the queue's maximum counts as the maximum.
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.properties.priority = Some(priority);
         self
     }
 

@@ -528,6 +528,10 @@ async fn make_every_series(broker: &Broker) -> Client {
         .await
         .unwrap();
     publish(&client, "small", 1).await;
+    client
+        .declare_queue("urgent", QueueOptions::new().max_priority(2))
+        .await
+        .unwrap();
     let _ = client
         .publish("", "small", "refused", &PublishOptions::new())
         .await;

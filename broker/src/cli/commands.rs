@@ -251,6 +251,7 @@ async fn declare_queue(client: &Client, a: DeclareQueueArgs, json: bool) -> Resu
             delivery_limit: a.delivery_limit,
             expires_ms: a.expires_ms,
             max_message_bytes: a.max_message_bytes,
+            max_priority: a.max_priority,
         },
     };
     let ok = client.declare_queue(&a.name, options).await?;
@@ -381,6 +382,7 @@ async fn publish(
     options.properties.correlation_id = a.correlation_id;
     options.properties.reply_to = a.reply_to;
     options.properties.expiration_ms = a.expiration_ms;
+    options.properties.priority = a.priority;
     for h in a.headers {
         options = options.header(h.key, h.value);
     }

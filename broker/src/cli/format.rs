@@ -387,7 +387,7 @@ pub fn inspect_text(q: &InspectQueueOk) -> String {
             },
         ),
     ];
-    let optional: [(&str, Option<String>); 10] = [
+    let optional: [(&str, Option<String>); 11] = [
         ("max-length", a.max_length.map(|v| v.to_string())),
         (
             "max-length-bytes",
@@ -404,6 +404,7 @@ pub fn inspect_text(q: &InspectQueueOk) -> String {
             "max-message-bytes",
             a.max_message_bytes.map(|v| v.to_string()),
         ),
+        ("max-priority", a.max_priority.map(|v| v.to_string())),
     ];
     lines.extend(optional.into_iter().filter_map(|(k, v)| Some((k, v?))));
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
@@ -643,6 +644,7 @@ struct ArgumentsJson<'a> {
     delivery_limit: Option<u32>,
     expires_ms: Option<u64>,
     max_message_bytes: Option<u32>,
+    max_priority: Option<u8>,
 }
 
 impl<'a> From<&'a InspectQueueOk> for InspectJson<'a> {
@@ -669,6 +671,7 @@ impl<'a> From<&'a InspectQueueOk> for InspectJson<'a> {
                 delivery_limit: a.delivery_limit,
                 expires_ms: a.expires_ms,
                 max_message_bytes: a.max_message_bytes,
+                max_priority: a.max_priority,
             },
         }
     }
@@ -693,6 +696,8 @@ pub struct MessageJson<'a> {
     reply_to: Option<&'a str>,
     expiration_ms: Option<u64>,
     timestamp_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    priority: Option<u8>,
     headers: HeadersJson<'a>,
     body: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -719,6 +724,7 @@ impl<'a> MessageJson<'a> {
             reply_to: meta.reply_to,
             expiration_ms: meta.expiration_ms,
             timestamp_ms: meta.timestamp_ms,
+            priority: meta.priority,
             headers: HeadersJson(headers),
             body,
             body_hex: body.is_none().then(|| hex(&message.body)),

@@ -128,6 +128,8 @@ struct PropertiesJson<'a> {
     reply_to: Option<&'a str>,
     expiration_ms: Option<u64>,
     timestamp_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    priority: Option<u8>,
 }
 
 impl<'a> BrowsedJson<'a> {
@@ -159,6 +161,7 @@ impl<'a> BrowsedJson<'a> {
                     reply_to: p.reply_to.as_deref(),
                     expiration_ms: p.expiration_ms,
                     timestamp_ms: p.timestamp_ms,
+                    priority: p.priority,
                 }
             }),
             headers: meta.map(|m| HeadersJson(&m.properties.headers)),

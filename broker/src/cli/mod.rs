@@ -286,6 +286,9 @@ pub struct DeclareQueueArgs {
     /// Largest message (meta + body) the queue takes; larger ones are refused.
     #[arg(long, value_name = "BYTES")]
     pub max_message_bytes: Option<u32>,
+    /// Priority levels above 0 (1 to 10): higher-priority messages are delivered first.
+    #[arg(long, value_name = "N")]
+    pub max_priority: Option<u8>,
 }
 
 /// What a queue does at its length limit.
@@ -435,6 +438,10 @@ pub struct PublishArgs {
     /// Per-message TTL, from when a queue accepts the message.
     #[arg(long, value_name = "MS")]
     pub expiration_ms: Option<u64>,
+    /// Priority, 0 (the default, lowest) to 255; a queue with max-priority delivers higher
+    /// priorities first and counts one above its maximum as the maximum.
+    #[arg(long, value_name = "N")]
+    pub priority: Option<u8>,
 }
 
 /// Arguments of `sluice get`.

@@ -84,6 +84,7 @@ struct PropertiesBody {
     reply_to: Option<String>,
     expiration_ms: Option<u64>,
     timestamp_ms: Option<u64>,
+    priority: Option<u8>,
     #[serde(default)]
     headers: serde_json::Map<String, serde_json::Value>,
 }
@@ -121,6 +122,7 @@ impl PublishBody {
                 expiration_ms: p.expiration_ms,
                 timestamp_ms: p.timestamp_ms,
                 headers,
+                priority: p.priority,
             },
         };
         meta.to_bytes()
@@ -389,6 +391,8 @@ struct PropertiesJson {
     reply_to: Option<String>,
     expiration_ms: Option<u64>,
     timestamp_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    priority: Option<u8>,
 }
 
 impl GotMessage {
@@ -417,6 +421,7 @@ impl GotMessage {
                 reply_to: p.reply_to,
                 expiration_ms: p.expiration_ms,
                 timestamp_ms: p.timestamp_ms,
+                priority: p.priority,
             },
             headers: serde_json::to_value(HeadersJson(&p.headers))
                 .map_err(|e| RequestError::internal(format!("headers as JSON: {e}")))?,

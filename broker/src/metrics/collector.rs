@@ -198,6 +198,7 @@ fn encode_queue_gauges(enc: &mut DescriptorEncoder, queues: &[&QueueHandle]) -> 
         None,
         |s| load(&s.ready),
     )?;
+    encode_ready_by_priority(enc, queues)?;
     per_queue_gauge(
         enc,
         queues,
@@ -231,6 +232,37 @@ fn encode_queue_gauges(enc: &mut DescriptorEncoder, queues: &[&QueueHandle]) -> 
         Some(&Unit::Bytes),
         |s| load(&s.bytes),
     )
+}
+
+/// Ready messages per priority, for the queues with `max_priority` only (each with a series
+/// per priority, 0 to its maximum).
+fn encode_ready_by_priority(enc: &mut DescriptorEncoder, queues: &[&QueueHandle]) -> fmt::Result {
+    let mut m = enc.encode_descriptor(
+        "sluice_queue_ready_by_priority_messages",
+        "Messages ready for delivery in a queue with max_priority, by priority.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for q in queues {
+        let Some(max) = q.meta.arguments.max_priority else {
+            continue;
+        };
+        let name = namespace::split(&q.meta.name);
+        let stats = &q.meta.stats;
+        for (priority, ready) in stats.ready_by_priority.iter().enumerate() {
+            if priority > usize::from(max) {
+                break;
+            }
+            let priority = priority.to_string();
+            let labels = [
+                ("vhost", name.vhost),
+                ("queue", name.local),
+                ("priority", priority.as_str()),
+            ];
+            m.encode_family(&labels)?.encode_gauge(&load(ready))?;
+        }
+    }
+    Ok(())
 }
 
 /// A per-queue counter without labels of its own.

@@ -122,6 +122,7 @@ class OutgoingMessage:
         reply_to: Optional[str] = None,
         expiration: Optional[float] = None,
         timestamp: Optional[float] = None,
+        priority: Optional[int] = None,
     ) -> OutgoingMessage: ...
     @property
     def exchange(self) -> str: ...
@@ -174,6 +175,8 @@ class BaseMessage:
     def expiration(self) -> Optional[float]: ...
     @property
     def timestamp(self) -> Optional[float]: ...
+    @property
+    def priority(self) -> Optional[int]: ...
     @property
     def settled(self) -> bool: ...
 
@@ -303,6 +306,7 @@ class Client:
         ack_timeout: Optional[float] = None,
         delivery_limit: Optional[int] = None,
         expires: Optional[float] = None,
+        max_priority: Optional[int] = None,
     ) -> DeclaredQueue: ...
     def delete_queue(
         self, name: str, *, if_unused: bool = False, if_empty: bool = False
@@ -350,6 +354,7 @@ class Client:
         reply_to: Optional[str] = None,
         expiration: Optional[float] = None,
         timestamp: Optional[float] = None,
+        priority: Optional[int] = None,
     ) -> None: ...
     @overload
     def publish_batch(
@@ -418,6 +423,7 @@ class AsyncClient:
         ack_timeout: Optional[float] = None,
         delivery_limit: Optional[int] = None,
         expires: Optional[float] = None,
+        max_priority: Optional[int] = None,
     ) -> Coroutine[Any, Any, DeclaredQueue]: ...
     def delete_queue(
         self, name: str, *, if_unused: bool = False, if_empty: bool = False
@@ -467,6 +473,7 @@ class AsyncClient:
         reply_to: Optional[str] = None,
         expiration: Optional[float] = None,
         timestamp: Optional[float] = None,
+        priority: Optional[int] = None,
     ) -> Coroutine[Any, Any, None]: ...
     @overload
     def publish_batch(

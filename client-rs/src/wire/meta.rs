@@ -9,7 +9,8 @@
 //! flags u8 (0 mandatory, 1 persistent), exchange str, routing_key str,
 //! present u16 (bit i set = field i follows), then the present fields in bit order:
 //! 0 content_type str, 1 content_encoding str, 2 message_id str, 3 correlation_id str,
-//! 4 reply_to str, 5 expiration_ms u64, 6 timestamp_ms u64, 7 headers (at least one entry)
+//! 4 reply_to str, 5 expiration_ms u64, 6 timestamp_ms u64, 7 headers (at least one entry),
+//! 10 priority u8
 //! ```
 
 use bytes::{Bytes, BytesMut};
@@ -30,7 +31,8 @@ const REPLY_TO: u16 = 1 << 4;
 const EXPIRATION: u16 = 1 << 5;
 const TIMESTAMP: u16 = 1 << 6;
 const HEADERS: u16 = 1 << 7;
-const ALL_PROPERTIES: u16 = 0x00ff;
+const PRIORITY: u16 = 1 << 10;
+const ALL_PROPERTIES: u16 = 0x00ff | PRIORITY;
 
 /// Message properties: what the broker and the consumer know about a body.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,6 +55,9 @@ pub struct Properties {
     pub timestamp_ms: Option<u64>,
     /// Application headers (matched by headers exchanges). Empty = none.
     pub headers: Headers,
+    /// Delivered before messages of lower priority in a queue with `max_priority`; above
+    /// the queue's maximum counts as the maximum. `None` = 0, the lowest.
+    pub priority: Option<u8>,
 }
 
 /// A message's meta block, owned: where it is published and its properties.
@@ -136,6 +141,7 @@ pub fn meta_len(exchange: &str, routing_key: &str, props: &Properties) -> usize 
         } else {
             headers_len(&props.headers)
         }
+        + props.priority.map_or(0, |_| 1)
 }
 
 /// Appends the meta block built from borrowed parts: the bytes [`MessageMeta`] encodes to,
@@ -179,6 +185,7 @@ pub fn put_meta(
         (EXPIRATION, props.expiration_ms.is_some()),
         (TIMESTAMP, props.timestamp_ms.is_some()),
         (HEADERS, !props.headers.is_empty()),
+        (PRIORITY, props.priority.is_some()),
     ] {
         if value {
             present |= bit;
@@ -198,6 +205,9 @@ pub fn put_meta(
     }
     if !props.headers.is_empty() {
         put_headers(buf, &props.headers)?;
+    }
+    if let Some(v) = props.priority {
+        p::put_u8(buf, v);
     }
     Ok(())
 }
@@ -230,6 +240,8 @@ pub struct MetaView<'a> {
     pub timestamp_ms: Option<u64>,
     /// The encoded header table (validated), or empty when the message has no headers.
     pub raw_headers: &'a [u8],
+    /// See [`Properties::priority`].
+    pub priority: Option<u8>,
 }
 
 impl<'a> MetaView<'a> {
@@ -267,6 +279,7 @@ impl<'a> MetaView<'a> {
         } else {
             &[]
         };
+        let priority = (present & PRIORITY != 0).then(|| r.u8()).transpose()?;
         Ok(MetaView {
             exchange,
             routing_key,
@@ -280,6 +293,7 @@ impl<'a> MetaView<'a> {
             expiration_ms,
             timestamp_ms,
             raw_headers,
+            priority,
         })
     }
 
@@ -319,6 +333,45 @@ impl<'a> MetaView<'a> {
         r.u64().ok()
     }
 
+    /// The priority of a meta block validated before (`None` when it has none or the block
+    /// is malformed); skips the fields before it without checking them again. A queue with
+    /// `max_priority` reads it for every message it stores.
+    pub fn peek_priority(meta: &[u8]) -> Option<u8> {
+        // Strings are skipped, not checked again: the block was validated when published.
+        fn skip_str(r: &mut Reader<'_>) -> Option<()> {
+            let len = r.u16().ok()?;
+            r.raw(usize::from(len)).ok().map(drop)
+        }
+        let mut r = Reader::new(meta);
+        r.u8().ok()?;
+        skip_str(&mut r)?;
+        skip_str(&mut r)?;
+        let present = r.u16().ok()?;
+        if present & PRIORITY == 0 {
+            return None;
+        }
+        for bit in [
+            CONTENT_TYPE,
+            CONTENT_ENCODING,
+            MESSAGE_ID,
+            CORRELATION_ID,
+            REPLY_TO,
+        ] {
+            if present & bit != 0 {
+                skip_str(&mut r)?;
+            }
+        }
+        for bit in [EXPIRATION, TIMESTAMP] {
+            if present & bit != 0 {
+                r.u64().ok()?;
+            }
+        }
+        if present & HEADERS != 0 {
+            skip_headers(&mut r).ok()?;
+        }
+        r.u8().ok()
+    }
+
     /// Decodes the headers (empty when there are none).
     pub fn headers(&self) -> Result<Headers, WireError> {
         if self.raw_headers.is_empty() {
@@ -344,6 +397,7 @@ impl<'a> MetaView<'a> {
                 expiration_ms: self.expiration_ms,
                 timestamp_ms: self.timestamp_ms,
                 headers: self.headers()?,
+                priority: self.priority,
             },
         })
     }
@@ -370,6 +424,7 @@ mod tests {
                 expiration_ms: Some(60_000),
                 timestamp_ms: Some(1_700_000_000_000),
                 headers: vec![("tenant".into(), HeaderValue::Int(42))],
+                priority: None,
             },
         }
     }
@@ -425,6 +480,39 @@ mod tests {
             &meta,
             &hex("02  00 00  05 00 74 61 73 6b 73  01 00  0a 00 74 65 78 74 2f 70 6c 61 69 6e"),
         );
+    }
+
+    #[test]
+    fn a_priority_follows_the_headers_as_one_byte() {
+        let mut meta = MessageMeta::new("", "q");
+        meta.properties.priority = Some(7);
+        check_payload(&meta, &hex("00  00 00  01 00 71  00 04  07"));
+        let mut with_headers = meta.clone();
+        with_headers.properties.headers = vec![("a".into(), HeaderValue::Int(1))];
+        check_payload(
+            &with_headers,
+            &hex("00  00 00  01 00 71  80 04  01 00  01 00 61 02 01 00 00 00 00 00 00 00  07"),
+        );
+        assert_eq!(
+            MetaView::parse(&with_headers.to_bytes().unwrap())
+                .unwrap()
+                .priority,
+            Some(7)
+        );
+    }
+
+    #[test]
+    fn peeking_reads_the_priority_past_every_other_property() {
+        let mut full = full_meta();
+        assert_eq!(MetaView::peek_priority(&full.to_bytes().unwrap()), None);
+        full.properties.priority = Some(9);
+        let bytes = full.to_bytes().unwrap();
+        assert_eq!(MetaView::peek_priority(&bytes), Some(9));
+        assert_eq!(MetaView::peek_expiration_ms(&bytes), Some(60_000));
+        for i in 0..bytes.len() {
+            assert_eq!(MetaView::peek_priority(&bytes[..i]), None, "prefix {i}");
+        }
+        assert_eq!(MetaView::peek_priority(&[]), None);
     }
 
     #[test]

@@ -91,7 +91,7 @@ pub use primitives::Reader;
 pub use publish::{Confirm, Publish, PublishMessage, PublishRejected, Rejection};
 pub use queue::{
     DeclareQueue, DeclareQueueOk, DeleteQueue, DeleteQueueOk, InspectQueue, InspectQueueOk,
-    Overflow, PurgeQueue, PurgeQueueOk, QueueArguments,
+    Overflow, PurgeQueue, PurgeQueueOk, QueueArguments, MAX_PRIORITY,
 };
 
 /// The protocol version this codec speaks.

@@ -35,7 +35,7 @@ impl Overflow {
 /// present u16 (bit i set = field i follows), then the present fields in bit order:
 /// 0 max_length u64, 1 max_length_bytes u64, 2 overflow u8, 3 message_ttl_ms u64,
 /// 4 dead_letter_exchange str, 5 dead_letter_routing_key str, 6 ack_timeout_ms u64,
-/// 7 delivery_limit u32, 8 expires_ms u64, 9 max_message_bytes u32
+/// 7 delivery_limit u32, 8 expires_ms u64, 9 max_message_bytes u32, 10 max_priority u8
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueArguments {
@@ -60,9 +60,15 @@ pub struct QueueArguments {
     /// Largest message (meta plus body) the queue takes; a larger one routed to it is refused
     /// with `MESSAGE_TOO_LARGE`. At most the server's own limit applies anyway.
     pub max_message_bytes: Option<u32>,
+    /// Priority levels above 0 (1 to [`MAX_PRIORITY`]): messages of higher priority are
+    /// delivered first, FIFO within a priority. `None` = one level, as without priorities.
+    pub max_priority: Option<u8>,
 }
 
-const ARG_BITS: u16 = 0x03ff;
+/// The highest `max_priority` a queue may have.
+pub const MAX_PRIORITY: u8 = 10;
+
+const ARG_BITS: u16 = 0x07ff;
 
 impl Payload for QueueArguments {
     fn encode(&self, buf: &mut BytesMut) -> Result<(), WireError> {
@@ -77,6 +83,7 @@ impl Payload for QueueArguments {
             self.delivery_limit.is_some(),
             self.expires_ms.is_some(),
             self.max_message_bytes.is_some(),
+            self.max_priority.is_some(),
         ]
         .iter()
         .enumerate()
@@ -112,6 +119,9 @@ impl Payload for QueueArguments {
         if let Some(v) = self.max_message_bytes {
             p::put_u32(buf, v);
         }
+        if let Some(v) = self.max_priority {
+            p::put_u8(buf, v);
+        }
         Ok(())
     }
 
@@ -131,6 +141,7 @@ impl Payload for QueueArguments {
             delivery_limit: has(7).then(|| r.u32()).transpose()?,
             expires_ms: has(8).then(|| r.u64()).transpose()?,
             max_message_bytes: has(9).then(|| r.u32()).transpose()?,
+            max_priority: has(10).then(|| r.u8()).transpose()?,
         })
     }
 }
@@ -426,6 +437,7 @@ mod tests {
             delivery_limit: Some(5),
             expires_ms: Some(3_600_000),
             max_message_bytes: Some(65_536),
+            max_priority: Some(10),
         }
     }
 
@@ -458,10 +470,10 @@ mod tests {
                 passive: true,
                 arguments: full_arguments(),
             },
-            &hex("00 00  0e  ff 03
+            &hex("00 00  0e  ff 07
                  e8 03 00 00 00 00 00 00  00 00 10 00 00 00 00 00  01  60 ea 00 00 00 00 00 00
                  03 00 64 6c 78  04 00 64 65 61 64  40 77 1b 00 00 00 00 00  05 00 00 00
-                 80 ee 36 00 00 00 00 00  00 00 01 00"),
+                 80 ee 36 00 00 00 00 00  00 00 01 00  0a"),
         );
     }
 
@@ -473,8 +485,8 @@ mod tests {
             DeclareQueue::decode(&mut Reader::new(&bad_flags)),
             Err(WireError::ReservedBits { .. })
         ));
-        // argument bit 10
-        let bad_args = hex("00 00 00 00 04");
+        // argument bit 11
+        let bad_args = hex("00 00 00 00 08");
         assert!(DeclareQueue::decode(&mut Reader::new(&bad_args)).is_err());
         // overflow 2
         let bad_overflow = hex("00 00 00 04 00 02");
@@ -499,6 +511,21 @@ mod tests {
                 ..Default::default()
             },
             &hex("01 00 71  00  00 02  00 04 00 00"),
+        );
+    }
+
+    #[test]
+    fn declare_queue_with_priorities() {
+        check_payload(
+            &DeclareQueue {
+                name: "q".into(),
+                arguments: QueueArguments {
+                    max_priority: Some(5),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            &hex("01 00 71  00  00 04  05"),
         );
     }
 

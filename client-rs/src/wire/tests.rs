@@ -144,6 +144,7 @@ fn full_meta() -> MessageMeta {
             ("k".into(), HeaderValue::Bool(true)),
             ("b".into(), HeaderValue::Bytes(Bytes::from_static(b"\x01"))),
         ],
+        priority: None,
     };
     meta
 }
@@ -693,6 +694,7 @@ prop_compose! {
         expiration_ms in proptest::option::of(any::<u64>()),
         timestamp_ms in proptest::option::of(any::<u64>()),
         headers in headers(),
+        priority in proptest::option::of(any::<u8>()),
     ) -> MessageMeta {
         let (content_type, content_encoding, message_id, correlation_id, reply_to) = strs;
         MessageMeta {
@@ -709,6 +711,7 @@ prop_compose! {
                 expiration_ms,
                 timestamp_ms,
                 headers,
+                priority,
             },
         }
     }
