@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::client::{unexpected_reply, Client};
 use crate::connection::{Command, ConsumerEvent};
 use crate::error::{Error, Result};
-use crate::options::{millis_at_least_1, ConsumeOptions};
+use crate::options::{millis, millis_at_least_1, ConsumeOptions};
 use crate::wire::{
     Ack, ConsumerId, Delivery, DeliveryTag, Extend, Get, HeaderValue, Headers, MetaView, Nack,
     Properties, Reject, Reply, Request, SetPrefetch,
@@ -270,6 +270,8 @@ const EMPTY_META: MetaView<'static> = MetaView {
     expiration_ms: None,
     timestamp_ms: None,
     raw_headers: &[],
+    deliver_at_ms: None,
+    delay_ms: None,
 };
 
 impl Message {
@@ -371,6 +373,19 @@ impl Message {
             delivery_tag: self.delivery_tag,
             multiple: false,
             requeue,
+            delay_ms: None,
+        })
+    }
+
+    /// Nacks and requeues the message to be ready again only after `delay` (a retry with
+    /// backoff chosen by the consumer; it replaces the queue's `retry_backoff`). The delay
+    /// is kept durably: a broker restart neither delivers it early nor loses it.
+    pub async fn nack_with_delay(&self, delay: Duration) -> Result<()> {
+        self.settle(Nack {
+            delivery_tag: self.delivery_tag,
+            multiple: false,
+            requeue: true,
+            delay_ms: Some(millis(delay)),
         })
     }
 
@@ -382,8 +397,16 @@ impl Message {
     }
 
     /// Pushes the ack deadline to `by` from now (a heartbeat for long tasks). Does not
-    /// settle the message.
+    /// settle the message, except `Duration::ZERO`: that releases it now (SQS's visibility
+    /// timeout 0), it is ready again at once, and this delivery does not count against the
+    /// queue's `delivery_limit` (protocol.md §10.4).
     pub async fn extend(&self, by: Duration) -> Result<()> {
+        if by.is_zero() {
+            return self.settle(Extend {
+                delivery_tag: self.delivery_tag,
+                extend_ms: 0,
+            });
+        }
         if self.is_settled() {
             return Err(Error::AlreadySettled);
         }

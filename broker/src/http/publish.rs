@@ -86,6 +86,10 @@ struct PropertiesBody {
     timestamp_ms: Option<u64>,
     #[serde(default)]
     headers: serde_json::Map<String, serde_json::Value>,
+    /// Deliver no earlier than this Unix time (ms); not with `delay_ms`.
+    deliver_at_ms: Option<u64>,
+    /// Deliver no earlier than this long after the queue accepted it.
+    delay_ms: Option<u64>,
 }
 
 impl PublishBody {
@@ -121,6 +125,8 @@ impl PublishBody {
                 expiration_ms: p.expiration_ms,
                 timestamp_ms: p.timestamp_ms,
                 headers,
+                deliver_at_ms: p.deliver_at_ms,
+                delay_ms: p.delay_ms,
             },
         };
         meta.to_bytes()
@@ -389,6 +395,10 @@ struct PropertiesJson {
     reply_to: Option<String>,
     expiration_ms: Option<u64>,
     timestamp_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deliver_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delay_ms: Option<u64>,
 }
 
 impl GotMessage {
@@ -417,6 +427,8 @@ impl GotMessage {
                 reply_to: p.reply_to,
                 expiration_ms: p.expiration_ms,
                 timestamp_ms: p.timestamp_ms,
+                deliver_at_ms: p.deliver_at_ms,
+                delay_ms: p.delay_ms,
             },
             headers: serde_json::to_value(HeadersJson(&p.headers))
                 .map_err(|e| RequestError::internal(format!("headers as JSON: {e}")))?,

@@ -60,9 +60,45 @@ pub struct QueueArguments {
     /// Largest message (meta plus body) the queue takes; a larger one routed to it is refused
     /// with `MESSAGE_TOO_LARGE`. At most the server's own limit applies anyway.
     pub max_message_bytes: Option<u32>,
+    /// Every requeue of a message (nack with requeue, lease expiry, consumer loss) waits
+    /// this backoff before the message is ready again.
+    pub retry_backoff: Option<RetryBackoff>,
 }
 
-const ARG_BITS: u16 = 0x03ff;
+/// Bits 0–9 and 14 of the arguments' `present` field are defined.
+const ARG_BITS: u16 = 0x03ff | RETRY_BACKOFF;
+const RETRY_BACKOFF: u16 = 1 << 14;
+
+/// How long a requeued message waits before it is ready again (queue argument bit 14):
+/// `min(max_ms, initial_ms × (multiplier_percent / 100)^(delivery_count − 1))`.
+///
+/// ```text
+/// initial_ms u64, multiplier_percent u32, max_ms u64
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryBackoff {
+    /// The wait after the first delivery.
+    pub initial_ms: u64,
+    /// Growth per delivery, in percent: 200 doubles, 100 keeps the wait constant.
+    pub multiplier_percent: u32,
+    /// The longest wait.
+    pub max_ms: u64,
+}
+
+impl RetryBackoff {
+    /// The wait before a message delivered `delivery_count` times (at least 1) is ready again.
+    pub fn delay_ms(&self, delivery_count: u32) -> u64 {
+        let mut delay = self.initial_ms.min(self.max_ms);
+        for _ in 1..delivery_count {
+            if delay >= self.max_ms {
+                break;
+            }
+            let next = u128::from(delay) * u128::from(self.multiplier_percent) / 100;
+            delay = u64::try_from(next).unwrap_or(u64::MAX).min(self.max_ms);
+        }
+        delay
+    }
+}
 
 impl Payload for QueueArguments {
     fn encode(&self, buf: &mut BytesMut) -> Result<(), WireError> {
@@ -81,6 +117,7 @@ impl Payload for QueueArguments {
         .iter()
         .enumerate()
         .fold(0u16, |bits, (i, &set)| bits | (u16::from(set) << i));
+        let present = present | if self.retry_backoff.is_some() { RETRY_BACKOFF } else { 0 };
         p::put_u16(buf, present);
         if let Some(v) = self.max_length {
             p::put_u64(buf, v);
@@ -112,6 +149,11 @@ impl Payload for QueueArguments {
         if let Some(v) = self.max_message_bytes {
             p::put_u32(buf, v);
         }
+        if let Some(b) = self.retry_backoff {
+            p::put_u64(buf, b.initial_ms);
+            p::put_u32(buf, b.multiplier_percent);
+            p::put_u64(buf, b.max_ms);
+        }
         Ok(())
     }
 
@@ -131,6 +173,15 @@ impl Payload for QueueArguments {
             delivery_limit: has(7).then(|| r.u32()).transpose()?,
             expires_ms: has(8).then(|| r.u64()).transpose()?,
             max_message_bytes: has(9).then(|| r.u32()).transpose()?,
+            retry_backoff: has(14)
+                .then(|| -> Result<_, WireError> {
+                    Ok(RetryBackoff {
+                        initial_ms: r.u64()?,
+                        multiplier_percent: r.u32()?,
+                        max_ms: r.u64()?,
+                    })
+                })
+                .transpose()?,
         })
     }
 }
@@ -347,7 +398,7 @@ queue_name_request! {
 ///
 /// ```text
 /// name str, flags u8 (0 durable, 1 exclusive, 2 auto_delete), ready u64, unacked u64,
-/// consumers u32, bytes u64, arguments, oldest_ready_age_ms u64
+/// consumers u32, bytes u64, arguments, oldest_ready_age_ms u64, scheduled u64
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InspectQueueOk {
@@ -371,6 +422,8 @@ pub struct InspectQueueOk {
     pub arguments: QueueArguments,
     /// How long the oldest ready message has waited, in milliseconds; 0 when none is ready.
     pub oldest_ready_age_ms: u64,
+    /// Messages stored but waiting for their time (a delay, or a requeue with a delay).
+    pub scheduled: u64,
 }
 
 impl Payload for InspectQueueOk {
@@ -388,6 +441,7 @@ impl Payload for InspectQueueOk {
         p::put_u64(buf, self.bytes);
         self.arguments.encode(buf)?;
         p::put_u64(buf, self.oldest_ready_age_ms);
+        p::put_u64(buf, self.scheduled);
         Ok(())
     }
 
@@ -405,6 +459,7 @@ impl Payload for InspectQueueOk {
             bytes: r.u64()?,
             arguments: QueueArguments::decode(r)?,
             oldest_ready_age_ms: r.u64()?,
+            scheduled: r.u64()?,
         })
     }
 }
@@ -426,6 +481,7 @@ mod tests {
             delivery_limit: Some(5),
             expires_ms: Some(3_600_000),
             max_message_bytes: Some(65_536),
+            retry_backoff: None,
         }
     }
 
@@ -553,11 +609,57 @@ mod tests {
                     ..Default::default()
                 },
                 oldest_ready_age_ms: 1500,
+                scheduled: 9,
             },
             &hex(
                 "01 00 71  05  01 00 00 00 00 00 00 00  02 00 00 00 00 00 00 00  03 00 00 00
-                 04 00 00 00 00 00 00 00  04 00 00  dc 05 00 00 00 00 00 00",
+                 04 00 00 00 00 00 00 00  04 00 00  dc 05 00 00 00 00 00 00
+                 09 00 00 00 00 00 00 00",
             ),
         );
+    }
+
+    #[test]
+    fn declare_queue_with_a_retry_backoff() {
+        check_payload(
+            &DeclareQueue {
+                name: "q".into(),
+                arguments: QueueArguments {
+                    retry_backoff: Some(RetryBackoff {
+                        initial_ms: 1000,
+                        multiplier_percent: 200,
+                        max_ms: 60_000,
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            &hex("01 00 71  00  00 40  e8 03 00 00 00 00 00 00  c8 00 00 00
+                 60 ea 00 00 00 00 00 00"),
+        );
+    }
+
+    #[test]
+    fn the_backoff_grows_by_its_multiplier_up_to_its_max() {
+        let b = RetryBackoff {
+            initial_ms: 1000,
+            multiplier_percent: 200,
+            max_ms: 5000,
+        };
+        let delays: Vec<u64> = (1..=5).map(|n| b.delay_ms(n)).collect();
+        assert_eq!(delays, [1000, 2000, 4000, 5000, 5000]);
+        assert_eq!(b.delay_ms(0), 1000, "a count of 0 is read as the first delivery");
+        assert_eq!(b.delay_ms(u32::MAX), 5000, "stops growing at its max");
+        let flat = RetryBackoff {
+            multiplier_percent: 100,
+            ..b
+        };
+        assert_eq!(flat.delay_ms(9), 1000);
+        let huge = RetryBackoff {
+            initial_ms: u64::MAX / 2,
+            multiplier_percent: u32::MAX,
+            max_ms: u64::MAX,
+        };
+        assert_eq!(huge.delay_ms(3), u64::MAX, "saturates, never wraps");
     }
 }
