@@ -25,6 +25,7 @@
 mod actor;
 mod outbox;
 mod ready;
+mod schedule;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
