@@ -28,12 +28,45 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 use run::{Run, RunError, RunWriter};
+use sluice_client::wire::{ListScheduled, MAX_SCHEDULED_LIMIT, MIN_FRAME_LEN, SCHEDULED_FIXED_LEN};
 
 /// Most entries kept in memory before they are written out as a run (16 bytes each, about
 /// 1.5 MiB with the tree's overhead).
 pub(crate) const STAGING_MAX: usize = 64 * 1024;
 /// Directory of the run files inside a queue's directory.
 pub(crate) const TIMERS_DIR: &str = "timers";
+
+/// A page of a `ListScheduled` answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScheduledPage {
+    /// Most messages.
+    pub limit: usize,
+    /// Only messages due after this `(due_ms, seq)`; `None` = from the soonest.
+    pub after: Option<(u64, u64)>,
+    /// Bytes the answer's messages may take (their encoded size, bodies counted up to
+    /// `body_budget`); at least one message is answered.
+    pub max_bytes: usize,
+    /// Bytes of each body counted against `max_bytes` (the HTTP API shows only their start).
+    pub body_budget: usize,
+}
+
+impl ScheduledPage {
+    /// A page for a `ListScheduled` request answered in a frame of at most `max_frame_len`.
+    pub fn for_frame(request: &ListScheduled, max_frame_len: u32) -> Self {
+        let limit = match request.limit {
+            0 => MAX_SCHEDULED_LIMIT,
+            n => n.min(MAX_SCHEDULED_LIMIT),
+        };
+        let fixed = MIN_FRAME_LEN as usize + SCHEDULED_FIXED_LEN;
+        let after = (request.after_due_ms, request.after_seq);
+        ScheduledPage {
+            limit: limit as usize,
+            after: (after != (0, 0)).then_some(after),
+            max_bytes: (max_frame_len as usize).saturating_sub(fixed),
+            body_budget: usize::MAX,
+        }
+    }
+}
 
 /// A message waiting for its time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -42,6 +75,9 @@ pub(crate) struct Entry {
     pub(crate) due_ms: u64,
     /// Its sequence number in the queue's log.
     pub(crate) seq: u64,
+    /// Deliveries so far (0 for a message delayed at publish; kept here so a requeue with a
+    /// delay costs no memory while it waits).
+    pub(crate) delivery_count: u32,
 }
 
 /// The timer index of one queue.
@@ -97,13 +133,14 @@ impl Schedule {
     }
 
     /// Run blocks found damaged since the start (their messages wait for the next start).
+    #[cfg(test)]
     pub(crate) fn damaged_blocks(&self) -> u64 {
         self.damaged_blocks
     }
 
-    /// Adds a message due at `due_ms`.
-    pub(crate) fn insert(&mut self, seq: u64, due_ms: u64) {
-        if self.staging.insert(Entry { due_ms, seq }) {
+    /// Adds a message.
+    pub(crate) fn insert(&mut self, entry: Entry) {
+        if self.staging.insert(entry) {
             self.entries += 1;
         }
         // After a failed write, try again each time another staging's worth has come.
@@ -161,7 +198,13 @@ impl Schedule {
         let keep = |e: &Entry| after.is_none_or(|a| *e > a);
         // Cancelled entries are skipped, so read enough to fill the page without them.
         let want = limit + self.cancelled.len();
-        let mut all: Vec<Entry> = self.staging.iter().copied().filter(keep).take(want).collect();
+        let mut all: Vec<Entry> = self
+            .staging
+            .iter()
+            .copied()
+            .filter(keep)
+            .take(want)
+            .collect();
         for run in &self.runs {
             match run.peek_after(after, want) {
                 Ok(entries) => all.extend(entries),
@@ -221,7 +264,8 @@ impl Schedule {
 
     /// Writes the staging out as a run, then merges runs size-tiered.
     fn spill(&mut self) {
-        match self.write_run(std::mem::take(&mut self.staging).into_iter()) {
+        let staging = std::mem::take(&mut self.staging);
+        match self.write_run(staging.into_iter()) {
             Ok(run) => {
                 self.runs.push(run);
                 self.spill_failing = false;

@@ -3,7 +3,8 @@
 //! ```text
 //! header (32 bytes): magic "SLCTIMER" | version u16 | pad u16 | crc u32 of bytes 0..12 |
 //!                    entries u64 | pad u64
-//! blocks (4,096 bytes each): crc u32 | count u32 | count × (due_ms u64, seq u64) | zeros
+//! blocks (4,096 bytes each): crc u32 | count u32 |
+//!                            count × (due_ms u64, seq u64, delivery_count u32) | zeros
 //! ```
 //! All little endian. A block's CRC covers its count and entries, so a damaged block is found
 //! when it is read; nothing after it in that run is trusted.
@@ -21,7 +22,7 @@ const VERSION: u16 = 1;
 pub(super) const HEADER_LEN: u64 = 32;
 pub(super) const BLOCK_LEN: usize = 4096;
 const BLOCK_HEADER_LEN: usize = 8;
-const ENTRY_LEN: usize = 16;
+const ENTRY_LEN: usize = 20;
 /// Entries in a full block.
 pub(super) const BLOCK_ENTRIES: usize = (BLOCK_LEN - BLOCK_HEADER_LEN) / ENTRY_LEN;
 
@@ -125,6 +126,7 @@ fn encode_block(entries: &[Entry], buf: &mut [u8; BLOCK_LEN]) {
         let at = BLOCK_HEADER_LEN + i * ENTRY_LEN;
         buf[at..at + 8].copy_from_slice(&e.due_ms.to_le_bytes());
         buf[at + 8..at + 16].copy_from_slice(&e.seq.to_le_bytes());
+        buf[at + 16..at + 20].copy_from_slice(&e.delivery_count.to_le_bytes());
     }
     let end = BLOCK_HEADER_LEN + entries.len() * ENTRY_LEN;
     let crc = crc32fast::hash(&buf[4..end]);
@@ -149,6 +151,7 @@ fn decode_block(buf: &[u8]) -> Result<Vec<Entry>, &'static str> {
         .map(|c| Entry {
             due_ms: u64::from_le_bytes(c[0..8].try_into().expect("8 bytes")),
             seq: u64::from_le_bytes(c[8..16].try_into().expect("8 bytes")),
+            delivery_count: u32::from_le_bytes(c[16..20].try_into().expect("4 bytes")),
         })
         .collect();
     if entries.windows(2).any(|w| w[0] > w[1]) {
@@ -204,7 +207,11 @@ impl Run {
 
     /// Entries not taken yet that come after `after`, in order, at most `limit`, read
     /// without consuming them (for browsing).
-    pub(super) fn peek_after(&self, after: Option<Entry>, limit: usize) -> Result<Vec<Entry>, RunError> {
+    pub(super) fn peek_after(
+        &self,
+        after: Option<Entry>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, RunError> {
         let keep = |e: &Entry| after.is_none_or(|a| *e > a);
         let mut out: Vec<Entry> = self.head.iter().copied().filter(keep).take(limit).collect();
         if out.len() == limit {
@@ -253,7 +260,11 @@ mod tests {
     use super::*;
 
     fn e(due_ms: u64, seq: u64) -> Entry {
-        Entry { due_ms, seq }
+        Entry {
+            due_ms,
+            seq,
+            delivery_count: seq as u32 % 3,
+        }
     }
 
     #[test]
@@ -267,6 +278,9 @@ mod tests {
             bad[byte] ^= 0x10;
             assert!(decode_block(&bad).is_err(), "flip in byte {byte} not found");
         }
-        assert!(decode_block(&[0u8; BLOCK_LEN]).is_err(), "a zeroed block is no block");
+        assert!(
+            decode_block(&[0u8; BLOCK_LEN]).is_err(),
+            "a zeroed block is no block"
+        );
     }
 }

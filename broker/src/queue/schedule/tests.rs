@@ -2,6 +2,14 @@ use super::*;
 
 const SMALL: usize = 1000;
 
+fn entry(seq: u64, due_ms: u64) -> Entry {
+    Entry {
+        due_ms,
+        seq,
+        delivery_count: (seq % 5) as u32,
+    }
+}
+
 fn schedule(dir: &Path) -> Schedule {
     Schedule::open_with(dir, SMALL).unwrap()
 }
@@ -25,7 +33,7 @@ fn messages_come_out_in_due_order_across_memory_and_run_files() {
     let mut s = schedule(tmp.path());
     let n = 20 * SMALL as u64 + 17;
     for (seq, due) in scrambled(n) {
-        s.insert(seq, due);
+        s.insert(entry(seq, due));
     }
     assert_eq!(s.len(), n);
     assert!(run_files(tmp.path()) > 0, "entries were written out");
@@ -42,7 +50,7 @@ fn memory_holds_one_staging_and_one_block_per_run_however_many_wait() {
     let mut s = schedule(tmp.path());
     let n = 200 * SMALL as u64;
     for (seq, due) in scrambled(n) {
-        s.insert(seq, due);
+        s.insert(entry(seq, due));
         assert!(s.staging.len() < SMALL);
     }
     // Size-tiered merging: each run is more than twice the next, so about log2(n/SMALL).
@@ -59,7 +67,7 @@ fn a_burst_due_at_one_millisecond_streams_out_block_by_block() {
     let mut s = schedule(tmp.path());
     let n = 30 * SMALL as u64;
     for seq in 1..=n {
-        s.insert(seq, 5_000);
+        s.insert(entry(seq, 5_000));
     }
     assert_eq!(s.pop_due(4_999), None, "nothing before its time");
     let mut last = 0;
@@ -78,7 +86,7 @@ fn a_cancelled_message_is_not_counted_browsed_or_popped() {
     let tmp = tempfile::tempdir().unwrap();
     let mut s = schedule(tmp.path());
     for (seq, due) in scrambled(3 * SMALL as u64) {
-        s.insert(seq, due);
+        s.insert(entry(seq, due));
     }
     let first = s.page(None, 2);
     s.cancel(first[0].seq);
@@ -86,7 +94,10 @@ fn a_cancelled_message_is_not_counted_browsed_or_popped() {
     assert_eq!(s.len(), 3 * SMALL as u64 - 1);
     assert_eq!(s.page(None, 1), [first[1]]);
     assert_eq!(s.pop_due(u64::MAX), Some(first[1]));
-    assert!(!s.is_cancelled(first[0].seq), "forgotten once its entry came out");
+    assert!(
+        !s.is_cancelled(first[0].seq),
+        "forgotten once its entry came out"
+    );
     assert_eq!(drain(&mut s).len(), 3 * SMALL - 2);
 }
 
@@ -96,7 +107,7 @@ fn browsing_pages_through_every_waiting_message_in_due_order_without_taking_any(
     let mut s = schedule(tmp.path());
     let n = 5 * SMALL as u64 + 3;
     for (seq, due) in scrambled(n) {
-        s.insert(seq, due);
+        s.insert(entry(seq, due));
     }
     s.pop_due(0);
     let mut seen = Vec::new();
@@ -119,11 +130,11 @@ fn a_damaged_run_block_is_reported_and_the_rest_still_comes_out() {
     let tmp = tempfile::tempdir().unwrap();
     let mut s = schedule(tmp.path());
     for seq in 1..=SMALL as u64 {
-        s.insert(seq, seq);
+        s.insert(entry(seq, seq));
     }
     assert_eq!(s.runs.len(), 1);
     for seq in 2001..=2010 {
-        s.insert(seq, seq);
+        s.insert(entry(seq, seq));
     }
     // Flip a byte in the second block of the run (entries 256..510).
     let path = s.runs[0].path.clone();
@@ -136,7 +147,10 @@ fn a_damaged_run_block_is_reported_and_the_rest_still_comes_out() {
     let seqs: Vec<u64> = out.iter().map(|e| e.seq).collect();
     let first_block: Vec<u64> = (1..=run::BLOCK_ENTRIES as u64).collect();
     assert_eq!(&seqs[..first_block.len()], first_block, "before the damage");
-    assert_eq!(&seqs[first_block.len()..], (2001..=2010).collect::<Vec<_>>());
+    assert_eq!(
+        &seqs[first_block.len()..],
+        (2001..=2010).collect::<Vec<_>>()
+    );
     assert_eq!(s.len(), 0, "the lost entries are no longer counted");
 }
 
@@ -145,7 +159,7 @@ fn opening_discards_the_files_of_an_earlier_start() {
     let tmp = tempfile::tempdir().unwrap();
     let mut s = schedule(tmp.path());
     for seq in 1..=3 * SMALL as u64 {
-        s.insert(seq, seq);
+        s.insert(entry(seq, seq));
     }
     assert!(run_files(tmp.path()) > 0);
     drop(s);
@@ -162,13 +176,13 @@ fn a_failed_write_keeps_entries_in_memory_and_in_order() {
     std::fs::write(tmp.path().join(TIMERS_DIR), b"x").unwrap();
     let n = 3 * SMALL as u64;
     for (seq, due) in scrambled(n) {
-        s.insert(seq, due);
+        s.insert(entry(seq, due));
     }
     assert!(s.spill_failing);
     assert_eq!(s.len(), n);
     std::fs::remove_file(tmp.path().join(TIMERS_DIR)).unwrap();
     for seq in n + 1..=n + SMALL as u64 {
-        s.insert(seq, u64::MAX - 1);
+        s.insert(entry(seq, u64::MAX - 1));
     }
     assert!(!s.spill_failing, "written once the disk takes it");
     let out = drain(&mut s);
@@ -181,7 +195,7 @@ fn clearing_forgets_everything_and_removes_the_files() {
     let tmp = tempfile::tempdir().unwrap();
     let mut s = schedule(tmp.path());
     for seq in 1..=3 * SMALL as u64 {
-        s.insert(seq, seq);
+        s.insert(entry(seq, seq));
     }
     s.cancel(5);
     s.clear();
