@@ -787,6 +787,14 @@ fn first_argument_difference(
         })
     };
     let quoted = |v: &Option<String>| v.as_ref().map(|s| format!("'{s}'"));
+    let backoff = |b: &Option<sluice_client::wire::RetryBackoff>| {
+        b.map(|b| {
+            format!(
+                "initial {} ms, ×{}%, at most {} ms",
+                b.initial_ms, b.multiplier_percent, b.max_ms
+            )
+        })
+    };
     let fields = [
         ("max_length", text(&have.max_length), text(&want.max_length)),
         (
@@ -829,6 +837,11 @@ fn first_argument_difference(
             "max_message_bytes",
             text(&have.max_message_bytes),
             text(&want.max_message_bytes),
+        ),
+        (
+            "retry_backoff",
+            backoff(&have.retry_backoff),
+            backoff(&want.retry_backoff),
         ),
     ];
     fields
@@ -898,6 +911,14 @@ fn validate_arguments(a: &QueueArguments) -> Result<(), RequestError> {
         return Err(RequestError::invalid(
             "max_message_bytes must be at least 1",
         ));
+    }
+    if let Some(b) = a.retry_backoff {
+        if b.multiplier_percent < 100 || b.initial_ms > b.max_ms {
+            return Err(RequestError::invalid(format!(
+                "retry_backoff needs multiplier_percent of at least 100 and initial_ms at most max_ms (got {}, {}, {})",
+                b.initial_ms, b.multiplier_percent, b.max_ms
+            )));
+        }
     }
     if let Some(x) = &a.dead_letter_exchange {
         namespace::check_local(x)?;

@@ -311,7 +311,11 @@ impl Client {
     /// Moves a delivery's ack deadline to `by` from when the server reads the request;
     /// `Duration::ZERO` releases the delivery now (protocol.md §10.4).
     pub async fn extend(&self, delivery_tag: DeliveryTag, by: Duration) -> Result<()> {
-        let extend_ms = if by.is_zero() { 0 } else { millis_at_least_1(by) };
+        let extend_ms = if by.is_zero() {
+            0
+        } else {
+            millis_at_least_1(by)
+        };
         self.send_request(Extend {
             delivery_tag,
             extend_ms,

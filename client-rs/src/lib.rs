@@ -64,6 +64,7 @@ mod error;
 mod listing;
 mod options;
 mod publish;
+mod scheduled;
 mod tls;
 mod url;
 pub mod wire;
@@ -84,8 +85,8 @@ pub use url::{ConnectUrl, UrlError};
 pub use wire::{
     BindingSummary, BrowseQueueOk, BrowsedMessage, ConnectionSummary, ConsumerId, ConsumerSummary,
     DeclareQueueOk, DeliveryTag, ErrorCode, ExchangeKind, ExchangeSummary, HeaderValue, Headers,
-    InspectQueueOk, MetaView, MoveId, MoveState, MoveStatusOk, Overflow, Properties, PublishSeq,
-    QueueArguments, QueueSummary,
+    InspectQueueOk, ListScheduledOk, MetaView, MoveId, MoveState, MoveStatusOk, Overflow,
+    Properties, PublishSeq, QueueArguments, QueueSummary, RetryBackoff, ScheduledMessage,
 };
 
 #[cfg(test)]

@@ -169,7 +169,12 @@ impl QueueOptions {
     /// Every requeue (nack with requeue, an expired lease, a lost consumer) waits before the
     /// message is ready again: `initial` after the first delivery, times `multiplier_percent`
     /// / 100 per further delivery, at most `max`.
-    pub fn retry_backoff(mut self, initial: Duration, multiplier_percent: u32, max: Duration) -> Self {
+    pub fn retry_backoff(
+        mut self,
+        initial: Duration,
+        multiplier_percent: u32,
+        max: Duration,
+    ) -> Self {
         self.arguments.retry_backoff = Some(RetryBackoff {
             initial_ms: millis(initial),
             multiplier_percent,
@@ -453,9 +458,7 @@ impl PublishOptions {
     /// Delayed delivery: the message becomes ready at `at` (a time past means now).
     /// Replaces an earlier `delay`.
     pub fn deliver_at(mut self, at: std::time::SystemTime) -> Self {
-        let ms = at
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, millis);
+        let ms = at.duration_since(std::time::UNIX_EPOCH).map_or(0, millis);
         self.properties.deliver_at_ms = Some(ms);
         self.properties.delay_ms = None;
         self

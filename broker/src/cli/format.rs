@@ -6,7 +6,7 @@ use std::fmt::{self, Write as _};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use sluice_client::wire::{
     BindingSummary, ConnectionSummary, ConsumerSummary, ExchangeSummary, InspectQueueOk,
-    QueueSummary,
+    QueueSummary, RetryBackoff,
 };
 use sluice_client::{ExchangeKind, HeaderValue, Headers, Message, Overflow};
 
@@ -377,8 +377,9 @@ pub fn inspect_text(q: &InspectQueueOk) -> String {
                 ),
             },
         ),
+        ("scheduled", q.scheduled.to_string()),
     ];
-    let optional: [(&str, Option<String>); 10] = [
+    let optional: [(&str, Option<String>); 11] = [
         ("max-length", a.max_length.map(|v| v.to_string())),
         (
             "max-length-bytes",
@@ -395,6 +396,7 @@ pub fn inspect_text(q: &InspectQueueOk) -> String {
             "max-message-bytes",
             a.max_message_bytes.map(|v| v.to_string()),
         ),
+        ("retry-backoff", a.retry_backoff.map(backoff_text)),
     ];
     lines.extend(optional.into_iter().filter_map(|(k, v)| Some((k, v?))));
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
@@ -592,6 +594,8 @@ pub struct InspectJson<'a> {
     bytes: u64,
     /// How long the oldest ready message has waited; 0 when none is ready.
     oldest_ready_age_ms: u64,
+    /// Messages waiting for their time.
+    scheduled: u64,
     arguments: ArgumentsJson<'a>,
 }
 
@@ -607,6 +611,7 @@ struct ArgumentsJson<'a> {
     delivery_limit: Option<u32>,
     expires_ms: Option<u64>,
     max_message_bytes: Option<u32>,
+    retry_backoff: Option<crate::topology::RetryBackoffJson>,
 }
 
 impl<'a> From<&'a InspectQueueOk> for InspectJson<'a> {
@@ -622,6 +627,7 @@ impl<'a> From<&'a InspectQueueOk> for InspectJson<'a> {
             consumers: q.consumers,
             bytes: q.bytes,
             oldest_ready_age_ms: q.oldest_ready_age_ms,
+            scheduled: q.scheduled,
             arguments: ArgumentsJson {
                 max_length: a.max_length,
                 max_length_bytes: a.max_length_bytes,
@@ -633,6 +639,7 @@ impl<'a> From<&'a InspectQueueOk> for InspectJson<'a> {
                 delivery_limit: a.delivery_limit,
                 expires_ms: a.expires_ms,
                 max_message_bytes: a.max_message_bytes,
+                retry_backoff: a.retry_backoff.map(Into::into),
             },
         }
     }
@@ -758,4 +765,11 @@ mod tests {
         );
         assert_eq!(headers_text(&headers), "s=x\"y, i=-4, b=true, raw=0x00ff");
     }
+}
+
+/// A retry backoff as `sluice declare-queue --retry-backoff` takes it: `initial,multiplier,max`
+/// with the multiplier as a factor (`1000ms,2,60s` reads back as `1000ms,2,60000ms`).
+pub fn backoff_text(b: RetryBackoff) -> String {
+    let factor = f64::from(b.multiplier_percent) / 100.0;
+    format!("{}ms,{factor},{}ms", b.initial_ms, b.max_ms)
 }

@@ -198,6 +198,7 @@ struct ArgumentsBody {
     delivery_limit: Option<u32>,
     expires_ms: Option<u64>,
     max_message_bytes: Option<u32>,
+    retry_backoff: Option<crate::topology::RetryBackoffJson>,
 }
 
 /// What a queue does at its length limit, as `declare-queue --overflow` names it.
@@ -224,6 +225,7 @@ impl From<ArgumentsBody> for QueueArguments {
             delivery_limit: a.delivery_limit,
             expires_ms: a.expires_ms,
             max_message_bytes: a.max_message_bytes,
+            retry_backoff: a.retry_backoff.map(Into::into),
         }
     }
 }

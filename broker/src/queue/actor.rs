@@ -11,6 +11,7 @@ mod counters;
 mod dead_letter;
 mod expiry;
 mod mover;
+mod scheduled;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -24,6 +25,7 @@ use sluice_client::wire::{
 use tokio::sync::mpsc;
 
 use super::ready::{Expiries, Fresh};
+use super::schedule::Schedule;
 use super::{
     delivery_bytes, ConnEvent, ConnId, ConnLink, DeathReason, Incoming, QueueCmd, QueueHandle,
     QueueMeta, Settlement,
@@ -197,6 +199,11 @@ struct Actor {
     rates_from: (u64, u64),
     rates_at: Instant,
     last_flush: Instant,
+    /// Messages waiting for their time (`scheduled.rs`), and their bytes (not ready bytes).
+    schedule: Schedule,
+    scheduled_bytes: u64,
+    /// A due time was recorded: write it this round, not after the ack interval.
+    flush_due_soon: bool,
 }
 
 use super::unix_now_ms as now_ms;
@@ -217,6 +224,12 @@ impl Actor {
         let mut expiries = Expiries::default();
         let mut transient = Vec::new();
         let queue_ttl = meta.arguments.message_ttl_ms;
+        // Rebuilt from the log at every start (queue/schedule/): the log holds each due time.
+        let mut schedule = Schedule::open(log.dir()).unwrap_or_else(|e| {
+            panic!("cannot reset the timer index of queue '{}': {e}", meta.name)
+        });
+        let mut scheduled_bytes = 0;
+        let now = now_ms();
         for seq in log.live_seqs() {
             // Transient messages do not survive a restart (protocol.md §8.1): drop them now,
             // so they are never counted as ready.
@@ -225,8 +238,14 @@ impl Actor {
                     transient.push(seq);
                     continue;
                 }
+                if let Some(entry) = scheduled::recovered_entry(seq, &head, &recovered, now) {
+                    schedule.insert(entry);
+                    scheduled_bytes += log.payload_bytes(seq).unwrap_or(0);
+                    continue;
+                }
                 if let Some(own) = MetaView::peek_expiration_ms(head.meta) {
-                    expiries.insert(seq, expiry_deadline(head.timestamp_ms, own, queue_ttl));
+                    let since = scheduled::ready_since_ms(head.timestamp_ms, head.meta);
+                    expiries.insert(seq, expiry_deadline(since, own, queue_ttl));
                 }
             }
             if seq <= recovered.delivered_hwm || recovered.counts.contains_key(&seq) {
@@ -277,6 +296,9 @@ impl Actor {
             rates_from: (0, 0),
             rates_at: Instant::now(),
             last_flush: Instant::now(),
+            schedule,
+            scheduled_bytes,
+            flush_due_soon: false,
         };
         actor.refresh_oldest();
         actor.update_stats();
@@ -289,6 +311,7 @@ impl Actor {
         loop {
             let next_deadline = self.deadlines.first().map(|d| d.0);
             let next_expiry = self.next_expiry();
+            let next_due = self.next_due();
             tokio::select! {
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
@@ -317,6 +340,8 @@ impl Actor {
                         self.last_used = Instant::now();
                     }
                 }
+                // Due messages are released below, as every round does.
+                _ = sleep_until_opt(next_due) => {}
                 Some(event) = self.dl_events.recv() => self.on_dead_letter_event(event),
                 _ = tick.tick() => {
                     self.dirty = true;
@@ -331,6 +356,7 @@ impl Actor {
             }
             self.ack_dead_letters();
             self.count_confirmed();
+            self.release_due();
             self.pump();
             self.flush();
             self.refresh_oldest();
@@ -470,6 +496,7 @@ impl Actor {
                         bytes: s.bytes.load(Ordering::Relaxed),
                         arguments: self.meta.arguments.clone(),
                         oldest_ready_age_ms: s.oldest_ready_age_ms(now_ms()),
+                        scheduled: self.schedule.len(),
                     }),
                 });
             }
@@ -535,6 +562,19 @@ impl Actor {
                 request_id,
                 reply: Reply::BrowseQueueOk(self.browse(&page)),
             }),
+            QueueCmd::ListScheduled {
+                conn,
+                request_id,
+                page,
+            } => conn.send(ConnEvent::Reply {
+                request_id,
+                reply: Reply::ListScheduledOk(self.list_scheduled(&page)),
+            }),
+            QueueCmd::CancelScheduled {
+                conn,
+                request_id,
+                seq,
+            } => self.cancel_scheduled(&conn, request_id, seq),
             QueueCmd::TakeForMove {
                 max_messages,
                 max_bytes,
@@ -568,7 +608,15 @@ impl Actor {
         let reject_when_full = matches!(args.overflow, Some(Overflow::RejectPublish));
         for m in messages {
             let size = (m.meta.len() + m.body.len()) as u64;
-            if let Some(refusal) = self.make_room(size, max_len, max_bytes, reject_when_full) {
+            // One branch for a message without a delivery delay (two presence bits).
+            let due = MetaView::peek_delivery_delay(&m.meta)
+                .and_then(|d| scheduled::due_after_publish(d, ts));
+            // A scheduled message is not ready: the length limits do not count it.
+            let refusal = match due {
+                None => self.make_room(size, max_len, max_bytes, reject_when_full),
+                Some(_) => None,
+            };
+            if let Some(refusal) = refusal {
                 rejections.push(Rejection {
                     seq: PublishSeq(m.publish_seq),
                     code: ErrorCode::QueueFull,
@@ -581,12 +629,16 @@ impl Actor {
                     if m.persistent && self.meta.durable {
                         epoch = epoch.max(a.epoch);
                     }
+                    stored += 1;
+                    if let Some(due) = due {
+                        self.schedule(a.seq, due, 0, size);
+                        continue;
+                    }
                     self.fresh.push_back(a.seq);
                     if let Some(own) = MetaView::peek_expiration_ms(&m.meta) {
                         let deadline = expiry_deadline(ts, own, self.meta.arguments.message_ttl_ms);
                         self.expiries.insert(a.seq, deadline);
                     }
-                    stored += 1;
                 }
                 Err(e) => {
                     let err = RequestError::from(e);
@@ -647,7 +699,7 @@ impl Actor {
     /// Bytes of ready messages (meta + body).
     fn ready_bytes(&self) -> u64 {
         let live = self.log.as_ref().map_or(0, QueueLog::message_bytes);
-        live.saturating_sub(self.inflight_bytes + self.held.bytes())
+        live.saturating_sub(self.inflight_bytes + self.held.bytes() + self.scheduled_bytes)
     }
 
     fn ready_count(&self) -> u64 {
@@ -710,10 +762,10 @@ impl Actor {
             };
             let queue_ttl = self.meta.arguments.message_ttl_ms;
             let own = MetaView::peek_expiration_ms(&msg.meta);
-            let own_deadline = own.map(|own| expiry_deadline(msg.timestamp_ms, own, queue_ttl));
-            let deadline = own_deadline.or_else(|| {
-                queue_ttl.map(|_| expiry_deadline(msg.timestamp_ms, u64::MAX, queue_ttl))
-            });
+            let since = scheduled::ready_since_ms(msg.timestamp_ms, &msg.meta);
+            let own_deadline = own.map(|own| expiry_deadline(since, own, queue_ttl));
+            let deadline = own_deadline
+                .or_else(|| queue_ttl.map(|_| expiry_deadline(since, u64::MAX, queue_ttl)));
             if let Some(deadline) = deadline {
                 if deadline <= now_ms() {
                     self.dead_letter_at(seq, DeathReason::Expired, deadline);
@@ -894,6 +946,10 @@ impl Actor {
                     self.ack_in_log(seq);
                 }
                 Settlement::Requeue => self.return_delivery(seq),
+                Settlement::RequeueAfter(delay_ms) => {
+                    self.return_delivery_after(seq, Some(delay_ms))
+                }
+                Settlement::Release => self.release_delivery(seq),
                 Settlement::Reject => {
                     self.take_flight(seq);
                     self.dead_letter(seq, DeathReason::Rejected);
@@ -904,7 +960,9 @@ impl Actor {
         let stats = &self.meta.stats;
         let counter = match how {
             Settlement::Ack => &stats.acked,
-            Settlement::Requeue => &stats.nacked,
+            Settlement::Requeue | Settlement::RequeueAfter(_) | Settlement::Release => {
+                &stats.nacked
+            }
             Settlement::Reject => &stats.rejected,
         };
         counter.fetch_add(settled, Ordering::Relaxed);
@@ -930,20 +988,42 @@ impl Actor {
         Some(f)
     }
 
-    /// Puts a delivered message back in the ready set, ahead of newer messages.
-    /// Past the queue's delivery limit it is dead-lettered instead.
+    /// Puts a delivered message back in the ready set, ahead of newer messages, or after the
+    /// queue's `retry_backoff`. Past the queue's delivery limit it is dead-lettered instead.
     fn return_delivery(&mut self, seq: u64) {
+        self.return_delivery_after(seq, None);
+    }
+
+    /// As [`return_delivery`](Self::return_delivery), waiting `delay_ms` (or the queue's
+    /// backoff when `None`) before it is ready again.
+    fn return_delivery_after(&mut self, seq: u64, delay_ms: Option<u64>) {
         if let Some(f) = self.take_flight(seq) {
             match self.meta.arguments.delivery_limit {
                 Some(limit) if f.count >= limit => {
                     self.dead_letter(seq, DeathReason::DeliveryLimit)
                 }
                 _ => {
+                    let backoff = self.meta.arguments.retry_backoff;
+                    let delay = delay_ms.or_else(|| backoff.map(|b| b.delay_ms(f.count)));
+                    if let Some(delay) = delay.filter(|&d| d > 0) {
+                        return self.requeue_after(seq, f.count, f.bytes, delay);
+                    }
                     self.returned.insert(seq, f.count);
                     if let Some(deadline) = f.expires_at_ms {
                         self.expiries.insert(seq, deadline);
                     }
                 }
+            }
+        }
+    }
+
+    /// Gives a delivery back uncounted (`Extend` to 0, protocol.md §10.4): ready at once with
+    /// the count it had before, whatever the delivery limit and the backoff.
+    fn release_delivery(&mut self, seq: u64) {
+        if let Some(f) = self.take_flight(seq) {
+            self.returned.insert(seq, f.count.saturating_sub(1));
+            if let Some(deadline) = f.expires_at_ms {
+                self.expiries.insert(seq, deadline);
             }
         }
     }
@@ -1040,7 +1120,7 @@ impl Actor {
     }
 
     fn purge(&mut self) -> u64 {
-        let n = self.ready_count();
+        let n = self.ready_count() + self.purge_scheduled();
         self.expiries.clear();
         let seqs: Vec<u64> = self
             .fresh
@@ -1074,6 +1154,7 @@ impl Actor {
         self.fresh.clear();
         self.returned.clear();
         self.expiries.clear();
+        self.schedule.clear();
         if let Some(log) = self.log.take() {
             match self.broker.upgrade() {
                 Some(broker) => {
@@ -1091,13 +1172,14 @@ impl Actor {
     /// a crash only means a redelivery), and an ack log written in every round would add a
     /// second file to nearly every group commit that publishers wait for.
     fn flush(&mut self) {
-        if self.dirty && self.last_flush.elapsed() >= ACK_FLUSH_INTERVAL {
+        if self.dirty && (self.flush_due_soon || self.last_flush.elapsed() >= ACK_FLUSH_INTERVAL) {
             self.flush_now();
         }
     }
 
     fn flush_now(&mut self) {
         self.dirty = false;
+        self.flush_due_soon = false;
         self.last_flush = Instant::now();
         if let Some(log) = self.log.as_mut() {
             if let Err(e) = log.flush() {
@@ -1124,6 +1206,12 @@ impl Actor {
                 | QueueCmd::Inspect { conn, request_id }
                 | QueueCmd::Purge { conn, request_id }
                 | QueueCmd::Browse {
+                    conn, request_id, ..
+                }
+                | QueueCmd::ListScheduled {
+                    conn, request_id, ..
+                }
+                | QueueCmd::CancelScheduled {
                     conn, request_id, ..
                 } => conn.send(ConnEvent::Error {
                     request_id,

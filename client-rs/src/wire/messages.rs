@@ -20,11 +20,11 @@ use super::exchange::{Bind, DeclareExchange, DeleteExchange, Unbind};
 use super::frame::{FrameBody, Opcode, Payload};
 use super::moves::{MoveMessages, MoveMessagesOk, MoveStatus, MoveStatusOk};
 use super::publish::{Confirm, Publish, PublishRejected};
-use super::scheduled::{CancelScheduled, ListScheduled, ListScheduledOk};
 use super::queue::{
     DeclareQueue, DeclareQueueOk, DeleteQueue, DeleteQueueOk, InspectQueue, InspectQueueOk,
     PurgeQueue, PurgeQueueOk,
 };
+use super::scheduled::{CancelScheduled, ListScheduled, ListScheduledOk};
 
 /// Defines a frame-body enum: variants with a payload type, then variants with an empty
 /// payload, each named after its opcode.

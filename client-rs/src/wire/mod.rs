@@ -87,13 +87,13 @@ pub use meta::{meta_len, put_meta, DeliveryDelay, MessageMeta, MetaView, Propert
 pub use moves::{MoveId, MoveMessages, MoveMessagesOk, MoveState, MoveStatus, MoveStatusOk};
 pub use primitives::Reader;
 pub use publish::{Confirm, Publish, PublishMessage, PublishRejected, Rejection};
-pub use scheduled::{
-    CancelScheduled, ListScheduled, ListScheduledOk, ScheduledMessage, MAX_SCHEDULED_LIMIT,
-    MIN_SCHEDULED_LEN, SCHEDULED_FIXED_LEN,
-};
 pub use queue::{
     DeclareQueue, DeclareQueueOk, DeleteQueue, DeleteQueueOk, InspectQueue, InspectQueueOk,
     Overflow, PurgeQueue, PurgeQueueOk, QueueArguments, RetryBackoff,
+};
+pub use scheduled::{
+    CancelScheduled, ListScheduled, ListScheduledOk, ScheduledMessage, MAX_SCHEDULED_LIMIT,
+    MIN_SCHEDULED_LEN, SCHEDULED_FIXED_LEN,
 };
 
 /// The protocol version this codec speaks.

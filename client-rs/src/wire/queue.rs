@@ -117,7 +117,12 @@ impl Payload for QueueArguments {
         .iter()
         .enumerate()
         .fold(0u16, |bits, (i, &set)| bits | (u16::from(set) << i));
-        let present = present | if self.retry_backoff.is_some() { RETRY_BACKOFF } else { 0 };
+        let present = present
+            | if self.retry_backoff.is_some() {
+                RETRY_BACKOFF
+            } else {
+                0
+            };
         p::put_u16(buf, present);
         if let Some(v) = self.max_length {
             p::put_u64(buf, v);
@@ -648,7 +653,11 @@ mod tests {
         };
         let delays: Vec<u64> = (1..=5).map(|n| b.delay_ms(n)).collect();
         assert_eq!(delays, [1000, 2000, 4000, 5000, 5000]);
-        assert_eq!(b.delay_ms(0), 1000, "a count of 0 is read as the first delivery");
+        assert_eq!(
+            b.delay_ms(0),
+            1000,
+            "a count of 0 is read as the first delivery"
+        );
         assert_eq!(b.delay_ms(u32::MAX), 5000, "stops growing at its max");
         let flat = RetryBackoff {
             multiplier_percent: 100,

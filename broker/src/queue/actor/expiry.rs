@@ -32,7 +32,7 @@ impl Actor {
                     .log
                     .as_ref()
                     .and_then(|l| l.peek(seq).ok())
-                    .map(|h| h.timestamp_ms),
+                    .map(|h| super::scheduled::ready_since_ms(h.timestamp_ms, h.meta)),
             }),
         };
         self.oldest
@@ -116,7 +116,8 @@ impl Actor {
             return;
         };
         if let Some(own) = MetaView::peek_expiration_ms(head.meta) {
-            let deadline = expiry_deadline(head.timestamp_ms, own, queue_ttl);
+            let since = super::scheduled::ready_since_ms(head.timestamp_ms, head.meta);
+            let deadline = expiry_deadline(since, own, queue_ttl);
             self.expiries.insert(seq, deadline);
         }
     }
