@@ -36,9 +36,12 @@ async fn connect(process: &BrokerProcess) -> Client {
 
 async fn publish_delayed(client: &Client, queue: &str, body: &str, delay: Duration) {
     let options = PublishOptions::new().delay(delay);
-    within("publish", client.publish("", queue, body.to_owned(), &options))
-        .await
-        .expect("a delayed message is confirmed at once");
+    within(
+        "publish",
+        client.publish("", queue, body.to_owned(), &options),
+    )
+    .await
+    .expect("a delayed message is confirmed at once");
 }
 
 async fn next(consumer: &mut Consumer) -> (Message, u64) {
@@ -70,25 +73,32 @@ fn assert_on_time(m: &Message, received_ms: u64, due_ms: u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delayed_messages_are_confirmed_at_once_and_delivered_in_due_order_never_before_their_time(
-) {
+async fn delayed_messages_are_confirmed_at_once_and_delivered_in_due_order_never_before_their_time()
+{
     let dir = tempfile::tempdir().unwrap();
     let process = BrokerProcess::start(dir.path(), &[]);
     let client = connect(&process).await;
-    client.declare_queue("work", QueueOptions::new()).await.unwrap();
+    client
+        .declare_queue("work", QueueOptions::new())
+        .await
+        .unwrap();
     let start = now_ms();
     for (name, ms) in [("c", 900), ("a", 300), ("b", 600)] {
         publish_delayed(&client, "work", name, Duration::from_millis(ms)).await;
     }
-    within("publish", client.publish("", "work", "now", &PublishOptions::new()))
-        .await
-        .unwrap();
+    within(
+        "publish",
+        client.publish("", "work", "now", &PublishOptions::new()),
+    )
+    .await
+    .unwrap();
     let q = client.inspect_queue("work").await.unwrap();
-    assert_eq!((q.ready, q.scheduled), (1, 3), "delayed messages are not ready");
-    let mut consumer = client
-        .consume("work", ConsumeOptions::new())
-        .await
-        .unwrap();
+    assert_eq!(
+        (q.ready, q.scheduled),
+        (1, 3),
+        "delayed messages are not ready"
+    );
+    let mut consumer = client.consume("work", ConsumeOptions::new()).await.unwrap();
     let (first, _) = next(&mut consumer).await;
     assert_eq!(body(&first), "now");
     first.ack().await.unwrap();
@@ -109,7 +119,10 @@ async fn a_deliver_at_time_is_honoured_a_past_one_means_now_and_both_kinds_at_on
     let dir = tempfile::tempdir().unwrap();
     let process = BrokerProcess::start(dir.path(), &[]);
     let client = connect(&process).await;
-    client.declare_queue("work", QueueOptions::new()).await.unwrap();
+    client
+        .declare_queue("work", QueueOptions::new())
+        .await
+        .unwrap();
     let at = SystemTime::now() + Duration::from_millis(400);
     let due = at.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
     let later = PublishOptions::new().deliver_at(at);
@@ -119,11 +132,12 @@ async fn a_deliver_at_time_is_honoured_a_past_one_means_now_and_both_kinds_at_on
     let mut both = PublishOptions::new().delay(Duration::from_secs(1));
     both.properties.deliver_at_ms = Some(due);
     let refused = client.publish("", "work", "both", &both).await.unwrap_err();
-    assert_eq!(refused.code(), Some(ErrorCode::InvalidArgument), "{refused}");
-    let mut consumer = client
-        .consume("work", ConsumeOptions::new())
-        .await
-        .unwrap();
+    assert_eq!(
+        refused.code(),
+        Some(ErrorCode::InvalidArgument),
+        "{refused}"
+    );
+    let mut consumer = client.consume("work", ConsumeOptions::new()).await.unwrap();
     let (m, _) = next(&mut consumer).await;
     assert_eq!(body(&m), "past", "a time in the past means now");
     let (m, received) = next(&mut consumer).await;
@@ -136,7 +150,10 @@ async fn a_message_ttl_counts_from_when_it_becomes_ready() {
     let dir = tempfile::tempdir().unwrap();
     let process = BrokerProcess::start(dir.path(), &[]);
     let client = connect(&process).await;
-    client.declare_queue("work", QueueOptions::new()).await.unwrap();
+    client
+        .declare_queue("work", QueueOptions::new())
+        .await
+        .unwrap();
     // A TTL shorter than the delay: counted from the publish, it would have run out.
     let options = PublishOptions::new()
         .delay(Duration::from_millis(500))
@@ -146,14 +163,15 @@ async fn a_message_ttl_counts_from_when_it_becomes_ready() {
         .delay(Duration::from_millis(600))
         .expiration(Duration::from_millis(300));
     client.publish("", "work", "short", &short).await.unwrap();
-    let mut consumer = client
-        .consume("work", ConsumeOptions::new())
-        .await
-        .unwrap();
+    let mut consumer = client.consume("work", ConsumeOptions::new()).await.unwrap();
     let (m, _) = next(&mut consumer).await;
     assert_eq!(body(&m), "m");
     let (m, _) = next(&mut consumer).await;
-    assert_eq!(body(&m), "short", "ready at 600 ms, its 300 ms TTL counts from then");
+    assert_eq!(
+        body(&m),
+        "short",
+        "ready at 600 ms, its 300 ms TTL counts from then"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,7 +179,10 @@ async fn operators_page_through_scheduled_messages_in_due_order_and_cancel_one()
     let dir = tempfile::tempdir().unwrap();
     let process = BrokerProcess::start(dir.path(), &[]);
     let client = connect(&process).await;
-    client.declare_queue("work", QueueOptions::new()).await.unwrap();
+    client
+        .declare_queue("work", QueueOptions::new())
+        .await
+        .unwrap();
     for (name, secs) in [("d", 400), ("b", 200), ("e", 500), ("a", 100), ("c", 300)] {
         publish_delayed(&client, "work", name, Duration::from_secs(secs)).await;
     }
@@ -195,10 +216,19 @@ async fn operators_page_through_scheduled_messages_in_due_order_and_cancel_one()
     assert_eq!(page.messages.len(), 4);
     assert!(page.messages.iter().all(|m| m.message_seq != b));
     assert!(
-        client.browse("work", 0, 0).await.unwrap().messages.is_empty(),
+        client
+            .browse("work", 0, 0)
+            .await
+            .unwrap()
+            .messages
+            .is_empty(),
         "scheduled messages are not ready ones"
     );
-    assert_eq!(client.purge_queue("work").await.unwrap(), 4, "a purge takes them too");
+    assert_eq!(
+        client.purge_queue("work").await.unwrap(),
+        4,
+        "a purge takes them too"
+    );
     assert_eq!(client.inspect_queue("work").await.unwrap().scheduled, 0);
 }
 
@@ -207,15 +237,15 @@ async fn a_nack_with_a_delay_makes_the_message_wait_before_it_is_delivered_again
     let dir = tempfile::tempdir().unwrap();
     let process = BrokerProcess::start(dir.path(), &[]);
     let client = connect(&process).await;
-    client.declare_queue("work", QueueOptions::new()).await.unwrap();
+    client
+        .declare_queue("work", QueueOptions::new())
+        .await
+        .unwrap();
     client
         .publish("", "work", "job", &PublishOptions::new())
         .await
         .unwrap();
-    let mut consumer = client
-        .consume("work", ConsumeOptions::new())
-        .await
-        .unwrap();
+    let mut consumer = client.consume("work", ConsumeOptions::new()).await.unwrap();
     let (m, _) = next(&mut consumer).await;
     let nacked_at = now_ms();
     m.nack_with_delay(Duration::from_millis(500)).await.unwrap();
@@ -241,10 +271,7 @@ async fn a_queue_retry_backoff_grows_the_wait_of_each_requeue_up_to_its_max() {
         .publish("", "work", "job", &PublishOptions::new())
         .await
         .unwrap();
-    let mut consumer = client
-        .consume("work", ConsumeOptions::new())
-        .await
-        .unwrap();
+    let mut consumer = client.consume("work", ConsumeOptions::new()).await.unwrap();
     let (mut m, _) = next(&mut consumer).await;
     for (count, wait) in [(1, 200), (2, 400), (3, 500), (4, 500)] {
         assert_eq!(m.delivery_count, count);
@@ -264,16 +291,21 @@ async fn extend_to_zero_releases_at_once_and_never_counts_against_the_delivery_l
     let dir = tempfile::tempdir().unwrap();
     let process = BrokerProcess::start(dir.path(), &[]);
     let client = connect(&process).await;
-    let options = QueueOptions::new()
-        .delivery_limit(2)
-        .retry_backoff(Duration::from_secs(60), 100, Duration::from_secs(60));
+    let options = QueueOptions::new().delivery_limit(2).retry_backoff(
+        Duration::from_secs(60),
+        100,
+        Duration::from_secs(60),
+    );
     client.declare_queue("work", options).await.unwrap();
     client
         .publish("", "work", "job", &PublishOptions::new())
         .await
         .unwrap();
     for _ in 0..5 {
-        let m = within("get", client.get("work")).await.unwrap().expect("ready");
+        let m = within("get", client.get("work"))
+            .await
+            .unwrap()
+            .expect("ready");
         assert_eq!(m.delivery_count, 1, "a release is not counted");
         m.extend(Duration::ZERO).await.unwrap();
         assert!(m.is_settled(), "a release settles the delivery");
@@ -287,11 +319,18 @@ async fn extend_to_zero_releases_at_once_and_never_counts_against_the_delivery_l
     // Counted deliveries still reach the limit: the second nack dead-letters (drops) it.
     let m = client.get("work").await.unwrap().unwrap();
     m.nack_with_delay(Duration::ZERO).await.unwrap();
-    let m = within("get", client.get("work")).await.unwrap().expect("ready");
+    let m = within("get", client.get("work"))
+        .await
+        .unwrap()
+        .expect("ready");
     assert_eq!(m.delivery_count, 2);
     m.nack(true).await.unwrap();
     let q = client.inspect_queue("work").await.unwrap();
-    assert_eq!((q.ready, q.unacked, q.scheduled), (0, 0, 0), "past its limit");
+    assert_eq!(
+        (q.ready, q.unacked, q.scheduled),
+        (0, 0, 0),
+        "past its limit"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,7 +338,10 @@ async fn after_a_kill_9_while_messages_wait_none_is_delivered_early_and_none_is_
     let dir = tempfile::tempdir().unwrap();
     let process = BrokerProcess::start(dir.path(), &[]);
     let client = connect(&process).await;
-    client.declare_queue("work", QueueOptions::new()).await.unwrap();
+    client
+        .declare_queue("work", QueueOptions::new())
+        .await
+        .unwrap();
     let start = now_ms();
     let delay = Duration::from_millis(3_000);
     for i in 0..200 {
@@ -312,7 +354,9 @@ async fn after_a_kill_9_while_messages_wait_none_is_delivered_early_and_none_is_
         .unwrap();
     let m = client.get("work").await.unwrap().expect("ready");
     let nacked = now_ms();
-    m.nack_with_delay(Duration::from_millis(3_500)).await.unwrap();
+    m.nack_with_delay(Duration::from_millis(3_500))
+        .await
+        .unwrap();
     // Served after the nack by the same queue, in order: the nack was handled (and its due
     // time written) before this answer.
     let q = client.inspect_queue("work").await.unwrap();
@@ -353,4 +397,121 @@ async fn after_a_kill_9_while_messages_wait_none_is_delivered_early_and_none_is_
     assert!(seen.contains("retry"));
     let q = client.inspect_queue("work").await.unwrap();
     assert_eq!((q.ready, q.unacked, q.scheduled), (0, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_the_cli_and_metrics_show_scheduled_messages_and_cancel_one() {
+    use sluice_tests::broker::sluice_command;
+    use sluice_tests::http::HttpClient;
+    let dir = tempfile::tempdir().unwrap();
+    let process = BrokerProcess::start(dir.path(), &["--http-listen", "127.0.0.1:0"]);
+    let http = HttpClient::new(process.http_addr().expect("HTTP on"), "guest", "guest");
+    let declared = http
+        .put(
+            "/api/queues/work",
+            r#"{"arguments": {"retry_backoff": {"initial_ms": 100, "multiplier_percent": 200, "max_ms": 1000}}}"#,
+        )
+        .await;
+    assert_eq!(declared.status, 200, "{}", declared.body);
+    let published = http
+        .post(
+            "/api/exchanges/amq.default/publish",
+            r#"{"routing_key": "work", "payload": "via-http", "properties": {"delay_ms": 600000}}"#,
+        )
+        .await;
+    assert_eq!(published.status, 200, "{}", published.body);
+    let both = http
+        .post(
+            "/api/exchanges/amq.default/publish",
+            r#"{"routing_key": "work", "payload": "x", "properties": {"delay_ms": 1, "deliver_at_ms": 1}}"#,
+        )
+        .await;
+    assert_eq!(both.status, 400, "{}", both.body);
+    let out = sluice_command()
+        .args([
+            "publish",
+            "",
+            "work",
+            "via-cli",
+            "--delay",
+            "5m",
+            "--url",
+            &process.cli_url(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let queue: serde_json::Value =
+        serde_json::from_str(&http.get("/api/queues/work").await.body).unwrap();
+    assert_eq!(queue["scheduled"], 2);
+    assert_eq!(queue["ready"], 0);
+    assert_eq!(
+        queue["arguments"]["retry_backoff"]["multiplier_percent"],
+        200
+    );
+    let listed: serde_json::Value =
+        serde_json::from_str(&http.get("/api/queues").await.body).unwrap();
+    assert_eq!(listed[0]["scheduled"], 2);
+
+    let page = http.get("/api/queues/work/scheduled?limit=1").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(page.header("x-sluice-more"), Some("true"));
+    let first: serde_json::Value = serde_json::from_str(&page.body).unwrap();
+    assert_eq!(first[0]["payload"], "via-cli", "the sooner one first");
+    let (due, seq) = (&first[0]["due_at_ms"], &first[0]["message_seq"]);
+    let rest = http
+        .get(&format!(
+            "/api/queues/work/scheduled?after_due_ms={due}&after_seq={seq}"
+        ))
+        .await;
+    let rest: serde_json::Value = serde_json::from_str(&rest.body).unwrap();
+    assert_eq!(rest[0]["payload"], "via-http");
+    assert_eq!(rest.as_array().unwrap().len(), 1);
+
+    let out = sluice_command()
+        .args(["scheduled", "list", "work", "--url", &process.cli_url()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("via-cli") && text.contains("via-http"),
+        "{text}"
+    );
+    let cancelled = http
+        .delete(&format!("/api/queues/work/scheduled/{seq}"), None)
+        .await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+    let again = http
+        .delete(&format!("/api/queues/work/scheduled/{seq}"), None)
+        .await;
+    assert_eq!(again.status, 404, "{}", again.body);
+    let remaining = rest[0]["message_seq"].to_string();
+    let out = sluice_command()
+        .args([
+            "scheduled",
+            "cancel",
+            "work",
+            &remaining,
+            "--url",
+            &process.cli_url(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metrics = http.get("/metrics").await.body;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("sluice_queue_scheduled_messages{") && l.ends_with(" 0")),
+        "{metrics}"
+    );
 }

@@ -59,6 +59,8 @@ struct Listed<'a> {
     #[serde(flatten)]
     queue: WithStats<QueueJson<'a>>,
     rates: Option<Rates>,
+    /// Messages waiting for their time (not in `ready`).
+    scheduled: u64,
 }
 
 /// `GET /api/queues`: every queue, as `sluice queues --json` prints them, with their
@@ -71,14 +73,17 @@ pub async fn list(State(api): State<Api>, visible: Visible) -> Response {
         .history
         .latest_rates(all.queues.iter().map(|q| q.name.as_str()));
     let registry = api.broker.read();
-    let stats: Vec<MessageStats> = all
+    let stats: Vec<(MessageStats, u64)> = all
         .queues
         .iter()
         .map(|q| {
             registry
                 .queues
                 .get(q.name.as_str())
-                .map(|h| MessageStats::of(&h.meta.stats))
+                .map(|h| {
+                    let scheduled = h.meta.stats.scheduled.load(Ordering::Relaxed);
+                    (MessageStats::of(&h.meta.stats), scheduled)
+                })
                 .unwrap_or_default()
         })
         .collect();
@@ -99,16 +104,19 @@ pub async fn list(State(api): State<Api>, visible: Visible) -> Response {
         .zip(rates)
         .zip(stats)
         .zip(&vhosts)
-        .map(|(((q, rates), message_stats), vhost)| WithVhost {
-            vhost,
-            item: Listed {
-                queue: WithStats {
-                    queue: QueueJson::from(q),
-                    message_stats,
+        .map(
+            |(((q, rates), (message_stats, scheduled)), vhost)| WithVhost {
+                vhost,
+                item: Listed {
+                    queue: WithStats {
+                        queue: QueueJson::from(q),
+                        message_stats,
+                    },
+                    rates,
+                    scheduled,
                 },
-                rates,
             },
-        })
+        )
         .collect();
     Json(json).into_response()
 }
