@@ -141,8 +141,7 @@ impl Actor {
                 continue;
             };
             self.scheduled_bytes = self.scheduled_bytes.saturating_sub(bytes);
-            self.returned.insert(entry.seq, entry.delivery_count);
-            self.note_own_expiry(entry.seq);
+            self.make_ready_again(entry.seq, entry.delivery_count);
         }
     }
 
@@ -215,12 +214,10 @@ impl Actor {
     fn waits(&self, seq: u64) -> bool {
         self.log.as_ref().is_some_and(|l| l.contains(seq))
             && !self.schedule.is_cancelled(seq)
-            && !self.returned.contains_key(&seq)
-            && !self.fresh.contains(seq)
-            && !self.inflight.contains_key(&seq)
+            && !self.ready.contains(seq)
+            && !self.in_flight.contains(seq)
             && !self.held.contains(seq)
-            && !self.dead.storing.values().any(|c| c.seq == seq)
-            && !self.dead.syncing.iter().any(|&(_, s)| s == seq)
+            && !self.dead.contains(seq)
     }
 
     /// Deletes every scheduled message (a purge); returns how many.
