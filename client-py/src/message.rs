@@ -44,7 +44,11 @@ impl BlockEnd {
 #[derive(Debug, Clone, Copy)]
 enum Settle {
     Ack,
-    Nack { requeue: bool },
+    /// With `delay`, the message waits that long before it is ready again.
+    Nack {
+        requeue: bool,
+        delay: Option<Duration>,
+    },
     Reject,
     Extend(Duration),
 }
@@ -62,9 +66,15 @@ impl Settle {
     ) -> Settle {
         match ending {
             BlockEnd::Succeeded => Settle::Ack,
-            BlockEnd::Interrupted => Settle::Nack { requeue: true },
+            BlockEnd::Interrupted => Settle::Nack {
+                requeue: true,
+                delay: None,
+            },
             BlockEnd::Failed if requeue && !(reject_on_redelivered && message.redelivered) => {
-                Settle::Nack { requeue: true }
+                Settle::Nack {
+                    requeue: true,
+                    delay: None,
+                }
             }
             BlockEnd::Failed => Settle::Reject,
         }
@@ -73,7 +83,11 @@ impl Settle {
     async fn run(self, message: Arc<sluice_client::Message>) -> PyResult<()> {
         match self {
             Settle::Ack => message.ack().await,
-            Settle::Nack { requeue } => message.nack(requeue).await,
+            Settle::Nack {
+                requeue: true,
+                delay: Some(delay),
+            } => message.nack_with_delay(delay).await,
+            Settle::Nack { requeue, .. } => message.nack(requeue).await,
             Settle::Reject => message.reject().await,
             Settle::Extend(by) => message.extend(by).await,
         }
@@ -97,6 +111,17 @@ impl Settle {
             None => runtime::awaitable(py, future),
         }
     }
+}
+
+/// The settlement of `nack(requeue, delay=...)`: a delay needs `requeue`.
+fn nack_settle(requeue: bool, delay: Option<f64>) -> PyResult<Settle> {
+    let delay = convert::opt_seconds("delay", delay)?;
+    if delay.is_some() && !requeue {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "a nack with a delay requeues the message: delay needs requeue=True",
+        ));
+    }
+    Ok(Settle::Nack { requeue, delay })
 }
 
 /// Fields of a delivered message; [`Message`] and [`AsyncMessage`] add the settling methods.
@@ -258,11 +283,12 @@ impl Message {
         Settle::Ack.blocking(py, &self.inner)
     }
 
-    /// The message was not processed: back to its queue if `requeue` (delivered again),
-    /// else dead-lettered (or dropped).
-    #[pyo3(signature = (requeue = true))]
-    fn nack(&self, py: Python<'_>, requeue: bool) -> PyResult<()> {
-        Settle::Nack { requeue }.blocking(py, &self.inner)
+    /// The message was not processed: back to its queue if `requeue` (delivered again;
+    /// with `delay` seconds, only after that long, kept across a broker restart), else
+    /// dead-lettered (or dropped).
+    #[pyo3(signature = (requeue = true, *, delay = None))]
+    fn nack(&self, py: Python<'_>, requeue: bool, delay: Option<f64>) -> PyResult<()> {
+        nack_settle(requeue, delay)?.blocking(py, &self.inner)
     }
 
     /// The message is bad: dead-lettered, or dropped if its queue has no dead-letter
@@ -271,7 +297,9 @@ impl Message {
         Settle::Reject.blocking(py, &self.inner)
     }
 
-    /// Moves the ack deadline (lease) to `seconds` from now, for long tasks.
+    /// Moves the ack deadline (lease) to `seconds` from now, for long tasks. `0` releases
+    /// the message now: it is ready again at once and this delivery is not counted against
+    /// the queue's `delivery_limit` (the message is settled).
     fn extend(&self, py: Python<'_>, seconds: f64) -> PyResult<()> {
         Settle::Extend(convert::seconds("seconds", seconds)?).blocking(py, &self.inner)
     }
@@ -325,10 +353,16 @@ impl AsyncMessage {
         Settle::Ack.awaitable(py, &self.inner)
     }
 
-    /// The message was not processed: back to its queue if `requeue`, else dead-lettered.
-    #[pyo3(signature = (requeue = true))]
-    fn nack<'py>(&self, py: Python<'py>, requeue: bool) -> PyResult<Bound<'py, PyAny>> {
-        Settle::Nack { requeue }.awaitable(py, &self.inner)
+    /// The message was not processed: back to its queue if `requeue` (after `delay`
+    /// seconds, if given), else dead-lettered.
+    #[pyo3(signature = (requeue = true, *, delay = None))]
+    fn nack<'py>(
+        &self,
+        py: Python<'py>,
+        requeue: bool,
+        delay: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        nack_settle(requeue, delay)?.awaitable(py, &self.inner)
     }
 
     /// The message is bad: dead-lettered, or dropped.
@@ -336,7 +370,7 @@ impl AsyncMessage {
         Settle::Reject.awaitable(py, &self.inner)
     }
 
-    /// Moves the ack deadline (lease) to `seconds` from now.
+    /// Moves the ack deadline (lease) to `seconds` from now; `0` releases the message now.
     fn extend<'py>(&self, py: Python<'py>, seconds: f64) -> PyResult<Bound<'py, PyAny>> {
         Settle::Extend(convert::seconds("seconds", seconds)?).awaitable(py, &self.inner)
     }

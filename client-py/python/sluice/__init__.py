@@ -35,6 +35,7 @@ from ._sluice import (
     MessageProcess,
     OutgoingMessage,
     QueueInfo,
+    ScheduledMessage,
     __version__,
 )
 from .exceptions import (
@@ -98,6 +99,7 @@ __all__ = [
     "QueueInfo",
     "ResourceLimit",
     "ResourceLocked",
+    "ScheduledMessage",
     "ServerError",
     "SluiceError",
     "StorageFull",

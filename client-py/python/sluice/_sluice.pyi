@@ -7,6 +7,7 @@ futures, often already done: acks and messages already buffered cost no task swi
 """
 
 from asyncio import Future
+from datetime import datetime
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Literal, Optional, Union, final, overload
@@ -28,6 +29,7 @@ __all__ = [
     "MessageProcess",
     "OutgoingMessage",
     "QueueInfo",
+    "ScheduledMessage",
     "__version__",
 ]
 
@@ -75,7 +77,28 @@ class QueueInfo:
     @property
     def oldest_ready_age_ms(self) -> int: ...
     @property
+    def scheduled(self) -> int: ...
+    @property
     def arguments(self) -> dict[str, Any]: ...
+
+@final
+class ScheduledMessage:
+    """A message stored but waiting for its time, as ``list_scheduled`` returns it."""
+
+    @property
+    def message_seq(self) -> int: ...
+    @property
+    def due_at_ms(self) -> int: ...
+    @property
+    def enqueued_at_ms(self) -> int: ...
+    @property
+    def delivery_count(self) -> int: ...
+    @property
+    def exchange(self) -> str: ...
+    @property
+    def routing_key(self) -> str: ...
+    @property
+    def body(self) -> bytes: ...
 
 @final
 class OutgoingMessage:
@@ -97,6 +120,8 @@ class OutgoingMessage:
         reply_to: Optional[str] = None,
         expiration: Optional[float] = None,
         timestamp: Optional[float] = None,
+        delay: Optional[float] = None,
+        deliver_at: Union[datetime, float, None] = None,
     ) -> OutgoingMessage: ...
     @property
     def exchange(self) -> str: ...
@@ -157,7 +182,7 @@ class Message(BaseMessage):
     """A message from the blocking API."""
 
     def ack(self) -> None: ...
-    def nack(self, requeue: bool = True) -> None: ...
+    def nack(self, requeue: bool = True, *, delay: Optional[float] = None) -> None: ...
     def reject(self) -> None: ...
     def extend(self, seconds: float) -> None: ...
     def process(
@@ -169,7 +194,9 @@ class AsyncMessage(BaseMessage):
     """A message from the asyncio API."""
 
     def ack(self) -> Future[None]: ...
-    def nack(self, requeue: bool = True) -> Future[None]: ...
+    def nack(
+        self, requeue: bool = True, *, delay: Optional[float] = None
+    ) -> Future[None]: ...
     def reject(self) -> Future[None]: ...
     def extend(self, seconds: float) -> Future[None]: ...
     def process(
@@ -278,6 +305,7 @@ class Client:
         ack_timeout: Optional[float] = None,
         delivery_limit: Optional[int] = None,
         expires: Optional[float] = None,
+        retry_backoff: Optional[tuple[float, float, float]] = None,
     ) -> DeclaredQueue: ...
     def delete_queue(
         self, name: str, *, if_unused: bool = False, if_empty: bool = False
@@ -325,6 +353,8 @@ class Client:
         reply_to: Optional[str] = None,
         expiration: Optional[float] = None,
         timestamp: Optional[float] = None,
+        delay: Optional[float] = None,
+        deliver_at: Union[datetime, float, None] = None,
     ) -> None: ...
     @overload
     def publish_batch(
@@ -341,6 +371,10 @@ class Client:
         return_exceptions: Literal[True],
     ) -> list[Optional[SluiceError]]: ...
     def get(self, queue: str) -> Optional[Message]: ...
+    def list_scheduled(
+        self, queue: str, *, limit: int = 100, after: Optional[tuple[int, int]] = None
+    ) -> tuple[list[ScheduledMessage], bool]: ...
+    def cancel_scheduled(self, queue: str, message_seq: int) -> None: ...
     def consume(
         self,
         queue: str,
@@ -393,6 +427,7 @@ class AsyncClient:
         ack_timeout: Optional[float] = None,
         delivery_limit: Optional[int] = None,
         expires: Optional[float] = None,
+        retry_backoff: Optional[tuple[float, float, float]] = None,
     ) -> Coroutine[Any, Any, DeclaredQueue]: ...
     def delete_queue(
         self, name: str, *, if_unused: bool = False, if_empty: bool = False
@@ -442,6 +477,8 @@ class AsyncClient:
         reply_to: Optional[str] = None,
         expiration: Optional[float] = None,
         timestamp: Optional[float] = None,
+        delay: Optional[float] = None,
+        deliver_at: Union[datetime, float, None] = None,
     ) -> Coroutine[Any, Any, None]: ...
     @overload
     def publish_batch(
@@ -458,6 +495,10 @@ class AsyncClient:
         return_exceptions: Literal[True],
     ) -> Coroutine[Any, Any, list[Optional[SluiceError]]]: ...
     def get(self, queue: str) -> Coroutine[Any, Any, Optional[AsyncMessage]]: ...
+    def list_scheduled(
+        self, queue: str, *, limit: int = 100, after: Optional[tuple[int, int]] = None
+    ) -> Coroutine[Any, Any, tuple[list[ScheduledMessage], bool]]: ...
+    def cancel_scheduled(self, queue: str, message_seq: int) -> Coroutine[Any, Any, None]: ...
     def consume(
         self,
         queue: str,
