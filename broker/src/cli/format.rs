@@ -697,6 +697,13 @@ impl<'a> MessageJson<'a> {
     }
 }
 
+/// A retry backoff as `sluice declare-queue --retry-backoff` takes it: `initial,multiplier,max`
+/// with the multiplier as a factor (`1000ms,2,60s` reads back as `1000ms,2,60000ms`).
+pub fn backoff_text(b: RetryBackoff) -> String {
+    let factor = f64::from(b.multiplier_percent) / 100.0;
+    format!("{}ms,{factor},{}ms", b.initial_ms, b.max_ms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -765,11 +772,4 @@ mod tests {
         );
         assert_eq!(headers_text(&headers), "s=x\"y, i=-4, b=true, raw=0x00ff");
     }
-}
-
-/// A retry backoff as `sluice declare-queue --retry-backoff` takes it: `initial,multiplier,max`
-/// with the multiplier as a factor (`1000ms,2,60s` reads back as `1000ms,2,60000ms`).
-pub fn backoff_text(b: RetryBackoff) -> String {
-    let factor = f64::from(b.multiplier_percent) / 100.0;
-    format!("{}ms,{factor},{}ms", b.initial_ms, b.max_ms)
 }
