@@ -515,3 +515,44 @@ async fn the_http_api_the_cli_and_metrics_show_scheduled_messages_and_cancel_one
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_copy_of_a_delayed_message_is_not_delayed_again_even_after_a_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let process = BrokerProcess::start(dir.path(), &[]);
+    let client = connect(&process).await;
+    for q in ["source", "destination"] {
+        client.declare_queue(q, QueueOptions::new()).await.unwrap();
+    }
+    let delay = Duration::from_millis(300);
+    publish_delayed(&client, "source", "m", delay).await;
+    within("the message to be ready", async {
+        while client.inspect_queue("source").await.unwrap().ready == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let id = client
+        .move_messages("source", "destination", None)
+        .await
+        .unwrap();
+    within("the move", async {
+        while !client.move_status(id).await.unwrap().state.is_finished() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let q = client.inspect_queue("destination").await.unwrap();
+    assert_eq!(
+        (q.ready, q.scheduled),
+        (1, 0),
+        "ready at once in its new queue"
+    );
+    process.kill9();
+    let process = BrokerProcess::start(dir.path(), &[]);
+    let client = connect(&process).await;
+    let q = client.inspect_queue("destination").await.unwrap();
+    assert_eq!((q.ready, q.scheduled), (1, 0), "and still after a restart");
+    let m = client.get("destination").await.unwrap().expect("ready");
+    assert_eq!(body(&m), "m");
+}

@@ -169,9 +169,7 @@ impl Actor {
         let mut transient = Vec::new();
         let queue_ttl = meta.arguments.message_ttl_ms;
         // Rebuilt from the log at every start (queue/schedule/): the log holds each due time.
-        let mut schedule = Schedule::open(log.dir()).unwrap_or_else(|e| {
-            panic!("cannot reset the timer index of queue '{}': {e}", meta.name)
-        });
+        let mut schedule = Schedule::open(log.dir());
         let mut scheduled_bytes = 0;
         let now = now_ms();
         for seq in log.live_seqs() {

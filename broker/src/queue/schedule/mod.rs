@@ -102,19 +102,23 @@ pub(crate) struct Schedule {
 
 impl Schedule {
     /// An empty index for the queue in `queue_dir`: files left by an earlier run of the
-    /// process are removed, since the index is rebuilt from the log at every start.
-    pub(crate) fn open(queue_dir: &Path) -> std::io::Result<Self> {
+    /// process are removed, since the index is rebuilt from the log at every start. (One
+    /// that cannot be removed is overwritten: run files are numbered from 1 again and
+    /// created truncated, and none is read before it is written.)
+    pub(crate) fn open(queue_dir: &Path) -> Self {
         Self::open_with(queue_dir, STAGING_MAX)
     }
 
-    fn open_with(queue_dir: &Path, staging_max: usize) -> std::io::Result<Self> {
+    fn open_with(queue_dir: &Path, staging_max: usize) -> Self {
         let dir = queue_dir.join(TIMERS_DIR);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+            Err(e) => {
+                tracing::warn!(path = %dir.display(), error = %e, "could not remove an old timer index")
+            }
         }
-        Ok(Schedule {
+        Schedule {
             dir,
             staging: BTreeSet::new(),
             runs: Vec::new(),
@@ -124,7 +128,7 @@ impl Schedule {
             damaged_blocks: 0,
             spill_failing: false,
             staging_max,
-        })
+        }
     }
 
     /// Messages waiting (cancelled ones excluded).

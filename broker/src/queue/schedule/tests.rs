@@ -11,7 +11,7 @@ fn entry(seq: u64, due_ms: u64) -> Entry {
 }
 
 fn schedule(dir: &Path) -> Schedule {
-    Schedule::open_with(dir, SMALL).unwrap()
+    Schedule::open_with(dir, SMALL)
 }
 
 /// Due times in a scrambled order (a fixed permutation, so runs overlap in time).
