@@ -14,7 +14,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use sluice_client::{
-    Client, ConsumeOptions, Consumer, ErrorCode, Message, PublishOptions, QueueOptions,
+    Client, ConsumeOptions, Consumer, DeleteQueueOptions, ErrorCode, Message, PublishOptions,
+    QueueOptions,
 };
 use sluice_tests::broker::{within, BrokerProcess};
 
@@ -223,6 +224,21 @@ async fn operators_page_through_scheduled_messages_in_due_order_and_cancel_one()
             .messages
             .is_empty(),
         "scheduled messages are not ready ones"
+    );
+    let refused = client
+        .delete_queue(
+            "work",
+            DeleteQueueOptions {
+                if_unused: false,
+                if_empty: true,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(ErrorCode::PreconditionFailed),
+        "{refused}"
     );
     assert_eq!(
         client.purge_queue("work").await.unwrap(),

@@ -456,8 +456,11 @@ impl Actor {
                     ))));
                     return false;
                 }
-                let messages =
-                    self.ready_count() + self.in_flight.len() as u64 + self.held.len() as u64;
+                // Scheduled messages are the queue's too: `if_empty` counts them.
+                let messages = self.ready_count()
+                    + self.in_flight.len() as u64
+                    + self.held.len() as u64
+                    + self.schedule.len();
                 if if_empty && messages > 0 {
                     let _ = reply.send(Err(RequestError::precondition(format!(
                         "queue '{}' holds {messages} messages",
