@@ -798,6 +798,14 @@ fn first_argument_difference(
         })
     };
     let quoted = |v: &Option<String>| v.as_ref().map(|s| format!("'{s}'"));
+    let backoff = |b: &Option<sluice_client::wire::RetryBackoff>| {
+        b.map(|b| {
+            format!(
+                "initial {} ms, ×{}%, at most {} ms",
+                b.initial_ms, b.multiplier_percent, b.max_ms
+            )
+        })
+    };
     let fields = [
         ("max_length", text(&have.max_length), text(&want.max_length)),
         (
@@ -845,6 +853,11 @@ fn first_argument_difference(
             "max_priority",
             text(&have.max_priority),
             text(&want.max_priority),
+        ),
+        (
+            "retry_backoff",
+            backoff(&have.retry_backoff),
+            backoff(&want.retry_backoff),
         ),
     ];
     fields
@@ -921,6 +934,14 @@ fn validate_arguments(a: &QueueArguments) -> Result<(), RequestError> {
         return Err(RequestError::invalid(format!(
             "max_priority must be between 1 and {MAX_PRIORITY}"
         )));
+    }
+    if let Some(b) = a.retry_backoff {
+        if b.multiplier_percent < 100 || b.initial_ms > b.max_ms {
+            return Err(RequestError::invalid(format!(
+                "retry_backoff needs multiplier_percent of at least 100 and initial_ms at most max_ms (got {}, {}, {})",
+                b.initial_ms, b.multiplier_percent, b.max_ms
+            )));
+        }
     }
     if let Some(x) = &a.dead_letter_exchange {
         namespace::check_local(x)?;

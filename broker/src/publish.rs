@@ -71,6 +71,11 @@ pub(crate) fn route_message(
     let view = MetaView::parse(meta).map_err(|e| {
         RequestError::new(ErrorCode::MalformedRequest, format!("bad meta block: {e}"))
     })?;
+    if view.deliver_at_ms.is_some() && view.delay_ms.is_some() {
+        return Err(RequestError::invalid(
+            "a message has deliver_at_ms or delay_ms, not both",
+        ));
+    }
     if view.routing_key.len() > MAX_NAME_LEN {
         return Err(RequestError::invalid("routing key longer than 255 bytes"));
     }

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use sluice_client::wire::MAX_HEADER_DEPTH;
 use sluice_client::wire::{
     BindingSummary, ErrorCode, ExchangeKind, ExchangeSummary, HeaderValue, Headers, Overflow,
-    QueueArguments,
+    QueueArguments, RetryBackoff,
 };
 
 use crate::broker::RESERVED_PREFIX;
@@ -152,6 +152,39 @@ pub struct ArgumentsDefinition {
     max_message_bytes: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     max_priority: Option<u8>,
+    retry_backoff: Option<RetryBackoffJson>,
+}
+
+/// The `retry_backoff` queue argument in JSON (the topology, the HTTP API, the CLI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBackoffJson {
+    /// The wait after the first delivery.
+    pub initial_ms: u64,
+    /// Growth per further delivery, in percent (200 doubles).
+    pub multiplier_percent: u32,
+    /// The longest wait.
+    pub max_ms: u64,
+}
+
+impl From<RetryBackoff> for RetryBackoffJson {
+    fn from(b: RetryBackoff) -> Self {
+        RetryBackoffJson {
+            initial_ms: b.initial_ms,
+            multiplier_percent: b.multiplier_percent,
+            max_ms: b.max_ms,
+        }
+    }
+}
+
+impl From<RetryBackoffJson> for RetryBackoff {
+    fn from(b: RetryBackoffJson) -> Self {
+        RetryBackoff {
+            initial_ms: b.initial_ms,
+            multiplier_percent: b.multiplier_percent,
+            max_ms: b.max_ms,
+        }
+    }
 }
 
 /// What a queue does at its length limit, as `declare-queue --overflow` names it.
@@ -179,6 +212,7 @@ impl From<&QueueArguments> for ArgumentsDefinition {
             expires_ms: a.expires_ms,
             max_message_bytes: a.max_message_bytes,
             max_priority: a.max_priority,
+            retry_backoff: a.retry_backoff.map(Into::into),
         }
     }
 }
@@ -200,6 +234,7 @@ impl From<&ArgumentsDefinition> for QueueArguments {
             expires_ms: a.expires_ms,
             max_message_bytes: a.max_message_bytes,
             max_priority: a.max_priority,
+            retry_backoff: a.retry_backoff.map(Into::into),
         }
     }
 }

@@ -67,7 +67,7 @@ impl AsyncClient {
         name, durable = true, *, exclusive = false, auto_delete = false, passive = false,
         max_length = None, max_length_bytes = None, overflow = None, message_ttl = None,
         dead_letter_exchange = None, dead_letter_routing_key = None, ack_timeout = None,
-        delivery_limit = None, expires = None, max_priority = None,
+        delivery_limit = None, expires = None, max_priority = None, retry_backoff = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn declare_queue<'py>(
@@ -88,6 +88,7 @@ impl AsyncClient {
         delivery_limit: Option<u32>,
         expires: Option<f64>,
         max_priority: Option<u8>,
+        retry_backoff: Option<(f64, f64, f64)>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let options = QueueArgs {
             exclusive,
@@ -103,6 +104,7 @@ impl AsyncClient {
             delivery_limit,
             expires,
             max_priority,
+            retry_backoff,
         }
         .into_options(durable)?;
         let connection = self.connection.clone();
@@ -240,7 +242,8 @@ impl AsyncClient {
     #[pyo3(signature = (
         exchange, routing_key, body, *, headers = None, mandatory = false, persistent = true,
         content_type = None, content_encoding = None, message_id = None, correlation_id = None,
-        reply_to = None, expiration = None, timestamp = None, priority = None,
+        reply_to = None, expiration = None, timestamp = None, priority = None, delay = None,
+        deliver_at = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn publish<'py>(
@@ -260,6 +263,8 @@ impl AsyncClient {
         expiration: Option<f64>,
         timestamp: Option<f64>,
         priority: Option<u8>,
+        delay: Option<f64>,
+        deliver_at: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let body = convert::body(body)?;
         let options = PublishArgs {
@@ -274,6 +279,8 @@ impl AsyncClient {
             expiration,
             timestamp,
             priority,
+            delay,
+            deliver_at,
         }
         .into_options()?;
         let connection = self.connection.clone();
@@ -283,6 +290,37 @@ impl AsyncClient {
                 .publish(&exchange, &routing_key, body, &options)
                 .await
                 .py()
+        })
+    }
+
+    /// The scheduled messages of `queue`, soonest first (see `Client.list_scheduled`).
+    #[pyo3(signature = (queue, *, limit = 100, after = None))]
+    fn list_scheduled<'py>(
+        &self,
+        py: Python<'py>,
+        queue: String,
+        limit: u32,
+        after: Option<(u64, u64)>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let connection = self.connection.clone();
+        runtime::coroutine(py, async move {
+            let client = connection.get().await?;
+            let ok = client.list_scheduled(&queue, limit, after).await.py()?;
+            Ok(options::scheduled_page(ok))
+        })
+    }
+
+    /// Deletes a scheduled message before its time (see `Client.cancel_scheduled`).
+    fn cancel_scheduled<'py>(
+        &self,
+        py: Python<'py>,
+        queue: String,
+        message_seq: u64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let connection = self.connection.clone();
+        runtime::coroutine(py, async move {
+            let client = connection.get().await?;
+            client.cancel_scheduled(&queue, message_seq).await.py()
         })
     }
 

@@ -185,7 +185,7 @@ impl Client {
         name, durable = true, *, exclusive = false, auto_delete = false, passive = false,
         max_length = None, max_length_bytes = None, overflow = None, message_ttl = None,
         dead_letter_exchange = None, dead_letter_routing_key = None, ack_timeout = None,
-        delivery_limit = None, expires = None, max_priority = None,
+        delivery_limit = None, expires = None, max_priority = None, retry_backoff = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn declare_queue(
@@ -206,6 +206,7 @@ impl Client {
         delivery_limit: Option<u32>,
         expires: Option<f64>,
         max_priority: Option<u8>,
+        retry_backoff: Option<(f64, f64, f64)>,
     ) -> PyResult<DeclaredQueue> {
         let options = QueueArgs {
             exclusive,
@@ -221,6 +222,7 @@ impl Client {
             delivery_limit,
             expires,
             max_priority,
+            retry_backoff,
         }
         .into_options(durable)?;
         runtime::block_on(py, async {
@@ -345,7 +347,8 @@ impl Client {
     #[pyo3(signature = (
         exchange, routing_key, body, *, headers = None, mandatory = false, persistent = true,
         content_type = None, content_encoding = None, message_id = None, correlation_id = None,
-        reply_to = None, expiration = None, timestamp = None, priority = None,
+        reply_to = None, expiration = None, timestamp = None, priority = None, delay = None,
+        deliver_at = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn publish(
@@ -365,6 +368,8 @@ impl Client {
         expiration: Option<f64>,
         timestamp: Option<f64>,
         priority: Option<u8>,
+        delay: Option<f64>,
+        deliver_at: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let body = convert::body(body)?;
         let options = PublishArgs {
@@ -379,6 +384,8 @@ impl Client {
             expiration,
             timestamp,
             priority,
+            delay,
+            deliver_at,
         }
         .into_options()?;
         runtime::block_on(py, async {
@@ -411,6 +418,33 @@ impl Client {
             return_exceptions,
         }
         .into_pyobject(py)
+    }
+
+    /// The scheduled messages of `queue` (stored, waiting for their time), soonest first:
+    /// up to `limit` (at most 1000) after `after`, the `(due_at_ms, message_seq)` of the last
+    /// message of the previous page. Returns `(messages, more)`.
+    #[pyo3(signature = (queue, *, limit = 100, after = None))]
+    fn list_scheduled(
+        &self,
+        py: Python<'_>,
+        queue: String,
+        limit: u32,
+        after: Option<(u64, u64)>,
+    ) -> PyResult<(Vec<options::ScheduledMessage>, bool)> {
+        runtime::block_on(py, async {
+            let client = self.connection.get().await?;
+            let ok = client.list_scheduled(&queue, limit, after).await.py()?;
+            Ok(options::scheduled_page(ok))
+        })
+    }
+
+    /// Deletes scheduled message `message_seq` of `queue` before its time; `NotFound` if
+    /// it does not wait there.
+    fn cancel_scheduled(&self, py: Python<'_>, queue: String, message_seq: u64) -> PyResult<()> {
+        runtime::block_on(py, async {
+            let client = self.connection.get().await?;
+            client.cancel_scheduled(&queue, message_seq).await.py()
+        })
     }
 
     /// Takes one ready message from `queue` without a consumer, or `None`. Settle it like a

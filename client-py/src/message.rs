@@ -47,7 +47,11 @@ impl BlockEnd {
 #[derive(Debug, Clone, Copy)]
 enum Settle {
     Ack,
-    Nack { requeue: bool },
+    /// With `delay`, the message waits that long before it is ready again.
+    Nack {
+        requeue: bool,
+        delay: Option<Duration>,
+    },
     Reject,
     Extend(Duration),
 }
@@ -65,9 +69,15 @@ impl Settle {
     ) -> Settle {
         match ending {
             BlockEnd::Succeeded => Settle::Ack,
-            BlockEnd::Interrupted => Settle::Nack { requeue: true },
+            BlockEnd::Interrupted => Settle::Nack {
+                requeue: true,
+                delay: None,
+            },
             BlockEnd::Failed if requeue && !(reject_on_redelivered && message.redelivered) => {
-                Settle::Nack { requeue: true }
+                Settle::Nack {
+                    requeue: true,
+                    delay: None,
+                }
             }
             BlockEnd::Failed => Settle::Reject,
         }
@@ -77,8 +87,22 @@ impl Settle {
         match (self, confirm) {
             (Settle::Ack, false) => message.ack().await,
             (Settle::Ack, true) => message.ack_confirmed().await,
-            (Settle::Nack { requeue }, false) => message.nack(requeue).await,
-            (Settle::Nack { requeue }, true) => message.nack_confirmed(requeue).await,
+            (
+                Settle::Nack {
+                    requeue: true,
+                    delay: Some(delay),
+                },
+                false,
+            ) => message.nack_with_delay(delay).await,
+            (
+                Settle::Nack {
+                    requeue: true,
+                    delay: Some(delay),
+                },
+                true,
+            ) => message.nack_with_delay_confirmed(delay).await,
+            (Settle::Nack { requeue, .. }, false) => message.nack(requeue).await,
+            (Settle::Nack { requeue, .. }, true) => message.nack_confirmed(requeue).await,
             (Settle::Reject, false) => message.reject().await,
             (Settle::Reject, true) => message.reject_confirmed().await,
             (Settle::Extend(by), false) => message.extend(by).await,
@@ -116,6 +140,17 @@ impl Settle {
             None => runtime::awaitable(py, future),
         }
     }
+}
+
+/// The settlement of `nack(requeue, delay=...)`: a delay needs `requeue`.
+fn nack_settle(requeue: bool, delay: Option<f64>) -> PyResult<Settle> {
+    let delay = convert::opt_seconds("delay", delay)?;
+    if delay.is_some() && !requeue {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "a nack with a delay requeues the message: delay needs requeue=True",
+        ));
+    }
+    Ok(Settle::Nack { requeue, delay })
 }
 
 /// Fields of a delivered message; [`Message`] and [`AsyncMessage`] add the settling methods.
@@ -286,11 +321,18 @@ impl Message {
         Settle::Ack.blocking(py, &self.inner, confirm)
     }
 
-    /// The message was not processed: back to its queue if `requeue` (delivered again),
-    /// else dead-lettered (or dropped). `confirm` as in `ack`.
-    #[pyo3(signature = (requeue = true, *, confirm = false))]
-    fn nack(&self, py: Python<'_>, requeue: bool, confirm: bool) -> PyResult<()> {
-        Settle::Nack { requeue }.blocking(py, &self.inner, confirm)
+    /// The message was not processed: back to its queue if `requeue` (delivered again;
+    /// with `delay` seconds, only after that long, kept across a broker restart), else
+    /// dead-lettered (or dropped). `confirm` as in `ack`.
+    #[pyo3(signature = (requeue = true, *, delay = None, confirm = false))]
+    fn nack(
+        &self,
+        py: Python<'_>,
+        requeue: bool,
+        delay: Option<f64>,
+        confirm: bool,
+    ) -> PyResult<()> {
+        nack_settle(requeue, delay)?.blocking(py, &self.inner, confirm)
     }
 
     /// The message is bad: dead-lettered, or dropped if its queue has no dead-letter
@@ -300,8 +342,9 @@ impl Message {
         Settle::Reject.blocking(py, &self.inner, confirm)
     }
 
-    /// Moves the ack deadline (lease) to `seconds` from now, for long tasks. `confirm` as
-    /// in `ack`.
+    /// Moves the ack deadline (lease) to `seconds` from now, for long tasks. `0` releases
+    /// the message now: it is ready again at once and this delivery is not counted against
+    /// the queue's `delivery_limit` (the message is settled). `confirm` as in `ack`.
     #[pyo3(signature = (seconds, *, confirm = false))]
     fn extend(&self, py: Python<'_>, seconds: f64, confirm: bool) -> PyResult<()> {
         Settle::Extend(convert::seconds("seconds", seconds)?).blocking(py, &self.inner, confirm)
@@ -404,15 +447,17 @@ impl AsyncMessage {
         Settle::Ack.awaitable(py, &self.inner, confirm)
     }
 
-    /// The message was not processed: back to its queue if `requeue`, else dead-lettered.
-    #[pyo3(signature = (requeue = true, *, confirm = false))]
+    /// The message was not processed: back to its queue if `requeue` (after `delay`
+    /// seconds, if given), else dead-lettered. `confirm` as in `ack`.
+    #[pyo3(signature = (requeue = true, *, delay = None, confirm = false))]
     fn nack<'py>(
         &self,
         py: Python<'py>,
         requeue: bool,
+        delay: Option<f64>,
         confirm: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        Settle::Nack { requeue }.awaitable(py, &self.inner, confirm)
+        nack_settle(requeue, delay)?.awaitable(py, &self.inner, confirm)
     }
 
     /// The message is bad: dead-lettered, or dropped.
@@ -421,7 +466,7 @@ impl AsyncMessage {
         Settle::Reject.awaitable(py, &self.inner, confirm)
     }
 
-    /// Moves the ack deadline (lease) to `seconds` from now.
+    /// Moves the ack deadline (lease) to `seconds` from now; `0` releases the message now.
     #[pyo3(signature = (seconds, *, confirm = false))]
     fn extend<'py>(
         &self,

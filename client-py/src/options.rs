@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use sluice_client::{
     ConsumeOptions, DeclareQueueOk, ExchangeKind, ExchangeOptions, InspectQueueOk, Overflow,
-    PublishOptions, QueueArguments, QueueOptions,
+    PublishOptions, QueueArguments, QueueOptions, RetryBackoff, ScheduledMessage as Scheduled,
 };
 
 use crate::convert;
@@ -28,6 +28,8 @@ pub(crate) struct QueueArgs {
     pub delivery_limit: Option<u32>,
     pub expires: Option<f64>,
     pub max_priority: Option<u8>,
+    /// `(initial seconds, multiplier, max seconds)`.
+    pub retry_backoff: Option<(f64, f64, f64)>,
 }
 
 impl QueueArgs {
@@ -66,9 +68,24 @@ impl QueueArgs {
             // Not offered by the Python declare yet; the Rust client and the HTTP API set it.
             max_message_bytes: None,
             max_priority: self.max_priority,
+            retry_backoff: self.retry_backoff.map(retry_backoff).transpose()?,
         };
         Ok(options)
     }
+}
+
+/// A retry backoff from `(initial seconds, multiplier, max seconds)`.
+fn retry_backoff((initial, multiplier, max): (f64, f64, f64)) -> PyResult<RetryBackoff> {
+    if !(1.0..=1000.0).contains(&multiplier) {
+        return Err(PyValueError::new_err(format!(
+            "retry_backoff multiplier must be between 1 and 1000, not {multiplier}"
+        )));
+    }
+    Ok(RetryBackoff {
+        initial_ms: convert::millis("retry_backoff initial", initial)?,
+        multiplier_percent: (multiplier * 100.0).round() as u32,
+        max_ms: convert::millis("retry_backoff max", max)?,
+    })
 }
 
 /// An exchange kind from its name.
@@ -130,6 +147,10 @@ pub(crate) struct PublishArgs<'a, 'py> {
     pub expiration: Option<f64>,
     pub timestamp: Option<f64>,
     pub priority: Option<u8>,
+    /// Seconds after the queue stores it.
+    pub delay: Option<f64>,
+    /// A `datetime` (or Unix seconds).
+    pub deliver_at: Option<&'a Bound<'py, PyAny>>,
 }
 
 impl PublishArgs<'_, '_> {
@@ -153,8 +174,35 @@ impl PublishArgs<'_, '_> {
             .transpose()?;
         properties.headers = convert::headers(self.headers)?;
         properties.priority = self.priority;
+        if self.delay.is_some() && self.deliver_at.is_some() {
+            return Err(PyValueError::new_err(
+                "a message has delay or deliver_at, not both",
+            ));
+        }
+        properties.delay_ms = self
+            .delay
+            .map(|s| convert::millis("delay", s))
+            .transpose()?;
+        properties.deliver_at_ms = self.deliver_at.map(unix_millis).transpose()?;
         Ok(options)
     }
+}
+
+/// Unix milliseconds of a `datetime` (its `timestamp()`; a naive one is local time) or of
+/// Unix seconds; a time before 1970 is 0 (it means now).
+fn unix_millis(at: &Bound<'_, PyAny>) -> PyResult<u64> {
+    let seconds: f64 = if at.hasattr("timestamp")? {
+        at.call_method0("timestamp")?.extract()?
+    } else {
+        at.extract()
+            .map_err(|_| PyTypeError::new_err("deliver_at must be a datetime or Unix seconds"))?
+    };
+    if !seconds.is_finite() {
+        return Err(PyValueError::new_err(format!(
+            "deliver_at must be a finite time, not {seconds}"
+        )));
+    }
+    Ok((seconds.max(0.0) * 1000.0).round() as u64)
 }
 
 /// A message for `publish_batch`: where it goes, its body, and the same keywords as
@@ -170,7 +218,8 @@ impl OutgoingMessage {
     #[pyo3(signature = (
         exchange, routing_key, body, *, headers=None, mandatory=false, persistent=true,
         content_type=None, content_encoding=None, message_id=None, correlation_id=None,
-        reply_to=None, expiration=None, timestamp=None, priority=None,
+        reply_to=None, expiration=None, timestamp=None, priority=None, delay=None,
+        deliver_at=None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -188,6 +237,8 @@ impl OutgoingMessage {
         expiration: Option<f64>,
         timestamp: Option<f64>,
         priority: Option<u8>,
+        delay: Option<f64>,
+        deliver_at: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let options = PublishArgs {
             headers,
@@ -201,6 +252,8 @@ impl OutgoingMessage {
             expiration,
             timestamp,
             priority,
+            delay,
+            deliver_at,
         }
         .into_options()?;
         let inner =
@@ -346,6 +399,9 @@ pub(crate) struct QueueInfo {
     /// How long the oldest ready message has waited, in milliseconds; 0 when none is ready.
     #[pyo3(get)]
     oldest_ready_age_ms: u64,
+    /// Messages stored but waiting for their time (delayed, or requeued with a delay).
+    #[pyo3(get)]
+    scheduled: u64,
     args: QueueArguments,
 }
 
@@ -361,6 +417,7 @@ impl From<InspectQueueOk> for QueueInfo {
             consumers: ok.consumers,
             bytes: ok.bytes,
             oldest_ready_age_ms: ok.oldest_ready_age_ms,
+            scheduled: ok.scheduled,
             args: ok.arguments,
         }
     }
@@ -412,6 +469,13 @@ impl QueueInfo {
         if let Some(v) = a.max_priority {
             args.set_item("max_priority", v)?;
         }
+        if let Some(b) = a.retry_backoff {
+            let multiplier = f64::from(b.multiplier_percent) / 100.0;
+            args.set_item(
+                "retry_backoff",
+                (secs(b.initial_ms), multiplier, secs(b.max_ms)),
+            )?;
+        }
         Ok(args)
     }
 
@@ -421,4 +485,64 @@ impl QueueInfo {
             self.name, self.ready, self.unacked, self.consumers
         )
     }
+}
+
+/// A scheduled message, as `list_scheduled` returns it: stored, waiting for its time.
+#[pyclass(module = "sluice", frozen)]
+pub(crate) struct ScheduledMessage {
+    /// Its sequence number in the queue (what `cancel_scheduled` takes).
+    #[pyo3(get)]
+    message_seq: u64,
+    /// When it becomes ready, Unix milliseconds.
+    #[pyo3(get)]
+    due_at_ms: u64,
+    /// When the queue stored it, Unix milliseconds.
+    #[pyo3(get)]
+    enqueued_at_ms: u64,
+    /// Deliveries so far (0 unless requeued with a delay).
+    #[pyo3(get)]
+    delivery_count: u32,
+    /// The exchange it was published to.
+    #[pyo3(get)]
+    exchange: String,
+    /// Its routing key.
+    #[pyo3(get)]
+    routing_key: String,
+    body: bytes::Bytes,
+}
+
+impl From<Scheduled> for ScheduledMessage {
+    fn from(m: Scheduled) -> Self {
+        let meta = sluice_client::wire::MessageMeta::from_slice(&m.meta).unwrap_or_default();
+        ScheduledMessage {
+            message_seq: m.message_seq,
+            due_at_ms: m.due_at_ms,
+            enqueued_at_ms: m.enqueued_at_ms,
+            delivery_count: m.delivery_count,
+            exchange: meta.exchange,
+            routing_key: meta.routing_key,
+            body: m.body,
+        }
+    }
+}
+
+#[pymethods]
+impl ScheduledMessage {
+    /// The body.
+    #[getter]
+    fn body<'py>(&self, py: Python<'py>) -> Bound<'py, pyo3::types::PyBytes> {
+        pyo3::types::PyBytes::new(py, &self.body)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "ScheduledMessage(message_seq={}, due_at_ms={}, delivery_count={})",
+            self.message_seq, self.due_at_ms, self.delivery_count
+        )
+    }
+}
+
+/// One page of `list_scheduled`: the messages, and whether more follow.
+pub(crate) fn scheduled_page(ok: sluice_client::ListScheduledOk) -> (Vec<ScheduledMessage>, bool) {
+    (ok.messages.into_iter().map(Into::into).collect(), ok.more)
 }

@@ -278,6 +278,17 @@ impl Client {
             delivery_tag,
             multiple: false,
             requeue,
+            delay_ms: None,
+        })
+    }
+
+    /// Nacks one delivery and requeues it to be ready only after `delay`.
+    pub async fn nack_with_delay(&self, delivery_tag: DeliveryTag, delay: Duration) -> Result<()> {
+        self.send_request(Nack {
+            delivery_tag,
+            multiple: false,
+            requeue: true,
+            delay_ms: Some(millis(delay)),
         })
     }
 
@@ -287,6 +298,7 @@ impl Client {
             delivery_tag: up_to,
             multiple: true,
             requeue,
+            delay_ms: None,
         })
     }
 
@@ -296,11 +308,17 @@ impl Client {
         self.send_request(Reject { delivery_tag })
     }
 
-    /// Moves a delivery's ack deadline to `by` from when the server reads the request.
+    /// Moves a delivery's ack deadline to `by` from when the server reads the request;
+    /// `Duration::ZERO` releases the delivery now (protocol.md §10.4).
     pub async fn extend(&self, delivery_tag: DeliveryTag, by: Duration) -> Result<()> {
+        let extend_ms = if by.is_zero() {
+            0
+        } else {
+            millis_at_least_1(by)
+        };
         self.send_request(Extend {
             delivery_tag,
-            extend_ms: millis_at_least_1(by),
+            extend_ms,
         })
     }
 

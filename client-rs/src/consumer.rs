@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::client::{unexpected_reply, Client};
 use crate::connection::{Command, ConsumerEvent};
 use crate::error::{Error, Result};
-use crate::options::{millis_at_least_1, ConsumeOptions};
+use crate::options::{millis, millis_at_least_1, ConsumeOptions};
 use crate::wire::{
     Ack, ConsumerId, Delivery, DeliveryTag, Extend, Get, HeaderValue, Headers, MetaView, Nack,
     Properties, Reject, Reply, Request, SetPrefetch,
@@ -282,6 +282,8 @@ const EMPTY_META: MetaView<'static> = MetaView {
     timestamp_ms: None,
     raw_headers: &[],
     priority: None,
+    deliver_at_ms: None,
+    delay_ms: None,
 };
 
 impl Message {
@@ -438,7 +440,32 @@ impl Message {
             delivery_tag: self.delivery_tag,
             multiple: false,
             requeue,
+            delay_ms: None,
         })
+    }
+
+    /// Nacks and requeues the message to be ready again only after `delay` (a retry with
+    /// backoff chosen by the consumer; it replaces the queue's `retry_backoff`). The delay
+    /// is kept durably: a broker restart neither delivers it early nor loses it.
+    pub async fn nack_with_delay(&self, delay: Duration) -> Result<()> {
+        self.settle(Nack {
+            delivery_tag: self.delivery_tag,
+            multiple: false,
+            requeue: true,
+            delay_ms: Some(millis(delay)),
+        })
+    }
+
+    /// [`nack_with_delay`](Self::nack_with_delay), waiting for the broker's outcome as
+    /// [`ack_confirmed`](Self::ack_confirmed).
+    pub async fn nack_with_delay_confirmed(&self, delay: Duration) -> Result<()> {
+        self.settle_confirmed(Nack {
+            delivery_tag: self.delivery_tag,
+            multiple: false,
+            requeue: true,
+            delay_ms: Some(millis(delay)),
+        })
+        .await
     }
 
     /// [`nack`](Self::nack), waiting for the broker's outcome as
@@ -448,6 +475,7 @@ impl Message {
             delivery_tag: self.delivery_tag,
             multiple: false,
             requeue,
+            delay_ms: None,
         })
         .await
     }
@@ -470,8 +498,17 @@ impl Message {
     }
 
     /// Pushes the ack deadline to `by` from now (a heartbeat for long tasks). Does not
-    /// settle the message, nor wait for the broker, as [`ack`](Self::ack).
+    /// settle the message, nor wait for the broker, as [`ack`](Self::ack). `Duration::ZERO`
+    /// is the exception: it releases the message now (SQS's visibility timeout 0), ready
+    /// again at once, and this delivery does not count against the queue's `delivery_limit`
+    /// (protocol.md §10.4).
     pub async fn extend(&self, by: Duration) -> Result<()> {
+        if by.is_zero() {
+            return self.settle(Extend {
+                delivery_tag: self.delivery_tag,
+                extend_ms: 0,
+            });
+        }
         if self.is_settled() {
             return Err(Error::AlreadySettled);
         }
@@ -481,6 +518,14 @@ impl Message {
     /// [`extend`](Self::extend), waiting for the broker's outcome: fails with
     /// `UNKNOWN_DELIVERY_TAG` when the lease had already expired.
     pub async fn extend_confirmed(&self, by: Duration) -> Result<()> {
+        if by.is_zero() {
+            return self
+                .settle_confirmed(Extend {
+                    delivery_tag: self.delivery_tag,
+                    extend_ms: 0,
+                })
+                .await;
+        }
         if self.is_settled() {
             return Err(Error::AlreadySettled);
         }

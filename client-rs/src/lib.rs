@@ -64,6 +64,7 @@ mod error;
 mod listing;
 mod options;
 mod publish;
+mod scheduled;
 mod tls;
 mod url;
 pub mod wire;
@@ -86,8 +87,8 @@ pub use wire::Decimal;
 pub use wire::{
     BindingSummary, BrowseQueueOk, BrowsedMessage, ConnectionSummary, ConsumerId, ConsumerSummary,
     DeclareQueueOk, DeliveryTag, ErrorCode, ExchangeKind, ExchangeSummary, HeaderValue, Headers,
-    InspectQueueOk, MetaView, MoveId, MoveState, MoveStatusOk, Overflow, Properties, PublishSeq,
-    QueueArguments, QueueSummary,
+    InspectQueueOk, ListScheduledOk, MetaView, MoveId, MoveState, MoveStatusOk, Overflow,
+    Properties, PublishSeq, QueueArguments, QueueSummary, RetryBackoff, ScheduledMessage,
 };
 
 #[cfg(test)]

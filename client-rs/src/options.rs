@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::wire::{
     Consume, DeclareExchange, DeclareQueue, DeleteExchange, DeleteQueue, ExchangeKind, HeaderValue,
-    Overflow, Properties, QueueArguments,
+    Overflow, Properties, QueueArguments, RetryBackoff,
 };
 
 /// Whole milliseconds, saturating.
@@ -170,6 +170,23 @@ impl QueueOptions {
     /// FIFO within a priority (see [`PublishOptions::priority`]).
     pub fn max_priority(mut self, levels: u8) -> Self {
         self.arguments.max_priority = Some(levels);
+        self
+    }
+
+    /// Every requeue (nack with requeue, an expired lease, a lost consumer) waits before the
+    /// message is ready again: `initial` after the first delivery, times `multiplier_percent`
+    /// / 100 per further delivery, at most `max`.
+    pub fn retry_backoff(
+        mut self,
+        initial: Duration,
+        multiplier_percent: u32,
+        max: Duration,
+    ) -> Self {
+        self.arguments.retry_backoff = Some(RetryBackoff {
+            initial_ms: millis(initial),
+            multiplier_percent,
+            max_ms: millis(max),
+        });
         self
     }
 
@@ -441,6 +458,23 @@ impl PublishOptions {
     /// priorities are delivered first; above the queue's maximum counts as the maximum.
     pub fn priority(mut self, priority: u8) -> Self {
         self.properties.priority = Some(priority);
+        self
+    }
+
+    /// Delayed delivery: the message is stored (and confirmed) now and becomes ready `delay`
+    /// after the queue accepted it. Replaces an earlier `deliver_at`.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.properties.delay_ms = Some(millis(delay));
+        self.properties.deliver_at_ms = None;
+        self
+    }
+
+    /// Delayed delivery: the message becomes ready at `at` (a time past means now).
+    /// Replaces an earlier `delay`.
+    pub fn deliver_at(mut self, at: std::time::SystemTime) -> Self {
+        let ms = at.duration_since(std::time::UNIX_EPOCH).map_or(0, millis);
+        self.properties.deliver_at_ms = Some(ms);
+        self.properties.delay_ms = None;
         self
     }
 

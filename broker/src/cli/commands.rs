@@ -225,6 +225,7 @@ async fn dispatch(
         AdminCommand::Consume(a) => consume(client, &a, json).await?,
         AdminCommand::Browse(a) => super::messages::browse(client, &a, json).await?,
         AdminCommand::MoveMessages(a) => super::messages::move_messages(client, &a, json).await?,
+        AdminCommand::Scheduled(c) => super::scheduled::run(client, &c, json).await?,
         AdminCommand::User(_) | AdminCommand::Vhost(_) | AdminCommand::Permissions(_) => {
             return Err(CliError::new(
                 "this command edits the users file; it needs no broker",
@@ -252,6 +253,7 @@ async fn declare_queue(client: &Client, a: DeclareQueueArgs, json: bool) -> Resu
             expires_ms: a.expires_ms,
             max_message_bytes: a.max_message_bytes,
             max_priority: a.max_priority,
+            retry_backoff: a.retry_backoff,
         },
     };
     let ok = client.declare_queue(&a.name, options).await?;
@@ -383,6 +385,10 @@ async fn publish(
     options.properties.reply_to = a.reply_to;
     options.properties.expiration_ms = a.expiration_ms;
     options.properties.priority = a.priority;
+    options.properties.delay_ms = a
+        .delay
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    options.properties.deliver_at_ms = a.deliver_at_ms;
     for h in a.headers {
         options = options.header(h.key, h.value);
     }

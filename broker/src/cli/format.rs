@@ -6,7 +6,7 @@ use std::fmt::{self, Write as _};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use sluice_client::wire::{
     BindingSummary, ConnectionSummary, ConsumerSummary, ExchangeSummary, InspectQueueOk,
-    QueueSummary,
+    QueueSummary, RetryBackoff,
 };
 use sluice_client::{ExchangeKind, HeaderValue, Headers, Message, Overflow};
 
@@ -386,8 +386,9 @@ pub fn inspect_text(q: &InspectQueueOk) -> String {
                 ),
             },
         ),
+        ("scheduled", q.scheduled.to_string()),
     ];
-    let optional: [(&str, Option<String>); 11] = [
+    let optional: [(&str, Option<String>); 12] = [
         ("max-length", a.max_length.map(|v| v.to_string())),
         (
             "max-length-bytes",
@@ -405,6 +406,7 @@ pub fn inspect_text(q: &InspectQueueOk) -> String {
             a.max_message_bytes.map(|v| v.to_string()),
         ),
         ("max-priority", a.max_priority.map(|v| v.to_string())),
+        ("retry-backoff", a.retry_backoff.map(backoff_text)),
     ];
     lines.extend(optional.into_iter().filter_map(|(k, v)| Some((k, v?))));
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
@@ -629,6 +631,8 @@ pub struct InspectJson<'a> {
     bytes: u64,
     /// How long the oldest ready message has waited; 0 when none is ready.
     oldest_ready_age_ms: u64,
+    /// Messages waiting for their time.
+    scheduled: u64,
     arguments: ArgumentsJson<'a>,
 }
 
@@ -645,6 +649,7 @@ struct ArgumentsJson<'a> {
     expires_ms: Option<u64>,
     max_message_bytes: Option<u32>,
     max_priority: Option<u8>,
+    retry_backoff: Option<crate::topology::RetryBackoffJson>,
 }
 
 impl<'a> From<&'a InspectQueueOk> for InspectJson<'a> {
@@ -660,6 +665,7 @@ impl<'a> From<&'a InspectQueueOk> for InspectJson<'a> {
             consumers: q.consumers,
             bytes: q.bytes,
             oldest_ready_age_ms: q.oldest_ready_age_ms,
+            scheduled: q.scheduled,
             arguments: ArgumentsJson {
                 max_length: a.max_length,
                 max_length_bytes: a.max_length_bytes,
@@ -672,6 +678,7 @@ impl<'a> From<&'a InspectQueueOk> for InspectJson<'a> {
                 expires_ms: a.expires_ms,
                 max_message_bytes: a.max_message_bytes,
                 max_priority: a.max_priority,
+                retry_backoff: a.retry_backoff.map(Into::into),
             },
         }
     }
@@ -730,6 +737,13 @@ impl<'a> MessageJson<'a> {
             body_hex: body.is_none().then(|| hex(&message.body)),
         }
     }
+}
+
+/// A retry backoff as `sluice declare-queue --retry-backoff` takes it: `initial,multiplier,max`
+/// with the multiplier as a factor (`1000ms,2,60s` reads back as `1000ms,2,60000ms`).
+pub fn backoff_text(b: RetryBackoff) -> String {
+    let factor = f64::from(b.multiplier_percent) / 100.0;
+    format!("{}ms,{factor},{}ms", b.initial_ms, b.max_ms)
 }
 
 #[cfg(test)]

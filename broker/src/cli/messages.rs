@@ -231,7 +231,7 @@ pub fn browse_table(messages: &[BrowsedMessage], now_ms: u64) -> Table {
 }
 
 /// An age in the largest unit that keeps it readable: `850ms`, `42s`, `7m`, `3h`, `2d`.
-fn age_text(ms: u64) -> String {
+pub(super) fn age_text(ms: u64) -> String {
     match ms {
         0..1_000 => format!("{ms}ms"),
         1_000..60_000 => format!("{}s", ms / 1_000),

@@ -20,6 +20,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 use sluice_client::{ErrorCode, ExchangeKind, HeaderValue, Overflow};
@@ -28,6 +29,7 @@ mod commands;
 mod definitions;
 pub(crate) mod format;
 pub(crate) mod messages;
+pub(crate) mod scheduled;
 pub(crate) mod users;
 
 pub use users::{PermissionsArgs, UserArgs, VhostArgs};
@@ -163,6 +165,13 @@ pub enum AdminCommand {
     /// Manage users' permissions per vhost in the users file (offline; then kill -HUP the
     /// broker).
     Permissions(PermissionsArgs),
+    /// List or cancel a queue's scheduled messages (delayed, or requeued with a delay).
+    ///
+    /// `scheduled list QUEUE` shows them soonest first: SEQ, DUE (Unix ms and how long until
+    /// then), DELIVERIES so far and the start of the body; `scheduled cancel QUEUE SEQ`
+    /// deletes one before its time.
+    #[command(subcommand)]
+    Scheduled(ScheduledCommand),
     /// Move ready messages from one queue to another (e.g. a dead-letter queue back to its
     /// source), printing progress until done.
     ///
@@ -289,6 +298,10 @@ pub struct DeclareQueueArgs {
     /// Priority levels above 0 (1 to 10): higher-priority messages are delivered first.
     #[arg(long, value_name = "N")]
     pub max_priority: Option<u8>,
+    /// Every requeue waits before the message is ready again: INITIAL after the first
+    /// delivery, times MULTIPLIER per further delivery, at most MAX (e.g. `1s,2,5m`).
+    #[arg(long, value_name = "INITIAL,MULTIPLIER,MAX", value_parser = parse_backoff)]
+    pub retry_backoff: Option<sluice_client::wire::RetryBackoff>,
 }
 
 /// What a queue does at its length limit.
@@ -442,6 +455,13 @@ pub struct PublishArgs {
     /// priorities first and counts one above its maximum as the maximum.
     #[arg(long, value_name = "N")]
     pub priority: Option<u8>,
+    /// Deliver no earlier than this long after the queue accepts it (e.g. `500ms`, `5s`,
+    /// `2h`); the message is stored and confirmed now.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "deliver_at_ms")]
+    pub delay: Option<Duration>,
+    /// Deliver no earlier than this Unix time in milliseconds (a time past means now).
+    #[arg(long, value_name = "UNIX_MS")]
+    pub deliver_at_ms: Option<u64>,
 }
 
 /// Arguments of `sluice get`.
@@ -476,6 +496,88 @@ pub struct BrowseArgs {
     /// Most messages to show.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_BROWSE_COUNT)]
     pub count: u64,
+}
+
+/// `sluice scheduled ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ScheduledCommand {
+    /// Show scheduled messages, soonest first.
+    List(ScheduledListArgs),
+    /// Delete a scheduled message before its time.
+    Cancel(ScheduledCancelArgs),
+}
+
+/// Arguments of `sluice scheduled list`.
+#[derive(Debug, Clone, Args)]
+pub struct ScheduledListArgs {
+    /// The queue.
+    pub queue: String,
+    /// Most messages to show.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_BROWSE_COUNT)]
+    pub count: u64,
+}
+
+/// Arguments of `sluice scheduled cancel`.
+#[derive(Debug, Clone, Args)]
+pub struct ScheduledCancelArgs {
+    /// The queue.
+    pub queue: String,
+    /// The message's SEQ, as `scheduled list` shows it.
+    pub seq: u64,
+}
+
+/// Parses a duration: a whole number with a unit, `ms`, `s`, `m`, `h` or `d` (`0` alone
+/// is allowed).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("'{s}' needs a unit: ms, s, m, h or d (e.g. 5s)"))?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number with a unit (e.g. 5s)"))?;
+    let ms_per = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "unknown unit '{unit}' in '{s}': use ms, s, m, h or d"
+            ))
+        }
+    };
+    n.checked_mul(ms_per)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("'{s}' is too long"))
+}
+
+/// Parses `INITIAL,MULTIPLIER,MAX` (durations and a factor, e.g. `1s,2,5m` or `500ms,1.5,1m`).
+pub fn parse_backoff(s: &str) -> Result<sluice_client::wire::RetryBackoff, String> {
+    let parts: Vec<&str> = s.split(',').collect();
+    let [initial, multiplier, max] = parts[..] else {
+        return Err(format!(
+            "expected INITIAL,MULTIPLIER,MAX (e.g. 1s,2,5m), got '{s}'"
+        ));
+    };
+    let factor: f64 = multiplier
+        .trim()
+        .parse()
+        .map_err(|_| format!("multiplier '{multiplier}' is not a number"))?;
+    if !(1.0..=1000.0).contains(&factor) {
+        return Err(format!("multiplier {factor} must be between 1 and 1000"));
+    }
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    Ok(sluice_client::wire::RetryBackoff {
+        initial_ms: millis(parse_duration(initial)?),
+        multiplier_percent: (factor * 100.0).round() as u32,
+        max_ms: millis(parse_duration(max)?),
+    })
 }
 
 /// Messages `sluice browse` shows without `--count`.

@@ -26,7 +26,8 @@ use crate::error::RequestError;
 use crate::metrics::Metrics;
 use crate::publish::{route_message, PublishLimits};
 use crate::queue::{
-    delivery_bytes, BrowsePage, ConnEvent, ConnLink, Incoming, QueueCmd, QueueHandle, Settlement,
+    delivery_bytes, BrowsePage, ConnEvent, ConnLink, Incoming, QueueCmd, QueueHandle,
+    ScheduledPage, Settlement,
 };
 use crate::routing::RouteResult;
 use crate::storage::Epoch;
@@ -630,11 +631,12 @@ impl Session {
                 delivery_tag,
                 multiple,
                 requeue,
+                delay_ms,
             }) => {
-                let how = if requeue {
-                    Settlement::Requeue
-                } else {
-                    Settlement::Reject
+                let how = match (requeue, delay_ms) {
+                    (true, Some(delay)) => Settlement::RequeueAfter(delay),
+                    (true, None) => Settlement::Requeue,
+                    (false, _) => Settlement::Reject,
                 };
                 self.settle(id, delivery_tag.0, multiple, how);
             }
@@ -704,6 +706,25 @@ impl Session {
                     conn: link,
                     request_id: id,
                     page,
+                });
+            }
+            Request::ListScheduled(l) => {
+                let page = ScheduledPage::for_frame(&l, self.agreed.max_frame_len);
+                self.with_queue(id, Permission::Read, &l.queue, |link| {
+                    QueueCmd::ListScheduled {
+                        conn: link,
+                        request_id: id,
+                        page,
+                    }
+                });
+            }
+            Request::CancelScheduled(c) => {
+                self.with_queue(id, Permission::Read, &c.queue, |link| {
+                    QueueCmd::CancelScheduled {
+                        conn: link,
+                        request_id: id,
+                        seq: c.message_seq,
+                    }
                 });
             }
             Request::MoveMessages(m) => self.on_move(id, m),
@@ -1079,7 +1100,8 @@ impl Session {
 
     fn on_extend(&mut self, id: RequestId, e: Extend) {
         if e.extend_ms == 0 {
-            return self.send_error(id, RequestError::invalid("extend_ms must be at least 1"));
+            // A release settles the delivery (protocol.md §10.4).
+            return self.settle(id, e.delivery_tag.0, false, Settlement::Release);
         }
         let tag = e.delivery_tag.0;
         match self.outstanding.get(&tag) {

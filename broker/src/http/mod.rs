@@ -46,6 +46,7 @@ mod overview;
 mod permissions;
 mod publish;
 mod queues;
+mod scheduled;
 mod users;
 mod vhosts;
 
@@ -156,6 +157,11 @@ fn router(api: Api) -> Router {
         .route("/api/queues/{name}/get", post(publish::get))
         .route("/api/exchanges/{name}/publish", post(publish::publish))
         .route("/api/queues/{name}/messages", get(messages::browse))
+        .route("/api/queues/{name}/scheduled", get(scheduled::list))
+        .route(
+            "/api/queues/{name}/scheduled/{seq}",
+            axum::routing::delete(scheduled::cancel),
+        )
         .route("/api/queues/{name}/move", post(moves::start))
         .route("/api/moves", get(moves::list))
         .route("/api/moves/{id}", get(moves::show))

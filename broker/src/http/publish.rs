@@ -87,6 +87,10 @@ struct PropertiesBody {
     priority: Option<u8>,
     #[serde(default)]
     headers: serde_json::Map<String, serde_json::Value>,
+    /// Deliver no earlier than this Unix time (ms); not with `delay_ms`.
+    deliver_at_ms: Option<u64>,
+    /// Deliver no earlier than this long after the queue accepted it.
+    delay_ms: Option<u64>,
 }
 
 impl PublishBody {
@@ -123,6 +127,8 @@ impl PublishBody {
                 timestamp_ms: p.timestamp_ms,
                 headers,
                 priority: p.priority,
+                deliver_at_ms: p.deliver_at_ms,
+                delay_ms: p.delay_ms,
             },
         };
         meta.to_bytes()
@@ -393,6 +399,10 @@ struct PropertiesJson {
     timestamp_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     priority: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deliver_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delay_ms: Option<u64>,
 }
 
 impl GotMessage {
@@ -422,6 +432,8 @@ impl GotMessage {
                 expiration_ms: p.expiration_ms,
                 timestamp_ms: p.timestamp_ms,
                 priority: p.priority,
+                deliver_at_ms: p.deliver_at_ms,
+                delay_ms: p.delay_ms,
             },
             headers: serde_json::to_value(HeadersJson(&p.headers))
                 .map_err(|e| RequestError::internal(format!("headers as JSON: {e}")))?,

@@ -59,6 +59,8 @@ struct Listed<'a> {
     #[serde(flatten)]
     queue: WithStats<QueueJson<'a>>,
     rates: Option<Rates>,
+    /// Messages waiting for their time (not in `ready`).
+    scheduled: u64,
 }
 
 /// `GET /api/queues`: every queue, as `sluice queues --json` prints them, with their
@@ -71,14 +73,17 @@ pub async fn list(State(api): State<Api>, visible: Visible) -> Response {
         .history
         .latest_rates(all.queues.iter().map(|q| q.name.as_str()));
     let registry = api.broker.read();
-    let stats: Vec<MessageStats> = all
+    let stats: Vec<(MessageStats, u64)> = all
         .queues
         .iter()
         .map(|q| {
             registry
                 .queues
                 .get(q.name.as_str())
-                .map(|h| MessageStats::of(&h.meta.stats))
+                .map(|h| {
+                    let scheduled = h.meta.stats.scheduled.load(Ordering::Relaxed);
+                    (MessageStats::of(&h.meta.stats), scheduled)
+                })
                 .unwrap_or_default()
         })
         .collect();
@@ -99,16 +104,19 @@ pub async fn list(State(api): State<Api>, visible: Visible) -> Response {
         .zip(rates)
         .zip(stats)
         .zip(&vhosts)
-        .map(|(((q, rates), message_stats), vhost)| WithVhost {
-            vhost,
-            item: Listed {
-                queue: WithStats {
-                    queue: QueueJson::from(q),
-                    message_stats,
+        .map(
+            |(((q, rates), (message_stats, scheduled)), vhost)| WithVhost {
+                vhost,
+                item: Listed {
+                    queue: WithStats {
+                        queue: QueueJson::from(q),
+                        message_stats,
+                    },
+                    rates,
+                    scheduled,
                 },
-                rates,
             },
-        })
+        )
         .collect();
     Json(json).into_response()
 }
@@ -199,6 +207,7 @@ struct ArgumentsBody {
     expires_ms: Option<u64>,
     max_message_bytes: Option<u32>,
     max_priority: Option<u8>,
+    retry_backoff: Option<crate::topology::RetryBackoffJson>,
 }
 
 /// What a queue does at its length limit, as `declare-queue --overflow` names it.
@@ -226,6 +235,7 @@ impl From<ArgumentsBody> for QueueArguments {
             expires_ms: a.expires_ms,
             max_message_bytes: a.max_message_bytes,
             max_priority: a.max_priority,
+            retry_backoff: a.retry_backoff.map(Into::into),
         }
     }
 }

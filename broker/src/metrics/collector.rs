@@ -215,6 +215,14 @@ fn encode_queue_gauges(enc: &mut DescriptorEncoder, queues: &[&QueueHandle]) -> 
         None,
         |s| u64::from(s.consumers.load(Ordering::Relaxed)),
     )?;
+    per_queue_gauge(
+        enc,
+        queues,
+        "sluice_queue_scheduled_messages",
+        "Messages stored but waiting for their time (delayed, or requeued with a delay); not ready.",
+        None,
+        |s| load(&s.scheduled),
+    )?;
     let now_ms = crate::queue::unix_now_ms();
     per_queue_gauge(
         enc,

@@ -13,6 +13,7 @@ mod counters;
 mod dead_letter;
 mod expiry;
 mod mover;
+mod scheduled;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -29,6 +30,7 @@ use super::dead_letters::DeadLetters;
 use super::in_flight::{Delivered, InFlight};
 use super::rates::RateBase;
 use super::ready_set::{ReadyMessage, ReadySet};
+use super::schedule::Schedule;
 use super::unconfirmed::Unconfirmed;
 use super::{
     delivery_bytes, ConnEvent, ConnId, ConnLink, DeathReason, Incoming, QueueCmd, QueueHandle,
@@ -145,6 +147,11 @@ struct Actor {
     /// Counters when the rates were last measured, and when.
     rates: RateBase,
     last_flush: Instant,
+    /// Messages waiting for their time (`scheduled.rs`), and their bytes (not ready bytes).
+    schedule: Schedule,
+    scheduled_bytes: u64,
+    /// A due time was recorded: write it this round, not after the ack interval.
+    flush_due_soon: bool,
 }
 
 use super::unix_now_ms as now_ms;
@@ -163,6 +170,10 @@ impl Actor {
         let mut ready = ReadySet::new(meta.arguments.max_priority);
         let mut transient = Vec::new();
         let queue_ttl = meta.arguments.message_ttl_ms;
+        // Rebuilt from the log at every start (queue/schedule/): the log holds each due time.
+        let mut schedule = Schedule::open(log.dir());
+        let mut scheduled_bytes = 0;
+        let now = now_ms();
         for seq in log.live_seqs() {
             // Transient messages do not survive a restart (protocol.md §8.1): drop them now,
             // so they are never counted as ready.
@@ -173,8 +184,14 @@ impl Actor {
                     transient.push(seq);
                     continue;
                 }
+                if let Some(entry) = scheduled::recovered_entry(seq, &head, &recovered, now) {
+                    schedule.insert(entry);
+                    scheduled_bytes += log.payload_bytes(seq).unwrap_or(0);
+                    continue;
+                }
+                let since = scheduled::ready_since_ms(head.timestamp_ms, head.meta);
                 expires_at_ms = MetaView::peek_expiration_ms(head.meta)
-                    .map(|own| expiry_deadline(head.timestamp_ms, own, queue_ttl));
+                    .map(|own| expiry_deadline(since, own, queue_ttl));
                 // Back into its priority: the priority lives in the stored meta block.
                 priority = priority_of(&ready, head.meta);
             }
@@ -221,6 +238,9 @@ impl Actor {
             metrics,
             rates: RateBase::new(Instant::now()),
             last_flush: Instant::now(),
+            schedule,
+            scheduled_bytes,
+            flush_due_soon: false,
         };
         actor.refresh_oldest();
         actor.update_stats();
@@ -233,6 +253,7 @@ impl Actor {
         loop {
             let next_deadline = self.in_flight.next_deadline();
             let next_expiry = self.next_expiry();
+            let next_due = self.next_due();
             tokio::select! {
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
@@ -261,6 +282,8 @@ impl Actor {
                         self.last_used = Instant::now();
                     }
                 }
+                // Due messages are released below, as every round does.
+                _ = sleep_until_opt(next_due) => {}
                 Some(event) = self.dl_events.recv() => self.on_dead_letter_event(event),
                 _ = tick.tick() => {
                     self.dirty = true;
@@ -275,6 +298,7 @@ impl Actor {
             }
             self.ack_dead_letters();
             self.count_confirmed();
+            self.release_due();
             self.pump();
             self.flush();
             self.refresh_oldest();
@@ -413,6 +437,7 @@ impl Actor {
                         bytes: s.bytes.load(Ordering::Relaxed),
                         arguments: self.meta.arguments.clone(),
                         oldest_ready_age_ms: s.oldest_ready_age_ms(now_ms()),
+                        scheduled: self.schedule.len(),
                     }),
                 });
             }
@@ -436,8 +461,11 @@ impl Actor {
                     ))));
                     return false;
                 }
-                let messages =
-                    self.ready_count() + self.in_flight.len() as u64 + self.held.len() as u64;
+                // Scheduled messages are the queue's too: `if_empty` counts them.
+                let messages = self.ready_count()
+                    + self.in_flight.len() as u64
+                    + self.held.len() as u64
+                    + self.schedule.len();
                 if if_empty && messages > 0 {
                     let _ = reply.send(Err(RequestError::precondition(format!(
                         "queue '{}' holds {messages} messages",
@@ -472,6 +500,19 @@ impl Actor {
                 request_id,
                 reply: Reply::BrowseQueueOk(self.browse(&page)),
             }),
+            QueueCmd::ListScheduled {
+                conn,
+                request_id,
+                page,
+            } => conn.send(ConnEvent::Reply {
+                request_id,
+                reply: Reply::ListScheduledOk(self.list_scheduled(&page)),
+            }),
+            QueueCmd::CancelScheduled {
+                conn,
+                request_id,
+                seq,
+            } => self.cancel_scheduled(&conn, request_id, seq),
             QueueCmd::TakeForMove {
                 max_messages,
                 max_bytes,
@@ -505,7 +546,15 @@ impl Actor {
         let reject_when_full = matches!(args.overflow, Some(Overflow::RejectPublish));
         for m in messages {
             let size = (m.meta.len() + m.body.len()) as u64;
-            if let Some(refusal) = self.make_room(size, max_len, max_bytes, reject_when_full) {
+            // One branch for a message without a delivery delay (two presence bits).
+            let due = MetaView::peek_delivery_delay(&m.meta)
+                .and_then(|d| scheduled::due_after_publish(d, ts));
+            // A scheduled message is not ready: the length limits do not count it.
+            let refusal = match due {
+                None => self.make_room(size, max_len, max_bytes, reject_when_full),
+                Some(_) => None,
+            };
+            if let Some(refusal) = refusal {
                 rejections.push(Rejection {
                     seq: PublishSeq(m.publish_seq),
                     code: ErrorCode::QueueFull,
@@ -518,11 +567,15 @@ impl Actor {
                     if m.persistent && self.meta.durable {
                         epoch = epoch.max(a.epoch);
                     }
+                    stored += 1;
+                    if let Some(due) = due {
+                        self.schedule(a.seq, due, 0, size);
+                        continue;
+                    }
                     let expires_at_ms = MetaView::peek_expiration_ms(&m.meta)
                         .map(|own| expiry_deadline(ts, own, self.meta.arguments.message_ttl_ms));
                     let priority = priority_of(&self.ready, &m.meta);
                     self.ready.push_new(a.seq, priority, expires_at_ms);
-                    stored += 1;
                 }
                 Err(e) => {
                     let err = RequestError::from(e);
@@ -583,7 +636,7 @@ impl Actor {
     /// Bytes of ready messages (meta + body).
     fn ready_bytes(&self) -> u64 {
         let live = self.log.as_ref().map_or(0, QueueLog::message_bytes);
-        live.saturating_sub(self.in_flight.bytes() + self.held.bytes())
+        live.saturating_sub(self.in_flight.bytes() + self.held.bytes() + self.scheduled_bytes)
     }
 
     fn ready_count(&self) -> u64 {
@@ -616,10 +669,10 @@ impl Actor {
             };
             let queue_ttl = self.meta.arguments.message_ttl_ms;
             let own = MetaView::peek_expiration_ms(&msg.meta);
-            let own_deadline = own.map(|own| expiry_deadline(msg.timestamp_ms, own, queue_ttl));
-            let deadline = own_deadline.or_else(|| {
-                queue_ttl.map(|_| expiry_deadline(msg.timestamp_ms, u64::MAX, queue_ttl))
-            });
+            let since = scheduled::ready_since_ms(msg.timestamp_ms, &msg.meta);
+            let own_deadline = own.map(|own| expiry_deadline(since, own, queue_ttl));
+            let deadline = own_deadline
+                .or_else(|| queue_ttl.map(|_| expiry_deadline(since, u64::MAX, queue_ttl)));
             if let Some(deadline) = deadline {
                 if deadline <= now_ms() {
                     self.dead_letter_at(seq, DeathReason::Expired, deadline);
@@ -795,6 +848,12 @@ impl Actor {
                 Settlement::Requeue => {
                     self.return_delivery(seq);
                 }
+                Settlement::RequeueAfter(delay_ms) => {
+                    if let Some(d) = self.take_flight(seq) {
+                        self.requeue_with(seq, d, Some(delay_ms));
+                    }
+                }
+                Settlement::Release => self.release_delivery(seq),
                 Settlement::Reject => {
                     self.take_flight(seq);
                     self.dead_letter(seq, DeathReason::Rejected);
@@ -805,7 +864,9 @@ impl Actor {
         let stats = &self.meta.stats;
         let counter = match how {
             Settlement::Ack => &stats.acked,
-            Settlement::Requeue => &stats.nacked,
+            Settlement::Requeue | Settlement::RequeueAfter(_) | Settlement::Release => {
+                &stats.nacked
+            }
             Settlement::Reject => &stats.rejected,
         };
         counter.fetch_add(settled, Ordering::Relaxed);
@@ -833,8 +894,9 @@ impl Actor {
         }
     }
 
-    /// Puts a delivered message back in the ready set, ahead of newer messages; returns its
-    /// tag if it was in flight. Past the queue's delivery limit it is dead-lettered instead.
+    /// Puts a delivered message back in the ready set, ahead of newer messages, or after the
+    /// queue's `retry_backoff`; returns its tag if it was in flight. Past the queue's delivery
+    /// limit it is dead-lettered instead.
     fn return_delivery(&mut self, seq: u64) -> Option<DeliveryTag> {
         let d = self.take_flight(seq)?;
         let tag = d.tag;
@@ -842,14 +904,35 @@ impl Actor {
         Some(tag)
     }
 
-    /// Makes a delivery taken out of flight ready again, or dead-letters it past the queue's
-    /// delivery limit.
+    /// Makes a delivery taken out of flight ready again (after the queue's `retry_backoff`),
+    /// or dead-letters it past the queue's delivery limit.
     fn requeue(&mut self, seq: u64, d: Delivered) {
+        self.requeue_with(seq, d, None);
+    }
+
+    /// As [`requeue`](Self::requeue), waiting `delay_ms` (the queue's backoff when `None`)
+    /// before the message is ready again.
+    fn requeue_with(&mut self, seq: u64, d: Delivered, delay_ms: Option<u64>) {
         match self.meta.arguments.delivery_limit {
             Some(limit) if d.count >= limit => self.dead_letter(seq, DeathReason::DeliveryLimit),
-            _ => self
-                .ready
-                .push_returned(seq, d.count, d.priority, d.expires_at_ms),
+            _ => {
+                let backoff = self.meta.arguments.retry_backoff;
+                let delay = delay_ms.or_else(|| backoff.map(|b| b.delay_ms(d.count)));
+                if let Some(delay) = delay.filter(|&ms| ms > 0) {
+                    return self.requeue_after(seq, d.count, d.bytes, delay);
+                }
+                self.ready
+                    .push_returned(seq, d.count, d.priority, d.expires_at_ms);
+            }
+        }
+    }
+
+    /// Gives a delivery back uncounted (`Extend` to 0, protocol.md §10.4): ready at once with
+    /// the count it had before, whatever the delivery limit and the backoff.
+    fn release_delivery(&mut self, seq: u64) {
+        if let Some(d) = self.take_flight(seq) {
+            self.ready
+                .push_returned(seq, d.count.saturating_sub(1), d.priority, d.expires_at_ms);
         }
     }
 
@@ -936,7 +1019,7 @@ impl Actor {
     }
 
     fn purge(&mut self) -> u64 {
-        let n = self.ready_count();
+        let n = self.ready_count() + self.purge_scheduled();
         let seqs = self.ready.drain();
         for seq in seqs {
             self.ack_in_log(seq);
@@ -962,6 +1045,7 @@ impl Actor {
         }
         self.in_flight.clear();
         self.ready.clear();
+        self.schedule.clear();
         if let Some(log) = self.log.take() {
             match self.broker.upgrade() {
                 Some(broker) => {
@@ -979,13 +1063,14 @@ impl Actor {
     /// a crash only means a redelivery), and an ack log written in every round would add a
     /// second file to nearly every group commit that publishers wait for.
     fn flush(&mut self) {
-        if self.dirty && self.last_flush.elapsed() >= ACK_FLUSH_INTERVAL {
+        if self.dirty && (self.flush_due_soon || self.last_flush.elapsed() >= ACK_FLUSH_INTERVAL) {
             self.flush_now();
         }
     }
 
     fn flush_now(&mut self) {
         self.dirty = false;
+        self.flush_due_soon = false;
         self.last_flush = Instant::now();
         if let Some(log) = self.log.as_mut() {
             if let Err(e) = log.flush() {
@@ -1012,6 +1097,12 @@ impl Actor {
                 | QueueCmd::Inspect { conn, request_id }
                 | QueueCmd::Purge { conn, request_id }
                 | QueueCmd::Browse {
+                    conn, request_id, ..
+                }
+                | QueueCmd::ListScheduled {
+                    conn, request_id, ..
+                }
+                | QueueCmd::CancelScheduled {
                     conn, request_id, ..
                 } => conn.send(ConnEvent::Error {
                     request_id,

@@ -51,6 +51,12 @@ struct AwaitingSync {
 }
 
 impl DeadLetters {
+    /// Whether message `seq` is on its way to the dead-letter exchange.
+    pub(super) fn contains(&self, seq: u64) -> bool {
+        self.storing.values().any(|c| c.stored.seq == seq)
+            || self.syncing.iter().any(|s| s.seq == seq)
+    }
+
     /// The batch number for the copies of the next dead-lettered message.
     pub(super) fn next_batch(&mut self) -> CopyBatch {
         self.last_batch += 1;

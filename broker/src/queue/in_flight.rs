@@ -68,6 +68,11 @@ impl InFlight {
         self.by_seq.get(&seq).is_some_and(|d| d.is(conn, tag))
     }
 
+    /// Whether message `seq` is in flight.
+    pub(super) fn contains(&self, seq: u64) -> bool {
+        self.by_seq.contains_key(&seq)
+    }
+
     /// Takes message `seq` out of flight.
     pub(super) fn take(&mut self, seq: u64) -> Option<Delivered> {
         let delivered = self.by_seq.remove(&seq)?;

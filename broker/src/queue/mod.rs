@@ -29,6 +29,7 @@ mod outbox;
 mod rates;
 mod ready;
 mod ready_set;
+mod schedule;
 mod unconfirmed;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -48,6 +49,7 @@ use crate::storage::Epoch;
 
 pub(crate) use actor::spawn;
 pub use outbox::{delivery_bytes, Outbox};
+pub use schedule::ScheduledPage;
 
 /// The wall clock in Unix milliseconds, as message timestamps are (0 before 1970).
 pub fn unix_now_ms() -> u64 {
@@ -198,8 +200,13 @@ pub enum Settlement {
     Ack,
     /// Not processed: deliver it again.
     Requeue,
+    /// Not processed: deliver it again once this many milliseconds have passed.
+    RequeueAfter(u64),
     /// Bad: dead-letter or drop it.
     Reject,
+    /// Given back unprocessed (`Extend` to 0): ready again at once, and the delivery does not
+    /// count against the delivery limit.
+    Release,
 }
 
 /// A request to a queue.
@@ -338,6 +345,25 @@ pub enum QueueCmd {
         /// Which messages, and how many bytes of them fit the answer.
         page: BrowsePage,
     },
+    /// Show scheduled messages without taking them; answers `ListScheduledOk`.
+    ListScheduled {
+        /// The connection.
+        conn: Arc<ConnLink>,
+        /// The request.
+        request_id: RequestId,
+        /// Which messages, and how many bytes of them fit the answer.
+        page: ScheduledPage,
+    },
+    /// Delete a scheduled message before its time; answers `CancelScheduledOk`, or
+    /// `NOT_FOUND` when it is not scheduled.
+    CancelScheduled {
+        /// The connection.
+        conn: Arc<ConnLink>,
+        /// The request.
+        request_id: RequestId,
+        /// The message.
+        seq: u64,
+    },
     /// Take ready messages for a move (crate::moves): they are held, neither ready nor
     /// delivered, until a [`QueueCmd::SettleMove`] names them. The answer is empty when no
     /// message is ready.
@@ -445,6 +471,8 @@ pub struct QueueStats {
     pub ack_rate: AtomicU64,
     /// When the oldest ready message was enqueued (Unix ms); 0 = no ready message.
     pub oldest_ready_at_ms: AtomicU64,
+    /// Messages stored but waiting for their time (delayed, or requeued with a delay).
+    pub scheduled: AtomicU64,
     /// The consumers, refreshed a few times a second.
     pub consumers_list: std::sync::Mutex<Vec<ConsumerSummary>>,
 }

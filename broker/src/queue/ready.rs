@@ -53,6 +53,11 @@ impl Fresh {
         true
     }
 
+    /// Whether `seq` is here.
+    pub(super) fn contains(&self, seq: u64) -> bool {
+        self.seqs.binary_search(&seq).is_ok() && !self.removed.contains(&seq)
+    }
+
     /// Messages here.
     pub(super) fn len(&self) -> usize {
         self.seqs.len() - self.removed.len()

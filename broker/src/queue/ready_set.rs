@@ -76,6 +76,10 @@ impl Level {
         }
     }
 
+    fn contains(&self, seq: u64) -> bool {
+        self.returned.contains_key(&seq) || self.fresh.contains(seq)
+    }
+
     fn after(&self, after: u64) -> impl Iterator<Item = u64> + '_ {
         let returned = self
             .returned
@@ -192,6 +196,11 @@ impl ReadySet {
             count,
             priority,
         })
+    }
+
+    /// Whether `seq` is ready.
+    pub(super) fn contains(&self, seq: u64) -> bool {
+        self.levels().any(|(_, level)| level.contains(seq))
     }
 
     /// Messages ready.

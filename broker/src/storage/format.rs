@@ -326,14 +326,19 @@ pub struct AckBatch {
     pub acks: Vec<u64>,
     /// `(seq, delivery count)` of messages delivered more than once.
     pub delivery_counts: Vec<(u64, u32)>,
+    /// `(seq, due Unix ms)` of messages requeued to wait for a time: the last entry for a seq
+    /// (in segment order, then file order) is its due time.
+    pub dues: Vec<(u64, u64)>,
 }
 
 const ACK_ENTRY_ACK: u8 = 1;
 const ACK_ENTRY_COUNT: u8 = 2;
+const ACK_ENTRY_DUE: u8 = 3;
 
 impl AckBatch {
     /// Encodes the batch: `crc | len | kind | pad×3 | count | delivered_hwm | entries`, with
-    /// acks and counts as two consecutive sub-batches of kinds 1 and 2.
+    /// acks, counts and due times as consecutive sub-batches of kinds 1, 2 and 3 (a due entry
+    /// is `seq u64, due_ms u64`).
     pub fn encode(&self, salt: u32, out: &mut Vec<u8>) {
         if !self.acks.is_empty() || self.delivery_counts.is_empty() {
             let mut entries = Vec::with_capacity(self.acks.len() * 8);
@@ -358,6 +363,15 @@ impl AckBatch {
             let n = self.delivery_counts.len();
             encode_sub(out, salt, ACK_ENTRY_COUNT, n, self.delivered_hwm, &entries);
         }
+        if !self.dues.is_empty() {
+            let mut entries = Vec::with_capacity(self.dues.len() * 16);
+            for (s, due) in &self.dues {
+                entries.extend_from_slice(&s.to_le_bytes());
+                entries.extend_from_slice(&due.to_le_bytes());
+            }
+            let n = self.dues.len();
+            encode_sub(out, salt, ACK_ENTRY_DUE, n, self.delivered_hwm, &entries);
+        }
     }
 
     /// Decodes the sub-batch at the start of `b` into `self`; returns its length, or `None`
@@ -374,7 +388,11 @@ impl AckBatch {
         let count = u32_at(b, 12) as usize;
         let hwm = u64_at(b, 16);
         let entries = &b[ACK_BATCH_HEADER_LEN..len];
-        let stride = if kind == ACK_ENTRY_ACK { 8 } else { 12 };
+        let stride = match kind {
+            ACK_ENTRY_ACK => 8,
+            ACK_ENTRY_COUNT => 12,
+            _ => 16,
+        };
         if hwm > MAX_SEQ
             || entries
                 .chunks(stride)
@@ -392,6 +410,12 @@ impl AckBatch {
                     .chunks_exact(12)
                     .map(|c| (u64_at(c, 0), u32_at(c, 8)));
                 self.delivery_counts.extend(counts);
+            }
+            ACK_ENTRY_DUE if entries.len() == count * 16 => {
+                let dues = entries
+                    .chunks_exact(16)
+                    .map(|c| (u64_at(c, 0), u64_at(c, 8)));
+                self.dues.extend(dues);
             }
             _ => return None,
         }
@@ -606,6 +630,7 @@ mod tests {
             delivered_hwm: 77,
             acks: vec![1, 5, 9],
             delivery_counts: vec![(3, 2), (4, 7)],
+            dues: vec![(4, 1_700_000_000_000), (5, 9)],
         };
         let mut out = Vec::new();
         batch.encode(3, &mut out);

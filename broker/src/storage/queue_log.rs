@@ -280,6 +280,9 @@ pub struct RecoveredDeliveries {
     pub delivered_hwm: u64,
     /// Delivery counts of messages delivered more than once.
     pub counts: BTreeMap<u64, u32>,
+    /// Due times (Unix ms) recorded by [`QueueLog::record_due`], the last one per seq. A due
+    /// time recorded this way replaces the one in the message's meta block.
+    pub dues: BTreeMap<u64, u64>,
     /// After an unclean stop, every live message below this seq may have been delivered,
     /// above `delivered_hwm` too (the watermark rides the lazy ack writes, so a crash can
     /// lose its last steps): flag them redelivered, without counting a delivery. After a clean
@@ -828,6 +831,26 @@ impl QueueLog {
         Ok(())
     }
 
+    /// Meta plus body bytes of live message `seq` (what [`message_bytes`](Self::message_bytes)
+    /// counts for it); `None` if it is not live.
+    pub fn payload_bytes(&self, seq: u64) -> Option<u64> {
+        let (no, offset) = self.locate(seq)?;
+        Some(self.payload_len(no, offset))
+    }
+
+    /// Records that live message `seq` waits until `due_ms` (Unix ms) before it is ready
+    /// again (a requeue with a delay). Written with the acks at the next
+    /// [`flush`](Self::flush) and durable with the group commit after that; recovery reports
+    /// the last due time recorded per seq in [`RecoveredDeliveries::dues`]. Relocation
+    /// carries it to the message's new segment.
+    pub fn record_due(&mut self, seq: u64, due_ms: u64) -> Result<()> {
+        let (no, _) = self.locate(seq).ok_or(StorageError::NotLive(seq))?;
+        let seg = self.segments.get_mut(&no).expect("located");
+        seg.ack_log.pending.dues.push((seq, due_ms));
+        seg.acks_dirty = true;
+        Ok(())
+    }
+
     /// Records that every seq up to `seq` may have been handed to a consumer.
     pub fn set_delivered_hwm(&mut self, seq: u64) {
         if seq > self.delivered_hwm {
@@ -1003,6 +1026,7 @@ impl QueueLog {
         );
         let map = Arc::clone(&seg.file.map);
         let salt = seg.file.salt;
+        let dues = recorded_dues(&seg.ack_log, self.uid, no);
         let mut last = None;
         for (seq, offset) in survivors {
             let off = offset as usize;
@@ -1022,6 +1046,13 @@ impl QueueLog {
                 &rec[h.meta_range()],
                 &rec[h.body_range()],
             )?;
+            if let Some(&due) = dues.get(&seq) {
+                // The copy must keep waiting: its segment's ack log takes the due time over
+                // (written at the next flush, before this segment's deletion is recorded).
+                let target = self.segments.get_mut(&to).expect("appended");
+                target.ack_log.pending.dues.push((seq, due));
+                target.acks_dirty = true;
+            }
             if self.moved.insert(seq, (to, at as u32)).is_none() {
                 let old = self.segments.get_mut(&no).expect("present");
                 let i = old.slot(seq).expect("live slot");
@@ -1120,4 +1151,26 @@ fn reserve_or_just_enough(
         }
         Err(e) => Err(e),
     }
+}
+
+/// The due times recorded in a segment's ack log (on disk and pending), the last per seq.
+/// A damaged or unreadable log gives what could be read: recovery reports such damage.
+fn recorded_dues(ack_log: &AckLog, uid: u64, no: u64) -> BTreeMap<u64, u64> {
+    let mut batch = AckBatch::default();
+    if let Ok(data) = std::fs::read(&*ack_log.path) {
+        let header = LogHeader::decode(&data, ACK_MAGIC)
+            .ok()
+            .filter(|h| h.queue_uid == uid && h.segment_no == no);
+        if let Some(header) = header {
+            let mut pos = LOG_HEADER_LEN;
+            while let Some(n) = batch.decode_one(&data[pos..], header.salt) {
+                pos += n;
+            }
+        }
+    }
+    batch
+        .dues
+        .into_iter()
+        .chain(ack_log.pending.dues.iter().copied())
+        .collect()
 }

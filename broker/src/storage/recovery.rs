@@ -406,6 +406,8 @@ pub(crate) fn open(
             let e = recovered.counts.entry(seq).or_insert(0);
             *e = (*e).max(c);
         }
+        // Segments in order, then file order: the last due time recorded wins.
+        recovered.dues.extend(batch.dues);
         acked.push(batch.acks.into_iter().collect());
         ack_logs.push(log);
     }

@@ -35,6 +35,7 @@ from ._sluice import (
     MessageProcess,
     OutgoingMessage,
     QueueInfo,
+    ScheduledMessage,
     __version__,
 )
 from .exceptions import (
@@ -124,6 +125,7 @@ __all__ = [
     "ResourceExhausted",
     "ResourceLimit",
     "ResourceLocked",
+    "ScheduledMessage",
     "ServerError",
     "SlowConsumer",
     "SluiceError",

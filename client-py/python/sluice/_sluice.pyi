@@ -7,6 +7,7 @@ futures, often already done: acks and messages already buffered cost no task swi
 """
 
 from asyncio import Future
+from datetime import datetime
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
 from datetime import datetime
 from decimal import Decimal
@@ -31,6 +32,7 @@ __all__ = [
     "MessageProcess",
     "OutgoingMessage",
     "QueueInfo",
+    "ScheduledMessage",
     "__version__",
     "_exception_for",
 ]
@@ -100,7 +102,28 @@ class QueueInfo:
     @property
     def oldest_ready_age_ms(self) -> int: ...
     @property
+    def scheduled(self) -> int: ...
+    @property
     def arguments(self) -> dict[str, Any]: ...
+
+@final
+class ScheduledMessage:
+    """A message stored but waiting for its time, as ``list_scheduled`` returns it."""
+
+    @property
+    def message_seq(self) -> int: ...
+    @property
+    def due_at_ms(self) -> int: ...
+    @property
+    def enqueued_at_ms(self) -> int: ...
+    @property
+    def delivery_count(self) -> int: ...
+    @property
+    def exchange(self) -> str: ...
+    @property
+    def routing_key(self) -> str: ...
+    @property
+    def body(self) -> bytes: ...
 
 @final
 class OutgoingMessage:
@@ -123,6 +146,8 @@ class OutgoingMessage:
         expiration: Optional[float] = None,
         timestamp: Optional[float] = None,
         priority: Optional[int] = None,
+        delay: Optional[float] = None,
+        deliver_at: Union[datetime, float, None] = None,
     ) -> OutgoingMessage: ...
     @property
     def exchange(self) -> str: ...
@@ -185,7 +210,9 @@ class Message(BaseMessage):
     """A message from the blocking API."""
 
     def ack(self, *, confirm: bool = False) -> None: ...
-    def nack(self, requeue: bool = True, *, confirm: bool = False) -> None: ...
+    def nack(
+        self, requeue: bool = True, *, delay: Optional[float] = None, confirm: bool = False
+    ) -> None: ...
     def reject(self, *, confirm: bool = False) -> None: ...
     def extend(self, seconds: float, *, confirm: bool = False) -> None: ...
     def process(
@@ -197,7 +224,9 @@ class AsyncMessage(BaseMessage):
     """A message from the asyncio API."""
 
     def ack(self, *, confirm: bool = False) -> Future[None]: ...
-    def nack(self, requeue: bool = True, *, confirm: bool = False) -> Future[None]: ...
+    def nack(
+        self, requeue: bool = True, *, delay: Optional[float] = None, confirm: bool = False
+    ) -> Future[None]: ...
     def reject(self, *, confirm: bool = False) -> Future[None]: ...
     def extend(self, seconds: float, *, confirm: bool = False) -> Future[None]: ...
     def process(
@@ -307,6 +336,7 @@ class Client:
         delivery_limit: Optional[int] = None,
         expires: Optional[float] = None,
         max_priority: Optional[int] = None,
+        retry_backoff: Optional[tuple[float, float, float]] = None,
     ) -> DeclaredQueue: ...
     def delete_queue(
         self, name: str, *, if_unused: bool = False, if_empty: bool = False
@@ -355,6 +385,8 @@ class Client:
         expiration: Optional[float] = None,
         timestamp: Optional[float] = None,
         priority: Optional[int] = None,
+        delay: Optional[float] = None,
+        deliver_at: Union[datetime, float, None] = None,
     ) -> None: ...
     @overload
     def publish_batch(
@@ -371,6 +403,10 @@ class Client:
         return_exceptions: Literal[True],
     ) -> list[Optional[SluiceError]]: ...
     def get(self, queue: str) -> Optional[Message]: ...
+    def list_scheduled(
+        self, queue: str, *, limit: int = 100, after: Optional[tuple[int, int]] = None
+    ) -> tuple[list[ScheduledMessage], bool]: ...
+    def cancel_scheduled(self, queue: str, message_seq: int) -> None: ...
     def consume(
         self,
         queue: str,
@@ -424,6 +460,7 @@ class AsyncClient:
         delivery_limit: Optional[int] = None,
         expires: Optional[float] = None,
         max_priority: Optional[int] = None,
+        retry_backoff: Optional[tuple[float, float, float]] = None,
     ) -> Coroutine[Any, Any, DeclaredQueue]: ...
     def delete_queue(
         self, name: str, *, if_unused: bool = False, if_empty: bool = False
@@ -474,6 +511,8 @@ class AsyncClient:
         expiration: Optional[float] = None,
         timestamp: Optional[float] = None,
         priority: Optional[int] = None,
+        delay: Optional[float] = None,
+        deliver_at: Union[datetime, float, None] = None,
     ) -> Coroutine[Any, Any, None]: ...
     @overload
     def publish_batch(
@@ -490,6 +529,10 @@ class AsyncClient:
         return_exceptions: Literal[True],
     ) -> Coroutine[Any, Any, list[Optional[SluiceError]]]: ...
     def get(self, queue: str) -> Coroutine[Any, Any, Optional[AsyncMessage]]: ...
+    def list_scheduled(
+        self, queue: str, *, limit: int = 100, after: Optional[tuple[int, int]] = None
+    ) -> Coroutine[Any, Any, tuple[list[ScheduledMessage], bool]]: ...
+    def cancel_scheduled(self, queue: str, message_seq: int) -> Coroutine[Any, Any, None]: ...
     def consume(
         self,
         queue: str,

@@ -467,6 +467,7 @@ where
                 delivery_tag,
                 multiple: false,
                 requeue: true,
+                delay_ms: None,
             };
             let id = self.next_id();
             let _ = self.out.frame(id, Request::Nack(nack));

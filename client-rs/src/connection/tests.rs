@@ -808,6 +808,7 @@ async fn deliveries_reach_their_consumer_and_settle() {
             delivery_tag: DeliveryTag(2),
             multiple: false,
             requeue: true,
+            delay_ms: None,
         }),
         Request::Reject(Reject {
             delivery_tag: DeliveryTag(3),
@@ -950,6 +951,7 @@ async fn dropping_a_consumer_requeues_what_it_held_and_cancels_it() {
             delivery_tag: DeliveryTag(tag),
             multiple: false,
             requeue: true,
+            delay_ms: None,
         })
     };
     assert_eq!(peer.recv_request().await.1, nack(2));

@@ -10,6 +10,7 @@ use super::primitives::{self as p, Reader};
 
 const MULTIPLE: u8 = 1 << 0;
 const REQUEUE: u8 = 1 << 1;
+const DELAY: u8 = 1 << 2;
 
 /// The message was processed: delete it.
 ///
@@ -41,11 +42,12 @@ impl Payload for Ack {
     }
 }
 
-/// The message was not processed: requeue it, or dead-letter it.
+/// The message was not processed: requeue it (now, or after a delay), or dead-letter it.
 ///
 /// ```text
-/// delivery_tag u64, flags u8 (0 multiple, 1 requeue)
+/// delivery_tag u64, flags u8 (0 multiple, 1 requeue, 2 delay), [delay_ms u64 if flag 2]
 /// ```
+/// Flag 2 is only valid with flag 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Nack {
     /// The delivery.
@@ -54,6 +56,9 @@ pub struct Nack {
     pub multiple: bool,
     /// Return to the queue (delivery count +1) rather than dead-letter.
     pub requeue: bool,
+    /// With `requeue`: ready again only after this many milliseconds (replaces the queue's
+    /// `retry_backoff` for this requeue).
+    pub delay_ms: Option<u64>,
 }
 
 impl Payload for Nack {
@@ -66,17 +71,31 @@ impl Payload for Nack {
         if self.requeue {
             flags |= REQUEUE;
         }
+        if self.delay_ms.is_some() {
+            flags |= DELAY;
+        }
         p::put_u8(buf, flags);
+        if let Some(d) = self.delay_ms {
+            p::put_u64(buf, d);
+        }
         Ok(())
     }
 
     fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
         let delivery_tag = DeliveryTag(r.u64()?);
-        let flags = r.flags_u8("nack flags", MULTIPLE | REQUEUE)?;
+        let flags = r.flags_u8("nack flags", MULTIPLE | REQUEUE | DELAY)?;
+        if flags & (REQUEUE | DELAY) == DELAY {
+            return Err(WireError::InvalidValue {
+                what: "nack flags (a delay without requeue)",
+                value: u64::from(flags),
+            });
+        }
+        let delay_ms = (flags & DELAY != 0).then(|| r.u64()).transpose()?;
         Ok(Nack {
             delivery_tag,
             multiple: flags & MULTIPLE != 0,
             requeue: flags & REQUEUE != 0,
+            delay_ms,
         })
     }
 }
@@ -105,7 +124,9 @@ impl Payload for Reject {
     }
 }
 
-/// Still working on it: move the delivery's ack deadline to `extend_ms` from now.
+/// Still working on it: move the delivery's ack deadline to `extend_ms` from now. An
+/// `extend_ms` of 0 releases the delivery now: the message is ready again at once, and this
+/// delivery does not count against `delivery_limit` (protocol.md §10.4).
 ///
 /// ```text
 /// delivery_tag u64, extend_ms u64
@@ -157,9 +178,28 @@ mod tests {
                 delivery_tag: DeliveryTag(7),
                 multiple: false,
                 requeue: true,
+                delay_ms: None,
             },
             &hex("07 00 00 00 00 00 00 00 02"),
         );
+    }
+
+    #[test]
+    fn nack_with_a_delay() {
+        check_payload(
+            &Nack {
+                delivery_tag: DeliveryTag(7),
+                multiple: true,
+                requeue: true,
+                delay_ms: Some(1500),
+            },
+            &hex("07 00 00 00 00 00 00 00 07  dc 05 00 00 00 00 00 00"),
+        );
+        // a delay without requeue means nothing: refused
+        let bad = hex("07 00 00 00 00 00 00 00 04  dc 05 00 00 00 00 00 00");
+        assert!(Nack::decode(&mut Reader::new(&bad)).is_err());
+        // flag 3 is undefined
+        assert!(Nack::decode(&mut Reader::new(&hex("07 00 00 00 00 00 00 00 08"))).is_err());
     }
 
     #[test]
@@ -176,6 +216,13 @@ mod tests {
                 extend_ms: 60_000,
             },
             &hex("09 00 00 00 00 00 00 00 60 ea 00 00 00 00 00 00"),
+        );
+        check_payload(
+            &Extend {
+                delivery_tag: DeliveryTag(9),
+                extend_ms: 0,
+            },
+            &hex("09 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00"),
         );
     }
 }

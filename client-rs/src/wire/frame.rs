@@ -223,6 +223,14 @@ opcodes! {
     MoveStatus = 0x0613, ToServer;
     /// A move's state and progress.
     MoveStatusOk = 0x0614, ToClient;
+    /// Read a queue's scheduled messages, soonest first.
+    ListScheduled = 0x0615, ToServer;
+    /// The scheduled messages.
+    ListScheduledOk = 0x0616, ToClient;
+    /// Delete a scheduled message before its time.
+    CancelScheduled = 0x0617, ToServer;
+    /// Answers `CancelScheduled`.
+    CancelScheduledOk = 0x0618, ToClient;
 }
 
 /// One direction's set of frame bodies: [`Request`](super::Request) or [`Reply`](super::Reply).

@@ -24,6 +24,7 @@ use super::queue::{
     DeclareQueue, DeclareQueueOk, DeleteQueue, DeleteQueueOk, InspectQueue, InspectQueueOk,
     PurgeQueue, PurgeQueueOk,
 };
+use super::scheduled::{CancelScheduled, ListScheduled, ListScheduledOk};
 
 /// Defines a frame-body enum: variants with a payload type, then variants with an empty
 /// payload, each named after its opcode.
@@ -145,6 +146,10 @@ frame_body! {
             MoveMessages(MoveMessages),
             /// Asks for a move's progress (§18); answered by `MoveStatusOk`.
             MoveStatus(MoveStatus),
+            /// Reads a queue's scheduled messages (§19); answered by `ListScheduledOk`.
+            ListScheduled(ListScheduled),
+            /// Cancels a scheduled message (§19); answered by `CancelScheduledOk`.
+            CancelScheduled(CancelScheduled),
         }
         empty {
             /// Keep-alive.
@@ -206,6 +211,8 @@ frame_body! {
             MoveMessagesOk(MoveMessagesOk),
             /// A move's progress.
             MoveStatusOk(MoveStatusOk),
+            /// Scheduled messages of a queue, left in place.
+            ListScheduledOk(ListScheduledOk),
         }
         empty {
             /// Keep-alive.
@@ -226,6 +233,8 @@ frame_body! {
             CloseConnectionOk,
             /// Answers `CancelConsumer`.
             CancelConsumerOk,
+            /// Answers `CancelScheduled`.
+            CancelScheduledOk,
         }
     }
 }

@@ -10,6 +10,7 @@
 //! present u16 (bit i set = field i follows), then the present fields in bit order:
 //! 0 content_type str, 1 content_encoding str, 2 message_id str, 3 correlation_id str,
 //! 4 reply_to str, 5 expiration_ms u64, 6 timestamp_ms u64, 7 headers (at least one entry),
+//! 8 deliver_at_ms u64, 9 delay_ms u64 (not both)
 //! 10 priority u8
 //! ```
 
@@ -31,8 +32,10 @@ const REPLY_TO: u16 = 1 << 4;
 const EXPIRATION: u16 = 1 << 5;
 const TIMESTAMP: u16 = 1 << 6;
 const HEADERS: u16 = 1 << 7;
+const DELIVER_AT: u16 = 1 << 8;
+const DELAY: u16 = 1 << 9;
 const PRIORITY: u16 = 1 << 10;
-const ALL_PROPERTIES: u16 = 0x00ff | PRIORITY;
+const ALL_PROPERTIES: u16 = 0x07ff;
 
 /// Message properties: what the broker and the consumer know about a body.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -55,9 +58,35 @@ pub struct Properties {
     pub timestamp_ms: Option<u64>,
     /// Application headers (matched by headers exchanges). Empty = none.
     pub headers: Headers,
+    /// Deliver no earlier than this Unix time in milliseconds (a time past means now).
+    /// Not together with `delay_ms` (the broker refuses both with `INVALID_ARGUMENT`).
+    pub deliver_at_ms: Option<u64>,
+    /// Deliver no earlier than this many milliseconds after the queue accepted the message.
+    /// Not together with `deliver_at_ms`.
+    pub delay_ms: Option<u64>,
     /// Delivered before messages of lower priority in a queue with `max_priority`; above
     /// the queue's maximum counts as the maximum. `None` = 0, the lowest.
     pub priority: Option<u8>,
+}
+
+/// When a delayed message becomes ready (meta properties 8 and 9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryDelay {
+    /// At this Unix time in milliseconds.
+    At(u64),
+    /// This many milliseconds after the queue accepted it.
+    After(u64),
+}
+
+impl DeliveryDelay {
+    /// The Unix time (ms) the message becomes ready, for a message the queue accepted at
+    /// `accepted_ms`.
+    pub fn due_ms(self, accepted_ms: u64) -> u64 {
+        match self {
+            DeliveryDelay::At(at) => at,
+            DeliveryDelay::After(delay) => accepted_ms.saturating_add(delay),
+        }
+    }
 }
 
 /// A message's meta block, owned: where it is published and its properties.
@@ -136,6 +165,8 @@ pub fn meta_len(exchange: &str, routing_key: &str, props: &Properties) -> usize 
             .sum::<usize>()
         + props.expiration_ms.map_or(0, |_| 8)
         + props.timestamp_ms.map_or(0, |_| 8)
+        + props.deliver_at_ms.map_or(0, |_| 8)
+        + props.delay_ms.map_or(0, |_| 8)
         + if props.headers.is_empty() {
             0
         } else {
@@ -185,6 +216,8 @@ pub fn put_meta(
         (EXPIRATION, props.expiration_ms.is_some()),
         (TIMESTAMP, props.timestamp_ms.is_some()),
         (HEADERS, !props.headers.is_empty()),
+        (DELIVER_AT, props.deliver_at_ms.is_some()),
+        (DELAY, props.delay_ms.is_some()),
         (PRIORITY, props.priority.is_some()),
     ] {
         if value {
@@ -205,6 +238,12 @@ pub fn put_meta(
     }
     if !props.headers.is_empty() {
         put_headers(buf, &props.headers)?;
+    }
+    if let Some(v) = props.deliver_at_ms {
+        p::put_u64(buf, v);
+    }
+    if let Some(v) = props.delay_ms {
+        p::put_u64(buf, v);
     }
     if let Some(v) = props.priority {
         p::put_u8(buf, v);
@@ -240,6 +279,10 @@ pub struct MetaView<'a> {
     pub timestamp_ms: Option<u64>,
     /// The encoded header table (validated), or empty when the message has no headers.
     pub raw_headers: &'a [u8],
+    /// See [`Properties::deliver_at_ms`].
+    pub deliver_at_ms: Option<u64>,
+    /// See [`Properties::delay_ms`].
+    pub delay_ms: Option<u64>,
     /// See [`Properties::priority`].
     pub priority: Option<u8>,
 }
@@ -279,6 +322,8 @@ impl<'a> MetaView<'a> {
         } else {
             &[]
         };
+        let deliver_at_ms = (present & DELIVER_AT != 0).then(|| r.u64()).transpose()?;
+        let delay_ms = (present & DELAY != 0).then(|| r.u64()).transpose()?;
         let priority = (present & PRIORITY != 0).then(|| r.u8()).transpose()?;
         Ok(MetaView {
             exchange,
@@ -293,6 +338,8 @@ impl<'a> MetaView<'a> {
             expiration_ms,
             timestamp_ms,
             raw_headers,
+            deliver_at_ms,
+            delay_ms,
             priority,
         })
     }
@@ -306,11 +353,6 @@ impl<'a> MetaView<'a> {
     /// The per-message TTL of a meta block validated before, reading only what precedes it
     /// (cheap enough for every publish); `None` when it has none or the block is malformed.
     pub fn peek_expiration_ms(meta: &[u8]) -> Option<u64> {
-        // Strings are skipped, not checked again: the block was validated when published.
-        fn skip_str(r: &mut Reader<'_>) -> Option<()> {
-            let len = r.u16().ok()?;
-            r.raw(usize::from(len)).ok().map(drop)
-        }
         let mut r = Reader::new(meta);
         r.u8().ok()?;
         skip_str(&mut r)?;
@@ -333,21 +375,17 @@ impl<'a> MetaView<'a> {
         r.u64().ok()
     }
 
-    /// The priority of a meta block validated before (`None` when it has none or the block
-    /// is malformed); skips the fields before it without checking them again. A queue with
-    /// `max_priority` reads it for every message it stores.
-    pub fn peek_priority(meta: &[u8]) -> Option<u8> {
-        // Strings are skipped, not checked again: the block was validated when published.
-        fn skip_str(r: &mut Reader<'_>) -> Option<()> {
-            let len = r.u16().ok()?;
-            r.raw(usize::from(len)).ok().map(drop)
-        }
+    /// A reader just past the headers of a meta block validated before, with the block's
+    /// presence bits; `None` when none of the `wanted` properties is present (then only the
+    /// strings' lengths before the properties were read) or the block is malformed. Fields
+    /// are skipped, not checked again.
+    fn past_headers(meta: &[u8], wanted: u16) -> Option<(Reader<'_>, u16)> {
         let mut r = Reader::new(meta);
         r.u8().ok()?;
         skip_str(&mut r)?;
         skip_str(&mut r)?;
         let present = r.u16().ok()?;
-        if present & PRIORITY == 0 {
+        if present & wanted == 0 {
             return None;
         }
         for bit in [
@@ -368,6 +406,31 @@ impl<'a> MetaView<'a> {
         }
         if present & HEADERS != 0 {
             skip_headers(&mut r).ok()?;
+        }
+        Some((r, present))
+    }
+
+    /// The delivery delay of a meta block validated before. Without one it reads only the
+    /// strings' lengths before the properties and tests two bits: cheap enough for every
+    /// publish. `None` when it has none or the block is malformed.
+    pub fn peek_delivery_delay(meta: &[u8]) -> Option<DeliveryDelay> {
+        let (mut r, present) = Self::past_headers(meta, DELIVER_AT | DELAY)?;
+        let v = r.u64().ok()?;
+        Some(if present & DELIVER_AT != 0 {
+            DeliveryDelay::At(v)
+        } else {
+            DeliveryDelay::After(v)
+        })
+    }
+
+    /// The priority of a meta block validated before (`None` when it has none or the block
+    /// is malformed). A queue with `max_priority` reads it for every message it stores.
+    pub fn peek_priority(meta: &[u8]) -> Option<u8> {
+        let (mut r, present) = Self::past_headers(meta, PRIORITY)?;
+        for bit in [DELIVER_AT, DELAY] {
+            if present & bit != 0 {
+                r.u64().ok()?;
+            }
         }
         r.u8().ok()
     }
@@ -397,10 +460,18 @@ impl<'a> MetaView<'a> {
                 expiration_ms: self.expiration_ms,
                 timestamp_ms: self.timestamp_ms,
                 headers: self.headers()?,
+                deliver_at_ms: self.deliver_at_ms,
+                delay_ms: self.delay_ms,
                 priority: self.priority,
             },
         })
     }
+}
+
+/// Skips a string of a block validated before, without checking it again.
+fn skip_str(r: &mut Reader<'_>) -> Option<()> {
+    let len = r.u16().ok()?;
+    r.raw(usize::from(len)).ok().map(drop)
 }
 
 #[cfg(test)]
@@ -424,6 +495,8 @@ mod tests {
                 expiration_ms: Some(60_000),
                 timestamp_ms: Some(1_700_000_000_000),
                 headers: vec![("tenant".into(), HeaderValue::Int(42))],
+                deliver_at_ms: None,
+                delay_ms: Some(5_000),
                 priority: None,
             },
         }
@@ -469,6 +542,38 @@ mod tests {
         for i in 0..bytes.len() {
             assert!(MetaView::parse(&bytes[..i]).is_err(), "prefix {i}");
         }
+    }
+
+    #[test]
+    fn a_delay_and_a_deliver_at_time_have_exact_bytes_and_are_peeked_past_the_headers() {
+        let mut meta = MessageMeta::new("", "q");
+        meta.properties.delay_ms = Some(5_000);
+        let bytes = hex("00  00 00  01 00 71  00 02  88 13 00 00 00 00 00 00");
+        check_payload(&meta, &bytes);
+        assert_eq!(
+            MetaView::peek_delivery_delay(&bytes),
+            Some(DeliveryDelay::After(5_000))
+        );
+        meta.properties.delay_ms = None;
+        meta.properties.deliver_at_ms = Some(1);
+        let bytes = hex("00  00 00  01 00 71  00 01  01 00 00 00 00 00 00 00");
+        check_payload(&meta, &bytes);
+        assert_eq!(
+            MetaView::peek_delivery_delay(&bytes),
+            Some(DeliveryDelay::At(1))
+        );
+        let full = full_meta().to_bytes().unwrap();
+        assert_eq!(
+            MetaView::peek_delivery_delay(&full),
+            Some(DeliveryDelay::After(5_000)),
+            "found after every other property"
+        );
+        let none = MessageMeta::new("", "q").to_bytes().unwrap();
+        assert_eq!(MetaView::peek_delivery_delay(&none), None);
+        assert_eq!(MetaView::peek_delivery_delay(&full[..full.len() - 1]), None);
+        assert_eq!(DeliveryDelay::After(5).due_ms(10), 15);
+        assert_eq!(DeliveryDelay::At(3).due_ms(10), 3);
+        assert_eq!(DeliveryDelay::After(u64::MAX).due_ms(10), u64::MAX);
     }
 
     #[test]
@@ -519,8 +624,9 @@ mod tests {
     fn non_canonical_blocks_are_rejected() {
         // headers bit set with an empty table
         assert!(MetaView::parse(&hex("00 00 00 00 00 80 00 00 00")).is_err());
-        // undefined property bit 8
-        assert!(MetaView::parse(&hex("00 00 00 00 00 00 01")).is_err());
+        // undefined property bit 10
+        assert!(MetaView::parse(&hex("00 00 00 00 00 00 04")).is_err());
+
         // undefined flag bit 2
         assert!(MetaView::parse(&hex("04 00 00 00 00 00 00")).is_err());
         // trailing byte

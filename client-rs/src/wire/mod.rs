@@ -52,6 +52,7 @@ pub mod primitives;
 mod proptests;
 mod publish;
 mod queue;
+mod scheduled;
 #[cfg(test)]
 mod testing;
 #[cfg(test)]
@@ -85,13 +86,17 @@ pub use header::{
     MAX_HEADER_DEPTH,
 };
 pub use messages::{Reply, Request};
-pub use meta::{meta_len, put_meta, MessageMeta, MetaView, Properties};
+pub use meta::{meta_len, put_meta, DeliveryDelay, MessageMeta, MetaView, Properties};
 pub use moves::{MoveId, MoveMessages, MoveMessagesOk, MoveState, MoveStatus, MoveStatusOk};
 pub use primitives::Reader;
 pub use publish::{Confirm, Publish, PublishMessage, PublishRejected, Rejection};
 pub use queue::{
     DeclareQueue, DeclareQueueOk, DeleteQueue, DeleteQueueOk, InspectQueue, InspectQueueOk,
-    Overflow, PurgeQueue, PurgeQueueOk, QueueArguments, MAX_PRIORITY,
+    Overflow, PurgeQueue, PurgeQueueOk, QueueArguments, RetryBackoff, MAX_PRIORITY,
+};
+pub use scheduled::{
+    CancelScheduled, ListScheduled, ListScheduledOk, ScheduledMessage, MAX_SCHEDULED_LIMIT,
+    MIN_SCHEDULED_LEN, SCHEDULED_FIXED_LEN,
 };
 
 /// The protocol version this codec speaks.

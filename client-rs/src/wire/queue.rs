@@ -63,12 +63,48 @@ pub struct QueueArguments {
     /// Priority levels above 0 (1 to [`MAX_PRIORITY`]): messages of higher priority are
     /// delivered first, FIFO within a priority. `None` = one level, as without priorities.
     pub max_priority: Option<u8>,
+    /// Every requeue of a message (nack with requeue, lease expiry, consumer loss) waits
+    /// this backoff before the message is ready again.
+    pub retry_backoff: Option<RetryBackoff>,
 }
 
 /// The highest `max_priority` a queue may have.
 pub const MAX_PRIORITY: u8 = 10;
 
-const ARG_BITS: u16 = 0x07ff;
+/// Bits 0–10 and 14 of the arguments' `present` field are defined.
+const ARG_BITS: u16 = 0x07ff | RETRY_BACKOFF;
+const RETRY_BACKOFF: u16 = 1 << 14;
+
+/// How long a requeued message waits before it is ready again (queue argument bit 14):
+/// `min(max_ms, initial_ms × (multiplier_percent / 100)^(delivery_count − 1))`.
+///
+/// ```text
+/// initial_ms u64, multiplier_percent u32, max_ms u64
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryBackoff {
+    /// The wait after the first delivery.
+    pub initial_ms: u64,
+    /// Growth per delivery, in percent: 200 doubles, 100 keeps the wait constant.
+    pub multiplier_percent: u32,
+    /// The longest wait.
+    pub max_ms: u64,
+}
+
+impl RetryBackoff {
+    /// The wait before a message delivered `delivery_count` times (at least 1) is ready again.
+    pub fn delay_ms(&self, delivery_count: u32) -> u64 {
+        let mut delay = self.initial_ms.min(self.max_ms);
+        for _ in 1..delivery_count {
+            if delay >= self.max_ms {
+                break;
+            }
+            let next = u128::from(delay) * u128::from(self.multiplier_percent) / 100;
+            delay = u64::try_from(next).unwrap_or(u64::MAX).min(self.max_ms);
+        }
+        delay
+    }
+}
 
 impl Payload for QueueArguments {
     fn encode(&self, buf: &mut BytesMut) -> Result<(), WireError> {
@@ -88,6 +124,12 @@ impl Payload for QueueArguments {
         .iter()
         .enumerate()
         .fold(0u16, |bits, (i, &set)| bits | (u16::from(set) << i));
+        let present = present
+            | if self.retry_backoff.is_some() {
+                RETRY_BACKOFF
+            } else {
+                0
+            };
         p::put_u16(buf, present);
         if let Some(v) = self.max_length {
             p::put_u64(buf, v);
@@ -122,6 +164,11 @@ impl Payload for QueueArguments {
         if let Some(v) = self.max_priority {
             p::put_u8(buf, v);
         }
+        if let Some(b) = self.retry_backoff {
+            p::put_u64(buf, b.initial_ms);
+            p::put_u32(buf, b.multiplier_percent);
+            p::put_u64(buf, b.max_ms);
+        }
         Ok(())
     }
 
@@ -142,6 +189,15 @@ impl Payload for QueueArguments {
             expires_ms: has(8).then(|| r.u64()).transpose()?,
             max_message_bytes: has(9).then(|| r.u32()).transpose()?,
             max_priority: has(10).then(|| r.u8()).transpose()?,
+            retry_backoff: has(14)
+                .then(|| -> Result<_, WireError> {
+                    Ok(RetryBackoff {
+                        initial_ms: r.u64()?,
+                        multiplier_percent: r.u32()?,
+                        max_ms: r.u64()?,
+                    })
+                })
+                .transpose()?,
         })
     }
 }
@@ -358,7 +414,7 @@ queue_name_request! {
 ///
 /// ```text
 /// name str, flags u8 (0 durable, 1 exclusive, 2 auto_delete), ready u64, unacked u64,
-/// consumers u32, bytes u64, arguments, oldest_ready_age_ms u64
+/// consumers u32, bytes u64, arguments, oldest_ready_age_ms u64, scheduled u64
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InspectQueueOk {
@@ -382,6 +438,8 @@ pub struct InspectQueueOk {
     pub arguments: QueueArguments,
     /// How long the oldest ready message has waited, in milliseconds; 0 when none is ready.
     pub oldest_ready_age_ms: u64,
+    /// Messages stored but waiting for their time (a delay, or a requeue with a delay).
+    pub scheduled: u64,
 }
 
 impl Payload for InspectQueueOk {
@@ -399,6 +457,7 @@ impl Payload for InspectQueueOk {
         p::put_u64(buf, self.bytes);
         self.arguments.encode(buf)?;
         p::put_u64(buf, self.oldest_ready_age_ms);
+        p::put_u64(buf, self.scheduled);
         Ok(())
     }
 
@@ -416,6 +475,7 @@ impl Payload for InspectQueueOk {
             bytes: r.u64()?,
             arguments: QueueArguments::decode(r)?,
             oldest_ready_age_ms: r.u64()?,
+            scheduled: r.u64()?,
         })
     }
 }
@@ -438,6 +498,7 @@ mod tests {
             expires_ms: Some(3_600_000),
             max_message_bytes: Some(65_536),
             max_priority: Some(10),
+            retry_backoff: None,
         }
     }
 
@@ -580,11 +641,61 @@ mod tests {
                     ..Default::default()
                 },
                 oldest_ready_age_ms: 1500,
+                scheduled: 9,
             },
             &hex(
                 "01 00 71  05  01 00 00 00 00 00 00 00  02 00 00 00 00 00 00 00  03 00 00 00
-                 04 00 00 00 00 00 00 00  04 00 00  dc 05 00 00 00 00 00 00",
+                 04 00 00 00 00 00 00 00  04 00 00  dc 05 00 00 00 00 00 00
+                 09 00 00 00 00 00 00 00",
             ),
         );
+    }
+
+    #[test]
+    fn declare_queue_with_a_retry_backoff() {
+        check_payload(
+            &DeclareQueue {
+                name: "q".into(),
+                arguments: QueueArguments {
+                    retry_backoff: Some(RetryBackoff {
+                        initial_ms: 1000,
+                        multiplier_percent: 200,
+                        max_ms: 60_000,
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            &hex("01 00 71  00  00 40  e8 03 00 00 00 00 00 00  c8 00 00 00
+                 60 ea 00 00 00 00 00 00"),
+        );
+    }
+
+    #[test]
+    fn the_backoff_grows_by_its_multiplier_up_to_its_max() {
+        let b = RetryBackoff {
+            initial_ms: 1000,
+            multiplier_percent: 200,
+            max_ms: 5000,
+        };
+        let delays: Vec<u64> = (1..=5).map(|n| b.delay_ms(n)).collect();
+        assert_eq!(delays, [1000, 2000, 4000, 5000, 5000]);
+        assert_eq!(
+            b.delay_ms(0),
+            1000,
+            "a count of 0 is read as the first delivery"
+        );
+        assert_eq!(b.delay_ms(u32::MAX), 5000, "stops growing at its max");
+        let flat = RetryBackoff {
+            multiplier_percent: 100,
+            ..b
+        };
+        assert_eq!(flat.delay_ms(9), 1000);
+        let huge = RetryBackoff {
+            initial_ms: u64::MAX / 2,
+            multiplier_percent: u32::MAX,
+            max_ms: u64::MAX,
+        };
+        assert_eq!(huge.delay_ms(3), u64::MAX, "saturates, never wraps");
     }
 }

@@ -140,6 +140,8 @@ fn full_meta() -> MessageMeta {
         reply_to: Some("r".into()),
         expiration_ms: Some(5),
         timestamp_ms: None,
+        deliver_at_ms: None,
+        delay_ms: None,
         headers: vec![
             ("k".into(), HeaderValue::Bool(true)),
             ("b".into(), HeaderValue::Bytes(Bytes::from_static(b"\x01"))),
@@ -339,6 +341,7 @@ fn sample_requests() -> Vec<Request> {
             delivery_tag: DeliveryTag(1),
             multiple: true,
             requeue: true,
+            delay_ms: Some(3),
         }
         .into(),
         Reject {
@@ -365,6 +368,18 @@ fn sample_requests() -> Vec<Request> {
         CancelConsumer {
             connection_id: 3,
             consumer_tag: "worker".into(),
+        }
+        .into(),
+        ListScheduled {
+            queue: "q".into(),
+            limit: 5,
+            after_due_ms: 10,
+            after_seq: 3,
+        }
+        .into(),
+        CancelScheduled {
+            queue: "q".into(),
+            message_seq: 4,
         }
         .into(),
     ]
@@ -507,6 +522,19 @@ fn sample_replies() -> Vec<Reply> {
         .into(),
         Reply::CloseConnectionOk,
         Reply::CancelConsumerOk,
+        ListScheduledOk {
+            messages: vec![ScheduledMessage {
+                message_seq: 4,
+                due_at_ms: 20,
+                enqueued_at_ms: 10,
+                delivery_count: 0,
+                meta: Bytes::from_static(b"m"),
+                body: Bytes::from_static(b"b"),
+            }],
+            more: false,
+        }
+        .into(),
+        Reply::CancelScheduledOk,
     ]
 }
 
@@ -695,6 +723,7 @@ prop_compose! {
         timestamp_ms in proptest::option::of(any::<u64>()),
         headers in headers(),
         priority in proptest::option::of(any::<u8>()),
+        delay_ms in proptest::option::of(any::<u64>()),
     ) -> MessageMeta {
         let (content_type, content_encoding, message_id, correlation_id, reply_to) = strs;
         MessageMeta {
@@ -712,6 +741,8 @@ prop_compose! {
                 timestamp_ms,
                 headers,
                 priority,
+                deliver_at_ms: None,
+                delay_ms,
             },
         }
     }

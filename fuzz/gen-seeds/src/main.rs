@@ -104,6 +104,8 @@ fn full_properties() -> Properties {
         expiration_ms: Some(60_000),
         timestamp_ms: Some(1_700_000_000_000),
         headers: every_header_type(),
+        deliver_at_ms: None,
+        delay_ms: Some(1_000),
     }
 }
 

@@ -127,6 +127,7 @@ fn corpus() -> Vec<Vec<u8>> {
                 delivery_tag: DeliveryTag(2),
                 multiple: false,
                 requeue: true,
+                delay_ms: None,
             },
         ),
         encode(

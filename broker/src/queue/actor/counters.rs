@@ -111,5 +111,6 @@ impl Actor {
         let oldest = self.ready.oldest().and_then(|o| o.enqueued_at_ms);
         let oldest = oldest.unwrap_or(0);
         s.oldest_ready_at_ms.store(oldest, Ordering::Relaxed);
+        s.scheduled.store(self.schedule.len(), Ordering::Relaxed);
     }
 }

@@ -54,6 +54,9 @@ impl Actor {
             let original_key = std::mem::replace(&mut meta.routing_key, routing_key);
             meta.mandatory = false;
             meta.properties.expiration_ms = None;
+            // The copy is ready at once in its new queue (protocol.md §8.1).
+            meta.properties.deliver_at_ms = None;
+            meta.properties.delay_ms = None;
             let headers = &mut meta.properties.headers;
             let count = headers
                 .iter()

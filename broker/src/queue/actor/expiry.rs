@@ -20,8 +20,11 @@ impl Actor {
     /// Looks up the oldest ready message again if it changed (one header read).
     pub(super) fn refresh_oldest(&mut self) {
         let log = self.log.as_ref();
-        self.ready
-            .refresh_oldest(|seq| log.and_then(|l| l.peek(seq).ok()).map(|h| h.timestamp_ms));
+        // A delayed message has waited since its due time, not since it was stored.
+        self.ready.refresh_oldest(|seq| {
+            log.and_then(|l| l.peek(seq).ok())
+                .map(|h| super::scheduled::ready_since_ms(h.timestamp_ms, h.meta))
+        });
     }
 
     /// When the oldest ready message runs out of the queue's TTL (Unix ms).
@@ -100,7 +103,8 @@ impl Actor {
         let head = self.log.as_ref().and_then(|l| l.peek(seq).ok());
         let expires_at_ms = head.as_ref().and_then(|head| {
             let own = MetaView::peek_expiration_ms(head.meta)?;
-            Some(expiry_deadline(head.timestamp_ms, own, queue_ttl))
+            let since = super::scheduled::ready_since_ms(head.timestamp_ms, head.meta);
+            Some(expiry_deadline(since, own, queue_ttl))
         });
         let priority = head.map_or(0, |head| priority_of(&self.ready, head.meta));
         self.ready

@@ -34,6 +34,11 @@ impl HeldForMoves {
         self.held.len()
     }
 
+    /// Whether `seq` is held.
+    pub(super) fn contains(&self, seq: u64) -> bool {
+        self.held.contains_key(&seq)
+    }
+
     /// Bytes (meta + body) of the messages held.
     pub(super) fn bytes(&self) -> u64 {
         self.bytes
@@ -89,7 +94,7 @@ impl Actor {
             taken.push(Incoming {
                 // Its seq here names it in the destination's rejections.
                 publish_seq: seq,
-                meta: d.meta,
+                meta: super::scheduled::without_delivery_delay(d.meta),
                 body: d.body,
                 persistent,
             });

@@ -171,6 +171,46 @@ fn survivors_of_sparse_segments_are_relocated_and_old_segments_freed() {
 }
 
 #[test]
+fn due_times_survive_a_restart_and_a_relocation_and_the_last_one_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config(64 << 10)).unwrap();
+    let mut log = store.create_queue().unwrap();
+    let seqs = append_durable(&mut log, 0, 2000, 200);
+    let keep: Vec<u64> = seqs.iter().copied().filter(|s| s % 250 == 7).collect();
+    log.record_due(keep[0], 5_000).unwrap();
+    log.flush().unwrap();
+    log.record_due(keep[0], 3_000).unwrap();
+    log.record_due(keep[1], 9_000).unwrap();
+    assert!(
+        log.record_due(1_000_000, 1).is_err(),
+        "only live messages wait"
+    );
+    for &s in &seqs {
+        if !keep.contains(&s) {
+            log.ack(s).unwrap();
+        }
+    }
+    log.flush().unwrap();
+    log.compact_now().unwrap();
+    for _ in 0..3 {
+        let e = log.flush().unwrap().max(store.durability().current_epoch());
+        store.durability().wait_blocking(e);
+    }
+    log.flush().unwrap();
+    assert!(log.segment_count() <= 2, "the old segments are gone");
+    let uid = log.uid();
+    drop(log);
+    drop(store);
+    let store = Store::open(dir.path(), config(64 << 10)).unwrap();
+    let log = store.open_queue(uid).unwrap();
+    assert_eq!(log.live_seqs(), keep);
+    let dues = &log.recovered_deliveries().dues;
+    assert_eq!(dues.get(&keep[0]), Some(&3_000), "the last due time wins");
+    assert_eq!(dues.get(&keep[1]), Some(&9_000));
+    assert_eq!(dues.get(&keep[2]), None);
+}
+
+#[test]
 fn a_crash_between_relocation_and_deletion_keeps_exactly_one_copy() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), config(64 << 10)).unwrap();
