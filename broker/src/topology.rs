@@ -152,6 +152,7 @@ pub struct ArgumentsDefinition {
     max_message_bytes: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     max_priority: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     retry_backoff: Option<RetryBackoffJson>,
 }
 
