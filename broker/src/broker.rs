@@ -795,6 +795,16 @@ fn first_argument_difference(
             text(&have.max_message_bytes),
             text(&want.max_message_bytes),
         ),
+        (
+            "dedup_window_ms",
+            text(&have.dedup_window_ms),
+            text(&want.dedup_window_ms),
+        ),
+        (
+            "dedup_window_count",
+            text(&have.dedup_window_count),
+            text(&want.dedup_window_count),
+        ),
     ];
     fields
         .into_iter()
@@ -864,6 +874,7 @@ fn validate_arguments(a: &QueueArguments) -> Result<(), RequestError> {
             "max_message_bytes must be at least 1",
         ));
     }
+    crate::queue::check_dedup_window(a)?;
     if let Some(x) = &a.dead_letter_exchange {
         namespace::check_local(x)?;
         validate_name("dead-letter exchange", x)?;

@@ -149,6 +149,10 @@ pub struct ArgumentsDefinition {
     expires_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     max_message_bytes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dedup_window_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dedup_window_count: Option<u32>,
 }
 
 /// What a queue does at its length limit, as `declare-queue --overflow` names it.
@@ -175,6 +179,8 @@ impl From<&QueueArguments> for ArgumentsDefinition {
             delivery_limit: a.delivery_limit,
             expires_ms: a.expires_ms,
             max_message_bytes: a.max_message_bytes,
+            dedup_window_ms: a.dedup_window_ms,
+            dedup_window_count: a.dedup_window_count,
         }
     }
 }
@@ -195,6 +201,8 @@ impl From<&ArgumentsDefinition> for QueueArguments {
             delivery_limit: a.delivery_limit,
             expires_ms: a.expires_ms,
             max_message_bytes: a.max_message_bytes,
+            dedup_window_ms: a.dedup_window_ms,
+            dedup_window_count: a.dedup_window_count,
         }
     }
 }

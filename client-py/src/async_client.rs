@@ -12,6 +12,7 @@ use crate::convert;
 use crate::errors::IntoPyResult;
 use crate::message::IncomingAsync;
 use crate::options::{self, DeclaredQueue, PublishArgs, QueueArgs, QueueInfo};
+use crate::publish_result::PublishResult;
 use crate::runtime;
 
 /// An asyncio client: one connection to a Sluice broker, made on first use.
@@ -67,7 +68,7 @@ impl AsyncClient {
         name, durable = true, *, exclusive = false, auto_delete = false, passive = false,
         max_length = None, max_length_bytes = None, overflow = None, message_ttl = None,
         dead_letter_exchange = None, dead_letter_routing_key = None, ack_timeout = None,
-        delivery_limit = None, expires = None,
+        delivery_limit = None, expires = None, dedup_window = None, dedup_window_count = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn declare_queue<'py>(
@@ -87,6 +88,8 @@ impl AsyncClient {
         ack_timeout: Option<f64>,
         delivery_limit: Option<u32>,
         expires: Option<f64>,
+        dedup_window: Option<f64>,
+        dedup_window_count: Option<u32>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let options = QueueArgs {
             exclusive,
@@ -101,6 +104,8 @@ impl AsyncClient {
             ack_timeout,
             delivery_limit,
             expires,
+            dedup_window,
+            dedup_window_count,
         }
         .into_options(durable)?;
         let connection = self.connection.clone();
@@ -278,6 +283,7 @@ impl AsyncClient {
             client
                 .publish(&exchange, &routing_key, body, &options)
                 .await
+                .map(PublishResult::from)
                 .py()
         })
     }

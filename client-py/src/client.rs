@@ -10,13 +10,16 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::PyList;
-use sluice_client::{ClientBuilder, ConnectUrl, DeleteExchangeOptions, DeleteQueueOptions, Error};
+use sluice_client::{
+    ClientBuilder, Confirmed, ConnectUrl, DeleteExchangeOptions, DeleteQueueOptions, Error,
+};
 
 use crate::consumer::Consumer;
 use crate::convert;
 use crate::errors::{self, to_py, IntoPyResult};
 use crate::message::Message;
 use crate::options::{self, DeclaredQueue, PublishArgs, QueueArgs, QueueInfo};
+use crate::publish_result::PublishResult;
 use crate::runtime;
 
 /// A connection that is made on first use, shared by a client and its async consumers.
@@ -108,7 +111,7 @@ impl Connection {
 /// The outcomes of `publish_batch`: `None` (or raise the first failure), or with
 /// `return_exceptions=True` a list with `None` or the exception for each message.
 pub(crate) struct BatchOutcome {
-    pub(crate) outcomes: Vec<Result<(), Error>>,
+    pub(crate) outcomes: Vec<Result<Confirmed, Error>>,
     pub(crate) return_exceptions: bool,
 }
 
@@ -122,7 +125,7 @@ impl<'py> IntoPyObject<'py> for BatchOutcome {
             let list = PyList::empty(py);
             for outcome in self.outcomes {
                 match outcome {
-                    Ok(()) => list.append(py.None())?,
+                    Ok(confirmed) => list.append(PublishResult::from(confirmed))?,
                     Err(error) => list.append(to_py(error).into_value(py))?,
                 }
             }
@@ -185,7 +188,7 @@ impl Client {
         name, durable = true, *, exclusive = false, auto_delete = false, passive = false,
         max_length = None, max_length_bytes = None, overflow = None, message_ttl = None,
         dead_letter_exchange = None, dead_letter_routing_key = None, ack_timeout = None,
-        delivery_limit = None, expires = None,
+        delivery_limit = None, expires = None, dedup_window = None, dedup_window_count = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn declare_queue(
@@ -205,6 +208,8 @@ impl Client {
         ack_timeout: Option<f64>,
         delivery_limit: Option<u32>,
         expires: Option<f64>,
+        dedup_window: Option<f64>,
+        dedup_window_count: Option<u32>,
     ) -> PyResult<DeclaredQueue> {
         let options = QueueArgs {
             exclusive,
@@ -219,6 +224,8 @@ impl Client {
             ack_timeout,
             delivery_limit,
             expires,
+            dedup_window,
+            dedup_window_count,
         }
         .into_options(durable)?;
         runtime::block_on(py, async {
@@ -362,7 +369,7 @@ impl Client {
         reply_to: Option<String>,
         expiration: Option<f64>,
         timestamp: Option<f64>,
-    ) -> PyResult<()> {
+    ) -> PyResult<PublishResult> {
         let body = convert::body(body)?;
         let options = PublishArgs {
             headers,
@@ -382,6 +389,7 @@ impl Client {
             client
                 .publish(&exchange, &routing_key, body, &options)
                 .await
+                .map(PublishResult::from)
                 .py()
         })
     }

@@ -27,6 +27,8 @@ pub(crate) struct QueueArgs {
     pub ack_timeout: Option<f64>,
     pub delivery_limit: Option<u32>,
     pub expires: Option<f64>,
+    pub dedup_window: Option<f64>,
+    pub dedup_window_count: Option<u32>,
 }
 
 impl QueueArgs {
@@ -64,6 +66,9 @@ impl QueueArgs {
             expires_ms: convert::opt_seconds("expires", self.expires)?.map(millis_at_least_1),
             // Not offered by the Python declare yet; the Rust client and the HTTP API set it.
             max_message_bytes: None,
+            dedup_window_ms: convert::opt_seconds("dedup_window", self.dedup_window)?
+                .map(millis_at_least_1),
+            dedup_window_count: self.dedup_window_count,
         };
         Ok(options)
     }
@@ -340,6 +345,9 @@ pub(crate) struct QueueInfo {
     /// How long the oldest ready message has waited, in milliseconds; 0 when none is ready.
     #[pyo3(get)]
     oldest_ready_age_ms: u64,
+    /// Publishes confirmed as duplicates without being stored again (dedup window).
+    #[pyo3(get)]
+    duplicates_dropped: u64,
     args: QueueArguments,
 }
 
@@ -355,6 +363,7 @@ impl From<InspectQueueOk> for QueueInfo {
             consumers: ok.consumers,
             bytes: ok.bytes,
             oldest_ready_age_ms: ok.oldest_ready_age_ms,
+            duplicates_dropped: ok.duplicates_dropped,
             args: ok.arguments,
         }
     }
@@ -402,6 +411,12 @@ impl QueueInfo {
         }
         if let Some(v) = a.max_message_bytes {
             args.set_item("max_message_bytes", v)?;
+        }
+        if let Some(v) = a.dedup_window_ms {
+            args.set_item("dedup_window", secs(v))?;
+        }
+        if let Some(v) = a.dedup_window_count {
+            args.set_item("dedup_window_count", v)?;
         }
         Ok(args)
     }

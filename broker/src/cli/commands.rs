@@ -251,6 +251,8 @@ async fn declare_queue(client: &Client, a: DeclareQueueArgs, json: bool) -> Resu
             delivery_limit: a.delivery_limit,
             expires_ms: a.expires_ms,
             max_message_bytes: a.max_message_bytes,
+            dedup_window_ms: a.dedup_window_ms,
+            dedup_window_count: a.dedup_window_count,
         },
     };
     let ok = client.declare_queue(&a.name, options).await?;

@@ -377,8 +377,9 @@ pub fn inspect_text(q: &InspectQueueOk) -> String {
                 ),
             },
         ),
+        ("duplicates-dropped", q.duplicates_dropped.to_string()),
     ];
-    let optional: [(&str, Option<String>); 10] = [
+    let optional: [(&str, Option<String>); 12] = [
         ("max-length", a.max_length.map(|v| v.to_string())),
         (
             "max-length-bytes",
@@ -394,6 +395,11 @@ pub fn inspect_text(q: &InspectQueueOk) -> String {
         (
             "max-message-bytes",
             a.max_message_bytes.map(|v| v.to_string()),
+        ),
+        ("dedup-window-ms", a.dedup_window_ms.map(|v| v.to_string())),
+        (
+            "dedup-window-count",
+            a.dedup_window_count.map(|v| v.to_string()),
         ),
     ];
     lines.extend(optional.into_iter().filter_map(|(k, v)| Some((k, v?))));
@@ -592,6 +598,8 @@ pub struct InspectJson<'a> {
     bytes: u64,
     /// How long the oldest ready message has waited; 0 when none is ready.
     oldest_ready_age_ms: u64,
+    /// Publishes confirmed as duplicates without being stored again.
+    duplicates_dropped: u64,
     arguments: ArgumentsJson<'a>,
 }
 
@@ -607,6 +615,8 @@ struct ArgumentsJson<'a> {
     delivery_limit: Option<u32>,
     expires_ms: Option<u64>,
     max_message_bytes: Option<u32>,
+    dedup_window_ms: Option<u64>,
+    dedup_window_count: Option<u32>,
 }
 
 impl<'a> From<&'a InspectQueueOk> for InspectJson<'a> {
@@ -622,6 +632,7 @@ impl<'a> From<&'a InspectQueueOk> for InspectJson<'a> {
             consumers: q.consumers,
             bytes: q.bytes,
             oldest_ready_age_ms: q.oldest_ready_age_ms,
+            duplicates_dropped: q.duplicates_dropped,
             arguments: ArgumentsJson {
                 max_length: a.max_length,
                 max_length_bytes: a.max_length_bytes,
@@ -633,6 +644,8 @@ impl<'a> From<&'a InspectQueueOk> for InspectJson<'a> {
                 delivery_limit: a.delivery_limit,
                 expires_ms: a.expires_ms,
                 max_message_bytes: a.max_message_bytes,
+                dedup_window_ms: a.dedup_window_ms,
+                dedup_window_count: a.dedup_window_count,
             },
         }
     }

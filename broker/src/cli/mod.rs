@@ -286,6 +286,14 @@ pub struct DeclareQueueArgs {
     /// Largest message (meta + body) the queue takes; larger ones are refused.
     #[arg(long, value_name = "BYTES")]
     pub max_message_bytes: Option<u32>,
+    /// Publish dedup: a message whose message_id the queue accepted less than this long ago
+    /// is confirmed but not stored again.
+    #[arg(long, value_name = "MS")]
+    pub dedup_window_ms: Option<u64>,
+    /// Publish dedup: a message whose message_id is among the last N the queue accepted is
+    /// confirmed but not stored again.
+    #[arg(long, value_name = "N")]
+    pub dedup_window_count: Option<u32>,
 }
 
 /// What a queue does at its length limit.

@@ -745,6 +745,7 @@ impl Session {
                 epoch,
                 rejections,
             } => self.on_stored(batch, epoch, rejections),
+            ConnEvent::Duplicates { batch, seqs } => self.on_duplicates(batch, seqs),
             ConnEvent::ConsumerStopped {
                 consumer_id,
                 code,

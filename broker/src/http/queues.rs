@@ -198,6 +198,8 @@ struct ArgumentsBody {
     delivery_limit: Option<u32>,
     expires_ms: Option<u64>,
     max_message_bytes: Option<u32>,
+    dedup_window_ms: Option<u64>,
+    dedup_window_count: Option<u32>,
 }
 
 /// What a queue does at its length limit, as `declare-queue --overflow` names it.
@@ -224,6 +226,8 @@ impl From<ArgumentsBody> for QueueArguments {
             delivery_limit: a.delivery_limit,
             expires_ms: a.expires_ms,
             max_message_bytes: a.max_message_bytes,
+            dedup_window_ms: a.dedup_window_ms,
+            dedup_window_count: a.dedup_window_count,
         }
     }
 }

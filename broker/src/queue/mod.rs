@@ -24,6 +24,7 @@
 
 mod actor;
 mod dead_letters;
+mod dedup;
 mod in_flight;
 mod outbox;
 mod rates;
@@ -47,6 +48,7 @@ use crate::metrics::RefusedCounts;
 use crate::storage::Epoch;
 
 pub(crate) use actor::spawn;
+pub(crate) use dedup::check_window as check_dedup_window;
 pub use outbox::{delivery_bytes, Outbox};
 
 /// The wall clock in Unix milliseconds, as message timestamps are (0 before 1970).
@@ -138,6 +140,14 @@ pub enum ConnEvent {
         request_id: RequestId,
         /// Why.
         error: RequestError,
+    },
+    /// Messages of a publish batch the queue confirms without storing them: their
+    /// `message_id` is in its dedup window. Sent just before the batch's `Stored`.
+    Duplicates {
+        /// The connection's batch number.
+        batch: u64,
+        /// Their publish sequence numbers.
+        seqs: Vec<u64>,
     },
     /// A queue stored (or refused) its part of a publish batch.
     Stored {
@@ -433,6 +443,9 @@ pub struct QueueStats {
     pub confirmed: AtomicU64,
     /// Messages the queue refused (`QUEUE_FULL`, `STORAGE_FULL`, ...).
     pub refused: RefusedCounts,
+    /// Published messages confirmed without being stored: duplicates of a `message_id` in
+    /// the queue's dedup window (since the broker started).
+    pub duplicates_dropped: AtomicU64,
     /// Messages stored per second, recently.
     pub publish_rate: AtomicU64,
     /// Messages acknowledged per second, recently.

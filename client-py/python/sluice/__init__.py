@@ -34,6 +34,7 @@ from ._sluice import (
     Message,
     MessageProcess,
     OutgoingMessage,
+    PublishResult,
     QueueInfo,
     __version__,
 )
@@ -94,6 +95,7 @@ __all__ = [
     "PreconditionFailed",
     "ProtocolError",
     "PublishRejected",
+    "PublishResult",
     "QueueFull",
     "QueueInfo",
     "ResourceLimit",

@@ -75,7 +75,16 @@ class QueueInfo:
     @property
     def oldest_ready_age_ms(self) -> int: ...
     @property
+    def duplicates_dropped(self) -> int: ...
+    @property
     def arguments(self) -> dict[str, Any]: ...
+
+@final
+class PublishResult:
+    """How the broker settled a published message it accepted."""
+
+    @property
+    def duplicate(self) -> bool: ...
 
 @final
 class OutgoingMessage:
@@ -278,6 +287,8 @@ class Client:
         ack_timeout: Optional[float] = None,
         delivery_limit: Optional[int] = None,
         expires: Optional[float] = None,
+        dedup_window: Optional[float] = None,
+        dedup_window_count: Optional[int] = None,
     ) -> DeclaredQueue: ...
     def delete_queue(
         self, name: str, *, if_unused: bool = False, if_empty: bool = False
@@ -325,7 +336,7 @@ class Client:
         reply_to: Optional[str] = None,
         expiration: Optional[float] = None,
         timestamp: Optional[float] = None,
-    ) -> None: ...
+    ) -> PublishResult: ...
     @overload
     def publish_batch(
         self,
@@ -339,7 +350,7 @@ class Client:
         messages: Iterable[Union[OutgoingMessage, tuple[str, str, _Body]]],
         *,
         return_exceptions: Literal[True],
-    ) -> list[Optional[SluiceError]]: ...
+    ) -> list[Union[PublishResult, SluiceError]]: ...
     def get(self, queue: str) -> Optional[Message]: ...
     def consume(
         self,
@@ -393,6 +404,8 @@ class AsyncClient:
         ack_timeout: Optional[float] = None,
         delivery_limit: Optional[int] = None,
         expires: Optional[float] = None,
+        dedup_window: Optional[float] = None,
+        dedup_window_count: Optional[int] = None,
     ) -> Coroutine[Any, Any, DeclaredQueue]: ...
     def delete_queue(
         self, name: str, *, if_unused: bool = False, if_empty: bool = False
@@ -442,7 +455,7 @@ class AsyncClient:
         reply_to: Optional[str] = None,
         expiration: Optional[float] = None,
         timestamp: Optional[float] = None,
-    ) -> Coroutine[Any, Any, None]: ...
+    ) -> Coroutine[Any, Any, PublishResult]: ...
     @overload
     def publish_batch(
         self,
@@ -456,7 +469,7 @@ class AsyncClient:
         messages: Iterable[Union[OutgoingMessage, tuple[str, str, _Body]]],
         *,
         return_exceptions: Literal[True],
-    ) -> Coroutine[Any, Any, list[Optional[SluiceError]]]: ...
+    ) -> Coroutine[Any, Any, list[Union[PublishResult, SluiceError]]]: ...
     def get(self, queue: str) -> Coroutine[Any, Any, Optional[AsyncMessage]]: ...
     def consume(
         self,

@@ -35,7 +35,8 @@ impl Overflow {
 /// present u16 (bit i set = field i follows), then the present fields in bit order:
 /// 0 max_length u64, 1 max_length_bytes u64, 2 overflow u8, 3 message_ttl_ms u64,
 /// 4 dead_letter_exchange str, 5 dead_letter_routing_key str, 6 ack_timeout_ms u64,
-/// 7 delivery_limit u32, 8 expires_ms u64, 9 max_message_bytes u32
+/// 7 delivery_limit u32, 8 expires_ms u64, 9 max_message_bytes u32,
+/// 12 dedup_window_ms u64, 13 dedup_window_count u32
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueArguments {
@@ -60,9 +61,19 @@ pub struct QueueArguments {
     /// Largest message (meta plus body) the queue takes; a larger one routed to it is refused
     /// with `MESSAGE_TOO_LARGE`. At most the server's own limit applies anyway.
     pub max_message_bytes: Option<u32>,
+    /// Publish dedup: a message whose `message_id` the queue accepted less than this long
+    /// ago is confirmed but not stored again (at least 1).
+    pub dedup_window_ms: Option<u64>,
+    /// Publish dedup: a message whose `message_id` is among the last this many the queue
+    /// accepted is confirmed but not stored again (at least 1).
+    pub dedup_window_count: Option<u32>,
 }
 
-const ARG_BITS: u16 = 0x03ff;
+/// Bits 10, 11, 14 and 15 are not assigned yet.
+const ARG_BITS: u16 = 0x03ff | DEDUP_BITS;
+const DEDUP_WINDOW_MS: u16 = 12;
+const DEDUP_WINDOW_COUNT: u16 = 13;
+const DEDUP_BITS: u16 = (1 << DEDUP_WINDOW_MS) | (1 << DEDUP_WINDOW_COUNT);
 
 impl Payload for QueueArguments {
     fn encode(&self, buf: &mut BytesMut) -> Result<(), WireError> {
@@ -80,7 +91,9 @@ impl Payload for QueueArguments {
         ]
         .iter()
         .enumerate()
-        .fold(0u16, |bits, (i, &set)| bits | (u16::from(set) << i));
+        .fold(0u16, |bits, (i, &set)| bits | (u16::from(set) << i))
+            | (u16::from(self.dedup_window_ms.is_some()) << DEDUP_WINDOW_MS)
+            | (u16::from(self.dedup_window_count.is_some()) << DEDUP_WINDOW_COUNT);
         p::put_u16(buf, present);
         if let Some(v) = self.max_length {
             p::put_u64(buf, v);
@@ -112,6 +125,12 @@ impl Payload for QueueArguments {
         if let Some(v) = self.max_message_bytes {
             p::put_u32(buf, v);
         }
+        if let Some(v) = self.dedup_window_ms {
+            p::put_u64(buf, v);
+        }
+        if let Some(v) = self.dedup_window_count {
+            p::put_u32(buf, v);
+        }
         Ok(())
     }
 
@@ -131,6 +150,8 @@ impl Payload for QueueArguments {
             delivery_limit: has(7).then(|| r.u32()).transpose()?,
             expires_ms: has(8).then(|| r.u64()).transpose()?,
             max_message_bytes: has(9).then(|| r.u32()).transpose()?,
+            dedup_window_ms: has(DEDUP_WINDOW_MS).then(|| r.u64()).transpose()?,
+            dedup_window_count: has(DEDUP_WINDOW_COUNT).then(|| r.u32()).transpose()?,
         })
     }
 }
@@ -347,7 +368,7 @@ queue_name_request! {
 ///
 /// ```text
 /// name str, flags u8 (0 durable, 1 exclusive, 2 auto_delete), ready u64, unacked u64,
-/// consumers u32, bytes u64, arguments, oldest_ready_age_ms u64
+/// consumers u32, bytes u64, arguments, oldest_ready_age_ms u64, duplicates_dropped u64
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InspectQueueOk {
@@ -371,6 +392,9 @@ pub struct InspectQueueOk {
     pub arguments: QueueArguments,
     /// How long the oldest ready message has waited, in milliseconds; 0 when none is ready.
     pub oldest_ready_age_ms: u64,
+    /// Publishes the queue confirmed without storing them, as duplicates of a `message_id`
+    /// in its dedup window, since it was declared (kept across restarts).
+    pub duplicates_dropped: u64,
 }
 
 impl Payload for InspectQueueOk {
@@ -388,6 +412,7 @@ impl Payload for InspectQueueOk {
         p::put_u64(buf, self.bytes);
         self.arguments.encode(buf)?;
         p::put_u64(buf, self.oldest_ready_age_ms);
+        p::put_u64(buf, self.duplicates_dropped);
         Ok(())
     }
 
@@ -405,6 +430,7 @@ impl Payload for InspectQueueOk {
             bytes: r.u64()?,
             arguments: QueueArguments::decode(r)?,
             oldest_ready_age_ms: r.u64()?,
+            duplicates_dropped: r.u64()?,
         })
     }
 }
@@ -426,6 +452,7 @@ mod tests {
             delivery_limit: Some(5),
             expires_ms: Some(3_600_000),
             max_message_bytes: Some(65_536),
+            ..Default::default()
         }
     }
 
@@ -553,11 +580,46 @@ mod tests {
                     ..Default::default()
                 },
                 oldest_ready_age_ms: 1500,
+                duplicates_dropped: 9,
             },
             &hex(
                 "01 00 71  05  01 00 00 00 00 00 00 00  02 00 00 00 00 00 00 00  03 00 00 00
-                 04 00 00 00 00 00 00 00  04 00 00  dc 05 00 00 00 00 00 00",
+                 04 00 00 00 00 00 00 00  04 00 00  dc 05 00 00 00 00 00 00
+                 09 00 00 00 00 00 00 00",
             ),
         );
+    }
+
+    #[test]
+    fn declare_queue_with_a_dedup_window() {
+        check_payload(
+            &DeclareQueue {
+                name: "q".into(),
+                arguments: QueueArguments {
+                    max_length: Some(1),
+                    dedup_window_ms: Some(60_000),
+                    dedup_window_count: Some(1000),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            &hex("01 00 71  00  01 30  01 00 00 00 00 00 00 00
+                 60 ea 00 00 00 00 00 00  e8 03 00 00"),
+        );
+        check_payload(
+            &QueueArguments {
+                dedup_window_count: Some(2),
+                ..Default::default()
+            },
+            &hex("00 20  02 00 00 00"),
+        );
+        // Bits 10, 11, 14 and 15 stay reserved here.
+        for bits in ["00 04", "00 08", "00 40", "00 80"] {
+            let bad = hex(bits);
+            assert!(matches!(
+                QueueArguments::decode(&mut Reader::new(&bad)),
+                Err(WireError::ReservedBits { .. })
+            ));
+        }
     }
 }

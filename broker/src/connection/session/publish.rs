@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sluice_client::wire::{
-    Confirm, ErrorCode, Publish, PublishRejected, PublishSeq, Rejection, RequestId,
+    Confirm, ErrorCode, Publish, PublishDuplicates, PublishRejected, PublishSeq, Rejection,
+    RequestId,
 };
 use tokio::sync::mpsc;
 
@@ -138,6 +139,11 @@ impl Session {
         self.forward_finished();
     }
 
+    /// A queue confirms messages of publish frame `batch` without storing them again.
+    pub(super) fn on_duplicates(&mut self, batch: u64, seqs: Vec<u64>) {
+        self.publishes.on_duplicates(BatchId(batch), seqs);
+    }
+
     /// Hands every finished frame at the front to the confirm task, in order.
     fn forward_finished(&mut self) {
         while let Some(finished) = self.publishes.pop_finished() {
@@ -153,6 +159,10 @@ impl Session {
         if !settled.rejections.is_empty() {
             let rejections = settled.rejections;
             self.send(RequestId(0), PublishRejected { rejections });
+        }
+        if !settled.duplicates.is_empty() {
+            let seqs = settled.duplicates;
+            self.send(RequestId(0), PublishDuplicates { seqs });
         }
         self.send(
             RequestId(0),

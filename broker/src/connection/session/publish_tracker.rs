@@ -1,7 +1,8 @@
 //! The publishes of one connection from the moment they are numbered until their `Confirm`
 //! is sent (protocol.md §8): the frames still with their queues, the frames waiting for
 //! durability, the rejections owed before the covering confirm, and the bytes that count
-//! against the connection's unsettled window.
+//! against the connection's unsettled window; and the duplicates (messages a queue confirmed
+//! without storing them again, §8.4) owed before it too.
 //!
 //! Pure bookkeeping: no I/O, no channels. The session numbers messages here, reports what the
 //! queues stored, hands every finished frame to its confirm task ([`PublishTracker::
@@ -30,6 +31,8 @@ struct Batch {
     epoch: Epoch,
     bytes: usize,
     rejections: Vec<Rejection>,
+    /// Messages some queue took as duplicates.
+    duplicates: Vec<PublishSeq>,
     /// When the frame reached the session, and its messages: for the publish→confirm time.
     received: Instant,
     messages: u64,
@@ -68,11 +71,12 @@ struct Confirming {
     bytes: usize,
 }
 
-/// What a confirm settles: the rejections to send first (in sequence order), then
-/// `Confirm { up_to }`.
+/// What a confirm settles: the rejections to send first, then the duplicates (each in
+/// sequence order, each message once), then `Confirm { up_to }`.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Settled {
     pub(super) rejections: Vec<Rejection>,
+    pub(super) duplicates: Vec<PublishSeq>,
     pub(super) up_to: PublishSeq,
 }
 
@@ -91,6 +95,8 @@ pub(super) struct PublishTracker {
     confirming: VecDeque<Confirming>,
     /// Rejections of frames handed to the confirm task, sent before the covering confirm.
     rejections: VecDeque<Rejection>,
+    /// Duplicates of frames handed to the confirm task, sent before the covering confirm.
+    duplicates: VecDeque<PublishSeq>,
     /// The highest sequence number confirmed to the client (0: none yet).
     confirmed: PublishSeq,
 }
@@ -104,6 +110,7 @@ impl Default for PublishTracker {
             unsettled_bytes: 0,
             confirming: VecDeque::new(),
             rejections: VecDeque::new(),
+            duplicates: VecDeque::new(),
             confirmed: PublishSeq(0),
         }
     }
@@ -135,6 +142,7 @@ impl PublishTracker {
             epoch: 0,
             bytes: sent.bytes,
             rejections: sent.rejections,
+            duplicates: Vec::new(),
             received: sent.received,
             messages: sent.messages,
         });
@@ -142,14 +150,23 @@ impl PublishTracker {
 
     /// A queue stored (or refused) its part of frame `batch`, durable at `epoch`.
     pub(super) fn on_stored(&mut self, batch: BatchId, epoch: Epoch, rejections: Vec<Rejection>) {
-        let Some(front) = self.batches.front().map(|b| b.id) else {
-            return;
-        };
-        if let Some(b) = self.batches.get_mut((batch.0 - front.0) as usize) {
+        if let Some(b) = self.batch_mut(batch) {
             b.waiting -= 1;
             b.epoch = b.epoch.max(epoch);
             b.rejections.extend(rejections);
         }
+    }
+
+    /// A queue took messages of frame `batch` as duplicates (before its `on_stored`).
+    pub(super) fn on_duplicates(&mut self, batch: BatchId, seqs: Vec<u64>) {
+        if let Some(b) = self.batch_mut(batch) {
+            b.duplicates.extend(seqs.into_iter().map(PublishSeq));
+        }
+    }
+
+    fn batch_mut(&mut self, batch: BatchId) -> Option<&mut Batch> {
+        let front = self.batches.front()?.id;
+        self.batches.get_mut((batch.0 - front.0) as usize)
     }
 
     /// The oldest frame if every queue has reported on it, for the confirm task; frames are
@@ -167,6 +184,10 @@ impl PublishTracker {
         b.rejections.sort_by_key(|r| r.seq);
         b.rejections.dedup_by_key(|r| r.seq);
         self.rejections.extend(b.rejections);
+        // And taken as a duplicate by more than one.
+        b.duplicates.sort_unstable();
+        b.duplicates.dedup();
+        self.duplicates.extend(b.duplicates);
         Some(ToConfirm {
             up_to: b.up_to,
             epoch: b.epoch,
@@ -188,8 +209,14 @@ impl PublishTracker {
             .take_while(|r| r.seq <= up_to)
             .count();
         let rejections = self.rejections.drain(..n).collect();
+        let n = self.duplicates.iter().take_while(|&&s| s <= up_to).count();
+        let duplicates = self.duplicates.drain(..n).collect();
         self.confirmed = up_to;
-        Some(Settled { rejections, up_to })
+        Some(Settled {
+            rejections,
+            duplicates,
+            up_to,
+        })
     }
 
     /// The frames whose messages are all settled by a confirm up to `up_to` no longer count
@@ -352,6 +379,26 @@ mod tests {
         assert_eq!(t.unsettled_bytes(), 0);
         assert_eq!(t.unsettled_messages(), 0);
         assert!(t.all_settled());
+    }
+
+    #[test]
+    fn duplicates_come_sorted_once_each_with_the_confirm_that_covers_them() {
+        let mut t = PublishTracker::default();
+        let first = publish(&mut t, 3, 2, 30);
+        // Message 3 was a duplicate in both queues, message 1 in one of them.
+        t.on_duplicates(first, vec![3]);
+        t.on_stored(first, 1, Vec::new());
+        t.on_duplicates(first, vec![1, 3]);
+        t.on_stored(first, 1, Vec::new());
+        let second = publish(&mut t, 1, 1, 10);
+        t.on_duplicates(second, vec![4]);
+        t.on_stored(second, 1, Vec::new());
+        assert_eq!(drain(&mut t).len(), 2);
+        let settled = t.on_confirmed(PublishSeq(3)).expect("new confirm");
+        assert_eq!(settled.duplicates, [PublishSeq(1), PublishSeq(3)]);
+        assert!(settled.rejections.is_empty());
+        let settled = t.on_confirmed(PublishSeq(4)).expect("new confirm");
+        assert_eq!(settled.duplicates, [PublishSeq(4)]);
     }
 
     #[test]
