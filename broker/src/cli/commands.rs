@@ -387,7 +387,7 @@ async fn publish(
         options = options.header(h.key, h.value);
     }
     let len = body.len();
-    client
+    let confirmed = client
         .publish(&a.exchange, &a.routing_key, body, &options)
         .await
         .map_err(|e| match e {
@@ -412,9 +412,12 @@ async fn publish(
             "confirmed": true,
             // Unknown (null) without mandatory: the broker does not say.
             "routed": mandatory.then_some(true),
+            "duplicate": confirmed.is_duplicate(),
         }))
     } else {
-        let how = if mandatory {
+        let how = if confirmed.is_duplicate() {
+            "confirmed as a duplicate: a queue's dedup window already had its message id, so it was not stored there again"
+        } else if mandatory {
             "confirmed"
         } else {
             "confirmed; with --no-mandatory the broker does not say whether any queue took it"
