@@ -27,6 +27,7 @@ __all__ = [
     "Message",
     "MessageProcess",
     "OutgoingMessage",
+    "PublishResult",
     "QueueInfo",
     "__version__",
 ]

@@ -118,7 +118,8 @@ impl Dedup {
             .append(self.waiting.iter().take(ready).map(|(_, a)| a))
             .and_then(|()| journal.sync());
         self.waiting.drain(..ready);
-        let rewritten = if journal.wants_rewrite(&self.window) {
+        // Only with nothing waiting: the window then holds no id whose message is not durable.
+        let rewritten = if self.waiting.is_empty() && journal.wants_rewrite(&self.window) {
             journal.rewrite(&self.window)
         } else {
             Ok(())
