@@ -16,18 +16,18 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use bytes::BytesMut;
 use sluice_client::wire::{
     self, DeclareExchange, DeclareQueue, DeclareQueueOk, ErrorCode, Headers, Overflow, Payload,
-    QueueArguments, Reader, MAX_NAME_LEN, MAX_PRIORITY,
+    QueueArguments, MAX_NAME_LEN, MAX_PRIORITY,
 };
 
 use crate::auth::{AccessStore, VhostLimits};
 use crate::config::ServerConfig;
-use crate::definitions::{self, BindingDef, ChangeKind, ExchangeDef, QueueDef, Topology};
+use crate::definitions::{self, ChangeKind, DefinitionsError, Entry, QueueDef, Topology};
 use crate::error::RequestError;
 use crate::flow::{Blocking, Cause, Flow};
 use crate::metrics::Metrics;
 use crate::moves::Moves;
 use crate::queue::{self, ConnId, QueueHandle, QueueMeta, QueueStats};
-use crate::routing::{namespace, Binding, Exchange, ExchangeKind, HeaderLimits, RoutingTable};
+use crate::routing::{namespace, Binding, Exchange, HeaderLimits, RoutingTable};
 use crate::storage::{DurabilityConfig, LogConfig, Store, StoreConfig};
 
 /// How often the free disk space is checked when little is published.
@@ -95,9 +95,6 @@ pub enum StartError {
     /// The topology file is unreadable or damaged.
     #[error("topology: {0}")]
     Definitions(#[from] definitions::DefinitionsError),
-    /// The saved topology does not fit together.
-    #[error("topology: {0}")]
-    Routing(#[from] crate::routing::RoutingError),
     /// The users file cannot be read, created or used.
     #[error("{0}")]
     Users(#[from] crate::auth::UsersFileError),
@@ -162,23 +159,17 @@ impl Broker {
                 self.store.remove_queue_dir(uid)?;
             }
         }
-        for q in &topology.queues {
-            let Some(log) = self.recover_queue(q)? else {
+        for q in topology.queues {
+            let Some(log) = self.recover_queue(&q)? else {
                 continue;
             };
-            let arguments = decode_arguments(&q.arguments).ok_or_else(|| {
-                definitions::DefinitionsError::Corrupt {
-                    path: self.config.data_dir.join(definitions::FILE_NAME),
-                    reason: format!("the arguments of queue '{}' cannot be decoded", q.name),
-                }
-            })?;
             let meta = Arc::new(QueueMeta {
                 name: Arc::from(q.name.as_str()),
                 uid: q.uid,
                 durable: true,
                 exclusive_owner: None,
                 auto_delete: q.auto_delete,
-                arguments,
+                arguments: q.arguments,
                 stats: QueueStats::default(),
             });
             let handle = queue::spawn(Arc::clone(&meta), log, Arc::downgrade(self));
@@ -186,13 +177,10 @@ impl Broker {
             reg.queues.insert(Arc::clone(&meta.name), handle);
         }
         for x in topology.exchanges {
-            reg.routing.declare_exchange(Exchange {
-                name: x.name,
-                kind: kind_from_u8(x.kind),
-                durable: true,
-                auto_delete: x.auto_delete,
-                alternate_exchange: x.alternate_exchange,
-            })?;
+            let entry = Entry::Exchange(x.name.clone());
+            reg.routing
+                .declare_exchange(x)
+                .map_err(|e| self.bad_entry(entry, e))?;
         }
         for b in topology.bindings {
             if !reg.routing.has_queue(&b.queue) {
@@ -200,27 +188,24 @@ impl Broker {
                     "binding skipped: its queue could not be recovered");
                 continue;
             }
-            let arguments = decode_headers(&b.arguments).ok_or_else(|| {
-                definitions::DefinitionsError::Corrupt {
-                    path: self.config.data_dir.join(definitions::FILE_NAME),
-                    reason: format!(
-                        "the arguments of a binding of queue '{}' cannot be decoded",
-                        b.queue
-                    ),
-                }
-            })?;
-            reg.routing.bind(Binding {
-                queue: b.queue,
-                exchange: b.exchange,
-                routing_key: b.routing_key,
-                arguments,
-            })?;
+            let entry = Entry::binding(&b);
+            reg.routing.bind(b).map_err(|e| self.bad_entry(entry, e))?;
         }
         report_exchanges_over_limit(&reg.routing, self.config.limits.max_bindings_per_exchange);
         // Nothing to write: the file already says this (less what could not be recovered,
         // which the next change drops from it).
         self.publish(change.next);
         Ok(())
+    }
+
+    /// A stored topology entry the routing table refuses (it could not have been written so):
+    /// corruption of the topology file.
+    fn bad_entry(&self, entry: Entry, e: crate::routing::RoutingError) -> DefinitionsError {
+        DefinitionsError::BadEntry {
+            path: self.config.data_dir.join(definitions::FILE_NAME),
+            entry,
+            reason: e.to_string(),
+        }
     }
 
     /// Opens the log of a queue the topology names. A queue whose directory is gone (deleted
@@ -652,8 +637,6 @@ impl Broker {
 /// The part of a registry that survives a restart, as `definitions.bin` stores it.
 fn durable_topology(reg: &Registry) -> Topology {
     let durable_queue = |name: &str| reg.queues.get(name).is_some_and(|q| q.meta.durable);
-    let mut defs = reg.routing.definitions();
-    defs.retain_durable(durable_queue);
     let mut queues: Vec<QueueDef> = reg
         .queues
         .values()
@@ -662,32 +645,14 @@ fn durable_topology(reg: &Registry) -> Topology {
             name: q.meta.name.to_string(),
             uid: q.meta.uid,
             auto_delete: q.meta.auto_delete,
-            arguments: encode_payload(&q.meta.arguments),
+            arguments: q.meta.arguments.clone(),
         })
         .collect();
     queues.sort_by(|a, b| a.name.cmp(&b.name));
     Topology {
         queues,
-        exchanges: defs
-            .exchanges
-            .into_iter()
-            .map(|x| ExchangeDef {
-                name: x.name,
-                kind: wire::ExchangeKind::from(x.kind) as u8,
-                auto_delete: x.auto_delete,
-                alternate_exchange: x.alternate_exchange,
-            })
-            .collect(),
-        bindings: defs
-            .bindings
-            .into_iter()
-            .map(|b| BindingDef {
-                queue: b.queue,
-                exchange: b.exchange,
-                routing_key: b.routing_key,
-                arguments: encode_headers(&b.arguments),
-            })
-            .collect(),
+        exchanges: reg.routing.durable_exchanges(),
+        bindings: reg.routing.durable_bindings(durable_queue),
     }
 }
 
@@ -859,6 +824,16 @@ fn first_argument_difference(
             backoff(&have.retry_backoff),
             backoff(&want.retry_backoff),
         ),
+        (
+            "dedup_window_ms",
+            text(&have.dedup_window_ms),
+            text(&want.dedup_window_ms),
+        ),
+        (
+            "dedup_window_count",
+            text(&have.dedup_window_count),
+            text(&want.dedup_window_count),
+        ),
     ];
     fields
         .into_iter()
@@ -943,6 +918,7 @@ fn validate_arguments(a: &QueueArguments) -> Result<(), RequestError> {
             )));
         }
     }
+    crate::queue::check_dedup_window(a)?;
     if let Some(x) = &a.dead_letter_exchange {
         namespace::check_local(x)?;
         validate_name("dead-letter exchange", x)?;
@@ -1030,37 +1006,6 @@ fn validate_x_match(arguments: &Headers) -> Result<(), RequestError> {
 }
 
 /// Reads a kind stored as its wire value (protocol.md §7.1).
-fn kind_from_u8(k: u8) -> ExchangeKind {
-    match k {
-        1 => ExchangeKind::Fanout,
-        2 => ExchangeKind::Topic,
-        3 => ExchangeKind::Headers,
-        _ => ExchangeKind::Direct,
-    }
-}
-
-fn encode_payload<P: Payload>(p: &P) -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    // Values that came off the wire encode again.
-    let _ = p.encode(&mut buf);
-    buf.to_vec()
-}
-
-fn decode_arguments(bytes: &[u8]) -> Option<QueueArguments> {
-    QueueArguments::decode_exact(&bytes::Bytes::copy_from_slice(bytes)).ok()
-}
-
-fn encode_headers(h: &Headers) -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    let _ = wire::put_headers(&mut buf, h);
-    buf.to_vec()
-}
-
-fn decode_headers(bytes: &[u8]) -> Option<Headers> {
-    let mut r = Reader::new(bytes);
-    wire::read_headers(&mut r).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,11 +6,15 @@
 //! payload length `u32`, CRC32 of the payload `u32`, then the payload, encoded with bincode.
 //! This is the only module that uses bincode (1.3.3, complete and otherwise unmaintained).
 
+use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
+use sluice_client::wire::{self, Headers, Payload, QueueArguments, Reader};
 
+use crate::routing::{Binding, Exchange, ExchangeKind};
 use crate::storage::fault::{self, Point};
 
 const MAGIC: &[u8; 8] = b"SLUICEDF";
@@ -20,7 +24,7 @@ const HEADER_LEN: usize = 20;
 pub const FILE_NAME: &str = "definitions.bin";
 
 /// A durable queue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct QueueDef {
     /// Its name.
     pub name: String,
@@ -28,45 +32,22 @@ pub struct QueueDef {
     pub uid: u64,
     /// Deleted when its last consumer goes.
     pub auto_delete: bool,
-    /// Its arguments in the wire encoding of protocol.md §6.1.
-    pub arguments: Vec<u8>,
+    /// Its arguments.
+    pub arguments: QueueArguments,
 }
 
-/// A durable exchange.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExchangeDef {
-    /// Its name.
-    pub name: String,
-    /// 0 direct, 1 fanout, 2 topic, 3 headers (protocol.md §7.1).
-    pub kind: u8,
-    /// Deleted when its last binding goes.
-    pub auto_delete: bool,
-    /// Where unroutable messages go.
-    pub alternate_exchange: Option<String>,
-}
-
-/// A binding between a durable exchange and a durable queue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BindingDef {
-    /// Destination queue.
-    pub queue: String,
-    /// Source exchange.
-    pub exchange: String,
-    /// Binding key.
-    pub routing_key: String,
-    /// Arguments, as a wire header table (protocol.md §2.3).
-    pub arguments: Vec<u8>,
-}
-
-/// Everything that survives a restart besides the messages.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Everything that survives a restart besides the messages: the one model of the durable
+/// topology, which the broker builds from its registry and restores it from. Exchanges are
+/// durable ones users declared; bindings are those between durable exchanges (built-in ones
+/// included) and durable queues.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Topology {
-    /// Durable queues.
+    /// Durable queues, by name.
     pub queues: Vec<QueueDef>,
-    /// Durable exchanges.
-    pub exchanges: Vec<ExchangeDef>,
-    /// Durable bindings.
-    pub bindings: Vec<BindingDef>,
+    /// Durable user-declared exchanges, by name.
+    pub exchanges: Vec<Exchange>,
+    /// Durable bindings, oldest first.
+    pub bindings: Vec<Binding>,
 }
 
 /// The topology file could not be read or written.
@@ -88,6 +69,67 @@ pub enum DefinitionsError {
         /// What is wrong.
         reason: String,
     },
+    /// The file reads, but one of its entries cannot be used: refuse to start rather than
+    /// guess (an unknown exchange kind is not `direct`, unreadable arguments are not none).
+    #[error("{path} is damaged: {entry}: {reason}")]
+    BadEntry {
+        /// The file.
+        path: PathBuf,
+        /// The entry.
+        entry: Entry,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// An entry of the topology file, as a damage report names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// The queue of this name.
+    Queue(String),
+    /// The exchange of this name.
+    Exchange(String),
+    /// A binding.
+    Binding {
+        /// Its exchange.
+        exchange: String,
+        /// Its queue.
+        queue: String,
+        /// Its binding key.
+        routing_key: String,
+    },
+}
+
+impl Entry {
+    /// The entry of `binding`.
+    pub fn binding(binding: &Binding) -> Self {
+        Entry::Binding {
+            exchange: binding.exchange.clone(),
+            queue: binding.queue.clone(),
+            routing_key: binding.routing_key.clone(),
+        }
+    }
+}
+
+impl fmt::Display for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Internal names of vhosts hold `\0`: escaped, so the report stays one readable line.
+        match self {
+            Entry::Queue(name) => write!(f, "queue '{}'", name.escape_debug()),
+            Entry::Exchange(name) => write!(f, "exchange '{}'", name.escape_debug()),
+            Entry::Binding {
+                exchange,
+                queue,
+                routing_key,
+            } => write!(
+                f,
+                "binding of exchange '{}' to queue '{}' (key '{}')",
+                exchange.escape_debug(),
+                queue.escape_debug(),
+                routing_key.escape_debug()
+            ),
+        }
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DefinitionsError + '_ {
@@ -105,7 +147,17 @@ pub fn load(data_dir: &Path) -> Result<Topology, DefinitionsError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Topology::default()),
         Err(e) => return Err(io(&path)(e)),
     };
-    decode(&bytes).map_err(|reason| DefinitionsError::Corrupt { path, reason })
+    let stored = decode(&bytes).map_err(|reason| DefinitionsError::Corrupt {
+        path: path.clone(),
+        reason,
+    })?;
+    stored
+        .into_topology()
+        .map_err(|(entry, reason)| DefinitionsError::BadEntry {
+            path,
+            entry,
+            reason,
+        })
 }
 
 /// What a topology change does to the space used, which decides whether it may use the
@@ -218,7 +270,7 @@ fn is_no_space(e: &std::io::Error) -> bool {
 
 fn encode(topology: &Topology) -> Vec<u8> {
     // Serializing plain owned data into a Vec cannot fail.
-    let payload = bincode::serialize(topology).expect("topology serializes");
+    let payload = bincode::serialize(&Stored::from(topology)).expect("topology serializes");
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
@@ -228,7 +280,9 @@ fn encode(topology: &Topology) -> Vec<u8> {
     out
 }
 
-fn decode(bytes: &[u8]) -> Result<Topology, String> {
+/// The file's records, checked against its header and checksum but not yet read as a
+/// topology.
+fn decode(bytes: &[u8]) -> Result<Stored, String> {
     if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
         return Err("bad magic number".into());
     }
@@ -247,31 +301,242 @@ fn decode(bytes: &[u8]) -> Result<Topology, String> {
     bincode::deserialize(payload).map_err(|e| e.to_string())
 }
 
+/// The layout of the file's payload (bincode of these, in this field order): the encoding
+/// of [`Topology`], private to this module. Kinds and arguments are kept in their wire
+/// encoding (protocol.md §7.1, §6.1, §2.3).
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    queues: Vec<StoredQueue>,
+    exchanges: Vec<StoredExchange>,
+    bindings: Vec<StoredBinding>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredQueue {
+    name: String,
+    uid: u64,
+    auto_delete: bool,
+    arguments: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredExchange {
+    name: String,
+    /// 0 direct, 1 fanout, 2 topic, 3 headers.
+    kind: u8,
+    auto_delete: bool,
+    alternate_exchange: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredBinding {
+    queue: String,
+    exchange: String,
+    routing_key: String,
+    arguments: Vec<u8>,
+}
+
+impl From<&Topology> for Stored {
+    fn from(t: &Topology) -> Self {
+        Stored {
+            queues: t
+                .queues
+                .iter()
+                .map(|q| StoredQueue {
+                    name: q.name.clone(),
+                    uid: q.uid,
+                    auto_delete: q.auto_delete,
+                    arguments: encode_arguments(&q.arguments),
+                })
+                .collect(),
+            exchanges: t
+                .exchanges
+                .iter()
+                .map(|x| StoredExchange {
+                    name: x.name.clone(),
+                    kind: wire::ExchangeKind::from(x.kind) as u8,
+                    auto_delete: x.auto_delete,
+                    alternate_exchange: x.alternate_exchange.clone(),
+                })
+                .collect(),
+            bindings: t
+                .bindings
+                .iter()
+                .map(|b| StoredBinding {
+                    queue: b.queue.clone(),
+                    exchange: b.exchange.clone(),
+                    routing_key: b.routing_key.clone(),
+                    arguments: encode_headers(&b.arguments),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Stored {
+    /// The topology the records describe, or the first entry that cannot be read and why.
+    fn into_topology(self) -> Result<Topology, (Entry, String)> {
+        let queues = self
+            .queues
+            .into_iter()
+            .map(|q| {
+                let arguments = decode_arguments(&q.arguments)
+                    .map_err(|e| (Entry::Queue(q.name.clone()), e))?;
+                Ok(QueueDef {
+                    name: q.name,
+                    uid: q.uid,
+                    auto_delete: q.auto_delete,
+                    arguments,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let exchanges = self
+            .exchanges
+            .into_iter()
+            .map(|x| {
+                let kind = kind_from_u8(x.kind).ok_or_else(|| {
+                    let reason = format!("unknown exchange kind {}", x.kind);
+                    (Entry::Exchange(x.name.clone()), reason)
+                })?;
+                Ok(Exchange {
+                    name: x.name,
+                    kind,
+                    durable: true,
+                    auto_delete: x.auto_delete,
+                    alternate_exchange: x.alternate_exchange,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let bindings = self
+            .bindings
+            .into_iter()
+            .map(|b| {
+                let mut binding = Binding::new(b.exchange, b.queue, b.routing_key);
+                binding.arguments =
+                    decode_headers(&b.arguments).map_err(|e| (Entry::binding(&binding), e))?;
+                Ok(binding)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Topology {
+            queues,
+            exchanges,
+            bindings,
+        })
+    }
+}
+
+fn kind_from_u8(k: u8) -> Option<ExchangeKind> {
+    match k {
+        0 => Some(ExchangeKind::Direct),
+        1 => Some(ExchangeKind::Fanout),
+        2 => Some(ExchangeKind::Topic),
+        3 => Some(ExchangeKind::Headers),
+        _ => None,
+    }
+}
+
+fn encode_arguments(a: &QueueArguments) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    // Values that came off the wire encode again.
+    let _ = a.encode(&mut buf);
+    buf.to_vec()
+}
+
+fn decode_arguments(bytes: &[u8]) -> Result<QueueArguments, String> {
+    QueueArguments::decode_exact(&Bytes::copy_from_slice(bytes))
+        .map_err(|e| format!("its arguments cannot be decoded: {e}"))
+}
+
+fn encode_headers(h: &Headers) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    let _ = wire::put_headers(&mut buf, h);
+    buf.to_vec()
+}
+
+fn decode_headers(bytes: &[u8]) -> Result<Headers, String> {
+    let mut r = Reader::new(bytes);
+    wire::read_headers(&mut r).map_err(|e| format!("its arguments cannot be decoded: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn sample() -> Topology {
+        let mut binding = Binding::new("orders", "tasks", "eu.#");
+        binding.arguments = vec![("n".into(), wire::HeaderValue::Int(1))];
         Topology {
             queues: vec![QueueDef {
                 name: "tasks".into(),
                 uid: 7,
                 auto_delete: false,
-                arguments: vec![0, 0],
+                arguments: QueueArguments {
+                    max_length: Some(5),
+                    ..QueueArguments::default()
+                },
             }],
-            exchanges: vec![ExchangeDef {
-                name: "orders".into(),
-                kind: 2,
-                auto_delete: false,
+            exchanges: vec![Exchange {
+                durable: true,
                 alternate_exchange: Some("ae".into()),
+                ..Exchange::new("orders", ExchangeKind::Topic)
             }],
-            bindings: vec![BindingDef {
-                queue: "tasks".into(),
-                exchange: "orders".into(),
-                routing_key: "eu.#".into(),
-                arguments: vec![0, 0],
-            }],
+            bindings: vec![binding],
         }
+    }
+
+    /// Writes `stored` as the topology file of `dir`, with a valid header and checksum.
+    fn write_stored(dir: &Path, stored: &Stored) {
+        let payload = bincode::serialize(stored).unwrap();
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        out.extend_from_slice(&payload);
+        std::fs::write(dir.join(FILE_NAME), out).unwrap();
+    }
+
+    fn bad_entry(dir: &Path) -> (Entry, String) {
+        match load(dir) {
+            Err(DefinitionsError::BadEntry { entry, reason, .. }) => (entry, reason),
+            other => panic!("expected a bad entry, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unknown_exchange_kind_is_reported_not_read_as_direct() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stored = Stored::from(&sample());
+        stored.exchanges[0].kind = 9;
+        write_stored(dir.path(), &stored);
+        let (entry, reason) = bad_entry(dir.path());
+        assert_eq!(entry, Entry::Exchange("orders".into()));
+        assert_eq!(reason, "unknown exchange kind 9");
+        let message = load(dir.path()).unwrap_err().to_string();
+        assert!(
+            message.ends_with(
+                "definitions.bin is damaged: exchange 'orders': unknown exchange kind 9"
+            ),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn undecodable_arguments_name_their_queue_or_binding() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stored = Stored::from(&sample());
+        stored.queues[0].arguments = vec![0xff];
+        write_stored(dir.path(), &stored);
+        assert_eq!(bad_entry(dir.path()).0, Entry::Queue("tasks".into()));
+
+        let mut stored = Stored::from(&sample());
+        stored.bindings[0].arguments.pop();
+        write_stored(dir.path(), &stored);
+        let (entry, _) = bad_entry(dir.path());
+        assert_eq!(
+            entry.to_string(),
+            "binding of exchange 'orders' to queue 'tasks' (key 'eu.#')"
+        );
     }
 
     #[test]

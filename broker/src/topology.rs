@@ -154,6 +154,10 @@ pub struct ArgumentsDefinition {
     max_priority: Option<u8>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     retry_backoff: Option<RetryBackoffJson>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dedup_window_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dedup_window_count: Option<u32>,
 }
 
 /// The `retry_backoff` queue argument in JSON (the topology, the HTTP API, the CLI).
@@ -214,6 +218,8 @@ impl From<&QueueArguments> for ArgumentsDefinition {
             max_message_bytes: a.max_message_bytes,
             max_priority: a.max_priority,
             retry_backoff: a.retry_backoff.map(Into::into),
+            dedup_window_ms: a.dedup_window_ms,
+            dedup_window_count: a.dedup_window_count,
         }
     }
 }
@@ -236,6 +242,8 @@ impl From<&ArgumentsDefinition> for QueueArguments {
             max_message_bytes: a.max_message_bytes,
             max_priority: a.max_priority,
             retry_backoff: a.retry_backoff.map(Into::into),
+            dedup_window_ms: a.dedup_window_ms,
+            dedup_window_count: a.dedup_window_count,
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::convert;
 use crate::errors::IntoPyResult;
 use crate::message::Handoff;
 use crate::options::{self, DeclaredQueue, PublishArgs, QueueArgs, QueueInfo};
+use crate::publish_result::PublishResult;
 use crate::runtime;
 
 /// An asyncio client: one connection to a Sluice broker, made on first use.
@@ -68,6 +69,7 @@ impl AsyncClient {
         max_length = None, max_length_bytes = None, overflow = None, message_ttl = None,
         dead_letter_exchange = None, dead_letter_routing_key = None, ack_timeout = None,
         delivery_limit = None, expires = None, max_priority = None, retry_backoff = None,
+        dedup_window = None, dedup_window_count = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn declare_queue<'py>(
@@ -89,6 +91,8 @@ impl AsyncClient {
         expires: Option<f64>,
         max_priority: Option<u8>,
         retry_backoff: Option<(f64, f64, f64)>,
+        dedup_window: Option<f64>,
+        dedup_window_count: Option<u32>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let options = QueueArgs {
             exclusive,
@@ -105,6 +109,8 @@ impl AsyncClient {
             expires,
             max_priority,
             retry_backoff,
+            dedup_window,
+            dedup_window_count,
         }
         .into_options(durable)?;
         let connection = self.connection.clone();
@@ -289,6 +295,7 @@ impl AsyncClient {
             client
                 .publish(&exchange, &routing_key, body, &options)
                 .await
+                .map(PublishResult::from)
                 .py()
         })
     }

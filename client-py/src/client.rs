@@ -10,13 +10,16 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::PyList;
-use sluice_client::{ClientBuilder, ConnectUrl, DeleteExchangeOptions, DeleteQueueOptions, Error};
+use sluice_client::{
+    ClientBuilder, Confirmed, ConnectUrl, DeleteExchangeOptions, DeleteQueueOptions, Error,
+};
 
 use crate::consumer::Consumer;
 use crate::convert;
 use crate::errors::{self, to_py, IntoPyResult};
 use crate::message::Message;
 use crate::options::{self, DeclaredQueue, PublishArgs, QueueArgs, QueueInfo};
+use crate::publish_result::PublishResult;
 use crate::runtime;
 
 /// A connection that is made on first use, shared by a client and its async consumers.
@@ -108,7 +111,7 @@ impl Connection {
 /// The outcomes of `publish_batch`: `None` (or raise the first failure), or with
 /// `return_exceptions=True` a list with `None` or the exception for each message.
 pub(crate) struct BatchOutcome {
-    pub(crate) outcomes: Vec<Result<(), Error>>,
+    pub(crate) outcomes: Vec<Result<Confirmed, Error>>,
     pub(crate) return_exceptions: bool,
 }
 
@@ -122,7 +125,7 @@ impl<'py> IntoPyObject<'py> for BatchOutcome {
             let list = PyList::empty(py);
             for outcome in self.outcomes {
                 match outcome {
-                    Ok(()) => list.append(py.None())?,
+                    Ok(confirmed) => list.append(PublishResult::from(confirmed))?,
                     Err(error) => list.append(to_py(error).into_value(py))?,
                 }
             }
@@ -186,6 +189,7 @@ impl Client {
         max_length = None, max_length_bytes = None, overflow = None, message_ttl = None,
         dead_letter_exchange = None, dead_letter_routing_key = None, ack_timeout = None,
         delivery_limit = None, expires = None, max_priority = None, retry_backoff = None,
+        dedup_window = None, dedup_window_count = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn declare_queue(
@@ -207,6 +211,8 @@ impl Client {
         expires: Option<f64>,
         max_priority: Option<u8>,
         retry_backoff: Option<(f64, f64, f64)>,
+        dedup_window: Option<f64>,
+        dedup_window_count: Option<u32>,
     ) -> PyResult<DeclaredQueue> {
         let options = QueueArgs {
             exclusive,
@@ -223,6 +229,8 @@ impl Client {
             expires,
             max_priority,
             retry_backoff,
+            dedup_window,
+            dedup_window_count,
         }
         .into_options(durable)?;
         runtime::block_on(py, async {
@@ -370,7 +378,7 @@ impl Client {
         priority: Option<u8>,
         delay: Option<f64>,
         deliver_at: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
+    ) -> PyResult<PublishResult> {
         let body = convert::body(body)?;
         let options = PublishArgs {
             headers,
@@ -393,6 +401,7 @@ impl Client {
             client
                 .publish(&exchange, &routing_key, body, &options)
                 .await
+                .map(PublishResult::from)
                 .py()
         })
     }

@@ -25,6 +25,7 @@ mod convert;
 mod errors;
 mod message;
 mod options;
+mod publish_result;
 mod runtime;
 
 use pyo3::prelude::*;
@@ -52,5 +53,6 @@ fn _sluice(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<options::DeclaredQueue>()?;
     m.add_class::<options::QueueInfo>()?;
     m.add_class::<options::ScheduledMessage>()?;
+    m.add_class::<publish_result::PublishResult>()?;
     Ok(())
 }

@@ -30,6 +30,8 @@ pub(crate) struct QueueArgs {
     pub max_priority: Option<u8>,
     /// `(initial seconds, multiplier, max seconds)`.
     pub retry_backoff: Option<(f64, f64, f64)>,
+    pub dedup_window: Option<f64>,
+    pub dedup_window_count: Option<u32>,
 }
 
 impl QueueArgs {
@@ -69,6 +71,9 @@ impl QueueArgs {
             max_message_bytes: None,
             max_priority: self.max_priority,
             retry_backoff: self.retry_backoff.map(retry_backoff).transpose()?,
+            dedup_window_ms: convert::opt_seconds("dedup_window", self.dedup_window)?
+                .map(millis_at_least_1),
+            dedup_window_count: self.dedup_window_count,
         };
         Ok(options)
     }
@@ -402,6 +407,9 @@ pub(crate) struct QueueInfo {
     /// Messages stored but waiting for their time (delayed, or requeued with a delay).
     #[pyo3(get)]
     scheduled: u64,
+    /// Publishes confirmed as duplicates without being stored again (dedup window).
+    #[pyo3(get)]
+    duplicates_dropped: u64,
     args: QueueArguments,
 }
 
@@ -418,6 +426,7 @@ impl From<InspectQueueOk> for QueueInfo {
             bytes: ok.bytes,
             oldest_ready_age_ms: ok.oldest_ready_age_ms,
             scheduled: ok.scheduled,
+            duplicates_dropped: ok.duplicates_dropped,
             args: ok.arguments,
         }
     }
@@ -475,6 +484,12 @@ impl QueueInfo {
                 "retry_backoff",
                 (secs(b.initial_ms), multiplier, secs(b.max_ms)),
             )?;
+        }
+        if let Some(v) = a.dedup_window_ms {
+            args.set_item("dedup_window", secs(v))?;
+        }
+        if let Some(v) = a.dedup_window_count {
+            args.set_item("dedup_window_count", v)?;
         }
         Ok(args)
     }

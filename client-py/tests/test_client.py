@@ -112,7 +112,8 @@ def test_publish_batch_pipelines_and_reports_each_outcome(
         ],
         return_exceptions=True,
     )
-    assert outcomes[0] is None and outcomes[2] is None
+    for ok in (outcomes[0], outcomes[2]):
+        assert isinstance(ok, sluice.PublishResult) and not ok.duplicate
     assert isinstance(outcomes[1], sluice.Unroutable) and outcomes[1].code == 302
     with pytest.raises(sluice.Unroutable):
         client.publish_batch([sluice.OutgoingMessage("", "no-such-queue-anywhere", b"x", mandatory=True)])

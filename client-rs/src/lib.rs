@@ -79,7 +79,7 @@ pub use options::{
     ConsumeOptions, DeleteExchangeOptions, DeleteQueueOptions, ExchangeOptions, PublishOptions,
     QueueOptions,
 };
-pub use publish::{OutgoingMessage, PublishConfirm, Publisher};
+pub use publish::{Confirmed, OutgoingMessage, PublishConfirm, Publisher};
 pub use tls::TlsError;
 pub use url::{ConnectUrl, UrlError};
 /// Header values of type decimal (AMQP's); the other header types are plain Rust values.

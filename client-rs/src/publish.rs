@@ -28,6 +28,26 @@ const CHUNK_MESSAGES: usize = 8192;
 /// Meta blocks are encoded into shared buffers of at least this size.
 const META_BUF: usize = 16 * 1024;
 
+/// How the server settled a published message it accepted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Confirmed {
+    /// Stored (durably, if persistent and its queues are durable) in every queue it was
+    /// routed to, or routed nowhere and not mandatory.
+    #[default]
+    Stored,
+    /// Confirmed, but not stored again in at least one queue it was routed to: that queue
+    /// had accepted a message with the same `message_id` within its dedup window (protocol.md
+    /// §8.4). Other queues it was routed to may have stored it.
+    Duplicate,
+}
+
+impl Confirmed {
+    /// Whether a queue took the message as a duplicate.
+    pub fn is_duplicate(self) -> bool {
+        self == Confirmed::Duplicate
+    }
+}
+
 /// A message for [`Client::publish_batch`]: where it goes, its body and its options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutgoingMessage {
@@ -130,7 +150,8 @@ impl Client {
 
     /// Publishes one message and waits until the server settles it: `Ok` once it is stored
     /// (durably, if persistent and its queues are durable) or was dropped as unroutable and
-    /// not mandatory; [`Error::PublishRejected`] if the server refused it.
+    /// not mandatory ([`Confirmed::Duplicate`] when a queue's dedup window already had its
+    /// `message_id`); [`Error::PublishRejected`] if the server refused it.
     ///
     /// Many concurrent calls share frames and confirms, but each waits for its own confirm;
     /// for throughput from one task use [`publish_batch`](Self::publish_batch) or a
@@ -141,7 +162,7 @@ impl Client {
         routing_key: &str,
         body: impl Into<Bytes>,
         options: &PublishOptions,
-    ) -> Result<()> {
+    ) -> Result<Confirmed> {
         let message = self.encode_one(exchange, routing_key, body.into(), options)?;
         let (reply, rx) = oneshot::channel();
         self.send(Command::Publish {
@@ -167,11 +188,11 @@ impl Client {
     /// let refused = outcomes.iter().filter(|r| r.is_err()).count();
     /// # }
     /// ```
-    pub async fn publish_batch<I>(&self, messages: I) -> Vec<Result<()>>
+    pub async fn publish_batch<I>(&self, messages: I) -> Vec<Result<Confirmed>>
     where
         I: IntoIterator<Item = OutgoingMessage>,
     {
-        let mut results: Vec<Result<()>> = Vec::new();
+        let mut results: Vec<Result<Confirmed>> = Vec::new();
         let mut waiting = Vec::new();
         let mut encoder = MetaEncoder::new(self.shared.info.max_message_len);
         let mut chunk = Chunk::default();
@@ -184,7 +205,7 @@ impl Client {
             } = message;
             match encoder.encode(&exchange, &routing_key, body, &options) {
                 Ok(encoded) => {
-                    results.push(Ok(()));
+                    results.push(Ok(Confirmed::Stored));
                     chunk.push(i, encoded);
                 }
                 Err(e) => results.push(Err(e)),
@@ -214,7 +235,12 @@ impl Client {
         results
     }
 
-    fn send_chunk(&self, chunk: Chunk, waiting: &mut Vec<SentChunk>, results: &mut [Result<()>]) {
+    fn send_chunk(
+        &self,
+        chunk: Chunk,
+        waiting: &mut Vec<SentChunk>,
+        results: &mut [Result<Confirmed>],
+    ) {
         let (reply, rx) = oneshot::channel();
         let command = Command::Publish {
             batch: Batch::Many(chunk.messages),
@@ -250,7 +276,7 @@ impl Client {
 
 /// A chunk handed to the connection: the messages' places in the caller's list, and where
 /// their outcomes will arrive.
-type SentChunk = (Vec<usize>, oneshot::Receiver<Vec<Result<()>>>);
+type SentChunk = (Vec<usize>, oneshot::Receiver<Vec<Result<Confirmed>>>);
 
 /// Messages of one `publish_batch` command, with their places in the caller's list.
 #[derive(Debug, Default)]
@@ -354,17 +380,18 @@ impl Publisher {
     }
 }
 
-/// The outcome of one published message: `Ok` once the server confirms it,
+/// The outcome of one published message: `Ok` once the server confirms it (saying whether as
+/// a [`Confirmed::Duplicate`]),
 /// [`Error::PublishRejected`] if it refused it, [`Error::ConnectionClosed`] if the connection
 /// ended first (the message may or may not have been stored).
 #[derive(Debug)]
 #[must_use = "a PublishConfirm tells whether the message was refused"]
 pub struct PublishConfirm {
-    rx: oneshot::Receiver<Result<()>>,
+    rx: oneshot::Receiver<Result<Confirmed>>,
 }
 
 impl Future for PublishConfirm {
-    type Output = Result<()>;
+    type Output = Result<Confirmed>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.rx)

@@ -47,7 +47,7 @@ async fn publish_ids(
     for id in ids {
         let sent = client.publish("", queue, body(queue, id), &options);
         match within("a publish", sent).await {
-            Ok(()) => {
+            Ok(_) => {
                 confirmed.insert(id);
             }
             Err(e) => return (confirmed, Some(e.code().expect("a typed refusal"))),

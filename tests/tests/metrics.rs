@@ -362,7 +362,8 @@ async fn counters_match_the_traffic_that_was_sent() {
     // The same counters as JSON, per queue and in total.
     let expected_work = json!({
         "published": 10, "delivered": 11, "redelivered": 1, "acked": 8, "nacked": 1,
-        "rejected": 2, "expired": 0, "dead_lettered": 2, "confirmed": 10
+        "rejected": 2, "expired": 0, "dead_lettered": 2, "confirmed": 10,
+        "duplicates_dropped": 0
     });
     let shown = json_of(&broker.http.get("/api/queues/work").await);
     assert_eq!(shown["message_stats"], expected_work);
@@ -376,7 +377,8 @@ async fn counters_match_the_traffic_that_was_sent() {
         overview["message_stats"],
         json!({
             "published": 12, "delivered": 11, "redelivered": 1, "acked": 8, "nacked": 1,
-            "rejected": 2, "expired": 0, "dead_lettered": 2, "confirmed": 12
+            "rejected": 2, "expired": 0, "dead_lettered": 2, "confirmed": 12,
+            "duplicates_dropped": 0
         })
     );
 

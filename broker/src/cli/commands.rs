@@ -254,6 +254,8 @@ async fn declare_queue(client: &Client, a: DeclareQueueArgs, json: bool) -> Resu
             max_message_bytes: a.max_message_bytes,
             max_priority: a.max_priority,
             retry_backoff: a.retry_backoff,
+            dedup_window_ms: a.dedup_window_ms,
+            dedup_window_count: a.dedup_window_count,
         },
     };
     let ok = client.declare_queue(&a.name, options).await?;
@@ -393,7 +395,7 @@ async fn publish(
         options = options.header(h.key, h.value);
     }
     let len = body.len();
-    client
+    let confirmed = client
         .publish(&a.exchange, &a.routing_key, body, &options)
         .await
         .map_err(|e| match e {
@@ -418,9 +420,12 @@ async fn publish(
             "confirmed": true,
             // Unknown (null) without mandatory: the broker does not say.
             "routed": mandatory.then_some(true),
+            "duplicate": confirmed.is_duplicate(),
         }))
     } else {
-        let how = if mandatory {
+        let how = if confirmed.is_duplicate() {
+            "confirmed as a duplicate: a queue's dedup window already had its message id, so it was not stored there again"
+        } else if mandatory {
             "confirmed"
         } else {
             "confirmed; with --no-mandatory the broker does not say whether any queue took it"

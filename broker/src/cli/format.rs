@@ -387,8 +387,9 @@ pub fn inspect_text(q: &InspectQueueOk) -> String {
             },
         ),
         ("scheduled", q.scheduled.to_string()),
+        ("duplicates-dropped", q.duplicates_dropped.to_string()),
     ];
-    let optional: [(&str, Option<String>); 12] = [
+    let optional: [(&str, Option<String>); 14] = [
         ("max-length", a.max_length.map(|v| v.to_string())),
         (
             "max-length-bytes",
@@ -407,6 +408,11 @@ pub fn inspect_text(q: &InspectQueueOk) -> String {
         ),
         ("max-priority", a.max_priority.map(|v| v.to_string())),
         ("retry-backoff", a.retry_backoff.map(backoff_text)),
+        ("dedup-window-ms", a.dedup_window_ms.map(|v| v.to_string())),
+        (
+            "dedup-window-count",
+            a.dedup_window_count.map(|v| v.to_string()),
+        ),
     ];
     lines.extend(optional.into_iter().filter_map(|(k, v)| Some((k, v?))));
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
@@ -633,6 +639,8 @@ pub struct InspectJson<'a> {
     oldest_ready_age_ms: u64,
     /// Messages waiting for their time.
     scheduled: u64,
+    /// Publishes confirmed as duplicates without being stored again.
+    duplicates_dropped: u64,
     arguments: ArgumentsJson<'a>,
 }
 
@@ -650,6 +658,8 @@ struct ArgumentsJson<'a> {
     max_message_bytes: Option<u32>,
     max_priority: Option<u8>,
     retry_backoff: Option<crate::topology::RetryBackoffJson>,
+    dedup_window_ms: Option<u64>,
+    dedup_window_count: Option<u32>,
 }
 
 impl<'a> From<&'a InspectQueueOk> for InspectJson<'a> {
@@ -666,6 +676,7 @@ impl<'a> From<&'a InspectQueueOk> for InspectJson<'a> {
             bytes: q.bytes,
             oldest_ready_age_ms: q.oldest_ready_age_ms,
             scheduled: q.scheduled,
+            duplicates_dropped: q.duplicates_dropped,
             arguments: ArgumentsJson {
                 max_length: a.max_length,
                 max_length_bytes: a.max_length_bytes,
@@ -679,6 +690,8 @@ impl<'a> From<&'a InspectQueueOk> for InspectJson<'a> {
                 max_message_bytes: a.max_message_bytes,
                 max_priority: a.max_priority,
                 retry_backoff: a.retry_backoff.map(Into::into),
+                dedup_window_ms: a.dedup_window_ms,
+                dedup_window_count: a.dedup_window_count,
             },
         }
     }

@@ -302,6 +302,14 @@ pub struct DeclareQueueArgs {
     /// delivery, times MULTIPLIER per further delivery, at most MAX (e.g. `1s,2,5m`).
     #[arg(long, value_name = "INITIAL,MULTIPLIER,MAX", value_parser = parse_backoff)]
     pub retry_backoff: Option<sluice_client::wire::RetryBackoff>,
+    /// Publish dedup: a message whose message_id the queue accepted less than this long ago
+    /// is confirmed but not stored again.
+    #[arg(long, value_name = "MS")]
+    pub dedup_window_ms: Option<u64>,
+    /// Publish dedup: a message whose message_id is among the last N the queue accepted is
+    /// confirmed but not stored again.
+    #[arg(long, value_name = "N")]
+    pub dedup_window_count: Option<u32>,
 }
 
 /// What a queue does at its length limit.

@@ -1,18 +1,23 @@
 //! The state of one connection and the handling of every request (protocol.md §5–§10).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_client::wire::{
-    Ack, Blocked, Cancel, CancelOk, Close, Confirm, Consume, ConsumerCancelled, ConsumerId,
-    DecodeError, Deliver, Delivery, ErrorCode, ErrorReply, Extend, Frame, FrameBody, GetOk, Nack,
-    Publish, PublishRejected, PublishSeq, Rejection, Reply, Request, RequestId,
+    Ack, Blocked, CancelOk, Close, ConsumerCancelled, ConsumerId, DecodeError, ErrorCode,
+    ErrorReply, Frame, FrameBody, Nack, Reply, Request, RequestId,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
+mod consume;
+mod publish;
+mod publish_tracker;
 mod topology;
+
+use consume::{ConsumerEntry, OutstandingDeliveries};
+use publish_tracker::{PublishTracker, ToConfirm};
 
 use super::access::Access;
 use super::limits;
@@ -23,53 +28,9 @@ use super::{
 use crate::auth::{Permission, Principal, ResourceKind, Tag, VhostLimits};
 use crate::broker::Broker;
 use crate::error::RequestError;
-use crate::metrics::Metrics;
-use crate::publish::{route_message, PublishLimits};
 use crate::queue::{
-    delivery_bytes, BrowsePage, ConnEvent, ConnLink, Incoming, QueueCmd, QueueHandle,
-    ScheduledPage, Settlement,
+    BrowsePage, ConnEvent, ConnLink, QueueCmd, QueueHandle, ScheduledPage, Settlement,
 };
-use crate::routing::RouteResult;
-use crate::storage::Epoch;
-
-/// Fixed bytes of a `Deliver` frame (protocol.md §9.5).
-const DELIVER_FRAME_FIXED: usize = 12 + 4 + 4;
-
-/// A publish frame on its way through the queues.
-struct Batch {
-    id: u64,
-    up_to: u64,
-    waiting: usize,
-    epoch: Epoch,
-    bytes: usize,
-    rejections: Vec<Rejection>,
-    /// When the frame reached the session, and its messages: for the publish→confirm time.
-    received: Instant,
-    messages: u64,
-}
-
-/// Publishes handed to the confirm task: confirmed once `epoch` is durable.
-struct ToConfirm {
-    up_to: u64,
-    epoch: Epoch,
-    received: Instant,
-    messages: u64,
-}
-
-/// A publish frame's messages, numbered and routed.
-struct Routed {
-    /// What goes to each queue.
-    per_queue: Vec<(QueueHandle, Vec<Incoming>)>,
-    /// Messages refused before they reached a queue.
-    rejections: Vec<Rejection>,
-    /// Bytes of messages handed to queues (counted once per queue).
-    bytes: usize,
-}
-
-struct ConsumerEntry {
-    queue: QueueHandle,
-    tag: String,
-}
 
 /// Whether the session goes on after an event.
 enum Ending {
@@ -99,24 +60,15 @@ pub(super) struct Session {
     /// Every connection: what this one's operator requests list and act on.
     registry: Arc<ConnectionRegistry>,
     // Publishing.
-    next_publish_seq: u64,
-    next_batch: u64,
-    batches: VecDeque<Batch>,
-    /// Bytes of publishes not yet confirmed; the session stops reading at the connection's
-    /// `max_unsettled_publish_bytes` (TCP back-pressure to the publisher).
-    unsettled_bytes: usize,
-    /// Bytes of the frames handed to the confirm task, by the last sequence number each
-    /// covers: released from `unsettled_bytes` when the confirm covering them is sent.
-    confirming: VecDeque<(u64, usize)>,
+    /// Every publish from its numbering to its confirm.
+    publishes: PublishTracker,
+    /// The confirm task: confirms finished publish frames once they are durable.
     to_confirm: mpsc::UnboundedSender<ToConfirm>,
-    /// Rejections of batches handed to the confirm task, emitted before the covering confirm.
-    rejections: VecDeque<Rejection>,
-    confirmed: u64,
     // Consuming.
-    next_consumer: u32,
-    consumers: HashMap<u32, ConsumerEntry>,
-    pending_consumes: HashMap<RequestId, u32>,
-    outstanding: BTreeMap<u64, (QueueHandle, u64)>,
+    next_consumer: ConsumerId,
+    consumers: HashMap<ConsumerId, ConsumerEntry>,
+    pending_consumes: HashMap<RequestId, ConsumerId>,
+    outstanding: OutstandingDeliveries,
     touched: Vec<QueueHandle>,
     /// Names of the exclusive queues this connection declared: deleted when it ends.
     exclusive_queues: Vec<String>,
@@ -147,13 +99,11 @@ impl Session {
     ) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
         let link = ConnLink::new(entry.id, events_tx, Arc::clone(output.outbox()));
-        let (to_confirm, confirm_rx) = mpsc::unbounded_channel();
-        tokio::spawn(confirm_task(
+        let to_confirm = publish::spawn_confirm_task(
             broker.store().durability().clone(),
-            confirm_rx,
             Arc::clone(&link),
             Arc::clone(broker.metrics()),
-        ));
+        );
         let access = Access::new(entry.id, principal, limits);
         broker.open_vhost(access.namespace());
         Self {
@@ -169,18 +119,12 @@ impl Session {
             started,
             entry,
             registry,
-            next_publish_seq: 1,
-            next_batch: 1,
-            batches: VecDeque::new(),
-            unsettled_bytes: 0,
-            confirming: VecDeque::new(),
+            publishes: PublishTracker::default(),
             to_confirm,
-            rejections: VecDeque::new(),
-            confirmed: 0,
-            next_consumer: 1,
+            next_consumer: ConsumerId(1),
             consumers: HashMap::new(),
             pending_consumes: HashMap::new(),
-            outstanding: BTreeMap::new(),
+            outstanding: OutstandingDeliveries::new(),
             touched: Vec::new(),
             exclusive_queues: Vec::new(),
             client_close: None,
@@ -278,7 +222,8 @@ impl Session {
     /// wait in the reader's channel and the socket, which slows the client down.
     fn takes_requests(&self) -> bool {
         !self.output.is_full()
-            && self.unsettled_bytes < self.broker.config.limits.max_unsettled_publish_bytes
+            && self.publishes.unsettled_bytes()
+                < self.broker.config.limits.max_unsettled_publish_bytes
             && self.client_close.is_none()
     }
 
@@ -361,33 +306,6 @@ impl Session {
         }
     }
 
-    /// Asks the queue of the consumer tagged `tag` to stop it for an operator: the queue
-    /// takes back its deliveries and answers `ConsumerStopped`, which the client sees as
-    /// `ConsumerCancelled`.
-    fn stop_consumer(&mut self, tag: &str) -> Result<(), RequestError> {
-        let Some((&id, entry)) = self.consumers.iter().find(|(_, e)| e.tag == tag) else {
-            return Err(RequestError::new(
-                ErrorCode::NotFound,
-                format!("connection {} has no consumer '{tag}'", self.link.id),
-            ));
-        };
-        tracing::info!(
-            conn = self.link.id,
-            consumer_tag = tag,
-            "an operator cancels a consumer"
-        );
-        // A queue that is gone has stopped the consumer already (QUEUE_DELETED).
-        entry.queue.send(QueueCmd::StopConsumer {
-            conn: Arc::clone(&self.link),
-            consumer_id: ConsumerId(id),
-            code: ErrorCode::ConsumerCancelled,
-            reason: format!("consumer '{tag}' was cancelled by an operator"),
-        });
-        Ok(())
-    }
-
-    /// Runs an operator's request on another connection without waiting for it here (the
-    /// target may be this very session, or one waiting on this one), and answers `id` with
     /// `ok` or the error once it is done.
     fn answer_later<F>(&self, id: RequestId, ok: Reply, act: F)
     where
@@ -488,10 +406,9 @@ impl Session {
     /// change: operators look a few times a second.
     fn publish_counters(&self) {
         let stats = &self.entry.stats;
-        let unsettled = (self.next_publish_seq - 1).saturating_sub(self.confirmed);
         stats
             .unsettled_publishes
-            .store(unsettled, Ordering::Relaxed);
+            .store(self.publishes.unsettled_messages(), Ordering::Relaxed);
         stats
             .consumers
             .store(self.consumers.len() as u64, Ordering::Relaxed);
@@ -607,16 +524,7 @@ impl Session {
             }
             Request::Consume(c) => self.on_consume(id, c),
             Request::Cancel(c) => self.on_cancel(id, c),
-            Request::SetPrefetch(p) => match self.consumers.get(&p.consumer_id.0) {
-                Some(entry) => {
-                    entry.queue.send(QueueCmd::SetPrefetch {
-                        conn_id: self.link.id,
-                        consumer_id: p.consumer_id,
-                        prefetch: self.broker.config.limits.effective_prefetch(p.prefetch),
-                    });
-                }
-                None => self.send_error(id, no_consumer(p.consumer_id)),
-            },
+            Request::SetPrefetch(p) => self.on_set_prefetch(id, p.consumer_id, p.prefetch),
             Request::Get(g) => {
                 self.with_queue(id, Permission::Read, &g.queue, |link| QueueCmd::Get {
                     conn: link,
@@ -626,7 +534,7 @@ impl Session {
             Request::Ack(Ack {
                 delivery_tag,
                 multiple,
-            }) => self.settle(id, delivery_tag.0, multiple, Settlement::Ack),
+            }) => self.settle(id, delivery_tag, multiple, Settlement::Ack),
             Request::Nack(Nack {
                 delivery_tag,
                 multiple,
@@ -638,9 +546,9 @@ impl Session {
                     (true, None) => Settlement::Requeue,
                     (false, _) => Settlement::Reject,
                 };
-                self.settle(id, delivery_tag.0, multiple, how);
+                self.settle(id, delivery_tag, multiple, how);
             }
-            Request::Reject(r) => self.settle(id, r.delivery_tag.0, false, Settlement::Reject),
+            Request::Reject(r) => self.settle(id, r.delivery_tag, false, Settlement::Reject),
             Request::Extend(e) => self.on_extend(id, e),
             // Listings show the session's own vhost, in its clients' names.
             Request::ListQueues(r) => {
@@ -813,309 +721,16 @@ impl Session {
     // Publishing (§8)
     // ------------------------------------------------------------------------------------
 
-    async fn on_publish(&mut self, p: Publish) {
-        let received = Instant::now();
-        let messages = p.messages.len() as u64;
-        let batch_id = self.next_batch;
-        self.next_batch += 1;
-        let Routed {
-            per_queue,
-            rejections,
-            bytes,
-        } = self.route_publish(p);
-        let mut waiting = 0;
-        for (q, messages) in per_queue {
-            // Waits while the queue's mailbox is full of other publishes: a slow queue slows
-            // down the publishers that write to it (this session stops reading meanwhile, so
-            // the peer counts as alive once it is done).
-            let room = q.publish_room(&messages).await;
-            self.mark_alive();
-            if q.send(QueueCmd::Publish {
-                conn: Arc::clone(&self.link),
-                batch: batch_id,
-                messages,
-                room: Some(room),
-            }) {
-                waiting += 1;
-            }
-        }
-        self.broker.note_published(bytes);
-        self.unsettled_bytes += bytes;
-        self.batches.push_back(Batch {
-            id: batch_id,
-            up_to: self.next_publish_seq - 1,
-            waiting,
-            epoch: 0,
-            bytes,
-            rejections,
-            received,
-            messages,
-        });
-        self.advance_batches();
-    }
-
-    /// Numbers a publish's messages and routes them: what goes to which queue, and what is
-    /// refused (under the routing table's read lock, which is never held across an await).
-    fn route_publish(&mut self, p: Publish) -> Routed {
-        let mut rejections = Vec::new();
-        let mut per_queue: Vec<(QueueHandle, Vec<Incoming>)> = Vec::new();
-        let mut bytes = 0;
-        let blocking = if self.broker.is_blocked() {
-            self.broker.flow_control().blocking()
-        } else {
-            None
-        };
-        let broker = Arc::clone(&self.broker);
-        let reg = broker.read();
-        let mut route = RouteResult::default();
-        let refused = &broker.metrics().refused;
-        let mut reject = |seq: u64, code: ErrorCode, message: String| {
-            refused.add(code, 1);
-            rejections.push(Rejection {
-                seq: PublishSeq(seq),
-                code,
-                message,
-            });
-        };
-        let limits = PublishLimits {
-            max_message_len: self.agreed.max_message_len,
-            blocking: blocking.as_ref(),
-            headers: self.broker.config.limits.headers,
-        };
-        let access = &mut self.access;
-        for m in p.messages {
-            let seq = self.next_publish_seq;
-            self.next_publish_seq += 1;
-            let size = m.meta.len() + m.body.len();
-            let persistent =
-                match route_message(&reg, &m.meta, m.body.len(), limits, access, &mut route) {
-                    Ok(persistent) => persistent,
-                    Err(e) => {
-                        reject(seq, e.code, access.namespace().localize(e.message));
-                        continue;
-                    }
-                };
-            for name in &route.queues {
-                let Some(q) = reg.queues.get(name) else {
-                    continue;
-                };
-                let incoming = Incoming {
-                    publish_seq: seq,
-                    meta: m.meta.clone(),
-                    body: m.body.clone(),
-                    persistent,
-                };
-                bytes += size;
-                match per_queue.iter_mut().find(|(h, _)| h.meta.uid == q.meta.uid) {
-                    Some((_, v)) => v.push(incoming),
-                    None => per_queue.push((q.clone(), vec![incoming])),
-                }
-            }
-        }
-        drop(reg);
-        Routed {
-            per_queue,
-            rejections,
-            bytes,
-        }
-    }
-
-    /// Hands every finished batch at the front to the confirm task, in order.
-    fn advance_batches(&mut self) {
-        while self.batches.front().is_some_and(|b| b.waiting == 0) {
-            let mut b = self.batches.pop_front().expect("checked");
-            self.confirming.push_back((b.up_to, b.bytes));
-            b.rejections.sort_by_key(|r| r.seq.0);
-            b.rejections.dedup_by_key(|r| r.seq.0);
-            self.rejections.extend(b.rejections);
-            let _ = self.to_confirm.send(ToConfirm {
-                up_to: b.up_to,
-                epoch: b.epoch,
-                received: b.received,
-                messages: b.messages,
-            });
-        }
-    }
-
-    fn on_confirmed(&mut self, up_to: u64) {
-        self.release_unsettled(up_to);
-        if up_to <= self.confirmed {
-            return;
-        }
-        let n = self
-            .rejections
-            .iter()
-            .take_while(|r| r.seq.0 <= up_to)
-            .count();
-        if n > 0 {
-            let rejections: Vec<Rejection> = self.rejections.drain(..n).collect();
-            self.send(RequestId(0), PublishRejected { rejections });
-        }
-        self.confirmed = up_to;
-        self.send(
-            RequestId(0),
-            Confirm {
-                up_to: PublishSeq(up_to),
-            },
-        );
-    }
-
-    /// The frames whose messages are all settled by a confirm up to `up_to` no longer count
-    /// against the connection's unsettled window.
-    fn release_unsettled(&mut self, up_to: u64) {
-        while let Some(&(last, bytes)) = self.confirming.front() {
-            if last > up_to {
-                break;
-            }
-            self.unsettled_bytes -= bytes;
-            self.confirming.pop_front();
-        }
-    }
-
     /// A client `Close` is a barrier: answer it once every publish before it is settled.
     fn check_client_close(&mut self) -> Ending {
         let Some(id) = self.client_close else {
             return Ending::No;
         };
-        if self.batches.is_empty() && self.confirmed == self.next_publish_seq - 1 {
+        if self.publishes.all_settled() {
             self.send(id, Reply::CloseOk);
             return Ending::Now;
         }
         Ending::No
-    }
-
-    // ------------------------------------------------------------------------------------
-    // Consuming (§9) and settling (§10)
-    // ------------------------------------------------------------------------------------
-
-    fn on_consume(&mut self, id: RequestId, c: Consume) {
-        let name = match self
-            .access
-            .grant(Permission::Read, ResourceKind::Queue, &c.queue)
-        {
-            Ok(n) => n.into_owned(),
-            Err(e) => return self.send_error(id, e),
-        };
-        let q = match self.broker.queue(&name, self.link.id) {
-            Ok(q) => q,
-            Err(e) => return self.send_error(id, e),
-        };
-        if c.ack_timeout_ms == Some(0) {
-            return self.send_error(
-                id,
-                RequestError::invalid("ack_timeout_ms must be at least 1"),
-            );
-        }
-        let tag = if c.consumer_tag.is_empty() {
-            format!("sluice.ctag-{}-{}", self.link.id, self.next_consumer)
-        } else {
-            c.consumer_tag
-        };
-        let max = self.broker.config.limits.max_consumers_per_connection;
-        if let Err(e) = limits::check_consumers(self.link.id, self.consumers.len(), max) {
-            return self.send_error(id, e);
-        }
-        if self.consumers.values().any(|e| e.tag == tag) {
-            return self.send_error(
-                id,
-                RequestError::new(
-                    ErrorCode::NotAllowed,
-                    format!("consumer tag '{tag}' is already used on this connection"),
-                ),
-            );
-        }
-        let consumer_id = self.next_consumer;
-        self.next_consumer += 1;
-        let sent = q.send(QueueCmd::Consume {
-            conn: Arc::clone(&self.link),
-            request_id: id,
-            consumer_id: ConsumerId(consumer_id),
-            tag: tag.clone(),
-            prefetch: self.broker.config.limits.effective_prefetch(c.prefetch),
-            exclusive: c.exclusive,
-            ack_timeout: c.ack_timeout_ms.map(Duration::from_millis),
-        });
-        if !sent {
-            return self.send_error(id, RequestError::no_queue(&c.queue));
-        }
-        self.touch(&q);
-        self.pending_consumes.insert(id, consumer_id);
-        self.consumers
-            .insert(consumer_id, ConsumerEntry { queue: q, tag });
-    }
-
-    fn on_cancel(&mut self, id: RequestId, c: Cancel) {
-        let Some(entry) = self.consumers.get(&c.consumer_id.0) else {
-            return self.send_error(id, no_consumer(c.consumer_id));
-        };
-        let sent = entry.queue.send(QueueCmd::Cancel {
-            conn: Arc::clone(&self.link),
-            consumer_id: c.consumer_id,
-            request_id: Some(id),
-        });
-        if !sent {
-            self.consumers.remove(&c.consumer_id.0);
-            self.send(
-                id,
-                CancelOk {
-                    consumer_id: c.consumer_id,
-                },
-            );
-        }
-    }
-
-    fn settle(&mut self, id: RequestId, tag: u64, multiple: bool, how: Settlement) {
-        let picked: Vec<(u64, (QueueHandle, u64))> = if multiple {
-            if tag > self.link.last_tag() {
-                return self.send_error(id, unknown_tag(tag));
-            }
-            let upper = if tag == 0 { u64::MAX } else { tag };
-            let keys: Vec<u64> = self.outstanding.range(..=upper).map(|(&k, _)| k).collect();
-            keys.into_iter()
-                .filter_map(|k| self.outstanding.remove(&k).map(|v| (k, v)))
-                .collect()
-        } else {
-            match self.outstanding.remove(&tag) {
-                Some(v) => vec![(tag, v)],
-                None => return self.send_error(id, unknown_tag(tag)),
-            }
-        };
-        let mut groups: Vec<(QueueHandle, Vec<(u64, u64)>)> = Vec::new();
-        for (tag, (q, seq)) in picked {
-            match groups.iter_mut().find(|(h, _)| h.same(&q)) {
-                Some((_, v)) => v.push((tag, seq)),
-                None => groups.push((q, vec![(tag, seq)])),
-            }
-        }
-        for (q, deliveries) in groups {
-            // A deleted queue accepts settlements with no effect (§6.2).
-            q.send(QueueCmd::Settle {
-                conn: Arc::clone(&self.link),
-                request_id: id,
-                deliveries,
-                how,
-            });
-        }
-    }
-
-    fn on_extend(&mut self, id: RequestId, e: Extend) {
-        if e.extend_ms == 0 {
-            // A release settles the delivery (protocol.md §10.4).
-            return self.settle(id, e.delivery_tag.0, false, Settlement::Release);
-        }
-        let tag = e.delivery_tag.0;
-        match self.outstanding.get(&tag) {
-            Some((q, seq)) => {
-                q.send(QueueCmd::Extend {
-                    conn: Arc::clone(&self.link),
-                    request_id: id,
-                    tag,
-                    seq: *seq,
-                    extend: Duration::from_millis(e.extend_ms),
-                });
-            }
-            None => self.send_error(id, unknown_tag(tag)),
-        }
     }
 
     // ------------------------------------------------------------------------------------
@@ -1128,28 +743,13 @@ impl Session {
                 consumer_id,
                 queue,
                 deliveries,
-            } => {
-                let mut bytes = 0;
-                for d in &deliveries {
-                    self.outstanding
-                        .insert(d.delivery_tag.0, (queue.clone(), d.message_seq));
-                    bytes += delivery_bytes(d);
-                }
-                self.output.take_over(bytes);
-                self.send_deliveries(consumer_id, deliveries);
-            }
+            } => self.on_deliver(consumer_id, queue, deliveries),
             ConnEvent::Got {
                 request_id,
                 queue,
                 ready,
                 delivery,
-            } => {
-                if let Some(d) = &delivery {
-                    self.outstanding
-                        .insert(d.delivery_tag.0, (queue, d.message_seq));
-                }
-                self.send(request_id, Reply::GetOk(GetOk { ready, delivery }));
-            }
+            } => self.on_got(request_id, queue, ready, delivery),
             ConnEvent::Reply { request_id, reply } => {
                 if matches!(reply, Reply::ConsumeOk(_)) {
                     self.pending_consumes.remove(&request_id);
@@ -1165,29 +765,15 @@ impl Session {
             ConnEvent::Stored {
                 batch,
                 epoch,
-                mut rejections,
-            } => {
-                for r in &mut rejections {
-                    r.message = self
-                        .access
-                        .namespace()
-                        .localize(std::mem::take(&mut r.message));
-                }
-                if let Some(front) = self.batches.front().map(|b| b.id) {
-                    if let Some(b) = self.batches.get_mut((batch - front) as usize) {
-                        b.waiting -= 1;
-                        b.epoch = b.epoch.max(epoch);
-                        b.rejections.extend(rejections);
-                    }
-                }
-                self.advance_batches();
-            }
+                rejections,
+            } => self.on_stored(batch, epoch, rejections),
+            ConnEvent::Duplicates { batch, seqs } => self.on_duplicates(batch, seqs),
             ConnEvent::ConsumerStopped {
                 consumer_id,
                 code,
                 reason,
             } => {
-                self.consumers.remove(&consumer_id.0);
+                self.consumers.remove(&consumer_id);
                 let reason = self.access.namespace().localize(reason);
                 self.send(
                     RequestId(0),
@@ -1202,14 +788,10 @@ impl Session {
                 request_id,
                 consumer_id,
             } => {
-                self.consumers.remove(&consumer_id.0);
+                self.consumers.remove(&consumer_id);
                 self.send(request_id, CancelOk { consumer_id });
             }
-            ConnEvent::LeasesExpired { tags } => {
-                for t in tags {
-                    self.outstanding.remove(&t);
-                }
-            }
+            ConnEvent::LeasesExpired { tags } => self.forget_expired(tags),
             ConnEvent::Confirmed { up_to } => self.on_confirmed(up_to),
             ConnEvent::Shutdown => {
                 self.close_with(ErrorCode::ConnectionForced, "the server is shutting down");
@@ -1217,38 +799,6 @@ impl Session {
             }
         }
         Ending::No
-    }
-
-    /// Encodes deliveries as `Deliver` frames below the frame limit.
-    fn send_deliveries(&mut self, consumer_id: ConsumerId, deliveries: Vec<Delivery>) {
-        let max = self.agreed.max_frame_len as usize;
-        let mut chunk = Vec::new();
-        let mut size = DELIVER_FRAME_FIXED;
-        for d in deliveries {
-            let len = delivery_bytes(&d);
-            if !chunk.is_empty() && size + len > max {
-                let deliveries = std::mem::take(&mut chunk);
-                self.send(
-                    RequestId(0),
-                    Deliver {
-                        consumer_id,
-                        deliveries,
-                    },
-                );
-                size = DELIVER_FRAME_FIXED;
-            }
-            size += len;
-            chunk.push(d);
-        }
-        if !chunk.is_empty() {
-            self.send(
-                RequestId(0),
-                Deliver {
-                    consumer_id,
-                    deliveries: chunk,
-                },
-            );
-        }
     }
 
     /// The connection ended: its consumers stop, its deliveries return at once, its exclusive
@@ -1277,56 +827,9 @@ impl Session {
     }
 }
 
-/// Waits for durability in order and reports the highest settled publish sequence number.
-async fn confirm_task(
-    durability: crate::storage::Durability,
-    mut rx: mpsc::UnboundedReceiver<ToConfirm>,
-    link: Arc<ConnLink>,
-    metrics: Arc<Metrics>,
-) {
-    // (received, messages) of the frames one confirm settles; kept between rounds.
-    let mut timings: Vec<(Instant, u64)> = Vec::new();
-    while let Some(first) = rx.recv().await {
-        let (mut up_to, mut epoch) = (first.up_to, first.epoch);
-        timings.push((first.received, first.messages));
-        while let Ok(next) = rx.try_recv() {
-            up_to = next.up_to;
-            epoch = epoch.max(next.epoch);
-            timings.push((next.received, next.messages));
-        }
-        if epoch > 0 {
-            durability.wait(epoch).await;
-        }
-        link.send(ConnEvent::Confirmed { up_to });
-        let now = Instant::now();
-        for (received, messages) in timings.drain(..) {
-            metrics
-                .publish_confirm
-                .observe_duration_many(now - received, messages);
-        }
-        if link.events.is_closed() {
-            return;
-        }
-    }
-}
-
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
     }
-}
-
-fn no_consumer(id: ConsumerId) -> RequestError {
-    RequestError::new(
-        ErrorCode::NotFound,
-        format!("no consumer {} on this connection", id.0),
-    )
-}
-
-fn unknown_tag(tag: u64) -> RequestError {
-    RequestError::new(
-        ErrorCode::UnknownDeliveryTag,
-        format!("delivery tag {tag} is not outstanding on this connection"),
-    )
 }

@@ -208,6 +208,8 @@ struct ArgumentsBody {
     max_message_bytes: Option<u32>,
     max_priority: Option<u8>,
     retry_backoff: Option<crate::topology::RetryBackoffJson>,
+    dedup_window_ms: Option<u64>,
+    dedup_window_count: Option<u32>,
 }
 
 /// What a queue does at its length limit, as `declare-queue --overflow` names it.
@@ -236,6 +238,8 @@ impl From<ArgumentsBody> for QueueArguments {
             max_message_bytes: a.max_message_bytes,
             max_priority: a.max_priority,
             retry_backoff: a.retry_backoff.map(Into::into),
+            dedup_window_ms: a.dedup_window_ms,
+            dedup_window_count: a.dedup_window_count,
         }
     }
 }

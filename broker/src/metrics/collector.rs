@@ -280,7 +280,7 @@ struct QueueCounter {
     counter: fn(&QueueStats) -> &AtomicU64,
 }
 
-const QUEUE_COUNTERS: [QueueCounter; 8] = [
+const QUEUE_COUNTERS: [QueueCounter; 9] = [
     QueueCounter {
         name: "sluice_queue_published_messages",
         help: "Messages stored in the queue (published to it, or dead-lettered into it).",
@@ -320,6 +320,11 @@ const QUEUE_COUNTERS: [QueueCounter; 8] = [
         name: "sluice_queue_expired_messages",
         help: "Messages whose TTL ran out in the queue.",
         counter: |s| &s.expired,
+    },
+    QueueCounter {
+        name: "sluice_queue_duplicates_dropped_messages",
+        help: "Publishes confirmed without being stored: duplicates of a message_id in the queue's dedup window.",
+        counter: |s| &s.duplicates_dropped,
     },
 ];
 

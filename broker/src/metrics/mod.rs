@@ -156,6 +156,8 @@ pub struct MessageStats {
     pub dead_lettered: u64,
     /// Stored messages whose confirm is settled.
     pub confirmed: u64,
+    /// Publishes confirmed without being stored: duplicates within a dedup window.
+    pub duplicates_dropped: u64,
 }
 
 impl MessageStats {
@@ -175,6 +177,7 @@ impl MessageStats {
                 .map(|&r| load(&s.dead_lettered[r as usize]))
                 .sum(),
             confirmed: load(&s.confirmed),
+            duplicates_dropped: load(&s.duplicates_dropped),
         }
     }
 
@@ -188,6 +191,7 @@ impl MessageStats {
         self.expired += o.expired;
         self.dead_lettered += o.dead_lettered;
         self.confirmed += o.confirmed;
+        self.duplicates_dropped += o.duplicates_dropped;
     }
 }
 

@@ -27,6 +27,7 @@ use sluice_client::wire::{
 use tokio::sync::mpsc;
 
 use super::dead_letters::DeadLetters;
+use super::dedup::Dedup;
 use super::in_flight::{Delivered, InFlight};
 use super::rates::RateBase;
 use super::ready_set::{ReadyMessage, ReadySet};
@@ -142,6 +143,8 @@ struct Actor {
     /// Messages taken by moves to other queues, not settled yet.
     held: HeldForMoves,
     unconfirmed: Unconfirmed,
+    /// The publish dedup window, when the queue has one.
+    dedup: Option<Dedup>,
     /// Broker-wide histograms (delivery→ack time) and the totals of deleted queues.
     metrics: Arc<Metrics>,
     /// Counters when the rates were last measured, and when.
@@ -174,12 +177,16 @@ impl Actor {
         let mut schedule = Schedule::open(log.dir());
         let mut scheduled_bytes = 0;
         let now = now_ms();
+        let mut dedup = Dedup::open(&meta.name, &meta.arguments, meta.durable, log.dir());
         for seq in log.live_seqs() {
             // Transient messages do not survive a restart (protocol.md §8.1): drop them now,
             // so they are never counted as ready.
             let mut expires_at_ms = None;
             let mut priority = 0;
             if let Ok(head) = log.peek(seq) {
+                if let Some(d) = &mut dedup {
+                    d.recovered(head.meta, head.timestamp_ms);
+                }
                 if !MetaView::peek_persistent(head.meta) {
                     transient.push(seq);
                     continue;
@@ -235,6 +242,7 @@ impl Actor {
             dead: DeadLetters::default(),
             held: HeldForMoves::default(),
             unconfirmed: Unconfirmed::default(),
+            dedup,
             metrics,
             rates: RateBase::new(Instant::now()),
             last_flush: Instant::now(),
@@ -291,6 +299,7 @@ impl Actor {
                     self.ready.shrink_if_sparse();
                     self.measure_rates();
                     self.publish_consumers();
+                    self.maintain_dedup();
                     if self.expired_unused() && self.delete_or_log("it expired unused") {
                         break;
                     }
@@ -438,6 +447,7 @@ impl Actor {
                         arguments: self.meta.arguments.clone(),
                         oldest_ready_age_ms: s.oldest_ready_age_ms(now_ms()),
                         scheduled: self.schedule.len(),
+                        duplicates_dropped: s.duplicates_dropped.load(Ordering::Relaxed),
                     }),
                 });
             }
@@ -523,6 +533,7 @@ impl Actor {
             QueueCmd::SettleMove { moved, returned } => self.settle_move(&moved, &returned),
             QueueCmd::Shutdown { done } => {
                 self.flush_now();
+                self.maintain_dedup();
                 drop(done);
                 return true;
             }
@@ -540,11 +551,20 @@ impl Actor {
         let mut epoch = 0;
         let mut stored = 0;
         let mut rejections = Vec::new();
+        let mut duplicates = Vec::new();
         let ts = now_ms();
         let args = &self.meta.arguments;
         let (max_len, max_bytes) = (args.max_length, args.max_length_bytes);
         let reject_when_full = matches!(args.overflow, Some(Overflow::RejectPublish));
         for m in messages {
+            if self
+                .dedup
+                .as_mut()
+                .is_some_and(|d| d.is_duplicate(&m.meta, ts))
+            {
+                duplicates.push(m.publish_seq);
+                continue;
+            }
             let size = (m.meta.len() + m.body.len()) as u64;
             // One branch for a message without a delivery delay (two presence bits).
             let due = MetaView::peek_delivery_delay(&m.meta)
@@ -568,6 +588,9 @@ impl Actor {
                         epoch = epoch.max(a.epoch);
                     }
                     stored += 1;
+                    if let Some(d) = &mut self.dedup {
+                        d.accepted(&m.meta, ts, a.epoch);
+                    }
                     if let Some(due) = due {
                         self.schedule(a.seq, due, 0, size);
                         continue;
@@ -592,12 +615,30 @@ impl Actor {
         for r in &rejections {
             stats.refused.add(r.code, 1);
         }
+        if !duplicates.is_empty() {
+            let dropped = duplicates.len() as u64;
+            stats
+                .duplicates_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
+            conn.send(ConnEvent::Duplicates {
+                batch,
+                seqs: duplicates,
+            });
+        }
         self.await_confirm(epoch, stored);
         conn.send(ConnEvent::Stored {
             batch,
             epoch,
             rejections,
         });
+    }
+
+    /// Journals the dedup ids whose messages are durable now (see `queue::dedup`).
+    fn maintain_dedup(&mut self) {
+        let durable = self.log().durability().durable_epoch();
+        if let Some(d) = &mut self.dedup {
+            d.maintain(durable, now_ms());
+        }
     }
 
     /// Applies the length limits before a message of `size` bytes is added: drops (or

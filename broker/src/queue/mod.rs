@@ -24,6 +24,7 @@
 
 mod actor;
 mod dead_letters;
+mod dedup;
 mod in_flight;
 mod outbox;
 mod rates;
@@ -48,6 +49,7 @@ use crate::metrics::RefusedCounts;
 use crate::storage::Epoch;
 
 pub(crate) use actor::spawn;
+pub(crate) use dedup::check_window as check_dedup_window;
 pub use outbox::{delivery_bytes, Outbox};
 pub use schedule::ScheduledPage;
 
@@ -140,6 +142,14 @@ pub enum ConnEvent {
         request_id: RequestId,
         /// Why.
         error: RequestError,
+    },
+    /// Messages of a publish batch the queue confirms without storing them: their
+    /// `message_id` is in its dedup window. Sent just before the batch's `Stored`.
+    Duplicates {
+        /// The connection's batch number.
+        batch: u64,
+        /// Their publish sequence numbers.
+        seqs: Vec<u64>,
     },
     /// A queue stored (or refused) its part of a publish batch.
     Stored {
@@ -465,6 +475,9 @@ pub struct QueueStats {
     pub confirmed: AtomicU64,
     /// Messages the queue refused (`QUEUE_FULL`, `STORAGE_FULL`, ...).
     pub refused: RefusedCounts,
+    /// Published messages confirmed without being stored: duplicates of a `message_id` in
+    /// the queue's dedup window (since the broker started).
+    pub duplicates_dropped: AtomicU64,
     /// Messages stored per second, recently.
     pub publish_rate: AtomicU64,
     /// Messages acknowledged per second, recently.

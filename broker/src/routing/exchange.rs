@@ -1,6 +1,6 @@
-//! The plain definitions of exchanges and bindings: what the broker persists and lists.
+//! Exchanges and bindings as declared: what the routing table holds, the broker persists
+//! (`crate::definitions`) and the listings show.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 
@@ -131,34 +131,6 @@ impl Binding {
             routing_key: routing_key.into(),
             arguments: Headers::new(),
         }
-    }
-}
-
-/// Everything a [`RoutingTable`](super::RoutingTable) needs to be rebuilt, queues aside: the
-/// exchanges declared by users (never `""` nor the built-in `amq.*` ones) and every explicit
-/// binding, oldest first.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Definitions {
-    /// User-declared exchanges, by name.
-    pub exchanges: Vec<Exchange>,
-    /// Explicit bindings, in creation order.
-    pub bindings: Vec<Binding>,
-}
-
-impl Definitions {
-    /// Keeps what survives a restart: durable exchanges, and bindings whose exchange (built-in
-    /// or durable) and queue are both durable, as RabbitMQ does.
-    pub fn retain_durable(&mut self, queue_is_durable: impl Fn(&str) -> bool) {
-        let Self {
-            exchanges,
-            bindings,
-        } = self;
-        exchanges.retain(|x| x.durable);
-        let durable: HashSet<&str> = exchanges.iter().map(|x| x.name.as_str()).collect();
-        bindings.retain(|b| {
-            (is_builtin(&b.exchange) || durable.contains(b.exchange.as_str()))
-                && queue_is_durable(&b.queue)
-        });
     }
 }
 

@@ -4,7 +4,7 @@
 //! on declare/bind/delete, and reads it on every publish.
 //!
 //! # Layout
-//! - `exchange`: the plain definitions ([`Exchange`], [`Binding`], [`Definitions`]) that the
+//! - `exchange`: exchanges and bindings as declared ([`Exchange`], [`Binding`]), which the
 //!   broker persists and lists.
 //! - `table`: [`RoutingTable`], the indexes routing reads on the hot path.
 //! - `topic`: topic patterns (`*`, `#`), a trie for many bindings and [`topic_matches`] for one.
@@ -38,7 +38,7 @@ mod queue_list;
 mod table;
 mod topic;
 
-pub use exchange::{Binding, Definitions, Exchange, ExchangeKind};
+pub use exchange::{Binding, Exchange, ExchangeKind};
 pub use headers::{HeaderLimitError, HeaderLimits, MAX_HEADERS_LEN, MAX_HEADER_ENTRIES};
 pub use namespace::{Namespace, ResourceName};
 pub use table::{QueueName, RouteResult, RoutingTable, UnbindOutcome};

@@ -10,7 +10,7 @@ use super::headers::{HeadersFilter, MessageHeaders};
 use super::namespace::{check_local, prefix_of};
 use super::queue_list::QueueList;
 use super::topic::TopicTrie;
-use super::{Binding, Definitions, Exchange, ExchangeKind, RoutingError};
+use super::{Binding, Exchange, ExchangeKind, RoutingError};
 
 /// A queue name, shared between the table and routing results so that routing copies a
 /// pointer, not the string.
@@ -189,36 +189,24 @@ impl RoutingTable {
         true
     }
 
-    /// Rebuilds a table from saved definitions and the names of the queues that exist.
-    pub fn from_definitions<S: AsRef<str>>(
-        definitions: &Definitions,
-        queues: impl IntoIterator<Item = S>,
-    ) -> Result<Self, RoutingError> {
-        let mut table = Self::new();
-        for queue in queues {
-            table.add_queue(queue.as_ref());
-        }
-        for exchange in &definitions.exchanges {
-            table.declare_exchange(exchange.clone())?;
-        }
-        for binding in &definitions.bindings {
-            table.bind(binding.clone())?;
-        }
-        Ok(table)
+    /// The exchanges that survive a restart: the durable ones users declared (never `""`
+    /// nor the built-in `amq.*` ones, which every vhost gets anew), by name.
+    pub fn durable_exchanges(&self) -> Vec<Exchange> {
+        self.exchanges()
+            .into_iter()
+            .filter(|x| x.durable && !is_builtin(&x.name))
+            .cloned()
+            .collect()
     }
 
-    /// The user-declared exchanges and all explicit bindings, for persisting.
-    pub fn definitions(&self) -> Definitions {
-        let exchanges = self
-            .exchanges()
-            .into_iter()
-            .filter(|x| !is_builtin(&x.name))
-            .cloned()
-            .collect();
-        Definitions {
-            exchanges,
-            bindings: self.bindings(),
-        }
+    /// The bindings that survive a restart, oldest first: those whose exchange (built-in or
+    /// durable) and queue are both durable, as RabbitMQ keeps them.
+    pub fn durable_bindings(&self, queue_is_durable: impl Fn(&str) -> bool) -> Vec<Binding> {
+        let mut bindings = self.bindings();
+        bindings.retain(|b| {
+            self.exchange(&b.exchange).is_some_and(|x| x.durable) && queue_is_durable(&b.queue)
+        });
+        bindings
     }
 
     fn insert_exchange(&mut self, exchange: Exchange, matcher: Matcher) {
@@ -899,8 +887,7 @@ mod tests {
         assert_eq!(route(&t, "\0v\0x", "nothing"), ["\0v\0jobs"]);
         // Built-in exchanges of any vhost are never stored.
         assert!(t
-            .definitions()
-            .exchanges
+            .durable_exchanges()
             .iter()
             .all(|x| !x.name.ends_with("amq.topic")));
     }
@@ -939,7 +926,7 @@ mod tests {
         // They can be bound like any other.
         assert!(bind(&mut t, "amq.direct", "q", "k"));
         assert_eq!(route(&t, "amq.direct", "k"), ["q"]);
-        assert!(t.definitions().exchanges.is_empty());
+        assert!(t.durable_exchanges().is_empty());
     }
 
     #[test]
@@ -1243,7 +1230,7 @@ mod tests {
     }
 
     #[test]
-    fn definitions_round_trip() {
+    fn only_durable_exchanges_and_bindings_between_durable_things_survive_a_restart() {
         let mut t = table_with_queues(&["q", "r", "tmp"]);
         t.declare_exchange(Exchange {
             durable: true,
@@ -1269,34 +1256,16 @@ mod tests {
         )
         .unwrap();
 
-        let defs = t.definitions();
-        let names: Vec<&str> = defs.exchanges.iter().map(|x| x.name.as_str()).collect();
-        assert_eq!(names, ["ae", "t", "transient"]);
-        assert_eq!(defs.bindings.len(), 6);
-        assert_eq!(defs.bindings[0], Binding::new("t", "q", "a.#"));
-
-        let copy = RoutingTable::from_definitions(&defs, ["q", "r", "tmp"]).unwrap();
-        assert_eq!(copy.definitions(), defs);
-        for (x, key) in [
-            ("t", "a.b"),
-            ("t", "z"),
-            ("amq.direct", "k"),
-            ("transient", "k"),
-        ] {
-            assert_eq!(copy.route(x, key, &[]), t.route(x, key, &[]));
-        }
-
-        let mut durable = defs.clone();
-        durable.retain_durable(|queue| queue != "tmp");
-        let names: Vec<&str> = durable.exchanges.iter().map(|x| x.name.as_str()).collect();
+        let names: Vec<String> = t.durable_exchanges().into_iter().map(|x| x.name).collect();
         assert_eq!(names, ["ae", "t"]);
-        let kept: Vec<(&str, &str)> = durable
-            .bindings
-            .iter()
-            .map(|b| (b.exchange.as_str(), b.queue.as_str()))
+        let kept: Vec<(String, String)> = t
+            .durable_bindings(|queue| queue != "tmp")
+            .into_iter()
+            .map(|b| (b.exchange, b.queue))
             .collect();
+        let pairs: Vec<(&str, &str)> = kept.iter().map(|(x, q)| (x.as_str(), q.as_str())).collect();
         assert_eq!(
-            kept,
+            pairs,
             [
                 ("t", "q"),
                 ("ae", "r"),
@@ -1304,10 +1273,26 @@ mod tests {
                 ("amq.headers", "q")
             ]
         );
-
         assert_eq!(
-            RoutingTable::from_definitions(&defs, ["q"]).unwrap_err(),
-            RoutingError::QueueNotFound("r".into())
+            t.durable_bindings(|_| true)[0],
+            Binding::new("t", "q", "a.#")
         );
+
+        // A table rebuilt from the durable parts routes as the original for them.
+        let mut copy = table_with_queues(&["q", "r", "tmp"]);
+        for x in t.durable_exchanges() {
+            copy.declare_exchange(x).unwrap();
+        }
+        for b in t.durable_bindings(|_| true) {
+            copy.bind(b).unwrap();
+        }
+        assert_eq!(copy.durable_exchanges(), t.durable_exchanges());
+        assert_eq!(
+            copy.durable_bindings(|_| true),
+            t.durable_bindings(|_| true)
+        );
+        for (x, key) in [("t", "a.b"), ("t", "z"), ("amq.direct", "k")] {
+            assert_eq!(copy.route(x, key, &[]), t.route(x, key, &[]));
+        }
     }
 }

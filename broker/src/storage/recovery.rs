@@ -58,143 +58,172 @@ impl Scanned {
     }
 }
 
-/// Opens the log in `dir`, recovering from whatever stop came before.
+/// Opens the log in `dir`, recovering from whatever stop came before. Recovery runs in
+/// phases, each a method of [`Recovery`]: read the watermark, the manifest and the directory;
+/// scan every segment (cutting a torn tail, quarantining damaged records); settle what a torn
+/// tail and a skipped segment rest imply; read the ack logs; rebuild each segment's live
+/// messages; assemble the log.
 pub(crate) fn open(
     uid: u64,
     dir: PathBuf,
     config: LogConfig,
     durability: Durability,
 ) -> Result<QueueLog> {
-    let wm = load_watermark(&dir, uid)?.unwrap_or(Watermark {
-        segment_no: 0,
-        offset: 0,
-    });
-    let below_wm = |no: u64, pos: usize| (no, pos as u64) < (wm.segment_no, wm.offset);
-    let (mut manifest, mut created, deleted) = open_manifest(&dir, uid)?;
+    let mut r = Recovery::start(uid, dir, config)?;
+    r.scan_segments()?;
+    r.redeclare_after_torn_cut()?;
+    r.bound_skipped_rests();
+    let acks = r.read_ack_logs()?;
+    let rebuilt = r.rebuild_segments(acks.acked, acks.logs)?;
+    r.assemble(durability, acks.recovered, rebuilt)
+}
 
-    let (seg_files, ack_files) = list_files(&dir)?;
-    let max_no = created
-        .keys()
-        .chain(&deleted)
-        .chain(&seg_files)
-        .chain(&ack_files)
-        .chain([&wm.segment_no])
-        .copied()
-        .max()
-        .unwrap_or(0);
-    let mut max_seq_seen = 0u64;
-    let mut damage = Vec::new();
-    let mut scanned: Vec<Scanned> = Vec::new();
-    let mut torn: Option<TornTail> = None;
-    // The segment cut by a torn tail and the first seq it lost.
-    let mut torn_end_seq: Option<(u64, u64)> = None;
+/// What recovery of one queue log has learnt so far, shared by its phases.
+struct Recovery {
+    uid: u64,
+    dir: PathBuf,
+    config: LogConfig,
+    /// Records below it were covered by a completed sync.
+    wm: Watermark,
+    manifest: Manifest,
+    /// Segments the manifest says were created: number → (base seq, started after a restart).
+    created: BTreeMap<u64, (u64, bool)>,
+    /// Segments the manifest says were deleted.
+    deleted: BTreeSet<u64>,
+    seg_files: BTreeSet<u64>,
+    ack_files: BTreeSet<u64>,
+    /// The highest segment number any source names.
+    max_no: u64,
+    /// The highest seq seen anywhere, discarded tails included: never used again.
+    max_seq_seen: u64,
+    damage: Vec<Damage>,
+    /// The segments kept, in order.
+    scanned: Vec<Scanned>,
+    torn: Option<TornTail>,
+    /// The segment cut by a torn tail and the first seq it lost.
+    torn_end_seq: Option<(u64, u64)>,
+}
 
-    let nos: BTreeSet<u64> = seg_files.iter().chain(created.keys()).copied().collect();
-    for no in nos {
-        let path = segment_path(&dir, no);
-        if deleted.contains(&no) {
+/// What a scan finds at a position of a segment.
+enum Found {
+    /// The end of the segment's data.
+    End,
+    /// The next message, in order.
+    Message(RecordHeader),
+    /// A relocated copy of an older message.
+    Relocated(RecordHeader),
+    /// Not a valid record, and why.
+    Bad(&'static str),
+}
+
+/// The ack logs of the kept segments, in the same order.
+struct AckLogs {
+    recovered: RecoveredDeliveries,
+    acked: Vec<HashSet<u64>>,
+    logs: Vec<AckLog>,
+}
+
+/// The kept segments with their live messages.
+#[derive(Default)]
+struct Rebuilt {
+    segments: BTreeMap<u64, Segment>,
+    seq_index: BTreeMap<u64, u64>,
+    moved: BTreeMap<u64, (u64, u32)>,
+    live_messages: u64,
+    live_bytes: u64,
+}
+
+impl Recovery {
+    /// Phase 1: the watermark, the manifest and the files of the directory.
+    fn start(uid: u64, dir: PathBuf, config: LogConfig) -> Result<Self> {
+        // No watermark file: no sync ever completed, so nothing is below it.
+        let wm = load_watermark(&dir, uid)?.unwrap_or(Watermark {
+            segment_no: 0,
+            offset: 0,
+        });
+        let (manifest, created, deleted) = open_manifest(&dir, uid)?;
+        let (seg_files, ack_files) = list_files(&dir)?;
+        let max_no = created
+            .keys()
+            .chain(&deleted)
+            .chain(&seg_files)
+            .chain(&ack_files)
+            .chain([&wm.segment_no])
+            .copied()
+            .max()
+            .unwrap_or(0);
+        Ok(Self {
+            uid,
+            dir,
+            config,
+            wm,
+            manifest,
+            created,
+            deleted,
+            seg_files,
+            ack_files,
+            max_no,
+            max_seq_seen: 0,
+            damage: Vec::new(),
+            scanned: Vec::new(),
+            torn: None,
+            torn_end_seq: None,
+        })
+    }
+
+    fn below_wm(&self, no: u64, pos: usize) -> bool {
+        (no, pos as u64) < (self.wm.segment_no, self.wm.offset)
+    }
+
+    /// The base seq of the segment created after `no` (it may since have been deleted).
+    fn next_base(&self, no: u64) -> Option<u64> {
+        self.created.range(no + 1..).next().map(|(_, &(b, _))| b)
+    }
+
+    /// Phase 2: every segment the directory or the manifest names, in order.
+    fn scan_segments(&mut self) -> Result<()> {
+        let nos: BTreeSet<u64> = self
+            .seg_files
+            .iter()
+            .chain(self.created.keys())
+            .copied()
+            .collect();
+        for no in nos {
+            if let Some(s) = self.scan_segment(no)? {
+                self.scanned.push(s);
+            }
+        }
+        Ok(())
+    }
+
+    /// Scans segment `no`; `None` when it is not kept (deleted, discarded or lost whole).
+    fn scan_segment(&mut self, no: u64) -> Result<Option<Scanned>> {
+        let path = segment_path(&self.dir, no);
+        if self.deleted.contains(&no) {
             // An interrupted deletion: the Deleted record is durable, finish the unlinks.
-            files::remove_if_exists(&path)?;
-            files::remove_if_exists(&ack_path(&dir, no))?;
-            continue;
+            self.remove_segment_files(no)?;
+            return Ok(None);
         }
-        if let Some(t) = torn.as_mut() {
-            // Written after a torn tail, so never covered by a completed sync: discard, but
-            // remember its seqs so they are never reused.
-            if let Ok(data) = files::read_all(&path) {
-                if let Ok(h) = SegmentHeader::decode(&data) {
-                    max_seq_seen =
-                        max_seq_seen.max(probe_max_seq(&data, SEGMENT_HEADER_LEN, h.salt, &config));
-                }
-            }
-            if created.contains_key(&no) {
-                // Say so durably first, or a later start would report it missing.
-                manifest.append_sync(&[ManifestRecord::Deleted { segment_no: no }])?;
-            }
-            files::remove_if_exists(&path)?;
-            files::remove_if_exists(&ack_path(&dir, no))?;
-            t.segments_discarded += 1;
-            continue;
+        if self.torn.is_some() {
+            self.discard_after_torn_tail(no)?;
+            return Ok(None);
         }
-        if !seg_files.contains(&no) {
-            if no > wm.segment_no {
-                // Created, but its directory entry never became durable: nothing was confirmed
-                // in it. Record that it is gone so later starts do not look for it.
-                manifest.append_sync(&[ManifestRecord::Deleted { segment_no: no }])?;
-            } else {
-                let base = created[&no].0;
-                let next_base = created.range(no + 1..).next().map(|(_, &(b, _))| b);
-                let lost = next_base.filter(|&n| n > base).map(|n| base..=n - 1);
-                tracing::error!(
-                    queue = uid,
-                    segment = no,
-                    ?lost,
-                    "segment file missing: messages lost"
-                );
-                damage.push(Damage::MissingSegment {
-                    segment_no: no,
-                    lost,
-                });
-            }
-            continue;
+        if !self.seg_files.contains(&no) {
+            self.missing_segment(no)?;
+            return Ok(None);
         }
         let data = files::read_all(&path)?;
-        if data.len() < SEGMENT_HEADER_LEN && no <= wm.segment_no {
-            // A durable segment cut to (almost) nothing: everything it held is lost.
-            let base = created.get(&no).map(|c| c.0);
-            let next_base = created.range(no + 1..).next().map(|(_, &(b, _))| b);
-            let lost = base
-                .zip(next_base)
-                .filter(|(b, n)| n > b)
-                .map(|(b, n)| b..=n - 1);
-            tracing::error!(
-                queue = uid,
-                segment = no,
-                ?lost,
-                "segment file truncated: messages lost"
-            );
-            damage.push(Damage::MissingSegment {
-                segment_no: no,
-                lost,
-            });
-            continue;
+        if data.len() < SEGMENT_HEADER_LEN && no <= self.wm.segment_no {
+            self.truncated_segment(no);
+            return Ok(None);
         }
-        let header = match SegmentHeader::decode(&data) {
-            Ok(h) if h.queue_uid == uid && h.segment_no == no => h,
-            bad => {
-                if no > wm.segment_no {
-                    // The header write itself was never synced: a torn creation.
-                    if created.contains_key(&no) {
-                        manifest.append_sync(&[ManifestRecord::Deleted { segment_no: no }])?;
-                    }
-                    files::remove_if_exists(&path)?;
-                    files::remove_if_exists(&ack_path(&dir, no))?;
-                    torn = Some(TornTail {
-                        segment_no: no,
-                        offset: 0,
-                        segments_discarded: 0,
-                    });
-                    continue;
-                }
-                let reason = bad
-                    .err()
-                    .unwrap_or("segment belongs to another queue or file name");
-                return Err(StorageError::CorruptSegmentHeader { path, reason });
-            }
+        let Some(header) = self.check_header(no, &path, &data)? else {
+            return Ok(None);
         };
-        if let Entry::Vacant(e) = created.entry(no) {
-            // Crashed right after creating the file: adopt it.
-            let after_restart = header.flags & SEGMENT_FLAG_AFTER_RESTART != 0;
-            manifest.append_sync(&[ManifestRecord::Created {
-                segment_no: no,
-                base_seq: header.base_seq,
-                after_restart,
-            }])?;
-            e.insert((header.base_seq, after_restart));
-        }
+        self.adopt_if_unrecorded(no, &header)?;
         let mut s = Scanned {
             no,
-            path: path.clone(),
+            path,
             header,
             file_len: data.len(),
             end: SEGMENT_HEADER_LEN,
@@ -203,231 +232,494 @@ pub(crate) fn open(
             relocated: Vec::new(),
             lost_from: None,
         };
-        let mut pos = SEGMENT_HEADER_LEN;
-        let mut expected = header.base_seq;
-        loop {
-            let rest = &data[pos.min(data.len())..];
-            let zeros = rest.iter().all(|&b| b == 0);
-            let in_durable_part = no == wm.segment_no && (pos as u64) < wm.offset;
-            let bad_reason = match RecordHeader::peek_len(rest) {
-                // Zeros to the end of the file end the data, except inside the watermark
-                // segment below the watermark, where durable records must be. (Earlier segments
-                // that end too early are caught by the seq continuity check below.)
-                None | Some(0) if zeros && !in_durable_part => {
-                    if below_wm(no, pos) || !ends_short(&dir, no, expected, &created)? {
-                        break;
-                    }
-                    // Past the watermark, a segment that stops short of the seqs its successor
-                    // starts after lost its last pages: a torn tail (the successor was written
-                    // later, so nothing in it was confirmed either).
-                    "segment ends before the seqs its successor starts after"
-                }
-                Some(0) if !in_durable_part => {
-                    if below_wm(no, pos) {
-                        break;
-                    }
-                    // Records after a gap of zeros: pages written back out of order before a
-                    // crash. Nothing there was confirmed; it is a torn tail.
-                    "data after a zeroed gap"
-                }
-                Some(0) => "durable data reads as zeros",
-                _ => match RecordHeader::decode(rest, header.salt, config.max_record_bytes) {
-                    Ok(h) if h.kind == RecordKind::Message && h.seq == expected => {
-                        s.offsets.push(pos as u32);
-                        s.sizes.push(h.rec_len - RECORD_HEADER_LEN as u32);
-                        max_seq_seen = max_seq_seen.max(h.seq);
-                        expected += 1;
-                        pos = after_record(pos, h.rec_len, data.len());
-                        s.end = pos;
-                        continue;
-                    }
-                    Ok(h) if h.kind == RecordKind::Relocated && h.seq < header.base_seq => {
-                        s.relocated
-                            .push((h.seq, pos as u32, h.rec_len - RECORD_HEADER_LEN as u32));
-                        pos = after_record(pos, h.rec_len, data.len());
-                        s.end = pos;
-                        continue;
-                    }
-                    Ok(_) => "sequence number out of order",
-                    Err(_) => "checksum or header mismatch",
-                },
-            };
-            if !below_wm(no, pos) {
-                max_seq_seen = max_seq_seen.max(probe_max_seq(&data, pos, header.salt, &config));
-                if data[pos..].iter().any(|&b| b != 0) {
-                    zero_tail(&path, pos as u64, data.len() as u64)?;
-                }
-                tracing::warn!(
-                    queue = uid,
-                    segment = no,
-                    offset = pos,
-                    bytes = data.len() - pos,
-                    "cut a torn tail after an unclean stop"
-                );
-                torn = Some(TornTail {
-                    segment_no: no,
-                    offset: pos as u64,
-                    segments_discarded: 0,
-                });
-                torn_end_seq = Some((no, expected));
-                break;
-            }
-            quarantine(&dir, no, pos, &data, &config);
-            // Resynchronise: trust the length only if the record after it validates.
-            let next = RecordHeader::peek_len(rest)
-                .map(|l| l as usize)
-                .filter(|&l| l >= RECORD_HEADER_LEN && l <= config.max_record_bytes)
-                .map(|l| pos + align_up(l))
-                .filter(|&n| n <= data.len());
-            let next_ok = next.and_then(|n| {
-                let r = &data[n..];
-                match RecordHeader::peek_len(r) {
-                    None | Some(0) => Some(None),
-                    _ => RecordHeader::decode(r, header.salt, config.max_record_bytes)
-                        .ok()
-                        .map(Some),
-                }
-            });
-            match (next, next_ok) {
-                (Some(n), Some(following)) => {
-                    // Exactly one record is bad. If the one after it is the next message, the
-                    // bad one was message `expected`; otherwise it was a relocated copy.
-                    let was_message = match following {
-                        Some(f) if f.kind == RecordKind::Message => f.seq == expected + 1,
-                        _ => rest.get(8) == Some(&(RecordKind::Message as u8)),
-                    };
-                    let lost = was_message.then_some(expected..=expected);
-                    if was_message {
-                        s.offsets.push(NO_RECORD);
-                        s.sizes.push(0);
-                        max_seq_seen = max_seq_seen.max(expected);
-                        expected += 1;
-                    }
-                    tracing::error!(
-                        queue = uid,
-                        segment = no,
-                        offset = pos,
-                        ?lost,
-                        "corrupt record quarantined"
-                    );
-                    damage.push(Damage::CorruptRecords {
-                        segment_no: no,
-                        offset: pos as u64,
-                        lost,
-                        reason: bad_reason,
-                    });
-                    pos = n;
-                    s.end = pos;
-                }
-                _ => {
-                    tracing::error!(
-                        queue = uid,
-                        segment = no,
-                        offset = pos,
-                        "corrupt record with an unusable length: the rest of the segment is lost"
-                    );
-                    s.lost_from = Some((expected, pos));
-                    break;
-                }
-            }
-        }
-        scanned.push(s);
+        self.scan_records(&mut s, &data)?;
+        Ok(Some(s))
     }
 
-    if let Some((no, end_seq)) = torn_end_seq {
-        // The segment cut by the torn tail no longer reaches the seqs its successor (since
-        // discarded, or deleted earlier when fully acked) starts after. Declare the successor
-        // again as started after a restart, so seqs may jump before it: otherwise this start and
-        // every later one would take the shorter segment for lost durable data. Done after the
-        // discards above, so a crash before it leaves the cut to be found again.
-        let next = created.range(no + 1..).next().map(|(&n, &c)| (n, c));
+    fn remove_segment_files(&self, no: u64) -> Result<()> {
+        files::remove_if_exists(&segment_path(&self.dir, no))?;
+        files::remove_if_exists(&ack_path(&self.dir, no))
+    }
+
+    /// Segment `no` was written after a torn tail, so never covered by a completed sync:
+    /// discarded, but its seqs are remembered so they are never reused.
+    fn discard_after_torn_tail(&mut self, no: u64) -> Result<()> {
+        if let Ok(data) = files::read_all(&segment_path(&self.dir, no)) {
+            if let Ok(h) = SegmentHeader::decode(&data) {
+                let max = probe_max_seq(&data, SEGMENT_HEADER_LEN, h.salt, &self.config);
+                self.max_seq_seen = self.max_seq_seen.max(max);
+            }
+        }
+        if self.created.contains_key(&no) {
+            // Say so durably first, or a later start would report it missing.
+            self.manifest
+                .append_sync(&[ManifestRecord::Deleted { segment_no: no }])?;
+        }
+        self.remove_segment_files(no)?;
+        if let Some(t) = self.torn.as_mut() {
+            t.segments_discarded += 1;
+        }
+        Ok(())
+    }
+
+    /// The manifest names segment `no` but its file is gone.
+    fn missing_segment(&mut self, no: u64) -> Result<()> {
+        if no > self.wm.segment_no {
+            // Created, but its directory entry never became durable: nothing was confirmed
+            // in it. Record that it is gone so later starts do not look for it.
+            return self
+                .manifest
+                .append_sync(&[ManifestRecord::Deleted { segment_no: no }]);
+        }
+        let base = self.created[&no].0;
+        let lost = self
+            .next_base(no)
+            .filter(|&n| n > base)
+            .map(|n| base..=n - 1);
+        tracing::error!(
+            queue = self.uid,
+            segment = no,
+            ?lost,
+            "segment file missing: messages lost"
+        );
+        self.damage.push(Damage::MissingSegment {
+            segment_no: no,
+            lost,
+        });
+        Ok(())
+    }
+
+    /// A durable segment cut to (almost) nothing: everything it held is lost.
+    fn truncated_segment(&mut self, no: u64) {
+        let base = self.created.get(&no).map(|c| c.0);
+        let lost = base
+            .zip(self.next_base(no))
+            .filter(|(b, n)| n > b)
+            .map(|(b, n)| b..=n - 1);
+        tracing::error!(
+            queue = self.uid,
+            segment = no,
+            ?lost,
+            "segment file truncated: messages lost"
+        );
+        self.damage.push(Damage::MissingSegment {
+            segment_no: no,
+            lost,
+        });
+    }
+
+    /// The header of segment `no`; `None` for a torn creation past the watermark (then
+    /// removed, and the start of the torn tail), an error for a damaged durable one.
+    fn check_header(&mut self, no: u64, path: &Path, data: &[u8]) -> Result<Option<SegmentHeader>> {
+        let bad = match SegmentHeader::decode(data) {
+            Ok(h) if h.queue_uid == self.uid && h.segment_no == no => return Ok(Some(h)),
+            bad => bad,
+        };
+        if no <= self.wm.segment_no {
+            let reason = bad
+                .err()
+                .unwrap_or("segment belongs to another queue or file name");
+            return Err(StorageError::CorruptSegmentHeader {
+                path: path.to_owned(),
+                reason,
+            });
+        }
+        // The header write itself was never synced: a torn creation.
+        if self.created.contains_key(&no) {
+            self.manifest
+                .append_sync(&[ManifestRecord::Deleted { segment_no: no }])?;
+        }
+        self.remove_segment_files(no)?;
+        self.torn = Some(TornTail {
+            segment_no: no,
+            offset: 0,
+            segments_discarded: 0,
+        });
+        Ok(None)
+    }
+
+    /// A segment the manifest does not name: the process crashed right after creating its
+    /// file. It is adopted.
+    fn adopt_if_unrecorded(&mut self, no: u64, header: &SegmentHeader) -> Result<()> {
+        if let Entry::Vacant(e) = self.created.entry(no) {
+            let after_restart = header.flags & SEGMENT_FLAG_AFTER_RESTART != 0;
+            self.manifest.append_sync(&[ManifestRecord::Created {
+                segment_no: no,
+                base_seq: header.base_seq,
+                after_restart,
+            }])?;
+            e.insert((header.base_seq, after_restart));
+        }
+        Ok(())
+    }
+
+    /// Reads the records of a segment in order until its data ends, a torn tail is cut, or
+    /// damage makes the rest unreadable.
+    fn scan_records(&mut self, s: &mut Scanned, data: &[u8]) -> Result<()> {
+        let mut pos = SEGMENT_HEADER_LEN;
+        let mut expected = s.header.base_seq;
+        loop {
+            pos = match self.find(s, data, pos, expected)? {
+                Found::End => return Ok(()),
+                Found::Message(h) => {
+                    s.offsets.push(pos as u32);
+                    s.sizes.push(h.rec_len - RECORD_HEADER_LEN as u32);
+                    self.max_seq_seen = self.max_seq_seen.max(h.seq);
+                    expected += 1;
+                    after_record(pos, h.rec_len, data.len())
+                }
+                Found::Relocated(h) => {
+                    s.relocated
+                        .push((h.seq, pos as u32, h.rec_len - RECORD_HEADER_LEN as u32));
+                    after_record(pos, h.rec_len, data.len())
+                }
+                Found::Bad(_) if !self.below_wm(s.no, pos) => {
+                    return self.cut_torn_tail(s, data, pos, expected);
+                }
+                Found::Bad(reason) => {
+                    match self.skip_damaged(s, data, pos, &mut expected, reason) {
+                        Some(next) => next,
+                        None => return Ok(()),
+                    }
+                }
+            };
+            s.end = pos;
+        }
+    }
+
+    /// What is at `pos` of segment `s`, where message `expected` would come next.
+    fn find(&self, s: &Scanned, data: &[u8], pos: usize, expected: u64) -> Result<Found> {
+        let no = s.no;
+        let rest = &data[pos.min(data.len())..];
+        let zeros = rest.iter().all(|&b| b == 0);
+        let in_durable_part = no == self.wm.segment_no && (pos as u64) < self.wm.offset;
+        let reason = match RecordHeader::peek_len(rest) {
+            // Zeros to the end of the file end the data, except inside the watermark
+            // segment below the watermark, where durable records must be. (Earlier segments
+            // that end too early are caught by the seq continuity check of
+            // `bound_skipped_rests`.)
+            None | Some(0) if zeros && !in_durable_part => {
+                if self.below_wm(no, pos) || !ends_short(&self.dir, no, expected, &self.created)? {
+                    return Ok(Found::End);
+                }
+                // Past the watermark, a segment that stops short of the seqs its successor
+                // starts after lost its last pages: a torn tail (the successor was written
+                // later, so nothing in it was confirmed either).
+                "segment ends before the seqs its successor starts after"
+            }
+            Some(0) if !in_durable_part => {
+                if self.below_wm(no, pos) {
+                    return Ok(Found::End);
+                }
+                // Records after a gap of zeros: pages written back out of order before a
+                // crash. Nothing there was confirmed; it is a torn tail.
+                "data after a zeroed gap"
+            }
+            Some(0) => "durable data reads as zeros",
+            _ => match RecordHeader::decode(rest, s.header.salt, self.config.max_record_bytes) {
+                Ok(h) if h.kind == RecordKind::Message && h.seq == expected => {
+                    return Ok(Found::Message(h));
+                }
+                Ok(h) if h.kind == RecordKind::Relocated && h.seq < s.header.base_seq => {
+                    return Ok(Found::Relocated(h));
+                }
+                Ok(_) => "sequence number out of order",
+                Err(_) => "checksum or header mismatch",
+            },
+        };
+        Ok(Found::Bad(reason))
+    }
+
+    /// An invalid record at or past the watermark: nothing from `pos` on was ever confirmed.
+    /// Cuts it (zeroes the rest of the file) and remembers the seqs it held.
+    fn cut_torn_tail(&mut self, s: &Scanned, data: &[u8], pos: usize, expected: u64) -> Result<()> {
+        let max = probe_max_seq(data, pos, s.header.salt, &self.config);
+        self.max_seq_seen = self.max_seq_seen.max(max);
+        if data[pos..].iter().any(|&b| b != 0) {
+            zero_tail(&s.path, pos as u64, data.len() as u64)?;
+        }
+        tracing::warn!(
+            queue = self.uid,
+            segment = s.no,
+            offset = pos,
+            bytes = data.len() - pos,
+            "cut a torn tail after an unclean stop"
+        );
+        self.torn = Some(TornTail {
+            segment_no: s.no,
+            offset: pos as u64,
+            segments_discarded: 0,
+        });
+        self.torn_end_seq = Some((s.no, expected));
+        Ok(())
+    }
+
+    /// An invalid record below the watermark: corruption of durable data. Quarantines it and
+    /// returns where the next record starts, or `None` when its length cannot be trusted
+    /// (then the rest of the segment is lost).
+    fn skip_damaged(
+        &mut self,
+        s: &mut Scanned,
+        data: &[u8],
+        pos: usize,
+        expected: &mut u64,
+        reason: &'static str,
+    ) -> Option<usize> {
+        let no = s.no;
+        quarantine(&self.dir, no, pos, data, &self.config);
+        let rest = &data[pos.min(data.len())..];
+        // Resynchronise: trust the length only if the record after it validates.
+        let next = RecordHeader::peek_len(rest)
+            .map(|l| l as usize)
+            .filter(|&l| l >= RECORD_HEADER_LEN && l <= self.config.max_record_bytes)
+            .map(|l| pos + align_up(l))
+            .filter(|&n| n <= data.len());
+        let next_ok = next.and_then(|n| {
+            let r = &data[n..];
+            match RecordHeader::peek_len(r) {
+                None | Some(0) => Some(None),
+                _ => RecordHeader::decode(r, s.header.salt, self.config.max_record_bytes)
+                    .ok()
+                    .map(Some),
+            }
+        });
+        let (Some(n), Some(following)) = (next, next_ok) else {
+            tracing::error!(
+                queue = self.uid,
+                segment = no,
+                offset = pos,
+                "corrupt record with an unusable length: the rest of the segment is lost"
+            );
+            s.lost_from = Some((*expected, pos));
+            return None;
+        };
+        // Exactly one record is bad. If the one after it is the next message, the bad one
+        // was message `expected`; otherwise it was a relocated copy.
+        let was_message = match following {
+            Some(f) if f.kind == RecordKind::Message => f.seq == *expected + 1,
+            _ => rest.get(8) == Some(&(RecordKind::Message as u8)),
+        };
+        let lost = was_message.then_some(*expected..=*expected);
+        if was_message {
+            s.offsets.push(NO_RECORD);
+            s.sizes.push(0);
+            self.max_seq_seen = self.max_seq_seen.max(*expected);
+            *expected += 1;
+        }
+        tracing::error!(
+            queue = self.uid,
+            segment = no,
+            offset = pos,
+            ?lost,
+            "corrupt record quarantined"
+        );
+        self.damage.push(Damage::CorruptRecords {
+            segment_no: no,
+            offset: pos as u64,
+            lost,
+            reason,
+        });
+        Some(n)
+    }
+
+    /// Phase 3: the segment cut by the torn tail no longer reaches the seqs its successor
+    /// (since discarded, or deleted earlier when fully acked) starts after. The successor is
+    /// declared again as started after a restart, so seqs may jump before it: otherwise this
+    /// start and every later one would take the shorter segment for lost durable data. Done
+    /// after the discards of the scan, so a crash before it leaves the cut to be found again.
+    fn redeclare_after_torn_cut(&mut self) -> Result<()> {
+        let Some((no, end_seq)) = self.torn_end_seq else {
+            return Ok(());
+        };
+        let next = self.created.range(no + 1..).next().map(|(&n, &c)| (n, c));
         if let Some((next_no, (base, false))) = next.filter(|&(_, (base, _))| base > end_seq) {
-            manifest.append_sync(&[ManifestRecord::Created {
+            self.manifest.append_sync(&[ManifestRecord::Created {
                 segment_no: next_no,
                 base_seq: base,
                 after_restart: true,
             }])?;
-            created.insert(next_no, (base, true));
+            self.created.insert(next_no, (base, true));
         }
+        Ok(())
     }
 
-    // Damage that skipped the rest of a segment: the next segment's base bounds what was lost.
-    for s in &mut scanned {
-        // The next segment ever created (it may since have been deleted, fully acked).
-        let next = created.range(s.no + 1..).next().map(|(_, &c)| c);
-        let next_base = next.map(|n| n.0);
-        let jump_expected = next.is_some_and(|n| n.1);
-        let end_seq = s.header.base_seq + s.offsets.len() as u64;
-        if s.lost_from.is_none() && !jump_expected && next_base.is_some_and(|n| n > end_seq) {
-            // The segment ends cleanly, but before the seqs the next segment starts after:
-            // durable data was cut off (a sealed segment always holds every seq up to the next
-            // segment's base).
-            s.lost_from = Some((end_seq, s.end));
-        }
-        if let Some((from, pos)) = s.lost_from {
-            let lost = next_base.filter(|&n| n > from).map(|n| from..=n - 1);
-            if let Some(r) = &lost {
-                max_seq_seen = max_seq_seen.max(*r.end());
+    /// Phase 4: damage that skipped the rest of a segment, or a segment that ends before
+    /// the seqs its successor starts after: the next segment's base bounds what was lost.
+    fn bound_skipped_rests(&mut self) {
+        for s in &mut self.scanned {
+            // The next segment ever created (it may since have been deleted, fully acked).
+            let next = self.created.range(s.no + 1..).next().map(|(_, &c)| c);
+            let next_base = next.map(|n| n.0);
+            let jump_expected = next.is_some_and(|n| n.1);
+            let end_seq = s.header.base_seq + s.offsets.len() as u64;
+            if s.lost_from.is_none() && !jump_expected && next_base.is_some_and(|n| n > end_seq) {
+                // The segment ends cleanly, but before the seqs the next segment starts
+                // after: durable data was cut off (a sealed segment always holds every seq
+                // up to the next segment's base).
+                s.lost_from = Some((end_seq, s.end));
             }
-            damage.push(Damage::CorruptRecords {
-                segment_no: s.no,
-                offset: pos as u64,
-                lost,
-                reason: "record length unusable; rest of segment skipped",
-            });
+            if let Some((from, pos)) = s.lost_from {
+                let lost = next_base.filter(|&n| n > from).map(|n| from..=n - 1);
+                if let Some(r) = &lost {
+                    self.max_seq_seen = self.max_seq_seen.max(*r.end());
+                }
+                self.damage.push(Damage::CorruptRecords {
+                    segment_no: s.no,
+                    offset: pos as u64,
+                    lost,
+                    reason: "record length unusable; rest of segment skipped",
+                });
+            }
         }
     }
 
-    // Ack logs.
-    let mut recovered = RecoveredDeliveries::default();
-    let mut acked: Vec<HashSet<u64>> = Vec::with_capacity(scanned.len());
-    let mut ack_logs: Vec<AckLog> = Vec::with_capacity(scanned.len());
-    let kept: BTreeSet<u64> = scanned.iter().map(|s| s.no).collect();
-    for &no in &ack_files {
-        if !kept.contains(&no) {
-            files::remove_if_exists(&ack_path(&dir, no))?;
+    /// Phase 5: the ack logs of the kept segments (those of the others are removed).
+    fn read_ack_logs(&mut self) -> Result<AckLogs> {
+        let mut acks = AckLogs {
+            recovered: RecoveredDeliveries::default(),
+            acked: Vec::with_capacity(self.scanned.len()),
+            logs: Vec::with_capacity(self.scanned.len()),
+        };
+        let kept: BTreeSet<u64> = self.scanned.iter().map(|s| s.no).collect();
+        for &no in &self.ack_files {
+            if !kept.contains(&no) {
+                files::remove_if_exists(&ack_path(&self.dir, no))?;
+            }
         }
-    }
-    for s in &scanned {
-        let before = damage.len();
-        let (log, batch) = open_ack_log(&dir, uid, s.no, &mut damage)?;
-        if damage.len() > before {
-            // Acks were lost, so any message of this segment may have been delivered already:
-            // make sure it comes back flagged as a redelivery.
-            let end = s.header.base_seq + s.offsets.len() as u64;
-            let end_relocated = s.relocated.iter().map(|r| r.0 + 1).max().unwrap_or(0);
-            // (An empty segment whose header says base seq 0 ends at 0: nothing to flag.)
-            let last = end.max(end_relocated).saturating_sub(1);
-            recovered.delivered_hwm = recovered.delivered_hwm.max(last);
+        for s in &self.scanned {
+            let before = self.damage.len();
+            let (log, batch) = open_ack_log(&self.dir, self.uid, s.no, &mut self.damage)?;
+            let recovered = &mut acks.recovered;
+            if self.damage.len() > before {
+                // Acks were lost, so any message of this segment may have been delivered
+                // already: make sure it comes back flagged as a redelivery.
+                let end = s.header.base_seq + s.offsets.len() as u64;
+                let end_relocated = s.relocated.iter().map(|r| r.0 + 1).max().unwrap_or(0);
+                // (An empty segment whose header says base seq 0 ends at 0: nothing to flag.)
+                let last = end.max(end_relocated).saturating_sub(1);
+                recovered.delivered_hwm = recovered.delivered_hwm.max(last);
+            }
+            let max_acked = batch.acks.iter().copied().max().unwrap_or(0);
+            self.max_seq_seen = self.max_seq_seen.max(max_acked);
+            recovered.delivered_hwm = recovered.delivered_hwm.max(batch.delivered_hwm);
+            for (seq, c) in batch.delivery_counts {
+                let e = recovered.counts.entry(seq).or_insert(0);
+                *e = (*e).max(c);
+            }
+            // Segments in order, then file order: the last due time recorded wins.
+            recovered.dues.extend(batch.dues);
+            acks.acked.push(batch.acks.into_iter().collect());
+            acks.logs.push(log);
         }
-        max_seq_seen = max_seq_seen.max(batch.acks.iter().copied().max().unwrap_or(0));
-        recovered.delivered_hwm = recovered.delivered_hwm.max(batch.delivered_hwm);
-        for (seq, c) in batch.delivery_counts {
-            let e = recovered.counts.entry(seq).or_insert(0);
-            *e = (*e).max(c);
-        }
-        // Segments in order, then file order: the last due time recorded wins.
-        recovered.dues.extend(batch.dues);
-        acked.push(batch.acks.into_iter().collect());
-        ack_logs.push(log);
+        Ok(acks)
     }
 
-    // The newest copy of a relocated message is the one that counts.
-    let mut newest_copy: BTreeMap<u64, u64> = BTreeMap::new();
-    for s in &scanned {
-        for &(seq, _, _) in &s.relocated {
-            newest_copy.insert(seq, s.no);
+    /// Phase 6: each kept segment mapped, with its live messages (not acked, not superseded
+    /// by a newer relocated copy) and the live relocated copies it holds.
+    fn rebuild_segments(
+        &mut self,
+        acked: Vec<HashSet<u64>>,
+        ack_logs: Vec<AckLog>,
+    ) -> Result<Rebuilt> {
+        // The newest copy of a relocated message is the one that counts.
+        let mut newest_copy: BTreeMap<u64, u64> = BTreeMap::new();
+        for s in &self.scanned {
+            for &(seq, _, _) in &s.relocated {
+                newest_copy.insert(seq, s.no);
+            }
         }
+        let mut out = Rebuilt::default();
+        let scanned = std::mem::take(&mut self.scanned);
+        for ((s, acks), ack_log) in scanned.into_iter().zip(acked).zip(ack_logs) {
+            let (live, live_here) = out.count_live(&s, &acks, &newest_copy);
+            if !s.offsets.is_empty() {
+                out.seq_index.insert(s.header.base_seq, s.no);
+            }
+            let no = s.no;
+            out.segments
+                .insert(no, map_segment(s, live, live_here, ack_log)?);
+        }
+        Ok(out)
     }
 
-    let next_seq = (max_seq_seen + 1)
-        .max(created.values().map(|c| c.0).max().unwrap_or(1))
-        .max(1);
-    let mut segments = BTreeMap::new();
-    let mut seq_index = BTreeMap::new();
-    let mut moved = BTreeMap::new();
-    let (mut live_messages, mut live_bytes) = (0u64, 0u64);
-    for ((s, acks), ack_log) in scanned.into_iter().zip(acked).zip(ack_logs) {
+    /// Phase 7: the log, from the rebuilt segments; its manifest compacted when long, its
+    /// recovered writes synced, the next segment declared, fully acked segments deleted.
+    fn assemble(
+        mut self,
+        durability: Durability,
+        recovered: RecoveredDeliveries,
+        rebuilt: Rebuilt,
+    ) -> Result<QueueLog> {
+        let next_seq = (self.max_seq_seen + 1)
+            .max(self.created.values().map(|c| c.0).max().unwrap_or(1))
+            .max(1);
+        self.compact_manifest(&rebuilt.segments)?;
+        self.manifest.keep_headroom();
+        let Rebuilt {
+            segments,
+            seq_index,
+            moved,
+            live_messages,
+            live_bytes,
+        } = rebuilt;
+        let report_segments = segments.len();
+        let (uid, max_no) = (self.uid, self.max_no);
+        let mut log = QueueLog::assemble(
+            uid,
+            self.dir,
+            self.config,
+            durability,
+            self.manifest,
+            segments,
+            next_seq,
+        );
+        log.seq_index = seq_index;
+        log.moved = moved;
+        log.live_messages = live_messages;
+        log.live_bytes = live_bytes;
+        log.delivered_hwm = recovered.delivered_hwm;
+        log.recovered = recovered;
+        log.report.segments = report_segments;
+        log.report.messages = live_messages;
+        log.report.bytes = live_bytes;
+        log.report.torn_tail = self.torn;
+        log.report.damage = self.damage;
+        log.sync_recovered(self.wm)?;
+        declare_next_segment(&mut log, uid, max_no);
+        let sealed: Vec<u64> = log.segments.keys().copied().collect();
+        for no in sealed {
+            log.maybe_delete_recovered(no);
+        }
+        Ok(log)
+    }
+
+    /// Rewrites a manifest longer than [`MANIFEST_REWRITE_BYTES`] with the live segments only.
+    fn compact_manifest(&mut self, segments: &BTreeMap<u64, Segment>) -> Result<()> {
+        if self.manifest.write_pos <= MANIFEST_REWRITE_BYTES {
+            return Ok(());
+        }
+        match rewrite_manifest(&self.dir, self.uid, segments, self.max_no) {
+            Ok(m) => self.manifest = m,
+            // A full disk must not keep a queue from opening (draining it frees space): the
+            // long manifest serves as well, and the rewrite is tried again at the next open.
+            Err(e) if e.is_storage_full() => {
+                tracing::warn!(queue = self.uid, error = %e, "could not rewrite the manifest");
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+}
+
+impl Rebuilt {
+    /// The live messages of `s` and how many records of it are live (relocated copies
+    /// included); counts them, and notes its live relocated copies.
+    fn count_live(
+        &mut self,
+        s: &Scanned,
+        acks: &HashSet<u64>,
+        newest_copy: &BTreeMap<u64, u64>,
+    ) -> (Bits, u32) {
         let mut live = Bits::default();
         let mut live_here = 0u32;
         for (i, (&off, &size)) in s.offsets.iter().zip(&s.sizes).enumerate() {
@@ -435,84 +727,59 @@ pub(crate) fn open(
             if off != NO_RECORD && !acks.contains(&seq) && !newest_copy.contains_key(&seq) {
                 live.set(i, true);
                 live_here += 1;
-                live_messages += 1;
-                live_bytes += u64::from(size);
+                self.live_messages += 1;
+                self.live_bytes += u64::from(size);
             }
         }
         for &(seq, off, size) in &s.relocated {
             if newest_copy.get(&seq) == Some(&s.no) && !acks.contains(&seq) {
-                moved.insert(seq, (s.no, off));
+                self.moved.insert(seq, (s.no, off));
                 live_here += 1;
-                live_messages += 1;
-                live_bytes += u64::from(size);
+                self.live_messages += 1;
+                self.live_bytes += u64::from(size);
             }
         }
-        let records = s.records();
-        let file = files::open_rw(&s.path)?;
-        let map = SegmentMap::map(&file, s.file_len, s.end, s.file_len)
-            .map_err(|e| StorageError::io(&s.path, e))?;
-        if !s.offsets.is_empty() {
-            seq_index.insert(s.header.base_seq, s.no);
-        }
-        segments.insert(
-            s.no,
-            Segment {
-                file: SegmentFile {
-                    no: s.no,
-                    path: s.path.into(),
-                    file: Arc::new(file),
-                    id: new_file_id(),
-                    salt: s.header.salt,
-                    base_seq: s.header.base_seq,
-                    map: Arc::new(map),
-                },
-                writer: None,
-                offsets: s.offsets,
-                live,
-                records,
-                dead: records - live_here,
-                sealed_at: Some(Instant::now()),
-                relocated_at: None,
-                deleting: None,
-                ack_log,
-                acks_dirty: false,
-            },
-        );
+        (live, live_here)
     }
+}
 
-    if manifest.write_pos > MANIFEST_REWRITE_BYTES {
-        match rewrite_manifest(&dir, uid, &segments, max_no) {
-            Ok(m) => manifest = m,
-            // A full disk must not keep a queue from opening (draining it frees space): the
-            // long manifest serves as well, and the rewrite is tried again at the next open.
-            Err(e) if e.is_storage_full() => {
-                tracing::warn!(queue = uid, error = %e, "could not rewrite the manifest");
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    manifest.keep_headroom();
-    let report_segments = segments.len();
-    let mut log = QueueLog::assemble(uid, dir, config, durability, manifest, segments, next_seq);
-    log.seq_index = seq_index;
-    log.moved = moved;
-    log.live_messages = live_messages;
-    log.live_bytes = live_bytes;
-    log.delivered_hwm = recovered.delivered_hwm;
-    log.recovered = recovered;
-    log.report.segments = report_segments;
-    log.report.messages = live_messages;
-    log.report.bytes = live_bytes;
-    log.report.torn_tail = torn;
-    log.report.damage = damage;
-    log.sync_recovered(wm)?;
-    // Writing always resumes in a fresh segment, so a recovered tail is never written twice.
-    // It is started by the first append, not here: opening needs no new space, so a queue
-    // on a full disk can still be opened and drained (which is how space comes back).
-    // Its number and base seq are declared in the manifest now (as a `Created` record whose
-    // file does not exist yet, which a later recovery handles like a creation that never
-    // reached the disk): the record keeps seqs seen in a discarded tail from being reused, and
-    // says that seqs may jump before it. It fits in the manifest's reserved headroom.
+/// A kept segment, mapped and sealed, with `live_here` of its records live.
+fn map_segment(s: Scanned, live: Bits, live_here: u32, ack_log: AckLog) -> Result<Segment> {
+    let records = s.records();
+    let file = files::open_rw(&s.path)?;
+    let map = SegmentMap::map(&file, s.file_len, s.end, s.file_len)
+        .map_err(|e| StorageError::io(&s.path, e))?;
+    Ok(Segment {
+        file: SegmentFile {
+            no: s.no,
+            path: s.path.into(),
+            file: Arc::new(file),
+            id: new_file_id(),
+            salt: s.header.salt,
+            base_seq: s.header.base_seq,
+            map: Arc::new(map),
+        },
+        writer: None,
+        offsets: s.offsets,
+        live,
+        records,
+        dead: records - live_here,
+        sealed_at: Some(Instant::now()),
+        relocated_at: None,
+        deleting: None,
+        ack_log,
+        acks_dirty: false,
+    })
+}
+
+/// Writing always resumes in a fresh segment, so a recovered tail is never written twice.
+/// It is started by the first append, not here: opening needs no new space, so a queue on a
+/// full disk can still be opened and drained (which is how space comes back). Its number and
+/// base seq are declared in the manifest now (as a `Created` record whose file does not exist
+/// yet, which a later recovery handles like a creation that never reached the disk): the
+/// record keeps seqs seen in a discarded tail from being reused, and says that seqs may jump
+/// before it. It fits in the manifest's reserved headroom.
+fn declare_next_segment(log: &mut QueueLog, uid: u64, max_no: u64) {
     log.active = max_no;
     log.resume_after_restart = true;
     let declared = ManifestRecord::Created {
@@ -521,14 +788,10 @@ pub(crate) fn open(
         after_restart: true,
     };
     if let Err(e) = log.manifest.append(declared, &log.durability) {
-        // The first append writes the same record (or fails the same way) before any seq is used.
+        // The first append writes the same record (or fails the same way) before any seq is
+        // used.
         tracing::warn!(queue = uid, error = %e, "could not declare the next segment");
     }
-    let sealed: Vec<u64> = log.segments.keys().copied().collect();
-    for no in sealed {
-        log.maybe_delete_recovered(no);
-    }
-    Ok(log)
 }
 
 /// Where the record at `pos` of `rec_len` bytes (validated, so inside the file) ends with its

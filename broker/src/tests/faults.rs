@@ -85,7 +85,7 @@ async fn publish(client: &Client, queue: &str, ids: std::ops::Range<u64>) -> Pub
     let options = PublishOptions::new();
     for id in ids {
         match within("publish", client.publish("", queue, body(id), &options)).await {
-            Ok(()) => {
+            Ok(_) => {
                 out.confirmed.insert(id);
             }
             Err(e) => out.refusals.push(e.code().expect("a typed refusal")),

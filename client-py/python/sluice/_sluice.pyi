@@ -31,6 +31,7 @@ __all__ = [
     "Message",
     "MessageProcess",
     "OutgoingMessage",
+    "PublishResult",
     "QueueInfo",
     "ScheduledMessage",
     "__version__",
@@ -103,6 +104,7 @@ class QueueInfo:
     def oldest_ready_age_ms(self) -> int: ...
     @property
     def scheduled(self) -> int: ...
+    def duplicates_dropped(self) -> int: ...
     @property
     def arguments(self) -> dict[str, Any]: ...
 
@@ -124,6 +126,12 @@ class ScheduledMessage:
     def routing_key(self) -> str: ...
     @property
     def body(self) -> bytes: ...
+
+class PublishResult:
+    """How the broker settled a published message it accepted."""
+
+    @property
+    def duplicate(self) -> bool: ...
 
 @final
 class OutgoingMessage:
@@ -337,6 +345,8 @@ class Client:
         expires: Optional[float] = None,
         max_priority: Optional[int] = None,
         retry_backoff: Optional[tuple[float, float, float]] = None,
+        dedup_window: Optional[float] = None,
+        dedup_window_count: Optional[int] = None,
     ) -> DeclaredQueue: ...
     def delete_queue(
         self, name: str, *, if_unused: bool = False, if_empty: bool = False
@@ -387,7 +397,7 @@ class Client:
         priority: Optional[int] = None,
         delay: Optional[float] = None,
         deliver_at: Union[datetime, float, None] = None,
-    ) -> None: ...
+    ) -> PublishResult: ...
     @overload
     def publish_batch(
         self,
@@ -401,7 +411,7 @@ class Client:
         messages: Iterable[Union[OutgoingMessage, tuple[str, str, _Body]]],
         *,
         return_exceptions: Literal[True],
-    ) -> list[Optional[SluiceError]]: ...
+    ) -> list[Union[PublishResult, SluiceError]]: ...
     def get(self, queue: str) -> Optional[Message]: ...
     def list_scheduled(
         self, queue: str, *, limit: int = 100, after: Optional[tuple[int, int]] = None
@@ -461,6 +471,8 @@ class AsyncClient:
         expires: Optional[float] = None,
         max_priority: Optional[int] = None,
         retry_backoff: Optional[tuple[float, float, float]] = None,
+        dedup_window: Optional[float] = None,
+        dedup_window_count: Optional[int] = None,
     ) -> Coroutine[Any, Any, DeclaredQueue]: ...
     def delete_queue(
         self, name: str, *, if_unused: bool = False, if_empty: bool = False
@@ -513,7 +525,7 @@ class AsyncClient:
         priority: Optional[int] = None,
         delay: Optional[float] = None,
         deliver_at: Union[datetime, float, None] = None,
-    ) -> Coroutine[Any, Any, None]: ...
+    ) -> Coroutine[Any, Any, PublishResult]: ...
     @overload
     def publish_batch(
         self,
@@ -527,7 +539,7 @@ class AsyncClient:
         messages: Iterable[Union[OutgoingMessage, tuple[str, str, _Body]]],
         *,
         return_exceptions: Literal[True],
-    ) -> Coroutine[Any, Any, list[Optional[SluiceError]]]: ...
+    ) -> Coroutine[Any, Any, list[Union[PublishResult, SluiceError]]]: ...
     def get(self, queue: str) -> Coroutine[Any, Any, Optional[AsyncMessage]]: ...
     def list_scheduled(
         self, queue: str, *, limit: int = 100, after: Optional[tuple[int, int]] = None

@@ -3,14 +3,16 @@
 //! Messages are numbered implicitly: the connection's first published message is 1, then 2,
 //! 3, ... in the order they are written. The tracker keeps the unsettled ones as runs of
 //! consecutive numbers, one run per publish command, each with the sink that wants its
-//! outcome. `PublishRejected` marks single messages as refused; a cumulative `Confirm(up_to)`
-//! settles every run that ends at or below `up_to`.
+//! outcome. `PublishRejected` marks single messages as refused, `PublishDuplicates` as
+//! confirmed without being stored again; a cumulative `Confirm(up_to)` settles every run that
+//! ends at or below `up_to`.
 
 use std::collections::VecDeque;
 
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use crate::error::{Error, Result};
+use crate::publish::Confirmed;
 use crate::wire::{PublishSeq, Rejection};
 
 /// Who waits for the outcome of a run of messages.
@@ -18,13 +20,13 @@ use crate::wire::{PublishSeq, Rejection};
 pub(crate) enum PublishSink {
     /// One message: `Client::publish`, `Publisher::publish`.
     One {
-        reply: oneshot::Sender<Result<()>>,
+        reply: oneshot::Sender<Result<Confirmed>>,
         /// The message's place in a publisher's window, freed when it is settled.
         permit: Option<OwnedSemaphorePermit>,
     },
     /// Several messages with one outcome each: `Client::publish_batch`.
     Many {
-        reply: oneshot::Sender<Vec<Result<()>>>,
+        reply: oneshot::Sender<Vec<Result<Confirmed>>>,
     },
 }
 
@@ -46,14 +48,17 @@ impl PublishSink {
 #[derive(Debug)]
 enum Outcomes {
     One {
-        reply: oneshot::Sender<Result<()>>,
+        reply: oneshot::Sender<Result<Confirmed>>,
         permit: Option<OwnedSemaphorePermit>,
         rejection: Option<Error>,
+        duplicate: bool,
     },
     Many {
-        reply: oneshot::Sender<Vec<Result<()>>>,
+        reply: oneshot::Sender<Vec<Result<Confirmed>>>,
         /// Refused messages, by offset in the run, in sequence order.
         rejections: Vec<(usize, Error)>,
+        /// Messages confirmed as duplicates, by offset in the run.
+        duplicates: Vec<usize>,
     },
 }
 
@@ -70,19 +75,35 @@ impl Run {
     fn resolve(self, settled_up_to: u64, unsettled: Option<&Error>) {
         let outcome = |seq: u64| match unsettled {
             Some(error) if seq > settled_up_to => Err(error.clone()),
-            _ => Ok(()),
+            _ => Ok(Confirmed::Stored),
         };
         match self.outcomes {
             Outcomes::One {
                 reply,
                 permit,
                 rejection,
+                duplicate,
             } => {
-                let _ = reply.send(rejection.map_or_else(|| outcome(self.first), Err));
+                let result = match (rejection, outcome(self.first)) {
+                    (Some(error), _) => Err(error),
+                    (None, Ok(_)) if duplicate => Ok(Confirmed::Duplicate),
+                    (None, result) => result,
+                };
+                let _ = reply.send(result);
                 drop(permit);
             }
-            Outcomes::Many { reply, rejections } => {
-                let mut results: Vec<Result<()>> = (self.first..=self.last).map(outcome).collect();
+            Outcomes::Many {
+                reply,
+                rejections,
+                duplicates,
+            } => {
+                let mut results: Vec<Result<Confirmed>> =
+                    (self.first..=self.last).map(outcome).collect();
+                for offset in duplicates {
+                    if results[offset].is_ok() {
+                        results[offset] = Ok(Confirmed::Duplicate);
+                    }
+                }
                 for (offset, error) in rejections {
                     results[offset] = Err(error);
                 }
@@ -128,11 +149,13 @@ impl PublishTracker {
                     reply,
                     permit,
                     rejection: None,
+                    duplicate: false,
                 }
             }
             PublishSink::Many { reply } => Outcomes::Many {
                 reply,
                 rejections: Vec::new(),
+                duplicates: Vec::new(),
             },
         };
         self.runs.push_back(Run {
@@ -148,23 +171,41 @@ impl PublishTracker {
         self.next_seq - 1 - self.confirmed
     }
 
-    /// Records a refused message. Fails if the server names a message that is not awaiting
-    /// its outcome (never written, or already confirmed).
-    pub(crate) fn rejected(&mut self, rejection: Rejection) -> Result<(), String> {
-        let seq = rejection.seq.0;
+    /// The unsettled run holding message `seq`, for a frame named `frame`. Fails if the
+    /// server names a message that is not awaiting its outcome (never written, or already
+    /// confirmed).
+    fn run_of(&mut self, seq: u64, frame: &str) -> Result<&mut Run, String> {
         if seq <= self.confirmed || seq >= self.next_seq {
             return Err(format!(
-                "PublishRejected names message {seq}, but only {}..{} are unsettled",
+                "{frame} names message {seq}, but only {}..{} are unsettled",
                 self.confirmed + 1,
                 self.next_seq
             ));
         }
         let index = self.runs.partition_point(|run| run.last < seq);
-        let run = match self.runs.get_mut(index) {
-            Some(run) if run.first <= seq => run,
+        match self.runs.get_mut(index) {
+            Some(run) if run.first <= seq => Ok(run),
             // Unreachable while every written message belongs to a run.
-            _ => return Err(format!("PublishRejected names unknown message {seq}")),
-        };
+            _ => Err(format!("{frame} names unknown message {seq}")),
+        }
+    }
+
+    /// Records a message confirmed as a duplicate (not stored again in some queue).
+    pub(crate) fn duplicate(&mut self, seq: PublishSeq) -> Result<(), String> {
+        let run = self.run_of(seq.0, "PublishDuplicates")?;
+        let offset = (seq.0 - run.first) as usize;
+        match &mut run.outcomes {
+            Outcomes::One { duplicate, .. } => *duplicate = true,
+            Outcomes::Many { duplicates, .. } => duplicates.push(offset),
+        }
+        Ok(())
+    }
+
+    /// Records a refused message. Fails if the server names a message that is not awaiting
+    /// its outcome (never written, or already confirmed).
+    pub(crate) fn rejected(&mut self, rejection: Rejection) -> Result<(), String> {
+        let seq = rejection.seq.0;
+        let run = self.run_of(seq, "PublishRejected")?;
         let error = Error::from(rejection);
         match &mut run.outcomes {
             Outcomes::One { rejection, .. } => *rejection = Some(error),
@@ -212,7 +253,7 @@ mod tests {
     use crate::error::CloseReason;
     use crate::wire::ErrorCode;
 
-    fn one(tracker: &mut PublishTracker) -> (u64, oneshot::Receiver<Result<()>>) {
+    fn one(tracker: &mut PublishTracker) -> (u64, oneshot::Receiver<Result<Confirmed>>) {
         let (reply, rx) = oneshot::channel();
         let seq = tracker.written(
             1,
@@ -224,7 +265,10 @@ mod tests {
         (seq, rx)
     }
 
-    fn many(tracker: &mut PublishTracker, n: usize) -> (u64, oneshot::Receiver<Vec<Result<()>>>) {
+    fn many(
+        tracker: &mut PublishTracker,
+        n: usize,
+    ) -> (u64, oneshot::Receiver<Vec<Result<Confirmed>>>) {
         let (reply, rx) = oneshot::channel();
         (tracker.written(n, PublishSink::Many { reply }), rx)
     }
@@ -237,7 +281,7 @@ mod tests {
         }
     }
 
-    fn summary(results: Vec<Result<()>>) -> Vec<Option<ErrorCode>> {
+    fn summary(results: Vec<Result<Confirmed>>) -> Vec<Option<ErrorCode>> {
         results
             .into_iter()
             .map(|r| r.err().map(|e| e.code().unwrap_or(ErrorCode::Unknown(0))))
@@ -328,6 +372,25 @@ mod tests {
         assert!(results[2].as_ref().unwrap_err().is_connection_closed());
         assert!(results[3].as_ref().unwrap_err().is_connection_closed());
         assert!(b.try_recv().unwrap().unwrap_err().is_connection_closed());
+    }
+
+    #[test]
+    fn duplicates_are_confirmed_with_their_flag_and_a_rejection_wins() {
+        let mut t = PublishTracker::default();
+        let (_, mut a) = one(&mut t); // 1
+        let (_, mut b) = many(&mut t, 3); // 2..=4
+        t.duplicate(PublishSeq(1)).unwrap();
+        t.duplicate(PublishSeq(3)).unwrap();
+        t.duplicate(PublishSeq(4)).unwrap();
+        t.rejected(rejection(4, ErrorCode::QueueFull)).unwrap();
+        assert!(t.duplicate(PublishSeq(5)).is_err(), "never written");
+        t.confirmed(PublishSeq(4)).unwrap();
+        assert_eq!(a.try_recv().unwrap().unwrap(), Confirmed::Duplicate);
+        let results = b.try_recv().unwrap();
+        assert_eq!(results[0].as_ref().unwrap(), &Confirmed::Stored);
+        assert_eq!(results[1].as_ref().unwrap(), &Confirmed::Duplicate);
+        assert!(results[2].as_ref().unwrap_err().is_publish_rejected());
+        assert!(t.duplicate(PublishSeq(1)).is_err(), "already confirmed");
     }
 
     #[test]

@@ -290,6 +290,13 @@ where
                 .publishes
                 .confirmed(confirm.up_to)
                 .map_err(|what| self.violation(ErrorCode::UnexpectedFrame, what))?,
+            Reply::PublishDuplicates(duplicates) => {
+                for seq in duplicates.seqs {
+                    self.publishes
+                        .duplicate(seq)
+                        .map_err(|what| self.violation(ErrorCode::UnexpectedFrame, what))?;
+                }
+            }
             Reply::PublishRejected(rejected) => {
                 for rejection in rejected.rejections {
                     self.publishes

@@ -154,6 +154,8 @@ opcodes! {
     Confirm = 0x0302, ToClient;
     /// Some published messages were refused.
     PublishRejected = 0x0303, ToClient;
+    /// Some published messages were confirmed as duplicates, not stored again.
+    PublishDuplicates = 0x0304, ToClient;
     // 0x04xx: consuming
     /// Start a consumer.
     Consume = 0x0401, ToServer;

@@ -19,7 +19,7 @@ use super::error::WireError;
 use super::exchange::{Bind, DeclareExchange, DeleteExchange, Unbind};
 use super::frame::{FrameBody, Opcode, Payload};
 use super::moves::{MoveMessages, MoveMessagesOk, MoveStatus, MoveStatusOk};
-use super::publish::{Confirm, Publish, PublishRejected};
+use super::publish::{Confirm, Publish, PublishDuplicates, PublishRejected};
 use super::queue::{
     DeclareQueue, DeclareQueueOk, DeleteQueue, DeleteQueueOk, InspectQueue, InspectQueueOk,
     PurgeQueue, PurgeQueueOk,
@@ -185,6 +185,8 @@ frame_body! {
             Confirm(Confirm),
             /// Refuses some published messages.
             PublishRejected(PublishRejected),
+            /// Confirms some published messages as duplicates, not stored again.
+            PublishDuplicates(PublishDuplicates),
             /// Answers `Consume`.
             ConsumeOk(ConsumeOk),
             /// Answers `Cancel`.

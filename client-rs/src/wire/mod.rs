@@ -89,7 +89,9 @@ pub use messages::{Reply, Request};
 pub use meta::{meta_len, put_meta, DeliveryDelay, MessageMeta, MetaView, Properties};
 pub use moves::{MoveId, MoveMessages, MoveMessagesOk, MoveState, MoveStatus, MoveStatusOk};
 pub use primitives::Reader;
-pub use publish::{Confirm, Publish, PublishMessage, PublishRejected, Rejection};
+pub use publish::{
+    Confirm, Publish, PublishDuplicates, PublishMessage, PublishRejected, Rejection,
+};
 pub use queue::{
     DeclareQueue, DeclareQueueOk, DeleteQueue, DeleteQueueOk, InspectQueue, InspectQueueOk,
     Overflow, PurgeQueue, PurgeQueueOk, QueueArguments, RetryBackoff, MAX_PRIORITY,

@@ -184,6 +184,38 @@ impl Payload for PublishRejected {
     }
 }
 
+/// Messages the broker confirmed without storing them in some queue they were routed to,
+/// because that queue had accepted a message with the same `message_id` within its dedup
+/// window; sent before the `Confirm` that covers them.
+///
+/// ```text
+/// count u32, count × seq u64
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishDuplicates {
+    /// Their publish sequence numbers, in order.
+    pub seqs: Vec<PublishSeq>,
+}
+
+impl Payload for PublishDuplicates {
+    fn encode(&self, buf: &mut BytesMut) -> Result<(), WireError> {
+        put_count(buf, "duplicates", self.seqs.len())?;
+        for seq in &self.seqs {
+            p::put_u64(buf, seq.0);
+        }
+        Ok(())
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        let count = r.u32()? as usize;
+        let count = r.count(count, 8)?;
+        let seqs = (0..count)
+            .map(|_| r.u64().map(PublishSeq))
+            .collect::<Result<_, _>>()?;
+        Ok(PublishDuplicates { seqs })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,6 +263,17 @@ mod tests {
             },
             &hex("02 00 00 00 00 00 00 00"),
         );
+    }
+
+    #[test]
+    fn publish_duplicates() {
+        check_payload(
+            &PublishDuplicates {
+                seqs: vec![PublishSeq(2), PublishSeq(5)],
+            },
+            &hex("02 00 00 00  02 00 00 00 00 00 00 00  05 00 00 00 00 00 00 00"),
+        );
+        check_payload(&PublishDuplicates::default(), &hex("00 00 00 00"));
     }
 
     #[test]

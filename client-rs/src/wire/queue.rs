@@ -35,7 +35,8 @@ impl Overflow {
 /// present u16 (bit i set = field i follows), then the present fields in bit order:
 /// 0 max_length u64, 1 max_length_bytes u64, 2 overflow u8, 3 message_ttl_ms u64,
 /// 4 dead_letter_exchange str, 5 dead_letter_routing_key str, 6 ack_timeout_ms u64,
-/// 7 delivery_limit u32, 8 expires_ms u64, 9 max_message_bytes u32, 10 max_priority u8
+/// 7 delivery_limit u32, 8 expires_ms u64, 9 max_message_bytes u32, 10 max_priority u8,
+/// 12 dedup_window_ms u64, 13 dedup_window_count u32, 14 retry_backoff
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueArguments {
@@ -66,13 +67,22 @@ pub struct QueueArguments {
     /// Every requeue of a message (nack with requeue, lease expiry, consumer loss) waits
     /// this backoff before the message is ready again.
     pub retry_backoff: Option<RetryBackoff>,
+    /// Publish dedup: a message whose `message_id` the queue accepted less than this long
+    /// ago is confirmed but not stored again (at least 1).
+    pub dedup_window_ms: Option<u64>,
+    /// Publish dedup: a message whose `message_id` is among the last this many the queue
+    /// accepted is confirmed but not stored again (at least 1).
+    pub dedup_window_count: Option<u32>,
 }
 
 /// The highest `max_priority` a queue may have.
 pub const MAX_PRIORITY: u8 = 10;
 
-/// Bits 0–10 and 14 of the arguments' `present` field are defined.
-const ARG_BITS: u16 = 0x07ff | RETRY_BACKOFF;
+/// Bits 0–10 and 12–14 of the arguments' `present` field are defined.
+const ARG_BITS: u16 = 0x07ff | DEDUP_BITS | RETRY_BACKOFF;
+const DEDUP_WINDOW_MS: u16 = 12;
+const DEDUP_WINDOW_COUNT: u16 = 13;
+const DEDUP_BITS: u16 = (1 << DEDUP_WINDOW_MS) | (1 << DEDUP_WINDOW_COUNT);
 const RETRY_BACKOFF: u16 = 1 << 14;
 
 /// How long a requeued message waits before it is ready again (queue argument bit 14):
@@ -123,7 +133,9 @@ impl Payload for QueueArguments {
         ]
         .iter()
         .enumerate()
-        .fold(0u16, |bits, (i, &set)| bits | (u16::from(set) << i));
+        .fold(0u16, |bits, (i, &set)| bits | (u16::from(set) << i))
+            | (u16::from(self.dedup_window_ms.is_some()) << DEDUP_WINDOW_MS)
+            | (u16::from(self.dedup_window_count.is_some()) << DEDUP_WINDOW_COUNT);
         let present = present
             | if self.retry_backoff.is_some() {
                 RETRY_BACKOFF
@@ -164,6 +176,12 @@ impl Payload for QueueArguments {
         if let Some(v) = self.max_priority {
             p::put_u8(buf, v);
         }
+        if let Some(v) = self.dedup_window_ms {
+            p::put_u64(buf, v);
+        }
+        if let Some(v) = self.dedup_window_count {
+            p::put_u32(buf, v);
+        }
         if let Some(b) = self.retry_backoff {
             p::put_u64(buf, b.initial_ms);
             p::put_u32(buf, b.multiplier_percent);
@@ -189,6 +207,8 @@ impl Payload for QueueArguments {
             expires_ms: has(8).then(|| r.u64()).transpose()?,
             max_message_bytes: has(9).then(|| r.u32()).transpose()?,
             max_priority: has(10).then(|| r.u8()).transpose()?,
+            dedup_window_ms: has(DEDUP_WINDOW_MS).then(|| r.u64()).transpose()?,
+            dedup_window_count: has(DEDUP_WINDOW_COUNT).then(|| r.u32()).transpose()?,
             retry_backoff: has(14)
                 .then(|| -> Result<_, WireError> {
                     Ok(RetryBackoff {
@@ -414,7 +434,8 @@ queue_name_request! {
 ///
 /// ```text
 /// name str, flags u8 (0 durable, 1 exclusive, 2 auto_delete), ready u64, unacked u64,
-/// consumers u32, bytes u64, arguments, oldest_ready_age_ms u64, scheduled u64
+/// consumers u32, bytes u64, arguments, oldest_ready_age_ms u64, scheduled u64,
+/// duplicates_dropped u64
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InspectQueueOk {
@@ -440,6 +461,9 @@ pub struct InspectQueueOk {
     pub oldest_ready_age_ms: u64,
     /// Messages stored but waiting for their time (a delay, or a requeue with a delay).
     pub scheduled: u64,
+    /// Publishes the queue confirmed without storing them, as duplicates of a `message_id`
+    /// in its dedup window, since it was declared (kept across restarts).
+    pub duplicates_dropped: u64,
 }
 
 impl Payload for InspectQueueOk {
@@ -458,6 +482,7 @@ impl Payload for InspectQueueOk {
         self.arguments.encode(buf)?;
         p::put_u64(buf, self.oldest_ready_age_ms);
         p::put_u64(buf, self.scheduled);
+        p::put_u64(buf, self.duplicates_dropped);
         Ok(())
     }
 
@@ -476,6 +501,7 @@ impl Payload for InspectQueueOk {
             arguments: QueueArguments::decode(r)?,
             oldest_ready_age_ms: r.u64()?,
             scheduled: r.u64()?,
+            duplicates_dropped: r.u64()?,
         })
     }
 }
@@ -499,6 +525,7 @@ mod tests {
             max_message_bytes: Some(65_536),
             max_priority: Some(10),
             retry_backoff: None,
+            ..Default::default()
         }
     }
 
@@ -642,6 +669,7 @@ mod tests {
                 },
                 oldest_ready_age_ms: 1500,
                 scheduled: 9,
+                duplicates_dropped: 9,
             },
             &hex(
                 "01 00 71  05  01 00 00 00 00 00 00 00  02 00 00 00 00 00 00 00  03 00 00 00
@@ -697,5 +725,38 @@ mod tests {
             max_ms: u64::MAX,
         };
         assert_eq!(huge.delay_ms(3), u64::MAX, "saturates, never wraps");
+    }
+
+    #[test]
+    fn declare_queue_with_a_dedup_window() {
+        check_payload(
+            &DeclareQueue {
+                name: "q".into(),
+                arguments: QueueArguments {
+                    max_length: Some(1),
+                    dedup_window_ms: Some(60_000),
+                    dedup_window_count: Some(1000),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            &hex("01 00 71  00  01 30  01 00 00 00 00 00 00 00
+                 60 ea 00 00 00 00 00 00  e8 03 00 00"),
+        );
+        check_payload(
+            &QueueArguments {
+                dedup_window_count: Some(2),
+                ..Default::default()
+            },
+            &hex("00 20  02 00 00 00"),
+        );
+        // Bits 11 and 15 stay reserved here.
+        for bits in ["00 08", "00 80"] {
+            let bad = hex(bits);
+            assert!(matches!(
+                QueueArguments::decode(&mut Reader::new(&bad)),
+                Err(WireError::ReservedBits { .. })
+            ));
+        }
     }
 }

@@ -459,6 +459,10 @@ fn sample_replies() -> Vec<Reply> {
             }],
         }
         .into(),
+        PublishDuplicates {
+            seqs: vec![PublishSeq(2), PublishSeq(5)],
+        }
+        .into(),
         ConsumeOk {
             consumer_id: ConsumerId(1),
             consumer_tag: "t".into(),

@@ -153,7 +153,7 @@ async fn publish(
         pending.push(async move { (id, confirm.await) });
         while pending.len() >= 256 {
             match pending.next().await {
-                Some((id, Ok(()))) => {
+                Some((id, Ok(_))) => {
                     let _ = events.send(Event::Confirmed(q, id));
                 }
                 _ => return,

@@ -50,7 +50,7 @@ async fn publish_until_killed(
         id += 1;
         while pending.len() >= 512 {
             match pending.next().await {
-                Some((i, Ok(()))) => {
+                Some((i, Ok(_))) => {
                     let _ = confirmed.send(i);
                 }
                 _ => return,

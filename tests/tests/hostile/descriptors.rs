@@ -185,7 +185,7 @@ async fn running_out_of_descriptors_refuses_with_typed_errors_and_loses_nothing_
         })
         .await;
         match outcome {
-            Ok(()) => {
+            Ok(_) => {
                 kept.insert(queue, body);
             }
             Err(e) => {

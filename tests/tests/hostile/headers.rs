@@ -129,7 +129,7 @@ async fn declare_topology(client: &Client) {
     }
 }
 
-fn assert_invalid_argument(outcome: &Result<(), Error>, what: &str) {
+fn assert_invalid_argument<T: std::fmt::Debug>(outcome: &Result<T, Error>, what: &str) {
     match outcome {
         Err(Error::PublishRejected { code, .. }) => {
             assert_eq!(*code, ErrorCode::InvalidArgument, "{what}: {outcome:?}")
