@@ -841,6 +841,11 @@ fn first_argument_difference(
             text(&have.max_message_bytes),
             text(&want.max_message_bytes),
         ),
+        (
+            "single_active_consumer",
+            text(&have.single_active_consumer),
+            text(&want.single_active_consumer),
+        ),
     ];
     fields
         .into_iter()
@@ -908,6 +913,11 @@ fn validate_arguments(a: &QueueArguments) -> Result<(), RequestError> {
     if a.max_message_bytes == Some(0) {
         return Err(RequestError::invalid(
             "max_message_bytes must be at least 1",
+        ));
+    }
+    if a.single_active_consumer.is_some_and(|v| v != 1) {
+        return Err(RequestError::invalid(
+            "single_active_consumer must be 1 when present",
         ));
     }
     if let Some(x) = &a.dead_letter_exchange {

@@ -149,6 +149,8 @@ pub struct ArgumentsDefinition {
     expires_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     max_message_bytes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    single_active_consumer: Option<u8>,
 }
 
 /// What a queue does at its length limit, as `declare-queue --overflow` names it.
@@ -175,6 +177,7 @@ impl From<&QueueArguments> for ArgumentsDefinition {
             delivery_limit: a.delivery_limit,
             expires_ms: a.expires_ms,
             max_message_bytes: a.max_message_bytes,
+            single_active_consumer: a.single_active_consumer,
         }
     }
 }
@@ -195,6 +198,7 @@ impl From<&ArgumentsDefinition> for QueueArguments {
             delivery_limit: a.delivery_limit,
             expires_ms: a.expires_ms,
             max_message_bytes: a.max_message_bytes,
+            single_active_consumer: a.single_active_consumer,
         }
     }
 }

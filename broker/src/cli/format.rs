@@ -274,6 +274,8 @@ pub fn consumers_table(consumers: &[ConsumerSummary]) -> Table {
         ("CONNECTION", Right),
         ("PREFETCH", Right),
         ("UNACKED", Right),
+        ("STATE", Left),
+        ("PRIORITY", Right),
     ]);
     for c in consumers {
         table.row(vec![
@@ -285,6 +287,8 @@ pub fn consumers_table(consumers: &[ConsumerSummary]) -> Table {
                 n => n.to_string(),
             },
             c.unacked.to_string(),
+            if c.active { "active" } else { "standby" }.to_owned(),
+            c.priority.to_string(),
         ]);
     }
     table
@@ -378,7 +382,7 @@ pub fn inspect_text(q: &InspectQueueOk) -> String {
             },
         ),
     ];
-    let optional: [(&str, Option<String>); 10] = [
+    let optional: [(&str, Option<String>); 11] = [
         ("max-length", a.max_length.map(|v| v.to_string())),
         (
             "max-length-bytes",
@@ -394,6 +398,10 @@ pub fn inspect_text(q: &InspectQueueOk) -> String {
         (
             "max-message-bytes",
             a.max_message_bytes.map(|v| v.to_string()),
+        ),
+        (
+            "single-active-consumer",
+            a.single_active_consumer.map(|v| (v == 1).to_string()),
         ),
     ];
     lines.extend(optional.into_iter().filter_map(|(k, v)| Some((k, v?))));
@@ -527,6 +535,9 @@ pub struct ConsumerJson<'a> {
     connection_id: u64,
     prefetch: u32,
     unacked: u32,
+    /// Receiving; false for a standby of a single-active-consumer queue.
+    active: bool,
+    priority: i32,
 }
 
 impl<'a> From<&'a ConsumerSummary> for ConsumerJson<'a> {
@@ -537,6 +548,8 @@ impl<'a> From<&'a ConsumerSummary> for ConsumerJson<'a> {
             connection_id: c.connection_id,
             prefetch: c.prefetch,
             unacked: c.unacked,
+            active: c.active,
+            priority: c.priority,
         }
     }
 }
@@ -607,6 +620,7 @@ struct ArgumentsJson<'a> {
     delivery_limit: Option<u32>,
     expires_ms: Option<u64>,
     max_message_bytes: Option<u32>,
+    single_active_consumer: Option<bool>,
 }
 
 impl<'a> From<&'a InspectQueueOk> for InspectJson<'a> {
@@ -633,6 +647,7 @@ impl<'a> From<&'a InspectQueueOk> for InspectJson<'a> {
                 delivery_limit: a.delivery_limit,
                 expires_ms: a.expires_ms,
                 max_message_bytes: a.max_message_bytes,
+                single_active_consumer: a.single_active_consumer.map(|v| v == 1),
             },
         }
     }

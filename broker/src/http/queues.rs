@@ -198,6 +198,8 @@ struct ArgumentsBody {
     delivery_limit: Option<u32>,
     expires_ms: Option<u64>,
     max_message_bytes: Option<u32>,
+    /// `true` turns it on; `false` is the same as absent.
+    single_active_consumer: Option<bool>,
 }
 
 /// What a queue does at its length limit, as `declare-queue --overflow` names it.
@@ -224,6 +226,7 @@ impl From<ArgumentsBody> for QueueArguments {
             delivery_limit: a.delivery_limit,
             expires_ms: a.expires_ms,
             max_message_bytes: a.max_message_bytes,
+            single_active_consumer: a.single_active_consumer.and_then(|on| on.then_some(1)),
         }
     }
 }

@@ -35,7 +35,8 @@ impl Overflow {
 /// present u16 (bit i set = field i follows), then the present fields in bit order:
 /// 0 max_length u64, 1 max_length_bytes u64, 2 overflow u8, 3 message_ttl_ms u64,
 /// 4 dead_letter_exchange str, 5 dead_letter_routing_key str, 6 ack_timeout_ms u64,
-/// 7 delivery_limit u32, 8 expires_ms u64, 9 max_message_bytes u32
+/// 7 delivery_limit u32, 8 expires_ms u64, 9 max_message_bytes u32,
+/// 11 single_active_consumer u8
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueArguments {
@@ -60,9 +61,15 @@ pub struct QueueArguments {
     /// Largest message (meta plus body) the queue takes; a larger one routed to it is refused
     /// with `MESSAGE_TOO_LARGE`. At most the server's own limit applies anyway.
     pub max_message_bytes: Option<u32>,
+    /// `Some(1)`: one consumer receives, the others wait as standbys (RabbitMQ's
+    /// `x-single-active-consumer`). Any other value is refused with `INVALID_ARGUMENT`; it is
+    /// kept as sent so the server can say so.
+    pub single_active_consumer: Option<u8>,
 }
 
-const ARG_BITS: u16 = 0x03ff;
+/// Bit of `single_active_consumer` in `present` (bit 10 belongs to `max_priority`).
+const SINGLE_ACTIVE_BIT: u16 = 11;
+const ARG_BITS: u16 = 0x03ff | 1 << SINGLE_ACTIVE_BIT;
 
 impl Payload for QueueArguments {
     fn encode(&self, buf: &mut BytesMut) -> Result<(), WireError> {
@@ -80,7 +87,8 @@ impl Payload for QueueArguments {
         ]
         .iter()
         .enumerate()
-        .fold(0u16, |bits, (i, &set)| bits | (u16::from(set) << i));
+        .fold(0u16, |bits, (i, &set)| bits | (u16::from(set) << i))
+            | u16::from(self.single_active_consumer.is_some()) << SINGLE_ACTIVE_BIT;
         p::put_u16(buf, present);
         if let Some(v) = self.max_length {
             p::put_u64(buf, v);
@@ -112,6 +120,9 @@ impl Payload for QueueArguments {
         if let Some(v) = self.max_message_bytes {
             p::put_u32(buf, v);
         }
+        if let Some(v) = self.single_active_consumer {
+            p::put_u8(buf, v);
+        }
         Ok(())
     }
 
@@ -131,6 +142,7 @@ impl Payload for QueueArguments {
             delivery_limit: has(7).then(|| r.u32()).transpose()?,
             expires_ms: has(8).then(|| r.u64()).transpose()?,
             max_message_bytes: has(9).then(|| r.u32()).transpose()?,
+            single_active_consumer: has(SINGLE_ACTIVE_BIT).then(|| r.u8()).transpose()?,
         })
     }
 }
@@ -426,6 +438,7 @@ mod tests {
             delivery_limit: Some(5),
             expires_ms: Some(3_600_000),
             max_message_bytes: Some(65_536),
+            single_active_consumer: Some(1),
         }
     }
 
@@ -458,10 +471,10 @@ mod tests {
                 passive: true,
                 arguments: full_arguments(),
             },
-            &hex("00 00  0e  ff 03
+            &hex("00 00  0e  ff 0b
                  e8 03 00 00 00 00 00 00  00 00 10 00 00 00 00 00  01  60 ea 00 00 00 00 00 00
                  03 00 64 6c 78  04 00 64 65 61 64  40 77 1b 00 00 00 00 00  05 00 00 00
-                 80 ee 36 00 00 00 00 00  00 00 01 00"),
+                 80 ee 36 00 00 00 00 00  00 00 01 00  01"),
         );
     }
 
@@ -500,6 +513,25 @@ mod tests {
             },
             &hex("01 00 71  00  00 02  00 04 00 00"),
         );
+    }
+
+    #[test]
+    fn declare_queue_with_a_single_active_consumer() {
+        // Bit 11; the value is carried as sent (the server refuses anything but 1).
+        for value in [1u8, 0] {
+            check_payload(
+                &DeclareQueue {
+                    name: "q".into(),
+                    durable: true,
+                    arguments: QueueArguments {
+                        single_active_consumer: Some(value),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+                &[0x01, 0x00, 0x71, 0x01, 0x00, 0x08, value],
+            );
+        }
     }
 
     #[test]
