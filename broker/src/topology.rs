@@ -149,8 +149,9 @@ pub struct ArgumentsDefinition {
     expires_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     max_message_bytes: Option<u32>,
+    /// `true` when on (absent when off, as in `PUT /api/queues/NAME`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    single_active_consumer: Option<u8>,
+    single_active_consumer: Option<bool>,
 }
 
 /// What a queue does at its length limit, as `declare-queue --overflow` names it.
@@ -177,7 +178,7 @@ impl From<&QueueArguments> for ArgumentsDefinition {
             delivery_limit: a.delivery_limit,
             expires_ms: a.expires_ms,
             max_message_bytes: a.max_message_bytes,
-            single_active_consumer: a.single_active_consumer,
+            single_active_consumer: a.single_active_consumer.map(|v| v == 1),
         }
     }
 }
@@ -198,7 +199,7 @@ impl From<&ArgumentsDefinition> for QueueArguments {
             delivery_limit: a.delivery_limit,
             expires_ms: a.expires_ms,
             max_message_bytes: a.max_message_bytes,
-            single_active_consumer: a.single_active_consumer,
+            single_active_consumer: a.single_active_consumer.and_then(|on| on.then_some(1)),
         }
     }
 }

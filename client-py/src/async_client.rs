@@ -67,7 +67,7 @@ impl AsyncClient {
         name, durable = true, *, exclusive = false, auto_delete = false, passive = false,
         max_length = None, max_length_bytes = None, overflow = None, message_ttl = None,
         dead_letter_exchange = None, dead_letter_routing_key = None, ack_timeout = None,
-        delivery_limit = None, expires = None,
+        delivery_limit = None, expires = None, single_active_consumer = false,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn declare_queue<'py>(
@@ -87,6 +87,7 @@ impl AsyncClient {
         ack_timeout: Option<f64>,
         delivery_limit: Option<u32>,
         expires: Option<f64>,
+        single_active_consumer: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let options = QueueArgs {
             exclusive,
@@ -101,6 +102,7 @@ impl AsyncClient {
             ack_timeout,
             delivery_limit,
             expires,
+            single_active_consumer,
         }
         .into_options(durable)?;
         let connection = self.connection.clone();
@@ -314,6 +316,7 @@ impl AsyncClient {
     /// Not awaited; the consumer starts on first use.
     #[pyo3(signature = (
         queue, *, prefetch = None, consumer_tag = None, exclusive = false, ack_timeout = None,
+        priority = None,
     ))]
     fn consume(
         &self,
@@ -322,8 +325,10 @@ impl AsyncClient {
         consumer_tag: Option<String>,
         exclusive: bool,
         ack_timeout: Option<f64>,
+        priority: Option<i32>,
     ) -> PyResult<AsyncConsumer> {
-        let options = options::consume_options(prefetch, consumer_tag, exclusive, ack_timeout)?;
+        let options =
+            options::consume_options(prefetch, consumer_tag, exclusive, ack_timeout, priority)?;
         Ok(AsyncConsumer::new(self.connection.clone(), queue, options))
     }
 

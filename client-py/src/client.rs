@@ -185,7 +185,7 @@ impl Client {
         name, durable = true, *, exclusive = false, auto_delete = false, passive = false,
         max_length = None, max_length_bytes = None, overflow = None, message_ttl = None,
         dead_letter_exchange = None, dead_letter_routing_key = None, ack_timeout = None,
-        delivery_limit = None, expires = None,
+        delivery_limit = None, expires = None, single_active_consumer = false,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn declare_queue(
@@ -205,6 +205,7 @@ impl Client {
         ack_timeout: Option<f64>,
         delivery_limit: Option<u32>,
         expires: Option<f64>,
+        single_active_consumer: bool,
     ) -> PyResult<DeclaredQueue> {
         let options = QueueArgs {
             exclusive,
@@ -219,6 +220,7 @@ impl Client {
             ack_timeout,
             delivery_limit,
             expires,
+            single_active_consumer,
         }
         .into_options(durable)?;
         runtime::block_on(py, async {
@@ -424,7 +426,9 @@ impl Client {
     /// overrides the queue's lease.
     #[pyo3(signature = (
         queue, *, prefetch = None, consumer_tag = None, exclusive = false, ack_timeout = None,
+        priority = None,
     ))]
+    #[allow(clippy::too_many_arguments)]
     fn consume(
         &self,
         py: Python<'_>,
@@ -433,8 +437,10 @@ impl Client {
         consumer_tag: Option<String>,
         exclusive: bool,
         ack_timeout: Option<f64>,
+        priority: Option<i32>,
     ) -> PyResult<Consumer> {
-        let options = options::consume_options(prefetch, consumer_tag, exclusive, ack_timeout)?;
+        let options =
+            options::consume_options(prefetch, consumer_tag, exclusive, ack_timeout, priority)?;
         let consumer = runtime::block_on(py, async {
             let client = self.connection.get().await?;
             client.consume(&queue, options).await.py()

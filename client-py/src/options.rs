@@ -27,6 +27,7 @@ pub(crate) struct QueueArgs {
     pub ack_timeout: Option<f64>,
     pub delivery_limit: Option<u32>,
     pub expires: Option<f64>,
+    pub single_active_consumer: bool,
 }
 
 impl QueueArgs {
@@ -64,6 +65,7 @@ impl QueueArgs {
             expires_ms: convert::opt_seconds("expires", self.expires)?.map(millis_at_least_1),
             // Not offered by the Python declare yet; the Rust client and the HTTP API set it.
             max_message_bytes: None,
+            single_active_consumer: self.single_active_consumer.then_some(1),
         };
         Ok(options)
     }
@@ -103,9 +105,11 @@ pub(crate) fn consume_options(
     consumer_tag: Option<String>,
     exclusive: bool,
     ack_timeout: Option<f64>,
+    priority: Option<i32>,
 ) -> PyResult<ConsumeOptions> {
     let mut options = ConsumeOptions::new().exclusive(exclusive);
     options.prefetch = prefetch;
+    options.priority = priority;
     if let Some(tag) = consumer_tag {
         options = options.consumer_tag(tag);
     }
@@ -399,6 +403,9 @@ impl QueueInfo {
         }
         if let Some(v) = a.expires_ms {
             args.set_item("expires", secs(v))?;
+        }
+        if a.single_active_consumer == Some(1) {
+            args.set_item("single_active_consumer", true)?;
         }
         if let Some(v) = a.max_message_bytes {
             args.set_item("max_message_bytes", v)?;

@@ -286,6 +286,7 @@ class Client:
         ack_timeout: Optional[float] = None,
         delivery_limit: Optional[int] = None,
         expires: Optional[float] = None,
+        single_active_consumer: bool = False,
     ) -> DeclaredQueue: ...
     def delete_queue(
         self, name: str, *, if_unused: bool = False, if_empty: bool = False
@@ -357,6 +358,7 @@ class Client:
         consumer_tag: Optional[str] = None,
         exclusive: bool = False,
         ack_timeout: Optional[float] = None,
+        priority: Optional[int] = None,
     ) -> Consumer: ...
     def close(self) -> None: ...
     @property
@@ -401,6 +403,7 @@ class AsyncClient:
         ack_timeout: Optional[float] = None,
         delivery_limit: Optional[int] = None,
         expires: Optional[float] = None,
+        single_active_consumer: bool = False,
     ) -> Coroutine[Any, Any, DeclaredQueue]: ...
     def delete_queue(
         self, name: str, *, if_unused: bool = False, if_empty: bool = False
@@ -474,6 +477,7 @@ class AsyncClient:
         consumer_tag: Optional[str] = None,
         exclusive: bool = False,
         ack_timeout: Optional[float] = None,
+        priority: Optional[int] = None,
     ) -> AsyncConsumer: ...
     def close(self) -> Coroutine[Any, Any, None]: ...
     @property
