@@ -399,6 +399,34 @@ async fn higher_priority_consumers_get_messages_first_and_lower_ones_only_when_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_higher_priority_standby_becomes_active_once_the_active_one_has_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let process = BrokerProcess::start(dir.path(), &[]);
+    let client = connect(&process).await;
+    client.declare_queue("q", sac()).await.unwrap();
+    let mut a = consume(&client, "q", "a", 10).await;
+    publish(&client, "q", bodies(0..1)).await;
+    let m0 = next(&mut a).await;
+    let options = ConsumeOptions::new()
+        .consumer_tag("h")
+        .prefetch(10)
+        .priority(5);
+    let mut h = client.consume("q", options).await.unwrap();
+    assert_eq!(
+        states(&client, &["a", "h"]).await,
+        [("a".into(), true, 0), ("h".into(), false, 5)]
+    );
+    // A holds a delivery: it gets nothing more, and h waits for it to settle.
+    publish(&client, "q", bodies(1..2)).await;
+    let q = client.inspect_queue("q").await.unwrap();
+    assert_eq!((q.ready, q.unacked), (1, 1));
+    m0.ack().await.unwrap();
+    assert_eq!(next(&mut h).await.body, "m1");
+    assert_eq!(active_tags(&client, &["a", "h"]).await, ["h"]);
+    process.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_active_consumer_queue_survives_kill_9_and_hands_over_after_reconnect() {
     let dir = tempfile::tempdir().unwrap();
     let process = BrokerProcess::start(dir.path(), &[]);

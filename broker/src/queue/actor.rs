@@ -287,6 +287,9 @@ impl Actor {
             self.ack_dead_letters();
             self.count_confirmed();
             self.pump();
+            if self.consumers.take_switched() {
+                self.publish_consumers();
+            }
             self.flush();
             self.refresh_oldest();
             self.update_stats();
@@ -329,23 +332,24 @@ impl Actor {
                 self.exclusive_consumer = exclusive;
                 self.had_consumer = true;
                 self.last_used = Instant::now();
-                conn.send(ConnEvent::Reply {
-                    request_id,
-                    reply: Reply::ConsumeOk(ConsumeOk {
-                        consumer_id,
-                        consumer_tag: tag.clone(),
-                    }),
-                });
+                // Listed before it is confirmed: a listing after `ConsumeOk` shows it.
                 self.consumers.push(Consumer {
-                    conn,
+                    conn: Arc::clone(&conn),
                     id: consumer_id,
-                    tag,
+                    tag: tag.clone(),
                     prefetch,
                     unacked: 0,
                     lease: ack_timeout.unwrap_or(self.default_lease),
                     priority,
                 });
                 self.publish_consumers();
+                conn.send(ConnEvent::Reply {
+                    request_id,
+                    reply: Reply::ConsumeOk(ConsumeOk {
+                        consumer_id,
+                        consumer_tag: tag,
+                    }),
+                });
             }
             QueueCmd::Cancel {
                 conn,

@@ -28,6 +28,8 @@ pub(super) struct Consumers<C> {
     active: usize,
     /// Not all consumers share one priority: the slower, priority-aware search is needed.
     prioritised: bool,
+    /// A higher-priority standby became active in [`Self::pick`] (listings are stale).
+    switched: bool,
 }
 
 impl<C: Member> Consumers<C> {
@@ -38,7 +40,13 @@ impl<C: Member> Consumers<C> {
             single_active,
             active: 0,
             prioritised: false,
+            switched: false,
         }
+    }
+
+    /// Whether the active consumer changed in [`Self::pick`] since the last call.
+    pub(super) fn take_switched(&mut self) -> bool {
+        std::mem::take(&mut self.switched)
     }
 
     pub(super) fn len(&self) -> usize {
@@ -147,6 +155,7 @@ impl<C: Member> Consumers<C> {
                     return None;
                 }
                 self.active = best;
+                self.switched = true;
             }
         }
         (self.list[self.active].credit() > 0).then_some(self.active)
@@ -300,9 +309,11 @@ mod tests {
         // The active one holds deliveries: it gets nothing more, nor does anyone else.
         assert_eq!(c.pick(), None);
         assert_eq!(active_ids(&c), [1]);
+        assert!(!c.take_switched());
         c.get_mut(0).unacked = 0;
         assert_eq!(picked_ids(&mut c, 2), [3, 3]);
         assert_eq!(active_ids(&c), [3]);
+        assert!(c.take_switched(), "the listing is refreshed");
         // It goes: the best standby is the earliest of the highest priority left.
         c.remove_where(|f| f.id == 3);
         assert_eq!(active_ids(&c), [1]);
