@@ -163,6 +163,11 @@ async fn only_the_active_consumer_receives_and_every_listing_shows_the_standbys(
     assert_eq!(by_tag("a")["active"], true);
     assert_eq!(by_tag("b")["active"], false);
     assert_eq!(by_tag("b")["priority"], 0);
+    let metrics = http.get("/metrics").await.body;
+    assert!(
+        metrics.contains(r#"sluice_queue_standby_consumers{vhost="/",queue="orders"} 2"#),
+        "{metrics}"
+    );
     // Inspect shows the argument.
     let q = client.inspect_queue("orders").await.unwrap();
     assert_eq!(q.arguments.single_active_consumer, Some(1));
