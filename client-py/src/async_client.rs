@@ -11,7 +11,7 @@ use crate::consumer::AsyncConsumer;
 use crate::convert;
 use crate::errors::IntoPyResult;
 use crate::message::Handoff;
-use crate::options::{self, DeclaredQueue, PublishArgs, QueueArgs, QueueInfo};
+use crate::options::{self, ConsumerInfo, DeclaredQueue, PublishArgs, QueueArgs, QueueInfo};
 use crate::runtime;
 
 /// An asyncio client: one connection to a Sluice broker, made on first use.
@@ -143,6 +143,16 @@ impl AsyncClient {
     }
 
     /// A queue's settings and counters.
+    /// Every consumer (see `Client.list_consumers`).
+    fn list_consumers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let connection = self.connection.clone();
+        runtime::coroutine(py, async move {
+            let client = connection.get().await?;
+            let all = client.list_consumers().await.py()?;
+            Ok(all.into_iter().map(ConsumerInfo::from).collect::<Vec<_>>())
+        })
+    }
+
     fn inspect_queue<'py>(&self, py: Python<'py>, name: String) -> PyResult<Bound<'py, PyAny>> {
         let connection = self.connection.clone();
         runtime::coroutine(py, async move {

@@ -16,7 +16,7 @@ use crate::consumer::Consumer;
 use crate::convert;
 use crate::errors::{self, to_py, IntoPyResult};
 use crate::message::Message;
-use crate::options::{self, DeclaredQueue, PublishArgs, QueueArgs, QueueInfo};
+use crate::options::{self, ConsumerInfo, DeclaredQueue, PublishArgs, QueueArgs, QueueInfo};
 use crate::runtime;
 
 /// A connection that is made on first use, shared by a client and its async consumers.
@@ -253,6 +253,16 @@ impl Client {
         runtime::block_on(py, async {
             let client = self.connection.get().await?;
             client.purge_queue(&name).await.py()
+        })
+    }
+
+    /// Every consumer the user may see, by queue, tag and connection, with whether it is the
+    /// active one (a standby of a single-active-consumer queue is not) and its priority.
+    fn list_consumers(&self, py: Python<'_>) -> PyResult<Vec<ConsumerInfo>> {
+        runtime::block_on(py, async {
+            let client = self.connection.get().await?;
+            let all = client.list_consumers().await.py()?;
+            Ok(all.into_iter().map(ConsumerInfo::from).collect())
         })
     }
 

@@ -51,5 +51,6 @@ fn _sluice(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<options::OutgoingMessage>()?;
     m.add_class::<options::DeclaredQueue>()?;
     m.add_class::<options::QueueInfo>()?;
+    m.add_class::<options::ConsumerInfo>()?;
     Ok(())
 }

@@ -314,6 +314,52 @@ impl DeclaredQueue {
     }
 }
 
+/// One consumer of `list_consumers` (protocol.md §15.2).
+#[pyclass(module = "sluice", frozen, get_all)]
+pub(crate) struct ConsumerInfo {
+    /// The queue it consumes from.
+    queue: String,
+    /// Its tag.
+    consumer_tag: String,
+    /// The server's number for its connection.
+    connection_id: u64,
+    /// Its window; 0 = unlimited.
+    prefetch: u32,
+    /// Deliveries it holds unsettled (refreshed a few times a second).
+    unacked: u32,
+    /// It receives messages; false for a standby of a single-active-consumer queue.
+    active: bool,
+    /// Its priority (0 unless set).
+    priority: i32,
+}
+
+impl From<sluice_client::ConsumerSummary> for ConsumerInfo {
+    fn from(c: sluice_client::ConsumerSummary) -> Self {
+        ConsumerInfo {
+            queue: c.queue,
+            consumer_tag: c.consumer_tag,
+            connection_id: c.connection_id,
+            prefetch: c.prefetch,
+            unacked: c.unacked,
+            active: c.active,
+            priority: c.priority,
+        }
+    }
+}
+
+#[pymethods]
+impl ConsumerInfo {
+    fn __repr__(&self) -> String {
+        format!(
+            "ConsumerInfo(queue={:?}, consumer_tag={:?}, active={}, priority={})",
+            self.queue,
+            self.consumer_tag,
+            if self.active { "True" } else { "False" },
+            self.priority
+        )
+    }
+}
+
 /// What `inspect_queue` answers: a queue's settings and counters.
 #[pyclass(module = "sluice", frozen)]
 pub(crate) struct QueueInfo {

@@ -22,6 +22,9 @@ def test_only_the_active_consumer_receives_and_the_standby_takes_over_with_its_u
         got = [active.receive(timeout=10) for _ in range(5)]
         assert [m.body for m in got if m is not None] == bodies(0, 5)
         assert admin.inspect_queue(queue_name).unacked == 5
+        listed = {c.consumer_tag: c for c in admin.list_consumers() if c.queue == queue_name}
+        assert sorted(c.active for c in listed.values()) == [False, True]
+        assert all(c.priority == 0 for c in listed.values())
 
         first.close()  # its five unacked go to the standby, in queue order
         again = [standby.receive(timeout=10) for _ in range(5)]
@@ -67,6 +70,8 @@ async def test_async_single_active_consumer_hands_over_and_takes_priorities(
                 for body in bodies(0, 3):
                     await admin.publish("", queue_name, body)
                 got = [await active.receive(timeout=10) for _ in range(3)]
+                mine = [c for c in await admin.list_consumers() if c.queue == queue_name]
+                assert sorted((c.priority, c.active) for c in mine) == [(0, False), (1, True)]
                 assert [m.body for m in got if m is not None] == bodies(0, 3)
                 await first.close()
                 again = [await standby.receive(timeout=10) for _ in range(3)]
