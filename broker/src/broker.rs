@@ -834,6 +834,11 @@ fn first_argument_difference(
             text(&have.dedup_window_count),
             text(&want.dedup_window_count),
         ),
+        (
+            "single_active_consumer",
+            text(&have.single_active_consumer),
+            text(&want.single_active_consumer),
+        ),
     ];
     fields
         .into_iter()
@@ -919,6 +924,11 @@ fn validate_arguments(a: &QueueArguments) -> Result<(), RequestError> {
         }
     }
     crate::queue::check_dedup_window(a)?;
+    if a.single_active_consumer.is_some_and(|v| v != 1) {
+        return Err(RequestError::invalid(
+            "single_active_consumer must be 1 when present",
+        ));
+    }
     if let Some(x) = &a.dead_letter_exchange {
         namespace::check_local(x)?;
         validate_name("dead-letter exchange", x)?;

@@ -158,6 +158,9 @@ pub struct ArgumentsDefinition {
     dedup_window_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     dedup_window_count: Option<u32>,
+    /// `true` when on (absent when off, as in `PUT /api/queues/NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    single_active_consumer: Option<bool>,
 }
 
 /// The `retry_backoff` queue argument in JSON (the topology, the HTTP API, the CLI).
@@ -220,6 +223,7 @@ impl From<&QueueArguments> for ArgumentsDefinition {
             retry_backoff: a.retry_backoff.map(Into::into),
             dedup_window_ms: a.dedup_window_ms,
             dedup_window_count: a.dedup_window_count,
+            single_active_consumer: a.single_active_consumer.map(|v| v == 1),
         }
     }
 }
@@ -244,6 +248,7 @@ impl From<&ArgumentsDefinition> for QueueArguments {
             retry_backoff: a.retry_backoff.map(Into::into),
             dedup_window_ms: a.dedup_window_ms,
             dedup_window_count: a.dedup_window_count,
+            single_active_consumer: a.single_active_consumer.and_then(|on| on.then_some(1)),
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::consumer::AsyncConsumer;
 use crate::convert;
 use crate::errors::IntoPyResult;
 use crate::message::Handoff;
-use crate::options::{self, DeclaredQueue, PublishArgs, QueueArgs, QueueInfo};
+use crate::options::{self, ConsumerInfo, DeclaredQueue, PublishArgs, QueueArgs, QueueInfo};
 use crate::publish_result::PublishResult;
 use crate::runtime;
 
@@ -69,7 +69,7 @@ impl AsyncClient {
         max_length = None, max_length_bytes = None, overflow = None, message_ttl = None,
         dead_letter_exchange = None, dead_letter_routing_key = None, ack_timeout = None,
         delivery_limit = None, expires = None, max_priority = None, retry_backoff = None,
-        dedup_window = None, dedup_window_count = None,
+        dedup_window = None, dedup_window_count = None, single_active_consumer = false,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn declare_queue<'py>(
@@ -93,6 +93,7 @@ impl AsyncClient {
         retry_backoff: Option<(f64, f64, f64)>,
         dedup_window: Option<f64>,
         dedup_window_count: Option<u32>,
+        single_active_consumer: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let options = QueueArgs {
             exclusive,
@@ -111,6 +112,7 @@ impl AsyncClient {
             retry_backoff,
             dedup_window,
             dedup_window_count,
+            single_active_consumer,
         }
         .into_options(durable)?;
         let connection = self.connection.clone();
@@ -151,6 +153,16 @@ impl AsyncClient {
     }
 
     /// A queue's settings and counters.
+    /// Every consumer (see `Client.list_consumers`).
+    fn list_consumers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let connection = self.connection.clone();
+        runtime::coroutine(py, async move {
+            let client = connection.get().await?;
+            let all = client.list_consumers().await.py()?;
+            Ok(all.into_iter().map(ConsumerInfo::from).collect::<Vec<_>>())
+        })
+    }
+
     fn inspect_queue<'py>(&self, py: Python<'py>, name: String) -> PyResult<Bound<'py, PyAny>> {
         let connection = self.connection.clone();
         runtime::coroutine(py, async move {
@@ -363,6 +375,7 @@ impl AsyncClient {
     /// Not awaited; the consumer starts on first use.
     #[pyo3(signature = (
         queue, *, prefetch = None, consumer_tag = None, exclusive = false, ack_timeout = None,
+        priority = None,
     ))]
     fn consume(
         &self,
@@ -371,8 +384,10 @@ impl AsyncClient {
         consumer_tag: Option<String>,
         exclusive: bool,
         ack_timeout: Option<f64>,
+        priority: Option<i32>,
     ) -> PyResult<AsyncConsumer> {
-        let options = options::consume_options(prefetch, consumer_tag, exclusive, ack_timeout)?;
+        let options =
+            options::consume_options(prefetch, consumer_tag, exclusive, ack_timeout, priority)?;
         Ok(AsyncConsumer::new(self.connection.clone(), queue, options))
     }
 

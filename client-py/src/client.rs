@@ -18,7 +18,7 @@ use crate::consumer::Consumer;
 use crate::convert;
 use crate::errors::{self, to_py, IntoPyResult};
 use crate::message::Message;
-use crate::options::{self, DeclaredQueue, PublishArgs, QueueArgs, QueueInfo};
+use crate::options::{self, ConsumerInfo, DeclaredQueue, PublishArgs, QueueArgs, QueueInfo};
 use crate::publish_result::PublishResult;
 use crate::runtime;
 
@@ -189,7 +189,7 @@ impl Client {
         max_length = None, max_length_bytes = None, overflow = None, message_ttl = None,
         dead_letter_exchange = None, dead_letter_routing_key = None, ack_timeout = None,
         delivery_limit = None, expires = None, max_priority = None, retry_backoff = None,
-        dedup_window = None, dedup_window_count = None,
+        dedup_window = None, dedup_window_count = None, single_active_consumer = false,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn declare_queue(
@@ -213,6 +213,7 @@ impl Client {
         retry_backoff: Option<(f64, f64, f64)>,
         dedup_window: Option<f64>,
         dedup_window_count: Option<u32>,
+        single_active_consumer: bool,
     ) -> PyResult<DeclaredQueue> {
         let options = QueueArgs {
             exclusive,
@@ -231,6 +232,7 @@ impl Client {
             retry_backoff,
             dedup_window,
             dedup_window_count,
+            single_active_consumer,
         }
         .into_options(durable)?;
         runtime::block_on(py, async {
@@ -263,6 +265,16 @@ impl Client {
         runtime::block_on(py, async {
             let client = self.connection.get().await?;
             client.purge_queue(&name).await.py()
+        })
+    }
+
+    /// Every consumer the user may see, by queue, tag and connection, with whether it is the
+    /// active one (a standby of a single-active-consumer queue is not) and its priority.
+    fn list_consumers(&self, py: Python<'_>) -> PyResult<Vec<ConsumerInfo>> {
+        runtime::block_on(py, async {
+            let client = self.connection.get().await?;
+            let all = client.list_consumers().await.py()?;
+            Ok(all.into_iter().map(ConsumerInfo::from).collect())
         })
     }
 
@@ -471,7 +483,9 @@ impl Client {
     /// overrides the queue's lease.
     #[pyo3(signature = (
         queue, *, prefetch = None, consumer_tag = None, exclusive = false, ack_timeout = None,
+        priority = None,
     ))]
+    #[allow(clippy::too_many_arguments)]
     fn consume(
         &self,
         py: Python<'_>,
@@ -480,8 +494,10 @@ impl Client {
         consumer_tag: Option<String>,
         exclusive: bool,
         ack_timeout: Option<f64>,
+        priority: Option<i32>,
     ) -> PyResult<Consumer> {
-        let options = options::consume_options(prefetch, consumer_tag, exclusive, ack_timeout)?;
+        let options =
+            options::consume_options(prefetch, consumer_tag, exclusive, ack_timeout, priority)?;
         let consumer = runtime::block_on(py, async {
             let client = self.connection.get().await?;
             client.consume(&queue, options).await.py()

@@ -32,6 +32,7 @@ pub(crate) struct QueueArgs {
     pub retry_backoff: Option<(f64, f64, f64)>,
     pub dedup_window: Option<f64>,
     pub dedup_window_count: Option<u32>,
+    pub single_active_consumer: bool,
 }
 
 impl QueueArgs {
@@ -74,6 +75,7 @@ impl QueueArgs {
             dedup_window_ms: convert::opt_seconds("dedup_window", self.dedup_window)?
                 .map(millis_at_least_1),
             dedup_window_count: self.dedup_window_count,
+            single_active_consumer: self.single_active_consumer.then_some(1),
         };
         Ok(options)
     }
@@ -127,9 +129,11 @@ pub(crate) fn consume_options(
     consumer_tag: Option<String>,
     exclusive: bool,
     ack_timeout: Option<f64>,
+    priority: Option<i32>,
 ) -> PyResult<ConsumeOptions> {
     let mut options = ConsumeOptions::new().exclusive(exclusive);
     options.prefetch = prefetch;
+    options.priority = priority;
     if let Some(tag) = consumer_tag {
         options = options.consumer_tag(tag);
     }
@@ -374,6 +378,52 @@ impl DeclaredQueue {
     }
 }
 
+/// One consumer of `list_consumers` (protocol.md §15.2).
+#[pyclass(module = "sluice", frozen, get_all)]
+pub(crate) struct ConsumerInfo {
+    /// The queue it consumes from.
+    queue: String,
+    /// Its tag.
+    consumer_tag: String,
+    /// The server's number for its connection.
+    connection_id: u64,
+    /// Its window; 0 = unlimited.
+    prefetch: u32,
+    /// Deliveries it holds unsettled (refreshed a few times a second).
+    unacked: u32,
+    /// It receives messages; false for a standby of a single-active-consumer queue.
+    active: bool,
+    /// Its priority (0 unless set).
+    priority: i32,
+}
+
+impl From<sluice_client::ConsumerSummary> for ConsumerInfo {
+    fn from(c: sluice_client::ConsumerSummary) -> Self {
+        ConsumerInfo {
+            queue: c.queue,
+            consumer_tag: c.consumer_tag,
+            connection_id: c.connection_id,
+            prefetch: c.prefetch,
+            unacked: c.unacked,
+            active: c.active,
+            priority: c.priority,
+        }
+    }
+}
+
+#[pymethods]
+impl ConsumerInfo {
+    fn __repr__(&self) -> String {
+        format!(
+            "ConsumerInfo(queue={:?}, consumer_tag={:?}, active={}, priority={})",
+            self.queue,
+            self.consumer_tag,
+            if self.active { "True" } else { "False" },
+            self.priority
+        )
+    }
+}
+
 /// What `inspect_queue` answers: a queue's settings and counters.
 #[pyclass(module = "sluice", frozen)]
 pub(crate) struct QueueInfo {
@@ -471,6 +521,9 @@ impl QueueInfo {
         }
         if let Some(v) = a.expires_ms {
             args.set_item("expires", secs(v))?;
+        }
+        if a.single_active_consumer == Some(1) {
+            args.set_item("single_active_consumer", true)?;
         }
         if let Some(v) = a.max_message_bytes {
             args.set_item("max_message_bytes", v)?;

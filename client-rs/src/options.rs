@@ -190,6 +190,13 @@ impl QueueOptions {
         self
     }
 
+    /// One consumer receives at a time; the others wait as standbys and take over in turn
+    /// (RabbitMQ's `x-single-active-consumer`).
+    pub fn single_active_consumer(mut self, on: bool) -> Self {
+        self.arguments.single_active_consumer = on.then_some(1);
+        self
+    }
+
     pub(crate) fn into_request(self, name: &str) -> DeclareQueue {
         DeclareQueue {
             name: name.to_owned(),
@@ -316,6 +323,9 @@ pub struct ConsumeOptions {
     pub exclusive: bool,
     /// Lease of this consumer's deliveries, overriding the queue's.
     pub ack_timeout: Option<Duration>,
+    /// Its priority (RabbitMQ's `x-priority`): consumers with a higher one get messages
+    /// first while they have credit; `None` = 0.
+    pub priority: Option<i32>,
 }
 
 impl ConsumeOptions {
@@ -348,6 +358,12 @@ impl ConsumeOptions {
         self
     }
 
+    /// Sets the consumer's [`priority`](Self::priority).
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
     pub(crate) fn into_request(self, queue: &str, default_prefetch: u32) -> Consume {
         Consume {
             queue: queue.to_owned(),
@@ -355,6 +371,7 @@ impl ConsumeOptions {
             prefetch: self.prefetch.unwrap_or(default_prefetch),
             exclusive: self.exclusive,
             ack_timeout_ms: self.ack_timeout.map(millis_at_least_1),
+            priority: self.priority,
         }
     }
 }

@@ -256,6 +256,7 @@ async fn declare_queue(client: &Client, a: DeclareQueueArgs, json: bool) -> Resu
             retry_backoff: a.retry_backoff,
             dedup_window_ms: a.dedup_window_ms,
             dedup_window_count: a.dedup_window_count,
+            single_active_consumer: a.single_active_consumer.then_some(1),
         },
     };
     let ok = client.declare_queue(&a.name, options).await?;
@@ -476,9 +477,11 @@ async fn consume(client: &Client, a: &ConsumeArgs, json: bool) -> Result<(), Cli
         }
     };
     let mut prefetch = window(a.count);
-    let mut consumer = client
-        .consume(&a.queue, ConsumeOptions::new().prefetch(prefetch))
-        .await?;
+    let options = ConsumeOptions {
+        priority: a.priority,
+        ..ConsumeOptions::new().prefetch(prefetch)
+    };
+    let mut consumer = client.consume(&a.queue, options).await?;
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     let mut printed = 0u64;

@@ -283,6 +283,8 @@ pub fn consumers_table(consumers: &[ConsumerSummary]) -> Table {
         ("CONNECTION", Right),
         ("PREFETCH", Right),
         ("UNACKED", Right),
+        ("STATE", Left),
+        ("PRIORITY", Right),
     ]);
     for c in consumers {
         table.row(vec![
@@ -294,6 +296,8 @@ pub fn consumers_table(consumers: &[ConsumerSummary]) -> Table {
                 n => n.to_string(),
             },
             c.unacked.to_string(),
+            if c.active { "active" } else { "standby" }.to_owned(),
+            c.priority.to_string(),
         ]);
     }
     table
@@ -389,7 +393,7 @@ pub fn inspect_text(q: &InspectQueueOk) -> String {
         ("scheduled", q.scheduled.to_string()),
         ("duplicates-dropped", q.duplicates_dropped.to_string()),
     ];
-    let optional: [(&str, Option<String>); 14] = [
+    let optional: [(&str, Option<String>); 15] = [
         ("max-length", a.max_length.map(|v| v.to_string())),
         (
             "max-length-bytes",
@@ -412,6 +416,10 @@ pub fn inspect_text(q: &InspectQueueOk) -> String {
         (
             "dedup-window-count",
             a.dedup_window_count.map(|v| v.to_string()),
+        ),
+        (
+            "single-active-consumer",
+            a.single_active_consumer.map(|v| (v == 1).to_string()),
         ),
     ];
     lines.extend(optional.into_iter().filter_map(|(k, v)| Some((k, v?))));
@@ -572,6 +580,9 @@ pub struct ConsumerJson<'a> {
     connection_id: u64,
     prefetch: u32,
     unacked: u32,
+    /// Receiving; false for a standby of a single-active-consumer queue.
+    active: bool,
+    priority: i32,
 }
 
 impl<'a> From<&'a ConsumerSummary> for ConsumerJson<'a> {
@@ -582,6 +593,8 @@ impl<'a> From<&'a ConsumerSummary> for ConsumerJson<'a> {
             connection_id: c.connection_id,
             prefetch: c.prefetch,
             unacked: c.unacked,
+            active: c.active,
+            priority: c.priority,
         }
     }
 }
@@ -660,6 +673,7 @@ struct ArgumentsJson<'a> {
     retry_backoff: Option<crate::topology::RetryBackoffJson>,
     dedup_window_ms: Option<u64>,
     dedup_window_count: Option<u32>,
+    single_active_consumer: Option<bool>,
 }
 
 impl<'a> From<&'a InspectQueueOk> for InspectJson<'a> {
@@ -692,6 +706,7 @@ impl<'a> From<&'a InspectQueueOk> for InspectJson<'a> {
                 retry_backoff: a.retry_backoff.map(Into::into),
                 dedup_window_ms: a.dedup_window_ms,
                 dedup_window_count: a.dedup_window_count,
+                single_active_consumer: a.single_active_consumer.map(|v| v == 1),
             },
         }
     }

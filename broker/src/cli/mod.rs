@@ -310,6 +310,9 @@ pub struct DeclareQueueArgs {
     /// confirmed but not stored again.
     #[arg(long, value_name = "N")]
     pub dedup_window_count: Option<u32>,
+    /// One consumer receives at a time; the others wait as standbys and take over in turn.
+    #[arg(long)]
+    pub single_active_consumer: bool,
 }
 
 /// What a queue does at its length limit.
@@ -494,6 +497,9 @@ pub struct ConsumeArgs {
     /// needs, so no extra message is taken and requeued.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CONSUME_PREFETCH)]
     pub prefetch: u32,
+    /// Consumer priority: higher ones with credit get messages first [default: 0].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub priority: Option<i32>,
 }
 
 /// Arguments of `sluice browse`.

@@ -210,6 +210,8 @@ struct ArgumentsBody {
     retry_backoff: Option<crate::topology::RetryBackoffJson>,
     dedup_window_ms: Option<u64>,
     dedup_window_count: Option<u32>,
+    /// `true` turns it on; `false` is the same as absent.
+    single_active_consumer: Option<bool>,
 }
 
 /// What a queue does at its length limit, as `declare-queue --overflow` names it.
@@ -240,6 +242,7 @@ impl From<ArgumentsBody> for QueueArguments {
             retry_backoff: a.retry_backoff.map(Into::into),
             dedup_window_ms: a.dedup_window_ms,
             dedup_window_count: a.dedup_window_count,
+            single_active_consumer: a.single_active_consumer.and_then(|on| on.then_some(1)),
         }
     }
 }

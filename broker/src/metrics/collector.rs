@@ -223,6 +223,17 @@ fn encode_queue_gauges(enc: &mut DescriptorEncoder, queues: &[&QueueHandle]) -> 
         None,
         |s| load(&s.scheduled),
     )?;
+    per_queue_gauge(
+        enc,
+        queues,
+        "sluice_queue_standby_consumers",
+        "Consumers waiting as standbys of a single-active-consumer queue.",
+        None,
+        |s| {
+            let list = s.consumers_list.lock().unwrap_or_else(|e| e.into_inner());
+            list.iter().filter(|c| !c.active).count() as u64
+        },
+    )?;
     let now_ms = crate::queue::unix_now_ms();
     per_queue_gauge(
         enc,

@@ -26,6 +26,7 @@ use sluice_client::wire::{
 };
 use tokio::sync::mpsc;
 
+use super::consumers::{Consumers, Member};
 use super::dead_letters::DeadLetters;
 use super::dedup::Dedup;
 use super::in_flight::{Delivered, InFlight};
@@ -78,6 +79,21 @@ struct Consumer {
     prefetch: u32,
     unacked: u32,
     lease: Duration,
+    priority: i32,
+}
+
+impl Member for Consumer {
+    fn credit(&self) -> u32 {
+        Consumer::credit(self)
+    }
+
+    fn priority(&self) -> i32 {
+        self.priority
+    }
+
+    fn unacked(&self) -> u32 {
+        self.unacked
+    }
 }
 
 impl Consumer {
@@ -126,9 +142,9 @@ struct Actor {
     expiry_paused_until: Option<Instant>,
     /// Deliveries not settled yet, with their leases.
     in_flight: InFlight,
-    consumers: Vec<Consumer>,
+    /// Who gets the next messages: round-robin, by priority, or the single active one.
+    consumers: Consumers<Consumer>,
     exclusive_consumer: bool,
-    next_consumer: usize,
     had_consumer: bool,
     /// Recovered messages below this may have been delivered before a crash (see
     /// `RecoveredDeliveries::maybe_delivered_below`).
@@ -219,6 +235,7 @@ impl Actor {
             .ack_timeout_ms
             .map_or(default_lease, Duration::from_millis);
         let (dl_tx, dl_events) = mpsc::unbounded_channel();
+        let single_active = meta.arguments.single_active_consumer == Some(1);
         let mut actor = Self {
             meta,
             log: Some(log),
@@ -229,9 +246,8 @@ impl Actor {
             registered: false,
             expiry_paused_until: None,
             in_flight: InFlight::default(),
-            consumers: Vec::new(),
+            consumers: Consumers::new(single_active),
             exclusive_consumer: false,
-            next_consumer: 0,
             had_consumer: false,
             maybe_delivered_below: recovered.maybe_delivered_below,
             delivered_hwm: recovered.delivered_hwm,
@@ -309,6 +325,9 @@ impl Actor {
             self.count_confirmed();
             self.release_due();
             self.pump();
+            if self.consumers.take_switched() {
+                self.publish_consumers();
+            }
             self.flush();
             self.refresh_oldest();
             self.update_stats();
@@ -336,6 +355,7 @@ impl Actor {
                 prefetch,
                 exclusive,
                 ack_timeout,
+                priority,
             } => {
                 if exclusive && !self.consumers.is_empty() || self.exclusive_consumer {
                     conn.send(ConnEvent::Error {
@@ -350,22 +370,24 @@ impl Actor {
                 self.exclusive_consumer = exclusive;
                 self.had_consumer = true;
                 self.last_used = Instant::now();
+                // Listed before it is confirmed: a listing after `ConsumeOk` shows it.
+                self.consumers.push(Consumer {
+                    conn: Arc::clone(&conn),
+                    id: consumer_id,
+                    tag: tag.clone(),
+                    prefetch,
+                    unacked: 0,
+                    lease: ack_timeout.unwrap_or(self.default_lease),
+                    priority,
+                });
+                self.publish_consumers();
                 conn.send(ConnEvent::Reply {
                     request_id,
                     reply: Reply::ConsumeOk(ConsumeOk {
                         consumer_id,
-                        consumer_tag: tag.clone(),
+                        consumer_tag: tag,
                     }),
                 });
-                self.consumers.push(Consumer {
-                    conn,
-                    id: consumer_id,
-                    tag,
-                    prefetch,
-                    unacked: 0,
-                    lease: ack_timeout.unwrap_or(self.default_lease),
-                });
-                self.publish_consumers();
             }
             QueueCmd::Cancel {
                 conn,
@@ -394,8 +416,7 @@ impl Actor {
             } => {
                 if let Some(c) = self
                     .consumers
-                    .iter_mut()
-                    .find(|c| c.conn.id == conn_id && c.id == consumer_id)
+                    .find_mut(|c| c.conn.id == conn_id && c.id == consumer_id)
                 {
                     c.prefetch = prefetch;
                 }
@@ -491,7 +512,7 @@ impl Actor {
                 return true;
             }
             QueueCmd::ConnectionClosed { conn_id } => {
-                self.consumers.retain(|c| c.conn.id != conn_id);
+                self.consumers.remove_where(|c| c.conn.id == conn_id);
                 self.publish_consumers();
                 self.note_if_unused();
                 for seq in self.in_flight.held_by(conn_id, None) {
@@ -790,20 +811,18 @@ impl Actor {
         }
     }
 
-    /// Hands ready messages to consumers with credit, round-robin.
+    /// Hands ready messages to consumers with credit: round-robin, by consumer priority, or
+    /// to the single active consumer (see [`Consumers::pick`]).
     fn pump(&mut self) {
         while self.ready_count() > 0 && !self.consumers.is_empty() {
-            let n = self.consumers.len();
-            let Some(idx) = (0..n)
-                .map(|i| (self.next_consumer + i) % n)
-                .find(|&i| self.consumers[i].credit() > 0)
-            else {
+            let Some(idx) = self.consumers.pick() else {
                 return;
             };
-            let credit = self.consumers[idx].credit();
-            let conn = Arc::clone(&self.consumers[idx].conn);
-            let consumer_id = self.consumers[idx].id;
-            let lease = self.consumers[idx].lease;
+            let c = self.consumers.get(idx);
+            let credit = c.credit();
+            let conn = Arc::clone(&c.conn);
+            let consumer_id = c.id;
+            let lease = c.lease;
             let mut deliveries = Vec::with_capacity(credit.min(64) as usize);
             // At most one message past the connection's room: its outbox stays bounded. (Its
             // credit was checked just now; at least one goes even if the room closed since.)
@@ -817,8 +836,7 @@ impl Actor {
                 d.delivery.delivery_tag = self.record_flight(&conn, Some(consumer_id), lease, &d);
                 deliveries.push(d.delivery);
             }
-            self.consumers[idx].unacked += deliveries.len() as u32;
-            self.next_consumer = (idx + 1) % n;
+            self.consumers.get_mut(idx).unacked += deliveries.len() as u32;
             if deliveries.is_empty() {
                 return;
             }
@@ -927,8 +945,7 @@ impl Actor {
         if let Some(id) = d.consumer {
             if let Some(c) = self
                 .consumers
-                .iter_mut()
-                .find(|c| c.conn.id == d.conn.id && c.id == id)
+                .find_mut(|c| c.conn.id == d.conn.id && c.id == id)
             {
                 c.unacked = c.unacked.saturating_sub(1);
             }
@@ -1003,10 +1020,7 @@ impl Actor {
         code: ErrorCode,
         reason: String,
     ) -> bool {
-        let known = self
-            .consumers
-            .iter()
-            .any(|c| c.conn.id == conn.id && c.id == id);
+        let known = self.consumers.any(|c| c.conn.id == conn.id && c.id == id);
         if !known {
             // Cancelled meanwhile: its connection was answered already.
             return false;
@@ -1030,7 +1044,7 @@ impl Actor {
 
     fn remove_consumer(&mut self, conn_id: ConnId, id: ConsumerId) {
         self.consumers
-            .retain(|c| !(c.conn.id == conn_id && c.id == id));
+            .remove_where(|c| c.conn.id == conn_id && c.id == id);
         self.publish_consumers();
         self.note_if_unused();
         if self.consumers.is_empty() {
@@ -1077,7 +1091,7 @@ impl Actor {
         }
         // The broker's totals keep what this queue counted.
         self.metrics.retire(&self.meta.stats);
-        for c in self.consumers.drain(..) {
+        for c in self.consumers.drain() {
             c.conn.send(ConnEvent::ConsumerStopped {
                 consumer_id: c.id,
                 code: ErrorCode::QueueDeleted,

@@ -23,6 +23,7 @@
 //! `SettleMove`.
 
 mod actor;
+mod consumers;
 mod dead_letters;
 mod dedup;
 mod in_flight;
@@ -250,6 +251,8 @@ pub enum QueueCmd {
         exclusive: bool,
         /// Lease of its deliveries, overriding the queue's.
         ack_timeout: Option<Duration>,
+        /// Its priority (protocol.md §9.1): higher ones with credit get messages first.
+        priority: i32,
     },
     /// Stop a consumer; answers with [`ConnEvent::Cancelled`] when `request_id` is given.
     Cancel {

@@ -26,6 +26,7 @@ __all__ = [
     "BaseMessage",
     "Client",
     "Consumer",
+    "ConsumerInfo",
     "DeclaredQueue",
     "ERROR_CODES",
     "Message",
@@ -79,6 +80,25 @@ class DeclaredQueue:
     def ready(self) -> int: ...
     @property
     def consumers(self) -> int: ...
+
+@final
+class ConsumerInfo:
+    """One consumer of ``list_consumers``."""
+
+    @property
+    def queue(self) -> str: ...
+    @property
+    def consumer_tag(self) -> str: ...
+    @property
+    def connection_id(self) -> int: ...
+    @property
+    def prefetch(self) -> int: ...
+    @property
+    def unacked(self) -> int: ...
+    @property
+    def active(self) -> bool: ...
+    @property
+    def priority(self) -> int: ...
 
 @final
 class QueueInfo:
@@ -347,11 +367,13 @@ class Client:
         retry_backoff: Optional[tuple[float, float, float]] = None,
         dedup_window: Optional[float] = None,
         dedup_window_count: Optional[int] = None,
+        single_active_consumer: bool = False,
     ) -> DeclaredQueue: ...
     def delete_queue(
         self, name: str, *, if_unused: bool = False, if_empty: bool = False
     ) -> int: ...
     def purge_queue(self, name: str) -> int: ...
+    def list_consumers(self) -> list[ConsumerInfo]: ...
     def inspect_queue(self, name: str) -> QueueInfo: ...
     def declare_exchange(
         self,
@@ -425,6 +447,7 @@ class Client:
         consumer_tag: Optional[str] = None,
         exclusive: bool = False,
         ack_timeout: Optional[float] = None,
+        priority: Optional[int] = None,
     ) -> Consumer: ...
     def close(self) -> None: ...
     @property
@@ -473,11 +496,13 @@ class AsyncClient:
         retry_backoff: Optional[tuple[float, float, float]] = None,
         dedup_window: Optional[float] = None,
         dedup_window_count: Optional[int] = None,
+        single_active_consumer: bool = False,
     ) -> Coroutine[Any, Any, DeclaredQueue]: ...
     def delete_queue(
         self, name: str, *, if_unused: bool = False, if_empty: bool = False
     ) -> Coroutine[Any, Any, int]: ...
     def purge_queue(self, name: str) -> Coroutine[Any, Any, int]: ...
+    def list_consumers(self) -> Coroutine[Any, Any, list[ConsumerInfo]]: ...
     def inspect_queue(self, name: str) -> Coroutine[Any, Any, QueueInfo]: ...
     def declare_exchange(
         self,
@@ -553,6 +578,7 @@ class AsyncClient:
         consumer_tag: Optional[str] = None,
         exclusive: bool = False,
         ack_timeout: Optional[float] = None,
+        priority: Optional[int] = None,
     ) -> AsyncConsumer: ...
     def close(self) -> Coroutine[Any, Any, None]: ...
     @property

@@ -355,6 +355,8 @@ async fn listings_ask_for_the_first_page_and_return_the_lists() {
         connection_id: 7,
         prefetch: 10,
         unacked: 1,
+        active: true,
+        priority: 0,
     };
     let (id, request) = peer.recv_request().await;
     assert_eq!(request, Request::ListQueues(ListQueues::default()));

@@ -523,10 +523,14 @@ pub struct ConsumerSummary {
     pub prefetch: u32,
     /// Deliveries it holds unsettled.
     pub unacked: u32,
+    /// It receives messages; false for a standby of a single-active-consumer queue.
+    pub active: bool,
+    /// Its priority (`Consume` flags bit 2; 0 by default).
+    pub priority: i32,
 }
 
 /// Encoded size of a consumer summary besides its queue name and tag.
-const CONSUMER_FIXED_LEN: usize = 2 + 2 + 8 + 4 + 4;
+const CONSUMER_FIXED_LEN: usize = 2 + 2 + 8 + 4 + 4 + 1 + 4;
 
 impl ConsumerSummary {
     /// Bytes it takes in a `ListConsumersOk` payload.
@@ -549,6 +553,8 @@ impl ConsumerSummary {
         p::put_u64(buf, self.connection_id);
         p::put_u32(buf, self.prefetch);
         p::put_u32(buf, self.unacked);
+        p::put_bool(buf, self.active);
+        p::put_i32(buf, self.priority);
         Ok(())
     }
 
@@ -559,6 +565,8 @@ impl ConsumerSummary {
             connection_id: r.u64()?,
             prefetch: r.u32()?,
             unacked: r.u32()?,
+            active: r.bool()?,
+            priority: r.i32()?,
         })
     }
 }
@@ -699,10 +707,15 @@ mod tests {
                     connection_id: 3,
                     prefetch: 10,
                     unacked: 4,
+                    active: false,
+                    priority: -1,
                 }],
                 more: false,
             },
-            &hex("01 00 00 00  01 00 71  01 00 77  03 00 00 00 00 00 00 00  0a 00 00 00  04 00 00 00"),
+            &hex(
+                "01 00 00 00  01 00 71  01 00 77  03 00 00 00 00 00 00 00  0a 00 00 00  04 00 00 00
+                  00  ff ff ff ff",
+            ),
         );
     }
 
@@ -795,6 +808,8 @@ mod tests {
             connection_id: 1,
             prefetch: 0,
             unacked: 0,
+            active: true,
+            priority: 3,
         };
         assert_eq!(c.encoded_len(), c.put_len());
     }

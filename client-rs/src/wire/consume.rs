@@ -9,12 +9,14 @@ use super::publish::put_count;
 
 const EXCLUSIVE: u8 = 1 << 0;
 const HAS_ACK_TIMEOUT: u8 = 1 << 1;
+const HAS_PRIORITY: u8 = 1 << 2;
 
 /// Starts a consumer on a queue.
 ///
 /// ```text
-/// queue str, consumer_tag str, prefetch u32, flags u8 (0 exclusive, 1 ack_timeout present),
-/// [ack_timeout_ms u64]
+/// queue str, consumer_tag str, prefetch u32,
+/// flags u8 (0 exclusive, 1 ack_timeout present, 2 priority present),
+/// [ack_timeout_ms u64], [priority i32]
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Consume {
@@ -28,6 +30,9 @@ pub struct Consume {
     pub exclusive: bool,
     /// Ack deadline for this consumer's deliveries (overrides the queue's).
     pub ack_timeout_ms: Option<u64>,
+    /// Consumer priority (RabbitMQ's `x-priority`); absent = 0. Higher ones with credit get
+    /// messages first.
+    pub priority: Option<i32>,
 }
 
 impl Payload for Consume {
@@ -42,9 +47,15 @@ impl Payload for Consume {
         if self.ack_timeout_ms.is_some() {
             flags |= HAS_ACK_TIMEOUT;
         }
+        if self.priority.is_some() {
+            flags |= HAS_PRIORITY;
+        }
         p::put_u8(buf, flags);
         if let Some(ms) = self.ack_timeout_ms {
             p::put_u64(buf, ms);
+        }
+        if let Some(priority) = self.priority {
+            p::put_i32(buf, priority);
         }
         Ok(())
     }
@@ -53,7 +64,7 @@ impl Payload for Consume {
         let queue = r.string()?;
         let consumer_tag = r.string()?;
         let prefetch = r.u32()?;
-        let flags = r.flags_u8("consume flags", EXCLUSIVE | HAS_ACK_TIMEOUT)?;
+        let flags = r.flags_u8("consume flags", EXCLUSIVE | HAS_ACK_TIMEOUT | HAS_PRIORITY)?;
         Ok(Consume {
             queue,
             consumer_tag,
@@ -62,6 +73,7 @@ impl Payload for Consume {
             ack_timeout_ms: (flags & HAS_ACK_TIMEOUT != 0)
                 .then(|| r.u64())
                 .transpose()?,
+            priority: (flags & HAS_PRIORITY != 0).then(|| r.i32()).transpose()?,
         })
     }
 }
@@ -354,6 +366,7 @@ mod tests {
                 prefetch: 100,
                 exclusive: false,
                 ack_timeout_ms: None,
+                priority: None,
             },
             &hex("05 00 74 61 73 6b 73  00 00  64 00 00 00  00"),
         );
@@ -364,8 +377,32 @@ mod tests {
                 prefetch: 0,
                 exclusive: true,
                 ack_timeout_ms: Some(600_000),
+                priority: None,
             },
             &hex("01 00 71  02 00 77 31  00 00 00 00  03  c0 27 09 00 00 00 00 00"),
+        );
+        // Priority follows the ack timeout; it is signed (-2 here).
+        check_payload(
+            &Consume {
+                queue: "q".into(),
+                consumer_tag: String::new(),
+                prefetch: 1,
+                exclusive: false,
+                ack_timeout_ms: Some(1),
+                priority: Some(-2),
+            },
+            &hex("01 00 71  00 00  01 00 00 00  06  01 00 00 00 00 00 00 00  fe ff ff ff"),
+        );
+        check_payload(
+            &Consume {
+                queue: "q".into(),
+                consumer_tag: String::new(),
+                prefetch: 0,
+                exclusive: false,
+                ack_timeout_ms: None,
+                priority: Some(5),
+            },
+            &hex("01 00 71  00 00  00 00 00 00  04  05 00 00 00"),
         );
     }
 

@@ -102,6 +102,11 @@ impl<'a> Reader<'a> {
         self.array().map(u64::from_le_bytes)
     }
 
+    /// A little-endian two's-complement `i32`.
+    pub fn i32(&mut self) -> Result<i32, WireError> {
+        self.array().map(i32::from_le_bytes)
+    }
+
     /// A little-endian two's-complement `i64`.
     pub fn i64(&mut self) -> Result<i64, WireError> {
         self.array().map(i64::from_le_bytes)
@@ -201,6 +206,11 @@ pub fn put_u32(buf: &mut BytesMut, v: u32) {
 /// Appends a little-endian `u64`.
 pub fn put_u64(buf: &mut BytesMut, v: u64) {
     buf.put_u64_le(v);
+}
+
+/// Appends a little-endian `i32`.
+pub fn put_i32(buf: &mut BytesMut, v: i32) {
+    buf.put_i32_le(v);
 }
 
 /// Appends a little-endian `i64`.

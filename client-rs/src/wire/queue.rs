@@ -36,7 +36,8 @@ impl Overflow {
 /// 0 max_length u64, 1 max_length_bytes u64, 2 overflow u8, 3 message_ttl_ms u64,
 /// 4 dead_letter_exchange str, 5 dead_letter_routing_key str, 6 ack_timeout_ms u64,
 /// 7 delivery_limit u32, 8 expires_ms u64, 9 max_message_bytes u32, 10 max_priority u8,
-/// 12 dedup_window_ms u64, 13 dedup_window_count u32, 14 retry_backoff
+/// 11 single_active_consumer u8, 12 dedup_window_ms u64, 13 dedup_window_count u32,
+/// 14 retry_backoff
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueArguments {
@@ -73,13 +74,19 @@ pub struct QueueArguments {
     /// Publish dedup: a message whose `message_id` is among the last this many the queue
     /// accepted is confirmed but not stored again (at least 1).
     pub dedup_window_count: Option<u32>,
+    /// `Some(1)`: one consumer receives, the others wait as standbys (RabbitMQ's
+    /// `x-single-active-consumer`). Any other value is refused with `INVALID_ARGUMENT`; it is
+    /// kept as sent so the server can say so.
+    pub single_active_consumer: Option<u8>,
 }
 
 /// The highest `max_priority` a queue may have.
 pub const MAX_PRIORITY: u8 = 10;
 
-/// Bits 0–10 and 12–14 of the arguments' `present` field are defined.
-const ARG_BITS: u16 = 0x07ff | DEDUP_BITS | RETRY_BACKOFF;
+/// Bits 0–14 of the arguments' `present` field are defined.
+const ARG_BITS: u16 = 0x0fff | DEDUP_BITS | RETRY_BACKOFF;
+/// Bit of `single_active_consumer` in `present`.
+const SINGLE_ACTIVE_BIT: u16 = 11;
 const DEDUP_WINDOW_MS: u16 = 12;
 const DEDUP_WINDOW_COUNT: u16 = 13;
 const DEDUP_BITS: u16 = (1 << DEDUP_WINDOW_MS) | (1 << DEDUP_WINDOW_COUNT);
@@ -134,6 +141,7 @@ impl Payload for QueueArguments {
         .iter()
         .enumerate()
         .fold(0u16, |bits, (i, &set)| bits | (u16::from(set) << i))
+            | (u16::from(self.single_active_consumer.is_some()) << SINGLE_ACTIVE_BIT)
             | (u16::from(self.dedup_window_ms.is_some()) << DEDUP_WINDOW_MS)
             | (u16::from(self.dedup_window_count.is_some()) << DEDUP_WINDOW_COUNT);
         let present = present
@@ -176,6 +184,9 @@ impl Payload for QueueArguments {
         if let Some(v) = self.max_priority {
             p::put_u8(buf, v);
         }
+        if let Some(v) = self.single_active_consumer {
+            p::put_u8(buf, v);
+        }
         if let Some(v) = self.dedup_window_ms {
             p::put_u64(buf, v);
         }
@@ -207,6 +218,7 @@ impl Payload for QueueArguments {
             expires_ms: has(8).then(|| r.u64()).transpose()?,
             max_message_bytes: has(9).then(|| r.u32()).transpose()?,
             max_priority: has(10).then(|| r.u8()).transpose()?,
+            single_active_consumer: has(SINGLE_ACTIVE_BIT).then(|| r.u8()).transpose()?,
             dedup_window_ms: has(DEDUP_WINDOW_MS).then(|| r.u64()).transpose()?,
             dedup_window_count: has(DEDUP_WINDOW_COUNT).then(|| r.u32()).transpose()?,
             retry_backoff: has(14)
@@ -525,6 +537,7 @@ mod tests {
             max_message_bytes: Some(65_536),
             max_priority: Some(10),
             retry_backoff: None,
+            single_active_consumer: Some(1),
             ..Default::default()
         }
     }
@@ -558,10 +571,10 @@ mod tests {
                 passive: true,
                 arguments: full_arguments(),
             },
-            &hex("00 00  0e  ff 07
+            &hex("00 00  0e  ff 0f
                  e8 03 00 00 00 00 00 00  00 00 10 00 00 00 00 00  01  60 ea 00 00 00 00 00 00
                  03 00 64 6c 78  04 00 64 65 61 64  40 77 1b 00 00 00 00 00  05 00 00 00
-                 80 ee 36 00 00 00 00 00  00 00 01 00  0a"),
+                 80 ee 36 00 00 00 00 00  00 00 01 00  0a  01"),
         );
     }
 
@@ -615,6 +628,25 @@ mod tests {
             },
             &hex("01 00 71  00  00 04  05"),
         );
+    }
+
+    #[test]
+    fn declare_queue_with_a_single_active_consumer() {
+        // Bit 11; the value is carried as sent (the server refuses anything but 1).
+        for value in [1u8, 0] {
+            check_payload(
+                &DeclareQueue {
+                    name: "q".into(),
+                    durable: true,
+                    arguments: QueueArguments {
+                        single_active_consumer: Some(value),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+                &[0x01, 0x00, 0x71, 0x01, 0x00, 0x08, value],
+            );
+        }
     }
 
     #[test]
@@ -750,8 +782,8 @@ mod tests {
             },
             &hex("00 20  02 00 00 00"),
         );
-        // Bits 11 and 15 stay reserved here.
-        for bits in ["00 08", "00 80"] {
+        // Bit 15 stays reserved.
+        for bits in ["00 80"] {
             let bad = hex(bits);
             assert!(matches!(
                 QueueArguments::decode(&mut Reader::new(&bad)),

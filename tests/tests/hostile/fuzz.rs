@@ -106,6 +106,7 @@ fn corpus() -> Vec<Vec<u8>> {
                 prefetch: 10,
                 exclusive: false,
                 ack_timeout_ms: None,
+                priority: None,
             },
         ),
         encode(

@@ -123,6 +123,7 @@ impl StalledConsumer {
             prefetch: 0,
             exclusive: false,
             ack_timeout_ms: None,
+            priority: None,
         };
         sock.write_all(&encode(2, consume)).await.unwrap();
         loop {
@@ -402,6 +403,7 @@ async fn a_consumer_held_back_by_its_full_socket_is_not_closed_for_its_silence()
         prefetch: 0,
         exclusive: false,
         ack_timeout_ms: None,
+        priority: None,
     };
     sock.write_all(&encode(2, consume)).await.unwrap();
     loop {

@@ -82,6 +82,7 @@ impl Session {
             prefetch: self.broker.config.limits.effective_prefetch(c.prefetch),
             exclusive: c.exclusive,
             ack_timeout: c.ack_timeout_ms.map(Duration::from_millis),
+            priority: c.priority.unwrap_or(0),
         });
         if !sent {
             return self.send_error(id, RequestError::no_queue(&c.queue));

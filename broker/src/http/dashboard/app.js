@@ -531,6 +531,7 @@ const ARGUMENT_NAMES = [
   ['dead_letter_routing_key', 'Dead-letter routing key', String],
   ['ack_timeout_ms', 'Ack timeout', fmtDuration], ['delivery_limit', 'Delivery limit', fmtCount],
   ['expires_ms', 'Expires when unused', fmtDuration],
+  ['single_active_consumer', 'Single active consumer', (v) => (v ? 'yes' : 'no')],
 ];
 
 const queuePage = { name: '', browseLimit: 20, browsed: null };
@@ -590,8 +591,9 @@ pages.queue = {
       ${tile('Bytes', fmtBytes(info.bytes), 'ready and unacked', 'q-bytes')}`);
     drawHistory(history, 5 * 60000);
     const mine = consumers.filter((c) => c.queue === name);
-    setHtml($('#q-consumers'), mine.length ? html`<table class="data"><thead><tr><th>Consumer tag</th><th class="num">Connection</th><th class="num">Prefetch</th><th class="num">Unacked</th><th></th></tr></thead><tbody>
+    setHtml($('#q-consumers'), mine.length ? html`<table class="data"><thead><tr><th>Consumer tag</th><th class="num">Connection</th><th class="num">Prefetch</th><th class="num">Unacked</th><th>State</th><th class="num">Priority</th><th></th></tr></thead><tbody>
       ${mine.map((c) => html`<tr><td class="mono">${c.consumer_tag}</td><td class="num"><a href="#/connections">#${c.connection_id}</a></td><td class="num">${c.prefetch === 0 ? '∞' : fmtCount(c.prefetch)}</td><td class="num">${fmtCount(c.unacked)}</td>
+        <td>${c.active === false ? 'standby' : 'active'}</td><td class="num">${c.priority ?? 0}</td>
         <td class="actions">${cancelButton(c)}</td></tr>`)}
       </tbody></table>` : html`<div class="empty">No consumers.</div>`);
     const args = info.arguments || {};

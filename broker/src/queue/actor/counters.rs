@@ -75,12 +75,14 @@ impl Actor {
         let list = self
             .consumers
             .iter()
-            .map(|c| sluice_client::wire::ConsumerSummary {
+            .map(|(c, active)| sluice_client::wire::ConsumerSummary {
                 queue: self.meta.name.to_string(),
                 consumer_tag: c.tag.clone(),
                 connection_id: c.conn.id,
                 prefetch: c.prefetch,
                 unacked: c.unacked,
+                active,
+                priority: c.priority,
             })
             .collect();
         *self
