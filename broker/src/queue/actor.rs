@@ -5,6 +5,8 @@
 //! (copies to the dead-letter exchange, acked once durable), `counters.rs` (the live
 //! [`QueueStats`](super::QueueStats) and confirm counting), and for operators `browse.rs`
 //! (ready messages shown in place) and `mover.rs` (messages held for a move to another queue).
+//! Its bookkeeping lives in types of their own beside it, each with its unit tests:
+//! [`ReadySet`], [`InFlight`], [`DeadLetters`], [`Unconfirmed`] and [`RateBase`].
 
 mod browse;
 mod counters;
@@ -12,7 +14,7 @@ mod dead_letter;
 mod expiry;
 mod mover;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -23,7 +25,11 @@ use sluice_client::wire::{
 };
 use tokio::sync::mpsc;
 
-use super::ready::{Expiries, Fresh};
+use super::dead_letters::DeadLetters;
+use super::in_flight::{Delivered, InFlight};
+use super::rates::RateBase;
+use super::ready_set::{ReadyMessage, ReadySet};
+use super::unconfirmed::Unconfirmed;
 use super::{
     delivery_bytes, ConnEvent, ConnId, ConnLink, DeathReason, Incoming, QueueCmd, QueueHandle,
     QueueMeta, Settlement,
@@ -31,7 +37,7 @@ use super::{
 use crate::broker::Broker;
 use crate::error::RequestError;
 use crate::metrics::Metrics;
-use crate::storage::{Epoch, QueueLog, StorageError};
+use crate::storage::{QueueLog, StorageError};
 use mover::HeldForMoves;
 
 /// Most deliveries handed to one consumer before the next consumer's turn.
@@ -89,19 +95,6 @@ impl Consumer {
     }
 }
 
-struct InFlight {
-    conn: Arc<ConnLink>,
-    consumer: Option<ConsumerId>,
-    tag: u64,
-    deadline: Instant,
-    /// When it was handed out, for the delivery→ack time.
-    delivered_at: Instant,
-    count: u32,
-    bytes: u64,
-    /// When the message's own TTL runs out (Unix ms), for the deadline index if it returns.
-    expires_at_ms: Option<u64>,
-}
-
 /// A message taken from the ready set for a delivery.
 struct Deliverable {
     seq: u64,
@@ -112,45 +105,6 @@ struct Deliverable {
     delivery: Delivery,
 }
 
-/// The oldest ready message: the next to expire by the queue's TTL, and the age listings show.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct OldestReady {
-    seq: u64,
-    /// When the queue stored it (Unix ms); `None` if its record could not be read.
-    enqueued_at_ms: Option<u64>,
-}
-
-/// Messages copied to the dead-letter exchange, acked here once the copies are durable.
-#[derive(Default)]
-struct DeadLetters {
-    next_batch: u64,
-    /// batch → its copies on their way into the target queues.
-    storing: HashMap<u64, DeadLetterCopy>,
-    /// (epoch, seq) of copies stored and waiting for their sync.
-    syncing: Vec<(u64, u64)>,
-}
-
-/// A dead-lettered message whose copies the target queues are storing.
-struct DeadLetterCopy {
-    /// Queues still to store it.
-    waiting: usize,
-    /// The epoch that makes every stored copy durable.
-    epoch: Epoch,
-    /// The message here.
-    seq: u64,
-    /// A target was out of disk: the message stays here and is tried again.
-    failed: bool,
-    reason: DeathReason,
-}
-
-/// Stored messages whose confirm waits for the sync of their epoch (counted as confirmed
-/// then). One entry per epoch: group commit keeps the list short.
-#[derive(Default)]
-struct Unconfirmed {
-    /// (epoch, messages), epochs ascending.
-    pending: VecDeque<(Epoch, u64)>,
-}
-
 struct Actor {
     meta: Arc<QueueMeta>,
     /// `None` once the queue is deleted.
@@ -158,21 +112,15 @@ struct Actor {
     broker: Weak<Broker>,
     handle: QueueHandle,
     default_lease: Duration,
-    /// Never-delivered messages, in seq order.
-    fresh: Fresh,
-    /// Messages delivered before and returned, with their delivery count so far.
-    returned: BTreeMap<u64, u32>,
-    /// Deadlines of ready messages with a TTL of their own.
-    expiries: Expiries,
-    /// The oldest ready message, as last seen (refreshed after every round).
-    oldest: Option<OldestReady>,
+    /// Messages waiting for a delivery (the oldest refreshed after every round).
+    ready: ReadySet,
     /// The broker's published topology names this queue (dead-lettered copies can be routed).
     registered: bool,
     /// Expiry waits until then after a dead-lettered copy found no space, instead of trying
     /// again at once.
     expiry_paused_until: Option<Instant>,
-    inflight: HashMap<u64, InFlight>,
-    deadlines: BTreeSet<(Instant, u64)>,
+    /// Deliveries not settled yet, with their leases.
+    in_flight: InFlight,
     consumers: Vec<Consumer>,
     exclusive_consumer: bool,
     next_consumer: usize,
@@ -182,7 +130,6 @@ struct Actor {
     maybe_delivered_below: u64,
     delivered_hwm: u64,
     dirty: bool,
-    inflight_bytes: u64,
     last_used: Instant,
     /// Where dead-lettered copies report back (as a publisher would).
     dl_link: Arc<ConnLink>,
@@ -193,9 +140,8 @@ struct Actor {
     unconfirmed: Unconfirmed,
     /// Broker-wide histograms (delivery→ack time) and the totals of deleted queues.
     metrics: Arc<Metrics>,
-    /// Counters (published, acked) when the rates were last measured, and when.
-    rates_from: (u64, u64),
-    rates_at: Instant,
+    /// Counters when the rates were last measured, and when.
+    rates: RateBase,
     last_flush: Instant,
 }
 
@@ -212,27 +158,26 @@ impl Actor {
     ) -> Self {
         let mut log = log;
         let recovered = log.recovered_deliveries().clone();
-        let mut fresh = Fresh::default();
-        let mut returned = BTreeMap::new();
-        let mut expiries = Expiries::default();
+        let mut ready = ReadySet::default();
         let mut transient = Vec::new();
         let queue_ttl = meta.arguments.message_ttl_ms;
         for seq in log.live_seqs() {
             // Transient messages do not survive a restart (protocol.md §8.1): drop them now,
             // so they are never counted as ready.
+            let mut expires_at_ms = None;
             if let Ok(head) = log.peek(seq) {
                 if !MetaView::peek_persistent(head.meta) {
                     transient.push(seq);
                     continue;
                 }
-                if let Some(own) = MetaView::peek_expiration_ms(head.meta) {
-                    expiries.insert(seq, expiry_deadline(head.timestamp_ms, own, queue_ttl));
-                }
+                expires_at_ms = MetaView::peek_expiration_ms(head.meta)
+                    .map(|own| expiry_deadline(head.timestamp_ms, own, queue_ttl));
             }
             if seq <= recovered.delivered_hwm || recovered.counts.contains_key(&seq) {
-                returned.insert(seq, recovered.counts.get(&seq).copied().unwrap_or(1));
+                let count = recovered.counts.get(&seq).copied().unwrap_or(1);
+                ready.push_returned(seq, count, expires_at_ms);
             } else {
-                fresh.push_back(seq);
+                ready.push_new(seq, expires_at_ms);
             }
         }
         for &seq in &transient {
@@ -251,14 +196,10 @@ impl Actor {
             broker,
             handle,
             default_lease: lease,
-            fresh,
-            returned,
-            expiries,
-            oldest: None,
+            ready,
             registered: false,
             expiry_paused_until: None,
-            inflight: HashMap::new(),
-            deadlines: BTreeSet::new(),
+            in_flight: InFlight::default(),
             consumers: Vec::new(),
             exclusive_consumer: false,
             next_consumer: 0,
@@ -266,7 +207,6 @@ impl Actor {
             maybe_delivered_below: recovered.maybe_delivered_below,
             delivered_hwm: recovered.delivered_hwm,
             dirty: !transient.is_empty(),
-            inflight_bytes: 0,
             last_used: Instant::now(),
             dl_link: ConnLink::new(0, dl_tx, Arc::default()),
             dl_events,
@@ -274,8 +214,7 @@ impl Actor {
             held: HeldForMoves::default(),
             unconfirmed: Unconfirmed::default(),
             metrics,
-            rates_from: (0, 0),
-            rates_at: Instant::now(),
+            rates: RateBase::new(Instant::now()),
             last_flush: Instant::now(),
         };
         actor.refresh_oldest();
@@ -287,7 +226,7 @@ impl Actor {
         let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let next_deadline = self.deadlines.first().map(|d| d.0);
+            let next_deadline = self.in_flight.next_deadline();
             let next_expiry = self.next_expiry();
             tokio::select! {
                 cmd = rx.recv() => {
@@ -321,7 +260,7 @@ impl Actor {
                 _ = tick.tick() => {
                     self.dirty = true;
                     // A drained backlog should not keep its index's memory.
-                    self.fresh.shrink_if_sparse();
+                    self.ready.shrink_if_sparse();
                     self.measure_rates();
                     self.publish_consumers();
                     if self.expired_unused() && self.delete_or_log("it expired unused") {
@@ -442,14 +381,13 @@ impl Actor {
                 tag,
                 seq,
                 extend,
-            } => match self.inflight.get_mut(&seq) {
-                Some(f) if f.conn.id == conn.id && f.tag == tag => {
-                    self.deadlines.remove(&(f.deadline, seq));
-                    f.deadline = Instant::now() + extend;
-                    self.deadlines.insert((f.deadline, seq));
+            } => {
+                let deadline = Instant::now() + extend;
+                let tag = DeliveryTag(tag);
+                if !self.in_flight.extend(seq, conn.id, tag, deadline) {
+                    conn.send(unknown_tag(request_id, tag));
                 }
-                _ => conn.send(unknown_tag(request_id, tag)),
-            },
+            }
             QueueCmd::Inspect { conn, request_id } => {
                 self.refresh_oldest();
                 self.update_stats();
@@ -494,7 +432,7 @@ impl Actor {
                     return false;
                 }
                 let messages =
-                    self.ready_count() + self.inflight.len() as u64 + self.held.len() as u64;
+                    self.ready_count() + self.in_flight.len() as u64 + self.held.len() as u64;
                 if if_empty && messages > 0 {
                     let _ = reply.send(Err(RequestError::precondition(format!(
                         "queue '{}' holds {messages} messages",
@@ -513,13 +451,7 @@ impl Actor {
                 self.consumers.retain(|c| c.conn.id != conn_id);
                 self.publish_consumers();
                 self.note_if_unused();
-                let seqs: Vec<u64> = self
-                    .inflight
-                    .iter()
-                    .filter(|(_, f)| f.conn.id == conn_id)
-                    .map(|(&s, _)| s)
-                    .collect();
-                for seq in seqs {
+                for seq in self.in_flight.held_by(conn_id, None) {
                     self.return_delivery(seq);
                 }
                 if self.consumers.is_empty() {
@@ -581,11 +513,9 @@ impl Actor {
                     if m.persistent && self.meta.durable {
                         epoch = epoch.max(a.epoch);
                     }
-                    self.fresh.push_back(a.seq);
-                    if let Some(own) = MetaView::peek_expiration_ms(&m.meta) {
-                        let deadline = expiry_deadline(ts, own, self.meta.arguments.message_ttl_ms);
-                        self.expiries.insert(a.seq, deadline);
-                    }
+                    let expires_at_ms = MetaView::peek_expiration_ms(&m.meta)
+                        .map(|own| expiry_deadline(ts, own, self.meta.arguments.message_ttl_ms));
+                    self.ready.push_new(a.seq, expires_at_ms);
                     stored += 1;
                 }
                 Err(e) => {
@@ -638,8 +568,8 @@ impl Actor {
                     _ => format!("queue '{}' is full", self.meta.name),
                 });
             }
-            if let Some((seq, _)) = self.next_ready() {
-                self.dead_letter(seq, DeathReason::MaxLen);
+            if let Some(oldest) = self.ready.take_oldest() {
+                self.dead_letter(oldest.seq, DeathReason::MaxLen);
             }
         }
     }
@@ -647,45 +577,11 @@ impl Actor {
     /// Bytes of ready messages (meta + body).
     fn ready_bytes(&self) -> u64 {
         let live = self.log.as_ref().map_or(0, QueueLog::message_bytes);
-        live.saturating_sub(self.inflight_bytes + self.held.bytes())
+        live.saturating_sub(self.in_flight.bytes() + self.held.bytes())
     }
 
     fn ready_count(&self) -> u64 {
-        (self.fresh.len() + self.returned.len()) as u64
-    }
-
-    /// The next ready message in sequence order, with its delivery count so far.
-    fn next_ready(&mut self) -> Option<(u64, u32)> {
-        let next = self.pop_ready();
-        if let Some((seq, _)) = next {
-            self.expiries.remove(seq);
-        }
-        next
-    }
-
-    fn pop_ready(&mut self) -> Option<(u64, u32)> {
-        let fresh = self.fresh.front();
-        let back = self.returned.first_key_value().map(|(&s, &c)| (s, c));
-        match (fresh, back) {
-            (Some(f), Some((r, c))) => {
-                if r < f {
-                    self.returned.pop_first();
-                    Some((r, c))
-                } else {
-                    self.fresh.pop_front();
-                    Some((f, 0))
-                }
-            }
-            (Some(f), None) => {
-                self.fresh.pop_front();
-                Some((f, 0))
-            }
-            (None, Some((r, c))) => {
-                self.returned.pop_first();
-                Some((r, c))
-            }
-            (None, None) => None,
-        }
+        self.ready.len() as u64
     }
 
     fn ack_in_log(&mut self, seq: u64) {
@@ -700,7 +596,7 @@ impl Actor {
     /// may not have fired yet).
     fn take_deliverable(&mut self) -> Option<Deliverable> {
         loop {
-            let (seq, count) = self.next_ready()?;
+            let ReadyMessage { seq, count } = self.ready.take_next()?;
             let msg = match self.log().read(seq) {
                 Ok(m) => m,
                 Err(e) => {
@@ -745,24 +641,20 @@ impl Actor {
         consumer: Option<ConsumerId>,
         lease: Duration,
         d: &Deliverable,
-    ) -> u64 {
+    ) -> DeliveryTag {
         let (seq, count) = (d.seq, d.count);
-        let bytes = (d.delivery.meta.len() + d.delivery.body.len()) as u64;
         let tag = conn.take_tag();
         let delivered_at = Instant::now();
-        let deadline = delivered_at + lease;
-        self.inflight_bytes += bytes;
-        self.deadlines.insert((deadline, seq));
-        self.inflight.insert(
+        self.in_flight.insert(
             seq,
-            InFlight {
+            Delivered {
                 conn: Arc::clone(conn),
                 consumer,
                 tag,
-                deadline,
+                deadline: delivered_at + lease,
                 delivered_at,
                 count,
-                bytes,
+                bytes: (d.delivery.meta.len() + d.delivery.body.len()) as u64,
                 expires_at_ms: d.expires_at_ms,
             },
         );
@@ -816,8 +708,7 @@ impl Actor {
                     break;
                 };
                 outbox_bytes += delivery_bytes(&d.delivery);
-                let tag = self.record_flight(&conn, Some(consumer_id), lease, &d);
-                d.delivery.delivery_tag = DeliveryTag(tag);
+                d.delivery.delivery_tag = self.record_flight(&conn, Some(consumer_id), lease, &d);
                 deliveries.push(d.delivery);
             }
             self.consumers[idx].unacked += deliveries.len() as u32;
@@ -847,8 +738,7 @@ impl Actor {
             return;
         }
         let delivery = self.take_deliverable().map(|mut d| {
-            let tag = self.record_flight(conn, None, self.default_lease, &d);
-            d.delivery.delivery_tag = DeliveryTag(tag);
+            d.delivery.delivery_tag = self.record_flight(conn, None, self.default_lease, &d);
             d.delivery
         });
         if let Some(d) = &delivery {
@@ -877,11 +767,8 @@ impl Actor {
         let mut ack_times = histogram.tally();
         let now = Instant::now();
         for &(tag, seq) in deliveries {
-            let matches = self
-                .inflight
-                .get(&seq)
-                .is_some_and(|f| f.conn.id == conn.id && f.tag == tag);
-            if !matches {
+            let tag = DeliveryTag(tag);
+            if !self.in_flight.holds(seq, conn.id, tag) {
                 unknown.get_or_insert(tag);
                 continue;
             }
@@ -893,7 +780,9 @@ impl Actor {
                     }
                     self.ack_in_log(seq);
                 }
-                Settlement::Requeue => self.return_delivery(seq),
+                Settlement::Requeue => {
+                    self.return_delivery(seq);
+                }
                 Settlement::Reject => {
                     self.take_flight(seq);
                     self.dead_letter(seq, DeathReason::Rejected);
@@ -914,57 +803,53 @@ impl Actor {
     }
 
     /// Removes a delivery from flight and gives its consumer the credit back.
-    fn take_flight(&mut self, seq: u64) -> Option<InFlight> {
-        let f = self.inflight.remove(&seq)?;
-        self.deadlines.remove(&(f.deadline, seq));
-        self.inflight_bytes -= f.bytes;
-        if let Some(id) = f.consumer {
+    fn take_flight(&mut self, seq: u64) -> Option<Delivered> {
+        let d = self.in_flight.take(seq)?;
+        self.give_credit_back(&d);
+        Some(d)
+    }
+
+    fn give_credit_back(&mut self, d: &Delivered) {
+        if let Some(id) = d.consumer {
             if let Some(c) = self
                 .consumers
                 .iter_mut()
-                .find(|c| c.conn.id == f.conn.id && c.id == id)
+                .find(|c| c.conn.id == d.conn.id && c.id == id)
             {
                 c.unacked = c.unacked.saturating_sub(1);
             }
         }
-        Some(f)
     }
 
-    /// Puts a delivered message back in the ready set, ahead of newer messages.
-    /// Past the queue's delivery limit it is dead-lettered instead.
-    fn return_delivery(&mut self, seq: u64) {
-        if let Some(f) = self.take_flight(seq) {
-            match self.meta.arguments.delivery_limit {
-                Some(limit) if f.count >= limit => {
-                    self.dead_letter(seq, DeathReason::DeliveryLimit)
-                }
-                _ => {
-                    self.returned.insert(seq, f.count);
-                    if let Some(deadline) = f.expires_at_ms {
-                        self.expiries.insert(seq, deadline);
-                    }
-                }
-            }
+    /// Puts a delivered message back in the ready set, ahead of newer messages; returns its
+    /// tag if it was in flight. Past the queue's delivery limit it is dead-lettered instead.
+    fn return_delivery(&mut self, seq: u64) -> Option<DeliveryTag> {
+        let d = self.take_flight(seq)?;
+        let tag = d.tag;
+        self.requeue(seq, d);
+        Some(tag)
+    }
+
+    /// Makes a delivery taken out of flight ready again, or dead-letters it past the queue's
+    /// delivery limit.
+    fn requeue(&mut self, seq: u64, d: Delivered) {
+        match self.meta.arguments.delivery_limit {
+            Some(limit) if d.count >= limit => self.dead_letter(seq, DeathReason::DeliveryLimit),
+            _ => self.ready.push_returned(seq, d.count, d.expires_at_ms),
         }
     }
 
     fn expire_leases(&mut self) {
         let now = Instant::now();
         let mut expired: HashMap<ConnId, (Arc<ConnLink>, Vec<u64>)> = HashMap::new();
-        while let Some(&(deadline, seq)) = self.deadlines.first() {
-            if deadline > now {
-                break;
-            }
-            if let Some(f) = self.inflight.get(&seq) {
-                expired
-                    .entry(f.conn.id)
-                    .or_insert_with(|| (Arc::clone(&f.conn), Vec::new()))
-                    .1
-                    .push(f.tag);
-                self.return_delivery(seq);
-            } else {
-                self.deadlines.pop_first();
-            }
+        while let Some((seq, d)) = self.in_flight.take_expired(now) {
+            self.give_credit_back(&d);
+            expired
+                .entry(d.conn.id)
+                .or_insert_with(|| (Arc::clone(&d.conn), Vec::new()))
+                .1
+                .push(d.tag.0);
+            self.requeue(seq, d);
         }
         for (_, (conn, tags)) in expired {
             conn.send(ConnEvent::LeasesExpired { tags });
@@ -989,16 +874,13 @@ impl Actor {
             return false;
         }
         self.remove_consumer(conn.id, id);
-        let held: Vec<(u64, u64)> = self
-            .inflight
-            .iter()
-            .filter(|(_, f)| f.conn.id == conn.id && f.consumer == Some(id))
-            .map(|(&seq, f)| (seq, f.tag))
+        let tags = self
+            .in_flight
+            .held_by(conn.id, Some(id))
+            .into_iter()
+            .filter_map(|seq| self.return_delivery(seq))
+            .map(|tag| tag.0)
             .collect();
-        let tags = held.iter().map(|&(_, tag)| tag).collect();
-        for (seq, _) in held {
-            self.return_delivery(seq);
-        }
         conn.send(ConnEvent::LeasesExpired { tags });
         conn.send(ConnEvent::ConsumerStopped {
             consumer_id: id,
@@ -1041,12 +923,7 @@ impl Actor {
 
     fn purge(&mut self) -> u64 {
         let n = self.ready_count();
-        self.expiries.clear();
-        let seqs: Vec<u64> = self
-            .fresh
-            .drain()
-            .chain(std::mem::take(&mut self.returned).into_keys())
-            .collect();
+        let seqs: Vec<u64> = self.ready.drain().collect();
         for seq in seqs {
             self.ack_in_log(seq);
         }
@@ -1069,11 +946,8 @@ impl Actor {
                 reason: format!("queue '{}' was deleted", self.meta.name),
             });
         }
-        self.inflight.clear();
-        self.deadlines.clear();
-        self.fresh.clear();
-        self.returned.clear();
-        self.expiries.clear();
+        self.in_flight.clear();
+        self.ready.clear();
         if let Some(log) = self.log.take() {
             match self.broker.upgrade() {
                 Some(broker) => {
@@ -1148,7 +1022,7 @@ impl Actor {
     }
 }
 
-fn unknown_tag(request_id: RequestId, tag: u64) -> ConnEvent {
+fn unknown_tag(request_id: RequestId, tag: DeliveryTag) -> ConnEvent {
     ConnEvent::Error {
         request_id,
         error: RequestError::new(

@@ -23,8 +23,13 @@
 //! `SettleMove`.
 
 mod actor;
+mod dead_letters;
+mod in_flight;
 mod outbox;
+mod rates;
 mod ready;
+mod ready_set;
+mod unconfirmed;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,8 +37,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_client::wire::{
-    ConsumerId, ConsumerSummary, Delivery, ErrorCode, QueueArguments, Rejection, Reply, RequestId,
-    BROWSE_FIXED_LEN, MAX_BROWSE_LIMIT, MIN_FRAME_LEN,
+    ConsumerId, ConsumerSummary, Delivery, DeliveryTag, ErrorCode, QueueArguments, Rejection,
+    Reply, RequestId, BROWSE_FIXED_LEN, MAX_BROWSE_LIMIT, MIN_FRAME_LEN,
 };
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -82,8 +87,8 @@ impl ConnLink {
     }
 
     /// Takes the connection's next delivery tag (the first is 1).
-    pub fn take_tag(&self) -> u64 {
-        self.next_tag.fetch_add(1, Ordering::Relaxed) + 1
+    pub fn take_tag(&self) -> DeliveryTag {
+        DeliveryTag(self.next_tag.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
     /// The highest tag issued so far.

@@ -10,7 +10,7 @@ use crate::queue::BrowsePage;
 impl Actor {
     /// The ready messages after `page.after_seq`, as many as `page` allows.
     pub(super) fn browse(&self, page: &BrowsePage) -> BrowseQueueOk {
-        let mut seqs = self.ready_after(page.after_seq).peekable();
+        let mut seqs = self.ready.after(page.after_seq).peekable();
         let mut messages = Vec::new();
         let mut bytes = 0;
         while messages.len() < page.limit {
@@ -36,20 +36,9 @@ impl Actor {
         BrowseQueueOk { messages, more }
     }
 
-    /// Ready messages (never delivered, and returned ones) above `after`, in sequence order.
-    fn ready_after(&self, after: u64) -> impl Iterator<Item = u64> + '_ {
-        // `fresh` is in sequence order: messages enter it only at the back, in order.
-        let fresh = self.fresh.after(after);
-        let returned = self
-            .returned
-            .range(after.saturating_add(1)..)
-            .map(|(&s, _)| s);
-        merge_sorted(fresh, returned)
-    }
-
     fn browsed(&self, seq: u64) -> Option<BrowsedMessage> {
         let message = self.log.as_ref()?.read(seq).ok()?;
-        let count = self.returned.get(&seq).copied().unwrap_or(0);
+        let count = self.ready.delivery_count(seq);
         Some(BrowsedMessage {
             message_seq: seq,
             delivery_count: count,
@@ -59,32 +48,5 @@ impl Actor {
             meta: message.meta,
             body: message.body,
         })
-    }
-}
-
-/// Merges two ascending sequences into one.
-fn merge_sorted(
-    a: impl Iterator<Item = u64>,
-    b: impl Iterator<Item = u64>,
-) -> impl Iterator<Item = u64> {
-    let (mut a, mut b) = (a.peekable(), b.peekable());
-    std::iter::from_fn(move || match (a.peek(), b.peek()) {
-        (Some(&x), Some(&y)) if y < x => b.next(),
-        (Some(_), _) => a.next(),
-        (None, _) => b.next(),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::merge_sorted;
-
-    #[test]
-    fn merging_keeps_sequence_order() {
-        let merged: Vec<u64> =
-            merge_sorted([1, 4, 5, 9].into_iter(), [2, 3, 10].into_iter()).collect();
-        assert_eq!(merged, [1, 2, 3, 4, 5, 9, 10]);
-        let merged: Vec<u64> = merge_sorted([].into_iter(), [7].into_iter()).collect();
-        assert_eq!(merged, [7]);
     }
 }

@@ -23,10 +23,7 @@ impl Actor {
                 .fetch_add(messages, Ordering::Relaxed);
             return;
         }
-        match self.unconfirmed.pending.back_mut() {
-            Some((e, n)) if *e == epoch => *n += messages,
-            _ => self.unconfirmed.pending.push_back((epoch, messages)),
-        }
+        self.unconfirmed.add(epoch, messages);
     }
 
     /// Moves the messages of durable epochs to the confirmed count. Called every round; a
@@ -34,18 +31,11 @@ impl Actor {
     /// confirms by at most [`MAINTENANCE_INTERVAL`](super::MAINTENANCE_INTERVAL), without a
     /// task per group commit on the publish path.
     pub(super) fn count_confirmed(&mut self) {
-        let (Some(_), Some(log)) = (self.unconfirmed.pending.front(), &self.log) else {
+        let (false, Some(log)) = (self.unconfirmed.is_empty(), &self.log) else {
             return;
         };
         let durable = log.durability().durable_epoch();
-        let mut confirmed = 0;
-        while let Some(&(e, n)) = self.unconfirmed.pending.front() {
-            if e > durable {
-                break;
-            }
-            confirmed += n;
-            self.unconfirmed.pending.pop_front();
-        }
+        let confirmed = self.unconfirmed.take_durable(durable);
         if confirmed > 0 {
             self.meta
                 .stats
@@ -68,23 +58,16 @@ impl Actor {
 
     /// Refreshes the per-second rates about once a second.
     pub(super) fn measure_rates(&mut self) {
-        let elapsed = self.rates_at.elapsed();
-        if elapsed < Duration::from_secs(1) {
-            return;
-        }
         let s = &self.meta.stats;
         let (published, acked) = (
             s.published.load(Ordering::Relaxed),
             s.acked.load(Ordering::Relaxed),
         );
-        let per_sec =
-            |now: u64, before: u64| ((now - before) as f64 / elapsed.as_secs_f64()).round() as u64;
-        s.publish_rate
-            .store(per_sec(published, self.rates_from.0), Ordering::Relaxed);
-        s.ack_rate
-            .store(per_sec(acked, self.rates_from.1), Ordering::Relaxed);
-        self.rates_from = (published, acked);
-        self.rates_at = Instant::now();
+        let every = Duration::from_secs(1);
+        if let Some(rates) = self.rates.measure(published, acked, Instant::now(), every) {
+            s.publish_rate.store(rates.publish, Ordering::Relaxed);
+            s.ack_rate.store(rates.ack, Ordering::Relaxed);
+        }
     }
 
     /// Refreshes the consumer list that listings read.
@@ -112,14 +95,15 @@ impl Actor {
         let s = &self.meta.stats;
         s.ready.store(self.ready_count(), Ordering::Relaxed);
         // Messages held by a move are taken, as if leased to it.
-        let taken = self.inflight.len() + self.held.len();
+        let taken = self.in_flight.len() + self.held.len();
         s.unacked.store(taken as u64, Ordering::Relaxed);
         s.consumers
             .store(self.consumers.len() as u32, Ordering::Relaxed);
         if let Some(log) = &self.log {
             s.bytes.store(log.message_bytes(), Ordering::Relaxed);
         }
-        let oldest = self.oldest.and_then(|o| o.enqueued_at_ms).unwrap_or(0);
+        let oldest = self.ready.oldest().and_then(|o| o.enqueued_at_ms);
+        let oldest = oldest.unwrap_or(0);
         s.oldest_ready_at_ms.store(oldest, Ordering::Relaxed);
     }
 }

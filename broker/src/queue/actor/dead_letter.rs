@@ -5,11 +5,21 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use sluice_client::wire::{ErrorCode, HeaderValue, MessageMeta};
 
-use super::{now_ms, Actor, DeadLetterCopy, MAINTENANCE_INTERVAL};
-use crate::queue::{ConnEvent, DeathReason, Incoming, QueueCmd};
+use super::{now_ms, Actor, MAINTENANCE_INTERVAL};
+use crate::queue::dead_letters::StoredCopies;
+use crate::queue::{ConnEvent, DeathReason, Incoming, QueueCmd, QueueHandle};
 use crate::routing::namespace;
+
+/// The copy of a dead-lettered message, and the queues it goes to.
+struct DeadLetterCopy {
+    meta: Bytes,
+    body: Bytes,
+    persistent: bool,
+    targets: Vec<QueueHandle>,
+}
 
 impl Actor {
     /// Moves a message (no longer ready nor in flight) to the dead-letter exchange, or drops
@@ -82,16 +92,26 @@ impl Actor {
                 &meta.routing_key,
                 &meta.properties.headers,
             );
-            Some((meta.to_bytes().ok()?, msg.body, persistent, targets))
+            Some(DeadLetterCopy {
+                meta: meta.to_bytes().ok()?,
+                body: msg.body,
+                persistent,
+                targets,
+            })
         });
-        let Some((meta, body, persistent, targets)) = copy.filter(|c| !c.3.is_empty()) else {
+        let Some(DeadLetterCopy {
+            meta,
+            body,
+            persistent,
+            targets,
+        }) = copy.filter(|c| !c.targets.is_empty())
+        else {
             // Nowhere to go (no such exchange, or it routes nowhere): dropped, as in RabbitMQ,
             // but counted and logged.
             self.drop_dead_letter(seq, reason, &dlx_internal);
             return;
         };
-        self.dead.next_batch += 1;
-        let batch = self.dead.next_batch;
+        let batch = self.dead.next_batch();
         let mut waiting = 0;
         for q in targets {
             // Outside the target's publish room: a queue never waits for another queue (two
@@ -114,16 +134,7 @@ impl Actor {
             // Every target queue was deleted meanwhile.
             self.drop_dead_letter(seq, reason, &dlx_internal);
         } else {
-            self.dead.storing.insert(
-                batch,
-                DeadLetterCopy {
-                    waiting,
-                    epoch: 0,
-                    seq,
-                    failed: false,
-                    reason,
-                },
-            );
+            self.dead.storing(batch, seq, reason, waiting);
         }
     }
 
@@ -138,43 +149,42 @@ impl Actor {
             rejections,
         } = event
         {
-            let Some(entry) = self.dead.storing.get_mut(&batch) else {
-                return;
-            };
-            entry.waiting -= 1;
-            entry.epoch = entry.epoch.max(epoch);
             // Out of disk in a target: keep the message here and try again later. Other
             // refusals (a full reject-publish queue) drop the copy, as RabbitMQ does.
-            entry.failed |= rejections.iter().any(|r| r.code == ErrorCode::StorageFull);
-            if entry.waiting == 0 {
-                let DeadLetterCopy {
-                    epoch,
-                    seq,
-                    failed,
-                    reason,
-                    ..
-                } = self.dead.storing.remove(&batch).expect("present");
-                if failed {
-                    // Ready again, and due again for its own TTL: tried after a pause, and
-                    // counted as expired only when it has left.
-                    self.returned.insert(seq, 1);
-                    self.note_own_expiry(seq);
-                    self.expiry_paused_until = Some(Instant::now() + MAINTENANCE_INTERVAL);
-                    return;
-                }
-                self.count_gone(reason);
-                self.meta.stats.dead_lettered[reason as usize].fetch_add(1, Ordering::Relaxed);
-                self.dead.syncing.push((epoch, seq));
-                if epoch > 0 {
-                    // Wake this task once the copies are durable.
-                    let durability = self.log().durability().clone();
-                    let link = Arc::clone(&self.dl_link);
-                    tokio::spawn(async move {
-                        durability.wait(epoch).await;
-                        link.send(ConnEvent::Confirmed { up_to: epoch });
-                    });
-                }
-            }
+            let out_of_disk = rejections.iter().any(|r| r.code == ErrorCode::StorageFull);
+            let Some(stored) = self.dead.on_stored(batch, epoch, out_of_disk) else {
+                return;
+            };
+            self.on_copies_stored(stored);
+        }
+    }
+
+    /// Every target of a dead-lettered message answered.
+    fn on_copies_stored(&mut self, stored: StoredCopies) {
+        let StoredCopies {
+            seq,
+            reason,
+            epoch,
+            failed,
+        } = stored;
+        if failed {
+            // Ready again, and due again for its own TTL: tried after a pause, and
+            // counted as expired only when it has left.
+            self.make_ready_again(seq, 1);
+            self.expiry_paused_until = Some(Instant::now() + MAINTENANCE_INTERVAL);
+            return;
+        }
+        self.count_gone(reason);
+        self.meta.stats.dead_lettered[reason as usize].fetch_add(1, Ordering::Relaxed);
+        self.dead.await_sync(seq, epoch);
+        if epoch > 0 {
+            // Wake this task once the copies are durable.
+            let durability = self.log().durability().clone();
+            let link = Arc::clone(&self.dl_link);
+            tokio::spawn(async move {
+                durability.wait(epoch).await;
+                link.send(ConnEvent::Confirmed { up_to: epoch });
+            });
         }
     }
 
@@ -224,19 +234,11 @@ impl Actor {
 
     /// Acks dead-lettered messages whose copies are durable.
     pub(super) fn ack_dead_letters(&mut self) {
-        if self.dead.syncing.is_empty() {
+        if !self.dead.any_syncing() {
             return;
         }
         let durable = self.log().durability().durable_epoch();
-        let ready: Vec<u64> = self
-            .dead
-            .syncing
-            .iter()
-            .filter(|(e, _)| *e <= durable)
-            .map(|&(_, seq)| seq)
-            .collect();
-        self.dead.syncing.retain(|(e, _)| *e > durable);
-        for seq in ready {
+        for seq in self.dead.take_durable(durable) {
             self.ack_in_log(seq);
         }
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use sluice_client::wire::MetaView;
 
-use super::{expiry_deadline, now_ms, Actor, OldestReady, EXPIRE_PER_ROUND, TOPOLOGY_WAIT};
+use super::{expiry_deadline, now_ms, Actor, EXPIRE_PER_ROUND, TOPOLOGY_WAIT};
 use crate::queue::DeathReason;
 
 impl Actor {
@@ -18,30 +18,16 @@ impl Actor {
     }
 
     /// Looks up the oldest ready message again if it changed (one header read).
-    pub(super) fn refresh_oldest(&mut self) -> Option<OldestReady> {
-        let head = match (self.fresh.front(), self.returned.first_key_value()) {
-            (Some(f), Some((&r, _))) => Some(f.min(r)),
-            (f, r) => f.or(r.map(|(&s, _)| s)),
-        };
-        self.oldest = match (head, self.oldest) {
-            (None, _) => None,
-            (Some(seq), Some(o)) if o.seq == seq => Some(o),
-            (Some(seq), _) => Some(OldestReady {
-                seq,
-                enqueued_at_ms: self
-                    .log
-                    .as_ref()
-                    .and_then(|l| l.peek(seq).ok())
-                    .map(|h| h.timestamp_ms),
-            }),
-        };
-        self.oldest
+    pub(super) fn refresh_oldest(&mut self) {
+        let log = self.log.as_ref();
+        self.ready
+            .refresh_oldest(|seq| log.and_then(|l| l.peek(seq).ok()).map(|h| h.timestamp_ms));
     }
 
     /// When the oldest ready message runs out of the queue's TTL (Unix ms).
     pub(super) fn queue_ttl_deadline(&self) -> Option<u64> {
         let ttl = self.meta.arguments.message_ttl_ms?;
-        let enqueued = self.oldest?.enqueued_at_ms?;
+        let enqueued = self.ready.oldest()?.enqueued_at_ms?;
         Some(enqueued.saturating_add(ttl))
     }
 
@@ -54,7 +40,7 @@ impl Actor {
             .expires_ms
             .filter(|_| self.consumers.is_empty())
             .map(|ms| self.last_used + Duration::from_millis(ms));
-        let message = match (self.expiries.next_deadline(), self.queue_ttl_deadline()) {
+        let message = match (self.ready.next_expiry(), self.queue_ttl_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -86,45 +72,37 @@ impl Actor {
         self.expiry_paused_until = None;
         let now = now_ms();
         for _ in 0..EXPIRE_PER_ROUND {
-            let own = self.expiries.next_deadline().filter(|&d| d <= now);
+            let own = self.ready.next_expiry().filter(|&d| d <= now);
             self.refresh_oldest();
             let by_queue = self.queue_ttl_deadline().filter(|&d| d <= now);
             match (own, by_queue) {
                 (Some(own), by_queue) if by_queue.is_none_or(|q| own <= q) => {
-                    let (seq, deadline) = self.expiries.pop_due(now).expect("due");
-                    if self.take_ready(seq) {
-                        self.dead_letter_at(seq, DeathReason::Expired, deadline);
-                    }
+                    let (taken, deadline) = self.ready.take_expired(now).expect("due");
+                    self.dead_letter_at(taken.seq, DeathReason::Expired, deadline);
                 }
                 (_, Some(deadline)) => {
                     // The oldest ready message is the next to run out of the queue's TTL.
-                    let Some((seq, _)) = self.next_ready() else {
+                    let Some(oldest) = self.ready.take_oldest() else {
                         break;
                     };
-                    self.dead_letter_at(seq, DeathReason::Expired, deadline);
+                    self.dead_letter_at(oldest.seq, DeathReason::Expired, deadline);
                 }
                 _ => break,
             }
         }
     }
 
-    /// Puts a message that is ready again (after a move that did not take it) back in the
-    /// deadline index if it has a TTL of its own.
-    pub(super) fn note_own_expiry(&mut self, seq: u64) {
+    /// Makes a message that was taken but not delivered (a move that did not take it, a
+    /// dead-letter copy that found no space) ready again, delivered `count` times so far, with
+    /// the deadline of its own TTL if it has one (one header read).
+    pub(super) fn make_ready_again(&mut self, seq: u64, count: u32) {
         let queue_ttl = self.meta.arguments.message_ttl_ms;
-        let Some(head) = self.log.as_ref().and_then(|l| l.peek(seq).ok()) else {
-            return;
-        };
-        if let Some(own) = MetaView::peek_expiration_ms(head.meta) {
-            let deadline = expiry_deadline(head.timestamp_ms, own, queue_ttl);
-            self.expiries.insert(seq, deadline);
-        }
-    }
-
-    /// Takes `seq` out of the ready set, wherever it is; false if it was not ready (then it
-    /// is someone else's: in flight, or on its way to the dead-letter exchange).
-    pub(super) fn take_ready(&mut self, seq: u64) -> bool {
-        self.returned.remove(&seq).is_some() || self.fresh.remove(seq)
+        let head = self.log.as_ref().and_then(|l| l.peek(seq).ok());
+        let expires_at_ms = head.and_then(|head| {
+            let own = MetaView::peek_expiration_ms(head.meta)?;
+            Some(expiry_deadline(head.timestamp_ms, own, queue_ttl))
+        });
+        self.ready.push_returned(seq, count, expires_at_ms);
     }
 
     /// Whether the broker's published topology names this queue, so a dead-lettered copy is

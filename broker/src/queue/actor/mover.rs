@@ -106,10 +106,9 @@ impl Actor {
         }
         for &seq in returned {
             if let Some(count) = self.held.release(seq) {
-                // `returned` keeps its entries in sequence order, so the message is ready
-                // again ahead of newer ones; a count of 0 still delivers it as a first delivery.
-                self.returned.insert(seq, count);
-                self.note_own_expiry(seq);
+                // Ready again ahead of newer ones; a count of 0 still delivers it as a first
+                // delivery.
+                self.make_ready_again(seq, count);
             }
         }
     }
