@@ -158,6 +158,7 @@ pub struct ArgumentsDefinition {
 enum OverflowName {
     DropHead,
     RejectPublish,
+    RejectPublishDlx,
 }
 
 impl From<&QueueArguments> for ArgumentsDefinition {
@@ -168,6 +169,7 @@ impl From<&QueueArguments> for ArgumentsDefinition {
             overflow: a.overflow.map(|o| match o {
                 Overflow::DropHead => OverflowName::DropHead,
                 Overflow::RejectPublish => OverflowName::RejectPublish,
+                Overflow::RejectPublishDlx => OverflowName::RejectPublishDlx,
             }),
             message_ttl_ms: a.message_ttl_ms,
             dead_letter_exchange: a.dead_letter_exchange.clone(),
@@ -188,6 +190,7 @@ impl From<&ArgumentsDefinition> for QueueArguments {
             overflow: a.overflow.map(|o| match o {
                 OverflowName::DropHead => Overflow::DropHead,
                 OverflowName::RejectPublish => Overflow::RejectPublish,
+                OverflowName::RejectPublishDlx => Overflow::RejectPublishDlx,
             }),
             message_ttl_ms: a.message_ttl_ms,
             dead_letter_exchange: a.dead_letter_exchange.clone(),

@@ -295,6 +295,8 @@ pub enum OverflowArg {
     DropHead,
     /// Refuse the new message (the publisher gets QUEUE_FULL).
     RejectPublish,
+    /// Refuse the new message (QUEUE_FULL) and dead-letter it (reason maxlen).
+    RejectPublishDlx,
 }
 
 impl From<OverflowArg> for Overflow {
@@ -302,6 +304,7 @@ impl From<OverflowArg> for Overflow {
         match o {
             OverflowArg::DropHead => Overflow::DropHead,
             OverflowArg::RejectPublish => Overflow::RejectPublish,
+            OverflowArg::RejectPublishDlx => Overflow::RejectPublishDlx,
         }
     }
 }

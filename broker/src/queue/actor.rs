@@ -287,7 +287,10 @@ impl Actor {
                 messages,
                 room,
             } => {
-                self.publish(&conn, batch, messages);
+                // Copies dead-lettered by another queue (no room) are never dead-lettered again
+                // when refused here: two full queues could pass one message back and forth.
+                let copies = room.is_none();
+                self.publish(&conn, batch, messages, copies);
                 drop(room);
             }
             QueueCmd::Consume {
@@ -490,14 +493,25 @@ impl Actor {
             .expect("the log is open while the task runs")
     }
 
-    fn publish(&mut self, conn: &Arc<ConnLink>, batch: u64, messages: Vec<Incoming>) {
+    fn publish(
+        &mut self,
+        conn: &Arc<ConnLink>,
+        batch: u64,
+        messages: Vec<Incoming>,
+        dead_letter_copies: bool,
+    ) {
         let mut epoch = 0;
         let mut stored = 0;
         let mut rejections = Vec::new();
         let ts = now_ms();
         let args = &self.meta.arguments;
         let (max_len, max_bytes) = (args.max_length, args.max_length_bytes);
-        let reject_when_full = matches!(args.overflow, Some(Overflow::RejectPublish));
+        let reject_when_full = matches!(
+            args.overflow,
+            Some(Overflow::RejectPublish | Overflow::RejectPublishDlx)
+        );
+        let dead_letter_refused =
+            args.overflow == Some(Overflow::RejectPublishDlx) && !dead_letter_copies;
         for m in messages {
             let size = (m.meta.len() + m.body.len()) as u64;
             if let Some(refusal) = self.make_room(size, max_len, max_bytes, reject_when_full) {
@@ -506,6 +520,9 @@ impl Actor {
                     code: ErrorCode::QueueFull,
                     message: refusal,
                 });
+                if dead_letter_refused {
+                    self.dead_letter_refused(&m);
+                }
                 continue;
             }
             match self.log().append(&m.meta, &m.body, ts) {

@@ -64,7 +64,7 @@ _HeaderValue = Union[
 ]
 _Headers = Mapping[str, _HeaderValue]
 _ExchangeKind = Literal["direct", "fanout", "topic", "headers"]
-_Overflow = Literal["drop-head", "reject-publish"]
+_Overflow = Literal["drop-head", "reject-publish", "reject-publish-dlx"]
 
 @final
 class DeclaredQueue:

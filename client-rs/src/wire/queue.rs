@@ -14,6 +14,8 @@ pub enum Overflow {
     DropHead = 0,
     /// Refuse the new message: the publisher gets `QUEUE_FULL`.
     RejectPublish = 1,
+    /// Refuse the new message (`QUEUE_FULL`) and dead-letter it (reason `maxlen`).
+    RejectPublishDlx = 2,
 }
 
 impl Overflow {
@@ -21,6 +23,7 @@ impl Overflow {
         match v {
             0 => Ok(Overflow::DropHead),
             1 => Ok(Overflow::RejectPublish),
+            2 => Ok(Overflow::RejectPublishDlx),
             other => Err(WireError::InvalidValue {
                 what: "overflow",
                 value: u64::from(other),
