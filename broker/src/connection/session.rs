@@ -1,6 +1,6 @@
 //! The state of one connection and the handling of every request (protocol.md §5–§10).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +12,7 @@ use sluice_client::wire::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
+mod get_many;
 mod topology;
 
 use super::access::Access;
@@ -115,6 +116,8 @@ pub(super) struct Session {
     next_consumer: u32,
     consumers: HashMap<u32, ConsumerEntry>,
     pending_consumes: HashMap<RequestId, u32>,
+    /// `GetMany` requests a queue has not answered yet (bounded, protocol.md §9.7).
+    waiting_gets: HashSet<RequestId>,
     outstanding: BTreeMap<u64, (QueueHandle, u64)>,
     touched: Vec<QueueHandle>,
     /// Names of the exclusive queues this connection declared: deleted when it ends.
@@ -179,6 +182,7 @@ impl Session {
             next_consumer: 1,
             consumers: HashMap::new(),
             pending_consumes: HashMap::new(),
+            waiting_gets: HashSet::new(),
             outstanding: BTreeMap::new(),
             touched: Vec::new(),
             exclusive_queues: Vec::new(),
@@ -622,6 +626,7 @@ impl Session {
                     request_id: id,
                 })
             }
+            Request::GetMany(g) => self.on_get_many(id, g),
             Request::Ack(Ack {
                 delivery_tag,
                 multiple,
@@ -757,6 +762,18 @@ impl Session {
         name: &str,
         cmd: impl FnOnce(Arc<ConnLink>) -> QueueCmd,
     ) {
+        self.send_to_queue(id, permission, name, cmd);
+    }
+
+    /// [`with_queue`](Self::with_queue); true when the command reached the queue (it answers),
+    /// false when the request was answered here with an error.
+    fn send_to_queue(
+        &mut self,
+        id: RequestId,
+        permission: impl Into<Option<Permission>>,
+        name: &str,
+        cmd: impl FnOnce(Arc<ConnLink>) -> QueueCmd,
+    ) -> bool {
         let internal = match permission.into() {
             Some(p) => self.access.grant(p, ResourceKind::Queue, name),
             None => self
@@ -767,18 +784,25 @@ impl Session {
         };
         let internal = match internal {
             Ok(n) => n.into_owned(),
-            Err(e) => return self.send_error(id, e),
+            Err(e) => {
+                self.send_error(id, e);
+                return false;
+            }
         };
         let name = internal.as_str();
         match self.broker.queue(name, self.link.id) {
             Ok(q) => {
                 if !q.send(cmd(Arc::clone(&self.link))) {
                     self.send_error(id, RequestError::no_queue(name));
-                } else {
-                    self.touch(&q);
+                    return false;
                 }
+                self.touch(&q);
+                true
             }
-            Err(e) => self.send_error(id, e),
+            Err(e) => {
+                self.send_error(id, e);
+                false
+            }
         }
     }
 
@@ -1128,6 +1152,18 @@ impl Session {
                 }
                 self.send(request_id, Reply::GetOk(GetOk { ready, delivery }));
             }
+            ConnEvent::GotMany {
+                request_id,
+                queue,
+                ready,
+                deliveries,
+            } => {
+                for d in &deliveries {
+                    self.outstanding
+                        .insert(d.delivery_tag.0, (queue.clone(), d.message_seq));
+                }
+                self.on_got_many(request_id, ready, deliveries);
+            }
             ConnEvent::Reply { request_id, reply } => {
                 if matches!(reply, Reply::ConsumeOk(_)) {
                     self.pending_consumes.remove(&request_id);
@@ -1135,6 +1171,7 @@ impl Session {
                 self.send(request_id, reply);
             }
             ConnEvent::Error { request_id, error } => {
+                self.waiting_gets.remove(&request_id);
                 if let Some(consumer) = self.pending_consumes.remove(&request_id) {
                     self.consumers.remove(&consumer);
                 }

@@ -12,6 +12,7 @@ mod browse;
 mod counters;
 mod dead_letter;
 mod expiry;
+mod get_many;
 mod mover;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use sluice_client::wire::{
 use tokio::sync::mpsc;
 
 use super::dead_letters::DeadLetters;
+use super::getters::Getters;
 use super::in_flight::{Delivered, InFlight};
 use super::rates::RateBase;
 use super::ready_set::{ReadyMessage, ReadySet};
@@ -122,6 +124,8 @@ struct Actor {
     /// Deliveries not settled yet, with their leases.
     in_flight: InFlight,
     consumers: Vec<Consumer>,
+    /// `GetMany` requests waiting for a message.
+    getters: Getters,
     exclusive_consumer: bool,
     next_consumer: usize,
     had_consumer: bool,
@@ -201,6 +205,7 @@ impl Actor {
             expiry_paused_until: None,
             in_flight: InFlight::default(),
             consumers: Vec::new(),
+            getters: Getters::default(),
             exclusive_consumer: false,
             next_consumer: 0,
             had_consumer: false,
@@ -246,6 +251,7 @@ impl Actor {
                     }
                 }
                 _ = sleep_until_opt(next_deadline) => self.expire_leases(),
+                _ = sleep_until_opt(self.getters.next_deadline()) => self.expire_getters(),
                 _ = sleep_until_opt(next_expiry) => {
                     self.expire_messages();
                     if self.expired_unused() {
@@ -369,6 +375,15 @@ impl Actor {
                 self.last_used = Instant::now();
                 self.get(&conn, request_id);
             }
+            QueueCmd::GetMany {
+                conn,
+                request_id,
+                limit,
+                wait,
+            } => {
+                self.last_used = Instant::now();
+                self.get_many(conn, request_id, limit, wait);
+            }
             QueueCmd::Touch => self.last_used = Instant::now(),
             // Nothing to do here: every round of commands ends with `pump`.
             QueueCmd::Resume => {}
@@ -451,6 +466,7 @@ impl Actor {
                 return true;
             }
             QueueCmd::ConnectionClosed { conn_id } => {
+                self.getters.forget_connection(conn_id);
                 self.consumers.retain(|c| c.conn.id != conn_id);
                 self.publish_consumers();
                 self.note_if_unused();
@@ -703,6 +719,7 @@ impl Actor {
 
     /// Hands ready messages to consumers with credit, round-robin.
     fn pump(&mut self) {
+        self.serve_getters();
         while self.ready_count() > 0 && !self.consumers.is_empty() {
             let n = self.consumers.len();
             let Some(idx) = (0..n)
@@ -963,6 +980,7 @@ impl Actor {
                 reason: format!("queue '{}' was deleted", self.meta.name),
             });
         }
+        self.cancel_getters();
         self.in_flight.clear();
         self.ready.clear();
         if let Some(log) = self.log.take() {
@@ -1012,6 +1030,9 @@ impl Actor {
                     conn, request_id, ..
                 }
                 | QueueCmd::Get { conn, request_id }
+                | QueueCmd::GetMany {
+                    conn, request_id, ..
+                }
                 | QueueCmd::Inspect { conn, request_id }
                 | QueueCmd::Purge { conn, request_id }
                 | QueueCmd::Browse {
