@@ -366,6 +366,9 @@ class Client:
         return_exceptions: Literal[True],
     ) -> list[Optional[SluiceError]]: ...
     def get(self, queue: str) -> Optional[Message]: ...
+    def get_many(
+        self, queue: str, *, max: int = 10, wait: float = 0.0
+    ) -> list[Message]: ...
     def consume(
         self,
         queue: str,
@@ -483,6 +486,9 @@ class AsyncClient:
         return_exceptions: Literal[True],
     ) -> Coroutine[Any, Any, list[Optional[SluiceError]]]: ...
     def get(self, queue: str) -> Coroutine[Any, Any, Optional[AsyncMessage]]: ...
+    def get_many(
+        self, queue: str, *, max: int = 10, wait: float = 0.0
+    ) -> Coroutine[Any, Any, list[AsyncMessage]]: ...
     def consume(
         self,
         queue: str,
