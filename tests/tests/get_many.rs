@@ -11,6 +11,7 @@ use sluice_client::{
     PublishOptions, QueueArguments, QueueOptions,
 };
 use sluice_tests::broker::{within, BrokerProcess};
+use sluice_tests::http::HttpClient;
 
 async fn connect(process: &BrokerProcess) -> Client {
     within("connect", Client::connect(&process.url()))
@@ -437,6 +438,73 @@ async fn get_many_outside_its_limits_is_an_invalid_argument() {
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
     assert_eq!(client.inspect_queue("q").await.unwrap().ready, 1);
+    client.close().await.unwrap();
+    process.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_get_with_count_and_wait_takes_a_batch_and_refuses_a_wait_above_20_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let process = BrokerProcess::start(dir.path(), &[]);
+    let client = connect(&process).await;
+    queue_with(&client, "q", &["1", "2", "3"]).await;
+    let out = sluice_tests::broker::sluice_command()
+        .args([
+            "get",
+            "q",
+            "--count",
+            "2",
+            "--wait",
+            "1s",
+            "--url",
+            &process.cli_url(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains('1') && shown.contains('2') && !shown.contains('3'),
+        "{shown}"
+    );
+    // Acked by the CLI: one is left.
+    assert_eq!(client.inspect_queue("q").await.unwrap().ready, 1);
+    let out = sluice_tests::broker::sluice_command()
+        .args(["get", "q", "--wait", "25s", "--url", &process.cli_url()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a wait above 20 s is refused");
+    client.close().await.unwrap();
+    process.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_get_with_wait_ms_answers_when_a_message_arrives_or_empty_after_the_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let process = BrokerProcess::start(dir.path(), &["--http-listen", "127.0.0.1:0"]);
+    let http = HttpClient::new(process.http_addr().expect("HTTP on"), "guest", "guest");
+    let client = connect(&process).await;
+    queue_with(&client, "q", &[]).await;
+    let empty = http
+        .post("/api/queues/q/get", r#"{"count": 5, "wait_ms": 200}"#)
+        .await;
+    assert_eq!(empty.status, 200, "{}", empty.body);
+    assert_eq!(empty.body.trim(), "[]");
+    let waiting = http.post("/api/queues/q/get", r#"{"count": 5, "wait_ms": 20000}"#);
+    // Whether the publish reaches the queue before the long poll or wakes it, the get answers
+    // with the message.
+    let publisher = async { publish(&client, "q", "x").await.unwrap() };
+    let (got, ()) = within("the long poll", async { tokio::join!(waiting, publisher) }).await;
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert!(got.body.contains(r#""payload":"x""#), "{}", got.body);
+    let refused = http
+        .post("/api/queues/q/get", r#"{"wait_ms": 20001}"#)
+        .await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
     client.close().await.unwrap();
     process.stop();
 }
