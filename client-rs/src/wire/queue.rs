@@ -479,15 +479,30 @@ mod tests {
         // argument bit 10
         let bad_args = hex("00 00 00 00 04");
         assert!(DeclareQueue::decode(&mut Reader::new(&bad_args)).is_err());
-        // overflow 2
-        let bad_overflow = hex("00 00 00 04 00 02");
+        // overflow 3
+        let bad_overflow = hex("00 00 00 04 00 03");
         assert!(matches!(
             DeclareQueue::decode(&mut Reader::new(&bad_overflow)),
             Err(WireError::InvalidValue {
                 what: "overflow",
-                value: 2
+                value: 3
             })
         ));
+    }
+
+    #[test]
+    fn overflow_2_is_reject_publish_dlx() {
+        check_payload(
+            &DeclareQueue {
+                name: "q".into(),
+                arguments: QueueArguments {
+                    overflow: Some(Overflow::RejectPublishDlx),
+                    ..QueueArguments::default()
+                },
+                ..DeclareQueue::default()
+            },
+            &hex("01 00 71  00  04 00  02"),
+        );
     }
 
     #[test]
