@@ -760,6 +760,7 @@ fn first_argument_difference(
         o.map(|o| match o {
             Overflow::DropHead => "drop-head".to_owned(),
             Overflow::RejectPublish => "reject-publish".to_owned(),
+            Overflow::RejectPublishDlx => "reject-publish-dlx".to_owned(),
         })
     };
     let quoted = |v: &Option<String>| v.as_ref().map(|s| format!("'{s}'"));

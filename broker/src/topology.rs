@@ -201,6 +201,7 @@ impl From<RetryBackoffJson> for RetryBackoff {
 enum OverflowName {
     DropHead,
     RejectPublish,
+    RejectPublishDlx,
 }
 
 impl From<&QueueArguments> for ArgumentsDefinition {
@@ -211,6 +212,7 @@ impl From<&QueueArguments> for ArgumentsDefinition {
             overflow: a.overflow.map(|o| match o {
                 Overflow::DropHead => OverflowName::DropHead,
                 Overflow::RejectPublish => OverflowName::RejectPublish,
+                Overflow::RejectPublishDlx => OverflowName::RejectPublishDlx,
             }),
             message_ttl_ms: a.message_ttl_ms,
             dead_letter_exchange: a.dead_letter_exchange.clone(),
@@ -236,6 +238,7 @@ impl From<&ArgumentsDefinition> for QueueArguments {
             overflow: a.overflow.map(|o| match o {
                 OverflowName::DropHead => Overflow::DropHead,
                 OverflowName::RejectPublish => Overflow::RejectPublish,
+                OverflowName::RejectPublishDlx => Overflow::RejectPublishDlx,
             }),
             message_ttl_ms: a.message_ttl_ms,
             dead_letter_exchange: a.dead_letter_exchange.clone(),

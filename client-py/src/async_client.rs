@@ -371,6 +371,29 @@ impl AsyncClient {
         })
     }
 
+    /// Takes up to `max` ready messages from `queue`, waiting up to `wait` seconds for the
+    /// first (see `Client.get_many`); resolves to a list. Messages of an answer nobody awaits
+    /// any more return to the queue.
+    #[pyo3(signature = (queue, *, max = 10, wait = 0.0))]
+    fn get_many<'py>(
+        &self,
+        py: Python<'py>,
+        queue: String,
+        max: u32,
+        wait: f64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let wait = convert::seconds("wait", wait)?;
+        let connection = self.connection.clone();
+        runtime::coroutine(py, async move {
+            let client = connection.get().await?;
+            let messages = client.get_many(&queue, max, wait).await.py()?;
+            Ok(messages
+                .into_iter()
+                .map(Handoff::from_get)
+                .collect::<Vec<_>>())
+        })
+    }
+
     /// An async iterator of messages from `queue`: `async for msg in client.consume(...)`.
     /// Not awaited; the consumer starts on first use.
     #[pyo3(signature = (

@@ -478,6 +478,28 @@ impl Client {
         message.map(|m| Message::create(py, m)).transpose()
     }
 
+    /// Takes up to `max` (1..=1000) ready messages from `queue`, waiting up to `wait` seconds
+    /// (at most 20) for the first: returns as soon as any is ready, with what is ready then,
+    /// or an empty list when `wait` passes. Settle each like a consumer's message.
+    #[pyo3(signature = (queue, *, max = 10, wait = 0.0))]
+    fn get_many<'py>(
+        &self,
+        py: Python<'py>,
+        queue: String,
+        max: u32,
+        wait: f64,
+    ) -> PyResult<Vec<Bound<'py, Message>>> {
+        let wait = convert::seconds("wait", wait)?;
+        let messages = runtime::block_on(py, async {
+            let client = self.connection.get().await?;
+            client.get_many(&queue, max, wait).await.py()
+        })?;
+        messages
+            .into_iter()
+            .map(|m| Message::create(py, m))
+            .collect()
+    }
+
     /// Starts consuming from `queue`: iterate the returned `Consumer` for messages.
     /// `prefetch` caps unsettled deliveries (default: the client's); `ack_timeout` (seconds)
     /// overrides the queue's lease.

@@ -46,9 +46,10 @@ impl QueueArgs {
             None => None,
             Some("drop-head") => Some(Overflow::DropHead),
             Some("reject-publish") => Some(Overflow::RejectPublish),
+            Some("reject-publish-dlx") => Some(Overflow::RejectPublishDlx),
             Some(other) => {
                 return Err(PyValueError::new_err(format!(
-                    "overflow must be 'drop-head' or 'reject-publish', not {other:?}"
+                    "overflow must be 'drop-head', 'reject-publish' or 'reject-publish-dlx', not {other:?}"
                 )))
             }
         };
@@ -501,6 +502,7 @@ impl QueueInfo {
             let name = match v {
                 Overflow::DropHead => "drop-head",
                 Overflow::RejectPublish => "reject-publish",
+                Overflow::RejectPublishDlx => "reject-publish-dlx",
             };
             args.set_item("overflow", name)?;
         }

@@ -26,8 +26,8 @@ use crate::connection::{Command, ConsumerEvent};
 use crate::error::{Error, Result};
 use crate::options::{millis, millis_at_least_1, ConsumeOptions};
 use crate::wire::{
-    Ack, ConsumerId, Delivery, DeliveryTag, Extend, Get, HeaderValue, Headers, MetaView, Nack,
-    Properties, Reject, Reply, Request, SetPrefetch,
+    Ack, ConsumerId, Delivery, DeliveryTag, Extend, Get, GetMany, HeaderValue, Headers, MetaView,
+    Nack, Properties, Reject, Reply, Request, SetPrefetch,
 };
 
 impl Client {
@@ -83,6 +83,58 @@ impl Client {
             Reply::GetOk(ok) => Ok(ok
                 .delivery
                 .map(|d| Message::new(d, Arc::from(queue), self.clone()))),
+            other => Err(unexpected_reply(other)),
+        }
+    }
+
+    /// Takes up to `max` (1..=1000) ready messages from `queue`, waiting up to `wait` (at most
+    /// 20 s) for the first one: answers as soon as any message is ready, with what is ready
+    /// then, or empty when `wait` passes (protocol.md §9.7). Each message must be settled
+    /// like a consumer's; its lease is the queue's.
+    ///
+    /// ```no_run
+    /// # async fn example(client: sluice_client::Client) -> sluice_client::Result<()> {
+    /// use std::time::Duration;
+    ///
+    /// for message in client.get_many("tasks", 10, Duration::from_secs(5)).await? {
+    ///     println!("{:?}", message.body);
+    ///     message.ack().await?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get_many(&self, queue: &str, max: u32, wait: Duration) -> Result<Vec<Message>> {
+        let request = GetMany {
+            queue: queue.to_owned(),
+            max,
+            wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        };
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Call {
+            request: request.into(),
+            reply,
+        })?;
+        // The server answers after the wait at the latest: the request timeout counts from then.
+        let after = self.shared.settings.request_timeout.saturating_add(wait);
+        let reply = match tokio::time::timeout(after, rx).await {
+            Err(_) => {
+                return Err(Error::Timeout {
+                    operation: "request",
+                    after,
+                })
+            }
+            Ok(Err(_)) => return Err(self.shared.closed_error()),
+            Ok(Ok(result)) => result?,
+        };
+        match reply {
+            Reply::GetManyOk(ok) => {
+                let queue: Arc<str> = Arc::from(queue);
+                Ok(ok
+                    .deliveries
+                    .into_iter()
+                    .map(|d| Message::new(d, Arc::clone(&queue), self.clone()))
+                    .collect())
+            }
             other => Err(unexpected_reply(other)),
         }
     }

@@ -440,6 +440,9 @@ async fn publish(
 }
 
 async fn get(client: &Client, a: &GetArgs, json: bool) -> Result<Outcome, CliError> {
+    if a.count != 1 || a.wait.is_some() {
+        return get_many(client, a, json).await;
+    }
     let Some(message) = client.get(&a.queue).await? else {
         eprintln!("sluice: queue '{}' has no ready message", a.queue);
         return Ok(Outcome::Empty);
@@ -455,6 +458,35 @@ async fn get(client: &Client, a: &GetArgs, json: bool) -> Result<Outcome, CliErr
         message.nack(true).await?;
     } else {
         message.ack().await?;
+    }
+    Ok(Outcome::Done)
+}
+
+/// `sluice get --count N --wait D`: one `GetMany`, each message written then acked (or
+/// requeued with `--requeue`).
+async fn get_many(client: &Client, a: &GetArgs, json: bool) -> Result<Outcome, CliError> {
+    let wait = a.wait.unwrap_or_default();
+    let messages = client.get_many(&a.queue, a.count, wait).await?;
+    if messages.is_empty() {
+        eprintln!("sluice: queue '{}' has no ready message", a.queue);
+        return Ok(Outcome::Empty);
+    }
+    let mut messages = messages.into_iter();
+    while let Some(message) = messages.next() {
+        if let Err(e) = write_message(&message, json) {
+            // Nobody got these: put them back.
+            for m in std::iter::once(message).chain(messages) {
+                m.nack(true).await?;
+            }
+            return Err(CliError::new(format!(
+                "cannot write a message (it and the rest were requeued): {e}"
+            )));
+        }
+        if a.requeue {
+            message.nack(true).await?;
+        } else {
+            message.ack().await?;
+        }
     }
     Ok(Outcome::Done)
 }

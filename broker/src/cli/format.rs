@@ -140,6 +140,7 @@ pub fn overflow_name(overflow: Overflow) -> &'static str {
     match overflow {
         Overflow::DropHead => "drop-head",
         Overflow::RejectPublish => "reject-publish",
+        Overflow::RejectPublishDlx => "reject-publish-dlx",
     }
 }
 

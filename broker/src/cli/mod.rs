@@ -322,6 +322,8 @@ pub enum OverflowArg {
     DropHead,
     /// Refuse the new message (the publisher gets QUEUE_FULL).
     RejectPublish,
+    /// Refuse the new message (QUEUE_FULL) and dead-letter it (reason maxlen).
+    RejectPublishDlx,
 }
 
 impl From<OverflowArg> for Overflow {
@@ -329,6 +331,7 @@ impl From<OverflowArg> for Overflow {
         match o {
             OverflowArg::DropHead => Overflow::DropHead,
             OverflowArg::RejectPublish => Overflow::RejectPublish,
+            OverflowArg::RejectPublishDlx => Overflow::RejectPublishDlx,
         }
     }
 }
@@ -483,6 +486,24 @@ pub struct GetArgs {
     /// Put the message back (nack with requeue) instead of acking it.
     #[arg(long)]
     pub requeue: bool,
+    /// Take up to N messages in one request (1..=1000, protocol.md §9.7).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub count: u32,
+    /// Wait up to this long for a first message (`5s`, `500ms`, or seconds; at most 20 s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
+    pub wait: Option<std::time::Duration>,
+}
+
+/// A wait such as `5s`, `250ms` or `1.5` (seconds).
+fn parse_wait(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("not a duration: {text:?} (e.g. 5s, 250ms)");
+    let (number, millis) = match text.strip_suffix("ms") {
+        Some(n) => (n, true),
+        None => (text.strip_suffix('s').unwrap_or(text), false),
+    };
+    let value: f64 = number.trim().parse().map_err(|_| bad())?;
+    let seconds = if millis { value / 1000.0 } else { value };
+    std::time::Duration::try_from_secs_f64(seconds).map_err(|_| bad())
 }
 
 /// Arguments of `sluice consume`.

@@ -1,6 +1,6 @@
 //! The state of one connection and the handling of every request (protocol.md §5–§10).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +12,7 @@ use sluice_client::wire::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 mod consume;
+mod get_many;
 mod publish;
 mod publish_tracker;
 mod topology;
@@ -68,6 +69,8 @@ pub(super) struct Session {
     next_consumer: ConsumerId,
     consumers: HashMap<ConsumerId, ConsumerEntry>,
     pending_consumes: HashMap<RequestId, ConsumerId>,
+    /// `GetMany` requests a queue has not answered yet (bounded, protocol.md §9.7).
+    waiting_gets: HashSet<RequestId>,
     outstanding: OutstandingDeliveries,
     touched: Vec<QueueHandle>,
     /// Names of the exclusive queues this connection declared: deleted when it ends.
@@ -124,6 +127,7 @@ impl Session {
             next_consumer: ConsumerId(1),
             consumers: HashMap::new(),
             pending_consumes: HashMap::new(),
+            waiting_gets: HashSet::new(),
             outstanding: OutstandingDeliveries::new(),
             touched: Vec::new(),
             exclusive_queues: Vec::new(),
@@ -531,6 +535,7 @@ impl Session {
                     request_id: id,
                 })
             }
+            Request::GetMany(g) => self.on_get_many(id, g),
             Request::Ack(Ack {
                 delivery_tag,
                 multiple,
@@ -686,6 +691,18 @@ impl Session {
         name: &str,
         cmd: impl FnOnce(Arc<ConnLink>) -> QueueCmd,
     ) {
+        self.send_to_queue(id, permission, name, cmd);
+    }
+
+    /// [`with_queue`](Self::with_queue); true when the command reached the queue (it answers),
+    /// false when the request was answered here with an error.
+    fn send_to_queue(
+        &mut self,
+        id: RequestId,
+        permission: impl Into<Option<Permission>>,
+        name: &str,
+        cmd: impl FnOnce(Arc<ConnLink>) -> QueueCmd,
+    ) -> bool {
         let internal = match permission.into() {
             Some(p) => self.access.grant(p, ResourceKind::Queue, name),
             None => self
@@ -696,18 +713,25 @@ impl Session {
         };
         let internal = match internal {
             Ok(n) => n.into_owned(),
-            Err(e) => return self.send_error(id, e),
+            Err(e) => {
+                self.send_error(id, e);
+                return false;
+            }
         };
         let name = internal.as_str();
         match self.broker.queue(name, self.link.id) {
             Ok(q) => {
                 if !q.send(cmd(Arc::clone(&self.link))) {
                     self.send_error(id, RequestError::no_queue(name));
-                } else {
-                    self.touch(&q);
+                    return false;
                 }
+                self.touch(&q);
+                true
             }
-            Err(e) => self.send_error(id, e),
+            Err(e) => {
+                self.send_error(id, e);
+                false
+            }
         }
     }
 
@@ -750,6 +774,17 @@ impl Session {
                 ready,
                 delivery,
             } => self.on_got(request_id, queue, ready, delivery),
+            ConnEvent::GotMany {
+                request_id,
+                queue,
+                ready,
+                deliveries,
+            } => {
+                for d in &deliveries {
+                    self.note_outstanding(&queue, d);
+                }
+                self.on_got_many(request_id, ready, deliveries);
+            }
             ConnEvent::Reply { request_id, reply } => {
                 if matches!(reply, Reply::ConsumeOk(_)) {
                     self.pending_consumes.remove(&request_id);
@@ -757,6 +792,7 @@ impl Session {
                 self.send(request_id, reply);
             }
             ConnEvent::Error { request_id, error } => {
+                self.waiting_gets.remove(&request_id);
                 if let Some(consumer) = self.pending_consumes.remove(&request_id) {
                     self.consumers.remove(&consumer);
                 }

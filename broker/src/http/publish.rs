@@ -15,7 +15,9 @@ use axum::Json;
 use base64::Engine;
 use bytes::Bytes;
 use serde_json::json;
-use sluice_client::wire::{Delivery, Headers, MessageMeta, Properties, RequestId};
+use sluice_client::wire::{
+    Delivery, Headers, MessageMeta, Properties, RequestId, MAX_GET_MANY_WAIT_MS,
+};
 use tokio::sync::mpsc;
 
 use super::access::Scope;
@@ -27,7 +29,7 @@ use crate::cli::format::HeadersJson;
 use crate::error::RequestError;
 use crate::publish::{route_message, ExchangeDoor, PublishLimits};
 use crate::queue::{
-    ConnEvent, ConnId, ConnLink, Incoming, Outbox, QueueCmd, QueueHandle, Settlement,
+    BatchLimit, ConnEvent, ConnId, ConnLink, Incoming, Outbox, QueueCmd, QueueHandle, Settlement,
 };
 use crate::routing::RouteResult;
 
@@ -280,10 +282,48 @@ pub struct GetBody {
     count: u32,
     #[serde(default)]
     requeue: bool,
+    /// Wait up to this long for a first message (a long poll, protocol.md §9.7).
+    #[serde(default)]
+    wait_ms: u64,
 }
 
 fn one() -> u32 {
     1
+}
+
+/// A get with `wait_ms`: one `GetMany` that answers once any message is ready or the wait
+/// ends (an empty answer).
+async fn long_poll(
+    queue: &QueueHandle,
+    link: &Arc<ConnLink>,
+    answers: &mut mpsc::UnboundedReceiver<ConnEvent>,
+    body: &GetBody,
+    local: &str,
+) -> Result<Vec<Delivery>, RequestError> {
+    let wait = Duration::from_millis(body.wait_ms);
+    let sent = queue.send(QueueCmd::GetMany {
+        conn: Arc::clone(link),
+        request_id: RequestId(1),
+        limit: BatchLimit {
+            max: body.count as usize,
+            max_bytes: usize::MAX,
+        },
+        wait,
+    });
+    if !sent {
+        return Err(RequestError::no_queue(local));
+    }
+    match tokio::time::timeout(wait + ANSWER_TIMEOUT, answers.recv()).await {
+        Ok(Some(ConnEvent::GotMany { deliveries, .. })) => Ok(deliveries),
+        Ok(Some(ConnEvent::Error { error, .. })) => Err(error),
+        Ok(Some(other)) => Err(RequestError::internal(format!(
+            "queue '{local}' answered {other:?}"
+        ))),
+        Ok(None) | Err(_) => Err(RequestError::internal(format!(
+            "get: no answer within {} s",
+            (wait + ANSWER_TIMEOUT).as_secs()
+        ))),
+    }
 }
 
 /// Returns whatever a get still holds to its queue when the request ends, however it ends (a
@@ -327,8 +367,23 @@ pub async fn get(
         queue: queue.clone(),
         conn,
     };
+    if body.wait_ms > MAX_GET_MANY_WAIT_MS {
+        return Err(RequestError::invalid(format!(
+            "wait_ms must be at most {MAX_GET_MANY_WAIT_MS}, not {}",
+            body.wait_ms
+        ))
+        .into());
+    }
     let mut taken: Vec<Delivery> = Vec::new();
-    for i in 0..body.count {
+    // Without a wait, one `Get` at a time; with one, a single long poll takes them all.
+    let mut gets = body.count;
+    if body.wait_ms > 0 {
+        taken = long_poll(&queue, &link, &mut answers, &body, &local)
+            .await
+            .map_err(|e| scope.localize(e))?;
+        gets = 0;
+    }
+    for i in 0..gets {
         let request_id = RequestId(i + 1);
         if !queue.send(QueueCmd::Get {
             conn: Arc::clone(&link),

@@ -220,6 +220,7 @@ struct ArgumentsBody {
 enum OverflowName {
     DropHead,
     RejectPublish,
+    RejectPublishDlx,
 }
 
 impl From<ArgumentsBody> for QueueArguments {
@@ -230,6 +231,7 @@ impl From<ArgumentsBody> for QueueArguments {
             overflow: a.overflow.map(|o| match o {
                 OverflowName::DropHead => Overflow::DropHead,
                 OverflowName::RejectPublish => Overflow::RejectPublish,
+                OverflowName::RejectPublishDlx => Overflow::RejectPublishDlx,
             }),
             message_ttl_ms: a.message_ttl_ms,
             dead_letter_exchange: a.dead_letter_exchange,

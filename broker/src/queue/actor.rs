@@ -12,6 +12,7 @@ mod browse;
 mod counters;
 mod dead_letter;
 mod expiry;
+mod get_many;
 mod mover;
 mod scheduled;
 
@@ -29,6 +30,7 @@ use tokio::sync::mpsc;
 use super::consumers::{Consumers, Member};
 use super::dead_letters::DeadLetters;
 use super::dedup::Dedup;
+use super::getters::Getters;
 use super::in_flight::{Delivered, InFlight};
 use super::rates::RateBase;
 use super::ready_set::{ReadyMessage, ReadySet};
@@ -144,6 +146,8 @@ struct Actor {
     in_flight: InFlight,
     /// Who gets the next messages: round-robin, by priority, or the single active one.
     consumers: Consumers<Consumer>,
+    /// `GetMany` requests waiting for a message.
+    getters: Getters,
     exclusive_consumer: bool,
     had_consumer: bool,
     /// Recovered messages below this may have been delivered before a crash (see
@@ -247,6 +251,7 @@ impl Actor {
             expiry_paused_until: None,
             in_flight: InFlight::default(),
             consumers: Consumers::new(single_active),
+            getters: Getters::default(),
             exclusive_consumer: false,
             had_consumer: false,
             maybe_delivered_below: recovered.maybe_delivered_below,
@@ -296,6 +301,7 @@ impl Actor {
                     }
                 }
                 _ = sleep_until_opt(next_deadline) => self.expire_leases(),
+                _ = sleep_until_opt(self.getters.next_deadline()) => self.expire_getters(),
                 _ = sleep_until_opt(next_expiry) => {
                     self.expire_messages();
                     if self.expired_unused() {
@@ -344,7 +350,10 @@ impl Actor {
                 messages,
                 room,
             } => {
-                self.publish(&conn, batch, messages);
+                // Copies dead-lettered by another queue (no room) are never dead-lettered again
+                // when refused here: two full queues could pass one message back and forth.
+                let copies = room.is_none();
+                self.publish(&conn, batch, messages, copies);
                 drop(room);
             }
             QueueCmd::Consume {
@@ -424,6 +433,15 @@ impl Actor {
             QueueCmd::Get { conn, request_id } => {
                 self.last_used = Instant::now();
                 self.get(&conn, request_id);
+            }
+            QueueCmd::GetMany {
+                conn,
+                request_id,
+                limit,
+                wait,
+            } => {
+                self.last_used = Instant::now();
+                self.get_many(conn, request_id, limit, wait);
             }
             QueueCmd::Touch => self.last_used = Instant::now(),
             // Nothing to do here: every round of commands ends with `pump`.
@@ -512,6 +530,7 @@ impl Actor {
                 return true;
             }
             QueueCmd::ConnectionClosed { conn_id } => {
+                self.getters.forget_connection(conn_id);
                 self.consumers.remove_where(|c| c.conn.id == conn_id);
                 self.publish_consumers();
                 self.note_if_unused();
@@ -568,7 +587,13 @@ impl Actor {
             .expect("the log is open while the task runs")
     }
 
-    fn publish(&mut self, conn: &Arc<ConnLink>, batch: u64, messages: Vec<Incoming>) {
+    fn publish(
+        &mut self,
+        conn: &Arc<ConnLink>,
+        batch: u64,
+        messages: Vec<Incoming>,
+        dead_letter_copies: bool,
+    ) {
         let mut epoch = 0;
         let mut stored = 0;
         let mut rejections = Vec::new();
@@ -576,7 +601,12 @@ impl Actor {
         let ts = now_ms();
         let args = &self.meta.arguments;
         let (max_len, max_bytes) = (args.max_length, args.max_length_bytes);
-        let reject_when_full = matches!(args.overflow, Some(Overflow::RejectPublish));
+        let reject_when_full = matches!(
+            args.overflow,
+            Some(Overflow::RejectPublish | Overflow::RejectPublishDlx)
+        );
+        let dead_letter_refused =
+            args.overflow == Some(Overflow::RejectPublishDlx) && !dead_letter_copies;
         for m in messages {
             if self
                 .dedup
@@ -601,6 +631,9 @@ impl Actor {
                     code: ErrorCode::QueueFull,
                     message: refusal,
                 });
+                if dead_letter_refused {
+                    self.dead_letter_refused(&m);
+                }
                 continue;
             }
             match self.log().append(&m.meta, &m.body, ts) {
@@ -814,6 +847,7 @@ impl Actor {
     /// Hands ready messages to consumers with credit: round-robin, by consumer priority, or
     /// to the single active consumer (see [`Consumers::pick`]).
     fn pump(&mut self) {
+        self.serve_getters();
         while self.ready_count() > 0 && !self.consumers.is_empty() {
             let Some(idx) = self.consumers.pick() else {
                 return;
@@ -1098,6 +1132,7 @@ impl Actor {
                 reason: format!("queue '{}' was deleted", self.meta.name),
             });
         }
+        self.cancel_getters();
         self.in_flight.clear();
         self.ready.clear();
         self.schedule.clear();
@@ -1149,6 +1184,9 @@ impl Actor {
                     conn, request_id, ..
                 }
                 | QueueCmd::Get { conn, request_id }
+                | QueueCmd::GetMany {
+                    conn, request_id, ..
+                }
                 | QueueCmd::Inspect { conn, request_id }
                 | QueueCmd::Purge { conn, request_id }
                 | QueueCmd::Browse {

@@ -26,6 +26,7 @@ mod actor;
 mod consumers;
 mod dead_letters;
 mod dedup;
+mod getters;
 mod in_flight;
 mod outbox;
 mod rates;
@@ -51,6 +52,7 @@ use crate::storage::Epoch;
 
 pub(crate) use actor::spawn;
 pub(crate) use dedup::check_window as check_dedup_window;
+pub use getters::BatchLimit;
 pub use outbox::{delivery_bytes, Outbox};
 pub use schedule::ScheduledPage;
 
@@ -129,6 +131,17 @@ pub enum ConnEvent {
         ready: u64,
         /// The delivery, if there was a message.
         delivery: Option<Delivery>,
+    },
+    /// The answer to a `GetMany`.
+    GotMany {
+        /// The request.
+        request_id: RequestId,
+        /// The queue.
+        queue: QueueHandle,
+        /// Ready messages left.
+        ready: u64,
+        /// The deliveries (tags already assigned); empty when the wait ended first.
+        deliveries: Vec<Delivery>,
     },
     /// A reply frame to send as is.
     Reply {
@@ -291,6 +304,18 @@ pub enum QueueCmd {
         conn: Arc<ConnLink>,
         /// The request.
         request_id: RequestId,
+    },
+    /// Take up to `limit` ready messages, waiting up to `wait` for the first; answers with
+    /// [`ConnEvent::GotMany`].
+    GetMany {
+        /// The connection.
+        conn: Arc<ConnLink>,
+        /// The request.
+        request_id: RequestId,
+        /// How much to take.
+        limit: BatchLimit,
+        /// How long to wait for a first message (0: answer at once).
+        wait: Duration,
     },
     /// Settle deliveries: `(tag, message seq)` pairs.
     Settle {

@@ -68,7 +68,7 @@ _HeaderValue = Union[
 ]
 _Headers = Mapping[str, _HeaderValue]
 _ExchangeKind = Literal["direct", "fanout", "topic", "headers"]
-_Overflow = Literal["drop-head", "reject-publish"]
+_Overflow = Literal["drop-head", "reject-publish", "reject-publish-dlx"]
 
 @final
 class DeclaredQueue:
@@ -439,6 +439,9 @@ class Client:
         self, queue: str, *, limit: int = 100, after: Optional[tuple[int, int]] = None
     ) -> tuple[list[ScheduledMessage], bool]: ...
     def cancel_scheduled(self, queue: str, message_seq: int) -> None: ...
+    def get_many(
+        self, queue: str, *, max: int = 10, wait: float = 0.0
+    ) -> list[Message]: ...
     def consume(
         self,
         queue: str,
@@ -570,6 +573,9 @@ class AsyncClient:
         self, queue: str, *, limit: int = 100, after: Optional[tuple[int, int]] = None
     ) -> Coroutine[Any, Any, tuple[list[ScheduledMessage], bool]]: ...
     def cancel_scheduled(self, queue: str, message_seq: int) -> Coroutine[Any, Any, None]: ...
+    def get_many(
+        self, queue: str, *, max: int = 10, wait: float = 0.0
+    ) -> Coroutine[Any, Any, list[AsyncMessage]]: ...
     def consume(
         self,
         queue: str,

@@ -319,6 +319,14 @@ where
                 }
                 self.on_reply(id, Reply::GetOk(get_ok));
             }
+            Reply::GetManyOk(ok) => {
+                for delivery in &ok.deliveries {
+                    check_meta(delivery).map_err(|what| {
+                        self.violation(ErrorCode::MalformedFrame, format!("GetManyOk: {what}"))
+                    })?;
+                }
+                self.on_reply(id, Reply::GetManyOk(ok));
+            }
             body => self.on_reply(id, body),
         }
         Ok(())

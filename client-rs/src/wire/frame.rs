@@ -175,6 +175,10 @@ opcodes! {
     Get = 0x0408, ToServer;
     /// Answers `Get`.
     GetOk = 0x0409, ToClient;
+    /// Pull up to N messages, waiting for the first.
+    GetMany = 0x040A, ToServer;
+    /// Answers `GetMany`.
+    GetManyOk = 0x040B, ToClient;
     // 0x05xx: settling deliveries
     /// Acknowledge (delete) deliveries.
     Ack = 0x0501, ToServer;

@@ -18,6 +18,7 @@ use super::consume::{
 use super::error::WireError;
 use super::exchange::{Bind, DeclareExchange, DeleteExchange, Unbind};
 use super::frame::{FrameBody, Opcode, Payload};
+use super::get_many::{GetMany, GetManyOk};
 use super::moves::{MoveMessages, MoveMessagesOk, MoveStatus, MoveStatusOk};
 use super::publish::{Confirm, Publish, PublishDuplicates, PublishRejected};
 use super::queue::{
@@ -118,6 +119,8 @@ frame_body! {
             SetPrefetch(SetPrefetch),
             /// Pulls one message; answered by `GetOk`.
             Get(Get),
+            /// Pulls up to N messages, waiting for the first; answered by `GetManyOk`.
+            GetMany(GetMany),
             /// Acknowledges; no answer unless it fails.
             Ack(Ack),
             /// Negatively acknowledges; no answer unless it fails.
@@ -197,6 +200,8 @@ frame_body! {
             Deliver(Deliver),
             /// Answers `Get`.
             GetOk(GetOk),
+            /// Answers `GetMany`.
+            GetManyOk(GetManyOk),
             /// A page of queues.
             ListQueuesOk(ListQueuesOk),
             /// A page of exchanges.

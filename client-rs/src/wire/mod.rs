@@ -43,6 +43,7 @@ mod consume;
 mod error;
 mod exchange;
 mod frame;
+mod get_many;
 mod header;
 mod messages;
 mod meta;
@@ -80,6 +81,10 @@ pub use exchange::{Bind, DeclareExchange, DeleteExchange, ExchangeKind, Unbind};
 pub use frame::{
     put_frame_header, ConsumerId, DeliveryTag, Direction, Frame, FrameBody, FrameDecoder, Opcode,
     Payload, PublishSeq, RawFrame, RequestId, FRAME_HEADER_LEN, MIN_FRAME_LEN,
+};
+pub use get_many::{
+    GetMany, GetManyOk, GET_MANY_OK_FIXED_LEN, MAX_GET_MANY, MAX_GET_MANY_WAIT_MS,
+    MAX_WAITING_GET_MANY,
 };
 pub use header::{
     headers_len, put_headers, read_headers, Decimal, DecimalParseError, HeaderValue, Headers,

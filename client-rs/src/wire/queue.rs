@@ -14,6 +14,8 @@ pub enum Overflow {
     DropHead = 0,
     /// Refuse the new message: the publisher gets `QUEUE_FULL`.
     RejectPublish = 1,
+    /// Refuse the new message (`QUEUE_FULL`) and dead-letter it (reason `maxlen`).
+    RejectPublishDlx = 2,
 }
 
 impl Overflow {
@@ -21,6 +23,7 @@ impl Overflow {
         match v {
             0 => Ok(Overflow::DropHead),
             1 => Ok(Overflow::RejectPublish),
+            2 => Ok(Overflow::RejectPublishDlx),
             other => Err(WireError::InvalidValue {
                 what: "overflow",
                 value: u64::from(other),
@@ -589,15 +592,30 @@ mod tests {
         // argument bit 11
         let bad_args = hex("00 00 00 00 08");
         assert!(DeclareQueue::decode(&mut Reader::new(&bad_args)).is_err());
-        // overflow 2
-        let bad_overflow = hex("00 00 00 04 00 02");
+        // overflow 3
+        let bad_overflow = hex("00 00 00 04 00 03");
         assert!(matches!(
             DeclareQueue::decode(&mut Reader::new(&bad_overflow)),
             Err(WireError::InvalidValue {
                 what: "overflow",
-                value: 2
+                value: 3
             })
         ));
+    }
+
+    #[test]
+    fn overflow_2_is_reject_publish_dlx() {
+        check_payload(
+            &DeclareQueue {
+                name: "q".into(),
+                arguments: QueueArguments {
+                    overflow: Some(Overflow::RejectPublishDlx),
+                    ..QueueArguments::default()
+                },
+                ..DeclareQueue::default()
+            },
+            &hex("01 00 71  00  04 00  02"),
+        );
     }
 
     #[test]
@@ -783,12 +801,10 @@ mod tests {
             &hex("00 20  02 00 00 00"),
         );
         // Bit 15 stays reserved.
-        for bits in ["00 80"] {
-            let bad = hex(bits);
-            assert!(matches!(
-                QueueArguments::decode(&mut Reader::new(&bad)),
-                Err(WireError::ReservedBits { .. })
-            ));
-        }
+        let bad = hex("00 80");
+        assert!(matches!(
+            QueueArguments::decode(&mut Reader::new(&bad)),
+            Err(WireError::ReservedBits { .. })
+        ));
     }
 }

@@ -252,7 +252,7 @@ impl Session {
         self.send(request_id, Reply::GetOk(GetOk { ready, delivery }));
     }
 
-    fn note_outstanding(&mut self, queue: &QueueHandle, d: &Delivery) {
+    pub(super) fn note_outstanding(&mut self, queue: &QueueHandle, d: &Delivery) {
         self.outstanding.insert(
             d.delivery_tag,
             Outstanding {

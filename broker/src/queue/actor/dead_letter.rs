@@ -41,66 +41,9 @@ impl Actor {
         // The dead-letter exchange is named in the queue's vhost, as are the headers and the
         // exchange its consumers see.
         let dlx_internal = format!("{}{dlx}", namespace::prefix_of(&self.meta.name));
-        let copy = self.log().read(seq).ok().and_then(|msg| {
-            let mut meta = MessageMeta::from_slice(&msg.meta).ok()?;
-            let persistent = meta.properties.persistent;
-            let original_exchange = std::mem::replace(&mut meta.exchange, dlx.clone());
-            let routing_key = self
-                .meta
-                .arguments
-                .dead_letter_routing_key
-                .clone()
-                .unwrap_or_else(|| meta.routing_key.clone());
-            let original_key = std::mem::replace(&mut meta.routing_key, routing_key);
-            meta.mandatory = false;
-            meta.properties.expiration_ms = None;
-            // The copy is ready at once in its new queue (protocol.md §8.1).
-            meta.properties.deliver_at_ms = None;
-            meta.properties.delay_ms = None;
-            let headers = &mut meta.properties.headers;
-            let count = headers
-                .iter()
-                .find(|(k, _)| k == "x-death-count")
-                .and_then(|(_, v)| match v {
-                    HeaderValue::Int(n) => Some(*n),
-                    _ => None,
-                })
-                .unwrap_or(0);
-            headers.retain(|(k, _)| !k.starts_with("x-death-"));
-            headers.extend([
-                (
-                    "x-death-reason".to_owned(),
-                    HeaderValue::from(reason.as_str()),
-                ),
-                (
-                    "x-death-queue".to_owned(),
-                    HeaderValue::from(namespace::split(&self.meta.name).local),
-                ),
-                (
-                    "x-death-exchange".to_owned(),
-                    HeaderValue::from(original_exchange.as_str()),
-                ),
-                (
-                    "x-death-routing-key".to_owned(),
-                    HeaderValue::from(original_key.as_str()),
-                ),
-                ("x-death-count".to_owned(), HeaderValue::Int(count + 1)),
-                (
-                    "x-death-time-ms".to_owned(),
-                    HeaderValue::Int(died_at_ms as i64),
-                ),
-            ]);
-            let targets = self.broker.upgrade()?.route(
-                &dlx_internal,
-                &meta.routing_key,
-                &meta.properties.headers,
-            );
-            Some(DeadLetterCopy {
-                meta: meta.to_bytes().ok()?,
-                body: msg.body,
-                persistent,
-                targets,
-            })
+        let msg = self.log().read(seq).ok();
+        let copy = msg.and_then(|msg| {
+            self.copy_for_dlx(&dlx, &dlx_internal, &msg.meta, msg.body, reason, died_at_ms)
         });
         let Some(DeadLetterCopy {
             meta,
@@ -139,6 +82,126 @@ impl Actor {
         } else {
             self.dead.storing(batch, seq, reason, waiting);
         }
+    }
+
+    /// Dead-letters a message the queue refused with `QUEUE_FULL` (overflow
+    /// `reject-publish-dlx`), reason `maxlen`. It was never stored here, so nothing waits for
+    /// its copies: as in RabbitMQ the publisher has its refusal already, and the copies are
+    /// stored by the target queues like any publish (protocol.md §6.1).
+    pub(super) fn dead_letter_refused(&mut self, m: &Incoming) {
+        let Some(dlx) = self.meta.arguments.dead_letter_exchange.clone() else {
+            return;
+        };
+        let reason = DeathReason::MaxLen;
+        let dlx_internal = format!("{}{dlx}", namespace::prefix_of(&self.meta.name));
+        let copy = self
+            .copy_for_dlx(
+                &dlx,
+                &dlx_internal,
+                &m.meta,
+                m.body.clone(),
+                reason,
+                now_ms(),
+            )
+            .filter(|c| !c.targets.is_empty());
+        // The answers of the targets name a batch nothing waits for: they are ignored.
+        let batch = self.dead.next_batch();
+        let sent = copy.map_or(0, |c| {
+            c.targets
+                .iter()
+                .filter(|q| {
+                    q.send(QueueCmd::Publish {
+                        conn: Arc::clone(&self.dl_link),
+                        room: None,
+                        batch,
+                        messages: vec![Incoming {
+                            publish_seq: m.publish_seq,
+                            meta: c.meta.clone(),
+                            body: c.body.clone(),
+                            persistent: c.persistent,
+                        }],
+                    })
+                })
+                .count()
+        });
+        if sent == 0 {
+            self.note_dropped_dead_letter(reason, &dlx_internal);
+        } else {
+            self.meta.stats.dead_lettered[reason as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The copy of a message (its meta block and body) for the dead-letter exchange `dlx`
+    /// (`dlx_internal` in the broker's names), with its `x-death-*` headers, and the queues
+    /// the exchange routes it to; `None` when the meta block cannot be read or the broker is
+    /// gone.
+    fn copy_for_dlx(
+        &self,
+        dlx: &str,
+        dlx_internal: &str,
+        meta: &[u8],
+        body: Bytes,
+        reason: DeathReason,
+        died_at_ms: u64,
+    ) -> Option<DeadLetterCopy> {
+        let mut meta = MessageMeta::from_slice(meta).ok()?;
+        let persistent = meta.properties.persistent;
+        let original_exchange = std::mem::replace(&mut meta.exchange, dlx.to_owned());
+        let routing_key = self
+            .meta
+            .arguments
+            .dead_letter_routing_key
+            .clone()
+            .unwrap_or_else(|| meta.routing_key.clone());
+        let original_key = std::mem::replace(&mut meta.routing_key, routing_key);
+        meta.mandatory = false;
+        meta.properties.expiration_ms = None;
+        // The copy is ready at once in its new queue (protocol.md §8.1).
+        meta.properties.deliver_at_ms = None;
+        meta.properties.delay_ms = None;
+        let headers = &mut meta.properties.headers;
+        let count = headers
+            .iter()
+            .find(|(k, _)| k == "x-death-count")
+            .and_then(|(_, v)| match v {
+                HeaderValue::Int(n) => Some(*n),
+                _ => None,
+            })
+            .unwrap_or(0);
+        headers.retain(|(k, _)| !k.starts_with("x-death-"));
+        headers.extend([
+            (
+                "x-death-reason".to_owned(),
+                HeaderValue::from(reason.as_str()),
+            ),
+            (
+                "x-death-queue".to_owned(),
+                HeaderValue::from(namespace::split(&self.meta.name).local),
+            ),
+            (
+                "x-death-exchange".to_owned(),
+                HeaderValue::from(original_exchange.as_str()),
+            ),
+            (
+                "x-death-routing-key".to_owned(),
+                HeaderValue::from(original_key.as_str()),
+            ),
+            ("x-death-count".to_owned(), HeaderValue::Int(count + 1)),
+            (
+                "x-death-time-ms".to_owned(),
+                HeaderValue::Int(died_at_ms as i64),
+            ),
+        ]);
+        let targets =
+            self.broker
+                .upgrade()?
+                .route(dlx_internal, &meta.routing_key, &meta.properties.headers);
+        Some(DeadLetterCopy {
+            meta: meta.to_bytes().ok()?,
+            body,
+            persistent,
+            targets,
+        })
     }
 
     pub(super) fn on_dead_letter_event(&mut self, event: ConnEvent) {
@@ -198,6 +261,12 @@ impl Actor {
     fn drop_dead_letter(&mut self, seq: u64, reason: DeathReason, dlx: &str) {
         self.count_gone(reason);
         self.ack_in_log(seq);
+        self.note_dropped_dead_letter(reason, dlx);
+    }
+
+    /// Counts a dead-letter copy dropped for want of a target, and logs it (see
+    /// [`drop_dead_letter`](Self::drop_dead_letter)).
+    fn note_dropped_dead_letter(&self, reason: DeathReason, dlx: &str) {
         let dropped = &self.meta.stats.dead_letters_dropped[reason as usize];
         let total = 1 + DeathReason::ALL
             .iter()
