@@ -53,6 +53,7 @@ async fn publish(client: &Client, queue: &str, body: &str) -> sluice_client::Res
         client.publish("", queue, body.to_owned(), &options),
     )
     .await
+    .map(drop)
 }
 
 fn str_header(m: &Message, key: &str) -> String {
