@@ -143,6 +143,31 @@ def test_the_queue_page_browses_a_published_message_and_purges(signed_in: Page, 
     expect(page.locator("#q-ready .value")).to_have_text("0")
 
 
+def test_the_queue_page_shows_scheduled_messages_duplicates_and_the_new_arguments(
+    signed_in: Page, broker: Broker
+):
+    page = signed_in
+    broker.api("PUT", "/api/queues/reminders", {
+        "durable": True,
+        "arguments": {
+            "max_priority": 5,
+            "retry_backoff": {"initial_ms": 1000, "multiplier_percent": 200, "max_ms": 60000},
+            "dedup_window_count": 100,
+        },
+    })
+    for _ in range(2):  # the second is a duplicate of the first
+        broker.cli("publish", "", "reminders", "call back", "--delay", "1h", "--message-id", "r-1")
+    page.goto("/#/queues/reminders")
+    expect(page.locator("#queue-name")).to_have_text("reminders")
+    expect(page.locator("#q-ready .value")).to_have_text("0")
+    expect(page.locator("#q-ready .note")).to_have_text("1 scheduled")
+    arguments = page.locator("#q-arguments")
+    expect(arguments).to_contain_text("Max priority")
+    expect(arguments).to_contain_text("Retry backoff")
+    expect(arguments).to_contain_text("Dedup window (ids)")
+    expect(page.locator('#q-totals [data-stat="duplicates_dropped"] .value')).to_have_text("1")
+
+
 def test_a_dead_letter_queue_shows_its_reasons_and_moves_to_another_queue(signed_in: Page, broker: Broker):
     page = signed_in
     page.goto("/#/queues/payments.dlq")

@@ -466,6 +466,7 @@ const STAT_NAMES = [
   ['published', 'Published'], ['delivered', 'Delivered'], ['redelivered', 'Redelivered'],
   ['acked', 'Acked'], ['nacked', 'Nacked'], ['rejected', 'Rejected'], ['expired', 'Expired'],
   ['dead_lettered', 'Dead-lettered'], ['confirmed', 'Confirmed'],
+  ['duplicates_dropped', 'Duplicates dropped'],
 ];
 function totals(stats) {
   if (!stats) return html`<p class="muted">This broker does not report message totals.</p>`;
@@ -484,6 +485,7 @@ const QUEUE_COLUMNS = [
   { key: 'name', label: 'Name', value: (x) => x.name, className: 'name-cell', cell: (x) => html`<a href="#/queues/${q(x.name)}">${x.name}</a>${x.exclusive ? html` <span class="badge">exclusive</span>` : ''}${x.durable ? '' : html` <span class="badge">transient</span>`}` },
   { key: 'ready', label: 'Ready', num: true, value: (x) => x.ready, cell: (x) => fmtCount(x.ready) },
   { key: 'unacked', label: 'Unacked', num: true, value: (x) => x.unacked, cell: (x) => fmtCount(x.unacked) },
+  { key: 'scheduled', label: 'Scheduled', num: true, value: (x) => x.scheduled ?? 0, cell: (x) => fmtCount(x.scheduled ?? 0) },
   { key: 'consumers', label: 'Consumers', num: true, value: (x) => x.consumers, cell: (x) => fmtCount(x.consumers) },
   { key: 'publish_rate', label: 'Publish', num: true, value: (x) => rate(x, 'publish'), cell: (x) => fmtRate(rate(x, 'publish')) },
   { key: 'deliver_rate', label: 'Deliver', num: true, value: (x) => rate(x, 'deliver'), cell: (x) => fmtRate(rate(x, 'deliver')) },
@@ -532,6 +534,11 @@ const ARGUMENT_NAMES = [
   ['ack_timeout_ms', 'Ack timeout', fmtDuration], ['delivery_limit', 'Delivery limit', fmtCount],
   ['expires_ms', 'Expires when unused', fmtDuration],
   ['single_active_consumer', 'Single active consumer', (v) => (v ? 'yes' : 'no')],
+  ['max_message_bytes', 'Max message size', fmtBytes],
+  ['max_priority', 'Max priority', String],
+  ['retry_backoff', 'Retry backoff', (b) => `${fmtDuration(b.initial_ms)} × ${b.multiplier_percent / 100} up to ${fmtDuration(b.max_ms)}`],
+  ['dedup_window_ms', 'Dedup window', fmtDuration],
+  ['dedup_window_count', 'Dedup window (ids)', fmtCount],
 ];
 
 const queuePage = { name: '', browseLimit: 20, browsed: null };
@@ -583,7 +590,7 @@ pages.queue = {
     setHtml($('#queue-badges'), html`${info.durable ? html`<span class="badge badge-accent">durable</span>` : html`<span class="badge">transient</span>`}
       ${info.auto_delete ? html`<span class="badge">auto-delete</span>` : ''}${info.exclusive ? html`<span class="badge">exclusive</span>` : ''}`);
     setHtml($('#q-tiles'), html`
-      ${tile('Ready', fmtCount(info.ready), '', 'q-ready')}
+      ${tile('Ready', fmtCount(info.ready), info.scheduled ? `${fmtCount(info.scheduled)} scheduled` : '', 'q-ready')}
       ${tile('Unacked', fmtCount(info.unacked), '', 'q-unacked')}
       ${tile('Consumers', fmtCount(info.consumers), '', 'q-consumer-count')}
       ${tile('Oldest ready', info.ready > 0 && info.oldest_ready_age_ms !== undefined ? fmtDuration(info.oldest_ready_age_ms) : '—', 'age of the head message', 'q-oldest')}
