@@ -821,9 +821,9 @@ fn first_argument_difference(
             text(&want.max_priority),
         ),
         (
-            "retry_backoff",
-            backoff(&have.retry_backoff),
-            backoff(&want.retry_backoff),
+            "single_active_consumer",
+            text(&have.single_active_consumer),
+            text(&want.single_active_consumer),
         ),
         (
             "dedup_window_ms",
@@ -836,9 +836,9 @@ fn first_argument_difference(
             text(&want.dedup_window_count),
         ),
         (
-            "single_active_consumer",
-            text(&have.single_active_consumer),
-            text(&want.single_active_consumer),
+            "retry_backoff",
+            backoff(&have.retry_backoff),
+            backoff(&want.retry_backoff),
         ),
     ];
     fields

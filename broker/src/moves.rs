@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::broker::Broker;
 use crate::error::RequestError;
+use crate::queue::PublishOrigin;
 use crate::queue::{ConnEvent, ConnId, ConnLink, Incoming, Outbox, QueueCmd, QueueHandle};
 use crate::storage::{Durability, Epoch};
 
@@ -319,6 +320,7 @@ impl Mover {
             batch: self.next_batch,
             messages,
             room: Some(room),
+            origin: PublishOrigin::Move,
         });
         if !sent {
             self.give_back(seqs);

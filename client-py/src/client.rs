@@ -109,7 +109,7 @@ impl Connection {
 }
 
 /// The outcomes of `publish_batch`: `None` (or raise the first failure), or with
-/// `return_exceptions=True` a list with `None` or the exception for each message.
+/// `return_exceptions=True` a list with a `PublishResult` or the exception for each message.
 pub(crate) struct BatchOutcome {
     pub(crate) outcomes: Vec<Result<Confirmed, Error>>,
     pub(crate) return_exceptions: bool,
@@ -421,7 +421,7 @@ impl Client {
     /// Publishes many messages, pipelined, and returns once all are confirmed. Takes
     /// `OutgoingMessage`s or `(exchange, routing_key, body)` tuples. Raises the first
     /// failure (the other messages went out), or with `return_exceptions=True` returns one
-    /// entry per message: `None` or its exception.
+    /// entry per message: its `PublishResult` or its exception.
     #[pyo3(signature = (messages, *, return_exceptions = false))]
     fn publish_batch<'py>(
         &self,

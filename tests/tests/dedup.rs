@@ -340,3 +340,61 @@ async fn the_cli_declares_a_window_and_says_when_a_publish_was_a_duplicate() {
     assert!(text.contains("duplicates-dropped"), "{text}");
     broker.stop();
 }
+
+/// A dead-lettered or moved copy keeps its `message_id`: the dedup window of the queue it
+/// comes back to must not take it for a duplicate of itself, which would lose it (the
+/// dead-letter path and the move both count it as stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_that_come_back_by_dead_lettering_or_a_move_are_not_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("data"), &[]);
+    let client = connect(&broker).await;
+    let mut options = QueueOptions::new();
+    options.arguments = QueueArguments {
+        dedup_window_count: Some(100),
+        dead_letter_exchange: Some(String::new()),
+        dead_letter_routing_key: Some("jobs.dlq".to_owned()),
+        ..QueueArguments::default()
+    };
+    within("declare", client.declare_queue("jobs", options))
+        .await
+        .unwrap();
+    declare(&client, "jobs.dlq", None, None).await;
+    assert_eq!(
+        publish(&client, "jobs", "task", Some("t-1")).await,
+        Confirmed::Stored
+    );
+
+    // Rejected: dead-lettered to jobs.dlq, then moved back into jobs, within the window.
+    let m = within("get", client.get("jobs")).await.unwrap().unwrap();
+    within("reject", m.reject()).await.unwrap();
+    within("the dead-lettered copy", async {
+        while client.inspect_queue("jobs.dlq").await.unwrap().ready == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let id = within("move", client.move_messages("jobs.dlq", "jobs", None))
+        .await
+        .unwrap();
+    within("the move", async {
+        while !client.move_status(id).await.unwrap().state.is_finished() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(
+        drain(&client, "jobs").await,
+        ["task"],
+        "the moved copy is there"
+    );
+    assert_eq!(drain(&client, "jobs.dlq").await, Vec::<String>::new());
+    assert_eq!(duplicates_dropped(&client, "jobs").await, 0);
+
+    // A publisher's retry of the same id is still a duplicate.
+    assert_eq!(
+        publish(&client, "jobs", "task again", Some("t-1")).await,
+        Confirmed::Duplicate
+    );
+    client.close().await.unwrap();
+}

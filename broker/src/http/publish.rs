@@ -28,6 +28,7 @@ use crate::auth::{Permission, ResourceKind};
 use crate::cli::format::HeadersJson;
 use crate::error::RequestError;
 use crate::publish::{route_message, ExchangeDoor, PublishLimits};
+use crate::queue::PublishOrigin;
 use crate::queue::{
     BatchLimit, ConnEvent, ConnId, ConnLink, Incoming, Outbox, QueueCmd, QueueHandle, Settlement,
 };
@@ -223,6 +224,7 @@ pub async fn publish(
             batch: 1,
             messages,
             room: Some(room),
+            origin: PublishOrigin::Client,
         }) {
             waiting += 1;
         }

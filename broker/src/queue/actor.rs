@@ -37,8 +37,8 @@ use super::ready_set::{ReadyMessage, ReadySet};
 use super::schedule::Schedule;
 use super::unconfirmed::Unconfirmed;
 use super::{
-    delivery_bytes, ConnEvent, ConnId, ConnLink, DeathReason, Incoming, QueueCmd, QueueHandle,
-    QueueMeta, Settlement,
+    delivery_bytes, ConnEvent, ConnId, ConnLink, DeathReason, Incoming, PublishOrigin, QueueCmd,
+    QueueHandle, QueueMeta, Settlement,
 };
 use crate::broker::Broker;
 use crate::error::RequestError;
@@ -204,12 +204,14 @@ impl Actor {
             let mut expires_at_ms = None;
             let mut priority = 0;
             if let Ok(head) = log.peek(seq) {
-                if let Some(d) = &mut dedup {
-                    d.recovered(head.meta, head.timestamp_ms);
-                }
                 if !MetaView::peek_persistent(head.meta) {
                     transient.push(seq);
                     continue;
+                }
+                // After the transient check: a message dropped now is no longer in the queue,
+                // so its id must not hold back a publish (protocol.md §6.1).
+                if let Some(d) = &mut dedup {
+                    d.recovered(head.meta, head.timestamp_ms);
                 }
                 if let Some(entry) = scheduled::recovered_entry(seq, &head, &recovered, now) {
                     schedule.insert(entry);
@@ -349,11 +351,9 @@ impl Actor {
                 batch,
                 messages,
                 room,
+                origin,
             } => {
-                // Copies dead-lettered by another queue (no room) are never dead-lettered again
-                // when refused here: two full queues could pass one message back and forth.
-                let copies = room.is_none();
-                self.publish(&conn, batch, messages, copies);
+                self.publish(&conn, batch, messages, origin);
                 drop(room);
             }
             QueueCmd::Consume {
@@ -592,7 +592,7 @@ impl Actor {
         conn: &Arc<ConnLink>,
         batch: u64,
         messages: Vec<Incoming>,
-        dead_letter_copies: bool,
+        origin: PublishOrigin,
     ) {
         let mut epoch = 0;
         let mut stored = 0;
@@ -605,13 +605,17 @@ impl Actor {
             args.overflow,
             Some(Overflow::RejectPublish | Overflow::RejectPublishDlx)
         );
-        let dead_letter_refused =
-            args.overflow == Some(Overflow::RejectPublishDlx) && !dead_letter_copies;
+        // Only a publisher's messages: a dead-lettered copy refused here is not dead-lettered
+        // again (two full queues could pass one message back and forth), and a moved one goes
+        // back to its source.
+        let from_client = origin == PublishOrigin::Client;
+        let dead_letter_refused = args.overflow == Some(Overflow::RejectPublishDlx) && from_client;
         for m in messages {
-            if self
-                .dedup
-                .as_mut()
-                .is_some_and(|d| d.is_duplicate(&m.meta, ts))
+            if from_client
+                && self
+                    .dedup
+                    .as_mut()
+                    .is_some_and(|d| d.is_duplicate(&m.meta, ts))
             {
                 duplicates.push(m.publish_seq);
                 continue;
@@ -642,8 +646,10 @@ impl Actor {
                         epoch = epoch.max(a.epoch);
                     }
                     stored += 1;
-                    if let Some(d) = &mut self.dedup {
-                        d.accepted(&m.meta, ts, a.epoch);
+                    if let Some(d) = self.dedup.as_mut().filter(|_| from_client) {
+                        // Journaled only if the message itself survives a restart.
+                        let lasting = m.persistent && self.meta.durable;
+                        d.accepted(&m.meta, ts, lasting.then_some(a.epoch));
                     }
                     if let Some(due) = due {
                         self.schedule(a.seq, due, 0, size);

@@ -233,6 +233,21 @@ pub enum Settlement {
     Release,
 }
 
+/// Where the messages of a [`QueueCmd::Publish`] come from. Only a publisher's messages are
+/// checked against the queue's dedup window, and dead-lettered when a `reject-publish-dlx`
+/// queue refuses them: a dead-lettered or moved copy keeps its `message_id`, and dropping it as
+/// a duplicate (or copying it to a dead-letter exchange while a move gives it back to its
+/// source) would lose or double the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishOrigin {
+    /// A publisher, on the wire or through the HTTP API.
+    Client,
+    /// Copies dead-lettered by another queue.
+    DeadLetter,
+    /// Messages moved from another queue; those refused go back to their source.
+    Move,
+}
+
 /// A request to a queue.
 #[derive(Debug)]
 pub enum QueueCmd {
@@ -247,6 +262,8 @@ pub enum QueueCmd {
         /// Their share of the mailbox, given back once they are stored (`None`: dead-letter
         /// copies from another queue).
         room: Option<PublishRoom>,
+        /// Who sent them.
+        origin: PublishOrigin,
     },
     /// Start a consumer.
     Consume {

@@ -624,8 +624,11 @@ mod tests {
     fn non_canonical_blocks_are_rejected() {
         // headers bit set with an empty table
         assert!(MetaView::parse(&hex("00 00 00 00 00 80 00 00 00")).is_err());
-        // undefined property bit 10
-        assert!(MetaView::parse(&hex("00 00 00 00 00 00 04")).is_err());
+        // undefined property bit 11
+        assert!(matches!(
+            MetaView::parse(&hex("00 00 00 00 00 00 08")),
+            Err(WireError::ReservedBits { .. })
+        ));
 
         // undefined flag bit 2
         assert!(MetaView::parse(&hex("04 00 00 00 00 00 00")).is_err());

@@ -477,7 +477,7 @@ pub struct InspectQueueOk {
     /// Messages stored but waiting for their time (a delay, or a requeue with a delay).
     pub scheduled: u64,
     /// Publishes the queue confirmed without storing them, as duplicates of a `message_id`
-    /// in its dedup window, since it was declared (kept across restarts).
+    /// in its dedup window, since the server started (not kept across restarts).
     pub duplicates_dropped: u64,
 }
 
@@ -589,9 +589,12 @@ mod tests {
             DeclareQueue::decode(&mut Reader::new(&bad_flags)),
             Err(WireError::ReservedBits { .. })
         ));
-        // argument bit 11
-        let bad_args = hex("00 00 00 00 08");
-        assert!(DeclareQueue::decode(&mut Reader::new(&bad_args)).is_err());
+        // argument bit 15
+        let bad_args = hex("00 00 00 00 80");
+        assert!(matches!(
+            DeclareQueue::decode(&mut Reader::new(&bad_args)),
+            Err(WireError::ReservedBits { .. })
+        ));
         // overflow 3
         let bad_overflow = hex("00 00 00 04 00 03");
         assert!(matches!(

@@ -1,4 +1,4 @@
-//! Scheduled messages (protocol.md §18): browsing the messages of a queue that wait for their
+//! Scheduled messages (protocol.md §19): browsing the messages of a queue that wait for their
 //! time, in due order, and cancelling one.
 //!
 //! ```text

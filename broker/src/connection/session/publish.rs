@@ -14,6 +14,7 @@ use super::publish_tracker::{BatchId, SentBatch, ToConfirm};
 use super::Session;
 use crate::metrics::Metrics;
 use crate::publish::{route_message, PublishLimits};
+use crate::queue::PublishOrigin;
 use crate::queue::{ConnEvent, ConnLink, Incoming, QueueCmd, QueueHandle};
 use crate::routing::RouteResult;
 use crate::storage::{Durability, Epoch};
@@ -50,6 +51,7 @@ impl Session {
                 batch: batch.0,
                 messages,
                 room: Some(room),
+                origin: PublishOrigin::Client,
             }) {
                 waiting += 1;
             }

@@ -10,6 +10,7 @@ use sluice_client::wire::{ErrorCode, HeaderValue, MessageMeta};
 
 use super::{now_ms, Actor, MAINTENANCE_INTERVAL};
 use crate::queue::dead_letters::StoredCopies;
+use crate::queue::PublishOrigin;
 use crate::queue::{ConnEvent, DeathReason, Incoming, QueueCmd, QueueHandle};
 use crate::routing::namespace;
 
@@ -66,6 +67,7 @@ impl Actor {
             let sent = q.send(QueueCmd::Publish {
                 conn: Arc::clone(&self.dl_link),
                 room: None,
+                origin: PublishOrigin::DeadLetter,
                 batch,
                 messages: vec![Incoming {
                     publish_seq: seq,
@@ -113,6 +115,7 @@ impl Actor {
                     q.send(QueueCmd::Publish {
                         conn: Arc::clone(&self.dl_link),
                         room: None,
+                        origin: PublishOrigin::DeadLetter,
                         batch,
                         messages: vec![Incoming {
                             publish_seq: m.publish_seq,

@@ -87,13 +87,15 @@ impl Dedup {
         message_id(meta).is_some_and(|id| self.window.contains(id, now_ms))
     }
 
-    /// A message with this meta block was stored at `at_ms`, durable at `epoch`.
-    pub(super) fn accepted(&mut self, meta: &[u8], at_ms: u64, epoch: Epoch) {
+    /// A message with this meta block was stored at `at_ms`, durable at `epoch`; `None` for
+    /// a message that does not survive a restart (transient), whose id is remembered only
+    /// while the broker runs, never journaled.
+    pub(super) fn accepted(&mut self, meta: &[u8], at_ms: u64, epoch: Option<Epoch>) {
         let Some(id) = message_id(meta) else {
             return;
         };
         self.window.insert(id, at_ms);
-        if self.journal.is_some() {
+        if let (Some(epoch), Some(_)) = (epoch, &self.journal) {
             let accepted = Accepted {
                 id: id.into(),
                 at_ms,
@@ -192,9 +194,9 @@ mod tests {
     fn a_message_without_an_id_is_never_a_duplicate() {
         let dir = tempfile::tempdir().unwrap();
         let mut d = Dedup::open("q", &arguments(None, Some(10)), true, dir.path()).unwrap();
-        d.accepted(&meta(None), 1, 1);
+        d.accepted(&meta(None), 1, Some(1));
         assert!(!d.is_duplicate(&meta(None), 2));
-        d.accepted(&meta(Some("a")), 1, 1);
+        d.accepted(&meta(Some("a")), 1, Some(1));
         assert!(d.is_duplicate(&meta(Some("a")), 2));
         assert!(!d.is_duplicate(&meta(Some("b")), 2));
     }
@@ -204,8 +206,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let args = arguments(Some(60_000), None);
         let mut d = Dedup::open("q", &args, true, dir.path()).unwrap();
-        d.accepted(&meta(Some("a")), 1_000, 1);
-        d.accepted(&meta(Some("b")), 1_001, 2);
+        d.accepted(&meta(Some("a")), 1_000, Some(1));
+        d.accepted(&meta(Some("b")), 1_001, Some(2));
         d.maintain(1, 1_002);
         drop(d);
         let mut d = Dedup::open("q", &args, true, dir.path()).unwrap();
@@ -227,7 +229,7 @@ mod tests {
     fn a_transient_queue_keeps_no_journal() {
         let dir = tempfile::tempdir().unwrap();
         let mut d = Dedup::open("q", &arguments(None, Some(1)), false, dir.path()).unwrap();
-        d.accepted(&meta(Some("a")), 1, 1);
+        d.accepted(&meta(Some("a")), 1, Some(1));
         d.maintain(1, 2);
         assert!(!dir.path().join(journal::FILE_NAME).exists());
     }
