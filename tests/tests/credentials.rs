@@ -389,6 +389,8 @@ echo "app=$? $(cat "$DATA/../app.err")"
 kill -TERM $broker
 wait $broker
 echo "broker=$?"
+# What the broker logged, for a failure to say what it saw.
+echo "--- broker log"; tail -n 20 "$DATA/../serve.err"
 "#;
 
 #[test]
