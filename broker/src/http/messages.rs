@@ -26,6 +26,18 @@ const MAX_ANSWER_BYTES: usize = 4 << 20;
 /// `after` = its `seq`), else `false`.
 pub const MORE_HEADER: &str = "x-sluice-more";
 
+/// The `limit` query parameter of a paged listing: `DEFAULT_LIMIT` when absent, else 1 to
+/// `max`.
+pub(super) fn page_limit(limit: Option<u32>, max: u32) -> Result<u32, RequestError> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > max {
+        return Err(RequestError::invalid(format!(
+            "query parameter limit: expected 1 to {max}, got {limit}"
+        )));
+    }
+    Ok(limit)
+}
+
 /// The query of `GET /api/queues/NAME/messages`: `?limit=N&after=SEQ`.
 #[derive(Debug, serde::Deserialize)]
 pub struct BrowseQuery {
@@ -41,13 +53,7 @@ pub async fn browse(
     Path(name): Path<String>,
     QueryParams(query): QueryParams<BrowseQuery>,
 ) -> Result<Response, ApiError> {
-    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
-    if limit == 0 || limit > MAX_BROWSE_LIMIT {
-        return Err(RequestError::invalid(format!(
-            "query parameter limit: expected 1 to {MAX_BROWSE_LIMIT}, got {limit}"
-        ))
-        .into());
-    }
+    let limit = page_limit(query.limit, MAX_BROWSE_LIMIT)?;
     let page = BrowsePage {
         limit: limit as usize,
         after_seq: query.after.unwrap_or(0),

@@ -10,17 +10,15 @@ use sluice_client::wire::{Reply, MAX_SCHEDULED_LIMIT};
 
 use super::access::Scope;
 use super::error::{ApiError, QueryParams};
-use super::messages::MORE_HEADER;
+use super::messages::{page_limit, MORE_HEADER};
 use super::queues::{ask_queue, unexpected};
 use super::Api;
 use crate::auth::{Permission, ResourceKind};
 use crate::cli::messages::HTTP_PAYLOAD_LIMIT;
 use crate::cli::scheduled::scheduled_json;
-use crate::error::RequestError;
 use crate::queue::{QueueCmd, ScheduledPage};
 
 /// Messages shown when the request names no `limit`.
-const DEFAULT_LIMIT: u32 = 100;
 /// Bytes of payloads (each counted up to [`HTTP_PAYLOAD_LIMIT`]) and meta blocks one answer
 /// holds at most.
 const MAX_ANSWER_BYTES: usize = 4 << 20;
@@ -42,13 +40,7 @@ pub async fn list(
     Path(name): Path<String>,
     QueryParams(query): QueryParams<ScheduledQuery>,
 ) -> Result<Response, ApiError> {
-    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
-    if limit == 0 || limit > MAX_SCHEDULED_LIMIT {
-        return Err(RequestError::invalid(format!(
-            "query parameter limit: expected 1 to {MAX_SCHEDULED_LIMIT}, got {limit}"
-        ))
-        .into());
-    }
+    let limit = page_limit(query.limit, MAX_SCHEDULED_LIMIT)?;
     let after = match (query.after_due_ms, query.after_seq) {
         (None, None) => None,
         (due, seq) => Some((due.unwrap_or(0), seq.unwrap_or(0))),

@@ -339,6 +339,33 @@ const QUEUE_COUNTERS: [QueueCounter; 9] = [
     },
 ];
 
+/// A per-queue counter family split by dead-letter reason. Only the reasons that happened:
+/// four zero series for each of ten thousand queues would be a third of the scrape.
+fn encode_by_reason(
+    enc: &mut DescriptorEncoder,
+    queues: &[&QueueHandle],
+    name: &str,
+    help: &str,
+    counters: fn(&QueueStats) -> &[AtomicU64; DeathReason::ALL.len()],
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for q in queues {
+        for reason in DeathReason::ALL {
+            let n = load(&counters(&q.meta.stats)[reason as usize]);
+            if n > 0 {
+                let name = namespace::split(&q.meta.name);
+                let labels = [
+                    ("vhost", name.vhost),
+                    ("queue", name.local),
+                    ("reason", reason.as_str()),
+                ];
+                counter_value(&mut m.encode_family(&labels)?, n)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn encode_queue_counters(enc: &mut DescriptorEncoder, queues: &[&QueueHandle]) -> fmt::Result {
     for c in &QUEUE_COUNTERS {
         let mut m = enc.encode_descriptor(c.name, c.help, None, MetricType::Counter)?;
@@ -351,48 +378,20 @@ fn encode_queue_counters(enc: &mut DescriptorEncoder, queues: &[&QueueHandle]) -
             )?;
         }
     }
-    let mut m = enc.encode_descriptor(
+    encode_by_reason(
+        enc,
+        queues,
         "sluice_queue_dead_lettered_messages",
         "Messages moved to the queue's dead-letter exchange, by reason (rejected, expired, maxlen, delivery-limit; only reasons that happened).",
-        None,
-        MetricType::Counter,
+        |s| &s.dead_lettered,
     )?;
-    // Only the reasons that happened: four zero series for each of ten thousand queues would
-    // be a third of the scrape.
-    for q in queues {
-        for reason in DeathReason::ALL {
-            let n = load(&q.meta.stats.dead_lettered[reason as usize]);
-            if n > 0 {
-                let name = namespace::split(&q.meta.name);
-                let labels = [
-                    ("vhost", name.vhost),
-                    ("queue", name.local),
-                    ("reason", reason.as_str()),
-                ];
-                counter_value(&mut m.encode_family(&labels)?, n)?;
-            }
-        }
-    }
-    let mut m = enc.encode_descriptor(
+    encode_by_reason(
+        enc,
+        queues,
         "sluice_queue_dead_letters_dropped_messages",
         "Messages to be dead-lettered that were dropped because the queue's dead-letter exchange does not exist or routes them nowhere, by reason (only reasons that happened).",
-        None,
-        MetricType::Counter,
+        |s| &s.dead_letters_dropped,
     )?;
-    for q in queues {
-        for reason in DeathReason::ALL {
-            let n = load(&q.meta.stats.dead_letters_dropped[reason as usize]);
-            if n > 0 {
-                let name = namespace::split(&q.meta.name);
-                let labels = [
-                    ("vhost", name.vhost),
-                    ("queue", name.local),
-                    ("reason", reason.as_str()),
-                ];
-                counter_value(&mut m.encode_family(&labels)?, n)?;
-            }
-        }
-    }
     let mut m = enc.encode_descriptor(
         "sluice_queue_refused_messages",
         "Messages the queue refused, by wire error code (only codes that refused any).",

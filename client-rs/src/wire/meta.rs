@@ -353,52 +353,41 @@ impl<'a> MetaView<'a> {
     /// The per-message TTL of a meta block validated before, reading only what precedes it
     /// (cheap enough for every publish); `None` when it has none or the block is malformed.
     pub fn peek_expiration_ms(meta: &[u8]) -> Option<u64> {
-        let mut r = Reader::new(meta);
-        r.u8().ok()?;
-        skip_str(&mut r)?;
-        skip_str(&mut r)?;
-        let present = r.u16().ok()?;
-        if present & EXPIRATION == 0 {
-            return None;
-        }
-        for bit in [
-            CONTENT_TYPE,
-            CONTENT_ENCODING,
-            MESSAGE_ID,
-            CORRELATION_ID,
-            REPLY_TO,
-        ] {
-            if present & bit != 0 {
-                skip_str(&mut r)?;
-            }
-        }
+        let (mut r, present) = Self::at_properties(meta, EXPIRATION)?;
+        skip_string_properties(&mut r, present)?;
         r.u64().ok()
     }
 
-    /// A reader just past the headers of a meta block validated before, with the block's
+    /// The `message_id` of a meta block validated before, reading only what precedes it (a
+    /// dedup queue reads it for every publish); `None` when it has none or the block is
+    /// malformed.
+    pub fn peek_message_id(meta: &[u8]) -> Option<&str> {
+        let (mut r, present) = Self::at_properties(meta, MESSAGE_ID)?;
+        for bit in [CONTENT_TYPE, CONTENT_ENCODING] {
+            if present & bit != 0 {
+                skip_str(&mut r)?;
+            }
+        }
+        r.str().ok()
+    }
+
+    /// A reader at the first property of a meta block validated before, with the block's
     /// presence bits; `None` when none of the `wanted` properties is present (then only the
     /// strings' lengths before the properties were read) or the block is malformed. Fields
     /// are skipped, not checked again.
-    fn past_headers(meta: &[u8], wanted: u16) -> Option<(Reader<'_>, u16)> {
+    fn at_properties(meta: &[u8], wanted: u16) -> Option<(Reader<'_>, u16)> {
         let mut r = Reader::new(meta);
         r.u8().ok()?;
         skip_str(&mut r)?;
         skip_str(&mut r)?;
         let present = r.u16().ok()?;
-        if present & wanted == 0 {
-            return None;
-        }
-        for bit in [
-            CONTENT_TYPE,
-            CONTENT_ENCODING,
-            MESSAGE_ID,
-            CORRELATION_ID,
-            REPLY_TO,
-        ] {
-            if present & bit != 0 {
-                skip_str(&mut r)?;
-            }
-        }
+        (present & wanted != 0).then_some((r, present))
+    }
+
+    /// As [`at_properties`](Self::at_properties), with the reader just past the headers.
+    fn past_headers(meta: &[u8], wanted: u16) -> Option<(Reader<'_>, u16)> {
+        let (mut r, present) = Self::at_properties(meta, wanted)?;
+        skip_string_properties(&mut r, present)?;
         for bit in [EXPIRATION, TIMESTAMP] {
             if present & bit != 0 {
                 r.u64().ok()?;
@@ -474,6 +463,22 @@ fn skip_str(r: &mut Reader<'_>) -> Option<()> {
     r.raw(usize::from(len)).ok().map(drop)
 }
 
+/// Skips the string properties (bits 0–4) that `present` announces.
+fn skip_string_properties(r: &mut Reader<'_>, present: u16) -> Option<()> {
+    for bit in [
+        CONTENT_TYPE,
+        CONTENT_ENCODING,
+        MESSAGE_ID,
+        CORRELATION_ID,
+        REPLY_TO,
+    ] {
+        if present & bit != 0 {
+            skip_str(r)?;
+        }
+    }
+    Some(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -524,6 +529,25 @@ mod tests {
         assert_eq!(MetaView::peek_expiration_ms(&none), None);
         assert_eq!(MetaView::peek_expiration_ms(&full[..full.len() / 2]), None);
         assert_eq!(MetaView::peek_expiration_ms(&[]), None);
+    }
+
+    #[test]
+    fn peeking_reads_the_message_id_as_a_full_parse_does() {
+        let full = full_meta().to_bytes().unwrap();
+        assert_eq!(
+            MetaView::peek_message_id(&full),
+            MetaView::parse(&full).unwrap().message_id
+        );
+        assert!(MetaView::peek_message_id(&full).is_some());
+        let mut only_id = MessageMeta::new("", "q");
+        only_id.properties.message_id = Some("m-1".into());
+        assert_eq!(
+            MetaView::peek_message_id(&only_id.to_bytes().unwrap()),
+            Some("m-1")
+        );
+        let none = MessageMeta::new("", "q").to_bytes().unwrap();
+        assert_eq!(MetaView::peek_message_id(&none), None);
+        assert_eq!(MetaView::peek_message_id(&[]), None);
     }
 
     #[test]

@@ -152,7 +152,7 @@ pub(crate) fn check_window(a: &QueueArguments) -> Result<(), RequestError> {
 
 /// A meta block's `message_id` (validated when published; `None` if it has none).
 fn message_id(meta: &[u8]) -> Option<&str> {
-    MetaView::parse(meta).ok()?.message_id
+    MetaView::peek_message_id(meta)
 }
 
 #[cfg(test)]
