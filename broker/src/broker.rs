@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use bytes::BytesMut;
 use sluice_client::wire::{
     self, DeclareExchange, DeclareQueue, DeclareQueueOk, ErrorCode, Headers, Overflow, Payload,
-    QueueArguments, MAX_NAME_LEN, MAX_PRIORITY,
+    QueueArguments, MAX_NAME_LEN, MAX_PRIORITY, MAX_REPLICAS,
 };
 
 use crate::auth::{AccessStore, VhostLimits};
@@ -925,6 +925,19 @@ fn validate_arguments(a: &QueueArguments) -> Result<(), RequestError> {
         }
     }
     crate::queue::check_dedup_window(a)?;
+    if let Some(n) = a.replicas {
+        if !(1..=MAX_REPLICAS).contains(&n) {
+            return Err(RequestError::invalid(format!(
+                "replicas must be between 1 and {MAX_REPLICAS}"
+            )));
+        }
+        if n > 1 {
+            return Err(RequestError::new(
+                ErrorCode::PreconditionFailed,
+                "replicated queues need a cluster: this broker runs as a single node",
+            ));
+        }
+    }
     if a.single_active_consumer.is_some_and(|v| v != 1) {
         return Err(RequestError::invalid(
             "single_active_consumer must be 1 when present",

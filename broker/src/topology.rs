@@ -158,6 +158,8 @@ pub struct ArgumentsDefinition {
     dedup_window_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     dedup_window_count: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    replicas: Option<u8>,
     /// `true` when on (absent when off, as in `PUT /api/queues/NAME`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     single_active_consumer: Option<bool>,
@@ -225,6 +227,7 @@ impl From<&QueueArguments> for ArgumentsDefinition {
             retry_backoff: a.retry_backoff.map(Into::into),
             dedup_window_ms: a.dedup_window_ms,
             dedup_window_count: a.dedup_window_count,
+            replicas: a.replicas,
             single_active_consumer: a.single_active_consumer.map(|v| v == 1),
         }
     }
@@ -251,6 +254,7 @@ impl From<&ArgumentsDefinition> for QueueArguments {
             retry_backoff: a.retry_backoff.map(Into::into),
             dedup_window_ms: a.dedup_window_ms,
             dedup_window_count: a.dedup_window_count,
+            replicas: a.replicas,
             single_active_consumer: a.single_active_consumer.and_then(|on| on.then_some(1)),
         }
     }

@@ -77,6 +77,7 @@ impl QueueArgs {
                 .map(millis_at_least_1),
             dedup_window_count: self.dedup_window_count,
             single_active_consumer: self.single_active_consumer.then_some(1),
+            replicas: None,
         };
         Ok(options)
     }

@@ -256,6 +256,7 @@ async fn declare_queue(client: &Client, a: DeclareQueueArgs, json: bool) -> Resu
             retry_backoff: a.retry_backoff,
             dedup_window_ms: a.dedup_window_ms,
             dedup_window_count: a.dedup_window_count,
+            replicas: a.replicas,
             single_active_consumer: a.single_active_consumer.then_some(1),
         },
     };

@@ -394,7 +394,7 @@ pub fn inspect_text(q: &InspectQueueOk) -> String {
         ("scheduled", q.scheduled.to_string()),
         ("duplicates-dropped", q.duplicates_dropped.to_string()),
     ];
-    let optional: [(&str, Option<String>); 15] = [
+    let optional: [(&str, Option<String>); 16] = [
         ("max-length", a.max_length.map(|v| v.to_string())),
         (
             "max-length-bytes",
@@ -418,6 +418,7 @@ pub fn inspect_text(q: &InspectQueueOk) -> String {
             "dedup-window-count",
             a.dedup_window_count.map(|v| v.to_string()),
         ),
+        ("replicas", a.replicas.map(|v| v.to_string())),
         (
             "single-active-consumer",
             a.single_active_consumer.map(|v| (v == 1).to_string()),
@@ -674,6 +675,7 @@ struct ArgumentsJson<'a> {
     retry_backoff: Option<crate::topology::RetryBackoffJson>,
     dedup_window_ms: Option<u64>,
     dedup_window_count: Option<u32>,
+    replicas: Option<u8>,
     single_active_consumer: Option<bool>,
 }
 
@@ -707,6 +709,7 @@ impl<'a> From<&'a InspectQueueOk> for InspectJson<'a> {
                 retry_backoff: a.retry_backoff.map(Into::into),
                 dedup_window_ms: a.dedup_window_ms,
                 dedup_window_count: a.dedup_window_count,
+                replicas: a.replicas,
                 single_active_consumer: a.single_active_consumer.map(|v| v == 1),
             },
         }

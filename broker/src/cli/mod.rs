@@ -310,6 +310,10 @@ pub struct DeclareQueueArgs {
     /// confirmed but not stored again.
     #[arg(long, value_name = "N")]
     pub dedup_window_count: Option<u32>,
+    /// Nodes of a cluster that hold the queue; a publish is confirmed once a majority of
+    /// them has it durable.
+    #[arg(long, value_name = "N")]
+    pub replicas: Option<u8>,
     /// One consumer receives at a time; the others wait as standbys and take over in turn.
     #[arg(long)]
     pub single_active_consumer: bool,

@@ -210,6 +210,8 @@ struct ArgumentsBody {
     retry_backoff: Option<crate::topology::RetryBackoffJson>,
     dedup_window_ms: Option<u64>,
     dedup_window_count: Option<u32>,
+    /// Nodes of a cluster that hold the queue (1 to 7).
+    replicas: Option<u8>,
     /// `true` turns it on; `false` is the same as absent.
     single_active_consumer: Option<bool>,
 }
@@ -244,6 +246,7 @@ impl From<ArgumentsBody> for QueueArguments {
             retry_backoff: a.retry_backoff.map(Into::into),
             dedup_window_ms: a.dedup_window_ms,
             dedup_window_count: a.dedup_window_count,
+            replicas: a.replicas,
             single_active_consumer: a.single_active_consumer.and_then(|on| on.then_some(1)),
         }
     }

@@ -268,6 +268,9 @@ error_codes! {
     /// A configured limit would be exceeded (queues or exchanges per vhost, bindings per
     /// exchange, consumers per connection...); the message names the limit.
     LimitExceeded = 208, "LIMIT_EXCEEDED";
+    /// The request needs the leader of a replicated queue and this node is not it; the
+    /// message is the leader's client address (`host:port`), empty while none is known.
+    NotLeader = 209, "NOT_LEADER";
 
     // 3xx: publish refusals, sent in `PublishRejected` for one message.
     /// The message (meta plus body) is longer than the negotiated maximum message length.
@@ -286,6 +289,9 @@ error_codes! {
     QueueDeleted = 400, "QUEUE_DELETED";
     /// The consumer was cancelled by an operator.
     ConsumerCancelled = 401, "CONSUMER_CANCELLED";
+    /// The replicated queue's leader moved to another node; the message is the new leader's
+    /// client address (`host:port`), empty while none is known.
+    LeaderMoved = 402, "LEADER_MOVED";
 
     // 5xx: server faults.
     /// The server failed; the request may be retried.
@@ -338,7 +344,7 @@ mod tests {
 
     #[test]
     fn unknown_numbers_are_preserved() {
-        for n in [0u16, 1, 99, 199, 209, 999, u16::MAX] {
+        for n in [0u16, 1, 99, 199, 210, 403, 999, u16::MAX] {
             let code = ErrorCode::from(n);
             assert_eq!(code, ErrorCode::Unknown(n));
             assert_eq!(u16::from(code), n);
@@ -373,6 +379,7 @@ mod tests {
                 (206, "UNKNOWN_DELIVERY_TAG"),
                 (207, "INVALID_ARGUMENT"),
                 (208, "LIMIT_EXCEEDED"),
+                (209, "NOT_LEADER"),
                 (300, "MESSAGE_TOO_LARGE"),
                 (301, "STORAGE_FULL"),
                 (302, "UNROUTABLE"),
@@ -380,6 +387,7 @@ mod tests {
                 (304, "MEMORY_LIMIT"),
                 (400, "QUEUE_DELETED"),
                 (401, "CONSUMER_CANCELLED"),
+                (402, "LEADER_MOVED"),
                 (500, "INTERNAL_ERROR"),
                 (501, "RESOURCE_EXHAUSTED"),
             ]

@@ -99,7 +99,7 @@ pub use publish::{
 };
 pub use queue::{
     DeclareQueue, DeclareQueueOk, DeleteQueue, DeleteQueueOk, InspectQueue, InspectQueueOk,
-    Overflow, PurgeQueue, PurgeQueueOk, QueueArguments, RetryBackoff, MAX_PRIORITY,
+    Overflow, PurgeQueue, PurgeQueueOk, QueueArguments, RetryBackoff, MAX_PRIORITY, MAX_REPLICAS,
 };
 pub use scheduled::{
     CancelScheduled, ListScheduled, ListScheduledOk, ScheduledMessage, MAX_SCHEDULED_LIMIT,

@@ -40,7 +40,7 @@ impl Overflow {
 /// 4 dead_letter_exchange str, 5 dead_letter_routing_key str, 6 ack_timeout_ms u64,
 /// 7 delivery_limit u32, 8 expires_ms u64, 9 max_message_bytes u32, 10 max_priority u8,
 /// 11 single_active_consumer u8, 12 dedup_window_ms u64, 13 dedup_window_count u32,
-/// 14 retry_backoff
+/// 14 retry_backoff, 15 replicas u8
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueArguments {
@@ -81,19 +81,26 @@ pub struct QueueArguments {
     /// `x-single-active-consumer`). Any other value is refused with `INVALID_ARGUMENT`; it is
     /// kept as sent so the server can say so.
     pub single_active_consumer: Option<u8>,
+    /// How many nodes of a cluster hold the queue (1 to [`MAX_REPLICAS`]): a publish is
+    /// confirmed once a majority of them has it durable. `None` or 1 = one node.
+    pub replicas: Option<u8>,
 }
+
+/// The most replicas a queue may have.
+pub const MAX_REPLICAS: u8 = 7;
 
 /// The highest `max_priority` a queue may have.
 pub const MAX_PRIORITY: u8 = 10;
 
-/// Bits 0–14 of the arguments' `present` field are defined.
-const ARG_BITS: u16 = 0x0fff | DEDUP_BITS | RETRY_BACKOFF;
+/// All 16 bits of the arguments' `present` field are defined.
+const ARG_BITS: u16 = 0x0fff | DEDUP_BITS | RETRY_BACKOFF | REPLICAS;
 /// Bit of `single_active_consumer` in `present`.
 const SINGLE_ACTIVE_BIT: u16 = 11;
 const DEDUP_WINDOW_MS: u16 = 12;
 const DEDUP_WINDOW_COUNT: u16 = 13;
 const DEDUP_BITS: u16 = (1 << DEDUP_WINDOW_MS) | (1 << DEDUP_WINDOW_COUNT);
 const RETRY_BACKOFF: u16 = 1 << 14;
+const REPLICAS: u16 = 1 << 15;
 
 /// How long a requeued message waits before it is ready again (queue argument bit 14):
 /// `min(max_ms, initial_ms × (multiplier_percent / 100)^(delivery_count − 1))`.
@@ -152,7 +159,8 @@ impl Payload for QueueArguments {
                 RETRY_BACKOFF
             } else {
                 0
-            };
+            }
+            | if self.replicas.is_some() { REPLICAS } else { 0 };
         p::put_u16(buf, present);
         if let Some(v) = self.max_length {
             p::put_u64(buf, v);
@@ -201,6 +209,9 @@ impl Payload for QueueArguments {
             p::put_u32(buf, b.multiplier_percent);
             p::put_u64(buf, b.max_ms);
         }
+        if let Some(v) = self.replicas {
+            p::put_u8(buf, v);
+        }
         Ok(())
     }
 
@@ -233,6 +244,7 @@ impl Payload for QueueArguments {
                     })
                 })
                 .transpose()?,
+            replicas: has(15).then(|| r.u8()).transpose()?,
         })
     }
 }
@@ -589,12 +601,9 @@ mod tests {
             DeclareQueue::decode(&mut Reader::new(&bad_flags)),
             Err(WireError::ReservedBits { .. })
         ));
-        // argument bit 15
-        let bad_args = hex("00 00 00 00 80");
-        assert!(matches!(
-            DeclareQueue::decode(&mut Reader::new(&bad_args)),
-            Err(WireError::ReservedBits { .. })
-        ));
+        // argument bit 15 (replicas) set, its byte missing
+        let short_args = hex("00 00 00 00 80");
+        assert!(DeclareQueue::decode(&mut Reader::new(&short_args)).is_err());
         // overflow 3
         let bad_overflow = hex("00 00 00 04 00 03");
         assert!(matches!(
@@ -753,6 +762,21 @@ mod tests {
     }
 
     #[test]
+    fn declare_queue_with_replicas_sets_the_last_present_bit() {
+        check_payload(
+            &DeclareQueue {
+                name: "q".into(),
+                arguments: QueueArguments {
+                    replicas: Some(3),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            &hex("01 00 71  00  00 80  03"),
+        );
+    }
+
+    #[test]
     fn the_backoff_grows_by_its_multiplier_up_to_its_max() {
         let b = RetryBackoff {
             initial_ms: 1000,
@@ -803,11 +827,5 @@ mod tests {
             },
             &hex("00 20  02 00 00 00"),
         );
-        // Bit 15 stays reserved.
-        let bad = hex("00 80");
-        assert!(matches!(
-            QueueArguments::decode(&mut Reader::new(&bad)),
-            Err(WireError::ReservedBits { .. })
-        ));
     }
 }
