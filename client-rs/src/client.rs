@@ -4,26 +4,30 @@
 //! [`consumer`](crate::consumer), operators' listings in `listing`; this file has connecting,
 //! queue and exchange management, settling by delivery tag, and closing.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::connection::{self, Command, HandshakeParams, ServerInfo, Settings, Shared};
+use crate::connection::{
+    self, Command, Dialer, HandshakeParams, Link, Redial, ServerInfo, Settings, Shared,
+};
 use crate::error::{CloseReason, Error, Result};
 use crate::options::{
     millis, millis_at_least_1, DeleteExchangeOptions, DeleteQueueOptions, ExchangeOptions,
     QueueOptions,
 };
-use crate::tls::{self, TlsFiles};
-use crate::url::{ConnectUrl, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_PASSWORD, DEFAULT_USERNAME};
+use crate::tls::TlsFiles;
+use crate::url::{
+    ConnectUrl, HostPort, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_PASSWORD, DEFAULT_USERNAME,
+};
 use crate::wire::{
-    Ack, Bind, DeclareQueueOk, DeliveryTag, ExchangeKind, Extend, FrameBody, Headers, InspectQueue,
-    InspectQueueOk, Nack, PurgeQueue, Reject, Reply, Request, Unbind,
+    Ack, Bind, DeclareQueueOk, DeliveryTag, ErrorCode, ExchangeKind, Extend, FrameBody, Headers,
+    InspectQueue, InspectQueueOk, Nack, PurgeQueue, Reject, Reply, Request, Unbind,
 };
 
 /// Default prefetch window of consumers (see [`ClientBuilder::prefetch`]).
@@ -32,6 +36,9 @@ pub const DEFAULT_PREFETCH: u32 = 1000;
 pub const DEFAULT_CONFIRM_WINDOW: u32 = 1024;
 /// Default time to wait for the answer to a request (see [`ClientBuilder::request_timeout`]).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time a lost connection is dialed again for (see
+/// [`ClientBuilder::reconnect_timeout`]).
+pub const DEFAULT_RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A connection to a Sluice broker.
 ///
@@ -55,6 +62,78 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Client {
     pub(crate) commands: mpsc::UnboundedSender<Command>,
     pub(crate) shared: Arc<Shared>,
+    /// The connections to other nodes (replicated queues' leaders), shared by every handle
+    /// of the client.
+    pub(crate) router: Arc<Router>,
+}
+
+/// A connection to another node, made to follow a replicated queue's leader; held weakly, so
+/// it closes once no consumer or message uses it.
+struct WeakLink {
+    commands: mpsc::WeakUnboundedSender<Command>,
+    shared: Weak<Shared>,
+}
+
+/// How a client reaches the leaders of replicated queues (`NOT_LEADER`, `LEADER_MOVED`,
+/// protocol.md §11): with the same credentials, vhost and TLS settings as the URL's hosts.
+pub(crate) struct Router {
+    /// `None` for a client over a stream of the caller's (`connect_stream`): it cannot dial.
+    dialer: Option<Dialer>,
+    settings: Settings,
+    /// The connection to the URL's hosts (set once it is made).
+    primary: std::sync::OnceLock<Weak<Shared>>,
+    links: Mutex<HashMap<HostPort, WeakLink>>,
+    /// One dial at a time, so that two requests sent to the same leader share a connection.
+    dialing: tokio::sync::Mutex<()>,
+}
+
+impl Router {
+    fn new(dialer: Option<Dialer>, settings: Settings) -> Arc<Router> {
+        Arc::new(Router {
+            dialer,
+            settings,
+            primary: std::sync::OnceLock::new(),
+            links: Mutex::new(HashMap::new()),
+            dialing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// A live connection to `host`, if one is open.
+    fn live(&self, host: &HostPort, router: &Arc<Router>) -> Option<Client> {
+        let links = self.links.lock().unwrap_or_else(PoisonError::into_inner);
+        let link = links.get(host)?;
+        let client = Client {
+            commands: link.commands.upgrade()?,
+            shared: link.shared.upgrade()?,
+            router: router.clone(),
+        };
+        (!client.is_closed()).then_some(client)
+    }
+
+    /// Every live connection to another node.
+    fn all_live(&self, router: &Arc<Router>) -> Vec<Client> {
+        let hosts: Vec<HostPort> = self
+            .links
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        hosts.iter().filter_map(|h| self.live(h, router)).collect()
+    }
+}
+
+/// Tries after a `NOT_LEADER` naming no leader (an election is going on) wait this long
+/// first, doubling up to [`LEADER_RETRY_MAX`], within the reconnect timeout.
+const LEADER_RETRY_FIRST: Duration = Duration::from_millis(100);
+const LEADER_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// What to do about a request's failure with respect to replicated queues' leaders.
+pub(crate) enum Follow {
+    /// Send the request again to this client (the leader, or the same node after a pause).
+    Retry(Client),
+    /// The failure stands.
+    Fail(Error),
 }
 
 impl fmt::Debug for Client {
@@ -150,7 +229,19 @@ impl Client {
 
     /// Sends a request that is not answered on success.
     pub(crate) fn send_request(&self, request: impl Into<Request>) -> Result<()> {
-        self.send(Command::Send(request.into()))
+        self.send(Command::Send {
+            request: request.into(),
+            generation: None,
+        })
+    }
+
+    /// Sends a request that names a delivery or consumer of connection generation
+    /// `generation`: it is dropped if that connection was lost meanwhile.
+    pub(crate) fn send_on(&self, generation: u64, request: impl Into<Request>) -> Result<()> {
+        self.send(Command::Send {
+            request: request.into(),
+            generation: Some(generation),
+        })
     }
 
     // ---- queues -----------------------------------------------------------------------
@@ -326,16 +417,128 @@ impl Client {
 
     /// Closes the connection gracefully: `Close` is a barrier, so every message published
     /// before it is settled (its confirm or rejection delivered) before this returns.
-    /// Consumers' streams end; their unsettled deliveries return to their queues.
+    /// Consumers' streams end; their unsettled deliveries return to their queues. The
+    /// connections the client opened to other nodes (replicated queues' leaders) close too.
     ///
     /// Idempotent: closing a closed connection returns `Ok`. Fails with
     /// [`Error::Timeout`] if the server does not answer within 5 seconds.
     pub async fn close(&self) -> Result<()> {
+        for link in self.router.all_live(&self.router) {
+            if !Arc::ptr_eq(&link.shared, &self.shared) {
+                let _ = link.close_one().await;
+            }
+        }
+        self.close_one().await
+    }
+
+    async fn close_one(&self) -> Result<()> {
         let (reply, rx) = oneshot::channel();
         if self.send(Command::Close { reply }).is_err() {
             return Ok(());
         }
         rx.await.unwrap_or(Ok(()))
+    }
+
+    /// The generation of the current connection (see `connection`).
+    pub(crate) fn generation(&self) -> u64 {
+        self.shared.generation()
+    }
+
+    /// How long the client tries to reconnect (zero: it does not).
+    pub(crate) fn router_settings_reconnect(&self) -> Duration {
+        self.router.settings.reconnect_timeout
+    }
+
+    /// Whether the connection to the URL's hosts has ended (or every handle to it is gone).
+    pub(crate) fn home_is_closed(&self) -> bool {
+        match self.router.primary.get().and_then(Weak::upgrade) {
+            Some(shared) => shared.close_reason().is_some(),
+            None => true,
+        }
+    }
+
+    /// Decides what a request that failed with `error` does next, on its `attempt`th try:
+    /// `NOT_LEADER` naming a leader goes there (a connection to it is opened, or reused);
+    /// naming none, it waits and tries this node again (within the reconnect timeout); a
+    /// connection lost while this client reconnects is tried again on the new one.
+    pub(crate) async fn follow(&self, error: Error, attempt: u32) -> Follow {
+        let settings = &self.router.settings;
+        let patience = settings.reconnect_timeout;
+        let pause = LEADER_RETRY_FIRST
+            .saturating_mul(1 << attempt.min(10))
+            .min(LEADER_RETRY_MAX);
+        if patience.is_zero() || pause.saturating_mul(attempt) > patience {
+            return Follow::Fail(error);
+        }
+        match &error {
+            Error::Server {
+                code: ErrorCode::NotLeader,
+                message,
+            } if message.is_empty() => {
+                tokio::time::sleep(pause).await;
+                Follow::Retry(self.clone())
+            }
+            Error::Server {
+                code: ErrorCode::NotLeader,
+                message,
+            } => match HostPort::parse(message) {
+                Ok(host) => match self.leader(host).await {
+                    Ok(client) => Follow::Retry(client),
+                    Err(_) => {
+                        tokio::time::sleep(pause).await;
+                        Follow::Retry(self.clone())
+                    }
+                },
+                Err(_) => Follow::Fail(error),
+            },
+            // Lost while the task reconnects: the request can go again on the new connection.
+            Error::ConnectionClosed(reason)
+                if !self.is_closed() && !matches!(reason, CloseReason::Normal) =>
+            {
+                Follow::Retry(self.clone())
+            }
+            _ => Follow::Fail(error),
+        }
+    }
+
+    /// A connection to the node at `host` (a replicated queue's leader): an open one, or a
+    /// new one with the same credentials, vhost and TLS settings. It does not reconnect:
+    /// when it is lost, its consumers consume again through this client.
+    pub(crate) async fn leader(&self, host: HostPort) -> Result<Client> {
+        let router = &self.router;
+        if let Some(client) = router.live(&host, router) {
+            return Ok(client);
+        }
+        let _dialing = router.dialing.lock().await;
+        if let Some(client) = router.live(&host, router) {
+            return Ok(client);
+        }
+        let Some(dialer) = &router.dialer else {
+            return Err(Error::Server {
+                code: ErrorCode::NotLeader,
+                message: host.to_string(),
+            });
+        };
+        let link = dialer.for_host(host.clone()).dial(&host, None).await?;
+        let mut settings = router.settings.clone();
+        settings.reconnect_timeout = Duration::ZERO;
+        let (commands, shared) = connection::spawn(link, settings, None);
+        router
+            .links
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                host,
+                WeakLink {
+                    commands: commands.downgrade(),
+                    shared: Arc::downgrade(&shared),
+                },
+            );
+        Ok(Client {
+            commands,
+            shared,
+            router: router.clone(),
+        })
     }
 }
 
@@ -368,6 +571,8 @@ pub struct ClientBuilder {
     request_timeout: Duration,
     prefetch: u32,
     confirm_window: u32,
+    reconnect_timeout: Duration,
+    resend_ids: bool,
     tls: TlsFiles,
 }
 
@@ -384,6 +589,8 @@ impl fmt::Debug for ClientBuilder {
             .field("request_timeout", &self.request_timeout)
             .field("prefetch", &self.prefetch)
             .field("confirm_window", &self.confirm_window)
+            .field("reconnect_timeout", &self.reconnect_timeout)
+            .field("resend", &self.resend_ids)
             .field("tls", &self.tls)
             .finish()
     }
@@ -402,6 +609,8 @@ impl Default for ClientBuilder {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             prefetch: DEFAULT_PREFETCH,
             confirm_window: DEFAULT_CONFIRM_WINDOW,
+            reconnect_timeout: DEFAULT_RECONNECT_TIMEOUT,
+            resend_ids: false,
             tls: TlsFiles::default(),
         }
     }
@@ -474,6 +683,34 @@ impl ClientBuilder {
         self
     }
 
+    /// How long to try to reconnect after the connection is lost (EOF, reset, heartbeat
+    /// timeout, or the server closing it with `CONNECTION_FORCED`; default 60 s).
+    /// `Duration::ZERO` turns reconnection off: the connection then ends as before, failing
+    /// what it carried.
+    ///
+    /// While it reconnects (the URL's next host first, then round-robin, backing off with
+    /// jitter) calls wait: requests go out on the new connection (those already sent fail
+    /// with [`Error::ConnectionClosed`]), publishes too, and every message not confirmed yet
+    /// is published again, in order; its outcome is the new connection's. Consumers consume
+    /// again (same queue and options) and their streams go on. A [`Message`](crate::Message)
+    /// of the lost connection cannot be settled any more ([`Error::DeliveryLost`]): it will be
+    /// delivered again. If no host answers in time, everything fails as without
+    /// reconnection.
+    pub fn reconnect_timeout(mut self, timeout: Duration) -> Self {
+        self.reconnect_timeout = timeout;
+        self
+    }
+
+    /// With `true`, every published message without a `message_id` gets a fresh unique one
+    /// (meta `message_id`, protocol.md §8.1), so that a queue with a dedup window
+    /// ([`QueueOptions::dedup_window`](crate::QueueOptions)) stores a message published again
+    /// after a reconnection once; the second copy is confirmed as
+    /// [`Confirmed::Duplicate`](crate::Confirmed). Default `false`.
+    pub fn resend(mut self, ids: bool) -> Self {
+        self.resend_ids = ids;
+        self
+    }
+
     /// For `sluices://`: trust the CA certificates of this PEM file instead of the system's
     /// roots (URL `ca_file`).
     pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
@@ -494,39 +731,25 @@ impl ClientBuilder {
         self.connect_url(&url).await
     }
 
-    /// Connects to a parsed URL.
+    /// Connects to a parsed URL: to its first host that answers, tried in order.
     pub async fn connect_url(self, url: &ConnectUrl) -> Result<Client> {
-        let params = self.handshake_params(Some(url));
-        let timeout = self.connect_timeout_for(Some(url));
-        let settings = self.settings();
-        let addr = url.socket_addr();
-        let tls = url.is_tls().then(|| self.tls_files(url));
-        let host = url.host().to_owned();
-        let connect = async move {
-            let mut stream = TcpStream::connect(&addr).await?;
-            // Frames are batched by the connection task; Nagle would only add latency.
-            stream.set_nodelay(true)?;
-            let Some(tls) = tls else {
-                let (welcome, leftover) = connection::handshake(&mut stream, &params).await?;
-                let (reader, writer) = stream.into_split();
-                let (commands, shared) =
-                    connection::spawn(reader, writer, leftover, welcome, settings);
-                return Ok(Client { commands, shared });
-            };
-            let mut stream = tls::connect(stream, &host, &tls).await?;
-            let (welcome, leftover) = connection::handshake(&mut stream, &params)
-                .await
-                .map_err(tls::classify)?;
-            let (reader, writer) = tokio::io::split(stream);
-            let (commands, shared) = connection::spawn(reader, writer, leftover, welcome, settings);
-            Ok(Client { commands, shared })
+        let dialer = Dialer {
+            hosts: url.hosts().to_vec(),
+            tls: url.is_tls().then(|| self.tls_files(url)),
+            params: self.handshake_params(Some(url)),
+            connect_timeout: self.connect_timeout_for(Some(url)),
         };
-        tokio::time::timeout(timeout, connect)
-            .await
-            .map_err(|_| Error::Timeout {
-                operation: "connect",
-                after: timeout,
-            })?
+        let settings = self.settings();
+        let (link, current) = dialer.dial_first().await?;
+        let router = Router::new(Some(dialer.clone()), settings.clone());
+        let redial = Redial { dialer, current };
+        let (commands, shared) = connection::spawn(link, settings, Some(redial));
+        let _ = router.primary.set(Arc::downgrade(&shared));
+        Ok(Client {
+            commands,
+            shared,
+            router,
+        })
     }
 
     /// Runs the protocol over an already connected stream (a Unix socket, a TLS stream of
@@ -539,11 +762,16 @@ impl ClientBuilder {
         let timeout = self.connect_timeout_for(None);
         let settings = self.settings();
         let connect = async move {
-            let mut stream = stream;
-            let (welcome, leftover) = connection::handshake(&mut stream, &params).await?;
-            let (reader, writer) = tokio::io::split(stream);
-            let (commands, shared) = connection::spawn(reader, writer, leftover, welcome, settings);
-            Ok(Client { commands, shared })
+            let link = Link::over(stream, &params).await?;
+            let router = Router::new(None, settings.clone());
+            // The stream is the caller's: there is nothing to dial again.
+            let (commands, shared) = connection::spawn(link, settings, None);
+            let _ = router.primary.set(Arc::downgrade(&shared));
+            Ok(Client {
+                commands,
+                shared,
+                router,
+            })
         };
         tokio::time::timeout(timeout, connect)
             .await
@@ -615,6 +843,8 @@ impl ClientBuilder {
             request_timeout: self.request_timeout,
             prefetch: self.prefetch,
             confirm_window: self.confirm_window,
+            reconnect_timeout: self.reconnect_timeout,
+            resend_ids: self.resend_ids,
         }
     }
 }

@@ -9,11 +9,18 @@
 //! ([`Message::ack_confirmed`], ...) wait for the broker's outcome, as SQS's
 //! `DeleteMessage`, and return its error (`UNKNOWN_DELIVERY_TAG` for an expired lease) to
 //! the call that sent the request.
+//!
+//! A consumer outlives its connection: when the client reconnects, or the leader of its
+//! replicated queue moves (`LEADER_MOVED`), the stream consumes again with the same request
+//! (queue, tag, prefetch, options) and goes on; a `NOT_LEADER` answer is followed to the node
+//! it names. Deliveries of a lost connection still buffered are skipped (they will come
+//! again); one already handed out cannot be settled ([`Error::DeliveryLost`]).
 
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,14 +28,26 @@ use bytes::Bytes;
 use futures_core::Stream;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::client::{unexpected_reply, Client};
-use crate::connection::{Command, ConsumerEvent};
+use crate::client::{unexpected_reply, Client, Follow};
+use crate::connection::{Command, ConsumerEvent, Subscribed};
 use crate::error::{Error, Result};
 use crate::options::{millis, millis_at_least_1, ConsumeOptions};
+use crate::url::HostPort;
 use crate::wire::{
-    Ack, ConsumerId, Delivery, DeliveryTag, Extend, Get, GetMany, HeaderValue, Headers, MetaView,
-    Nack, Properties, Reject, Reply, Request, SetPrefetch,
+    Ack, Consume, ConsumerId, Delivery, DeliveryTag, ErrorCode, Extend, Get, GetMany, HeaderValue,
+    Headers, MetaView, Nack, Properties, Reject, Reply, Request, SetPrefetch,
 };
+
+/// A consumer started on some connection of a client.
+struct Subscription {
+    client: Client,
+    ok: crate::wire::ConsumeOk,
+    generation: u64,
+    events: mpsc::UnboundedReceiver<ConsumerEvent>,
+}
+
+/// A consumer consuming again, after its connection was lost or its leader moved.
+type Resubscribing = Pin<Box<dyn Future<Output = Result<Subscription>> + Send>>;
 
 impl Client {
     /// Starts consuming from `queue`. The [`Consumer`] is a [`Stream`] of messages; it ends
@@ -51,7 +70,29 @@ impl Client {
     /// # }
     /// ```
     pub async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<Consumer> {
-        let request = options.into_request(queue, self.shared.settings.prefetch);
+        let mut request = options.into_request(queue, self.shared.settings.prefetch);
+        let sub = self.subscribe(request.clone()).await?;
+        // Consuming again keeps the tag, the server's if it chose one.
+        request.consumer_tag = sub.ok.consumer_tag.clone();
+        Ok(Consumer {
+            id: sub.ok.consumer_id,
+            tag: sub.ok.consumer_tag,
+            queue: Arc::from(queue),
+            events: sub.events,
+            batch: Vec::new().into_iter(),
+            batch_generation: sub.generation,
+            generation: sub.generation,
+            client: sub.client,
+            home: self.clone(),
+            request,
+            resubscribing: Mutex::new(None),
+            cancelled: false,
+            ended: false,
+        })
+    }
+
+    /// Sends `Consume` on this connection.
+    async fn subscribe_here(&self, request: Consume) -> Result<Subscription> {
         let (events_tx, events) = mpsc::unbounded_channel();
         let (reply, rx) = oneshot::channel();
         self.send(Command::Consume {
@@ -59,30 +100,61 @@ impl Client {
             events: events_tx,
             reply,
         })?;
-        let ok = self.wait(rx).await?;
-        Ok(Consumer {
-            id: ok.consumer_id,
-            tag: ok.consumer_tag,
-            queue: Arc::from(queue),
-            events,
-            batch: Vec::new().into_iter(),
+        let Subscribed { ok, generation } = self.wait(rx).await?;
+        Ok(Subscription {
             client: self.clone(),
-            ended: false,
+            ok,
+            generation,
+            events,
         })
     }
 
+    /// Starts a consumer, following `NOT_LEADER` to the queue's leader.
+    async fn subscribe(&self, request: Consume) -> Result<Subscription> {
+        let mut client = self.clone();
+        let mut attempt = 0;
+        loop {
+            match client.subscribe_here(request.clone()).await {
+                Ok(sub) => return Ok(sub),
+                Err(error) => match client.follow(error, attempt).await {
+                    Follow::Retry(next) => client = next,
+                    Follow::Fail(error) => return Err(error),
+                },
+            }
+            attempt += 1;
+        }
+    }
+
     /// Takes one ready message from `queue` without a consumer; `None` when it has none.
-    /// The message must be settled like a consumer's.
+    /// The message must be settled like a consumer's. A `NOT_LEADER` answer (a replicated
+    /// queue led by another node) is followed.
     pub async fn get(&self, queue: &str) -> Result<Option<Message>> {
+        let mut client = self.clone();
+        let mut attempt = 0;
+        loop {
+            match client.get_here(queue).await {
+                Ok(message) => return Ok(message),
+                Err(error) => match client.follow(error, attempt).await {
+                    Follow::Retry(next) => client = next,
+                    Follow::Fail(error) => return Err(error),
+                },
+            }
+            attempt += 1;
+        }
+    }
+
+    async fn get_here(&self, queue: &str) -> Result<Option<Message>> {
         let reply = self
             .call(Get {
                 queue: queue.to_owned(),
             })
             .await?;
+        // A reply of the current connection: its generation is the delivery's.
+        let generation = self.generation();
         match reply {
             Reply::GetOk(ok) => Ok(ok
                 .delivery
-                .map(|d| Message::new(d, Arc::from(queue), self.clone()))),
+                .map(|d| Message::new(d, Arc::from(queue), self.clone(), generation))),
             other => Err(unexpected_reply(other)),
         }
     }
@@ -104,6 +176,21 @@ impl Client {
     /// # }
     /// ```
     pub async fn get_many(&self, queue: &str, max: u32, wait: Duration) -> Result<Vec<Message>> {
+        let mut client = self.clone();
+        let mut attempt = 0;
+        loop {
+            match client.get_many_here(queue, max, wait).await {
+                Ok(messages) => return Ok(messages),
+                Err(error) => match client.follow(error, attempt).await {
+                    Follow::Retry(next) => client = next,
+                    Follow::Fail(error) => return Err(error),
+                },
+            }
+            attempt += 1;
+        }
+    }
+
+    async fn get_many_here(&self, queue: &str, max: u32, wait: Duration) -> Result<Vec<Message>> {
         let request = GetMany {
             queue: queue.to_owned(),
             max,
@@ -126,13 +213,14 @@ impl Client {
             Ok(Err(_)) => return Err(self.shared.closed_error()),
             Ok(Ok(result)) => result?,
         };
+        let generation = self.generation();
         match reply {
             Reply::GetManyOk(ok) => {
                 let queue: Arc<str> = Arc::from(queue);
                 Ok(ok
                     .deliveries
                     .into_iter()
-                    .map(|d| Message::new(d, Arc::clone(&queue), self.clone()))
+                    .map(|d| Message::new(d, Arc::clone(&queue), self.clone(), generation))
                     .collect())
             }
             other => Err(unexpected_reply(other)),
@@ -146,14 +234,30 @@ impl Client {
 /// consumer ([`Error::ConsumerCancelled`]) or the connection fails
 /// ([`Error::ConnectionClosed`]). After [`Client::close`] or [`Consumer::cancel`] the stream
 /// ends without an error once the messages already received are handed out.
+///
+/// When the client reconnects, or the leader of a replicated queue moves (`LEADER_MOVED`),
+/// the stream consumes again with the same request and goes on (see the module
+/// documentation).
 pub struct Consumer {
     id: ConsumerId,
     tag: String,
     queue: Arc<str>,
     events: mpsc::UnboundedReceiver<ConsumerEvent>,
-    /// The rest of the last `Deliver` batch.
+    /// The rest of the last `Deliver` batch, of connection generation `batch_generation`.
     batch: std::vec::IntoIter<Delivery>,
+    batch_generation: u64,
+    /// The generation of the connection the consumer is on now.
+    generation: u64,
+    /// The connection the consumer is on now (the client's, or a leader's).
     client: Client,
+    /// The client it was started from: where it consumes again.
+    home: Client,
+    /// The request that started it, to consume again.
+    request: Consume,
+    /// Consuming again (a `Mutex` only to keep `Consumer` `Sync`: it is used through `&mut`).
+    resubscribing: Mutex<Option<Resubscribing>>,
+    /// `cancel` was called: a lost connection ends the stream instead.
+    cancelled: bool,
     ended: bool,
 }
 
@@ -185,18 +289,66 @@ impl Consumer {
         &self.queue
     }
 
-    /// The client the consumer belongs to.
+    /// The client the consumer belongs to: the connection it consumes on (a replicated
+    /// queue's leader's, if it followed one).
     pub fn client(&self) -> &Client {
         &self.client
     }
 
     /// Changes the prefetch window (0 = no limit). Lowering it does not take back
-    /// deliveries already made.
-    pub async fn set_prefetch(&self, prefetch: u32) -> Result<()> {
-        self.client.send_request(SetPrefetch {
-            consumer_id: self.id,
-            prefetch,
-        })
+    /// deliveries already made. Consuming again after a reconnection uses the new value.
+    pub async fn set_prefetch(&mut self, prefetch: u32) -> Result<()> {
+        self.request.prefetch = prefetch;
+        self.client.send_on(
+            self.generation,
+            SetPrefetch {
+                consumer_id: self.id,
+                prefetch,
+            },
+        )
+    }
+
+    /// Starts consuming again (after `Lost` or `LEADER_MOVED`), at `leader` if known.
+    fn resubscribe(&mut self, leader: Option<HostPort>) {
+        let home = self.home.clone();
+        let request = self.request.clone();
+        let future = async move {
+            match leader {
+                Some(host) => match home.leader(host).await {
+                    Ok(client) => client.subscribe(request).await,
+                    Err(_) => home.subscribe(request).await,
+                },
+                None => home.subscribe(request).await,
+            }
+        };
+        self.batch = Vec::new().into_iter();
+        *self
+            .resubscribing
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Box::pin(future));
+    }
+
+    /// Where a consumer ended by `error` consumes again, if it does: `LEADER_MOVED` (at the
+    /// address it names, else through the client), or its leader's connection lost.
+    fn moves_on(&self, error: &Error) -> Option<Option<HostPort>> {
+        if self.cancelled || self.home.router_settings_reconnect().is_zero() {
+            return None;
+        }
+        match error {
+            Error::ConsumerCancelled {
+                code: ErrorCode::LeaderMoved,
+                reason,
+            } => Some(HostPort::parse(reason).ok()),
+            // A leader's connection (which does not reconnect) was lost.
+            Error::ConnectionClosed(reason)
+                if !Arc::ptr_eq(&self.client.shared, &self.home.shared)
+                    && !matches!(reason, crate::CloseReason::Normal)
+                    && !self.home.is_closed() =>
+            {
+                Some(None)
+            }
+            _ => None,
+        }
     }
 
     /// Stops the consumer and waits for the server to confirm. No delivery follows; the
@@ -206,12 +358,44 @@ impl Consumer {
         if self.ended {
             return Ok(());
         }
+        self.cancelled = true;
+        if self
+            .resubscribing
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .is_some()
+        {
+            // Not consuming anywhere yet; a consumer started meanwhile is released below.
+            self.ended = true;
+            return Ok(());
+        }
         let (reply, rx) = oneshot::channel();
         self.client.send(Command::Cancel {
             consumer: self.id,
+            generation: self.generation,
             reply,
         })?;
         self.client.wait(rx).await
+    }
+
+    /// Takes the outcome of consuming again, once it is there.
+    fn poll_resubscribed(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let slot = self
+            .resubscribing
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(future) = slot.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let outcome = ready!(future.as_mut().poll(cx));
+        *slot = None;
+        let sub = outcome?;
+        self.id = sub.ok.consumer_id;
+        self.generation = sub.generation;
+        self.events = sub.events;
+        self.client = sub.client;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -221,19 +405,43 @@ impl Stream for Consumer {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
+            if !this.ended {
+                if let Err(error) = ready!(this.poll_resubscribed(cx)) {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(error)));
+                }
+            }
             if let Some(delivery) = this.batch.next() {
+                if this.batch_generation != this.client.generation() {
+                    // Its connection was lost: it will be delivered again.
+                    this.batch = Vec::new().into_iter();
+                    continue;
+                }
                 let queue = Arc::clone(&this.queue);
-                return Poll::Ready(Some(Ok(Message::new(delivery, queue, this.client.clone()))));
+                let client = this.client.clone();
+                let message = Message::new(delivery, queue, client, this.batch_generation);
+                return Poll::Ready(Some(Ok(message)));
             }
             if this.ended {
                 return Poll::Ready(None);
             }
             match ready!(this.events.poll_recv(cx)) {
-                Some(ConsumerEvent::Deliveries(deliveries)) => this.batch = deliveries.into_iter(),
-                Some(ConsumerEvent::Ended(error)) => {
-                    this.ended = true;
-                    return Poll::Ready(Some(Err(error)));
+                Some(ConsumerEvent::Deliveries {
+                    generation,
+                    deliveries,
+                }) => {
+                    this.batch = deliveries.into_iter();
+                    this.batch_generation = generation;
                 }
+                Some(ConsumerEvent::Lost) if !this.cancelled => this.resubscribe(None),
+                Some(ConsumerEvent::Lost) => this.ended = true,
+                Some(ConsumerEvent::Ended(error)) => match this.moves_on(&error) {
+                    Some(leader) => this.resubscribe(leader),
+                    None => {
+                        this.ended = true;
+                        return Poll::Ready(Some(Err(error)));
+                    }
+                },
                 None => {
                     this.ended = true;
                     return Poll::Ready(None);
@@ -261,15 +469,17 @@ impl Drop for Consumer {
         let mut ended = self.ended;
         while let Ok(event) = self.events.try_recv() {
             match event {
-                ConsumerEvent::Deliveries(deliveries) => {
+                ConsumerEvent::Deliveries { deliveries, .. } => {
                     requeue.extend(deliveries.iter().map(|d| d.delivery_tag));
                 }
-                ConsumerEvent::Ended(_) => ended = true,
+                ConsumerEvent::Lost | ConsumerEvent::Ended(_) => ended = true,
             }
         }
+        // The task drops it if the connection it names was lost meanwhile.
         if !ended || !requeue.is_empty() {
             let _ = self.client.send(Command::Release {
                 consumer: self.id,
+                generation: self.generation,
                 requeue,
             });
         }
@@ -301,6 +511,8 @@ pub struct Message {
     /// The queue it came from: where a confirmed settle sends its barrier.
     queue: Arc<str>,
     client: Client,
+    /// The generation of the connection it came on: it is settled only there.
+    generation: u64,
     settled: AtomicBool,
 }
 
@@ -339,7 +551,7 @@ const EMPTY_META: MetaView<'static> = MetaView {
 };
 
 impl Message {
-    fn new(delivery: Delivery, queue: Arc<str>, client: Client) -> Self {
+    fn new(delivery: Delivery, queue: Arc<str>, client: Client, generation: u64) -> Self {
         Message {
             body: delivery.body,
             delivery_tag: delivery.delivery_tag,
@@ -350,7 +562,28 @@ impl Message {
             meta: delivery.meta,
             queue,
             client,
+            generation,
             settled: AtomicBool::new(false),
+        }
+    }
+
+    /// True while the connection the message came on is the client's current one: it can
+    /// be settled. Once `false`, settling fails with [`Error::DeliveryLost`].
+    pub fn is_deliverable(&self) -> bool {
+        self.lost().is_none()
+    }
+
+    /// `DeliveryLost` if the message's connection was lost (and the client went on).
+    fn lost(&self) -> Option<Error> {
+        if self.client.generation() != self.generation {
+            return Some(Error::DeliveryLost);
+        }
+        // A leader's connection does not reconnect: once it is gone, so is the delivery,
+        // while the client lives on.
+        match self.client.close_reason() {
+            Some(crate::CloseReason::Normal) | None => None,
+            Some(_) if !self.client.home_is_closed() => Some(Error::DeliveryLost),
+            Some(_) => None,
         }
     }
 
@@ -414,7 +647,10 @@ impl Message {
         if self.settled.swap(true, Ordering::Relaxed) {
             return Err(Error::AlreadySettled);
         }
-        self.client.send_request(request)
+        if let Some(lost) = self.lost() {
+            return Err(lost);
+        }
+        self.client.send_on(self.generation, request)
     }
 
     /// Sends a settle request and waits for the broker to have handled it: `Ok` when it
@@ -422,10 +658,14 @@ impl Message {
     /// trip (an `InspectQueue` of the message's queue follows the request; its answer proves
     /// the settle succeeded, protocol.md §10).
     async fn confirm(&self, request: Request) -> Result<()> {
+        if let Some(lost) = self.lost() {
+            return Err(lost);
+        }
         let (reply, rx) = oneshot::channel();
         self.client.send(Command::Settle {
             request,
             queue: Arc::clone(&self.queue),
+            generation: self.generation,
             reply,
         })?;
         self.client.wait(rx).await
@@ -564,7 +804,11 @@ impl Message {
         if self.is_settled() {
             return Err(Error::AlreadySettled);
         }
-        self.client.send_request(self.extend_request(by))
+        if let Some(lost) = self.lost() {
+            return Err(lost);
+        }
+        self.client
+            .send_on(self.generation, self.extend_request(by))
     }
 
     /// [`extend`](Self::extend), waiting for the broker's outcome: fails with

@@ -97,6 +97,11 @@ pub enum Error {
     /// The delivery was already acked, nacked or rejected through this [`Message`](crate::Message).
     #[error("delivery already settled")]
     AlreadySettled,
+    /// The delivery came on a connection that has since been lost (the client reconnected,
+    /// or moved to another node): it cannot be settled any more, and its queue will deliver
+    /// the message again.
+    #[error("delivery lost with its connection: the message will be delivered again")]
+    DeliveryLost,
 }
 
 /// Why a connection ended.
@@ -321,6 +326,18 @@ impl Error {
     /// `LIMIT_EXCEEDED`: a configured limit would be exceeded; the message names it.
     pub fn is_limit_exceeded(&self) -> bool {
         self.has_code(ErrorCode::LimitExceeded)
+    }
+
+    /// The delivery's connection was lost: settling it is impossible, and the message will
+    /// be delivered again ([`Error::DeliveryLost`]).
+    pub fn is_delivery_lost(&self) -> bool {
+        matches!(self, Error::DeliveryLost)
+    }
+
+    /// `NOT_LEADER`: the request needs the leader of a replicated queue, which this node is
+    /// not (the message names the leader's address, or is empty while none is known).
+    pub fn is_not_leader(&self) -> bool {
+        self.has_code(ErrorCode::NotLeader)
     }
 
     /// The server refused a published message (any code).

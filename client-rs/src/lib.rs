@@ -81,7 +81,7 @@ pub use options::{
 };
 pub use publish::{Confirmed, OutgoingMessage, PublishConfirm, Publisher};
 pub use tls::TlsError;
-pub use url::{ConnectUrl, UrlError};
+pub use url::{ConnectUrl, HostPort, UrlError};
 /// Header values of type decimal (AMQP's); the other header types are plain Rust values.
 pub use wire::Decimal;
 pub use wire::{

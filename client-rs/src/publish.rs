@@ -9,7 +9,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -83,17 +84,28 @@ impl OutgoingMessage {
     }
 }
 
+/// A message id no other message has: a random prefix drawn once per process, and a counter.
+fn fresh_message_id() -> String {
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let prefix = PREFIX.get_or_init(|| fastrand::u64(..));
+    format!("{prefix:016x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
 /// Encodes meta blocks, many to one allocation, and checks sizes against the server's limit.
 struct MetaEncoder {
     buf: BytesMut,
     max_message_len: usize,
+    /// Give messages without a `message_id` a fresh one (`ClientBuilder::resend`).
+    stamp_ids: bool,
 }
 
 impl MetaEncoder {
-    fn new(max_message_len: usize) -> Self {
+    fn new(max_message_len: usize, stamp_ids: bool) -> Self {
         MetaEncoder {
             buf: BytesMut::new(),
             max_message_len,
+            stamp_ids,
         }
     }
 
@@ -104,7 +116,16 @@ impl MetaEncoder {
         body: Bytes,
         options: &PublishOptions,
     ) -> Result<PublishMessage> {
-        let len = meta_len(exchange, routing_key, &options.properties);
+        let stamped;
+        let properties = if self.stamp_ids && options.properties.message_id.is_none() {
+            let mut properties = options.properties.clone();
+            properties.message_id = Some(fresh_message_id());
+            stamped = properties;
+            &stamped
+        } else {
+            &options.properties
+        };
+        let len = meta_len(exchange, routing_key, properties);
         let size = len + body.len();
         if size > self.max_message_len {
             return Err(Error::MessageTooLarge {
@@ -120,7 +141,7 @@ impl MetaEncoder {
             exchange,
             routing_key,
             options.mandatory,
-            &options.properties,
+            properties,
         ) {
             self.buf.clear();
             return Err(e.into());
@@ -144,6 +165,7 @@ impl Client {
         let mut encoder = MetaEncoder {
             buf: BytesMut::with_capacity(len),
             max_message_len: self.shared.info.max_message_len,
+            stamp_ids: self.shared.settings.resend_ids,
         };
         encoder.encode(exchange, routing_key, body, options)
     }
@@ -194,7 +216,10 @@ impl Client {
     {
         let mut results: Vec<Result<Confirmed>> = Vec::new();
         let mut waiting = Vec::new();
-        let mut encoder = MetaEncoder::new(self.shared.info.max_message_len);
+        let mut encoder = MetaEncoder::new(
+            self.shared.info.max_message_len,
+            self.shared.settings.resend_ids,
+        );
         let mut chunk = Chunk::default();
         for (i, message) in messages.into_iter().enumerate() {
             let OutgoingMessage {
@@ -407,7 +432,7 @@ mod tests {
 
     #[test]
     fn meta_blocks_share_buffers_and_match_the_wire_encoding() {
-        let mut encoder = MetaEncoder::new(1 << 20);
+        let mut encoder = MetaEncoder::new(1 << 20, false);
         let options = PublishOptions::new().header("k", 1i64).mandatory();
         let a = encoder
             .encode("ex", "a.b", Bytes::from_static(b"1"), &options)
@@ -431,13 +456,46 @@ mod tests {
     }
 
     #[test]
+    fn resending_clients_stamp_a_fresh_id_on_messages_without_one() {
+        let mut encoder = MetaEncoder::new(1 << 20, true);
+        let id = |m: &PublishMessage| {
+            MetaView::parse(&m.meta)
+                .unwrap()
+                .message_id
+                .map(str::to_owned)
+        };
+        let a = encoder
+            .encode("", "q", Bytes::new(), &PublishOptions::new())
+            .unwrap();
+        let b = encoder
+            .encode("", "q", Bytes::new(), &PublishOptions::new())
+            .unwrap();
+        let own = encoder
+            .encode(
+                "",
+                "q",
+                Bytes::new(),
+                &PublishOptions::new().message_id("mine"),
+            )
+            .unwrap();
+        assert!(id(&a).is_some() && id(&b).is_some());
+        assert_ne!(id(&a), id(&b));
+        assert_eq!(id(&own).as_deref(), Some("mine"));
+        let mut plain = MetaEncoder::new(1 << 20, false);
+        let c = plain
+            .encode("", "q", Bytes::new(), &PublishOptions::new())
+            .unwrap();
+        assert_eq!(id(&c), None);
+    }
+
+    #[test]
     fn oversized_and_unencodable_messages_fail_alone() {
-        let mut encoder = MetaEncoder::new(100);
+        let mut encoder = MetaEncoder::new(100, false);
         let err = encoder
             .encode("", "q", Bytes::from(vec![0; 100]), &PublishOptions::new())
             .unwrap_err();
         assert!(matches!(err, Error::MessageTooLarge { max: 100, .. }));
-        let mut encoder = MetaEncoder::new(usize::MAX);
+        let mut encoder = MetaEncoder::new(usize::MAX, false);
         let long = "x".repeat(70_000);
         let err = encoder
             .encode(&long, "q", Bytes::new(), &PublishOptions::new())

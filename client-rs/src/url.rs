@@ -1,5 +1,8 @@
 //! Connection URLs (protocol.md §5.1):
-//! `sluice://[user[:password]@][host][:port][/[vhost]][?param=value[&param=value...]]`.
+//! `sluice://[user[:password]@][host][:port][,host[:port]...][/[vhost]][?param=value[&param=value...]]`.
+//!
+//! Several comma-separated hosts name the nodes of a cluster (or standbys): the client tries
+//! them in order when it connects, and round-robin when it reconnects.
 //!
 //! Every part has a default, so `sluice://` alone means `guest:guest@127.0.0.1:5680`, vhost
 //! `/`. The path names the vhost, percent-decoded as RabbitMQ does: `sluice://h/staging` is
@@ -88,14 +91,57 @@ pub enum UrlError {
     },
 }
 
+/// One `host:port` of a URL.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    /// Host name or address (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl HostPort {
+    /// A host and its port.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        HostPort {
+            host: host.into(),
+            port,
+        }
+    }
+
+    /// `host:port` for `TcpStream::connect` (IPv6 hosts in brackets).
+    pub fn socket_addr(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// Parses `host:port` (`[v6]:port`), as a broker names a leader (protocol.md §11,
+    /// `NOT_LEADER`); the port is required.
+    pub fn parse(s: &str) -> Result<Self, UrlError> {
+        match split_host_port(s)? {
+            (host, Some(port)) if !host.is_empty() => Ok(HostPort::new(host, parse_port(port)?)),
+            _ => Err(UrlError::InvalidHost(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.socket_addr())
+    }
+}
+
 /// A parsed `sluice://` URL. Parts the URL leaves out are `None` (or the default, for host
 /// and port) so that [`ClientBuilder`](crate::ClientBuilder) settings can fill them.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ConnectUrl {
     /// `sluices://`: TLS from the first byte.
     tls: bool,
-    host: String,
-    port: u16,
+    /// At least one; the first is the one tried first.
+    hosts: Vec<HostPort>,
     username: Option<String>,
     password: Option<String>,
     vhost: Option<String>,
@@ -113,8 +159,7 @@ impl Default for ConnectUrl {
     fn default() -> Self {
         ConnectUrl {
             tls: false,
-            host: DEFAULT_HOST.to_owned(),
-            port: DEFAULT_PORT,
+            hosts: vec![HostPort::new(DEFAULT_HOST, DEFAULT_PORT)],
             username: None,
             password: None,
             vhost: None,
@@ -156,9 +201,9 @@ impl ConnectUrl {
             return Err(UrlError::UnexpectedPath(path.to_owned()));
         }
 
+        let default_port = if tls { DEFAULT_TLS_PORT } else { DEFAULT_PORT };
         let mut url = ConnectUrl {
             tls,
-            port: if tls { DEFAULT_TLS_PORT } else { DEFAULT_PORT },
             ..ConnectUrl::default()
         };
         if !vhost.is_empty() {
@@ -178,16 +223,7 @@ impl ConnectUrl {
             }
             None => authority,
         };
-        let (host, port) = split_host_port(host_port)?;
-        if !host.is_empty() {
-            url.host = percent_decode(host, "host")?;
-        }
-        if let Some(port) = port {
-            url.port = match port.parse::<u16>() {
-                Ok(0) | Err(_) => return Err(UrlError::InvalidPort(port.to_owned())),
-                Ok(port) => port,
-            };
-        }
+        url.hosts = parse_hosts(host_port, default_port)?;
         if let Some(query) = query {
             url.parse_query(query)?;
         }
@@ -265,14 +301,24 @@ impl ConnectUrl {
         self.key_file.as_deref()
     }
 
-    /// Host name or address (IPv6 without brackets). Default `127.0.0.1`.
+    /// The first host's name or address (IPv6 without brackets). Default `127.0.0.1`.
     pub fn host(&self) -> &str {
-        &self.host
+        &self.first().host
     }
 
-    /// TCP port. Default 5680 (`sluices://`: 5681).
+    /// The first host's TCP port. Default 5680 (`sluices://`: 5681).
     pub fn port(&self) -> u16 {
-        self.port
+        self.first().port
+    }
+
+    /// Every host of the URL, in the order given (at least one).
+    pub fn hosts(&self) -> &[HostPort] {
+        &self.hosts
+    }
+
+    fn first(&self) -> &HostPort {
+        // `parse` and `Default` always give at least one host.
+        &self.hosts[0]
     }
 
     /// User name, when the URL gives one (decoded).
@@ -310,13 +356,9 @@ impl ConnectUrl {
         self.name.as_deref()
     }
 
-    /// `host:port` for `TcpStream::connect` (IPv6 hosts in brackets).
+    /// The first host's `host:port` for `TcpStream::connect` (IPv6 hosts in brackets).
     pub fn socket_addr(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        self.first().socket_addr()
     }
 }
 
@@ -335,7 +377,8 @@ impl fmt::Display for ConnectUrl {
         if let Some(user) = &self.username {
             write!(f, "{}:***@", percent_encode(user))?;
         }
-        write!(f, "{}/", self.socket_addr())?;
+        let hosts: Vec<String> = self.hosts.iter().map(HostPort::socket_addr).collect();
+        write!(f, "{}/", hosts.join(","))?;
         if let Some(vhost) = &self.vhost {
             f.write_str(&percent_encode(vhost))?;
         }
@@ -390,6 +433,38 @@ fn set_once<T>(slot: &mut Option<T>, value: Option<T>) -> Result<Option<bool>, U
 /// A file parameter's value: any non-empty path.
 fn file_path(value: &str) -> Option<PathBuf> {
     (!value.is_empty()).then(|| PathBuf::from(value))
+}
+
+/// Parses the comma-separated `host[:port]` list of the authority. A lone empty host is the
+/// default one (`sluice://`); an empty entry in a list is refused.
+fn parse_hosts(list: &str, default_port: u16) -> Result<Vec<HostPort>, UrlError> {
+    let several = list.contains(',');
+    list.split(',')
+        .map(|entry| {
+            if several && entry.is_empty() {
+                return Err(UrlError::InvalidHost(list.to_owned()));
+            }
+            let (host, port) = split_host_port(entry)?;
+            let host = if host.is_empty() {
+                DEFAULT_HOST.to_owned()
+            } else {
+                percent_decode(host, "host")?
+            };
+            let port = match port {
+                Some(port) => parse_port(port)?,
+                None => default_port,
+            };
+            Ok(HostPort::new(host, port))
+        })
+        .collect()
+}
+
+/// A port from 1 to 65535.
+fn parse_port(port: &str) -> Result<u16, UrlError> {
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Err(UrlError::InvalidPort(port.to_owned())),
+        Ok(port) => Ok(port),
+    }
 }
 
 /// Splits `host[:port]` or `[v6]:port`. The host may be empty.
@@ -658,6 +733,53 @@ mod tests {
             ConnectUrl::parse("sluice://::1"),
             Err(UrlError::InvalidHost(_))
         ));
+    }
+
+    #[test]
+    fn several_hosts_are_tried_in_the_order_given() {
+        let url = parse("sluice://u:p@h1:5680,h2,[::1]:7000/prod?name=n");
+        assert_eq!(
+            url.hosts(),
+            [
+                HostPort::new("h1", 5680),
+                HostPort::new("h2", 5680),
+                HostPort::new("::1", 7000)
+            ]
+        );
+        assert_eq!((url.host(), url.port()), ("h1", 5680));
+        assert_eq!(url.vhost(), Some("prod"));
+        assert_eq!(
+            url.to_string(),
+            "sluice://u:***@h1:5680,h2:5680,[::1]:7000/prod?name=n"
+        );
+        assert_eq!(parse(&url.to_string()).hosts(), url.hosts());
+        let tls = parse("sluices://a,b:1");
+        assert_eq!(
+            tls.hosts(),
+            [HostPort::new("a", 5681), HostPort::new("b", 1)]
+        );
+        for bad in ["sluice://a,,b", "sluice://a,", "sluice://,a"] {
+            assert!(
+                matches!(ConnectUrl::parse(bad), Err(UrlError::InvalidHost(_))),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            ConnectUrl::parse("sluice://a,b:0"),
+            Err(UrlError::InvalidPort("0".into()))
+        );
+    }
+
+    #[test]
+    fn leader_addresses_parse_as_host_and_port() {
+        assert_eq!(
+            HostPort::parse("127.0.0.1:5690"),
+            Ok(HostPort::new("127.0.0.1", 5690))
+        );
+        assert_eq!(HostPort::parse("[::1]:1"), Ok(HostPort::new("::1", 1)));
+        for bad in ["", "host", ":1", "h:0", "h:x"] {
+            assert!(HostPort::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

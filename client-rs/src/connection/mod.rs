@@ -10,14 +10,22 @@
 //! Memory is bounded by the protocol's windows rather than by the channel: a request waits for
 //! its reply, a publisher for its confirm window, and a consumer's prefetch bounds what the
 //! server sends.
+//!
+//! With reconnection on, a lost connection (EOF, reset, heartbeat timeout, `Close` with
+//! `CONNECTION_FORCED`) does not end the task: it dials the URL's hosts again (the next one
+//! first, backing off with jitter, within `reconnect_timeout`), holding the commands that
+//! arrive meanwhile, then writes every unconfirmed publish again and carries on. Each loss
+//! starts a new *generation*: deliveries of an earlier one cannot be settled any more
+//! (`DeliveryLost`), and consumers hear `Lost` and consume again (see `consumer`).
 
+mod dial;
 mod outbuf;
 mod publishes;
 mod task;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -32,6 +40,7 @@ use crate::wire::{
     HANDSHAKE_MAX_FRAME_LEN, MIN_MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 
+pub(crate) use dial::{Dialer, Link};
 pub(crate) use publishes::PublishSink;
 
 /// What the server agreed to in the handshake (`Welcome`, protocol.md §5.2).
@@ -76,6 +85,18 @@ pub(crate) struct Settings {
     pub(crate) request_timeout: Duration,
     pub(crate) prefetch: u32,
     pub(crate) confirm_window: u32,
+    /// How long to try to reconnect after a lost connection; zero: never.
+    pub(crate) reconnect_timeout: Duration,
+    /// Put a fresh `message_id` on every published message that has none, so that a queue
+    /// with a dedup window keeps a resent message single.
+    pub(crate) resend_ids: bool,
+}
+
+impl Settings {
+    /// Whether the connection reconnects (and so keeps published messages until confirmed).
+    pub(crate) fn reconnects(&self) -> bool {
+        !self.reconnect_timeout.is_zero()
+    }
 }
 
 /// State shared by the task and every handle.
@@ -84,6 +105,8 @@ pub(crate) struct Shared {
     pub(crate) info: ServerInfo,
     pub(crate) settings: Settings,
     blocked: AtomicBool,
+    /// Counts lost connections: a delivery is settled only on the generation it came from.
+    generation: AtomicU64,
     /// Set once, by the task, just before it stops reading commands.
     closed: OnceLock<CloseReason>,
 }
@@ -94,6 +117,7 @@ impl Shared {
             info,
             settings,
             blocked: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
             closed: OnceLock::new(),
         }
     }
@@ -104,6 +128,15 @@ impl Shared {
 
     fn set_blocked(&self, blocked: bool) {
         self.blocked.store(blocked, Ordering::Relaxed);
+    }
+
+    /// The current connection's generation (see the module documentation).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn next_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::AcqRel) + 1
     }
 
     pub(crate) fn close_reason(&self) -> Option<&CloseReason> {
@@ -130,15 +163,36 @@ impl Batch {
             Batch::Many(v) => v,
         }
     }
+
+    pub(crate) fn into_vec(self) -> Vec<PublishMessage> {
+        match self {
+            Batch::One(m) => vec![m],
+            Batch::Many(v) => v,
+        }
+    }
 }
 
 /// What a consumer's stream receives.
 #[derive(Debug)]
 pub(crate) enum ConsumerEvent {
-    /// One `Deliver` frame's deliveries, in tag order (their meta blocks are validated).
-    Deliveries(Vec<Delivery>),
-    /// The consumer was stopped by the server, or the connection failed: the stream ends.
+    /// One `Deliver` frame's deliveries, in tag order (their meta blocks are validated), on
+    /// connection generation `generation`.
+    Deliveries {
+        generation: u64,
+        deliveries: Vec<Delivery>,
+    },
+    /// The connection was lost and the task is reconnecting: consume again.
+    Lost,
+    /// The consumer was stopped by the server, or the connection failed: the stream ends
+    /// (unless it can consume again elsewhere: `LEADER_MOVED`).
     Ended(Error),
+}
+
+/// The answer to a `Consume` command: the server's, and the generation it came on.
+#[derive(Debug)]
+pub(crate) struct Subscribed {
+    pub(crate) ok: ConsumeOk,
+    pub(crate) generation: u64,
 }
 
 /// A request from a handle to the connection task.
@@ -150,14 +204,20 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<Reply>>,
     },
     /// A request not answered on success: `Ack`, `Nack`, `Reject`, `Extend`, `SetPrefetch`.
-    /// A failure is only logged.
-    Send(Request),
+    /// A failure is only logged. With a generation, it is dropped unless the connection is
+    /// still that one (a delivery tag or consumer id means nothing on another).
+    Send {
+        request: Request,
+        generation: Option<u64>,
+    },
     /// A settle request (`Ack`, `Nack`, `Reject`, `Extend`) of a delivery from `queue`, whose
     /// outcome goes to `reply`: its `Error`, or `Ok` once the answer to an `InspectQueue` of
     /// the same queue, sent right after it, proves that it succeeded (protocol.md §10).
     Settle {
         request: Request,
         queue: Arc<str>,
+        /// The delivery's generation: on another one the settle fails with `DeliveryLost`.
+        generation: u64,
         reply: oneshot::Sender<Result<()>>,
     },
     /// Messages to publish; their outcome goes to `sink`.
@@ -166,16 +226,19 @@ pub(crate) enum Command {
     Consume {
         request: Consume,
         events: mpsc::UnboundedSender<ConsumerEvent>,
-        reply: oneshot::Sender<Result<ConsumeOk>>,
+        reply: oneshot::Sender<Result<Subscribed>>,
     },
-    /// Stops a consumer; its stream ends after `CancelOk`.
+    /// Stops a consumer of generation `generation`; its stream ends after `CancelOk`.
     Cancel {
         consumer: ConsumerId,
+        generation: u64,
         reply: oneshot::Sender<Result<()>>,
     },
-    /// A consumer's stream was dropped: requeue the deliveries it still held and cancel it.
+    /// A consumer's stream was dropped: requeue the deliveries it still held and cancel it
+    /// (if they and it are of generation `generation`).
     Release {
         consumer: ConsumerId,
+        generation: u64,
         requeue: Vec<DeliveryTag>,
     },
     /// Closes the connection gracefully.
@@ -183,7 +246,7 @@ pub(crate) enum Command {
 }
 
 /// Parameters of the handshake.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct HandshakeParams {
     pub(crate) username: String,
     pub(crate) password: String,
@@ -192,6 +255,18 @@ pub(crate) struct HandshakeParams {
     pub(crate) connection_name: Option<String>,
     /// Sent as the `vhost` client property; none means the server's default, `/`.
     pub(crate) vhost: Option<String>,
+}
+
+impl std::fmt::Debug for HandshakeParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandshakeParams")
+            .field("username", &self.username)
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("max_frame_len", &self.max_frame_len)
+            .field("connection_name", &self.connection_name)
+            .field("vhost", &self.vhost)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HandshakeParams {
@@ -280,21 +355,28 @@ where
     }
 }
 
-/// Starts the connection task over the two halves of a connected, handshaken stream.
-pub(crate) fn spawn<R, W>(
-    reader: R,
-    writer: W,
-    leftover: BytesMut,
-    welcome: Welcome,
+/// Where a connection that reconnects dials, and which of its hosts it is on.
+#[derive(Debug)]
+pub(crate) struct Redial {
+    pub(crate) dialer: Dialer,
+    /// Index in `dialer.hosts` of the host of the current connection.
+    pub(crate) current: usize,
+}
+
+/// Starts the connection task over a connected, handshaken stream. With `redial` (and a
+/// non-zero `reconnect_timeout`) it reconnects when the connection is lost.
+pub(crate) fn spawn(
+    link: Link,
     settings: Settings,
-) -> (mpsc::UnboundedSender<Command>, Arc<Shared>)
-where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
-{
-    let shared = Arc::new(Shared::new(ServerInfo::from_welcome(welcome), settings));
+    redial: Option<Redial>,
+) -> (mpsc::UnboundedSender<Command>, Arc<Shared>) {
+    let redial = redial.filter(|_| settings.reconnects());
+    let shared = Arc::new(Shared::new(
+        ServerInfo::from_welcome(link.welcome.clone()),
+        settings,
+    ));
     let (tx, rx) = mpsc::unbounded_channel();
-    let task = task::Task::new(reader, writer, leftover, rx, shared.clone());
+    let task = task::Task::new(link, rx, shared.clone(), redial);
     tokio::spawn(task.run());
     (tx, shared)
 }

@@ -6,6 +6,11 @@
 //! outcome. `PublishRejected` marks single messages as refused, `PublishDuplicates` as
 //! confirmed without being stored again; a cumulative `Confirm(up_to)` settles every run that
 //! ends at or below `up_to`.
+//!
+//! When the client reconnects (protocol.md §5.1), a run keeps its messages: the unsettled
+//! ones are written again on the new connection, in order, and take new numbers there. A run
+//! only partly confirmed before the loss remembers how many of its messages were settled
+//! (`done`); the outcome of each message comes from whichever connection settled it.
 
 use std::collections::VecDeque;
 
@@ -13,7 +18,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use crate::error::{Error, Result};
 use crate::publish::Confirmed;
-use crate::wire::{PublishSeq, Rejection};
+use crate::wire::{PublishMessage, PublishSeq, Rejection};
 
 /// Who waits for the outcome of a run of messages.
 #[derive(Debug)]
@@ -64,17 +69,32 @@ enum Outcomes {
 
 #[derive(Debug)]
 struct Run {
+    /// Number of `messages[done]` on the current connection.
     first: u64,
+    /// Number of its last message written on the current connection.
     last: u64,
+    /// Messages before this offset were settled on an earlier connection.
+    done: usize,
+    /// How many messages the run has.
+    len: usize,
+    /// The messages, kept while they may have to be written again (reconnection on).
+    messages: Option<Vec<PublishMessage>>,
     outcomes: Outcomes,
 }
 
 impl Run {
+    /// The offset in the run of message `seq` of the current connection.
+    fn offset(&self, seq: u64) -> usize {
+        self.done + (seq - self.first) as usize
+    }
+
     /// Resolves the run: messages up to `settled_up_to` are accepted unless refused, the rest
     /// get `unsettled` (the connection died before their confirm).
     fn resolve(self, settled_up_to: u64, unsettled: Option<&Error>) {
-        let outcome = |seq: u64| match unsettled {
-            Some(error) if seq > settled_up_to => Err(error.clone()),
+        let (first, done) = (self.first, self.done);
+        let outcome = |offset: usize| match unsettled {
+            _ if offset < done => Ok(Confirmed::Stored),
+            Some(error) if first + (offset - done) as u64 > settled_up_to => Err(error.clone()),
             _ => Ok(Confirmed::Stored),
         };
         match self.outcomes {
@@ -84,7 +104,7 @@ impl Run {
                 rejection,
                 duplicate,
             } => {
-                let result = match (rejection, outcome(self.first)) {
+                let result = match (rejection, outcome(0)) {
                     (Some(error), _) => Err(error),
                     (None, Ok(_)) if duplicate => Ok(Confirmed::Duplicate),
                     (None, result) => result,
@@ -97,8 +117,7 @@ impl Run {
                 rejections,
                 duplicates,
             } => {
-                let mut results: Vec<Result<Confirmed>> =
-                    (self.first..=self.last).map(outcome).collect();
+                let mut results: Vec<Result<Confirmed>> = (0..self.len).map(outcome).collect();
                 for offset in duplicates {
                     if results[offset].is_ok() {
                         results[offset] = Ok(Confirmed::Duplicate);
@@ -113,7 +132,7 @@ impl Run {
     }
 }
 
-/// The unsettled publishes of one connection.
+/// The unsettled publishes of one connection (and those carried over from lost ones).
 #[derive(Debug)]
 pub(crate) struct PublishTracker {
     /// The number the next written message takes.
@@ -136,8 +155,14 @@ impl Default for PublishTracker {
 
 impl PublishTracker {
     /// Records that `count` (≥ 1) messages were just written, in order, and who waits for
-    /// them. Returns the first one's number.
-    pub(crate) fn written(&mut self, count: usize, sink: PublishSink) -> u64 {
+    /// them; `messages` (the first `count`) are kept to be written again after a reconnection.
+    /// Returns the first one's number.
+    pub(crate) fn written(
+        &mut self,
+        count: usize,
+        sink: PublishSink,
+        messages: Option<Vec<PublishMessage>>,
+    ) -> u64 {
         debug_assert!(count > 0);
         let first = self.next_seq;
         let last = first + count as u64 - 1;
@@ -158,9 +183,16 @@ impl PublishTracker {
                 duplicates: Vec::new(),
             },
         };
+        let messages = messages.map(|mut messages| {
+            messages.truncate(count);
+            messages
+        });
         self.runs.push_back(Run {
             first,
             last,
+            done: 0,
+            len: count,
+            messages,
             outcomes,
         });
         first
@@ -193,7 +225,7 @@ impl PublishTracker {
     /// Records a message confirmed as a duplicate (not stored again in some queue).
     pub(crate) fn duplicate(&mut self, seq: PublishSeq) -> Result<(), String> {
         let run = self.run_of(seq.0, "PublishDuplicates")?;
-        let offset = (seq.0 - run.first) as usize;
+        let offset = run.offset(seq.0);
         match &mut run.outcomes {
             Outcomes::One { duplicate, .. } => *duplicate = true,
             Outcomes::Many { duplicates, .. } => duplicates.push(offset),
@@ -207,10 +239,11 @@ impl PublishTracker {
         let seq = rejection.seq.0;
         let run = self.run_of(seq, "PublishRejected")?;
         let error = Error::from(rejection);
+        let offset = run.offset(seq);
         match &mut run.outcomes {
             Outcomes::One { rejection, .. } => *rejection = Some(error),
             Outcomes::Many { rejections, .. } => {
-                rejections.push(((seq - run.first) as usize, error));
+                rejections.push((offset, error));
             }
         }
         Ok(())
@@ -245,6 +278,94 @@ impl PublishTracker {
             run.resolve(self.confirmed, Some(error));
         }
     }
+
+    /// Writes every unsettled message again, in order, on a new connection (numbers start
+    /// at 1 there), through `write`; a message `write` refuses fails with its error. What
+    /// the lost connection said about unconfirmed messages (refused, duplicate) is forgotten:
+    /// the new connection's answer is their outcome. Runs without kept messages fail.
+    pub(crate) fn resend<E>(&mut self, mut write: impl FnMut(&PublishMessage) -> Result<(), E>)
+    where
+        Error: From<E>,
+    {
+        let confirmed = self.confirmed;
+        self.next_seq = 1;
+        self.confirmed = 0;
+        let mut kept = VecDeque::with_capacity(self.runs.len());
+        for mut run in self.runs.drain(..) {
+            // Only the first run can be partly confirmed: the others start above `confirmed`.
+            if confirmed >= run.first {
+                run.done += (confirmed - run.first + 1) as usize;
+            }
+            run.forget_unsettled_outcomes();
+            let Some(messages) = run.messages.take() else {
+                run.resolve(
+                    0,
+                    Some(&Error::ConnectionClosed(crate::CloseReason::Aborted)),
+                );
+                continue;
+            };
+            let first = self.next_seq;
+            let mut written = 0;
+            for offset in run.done..run.len {
+                match write(&messages[offset]) {
+                    Ok(()) => written += 1,
+                    Err(e) => {
+                        run.refuse_from(offset, &Error::from(e));
+                        break;
+                    }
+                }
+            }
+            run.messages = Some(messages);
+            if written == 0 {
+                // Nothing of it is on the new connection: its outcome is known now.
+                run.first = first;
+                run.resolve(0, None);
+                continue;
+            }
+            run.first = first;
+            run.last = first + written - 1;
+            self.next_seq = run.last + 1;
+            kept.push_back(run);
+        }
+        self.runs = kept;
+    }
+}
+
+impl Run {
+    /// Drops rejections and duplicates recorded for messages not settled yet.
+    fn forget_unsettled_outcomes(&mut self) {
+        let done = self.done;
+        match &mut self.outcomes {
+            Outcomes::One {
+                rejection,
+                duplicate,
+                ..
+            } => {
+                if done == 0 {
+                    *rejection = None;
+                    *duplicate = false;
+                }
+            }
+            Outcomes::Many {
+                rejections,
+                duplicates,
+                ..
+            } => {
+                rejections.retain(|(offset, _)| *offset < done);
+                duplicates.retain(|offset| *offset < done);
+            }
+        }
+    }
+
+    /// Fails the messages from `offset` on with `error` (they could not be written).
+    fn refuse_from(&mut self, offset: usize, error: &Error) {
+        match &mut self.outcomes {
+            Outcomes::One { rejection, .. } => *rejection = Some(error.clone()),
+            Outcomes::Many { rejections, .. } => {
+                rejections.extend((offset..self.len).map(|o| (o, error.clone())));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -261,6 +382,7 @@ mod tests {
                 reply,
                 permit: None,
             },
+            Some(vec![message(0)]),
         );
         (seq, rx)
     }
@@ -270,7 +392,79 @@ mod tests {
         n: usize,
     ) -> (u64, oneshot::Receiver<Vec<Result<Confirmed>>>) {
         let (reply, rx) = oneshot::channel();
-        (tracker.written(n, PublishSink::Many { reply }), rx)
+        let messages = (0..n).map(message).collect();
+        (
+            tracker.written(n, PublishSink::Many { reply }, Some(messages)),
+            rx,
+        )
+    }
+
+    fn message(i: usize) -> PublishMessage {
+        PublishMessage {
+            meta: bytes::Bytes::new(),
+            body: bytes::Bytes::from(i.to_string()),
+        }
+    }
+
+    /// Resends everything, returning the bodies written.
+    fn resend(t: &mut PublishTracker) -> Vec<String> {
+        let mut bodies = Vec::new();
+        t.resend(|m: &PublishMessage| {
+            bodies.push(String::from_utf8(m.body.to_vec()).unwrap());
+            Ok::<(), Error>(())
+        });
+        bodies
+    }
+
+    #[test]
+    fn unconfirmed_messages_are_resent_in_order_and_settled_by_the_new_connection() {
+        let mut t = PublishTracker::default();
+        let (_, mut a) = one(&mut t); // 1, body "0"
+        let (_, mut b) = many(&mut t, 3); // 2..=4, bodies "0" "1" "2"
+        let (_, mut c) = one(&mut t); // 5
+        t.rejected(rejection(2, ErrorCode::QueueFull)).unwrap();
+        t.duplicate(PublishSeq(4)).unwrap();
+        t.confirmed(PublishSeq(2)).unwrap(); // a and the first of b
+        assert!(a.try_recv().unwrap().is_ok());
+        // The connection is lost: b's last two and c go again, numbered from 1.
+        assert_eq!(resend(&mut t), ["1", "2", "0"]);
+        assert_eq!(t.unsettled(), 3);
+        assert!(b.try_recv().is_err() && c.try_recv().is_err());
+        t.rejected(rejection(2, ErrorCode::Unroutable)).unwrap(); // b's third
+        t.confirmed(PublishSeq(3)).unwrap();
+        assert_eq!(
+            summary(b.try_recv().unwrap()),
+            [
+                Some(ErrorCode::QueueFull),
+                None,
+                Some(ErrorCode::Unroutable)
+            ],
+            "the old connection's rejection of a settled message stays; its duplicate flag \
+             for an unconfirmed one is forgotten"
+        );
+        assert_eq!(c.try_recv().unwrap().unwrap(), Confirmed::Stored);
+    }
+
+    #[test]
+    fn a_message_the_new_connection_cannot_take_fails_alone() {
+        let mut t = PublishTracker::default();
+        let (_, mut a) = many(&mut t, 2);
+        let (_, mut b) = one(&mut t);
+        let mut calls = 0;
+        t.resend(|_: &PublishMessage| {
+            calls += 1;
+            if calls == 2 {
+                Err(Error::MessageTooLarge { size: 2, max: 1 })
+            } else {
+                Ok(())
+            }
+        });
+        // a's first went out as 1, a's second failed, b went out as 2.
+        t.confirmed(PublishSeq(2)).unwrap();
+        let results = a.try_recv().unwrap();
+        assert!(results[0].is_ok());
+        assert!(results[1].as_ref().unwrap_err().is_message_too_large());
+        assert!(b.try_recv().unwrap().is_ok());
     }
 
     fn rejection(seq: u64, code: ErrorCode) -> Rejection {
@@ -405,6 +599,7 @@ mod tests {
                 reply,
                 permit: Some(permit),
             },
+            None,
         );
         assert_eq!(window.available_permits(), 0);
         t.confirmed(PublishSeq(1)).unwrap();

@@ -1,5 +1,6 @@
 //! The connection task: one select loop over the socket's two halves, the command channel
-//! and a timer (heartbeats, close timeout).
+//! and a timer (heartbeats, close timeout); and, when the connection is lost and reconnection
+//! is on, the loop that dials again (see the parent module).
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -8,13 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant, Sleep};
 
+use super::dial::{DynRead, DynWrite, Link};
 use super::outbuf::OutBuf;
 use super::publishes::{PublishSink, PublishTracker};
-use super::{Batch, Command, ConsumerEvent, Shared};
+use super::{Batch, Command, ConsumerEvent, Redial, ServerInfo, Shared, Subscribed};
 use crate::error::{CloseReason, Error, Result};
 use crate::wire::{
     Cancel, CancelOk, Close, ConsumeOk, ConsumerCancelled, ConsumerId, Deliver, Delivery,
@@ -32,13 +34,16 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Timer period when no heartbeat or close deadline needs it sooner.
 const IDLE_TICK: Duration = Duration::from_secs(3600);
+/// First pause between reconnection attempts; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// What waits for the answer to a request.
 #[derive(Debug)]
 enum Pending {
     Reply(oneshot::Sender<Result<Reply>>),
     Consume {
-        reply: oneshot::Sender<Result<ConsumeOk>>,
+        reply: oneshot::Sender<Result<Subscribed>>,
         events: mpsc::UnboundedSender<ConsumerEvent>,
     },
     Cancel {
@@ -76,6 +81,22 @@ impl Pending {
             Pending::SettleBarrier { .. } => {}
         }
     }
+
+    /// The connection was lost and the task reconnects: a settle's delivery is lost, a
+    /// cancelled consumer is gone, anything else fails with `error` (it may be retried).
+    fn lost(self, error: Error) {
+        match self {
+            Pending::Settle(reply) => {
+                let _ = reply.send(Err(Error::DeliveryLost));
+            }
+            Pending::Cancel { reply, .. } => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            other => other.fail(error),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,13 +129,23 @@ struct Heartbeat {
     tick: Duration,
 }
 
+impl Heartbeat {
+    fn of(info: &ServerInfo) -> Option<Heartbeat> {
+        info.heartbeat.map(|interval| Heartbeat {
+            interval,
+            // Twice the interval (protocol.md §5.3), plus a quarter for scheduling jitter.
+            dead_after: interval * 2 + interval / 4,
+            tick: (interval / 4).max(Duration::from_millis(10)),
+        })
+    }
+}
+
 /// Why the event loop stopped.
 type Stop = CloseReason;
 
-#[derive(Debug)]
-pub(super) struct Task<R, W> {
-    reader: R,
-    writer: W,
+pub(super) struct Task {
+    reader: DynRead,
+    writer: DynWrite,
     rbuf: BytesMut,
     out: OutBuf,
     decoder: FrameDecoder,
@@ -132,33 +163,29 @@ pub(super) struct Task<R, W> {
     last_write: Instant,
     closing: Option<Closing>,
     timer: Pin<Box<Sleep>>,
+    /// Where to dial again when the connection is lost; `None`: the task ends then.
+    redial: Option<Redial>,
+    /// This connection's generation (see the parent module).
+    generation: u64,
+    /// Commands taken while reconnecting, handled once connected again.
+    deferred: VecDeque<Command>,
 }
 
-impl<R, W> Task<R, W>
-where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
-{
+impl Task {
     pub(super) fn new(
-        reader: R,
-        writer: W,
-        leftover: BytesMut,
+        link: Link,
         commands: mpsc::UnboundedReceiver<Command>,
         shared: Arc<Shared>,
+        redial: Option<Redial>,
     ) -> Self {
         let info = &shared.info;
-        let heartbeat = info.heartbeat.map(|interval| Heartbeat {
-            interval,
-            // Twice the interval (protocol.md §5.3), plus a quarter for scheduling jitter.
-            dead_after: interval * 2 + interval / 4,
-            tick: (interval / 4).max(Duration::from_millis(10)),
-        });
+        let heartbeat = Heartbeat::of(info);
         let now = Instant::now();
         let first_tick = heartbeat.map_or(IDLE_TICK, |h| h.tick);
         Task {
-            reader,
-            writer,
-            rbuf: leftover,
+            reader: link.reader,
+            writer: link.writer,
+            rbuf: link.leftover,
             out: OutBuf::new(info.max_frame_len),
             decoder: FrameDecoder::new(info.max_frame_len),
             commands,
@@ -173,16 +200,33 @@ where
             last_write: now,
             closing: None,
             timer: Box::pin(sleep_until(now + first_tick)),
+            generation: shared.generation(),
             shared,
+            redial,
+            deferred: VecDeque::new(),
         }
     }
 
     pub(super) async fn run(mut self) {
-        let reason = match self.process_input() {
+        let mut reason = self.serve().await;
+        while self.should_reconnect(&reason) {
+            match self.reconnect(&reason).await {
+                Ok(()) => reason = self.serve().await,
+                Err(stop) => {
+                    reason = stop;
+                    break;
+                }
+            }
+        }
+        self.finish(reason).await;
+    }
+
+    /// Runs the connection until it ends.
+    async fn serve(&mut self) -> Stop {
+        match self.process_input() {
             Ok(()) => self.event_loop().await,
             Err(reason) => reason,
-        };
-        self.finish(reason).await;
+        }
     }
 
     async fn event_loop(&mut self) -> Stop {
@@ -388,6 +432,7 @@ where
     }
 
     fn on_consume_ok(&mut self, id: RequestId, ok: ConsumeOk) {
+        let generation = self.generation;
         let Some(pending) = self.pending.remove(&id.0) else {
             tracing::warn!(request = %id, "ConsumeOk for no pending Consume");
             return;
@@ -406,7 +451,7 @@ where
                 state: ConsumerState::Active,
             },
         );
-        if reply.send(Ok(ok)).is_err() {
+        if reply.send(Ok(Subscribed { ok, generation })).is_err() {
             // The caller gave up waiting (timeout, dropped future): nobody will read.
             self.release(consumer, Vec::new());
         }
@@ -438,19 +483,25 @@ where
             })?;
         }
         let consumer = deliver.consumer_id;
+        let event = ConsumerEvent::Deliveries {
+            generation: self.generation,
+            deliveries: deliver.deliveries,
+        };
         let returned = match self.consumers.get(&consumer) {
-            Some(slot) if slot.state != ConsumerState::Released => slot
-                .events
-                .send(ConsumerEvent::Deliveries(deliver.deliveries))
-                .err()
-                .map(|e| match e.0 {
-                    ConsumerEvent::Deliveries(deliveries) => deliveries,
-                    ConsumerEvent::Ended(_) => Vec::new(),
-                }),
-            Some(_) => Some(deliver.deliveries),
-            None => {
-                tracing::warn!(%consumer, "deliveries for an unknown consumer are requeued");
-                Some(deliver.deliveries)
+            Some(slot) if slot.state != ConsumerState::Released => {
+                slot.events.send(event).err().map(|e| match e.0 {
+                    ConsumerEvent::Deliveries { deliveries, .. } => deliveries,
+                    ConsumerEvent::Lost | ConsumerEvent::Ended(_) => Vec::new(),
+                })
+            }
+            _ => {
+                if !self.consumers.contains_key(&consumer) {
+                    tracing::warn!(%consumer, "deliveries for an unknown consumer are requeued");
+                }
+                match event {
+                    ConsumerEvent::Deliveries { deliveries, .. } => Some(deliveries),
+                    ConsumerEvent::Lost | ConsumerEvent::Ended(_) => None,
+                }
             }
         };
         if let Some(deliveries) = returned {
@@ -542,7 +593,13 @@ where
                     }
                 }
             }
-            Command::Send(request) => {
+            Command::Send {
+                request,
+                generation,
+            } => {
+                if generation.is_some_and(|g| g != self.generation) {
+                    return; // its delivery or consumer was lost with an earlier connection
+                }
                 let id = self.next_id();
                 if let Err(e) = self.out.frame(id, request) {
                     tracing::warn!("request not sent: {e}");
@@ -551,8 +608,15 @@ where
             Command::Settle {
                 request,
                 queue,
+                generation,
                 reply,
-            } => self.settle_confirmed(request, &queue, reply),
+            } => {
+                if generation != self.generation {
+                    let _ = reply.send(Err(Error::DeliveryLost));
+                    return;
+                }
+                self.settle_confirmed(request, &queue, reply);
+            }
             Command::Publish { batch, sink } => {
                 if self.blocked || !self.held.is_empty() {
                     self.held.push_back((batch, sink));
@@ -576,17 +640,31 @@ where
                     }
                 }
             }
-            Command::Cancel { consumer, reply } => match self.consumers.get_mut(&consumer) {
-                Some(slot) if slot.state == ConsumerState::Active => {
+            Command::Cancel {
+                consumer,
+                generation,
+                reply,
+            } => match self.consumers.get_mut(&consumer) {
+                Some(slot)
+                    if slot.state == ConsumerState::Active && generation == self.generation =>
+                {
                     slot.state = ConsumerState::Cancelling;
                     self.send_cancel(consumer, Some(reply));
                 }
-                // Already being cancelled, or gone.
+                // Already being cancelled, or gone (with its connection, perhaps).
                 _ => {
                     let _ = reply.send(Ok(()));
                 }
             },
-            Command::Release { consumer, requeue } => self.release(consumer, requeue),
+            Command::Release {
+                consumer,
+                generation,
+                requeue,
+            } => {
+                if generation == self.generation {
+                    self.release(consumer, requeue);
+                }
+            }
             Command::Close { reply } => self.start_close(Some(reply)),
         }
     }
@@ -624,9 +702,12 @@ where
         }
     }
 
-    /// Writes a publish command's messages, numbering them.
+    /// Writes a publish command's messages, numbering them. With reconnection on, the
+    /// tracker keeps them until they are settled, to write them again on a new connection.
     fn publish(&mut self, batch: Batch, sink: PublishSink) {
+        let keep = self.redial.is_some();
         let messages = batch.as_slice();
+        let mut failed_at = None;
         for (i, message) in messages.iter().enumerate() {
             let Task {
                 out,
@@ -638,16 +719,17 @@ where
                 // The handles check sizes against the agreed limits, so this is a bug. Keep
                 // the numbering consistent: only the messages before this one were written.
                 tracing::error!("publish not encoded: {e}");
-                let error = Error::InvalidArgument(e);
                 if i == 0 {
-                    sink.fail_unsent(messages.len(), &error);
-                } else {
-                    self.publishes.written(i, sink);
+                    sink.fail_unsent(messages.len(), &Error::InvalidArgument(e));
+                    return;
                 }
-                return;
+                failed_at = Some(i);
+                break;
             }
         }
-        self.publishes.written(messages.len(), sink);
+        let count = failed_at.unwrap_or(messages.len());
+        let kept = keep.then(|| batch.into_vec());
+        self.publishes.written(count, sink, kept);
     }
 
     fn start_close(&mut self, reply: Option<oneshot::Sender<Result<()>>>) {
@@ -765,6 +847,10 @@ where
         for (batch, sink) in self.held.drain(..) {
             sink.fail_unsent(batch.as_slice().len(), &error);
         }
+        let deferred = std::mem::take(&mut self.deferred);
+        for command in deferred {
+            fail_command(command, &error, &Ok(()));
+        }
         for (_, slot) in self.consumers.drain() {
             // After our own close the streams just end; otherwise they end with the reason.
             if !matches!(reason, CloseReason::Normal) {
@@ -785,28 +871,184 @@ where
             }
         }
         while let Ok(command) = self.commands.try_recv() {
-            match command {
-                Command::Call { reply, .. } => {
-                    let _ = reply.send(Err(error.clone()));
+            fail_command(command, &error, &close_result);
+        }
+    }
+
+    // ---- reconnecting -----------------------------------------------------------------
+
+    /// Whether a connection that ended with `reason` is dialed again: it was lost (not
+    /// closed by us, nor refused), and reconnection is on.
+    fn should_reconnect(&self, reason: &CloseReason) -> bool {
+        let lost = match reason {
+            CloseReason::Io(_) | CloseReason::HeartbeatTimeout => true,
+            CloseReason::Server { code, .. } => *code == Some(ErrorCode::ConnectionForced),
+            _ => false,
+        };
+        lost && self.redial.is_some() && self.closing.is_none() && !self.commands.is_closed()
+    }
+
+    /// Dials the URL's hosts until one answers (the next host first, then round-robin,
+    /// backing off with jitter) or `reconnect_timeout` passes; then carries on there.
+    /// Commands arriving meanwhile wait in `deferred`; a `Close`, or every handle gone,
+    /// stops it. Returns why the task must end instead.
+    async fn reconnect(&mut self, cause: &CloseReason) -> Result<(), Stop> {
+        let Some(mut redial) = self.redial.take() else {
+            return Err(cause.clone());
+        };
+        tracing::warn!("connection lost ({cause}); reconnecting");
+        self.lose_connection(cause);
+        let limit = self.shared.settings.reconnect_timeout;
+        let deadline = Instant::now() + limit;
+        let mut backoff = FIRST_BACKOFF;
+        let outcome = loop {
+            let hosts = &redial.dialer.hosts;
+            redial.current = (redial.current + 1) % hosts.len();
+            let host = hosts[redial.current].clone();
+            let left = deadline.saturating_duration_since(Instant::now());
+            let dial = redial.dialer.dial(&host, Some(left));
+            match self.while_down(dial).await {
+                Err(stop) => break Err(stop),
+                Ok(Ok(link)) => {
+                    tracing::info!(%host, "reconnected");
+                    break Ok(link);
                 }
-                Command::Publish { batch, sink } => {
-                    sink.fail_unsent(batch.as_slice().len(), &error);
-                }
-                Command::Consume { reply, .. } => {
-                    let _ = reply.send(Err(error.clone()));
-                }
-                Command::Settle { reply, .. } => {
-                    let _ = reply.send(Err(error.clone()));
-                }
-                Command::Cancel { reply, .. } => {
-                    let _ = reply.send(Ok(()));
-                }
-                Command::Close { reply } => {
-                    let _ = reply.send(close_result.clone());
-                }
-                Command::Send(_) | Command::Release { .. } => {}
+                Ok(Err(error)) => tracing::warn!(%host, "reconnecting: {error}"),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::error!("could not reconnect within {limit:?}");
+                break Err(cause.clone());
+            }
+            // Full jitter over the upper half, so that many clients do not dial in step.
+            let pause = backoff.mul_f64(0.5 + fastrand::f64() / 2.0).min(left);
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            if let Err(stop) = self.while_down(tokio::time::sleep(pause)).await {
+                break Err(stop);
+            }
+        };
+        self.redial = Some(redial);
+        let link = outcome?;
+        self.resume(link);
+        Ok(())
+    }
+
+    /// Waits for `future` while keeping commands: they wait in `deferred`. Fails when the
+    /// client closes or every handle is gone.
+    async fn while_down<T>(
+        &mut self,
+        future: impl std::future::Future<Output = T>,
+    ) -> Result<T, Stop> {
+        let mut future = std::pin::pin!(future);
+        loop {
+            tokio::select! {
+                output = &mut future => return Ok(output),
+                command = self.commands.recv() => match command {
+                    None => return Err(CloseReason::Normal),
+                    Some(Command::Close { reply }) => {
+                        self.closing = Some(Closing {
+                            deadline: Instant::now(),
+                            replies: vec![reply],
+                            timed_out: false,
+                        });
+                        return Err(CloseReason::Normal);
+                    }
+                    Some(command) => self.deferred.push_back(command),
+                },
             }
         }
+    }
+
+    /// Forgets the lost connection: a new generation starts, requests in flight fail (or,
+    /// for settles, report their delivery lost), consumers are told to consume again, and
+    /// unconfirmed publishes wait to be written again.
+    fn lose_connection(&mut self, cause: &CloseReason) {
+        self.generation = self.shared.next_generation();
+        let error = Error::ConnectionClosed(cause.clone());
+        for (_, pending) in self.pending.drain() {
+            pending.lost(error.clone());
+        }
+        for (_, slot) in self.consumers.drain() {
+            // A consumer being cancelled just ends: its slot (and channel) is dropped.
+            if slot.state == ConsumerState::Active {
+                let _ = slot.events.send(ConsumerEvent::Lost);
+            }
+        }
+        self.reader = Box::new(tokio::io::empty());
+        self.writer = Box::new(tokio::io::sink());
+        self.rbuf.clear();
+        self.blocked = false;
+        self.shared.set_blocked(false);
+    }
+
+    /// Carries on over a new connection: unconfirmed publishes first, in order, then the
+    /// publishes held while blocked, then the commands that arrived meanwhile.
+    fn resume(&mut self, link: Link) {
+        let info = ServerInfo::from_welcome(link.welcome);
+        self.reader = link.reader;
+        self.writer = link.writer;
+        self.rbuf = link.leftover;
+        self.out = OutBuf::new(info.max_frame_len);
+        self.decoder = FrameDecoder::new(info.max_frame_len);
+        self.heartbeat = Heartbeat::of(&info);
+        let now = Instant::now();
+        self.last_read = now;
+        self.last_write = now;
+        let tick = self.heartbeat.map_or(IDLE_TICK, |h| h.tick);
+        self.timer.as_mut().reset(now + tick);
+        self.last_id = 1; // the Hello's
+        let Task {
+            out,
+            last_id,
+            pending,
+            publishes,
+            ..
+        } = self;
+        let max_message_len = info.max_message_len;
+        publishes.resend(|message| {
+            let size = message.meta.len() + message.body.len();
+            if size > max_message_len {
+                return Err(Error::MessageTooLarge {
+                    size,
+                    max: max_message_len,
+                });
+            }
+            out.publish(message, || next_request_id(last_id, pending))
+                .map_err(Error::from)
+        });
+        self.out.close_publish();
+        while let Some((batch, sink)) = self.held.pop_front() {
+            self.publish(batch, sink);
+        }
+        while let Some(command) = self.deferred.pop_front() {
+            self.handle(command);
+        }
+        self.out.close_publish();
+    }
+}
+
+/// Answers a command the task will never carry out.
+fn fail_command(command: Command, error: &Error, close_result: &Result<()>) {
+    match command {
+        Command::Call { reply, .. } => {
+            let _ = reply.send(Err(error.clone()));
+        }
+        Command::Publish { batch, sink } => {
+            sink.fail_unsent(batch.as_slice().len(), error);
+        }
+        Command::Consume { reply, .. } => {
+            let _ = reply.send(Err(error.clone()));
+        }
+        Command::Settle { reply, .. } => {
+            let _ = reply.send(Err(error.clone()));
+        }
+        Command::Cancel { reply, .. } => {
+            let _ = reply.send(Ok(()));
+        }
+        Command::Close { reply } => {
+            let _ = reply.send(close_result.clone());
+        }
+        Command::Send { .. } | Command::Release { .. } => {}
     }
 }
 
