@@ -29,7 +29,11 @@ impl Broker {
 
     async fn client(&self, name: &str) -> Client {
         let url = self.process.url();
-        let connect = Client::builder().name(name).connect(&url);
+        // These tests watch connections an operator closes end: no reconnecting.
+        let connect = Client::builder()
+            .name(name)
+            .reconnect_timeout(std::time::Duration::ZERO)
+            .connect(&url);
         within("connect", connect).await.expect("connect")
     }
 

@@ -913,6 +913,11 @@ impl Task {
                     tracing::info!(%host, "reconnected");
                     break Ok(link);
                 }
+                // Refused credentials (a deleted user, a changed password) stay refused.
+                Ok(Err(error)) if error.is_access_refused() => {
+                    tracing::error!(%host, "reconnecting: {error}");
+                    break Err(cause.clone());
+                }
                 Ok(Err(error)) => tracing::warn!(%host, "reconnecting: {error}"),
             }
             let left = deadline.saturating_duration_since(Instant::now());
