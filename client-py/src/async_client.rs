@@ -6,7 +6,7 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use sluice_client::{DeleteExchangeOptions, DeleteQueueOptions};
 
-use crate::client::{BatchOutcome, Connection};
+use crate::client::{BatchOutcome, Connection, Reconnect};
 use crate::consumer::AsyncConsumer;
 use crate::convert;
 use crate::errors::IntoPyResult;
@@ -30,8 +30,9 @@ impl AsyncClient {
     #[new]
     #[pyo3(signature = (
         url = "sluice://", *, name = None, heartbeat = None, connect_timeout = None,
-        request_timeout = 30.0, prefetch = 1000,
+        request_timeout = 30.0, prefetch = 1000, reconnect_timeout = 60.0, resend = false,
     ))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         url: &str,
         name: Option<String>,
@@ -39,6 +40,8 @@ impl AsyncClient {
         connect_timeout: Option<f64>,
         request_timeout: f64,
         prefetch: u32,
+        reconnect_timeout: f64,
+        resend: bool,
     ) -> PyResult<Self> {
         let connection = Connection::new(
             url,
@@ -47,6 +50,10 @@ impl AsyncClient {
             connect_timeout,
             request_timeout,
             prefetch,
+            Reconnect {
+                timeout: reconnect_timeout,
+                resend,
+            },
         )?;
         Ok(AsyncClient {
             connection: Arc::new(connection),
@@ -70,6 +77,7 @@ impl AsyncClient {
         dead_letter_exchange = None, dead_letter_routing_key = None, ack_timeout = None,
         delivery_limit = None, expires = None, max_priority = None, retry_backoff = None,
         dedup_window = None, dedup_window_count = None, single_active_consumer = false,
+        replicas = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn declare_queue<'py>(
@@ -94,6 +102,7 @@ impl AsyncClient {
         dedup_window: Option<f64>,
         dedup_window_count: Option<u32>,
         single_active_consumer: bool,
+        replicas: Option<u8>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let options = QueueArgs {
             exclusive,
@@ -113,6 +122,7 @@ impl AsyncClient {
             dedup_window,
             dedup_window_count,
             single_active_consumer,
+            replicas,
         }
         .into_options(durable)?;
         let connection = self.connection.clone();

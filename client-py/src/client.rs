@@ -22,6 +22,13 @@ use crate::options::{self, ConsumerInfo, DeclaredQueue, PublishArgs, QueueArgs, 
 use crate::publish_result::PublishResult;
 use crate::runtime;
 
+/// The reconnection keywords of both clients: `reconnect_timeout` (seconds; 0 turns
+/// reconnection off) and `resend` (a fresh `message_id` on every message without one).
+pub(crate) struct Reconnect {
+    pub(crate) timeout: f64,
+    pub(crate) resend: bool,
+}
+
 /// A connection that is made on first use, shared by a client and its async consumers.
 pub(crate) struct Connection {
     url: ConnectUrl,
@@ -40,9 +47,13 @@ impl Connection {
         connect_timeout: Option<f64>,
         request_timeout: f64,
         prefetch: u32,
+        reconnect: Reconnect,
     ) -> PyResult<Self> {
         let url = ConnectUrl::parse(url).map_err(|e| to_py(Error::InvalidUrl(e)))?;
-        let mut builder = ClientBuilder::new().prefetch(prefetch);
+        let mut builder = ClientBuilder::new()
+            .prefetch(prefetch)
+            .reconnect_timeout(convert::seconds("reconnect_timeout", reconnect.timeout)?)
+            .resend(reconnect.resend);
         if let Some(name) = name {
             builder = builder.name(name);
         }
@@ -153,8 +164,9 @@ impl Client {
     #[new]
     #[pyo3(signature = (
         url = "sluice://", *, name = None, heartbeat = None, connect_timeout = None,
-        request_timeout = 30.0, prefetch = 1000,
+        request_timeout = 30.0, prefetch = 1000, reconnect_timeout = 60.0, resend = false,
     ))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         url: &str,
@@ -163,6 +175,8 @@ impl Client {
         connect_timeout: Option<f64>,
         request_timeout: f64,
         prefetch: u32,
+        reconnect_timeout: f64,
+        resend: bool,
     ) -> PyResult<Self> {
         let connection = Arc::new(Connection::new(
             url,
@@ -171,6 +185,10 @@ impl Client {
             connect_timeout,
             request_timeout,
             prefetch,
+            Reconnect {
+                timeout: reconnect_timeout,
+                resend,
+            },
         )?);
         runtime::block_on(py, connection.get())?;
         Ok(Client { connection })
@@ -190,6 +208,7 @@ impl Client {
         dead_letter_exchange = None, dead_letter_routing_key = None, ack_timeout = None,
         delivery_limit = None, expires = None, max_priority = None, retry_backoff = None,
         dedup_window = None, dedup_window_count = None, single_active_consumer = false,
+        replicas = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn declare_queue(
@@ -214,6 +233,7 @@ impl Client {
         dedup_window: Option<f64>,
         dedup_window_count: Option<u32>,
         single_active_consumer: bool,
+        replicas: Option<u8>,
     ) -> PyResult<DeclaredQueue> {
         let options = QueueArgs {
             exclusive,
@@ -233,6 +253,7 @@ impl Client {
             dedup_window,
             dedup_window_count,
             single_active_consumer,
+            replicas,
         }
         .into_options(durable)?;
         runtime::block_on(py, async {

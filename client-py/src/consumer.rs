@@ -216,6 +216,10 @@ impl ConsumerCore {
         }
         match &mut *state {
             State::Active(consumer) => {
+                // In the runtime's context: polling may start consuming again after a
+                // reconnection, which arms a timer.
+                let runtime = crate::runtime::runtime();
+                let _context = runtime.enter();
                 let item = consumer.next().now_or_never()?;
                 Some(self.item(&mut state, item))
             }

@@ -35,6 +35,9 @@ import_exception!(sluice.exceptions, NotAllowed);
 import_exception!(sluice.exceptions, UnknownDeliveryTag);
 import_exception!(sluice.exceptions, InvalidArgument);
 import_exception!(sluice.exceptions, LimitExceeded);
+import_exception!(sluice.exceptions, NotLeader);
+import_exception!(sluice.exceptions, LeaderMoved);
+import_exception!(sluice.exceptions, DeliveryLostError);
 import_exception!(sluice.exceptions, PermissionDenied);
 import_exception!(sluice.exceptions, PublishRejected);
 import_exception!(sluice.exceptions, MessageTooLarge);
@@ -56,6 +59,7 @@ import_exception!(sluice.exceptions, PublishRejectedNotAllowed);
 import_exception!(sluice.exceptions, PublishRejectedUnknownDeliveryTag);
 import_exception!(sluice.exceptions, PublishRejectedInvalidArgument);
 import_exception!(sluice.exceptions, PublishRejectedLimitExceeded);
+import_exception!(sluice.exceptions, PublishRejectedNotLeader);
 import_exception!(sluice.exceptions, PublishRejectedPermissionDenied);
 import_exception!(sluice.exceptions, PublishRejectedInternalError);
 import_exception!(sluice.exceptions, PublishRejectedResourceExhausted);
@@ -82,6 +86,7 @@ pub(crate) fn to_py(error: Error) -> PyErr {
         Error::ConsumerCancelled { code, .. } => match code {
             ErrorCode::QueueDeleted => QueueDeleted::new_err(args),
             ErrorCode::ConsumerCancelled => CancelledByOperator::new_err(args),
+            ErrorCode::LeaderMoved => LeaderMoved::new_err(args),
             _ => ConsumerCancelled::new_err(args),
         },
         Error::Timeout { .. } => TimeoutError::new_err(args),
@@ -89,6 +94,7 @@ pub(crate) fn to_py(error: Error) -> PyErr {
         Error::InvalidArgument(_) => InvalidArgument::new_err(args),
         Error::Protocol(_) => ProtocolError::new_err(args),
         Error::AlreadySettled => AlreadySettled::new_err(args),
+        Error::DeliveryLost => DeliveryLostError::new_err(args),
         _ => SluiceError::new_err(args),
     }
 }
@@ -121,6 +127,7 @@ fn request_failed(code: ErrorCode, args: Args) -> PyErr {
         ErrorCode::UnknownDeliveryTag => UnknownDeliveryTag::new_err(args),
         ErrorCode::InvalidArgument => InvalidArgument::new_err(args),
         ErrorCode::LimitExceeded => LimitExceeded::new_err(args),
+        ErrorCode::NotLeader => NotLeader::new_err(args),
         // A missing permission: the request failed, the connection stays up.
         ErrorCode::AccessRefused => PermissionDenied::new_err(args),
         ErrorCode::InternalError => InternalError::new_err(args),
@@ -142,6 +149,7 @@ fn publish_rejected(code: ErrorCode, args: Args) -> PyErr {
         ErrorCode::UnknownDeliveryTag => PublishRejectedUnknownDeliveryTag::new_err(args),
         ErrorCode::InvalidArgument => PublishRejectedInvalidArgument::new_err(args),
         ErrorCode::LimitExceeded => PublishRejectedLimitExceeded::new_err(args),
+        ErrorCode::NotLeader => PublishRejectedNotLeader::new_err(args),
         ErrorCode::AccessRefused => PublishRejectedPermissionDenied::new_err(args),
         ErrorCode::MessageTooLarge => MessageTooLarge::new_err(args),
         ErrorCode::StorageFull => StorageFull::new_err(args),

@@ -33,6 +33,8 @@ pub(crate) struct QueueArgs {
     pub dedup_window: Option<f64>,
     pub dedup_window_count: Option<u32>,
     pub single_active_consumer: bool,
+    /// Copies of a replicated queue in a cluster (1..=7; protocol.md §6.1).
+    pub replicas: Option<u8>,
 }
 
 impl QueueArgs {
@@ -77,7 +79,7 @@ impl QueueArgs {
                 .map(millis_at_least_1),
             dedup_window_count: self.dedup_window_count,
             single_active_consumer: self.single_active_consumer.then_some(1),
-            replicas: None,
+            replicas: self.replicas,
         };
         Ok(options)
     }

@@ -47,7 +47,10 @@ class Broker:
     def url(self) -> str:
         return f"sluice://guest:guest@127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0, extra: tuple[str, ...] = ()) -> "Broker":
+    def start(
+        self, timeout: float = 20.0, extra: tuple[str, ...] = (), listen: str = "127.0.0.1:0"
+    ) -> "Broker":
+        """Starts the broker; `listen` another address to start it again on its old port."""
         if not os.path.exists(SLUICE_BIN):
             pytest.fail(f"no broker binary at {SLUICE_BIN}: build it or set SLUICE_BIN")
         # Output goes to files, not pipes: a pipe nobody drains would block the broker.
@@ -60,7 +63,7 @@ class Broker:
                 "--data-dir",
                 str(self.data_dir),
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 # Brokers of parallel runs would collide on the default HTTP port.
                 "--http-listen",
                 "127.0.0.1:0",
@@ -85,6 +88,15 @@ class Broker:
             time.sleep(0.02)
         self.stop()
         pytest.fail(f"broker did not start:\n{self.stderr_path.read_text(errors='replace')}")
+
+    def kill9(self) -> None:
+        """SIGKILL: a crash."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        for f in (self._stdout, self._stderr):
+            if f is not None:
+                f.close()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -346,6 +346,8 @@ class Client:
         connect_timeout: Optional[float] = None,
         request_timeout: float = 30.0,
         prefetch: int = 1000,
+        reconnect_timeout: float = 60.0,
+        resend: bool = False,
     ) -> Client: ...
     def connect(self) -> Self: ...
     def declare_queue(
@@ -370,6 +372,7 @@ class Client:
         dedup_window: Optional[float] = None,
         dedup_window_count: Optional[int] = None,
         single_active_consumer: bool = False,
+        replicas: Optional[int] = None,
     ) -> DeclaredQueue: ...
     def delete_queue(
         self, name: str, *, if_unused: bool = False, if_empty: bool = False
@@ -478,6 +481,8 @@ class AsyncClient:
         connect_timeout: Optional[float] = None,
         request_timeout: float = 30.0,
         prefetch: int = 1000,
+        reconnect_timeout: float = 60.0,
+        resend: bool = False,
     ) -> AsyncClient: ...
     def connect(self) -> Coroutine[Any, Any, Self]: ...
     def declare_queue(
@@ -502,6 +507,7 @@ class AsyncClient:
         dedup_window: Optional[float] = None,
         dedup_window_count: Optional[int] = None,
         single_active_consumer: bool = False,
+        replicas: Optional[int] = None,
     ) -> Coroutine[Any, Any, DeclaredQueue]: ...
     def delete_queue(
         self, name: str, *, if_unused: bool = False, if_empty: bool = False

@@ -40,6 +40,8 @@ class per code, made once when this module loads; see :func:`rejected_class`).
     │   │                           is not outstanding (its lease expired, already settled)
     │   ├── InvalidArgument         207 (also a ValueError)
     │   ├── LimitExceeded           208: a configured limit (the message names it)
+    │   ├── NotLeader               209: a replicated queue led by another node (the client
+    │   │                           follows it; raised when it cannot)
     │   └── PermissionDenied        103 in Error: the user lacks a permission
     │                               (the connection stays up)
     ├── PublishRejected             the broker refused one published message (any code; the
@@ -52,11 +54,15 @@ class per code, made once when this module loads; see :func:`rejected_class`).
     │       └── MemoryLimit         304: the broker's memory limit
     ├── ConsumerCancelled           4xx: the broker stopped a consumer
     │   ├── QueueDeleted            400
-    │   └── CancelledByOperator     401 (CONSUMER_CANCELLED)
+    │   ├── CancelledByOperator     401 (CONSUMER_CANCELLED)
+    │   └── LeaderMoved             402: its replicated queue's leader moved (the client
+    │                               consumes there; raised when it cannot)
     ├── ServerError                 5xx: a server fault; the operation may be retried
     │   ├── InternalError           500
     │   └── ResourceExhausted       501
-    └── AlreadySettled              the message was already acked, nacked or rejected
+    ├── AlreadySettled              the message was already acked, nacked or rejected
+    └── DeliveryLostError           the message's connection was lost (the client
+                                    reconnected): it will be delivered again
 """
 
 from __future__ import annotations
@@ -74,11 +80,13 @@ __all__ = [
     "ConnectionForced",
     "ConnectionLimit",
     "ConsumerCancelled",
+    "DeliveryLostError",
     "FrameTooLarge",
     "HeartbeatTimeout",
     "InternalError",
     "InvalidArgument",
     "InvalidUrl",
+    "LeaderMoved",
     "LimitExceeded",
     "MalformedFrame",
     "MalformedRequest",
@@ -86,6 +94,7 @@ __all__ = [
     "MessageTooLarge",
     "NotAllowed",
     "NotFound",
+    "NotLeader",
     "PermissionDenied",
     "PreconditionFailed",
     "ProtocolError",
@@ -129,6 +138,7 @@ CODE_NAMES: dict[int, str] = {
     206: "UNKNOWN_DELIVERY_TAG",
     207: "INVALID_ARGUMENT",
     208: "LIMIT_EXCEEDED",
+    209: "NOT_LEADER",
     300: "MESSAGE_TOO_LARGE",
     301: "STORAGE_FULL",
     302: "UNROUTABLE",
@@ -136,6 +146,7 @@ CODE_NAMES: dict[int, str] = {
     304: "MEMORY_LIMIT",
     400: "QUEUE_DELETED",
     401: "CONSUMER_CANCELLED",
+    402: "LEADER_MOVED",
     500: "INTERNAL_ERROR",
     501: "RESOURCE_EXHAUSTED",
 }
@@ -270,6 +281,13 @@ class LimitExceeded(ChannelError):
     consumers per connection, bindings per exchange, ...; the message names the limit."""
 
 
+class NotLeader(ChannelError):
+    """``NOT_LEADER`` (209): the request needs the leader of a replicated queue, and this
+    node is not it; the message is the leader's ``host:port`` (empty while none is known).
+    The client follows it by itself; this is raised only when it cannot (no leader in time,
+    or an address it cannot reach)."""
+
+
 class PermissionDenied(ChannelError):
     """The user lacks the permission the request needs (``ACCESS_REFUSED`` in an ``Error``);
     the message names it. Unlike :class:`AccessRefused`, the connection stays up. A refused
@@ -319,6 +337,12 @@ class CancelledByOperator(ConsumerCancelled):
     """``CONSUMER_CANCELLED`` (401): an operator cancelled the consumer."""
 
 
+class LeaderMoved(ConsumerCancelled):
+    """``LEADER_MOVED`` (402): the leader of the consumer's replicated queue moved to another
+    node (the message is its ``host:port``, or empty). The consumer consumes there by
+    itself; this is raised only when it cannot."""
+
+
 class ServerError(SluiceError):
     """The broker failed (5xx); the operation may be retried."""
 
@@ -333,6 +357,12 @@ class ResourceExhausted(ServerError):
 
 class AlreadySettled(SluiceError):
     """The message was already acked, nacked or rejected through this handle."""
+
+
+class DeliveryLostError(SluiceError):
+    """The message came on a connection that has since been lost (the client reconnected,
+    or followed a queue's leader elsewhere): it cannot be settled any more, and its queue
+    will deliver it again."""
 
 
 #: The class of each error code. ``ACCESS_REFUSED`` (103) is :class:`AccessRefused` when
@@ -357,6 +387,7 @@ BY_CODE: dict[int, type[SluiceError]] = {
     206: UnknownDeliveryTag,
     207: InvalidArgument,
     208: LimitExceeded,
+    209: NotLeader,
     300: MessageTooLarge,
     301: StorageFull,
     302: Unroutable,
@@ -364,6 +395,7 @@ BY_CODE: dict[int, type[SluiceError]] = {
     304: MemoryLimit,
     400: QueueDeleted,
     401: CancelledByOperator,
+    402: LeaderMoved,
     500: InternalError,
     501: ResourceExhausted,
 }
