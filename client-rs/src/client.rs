@@ -177,7 +177,8 @@ impl Client {
         ClientBuilder::new()
     }
 
-    /// What the server agreed to in the handshake.
+    /// What the server agreed to in the handshake (of the first connection: after a
+    /// reconnection, the settings agreed with the new server apply, but this stays).
     pub fn server_info(&self) -> &ServerInfo {
         &self.shared.info
     }

@@ -49,6 +49,19 @@ struct Subscription {
 /// A consumer consuming again, after its connection was lost or its leader moved.
 type Resubscribing = Pin<Box<dyn Future<Output = Result<Subscription>> + Send>>;
 
+/// Where a consumer consumes again.
+enum Target {
+    /// Through the client's own connection (reconnected), following `NOT_LEADER`.
+    Home,
+    /// On the connection it was on, after a pause: `LEADER_MOVED` named no leader yet.
+    Current,
+    /// At this node: `LEADER_MOVED` named it.
+    Leader(HostPort),
+}
+
+/// The pause before consuming again after a `LEADER_MOVED` that named no leader.
+const LEADER_MOVED_PAUSE: Duration = Duration::from_millis(200);
+
 impl Client {
     /// Starts consuming from `queue`. The [`Consumer`] is a [`Stream`] of messages; it ends
     /// when the consumer is cancelled, and yields an error first when the server cancels it
@@ -309,16 +322,22 @@ impl Consumer {
     }
 
     /// Starts consuming again (after `Lost` or `LEADER_MOVED`), at `leader` if known.
-    fn resubscribe(&mut self, leader: Option<HostPort>) {
+    fn resubscribe(&mut self, target: Target) {
         let home = self.home.clone();
+        let current = self.client.clone();
         let request = self.request.clone();
         let future = async move {
-            match leader {
-                Some(host) => match home.leader(host).await {
+            match target {
+                Target::Leader(host) => match home.leader(host).await {
                     Ok(client) => client.subscribe(request).await,
                     Err(_) => home.subscribe(request).await,
                 },
-                None => home.subscribe(request).await,
+                Target::Current if !current.is_closed() => {
+                    // No leader known yet: an election is going on.
+                    tokio::time::sleep(LEADER_MOVED_PAUSE).await;
+                    current.subscribe(request).await
+                }
+                Target::Current | Target::Home => home.subscribe(request).await,
             }
         };
         self.batch = Vec::new().into_iter();
@@ -330,7 +349,7 @@ impl Consumer {
 
     /// Where a consumer ended by `error` consumes again, if it does: `LEADER_MOVED` (at the
     /// address it names, else through the client), or its leader's connection lost.
-    fn moves_on(&self, error: &Error) -> Option<Option<HostPort>> {
+    fn moves_on(&self, error: &Error) -> Option<Target> {
         if self.cancelled || self.home.router_settings_reconnect().is_zero() {
             return None;
         }
@@ -338,14 +357,17 @@ impl Consumer {
             Error::ConsumerCancelled {
                 code: ErrorCode::LeaderMoved,
                 reason,
-            } => Some(HostPort::parse(reason).ok()),
+            } => Some(match HostPort::parse(reason) {
+                Ok(host) => Target::Leader(host),
+                Err(_) => Target::Current,
+            }),
             // A leader's connection (which does not reconnect) was lost.
             Error::ConnectionClosed(reason)
                 if !Arc::ptr_eq(&self.client.shared, &self.home.shared)
                     && !matches!(reason, crate::CloseReason::Normal)
                     && !self.home.is_closed() =>
             {
-                Some(None)
+                Some(Target::Home)
             }
             _ => None,
         }
@@ -433,7 +455,7 @@ impl Stream for Consumer {
                     this.batch = deliveries.into_iter();
                     this.batch_generation = generation;
                 }
-                Some(ConsumerEvent::Lost) if !this.cancelled => this.resubscribe(None),
+                Some(ConsumerEvent::Lost) if !this.cancelled => this.resubscribe(Target::Home),
                 Some(ConsumerEvent::Lost) => this.ended = true,
                 Some(ConsumerEvent::Ended(error)) => match this.moves_on(&error) {
                     Some(leader) => this.resubscribe(leader),

@@ -306,8 +306,8 @@ impl PublishTracker {
             };
             let first = self.next_seq;
             let mut written = 0;
-            for offset in run.done..run.len {
-                match write(&messages[offset]) {
+            for (offset, message) in messages.iter().enumerate().skip(run.done) {
+                match write(message) {
                     Ok(()) => written += 1,
                     Err(e) => {
                         run.refuse_from(offset, &Error::from(e));
