@@ -164,12 +164,6 @@ impl Batch {
         }
     }
 
-    pub(crate) fn into_vec(self) -> Vec<PublishMessage> {
-        match self {
-            Batch::One(m) => vec![m],
-            Batch::Many(v) => v,
-        }
-    }
 }
 
 /// What a consumer's stream receives.

@@ -18,6 +18,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use crate::error::{Error, Result};
 use crate::publish::Confirmed;
+use super::Batch;
 use crate::wire::{PublishMessage, PublishSeq, Rejection};
 
 /// Who waits for the outcome of a run of messages.
@@ -78,7 +79,7 @@ struct Run {
     /// How many messages the run has.
     len: usize,
     /// The messages, kept while they may have to be written again (reconnection on).
-    messages: Option<Vec<PublishMessage>>,
+    messages: Option<Batch>,
     outcomes: Outcomes,
 }
 
@@ -161,7 +162,7 @@ impl PublishTracker {
         &mut self,
         count: usize,
         sink: PublishSink,
-        messages: Option<Vec<PublishMessage>>,
+        messages: Option<Batch>,
     ) -> u64 {
         debug_assert!(count > 0);
         let first = self.next_seq;
@@ -183,9 +184,12 @@ impl PublishTracker {
                 duplicates: Vec::new(),
             },
         };
-        let messages = messages.map(|mut messages| {
-            messages.truncate(count);
-            messages
+        let messages = messages.map(|batch| match batch {
+            Batch::Many(mut messages) => {
+                messages.truncate(count);
+                Batch::Many(messages)
+            }
+            one => one,
         });
         self.runs.push_back(Run {
             first,
@@ -306,7 +310,7 @@ impl PublishTracker {
             };
             let first = self.next_seq;
             let mut written = 0;
-            for (offset, message) in messages.iter().enumerate().skip(run.done) {
+            for (offset, message) in messages.as_slice().iter().enumerate().skip(run.done) {
                 match write(message) {
                     Ok(()) => written += 1,
                     Err(e) => {
@@ -382,7 +386,7 @@ mod tests {
                 reply,
                 permit: None,
             },
-            Some(vec![message(0)]),
+            Some(Batch::One(message(0))),
         );
         (seq, rx)
     }
@@ -394,7 +398,7 @@ mod tests {
         let (reply, rx) = oneshot::channel();
         let messages = (0..n).map(message).collect();
         (
-            tracker.written(n, PublishSink::Many { reply }, Some(messages)),
+            tracker.written(n, PublishSink::Many { reply }, Some(Batch::Many(messages))),
             rx,
         )
     }

@@ -728,7 +728,7 @@ impl Task {
             }
         }
         let count = failed_at.unwrap_or(messages.len());
-        let kept = keep.then(|| batch.into_vec());
+        let kept = keep.then_some(batch);
         self.publishes.written(count, sink, kept);
     }
 
