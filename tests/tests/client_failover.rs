@@ -318,3 +318,49 @@ async fn with_reconnection_off_a_lost_connection_ends_everything_as_before() {
     );
     assert!(client.is_closed());
 }
+
+/// Sends `signal` (`-STOP`, `-CONT`) to process `pid`.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_stops_answering_is_left_after_the_heartbeat_timeout_for_the_next_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = BrokerProcess::start(&dir.path().join("first"), &[]);
+    let second = BrokerProcess::start(&dir.path().join("second"), &[]);
+    let standby = connect(&second.url(), false).await;
+    within("declare", standby.declare_queue("q", QueueOptions::new()))
+        .await
+        .unwrap();
+    // The shortest heartbeat a broker agrees to: silence for 2.25 s ends the connection.
+    let url = format!(
+        "sluice://guest:guest@{},{}?heartbeat_ms=1000",
+        first.addr(),
+        second.addr()
+    );
+    let client = connect(&url, false).await;
+    within("declare", client.declare_queue("q", QueueOptions::new()))
+        .await
+        .unwrap();
+    let mut consumer = within("consume", client.consume("q", ConsumeOptions::new()))
+        .await
+        .unwrap();
+
+    // Frozen, not dead: its sockets stay open, only the heartbeats stop.
+    signal(first.pid(), "-STOP");
+    publish_all(&client, batch("q", 0..3)).await;
+    for i in 0..3 {
+        let message = next(&mut consumer).await;
+        assert_eq!(body(&message), format!("m-{i}"), "from the second broker");
+        within("ack", message.ack_confirmed()).await.unwrap();
+    }
+    first.kill9();
+    within("close", client.close()).await.unwrap();
+    within("close", standby.close()).await.unwrap();
+    second.stop();
+}
