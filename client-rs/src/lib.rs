@@ -1,7 +1,10 @@
 //! Async Rust client for the Sluice message broker, and the wire codec the broker shares.
 //!
 //! A [`Client`] is a cheap, cloneable handle to one connection, served by a background tokio
-//! task that owns the socket. Every call is pipelined: the task tags requests with ids and
+//! task that owns the socket. The connection survives a broker failover: the task dials the
+//! URL's hosts again (`sluice://u:p@h1,h2,h3/vhost`), consumers consume again, unconfirmed
+//! publishes are published again ([`ClientBuilder::reconnect_timeout`]), and requests for a
+//! replicated queue led by another node follow it (`NOT_LEADER`, `LEADER_MOVED`). Every call is pipelined: the task tags requests with ids and
 //! matches the answers, packs consecutive publishes into shared frames, and writes whatever
 //! is queued in one system call. Consumers are [`Stream`](futures_core::Stream)s of
 //! [`Message`]s.
@@ -9,8 +12,8 @@
 //! # Layout
 //! - [`wire`]: the sans-I/O codec for the wire protocol (`protocol.md`). The broker reuses
 //!   these types, so there is exactly one definition of every frame.
-//! - `url`: [`ConnectUrl`], `sluice://user:password@host:port/vhost?options` (`sluices://` for
-//!   TLS).
+//! - `url`: [`ConnectUrl`], `sluice://user:password@host:port[,host:port...]/vhost?options`
+//!   (`sluices://` for TLS), and [`HostPort`].
 //! - `tls`: TLS for `sluices://` (rustls), and its typed [`TlsError`].
 //! - `error`: [`Error`], [`CloseReason`], and the mapping from protocol error codes.
 //! - `options`: [`QueueOptions`], [`ExchangeOptions`], [`ConsumeOptions`],
@@ -23,8 +26,9 @@
 //!   [`Client::move_status`].
 //! - `publish`: [`Client::publish`], [`Client::publish_batch`], [`Publisher`].
 //! - `consumer`: [`Client::consume`], [`Consumer`], [`Message`], [`Client::get`].
-//! - `connection`: the handshake and the connection task (not public): the select loop,
-//!   request/reply correlation, publish-confirm tracking, delivery dispatch, heartbeats.
+//! - `connection`: the handshake, dialing, and the connection task (not public): the select
+//!   loop, request/reply correlation, publish-confirm tracking, delivery dispatch,
+//!   heartbeats, reconnecting.
 //!
 //! # Use
 //! ```no_run
@@ -70,7 +74,8 @@ mod url;
 pub mod wire;
 
 pub use client::{
-    Client, ClientBuilder, DEFAULT_CONFIRM_WINDOW, DEFAULT_PREFETCH, DEFAULT_REQUEST_TIMEOUT,
+    Client, ClientBuilder, DEFAULT_CONFIRM_WINDOW, DEFAULT_PREFETCH, DEFAULT_RECONNECT_TIMEOUT,
+    DEFAULT_REQUEST_TIMEOUT,
 };
 pub use connection::ServerInfo;
 pub use consumer::{Consumer, Message};

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use sluice_client::{
-    Client, ConsumeOptions, Consumer, Error, Message, OutgoingMessage, PublishOptions,
-    QueueArguments, QueueOptions,
+    Client, ConsumeOptions, Consumer, Error, Message, OutgoingMessage, PublishConfirm,
+    PublishOptions, QueueArguments, QueueOptions,
 };
 use sluice_tests::broker::{within, BrokerProcess};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 async fn connect(url: &str, resend: bool) -> Client {
     within("connect", Client::builder().resend(resend).connect(url))
@@ -57,35 +57,44 @@ fn body(message: &Message) -> String {
     String::from_utf8(message.body.to_vec()).unwrap()
 }
 
-/// Consumes until `total` distinct bodies were seen, acking each (an ack of a delivery lost
-/// with its connection fails, and the message comes again); reports the distinct count as it
-/// grows. Returns each body's distinct `message_seq`s: more than one means stored twice.
+/// Consumes until `total` distinct bodies were seen. Holds every message unsettled until
+/// `restarted` turns true (so that the dedup window remembers every id through the crash:
+/// protocol.md §6.1 keeps an id while its message is in the queue), then acks each (an ack
+/// of a delivery lost with its connection fails, and the message comes again). Returns each
+/// body's distinct `message_seq`s: more than one means stored twice.
 fn consume_all(
     mut consumer: Consumer,
     total: usize,
-    seen: mpsc::UnboundedSender<usize>,
+    restarted: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<HashMap<String, HashSet<u64>>> {
     tokio::spawn(async move {
         let mut copies: HashMap<String, HashSet<u64>> = HashMap::new();
+        let mut held = Vec::new();
         while copies.len() < total {
             let message = next(&mut consumer).await;
             copies
                 .entry(body(&message))
                 .or_default()
                 .insert(message.message_seq);
-            match message.ack().await {
-                Ok(()) | Err(Error::DeliveryLost) => {}
-                Err(e) => panic!("ack: {e}"),
+            if !*restarted.borrow() {
+                held.push(message);
+                continue;
             }
-            let _ = seen.send(copies.len());
+            for message in held.drain(..).chain(Some(message)) {
+                match message.ack().await {
+                    Ok(()) | Err(Error::DeliveryLost) => {}
+                    Err(e) => panic!("ack: {e}"),
+                }
+            }
         }
         copies
     })
 }
 
-async fn wait_seen(seen: &mut mpsc::UnboundedReceiver<usize>, at_least: usize) {
-    within("deliveries", async {
-        while seen.recv().await.expect("the consumer runs") < at_least {}
+/// Waits until a count sent on `counts` reaches `at_least`.
+async fn wait_count(counts: &mut mpsc::UnboundedReceiver<usize>, at_least: usize) {
+    within("progress", async {
+        while counts.recv().await.expect("the task runs") < at_least {}
     })
     .await;
 }
@@ -105,31 +114,38 @@ async fn after_kill_9_and_a_restart_consumers_go_on_and_unconfirmed_publishes_ar
     )
     .await
     .unwrap();
-    let (seen_tx, mut seen) = mpsc::unbounded_channel();
-    let consuming = consume_all(consumer, TOTAL, seen_tx);
+    let (restarted_tx, restarted) = watch::channel(false);
+    let consuming = consume_all(consumer, TOTAL, restarted);
 
     publish_all(&client, batch("jobs", 0..50)).await;
     // Publish on through a window while the broker dies: some messages are in flight, some
     // stored without their confirm.
     let publisher = client.publisher_with_window(32);
+    let (confirmed_tx, mut confirmed) = mpsc::unbounded_channel();
     let publishing = tokio::spawn(async move {
-        let mut confirms = Vec::new();
+        let (confirms_tx, mut confirms) = mpsc::unbounded_channel::<PublishConfirm>();
+        let settling = tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            while let Some(confirm) = confirms.recv().await {
+                outcomes.push(confirm.await);
+                let _ = confirmed_tx.send(outcomes.len());
+            }
+            outcomes
+        });
         for message in batch("jobs", 50..250) {
             let confirm = publisher
                 .publish("", "jobs", message.body, &PublishOptions::new())
                 .await
                 .expect("publishing waits while the client reconnects");
-            confirms.push(confirm);
+            confirms_tx.send(confirm).unwrap();
         }
-        let mut outcomes = Vec::new();
-        for confirm in confirms {
-            outcomes.push(confirm.await);
-        }
-        outcomes
+        drop(confirms_tx);
+        settling.await.unwrap()
     });
-    wait_seen(&mut seen, 80).await;
+    wait_count(&mut confirmed, 30).await;
     broker.kill9();
     let broker = BrokerProcess::start(&data, &["--listen", &addr]);
+    restarted_tx.send(true).unwrap();
 
     let outcomes = within("confirms after the restart", publishing)
         .await

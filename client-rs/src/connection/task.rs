@@ -899,7 +899,10 @@ impl Task {
         tracing::warn!("connection lost ({cause}); reconnecting");
         self.lose_connection(cause);
         let limit = self.shared.settings.reconnect_timeout;
-        let deadline = Instant::now() + limit;
+        // `Duration::MAX` means "for ever": a year will do.
+        let deadline = Instant::now()
+            .checked_add(limit)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600));
         let mut backoff = FIRST_BACKOFF;
         let outcome = loop {
             let hosts = &redial.dialer.hosts;
@@ -925,7 +928,7 @@ impl Task {
                 tracing::error!("could not reconnect within {limit:?}");
                 break Err(cause.clone());
             }
-            // Full jitter over the upper half, so that many clients do not dial in step.
+            // 50 to 100 % of the backoff, so that many clients do not dial in step.
             let pause = backoff.mul_f64(0.5 + fastrand::f64() / 2.0).min(left);
             backoff = (backoff * 2).min(MAX_BACKOFF);
             if let Err(stop) = self.while_down(tokio::time::sleep(pause)).await {
