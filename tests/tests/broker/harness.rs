@@ -33,9 +33,11 @@ impl Broker {
 
     /// Connects a client.
     pub async fn client(&self) -> Client {
-        within("connect", Client::connect(&self.url()))
-            .await
-            .expect("connect")
+        // These tests watch a crash end the connection (and its publishes): no reconnecting.
+        let connect = Client::builder()
+            .reconnect_timeout(std::time::Duration::ZERO)
+            .connect(&self.url());
+        within("connect", connect).await.expect("connect")
     }
 
     /// SIGKILL: a crash.
