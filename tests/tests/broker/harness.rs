@@ -34,9 +34,10 @@ impl Broker {
     /// Connects a client.
     pub async fn client(&self) -> Client {
         // These tests watch a crash end the connection (and its publishes): no reconnecting.
+        let url = self.url();
         let connect = Client::builder()
             .reconnect_timeout(std::time::Duration::ZERO)
-            .connect(&self.url());
+            .connect(&url);
         within("connect", connect).await.expect("connect")
     }
 
