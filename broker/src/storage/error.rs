@@ -53,6 +53,14 @@ pub enum StorageError {
         /// The last sequence number allowed.
         max: u64,
     },
+    /// [`QueueLog::skip_to`](super::QueueLog::skip_to) was asked to go back: seqs only grow.
+    #[error("sequence number {seq} is behind the next one, {next}")]
+    SeqBehind {
+        /// The seq asked for.
+        seq: u64,
+        /// The log's next seq.
+        next: u64,
+    },
     /// The sequence number names no live message (never written, or already acknowledged).
     #[error("message {0} is not live: unknown or already acknowledged")]
     NotLive(u64),

@@ -58,6 +58,9 @@ const PAGE: usize = 4096;
 const MANIFEST_HEADROOM: u64 = 8 << 10;
 /// An `offsets` slot whose record was lost to corruption.
 const NO_RECORD: u32 = u32::MAX;
+/// Longest run of unused seqs [`QueueLog::skip_to`] leaves as empty slots (4 bytes each)
+/// rather than start a new segment.
+const MAX_SLOT_GAP: u64 = 4096;
 /// Prefix of a queue directory being created: renamed into place once complete, removed at
 /// open if a stop interrupted the creation.
 pub(crate) const CREATING_PREFIX: &str = ".creating-";
@@ -498,6 +501,45 @@ impl QueueLog {
         self.live_bytes += (meta.len() + body.len()) as u64;
         let epoch = self.tag(no, end);
         Ok(Appended { seq, epoch })
+    }
+
+    /// Makes `seq` the next append's sequence number, leaving the seqs before it unused: a
+    /// replicated queue's log is a view of its raft group's state, whose seqs it must keep
+    /// (a snapshot's live messages have gaps where acked ones were). A short gap is left as
+    /// empty slots in the active segment; a long one starts a new segment at `seq`. A `seq`
+    /// not above the next one is an error (seqs only grow).
+    pub fn skip_to(&mut self, seq: u64) -> Result<()> {
+        if seq > MAX_SEQ {
+            return Err(StorageError::SeqsExhausted { max: MAX_SEQ });
+        }
+        if seq < self.next_seq {
+            return Err(StorageError::SeqBehind {
+                seq,
+                next: self.next_seq,
+            });
+        }
+        let gap = seq - self.next_seq;
+        if gap == 0 {
+            return Ok(());
+        }
+        let active = self
+            .segments
+            .get_mut(&self.active)
+            .filter(|s| s.writer.is_some());
+        match active {
+            Some(seg) if !seg.offsets.is_empty() && gap <= MAX_SLOT_GAP => {
+                seg.offsets
+                    .extend(std::iter::repeat_n(NO_RECORD, gap as usize));
+                self.next_seq = seq;
+            }
+            Some(_) => {
+                self.next_seq = seq;
+                self.rotate(0)?;
+            }
+            // No segment to append to: the next append starts one at `seq`.
+            None => self.next_seq = seq,
+        }
+        Ok(())
     }
 
     fn tag(&self, no: u64, end: usize) -> Epoch {
