@@ -11,6 +11,7 @@
 //!   and the store settings both sides use.
 //! - [`protocol`]: the line protocol the writer speaks on stdout.
 //! - [`broker`]: the real `sluice` binary as a child process, for the end-to-end suites.
+//! - [`cluster`]: a cluster of `sluice serve` processes on loopback (kill, restart, wipe).
 //! - [`child`]: a child process with a line reader, bounded waits and kill-on-drop.
 //! - [`http`]: a minimal HTTP/1.1 client for the broker's admin API.
 //! - [`ledger`]: what the writer has confirmed so far, and the check of a reopened log
@@ -20,6 +21,7 @@
 
 pub mod broker;
 pub mod child;
+pub mod cluster;
 pub mod http;
 pub mod ledger;
 pub mod protocol;
