@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use crate::broker::{BrokerProcess, WAIT};
 use crate::http::HttpClient;
+use crate::proxy::{Fault, Proxy};
 
 /// A node's id, as given to `--node-id` (1-based).
 pub type NodeId = u64;
@@ -37,6 +38,16 @@ pub fn cluster_ip(id: NodeId) -> String {
     format!("127.0.0.{}", 10 + id)
 }
 
+/// The IP node `id`'s proxy listens on, in a cluster started with
+/// [`ClusterProcess::start_proxied`].
+pub fn proxy_ip(id: NodeId) -> String {
+    assert!(
+        (1..=200).contains(&id),
+        "node ids 1..=200 fit 127.0.0.(20+id)"
+    );
+    format!("127.0.0.{}", 20 + id)
+}
+
 /// One node: its process while it runs, and what outlives the process.
 #[derive(Debug)]
 pub struct ClusterNode {
@@ -47,6 +58,8 @@ pub struct ClusterNode {
     client_addr: String,
     http_addr: String,
     cluster_addr: String,
+    /// The address its peers reach it at: its proxy's, or its cluster address.
+    advertised: String,
     /// What its last process logged before it was killed or stopped.
     previous_log: String,
 }
@@ -104,6 +117,11 @@ impl ClusterNode {
         &self.cluster_addr
     }
 
+    /// The cluster address its peers use: its proxy's when the cluster is proxied.
+    pub fn advertised_addr(&self) -> &str {
+        &self.advertised
+    }
+
     /// What it logged on stderr so far (its earlier processes' logs first).
     pub fn log(&self) -> String {
         match &self.process {
@@ -124,39 +142,70 @@ pub struct ClusterProcess {
     dir: PathBuf,
     extra: Vec<String>,
     nodes: Vec<ClusterNode>,
+    /// Proxy `i` is in front of node `i+1`'s cluster listener; empty when not proxied.
+    proxies: Vec<Proxy>,
 }
 
 impl ClusterProcess {
     /// Starts `n` nodes under `dir` (node 1 bootstraps, the others join it), each with
     /// `extra` flags besides the cluster ones, and waits (bounded) until every node is ready.
     pub async fn start(dir: &Path, n: usize, extra: &[&str]) -> ClusterProcess {
+        Self::start_nodes(dir, n, extra, false).await
+    }
+
+    /// Like [`start`](Self::start), with a [`Proxy`] in front of every node's cluster
+    /// listener (node `i`'s on `127.0.0.(20+i)`, advertised with `--cluster-advertise`), so
+    /// that every cluster connection goes through a proxy and a test can partition nodes
+    /// ([`isolate`](Self::isolate), [`proxy`](Self::proxy)). Must run on a multi-thread
+    /// runtime or one not blocked by the test: the proxies are tasks on it.
+    pub async fn start_proxied(dir: &Path, n: usize, extra: &[&str]) -> ClusterProcess {
+        Self::start_nodes(dir, n, extra, true).await
+    }
+
+    async fn start_nodes(dir: &Path, n: usize, extra: &[&str], proxied: bool) -> ClusterProcess {
         assert!(n >= 1, "a cluster has at least one node");
         let mut cluster = ClusterProcess {
             dir: dir.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             nodes: Vec::with_capacity(n),
+            proxies: Vec::new(),
         };
         for id in 1..=n as NodeId {
-            let join = cluster
-                .nodes
-                .first()
-                .map(|first| first.cluster_addr.clone());
+            let join = cluster.nodes.first().map(|first| first.advertised.clone());
+            let proxy = if proxied {
+                let proxy = Proxy::start(&format!("{}:0", proxy_ip(id)), None)
+                    .await
+                    .unwrap_or_else(|e| panic!("starting node {id}'s proxy: {e}"));
+                Some(proxy)
+            } else {
+                None
+            };
             let listen = Listen {
                 client: "127.0.0.1:0".to_owned(),
                 http: "127.0.0.1:0".to_owned(),
                 cluster: format!("{}:0", cluster_ip(id)),
+                advertise: proxy.as_ref().map(|p| p.addr().to_string()),
             };
             let data_dir = dir.join(format!("node-{id}"));
             let process = cluster.spawn(id, &data_dir, &listen, join.as_slice()).await;
+            let cluster_addr = process
+                .cluster_addr()
+                .expect("a cluster listener")
+                .to_owned();
+            if let Some(proxy) = proxy {
+                let target = cluster_addr
+                    .parse()
+                    .unwrap_or_else(|e| panic!("node {id}'s cluster address {cluster_addr}: {e}"));
+                proxy.set_target(target);
+                cluster.proxies.push(proxy);
+            }
             cluster.nodes.push(ClusterNode {
                 id,
                 data_dir,
                 client_addr: process.addr().to_owned(),
                 http_addr: process.http_addr().expect("HTTP API on").to_owned(),
-                cluster_addr: process
-                    .cluster_addr()
-                    .expect("a cluster listener")
-                    .to_owned(),
+                advertised: listen.advertise.unwrap_or_else(|| cluster_addr.clone()),
+                cluster_addr,
                 process: Some(process),
                 previous_log: String::new(),
             });
@@ -165,6 +214,33 @@ impl ClusterProcess {
             cluster.wait_ready(id).await;
         }
         cluster
+    }
+
+    /// The proxy in front of node `id`'s cluster listener; panics unless the cluster was
+    /// started with [`start_proxied`](Self::start_proxied).
+    pub fn proxy(&self, id: NodeId) -> &Proxy {
+        let index = usize::try_from(id).ok().and_then(|i| i.checked_sub(1));
+        index
+            .and_then(|i| self.proxies.get(i))
+            .unwrap_or_else(|| panic!("no proxy for node {id}: start the cluster proxied"))
+    }
+
+    /// Cuts node `id` off from every other node, both ways (a blackhole: connections stay
+    /// open, nothing passes). Clients still reach it directly.
+    pub fn isolate(&self, id: NodeId) {
+        let isolated: std::net::IpAddr = cluster_ip(id).parse().expect("an IP");
+        for other in self.nodes.iter().map(|n| n.id).filter(|&o| o != id) {
+            let peer = cluster_ip(other).parse().expect("an IP");
+            self.proxy(id).set_fault_from(peer, Fault::Blackhole);
+            self.proxy(other).set_fault_from(isolated, Fault::Blackhole);
+        }
+    }
+
+    /// Lifts every fault of every proxy.
+    pub fn heal(&self) {
+        for proxy in &self.proxies {
+            proxy.heal();
+        }
     }
 
     /// Number of nodes (running or not).
@@ -240,6 +316,7 @@ impl ClusterProcess {
             client: node.client_addr.clone(),
             http: node.http_addr.clone(),
             cluster: node.cluster_addr.clone(),
+            advertise: (node.advertised != node.cluster_addr).then(|| node.advertised.clone()),
         };
         let data_dir = node.data_dir.clone();
         let process = self.spawn(id, &data_dir, &listen, &join).await;
@@ -324,12 +401,12 @@ impl ClusterProcess {
         assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 
-    /// Cluster addresses of the running nodes other than `id`.
+    /// Advertised cluster addresses of the running nodes other than `id`.
     fn live_cluster_addrs(&mut self, id: NodeId) -> Vec<String> {
         self.nodes
             .iter_mut()
             .filter(|n| n.id != id)
-            .filter_map(|n| n.is_running().then(|| n.cluster_addr.clone()))
+            .filter_map(|n| n.is_running().then(|| n.advertised.clone()))
             .collect()
     }
 
@@ -352,6 +429,10 @@ impl ClusterProcess {
             "--cluster-listen".to_owned(),
             listen.cluster.clone(),
         ];
+        if let Some(advertise) = &listen.advertise {
+            args.push("--cluster-advertise".to_owned());
+            args.push(advertise.clone());
+        }
         if !join.is_empty() {
             args.push("--join".to_owned());
             args.push(join.join(","));
@@ -402,6 +483,7 @@ struct Listen {
     client: String,
     http: String,
     cluster: String,
+    advertise: Option<String>,
 }
 
 /// The leader of queue `vhost`/`name` in a `GET /api/cluster` answer.
