@@ -22,7 +22,7 @@
 //! nodes join through the proxies too. To cut node 3 off from the others (both ways, as
 //! one connection per peer pair may carry both directions):
 //!
-//! ```ignore
+//! ```text
 //! use sluice_tests::proxy::Fault;
 //! proxy(3).set_fault_from(ip(1), Fault::Blackhole); // what nodes 1 and 2 send to node 3
 //! proxy(3).set_fault_from(ip(2), Fault::Blackhole);
