@@ -291,6 +291,15 @@ impl BrokerProcess {
         }
     }
 
+    /// SIGKILL, and returns what it logged that was not read yet, up to its last line.
+    pub fn kill9_and_log(mut self) -> String {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.rest_of_log()
+    }
+
     /// SIGTERM, then a bounded wait for a clean exit; panics if it does not come.
     pub fn stop(self) {
         self.stop_and_log();
@@ -300,6 +309,11 @@ impl BrokerProcess {
     /// its last line (what it says while stopping included).
     pub fn stop_and_log(mut self) -> String {
         self.stop_child();
+        self.rest_of_log()
+    }
+
+    /// Once the process is gone: its stderr lines not read yet.
+    fn rest_of_log(&self) -> String {
         let mut lines = Vec::new();
         // The reader thread ends at the end of the pipe, which came with the exit.
         while let Ok(line) = self.stderr.recv_timeout(WAIT) {

@@ -15,6 +15,7 @@
 //! wait), dropping the cluster with SIGKILL.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -60,8 +61,9 @@ pub struct ClusterNode {
     cluster_addr: String,
     /// The address its peers reach it at: its proxy's, or its cluster address.
     advertised: String,
-    /// What its last process logged before it was killed or stopped.
-    previous_log: String,
+    /// Everything its processes logged on stderr so far (read from the current one on demand:
+    /// a process's lines can be read only once).
+    log: Mutex<String>,
 }
 
 impl ClusterNode {
@@ -122,17 +124,20 @@ impl ClusterNode {
         &self.advertised
     }
 
-    /// What it logged on stderr so far (its earlier processes' logs first).
+    /// Everything it logged on stderr so far, its earlier processes' logs first.
     pub fn log(&self) -> String {
-        match &self.process {
-            Some(p) => format!("{}{}", self.previous_log, p.log()),
-            None => self.previous_log.clone(),
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = &self.process {
+            append_lines(&mut log, &p.log());
         }
+        log.clone()
     }
 
-    fn keep_log(&mut self, log: String) {
-        self.previous_log.push_str(&log);
-        self.previous_log.push_str("\n--- process ended ---\n");
+    /// Takes in the last lines of a process that ended.
+    fn keep_log(&mut self, last: String) {
+        let log = self.log.get_mut().unwrap_or_else(|p| p.into_inner());
+        append_lines(log, &last);
+        log.push_str("--- process ended ---\n");
     }
 }
 
@@ -207,7 +212,7 @@ impl ClusterProcess {
                 advertised: listen.advertise.unwrap_or_else(|| cluster_addr.clone()),
                 cluster_addr,
                 process: Some(process),
-                previous_log: String::new(),
+                log: Mutex::new(String::new()),
             });
         }
         for id in 1..=n as NodeId {
@@ -290,9 +295,7 @@ impl ClusterProcess {
             .process
             .take()
             .unwrap_or_else(|| panic!("node {id} is already down"));
-        let log = process.log();
-        process.kill9();
-        node.keep_log(log);
+        node.keep_log(process.kill9_and_log());
     }
 
     /// SIGTERM of node `id` and a bounded wait for its clean exit.
@@ -447,28 +450,30 @@ impl ClusterProcess {
         .unwrap_or_else(|e| panic!("starting node {id}: {e}"))
     }
 
-    /// Waits (bounded) until node `id` answers `GET /readyz` with 200.
-    async fn wait_ready(&self, id: NodeId) {
-        let node = self.node(id);
-        let readyz = HttpClient::anonymous(node.http_addr());
-        let wait = async {
-            loop {
-                let response = readyz.get("/readyz").await;
-                if response.status == 200 {
-                    return;
-                }
-                tokio::time::sleep(POLL).await;
+    /// Waits (bounded) until node `id` answers `GET /readyz` with 200; panics with its log
+    /// if it exits meanwhile or is not ready in time.
+    async fn wait_ready(&mut self, id: NodeId) {
+        let readyz = HttpClient::anonymous(self.node(id).http_addr());
+        let mut last = None;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::time::Instant::now() < deadline {
+            let node = self.node_mut(id);
+            if !node.is_running() {
+                panic!("node {id} exited while starting; its log:\n{}", node.log());
             }
-        };
-        if tokio::time::timeout(WAIT, wait).await.is_err() {
-            let last = readyz.get("/readyz").await;
-            panic!(
-                "node {id} not ready within {WAIT:?} (/readyz: {} {}); its log:\n{}",
-                last.status,
-                last.body,
-                node.log()
-            );
+            // Bounded per request too: a node stuck mid-answer must not outlast the deadline.
+            match tokio::time::timeout(POLL * 20, readyz.get("/readyz")).await {
+                Ok(response) if response.status == 200 => return,
+                Ok(response) => last = Some(format!("{} {}", response.status, response.body)),
+                Err(_) => last = Some("no answer".to_owned()),
+            }
+            tokio::time::sleep(POLL).await;
         }
+        panic!(
+            "node {id} not ready within {WAIT:?} (last /readyz: {}); its log:\n{}",
+            last.as_deref().unwrap_or("none"),
+            self.node(id).log()
+        );
     }
 
     /// The directory the nodes' data directories are in.
@@ -505,6 +510,13 @@ fn queue_leader(status: &Value, vhost: &str, name: &str) -> Option<NodeId> {
         named == Some(name) && in_vhost == vhost
     })?;
     group.get("leader").and_then(Value::as_u64)
+}
+
+fn append_lines(log: &mut String, lines: &str) {
+    if !lines.is_empty() {
+        log.push_str(lines);
+        log.push('\n');
+    }
 }
 
 fn panic_text(e: &Box<dyn std::any::Any + Send>) -> String {
