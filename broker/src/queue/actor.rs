@@ -498,29 +498,8 @@ impl Actor {
                 }
             }
             QueueCmd::Inspect { conn, request_id } => {
-                self.refresh_oldest();
-                self.update_stats();
-                let s = &self.meta.stats;
-                conn.send(ConnEvent::Reply {
-                    request_id,
-                    reply: Reply::InspectQueueOk(InspectQueueOk {
-                        // The name its vhost's clients use (protocol.md §5.8).
-                        name: crate::routing::namespace::split(&self.meta.name)
-                            .local
-                            .to_owned(),
-                        durable: self.meta.durable,
-                        exclusive: self.meta.exclusive_owner.is_some(),
-                        auto_delete: self.meta.auto_delete,
-                        ready: s.ready.load(Ordering::Relaxed),
-                        unacked: s.unacked.load(Ordering::Relaxed),
-                        consumers: s.consumers.load(Ordering::Relaxed),
-                        bytes: s.bytes.load(Ordering::Relaxed),
-                        arguments: self.meta.arguments.clone(),
-                        oldest_ready_age_ms: s.oldest_ready_age_ms(now_ms()),
-                        scheduled: self.schedule.len(),
-                        duplicates_dropped: s.duplicates_dropped.load(Ordering::Relaxed),
-                    }),
-                });
+                let reply = self.inspect();
+                conn.send(ConnEvent::Reply { request_id, reply });
             }
             QueueCmd::Purge { conn, request_id } => {
                 let messages = self.purge();
@@ -618,6 +597,30 @@ impl Actor {
             }
         }
         false
+    }
+
+    /// The answer to an `InspectQueue`: the counters now.
+    fn inspect(&mut self) -> Reply {
+        self.refresh_oldest();
+        self.update_stats();
+        let s = &self.meta.stats;
+        Reply::InspectQueueOk(InspectQueueOk {
+            // The name its vhost's clients use (protocol.md §5.8).
+            name: crate::routing::namespace::split(&self.meta.name)
+                .local
+                .to_owned(),
+            durable: self.meta.durable,
+            exclusive: self.meta.exclusive_owner.is_some(),
+            auto_delete: self.meta.auto_delete,
+            ready: s.ready.load(Ordering::Relaxed),
+            unacked: s.unacked.load(Ordering::Relaxed),
+            consumers: s.consumers.load(Ordering::Relaxed),
+            bytes: s.bytes.load(Ordering::Relaxed),
+            arguments: self.meta.arguments.clone(),
+            oldest_ready_age_ms: s.oldest_ready_age_ms(now_ms()),
+            scheduled: self.schedule.len(),
+            duplicates_dropped: s.duplicates_dropped.load(Ordering::Relaxed),
+        })
     }
 
     fn log(&mut self) -> &mut QueueLog {

@@ -13,8 +13,8 @@ use super::Actor;
 use crate::error::RequestError;
 use crate::queue::dedup::Dedup;
 use crate::queue::replicated::{
-    self, LeaderView, OpMessage, OpRejection, OpResult, Proposer, QueueOp, QueueSnapshot,
-    SnapshotMessage,
+    self, Barrier, LeaderView, OpMessage, OpRejection, OpResult, Proposer, QueueOp, QueueSnapshot,
+    SettleJob, Settler, SnapshotMessage,
 };
 use crate::queue::{ConnEvent, ConnId, ConnLink, Incoming, PublishOrigin, PublishRoom, QueueCmd};
 
@@ -23,6 +23,8 @@ use crate::queue::{ConnEvent, ConnId, ConnLink, Incoming, PublishOrigin, Publish
 pub(super) struct Replica {
     /// Where proposals go; `None` until the group is attached.
     proposer: Option<Arc<dyn Proposer>>,
+    /// Proposes this leader's settles, in order (set with the proposer).
+    settler: Option<Settler>,
     /// Who leads the group.
     leader: LeaderView,
     /// The seq the group gives the next published message (the log's may lag behind it
@@ -73,7 +75,23 @@ impl Actor {
                 }
                 drop(reply);
             }
-            QueueCmd::Attach { proposer } => self.replica_mut().proposer = Some(proposer),
+            QueueCmd::Attach { proposer } => {
+                let settler = Settler::spawn(Arc::clone(&proposer), Arc::clone(&self.meta.name));
+                let r = self.replica_mut();
+                r.proposer = Some(proposer);
+                r.settler = Some(settler);
+            }
+            QueueCmd::Inspect { conn, request_id } => {
+                let reply = self.inspect();
+                match self.replica.as_ref().and_then(|r| r.settler.as_ref()) {
+                    Some(settler) => settler.send(SettleJob::Barrier(Box::new(Barrier {
+                        conn,
+                        request_id,
+                        reply,
+                    }))),
+                    None => conn.send(ConnEvent::Reply { request_id, reply }),
+                }
+            }
             QueueCmd::Leadership(view) => self.on_leadership(view),
             QueueCmd::Publish {
                 conn,
@@ -208,8 +226,8 @@ impl Actor {
         if acks.is_empty() {
             return;
         }
-        match self.proposer() {
-            Some(p) => replicated::settle(p, Arc::clone(&self.meta.name), acks),
+        match self.replica.as_ref().and_then(|r| r.settler.as_ref()) {
+            Some(settler) => settler.send(SettleJob::Delete(acks)),
             None => tracing::warn!(queue = %self.meta.name, "settles without a group: ignored"),
         }
     }

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use sluice_client::wire::{ErrorCode, PublishSeq, PurgeQueueOk, Rejection, Reply, RequestId};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 pub use op::{OpMessage, OpRejection, OpResult, QueueOp, QueueSnapshot, SnapshotMessage};
 
@@ -173,16 +173,81 @@ pub(super) fn publish(
     });
 }
 
-/// Proposes deleting settled messages; nobody waits for the answer. If it does not commit,
-/// the messages stay in the queue and are ready again on the next leader.
-pub(super) fn settle(proposer: Arc<dyn Proposer>, queue: Arc<str>, acks: Vec<u64>) {
-    tokio::spawn(async move {
-        let n = acks.len();
-        if let Err(e) = proposer.propose(QueueOp::Settle { acks }.encode()).await {
-            tracing::warn!(%queue, messages = n, error = %e,
-                "settles not replicated: those messages will be delivered again");
-        }
-    });
+/// What a replicated queue's leader hands its [`Settler`].
+#[derive(Debug)]
+pub(super) enum SettleJob {
+    /// Delete these messages (acked or rejected) through the group.
+    Delete(Vec<u64>),
+    /// Send `reply` once every deletion handed over before it committed: the `InspectQueue`
+    /// a client sends after an ack to learn that the ack took effect (`ack_confirmed`) must
+    /// not be answered before the ack is durable on a majority.
+    Barrier(Box<Barrier>),
+}
+
+/// An answer held until the deletions before it committed (see [`SettleJob::Barrier`]).
+#[derive(Debug)]
+pub(super) struct Barrier {
+    pub(super) conn: Arc<ConnLink>,
+    pub(super) request_id: RequestId,
+    pub(super) reply: Reply,
+}
+
+/// The task that proposes a leader's settles, in order: the deletions waiting while one
+/// proposal is under way go in the next one together (one round trip for many acks).
+#[derive(Debug)]
+pub(super) struct Settler {
+    jobs: mpsc::UnboundedSender<SettleJob>,
+}
+
+impl Settler {
+    /// Starts the task; it ends when the queue drops its `Settler`.
+    pub(super) fn spawn(proposer: Arc<dyn Proposer>, queue: Arc<str>) -> Self {
+        let (jobs, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut deletions = Vec::new();
+                let mut barriers = Vec::new();
+                let mut next = Some(first);
+                while let Some(job) = next.take().or_else(|| rx.try_recv().ok()) {
+                    match job {
+                        SettleJob::Delete(seqs) => deletions.extend(seqs),
+                        SettleJob::Barrier(b) => barriers.push(*b),
+                    }
+                }
+                let mut failed = None;
+                if !deletions.is_empty() {
+                    let n = deletions.len();
+                    let op = QueueOp::Settle { acks: deletions }.encode();
+                    if let Err(e) = proposer.propose(op).await {
+                        tracing::warn!(%queue, messages = n, error = %e,
+                            "settles not replicated: those messages will be delivered again");
+                        failed = Some(e);
+                    }
+                }
+                for Barrier {
+                    conn,
+                    request_id,
+                    reply,
+                } in barriers
+                {
+                    let event = match &failed {
+                        None => ConnEvent::Reply { request_id, reply },
+                        Some(e) => ConnEvent::Error {
+                            request_id,
+                            error: refusal(Err(e.clone())),
+                        },
+                    };
+                    conn.send(event);
+                }
+            }
+        });
+        Self { jobs }
+    }
+
+    /// Hands a job over (in order with the others).
+    pub(super) fn send(&self, job: SettleJob) {
+        let _ = self.jobs.send(job);
+    }
 }
 
 /// Proposes a purge and answers `PurgeQueueOk` once it committed.
