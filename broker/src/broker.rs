@@ -68,6 +68,8 @@ pub struct Broker {
     moves: Arc<Moves>,
     /// Broker-wide metrics (the queues keep their own counters).
     metrics: Arc<Metrics>,
+    /// The cluster this node is part of; unset on a single node (no `--node-id`).
+    cluster: std::sync::OnceLock<crate::cluster::Cluster>,
     // Last: dropped after the queues' logs, which the queue tasks close first.
     store: Store,
 }
@@ -142,6 +144,7 @@ impl Broker {
             flow: Arc::default(),
             moves: Arc::default(),
             metrics,
+            cluster: std::sync::OnceLock::new(),
             store,
         });
         broker.restore(topology)?;
@@ -232,6 +235,18 @@ impl Broker {
     /// The storage engine.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Joins the broker to its cluster, once, after `Cluster::start`.
+    pub async fn attach_cluster(self: &Arc<Self>, cluster: crate::cluster::Cluster) {
+        if self.cluster.set(cluster).is_err() {
+            tracing::error!("the broker is attached to a cluster already");
+        }
+    }
+
+    /// The cluster this broker is part of, if any.
+    pub fn cluster(&self) -> Option<&crate::cluster::Cluster> {
+        self.cluster.get()
     }
 
     /// Moves of messages between queues (see [`crate::moves`]).

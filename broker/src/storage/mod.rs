@@ -39,6 +39,7 @@ mod files;
 pub mod format;
 mod mmap;
 mod queue_log;
+mod raft_log;
 mod recovery;
 mod store;
 
@@ -52,4 +53,5 @@ pub use queue_log::{
     Appended, LogConfig, MessageHead, QueueLog, RecoveredDeliveries, RecoveryReport, StoredMessage,
     TornTail,
 };
+pub use raft_log::{RaftLog, RaftLogConfig};
 pub use store::{Store, StoreConfig};

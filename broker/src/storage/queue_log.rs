@@ -49,8 +49,8 @@ impl Default for LogConfig {
 }
 
 /// The first space reserved for a segment, and the largest single extension.
-const MIN_CHUNK: usize = 64 << 10;
-const MAX_CHUNK: usize = 1 << 20;
+pub(crate) const MIN_CHUNK: usize = 64 << 10;
+pub(crate) const MAX_CHUNK: usize = 1 << 20;
 /// Space reserved by the smallest extension: a record's needs are rounded up to this.
 const PAGE: usize = 4096;
 /// Blocks kept reserved past the end of a manifest, so the `Deleted` records that free space
@@ -1174,7 +1174,7 @@ fn write_acks(
 /// needed up to `needed` (rounded up to a page, never past `target`) before giving up, so a
 /// record that fits in the space left is not refused for want of a whole chunk. Returns the
 /// new reserved end.
-fn reserve_or_just_enough(
+pub(crate) fn reserve_or_just_enough(
     file: &File,
     path: &Path,
     from: usize,

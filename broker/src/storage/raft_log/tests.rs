@@ -1,0 +1,331 @@
+//! Raft log tests on real files in temp dirs. A "crash" is a copy of the data directory taken
+//! while the store runs: exactly what the disk holds if the process dies then.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::storage::format::{RAFT_ENTRY_HEADER_LEN, RAFT_SEGMENT_HEADER_LEN};
+use crate::storage::{DurabilityConfig, RaftLog, RaftLogConfig, StorageError, Store, StoreConfig};
+
+/// Watermarks are written only when a test asks (`Store::checkpoint`) or at a clean stop, so a
+/// test controls exactly what counts as durable.
+fn store(data: &Path) -> Store {
+    let config = StoreConfig {
+        durability: DurabilityConfig {
+            checkpoint_interval: Duration::from_secs(3600),
+            ..DurabilityConfig::default()
+        },
+        ..StoreConfig::default()
+    };
+    Store::open(data, config).unwrap()
+}
+
+/// Small segments: about 30 entries of 100 bytes each.
+fn small() -> RaftLogConfig {
+    RaftLogConfig {
+        segment_bytes: 4096,
+        ..RaftLogConfig::default()
+    }
+}
+
+fn log_dir(data: &Path) -> PathBuf {
+    data.join("cluster")
+        .join("groups")
+        .join(format!("{:016x}", 7))
+}
+
+fn open(store: &Store) -> RaftLog {
+    RaftLog::open_with(&log_dir(store.dir()), store.durability(), small()).unwrap()
+}
+
+fn try_open(store: &Store) -> Result<RaftLog, StorageError> {
+    RaftLog::open_with(&log_dir(store.dir()), store.durability(), small())
+}
+
+/// A deterministic payload for entry `index`, its length varying with the index.
+fn payload(index: u64) -> Vec<u8> {
+    let len = 60 + (index % 7) as usize * 13;
+    let mut x = index.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Appends `indexes` in batches of `batch` and returns the last epoch.
+fn append(log: &mut RaftLog, indexes: std::ops::RangeInclusive<u64>, batch: usize) -> u64 {
+    let all: Vec<(u64, Vec<u8>)> = indexes.map(|i| (i, payload(i))).collect();
+    let mut epoch = 0;
+    for chunk in all.chunks(batch) {
+        epoch = log
+            .append(chunk.iter().map(|(i, p)| (*i, p.as_slice())))
+            .unwrap();
+    }
+    epoch
+}
+
+fn append_durable(log: &mut RaftLog, indexes: std::ops::RangeInclusive<u64>) {
+    let epoch = append(log, indexes, 5);
+    log.durability().wait_blocking(epoch);
+}
+
+/// Reads every live entry and checks it is the expected payload; returns the indexes.
+fn check_contents(log: &RaftLog) -> Vec<u64> {
+    let got = log.read(0..u64::MAX).unwrap();
+    for (i, bytes) in &got {
+        assert_eq!(&bytes[..], payload(*i).as_slice(), "payload of entry {i}");
+    }
+    got.into_iter().map(|(i, _)| i).collect()
+}
+
+fn crash_copy(src: &Path) -> tempfile::TempDir {
+    fn copy_dir(src: &Path, dst: &Path) {
+        std::fs::create_dir_all(dst).unwrap();
+        for e in std::fs::read_dir(src).unwrap() {
+            let e = e.unwrap();
+            let to = dst.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &to);
+            } else {
+                std::fs::copy(e.path(), &to).unwrap();
+            }
+        }
+    }
+    let dst = tempfile::tempdir().unwrap();
+    copy_dir(src, dst.path());
+    // The lock file is held by the running store, not by the copy.
+    dst
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+}
+
+/// End of the last entry record of a segment file (where a torn write would start).
+fn data_end(seg: &Path) -> usize {
+    use crate::storage::format::{align_up, RaftEntryHeader, RaftSegmentHeader};
+    let data = std::fs::read(seg).unwrap();
+    let h = RaftSegmentHeader::decode(&data).unwrap();
+    let mut pos = RAFT_SEGMENT_HEADER_LEN;
+    while let Ok(r) = RaftEntryHeader::decode(&data[pos..], h.salt, usize::MAX) {
+        pos += align_up(r.rec_len as usize);
+    }
+    pos
+}
+
+#[test]
+fn entries_read_back_across_segment_rotation_and_after_a_clean_reopen() {
+    let data = tempfile::tempdir().unwrap();
+    {
+        let store = store(data.path());
+        let mut log = open(&store);
+        assert_eq!((log.first_index(), log.last_index()), (None, None));
+        // Index 0 is where openraft starts.
+        append_durable(&mut log, 0..=199);
+        assert!(log.segment_count() > 3, "small segments rotate");
+        assert_eq!((log.first_index(), log.last_index()), (Some(0), Some(199)));
+        assert_eq!(check_contents(&log), (0..=199).collect::<Vec<_>>());
+        let some = log.read(50..53).unwrap();
+        assert_eq!(
+            some.iter().map(|e| e.0).collect::<Vec<_>>(),
+            vec![50, 51, 52]
+        );
+        assert!(log.read(200..300).unwrap().is_empty());
+    }
+    let store = store(data.path());
+    let mut log = open(&store);
+    assert_eq!((log.first_index(), log.last_index()), (Some(0), Some(199)));
+    assert_eq!(check_contents(&log), (0..=199).collect::<Vec<_>>());
+    append_durable(&mut log, 200..=210);
+    assert_eq!(check_contents(&log), (0..=210).collect::<Vec<_>>());
+}
+
+#[test]
+fn appends_out_of_order_are_refused_and_change_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let store = store(data.path());
+    let mut log = open(&store);
+    append_durable(&mut log, 5..=9);
+    for bad in [9, 11, 4] {
+        let err = log.append([(bad, b"x".as_slice())]).unwrap_err();
+        assert!(
+            matches!(err, StorageError::IndexOutOfOrder { expected: 10, got } if got == bad),
+            "{err}"
+        );
+    }
+    assert_eq!(log.last_index(), Some(9));
+    let too_big = vec![0u8; small().max_entry_bytes];
+    let err = log.append([(10, too_big.as_slice())]).unwrap_err();
+    assert!(matches!(err, StorageError::RecordTooLarge { .. }), "{err}");
+    assert_eq!(check_contents(&log), (5..=9).collect::<Vec<_>>());
+}
+
+#[test]
+fn an_entry_larger_than_a_segment_gets_a_segment_of_its_own() {
+    let data = tempfile::tempdir().unwrap();
+    let store = store(data.path());
+    let mut log = open(&store);
+    let big = vec![7u8; 100_000];
+    let e = log
+        .append([
+            (1, b"a".as_slice()),
+            (2, big.as_slice()),
+            (3, b"c".as_slice()),
+        ])
+        .unwrap();
+    log.durability().wait_blocking(e);
+    let got = log.read(1..4).unwrap();
+    assert_eq!(&got[1].1[..], big.as_slice());
+    drop(log);
+    let log = open(&store);
+    assert_eq!(&log.read(2..3).unwrap()[0].1[..], big.as_slice());
+}
+
+#[tokio::test]
+async fn wait_durable_resolves_once_the_append_is_synced() {
+    let data = tempfile::tempdir().unwrap();
+    let store = store(data.path());
+    let mut log = open(&store);
+    let epoch = log.append([(1, b"one".as_slice())]).unwrap();
+    let wait = log.wait_durable(epoch);
+    let waited = tokio::spawn(wait);
+    tokio::time::timeout(Duration::from_secs(10), waited)
+        .await
+        .expect("the append became durable")
+        .unwrap();
+    assert!(store.durability().durable_epoch() >= epoch);
+}
+
+#[test]
+fn a_crash_keeps_every_entry_written_and_appends_continue_after_them() {
+    let data = tempfile::tempdir().unwrap();
+    let store = store(data.path());
+    let mut log = open(&store);
+    append_durable(&mut log, 1..=40);
+    store.checkpoint();
+    // Written but not waited for: a process crash leaves them in the page cache.
+    append(&mut log, 41..=75, 3);
+    let copy = crash_copy(data.path());
+    let store2 = self::store(copy.path());
+    let mut log2 = open(&store2);
+    assert_eq!(check_contents(&log2), (1..=75).collect::<Vec<_>>());
+    append_durable(&mut log2, 76..=80);
+    drop(log2);
+    let log2 = open(&store2);
+    assert_eq!(check_contents(&log2), (1..=80).collect::<Vec<_>>());
+}
+
+#[test]
+fn garbage_after_the_last_entry_is_cut_as_a_torn_tail() {
+    let data = tempfile::tempdir().unwrap();
+    let store = store(data.path());
+    let mut log = open(&store);
+    append_durable(&mut log, 1..=20);
+    store.checkpoint();
+    let copy = crash_copy(data.path());
+    let dir = log_dir(copy.path());
+    let last = segments(&dir).pop().unwrap();
+    let end = data_end(&last);
+    // A torn write: a record header claiming more bytes than made it, then garbage.
+    let mut torn = vec![0xabu8; 40];
+    torn[4..8].copy_from_slice(&200u32.to_le_bytes());
+    write_at(&last, end as u64, &torn);
+    let store2 = self::store(copy.path());
+    let mut log2 = open(&store2);
+    assert_eq!(check_contents(&log2), (1..=20).collect::<Vec<_>>());
+    append_durable(&mut log2, 21..=25);
+    drop(log2);
+    // The cut is durable and idempotent: the next open finds the same.
+    let log2 = open(&store2);
+    assert_eq!(check_contents(&log2), (1..=25).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_torn_entry_header_at_the_end_is_dropped_never_an_earlier_entry() {
+    let data = tempfile::tempdir().unwrap();
+    let store = store(data.path());
+    let mut log = open(&store);
+    append_durable(&mut log, 1..=10);
+    store.checkpoint();
+    append(&mut log, 11..=12, 1);
+    let copy = crash_copy(data.path());
+    // The last record's payload never reached the disk: its bytes read as zeros.
+    let dir = log_dir(copy.path());
+    let last = segments(&dir).pop().unwrap();
+    let end = data_end(&last);
+    let len = RAFT_ENTRY_HEADER_LEN + payload(12).len();
+    let start = end - crate::storage::format::align_up(len);
+    write_at(
+        &last,
+        (start + RAFT_ENTRY_HEADER_LEN) as u64,
+        &vec![0u8; len - RAFT_ENTRY_HEADER_LEN],
+    );
+    let store2 = self::store(copy.path());
+    let log2 = open(&store2);
+    assert_eq!(check_contents(&log2), (1..=11).collect::<Vec<_>>());
+}
+
+#[test]
+fn damage_below_the_durable_watermark_refuses_to_open() {
+    let data = tempfile::tempdir().unwrap();
+    let store = store(data.path());
+    let mut log = open(&store);
+    append_durable(&mut log, 1..=20);
+    store.checkpoint();
+    let copy = crash_copy(data.path());
+    let last = segments(&log_dir(copy.path())).pop().unwrap();
+    // One flipped bit in the first entry of the last segment, which the watermark covers.
+    let mut bytes = std::fs::read(&last).unwrap();
+    bytes[RAFT_SEGMENT_HEADER_LEN + RAFT_ENTRY_HEADER_LEN + 3] ^= 0x10;
+    std::fs::write(&last, bytes).unwrap();
+    let store2 = self::store(copy.path());
+    let err = try_open(&store2).unwrap_err();
+    assert!(matches!(err, StorageError::CorruptLog { .. }), "{err}");
+}
+
+#[test]
+fn a_missing_segment_in_the_middle_refuses_to_open() {
+    let data = tempfile::tempdir().unwrap();
+    let store = store(data.path());
+    let mut log = open(&store);
+    append_durable(&mut log, 1..=150);
+    store.checkpoint();
+    let copy = crash_copy(data.path());
+    let segs = segments(&log_dir(copy.path()));
+    assert!(segs.len() >= 4);
+    std::fs::remove_file(&segs[1]).unwrap();
+    let store2 = self::store(copy.path());
+    let err = try_open(&store2).unwrap_err();
+    assert!(matches!(err, StorageError::CorruptLog { .. }), "{err}");
+}
+
+#[test]
+fn a_lost_newest_segment_below_the_watermark_refuses_to_open() {
+    let data = tempfile::tempdir().unwrap();
+    let store = store(data.path());
+    let mut log = open(&store);
+    append_durable(&mut log, 1..=150);
+    store.checkpoint();
+    let copy = crash_copy(data.path());
+    let last = segments(&log_dir(copy.path())).pop().unwrap();
+    std::fs::remove_file(&last).unwrap();
+    let store2 = self::store(copy.path());
+    let err = try_open(&store2).unwrap_err();
+    assert!(matches!(err, StorageError::CorruptLog { .. }), "{err}");
+}
