@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use sluice_client::{
     Client, ConsumeOptions, Consumer, Error, ErrorCode, PublishOptions, QueueArguments,
     QueueOptions,
@@ -52,7 +53,10 @@ async fn consume_on_leader(
     let deadline = Instant::now() + ELECTION;
     let mut ask = first;
     loop {
-        assert!(Instant::now() < deadline, "no leader of {queue} found within {ELECTION:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no leader of {queue} found within {ELECTION:?}"
+        );
         if Some(ask) == not || !cluster.running().contains(&ask) {
             ask = *cluster.running().iter().find(|&&n| Some(n) != not).unwrap();
         }
@@ -92,7 +96,7 @@ async fn a_queue_declared_on_one_node_takes_confirmed_publishes_through_another_
         c1.declare_queue("orders", replicated(QueueArguments::default())),
     )
     .await
-    .unwrap();
+    .unwrap_or_else(|e| panic!("declare: {e}\n{}", cluster.node(1).log()));
 
     // Node 2 knows the queue (the catalog) and forwards its publishes to the leader.
     let c2 = connect(&cluster.node(2).url()).await;
@@ -123,7 +127,10 @@ async fn a_queue_declared_on_one_node_takes_confirmed_publishes_through_another_
                 code: ErrorCode::NotLeader,
                 message,
             }) => assert_eq!(message, leader_addr, "node {follower} names the leader"),
-            other => panic!("node {follower} should answer NOT_LEADER, got {:?}", other.err()),
+            other => panic!(
+                "node {follower} should answer NOT_LEADER, got {:?}",
+                other.err()
+            ),
         }
     }
     cluster.stop();
@@ -159,7 +166,7 @@ async fn after_a_kill_9_of_the_leader_every_confirmed_message_is_delivered_and_a
         c1.declare_queue("jobs", replicated(QueueArguments::default())),
     )
     .await
-    .unwrap();
+    .unwrap_or_else(|e| panic!("declare: {e}\n{}", cluster.node(1).log()));
     let (leader, _leader_client, mut consumer) =
         consume_on_leader(&mut cluster, 1, "jobs", None).await;
     // The publisher is on a node that survives: its publishes are forwarded to the leader.
@@ -174,7 +181,8 @@ async fn after_a_kill_9_of_the_leader_every_confirmed_message_is_delivered_and_a
             while !stop.load(Ordering::Relaxed) {
                 let id = body(i);
                 history.published(id.as_str());
-                let sent = publisher.publish("", "jobs", id.clone(), &PublishOptions::new());
+                let options = PublishOptions::new();
+                let sent = publisher.publish("", "jobs", id.clone(), &options);
                 match tokio::time::timeout(Duration::from_secs(30), sent).await {
                     Ok(Ok(_)) => history.confirmed(id.as_str()),
                     Ok(Err(e)) => history.refused(id.as_str(), e),
@@ -232,7 +240,10 @@ async fn after_a_kill_9_of_the_leader_every_confirmed_message_is_delivered_and_a
         }
     };
     within("every confirmed message delivered", drained).await;
-    assert!(wanted >= 100, "the run confirmed too little to prove anything: {wanted}");
+    assert!(
+        wanted >= 100,
+        "the run confirmed too little to prove anything: {wanted}"
+    );
     history.assert_clean();
     cluster.stop();
 }
