@@ -118,6 +118,26 @@ async fn a_queue_declared_on_one_node_takes_confirmed_publishes_through_another_
     }
     assert_eq!(seen, (0..100).map(body).collect());
 
+    // The HTTP API shows the leader and the three replicas, with their lag on the leader.
+    let shown = within(
+        "GET /api/queues/orders",
+        cluster.node(leader).http().get("/api/queues/orders"),
+    )
+    .await;
+    assert_eq!(shown.status, 200, "{}", shown.body);
+    let json: serde_json::Value = serde_json::from_str(&shown.body).unwrap();
+    assert_eq!(json["leader"], leader, "{json}");
+    let replicas = json["replicas"].as_array().expect("replicas");
+    let nodes: BTreeSet<u64> = replicas
+        .iter()
+        .map(|r| r["node"].as_u64().unwrap())
+        .collect();
+    assert_eq!(nodes, BTreeSet::from([1, 2, 3]), "{json}");
+    assert!(
+        replicas.iter().all(|r| r["lag"].is_u64()),
+        "the leader knows every lag: {json}"
+    );
+
     // Every follower sends a consumer to the leader.
     let leader_addr = cluster.node(leader).addr().to_owned();
     for follower in (1..=3).filter(|&n| n != leader) {
@@ -245,5 +265,42 @@ async fn after_a_kill_9_of_the_leader_every_confirmed_message_is_delivered_and_a
         "the run confirmed too little to prove anything: {wanted}"
     );
     history.assert_clean();
+    cluster.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_killed_and_restarted_in_turn_rebuilds_the_queue_from_its_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
+    let c1 = connect(&cluster.node(1).url()).await;
+    within(
+        "declare",
+        c1.declare_queue("ledger", replicated(QueueArguments::default())),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("declare: {e}\n{}", cluster.node(1).log()));
+    for i in 0..30 {
+        within(
+            "publish",
+            c1.publish("", "ledger", body(i), &PublishOptions::new()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("publish {i}: {e}"));
+    }
+    drop(c1);
+    // Each node's copy of the queue is rebuilt from its raft group at start; the queue is
+    // never without a majority.
+    for id in 1..=3 {
+        cluster.kill9(id);
+        cluster.restart(id).await;
+    }
+    let (_, _client, mut consumer) = consume_on_leader(&mut cluster, 1, "ledger", None).await;
+    let mut seen = BTreeSet::new();
+    while seen.len() < 30 {
+        let m = within("delivery", consumer.next()).await.unwrap().unwrap();
+        seen.insert(String::from_utf8(m.body.to_vec()).unwrap());
+        within("ack", m.ack_confirmed()).await.unwrap();
+    }
+    assert_eq!(seen, (0..30).map(body).collect());
     cluster.stop();
 }
