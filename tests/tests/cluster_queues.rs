@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use sluice_client::{
-    Client, ConsumeOptions, Consumer, Error, ErrorCode, PublishOptions, QueueArguments,
-    QueueOptions,
+    Client, ConsumeOptions, Consumer, DeleteQueueOptions, Error, ErrorCode, PublishOptions,
+    QueueArguments, QueueOptions,
 };
 use sluice_tests::broker::within;
 use sluice_tests::cluster::{ClusterProcess, NodeId};
@@ -302,5 +302,62 @@ async fn every_node_killed_and_restarted_in_turn_rebuilds_the_queue_from_its_gro
         within("ack", m.ack_confirmed()).await.unwrap();
     }
     assert_eq!(seen, (0..30).map(body).collect());
+    cluster.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redeclare_compares_arguments_and_a_delete_on_one_node_removes_the_queue_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
+    let c1 = connect(&cluster.node(1).url()).await;
+    let c3 = connect(&cluster.node(3).url()).await;
+    within(
+        "declare",
+        c1.declare_queue("reports", replicated(QueueArguments::default())),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("declare: {e}\n{}", cluster.node(1).log()));
+    // The same declaration on another node is the same queue; other arguments are refused.
+    within(
+        "redeclare",
+        c3.declare_queue("reports", replicated(QueueArguments::default())),
+    )
+    .await
+    .unwrap();
+    let other = QueueArguments {
+        dedup_window_ms: Some(60_000),
+        ..QueueArguments::default()
+    };
+    match c3.declare_queue("reports", replicated(other)).await {
+        Err(Error::Server {
+            code: ErrorCode::PreconditionFailed,
+            ..
+        }) => {}
+        other => panic!("expected PRECONDITION_FAILED, got {other:?}"),
+    }
+
+    within(
+        "delete",
+        c3.delete_queue("reports", DeleteQueueOptions::default()),
+    )
+    .await
+    .unwrap();
+    // Every node learns it from the metadata group.
+    for id in 1..=3 {
+        let c = connect(&cluster.node(id).url()).await;
+        let gone = async {
+            loop {
+                match c.declare_queue("reports", QueueOptions::passive()).await {
+                    Err(Error::Server {
+                        code: ErrorCode::NotFound,
+                        ..
+                    }) => return,
+                    Ok(_) => tokio::time::sleep(POLL).await,
+                    Err(e) => panic!("passive declare on node {id}: {e}"),
+                }
+            }
+        };
+        within("the queue gone", gone).await;
+    }
     cluster.stop();
 }
