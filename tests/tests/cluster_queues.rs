@@ -14,7 +14,7 @@ use sluice_client::{
     Client, ConsumeOptions, Consumer, DeleteQueueOptions, Error, ErrorCode, PublishOptions,
     QueueArguments, QueueOptions,
 };
-use sluice_tests::broker::within;
+use sluice_tests::broker::{within, BrokerProcess};
 use sluice_tests::cluster::{ClusterProcess, NodeId};
 use sluice_tests::history::{AckOutcome, History};
 
@@ -360,4 +360,27 @@ async fn a_redeclare_compares_arguments_and_a_delete_on_one_node_removes_the_que
         within("the queue gone", gone).await;
     }
     cluster.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_refuses_a_replicated_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("data"), &[]);
+    let c = connect(&broker.url()).await;
+    match c
+        .declare_queue("q", replicated(QueueArguments::default()))
+        .await
+    {
+        Err(Error::Server {
+            code: ErrorCode::PreconditionFailed,
+            message,
+        }) => assert!(message.contains("need a cluster"), "{message}"),
+        other => panic!("expected PRECONDITION_FAILED, got {other:?}"),
+    }
+    // A queue of one replica is a local queue, as on any single node.
+    let mut one = QueueOptions::new();
+    one.arguments.replicas = Some(1);
+    within("declare", c.declare_queue("one", one))
+        .await
+        .unwrap();
 }
