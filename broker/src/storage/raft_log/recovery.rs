@@ -376,6 +376,7 @@ fn assemble(
         by_index,
         active: None,
         last_no: max_no,
+        dead_pending: true,
     };
     log.forget_purged();
     Ok(log)
