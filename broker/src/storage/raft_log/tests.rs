@@ -9,7 +9,7 @@ use crate::storage::{DurabilityConfig, RaftLog, RaftLogConfig, StorageError, Sto
 
 /// Watermarks are written only when a test asks (`Store::checkpoint`) or at a clean stop, so a
 /// test controls exactly what counts as durable.
-fn store(data: &Path) -> Store {
+pub(super) fn store(data: &Path) -> Store {
     let config = StoreConfig {
         durability: DurabilityConfig {
             checkpoint_interval: Duration::from_secs(3600),
@@ -28,7 +28,7 @@ fn small() -> RaftLogConfig {
     }
 }
 
-fn log_dir(data: &Path) -> PathBuf {
+pub(super) fn log_dir(data: &Path) -> PathBuf {
     data.join("cluster")
         .join("groups")
         .join(format!("{:016x}", 7))
@@ -82,7 +82,7 @@ fn check_contents(log: &RaftLog) -> Vec<u64> {
     got.into_iter().map(|(i, _)| i).collect()
 }
 
-fn crash_copy(src: &Path) -> tempfile::TempDir {
+pub(super) fn crash_copy(src: &Path) -> tempfile::TempDir {
     fn copy_dir(src: &Path, dst: &Path) {
         std::fs::create_dir_all(dst).unwrap();
         for e in std::fs::read_dir(src).unwrap() {
@@ -101,7 +101,7 @@ fn crash_copy(src: &Path) -> tempfile::TempDir {
     dst
 }
 
-fn segments(dir: &Path) -> Vec<PathBuf> {
+pub(super) fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -111,7 +111,7 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
+pub(super) fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     f.write_all_at(bytes, offset).unwrap();
@@ -682,4 +682,10 @@ fn a_log_emptied_by_truncation_restarts_anywhere_and_a_crash_keeps_it_so() {
     let log2 = open(&store2);
     assert_eq!(check_contents(&log2), (90..=95).collect::<Vec<_>>());
     assert_eq!(log2.last_purged(), Some(20));
+}
+
+#[test]
+fn a_log_can_move_between_threads_and_sit_behind_a_lock() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<RaftLog>();
 }
