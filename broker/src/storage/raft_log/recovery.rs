@@ -90,12 +90,25 @@ pub(super) fn open(dir: &Path, durability: Durability, config: RaftLogConfig) ->
     assemble(dir, durability, config, state, wm, kept, max_no)
 }
 
-/// Creates the directory if needed (durably) and removes temporary files a crash left.
+/// Creates the directory if needed, durably (a log whose directory entry a crash could take
+/// would come back empty, its vote forgotten), and removes temporary files a crash left.
 fn prepare_dir(dir: &Path) -> Result<()> {
     if !dir.exists() {
+        let mut missing = Vec::new();
+        let mut d = dir;
+        while !d.exists() {
+            missing.push(d);
+            match d.parent() {
+                Some(p) => d = p,
+                None => break,
+            }
+        }
         std::fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
-        if let Some(parent) = dir.parent() {
-            files::sync_dir(parent)?;
+        // Each new directory's entry lives in its parent: sync those, outermost first.
+        for created in missing.iter().rev() {
+            if let Some(parent) = created.parent() {
+                files::sync_dir(parent)?;
+            }
         }
     }
     if blob::remove_temps(dir)? {

@@ -689,3 +689,68 @@ fn a_log_can_move_between_threads_and_sit_behind_a_lock() {
     fn shareable<T: Send + Sync + 'static>() {}
     shareable::<RaftLog>();
 }
+
+#[test]
+fn a_damaged_entry_is_never_returned_by_read() {
+    let data = tempfile::tempdir().unwrap();
+    let store = store(data.path());
+    let mut log = open(&store);
+    append_durable(&mut log, 1..=5);
+    // The disk changes a byte under the running log (the mapping shows the file's pages).
+    let seg = segments(&log_dir(data.path())).pop().unwrap();
+    let at = RAFT_SEGMENT_HEADER_LEN + RAFT_ENTRY_HEADER_LEN + 1;
+    let byte = std::fs::read(&seg).unwrap()[at];
+    write_at(&seg, at as u64, &[byte ^ 0x40]);
+    let err = log.read(1..2).unwrap_err();
+    assert!(
+        matches!(err, StorageError::CorruptEntry { index: 1, .. }),
+        "{err}"
+    );
+    assert!(log.read(0..100).is_err(), "a range holding it fails too");
+    assert_eq!(&log.read(2..3).unwrap()[0].1[..], payload(2).as_slice());
+}
+
+#[test]
+fn a_torn_segment_creation_past_the_watermark_is_removed() {
+    let data = tempfile::tempdir().unwrap();
+    let store = store(data.path());
+    let mut log = open(&store);
+    append_durable(&mut log, 1..=5);
+    store.checkpoint();
+    let copy = crash_copy(data.path());
+    let dir = log_dir(copy.path());
+    // The next segment's file was created, its header never written.
+    let last = segments(&dir).pop().unwrap();
+    let no: u64 = last.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let torn = dir.join(format!("{:020}.seg", no + 1));
+    std::fs::write(&torn, vec![0u8; 4096]).unwrap();
+    let store2 = self::store(copy.path());
+    let mut log2 = open(&store2);
+    assert!(!torn.exists());
+    assert_eq!(check_contents(&log2), (1..=5).collect::<Vec<_>>());
+    append_durable(&mut log2, 6..=6);
+    assert_eq!(check_contents(&log2), (1..=6).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_missing_or_damaged_state_file_refuses_to_open() {
+    let data = tempfile::tempdir().unwrap();
+    let store = store(data.path());
+    let mut log = open(&store);
+    append_durable(&mut log, 1..=5);
+    drop(log);
+    let dir = log_dir(data.path());
+    let state = std::fs::read(dir.join("raft.state")).unwrap();
+    let mut damaged = state.clone();
+    *damaged.last_mut().unwrap() ^= 1;
+    std::fs::write(dir.join("raft.state"), &damaged).unwrap();
+    let err = try_open(&store).unwrap_err();
+    assert!(matches!(err, StorageError::CorruptFile { .. }), "{err}");
+    std::fs::remove_file(dir.join("raft.state")).unwrap();
+    let err = try_open(&store).unwrap_err();
+    assert!(matches!(err, StorageError::CorruptLog { .. }), "{err}");
+    // Put back, the log is whole again: refusing changed nothing.
+    std::fs::write(dir.join("raft.state"), &state).unwrap();
+    let log = open(&store);
+    assert_eq!(check_contents(&log), (1..=5).collect::<Vec<_>>());
+}
