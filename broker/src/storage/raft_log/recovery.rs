@@ -80,11 +80,15 @@ pub(super) fn open(dir: &Path, durability: Durability, config: RaftLogConfig) ->
         kept: Vec::new(),
         torn: false,
         max_no: wm.segment_no,
+        removed: false,
     };
     for no in segment_numbers(dir)? {
         scan.segment(no)?;
     }
     scan.check_watermark_segment()?;
+    if scan.removed {
+        files::sync_dir(dir)?;
+    }
     let max_no = scan.max_no;
     let kept = scan.kept;
     assemble(dir, durability, config, state, wm, kept, max_no)
@@ -169,9 +173,18 @@ struct Scan<'a> {
     torn: bool,
     /// The highest segment number seen anywhere (never used again).
     max_no: u64,
+    /// Segment files were removed: their removal must be durable before anything new is
+    /// written, or a later crash could bring one back below a newer watermark.
+    removed: bool,
 }
 
 impl Scan<'_> {
+    /// Removes a segment file that was never durable.
+    fn remove(&mut self, path: &Path) -> Result<()> {
+        self.removed = true;
+        files::remove_if_exists(path)
+    }
+
     fn below_wm(&self, no: u64, pos: usize) -> bool {
         (no, pos as u64) < (self.wm.segment_no, self.wm.offset)
     }
@@ -191,7 +204,7 @@ impl Scan<'_> {
         let path = segment_path(self.dir, no);
         if self.torn {
             tracing::warn!(path = %path.display(), "removed a Raft log segment written after a torn tail");
-            return files::remove_if_exists(&path);
+            return self.remove(&path);
         }
         let data = files::read_all(&path)?;
         let header = match RaftSegmentHeader::decode(&data) {
@@ -206,7 +219,7 @@ impl Scan<'_> {
                 // Its header never became durable: a torn creation.
                 tracing::warn!(path = %path.display(), "removed a Raft log segment with a torn header");
                 self.torn = true;
-                return files::remove_if_exists(&path);
+                return self.remove(&path);
             }
         };
         match self.apply_header(&header) {
@@ -280,7 +293,7 @@ impl Scan<'_> {
         }
         tracing::warn!(path = %path.display(), "removed a Raft log segment after a torn tail");
         self.torn = true;
-        files::remove_if_exists(&path)
+        self.remove(&path)
     }
 
     /// Reads the records of segment `s` until its data ends; a bad record is a torn tail (cut)
