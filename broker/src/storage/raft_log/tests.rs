@@ -754,3 +754,32 @@ fn a_missing_or_damaged_state_file_refuses_to_open() {
     let log = open(&store);
     assert_eq!(check_contents(&log), (1..=5).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_truncation_or_purge_refused_by_a_full_disk_changes_nothing() {
+    use crate::storage::fault::{self, Point};
+    let data = tempfile::tempdir().unwrap();
+    let store = store(data.path());
+    let mut log = open(&store);
+    append_durable(&mut log, 1..=40);
+    let dir = log_dir(data.path());
+    let full = fault::arm(
+        Point::Reserve,
+        &dir,
+        rustix::io::Errno::NOSPC.raw_os_error(),
+    );
+    let err = log.truncate_from(20).unwrap_err();
+    assert!(err.is_storage_full(), "{err}");
+    let err = log.purge_through(10).unwrap_err();
+    assert!(err.is_storage_full(), "{err}");
+    assert_eq!(log.last_purged(), None);
+    assert_eq!(check_contents(&log), (1..=40).collect::<Vec<_>>());
+    drop(full);
+    log.truncate_from(20).unwrap();
+    log.purge_through(10).unwrap();
+    assert_eq!(check_contents(&log), (11..=19).collect::<Vec<_>>());
+    drop(log);
+    let log = open(&store);
+    assert_eq!(check_contents(&log), (11..=19).collect::<Vec<_>>());
+    assert_eq!(log.last_purged(), Some(10));
+}
