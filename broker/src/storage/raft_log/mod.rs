@@ -34,6 +34,8 @@ mod blob;
 mod recovery;
 
 #[cfg(test)]
+mod model;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
@@ -131,6 +133,8 @@ pub struct RaftLog {
     active: Option<u64>,
     /// The highest segment number used so far.
     last_no: u64,
+    /// Some segment may be dead (no live entry) and waiting to be deleted.
+    dead_pending: bool,
 }
 
 impl RaftLog {
@@ -163,14 +167,17 @@ impl RaftLog {
         entries: impl IntoIterator<Item = (u64, &'a [u8])>,
     ) -> Result<Epoch> {
         self.delete_dead_segments();
-        let mut touched: Vec<u64> = Vec::new();
+        // One tag per segment written (not per entry): the sync thread's lock is taken once
+        // per batch, and the last tag's epoch covers the earlier ones.
+        let mut written: Option<u64> = None;
         let mut result = Ok(());
         for (index, payload) in entries {
             match self.append_one(index, payload) {
                 Ok(no) => {
-                    if touched.last() != Some(&no) {
-                        touched.push(no);
+                    if let Some(prev) = written.filter(|&p| p != no) {
+                        self.tag(prev);
                     }
+                    written = Some(no);
                 }
                 Err(e) => {
                     result = Err(e);
@@ -178,10 +185,10 @@ impl RaftLog {
                 }
             }
         }
-        let mut epoch = self.durability.current_epoch();
-        for no in touched {
-            epoch = self.tag(no);
-        }
+        let epoch = match written {
+            Some(no) => self.tag(no),
+            None => self.durability.current_epoch(),
+        };
         result.map(|()| epoch)
     }
 
@@ -215,10 +222,13 @@ impl RaftLog {
         let created = self.segments[&new].created;
         self.durability.wait_blocking(created);
         // The new header is durable: the voided segments can go, and their removal is made
-        // durable too (not needed for safety, since a revived one stays void, but a truncation
-        // should leave the directory as it says).
+        // durable too. Not needed for safety (a revived segment stays void), so a failure
+        // here is said, not returned: the truncation itself is done.
         if self.delete_dead_segments() {
-            files::sync_dir(&self.dir)?;
+            if let Err(e) = files::sync_dir(&self.dir) {
+                tracing::warn!(dir = %self.dir.display(), error = %e,
+                    "could not sync the Raft log directory after deleting truncated segments");
+            }
         }
         Ok(())
     }
@@ -378,6 +388,7 @@ impl RaftLog {
             if empty {
                 // Whatever came before is purged or truncated: none of it is live.
                 self.by_index.clear();
+                self.dead_pending = true;
             }
         }
         let no = self.active.expect("a segment was just started");
@@ -498,6 +509,9 @@ impl RaftLog {
         );
         self.active = Some(no);
         self.last_no = no;
+        // The previous newest segment may hold no live entry: it can go once this header is
+        // durable.
+        self.dead_pending = true;
         Ok(())
     }
 
@@ -508,6 +522,7 @@ impl RaftLog {
         for first in voided {
             let no = self.by_index.remove(&first).expect("listed");
             self.segments.get_mut(&no).expect("indexed").offsets.clear();
+            self.dead_pending = true;
         }
         if let Some((_, &no)) = self.by_index.range(..index).next_back() {
             let seg = self.segments.get_mut(&no).expect("indexed");
@@ -533,6 +548,7 @@ impl RaftLog {
             .collect();
         for first in gone {
             self.by_index.remove(&first);
+            self.dead_pending = true;
         }
     }
 
@@ -540,6 +556,9 @@ impl RaftLog {
     /// segment whose header is durable. Returns whether any was deleted. A file that cannot be
     /// removed stays, to be tried again.
     fn delete_dead_segments(&mut self) -> bool {
+        if !self.dead_pending {
+            return false;
+        }
         let durable = self.durability.durable_epoch();
         let Some(newest_durable) = self
             .segments
@@ -567,6 +586,11 @@ impl RaftLog {
             self.segments.remove(&no);
             deleted = true;
         }
+        let newest = self.segments.keys().next_back().copied();
+        self.dead_pending = self
+            .segments
+            .iter()
+            .any(|(&no, s)| Some(no) != newest && self.by_index.get(&s.first_index) != Some(&no));
         deleted
     }
 

@@ -44,6 +44,14 @@ impl Scanned {
     }
 }
 
+/// Why a segment header does not fit the segments before it.
+enum HeaderMismatch {
+    /// Entries are missing between the last kept entry (or the purge point) and it.
+    Gap,
+    /// It restarts the log, but live entries precede it.
+    FreshAfterLiveEntries,
+}
+
 /// What a scan finds at a position of a segment.
 enum Found {
     /// The end of the segment's data.
@@ -72,22 +80,39 @@ pub(super) fn open(dir: &Path, durability: Durability, config: RaftLogConfig) ->
         kept: Vec::new(),
         torn: false,
         max_no: wm.segment_no,
+        removed: false,
     };
     for no in segment_numbers(dir)? {
         scan.segment(no)?;
     }
     scan.check_watermark_segment()?;
+    if scan.removed {
+        files::sync_dir(dir)?;
+    }
     let max_no = scan.max_no;
     let kept = scan.kept;
     assemble(dir, durability, config, state, wm, kept, max_no)
 }
 
-/// Creates the directory if needed (durably) and removes temporary files a crash left.
+/// Creates the directory if needed, durably (a log whose directory entry a crash could take
+/// would come back empty, its vote forgotten), and removes temporary files a crash left.
 fn prepare_dir(dir: &Path) -> Result<()> {
     if !dir.exists() {
+        let mut missing = Vec::new();
+        let mut d = dir;
+        while !d.exists() {
+            missing.push(d);
+            match d.parent() {
+                Some(p) => d = p,
+                None => break,
+            }
+        }
         std::fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
-        if let Some(parent) = dir.parent() {
-            files::sync_dir(parent)?;
+        // Each new directory's entry lives in its parent: sync those, outermost first.
+        for created in missing.iter().rev() {
+            if let Some(parent) = created.parent() {
+                files::sync_dir(parent)?;
+            }
         }
     }
     if blob::remove_temps(dir)? {
@@ -148,9 +173,18 @@ struct Scan<'a> {
     torn: bool,
     /// The highest segment number seen anywhere (never used again).
     max_no: u64,
+    /// Segment files were removed: their removal must be durable before anything new is
+    /// written, or a later crash could bring one back below a newer watermark.
+    removed: bool,
 }
 
 impl Scan<'_> {
+    /// Removes a segment file that was never durable.
+    fn remove(&mut self, path: &Path) -> Result<()> {
+        self.removed = true;
+        files::remove_if_exists(path)
+    }
+
     fn below_wm(&self, no: u64, pos: usize) -> bool {
         (no, pos as u64) < (self.wm.segment_no, self.wm.offset)
     }
@@ -170,7 +204,7 @@ impl Scan<'_> {
         let path = segment_path(self.dir, no);
         if self.torn {
             tracing::warn!(path = %path.display(), "removed a Raft log segment written after a torn tail");
-            return files::remove_if_exists(&path);
+            return self.remove(&path);
         }
         let data = files::read_all(&path)?;
         let header = match RaftSegmentHeader::decode(&data) {
@@ -185,11 +219,18 @@ impl Scan<'_> {
                 // Its header never became durable: a torn creation.
                 tracing::warn!(path = %path.display(), "removed a Raft log segment with a torn header");
                 self.torn = true;
-                return files::remove_if_exists(&path);
+                return self.remove(&path);
             }
         };
-        if let Err(reason) = self.apply_header(&header) {
-            return self.gap(no, path, reason);
+        match self.apply_header(&header) {
+            Ok(()) => {}
+            Err(HeaderMismatch::Gap) => return self.gap(no, path),
+            Err(HeaderMismatch::FreshAfterLiveEntries) => {
+                // A fresh segment is only started once every entry before it is purged or
+                // voided, durably: never the trace of a torn write.
+                let reason = "a fresh segment follows entries that were never purged";
+                return Err(self.damage(&path, 0, reason));
+            }
         }
         let mut s = Scanned {
             no,
@@ -207,7 +248,7 @@ impl Scan<'_> {
     /// Applies what a segment header says about the entries before it: entries at or above
     /// its first index are void; a fresh segment follows only purged entries; any other
     /// segment continues the last kept entry (or the purge point) without a gap.
-    fn apply_header(&mut self, h: &RaftSegmentHeader) -> Result<(), &'static str> {
+    fn apply_header(&mut self, h: &RaftSegmentHeader) -> Result<(), HeaderMismatch> {
         let first = h.first_index;
         // The last entry kept once this header's supersession applies (checked before
         // anything changes: a segment found torn must not void anything).
@@ -217,7 +258,7 @@ impl Scan<'_> {
         });
         if h.is_fresh() {
             if hi.is_some_and(|hi| self.purged.is_none_or(|p| hi > p)) {
-                return Err("a fresh segment follows entries that were never purged");
+                return Err(HeaderMismatch::FreshAfterLiveEntries);
             }
             self.kept.iter_mut().for_each(|s| s.offsets.clear());
             return Ok(());
@@ -225,7 +266,7 @@ impl Scan<'_> {
         match hi {
             Some(hi) if first == hi + 1 => {}
             None if self.purged.is_some_and(|p| first <= p + 1) => {}
-            _ => return Err("entries are missing before this segment"),
+            _ => return Err(HeaderMismatch::Gap),
         }
         for s in &mut self.kept {
             let keep = first.saturating_sub(s.header.first_index);
@@ -235,25 +276,24 @@ impl Scan<'_> {
         Ok(())
     }
 
-    /// A segment whose header does not follow what was kept. If the entries missing were past
-    /// the watermark, the segment before lost its unsynced tail (pages are written back in any
-    /// order): a torn tail, and this segment and every later one go. Otherwise acknowledged
+    /// A segment whose first index does not continue what was kept. The missing entries were
+    /// at the end of the last kept segment: if that lies past the watermark, it lost its
+    /// unsynced tail (pages are written back in any order) and this later segment was never
+    /// durable either: a torn tail, this segment and every later one go. Otherwise acknowledged
     /// entries are missing.
-    fn gap(&mut self, no: u64, path: PathBuf, reason: &'static str) -> Result<()> {
-        let lost_at = self
-            .kept
-            .iter()
-            .rev()
-            .find(|s| s.last().is_some())
-            .map(|s| (s.no, s.end));
-        match lost_at {
-            Some((prev, end)) if !self.below_wm(prev, end) && no > self.wm.segment_no => {
-                tracing::warn!(path = %path.display(), "removed a Raft log segment after a torn tail");
-                self.torn = true;
-                files::remove_if_exists(&path)
-            }
-            _ => Err(self.damage(&path, 0, reason)),
+    fn gap(&mut self, no: u64, path: PathBuf) -> Result<()> {
+        let torn = no > self.wm.segment_no
+            && match self.kept.last() {
+                Some(prev) => !self.below_wm(prev.no, prev.end),
+                // Nothing kept before: only a log that was never synced can have lost it all.
+                None => self.wm.segment_no == 0,
+            };
+        if !torn {
+            return Err(self.damage(&path, 0, "entries are missing before this segment"));
         }
+        tracing::warn!(path = %path.display(), "removed a Raft log segment after a torn tail");
+        self.torn = true;
+        self.remove(&path)
     }
 
     /// Reads the records of segment `s` until its data ends; a bad record is a torn tail (cut)
@@ -376,6 +416,7 @@ fn assemble(
         by_index,
         active: None,
         last_no: max_no,
+        dead_pending: true,
     };
     log.forget_purged();
     Ok(log)
