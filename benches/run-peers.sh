@@ -14,6 +14,10 @@
 #
 # Settings (environment):
 #   BROKERS        brokers to run, in order            [sluice amqp nats]
+#                  also: rabbitmq-qq = RabbitMQ quorum queues on a 3-node RabbitMQ cluster on
+#                  this machine (QQ_NODES nodes; one node, said so, if no cluster can form)
+#   BUILD          0 = use the release binaries already in BIN, build nothing  [1]
+#   BIN            where the release binaries are      [$CARGO_TARGET_DIR/release]
 #   WORKLOADS      workloads to run (names below)      [all]
 #   DURATION       seconds per throughput workload     [20]
 #   LATENCY_SECS   seconds of the fixed-rate workload  [30] (the first 5 are warm-up)
@@ -26,7 +30,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=$TARGET/release
+BIN=${BIN:-$TARGET/release}
+BUILD=${BUILD:-1}
 BROKERS=${BROKERS:-"sluice amqp nats"}
 ALL_WORKLOADS="1p1c-128 1p4c-128 1p1c-4k fanout4-topic latency-10k backlog"
 WORKLOADS=${WORKLOADS:-$ALL_WORKLOADS}
@@ -52,7 +57,7 @@ workload_args() {
     latency-10k) echo "-x 1 -y 1 -s 128 -r 10000 -z $LATENCY_SECS --warmup 5" ;;
     backlog)
         local n=$BACKLOG_COUNT
-        [ "$broker" = amqp ] && n=$BACKLOG_COUNT_AMQP
+        case $broker in amqp | rabbitmq-qq) n=$BACKLOG_COUNT_AMQP ;; esac
         echo "-x 1 -y 1 -s 128 --backlog -C $n --drain-timeout 120 --settle 10"
         ;;
     *)
@@ -70,10 +75,14 @@ disk_reference() {
 
 # ---- main ------------------------------------------------------------------------------------
 install_peers
-log "building release binaries into $TARGET"
-# Two commands: `--bin sluice` would also keep the benches package to a binary named sluice.
-cargo build --release --locked -p sluice-broker --bin sluice >&2
-cargo build --release --locked -p sluice-benches --bins >&2
+if [ "$BUILD" = 1 ]; then
+    log "building release binaries into $TARGET"
+    # Two commands: `--bin sluice` would also keep the benches package to a binary named sluice.
+    cargo build --release --locked -p sluice-broker --bin sluice >&2
+    cargo build --release --locked -p sluice-benches --bins >&2
+else
+    log "using the release binaries in $BIN (BUILD=0)"
+fi
 mkdir -p "$RESULTS" "$WORK"
 
 log "disk: fdatasync'd write rate (storage-bench)"
@@ -97,8 +106,13 @@ for workload in $WORKLOADS; do
         new_data_dir "$broker-$workload"
         dir=$DATA_DIR
         log "$workload on $broker"
-        "start_$broker" "$dir"
-        echo "sluice-bench --broker $broker $args --broker-pid \$PID --broker-data-dir \$DATA --label $workload --json $workload-$broker.json" \
+        "start_${broker//-/_}" "$dir"
+        backend=$(bench_backend "$broker")
+        extra=()
+        [ -n "$BROKER_URL" ] && extra+=(--url "$BROKER_URL")
+        # The quorum queues stay until their type and members are on record (below).
+        [ "$broker" = rabbitmq-qq ] && extra+=(--no-cleanup --prefix "qq$workload")
+        echo "sluice-bench --broker $backend $args ${extra[*]} --broker-pid \$PID --broker-data-dir \$DATA --label $workload --json $workload-$broker.json" \
             >"$RESULTS/$workload-$broker.cmd"
         # The disk's rate drifts: the 4 KiB workload is compared with references taken right
         # before and right after it.
@@ -111,7 +125,7 @@ for workload in $WORKLOADS; do
             echo "cpu-pressure-before $(head -n1 /proc/pressure/cpu 2>/dev/null)"
         } >"$RESULTS/$workload-$broker.load"
         # shellcheck disable=SC2086
-        if ! "$BIN/sluice-bench" --broker "$broker" $args --broker-pid "$BROKER_PID" \
+        if ! "$BIN/sluice-bench" --broker "$backend" $args "${extra[@]}" --broker-pid "$BROKER_PID" \
             --broker-data-dir "$BROKER_DATA" --label "$workload" \
             --json "$RESULTS/$workload-$broker.json" \
             >"$RESULTS/$workload-$broker.txt" 2>"$RESULTS/$workload-$broker.log"; then
@@ -125,6 +139,12 @@ for workload in $WORKLOADS; do
             echo "cpu-pressure-after $(head -n1 /proc/pressure/cpu 2>/dev/null)"
         } >>"$RESULTS/$workload-$broker.load"
         cat "$RESULTS/$workload-$broker.txt" >&2 || true
+        if [ "$broker" = rabbitmq-qq ]; then
+            qq_describe_queues "qq$workload" "$RESULTS/$workload-$broker.queues"
+            cp "$dir/cluster-status.txt" "$RESULTS/$workload-$broker.cluster" 2>/dev/null || true
+            log "the queue (type, leader, members):"
+            cat "$RESULTS/$workload-$broker.queues" >&2 || true
+        fi
         stop_broker
         rm -rf "$dir"
     done

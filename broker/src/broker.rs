@@ -30,6 +30,11 @@ use crate::queue::{self, ConnId, QueueHandle, QueueMeta, QueueStats};
 use crate::routing::{namespace, Binding, Exchange, HeaderLimits, RoutingTable};
 use crate::storage::{DurabilityConfig, LogConfig, Store, StoreConfig};
 
+mod replicated;
+
+pub(crate) use replicated::is_replicated;
+pub use replicated::{ReplicaLag, ReplicationStatus};
+
 /// How often the free disk space is checked when little is published.
 const DISK_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 /// Free space is checked again after each `1/DISK_CHECK_SLICES` of `min_free_disk_bytes` published.
@@ -68,6 +73,10 @@ pub struct Broker {
     moves: Arc<Moves>,
     /// Broker-wide metrics (the queues keep their own counters).
     metrics: Arc<Metrics>,
+    /// The cluster this node is part of; unset on a single node (no `--node-id`).
+    cluster: std::sync::OnceLock<crate::cluster::Cluster>,
+    /// The groups of the replicated queues hosted here (empty on a single node).
+    replicated: replicated::HostedGroups,
     // Last: dropped after the queues' logs, which the queue tasks close first.
     store: Store,
 }
@@ -142,6 +151,8 @@ impl Broker {
             flow: Arc::default(),
             moves: Arc::default(),
             metrics,
+            cluster: std::sync::OnceLock::new(),
+            replicated: replicated::HostedGroups::default(),
             store,
         });
         broker.restore(topology)?;
@@ -232,6 +243,20 @@ impl Broker {
     /// The storage engine.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Joins the broker to its cluster, once, after `Cluster::start`.
+    pub async fn attach_cluster(self: &Arc<Self>, cluster: crate::cluster::Cluster) {
+        if self.cluster.set(cluster).is_err() {
+            tracing::error!("the broker is attached to a cluster already");
+            return;
+        }
+        self.start_replicated_queues().await;
+    }
+
+    /// The cluster this broker is part of, if any.
+    pub fn cluster(&self) -> Option<&crate::cluster::Cluster> {
+        self.cluster.get()
     }
 
     /// Moves of messages between queues (see [`crate::moves`]).
@@ -436,6 +461,12 @@ impl Broker {
         req.arguments
             .encode(&mut BytesMut::new())
             .map_err(|e| RequestError::invalid(format!("queue arguments: {e}")))?;
+        if is_replicated(&req.arguments) {
+            if local_empty {
+                return Err(RequestError::invalid("a replicated queue needs a name"));
+            }
+            return self.declare_replicated(req);
+        }
         let mut change = self.begin_change();
         if let Some(q) = change.next.queues.get(req.name.as_str()) {
             if !q.meta.accessible_by(conn) {
@@ -497,6 +528,16 @@ impl Broker {
     /// (called by its task before it removes its log). On error the queue stays as it was:
     /// a deletion that could not be recorded must not remove files the topology still names.
     pub(crate) fn forget_queue(&self, meta: &QueueMeta) -> Result<(), RequestError> {
+        let current = |reg: &Registry| {
+            reg.queues
+                .get(&meta.name)
+                .is_some_and(|q| q.meta.uid == meta.uid)
+        };
+        // A replicated queue a client deletes: the metadata group records it first, and every
+        // node removes it. (One the group deleted is out of the registry already.)
+        if is_replicated(&meta.arguments) && current(&self.read()) {
+            self.delete_replicated(meta)?;
+        }
         let mut change = self.begin_change();
         let reg = &mut change.next;
         let current = reg
@@ -636,11 +677,13 @@ impl Broker {
 
 /// The part of a registry that survives a restart, as `definitions.bin` stores it.
 fn durable_topology(reg: &Registry) -> Topology {
-    let durable_queue = |name: &str| reg.queues.get(name).is_some_and(|q| q.meta.durable);
+    // A replicated queue's durable record is the cluster's catalog, not this file.
+    let kept = |q: &QueueHandle| q.meta.durable && !is_replicated(&q.meta.arguments);
+    let durable_queue = |name: &str| reg.queues.get(name).is_some_and(kept);
     let mut queues: Vec<QueueDef> = reg
         .queues
         .values()
-        .filter(|q| q.meta.durable)
+        .filter(|q| kept(q))
         .map(|q| QueueDef {
             name: q.meta.name.to_string(),
             uid: q.meta.uid,
@@ -930,12 +973,6 @@ fn validate_arguments(a: &QueueArguments) -> Result<(), RequestError> {
             return Err(RequestError::invalid(format!(
                 "replicas must be between 1 and {MAX_REPLICAS}"
             )));
-        }
-        if n > 1 {
-            return Err(RequestError::new(
-                ErrorCode::PreconditionFailed,
-                "replicated queues need a cluster: this broker runs as a single node",
-            ));
         }
     }
     if a.single_active_consumer.is_some_and(|v| v != 1) {

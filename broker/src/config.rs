@@ -150,9 +150,53 @@ pub struct ServeArgs {
     /// Time a client has to complete the handshake, in ms [default: 10000].
     #[arg(long, env = "SLUICE_HANDSHAKE_TIMEOUT_MS")]
     pub handshake_timeout_ms: Option<u64>,
+    /// This node's id in a cluster (a positive number, unique and never reused); turns the
+    /// cluster on, with --cluster-listen. Without it the broker runs alone, as always.
+    #[arg(long, env = "SLUICE_NODE_ID", value_name = "N")]
+    pub node_id: Option<u64>,
+    /// Address of the cluster listener, where the other nodes connect, `HOST:PORT`; port 0
+    /// picks a free one. Connections to other nodes leave from this host's IP.
+    #[arg(long, env = "SLUICE_CLUSTER_LISTEN", value_name = "HOST:PORT")]
+    pub cluster_listen: Option<String>,
+    /// The cluster address other nodes dial, when it differs from the bound one (a DNS name
+    /// in Kubernetes) [default: the bound cluster listener address].
+    #[arg(long, env = "SLUICE_CLUSTER_ADVERTISE", value_name = "HOST:PORT")]
+    pub cluster_advertise: Option<String>,
+    /// Cluster addresses of members to join through, comma-separated. A node with an empty
+    /// data directory and no --join starts a new cluster; a node with data rejoins by itself.
+    #[arg(
+        long,
+        env = "SLUICE_CLUSTER_JOIN",
+        value_delimiter = ',',
+        value_name = "ADDR,..."
+    )]
+    pub join: Option<Vec<String>>,
     /// Limits per user, connection, consumer and exchange ([`crate::limits::Limits`]).
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+/// The TOML file's `[cluster]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCluster {
+    node_id: Option<u64>,
+    listen: Option<String>,
+    advertise: Option<String>,
+    join: Option<Vec<String>>,
+}
+
+/// This node's cluster settings, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// The node's id.
+    pub node_id: u64,
+    /// The cluster listener.
+    pub listen: SocketAddr,
+    /// The address peers dial; `None`: the bound one.
+    pub advertise: Option<String>,
+    /// Members to join through.
+    pub join: Vec<String>,
 }
 
 /// The `[server]`-less TOML file: the same names as the flags, with underscores.
@@ -184,6 +228,7 @@ struct FileConfig {
     max_bindings_per_exchange: Option<usize>,
     max_header_entries: Option<usize>,
     max_header_bytes: Option<usize>,
+    cluster: Option<FileCluster>,
 }
 
 impl FileConfig {
@@ -242,6 +287,8 @@ pub struct ServerConfig {
     pub default_ack_timeout: Duration,
     /// Limits per user, connection, consumer and exchange.
     pub limits: Limits,
+    /// The cluster; `None`: a single node, no cluster code runs.
+    pub cluster: Option<ClusterSettings>,
 }
 
 impl Default for ServerConfig {
@@ -265,6 +312,7 @@ impl Default for ServerConfig {
             max_connections: None,
             default_ack_timeout: Duration::from_secs(30 * 60),
             limits: Limits::default(),
+            cluster: None,
         }
     }
 }
@@ -383,6 +431,7 @@ impl ServerConfig {
                 .filter(|u| !u.is_empty())
                 .collect();
         }
+        c.cluster = resolve_cluster(args, file.cluster.unwrap_or_default())?;
         Ok(c)
     }
 
@@ -392,6 +441,54 @@ impl ServerConfig {
             .clone()
             .unwrap_or_else(|| self.data_dir.join(crate::auth::DEFAULT_FILE_NAME))
     }
+}
+
+/// The cluster from `node_id`, `cluster_listen`, `cluster_advertise` and `join`: on with a
+/// node id and a listener; the others without a node id are a mistake, not something to ignore.
+fn resolve_cluster(
+    args: &ServeArgs,
+    file: FileCluster,
+) -> Result<Option<ClusterSettings>, ConfigError> {
+    let node_id = args.node_id.or(file.node_id);
+    let listen = args.cluster_listen.clone().or(file.listen);
+    let advertise = args.cluster_advertise.clone().or(file.advertise);
+    let join: Vec<String> = args
+        .join
+        .clone()
+        .or(file.join)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| a.trim().to_owned())
+        .filter(|a| !a.is_empty())
+        .collect();
+    let Some(node_id) = node_id else {
+        if listen.is_some() || advertise.is_some() || !join.is_empty() {
+            return Err(invalid("node_id", "the cluster settings need --node-id"));
+        }
+        return Ok(None);
+    };
+    if node_id == 0 {
+        return Err(invalid("node_id", "must be at least 1"));
+    }
+    let Some(listen) = listen else {
+        return Err(invalid(
+            "cluster_listen",
+            "--node-id needs --cluster-listen",
+        ));
+    };
+    let listen = resolve_listen("cluster_listen", &listen)?;
+    if advertise.is_none() && listen.ip().is_unspecified() {
+        return Err(invalid(
+            "cluster_advertise",
+            "a cluster listener on all interfaces needs --cluster-advertise: peers cannot dial 0.0.0.0",
+        ));
+    }
+    Ok(Some(ClusterSettings {
+        node_id,
+        listen,
+        advertise,
+        join,
+    }))
 }
 
 /// TLS from `tls_cert`, `tls_key`, `tls_client_ca` and `tls_listen`: on with a certificate
@@ -486,6 +583,73 @@ fn resolve_listen(name: &'static str, spec: &str) -> Result<SocketAddr, ConfigEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_a_node_id_there_is_no_cluster_and_stray_cluster_settings_are_refused() {
+        assert_eq!(
+            ServerConfig::resolve(&ServeArgs::default())
+                .unwrap()
+                .cluster,
+            None
+        );
+        let args = ServeArgs {
+            join: Some(vec!["127.0.0.1:7000".into()]),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(
+            ServerConfig::resolve(&args),
+            Err(ConfigError::Invalid {
+                name: "node_id",
+                ..
+            })
+        ));
+        let args = ServeArgs {
+            node_id: Some(1),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(
+            ServerConfig::resolve(&args),
+            Err(ConfigError::Invalid {
+                name: "cluster_listen",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn the_cluster_comes_from_the_file_table_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(
+            &path,
+            "[cluster]\nnode_id = 2\nlisten = \"127.0.0.12:7000\"\nadvertise = \"node2:7000\"\njoin = [\"127.0.0.11:7000\"]\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            ServerConfig::resolve(&args).unwrap().cluster,
+            Some(ClusterSettings {
+                node_id: 2,
+                listen: "127.0.0.12:7000".parse().unwrap(),
+                advertise: Some("node2:7000".into()),
+                join: vec!["127.0.0.11:7000".into()],
+            })
+        );
+        let args = ServeArgs {
+            config: Some(path),
+            node_id: Some(3),
+            join: Some(vec!["a:1".into(), " b:2".into()]),
+            ..ServeArgs::default()
+        };
+        let c = ServerConfig::resolve(&args).unwrap().cluster.unwrap();
+        assert_eq!(
+            (c.node_id, c.join),
+            (3, vec!["a:1".to_owned(), "b:2".to_owned()])
+        );
+    }
 
     #[test]
     fn defaults_need_no_setup() {

@@ -7,6 +7,8 @@
 //! - [`limits`]: the descriptor limit, and the share of it connections may take.
 //! - `connection`: one task set per client: handshake, reading frames, the session that
 //!   answers requests, writing frames.
+//! - [`cluster`]: Raft groups (openraft) over our own raft log, the cluster transport, the
+//!   metadata group (members, replicated-queue catalog); absent unless `--node-id` is given.
 //! - [`broker`]: shared state: the registry of queues and the routing table, the durable
 //!   topology ([`definitions`]).
 //! - [`queue`]: one task per queue: its log, ready messages, consumers, deliveries in flight.
@@ -34,6 +36,7 @@ pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 mod connection;
 pub mod definitions;

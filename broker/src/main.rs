@@ -151,6 +151,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let data_dir = config.data_dir.clone();
+        let cluster_settings = config.cluster.clone();
         let broker = Broker::open(config).map_err(|e| match e {
             // Names its own file, which need not be in the data directory.
             broker::StartError::Users(e) => anyhow::anyhow!("{e}"),
@@ -163,6 +164,18 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         let addr = server.local_addr()?;
         let tls_addr = server.tls_addr()?;
         let http_addr = server.http_addr()?;
+        let cluster_addr = match &cluster_settings {
+            Some(settings) => {
+                let advertise = settings.advertise.as_deref();
+                let client = addr
+                    .or(tls_addr)
+                    .map(|a| reachable(a, advertise))
+                    .unwrap_or_default();
+                let http = http_addr.map(|a| reachable(a, advertise));
+                Some(start_cluster(server.broker(), settings, &data_dir, client, http).await?)
+            }
+            None => None,
+        };
         // The handlers are installed before the announcement: a SIGTERM sent as soon as the
         // line is read must shut down gracefully, not kill the process.
         let shutdown = shutdown_signal()?;
@@ -189,6 +202,10 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             Some(tls) => announce(&format!("sluice tls on {tls}")),
             None => announce("sluice tls off"),
         }
+        // Only in a cluster: a single node prints exactly what it always did.
+        if let Some(cluster) = cluster_addr {
+            announce(&format!("cluster listening on {cluster}"));
+        }
         tracing::info!(addr = %off(addr), tls = %off(tls_addr), http = %off(http_addr),
             data_dir = %data_dir.display(), "sluice ready");
         server.run(shutdown).await;
@@ -197,6 +214,44 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     // The runtime and the broker are gone: every log is closed and synced.
     tracing::info!("stopped");
     Ok(())
+}
+
+/// An address other nodes and clients can dial: a listener on all interfaces is named by
+/// the cluster's advertised host instead.
+fn reachable(addr: std::net::SocketAddr, advertise: Option<&str>) -> String {
+    match advertise.and_then(|a| a.rsplit_once(':')) {
+        Some((host, _)) if addr.ip().is_unspecified() => format!("{host}:{}", addr.port()),
+        _ => addr.to_string(),
+    }
+}
+
+/// Starts this node's part of the cluster and attaches it to the broker; returns the cluster
+/// listener's bound address.
+async fn start_cluster(
+    broker: &std::sync::Arc<Broker>,
+    settings: &sluice_broker::config::ClusterSettings,
+    data_dir: &std::path::Path,
+    client_addr: String,
+    http_addr: Option<String>,
+) -> anyhow::Result<std::net::SocketAddr> {
+    use sluice_broker::cluster::{Cluster, ClusterConfig, NodeInfo};
+    let mut config = ClusterConfig::new(settings.node_id, settings.listen);
+    config.advertise = settings.advertise.clone();
+    config.join = settings.join.clone();
+    let local = NodeInfo {
+        cluster_addr: String::new(),
+        client_addr,
+        http_addr,
+    };
+    let durability = broker.store().durability().clone();
+    let cluster = Cluster::start(config, data_dir, local, durability)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("cannot start the cluster (node {}): {e}", settings.node_id)
+        })?;
+    let addr = cluster.listen_addr();
+    broker.attach_cluster(cluster).await;
+    Ok(addr)
 }
 
 /// Why a listener could not be bound, naming the address and what to do.

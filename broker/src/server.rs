@@ -163,6 +163,11 @@ impl Server {
         self.http.as_ref().map(TcpListener::local_addr).transpose()
     }
 
+    /// The broker this server serves.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
     /// The most connections served at once.
     pub fn max_connections(&self) -> usize {
         self.max_connections
@@ -312,6 +317,11 @@ impl Server {
         // Every queue closes whatever happened to the connections. The clean-stop marker says
         // that every queue's delivered watermark is exact, which aborted connections do not
         // change: the queues recorded what they handed out, and write it as they close.
+        // The cluster stops before the queues: no group applies anything to a closing queue,
+        // and the peers see this node leave rather than hang.
+        if let Some(cluster) = self.broker.cluster() {
+            cluster.shutdown().await;
+        }
         let queues_closed = self.broker.shutdown_queues().await;
         if queues_closed {
             match self.broker.store().mark_clean_stop() {

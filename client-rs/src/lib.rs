@@ -62,6 +62,7 @@
 
 mod browse;
 mod client;
+mod cluster;
 mod connection;
 mod consumer;
 mod error;

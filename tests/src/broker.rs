@@ -45,6 +45,10 @@ const SLUICE_VARIABLES: &[&str] = &[
     "SLUICE_HANDSHAKE_TIMEOUT_MS",
     "SLUICE_LOG",
     "SLUICE_LOG_FORMAT",
+    "SLUICE_NODE_ID",
+    "SLUICE_CLUSTER_LISTEN",
+    "SLUICE_CLUSTER_ADVERTISE",
+    "SLUICE_CLUSTER_JOIN",
 ];
 
 /// The `sluice` binary of the target directory the running test was built into
@@ -143,15 +147,17 @@ pub struct BrokerProcess {
     addr: String,
     http_addr: Option<String>,
     tls_addr: Option<String>,
+    cluster_addr: Option<String>,
     stderr: mpsc::Receiver<String>,
 }
 
 impl BrokerProcess {
     /// Starts `sluice serve --data-dir DIR --listen 127.0.0.1:0 EXTRA...` and waits (bounded)
-    /// for its first three stdout lines, which name the port, the HTTP API's port and the TLS
-    /// port. Unless `EXTRA` sets `--http-listen`, the HTTP API listens on a free port too
-    /// (`127.0.0.1:0`): brokers of tests running in parallel would collide on the default
-    /// one. `EXTRA` may set `--listen` itself (`--listen off`).
+    /// for the stdout lines which name the port, the HTTP API's port and the TLS port (and,
+    /// when `EXTRA` sets `--cluster-listen`, the cluster listener's address). Unless `EXTRA`
+    /// sets `--http-listen`, the HTTP API listens on a free port too (`127.0.0.1:0`): brokers
+    /// of tests running in parallel would collide on the default one. `EXTRA` may set
+    /// `--listen` itself (`--listen off`).
     pub fn start(data_dir: &Path, extra: &[&str]) -> BrokerProcess {
         Self::start_with(data_dir, extra, |_| {})
     }
@@ -172,6 +178,7 @@ impl BrokerProcess {
         if !extra.iter().any(|a| a.starts_with("--http-listen")) {
             cmd.args(["--http-listen", "127.0.0.1:0"]);
         }
+        let clustered = extra.iter().any(|a| a.starts_with("--cluster-listen"));
         cmd.args(extra)
             .env("SLUICE_LOG", "warn")
             .stdin(Stdio::null())
@@ -182,11 +189,11 @@ impl BrokerProcess {
         let stdout = child.stdout.take().expect("stdout is piped");
         let (line_tx, line_rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            for line in lines.by_ref().take(3).map_while(Result::ok) {
+            // Forwards until `start` has what it needs and drops the receiver; the rest of
+            // stdout is read and dropped so the broker never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let _ = line_tx.send(line);
             }
-            for _ in lines {}
         });
         let stderr = child.stderr.take().expect("stderr is piped");
         let (err_tx, err_rx) = mpsc::channel();
@@ -200,48 +207,31 @@ impl BrokerProcess {
             addr: String::new(),
             http_addr: None,
             tls_addr: None,
+            cluster_addr: None,
             stderr: err_rx,
         };
-        let line = match line_rx.recv_timeout(WAIT) {
-            Ok(line) => line,
-            Err(_) => panic!("sluice did not start:\n{}", broker.log()),
-        };
-        // "sluice listening on 127.0.0.1:PORT (data directory ...)", or "sluice listening off
-        // (...)" (then `addr` is empty)
-        if !line.starts_with("sluice listening off ") {
-            broker.addr = line
-                .strip_prefix("sluice listening on ")
-                .and_then(|rest| rest.split_whitespace().next())
-                .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-                .to_owned();
+        let mut announced = Announced::default();
+        // The lines are told apart by their prefix, so a cluster line may come anywhere.
+        while !announced.complete(clustered) {
+            let line = match line_rx.recv_timeout(WAIT) {
+                Ok(line) => line,
+                Err(_) => panic!(
+                    "sluice did not announce its addresses (so far {announced:?}):\n{}",
+                    broker.log()
+                ),
+            };
+            announced.take(&line);
         }
-        let line = match line_rx.recv_timeout(WAIT) {
-            Ok(line) => line,
-            Err(_) => panic!(
-                "sluice did not say where its HTTP API is:\n{}",
-                broker.log()
-            ),
-        };
-        // "sluice http on 127.0.0.1:PORT" or "sluice http off"
-        broker.http_addr = match line.strip_prefix("sluice http on ") {
-            Some(addr) => Some(addr.trim().to_owned()),
-            None if line == "sluice http off" => None,
-            None => panic!("unexpected second line: {line}"),
-        };
-        let line = match line_rx.recv_timeout(WAIT) {
-            Ok(line) => line,
-            Err(_) => panic!(
-                "sluice did not say where its TLS port is:\n{}",
-                broker.log()
-            ),
-        };
-        // "sluice tls on 127.0.0.1:PORT" or "sluice tls off"
-        broker.tls_addr = match line.strip_prefix("sluice tls on ") {
-            Some(addr) => Some(addr.trim().to_owned()),
-            None if line == "sluice tls off" => None,
-            None => panic!("unexpected third line: {line}"),
-        };
+        broker.addr = announced.client.flatten().unwrap_or_default();
+        broker.http_addr = announced.http.flatten();
+        broker.tls_addr = announced.tls.flatten();
+        broker.cluster_addr = announced.cluster;
         broker
+    }
+
+    /// `host:port` of its cluster listener, when started with `--cluster-listen`.
+    pub fn cluster_addr(&self) -> Option<&str> {
+        self.cluster_addr.as_deref()
     }
 
     /// The broker's process id.
@@ -301,6 +291,15 @@ impl BrokerProcess {
         }
     }
 
+    /// SIGKILL, and returns what it logged that was not read yet, up to its last line.
+    pub fn kill9_and_log(mut self) -> String {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.rest_of_log()
+    }
+
     /// SIGTERM, then a bounded wait for a clean exit; panics if it does not come.
     pub fn stop(self) {
         self.stop_and_log();
@@ -310,6 +309,11 @@ impl BrokerProcess {
     /// its last line (what it says while stopping included).
     pub fn stop_and_log(mut self) -> String {
         self.stop_child();
+        self.rest_of_log()
+    }
+
+    /// Once the process is gone: its stderr lines not read yet.
+    fn rest_of_log(&self) -> String {
         let mut lines = Vec::new();
         // The reader thread ends at the end of the pipe, which came with the exit.
         while let Ok(line) = self.stderr.recv_timeout(WAIT) {
@@ -358,6 +362,47 @@ impl BrokerProcess {
     /// What it logged on stderr so far.
     pub fn log(&self) -> String {
         self.stderr.try_iter().collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// The addresses a starting broker announced on stdout so far; `Some(None)` is a listener
+/// announced as off.
+#[derive(Debug, Default)]
+struct Announced {
+    client: Option<Option<String>>,
+    http: Option<Option<String>>,
+    tls: Option<Option<String>>,
+    cluster: Option<String>,
+    /// Other lines, kept for the failure message.
+    other: Vec<String>,
+}
+
+impl Announced {
+    /// Takes in one stdout line.
+    fn take(&mut self, line: &str) {
+        let on_off = |rest: &str| {
+            rest.strip_prefix("on ")
+                .map(|addr| addr.split_whitespace().next().unwrap_or("").to_owned())
+        };
+        // "sluice listening on 127.0.0.1:PORT (data directory ...)" or "sluice listening off (...)"
+        if let Some(rest) = line.strip_prefix("sluice listening ") {
+            self.client = Some(on_off(rest));
+        } else if let Some(rest) = line.strip_prefix("sluice http ") {
+            self.http = Some(on_off(rest));
+        } else if let Some(rest) = line.strip_prefix("sluice tls ") {
+            self.tls = Some(on_off(rest));
+        } else if let Some(addr) = line.strip_prefix("cluster listening on ") {
+            self.cluster = Some(addr.trim().to_owned());
+        } else {
+            self.other.push(line.to_owned());
+        }
+    }
+
+    fn complete(&self, clustered: bool) -> bool {
+        self.client.is_some()
+            && self.http.is_some()
+            && self.tls.is_some()
+            && (!clustered || self.cluster.is_some())
     }
 }
 

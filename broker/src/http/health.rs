@@ -14,11 +14,17 @@ pub async fn alive() -> Json<Value> {
 }
 
 /// `GET /readyz`: 200 once the broker has recovered its queues and listens for clients (the
-/// API starts only then) and while publishers are not blocked (disk space, memory); 503 with
-/// the reason otherwise.
+/// API starts only then), in a cluster once this node is a member and knows the metadata
+/// leader, and while publishers are not blocked (disk space, memory); 503 with the reason
+/// otherwise.
 pub async fn ready(State(api): State<Api>) -> (StatusCode, Json<Value>) {
     if *api.stopping.borrow() {
         return unavailable("shutting down");
+    }
+    if let Some(cluster) = api.broker.cluster() {
+        if !cluster.is_ready() {
+            return unavailable("not yet a cluster member with a known metadata leader");
+        }
     }
     match api.broker.flow_control().blocking() {
         Some(blocking) => unavailable(&format!("publishing blocked: {}", blocking.reason)),

@@ -29,6 +29,7 @@
 mod access;
 mod auth;
 mod bindings;
+mod cluster;
 mod connections;
 mod consumers;
 mod dashboard;
@@ -142,6 +143,7 @@ fn router(api: Api) -> Router {
         .route("/api/overview", get(overview::show))
         .route("/api/overview/history", get(history::broker))
         .route("/api/limits", get(limits::show))
+        .route("/api/cluster", get(cluster::show))
         .route("/api/queues", get(queues::list))
         .route(
             "/api/queues/{name}",

@@ -22,6 +22,7 @@ use super::history::Rates;
 use super::Api;
 use crate::admin;
 use crate::auth::{Permission, ResourceKind};
+use crate::broker::ReplicationStatus;
 use crate::cli::format::{InspectJson, QueueJson};
 use crate::error::RequestError;
 use crate::metrics::MessageStats;
@@ -61,6 +62,9 @@ struct Listed<'a> {
     rates: Option<Rates>,
     /// Messages waiting for their time (not in `ready`).
     scheduled: u64,
+    /// A replicated queue's leader and replicas (absent for a local queue).
+    #[serde(flatten)]
+    replication: Option<ReplicationStatus>,
 }
 
 /// `GET /api/queues`: every queue, as `sluice queues --json` prints them, with their
@@ -73,7 +77,7 @@ pub async fn list(State(api): State<Api>, visible: Visible) -> Response {
         .history
         .latest_rates(all.queues.iter().map(|q| q.name.as_str()));
     let registry = api.broker.read();
-    let stats: Vec<(MessageStats, u64)> = all
+    let stats: Vec<(MessageStats, u64, Option<ReplicationStatus>)> = all
         .queues
         .iter()
         .map(|q| {
@@ -82,7 +86,8 @@ pub async fn list(State(api): State<Api>, visible: Visible) -> Response {
                 .get(q.name.as_str())
                 .map(|h| {
                     let scheduled = h.meta.stats.scheduled.load(Ordering::Relaxed);
-                    (MessageStats::of(&h.meta.stats), scheduled)
+                    let replication = api.broker.replication_status(&h.meta);
+                    (MessageStats::of(&h.meta.stats), scheduled, replication)
                 })
                 .unwrap_or_default()
         })
@@ -105,7 +110,7 @@ pub async fn list(State(api): State<Api>, visible: Visible) -> Response {
         .zip(stats)
         .zip(&vhosts)
         .map(
-            |(((q, rates), (message_stats, scheduled)), vhost)| WithVhost {
+            |(((q, rates), (message_stats, scheduled, replication)), vhost)| WithVhost {
                 vhost,
                 item: Listed {
                     queue: WithStats {
@@ -114,6 +119,7 @@ pub async fn list(State(api): State<Api>, visible: Visible) -> Response {
                     },
                     rates,
                     scheduled,
+                    replication,
                 },
             },
         )
@@ -143,6 +149,7 @@ pub async fn show(
                     message_stats: message_stats(&api, &internal),
                 },
                 dead_lettered_by_reason: dead_lettered_by_reason(&api, &internal),
+                replication: replication_status(&api, &internal),
             },
         })
         .into_response()),
@@ -157,6 +164,15 @@ struct QueueDetail<T> {
     #[serde(flatten)]
     queue: WithStats<T>,
     dead_lettered_by_reason: BTreeMap<&'static str, u64>,
+    /// A replicated queue's leader and replicas (absent for a local queue).
+    #[serde(flatten)]
+    replication: Option<ReplicationStatus>,
+}
+
+/// Where queue `name`'s replicas are, if it is replicated.
+fn replication_status(api: &Api, name: &str) -> Option<ReplicationStatus> {
+    let queue = api.broker.read().queues.get(name).cloned()?;
+    api.broker.replication_status(&queue.meta)
 }
 
 /// Messages dead-lettered from queue `name` since the start, by `x-death-reason`.

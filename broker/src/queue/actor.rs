@@ -14,6 +14,7 @@ mod dead_letter;
 mod expiry;
 mod get_many;
 mod mover;
+mod replica;
 mod scheduled;
 
 use std::collections::HashMap;
@@ -45,6 +46,7 @@ use crate::error::RequestError;
 use crate::metrics::Metrics;
 use crate::storage::{QueueLog, StorageError};
 use mover::HeldForMoves;
+use replica::Replica;
 
 /// Most deliveries handed to one consumer before the next consumer's turn.
 const DELIVERY_BATCH: u32 = 64;
@@ -70,6 +72,26 @@ pub(crate) fn spawn(meta: Arc<QueueMeta>, log: QueueLog, broker: Weak<Broker>) -
         |b| (b.config.default_ack_timeout, Arc::clone(b.metrics())),
     );
     let mut actor = Actor::new(meta, log, broker, handle.clone(), default_lease, metrics);
+    tokio::spawn(async move { actor.run(rx).await });
+    handle
+}
+
+/// Starts the task of a replicated queue (`queue::replicated`) on the empty log `log`: its
+/// state comes from its group's snapshot and committed ops (`QueueCmd::Apply`), its group
+/// from a `QueueCmd::Attach`.
+pub(crate) fn spawn_replicated(
+    meta: Arc<QueueMeta>,
+    log: QueueLog,
+    broker: Weak<Broker>,
+) -> QueueHandle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle = QueueHandle::new(Arc::clone(&meta), tx);
+    let (default_lease, metrics) = broker.upgrade().map_or_else(
+        || (Duration::from_secs(1800), Arc::default()),
+        |b| (b.config.default_ack_timeout, Arc::clone(b.metrics())),
+    );
+    let mut actor = Actor::new(meta, log, broker, handle.clone(), default_lease, metrics);
+    actor.become_replicated();
     tokio::spawn(async move { actor.run(rx).await });
     handle
 }
@@ -175,6 +197,8 @@ struct Actor {
     scheduled_bytes: u64,
     /// A due time was recorded: write it this round, not after the ack interval.
     flush_due_soon: bool,
+    /// A replicated queue's group state (`replica.rs`); `None` for a local queue.
+    replica: Option<Box<Replica>>,
 }
 
 use super::unix_now_ms as now_ms;
@@ -272,6 +296,7 @@ impl Actor {
             schedule,
             scheduled_bytes,
             flush_due_soon: false,
+            replica: None,
         };
         actor.refresh_oldest();
         actor.update_stats();
@@ -345,6 +370,13 @@ impl Actor {
 
     /// Handles one command; true when the task must stop.
     fn handle_cmd(&mut self, cmd: QueueCmd) -> bool {
+        let cmd = match self.replica {
+            None => cmd,
+            Some(_) => match self.handle_replicated(cmd) {
+                Some(cmd) => cmd,
+                None => return false,
+            },
+        };
         match cmd {
             QueueCmd::Publish {
                 conn,
@@ -466,29 +498,8 @@ impl Actor {
                 }
             }
             QueueCmd::Inspect { conn, request_id } => {
-                self.refresh_oldest();
-                self.update_stats();
-                let s = &self.meta.stats;
-                conn.send(ConnEvent::Reply {
-                    request_id,
-                    reply: Reply::InspectQueueOk(InspectQueueOk {
-                        // The name its vhost's clients use (protocol.md §5.8).
-                        name: crate::routing::namespace::split(&self.meta.name)
-                            .local
-                            .to_owned(),
-                        durable: self.meta.durable,
-                        exclusive: self.meta.exclusive_owner.is_some(),
-                        auto_delete: self.meta.auto_delete,
-                        ready: s.ready.load(Ordering::Relaxed),
-                        unacked: s.unacked.load(Ordering::Relaxed),
-                        consumers: s.consumers.load(Ordering::Relaxed),
-                        bytes: s.bytes.load(Ordering::Relaxed),
-                        arguments: self.meta.arguments.clone(),
-                        oldest_ready_age_ms: s.oldest_ready_age_ms(now_ms()),
-                        scheduled: self.schedule.len(),
-                        duplicates_dropped: s.duplicates_dropped.load(Ordering::Relaxed),
-                    }),
-                });
+                let reply = self.inspect();
+                conn.send(ConnEvent::Reply { request_id, reply });
             }
             QueueCmd::Purge { conn, request_id } => {
                 let messages = self.purge();
@@ -571,6 +582,13 @@ impl Actor {
                 let _ = reply.send(self.take_for_move(max_messages, max_bytes));
             }
             QueueCmd::SettleMove { moved, returned } => self.settle_move(&moved, &returned),
+            // Only a replicated queue's group sends these (handled above); a local queue has
+            // none to answer.
+            QueueCmd::Apply { .. }
+            | QueueCmd::Snapshot { .. }
+            | QueueCmd::Install { .. }
+            | QueueCmd::Attach { .. }
+            | QueueCmd::Leadership(_) => {}
             QueueCmd::Shutdown { done } => {
                 self.flush_now();
                 self.maintain_dedup();
@@ -579,6 +597,30 @@ impl Actor {
             }
         }
         false
+    }
+
+    /// The answer to an `InspectQueue`: the counters now.
+    fn inspect(&mut self) -> Reply {
+        self.refresh_oldest();
+        self.update_stats();
+        let s = &self.meta.stats;
+        Reply::InspectQueueOk(InspectQueueOk {
+            // The name its vhost's clients use (protocol.md §5.8).
+            name: crate::routing::namespace::split(&self.meta.name)
+                .local
+                .to_owned(),
+            durable: self.meta.durable,
+            exclusive: self.meta.exclusive_owner.is_some(),
+            auto_delete: self.meta.auto_delete,
+            ready: s.ready.load(Ordering::Relaxed),
+            unacked: s.unacked.load(Ordering::Relaxed),
+            consumers: s.consumers.load(Ordering::Relaxed),
+            bytes: s.bytes.load(Ordering::Relaxed),
+            arguments: self.meta.arguments.clone(),
+            oldest_ready_age_ms: s.oldest_ready_age_ms(now_ms()),
+            scheduled: self.schedule.len(),
+            duplicates_dropped: s.duplicates_dropped.load(Ordering::Relaxed),
+        })
     }
 
     fn log(&mut self) -> &mut QueueLog {
@@ -696,8 +738,10 @@ impl Actor {
     /// Journals the dedup ids whose messages are durable now (see `queue::dedup`).
     fn maintain_dedup(&mut self) {
         let durable = self.log().durability().durable_epoch();
+        // A replicated queue's window forgets by the ops' clock, as every replica does.
+        let now = self.replica.as_ref().map_or_else(now_ms, |r| r.clock_ms());
         if let Some(d) = &mut self.dedup {
-            d.maintain(durable, now_ms());
+            d.maintain(durable, now);
         }
     }
 
@@ -925,6 +969,9 @@ impl Actor {
     ) {
         let mut unknown = None;
         let mut settled = 0;
+        // A replicated queue deletes messages through its group (`replica.rs`).
+        let replicated = self.replica.is_some();
+        let mut deleted = Vec::new();
         // Delivery→ack times, added to the broker-wide histogram once per batch.
         let histogram = Arc::clone(&self.metrics);
         let histogram = &histogram.delivery_ack;
@@ -942,7 +989,20 @@ impl Actor {
                     if let Some(f) = self.take_flight(seq) {
                         histogram.tally_duration(&mut ack_times, now - f.delivered_at);
                     }
-                    self.ack_in_log(seq);
+                    if replicated {
+                        deleted.push(seq);
+                    } else {
+                        self.ack_in_log(seq);
+                    }
+                }
+                // No delays and no dead-letter exchange in the replicated mode yet: a delayed
+                // requeue is a requeue, a reject deletes.
+                Settlement::RequeueAfter(_) if replicated => {
+                    self.return_delivery(seq);
+                }
+                Settlement::Reject if replicated => {
+                    self.take_flight(seq);
+                    deleted.push(seq);
                 }
                 Settlement::Requeue => {
                     self.return_delivery(seq);
@@ -969,6 +1029,9 @@ impl Actor {
             Settlement::Reject => &stats.rejected,
         };
         counter.fetch_add(settled, Ordering::Relaxed);
+        if replicated {
+            self.propose_settle(deleted);
+        }
         if let Some(tag) = unknown {
             conn.send(unknown_tag(request_id, tag));
         }

@@ -135,6 +135,18 @@ impl InFlight {
         self.bytes
     }
 
+    /// The seqs of every delivery.
+    pub(super) fn seqs(&self) -> Vec<u64> {
+        self.by_seq.keys().copied().collect()
+    }
+
+    /// Takes every delivery out.
+    pub(super) fn drain(&mut self) -> Vec<(u64, Delivered)> {
+        self.deadlines.clear();
+        self.bytes = 0;
+        self.by_seq.drain().collect()
+    }
+
     /// Forgets every delivery.
     pub(super) fn clear(&mut self) {
         self.by_seq.clear();

@@ -32,6 +32,7 @@ mod outbox;
 mod rates;
 mod ready;
 mod ready_set;
+pub mod replicated;
 mod schedule;
 mod unconfirmed;
 
@@ -50,7 +51,7 @@ use crate::error::RequestError;
 use crate::metrics::RefusedCounts;
 use crate::storage::Epoch;
 
-pub(crate) use actor::spawn;
+pub(crate) use actor::{spawn, spawn_replicated};
 pub(crate) use dedup::check_window as check_dedup_window;
 pub use getters::BatchLimit;
 pub use outbox::{delivery_bytes, Outbox};
@@ -437,6 +438,32 @@ pub enum QueueCmd {
         /// Not moved: ready again, where they were in the queue.
         returned: Vec<u64>,
     },
+    /// A replicated queue's committed ops, in log order ([`replicated`]); one result each.
+    Apply {
+        /// The encoded [`replicated::QueueOp`]s.
+        ops: Vec<Vec<u8>>,
+        /// Their encoded [`replicated::OpResult`]s.
+        reply: oneshot::Sender<Vec<Vec<u8>>>,
+    },
+    /// A replicated queue's whole state, an encoded [`replicated::QueueSnapshot`].
+    Snapshot {
+        /// The answer.
+        reply: oneshot::Sender<Vec<u8>>,
+    },
+    /// Replaces a replicated queue's state with a snapshot's.
+    Install {
+        /// An encoded [`replicated::QueueSnapshot`].
+        data: Vec<u8>,
+        /// Dropped once installed.
+        reply: oneshot::Sender<()>,
+    },
+    /// Gives a replicated queue the way to its raft group (once the group is hosted or known).
+    Attach {
+        /// Where its proposals go.
+        proposer: Arc<dyn replicated::Proposer>,
+    },
+    /// Who leads a replicated queue's group now.
+    Leadership(replicated::LeaderView),
     /// Write what is pending and stop (server shutdown).
     Shutdown {
         /// Dropped when the queue's log is closed.

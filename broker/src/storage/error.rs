@@ -53,6 +53,14 @@ pub enum StorageError {
         /// The last sequence number allowed.
         max: u64,
     },
+    /// [`QueueLog::skip_to`](super::QueueLog::skip_to) was asked to go back: seqs only grow.
+    #[error("sequence number {seq} is behind the next one, {next}")]
+    SeqBehind {
+        /// The seq asked for.
+        seq: u64,
+        /// The log's next seq.
+        next: u64,
+    },
     /// The sequence number names no live message (never written, or already acknowledged).
     #[error("message {0} is not live: unknown or already acknowledged")]
     NotLive(u64),
@@ -80,6 +88,46 @@ pub enum StorageError {
         /// What failed.
         reason: &'static str,
     },
+    /// Durable data of a Raft log is damaged: a record below its durable watermark fails
+    /// validation, a segment it needs is missing, or its indexes have a gap. The log is
+    /// refused rather than opened without entries it had acknowledged.
+    #[error("corrupt Raft log at {path} (offset {offset}): {reason}")]
+    CorruptLog {
+        /// The segment (or the log directory).
+        path: PathBuf,
+        /// Byte offset of the damage in that file (0 when it concerns the whole file).
+        offset: u64,
+        /// What failed.
+        reason: &'static str,
+    },
+    /// A Raft log entry failed validation when read back.
+    #[error("Raft log entry {index} is corrupt: {reason}")]
+    CorruptEntry {
+        /// The entry's index.
+        index: u64,
+        /// What failed.
+        reason: &'static str,
+    },
+    /// A Raft log append whose index does not follow the log's last entry.
+    #[error("Raft log append out of order: expected index {expected}, got {got}")]
+    IndexOutOfOrder {
+        /// The index the log expects next (with an empty log: the lowest index allowed).
+        expected: u64,
+        /// The index given.
+        got: u64,
+    },
+    /// An index the Raft log cannot take: beyond the largest index, or at or below the purge
+    /// point for a truncation.
+    #[error("Raft log index {index} is out of range: {reason}")]
+    IndexOutOfRange {
+        /// The index given.
+        index: u64,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// A blob name other than 1 to 64 ASCII letters, digits, `-` or `_`.
+    #[error("invalid blob name {0:?}: use 1 to 64 ASCII letters, digits, '-' or '_'")]
+    InvalidBlobName(String),
     /// Another process holds the data directory.
     #[error("data directory {0} is in use by another process")]
     Locked(PathBuf),

@@ -556,6 +556,259 @@ impl Watermark {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The Raft log (`storage::raft_log`): segments of index-numbered entries, blobs, state
+// ---------------------------------------------------------------------------------------------
+
+/// Magic number at the top of every Raft log segment file.
+pub const RAFT_SEGMENT_MAGIC: [u8; 8] = *b"SLUICERL";
+/// Length of a Raft log segment header; entry records start right after it.
+pub const RAFT_SEGMENT_HEADER_LEN: usize = 64;
+/// The largest entry index a Raft log accepts (as [`MAX_SEQ`], far beyond any real log, and
+/// leaves room for `index + 1` everywhere).
+pub const MAX_RAFT_INDEX: u64 = 1 << 62;
+/// Raft segment flag: the log held no live entry when this segment started, so no entry before
+/// `first_index` is live (all were purged or truncated) and `first_index` may jump.
+pub const RAFT_SEGMENT_FLAG_FRESH: u32 = 1;
+
+/// The fixed header of a Raft log segment file: `magic | version u16 | header len u16 |
+/// flags u32 | log_id u64 | segment_no u64 | first_index u64 | salt u32 | created_unix_ms u64 |
+/// reserved ×8 | crc u32` (CRC seeded with 0, over bytes 0..60).
+///
+/// `first_index` is the index of the first entry written to this segment, and it supersedes:
+/// every entry at or above it in an earlier segment is void. That is how a truncation is made
+/// durable without rewriting (or shrinking) a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftSegmentHeader {
+    /// The log this segment belongs to (catches a file in the wrong directory).
+    pub log_id: u64,
+    /// Segment number; must match the file name.
+    pub segment_no: u64,
+    /// Index of the first entry of this segment; voids entries `>= first_index` before it.
+    pub first_index: u64,
+    /// Random seed of every record CRC in this segment.
+    pub salt: u32,
+    /// Creation time, Unix milliseconds.
+    pub created_unix_ms: u64,
+    /// [`RAFT_SEGMENT_FLAG_FRESH`] or 0.
+    pub flags: u32,
+}
+
+impl RaftSegmentHeader {
+    /// Encodes the header, CRC included.
+    pub fn encode(&self) -> [u8; RAFT_SEGMENT_HEADER_LEN] {
+        let mut b = [0u8; RAFT_SEGMENT_HEADER_LEN];
+        b[0..8].copy_from_slice(&RAFT_SEGMENT_MAGIC);
+        b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[10..12].copy_from_slice(&(RAFT_SEGMENT_HEADER_LEN as u16).to_le_bytes());
+        b[12..16].copy_from_slice(&self.flags.to_le_bytes());
+        b[16..24].copy_from_slice(&self.log_id.to_le_bytes());
+        b[24..32].copy_from_slice(&self.segment_no.to_le_bytes());
+        b[32..40].copy_from_slice(&self.first_index.to_le_bytes());
+        b[40..44].copy_from_slice(&self.salt.to_le_bytes());
+        b[44..52].copy_from_slice(&self.created_unix_ms.to_le_bytes());
+        let c = crc(0, &[&b[0..60]]);
+        b[60..64].copy_from_slice(&c.to_le_bytes());
+        b
+    }
+
+    /// Decodes and validates a header; the error says what is wrong.
+    pub fn decode(b: &[u8]) -> Result<Self, &'static str> {
+        if b.len() < RAFT_SEGMENT_HEADER_LEN {
+            return Err("shorter than a segment header");
+        }
+        if b[0..8] != RAFT_SEGMENT_MAGIC {
+            return Err("bad magic number");
+        }
+        if crc(0, &[&b[0..60]]) != u32_at(b, 60) {
+            return Err("header checksum mismatch");
+        }
+        if u16_at(b, 8) != FORMAT_VERSION {
+            return Err("unsupported segment format version");
+        }
+        if u16_at(b, 10) as usize != RAFT_SEGMENT_HEADER_LEN {
+            return Err("unexpected segment header length");
+        }
+        let flags = u32_at(b, 12);
+        if flags & !RAFT_SEGMENT_FLAG_FRESH != 0 || b[52..60].iter().any(|&x| x != 0) {
+            return Err("unknown flags or reserved bytes set");
+        }
+        if u64_at(b, 24) > MAX_SEGMENT_NO || u64_at(b, 32) > MAX_RAFT_INDEX {
+            return Err("segment number or index out of range");
+        }
+        Ok(Self {
+            log_id: u64_at(b, 16),
+            segment_no: u64_at(b, 24),
+            first_index: u64_at(b, 32),
+            salt: u32_at(b, 40),
+            created_unix_ms: u64_at(b, 44),
+            flags,
+        })
+    }
+
+    /// True when the segment restarted an empty log (see [`RAFT_SEGMENT_FLAG_FRESH`]).
+    pub fn is_fresh(&self) -> bool {
+        self.flags & RAFT_SEGMENT_FLAG_FRESH != 0
+    }
+}
+
+/// Length of a Raft entry record's header.
+pub const RAFT_ENTRY_HEADER_LEN: usize = 24;
+/// The kind byte of a Raft entry record: at the same place as [`RecordKind`] and unlike any of
+/// its values, so neither layout ever validates as the other.
+pub const RAFT_ENTRY_KIND: u8 = 3;
+
+/// The header of one Raft entry record (8-byte aligned, after the segment header):
+/// `crc u32 | rec_len u32 | kind u8 = 3 | zero ×7 | index u64`, then the entry's opaque bytes.
+/// The CRC (seeded with the segment's salt) covers bytes 4..rec_len: header and payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftEntryHeader {
+    /// Header + payload, padding excluded. Zero marks the end of data.
+    pub rec_len: u32,
+    /// The entry's index in the Raft log.
+    pub index: u64,
+}
+
+impl RaftEntryHeader {
+    /// The header of an entry with `payload_len` bytes at `index`.
+    pub fn new(index: u64, payload_len: usize) -> Self {
+        Self {
+            rec_len: (RAFT_ENTRY_HEADER_LEN + payload_len) as u32,
+            index,
+        }
+    }
+
+    /// Encodes the header with the CRC over it and `payload`.
+    pub fn encode(&self, salt: u32, payload: &[u8]) -> [u8; RAFT_ENTRY_HEADER_LEN] {
+        let mut b = [0u8; RAFT_ENTRY_HEADER_LEN];
+        b[4..8].copy_from_slice(&self.rec_len.to_le_bytes());
+        b[8] = RAFT_ENTRY_KIND;
+        b[16..24].copy_from_slice(&self.index.to_le_bytes());
+        let c = crc(salt, &[&b[4..], payload]);
+        b[0..4].copy_from_slice(&c.to_le_bytes());
+        b
+    }
+
+    /// Reads the record length at the start of `b`; `None` if fewer than 8 bytes remain.
+    pub fn peek_len(b: &[u8]) -> Option<u32> {
+        (b.len() >= 8).then(|| u32_at(b, 4))
+    }
+
+    /// Validates the record at the start of `b` (bounds, kind, checksum); `max_len` bounds
+    /// `rec_len`, so a corrupted length never sends a reader off into garbage.
+    pub fn decode(b: &[u8], salt: u32, max_len: usize) -> Result<Self, RecordError> {
+        if b.len() < RAFT_ENTRY_HEADER_LEN {
+            return Err(RecordError::Truncated);
+        }
+        let rec_len = u32_at(b, 4) as usize;
+        if rec_len < RAFT_ENTRY_HEADER_LEN
+            || rec_len > max_len
+            || b[8] != RAFT_ENTRY_KIND
+            || b[9..16].iter().any(|&x| x != 0)
+            || u64_at(b, 16) > MAX_RAFT_INDEX
+        {
+            return Err(RecordError::BadHeader);
+        }
+        if rec_len > b.len() {
+            return Err(RecordError::Truncated);
+        }
+        if crc(salt, &[&b[4..rec_len]]) != u32_at(b, 0) {
+            return Err(RecordError::BadChecksum);
+        }
+        Ok(Self {
+            rec_len: rec_len as u32,
+            index: u64_at(b, 16),
+        })
+    }
+
+    /// Where the payload sits, relative to the record start.
+    pub fn payload_range(&self) -> Range<usize> {
+        RAFT_ENTRY_HEADER_LEN..self.rec_len as usize
+    }
+}
+
+/// Magic number of a blob file (a Raft log's named blobs and its state file).
+pub const BLOB_MAGIC: [u8; 8] = *b"SLUICEBL";
+/// Length of a blob file's header.
+pub const BLOB_HEADER_LEN: usize = 24;
+
+/// Encodes a blob file: `magic | version u16 | zero u16 | len u32 | zero u32 | crc u32`, then
+/// `len` payload bytes; the CRC (seeded with 0) covers bytes 0..20 and the payload.
+pub fn encode_blob(payload: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(BLOB_HEADER_LEN + payload.len());
+    b.extend_from_slice(&BLOB_MAGIC);
+    b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    b.extend_from_slice(&[0, 0]);
+    b.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    b.extend_from_slice(&[0; 4]);
+    let c = crc(0, &[&b[0..20], payload]);
+    b.extend_from_slice(&c.to_le_bytes());
+    b.extend_from_slice(payload);
+    b
+}
+
+/// Decodes a whole blob file and returns its payload; the error says what is wrong.
+pub fn decode_blob(b: &[u8]) -> Result<&[u8], &'static str> {
+    if b.len() < BLOB_HEADER_LEN {
+        return Err("shorter than a blob header");
+    }
+    if b[0..8] != BLOB_MAGIC {
+        return Err("bad magic number");
+    }
+    if u16_at(b, 8) != FORMAT_VERSION {
+        return Err("unsupported blob format version");
+    }
+    let len = u32_at(b, 12) as usize;
+    if b.len() != BLOB_HEADER_LEN + len {
+        return Err("blob length does not match the file");
+    }
+    let payload = &b[BLOB_HEADER_LEN..];
+    if crc(0, &[&b[0..20], payload]) != u32_at(b, 20) {
+        return Err("blob checksum mismatch");
+    }
+    Ok(payload)
+}
+
+/// Length of the payload of a Raft log's state file.
+pub const RAFT_STATE_LEN: usize = 24;
+
+/// What a Raft log keeps outside its segments (in a blob file): its identity and how far it
+/// is purged. Payload: `log_id u64 | flags u64 (bit 0: purged is set) | purged u64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftLogState {
+    /// Random identity, written into every segment header and the durable watermark.
+    pub log_id: u64,
+    /// Every entry at or below this index is forgotten.
+    pub purged: Option<u64>,
+}
+
+impl RaftLogState {
+    /// Encodes the payload (wrap it with [`encode_blob`]).
+    pub fn encode(&self) -> [u8; RAFT_STATE_LEN] {
+        let mut b = [0u8; RAFT_STATE_LEN];
+        b[0..8].copy_from_slice(&self.log_id.to_le_bytes());
+        b[8..16].copy_from_slice(&u64::from(self.purged.is_some()).to_le_bytes());
+        b[16..24].copy_from_slice(&self.purged.unwrap_or(0).to_le_bytes());
+        b
+    }
+
+    /// Decodes the payload.
+    pub fn decode(b: &[u8]) -> Result<Self, &'static str> {
+        if b.len() != RAFT_STATE_LEN {
+            return Err("state of the wrong length");
+        }
+        let purged = match u64_at(b, 8) {
+            0 if u64_at(b, 16) == 0 => None,
+            1 if u64_at(b, 16) <= MAX_RAFT_INDEX => Some(u64_at(b, 16)),
+            _ => return Err("bad purge point"),
+        };
+        Ok(Self {
+            log_id: u64_at(b, 0),
+            purged,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -674,5 +927,131 @@ mod tests {
         };
         assert_eq!(LogHeader::decode(&hdr.encode(), ACK_MAGIC), Ok(hdr));
         assert!(LogHeader::decode(&hdr.encode(), MANIFEST_MAGIC).is_err());
+    }
+
+    #[test]
+    fn raft_segment_header_has_its_exact_bytes_and_every_bit_flip_is_caught() {
+        let h = RaftSegmentHeader {
+            log_id: 0x0102_0304_0506_0708,
+            segment_no: 3,
+            first_index: 0,
+            salt: 0xdead_beef,
+            created_unix_ms: 0x10,
+            flags: RAFT_SEGMENT_FLAG_FRESH,
+        };
+        let b = h.encode();
+        assert_eq!(&b[0..8], b"SLUICERL");
+        assert_eq!(&b[8..16], &[1, 0, 64, 0, 1, 0, 0, 0]);
+        assert_eq!(&b[16..24], &[8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(&b[24..32], &3u64.to_le_bytes());
+        assert_eq!(&b[32..40], &0u64.to_le_bytes());
+        assert_eq!(&b[40..44], &[0xef, 0xbe, 0xad, 0xde]);
+        assert_eq!(&b[44..52], &0x10u64.to_le_bytes());
+        assert_eq!(&b[52..60], &[0; 8]);
+        assert_eq!(RaftSegmentHeader::decode(&b), Ok(h));
+        assert!(h.is_fresh());
+        for bit in 0..60 * 8 {
+            let mut c = b;
+            c[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                RaftSegmentHeader::decode(&c).is_err(),
+                "flip {bit} undetected"
+            );
+        }
+        // A queue segment header is never taken for a Raft one.
+        let queue = SegmentHeader {
+            queue_uid: 1,
+            segment_no: 1,
+            base_seq: 1,
+            salt: 1,
+            created_unix_ms: 1,
+            flags: 0,
+        };
+        assert!(RaftSegmentHeader::decode(&queue.encode()).is_err());
+    }
+
+    #[test]
+    fn raft_entry_record_has_its_exact_bytes_and_damage_is_caught() {
+        let payload = b"entry".as_slice();
+        let h = RaftEntryHeader::new(0x0a0b, payload.len());
+        assert_eq!(h.rec_len, 29);
+        let head = h.encode(7, payload);
+        let c = crc(7, &[&head[4..], payload]);
+        let mut expect = Vec::new();
+        expect.extend_from_slice(&c.to_le_bytes());
+        expect.extend_from_slice(&[29, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0]);
+        expect.extend_from_slice(&[0x0b, 0x0a, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(head.as_slice(), expect.as_slice());
+        let mut rec = head.to_vec();
+        rec.extend_from_slice(payload);
+        assert_eq!(RaftEntryHeader::decode(&rec, 7, 1 << 20), Ok(h));
+        assert_eq!(&rec[h.payload_range()], payload);
+        assert_eq!(
+            RaftEntryHeader::decode(&rec, 8, 1 << 20),
+            Err(RecordError::BadChecksum)
+        );
+        for cut in 0..rec.len() {
+            assert!(
+                RaftEntryHeader::decode(&rec[..cut], 7, 1 << 20).is_err(),
+                "cut {cut}"
+            );
+        }
+        for bit in 0..rec.len() * 8 {
+            let mut c = rec.clone();
+            c[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                RaftEntryHeader::decode(&c, 7, 1 << 20).is_err(),
+                "flip {bit} undetected"
+            );
+        }
+        assert_eq!(
+            RaftEntryHeader::decode(&rec, 7, 28),
+            Err(RecordError::BadHeader)
+        );
+        // Index 0 is a valid Raft index (openraft starts there).
+        let zero = RaftEntryHeader::new(0, 0);
+        assert_eq!(
+            RaftEntryHeader::decode(&zero.encode(1, &[]), 1, 64),
+            Ok(zero)
+        );
+    }
+
+    #[test]
+    fn blobs_and_raft_state_have_their_exact_bytes_and_damage_is_caught() {
+        let b = encode_blob(b"vote");
+        let c = crc(0, &[&b[0..20], b"vote"]);
+        let mut expect = b"SLUICEBL".to_vec();
+        expect.extend_from_slice(&[1, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0]);
+        expect.extend_from_slice(&c.to_le_bytes());
+        expect.extend_from_slice(b"vote");
+        assert_eq!(b, expect);
+        assert_eq!(decode_blob(&b), Ok(b"vote".as_slice()));
+        assert_eq!(decode_blob(&encode_blob(&[])), Ok([].as_slice()));
+        for cut in 0..b.len() {
+            assert!(decode_blob(&b[..cut]).is_err(), "cut {cut}");
+        }
+        for bit in 0..b.len() * 8 {
+            let mut d = b.clone();
+            d[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode_blob(&d).is_err(), "flip {bit} undetected");
+        }
+        let state = RaftLogState {
+            log_id: 9,
+            purged: Some(0),
+        };
+        let bytes = state.encode();
+        assert_eq!(
+            &bytes[..],
+            &[9, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(RaftLogState::decode(&bytes), Ok(state));
+        let none = RaftLogState {
+            log_id: 9,
+            purged: None,
+        };
+        assert_eq!(RaftLogState::decode(&none.encode()), Ok(none));
+        let mut bad = none.encode();
+        bad[16] = 1;
+        assert!(RaftLogState::decode(&bad).is_err());
     }
 }

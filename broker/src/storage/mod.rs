@@ -11,6 +11,11 @@
 //!     00000000000000000001.seg     segment: 64-byte header, then 8-byte aligned records
 //!     00000000000000000001.ack     its ack log: batches of acked seqs and delivery counts
 //!     quarantine/                  copies of damaged records, for inspection
+//! <data>/cluster/groups/<id:016x>/ one Raft log per consensus group (`raft_log`)
+//!     raft.state                   identity and purge point (replaced atomically)
+//!     durable.ckpt                 durable watermark, rewritten by the sync thread
+//!     00000000000000000001.seg     segment: 64-byte header, then 8-byte aligned entries
+//!     <name>.blob                  named blobs: vote, committed log id, ...
 //! ```
 //!
 //! # Modules
@@ -22,6 +27,8 @@
 //! - `durability`: the sync thread (group commit, fail-stop, watermarks).
 //! - `queue_log`: append, read, ack, rotate, delete, relocate.
 //! - `recovery`: open after any stop (torn tails, corruption, interrupted deletions).
+//! - `raft_log`: a Raft log (index + opaque bytes per entry) made of the same pieces, with
+//!   truncation, purge, its own recovery and atomically replaced blobs.
 //! - `store`: the data directory.
 //!
 //! # Guarantees
@@ -39,6 +46,7 @@ mod files;
 pub mod format;
 mod mmap;
 mod queue_log;
+mod raft_log;
 mod recovery;
 mod store;
 
@@ -52,4 +60,5 @@ pub use queue_log::{
     Appended, LogConfig, MessageHead, QueueLog, RecoveredDeliveries, RecoveryReport, StoredMessage,
     TornTail,
 };
+pub use raft_log::{RaftLog, RaftLogConfig};
 pub use store::{Store, StoreConfig};

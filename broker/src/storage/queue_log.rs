@@ -49,8 +49,8 @@ impl Default for LogConfig {
 }
 
 /// The first space reserved for a segment, and the largest single extension.
-const MIN_CHUNK: usize = 64 << 10;
-const MAX_CHUNK: usize = 1 << 20;
+pub(crate) const MIN_CHUNK: usize = 64 << 10;
+pub(crate) const MAX_CHUNK: usize = 1 << 20;
 /// Space reserved by the smallest extension: a record's needs are rounded up to this.
 const PAGE: usize = 4096;
 /// Blocks kept reserved past the end of a manifest, so the `Deleted` records that free space
@@ -58,6 +58,9 @@ const PAGE: usize = 4096;
 const MANIFEST_HEADROOM: u64 = 8 << 10;
 /// An `offsets` slot whose record was lost to corruption.
 const NO_RECORD: u32 = u32::MAX;
+/// Longest run of unused seqs [`QueueLog::skip_to`] leaves as empty slots (4 bytes each)
+/// rather than start a new segment.
+const MAX_SLOT_GAP: u64 = 4096;
 /// Prefix of a queue directory being created: renamed into place once complete, removed at
 /// open if a stop interrupted the creation.
 pub(crate) const CREATING_PREFIX: &str = ".creating-";
@@ -318,6 +321,9 @@ pub struct QueueLog {
     /// The last flush could not write some acks (and said so): out of descriptors, every
     /// flush would fail the same way, and one warning per run of failures is enough.
     pub(crate) acks_failing: bool,
+    /// A view rebuilt at every start (a replicated queue's): its messages are not synced by
+    /// the group commit, since something else (the raft log) makes them durable.
+    pub(crate) volatile: bool,
 }
 
 /// A clean close writes the pending acks, so a drained queue stays drained after a restart;
@@ -417,6 +423,7 @@ impl QueueLog {
             recovered: RecoveredDeliveries::default(),
             report: RecoveryReport::default(),
             acks_failing: false,
+            volatile: false,
         }
     }
 
@@ -500,7 +507,49 @@ impl QueueLog {
         Ok(Appended { seq, epoch })
     }
 
+    /// Makes `seq` the next append's sequence number, leaving the seqs before it unused: a
+    /// replicated queue's log is a view of its raft group's state, whose seqs it must keep
+    /// (a snapshot's live messages have gaps where acked ones were). A short gap is left as
+    /// empty slots in the active segment; a long one starts a new segment at `seq`. A `seq`
+    /// not above the next one is an error (seqs only grow).
+    pub fn skip_to(&mut self, seq: u64) -> Result<()> {
+        if seq > MAX_SEQ {
+            return Err(StorageError::SeqsExhausted { max: MAX_SEQ });
+        }
+        if seq < self.next_seq {
+            return Err(StorageError::SeqBehind {
+                seq,
+                next: self.next_seq,
+            });
+        }
+        let gap = seq - self.next_seq;
+        if gap == 0 {
+            return Ok(());
+        }
+        let active = self
+            .segments
+            .get_mut(&self.active)
+            .filter(|s| s.writer.is_some());
+        match active {
+            Some(seg) if !seg.offsets.is_empty() && gap <= MAX_SLOT_GAP => {
+                seg.offsets
+                    .extend(std::iter::repeat_n(NO_RECORD, gap as usize));
+                self.next_seq = seq;
+            }
+            Some(_) => {
+                self.next_seq = seq;
+                self.rotate(0)?;
+            }
+            // No segment to append to: the next append starts one at `seq`.
+            None => self.next_seq = seq,
+        }
+        Ok(())
+    }
+
     fn tag(&self, no: u64, end: usize) -> Epoch {
+        if self.volatile {
+            return 0;
+        }
         let seg = &self.segments[&no].file;
         let w = Watermark {
             segment_no: no,
@@ -1132,7 +1181,7 @@ fn write_acks(
 /// needed up to `needed` (rounded up to a page, never past `target`) before giving up, so a
 /// record that fits in the space left is not refused for want of a whole chunk. Returns the
 /// new reserved end.
-fn reserve_or_just_enough(
+pub(crate) fn reserve_or_just_enough(
     file: &File,
     path: &Path,
     from: usize,

@@ -1130,7 +1130,7 @@ fn probe_max_seq(data: &[u8], from: usize, salt: u32, config: &LogConfig) -> u64
 }
 
 /// Zeroes `[from, to)` and syncs it, so a later crash cannot bring the torn bytes back.
-fn zero_tail(path: &Path, from: u64, to: u64) -> Result<()> {
+pub(crate) fn zero_tail(path: &Path, from: u64, to: u64) -> Result<()> {
     let f = files::open_rw(path)?;
     let zeros = vec![0u8; 1 << 16];
     let mut at = from;

@@ -113,6 +113,23 @@ impl Store {
         }
     }
 
+    /// Creates an empty log for queue `uid`, deleting any log it had: a replicated queue's
+    /// log is a view of its raft group, rebuilt from the group's snapshot and log at every
+    /// start, never recovered; so its appends are not synced (they answer epoch 0).
+    pub fn recreate_queue(&self, uid: u64) -> Result<QueueLog> {
+        if self.queue_dir_exists(uid)? {
+            self.remove_queue_dir(uid)?;
+        }
+        let mut log = QueueLog::create(
+            uid,
+            self.queue_dir(uid),
+            self.config.log.clone(),
+            self.durability().clone(),
+        )?;
+        log.volatile = true;
+        Ok(log)
+    }
+
     /// Opens (and recovers) the queue log `uid`. Damage to one queue is an error for that queue
     /// only; the store keeps serving the others.
     pub fn open_queue(&self, uid: u64) -> Result<QueueLog> {

@@ -75,6 +75,32 @@ impl Dedup {
         })
     }
 
+    /// The dedup state of a replicated queue with these arguments (`None` without a window):
+    /// in memory only, with the `(id, accepted at)` entries of its group's snapshot.
+    pub(super) fn in_memory(
+        arguments: &QueueArguments,
+        entries: Vec<(String, u64)>,
+    ) -> Option<Self> {
+        let limits = WindowLimits::new(arguments.dedup_window_ms, arguments.dedup_window_count)?;
+        let mut window = Window::new(limits);
+        for (id, at_ms) in entries {
+            window.insert(&id, at_ms);
+        }
+        Some(Dedup {
+            window,
+            journal: None,
+            waiting: VecDeque::new(),
+        })
+    }
+
+    /// The window's `(id, accepted at)` entries, oldest first (a replicated queue's snapshot).
+    pub(super) fn entries(&self) -> Vec<(String, u64)> {
+        self.window
+            .iter()
+            .map(|a| (a.id.to_string(), a.at_ms))
+            .collect()
+    }
+
     /// A message found in the log at start, accepted at `at_ms`.
     pub(super) fn recovered(&mut self, meta: &[u8], at_ms: u64) {
         if let Some(id) = message_id(meta) {

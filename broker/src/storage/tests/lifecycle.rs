@@ -347,3 +347,59 @@ fn peeking_reads_the_publish_time_and_meta_of_live_messages_only() {
     assert_eq!(log.peek(second).unwrap().timestamp_ms, 2_000);
     assert_eq!(log.peek(seqs[399]).unwrap().timestamp_ms, 10 + 399);
 }
+
+#[test]
+fn a_log_skipped_forward_keeps_the_given_seqs_across_short_and_long_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config(64 << 10)).unwrap();
+    let mut log = store.recreate_queue(42).unwrap();
+    assert_eq!(log.uid(), 42);
+    log.skip_to(10).unwrap();
+    assert_eq!(
+        log.append(b"m", b"a", 1).unwrap().seq,
+        10,
+        "an empty log starts there"
+    );
+    log.skip_to(13).unwrap();
+    assert_eq!(
+        log.append(b"m", b"b", 2).unwrap().seq,
+        13,
+        "a short gap is left empty"
+    );
+    log.skip_to(100_000).unwrap();
+    assert_eq!(
+        log.append(b"m", b"c", 3).unwrap().seq,
+        100_000,
+        "a long gap starts a segment"
+    );
+    assert_eq!(log.append(b"m", b"d", 4).unwrap().seq, 100_001);
+    assert_eq!(log.live_seqs(), vec![10, 13, 100_000, 100_001]);
+    assert!(!log.contains(11) && !log.contains(12) && !log.contains(99_999));
+    assert_eq!(&log.read(13).unwrap().body[..], b"b");
+    log.ack(13).unwrap();
+    assert_eq!(log.live_seqs(), vec![10, 100_000, 100_001]);
+    assert!(matches!(
+        log.skip_to(5),
+        Err(StorageError::SeqBehind {
+            seq: 5,
+            next: 100_002
+        })
+    ));
+}
+
+#[test]
+fn recreating_a_queue_log_starts_it_empty_and_unsynced() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config(64 << 10)).unwrap();
+    let mut log = store.recreate_queue(7).unwrap();
+    let appended = log.append(b"m", b"old", 1).unwrap();
+    assert_eq!(
+        appended.epoch, 0,
+        "nothing to wait for: the raft log is what is durable"
+    );
+    drop(log);
+    let log = store.recreate_queue(7).unwrap();
+    assert_eq!(log.message_count(), 0);
+    assert_eq!(log.next_seq(), 1);
+    assert_eq!(store.queue_uids().unwrap(), vec![7]);
+}

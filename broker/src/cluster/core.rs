@@ -1,0 +1,442 @@
+//! The state behind a [`Cluster`](super::Cluster) handle: hosted groups, the metadata
+//! machine, the transport, and the answers to peers' requests.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ChangeMembers;
+
+use super::codec::{decode, encode};
+use super::group::{HostedGroup, LocalWriteError};
+use super::log_store::LogStore;
+use super::meta::{MetaCommand, MetaMachine, MetaResponse};
+use super::network::GroupNetwork;
+use super::rpc::{Failure, Reply, Request};
+use super::state_machine::{GroupMachine, StateMachine};
+use super::transport::{Handler, Transport};
+use super::types::{ClusterError, GroupId, NodeId, NodeInfo, ProposeError, Raft};
+use crate::storage::{Durability, RaftLog};
+
+/// How long adding a node may take: the new node must catch up as a learner first.
+const ADMIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a request forwarded to the metadata leader may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(40);
+
+pub(crate) struct Core {
+    pub(crate) node_id: NodeId,
+    pub(crate) local: NodeInfo,
+    /// `<data>/cluster`.
+    pub(crate) dir: PathBuf,
+    durability: Durability,
+    transport: OnceLock<Transport>,
+    groups: RwLock<HashMap<GroupId, Arc<HostedGroup>>>,
+    pub(crate) meta: Arc<MetaMachine>,
+    raft_config: Arc<openraft::Config>,
+    stopping: AtomicBool,
+    /// One membership change at a time: openraft refuses overlapping ones anyway.
+    admitting: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn raft_err(e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Raft(e.to_string())
+}
+
+/// A membership change refused because this node is not (or no longer) the leader.
+fn write_err(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> ClusterError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+            ClusterError::Propose(ProposeError::NoLeader)
+        }
+        e => raft_err(e),
+    }
+}
+
+impl Core {
+    pub(crate) fn new(
+        node_id: NodeId,
+        local: NodeInfo,
+        dir: PathBuf,
+        durability: Durability,
+        meta: Arc<MetaMachine>,
+        raft_config: Arc<openraft::Config>,
+    ) -> Core {
+        Core {
+            node_id,
+            local,
+            dir,
+            durability,
+            transport: OnceLock::new(),
+            groups: RwLock::new(HashMap::new()),
+            meta,
+            raft_config,
+            stopping: AtomicBool::new(false),
+            admitting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub(crate) fn set_transport(&self, transport: Transport) {
+        let _ = self.transport.set(transport);
+    }
+
+    pub(crate) fn transport(&self) -> &Transport {
+        self.transport
+            .get()
+            .expect("the transport starts with the cluster")
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn begin_stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn hosted(&self, id: GroupId) -> Option<Arc<HostedGroup>> {
+        self.groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    pub(crate) fn hosted_all(&self) -> Vec<Arc<HostedGroup>> {
+        let mut all: Vec<_> = self
+            .groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by_key(|g| g.id);
+        all
+    }
+
+    pub(crate) fn unhost(&self, id: GroupId) -> Option<Arc<HostedGroup>> {
+        self.groups
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id)
+    }
+
+    pub(crate) fn group_dir(&self, id: GroupId) -> PathBuf {
+        self.dir.join("groups").join(id.dir_name())
+    }
+
+    /// The metadata group's membership: voters and every node's addresses.
+    pub(crate) fn meta_membership(&self) -> Option<openraft::Membership<NodeId, NodeInfo>> {
+        let meta = self.hosted(GroupId::META)?;
+        let m = meta.raft.metrics();
+        let m = m.borrow();
+        Some(m.membership_config.membership().clone())
+    }
+
+    /// A node's addresses: from the metadata machine (refreshed at each restart of the node),
+    /// else from the metadata group's membership.
+    pub(crate) fn node_info(&self, id: NodeId) -> Option<NodeInfo> {
+        if id == self.node_id {
+            return Some(self.local.clone());
+        }
+        self.meta
+            .node(id)
+            .or_else(|| self.meta_membership()?.get_node(&id).cloned())
+    }
+
+    /// The nodes that hold group `id`, with their addresses, as the metadata knows them.
+    pub(crate) fn replicas_of(&self, id: GroupId) -> Vec<(NodeId, NodeInfo)> {
+        let nodes: Vec<NodeId> = if id == GroupId::META {
+            let mut ids: BTreeSet<NodeId> = self.meta.members().keys().copied().collect();
+            if let Some(m) = self.meta_membership() {
+                ids.extend(m.nodes().map(|(id, _)| *id));
+            }
+            ids.into_iter().collect()
+        } else {
+            self.meta
+                .queue_by_uid(id.0)
+                .map(|q| q.replicas)
+                .unwrap_or_default()
+        };
+        nodes
+            .into_iter()
+            .filter_map(|n| Some((n, self.node_info(n)?)))
+            .collect()
+    }
+
+    /// Starts the openraft instance of group `id` over its directory and registers it.
+    pub(crate) async fn open_group(
+        self: &Arc<Self>,
+        id: GroupId,
+        machine: Arc<dyn GroupMachine>,
+    ) -> Result<Arc<HostedGroup>, ClusterError> {
+        if self.hosted(id).is_some() {
+            return Err(ClusterError::AlreadyHosted(id));
+        }
+        let dir = self.group_dir(id);
+        let log_dir = dir.join("log");
+        std::fs::create_dir_all(&log_dir)
+            .map_err(|e| ClusterError::io(format!("creating {}", log_dir.display()), e))?;
+        let durability = self.durability.clone();
+        let log = tokio::task::spawn_blocking(move || RaftLog::open(&log_dir, &durability))
+            .await
+            .map_err(|e| ClusterError::Storage(e.to_string()))?
+            .map_err(|e| ClusterError::Storage(e.to_string()))?;
+        let sm = StateMachine::open(&dir, machine)
+            .await
+            .map_err(|e| ClusterError::io(format!("opening the snapshot of {id}"), e))?;
+        let network = GroupNetwork {
+            transport: self.transport().clone(),
+            group: id,
+        };
+        let raft = Raft::new(
+            self.node_id,
+            Arc::clone(&self.raft_config),
+            network,
+            LogStore::new(log),
+            sm,
+        )
+        .await
+        .map_err(raft_err)?;
+        let group = Arc::new(HostedGroup::new(id, raft, dir, self.node_id));
+        let raced = {
+            let mut groups = self.groups.write().unwrap_or_else(|e| e.into_inner());
+            let raced = groups.contains_key(&id);
+            if !raced {
+                groups.insert(id, Arc::clone(&group));
+            }
+            raced
+        };
+        if raced {
+            group.stop().await;
+            return Err(ClusterError::AlreadyHosted(id));
+        }
+        Ok(group)
+    }
+
+    /// Proposes a metadata command on this node's metadata group (forwarded to its leader).
+    pub(crate) async fn propose_meta(
+        self: &Arc<Self>,
+        cmd: &MetaCommand,
+    ) -> Result<MetaResponse, ProposeError> {
+        let bytes = super::group::propose(self, GroupId::META, encode(cmd)).await?;
+        decode("metadata response", &bytes).map_err(|e| ProposeError::Fatal(e.to_string()))
+    }
+
+    /// Makes `node` a voting member of the metadata group with addresses `info` (this node
+    /// must lead it). Joining twice changes nothing; new addresses replace old ones.
+    pub(crate) async fn admit(
+        self: &Arc<Self>,
+        node: NodeId,
+        info: NodeInfo,
+    ) -> Result<(), ClusterError> {
+        let _one_at_a_time = self.admitting.lock().await;
+        let meta = self
+            .hosted(GroupId::META)
+            .ok_or(ClusterError::NotHosted(GroupId::META))?;
+        let membership = self
+            .meta_membership()
+            .ok_or(ClusterError::NotHosted(GroupId::META))?;
+        let known = membership.get_node(&node).cloned();
+        let voter = membership.voter_ids().any(|v| v == node);
+        match known {
+            None => {
+                tokio::time::timeout(
+                    ADMIT_TIMEOUT,
+                    meta.raft.add_learner(node, info.clone(), true),
+                )
+                .await
+                .map_err(|_| ClusterError::Timeout(format!("node {node} did not catch up")))?
+                .map_err(write_err)?;
+            }
+            Some(old) if old != info => {
+                let nodes = BTreeMap::from([(node, info.clone())]);
+                meta.raft
+                    .change_membership(ChangeMembers::SetNodes(nodes), true)
+                    .await
+                    .map_err(write_err)?;
+            }
+            Some(_) => {}
+        }
+        if !voter {
+            meta.raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node])), true)
+                .await
+                .map_err(write_err)?;
+        }
+        if self.meta.node(node).as_ref() != Some(&info) {
+            self.propose_meta(&MetaCommand::AddNode(node, info)).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes `node` from the metadata group and the member list (this node must lead it).
+    pub(crate) async fn expel(self: &Arc<Self>, node: NodeId) -> Result<(), ClusterError> {
+        let _one_at_a_time = self.admitting.lock().await;
+        let meta = self
+            .hosted(GroupId::META)
+            .ok_or(ClusterError::NotHosted(GroupId::META))?;
+        let membership = self
+            .meta_membership()
+            .ok_or(ClusterError::NotHosted(GroupId::META))?;
+        if membership.voter_ids().any(|v| v == node) {
+            meta.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node])), false)
+                .await
+                .map_err(write_err)?;
+        } else if membership.get_node(&node).is_some() {
+            meta.raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([node])), false)
+                .await
+                .map_err(write_err)?;
+        } else if self.meta.node(node).is_none() {
+            return Err(ClusterError::UnknownNode(node));
+        }
+        if self.meta.node(node).is_some() {
+            self.propose_meta(&MetaCommand::RemoveNode(node)).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs `request` (a `Join` or `Leave`) on the metadata leader: here if this node leads,
+    /// else forwarded to the leader.
+    pub(crate) async fn on_meta_leader(
+        self: &Arc<Self>,
+        request: Request,
+    ) -> Result<(), ClusterError> {
+        let meta = self
+            .hosted(GroupId::META)
+            .ok_or(ClusterError::NotHosted(GroupId::META))?;
+        match meta.leader() {
+            Some((leader, _)) if leader == self.node_id => match request {
+                Request::Join { node, info } => self.admit(node, info).await,
+                Request::Leave { node } => self.expel(node).await,
+                _ => Err(ClusterError::Refused("not a membership request".into())),
+            },
+            Some((leader, info)) => {
+                let reply = self
+                    .transport()
+                    .call(
+                        leader,
+                        &info.cluster_addr,
+                        GroupId::META,
+                        request,
+                        FORWARD_TIMEOUT,
+                    )
+                    .await
+                    .map_err(|e| ClusterError::Propose(ProposeError::Unreachable(e.to_string())))?;
+                match reply {
+                    Reply::Done => Ok(()),
+                    Reply::Failed(Failure::NotLeader(_)) => {
+                        Err(ClusterError::Propose(ProposeError::NoLeader))
+                    }
+                    Reply::Failed(f) => Err(ClusterError::Refused(f.to_string())),
+                    other => Err(ClusterError::Refused(format!("unexpected reply {other:?}"))),
+                }
+            }
+            None => Err(ClusterError::Propose(ProposeError::NoLeader)),
+        }
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        from: Option<NodeId>,
+        group: GroupId,
+        request: Request,
+    ) -> Reply {
+        if self.is_stopping() {
+            return Reply::Failed(Failure::ShuttingDown);
+        }
+        if let Request::Info = request {
+            return Reply::Info {
+                node: self.node_id,
+                info: self.local.clone(),
+            };
+        }
+        if matches!(request, Request::Join { .. } | Request::Leave { .. }) {
+            if group != GroupId::META {
+                return Reply::Failed(Failure::Other(
+                    "membership requests go to the metadata group".into(),
+                ));
+            }
+            return match self.on_meta_leader(request).await {
+                Ok(()) => Reply::Done,
+                Err(ClusterError::Propose(ProposeError::NoLeader)) => {
+                    Reply::Failed(Failure::NotLeader(None))
+                }
+                Err(e) => Reply::Failed(Failure::Other(e.to_string())),
+            };
+        }
+        let Some(hosted) = self.hosted(group) else {
+            tracing::trace!(?from, %group, "request for a group not hosted here");
+            return Reply::Failed(Failure::NotHosted);
+        };
+        let fatal = |e: String| Reply::Failed(Failure::Other(e));
+        match request {
+            Request::AppendEntries(r) => match hosted.raft.append_entries(r).await {
+                Ok(resp) => Reply::AppendEntries(resp),
+                Err(e) => fatal(e.to_string()),
+            },
+            Request::Vote(r) => match hosted.raft.vote(r).await {
+                Ok(resp) => Reply::Vote(resp),
+                Err(e) => fatal(e.to_string()),
+            },
+            Request::InstallSnapshot(r) => match hosted.raft.install_snapshot(r).await {
+                Ok(resp) => Reply::InstallSnapshot(resp),
+                Err(e) => fatal(e.to_string()),
+            },
+            Request::Propose(cmd) => match hosted.write_local(cmd).await {
+                Ok(r) => Reply::Proposed(r),
+                Err(LocalWriteError::NotLeader(l)) => Reply::Failed(Failure::NotLeader(l)),
+                Err(LocalWriteError::Failed(ProposeError::Shutdown)) => {
+                    Reply::Failed(Failure::ShuttingDown)
+                }
+                Err(LocalWriteError::Failed(e)) => fatal(e.to_string()),
+            },
+            Request::Elect => match hosted.raft.trigger().elect().await {
+                Ok(()) => Reply::Done,
+                Err(e) => fatal(e.to_string()),
+            },
+            Request::TransferLeadership { to } => {
+                match super::transfer_from_here(&self, &hosted, to).await {
+                    Ok(()) => Reply::Done,
+                    Err(e) => fatal(e.to_string()),
+                }
+            }
+            Request::Info | Request::Join { .. } | Request::Leave { .. } => {
+                unreachable!("answered above")
+            }
+        }
+    }
+}
+
+/// Answers peers' requests on behalf of the core (weakly held: a stopped cluster answers
+/// nothing).
+pub(crate) struct Dispatcher {
+    pub(crate) core: Weak<Core>,
+}
+
+impl Handler for Dispatcher {
+    fn handle(
+        &self,
+        from: Option<NodeId>,
+        group: GroupId,
+        request: Request,
+    ) -> BoxFuture<'static, Reply> {
+        match self.core.upgrade() {
+            Some(core) => Box::pin(core.handle(from, group, request)),
+            None => Box::pin(async { Reply::Failed(Failure::ShuttingDown) }),
+        }
+    }
+}

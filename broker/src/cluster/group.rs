@@ -1,0 +1,339 @@
+//! A group hosted on this node (one openraft instance over the shared transport), the
+//! handles other code proposes through, and the leadership watch.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::core::Core;
+use super::rpc::{Failure, Reply, Request};
+use super::types::{Command, GroupId, Leadership, NodeId, NodeInfo, ProposeError, Raft};
+
+/// How long a proposal may take, leader elections and forwarding included.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause before retrying a proposal that found no leader.
+const PROPOSE_RETRY: Duration = Duration::from_millis(100);
+
+/// One openraft instance and what watches it.
+pub(crate) struct HostedGroup {
+    pub(crate) id: GroupId,
+    pub(crate) raft: Raft,
+    pub(crate) dir: PathBuf,
+    leadership: watch::Receiver<Leadership>,
+    watcher: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for HostedGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostedGroup")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostedGroup {
+    pub(crate) fn new(id: GroupId, raft: Raft, dir: PathBuf, local: NodeId) -> HostedGroup {
+        let (tx, rx) = watch::channel(Leadership::default());
+        let watcher = tokio::spawn(watch_leadership(raft.clone(), tx, local));
+        HostedGroup {
+            id,
+            raft,
+            dir,
+            leadership: rx,
+            watcher,
+        }
+    }
+
+    pub(crate) fn leadership(&self) -> watch::Receiver<Leadership> {
+        self.leadership.clone()
+    }
+
+    pub(crate) async fn stop(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(group = %self.id, error = %e, "raft did not stop cleanly");
+        }
+        self.watcher.abort();
+    }
+
+    /// The leader this node knows of, with its addresses.
+    pub(crate) fn leader(&self) -> Option<(NodeId, NodeInfo)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        let info = m.membership_config.membership().get_node(&id).cloned()?;
+        Some((id, info))
+    }
+
+    pub(crate) fn status(&self) -> GroupStatus {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        let last = m.last_log_index.unwrap_or(0);
+        let replicas = membership
+            .voter_ids()
+            .chain(membership.learner_ids())
+            .map(|node| {
+                let matched = match &m.replication {
+                    Some(rep) => rep.get(&node).map(|l| l.map(|l| l.index).unwrap_or(0)),
+                    None if node == m.id => m.last_log_index,
+                    None => None,
+                };
+                ReplicaStatus {
+                    node,
+                    voter: membership.voter_ids().any(|v| v == node),
+                    matched,
+                    lag: matched.map(|i| last.saturating_sub(i)),
+                }
+            })
+            .collect();
+        GroupStatus {
+            id: self.id.0,
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            replicas,
+        }
+    }
+
+    /// Proposes here; `Err(Some(leader))` / `Err(None)` when this node is not the leader.
+    pub(crate) async fn write_local(&self, command: Vec<u8>) -> Result<Vec<u8>, LocalWriteError> {
+        match self.raft.client_write(Command(command)).await {
+            Ok(resp) => Ok(resp.data.0),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(LocalWriteError::NotLeader(f.leader_id.zip(f.leader_node)))
+            }
+            Err(RaftError::APIError(e)) => {
+                Err(LocalWriteError::Failed(ProposeError::Fatal(e.to_string())))
+            }
+            Err(RaftError::Fatal(e)) => Err(LocalWriteError::Failed(match e {
+                openraft::error::Fatal::Stopped => ProposeError::Shutdown,
+                e => ProposeError::Fatal(e.to_string()),
+            })),
+        }
+    }
+}
+
+pub(crate) enum LocalWriteError {
+    NotLeader(Option<(NodeId, NodeInfo)>),
+    Failed(ProposeError),
+}
+
+async fn watch_leadership(raft: Raft, tx: watch::Sender<Leadership>, local: NodeId) {
+    let mut metrics = raft.metrics();
+    loop {
+        let now = {
+            let m = metrics.borrow_and_update();
+            Leadership {
+                leader: m.current_leader,
+                term: m.current_term,
+                is_self: m.current_leader == Some(local),
+            }
+        };
+        tx.send_if_modified(|l| {
+            let changed = *l != now;
+            *l = now;
+            changed
+        });
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A group's state as this node sees it (followers know little of the others' progress).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GroupStatus {
+    pub id: u64,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// One replica of a group: how far it matched the leader's log, when this node leads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReplicaStatus {
+    pub node: NodeId,
+    pub voter: bool,
+    /// Highest log index known to be on that replica (`None`: unknown here).
+    pub matched: Option<u64>,
+    /// Entries it is behind the leader's last.
+    pub lag: Option<u64>,
+}
+
+/// A group hosted on this node.
+#[derive(Clone)]
+pub struct GroupHandle {
+    pub(crate) core: Arc<Core>,
+    pub(crate) group: Arc<HostedGroup>,
+}
+
+impl std::fmt::Debug for GroupHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupHandle")
+            .field("id", &self.group.id)
+            .finish()
+    }
+}
+
+impl GroupHandle {
+    pub fn id(&self) -> GroupId {
+        self.group.id
+    }
+
+    /// Proposes `command`; forwarded to the leader when this node is not the leader. Answers
+    /// the machine's response once the command is committed and applied on the leader.
+    pub async fn propose(&self, command: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
+        propose(&self.core, self.group.id, command).await
+    }
+
+    pub fn leadership(&self) -> watch::Receiver<Leadership> {
+        self.group.leadership()
+    }
+
+    pub fn status(&self) -> GroupStatus {
+        self.group.status()
+    }
+}
+
+/// Any group, hosted here or not: proposals go to its leader over the cluster transport.
+#[derive(Clone)]
+pub struct GroupClient {
+    pub(crate) core: Arc<Core>,
+    pub(crate) id: GroupId,
+}
+
+impl std::fmt::Debug for GroupClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupClient").field("id", &self.id).finish()
+    }
+}
+
+impl GroupClient {
+    pub fn id(&self) -> GroupId {
+        self.id
+    }
+
+    pub async fn propose(&self, command: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
+        propose(&self.core, self.id, command).await
+    }
+
+    /// The leader as known here: from the group if hosted, else `None` until asked.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.core
+            .hosted(self.id)
+            .and_then(|g| g.leadership().borrow().leader)
+    }
+}
+
+/// Where to send a proposal next.
+enum Target {
+    Local(Arc<HostedGroup>),
+    Remote(NodeId, NodeInfo),
+}
+
+/// Proposes `command` to group `id`: here if this node leads it, else to the leader it
+/// knows, else to each replica in turn until one names the leader. Retried only when the
+/// command surely was not proposed (refused, or never sent); a reply lost after sending is
+/// reported, not retried, so a command is never proposed twice by this function.
+pub(crate) async fn propose(
+    core: &Arc<Core>,
+    id: GroupId,
+    command: Vec<u8>,
+) -> Result<Vec<u8>, ProposeError> {
+    let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
+    let mut hint: Option<(NodeId, NodeInfo)> = None;
+    let mut last_error = ProposeError::NoLeader;
+    let mut hops = 0u32;
+    loop {
+        if core.is_stopping() {
+            return Err(ProposeError::Shutdown);
+        }
+        let targets: Vec<Target> = match (hint.take(), core.hosted(id)) {
+            (Some((leader, info)), _) if leader != core.node_id => {
+                vec![Target::Remote(leader, info)]
+            }
+            (_, Some(group)) => vec![Target::Local(group)],
+            (_, None) => core
+                .replicas_of(id)
+                .into_iter()
+                .filter(|(n, _)| *n != core.node_id)
+                .map(|(n, info)| Target::Remote(n, info))
+                .collect(),
+        };
+        for target in targets {
+            match target {
+                Target::Local(group) => match group.write_local(command.clone()).await {
+                    Ok(r) => return Ok(r),
+                    Err(LocalWriteError::NotLeader(Some(l))) if l.0 != core.node_id => {
+                        hint = Some(l);
+                        last_error = ProposeError::NoLeader;
+                    }
+                    Err(LocalWriteError::NotLeader(_)) => last_error = ProposeError::NoLeader,
+                    Err(LocalWriteError::Failed(e)) => return Err(e),
+                },
+                Target::Remote(node, info) => {
+                    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let call = core
+                        .transport()
+                        .call(
+                            node,
+                            &info.cluster_addr,
+                            id,
+                            Request::Propose(command.clone()),
+                            remaining,
+                        )
+                        .await;
+                    match call {
+                        Ok(Reply::Proposed(r)) => return Ok(r),
+                        Ok(Reply::Failed(Failure::NotLeader(Some(l)))) => {
+                            hint = Some(l);
+                            break;
+                        }
+                        Ok(Reply::Failed(Failure::NotLeader(None))) => {
+                            last_error = ProposeError::NoLeader
+                        }
+                        Ok(Reply::Failed(Failure::NotHosted)) => {
+                            last_error = ProposeError::Unreachable(format!(
+                                "{id} is not hosted on node {node}"
+                            ))
+                        }
+                        Ok(Reply::Failed(Failure::ShuttingDown)) => {
+                            last_error =
+                                ProposeError::Unreachable(format!("node {node} is shutting down"))
+                        }
+                        Ok(Reply::Failed(Failure::Other(e))) => return Err(ProposeError::Fatal(e)),
+                        Ok(other) => {
+                            return Err(ProposeError::Fatal(format!("unexpected reply {other:?}")))
+                        }
+                        Err(e)
+                            if e.is_unreachable()
+                                && !matches!(e, super::transport::TransportError::Closed(_)) =>
+                        {
+                            last_error = ProposeError::Unreachable(e.to_string())
+                        }
+                        Err(e) => return Err(ProposeError::Unreachable(e.to_string())),
+                    }
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(last_error);
+        }
+        // Follow a leader hint at once, but not in circles: stale hints can point back and
+        // forth while an election settles.
+        hops = if hint.is_some() { hops + 1 } else { 0 };
+        if hint.is_none() || hops > 3 {
+            tokio::time::sleep(PROPOSE_RETRY).await;
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! The metadata group's machine (group 0): the members and their addresses, and the catalog
+//! of replicated queues. Every member applies the same commands in the same order, so every
+//! node answers `catalog()` and `node()` alike (up to replication lag).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::codec::{decode, encode};
+use super::state_machine::{Committed, GroupMachine};
+use super::types::{ClusterError, NodeId, NodeInfo};
+
+/// A replicated queue, as the metadata group records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueRecord {
+    pub vhost: String,
+    pub name: String,
+    /// The queue's uid, also its raft group id.
+    pub uid: u64,
+    pub durable: bool,
+    /// Wire-encoded `QueueArguments`.
+    pub arguments: Vec<u8>,
+    /// The nodes holding a replica; the first one initialised the group.
+    pub replicas: Vec<NodeId>,
+}
+
+/// A change to the metadata.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaCommand {
+    /// Records (or updates the addresses of) a member.
+    AddNode(NodeId, NodeInfo),
+    RemoveNode(NodeId),
+    /// Idempotent: a record with the same vhost and name answers with the existing record.
+    DeclareQueue(QueueRecord),
+    DeleteQueue {
+        vhost: String,
+        name: String,
+    },
+}
+
+/// The metadata machine's answer to a [`MetaCommand`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaResponse {
+    Done,
+    /// The queue's record after a `DeclareQueue`: the new one, or the one that existed.
+    Queue(QueueRecord),
+    /// The record a `DeleteQueue` removed.
+    Deleted(QueueRecord),
+    /// `DeleteQueue` of a queue the catalog does not hold.
+    NoSuchQueue,
+    /// A command this machine could not decode (written by a newer version).
+    Invalid(String),
+}
+
+/// What the metadata machine applied, in order, for the broker to act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetaEvent {
+    QueueDeclared(QueueRecord),
+    QueueDeleted(QueueRecord),
+    NodesChanged,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct MetaState {
+    members: BTreeMap<NodeId, NodeInfo>,
+    /// By (vhost, name).
+    queues: BTreeMap<(String, String), QueueRecord>,
+}
+
+/// The metadata group's [`GroupMachine`].
+#[derive(Debug)]
+pub(crate) struct MetaMachine {
+    state: Mutex<MetaState>,
+    events: mpsc::UnboundedSender<MetaEvent>,
+}
+
+impl MetaMachine {
+    pub(crate) fn new() -> (Arc<MetaMachine>, mpsc::UnboundedReceiver<MetaEvent>) {
+        let (events, rx) = mpsc::unbounded_channel();
+        let machine = Arc::new(MetaMachine {
+            state: Mutex::new(MetaState::default()),
+            events,
+        });
+        (machine, rx)
+    }
+
+    fn state(&self) -> MutexGuard<'_, MetaState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn catalog(&self) -> Vec<QueueRecord> {
+        self.state().queues.values().cloned().collect()
+    }
+
+    pub(crate) fn queue_by_uid(&self, uid: u64) -> Option<QueueRecord> {
+        self.state().queues.values().find(|q| q.uid == uid).cloned()
+    }
+
+    pub(crate) fn node(&self, id: NodeId) -> Option<NodeInfo> {
+        self.state().members.get(&id).cloned()
+    }
+
+    pub(crate) fn members(&self) -> BTreeMap<NodeId, NodeInfo> {
+        self.state().members.clone()
+    }
+
+    fn emit(&self, event: MetaEvent) {
+        // The receiver may not be taken (a node without replicated queues); nothing to do.
+        let _ = self.events.send(event);
+    }
+
+    fn apply_one(&self, command: MetaCommand) -> MetaResponse {
+        let mut st = self.state();
+        match command {
+            MetaCommand::AddNode(id, info) => {
+                if st.members.get(&id) != Some(&info) {
+                    st.members.insert(id, info);
+                    drop(st);
+                    self.emit(MetaEvent::NodesChanged);
+                }
+                MetaResponse::Done
+            }
+            MetaCommand::RemoveNode(id) => {
+                if st.members.remove(&id).is_some() {
+                    drop(st);
+                    self.emit(MetaEvent::NodesChanged);
+                }
+                MetaResponse::Done
+            }
+            MetaCommand::DeclareQueue(record) => {
+                let key = (record.vhost.clone(), record.name.clone());
+                if let Some(existing) = st.queues.get(&key) {
+                    return MetaResponse::Queue(existing.clone());
+                }
+                st.queues.insert(key, record.clone());
+                drop(st);
+                self.emit(MetaEvent::QueueDeclared(record.clone()));
+                MetaResponse::Queue(record)
+            }
+            MetaCommand::DeleteQueue { vhost, name } => match st.queues.remove(&(vhost, name)) {
+                Some(record) => {
+                    drop(st);
+                    self.emit(MetaEvent::QueueDeleted(record.clone()));
+                    MetaResponse::Deleted(record)
+                }
+                None => MetaResponse::NoSuchQueue,
+            },
+        }
+    }
+
+    /// Replaces the state with a snapshot's, telling the broker what changed as events.
+    fn replace(&self, new: MetaState) {
+        let old = std::mem::replace(&mut *self.state(), new.clone());
+        for (key, record) in &old.queues {
+            if new.queues.get(key) != Some(record) {
+                self.emit(MetaEvent::QueueDeleted(record.clone()));
+            }
+        }
+        for (key, record) in &new.queues {
+            if old.queues.get(key) != Some(record) {
+                self.emit(MetaEvent::QueueDeclared(record.clone()));
+            }
+        }
+        if old.members != new.members {
+            self.emit(MetaEvent::NodesChanged);
+        }
+    }
+}
+
+impl GroupMachine for MetaMachine {
+    fn apply(&self, batch: Vec<Committed>) -> BoxFuture<'static, Vec<Vec<u8>>> {
+        let answers = batch
+            .into_iter()
+            .map(|c| {
+                let response = match decode::<MetaCommand>("metadata command", &c.command) {
+                    Ok(cmd) => self.apply_one(cmd),
+                    Err(e) => MetaResponse::Invalid(e.to_string()),
+                };
+                encode(&response)
+            })
+            .collect();
+        Box::pin(async move { answers })
+    }
+
+    fn snapshot(&self) -> BoxFuture<'static, Vec<u8>> {
+        let bytes = encode(&*self.state());
+        Box::pin(async move { bytes })
+    }
+
+    fn install(&self, data: Vec<u8>) -> BoxFuture<'static, ()> {
+        match decode::<MetaState>("metadata snapshot", &data) {
+            Ok(state) => self.replace(state),
+            // A snapshot that passed its checksum yet does not decode is a bug or a newer
+            // format; refusing to go on is safer than running with an empty catalog.
+            Err(e) => panic!("metadata snapshot unreadable: {e}"),
+        }
+        Box::pin(async {})
+    }
+}
+
+/// Chooses the nodes for a new replicated queue: the `replicas` members leading the fewest
+/// queues (ties by id, so every proposer agrees), least loaded first. The first one
+/// initialises the group and so becomes its first leader: leaders spread over the nodes.
+pub fn placement(
+    members: &[NodeId],
+    leaders_per_node: &HashMap<NodeId, usize>,
+    replicas: usize,
+) -> Result<Vec<NodeId>, ClusterError> {
+    if replicas == 0 || replicas > members.len() {
+        return Err(ClusterError::NotEnoughNodes {
+            wanted: replicas,
+            members: members.len(),
+        });
+    }
+    let mut ranked: Vec<NodeId> = members.to_vec();
+    ranked.sort_by_key(|id| (leaders_per_node.get(id).copied().unwrap_or(0), *id));
+    ranked.dedup();
+    ranked.truncate(replicas);
+    Ok(ranked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str, uid: u64) -> QueueRecord {
+        QueueRecord {
+            vhost: "/".into(),
+            name: name.into(),
+            uid,
+            durable: true,
+            arguments: vec![],
+            replicas: vec![1, 2, 3],
+        }
+    }
+
+    fn apply(m: &MetaMachine, cmd: MetaCommand) -> MetaResponse {
+        let out = futures_util::FutureExt::now_or_never(m.apply(vec![Committed {
+            index: 1,
+            command: encode(&cmd),
+        }]))
+        .unwrap();
+        decode("response", &out[0]).unwrap()
+    }
+
+    #[test]
+    fn declaring_a_queue_twice_answers_with_the_first_record() {
+        let (m, mut events) = MetaMachine::new();
+        let first = record("q", 7);
+        assert_eq!(
+            apply(&m, MetaCommand::DeclareQueue(first.clone())),
+            MetaResponse::Queue(first.clone())
+        );
+        let second = record("q", 8);
+        assert_eq!(
+            apply(&m, MetaCommand::DeclareQueue(second)),
+            MetaResponse::Queue(first.clone())
+        );
+        assert_eq!(m.catalog(), vec![first.clone()]);
+        assert_eq!(events.try_recv().unwrap(), MetaEvent::QueueDeclared(first));
+        assert!(
+            events.try_recv().is_err(),
+            "the second declare changed nothing"
+        );
+    }
+
+    #[test]
+    fn deleting_a_queue_returns_its_record_and_a_missing_one_says_so() {
+        let (m, _events) = MetaMachine::new();
+        apply(&m, MetaCommand::DeclareQueue(record("q", 7)));
+        let del = MetaCommand::DeleteQueue {
+            vhost: "/".into(),
+            name: "q".into(),
+        };
+        assert_eq!(
+            apply(&m, del.clone()),
+            MetaResponse::Deleted(record("q", 7))
+        );
+        assert_eq!(apply(&m, del), MetaResponse::NoSuchQueue);
+    }
+
+    #[test]
+    fn installing_a_snapshot_reports_the_differences_as_events() {
+        let (a, _) = MetaMachine::new();
+        apply(&a, MetaCommand::DeclareQueue(record("kept", 1)));
+        apply(&a, MetaCommand::DeclareQueue(record("new", 2)));
+        let snap = futures_util::FutureExt::now_or_never(a.snapshot()).unwrap();
+        let (b, mut events) = MetaMachine::new();
+        apply(&b, MetaCommand::DeclareQueue(record("kept", 1)));
+        apply(&b, MetaCommand::DeclareQueue(record("gone", 3)));
+        while events.try_recv().is_ok() {}
+        futures_util::FutureExt::now_or_never(b.install(snap)).unwrap();
+        let got: Vec<_> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+        assert_eq!(
+            got,
+            vec![
+                MetaEvent::QueueDeleted(record("gone", 3)),
+                MetaEvent::QueueDeclared(record("new", 2))
+            ]
+        );
+        assert_eq!(b.catalog(), a.catalog());
+    }
+
+    #[test]
+    fn placement_picks_the_least_loaded_nodes_first() {
+        let leaders = HashMap::from([(1, 3), (2, 0), (3, 1), (4, 0)]);
+        assert_eq!(
+            placement(&[1, 2, 3, 4], &leaders, 3).unwrap(),
+            vec![2, 4, 3]
+        );
+        assert!(matches!(
+            placement(&[1, 2], &leaders, 3),
+            Err(ClusterError::NotEnoughNodes {
+                wanted: 3,
+                members: 2
+            })
+        ));
+    }
+}

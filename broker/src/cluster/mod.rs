@@ -1,0 +1,628 @@
+//! The cluster: Raft groups (openraft) over Sluice's own raft log, one TCP transport per
+//! node, the metadata group (members, replicated-queue catalog), and the operations
+//! operators and the broker use. This module is the cluster's one door.
+//!
+//! # Layout
+//! ```text
+//! <data>/cluster/groups/<group id:016x>/log/        the group's raft log (storage::RaftLog)
+//! <data>/cluster/groups/<group id:016x>/snapshot    its latest snapshot (meta + machine bytes)
+//! ```
+//! - [`types`]: ids, addresses, openraft's type config, errors.
+//! - `codec`: the one bincode configuration, frames (`u32` length + body).
+//! - `rpc` / `transport`: what nodes say to each other, and the connections that carry it.
+//! - `network`: openraft's RPCs over the transport, per group.
+//! - `log_store` / `state_machine`: openraft's storage over `RaftLog` and a [`GroupMachine`].
+//! - `group`: a hosted group, proposals (forwarded to the leader), the leadership watch.
+//! - `meta`: the metadata machine, [`placement`].
+//! - `core`: the shared state and the answers to peers.
+//! - [`admin`]: the operators' wire requests (protocol.md §20).
+
+pub mod admin;
+mod codec;
+mod core;
+mod group;
+mod log_store;
+mod meta;
+mod network;
+mod rpc;
+mod state_machine;
+mod transport;
+mod types;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+pub use codec::{decode, encode, DecodeError};
+pub use group::{GroupClient, GroupHandle, GroupStatus, ReplicaStatus};
+pub use meta::{placement, MetaCommand, MetaEvent, MetaResponse, QueueRecord};
+pub use state_machine::{Committed, GroupMachine};
+pub use types::{
+    ClusterError, Command, GroupId, Leadership, NodeId, NodeInfo, ProposeError, Response,
+    TypeConfig,
+};
+
+use self::core::{Core, Dispatcher};
+use crate::storage::Durability;
+use meta::MetaMachine;
+use rpc::{Failure, Reply, Request};
+use transport::Transport;
+
+/// Raft timing for a loaded 2-core machine: a missed heartbeat or two does not start an
+/// election, and a dead leader is replaced within a few seconds.
+const HEARTBEAT_MS: u64 = 250;
+const ELECTION_MIN_MS: u64 = 1000;
+const ELECTION_MAX_MS: u64 = 2000;
+/// Pause between attempts to join (or re-announce to) the cluster, doubling up to the max.
+const JOIN_RETRY_MIN: Duration = Duration::from_millis(200);
+const JOIN_RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long a leadership transfer may take before it is reported as failed.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// How this node takes part in the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub node_id: NodeId,
+    /// The cluster listener (`--cluster-listen`); port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// The address peers dial (`--cluster-advertise`); default: the bound listener address.
+    pub advertise: Option<String>,
+    /// Members to ask to join through (`--join`); empty: bootstrap a new cluster when the
+    /// data directory holds none.
+    pub join: Vec<String>,
+    /// A snapshot is taken every this many applied log entries (per group).
+    pub snapshot_every: u64,
+}
+
+impl ClusterConfig {
+    pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
+
+    pub fn new(node_id: NodeId, listen: SocketAddr) -> ClusterConfig {
+        ClusterConfig {
+            node_id,
+            listen,
+            advertise: None,
+            join: Vec::new(),
+            snapshot_every: Self::DEFAULT_SNAPSHOT_EVERY,
+        }
+    }
+
+    fn raft_config(&self) -> Result<openraft::Config, ClusterError> {
+        openraft::Config {
+            cluster_name: "sluice".into(),
+            heartbeat_interval: HEARTBEAT_MS,
+            election_timeout_min: ELECTION_MIN_MS,
+            election_timeout_max: ELECTION_MAX_MS,
+            install_snapshot_timeout: 10_000,
+            max_payload_entries: 64,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every.max(1)),
+            snapshot_max_chunk_size: 1 << 20,
+            // Keep a little log behind a snapshot so a briefly lagging follower catches up
+            // from the log rather than by a whole snapshot.
+            max_in_snapshot_log_to_keep: (self.snapshot_every / 2).min(1000),
+            purge_batch_size: 64,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Config(e.to_string()))
+    }
+}
+
+/// A member of the cluster, as this node knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    /// Votes in the metadata group (a node being added is a learner first).
+    pub voter: bool,
+    pub cluster_addr: String,
+    pub client_addr: String,
+    pub http_addr: Option<String>,
+}
+
+/// The cluster as this node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClusterStatus {
+    pub node_id: NodeId,
+    /// This node votes in the metadata group.
+    pub member: bool,
+    pub metadata_leader: Option<NodeId>,
+    pub metadata_term: u64,
+    pub members: Vec<MemberStatus>,
+    /// Every group hosted on this node, the metadata group first.
+    pub groups: Vec<GroupStatus>,
+}
+
+/// This node's part in the cluster; cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    core: Arc<Core>,
+    meta_events: Mutex<Option<mpsc::UnboundedReceiver<MetaEvent>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node_id", &self.inner.core.node_id)
+            .finish()
+    }
+}
+
+impl Cluster {
+    /// Starts the node's cluster part: the listener, the metadata group, and then either a new
+    /// one-node cluster (empty data, no `join`), a join through `config.join`, or (data from
+    /// an earlier run) a refresh of this node's addresses with the leader. `local`'s
+    /// `cluster_addr` is replaced by the advertised address.
+    pub async fn start(
+        config: ClusterConfig,
+        data_dir: &Path,
+        mut local: NodeInfo,
+        durability: Durability,
+    ) -> Result<Cluster, ClusterError> {
+        let dir = data_dir.join("cluster");
+        let groups = dir.join("groups");
+        std::fs::create_dir_all(&groups)
+            .map_err(|e| ClusterError::io(format!("creating {}", groups.display()), e))?;
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+            ClusterError::io(format!("binding the cluster listener {}", config.listen), e)
+        })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| ClusterError::io("reading the cluster listener's address", e))?;
+        local.cluster_addr = config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| bound.to_string());
+        let raft_config = Arc::new(config.raft_config()?);
+        let (meta, events) = MetaMachine::new();
+        let core = Arc::new(Core::new(
+            config.node_id,
+            local.clone(),
+            dir,
+            durability,
+            Arc::clone(&meta),
+            raft_config,
+        ));
+        let dispatcher = Arc::new(Dispatcher {
+            core: Arc::downgrade(&core),
+        });
+        let transport = Transport::start(config.node_id, listener, dispatcher)
+            .map_err(|e| ClusterError::io("starting the cluster transport", e))?;
+        core.set_transport(transport);
+        let meta_group = core.open_group(GroupId::META, meta).await?;
+        let initialised = meta_group
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        if !initialised && config.join.is_empty() {
+            tracing::info!(node = config.node_id, "bootstrapping a new cluster");
+            meta_group
+                .raft
+                .initialize(BTreeMap::from([(config.node_id, local)]))
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        }
+        let announce = tokio::spawn(announce(Arc::clone(&core), config.join.clone()));
+        Ok(Cluster {
+            inner: Arc::new(Inner {
+                core,
+                meta_events: Mutex::new(Some(events)),
+                tasks: Mutex::new(vec![announce]),
+            }),
+        })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.inner.core.node_id
+    }
+
+    /// The cluster listener's bound address.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.inner.core.transport().listen_addr()
+    }
+
+    /// This node's addresses, as advertised to the others.
+    pub fn local(&self) -> &NodeInfo {
+        &self.inner.core.local
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        let core = &self.inner.core;
+        let membership = core.meta_membership().unwrap_or_default();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let mut ids: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
+        ids.extend(core.meta.members().keys());
+        let members = ids
+            .into_iter()
+            .filter_map(|id| {
+                let info = core.node_info(id)?;
+                Some(MemberStatus {
+                    id,
+                    voter: voters.contains(&id),
+                    cluster_addr: info.cluster_addr,
+                    client_addr: info.client_addr,
+                    http_addr: info.http_addr,
+                })
+            })
+            .collect();
+        let leadership = self.meta_leadership();
+        let leadership = *leadership.borrow();
+        ClusterStatus {
+            node_id: core.node_id,
+            member: voters.contains(&core.node_id),
+            metadata_leader: leadership.leader,
+            metadata_term: leadership.term,
+            members,
+            groups: core.hosted_all().iter().map(|g| g.status()).collect(),
+        }
+    }
+
+    /// A member and known metadata leader: what `/readyz` waits for.
+    pub fn is_ready(&self) -> bool {
+        let core = &self.inner.core;
+        let member = core
+            .meta_membership()
+            .is_some_and(|m| m.voter_ids().any(|v| v == core.node_id));
+        member && self.meta_leadership().borrow().leader.is_some()
+    }
+
+    /// Who leads the metadata group.
+    pub fn meta_leadership(&self) -> watch::Receiver<Leadership> {
+        self.inner
+            .core
+            .hosted(GroupId::META)
+            .map(|g| g.leadership())
+            .unwrap_or_else(|| watch::channel(Leadership::default()).1)
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<NodeInfo> {
+        self.inner.core.node_info(id)
+    }
+
+    /// The voting members of the cluster.
+    pub fn members(&self) -> Vec<NodeId> {
+        self.inner
+            .core
+            .meta_membership()
+            .map(|m| m.voter_ids().collect())
+            .unwrap_or_default()
+    }
+
+    /// Queue leaderships per member, for [`placement`]: each catalogued queue counts for
+    /// its current leader where this node hosts it, else for its first replica.
+    pub fn leaders_per_node(&self) -> HashMap<NodeId, usize> {
+        let core = &self.inner.core;
+        let mut counts = HashMap::new();
+        for record in core.meta.catalog() {
+            let leader = core
+                .hosted(GroupId(record.uid))
+                .and_then(|g| g.leadership().borrow().leader)
+                .or_else(|| record.replicas.first().copied());
+            if let Some(l) = leader {
+                *counts.entry(l).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    /// Hosts group `id` on this node. `initialise`: this node creates it with `members`
+    /// (the first replica does; the others wait to be contacted by its leader).
+    pub async fn host_group(
+        &self,
+        id: GroupId,
+        members: Vec<NodeId>,
+        machine: Arc<dyn GroupMachine>,
+        initialise: bool,
+    ) -> Result<GroupHandle, ClusterError> {
+        let core = &self.inner.core;
+        if id == GroupId::META {
+            return Err(ClusterError::AlreadyHosted(id));
+        }
+        let nodes = members
+            .iter()
+            .map(|n| {
+                core.node_info(*n)
+                    .map(|i| (*n, i))
+                    .ok_or(ClusterError::UnknownNode(*n))
+            })
+            .collect::<Result<BTreeMap<_, _>, _>>()?;
+        let group = core.open_group(id, machine).await?;
+        if initialise {
+            let started = async {
+                if !group
+                    .raft
+                    .is_initialized()
+                    .await
+                    .map_err(|e| ClusterError::Raft(e.to_string()))?
+                {
+                    group
+                        .raft
+                        .initialize(nodes)
+                        .await
+                        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+                }
+                Ok::<_, ClusterError>(())
+            };
+            if let Err(e) = started.await {
+                core.unhost(id);
+                group.stop().await;
+                return Err(e);
+            }
+        }
+        Ok(GroupHandle {
+            core: Arc::clone(core),
+            group,
+        })
+    }
+
+    /// The handle of a group hosted here.
+    pub fn hosted_group(&self, id: GroupId) -> Option<GroupHandle> {
+        let group = self.inner.core.hosted(id)?;
+        Some(GroupHandle {
+            core: Arc::clone(&self.inner.core),
+            group,
+        })
+    }
+
+    /// Stops group `id` on this node and deletes its directory.
+    pub async fn drop_group(&self, id: GroupId) -> Result<(), ClusterError> {
+        if id == GroupId::META {
+            return Err(ClusterError::Refused(
+                "the metadata group cannot be dropped".into(),
+            ));
+        }
+        let core = &self.inner.core;
+        let group = core.unhost(id).ok_or(ClusterError::NotHosted(id))?;
+        group.stop().await;
+        let dir = group.dir.clone();
+        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir))
+            .await
+            .map_err(|e| ClusterError::Storage(e.to_string()))?
+            .map_err(|e| ClusterError::io(format!("removing the directory of {id}"), e))
+    }
+
+    /// A client for any group, hosted here or not: proposals go to its leader over the
+    /// cluster transport.
+    pub fn group(&self, id: GroupId) -> GroupClient {
+        GroupClient {
+            core: Arc::clone(&self.inner.core),
+            id,
+        }
+    }
+
+    pub async fn propose_meta(&self, cmd: MetaCommand) -> Result<MetaResponse, ProposeError> {
+        self.inner.core.propose_meta(&cmd).await
+    }
+
+    /// Events the metadata machine applied, in order (taken once, by the broker).
+    pub fn take_meta_events(&self) -> Option<mpsc::UnboundedReceiver<MetaEvent>> {
+        self.inner
+            .meta_events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// Replicated queues known to the metadata group.
+    pub fn catalog(&self) -> Vec<QueueRecord> {
+        self.inner.core.meta.catalog()
+    }
+
+    /// Adds node `id` as a member. `info.cluster_addr` must reach it; when the other
+    /// addresses are empty they are asked of the node itself.
+    pub async fn add_node(&self, id: NodeId, mut info: NodeInfo) -> Result<(), ClusterError> {
+        let core = &self.inner.core;
+        if info.client_addr.is_empty() {
+            let reply = core
+                .transport()
+                .call_addr(
+                    &info.cluster_addr,
+                    GroupId::META,
+                    Request::Info,
+                    REQUEST_TIMEOUT,
+                )
+                .await
+                .map_err(|e| ClusterError::Propose(ProposeError::Unreachable(e.to_string())))?;
+            match reply {
+                Reply::Info { node, info: theirs } if node == id => {
+                    info = NodeInfo {
+                        cluster_addr: info.cluster_addr,
+                        ..theirs
+                    }
+                }
+                Reply::Info { node, .. } => {
+                    return Err(ClusterError::Refused(format!(
+                        "{} is node {node}, not node {id}",
+                        info.cluster_addr
+                    )))
+                }
+                other => return Err(ClusterError::Refused(format!("unexpected reply {other:?}"))),
+            }
+        }
+        core.on_meta_leader(Request::Join { node: id, info }).await
+    }
+
+    pub async fn remove_node(&self, id: NodeId) -> Result<(), ClusterError> {
+        self.inner
+            .core
+            .on_meta_leader(Request::Leave { node: id })
+            .await
+    }
+
+    /// Moves the leadership of `group` to node `to` (a voter of it). openraft 0.9 has no
+    /// transfer of its own: the leader pauses its heartbeats and asks `to` to campaign at once,
+    /// which wins because its log is up to date; the outcome is checked, not assumed.
+    pub async fn transfer_leadership(
+        &self,
+        group: GroupId,
+        to: NodeId,
+    ) -> Result<(), ClusterError> {
+        let core = &self.inner.core;
+        let hosted = core.hosted(group).ok_or(ClusterError::NotHosted(group))?;
+        let leadership = hosted.leadership();
+        let leader = leadership.borrow().leader;
+        match leader {
+            Some(l) if l == to => Ok(()),
+            Some(l) if l == core.node_id => transfer_from_here(core, &hosted, to).await,
+            Some(l) => {
+                let info = core.node_info(l).ok_or(ClusterError::UnknownNode(l))?;
+                let reply = core
+                    .transport()
+                    .call(
+                        l,
+                        &info.cluster_addr,
+                        group,
+                        Request::TransferLeadership { to },
+                        TRANSFER_TIMEOUT * 2,
+                    )
+                    .await
+                    .map_err(|e| ClusterError::Propose(ProposeError::Unreachable(e.to_string())))?;
+                match reply {
+                    Reply::Done => Ok(()),
+                    Reply::Failed(f) => Err(ClusterError::Refused(f.to_string())),
+                    other => Err(ClusterError::Refused(format!("unexpected reply {other:?}"))),
+                }
+            }
+            None => Err(ClusterError::Propose(ProposeError::NoLeader)),
+        }
+    }
+
+    /// Stops every group and the transport.
+    pub async fn shutdown(&self) {
+        let core = &self.inner.core;
+        core.begin_stop();
+        for task in self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+        let groups = core.hosted_all();
+        futures_util::future::join_all(groups.iter().map(|g| g.stop())).await;
+        core.transport().shutdown();
+    }
+}
+
+pub(crate) async fn transfer_from_here(
+    core: &Arc<Core>,
+    hosted: &Arc<group::HostedGroup>,
+    to: NodeId,
+) -> Result<(), ClusterError> {
+    let info = core.node_info(to).ok_or(ClusterError::UnknownNode(to))?;
+    let mut leadership = hosted.leadership();
+    hosted.raft.runtime_config().heartbeat(false);
+    let outcome = tokio::time::timeout(TRANSFER_TIMEOUT, async {
+        loop {
+            let _ = core
+                .transport()
+                .call(
+                    to,
+                    &info.cluster_addr,
+                    hosted.id,
+                    Request::Elect,
+                    Duration::from_secs(1),
+                )
+                .await;
+            let moved = tokio::time::timeout(
+                Duration::from_millis(500),
+                leadership.wait_for(|l| l.leader.is_some_and(|l| l != core.node_id)),
+            )
+            .await;
+            if let Ok(Ok(l)) = moved {
+                return l.leader;
+            }
+        }
+    })
+    .await;
+    hosted.raft.runtime_config().heartbeat(true);
+    match outcome {
+        Ok(Some(l)) if l == to => Ok(()),
+        Ok(other) => Err(ClusterError::Refused(format!(
+            "leadership moved to {other:?} instead of node {to}"
+        ))),
+        Err(_) => Err(ClusterError::Timeout(format!(
+            "node {to} did not take the leadership"
+        ))),
+    }
+}
+
+/// Joins the cluster (a fresh node with `join` addresses) or refreshes this node's
+/// addresses with the metadata leader (a restart: the client port may have changed), then
+/// ends. Bootstrapping nodes record themselves the same way once they lead.
+async fn announce(core: Arc<Core>, join: Vec<String>) {
+    let mut delay = JOIN_RETRY_MIN;
+    loop {
+        if core.is_stopping() {
+            return;
+        }
+        match announce_once(&core, &join).await {
+            Ok(()) => {
+                tracing::info!(node = core.node_id, "member of the cluster");
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "joining the cluster: retrying"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(JOIN_RETRY_MAX);
+    }
+}
+
+async fn announce_once(core: &Arc<Core>, join: &[String]) -> Result<(), ClusterError> {
+    let request = || Request::Join {
+        node: core.node_id,
+        info: core.local.clone(),
+    };
+    let meta = core
+        .hosted(GroupId::META)
+        .ok_or(ClusterError::NotHosted(GroupId::META))?;
+    if meta.leader().is_some() {
+        return core.on_meta_leader(request()).await;
+    }
+    // No leader known here (a fresh node, or an election under way): ask any member we know
+    // of, which forwards to its leader.
+    let mut addrs: Vec<String> = core
+        .meta_membership()
+        .map(|m| {
+            m.nodes()
+                .filter(|(id, _)| **id != core.node_id)
+                .map(|(_, n)| n.cluster_addr.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    addrs.extend(join.iter().cloned());
+    let mut last = ClusterError::Propose(ProposeError::NoLeader);
+    for addr in addrs {
+        match core
+            .transport()
+            .call_addr(&addr, GroupId::META, request(), REQUEST_TIMEOUT)
+            .await
+        {
+            Ok(Reply::Done) => return Ok(()),
+            Ok(Reply::Failed(Failure::NotLeader(_))) => {
+                last = ClusterError::Propose(ProposeError::NoLeader)
+            }
+            Ok(other) => last = ClusterError::Refused(format!("{addr}: {other:?}")),
+            Err(e) => last = ClusterError::Propose(ProposeError::Unreachable(e.to_string())),
+        }
+    }
+    Err(last)
+}

@@ -1,0 +1,355 @@
+//! Three in-process clusters over real TCP (distinct 127.0.0.x addresses) and real files.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::watch;
+
+use super::*;
+use crate::storage::{Store, StoreConfig};
+
+const FORM: Duration = Duration::from_secs(60);
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// A group machine that records every value it applies, in order.
+#[derive(Debug)]
+struct Counter {
+    values: Mutex<Vec<u64>>,
+    applied: watch::Sender<usize>,
+    installs: Mutex<usize>,
+}
+
+impl Counter {
+    fn new() -> Arc<Counter> {
+        Arc::new(Counter {
+            values: Mutex::new(Vec::new()),
+            applied: watch::channel(0).0,
+            installs: Mutex::new(0),
+        })
+    }
+
+    fn values(&self) -> Vec<u64> {
+        self.values.lock().unwrap().clone()
+    }
+
+    async fn wait_for_count(&self, n: usize) {
+        let mut rx = self.applied.subscribe();
+        tokio::time::timeout(SETTLE, rx.wait_for(|c| *c >= n))
+            .await
+            .unwrap_or_else(|_| panic!("{} of {n} values applied in time", self.values().len()))
+            .unwrap();
+    }
+}
+
+impl GroupMachine for Counter {
+    fn apply(&self, batch: Vec<Committed>) -> BoxFuture<'static, Vec<Vec<u8>>> {
+        let mut values = self.values.lock().unwrap();
+        let answers = batch
+            .into_iter()
+            .map(|c| {
+                values.push(decode::<u64>("counter command", &c.command).unwrap());
+                encode(&(values.len() as u64))
+            })
+            .collect();
+        self.applied.send_replace(values.len());
+        Box::pin(async move { answers })
+    }
+
+    fn snapshot(&self) -> BoxFuture<'static, Vec<u8>> {
+        let bytes = encode(&*self.values.lock().unwrap());
+        Box::pin(async move { bytes })
+    }
+
+    fn install(&self, data: Vec<u8>) -> BoxFuture<'static, ()> {
+        let values: Vec<u64> = decode("counter snapshot", &data).unwrap();
+        let n = values.len();
+        *self.values.lock().unwrap() = values;
+        *self.installs.lock().unwrap() += 1;
+        self.applied.send_replace(n);
+        Box::pin(async {})
+    }
+}
+
+/// One node: its store (the sync thread), its cluster.
+struct Node {
+    cluster: Cluster,
+    store: Store,
+}
+
+async fn start_node(
+    id: NodeId,
+    dir: &Path,
+    listen: SocketAddr,
+    join: Vec<String>,
+    snapshot_every: u64,
+) -> Node {
+    let store = Store::open(dir, StoreConfig::default()).unwrap();
+    let mut config = ClusterConfig::new(id, listen);
+    config.join = join;
+    config.snapshot_every = snapshot_every;
+    let local = NodeInfo {
+        cluster_addr: String::new(),
+        client_addr: format!("client-of-{id}:5680"),
+        http_addr: None,
+    };
+    let cluster = Cluster::start(config, dir, local, store.durability().clone())
+        .await
+        .unwrap();
+    Node { cluster, store }
+}
+
+impl Node {
+    async fn stop(self) {
+        self.cluster.shutdown().await;
+        drop(self.store);
+    }
+}
+
+/// Waits until `node` sees `n` voting members and a metadata leader.
+async fn wait_for_members(node: &Cluster, n: usize) {
+    let waited = tokio::time::timeout(FORM, async {
+        let mut leadership = node.meta_leadership();
+        loop {
+            let st = node.status();
+            if st.member
+                && st.metadata_leader.is_some()
+                && st.members.iter().filter(|m| m.voter).count() == n
+            {
+                return;
+            }
+            // Membership changes arrive with metadata entries, which move the leadership
+            // watch's term rarely; poll the status on a short tick as well.
+            let _ = tokio::time::timeout(Duration::from_millis(100), leadership.changed()).await;
+        }
+    })
+    .await;
+    assert!(
+        waited.is_ok(),
+        "node {} saw {:?}",
+        node.node_id(),
+        node.status()
+    );
+}
+
+async fn wait_for_leader(handle: &GroupHandle, not: Option<NodeId>) -> NodeId {
+    let mut rx = handle.leadership();
+    let l = tokio::time::timeout(
+        SETTLE,
+        rx.wait_for(|l| l.leader.is_some() && l.leader != not),
+    )
+    .await
+    .expect("a leader in time")
+    .unwrap()
+    .leader;
+    l.unwrap()
+}
+
+fn addr(ip: &str) -> SocketAddr {
+    format!("{ip}:0").parse().unwrap()
+}
+
+/// Forms a three-node cluster on `ips`: the first bootstraps, the others join it.
+async fn form(dirs: &[tempfile::TempDir; 3], ips: [&str; 3], snapshot_every: u64) -> Vec<Node> {
+    let first = start_node(1, dirs[0].path(), addr(ips[0]), vec![], snapshot_every).await;
+    wait_for_members(&first.cluster, 1).await;
+    let seed = first.cluster.listen_addr().to_string();
+    let second = start_node(
+        2,
+        dirs[1].path(),
+        addr(ips[1]),
+        vec![seed.clone()],
+        snapshot_every,
+    )
+    .await;
+    let third = start_node(3, dirs[2].path(), addr(ips[2]), vec![seed], snapshot_every).await;
+    let nodes = vec![first, second, third];
+    for n in &nodes {
+        wait_for_members(&n.cluster, 3).await;
+    }
+    nodes
+}
+
+async fn host_counter(clusters: &[Cluster], id: GroupId) -> Vec<(GroupHandle, Arc<Counter>)> {
+    let mut hosted = Vec::new();
+    // Followers first, then the initialiser: like replicas reacting to a declared queue.
+    for (i, c) in clusters.iter().enumerate().rev() {
+        let counter = Counter::new();
+        let handle = c
+            .host_group(id, vec![1, 2, 3], counter.clone(), i == 0)
+            .await
+            .unwrap();
+        hosted.push((handle, counter));
+    }
+    hosted.reverse();
+    hosted
+}
+
+fn temp_dirs() -> [tempfile::TempDir; 3] {
+    [
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_from_the_leader_and_a_follower_apply_in_the_same_order_on_every_node() {
+    let dirs = temp_dirs();
+    let nodes = form(&dirs, ["127.0.0.21", "127.0.0.22", "127.0.0.23"], 1000).await;
+    // Every node agrees on the members and their client addresses.
+    for n in &nodes {
+        for id in 1..=3 {
+            assert_eq!(
+                n.cluster.node(id).unwrap().client_addr,
+                format!("client-of-{id}:5680")
+            );
+        }
+    }
+    let clusters: Vec<Cluster> = nodes.iter().map(|n| n.cluster.clone()).collect();
+    let hosted = host_counter(&clusters, GroupId(7)).await;
+    let leader = wait_for_leader(&hosted[0].0, None).await;
+    assert_eq!(
+        leader, 1,
+        "the initialising replica becomes the first leader"
+    );
+    for v in 1..=5u64 {
+        hosted[0].0.propose(encode(&v)).await.unwrap();
+    }
+    // A follower's proposals are forwarded to the leader.
+    for v in 6..=10u64 {
+        let answer = hosted[2].0.propose(encode(&v)).await.unwrap();
+        assert_eq!(
+            decode::<u64>("answer", &answer).unwrap(),
+            v,
+            "the leader's machine answers"
+        );
+    }
+    // A node that does not host the group proposes through a client.
+    let answer = nodes[1]
+        .cluster
+        .group(GroupId(7))
+        .propose(encode(&11u64))
+        .await
+        .unwrap();
+    assert_eq!(decode::<u64>("answer", &answer).unwrap(), 11);
+    let expected: Vec<u64> = (1..=11).collect();
+    for (_, counter) in &hosted {
+        counter.wait_for_count(11).await;
+        assert_eq!(counter.values(), expected);
+    }
+    // The metadata catalog: declared through a follower, seen everywhere, idempotent.
+    let record = QueueRecord {
+        vhost: "/".into(),
+        name: "orders".into(),
+        uid: 7,
+        durable: true,
+        arguments: vec![1, 2],
+        replicas: vec![1, 2, 3],
+    };
+    let declared = nodes[2]
+        .cluster
+        .propose_meta(MetaCommand::DeclareQueue(record.clone()))
+        .await
+        .unwrap();
+    assert_eq!(declared, MetaResponse::Queue(record.clone()));
+    let again = nodes[1]
+        .cluster
+        .propose_meta(MetaCommand::DeclareQueue(QueueRecord {
+            uid: 99,
+            ..record.clone()
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        MetaResponse::Queue(record.clone()),
+        "the first record wins"
+    );
+    let mut events = nodes[0].cluster.take_meta_events().unwrap();
+    let seen = tokio::time::timeout(SETTLE, async {
+        loop {
+            if let Some(MetaEvent::QueueDeclared(r)) = events.recv().await {
+                return r;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen, record);
+    for n in &nodes {
+        tokio::time::timeout(SETTLE, async {
+            while n.cluster.catalog() != vec![record.clone()] {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the catalog reaches every node");
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_takes_over_and_a_restarted_node_recovers_from_snapshot_and_log() {
+    let dirs = temp_dirs();
+    let ips = ["127.0.0.31", "127.0.0.32", "127.0.0.33"];
+    // Snapshots every 4 entries, so a restart finds one and a log after it.
+    let mut nodes: Vec<Option<Node>> = form(&dirs, ips, 4).await.into_iter().map(Some).collect();
+    let clusters: Vec<Cluster> = nodes.iter().flatten().map(|n| n.cluster.clone()).collect();
+    let hosted = host_counter(&clusters, GroupId(9)).await;
+    let leader = wait_for_leader(&hosted[0].0, None).await;
+    for v in 1..=10u64 {
+        hosted[1].0.propose(encode(&v)).await.unwrap();
+    }
+    for (_, c) in &hosted {
+        c.wait_for_count(10).await;
+    }
+
+    let down = (leader - 1) as usize;
+    let old = nodes[down].take().unwrap();
+    let old_addr = old.cluster.listen_addr();
+    old.stop().await;
+    let survivor = (down + 1) % 3;
+    let other = (down + 2) % 3;
+    let new_leader = wait_for_leader(&hosted[survivor].0, Some(leader)).await;
+    assert_ne!(new_leader, leader);
+    for v in 11..=20u64 {
+        hosted[survivor].0.propose(encode(&v)).await.unwrap();
+    }
+    hosted[survivor].1.wait_for_count(20).await;
+    hosted[other].1.wait_for_count(20).await;
+
+    // The stopped node comes back on its address with an empty machine: the snapshot and
+    // the log after it rebuild the state, and the leader sends what it missed.
+    let snapshot = dirs[down]
+        .path()
+        .join("cluster/groups/0000000000000009/snapshot");
+    assert!(snapshot.exists(), "a snapshot was taken before the stop");
+    let restarted = start_node(leader, dirs[down].path(), old_addr, vec![], 4).await;
+    let counter = Counter::new();
+    let handle = restarted
+        .cluster
+        .host_group(GroupId(9), vec![1, 2, 3], counter.clone(), false)
+        .await
+        .unwrap();
+    counter.wait_for_count(20).await;
+    assert_eq!(counter.values(), (1..=20).collect::<Vec<u64>>());
+    assert!(
+        *counter.installs.lock().unwrap() >= 1,
+        "restored from a snapshot"
+    );
+    wait_for_members(&restarted.cluster, 3).await;
+    handle.propose(encode(&21u64)).await.unwrap();
+    counter.wait_for_count(21).await;
+    hosted[survivor].1.wait_for_count(21).await;
+    assert_eq!(hosted[survivor].1.values(), counter.values());
+
+    restarted.stop().await;
+    for n in nodes.into_iter().flatten() {
+        n.stop().await;
+    }
+}

@@ -1,0 +1,861 @@
+//! The replicated mode of the queue task (see `queue::replicated`): applying the group's
+//! committed ops, snapshots, leadership changes, and the requests that go through the group
+//! instead of the local log. A local queue never reaches this code: every hook is one branch
+//! on `Actor::replica`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use sluice_client::wire::{ErrorCode, RequestId};
+
+use super::Actor;
+use crate::error::RequestError;
+use crate::queue::dedup::Dedup;
+use crate::queue::replicated::{
+    self, Barrier, LeaderView, OpMessage, OpRejection, OpResult, Proposer, QueueOp, QueueSnapshot,
+    SettleJob, Settler, SnapshotMessage,
+};
+use crate::queue::{
+    ConnEvent, ConnId, ConnLink, Incoming, PublishOrigin, PublishRoom, QueueCmd, Settlement,
+};
+
+/// What a replicated queue's task knows of its group.
+#[derive(Debug, Default)]
+pub(super) struct Replica {
+    /// Where proposals go; `None` until the group is attached.
+    proposer: Option<Arc<dyn Proposer>>,
+    /// Proposes this leader's settles, in order (set with the proposer).
+    settler: Option<Settler>,
+    /// Who leads the group.
+    leader: LeaderView,
+    /// The seq the group gives the next published message (the log's may lag behind it
+    /// where a message could not be stored here).
+    next_seq: u64,
+    /// The newest op time applied: the dedup window's clock, the same on every replica.
+    last_ts_ms: u64,
+    /// Deliveries this node made while it led the group, by (connection, tag): their acks
+    /// still delete the message (through the new leader) after the leadership moved. Bounded
+    /// by the deliveries in flight at the step-down; a connection's go when it closes, all
+    /// of them when this node leads again.
+    orphans: HashMap<(ConnId, u64), u64>,
+}
+
+impl Replica {
+    fn new() -> Self {
+        Self {
+            next_seq: 1,
+            ..Self::default()
+        }
+    }
+
+    /// The newest op time applied: the replicated queue's clock for its dedup window.
+    pub(super) fn clock_ms(&self) -> u64 {
+        self.last_ts_ms
+    }
+}
+
+impl Actor {
+    /// Turns a new queue task into a replicated queue's: its dedup window lives in memory
+    /// (the group's snapshot carries it), and nothing is ready until the group applies.
+    pub(super) fn become_replicated(&mut self) {
+        self.dedup = Dedup::in_memory(&self.meta.arguments, Vec::new());
+        self.replica = Some(Box::new(Replica::new()));
+    }
+
+    /// Handles the commands only a replicated queue gets, and those it serves differently
+    /// from a local one; gives the others back.
+    pub(super) fn handle_replicated(&mut self, cmd: QueueCmd) -> Option<QueueCmd> {
+        match cmd {
+            QueueCmd::Apply { ops, reply } => {
+                let results = ops.iter().map(|op| self.apply_op(op).encode()).collect();
+                let _ = reply.send(results);
+            }
+            QueueCmd::Snapshot { reply } => {
+                let _ = reply.send(self.replica_snapshot().encode());
+            }
+            QueueCmd::Install { data, reply } => {
+                match QueueSnapshot::decode(&data) {
+                    Ok(snapshot) => self.install_snapshot(snapshot),
+                    Err(e) => tracing::error!(queue = %self.meta.name, error = %e,
+                        "snapshot not installed: it does not decode"),
+                }
+                drop(reply);
+            }
+            QueueCmd::Attach { proposer } => {
+                let settler = Settler::spawn(Arc::clone(&proposer), Arc::clone(&self.meta.name));
+                let r = self.replica_mut();
+                r.proposer = Some(proposer);
+                r.settler = Some(settler);
+            }
+            QueueCmd::Inspect { conn, request_id } => {
+                let reply = self.inspect();
+                match self.replica.as_ref().and_then(|r| r.settler.as_ref()) {
+                    Some(settler) => settler.send(SettleJob::Barrier(Box::new(Barrier {
+                        conn,
+                        request_id,
+                        reply,
+                    }))),
+                    None => conn.send(ConnEvent::Reply { request_id, reply }),
+                }
+            }
+            QueueCmd::Leadership(view) => self.on_leadership(view),
+            QueueCmd::Publish {
+                conn,
+                batch,
+                messages,
+                room,
+                origin,
+            } => self.propose_publish(conn, batch, messages, room, origin),
+            QueueCmd::Purge { conn, request_id } => self.propose_purge(conn, request_id),
+            QueueCmd::Consume {
+                ref conn,
+                request_id,
+                ..
+            }
+            | QueueCmd::Get {
+                ref conn,
+                request_id,
+            }
+            | QueueCmd::GetMany {
+                ref conn,
+                request_id,
+                ..
+            }
+            | QueueCmd::Browse {
+                ref conn,
+                request_id,
+                ..
+            } => {
+                if self.is_leader() {
+                    return Some(cmd);
+                }
+                self.refuse_not_leader(conn, request_id);
+            }
+            QueueCmd::Settle {
+                conn,
+                request_id,
+                deliveries,
+                how,
+            } if self.replica.as_ref().is_some_and(|r| !r.orphans.is_empty()) => {
+                let deliveries = self.settle_orphans(conn.id, deliveries, how);
+                return Some(QueueCmd::Settle {
+                    conn,
+                    request_id,
+                    deliveries,
+                    how,
+                });
+            }
+            QueueCmd::ConnectionClosed { conn_id } => {
+                self.replica_mut()
+                    .orphans
+                    .retain(|&(conn, _), _| conn != conn_id);
+                return Some(QueueCmd::ConnectionClosed { conn_id });
+            }
+            QueueCmd::TakeForMove { reply, .. } => {
+                let _ = reply.send(Err(RequestError::precondition(format!(
+                    "queue '{}' is replicated: moving its messages is not supported yet",
+                    self.meta.name
+                ))));
+            }
+            other => return Some(other),
+        }
+        None
+    }
+
+    fn replica_mut(&mut self) -> &mut Replica {
+        self.replica.as_mut().expect("a replicated queue")
+    }
+
+    fn is_leader(&self) -> bool {
+        self.replica.as_ref().is_some_and(|r| r.leader.is_self)
+    }
+
+    fn refuse_not_leader(&self, conn: &Arc<ConnLink>, request_id: RequestId) {
+        let leader = self
+            .replica
+            .as_ref()
+            .map(|r| r.leader.clone())
+            .unwrap_or_default();
+        conn.send(ConnEvent::Error {
+            request_id,
+            error: replicated::not_leader(&leader),
+        });
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Proposing
+    // ------------------------------------------------------------------------------------
+
+    fn proposer(&self) -> Option<Arc<dyn Proposer>> {
+        self.replica.as_ref().and_then(|r| r.proposer.clone())
+    }
+
+    fn propose_publish(
+        &mut self,
+        conn: Arc<ConnLink>,
+        batch: u64,
+        messages: Vec<Incoming>,
+        room: Option<PublishRoom>,
+        origin: PublishOrigin,
+    ) {
+        let publish_seqs = messages.iter().map(|m| m.publish_seq).collect();
+        let op = QueueOp::Publish {
+            ts_ms: super::now_ms(),
+            dedup: origin == PublishOrigin::Client && self.dedup.is_some(),
+            messages: messages
+                .into_iter()
+                .map(|m| OpMessage {
+                    meta: m.meta.to_vec(),
+                    body: m.body.to_vec(),
+                })
+                .collect(),
+        };
+        match self.proposer() {
+            Some(p) => replicated::publish(p, conn, batch, publish_seqs, op, room),
+            None => {
+                let leader = LeaderView::default();
+                let error = replicated::not_leader(&leader);
+                let rejections = publish_seqs
+                    .into_iter()
+                    .map(|seq| sluice_client::wire::Rejection {
+                        seq: sluice_client::wire::PublishSeq(seq),
+                        code: error.code,
+                        message: error.message.clone(),
+                    })
+                    .collect();
+                conn.send(ConnEvent::Stored {
+                    batch,
+                    epoch: 0,
+                    rejections,
+                });
+            }
+        }
+    }
+
+    fn propose_purge(&mut self, conn: Arc<ConnLink>, request_id: RequestId) {
+        let (true, Some(proposer)) = (self.is_leader(), self.proposer()) else {
+            return self.refuse_not_leader(&conn, request_id);
+        };
+        let through = self.replica_mut().next_seq.saturating_sub(1);
+        let except = self.in_flight.seqs();
+        replicated::purge(
+            proposer,
+            conn,
+            request_id,
+            QueueOp::Purge { through, except },
+        );
+    }
+
+    /// Deletes settled messages through the group (acks, and rejects: the replicated mode
+    /// has no dead-letter exchange). They are neither ready nor in flight meanwhile.
+    pub(super) fn propose_settle(&mut self, acks: Vec<u64>) {
+        if acks.is_empty() {
+            return;
+        }
+        match self.replica.as_ref().and_then(|r| r.settler.as_ref()) {
+            Some(settler) => settler.send(SettleJob::Delete(acks)),
+            None => tracing::warn!(queue = %self.meta.name, "settles without a group: ignored"),
+        }
+    }
+
+    /// Settles the deliveries made before a step-down: an ack or a reject deletes the message
+    /// through the group, a requeue needs nothing (it is ready on the leader). Gives back the
+    /// others.
+    fn settle_orphans(
+        &mut self,
+        conn: ConnId,
+        deliveries: Vec<(u64, u64)>,
+        how: Settlement,
+    ) -> Vec<(u64, u64)> {
+        let orphans = &mut self.replica.as_mut().expect("a replicated queue").orphans;
+        let mut deleted = Vec::new();
+        let rest = deliveries
+            .into_iter()
+            .filter(|&(tag, seq)| match orphans.get(&(conn, tag)) {
+                Some(&s) if s == seq => {
+                    orphans.remove(&(conn, tag));
+                    if matches!(how, Settlement::Ack | Settlement::Reject) {
+                        deleted.push(seq);
+                    }
+                    false
+                }
+                _ => true,
+            })
+            .collect();
+        self.propose_settle(deleted);
+        rest
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Applying (every replica, in log order; deterministic)
+    // ------------------------------------------------------------------------------------
+
+    fn apply_op(&mut self, bytes: &[u8]) -> OpResult {
+        match QueueOp::decode(bytes) {
+            Ok(QueueOp::Publish {
+                ts_ms,
+                dedup,
+                messages,
+            }) => self.apply_publish(ts_ms, dedup, &messages),
+            Ok(QueueOp::Settle { acks }) => OpResult::Settled {
+                messages: self.apply_deletions(acks),
+            },
+            Ok(QueueOp::Purge { through, except }) => {
+                let except: HashSet<u64> = except.into_iter().collect();
+                let seqs = self
+                    .log()
+                    .live_seqs()
+                    .into_iter()
+                    .take_while(|&s| s <= through)
+                    .filter(|s| !except.contains(s))
+                    .collect();
+                OpResult::Purged {
+                    messages: self.apply_deletions(seqs),
+                }
+            }
+            Err(e) => {
+                tracing::error!(queue = %self.meta.name, error = %e, "replicated op skipped");
+                OpResult::Refused {
+                    reason: e.to_string(),
+                }
+            }
+        }
+    }
+
+    fn apply_publish(&mut self, ts_ms: u64, dedup: bool, messages: &[OpMessage]) -> OpResult {
+        let r = self.replica_mut();
+        r.last_ts_ms = r.last_ts_ms.max(ts_ms);
+        let mut duplicates = Vec::new();
+        let mut rejections = Vec::new();
+        let mut stored = 0;
+        for (i, m) in messages.iter().enumerate() {
+            if dedup
+                && self
+                    .dedup
+                    .as_mut()
+                    .is_some_and(|d| d.is_duplicate(&m.meta, ts_ms))
+            {
+                duplicates.push(i as u32);
+                continue;
+            }
+            // The seq is taken whether or not this replica can store the message: the seqs
+            // (and the dedup window) must not depend on one replica's disk.
+            let seq = self.replica_mut().next_seq;
+            self.replica_mut().next_seq += 1;
+            if dedup {
+                if let Some(d) = self.dedup.as_mut() {
+                    d.accepted(&m.meta, ts_ms, None);
+                }
+            }
+            let log = self.log();
+            match log
+                .skip_to(seq)
+                .and_then(|()| log.append(&m.meta, &m.body, ts_ms))
+            {
+                Ok(_) => {
+                    stored += 1;
+                    self.ready.push_new(seq, 0, None);
+                }
+                Err(e) => {
+                    let err = RequestError::from(e);
+                    tracing::error!(queue = %self.meta.name, seq, error = %err.message,
+                        "replicated message not stored on this node");
+                    rejections.push(OpRejection {
+                        index: i as u32,
+                        code: err.code.as_u16(),
+                        message: err.message,
+                    });
+                }
+            }
+        }
+        let stats = &self.meta.stats;
+        stats.published.fetch_add(stored, Ordering::Relaxed);
+        stats
+            .duplicates_dropped
+            .fetch_add(duplicates.len() as u64, Ordering::Relaxed);
+        self.await_confirm(0, stored);
+        OpResult::Published {
+            duplicates,
+            rejections,
+        }
+    }
+
+    /// Deletes messages wherever they are here (ready on a follower; taken out already on
+    /// the leader that proposed it); returns how many were live.
+    fn apply_deletions(&mut self, seqs: Vec<u64>) -> u64 {
+        let mut deleted = 0;
+        for seq in seqs {
+            if !self.log().contains(seq) {
+                continue;
+            }
+            self.ready.remove(seq);
+            self.ack_in_log(seq);
+            deleted += 1;
+        }
+        deleted
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Snapshots
+    // ------------------------------------------------------------------------------------
+
+    fn replica_snapshot(&mut self) -> QueueSnapshot {
+        let log = self
+            .log
+            .as_ref()
+            .expect("the log is open while the task runs");
+        let messages = log
+            .live_seqs()
+            .into_iter()
+            .filter_map(|seq| match log.read(seq) {
+                Ok(m) => Some(SnapshotMessage {
+                    seq,
+                    ts_ms: m.timestamp_ms,
+                    meta: m.meta.to_vec(),
+                    body: m.body.to_vec(),
+                }),
+                Err(e) => {
+                    tracing::error!(queue = %self.meta.name, seq, error = %e,
+                        "unreadable message left out of the snapshot");
+                    None
+                }
+            })
+            .collect();
+        let r = self.replica.as_ref().expect("a replicated queue");
+        QueueSnapshot {
+            next_seq: r.next_seq,
+            last_ts_ms: r.last_ts_ms,
+            messages,
+            dedup: self.dedup.as_ref().map(Dedup::entries).unwrap_or_default(),
+        }
+    }
+
+    /// Makes this replica's state the snapshot's. This replica's state is an earlier state
+    /// of the same group (openraft installs a snapshot only ahead of what was applied), so
+    /// its live messages are the snapshot's plus some acked since: those are deleted, and
+    /// the snapshot's messages past the local log's end are appended at their seqs.
+    fn install_snapshot(&mut self, snapshot: QueueSnapshot) {
+        let keep: HashSet<u64> = snapshot.messages.iter().map(|m| m.seq).collect();
+        let gone: Vec<u64> = self
+            .log()
+            .live_seqs()
+            .into_iter()
+            .filter(|s| !keep.contains(s))
+            .collect();
+        self.apply_deletions(gone);
+        for m in &snapshot.messages {
+            let log = self.log();
+            if m.seq < log.next_seq() {
+                if !log.contains(m.seq) {
+                    tracing::error!(queue = %self.meta.name, seq = m.seq,
+                        "a snapshot's message was deleted here: not restored");
+                }
+                continue;
+            }
+            match log
+                .skip_to(m.seq)
+                .and_then(|()| log.append(&m.meta, &m.body, m.ts_ms))
+            {
+                Ok(_) => self.ready.push_new(m.seq, 0, None),
+                Err(e) => tracing::error!(queue = %self.meta.name, seq = m.seq, error = %e,
+                    "a snapshot's message not stored on this node"),
+            }
+        }
+        let r = self.replica_mut();
+        r.next_seq = snapshot.next_seq.max(r.next_seq);
+        r.last_ts_ms = snapshot.last_ts_ms;
+        self.dedup = Dedup::in_memory(&self.meta.arguments, snapshot.dedup);
+        self.after_state_replaced();
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Leadership
+    // ------------------------------------------------------------------------------------
+
+    fn on_leadership(&mut self, view: LeaderView) {
+        let was_leader = self.is_leader();
+        let is_leader = view.is_self;
+        self.replica_mut().leader = view;
+        if was_leader && !is_leader {
+            self.step_down();
+        }
+        if !was_leader && is_leader {
+            self.replica_mut().orphans.clear();
+            // Any message may have gone out from the old leader: flag them all redelivered.
+            self.maybe_delivered_below = self.replica_mut().next_seq;
+            self.after_state_replaced();
+        }
+    }
+
+    /// No longer the leader: consumers end with `LEADER_MOVED` naming the new leader, and
+    /// every delivery leaves flight here (the new leader has those messages ready); an ack
+    /// of one still deletes its message (see `Replica::orphans`).
+    fn step_down(&mut self) {
+        let reason = self
+            .replica
+            .as_ref()
+            .map(|r| r.leader.client_addr.clone())
+            .unwrap_or_default();
+        let orphans: Vec<((ConnId, u64), u64)> = self
+            .in_flight
+            .drain()
+            .into_iter()
+            .map(|(seq, d)| ((d.conn.id, d.tag.0), seq))
+            .collect();
+        self.replica_mut().orphans.extend(orphans);
+        for c in self.consumers.drain() {
+            c.conn.send(ConnEvent::ConsumerStopped {
+                consumer_id: c.id,
+                code: ErrorCode::LeaderMoved,
+                reason: reason.clone(),
+            });
+        }
+        self.exclusive_consumer = false;
+        self.publish_consumers();
+        let leader = self
+            .replica
+            .as_ref()
+            .map(|r| r.leader.clone())
+            .unwrap_or_default();
+        for get in self.getters.take_all() {
+            get.conn.send(ConnEvent::Error {
+                request_id: get.request_id,
+                error: replicated::not_leader(&leader),
+            });
+        }
+        self.after_state_replaced();
+    }
+
+    /// Every live message is ready: on a follower (the leader's deliveries are its own), on
+    /// a new leader (the old one's deliveries are void), after a snapshot.
+    fn after_state_replaced(&mut self) {
+        if self.is_leader() && self.in_flight.len() > 0 {
+            // Deliveries of this leader stay out of the ready set.
+            let out: HashSet<u64> = self.in_flight.seqs().into_iter().collect();
+            self.refill_ready(|seq| !out.contains(&seq));
+        } else {
+            self.in_flight.clear();
+            self.refill_ready(|_| true);
+        }
+    }
+
+    fn refill_ready(&mut self, keep: impl Fn(u64) -> bool) {
+        self.ready.clear();
+        for seq in self.log().live_seqs() {
+            if keep(seq) {
+                self.ready.push_new(seq, 0, None);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Weak;
+    use std::time::Duration;
+
+    use sluice_client::wire::{ConsumerId, MessageMeta, Properties, QueueArguments};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::queue::replicated::QueueMachine;
+    use crate::queue::{spawn_replicated, QueueHandle, QueueMeta, QueueStats};
+    use crate::storage::{Store, StoreConfig};
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    /// A replicated queue's task on its own store, as one replica runs it.
+    struct Replica {
+        queue: QueueHandle,
+        machine: QueueMachine,
+        _store: Store,
+        _dir: tempfile::TempDir,
+    }
+
+    fn replica() -> Replica {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let log = store.recreate_queue(9).unwrap();
+        let meta = QueueMeta {
+            name: "orders".into(),
+            uid: 9,
+            durable: true,
+            exclusive_owner: None,
+            auto_delete: false,
+            arguments: QueueArguments {
+                replicas: Some(3),
+                dedup_window_ms: Some(60_000),
+                ..QueueArguments::default()
+            },
+            stats: QueueStats::default(),
+        };
+        let queue = spawn_replicated(Arc::new(meta), log, Weak::new());
+        Replica {
+            machine: QueueMachine::new(queue.clone()),
+            queue,
+            _store: store,
+            _dir: dir,
+        }
+    }
+
+    fn meta(id: Option<&str>) -> Vec<u8> {
+        MessageMeta {
+            properties: Properties {
+                message_id: id.map(str::to_owned),
+                persistent: true,
+                ..Properties::default()
+            },
+            ..MessageMeta::new("", "orders")
+        }
+        .to_bytes()
+        .unwrap()
+        .to_vec()
+    }
+
+    fn publish(ts_ms: u64, ids: &[Option<&str>]) -> Vec<u8> {
+        QueueOp::Publish {
+            ts_ms,
+            dedup: true,
+            messages: ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| OpMessage {
+                    meta: meta(*id),
+                    body: format!("body {ts_ms}/{i}").into_bytes(),
+                })
+                .collect(),
+        }
+        .encode()
+    }
+
+    fn ops() -> Vec<Vec<u8>> {
+        vec![
+            publish(1_000, &[Some("a"), None, Some("b")]),
+            QueueOp::Settle { acks: vec![2] }.encode(),
+            publish(2_000, &[Some("a"), Some("c"), None]),
+            QueueOp::Purge {
+                through: 4,
+                except: vec![3],
+            }
+            .encode(),
+            QueueOp::Settle { acks: vec![2, 99] }.encode(),
+            publish(3_000, &[None]),
+        ]
+    }
+
+    async fn snapshot(r: &Replica) -> QueueSnapshot {
+        let data = tokio::time::timeout(WAIT, r.machine.snapshot())
+            .await
+            .unwrap();
+        QueueSnapshot::decode(&data).unwrap()
+    }
+
+    async fn apply(r: &Replica, ops: Vec<Vec<u8>>) -> Vec<OpResult> {
+        let results = tokio::time::timeout(WAIT, r.machine.apply(ops))
+            .await
+            .unwrap();
+        results
+            .iter()
+            .map(|b| OpResult::decode(b).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_same_ops_give_the_same_seqs_results_and_state_on_two_replicas_however_batched() {
+        let (one, two) = (replica(), replica());
+        let all = apply(&one, ops()).await;
+        let mut each = Vec::new();
+        for op in ops() {
+            each.extend(apply(&two, vec![op]).await);
+        }
+        assert_eq!(all, each);
+        assert_eq!(
+            all[2],
+            OpResult::Published {
+                duplicates: vec![0],
+                rejections: vec![]
+            },
+            "'a' is a duplicate within the window and takes no seq"
+        );
+        assert_eq!(
+            all[3],
+            OpResult::Purged { messages: 2 },
+            "1 and 4: 3 is kept, 2 is gone"
+        );
+        assert_eq!(all[4], OpResult::Settled { messages: 0 });
+        let state = snapshot(&one).await;
+        assert_eq!(state, snapshot(&two).await);
+        let seqs: Vec<u64> = state.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(
+            seqs,
+            vec![3, 5, 6],
+            "seqs 1..=6 given in order, 1, 2 and 4 deleted"
+        );
+        assert_eq!(state.next_seq, 7);
+        assert_eq!(state.last_ts_ms, 3_000);
+        assert_eq!(&state.messages[1].body[..], b"body 2000/2");
+        assert_eq!(state.messages[1].ts_ms, 2_000, "time comes from the op");
+        let ids: Vec<&str> = state.dedup.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, vec!["a", "b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_installed_on_a_fresh_or_lagging_replica_gives_the_same_state_and_seqs() {
+        let (source, fresh, lagging) = (replica(), replica(), replica());
+        apply(&source, ops()).await;
+        apply(&lagging, ops()[..2].to_vec()).await;
+        let data = tokio::time::timeout(WAIT, source.machine.snapshot())
+            .await
+            .unwrap();
+        for r in [&fresh, &lagging] {
+            tokio::time::timeout(WAIT, r.machine.install(data.clone()))
+                .await
+                .unwrap();
+            assert_eq!(snapshot(r).await, snapshot(&source).await);
+        }
+        // The ops after the snapshot apply the same way everywhere: same seqs, same dedup.
+        let next = vec![publish(4_000, &[Some("c"), Some("d")])];
+        let expected = apply(&source, next.clone()).await;
+        assert_eq!(
+            expected,
+            vec![OpResult::Published {
+                duplicates: vec![0],
+                rejections: vec![]
+            }]
+        );
+        for r in [&fresh, &lagging] {
+            assert_eq!(apply(r, next.clone()).await, expected);
+            assert_eq!(snapshot(r).await, snapshot(&source).await);
+        }
+        assert_eq!(snapshot(&source).await.messages.last().unwrap().seq, 7);
+    }
+
+    fn link() -> (Arc<ConnLink>, mpsc::UnboundedReceiver<ConnEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (ConnLink::new(1, tx, Arc::default()), rx)
+    }
+
+    fn consume(conn: &Arc<ConnLink>) -> QueueCmd {
+        QueueCmd::Consume {
+            conn: Arc::clone(conn),
+            request_id: RequestId(5),
+            consumer_id: ConsumerId(1),
+            tag: "c".into(),
+            prefetch: 10,
+            exclusive: false,
+            ack_timeout: None,
+            priority: 0,
+        }
+    }
+
+    async fn next(rx: &mut mpsc::UnboundedReceiver<ConnEvent>) -> ConnEvent {
+        tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_follower_refuses_consumers_with_not_leader_naming_the_leader() {
+        let r = replica();
+        let (conn, mut rx) = link();
+        r.queue.send(QueueCmd::Leadership(LeaderView {
+            is_self: false,
+            client_addr: "127.0.0.12:5680".into(),
+        }));
+        r.queue.send(consume(&conn));
+        match next(&mut rx).await {
+            ConnEvent::Error { request_id, error } => {
+                assert_eq!(request_id, RequestId(5));
+                assert_eq!(error.code, ErrorCode::NotLeader);
+                assert_eq!(error.message, "127.0.0.12:5680");
+            }
+            other => panic!("expected NOT_LEADER, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_loses_leadership_cancels_its_consumers_and_its_deliveries_are_ready_again_yet_their_acks_count(
+    ) {
+        let r = replica();
+        let (conn, mut rx) = link();
+        r.queue.send(QueueCmd::Attach {
+            proposer: Arc::new(Loopback(r.machine.clone())),
+        });
+        r.queue.send(QueueCmd::Leadership(LeaderView {
+            is_self: true,
+            client_addr: "127.0.0.11:5680".into(),
+        }));
+        r.queue.send(consume(&conn));
+        assert!(
+            matches!(next(&mut rx).await, ConnEvent::Reply { .. }),
+            "ConsumeOk"
+        );
+        apply(&r, vec![publish(1_000, &[None, None])]).await;
+        let ConnEvent::Deliver { deliveries, .. } = next(&mut rx).await else {
+            panic!("deliveries expected");
+        };
+        assert_eq!(deliveries.len(), 2);
+        r.queue.send(QueueCmd::Leadership(LeaderView {
+            is_self: false,
+            client_addr: "127.0.0.13:5680".into(),
+        }));
+        match next(&mut rx).await {
+            ConnEvent::ConsumerStopped { code, reason, .. } => {
+                assert_eq!(code, ErrorCode::LeaderMoved);
+                assert_eq!(reason, "127.0.0.13:5680");
+            }
+            other => panic!("expected LEADER_MOVED, got {other:?}"),
+        }
+        assert_eq!(snapshot(&r).await.messages.len(), 2, "nothing was deleted");
+        r.queue.send(QueueCmd::Inspect {
+            conn: Arc::clone(&conn),
+            request_id: RequestId(6),
+        });
+        match next(&mut rx).await {
+            ConnEvent::Reply {
+                reply: sluice_client::wire::Reply::InspectQueueOk(ok),
+                ..
+            } => assert_eq!(
+                (ok.ready, ok.unacked, ok.consumers),
+                (2, 0, 0),
+                "ready on a follower"
+            ),
+            other => panic!("expected InspectQueueOk, got {other:?}"),
+        }
+        // An ack of a delivery made before the step-down still deletes its message.
+        let first = &deliveries[0];
+        r.queue.send(QueueCmd::Settle {
+            conn: Arc::clone(&conn),
+            request_id: RequestId(7),
+            deliveries: vec![(first.delivery_tag.0, first.message_seq)],
+            how: Settlement::Ack,
+        });
+        r.queue.send(QueueCmd::Inspect {
+            conn: Arc::clone(&conn),
+            request_id: RequestId(8),
+        });
+        match next(&mut rx).await {
+            ConnEvent::Reply { request_id, .. } => assert_eq!(request_id, RequestId(8)),
+            other => panic!("expected the inspect after the ack, got {other:?}"),
+        }
+        let left: Vec<u64> = snapshot(&r).await.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(left, vec![deliveries[1].message_seq]);
+    }
+
+    /// A group of one, in process: a proposal is applied by the queue's own machine.
+    #[derive(Debug)]
+    struct Loopback(QueueMachine);
+
+    impl Proposer for Loopback {
+        fn propose(
+            &self,
+            command: Vec<u8>,
+        ) -> futures_util::future::BoxFuture<'static, Result<Vec<u8>, replicated::ProposeFailure>>
+        {
+            let applied = self.0.apply(vec![command]);
+            Box::pin(async move { Ok(applied.await.remove(0)) })
+        }
+    }
+}
