@@ -23,8 +23,13 @@ use sluice_tests::history::{AckOutcome, History};
 const ELECTION: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(100);
 
+/// A client that neither reconnects nor follows `NOT_LEADER`: these tests watch what each
+/// node answers (tests/tests/cluster_clients.rs has the client that follows).
 async fn connect(url: &str) -> Client {
-    within("connect", Client::connect(url)).await.unwrap()
+    let client = Client::builder()
+        .reconnect_timeout(std::time::Duration::ZERO)
+        .connect(url);
+    within("connect", client).await.unwrap()
 }
 
 fn replicated(arguments: QueueArguments) -> QueueOptions {

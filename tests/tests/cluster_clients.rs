@@ -1,0 +1,174 @@
+//! The Rust client against a 3-node cluster of real `sluice serve` processes (issue 14): a
+//! consumer (and a `get`) started on a follower of a replicated queue follows `NOT_LEADER` to
+//! the leader; with the cluster's URL (every node), a `kill -9` of the queue's leader costs
+//! the user nothing: the consumer stream goes on with the new leader, publishing goes on, and
+//! every confirmed message arrives.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use sluice_client::{
+    Client, ConsumeOptions, Error, ErrorCode, PublishOptions, QueueArguments, QueueOptions,
+};
+use sluice_tests::broker::within;
+use sluice_tests::cluster::{ClusterProcess, NodeId};
+
+/// Bounded wait for a leader to be elected and known (election timeout 1–2 s, on a busy
+/// 2-core machine).
+const ELECTION: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(100);
+
+async fn connect(url: &str) -> Client {
+    within("connect", Client::connect(url)).await.unwrap()
+}
+
+fn replicated() -> QueueOptions {
+    let mut options = QueueOptions::new();
+    options.arguments = QueueArguments {
+        replicas: Some(3),
+        ..QueueArguments::default()
+    };
+    options
+}
+
+/// The queue's leader, as the nodes name it in `NOT_LEADER` (asked with a client that does
+/// not follow), waiting (bounded) for an election.
+async fn leader_of(cluster: &ClusterProcess, queue: &str) -> NodeId {
+    let deadline = Instant::now() + ELECTION;
+    loop {
+        assert!(Instant::now() < deadline, "no leader of {queue}");
+        for id in 1..=cluster.len() as NodeId {
+            let url = cluster.node(id).url();
+            let raw = Client::builder()
+                .reconnect_timeout(Duration::ZERO)
+                .connect(&url);
+            let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(10), raw).await else {
+                continue;
+            };
+            let answer = client.get(queue).await;
+            let _ = client.close().await;
+            match answer {
+                Ok(_) => return id,
+                Err(Error::Server {
+                    code: ErrorCode::NotLeader,
+                    message,
+                }) => {
+                    if let Some(leader) = (1..=cluster.len() as NodeId)
+                        .find(|&n| !message.is_empty() && cluster.node(n).addr() == message)
+                    {
+                        return leader;
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn body(i: usize) -> String {
+    format!("m-{i}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_and_a_get_on_a_follower_follow_not_leader_to_the_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
+    let c1 = connect(&cluster.node(1).url()).await;
+    within("declare", c1.declare_queue("orders", replicated()))
+        .await
+        .unwrap();
+    let leader = leader_of(&cluster, "orders").await;
+    let follower = (1..=3).find(|&n| n != leader).unwrap();
+
+    // Only the follower's address: the client finds the leader by itself.
+    let client = connect(&cluster.node(follower).url()).await;
+    for i in 0..20 {
+        within(
+            "publish",
+            client.publish("", "orders", body(i), &PublishOptions::new()),
+        )
+        .await
+        .unwrap();
+    }
+    let got = within("get", client.get("orders"))
+        .await
+        .expect("get follows NOT_LEADER")
+        .expect("a message");
+    assert_eq!(got.body, body(0).as_bytes());
+    within("ack", got.ack_confirmed()).await.unwrap();
+    let mut consumer = within("consume", client.consume("orders", ConsumeOptions::new()))
+        .await
+        .expect("consume follows NOT_LEADER");
+    let mut seen = BTreeSet::new();
+    while seen.len() < 19 {
+        let m = within("delivery", consumer.next()).await.unwrap().unwrap();
+        seen.insert(String::from_utf8(m.body.to_vec()).unwrap());
+        within("ack", m.ack_confirmed()).await.unwrap();
+    }
+    assert_eq!(seen, (1..20).map(body).collect());
+    drop(consumer);
+    within("close", client.close()).await.unwrap();
+    cluster.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_leader_is_killed_the_consumer_stream_goes_on_with_the_new_one() {
+    const BEFORE: usize = 30;
+    const AFTER: usize = 30;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
+    let client = connect(&cluster.url()).await;
+    within("declare", client.declare_queue("jobs", replicated()))
+        .await
+        .unwrap();
+    let mut consumer = within(
+        "consume",
+        client.consume("jobs", ConsumeOptions::new().prefetch(10)),
+    )
+    .await
+    .unwrap();
+    for i in 0..BEFORE {
+        within(
+            "publish",
+            client.publish("", "jobs", body(i), &PublishOptions::new()),
+        )
+        .await
+        .unwrap();
+    }
+    let mut seen = BTreeSet::new();
+    while seen.len() < BEFORE {
+        let m = within("delivery", consumer.next()).await.unwrap().unwrap();
+        seen.insert(String::from_utf8(m.body.to_vec()).unwrap());
+        within("ack", m.ack_confirmed()).await.unwrap();
+    }
+
+    let leader = leader_of(&cluster, "jobs").await;
+    cluster.kill9(leader);
+    // Publishing goes on (reconnecting first if the client's node was the leader).
+    for i in BEFORE..BEFORE + AFTER {
+        within(
+            "publish after the kill",
+            client.publish("", "jobs", body(i), &PublishOptions::new()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("publish {i}: {e}"));
+    }
+    // The same stream: every confirmed message arrives (some perhaps twice: at least once).
+    while seen.len() < BEFORE + AFTER {
+        let m = within("delivery after the kill", consumer.next())
+            .await
+            .expect("the stream goes on")
+            .expect("no error on the stream");
+        seen.insert(String::from_utf8(m.body.to_vec()).unwrap());
+        match m.ack_confirmed().await {
+            Ok(()) | Err(Error::DeliveryLost) => {}
+            Err(e) => panic!("ack: {e}"),
+        }
+    }
+    assert_eq!(seen, (0..BEFORE + AFTER).map(body).collect());
+    drop(consumer);
+    within("close", client.close()).await.unwrap();
+    cluster.stop();
+}
