@@ -1,8 +1,9 @@
 //! The Rust client against a 3-node cluster of real `sluice serve` processes (issue 14): a
 //! consumer (and a `get`) started on a follower of a replicated queue follows `NOT_LEADER` to
-//! the leader; with the cluster's URL (every node), a `kill -9` of the queue's leader costs
-//! the user nothing: the consumer stream goes on with the new leader, publishing goes on, and
-//! every confirmed message arrives.
+//! the leader; with the cluster's URL (every node), a `kill -9` of the queue's leader (the
+//! client's own node, or the one it followed) costs the user nothing: the consumer stream goes
+//! on with the new leader, publishing goes on, and every confirmed message arrives; a
+//! leadership transfer (`LEADER_MOVED`) moves the consumer with it.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -113,51 +114,15 @@ async fn a_consumer_and_a_get_on_a_follower_follow_not_leader_to_the_leader() {
     cluster.stop();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_the_leader_is_killed_the_consumer_stream_goes_on_with_the_new_one() {
-    const BEFORE: usize = 30;
-    const AFTER: usize = 30;
-    let dir = tempfile::tempdir().unwrap();
-    let mut cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
-    let client = connect(&cluster.url()).await;
-    within("declare", client.declare_queue("jobs", replicated()))
-        .await
-        .unwrap();
-    let mut consumer = within(
-        "consume",
-        client.consume("jobs", ConsumeOptions::new().prefetch(10)),
-    )
-    .await
-    .unwrap();
-    for i in 0..BEFORE {
-        within(
-            "publish",
-            client.publish("", "jobs", body(i), &PublishOptions::new()),
-        )
-        .await
-        .unwrap();
-    }
-    let mut seen = BTreeSet::new();
-    while seen.len() < BEFORE {
-        let m = within("delivery", consumer.next()).await.unwrap().unwrap();
-        seen.insert(String::from_utf8(m.body.to_vec()).unwrap());
-        within("ack", m.ack_confirmed()).await.unwrap();
-    }
-
-    let leader = leader_of(&cluster, "jobs").await;
-    cluster.kill9(leader);
-    // Publishing goes on (reconnecting first if the client's node was the leader).
-    for i in BEFORE..BEFORE + AFTER {
-        within(
-            "publish after the kill",
-            client.publish("", "jobs", body(i), &PublishOptions::new()),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("publish {i}: {e}"));
-    }
-    // The same stream: every confirmed message arrives (some perhaps twice: at least once).
-    while seen.len() < BEFORE + AFTER {
-        let m = within("delivery after the kill", consumer.next())
+/// Consumes until every body of `range` was seen, acking each (an ack of a delivery lost with
+/// its connection fails: the message comes again).
+async fn receive_all(
+    consumer: &mut sluice_client::Consumer,
+    seen: &mut BTreeSet<String>,
+    upto: usize,
+) {
+    while seen.len() < upto {
+        let m = within("a delivery", consumer.next())
             .await
             .expect("the stream goes on")
             .expect("no error on the stream");
@@ -167,7 +132,98 @@ async fn when_the_leader_is_killed_the_consumer_stream_goes_on_with_the_new_one(
             Err(e) => panic!("ack: {e}"),
         }
     }
+}
+
+async fn publish_range(client: &Client, queue: &str, range: std::ops::Range<usize>) {
+    for i in range {
+        within(
+            "publish",
+            client.publish("", queue, body(i), &PublishOptions::new()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("publish {i}: {e}"));
+    }
+}
+
+/// A client with every node in its URL, the queue's leader first or not, consumes; the
+/// leader is killed; publishing and the same consumer stream go on.
+async fn the_consumer_survives_a_kill_of_the_leader(leader_first: bool) {
+    const BEFORE: usize = 30;
+    const AFTER: usize = 30;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
+    let setup = connect(&cluster.url()).await;
+    within("declare", setup.declare_queue("jobs", replicated()))
+        .await
+        .unwrap();
+    let _ = setup.close().await;
+    let leader = leader_of(&cluster, "jobs").await;
+    // The client's own node: the leader (it dies under the client) or a follower (the
+    // client follows NOT_LEADER to the leader, and that connection dies).
+    let mut order: Vec<NodeId> = (1..=3).filter(|&n| n != leader).collect();
+    if leader_first {
+        order.insert(0, leader);
+    } else {
+        order.push(leader);
+    }
+    let hosts: Vec<&str> = order.iter().map(|&n| cluster.node(n).addr()).collect();
+    let client = connect(&format!("sluice://guest:guest@{}", hosts.join(","))).await;
+    let mut consumer = within(
+        "consume",
+        client.consume("jobs", ConsumeOptions::new().prefetch(10)),
+    )
+    .await
+    .unwrap();
+    publish_range(&client, "jobs", 0..BEFORE).await;
+    let mut seen = BTreeSet::new();
+    receive_all(&mut consumer, &mut seen, BEFORE).await;
+
+    cluster.kill9(leader);
+    // Publishing goes on (after reconnecting, if the client's node was the leader).
+    publish_range(&client, "jobs", BEFORE..BEFORE + AFTER).await;
+    // The same stream: every confirmed message arrives (some perhaps twice: at least once).
+    receive_all(&mut consumer, &mut seen, BEFORE + AFTER).await;
     assert_eq!(seen, (0..BEFORE + AFTER).map(body).collect());
+    drop(consumer);
+    within("close", client.close()).await.unwrap();
+    cluster.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_leader_the_client_is_connected_to_is_killed_the_consumer_goes_on_with_the_new_one(
+) {
+    the_consumer_survives_a_kill_of_the_leader(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_leader_the_client_followed_to_is_killed_the_consumer_goes_on_with_the_new_one() {
+    the_consumer_survives_a_kill_of_the_leader(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_follows_a_leadership_transfer_leader_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
+    let client = connect(&cluster.url()).await;
+    within("declare", client.declare_queue("moving", replicated()))
+        .await
+        .unwrap();
+    let leader = leader_of(&cluster, "moving").await;
+    let mut consumer = within("consume", client.consume("moving", ConsumeOptions::new()))
+        .await
+        .unwrap();
+    publish_range(&client, "moving", 0..10).await;
+    let mut seen = BTreeSet::new();
+    receive_all(&mut consumer, &mut seen, 10).await;
+
+    let to = (1..=3).find(|&n| n != leader).unwrap();
+    within("transfer", client.transfer_leadership(Some("moving"), to))
+        .await
+        .unwrap();
+    assert_eq!(leader_of(&cluster, "moving").await, to);
+    publish_range(&client, "moving", 10..20).await;
+    receive_all(&mut consumer, &mut seen, 20).await;
+    assert_eq!(seen, (0..20).map(body).collect());
     drop(consumer);
     within("close", client.close()).await.unwrap();
     cluster.stop();
