@@ -163,7 +163,6 @@ impl Batch {
             Batch::Many(v) => v,
         }
     }
-
 }
 
 /// What a consumer's stream receives.

@@ -16,9 +16,9 @@ use std::collections::VecDeque;
 
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
+use super::Batch;
 use crate::error::{Error, Result};
 use crate::publish::Confirmed;
-use super::Batch;
 use crate::wire::{PublishMessage, PublishSeq, Rejection};
 
 /// Who waits for the outcome of a run of messages.
