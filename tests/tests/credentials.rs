@@ -373,6 +373,9 @@ fn in_network_namespace(script: &str, env: &[(&str, &Path)]) -> Option<String> {
 /// each exit status and stderr.
 const NAMESPACE_SCRIPT: &str = r#"
 ip link set lo up && ip addr add 198.51.100.7/32 dev lo || { echo NO-NAMESPACE; exit 0; }
+# A second run must not read the first run's line: the background shell truncates the file
+# only once it gets to run.
+rm -f "$DATA/../serve.out"
 "$SLUICE" serve --data-dir "$DATA" --listen 198.51.100.7:5680 --http-listen off $EXTRA \
     >"$DATA/../serve.out" 2>"$DATA/../serve.err" &
 broker=$!
