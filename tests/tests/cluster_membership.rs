@@ -1,7 +1,7 @@
 //! A 3-node cluster of real `sluice serve` processes: forming (node 1 bootstraps, the others
 //! join it), what `sluice cluster status` and `GET /api/cluster` show on every node, the
-//! metadata leader's kill -9 and the election that follows, the killed node's return, and
-//! `sluice cluster remove-node`.
+//! metadata leader's kill -9 and the election that follows, the killed node's return,
+//! `sluice cluster transfer-leadership` and `sluice cluster remove-node`.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -90,14 +90,19 @@ async fn cli(cluster: &ClusterProcess, id: NodeId, args: &[&str]) -> Value {
     .unwrap();
     assert!(
         output.status.success(),
-        "sluice cluster {args:?} on node {id} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+        "sluice cluster {args:?} on node {id} failed: {}\nlogs:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        (1..=3)
+            .map(|n| format!("--- node {n}\n{}", cluster.node(n).log()))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     serde_json::from_slice(&output.stdout).expect("JSON on stdout")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_form_elect_a_new_leader_after_a_kill_take_the_node_back_and_remove_one() {
+async fn three_nodes_form_elect_a_new_leader_after_a_kill_take_the_node_back_move_the_leadership_and_remove_one(
+) {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
     let all = [1, 2, 3];
@@ -141,6 +146,19 @@ async fn three_nodes_form_elect_a_new_leader_after_a_kill_take_the_node_back_and
     let back = api_status(&cluster, leader).await;
     assert_eq!(back["member"], true);
     assert_eq!(back["metadata_leader"], after);
+
+    // transfer-leadership of the metadata group, asked on a follower.
+    let target = *all.iter().find(|&&n| n != after).unwrap();
+    let asked = *all.iter().find(|&&n| n != after && n != target).unwrap();
+    let moved = cli(
+        &cluster,
+        asked,
+        &["transfer-leadership", "--to", &target.to_string()],
+    )
+    .await;
+    assert_eq!(moved["leader"], target);
+    let after = await_agreement(&cluster, &all, &all, None).await;
+    assert_eq!(after, target, "every node follows the node asked for");
 
     // remove-node through any node: the others drop it from their members.
     let removed = *survivors
