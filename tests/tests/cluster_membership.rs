@@ -197,3 +197,44 @@ async fn a_node_without_cluster_flags_runs_no_cluster() {
     );
     broker.stop();
 }
+
+#[tokio::test]
+async fn a_node_that_cannot_reach_its_cluster_is_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens at the join address: the node keeps asking, and is no member.
+    let nowhere = std::net::TcpListener::bind("127.0.0.17:0").unwrap();
+    let join = nowhere.local_addr().unwrap().to_string();
+    drop(nowhere);
+    let broker = BrokerProcess::start(
+        dir.path(),
+        &[
+            "--http-listen",
+            "127.0.0.1:0",
+            "--node-id",
+            "7",
+            "--cluster-listen",
+            "127.0.0.18:0",
+            "--join",
+            &join,
+        ],
+    );
+    let cluster_addr = broker
+        .cluster_addr()
+        .expect("'cluster listening on' line")
+        .to_owned();
+    assert!(cluster_addr.starts_with("127.0.0.18:"), "{cluster_addr}");
+    let http = sluice_tests::http::HttpClient::new(broker.http_addr().unwrap(), "guest", "guest");
+    let readyz = http.get("/readyz").await;
+    assert_eq!(readyz.status, 503, "{}", readyz.body);
+    assert!(readyz.body.contains("cluster member"), "{}", readyz.body);
+    let status: Value = serde_json::from_str(&http.get("/api/cluster").await.body).unwrap();
+    assert_eq!(
+        (
+            status["enabled"].clone(),
+            status["member"].clone(),
+            status["ready"].clone()
+        ),
+        (Value::Bool(true), Value::Bool(false), Value::Bool(false))
+    );
+    broker.stop();
+}
