@@ -62,9 +62,22 @@ async fn await_agreement(
             tokio::time::sleep(POLL).await;
         }
     };
-    tokio::time::timeout(WAIT, agreed)
-        .await
-        .unwrap_or_else(|_| panic!("nodes {nodes:?} did not agree on members {members:?} and a leader (not {not:?}) within {WAIT:?}"))
+    match tokio::time::timeout(WAIT, agreed).await {
+        Ok(leader) => leader,
+        Err(_) => {
+            let mut seen = Vec::new();
+            for &id in nodes {
+                seen.push(format!("node {id}: {}", api_status(cluster, id).await));
+            }
+            for &id in nodes {
+                eprintln!("=== log of node {id}\n{}", cluster.node(id).log());
+            }
+            panic!(
+                "nodes {nodes:?} did not agree on members {members:?} and a leader (not {not:?}) within {WAIT:?}:\n{}",
+                seen.join("\n")
+            )
+        }
+    }
 }
 
 /// `sluice --json cluster ARGS` against node `id` (as guest, an administrator, from loopback).
@@ -237,4 +250,31 @@ async fn a_node_that_cannot_reach_its_cluster_is_not_ready() {
         (Value::Bool(true), Value::Bool(false), Value::Bool(false))
     );
     broker.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_was_wiped_rejoins_under_its_id_and_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
+    let all = [1, 2, 3];
+    let leader = await_agreement(&cluster, &all, &all, None).await;
+    let wiped = if leader == 3 { 2 } else { 3 };
+    cluster.wipe_and_restart(wiped).await;
+    await_agreement(&cluster, &all, &all, None).await;
+    // Its metadata log reaches the leader's: it holds the same members and catalog again.
+    let caught_up = async {
+        loop {
+            let theirs = api_status(&cluster, wiped).await;
+            let leaders = api_status(&cluster, leader).await;
+            let applied = |s: &Value| s["groups"][0]["last_applied"].as_u64();
+            if applied(&theirs).is_some() && applied(&theirs) == applied(&leaders) {
+                return;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    };
+    tokio::time::timeout(WAIT, caught_up)
+        .await
+        .expect("the wiped node applies the metadata log up to the leader's");
+    cluster.stop();
 }
