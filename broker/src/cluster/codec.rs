@@ -24,20 +24,22 @@ fn options() -> impl Options {
     bincode::DefaultOptions::new()
         .with_fixint_encoding()
         .with_little_endian()
-        .with_limit(u64::from(MAX_FRAME_BYTES))
 }
 
-/// Encodes `value`. Our types have no maps with non-string keys or other shapes bincode
-/// refuses, so failure is a bug; it is still reported rather than hidden.
+/// Encodes `value`, of any size: a snapshot of a long queue is larger than a frame, and only
+/// frames have a size limit (checked where they are written). Our types have no maps with
+/// non-string keys or other shapes bincode refuses, so failure is a bug.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     options()
         .serialize(value)
         .expect("cluster types always encode with bincode")
 }
 
-/// Decodes a `T` that must fill `bytes` exactly.
+/// Decodes a `T` that must fill `bytes` exactly. The limit is the input's own length: a
+/// length prefix in damaged or hostile bytes cannot make the decoder reserve more than that.
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, DecodeError> {
     options()
+        .with_limit(bytes.len() as u64)
         .reject_trailing_bytes()
         .deserialize(bytes)
         .map_err(|e| DecodeError {

@@ -3,13 +3,17 @@
 
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::EntryPayload;
 
+use super::codec::MAX_FRAME_BYTES;
 use super::rpc::{Failure, Reply, Request};
 use super::transport::{Transport, TransportError};
 use super::types::{GroupId, NodeId, NodeInfo, TypeConfig};
@@ -63,6 +67,26 @@ fn rpc_error<E: std::error::Error>(
     }
 }
 
+/// Commands' bytes an `AppendEntries` may carry: half a frame, so the log ids and encoding
+/// around them never push a frame over [`MAX_FRAME_BYTES`].
+const ENTRIES_BUDGET: usize = MAX_FRAME_BYTES as usize / 2;
+
+/// `Some(n)` when the request's entries are over [`ENTRIES_BUDGET`]: the first `n` (at least
+/// one) fit. A frame over the limit would be refused on every try, so replication to that
+/// peer would stall for good; one entry is at most a client frame, far below a cluster one.
+fn entries_that_fit(rpc: &AppendEntriesRequest<TypeConfig>) -> Option<u64> {
+    let mut total = 0usize;
+    for (i, entry) in rpc.entries.iter().enumerate() {
+        if let EntryPayload::Normal(command) = &entry.payload {
+            total += command.0.len();
+        }
+        if total > ENTRIES_BUDGET && rpc.entries.len() > 1 {
+            return Some(i.max(1) as u64);
+        }
+    }
+    None
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct RemoteFailure(Failure);
@@ -93,6 +117,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        if let Some(fit) = entries_that_fit(&rpc) {
+            // openraft sends again at once with the first `fit` entries only.
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fit),
+            ));
+        }
         match self
             .call(Request::AppendEntries(rpc), option.hard_ttl())
             .await
@@ -128,5 +158,43 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             Ok(_) => Err(rpc_error(CallError::Unexpected)),
             Err(e) => Err(rpc_error(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry, LogId, Vote};
+
+    use super::*;
+    use crate::cluster::types::Command;
+
+    fn request(sizes: &[usize]) -> AppendEntriesRequest<TypeConfig> {
+        let entries = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), i as u64 + 1),
+                payload: EntryPayload::Normal(Command(vec![0; n])),
+            })
+            .collect();
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries,
+            leader_commit: None,
+        }
+    }
+
+    #[test]
+    fn entries_over_half_a_frame_are_sent_in_fewer_at_a_time() {
+        let mib = 1 << 20;
+        assert_eq!(entries_that_fit(&request(&[mib; 10])), None);
+        assert_eq!(entries_that_fit(&request(&[17 * mib; 4])), Some(1));
+        assert_eq!(entries_that_fit(&request(&[10 * mib; 5])), Some(3));
+        assert_eq!(
+            entries_that_fit(&request(&[40 * mib])),
+            None,
+            "one entry alone is always sent"
+        );
     }
 }
