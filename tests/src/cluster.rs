@@ -338,14 +338,19 @@ impl ClusterProcess {
         self.restart(id).await;
     }
 
-    /// The leader of queue `queue` (default vhost) as node `id`'s `GET /api/cluster` tells it,
-    /// or `None` while it knows none.
+    /// The leader of queue `queue` (default vhost) as node `id` knows it (`GET
+    /// /api/queues/NAME`, whose `leader` a replicated queue has), or `None` while it knows
+    /// none or does not know the queue.
     pub async fn leader_seen_by(&self, id: NodeId, queue: &str) -> Option<NodeId> {
-        let response = self.node(id).http().get("/api/cluster").await;
-        assert_eq!(response.status, 200, "GET /api/cluster: {}", response.body);
+        let path = format!("/api/queues/{}", percent_encode(queue));
+        let response = self.node(id).http().get(&path).await;
+        if response.status == 404 {
+            return None;
+        }
+        assert_eq!(response.status, 200, "GET {path}: {}", response.body);
         let status: Value = serde_json::from_str(&response.body)
-            .unwrap_or_else(|e| panic!("GET /api/cluster is not JSON ({e}): {}", response.body));
-        queue_leader(&status, "/", queue)
+            .unwrap_or_else(|e| panic!("GET {path} is not JSON ({e}): {}", response.body));
+        queue_leader(&status)
     }
 
     /// The leader of queue `queue` (default vhost) as the first running node sees it.
@@ -491,25 +496,22 @@ struct Listen {
     advertise: Option<String>,
 }
 
-/// The leader of queue `vhost`/`name` in a `GET /api/cluster` answer.
-///
-/// Kept apart and lenient because the answer's shape is the cluster module's: it looks for
-/// a `groups` (or `queues`) array whose element names the queue (`queue` or `name`, with an
-/// optional `vhost`) and reads its `leader` (a node id, or `null` while none is known).
-fn queue_leader(status: &Value, vhost: &str, name: &str) -> Option<NodeId> {
-    let groups = status
-        .get("groups")
-        .or_else(|| status.get("queues"))
-        .and_then(Value::as_array)?;
-    let group = groups.iter().find(|g| {
-        let named = g
-            .get("queue")
-            .or_else(|| g.get("name"))
-            .and_then(Value::as_str);
-        let in_vhost = g.get("vhost").and_then(Value::as_str).unwrap_or("/");
-        named == Some(name) && in_vhost == vhost
-    })?;
-    group.get("leader").and_then(Value::as_u64)
+/// The leader in a `GET /api/queues/NAME` answer: its `leader` field, a node id or `null`.
+/// Kept apart: the field is the replicated queue's, and the one place to follow a change.
+fn queue_leader(queue: &Value) -> Option<NodeId> {
+    queue.get("leader").and_then(Value::as_u64)
+}
+
+/// `name` for a URL path: unreserved characters as they are, every other byte as `%XX`.
+fn percent_encode(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn append_lines(log: &mut String, lines: &str) {
@@ -537,17 +539,17 @@ mod tests {
     }
 
     #[test]
-    fn a_queue_leader_is_read_from_the_cluster_status() {
-        let status: Value = serde_json::json!({
-            "groups": [
-                { "queue": "a", "vhost": "/", "leader": 2 },
-                { "queue": "b", "vhost": "/", "leader": null },
-                { "queue": "a", "vhost": "other", "leader": 3 }
-            ]
-        });
-        assert_eq!(queue_leader(&status, "/", "a"), Some(2));
-        assert_eq!(queue_leader(&status, "other", "a"), Some(3));
-        assert_eq!(queue_leader(&status, "/", "b"), None);
-        assert_eq!(queue_leader(&status, "/", "missing"), None);
+    fn a_queue_leader_is_read_from_the_queue_resource() {
+        let queue = serde_json::json!({ "name": "a", "leader": 2, "replicas": [] });
+        assert_eq!(queue_leader(&queue), Some(2));
+        assert_eq!(queue_leader(&serde_json::json!({ "leader": null })), None);
+        assert_eq!(queue_leader(&serde_json::json!({ "name": "local" })), None);
+    }
+
+    #[test]
+    fn queue_names_are_percent_encoded_for_paths() {
+        assert_eq!(percent_encode("orders-1.v2_x~"), "orders-1.v2_x~");
+        assert_eq!(percent_encode("a b/c"), "a%20b%2Fc");
+        assert_eq!(percent_encode("é"), "%C3%A9");
     }
 }

@@ -119,6 +119,7 @@ pub struct Proxy {
     addr: SocketAddr,
     state: Arc<watch::Sender<State>>,
     live: Arc<AtomicUsize>,
+    accepted: Arc<AtomicUsize>,
     accept: JoinHandle<()>,
 }
 
@@ -133,11 +134,18 @@ impl Proxy {
             ..State::default()
         }));
         let live = Arc::new(AtomicUsize::new(0));
-        let accept = tokio::spawn(accept_loop(listener, Arc::clone(&state), Arc::clone(&live)));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            Arc::clone(&state),
+            Arc::clone(&live),
+            Arc::clone(&accepted),
+        ));
         Ok(Proxy {
             addr,
             state,
             live,
+            accepted,
             accept,
         })
     }
@@ -195,6 +203,11 @@ impl Proxy {
     pub fn connections(&self) -> usize {
         self.live.load(Ordering::SeqCst)
     }
+
+    /// Connections it accepted so far (refused ones included).
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Proxy {
@@ -208,6 +221,7 @@ async fn accept_loop(
     listener: TcpListener,
     state: Arc<watch::Sender<State>>,
     live: Arc<AtomicUsize>,
+    accepted: Arc<AtomicUsize>,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -219,6 +233,7 @@ async fn accept_loop(
                 continue;
             }
         };
+        accepted.fetch_add(1, Ordering::SeqCst);
         let (refused, mark) = {
             let s = state.borrow();
             let refused = s.closed || s.fault_for(peer.ip()) == Fault::Refuse;
@@ -433,7 +448,7 @@ mod tests {
         round_trip(&mut client, b"hello").await;
         let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
         round_trip(&mut client, &big).await;
-        assert_eq!(proxy.connections(), 1);
+        assert_eq!((proxy.connections(), proxy.accepted()), (1, 1));
     }
 
     #[tokio::test]
