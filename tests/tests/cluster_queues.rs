@@ -9,11 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use sluice_client::{
-    Client, ConsumeOptions, Consumer, Error, ErrorCode, PublishOptions, QueueArguments,
-    QueueOptions,
+    Client, ConsumeOptions, Consumer, DeleteQueueOptions, Error, ErrorCode, PublishOptions,
+    QueueArguments, QueueOptions,
 };
-use sluice_tests::broker::within;
+use sluice_tests::broker::{within, BrokerProcess};
 use sluice_tests::cluster::{ClusterProcess, NodeId};
 use sluice_tests::history::{AckOutcome, History};
 
@@ -52,7 +53,10 @@ async fn consume_on_leader(
     let deadline = Instant::now() + ELECTION;
     let mut ask = first;
     loop {
-        assert!(Instant::now() < deadline, "no leader of {queue} found within {ELECTION:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no leader of {queue} found within {ELECTION:?}"
+        );
         if Some(ask) == not || !cluster.running().contains(&ask) {
             ask = *cluster.running().iter().find(|&&n| Some(n) != not).unwrap();
         }
@@ -92,7 +96,7 @@ async fn a_queue_declared_on_one_node_takes_confirmed_publishes_through_another_
         c1.declare_queue("orders", replicated(QueueArguments::default())),
     )
     .await
-    .unwrap();
+    .unwrap_or_else(|e| panic!("declare: {e}\n{}", cluster.node(1).log()));
 
     // Node 2 knows the queue (the catalog) and forwards its publishes to the leader.
     let c2 = connect(&cluster.node(2).url()).await;
@@ -114,6 +118,26 @@ async fn a_queue_declared_on_one_node_takes_confirmed_publishes_through_another_
     }
     assert_eq!(seen, (0..100).map(body).collect());
 
+    // The HTTP API shows the leader and the three replicas, with their lag on the leader.
+    let shown = within(
+        "GET /api/queues/orders",
+        cluster.node(leader).http().get("/api/queues/orders"),
+    )
+    .await;
+    assert_eq!(shown.status, 200, "{}", shown.body);
+    let json: serde_json::Value = serde_json::from_str(&shown.body).unwrap();
+    assert_eq!(json["leader"], leader, "{json}");
+    let replicas = json["replicas"].as_array().expect("replicas");
+    let nodes: BTreeSet<u64> = replicas
+        .iter()
+        .map(|r| r["node"].as_u64().unwrap())
+        .collect();
+    assert_eq!(nodes, BTreeSet::from([1, 2, 3]), "{json}");
+    assert!(
+        replicas.iter().all(|r| r["lag"].is_u64()),
+        "the leader knows every lag: {json}"
+    );
+
     // Every follower sends a consumer to the leader.
     let leader_addr = cluster.node(leader).addr().to_owned();
     for follower in (1..=3).filter(|&n| n != leader) {
@@ -123,7 +147,10 @@ async fn a_queue_declared_on_one_node_takes_confirmed_publishes_through_another_
                 code: ErrorCode::NotLeader,
                 message,
             }) => assert_eq!(message, leader_addr, "node {follower} names the leader"),
-            other => panic!("node {follower} should answer NOT_LEADER, got {:?}", other.err()),
+            other => panic!(
+                "node {follower} should answer NOT_LEADER, got {:?}",
+                other.err()
+            ),
         }
     }
     cluster.stop();
@@ -159,7 +186,7 @@ async fn after_a_kill_9_of_the_leader_every_confirmed_message_is_delivered_and_a
         c1.declare_queue("jobs", replicated(QueueArguments::default())),
     )
     .await
-    .unwrap();
+    .unwrap_or_else(|e| panic!("declare: {e}\n{}", cluster.node(1).log()));
     let (leader, _leader_client, mut consumer) =
         consume_on_leader(&mut cluster, 1, "jobs", None).await;
     // The publisher is on a node that survives: its publishes are forwarded to the leader.
@@ -174,7 +201,8 @@ async fn after_a_kill_9_of_the_leader_every_confirmed_message_is_delivered_and_a
             while !stop.load(Ordering::Relaxed) {
                 let id = body(i);
                 history.published(id.as_str());
-                let sent = publisher.publish("", "jobs", id.clone(), &PublishOptions::new());
+                let options = PublishOptions::new();
+                let sent = publisher.publish("", "jobs", id.clone(), &options);
                 match tokio::time::timeout(Duration::from_secs(30), sent).await {
                     Ok(Ok(_)) => history.confirmed(id.as_str()),
                     Ok(Err(e)) => history.refused(id.as_str(), e),
@@ -232,7 +260,127 @@ async fn after_a_kill_9_of_the_leader_every_confirmed_message_is_delivered_and_a
         }
     };
     within("every confirmed message delivered", drained).await;
-    assert!(wanted >= 100, "the run confirmed too little to prove anything: {wanted}");
+    assert!(
+        wanted >= 100,
+        "the run confirmed too little to prove anything: {wanted}"
+    );
     history.assert_clean();
     cluster.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_killed_and_restarted_in_turn_rebuilds_the_queue_from_its_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
+    let c1 = connect(&cluster.node(1).url()).await;
+    within(
+        "declare",
+        c1.declare_queue("ledger", replicated(QueueArguments::default())),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("declare: {e}\n{}", cluster.node(1).log()));
+    for i in 0..30 {
+        within(
+            "publish",
+            c1.publish("", "ledger", body(i), &PublishOptions::new()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("publish {i}: {e}"));
+    }
+    drop(c1);
+    // Each node's copy of the queue is rebuilt from its raft group at start; the queue is
+    // never without a majority.
+    for id in 1..=3 {
+        cluster.kill9(id);
+        cluster.restart(id).await;
+    }
+    let (_, _client, mut consumer) = consume_on_leader(&mut cluster, 1, "ledger", None).await;
+    let mut seen = BTreeSet::new();
+    while seen.len() < 30 {
+        let m = within("delivery", consumer.next()).await.unwrap().unwrap();
+        seen.insert(String::from_utf8(m.body.to_vec()).unwrap());
+        within("ack", m.ack_confirmed()).await.unwrap();
+    }
+    assert_eq!(seen, (0..30).map(body).collect());
+    cluster.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redeclare_compares_arguments_and_a_delete_on_one_node_removes_the_queue_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
+    let c1 = connect(&cluster.node(1).url()).await;
+    let c3 = connect(&cluster.node(3).url()).await;
+    within(
+        "declare",
+        c1.declare_queue("reports", replicated(QueueArguments::default())),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("declare: {e}\n{}", cluster.node(1).log()));
+    // The same declaration on another node is the same queue; other arguments are refused.
+    within(
+        "redeclare",
+        c3.declare_queue("reports", replicated(QueueArguments::default())),
+    )
+    .await
+    .unwrap();
+    let other = QueueArguments {
+        dedup_window_ms: Some(60_000),
+        ..QueueArguments::default()
+    };
+    match c3.declare_queue("reports", replicated(other)).await {
+        Err(Error::Server {
+            code: ErrorCode::PreconditionFailed,
+            ..
+        }) => {}
+        other => panic!("expected PRECONDITION_FAILED, got {other:?}"),
+    }
+
+    within(
+        "delete",
+        c3.delete_queue("reports", DeleteQueueOptions::default()),
+    )
+    .await
+    .unwrap();
+    // Every node learns it from the metadata group.
+    for id in 1..=3 {
+        let c = connect(&cluster.node(id).url()).await;
+        let gone = async {
+            loop {
+                match c.declare_queue("reports", QueueOptions::passive()).await {
+                    Err(Error::Server {
+                        code: ErrorCode::NotFound,
+                        ..
+                    }) => return,
+                    Ok(_) => tokio::time::sleep(POLL).await,
+                    Err(e) => panic!("passive declare on node {id}: {e}"),
+                }
+            }
+        };
+        within("the queue gone", gone).await;
+    }
+    cluster.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_refuses_a_replicated_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("data"), &[]);
+    let c = connect(&broker.url()).await;
+    match c
+        .declare_queue("q", replicated(QueueArguments::default()))
+        .await
+    {
+        Err(Error::Server {
+            code: ErrorCode::PreconditionFailed,
+            message,
+        }) => assert!(message.contains("need a cluster"), "{message}"),
+        other => panic!("expected PRECONDITION_FAILED, got {other:?}"),
+    }
+    // A queue of one replica is a local queue, as on any single node.
+    let mut one = QueueOptions::new();
+    one.arguments.replicas = Some(1);
+    within("declare", c.declare_queue("one", one))
+        .await
+        .unwrap();
 }

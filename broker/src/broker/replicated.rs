@@ -31,11 +31,16 @@ const ELECTION_POLL: Duration = Duration::from_millis(100);
 
 /// The groups of replicated queues hosted on this node, by queue uid.
 #[derive(Debug, Default)]
-pub(crate) struct HostedGroups(Mutex<HashMap<u64, GroupHandle>>);
+pub(crate) struct HostedGroups {
+    groups: Mutex<HashMap<u64, GroupHandle>>,
+    /// Held while a replicated queue is created here: a declare and the metadata event of
+    /// the same queue must not both build it (each would recreate the other's log).
+    creating: tokio::sync::Mutex<()>,
+}
 
 impl HostedGroups {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, GroupHandle>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -209,6 +214,7 @@ impl Broker {
     /// its name is taken by a local queue, or its log cannot be created).
     async fn ensure_replicated(self: &Arc<Self>, record: QueueRecord) -> Option<QueueHandle> {
         let cluster = self.cluster()?.clone();
+        let _creating = self.replicated.creating.lock().await;
         if let Some(q) = self.read().queues.get(record.name.as_str()) {
             if q.meta.uid == record.uid {
                 return Some(q.clone());
