@@ -58,6 +58,7 @@
 
 mod browse;
 mod client;
+mod cluster;
 mod connection;
 mod consumer;
 mod error;

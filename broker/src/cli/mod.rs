@@ -25,6 +25,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand, ValueEnum};
 use sluice_client::{ErrorCode, ExchangeKind, HeaderValue, Overflow};
 
+mod cluster;
 mod commands;
 mod definitions;
 pub(crate) mod format;
@@ -172,6 +173,13 @@ pub enum AdminCommand {
     /// deletes one before its time.
     #[command(subcommand)]
     Scheduled(ScheduledCommand),
+    /// Show or change the cluster (administrators only; a node started with --node-id).
+    ///
+    /// `cluster status` shows the members (ROLE: leader of the metadata group, voter, or
+    /// learner while being added), the metadata leader, and every Raft group hosted on the
+    /// node with its leader and replicas (LAG: log entries behind, known on the leader).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Move ready messages from one queue to another (e.g. a dead-letter queue back to its
     /// source), printing progress until done.
     ///
@@ -535,6 +543,35 @@ pub struct BrowseArgs {
     /// Most messages to show.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_BROWSE_COUNT)]
     pub count: u64,
+}
+
+/// `sluice cluster ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ClusterCommand {
+    /// Members, the metadata leader, and the groups this node hosts.
+    Status,
+    /// Add a running node (started with --node-id ID) whose cluster listener is at ADDR.
+    AddNode {
+        /// The node's id.
+        id: u64,
+        /// Its cluster listener, `HOST:PORT`.
+        addr: String,
+    },
+    /// Remove a node from the cluster.
+    RemoveNode {
+        /// The node's id.
+        id: u64,
+    },
+    /// Move the leadership of a replicated queue (or, without --queue, of the metadata
+    /// group) to another node; returns once that node leads.
+    TransferLeadership {
+        /// The replicated queue [default: the metadata group].
+        #[arg(long)]
+        queue: Option<String>,
+        /// The node that should lead.
+        #[arg(long)]
+        to: u64,
+    },
 }
 
 /// `sluice scheduled ...`.

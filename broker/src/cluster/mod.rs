@@ -15,7 +15,9 @@
 //! - `group`: a hosted group, proposals (forwarded to the leader), the leadership watch.
 //! - `meta`: the metadata machine, [`placement`].
 //! - `core`: the shared state and the answers to peers.
+//! - [`admin`]: the operators' wire requests (protocol.md §20).
 
+pub mod admin;
 mod codec;
 mod core;
 mod group;

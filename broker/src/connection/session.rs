@@ -640,6 +640,10 @@ impl Session {
                     }
                 });
             }
+            Request::ClusterStatus
+            | Request::AddNode(_)
+            | Request::RemoveNode(_)
+            | Request::TransferLeadership(_) => return self.on_cluster_request(id, req),
             Request::MoveMessages(m) => self.on_move(id, m),
             // A move of another vhost is as unknown here as one never started.
             Request::MoveStatus(m) => match self
@@ -659,6 +663,46 @@ impl Session {
                 }
                 None => self.send_error(id, crate::moves::unknown(m.move_id)),
             },
+        }
+        Ending::No
+    }
+
+    /// The cluster's operator requests (§20): administrators only, on a node in a cluster.
+    fn on_cluster_request(&mut self, id: RequestId, req: Request) -> Ending {
+        use crate::cluster::admin;
+        if let Err(e) = self
+            .access
+            .check_tag(Tag::Administrator, "administer the cluster")
+        {
+            return self.refuse(id, e);
+        }
+        let Some(cluster) = self.broker.cluster().cloned() else {
+            return self.refuse(id, admin::no_cluster());
+        };
+        match req {
+            Request::ClusterStatus => self.send(id, admin::status(&cluster)),
+            Request::AddNode(r) => {
+                self.answer_later(id, Reply::AddNodeOk, admin::add_node(cluster, r));
+            }
+            Request::RemoveNode(r) => {
+                self.answer_later(id, Reply::RemoveNodeOk, admin::remove_node(cluster, r));
+            }
+            Request::TransferLeadership(r) => {
+                let internal = if r.queue.is_empty() {
+                    None
+                } else {
+                    match self.access.namespace().qualify(&r.queue) {
+                        Ok(name) => Some(name.into_owned()),
+                        Err(e) => return self.refuse(id, RequestError::invalid(e.to_string())),
+                    }
+                };
+                self.answer_later(
+                    id,
+                    Reply::TransferLeadershipOk,
+                    admin::transfer_leadership(cluster, r, internal),
+                );
+            }
+            _ => unreachable!("only cluster requests come here"),
         }
         Ending::No
     }

@@ -237,6 +237,23 @@ opcodes! {
     CancelScheduled = 0x0617, ToServer;
     /// Answers `CancelScheduled`.
     CancelScheduledOk = 0x0618, ToClient;
+    // 0x07xx: cluster administration
+    /// Ask for the cluster's state as the node sees it.
+    ClusterStatus = 0x0701, ToServer;
+    /// The cluster's state.
+    ClusterStatusOk = 0x0702, ToClient;
+    /// Add a node to the cluster.
+    AddNode = 0x0703, ToServer;
+    /// Answers `AddNode`.
+    AddNodeOk = 0x0704, ToClient;
+    /// Remove a node from the cluster.
+    RemoveNode = 0x0705, ToServer;
+    /// Answers `RemoveNode`.
+    RemoveNodeOk = 0x0706, ToClient;
+    /// Move a group's leadership to a node.
+    TransferLeadership = 0x0707, ToServer;
+    /// Answers `TransferLeadership`.
+    TransferLeadershipOk = 0x0708, ToClient;
 }
 
 /// One direction's set of frame bodies: [`Request`](super::Request) or [`Reply`](super::Reply).

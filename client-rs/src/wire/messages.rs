@@ -10,6 +10,7 @@ use super::admin::{
     ListQueues, ListQueuesOk,
 };
 use super::browse::{BrowseQueue, BrowseQueueOk};
+use super::cluster::{AddNode, ClusterStatusOk, RemoveNode, TransferLeadership};
 use super::connection::{Blocked, Close, ErrorReply, Hello, Welcome};
 use super::connections::{CancelConsumer, CloseConnection, ListConnections, ListConnectionsOk};
 use super::consume::{
@@ -153,12 +154,20 @@ frame_body! {
             ListScheduled(ListScheduled),
             /// Cancels a scheduled message (§19); answered by `CancelScheduledOk`.
             CancelScheduled(CancelScheduled),
+            /// Adds a node to the cluster (§20); answered by `AddNodeOk`.
+            AddNode(AddNode),
+            /// Removes a node from the cluster (§20); answered by `RemoveNodeOk`.
+            RemoveNode(RemoveNode),
+            /// Moves a group's leadership (§20); answered by `TransferLeadershipOk`.
+            TransferLeadership(TransferLeadership),
         }
         empty {
             /// Keep-alive.
             Heartbeat,
             /// Answers a server's `Close`.
             CloseOk,
+            /// Asks for the cluster's state (§20); answered by `ClusterStatusOk`.
+            ClusterStatus,
         }
     }
 }
@@ -220,6 +229,8 @@ frame_body! {
             MoveStatusOk(MoveStatusOk),
             /// Scheduled messages of a queue, left in place.
             ListScheduledOk(ListScheduledOk),
+            /// The cluster's state.
+            ClusterStatusOk(ClusterStatusOk),
         }
         empty {
             /// Keep-alive.
@@ -242,6 +253,12 @@ frame_body! {
             CancelConsumerOk,
             /// Answers `CancelScheduled`.
             CancelScheduledOk,
+            /// Answers `AddNode`.
+            AddNodeOk,
+            /// Answers `RemoveNode`.
+            RemoveNodeOk,
+            /// Answers `TransferLeadership`.
+            TransferLeadershipOk,
         }
     }
 }

@@ -37,6 +37,7 @@
 mod ack;
 mod admin;
 mod browse;
+mod cluster;
 mod connection;
 mod connections;
 mod consume;
@@ -67,6 +68,10 @@ pub use admin::{
 };
 pub use browse::{
     BrowseQueue, BrowseQueueOk, BrowsedMessage, BROWSE_FIXED_LEN, MAX_BROWSE_LIMIT, MIN_BROWSED_LEN,
+};
+pub use cluster::{
+    AddNode, ClusterGroup, ClusterMember, ClusterStatusOk, GroupReplica, RemoveNode,
+    TransferLeadership, MAX_CLUSTER_ITEMS, MAX_GROUP_REPLICAS,
 };
 pub use connection::{Blocked, Close, ErrorReply, Hello, Welcome};
 pub use connections::{

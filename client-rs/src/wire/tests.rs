@@ -382,6 +382,18 @@ fn sample_requests() -> Vec<Request> {
             message_seq: 4,
         }
         .into(),
+        Request::ClusterStatus,
+        AddNode {
+            node_id: 4,
+            cluster_addr: "127.0.0.14:7000".into(),
+        }
+        .into(),
+        RemoveNode { node_id: 4 }.into(),
+        TransferLeadership {
+            queue: "q".into(),
+            to: 2,
+        }
+        .into(),
     ]
 }
 
@@ -539,6 +551,35 @@ fn sample_replies() -> Vec<Reply> {
         }
         .into(),
         Reply::CancelScheduledOk,
+        ClusterStatusOk {
+            node_id: 1,
+            member: true,
+            metadata_leader: Some(1),
+            metadata_term: 2,
+            members: vec![ClusterMember {
+                id: 1,
+                voter: true,
+                cluster_addr: "127.0.0.11:7000".into(),
+                client_addr: "127.0.0.1:5680".into(),
+                http_addr: None,
+            }],
+            groups: vec![ClusterGroup {
+                group_id: 0,
+                leader: Some(1),
+                term: 2,
+                last_index: 3,
+                replicas: vec![GroupReplica {
+                    node: 1,
+                    voter: true,
+                    lag: Some(0),
+                }],
+                ..ClusterGroup::default()
+            }],
+        }
+        .into(),
+        Reply::AddNodeOk,
+        Reply::RemoveNodeOk,
+        Reply::TransferLeadershipOk,
     ]
 }
 

@@ -428,6 +428,7 @@ pages.overview = {
       <div class="page-head"><h1>Overview</h1><span class="sub" id="ov-version"></span></div>
       <div id="ov-banner"></div>
       <div class="tiles" id="ov-tiles"></div>
+      <div id="ov-cluster"></div>
       ${chartCards()}
       <div class="grid grid-3">
         <section class="card"><div class="card-head"><h2>Deepest queues</h2><div class="right"><a href="#/queues">All queues →</a></div></div><div class="card-body flush" id="ov-top"></div></section>
@@ -435,9 +436,12 @@ pages.overview = {
       </div>`);
   },
   async refresh() {
-    const [ov, history, queues] = await Promise.all([
+    const [ov, history, queues, cluster] = await Promise.all([
       api('/api/overview'), api('/api/overview/history'), api('/api/queues'),
+      // An older broker has no /api/cluster: no panel, not an error.
+      api('/api/cluster').catch(() => ({ enabled: false })),
     ]);
+    setHtml($('#ov-cluster'), clusterPanel(cluster));
     const last = (history.samples || [])[history.samples.length - 1] || {};
     setHtml($('#ov-version'), `version ${ov.version} · up ${fmtDuration(ov.uptime_seconds * 1000)}`);
     setHtml($('#ov-banner'), ov.blocked ? html`<div class="banner banner-danger" id="blocked-banner"><strong>Publishing is blocked.</strong><span>${ov.blocked_reason || 'The broker is out of a resource.'}</span></div>` : '');
@@ -457,6 +461,26 @@ pages.overview = {
     setHtml($('#ov-totals'), totals(ov.message_stats));
   },
 };
+
+// The Cluster panel: members and the groups this node hosts, only on a node in a cluster.
+function clusterPanel(c) {
+  if (!c || !c.enabled) return '';
+  const role = (m) => (m.id === c.metadata_leader ? 'leader' : m.voter ? 'voter' : 'learner');
+  const replicas = (g) => g.replicas.map((r) => `${r.node}${r.lag === null ? '' : ` (lag ${fmtCount(r.lag)})`}`).join(', ');
+  const groupName = (g) => (g.id === 0 ? 'metadata' : g.queue ? `${g.vhost === '/' ? '' : `${g.vhost}/`}${g.queue}` : `group ${g.id.toString(16)}`);
+  return html`<section class="card" id="cluster-panel">
+    <div class="card-head"><h2>Cluster</h2><span class="sub">node ${c.node_id} · metadata leader ${c.metadata_leader ?? 'none'} · term ${c.metadata_term}</span>
+      <div class="right">${c.ready ? html`<span class="badge">ready</span>` : html`<span class="badge badge-warn">not ready</span>`}</div></div>
+    <div class="card-body flush"><div class="grid grid-2">
+      <table class="data" id="cluster-members"><thead><tr><th>Node</th><th>Role</th><th>Clients</th><th>Cluster</th></tr></thead><tbody>
+        ${c.members.map((m) => html`<tr><td>${m.id}${m.id === c.node_id ? ' (this)' : ''}</td><td>${role(m)}</td><td>${m.client_addr}</td><td>${m.cluster_addr}</td></tr>`)}
+      </tbody></table>
+      <table class="data" id="cluster-groups"><thead><tr><th>Group</th><th class="num">Leader</th><th class="num">Term</th><th>Replicas</th></tr></thead><tbody>
+        ${c.groups.map((g) => html`<tr><td>${groupName(g)}</td><td class="num">${g.leader ?? '–'}</td><td class="num">${g.term}</td><td>${replicas(g)}</td></tr>`)}
+      </tbody></table>
+    </div></div>
+  </section>`;
+}
 
 function tile(label, value, note, id, warn = '') {
   return html`<div class="tile" id="${id}"><div class="label">${label} ${warn ? html`<span class="badge ${warn}">low</span>` : ''}</div><div class="value">${value}</div><div class="note">${note || raw('&nbsp;')}</div></div>`;
