@@ -383,29 +383,34 @@ fn lag_of(queue: &Value, replica: NodeId) -> Option<u64> {
 /// Waits (bounded) until `leader` sees `replica` with no lag, and `replica` holds as many
 /// messages as the leader (nothing consumes meanwhile): it caught up.
 async fn await_caught_up(cluster: &ClusterProcess, leader: NodeId, replica: NodeId) {
+    let last = std::sync::Mutex::new(None);
+    let depth = |q: &Value| q["ready"].as_u64().unwrap_or(0) + q["unacked"].as_u64().unwrap_or(0);
     let wait = async {
         loop {
             let on_leader = queue_json(cluster, leader).await;
             let on_replica = queue_json(cluster, replica).await;
-            let depth =
-                |q: &Value| q["ready"].as_u64().unwrap_or(0) + q["unacked"].as_u64().unwrap_or(0);
             if lag_of(&on_leader, replica) == Some(0) && depth(&on_leader) == depth(&on_replica) {
                 return depth(&on_leader);
             }
+            *last.lock().unwrap() = Some((on_leader, on_replica));
             tokio::time::sleep(POLL).await;
         }
     };
-    let depth = tokio::time::timeout(PROGRESS, wait)
-        .await
-        .unwrap_or_else(|_| {
-            panic!("node {replica} did not catch up with leader {leader} within {PROGRESS:?}")
-        });
+    let Ok(depth) = tokio::time::timeout(PROGRESS, wait).await else {
+        let (on_leader, on_replica) = last.lock().unwrap().take().unwrap_or_default();
+        panic!(
+            "node {replica} did not catch up with leader {leader} within {PROGRESS:?}:\n\
+             leader: {on_leader}\nreplica: {on_replica}\nthe replica's log:\n{}",
+            cluster.node(replica).log()
+        );
+    };
     eprintln!("node {replica} caught up with leader {leader}: {depth} messages");
 }
 
 /// Waits (bounded) until every node of `among` sees the same leader of the queue, one of
 /// `among`, and returns it (the other nodes may think otherwise: a partitioned one does).
 async fn await_leader_among(cluster: &ClusterProcess, among: &[NodeId]) -> NodeId {
+    let last = std::sync::Mutex::new(Vec::new());
     let wait = async {
         loop {
             let mut seen = Vec::new();
@@ -417,12 +422,23 @@ async fn await_leader_among(cluster: &ClusterProcess, among: &[NodeId]) -> NodeI
                     return leader;
                 }
             }
+            *last.lock().unwrap() = seen;
             tokio::time::sleep(POLL).await;
         }
     };
-    tokio::time::timeout(ELECTION, wait)
-        .await
-        .unwrap_or_else(|_| panic!("no leader agreed by nodes {among:?} within {ELECTION:?}"))
+    let Ok(leader) = tokio::time::timeout(ELECTION, wait).await else {
+        let seen = last.lock().unwrap().clone();
+        let logs: Vec<String> = among
+            .iter()
+            .zip(&seen)
+            .map(|(&id, _)| format!("node {id}'s log:\n{}", cluster.node(id).log()))
+            .collect();
+        panic!(
+            "no leader agreed by nodes {among:?} within {ELECTION:?}: they see {seen:?}\n{}",
+            logs.join("\n")
+        );
+    };
+    leader
 }
 
 fn all(cluster: &ClusterProcess) -> Vec<NodeId> {
@@ -657,7 +673,7 @@ async fn nodes_rebuilt_from_a_wiped_disk_serve_every_confirmed_message_once_the_
     let followers: Vec<NodeId> = all(&cluster).into_iter().filter(|&n| n != leader).collect();
     for &f in &followers {
         cluster.wipe_and_restart(f).await;
-        let now_leader = cluster.await_leader_of(QUEUE, None).await;
+        let now_leader = await_leader_among(&cluster, &all(&cluster)).await;
         assert_eq!(now_leader, leader, "a rejoining node took the leadership");
         await_caught_up(&cluster, leader, f).await;
     }
