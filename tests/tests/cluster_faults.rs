@@ -445,6 +445,17 @@ fn all(cluster: &ClusterProcess) -> Vec<NodeId> {
     (1..=cluster.len() as NodeId).collect()
 }
 
+/// The model check, and the redelivered flag: a message delivered again must say it may have
+/// been delivered before (protocol.md §9.5), failover or not.
+fn assert_clean(history: &History) {
+    history.assert_clean();
+    let summary = history.summary();
+    assert_eq!(
+        summary.unflagged_duplicates, 0,
+        "messages delivered again without the redelivered flag: {summary:?}"
+    );
+}
+
 fn report(test: &str, started: Instant, history: &History, load: Option<Counts>) {
     eprintln!(
         "{test}: {:?} in {:.1} s{}",
@@ -488,7 +499,7 @@ async fn twenty_kill_9s_of_the_leader_under_confirmed_load_lose_no_confirmed_mes
     let counts = load.now();
     let history = load.drain().await;
     report("20 kills", started, &history, Some(counts));
-    history.assert_clean();
+    assert_clean(&history);
     let summary = history.summary();
     assert_eq!(summary.kills, 20);
     assert!(
@@ -568,7 +579,7 @@ async fn a_partitioned_node_confirms_nothing_while_the_majority_goes_on_and_it_c
     let history = load.drain().await;
     await_caught_up(&cluster, new_leader, cut).await;
     report("partition", started, &history, Some(counts));
-    history.assert_clean();
+    assert_clean(&history);
     cluster.stop();
 }
 
@@ -602,7 +613,7 @@ async fn a_rolling_restart_under_confirmed_load_pauses_confirms_only_briefly_and
     let counts = load.now();
     let history = load.drain().await;
     report("rolling restart", started, &history, Some(counts));
-    history.assert_clean();
+    assert_clean(&history);
     assert!(
         counts.longest_gap < PAUSE,
         "confirms paused for {:?} during the rolling restart",
@@ -710,7 +721,7 @@ async fn nodes_rebuilt_from_a_wiped_disk_serve_every_confirmed_message_once_the_
         .unwrap();
     assert_eq!((inspected.ready, inspected.unacked), (0, 0));
     report("wipe and rebuild", started, &history, None);
-    history.assert_clean();
+    assert_clean(&history);
     assert_eq!(history.summary().delivered, 400);
     cluster.stop();
 }
