@@ -450,6 +450,19 @@ fn all(cluster: &ClusterProcess) -> Vec<NodeId> {
 fn assert_clean(history: &History) {
     history.assert_clean();
     let summary = history.summary();
+    if summary.unflagged_duplicates > 0 {
+        // The first few, to read what happened to them.
+        let mut shown = 0;
+        for i in 0..summary.published {
+            let Some(r) = history.record(format!("m-{i}")) else {
+                continue;
+            };
+            if r.deliveries.iter().skip(1).any(|d| !d.redelivered) && shown < 5 {
+                eprintln!("m-{i}: {r:?}");
+                shown += 1;
+            }
+        }
+    }
     assert_eq!(
         summary.unflagged_duplicates, 0,
         "messages delivered again without the redelivered flag: {summary:?}"
