@@ -60,7 +60,10 @@ fn replicated() -> QueueOptions {
 async fn declare(cluster: &ClusterProcess) {
     let client = connect(&cluster.node(1).url()).await;
     if let Err(e) = within("declare", client.declare_queue(QUEUE, replicated())).await {
-        panic!("declare {QUEUE}: {e}; node 1's log:\n{}", cluster.node(1).log());
+        panic!(
+            "declare {QUEUE}: {e}; node 1's log:\n{}",
+            cluster.node(1).log()
+        );
     }
     client.close().await.unwrap();
 }
@@ -150,7 +153,9 @@ impl Load {
         let wait = self.counts.wait_for(|c| {
             c.confirmed >= since.confirmed + more && c.acks_confirmed >= since.acks_confirmed + acks
         });
-        let outcome = tokio::time::timeout(PROGRESS, wait).await.map(|r| r.is_ok());
+        let outcome = tokio::time::timeout(PROGRESS, wait)
+            .await
+            .map(|r| r.is_ok());
         match outcome {
             Ok(true) => {}
             Ok(false) => panic!("{what}: the load's tasks ended"),
@@ -639,7 +644,7 @@ async fn a_rolling_restart_under_confirmed_load_pauses_confirms_only_briefly_and
 /// behind.
 async fn await_replicating(cluster: &ClusterProcess, leader: NodeId, replica: NodeId) {
     let wait = async {
-        while !lag_of(&queue_json(cluster, leader).await, replica).is_some_and(|lag| lag < 64) {
+        while lag_of(&queue_json(cluster, leader).await, replica).is_none_or(|lag| lag >= 64) {
             tokio::time::sleep(POLL).await;
         }
     };
