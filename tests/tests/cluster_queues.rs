@@ -76,9 +76,32 @@ async fn consume_on_leader(
                     None => tokio::time::sleep(POLL).await,
                 }
             }
+            // Not known there yet (the metadata group's apply is on its way): ask again.
+            Err(Error::Server {
+                code: ErrorCode::NotFound,
+                ..
+            }) => tokio::time::sleep(POLL).await,
             Err(e) => panic!("consume {queue} on node {ask}: {e}"),
         }
     }
+}
+
+/// Waits (bounded) until the node of `client` knows `queue`: a declare on another node
+/// reaches it with the metadata group's next apply there.
+async fn await_known(client: &Client, queue: &str) {
+    let known = async {
+        loop {
+            match client.declare_queue(queue, QueueOptions::passive()).await {
+                Ok(_) => return,
+                Err(Error::Server {
+                    code: ErrorCode::NotFound,
+                    ..
+                }) => tokio::time::sleep(POLL).await,
+                Err(e) => panic!("passive declare of {queue}: {e}"),
+            }
+        }
+    };
+    within("the queue known", known).await;
 }
 
 fn body(i: u64) -> String {
@@ -98,8 +121,10 @@ async fn a_queue_declared_on_one_node_takes_confirmed_publishes_through_another_
     .await
     .unwrap_or_else(|e| panic!("declare: {e}\n{}", cluster.node(1).log()));
 
-    // Node 2 knows the queue (the catalog) and forwards its publishes to the leader.
+    // Node 2 learns the queue from the metadata group (a moment after the declare's answer)
+    // and forwards its publishes to the leader.
     let c2 = connect(&cluster.node(2).url()).await;
+    await_known(&c2, "orders").await;
     for i in 0..100 {
         within(
             "publish",
@@ -192,6 +217,7 @@ async fn after_a_kill_9_of_the_leader_every_confirmed_message_is_delivered_and_a
     // The publisher is on a node that survives: its publishes are forwarded to the leader.
     let publisher_node = (1..=3).find(|&n| n != leader).unwrap();
     let publisher = connect(&cluster.node(publisher_node).url()).await;
+    await_known(&publisher, "jobs").await;
     let history = History::new();
     let stop = Arc::new(AtomicBool::new(false));
     let publishing = {

@@ -321,6 +321,9 @@ pub struct QueueLog {
     /// The last flush could not write some acks (and said so): out of descriptors, every
     /// flush would fail the same way, and one warning per run of failures is enough.
     pub(crate) acks_failing: bool,
+    /// A view rebuilt at every start (a replicated queue's): its messages are not synced by
+    /// the group commit, since something else (the raft log) makes them durable.
+    pub(crate) volatile: bool,
 }
 
 /// A clean close writes the pending acks, so a drained queue stays drained after a restart;
@@ -420,6 +423,7 @@ impl QueueLog {
             recovered: RecoveredDeliveries::default(),
             report: RecoveryReport::default(),
             acks_failing: false,
+            volatile: false,
         }
     }
 
@@ -543,6 +547,9 @@ impl QueueLog {
     }
 
     fn tag(&self, no: u64, end: usize) -> Epoch {
+        if self.volatile {
+            return 0;
+        }
         let seg = &self.segments[&no].file;
         let w = Watermark {
             segment_no: no,

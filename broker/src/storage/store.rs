@@ -115,17 +115,19 @@ impl Store {
 
     /// Creates an empty log for queue `uid`, deleting any log it had: a replicated queue's
     /// log is a view of its raft group, rebuilt from the group's snapshot and log at every
-    /// start (and at every snapshot install), never recovered.
+    /// start, never recovered; so its appends are not synced (they answer epoch 0).
     pub fn recreate_queue(&self, uid: u64) -> Result<QueueLog> {
         if self.queue_dir_exists(uid)? {
             self.remove_queue_dir(uid)?;
         }
-        QueueLog::create(
+        let mut log = QueueLog::create(
             uid,
             self.queue_dir(uid),
             self.config.log.clone(),
             self.durability().clone(),
-        )
+        )?;
+        log.volatile = true;
+        Ok(log)
     }
 
     /// Opens (and recovers) the queue log `uid`. Damage to one queue is an error for that queue

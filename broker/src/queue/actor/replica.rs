@@ -16,7 +16,9 @@ use crate::queue::replicated::{
     self, Barrier, LeaderView, OpMessage, OpRejection, OpResult, Proposer, QueueOp, QueueSnapshot,
     SettleJob, Settler, SnapshotMessage,
 };
-use crate::queue::{ConnEvent, ConnId, ConnLink, Incoming, PublishOrigin, PublishRoom, QueueCmd};
+use crate::queue::{
+    ConnEvent, ConnId, ConnLink, Incoming, PublishOrigin, PublishRoom, QueueCmd, Settlement,
+};
 
 /// What a replicated queue's task knows of its group.
 #[derive(Debug, Default)]
@@ -32,6 +34,11 @@ pub(super) struct Replica {
     next_seq: u64,
     /// The newest op time applied: the dedup window's clock, the same on every replica.
     last_ts_ms: u64,
+    /// Deliveries this node made while it led the group, by (connection, tag): their acks
+    /// still delete the message (through the new leader) after the leadership moved. Bounded
+    /// by the deliveries in flight at the step-down; a connection's go when it closes, all
+    /// of them when this node leads again.
+    orphans: HashMap<(ConnId, u64), u64>,
 }
 
 impl Replica {
@@ -124,6 +131,26 @@ impl Actor {
                     return Some(cmd);
                 }
                 self.refuse_not_leader(conn, request_id);
+            }
+            QueueCmd::Settle {
+                conn,
+                request_id,
+                deliveries,
+                how,
+            } if self.replica.as_ref().is_some_and(|r| !r.orphans.is_empty()) => {
+                let deliveries = self.settle_orphans(conn.id, deliveries, how);
+                return Some(QueueCmd::Settle {
+                    conn,
+                    request_id,
+                    deliveries,
+                    how,
+                });
+            }
+            QueueCmd::ConnectionClosed { conn_id } => {
+                self.replica_mut()
+                    .orphans
+                    .retain(|&(conn, _), _| conn != conn_id);
+                return Some(QueueCmd::ConnectionClosed { conn_id });
             }
             QueueCmd::TakeForMove { reply, .. } => {
                 let _ = reply.send(Err(RequestError::precondition(format!(
@@ -230,6 +257,34 @@ impl Actor {
             Some(settler) => settler.send(SettleJob::Delete(acks)),
             None => tracing::warn!(queue = %self.meta.name, "settles without a group: ignored"),
         }
+    }
+
+    /// Settles the deliveries made before a step-down: an ack or a reject deletes the message
+    /// through the group, a requeue needs nothing (it is ready on the leader). Gives back the
+    /// others.
+    fn settle_orphans(
+        &mut self,
+        conn: ConnId,
+        deliveries: Vec<(u64, u64)>,
+        how: Settlement,
+    ) -> Vec<(u64, u64)> {
+        let orphans = &mut self.replica.as_mut().expect("a replicated queue").orphans;
+        let mut deleted = Vec::new();
+        let rest = deliveries
+            .into_iter()
+            .filter(|&(tag, seq)| match orphans.get(&(conn, tag)) {
+                Some(&s) if s == seq => {
+                    orphans.remove(&(conn, tag));
+                    if matches!(how, Settlement::Ack | Settlement::Reject) {
+                        deleted.push(seq);
+                    }
+                    false
+                }
+                _ => true,
+            })
+            .collect();
+        self.propose_settle(deleted);
+        rest
     }
 
     // ------------------------------------------------------------------------------------
@@ -426,6 +481,7 @@ impl Actor {
             self.step_down();
         }
         if !was_leader && is_leader {
+            self.replica_mut().orphans.clear();
             // Any message may have gone out from the old leader: flag them all redelivered.
             self.maybe_delivered_below = self.replica_mut().next_seq;
             self.after_state_replaced();
@@ -433,23 +489,21 @@ impl Actor {
     }
 
     /// No longer the leader: consumers end with `LEADER_MOVED` naming the new leader, and
-    /// every delivery is forgotten here (the new leader has those messages ready).
+    /// every delivery leaves flight here (the new leader has those messages ready); an ack
+    /// of one still deletes its message (see `Replica::orphans`).
     fn step_down(&mut self) {
         let reason = self
             .replica
             .as_ref()
             .map(|r| r.leader.client_addr.clone())
             .unwrap_or_default();
-        let mut tags: HashMap<ConnId, (Arc<ConnLink>, Vec<u64>)> = HashMap::new();
-        for (_, d) in self.in_flight.drain() {
-            tags.entry(d.conn.id)
-                .or_insert_with(|| (Arc::clone(&d.conn), Vec::new()))
-                .1
-                .push(d.tag.0);
-        }
-        for (_, (conn, tags)) in tags {
-            conn.send(ConnEvent::LeasesExpired { tags });
-        }
+        let orphans: Vec<((ConnId, u64), u64)> = self
+            .in_flight
+            .drain()
+            .into_iter()
+            .map(|(seq, d)| ((d.conn.id, d.tag.0), seq))
+            .collect();
+        self.replica_mut().orphans.extend(orphans);
         for c in self.consumers.drain() {
             c.conn.send(ConnEvent::ConsumerStopped {
                 consumer_id: c.id,
@@ -722,10 +776,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_leader_that_loses_leadership_cancels_its_consumers_and_its_deliveries_are_ready_again(
+    async fn a_leader_that_loses_leadership_cancels_its_consumers_and_its_deliveries_are_ready_again_yet_their_acks_count(
     ) {
         let r = replica();
         let (conn, mut rx) = link();
+        r.queue.send(QueueCmd::Attach {
+            proposer: Arc::new(Loopback(r.machine.clone())),
+        });
         r.queue.send(QueueCmd::Leadership(LeaderView {
             is_self: true,
             client_addr: "127.0.0.11:5680".into(),
@@ -744,11 +801,6 @@ mod tests {
             is_self: false,
             client_addr: "127.0.0.13:5680".into(),
         }));
-        let ConnEvent::LeasesExpired { mut tags } = next(&mut rx).await else {
-            panic!("the deliveries end first");
-        };
-        tags.sort_unstable();
-        assert_eq!(tags, vec![1, 2]);
         match next(&mut rx).await {
             ConnEvent::ConsumerStopped { code, reason, .. } => {
                 assert_eq!(code, ErrorCode::LeaderMoved);
@@ -771,6 +823,39 @@ mod tests {
                 "ready on a follower"
             ),
             other => panic!("expected InspectQueueOk, got {other:?}"),
+        }
+        // An ack of a delivery made before the step-down still deletes its message.
+        let first = &deliveries[0];
+        r.queue.send(QueueCmd::Settle {
+            conn: Arc::clone(&conn),
+            request_id: RequestId(7),
+            deliveries: vec![(first.delivery_tag.0, first.message_seq)],
+            how: Settlement::Ack,
+        });
+        r.queue.send(QueueCmd::Inspect {
+            conn: Arc::clone(&conn),
+            request_id: RequestId(8),
+        });
+        match next(&mut rx).await {
+            ConnEvent::Reply { request_id, .. } => assert_eq!(request_id, RequestId(8)),
+            other => panic!("expected the inspect after the ack, got {other:?}"),
+        }
+        let left: Vec<u64> = snapshot(&r).await.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(left, vec![deliveries[1].message_seq]);
+    }
+
+    /// A group of one, in process: a proposal is applied by the queue's own machine.
+    #[derive(Debug)]
+    struct Loopback(QueueMachine);
+
+    impl Proposer for Loopback {
+        fn propose(
+            &self,
+            command: Vec<u8>,
+        ) -> futures_util::future::BoxFuture<'static, Result<Vec<u8>, replicated::ProposeFailure>>
+        {
+            let applied = self.0.apply(vec![command]);
+            Box::pin(async move { Ok(applied.await.remove(0)) })
         }
     }
 }

@@ -21,6 +21,8 @@
 //! door ([`QueueMachine`]) and the tasks that wait for a proposal and answer the client.
 
 pub mod op;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 

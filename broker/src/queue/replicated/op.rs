@@ -2,9 +2,9 @@
 //! [`OpResult`]s (the leader's apply answers the proposer with one) and the
 //! [`QueueSnapshot`] (the whole state at an applied index).
 //!
-//! Encoded with bincode 1.3 (fixed-width integers, little-endian, as `definitions.rs`
-//! writes): every replica decodes the same bytes the same way, and a command that does not
-//! decode is refused the same way everywhere, so the replicas never diverge on it.
+//! Encoded through the cluster's codec (`cluster::encode`/`decode`: bincode 1.3, fixed-width
+//! little-endian integers): every replica decodes the same bytes the same way, and a command
+//! that does not decode is refused the same way everywhere, so the replicas never diverge.
 
 use serde::{Deserialize, Serialize};
 
@@ -112,36 +112,27 @@ pub struct SnapshotMessage {
     pub body: Vec<u8>,
 }
 
-/// Bytes that are not a valid encoding.
-#[derive(Debug, thiserror::Error)]
-#[error("undecodable replicated queue {what}: {reason}")]
-pub struct DecodeError {
-    what: &'static str,
-    reason: String,
-}
+pub use crate::cluster::DecodeError;
 
 macro_rules! codec {
     ($t:ty, $what:literal) => {
         impl $t {
             /// The bytes that go into the raft log (or the snapshot).
             pub fn encode(&self) -> Vec<u8> {
-                bincode::serialize(self).expect("plain data serializes")
+                crate::cluster::encode(self)
             }
 
             /// Reads back what [`encode`](Self::encode) wrote.
             pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-                bincode::deserialize(bytes).map_err(|e| DecodeError {
-                    what: $what,
-                    reason: e.to_string(),
-                })
+                crate::cluster::decode($what, bytes)
             }
         }
     };
 }
 
-codec!(QueueOp, "command");
-codec!(OpResult, "result");
-codec!(QueueSnapshot, "snapshot");
+codec!(QueueOp, "replicated queue command");
+codec!(OpResult, "replicated queue result");
+codec!(QueueSnapshot, "replicated queue snapshot");
 
 #[cfg(test)]
 mod tests {

@@ -388,11 +388,15 @@ fn a_log_skipped_forward_keeps_the_given_seqs_across_short_and_long_gaps() {
 }
 
 #[test]
-fn recreating_a_queue_log_starts_it_empty() {
+fn recreating_a_queue_log_starts_it_empty_and_unsynced() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), config(64 << 10)).unwrap();
     let mut log = store.recreate_queue(7).unwrap();
-    log.append(b"m", b"old", 1).unwrap();
+    let appended = log.append(b"m", b"old", 1).unwrap();
+    assert_eq!(
+        appended.epoch, 0,
+        "nothing to wait for: the raft log is what is durable"
+    );
     drop(log);
     let log = store.recreate_queue(7).unwrap();
     assert_eq!(log.message_count(), 0);
