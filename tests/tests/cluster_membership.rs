@@ -1,7 +1,7 @@
 //! A 3-node cluster of real `sluice serve` processes: forming (node 1 bootstraps, the others
 //! join it), what `sluice cluster status` and `GET /api/cluster` show on every node, the
-//! metadata leader's kill -9 and the election that follows, the killed node's return, and
-//! `sluice cluster remove-node`.
+//! metadata leader's kill -9 and the election that follows, the killed node's return,
+//! `sluice cluster transfer-leadership` and `sluice cluster remove-node`.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -62,9 +62,22 @@ async fn await_agreement(
             tokio::time::sleep(POLL).await;
         }
     };
-    tokio::time::timeout(WAIT, agreed)
-        .await
-        .unwrap_or_else(|_| panic!("nodes {nodes:?} did not agree on members {members:?} and a leader (not {not:?}) within {WAIT:?}"))
+    match tokio::time::timeout(WAIT, agreed).await {
+        Ok(leader) => leader,
+        Err(_) => {
+            let mut seen = Vec::new();
+            for &id in nodes {
+                seen.push(format!("node {id}: {}", api_status(cluster, id).await));
+            }
+            for &id in nodes {
+                eprintln!("=== log of node {id}\n{}", cluster.node(id).log());
+            }
+            panic!(
+                "nodes {nodes:?} did not agree on members {members:?} and a leader (not {not:?}) within {WAIT:?}:\n{}",
+                seen.join("\n")
+            )
+        }
+    }
 }
 
 /// `sluice --json cluster ARGS` against node `id` (as guest, an administrator, from loopback).
@@ -90,14 +103,19 @@ async fn cli(cluster: &ClusterProcess, id: NodeId, args: &[&str]) -> Value {
     .unwrap();
     assert!(
         output.status.success(),
-        "sluice cluster {args:?} on node {id} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+        "sluice cluster {args:?} on node {id} failed: {}\nlogs:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        (1..=3)
+            .map(|n| format!("--- node {n}\n{}", cluster.node(n).log()))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     serde_json::from_slice(&output.stdout).expect("JSON on stdout")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_form_elect_a_new_leader_after_a_kill_take_the_node_back_and_remove_one() {
+async fn three_nodes_form_elect_a_new_leader_after_a_kill_take_the_node_back_move_the_leadership_and_remove_one(
+) {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
     let all = [1, 2, 3];
@@ -142,6 +160,19 @@ async fn three_nodes_form_elect_a_new_leader_after_a_kill_take_the_node_back_and
     assert_eq!(back["member"], true);
     assert_eq!(back["metadata_leader"], after);
 
+    // transfer-leadership of the metadata group, asked on a follower.
+    let target = *all.iter().find(|&&n| n != after).unwrap();
+    let asked = *all.iter().find(|&&n| n != after && n != target).unwrap();
+    let moved = cli(
+        &cluster,
+        asked,
+        &["transfer-leadership", "--to", &target.to_string()],
+    )
+    .await;
+    assert_eq!(moved["leader"], target);
+    let after = await_agreement(&cluster, &all, &all, None).await;
+    assert_eq!(after, target, "every node follows the node asked for");
+
     // remove-node through any node: the others drop it from their members.
     let removed = *survivors
         .iter()
@@ -178,4 +209,72 @@ async fn a_node_without_cluster_flags_runs_no_cluster() {
         "nothing of the cluster on disk"
     );
     broker.stop();
+}
+
+#[tokio::test]
+async fn a_node_that_cannot_reach_its_cluster_is_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens at the join address: the node keeps asking, and is no member.
+    let nowhere = std::net::TcpListener::bind("127.0.0.17:0").unwrap();
+    let join = nowhere.local_addr().unwrap().to_string();
+    drop(nowhere);
+    let broker = BrokerProcess::start(
+        dir.path(),
+        &[
+            "--http-listen",
+            "127.0.0.1:0",
+            "--node-id",
+            "7",
+            "--cluster-listen",
+            "127.0.0.18:0",
+            "--join",
+            &join,
+        ],
+    );
+    let cluster_addr = broker
+        .cluster_addr()
+        .expect("'cluster listening on' line")
+        .to_owned();
+    assert!(cluster_addr.starts_with("127.0.0.18:"), "{cluster_addr}");
+    let http = sluice_tests::http::HttpClient::new(broker.http_addr().unwrap(), "guest", "guest");
+    let readyz = http.get("/readyz").await;
+    assert_eq!(readyz.status, 503, "{}", readyz.body);
+    assert!(readyz.body.contains("cluster member"), "{}", readyz.body);
+    let status: Value = serde_json::from_str(&http.get("/api/cluster").await.body).unwrap();
+    assert_eq!(
+        (
+            status["enabled"].clone(),
+            status["member"].clone(),
+            status["ready"].clone()
+        ),
+        (Value::Bool(true), Value::Bool(false), Value::Bool(false))
+    );
+    broker.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_was_wiped_rejoins_under_its_id_and_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
+    let all = [1, 2, 3];
+    let leader = await_agreement(&cluster, &all, &all, None).await;
+    let wiped = if leader == 3 { 2 } else { 3 };
+    cluster.wipe_and_restart(wiped).await;
+    await_agreement(&cluster, &all, &all, None).await;
+    // Its metadata log reaches the leader's: it holds the same members and catalog again.
+    let caught_up = async {
+        loop {
+            let theirs = api_status(&cluster, wiped).await;
+            let leaders = api_status(&cluster, leader).await;
+            let applied = |s: &Value| s["groups"][0]["last_applied"].as_u64();
+            if applied(&theirs).is_some() && applied(&theirs) == applied(&leaders) {
+                return;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    };
+    tokio::time::timeout(WAIT, caught_up)
+        .await
+        .expect("the wiped node applies the metadata log up to the leader's");
+    cluster.stop();
 }

@@ -414,11 +414,31 @@ impl Core {
                     Err(e) => fatal(e.to_string()),
                 }
             }
+            Request::HoldElections { ms } => {
+                hold_elections(&hosted.raft, ms);
+                Reply::Done
+            }
             Request::Info | Request::Join { .. } | Request::Leave { .. } => {
                 unreachable!("answered above")
             }
         }
     }
+}
+
+/// Stops `raft` from starting elections for `ms` milliseconds (0: lets it again now). The
+/// pause ends by itself, so a transfer whose leader dies midway leaves no node unable to
+/// campaign for long.
+pub(crate) fn hold_elections(raft: &Raft, ms: u64) {
+    if ms == 0 {
+        raft.runtime_config().elect(true);
+        return;
+    }
+    raft.runtime_config().elect(false);
+    let raft = raft.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        raft.runtime_config().elect(true);
+    });
 }
 
 /// Answers peers' requests on behalf of the core (weakly held: a stopped cluster answers

@@ -475,8 +475,15 @@ impl Cluster {
     ) -> Result<(), ClusterError> {
         let core = &self.inner.core;
         let hosted = core.hosted(group).ok_or(ClusterError::NotHosted(group))?;
-        let leadership = hosted.leadership();
-        let leader = leadership.borrow().leader;
+        // Right after an election a follower may not know the leader yet: give it a moment.
+        let mut leadership = hosted.leadership();
+        let leader = tokio::time::timeout(
+            TRANSFER_TIMEOUT,
+            leadership.wait_for(|l| l.leader.is_some()),
+        )
+        .await
+        .ok()
+        .and_then(|l| l.ok().and_then(|l| l.leader));
         match leader {
             Some(l) if l == to => Ok(()),
             Some(l) if l == core.node_id => transfer_from_here(core, &hosted, to).await,
@@ -528,8 +535,66 @@ pub(crate) async fn transfer_from_here(
     to: NodeId,
 ) -> Result<(), ClusterError> {
     let info = core.node_info(to).ok_or(ClusterError::UnknownNode(to))?;
-    let mut leadership = hosted.leadership();
+    let others: Vec<(NodeId, NodeInfo)> = {
+        let m = hosted.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        if !membership.voter_ids().any(|v| v == to) {
+            return Err(ClusterError::Refused(format!(
+                "node {to} is not a voter of {}",
+                hosted.id
+            )));
+        }
+        membership
+            .voter_ids()
+            .filter(|v| *v != to && *v != core.node_id)
+            .filter_map(|v| Some((v, core.node_info(v)?)))
+            .collect()
+    };
+    // Only a replica with the whole log can win: wait (bounded) until `to` has matched the
+    // leader's last entry (a node that just restarted may still be catching up).
+    let mut metrics = hosted.raft.metrics();
+    let caught_up = tokio::time::timeout(
+        TRANSFER_TIMEOUT,
+        metrics.wait_for(|m| {
+            let last = m.last_log_index;
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(&to))
+                .is_some_and(|matched| matched.map(|l| l.index) == last)
+        }),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    if !caught_up {
+        return Err(ClusterError::Timeout(format!(
+            "node {to} did not catch up with the leader's log"
+        )));
+    }
+    // Every voter but `to` holds its elections, and this leader stops its heartbeats: once
+    // the followers' leader leases run out, `to` is the only candidate, and wins.
+    let hold_ms = TRANSFER_TIMEOUT.as_millis() as u64 + 2000;
+    let hold = |ms: u64| {
+        let others = others.clone();
+        async move {
+            for (node, info) in &others {
+                let _ = core
+                    .transport()
+                    .call(
+                        *node,
+                        &info.cluster_addr,
+                        hosted.id,
+                        Request::HoldElections { ms },
+                        Duration::from_secs(1),
+                    )
+                    .await;
+            }
+        }
+    };
+    hold(hold_ms).await;
+    core::hold_elections(&hosted.raft, hold_ms);
     hosted.raft.runtime_config().heartbeat(false);
+    let mut leadership = hosted.leadership();
     let outcome = tokio::time::timeout(TRANSFER_TIMEOUT, async {
         loop {
             let _ = core
@@ -554,6 +619,8 @@ pub(crate) async fn transfer_from_here(
     })
     .await;
     hosted.raft.runtime_config().heartbeat(true);
+    core::hold_elections(&hosted.raft, 0);
+    hold(0).await;
     match outcome {
         Ok(Some(l)) if l == to => Ok(()),
         Ok(other) => Err(ClusterError::Refused(format!(

@@ -54,6 +54,11 @@ pub(crate) enum Request {
     TransferLeadership {
         to: NodeId,
     },
+    /// Start no election in the group for `ms` milliseconds (0: allow them again now), so
+    /// that the target of a leadership transfer is the only candidate.
+    HoldElections {
+        ms: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -343,6 +343,11 @@ async fn a_new_leader_takes_over_and_a_restarted_node_recovers_from_snapshot_and
         "restored from a snapshot"
     );
     wait_for_members(&restarted.cluster, 3).await;
+    restarted
+        .cluster
+        .transfer_leadership(GroupId::META, leader)
+        .await
+        .unwrap();
     handle.propose(encode(&21u64)).await.unwrap();
     counter.wait_for_count(21).await;
     hosted[survivor].1.wait_for_count(21).await;
@@ -350,6 +355,51 @@ async fn a_new_leader_takes_over_and_a_restarted_node_recovers_from_snapshot_and
 
     restarted.stop().await;
     for n in nodes.into_iter().flatten() {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_to_the_node_asked_for_and_proposals_go_on() {
+    let dirs = temp_dirs();
+    let nodes = form(&dirs, ["127.0.0.41", "127.0.0.42", "127.0.0.43"], 1000).await;
+    let clusters: Vec<Cluster> = nodes.iter().map(|n| n.cluster.clone()).collect();
+    let hosted = host_counter(&clusters, GroupId(5)).await;
+    assert_eq!(wait_for_leader(&hosted[0].0, None).await, 1);
+    hosted[0].0.propose(encode(&1u64)).await.unwrap();
+    hosted[2].1.wait_for_count(1).await;
+    // Asked on a follower: forwarded to the leader, which hands over to node 3.
+    clusters[1]
+        .transfer_leadership(GroupId(5), 3)
+        .await
+        .unwrap();
+    for (handle, _) in &hosted {
+        let mut rx = handle.leadership();
+        tokio::time::timeout(SETTLE, rx.wait_for(|l| l.leader == Some(3)))
+            .await
+            .expect("every replica follows node 3")
+            .unwrap();
+    }
+    hosted[1].0.propose(encode(&2u64)).await.unwrap();
+    for (_, counter) in &hosted {
+        counter.wait_for_count(2).await;
+        assert_eq!(counter.values(), vec![1, 2]);
+    }
+    // The metadata group too.
+    let meta_leader = clusters[0].status().metadata_leader.unwrap();
+    let target = if meta_leader == 2 { 3 } else { 2 };
+    clusters[0]
+        .transfer_leadership(GroupId::META, target)
+        .await
+        .unwrap();
+    for n in &nodes {
+        let mut rx = n.cluster.meta_leadership();
+        tokio::time::timeout(SETTLE, rx.wait_for(|l| l.leader == Some(target)))
+            .await
+            .expect("the metadata group follows the new leader")
+            .unwrap();
+    }
+    for n in nodes {
         n.stop().await;
     }
 }

@@ -532,3 +532,92 @@ impl StopSignals {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers every request with `Done`.
+    struct Echo;
+
+    impl Handler for Echo {
+        fn handle(&self, _: Option<NodeId>, _: GroupId, _: Request) -> BoxFuture<'static, Reply> {
+            Box::pin(async { Reply::Done })
+        }
+    }
+
+    async fn transport_on(ip: &str, id: NodeId) -> Transport {
+        let listener = TcpListener::bind(format!("{ip}:0")).await.unwrap();
+        Transport::start(id, listener, Arc::new(Echo)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn outgoing_connections_leave_from_the_cluster_listeners_ip() {
+        let a = transport_on("127.0.0.61", 1).await;
+        let peer = TcpListener::bind("127.0.0.62:0").await.unwrap();
+        let addr = peer.local_addr().unwrap().to_string();
+        let dial = tokio::spawn({
+            let a = a.clone();
+            async move {
+                a.call(2, &addr, GroupId(0), Request::Info, Duration::from_secs(1))
+                    .await
+            }
+        });
+        let (_, from) = tokio::time::timeout(Duration::from_secs(10), peer.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(from.ip().to_string(), "127.0.0.61");
+        dial.abort();
+        a.shutdown();
+    }
+
+    #[tokio::test]
+    async fn requests_of_many_groups_share_one_connection_and_get_their_own_replies() {
+        let a = transport_on("127.0.0.63", 1).await;
+        let b = transport_on("127.0.0.64", 2).await;
+        let addr = b.listen_addr().to_string();
+        let calls =
+            (0..50).map(|g| a.call(2, &addr, GroupId(g), Request::Info, Duration::from_secs(10)));
+        for reply in futures_util::future::join_all(calls).await {
+            assert!(matches!(reply, Ok(Reply::Done)));
+        }
+        let link = a.link(2);
+        assert!(
+            link.state.lock().await.conn.is_some(),
+            "one dialled connection"
+        );
+        a.shutdown();
+        b.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_frame_over_the_limit_closes_the_connection_and_the_node_keeps_serving() {
+        use tokio::io::AsyncReadExt;
+        let b = transport_on("127.0.0.65", 2).await;
+        let addr = b.listen_addr();
+        let mut raw = TcpStream::connect(addr).await.unwrap();
+        raw.write_all(&(super::super::codec::MAX_FRAME_BYTES + 1).to_be_bytes())
+            .await
+            .unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(10), raw.read(&mut buf))
+            .await
+            .expect("the connection is closed")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        let a = transport_on("127.0.0.66", 1).await;
+        let reply = a
+            .call(
+                2,
+                &addr.to_string(),
+                GroupId(0),
+                Request::Info,
+                Duration::from_secs(10),
+            )
+            .await;
+        assert!(matches!(reply, Ok(Reply::Done)));
+        a.shutdown();
+        b.shutdown();
+    }
+}
