@@ -125,26 +125,83 @@ pub(crate) enum LocalWriteError {
     Failed(ProposeError),
 }
 
+/// Publishes who leads the group. This node is announced as leader only once it is ready to
+/// act as one: a quorum confirmed its leadership and its machine applied every entry its log
+/// held when it won (by Leader Completeness, every entry anyone may have committed). Until
+/// then no leader is announced. Without this wait a leader restored at start (openraft brings
+/// a node that led straight back as leader) delivered from a queue it had not rebuilt yet:
+/// messages went out again without their redelivered flag, and a committed ack not yet
+/// applied could bring its message back.
 async fn watch_leadership(raft: Raft, tx: watch::Sender<Leadership>, local: NodeId) {
     let mut metrics = raft.metrics();
+    let mut ready_term: Option<u64> = None;
     loop {
-        let now = {
+        let (leader, term, last_index) = {
             let m = metrics.borrow_and_update();
-            Leadership {
-                leader: m.current_leader,
-                term: m.current_term,
-                is_self: m.current_leader == Some(local),
-            }
+            (m.current_leader, m.current_term, m.last_log_index)
         };
-        tx.send_if_modified(|l| {
-            let changed = *l != now;
-            *l = now;
-            changed
-        });
+        let leads_here = leader == Some(local);
+        if leads_here && ready_term != Some(term) {
+            announce(
+                &tx,
+                Leadership {
+                    leader: None,
+                    term,
+                    is_self: false,
+                },
+            );
+            if leader_ready(&raft, last_index).await {
+                ready_term = Some(term);
+            } else {
+                // Lost the leadership or no quorum: look again once something changes.
+                let _ = tokio::time::timeout(LEADER_RETRY, metrics.changed()).await;
+            }
+            continue;
+        }
+        announce(
+            &tx,
+            Leadership {
+                leader,
+                term,
+                is_self: leads_here,
+            },
+        );
         if metrics.changed().await.is_err() {
             return;
         }
     }
+}
+
+/// Longest wait for a new leader to prove itself and catch up, before looking again.
+const LEADER_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause before trying again when a leader could not prove itself.
+const LEADER_RETRY: Duration = Duration::from_millis(200);
+
+/// True once a quorum confirmed this node's leadership and its machine applied
+/// `last_index` (the last log index when it won).
+async fn leader_ready(raft: &Raft, last_index: Option<u64>) -> bool {
+    let ready = async {
+        raft.ensure_linearizable().await.ok()?;
+        if let Some(index) = last_index {
+            raft.wait(Some(LEADER_READY_TIMEOUT))
+                .applied_index_at_least(Some(index), "leader ready")
+                .await
+                .ok()?;
+        }
+        Some(())
+    };
+    matches!(
+        tokio::time::timeout(LEADER_READY_TIMEOUT, ready).await,
+        Ok(Some(()))
+    )
+}
+
+fn announce(tx: &watch::Sender<Leadership>, now: Leadership) {
+    tx.send_if_modified(|l| {
+        let changed = *l != now;
+        *l = now;
+        changed
+    });
 }
 
 /// A group's state as this node sees it (followers know little of the others' progress).
@@ -235,6 +292,24 @@ impl GroupClient {
     }
 }
 
+/// Proposes on this node's own group, bounded by `deadline`: a leader cut off from its
+/// majority never commits, and its publishers must hear so instead of waiting for the
+/// partition to heal. The command may still commit later (its outcome is unknown), which
+/// at-least-once allows; a resend is kept single by the queue's dedup window.
+async fn local_write(
+    group: &HostedGroup,
+    command: &[u8],
+    deadline: tokio::time::Instant,
+) -> Result<Vec<u8>, LocalWriteError> {
+    match tokio::time::timeout_at(deadline, group.write_local(command.to_vec())).await {
+        Ok(result) => result,
+        Err(_) => Err(LocalWriteError::Failed(ProposeError::Unreachable(format!(
+            "not committed within {} s: no majority of the group's replicas answers (the outcome is unknown)",
+            PROPOSE_TIMEOUT.as_secs()
+        )))),
+    }
+}
+
 /// Where to send a proposal next.
 enum Target {
     Local(Arc<HostedGroup>),
@@ -272,7 +347,7 @@ pub(crate) async fn propose(
         };
         for target in targets {
             match target {
-                Target::Local(group) => match group.write_local(command.clone()).await {
+                Target::Local(group) => match local_write(&group, &command, deadline).await {
                     Ok(r) => return Ok(r),
                     Err(LocalWriteError::NotLeader(Some(l))) if l.0 != core.node_id => {
                         hint = Some(l);
