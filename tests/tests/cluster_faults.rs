@@ -44,8 +44,17 @@ const BATCH: usize = 8;
 const CONFIRM_EVERY: u64 = 4;
 const QUEUE: &str = "faults";
 
+/// A client that neither reconnects nor follows leaders by itself: this load driver does
+/// both explicitly, and records every delivery on the node that made it.
+async fn raw_connect(url: &str) -> Result<Client, sluice_client::Error> {
+    Client::builder()
+        .reconnect_timeout(Duration::ZERO)
+        .connect(url)
+        .await
+}
+
 async fn connect(url: &str) -> Client {
-    within("connect", Client::connect(url)).await.unwrap()
+    within("connect", raw_connect(url)).await.unwrap()
 }
 
 fn replicated() -> QueueOptions {
@@ -220,7 +229,7 @@ async fn publish(
         let node = on[turn % on.len()];
         let c = match client.as_ref().filter(|c| !c.is_closed()) {
             Some(c) => c.clone(),
-            None => match tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(&nodes.url(node)))
+            None => match tokio::time::timeout(CONNECT_TIMEOUT, raw_connect(&nodes.url(node)))
                 .await
             {
                 Ok(Ok(c)) => client.insert(c).clone(),
@@ -338,7 +347,7 @@ async fn consumer_on_leader(
         let i = on.iter().position(|&o| o == n).unwrap_or(0);
         on[(i + 1) % on.len()]
     };
-    let connected = tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(&nodes.url(*ask))).await;
+    let connected = tokio::time::timeout(CONNECT_TIMEOUT, raw_connect(&nodes.url(*ask))).await;
     let Ok(Ok(client)) = connected else {
         *ask = next(*ask);
         return None;

@@ -128,44 +128,44 @@ pub(crate) enum LocalWriteError {
 /// Publishes who leads the group. This node is announced as leader only once it is ready to
 /// act as one: a quorum confirmed its leadership and its machine applied every entry its log
 /// held when it won (by Leader Completeness, every entry anyone may have committed). Until
-/// then no leader is announced. Without this wait a leader restored at start (openraft brings
+/// then no leader is announced; a leader re-elected in a later term stays announced (its
+/// machine is current, and a step-down in between would make its queue forget deliveries
+/// whose acks are on their way). Without this wait a leader restored at start (openraft brings
 /// a node that led straight back as leader) delivered from a queue it had not rebuilt yet:
 /// messages went out again without their redelivered flag, and a committed ack not yet
 /// applied could bring its message back.
 async fn watch_leadership(raft: Raft, tx: watch::Sender<Leadership>, local: NodeId) {
     let mut metrics = raft.metrics();
-    let mut ready_term: Option<u64> = None;
+    // This node leads and was announced as leader: re-elections keep the announcement.
+    let mut announced = false;
     loop {
         let (leader, term, last_index) = {
             let m = metrics.borrow_and_update();
             (m.current_leader, m.current_term, m.last_log_index)
         };
         let leads_here = leader == Some(local);
-        if leads_here && ready_term != Some(term) {
-            announce(
-                &tx,
-                Leadership {
-                    leader: None,
-                    term,
-                    is_self: false,
-                },
-            );
+        if leads_here && !announced {
+            let none = Leadership {
+                leader: None,
+                term,
+                is_self: false,
+            };
+            announce(&tx, none);
             if leader_ready(&raft, last_index).await {
-                ready_term = Some(term);
+                announced = true;
             } else {
                 // Lost the leadership or no quorum: look again once something changes.
                 let _ = tokio::time::timeout(LEADER_RETRY, metrics.changed()).await;
             }
             continue;
         }
-        announce(
-            &tx,
-            Leadership {
-                leader,
-                term,
-                is_self: leads_here,
-            },
-        );
+        announced = leads_here;
+        let now = Leadership {
+            leader,
+            term,
+            is_self: leads_here,
+        };
+        announce(&tx, now);
         if metrics.changed().await.is_err() {
             return;
         }

@@ -61,10 +61,11 @@ use transport::Transport;
 /// Raft timing for a loaded 2-core machine: a few missed heartbeats do not start an
 /// election. openraft 0.9 makes a follower that saw a leader wait its lease
 /// (`ELECTION_MAX_MS`) plus a random election timeout before it campaigns, so a dead leader
-/// is replaced after 1.8 to 2.4 s plus the vote itself.
-const HEARTBEAT_MS: u64 = 150;
-const ELECTION_MIN_MS: u64 = 600;
-const ELECTION_MAX_MS: u64 = 1200;
+/// is replaced after 3 to 4 s plus the vote itself (shorter timers made the fault tests
+/// flap leaders on a busy machine).
+const HEARTBEAT_MS: u64 = 250;
+const ELECTION_MIN_MS: u64 = 1000;
+const ELECTION_MAX_MS: u64 = 2000;
 /// Pause between attempts to join (or re-announce to) the cluster, doubling up to the max.
 const JOIN_RETRY_MIN: Duration = Duration::from_millis(200);
 const JOIN_RETRY_MAX: Duration = Duration::from_secs(5);
