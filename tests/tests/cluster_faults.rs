@@ -229,16 +229,16 @@ async fn publish(
         let node = on[turn % on.len()];
         let c = match client.as_ref().filter(|c| !c.is_closed()) {
             Some(c) => c.clone(),
-            None => match tokio::time::timeout(CONNECT_TIMEOUT, raw_connect(&nodes.url(node)))
-                .await
-            {
-                Ok(Ok(c)) => client.insert(c).clone(),
-                _ => {
-                    turn += 1;
-                    tokio::time::sleep(POLL).await;
-                    continue;
+            None => {
+                match tokio::time::timeout(CONNECT_TIMEOUT, raw_connect(&nodes.url(node))).await {
+                    Ok(Ok(c)) => client.insert(c).clone(),
+                    _ => {
+                        turn += 1;
+                        tokio::time::sleep(POLL).await;
+                        continue;
+                    }
                 }
-            },
+            }
         };
         let ids: Vec<String> = (sent..sent + BATCH as u64)
             .map(|i| format!("m-{i}"))

@@ -60,8 +60,13 @@ impl Broker {
         format!("sluice://{user}:{password}@{}/{vhost}", self.process.addr())
     }
 
+    /// A client that does not reconnect: these tests watch connections end.
     async fn login(&self, user: &str, password: &str, vhost: &str) -> Result<Client, Error> {
-        within("login", Client::connect(&self.url(user, password, vhost))).await
+        let url = self.url(user, password, vhost);
+        let connect = Client::builder()
+            .reconnect_timeout(std::time::Duration::ZERO)
+            .connect(&url);
+        within("login", connect).await
     }
 
     fn http(&self, user: &str, password: &str) -> HttpClient {

@@ -128,23 +128,23 @@ pub(crate) enum LocalWriteError {
 /// Publishes who leads the group. This node is announced as leader only once it is ready to
 /// act as one: a quorum confirmed its leadership and its machine applied every entry its log
 /// held when it won (by Leader Completeness, every entry anyone may have committed). Until
-/// then no leader is announced; a leader re-elected in a later term stays announced (its
-/// machine is current, and a step-down in between would make its queue forget deliveries
-/// whose acks are on their way). Without this wait a leader restored at start (openraft brings
+/// then no leader is announced. This holds for every term it wins, even one after its own:
+/// the metrics watch merges updates, so "led term 5, another led term 6, leads term 7" can
+/// look like one reign, while term 6's commits are not applied here yet. Without this wait a leader restored at start (openraft brings
 /// a node that led straight back as leader) delivered from a queue it had not rebuilt yet:
 /// messages went out again without their redelivered flag, and a committed ack not yet
 /// applied could bring its message back.
 async fn watch_leadership(raft: Raft, tx: watch::Sender<Leadership>, local: NodeId) {
     let mut metrics = raft.metrics();
-    // This node leads and was announced as leader: re-elections keep the announcement.
-    let mut announced = false;
+    // The term in which this node was last announced as leader.
+    let mut announced: Option<u64> = None;
     loop {
         let (leader, term, last_index) = {
             let m = metrics.borrow_and_update();
             (m.current_leader, m.current_term, m.last_log_index)
         };
         let leads_here = leader == Some(local);
-        if leads_here && !announced {
+        if leads_here && announced != Some(term) {
             let none = Leadership {
                 leader: None,
                 term,
@@ -152,14 +152,16 @@ async fn watch_leadership(raft: Raft, tx: watch::Sender<Leadership>, local: Node
             };
             announce(&tx, none);
             if leader_ready(&raft, last_index).await {
-                announced = true;
+                announced = Some(term);
             } else {
                 // Lost the leadership or no quorum: look again once something changes.
                 let _ = tokio::time::timeout(LEADER_RETRY, metrics.changed()).await;
             }
             continue;
         }
-        announced = leads_here;
+        if !leads_here {
+            announced = None;
+        }
         let now = Leadership {
             leader,
             term,

@@ -324,8 +324,13 @@ impl Actor {
     }
 
     fn apply_publish(&mut self, ts_ms: u64, dedup: bool, messages: &[OpMessage]) -> OpResult {
+        // The window's clock only moves forward in log order: ops proposed on different
+        // nodes carry different wall clocks, and a clock going back could make one replica
+        // find a duplicate where another, whose maintenance already forgot the id, does not;
+        // their seqs would differ from then on, and an ack would delete another message.
         let r = self.replica_mut();
         r.last_ts_ms = r.last_ts_ms.max(ts_ms);
+        let ts_ms = r.last_ts_ms;
         let mut duplicates = Vec::new();
         let mut rejections = Vec::new();
         let mut stored = 0;
