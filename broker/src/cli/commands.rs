@@ -47,7 +47,11 @@ pub(super) async fn execute(command: AdminCommand, target: Target) -> Result<Out
         _ => None,
     };
     let (url, credentials) = target_url(&target.url)?;
-    let mut builder = Client::builder().name(CONNECTION_NAME);
+    // A command ends with its connection: an operator closing it (or a broker stopping)
+    // stops `sluice consume` rather than having it come back unasked.
+    let mut builder = Client::builder()
+        .name(CONNECTION_NAME)
+        .reconnect_timeout(std::time::Duration::ZERO);
     if let Some((user, password)) = credentials {
         builder = builder.credentials(user, password);
     }
