@@ -242,12 +242,7 @@ impl Core {
         info: NodeInfo,
     ) -> Result<(), ClusterError> {
         let _one_at_a_time = self.admitting.lock().await;
-        let meta = self
-            .hosted(GroupId::META)
-            .ok_or(ClusterError::NotHosted(GroupId::META))?;
-        let membership = self
-            .meta_membership()
-            .ok_or(ClusterError::NotHosted(GroupId::META))?;
+        let (meta, membership) = self.meta_group()?;
         let known = membership.get_node(&node).cloned();
         let voter = membership.voter_ids().any(|v| v == node);
         match known {
@@ -281,15 +276,20 @@ impl Core {
         Ok(())
     }
 
+    /// The metadata group hosted here and its current membership (admit and expel need both).
+    fn meta_group(
+        &self,
+    ) -> Result<(Arc<HostedGroup>, openraft::Membership<NodeId, NodeInfo>), ClusterError> {
+        let missing = || ClusterError::NotHosted(GroupId::META);
+        let meta = self.hosted(GroupId::META).ok_or_else(missing)?;
+        let membership = self.meta_membership().ok_or_else(missing)?;
+        Ok((meta, membership))
+    }
+
     /// Removes `node` from the metadata group and the member list (this node must lead it).
     pub(crate) async fn expel(self: &Arc<Self>, node: NodeId) -> Result<(), ClusterError> {
         let _one_at_a_time = self.admitting.lock().await;
-        let meta = self
-            .hosted(GroupId::META)
-            .ok_or(ClusterError::NotHosted(GroupId::META))?;
-        let membership = self
-            .meta_membership()
-            .ok_or(ClusterError::NotHosted(GroupId::META))?;
+        let (meta, membership) = self.meta_group()?;
         if membership.voter_ids().any(|v| v == node) {
             meta.raft
                 .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node])), false)
