@@ -36,6 +36,10 @@ const QUEUE: &str = "bench";
 struct Args {
     #[command(subcommand)]
     mode: Mode,
+    /// Write each node's log (every process it ran) to DIR/node-N.log at the end; with
+    /// `SLUICE_LOG` set, this shows what the nodes did around each kill.
+    #[arg(long, value_name = "DIR")]
+    logs: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,8 +79,31 @@ async fn main() -> Result<()> {
         Mode::Failover { kills, rate } => failover(&mut cluster, kills, rate).await,
         Mode::W1 { duration, size } => w1(&mut cluster, Duration::from_secs(duration), size).await,
     };
+    if let Some(logs) = &args.logs {
+        std::fs::create_dir_all(logs).context("the logs directory")?;
+        for id in 1..=3 {
+            let path = logs.join(format!("node-{id}.log"));
+            std::fs::write(&path, cluster.node(id).log())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
     cluster.stop();
     result
+}
+
+/// The wall-clock time of day (UTC), to find a kill in the nodes' logs.
+fn wall_clock() -> String {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let ms_of_day = since_epoch.as_millis() % 86_400_000;
+    let (h, m, s, ms) = (
+        ms_of_day / 3_600_000,
+        ms_of_day / 60_000 % 60,
+        ms_of_day / 1000 % 60,
+        ms_of_day % 1000,
+    );
+    format!("{h:02}:{m:02}:{s:02}.{ms:03}")
 }
 
 /// Publish outcomes: (sent, confirmed) times, in confirm order.
@@ -126,7 +153,10 @@ async fn failover(cluster: &mut ClusterProcess, kills: usize, rate: u32) -> Resu
         .await
         .context("no confirm within 60 s of the kill")?;
         let took = first - killed_at;
-        eprintln!("kill {round}: node {leader} killed, next confirm after {took:?}");
+        eprintln!(
+            "kill {round}: node {leader} killed at {}, next confirm after {took:?}",
+            wall_clock()
+        );
         samples.push(took);
         cluster.restart(leader).await;
     }

@@ -39,7 +39,7 @@ impl std::fmt::Debug for HostedGroup {
 impl HostedGroup {
     pub(crate) fn new(id: GroupId, raft: Raft, dir: PathBuf, local: NodeId) -> HostedGroup {
         let (tx, rx) = watch::channel(Leadership::default());
-        let watcher = tokio::spawn(watch_leadership(raft.clone(), tx, local));
+        let watcher = tokio::spawn(watch_leadership(id, raft.clone(), tx, local));
         HostedGroup {
             id,
             raft,
@@ -134,7 +134,7 @@ pub(crate) enum LocalWriteError {
 /// a node that led straight back as leader) delivered from a queue it had not rebuilt yet:
 /// messages went out again without their redelivered flag, and a committed ack not yet
 /// applied could bring its message back.
-async fn watch_leadership(raft: Raft, tx: watch::Sender<Leadership>, local: NodeId) {
+async fn watch_leadership(id: GroupId, raft: Raft, tx: watch::Sender<Leadership>, local: NodeId) {
     let mut metrics = raft.metrics();
     // The term in which this node was last announced as leader.
     let mut announced: Option<u64> = None;
@@ -151,7 +151,9 @@ async fn watch_leadership(raft: Raft, tx: watch::Sender<Leadership>, local: Node
                 is_self: false,
             };
             announce(&tx, none);
+            let elected = std::time::Instant::now();
             if leader_ready(&raft, last_index).await {
+                tracing::info!(group = %id, term, ready_after = ?elected.elapsed(), "leading");
                 announced = Some(term);
             } else {
                 // Lost the leadership or no quorum: look again once something changes.
