@@ -46,7 +46,7 @@ use tokio::task::JoinHandle;
 pub use codec::{decode, encode, DecodeError};
 pub use group::{GroupClient, GroupHandle, GroupStatus, ReplicaStatus};
 pub use meta::{placement, MetaCommand, MetaEvent, MetaResponse, QueueRecord};
-pub use state_machine::{Committed, GroupMachine};
+pub use state_machine::{Committed, GroupMachine, MachineError};
 pub use types::{
     ClusterError, Command, GroupId, Leadership, NodeId, NodeInfo, ProposeError, Response,
     TypeConfig,

@@ -87,6 +87,7 @@ async fn host_queue(node: &Node, initialise: bool) -> (QueueHandle, GroupHandle)
 async fn state(queue: &QueueHandle) -> QueueSnapshot {
     let data = tokio::time::timeout(WAIT, QueueMachine::new(queue.clone()).snapshot())
         .await
+        .unwrap()
         .unwrap();
     QueueSnapshot::decode(&data).unwrap()
 }
