@@ -51,6 +51,8 @@ pub enum MetaResponse {
     Deleted(QueueRecord),
     /// `DeleteQueue` of a queue the catalog does not hold.
     NoSuchQueue,
+    /// A command this machine could not decode (written by a newer version).
+    Invalid(String),
 }
 
 /// What the metadata machine applied, in order, for the broker to act on.
@@ -174,7 +176,8 @@ impl GroupMachine for MetaMachine {
         batch: Vec<Committed>,
     ) -> BoxFuture<'static, Result<Vec<Vec<u8>>, MachineError>> {
         // A command this node cannot decode (a newer version's) is one it cannot apply: going
-        // on without it would leave this node's catalog behind the others' for good.
+        // on without it would leave this node's catalog behind the others' for good. (So
+        // `MetaResponse::Invalid` is no longer answered; it stays for its encoding.)
         let answers = batch
             .into_iter()
             .map(|c| {

@@ -420,7 +420,7 @@ async fn leadership_moves_to_the_node_asked_for_and_proposals_go_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_whose_machine_fails_stops_the_group_there_and_the_others_go_on() {
     let dirs = temp_dirs();
-    let nodes = form(&dirs, ["127.0.0.51", "127.0.0.52", "127.0.0.53"], 1000).await;
+    let nodes = form(&dirs, ["127.0.0.81", "127.0.0.82", "127.0.0.83"], 1000).await;
     let clusters: Vec<Cluster> = nodes.iter().map(|n| n.cluster.clone()).collect();
     // The group's replicas, as the catalog records them (proposals from a node whose group
     // stopped go to them).
