@@ -46,11 +46,14 @@ use tokio::task::JoinHandle;
 pub use codec::{decode, encode, DecodeError};
 pub use group::{GroupClient, GroupHandle, GroupStatus, ReplicaStatus};
 pub use meta::{placement, MetaCommand, MetaEvent, MetaResponse, QueueRecord};
-pub use state_machine::{Committed, GroupMachine, MachineError};
+pub use state_machine::{Committed, GroupMachine};
 pub use types::{
     ClusterError, Command, GroupId, Leadership, NodeId, NodeInfo, ProposeError, Response,
     TypeConfig,
 };
+
+/// What a group's machine answers when it cannot follow its log (the group stops here).
+pub use state_machine::MachineError;
 
 use self::core::{Core, Dispatcher};
 use crate::storage::Durability;
