@@ -276,28 +276,27 @@ impl Broker {
                     handle.send(QueueCmd::Attach {
                         proposer: Arc::new(GroupProposer::Hosted(group.clone())),
                     });
-                    watch_leadership(
-                        cluster.clone(),
-                        &group,
-                        handle.clone(),
-                        record.replicas.clone(),
-                    );
+                    watch_leadership(cluster.clone(), &group, handle.clone());
                     self.replicated.lock().insert(record.uid, group);
-                    return Some(handle);
                 }
                 Err(e) => {
-                    // Its stored state did not load (or the group would not start): this
-                    // node serves it like a node that is not a replica.
-                    tracing::error!(queue = %record.name, error = %e, "could not host the replicated queue's group: its other replicas serve it")
+                    // Its stored state did not load, say: its other replicas serve it.
+                    tracing::error!(queue = %record.name, error = %e, "could not host the replicated queue's group: serving it as a non-replica");
+                    serve_elsewhere(&cluster, &record, &handle);
                 }
             }
+        } else {
+            // Not a replica: publishes are forwarded to the group's leader; consumers are
+            // sent to a replica (which names the leader if it is not it).
+            handle.send(QueueCmd::Attach {
+                proposer: Arc::new(GroupProposer::Remote(cluster.group(GroupId(record.uid)))),
+            });
+            let replica = record.replicas.iter().find_map(|&n| cluster.node(n));
+            handle.send(QueueCmd::Leadership(LeaderView {
+                is_self: false,
+                client_addr: replica.map(|n| n.client_addr).unwrap_or_default(),
+            }));
         }
-        // Not a replica: publishes are forwarded to the group's leader; consumers are sent to
-        // a replica (which names the leader if it is not it).
-        handle.send(QueueCmd::Attach {
-            proposer: Arc::new(GroupProposer::Remote(cluster.group(GroupId(record.uid)))),
-        });
-        handle.send(QueueCmd::Leadership(elsewhere(&cluster, &record.replicas)));
         Some(handle)
     }
 
@@ -431,14 +430,9 @@ impl Broker {
 }
 
 /// Sends a hosted group's leadership to its queue task, with the leader's client address.
-/// When the group stops here (its watch closes: a storage error stopped it, or the queue
-/// is going), the queue is told to send its clients to another replica.
-fn watch_leadership(
-    cluster: Cluster,
-    group: &GroupHandle,
-    queue: QueueHandle,
-    replicas: Vec<crate::cluster::NodeId>,
-) {
+/// When the group stops here (its watch closes: a storage error stopped it, or it was
+/// dropped), the queue sends its clients to another replica.
+fn watch_leadership(cluster: Cluster, group: &GroupHandle, queue: QueueHandle) {
     let mut leadership = group.leadership();
     tokio::spawn(async move {
         loop {
@@ -456,11 +450,26 @@ fn watch_leadership(
                 return;
             }
             if leadership.changed().await.is_err() {
+                let replicas = cluster
+                    .catalog()
+                    .into_iter()
+                    .find(|r| r.uid == queue.meta.uid)
+                    .map(|r| r.replicas)
+                    .unwrap_or_default();
                 queue.send(QueueCmd::Leadership(elsewhere(&cluster, &replicas)));
                 return;
             }
         }
     });
+}
+
+/// Makes `handle` the task of a queue whose group this node does not serve although it is
+/// one of its replicas: publishes go to the group's leader, clients to another replica.
+fn serve_elsewhere(cluster: &Cluster, record: &QueueRecord, handle: &QueueHandle) {
+    handle.send(QueueCmd::Attach {
+        proposer: Arc::new(GroupProposer::Remote(cluster.group(GroupId(record.uid)))),
+    });
+    handle.send(QueueCmd::Leadership(elsewhere(cluster, &record.replicas)));
 }
 
 /// The view of a node that does not serve a replicated queue itself: its clients go to

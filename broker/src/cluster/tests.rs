@@ -373,51 +373,6 @@ async fn a_new_leader_takes_over_and_a_restarted_node_recovers_from_snapshot_and
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leadership_moves_to_the_node_asked_for_and_proposals_go_on() {
-    let dirs = temp_dirs();
-    let nodes = form(&dirs, ["127.0.0.41", "127.0.0.42", "127.0.0.43"], 1000).await;
-    let clusters: Vec<Cluster> = nodes.iter().map(|n| n.cluster.clone()).collect();
-    let hosted = host_counter(&clusters, GroupId(5)).await;
-    assert_eq!(wait_for_leader(&hosted[0].0, None).await, 1);
-    hosted[0].0.propose(encode(&1u64)).await.unwrap();
-    hosted[2].1.wait_for_count(1).await;
-    // Asked on a follower: forwarded to the leader, which hands over to node 3.
-    clusters[1]
-        .transfer_leadership(GroupId(5), 3)
-        .await
-        .unwrap();
-    for (handle, _) in &hosted {
-        let mut rx = handle.leadership();
-        tokio::time::timeout(SETTLE, rx.wait_for(|l| l.leader == Some(3)))
-            .await
-            .expect("every replica follows node 3")
-            .unwrap();
-    }
-    hosted[1].0.propose(encode(&2u64)).await.unwrap();
-    for (_, counter) in &hosted {
-        counter.wait_for_count(2).await;
-        assert_eq!(counter.values(), vec![1, 2]);
-    }
-    // The metadata group too.
-    let meta_leader = clusters[0].status().metadata_leader.unwrap();
-    let target = if meta_leader == 2 { 3 } else { 2 };
-    clusters[0]
-        .transfer_leadership(GroupId::META, target)
-        .await
-        .unwrap();
-    for n in &nodes {
-        let mut rx = n.cluster.meta_leadership();
-        tokio::time::timeout(SETTLE, rx.wait_for(|l| l.leader == Some(target)))
-            .await
-            .expect("the metadata group follows the new leader")
-            .unwrap();
-    }
-    for n in nodes {
-        n.stop().await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_whose_machine_fails_stops_the_group_there_and_the_others_go_on() {
     let dirs = temp_dirs();
     let nodes = form(&dirs, ["127.0.0.81", "127.0.0.82", "127.0.0.83"], 1000).await;
@@ -481,6 +436,51 @@ async fn a_replica_whose_machine_fails_stops_the_group_there_and_the_others_go_o
         assert_eq!(counter.values(), vec![1, 2, 3]);
     }
     assert_eq!(hosted[0].1.values(), vec![1]);
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_to_the_node_asked_for_and_proposals_go_on() {
+    let dirs = temp_dirs();
+    let nodes = form(&dirs, ["127.0.0.41", "127.0.0.42", "127.0.0.43"], 1000).await;
+    let clusters: Vec<Cluster> = nodes.iter().map(|n| n.cluster.clone()).collect();
+    let hosted = host_counter(&clusters, GroupId(5)).await;
+    assert_eq!(wait_for_leader(&hosted[0].0, None).await, 1);
+    hosted[0].0.propose(encode(&1u64)).await.unwrap();
+    hosted[2].1.wait_for_count(1).await;
+    // Asked on a follower: forwarded to the leader, which hands over to node 3.
+    clusters[1]
+        .transfer_leadership(GroupId(5), 3)
+        .await
+        .unwrap();
+    for (handle, _) in &hosted {
+        let mut rx = handle.leadership();
+        tokio::time::timeout(SETTLE, rx.wait_for(|l| l.leader == Some(3)))
+            .await
+            .expect("every replica follows node 3")
+            .unwrap();
+    }
+    hosted[1].0.propose(encode(&2u64)).await.unwrap();
+    for (_, counter) in &hosted {
+        counter.wait_for_count(2).await;
+        assert_eq!(counter.values(), vec![1, 2]);
+    }
+    // The metadata group too.
+    let meta_leader = clusters[0].status().metadata_leader.unwrap();
+    let target = if meta_leader == 2 { 3 } else { 2 };
+    clusters[0]
+        .transfer_leadership(GroupId::META, target)
+        .await
+        .unwrap();
+    for n in &nodes {
+        let mut rx = n.cluster.meta_leadership();
+        tokio::time::timeout(SETTLE, rx.wait_for(|l| l.leader == Some(target)))
+            .await
+            .expect("the metadata group follows the new leader")
+            .unwrap();
+    }
     for n in nodes {
         n.stop().await;
     }
