@@ -15,8 +15,8 @@ use sluice_client::wire::{DeclareQueue, DeclareQueueOk, ErrorCode, Payload, Queu
 
 use super::{check_same_queue, declare_ok, Broker};
 use crate::cluster::{
-    Cluster, GroupClient, GroupHandle, GroupId, GroupMachine, MetaCommand, MetaEvent, MetaResponse,
-    ProposeError, QueueRecord,
+    Cluster, GroupClient, GroupHandle, GroupId, GroupMachine, MachineError, MetaCommand, MetaEvent,
+    MetaResponse, ProposeError, QueueRecord,
 };
 use crate::definitions::ChangeKind;
 use crate::error::RequestError;
@@ -280,7 +280,9 @@ impl Broker {
                     self.replicated.lock().insert(record.uid, group);
                 }
                 Err(e) => {
-                    tracing::error!(queue = %record.name, error = %e, "could not host the replicated queue's group")
+                    // Its stored state did not load, say: its other replicas serve it.
+                    tracing::error!(queue = %record.name, error = %e, "could not host the replicated queue's group: serving it as a non-replica");
+                    serve_elsewhere(&cluster, &record, &handle);
                 }
             }
         } else {
@@ -333,10 +335,18 @@ impl Broker {
     }
 
     /// Removes a replicated queue the metadata group deleted: out of the registry first (so
-    /// its task's deletion proposes nothing more), then its task and local log, then its
-    /// group.
+    /// its task's deletion proposes nothing more), then its group (which must not apply to
+    /// a task that ended: that is a failure of the group here), then its task and local log.
     async fn remove_replicated(self: &Arc<Self>, record: &QueueRecord) {
         let handle = self.unregister_replicated(record);
+        let group = self.replicated.lock().remove(&record.uid);
+        if group.is_some() {
+            if let Some(cluster) = self.cluster() {
+                if let Err(e) = cluster.drop_group(GroupId(record.uid)).await {
+                    tracing::warn!(queue = %record.name, error = %e, "could not drop the replicated queue's group");
+                }
+            }
+        }
         if let Some(q) = handle {
             let (reply, answer) = tokio::sync::oneshot::channel();
             if q.send(QueueCmd::Delete {
@@ -345,14 +355,6 @@ impl Broker {
                 reply,
             }) {
                 let _ = answer.await;
-            }
-        }
-        let group = self.replicated.lock().remove(&record.uid);
-        if group.is_some() {
-            if let Some(cluster) = self.cluster() {
-                if let Err(e) = cluster.drop_group(GroupId(record.uid)).await {
-                    tracing::warn!(queue = %record.name, error = %e, "could not drop the replicated queue's group");
-                }
             }
         }
     }
@@ -428,6 +430,8 @@ impl Broker {
 }
 
 /// Sends a hosted group's leadership to its queue task, with the leader's client address.
+/// When the group stops here (its watch closes: a storage error stopped it, or it was
+/// dropped), the queue sends its clients to another replica.
 fn watch_leadership(cluster: Cluster, group: &GroupHandle, queue: QueueHandle) {
     let mut leadership = group.leadership();
     tokio::spawn(async move {
@@ -442,11 +446,44 @@ fn watch_leadership(cluster: Cluster, group: &GroupHandle, queue: QueueHandle) {
                 is_self: l.is_self,
                 client_addr,
             };
-            if !queue.send(QueueCmd::Leadership(view)) || leadership.changed().await.is_err() {
+            if !queue.send(QueueCmd::Leadership(view)) {
+                return;
+            }
+            if leadership.changed().await.is_err() {
+                let replicas = cluster
+                    .catalog()
+                    .into_iter()
+                    .find(|r| r.uid == queue.meta.uid)
+                    .map(|r| r.replicas)
+                    .unwrap_or_default();
+                queue.send(QueueCmd::Leadership(elsewhere(&cluster, &replicas)));
                 return;
             }
         }
     });
+}
+
+/// Makes `handle` the task of a queue whose group this node does not serve although it is
+/// one of its replicas: publishes go to the group's leader, clients to another replica.
+fn serve_elsewhere(cluster: &Cluster, record: &QueueRecord, handle: &QueueHandle) {
+    handle.send(QueueCmd::Attach {
+        proposer: Arc::new(GroupProposer::Remote(cluster.group(GroupId(record.uid)))),
+    });
+    handle.send(QueueCmd::Leadership(elsewhere(cluster, &record.replicas)));
+}
+
+/// The view of a node that does not serve a replicated queue itself: its clients go to
+/// another of its replicas (which names the leader if it is not it).
+fn elsewhere(cluster: &Cluster, replicas: &[crate::cluster::NodeId]) -> LeaderView {
+    let me = cluster.node_id();
+    let replica = replicas
+        .iter()
+        .filter(|&&n| n != me)
+        .find_map(|&n| cluster.node(n));
+    LeaderView {
+        is_self: false,
+        client_addr: replica.map(|n| n.client_addr).unwrap_or_default(),
+    }
 }
 
 /// A replicated queue's way to its group: hosted here, or only known.
@@ -490,15 +527,18 @@ enum Target {
 }
 
 impl GroupMachine for QueueMachine {
-    fn apply(&self, batch: Vec<crate::cluster::Committed>) -> BoxFuture<'static, Vec<Vec<u8>>> {
+    fn apply(
+        &self,
+        batch: Vec<crate::cluster::Committed>,
+    ) -> BoxFuture<'static, Result<Vec<Vec<u8>>, MachineError>> {
         QueueMachine::apply(self, batch.into_iter().map(|c| c.command).collect())
     }
 
-    fn snapshot(&self) -> BoxFuture<'static, Vec<u8>> {
+    fn snapshot(&self) -> BoxFuture<'static, Result<Vec<u8>, MachineError>> {
         QueueMachine::snapshot(self)
     }
 
-    fn install(&self, data: Vec<u8>) -> BoxFuture<'static, ()> {
+    fn install(&self, data: Vec<u8>) -> BoxFuture<'static, Result<(), MachineError>> {
         QueueMachine::install(self, data)
     }
 }

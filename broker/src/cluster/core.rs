@@ -193,7 +193,7 @@ impl Core {
             .await
             .map_err(|e| ClusterError::Storage(e.to_string()))?
             .map_err(|e| ClusterError::Storage(e.to_string()))?;
-        let sm = StateMachine::open(&dir, machine)
+        let sm = StateMachine::open(id, &dir, machine)
             .await
             .map_err(|e| ClusterError::io(format!("opening the snapshot of {id}"), e))?;
         let network = GroupNetwork {
@@ -396,6 +396,8 @@ impl Core {
                 Ok(resp) => Reply::InstallSnapshot(resp),
                 Err(e) => fatal(e.to_string()),
             },
+            // Stopped here for good (a storage error): the caller tries another replica.
+            Request::Propose(_) if !hosted.is_running() => Reply::Failed(Failure::NotHosted),
             Request::Propose(cmd) => match hosted.write_local(cmd).await {
                 Ok(r) => Reply::Proposed(r),
                 Err(LocalWriteError::NotLeader(l)) => Reply::Failed(Failure::NotLeader(l)),

@@ -53,6 +53,12 @@ impl HostedGroup {
         self.leadership.clone()
     }
 
+    /// False once openraft stopped the group here: shut down, or a storage error of its log
+    /// or state machine (then for good: the other replicas serve it).
+    pub(crate) fn is_running(&self) -> bool {
+        is_running(&self.raft.metrics().borrow())
+    }
+
     pub(crate) async fn stop(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(group = %self.id, error = %e, "raft did not stop cleanly");
@@ -93,7 +99,8 @@ impl HostedGroup {
             .collect();
         GroupStatus {
             id: self.id.0,
-            leader: m.current_leader,
+            // A stopped group's last metrics still name its last leader.
+            leader: m.current_leader.filter(|_| is_running(&m)),
             term: m.current_term,
             last_log_index: m.last_log_index,
             last_applied: m.last_applied.map(|l| l.index),
@@ -134,15 +141,33 @@ pub(crate) enum LocalWriteError {
 /// a node that led straight back as leader) delivered from a queue it had not rebuilt yet:
 /// messages went out again without their redelivered flag, and a committed ack not yet
 /// applied could bring its message back.
+///
+/// A group openraft stopped here (see [`HostedGroup::is_running`]) has no leader here any
+/// more: its last metrics still name the leader of its last term (maybe this node), so the
+/// watch announces none and closes, which tells the queue to send its clients elsewhere.
 async fn watch_leadership(id: GroupId, raft: Raft, tx: watch::Sender<Leadership>, local: NodeId) {
     let mut metrics = raft.metrics();
     // The term in which this node was last announced as leader.
     let mut announced: Option<u64> = None;
     loop {
-        let (leader, term, last_index) = {
+        let (leader, term, last_index, running) = {
             let m = metrics.borrow_and_update();
-            (m.current_leader, m.current_term, m.last_log_index)
+            (
+                m.current_leader,
+                m.current_term,
+                m.last_log_index,
+                is_running(&m),
+            )
         };
+        if !running {
+            let none = Leadership {
+                leader: None,
+                term,
+                is_self: false,
+            };
+            announce(&tx, none);
+            return;
+        }
         let leads_here = leader == Some(local);
         if leads_here && announced != Some(term) {
             let none = Leadership {
@@ -174,6 +199,10 @@ async fn watch_leadership(id: GroupId, raft: Raft, tx: watch::Sender<Leadership>
             return;
         }
     }
+}
+
+fn is_running(m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> bool {
+    m.running_state.is_ok() && m.state != openraft::ServerState::Shutdown
 }
 
 /// Longest wait for a new leader to prove itself and catch up, before looking again.
@@ -341,8 +370,9 @@ pub(crate) async fn propose(
             (Some((leader, info)), _) if leader != core.node_id => {
                 vec![Target::Remote(leader, info)]
             }
-            (_, Some(group)) => vec![Target::Local(group)],
-            (_, None) => core
+            // A group stopped here (a storage error) proposes through the other replicas.
+            (_, Some(group)) if group.is_running() => vec![Target::Local(group)],
+            (_, _) => core
                 .replicas_of(id)
                 .into_iter()
                 .filter(|(n, _)| *n != core.node_id)

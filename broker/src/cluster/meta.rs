@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::codec::{decode, encode};
-use super::state_machine::{Committed, GroupMachine};
+use super::state_machine::{Committed, GroupMachine, MachineError};
 use super::types::{ClusterError, NodeId, NodeInfo};
 
 /// A replicated queue, as the metadata group records it.
@@ -171,33 +171,44 @@ impl MetaMachine {
 }
 
 impl GroupMachine for MetaMachine {
-    fn apply(&self, batch: Vec<Committed>) -> BoxFuture<'static, Vec<Vec<u8>>> {
+    fn apply(
+        &self,
+        batch: Vec<Committed>,
+    ) -> BoxFuture<'static, Result<Vec<Vec<u8>>, MachineError>> {
+        // A command this node cannot decode (a newer version's) is one it cannot apply: going
+        // on without it would leave this node's catalog behind the others' for good. (So
+        // `MetaResponse::Invalid` is no longer answered; it stays for its encoding.)
         let answers = batch
             .into_iter()
             .map(|c| {
-                let response = match decode::<MetaCommand>("metadata command", &c.command) {
-                    Ok(cmd) => self.apply_one(cmd),
-                    Err(e) => MetaResponse::Invalid(e.to_string()),
-                };
-                encode(&response)
+                let command = decode::<MetaCommand>("metadata command", &c.command)
+                    .map_err(|e| undecodable("a metadata command", e))?;
+                Ok(encode(&self.apply_one(command)))
             })
             .collect();
         Box::pin(async move { answers })
     }
 
-    fn snapshot(&self) -> BoxFuture<'static, Vec<u8>> {
+    fn snapshot(&self) -> BoxFuture<'static, Result<Vec<u8>, MachineError>> {
         let bytes = encode(&*self.state());
-        Box::pin(async move { bytes })
+        Box::pin(async move { Ok(bytes) })
     }
 
-    fn install(&self, data: Vec<u8>) -> BoxFuture<'static, ()> {
-        match decode::<MetaState>("metadata snapshot", &data) {
-            Ok(state) => self.replace(state),
-            // A snapshot that passed its checksum yet does not decode is a bug or a newer
-            // format; refusing to go on is safer than running with an empty catalog.
-            Err(e) => panic!("metadata snapshot unreadable: {e}"),
-        }
-        Box::pin(async {})
+    fn install(&self, data: Vec<u8>) -> BoxFuture<'static, Result<(), MachineError>> {
+        // A snapshot that passed its checksum yet does not decode is a bug or a newer
+        // format: the group stops here rather than run with an empty catalog.
+        let installed = decode::<MetaState>("metadata snapshot", &data)
+            .map(|state| self.replace(state))
+            .map_err(|e| undecodable("a metadata snapshot", e));
+        Box::pin(async move { installed })
+    }
+}
+
+fn undecodable(what: &'static str, e: super::codec::DecodeError) -> MachineError {
+    MachineError::Undecodable {
+        machine: "the cluster's metadata".into(),
+        what,
+        cause: e.to_string(),
     }
 }
 
@@ -242,6 +253,7 @@ mod tests {
             index: 1,
             command: encode(&cmd),
         }]))
+        .unwrap()
         .unwrap();
         decode("response", &out[0]).unwrap()
     }
@@ -287,12 +299,16 @@ mod tests {
         let (a, _) = MetaMachine::new();
         apply(&a, MetaCommand::DeclareQueue(record("kept", 1)));
         apply(&a, MetaCommand::DeclareQueue(record("new", 2)));
-        let snap = futures_util::FutureExt::now_or_never(a.snapshot()).unwrap();
+        let snap = futures_util::FutureExt::now_or_never(a.snapshot())
+            .unwrap()
+            .unwrap();
         let (b, mut events) = MetaMachine::new();
         apply(&b, MetaCommand::DeclareQueue(record("kept", 1)));
         apply(&b, MetaCommand::DeclareQueue(record("gone", 3)));
         while events.try_recv().is_ok() {}
-        futures_util::FutureExt::now_or_never(b.install(snap)).unwrap();
+        futures_util::FutureExt::now_or_never(b.install(snap))
+            .unwrap()
+            .unwrap();
         let got: Vec<_> = std::iter::from_fn(|| events.try_recv().ok()).collect();
         assert_eq!(
             got,
@@ -302,6 +318,29 @@ mod tests {
             ]
         );
         assert_eq!(b.catalog(), a.catalog());
+    }
+
+    #[test]
+    fn an_undecodable_snapshot_or_command_is_an_error_and_the_catalog_stays_as_it_was() {
+        let (m, mut events) = MetaMachine::new();
+        apply(&m, MetaCommand::DeclareQueue(record("kept", 1)));
+        while events.try_recv().is_ok() {}
+        let installed = futures_util::FutureExt::now_or_never(m.install(vec![0xff; 3])).unwrap();
+        assert!(
+            matches!(installed, Err(MachineError::Undecodable { .. })),
+            "got {installed:?}"
+        );
+        let applied = futures_util::FutureExt::now_or_never(m.apply(vec![Committed {
+            index: 2,
+            command: vec![0xff; 3],
+        }]))
+        .unwrap();
+        assert!(
+            matches!(applied, Err(MachineError::Undecodable { .. })),
+            "got {applied:?}"
+        );
+        assert_eq!(m.catalog(), vec![record("kept", 1)]);
+        assert!(events.try_recv().is_err(), "nothing changed");
     }
 
     #[test]

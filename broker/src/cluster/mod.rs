@@ -52,6 +52,9 @@ pub use types::{
     TypeConfig,
 };
 
+/// What a group's machine answers when it cannot follow its log (the group stops here).
+pub use state_machine::MachineError;
+
 use self::core::{Core, Dispatcher};
 use crate::storage::Durability;
 use meta::MetaMachine;

@@ -20,6 +20,8 @@ struct Counter {
     values: Mutex<Vec<u64>>,
     applied: watch::Sender<usize>,
     installs: Mutex<usize>,
+    /// A value this replica cannot store (its disk, say): applying it fails.
+    fails_on: Mutex<Option<u64>>,
 }
 
 impl Counter {
@@ -28,6 +30,7 @@ impl Counter {
             values: Mutex::new(Vec::new()),
             applied: watch::channel(0).0,
             installs: Mutex::new(0),
+            fails_on: Mutex::new(None),
         })
     }
 
@@ -45,31 +48,41 @@ impl Counter {
 }
 
 impl GroupMachine for Counter {
-    fn apply(&self, batch: Vec<Committed>) -> BoxFuture<'static, Vec<Vec<u8>>> {
+    fn apply(
+        &self,
+        batch: Vec<Committed>,
+    ) -> BoxFuture<'static, Result<Vec<Vec<u8>>, MachineError>> {
         let mut values = self.values.lock().unwrap();
-        let answers = batch
-            .into_iter()
-            .map(|c| {
-                values.push(decode::<u64>("counter command", &c.command).unwrap());
-                encode(&(values.len() as u64))
-            })
-            .collect();
+        let mut answers = Vec::new();
+        for c in batch {
+            let value = decode::<u64>("counter command", &c.command).unwrap();
+            if Some(value) == *self.fails_on.lock().unwrap() {
+                return Box::pin(async move {
+                    Err(MachineError::Storage {
+                        machine: "counter".into(),
+                        cause: format!("cannot store {value}"),
+                    })
+                });
+            }
+            values.push(value);
+            answers.push(encode(&(values.len() as u64)));
+        }
         self.applied.send_replace(values.len());
-        Box::pin(async move { answers })
+        Box::pin(async move { Ok(answers) })
     }
 
-    fn snapshot(&self) -> BoxFuture<'static, Vec<u8>> {
+    fn snapshot(&self) -> BoxFuture<'static, Result<Vec<u8>, MachineError>> {
         let bytes = encode(&*self.values.lock().unwrap());
-        Box::pin(async move { bytes })
+        Box::pin(async move { Ok(bytes) })
     }
 
-    fn install(&self, data: Vec<u8>) -> BoxFuture<'static, ()> {
+    fn install(&self, data: Vec<u8>) -> BoxFuture<'static, Result<(), MachineError>> {
         let values: Vec<u64> = decode("counter snapshot", &data).unwrap();
         let n = values.len();
         *self.values.lock().unwrap() = values;
         *self.installs.lock().unwrap() += 1;
         self.applied.send_replace(n);
-        Box::pin(async {})
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -355,6 +368,75 @@ async fn a_new_leader_takes_over_and_a_restarted_node_recovers_from_snapshot_and
 
     restarted.stop().await;
     for n in nodes.into_iter().flatten() {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_machine_fails_stops_the_group_there_and_the_others_go_on() {
+    let dirs = temp_dirs();
+    let nodes = form(&dirs, ["127.0.0.81", "127.0.0.82", "127.0.0.83"], 1000).await;
+    let clusters: Vec<Cluster> = nodes.iter().map(|n| n.cluster.clone()).collect();
+    // The group's replicas, as the catalog records them (proposals from a node whose group
+    // stopped go to them).
+    let record = QueueRecord {
+        vhost: "/".into(),
+        name: "counted".into(),
+        uid: 11,
+        durable: true,
+        arguments: vec![],
+        replicas: vec![1, 2, 3],
+    };
+    clusters[0]
+        .propose_meta(MetaCommand::DeclareQueue(record.clone()))
+        .await
+        .unwrap();
+    tokio::time::timeout(SETTLE, async {
+        while clusters[0].catalog() != vec![record.clone()] {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the catalog reaches node 1");
+    let hosted = host_counter(&clusters, GroupId(11)).await;
+    assert_eq!(wait_for_leader(&hosted[0].0, None).await, 1);
+    hosted[0].0.propose(encode(&1u64)).await.unwrap();
+    for (_, counter) in &hosted {
+        counter.wait_for_count(1).await;
+    }
+
+    // The leader cannot store the next value: its group stops there (its answer is lost).
+    let mut leadership = hosted[0].0.leadership();
+    *hosted[0].1.fails_on.lock().unwrap() = Some(2);
+    let _ = hosted[1].0.propose(encode(&2u64)).await;
+    tokio::time::timeout(SETTLE, async {
+        while leadership.changed().await.is_ok() {}
+    })
+    .await
+    .expect("the failed group's leadership watch closes");
+    let last = *leadership.borrow();
+    assert_eq!(
+        (last.leader, last.is_self),
+        (None, false),
+        "no leader is announced where the group stopped"
+    );
+    assert!(!hosted[0].0.group.is_running());
+    assert_eq!(
+        hosted[0].1.values(),
+        vec![1],
+        "nothing applied past the failure"
+    );
+
+    // The others elect a leader and go on, with the value the failed replica could not
+    // store; a proposal on the failed node goes to them.
+    wait_for_leader(&hosted[1].0, Some(1)).await;
+    hosted[0].0.propose(encode(&3u64)).await.unwrap();
+    for (_, counter) in &hosted[1..] {
+        counter.wait_for_count(3).await;
+        assert_eq!(counter.values(), vec![1, 2, 3]);
+    }
+    assert_eq!(hosted[0].1.values(), vec![1]);
+    for n in nodes {
         n.stop().await;
     }
 }

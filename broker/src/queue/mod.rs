@@ -47,6 +47,7 @@ use sluice_client::wire::{
 };
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
+use crate::cluster::MachineError;
 use crate::error::RequestError;
 use crate::metrics::RefusedCounts;
 use crate::storage::Epoch;
@@ -442,20 +443,20 @@ pub enum QueueCmd {
     Apply {
         /// The encoded [`replicated::QueueOp`]s.
         ops: Vec<Vec<u8>>,
-        /// Their encoded [`replicated::OpResult`]s.
-        reply: oneshot::Sender<Vec<Vec<u8>>>,
+        /// Their encoded [`replicated::OpResult`]s, or why this replica cannot apply them.
+        reply: oneshot::Sender<Result<Vec<Vec<u8>>, MachineError>>,
     },
     /// A replicated queue's whole state, an encoded [`replicated::QueueSnapshot`].
     Snapshot {
         /// The answer.
-        reply: oneshot::Sender<Vec<u8>>,
+        reply: oneshot::Sender<Result<Vec<u8>, MachineError>>,
     },
     /// Replaces a replicated queue's state with a snapshot's.
     Install {
         /// An encoded [`replicated::QueueSnapshot`].
         data: Vec<u8>,
-        /// Dropped once installed.
-        reply: oneshot::Sender<()>,
+        /// Installed, or why not.
+        reply: oneshot::Sender<Result<(), MachineError>>,
     },
     /// Gives a replicated queue the way to its raft group (once the group is hosted or known).
     Attach {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use sluice_client::wire::{ErrorCode, RequestId};
 
 use super::Actor;
+use crate::cluster::MachineError;
 use crate::error::RequestError;
 use crate::queue::dedup::Dedup;
 use crate::queue::replicated::{
@@ -19,6 +20,7 @@ use crate::queue::replicated::{
 use crate::queue::{
     ConnEvent, ConnId, ConnLink, Incoming, PublishOrigin, PublishRoom, QueueCmd, Settlement,
 };
+use crate::storage::StorageError;
 
 /// What a replicated queue's task knows of its group.
 #[derive(Debug, Default)]
@@ -29,8 +31,7 @@ pub(super) struct Replica {
     settler: Option<Settler>,
     /// Who leads the group.
     leader: LeaderView,
-    /// The seq the group gives the next published message (the log's may lag behind it
-    /// where a message could not be stored here).
+    /// The seq the group gives the next published message.
     next_seq: u64,
     /// The newest op time applied: the dedup window's clock, the same on every replica.
     last_ts_ms: u64,
@@ -39,6 +40,10 @@ pub(super) struct Replica {
     /// by the deliveries in flight at the step-down; a connection's go when it closes, all
     /// of them when this node leads again.
     orphans: HashMap<(ConnId, u64), u64>,
+    /// Why this replica could not follow its group (its storage failed, or it could not
+    /// decode an op or a snapshot). Its state is then somewhere inside a batch: it applies
+    /// nothing more, gives no snapshot, and never leads; the group stopped here.
+    failed: Option<MachineError>,
 }
 
 impl Replica {
@@ -68,19 +73,17 @@ impl Actor {
     pub(super) fn handle_replicated(&mut self, cmd: QueueCmd) -> Option<QueueCmd> {
         match cmd {
             QueueCmd::Apply { ops, reply } => {
-                let results = ops.iter().map(|op| self.apply_op(op).encode()).collect();
-                let _ = reply.send(results);
+                let _ = reply.send(self.guarded(|a| a.apply_ops(&ops)));
             }
             QueueCmd::Snapshot { reply } => {
-                let _ = reply.send(self.replica_snapshot().encode());
+                let _ = reply.send(self.guarded(|a| a.replica_snapshot().map(|s| s.encode())));
             }
             QueueCmd::Install { data, reply } => {
-                match QueueSnapshot::decode(&data) {
-                    Ok(snapshot) => self.install_snapshot(snapshot),
-                    Err(e) => tracing::error!(queue = %self.meta.name, error = %e,
-                        "snapshot not installed: it does not decode"),
-                }
-                drop(reply);
+                let _ = reply.send(self.guarded(|a| {
+                    let snapshot = QueueSnapshot::decode(&data)
+                        .map_err(|e| a.undecodable("a snapshot", e.to_string()))?;
+                    a.install_snapshot(snapshot)
+                }));
             }
             QueueCmd::Attach { proposer } => {
                 let settler = Settler::spawn(Arc::clone(&proposer), Arc::clone(&self.meta.name));
@@ -169,6 +172,48 @@ impl Actor {
 
     fn is_leader(&self) -> bool {
         self.replica.as_ref().is_some_and(|r| r.leader.is_self)
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Local failures: fatal for the group on this node
+    // ------------------------------------------------------------------------------------
+
+    /// Runs a state-machine call unless this replica failed before; a failure is recorded,
+    /// and this node stops leading at once (its group stops too, once openraft has the error;
+    /// the leadership watch then names another replica).
+    fn guarded<T>(
+        &mut self,
+        call: impl FnOnce(&mut Self) -> Result<T, MachineError>,
+    ) -> Result<T, MachineError> {
+        if let Some(e) = &self.replica.as_ref().expect("a replicated queue").failed {
+            return Err(e.clone());
+        }
+        call(self).inspect_err(|e| {
+            self.replica_mut().failed = Some(e.clone());
+            if self.is_leader() {
+                self.on_leadership(LeaderView::default());
+            }
+        })
+    }
+
+    fn machine_name(&self) -> String {
+        format!("queue '{}'", self.meta.name)
+    }
+
+    /// This node's storage could not do what the group's log says.
+    fn storage_failure(&self, what: String, e: StorageError) -> MachineError {
+        MachineError::Storage {
+            machine: self.machine_name(),
+            cause: format!("{what}: {e}"),
+        }
+    }
+
+    fn undecodable(&self, what: &'static str, cause: String) -> MachineError {
+        MachineError::Undecodable {
+            machine: self.machine_name(),
+            what,
+            cause,
+        }
     }
 
     fn refuse_not_leader(&self, conn: &Arc<ConnLink>, request_id: RequestId) {
@@ -291,17 +336,27 @@ impl Actor {
     // Applying (every replica, in log order; deterministic)
     // ------------------------------------------------------------------------------------
 
-    fn apply_op(&mut self, bytes: &[u8]) -> OpResult {
-        match QueueOp::decode(bytes) {
-            Ok(QueueOp::Publish {
+    /// Applies a batch of committed ops, in order; stops at the first this replica cannot.
+    fn apply_ops(&mut self, ops: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, MachineError> {
+        ops.iter()
+            .map(|op| self.apply_op(op).map(|r| r.encode()))
+            .collect()
+    }
+
+    fn apply_op(&mut self, bytes: &[u8]) -> Result<OpResult, MachineError> {
+        // An op that does not decode here (a newer version's) cannot be skipped: the other
+        // replicas apply it, and this one's seqs and messages would differ from theirs.
+        let op = QueueOp::decode(bytes).map_err(|e| self.undecodable("an op", e.to_string()))?;
+        Ok(match op {
+            QueueOp::Publish {
                 ts_ms,
                 dedup,
                 messages,
-            }) => self.apply_publish(ts_ms, dedup, &messages),
-            Ok(QueueOp::Settle { acks }) => OpResult::Settled {
-                messages: self.apply_deletions(acks),
+            } => self.apply_publish(ts_ms, dedup, &messages)?,
+            QueueOp::Settle { acks } => OpResult::Settled {
+                messages: self.apply_deletions(acks)?,
             },
-            Ok(QueueOp::Purge { through, except }) => {
+            QueueOp::Purge { through, except } => {
                 let except: HashSet<u64> = except.into_iter().collect();
                 let seqs = self
                     .log()
@@ -311,19 +366,18 @@ impl Actor {
                     .filter(|s| !except.contains(s))
                     .collect();
                 OpResult::Purged {
-                    messages: self.apply_deletions(seqs),
+                    messages: self.apply_deletions(seqs)?,
                 }
             }
-            Err(e) => {
-                tracing::error!(queue = %self.meta.name, error = %e, "replicated op skipped");
-                OpResult::Refused {
-                    reason: e.to_string(),
-                }
-            }
-        }
+        })
     }
 
-    fn apply_publish(&mut self, ts_ms: u64, dedup: bool, messages: &[OpMessage]) -> OpResult {
+    fn apply_publish(
+        &mut self,
+        ts_ms: u64,
+        dedup: bool,
+        messages: &[OpMessage],
+    ) -> Result<OpResult, MachineError> {
         // The window's clock only moves forward in log order: ops proposed on different
         // nodes carry different wall clocks, and a clock going back could make one replica
         // find a duplicate where another, whose maintenance already forgot the id, does not;
@@ -344,8 +398,6 @@ impl Actor {
                 duplicates.push(i as u32);
                 continue;
             }
-            // The seq is taken whether or not this replica can store the message: the seqs
-            // (and the dedup window) must not depend on one replica's disk.
             let seq = self.replica_mut().next_seq;
             self.replica_mut().next_seq += 1;
             if dedup {
@@ -362,15 +414,21 @@ impl Actor {
                     stored += 1;
                     self.ready.push_new(seq, 0, None);
                 }
-                Err(e) => {
+                // The group's seqs ran out: the same on every replica (the seq is the
+                // group's), so it is an answer, not this node's failure.
+                Err(e @ StorageError::SeqsExhausted { .. }) => {
                     let err = RequestError::from(e);
-                    tracing::error!(queue = %self.meta.name, seq, error = %err.message,
-                        "replicated message not stored on this node");
                     rejections.push(OpRejection {
                         index: i as u32,
                         code: err.code.as_u16(),
                         message: err.message,
                     });
+                }
+                // Anything else is this node's disk or its own limits (a full disk, a record
+                // limit smaller than the leader's, an I/O error): the others stored it, and
+                // this replica must not go on without it.
+                Err(e) => {
+                    return Err(self.storage_failure(format!("message seq {seq} not stored"), e))
                 }
             }
         }
@@ -380,67 +438,74 @@ impl Actor {
             .duplicates_dropped
             .fetch_add(duplicates.len() as u64, Ordering::Relaxed);
         self.await_confirm(0, stored);
-        OpResult::Published {
+        Ok(OpResult::Published {
             duplicates,
             rejections,
-        }
+        })
     }
 
     /// Deletes messages wherever they are here (ready on a follower; taken out already on
-    /// the leader that proposed it); returns how many were live.
-    fn apply_deletions(&mut self, seqs: Vec<u64>) -> u64 {
+    /// the leader that proposed it); returns how many were live. A deletion the local log
+    /// cannot record is fatal: the message would live on here, and in this replica's
+    /// snapshots.
+    fn apply_deletions(&mut self, seqs: Vec<u64>) -> Result<u64, MachineError> {
         let mut deleted = 0;
         for seq in seqs {
             if !self.log().contains(seq) {
                 continue;
             }
             self.ready.remove(seq);
-            self.ack_in_log(seq);
+            match self.log().ack(seq) {
+                Ok(()) | Err(StorageError::NotLive(_)) => {}
+                Err(e) => {
+                    return Err(self.storage_failure(format!("message seq {seq} not deleted"), e))
+                }
+            }
+            self.dirty = true;
             deleted += 1;
         }
-        deleted
+        Ok(deleted)
     }
 
     // ------------------------------------------------------------------------------------
     // Snapshots
     // ------------------------------------------------------------------------------------
 
-    fn replica_snapshot(&mut self) -> QueueSnapshot {
+    /// This replica's whole state. A message it cannot read fails it: a snapshot without
+    /// it would be sent to followers and purge the log entries that still had it.
+    fn replica_snapshot(&mut self) -> Result<QueueSnapshot, MachineError> {
         let log = self
             .log
             .as_ref()
             .expect("the log is open while the task runs");
-        let messages = log
-            .live_seqs()
-            .into_iter()
-            .filter_map(|seq| match log.read(seq) {
-                Ok(m) => Some(SnapshotMessage {
+        let mut messages = Vec::new();
+        for seq in log.live_seqs() {
+            match log.read(seq) {
+                Ok(m) => messages.push(SnapshotMessage {
                     seq,
                     ts_ms: m.timestamp_ms,
                     meta: m.meta.to_vec(),
                     body: m.body.to_vec(),
                 }),
                 Err(e) => {
-                    tracing::error!(queue = %self.meta.name, seq, error = %e,
-                        "unreadable message left out of the snapshot");
-                    None
+                    return Err(self.storage_failure(format!("message seq {seq} unreadable"), e))
                 }
-            })
-            .collect();
+            }
+        }
         let r = self.replica.as_ref().expect("a replicated queue");
-        QueueSnapshot {
+        Ok(QueueSnapshot {
             next_seq: r.next_seq,
             last_ts_ms: r.last_ts_ms,
             messages,
             dedup: self.dedup.as_ref().map(Dedup::entries).unwrap_or_default(),
-        }
+        })
     }
 
     /// Makes this replica's state the snapshot's. This replica's state is an earlier state
     /// of the same group (openraft installs a snapshot only ahead of what was applied), so
     /// its live messages are the snapshot's plus some acked since: those are deleted, and
     /// the snapshot's messages past the local log's end are appended at their seqs.
-    fn install_snapshot(&mut self, snapshot: QueueSnapshot) {
+    fn install_snapshot(&mut self, snapshot: QueueSnapshot) -> Result<(), MachineError> {
         let keep: HashSet<u64> = snapshot.messages.iter().map(|m| m.seq).collect();
         let gone: Vec<u64> = self
             .log()
@@ -448,37 +513,52 @@ impl Actor {
             .into_iter()
             .filter(|s| !keep.contains(s))
             .collect();
-        self.apply_deletions(gone);
+        self.apply_deletions(gone)?;
         for m in &snapshot.messages {
             let log = self.log();
             if m.seq < log.next_seq() {
                 if !log.contains(m.seq) {
-                    tracing::error!(queue = %self.meta.name, seq = m.seq,
-                        "a snapshot's message was deleted here: not restored");
+                    // Deleted here by an op the snapshot does not reflect: this replica's
+                    // state is not an earlier state of the group's.
+                    return Err(MachineError::Storage {
+                        machine: self.machine_name(),
+                        cause: format!(
+                            "the snapshot's message seq {} was deleted here and cannot be restored",
+                            m.seq
+                        ),
+                    });
                 }
                 continue;
             }
-            match log
+            if let Err(e) = log
                 .skip_to(m.seq)
                 .and_then(|()| log.append(&m.meta, &m.body, m.ts_ms))
             {
-                Ok(_) => self.ready.push_new(m.seq, 0, None),
-                Err(e) => tracing::error!(queue = %self.meta.name, seq = m.seq, error = %e,
-                    "a snapshot's message not stored on this node"),
+                return Err(self.storage_failure(
+                    format!("the snapshot's message seq {} not stored", m.seq),
+                    e,
+                ));
             }
+            self.ready.push_new(m.seq, 0, None);
         }
         let r = self.replica_mut();
         r.next_seq = snapshot.next_seq.max(r.next_seq);
         r.last_ts_ms = snapshot.last_ts_ms;
         self.dedup = Dedup::in_memory(&self.meta.arguments, snapshot.dedup);
         self.after_state_replaced();
+        Ok(())
     }
 
     // ------------------------------------------------------------------------------------
     // Leadership
     // ------------------------------------------------------------------------------------
 
-    fn on_leadership(&mut self, view: LeaderView) {
+    fn on_leadership(&mut self, mut view: LeaderView) {
+        // A replica that failed never leads, whatever a late view says (and does not send
+        // clients back to itself).
+        if view.is_self && self.replica.as_ref().is_some_and(|r| r.failed.is_some()) {
+            view = LeaderView::default();
+        }
         let was_leader = self.is_leader();
         let is_leader = view.is_self;
         self.replica_mut().leader = view;
@@ -579,8 +659,12 @@ mod tests {
     }
 
     fn replica() -> Replica {
+        replica_with(StoreConfig::default())
+    }
+
+    fn replica_with(config: StoreConfig) -> Replica {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let store = Store::open(dir.path(), config).unwrap();
         let log = store.recreate_queue(9).unwrap();
         let meta = QueueMeta {
             name: "orders".into(),
@@ -652,6 +736,7 @@ mod tests {
     async fn snapshot(r: &Replica) -> QueueSnapshot {
         let data = tokio::time::timeout(WAIT, r.machine.snapshot())
             .await
+            .unwrap()
             .unwrap();
         QueueSnapshot::decode(&data).unwrap()
     }
@@ -659,6 +744,7 @@ mod tests {
     async fn apply(r: &Replica, ops: Vec<Vec<u8>>) -> Vec<OpResult> {
         let results = tokio::time::timeout(WAIT, r.machine.apply(ops))
             .await
+            .unwrap()
             .unwrap();
         results
             .iter()
@@ -712,10 +798,12 @@ mod tests {
         apply(&lagging, ops()[..2].to_vec()).await;
         let data = tokio::time::timeout(WAIT, source.machine.snapshot())
             .await
+            .unwrap()
             .unwrap();
         for r in [&fresh, &lagging] {
             tokio::time::timeout(WAIT, r.machine.install(data.clone()))
                 .await
+                .unwrap()
                 .unwrap();
             assert_eq!(snapshot(r).await, snapshot(&source).await);
         }
@@ -849,6 +937,168 @@ mod tests {
         assert_eq!(left, vec![deliveries[1].message_seq]);
     }
 
+    /// A replica whose queue log takes records of at most `max` bytes (a node configured
+    /// with a smaller limit than the others).
+    fn replica_with_record_limit(max: usize) -> Replica {
+        let mut config = StoreConfig::default();
+        config.log.max_record_bytes = max;
+        replica_with(config)
+    }
+
+    fn big_publish(ts_ms: u64) -> Vec<u8> {
+        QueueOp::Publish {
+            ts_ms,
+            dedup: false,
+            messages: vec![OpMessage {
+                meta: meta(None),
+                body: vec![7; 4096],
+            }],
+        }
+        .encode()
+    }
+
+    async fn try_apply(r: &Replica, ops: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, MachineError> {
+        tokio::time::timeout(WAIT, r.machine.apply(ops))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_cannot_store_a_committed_message_fails_instead_of_applying_without_it()
+    {
+        let (healthy, small) = (replica(), replica_with_record_limit(1024));
+        let ops = vec![publish(1_000, &[None]), big_publish(2_000)];
+        let results = apply(&healthy, ops.clone()).await;
+        assert_eq!(
+            results[1],
+            OpResult::Published {
+                duplicates: vec![],
+                rejections: vec![]
+            },
+            "stored where the limit allows it"
+        );
+        let failed = try_apply(&small, ops).await;
+        match &failed {
+            Err(MachineError::Storage { machine, cause }) => {
+                assert_eq!(machine, "queue 'orders'");
+                assert!(cause.contains("message seq 2 not stored"), "{cause}");
+            }
+            other => panic!("expected a storage failure, got {other:?}"),
+        }
+        // Failed for good: nothing more is applied, no snapshot is given, none is installed.
+        assert_eq!(
+            try_apply(&small, vec![publish(3_000, &[None])]).await,
+            failed
+        );
+        let snapshot = tokio::time::timeout(WAIT, small.machine.snapshot())
+            .await
+            .unwrap();
+        assert_eq!(snapshot.unwrap_err(), failed.clone().unwrap_err());
+        let data = tokio::time::timeout(WAIT, healthy.machine.snapshot())
+            .await
+            .unwrap()
+            .unwrap();
+        let installed = tokio::time::timeout(WAIT, small.machine.install(data))
+            .await
+            .unwrap();
+        assert_eq!(installed.unwrap_err(), failed.unwrap_err());
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_that_cannot_be_stored_or_decoded_fails_the_replica() {
+        let source = replica();
+        apply(&source, vec![publish(1_000, &[None]), big_publish(2_000)]).await;
+        let data = tokio::time::timeout(WAIT, source.machine.snapshot())
+            .await
+            .unwrap()
+            .unwrap();
+        let small = replica_with_record_limit(1024);
+        let installed = tokio::time::timeout(WAIT, small.machine.install(data))
+            .await
+            .unwrap();
+        assert!(
+            matches!(&installed, Err(MachineError::Storage { cause, .. }) if cause.contains("seq 2 not stored")),
+            "got {installed:?}"
+        );
+        let garbled = replica();
+        let installed = tokio::time::timeout(WAIT, garbled.machine.install(vec![0xff; 5]))
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                installed,
+                Err(MachineError::Undecodable {
+                    what: "a snapshot",
+                    ..
+                })
+            ),
+            "got {installed:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_op_that_does_not_decode_fails_the_replica_rather_than_being_skipped() {
+        let r = replica();
+        let result = try_apply(&r, vec![publish(1_000, &[None]), vec![0xee; 3]]).await;
+        assert!(
+            matches!(result, Err(MachineError::Undecodable { what: "an op", .. })),
+            "got {result:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_queue_task_that_ended_answers_errors_never_an_empty_state() {
+        let r = replica();
+        apply(&r, vec![publish(1_000, &[None, None])]).await;
+        let (done, closed) = tokio::sync::oneshot::channel();
+        r.queue.send(QueueCmd::Shutdown { done });
+        let _ = tokio::time::timeout(WAIT, closed).await.unwrap();
+        let stopped = MachineError::Stopped {
+            machine: "queue 'orders'".into(),
+        };
+        let applied = try_apply(&r, vec![publish(2_000, &[None])]).await;
+        assert_eq!(applied, Err(stopped.clone()));
+        let snapshot = tokio::time::timeout(WAIT, r.machine.snapshot())
+            .await
+            .unwrap();
+        assert_eq!(snapshot, Err(stopped.clone()));
+        let installed =
+            tokio::time::timeout(WAIT, r.machine.install(QueueSnapshot::default().encode()))
+                .await
+                .unwrap();
+        assert_eq!(installed, Err(stopped));
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_fails_stops_its_consumers_and_never_leads_again() {
+        let r = replica_with_record_limit(1024);
+        let (conn, mut rx) = link();
+        r.queue.send(QueueCmd::Leadership(LeaderView {
+            is_self: true,
+            client_addr: "127.0.0.11:5680".into(),
+        }));
+        r.queue.send(consume(&conn));
+        assert!(
+            matches!(next(&mut rx).await, ConnEvent::Reply { .. }),
+            "ConsumeOk"
+        );
+        assert!(try_apply(&r, vec![big_publish(1_000)]).await.is_err());
+        match next(&mut rx).await {
+            ConnEvent::ConsumerStopped { code, .. } => assert_eq!(code, ErrorCode::LeaderMoved),
+            other => panic!("expected LEADER_MOVED, got {other:?}"),
+        }
+        // A late view naming this node changes nothing: consumers are sent elsewhere.
+        r.queue.send(QueueCmd::Leadership(LeaderView {
+            is_self: true,
+            client_addr: "127.0.0.11:5680".into(),
+        }));
+        r.queue.send(consume(&conn));
+        match next(&mut rx).await {
+            ConnEvent::Error { error, .. } => assert_eq!(error.code, ErrorCode::NotLeader),
+            other => panic!("expected NOT_LEADER, got {other:?}"),
+        }
+    }
+
     /// A group of one, in process: a proposal is applied by the queue's own machine.
     #[derive(Debug)]
     struct Loopback(QueueMachine);
@@ -860,7 +1110,12 @@ mod tests {
         ) -> futures_util::future::BoxFuture<'static, Result<Vec<u8>, replicated::ProposeFailure>>
         {
             let applied = self.0.apply(vec![command]);
-            Box::pin(async move { Ok(applied.await.remove(0)) })
+            Box::pin(async move {
+                applied
+                    .await
+                    .map(|mut r| r.remove(0))
+                    .map_err(|e| replicated::ProposeFailure::Unavailable(e.to_string()))
+            })
         }
     }
 }

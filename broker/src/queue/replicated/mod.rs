@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use op::{OpMessage, OpRejection, OpResult, QueueOp, QueueSnapshot, SnapshotMessage};
 
 use super::{ConnEvent, ConnLink, PublishRoom, QueueCmd, QueueHandle};
+use crate::cluster::MachineError;
 use crate::error::RequestError;
 
 /// How a replicated queue reaches its raft group: proposals go to the leader wherever it is.
@@ -75,40 +76,47 @@ impl QueueMachine {
         Self { queue }
     }
 
-    /// Applies committed commands; one result each. A queue deleted meanwhile answers
-    /// empty results (nobody waits for them).
-    pub fn apply(&self, ops: Vec<Vec<u8>>) -> BoxFuture<'static, Vec<Vec<u8>>> {
-        let n = ops.len();
+    /// Applies committed commands; one result each. A task that ended (a panic, or a
+    /// deletion under way) is an error, never an empty answer: the group must not count
+    /// them as applied here.
+    pub fn apply(
+        &self,
+        ops: Vec<Vec<u8>>,
+    ) -> BoxFuture<'static, Result<Vec<Vec<u8>>, MachineError>> {
         let (reply, answer) = oneshot::channel();
         let sent = self.queue.send(QueueCmd::Apply { ops, reply });
-        Box::pin(async move {
-            match (sent, answer.await) {
-                (true, Ok(results)) => results,
-                _ => vec![Vec::new(); n],
-            }
-        })
+        self.answer(sent, answer)
     }
 
-    /// The queue's whole state ([`QueueSnapshot`], encoded).
-    pub fn snapshot(&self) -> BoxFuture<'static, Vec<u8>> {
+    /// The queue's whole state ([`QueueSnapshot`], encoded); an error when the task ended
+    /// (an empty snapshot would be purged behind and sent to followers).
+    pub fn snapshot(&self) -> BoxFuture<'static, Result<Vec<u8>, MachineError>> {
         let (reply, answer) = oneshot::channel();
         let sent = self.queue.send(QueueCmd::Snapshot { reply });
-        Box::pin(async move {
-            match (sent, answer.await) {
-                (true, Ok(data)) => data,
-                _ => QueueSnapshot::default().encode(),
-            }
-        })
+        self.answer(sent, answer)
     }
 
     /// Replaces the queue's state with a snapshot's.
-    pub fn install(&self, data: Vec<u8>) -> BoxFuture<'static, ()> {
+    pub fn install(&self, data: Vec<u8>) -> BoxFuture<'static, Result<(), MachineError>> {
         let (reply, answer) = oneshot::channel();
         let sent = self.queue.send(QueueCmd::Install { data, reply });
+        self.answer(sent, answer)
+    }
+
+    /// The task's answer, or [`MachineError::Stopped`] when it is gone.
+    fn answer<T: Send + 'static>(
+        &self,
+        sent: bool,
+        answer: oneshot::Receiver<Result<T, MachineError>>,
+    ) -> BoxFuture<'static, Result<T, MachineError>> {
+        let stopped = MachineError::Stopped {
+            machine: format!("queue '{}'", self.queue.meta.name),
+        };
         Box::pin(async move {
-            if sent {
-                let _ = answer.await;
+            if !sent {
+                return Err(stopped);
             }
+            answer.await.unwrap_or(Err(stopped))
         })
     }
 }

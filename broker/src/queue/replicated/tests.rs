@@ -87,6 +87,7 @@ async fn host_queue(node: &Node, initialise: bool) -> (QueueHandle, GroupHandle)
 async fn state(queue: &QueueHandle) -> QueueSnapshot {
     let data = tokio::time::timeout(WAIT, QueueMachine::new(queue.clone()).snapshot())
         .await
+        .unwrap()
         .unwrap();
     QueueSnapshot::decode(&data).unwrap()
 }
@@ -143,7 +144,15 @@ async fn a_replica_back_with_nothing_is_rebuilt_from_a_snapshot_to_the_same_queu
     let expected = state(&hosted[0].0).await;
     assert_eq!(expected.messages.len(), 50);
     assert_eq!(expected.next_seq, 101);
-    assert_eq!(state(&hosted[1].0).await, expected);
+    // A follower applies once it hears of the commit (after the leader answered).
+    let follower = async {
+        while state(&hosted[1].0).await != expected {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, follower)
+        .await
+        .expect("the follower applied the same ops");
     let status = hosted[0].1.status();
     assert!(
         status.snapshot_index.is_some(),
