@@ -179,8 +179,10 @@ impl BrokerProcess {
             cmd.args(["--http-listen", "127.0.0.1:0"]);
         }
         let clustered = extra.iter().any(|a| a.starts_with("--cluster-listen"));
+        // `SLUICE_TEST_LOG` sets the brokers' log filter, to see what they did in a failure.
+        let log_filter = std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn".into());
         cmd.args(extra)
-            .env("SLUICE_LOG", "warn")
+            .env("SLUICE_LOG", log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

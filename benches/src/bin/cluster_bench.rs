@@ -135,6 +135,7 @@ async fn failover(cluster: &mut ClusterProcess, kills: usize, rate: u32) -> Resu
         .await
         .context("no confirms before the kill")??;
         let killed_at = Instant::now();
+        let killed_wall = wall_clock();
         cluster.kill9(leader);
         let first = tokio::time::timeout(Duration::from_secs(60), async {
             loop {
@@ -154,8 +155,7 @@ async fn failover(cluster: &mut ClusterProcess, kills: usize, rate: u32) -> Resu
         .context("no confirm within 60 s of the kill")?;
         let took = first - killed_at;
         eprintln!(
-            "kill {round}: node {leader} killed at {}, next confirm after {took:?}",
-            wall_clock()
+            "kill {round}: node {leader} killed at {killed_wall}, next confirm after {took:?}"
         );
         samples.push(took);
         cluster.restart(leader).await;

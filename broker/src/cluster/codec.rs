@@ -11,6 +11,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// The largest frame either side accepts; a larger length prefix closes the connection. Raft
 /// batches are capped well below it (`max_payload_entries`, snapshot chunks of 1 MiB).
 pub const MAX_FRAME_BYTES: u32 = 64 << 20;
+/// The largest command a group takes: half a frame, so that an entry always fits in an
+/// `AppendEntries` with room to spare (a larger one could never be replicated, and would stall
+/// every follower behind it).
+pub const MAX_COMMAND_BYTES: usize = MAX_FRAME_BYTES as usize / 2;
 
 /// Bytes that do not decode as the expected type.
 #[derive(Debug, thiserror::Error)]

@@ -43,7 +43,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-pub use codec::{decode, encode, DecodeError};
+pub use codec::{decode, encode, DecodeError, MAX_COMMAND_BYTES};
 pub use group::{GroupClient, GroupHandle, GroupStatus, ReplicaStatus};
 pub use meta::{placement, MetaCommand, MetaEvent, MetaResponse, QueueRecord};
 pub use state_machine::{Committed, GroupMachine};

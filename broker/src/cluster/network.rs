@@ -13,7 +13,7 @@ use openraft::raft::{
 };
 use openraft::EntryPayload;
 
-use super::codec::MAX_FRAME_BYTES;
+use super::codec::MAX_COMMAND_BYTES;
 use super::rpc::{Failure, Reply, Request};
 use super::transport::{Transport, TransportError};
 use super::types::{GroupId, NodeId, NodeInfo, TypeConfig};
@@ -68,8 +68,8 @@ fn rpc_error<E: std::error::Error>(
 }
 
 /// Commands' bytes an `AppendEntries` may carry: half a frame, so the log ids and encoding
-/// around them never push a frame over [`MAX_FRAME_BYTES`].
-const ENTRIES_BUDGET: usize = MAX_FRAME_BYTES as usize / 2;
+/// around them never push a frame over [`super::codec::MAX_FRAME_BYTES`].
+const ENTRIES_BUDGET: usize = MAX_COMMAND_BYTES;
 
 /// `Some(n)` when the request's entries are over [`ENTRIES_BUDGET`]: the first `n` (at least
 /// one) fit. A frame over the limit would be refused on every try, so replication to that

@@ -52,6 +52,8 @@ mod store;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) mod tmpfs;
 
 pub use durability::{CommitObserver, Durability, DurabilityConfig, Epoch};
 pub use error::{is_out_of_resources, Damage, Result, StorageError};

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use sluice_client::wire::{ErrorCode, RequestId};
 
 use super::Actor;
-use crate::cluster::MachineError;
+use crate::cluster::{MachineError, MAX_COMMAND_BYTES};
 use crate::error::RequestError;
 use crate::queue::dedup::Dedup;
 use crate::queue::replicated::{
@@ -244,7 +244,22 @@ impl Actor {
         room: Option<PublishRoom>,
         origin: PublishOrigin,
     ) {
-        let publish_seqs = messages.iter().map(|m| m.publish_seq).collect();
+        let publish_seqs: Vec<u64> = messages.iter().map(|m| m.publish_seq).collect();
+        let bytes: usize = messages
+            .iter()
+            .map(|m| m.meta.len() + m.body.len() + OP_MESSAGE_OVERHEAD)
+            .sum();
+        if bytes > MAX_COMMAND_BYTES {
+            // An entry this large could never be replicated: refuse it before it is proposed.
+            let error = RequestError::new(
+                ErrorCode::MessageTooLarge,
+                format!(
+                    "a publish of {bytes} bytes to a replicated queue is over the \
+                     {MAX_COMMAND_BYTES} bytes one replicated command may hold"
+                ),
+            );
+            return refuse_publish(&conn, batch, publish_seqs, &error);
+        }
         let op = QueueOp::Publish {
             ts_ms: super::now_ms(),
             dedup: origin == PublishOrigin::Client && self.dedup.is_some(),
@@ -259,21 +274,8 @@ impl Actor {
         match self.proposer() {
             Some(p) => replicated::publish(p, conn, batch, publish_seqs, op, room),
             None => {
-                let leader = LeaderView::default();
-                let error = replicated::not_leader(&leader);
-                let rejections = publish_seqs
-                    .into_iter()
-                    .map(|seq| sluice_client::wire::Rejection {
-                        seq: sluice_client::wire::PublishSeq(seq),
-                        code: error.code,
-                        message: error.message.clone(),
-                    })
-                    .collect();
-                conn.send(ConnEvent::Stored {
-                    batch,
-                    epoch: 0,
-                    rejections,
-                });
+                let error = replicated::not_leader(&LeaderView::default());
+                refuse_publish(&conn, batch, publish_seqs, &error);
             }
         }
     }
@@ -400,11 +402,6 @@ impl Actor {
             }
             let seq = self.replica_mut().next_seq;
             self.replica_mut().next_seq += 1;
-            if dedup {
-                if let Some(d) = self.dedup.as_mut() {
-                    d.accepted(&m.meta, ts_ms, None);
-                }
-            }
             let log = self.log();
             match log
                 .skip_to(seq)
@@ -413,10 +410,19 @@ impl Actor {
                 Ok(_) => {
                     stored += 1;
                     self.ready.push_new(seq, 0, None);
+                    // Only a stored message enters the window: a refused one may be sent again.
+                    if dedup {
+                        if let Some(d) = self.dedup.as_mut() {
+                            d.accepted(&m.meta, ts_ms, None);
+                        }
+                    }
                 }
-                // The group's seqs ran out: the same on every replica (the seq is the
-                // group's), so it is an answer, not this node's failure.
-                Err(e @ StorageError::SeqsExhausted { .. }) => {
+                // The same answer on every replica, so it is a refusal, not this node's
+                // failure: the group's seqs ran out (the seq is the group's), or the record
+                // is over the log's record limit (a constant of the build, not a setting).
+                Err(
+                    e @ (StorageError::SeqsExhausted { .. } | StorageError::RecordTooLarge { .. }),
+                ) => {
                     let err = RequestError::from(e);
                     rejections.push(OpRejection {
                         index: i as u32,
@@ -424,9 +430,8 @@ impl Actor {
                         message: err.message,
                     });
                 }
-                // Anything else is this node's disk or its own limits (a full disk, a record
-                // limit smaller than the leader's, an I/O error): the others stored it, and
-                // this replica must not go on without it.
+                // Anything else is this node's own disk (full, out of descriptors, an I/O
+                // error): the others stored it, and this replica must not go on without it.
                 Err(e) => {
                     return Err(self.storage_failure(format!("message seq {seq} not stored"), e))
                 }
@@ -635,6 +640,27 @@ impl Actor {
     }
 }
 
+/// Bytes a message adds to an encoded `QueueOp::Publish` beyond its meta and body (lengths
+/// and framing), counted generously.
+const OP_MESSAGE_OVERHEAD: usize = 32;
+
+/// Refuses every message of publish batch `batch` with `error`.
+fn refuse_publish(conn: &ConnLink, batch: u64, publish_seqs: Vec<u64>, error: &RequestError) {
+    let rejections = publish_seqs
+        .into_iter()
+        .map(|seq| sluice_client::wire::Rejection {
+            seq: sluice_client::wire::PublishSeq(seq),
+            code: error.code,
+            message: error.message.clone(),
+        })
+        .collect();
+    conn.send(ConnEvent::Stored {
+        batch,
+        epoch: 0,
+        rejections,
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Weak;
@@ -646,6 +672,7 @@ mod tests {
     use super::*;
     use crate::queue::replicated::QueueMachine;
     use crate::queue::{spawn_replicated, QueueHandle, QueueMeta, QueueStats};
+    use crate::storage::tmpfs::{fill_to, Mount};
     use crate::storage::{Store, StoreConfig};
 
     const WAIT: Duration = Duration::from_secs(5);
@@ -655,7 +682,7 @@ mod tests {
         queue: QueueHandle,
         machine: QueueMachine,
         _store: Store,
-        _dir: tempfile::TempDir,
+        _dir: Option<tempfile::TempDir>,
     }
 
     fn replica() -> Replica {
@@ -664,7 +691,14 @@ mod tests {
 
     fn replica_with(config: StoreConfig) -> Replica {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), config).unwrap();
+        let mut replica = replica_in(dir.path(), config);
+        replica._dir = Some(dir);
+        replica
+    }
+
+    /// A replica whose data directory is `dir`.
+    fn replica_in(dir: &std::path::Path, config: StoreConfig) -> Replica {
+        let store = Store::open(dir, config).unwrap();
         let log = store.recreate_queue(9).unwrap();
         let meta = QueueMeta {
             name: "orders".into(),
@@ -684,8 +718,17 @@ mod tests {
             machine: QueueMachine::new(queue.clone()),
             queue,
             _store: store,
-            _dir: dir,
+            _dir: None,
         }
+    }
+
+    /// A replica on a disk with about 16 KiB left (a small tmpfs): a message too big for the
+    /// space its log has reserved cannot be stored on this node, though others store it.
+    fn replica_on_a_full_disk() -> (Replica, Mount) {
+        let mount = Mount::tmpfs("2m");
+        let replica = replica_in(&mount.path().join("data"), StoreConfig::default());
+        fill_to(mount.path(), 16 << 10);
+        (replica, mount)
     }
 
     fn meta(id: Option<&str>) -> Vec<u8> {
@@ -937,8 +980,8 @@ mod tests {
         assert_eq!(left, vec![deliveries[1].message_seq]);
     }
 
-    /// A replica whose queue log takes records of at most `max` bytes (a node configured
-    /// with a smaller limit than the others).
+    /// A replica whose queue log takes records of at most `max` bytes (the limit is a
+    /// constant of the build, the same on every replica; a small one makes small tests).
     fn replica_with_record_limit(max: usize) -> Replica {
         let mut config = StoreConfig::default();
         config.log.max_record_bytes = max;
@@ -951,7 +994,8 @@ mod tests {
             dedup: false,
             messages: vec![OpMessage {
                 meta: meta(None),
-                body: vec![7; 4096],
+                // Past the first space a log reserves: storing it needs more disk.
+                body: vec![7; 256 << 10],
             }],
         }
         .encode()
@@ -966,7 +1010,7 @@ mod tests {
     #[tokio::test]
     async fn a_replica_that_cannot_store_a_committed_message_fails_instead_of_applying_without_it()
     {
-        let (healthy, small) = (replica(), replica_with_record_limit(1024));
+        let (healthy, (small, _disk)) = (replica(), replica_on_a_full_disk());
         let ops = vec![publish(1_000, &[None]), big_publish(2_000)];
         let results = apply(&healthy, ops.clone()).await;
         assert_eq!(
@@ -1005,6 +1049,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_message_over_the_record_limit_is_refused_on_every_replica_and_may_be_sent_again() {
+        // The limit is the build's, so every replica refuses alike: an answer, not a failure.
+        let r = replica_with_record_limit(1024);
+        let mut op = QueueOp::decode(&big_publish(1_000)).unwrap();
+        if let QueueOp::Publish {
+            messages, dedup, ..
+        } = &mut op
+        {
+            messages[0].meta = meta(Some("big"));
+            *dedup = true;
+        }
+        let results = apply(&r, vec![op.encode()]).await;
+        match &results[0] {
+            OpResult::Published {
+                duplicates,
+                rejections,
+            } => {
+                assert!(duplicates.is_empty());
+                assert_eq!(rejections.len(), 1);
+                assert_eq!(rejections[0].code, ErrorCode::MessageTooLarge.as_u16());
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // Its id did not enter the dedup window: the same id, smaller, is stored.
+        let again = apply(&r, vec![publish(2_000, &[Some("big")])]).await;
+        assert_eq!(
+            again[0],
+            OpResult::Published {
+                duplicates: vec![],
+                rejections: vec![]
+            }
+        );
+        let live: Vec<u64> = snapshot(&r).await.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(
+            live,
+            vec![2],
+            "seq 1 went to the refused message on every replica"
+        );
+    }
+
+    #[tokio::test]
     async fn a_snapshot_that_cannot_be_stored_or_decoded_fails_the_replica() {
         let source = replica();
         apply(&source, vec![publish(1_000, &[None]), big_publish(2_000)]).await;
@@ -1012,7 +1097,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let small = replica_with_record_limit(1024);
+        let (small, _disk) = replica_on_a_full_disk();
         let installed = tokio::time::timeout(WAIT, small.machine.install(data))
             .await
             .unwrap();
@@ -1071,7 +1156,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_leader_that_fails_stops_its_consumers_and_never_leads_again() {
-        let r = replica_with_record_limit(1024);
+        let (r, _disk) = replica_on_a_full_disk();
         let (conn, mut rx) = link();
         r.queue.send(QueueCmd::Leadership(LeaderView {
             is_self: true,

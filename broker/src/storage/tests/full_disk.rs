@@ -1,40 +1,11 @@
-//! A full disk, for real: the data directory on a small tmpfs mounted for the test. Needs
-//! root (true on the development machines and in CI); without it the test fails and says so.
-
-use std::path::{Path, PathBuf};
-use std::process::Command;
+//! A full disk, for real: the data directory on a small tmpfs mounted for the test
+//! (`storage::tmpfs`).
 
 use super::support::*;
+use std::path::PathBuf;
+
+use crate::storage::tmpfs::{fill_to, free_bytes, Mount};
 use crate::storage::{StorageError, Store};
-
-/// A mount point; the temp dir is removed after the unmount (fields drop after `drop`).
-struct Mount(PathBuf, #[allow(dead_code)] tempfile::TempDir);
-
-impl Mount {
-    fn tmpfs(size: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .expect("running mount");
-        assert!(
-            out.status.success(),
-            "this test needs to mount a small tmpfs (run as root, as CI does): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self(dir.path().to_path_buf(), dir)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 #[test]
 fn a_full_disk_is_storage_full_keeps_confirmed_data_and_recovers_when_space_returns() {
@@ -87,21 +58,6 @@ fn a_full_disk_is_storage_full_keeps_confirmed_data_and_recovers_when_space_retu
     let log = store.open_queue(uid).unwrap();
     assert_eq!(log.message_count(), confirmed.len() as u64 + 1);
     assert!(log.recovery_report().damage.is_empty());
-}
-
-/// Bytes free on the filesystem holding `path`.
-fn free_bytes(path: &Path) -> u64 {
-    let s = rustix::fs::statvfs(path).unwrap();
-    s.f_bavail * s.f_frsize
-}
-
-/// Leaves about `leave` bytes free on the filesystem of `dir` with a ballast file in it.
-fn fill_to(dir: &Path, leave: u64) -> PathBuf {
-    let ballast = dir.join("ballast");
-    let free = free_bytes(dir);
-    assert!(free > leave, "only {free} bytes free");
-    std::fs::write(&ballast, vec![1u8; (free - leave) as usize]).unwrap();
-    ballast
 }
 
 #[test]
