@@ -171,6 +171,11 @@ pub struct ServeArgs {
         value_name = "ADDR,..."
     )]
     pub join: Option<Vec<String>>,
+    /// How long a follower waits without hearing from its leader before it may campaign, in
+    /// ms: a dead node's queues get a new leader after 1.5 to 2 times this. Heartbeats go
+    /// every tenth of it. Raise it where nodes stall for long (loaded machines) [default: 1000].
+    #[arg(long, env = "SLUICE_CLUSTER_ELECTION_TIMEOUT_MS", value_name = "MS")]
+    pub cluster_election_timeout_ms: Option<u64>,
     /// Limits per user, connection, consumer and exchange ([`crate::limits::Limits`]).
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -184,6 +189,7 @@ struct FileCluster {
     listen: Option<String>,
     advertise: Option<String>,
     join: Option<Vec<String>>,
+    election_timeout_ms: Option<u64>,
 }
 
 /// This node's cluster settings, resolved.
@@ -197,7 +203,15 @@ pub struct ClusterSettings {
     pub advertise: Option<String>,
     /// Members to join through.
     pub join: Vec<String>,
+    /// The raft election timeout (its maximum; see `--cluster-election-timeout-ms`).
+    pub election_timeout: Duration,
 }
+
+/// The default of `--cluster-election-timeout-ms`.
+pub const DEFAULT_ELECTION_TIMEOUT: Duration = Duration::from_millis(1000);
+/// The range `--cluster-election-timeout-ms` must be in: below it heartbeats (a tenth) would
+/// flood the peers, above it a dead node's queues would wait minutes.
+pub const ELECTION_TIMEOUT_RANGE_MS: std::ops::RangeInclusive<u64> = 300..=60_000;
 
 /// The `[server]`-less TOML file: the same names as the flags, with underscores.
 #[derive(Debug, Default, Deserialize)]
@@ -452,6 +466,9 @@ fn resolve_cluster(
     let node_id = args.node_id.or(file.node_id);
     let listen = args.cluster_listen.clone().or(file.listen);
     let advertise = args.cluster_advertise.clone().or(file.advertise);
+    let election_ms = args
+        .cluster_election_timeout_ms
+        .or(file.election_timeout_ms);
     let join: Vec<String> = args
         .join
         .clone()
@@ -462,7 +479,7 @@ fn resolve_cluster(
         .filter(|a| !a.is_empty())
         .collect();
     let Some(node_id) = node_id else {
-        if listen.is_some() || advertise.is_some() || !join.is_empty() {
+        if listen.is_some() || advertise.is_some() || !join.is_empty() || election_ms.is_some() {
             return Err(invalid("node_id", "the cluster settings need --node-id"));
         }
         return Ok(None);
@@ -483,11 +500,22 @@ fn resolve_cluster(
             "a cluster listener on all interfaces needs --cluster-advertise: peers cannot dial 0.0.0.0",
         ));
     }
+    let election_timeout = match election_ms {
+        None => DEFAULT_ELECTION_TIMEOUT,
+        Some(ms) if ELECTION_TIMEOUT_RANGE_MS.contains(&ms) => Duration::from_millis(ms),
+        Some(_) => {
+            return Err(invalid(
+                "cluster_election_timeout_ms",
+                "must be from 300 to 60000 (ms)",
+            ))
+        }
+    };
     Ok(Some(ClusterSettings {
         node_id,
         listen,
         advertise,
         join,
+        election_timeout,
     }))
 }
 
@@ -636,6 +664,7 @@ mod tests {
                 listen: "127.0.0.12:7000".parse().unwrap(),
                 advertise: Some("node2:7000".into()),
                 join: vec!["127.0.0.11:7000".into()],
+                election_timeout: DEFAULT_ELECTION_TIMEOUT,
             })
         );
         let args = ServeArgs {

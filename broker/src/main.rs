@@ -238,6 +238,7 @@ async fn start_cluster(
     let mut config = ClusterConfig::new(settings.node_id, settings.listen);
     config.advertise = settings.advertise.clone();
     config.join = settings.join.clone();
+    config.election_timeout = settings.election_timeout;
     let local = NodeInfo {
         cluster_addr: String::new(),
         client_addr,

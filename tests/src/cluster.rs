@@ -151,6 +151,12 @@ pub struct ClusterProcess {
     proxies: Vec<Proxy>,
 }
 
+/// The election timeout the test clusters run with, unless a test passes its own: twice the
+/// broker's default, because debug builds on a loaded 2-core machine can stall for longer
+/// than a heartbeat budget of release builds allows, and a leader lost to a stall would make
+/// tests that are about something else wait for an election.
+pub const TEST_ELECTION_TIMEOUT_MS: &str = "2000";
+
 impl ClusterProcess {
     /// Starts `n` nodes under `dir` (node 1 bootstraps, the others join it), each with
     /// `extra` flags besides the cluster ones, and waits (bounded) until every node is ready.
@@ -444,6 +450,14 @@ impl ClusterProcess {
         if !join.is_empty() {
             args.push("--join".to_owned());
             args.push(join.join(","));
+        }
+        if !self
+            .extra
+            .iter()
+            .any(|a| a.starts_with("--cluster-election-timeout-ms"))
+        {
+            args.push("--cluster-election-timeout-ms".to_owned());
+            args.push(TEST_ELECTION_TIMEOUT_MS.to_owned());
         }
         args.extend(self.extra.iter().cloned());
         let data_dir = data_dir.to_path_buf();

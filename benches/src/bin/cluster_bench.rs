@@ -40,6 +40,9 @@ struct Args {
     /// `SLUICE_LOG` set, this shows what the nodes did around each kill.
     #[arg(long, value_name = "DIR")]
     logs: Option<std::path::PathBuf>,
+    /// The nodes' `--cluster-election-timeout-ms` (the broker's default: 1000).
+    #[arg(long, default_value_t = 1000)]
+    election_timeout_ms: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,7 +69,9 @@ enum Mode {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let dir = tempfile::tempdir().context("a temporary directory")?;
-    let mut cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
+    let election = args.election_timeout_ms.to_string();
+    let flags = ["--cluster-election-timeout-ms", election.as_str()];
+    let mut cluster = ClusterProcess::start(dir.path(), 3, &flags).await;
     let client = Client::connect(&cluster.node(1).url()).await?;
     let mut options = QueueOptions::new();
     options.arguments = QueueArguments {

@@ -61,14 +61,11 @@ use meta::MetaMachine;
 use rpc::{Failure, Reply, Request};
 use transport::Transport;
 
-/// Raft timing for a loaded 2-core machine: a few missed heartbeats do not start an
-/// election. openraft 0.9 makes a follower that saw a leader wait its lease
-/// (`ELECTION_MAX_MS`) plus a random election timeout before it campaigns, so a dead leader
-/// is replaced after 3 to 4 s plus the vote itself (shorter timers made the fault tests
-/// flap leaders on a busy machine).
-const HEARTBEAT_MS: u64 = 250;
-const ELECTION_MIN_MS: u64 = 1000;
-const ELECTION_MAX_MS: u64 = 2000;
+/// Raft timing: a follower that heard nothing from its leader for a random time between half
+/// the election timeout and all of it campaigns; openraft 0.9 makes it wait the leader's lease
+/// (the whole timeout) first, so a dead leader is replaced after 1.5 to 2 timeouts plus the
+/// vote. Heartbeats go every tenth of the timeout, so a few lost ones start nothing.
+const HEARTBEATS_PER_TIMEOUT: u64 = 10;
 /// Pause between attempts to join (or re-announce to) the cluster, doubling up to the max.
 const JOIN_RETRY_MIN: Duration = Duration::from_millis(200);
 const JOIN_RETRY_MAX: Duration = Duration::from_secs(5);
@@ -89,6 +86,8 @@ pub struct ClusterConfig {
     pub join: Vec<String>,
     /// A snapshot is taken every this many applied log entries (per group).
     pub snapshot_every: u64,
+    /// The election timeout's maximum (`--cluster-election-timeout-ms`).
+    pub election_timeout: Duration,
 }
 
 impl ClusterConfig {
@@ -101,15 +100,17 @@ impl ClusterConfig {
             advertise: None,
             join: Vec::new(),
             snapshot_every: Self::DEFAULT_SNAPSHOT_EVERY,
+            election_timeout: Duration::from_millis(1000),
         }
     }
 
     fn raft_config(&self) -> Result<openraft::Config, ClusterError> {
+        let election_max = (self.election_timeout.as_millis() as u64).max(2);
         openraft::Config {
             cluster_name: "sluice".into(),
-            heartbeat_interval: HEARTBEAT_MS,
-            election_timeout_min: ELECTION_MIN_MS,
-            election_timeout_max: ELECTION_MAX_MS,
+            heartbeat_interval: (election_max / HEARTBEATS_PER_TIMEOUT).max(1),
+            election_timeout_min: election_max / 2,
+            election_timeout_max: election_max,
             install_snapshot_timeout: 10_000,
             max_payload_entries: 64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every.max(1)),
