@@ -144,6 +144,7 @@ impl Broker {
                 self.ensure_replicated(record).await;
             }
             MetaEvent::QueueDeleted(record) => self.remove_replicated(&record).await,
+            MetaEvent::ReplicasChanged { record, .. } => self.replicas_changed(record).await,
             MetaEvent::NodesChanged => {}
         }
     }
@@ -176,6 +177,7 @@ impl Broker {
             durable: true,
             arguments: encode_arguments(&req.arguments),
             replicas,
+            wanted,
         };
         let answer =
             wait(cluster.propose_meta(MetaCommand::DeclareQueue(record))).map_err(propose_error)?;
@@ -261,41 +263,89 @@ impl Broker {
         }
         let me = cluster.node_id();
         if record.replicas.contains(&me) {
-            let machine: Arc<dyn GroupMachine> = Arc::new(QueueMachine::new(handle.clone()));
+            // The first replica creates the group; replacements are appended to the list
+            // (`cluster::replace_replicas`), so a node added later never initialises it anew.
             let initialise = record.replicas.first() == Some(&me);
-            match cluster
-                .host_group(
-                    GroupId(record.uid),
-                    record.replicas.clone(),
-                    machine,
-                    initialise,
-                )
-                .await
-            {
-                Ok(group) => {
-                    handle.send(QueueCmd::Attach {
-                        proposer: Arc::new(GroupProposer::Hosted(group.clone())),
-                    });
-                    watch_leadership(cluster.clone(), &group, handle.clone());
-                    self.replicated.lock().insert(record.uid, group);
-                }
-                Err(e) => {
-                    tracing::error!(queue = %record.name, error = %e, "could not host the replicated queue's group")
-                }
-            }
+            self.host_replica(&cluster, &record, &handle, initialise)
+                .await;
         } else {
-            // Not a replica: publishes are forwarded to the group's leader; consumers are
-            // sent to a replica (which names the leader if it is not it).
-            handle.send(QueueCmd::Attach {
-                proposer: Arc::new(GroupProposer::Remote(cluster.group(GroupId(record.uid)))),
-            });
-            let replica = record.replicas.iter().find_map(|&n| cluster.node(n));
-            handle.send(QueueCmd::Leadership(LeaderView {
-                is_self: false,
-                client_addr: replica.map(|n| n.client_addr).unwrap_or_default(),
-            }));
+            attach_remote(&cluster, &record, &handle);
         }
         Some(handle)
+    }
+
+    /// Hosts the group of replicated queue `record` here, its task `handle` as the machine.
+    async fn host_replica(
+        &self,
+        cluster: &Cluster,
+        record: &QueueRecord,
+        handle: &QueueHandle,
+        initialise: bool,
+    ) {
+        let machine: Arc<dyn GroupMachine> = Arc::new(QueueMachine::new(handle.clone()));
+        match cluster
+            .host_group(
+                GroupId(record.uid),
+                record.replicas.clone(),
+                machine,
+                initialise,
+            )
+            .await
+        {
+            Ok(group) => {
+                handle.send(QueueCmd::Attach {
+                    proposer: Arc::new(GroupProposer::Hosted(group.clone())),
+                });
+                watch_leadership(cluster.clone(), &group, handle.clone());
+                self.replicated.lock().insert(record.uid, group);
+            }
+            Err(e) => {
+                tracing::error!(queue = %record.name, error = %e, "could not host the replicated queue's group")
+            }
+        }
+    }
+
+    /// Acts on a re-placement of replicated queue `record` (a member left or joined): a node
+    /// newly listed hosts the group, empty and not initialised (the group's leader adds it as
+    /// a learner and sends it the data); a node no longer listed drops the group once the
+    /// group no longer counts on it, and keeps the queue as a non-replica; any other node
+    /// points its consumers at a replica that is still there.
+    async fn replicas_changed(self: &Arc<Self>, record: QueueRecord) {
+        let Some(cluster) = self.cluster().cloned() else {
+            return;
+        };
+        let me = cluster.node_id();
+        let current = self
+            .read()
+            .queues
+            .get(record.name.as_str())
+            .filter(|q| q.meta.uid == record.uid)
+            .cloned();
+        let Some(handle) = current else {
+            // Not created here yet (or its name is taken): the usual path decides.
+            self.ensure_replicated(record).await;
+            return;
+        };
+        let hosted = self.hosted_group(record.uid).is_some();
+        let listed = record.replicas.contains(&me);
+        if listed && !hosted {
+            tracing::info!(queue = %record.name, "this node became a replica of the queue");
+            let _creating = self.replicated.creating.lock().await;
+            if self.hosted_group(record.uid).is_none() {
+                self.host_replica(&cluster, &record, &handle, false).await;
+            }
+        } else if !listed && hosted {
+            if !cluster.may_drop_group(&record) {
+                tracing::info!(queue = %record.name, "re-placed away from this node: its group's leader removes it first");
+                return;
+            }
+            tracing::info!(queue = %record.name, "no longer a replica of the queue: dropping its group");
+            // A fresh non-replica task: the old one holds the replica's state.
+            self.remove_replicated(&record).await;
+            self.ensure_replicated(record).await;
+        } else if !listed {
+            attach_remote(&cluster, &record, &handle);
+        }
     }
 
     /// Puts a new replicated queue's task in the registry; false when its name is taken.
@@ -425,6 +475,20 @@ impl Broker {
                 .collect(),
         })
     }
+}
+
+/// Makes `handle` the task of a queue this node is not a replica of: publishes are forwarded
+/// to the group's leader; consumers are sent to a replica (which names the leader if it is
+/// not it).
+fn attach_remote(cluster: &Cluster, record: &QueueRecord, handle: &QueueHandle) {
+    handle.send(QueueCmd::Attach {
+        proposer: Arc::new(GroupProposer::Remote(cluster.group(GroupId(record.uid)))),
+    });
+    let replica = record.replicas.iter().find_map(|&n| cluster.node(n));
+    handle.send(QueueCmd::Leadership(LeaderView {
+        is_self: false,
+        client_addr: replica.map(|n| n.client_addr).unwrap_or_default(),
+    }));
 }
 
 /// Sends a hosted group's leadership to its queue task, with the leader's client address.

@@ -248,6 +248,7 @@ async fn proposals_from_the_leader_and_a_follower_apply_in_the_same_order_on_eve
         durable: true,
         arguments: vec![1, 2],
         replicas: vec![1, 2, 3],
+        wanted: 3,
     };
     let declared = nodes[2]
         .cluster
