@@ -1,0 +1,305 @@
+//! Replacing a dead node, on real `sluice serve` processes: a replica of a replicated queue is
+//! killed (`kill -9`) and its disk lost, the operator removes it (`sluice cluster
+//! remove-node`), and the cluster rebuilds the replica on another member, through the queue
+//! group's leader (a learner first, then a voter). The rebuilt replica holds every confirmed
+//! message: with one of the original replicas killed too, the queue is consumed whole from it.
+
+use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use sluice_client::{
+    Client, ConsumeOptions, Error, ErrorCode, PublishOptions, QueueArguments, QueueOptions,
+};
+use sluice_tests::broker::{sluice_command, wait_output, within, WAIT};
+use sluice_tests::cluster::{ClusterProcess, NodeId};
+
+const POLL: Duration = Duration::from_millis(100);
+const QUEUE: &str = "orders";
+/// Confirmed messages published before the replica dies.
+const MESSAGES: u64 = 200;
+
+async fn connect(url: &str) -> Client {
+    let client = Client::builder()
+        .reconnect_timeout(Duration::ZERO)
+        .connect(url);
+    within("connect", client).await.unwrap()
+}
+
+fn body(i: u64) -> String {
+    format!("m-{i}")
+}
+
+/// Node `id`'s `GET /api/queues/orders`, `None` while it does not know the queue.
+async fn queue_status(cluster: &ClusterProcess, id: NodeId) -> Option<Value> {
+    let response = within(
+        "GET /api/queues/orders",
+        cluster.node(id).http().get(&format!("/api/queues/{QUEUE}")),
+    )
+    .await;
+    if response.status == 404 {
+        return None;
+    }
+    assert_eq!(response.status, 200, "node {id}: {}", response.body);
+    Some(serde_json::from_str(&response.body).expect("JSON"))
+}
+
+/// The replicas a queue resource lists, with their lag (`None`: unknown on that node).
+fn replicas(queue: &Value) -> Vec<(NodeId, Option<u64>)> {
+    queue["replicas"]
+        .as_array()
+        .expect("a replicated queue lists its replicas")
+        .iter()
+        .map(|r| (r["node"].as_u64().expect("node id"), r["lag"].as_u64()))
+        .collect()
+}
+
+/// Node `id`'s `GET /api/cluster`.
+async fn cluster_status(cluster: &ClusterProcess, id: NodeId) -> Value {
+    let response = within(
+        "GET /api/cluster",
+        cluster.node(id).http().get("/api/cluster"),
+    )
+    .await;
+    assert_eq!(response.status, 200, "node {id}: {}", response.body);
+    serde_json::from_str(&response.body).expect("JSON")
+}
+
+/// Panics with every running node's log and view of the queue.
+async fn fail(cluster: &mut ClusterProcess, why: String) -> ! {
+    let mut seen = Vec::new();
+    for id in cluster.running() {
+        seen.push(format!(
+            "node {id}: {:?}\n=== log of node {id}\n{}",
+            queue_status(cluster, id).await,
+            cluster.node(id).log()
+        ));
+    }
+    panic!("{why}\n{}", seen.join("\n"))
+}
+
+/// Waits (bounded) until one of `nodes` leads the queue and shows exactly `nodes` as its
+/// replicas, each with lag 0; returns the leader.
+async fn await_replicas_caught_up(
+    cluster: &mut ClusterProcess,
+    nodes: &BTreeSet<NodeId>,
+) -> NodeId {
+    let caught_up = async {
+        loop {
+            for &id in nodes {
+                let Some(queue) = queue_status(cluster, id).await else {
+                    continue;
+                };
+                if queue["leader"].as_u64() != Some(id) {
+                    continue;
+                }
+                let shown = replicas(&queue);
+                let listed: BTreeSet<NodeId> = shown.iter().map(|(n, _)| *n).collect();
+                if &listed == nodes && shown.iter().all(|(_, lag)| *lag == Some(0)) {
+                    return id;
+                }
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    };
+    match tokio::time::timeout(WAIT, caught_up).await {
+        Ok(leader) => leader,
+        Err(_) => {
+            fail(
+                cluster,
+                format!("the queue's replicas did not become {nodes:?} with lag 0 within {WAIT:?}"),
+            )
+            .await
+        }
+    }
+}
+
+/// Waits (bounded) until node `id`, a replica, knows a leader of the queue other than `not`
+/// (a node just killed); returns it.
+async fn await_leader_known_by(cluster: &mut ClusterProcess, id: NodeId, not: NodeId) -> NodeId {
+    let known = async {
+        loop {
+            let leader = queue_status(cluster, id)
+                .await
+                .and_then(|q| q["leader"].as_u64());
+            if let Some(leader) = leader.filter(|&l| l != not) {
+                return leader;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    };
+    match tokio::time::timeout(WAIT, known).await {
+        Ok(leader) => leader,
+        Err(_) => fail(cluster, format!("node {id} knew no leader within {WAIT:?}")).await,
+    }
+}
+
+/// `sluice --json cluster ARGS` against node `id` (as guest, an administrator, from loopback).
+async fn cli(cluster: &ClusterProcess, id: NodeId, args: &[&str]) -> Value {
+    let url = format!("sluice://{}", cluster.node(id).addr());
+    let mut all = vec![
+        "--url".to_owned(),
+        url,
+        "--json".to_owned(),
+        "cluster".to_owned(),
+    ];
+    all.extend(args.iter().map(|s| s.to_string()));
+    let output = tokio::task::spawn_blocking(move || {
+        let child = sluice_command()
+            .args(&all)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sluice");
+        wait_output(child)
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "sluice cluster {args:?} on node {id} failed: {}\nits log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        cluster.node(id).log()
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_replica_is_rebuilt_on_a_spare_node_which_then_serves_every_confirmed_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
+    let spare = cluster.add_node().await;
+    assert_eq!(spare, 4);
+
+    // A queue on three of the four nodes, and confirmed messages in it.
+    let c1 = connect(&cluster.node(1).url()).await;
+    let mut options = QueueOptions::new();
+    options.arguments = QueueArguments {
+        replicas: Some(3),
+        ..QueueArguments::default()
+    };
+    within("declare", c1.declare_queue(QUEUE, options))
+        .await
+        .unwrap_or_else(|e| panic!("declare: {e}"));
+    for i in 0..MESSAGES {
+        within(
+            "publish",
+            c1.publish("", QUEUE, body(i), &PublishOptions::new()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("publish {i}: {e}"));
+    }
+    drop(c1);
+    let placed: BTreeSet<NodeId> =
+        replicas(&queue_status(&cluster, 1).await.expect("declared on node 1"))
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+    assert_eq!(placed.len(), 3, "{placed:?}");
+    let original_leader = await_replicas_caught_up(&mut cluster, &placed).await;
+    let spare = (1..=4).find(|n| !placed.contains(n)).unwrap();
+
+    // The victim: a replica leading neither the queue nor the metadata group (so that no
+    // election slows the test down; the repair does not depend on it).
+    let meta_leader = cluster_status(&cluster, original_leader).await["metadata_leader"]
+        .as_u64()
+        .expect("a metadata leader");
+    let victim = *placed
+        .iter()
+        .find(|&&n| n != original_leader && n != meta_leader)
+        .expect("three replicas, at most two leaders");
+    eprintln!("replicas {placed:?}, queue leader {original_leader}, metadata leader {meta_leader}: killing node {victim}");
+    cluster.kill9(victim);
+    let victim_dir = cluster.node(victim).data_dir().to_path_buf();
+    std::fs::remove_dir_all(&victim_dir).unwrap();
+
+    // The operator removes it; the cluster rebuilds its replica on the spare node.
+    let asked = *placed.iter().find(|&&n| n != victim).unwrap();
+    let answer = cli(&cluster, asked, &["remove-node", &victim.to_string()]).await;
+    assert_eq!(answer["removed"], true, "{answer}");
+    let live: BTreeSet<NodeId> = placed
+        .iter()
+        .copied()
+        .filter(|&n| n != victim)
+        .chain([spare])
+        .collect();
+    let leader = await_replicas_caught_up(&mut cluster, &live).await;
+    eprintln!("replicas {live:?} caught up, queue leader {leader}");
+
+    // `sluice cluster status` on the spare node shows it hosts the queue's group now, with
+    // the new replicas.
+    let status = cli(&cluster, spare, &["status"]).await;
+    let group = status["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .find(|g| g["queue"] == QUEUE)
+        .unwrap_or_else(|| panic!("the spare node hosts the queue's group: {status}"))
+        .clone();
+    let shown: BTreeSet<NodeId> = group["replicas"]
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .map(|r| r["node"].as_u64().unwrap())
+        .collect();
+    assert_eq!(shown, live, "{status}");
+    // One of the two original replicas dies too (the leader if it is one): only the rebuilt
+    // replica and the other original one are left, still a majority of three.
+    let originals: Vec<NodeId> = live.iter().copied().filter(|&n| n != spare).collect();
+    let second = if originals.contains(&leader) {
+        leader
+    } else {
+        originals[0]
+    };
+    eprintln!("killing node {second}");
+    cluster.kill9(second);
+    // The rebuilt replica serves the queue: it leads (after a transfer if need be) and
+    // delivers every confirmed message from its own copy.
+    let now = await_leader_known_by(&mut cluster, spare, second).await;
+    eprintln!("node {spare} sees leader {now}");
+    if now != spare {
+        let moved = cli(
+            &cluster,
+            spare,
+            &[
+                "transfer-leadership",
+                "--queue",
+                QUEUE,
+                "--to",
+                &spare.to_string(),
+            ],
+        )
+        .await;
+        assert_eq!(moved["leader"], spare, "{moved}");
+    }
+    let client = connect(&cluster.node(spare).url()).await;
+    let mut consumer = loop {
+        match client
+            .consume(QUEUE, ConsumeOptions::new().prefetch(50))
+            .await
+        {
+            Ok(consumer) => break consumer,
+            // Its leadership is announced a moment after it won: ask again.
+            Err(Error::Server {
+                code: ErrorCode::NotLeader,
+                ..
+            }) => tokio::time::sleep(POLL).await,
+            Err(e) => panic!("consume on node {spare}: {e}"),
+        }
+    };
+    let mut seen = BTreeSet::new();
+    while seen.len() < MESSAGES as usize {
+        let m = within("delivery", consumer.next())
+            .await
+            .expect("the consumer goes on")
+            .expect("a delivery");
+        seen.insert(String::from_utf8(m.body.to_vec()).unwrap());
+        within("ack", m.ack()).await.unwrap();
+    }
+    assert_eq!(seen, (0..MESSAGES).map(body).collect::<BTreeSet<_>>());
+    drop(consumer);
+    drop(client);
+    cluster.stop();
+}
