@@ -166,14 +166,9 @@ async fn cli(cluster: &ClusterProcess, id: NodeId, args: &[&str]) -> Value {
     serde_json::from_slice(&output.stdout).expect("JSON on stdout")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_removed_replica_is_rebuilt_on_a_spare_node_which_then_serves_every_confirmed_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
-    let spare = cluster.add_node().await;
-    assert_eq!(spare, 4);
-
-    // A queue on three of the four nodes, and confirmed messages in it.
+/// Declares the queue (3 replicas) through node 1 and publishes [`MESSAGES`] confirmed
+/// messages; returns its replicas once they all caught up.
+async fn declare_and_publish(cluster: &mut ClusterProcess) -> BTreeSet<NodeId> {
     let c1 = connect(&cluster.node(1).url()).await;
     let mut options = QueueOptions::new();
     options.arguments = QueueArguments {
@@ -191,63 +186,70 @@ async fn a_removed_replica_is_rebuilt_on_a_spare_node_which_then_serves_every_co
         .await
         .unwrap_or_else(|e| panic!("publish {i}: {e}"));
     }
-    drop(c1);
     let placed: BTreeSet<NodeId> =
-        replicas(&queue_status(&cluster, 1).await.expect("declared on node 1"))
+        replicas(&queue_status(cluster, 1).await.expect("declared on node 1"))
             .into_iter()
             .map(|(n, _)| n)
             .collect();
     assert_eq!(placed.len(), 3, "{placed:?}");
-    let original_leader = await_replicas_caught_up(&mut cluster, &placed).await;
-    let spare = (1..=4).find(|n| !placed.contains(n)).unwrap();
+    await_replicas_caught_up(cluster, &placed).await;
+    placed
+}
 
-    // The victim: a replica leading neither the queue nor the metadata group (so that no
-    // election slows the test down; the repair does not depend on it).
-    let meta_leader = cluster_status(&cluster, original_leader).await["metadata_leader"]
+/// Kills (`kill -9`) a replica of the queue leading neither the queue nor the metadata group
+/// (so no election slows the test down; the repair does not depend on it), deletes its data
+/// directory (a lost disk), and removes it from the cluster with `sluice cluster
+/// remove-node`, asked of another replica. Returns it.
+async fn kill_and_remove_a_replica(
+    cluster: &mut ClusterProcess,
+    placed: &BTreeSet<NodeId>,
+) -> NodeId {
+    let queue_leader = await_replicas_caught_up(cluster, placed).await;
+    let meta_leader = cluster_status(cluster, queue_leader).await["metadata_leader"]
         .as_u64()
         .expect("a metadata leader");
     let victim = *placed
         .iter()
-        .find(|&&n| n != original_leader && n != meta_leader)
+        .find(|&&n| n != queue_leader && n != meta_leader)
         .expect("three replicas, at most two leaders");
-    eprintln!("replicas {placed:?}, queue leader {original_leader}, metadata leader {meta_leader}: killing node {victim}");
+    eprintln!("replicas {placed:?}, queue leader {queue_leader}, metadata leader {meta_leader}: killing node {victim}");
     cluster.kill9(victim);
-    let victim_dir = cluster.node(victim).data_dir().to_path_buf();
-    std::fs::remove_dir_all(&victim_dir).unwrap();
-
-    // The operator removes it; the cluster rebuilds its replica on the spare node.
+    std::fs::remove_dir_all(cluster.node(victim).data_dir()).unwrap();
     let asked = *placed.iter().find(|&&n| n != victim).unwrap();
-    let answer = cli(&cluster, asked, &["remove-node", &victim.to_string()]).await;
+    let answer = cli(cluster, asked, &["remove-node", &victim.to_string()]).await;
     assert_eq!(answer["removed"], true, "{answer}");
-    let live: BTreeSet<NodeId> = placed
-        .iter()
-        .copied()
-        .filter(|&n| n != victim)
-        .chain([spare])
-        .collect();
-    let leader = await_replicas_caught_up(&mut cluster, &live).await;
-    eprintln!("replicas {live:?} caught up, queue leader {leader}");
+    victim
+}
 
-    // `sluice cluster status` on the spare node shows it hosts the queue's group now, with
-    // the new replicas.
-    let status = cli(&cluster, spare, &["status"]).await;
+/// The group of the queue as `sluice cluster status` on node `id` shows it: its replicas.
+async fn replicas_in_cli_status(cluster: &ClusterProcess, id: NodeId) -> BTreeSet<NodeId> {
+    let status = cli(cluster, id, &["status"]).await;
     let group = status["groups"]
         .as_array()
         .expect("groups")
         .iter()
         .find(|g| g["queue"] == QUEUE)
-        .unwrap_or_else(|| panic!("the spare node hosts the queue's group: {status}"))
+        .unwrap_or_else(|| panic!("node {id} hosts the queue's group: {status}"))
         .clone();
-    let shown: BTreeSet<NodeId> = group["replicas"]
+    group["replicas"]
         .as_array()
         .expect("replicas")
         .iter()
         .map(|r| r["node"].as_u64().unwrap())
-        .collect();
-    assert_eq!(shown, live, "{status}");
-    // One of the two original replicas dies too (the leader if it is one): only the rebuilt
-    // replica and the other original one are left, still a majority of three.
-    let originals: Vec<NodeId> = live.iter().copied().filter(|&n| n != spare).collect();
+        .collect()
+}
+
+/// Kills (`kill -9`) one of the original replicas in `live` (the queue's leader if it is
+/// one), so only `rebuilt` and one original replica are left, still a majority of three;
+/// then consumes the whole queue from `rebuilt`, made leader (by a transfer if need be): it
+/// delivers every confirmed message from its own copy.
+async fn kill_an_original_and_consume_all_from(
+    cluster: &mut ClusterProcess,
+    live: &BTreeSet<NodeId>,
+    leader: NodeId,
+    rebuilt: NodeId,
+) {
+    let originals: Vec<NodeId> = live.iter().copied().filter(|&n| n != rebuilt).collect();
     let second = if originals.contains(&leader) {
         leader
     } else {
@@ -255,40 +257,36 @@ async fn a_removed_replica_is_rebuilt_on_a_spare_node_which_then_serves_every_co
     };
     eprintln!("killing node {second}");
     cluster.kill9(second);
-    // The rebuilt replica serves the queue: it leads (after a transfer if need be) and
-    // delivers every confirmed message from its own copy.
-    let now = await_leader_known_by(&mut cluster, spare, second).await;
-    eprintln!("node {spare} sees leader {now}");
-    if now != spare {
+    let now = await_leader_known_by(cluster, rebuilt, second).await;
+    eprintln!("node {rebuilt} sees leader {now}");
+    if now != rebuilt {
+        let to = rebuilt.to_string();
         let moved = cli(
-            &cluster,
-            spare,
-            &[
-                "transfer-leadership",
-                "--queue",
-                QUEUE,
-                "--to",
-                &spare.to_string(),
-            ],
+            cluster,
+            rebuilt,
+            &["transfer-leadership", "--queue", QUEUE, "--to", &to],
         )
         .await;
-        assert_eq!(moved["leader"], spare, "{moved}");
+        assert_eq!(moved["leader"], rebuilt, "{moved}");
     }
-    let client = connect(&cluster.node(spare).url()).await;
-    let mut consumer = loop {
-        match client
-            .consume(QUEUE, ConsumeOptions::new().prefetch(50))
-            .await
-        {
-            Ok(consumer) => break consumer,
-            // Its leadership is announced a moment after it won: ask again.
-            Err(Error::Server {
-                code: ErrorCode::NotLeader,
-                ..
-            }) => tokio::time::sleep(POLL).await,
-            Err(e) => panic!("consume on node {spare}: {e}"),
+    let client = connect(&cluster.node(rebuilt).url()).await;
+    let consume = async {
+        loop {
+            match client
+                .consume(QUEUE, ConsumeOptions::new().prefetch(50))
+                .await
+            {
+                Ok(consumer) => return consumer,
+                // Its leadership is announced a moment after it won: ask again.
+                Err(Error::Server {
+                    code: ErrorCode::NotLeader,
+                    ..
+                }) => tokio::time::sleep(POLL).await,
+                Err(e) => panic!("consume on node {rebuilt}: {e}"),
+            }
         }
     };
+    let mut consumer = within("a consumer on the rebuilt replica", consume).await;
     let mut seen = BTreeSet::new();
     while seen.len() < MESSAGES as usize {
         let m = within("delivery", consumer.next())
@@ -299,7 +297,61 @@ async fn a_removed_replica_is_rebuilt_on_a_spare_node_which_then_serves_every_co
         within("ack", m.ack()).await.unwrap();
     }
     assert_eq!(seen, (0..MESSAGES).map(body).collect::<BTreeSet<_>>());
-    drop(consumer);
-    drop(client);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_replica_is_rebuilt_on_a_spare_node_which_then_serves_every_confirmed_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
+    assert_eq!(cluster.add_node().await, 4);
+    let placed = declare_and_publish(&mut cluster).await;
+    let spare = (1..=4).find(|n| !placed.contains(n)).unwrap();
+
+    let victim = kill_and_remove_a_replica(&mut cluster, &placed).await;
+    // The cluster rebuilds the replica on the spare node: the queue's leader shows the three
+    // live nodes as replicas, all caught up, and so does `sluice cluster status` there.
+    let live: BTreeSet<NodeId> = placed
+        .iter()
+        .copied()
+        .filter(|&n| n != victim)
+        .chain([spare])
+        .collect();
+    let leader = await_replicas_caught_up(&mut cluster, &live).await;
+    eprintln!("replicas {live:?} caught up, queue leader {leader}");
+    assert_eq!(replicas_in_cli_status(&cluster, spare).await, live);
+
+    kill_an_original_and_consume_all_from(&mut cluster, &live, leader, spare).await;
+    cluster.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_spare_node_the_dead_replica_is_dropped_and_a_node_joining_later_under_a_new_id_fills_the_gap(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
+    let placed = declare_and_publish(&mut cluster).await;
+    let victim = kill_and_remove_a_replica(&mut cluster, &placed).await;
+
+    // No member is spare: the group goes on with the two survivors (a majority of them
+    // commits), and the catalog remembers that a third is wanted.
+    let survivors: BTreeSet<NodeId> = placed.iter().copied().filter(|&n| n != victim).collect();
+    await_replicas_caught_up(&mut cluster, &survivors).await;
+
+    // The lost machine comes back with an empty disk under a new id: a new member, which
+    // takes the missing replica. The old id stays removed.
+    let newcomer = cluster.add_node().await;
+    assert_eq!(newcomer, 4);
+    let live: BTreeSet<NodeId> = survivors.iter().copied().chain([newcomer]).collect();
+    let leader = await_replicas_caught_up(&mut cluster, &live).await;
+    eprintln!("replicas {live:?} caught up, queue leader {leader}");
+    let members: BTreeSet<NodeId> = cluster_status(&cluster, newcomer).await["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(members, live, "node {victim} stays removed");
+
+    kill_an_original_and_consume_all_from(&mut cluster, &live, leader, newcomer).await;
     cluster.stop();
 }
