@@ -97,11 +97,7 @@ async fn next_change(
     raft: &super::types::Raft,
 ) {
     let mut metrics = raft.metrics();
-    let membership = metrics
-        .borrow_and_update()
-        .membership_config
-        .log_id()
-        .clone();
+    let membership = *metrics.borrow_and_update().membership_config.log_id();
     let membership_changed = async {
         loop {
             if metrics.changed().await.is_err() {
