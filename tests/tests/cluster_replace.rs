@@ -196,22 +196,46 @@ async fn declare_and_publish(cluster: &mut ClusterProcess) -> BTreeSet<NodeId> {
     placed
 }
 
-/// Kills (`kill -9`) a replica of the queue leading neither the queue nor the metadata group
-/// (so no election slows the test down; the repair does not depend on it), deletes its data
-/// directory (a lost disk), and removes it from the cluster with `sluice cluster
-/// remove-node`, asked of another replica. Returns it.
+/// Which replica of the queue dies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Victim {
+    /// One leading neither the queue nor the metadata group: no election slows the test.
+    Follower,
+    /// The queue's leader: its group elects another first, which then does the repair.
+    QueueLeader,
+}
+
+/// Kills (`kill -9`) a replica of the queue, deletes its data directory (a lost disk), and
+/// removes it from the cluster with `sluice cluster remove-node`, asked of another replica.
+/// The victim never leads the metadata group (which would have to elect a leader before it
+/// could answer the removal). Returns it.
 async fn kill_and_remove_a_replica(
     cluster: &mut ClusterProcess,
     placed: &BTreeSet<NodeId>,
+    which: Victim,
 ) -> NodeId {
     let queue_leader = await_replicas_caught_up(cluster, placed).await;
-    let meta_leader = cluster_status(cluster, queue_leader).await["metadata_leader"]
+    let mut meta_leader = cluster_status(cluster, queue_leader).await["metadata_leader"]
         .as_u64()
         .expect("a metadata leader");
-    let victim = *placed
-        .iter()
-        .find(|&&n| n != queue_leader && n != meta_leader)
-        .expect("three replicas, at most two leaders");
+    let victim = match which {
+        Victim::Follower => *placed
+            .iter()
+            .find(|&&n| n != queue_leader && n != meta_leader)
+            .expect("three replicas, at most two leaders"),
+        Victim::QueueLeader => queue_leader,
+    };
+    if meta_leader == victim {
+        let other = *placed.iter().find(|&&n| n != victim).unwrap();
+        let moved = cli(
+            cluster,
+            other,
+            &["transfer-leadership", "--to", &other.to_string()],
+        )
+        .await;
+        assert_eq!(moved["leader"], other, "{moved}");
+        meta_leader = other;
+    }
     eprintln!("replicas {placed:?}, queue leader {queue_leader}, metadata leader {meta_leader}: killing node {victim}");
     cluster.kill9(victim);
     std::fs::remove_dir_all(cluster.node(victim).data_dir()).unwrap();
@@ -299,15 +323,17 @@ async fn kill_an_original_and_consume_all_from(
     assert_eq!(seen, (0..MESSAGES).map(body).collect::<BTreeSet<_>>());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_removed_replica_is_rebuilt_on_a_spare_node_which_then_serves_every_confirmed_message() {
+/// A 3-node cluster plus a spare node 4, a queue on three of them with confirmed messages;
+/// `which` replica dies for good and is removed: the cluster rebuilds it on the spare node,
+/// which then serves every confirmed message with only one original replica left.
+async fn replace_a_dead_replica_on_a_spare_node(which: Victim) {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
     assert_eq!(cluster.add_node().await, 4);
     let placed = declare_and_publish(&mut cluster).await;
     let spare = (1..=4).find(|n| !placed.contains(n)).unwrap();
 
-    let victim = kill_and_remove_a_replica(&mut cluster, &placed).await;
+    let victim = kill_and_remove_a_replica(&mut cluster, &placed, which).await;
     // The cluster rebuilds the replica on the spare node: the queue's leader shows the three
     // live nodes as replicas, all caught up, and so does `sluice cluster status` there.
     let live: BTreeSet<NodeId> = placed
@@ -325,12 +351,22 @@ async fn a_removed_replica_is_rebuilt_on_a_spare_node_which_then_serves_every_co
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_replica_is_rebuilt_on_a_spare_node_which_then_serves_every_confirmed_message() {
+    replace_a_dead_replica_on_a_spare_node(Victim::Follower).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_queue_leader_is_rebuilt_on_a_spare_node_by_the_leader_its_group_elected_next() {
+    replace_a_dead_replica_on_a_spare_node(Victim::QueueLeader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_spare_node_the_dead_replica_is_dropped_and_a_node_joining_later_under_a_new_id_fills_the_gap(
 ) {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
     let placed = declare_and_publish(&mut cluster).await;
-    let victim = kill_and_remove_a_replica(&mut cluster, &placed).await;
+    let victim = kill_and_remove_a_replica(&mut cluster, &placed, Victim::Follower).await;
 
     // No member is spare: the group goes on with the two survivors (a majority of them
     // commits), and the catalog remembers that a third is wanted.
