@@ -233,6 +233,10 @@ async fn reconcile_group(core: &Arc<Core>, group: &HostedGroup) -> Result<Step, 
         return Ok(Step::Settled);
     };
     let cluster: BTreeSet<NodeId> = members(core).into_iter().collect();
+    if cluster.is_empty() {
+        // The metadata group is not open here yet: no member is known to be gone.
+        return Ok(Step::Settled);
+    }
     let membership = {
         let m = group.raft.metrics();
         let m = m.borrow();
