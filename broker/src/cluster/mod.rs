@@ -49,7 +49,7 @@ use tokio::task::JoinHandle;
 pub use codec::{decode, encode, DecodeError};
 pub use group::{GroupClient, GroupHandle, GroupStatus, ReplicaStatus};
 pub use meta::{placement, MetaCommand, MetaEvent, MetaResponse, QueueRecord};
-pub use repair::{next_voters, replace_replicas};
+pub use repair::replace_replicas;
 pub use state_machine::{Committed, GroupMachine};
 pub use types::{
     ClusterError, Command, GroupId, Leadership, NodeId, NodeInfo, ProposeError, Response,
