@@ -110,9 +110,17 @@ async fn next_change(
         }
     };
     tokio::select! {
-        _ = leadership.changed() => {}
-        _ = changes.changed() => {}
+        _ = changed(leadership) => {}
+        _ = changed(changes) => {}
         _ = membership_changed => {}
+    }
+}
+
+/// Returns when `rx` changes; never once its sender is gone (the group or the cluster is
+/// stopping, and this task is aborted with it): a closed channel must not spin the loop.
+async fn changed<T>(rx: &mut watch::Receiver<T>) {
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
