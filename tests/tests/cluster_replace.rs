@@ -391,3 +391,65 @@ async fn with_no_spare_node_the_dead_replica_is_dropped_and_a_node_joining_later
     kill_an_original_and_consume_all_from(&mut cluster, &live, leader, newcomer).await;
     cluster.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_removed_while_it_runs_hands_its_replica_to_a_spare_node_and_the_queue_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
+    assert_eq!(cluster.add_node().await, 4);
+    let placed = declare_and_publish(&mut cluster).await;
+    let spare = (1..=4).find(|n| !placed.contains(n)).unwrap();
+    let queue_leader = await_replicas_caught_up(&mut cluster, &placed).await;
+    let meta_leader = cluster_status(&cluster, queue_leader).await["metadata_leader"]
+        .as_u64()
+        .expect("a metadata leader");
+    let removed = *placed
+        .iter()
+        .find(|&&n| n != queue_leader && n != meta_leader)
+        .expect("three replicas, at most two leaders");
+
+    // Decommissioned, not dead: it still runs while the cluster moves its replica.
+    let answer = cli(
+        &cluster,
+        queue_leader,
+        &["remove-node", &removed.to_string()],
+    )
+    .await;
+    assert_eq!(answer["removed"], true, "{answer}");
+    let live: BTreeSet<NodeId> = placed
+        .iter()
+        .copied()
+        .filter(|&n| n != removed)
+        .chain([spare])
+        .collect();
+    let leader = await_replicas_caught_up(&mut cluster, &live).await;
+    assert!(cluster.running().contains(&removed));
+
+    // The group serves on without the removed node: a consumer on its leader gets every
+    // message (the removed node, no longer a member, is not told; the operator stops it).
+    let client = connect(&cluster.node(leader).url()).await;
+    let mut consumer = within(
+        "consume",
+        client.consume(QUEUE, ConsumeOptions::new().prefetch(50)),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("consume on node {leader}: {e}"));
+    let mut seen = BTreeSet::new();
+    while seen.len() < MESSAGES as usize {
+        let m = within("delivery", consumer.next())
+            .await
+            .expect("the consumer goes on")
+            .expect("a delivery");
+        seen.insert(String::from_utf8(m.body.to_vec()).unwrap());
+        within("ack", m.ack_confirmed()).await.unwrap();
+    }
+    assert_eq!(seen.len(), MESSAGES as usize);
+    assert_eq!(
+        await_replicas_caught_up(&mut cluster, &live).await,
+        leader,
+        "the group keeps its leader and its new replicas"
+    );
+    drop(consumer);
+    drop(client);
+    cluster.stop();
+}
