@@ -3,6 +3,8 @@
 //! remove-node`), and the cluster rebuilds the replica on another member, through the queue
 //! group's leader (a learner first, then a voter). The rebuilt replica holds every confirmed
 //! message: with one of the original replicas killed too, the queue is consumed whole from it.
+//! Also: the dead replica was the queue's leader; no member is spare (the replica is dropped,
+//! and a node joining later under a new id fills the gap); a node removed while it runs.
 
 use std::collections::BTreeSet;
 use std::process::Stdio;
