@@ -177,7 +177,6 @@ impl Broker {
             durable: true,
             arguments: encode_arguments(&req.arguments),
             replicas,
-            wanted,
         };
         let answer =
             wait(cluster.propose_meta(MetaCommand::DeclareQueue(record))).map_err(propose_error)?;

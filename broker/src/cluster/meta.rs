@@ -27,9 +27,6 @@ pub struct QueueRecord {
     /// its voters. The first one initialised the group; replacements are appended, so a node
     /// added later is never first (it must never initialise the group anew).
     pub replicas: Vec<NodeId>,
-    /// How many replicas the queue was declared with. `replicas` is shorter while the cluster
-    /// has too few members to replace a removed one; a node that joins fills it up.
-    pub wanted: usize,
 }
 
 /// A change to the metadata.
@@ -89,6 +86,10 @@ struct MetaState {
     members: BTreeMap<NodeId, NodeInfo>,
     /// By (vhost, name).
     queues: BTreeMap<(String, String), QueueRecord>,
+    /// How many replicas each queue (by uid) was declared with: its record's `replicas` is
+    /// shorter while the cluster has too few members to replace a removed one, and a node
+    /// that joins fills it up.
+    wanted: BTreeMap<u64, usize>,
 }
 
 /// The metadata group's [`GroupMachine`].
@@ -118,6 +119,11 @@ impl MetaMachine {
 
     pub(crate) fn catalog(&self) -> Vec<QueueRecord> {
         self.state().queues.values().cloned().collect()
+    }
+
+    /// How many replicas queue `uid` was declared with.
+    pub(crate) fn wanted(&self, uid: u64) -> Option<usize> {
+        self.state().wanted.get(&uid).copied()
     }
 
     pub(crate) fn queue_by_uid(&self, uid: u64) -> Option<QueueRecord> {
@@ -167,12 +173,14 @@ impl MetaMachine {
                     return MetaResponse::Queue(existing.clone());
                 }
                 st.queues.insert(key, record.clone());
+                st.wanted.insert(record.uid, record.replicas.len());
                 drop(st);
                 self.emit(MetaEvent::QueueDeclared(record.clone()));
                 MetaResponse::Queue(record)
             }
             MetaCommand::DeleteQueue { vhost, name } => match st.queues.remove(&(vhost, name)) {
                 Some(record) => {
+                    st.wanted.remove(&record.uid);
                     drop(st);
                     self.emit(MetaEvent::QueueDeleted(record.clone()));
                     MetaResponse::Deleted(record)
@@ -300,7 +308,6 @@ mod tests {
             durable: true,
             arguments: vec![],
             replicas: vec![1, 2, 3],
-            wanted: 3,
         }
     }
 
@@ -418,7 +425,7 @@ mod tests {
             "decided on the old replicas: refused"
         );
         assert!(events.try_recv().is_err());
-        assert_eq!(m.catalog()[0].wanted, 3, "the wanted count is kept");
+        assert_eq!(m.wanted(7), Some(3), "the declared count is kept");
         let missing = MetaCommand::SetReplicas {
             uid: 8,
             expected: vec![],
@@ -439,11 +446,10 @@ mod tests {
                 replicas: vec![1, 3],
             },
         );
-        let snap = futures_util::FutureExt::now_or_never(a.snapshot()).unwrap();
         let (b, mut events) = MetaMachine::new();
         apply(&b, MetaCommand::DeclareQueue(record("q", 7)));
         while events.try_recv().is_ok() {}
-        futures_util::FutureExt::now_or_never(b.install(snap)).unwrap();
+        b.replace(a.state().clone());
         let got: Vec<_> = std::iter::from_fn(|| events.try_recv().ok()).collect();
         assert_eq!(
             got,
@@ -451,6 +457,11 @@ mod tests {
                 record: a.catalog()[0].clone(),
                 previous: vec![1, 2, 3]
             }]
+        );
+        assert_eq!(
+            b.wanted(7),
+            Some(3),
+            "the snapshot holds the declared count"
         );
     }
 }

@@ -5,9 +5,9 @@
 //! - **Re-placement** ([`placement_task`], on the metadata leader): the catalog's `replicas`
 //!   is a queue's desired placement. A replica that is no longer a member is replaced by the
 //!   least loaded member that is not a replica yet ([`replace_replicas`]), or just dropped when
-//!   no member is spare (the record's `wanted` count remembers the rest, so a later join fills
-//!   it). Committed as `MetaCommand::SetReplicas`; every node then hosts or drops the group
-//!   (`MetaEvent::ReplicasChanged`, the broker's part).
+//!   no member is spare (the metadata remembers how many replicas the queue was declared
+//!   with, so a later join fills it). Committed as `MetaCommand::SetReplicas`; every node
+//!   then hosts or drops the group (`MetaEvent::ReplicasChanged`, the broker's part).
 //! - **Membership** ([`membership_task`], on each queue group's leader): the group's voters
 //!   are made the catalog's replicas through openraft's joint consensus: a new replica is
 //!   added as a learner and waited for until it caught up, then the voters change in one
@@ -168,8 +168,11 @@ async fn repair_catalog(core: &Arc<Core>) -> Result<(), ClusterError> {
         *load.entry(*node).or_insert(0) += 1;
     }
     for record in catalog {
-        let Some(replicas) = replace_replicas(&record.replicas, record.wanted, &members, &load)
-        else {
+        let wanted = core
+            .meta
+            .wanted(record.uid)
+            .unwrap_or(record.replicas.len());
+        let Some(replicas) = replace_replicas(&record.replicas, wanted, &members, &load) else {
             continue;
         };
         for n in &replicas {
