@@ -333,6 +333,41 @@ impl ClusterProcess {
         self.wait_ready(id).await;
     }
 
+    /// Starts one more node (id = the next one, empty data directory, not proxied) that
+    /// `--join`s the running nodes, waits until it is ready, and returns its id.
+    pub async fn add_node(&mut self) -> NodeId {
+        let id = self.nodes.len() as NodeId + 1;
+        assert!(
+            self.proxies.is_empty(),
+            "add_node does not put a proxy in front of the new node"
+        );
+        let join = self.live_cluster_addrs(id);
+        let listen = Listen {
+            client: "127.0.0.1:0".to_owned(),
+            http: "127.0.0.1:0".to_owned(),
+            cluster: format!("{}:0", cluster_ip(id)),
+            advertise: None,
+        };
+        let data_dir = self.dir.join(format!("node-{id}"));
+        let process = self.spawn(id, &data_dir, &listen, &join).await;
+        let cluster_addr = process
+            .cluster_addr()
+            .expect("a cluster listener")
+            .to_owned();
+        self.nodes.push(ClusterNode {
+            id,
+            data_dir,
+            client_addr: process.addr().to_owned(),
+            http_addr: process.http_addr().expect("HTTP API on").to_owned(),
+            advertised: cluster_addr.clone(),
+            cluster_addr,
+            process: Some(process),
+            log: Mutex::new(String::new()),
+        });
+        self.wait_ready(id).await;
+        id
+    }
+
     /// Kills node `id` (SIGKILL) if it runs, deletes its data directory, and starts it again
     /// empty, joining the running nodes: a replaced disk.
     pub async fn wipe_and_restart(&mut self, id: NodeId) {

@@ -144,6 +144,7 @@ impl Broker {
                 self.ensure_replicated(record).await;
             }
             MetaEvent::QueueDeleted(record) => self.remove_replicated(&record).await,
+            MetaEvent::ReplicasChanged { record, .. } => self.replicas_changed(record).await,
             MetaEvent::NodesChanged => {}
         }
     }
@@ -209,31 +210,20 @@ impl Broker {
         }
     }
 
-    /// Creates replicated queue `record` on this node unless it exists: its task, in the
-    /// registry, and its group when this node is a replica. Answers its handle (`None` when
-    /// its name is taken by a local queue, or its log cannot be created).
-    async fn ensure_replicated(self: &Arc<Self>, record: QueueRecord) -> Option<QueueHandle> {
-        let cluster = self.cluster()?.clone();
-        let _creating = self.replicated.creating.lock().await;
-        if let Some(q) = self.read().queues.get(record.name.as_str()) {
-            if q.meta.uid == record.uid {
-                return Some(q.clone());
-            }
-            tracing::error!(queue = %record.name, "a replicated queue's name is taken by a queue of this node: not created here");
-            return None;
-        }
+    /// Starts the task of replicated queue `record` on an empty local log and registers it.
+    fn create_replicated(self: &Arc<Self>, record: &QueueRecord) -> NewTask {
         let arguments = match decode_arguments(&record.arguments) {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(queue = %record.name, error = %e.message, "replicated queue skipped");
-                return None;
+                return NewTask::Raced(None);
             }
         };
         let log = match self.store.recreate_queue(record.uid) {
             Ok(log) => log,
             Err(e) => {
                 tracing::error!(queue = %record.name, error = %e, "replicated queue skipped: no local log");
-                return None;
+                return NewTask::Raced(None);
             }
         };
         let meta = Arc::new(QueueMeta {
@@ -252,16 +242,49 @@ impl Broker {
                 // Created meanwhile by the other path (declare or event): that one stands.
                 let (done, _) = tokio::sync::oneshot::channel();
                 handle.send(QueueCmd::Shutdown { done });
-                return self.read().queues.get(&meta.name).cloned();
+                return NewTask::Raced(self.read().queues.get(&meta.name).cloned());
             }
             Err(e) => {
                 tracing::error!(queue = %record.name, error = %e.message, "replicated queue not registered");
-                return None;
+                return NewTask::Raced(None);
             }
         }
+        NewTask::Created(handle)
+    }
+
+    /// Creates replicated queue `record` on this node unless it exists: its task, in the
+    /// registry, and its group when this node is a replica (also when the queue exists here
+    /// and this node just became one of its replicas: re-placed here after a member left).
+    /// Answers its handle (`None` when its name is taken by a local queue, or its log cannot
+    /// be created).
+    async fn ensure_replicated(self: &Arc<Self>, record: QueueRecord) -> Option<QueueHandle> {
+        let cluster = self.cluster()?.clone();
+        let _creating = self.replicated.creating.lock().await;
+        let existing = self.read().queues.get(record.name.as_str()).cloned();
+        let handle = match existing {
+            Some(q) if q.meta.uid != record.uid => {
+                tracing::error!(queue = %record.name, "a replicated queue's name is taken by a queue of this node: not created here");
+                return None;
+            }
+            Some(q)
+                if self.hosted_group(record.uid).is_some()
+                    || !record.replicas.contains(&cluster.node_id()) =>
+            {
+                return Some(q);
+            }
+            // Re-placed here: its group is hosted below, empty (the group's leader adds this
+            // node as a learner and sends it the data).
+            Some(q) => q,
+            None => match self.create_replicated(&record) {
+                NewTask::Created(handle) => handle,
+                NewTask::Raced(other) => return other,
+            },
+        };
         let me = cluster.node_id();
         if record.replicas.contains(&me) {
             let machine: Arc<dyn GroupMachine> = Arc::new(QueueMachine::new(handle.clone()));
+            // The first replica creates the group; replacements are appended to the list
+            // (`cluster::replace_replicas`): a node re-placed here never initialises it anew.
             let initialise = record.replicas.first() == Some(&me);
             match cluster
                 .host_group(
@@ -298,6 +321,34 @@ impl Broker {
             }));
         }
         Some(handle)
+    }
+
+    /// Acts on a re-placement of replicated queue `record` (a member left or joined): a node
+    /// newly listed hosts the group; a node no longer listed drops the group once the group
+    /// no longer counts on it, and keeps the queue as a non-replica; any other node points
+    /// its clients at a replica that is still there.
+    async fn replicas_changed(self: &Arc<Self>, record: QueueRecord) {
+        let Some(cluster) = self.cluster().cloned() else {
+            return;
+        };
+        let listed = record.replicas.contains(&cluster.node_id());
+        let hosted = self.hosted_group(record.uid).is_some();
+        if !listed && hosted {
+            if !cluster.may_drop_group(&record) {
+                tracing::info!(queue = %record.name, "re-placed away from this node: its group's leader removes it first");
+                return;
+            }
+            tracing::info!(queue = %record.name, "no longer a replica of the queue: dropping its group");
+            // Then a fresh non-replica task: the old one holds the replica's state.
+            self.remove_replicated(&record).await;
+        }
+        if listed && !hosted {
+            tracing::info!(queue = %record.name, "this node became a replica of the queue");
+        }
+        let handle = self.ensure_replicated(record.clone()).await;
+        if let (Some(handle), false) = (handle, listed) {
+            point_at_replicas(&cluster, &record, &handle);
+        }
     }
 
     /// Puts a new replicated queue's task in the registry; false when its name is taken.
@@ -427,6 +478,24 @@ impl Broker {
                 .collect(),
         })
     }
+}
+
+/// A new replicated queue's task, or why there is none: `Raced` when the name was taken
+/// meanwhile (the queue registered by the other path, if it is that one) or the log could
+/// not be created.
+enum NewTask {
+    Created(QueueHandle),
+    Raced(Option<QueueHandle>),
+}
+
+/// Sends the clients of a queue this node is not a replica of to one of its replicas (which
+/// names the leader if it is not it), after its replicas changed.
+fn point_at_replicas(cluster: &Cluster, record: &QueueRecord, handle: &QueueHandle) {
+    let replica = record.replicas.iter().find_map(|&n| cluster.node(n));
+    handle.send(QueueCmd::Leadership(LeaderView {
+        is_self: false,
+        client_addr: replica.map(|n| n.client_addr).unwrap_or_default(),
+    }));
 }
 
 /// Sends a hosted group's leadership to its queue task, with the leader's client address.

@@ -222,6 +222,12 @@ impl Core {
             group.stop().await;
             return Err(ClusterError::AlreadyHosted(id));
         }
+        if id != GroupId::META {
+            group.keep_task(tokio::spawn(super::repair::membership_task(
+                Arc::downgrade(self),
+                Arc::downgrade(&group),
+            )));
+        }
         Ok(group)
     }
 

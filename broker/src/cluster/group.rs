@@ -26,6 +26,8 @@ pub(crate) struct HostedGroup {
     pub(crate) dir: PathBuf,
     leadership: watch::Receiver<Leadership>,
     watcher: JoinHandle<()>,
+    /// Tasks that live as long as the group (its replica repair), aborted when it stops.
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for HostedGroup {
@@ -46,7 +48,16 @@ impl HostedGroup {
             dir,
             leadership: rx,
             watcher,
+            tasks: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Ties `task` to the group: it is aborted when the group stops.
+    pub(crate) fn keep_task(&self, task: JoinHandle<()>) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
     }
 
     pub(crate) fn leadership(&self) -> watch::Receiver<Leadership> {
@@ -64,6 +75,14 @@ impl HostedGroup {
             tracing::warn!(group = %self.id, error = %e, "raft did not stop cleanly");
         }
         self.watcher.abort();
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
     }
 
     /// The leader this node knows of, with its addresses.

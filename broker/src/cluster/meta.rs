@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::codec::{decode, encode};
 use super::state_machine::{Committed, GroupMachine, MachineError};
@@ -23,7 +23,9 @@ pub struct QueueRecord {
     pub durable: bool,
     /// Wire-encoded `QueueArguments`.
     pub arguments: Vec<u8>,
-    /// The nodes holding a replica; the first one initialised the group.
+    /// The nodes holding a replica: the desired placement, which the group's leader makes
+    /// its voters. The first one initialised the group; replacements are appended, so a node
+    /// added later is never first (it must never initialise the group anew).
     pub replicas: Vec<NodeId>,
 }
 
@@ -39,6 +41,14 @@ pub enum MetaCommand {
         vhost: String,
         name: String,
     },
+    /// Re-places queue `uid` (the metadata leader, after a member left or joined): its
+    /// replicas become `replicas` if they still are `expected`, so a decision taken on an
+    /// older catalog never overwrites a newer one.
+    SetReplicas {
+        uid: u64,
+        expected: Vec<NodeId>,
+        replicas: Vec<NodeId>,
+    },
 }
 
 /// The metadata machine's answer to a [`MetaCommand`].
@@ -53,6 +63,8 @@ pub enum MetaResponse {
     NoSuchQueue,
     /// A command this machine could not decode (written by a newer version).
     Invalid(String),
+    /// `SetReplicas` whose `expected` replicas were not the queue's any more: its record now.
+    Stale(QueueRecord),
 }
 
 /// What the metadata machine applied, in order, for the broker to act on.
@@ -60,6 +72,12 @@ pub enum MetaResponse {
 pub enum MetaEvent {
     QueueDeclared(QueueRecord),
     QueueDeleted(QueueRecord),
+    /// A queue's replicas changed (`record` is the new one): a node newly listed hosts the
+    /// group (empty; its leader sends it the data), a node no longer listed drops it.
+    ReplicasChanged {
+        record: QueueRecord,
+        previous: Vec<NodeId>,
+    },
     NodesChanged,
 }
 
@@ -68,6 +86,10 @@ struct MetaState {
     members: BTreeMap<NodeId, NodeInfo>,
     /// By (vhost, name).
     queues: BTreeMap<(String, String), QueueRecord>,
+    /// How many replicas each queue (by uid) was declared with: its record's `replicas` is
+    /// shorter while the cluster has too few members to replace a removed one, and a node
+    /// that joins fills it up.
+    wanted: BTreeMap<u64, usize>,
 }
 
 /// The metadata group's [`GroupMachine`].
@@ -75,6 +97,9 @@ struct MetaState {
 pub(crate) struct MetaMachine {
     state: Mutex<MetaState>,
     events: mpsc::UnboundedSender<MetaEvent>,
+    /// Bumped whenever the members or the catalog change: what the cluster's own repair
+    /// tasks watch (the events are the broker's).
+    changes: watch::Sender<u64>,
 }
 
 impl MetaMachine {
@@ -83,6 +108,7 @@ impl MetaMachine {
         let machine = Arc::new(MetaMachine {
             state: Mutex::new(MetaState::default()),
             events,
+            changes: watch::channel(0).0,
         });
         (machine, rx)
     }
@@ -93,6 +119,11 @@ impl MetaMachine {
 
     pub(crate) fn catalog(&self) -> Vec<QueueRecord> {
         self.state().queues.values().cloned().collect()
+    }
+
+    /// How many replicas queue `uid` was declared with.
+    pub(crate) fn wanted(&self, uid: u64) -> Option<usize> {
+        self.state().wanted.get(&uid).copied()
     }
 
     pub(crate) fn queue_by_uid(&self, uid: u64) -> Option<QueueRecord> {
@@ -107,9 +138,15 @@ impl MetaMachine {
         self.state().members.clone()
     }
 
+    /// Wakes whoever watches the members and the catalog.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
     fn emit(&self, event: MetaEvent) {
         // The receiver may not be taken (a node without replicated queues); nothing to do.
         let _ = self.events.send(event);
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     fn apply_one(&self, command: MetaCommand) -> MetaResponse {
@@ -136,32 +173,69 @@ impl MetaMachine {
                     return MetaResponse::Queue(existing.clone());
                 }
                 st.queues.insert(key, record.clone());
+                st.wanted.insert(record.uid, record.replicas.len());
                 drop(st);
                 self.emit(MetaEvent::QueueDeclared(record.clone()));
                 MetaResponse::Queue(record)
             }
             MetaCommand::DeleteQueue { vhost, name } => match st.queues.remove(&(vhost, name)) {
                 Some(record) => {
+                    st.wanted.remove(&record.uid);
                     drop(st);
                     self.emit(MetaEvent::QueueDeleted(record.clone()));
                     MetaResponse::Deleted(record)
                 }
                 None => MetaResponse::NoSuchQueue,
             },
+            MetaCommand::SetReplicas {
+                uid,
+                expected,
+                replicas,
+            } => {
+                let Some(record) = st.queues.values_mut().find(|q| q.uid == uid) else {
+                    return MetaResponse::NoSuchQueue;
+                };
+                if record.replicas != expected {
+                    return MetaResponse::Stale(record.clone());
+                }
+                let previous = std::mem::replace(&mut record.replicas, replicas);
+                let record = record.clone();
+                drop(st);
+                if record.replicas != previous {
+                    self.emit(MetaEvent::ReplicasChanged {
+                        record: record.clone(),
+                        previous,
+                    });
+                }
+                MetaResponse::Queue(record)
+            }
         }
     }
 
     /// Replaces the state with a snapshot's, telling the broker what changed as events.
+    /// A queue whose record only changed its replicas is the same queue re-placed, never
+    /// deleted and declared again (that would wipe the replica this node holds).
     fn replace(&self, new: MetaState) {
         let old = std::mem::replace(&mut *self.state(), new.clone());
+        let replaced = |key: &(String, String)| {
+            matches!((old.queues.get(key), new.queues.get(key)),
+                (Some(o), Some(n)) if o != n && o.uid == n.uid)
+        };
         for (key, record) in &old.queues {
-            if new.queues.get(key) != Some(record) {
+            if new.queues.get(key) != Some(record) && !replaced(key) {
                 self.emit(MetaEvent::QueueDeleted(record.clone()));
             }
         }
         for (key, record) in &new.queues {
-            if old.queues.get(key) != Some(record) {
-                self.emit(MetaEvent::QueueDeclared(record.clone()));
+            if old.queues.get(key) == Some(record) {
+                continue;
+            }
+            match old.queues.get(key) {
+                Some(previous) if replaced(key) => self.emit(MetaEvent::ReplicasChanged {
+                    record: record.clone(),
+                    previous: previous.replicas.clone(),
+                }),
+                _ => self.emit(MetaEvent::QueueDeclared(record.clone())),
             }
         }
         if old.members != new.members {
@@ -357,5 +431,76 @@ mod tests {
                 members: 2
             })
         ));
+    }
+
+    #[test]
+    fn re_placing_a_queue_applies_only_over_the_replicas_it_was_decided_on() {
+        let (m, mut events) = MetaMachine::new();
+        apply(&m, MetaCommand::DeclareQueue(record("q", 7)));
+        while events.try_recv().is_ok() {}
+        let set = |expected: Vec<NodeId>| MetaCommand::SetReplicas {
+            uid: 7,
+            expected,
+            replicas: vec![1, 2, 4],
+        };
+        let moved = QueueRecord {
+            replicas: vec![1, 2, 4],
+            ..record("q", 7)
+        };
+        assert_eq!(
+            apply(&m, set(vec![1, 2, 3])),
+            MetaResponse::Queue(moved.clone())
+        );
+        assert_eq!(
+            events.try_recv().unwrap(),
+            MetaEvent::ReplicasChanged {
+                record: moved.clone(),
+                previous: vec![1, 2, 3]
+            }
+        );
+        assert_eq!(
+            apply(&m, set(vec![1, 2, 3])),
+            MetaResponse::Stale(moved.clone()),
+            "decided on the old replicas: refused"
+        );
+        assert!(events.try_recv().is_err());
+        assert_eq!(m.wanted(7), Some(3), "the declared count is kept");
+        let missing = MetaCommand::SetReplicas {
+            uid: 8,
+            expected: vec![],
+            replicas: vec![1],
+        };
+        assert_eq!(apply(&m, missing), MetaResponse::NoSuchQueue);
+    }
+
+    #[test]
+    fn a_snapshot_that_re_places_a_queue_reports_it_as_re_placed_not_deleted() {
+        let (a, _) = MetaMachine::new();
+        apply(&a, MetaCommand::DeclareQueue(record("q", 7)));
+        apply(
+            &a,
+            MetaCommand::SetReplicas {
+                uid: 7,
+                expected: vec![1, 2, 3],
+                replicas: vec![1, 3],
+            },
+        );
+        let (b, mut events) = MetaMachine::new();
+        apply(&b, MetaCommand::DeclareQueue(record("q", 7)));
+        while events.try_recv().is_ok() {}
+        b.replace(a.state().clone());
+        let got: Vec<_> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+        assert_eq!(
+            got,
+            vec![MetaEvent::ReplicasChanged {
+                record: a.catalog()[0].clone(),
+                previous: vec![1, 2, 3]
+            }]
+        );
+        assert_eq!(
+            b.wanted(7),
+            Some(3),
+            "the snapshot holds the declared count"
+        );
     }
 }

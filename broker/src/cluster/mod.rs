@@ -14,6 +14,8 @@
 //! - `log_store` / `state_machine`: openraft's storage over `RaftLog` and a [`GroupMachine`].
 //! - `group`: a hosted group, proposals (forwarded to the leader), the leadership watch.
 //! - `meta`: the metadata machine, [`placement`].
+//! - `repair`: replica repair: the metadata leader re-places a removed member's replicas,
+//!   each queue group's leader makes its voters the catalog's replicas.
 //! - `core`: the shared state and the answers to peers.
 //! - [`admin`]: the operators' wire requests (protocol.md §20).
 
@@ -24,6 +26,7 @@ mod group;
 mod log_store;
 mod meta;
 mod network;
+mod repair;
 mod rpc;
 mod state_machine;
 mod transport;
@@ -46,6 +49,7 @@ use tokio::task::JoinHandle;
 pub use codec::{decode, encode, DecodeError, MAX_COMMAND_BYTES};
 pub use group::{GroupClient, GroupHandle, GroupStatus, ReplicaStatus};
 pub use meta::{placement, MetaCommand, MetaEvent, MetaResponse, QueueRecord};
+pub use repair::replace_replicas;
 pub use state_machine::{Committed, GroupMachine};
 pub use types::{
     ClusterError, Command, GroupId, Leadership, NodeId, NodeInfo, ProposeError, Response,
@@ -226,11 +230,12 @@ impl Cluster {
                 .map_err(|e| ClusterError::Raft(e.to_string()))?;
         }
         let announce = tokio::spawn(announce(Arc::clone(&core), config.join.clone()));
+        let placement = tokio::spawn(repair::placement_task(Arc::downgrade(&core)));
         Ok(Cluster {
             inner: Arc::new(Inner {
                 core,
                 meta_events: Mutex::new(Some(events)),
-                tasks: Mutex::new(vec![announce]),
+                tasks: Mutex::new(vec![announce, placement]),
             }),
         })
     }
@@ -424,6 +429,12 @@ impl Cluster {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
+    }
+
+    /// Whether this node may drop the group of `record` (re-placed without this node): the
+    /// group no longer lists it, or this node left the cluster.
+    pub fn may_drop_group(&self, record: &QueueRecord) -> bool {
+        repair::may_drop(&self.inner.core, record)
     }
 
     /// Replicated queues known to the metadata group.

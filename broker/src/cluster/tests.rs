@@ -485,3 +485,103 @@ async fn leadership_moves_to_the_node_asked_for_and_proposals_go_on() {
         n.stop().await;
     }
 }
+
+/// Waits until `handle` (the group's leader) shows exactly `replicas` as voters, each with
+/// lag 0.
+async fn wait_for_replicas(handle: &GroupHandle, replicas: &[NodeId]) {
+    let caught_up = tokio::time::timeout(SETTLE, async {
+        loop {
+            let st = handle.status();
+            let voters: Vec<NodeId> = st
+                .replicas
+                .iter()
+                .filter(|r| r.voter)
+                .map(|r| r.node)
+                .collect();
+            if voters == replicas
+                && st.replicas.len() == replicas.len()
+                && st.replicas.iter().all(|r| r.lag == Some(0))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(caught_up.is_ok(), "replicas {:?}", handle.status());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_replica_is_rebuilt_on_a_new_member_from_the_leaders_snapshot() {
+    let dirs = temp_dirs();
+    // Snapshots every 4 entries: the leader's log is purged long before the new member comes.
+    let nodes = form(&dirs, ["127.0.0.51", "127.0.0.52", "127.0.0.53"], 4).await;
+    let clusters: Vec<Cluster> = nodes.iter().map(|n| n.cluster.clone()).collect();
+    let record = QueueRecord {
+        vhost: "/".into(),
+        name: "rebuilt".into(),
+        uid: 9,
+        durable: true,
+        arguments: vec![],
+        replicas: vec![1, 2, 3],
+    };
+    clusters[0]
+        .propose_meta(MetaCommand::DeclareQueue(record))
+        .await
+        .unwrap();
+    let hosted = host_counter(&clusters, GroupId(9)).await;
+    wait_for_leader(&hosted[0].0, None).await;
+    // Over `purge_batch_size` (64) entries behind a snapshot, so the log is purged.
+    for v in 1..=150u64 {
+        hosted[0].0.propose(encode(&v)).await.unwrap();
+    }
+
+    // A fourth member; then node 3 stops for good and is removed.
+    let dir4 = tempfile::tempdir().unwrap();
+    let seed = clusters[0].listen_addr().to_string();
+    let fourth = start_node(4, dir4.path(), addr("127.0.0.54"), vec![seed], 4).await;
+    wait_for_members(&fourth.cluster, 4).await;
+    let mut nodes = nodes;
+    nodes.pop().unwrap().stop().await;
+    clusters[0].remove_node(3).await.unwrap();
+
+    // The metadata leader re-places the queue on node 4 (appended: never its initialiser);
+    // node 4 hosts the group empty, as the broker does on the event.
+    let replaced = tokio::time::timeout(SETTLE, async {
+        loop {
+            if let Some(r) = fourth.cluster.catalog().into_iter().find(|r| r.uid == 9) {
+                if r.replicas == [1, 2, 4] {
+                    return r;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the queue re-placed on node 4");
+    let counter = Counter::new();
+    fourth
+        .cluster
+        .host_group(GroupId(9), replaced.replicas, counter.clone(), false)
+        .await
+        .unwrap();
+
+    // Node 1 leads the group (it initialised it): it adds node 4 and drops node 3.
+    let leader = wait_for_leader(&hosted[0].0, None).await;
+    let on_leader = &hosted[usize::try_from(leader).unwrap() - 1].0;
+    wait_for_replicas(on_leader, &[1, 2, 4]).await;
+    counter.wait_for_count(150).await;
+    assert_eq!(counter.values(), (1..=150).collect::<Vec<u64>>());
+    assert!(
+        *counter.installs.lock().unwrap() >= 1,
+        "the new replica was rebuilt from a snapshot"
+    );
+    // Node 4 counts: with node 2 stopped too, nodes 1 and 4 still commit.
+    nodes.pop().unwrap().stop().await;
+    hosted[0].0.propose(encode(&151u64)).await.unwrap();
+    counter.wait_for_count(151).await;
+    for n in nodes {
+        n.stop().await;
+    }
+    fourth.stop().await;
+}
