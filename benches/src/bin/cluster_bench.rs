@@ -3,7 +3,8 @@
 //! listeners on 127.0.0.11–13, as the test suite's harness starts them).
 //!
 //! - `failover`: publishes at a steady rate with confirms through a node that survives, and
-//!   kills the queue's leader (`kill -9`) `--kills` times (restarting it each time); prints
+//!   kills the queue's leader (`kill -9`) `--kills` times (restarting it each time, and
+//!   waiting until it has caught up before the next kill, unless `--back-to-back`); prints
 //!   p50/p99/max of "leader kill → first confirm of a message sent after the kill" (that
 //!   confirm can only come from a new leader).
 //! - `w1`: one producer (confirm window 1000) and one consumer (prefetch 1000, acking every
@@ -54,6 +55,11 @@ enum Mode {
         /// Publishes per second during the run.
         #[arg(long, default_value_t = 200)]
         rate: u32,
+        /// Kill the next leader as soon as the previous kill's confirm arrives, while the node
+        /// killed before is still restarting and catching up (two faults at once), instead of
+        /// waiting until every replica has caught up (one fault at a time).
+        #[arg(long)]
+        back_to_back: bool,
     },
     /// 1 producer, 1 consumer, 128 B, confirms after a majority.
     W1 {
@@ -81,7 +87,11 @@ async fn main() -> Result<()> {
     client.declare_queue(QUEUE, options).await?;
     client.close().await?;
     let result = match args.mode {
-        Mode::Failover { kills, rate } => failover(&mut cluster, kills, rate).await,
+        Mode::Failover {
+            kills,
+            rate,
+            back_to_back,
+        } => failover(&mut cluster, kills, rate, back_to_back).await,
         Mode::W1 { duration, size } => w1(&mut cluster, Duration::from_secs(duration), size).await,
     };
     if let Some(logs) = &args.logs {
@@ -114,7 +124,12 @@ fn wall_clock() -> String {
 /// Publish outcomes: (sent, confirmed) times, in confirm order.
 type Confirms = Arc<Mutex<Vec<(Instant, Instant)>>>;
 
-async fn failover(cluster: &mut ClusterProcess, kills: usize, rate: u32) -> Result<()> {
+async fn failover(
+    cluster: &mut ClusterProcess,
+    kills: usize,
+    rate: u32,
+    back_to_back: bool,
+) -> Result<()> {
     let confirms: Confirms = Arc::default();
     let (notify, mut confirmed) = watch::channel(0u64);
     let notify = Arc::new(notify);
@@ -129,6 +144,9 @@ async fn failover(cluster: &mut ClusterProcess, kills: usize, rate: u32) -> Resu
     let mut samples = Vec::with_capacity(kills);
     for round in 1..=kills {
         let leader = cluster.await_leader_of(QUEUE, None).await;
+        if !back_to_back {
+            await_caught_up(cluster, leader).await?;
+        }
         let via = (1..=3).find(|&n| n != leader).expect("a follower");
         route_tx.send_replace(Some(Client::connect(&cluster.node(via).url()).await?));
         // Confirms flow through the new route before the kill.
@@ -177,6 +195,29 @@ async fn failover(cluster: &mut ClusterProcess, kills: usize, rate: u32) -> Resu
         samples.last().expect("a sample").as_secs_f64() * 1000.0
     );
     Ok(())
+}
+
+/// Waits (bounded) until the leader shows all three replicas with lag 0: the node killed last
+/// time is back and has caught up, so the next kill is a single fault.
+async fn await_caught_up(cluster: &ClusterProcess, leader: NodeId) -> Result<()> {
+    let path = format!("/api/queues/{QUEUE}");
+    let caught_up = async {
+        loop {
+            let response = cluster.node(leader).http().get(&path).await;
+            let queue: serde_json::Value = serde_json::from_str(&response.body).unwrap_or_default();
+            let lags: Vec<Option<u64>> = queue["replicas"]
+                .as_array()
+                .map(|rs| rs.iter().map(|r| r["lag"].as_u64()).collect())
+                .unwrap_or_default();
+            if lags.len() == 3 && lags.iter().all(|l| *l == Some(0)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), caught_up)
+        .await
+        .context("the replicas did not catch up within 60 s")
 }
 
 /// Sends one persistent message every `every` through the current route, each awaited in

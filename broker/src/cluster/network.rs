@@ -111,7 +111,17 @@ impl PeerClient {
     }
 }
 
+/// Pause after a failed RPC before openraft sends to that peer again (its own default is
+/// 500 ms). Failures to a dead peer cost nothing (refused at once, or the transport's dial
+/// backoff answers), and a restarted peer should hear its leader within a heartbeat or two,
+/// not after half an election timeout.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(100);
+
 impl RaftNetwork<TypeConfig> for PeerClient {
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(RETRY_AFTER_FAILURE))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,

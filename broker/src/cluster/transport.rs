@@ -28,7 +28,9 @@ const INBOUND_CONCURRENCY: usize = 64;
 const MAX_PENDING: usize = 4096;
 const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Dials to a peer that refuses or is unreachable back off up to this: short beside the
+/// election timeout, so a restarted node is heard from (and hears its leader) within it.
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// A connection silent this long while a request to it timed out is presumed dead (a
 /// blackholed peer never closes it) and dropped, so the next request redials.
 const SILENCE_LIMIT: Duration = Duration::from_secs(3);
