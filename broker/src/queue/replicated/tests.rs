@@ -153,11 +153,15 @@ async fn a_replica_back_with_nothing_is_rebuilt_from_a_snapshot_to_the_same_queu
     tokio::time::timeout(WAIT, follower)
         .await
         .expect("the follower applied the same ops");
-    let status = hosted[0].1.status();
-    assert!(
-        status.snapshot_index.is_some(),
-        "snapshots were taken: {status:?}"
-    );
+    // openraft builds its snapshots in the background: wait until the leader has one.
+    let snapshotted = async {
+        while hosted[0].1.status().snapshot_index.is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    if tokio::time::timeout(WAIT, snapshotted).await.is_err() {
+        panic!("no snapshot was taken: {:?}", hosted[0].1.status());
+    }
 
     // Back with nothing: the leader's log no longer starts at 1, so a snapshot rebuilds it.
     let (queue3, group3) = host_queue(&nodes[2], false).await;
