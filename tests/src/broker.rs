@@ -49,6 +49,7 @@ const SLUICE_VARIABLES: &[&str] = &[
     "SLUICE_CLUSTER_LISTEN",
     "SLUICE_CLUSTER_ADVERTISE",
     "SLUICE_CLUSTER_JOIN",
+    "SLUICE_CLUSTER_ELECTION_TIMEOUT_MS",
 ];
 
 /// The `sluice` binary of the target directory the running test was built into
