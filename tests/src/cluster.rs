@@ -318,6 +318,13 @@ impl ClusterProcess {
     /// Starts node `id` again on its data directory and its former addresses, `--join`ing
     /// the running nodes (a member ignores that), and waits until it is ready.
     pub async fn restart(&mut self, id: NodeId) {
+        self.start_again(id).await;
+        self.wait_ready(id).await;
+    }
+
+    /// Like [`restart`](Self::restart), without waiting until the node is ready (one that
+    /// is expected never to be).
+    pub async fn start_again(&mut self, id: NodeId) {
         let join = self.live_cluster_addrs(id);
         let node = self.node(id);
         assert!(node.process.is_none(), "node {id} is still running");
@@ -330,7 +337,6 @@ impl ClusterProcess {
         let data_dir = node.data_dir.clone();
         let process = self.spawn(id, &data_dir, &listen, &join).await;
         self.node_mut(id).process = Some(process);
-        self.wait_ready(id).await;
     }
 
     /// Starts one more node (id = the next one, empty data directory, not proxied) that

@@ -183,6 +183,29 @@ async fn three_nodes_form_elect_a_new_leader_after_a_kill_take_the_node_back_mov
     assert_eq!(answer["removed"], true);
     let remaining: Vec<NodeId> = all.iter().copied().filter(|&n| n != removed).collect();
     await_agreement(&cluster, &remaining, &remaining, None).await;
+
+    // The removed node, back with its old data, is refused under its old id.
+    cluster.stop_node(removed);
+    cluster.start_again(removed).await;
+    let refused = async {
+        while !cluster
+            .node(removed)
+            .log()
+            .contains("was removed from the cluster and may not join again")
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(60), refused)
+        .await
+        .is_err()
+    {
+        panic!(
+            "node {removed} was not refused; its log:\n{}",
+            cluster.node(removed).log()
+        );
+    }
+    await_agreement(&cluster, &remaining, &remaining, None).await;
     cluster.stop();
 }
 

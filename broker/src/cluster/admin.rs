@@ -28,6 +28,7 @@ fn request_error(e: ClusterError) -> RequestError {
         }
         ClusterError::Propose(ProposeError::NoLeader | ProposeError::Unreachable(_))
         | ClusterError::Refused(_)
+        | ClusterError::Remote(_)
         | ClusterError::Timeout(_)
         | ClusterError::NotEnoughNodes { .. }
         | ClusterError::AlreadyHosted(_) => RequestError::precondition(e.to_string()),

@@ -248,6 +248,14 @@ impl Core {
         info: NodeInfo,
     ) -> Result<(), ClusterError> {
         let _one_at_a_time = self.admitting.lock().await;
+        if self.meta.was_removed(node) {
+            // Its data predates the removal: as a voter again it could bring back groups
+            // that replaced it. The machine joins again as a new node.
+            return Err(ClusterError::Refused(format!(
+                "node {node} was removed from the cluster and may not join again under that id; \
+                 wipe its data directory and start it with a new --node-id"
+            )));
+        }
         let (meta, membership) = self.meta_group()?;
         let known = membership.get_node(&node).cloned();
         let voter = membership.voter_ids().any(|v| v == node);
@@ -347,7 +355,12 @@ impl Core {
                     Reply::Failed(Failure::NotLeader(_)) => {
                         Err(ClusterError::Propose(ProposeError::NoLeader))
                     }
-                    Reply::Failed(f) => Err(ClusterError::Refused(f.to_string())),
+                    Reply::Failed(Failure::Refused(reason)) => Err(ClusterError::Refused(reason)),
+                    Reply::Failed(Failure::Other(reason)) => Err(ClusterError::Remote(reason)),
+                    // The leader stopping, or not hosting the group yet: worth another try.
+                    Reply::Failed(f) => Err(ClusterError::Propose(ProposeError::Unreachable(
+                        f.to_string(),
+                    ))),
                     other => Err(ClusterError::Refused(format!("unexpected reply {other:?}"))),
                 }
             }
@@ -381,6 +394,7 @@ impl Core {
                 Err(ClusterError::Propose(ProposeError::NoLeader)) => {
                     Reply::Failed(Failure::NotLeader(None))
                 }
+                Err(ClusterError::Refused(reason)) => Reply::Failed(Failure::Refused(reason)),
                 Err(e) => Reply::Failed(Failure::Other(e.to_string())),
             };
         }

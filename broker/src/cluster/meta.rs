@@ -2,7 +2,7 @@
 //! of replicated queues. Every member applies the same commands in the same order, so every
 //! node answers `catalog()` and `node()` alike (up to replication lag).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::future::BoxFuture;
@@ -65,6 +65,8 @@ pub enum MetaResponse {
     Invalid(String),
     /// `SetReplicas` whose `expected` replicas were not the queue's any more: its record now.
     Stale(QueueRecord),
+    /// `AddNode` of a node removed earlier: it may not come back under that id.
+    Removed(NodeId),
 }
 
 /// What the metadata machine applied, in order, for the broker to act on.
@@ -90,6 +92,43 @@ struct MetaState {
     /// shorter while the cluster has too few members to replace a removed one, and a node
     /// that joins fills it up.
     wanted: BTreeMap<u64, usize>,
+    /// Ids removed from the cluster: never members again (a removed node that comes back,
+    /// its data from before the removal, would vote in groups that replaced it). A machine
+    /// whose node was removed joins again under a new id, with an empty data directory.
+    removed: BTreeSet<NodeId>,
+}
+
+/// The metadata snapshot as the first cluster release wrote it (members and catalog only):
+/// still read, so that a node upgraded from it starts.
+#[derive(Deserialize)]
+struct MetaStateV1 {
+    members: BTreeMap<NodeId, NodeInfo>,
+    queues: BTreeMap<(String, String), QueueRecord>,
+}
+
+impl From<MetaStateV1> for MetaState {
+    fn from(old: MetaStateV1) -> MetaState {
+        let wanted = old
+            .queues
+            .values()
+            .map(|q| (q.uid, q.replicas.len()))
+            .collect();
+        MetaState {
+            members: old.members,
+            queues: old.queues,
+            wanted,
+            removed: BTreeSet::new(),
+        }
+    }
+}
+
+/// Decodes a metadata snapshot of this release or of the first one.
+fn decode_state(data: &[u8]) -> Result<MetaState, super::codec::DecodeError> {
+    decode::<MetaState>("metadata snapshot", data).or_else(|new_error| {
+        decode::<MetaStateV1>("metadata snapshot", data)
+            .map(MetaState::from)
+            .map_err(|_| new_error)
+    })
 }
 
 /// The metadata group's [`GroupMachine`].
@@ -138,6 +177,11 @@ impl MetaMachine {
         self.state().members.clone()
     }
 
+    /// Whether node `id` was removed from the cluster (it may not join again).
+    pub(crate) fn was_removed(&self, id: NodeId) -> bool {
+        self.state().removed.contains(&id)
+    }
+
     /// Wakes whoever watches the members and the catalog.
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
@@ -152,6 +196,7 @@ impl MetaMachine {
     fn apply_one(&self, command: MetaCommand) -> MetaResponse {
         let mut st = self.state();
         match command {
+            MetaCommand::AddNode(id, _) if st.removed.contains(&id) => MetaResponse::Removed(id),
             MetaCommand::AddNode(id, info) => {
                 if st.members.get(&id) != Some(&info) {
                     st.members.insert(id, info);
@@ -161,6 +206,7 @@ impl MetaMachine {
                 MetaResponse::Done
             }
             MetaCommand::RemoveNode(id) => {
+                st.removed.insert(id);
                 if st.members.remove(&id).is_some() {
                     drop(st);
                     self.emit(MetaEvent::NodesChanged);
@@ -271,7 +317,7 @@ impl GroupMachine for MetaMachine {
     fn install(&self, data: Vec<u8>) -> BoxFuture<'static, Result<(), MachineError>> {
         // A snapshot that passed its checksum yet does not decode is a bug or a newer
         // format: the group stops here rather than run with an empty catalog.
-        let installed = decode::<MetaState>("metadata snapshot", &data)
+        let installed = decode_state(&data)
             .map(|state| self.replace(state))
             .map_err(|e| undecodable("a metadata snapshot", e));
         Box::pin(async move { installed })
@@ -366,6 +412,48 @@ mod tests {
             MetaResponse::Deleted(record("q", 7))
         );
         assert_eq!(apply(&m, del), MetaResponse::NoSuchQueue);
+    }
+
+    #[test]
+    fn a_removed_node_may_not_be_added_again_under_its_id() {
+        let (m, _) = MetaMachine::new();
+        let info = NodeInfo {
+            cluster_addr: "127.0.0.13:7000".into(),
+            client_addr: "127.0.0.13:5680".into(),
+            http_addr: None,
+        };
+        assert_eq!(
+            apply(&m, MetaCommand::AddNode(3, info.clone())),
+            MetaResponse::Done
+        );
+        assert_eq!(apply(&m, MetaCommand::RemoveNode(3)), MetaResponse::Done);
+        assert!(m.was_removed(3));
+        assert_eq!(
+            apply(&m, MetaCommand::AddNode(3, info.clone())),
+            MetaResponse::Removed(3)
+        );
+        assert!(m.node(3).is_none());
+        assert_eq!(apply(&m, MetaCommand::AddNode(4, info)), MetaResponse::Done);
+    }
+
+    #[test]
+    fn a_snapshot_of_the_first_release_still_installs() {
+        #[derive(Serialize)]
+        struct FirstRelease {
+            members: BTreeMap<NodeId, NodeInfo>,
+            queues: BTreeMap<(String, String), QueueRecord>,
+        }
+        let q = record("orders", 7);
+        let old = FirstRelease {
+            members: BTreeMap::new(),
+            queues: BTreeMap::from([(("/".to_owned(), "orders".to_owned()), q.clone())]),
+        };
+        let (m, _) = MetaMachine::new();
+        futures_util::FutureExt::now_or_never(m.install(encode(&old)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.catalog(), vec![q.clone()]);
+        assert_eq!(m.state().wanted.get(&7), Some(&q.replicas.len()));
     }
 
     #[test]

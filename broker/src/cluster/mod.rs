@@ -68,8 +68,13 @@ use transport::Transport;
 /// Raft timing: a follower that heard nothing from its leader for a random time between half
 /// the election timeout and all of it campaigns; openraft 0.9 makes it wait the leader's lease
 /// (the whole timeout) first, so a dead leader is replaced after 1.5 to 2 timeouts plus the
-/// vote. Heartbeats go every tenth of the timeout, so a few lost ones start nothing.
+/// vote. Heartbeats go every tenth of the timeout, so a few lost ones start nothing, but not
+/// more often than every `HEARTBEAT_FLOOR`: every group's leader sends them to each follower,
+/// so their cost grows with the number of queues (about 2 × replicas RPCs per queue per
+/// heartbeat across the cluster), and at most a third of the shortest election window.
 const HEARTBEATS_PER_TIMEOUT: u64 = 10;
+const HEARTBEAT_FLOOR_MS: u64 = 150;
+
 /// Pause between attempts to join (or re-announce to) the cluster, doubling up to the max.
 const JOIN_RETRY_MIN: Duration = Duration::from_millis(200);
 const JOIN_RETRY_MAX: Duration = Duration::from_secs(5);
@@ -112,7 +117,10 @@ impl ClusterConfig {
         let election_max = (self.election_timeout.as_millis() as u64).max(2);
         openraft::Config {
             cluster_name: "sluice".into(),
-            heartbeat_interval: (election_max / HEARTBEATS_PER_TIMEOUT).max(1),
+            heartbeat_interval: (election_max / HEARTBEATS_PER_TIMEOUT)
+                .max(HEARTBEAT_FLOOR_MS)
+                .min(election_max / 6)
+                .max(1),
             election_timeout_min: election_max / 2,
             election_timeout_max: election_max,
             install_snapshot_timeout: 10_000,
@@ -664,6 +672,12 @@ async fn announce(core: Arc<Core>, join: Vec<String>) {
                 tracing::info!(node = core.node_id, "member of the cluster");
                 return;
             }
+            // A refusal is the cluster's answer, not a failure to reach it (this id was
+            // removed, say): asking again would get the same.
+            Err(ClusterError::Refused(reason)) => {
+                tracing::error!(node = core.node_id, %reason, "the cluster refused this node");
+                return;
+            }
             Err(e) => tracing::debug!(error = %e, "joining the cluster: retrying"),
         }
         tokio::time::sleep(delay).await;
@@ -705,7 +719,15 @@ async fn announce_once(core: &Arc<Core>, join: &[String]) -> Result<(), ClusterE
             Ok(Reply::Failed(Failure::NotLeader(_))) => {
                 last = ClusterError::Propose(ProposeError::NoLeader)
             }
-            Ok(other) => last = ClusterError::Refused(format!("{addr}: {other:?}")),
+            Ok(Reply::Failed(Failure::Refused(reason))) => {
+                return Err(ClusterError::Refused(format!("{addr}: {reason}")))
+            }
+            // Not hosted there yet, stopping, or failing this time: another member, or a
+            // later try, may do.
+            Ok(other) => {
+                last =
+                    ClusterError::Propose(ProposeError::Unreachable(format!("{addr}: {other:?}")))
+            }
             Err(e) => last = ClusterError::Propose(ProposeError::Unreachable(e.to_string())),
         }
     }

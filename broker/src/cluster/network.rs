@@ -111,15 +111,17 @@ impl PeerClient {
     }
 }
 
-/// Pause after a failed RPC before openraft sends to that peer again (its own default is
-/// 500 ms). Failures to a dead peer cost nothing (refused at once, or the transport's dial
-/// backoff answers), and a restarted peer should hear its leader within a heartbeat or two,
-/// not after half an election timeout.
-const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(100);
+/// Pauses after failed RPCs before openraft sends to that peer again (its own default is
+/// 500 ms each time): the first short, so a restarted peer hears its leader within a heartbeat
+/// or two, then doubling up to a second, so a peer that stays dead costs little (each failure
+/// is also a few log lines).
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 impl RaftNetwork<TypeConfig> for PeerClient {
     fn backoff(&self) -> openraft::network::Backoff {
-        openraft::network::Backoff::new(std::iter::repeat(RETRY_AFTER_FAILURE))
+        let doubling = std::iter::successors(Some(RETRY_FIRST), |d| Some((*d * 2).min(RETRY_MAX)));
+        openraft::network::Backoff::new(doubling)
     }
 
     async fn append_entries(

@@ -82,6 +82,9 @@ pub(crate) enum Failure {
     ShuttingDown,
     /// Anything else, as text for the log and the operator.
     Other(String),
+    /// The cluster's answer to a membership request is no, and asking again changes
+    /// nothing (a removed node's id).
+    Refused(String),
 }
 
 impl std::fmt::Display for Failure {
@@ -92,6 +95,7 @@ impl std::fmt::Display for Failure {
             Failure::NotLeader(None) => f.write_str("not the leader; no leader known"),
             Failure::ShuttingDown => f.write_str("node shutting down"),
             Failure::Other(s) => f.write_str(s),
+            Failure::Refused(s) => f.write_str(s),
         }
     }
 }

@@ -122,6 +122,9 @@ pub enum ClusterError {
     Config(String),
     #[error("{0}")]
     Refused(String),
+    /// What the member that handled a forwarded request answered (the metadata leader).
+    #[error("{0}")]
+    Remote(String),
     #[error("timed out: {0}")]
     Timeout(String),
 }
