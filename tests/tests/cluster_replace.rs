@@ -455,3 +455,48 @@ async fn a_node_removed_while_it_runs_hands_its_replica_to_a_spare_node_and_the_
     drop(client);
     cluster.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_queue_leader_that_is_removed_hands_its_leadership_over_and_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
+    assert_eq!(cluster.add_node().await, 4);
+    let placed = declare_and_publish(&mut cluster).await;
+    let spare = (1..=4).find(|n| !placed.contains(n)).unwrap();
+    let removed = await_replicas_caught_up(&mut cluster, &placed).await;
+    let asked = *placed.iter().find(|&&n| n != removed).unwrap();
+
+    // It still runs, and leads the queue: it hands the leadership over before it goes, so
+    // the group's next leader can replace it (it would hear of no new placement itself).
+    let answer = cli(&cluster, asked, &["remove-node", &removed.to_string()]).await;
+    assert_eq!(answer["removed"], true, "{answer}");
+    let live: BTreeSet<NodeId> = placed
+        .iter()
+        .copied()
+        .filter(|&n| n != removed)
+        .chain([spare])
+        .collect();
+    let leader = await_replicas_caught_up(&mut cluster, &live).await;
+    assert_ne!(leader, removed);
+    assert!(cluster.running().contains(&removed), "removed, not killed");
+
+    let client = connect(&cluster.node(leader).url()).await;
+    let mut consumer = within(
+        "consume",
+        client.consume(QUEUE, ConsumeOptions::new().prefetch(50)),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("consume on node {leader}: {e}"));
+    let mut seen = BTreeSet::new();
+    while seen.len() < MESSAGES as usize {
+        let m = within("delivery", consumer.next())
+            .await
+            .expect("the consumer goes on")
+            .expect("a delivery");
+        seen.insert(String::from_utf8(m.body.to_vec()).unwrap());
+        within("ack", m.ack_confirmed()).await.unwrap();
+    }
+    drop(consumer);
+    drop(client);
+    cluster.stop();
+}

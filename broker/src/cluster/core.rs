@@ -26,6 +26,9 @@ use crate::storage::{Durability, RaftLog};
 const ADMIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a request forwarded to the metadata leader may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(40);
+/// How long a node being removed may take to hand its groups over (each transfer is bounded
+/// by the transfer timeout; they run at once).
+const STEP_DOWN_TIMEOUT: Duration = Duration::from_secs(25);
 
 pub(crate) struct Core {
     pub(crate) node_id: NodeId,
@@ -303,6 +306,7 @@ impl Core {
     /// Removes `node` from the metadata group and the member list (this node must lead it).
     pub(crate) async fn expel(self: &Arc<Self>, node: NodeId) -> Result<(), ClusterError> {
         let _one_at_a_time = self.admitting.lock().await;
+        self.ask_to_step_down(node).await;
         let (meta, membership) = self.meta_group()?;
         if membership.voter_ids().any(|v| v == node) {
             meta.raft
@@ -321,6 +325,62 @@ impl Core {
             self.propose_meta(&MetaCommand::RemoveNode(node)).await?;
         }
         Ok(())
+    }
+
+    /// Asks `node`, about to be removed, to hand over the queue groups it leads, so that the
+    /// groups' new leaders can replace it (it would not: once removed it hears of no new
+    /// placement). Best effort: a dead node leads nothing, and the answer waits for nothing.
+    async fn ask_to_step_down(self: &Arc<Self>, node: NodeId) {
+        if node == self.node_id {
+            self.step_down_everywhere().await;
+            return;
+        }
+        let Some(info) = self.node_info(node) else {
+            return;
+        };
+        let asked = self
+            .transport()
+            .call(
+                node,
+                &info.cluster_addr,
+                GroupId::META,
+                Request::StepDown,
+                STEP_DOWN_TIMEOUT,
+            )
+            .await;
+        if let Err(e) = asked {
+            tracing::debug!(node, error = %e, "node to remove did not hand its groups over");
+        }
+    }
+
+    /// Hands the leadership of every queue group led here to another voter of it, all at
+    /// once; failures are logged (the group then waits for this node to stop).
+    pub(crate) async fn step_down_everywhere(self: &Arc<Self>) {
+        let led: Vec<(Arc<HostedGroup>, NodeId)> = self
+            .hosted_all()
+            .into_iter()
+            .filter(|g| g.id != GroupId::META)
+            .filter(|g| g.leader().is_some_and(|(l, _)| l == self.node_id))
+            .filter_map(|g| {
+                let to = {
+                    let m = g.raft.metrics();
+                    let m = m.borrow();
+                    let to = m
+                        .membership_config
+                        .membership()
+                        .voter_ids()
+                        .find(|v| *v != self.node_id && self.node_info(*v).is_some());
+                    to
+                }?;
+                Some((g, to))
+            })
+            .collect();
+        let transfers = led.iter().map(|(g, to)| async move {
+            if let Err(e) = super::transfer_from_here(self, g, *to).await {
+                tracing::warn!(group = %g.id, to, error = %e, "could not hand the group over");
+            }
+        });
+        futures_util::future::join_all(transfers).await;
     }
 
     /// Runs `request` (a `Join` or `Leave`) on the metadata leader: here if this node leads,
@@ -383,6 +443,10 @@ impl Core {
                 info: self.local.clone(),
             };
         }
+        if matches!(request, Request::StepDown) {
+            self.step_down_everywhere().await;
+            return Reply::Done;
+        }
         if matches!(request, Request::Join { .. } | Request::Leave { .. }) {
             if group != GroupId::META {
                 return Reply::Failed(Failure::Other(
@@ -440,7 +504,7 @@ impl Core {
                 hold_elections(&hosted.raft, ms);
                 Reply::Done
             }
-            Request::Info | Request::Join { .. } | Request::Leave { .. } => {
+            Request::Info | Request::Join { .. } | Request::Leave { .. } | Request::StepDown => {
                 unreachable!("answered above")
             }
         }

@@ -59,6 +59,10 @@ pub(crate) enum Request {
     HoldElections {
         ms: u64,
     },
+    /// Hand over the leadership of every queue group this node leads (it is being removed
+    /// from the cluster: after that it hears of no new placement, and while it leads a group
+    /// nobody else can change the group's voters).
+    StepDown,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
