@@ -362,16 +362,7 @@ impl Core {
             .filter(|g| g.id != GroupId::META)
             .filter(|g| g.leader().is_some_and(|(l, _)| l == self.node_id))
             .filter_map(|g| {
-                let to = {
-                    let m = g.raft.metrics();
-                    let m = m.borrow();
-                    let to = m
-                        .membership_config
-                        .membership()
-                        .voter_ids()
-                        .find(|v| *v != self.node_id && self.node_info(*v).is_some());
-                    to
-                }?;
+                let to = self.best_successor(&g)?;
                 Some((g, to))
             })
             .collect();
@@ -381,6 +372,21 @@ impl Core {
             }
         });
         futures_util::future::join_all(transfers).await;
+    }
+
+    /// The voter of `group` (led here) that has replicated the most of its log: the one a
+    /// transfer reaches soonest. `None` when no other voter replicates (all down).
+    fn best_successor(&self, group: &HostedGroup) -> Option<NodeId> {
+        let m = group.raft.metrics();
+        let m = m.borrow();
+        let replication = m.replication.as_ref()?;
+        m.membership_config
+            .membership()
+            .voter_ids()
+            .filter(|v| *v != self.node_id && self.node_info(*v).is_some())
+            .filter_map(|v| Some((v, replication.get(&v)?.as_ref()?.index)))
+            .max_by_key(|(_, matched)| *matched)
+            .map(|(v, _)| v)
     }
 
     /// Runs `request` (a `Join` or `Leave`) on the metadata leader: here if this node leads,
