@@ -30,7 +30,10 @@ use crate::queue::{self, ConnId, QueueHandle, QueueMeta, QueueStats};
 use crate::routing::{namespace, Binding, Exchange, HeaderLimits, RoutingTable};
 use crate::storage::{DurabilityConfig, LogConfig, Store, StoreConfig};
 
+mod cluster_topology;
 mod replicated;
+
+use cluster_topology::ManagedTopology;
 
 pub(crate) use replicated::is_replicated;
 pub use replicated::{ReplicaLag, ReplicationStatus};
@@ -50,6 +53,12 @@ pub struct Registry {
     pub routing: RoutingTable,
     /// Queues by name.
     pub queues: HashMap<Arc<str>, QueueHandle>,
+    /// The exchanges and bindings that came from the cluster's metadata group (none on a
+    /// single node): not in `definitions.bin`.
+    cluster_managed: Arc<ManagedTopology>,
+    /// Stored bindings of this node's queues to a cluster-wide exchange, waiting at start
+    /// for the metadata group to declare the exchange here again; kept in the file.
+    pending_bindings: Vec<Binding>,
 }
 
 /// The broker.
@@ -141,6 +150,8 @@ impl Broker {
             registry: RwLock::new(Arc::new(Registry {
                 routing: RoutingTable::new(),
                 queues: HashMap::new(),
+                cluster_managed: Arc::default(),
+                pending_bindings: Vec::new(),
             })),
             topology: Mutex::new(TopologyWriter {
                 persisted: topology.clone(),
@@ -197,6 +208,11 @@ impl Broker {
             if !reg.routing.has_queue(&b.queue) {
                 tracing::error!(queue = %b.queue, exchange = %b.exchange,
                     "binding skipped: its queue could not be recovered");
+                continue;
+            }
+            if self.config.cluster.is_some() && reg.routing.exchange(&b.exchange).is_none() {
+                // A cluster-wide exchange: not in this file, the metadata group declares it.
+                reg.pending_bindings.push(b);
                 continue;
             }
             let entry = Entry::binding(&b);
@@ -595,13 +611,22 @@ impl Broker {
                 .map(|x| x.name.as_str());
             check_count("exchanges", limits.max_exchanges, &req.name, declared)?;
         }
-        let created = change.next.routing.declare_exchange(Exchange {
+        let exchange = Exchange {
             name: req.name,
             kind: req.kind.into(),
             durable: req.durable,
             auto_delete: req.auto_delete,
             alternate_exchange: req.alternate_exchange,
-        })?;
+        };
+        // Tried on the copy first: a conflict with this node's exchange is answered here.
+        let created = change.next.routing.declare_exchange(exchange.clone())?;
+        if let Some(cluster) = self.cluster() {
+            if change.next.cluster_managed.holds_exchange(&exchange.name) {
+                return Ok(());
+            }
+            drop(change);
+            return self.declare_exchange_in_cluster(cluster, &exchange);
+        }
         if created {
             self.commit(change, ChangeKind::Grows)?;
         }
@@ -611,7 +636,12 @@ impl Broker {
     /// Deletes an exchange (protocol.md §7.2).
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), RequestError> {
         let mut change = self.begin_change();
+        let managed = change.next.cluster_managed.holds_exchange(name);
         if change.next.routing.delete_exchange(name, if_unused)? {
+            if let Some(cluster) = self.cluster().filter(|_| managed) {
+                drop(change);
+                return self.delete_exchange_in_cluster(cluster, name, if_unused);
+            }
             self.commit(change, ChangeKind::Shrinks)?;
         }
         Ok(())
@@ -628,6 +658,13 @@ impl Broker {
             Some(_) => true,
             None => false,
         };
+        // A binding to a replicated queue is the cluster's: every node routes by it.
+        let cluster_wide = reg
+            .queues
+            .get(binding.queue.as_str())
+            .is_some_and(|q| is_replicated(&q.meta.arguments));
+        let managed = reg.cluster_managed.holds_binding(&binding);
+        let shared = binding.clone();
         let changed = if bind {
             if !queue_ok {
                 return Err(RequestError::no_queue(&binding.queue));
@@ -649,6 +686,15 @@ impl Broker {
             }
             outcome.removed.then_some(ChangeKind::Shrinks)
         };
+        if let Some(cluster) = self.cluster().filter(|_| cluster_wide) {
+            // Checked on the copy above; proposed unless this node already routes by it
+            // (a bind the group has, or an unbind of one it does not).
+            if managed != bind {
+                drop(change);
+                return self.bind_in_cluster(cluster, &shared, bind);
+            }
+            return Ok(());
+        }
         if let Some(kind) = changed {
             self.commit(change, kind)?;
         }
@@ -677,9 +723,11 @@ impl Broker {
 
 /// The part of a registry that survives a restart, as `definitions.bin` stores it.
 fn durable_topology(reg: &Registry) -> Topology {
-    // A replicated queue's durable record is the cluster's catalog, not this file.
+    // A replicated queue's durable record is the cluster's catalog, not this file, and the
+    // cluster-wide exchanges and bindings are the metadata group's.
     let kept = |q: &QueueHandle| q.meta.durable && !is_replicated(&q.meta.arguments);
     let durable_queue = |name: &str| reg.queues.get(name).is_some_and(kept);
+    let managed = &reg.cluster_managed;
     let mut queues: Vec<QueueDef> = reg
         .queues
         .values()
@@ -692,10 +740,15 @@ fn durable_topology(reg: &Registry) -> Topology {
         })
         .collect();
     queues.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut exchanges = reg.routing.durable_exchanges();
+    exchanges.retain(|x| !managed.holds_exchange(&x.name));
+    let mut bindings = reg.routing.durable_bindings(durable_queue);
+    bindings.retain(|b| !managed.holds_binding(b));
+    bindings.extend(reg.pending_bindings.iter().cloned());
     Topology {
         queues,
-        exchanges: reg.routing.durable_exchanges(),
-        bindings: reg.routing.durable_bindings(durable_queue),
+        exchanges,
+        bindings,
     }
 }
 

@@ -92,7 +92,7 @@ fn decode_arguments(bytes: &[u8]) -> Result<QueueArguments, RequestError> {
         .map_err(|e| RequestError::internal(format!("a catalogued queue's arguments: {e}")))
 }
 
-fn propose_error(e: ProposeError) -> RequestError {
+pub(super) fn propose_error(e: ProposeError) -> RequestError {
     match e {
         ProposeError::NoLeader => RequestError::new(
             ErrorCode::NotLeader,
@@ -103,7 +103,7 @@ fn propose_error(e: ProposeError) -> RequestError {
 }
 
 /// Waits for a future from synchronous broker code (which runs in `block_in_place`).
-fn wait<F: std::future::Future>(f: F) -> F::Output {
+pub(super) fn wait<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Handle::current().block_on(f)
 }
 
@@ -118,6 +118,7 @@ impl Broker {
         for record in cluster.catalog() {
             self.ensure_replicated(record).await;
         }
+        self.sync_cluster_topology();
         let Some(mut events) = events else {
             tracing::error!("the cluster's metadata events were taken by someone else");
             return;
@@ -146,6 +147,7 @@ impl Broker {
             MetaEvent::QueueDeleted(record) => self.remove_replicated(&record).await,
             MetaEvent::ReplicasChanged { record, .. } => self.replicas_changed(record).await,
             MetaEvent::NodesChanged => {}
+            MetaEvent::TopologyChanged => self.sync_cluster_topology(),
         }
     }
 

@@ -1,5 +1,5 @@
-//! The metadata group's machine (group 0): the members and their addresses, and the catalog
-//! of replicated queues. Every member applies the same commands in the same order, so every
+//! The metadata group's machine (group 0): the members and their addresses, the catalog
+//! of replicated queues, and the cluster-wide exchanges and bindings (`topology`). Every member applies the same commands in the same order, so every
 //! node answers `catalog()` and `node()` alike (up to replication lag).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::codec::{decode, encode};
 use super::state_machine::{Committed, GroupMachine, MachineError};
+use super::topology::{BindingRecord, ExchangeRecord, TopologyOutcome, TopologyRecords};
 use super::types::{ClusterError, NodeId, NodeInfo};
 
 /// A replicated queue, as the metadata group records it.
@@ -49,6 +50,14 @@ pub enum MetaCommand {
         expected: Vec<NodeId>,
         replicas: Vec<NodeId>,
     },
+    /// Cluster-wide topology (see `topology`): answered with `Topology(outcome)`.
+    DeclareExchange(ExchangeRecord),
+    DeleteExchange {
+        name: String,
+        if_unused: bool,
+    },
+    Bind(BindingRecord),
+    Unbind(BindingRecord),
 }
 
 /// The metadata machine's answer to a [`MetaCommand`].
@@ -67,6 +76,8 @@ pub enum MetaResponse {
     Stale(QueueRecord),
     /// `AddNode` of a node removed earlier: it may not come back under that id.
     Removed(NodeId),
+    /// The answer to a topology command.
+    Topology(TopologyOutcome),
 }
 
 /// What the metadata machine applied, in order, for the broker to act on.
@@ -81,6 +92,8 @@ pub enum MetaEvent {
         previous: Vec<NodeId>,
     },
     NodesChanged,
+    /// The cluster-wide exchanges or bindings changed: read them again (`topology()`).
+    TopologyChanged,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +109,8 @@ struct MetaState {
     /// its data from before the removal, would vote in groups that replaced it). A machine
     /// whose node was removed joins again under a new id, with an empty data directory.
     removed: BTreeSet<NodeId>,
+    /// Exchanges and the bindings to replicated queues.
+    topology: TopologyRecords,
 }
 
 /// The metadata snapshot as the first cluster release wrote it (members and catalog only):
@@ -118,6 +133,7 @@ impl From<MetaStateV1> for MetaState {
             queues: old.queues,
             wanted,
             removed: BTreeSet::new(),
+            topology: TopologyRecords::default(),
         }
     }
 }
@@ -163,6 +179,10 @@ impl MetaMachine {
     /// How many replicas queue `uid` was declared with.
     pub(crate) fn wanted(&self, uid: u64) -> Option<usize> {
         self.state().wanted.get(&uid).copied()
+    }
+
+    pub(crate) fn topology(&self) -> TopologyRecords {
+        self.state().topology.clone()
     }
 
     pub(crate) fn queue_by_uid(&self, uid: u64) -> Option<QueueRecord> {
@@ -227,8 +247,14 @@ impl MetaMachine {
             MetaCommand::DeleteQueue { vhost, name } => match st.queues.remove(&(vhost, name)) {
                 Some(record) => {
                     st.wanted.remove(&record.uid);
+                    let before = st.topology.bindings.len();
+                    st.topology.queue_deleted(&record.name);
+                    let unbound = st.topology.bindings.len() != before;
                     drop(st);
                     self.emit(MetaEvent::QueueDeleted(record.clone()));
+                    if unbound {
+                        self.emit(MetaEvent::TopologyChanged);
+                    }
                     MetaResponse::Deleted(record)
                 }
                 None => MetaResponse::NoSuchQueue,
@@ -255,7 +281,29 @@ impl MetaMachine {
                 }
                 MetaResponse::Queue(record)
             }
+            MetaCommand::DeclareExchange(record) => self.change_topology(st, |t| t.declare(record)),
+            MetaCommand::DeleteExchange { name, if_unused } => {
+                self.change_topology(st, |t| t.delete(&name, if_unused))
+            }
+            MetaCommand::Bind(record) => self.change_topology(st, |t| t.bind(record)),
+            MetaCommand::Unbind(record) => self.change_topology(st, |t| t.unbind(&record)),
         }
+    }
+
+    /// Applies a topology command, telling the broker when it changed something.
+    fn change_topology(
+        &self,
+        mut st: MutexGuard<'_, MetaState>,
+        change: impl FnOnce(&mut TopologyRecords) -> TopologyOutcome,
+    ) -> MetaResponse {
+        let before = st.topology.clone();
+        let outcome = change(&mut st.topology);
+        let changed = st.topology != before;
+        drop(st);
+        if changed {
+            self.emit(MetaEvent::TopologyChanged);
+        }
+        MetaResponse::Topology(outcome)
     }
 
     /// Replaces the state with a snapshot's, telling the broker what changed as events.
@@ -286,6 +334,9 @@ impl MetaMachine {
         }
         if old.members != new.members {
             self.emit(MetaEvent::NodesChanged);
+        }
+        if old.topology != new.topology {
+            self.emit(MetaEvent::TopologyChanged);
         }
     }
 }

@@ -29,6 +29,7 @@ mod network;
 mod repair;
 mod rpc;
 mod state_machine;
+mod topology;
 mod transport;
 mod types;
 
@@ -51,6 +52,7 @@ pub use group::{GroupClient, GroupHandle, GroupStatus, ReplicaStatus};
 pub use meta::{placement, MetaCommand, MetaEvent, MetaResponse, QueueRecord};
 pub use repair::replace_replicas;
 pub use state_machine::{Committed, GroupMachine};
+pub use topology::{BindingRecord, ExchangeRecord, TopologyOutcome, TopologyRecords};
 pub use types::{
     ClusterError, Command, GroupId, Leadership, NodeId, NodeInfo, ProposeError, Response,
     TypeConfig,
@@ -448,6 +450,16 @@ impl Cluster {
     /// Replicated queues known to the metadata group.
     pub fn catalog(&self) -> Vec<QueueRecord> {
         self.inner.core.meta.catalog()
+    }
+
+    /// The cluster-wide exchanges and bindings, as this node's metadata replica has them.
+    pub fn topology(&self) -> TopologyRecords {
+        self.inner.core.meta.topology()
+    }
+
+    /// Changes whenever this node's metadata replica applied a change.
+    pub fn meta_changes(&self) -> watch::Receiver<u64> {
+        self.inner.core.meta.subscribe()
     }
 
     /// Adds node `id` as a member. `info.cluster_addr` must reach it; when the other

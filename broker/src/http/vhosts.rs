@@ -156,7 +156,8 @@ async fn delete_contents(api: &Api, namespace: &Namespace) -> Removed {
         }
     }
     for exchange in exchanges {
-        match api.broker.delete_exchange(&exchange, false) {
+        // In a cluster the deletion waits for the metadata group.
+        match tokio::task::block_in_place(|| api.broker.delete_exchange(&exchange, false)) {
             Ok(()) => removed.exchanges += 1,
             Err(e) if e.code == ErrorCode::NotFound => {}
             Err(e) => tracing::warn!(exchange = %namespace::split(&exchange), error = %e,
