@@ -468,8 +468,16 @@ async fn a_running_queue_leader_that_is_removed_hands_its_leadership_over_and_is
 
     // It still runs, and leads the queue: it hands the leadership over before it goes, so
     // the group's next leader can replace it (it would hear of no new placement itself).
+    // Publishes go on meanwhile: a leader that kept appending would keep its followers from
+    // electing another.
+    let load = Load::start(&cluster.node(asked).url()).await;
     let answer = cli(&cluster, asked, &["remove-node", &removed.to_string()]).await;
     assert_eq!(answer["removed"], true, "{answer}");
+    let loaded = load.stop().await;
+    assert!(
+        !loaded.is_empty(),
+        "nothing was confirmed during the removal"
+    );
     let live: BTreeSet<NodeId> = placed
         .iter()
         .copied()
@@ -487,8 +495,11 @@ async fn a_running_queue_leader_that_is_removed_hands_its_leadership_over_and_is
     )
     .await
     .unwrap_or_else(|e| panic!("consume on node {leader}: {e}"));
+    // Every message confirmed before and during the removal is there.
+    let mut wanted: BTreeSet<String> = (0..MESSAGES).map(body).collect();
+    wanted.extend(loaded);
     let mut seen = BTreeSet::new();
-    while seen.len() < MESSAGES as usize {
+    while !wanted.is_subset(&seen) {
         let m = within("delivery", consumer.next())
             .await
             .expect("the consumer goes on")
@@ -499,4 +510,48 @@ async fn a_running_queue_leader_that_is_removed_hands_its_leadership_over_and_is
     drop(consumer);
     drop(client);
     cluster.stop();
+}
+
+/// Confirmed publishes to the queue, one after the other, through a client that follows
+/// the queue's leader, until stopped; an unconfirmed one (during the hand-over) is tried
+/// again under a new body.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<BTreeSet<String>>,
+}
+
+impl Load {
+    async fn start(url: &str) -> Load {
+        let client = within(
+            "connect",
+            Client::builder().reconnect_timeout(WAIT).connect(url),
+        )
+        .await
+        .unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = std::sync::Arc::clone(&stop);
+        let task = tokio::spawn(async move {
+            let mut confirmed = BTreeSet::new();
+            let mut i = 0u64;
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = format!("load-{i}");
+                i += 1;
+                if client
+                    .publish("", QUEUE, id.clone(), &PublishOptions::new())
+                    .await
+                    .is_ok()
+                {
+                    confirmed.insert(id);
+                }
+            }
+            confirmed
+        });
+        Load { stop, task }
+    }
+
+    /// Stops publishing; the bodies of the confirmed messages.
+    async fn stop(self) -> BTreeSet<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        within("the load stops", self.task).await.unwrap()
+    }
 }

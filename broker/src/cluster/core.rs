@@ -29,6 +29,8 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(40);
 /// How long a node being removed may take to hand its groups over (each transfer is bounded
 /// by the transfer timeout; they run at once).
 const STEP_DOWN_TIMEOUT: Duration = Duration::from_secs(25);
+/// How long a node that handed its groups over (being removed) starts no election in them.
+const STEPPED_DOWN_HOLD: Duration = Duration::from_secs(600);
 
 pub(crate) struct Core {
     pub(crate) node_id: NodeId,
@@ -288,7 +290,18 @@ impl Core {
                 .map_err(write_err)?;
         }
         if self.meta.node(node).as_ref() != Some(&info) {
-            self.propose_meta(&MetaCommand::AddNode(node, info)).await?;
+            let answer = self.propose_meta(&MetaCommand::AddNode(node, info)).await?;
+            if answer == MetaResponse::Removed(node) {
+                // Removed while it was being added (the check above read this replica,
+                // which may lag): out again.
+                let _ = meta
+                    .raft
+                    .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node])), false)
+                    .await;
+                return Err(ClusterError::Refused(format!(
+                    "node {node} was removed from the cluster and may not join again under that id"
+                )));
+            }
         }
         Ok(())
     }
@@ -306,6 +319,13 @@ impl Core {
     /// Removes `node` from the metadata group and the member list (this node must lead it).
     pub(crate) async fn expel(self: &Arc<Self>, node: NodeId) -> Result<(), ClusterError> {
         let _one_at_a_time = self.admitting.lock().await;
+        let (_, membership) = self.meta_group()?;
+        if membership.get_node(&node).is_none() && self.meta.node(node).is_none() {
+            return Err(ClusterError::UnknownNode(node));
+        }
+        // Recorded first: from here the id may not join again, whatever happens next (a
+        // failed membership change is retried by asking again).
+        self.propose_meta(&MetaCommand::RemoveNode(node)).await?;
         self.ask_to_step_down(node).await;
         let (meta, membership) = self.meta_group()?;
         if membership.voter_ids().any(|v| v == node) {
@@ -318,11 +338,6 @@ impl Core {
                 .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([node])), false)
                 .await
                 .map_err(write_err)?;
-        } else if self.meta.node(node).is_none() {
-            return Err(ClusterError::UnknownNode(node));
-        }
-        if self.meta.node(node).is_some() {
-            self.propose_meta(&MetaCommand::RemoveNode(node)).await?;
         }
         Ok(())
     }
@@ -367,8 +382,13 @@ impl Core {
             })
             .collect();
         let transfers = led.iter().map(|(g, to)| async move {
-            if let Err(e) = super::transfer_from_here(self, g, *to).await {
-                tracing::warn!(group = %g.id, to, error = %e, "could not hand the group over");
+            match super::transfer_from_here(self, g, *to).await {
+                // Not to win it back while its new leader replaces this node (that takes as
+                // long as a new replica's catch-up).
+                Ok(()) => g.hold_elections(STEPPED_DOWN_HOLD.as_millis() as u64),
+                Err(e) => {
+                    tracing::warn!(group = %g.id, to, error = %e, "could not hand the group over")
+                }
             }
         });
         futures_util::future::join_all(transfers).await;
@@ -507,7 +527,7 @@ impl Core {
                 }
             }
             Request::HoldElections { ms } => {
-                hold_elections(&hosted.raft, ms);
+                hosted.hold_elections(ms);
                 Reply::Done
             }
             Request::Info | Request::Join { .. } | Request::Leave { .. } | Request::StepDown => {
@@ -515,22 +535,6 @@ impl Core {
             }
         }
     }
-}
-
-/// Stops `raft` from starting elections for `ms` milliseconds (0: lets it again now). The
-/// pause ends by itself, so a transfer whose leader dies midway leaves no node unable to
-/// campaign for long.
-pub(crate) fn hold_elections(raft: &Raft, ms: u64) {
-    if ms == 0 {
-        raft.runtime_config().elect(true);
-        return;
-    }
-    raft.runtime_config().elect(false);
-    let raft = raft.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        raft.runtime_config().elect(true);
-    });
 }
 
 /// Answers peers' requests on behalf of the core (weakly held: a stopped cluster answers

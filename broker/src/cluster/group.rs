@@ -2,6 +2,7 @@
 //! handles other code proposes through, and the leadership watch.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,12 @@ pub(crate) struct HostedGroup {
     watcher: JoinHandle<()>,
     /// Tasks that live as long as the group (its replica repair), aborted when it stops.
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// Set while this leader hands the group over: it proposes nothing (its appends would
+    /// renew the followers' leader leases and keep its successor from being elected).
+    handing_over: AtomicBool,
+    /// Bumped by each hold of elections: a hold's timer lets elections again only if no
+    /// later hold replaced it.
+    election_hold: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for HostedGroup {
@@ -49,7 +56,41 @@ impl HostedGroup {
             leadership: rx,
             watcher,
             tasks: std::sync::Mutex::new(Vec::new()),
+            handing_over: AtomicBool::new(false),
+            election_hold: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Stops this replica from starting elections for `ms` milliseconds (0: lets it again
+    /// now). The pause ends by itself, so a transfer whose leader dies midway leaves no node
+    /// unable to campaign for long; a later hold replaces an earlier one.
+    pub(crate) fn hold_elections(&self, ms: u64) {
+        let generation = self.election_hold.fetch_add(1, Ordering::AcqRel) + 1;
+        if ms == 0 {
+            self.raft.runtime_config().elect(true);
+            return;
+        }
+        self.raft.runtime_config().elect(false);
+        let raft = self.raft.clone();
+        let hold = Arc::clone(&self.election_hold);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            if hold.load(Ordering::Acquire) == generation {
+                raft.runtime_config().elect(true);
+            }
+        });
+    }
+
+    /// Whether this leader is handing the group over (see [`Self::begin_hand_over`]).
+    pub(crate) fn is_handing_over(&self) -> bool {
+        self.handing_over.load(Ordering::Acquire)
+    }
+
+    /// Stops proposing here until the returned guard is dropped, and stops heartbeats; the
+    /// guard restores both however the hand-over ends (cancelled included).
+    pub(crate) fn begin_hand_over(&self) -> HandOver<'_> {
+        self.handing_over.store(true, Ordering::Release);
+        HandOver { group: self }
     }
 
     /// Ties `task` to the group: it is aborted when the group stops.
@@ -130,6 +171,9 @@ impl HostedGroup {
 
     /// Proposes here; `Err(Some(leader))` / `Err(None)` when this node is not the leader.
     pub(crate) async fn write_local(&self, command: Vec<u8>) -> Result<Vec<u8>, LocalWriteError> {
+        if self.is_handing_over() {
+            return Err(LocalWriteError::NotLeader(None));
+        }
         match self.raft.client_write(Command(command)).await {
             Ok(resp) => Ok(resp.data.0),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
@@ -143,6 +187,19 @@ impl HostedGroup {
                 e => ProposeError::Fatal(e.to_string()),
             })),
         }
+    }
+}
+
+/// A hand-over under way (see [`HostedGroup::begin_hand_over`]); ends it when dropped.
+pub(crate) struct HandOver<'a> {
+    group: &'a HostedGroup,
+}
+
+impl Drop for HandOver<'_> {
+    fn drop(&mut self) {
+        self.group.raft.runtime_config().heartbeat(true);
+        self.group.hold_elections(0);
+        self.group.handing_over.store(false, Ordering::Release);
     }
 }
 

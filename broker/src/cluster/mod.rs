@@ -589,6 +589,9 @@ pub(crate) async fn transfer_from_here(
             .filter_map(|v| Some((v, core.node_info(v)?)))
             .collect()
     };
+    // From here this leader proposes nothing (its proposals wait for the next leader): its
+    // log stops growing, so `to` can match it, and no append renews the followers' leases.
+    let handing_over = hosted.begin_hand_over();
     // Only a replica with the whole log can win: wait (bounded) until `to` has matched the
     // leader's last entry (a node that just restarted may still be catching up).
     let mut metrics = hosted.raft.metrics();
@@ -630,7 +633,7 @@ pub(crate) async fn transfer_from_here(
         }
     };
     hold(hold_ms).await;
-    core::hold_elections(&hosted.raft, hold_ms);
+    hosted.hold_elections(hold_ms);
     hosted.raft.runtime_config().heartbeat(false);
     let mut leadership = hosted.leadership();
     let outcome = tokio::time::timeout(TRANSFER_TIMEOUT, async {
@@ -656,8 +659,7 @@ pub(crate) async fn transfer_from_here(
         }
     })
     .await;
-    hosted.raft.runtime_config().heartbeat(true);
-    core::hold_elections(&hosted.raft, 0);
+    drop(handing_over);
     hold(0).await;
     match outcome {
         Ok(Some(l)) if l == to => Ok(()),
