@@ -228,3 +228,83 @@ async fn a_consumer_follows_a_leadership_transfer_leader_moved() {
     within("close", client.close()).await.unwrap();
     cluster.stop();
 }
+
+/// A transfer while a publisher keeps the leader appending: the leader stops proposing for
+/// the hand-over (its appends would renew the followers' leader leases, and no follower
+/// would grant the target its vote), the target takes over, and every confirmed message is
+/// delivered by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leadership_transfer_under_confirmed_load_moves_the_leader_and_loses_nothing() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
+    let client = connect(&cluster.url()).await;
+    within("declare", client.declare_queue("busy", replicated()))
+        .await
+        .unwrap();
+    let leader = leader_of(&cluster, "busy").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let confirmed = Arc::new(AtomicUsize::new(0));
+    let publisher = {
+        let client = connect(&cluster.url()).await;
+        let (stop, confirmed) = (Arc::clone(&stop), Arc::clone(&confirmed));
+        tokio::spawn(async move {
+            let mut ids = BTreeSet::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let id = body(i);
+                i += 1;
+                if client
+                    .publish("", "busy", id.clone(), &PublishOptions::new())
+                    .await
+                    .is_ok()
+                {
+                    ids.insert(id);
+                    confirmed.store(ids.len(), Ordering::Relaxed);
+                }
+            }
+            ids
+        })
+    };
+    let progress = |at_least: usize| {
+        let confirmed = Arc::clone(&confirmed);
+        within("confirms", async move {
+            while confirmed.load(Ordering::Relaxed) < at_least {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    progress(50).await;
+
+    let to = (1..=3).find(|&n| n != leader).unwrap();
+    within("transfer", client.transfer_leadership(Some("busy"), to))
+        .await
+        .unwrap_or_else(|e| panic!("transfer from {leader} to {to} under load: {e}"));
+    assert_eq!(leader_of(&cluster, "busy").await, to);
+    let before = confirmed.load(Ordering::Relaxed);
+    progress(before + 50).await;
+    stop.store(true, Ordering::Relaxed);
+    let ids = within("the publisher stops", publisher).await.unwrap();
+
+    let mut consumer = within(
+        "consume",
+        client.consume("busy", ConsumeOptions::new().prefetch(100)),
+    )
+    .await
+    .unwrap();
+    let mut seen = BTreeSet::new();
+    while !ids.is_subset(&seen) {
+        let m = within("a delivery", consumer.next())
+            .await
+            .expect("the stream goes on")
+            .expect("no error on the stream");
+        seen.insert(String::from_utf8(m.body.to_vec()).unwrap());
+        m.ack_confirmed().await.unwrap();
+    }
+    drop(consumer);
+    within("close", client.close()).await.unwrap();
+    cluster.stop();
+}
