@@ -24,6 +24,7 @@ mod codec;
 mod core;
 mod group;
 mod log_store;
+mod membership;
 mod meta;
 mod network;
 mod repair;
