@@ -1,11 +1,15 @@
 #!/bin/bash
 # Starts one Sluice node of the StatefulSet (the ConfigMap's copy of deploy/k8s/start.sh).
 #
-# The pod's ordinal (NAME-N) gives the node id (N+1). Pod 0 bootstraps a new cluster only when
-# its data directory holds no cluster state AND no peer answers /readyz with 200 (a peer that
-# is ready is a member that knows the leader): every other start joins the peers by their
-# headless-Service DNS names. A member restarting with its data ignores --join, so a pod
-# whose disk was replaced simply joins again and is rebuilt by the others.
+# The pod's ordinal (NAME-N) gives the node id of a new volume: N+1, plus SLUICE_NODE_ID_OFFSET
+# (default 0); the id is then kept in the volume (DATA/node-id). Pod 0 bootstraps a new
+# cluster only when its data directory holds no cluster state AND no peer answers /readyz
+# with 200 (a peer that is ready is a member that knows the leader): every other start joins
+# the peers by their headless-Service DNS names. A member restarting with its data ignores
+# --join. A pod whose volume was lost is refused under its old id (it forgot that member's
+# votes): remove the old member (`sluice cluster remove-node ID`) and raise
+# SLUICE_NODE_ID_OFFSET (by 10, say); the pod joins as a new node and the cluster rebuilds
+# its replicas there, while the pods that kept their volumes keep their ids.
 set -euo pipefail
 
 name=${HOSTNAME:?}
@@ -22,6 +26,16 @@ probes=${SLUICE_BOOTSTRAP_PROBES:-5}
 bin=${SLUICE_BIN:-sluice}
 # Clients are sent to a queue's leader by the address its node listens on: the pod's IP.
 client_ip=${POD_IP:-0.0.0.0}
+
+id_file="$data/node-id"
+if [ -s "$id_file" ]; then
+    node_id=$(cat "$id_file")
+elif [ -e "$data/cluster" ]; then
+    # A volume from before the id was recorded: its id was the ordinal's.
+    node_id=$((ordinal + 1))
+else
+    node_id=$((ordinal + 1 + ${SLUICE_NODE_ID_OFFSET:-0}))
+fi
 
 peers=()
 for ((i = 0; i < replicas; i++)); do
@@ -64,13 +78,14 @@ if [ "$bootstrap" = 0 ] && [ ${#peers[@]} -gt 0 ]; then
     join=(--join "${addrs%,}")
 fi
 if [ "$bootstrap" = 1 ]; then
-    echo "start.sh: node $((ordinal + 1)): empty data directory and no ready peer: bootstrapping a new cluster" >&2
+    echo "start.sh: node $node_id: empty data directory and no ready peer: bootstrapping a new cluster" >&2
 else
-    echo "start.sh: node $((ordinal + 1)): joining ${peers[*]:-nobody}" >&2
+    echo "start.sh: node $node_id: joining ${peers[*]:-nobody}" >&2
 fi
 mkdir -p "$data"
+echo "$node_id" >"$id_file"
 exec "$bin" serve \
-    --node-id $((ordinal + 1)) \
+    --node-id "$node_id" \
     --data-dir "$data" \
     --listen "$client_ip:$client_port" \
     --http-listen "0.0.0.0:$http_port" \

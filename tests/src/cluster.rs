@@ -375,14 +375,31 @@ impl ClusterProcess {
     }
 
     /// Kills node `id` (SIGKILL) if it runs, deletes its data directory, and starts it again
-    /// empty, joining the running nodes: a replaced disk.
-    pub async fn wipe_and_restart(&mut self, id: NodeId) {
+    /// empty under its id, joining the running nodes: a replaced disk. Not waited for: the
+    /// cluster refuses it (it forgot the member's votes).
+    pub async fn wipe_and_start_again(&mut self, id: NodeId) {
         if self.node(id).process.is_some() {
             self.kill9(id);
         }
         let dir = self.node(id).data_dir.clone();
         std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("wiping {}: {e}", dir.display()));
-        self.restart(id).await;
+        self.start_again(id).await;
+    }
+
+    /// Waits (bounded) until node `id` has logged a line containing `text`; panics with its
+    /// log if it does not.
+    pub async fn await_log(&self, id: NodeId, text: &str) {
+        let logged = async {
+            while !self.node(id).log().contains(text) {
+                tokio::time::sleep(POLL).await;
+            }
+        };
+        if tokio::time::timeout(WAIT, logged).await.is_err() {
+            panic!(
+                "node {id} did not log {text:?} within {WAIT:?}; its log:\n{}",
+                self.node(id).log()
+            );
+        }
     }
 
     /// The leader of queue `queue` (default vhost) as node `id` knows it (`GET

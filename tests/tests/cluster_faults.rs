@@ -706,22 +706,36 @@ async fn nodes_rebuilt_from_a_wiped_disk_serve_every_confirmed_message_once_the_
         client.close().await.unwrap();
     }
 
-    // Both followers lose their disk in turn; each rejoins and gets the queue back from the
-    // others before the next goes.
+    // Both followers lose their disk in turn. Each machine is refused under its old id (it
+    // forgot that member's votes); the operator removes the member, the machine joins under
+    // a new id and gets the queue from the others before the next goes.
     let followers: Vec<NodeId> = all(&cluster).into_iter().filter(|&n| n != leader).collect();
+    let mut rebuilt = Vec::new();
     for &f in &followers {
-        cluster.wipe_and_restart(f).await;
-        let now_leader = await_leader_among(&cluster, &all(&cluster)).await;
+        cluster.wipe_and_start_again(f).await;
+        cluster
+            .await_log(f, "this node's data directory is new")
+            .await;
+        cluster.stop_node(f);
+        let admin = connect(&nodes.url(leader)).await;
+        within("remove-node", admin.remove_node(f))
+            .await
+            .unwrap_or_else(|e| panic!("remove node {f}: {e}"));
+        admin.close().await.unwrap();
+        let new = cluster.add_node().await;
+        rebuilt.push(new);
+        let live: Vec<NodeId> = cluster.running();
+        let now_leader = await_leader_among(&cluster, &live).await;
         assert_eq!(now_leader, leader, "a rejoining node took the leadership");
-        await_caught_up(&cluster, leader, f).await;
+        await_caught_up(&cluster, leader, new).await;
     }
 
     // The only node that kept its disk dies: the queue lives on the rebuilt ones alone.
     cluster.kill9(leader);
     history.killed(leader);
     let rebuilt_leader = cluster.await_leader_of(QUEUE, Some(leader)).await;
-    assert!(followers.contains(&rebuilt_leader));
-    let client = connect(&nodes.url(rebuilt_leader)).await;
+    assert!(rebuilt.contains(&rebuilt_leader));
+    let client = connect(&Nodes::of(&cluster).url(rebuilt_leader)).await;
     let mut consumer = within(
         "consume on the rebuilt node",
         client.consume(QUEUE, ConsumeOptions::new().prefetch(50)),

@@ -90,6 +90,11 @@ fn the_manifests_parse_and_describe_three_nodes_probed_on_readyz_behind_a_headle
 /// Runs start.sh as pod `pod` with `sluice` replaced by a stub that prints its arguments;
 /// returns them.
 fn start_args(pod: &str, data: &Path) -> String {
+    start_args_with(pod, data, &[])
+}
+
+/// [`start_args`] with more environment variables.
+fn start_args_with(pod: &str, data: &Path, env: &[(&str, &str)]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let stub = dir.path().join("sluice");
     std::fs::write(&stub, "#!/bin/sh\necho \"$@\"\n").unwrap();
@@ -103,7 +108,8 @@ fn start_args(pod: &str, data: &Path) -> String {
         .env("SLUICE_REPLICAS", "3")
         .env("SLUICE_DATA_DIR", data)
         .env("SLUICE_BOOTSTRAP_PROBES", "1")
-        .env("POD_IP", "10.0.0.7"));
+        .env("POD_IP", "10.0.0.7")
+        .envs(env.iter().copied()));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -141,4 +147,26 @@ fn other_pods_join_every_peer_by_its_dns_name_and_take_ordinal_plus_one_as_node_
         args.ends_with("--join sluice-0.peers.invalid:25680,sluice-1.peers.invalid:25680"),
         "{args}"
     );
+}
+
+#[test]
+fn a_new_volume_takes_the_id_offset_and_a_volume_keeps_the_id_it_was_given() {
+    let data = tempfile::tempdir().unwrap();
+    let offset = [("SLUICE_NODE_ID_OFFSET", "10")];
+    let args = start_args_with("sluice-1", data.path(), &offset);
+    assert!(args.starts_with("serve --node-id 12 "), "{args}");
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("node-id"))
+            .unwrap()
+            .trim(),
+        "12"
+    );
+    // Its volume says 12 whatever the offset is now.
+    let args = start_args_with("sluice-1", data.path(), &[("SLUICE_NODE_ID_OFFSET", "20")]);
+    assert!(args.starts_with("serve --node-id 12 "), "{args}");
+    // A volume with cluster state from before the id was recorded keeps the ordinal's.
+    let old = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(old.path().join("cluster")).unwrap();
+    let args = start_args_with("sluice-1", old.path(), &offset);
+    assert!(args.starts_with("serve --node-id 2 "), "{args}");
 }

@@ -33,6 +33,10 @@ pub(crate) struct Core {
     stopping: AtomicBool,
     /// One membership change at a time: openraft refuses overlapping ones anyway.
     pub(super) admitting: tokio::sync::Mutex<()>,
+    /// Whether this node answers its groups' Raft requests. Closed while a node with a new
+    /// data directory has not been told that it may join under its id: a wiped member would
+    /// otherwise vote and acknowledge as the member it no longer is.
+    admitted: AtomicBool,
 }
 
 impl std::fmt::Debug for Core {
@@ -77,6 +81,7 @@ impl Core {
             raft_config,
             stopping: AtomicBool::new(false),
             admitting: tokio::sync::Mutex::new(()),
+            admitted: AtomicBool::new(false),
         }
     }
 
@@ -88,6 +93,15 @@ impl Core {
         self.transport
             .get()
             .expect("the transport starts with the cluster")
+    }
+
+    /// Whether this node answers Raft requests (see `admitted`).
+    pub(crate) fn is_admitted(&self) -> bool {
+        self.admitted.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn admit_here(&self) {
+        self.admitted.store(true, Ordering::Release);
     }
 
     pub(crate) fn is_stopping(&self) -> bool {
@@ -252,7 +266,10 @@ impl Core {
             self.step_down_everywhere().await;
             return Reply::Done;
         }
-        if matches!(request, Request::Join { .. } | Request::Leave { .. }) {
+        if matches!(
+            request,
+            Request::Join { .. } | Request::Leave { .. } | Request::MayJoin { .. }
+        ) {
             if group != GroupId::META {
                 return Reply::Failed(Failure::Other(
                     "membership requests go to the metadata group".into(),
@@ -272,6 +289,14 @@ impl Core {
             return Reply::Failed(Failure::NotHosted);
         };
         let fatal = |e: String| Reply::Failed(Failure::Other(e));
+        let raft_rpc = matches!(
+            request,
+            Request::AppendEntries(_) | Request::Vote(_) | Request::InstallSnapshot(_)
+        );
+        if raft_rpc && !self.is_admitted() {
+            // Not one of the group's replicas yet, as far as its peers should know.
+            return Reply::Failed(Failure::NotHosted);
+        }
         match request {
             Request::AppendEntries(r) => match hosted.raft.append_entries(r).await {
                 Ok(resp) => Reply::AppendEntries(resp),
@@ -309,7 +334,11 @@ impl Core {
                 hosted.hold_elections(ms);
                 Reply::Done
             }
-            Request::Info | Request::Join { .. } | Request::Leave { .. } | Request::StepDown => {
+            Request::Info
+            | Request::Join { .. }
+            | Request::Leave { .. }
+            | Request::MayJoin { .. }
+            | Request::StepDown => {
                 unreachable!("answered above")
             }
         }

@@ -86,6 +86,29 @@ impl Core {
         Ok(())
     }
 
+    /// Whether `node`, with a new data directory, may join under its id (this node must
+    /// lead the metadata group, whose membership is the authority). A learner that never
+    /// became a voter (its first join was cut short) may: it never voted.
+    fn may_join(&self, node: NodeId) -> Result<(), ClusterError> {
+        let (_, membership) = self.meta_group()?;
+        if self.meta.was_removed(node) {
+            return Err(ClusterError::Refused(format!(
+                "node {node} was removed from the cluster and may not join again under that id; \
+                 start this machine with a new --node-id"
+            )));
+        }
+        if membership.voter_ids().any(|v| v == node) || self.meta.node(node).is_some() {
+            return Err(ClusterError::Refused(format!(
+                "node {node} is a member of the cluster and this node's data directory is new \
+                 (a lost or wiped disk?): it cannot take the member's place under its id, \
+                 having forgotten the member's votes. Remove the member (`sluice cluster \
+                 remove-node {node}`) and start this machine with a new --node-id: the \
+                 cluster rebuilds its replicas there"
+            )));
+        }
+        Ok(())
+    }
+
     /// The metadata group hosted here and its current membership (admit and expel need both).
     fn meta_group(
         &self,
@@ -202,6 +225,7 @@ impl Core {
             Some((leader, _)) if leader == self.node_id => match request {
                 Request::Join { node, info } => self.admit(node, info).await,
                 Request::Leave { node } => self.expel(node).await,
+                Request::MayJoin { node } => self.may_join(node),
                 _ => Err(ClusterError::Refused("not a membership request".into())),
             },
             Some((leader, info)) => {

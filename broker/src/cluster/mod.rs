@@ -40,6 +40,7 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -175,6 +176,8 @@ struct Inner {
     core: Arc<Core>,
     meta_events: Mutex<Option<mpsc::UnboundedReceiver<MetaEvent>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Set once the metadata replica applied its whole log after the start (see `is_ready`).
+    caught_up: AtomicBool,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -232,6 +235,11 @@ impl Cluster {
             .is_initialized()
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        // A node with a new data directory that joins answers no Raft request before the
+        // cluster said it may join under its id (see `announce`); any other may at once.
+        if initialised || config.join.is_empty() {
+            core.admit_here();
+        }
         if !initialised && config.join.is_empty() {
             tracing::info!(node = config.node_id, "bootstrapping a new cluster");
             meta_group
@@ -247,6 +255,7 @@ impl Cluster {
                 core,
                 meta_events: Mutex::new(Some(events)),
                 tasks: Mutex::new(vec![announce, placement]),
+                caught_up: AtomicBool::new(false),
             }),
         })
     }
@@ -296,13 +305,29 @@ impl Cluster {
         }
     }
 
-    /// A member and known metadata leader: what `/readyz` waits for.
+    /// A member that knows the metadata leader, and (once, after its start) applied every
+    /// metadata entry its log held: what `/readyz` waits for. Until then a restarted node
+    /// would answer with the catalog and exchanges of before its stop.
     pub fn is_ready(&self) -> bool {
         let core = &self.inner.core;
         let member = core
             .meta_membership()
             .is_some_and(|m| m.voter_ids().any(|v| v == core.node_id));
-        member && self.meta_leadership().borrow().leader.is_some()
+        if !member || self.meta_leadership().borrow().leader.is_none() {
+            return false;
+        }
+        if self.inner.caught_up.load(Ordering::Acquire) {
+            return true;
+        }
+        let caught_up = core.hosted(GroupId::META).is_some_and(|meta| {
+            let m = meta.raft.metrics();
+            let m = m.borrow();
+            m.last_applied.map(|l| l.index) >= m.last_log_index
+        });
+        if caught_up {
+            self.inner.caught_up.store(true, Ordering::Release);
+        }
+        caught_up
     }
 
     /// Who leads the metadata group.
@@ -677,21 +702,41 @@ pub(crate) async fn transfer_from_here(
 /// addresses with the metadata leader (a restart: the client port may have changed), then
 /// ends. Bootstrapping nodes record themselves the same way once they lead.
 async fn announce(core: Arc<Core>, join: Vec<String>) {
+    if !core.is_admitted() {
+        let node = core.node_id;
+        if !ask_until_answered(&core, &join, || Request::MayJoin { node }).await {
+            return;
+        }
+        core.admit_here();
+    }
+    let request = || Request::Join {
+        node: core.node_id,
+        info: core.local.clone(),
+    };
+    if ask_until_answered(&core, &join, request).await {
+        tracing::info!(node = core.node_id, "member of the cluster");
+    }
+}
+
+/// Sends `request` to the metadata leader (through `join` or the members known here) until
+/// it is answered: true when done, false when refused (logged) or stopping.
+async fn ask_until_answered(
+    core: &Arc<Core>,
+    join: &[String],
+    request: impl Fn() -> Request,
+) -> bool {
     let mut delay = JOIN_RETRY_MIN;
     loop {
         if core.is_stopping() {
-            return;
+            return false;
         }
-        match announce_once(&core, &join).await {
-            Ok(()) => {
-                tracing::info!(node = core.node_id, "member of the cluster");
-                return;
-            }
+        match announce_once(core, join, &request).await {
+            Ok(()) => return true,
             // A refusal is the cluster's answer, not a failure to reach it (this id was
             // removed, say): asking again would get the same.
             Err(ClusterError::Refused(reason)) => {
                 tracing::error!(node = core.node_id, %reason, "the cluster refused this node");
-                return;
+                return false;
             }
             Err(e) => tracing::debug!(error = %e, "joining the cluster: retrying"),
         }
@@ -700,11 +745,11 @@ async fn announce(core: Arc<Core>, join: Vec<String>) {
     }
 }
 
-async fn announce_once(core: &Arc<Core>, join: &[String]) -> Result<(), ClusterError> {
-    let request = || Request::Join {
-        node: core.node_id,
-        info: core.local.clone(),
-    };
+async fn announce_once(
+    core: &Arc<Core>,
+    join: &[String],
+    request: &impl Fn() -> Request,
+) -> Result<(), ClusterError> {
     let meta = core
         .hosted(GroupId::META)
         .ok_or(ClusterError::NotHosted(GroupId::META))?;

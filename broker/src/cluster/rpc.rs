@@ -63,6 +63,12 @@ pub(crate) enum Request {
     /// from the cluster: after that it hears of no new placement, and while it leads a group
     /// nobody else can change the group's voters).
     StepDown,
+    /// May `node`, whose data directory is new, join under its id? (Metadata leader only;
+    /// forwarded like `Join`.) No if the id is a voter or a member: its owner voted and
+    /// acknowledged entries this node has forgotten.
+    MayJoin {
+        node: NodeId,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
