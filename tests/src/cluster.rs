@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::broker::{BrokerProcess, WAIT};
+use sluice_client::{QueueArguments, QueueOptions};
+
+use crate::broker::{sluice_command, wait_output, BrokerProcess, WAIT};
 use crate::http::HttpClient;
 use crate::proxy::{Fault, Proxy};
 
@@ -386,6 +388,40 @@ impl ClusterProcess {
         self.start_again(id).await;
     }
 
+    /// `sluice --json cluster ARGS` against node `id` (as guest, an administrator, from
+    /// loopback); its JSON answer. Panics with the nodes' logs if it fails.
+    pub async fn cli(&self, id: NodeId, args: &[&str]) -> Value {
+        let url = format!("sluice://{}", self.node(id).addr());
+        let mut all = vec![
+            "--url".to_owned(),
+            url,
+            "--json".to_owned(),
+            "cluster".to_owned(),
+        ];
+        all.extend(args.iter().map(|s| s.to_string()));
+        let output = tokio::task::spawn_blocking(move || {
+            let child = sluice_command()
+                .args(&all)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("start sluice");
+            wait_output(child)
+        })
+        .await
+        .expect("the CLI's thread");
+        assert!(
+            output.status.success(),
+            "sluice cluster {args:?} on node {id} failed: {}\nlogs:\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            (1..=self.len() as NodeId)
+                .map(|n| format!("--- node {n}\n{}", self.node(n).log()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        serde_json::from_slice(&output.stdout).expect("JSON on stdout")
+    }
+
     /// Waits (bounded) until node `id` has logged a line containing `text`; panics with its
     /// log if it does not.
     pub async fn await_log(&self, id: NodeId, text: &str) {
@@ -598,6 +634,16 @@ fn panic_text(e: &Box<dyn std::any::Any + Send>) -> String {
         .cloned()
         .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "panicked".to_owned())
+}
+
+/// Queue options of a queue replicated on 3 nodes, with `arguments` otherwise.
+pub fn replicated(arguments: QueueArguments) -> QueueOptions {
+    let mut options = QueueOptions::new();
+    options.arguments = QueueArguments {
+        replicas: Some(3),
+        ..arguments
+    };
+    options
 }
 
 #[cfg(test)]

@@ -9,11 +9,9 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use sluice_client::{
-    Client, ConsumeOptions, Error, ErrorCode, PublishOptions, QueueArguments, QueueOptions,
-};
+use sluice_client::{Client, ConsumeOptions, Error, ErrorCode, PublishOptions, QueueArguments};
 use sluice_tests::broker::within;
-use sluice_tests::cluster::{ClusterProcess, NodeId};
+use sluice_tests::cluster::{replicated, ClusterProcess, NodeId};
 
 /// Bounded wait for a leader to be elected and known (election timeout 1–2 s, on a busy
 /// 2-core machine).
@@ -22,15 +20,6 @@ const POLL: Duration = Duration::from_millis(100);
 
 async fn connect(url: &str) -> Client {
     within("connect", Client::connect(url)).await.unwrap()
-}
-
-fn replicated() -> QueueOptions {
-    let mut options = QueueOptions::new();
-    options.arguments = QueueArguments {
-        replicas: Some(3),
-        ..QueueArguments::default()
-    };
-    options
 }
 
 /// The queue's leader, as the nodes name it in `NOT_LEADER` (asked with a client that does
@@ -77,9 +66,12 @@ async fn a_consumer_and_a_get_on_a_follower_follow_not_leader_to_the_leader() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
     let c1 = connect(&cluster.node(1).url()).await;
-    within("declare", c1.declare_queue("orders", replicated()))
-        .await
-        .unwrap();
+    within(
+        "declare",
+        c1.declare_queue("orders", replicated(QueueArguments::default())),
+    )
+    .await
+    .unwrap();
     let leader = leader_of(&cluster, "orders").await;
     let follower = (1..=3).find(|&n| n != leader).unwrap();
 
@@ -153,9 +145,12 @@ async fn the_consumer_survives_a_kill_of_the_leader(leader_first: bool) {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
     let setup = connect(&cluster.url()).await;
-    within("declare", setup.declare_queue("jobs", replicated()))
-        .await
-        .unwrap();
+    within(
+        "declare",
+        setup.declare_queue("jobs", replicated(QueueArguments::default())),
+    )
+    .await
+    .unwrap();
     let _ = setup.close().await;
     let leader = leader_of(&cluster, "jobs").await;
     // The client's own node: the leader (it dies under the client) or a follower (the
@@ -205,9 +200,12 @@ async fn a_consumer_follows_a_leadership_transfer_leader_moved() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
     let client = connect(&cluster.url()).await;
-    within("declare", client.declare_queue("moving", replicated()))
-        .await
-        .unwrap();
+    within(
+        "declare",
+        client.declare_queue("moving", replicated(QueueArguments::default())),
+    )
+    .await
+    .unwrap();
     let leader = leader_of(&cluster, "moving").await;
     let mut consumer = within("consume", client.consume("moving", ConsumeOptions::new()))
         .await
@@ -241,9 +239,12 @@ async fn a_leadership_transfer_under_confirmed_load_moves_the_leader_and_loses_n
     let dir = tempfile::tempdir().unwrap();
     let cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
     let client = connect(&cluster.url()).await;
-    within("declare", client.declare_queue("busy", replicated()))
-        .await
-        .unwrap();
+    within(
+        "declare",
+        client.declare_queue("busy", replicated(QueueArguments::default())),
+    )
+    .await
+    .unwrap();
     let leader = leader_of(&cluster, "busy").await;
 
     let stop = Arc::new(AtomicBool::new(false));

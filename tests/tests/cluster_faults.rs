@@ -18,10 +18,9 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use sluice_client::{
     Client, ConsumeOptions, Consumer, Error, ErrorCode, OutgoingMessage, QueueArguments,
-    QueueOptions,
 };
 use sluice_tests::broker::within;
-use sluice_tests::cluster::{ClusterProcess, NodeId};
+use sluice_tests::cluster::{replicated, ClusterProcess, NodeId};
 use sluice_tests::history::{AckOutcome, History, Violation};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -57,18 +56,14 @@ async fn connect(url: &str) -> Client {
     within("connect", raw_connect(url)).await.unwrap()
 }
 
-fn replicated() -> QueueOptions {
-    let mut options = QueueOptions::new();
-    options.arguments = QueueArguments {
-        replicas: Some(3),
-        ..QueueArguments::default()
-    };
-    options
-}
-
 async fn declare(cluster: &ClusterProcess) {
     let client = connect(&cluster.node(1).url()).await;
-    if let Err(e) = within("declare", client.declare_queue(QUEUE, replicated())).await {
+    if let Err(e) = within(
+        "declare",
+        client.declare_queue(QUEUE, replicated(QueueArguments::default())),
+    )
+    .await
+    {
         panic!(
             "declare {QUEUE}: {e}; node 1's log:\n{}",
             cluster.node(1).log()

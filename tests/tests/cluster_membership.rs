@@ -3,11 +3,10 @@
 //! metadata leader's kill -9 and the election that follows, the killed node's return,
 //! `sluice cluster transfer-leadership` and `sluice cluster remove-node`.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
-use sluice_tests::broker::{sluice_command, wait_output, BrokerProcess, WAIT};
+use sluice_tests::broker::{BrokerProcess, WAIT};
 use sluice_tests::cluster::{ClusterProcess, NodeId};
 
 const POLL: Duration = Duration::from_millis(100);
@@ -80,39 +79,6 @@ async fn await_agreement(
     }
 }
 
-/// `sluice --json cluster ARGS` against node `id` (as guest, an administrator, from loopback).
-async fn cli(cluster: &ClusterProcess, id: NodeId, args: &[&str]) -> Value {
-    let url = format!("sluice://{}", cluster.node(id).addr());
-    let mut all = vec![
-        "--url".to_owned(),
-        url,
-        "--json".to_owned(),
-        "cluster".to_owned(),
-    ];
-    all.extend(args.iter().map(|s| s.to_string()));
-    let output = tokio::task::spawn_blocking(move || {
-        let child = sluice_command()
-            .args(&all)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start sluice");
-        wait_output(child)
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "sluice cluster {args:?} on node {id} failed: {}\nlogs:\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        (1..=3)
-            .map(|n| format!("--- node {n}\n{}", cluster.node(n).log()))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_form_elect_a_new_leader_after_a_kill_take_the_node_back_move_the_leadership_and_remove_one(
 ) {
@@ -124,7 +90,7 @@ async fn three_nodes_form_elect_a_new_leader_after_a_kill_take_the_node_back_mov
     // The CLI tells the same on every node: three voters, the same leader, and the metadata
     // group hosted everywhere.
     for id in all {
-        let status = cli(&cluster, id, &["status"]).await;
+        let status = cluster.cli(id, &["status"]).await;
         assert_eq!(status["node_id"], id);
         assert_eq!(status["member"], true);
         assert_eq!(voters(&status), all);
@@ -163,12 +129,9 @@ async fn three_nodes_form_elect_a_new_leader_after_a_kill_take_the_node_back_mov
     // transfer-leadership of the metadata group, asked on a follower.
     let target = *all.iter().find(|&&n| n != after).unwrap();
     let asked = *all.iter().find(|&&n| n != after && n != target).unwrap();
-    let moved = cli(
-        &cluster,
-        asked,
-        &["transfer-leadership", "--to", &target.to_string()],
-    )
-    .await;
+    let moved = cluster
+        .cli(asked, &["transfer-leadership", "--to", &target.to_string()])
+        .await;
     assert_eq!(moved["leader"], target);
     let after = await_agreement(&cluster, &all, &all, None).await;
     assert_eq!(after, target, "every node follows the node asked for");
@@ -179,7 +142,9 @@ async fn three_nodes_form_elect_a_new_leader_after_a_kill_take_the_node_back_mov
         .find(|&&n| n != after)
         .unwrap_or(&survivors[0]);
     let asked = *all.iter().find(|&&n| n != removed).unwrap();
-    let answer = cli(&cluster, asked, &["remove-node", &removed.to_string()]).await;
+    let answer = cluster
+        .cli(asked, &["remove-node", &removed.to_string()])
+        .await;
     assert_eq!(answer["removed"], true);
     let remaining: Vec<NodeId> = all.iter().copied().filter(|&n| n != removed).collect();
     await_agreement(&cluster, &remaining, &remaining, None).await;
@@ -287,7 +252,9 @@ async fn a_node_whose_disk_was_wiped_is_refused_under_its_id_and_its_machine_rej
 
     // The operator removes the lost member; the machine starts again under a new id, joins,
     // and its metadata log reaches the leader's: the same members and catalog again.
-    let answer = cli(&cluster, leader, &["remove-node", &wiped.to_string()]).await;
+    let answer = cluster
+        .cli(leader, &["remove-node", &wiped.to_string()])
+        .await;
     assert_eq!(answer["removed"], true, "{answer}");
     cluster.stop_node(wiped);
     let new = cluster.add_node().await;

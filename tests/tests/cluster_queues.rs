@@ -15,7 +15,7 @@ use sluice_client::{
     QueueArguments, QueueOptions,
 };
 use sluice_tests::broker::{within, BrokerProcess};
-use sluice_tests::cluster::{ClusterProcess, NodeId};
+use sluice_tests::cluster::{replicated, ClusterProcess, NodeId};
 use sluice_tests::history::{AckOutcome, History};
 
 /// Bounded wait for a leader to be elected and known (election timeout 1–2 s, on a busy
@@ -30,15 +30,6 @@ async fn connect(url: &str) -> Client {
         .reconnect_timeout(std::time::Duration::ZERO)
         .connect(url);
     within("connect", client).await.unwrap()
-}
-
-fn replicated(arguments: QueueArguments) -> QueueOptions {
-    let mut options = QueueOptions::new();
-    options.arguments = QueueArguments {
-        replicas: Some(3),
-        ..arguments
-    };
-    options
 }
 
 /// The node whose client address is `addr`.

@@ -7,7 +7,6 @@
 //! and a node joining later under a new id fills the gap); a node removed while it runs.
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -15,7 +14,7 @@ use serde_json::Value;
 use sluice_client::{
     Client, ConsumeOptions, Error, ErrorCode, PublishOptions, QueueArguments, QueueOptions,
 };
-use sluice_tests::broker::{sluice_command, wait_output, within, WAIT};
+use sluice_tests::broker::{within, WAIT};
 use sluice_tests::cluster::{ClusterProcess, NodeId};
 
 const POLL: Duration = Duration::from_millis(100);
@@ -138,36 +137,6 @@ async fn await_leader_known_by(cluster: &mut ClusterProcess, id: NodeId, not: No
     }
 }
 
-/// `sluice --json cluster ARGS` against node `id` (as guest, an administrator, from loopback).
-async fn cli(cluster: &ClusterProcess, id: NodeId, args: &[&str]) -> Value {
-    let url = format!("sluice://{}", cluster.node(id).addr());
-    let mut all = vec![
-        "--url".to_owned(),
-        url,
-        "--json".to_owned(),
-        "cluster".to_owned(),
-    ];
-    all.extend(args.iter().map(|s| s.to_string()));
-    let output = tokio::task::spawn_blocking(move || {
-        let child = sluice_command()
-            .args(&all)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start sluice");
-        wait_output(child)
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "sluice cluster {args:?} on node {id} failed: {}\nits log:\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        cluster.node(id).log()
-    );
-    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
-}
-
 /// Declares the queue (3 replicas) through node 1 and publishes [`MESSAGES`] confirmed
 /// messages; returns its replicas once they all caught up.
 async fn declare_and_publish(cluster: &mut ClusterProcess) -> BTreeSet<NodeId> {
@@ -229,12 +198,9 @@ async fn kill_and_remove_a_replica(
     };
     if meta_leader == victim {
         let other = *placed.iter().find(|&&n| n != victim).unwrap();
-        let moved = cli(
-            cluster,
-            other,
-            &["transfer-leadership", "--to", &other.to_string()],
-        )
-        .await;
+        let moved = cluster
+            .cli(other, &["transfer-leadership", "--to", &other.to_string()])
+            .await;
         assert_eq!(moved["leader"], other, "{moved}");
         meta_leader = other;
     }
@@ -242,14 +208,16 @@ async fn kill_and_remove_a_replica(
     cluster.kill9(victim);
     std::fs::remove_dir_all(cluster.node(victim).data_dir()).unwrap();
     let asked = *placed.iter().find(|&&n| n != victim).unwrap();
-    let answer = cli(cluster, asked, &["remove-node", &victim.to_string()]).await;
+    let answer = cluster
+        .cli(asked, &["remove-node", &victim.to_string()])
+        .await;
     assert_eq!(answer["removed"], true, "{answer}");
     victim
 }
 
 /// The group of the queue as `sluice cluster status` on node `id` shows it: its replicas.
 async fn replicas_in_cli_status(cluster: &ClusterProcess, id: NodeId) -> BTreeSet<NodeId> {
-    let status = cli(cluster, id, &["status"]).await;
+    let status = cluster.cli(id, &["status"]).await;
     let group = status["groups"]
         .as_array()
         .expect("groups")
@@ -287,12 +255,12 @@ async fn kill_an_original_and_consume_all_from(
     eprintln!("node {rebuilt} sees leader {now}");
     if now != rebuilt {
         let to = rebuilt.to_string();
-        let moved = cli(
-            cluster,
-            rebuilt,
-            &["transfer-leadership", "--queue", QUEUE, "--to", &to],
-        )
-        .await;
+        let moved = cluster
+            .cli(
+                rebuilt,
+                &["transfer-leadership", "--queue", QUEUE, "--to", &to],
+            )
+            .await;
         assert_eq!(moved["leader"], rebuilt, "{moved}");
     }
     let client = connect(&cluster.node(rebuilt).url()).await;
@@ -411,12 +379,9 @@ async fn a_node_removed_while_it_runs_hands_its_replica_to_a_spare_node_and_the_
         .expect("three replicas, at most two leaders");
 
     // Decommissioned, not dead: it still runs while the cluster moves its replica.
-    let answer = cli(
-        &cluster,
-        queue_leader,
-        &["remove-node", &removed.to_string()],
-    )
-    .await;
+    let answer = cluster
+        .cli(queue_leader, &["remove-node", &removed.to_string()])
+        .await;
     assert_eq!(answer["removed"], true, "{answer}");
     let live: BTreeSet<NodeId> = placed
         .iter()
@@ -471,7 +436,9 @@ async fn a_running_queue_leader_that_is_removed_hands_its_leadership_over_and_is
     // Publishes go on meanwhile: a leader that kept appending would keep its followers from
     // electing another.
     let load = Load::start(&cluster.node(asked).url()).await;
-    let answer = cli(&cluster, asked, &["remove-node", &removed.to_string()]).await;
+    let answer = cluster
+        .cli(asked, &["remove-node", &removed.to_string()])
+        .await;
     assert_eq!(answer["removed"], true, "{answer}");
     let loaded = load.stop().await;
     assert!(

@@ -13,7 +13,7 @@ use sluice_client::{
     PublishOptions, QueueArguments, QueueOptions,
 };
 use sluice_tests::broker::within;
-use sluice_tests::cluster::{ClusterProcess, NodeId};
+use sluice_tests::cluster::{replicated, ClusterProcess, NodeId};
 
 /// Pause between two looks at a node that has not applied a change of the metadata group
 /// yet (it does a moment after the node that made the change answered).
@@ -24,15 +24,6 @@ async fn connect(url: &str) -> Client {
     within("connect", Client::builder().connect(url))
         .await
         .unwrap()
-}
-
-fn replicated() -> QueueOptions {
-    let mut options = QueueOptions::new();
-    options.arguments = QueueArguments {
-        replicas: Some(3),
-        ..QueueArguments::default()
-    };
-    options
 }
 
 fn code(e: &Error) -> Option<ErrorCode> {
@@ -128,9 +119,12 @@ async fn an_exchange_and_a_binding_made_on_two_nodes_route_publishes_on_every_no
         connect(&cluster.node(3).url()).await,
     ];
     let [c1, c2, c3] = &clients;
-    within("declare orders", c1.declare_queue("orders", replicated()))
-        .await
-        .unwrap();
+    within(
+        "declare orders",
+        c1.declare_queue("orders", replicated(QueueArguments::default())),
+    )
+    .await
+    .unwrap();
     within(
         "declare events",
         c2.declare_exchange("events", ExchangeKind::Topic, ExchangeOptions::new()),

@@ -74,9 +74,14 @@ impl Core {
             if answer == MetaResponse::Removed(node) {
                 // Removed while it was being added (the check above read this replica,
                 // which may lag): out again.
+                let node_only = BTreeSet::from([node]);
                 let _ = meta
                     .raft
-                    .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node])), false)
+                    .change_membership(ChangeMembers::RemoveVoters(node_only.clone()), false)
+                    .await;
+                let _ = meta
+                    .raft
+                    .change_membership(ChangeMembers::RemoveNodes(node_only), false)
                     .await;
                 return Err(ClusterError::Refused(format!(
                     "node {node} was removed from the cluster and may not join again under that id"
