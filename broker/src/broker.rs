@@ -564,6 +564,7 @@ impl Broker {
             return Ok(());
         }
         reg.queues.remove(&meta.name);
+        reg.pending_bindings.retain(|b| b.queue != *meta.name);
         for exchange in reg.routing.remove_queue(&meta.name) {
             let _ = reg.routing.delete_exchange(&exchange, false);
         }
@@ -637,11 +638,14 @@ impl Broker {
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), RequestError> {
         let mut change = self.begin_change();
         let managed = change.next.cluster_managed.holds_exchange(name);
-        if change.next.routing.delete_exchange(name, if_unused)? {
-            if let Some(cluster) = self.cluster().filter(|_| managed) {
-                drop(change);
-                return self.delete_exchange_in_cluster(cluster, name, if_unused);
-            }
+        let deleted = change.next.routing.delete_exchange(name, if_unused)?;
+        // In a cluster, also when this node does not have it: it may not have applied the
+        // declare yet (the group answers a delete of what it does not hold with no harm).
+        if let Some(cluster) = self.cluster().filter(|_| managed || !deleted) {
+            drop(change);
+            return self.delete_exchange_in_cluster(cluster, name, if_unused);
+        }
+        if deleted {
             self.commit(change, ChangeKind::Shrinks)?;
         }
         Ok(())
@@ -687,9 +691,9 @@ impl Broker {
             outcome.removed.then_some(ChangeKind::Shrinks)
         };
         if let Some(cluster) = self.cluster().filter(|_| cluster_wide) {
-            // Checked on the copy above; proposed unless this node already routes by it
-            // (a bind the group has, or an unbind of one it does not).
-            if managed != bind {
+            // Checked on the copy above; proposed unless this node already routes by it.
+            // An unbind always is: this node may not have applied the bind yet.
+            if !(bind && managed) {
                 drop(change);
                 return self.bind_in_cluster(cluster, &shared, bind);
             }

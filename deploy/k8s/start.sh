@@ -2,7 +2,7 @@
 # Starts one Sluice node of the StatefulSet (the ConfigMap's copy of deploy/k8s/start.sh).
 #
 # The pod's ordinal (NAME-N) gives the node id of a new volume: N+1, plus SLUICE_NODE_ID_OFFSET
-# (default 0); the id is then kept in the volume (DATA/node-id). Pod 0 bootstraps a new
+# (default 0); the node then keeps its id in the volume (DATA/cluster/node-id). Pod 0 bootstraps a new
 # cluster only when its data directory holds no cluster state AND no peer answers /readyz
 # with 200 (a peer that is ready is a member that knows the leader): every other start joins
 # the peers by their headless-Service DNS names. A member restarting with its data ignores
@@ -27,12 +27,11 @@ bin=${SLUICE_BIN:-sluice}
 # Clients are sent to a queue's leader by the address its node listens on: the pod's IP.
 client_ip=${POD_IP:-0.0.0.0}
 
-id_file="$data/node-id"
+# Sluice records its id in the volume once the cluster let it in; a node it refused (a lost
+# volume under its old id) records none and starts again under the offset.
+id_file="$data/cluster/node-id"
 if [ -s "$id_file" ]; then
     node_id=$(cat "$id_file")
-elif [ -e "$data/cluster" ]; then
-    # A volume from before the id was recorded: its id was the ordinal's.
-    node_id=$((ordinal + 1))
 else
     node_id=$((ordinal + 1 + ${SLUICE_NODE_ID_OFFSET:-0}))
 fi
@@ -83,7 +82,6 @@ else
     echo "start.sh: node $node_id: joining ${peers[*]:-nobody}" >&2
 fi
 mkdir -p "$data"
-echo "$node_id" >"$id_file"
 exec "$bin" serve \
     --node-id "$node_id" \
     --data-dir "$data" \

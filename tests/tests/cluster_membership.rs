@@ -276,3 +276,37 @@ async fn a_node_whose_disk_was_wiped_is_refused_under_its_id_and_its_machine_rej
         .expect("the new node applies the metadata log up to the leader's");
     cluster.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_starts_only_under_the_node_id_it_belongs_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = ClusterProcess::start(dir.path(), 1, &[]).await;
+    let data = cluster.node(1).data_dir().to_owned();
+    cluster.stop_node(1);
+    // Its votes and log are node 1's: started as node 9 it would vote as node 1 did not.
+    let child = sluice_tests::broker::sluice_command()
+        .args(["serve", "--data-dir"])
+        .arg(&data)
+        .args([
+            "--node-id",
+            "9",
+            "--listen",
+            "127.0.0.1:0",
+            "--cluster-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start sluice");
+    let output = tokio::task::spawn_blocking(move || sluice_tests::broker::wait_output(child))
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "started as node 9: {stderr}");
+    assert!(
+        stderr.contains("belongs to node 1: start it with --node-id 1"),
+        "{stderr}"
+    );
+    cluster.stop();
+}

@@ -216,7 +216,8 @@ async fn an_exchange_and_a_binding_made_on_two_nodes_route_publishes_on_every_no
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_down_during_a_delete_drops_the_exchange_and_keeps_its_own_bindings_to_the_others() {
+async fn a_node_down_during_a_delete_drops_the_exchange_with_its_bindings_and_keeps_its_own_bindings_to_the_others(
+) {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
     let down: NodeId = 2;
@@ -245,6 +246,10 @@ async fn a_node_down_during_a_delete_drops_the_exchange_and_keeps_its_own_bindin
         within("bind", c2.bind("local-log", "audit", "", Vec::new()))
             .await
             .unwrap();
+        await_exchange(&c2, "events", true).await;
+        within("bind", c2.bind("local-log", "events", "e", Vec::new()))
+            .await
+            .unwrap();
     }
     cluster.stop_node(down);
     let c1 = connect(&cluster.node(1).url()).await;
@@ -267,8 +272,20 @@ async fn a_node_down_during_a_delete_drops_the_exchange_and_keeps_its_own_bindin
     assert_eq!(&got.body[..], b"logged");
     // The binding is node 2's: node 1 routes nothing from 'audit'.
     assert!(!routes(&c1, "audit", "").await);
-    // And the delete it missed holds there too.
+    // And the delete it missed holds there too, bindings included: 'events' declared
+    // again routes nothing to node 2's queue.
     await_exchange(&c2, "events", false).await;
+    within(
+        "declare events again",
+        c1.declare_exchange("events", ExchangeKind::Direct, ExchangeOptions::new()),
+    )
+    .await
+    .unwrap();
+    await_exchange(&c2, "events", true).await;
+    assert!(
+        !routes(&c2, "events", "e").await,
+        "a binding of the deleted exchange came back"
+    );
     drop((c1, c2));
     cluster.stop();
 }

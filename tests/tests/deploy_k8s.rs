@@ -150,23 +150,17 @@ fn other_pods_join_every_peer_by_its_dns_name_and_take_ordinal_plus_one_as_node_
 }
 
 #[test]
-fn a_new_volume_takes_the_id_offset_and_a_volume_keeps_the_id_it_was_given() {
+fn a_new_volume_takes_the_id_offset_and_a_volume_keeps_the_id_its_node_recorded() {
     let data = tempfile::tempdir().unwrap();
     let offset = [("SLUICE_NODE_ID_OFFSET", "10")];
     let args = start_args_with("sluice-1", data.path(), &offset);
     assert!(args.starts_with("serve --node-id 12 "), "{args}");
-    assert_eq!(
-        std::fs::read_to_string(data.path().join("node-id"))
-            .unwrap()
-            .trim(),
-        "12"
-    );
-    // Its volume says 12 whatever the offset is now.
+    // A node refused under that id records nothing, and starts under the next offset.
+    let args = start_args_with("sluice-1", data.path(), &[("SLUICE_NODE_ID_OFFSET", "20")]);
+    assert!(args.starts_with("serve --node-id 22 "), "{args}");
+    // One that was let in recorded its id (the broker does): it keeps it whatever the offset.
+    std::fs::create_dir_all(data.path().join("cluster")).unwrap();
+    std::fs::write(data.path().join("cluster/node-id"), "12\n").unwrap();
     let args = start_args_with("sluice-1", data.path(), &[("SLUICE_NODE_ID_OFFSET", "20")]);
     assert!(args.starts_with("serve --node-id 12 "), "{args}");
-    // A volume with cluster state from before the id was recorded keeps the ordinal's.
-    let old = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(old.path().join("cluster")).unwrap();
-    let args = start_args_with("sluice-1", old.path(), &offset);
-    assert!(args.starts_with("serve --node-id 2 "), "{args}");
 }

@@ -28,6 +28,8 @@ use crate::routing::{namespace, Binding, Exchange};
 /// How long a change waits for this node's metadata replica to apply it (it was committed:
 /// past this, the answer is given and the node catches up on its own).
 const APPLIED_WAIT: Duration = Duration::from_secs(10);
+/// How often a node waiting to be caught up after its start looks again.
+const READY_POLL: Duration = Duration::from_millis(200);
 
 /// What of the routing table came from the metadata group, as last applied here.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -201,6 +203,30 @@ impl Broker {
         self.sync_cluster_topology();
     }
 
+    /// With stored bindings waiting for their exchange, syncs once more when this node has
+    /// applied the metadata it held at its start (then the missing exchanges are known to be
+    /// deleted, and their bindings go).
+    pub(super) fn sync_topology_once_caught_up(self: &Arc<Self>, cluster: &Cluster) {
+        if self.read().pending_bindings.is_empty() {
+            return;
+        }
+        let broker = Arc::downgrade(self);
+        let cluster = cluster.clone();
+        tokio::spawn(async move {
+            let mut changes = cluster.meta_changes();
+            while !cluster.is_ready() {
+                if broker.strong_count() == 0 {
+                    return;
+                }
+                // Readiness also follows the leader's election, which changes no metadata.
+                let _ = tokio::time::timeout(READY_POLL, changes.changed()).await;
+            }
+            if let Some(broker) = broker.upgrade() {
+                broker.sync_cluster_topology();
+            }
+        });
+    }
+
     /// Makes the routing table agree with the metadata group's exchanges and bindings.
     pub(super) fn sync_cluster_topology(&self) {
         let Some(cluster) = self.cluster() else {
@@ -252,7 +278,11 @@ impl Broker {
                 }
             }
         }
-        // This node's own bindings to cluster-wide exchanges, stored before a restart.
+        // This node's own bindings to cluster-wide exchanges, stored before a restart: bound
+        // again once the exchange is declared here. Once this node applied the metadata it
+        // held at its start, an exchange still missing was deleted while it was down, and
+        // its bindings go with it (as they would have, had the node been up).
+        let caught_up = cluster.is_ready();
         let pending = std::mem::take(&mut reg.pending_bindings);
         for binding in pending {
             if reg.routing.exchange(&binding.exchange).is_some() {
@@ -260,6 +290,9 @@ impl Broker {
                     tracing::warn!(exchange = %binding.exchange, queue = %binding.queue,
                         error = %e, "a stored binding could not be restored");
                 }
+            } else if caught_up {
+                tracing::info!(exchange = %binding.exchange, queue = %binding.queue,
+                    "binding dropped: its exchange was deleted while this node was down");
             } else {
                 reg.pending_bindings.push(binding);
             }

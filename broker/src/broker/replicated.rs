@@ -119,6 +119,7 @@ impl Broker {
             self.ensure_replicated(record).await;
         }
         self.sync_cluster_topology();
+        self.sync_topology_once_caught_up(&cluster);
         let Some(mut events) = events else {
             tracing::error!("the cluster's metadata events were taken by someone else");
             return;

@@ -20,6 +20,30 @@ use super::transport::{Handler, Transport};
 use super::types::{ClusterError, GroupId, NodeId, NodeInfo, ProposeError, Raft};
 use crate::storage::{Durability, RaftLog};
 
+/// In `<data>/cluster`: the id of the node this data belongs to, written once the node was
+/// let in (a node the cluster refused leaves none, and may start again under another id).
+pub(crate) const NODE_ID_FILE: &str = "node-id";
+
+/// Refuses to start node `node` on the cluster data of another node: its votes and log are
+/// that node's.
+pub(crate) fn check_owner(dir: &std::path::Path, node: NodeId) -> Result<(), ClusterError> {
+    let path = dir.join(NODE_ID_FILE);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
+    match text.trim().parse::<NodeId>() {
+        Ok(owner) if owner == node => Ok(()),
+        Ok(owner) => Err(ClusterError::Config(format!(
+            "{} belongs to node {owner}: start it with --node-id {owner}",
+            dir.display()
+        ))),
+        Err(_) => Err(ClusterError::Config(format!(
+            "{} does not hold a node id",
+            path.display()
+        ))),
+    }
+}
+
 pub(crate) struct Core {
     pub(crate) node_id: NodeId,
     pub(crate) local: NodeInfo,
@@ -100,8 +124,16 @@ impl Core {
         self.admitted.load(Ordering::Acquire)
     }
 
+    /// Opens the gate, and records in the data directory which node it belongs to (see
+    /// [`check_owner`]). A failure to record is logged: the node serves all the same.
     pub(crate) fn admit_here(&self) {
         self.admitted.store(true, Ordering::Release);
+        let path = self.dir.join(NODE_ID_FILE);
+        if !path.exists() {
+            if let Err(e) = std::fs::write(&path, format!("{}\n", self.node_id)) {
+                tracing::warn!(path = %path.display(), error = %e, "could not record the node id");
+            }
+        }
     }
 
     pub(crate) fn is_stopping(&self) -> bool {

@@ -20,7 +20,7 @@ const ADMIT_TIMEOUT: Duration = Duration::from_secs(30);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(40);
 /// How long a node being removed may take to hand its groups over (each transfer is bounded
 /// by the transfer timeout; they run at once).
-const STEP_DOWN_TIMEOUT: Duration = Duration::from_secs(25);
+const STEP_DOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a node that handed its groups over (being removed) starts no election in them.
 const STEPPED_DOWN_HOLD: Duration = Duration::from_secs(600);
 

@@ -203,6 +203,7 @@ impl Cluster {
         let groups = dir.join("groups");
         std::fs::create_dir_all(&groups)
             .map_err(|e| ClusterError::io(format!("creating {}", groups.display()), e))?;
+        core::check_owner(&dir, config.node_id)?;
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             ClusterError::io(format!("binding the cluster listener {}", config.listen), e)
         })?;
@@ -560,7 +561,7 @@ impl Cluster {
                         &info.cluster_addr,
                         group,
                         Request::TransferLeadership { to },
-                        TRANSFER_TIMEOUT * 2,
+                        TRANSFER_TIMEOUT * 3,
                     )
                     .await
                     .map_err(|e| ClusterError::Propose(ProposeError::Unreachable(e.to_string())))?;
@@ -638,6 +639,23 @@ pub(crate) async fn transfer_from_here(
             "node {to} did not catch up with the leader's log"
         )));
     }
+    // Every append renews its follower's lease on this leader, and a follower within its
+    // lease votes for nobody: give the other voters (bounded: one may be down) the time to
+    // catch up too, so that no append reaches them once `to` campaigns.
+    let lagging: Vec<NodeId> = others.iter().map(|(n, _)| *n).collect();
+    let _ = tokio::time::timeout(
+        TRANSFER_TIMEOUT / 2,
+        metrics.wait_for(|m| {
+            let last = m.last_log_index;
+            let replication = m.replication.as_ref();
+            lagging.iter().all(|n| {
+                replication
+                    .and_then(|r| r.get(n))
+                    .is_some_and(|matched| matched.map(|l| l.index) == last)
+            })
+        }),
+    )
+    .await;
     // Every voter but `to` holds its elections, and this leader stops its heartbeats: once
     // the followers' leader leases run out, `to` is the only candidate, and wins.
     let hold_ms = TRANSFER_TIMEOUT.as_millis() as u64 + 2000;
