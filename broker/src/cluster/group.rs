@@ -35,6 +35,9 @@ pub(crate) struct HostedGroup {
     /// Bumped by each hold of elections: a hold's timer lets elections again only if no
     /// later hold replaced it.
     election_hold: Arc<AtomicU64>,
+    /// Set once this node handed the group over for its removal: it starts no election in
+    /// the group again (until it restarts), whatever later holds and releases say.
+    stepped_down: AtomicBool,
 }
 
 impl std::fmt::Debug for HostedGroup {
@@ -58,6 +61,7 @@ impl HostedGroup {
             tasks: std::sync::Mutex::new(Vec::new()),
             handing_over: AtomicBool::new(false),
             election_hold: Arc::new(AtomicU64::new(0)),
+            stepped_down: AtomicBool::new(false),
         }
     }
 
@@ -66,6 +70,10 @@ impl HostedGroup {
     /// unable to campaign for long; a later hold replaces an earlier one.
     pub(crate) fn hold_elections(&self, ms: u64) {
         let generation = self.election_hold.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.stepped_down.load(Ordering::Acquire) {
+            self.raft.runtime_config().elect(false);
+            return;
+        }
         if ms == 0 {
             self.raft.runtime_config().elect(true);
             return;
@@ -75,10 +83,18 @@ impl HostedGroup {
         let hold = Arc::clone(&self.election_hold);
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(ms)).await;
+            // A later hold, or a step-down (which bumps the generation too), replaced it.
             if hold.load(Ordering::Acquire) == generation {
                 raft.runtime_config().elect(true);
             }
         });
+    }
+
+    /// This node handed the group over because it is being removed: it starts no election
+    /// in it again, so it cannot win back a group that is replacing it.
+    pub(crate) fn step_down_for_good(&self) {
+        self.stepped_down.store(true, Ordering::Release);
+        self.hold_elections(0);
     }
 
     /// Whether this leader is handing the group over (see [`Self::begin_hand_over`]).

@@ -21,8 +21,6 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(40);
 /// How long a node being removed may take to hand its groups over (each transfer is bounded
 /// by the transfer timeout; they run at once).
 const STEP_DOWN_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a node that handed its groups over (being removed) starts no election in them.
-const STEPPED_DOWN_HOLD: Duration = Duration::from_secs(600);
 
 impl Core {
     /// Makes `node` a voting member of the metadata group with addresses `info` (this node
@@ -191,9 +189,9 @@ impl Core {
             .collect();
         let transfers = led.iter().map(|(g, to)| async move {
             match super::transfer_from_here(self, g, *to).await {
-                // Not to win it back while its new leader replaces this node (that takes as
-                // long as a new replica's catch-up).
-                Ok(()) => g.hold_elections(STEPPED_DOWN_HOLD.as_millis() as u64),
+                // Never to win it back while its new leader replaces this node (that takes
+                // as long as a new replica's catch-up).
+                Ok(()) => g.step_down_for_good(),
                 Err(e) => {
                     tracing::warn!(group = %g.id, to, error = %e, "could not hand the group over")
                 }
