@@ -180,6 +180,26 @@ enum Victim {
 /// removes it from the cluster with `sluice cluster remove-node`, asked of another replica.
 /// The victim never leads the metadata group (which would have to elect a leader before it
 /// could answer the removal). Returns it.
+/// Four nodes, the queue declared with three replicas and published to: which nodes hold
+/// it, and the one that does not.
+struct SpareNode {
+    cluster: ClusterProcess,
+    placed: BTreeSet<NodeId>,
+    spare: NodeId,
+}
+
+async fn a_spare_node_and_a_queue_on_the_others(dir: &std::path::Path) -> SpareNode {
+    let mut cluster = ClusterProcess::start(dir, 3, &[]).await;
+    assert_eq!(cluster.add_node().await, 4);
+    let placed = declare_and_publish(&mut cluster).await;
+    let spare = (1..=4).find(|n| !placed.contains(n)).unwrap();
+    SpareNode {
+        cluster,
+        placed,
+        spare,
+    }
+}
+
 async fn kill_and_remove_a_replica(
     cluster: &mut ClusterProcess,
     placed: &BTreeSet<NodeId>,
@@ -298,10 +318,11 @@ async fn kill_an_original_and_consume_all_from(
 /// which then serves every confirmed message with only one original replica left.
 async fn replace_a_dead_replica_on_a_spare_node(which: Victim) {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
-    assert_eq!(cluster.add_node().await, 4);
-    let placed = declare_and_publish(&mut cluster).await;
-    let spare = (1..=4).find(|n| !placed.contains(n)).unwrap();
+    let SpareNode {
+        mut cluster,
+        placed,
+        spare,
+    } = a_spare_node_and_a_queue_on_the_others(dir.path()).await;
 
     let victim = kill_and_remove_a_replica(&mut cluster, &placed, which).await;
     // The cluster rebuilds the replica on the spare node: the queue's leader shows the three
@@ -365,10 +386,11 @@ async fn with_no_spare_node_the_dead_replica_is_dropped_and_a_node_joining_later
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_removed_while_it_runs_hands_its_replica_to_a_spare_node_and_the_queue_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
-    assert_eq!(cluster.add_node().await, 4);
-    let placed = declare_and_publish(&mut cluster).await;
-    let spare = (1..=4).find(|n| !placed.contains(n)).unwrap();
+    let SpareNode {
+        mut cluster,
+        placed,
+        spare,
+    } = a_spare_node_and_a_queue_on_the_others(dir.path()).await;
     let queue_leader = await_replicas_caught_up(&mut cluster, &placed).await;
     let meta_leader = cluster_status(&cluster, queue_leader).await["metadata_leader"]
         .as_u64()
@@ -424,10 +446,11 @@ async fn a_node_removed_while_it_runs_hands_its_replica_to_a_spare_node_and_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_queue_leader_that_is_removed_hands_its_leadership_over_and_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
-    assert_eq!(cluster.add_node().await, 4);
-    let placed = declare_and_publish(&mut cluster).await;
-    let spare = (1..=4).find(|n| !placed.contains(n)).unwrap();
+    let SpareNode {
+        mut cluster,
+        placed,
+        spare,
+    } = a_spare_node_and_a_queue_on_the_others(dir.path()).await;
     let removed = await_replicas_caught_up(&mut cluster, &placed).await;
     let asked = *placed.iter().find(|&&n| n != removed).unwrap();
 

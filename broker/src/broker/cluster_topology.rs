@@ -180,16 +180,14 @@ impl Broker {
     ) -> Result<TopologyOutcome, RequestError> {
         match wait(cluster.propose_meta(command)).map_err(propose_error)? {
             MetaResponse::Topology(outcome) => Ok(outcome),
-            other => Err(RequestError::internal(format!(
-                "the cluster's metadata answered {other:?} to a topology change"
-            ))),
+            other => Err(unexpected(&other)),
         }
     }
 
     /// Waits (bounded) until this node's metadata replica satisfies `applied`, then routes
     /// by it.
     fn await_applied(&self, cluster: &Cluster, applied: impl Fn(&TopologyRecords) -> bool) {
-        let mut changes = cluster.meta_changes();
+        let mut changes = cluster.topology_changes();
         let caught_up = wait(tokio::time::timeout(APPLIED_WAIT, async {
             while !applied(&cluster.topology()) {
                 if changes.changed().await.is_err() {
@@ -213,7 +211,7 @@ impl Broker {
         let broker = Arc::downgrade(self);
         let cluster = cluster.clone();
         tokio::spawn(async move {
-            let mut changes = cluster.meta_changes();
+            let mut changes = cluster.topology_changes();
             while !cluster.is_ready() {
                 if broker.strong_count() == 0 {
                     return;
@@ -304,8 +302,8 @@ impl Broker {
     }
 }
 
-fn unexpected(outcome: &TopologyOutcome) -> RequestError {
+fn unexpected(answer: &impl std::fmt::Debug) -> RequestError {
     RequestError::internal(format!(
-        "the cluster's metadata answered {outcome:?} to a topology change"
+        "the cluster's metadata answered {answer:?} to a topology change"
     ))
 }

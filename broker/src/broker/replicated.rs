@@ -350,7 +350,8 @@ impl Broker {
         }
         let handle = self.ensure_replicated(record.clone()).await;
         if let (Some(handle), false) = (handle, listed) {
-            point_at_replicas(&cluster, &record, &handle);
+            // Not a replica: its clients go to one of the replicas.
+            handle.send(QueueCmd::Leadership(elsewhere(&cluster, &record.replicas)));
         }
     }
 
@@ -489,16 +490,6 @@ impl Broker {
 enum NewTask {
     Created(QueueHandle),
     Raced(Option<QueueHandle>),
-}
-
-/// Sends the clients of a queue this node is not a replica of to one of its replicas (which
-/// names the leader if it is not it), after its replicas changed.
-fn point_at_replicas(cluster: &Cluster, record: &QueueRecord, handle: &QueueHandle) {
-    let replica = record.replicas.iter().find_map(|&n| cluster.node(n));
-    handle.send(QueueCmd::Leadership(LeaderView {
-        is_self: false,
-        client_addr: replica.map(|n| n.client_addr).unwrap_or_default(),
-    }));
 }
 
 /// Sends a hosted group's leadership to its queue task, with the leader's client address.

@@ -436,6 +436,7 @@ mod tests {
     use tokio::sync::{oneshot, Semaphore};
 
     use super::*;
+    use crate::storage::tests::support::crash_copy;
     use crate::storage::{Store, StoreConfig};
 
     const WAIT: Duration = Duration::from_secs(10);
@@ -511,34 +512,39 @@ mod tests {
         got.unwrap()
     }
 
-    /// A copy of the data directory: what the disk holds if the process died now.
-    fn crash_copy(src: &Path) -> tempfile::TempDir {
-        fn copy_dir(src: &Path, dst: &Path) {
-            std::fs::create_dir_all(dst).unwrap();
-            for e in std::fs::read_dir(src).unwrap() {
-                let e = e.unwrap();
-                let to = dst.join(e.file_name());
-                if e.file_type().unwrap().is_dir() {
-                    copy_dir(&e.path(), &to);
-                } else {
-                    std::fs::copy(e.path(), &to).unwrap();
-                }
-            }
+    /// A gated store (see [`gated`]) on a fresh data directory, entries 1..=3 of term 1
+    /// flushed.
+    struct Gated {
+        data: tempfile::TempDir,
+        disk: Store,
+        gate: Arc<Semaphore>,
+        store: LogStore,
+    }
+
+    async fn gated_with_three_flushed() -> Gated {
+        let data = tempfile::tempdir().unwrap();
+        let disk = Store::open(data.path(), StoreConfig::default()).unwrap();
+        let gate = Arc::new(Semaphore::new(0));
+        let store = gated(open_log(&disk), &gate);
+        gate.add_permits(1);
+        flushed(append(&store, entries(1, 1..=3)).await).await;
+        Gated {
+            data,
+            disk,
+            gate,
+            store,
         }
-        let dst = tempfile::tempdir().unwrap();
-        copy_dir(src, dst.path());
-        dst
     }
 
     #[tokio::test]
     async fn the_committed_id_saved_never_passes_the_flushed_log_so_a_crash_leaves_what_to_reapply()
     {
-        let data = tempfile::tempdir().unwrap();
-        let disk = Store::open(data.path(), StoreConfig::default()).unwrap();
-        let gate = Arc::new(Semaphore::new(0));
-        let mut store = gated(open_log(&disk), &gate);
-        gate.add_permits(1);
-        flushed(append(&store, entries(1, 1..=3)).await).await;
+        let Gated {
+            data,
+            disk,
+            gate,
+            mut store,
+        } = gated_with_three_flushed().await;
         store.save_committed(Some(id(1, 3))).await.unwrap();
         assert_eq!(saved_at_least(&store, 3).await, id(1, 3));
 
@@ -578,12 +584,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_flush_of_entries_cut_meanwhile_does_not_count_as_flushed() {
-        let data = tempfile::tempdir().unwrap();
-        let disk = Store::open(data.path(), StoreConfig::default()).unwrap();
-        let gate = Arc::new(Semaphore::new(0));
-        let mut store = gated(open_log(&disk), &gate);
-        gate.add_permits(1);
-        flushed(append(&store, entries(1, 1..=3)).await).await;
+        let Gated {
+            data: _data,
+            disk: _disk,
+            gate,
+            mut store,
+        } = gated_with_three_flushed().await;
         // Term 1's 4..=6 are written, then cut from 5 by a new leader, whose 5..=6 follow.
         let old = append(&store, entries(1, 4..=6)).await;
         store.truncate(id(1, 5)).await.unwrap();

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::codec::{decode, encode};
 use super::state_machine::{Committed, GroupMachine, MachineError};
-use super::topology::{BindingRecord, ExchangeRecord, TopologyOutcome, TopologyRecords};
+use super::topology::{Applied, BindingRecord, ExchangeRecord, TopologyOutcome, TopologyRecords};
 use super::types::{ClusterError, NodeId, NodeInfo};
 
 /// A replicated queue, as the metadata group records it.
@@ -155,6 +155,9 @@ pub(crate) struct MetaMachine {
     /// Bumped whenever the members or the catalog change: what the cluster's own repair
     /// tasks watch (the events are the broker's).
     changes: watch::Sender<u64>,
+    /// Bumped whenever the exchanges or bindings change: what a node waits on to route by
+    /// a topology change it made (repair reads no topology, and is not woken by it).
+    topology_changes: watch::Sender<u64>,
 }
 
 impl MetaMachine {
@@ -164,6 +167,7 @@ impl MetaMachine {
             state: Mutex::new(MetaState::default()),
             events,
             changes: watch::channel(0).0,
+            topology_changes: watch::channel(0).0,
         });
         (machine, rx)
     }
@@ -207,6 +211,18 @@ impl MetaMachine {
         self.changes.subscribe()
     }
 
+    /// Wakes whoever waits for the exchanges and bindings.
+    pub(crate) fn subscribe_topology(&self) -> watch::Receiver<u64> {
+        self.topology_changes.subscribe()
+    }
+
+    /// Tells the broker that the topology changed.
+    fn emit_topology(&self) {
+        let _ = self.events.send(MetaEvent::TopologyChanged);
+        self.topology_changes
+            .send_modify(|v| *v = v.wrapping_add(1));
+    }
+
     fn emit(&self, event: MetaEvent) {
         // The receiver may not be taken (a node without replicated queues); nothing to do.
         let _ = self.events.send(event);
@@ -247,13 +263,11 @@ impl MetaMachine {
             MetaCommand::DeleteQueue { vhost, name } => match st.queues.remove(&(vhost, name)) {
                 Some(record) => {
                     st.wanted.remove(&record.uid);
-                    let before = st.topology.bindings.len();
-                    st.topology.queue_deleted(&record.name);
-                    let unbound = st.topology.bindings.len() != before;
+                    let unbound = st.topology.queue_deleted(&record.name);
                     drop(st);
                     self.emit(MetaEvent::QueueDeleted(record.clone()));
                     if unbound {
-                        self.emit(MetaEvent::TopologyChanged);
+                        self.emit_topology();
                     }
                     MetaResponse::Deleted(record)
                 }
@@ -294,16 +308,14 @@ impl MetaMachine {
     fn change_topology(
         &self,
         mut st: MutexGuard<'_, MetaState>,
-        change: impl FnOnce(&mut TopologyRecords) -> TopologyOutcome,
+        change: impl FnOnce(&mut TopologyRecords) -> Applied,
     ) -> MetaResponse {
-        let before = st.topology.clone();
-        let outcome = change(&mut st.topology);
-        let changed = st.topology != before;
+        let applied = change(&mut st.topology);
         drop(st);
-        if changed {
-            self.emit(MetaEvent::TopologyChanged);
+        if applied.changed {
+            self.emit_topology();
         }
-        MetaResponse::Topology(outcome)
+        MetaResponse::Topology(applied.outcome)
     }
 
     /// Replaces the state with a snapshot's, telling the broker what changed as events.
@@ -336,7 +348,7 @@ impl MetaMachine {
             self.emit(MetaEvent::NodesChanged);
         }
         if old.topology != new.topology {
-            self.emit(MetaEvent::TopologyChanged);
+            self.emit_topology();
         }
     }
 }

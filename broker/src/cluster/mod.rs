@@ -484,9 +484,9 @@ impl Cluster {
         self.inner.core.meta.topology()
     }
 
-    /// Changes whenever this node's metadata replica applied a change.
-    pub fn meta_changes(&self) -> watch::Receiver<u64> {
-        self.inner.core.meta.subscribe()
+    /// Changes whenever this node's metadata replica changed the exchanges or bindings.
+    pub fn topology_changes(&self) -> watch::Receiver<u64> {
+        self.inner.core.meta.subscribe_topology()
     }
 
     /// Adds node `id` as a member. `info.cluster_addr` must reach it; when the other

@@ -56,48 +56,73 @@ pub enum TopologyOutcome {
     InUse,
 }
 
+/// A topology command applied: its answer, and whether the records changed.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Applied {
+    pub(crate) outcome: TopologyOutcome,
+    pub(crate) changed: bool,
+}
+
+impl Applied {
+    fn done(changed: bool) -> Applied {
+        Applied {
+            outcome: TopologyOutcome::Done,
+            changed,
+        }
+    }
+
+    fn refused(outcome: TopologyOutcome) -> Applied {
+        Applied {
+            outcome,
+            changed: false,
+        }
+    }
+}
+
 impl TopologyRecords {
     /// Records an exchange; its name taken by an exchange with other properties is a
     /// conflict.
-    pub(crate) fn declare(&mut self, record: ExchangeRecord) -> TopologyOutcome {
+    pub(crate) fn declare(&mut self, record: ExchangeRecord) -> Applied {
         match self.exchanges.get(&record.name) {
-            Some(existing) if *existing != record => TopologyOutcome::Conflict(existing.clone()),
-            Some(_) => TopologyOutcome::Done,
+            Some(existing) if *existing != record => {
+                Applied::refused(TopologyOutcome::Conflict(existing.clone()))
+            }
+            Some(_) => Applied::done(false),
             None => {
                 self.exchanges.insert(record.name.clone(), record);
-                TopologyOutcome::Done
+                Applied::done(true)
             }
         }
     }
 
-    pub(crate) fn delete(&mut self, name: &str, if_unused: bool) -> TopologyOutcome {
+    pub(crate) fn delete(&mut self, name: &str, if_unused: bool) -> Applied {
         if !self.exchanges.contains_key(name) {
-            return TopologyOutcome::NoExchange;
+            return Applied::refused(TopologyOutcome::NoExchange);
         }
         if if_unused && self.bindings.iter().any(|b| b.exchange == name) {
-            return TopologyOutcome::InUse;
+            return Applied::refused(TopologyOutcome::InUse);
         }
         self.exchanges.remove(name);
         self.bindings.retain(|b| b.exchange != name);
-        TopologyOutcome::Done
+        Applied::done(true)
     }
 
     /// Binds; a binding from an exchange the records do not hold (a built-in one, or one
     /// declared before the node was clustered) is recorded all the same: every node has the
     /// built-ins.
-    pub(crate) fn bind(&mut self, record: BindingRecord) -> TopologyOutcome {
-        self.bindings.insert(record);
-        TopologyOutcome::Done
+    pub(crate) fn bind(&mut self, record: BindingRecord) -> Applied {
+        Applied::done(self.bindings.insert(record))
     }
 
-    pub(crate) fn unbind(&mut self, record: &BindingRecord) -> TopologyOutcome {
-        self.bindings.remove(record);
-        TopologyOutcome::Done
+    pub(crate) fn unbind(&mut self, record: &BindingRecord) -> Applied {
+        Applied::done(self.bindings.remove(record))
     }
 
-    /// Forgets the bindings of a deleted queue.
-    pub(crate) fn queue_deleted(&mut self, queue: &str) {
+    /// Forgets the bindings of a deleted queue; whether it had any.
+    pub(crate) fn queue_deleted(&mut self, queue: &str) -> bool {
+        let before = self.bindings.len();
         self.bindings.retain(|b| b.queue != queue);
+        self.bindings.len() != before
     }
 }
 
@@ -126,10 +151,16 @@ mod tests {
     #[test]
     fn a_redeclare_with_other_properties_answers_with_the_existing_exchange() {
         let mut t = TopologyRecords::default();
-        assert_eq!(t.declare(exchange("x", "direct")), TopologyOutcome::Done);
-        assert_eq!(t.declare(exchange("x", "direct")), TopologyOutcome::Done);
         assert_eq!(
-            t.declare(exchange("x", "fanout")),
+            t.declare(exchange("x", "direct")).outcome,
+            TopologyOutcome::Done
+        );
+        assert_eq!(
+            t.declare(exchange("x", "direct")).outcome,
+            TopologyOutcome::Done
+        );
+        assert_eq!(
+            t.declare(exchange("x", "fanout")).outcome,
             TopologyOutcome::Conflict(exchange("x", "direct"))
         );
     }
@@ -140,9 +171,9 @@ mod tests {
         t.declare(exchange("x", "direct"));
         t.bind(binding("x", "q"));
         t.bind(binding("amq.direct", "q"));
-        assert_eq!(t.delete("x", true), TopologyOutcome::InUse);
-        assert_eq!(t.delete("x", false), TopologyOutcome::Done);
-        assert_eq!(t.delete("x", false), TopologyOutcome::NoExchange);
+        assert_eq!(t.delete("x", true).outcome, TopologyOutcome::InUse);
+        assert_eq!(t.delete("x", false).outcome, TopologyOutcome::Done);
+        assert_eq!(t.delete("x", false).outcome, TopologyOutcome::NoExchange);
         assert_eq!(
             t.bindings.iter().collect::<Vec<_>>(),
             vec![&binding("amq.direct", "q")]

@@ -51,7 +51,7 @@ mod recovery;
 mod store;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 #[cfg(test)]
 pub(crate) mod tmpfs;
 

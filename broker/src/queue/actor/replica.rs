@@ -885,6 +885,14 @@ mod tests {
         }
     }
 
+    /// The view of a replica that leads its group.
+    fn leading() -> QueueCmd {
+        QueueCmd::Leadership(LeaderView {
+            is_self: true,
+            client_addr: "127.0.0.11:5680".into(),
+        })
+    }
+
     async fn next(rx: &mut mpsc::UnboundedReceiver<ConnEvent>) -> ConnEvent {
         tokio::time::timeout(WAIT, rx.recv())
             .await
@@ -919,10 +927,7 @@ mod tests {
         r.queue.send(QueueCmd::Attach {
             proposer: Arc::new(Loopback(r.machine.clone())),
         });
-        r.queue.send(QueueCmd::Leadership(LeaderView {
-            is_self: true,
-            client_addr: "127.0.0.11:5680".into(),
-        }));
+        r.queue.send(leading());
         r.queue.send(consume(&conn));
         assert!(
             matches!(next(&mut rx).await, ConnEvent::Reply { .. }),
@@ -1158,10 +1163,7 @@ mod tests {
     async fn a_leader_that_fails_stops_its_consumers_and_never_leads_again() {
         let (r, _disk) = replica_on_a_full_disk();
         let (conn, mut rx) = link();
-        r.queue.send(QueueCmd::Leadership(LeaderView {
-            is_self: true,
-            client_addr: "127.0.0.11:5680".into(),
-        }));
+        r.queue.send(leading());
         r.queue.send(consume(&conn));
         assert!(
             matches!(next(&mut rx).await, ConnEvent::Reply { .. }),
@@ -1173,10 +1175,7 @@ mod tests {
             other => panic!("expected LEADER_MOVED, got {other:?}"),
         }
         // A late view naming this node changes nothing: consumers are sent elsewhere.
-        r.queue.send(QueueCmd::Leadership(LeaderView {
-            is_self: true,
-            client_addr: "127.0.0.11:5680".into(),
-        }));
+        r.queue.send(leading());
         r.queue.send(consume(&conn));
         match next(&mut rx).await {
             ConnEvent::Error { error, .. } => assert_eq!(error.code, ErrorCode::NotLeader),

@@ -109,14 +109,16 @@ impl QueueMachine {
         sent: bool,
         answer: oneshot::Receiver<Result<T, MachineError>>,
     ) -> BoxFuture<'static, Result<T, MachineError>> {
-        let stopped = MachineError::Stopped {
-            machine: format!("queue '{}'", self.queue.meta.name),
+        // Named only when it is needed: this runs for every applied batch.
+        let name = Arc::clone(&self.queue.meta.name);
+        let stopped = move || MachineError::Stopped {
+            machine: format!("queue '{name}'"),
         };
         Box::pin(async move {
             if !sent {
-                return Err(stopped);
+                return Err(stopped());
             }
-            answer.await.unwrap_or(Err(stopped))
+            answer.await.unwrap_or_else(|_| Err(stopped()))
         })
     }
 }

@@ -82,24 +82,7 @@ fn check_contents(log: &RaftLog) -> Vec<u64> {
     got.into_iter().map(|(i, _)| i).collect()
 }
 
-pub(super) fn crash_copy(src: &Path) -> tempfile::TempDir {
-    fn copy_dir(src: &Path, dst: &Path) {
-        std::fs::create_dir_all(dst).unwrap();
-        for e in std::fs::read_dir(src).unwrap() {
-            let e = e.unwrap();
-            let to = dst.join(e.file_name());
-            if e.file_type().unwrap().is_dir() {
-                copy_dir(&e.path(), &to);
-            } else {
-                std::fs::copy(e.path(), &to).unwrap();
-            }
-        }
-    }
-    let dst = tempfile::tempdir().unwrap();
-    copy_dir(src, dst.path());
-    // The lock file is held by the running store, not by the copy.
-    dst
-}
+pub(super) use crate::storage::tests::support::crash_copy;
 
 pub(super) fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)

@@ -8,4 +8,4 @@ mod full_disk;
 mod fuzz_like;
 mod lifecycle;
 mod model;
-mod support;
+pub(crate) mod support;

@@ -35,7 +35,7 @@ pub(super) fn body(n: u64, len: usize) -> Vec<u8> {
 }
 
 /// Copies a data directory as it is on disk right now: what a crash at this moment leaves.
-pub(super) fn crash_copy(src: &Path) -> tempfile::TempDir {
+pub(crate) fn crash_copy(src: &Path) -> tempfile::TempDir {
     let dst = tempfile::tempdir().unwrap();
     copy_dir(src, dst.path());
     dst
