@@ -139,6 +139,7 @@ pub fn list_exchanges(
         durable: x.durable,
         auto_delete: x.auto_delete,
         alternate_exchange: x.alternate_exchange.clone(),
+        hash_header: x.hash_header.clone(),
     });
     let limit = PageLimit::new(request.limit, max_frame_len);
     let (exchanges, more) = take_page(summaries, limit, ExchangeSummary::encoded_len);

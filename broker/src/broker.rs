@@ -618,6 +618,7 @@ impl Broker {
             durable: req.durable,
             auto_delete: req.auto_delete,
             alternate_exchange: req.alternate_exchange,
+            hash_header: req.hash_header,
         };
         // Tried on the copy first: a conflict with this node's exchange is answered here.
         let created = change.next.routing.declare_exchange(exchange.clone())?;
@@ -668,6 +669,10 @@ impl Broker {
             .get(binding.queue.as_str())
             .is_some_and(|q| is_replicated(&q.meta.arguments));
         let managed = reg.cluster_managed.holds_binding(&binding);
+        let sole = reg
+            .routing
+            .exchange(&binding.exchange)
+            .is_some_and(|x| x.kind.picks_one());
         let shared = binding.clone();
         let changed = if bind {
             if !queue_ok {
@@ -695,7 +700,7 @@ impl Broker {
             // An unbind always is: this node may not have applied the bind yet.
             if !(bind && managed) {
                 drop(change);
-                return self.bind_in_cluster(cluster, &shared, bind);
+                return self.bind_in_cluster(cluster, &shared, bind, sole);
             }
             return Ok(());
         }

@@ -18,7 +18,8 @@ use crate::routing::{Binding, Exchange, ExchangeKind};
 use crate::storage::fault::{self, Point};
 
 const MAGIC: &[u8; 8] = b"SLUICEDF";
-const VERSION: u32 = 1;
+/// 2 added the exchanges' hash header; version 1 files are still read.
+const VERSION: u32 = 2;
 const HEADER_LEN: usize = 20;
 /// Name of the topology file in the data directory.
 pub const FILE_NAME: &str = "definitions.bin";
@@ -287,8 +288,9 @@ fn decode(bytes: &[u8]) -> Result<Stored, String> {
         return Err("bad magic number".into());
     }
     let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-    if word(8) != VERSION {
-        return Err(format!("unsupported format version {}", word(8)));
+    let version = word(8);
+    if version != VERSION && version != 1 {
+        return Err(format!("unsupported format version {version}"));
     }
     let len = word(12) as usize;
     let payload = bytes
@@ -297,6 +299,11 @@ fn decode(bytes: &[u8]) -> Result<Stored, String> {
         .ok_or("length does not match the file size")?;
     if crc32fast::hash(payload) != word(16) {
         return Err("checksum mismatch".into());
+    }
+    if version == 1 {
+        return bincode::deserialize::<StoredV1>(payload)
+            .map(Stored::from)
+            .map_err(|e| e.to_string());
     }
     bincode::deserialize(payload).map_err(|e| e.to_string())
 }
@@ -322,10 +329,48 @@ struct StoredQueue {
 #[derive(Serialize, Deserialize)]
 struct StoredExchange {
     name: String,
-    /// 0 direct, 1 fanout, 2 topic, 3 headers.
+    /// 0 direct, 1 fanout, 2 topic, 3 headers, 4 weighted, 5 consistent-hash.
     kind: u8,
     auto_delete: bool,
     alternate_exchange: Option<String>,
+    hash_header: Option<String>,
+}
+
+/// Version 1 of the payload: exchanges had no hash header.
+#[derive(Deserialize)]
+struct StoredV1 {
+    queues: Vec<StoredQueue>,
+    exchanges: Vec<StoredExchangeV1>,
+    bindings: Vec<StoredBinding>,
+}
+
+#[derive(Deserialize)]
+struct StoredExchangeV1 {
+    name: String,
+    kind: u8,
+    auto_delete: bool,
+    alternate_exchange: Option<String>,
+}
+
+impl From<StoredV1> for Stored {
+    fn from(v1: StoredV1) -> Self {
+        let exchanges = v1
+            .exchanges
+            .into_iter()
+            .map(|x| StoredExchange {
+                name: x.name,
+                kind: x.kind,
+                auto_delete: x.auto_delete,
+                alternate_exchange: x.alternate_exchange,
+                hash_header: None,
+            })
+            .collect();
+        Stored {
+            queues: v1.queues,
+            exchanges,
+            bindings: v1.bindings,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -357,6 +402,7 @@ impl From<&Topology> for Stored {
                     kind: wire::ExchangeKind::from(x.kind) as u8,
                     auto_delete: x.auto_delete,
                     alternate_exchange: x.alternate_exchange.clone(),
+                    hash_header: x.hash_header.clone(),
                 })
                 .collect(),
             bindings: t
@@ -404,6 +450,7 @@ impl Stored {
                     durable: true,
                     auto_delete: x.auto_delete,
                     alternate_exchange: x.alternate_exchange,
+                    hash_header: x.hash_header,
                 })
             })
             .collect::<Result<_, _>>()?;
@@ -431,6 +478,8 @@ fn kind_from_u8(k: u8) -> Option<ExchangeKind> {
         1 => Some(ExchangeKind::Fanout),
         2 => Some(ExchangeKind::Topic),
         3 => Some(ExchangeKind::Headers),
+        4 => Some(ExchangeKind::Weighted),
+        5 => Some(ExchangeKind::ConsistentHash),
         _ => None,
     }
 }
@@ -486,14 +535,63 @@ mod tests {
 
     /// Writes `stored` as the topology file of `dir`, with a valid header and checksum.
     fn write_stored(dir: &Path, stored: &Stored) {
-        let payload = bincode::serialize(stored).unwrap();
+        write_payload(dir, VERSION, &bincode::serialize(stored).unwrap());
+    }
+
+    fn write_payload(dir: &Path, version: u32, payload: &[u8]) {
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&version.to_le_bytes());
         out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        out.extend_from_slice(&payload);
+        out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        out.extend_from_slice(payload);
         std::fs::write(dir.join(FILE_NAME), out).unwrap();
+    }
+
+    #[test]
+    fn a_version_1_file_is_read_its_exchanges_without_hash_header() {
+        // Version 1's layout, as the broker wrote it before hash headers existed.
+        #[derive(Serialize)]
+        struct V1Exchange {
+            name: String,
+            kind: u8,
+            auto_delete: bool,
+            alternate_exchange: Option<String>,
+        }
+        let v1 = (
+            Vec::<StoredQueue>::new(),
+            vec![V1Exchange {
+                name: "orders".into(),
+                kind: 2,
+                auto_delete: false,
+                alternate_exchange: Some("ae".into()),
+            }],
+            Vec::<StoredBinding>::new(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        write_payload(dir.path(), 1, &bincode::serialize(&v1).unwrap());
+        let topology = load(dir.path()).unwrap();
+        assert_eq!(
+            topology.exchanges,
+            vec![Exchange {
+                durable: true,
+                alternate_exchange: Some("ae".into()),
+                ..Exchange::new("orders", ExchangeKind::Topic)
+            }]
+        );
+    }
+
+    #[test]
+    fn a_consistent_hash_exchange_keeps_its_hash_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut topology = sample();
+        topology.exchanges.push(Exchange {
+            durable: true,
+            hash_header: Some("user".into()),
+            ..Exchange::new("by-user", ExchangeKind::ConsistentHash)
+        });
+        write_stored(dir.path(), &Stored::from(&topology));
+        assert_eq!(load(dir.path()).unwrap().exchanges, topology.exchanges);
     }
 
     fn bad_entry(dir: &Path) -> (Entry, String) {

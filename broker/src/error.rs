@@ -73,6 +73,7 @@ impl From<RoutingError> for RequestError {
                 ErrorCode::NotAllowed
             }
             RoutingError::InvalidKind(_)
+            | RoutingError::InvalidExchange { .. }
             | RoutingError::InvalidBinding { .. }
             | RoutingError::InvalidName(_) => ErrorCode::InvalidArgument,
         };

@@ -69,20 +69,27 @@ pub struct ExchangeDefinition {
     /// Where messages that match no binding go.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alternate_exchange: Option<String>,
+    /// Consistent-hash exchanges: the header hashed instead of the routing key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_header: Option<String>,
 }
 
-/// An exchange kind, as `declare-exchange --kind` names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// An exchange kind, as `declare-exchange --kind`, the HTTP API and definitions name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
 pub enum KindName {
     /// Routing key equals binding key.
     Direct,
     /// Every bound queue.
     Fanout,
-    /// Dot-separated words with `*` and `#`.
+    /// Dot-separated words; `*` matches one word, `#` zero or more.
     Topic,
-    /// Message headers against binding arguments.
+    /// Message headers against binding headers, under `x-match` (all or any).
     Headers,
+    /// Exactly one bound queue per message, in proportion to the bindings' weights.
+    Weighted,
+    /// Exactly one bound queue per message, by a hash of the routing key (or a header).
+    ConsistentHash,
 }
 
 impl From<ExchangeKind> for KindName {
@@ -92,6 +99,8 @@ impl From<ExchangeKind> for KindName {
             ExchangeKind::Fanout => KindName::Fanout,
             ExchangeKind::Topic => KindName::Topic,
             ExchangeKind::Headers => KindName::Headers,
+            ExchangeKind::Weighted => KindName::Weighted,
+            ExchangeKind::ConsistentHash => KindName::ConsistentHash,
         }
     }
 }
@@ -103,6 +112,8 @@ impl From<KindName> for ExchangeKind {
             KindName::Fanout => ExchangeKind::Fanout,
             KindName::Topic => ExchangeKind::Topic,
             KindName::Headers => ExchangeKind::Headers,
+            KindName::Weighted => ExchangeKind::Weighted,
+            KindName::ConsistentHash => ExchangeKind::ConsistentHash,
         }
     }
 }
@@ -461,6 +472,7 @@ impl Definitions {
                 kind: x.kind.into(),
                 auto_delete: x.auto_delete,
                 alternate_exchange: x.alternate_exchange.clone(),
+                hash_header: x.hash_header.clone(),
             })
             .collect();
         exchanges.sort_by(|a, b| a.name.cmp(&b.name));
@@ -623,6 +635,7 @@ mod tests {
             durable,
             auto_delete: false,
             alternate_exchange: None,
+            hash_header: None,
         };
         let b = |exchange: &str, queue: &str| BindingSummary {
             exchange: exchange.into(),

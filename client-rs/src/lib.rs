@@ -82,8 +82,8 @@ pub use connection::ServerInfo;
 pub use consumer::{Consumer, Message};
 pub use error::{CloseReason, Error, ErrorGroup, Result};
 pub use options::{
-    ConsumeOptions, DeleteExchangeOptions, DeleteQueueOptions, ExchangeOptions, PublishOptions,
-    QueueOptions,
+    weight, ConsumeOptions, DeleteExchangeOptions, DeleteQueueOptions, ExchangeOptions,
+    PublishOptions, QueueOptions, WEIGHT_ARGUMENT,
 };
 pub use publish::{Confirmed, OutgoingMessage, PublishConfirm, Publisher};
 pub use tls::TlsError;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::wire::{
     Consume, DeclareExchange, DeclareQueue, DeleteExchange, DeleteQueue, ExchangeKind, HeaderValue,
-    Overflow, Properties, QueueArguments, RetryBackoff,
+    Headers, Overflow, Properties, QueueArguments, RetryBackoff,
 };
 
 /// Whole milliseconds, saturating.
@@ -239,6 +239,9 @@ pub struct ExchangeOptions {
     pub passive: bool,
     /// Where messages that match no binding go.
     pub alternate_exchange: Option<String>,
+    /// Consistent-hash exchanges only: hash this message header instead of the routing key
+    /// (a message without it is unroutable).
+    pub hash_header: Option<String>,
 }
 
 impl Default for ExchangeOptions {
@@ -248,6 +251,7 @@ impl Default for ExchangeOptions {
             auto_delete: false,
             passive: false,
             alternate_exchange: None,
+            hash_header: None,
         }
     }
 }
@@ -282,6 +286,12 @@ impl ExchangeOptions {
         self
     }
 
+    /// Sets the [`hash_header`](Self::hash_header).
+    pub fn hash_header(mut self, header: impl Into<String>) -> Self {
+        self.hash_header = Some(header.into());
+        self
+    }
+
     pub(crate) fn into_request(self, name: &str, kind: ExchangeKind) -> DeclareExchange {
         DeclareExchange {
             name: name.to_owned(),
@@ -290,6 +300,7 @@ impl ExchangeOptions {
             auto_delete: self.auto_delete,
             passive: self.passive,
             alternate_exchange: self.alternate_exchange,
+            hash_header: self.hash_header,
         }
     }
 }
@@ -508,6 +519,21 @@ impl PublishOptions {
     }
 }
 
+/// The binding argument that gives a binding its share of a `weighted` or `consistent-hash`
+/// exchange (protocol.md §7.4).
+pub const WEIGHT_ARGUMENT: &str = "x-weight";
+
+/// Binding arguments giving a binding `weight` (protocol.md §7.4): for a `weighted`
+/// exchange, its share of the messages (0 sends it none); for `consistent-hash`, its share of
+/// the hash ring. Binding the same queue again with another weight changes the weight in
+/// place.
+pub fn weight(weight: u32) -> Headers {
+    vec![(
+        WEIGHT_ARGUMENT.to_owned(),
+        HeaderValue::Int(i64::from(weight)),
+    )]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -556,3 +582,4 @@ mod tests {
         );
     }
 }
+

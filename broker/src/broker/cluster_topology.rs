@@ -55,6 +55,7 @@ fn exchange_record(x: &Exchange) -> ExchangeRecord {
         kind: x.kind.as_str().to_owned(),
         durable: x.durable,
         alternate_exchange: x.alternate_exchange.clone(),
+        hash_header: x.hash_header.clone(),
     }
 }
 
@@ -66,6 +67,7 @@ fn exchange_of(r: &ExchangeRecord) -> Option<Exchange> {
         durable: r.durable,
         auto_delete: false,
         alternate_exchange: r.alternate_exchange.clone(),
+        hash_header: r.hash_header.clone(),
     })
 }
 
@@ -114,11 +116,12 @@ impl Broker {
             TopologyOutcome::Conflict(existing) => {
                 return Err(RequestError::precondition(format!(
                     "exchange '{}' exists with other properties (kind {}, durable {}, \
-                     alternate exchange {:?})",
+                     alternate exchange {:?}, hash header {:?})",
                     namespace::split(&existing.name).local,
                     existing.kind,
                     existing.durable,
-                    existing.alternate_exchange
+                    existing.alternate_exchange,
+                    existing.hash_header
                 )))
             }
             other => return Err(unexpected(&other)),
@@ -152,24 +155,40 @@ impl Broker {
         Ok(())
     }
 
-    /// Binds (`bind`) or unbinds a replicated queue cluster-wide.
+    /// Binds (`bind`) or unbinds a replicated queue cluster-wide. `sole`: the exchange binds
+    /// a queue once (weighted, consistent-hash), so a bind replaces the queue's binding and
+    /// an unbind without arguments removes whichever it has.
     pub(super) fn bind_in_cluster(
         &self,
         cluster: &Cluster,
         binding: &Binding,
         bind: bool,
+        sole: bool,
     ) -> Result<(), RequestError> {
         let record = binding_record(binding);
-        let command = if bind {
-            MetaCommand::Bind(record.clone())
-        } else {
-            MetaCommand::Unbind(record.clone())
+        let any_of_queue = sole && !bind && binding.arguments.is_empty();
+        let command = match (bind, sole) {
+            (true, true) => MetaCommand::BindSole(record.clone()),
+            (true, false) => MetaCommand::Bind(record.clone()),
+            (false, _) if any_of_queue => MetaCommand::UnbindQueue {
+                exchange: record.exchange.clone(),
+                queue: record.queue.clone(),
+            },
+            (false, _) => MetaCommand::Unbind(record.clone()),
         };
         match self.propose_topology(cluster, command)? {
             TopologyOutcome::Done => {}
             other => return Err(unexpected(&other)),
         }
-        self.await_applied(cluster, |t| t.bindings.contains(&record) == bind);
+        self.await_applied(cluster, |t| {
+            if any_of_queue {
+                !t.bindings
+                    .iter()
+                    .any(|b| b.exchange == record.exchange && b.queue == record.queue)
+            } else {
+                t.bindings.contains(&record) == bind
+            }
+        });
         Ok(())
     }
 

@@ -304,6 +304,7 @@ async fn declare_exchange(
         auto_delete: a.auto_delete,
         passive: a.passive,
         alternate_exchange: a.alternate_exchange,
+        hash_header: a.hash_header,
     };
     client.declare_exchange(&a.name, kind, options).await?;
     if json {
@@ -339,7 +340,11 @@ fn headers(args: Vec<HeaderArg>) -> Headers {
 }
 
 async fn bind(client: &Client, a: BindArgs, bind: bool, json: bool) -> Result<(), CliError> {
-    let arguments = headers(a.headers);
+    let mut arguments = headers(a.headers);
+    if let Some(weight) = a.weight {
+        arguments.retain(|(k, _)| k != sluice_client::WEIGHT_ARGUMENT);
+        arguments.extend(sluice_client::weight(weight));
+    }
     if bind {
         client
             .bind(&a.queue, &a.exchange, &a.routing_key, arguments.clone())

@@ -128,6 +128,7 @@ impl ImportTarget for ClientTarget<'_> {
             auto_delete: x.auto_delete,
             passive: false,
             alternate_exchange: x.alternate_exchange.clone(),
+            hash_header: x.hash_header.clone(),
         };
         self.client
             .declare_exchange(&x.name, x.kind.into(), options)

@@ -127,12 +127,7 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// The name of an exchange kind, as `declare-exchange --kind` takes it.
 pub fn kind_name(kind: ExchangeKind) -> &'static str {
-    match kind {
-        ExchangeKind::Direct => "direct",
-        ExchangeKind::Fanout => "fanout",
-        ExchangeKind::Topic => "topic",
-        ExchangeKind::Headers => "headers",
-    }
+    crate::routing::ExchangeKind::from(kind).as_str()
 }
 
 /// The name of an overflow behaviour, as `declare-queue --overflow` takes it.
@@ -536,6 +531,9 @@ pub struct ExchangeJson<'a> {
     durable: bool,
     auto_delete: bool,
     alternate_exchange: Option<&'a str>,
+    /// Consistent-hash exchanges that hash a header: its name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hash_header: Option<&'a str>,
 }
 
 impl<'a> From<&'a ExchangeSummary> for ExchangeJson<'a> {
@@ -546,6 +544,7 @@ impl<'a> From<&'a ExchangeSummary> for ExchangeJson<'a> {
             durable: x.durable,
             auto_delete: x.auto_delete,
             alternate_exchange: x.alternate_exchange.as_deref(),
+            hash_header: x.hash_header.as_deref(),
         }
     }
 }

@@ -23,7 +23,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
-use sluice_client::{ErrorCode, ExchangeKind, HeaderValue, Overflow};
+use sluice_client::{ErrorCode, HeaderValue, Overflow};
 
 mod cluster;
 mod commands;
@@ -368,7 +368,7 @@ pub struct DeclareExchangeArgs {
     pub name: String,
     /// How it routes.
     #[arg(long, value_enum)]
-    pub kind: KindArg,
+    pub kind: crate::topology::KindName,
     /// Not durable: gone after a broker restart.
     #[arg(long)]
     pub transient: bool,
@@ -381,30 +381,9 @@ pub struct DeclareExchangeArgs {
     /// Where messages that match no binding go.
     #[arg(long, value_name = "EXCHANGE")]
     pub alternate_exchange: Option<String>,
-}
-
-/// An exchange kind on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum KindArg {
-    /// Routing key equals binding key.
-    Direct,
-    /// Every bound queue.
-    Fanout,
-    /// Dot-separated words; `*` matches one word, `#` zero or more.
-    Topic,
-    /// Message headers against binding headers, under `x-match` (all or any).
-    Headers,
-}
-
-impl From<KindArg> for ExchangeKind {
-    fn from(k: KindArg) -> Self {
-        match k {
-            KindArg::Direct => ExchangeKind::Direct,
-            KindArg::Fanout => ExchangeKind::Fanout,
-            KindArg::Topic => ExchangeKind::Topic,
-            KindArg::Headers => ExchangeKind::Headers,
-        }
-    }
+    /// Consistent-hash exchanges: hash this message header instead of the routing key.
+    #[arg(long, value_name = "HEADER")]
+    pub hash_header: Option<String>,
 }
 
 /// Arguments of `sluice delete-exchange`.
@@ -433,6 +412,10 @@ pub struct BindArgs {
     /// (`x-match=all|any`). Repeatable.
     #[arg(long = "header", value_name = "KEY[:TYPE]=VALUE", value_parser = parse_header)]
     pub headers: Vec<HeaderArg>,
+    /// Weighted and consistent-hash exchanges: the binding's share (`x-weight`). Binding
+    /// the queue again with another weight changes it in place, live.
+    #[arg(long, value_name = "N")]
+    pub weight: Option<u32>,
 }
 
 /// Arguments of `sluice publish`.

@@ -58,6 +58,14 @@ pub enum MetaCommand {
     },
     Bind(BindingRecord),
     Unbind(BindingRecord),
+    /// Binds, replacing the queue's other bindings to the exchange (a weighted or
+    /// consistent-hash exchange binds a queue once; this changes its weight).
+    BindSole(BindingRecord),
+    /// Removes every binding of `queue` to `exchange`, whatever its arguments.
+    UnbindQueue {
+        exchange: String,
+        queue: String,
+    },
 }
 
 /// The metadata machine's answer to a [`MetaCommand`].
@@ -301,6 +309,10 @@ impl MetaMachine {
             }
             MetaCommand::Bind(record) => self.change_topology(st, |t| t.bind(record)),
             MetaCommand::Unbind(record) => self.change_topology(st, |t| t.unbind(&record)),
+            MetaCommand::BindSole(record) => self.change_topology(st, |t| t.bind_sole(record)),
+            MetaCommand::UnbindQueue { exchange, queue } => {
+                self.change_topology(st, |t| t.unbind_queue(&exchange, &queue))
+            }
         }
     }
 

@@ -15,11 +15,13 @@ use serde::{Deserialize, Serialize};
 pub struct ExchangeRecord {
     /// Internal (vhost-qualified) name.
     pub name: String,
-    /// `direct`, `fanout`, `topic` or `headers`.
+    /// `direct`, `fanout`, `topic`, `headers`, `weighted` or `consistent-hash`.
     pub kind: String,
     pub durable: bool,
     /// Internal name of the alternate exchange, if any.
     pub alternate_exchange: Option<String>,
+    /// The header a consistent-hash exchange hashes, if not the routing key.
+    pub hash_header: Option<String>,
 }
 
 /// A binding from an exchange to a replicated queue.
@@ -118,6 +120,24 @@ impl TopologyRecords {
         Applied::done(self.bindings.remove(record))
     }
 
+    /// Binds as the queue's only binding to the exchange: any other is replaced.
+    pub(crate) fn bind_sole(&mut self, record: BindingRecord) -> Applied {
+        let before = self.bindings.len();
+        self.bindings
+            .retain(|b| b == &record || b.exchange != record.exchange || b.queue != record.queue);
+        let removed = self.bindings.len() != before;
+        let added = self.bindings.insert(record);
+        Applied::done(removed || added)
+    }
+
+    /// Removes every binding of `queue` to `exchange`.
+    pub(crate) fn unbind_queue(&mut self, exchange: &str, queue: &str) -> Applied {
+        let before = self.bindings.len();
+        self.bindings
+            .retain(|b| b.exchange != exchange || b.queue != queue);
+        Applied::done(self.bindings.len() != before)
+    }
+
     /// Forgets the bindings of a deleted queue; whether it had any.
     pub(crate) fn queue_deleted(&mut self, queue: &str) -> bool {
         let before = self.bindings.len();
@@ -136,6 +156,7 @@ mod tests {
             kind: kind.into(),
             durable: true,
             alternate_exchange: None,
+            hash_header: None,
         }
     }
 
@@ -180,5 +201,23 @@ mod tests {
         );
         t.queue_deleted("q");
         assert!(t.bindings.is_empty());
+    }
+
+    #[test]
+    fn a_sole_binding_replaces_the_queues_other_one_and_unbind_queue_takes_any() {
+        let mut t = TopologyRecords::default();
+        let weight = |w: u8| BindingRecord {
+            arguments: vec![w],
+            ..binding("canary", "v2")
+        };
+        assert!(t.bind_sole(weight(5)).changed);
+        assert!(t.bind(binding("canary", "v1")).changed);
+        assert!(!t.bind_sole(weight(5)).changed);
+        assert!(t.bind_sole(weight(50)).changed);
+        let v2: Vec<_> = t.bindings.iter().filter(|b| b.queue == "v2").collect();
+        assert_eq!(v2, [&weight(50)]);
+        assert!(t.unbind_queue("canary", "v2").changed);
+        assert!(!t.unbind_queue("canary", "v2").changed);
+        assert_eq!(t.bindings.len(), 1, "v1 keeps its binding");
     }
 }

@@ -50,15 +50,21 @@ pub struct BindingBody {
     routing_key: String,
     #[serde(default)]
     arguments: serde_json::Map<String, serde_json::Value>,
+    /// Weighted and consistent-hash exchanges: the binding's `x-weight`, as a shorthand.
+    weight: Option<u32>,
 }
 
 impl BindingBody {
     fn into_binding(self) -> Result<Binding, RequestError> {
-        let arguments = self
+        let mut arguments = self
             .arguments
             .into_iter()
+            .filter(|(k, _)| self.weight.is_none() || k != sluice_client::WEIGHT_ARGUMENT)
             .map(|(k, v)| header_value(&k, v).map(|v| (k, v)))
             .collect::<Result<Headers, _>>()?;
+        if let Some(weight) = self.weight {
+            arguments.extend(sluice_client::weight(weight));
+        }
         Ok(Binding {
             queue: self.queue,
             exchange: self.exchange,

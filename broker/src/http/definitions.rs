@@ -164,6 +164,7 @@ impl ImportTarget for BrokerTarget {
             auto_delete: x.auto_delete,
             passive: false,
             alternate_exchange: x.alternate_exchange.clone(),
+            hash_header: x.hash_header.clone(),
         };
         let limits = self.broker.vhost_limits(ns.vhost());
         // Writes the topology file durably: off the runtime's worker, as sessions do.

@@ -13,6 +13,7 @@ use crate::admin;
 use crate::auth::{Permission, ResourceKind};
 use crate::cli::format::{kind_name, ExchangeJson};
 use crate::error::RequestError;
+use crate::topology::KindName;
 
 /// `GET /api/exchanges`: every exchange, the default one (`""`) first, as
 /// `sluice exchanges --json` prints them.
@@ -49,31 +50,11 @@ pub struct ExchangeDeclaration {
     #[serde(default)]
     auto_delete: bool,
     alternate_exchange: Option<String>,
+    hash_header: Option<String>,
 }
 
 fn yes() -> bool {
     true
-}
-
-/// An exchange kind as the CLI names it.
-#[derive(Debug, Clone, Copy, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum KindName {
-    Direct,
-    Fanout,
-    Topic,
-    Headers,
-}
-
-impl From<KindName> for ExchangeKind {
-    fn from(k: KindName) -> Self {
-        match k {
-            KindName::Direct => ExchangeKind::Direct,
-            KindName::Fanout => ExchangeKind::Fanout,
-            KindName::Topic => ExchangeKind::Topic,
-            KindName::Headers => ExchangeKind::Headers,
-        }
-    }
 }
 
 /// `PUT /api/exchanges/NAME`: declares the exchange (durable unless told otherwise).
@@ -96,6 +77,7 @@ pub async fn declare(
         auto_delete: body.auto_delete,
         passive: false,
         alternate_exchange: body.alternate_exchange,
+        hash_header: body.hash_header,
     };
     // Writes the topology file durably: off the runtime's worker, as sessions do.
     let limits = api.broker.vhost_limits(scope.vhost());

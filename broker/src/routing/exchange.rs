@@ -19,17 +19,31 @@ pub enum ExchangeKind {
     Topic,
     /// The binding arguments are compared with the message headers.
     Headers,
+    /// Exactly one bound queue, in proportion to the bindings' weights.
+    Weighted,
+    /// Exactly one bound queue, by a hash of the routing key or of a header.
+    ConsistentHash,
 }
 
 impl ExchangeKind {
-    /// The protocol name: `direct`, `fanout`, `topic` or `headers`.
+    /// The protocol name: `direct`, `fanout`, `topic`, `headers`, `weighted` or
+    /// `consistent-hash`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Direct => "direct",
             Self::Fanout => "fanout",
             Self::Topic => "topic",
             Self::Headers => "headers",
+            Self::Weighted => "weighted",
+            Self::ConsistentHash => "consistent-hash",
         }
+    }
+
+    /// Whether each message goes to exactly one bound queue, chosen by the bindings'
+    /// weights. A queue then has at most one binding to the exchange, identified by the
+    /// queue alone: binding it again changes its weight in place.
+    pub fn picks_one(self) -> bool {
+        matches!(self, Self::Weighted | Self::ConsistentHash)
     }
 }
 
@@ -41,6 +55,8 @@ impl From<wire::ExchangeKind> for ExchangeKind {
             wire::ExchangeKind::Fanout => ExchangeKind::Fanout,
             wire::ExchangeKind::Topic => ExchangeKind::Topic,
             wire::ExchangeKind::Headers => ExchangeKind::Headers,
+            wire::ExchangeKind::Weighted => ExchangeKind::Weighted,
+            wire::ExchangeKind::ConsistentHash => ExchangeKind::ConsistentHash,
         }
     }
 }
@@ -52,6 +68,8 @@ impl From<ExchangeKind> for wire::ExchangeKind {
             ExchangeKind::Fanout => wire::ExchangeKind::Fanout,
             ExchangeKind::Topic => wire::ExchangeKind::Topic,
             ExchangeKind::Headers => wire::ExchangeKind::Headers,
+            ExchangeKind::Weighted => wire::ExchangeKind::Weighted,
+            ExchangeKind::ConsistentHash => wire::ExchangeKind::ConsistentHash,
         }
     }
 }
@@ -71,6 +89,9 @@ impl FromStr for ExchangeKind {
             "fanout" => Ok(Self::Fanout),
             "topic" => Ok(Self::Topic),
             "headers" => Ok(Self::Headers),
+            "weighted" => Ok(Self::Weighted),
+            // RabbitMQ's plugin calls it `x-consistent-hash`.
+            "consistent-hash" | "x-consistent-hash" => Ok(Self::ConsistentHash),
             other => Err(RoutingError::InvalidKind(other.to_owned())),
         }
     }
@@ -89,6 +110,8 @@ pub struct Exchange {
     pub auto_delete: bool,
     /// Where messages go that no binding matches.
     pub alternate_exchange: Option<String>,
+    /// Consistent-hash exchanges only: the message header hashed instead of the routing key.
+    pub hash_header: Option<String>,
 }
 
 impl Exchange {
@@ -100,6 +123,7 @@ impl Exchange {
             durable: false,
             auto_delete: false,
             alternate_exchange: None,
+            hash_header: None,
         }
     }
 }
@@ -112,9 +136,11 @@ pub struct Binding {
     pub queue: String,
     /// The exchange messages come from.
     pub exchange: String,
-    /// The binding key (a pattern for topic exchanges, ignored by fanout and headers).
+    /// The binding key (a pattern for topic exchanges, ignored by fanout, headers, weighted
+    /// and consistent-hash).
     pub routing_key: String,
-    /// Binding arguments (`x-match` and the headers to compare for headers exchanges).
+    /// Binding arguments (`x-match` and the headers to compare for headers exchanges,
+    /// `x-weight` for weighted and consistent-hash ones).
     pub arguments: Headers,
 }
 

@@ -117,6 +117,11 @@ impl<'a> MessageHeaders<'a> {
         }
     }
 
+    /// The value of the first header named `key`, as given.
+    pub(super) fn get(&self, key: &str) -> Option<&'a HeaderValue> {
+        self.given.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
     /// The headers sorted by key, one entry per key. A repeated key (the wire refuses them;
     /// callers of the routing API might not) keeps its first occurrence, as a `find` would:
     /// the sort is stable and `dedup_by` keeps the earlier of two equal neighbours.

@@ -5,11 +5,13 @@ use std::sync::Arc;
 
 use sluice_client::wire::{HeaderValue, Headers};
 
+use super::consistent_hash::{header_key, HashRing, MAX_RING_WEIGHT};
 use super::exchange::{is_builtin, is_default};
 use super::headers::{HeadersFilter, MessageHeaders};
 use super::namespace::{check_local, prefix_of};
 use super::queue_list::QueueList;
 use super::topic::TopicTrie;
+use super::weighted::{weight_of, WeightedQueues, MAX_WEIGHT};
 use super::{Binding, Exchange, ExchangeKind, RoutingError};
 
 /// A queue name, shared between the table and routing results so that routing copies a
@@ -83,6 +85,8 @@ enum Matcher {
     Fanout(QueueList),
     Topic(TopicTrie),
     Headers(Vec<HeadersBinding>),
+    Weighted(WeightedQueues),
+    ConsistentHash(HashRing),
 }
 
 #[derive(Debug, Clone)]
@@ -99,10 +103,13 @@ impl Matcher {
             ExchangeKind::Fanout => Self::Fanout(QueueList::default()),
             ExchangeKind::Topic => Self::Topic(TopicTrie::default()),
             ExchangeKind::Headers => Self::Headers(Vec::new()),
+            ExchangeKind::Weighted => Self::Weighted(WeightedQueues::default()),
+            ExchangeKind::ConsistentHash => Self::ConsistentHash(HashRing::default()),
         }
     }
 
-    /// Validates and indexes a binding; on error nothing changed.
+    /// Validates and indexes a binding (for weighted and consistent-hash, sets the queue's
+    /// weight); on error nothing changed.
     fn add(
         &mut self,
         id: BindingId,
@@ -125,6 +132,12 @@ impl Matcher {
                 let at = bindings.partition_point(|b| *b.queue <= **queue);
                 bindings.insert(at, binding);
             }
+            Self::Weighted(weighted) => {
+                weighted.set(queue, weight_of(arguments, 1, 0..=MAX_WEIGHT)?)
+            }
+            Self::ConsistentHash(ring) => {
+                ring.set(queue, weight_of(arguments, 1, 1..=MAX_RING_WEIGHT)?);
+            }
         }
         Ok(())
     }
@@ -145,6 +158,8 @@ impl Matcher {
             }
             Self::Topic(trie) => trie.remove(routing_key, queue),
             Self::Headers(bindings) => bindings.retain(|b| b.id != id),
+            Self::Weighted(weighted) => weighted.remove(queue),
+            Self::ConsistentHash(ring) => ring.remove(queue),
         }
     }
 }
@@ -235,6 +250,7 @@ impl RoutingTable {
         if is_builtin(&exchange.name) {
             return Err(RoutingError::ReservedExchange(exchange.name));
         }
+        check_hash_header(&exchange)?;
         let matcher = Matcher::new(exchange.kind);
         self.insert_exchange(exchange, matcher);
         Ok(true)
@@ -326,9 +342,10 @@ impl RoutingTable {
         over
     }
 
-    /// Binds a queue to an exchange. Returns `true` if the binding is new, `false` if the same
-    /// one existed. Both must exist; the arguments must suit the exchange's kind (headers: a
-    /// valid `x-match`; any topic pattern is valid).
+    /// Binds a queue to an exchange. Returns `true` if the binding is new (or, for weighted
+    /// and consistent-hash exchanges, changed the queue's weight), `false` if the same one
+    /// existed. Both must exist; the arguments must suit the exchange's kind (headers: a valid
+    /// `x-match`; weighted and consistent-hash: only `x-weight`; any topic pattern is valid).
     pub fn bind(&mut self, binding: Binding) -> Result<bool, RoutingError> {
         if is_default(&binding.exchange) {
             return Err(RoutingError::DefaultExchangeAccess);
@@ -343,6 +360,14 @@ impl RoutingTable {
             .cloned()
             .ok_or_else(|| RoutingError::QueueNotFound(binding.queue.clone()))?;
         let arguments = normalized(binding.arguments);
+        if state.exchange.kind.picks_one() {
+            let id = self.next_binding_id;
+            let added = state.bind_one(id, &queue, binding.routing_key, arguments)?;
+            if added {
+                self.next_binding_id += 1;
+            }
+            return Ok(added);
+        }
         let exists = state.bindings.get(&queue).is_some_and(|records| {
             records
                 .iter()
@@ -374,7 +399,9 @@ impl RoutingTable {
     }
 
     /// Removes a binding. As in RabbitMQ, removing one that does not exist (or whose exchange
-    /// or queue does not) succeeds with `removed: false`.
+    /// or queue does not) succeeds with `removed: false`. A weighted or consistent-hash
+    /// binding is named by its queue: the routing key is ignored, and arguments, if any, must
+    /// be the binding's.
     pub fn unbind(&mut self, binding: &Binding) -> Result<UnbindOutcome, RoutingError> {
         if is_default(&binding.exchange) {
             return Err(RoutingError::DefaultExchangeAccess);
@@ -386,10 +413,16 @@ impl RoutingTable {
             return Ok(UnbindOutcome::default());
         };
         let arguments = normalized(binding.arguments.clone());
-        let Some(pos) = records
-            .iter()
-            .position(|r| r.routing_key == binding.routing_key && r.arguments == arguments)
-        else {
+        let picks_one = state.exchange.kind.picks_one();
+        let Some(pos) = records.iter().position(|r| {
+            if picks_one {
+                // The queue names the binding; arguments, if given, must be its own (so that a
+                // stale unbind does not take away a binding whose weight changed since).
+                arguments.is_empty() || r.arguments == arguments
+            } else {
+                r.routing_key == binding.routing_key && r.arguments == arguments
+            }
+        }) else {
             return Ok(UnbindOutcome::default());
         };
         let record = records.remove(pos);
@@ -570,6 +603,17 @@ impl RoutingTable {
                 // Already sorted; a queue bound twice may be there twice.
                 out.dedup();
             }
+            Matcher::Weighted(weighted) => out.extend(weighted.pick().cloned()),
+            Matcher::ConsistentHash(ring) => {
+                let picked = match &state.exchange.hash_header {
+                    None => ring.pick(routing_key.as_bytes()),
+                    Some(name) => headers
+                        .get(name)
+                        .and_then(header_key)
+                        .and_then(|key| ring.pick(&key)),
+                };
+                out.extend(picked.cloned());
+            }
         }
     }
 }
@@ -578,12 +622,67 @@ impl ExchangeState {
     fn unused_auto_delete(&self) -> bool {
         self.exchange.auto_delete && self.binding_count == 0
     }
+
+    /// Binds `queue` to a weighted or consistent-hash exchange, whose queues have one binding
+    /// each: a new binding takes `id`; an existing one takes the new arguments (its weight).
+    /// Returns whether anything changed.
+    fn bind_one(
+        &mut self,
+        id: BindingId,
+        queue: &QueueName,
+        routing_key: String,
+        arguments: Headers,
+    ) -> Result<bool, RoutingError> {
+        let existing = self.bindings.get(queue).and_then(|r| r.first());
+        if existing.is_some_and(|r| r.arguments == arguments && r.routing_key == routing_key) {
+            return Ok(false);
+        }
+        self.matcher
+            .add(id, queue, &routing_key, &arguments)
+            .map_err(|reason| RoutingError::InvalidBinding {
+                exchange: self.exchange.name.clone(),
+                reason,
+            })?;
+        let record = BindingRecord {
+            id,
+            routing_key,
+            arguments,
+        };
+        match self.bindings.get_mut(queue) {
+            Some(records) => {
+                // Keeps its place among the bindings (its age), takes the new weight.
+                records[0].routing_key = record.routing_key;
+                records[0].arguments = record.arguments;
+            }
+            None => {
+                self.bindings.insert(QueueName::clone(queue), vec![record]);
+                self.binding_count += 1;
+            }
+        }
+        Ok(true)
+    }
 }
 
 /// Binding arguments in a canonical order, as RabbitMQ sorts them by key.
 fn normalized(mut arguments: Headers) -> Headers {
     arguments.sort_by(|a, b| a.0.cmp(&b.0));
     arguments
+}
+
+/// A hash header is a property of consistent-hash exchanges only, and names a header.
+fn check_hash_header(exchange: &Exchange) -> Result<(), RoutingError> {
+    let reason = match &exchange.hash_header {
+        Some(_) if exchange.kind != ExchangeKind::ConsistentHash => format!(
+            "a hash header applies to consistent-hash exchanges only, not {}",
+            exchange.kind
+        ),
+        Some(h) if h.is_empty() => "the hash header may not be empty".to_owned(),
+        _ => return Ok(()),
+    };
+    Err(RoutingError::InvalidExchange {
+        exchange: exchange.name.clone(),
+        reason,
+    })
 }
 
 fn check_equivalent(existing: &Exchange, requested: &Exchange) -> Result<(), RoutingError> {
@@ -623,6 +722,17 @@ fn check_equivalent(existing: &Exchange, requested: &Exchange) -> Result<(), Rou
             "alternate_exchange",
             show(&existing.alternate_exchange),
             show(&requested.alternate_exchange),
+        ));
+    }
+    if existing.hash_header != requested.hash_header {
+        let show = |h: &Option<String>| {
+            h.as_ref()
+                .map_or_else(|| "none".to_owned(), |h| format!("'{h}'"))
+        };
+        return Err(mismatch(
+            "hash_header",
+            show(&existing.hash_header),
+            show(&requested.hash_header),
         ));
     }
     Ok(())
@@ -938,6 +1048,7 @@ mod tests {
             durable: true,
             auto_delete: false,
             alternate_exchange: Some("ae".into()),
+            hash_header: None,
         };
         assert_eq!(t.declare_exchange(x.clone()), Ok(true));
         assert_eq!(t.declare_exchange(x.clone()), Ok(false));
@@ -1294,5 +1405,129 @@ mod tests {
         for (x, key) in [("t", "a.b"), ("t", "z"), ("amq.direct", "k")] {
             assert_eq!(copy.route(x, key, &[]), t.route(x, key, &[]));
         }
+    }
+
+    fn weight(w: i64) -> [(&'static str, HeaderValue); 1] {
+        [("x-weight", HeaderValue::Int(w))]
+    }
+
+    #[test]
+    fn a_weighted_exchange_sends_each_message_to_one_queue_by_weight() {
+        let mut t = table_with_queues(&["v1", "v2"]);
+        declare(&mut t, "canary", ExchangeKind::Weighted);
+        assert_eq!(bind_args(&mut t, "canary", "v1", &weight(95)), Ok(true));
+        assert_eq!(bind_args(&mut t, "canary", "v2", &weight(5)), Ok(true));
+        let mut v2 = 0;
+        for _ in 0..1000 {
+            let queues = route(&t, "canary", "any key");
+            assert_eq!(queues.len(), 1);
+            v2 += usize::from(queues[0] == "v2");
+        }
+        assert_eq!(v2, 50);
+        // Binding again with the same weight changes nothing; another weight replaces it.
+        assert_eq!(bind_args(&mut t, "canary", "v2", &weight(5)), Ok(false));
+        assert_eq!(bind_args(&mut t, "canary", "v2", &weight(50)), Ok(true));
+        assert_eq!(t.binding_count("canary"), 2);
+        let listed: Vec<_> = t.bindings().into_iter().map(|b| b.arguments).collect();
+        assert_eq!(listed, vec![headers(&weight(95)), headers(&weight(50))]);
+        let v2 = (0..145)
+            .filter(|_| route(&t, "canary", "")[0] == "v2")
+            .count();
+        assert_eq!(v2, 50);
+        // A stale unbind (the old weight) leaves it; an unbind naming only the queue removes.
+        let stale = Binding {
+            arguments: headers(&weight(5)),
+            ..Binding::new("canary", "v2", "")
+        };
+        assert!(!t.unbind(&stale).unwrap().removed);
+        assert!(
+            t.unbind(&Binding::new("canary", "v2", "ignored"))
+                .unwrap()
+                .removed
+        );
+        assert!((0..10).all(|_| route(&t, "canary", "") == ["v1"]));
+        bind_args(&mut t, "canary", "v1", &weight(0)).unwrap();
+        assert!(
+            route(&t, "canary", "").is_empty(),
+            "weight 0 everywhere routes nowhere"
+        );
+    }
+
+    #[test]
+    fn weighted_and_hash_bindings_take_only_a_weight_in_range() {
+        let mut t = table_with_queues(&["q"]);
+        declare(&mut t, "w", ExchangeKind::Weighted);
+        declare(&mut t, "c", ExchangeKind::ConsistentHash);
+        for (x, args) in [
+            ("w", vec![("x-weight", HeaderValue::Int(1_000_001))]),
+            ("w", vec![("x-match", s("any"))]),
+            ("c", vec![("x-weight", HeaderValue::Int(0))]),
+            ("c", vec![("x-weight", HeaderValue::Int(101))]),
+        ] {
+            let e = bind_args(&mut t, x, "q", &args).unwrap_err();
+            assert!(matches!(e, RoutingError::InvalidBinding { .. }), "{e}");
+        }
+        assert_eq!(t.binding_count("w") + t.binding_count("c"), 0);
+        // Without x-weight, a binding weighs 1.
+        assert_eq!(bind_args(&mut t, "c", "q", &[]), Ok(true));
+    }
+
+    #[test]
+    fn a_consistent_hash_exchange_keeps_a_key_on_its_queue() {
+        let mut t = table_with_queues(&["a", "b", "c"]);
+        declare(&mut t, "by-key", ExchangeKind::ConsistentHash);
+        for q in ["a", "b", "c"] {
+            bind_args(&mut t, "by-key", q, &[]).unwrap();
+        }
+        let mut seen = HashSet::new();
+        for k in 0..300 {
+            let key = format!("order-{k}");
+            let first = route(&t, "by-key", &key);
+            assert_eq!(first.len(), 1);
+            assert_eq!(route(&t, "by-key", &key), first);
+            seen.insert(first[0].clone());
+        }
+        assert_eq!(seen.len(), 3, "keys spread over every queue");
+    }
+
+    #[test]
+    fn a_hash_header_is_hashed_instead_of_the_routing_key() {
+        let mut t = table_with_queues(&["a", "b"]);
+        let x = Exchange {
+            hash_header: Some("user".into()),
+            ..Exchange::new("by-user", ExchangeKind::ConsistentHash)
+        };
+        assert_eq!(t.declare_exchange(x.clone()), Ok(true));
+        bind_args(&mut t, "by-user", "a", &[]).unwrap();
+        bind_args(&mut t, "by-user", "b", &[]).unwrap();
+        for u in 0..100 {
+            let user = [("user", HeaderValue::Int(u))];
+            let by_number = route_h(&t, "by-user", "k1", &user);
+            assert_eq!(by_number.len(), 1);
+            assert_eq!(route_h(&t, "by-user", &format!("k{u}"), &user), by_number);
+            let as_text = [("user", s(&u.to_string()))];
+            assert_eq!(route_h(&t, "by-user", "k1", &as_text), by_number);
+        }
+        assert!(route(&t, "by-user", "no header").is_empty());
+        // The hash header is part of the exchange's identity, and only this kind takes one.
+        let other = Exchange {
+            hash_header: Some("tenant".into()),
+            ..x
+        };
+        assert!(matches!(
+            t.declare_exchange(other),
+            Err(RoutingError::ExchangeMismatch {
+                field: "hash_header",
+                ..
+            })
+        ));
+        let direct = Exchange {
+            hash_header: Some("user".into()),
+            ..Exchange::new("d", ExchangeKind::Direct)
+        };
+        assert!(matches!(
+            t.declare_exchange(direct),
+            Err(RoutingError::InvalidExchange { .. })
+        ));
     }
 }

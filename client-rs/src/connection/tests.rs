@@ -342,6 +342,7 @@ async fn listings_ask_for_the_first_page_and_return_the_lists() {
         durable: true,
         auto_delete: false,
         alternate_exchange: None,
+        hash_header: None,
     };
     let binding = BindingSummary {
         exchange: "logs".into(),
@@ -432,6 +433,7 @@ async fn listings_fetch_every_page_after_the_last_item_of_the_previous_one() {
         durable: true,
         auto_delete: false,
         alternate_exchange: None,
+        hash_header: None,
     };
     // The default exchange's name is empty: the second request continues after it, not
     // from the start.

@@ -284,10 +284,13 @@ pub struct ExchangeSummary {
     pub auto_delete: bool,
     /// Where unroutable messages go.
     pub alternate_exchange: Option<String>,
+    /// The header a consistent-hash exchange hashes instead of the routing key.
+    pub hash_header: Option<String>,
 }
 
 const EXCHANGE_AUTO_DELETE: u8 = 2;
 const HAS_ALTERNATE: u8 = 4;
+const HAS_HASH_HEADER: u8 = 8;
 /// Encoded size of an exchange summary without a name or an alternate exchange.
 const EXCHANGE_MIN_LEN: usize = 2 + 1 + 1;
 
@@ -297,6 +300,7 @@ impl ExchangeSummary {
         EXCHANGE_MIN_LEN
             + self.name.len()
             + self.alternate_exchange.as_deref().map_or(0, p::str_len)
+            + self.hash_header.as_deref().map_or(0, p::str_len)
     }
 
     fn put(&self, buf: &mut BytesMut) -> Result<(), WireError> {
@@ -304,10 +308,14 @@ impl ExchangeSummary {
         p::put_u8(buf, self.kind as u8);
         let flags = (u8::from(self.durable) * DURABLE)
             | (u8::from(self.auto_delete) * EXCHANGE_AUTO_DELETE)
-            | (u8::from(self.alternate_exchange.is_some()) * HAS_ALTERNATE);
+            | (u8::from(self.alternate_exchange.is_some()) * HAS_ALTERNATE)
+            | (u8::from(self.hash_header.is_some()) * HAS_HASH_HEADER);
         p::put_u8(buf, flags);
-        match &self.alternate_exchange {
-            Some(a) => p::put_str(buf, "alternate exchange", a),
+        if let Some(a) = &self.alternate_exchange {
+            p::put_str(buf, "alternate exchange", a)?;
+        }
+        match &self.hash_header {
+            Some(h) => p::put_str(buf, "hash header", h),
             None => Ok(()),
         }
     }
@@ -317,19 +325,21 @@ impl ExchangeSummary {
         let kind = ExchangeKind::from_u8(r.u8()?)?;
         let flags = r.flags_u8(
             "exchange flags",
-            DURABLE | EXCHANGE_AUTO_DELETE | HAS_ALTERNATE,
+            DURABLE | EXCHANGE_AUTO_DELETE | HAS_ALTERNATE | HAS_HASH_HEADER,
         )?;
-        let alternate_exchange = if flags & HAS_ALTERNATE != 0 {
-            Some(r.string()?)
-        } else {
-            None
-        };
+        let alternate_exchange = (flags & HAS_ALTERNATE != 0)
+            .then(|| r.string())
+            .transpose()?;
+        let hash_header = (flags & HAS_HASH_HEADER != 0)
+            .then(|| r.string())
+            .transpose()?;
         Ok(ExchangeSummary {
             name,
             kind,
             durable: flags & DURABLE != 0,
             auto_delete: flags & EXCHANGE_AUTO_DELETE != 0,
             alternate_exchange,
+            hash_header,
         })
     }
 }
@@ -682,6 +692,7 @@ mod tests {
                     durable: true,
                     auto_delete: false,
                     alternate_exchange: Some("ae".into()),
+                    hash_header: None,
                 }],
                 more: true,
             },
@@ -797,6 +808,7 @@ mod tests {
                 durable: false,
                 auto_delete: true,
                 alternate_exchange: ae,
+                hash_header: None,
             };
             assert_eq!(x.encoded_len(), x.put_len());
         }

@@ -19,6 +19,11 @@ pub enum ExchangeKind {
     Topic = 2,
     /// Message headers against binding arguments, under `x-match` (`all` by default).
     Headers = 3,
+    /// Exactly one bound queue per message, chosen in proportion to the bindings' `x-weight`.
+    Weighted = 4,
+    /// Exactly one bound queue per message, chosen by a hash of the routing key (or of the
+    /// exchange's hash header) on a ring where each binding holds points by its `x-weight`.
+    ConsistentHash = 5,
 }
 
 impl ExchangeKind {
@@ -28,6 +33,8 @@ impl ExchangeKind {
             1 => Ok(ExchangeKind::Fanout),
             2 => Ok(ExchangeKind::Topic),
             3 => Ok(ExchangeKind::Headers),
+            4 => Ok(ExchangeKind::Weighted),
+            5 => Ok(ExchangeKind::ConsistentHash),
             other => Err(WireError::InvalidValue {
                 what: "exchange kind",
                 value: u64::from(other),
@@ -40,13 +47,15 @@ const DURABLE: u8 = 1 << 0;
 const AUTO_DELETE: u8 = 1 << 1;
 const PASSIVE: u8 = 1 << 2;
 const HAS_ALTERNATE: u8 = 1 << 3;
+const HAS_HASH_HEADER: u8 = 1 << 4;
 const IF_UNUSED: u8 = 1 << 0;
 
 /// Creates an exchange, or checks that an existing one matches.
 ///
 /// ```text
 /// name str, kind u8, flags u8 (0 durable, 1 auto_delete, 2 passive,
-/// 3 alternate_exchange present), [alternate_exchange str]
+/// 3 alternate_exchange present, 4 hash_header present), [alternate_exchange str],
+/// [hash_header str]
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeclareExchange {
@@ -62,6 +71,8 @@ pub struct DeclareExchange {
     pub passive: bool,
     /// Where messages that match no binding go.
     pub alternate_exchange: Option<String>,
+    /// Consistent-hash exchanges only: hash this message header instead of the routing key.
+    pub hash_header: Option<String>,
 }
 
 impl Payload for DeclareExchange {
@@ -74,6 +85,7 @@ impl Payload for DeclareExchange {
             (self.auto_delete, AUTO_DELETE),
             (self.passive, PASSIVE),
             (self.alternate_exchange.is_some(), HAS_ALTERNATE),
+            (self.hash_header.is_some(), HAS_HASH_HEADER),
         ] {
             if set {
                 flags |= bit;
@@ -83,6 +95,9 @@ impl Payload for DeclareExchange {
         if let Some(alternate) = &self.alternate_exchange {
             p::put_str(buf, "alternate exchange", alternate)?;
         }
+        if let Some(header) = &self.hash_header {
+            p::put_str(buf, "hash header", header)?;
+        }
         Ok(())
     }
 
@@ -91,7 +106,7 @@ impl Payload for DeclareExchange {
         let kind = ExchangeKind::from_u8(r.u8()?)?;
         let flags = r.flags_u8(
             "declare exchange flags",
-            DURABLE | AUTO_DELETE | PASSIVE | HAS_ALTERNATE,
+            DURABLE | AUTO_DELETE | PASSIVE | HAS_ALTERNATE | HAS_HASH_HEADER,
         )?;
         Ok(DeclareExchange {
             name,
@@ -100,6 +115,9 @@ impl Payload for DeclareExchange {
             auto_delete: flags & AUTO_DELETE != 0,
             passive: flags & PASSIVE != 0,
             alternate_exchange: (flags & HAS_ALTERNATE != 0)
+                .then(|| r.string())
+                .transpose()?,
+            hash_header: (flags & HAS_HASH_HEADER != 0)
                 .then(|| r.string())
                 .transpose()?,
         })
@@ -202,6 +220,7 @@ mod tests {
                 auto_delete: false,
                 passive: false,
                 alternate_exchange: None,
+                hash_header: None,
             },
             &hex("04 00 6c 6f 67 73  02  01"),
         );
@@ -213,11 +232,24 @@ mod tests {
                 auto_delete: true,
                 passive: true,
                 alternate_exchange: Some("ae".into()),
+                hash_header: None,
             },
             &hex("01 00 68  03  0e  02 00 61 65"),
         );
-        assert!(DeclareExchange::decode(&mut Reader::new(&hex("00 00 04 00"))).is_err());
-        assert!(DeclareExchange::decode(&mut Reader::new(&hex("00 00 00 10"))).is_err());
+        check_payload(
+            &DeclareExchange {
+                name: "c".into(),
+                kind: ExchangeKind::ConsistentHash,
+                durable: true,
+                auto_delete: false,
+                passive: false,
+                alternate_exchange: None,
+                hash_header: Some("user".into()),
+            },
+            &hex("01 00 63  05  11  04 00 75 73 65 72"),
+        );
+        assert!(DeclareExchange::decode(&mut Reader::new(&hex("00 00 06 00"))).is_err());
+        assert!(DeclareExchange::decode(&mut Reader::new(&hex("00 00 00 20"))).is_err());
     }
 
     #[test]

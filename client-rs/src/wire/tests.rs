@@ -302,6 +302,7 @@ fn sample_requests() -> Vec<Request> {
             auto_delete: false,
             passive: false,
             alternate_exchange: None,
+            hash_header: None,
         }
         .into(),
         DeleteExchange {
@@ -507,6 +508,7 @@ fn sample_replies() -> Vec<Reply> {
                 durable: true,
                 auto_delete: false,
                 alternate_exchange: None,
+                hash_header: None,
             }],
             more: false,
         }

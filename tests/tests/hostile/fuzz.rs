@@ -86,6 +86,7 @@ fn corpus() -> Vec<Vec<u8>> {
                 auto_delete: false,
                 passive: false,
                 alternate_exchange: None,
+                hash_header: None,
             },
         ),
         encode(
