@@ -184,7 +184,7 @@ impl AsyncClient {
     /// Declares an exchange (see `Client.declare_exchange`).
     #[pyo3(signature = (
         name, kind = "direct", *, durable = true, auto_delete = false, passive = false,
-        alternate_exchange = None,
+        alternate_exchange = None, hash_header = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn declare_exchange<'py>(
@@ -196,9 +196,16 @@ impl AsyncClient {
         auto_delete: bool,
         passive: bool,
         alternate_exchange: Option<String>,
+        hash_header: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let kind = options::exchange_kind(kind)?;
-        let options = options::exchange_options(durable, auto_delete, passive, alternate_exchange);
+        let options = options::exchange_options(
+            durable,
+            auto_delete,
+            passive,
+            alternate_exchange,
+            hash_header,
+        );
         let connection = self.connection.clone();
         runtime::coroutine(py, async move {
             let client = connection.get().await?;
@@ -223,7 +230,7 @@ impl AsyncClient {
     }
 
     /// Binds `queue` to `exchange` (see `Client.bind`).
-    #[pyo3(signature = (queue, exchange, routing_key = "", arguments = None))]
+    #[pyo3(signature = (queue, exchange, routing_key = "", arguments = None, *, weight = None))]
     fn bind<'py>(
         &self,
         py: Python<'py>,
@@ -231,8 +238,9 @@ impl AsyncClient {
         exchange: String,
         routing_key: &str,
         arguments: Option<&Bound<'py, PyAny>>,
+        weight: Option<u32>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let arguments = convert::headers(arguments)?;
+        let arguments = options::binding_arguments(arguments, weight)?;
         let routing_key = routing_key.to_owned();
         let connection = self.connection.clone();
         runtime::coroutine(py, async move {

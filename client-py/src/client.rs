@@ -307,10 +307,12 @@ impl Client {
         })
     }
 
-    /// Declares an exchange of `kind` `"direct"`, `"fanout"`, `"topic"` or `"headers"`.
+    /// Declares an exchange of `kind` `"direct"`, `"fanout"`, `"topic"`, `"headers"`,
+    /// `"weighted"` or `"consistent-hash"` (`hash_header`: hash that header, not the routing
+    /// key).
     #[pyo3(signature = (
         name, kind = "direct", *, durable = true, auto_delete = false, passive = false,
-        alternate_exchange = None,
+        alternate_exchange = None, hash_header = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn declare_exchange(
@@ -322,9 +324,16 @@ impl Client {
         auto_delete: bool,
         passive: bool,
         alternate_exchange: Option<String>,
+        hash_header: Option<String>,
     ) -> PyResult<()> {
         let kind = options::exchange_kind(kind)?;
-        let options = options::exchange_options(durable, auto_delete, passive, alternate_exchange);
+        let options = options::exchange_options(
+            durable,
+            auto_delete,
+            passive,
+            alternate_exchange,
+            hash_header,
+        );
         runtime::block_on(py, async {
             let client = self.connection.get().await?;
             client.declare_exchange(&name, kind, options).await.py()
@@ -342,8 +351,9 @@ impl Client {
     }
 
     /// Binds `queue` to `exchange` with a binding key (direct, topic) or header arguments
-    /// (headers exchanges, with `x-match`).
-    #[pyo3(signature = (queue, exchange, routing_key = "", arguments = None))]
+    /// (headers exchanges, with `x-match`); `weight` is a weighted or consistent-hash
+    /// binding's share (binding again with another weight changes it live).
+    #[pyo3(signature = (queue, exchange, routing_key = "", arguments = None, *, weight = None))]
     fn bind(
         &self,
         py: Python<'_>,
@@ -351,8 +361,9 @@ impl Client {
         exchange: String,
         routing_key: &str,
         arguments: Option<&Bound<'_, PyAny>>,
+        weight: Option<u32>,
     ) -> PyResult<()> {
-        let arguments = convert::headers(arguments)?;
+        let arguments = options::binding_arguments(arguments, weight)?;
         runtime::block_on(py, async {
             let client = self.connection.get().await?;
             client

@@ -7,7 +7,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use sluice_client::{
-    ConsumeOptions, DeclareQueueOk, ExchangeKind, ExchangeOptions, InspectQueueOk, Overflow,
+    ConsumeOptions, DeclareQueueOk, ExchangeKind, ExchangeOptions, Headers, InspectQueueOk, Overflow,
     PublishOptions, QueueArguments, QueueOptions, RetryBackoff, ScheduledMessage as Scheduled,
 };
 
@@ -106,8 +106,11 @@ pub(crate) fn exchange_kind(kind: &str) -> PyResult<ExchangeKind> {
         "fanout" => Ok(ExchangeKind::Fanout),
         "topic" => Ok(ExchangeKind::Topic),
         "headers" => Ok(ExchangeKind::Headers),
+        "weighted" => Ok(ExchangeKind::Weighted),
+        "consistent-hash" => Ok(ExchangeKind::ConsistentHash),
         other => Err(PyValueError::new_err(format!(
-            "exchange kind must be 'direct', 'fanout', 'topic' or 'headers', not {other:?}"
+            "exchange kind must be 'direct', 'fanout', 'topic', 'headers', 'weighted' or \
+             'consistent-hash', not {other:?}"
         ))),
     }
 }
@@ -118,13 +121,29 @@ pub(crate) fn exchange_options(
     auto_delete: bool,
     passive: bool,
     alternate_exchange: Option<String>,
+    hash_header: Option<String>,
 ) -> ExchangeOptions {
     let mut options = ExchangeOptions::new()
         .durable(durable)
         .auto_delete(auto_delete)
         .passive(passive);
     options.alternate_exchange = alternate_exchange;
+    options.hash_header = hash_header;
     options
+}
+
+/// The `bind` arguments, with `weight` (weighted and consistent-hash exchanges) as
+/// `x-weight`.
+pub(crate) fn binding_arguments(
+    arguments: Option<&Bound<'_, PyAny>>,
+    weight: Option<u32>,
+) -> PyResult<Headers> {
+    let mut headers = convert::headers(arguments)?;
+    if let Some(weight) = weight {
+        headers.retain(|(k, _)| k != sluice_client::WEIGHT_ARGUMENT);
+        headers.extend(sluice_client::weight(weight));
+    }
+    Ok(headers)
 }
 
 /// The `consume` keywords.

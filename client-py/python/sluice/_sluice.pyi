@@ -67,7 +67,9 @@ _HeaderValue = Union[
     Mapping[str, "_HeaderValue"],
 ]
 _Headers = Mapping[str, _HeaderValue]
-_ExchangeKind = Literal["direct", "fanout", "topic", "headers"]
+_ExchangeKind = Literal[
+    "direct", "fanout", "topic", "headers", "weighted", "consistent-hash"
+]
 _Overflow = Literal["drop-head", "reject-publish", "reject-publish-dlx"]
 
 @final
@@ -389,6 +391,7 @@ class Client:
         auto_delete: bool = False,
         passive: bool = False,
         alternate_exchange: Optional[str] = None,
+        hash_header: Optional[str] = None,
     ) -> None: ...
     def delete_exchange(self, name: str, *, if_unused: bool = False) -> None: ...
     def bind(
@@ -397,6 +400,8 @@ class Client:
         exchange: str,
         routing_key: str = "",
         arguments: Optional[_Headers] = None,
+        *,
+        weight: Optional[int] = None,
     ) -> None: ...
     def unbind(
         self,
@@ -524,6 +529,7 @@ class AsyncClient:
         auto_delete: bool = False,
         passive: bool = False,
         alternate_exchange: Optional[str] = None,
+        hash_header: Optional[str] = None,
     ) -> Coroutine[Any, Any, None]: ...
     def delete_exchange(
         self, name: str, *, if_unused: bool = False
@@ -534,6 +540,8 @@ class AsyncClient:
         exchange: str,
         routing_key: str = "",
         arguments: Optional[_Headers] = None,
+        *,
+        weight: Optional[int] = None,
     ) -> Coroutine[Any, Any, None]: ...
     def unbind(
         self,
