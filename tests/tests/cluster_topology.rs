@@ -2,15 +2,16 @@
 //! one node, they route publishes on every node (the metadata group keeps them); a conflicting
 //! redeclare is refused on any node; an unbind or a delete on one node holds everywhere, also
 //! on a node that was down when it happened; a node's own bindings of its local queues to a
-//! cluster-wide exchange survive its restart.
+//! cluster-wide exchange survive its restart; a weighted binding re-weighted on one node is
+//! the queue's one binding on every node.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use sluice_client::{
-    Client, ConsumeOptions, DeleteExchangeOptions, Error, ErrorCode, ExchangeKind, ExchangeOptions,
-    PublishOptions, QueueArguments, QueueOptions,
+    weight, Client, ConsumeOptions, DeleteExchangeOptions, Error, ErrorCode, ExchangeKind,
+    ExchangeOptions, HeaderValue, OutgoingMessage, PublishOptions, QueueArguments, QueueOptions,
 };
 use sluice_tests::broker::within;
 use sluice_tests::cluster::{replicated, ClusterProcess, NodeId};
@@ -287,5 +288,91 @@ async fn a_node_down_during_a_delete_drops_the_exchange_with_its_bindings_and_ke
         "a binding of the deleted exchange came back"
     );
     drop((c1, c2));
+    cluster.stop();
+}
+
+/// The weights `client`'s node has for the bindings of `exchange`, by queue.
+async fn weights(client: &Client, exchange: &str) -> Vec<(String, HeaderValue)> {
+    let bindings = within("list bindings", client.list_bindings())
+        .await
+        .unwrap();
+    bindings
+        .into_iter()
+        .filter(|b| b.exchange == exchange)
+        .flat_map(|b| {
+            b.arguments
+                .into_iter()
+                .map(move |(_, w)| (b.queue.clone(), w))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weighted_binding_reweighted_on_one_node_holds_on_every_node_with_one_binding_per_queue()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = ClusterProcess::start(dir.path(), 3, &[]).await;
+    let c1 = connect(&cluster.node(1).url()).await;
+    let c2 = connect(&cluster.node(2).url()).await;
+    let c3 = connect(&cluster.node(3).url()).await;
+    for q in ["v1", "v2"] {
+        within(
+            "declare",
+            c1.declare_queue(q, replicated(QueueArguments::default())),
+        )
+        .await
+        .unwrap();
+        await_queue(&c3, q).await;
+    }
+    within(
+        "declare canary",
+        c2.declare_exchange("canary", ExchangeKind::Weighted, ExchangeOptions::new()),
+    )
+    .await
+    .unwrap();
+    await_exchange(&c3, "canary", true).await;
+    for (q, w) in [("v1", 95), ("v2", 5)] {
+        within("bind", c3.bind(q, "canary", "", weight(w)))
+            .await
+            .unwrap();
+    }
+    // Re-weighted on node 1: node 2 ends up with the new weight as v2's only binding.
+    within("re-weight", c1.bind("v2", "canary", "", weight(95)))
+        .await
+        .unwrap();
+    let wanted = vec![
+        ("v1".to_owned(), HeaderValue::Int(95)),
+        ("v2".to_owned(), HeaderValue::Int(95)),
+    ];
+    within("re-weight applied on node 2", async {
+        while weights(&c2, "canary").await != wanted {
+            tokio::time::sleep(POLL).await;
+        }
+    })
+    .await;
+    let messages = (0..1000).map(|i| OutgoingMessage::new("canary", "", format!("m{i}")));
+    for outcome in within("publish", c2.publish_batch(messages)).await {
+        outcome.unwrap();
+    }
+    let ready = |q: &'static str| {
+        let c1 = c1.clone();
+        async move { within("inspect", c1.inspect_queue(q)).await.unwrap().ready }
+    };
+    let (v1, v2) = (ready("v1").await, ready("v2").await);
+    assert_eq!(v1 + v2, 1000);
+    assert!(
+        v2.abs_diff(500) <= 10,
+        "v2 got {v2} of 1000 at equal weights"
+    );
+    // An unbind naming only the queue removes it everywhere, whatever its weight.
+    within("unbind", c3.unbind("v2", "canary", "", Vec::new()))
+        .await
+        .unwrap();
+    within("unbound on node 2", async {
+        while weights(&c2, "canary").await.len() != 1 {
+            tokio::time::sleep(POLL).await;
+        }
+    })
+    .await;
     cluster.stop();
 }
