@@ -7,8 +7,9 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use sluice_client::{
-    ConsumeOptions, DeclareQueueOk, ExchangeKind, ExchangeOptions, Headers, InspectQueueOk, Overflow,
-    PublishOptions, QueueArguments, QueueOptions, RetryBackoff, ScheduledMessage as Scheduled,
+    ConsumeOptions, DeclareQueueOk, ExchangeKind, ExchangeOptions, Headers, InspectQueueOk,
+    Overflow, PublishOptions, QueueArguments, QueueOptions, RetryBackoff,
+    ScheduledMessage as Scheduled,
 };
 
 use crate::convert;
