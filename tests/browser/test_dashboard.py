@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import re
+import time
 
 from playwright.sync_api import Page, expect
 
-from conftest import Broker
+from conftest import PAGE_TIMEOUT_MS, Broker
 
 
 def wait_for_chart_points(page: Page, chart: str, at_least: int, timeout_ms: int = 30_000) -> None:
@@ -213,3 +214,44 @@ def test_cancelling_a_consumer_removes_it_from_the_list(signed_in: Page, broker:
     page.click('.modal [data-role="confirm"]')
     expect(page.locator(".toast.ok")).to_contain_text("cancelled")
     expect(row).to_have_count(0)
+
+
+def test_the_exchanges_page_shows_a_canary_split_and_a_slider_reweights_it_live(
+    signed_in: Page, broker: Broker, tmp_path
+):
+    # Runs last: the queue list's counts above know nothing of these two queues.
+    page = signed_in
+    broker.api("PUT", "/api/exchanges/canary", {"kind": "weighted"})
+    for queue, weight in (("work-v1", 95), ("work-v2", 5)):
+        broker.api("PUT", f"/api/queues/{queue}", {})
+        broker.api("POST", "/api/bindings", {"exchange": "canary", "queue": queue, "weight": weight})
+    page.click('nav a[data-nav="exchanges"]')
+    expect(page.locator("#exchanges tbody tr", has_text="canary")).to_contain_text("weighted")
+    card = page.locator("#split-canary")
+    v1 = card.locator('.split-row[data-queue="work-v1"]')
+    v2 = card.locator('.split-row[data-queue="work-v2"]')
+    expect(v1.locator(".share")).to_have_text("95%")
+    expect(v2.locator(".share")).to_have_text("5%")
+
+    v2.locator("input.weight").fill("95")
+    expect(page.locator(".toast.ok")).to_contain_text("work-v2 now has weight 95 on canary.")
+    expect(v2.locator(".share")).to_have_text("50%")
+    bindings = broker.api("GET", "/api/bindings")
+    weights = {b["queue"]: b["arguments"] for b in bindings if b["exchange"] == "canary"}
+    assert weights == {"work-v1": {"x-weight": 95}, "work-v2": {"x-weight": 95}}
+
+    # The routing follows at once: the next messages split evenly.
+    for i in range(20):
+        broker.cli("publish", "canary", "", f"m{i}")
+    # Queue counters are refreshed a few times a second: read until all 20 are counted.
+    deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
+    while True:
+        ready = {q: broker.api("GET", f"/api/queues/{q}")["ready"] for q in ("work-v1", "work-v2")}
+        if sum(ready.values()) == 20 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert ready == {"work-v1": 10, "work-v2": 10}
+
+    out = os.environ.get("SLUICE_SCREENSHOTS") or str(tmp_path)
+    page.screenshot(path=f"{out}/exchanges.png")
+    assert os.path.getsize(f"{out}/exchanges.png") > 10_000

@@ -750,6 +750,108 @@ pages.consumers = {
   sort(key) { toggleSort(consumerTable, key, !!CONSUMER_COLUMNS.find((c) => c.key === key).num); this.draw(); },
 };
 
+// Exchanges, and the split of the weighted and consistent-hash ones, with a weight slider per
+// bound queue: moving one re-binds the queue with the new weight (the broker changes it in
+// place, live; docs/routing.md).
+const exchangeTable = { sort: 'name', desc: false };
+const EXCHANGE_COLUMNS = [
+  { key: 'name', label: 'Name', value: (x) => x.name, className: 'name-cell', cell: (x) => (x.name === '' ? html`<span class="muted">(default)</span>` : x.name) },
+  { key: 'vhost', label: 'Vhost', value: (x) => x.vhost },
+  { key: 'kind', label: 'Kind', value: (x) => x.kind, cell: (x) => html`<span class="badge ${SPLITS[x.kind] ? 'badge-accent' : ''}">${x.kind}</span>${x.hash_header ? html` <span class="muted">by header ${x.hash_header}</span>` : ''}` },
+  { key: 'bindings', label: 'Bindings', num: true, value: (x) => x.bindings, cell: (x) => fmtCount(x.bindings) },
+  { key: 'alternate_exchange', label: 'Alternate', value: (x) => x.alternate_exchange || '', cell: (x) => x.alternate_exchange || html`<span class="muted">—</span>` },
+  { key: 'durable', label: 'Durable', value: (x) => (x.durable ? 'yes' : 'no') },
+];
+// The kinds that send each message to one queue, and the range of their weights.
+const SPLITS = {
+  weighted: { min: 0, max: 100, what: 'share of the messages' },
+  'consistent-hash': { min: 1, max: 100, what: 'share of the keys' },
+};
+
+const weightOf = (b) => Number(b.arguments['x-weight'] ?? 1);
+
+pages.exchanges = {
+  title: 'Exchanges',
+  data: { exchanges: [], bindings: [], queues: [] },
+  // Set while a slider is held: a refresh then leaves the splits alone.
+  holding: false,
+  render() {
+    setHtml($('#main'), html`<div class="page-head"><h1>Exchanges</h1><span class="sub" id="exchange-count"></span></div><div id="splits"></div><section class="card" id="exchange-table"></section>`);
+  },
+  async refresh() {
+    const [exchanges, bindings, queues] = await Promise.all([api('/api/exchanges'), api('/api/bindings'), api('/api/queues')]);
+    this.data = { exchanges, bindings, queues };
+    this.draw();
+  },
+  draw() {
+    const { exchanges, bindings } = this.data;
+    const count = (x) => bindings.filter((b) => b.vhost === x.vhost && b.exchange === x.name).length;
+    const rows = exchanges.map((x) => ({ ...x, bindings: count(x) }));
+    setHtml($('#exchange-count'), `${fmtCount(rows.length)} exchanges`);
+    setHtml($('#exchange-table'), table({ id: 'exchanges', columns: EXCHANGE_COLUMNS, rows, state: exchangeTable, emptyText: 'No exchanges.' }));
+    if (!this.holding) setHtml($('#splits'), exchanges.filter((x) => SPLITS[x.kind]).map((x) => this.split(x)));
+  },
+  // One card per weighted or consistent-hash exchange: each queue's weight, its share of the
+  // total, and the publish rate it sees now.
+  split(x) {
+    const range = SPLITS[x.kind];
+    const bound = this.data.bindings.filter((b) => b.vhost === x.vhost && b.exchange === x.name);
+    const total = bound.reduce((sum, b) => sum + weightOf(b), 0);
+    const queue = (name) => this.data.queues.find((r) => r.vhost === x.vhost && r.name === name);
+    const share = (w) => (total ? `${+((100 * w) / total).toFixed(1)}%` : '—');
+    const rows = bound.map((b) => {
+      const w = weightOf(b);
+      const qr = queue(b.queue);
+      return html`<div class="split-row" data-queue="${b.queue}">
+        <a class="name-cell" href="#/queues/${q(b.queue)}">${b.queue}</a>
+        <input type="range" class="weight" min="${range.min}" max="${Math.max(range.max, w)}" value="${w}" aria-label="Weight of ${b.queue}"
+          data-exchange="${x.name}" data-vhost="${x.vhost}" data-queue="${b.queue}" data-weight="${w}">
+        <span class="n weight-value">${fmtCount(w)}</span>
+        <span class="n share">${share(w)}</span>
+        <span class="n muted">${qr ? fmtRate(rate(qr, 'publish')) : '—'}</span>
+      </div>`;
+    });
+    return html`<section class="card split" id="split-${x.name}" data-exchange="${x.name}">
+      <div class="card-head"><h2>${x.name}</h2><span class="sub">${x.kind}: each message to one queue, by ${range.what}${x.hash_header ? ` (header ${x.hash_header})` : ''}</span></div>
+      <div class="card-body">${bound.length ? html`<div class="split-row split-head"><span>Queue</span><span>Weight</span><span></span><span class="n">Share</span><span class="n">Publish</span></div>${rows}` : html`<div class="empty">No queue is bound.</div>`}</div>
+    </section>`;
+  },
+  sort(key) { toggleSort(exchangeTable, key, !!EXCHANGE_COLUMNS.find((c) => c.key === key).num); this.draw(); },
+};
+
+// While a weight slider moves, its number and the shares follow; on release the queue is bound
+// again with the new weight.
+document.addEventListener('pointerdown', (ev) => { if (ev.target.matches('input.weight')) pages.exchanges.holding = true; });
+document.addEventListener('input', (ev) => {
+  const slider = ev.target;
+  if (!slider.matches('input.weight')) return;
+  const card = slider.closest('.split');
+  const sliders = [...card.querySelectorAll('input.weight')];
+  const total = sliders.reduce((sum, s) => sum + Number(s.value), 0);
+  for (const s of sliders) {
+    const row = s.closest('.split-row');
+    row.querySelector('.weight-value').textContent = fmtCount(Number(s.value));
+    row.querySelector('.share').textContent = total ? `${+((100 * Number(s.value)) / total).toFixed(1)}%` : '—';
+  }
+});
+document.addEventListener('change', async (ev) => {
+  const slider = ev.target;
+  if (!slider.matches('input.weight')) return;
+  const { exchange, vhost, queue } = slider.dataset;
+  const weight = Number(slider.value);
+  try {
+    await api(`/api/bindings?vhost=${q(vhost)}`, { method: 'POST', body: { exchange, queue, weight } });
+    slider.dataset.weight = String(weight);
+    toast(`${queue} now has weight ${fmtCount(weight)} on ${exchange}.`, 'ok');
+  } catch (e) {
+    slider.value = slider.dataset.weight;
+    toast(e.message, 'error');
+  } finally {
+    pages.exchanges.holding = false;
+    refreshNow();
+  }
+});
+
 // ---------------------------------------------------------------------------------------
 // Actions, by `data-action`.
 
