@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import pytest
 
 import sluice
+
+from .conftest import EXAMPLES
 
 
 @pytest.fixture
@@ -65,3 +69,18 @@ def test_a_consistent_hash_exchange_keeps_a_key_on_its_shard(url: str, queue_nam
                 await client.publish(exchange, "", b"no user", mandatory=True)
 
     asyncio.run(main())
+
+
+def test_the_canary_rollout_example_moves_the_work_to_v2_in_three_stages(url: str) -> None:
+    example = subprocess.run(
+        [sys.executable, str(EXAMPLES / "canary_rollout.py"), "--url", url, "--per-stage", "200"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert example.returncode == 0, example.stderr
+    assert example.stdout.splitlines() == [
+        "stage 5%: v1 took 190, v2 took 10",
+        "stage 50%: v1 took 100, v2 took 100",
+        "stage 100%: v1 took 0, v2 took 200",
+    ]
