@@ -653,9 +653,21 @@ impl Broker {
     }
 
     /// Binds or unbinds (protocol.md §7.3).
-    pub fn bind(&self, conn: ConnId, binding: Binding, bind: bool) -> Result<(), RequestError> {
+    pub fn bind(&self, conn: ConnId, mut binding: Binding, bind: bool) -> Result<(), RequestError> {
         let mut change = self.begin_change();
         let reg = &mut change.next;
+        // A weighted or consistent-hash exchange binds a queue once, whatever the routing key:
+        // the key is dropped, so that every node and the metadata records agree on the binding.
+        // Also known from the cluster's records when this node has not applied the declare.
+        let sole = match reg.routing.exchange(&binding.exchange) {
+            Some(x) => x.kind.picks_one(),
+            None => self
+                .cluster()
+                .is_some_and(|c| cluster_topology::binds_once(&c.topology(), &binding.exchange)),
+        };
+        if sole {
+            binding.routing_key.clear();
+        }
         let queue_ok = match reg.queues.get(binding.queue.as_str()) {
             Some(q) if !q.meta.accessible_by(conn) => {
                 return Err(RequestError::locked(&binding.queue))
@@ -669,10 +681,6 @@ impl Broker {
             .get(binding.queue.as_str())
             .is_some_and(|q| is_replicated(&q.meta.arguments));
         let managed = reg.cluster_managed.holds_binding(&binding);
-        let sole = reg
-            .routing
-            .exchange(&binding.exchange)
-            .is_some_and(|x| x.kind.picks_one());
         let shared = binding.clone();
         let changed = if bind {
             if !queue_ok {
@@ -680,12 +688,15 @@ impl Broker {
             }
             validate_binding(&binding, &self.config.limits.headers)?;
             let exchange = binding.exchange.clone();
+            let before = reg.routing.binding_count(&exchange);
             let added = reg.routing.bind(binding)?;
-            // Checked once the binding is in the copy: a binding that exists already is no
-            // new one, and the copy is dropped uncommitted when the limit refuses it.
-            if added {
+            // Checked once the binding is in the copy: a binding that exists already (or a
+            // re-weight, which changes one) is no new one, and the copy is dropped uncommitted
+            // when the limit refuses it.
+            let count = reg.routing.binding_count(&exchange);
+            if count > before {
                 let max = self.config.limits.max_bindings_per_exchange;
-                check_bindings_per_exchange(&exchange, reg.routing.binding_count(&exchange), max)?;
+                check_bindings_per_exchange(&exchange, count, max)?;
             }
             added.then_some(ChangeKind::Grows)
         } else {

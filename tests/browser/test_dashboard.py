@@ -227,7 +227,7 @@ def test_the_exchanges_page_shows_a_canary_split_and_a_slider_reweights_it_live(
         broker.api("POST", "/api/bindings", {"exchange": "canary", "queue": queue, "weight": weight})
     page.click('nav a[data-nav="exchanges"]')
     expect(page.locator("#exchanges tbody tr", has_text="canary")).to_contain_text("weighted")
-    card = page.locator("#split-canary")
+    card = page.locator('.split[data-vhost="/"][data-exchange="canary"]')
     v1 = card.locator('.split-row[data-queue="work-v1"]')
     v2 = card.locator('.split-row[data-queue="work-v2"]')
     expect(v1.locator(".share")).to_have_text("95%")

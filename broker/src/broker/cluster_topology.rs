@@ -59,6 +59,15 @@ fn exchange_record(x: &Exchange) -> ExchangeRecord {
     }
 }
 
+/// Whether the records' exchange `name` binds a queue once (weighted, consistent-hash).
+pub(super) fn binds_once(records: &TopologyRecords, name: &str) -> bool {
+    records
+        .exchanges
+        .get(name)
+        .and_then(exchange_of)
+        .is_some_and(|x| x.kind.picks_one())
+}
+
 /// `None` for a kind this version does not know (a newer node's): not routed here.
 fn exchange_of(r: &ExchangeRecord) -> Option<Exchange> {
     Some(Exchange {
@@ -249,8 +258,9 @@ impl Broker {
         let Some(cluster) = self.cluster() else {
             return;
         };
-        let wanted = cluster.topology();
+        // Read under the change: two syncs at once must not commit an older state last.
         let mut change = self.begin_change();
+        let wanted = cluster.topology();
         let reg = &mut change.next;
         let applied = Arc::clone(&reg.cluster_managed);
         for name in &applied.exchanges {

@@ -8,6 +8,8 @@
 //! is the same on every node and in every version, so a key keeps its queue across restarts
 //! and in a cluster.
 
+use std::sync::Arc;
+
 use sluice_client::wire::HeaderValue;
 
 use super::table::QueueName;
@@ -16,6 +18,8 @@ use super::table::QueueName;
 const POINTS_PER_WEIGHT: u32 = 100;
 /// The largest weight of a `consistent-hash` binding (so a queue holds at most 10,000 points).
 pub const MAX_RING_WEIGHT: u32 = 100;
+/// The most points one ring holds (16 bytes each): a bind past it is refused.
+const MAX_RING_POINTS: u64 = 1_000_000;
 
 /// A bound queue and its weight.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,13 +33,28 @@ struct Member {
 pub(super) struct HashRing {
     /// Sorted by queue name.
     members: Vec<Member>,
-    /// Each point and the member (index into `members`) that holds it, sorted by point.
-    points: Vec<(u64, u32)>,
+    /// Each point and the member (index into `members`) that holds it, sorted by point;
+    /// shared by the copies of the routing table that every topology change makes.
+    points: Arc<Vec<(u64, u32)>>,
 }
 
 impl HashRing {
-    /// Binds `queue` with `weight`, or changes its weight.
-    pub(super) fn set(&mut self, queue: &QueueName, weight: u32) {
+    /// Binds `queue` with `weight`, or changes its weight; refused (nothing changed) when the
+    /// ring would hold more than [`MAX_RING_POINTS`].
+    pub(super) fn set(&mut self, queue: &QueueName, weight: u32) -> Result<(), String> {
+        let others: u64 = self
+            .members
+            .iter()
+            .filter(|m| *m.queue != **queue)
+            .map(|m| u64::from(m.weight))
+            .sum();
+        let points = (others + u64::from(weight)) * u64::from(POINTS_PER_WEIGHT);
+        if points > MAX_RING_POINTS {
+            return Err(format!(
+                "the exchange's ring would hold {points} points, more than {MAX_RING_POINTS} \
+                 ({POINTS_PER_WEIGHT} per unit of weight): bind fewer queues or lower weights"
+            ));
+        }
         match self.position(queue) {
             Ok(i) => self.members[i].weight = weight,
             Err(i) => self.members.insert(
@@ -47,6 +66,7 @@ impl HashRing {
             ),
         }
         self.rebuild();
+        Ok(())
     }
 
     /// Unbinds `queue`.
@@ -69,7 +89,7 @@ impl HashRing {
     }
 
     fn rebuild(&mut self) {
-        self.points.clear();
+        let mut points = Vec::new();
         for (i, m) in self.members.iter().enumerate() {
             let mut point_key = Vec::with_capacity(m.queue.len() + 5);
             for n in 0..m.weight * POINTS_PER_WEIGHT {
@@ -77,12 +97,13 @@ impl HashRing {
                 point_key.extend_from_slice(m.queue.as_bytes());
                 point_key.push(0);
                 point_key.extend_from_slice(&n.to_le_bytes());
-                self.points.push((hash(&point_key), i as u32));
+                points.push((hash(&point_key), i as u32));
             }
         }
         // Two queues on one point (a 64-bit collision) are ordered by queue, so every node
         // builds the same ring.
-        self.points.sort_unstable();
+        points.sort_unstable();
+        self.points = Arc::new(points);
     }
 
     fn position(&self, queue: &str) -> Result<usize, usize> {
@@ -126,7 +147,7 @@ mod tests {
     fn ring(weights: &[(&str, u32)]) -> HashRing {
         let mut r = HashRing::default();
         for (q, w) in weights {
-            r.set(&QueueName::from(*q), *w);
+            r.set(&QueueName::from(*q), *w).unwrap();
         }
         r
     }
@@ -168,7 +189,7 @@ mod tests {
     fn a_new_queue_takes_about_its_share_and_only_from_the_others() {
         let mut r = ring(&[("a", 1), ("b", 1), ("c", 1), ("d", 1)]);
         let before = placement(&r, 20_000);
-        r.set(&QueueName::from("e"), 1);
+        r.set(&QueueName::from("e"), 1).unwrap();
         let after = placement(&r, 20_000);
         let moved: Vec<_> = before.iter().zip(&after).filter(|(b, a)| b != a).collect();
         assert!(
@@ -186,6 +207,27 @@ mod tests {
             before,
             "unbinding it moves them back"
         );
+    }
+
+    #[test]
+    fn a_ring_past_a_million_points_is_refused_and_left_as_it_was() {
+        // A full ring's members, without building its million points.
+        let mut r = HashRing {
+            members: (0..100)
+                .map(|i| Member {
+                    queue: QueueName::from(format!("q{i:03}").as_str()),
+                    weight: 100,
+                })
+                .collect(),
+            ..HashRing::default()
+        };
+        let e = r.set(&QueueName::from("one-too-many"), 1).unwrap_err();
+        assert!(e.contains("more than 1000000"), "{e}");
+        assert_eq!(r.members.len(), 100);
+        assert!(r.points.is_empty(), "nothing was rebuilt");
+        // Lowering a bound queue's weight is fine.
+        r.set(&QueueName::from("q000"), 1).unwrap();
+        assert_eq!(r.points.len(), 99 * 100 * 100 + 100);
     }
 
     #[test]

@@ -90,8 +90,7 @@ impl FromStr for ExchangeKind {
             "topic" => Ok(Self::Topic),
             "headers" => Ok(Self::Headers),
             "weighted" => Ok(Self::Weighted),
-            // RabbitMQ's plugin calls it `x-consistent-hash`.
-            "consistent-hash" | "x-consistent-hash" => Ok(Self::ConsistentHash),
+            "consistent-hash" => Ok(Self::ConsistentHash),
             other => Err(RoutingError::InvalidKind(other.to_owned())),
         }
     }

@@ -136,7 +136,7 @@ impl Matcher {
                 weighted.set(queue, weight_of(arguments, 1, 0..=MAX_WEIGHT)?)
             }
             Self::ConsistentHash(ring) => {
-                ring.set(queue, weight_of(arguments, 1, 1..=MAX_RING_WEIGHT)?);
+                ring.set(queue, weight_of(arguments, 1, 1..=MAX_RING_WEIGHT)?)?;
             }
         }
         Ok(())
@@ -362,7 +362,7 @@ impl RoutingTable {
         let arguments = normalized(binding.arguments);
         if state.exchange.kind.picks_one() {
             let id = self.next_binding_id;
-            let added = state.bind_one(id, &queue, binding.routing_key, arguments)?;
+            let added = state.bind_one(id, &queue, arguments)?;
             if added {
                 self.next_binding_id += 1;
             }
@@ -624,19 +624,19 @@ impl ExchangeState {
     }
 
     /// Binds `queue` to a weighted or consistent-hash exchange, whose queues have one binding
-    /// each: a new binding takes `id`; an existing one takes the new arguments (its weight).
-    /// Returns whether anything changed.
+    /// each, with no routing key: a new binding takes `id`; an existing one takes the new
+    /// arguments (its weight). Returns whether anything changed.
     fn bind_one(
         &mut self,
         id: BindingId,
         queue: &QueueName,
-        routing_key: String,
         arguments: Headers,
     ) -> Result<bool, RoutingError> {
         let existing = self.bindings.get(queue).and_then(|r| r.first());
-        if existing.is_some_and(|r| r.arguments == arguments && r.routing_key == routing_key) {
+        if existing.is_some_and(|r| r.arguments == arguments) {
             return Ok(false);
         }
+        let routing_key = String::new();
         self.matcher
             .add(id, queue, &routing_key, &arguments)
             .map_err(|reason| RoutingError::InvalidBinding {
@@ -651,7 +651,6 @@ impl ExchangeState {
         match self.bindings.get_mut(queue) {
             Some(records) => {
                 // Keeps its place among the bindings (its age), takes the new weight.
-                records[0].routing_key = record.routing_key;
                 records[0].arguments = record.arguments;
             }
             None => {

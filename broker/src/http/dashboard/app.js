@@ -811,7 +811,7 @@ pages.exchanges = {
         <span class="n muted">${qr ? fmtRate(rate(qr, 'publish')) : '—'}</span>
       </div>`;
     });
-    return html`<section class="card split" id="split-${x.name}" data-exchange="${x.name}">
+    return html`<section class="card split" data-vhost="${x.vhost}" data-exchange="${x.name}">
       <div class="card-head"><h2>${x.name}</h2><span class="sub">${x.kind}: each message to one queue, by ${range.what}${x.hash_header ? ` (header ${x.hash_header})` : ''}</span></div>
       <div class="card-body">${bound.length ? html`<div class="split-row split-head"><span>Queue</span><span>Weight</span><span></span><span class="n">Share</span><span class="n">Publish</span></div>${rows}` : html`<div class="empty">No queue is bound.</div>`}</div>
     </section>`;
@@ -822,6 +822,10 @@ pages.exchanges = {
 // While a weight slider moves, its number and the shares follow; on release the queue is bound
 // again with the new weight.
 document.addEventListener('pointerdown', (ev) => { if (ev.target.matches('input.weight')) pages.exchanges.holding = true; });
+// A press that moved nothing fires no `change`: letting go ends the hold all the same.
+for (const end of ['pointerup', 'pointercancel']) {
+  document.addEventListener(end, () => { pages.exchanges.holding = false; });
+}
 document.addEventListener('input', (ev) => {
   const slider = ev.target;
   if (!slider.matches('input.weight')) return;
