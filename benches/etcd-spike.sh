@@ -6,9 +6,15 @@
 #   2. lease failover, the LavinMQ way of electing a queue leader: a "leader" holds a key on a
 #      lease it keeps alive; it is killed (-9) and the time until the key is gone (when a
 #      follower could take over) is measured, 10 times, with the shortest TTL etcd accepts
-#      with the same election timeout as Sluice's default (1 s).
-# Usage: benches/etcd-spike.sh   (needs etcd and etcdctl: apt-get install etcd-server etcd-client)
+#      with the same election timeout as Sluice's default (1 s);
+#   3. the LavinMQ shape end to end, 3 times: `etcd-route-bench w1` (benches/src/bin/etcd_route.rs,
+#      a spike) starts its own 3-member etcd like this one (after this one is stopped) and 3
+#      nodes; etcd elects the leader with a lease, our own code ships the queue log to the
+#      followers; replicated W1 as `cluster-bench w1` runs it on openraft.
+# Usage: benches/etcd-spike.sh   (needs etcd and etcdctl: apt-get install etcd-server etcd-client;
+# builds etcd-route-bench into $CARGO_TARGET_DIR, default target/)
 set -euo pipefail
+cd "$(dirname "$0")/.."
 command -v etcd >/dev/null || { echo "etcd is not installed (apt-get install etcd-server)" >&2; exit 1; }
 D=$(mktemp -d /tmp/etcd-spike-XXXX)
 CL="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
@@ -69,4 +75,13 @@ for round in $(seq 10); do
     kill -9 $holder; wait $holder 2>/dev/null || true
     while [ -n "$(etcdctl --endpoints $EP get spike/leader --print-value-only)" ]; do sleep 0.02; done
     echo "round $round: key gone $(( ($(date +%s%N) - start) / 1000000 )) ms after the kill (TTL ${TTL} s)"
+done
+
+echo "== 3. replicated W1 on etcd leadership + our own log shipping (etcd-route-bench), 3 runs"
+stop
+pids=()
+trap - EXIT
+cargo build --release -p sluice-benches --bin etcd-route-bench >&2
+for run in 1 2 3; do
+    "${CARGO_TARGET_DIR:-target}/release/etcd-route-bench" w1 --duration 20
 done
