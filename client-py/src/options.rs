@@ -141,8 +141,7 @@ pub(crate) fn binding_arguments(
 ) -> PyResult<Headers> {
     let mut headers = convert::headers(arguments)?;
     if let Some(weight) = weight {
-        headers.retain(|(k, _)| k != sluice_client::WEIGHT_ARGUMENT);
-        headers.extend(sluice_client::weight(weight));
+        sluice_client::set_weight(&mut headers, weight);
     }
     Ok(headers)
 }

@@ -82,7 +82,7 @@ pub use connection::ServerInfo;
 pub use consumer::{Consumer, Message};
 pub use error::{CloseReason, Error, ErrorGroup, Result};
 pub use options::{
-    weight, ConsumeOptions, DeleteExchangeOptions, DeleteQueueOptions, ExchangeOptions,
+    set_weight, weight, ConsumeOptions, DeleteExchangeOptions, DeleteQueueOptions, ExchangeOptions,
     PublishOptions, QueueOptions, WEIGHT_ARGUMENT,
 };
 pub use publish::{Confirmed, OutgoingMessage, PublishConfirm, Publisher};

@@ -528,10 +528,18 @@ pub const WEIGHT_ARGUMENT: &str = "x-weight";
 /// the hash ring. Binding the same queue again with another weight changes the weight in
 /// place.
 pub fn weight(weight: u32) -> Headers {
-    vec![(
+    let mut arguments = Headers::new();
+    set_weight(&mut arguments, weight);
+    arguments
+}
+
+/// Gives binding `arguments` the weight `weight`, replacing any `x-weight` they hold.
+pub fn set_weight(arguments: &mut Headers, weight: u32) {
+    arguments.retain(|(k, _)| k != WEIGHT_ARGUMENT);
+    arguments.push((
         WEIGHT_ARGUMENT.to_owned(),
         HeaderValue::Int(i64::from(weight)),
-    )]
+    ));
 }
 
 #[cfg(test)]

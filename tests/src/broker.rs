@@ -286,6 +286,27 @@ impl BrokerProcess {
         format!("sluice://{}", self.addr)
     }
 
+    /// Runs `sluice --url URL ARGS` against this broker to completion (bounded) and returns
+    /// its stdout; panics with its stderr if it fails.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let child = sluice_command()
+            .arg("--url")
+            .arg(self.cli_url())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sluice");
+        let output = wait_output(child);
+        assert!(
+            output.status.success(),
+            "sluice {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("UTF-8 output")
+    }
+
     /// SIGKILL: a crash.
     pub fn kill9(mut self) {
         if let Some(mut child) = self.child.take() {

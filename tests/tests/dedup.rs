@@ -4,7 +4,6 @@
 //! API; the window survives `kill -9`.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -12,7 +11,7 @@ use sluice_client::{
     Client, Confirmed, ExchangeKind, ExchangeOptions, OutgoingMessage, PublishOptions,
     QueueArguments, QueueOptions,
 };
-use sluice_tests::broker::{sluice_command, wait_output, within, BrokerProcess, WAIT};
+use sluice_tests::broker::{within, BrokerProcess, WAIT};
 use sluice_tests::http::HttpClient;
 
 async fn connect(broker: &BrokerProcess) -> Client {
@@ -290,53 +289,29 @@ async fn a_window_of_zero_is_refused_and_the_connection_goes_on() {
     broker.stop();
 }
 
-/// Runs `sluice --url URL ARGS` to completion (bounded) and returns its stdout, asserting
-/// that it succeeded.
-fn sluice(broker: &BrokerProcess, args: &[&str]) -> String {
-    let child = sluice_command()
-        .arg("--url")
-        .arg(broker.cli_url())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run sluice");
-    let output = wait_output(child);
-    assert!(
-        output.status.success(),
-        "sluice {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_declares_a_window_and_says_when_a_publish_was_a_duplicate() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(&dir.path().join("data"), &[]);
-    sluice(
-        &broker,
-        &[
-            "declare-queue",
-            "q",
-            "--dedup-window-ms",
-            "60000",
-            "--dedup-window-count",
-            "5",
-        ],
-    );
+    broker.cli(&[
+        "declare-queue",
+        "q",
+        "--dedup-window-ms",
+        "60000",
+        "--dedup-window-count",
+        "5",
+    ]);
     let publish = ["publish", "", "q", "body", "--message-id", "cli-1"];
-    let first = sluice(&broker, &publish);
+    let first = broker.cli(&publish);
     assert!(!first.contains("duplicate"), "{first}");
-    let second = sluice(&broker, &publish);
+    let second = broker.cli(&publish);
     assert!(second.contains("confirmed as a duplicate"), "{second}");
-    let json: Value = serde_json::from_str(&sluice(&broker, &["--json", "inspect", "q"])).unwrap();
+    let json: Value = serde_json::from_str(&broker.cli(&["--json", "inspect", "q"])).unwrap();
     assert_eq!(json["duplicates_dropped"], 1, "{json}");
     assert_eq!(json["ready"], 1, "{json}");
     assert_eq!(json["arguments"]["dedup_window_ms"], 60000, "{json}");
     assert_eq!(json["arguments"]["dedup_window_count"], 5, "{json}");
-    let text = sluice(&broker, &["inspect", "q"]);
+    let text = broker.cli(&["inspect", "q"]);
     assert!(text.contains("duplicates-dropped"), "{text}");
     broker.stop();
 }

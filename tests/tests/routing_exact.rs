@@ -5,7 +5,6 @@
 //! deeper than the limit refused by the client and by the server.
 
 use std::collections::{BTreeMap, HashSet};
-use std::process::Stdio;
 
 use bytes::BytesMut;
 use serde_json::Value;
@@ -18,7 +17,7 @@ use sluice_client::{
     Client, Decimal, ExchangeKind, ExchangeOptions, HeaderValue, Headers, OutgoingMessage,
     PublishOptions, QueueOptions,
 };
-use sluice_tests::broker::{sluice_command, wait_output, within, BrokerProcess};
+use sluice_tests::broker::{within, BrokerProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -450,50 +449,28 @@ async fn a_message_nested_deeper_than_the_limit_is_refused_alone() {
     broker.stop();
 }
 
-/// Runs `sluice ARGS --url URL` and returns its stdout; it must succeed.
-fn sluice(broker: &BrokerProcess, args: &[&str]) -> String {
-    let child = sluice_command()
-        .args(args)
-        .args(["--url", &broker.cli_url()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sluice");
-    let output = wait_output(child);
-    assert!(
-        output.status.success(),
-        "sluice {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("UTF-8 output")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_publishes_and_shows_every_header_type() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(dir.path(), &[]);
-    sluice(&broker, &["declare-queue", "typed"]);
-    sluice(
-        &broker,
-        &[
-            "publish",
-            "",
-            "typed",
-            "body",
-            "--header",
-            "f:float=1",
-            "--header",
-            "v:void=",
-            "--header",
-            "ts:timestamp=1700000000",
-            "--header",
-            "d:decimal=1.50",
-            "--header",
-            r#"j:json=[1, 2.5, null, {"k": "x"}]"#,
-        ],
-    );
-    let printed = sluice(&broker, &["get", "typed", "--json"]);
+    broker.cli(&["declare-queue", "typed"]);
+    broker.cli(&[
+        "publish",
+        "",
+        "typed",
+        "body",
+        "--header",
+        "f:float=1",
+        "--header",
+        "v:void=",
+        "--header",
+        "ts:timestamp=1700000000",
+        "--header",
+        "d:decimal=1.50",
+        "--header",
+        r#"j:json=[1, 2.5, null, {"k": "x"}]"#,
+    ]);
+    let printed = broker.cli(&["get", "typed", "--json"]);
     let got: Value = serde_json::from_str(&printed).unwrap();
     assert_eq!(
         got["headers"],

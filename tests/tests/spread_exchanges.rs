@@ -5,7 +5,6 @@
 //! share of the keys, all to the new queue.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -13,7 +12,7 @@ use sluice_client::{
     weight, Client, ErrorCode, ExchangeKind, ExchangeOptions, Headers, OutgoingMessage,
     PublishOptions, QueueOptions,
 };
-use sluice_tests::broker::{sluice_command, wait_output, within, BrokerProcess};
+use sluice_tests::broker::{within, BrokerProcess};
 
 async fn connect(broker: &BrokerProcess) -> Client {
     within("connect", Client::connect(&broker.url()))
@@ -83,25 +82,6 @@ async fn purge(client: &Client, queues: &[&str]) {
     }
 }
 
-/// Runs `sluice ARGS --url URL`; it must succeed.
-fn sluice(broker: &BrokerProcess, args: &[&str]) -> String {
-    let child = sluice_command()
-        .args(args)
-        .args(["--url", &broker.cli_url()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sluice");
-    let output = wait_output(child);
-    assert!(
-        output.status.success(),
-        "sluice {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("UTF-8 output")
-}
-
 /// Publishes 1,000 messages and returns how many each queue received.
 async fn split_of_a_thousand(client: &Client, tag: &str) -> (u64, u64) {
     let (v1, v2) = (ready(client, "v1").await, ready(client, "v2").await);
@@ -161,10 +141,7 @@ async fn a_weighted_exchange_splits_by_weight_and_is_reweighted_live_with_nothin
         })
     };
     batches_past(5).await;
-    let printed = sluice(
-        &broker,
-        &["bind", "v2", "canary", "--weight", "50", "--json"],
-    );
+    let printed = broker.cli(&["bind", "v2", "canary", "--weight", "50", "--json"]);
     assert!(printed.contains("\"x-weight\""), "{printed}");
     let reweighted_at = batches.load(Ordering::SeqCst);
     batches_past(reweighted_at + 5).await;
@@ -199,7 +176,7 @@ async fn a_weighted_exchange_splits_by_weight_and_is_reweighted_live_with_nothin
     broker.stop();
     let broker = BrokerProcess::start(dir.path(), &[]);
     let client = connect(&broker).await;
-    let listed = sluice(&broker, &["bindings", "--json"]);
+    let listed = broker.cli(&["bindings", "--json"]);
     assert!(
         listed.contains("\"x-weight\":50") || listed.contains("\"x-weight\": 50"),
         "{listed}"
@@ -210,9 +187,9 @@ async fn a_weighted_exchange_splits_by_weight_and_is_reweighted_live_with_nothin
         "v2 got {v2} of 1000 at weight 50 against 95"
     );
     // Weight 0 drains a queue; an unbind naming only the queue removes its binding.
-    sluice(&broker, &["bind", "v1", "canary", "--weight", "0"]);
+    broker.cli(&["bind", "v1", "canary", "--weight", "0"]);
     assert_eq!(split_of_a_thousand(&client, "drained").await, (0, 1000));
-    sluice(&broker, &["unbind", "v2", "canary"]);
+    broker.cli(&["unbind", "v2", "canary"]);
     let e = within(
         "publish",
         client.publish("canary", "", "nowhere", &PublishOptions::new().mandatory()),
@@ -237,41 +214,40 @@ async fn queue_of_each_user(client: &Client, queues: &[&str]) -> BTreeMap<String
     placed
 }
 
+/// Users publishing to the consistent-hash exchange.
+const USERS: u32 = 400;
+
+/// 2,000 messages to `by-user`, five per user, each with its user in header `user` and its
+/// body `USER/ROUND-N`.
+async fn publish_round(client: &Client, round: u32) {
+    let bodies = (0..2000).map(|i| format!("u{}/{round}-{i}", i % USERS));
+    publish(client, "by-user", bodies, |body| {
+        let user = body.split('/').next().unwrap().to_owned();
+        PublishOptions::new().header("user", user)
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consistent_hash_exchange_keeps_each_key_on_one_queue_and_moves_few_for_a_new_one() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(dir.path(), &[]);
     let client = connect(&broker).await;
-    sluice(
-        &broker,
-        &[
-            "declare-exchange",
-            "by-user",
-            "--kind",
-            "consistent-hash",
-            "--hash-header",
-            "user",
-        ],
-    );
+    broker.cli(&[
+        "declare-exchange",
+        "by-user",
+        "--kind",
+        "consistent-hash",
+        "--hash-header",
+        "user",
+    ]);
     let shards = ["s1", "s2", "s3", "s4"];
     for q in shards {
         bound_queue(&client, q, "by-user", Headers::new()).await;
     }
-    let users = 400;
-    let publish_round = |round: u32| {
-        let client = client.clone();
-        async move {
-            let bodies = (0..2000).map(move |i| format!("u{}/{round}-{i}", i % users));
-            publish(&client, "by-user", bodies, |body| {
-                let user = body.split('/').next().unwrap().to_owned();
-                PublishOptions::new().header("user", user)
-            })
-            .await;
-        }
-    };
-    publish_round(1).await;
+    publish_round(&client, 1).await;
     let before = queue_of_each_user(&client, &shards).await;
-    assert_eq!(before.len(), users as usize);
+    assert_eq!(before.len(), USERS as usize);
     let mut per_queue: HashMap<&str, usize> = HashMap::new();
     for q in before.values() {
         *per_queue.entry(q.as_str()).or_default() += 1;
@@ -285,7 +261,7 @@ async fn a_consistent_hash_exchange_keeps_each_key_on_one_queue_and_moves_few_fo
     // The same keys again, after a fifth shard is bound.
     purge(&client, &shards).await;
     bound_queue(&client, "s5", "by-user", Headers::new()).await;
-    publish_round(2).await;
+    publish_round(&client, 2).await;
     let all = ["s1", "s2", "s3", "s4", "s5"];
     let after = queue_of_each_user(&client, &all).await;
     let moved: Vec<&String> = before
@@ -298,7 +274,7 @@ async fn a_consistent_hash_exchange_keeps_each_key_on_one_queue_and_moves_few_fo
     );
     assert!(
         (40..=140).contains(&moved.len()),
-        "{} of {users} users moved; about a fifth (80) expected",
+        "{} of {USERS} users moved; about a fifth (80) expected",
         moved.len()
     );
 
@@ -340,18 +316,7 @@ async fn a_consistent_hash_exchange_keeps_each_key_on_one_queue_and_moves_few_fo
     broker.stop();
     let broker = BrokerProcess::start(dir.path(), &[]);
     let client = connect(&broker).await;
-    let publish_again = {
-        let client = client.clone();
-        async move {
-            let bodies = (0..2000).map(move |i| format!("u{}/3-{i}", i % users));
-            publish(&client, "by-user", bodies, |body| {
-                let user = body.split('/').next().unwrap().to_owned();
-                PublishOptions::new().header("user", user)
-            })
-            .await;
-        }
-    };
-    publish_again.await;
+    publish_round(&client, 3).await;
     assert_eq!(queue_of_each_user(&client, &all).await, after);
     broker.stop();
 }

@@ -342,8 +342,7 @@ fn headers(args: Vec<HeaderArg>) -> Headers {
 async fn bind(client: &Client, a: BindArgs, bind: bool, json: bool) -> Result<(), CliError> {
     let mut arguments = headers(a.headers);
     if let Some(weight) = a.weight {
-        arguments.retain(|(k, _)| k != sluice_client::WEIGHT_ARGUMENT);
-        arguments.extend(sluice_client::weight(weight));
+        sluice_client::set_weight(&mut arguments, weight);
     }
     if bind {
         client

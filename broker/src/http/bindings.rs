@@ -63,7 +63,7 @@ impl BindingBody {
             .map(|(k, v)| header_value(&k, v).map(|v| (k, v)))
             .collect::<Result<Headers, _>>()?;
         if let Some(weight) = self.weight {
-            arguments.extend(sluice_client::weight(weight));
+            sluice_client::set_weight(&mut arguments, weight);
         }
         Ok(Binding {
             queue: self.queue,

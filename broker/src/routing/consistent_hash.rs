@@ -13,6 +13,7 @@ use std::sync::Arc;
 use sluice_client::wire::HeaderValue;
 
 use super::table::QueueName;
+use super::weighted::Weights;
 
 /// Points on the ring per unit of weight.
 const POINTS_PER_WEIGHT: u32 = 100;
@@ -21,18 +22,10 @@ pub const MAX_RING_WEIGHT: u32 = 100;
 /// The most points one ring holds (16 bytes each): a bind past it is refused.
 const MAX_RING_POINTS: u64 = 1_000_000;
 
-/// A bound queue and its weight.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Member {
-    queue: QueueName,
-    weight: u32,
-}
-
 /// The bound queues of a `consistent-hash` exchange and their points on the ring.
 #[derive(Debug, Clone, Default)]
 pub(super) struct HashRing {
-    /// Sorted by queue name.
-    members: Vec<Member>,
+    members: Weights,
     /// Each point and the member (index into `members`) that holds it, sorted by point;
     /// shared by the copies of the routing table that every topology change makes.
     points: Arc<Vec<(u64, u32)>>,
@@ -42,37 +35,21 @@ impl HashRing {
     /// Binds `queue` with `weight`, or changes its weight; refused (nothing changed) when the
     /// ring would hold more than [`MAX_RING_POINTS`].
     pub(super) fn set(&mut self, queue: &QueueName, weight: u32) -> Result<(), String> {
-        let others: u64 = self
-            .members
-            .iter()
-            .filter(|m| *m.queue != **queue)
-            .map(|m| u64::from(m.weight))
-            .sum();
-        let points = (others + u64::from(weight)) * u64::from(POINTS_PER_WEIGHT);
+        let points = self.members.total_with(queue, weight) * u64::from(POINTS_PER_WEIGHT);
         if points > MAX_RING_POINTS {
             return Err(format!(
                 "the exchange's ring would hold {points} points, more than {MAX_RING_POINTS} \
                  ({POINTS_PER_WEIGHT} per unit of weight): bind fewer queues or lower weights"
             ));
         }
-        match self.position(queue) {
-            Ok(i) => self.members[i].weight = weight,
-            Err(i) => self.members.insert(
-                i,
-                Member {
-                    queue: QueueName::clone(queue),
-                    weight,
-                },
-            ),
-        }
+        self.members.set(queue, weight);
         self.rebuild();
         Ok(())
     }
 
     /// Unbinds `queue`.
     pub(super) fn remove(&mut self, queue: &str) {
-        if let Ok(i) = self.position(queue) {
-            self.members.remove(i);
+        if self.members.remove(queue) {
             self.rebuild();
         }
     }
@@ -85,12 +62,12 @@ impl HashRing {
         let h = hash(key);
         let at = self.points.partition_point(|(p, _)| *p < h);
         let (_, member) = self.points[at % self.points.len()];
-        Some(&self.members[member as usize].queue)
+        Some(&self.members.as_slice()[member as usize].queue)
     }
 
     fn rebuild(&mut self) {
         let mut points = Vec::new();
-        for (i, m) in self.members.iter().enumerate() {
+        for (i, m) in self.members.as_slice().iter().enumerate() {
             let mut point_key = Vec::with_capacity(m.queue.len() + 5);
             for n in 0..m.weight * POINTS_PER_WEIGHT {
                 point_key.clear();
@@ -104,10 +81,6 @@ impl HashRing {
         // builds the same ring.
         points.sort_unstable();
         self.points = Arc::new(points);
-    }
-
-    fn position(&self, queue: &str) -> Result<usize, usize> {
-        self.members.binary_search_by(|m| (*m.queue).cmp(queue))
     }
 }
 
@@ -212,18 +185,17 @@ mod tests {
     #[test]
     fn a_ring_past_a_million_points_is_refused_and_left_as_it_was() {
         // A full ring's members, without building its million points.
+        let mut members = Weights::default();
+        for i in 0..100 {
+            members.set(&QueueName::from(format!("q{i:03}").as_str()), 100);
+        }
         let mut r = HashRing {
-            members: (0..100)
-                .map(|i| Member {
-                    queue: QueueName::from(format!("q{i:03}").as_str()),
-                    weight: 100,
-                })
-                .collect(),
+            members,
             ..HashRing::default()
         };
         let e = r.set(&QueueName::from("one-too-many"), 1).unwrap_err();
         assert!(e.contains("more than 1000000"), "{e}");
-        assert_eq!(r.members.len(), 100);
+        assert_eq!(r.members.as_slice().len(), 100);
         assert!(r.points.is_empty(), "nothing was rebuilt");
         // Lowering a bound queue's weight is fine.
         r.set(&QueueName::from("q000"), 1).unwrap();

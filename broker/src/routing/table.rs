@@ -712,11 +712,12 @@ fn check_equivalent(existing: &Exchange, requested: &Exchange) -> Result<(), Rou
             requested.auto_delete.to_string(),
         ));
     }
+    // A name, or `none`.
+    let show = |name: &Option<String>| {
+        name.as_ref()
+            .map_or_else(|| "none".to_owned(), |n| format!("'{n}'"))
+    };
     if existing.alternate_exchange != requested.alternate_exchange {
-        let show = |ae: &Option<String>| {
-            ae.as_ref()
-                .map_or_else(|| "none".to_owned(), |ae| format!("'{ae}'"))
-        };
         return Err(mismatch(
             "alternate_exchange",
             show(&existing.alternate_exchange),
@@ -724,10 +725,6 @@ fn check_equivalent(existing: &Exchange, requested: &Exchange) -> Result<(), Rou
         ));
     }
     if existing.hash_header != requested.hash_header {
-        let show = |h: &Option<String>| {
-            h.as_ref()
-                .map_or_else(|| "none".to_owned(), |h| format!("'{h}'"))
-        };
         return Err(mismatch(
             "hash_header",
             show(&existing.hash_header),

@@ -9,8 +9,7 @@ use sluice_client::wire::HeaderValue;
 
 use super::table::QueueName;
 
-/// The binding argument that carries a weight.
-pub const WEIGHT_ARGUMENT: &str = "x-weight";
+pub use sluice_client::WEIGHT_ARGUMENT;
 /// The largest weight of a `weighted` binding.
 pub const MAX_WEIGHT: u32 = 1_000_000;
 
@@ -51,6 +50,55 @@ pub(super) struct Weighted {
     pub(super) weight: u32,
 }
 
+/// Bound queues and their weights, sorted by queue name: what both kinds that pick one queue
+/// keep, each with its own index on top (a round robin, a hash ring).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Weights(Vec<Weighted>);
+
+impl Weights {
+    /// Sets `queue`'s weight, binding it if it was not.
+    pub(super) fn set(&mut self, queue: &QueueName, weight: u32) {
+        match self.position(queue) {
+            Ok(i) => self.0[i].weight = weight,
+            Err(i) => self.0.insert(
+                i,
+                Weighted {
+                    queue: QueueName::clone(queue),
+                    weight,
+                },
+            ),
+        }
+    }
+
+    /// Unbinds `queue`; whether it was bound.
+    pub(super) fn remove(&mut self, queue: &str) -> bool {
+        let found = self.position(queue);
+        if let Ok(i) = found {
+            self.0.remove(i);
+        }
+        found.is_ok()
+    }
+
+    /// The sum of the weights, with `queue`'s (bound or not) taken as `weight`.
+    pub(super) fn total_with(&self, queue: &str, weight: u32) -> u64 {
+        let others: u64 = self
+            .0
+            .iter()
+            .filter(|m| *m.queue != *queue)
+            .map(|m| u64::from(m.weight))
+            .sum();
+        others + u64::from(weight)
+    }
+
+    pub(super) fn as_slice(&self) -> &[Weighted] {
+        &self.0
+    }
+
+    fn position(&self, queue: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|m| (*m.queue).cmp(queue))
+    }
+}
+
 /// The queues of a `weighted` exchange and where the round robin stands.
 ///
 /// The table is cloned for every change and routes through `&self`, so the round robin's
@@ -58,8 +106,7 @@ pub(super) struct Weighted {
 /// weights; a new set of weights starts a new round.
 #[derive(Debug, Clone, Default)]
 pub(super) struct WeightedQueues {
-    /// Sorted by queue name.
-    members: Vec<Weighted>,
+    members: Weights,
     total: i64,
     /// Smooth weighted round robin's current weight of each member.
     current: Arc<Mutex<Vec<i64>>>,
@@ -68,23 +115,13 @@ pub(super) struct WeightedQueues {
 impl WeightedQueues {
     /// Binds `queue` with `weight`, or changes its weight.
     pub(super) fn set(&mut self, queue: &QueueName, weight: u32) {
-        match self.position(queue) {
-            Ok(i) => self.members[i].weight = weight,
-            Err(i) => self.members.insert(
-                i,
-                Weighted {
-                    queue: QueueName::clone(queue),
-                    weight,
-                },
-            ),
-        }
+        self.members.set(queue, weight);
         self.restart();
     }
 
     /// Unbinds `queue`.
     pub(super) fn remove(&mut self, queue: &str) {
-        if let Ok(i) = self.position(queue) {
-            self.members.remove(i);
+        if self.members.remove(queue) {
             self.restart();
         }
     }
@@ -95,24 +132,22 @@ impl WeightedQueues {
             return None;
         }
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let members = self.members.as_slice();
         let mut best = 0;
-        for (i, m) in self.members.iter().enumerate() {
+        for (i, m) in members.iter().enumerate() {
             current[i] += i64::from(m.weight);
             if current[i] > current[best] {
                 best = i;
             }
         }
         current[best] -= self.total;
-        Some(&self.members[best].queue)
+        Some(&members[best].queue)
     }
 
     fn restart(&mut self) {
-        self.total = self.members.iter().map(|m| i64::from(m.weight)).sum();
-        self.current = Arc::new(Mutex::new(vec![0; self.members.len()]));
-    }
-
-    fn position(&self, queue: &str) -> Result<usize, usize> {
-        self.members.binary_search_by(|m| (*m.queue).cmp(queue))
+        let members = self.members.as_slice();
+        self.total = members.iter().map(|m| i64::from(m.weight)).sum();
+        self.current = Arc::new(Mutex::new(vec![0; members.len()]));
     }
 }
 
