@@ -371,6 +371,7 @@ impl Client {
             multiple: false,
             requeue,
             delay_ms: None,
+            reason: None,
         })
     }
 
@@ -381,6 +382,7 @@ impl Client {
             multiple: false,
             requeue: true,
             delay_ms: Some(millis(delay)),
+            reason: None,
         })
     }
 
@@ -391,13 +393,17 @@ impl Client {
             multiple: true,
             requeue,
             delay_ms: None,
+            reason: None,
         })
     }
 
     /// Rejects one delivery: dead-lettered, or dropped if its queue has no dead-letter
     /// exchange.
     pub async fn reject(&self, delivery_tag: DeliveryTag) -> Result<()> {
-        self.send_request(Reject { delivery_tag })
+        self.send_request(Reject {
+            delivery_tag,
+            reason: None,
+        })
     }
 
     /// Moves a delivery's ack deadline to `by` from when the server reads the request;

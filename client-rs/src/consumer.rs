@@ -568,9 +568,16 @@ const EMPTY_META: MetaView<'static> = MetaView {
     timestamp_ms: None,
     raw_headers: &[],
     priority: None,
+    trace_parent: None,
+    trace_state: None,
     deliver_at_ms: None,
     delay_ms: None,
 };
+
+/// A reason as the wire carries it: an empty one is left out.
+fn non_empty(reason: String) -> Option<String> {
+    (!reason.is_empty()).then_some(reason)
+}
 
 impl Message {
     fn new(delivery: Delivery, queue: Arc<str>, client: Client, generation: u64) -> Self {
@@ -755,6 +762,7 @@ impl Message {
             multiple: false,
             requeue,
             delay_ms: None,
+            reason: None,
         })
     }
 
@@ -767,6 +775,7 @@ impl Message {
             multiple: false,
             requeue: true,
             delay_ms: Some(millis(delay)),
+            reason: None,
         })
     }
 
@@ -778,6 +787,7 @@ impl Message {
             multiple: false,
             requeue: true,
             delay_ms: Some(millis(delay)),
+            reason: None,
         })
         .await
     }
@@ -790,8 +800,32 @@ impl Message {
             multiple: false,
             requeue,
             delay_ms: None,
+            reason: None,
         })
         .await
+    }
+
+    /// [`nack`](Self::nack) with the reason the worker gives up, kept in the message's
+    /// history for operators (`sluice trace MESSAGE-ID`, the dashboard's Trace page).
+    /// At most [`MAX_SETTLE_REASON_LEN`](crate::wire::MAX_SETTLE_REASON_LEN) bytes; an
+    /// empty reason is sent as none.
+    pub async fn nack_with_reason(&self, requeue: bool, reason: impl Into<String>) -> Result<()> {
+        self.settle(Nack {
+            delivery_tag: self.delivery_tag,
+            multiple: false,
+            requeue,
+            delay_ms: None,
+            reason: non_empty(reason.into()),
+        })
+    }
+
+    /// [`reject`](Self::reject) with the reason the message is bad, kept in its history as
+    /// for [`nack_with_reason`](Self::nack_with_reason).
+    pub async fn reject_with_reason(&self, reason: impl Into<String>) -> Result<()> {
+        self.settle(Reject {
+            delivery_tag: self.delivery_tag,
+            reason: non_empty(reason.into()),
+        })
     }
 
     /// Rejects: the message is bad; dead-lettered, or dropped without a dead-letter exchange.
@@ -799,6 +833,7 @@ impl Message {
     pub async fn reject(&self) -> Result<()> {
         self.settle(Reject {
             delivery_tag: self.delivery_tag,
+            reason: None,
         })
     }
 
@@ -807,6 +842,7 @@ impl Message {
     pub async fn reject_confirmed(&self) -> Result<()> {
         self.settle_confirmed(Reject {
             delivery_tag: self.delivery_tag,
+            reason: None,
         })
         .await
     }

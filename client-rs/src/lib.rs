@@ -66,6 +66,7 @@ mod cluster;
 mod connection;
 mod consumer;
 mod error;
+mod history;
 mod listing;
 mod options;
 mod publish;

@@ -534,6 +534,7 @@ impl Task {
                 multiple: false,
                 requeue: true,
                 delay_ms: None,
+                reason: None,
             };
             let id = self.next_id();
             let _ = self.out.frame(id, Request::Nack(nack));

@@ -813,9 +813,11 @@ async fn deliveries_reach_their_consumer_and_settle() {
             multiple: false,
             requeue: true,
             delay_ms: None,
+            reason: None,
         }),
         Request::Reject(Reject {
             delivery_tag: DeliveryTag(3),
+            reason: None,
         }),
         Request::Ack(Ack {
             delivery_tag: DeliveryTag(0),
@@ -956,6 +958,7 @@ async fn dropping_a_consumer_requeues_what_it_held_and_cancels_it() {
             multiple: false,
             requeue: true,
             delay_ms: None,
+            reason: None,
         })
     };
     assert_eq!(peer.recv_request().await.1, nack(2));

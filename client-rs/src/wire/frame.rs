@@ -237,6 +237,10 @@ opcodes! {
     CancelScheduled = 0x0617, ToServer;
     /// Answers `CancelScheduled`.
     CancelScheduledOk = 0x0618, ToClient;
+    /// Ask for the history of the messages with a `message_id` ("why is it stuck").
+    TraceMessage = 0x0619, ToServer;
+    /// The histories.
+    TraceMessageOk = 0x061A, ToClient;
     // 0x07xx: cluster administration
     /// Ask for the cluster's state as the node sees it.
     ClusterStatus = 0x0701, ToServer;

@@ -20,6 +20,7 @@ use super::error::WireError;
 use super::exchange::{Bind, DeclareExchange, DeleteExchange, Unbind};
 use super::frame::{FrameBody, Opcode, Payload};
 use super::get_many::{GetMany, GetManyOk};
+use super::history::{TraceMessage, TraceMessageOk};
 use super::moves::{MoveMessages, MoveMessagesOk, MoveStatus, MoveStatusOk};
 use super::publish::{Confirm, Publish, PublishDuplicates, PublishRejected};
 use super::queue::{
@@ -154,6 +155,8 @@ frame_body! {
             ListScheduled(ListScheduled),
             /// Cancels a scheduled message (§19); answered by `CancelScheduledOk`.
             CancelScheduled(CancelScheduled),
+            /// Asks for a message's history (§21); answered by `TraceMessageOk`.
+            TraceMessage(TraceMessage),
             /// Adds a node to the cluster (§20); answered by `AddNodeOk`.
             AddNode(AddNode),
             /// Removes a node from the cluster (§20); answered by `RemoveNodeOk`.
@@ -229,6 +232,8 @@ frame_body! {
             MoveStatusOk(MoveStatusOk),
             /// Scheduled messages of a queue, left in place.
             ListScheduledOk(ListScheduledOk),
+            /// A message's history.
+            TraceMessageOk(TraceMessageOk),
             /// The cluster's state.
             ClusterStatusOk(ClusterStatusOk),
         }
@@ -312,7 +317,8 @@ mod tests {
         assert!(Request::Get(Get { queue: "q".into() }).expects_reply());
         assert!(!Request::Heartbeat.expects_reply());
         assert!(!Request::Reject(Reject {
-            delivery_tag: crate::wire::DeliveryTag(1)
+            delivery_tag: crate::wire::DeliveryTag(1),
+            reason: None,
         })
         .expects_reply());
     }

@@ -11,7 +11,8 @@
 //! 0 content_type str, 1 content_encoding str, 2 message_id str, 3 correlation_id str,
 //! 4 reply_to str, 5 expiration_ms u64, 6 timestamp_ms u64, 7 headers (at least one entry),
 //! 8 deliver_at_ms u64, 9 delay_ms u64 (not both)
-//! 10 priority u8
+//! 10 priority u8, 11 trace_parent (trace_id 16 bytes, span_id 8 bytes, flags u8),
+//! 12 trace_state str
 //! ```
 
 use bytes::{Bytes, BytesMut};
@@ -20,6 +21,7 @@ use super::error::WireError;
 use super::frame::Payload;
 use super::header::{headers_len, put_headers, read_headers, skip_headers, Headers};
 use super::primitives::{self as p, Reader};
+use super::trace::{TraceParent, TRACE_PARENT_LEN};
 
 const MANDATORY: u8 = 1 << 0;
 const PERSISTENT: u8 = 1 << 1;
@@ -35,7 +37,9 @@ const HEADERS: u16 = 1 << 7;
 const DELIVER_AT: u16 = 1 << 8;
 const DELAY: u16 = 1 << 9;
 const PRIORITY: u16 = 1 << 10;
-const ALL_PROPERTIES: u16 = 0x07ff;
+const TRACE_PARENT: u16 = 1 << 11;
+const TRACE_STATE: u16 = 1 << 12;
+const ALL_PROPERTIES: u16 = 0x1fff;
 
 /// Message properties: what the broker and the consumer know about a body.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -67,6 +71,11 @@ pub struct Properties {
     /// Delivered before messages of lower priority in a queue with `max_priority`; above
     /// the queue's maximum counts as the maximum. `None` = 0, the lowest.
     pub priority: Option<u8>,
+    /// The W3C `traceparent` of the span that published the message (protocol.md §8.1):
+    /// the broker's spans and the consumer's continue its trace.
+    pub trace_parent: Option<TraceParent>,
+    /// The W3C `tracestate` that goes with `trace_parent` (vendor data, passed through).
+    pub trace_state: Option<String>,
 }
 
 /// When a delayed message becomes ready (meta properties 8 and 9).
@@ -173,6 +182,8 @@ pub fn meta_len(exchange: &str, routing_key: &str, props: &Properties) -> usize 
             headers_len(&props.headers)
         }
         + props.priority.map_or(0, |_| 1)
+        + props.trace_parent.map_or(0, |_| TRACE_PARENT_LEN)
+        + props.trace_state.as_deref().map_or(0, p::str_len)
 }
 
 /// Appends the meta block built from borrowed parts: the bytes [`MessageMeta`] encodes to,
@@ -219,6 +230,8 @@ pub fn put_meta(
         (DELIVER_AT, props.deliver_at_ms.is_some()),
         (DELAY, props.delay_ms.is_some()),
         (PRIORITY, props.priority.is_some()),
+        (TRACE_PARENT, props.trace_parent.is_some()),
+        (TRACE_STATE, props.trace_state.is_some()),
     ] {
         if value {
             present |= bit;
@@ -247,6 +260,12 @@ pub fn put_meta(
     }
     if let Some(v) = props.priority {
         p::put_u8(buf, v);
+    }
+    if let Some(tp) = &props.trace_parent {
+        tp.encode(buf);
+    }
+    if let Some(state) = &props.trace_state {
+        p::put_str(buf, "trace_state", state)?;
     }
     Ok(())
 }
@@ -285,6 +304,10 @@ pub struct MetaView<'a> {
     pub delay_ms: Option<u64>,
     /// See [`Properties::priority`].
     pub priority: Option<u8>,
+    /// See [`Properties::trace_parent`].
+    pub trace_parent: Option<TraceParent>,
+    /// See [`Properties::trace_state`].
+    pub trace_state: Option<&'a str>,
 }
 
 impl<'a> MetaView<'a> {
@@ -325,6 +348,10 @@ impl<'a> MetaView<'a> {
         let deliver_at_ms = (present & DELIVER_AT != 0).then(|| r.u64()).transpose()?;
         let delay_ms = (present & DELAY != 0).then(|| r.u64()).transpose()?;
         let priority = (present & PRIORITY != 0).then(|| r.u8()).transpose()?;
+        let trace_parent = (present & TRACE_PARENT != 0)
+            .then(|| TraceParent::decode(r))
+            .transpose()?;
+        let trace_state = (present & TRACE_STATE != 0).then(|| r.str()).transpose()?;
         Ok(MetaView {
             exchange,
             routing_key,
@@ -341,6 +368,8 @@ impl<'a> MetaView<'a> {
             deliver_at_ms,
             delay_ms,
             priority,
+            trace_parent,
+            trace_state,
         })
     }
 
@@ -424,6 +453,22 @@ impl<'a> MetaView<'a> {
         r.u8().ok()
     }
 
+    /// The trace parent of a meta block validated before (`None` when it has none or the
+    /// block is malformed). Without one it reads only the strings' lengths before the
+    /// properties and tests a bit: the broker asks for every message it might trace.
+    pub fn peek_trace_parent(meta: &[u8]) -> Option<TraceParent> {
+        let (mut r, present) = Self::past_headers(meta, TRACE_PARENT)?;
+        for bit in [DELIVER_AT, DELAY] {
+            if present & bit != 0 {
+                r.u64().ok()?;
+            }
+        }
+        if present & PRIORITY != 0 {
+            r.u8().ok()?;
+        }
+        TraceParent::decode(&mut r).ok()
+    }
+
     /// Decodes the headers (empty when there are none).
     pub fn headers(&self) -> Result<Headers, WireError> {
         if self.raw_headers.is_empty() {
@@ -452,6 +497,8 @@ impl<'a> MetaView<'a> {
                 deliver_at_ms: self.deliver_at_ms,
                 delay_ms: self.delay_ms,
                 priority: self.priority,
+                trace_parent: self.trace_parent,
+                trace_state: owned(self.trace_state),
             },
         })
     }
@@ -503,6 +550,8 @@ mod tests {
                 deliver_at_ms: None,
                 delay_ms: Some(5_000),
                 priority: None,
+                trace_parent: None,
+                trace_state: None,
             },
         }
     }
@@ -648,9 +697,9 @@ mod tests {
     fn non_canonical_blocks_are_rejected() {
         // headers bit set with an empty table
         assert!(MetaView::parse(&hex("00 00 00 00 00 80 00 00 00")).is_err());
-        // undefined property bit 11
+        // undefined property bit 13
         assert!(matches!(
-            MetaView::parse(&hex("00 00 00 00 00 00 08")),
+            MetaView::parse(&hex("00 00 00 00 00 00 20")),
             Err(WireError::ReservedBits { .. })
         ));
 
@@ -658,5 +707,40 @@ mod tests {
         assert!(MetaView::parse(&hex("04 00 00 00 00 00 00")).is_err());
         // trailing byte
         assert!(MetaView::parse(&hex("00 00 00 00 00 00 00 ff")).is_err());
+    }
+
+    #[test]
+    fn a_trace_parent_and_state_follow_the_priority_and_are_peeked() {
+        let tp =
+            TraceParent::parse("00-0102030405060708090a0b0c0d0e0f10-a1a2a3a4a5a6a7a8-01").unwrap();
+        let mut meta = MessageMeta::new("", "q");
+        meta.properties.trace_parent = Some(tp);
+        meta.properties.trace_state = Some("k=v".into());
+        let bytes = hex(
+            "00  00 00  01 00 71  00 18  01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10  \
+             a1 a2 a3 a4 a5 a6 a7 a8  01  03 00 6b 3d 76",
+        );
+        check_payload(&meta, &bytes);
+        assert_eq!(meta.encoded_len(), bytes.len());
+        assert_eq!(MetaView::peek_trace_parent(&bytes), Some(tp));
+        let mut full = full_meta();
+        full.properties.priority = Some(3);
+        full.properties.trace_parent = Some(tp);
+        let bytes = full.to_bytes().unwrap();
+        assert_eq!(MetaView::peek_trace_parent(&bytes), Some(tp));
+        assert_eq!(MessageMeta::from_slice(&bytes).unwrap(), full);
+        for i in 0..bytes.len() {
+            assert!(MetaView::parse(&bytes[..i]).is_err(), "prefix {i}");
+        }
+        assert_eq!(
+            MetaView::peek_trace_parent(&full_meta().to_bytes().unwrap()),
+            None
+        );
+        // an all-zero trace id is refused
+        let zero = hex("00 00 00 01 00 71 00 08")
+            .into_iter()
+            .chain([0; 25])
+            .collect::<Vec<_>>();
+        assert!(MetaView::parse(&zero).is_err());
     }
 }

@@ -46,6 +46,7 @@ mod exchange;
 mod frame;
 mod get_many;
 mod header;
+mod history;
 mod messages;
 mod meta;
 mod moves;
@@ -59,8 +60,9 @@ mod scheduled;
 mod testing;
 #[cfg(test)]
 mod tests;
+mod trace;
 
-pub use ack::{Ack, Extend, Nack, Reject};
+pub use ack::{Ack, Extend, Nack, Reject, MAX_SETTLE_REASON_LEN};
 pub use admin::{
     cmp_headers, BindingSummary, ConsumerKey, ConsumerSummary, ExchangeSummary, ListBindings,
     ListBindingsOk, ListConsumers, ListConsumersOk, ListExchanges, ListExchangesOk, ListQueues,
@@ -95,6 +97,10 @@ pub use header::{
     headers_len, put_headers, read_headers, Decimal, DecimalParseError, HeaderValue, Headers,
     MAX_HEADER_DEPTH,
 };
+pub use history::{
+    HistoryEvent, HistoryEventKind, MessageHistory, MessageState, ReturnCause, TraceMessage,
+    TraceMessageOk, MAX_HISTORY_EVENTS, MAX_TRACED_MESSAGES,
+};
 pub use messages::{Reply, Request};
 pub use meta::{meta_len, put_meta, DeliveryDelay, MessageMeta, MetaView, Properties};
 pub use moves::{MoveId, MoveMessages, MoveMessagesOk, MoveState, MoveStatus, MoveStatusOk};
@@ -110,6 +116,7 @@ pub use scheduled::{
     CancelScheduled, ListScheduled, ListScheduledOk, ScheduledMessage, MAX_SCHEDULED_LIMIT,
     MIN_SCHEDULED_LEN, SCHEDULED_FIXED_LEN,
 };
+pub use trace::{InvalidTraceParent, TraceParent, TRACE_PARENT_LEN};
 
 /// The protocol version this codec speaks.
 pub const PROTOCOL_VERSION: u16 = 2;

@@ -147,6 +147,8 @@ fn full_meta() -> MessageMeta {
             ("b".into(), HeaderValue::Bytes(Bytes::from_static(b"\x01"))),
         ],
         priority: None,
+        trace_parent: None,
+        trace_state: None,
     };
     meta
 }
@@ -343,10 +345,12 @@ fn sample_requests() -> Vec<Request> {
             multiple: true,
             requeue: true,
             delay_ms: Some(3),
+            reason: None,
         }
         .into(),
         Reject {
             delivery_tag: DeliveryTag(1),
+            reason: None,
         }
         .into(),
         Extend {
@@ -790,6 +794,8 @@ prop_compose! {
                 priority,
                 deliver_at_ms: None,
                 delay_ms,
+                trace_parent: None,
+                trace_state: None,
             },
         }
     }

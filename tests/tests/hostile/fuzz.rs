@@ -130,6 +130,7 @@ fn corpus() -> Vec<Vec<u8>> {
                 multiple: false,
                 requeue: true,
                 delay_ms: None,
+                reason: None,
             },
         ),
         encode(
