@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::limits::{LimitArgs, Limits};
+use crate::queue::history::HistorySettings;
+use crate::telemetry::OtlpSettings;
 use crate::tls::TlsFiles;
 use sluice_client::wire::{
     DEFAULT_HEARTBEAT_MS, DEFAULT_MAX_FRAME_LEN, DEFAULT_MAX_MESSAGE_LEN, DEFAULT_PORT,
@@ -176,6 +178,23 @@ pub struct ServeArgs {
     /// every tenth of it. Raise it where nodes stall for long (loaded machines) [default: 1000].
     #[arg(long, env = "SLUICE_CLUSTER_ELECTION_TIMEOUT_MS", value_name = "MS")]
     pub cluster_election_timeout_ms: Option<u64>,
+    /// How long each queue keeps the history of a message that left it (`sluice trace`), in
+    /// ms; 0 = no message history [default: 600000, ten minutes].
+    #[arg(long, env = "SLUICE_MESSAGE_HISTORY_WINDOW_MS", value_name = "MS")]
+    pub message_history_window_ms: Option<u64>,
+    /// Most messages each queue keeps the history of; the oldest records go first
+    /// [default: 10000].
+    #[arg(long, env = "SLUICE_MESSAGE_HISTORY_MAX_MESSAGES", value_name = "N")]
+    pub message_history_max_messages: Option<usize>,
+    /// Export the broker's spans (publish, route, store, confirm, deliver, settle) over
+    /// OTLP/HTTP to this collector, e.g. `http://127.0.0.1:4318` (`/v1/traces` is added
+    /// when the URL has no path). Off by default.
+    #[arg(long, env = "SLUICE_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// With --otlp-endpoint: the share of messages without a `traceparent` the broker starts
+    /// a trace for, 0.0 to 1.0. Messages with one follow their sampled flag [default: 0].
+    #[arg(long, env = "SLUICE_OTLP_SAMPLE_RATIO", value_name = "RATIO")]
+    pub otlp_sample_ratio: Option<f64>,
     /// Limits per user, connection, consumer and exchange ([`crate::limits::Limits`]).
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -242,6 +261,10 @@ struct FileConfig {
     max_bindings_per_exchange: Option<usize>,
     max_header_entries: Option<usize>,
     max_header_bytes: Option<usize>,
+    message_history_window_ms: Option<u64>,
+    message_history_max_messages: Option<usize>,
+    otlp_endpoint: Option<String>,
+    otlp_sample_ratio: Option<f64>,
     cluster: Option<FileCluster>,
 }
 
@@ -303,6 +326,10 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// The cluster; `None`: a single node, no cluster code runs.
     pub cluster: Option<ClusterSettings>,
+    /// How much each queue remembers of its messages' lives (`sluice trace`).
+    pub message_history: HistorySettings,
+    /// Where the broker's spans go; `None`: nowhere (no span is made).
+    pub otlp: Option<OtlpSettings>,
 }
 
 impl Default for ServerConfig {
@@ -327,6 +354,8 @@ impl Default for ServerConfig {
             default_ack_timeout: Duration::from_secs(30 * 60),
             limits: Limits::default(),
             cluster: None,
+            message_history: HistorySettings::DEFAULT,
+            otlp: None,
         }
     }
 }
@@ -437,6 +466,19 @@ impl ServerConfig {
             }
             c.handshake_timeout = Duration::from_millis(v);
         }
+        if let Some(v) = args
+            .message_history_window_ms
+            .or(file.message_history_window_ms)
+        {
+            c.message_history.window = Duration::from_millis(v);
+        }
+        if let Some(v) = args
+            .message_history_max_messages
+            .or(file.message_history_max_messages)
+        {
+            c.message_history.max_messages = v;
+        }
+        c.otlp = resolve_otlp(args, file.otlp_endpoint.clone(), file.otlp_sample_ratio)?;
         c.users_file = args.users_file.clone().or(file.users_file);
         if let Some(users) = args.loopback_users.clone().or(file.loopback_users) {
             c.loopback_users = users
@@ -455,6 +497,27 @@ impl ServerConfig {
             .clone()
             .unwrap_or_else(|| self.data_dir.join(crate::auth::DEFAULT_FILE_NAME))
     }
+}
+
+/// The OTLP exporter from `otlp_endpoint` and `otlp_sample_ratio`.
+fn resolve_otlp(
+    args: &ServeArgs,
+    file_endpoint: Option<String>,
+    file_ratio: Option<f64>,
+) -> Result<Option<OtlpSettings>, ConfigError> {
+    let ratio = args.otlp_sample_ratio.or(file_ratio);
+    if ratio.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+        return Err(invalid("otlp_sample_ratio", "must be between 0.0 and 1.0"));
+    }
+    let Some(endpoint) = args.otlp_endpoint.clone().or(file_endpoint) else {
+        if ratio.is_some() {
+            return Err(invalid("otlp_sample_ratio", "needs otlp_endpoint"));
+        }
+        return Ok(None);
+    };
+    let settings = OtlpSettings::new(&endpoint, ratio.unwrap_or(0.0))
+        .map_err(|why| invalid("otlp_endpoint", why))?;
+    Ok(Some(settings))
 }
 
 /// The cluster from `node_id`, `cluster_listen`, `cluster_advertise` and `join`: on with a

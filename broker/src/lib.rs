@@ -44,6 +44,7 @@ pub mod error;
 pub mod flow;
 pub mod http;
 pub mod limits;
+pub mod message_trace;
 pub mod metrics;
 pub mod moves;
 mod publish;
@@ -51,6 +52,7 @@ pub mod queue;
 pub mod routing;
 pub mod server;
 pub mod storage;
+pub mod telemetry;
 pub mod tls;
 pub mod topology;
 

@@ -230,6 +230,7 @@ async fn dispatch(
         AdminCommand::Browse(a) => super::messages::browse(client, &a, json).await?,
         AdminCommand::MoveMessages(a) => super::messages::move_messages(client, &a, json).await?,
         AdminCommand::Scheduled(c) => super::scheduled::run(client, &c, json).await?,
+        AdminCommand::Trace(a) => super::trace::run(client, &a, json).await?,
         AdminCommand::Cluster(c) => super::cluster::run(client, &c, json).await?,
         AdminCommand::User(_) | AdminCommand::Vhost(_) | AdminCommand::Permissions(_) => {
             return Err(CliError::new(

@@ -31,6 +31,7 @@ mod definitions;
 pub(crate) mod format;
 pub(crate) mod messages;
 pub(crate) mod scheduled;
+pub(crate) mod trace;
 pub(crate) mod users;
 
 pub use users::{PermissionsArgs, UserArgs, VhostArgs};
@@ -187,6 +188,21 @@ pub enum AdminCommand {
     /// can duplicate messages but never lose them. Exits with status 1 if the move fails
     /// (e.g. DESTINATION is full); messages not moved stay in SOURCE.
     MoveMessages(MoveMessagesArgs),
+    /// Show what happened to the messages with a message id: "why is this message stuck".
+    ///
+    /// Every queue of the vhost you may read reports its record of the message: where it was
+    /// routed from, each delivery with its consumer, connection and lease deadline, nacks and
+    /// rejects with the reason the worker gave, lease expiries, dead-lettering, and where it
+    /// is now. Queues follow messages that have a message_id, and keep a record for
+    /// --message-history-window-ms after the message left them.
+    Trace(TraceArgs),
+}
+
+/// Arguments of `sluice trace`.
+#[derive(Debug, Clone, Args)]
+pub struct TraceArgs {
+    /// The message's message_id property.
+    pub message_id: String,
 }
 
 /// Which broker, and how to print: options of every admin command, global so that they may

@@ -16,6 +16,7 @@ mod get_many;
 mod publish;
 mod publish_tracker;
 mod topology;
+mod trace;
 
 use consume::{ConsumerEntry, OutstandingDeliveries};
 use publish_tracker::{PublishTracker, ToConfirm};
@@ -539,22 +540,26 @@ impl Session {
             Request::Ack(Ack {
                 delivery_tag,
                 multiple,
-            }) => self.settle(id, delivery_tag, multiple, Settlement::Ack),
+            }) => self.settle(id, delivery_tag, multiple, Settlement::Ack, None),
             Request::Nack(Nack {
                 delivery_tag,
                 multiple,
                 requeue,
                 delay_ms,
+                reason,
             }) => {
                 let how = match (requeue, delay_ms) {
                     (true, Some(delay)) => Settlement::RequeueAfter(delay),
                     (true, None) => Settlement::Requeue,
                     (false, _) => Settlement::Reject,
                 };
-                self.settle(id, delivery_tag, multiple, how);
+                self.settle(id, delivery_tag, multiple, how, reason);
             }
-            Request::Reject(r) => self.settle(id, r.delivery_tag, false, Settlement::Reject),
+            Request::Reject(r) => {
+                self.settle(id, r.delivery_tag, false, Settlement::Reject, r.reason)
+            }
             Request::Extend(e) => self.on_extend(id, e),
+            Request::TraceMessage(t) => self.on_trace_message(id, t.message_id),
             // Listings show the session's own vhost, in its clients' names.
             Request::ListQueues(r) => {
                 let max = self.agreed.max_frame_len;

@@ -84,6 +84,16 @@ impl Scope {
         self.namespace.vhost()
     }
 
+    /// The vhost's names.
+    pub(crate) fn namespace(&self) -> &Namespace {
+        &self.namespace
+    }
+
+    /// Whether the user holds `permission` on the resource (nothing is logged: a filter).
+    pub(crate) fn allows(&self, permission: Permission, kind: ResourceKind, name: &str) -> bool {
+        self.principal.permissions.allows(permission, kind, name)
+    }
+
     /// The internal name of `name` once the user holds `permission` on it.
     pub(crate) fn grant(
         &self,

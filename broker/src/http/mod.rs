@@ -48,6 +48,7 @@ mod permissions;
 mod publish;
 mod queues;
 mod scheduled;
+mod trace;
 mod users;
 mod vhosts;
 
@@ -166,6 +167,7 @@ fn router(api: Api) -> Router {
         )
         .route("/api/queues/{name}/move", post(moves::start))
         .route("/api/moves", get(moves::list))
+        .route("/api/trace/{message_id}", get(trace::show))
         .route("/api/moves/{id}", get(moves::show))
         .route("/api/exchanges", get(exchanges::list))
         .route(

@@ -132,6 +132,8 @@ impl PublishBody {
                 priority: p.priority,
                 deliver_at_ms: p.deliver_at_ms,
                 delay_ms: p.delay_ms,
+                trace_parent: None,
+                trace_state: None,
             },
         };
         meta.to_bytes()
@@ -420,6 +422,7 @@ pub async fn get(
                 .map(|d| (d.delivery_tag.0, d.message_seq))
                 .collect(),
             how: Settlement::Ack,
+            reason: None,
         });
     }
     Ok(Json(messages).into_response())

@@ -13,6 +13,7 @@ mod counters;
 mod dead_letter;
 mod expiry;
 mod get_many;
+mod history;
 mod mover;
 mod replica;
 mod scheduled;
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use sluice_client::wire::{
     ConsumeOk, ConsumerId, Delivery, DeliveryTag, ErrorCode, InspectQueueOk, MetaView, Overflow,
-    PublishSeq, PurgeQueueOk, Rejection, Reply, RequestId,
+    PublishSeq, PurgeQueueOk, Rejection, Reply, RequestId, ReturnCause,
 };
 use tokio::sync::mpsc;
 
@@ -32,6 +33,7 @@ use super::consumers::{Consumers, Member};
 use super::dead_letters::DeadLetters;
 use super::dedup::Dedup;
 use super::getters::Getters;
+use super::history::{History, HistorySettings};
 use super::in_flight::{Delivered, InFlight};
 use super::rates::RateBase;
 use super::ready_set::{ReadyMessage, ReadySet};
@@ -63,15 +65,36 @@ const EXPIRE_PER_ROUND: usize = 1024;
 /// copy is routed by.
 const TOPOLOGY_WAIT: Duration = Duration::from_millis(10);
 
+/// What a queue task takes from the broker's configuration.
+struct ActorSettings {
+    default_lease: Duration,
+    metrics: Arc<Metrics>,
+    history: HistorySettings,
+}
+
+impl ActorSettings {
+    fn of(broker: &Weak<Broker>) -> Self {
+        match broker.upgrade() {
+            Some(b) => ActorSettings {
+                default_lease: b.config.default_ack_timeout,
+                metrics: Arc::clone(b.metrics()),
+                history: b.config.message_history,
+            },
+            None => ActorSettings {
+                default_lease: Duration::from_secs(1800),
+                metrics: Arc::default(),
+                history: HistorySettings::default(),
+            },
+        }
+    }
+}
+
 /// Starts the task of a queue whose log is open; returns its handle.
 pub(crate) fn spawn(meta: Arc<QueueMeta>, log: QueueLog, broker: Weak<Broker>) -> QueueHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = QueueHandle::new(Arc::clone(&meta), tx);
-    let (default_lease, metrics) = broker.upgrade().map_or_else(
-        || (Duration::from_secs(1800), Arc::default()),
-        |b| (b.config.default_ack_timeout, Arc::clone(b.metrics())),
-    );
-    let mut actor = Actor::new(meta, log, broker, handle.clone(), default_lease, metrics);
+    let settings = ActorSettings::of(&broker);
+    let mut actor = Actor::new(meta, log, broker, handle.clone(), settings);
     tokio::spawn(async move { actor.run(rx).await });
     handle
 }
@@ -86,11 +109,8 @@ pub(crate) fn spawn_replicated(
 ) -> QueueHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = QueueHandle::new(Arc::clone(&meta), tx);
-    let (default_lease, metrics) = broker.upgrade().map_or_else(
-        || (Duration::from_secs(1800), Arc::default()),
-        |b| (b.config.default_ack_timeout, Arc::clone(b.metrics())),
-    );
-    let mut actor = Actor::new(meta, log, broker, handle.clone(), default_lease, metrics);
+    let settings = ActorSettings::of(&broker);
+    let mut actor = Actor::new(meta, log, broker, handle.clone(), settings);
     actor.become_replicated();
     tokio::spawn(async move { actor.run(rx).await });
     handle
@@ -199,6 +219,8 @@ struct Actor {
     flush_due_soon: bool,
     /// A replicated queue's group state (`replica.rs`); `None` for a local queue.
     replica: Option<Box<Replica>>,
+    /// What happened to the recent messages that have an id (`sluice trace`).
+    history: History,
 }
 
 use super::unix_now_ms as now_ms;
@@ -209,9 +231,13 @@ impl Actor {
         log: QueueLog,
         broker: Weak<Broker>,
         handle: QueueHandle,
-        default_lease: Duration,
-        metrics: Arc<Metrics>,
+        settings: ActorSettings,
     ) -> Self {
+        let ActorSettings {
+            default_lease,
+            metrics,
+            history,
+        } = settings;
         let mut log = log;
         let recovered = log.recovered_deliveries().clone();
         let mut ready = ReadySet::new(meta.arguments.max_priority);
@@ -297,6 +323,7 @@ impl Actor {
             scheduled_bytes,
             flush_due_soon: false,
             replica: None,
+            history: History::new(history),
         };
         actor.refresh_oldest();
         actor.update_stats();
@@ -349,6 +376,7 @@ impl Actor {
                     self.measure_rates();
                     self.publish_consumers();
                     self.maintain_dedup();
+                    self.history.prune(now_ms());
                     if self.expired_unused() && self.delete_or_log("it expired unused") {
                         break;
                     }
@@ -483,7 +511,8 @@ impl Actor {
                 request_id,
                 deliveries,
                 how,
-            } => self.settle(&conn, request_id, &deliveries, how),
+                reason,
+            } => self.settle(&conn, request_id, &deliveries, how, reason),
             QueueCmd::Extend {
                 conn,
                 request_id,
@@ -493,7 +522,9 @@ impl Actor {
             } => {
                 let deadline = Instant::now() + extend;
                 let tag = DeliveryTag(tag);
-                if !self.in_flight.extend(seq, conn.id, tag, deadline) {
+                if self.in_flight.extend(seq, conn.id, tag, deadline) {
+                    self.note_lease_extended(seq, deadline);
+                } else {
                     conn.send(unknown_tag(request_id, tag));
                 }
             }
@@ -546,6 +577,7 @@ impl Actor {
                 self.publish_consumers();
                 self.note_if_unused();
                 for seq in self.in_flight.held_by(conn_id, None) {
+                    self.note_returned(seq, ReturnCause::ConnectionClosed);
                     self.return_delivery(seq);
                 }
                 if self.consumers.is_empty() {
@@ -582,6 +614,9 @@ impl Actor {
                 let _ = reply.send(self.take_for_move(max_messages, max_bytes));
             }
             QueueCmd::SettleMove { moved, returned } => self.settle_move(&moved, &returned),
+            QueueCmd::TraceMessage { message_id, reply } => {
+                let _ = reply.send(self.trace(&message_id));
+            }
             // Only a replicated queue's group sends these (handled above); a local queue has
             // none to answer.
             QueueCmd::Apply { .. }
@@ -688,6 +723,7 @@ impl Actor {
                         epoch = epoch.max(a.epoch);
                     }
                     stored += 1;
+                    self.history.stored(a.seq, &m.meta, ts);
                     if let Some(d) = self.dedup.as_mut().filter(|_| from_client) {
                         // Journaled only if the message itself survives a restart.
                         let lasting = m.persistent && self.meta.durable;
@@ -789,6 +825,7 @@ impl Actor {
     }
 
     fn ack_in_log(&mut self, seq: u64) {
+        self.history.gone(seq, now_ms());
         match self.log().ack(seq) {
             Ok(()) | Err(StorageError::NotLive(_)) => {}
             Err(e) => tracing::warn!(queue = %self.meta.name, seq, error = %e, "ack failed"),
@@ -869,6 +906,7 @@ impl Actor {
             },
         );
         self.note_handed_out(seq);
+        self.note_delivered(seq, conn, consumer, tag, count, lease);
         if count > 1 {
             if let Err(e) = self.log().record_delivery_count(seq, count) {
                 tracing::warn!(queue = %self.meta.name, seq, error = %e, "could not record a delivery count");
@@ -966,6 +1004,7 @@ impl Actor {
         request_id: RequestId,
         deliveries: &[(u64, u64)],
         how: Settlement,
+        reason: Option<Arc<str>>,
     ) {
         let mut unknown = None;
         let mut settled = 0;
@@ -984,6 +1023,7 @@ impl Actor {
                 continue;
             }
             settled += 1;
+            self.note_settled(seq, conn.id, how, reason.as_ref());
             match how {
                 Settlement::Ack => {
                     if let Some(f) = self.take_flight(seq) {
@@ -1101,6 +1141,7 @@ impl Actor {
         let now = Instant::now();
         let mut expired: HashMap<ConnId, (Arc<ConnLink>, Vec<u64>)> = HashMap::new();
         while let Some((seq, d)) = self.in_flight.take_expired(now) {
+            self.note_lease_expired(seq, d.conn.id);
             self.give_credit_back(&d);
             expired
                 .entry(d.conn.id)
@@ -1133,7 +1174,10 @@ impl Actor {
             .in_flight
             .held_by(conn.id, Some(id))
             .into_iter()
-            .filter_map(|seq| self.return_delivery(seq))
+            .filter_map(|seq| {
+                self.note_returned(seq, ReturnCause::ConsumerCancelled);
+                self.return_delivery(seq)
+            })
             .map(|tag| tag.0)
             .collect();
         conn.send(ConnEvent::LeasesExpired { tags });
@@ -1180,6 +1224,7 @@ impl Actor {
         let n = self.ready_count() + self.purge_scheduled();
         let seqs = self.ready.drain();
         for seq in seqs {
+            self.note_purged(seq);
             self.ack_in_log(seq);
         }
         n

@@ -73,6 +73,11 @@ impl InFlight {
         self.by_seq.contains_key(&seq)
     }
 
+    /// When the lease of message `seq` runs out, if it is in flight.
+    pub(super) fn deadline_of(&self, seq: u64) -> Option<Instant> {
+        self.by_seq.get(&seq).map(|d| d.deadline)
+    }
+
     /// Takes message `seq` out of flight.
     pub(super) fn take(&mut self, seq: u64) -> Option<Delivered> {
         let delivered = self.by_seq.remove(&seq)?;

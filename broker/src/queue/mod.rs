@@ -27,6 +27,7 @@ mod consumers;
 mod dead_letters;
 mod dedup;
 mod getters;
+pub mod history;
 mod in_flight;
 mod outbox;
 mod rates;
@@ -42,8 +43,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_client::wire::{
-    ConsumerId, ConsumerSummary, Delivery, DeliveryTag, ErrorCode, QueueArguments, Rejection,
-    Reply, RequestId, BROWSE_FIXED_LEN, MAX_BROWSE_LIMIT, MAX_PRIORITY, MIN_FRAME_LEN,
+    ConsumerId, ConsumerSummary, Delivery, DeliveryTag, ErrorCode, MessageHistory, QueueArguments,
+    Rejection, Reply, RequestId, BROWSE_FIXED_LEN, MAX_BROWSE_LIMIT, MAX_PRIORITY, MIN_FRAME_LEN,
 };
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -346,6 +347,8 @@ pub enum QueueCmd {
         deliveries: Vec<(u64, u64)>,
         /// What to do with them.
         how: Settlement,
+        /// The reason the worker gave with a `Nack` or `Reject`, for the messages' history.
+        reason: Option<Arc<str>>,
     },
     /// Push a delivery's deadline to `extend` from now.
     Extend {
@@ -465,6 +468,13 @@ pub enum QueueCmd {
     },
     /// Who leads a replicated queue's group now.
     Leadership(replicated::LeaderView),
+    /// The histories of the queue's messages with this `message_id` (`sluice trace`).
+    TraceMessage {
+        /// The id.
+        message_id: Arc<str>,
+        /// The answer; empty when the queue follows no such message.
+        reply: oneshot::Sender<Vec<MessageHistory>>,
+    },
     /// Write what is pending and stop (server shutdown).
     Shutdown {
         /// Dropped when the queue's log is closed.

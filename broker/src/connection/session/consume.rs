@@ -164,7 +164,9 @@ impl Session {
         tag: DeliveryTag,
         multiple: bool,
         how: Settlement,
+        reason: Option<String>,
     ) {
+        let reason: Option<Arc<str>> = reason.map(Arc::from);
         let picked: Vec<(DeliveryTag, Outstanding)> = if multiple {
             if tag.0 > self.link.last_tag() {
                 return self.send_error(id, unknown_tag(tag));
@@ -199,6 +201,7 @@ impl Session {
                 request_id: id,
                 deliveries,
                 how,
+                reason: reason.clone(),
             });
         }
     }
@@ -206,7 +209,7 @@ impl Session {
     pub(super) fn on_extend(&mut self, id: RequestId, e: Extend) {
         if e.extend_ms == 0 {
             // A release settles the delivery (protocol.md §10.4).
-            return self.settle(id, e.delivery_tag, false, Settlement::Release);
+            return self.settle(id, e.delivery_tag, false, Settlement::Release, None);
         }
         match self.outstanding.get(&e.delivery_tag) {
             Some(d) => {

@@ -35,6 +35,7 @@ impl Actor {
     /// expired message died at its deadline, not when the queue noticed.
     pub(super) fn dead_letter_at(&mut self, seq: u64, reason: DeathReason, died_at_ms: u64) {
         let Some(dlx) = self.meta.arguments.dead_letter_exchange.clone() else {
+            self.note_dead_lettered(seq, reason, None);
             self.count_gone(reason);
             self.ack_in_log(seq);
             return;
@@ -82,6 +83,7 @@ impl Actor {
             // Every target queue was deleted meanwhile.
             self.drop_dead_letter(seq, reason, &dlx_internal);
         } else {
+            self.note_dead_lettered(seq, reason, Some(&dlx_internal));
             self.dead.storing(batch, seq, reason, waiting);
         }
     }
@@ -262,6 +264,7 @@ impl Actor {
     /// `/metrics`, and logged at the 1st, 2nd, 4th, 8th... drop of the queue, so that a steady
     /// stream of them costs a log line per doubling rather than one per message.
     fn drop_dead_letter(&mut self, seq: u64, reason: DeathReason, dlx: &str) {
+        self.note_dead_lettered(seq, reason, None);
         self.count_gone(reason);
         self.ack_in_log(seq);
         self.note_dropped_dead_letter(reason, dlx);

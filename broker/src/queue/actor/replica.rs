@@ -140,6 +140,7 @@ impl Actor {
                 request_id,
                 deliveries,
                 how,
+                reason,
             } if self.replica.as_ref().is_some_and(|r| !r.orphans.is_empty()) => {
                 let deliveries = self.settle_orphans(conn.id, deliveries, how);
                 return Some(QueueCmd::Settle {
@@ -147,6 +148,7 @@ impl Actor {
                     request_id,
                     deliveries,
                     how,
+                    reason,
                 });
             }
             QueueCmd::ConnectionClosed { conn_id } => {
@@ -972,6 +974,7 @@ mod tests {
             request_id: RequestId(7),
             deliveries: vec![(first.delivery_tag.0, first.message_seq)],
             how: Settlement::Ack,
+            reason: None,
         });
         r.queue.send(QueueCmd::Inspect {
             conn: Arc::clone(&conn),

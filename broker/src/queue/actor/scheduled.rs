@@ -84,6 +84,7 @@ pub(super) fn recovered_entry(
 impl Actor {
     /// Makes stored message `seq` (of `bytes` bytes) wait until `due_ms`.
     pub(super) fn schedule(&mut self, seq: u64, due_ms: u64, delivery_count: u32, bytes: u64) {
+        self.history.scheduled(seq, due_ms);
         self.schedule.insert(Entry {
             due_ms,
             seq,

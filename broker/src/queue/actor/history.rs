@@ -1,0 +1,154 @@
+//! What the queue task tells its [`History`](crate::queue::history::History): one method per
+//! thing that happens to a message, each a no-op for messages the history does not follow.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_client::wire::{
+    ConsumerId, DeliveryTag, HistoryEventKind, MessageHistory, MessageState, ReturnCause,
+};
+
+use super::{now_ms, Actor};
+use crate::queue::{ConnLink, DeathReason, Settlement};
+use crate::routing::namespace;
+
+impl Actor {
+    /// Message `seq` was handed to `conn` (by `consumer`, or a `Get`) with a lease of `lease`.
+    pub(super) fn note_delivered(
+        &mut self,
+        seq: u64,
+        conn: &Arc<ConnLink>,
+        consumer: Option<ConsumerId>,
+        tag: DeliveryTag,
+        count: u32,
+        lease: Duration,
+    ) {
+        if !self.history.follows(seq) {
+            return;
+        }
+        let consumer_tag = consumer
+            .and_then(|id| {
+                self.consumers
+                    .iter()
+                    .find(|(c, _)| c.conn.id == conn.id && c.id == id)
+                    .map(|(c, _)| c.tag.clone())
+            })
+            .unwrap_or_default();
+        let now = now_ms();
+        let kind = HistoryEventKind::Delivered {
+            consumer_tag,
+            connection_id: conn.id,
+            delivery_tag: tag.0,
+            delivery_count: count,
+            lease_deadline_ms: now.saturating_add(lease.as_millis() as u64),
+        };
+        self.history.record(seq, now, kind);
+    }
+
+    /// Delivery `seq` was settled by connection `conn_id` as `how`, with the worker's reason.
+    pub(super) fn note_settled(
+        &mut self,
+        seq: u64,
+        conn_id: u64,
+        how: Settlement,
+        reason: Option<&Arc<str>>,
+    ) {
+        if !self.history.follows_any() {
+            return;
+        }
+        let reason = reason.map(|r| r.to_string());
+        let now = now_ms();
+        match how {
+            Settlement::Ack => self.history.left(
+                seq,
+                now,
+                HistoryEventKind::Acked {
+                    connection_id: conn_id,
+                },
+            ),
+            Settlement::Requeue | Settlement::RequeueAfter(_) => {
+                let delay_ms = match how {
+                    Settlement::RequeueAfter(ms) => ms,
+                    _ => 0,
+                };
+                self.history
+                    .record(seq, now, HistoryEventKind::Nacked { delay_ms, reason });
+            }
+            Settlement::Reject => {
+                self.history
+                    .record(seq, now, HistoryEventKind::Rejected { reason });
+            }
+            Settlement::Release => self.note_returned(seq, ReturnCause::Released),
+        }
+    }
+
+    /// Delivery `seq` came back to the queue unsettled.
+    pub(super) fn note_returned(&mut self, seq: u64, cause: ReturnCause) {
+        if self.history.follows_any() {
+            let kind = HistoryEventKind::Returned { cause };
+            self.history.record(seq, now_ms(), kind);
+        }
+    }
+
+    /// The lease of delivery `seq`, held by connection `conn_id`, ran out.
+    pub(super) fn note_lease_expired(&mut self, seq: u64, conn_id: u64) {
+        if self.history.follows_any() {
+            let kind = HistoryEventKind::LeaseExpired {
+                connection_id: conn_id,
+            };
+            self.history.record(seq, now_ms(), kind);
+        }
+    }
+
+    /// The lease of delivery `seq` now runs out at `deadline`.
+    pub(super) fn note_lease_extended(&mut self, seq: u64, deadline: Instant) {
+        if self.history.follows_any() {
+            let now = now_ms();
+            let left = deadline.saturating_duration_since(Instant::now());
+            let kind = HistoryEventKind::LeaseExtended {
+                lease_deadline_ms: now.saturating_add(left.as_millis() as u64),
+            };
+            self.history.record(seq, now, kind);
+        }
+    }
+
+    /// Message `seq` left for the dead-letter exchange `dlx` (in the broker's names), or was
+    /// dropped (`None`: the queue has none, or it routed the copy nowhere).
+    pub(super) fn note_dead_lettered(&mut self, seq: u64, reason: DeathReason, dlx: Option<&str>) {
+        if self.history.follows_any() {
+            let kind = HistoryEventKind::DeadLettered {
+                reason: reason.as_str().to_owned(),
+                exchange: dlx.map(|x| namespace::split(x).local.to_owned()),
+            };
+            self.history.left(seq, now_ms(), kind);
+        }
+    }
+
+    /// Message `seq` was purged.
+    pub(super) fn note_purged(&mut self, seq: u64) {
+        if self.history.follows_any() {
+            self.history.left(seq, now_ms(), HistoryEventKind::Purged);
+        }
+    }
+
+    /// The histories of this queue's messages whose id is `message_id`.
+    pub(super) fn trace(&self, message_id: &str) -> Vec<MessageHistory> {
+        let queue = namespace::split(&self.meta.name).local;
+        let now_instant = Instant::now();
+        let now = now_ms();
+        self.history.find(queue, message_id, |seq, due_ms| {
+            if let Some(deadline) = self.in_flight.deadline_of(seq) {
+                let left = deadline.saturating_duration_since(now_instant);
+                let deadline_ms = now.saturating_add(left.as_millis() as u64);
+                return (MessageState::Delivered, deadline_ms);
+            }
+            if self.held.contains(seq) {
+                return (MessageState::Moving, 0);
+            }
+            if self.ready.contains(seq) {
+                return (MessageState::Ready, 0);
+            }
+            (MessageState::Scheduled, due_ms.unwrap_or(0))
+        })
+    }
+}
