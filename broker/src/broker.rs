@@ -86,6 +86,8 @@ pub struct Broker {
     cluster: std::sync::OnceLock<crate::cluster::Cluster>,
     /// The groups of the replicated queues hosted here (empty on a single node).
     replicated: replicated::HostedGroups,
+    /// Where spans go (`--otlp-endpoint`); `None`: no spans are made.
+    telemetry: Option<Arc<crate::telemetry::Telemetry>>,
     // Last: dropped after the queues' logs, which the queue tasks close first.
     store: Store,
 }
@@ -144,6 +146,10 @@ impl Broker {
             &config.users_file_path(),
             config.loopback_users.clone(),
         )?);
+        let telemetry = config
+            .otlp
+            .as_ref()
+            .map(|o| crate::telemetry::Telemetry::start(o, "sluice".to_owned()));
         let broker = Arc::new(Self {
             config,
             access,
@@ -164,6 +170,7 @@ impl Broker {
             metrics,
             cluster: std::sync::OnceLock::new(),
             replicated: replicated::HostedGroups::default(),
+            telemetry,
             store,
         });
         broker.restore(topology)?;
@@ -283,6 +290,11 @@ impl Broker {
     /// Broker-wide metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The span exporter, when `--otlp-endpoint` is set.
+    pub fn telemetry(&self) -> Option<&Arc<crate::telemetry::Telemetry>> {
+        self.telemetry.as_ref()
     }
 
     /// A fresh connection number.

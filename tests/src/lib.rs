@@ -18,6 +18,7 @@
 //! - [`http`]: a minimal HTTP/1.1 client for the broker's admin API.
 //! - [`ledger`]: what the writer has confirmed so far, and the check of a reopened log
 //!   against it.
+//! - [`otlp`]: an OTLP/HTTP receiver that keeps the spans the broker exports.
 //! - [`proxy`]: a fault-injecting TCP proxy (refuse, blackhole, cut; per source IP).
 //! - [`tmpfs`]: a small tmpfs mounted for one test, for a real full disk.
 //! - [`writer`]: the commands that start the writer, and reopening what it wrote.
@@ -28,6 +29,7 @@ pub mod cluster;
 pub mod history;
 pub mod http;
 pub mod ledger;
+pub mod otlp;
 pub mod protocol;
 pub mod proxy;
 pub mod tmpfs;

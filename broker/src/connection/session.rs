@@ -66,6 +66,8 @@ pub(super) struct Session {
     publishes: PublishTracker,
     /// The confirm task: confirms finished publish frames once they are durable.
     to_confirm: mpsc::UnboundedSender<ToConfirm>,
+    /// The spans of traced publishes not confirmed yet, in publish order.
+    traced_publishes: VecDeque<crate::telemetry::PublishSpans>,
     // Consuming.
     next_consumer: ConsumerId,
     consumers: HashMap<ConsumerId, ConsumerEntry>,
@@ -125,6 +127,7 @@ impl Session {
             registry,
             publishes: PublishTracker::default(),
             to_confirm,
+            traced_publishes: VecDeque::new(),
             next_consumer: ConsumerId(1),
             consumers: HashMap::new(),
             pending_consumes: HashMap::new(),

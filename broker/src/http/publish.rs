@@ -219,6 +219,7 @@ pub async fn publish(
             meta: meta.clone(),
             body: payload.clone(),
             persistent,
+            trace: None,
         }];
         let room = q.publish_room(&messages).await;
         if q.send(QueueCmd::Publish {

@@ -17,6 +17,7 @@ mod history;
 mod mover;
 mod replica;
 mod scheduled;
+mod spans;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -47,6 +48,7 @@ use crate::broker::Broker;
 use crate::error::RequestError;
 use crate::metrics::Metrics;
 use crate::storage::{QueueLog, StorageError};
+use crate::telemetry::Telemetry;
 use mover::HeldForMoves;
 use replica::Replica;
 
@@ -70,6 +72,7 @@ struct ActorSettings {
     default_lease: Duration,
     metrics: Arc<Metrics>,
     history: HistorySettings,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl ActorSettings {
@@ -79,11 +82,13 @@ impl ActorSettings {
                 default_lease: b.config.default_ack_timeout,
                 metrics: Arc::clone(b.metrics()),
                 history: b.config.message_history,
+                telemetry: b.telemetry().cloned(),
             },
             None => ActorSettings {
                 default_lease: Duration::from_secs(1800),
                 metrics: Arc::default(),
                 history: HistorySettings::default(),
+                telemetry: None,
             },
         }
     }
@@ -221,6 +226,10 @@ struct Actor {
     replica: Option<Box<Replica>>,
     /// What happened to the recent messages that have an id (`sluice trace`).
     history: History,
+    /// Where spans go (`--otlp-endpoint`); `None`: no spans.
+    telemetry: Option<Arc<Telemetry>>,
+    /// The traced messages in the queue (those with a sampled `traceparent`).
+    traced: spans::Traced,
 }
 
 use super::unix_now_ms as now_ms;
@@ -237,6 +246,7 @@ impl Actor {
             default_lease,
             metrics,
             history,
+            telemetry,
         } = settings;
         let mut log = log;
         let recovered = log.recovered_deliveries().clone();
@@ -324,6 +334,8 @@ impl Actor {
             flush_due_soon: false,
             replica: None,
             history: History::new(history),
+            telemetry,
+            traced: spans::Traced::new(),
         };
         actor.refresh_oldest();
         actor.update_stats();
@@ -724,6 +736,9 @@ impl Actor {
                     }
                     stored += 1;
                     self.history.stored(a.seq, &m.meta, ts);
+                    if self.telemetry.is_some() {
+                        self.span_stored(Some(a.seq), &m.meta, m.trace.as_ref(), None);
+                    }
                     if let Some(d) = self.dedup.as_mut().filter(|_| from_client) {
                         // Journaled only if the message itself survives a restart.
                         let lasting = m.persistent && self.meta.durable;
@@ -826,6 +841,7 @@ impl Actor {
 
     fn ack_in_log(&mut self, seq: u64) {
         self.history.gone(seq, now_ms());
+        self.span_forget(seq);
         match self.log().ack(seq) {
             Ok(()) | Err(StorageError::NotLive(_)) => {}
             Err(e) => tracing::warn!(queue = %self.meta.name, seq, error = %e, "ack failed"),

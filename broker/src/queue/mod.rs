@@ -218,6 +218,8 @@ pub struct Incoming {
     pub body: Bytes,
     /// Whether it must be synced before it is confirmed.
     pub persistent: bool,
+    /// The broker's `publish` span, when the message is traced (its `store` span goes under).
+    pub trace: Option<crate::telemetry::StoreParent>,
 }
 
 /// How a delivery is settled.
@@ -726,6 +728,7 @@ mod tests {
             meta: Bytes::new(),
             body: Bytes::from(vec![0; bytes]),
             persistent: true,
+            trace: None,
         }
     }
 

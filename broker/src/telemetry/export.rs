@@ -196,7 +196,12 @@ fn to_proto(s: SpanRecord) -> Span {
     Span {
         trace_id: s.trace_id.to_vec(),
         span_id: s.span_id.to_vec(),
-        parent_span_id: s.parent_span_id.to_vec(),
+        // A span the broker started a trace with has no parent.
+        parent_span_id: if s.parent_span_id == [0; 8] {
+            Vec::new()
+        } else {
+            s.parent_span_id.to_vec()
+        },
         // Sampled; the parent is remote only for spans right under the publisher's.
         flags: 0x1,
         name: s.name.to_owned(),

@@ -12,7 +12,9 @@
 //! down, spans are dropped and counted, never waited for. With no endpoint there is no
 //! [`Telemetry`] and nothing on the hot path but an `Option` test.
 
+mod delivery;
 mod export;
+mod publish;
 
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -21,7 +23,9 @@ use axum::http::Uri;
 use sluice_client::wire::{MetaView, TraceParent};
 use tokio::sync::mpsc;
 
+pub use delivery::{dead_letter_span, store_span, DeliverySpan, Outcome};
 pub use export::ExportStats;
+pub use publish::{PublishSpans, StoreParent};
 
 /// Where and how much to export.
 #[derive(Debug, Clone, PartialEq)]

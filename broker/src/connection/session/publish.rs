@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sluice_client::wire::{
-    Confirm, ErrorCode, Publish, PublishDuplicates, PublishRejected, PublishSeq, Rejection,
-    RequestId,
+    Confirm, ErrorCode, MetaView, Publish, PublishDuplicates, PublishRejected, PublishSeq,
+    Rejection, RequestId,
 };
 use tokio::sync::mpsc;
 
@@ -18,6 +18,7 @@ use crate::queue::PublishOrigin;
 use crate::queue::{ConnEvent, ConnLink, Incoming, QueueCmd, QueueHandle};
 use crate::routing::RouteResult;
 use crate::storage::{Durability, Epoch};
+use crate::telemetry::PublishSpans;
 
 /// A publish frame's messages, numbered and routed.
 struct Routed {
@@ -93,17 +94,33 @@ impl Session {
             headers: self.broker.config.limits.headers,
         };
         let access = &mut self.access;
-        for m in p.messages {
+        let telemetry = broker.telemetry();
+        let mut traced = Vec::new();
+        for mut m in p.messages {
             let seq = self.publishes.number();
+            let mut spans = telemetry.and_then(|t| PublishSpans::start(t, seq.0, &mut m.meta));
             let size = m.meta.len() + m.body.len();
             let persistent =
                 match route_message(&reg, &m.meta, m.body.len(), limits, access, &mut route) {
                     Ok(persistent) => persistent,
                     Err(e) => {
-                        reject(seq, e.code, access.namespace().localize(e.message));
+                        let message = access.namespace().localize(e.message);
+                        if let (Some(t), Some(s)) = (telemetry, spans) {
+                            s.confirmed(t, Some(message.clone()));
+                        }
+                        reject(seq, e.code, message);
                         continue;
                     }
                 };
+            let store_parent = match (telemetry, spans.as_mut()) {
+                (Some(t), Some(s)) => {
+                    let view = MetaView::parse(&m.meta).ok();
+                    let (exchange, key) = view.map_or(("", ""), |v| (v.exchange, v.routing_key));
+                    Some(s.routed(t, exchange, key, route.queues.len()))
+                }
+                _ => None,
+            };
+            traced.extend(spans);
             for name in &route.queues {
                 let Some(q) = reg.queues.get(name) else {
                     continue;
@@ -113,6 +130,7 @@ impl Session {
                     meta: m.meta.clone(),
                     body: m.body.clone(),
                     persistent,
+                    trace: store_parent,
                 };
                 bytes += size;
                 match per_queue.iter_mut().find(|(h, _)| h.meta.uid == q.meta.uid) {
@@ -122,6 +140,7 @@ impl Session {
             }
         }
         drop(reg);
+        self.traced_publishes.extend(traced);
         Routed {
             per_queue,
             rejections,
@@ -158,6 +177,9 @@ impl Session {
         let Some(settled) = self.publishes.on_confirmed(PublishSeq(up_to)) else {
             return;
         };
+        if !self.traced_publishes.is_empty() {
+            self.end_publish_spans(settled.up_to, &settled.rejections);
+        }
         if !settled.rejections.is_empty() {
             let rejections = settled.rejections;
             self.send(RequestId(0), PublishRejected { rejections });
@@ -172,6 +194,24 @@ impl Session {
                 up_to: settled.up_to,
             },
         );
+    }
+}
+
+impl Session {
+    /// Ends the spans of the traced publishes up to `up_to`, now confirmed or refused.
+    fn end_publish_spans(&mut self, up_to: PublishSeq, rejections: &[Rejection]) {
+        let Some(telemetry) = self.broker.telemetry().cloned() else {
+            return;
+        };
+        while let Some(spans) = self.traced_publishes.front().filter(|s| s.seq <= up_to.0) {
+            let seq = spans.seq;
+            let spans = self.traced_publishes.pop_front().expect("just seen");
+            let refused = rejections
+                .iter()
+                .find(|r| r.seq.0 == seq)
+                .map(|r| format!("{}: {}", r.code, r.message));
+            spans.confirmed(&telemetry, refused);
+        }
     }
 }
 

@@ -75,6 +75,7 @@ impl Actor {
                     meta: meta.clone(),
                     body: body.clone(),
                     persistent,
+                    trace: None,
                 }],
             });
             waiting += usize::from(sent);
@@ -124,6 +125,7 @@ impl Actor {
                             meta: c.meta.clone(),
                             body: c.body.clone(),
                             persistent: c.persistent,
+                            trace: None,
                         }],
                     })
                 })

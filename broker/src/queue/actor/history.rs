@@ -1,5 +1,6 @@
-//! What the queue task tells its [`History`](crate::queue::history::History): one method per
-//! thing that happens to a message, each a no-op for messages the history does not follow.
+//! What the queue task tells its [`History`](crate::queue::history::History) and its spans
+//! (`spans.rs`): one method per thing that happens to a message, each a no-op for messages
+//! neither follows.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use sluice_client::wire::{
 use super::{now_ms, Actor};
 use crate::queue::{ConnLink, DeathReason, Settlement};
 use crate::routing::namespace;
+use crate::telemetry::Outcome;
 
 impl Actor {
     /// Message `seq` was handed to `conn` (by `consumer`, or a `Get`) with a lease of `lease`.
@@ -23,7 +25,7 @@ impl Actor {
         count: u32,
         lease: Duration,
     ) {
-        if !self.history.follows(seq) {
+        if !self.history.follows(seq) && !self.traced.contains_key(&seq) {
             return;
         }
         let consumer_tag = consumer
@@ -34,6 +36,7 @@ impl Actor {
                     .map(|(c, _)| c.tag.clone())
             })
             .unwrap_or_default();
+        self.span_delivered(seq, &consumer_tag, conn.id, count);
         let now = now_ms();
         let kind = HistoryEventKind::Delivered {
             consumer_tag,
@@ -53,6 +56,13 @@ impl Actor {
         how: Settlement,
         reason: Option<&Arc<str>>,
     ) {
+        let outcome = match how {
+            Settlement::Ack => Outcome::Ack,
+            Settlement::Requeue | Settlement::RequeueAfter(_) => Outcome::Nack,
+            Settlement::Reject => Outcome::Reject,
+            Settlement::Release => Outcome::Returned,
+        };
+        self.span_settled(seq, outcome, reason.map(|r| &**r));
         if !self.history.follows_any() {
             return;
         }
@@ -84,6 +94,9 @@ impl Actor {
 
     /// Delivery `seq` came back to the queue unsettled.
     pub(super) fn note_returned(&mut self, seq: u64, cause: ReturnCause) {
+        if cause != ReturnCause::Released {
+            self.span_settled(seq, Outcome::Returned, Some(cause.as_str()));
+        }
         if self.history.follows_any() {
             let kind = HistoryEventKind::Returned { cause };
             self.history.record(seq, now_ms(), kind);
@@ -92,6 +105,7 @@ impl Actor {
 
     /// The lease of delivery `seq`, held by connection `conn_id`, ran out.
     pub(super) fn note_lease_expired(&mut self, seq: u64, conn_id: u64) {
+        self.span_settled(seq, Outcome::LeaseExpired, None);
         if self.history.follows_any() {
             let kind = HistoryEventKind::LeaseExpired {
                 connection_id: conn_id,
@@ -115,10 +129,12 @@ impl Actor {
     /// Message `seq` left for the dead-letter exchange `dlx` (in the broker's names), or was
     /// dropped (`None`: the queue has none, or it routed the copy nowhere).
     pub(super) fn note_dead_lettered(&mut self, seq: u64, reason: DeathReason, dlx: Option<&str>) {
+        let exchange = dlx.map(|x| namespace::split(x).local);
+        self.span_dead_lettered(seq, reason.as_str(), exchange);
         if self.history.follows_any() {
             let kind = HistoryEventKind::DeadLettered {
                 reason: reason.as_str().to_owned(),
-                exchange: dlx.map(|x| namespace::split(x).local.to_owned()),
+                exchange: exchange.map(str::to_owned),
             };
             self.history.left(seq, now_ms(), kind);
         }

@@ -97,6 +97,7 @@ impl Actor {
                 meta: super::scheduled::without_delivery_delay(d.meta),
                 body: d.body,
                 persistent,
+                trace: None,
             });
         }
         Ok(taken)
