@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use sluice_client::wire::TraceParent;
 use sluice_client::{Client, ConsumeOptions, Consumer, Message, PublishOptions, QueueOptions};
 use sluice_tests::broker::{sluice_command, wait_output, within, BrokerProcess};
+use sluice_tests::http::HttpClient;
 use sluice_tests::otlp::{OtlpReceiver, ReceivedSpan};
 
 async fn connect(broker: &BrokerProcess) -> Client {
@@ -178,9 +179,21 @@ async fn a_traced_message_has_linked_spans_from_publish_to_ack() {
         Some("malformed")
     );
 
+    let http = HttpClient::anonymous(broker.http_addr().unwrap());
+    assert!(metric(&http, "sluice_otlp_spans_exported_total").await >= 10);
+
     drop(worker);
     client.close().await.unwrap();
     broker.stop();
+}
+
+/// A counter's value on `/metrics` (0 when absent).
+async fn metric(http: &HttpClient, name: &str) -> u64 {
+    let page = http.get("/metrics").await;
+    page.body
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,6 +261,14 @@ async fn a_collector_that_is_down_costs_spans_not_messages() {
     for _ in 0..50 {
         next(&mut consumer).await.ack().await.unwrap();
     }
+    // The spans that could not go are counted.
+    let http = HttpClient::anonymous(broker.http_addr().unwrap());
+    within("the dropped spans counted", async {
+        while metric(&http, "sluice_otlp_spans_dropped_total").await == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
     drop(consumer);
     client.close().await.unwrap();
     broker.stop();

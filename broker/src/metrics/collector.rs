@@ -149,6 +149,10 @@ impl BrokerCollector {
             let labels = [("code", code.name())];
             counter_value(&mut m.encode_family(&labels)?, n)?;
         }
+        drop(m);
+        if let Some(t) = broker.telemetry() {
+            encode_span_export(enc, t.stats())?;
+        }
         Ok(())
     }
 
@@ -426,6 +430,30 @@ fn per_queue_gauge<V: EncodeGaugeValue>(
         let labels = [("vhost", name.vhost), ("queue", name.local)];
         m.encode_family(&labels)?
             .encode_gauge(&value(&q.meta.stats))?;
+    }
+    Ok(())
+}
+
+/// The OTLP exporter's counters (only with `--otlp-endpoint`).
+fn encode_span_export(
+    enc: &mut DescriptorEncoder,
+    stats: &crate::telemetry::ExportStats,
+) -> fmt::Result {
+    let families = [
+        (
+            "sluice_otlp_spans_exported",
+            "Spans the OTLP collector accepted.",
+            &stats.exported,
+        ),
+        (
+            "sluice_otlp_spans_dropped",
+            "Spans dropped: the exporter was behind, or the collector failed or refused them.",
+            &stats.dropped,
+        ),
+    ];
+    for (name, help, value) in families {
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+        counter_value(&mut m, load(value))?;
     }
     Ok(())
 }
