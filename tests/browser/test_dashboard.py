@@ -255,3 +255,34 @@ def test_the_exchanges_page_shows_a_canary_split_and_a_slider_reweights_it_live(
     out = os.environ.get("SLUICE_SCREENSHOTS") or str(tmp_path)
     page.screenshot(path=f"{out}/exchanges.png")
     assert os.path.getsize(f"{out}/exchanges.png") > 10_000
+
+
+def test_the_trace_page_shows_why_a_message_left_and_where_it_is_now(
+    signed_in: Page, broker: Broker, tmp_path
+):
+    # Runs after the canary test: it adds messages to payments, whose counts nothing after
+    # it checks. payments keeps 2 messages: the first of three goes to payments.dlq (maxlen).
+    page = signed_in
+    for i in (1, 2, 3):
+        broker.cli("publish", "", "payments", f"pay {i}", "--message-id", f"pay-trace-{i}")
+    page.click('nav a[data-nav="trace"]')
+    page.fill("#trace-id", "pay-trace-1")
+    page.click('#trace-form button[type="submit"]')
+    source = page.locator('.trace-card[data-queue="payments"]')
+    copy = page.locator('.trace-card[data-queue="payments.dlq"]')
+    expect(source.locator("[data-state]")).to_have_text("gone")
+    expect(source.locator("tbody")).to_contain_text("dead-lettered")
+    expect(source.locator("tbody")).to_contain_text("maxlen; to exchange (default)")
+    expect(copy.locator("[data-state]")).to_have_text("ready")
+    expect(copy.locator("tbody")).to_contain_text("stored")
+
+    page.fill("#trace-id", "no-such-message")
+    page.click('#trace-form button[type="submit"]')
+    expect(page.locator("#trace-results .banner")).to_contain_text("No queue remembers")
+
+    page.fill("#trace-id", "pay-trace-1")
+    page.click('#trace-form button[type="submit"]')
+    expect(source.locator("tbody")).to_contain_text("dead-lettered")
+    out = os.environ.get("SLUICE_SCREENSHOTS") or str(tmp_path)
+    page.screenshot(path=f"{out}/trace.png", full_page=True)
+    assert os.path.getsize(f"{out}/trace.png") > 10_000

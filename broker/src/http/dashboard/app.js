@@ -1003,6 +1003,65 @@ document.addEventListener('click', (ev) => {
 });
 
 // ---------------------------------------------------------------------------------------
+// Trace: "why is this message stuck" (GET /api/trace/{message_id}).
+
+const fmtTime = (ms) => new Date(ms).toISOString().replace('T', ' ').replace('Z', ' UTC');
+const STATE_BADGE = { ready: 'badge-accent', delivered: 'badge-warn', scheduled: '', moving: '', gone: 'badge-ok' };
+const EVENT_BADGE = { nacked: 'badge-warn', rejected: 'badge-danger', 'lease-expired': 'badge-danger', 'dead-lettered': 'badge-danger', acked: 'badge-ok', delivered: 'badge-accent' };
+
+function eventDetail(e) {
+  const reason = e.reason ? html` · reason <q class="reason">${e.reason}</q>` : '';
+  switch (e.event) {
+    case 'stored': return html`from exchange <span class="mono">${e.exchange || '(default)'}</span>, routing key <span class="mono">${e.routing_key}</span>`;
+    case 'delivered': return html`to ${e.consumer_tag ? html`consumer <span class="mono">${e.consumer_tag}</span>` : 'a get'} on <a href="#/connections">connection #${e.connection}</a> · delivery ${e.delivery_count} · lease until ${fmtTime(e.lease_deadline_ms)}`;
+    case 'acked': return html`by connection #${e.connection}`;
+    case 'nacked': return html`requeued${e.delay_ms ? html`, ready again in ${fmtDuration(e.delay_ms)}` : ''}${reason}`;
+    case 'rejected': return html`not requeued${reason}`;
+    case 'lease-expired': return html`connection #${e.connection} held it past its lease; ready again`;
+    case 'lease-extended': return html`lease until ${fmtTime(e.lease_deadline_ms)}`;
+    case 'returned': return html`${e.cause}`;
+    case 'dead-lettered': return e.dropped ? html`${e.reason}; dropped (no dead-letter exchange took it)` : html`${e.reason}; to exchange <span class="mono">${e.exchange || '(default)'}</span>`;
+    case 'moved': return html`to queue ${e.to_queue}`;
+    default: return '';
+  }
+}
+
+function traceCard(m) {
+  const now = m.state === 'delivered' ? html` · lease until ${fmtTime(m.deadline_ms)}` : m.state === 'scheduled' && m.deadline_ms ? html` · ready at ${fmtTime(m.deadline_ms)}` : '';
+  return html`<section class="card trace-card" data-queue="${m.queue}">
+    <div class="card-head"><h2><a href="#/queues/${q(m.queue)}">${m.queue}</a></h2>
+      <span class="badge ${STATE_BADGE[m.state] || ''}" data-state="${m.state}">${m.state}</span>
+      <span class="sub">seq ${m.message_seq}${now}${m.trace_id ? html` · trace <span class="mono">${m.trace_id}</span>` : ''}</span></div>
+    <div class="card-body flush"><div class="table-wrap"><table class="data trace-events"><thead><tr><th>Time (UTC)</th><th>Event</th><th>Details</th></tr></thead><tbody>
+      ${m.events.map((e, i) => html`${i === 1 && m.events_dropped ? html`<tr><td></td><td colspan="2" class="muted">… ${m.events_dropped} older events dropped</td></tr>` : ''}<tr><td class="mono nowrap">${fmtTime(e.at_ms).slice(0, 23)}</td><td><span class="badge ${EVENT_BADGE[e.event] || ''}">${e.event}</span></td><td>${eventDetail(e)}</td></tr>`)}
+    </tbody></table></div></div></section>`;
+}
+
+pages.trace = {
+  title: 'Trace',
+  id: '',
+  render(param) {
+    this.id = param || '';
+    setHtml($('#main'), html`<div class="page-head"><h1>Trace a message</h1><span class="sub">What happened to the messages with a message id, in every queue you may read</span></div>
+      <form class="card trace-form" id="trace-form"><div class="card-body"><label class="field">Message id
+        <span class="row"><input class="input mono" id="trace-id" name="message_id" placeholder="e.g. order-17" value="${this.id}" required><button class="btn btn-primary" type="submit">Trace</button></span></label></div></form>
+      <div id="trace-results"></div>`);
+    $('#trace-form').addEventListener('submit', (e) => {
+      e.preventDefault();
+      go(`#/trace/${q($('#trace-id').value.trim())}`);
+    });
+    if (!this.id) $('#trace-id').focus();
+  },
+  async refresh() {
+    if (!this.id) return;
+    const answer = await api(`/api/trace/${q(this.id)}`);
+    setHtml($('#trace-results'), answer.messages.length === 0
+      ? html`<div class="banner banner-info">No queue remembers a message with id <span class="mono">${this.id}</span>. Queues follow messages that have a message id, for a while after they leave (--message-history-window-ms).</div>`
+      : html`${answer.messages.map(traceCard)}${answer.truncated ? html`<div class="banner banner-warn">More messages have this id; the first are shown.</div>` : ''}`);
+  },
+};
+
+// ---------------------------------------------------------------------------------------
 // Routing and refresh.
 
 function go(hash) {
@@ -1013,6 +1072,7 @@ function go(hash) {
 function parseRoute() {
   const path = location.hash.replace(/^#\/?/, '');
   if (path.startsWith('queues/')) return { page: 'queue', param: decodeURIComponent(path.slice('queues/'.length)) };
+  if (path.startsWith('trace/')) return { page: 'trace', param: decodeURIComponent(path.slice('trace/'.length)) };
   const page = path.split('/')[0] || 'overview';
   return { page: pages[page] ? page : 'overview' };
 }
