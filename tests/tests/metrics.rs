@@ -29,7 +29,11 @@ struct Broker {
 impl Broker {
     fn start() -> Broker {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let process = BrokerProcess::start(&dir.path().join("data"), &[]);
+        // With an OTLP endpoint (where nothing listens), so the exporter's counters show.
+        let process = BrokerProcess::start(
+            &dir.path().join("data"),
+            &["--otlp-endpoint", "http://127.0.0.1:9"],
+        );
         let addr = process.http_addr().expect("the HTTP API is on");
         let http = HttpClient::new(addr, "guest", "guest");
         Broker {
