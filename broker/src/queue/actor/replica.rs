@@ -882,6 +882,7 @@ mod tests {
             exclusive: false,
             ack_timeout: None,
             priority: 0,
+            circuit_breaker: None,
         }
     }
 
