@@ -207,10 +207,23 @@ pub fn list_consumers(
         })
         .filter(|c| after.is_none_or(|a| c.key() > *a))
         .collect();
+    if !request.circuit {
+        // A peer that did not ask for circuits gets the layout it knows.
+        rest.iter_mut().for_each(|c| c.circuit = None);
+    }
     rest.sort_unstable_by_key(ConsumerSummary::key);
     let limit = PageLimit::new(request.limit, max_frame_len);
-    let (consumers, more) = take_page(rest, limit, ConsumerSummary::encoded_len);
-    ListConsumersOk { consumers, more }
+    let extra = if request.circuit {
+        ConsumerSummary::CIRCUIT_LEN
+    } else {
+        0
+    };
+    let (consumers, more) = take_page(rest, limit, |c| c.encoded_len() + extra);
+    ListConsumersOk {
+        consumers,
+        more,
+        circuit: request.circuit,
+    }
 }
 
 /// A page of client connections, by id: every one, or only those of the user `only_user`.

@@ -416,8 +416,9 @@ impl AsyncClient {
     /// Not awaited; the consumer starts on first use.
     #[pyo3(signature = (
         queue, *, prefetch = None, consumer_tag = None, exclusive = false, ack_timeout = None,
-        priority = None,
+        priority = None, circuit_breaker = None,
     ))]
+    #[allow(clippy::too_many_arguments)]
     fn consume(
         &self,
         queue: String,
@@ -426,9 +427,16 @@ impl AsyncClient {
         exclusive: bool,
         ack_timeout: Option<f64>,
         priority: Option<i32>,
+        circuit_breaker: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<AsyncConsumer> {
-        let options =
-            options::consume_options(prefetch, consumer_tag, exclusive, ack_timeout, priority)?;
+        let options = options::consume_options(
+            prefetch,
+            consumer_tag,
+            exclusive,
+            ack_timeout,
+            priority,
+            circuit_breaker,
+        )?;
         Ok(AsyncConsumer::new(self.connection.clone(), queue, options))
     }
 

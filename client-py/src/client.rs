@@ -537,7 +537,7 @@ impl Client {
     /// overrides the queue's lease.
     #[pyo3(signature = (
         queue, *, prefetch = None, consumer_tag = None, exclusive = false, ack_timeout = None,
-        priority = None,
+        priority = None, circuit_breaker = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn consume(
@@ -549,9 +549,16 @@ impl Client {
         exclusive: bool,
         ack_timeout: Option<f64>,
         priority: Option<i32>,
+        circuit_breaker: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Consumer> {
-        let options =
-            options::consume_options(prefetch, consumer_tag, exclusive, ack_timeout, priority)?;
+        let options = options::consume_options(
+            prefetch,
+            consumer_tag,
+            exclusive,
+            ack_timeout,
+            priority,
+            circuit_breaker,
+        )?;
         let consumer = runtime::block_on(py, async {
             let client = self.connection.get().await?;
             client.consume(&queue, options).await.py()

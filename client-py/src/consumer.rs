@@ -14,13 +14,14 @@ use futures_util::{FutureExt, StreamExt};
 use pyo3::exceptions::PyStopAsyncIteration;
 use pyo3::prelude::*;
 use sluice_client::ConsumeOptions;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Connection;
 use crate::convert;
 use crate::errors::{to_py, IntoPyResult};
 use crate::message::{Handoff, Message};
+use crate::options::CircuitInfo;
 use crate::runtime;
 
 enum State {
@@ -46,6 +47,8 @@ pub(crate) struct ConsumerCore {
     given_back: Mutex<VecDeque<sluice_client::Message>>,
     /// Wakes a reader waiting on the stream when a message is given back.
     given_back_wake: Notify,
+    /// The consumer's circuit as last noticed (circuit breaking), once it has started.
+    circuit: OnceLock<watch::Receiver<sluice_client::CircuitNotice>>,
 }
 
 /// One step of a reader waiting for a message.
@@ -73,8 +76,10 @@ impl ConsumerCore {
     pub(crate) fn active(consumer: sluice_client::Consumer) -> Self {
         let queue = consumer.queue().to_owned();
         let tag = consumer.tag().to_owned();
+        let circuit = consumer.circuit_changes();
         let core = Self::new(queue, State::Active(consumer));
         let _ = core.tag.set(tag);
+        let _ = core.circuit.set(circuit);
         core
     }
 
@@ -87,6 +92,7 @@ impl ConsumerCore {
             tag: OnceLock::new(),
             given_back: Mutex::default(),
             given_back_wake: Notify::new(),
+            circuit: OnceLock::new(),
         }
     }
 
@@ -126,6 +132,7 @@ impl ConsumerCore {
             let client = connection.get().await?;
             let consumer = client.consume(&self.queue, options.clone()).await.py()?;
             let _ = self.tag.set(consumer.tag().to_owned());
+            let _ = self.circuit.set(consumer.circuit_changes());
             *state = State::Active(consumer);
         }
         Ok(())
@@ -226,6 +233,16 @@ impl ConsumerCore {
             State::Ended => Some(Ok(None)),
             State::Pending { .. } => None,
         }
+    }
+
+    /// Its circuit as last noticed; closed before it started.
+    fn circuit(&self) -> CircuitInfo {
+        let notice = self
+            .circuit
+            .get()
+            .map(|rx| rx.borrow().clone())
+            .unwrap_or_default();
+        CircuitInfo::from_notice(&notice)
     }
 
     fn describe(&self, class: &str) -> String {
@@ -349,6 +366,13 @@ impl Consumer {
         self.core.tag.get().map(String::as_str)
     }
 
+    /// Its circuit (circuit breaking): `state` is `"closed"`, `"open"` or `"half-open"`,
+    /// as the broker last said. Notices arrive while the consumer waits for messages.
+    #[getter]
+    fn circuit(&self) -> CircuitInfo {
+        self.core.circuit()
+    }
+
     /// True once the consumer was cancelled or has ended.
     #[getter]
     fn is_closed(&self) -> bool {
@@ -445,6 +469,13 @@ impl AsyncConsumer {
     #[getter]
     fn tag(&self) -> Option<&str> {
         self.core.tag.get().map(String::as_str)
+    }
+
+    /// Its circuit (circuit breaking): `state` is `"closed"`, `"open"` or `"half-open"`,
+    /// as the broker last said. Notices arrive while the consumer waits for messages.
+    #[getter]
+    fn circuit(&self) -> CircuitInfo {
+        self.core.circuit()
     }
 
     /// True once the consumer was cancelled or has ended.

@@ -55,5 +55,6 @@ fn _sluice(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<options::ScheduledMessage>()?;
     m.add_class::<publish_result::PublishResult>()?;
     m.add_class::<options::ConsumerInfo>()?;
+    m.add_class::<options::CircuitInfo>()?;
     Ok(())
 }

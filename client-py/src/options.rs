@@ -153,8 +153,12 @@ pub(crate) fn consume_options(
     exclusive: bool,
     ack_timeout: Option<f64>,
     priority: Option<i32>,
+    circuit_breaker: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<ConsumeOptions> {
     let mut options = ConsumeOptions::new().exclusive(exclusive);
+    if let Some(settings) = circuit_breaker {
+        options.circuit_breaker = Some(circuit_breaker_settings(settings)?);
+    }
     options.prefetch = prefetch;
     options.priority = priority;
     if let Some(tag) = consumer_tag {
@@ -164,6 +168,77 @@ pub(crate) fn consume_options(
         options = options.ack_timeout(timeout);
     }
     Ok(options)
+}
+
+/// The `circuit_breaker` keyword of `consume`: a mapping with `failure_threshold`, `window`
+/// (seconds), `cool_down` (seconds) and `success_threshold`, all required. Ranges are the
+/// broker's to check (`InvalidArgument`).
+fn circuit_breaker_settings(
+    settings: &Bound<'_, PyAny>,
+) -> PyResult<sluice_client::CircuitBreaker> {
+    let get = |key: &str| -> PyResult<Bound<'_, PyAny>> {
+        settings.get_item(key).map_err(|_| {
+            pyo3::exceptions::PyValueError::new_err(format!(
+                "circuit_breaker needs '{key}' (failure_threshold, window, cool_down, \
+                 success_threshold)"
+            ))
+        })
+    };
+    let ms = |key: &str| -> PyResult<u64> { convert::millis(key, get(key)?.extract()?) };
+    Ok(sluice_client::CircuitBreaker {
+        failure_threshold: get("failure_threshold")?.extract()?,
+        window_ms: ms("window")?.max(1),
+        cool_down_ms: ms("cool_down")?.max(1),
+        success_threshold: get("success_threshold")?.extract()?,
+    })
+}
+
+/// A consumer's circuit (circuit breaking): `Consumer.circuit`, and in `ConsumerInfo`.
+#[pyclass(module = "sluice", frozen, get_all)]
+#[derive(Clone)]
+pub(crate) struct CircuitInfo {
+    /// `"closed"`, `"open"` or `"half-open"`.
+    state: &'static str,
+    /// When an open circuit becomes half-open (Unix seconds); `None` otherwise.
+    until: Option<f64>,
+    /// Failures that opened it (or counted in the window, in listings).
+    failures: u32,
+    /// The broker's words (empty in listings and before any notice).
+    reason: String,
+}
+
+impl CircuitInfo {
+    pub(crate) fn from_notice(n: &sluice_client::CircuitNotice) -> Self {
+        CircuitInfo {
+            state: n.state.as_str(),
+            until: n.until.and_then(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs_f64())
+            }),
+            failures: n.failures,
+            reason: n.reason.clone(),
+        }
+    }
+
+    fn from_summary(c: sluice_client::CircuitSummary) -> Self {
+        CircuitInfo {
+            state: c.state.as_str(),
+            until: (c.until_ms > 0).then(|| c.until_ms as f64 / 1000.0),
+            failures: c.failures,
+            reason: String::new(),
+        }
+    }
+}
+
+#[pymethods]
+impl CircuitInfo {
+    fn __repr__(&self) -> String {
+        format!(
+            "CircuitInfo(state={:?}, failures={}, reason={:?})",
+            self.state, self.failures, self.reason
+        )
+    }
 }
 
 /// The keywords every publishing call takes: flags and properties.
@@ -418,11 +493,14 @@ pub(crate) struct ConsumerInfo {
     active: bool,
     /// Its priority (0 unless set).
     priority: i32,
+    /// Its circuit; `None` without circuit breaking.
+    circuit: Option<CircuitInfo>,
 }
 
 impl From<sluice_client::ConsumerSummary> for ConsumerInfo {
     fn from(c: sluice_client::ConsumerSummary) -> Self {
         ConsumerInfo {
+            circuit: c.circuit.map(CircuitInfo::from_summary),
             queue: c.queue,
             consumer_tag: c.consumer_tag,
             connection_id: c.connection_id,

@@ -26,7 +26,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_core::Stream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::circuit::CircuitNotice;
 
 use crate::client::{unexpected_reply, Client, Follow};
 use crate::connection::{Command, ConsumerEvent, Subscribed};
@@ -101,6 +103,7 @@ impl Client {
             resubscribing: Mutex::new(None),
             cancelled: false,
             ended: false,
+            circuit: watch::Sender::new(CircuitNotice::default()),
         })
     }
 
@@ -272,6 +275,8 @@ pub struct Consumer {
     /// `cancel` was called: a lost connection ends the stream instead.
     cancelled: bool,
     ended: bool,
+    /// Its circuit as last noticed (circuit breaking).
+    circuit: watch::Sender<CircuitNotice>,
 }
 
 impl fmt::Debug for Consumer {
@@ -300,6 +305,19 @@ impl Consumer {
     /// The queue it consumes from.
     pub fn queue(&self) -> &str {
         &self.queue
+    }
+
+    /// Its circuit as the broker last noticed it (circuit breaking, docs/circuit-breaking.md):
+    /// closed unless the broker said otherwise. Notices are taken in while the stream is
+    /// polled, so a consumer waiting for its next message sees them at once.
+    pub fn circuit(&self) -> CircuitNotice {
+        self.circuit.borrow().clone()
+    }
+
+    /// A receiver of its circuit's changes (see [`circuit`](Self::circuit)), e.g. to log
+    /// them or pause other work while it is open; it may be moved to another task.
+    pub fn circuit_changes(&self) -> watch::Receiver<CircuitNotice> {
+        self.circuit.subscribe()
     }
 
     /// The client the consumer belongs to: the connection it consumes on (a replicated
@@ -415,6 +433,14 @@ impl Consumer {
         let sub = outcome?;
         self.id = sub.ok.consumer_id;
         self.generation = sub.generation;
+        // A new consumer on the broker: its circuit starts closed.
+        self.circuit.send_if_modified(|c| {
+            let changed = c.state != crate::wire::CircuitState::Closed;
+            if changed {
+                *c = CircuitNotice::default();
+            }
+            changed
+        });
         self.events = sub.events;
         self.client = sub.client;
         Poll::Ready(Ok(()))
@@ -454,6 +480,9 @@ impl Stream for Consumer {
                 }) => {
                     this.batch = deliveries.into_iter();
                     this.batch_generation = generation;
+                }
+                Some(ConsumerEvent::Circuit(notice)) => {
+                    this.circuit.send_replace(notice.into());
                 }
                 Some(ConsumerEvent::Lost) if !this.cancelled => this.resubscribe(Target::Home),
                 Some(ConsumerEvent::Lost) => this.ended = true,
@@ -495,6 +524,7 @@ impl Drop for Consumer {
                     requeue.extend(deliveries.iter().map(|d| d.delivery_tag));
                 }
                 ConsumerEvent::Lost | ConsumerEvent::Ended(_) => ended = true,
+                ConsumerEvent::Circuit(_) => {}
             }
         }
         // The task drops it if the connection it names was lost meanwhile.

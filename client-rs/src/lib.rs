@@ -61,6 +61,7 @@
 //! ```
 
 mod browse;
+mod circuit;
 mod client;
 mod cluster;
 mod connection;
@@ -75,6 +76,7 @@ mod tls;
 mod url;
 pub mod wire;
 
+pub use circuit::CircuitNotice;
 pub use client::{
     Client, ClientBuilder, DEFAULT_CONFIRM_WINDOW, DEFAULT_PREFETCH, DEFAULT_RECONNECT_TIMEOUT,
     DEFAULT_REQUEST_TIMEOUT,
@@ -92,10 +94,11 @@ pub use url::{ConnectUrl, HostPort, UrlError};
 /// Header values of type decimal (AMQP's); the other header types are plain Rust values.
 pub use wire::Decimal;
 pub use wire::{
-    BindingSummary, BrowseQueueOk, BrowsedMessage, ConnectionSummary, ConsumerId, ConsumerSummary,
-    DeclareQueueOk, DeliveryTag, ErrorCode, ExchangeKind, ExchangeSummary, HeaderValue, Headers,
-    InspectQueueOk, ListScheduledOk, MetaView, MoveId, MoveState, MoveStatusOk, Overflow,
-    Properties, PublishSeq, QueueArguments, QueueSummary, RetryBackoff, ScheduledMessage,
+    BindingSummary, BrowseQueueOk, BrowsedMessage, CircuitBreaker, CircuitState, CircuitSummary,
+    ConnectionSummary, ConsumerId, ConsumerSummary, DeclareQueueOk, DeliveryTag, ErrorCode,
+    ExchangeKind, ExchangeSummary, HeaderValue, Headers, InspectQueueOk, ListScheduledOk, MetaView,
+    MoveId, MoveState, MoveStatusOk, Overflow, Properties, PublishSeq, QueueArguments,
+    QueueSummary, RetryBackoff, ScheduledMessage,
 };
 
 #[cfg(test)]

@@ -29,13 +29,13 @@ trait Listing: Sized {
 }
 
 macro_rules! listing {
-    ($ok:ident, $req:ident, $field:ident, $item:ty, $cursor:ty, $key:expr, $cmp:expr) => {
+    ($ok:ident, $req:ident $({ $($extra:ident: $val:expr),* })?, $field:ident, $item:ty, $cursor:ty, $key:expr, $cmp:expr) => {
         impl Listing for $ok {
             type Item = $item;
             type Cursor = $cursor;
 
             fn request(after: Option<$cursor>) -> Request {
-                $req { after, limit: 0 }.into()
+                $req { after, limit: 0 $($(, $extra: $val)*)? }.into()
             }
 
             fn from_reply(reply: Reply) -> Result<Self> {
@@ -87,9 +87,10 @@ listing!(
     |b: &BindingSummary| b.clone(),
     |b: &BindingSummary, c: &BindingSummary| b.listing_cmp(c)
 );
+// Circuits too (circuit breaking): a server that predates them answers MALFORMED_REQUEST.
 listing!(
     ListConsumersOk,
-    ListConsumers,
+    ListConsumers { circuit: true },
     consumers,
     ConsumerSummary,
     ConsumerKey,
@@ -128,8 +129,8 @@ impl Client {
         self.list_all::<ListBindingsOk>().await
     }
 
-    /// Lists every consumer of every connection, by queue, tag and connection. Fetches every
-    /// page.
+    /// Lists every consumer of every connection, by queue, tag and connection, with the
+    /// circuit of those that have circuit breaking. Fetches every page.
     pub async fn list_consumers(&self) -> Result<Vec<ConsumerSummary>> {
         self.list_all::<ListConsumersOk>().await
     }

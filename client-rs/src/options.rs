@@ -337,6 +337,10 @@ pub struct ConsumeOptions {
     /// Its priority (RabbitMQ's `x-priority`): consumers with a higher one get messages
     /// first while they have credit; `None` = 0.
     pub priority: Option<i32>,
+    /// Circuit breaking for this consumer, overriding the queue's (docs/circuit-breaking.md):
+    /// after too many nacks, rejects or lease timeouts in a window the broker stops
+    /// delivering to it for a cool-down. `None` = the queue's setting, if any.
+    pub circuit_breaker: Option<crate::wire::CircuitBreaker>,
 }
 
 impl ConsumeOptions {
@@ -375,6 +379,26 @@ impl ConsumeOptions {
         self
     }
 
+    /// Sets [`circuit_breaker`](Self::circuit_breaker): the circuit opens after
+    /// `failure_threshold` failures within `window`, stays open for `cool_down`, then closes
+    /// after `success_threshold` acked trial deliveries (durations in whole milliseconds, at
+    /// least 1).
+    pub fn circuit_breaker(
+        mut self,
+        failure_threshold: u32,
+        window: Duration,
+        cool_down: Duration,
+        success_threshold: u32,
+    ) -> Self {
+        self.circuit_breaker = Some(crate::wire::CircuitBreaker {
+            failure_threshold,
+            window_ms: millis_at_least_1(window),
+            cool_down_ms: millis_at_least_1(cool_down),
+            success_threshold,
+        });
+        self
+    }
+
     pub(crate) fn into_request(self, queue: &str, default_prefetch: u32) -> Consume {
         Consume {
             queue: queue.to_owned(),
@@ -383,6 +407,7 @@ impl ConsumeOptions {
             exclusive: self.exclusive,
             ack_timeout_ms: self.ack_timeout.map(millis_at_least_1),
             priority: self.priority,
+            circuit_breaker: self.circuit_breaker,
         }
     }
 }

@@ -286,3 +286,37 @@ def test_the_trace_page_shows_why_a_message_left_and_where_it_is_now(
     out = os.environ.get("SLUICE_SCREENSHOTS") or str(tmp_path)
     page.screenshot(path=f"{out}/trace.png", full_page=True)
     assert os.path.getsize(f"{out}/trace.png") > 10_000
+
+
+def test_a_consumer_whose_circuit_opened_shows_a_red_badge(signed_in: Page, broker: Broker):
+    import subprocess
+
+    from conftest import SLUICE
+
+    # A consumer that puts back everything it gets: one failure cuts it off for 10 minutes.
+    env = dict(os.environ, SLUICE_URL=broker.url("flaky"))
+    broker.api("PUT", "/api/queues/flaky-work", {})
+    flaky = subprocess.Popen(
+        [str(SLUICE), "consume", "flaky-work", "--prefetch", "1", "--requeue",
+         "--circuit-breaker", "1,60s,10m,1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    broker.children.append(flaky)
+    deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
+    while not any(c["queue"] == "flaky-work" for c in broker.api("GET", "/api/consumers")):
+        assert time.monotonic() < deadline, "the consumer did not start"
+        time.sleep(0.05)
+    broker.cli("publish", "", "flaky-work", "boom")
+    page = signed_in
+    page.click('nav a[data-nav="consumers"]')
+    row = page.locator("#consumers tbody tr", has_text="flaky-work")
+    badge = row.locator('.badge[data-circuit="open"]')
+    expect(badge).to_have_count(1)  # the page refreshes every 5 s until it shows
+    expect(badge).to_have_class(re.compile("badge-danger"))
+    expect(row).to_contain_text("until")
+    # Consumers without circuit breaking show none.
+    expect(page.locator("#consumers [data-circuit]")).to_have_count(1)
+    flaky.terminate()
+    flaky.wait(timeout=20)

@@ -561,7 +561,7 @@ async fn consumers_and_the_overview_count_what_clients_do() {
         consumers,
         json!([{"vhost": "/", "queue": "work", "consumer_tag": "worker-1",
             "connection_id": connection_id, "prefetch": 2, "unacked": 2,
-            "active": true, "priority": 0}])
+            "active": true, "priority": 0, "circuit": null}])
     );
     let overview = poll_until(http, "/api/overview", |o| o["unacked"] == 2).await;
     assert_eq!(overview["queues"], 1);

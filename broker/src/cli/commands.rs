@@ -522,6 +522,7 @@ async fn consume(client: &Client, a: &ConsumeArgs, json: bool) -> Result<(), Cli
     let mut prefetch = window(a.count);
     let options = ConsumeOptions {
         priority: a.priority,
+        circuit_breaker: a.circuit_breaker,
         ..ConsumeOptions::new().prefetch(prefetch)
     };
     let mut consumer = client.consume(&a.queue, options).await?;
@@ -548,7 +549,7 @@ async fn consume(client: &Client, a: &ConsumeArgs, json: bool) -> Result<(), Cli
         if remaining == Some(0) {
             // Stop deliveries before the last ack frees a place in the window.
             consumer.cancel().await?;
-            message.ack().await?;
+            settle(message, a.requeue).await?;
             break;
         }
         let narrower = window(remaining);
@@ -556,6 +557,16 @@ async fn consume(client: &Client, a: &ConsumeArgs, json: bool) -> Result<(), Cli
             consumer.set_prefetch(narrower).await?;
             prefetch = narrower;
         }
+        settle(message, a.requeue).await?;
+    }
+    Ok(())
+}
+
+/// Acks a consumed message, or puts it back (`--requeue`).
+async fn settle(message: Message, requeue: bool) -> Result<(), CliError> {
+    if requeue {
+        message.nack(true).await?;
+    } else {
         message.ack().await?;
     }
     Ok(())

@@ -281,6 +281,7 @@ pub fn consumers_table(consumers: &[ConsumerSummary]) -> Table {
         ("UNACKED", Right),
         ("STATE", Left),
         ("PRIORITY", Right),
+        ("CIRCUIT", Left),
     ]);
     for c in consumers {
         table.row(vec![
@@ -294,6 +295,9 @@ pub fn consumers_table(consumers: &[ConsumerSummary]) -> Table {
             c.unacked.to_string(),
             if c.active { "active" } else { "standby" }.to_owned(),
             c.priority.to_string(),
+            // "-": no circuit breaking for this consumer.
+            c.circuit
+                .map_or_else(|| "-".to_owned(), |b| b.state.as_str().to_owned()),
         ]);
     }
     table
@@ -584,6 +588,19 @@ pub struct ConsumerJson<'a> {
     /// Receiving; false for a standby of a single-active-consumer queue.
     active: bool,
     priority: i32,
+    /// Its circuit; `null` without circuit breaking.
+    circuit: Option<CircuitJson>,
+}
+
+/// A consumer's circuit in JSON (docs/circuit-breaking.md).
+#[derive(serde::Serialize)]
+pub struct CircuitJson {
+    /// `closed`, `open` or `half-open`.
+    state: &'static str,
+    /// Failures in the window (closed), or those that opened it (open).
+    failures: u32,
+    /// When an open circuit becomes half-open (Unix ms); `null` otherwise.
+    until_ms: Option<u64>,
 }
 
 impl<'a> From<&'a ConsumerSummary> for ConsumerJson<'a> {
@@ -596,6 +613,11 @@ impl<'a> From<&'a ConsumerSummary> for ConsumerJson<'a> {
             unacked: c.unacked,
             active: c.active,
             priority: c.priority,
+            circuit: c.circuit.map(|b| CircuitJson {
+                state: b.state.as_str(),
+                failures: b.failures,
+                until_ms: (b.until_ms > 0).then_some(b.until_ms),
+            }),
         }
     }
 }

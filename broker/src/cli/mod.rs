@@ -532,6 +532,38 @@ pub struct ConsumeArgs {
     /// Consumer priority: higher ones with credit get messages first [default: 0].
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub priority: Option<i32>,
+    /// Circuit breaking (docs/circuit-breaking.md): FAILURES nacks, rejects or lease
+    /// timeouts within WINDOW cut this consumer off for COOL_DOWN; SUCCESSES acked trials
+    /// restore it (e.g. `5,30s,10s,2`).
+    #[arg(long, value_name = "FAILURES,WINDOW,COOL_DOWN,SUCCESSES", value_parser = parse_circuit_breaker)]
+    pub circuit_breaker: Option<sluice_client::wire::CircuitBreaker>,
+    /// Put each message back (nack with requeue) instead of acking it: a failing consumer,
+    /// e.g. to try circuit breaking or a queue's retry settings.
+    #[arg(long)]
+    pub requeue: bool,
+}
+
+/// Parses `FAILURES,WINDOW,COOL_DOWN,SUCCESSES` (e.g. `5,30s,10s,2`); the broker checks the
+/// ranges.
+pub fn parse_circuit_breaker(s: &str) -> Result<sluice_client::wire::CircuitBreaker, String> {
+    let parts: Vec<&str> = s.split(',').collect();
+    let [failures, window, cool_down, successes] = parts[..] else {
+        return Err(format!(
+            "expected FAILURES,WINDOW,COOL_DOWN,SUCCESSES (e.g. 5,30s,10s,2), got '{s}'"
+        ));
+    };
+    let count = |what: &str, v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("{what} '{v}' is not a whole number"))
+    };
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    Ok(sluice_client::wire::CircuitBreaker {
+        failure_threshold: count("FAILURES", failures)?,
+        window_ms: millis(parse_duration(window)?),
+        cool_down_ms: millis(parse_duration(cool_down)?),
+        success_threshold: count("SUCCESSES", successes)?,
+    })
 }
 
 /// Arguments of `sluice browse`.

@@ -879,6 +879,13 @@ impl Session {
                 self.consumers.remove(&consumer_id);
                 self.send(request_id, CancelOk { consumer_id });
             }
+            ConnEvent::Circuit(notice) => {
+                let notice = sluice_client::wire::ConsumerCircuit {
+                    reason: self.access.namespace().localize(notice.reason),
+                    ..notice
+                };
+                self.send(RequestId(0), notice);
+            }
             ConnEvent::LeasesExpired { tags } => self.forget_expired(tags),
             ConnEvent::Confirmed { up_to } => self.on_confirmed(up_to),
             ConnEvent::Shutdown => {

@@ -12,7 +12,11 @@ use crate::cli::format::ConsumerJson;
 
 /// `GET /api/consumers`: every consumer, as `sluice consumers --json` prints them.
 pub async fn list(State(api): State<Api>, visible: Visible) -> Response {
-    let mut all = admin::list_consumers(&api.broker, None, &ListConsumers::default(), u32::MAX);
+    let request = ListConsumers {
+        circuit: true,
+        ..ListConsumers::default()
+    };
+    let mut all = admin::list_consumers(&api.broker, None, &request, u32::MAX);
     let mut vhosts = Vec::new();
     all.consumers.retain_mut(|c| match visible.show(&c.queue) {
         Some(name) => {

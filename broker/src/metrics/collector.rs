@@ -106,6 +106,7 @@ impl Collector for BrokerCollector {
         self.encode_broker(&mut enc, queues.len())?;
         encode_queue_gauges(&mut enc, &queues)?;
         encode_queue_counters(&mut enc, &queues)?;
+        encode_circuits(&mut enc, &queues)?;
         self.encode_histograms(&mut enc)
     }
 }
@@ -149,7 +150,6 @@ impl BrokerCollector {
             let labels = [("code", code.name())];
             counter_value(&mut m.encode_family(&labels)?, n)?;
         }
-        drop(m);
         if let Some(t) = broker.telemetry() {
             encode_span_export(enc, t.stats())?;
         }
@@ -412,6 +412,33 @@ fn encode_queue_counters(enc: &mut DescriptorEncoder, queues: &[&QueueHandle]) -
             ];
             counter_value(&mut m.encode_family(&labels)?, n)?;
         }
+    }
+    Ok(())
+}
+
+/// Consumer circuit breaking (docs/circuit-breaking.md): open circuits now, and trips.
+fn encode_circuits(enc: &mut DescriptorEncoder, queues: &[&QueueHandle]) -> fmt::Result {
+    per_queue_gauge(
+        enc,
+        queues,
+        "sluice_consumer_circuit_open",
+        "Consumers of the queue whose circuit is open (receiving nothing until their cool-down ends).",
+        None,
+        |s| u64::from(s.circuits_open.load(Ordering::Relaxed)),
+    )?;
+    let mut m = enc.encode_descriptor(
+        "sluice_circuit_trips",
+        "Times a consumer's circuit opened (too many nacks, rejects or lease timeouts in its window).",
+        None,
+        MetricType::Counter,
+    )?;
+    for q in queues {
+        let name = namespace::split(&q.meta.name);
+        let labels = [("vhost", name.vhost), ("queue", name.local)];
+        counter_value(
+            &mut m.encode_family(&labels)?,
+            load(&q.meta.stats.circuit_trips),
+        )?;
     }
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! [`ReadySet`], [`InFlight`], [`DeadLetters`], [`Unconfirmed`] and [`RateBase`].
 
 mod browse;
+mod circuit;
 mod counters;
 mod dead_letter;
 mod expiry;
@@ -30,6 +31,7 @@ use sluice_client::wire::{
 };
 use tokio::sync::mpsc;
 
+use super::breaker::{Admits, CircuitBreaker};
 use super::consumers::{Consumers, Member};
 use super::dead_letters::DeadLetters;
 use super::dedup::Dedup;
@@ -49,6 +51,7 @@ use crate::error::RequestError;
 use crate::metrics::Metrics;
 use crate::storage::{QueueLog, StorageError};
 use crate::telemetry::Telemetry;
+use circuit::{Outcome, Tally};
 use mover::HeldForMoves;
 use replica::Replica;
 
@@ -129,6 +132,8 @@ struct Consumer {
     unacked: u32,
     lease: Duration,
     priority: i32,
+    /// Its circuit (`None`: no circuit breaking, the usual case).
+    breaker: Option<CircuitBreaker>,
 }
 
 impl Member for Consumer {
@@ -159,7 +164,11 @@ impl Consumer {
         if window == 0 || !self.conn.outbox.accepts_more() {
             return 0;
         }
-        window
+        match self.breaker.as_ref().map(|b| b.admits(self.unacked)) {
+            None | Some(Admits::All) => window,
+            Some(Admits::One) => 1,
+            Some(Admits::None) => 0,
+        }
     }
 }
 
@@ -230,6 +239,8 @@ struct Actor {
     telemetry: Option<Arc<Telemetry>>,
     /// The traced messages in the queue (those with a sampled `traceparent`).
     traced: spans::Traced,
+    /// Consumers with a circuit breaker (`circuit.rs`); 0 costs one test per settle batch.
+    breakers: usize,
 }
 
 use super::unix_now_ms as now_ms;
@@ -336,6 +347,7 @@ impl Actor {
             history: History::new(history),
             telemetry,
             traced: spans::Traced::new(),
+            breakers: 0,
         };
         actor.refresh_oldest();
         actor.update_stats();
@@ -368,6 +380,7 @@ impl Actor {
                 }
                 _ = sleep_until_opt(next_deadline) => self.expire_leases(),
                 _ = sleep_until_opt(self.getters.next_deadline()) => self.expire_getters(),
+                _ = sleep_until_opt(self.next_circuit_deadline()) => self.poll_circuits(),
                 _ = sleep_until_opt(next_expiry) => {
                     self.expire_messages();
                     if self.expired_unused() {
@@ -437,6 +450,7 @@ impl Actor {
                 exclusive,
                 ack_timeout,
                 priority,
+                circuit_breaker,
             } => {
                 if exclusive && !self.consumers.is_empty() || self.exclusive_consumer {
                     conn.send(ConnEvent::Error {
@@ -460,7 +474,9 @@ impl Actor {
                     unacked: 0,
                     lease: ack_timeout.unwrap_or(self.default_lease),
                     priority,
+                    breaker: circuit_breaker.map(CircuitBreaker::new),
                 });
+                self.breakers += usize::from(circuit_breaker.is_some());
                 self.publish_consumers();
                 conn.send(ConnEvent::Reply {
                     request_id,
@@ -586,6 +602,7 @@ impl Actor {
             QueueCmd::ConnectionClosed { conn_id } => {
                 self.getters.forget_connection(conn_id);
                 self.consumers.remove_where(|c| c.conn.id == conn_id);
+                self.forget_breakers();
                 self.publish_consumers();
                 self.note_if_unused();
                 for seq in self.in_flight.held_by(conn_id, None) {
@@ -1032,6 +1049,8 @@ impl Actor {
         let histogram = &histogram.delivery_ack;
         let mut ack_times = histogram.tally();
         let now = Instant::now();
+        let mut tally = Tally::default();
+        let outcome = Outcome::of(how).filter(|_| self.breaking());
         for &(tag, seq) in deliveries {
             let tag = DeliveryTag(tag);
             if !self.in_flight.holds(seq, conn.id, tag) {
@@ -1040,6 +1059,11 @@ impl Actor {
             }
             settled += 1;
             self.note_settled(seq, conn.id, how, reason.as_ref());
+            if let Some(outcome) = outcome {
+                if let Some(consumer) = self.in_flight.consumer_of(seq) {
+                    tally.add(conn.id, consumer, outcome);
+                }
+            }
             match how {
                 Settlement::Ack => {
                     if let Some(f) = self.take_flight(seq) {
@@ -1076,6 +1100,9 @@ impl Actor {
             }
         }
         histogram.add(&ack_times);
+        if outcome.is_some() {
+            self.apply_tally(tally);
+        }
         let stats = &self.meta.stats;
         let counter = match how {
             Settlement::Ack => &stats.acked,
@@ -1156,9 +1183,13 @@ impl Actor {
     fn expire_leases(&mut self) {
         let now = Instant::now();
         let mut expired: HashMap<ConnId, (Arc<ConnLink>, Vec<u64>)> = HashMap::new();
+        let mut tally = Tally::default();
         while let Some((seq, d)) = self.in_flight.take_expired(now) {
             self.note_lease_expired(seq, d.conn.id);
             self.give_credit_back(&d);
+            if let Some(consumer) = d.consumer.filter(|_| self.breakers > 0) {
+                tally.add(d.conn.id, consumer, Outcome::LeaseTimeout);
+            }
             expired
                 .entry(d.conn.id)
                 .or_insert_with(|| (Arc::clone(&d.conn), Vec::new()))
@@ -1168,6 +1199,19 @@ impl Actor {
         }
         for (_, (conn, tags)) in expired {
             conn.send(ConnEvent::LeasesExpired { tags });
+        }
+        self.apply_tally(tally);
+    }
+
+    /// Recounts the consumers with a circuit breaker after some left.
+    fn forget_breakers(&mut self) {
+        if self.breakers > 0 {
+            self.breakers = self
+                .consumers
+                .iter()
+                .filter(|(c, _)| c.breaker.is_some())
+                .count();
+            self.count_open_circuits();
         }
     }
 
@@ -1208,6 +1252,7 @@ impl Actor {
     fn remove_consumer(&mut self, conn_id: ConnId, id: ConsumerId) {
         self.consumers
             .remove_where(|c| c.conn.id == conn_id && c.id == id);
+        self.forget_breakers();
         self.publish_consumers();
         self.note_if_unused();
         if self.consumers.is_empty() {

@@ -69,6 +69,10 @@ impl<C: Member> Consumers<C> {
         self.list.iter_mut().find(|c| pred(c))
     }
 
+    pub(super) fn position(&self, pred: impl Fn(&C) -> bool) -> Option<usize> {
+        self.list.iter().position(pred)
+    }
+
     pub(super) fn any(&self, pred: impl Fn(&C) -> bool) -> bool {
         self.list.iter().any(pred)
     }

@@ -68,6 +68,11 @@ impl InFlight {
         self.by_seq.get(&seq).is_some_and(|d| d.is(conn, tag))
     }
 
+    /// The consumer message `seq` is in flight with (`None`: a `Get`, or not in flight).
+    pub(super) fn consumer_of(&self, seq: u64) -> Option<ConsumerId> {
+        self.by_seq.get(&seq).and_then(|d| d.consumer)
+    }
+
     /// Whether message `seq` is in flight.
     pub(super) fn contains(&self, seq: u64) -> bool {
         self.by_seq.contains_key(&seq)

@@ -23,6 +23,7 @@
 //! `SettleMove`.
 
 mod actor;
+mod breaker;
 mod consumers;
 mod dead_letters;
 mod dedup;
@@ -193,6 +194,8 @@ pub enum ConnEvent {
         /// The consumer.
         consumer_id: ConsumerId,
     },
+    /// A consumer's circuit changed state (`ConsumerCircuit`, protocol.md §9.8).
+    Circuit(sluice_client::wire::ConsumerCircuit),
     /// Leases that expired: these tags are no longer outstanding.
     LeasesExpired {
         /// The tags.
@@ -288,6 +291,8 @@ pub enum QueueCmd {
         ack_timeout: Option<Duration>,
         /// Its priority (protocol.md §9.1): higher ones with credit get messages first.
         priority: i32,
+        /// Its circuit breaking settings, overriding the queue's (protocol.md §9.8).
+        circuit_breaker: Option<sluice_client::wire::CircuitBreaker>,
     },
     /// Stop a consumer; answers with [`ConnEvent::Cancelled`] when `request_id` is given.
     Cancel {
@@ -571,6 +576,10 @@ pub struct QueueStats {
     pub oldest_ready_at_ms: AtomicU64,
     /// Messages stored but waiting for their time (delayed, or requeued with a delay).
     pub scheduled: AtomicU64,
+    /// Consumers whose circuit is open now (circuit breaking).
+    pub circuits_open: AtomicU32,
+    /// Times a consumer's circuit opened (since the broker started).
+    pub circuit_trips: AtomicU64,
     /// The consumers, refreshed a few times a second.
     pub consumers_list: std::sync::Mutex<Vec<ConsumerSummary>>,
 }

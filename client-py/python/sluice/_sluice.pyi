@@ -24,6 +24,7 @@ __all__ = [
     "AsyncMessage",
     "AsyncMessageProcess",
     "BaseMessage",
+    "CircuitInfo",
     "Client",
     "Consumer",
     "ConsumerInfo",
@@ -101,6 +102,21 @@ class ConsumerInfo:
     def active(self) -> bool: ...
     @property
     def priority(self) -> int: ...
+    @property
+    def circuit(self) -> Optional[CircuitInfo]: ...
+
+@final
+class CircuitInfo:
+    """A consumer's circuit (circuit breaking): ``Consumer.circuit``, ``ConsumerInfo.circuit``."""
+
+    @property
+    def state(self) -> Literal["closed", "open", "half-open"]: ...
+    @property
+    def until(self) -> Optional[float]: ...
+    @property
+    def failures(self) -> int: ...
+    @property
+    def reason(self) -> str: ...
 
 @final
 class QueueInfo:
@@ -309,6 +325,8 @@ class Consumer(Iterator[Message]):
     @property
     def tag(self) -> Optional[str]: ...
     @property
+    def circuit(self) -> CircuitInfo: ...
+    @property
     def is_closed(self) -> bool: ...
 
 @final
@@ -332,6 +350,8 @@ class AsyncConsumer(AsyncIterator[AsyncMessage]):
     def queue(self) -> str: ...
     @property
     def tag(self) -> Optional[str]: ...
+    @property
+    def circuit(self) -> CircuitInfo: ...
     @property
     def is_closed(self) -> bool: ...
 
@@ -461,6 +481,7 @@ class Client:
         exclusive: bool = False,
         ack_timeout: Optional[float] = None,
         priority: Optional[int] = None,
+        circuit_breaker: Optional[Mapping[str, float]] = None,
     ) -> Consumer: ...
     def close(self) -> None: ...
     @property
@@ -601,6 +622,7 @@ class AsyncClient:
         exclusive: bool = False,
         ack_timeout: Optional[float] = None,
         priority: Optional[int] = None,
+        circuit_breaker: Optional[Mapping[str, float]] = None,
     ) -> AsyncConsumer: ...
     def close(self) -> Coroutine[Any, Any, None]: ...
     @property

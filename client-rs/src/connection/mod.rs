@@ -174,6 +174,8 @@ pub(crate) enum ConsumerEvent {
         generation: u64,
         deliveries: Vec<Delivery>,
     },
+    /// The consumer's circuit changed state (circuit breaking).
+    Circuit(crate::wire::ConsumerCircuit),
     /// The connection was lost and the task is reconnecting: consume again.
     Lost,
     /// The consumer was stopped by the server, or the connection failed: the stream ends

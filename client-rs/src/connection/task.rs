@@ -350,6 +350,13 @@ impl Task {
             }
             Reply::Deliver(deliver) => self.on_deliver(deliver)?,
             Reply::ConsumerCancelled(cancelled) => self.on_consumer_cancelled(cancelled),
+            Reply::ConsumerCircuit(circuit) => {
+                if let Some(slot) = self.consumers.get(&circuit.consumer_id) {
+                    if slot.state != ConsumerState::Released {
+                        let _ = slot.events.send(ConsumerEvent::Circuit(circuit));
+                    }
+                }
+            }
             Reply::ConsumeOk(ok) => self.on_consume_ok(id, ok),
             Reply::CancelOk(ok) => self.on_cancel_ok(id, ok),
             Reply::Welcome(_) => {
@@ -491,7 +498,9 @@ impl Task {
             Some(slot) if slot.state != ConsumerState::Released => {
                 slot.events.send(event).err().map(|e| match e.0 {
                     ConsumerEvent::Deliveries { deliveries, .. } => deliveries,
-                    ConsumerEvent::Lost | ConsumerEvent::Ended(_) => Vec::new(),
+                    ConsumerEvent::Circuit(_) | ConsumerEvent::Lost | ConsumerEvent::Ended(_) => {
+                        Vec::new()
+                    }
                 })
             }
             _ => {
@@ -500,7 +509,9 @@ impl Task {
                 }
                 match event {
                     ConsumerEvent::Deliveries { deliveries, .. } => Some(deliveries),
-                    ConsumerEvent::Lost | ConsumerEvent::Ended(_) => None,
+                    ConsumerEvent::Circuit(_) | ConsumerEvent::Lost | ConsumerEvent::Ended(_) => {
+                        None
+                    }
                 }
             }
         };

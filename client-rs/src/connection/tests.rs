@@ -358,6 +358,7 @@ async fn listings_ask_for_the_first_page_and_return_the_lists() {
         unacked: 1,
         active: true,
         priority: 0,
+        circuit: Some(crate::wire::CircuitSummary::default()),
     };
     let (id, request) = peer.recv_request().await;
     assert_eq!(request, Request::ListQueues(ListQueues::default()));
@@ -393,13 +394,19 @@ async fn listings_ask_for_the_first_page_and_return_the_lists() {
     )
     .await;
     let (id, request) = peer.recv_request().await;
-    assert_eq!(request, Request::ListConsumers(ListConsumers::default()));
+    // With circuits (circuit breaking).
+    let with_circuits = ListConsumers {
+        circuit: true,
+        ..ListConsumers::default()
+    };
+    assert_eq!(request, Request::ListConsumers(with_circuits));
     let consumers = vec![consumer.clone()];
     peer.send(
         id,
         ListConsumersOk {
             consumers,
             more: false,
+            circuit: true,
         },
     )
     .await;

@@ -16,6 +16,7 @@ use std::cmp::Ordering;
 
 use bytes::BytesMut;
 
+use super::circuit::CircuitState;
 use super::error::WireError;
 use super::exchange::ExchangeKind;
 use super::frame::Payload;
@@ -105,6 +106,16 @@ pub(super) fn read_page_count(
     min_item_len: usize,
 ) -> Result<(usize, bool), WireError> {
     let raw = r.u32()?;
+    page_count(r, raw, min_item_len)
+}
+
+/// The items counted by a page's count `raw` (flags of the answer other than bit 31
+/// cleared), and whether more pages follow.
+fn page_count(
+    r: &mut Reader<'_>,
+    raw: u32,
+    min_item_len: usize,
+) -> Result<(usize, bool), WireError> {
     let more = raw & MORE != 0;
     let count = r.count((raw & !MORE) as usize, min_item_len)?;
     if more && count == 0 {
@@ -168,13 +179,65 @@ page_request!(
     "Most bindings wanted; 0 = as many as fit in one frame. The server may send fewer."
 );
 
-page_request!(
-    /// `ListConsumers` (0x0607): asks for a page of consumers, in [`ConsumerKey`] order.
-    ListConsumers,
-    ConsumerKey,
-    "The key of the last consumer of the previous page; `None` = from the first consumer.",
-    "Most consumers wanted; 0 = as many as fit in one frame. The server may send fewer."
-);
+/// Bit 1 of `ListConsumers` flags: list each consumer's circuit (protocol.md §15.1).
+const WITH_CIRCUIT: u8 = 2;
+/// Bit 30 of a `ListConsumersOk` count: each item ends with its circuit.
+const ITEMS_WITH_CIRCUIT: u32 = 1 << 30;
+
+/// `ListConsumers` (0x0607): asks for a page of consumers, in [`ConsumerKey`] order.
+///
+/// ```text
+/// empty, or: limit u32, flags u8 (0 after present, 1 circuit), [after]
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ListConsumers {
+    /// The key of the last consumer of the previous page; `None` = from the first consumer.
+    pub after: Option<ConsumerKey>,
+    /// Most consumers wanted; 0 = as many as fit in one frame. The server may send fewer.
+    pub limit: u32,
+    /// Ask for each consumer's circuit (circuit breaking) too. A server that predates it
+    /// answers `MALFORMED_REQUEST`.
+    pub circuit: bool,
+}
+
+impl Payload for ListConsumers {
+    fn encode(&self, buf: &mut BytesMut) -> Result<(), WireError> {
+        if !self.circuit {
+            return put_page_request(buf, self.limit, self.after.as_ref());
+        }
+        p::put_u32(buf, self.limit);
+        let after = if self.after.is_some() { HAS_AFTER } else { 0 };
+        p::put_u8(buf, after | WITH_CIRCUIT);
+        self.after.as_ref().map_or(Ok(()), |c| c.put(buf))
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        if r.remaining() == 0 {
+            return Ok(ListConsumers::default());
+        }
+        let limit = r.u32()?;
+        let flags = r.flags_u8("listing flags", HAS_AFTER | WITH_CIRCUIT)?;
+        let circuit = flags & WITH_CIRCUIT != 0;
+        if flags & HAS_AFTER == 0 {
+            if limit == 0 && !circuit {
+                return Err(WireError::InvalidValue {
+                    what: "listing limit without after (send an empty payload)",
+                    value: 0,
+                });
+            }
+            return Ok(ListConsumers {
+                after: None,
+                limit,
+                circuit,
+            });
+        }
+        Ok(ListConsumers {
+            after: Some(ConsumerKey::read(r)?),
+            limit,
+            circuit,
+        })
+    }
+}
 
 /// One queue in `ListQueuesOk`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -537,16 +600,40 @@ pub struct ConsumerSummary {
     pub active: bool,
     /// Its priority (`Consume` flags bit 2; 0 by default).
     pub priority: i32,
+    /// Its circuit, when it has circuit breaking and the listing asked for circuits
+    /// (`ListConsumers::circuit`); `None` otherwise.
+    pub circuit: Option<CircuitSummary>,
+}
+
+/// A consumer's circuit in `ListConsumersOk`.
+///
+/// ```text
+/// state u8, failures u32, until_ms u64
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CircuitSummary {
+    /// Closed, open or half-open.
+    pub state: CircuitState,
+    /// Failures counted in the window (closed), or those that opened it (open).
+    pub failures: u32,
+    /// When an open circuit becomes half-open (Unix ms); 0 otherwise.
+    pub until_ms: u64,
 }
 
 /// Encoded size of a consumer summary besides its queue name and tag.
 const CONSUMER_FIXED_LEN: usize = 2 + 2 + 8 + 4 + 4 + 1 + 4;
+/// Encoded size of an item's circuit: presence u8, then state u8, failures u32, until_ms u64.
+const CIRCUIT_LEN: usize = 1 + 1 + 4 + 8;
 
 impl ConsumerSummary {
-    /// Bytes it takes in a `ListConsumersOk` payload.
+    /// Bytes it takes in a `ListConsumersOk` payload without circuits (the most a page
+    /// with circuits adds is [`Self::CIRCUIT_LEN`] per item).
     pub fn encoded_len(&self) -> usize {
         CONSUMER_FIXED_LEN + self.queue.len() + self.consumer_tag.len()
     }
+
+    /// Bytes an item's circuit adds in a page with circuits (at most).
+    pub const CIRCUIT_LEN: usize = CIRCUIT_LEN;
 
     /// Its place in listings, and the cursor that continues after it.
     pub fn key(&self) -> ConsumerKey {
@@ -568,7 +655,16 @@ impl ConsumerSummary {
         Ok(())
     }
 
-    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
+    fn put_circuit(&self, buf: &mut BytesMut) {
+        p::put_bool(buf, self.circuit.is_some());
+        if let Some(c) = &self.circuit {
+            p::put_u8(buf, c.state as u8);
+            p::put_u32(buf, c.failures);
+            p::put_u64(buf, c.until_ms);
+        }
+    }
+
+    fn read(r: &mut Reader<'_>, with_circuit: bool) -> Result<Self, WireError> {
         Ok(ConsumerSummary {
             queue: r.string()?,
             consumer_tag: r.string()?,
@@ -577,6 +673,14 @@ impl ConsumerSummary {
             unacked: r.u32()?,
             active: r.bool()?,
             priority: r.i32()?,
+            circuit: match with_circuit && r.bool()? {
+                false => None,
+                true => Some(CircuitSummary {
+                    state: CircuitState::from_u8(r.u8()?)?,
+                    failures: r.u32()?,
+                    until_ms: r.u64()?,
+                }),
+            },
         })
     }
 }
@@ -588,20 +692,44 @@ pub struct ListConsumersOk {
     pub consumers: Vec<ConsumerSummary>,
     /// More consumers follow: ask again with `after` = the last one's key.
     pub more: bool,
+    /// Each item carries its circuit (count bit 30): the request asked for circuits.
+    pub circuit: bool,
 }
 
 impl Payload for ListConsumersOk {
     fn encode(&self, buf: &mut BytesMut) -> Result<(), WireError> {
-        put_page_count(buf, "consumers", self.consumers.len(), self.more)?;
-        self.consumers.iter().try_for_each(|c| c.put(buf))
+        // Bit 30 is taken from the count: at most 2^30 - 1 items then.
+        let max = if self.circuit {
+            (ITEMS_WITH_CIRCUIT - 1) as usize
+        } else {
+            MAX_PAGE_ITEMS
+        };
+        let n = p::checked_len("consumers", self.consumers.len(), max)? as u32;
+        let flags =
+            if self.more { MORE } else { 0 } | if self.circuit { ITEMS_WITH_CIRCUIT } else { 0 };
+        p::put_u32(buf, n | flags);
+        for c in &self.consumers {
+            c.put(buf)?;
+            if self.circuit {
+                c.put_circuit(buf);
+            }
+        }
+        Ok(())
     }
 
     fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
-        let (count, more) = read_page_count(r, CONSUMER_FIXED_LEN)?;
+        let raw = r.u32()?;
+        let circuit = raw & ITEMS_WITH_CIRCUIT != 0;
+        let min_len = CONSUMER_FIXED_LEN + usize::from(circuit);
+        let (count, more) = page_count(r, raw & !ITEMS_WITH_CIRCUIT, min_len)?;
         let consumers = (0..count)
-            .map(|_| ConsumerSummary::read(r))
+            .map(|_| ConsumerSummary::read(r, circuit))
             .collect::<Result<_, _>>()?;
-        Ok(ListConsumersOk { consumers, more })
+        Ok(ListConsumersOk {
+            consumers,
+            more,
+            circuit,
+        })
     }
 }
 
@@ -720,14 +848,93 @@ mod tests {
                     unacked: 4,
                     active: false,
                     priority: -1,
+                    circuit: None,
                 }],
                 more: false,
+                circuit: false,
             },
             &hex(
                 "01 00 00 00  01 00 71  01 00 77  03 00 00 00 00 00 00 00  0a 00 00 00  04 00 00 00
                   00  ff ff ff ff",
             ),
         );
+    }
+
+    fn consumer(tag: &str, circuit: Option<CircuitSummary>) -> ConsumerSummary {
+        ConsumerSummary {
+            queue: "q".into(),
+            consumer_tag: tag.into(),
+            connection_id: 3,
+            prefetch: 10,
+            unacked: 4,
+            active: true,
+            priority: 0,
+            circuit,
+        }
+    }
+
+    #[test]
+    fn consumers_with_circuits_set_bit_30_and_end_each_item_with_its_circuit() {
+        let open = CircuitSummary {
+            state: CircuitState::Open,
+            failures: 3,
+            until_ms: 0x0201,
+        };
+        check_payload(
+            &ListConsumersOk {
+                consumers: vec![consumer("a", Some(open)), consumer("b", None)],
+                more: true,
+                circuit: true,
+            },
+            &hex(
+                "02 00 00 c0
+                 01 00 71  01 00 61  03 00 00 00 00 00 00 00  0a 00 00 00  04 00 00 00  01  00 00 00 00
+                 01  01  03 00 00 00  01 02 00 00 00 00 00 00
+                 01 00 71  01 00 62  03 00 00 00 00 00 00 00  0a 00 00 00  04 00 00 00  01  00 00 00 00
+                 00",
+            ),
+        );
+        // An unknown state, and a presence byte other than 0 or 1, are refused.
+        for bad in ["03", "02"] {
+            let raw = format!(
+                "01 00 00 40  01 00 71  01 00 61  03 00 00 00 00 00 00 00  0a 00 00 00  04 00 00 00
+                 01  00 00 00 00  01  {bad}  00 00 00 00  00 00 00 00 00 00 00 00"
+            );
+            let raw = if bad == "02" {
+                raw.replacen("01  02", "02  02", 1)
+            } else {
+                raw
+            };
+            let bytes = bytes::Bytes::from(hex(&raw));
+            assert!(ListConsumersOk::decode_exact(&bytes).is_err(), "{raw}");
+        }
+    }
+
+    #[test]
+    fn list_consumers_asks_for_circuits_with_flags_bit_1() {
+        check_page_request(
+            &ListConsumers {
+                after: None,
+                limit: 0,
+                circuit: true,
+            },
+            &hex("00 00 00 00  02"),
+        );
+        check_page_request(
+            &ListConsumers {
+                after: Some(ConsumerKey {
+                    queue: "q".into(),
+                    consumer_tag: "a".into(),
+                    connection_id: 1,
+                }),
+                limit: 5,
+                circuit: true,
+            },
+            &hex("05 00 00 00  03  01 00 71  01 00 61  01 00 00 00 00 00 00 00"),
+        );
+        // Bit 2 is not defined.
+        let bytes = bytes::Bytes::from(hex("00 00 00 00  04"));
+        assert!(ListConsumers::decode_exact(&bytes).is_err());
     }
 
     #[test]
@@ -783,6 +990,7 @@ mod tests {
                     connection_id: 7,
                 }),
                 limit: 3,
+                circuit: false,
             },
             &hex("03 00 00 00  01  01 00 71  01 00 77  07 00 00 00 00 00 00 00"),
         );
@@ -793,8 +1001,13 @@ mod tests {
         for raw in ["00 00 00 00  00", "01 00 00 00  02", "01 00 00 00  00  00"] {
             let bytes = bytes::Bytes::from(hex(raw));
             assert!(ListQueues::decode_exact(&bytes).is_err(), "{raw}");
-            assert!(ListConsumers::decode_exact(&bytes).is_err(), "{raw}");
+            // Flags bit 1 is defined for consumers only (circuits).
+            if raw != "01 00 00 00  02" {
+                assert!(ListConsumers::decode_exact(&bytes).is_err(), "{raw}");
+            }
         }
+        let bytes = bytes::Bytes::from(hex("01 00 00 00  04"));
+        assert!(ListConsumers::decode_exact(&bytes).is_err());
     }
 
     #[test]
@@ -822,6 +1035,7 @@ mod tests {
             unacked: 0,
             active: true,
             priority: 3,
+            circuit: None,
         };
         assert_eq!(c.encoded_len(), c.put_len());
     }

@@ -2,6 +2,7 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::circuit::CircuitBreaker;
 use super::error::{ErrorCode, WireError};
 use super::frame::{ConsumerId, DeliveryTag, Payload};
 use super::primitives::{self as p, Reader};
@@ -10,13 +11,16 @@ use super::publish::put_count;
 const EXCLUSIVE: u8 = 1 << 0;
 const HAS_ACK_TIMEOUT: u8 = 1 << 1;
 const HAS_PRIORITY: u8 = 1 << 2;
+const HAS_CIRCUIT_BREAKER: u8 = 1 << 3;
 
 /// Starts a consumer on a queue.
 ///
 /// ```text
 /// queue str, consumer_tag str, prefetch u32,
-/// flags u8 (0 exclusive, 1 ack_timeout present, 2 priority present),
-/// [ack_timeout_ms u64], [priority i32]
+/// flags u8 (0 exclusive, 1 ack_timeout present, 2 priority present,
+/// 3 circuit_breaker present), [ack_timeout_ms u64], [priority i32],
+/// [circuit_breaker: failure_threshold u32, window_ms u64, cool_down_ms u64,
+/// success_threshold u32]
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Consume {
@@ -33,6 +37,9 @@ pub struct Consume {
     /// Consumer priority (RabbitMQ's `x-priority`); absent = 0. Higher ones with credit get
     /// messages first.
     pub priority: Option<i32>,
+    /// Circuit breaking for this consumer, overriding the queue's (protocol.md §9.8);
+    /// `None` = the queue's, if it has one.
+    pub circuit_breaker: Option<CircuitBreaker>,
 }
 
 impl Payload for Consume {
@@ -50,12 +57,18 @@ impl Payload for Consume {
         if self.priority.is_some() {
             flags |= HAS_PRIORITY;
         }
+        if self.circuit_breaker.is_some() {
+            flags |= HAS_CIRCUIT_BREAKER;
+        }
         p::put_u8(buf, flags);
         if let Some(ms) = self.ack_timeout_ms {
             p::put_u64(buf, ms);
         }
         if let Some(priority) = self.priority {
             p::put_i32(buf, priority);
+        }
+        if let Some(c) = &self.circuit_breaker {
+            c.put(buf);
         }
         Ok(())
     }
@@ -64,7 +77,10 @@ impl Payload for Consume {
         let queue = r.string()?;
         let consumer_tag = r.string()?;
         let prefetch = r.u32()?;
-        let flags = r.flags_u8("consume flags", EXCLUSIVE | HAS_ACK_TIMEOUT | HAS_PRIORITY)?;
+        let flags = r.flags_u8(
+            "consume flags",
+            EXCLUSIVE | HAS_ACK_TIMEOUT | HAS_PRIORITY | HAS_CIRCUIT_BREAKER,
+        )?;
         Ok(Consume {
             queue,
             consumer_tag,
@@ -74,6 +90,9 @@ impl Payload for Consume {
                 .then(|| r.u64())
                 .transpose()?,
             priority: (flags & HAS_PRIORITY != 0).then(|| r.i32()).transpose()?,
+            circuit_breaker: (flags & HAS_CIRCUIT_BREAKER != 0)
+                .then(|| CircuitBreaker::read(r))
+                .transpose()?,
         })
     }
 }
@@ -367,6 +386,7 @@ mod tests {
                 exclusive: false,
                 ack_timeout_ms: None,
                 priority: None,
+                circuit_breaker: None,
             },
             &hex("05 00 74 61 73 6b 73  00 00  64 00 00 00  00"),
         );
@@ -378,6 +398,7 @@ mod tests {
                 exclusive: true,
                 ack_timeout_ms: Some(600_000),
                 priority: None,
+                circuit_breaker: None,
             },
             &hex("01 00 71  02 00 77 31  00 00 00 00  03  c0 27 09 00 00 00 00 00"),
         );
@@ -390,6 +411,7 @@ mod tests {
                 exclusive: false,
                 ack_timeout_ms: Some(1),
                 priority: Some(-2),
+                circuit_breaker: None,
             },
             &hex("01 00 71  00 00  01 00 00 00  06  01 00 00 00 00 00 00 00  fe ff ff ff"),
         );
@@ -401,9 +423,32 @@ mod tests {
                 exclusive: false,
                 ack_timeout_ms: None,
                 priority: Some(5),
+                circuit_breaker: None,
             },
             &hex("01 00 71  00 00  00 00 00 00  04  05 00 00 00"),
         );
+        // The circuit breaker follows the priority.
+        check_payload(
+            &Consume {
+                queue: "q".into(),
+                consumer_tag: String::new(),
+                prefetch: 0,
+                exclusive: false,
+                ack_timeout_ms: None,
+                priority: Some(1),
+                circuit_breaker: Some(CircuitBreaker {
+                    failure_threshold: 3,
+                    window_ms: 1000,
+                    cool_down_ms: 500,
+                    success_threshold: 2,
+                }),
+            },
+            &hex("01 00 71  00 00  00 00 00 00  0c  01 00 00 00
+                 03 00 00 00  e8 03 00 00 00 00 00 00  f4 01 00 00 00 00 00 00  02 00 00 00"),
+        );
+        // Bit 4 is not defined.
+        let bad = Bytes::from(hex("01 00 71  00 00  00 00 00 00  10"));
+        assert!(Consume::decode_exact(&bad).is_err());
     }
 
     #[test]

@@ -179,6 +179,8 @@ opcodes! {
     GetMany = 0x040A, ToServer;
     /// Answers `GetMany`.
     GetManyOk = 0x040B, ToClient;
+    /// A consumer's circuit changed state (circuit breaking).
+    ConsumerCircuit = 0x040C, ToClient;
     // 0x05xx: settling deliveries
     /// Acknowledge (delete) deliveries.
     Ack = 0x0501, ToServer;

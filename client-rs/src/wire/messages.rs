@@ -10,6 +10,7 @@ use super::admin::{
     ListQueues, ListQueuesOk,
 };
 use super::browse::{BrowseQueue, BrowseQueueOk};
+use super::circuit::ConsumerCircuit;
 use super::cluster::{AddNode, ClusterStatusOk, RemoveNode, TransferLeadership};
 use super::connection::{Blocked, Close, ErrorReply, Hello, Welcome};
 use super::connections::{CancelConsumer, CloseConnection, ListConnections, ListConnectionsOk};
@@ -236,6 +237,8 @@ frame_body! {
             TraceMessageOk(TraceMessageOk),
             /// The cluster's state.
             ClusterStatusOk(ClusterStatusOk),
+            /// A consumer's circuit changed state.
+            ConsumerCircuit(ConsumerCircuit),
         }
         empty {
             /// Keep-alive.

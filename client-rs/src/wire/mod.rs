@@ -37,6 +37,7 @@
 mod ack;
 mod admin;
 mod browse;
+mod circuit;
 mod cluster;
 mod connection;
 mod connections;
@@ -64,12 +65,16 @@ mod trace;
 
 pub use ack::{Ack, Extend, Nack, Reject, MAX_SETTLE_REASON_LEN};
 pub use admin::{
-    cmp_headers, BindingSummary, ConsumerKey, ConsumerSummary, ExchangeSummary, ListBindings,
-    ListBindingsOk, ListConsumers, ListConsumersOk, ListExchanges, ListExchangesOk, ListQueues,
-    ListQueuesOk, QueueSummary, MAX_PAGE_ITEMS, PAGE_FIXED_LEN,
+    cmp_headers, BindingSummary, CircuitSummary, ConsumerKey, ConsumerSummary, ExchangeSummary,
+    ListBindings, ListBindingsOk, ListConsumers, ListConsumersOk, ListExchanges, ListExchangesOk,
+    ListQueues, ListQueuesOk, QueueSummary, MAX_PAGE_ITEMS, PAGE_FIXED_LEN,
 };
 pub use browse::{
     BrowseQueue, BrowseQueueOk, BrowsedMessage, BROWSE_FIXED_LEN, MAX_BROWSE_LIMIT, MIN_BROWSED_LEN,
+};
+pub use circuit::{
+    CircuitBreaker, CircuitState, ConsumerCircuit, CIRCUIT_BREAKER_LEN, MAX_CIRCUIT_MS,
+    MAX_FAILURE_THRESHOLD, MAX_SUCCESS_THRESHOLD,
 };
 pub use cluster::{
     AddNode, ClusterGroup, ClusterMember, ClusterStatusOk, GroupReplica, RemoveNode,

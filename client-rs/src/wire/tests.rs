@@ -530,6 +530,15 @@ fn sample_replies() -> Vec<Reply> {
         ListConsumersOk {
             consumers: Vec::new(),
             more: false,
+            circuit: false,
+        }
+        .into(),
+        ConsumerCircuit {
+            consumer_id: ConsumerId(1),
+            state: CircuitState::HalfOpen,
+            until_ms: 0,
+            failures: 0,
+            reason: "trial".into(),
         }
         .into(),
         ListConnectionsOk {

@@ -108,6 +108,7 @@ fn corpus() -> Vec<Vec<u8>> {
                 exclusive: false,
                 ack_timeout_ms: None,
                 priority: None,
+                circuit_breaker: None,
             },
         ),
         encode(

@@ -343,6 +343,7 @@ async fn a_raw_request_with_a_small_limit_gets_pages_that_say_whether_more_follo
         let request = ListConsumers {
             after: cursor.take(),
             limit: 6,
+            circuit: false,
         };
         let Reply::ListConsumersOk(page) = raw.call(request).await.body else {
             panic!("not a page of consumers");
@@ -393,6 +394,7 @@ async fn absurd_listing_requests_are_still_answered() {
     let request = ListConsumers {
         after: None,
         limit: u32::MAX,
+        circuit: false,
     };
     let Reply::ListConsumersOk(page) = raw.call(request).await.body else {
         panic!("not a page of consumers");

@@ -124,6 +124,7 @@ impl StalledConsumer {
             exclusive: false,
             ack_timeout_ms: None,
             priority: None,
+            circuit_breaker: None,
         };
         sock.write_all(&encode(2, consume)).await.unwrap();
         loop {
@@ -404,6 +405,7 @@ async fn a_consumer_held_back_by_its_full_socket_is_not_closed_for_its_silence()
         exclusive: false,
         ack_timeout_ms: None,
         priority: None,
+        circuit_breaker: None,
     };
     sock.write_all(&encode(2, consume)).await.unwrap();
     loop {

@@ -54,6 +54,9 @@ impl Session {
                 RequestError::invalid("ack_timeout_ms must be at least 1"),
             );
         }
+        if let Some(why) = c.circuit_breaker.as_ref().and_then(|b| b.invalid()) {
+            return self.send_error(id, RequestError::invalid(why));
+        }
         let tag = if c.consumer_tag.is_empty() {
             format!("sluice.ctag-{}-{}", self.link.id, self.next_consumer.0)
         } else {
@@ -83,6 +86,7 @@ impl Session {
             exclusive: c.exclusive,
             ack_timeout: c.ack_timeout_ms.map(Duration::from_millis),
             priority: c.priority.unwrap_or(0),
+            circuit_breaker: c.circuit_breaker,
         });
         if !sent {
             return self.send_error(id, RequestError::no_queue(&c.queue));

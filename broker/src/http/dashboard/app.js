@@ -735,6 +735,12 @@ const CONSUMER_COLUMNS = [
   { key: 'prefetch', label: 'Prefetch', num: true, value: (c) => c.prefetch, cell: (c) => (c.prefetch === 0 ? '∞' : fmtCount(c.prefetch)) },
   { key: 'unacked', label: 'Unacked', num: true, value: (c) => c.unacked, cell: (c) => fmtCount(c.unacked) },
 ];
+// Circuit breaking (docs/circuit-breaking.md): a badge per state, '-' without a breaker.
+const CIRCUIT_BADGES = { closed: 'badge-ok', open: 'badge-danger', 'half-open': 'badge-warn' };
+const circuitBadge = (c) => (c.circuit
+  ? html`<span class="badge ${CIRCUIT_BADGES[c.circuit.state] || ''}" data-circuit="${c.circuit.state}" title="${c.circuit.failures} failures">${c.circuit.state}</span>${c.circuit.until_ms ? html` <span class="muted">until ${fmtClockSeconds(c.circuit.until_ms)}</span>` : ''}`
+  : html`<span class="muted">-</span>`);
+CONSUMER_COLUMNS.push({ key: 'circuit', label: 'Circuit', value: (c) => (c.circuit ? c.circuit.state : ''), cell: circuitBadge });
 
 pages.consumers = {
   title: 'Consumers',

@@ -72,6 +72,7 @@ impl Actor {
 
     /// Refreshes the consumer list that listings read.
     pub(super) fn publish_consumers(&self) {
+        let now = std::time::Instant::now();
         let list = self
             .consumers
             .iter()
@@ -83,6 +84,14 @@ impl Actor {
                 unacked: c.unacked,
                 active,
                 priority: c.priority,
+                circuit: c
+                    .breaker
+                    .as_ref()
+                    .map(|b| sluice_client::wire::CircuitSummary {
+                        state: b.state(),
+                        failures: b.failures(now),
+                        until_ms: b.deadline().map_or(0, super::circuit::unix_ms_at),
+                    }),
             })
             .collect();
         *self

@@ -884,6 +884,7 @@ mod tests {
             exclusive: false,
             ack_timeout: None,
             priority: 0,
+            circuit_breaker: None,
         }
     }
 
