@@ -61,6 +61,7 @@
 //! ```
 
 mod browse;
+mod chaos;
 mod client;
 mod cluster;
 mod connection;
@@ -96,6 +97,7 @@ pub use wire::{
     InspectQueueOk, ListScheduledOk, MetaView, MoveId, MoveState, MoveStatusOk, Overflow,
     Properties, PublishSeq, QueueArguments, QueueSummary, RetryBackoff, ScheduledMessage,
 };
+pub use wire::{ChaosDelay, ChaosEntry, ChaosPlan, ChaosRate, ChaosStats, ListChaosOk};
 
 #[cfg(test)]
 mod tests {

@@ -12,7 +12,7 @@
 //! - one module per group of messages: `connection` (handshake, close, errors, flow control),
 //!   `queue`, `exchange`, `publish` (+ `meta`, the stored meta block), `consume`, `ack`,
 //!   `admin` (listings for operators), `connections` (operators' connections and consumers),
-//!   `browse` (reading ready messages in place), `moves` (moving ready messages between queues).
+//!   `browse` (reading ready messages in place), `moves` (moving ready messages between queues), `chaos` (chaos injection per queue).
 //! - `error`: [`WireError`], [`DecodeError`] and the stable [`ErrorCode`] table.
 //!
 //! # Use
@@ -37,6 +37,7 @@
 mod ack;
 mod admin;
 mod browse;
+mod chaos;
 mod cluster;
 mod connection;
 mod connections;
@@ -68,6 +69,11 @@ pub use admin::{
 };
 pub use browse::{
     BrowseQueue, BrowseQueueOk, BrowsedMessage, BROWSE_FIXED_LEN, MAX_BROWSE_LIMIT, MIN_BROWSED_LEN,
+};
+pub use chaos::{
+    ChaosDelay, ChaosEntry, ChaosPlan, ChaosRate, ChaosStats, ClearChaos, ClearChaosOk, DelayChaos,
+    DropChaos, FailPublishChaos, ListChaosOk, SetChaos, SetChaosOk, ShortLeaseChaos,
+    MAX_CHAOS_ENTRIES,
 };
 pub use cluster::{
     AddNode, ClusterGroup, ClusterMember, ClusterStatusOk, GroupReplica, RemoveNode,
