@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use crate::broker::Broker;
 use crate::error::RequestError;
-use crate::queue::{ConnId, QueueCmd};
+use crate::queue::{ConnId, QueueCmd, QueueHandle};
 use crate::routing::Namespace;
 
 /// Starts (or replaces) the injection of queue `internal` (its internal name), as connection
@@ -47,17 +47,22 @@ pub async fn clear(broker: &Broker, conn: ConnId, internal: &str) -> Result<bool
     answer.await.map_err(|_| RequestError::no_queue(internal))
 }
 
-/// The queue `internal`'s chaos state, named `shown`.
+/// The queue `internal`'s chaos state, named `shown`; `None` when there is no such queue.
 pub fn entry(broker: &Broker, internal: &str, shown: &str) -> Option<ChaosEntry> {
     let q = broker.read().queues.get(internal).cloned()?;
+    Some(entry_of(&q, shown))
+}
+
+/// Queue `q`'s chaos state, named `shown`.
+pub fn entry_of(q: &QueueHandle, shown: &str) -> ChaosEntry {
     let chaos = &q.meta.stats.chaos;
     let (plan, until_ms) = chaos.running().unwrap_or_default();
-    Some(ChaosEntry {
+    ChaosEntry {
         queue: shown.to_owned(),
         until_ms,
         plan,
         stats: chaos.stats(),
-    })
+    }
 }
 
 /// The queues of `scope`'s vhost (every queue without one, by internal name) that chaos
@@ -81,13 +86,7 @@ pub fn list(broker: &Broker, scope: Option<&Namespace>) -> ListChaosOk {
             more = true;
             break;
         }
-        let (plan, until_ms) = chaos.running().unwrap_or_default();
-        entries.push(ChaosEntry {
-            queue: name.to_owned(),
-            until_ms,
-            plan,
-            stats: chaos.stats(),
-        });
+        entries.push(entry_of(&q, name));
     }
     ListChaosOk { entries, more }
 }

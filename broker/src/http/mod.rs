@@ -29,6 +29,7 @@
 mod access;
 mod auth;
 mod bindings;
+mod chaos;
 mod cluster;
 mod connections;
 mod consumers;
@@ -167,6 +168,11 @@ fn router(api: Api) -> Router {
         .route("/api/queues/{name}/move", post(moves::start))
         .route("/api/moves", get(moves::list))
         .route("/api/moves/{id}", get(moves::show))
+        .route(
+            "/api/queues/{name}/chaos",
+            axum::routing::put(chaos::set).delete(chaos::clear),
+        )
+        .route("/api/chaos", get(chaos::list))
         .route("/api/exchanges", get(exchanges::list))
         .route(
             "/api/exchanges/{name}",

@@ -106,6 +106,7 @@ impl Collector for BrokerCollector {
         self.encode_broker(&mut enc, queues.len())?;
         encode_queue_gauges(&mut enc, &queues)?;
         encode_queue_counters(&mut enc, &queues)?;
+        super::chaos::encode_queue_chaos(&mut enc, &queues)?;
         self.encode_histograms(&mut enc)
     }
 }
@@ -441,7 +442,7 @@ fn gauge(
         .encode_gauge(&value)
 }
 
-fn counter_value(
+pub(super) fn counter_value(
     m: &mut prometheus_client::encoding::MetricEncoder,
     value: impl EncodeCounterValue,
 ) -> fmt::Result {
