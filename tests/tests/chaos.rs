@@ -640,3 +640,58 @@ async fn the_cli_sets_lists_and_clears_chaos() {
     assert!(out.contains("cleared"), "{out}");
     assert!(!broker.process.cli(&["queues"]).contains("CHAOS"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_ends_injections_and_brings_back_what_they_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let process = BrokerProcess::start(&data, &[]);
+    let client = within("connect", Client::connect(&process.url()))
+        .await
+        .unwrap();
+    client
+        .declare_queue("held", QueueOptions::new())
+        .await
+        .unwrap();
+    // Every delivery dropped, back only after an hour.
+    let plan = ChaosPlan {
+        drop: Some(DropChaos {
+            rate: ChaosRate::ALL,
+            redeliver_after_ms: 3_600_000,
+        }),
+        ..ChaosPlan::default()
+    };
+    client.set_chaos("held", plan, LONG).await.unwrap();
+    publish(&client, "held", 0..20).await;
+    let consumer = client
+        .consume("held", ConsumeOptions::new().prefetch(100))
+        .await
+        .unwrap();
+    // Held messages are neither ready nor unacked: they wait for their time.
+    within("every delivery to be dropped", async {
+        while entry(&client, "held").await.stats.dropped < 20 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let i = client.inspect_queue("held").await.unwrap();
+    assert_eq!((i.ready, i.unacked, i.scheduled), (0, 0, 20));
+    drop(consumer);
+    client.close().await.unwrap();
+    process.stop();
+
+    let process = BrokerProcess::start(&data, &[]);
+    let client = within("connect", Client::connect(&process.url()))
+        .await
+        .unwrap();
+    assert!(
+        client.list_chaos().await.unwrap().entries.is_empty(),
+        "a restart ends every injection"
+    );
+    let seen = consume_all(&client, "held", 20).await;
+    assert!(seen.keys().copied().eq(0..20));
+    // Each was delivered (and lost) once before the restart: it comes back redelivered.
+    assert!(seen.values().all(|d| d == &[(2, true)]), "{seen:?}");
+    empty(&client, "held").await;
+    process.stop();
+}

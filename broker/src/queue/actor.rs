@@ -648,7 +648,7 @@ impl Actor {
             bytes: s.bytes.load(Ordering::Relaxed),
             arguments: self.meta.arguments.clone(),
             oldest_ready_age_ms: s.oldest_ready_age_ms(now_ms()),
-            scheduled: self.schedule.len(),
+            scheduled: self.schedule.len() + self.chaos_held_len(),
             duplicates_dropped: s.duplicates_dropped.load(Ordering::Relaxed),
         })
     }
@@ -1259,7 +1259,7 @@ impl Actor {
     }
 
     fn purge(&mut self) -> u64 {
-        let n = self.ready_count() + self.purge_scheduled();
+        let n = self.ready_count() + self.purge_scheduled() + self.purge_chaos_held();
         let seqs = self.ready.drain();
         for seq in seqs {
             self.ack_in_log(seq);

@@ -157,6 +157,20 @@ impl Actor {
         }
     }
 
+    /// Deletes the messages chaos holds back (a purge deletes the scheduled ones too);
+    /// returns how many.
+    pub(super) fn purge_chaos_held(&mut self) -> u64 {
+        if self.chaos_held.len() == 0 {
+            return 0;
+        }
+        let held = self.chaos_held.take_due(None);
+        self.chaos_held.forget_passes();
+        for &(seq, _) in &held {
+            self.ack_in_log(seq);
+        }
+        held.len() as u64
+    }
+
     /// Messages held back by chaos.
     pub(super) fn chaos_held_len(&self) -> u64 {
         self.chaos_held.len() as u64
