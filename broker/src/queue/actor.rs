@@ -975,7 +975,10 @@ impl Actor {
                     };
                     chaos = Some(c);
                 }
-                let lease = chaos.and_then(|c| c.short_lease).unwrap_or(lease);
+                // A short lease never lengthens the consumer's own.
+                let lease = chaos
+                    .and_then(|c| c.short_lease)
+                    .map_or(lease, |short| short.min(lease));
                 outbox_bytes += delivery_bytes(&d.delivery);
                 d.delivery.delivery_tag = self.record_flight(&conn, Some(consumer_id), lease, &d);
                 taken += 1;
