@@ -695,3 +695,90 @@ async fn a_restart_ends_injections_and_brings_back_what_they_held() {
     empty(&client, "held").await;
     process.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settling_only_the_extra_copy_deletes_nothing_and_the_message_comes_back() {
+    let broker = Broker::start();
+    let client = broker.client().await;
+    client
+        .declare_queue(
+            "copy",
+            QueueOptions::new().ack_timeout(Duration::from_millis(500)),
+        )
+        .await
+        .unwrap();
+    let plan = ChaosPlan {
+        duplicate: Some(ChaosRate::ALL),
+        ..ChaosPlan::default()
+    };
+    client.set_chaos("copy", plan, LONG).await.unwrap();
+    publish(&client, "copy", 0..1).await;
+    let mut consumer = client
+        .consume("copy", ConsumeOptions::new().prefetch(10))
+        .await
+        .unwrap();
+    let original = within("the delivery", consumer.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let extra = within("its copy", consumer.next()).await.unwrap().unwrap();
+    assert_eq!(original.message_seq, extra.message_seq);
+    assert_ne!(original.delivery_tag, extra.delivery_tag);
+    assert!(!original.redelivered && extra.redelivered);
+    client.clear_chaos("copy").await.unwrap();
+    // Acking the copy succeeds and deletes nothing: the original is still out.
+    extra.ack_confirmed().await.unwrap();
+    let i = client.inspect_queue("copy").await.unwrap();
+    assert_eq!((i.ready, i.unacked), (0, 1));
+    // The original's lease runs out unsettled: the message comes back, once.
+    drop(original);
+    let again = within("the redelivery", consumer.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((id_of(&again), again.delivery_count), (0, 2));
+    again.ack_confirmed().await.unwrap();
+    empty(&client, "copy").await;
+    consumer.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clearing_releases_held_deliveries_at_once() {
+    let broker = Broker::start();
+    let client = broker.client().await;
+    client
+        .declare_queue("paused", QueueOptions::new())
+        .await
+        .unwrap();
+    let plan = ChaosPlan {
+        delay: Some(DelayChaos {
+            rate: ChaosRate::ALL,
+            delay: ChaosDelay::Fixed { ms: 3_600_000 },
+        }),
+        ..ChaosPlan::default()
+    };
+    client.set_chaos("paused", plan, LONG).await.unwrap();
+    publish(&client, "paused", 0..40).await;
+    let consumer = client
+        .consume("paused", ConsumeOptions::new().prefetch(100))
+        .await
+        .unwrap();
+    within("every delivery to be held", async {
+        while entry(&client, "paused").await.stats.delayed < 40 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let mut consumer = consumer;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), consumer.next())
+            .await
+            .is_err(),
+        "nothing is delivered while held"
+    );
+    consumer.cancel().await.unwrap();
+    assert!(client.clear_chaos("paused").await.unwrap());
+    let seen = consume_all(&client, "paused", 40).await;
+    assert!(seen.values().all(|d| d == &[(1, false)]));
+    empty(&client, "paused").await;
+}
