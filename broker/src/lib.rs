@@ -35,6 +35,7 @@
 pub mod admin;
 pub mod auth;
 pub mod broker;
+pub mod chaos;
 pub mod cli;
 pub mod cluster;
 pub mod config;

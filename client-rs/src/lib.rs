@@ -62,6 +62,7 @@
 
 mod browse;
 mod circuit;
+mod chaos;
 mod client;
 mod cluster;
 mod connection;
@@ -100,6 +101,7 @@ pub use wire::{
     MoveId, MoveState, MoveStatusOk, Overflow, Properties, PublishSeq, QueueArguments,
     QueueSummary, RetryBackoff, ScheduledMessage,
 };
+pub use wire::{ChaosDelay, ChaosEntry, ChaosPlan, ChaosRate, ChaosStats, ListChaosOk};
 
 #[cfg(test)]
 mod tests {

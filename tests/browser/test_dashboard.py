@@ -320,3 +320,32 @@ def test_a_consumer_whose_circuit_opened_shows_a_red_badge(signed_in: Page, brok
     expect(page.locator("#consumers [data-circuit]")).to_have_count(1)
     flaky.terminate()
     flaky.wait(timeout=20)
+
+
+def test_chaos_is_set_from_the_queue_page_marked_in_the_lists_and_cleared(signed_in: Page, broker: Broker):
+    page = signed_in
+    page.goto("/#/queues/receipts")
+    expect(page.locator("#q-chaos-state")).to_contain_text("No injection runs")
+    page.click('[data-action="chaos-set"]')
+    page.fill("#chaos-duration", "5")
+    page.fill("#chaos-delay", "fixed:50")
+    page.fill("#chaos-duplicate", "10")
+    page.click('.modal [data-role="confirm"]')
+    expect(page.locator(".toast.ok")).to_contain_text("Chaos on receipts until")
+    expect(page.locator("#queue-badges .badge-chaos")).to_contain_text("CHAOS")
+    expect(page.locator("#q-chaos-state")).to_contain_text("duplicate 10%")
+    state = broker.api("GET", "/api/queues/receipts")["chaos"]
+    assert state["active"] and state["duplicate"]["percent"] == 10
+    assert state["delay"]["distribution"] == "fixed:50"
+
+    page.click('nav a[data-nav="queues"]')
+    row = page.locator("#queues tbody tr", has_text="receipts")
+    expect(row.locator(".badge-chaos")).to_contain_text("until")
+    expect(page.locator("#queues .badge-chaos")).to_have_count(1)
+
+    page.goto("/#/queues/receipts")
+    page.click('[data-action="chaos-clear"]')
+    expect(page.locator(".toast.ok", has_text="cleared")).to_have_count(1)
+    expect(page.locator("#q-chaos-state")).to_contain_text("No injection runs")
+    expect(page.locator("#queue-badges .badge-chaos")).to_have_count(0)
+    assert not broker.api("GET", "/api/queues/receipts")["chaos"]["active"]

@@ -552,6 +552,15 @@ async fn make_every_series(broker: &Broker) -> Client {
     publish(&client, "orphan", 1).await;
     let orphan = client.get("orphan").await.unwrap().expect("a message");
     orphan.reject().await.unwrap();
+    // A chaos injection (docs/chaos.md): its gauge and its counters by mode.
+    let chaos = sluice_client::ChaosPlan {
+        duplicate: Some(sluice_client::ChaosRate(100)),
+        ..sluice_client::ChaosPlan::default()
+    };
+    client
+        .set_chaos("urgent", chaos, std::time::Duration::from_secs(600))
+        .await
+        .unwrap();
     broker
         .scrape_until("every series", |s| {
             s.get(

@@ -16,7 +16,7 @@ use super::definitions;
 use super::format::{
     bindings_table, connections_table, consumers_table, exchange_name, exchanges_table,
     headers_text, inspect_text, kind_name, queues_table, BindingJson, ConnectionJson, ConsumerJson,
-    ExchangeJson, HeadersJson, InspectJson, MessageJson, QueueJson,
+    ExchangeJson, HeadersJson, InspectJson, MessageJson,
 };
 use super::{
     AdminCommand, BindArgs, CliError, ConsumeArgs, DeclareExchangeArgs, DeclareQueueArgs,
@@ -124,10 +124,18 @@ async fn dispatch(
 ) -> Result<Outcome, CliError> {
     match command {
         AdminCommand::Queues => {
-            let queues = client.list_queues().await?;
+            let mut queues = client.list_queues().await?;
+            // Queues with a chaos injection are marked (a broker without chaos: none are).
+            let chaos = client
+                .list_chaos()
+                .await
+                .map(|l| l.entries)
+                .unwrap_or_default();
             if json {
-                print_json(&queues.iter().map(QueueJson::from).collect::<Vec<_>>())?;
+                let shown = super::chaos::mark_queues_json(&queues, &chaos);
+                print_json(&shown)?;
             } else {
+                super::chaos::mark_queue_names(&mut queues, &chaos);
                 print(&queues_table(&queues).to_string())?;
             }
         }
@@ -232,6 +240,7 @@ async fn dispatch(
         AdminCommand::Scheduled(c) => super::scheduled::run(client, &c, json).await?,
         AdminCommand::Trace(a) => super::trace::run(client, &a, json).await?,
         AdminCommand::Cluster(c) => super::cluster::run(client, &c, json).await?,
+        AdminCommand::Chaos(c) => super::chaos::run(client, &c, json).await?,
         AdminCommand::User(_) | AdminCommand::Vhost(_) | AdminCommand::Permissions(_) => {
             return Err(CliError::new(
                 "this command edits the users file; it needs no broker",

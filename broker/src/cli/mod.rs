@@ -25,6 +25,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand, ValueEnum};
 use sluice_client::{ErrorCode, HeaderValue, Overflow};
 
+pub(crate) mod chaos;
 mod cluster;
 mod commands;
 mod definitions;
@@ -196,6 +197,14 @@ pub enum AdminCommand {
     /// is now. Queues follow messages that have a message_id, and keep a record for
     /// --message-history-window-ms after the message left them.
     Trace(TraceArgs),
+    /// Make a queue misbehave on purpose for a while, to test its consumers and publishers
+    /// (setting and clearing: administrators only; see docs/chaos.md).
+    ///
+    /// `chaos set QUEUE --duration 10m --delay uniform:100-500 --duplicate 5 ...` starts an
+    /// injection that ends by itself; `chaos clear QUEUE` ends it now; `chaos list` shows
+    /// the queues with one running (STATE CHAOS) and what chaos did to them.
+    #[command(subcommand)]
+    Chaos(chaos::ChaosCommand),
 }
 
 /// Arguments of `sluice trace`.

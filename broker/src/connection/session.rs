@@ -11,6 +11,7 @@ use sluice_client::wire::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
+mod chaos;
 mod consume;
 mod get_many;
 mod publish;
@@ -671,6 +672,9 @@ impl Session {
                 }
                 None => self.send_error(id, crate::moves::unknown(m.move_id)),
             },
+            Request::SetChaos(c) => self.on_set_chaos(id, c),
+            Request::ClearChaos(c) => self.on_clear_chaos(id, &c.queue),
+            Request::ListChaos => self.on_list_chaos(id),
         }
         Ending::No
     }

@@ -29,6 +29,7 @@
 mod access;
 mod auth;
 mod bindings;
+mod chaos;
 mod cluster;
 mod connections;
 mod consumers;
@@ -169,6 +170,11 @@ fn router(api: Api) -> Router {
         .route("/api/moves", get(moves::list))
         .route("/api/trace/{message_id}", get(trace::show))
         .route("/api/moves/{id}", get(moves::show))
+        .route(
+            "/api/queues/{name}/chaos",
+            axum::routing::put(chaos::set).delete(chaos::clear),
+        )
+        .route("/api/chaos", get(chaos::list))
         .route("/api/exchanges", get(exchanges::list))
         .route(
             "/api/exchanges/{name}",

@@ -65,6 +65,8 @@ struct Listed<'a> {
     /// A replicated queue's leader and replicas (absent for a local queue).
     #[serde(flatten)]
     replication: Option<ReplicationStatus>,
+    /// Its chaos injection and counters (`http/chaos.rs`); `null` if chaos never touched it.
+    chaos: serde_json::Value,
 }
 
 /// `GET /api/queues`: every queue, as `sluice queues --json` prints them, with their
@@ -92,6 +94,22 @@ pub async fn list(State(api): State<Api>, visible: Visible) -> Response {
                 .unwrap_or_default()
         })
         .collect();
+    let chaos: Vec<serde_json::Value> = all
+        .queues
+        .iter()
+        .map(|q| {
+            let local = namespace::split(&q.name).local;
+            registry
+                .queues
+                .get(q.name.as_str())
+                // Untouched queues (nearly all) carry `null`: ten thousand queues do not
+                // each add a chaos object to every poll of the list.
+                .filter(|h| h.meta.stats.chaos.touched())
+                .map_or(serde_json::Value::Null, |h| {
+                    super::chaos::queue_chaos(h, local)
+                })
+        })
+        .collect();
     // Names in their vhost's terms from here on.
     let vhosts: Vec<String> = all
         .queues
@@ -109,8 +127,9 @@ pub async fn list(State(api): State<Api>, visible: Visible) -> Response {
         .zip(rates)
         .zip(stats)
         .zip(&vhosts)
+        .zip(chaos)
         .map(
-            |(((q, rates), (message_stats, scheduled, replication)), vhost)| WithVhost {
+            |((((q, rates), (message_stats, scheduled, replication)), vhost), chaos)| WithVhost {
                 vhost,
                 item: Listed {
                     queue: WithStats {
@@ -120,6 +139,7 @@ pub async fn list(State(api): State<Api>, visible: Visible) -> Response {
                     rates,
                     scheduled,
                     replication,
+                    chaos,
                 },
             },
         )
@@ -150,6 +170,7 @@ pub async fn show(
                 },
                 dead_lettered_by_reason: dead_lettered_by_reason(&api, &internal),
                 replication: replication_status(&api, &internal),
+                chaos: queue_chaos(&api, &internal, &name),
             },
         })
         .into_response()),
@@ -167,6 +188,16 @@ struct QueueDetail<T> {
     /// A replicated queue's leader and replicas (absent for a local queue).
     #[serde(flatten)]
     replication: Option<ReplicationStatus>,
+    /// Its chaos injection and counters (`http/chaos.rs`).
+    chaos: serde_json::Value,
+}
+
+/// Queue `name`'s chaos state, shown as `shown`.
+fn queue_chaos(api: &Api, name: &str, shown: &str) -> serde_json::Value {
+    let queue = api.broker.read().queues.get(name).cloned();
+    queue.map_or(serde_json::Value::Null, |q| {
+        super::chaos::queue_chaos(&q, shown)
+    })
 }
 
 /// Where queue `name`'s replicas are, if it is replicated.

@@ -107,6 +107,7 @@ impl Collector for BrokerCollector {
         encode_queue_gauges(&mut enc, &queues)?;
         encode_queue_counters(&mut enc, &queues)?;
         encode_circuits(&mut enc, &queues)?;
+        super::chaos::encode_queue_chaos(&mut enc, &queues)?;
         self.encode_histograms(&mut enc)
     }
 }
@@ -496,7 +497,7 @@ fn gauge(
         .encode_gauge(&value)
 }
 
-fn counter_value(
+pub(super) fn counter_value(
     m: &mut prometheus_client::encoding::MetricEncoder,
     value: impl EncodeCounterValue,
 ) -> fmt::Result {

@@ -14,6 +14,7 @@
 //!   thousand queues does not slow publishing (BENCHMARKS.md, "Scraping /metrics").
 //! - `histogram.rs`: a lock-free histogram; `counters.rs`: counts per wire error code.
 
+mod chaos;
 mod collector;
 mod counters;
 mod histogram;

@@ -10,6 +10,7 @@
 
 mod browse;
 mod circuit;
+mod chaos;
 mod counters;
 mod dead_letter;
 mod expiry;
@@ -32,6 +33,7 @@ use sluice_client::wire::{
 use tokio::sync::mpsc;
 
 use super::breaker::{Admits, CircuitBreaker};
+use super::chaos::{ChaosHeld, ExtraDeliveries, Injection};
 use super::consumers::{Consumers, Member};
 use super::dead_letters::DeadLetters;
 use super::dedup::Dedup;
@@ -241,6 +243,12 @@ struct Actor {
     traced: spans::Traced,
     /// Consumers with a circuit breaker (`circuit.rs`); 0 costs one test per settle batch.
     breakers: usize,
+    /// The running chaos injection (`chaos.rs`); `None` nearly always.
+    chaos: Option<Injection>,
+    /// Messages chaos holds back (delayed, or dropped on the way).
+    chaos_held: ChaosHeld,
+    /// Extra deliveries of chaos's duplicate mode, not settled yet.
+    chaos_extra: ExtraDeliveries,
 }
 
 use super::unix_now_ms as now_ms;
@@ -348,6 +356,9 @@ impl Actor {
             telemetry,
             traced: spans::Traced::new(),
             breakers: 0,
+            chaos: None,
+            chaos_held: ChaosHeld::default(),
+            chaos_extra: ExtraDeliveries::default(),
         };
         actor.refresh_oldest();
         actor.update_stats();
@@ -361,6 +372,7 @@ impl Actor {
             let next_deadline = self.in_flight.next_deadline();
             let next_expiry = self.next_expiry();
             let next_due = self.next_due();
+            let next_chaos = self.next_chaos_wake();
             tokio::select! {
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
@@ -393,6 +405,8 @@ impl Actor {
                 }
                 // Due messages are released below, as every round does.
                 _ = sleep_until_opt(next_due) => {}
+                // So are messages chaos held back, and an injection whose time is up ends.
+                _ = sleep_until_opt(next_chaos) => {}
                 Some(event) = self.dl_events.recv() => self.on_dead_letter_event(event),
                 _ = tick.tick() => {
                     self.dirty = true;
@@ -410,6 +424,7 @@ impl Actor {
             self.ack_dead_letters();
             self.count_confirmed();
             self.release_due();
+            self.chaos_round();
             self.pump();
             if self.consumers.take_switched() {
                 self.publish_consumers();
@@ -552,7 +567,9 @@ impl Actor {
                 let tag = DeliveryTag(tag);
                 if self.in_flight.extend(seq, conn.id, tag, deadline) {
                     self.note_lease_extended(seq, deadline);
-                } else {
+                } else if !self.chaos_extra.contains(conn.id, tag.0) {
+                    // (An extra delivery of chaos's duplicate mode has no lease: nothing to
+                    // extend, and nothing wrong.)
                     conn.send(unknown_tag(request_id, tag));
                 }
             }
@@ -584,7 +601,8 @@ impl Actor {
                 let messages = self.ready_count()
                     + self.in_flight.len() as u64
                     + self.held.len() as u64
-                    + self.schedule.len();
+                    + self.schedule.len()
+                    + self.chaos_held_len();
                 if if_empty && messages > 0 {
                     let _ = reply.send(Err(RequestError::precondition(format!(
                         "queue '{}' holds {messages} messages",
@@ -601,6 +619,7 @@ impl Actor {
             }
             QueueCmd::ConnectionClosed { conn_id } => {
                 self.getters.forget_connection(conn_id);
+                self.chaos_extra.forget_connection(conn_id);
                 self.consumers.remove_where(|c| c.conn.id == conn_id);
                 self.forget_breakers();
                 self.publish_consumers();
@@ -646,6 +665,16 @@ impl Actor {
             QueueCmd::TraceMessage { message_id, reply } => {
                 let _ = reply.send(self.trace(&message_id));
             }
+            QueueCmd::SetChaos {
+                plan,
+                duration,
+                reply,
+            } => {
+                let _ = reply.send(self.set_chaos(plan, duration));
+            }
+            QueueCmd::ClearChaos { reply } => {
+                let _ = reply.send(self.clear_chaos());
+            }
             // Only a replicated queue's group sends these (handled above); a local queue has
             // none to answer.
             QueueCmd::Apply { .. }
@@ -682,7 +711,7 @@ impl Actor {
             bytes: s.bytes.load(Ordering::Relaxed),
             arguments: self.meta.arguments.clone(),
             oldest_ready_age_ms: s.oldest_ready_age_ms(now_ms()),
-            scheduled: self.schedule.len(),
+            scheduled: self.schedule.len() + self.chaos_held_len(),
             duplicates_dropped: s.duplicates_dropped.load(Ordering::Relaxed),
         })
     }
@@ -717,6 +746,21 @@ impl Actor {
         let from_client = origin == PublishOrigin::Client;
         let dead_letter_refused = args.overflow == Some(Overflow::RejectPublishDlx) && from_client;
         for m in messages {
+            // One branch when no chaos injection runs: refused as the mode says, not stored.
+            if from_client && self.chaos.is_some() {
+                if let Some(code) = self.chaos_fail_publish() {
+                    rejections.push(Rejection {
+                        seq: PublishSeq(m.publish_seq),
+                        code,
+                        message: format!(
+                            "chaos injection on queue '{}': publish refused on purpose ({}); the message was not stored",
+                            self.meta.name,
+                            code.name()
+                        ),
+                    });
+                    continue;
+                }
+            }
             if from_client
                 && self
                     .dedup
@@ -849,7 +893,10 @@ impl Actor {
     /// Bytes of ready messages (meta + body).
     fn ready_bytes(&self) -> u64 {
         let live = self.log.as_ref().map_or(0, QueueLog::message_bytes);
-        live.saturating_sub(self.in_flight.bytes() + self.held.bytes() + self.scheduled_bytes)
+        let chaos_held = self.chaos_held.bytes();
+        live.saturating_sub(
+            self.in_flight.bytes() + self.held.bytes() + self.scheduled_bytes + chaos_held,
+        )
     }
 
     fn ready_count(&self) -> u64 {
@@ -936,6 +983,7 @@ impl Actor {
                 priority: d.priority,
                 bytes: (d.delivery.meta.len() + d.delivery.body.len()) as u64,
                 expires_at_ms: d.expires_at_ms,
+                short_lease: false,
             },
         );
         self.note_handed_out(seq);
@@ -983,15 +1031,42 @@ impl Actor {
             // credit was checked just now; at least one goes even if the room closed since.)
             let room = conn.outbox.room().max(1);
             let mut outbox_bytes = 0;
-            while deliveries.len() < credit as usize && outbox_bytes < room {
+            // Deliveries that take credit: not the extra ones of chaos's duplicate mode.
+            let mut taken = 0;
+            while taken < credit as usize && outbox_bytes < room {
                 let Some(mut d) = self.take_deliverable() else {
                     break;
                 };
+                // One branch when no chaos injection runs (queue/chaos.rs).
+                let mut chaos = None;
+                if self.chaos.is_some() {
+                    let Some(c) = self.chaos_divert(&d) else {
+                        continue;
+                    };
+                    chaos = Some(c);
+                }
+                // A short lease never lengthens the consumer's own.
+                let lease = chaos
+                    .and_then(|c| c.short_lease)
+                    .map_or(lease, |short| short.min(lease));
                 outbox_bytes += delivery_bytes(&d.delivery);
                 d.delivery.delivery_tag = self.record_flight(&conn, Some(consumer_id), lease, &d);
+                taken += 1;
+                if let Some(c) = chaos {
+                    if c.short_lease.is_some() {
+                        self.in_flight.mark_short_lease(d.seq);
+                    }
+                    if c.duplicate {
+                        let extra = self.chaos_duplicate(&conn, &d.delivery);
+                        outbox_bytes += delivery_bytes(&extra);
+                        deliveries.push(d.delivery);
+                        deliveries.push(extra);
+                        continue;
+                    }
+                }
                 deliveries.push(d.delivery);
             }
-            self.consumers.get_mut(idx).unacked += deliveries.len() as u32;
+            self.consumers.get_mut(idx).unacked += taken as u32;
             if deliveries.is_empty() {
                 return;
             }
@@ -1052,6 +1127,11 @@ impl Actor {
         let mut tally = Tally::default();
         let outcome = Outcome::of(how).filter(|_| self.breaking());
         for &(tag, seq) in deliveries {
+            // An extra delivery of chaos's duplicate mode: settled, with no effect on the
+            // message (its real delivery decides).
+            if self.chaos_extra.settle(conn.id, tag) {
+                continue;
+            }
             let tag = DeliveryTag(tag);
             if !self.in_flight.holds(seq, conn.id, tag) {
                 unknown.get_or_insert(tag);
@@ -1186,6 +1266,10 @@ impl Actor {
         let mut tally = Tally::default();
         while let Some((seq, d)) = self.in_flight.take_expired(now) {
             self.note_lease_expired(seq, d.conn.id);
+            if d.short_lease {
+                let early = &self.meta.stats.chaos.leases_expired_early;
+                early.fetch_add(1, Ordering::Relaxed);
+            }
             self.give_credit_back(&d);
             if let Some(consumer) = d.consumer.filter(|_| self.breakers > 0) {
                 tally.add(d.conn.id, consumer, Outcome::LeaseTimeout);
@@ -1282,7 +1366,7 @@ impl Actor {
     }
 
     fn purge(&mut self) -> u64 {
-        let n = self.ready_count() + self.purge_scheduled();
+        let n = self.ready_count() + self.purge_scheduled() + self.purge_chaos_held();
         let seqs = self.ready.drain();
         for seq in seqs {
             self.note_purged(seq);
@@ -1311,6 +1395,10 @@ impl Actor {
         self.in_flight.clear();
         self.ready.clear();
         self.schedule.clear();
+        self.chaos_held.clear();
+        if let Some(injection) = self.chaos.take() {
+            injection.end(&self.meta.stats.chaos);
+        }
         if let Some(log) = self.log.take() {
             match self.broker.upgrade() {
                 Some(broker) => {

@@ -31,6 +31,8 @@ pub(super) struct Delivered {
     pub(super) bytes: u64,
     /// When the message's own TTL runs out (Unix ms), for the deadline index if it returns.
     pub(super) expires_at_ms: Option<u64>,
+    /// Its lease was shortened by a chaos injection (counted when it runs out).
+    pub(super) short_lease: bool,
 }
 
 impl Delivered {
@@ -71,6 +73,13 @@ impl InFlight {
     /// The consumer message `seq` is in flight with (`None`: a `Get`, or not in flight).
     pub(super) fn consumer_of(&self, seq: u64) -> Option<ConsumerId> {
         self.by_seq.get(&seq).and_then(|d| d.consumer)
+    }
+
+    /// Marks the delivery of message `seq` as one whose lease chaos shortened.
+    pub(super) fn mark_short_lease(&mut self, seq: u64) {
+        if let Some(d) = self.by_seq.get_mut(&seq) {
+            d.short_lease = true;
+        }
     }
 
     /// Whether message `seq` is in flight.
@@ -188,6 +197,7 @@ mod tests {
             priority: 0,
             bytes,
             expires_at_ms: None,
+            short_lease: false,
         }
     }
 

@@ -24,6 +24,7 @@
 
 mod actor;
 mod breaker;
+pub mod chaos;
 mod consumers;
 mod dead_letters;
 mod dedup;
@@ -449,6 +450,21 @@ pub enum QueueCmd {
         /// Not moved: ready again, where they were in the queue.
         returned: Vec<u64>,
     },
+    /// Start (or replace) the queue's chaos injection (`queue::chaos`); the answer is when it
+    /// ends (Unix ms), or why not.
+    SetChaos {
+        /// What it does.
+        plan: sluice_client::wire::ChaosPlan,
+        /// How long it runs.
+        duration: Duration,
+        /// The answer.
+        reply: oneshot::Sender<Result<u64, RequestError>>,
+    },
+    /// End the queue's chaos injection now; the answer says whether one was running.
+    ClearChaos {
+        /// The answer.
+        reply: oneshot::Sender<bool>,
+    },
     /// A replicated queue's committed ops, in log order ([`replicated`]); one result each.
     Apply {
         /// The encoded [`replicated::QueueOp`]s.
@@ -582,6 +598,8 @@ pub struct QueueStats {
     pub circuit_trips: AtomicU64,
     /// The consumers, refreshed a few times a second.
     pub consumers_list: std::sync::Mutex<Vec<ConsumerSummary>>,
+    /// The running chaos injection and what chaos did (`queue::chaos`).
+    pub chaos: chaos::ChaosShared,
 }
 
 /// Why a message leaves for the dead-letter exchange (protocol.md §8.1).

@@ -243,6 +243,18 @@ opcodes! {
     TraceMessage = 0x0619, ToServer;
     /// The histories.
     TraceMessageOk = 0x061A, ToClient;
+    /// Start (or replace) a queue's chaos injection (administrators).
+    SetChaos = 0x0620, ToServer;
+    /// Answers `SetChaos`.
+    SetChaosOk = 0x0621, ToClient;
+    /// End a queue's chaos injection now (administrators).
+    ClearChaos = 0x0622, ToServer;
+    /// Answers `ClearChaos`.
+    ClearChaosOk = 0x0623, ToClient;
+    /// List the queues with chaos injections.
+    ListChaos = 0x0624, ToServer;
+    /// The queues with chaos injections.
+    ListChaosOk = 0x0625, ToClient;
     // 0x07xx: cluster administration
     /// Ask for the cluster's state as the node sees it.
     ClusterStatus = 0x0701, ToServer;

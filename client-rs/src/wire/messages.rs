@@ -11,6 +11,7 @@ use super::admin::{
 };
 use super::browse::{BrowseQueue, BrowseQueueOk};
 use super::circuit::ConsumerCircuit;
+use super::chaos::{ClearChaos, ClearChaosOk, ListChaosOk, SetChaos, SetChaosOk};
 use super::cluster::{AddNode, ClusterStatusOk, RemoveNode, TransferLeadership};
 use super::connection::{Blocked, Close, ErrorReply, Hello, Welcome};
 use super::connections::{CancelConsumer, CloseConnection, ListConnections, ListConnectionsOk};
@@ -164,6 +165,10 @@ frame_body! {
             RemoveNode(RemoveNode),
             /// Moves a group's leadership (§20); answered by `TransferLeadershipOk`.
             TransferLeadership(TransferLeadership),
+            /// Starts a queue's chaos injection (§21); answered by `SetChaosOk`.
+            SetChaos(SetChaos),
+            /// Ends a queue's chaos injection (§21); answered by `ClearChaosOk`.
+            ClearChaos(ClearChaos),
         }
         empty {
             /// Keep-alive.
@@ -172,6 +177,8 @@ frame_body! {
             CloseOk,
             /// Asks for the cluster's state (§20); answered by `ClusterStatusOk`.
             ClusterStatus,
+            /// Lists the queues with chaos injections (§21); answered by `ListChaosOk`.
+            ListChaos,
         }
     }
 }
@@ -239,6 +246,12 @@ frame_body! {
             ClusterStatusOk(ClusterStatusOk),
             /// A consumer's circuit changed state.
             ConsumerCircuit(ConsumerCircuit),
+            /// A chaos injection started.
+            SetChaosOk(SetChaosOk),
+            /// A chaos injection ended.
+            ClearChaosOk(ClearChaosOk),
+            /// The queues with chaos injections.
+            ListChaosOk(ListChaosOk),
         }
         empty {
             /// Keep-alive.

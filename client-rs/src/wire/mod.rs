@@ -12,7 +12,7 @@
 //! - one module per group of messages: `connection` (handshake, close, errors, flow control),
 //!   `queue`, `exchange`, `publish` (+ `meta`, the stored meta block), `consume`, `ack`,
 //!   `admin` (listings for operators), `connections` (operators' connections and consumers),
-//!   `browse` (reading ready messages in place), `moves` (moving ready messages between queues).
+//!   `browse` (reading ready messages in place), `moves` (moving ready messages between queues), `chaos` (chaos injection per queue).
 //! - `error`: [`WireError`], [`DecodeError`] and the stable [`ErrorCode`] table.
 //!
 //! # Use
@@ -38,6 +38,7 @@ mod ack;
 mod admin;
 mod browse;
 mod circuit;
+mod chaos;
 mod cluster;
 mod connection;
 mod connections;
@@ -75,6 +76,11 @@ pub use browse::{
 pub use circuit::{
     CircuitBreaker, CircuitState, ConsumerCircuit, CIRCUIT_BREAKER_LEN, MAX_CIRCUIT_MS,
     MAX_FAILURE_THRESHOLD, MAX_SUCCESS_THRESHOLD,
+};
+pub use chaos::{
+    ChaosDelay, ChaosEntry, ChaosPlan, ChaosRate, ChaosStats, ClearChaos, ClearChaosOk, DelayChaos,
+    DropChaos, FailPublishChaos, ListChaosOk, SetChaos, SetChaosOk, ShortLeaseChaos,
+    MAX_CHAOS_ENTRIES,
 };
 pub use cluster::{
     AddNode, ClusterGroup, ClusterMember, ClusterStatusOk, GroupReplica, RemoveNode,

@@ -399,6 +399,17 @@ fn sample_requests() -> Vec<Request> {
             to: 2,
         }
         .into(),
+        SetChaos {
+            queue: "q".into(),
+            duration_ms: 1000,
+            plan: ChaosPlan {
+                duplicate: Some(ChaosRate(500)),
+                ..ChaosPlan::default()
+            },
+        }
+        .into(),
+        ClearChaos { queue: "q".into() }.into(),
+        Request::ListChaos,
     ]
 }
 
@@ -595,6 +606,16 @@ fn sample_replies() -> Vec<Reply> {
         Reply::AddNodeOk,
         Reply::RemoveNodeOk,
         Reply::TransferLeadershipOk,
+        SetChaosOk { until_ms: 5 }.into(),
+        ClearChaosOk { was_active: false }.into(),
+        ListChaosOk {
+            entries: vec![ChaosEntry {
+                queue: "q".into(),
+                ..ChaosEntry::default()
+            }],
+            more: false,
+        }
+        .into(),
     ]
 }
 

@@ -506,7 +506,7 @@ function rate(x, kind) {
 
 const queueTable = { sort: 'name', desc: false, filter: '' };
 const QUEUE_COLUMNS = [
-  { key: 'name', label: 'Name', value: (x) => x.name, className: 'name-cell', cell: (x) => html`<a href="#/queues/${q(x.name)}">${x.name}</a>${x.exclusive ? html` <span class="badge">exclusive</span>` : ''}${x.durable ? '' : html` <span class="badge">transient</span>`}` },
+  { key: 'name', label: 'Name', value: (x) => x.name, className: 'name-cell', cell: (x) => html`<a href="#/queues/${q(x.name)}">${x.name}</a>${x.exclusive ? html` <span class="badge">exclusive</span>` : ''}${x.durable ? '' : html` <span class="badge">transient</span>`}${chaosBadge(x.chaos)}` },
   { key: 'ready', label: 'Ready', num: true, value: (x) => x.ready, cell: (x) => fmtCount(x.ready) },
   { key: 'unacked', label: 'Unacked', num: true, value: (x) => x.unacked, cell: (x) => fmtCount(x.unacked) },
   { key: 'scheduled', label: 'Scheduled', num: true, value: (x) => x.scheduled ?? 0, cell: (x) => fmtCount(x.scheduled ?? 0) },
@@ -591,6 +591,7 @@ pages.queue = {
         <section class="card"><div class="card-head"><h2>Dead-lettered from this queue</h2><span class="sub">by reason, since start</span></div><div class="card-body" id="q-dead"></div></section>
         <section class="card"><div class="card-head"><h2>Message totals</h2><span class="sub">since start</span></div><div class="card-body" id="q-totals"></div></section>
       </div>
+      ${chaosCard()}
       <section class="card" id="browse">
         <div class="card-head"><h2>Messages</h2><span class="sub">the first ready messages, read without taking them</span>
           <div class="right">
@@ -612,7 +613,7 @@ pages.queue = {
     if (name !== queuePage.name) return;
     const last = (history.samples || [])[history.samples.length - 1] || {};
     setHtml($('#queue-badges'), html`${info.durable ? html`<span class="badge badge-accent">durable</span>` : html`<span class="badge">transient</span>`}
-      ${info.auto_delete ? html`<span class="badge">auto-delete</span>` : ''}${info.exclusive ? html`<span class="badge">exclusive</span>` : ''}`);
+      ${info.auto_delete ? html`<span class="badge">auto-delete</span>` : ''}${info.exclusive ? html`<span class="badge">exclusive</span>` : ''}${chaosBadge(info.chaos)}`);
     setHtml($('#q-tiles'), html`
       ${tile('Ready', fmtCount(info.ready), info.scheduled ? `${fmtCount(info.scheduled)} scheduled` : '', 'q-ready')}
       ${tile('Unacked', fmtCount(info.unacked), '', 'q-unacked')}
@@ -634,6 +635,7 @@ pages.queue = {
     const stats = info.message_stats;
     setHtml($('#q-dead'), deadLetterBars(info.dead_lettered_by_reason ?? (stats && stats.dead_lettered)));
     setHtml($('#q-totals'), totals(stats));
+    drawChaos(info.chaos);
   },
 };
 
@@ -1145,3 +1147,107 @@ window.addEventListener('hashchange', route);
 let resizeTimer = null;
 window.addEventListener('resize', () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(refreshNow, 150); });
 route();
+
+// ---------------------------------------------------------------------------------------
+// Chaos injection (docs/chaos.md): a badge wherever a queue with an injection is shown, and a
+// panel on the queue's page to start one (administrators) or clear it.
+
+const CHAOS_CODES = ['INTERNAL_ERROR', 'QUEUE_FULL', 'STORAGE_FULL', 'MEMORY_LIMIT', 'MESSAGE_TOO_LARGE', 'RESOURCE_EXHAUSTED'];
+
+function chaosBadge(chaos) {
+  if (!chaos || !chaos.active) return '';
+  const until = new Date(chaos.until_ms).toLocaleTimeString();
+  return html` <span class="badge badge-chaos" title="A chaos injection runs on this queue until ${until}">CHAOS · until ${until}</span>`;
+}
+
+function chaosCard() {
+  return html`<section class="card" id="q-chaos-card"><div class="card-head"><h2>Chaos injection</h2><span class="sub">deliberate faults for testing consumers, bounded in time</span>
+    <div class="right" id="q-chaos-actions"></div></div><div class="card-body" id="q-chaos"></div></section>`;
+}
+
+function chaosModes(c) {
+  const modes = [];
+  if (c.delay) modes.push(`delay ${c.delay.distribution} ms (${c.delay.percent}%)`);
+  if (c.drop) modes.push(`drop ${c.drop.percent}% (back after ${fmtDuration(c.drop.redeliver_after_ms)})`);
+  if (c.duplicate) modes.push(`duplicate ${c.duplicate.percent}%`);
+  if (c.fail_publish) modes.push(`fail publishes ${c.fail_publish.percent}% with ${c.fail_publish.code}`);
+  if (c.short_lease) modes.push(`short lease ${c.short_lease.percent}% (${fmtDuration(c.short_lease.lease_ms)})`);
+  return modes;
+}
+
+function drawChaos(chaos) {
+  if (!chaos) return;
+  const s = chaos.stats || {};
+  setHtml($('#q-chaos-actions'), chaos.active
+    ? html`<button class="btn btn-danger" type="button" data-action="chaos-clear">Clear chaos</button>`
+    : html`<button class="btn" type="button" data-action="chaos-set">Inject chaos…</button>`);
+  setHtml($('#q-chaos'), html`
+    ${chaos.active
+    ? html`<p id="q-chaos-state"><span class="badge badge-chaos">CHAOS</span> until ${new Date(chaos.until_ms).toLocaleString()} (${fmtDuration(chaos.remaining_ms)} left): ${chaosModes(chaos).join(', ')}</p>`
+    : html`<p id="q-chaos-state" class="muted">No injection runs: the queue behaves normally.</p>`}
+    <dl class="kv" id="q-chaos-stats">
+      <dt>Deliveries delayed</dt><dd>${fmtCount(s.delayed ?? 0)}</dd>
+      <dt>Deliveries dropped (and redelivered)</dt><dd>${fmtCount(s.dropped ?? 0)}</dd>
+      <dt>Deliveries duplicated</dt><dd>${fmtCount(s.duplicated ?? 0)}</dd>
+      <dt>Publishes refused</dt><dd>${fmtCount(s.publishes_failed ?? 0)}</dd>
+      <dt>Leases shortened / ran out early</dt><dd>${fmtCount(s.leases_shortened ?? 0)} / ${fmtCount(s.leases_expired_early ?? 0)}</dd>
+    </dl>`);
+}
+
+// A number field of the chaos form, or null when left empty.
+function chaosNumber(dialog, id) {
+  const text = $(`#${id}`, dialog).value.trim();
+  if (!text) return null;
+  const n = Number(text);
+  if (!Number.isFinite(n)) throw new Error(`${text} is not a number.`);
+  return n;
+}
+
+actions['chaos-set'] = () => {
+  const name = queuePage.name;
+  openModal({
+    title: `Inject chaos into ${name}`,
+    body: html`
+      <p>For a limited time the queue misbehaves on purpose. No message is lost: held-back deliveries come back, refused publishes are reported to their publisher. Fill in the modes you want (percentages 0–100).</p>
+      <label class="field">Duration in minutes <input class="input" id="chaos-duration" type="number" min="1" max="1440" value="10"></label>
+      <div class="grid grid-2">
+        <label class="field"><span>Delay <span class="hint">fixed:MS, uniform:MIN-MAX or exponential:MEAN</span></span><input class="input" id="chaos-delay" placeholder="uniform:100-500"></label>
+        <label class="field">Delay % <input class="input" id="chaos-delay-percent" type="number" min="0" max="100" step="any" value="100"></label>
+        <label class="field">Drop % <input class="input" id="chaos-drop" type="number" min="0" max="100" step="any"></label>
+        <label class="field">Redeliver dropped after (ms) <input class="input" id="chaos-drop-after" type="number" min="10" value="1000"></label>
+        <label class="field">Duplicate % <input class="input" id="chaos-duplicate" type="number" min="0" max="100" step="any"></label>
+        <span></span>
+        <label class="field">Fail publishes % <input class="input" id="chaos-fail" type="number" min="0" max="100" step="any"></label>
+        <label class="field">With code <select class="input" id="chaos-fail-code">${CHAOS_CODES.map((c) => html`<option value="${c}">${c}</option>`)}</select></label>
+        <label class="field">Short lease % <input class="input" id="chaos-lease" type="number" min="0" max="100" step="any"></label>
+        <label class="field">Short lease (ms) <input class="input" id="chaos-lease-ms" type="number" min="10" value="1000"></label>
+      </div>`,
+    confirmLabel: 'Start injection',
+    danger: true,
+    async onConfirm(dialog) {
+      const minutes = chaosNumber(dialog, 'chaos-duration');
+      if (!minutes) throw new Error('Give a duration.');
+      const body = { duration_ms: Math.round(minutes * 60000) };
+      const delay = $('#chaos-delay', dialog).value.trim();
+      if (delay) body.delay = { distribution: delay, percent: chaosNumber(dialog, 'chaos-delay-percent') ?? 100 };
+      const drop = chaosNumber(dialog, 'chaos-drop');
+      if (drop !== null) body.drop = { percent: drop, redeliver_after_ms: chaosNumber(dialog, 'chaos-drop-after') ?? 1000 };
+      const duplicate = chaosNumber(dialog, 'chaos-duplicate');
+      if (duplicate !== null) body.duplicate = { percent: duplicate };
+      const fail = chaosNumber(dialog, 'chaos-fail');
+      if (fail !== null) body.fail_publish = { percent: fail, code: $('#chaos-fail-code', dialog).value };
+      const lease = chaosNumber(dialog, 'chaos-lease');
+      if (lease !== null) body.short_lease = { percent: lease, lease_ms: chaosNumber(dialog, 'chaos-lease-ms') ?? 1000 };
+      const set = await api(`/api/queues/${q(name)}/chaos`, { method: 'PUT', body });
+      toast(`Chaos on ${name} until ${new Date(set.until_ms).toLocaleTimeString()}.`, 'ok');
+      refreshNow();
+    },
+  });
+};
+
+actions['chaos-clear'] = async () => {
+  const name = queuePage.name;
+  await api(`/api/queues/${q(name)}/chaos`, { method: 'DELETE' });
+  toast(`Chaos on ${name} cleared: the queue behaves normally.`, 'ok');
+  refreshNow();
+};

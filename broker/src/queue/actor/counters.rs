@@ -122,6 +122,8 @@ impl Actor {
         let oldest = self.ready.oldest().and_then(|o| o.enqueued_at_ms);
         let oldest = oldest.unwrap_or(0);
         s.oldest_ready_at_ms.store(oldest, Ordering::Relaxed);
-        s.scheduled.store(self.schedule.len(), Ordering::Relaxed);
+        // Messages chaos holds back wait for their time too (`chaos.rs`).
+        let scheduled = self.schedule.len() + self.chaos_held_len();
+        s.scheduled.store(scheduled, Ordering::Relaxed);
     }
 }
