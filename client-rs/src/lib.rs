@@ -69,6 +69,8 @@ mod error;
 mod history;
 mod listing;
 mod options;
+#[cfg(feature = "opentelemetry")]
+mod otel;
 mod publish;
 mod scheduled;
 mod tls;
@@ -97,6 +99,8 @@ pub use wire::{
     InspectQueueOk, ListScheduledOk, MetaView, MoveId, MoveState, MoveStatusOk, Overflow,
     Properties, PublishSeq, QueueArguments, QueueSummary, RetryBackoff, ScheduledMessage,
 };
+/// W3C trace context on messages (protocol.md §8.1).
+pub use wire::{InvalidTraceParent, TraceParent};
 
 #[cfg(test)]
 mod tests {
