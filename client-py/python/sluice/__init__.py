@@ -32,7 +32,9 @@ from ._sluice import (
     Consumer,
     ConsumerInfo,
     DeclaredQueue,
+    HistoryEvent,
     Message,
+    MessageHistory,
     MessageProcess,
     OutgoingMessage,
     PublishResult,
@@ -40,6 +42,7 @@ from ._sluice import (
     ScheduledMessage,
     __version__,
 )
+from . import _tracing  # noqa: F401  (publishes carry the OpenTelemetry span when installed)
 from .exceptions import (
     AccessRefused,
     AlreadySettled,
@@ -109,6 +112,7 @@ __all__ = [
     "DeliveryLostError",
     "FrameTooLarge",
     "HeartbeatTimeout",
+    "HistoryEvent",
     "InternalError",
     "InvalidArgument",
     "InvalidUrl",
@@ -118,6 +122,7 @@ __all__ = [
     "MalformedRequest",
     "MemoryLimit",
     "Message",
+    "MessageHistory",
     "MessageProcess",
     "MessageTooLarge",
     "NotAllowed",
