@@ -649,9 +649,8 @@ impl Message {
             .find_map(|(k, v)| (k == key).then_some(v))
     }
 
-    /// The W3C trace context it was published with (protocol.md §8.1), if any: continue
-    /// its trace from here (with the `opentelemetry` feature, [`trace_context`]
-    /// (Self::trace_context) does it for you).
+    /// The W3C trace context it was published with (protocol.md §8.1), if any, to continue
+    /// its trace from (with the `opentelemetry` feature, `trace_context` does it for you).
     pub fn trace_parent(&self) -> Option<TraceParent> {
         self.meta().trace_parent
     }

@@ -29,6 +29,11 @@
 //! - `connection`: the handshake, dialing, and the connection task (not public): the select
 //!   loop, request/reply correlation, publish-confirm tracking, delivery dispatch,
 //!   heartbeats, reconnecting.
+//! - `history`: [`Client::trace_message`], what happened to a message ("why is it stuck").
+//! - `otel` (the `opentelemetry` cargo feature, off by default): publishes carry the current
+//!   OpenTelemetry span as their W3C trace context, and `Message::trace_context` gives a
+//!   delivery's back. Without it, [`PublishOptions::trace_parent`] and
+//!   [`Message::trace_parent`] carry it by hand.
 //!
 //! # Use
 //! ```no_run
