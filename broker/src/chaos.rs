@@ -1,4 +1,4 @@
-//! Chaos injection per queue, for operators (docs/chaos.md, protocol.md §21): the one door
+//! Chaos injection per queue, for operators (docs/chaos.md, protocol.md §22): the one door
 //! that the wire session and the HTTP API use to start, end and list injections. The queue
 //! task does the work (`queue::chaos`); this module finds the queue, asks it, and reads the
 //! listings from the queues' shared stats.

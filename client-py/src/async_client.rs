@@ -173,6 +173,20 @@ impl AsyncClient {
         })
     }
 
+    /// What happened to the messages with this `message_id` (see `Client.trace_message`).
+    fn trace_message<'py>(
+        &self,
+        py: Python<'py>,
+        message_id: String,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let connection = self.connection.clone();
+        runtime::coroutine(py, async move {
+            let client = connection.get().await?;
+            let ok = client.trace_message(&message_id).await.py()?;
+            Ok(crate::history::histories(ok))
+        })
+    }
+
     fn inspect_queue<'py>(&self, py: Python<'py>, name: String) -> PyResult<Bound<'py, PyAny>> {
         let connection = self.connection.clone();
         runtime::coroutine(py, async move {
@@ -279,7 +293,7 @@ impl AsyncClient {
         exchange, routing_key, body, *, headers = None, mandatory = false, persistent = true,
         content_type = None, content_encoding = None, message_id = None, correlation_id = None,
         reply_to = None, expiration = None, timestamp = None, priority = None, delay = None,
-        deliver_at = None,
+        deliver_at = None, trace_parent = None, trace_state = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn publish<'py>(
@@ -301,9 +315,12 @@ impl AsyncClient {
         priority: Option<u8>,
         delay: Option<f64>,
         deliver_at: Option<&Bound<'_, PyAny>>,
+        trace_parent: Option<String>,
+        trace_state: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let body = convert::body(body)?;
         let options = PublishArgs {
+            py,
             headers,
             mandatory,
             persistent,
@@ -317,6 +334,8 @@ impl AsyncClient {
             priority,
             delay,
             deliver_at,
+            trace_parent,
+            trace_state,
         }
         .into_options()?;
         let connection = self.connection.clone();

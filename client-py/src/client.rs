@@ -299,6 +299,23 @@ impl Client {
         })
     }
 
+    /// What happened to the messages whose `message_id` is `message_id` ("why is this
+    /// message stuck?"), from the queues of the vhost the user may read: `(histories,
+    /// truncated)`, one `MessageHistory` per queue that holds (or held, within its window)
+    /// such a message. Only messages published with a `message_id` are followed.
+    fn trace_message(
+        &self,
+        py: Python<'_>,
+        message_id: String,
+    ) -> PyResult<(Vec<crate::history::MessageHistory>, bool)> {
+        runtime::block_on(py, async {
+            let client = self.connection.get().await?;
+            Ok(crate::history::histories(
+                client.trace_message(&message_id).await.py()?,
+            ))
+        })
+    }
+
     /// A queue's settings and counters.
     fn inspect_queue(&self, py: Python<'_>, name: String) -> PyResult<QueueInfo> {
         runtime::block_on(py, async {
@@ -400,7 +417,7 @@ impl Client {
         exchange, routing_key, body, *, headers = None, mandatory = false, persistent = true,
         content_type = None, content_encoding = None, message_id = None, correlation_id = None,
         reply_to = None, expiration = None, timestamp = None, priority = None, delay = None,
-        deliver_at = None,
+        deliver_at = None, trace_parent = None, trace_state = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn publish(
@@ -422,9 +439,12 @@ impl Client {
         priority: Option<u8>,
         delay: Option<f64>,
         deliver_at: Option<&Bound<'_, PyAny>>,
+        trace_parent: Option<String>,
+        trace_state: Option<String>,
     ) -> PyResult<PublishResult> {
         let body = convert::body(body)?;
         let options = PublishArgs {
+            py,
             headers,
             mandatory,
             persistent,
@@ -438,6 +458,8 @@ impl Client {
             priority,
             delay,
             deliver_at,
+            trace_parent,
+            trace_state,
         }
         .into_options()?;
         runtime::block_on(py, async {

@@ -17,16 +17,20 @@
 //!   shared core.
 //! - `message`: `BaseMessage` with the delivery's fields, `Message` and `AsyncMessage` with
 //!   the settling methods, and the `process()` context managers.
+//! - `trace`: the W3C trace context of published messages; `history`: `trace_message`'s
+//!   answer as `MessageHistory` and `HistoryEvent`.
 
 mod async_client;
 mod client;
 mod consumer;
 mod convert;
 mod errors;
+mod history;
 mod message;
 mod options;
 mod publish_result;
 mod runtime;
+mod trace;
 
 use pyo3::prelude::*;
 
@@ -56,5 +60,8 @@ fn _sluice(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<publish_result::PublishResult>()?;
     m.add_class::<options::ConsumerInfo>()?;
     m.add_class::<options::CircuitInfo>()?;
+    m.add_function(wrap_pyfunction!(trace::_set_trace_injector, m)?)?;
+    m.add_class::<history::MessageHistory>()?;
+    m.add_class::<history::HistoryEvent>()?;
     Ok(())
 }

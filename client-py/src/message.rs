@@ -44,15 +44,19 @@ impl BlockEnd {
 }
 
 /// How a message is settled.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Settle {
     Ack,
-    /// With `delay`, the message waits that long before it is ready again.
+    /// With `delay`, the message waits that long before it is ready again; `reason` goes to
+    /// its history (`Client.trace_message`).
     Nack {
         requeue: bool,
         delay: Option<Duration>,
+        reason: Option<String>,
     },
-    Reject,
+    Reject {
+        reason: Option<String>,
+    },
     Extend(Duration),
 }
 
@@ -72,14 +76,16 @@ impl Settle {
             BlockEnd::Interrupted => Settle::Nack {
                 requeue: true,
                 delay: None,
+                reason: None,
             },
             BlockEnd::Failed if requeue && !(reject_on_redelivered && message.redelivered) => {
                 Settle::Nack {
                     requeue: true,
                     delay: None,
+                    reason: None,
                 }
             }
-            BlockEnd::Failed => Settle::Reject,
+            BlockEnd::Failed => Settle::Reject { reason: None },
         }
     }
 
@@ -89,22 +95,13 @@ impl Settle {
             (Settle::Ack, true) => message.ack_confirmed().await,
             (
                 Settle::Nack {
-                    requeue: true,
-                    delay: Some(delay),
+                    requeue,
+                    delay,
+                    reason,
                 },
-                false,
-            ) => message.nack_with_delay(delay).await,
-            (
-                Settle::Nack {
-                    requeue: true,
-                    delay: Some(delay),
-                },
-                true,
-            ) => message.nack_with_delay_confirmed(delay).await,
-            (Settle::Nack { requeue, .. }, false) => message.nack(requeue).await,
-            (Settle::Nack { requeue, .. }, true) => message.nack_confirmed(requeue).await,
-            (Settle::Reject, false) => message.reject().await,
-            (Settle::Reject, true) => message.reject_confirmed().await,
+                confirm,
+            ) => message.nack_with(requeue, delay, reason, confirm).await,
+            (Settle::Reject { reason }, confirm) => message.reject_with(reason, confirm).await,
             (Settle::Extend(by), false) => message.extend(by).await,
             (Settle::Extend(by), true) => message.extend_confirmed(by).await,
         }
@@ -142,15 +139,34 @@ impl Settle {
     }
 }
 
-/// The settlement of `nack(requeue, delay=...)`: a delay needs `requeue`.
-fn nack_settle(requeue: bool, delay: Option<f64>) -> PyResult<Settle> {
+/// The settlement of `nack(requeue, delay=..., reason=...)`: a delay needs `requeue`.
+fn nack_settle(requeue: bool, delay: Option<f64>, reason: Option<String>) -> PyResult<Settle> {
     let delay = convert::opt_seconds("delay", delay)?;
     if delay.is_some() && !requeue {
         return Err(pyo3::exceptions::PyValueError::new_err(
             "a nack with a delay requeues the message: delay needs requeue=True",
         ));
     }
-    Ok(Settle::Nack { requeue, delay })
+    Ok(Settle::Nack {
+        requeue,
+        delay,
+        reason: checked_reason(reason)?,
+    })
+}
+
+/// A settle reason the broker takes: at most `MAX_SETTLE_REASON_LEN` bytes (an empty one is
+/// sent as none). Checked here so the caller gets a `ValueError` rather than a silently
+/// dropped settle.
+fn checked_reason(reason: Option<String>) -> PyResult<Option<String>> {
+    let max = sluice_client::wire::MAX_SETTLE_REASON_LEN;
+    match reason {
+        Some(r) if r.len() > max => Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "a settle reason is at most {max} bytes of UTF-8, this one has {}",
+            r.len()
+        ))),
+        Some(r) if r.is_empty() => Ok(None),
+        other => Ok(other),
+    }
 }
 
 /// Fields of a delivered message; [`Message`] and [`AsyncMessage`] add the settling methods.
@@ -271,6 +287,28 @@ impl BaseMessage {
     }
 
     /// True once this handle has acked, nacked or rejected the delivery.
+    /// The W3C `traceparent` header it was published with (`00-<trace id>-<span id>-<flags>`),
+    /// or None.
+    #[getter]
+    fn trace_parent(&self) -> Option<String> {
+        self.inner.trace_parent().map(|tp| tp.to_string())
+    }
+
+    /// The W3C `tracestate` that came with `trace_parent`, or None.
+    #[getter]
+    fn trace_state(&self) -> Option<&str> {
+        self.inner.trace_state()
+    }
+
+    /// An OpenTelemetry `Context` whose span is the publisher's (a remote parent): start the
+    /// processing span in it to continue the publisher's trace. Needs the `opentelemetry-api`
+    /// package (`ImportError` without it); an empty context when the message has no
+    /// `trace_parent`.
+    fn trace_context<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        py.import("sluice._tracing")?
+            .call_method1("extract", (self.trace_parent(), self.trace_state()))
+    }
+
     #[getter]
     fn settled(&self) -> bool {
         self.inner.is_settled()
@@ -323,23 +361,26 @@ impl Message {
 
     /// The message was not processed: back to its queue if `requeue` (delivered again;
     /// with `delay` seconds, only after that long, kept across a broker restart), else
-    /// dead-lettered (or dropped). `confirm` as in `ack`.
-    #[pyo3(signature = (requeue = true, *, delay = None, confirm = false))]
+    /// dead-lettered (or dropped). `reason` (at most 1024 bytes) is kept in the message's
+    /// history for operators (`Client.trace_message`, `sluice trace`). `confirm` as in `ack`.
+    #[pyo3(signature = (requeue = true, *, delay = None, reason = None, confirm = false))]
     fn nack(
         &self,
         py: Python<'_>,
         requeue: bool,
         delay: Option<f64>,
+        reason: Option<String>,
         confirm: bool,
     ) -> PyResult<()> {
-        nack_settle(requeue, delay)?.blocking(py, &self.inner, confirm)
+        nack_settle(requeue, delay, reason)?.blocking(py, &self.inner, confirm)
     }
 
     /// The message is bad: dead-lettered, or dropped if its queue has no dead-letter
-    /// exchange. `confirm` as in `ack`.
-    #[pyo3(signature = (*, confirm = false))]
-    fn reject(&self, py: Python<'_>, confirm: bool) -> PyResult<()> {
-        Settle::Reject.blocking(py, &self.inner, confirm)
+    /// exchange. `reason` as in `nack`; `confirm` as in `ack`.
+    #[pyo3(signature = (*, reason = None, confirm = false))]
+    fn reject(&self, py: Python<'_>, reason: Option<String>, confirm: bool) -> PyResult<()> {
+        let reason = checked_reason(reason)?;
+        Settle::Reject { reason }.blocking(py, &self.inner, confirm)
     }
 
     /// Moves the ack deadline (lease) to `seconds` from now, for long tasks. `0` releases
@@ -448,22 +489,30 @@ impl AsyncMessage {
     }
 
     /// The message was not processed: back to its queue if `requeue` (after `delay`
-    /// seconds, if given), else dead-lettered. `confirm` as in `ack`.
-    #[pyo3(signature = (requeue = true, *, delay = None, confirm = false))]
+    /// seconds, if given), else dead-lettered. `reason` goes to the message's history (see
+    /// `Message.nack`). `confirm` as in `ack`.
+    #[pyo3(signature = (requeue = true, *, delay = None, reason = None, confirm = false))]
     fn nack<'py>(
         &self,
         py: Python<'py>,
         requeue: bool,
         delay: Option<f64>,
+        reason: Option<String>,
         confirm: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        nack_settle(requeue, delay)?.awaitable(py, &self.inner, confirm)
+        nack_settle(requeue, delay, reason)?.awaitable(py, &self.inner, confirm)
     }
 
-    /// The message is bad: dead-lettered, or dropped.
-    #[pyo3(signature = (*, confirm = false))]
-    fn reject<'py>(&self, py: Python<'py>, confirm: bool) -> PyResult<Bound<'py, PyAny>> {
-        Settle::Reject.awaitable(py, &self.inner, confirm)
+    /// The message is bad: dead-lettered, or dropped. `reason` as in `nack`.
+    #[pyo3(signature = (*, reason = None, confirm = false))]
+    fn reject<'py>(
+        &self,
+        py: Python<'py>,
+        reason: Option<String>,
+        confirm: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let reason = checked_reason(reason)?;
+        Settle::Reject { reason }.awaitable(py, &self.inner, confirm)
     }
 
     /// Moves the ack deadline (lease) to `seconds` from now; `0` releases the message now.

@@ -243,6 +243,7 @@ impl CircuitInfo {
 
 /// The keywords every publishing call takes: flags and properties.
 pub(crate) struct PublishArgs<'a, 'py> {
+    pub py: Python<'py>,
     pub headers: Option<&'a Bound<'py, PyAny>>,
     pub mandatory: bool,
     pub persistent: bool,
@@ -258,6 +259,10 @@ pub(crate) struct PublishArgs<'a, 'py> {
     pub delay: Option<f64>,
     /// A `datetime` (or Unix seconds).
     pub deliver_at: Option<&'a Bound<'py, PyAny>>,
+    /// W3C `traceparent` header; None: the current OpenTelemetry span's, if any.
+    pub trace_parent: Option<String>,
+    /// W3C `tracestate` header.
+    pub trace_state: Option<String>,
 }
 
 impl PublishArgs<'_, '_> {
@@ -291,6 +296,8 @@ impl PublishArgs<'_, '_> {
             .map(|s| convert::millis("delay", s))
             .transpose()?;
         properties.deliver_at_ms = self.deliver_at.map(unix_millis).transpose()?;
+        (properties.trace_parent, properties.trace_state) =
+            crate::trace::trace_context(self.py, self.trace_parent, self.trace_state)?;
         Ok(options)
     }
 }
@@ -326,7 +333,7 @@ impl OutgoingMessage {
         exchange, routing_key, body, *, headers=None, mandatory=false, persistent=true,
         content_type=None, content_encoding=None, message_id=None, correlation_id=None,
         reply_to=None, expiration=None, timestamp=None, priority=None, delay=None,
-        deliver_at=None,
+        deliver_at=None, trace_parent=None, trace_state=None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -346,8 +353,11 @@ impl OutgoingMessage {
         priority: Option<u8>,
         delay: Option<f64>,
         deliver_at: Option<&Bound<'_, PyAny>>,
+        trace_parent: Option<String>,
+        trace_state: Option<String>,
     ) -> PyResult<Self> {
         let options = PublishArgs {
+            py: body.py(),
             headers,
             mandatory,
             persistent,
@@ -361,6 +371,8 @@ impl OutgoingMessage {
             priority,
             delay,
             deliver_at,
+            trace_parent,
+            trace_state,
         }
         .into_options()?;
         let inner =

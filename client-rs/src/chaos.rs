@@ -1,4 +1,4 @@
-//! Chaos injection per queue (protocol.md §21), for testing consumers and publishers before
+//! Chaos injection per queue (protocol.md §22), for testing consumers and publishers before
 //! production: [`Client::set_chaos`] makes a queue misbehave for a bounded time,
 //! [`Client::clear_chaos`] ends it early, [`Client::list_chaos`] shows what runs and what it
 //! did. Setting and clearing need the administrator tag.

@@ -37,7 +37,7 @@ use crate::options::{millis, millis_at_least_1, ConsumeOptions};
 use crate::url::HostPort;
 use crate::wire::{
     Ack, Consume, ConsumerId, Delivery, DeliveryTag, ErrorCode, Extend, Get, GetMany, HeaderValue,
-    Headers, MetaView, Nack, Properties, Reject, Reply, Request, SetPrefetch,
+    Headers, MetaView, Nack, Properties, Reject, Reply, Request, SetPrefetch, TraceParent,
 };
 
 /// A consumer started on some connection of a client.
@@ -679,6 +679,47 @@ impl Message {
             .find_map(|(k, v)| (k == key).then_some(v))
     }
 
+    /// The W3C trace context it was published with (protocol.md §8.1), if any, to continue
+    /// its trace from (with the `opentelemetry` feature, `trace_context` does it for you).
+    pub fn trace_parent(&self) -> Option<TraceParent> {
+        self.meta().trace_parent
+    }
+
+    /// The W3C `tracestate` that came with [`trace_parent`](Self::trace_parent).
+    pub fn trace_state(&self) -> Option<&str> {
+        self.meta().trace_state
+    }
+
+    /// An OpenTelemetry context whose span is the publisher's (a remote parent), for the
+    /// worker's own span: the processing then shows in the publisher's trace, after the
+    /// broker's spans. Without a trace parent it is an empty context (a new trace).
+    ///
+    /// ```no_run
+    /// # async fn work(message: sluice_client::Message) -> sluice_client::Result<()> {
+    /// use opentelemetry::trace::{TraceContextExt, Tracer};
+    ///
+    /// let tracer = opentelemetry::global::tracer("worker");
+    /// let parent = message.trace_context();
+    /// let span = tracer.start_with_context("process", &parent);
+    /// let cx = parent.with_span(span);
+    /// {
+    ///     let _guard = cx.attach();
+    ///     // ... process the body: spans started here are children of "process". Across
+    ///     // `.await`s, pass `cx` on with opentelemetry's `FutureExt::with_context`
+    ///     // instead; messages published in it continue the same trace.
+    /// }
+    /// message.ack().await
+    /// # }
+    /// ```
+    #[cfg(feature = "opentelemetry")]
+    pub fn trace_context(&self) -> opentelemetry::Context {
+        let meta = self.meta();
+        match meta.trace_parent {
+            Some(tp) => crate::otel::remote_context(tp, meta.trace_state),
+            None => opentelemetry::Context::new(),
+        }
+    }
+
     /// All properties, owned.
     pub fn properties(&self) -> Properties {
         self.meta()
@@ -847,6 +888,45 @@ impl Message {
             delay_ms: None,
             reason: non_empty(reason.into()),
         })
+    }
+
+    /// Every form of nack at once, for callers that take them as arguments (the Python
+    /// client): requeue (after `delay`, which needs `requeue`), an optional reason (empty =
+    /// none), and with `confirm` wait for the broker's outcome as
+    /// [`nack_confirmed`](Self::nack_confirmed) does.
+    pub async fn nack_with(
+        &self,
+        requeue: bool,
+        delay: Option<Duration>,
+        reason: Option<String>,
+        confirm: bool,
+    ) -> Result<()> {
+        let nack = Nack {
+            delivery_tag: self.delivery_tag,
+            multiple: false,
+            requeue,
+            delay_ms: delay.map(millis),
+            reason: reason.and_then(non_empty),
+        };
+        if confirm {
+            self.settle_confirmed(nack).await
+        } else {
+            self.settle(nack)
+        }
+    }
+
+    /// A reject with an optional reason (empty = none); with `confirm`, waits for the
+    /// broker's outcome as [`reject_confirmed`](Self::reject_confirmed) does.
+    pub async fn reject_with(&self, reason: Option<String>, confirm: bool) -> Result<()> {
+        let reject = Reject {
+            delivery_tag: self.delivery_tag,
+            reason: reason.and_then(non_empty),
+        };
+        if confirm {
+            self.settle_confirmed(reject).await
+        } else {
+            self.settle(reject)
+        }
     }
 
     /// [`reject`](Self::reject) with the reason the message is bad, kept in its history as

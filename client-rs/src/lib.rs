@@ -29,6 +29,11 @@
 //! - `connection`: the handshake, dialing, and the connection task (not public): the select
 //!   loop, request/reply correlation, publish-confirm tracking, delivery dispatch,
 //!   heartbeats, reconnecting.
+//! - `history`: [`Client::trace_message`], what happened to a message ("why is it stuck").
+//! - `otel` (the `opentelemetry` cargo feature, off by default): publishes carry the current
+//!   OpenTelemetry span as their W3C trace context, and `Message::trace_context` gives a
+//!   delivery's back. Without it, [`PublishOptions::trace_parent`] and
+//!   [`Message::trace_parent`] carry it by hand.
 //!
 //! # Use
 //! ```no_run
@@ -61,8 +66,8 @@
 //! ```
 
 mod browse;
-mod circuit;
 mod chaos;
+mod circuit;
 mod client;
 mod cluster;
 mod connection;
@@ -71,6 +76,8 @@ mod error;
 mod history;
 mod listing;
 mod options;
+#[cfg(feature = "opentelemetry")]
+mod otel;
 mod publish;
 mod scheduled;
 mod tls;
@@ -102,6 +109,8 @@ pub use wire::{
     QueueSummary, RetryBackoff, ScheduledMessage,
 };
 pub use wire::{ChaosDelay, ChaosEntry, ChaosPlan, ChaosRate, ChaosStats, ListChaosOk};
+/// W3C trace context on messages (protocol.md §8.1).
+pub use wire::{InvalidTraceParent, TraceParent};
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::wire::{
     Consume, DeclareExchange, DeclareQueue, DeleteExchange, DeleteQueue, ExchangeKind, HeaderValue,
-    Headers, Overflow, Properties, QueueArguments, RetryBackoff,
+    Headers, Overflow, Properties, QueueArguments, RetryBackoff, TraceParent,
 };
 
 /// Whole milliseconds, saturating.
@@ -528,6 +528,22 @@ impl PublishOptions {
         let ms = at.duration_since(std::time::UNIX_EPOCH).map_or(0, millis);
         self.properties.deliver_at_ms = Some(ms);
         self.properties.delay_ms = None;
+        self
+    }
+
+    /// The W3C trace context the message continues (protocol.md §8.1): the broker's spans
+    /// and the consumer's join this trace. With the `opentelemetry` feature a publish without
+    /// one takes the current span's; set it by hand otherwise, e.g. from a `traceparent`
+    /// header received over HTTP (`TraceParent::parse`).
+    pub fn trace_parent(mut self, trace_parent: TraceParent) -> Self {
+        self.properties.trace_parent = Some(trace_parent);
+        self
+    }
+
+    /// The W3C `tracestate` that goes with [`trace_parent`](Self::trace_parent): vendor
+    /// data, passed through to the consumer untouched.
+    pub fn trace_state(mut self, trace_state: impl Into<String>) -> Self {
+        self.properties.trace_state = Some(trace_state.into());
         self
     }
 

@@ -20,7 +20,7 @@ use crate::client::Client;
 use crate::connection::{Batch, Command, PublishSink};
 use crate::error::{CloseReason, Error, Result};
 use crate::options::PublishOptions;
-use crate::wire::{meta_len, put_meta, PublishMessage};
+use crate::wire::{meta_len, put_meta, Properties, PublishMessage};
 
 /// Largest publish command `publish_batch` hands to the connection at once, so a huge batch
 /// is encoded progressively instead of all at once.
@@ -101,6 +101,25 @@ struct MetaEncoder {
 }
 
 impl MetaEncoder {
+    /// A copy of `properties` with what the client adds: a fresh message id
+    /// (`ClientBuilder::resend`), the current OpenTelemetry span (the `opentelemetry`
+    /// feature). `None` when nothing is added, so the common case copies nothing.
+    fn adjusted(&self, properties: &Properties) -> Option<Properties> {
+        let mut adjusted = None;
+        if self.stamp_ids && properties.message_id.is_none() {
+            let mut stamped = properties.clone();
+            stamped.message_id = Some(fresh_message_id());
+            adjusted = Some(stamped);
+        }
+        #[cfg(feature = "opentelemetry")]
+        if let Some(traced) =
+            crate::otel::with_current_span(adjusted.as_ref().unwrap_or(properties))
+        {
+            adjusted = Some(traced);
+        }
+        adjusted
+    }
+
     fn new(max_message_len: usize, stamp_ids: bool) -> Self {
         MetaEncoder {
             buf: BytesMut::new(),
@@ -116,15 +135,8 @@ impl MetaEncoder {
         body: Bytes,
         options: &PublishOptions,
     ) -> Result<PublishMessage> {
-        let stamped;
-        let properties = if self.stamp_ids && options.properties.message_id.is_none() {
-            let mut properties = options.properties.clone();
-            properties.message_id = Some(fresh_message_id());
-            stamped = properties;
-            &stamped
-        } else {
-            &options.properties
-        };
+        let adjusted = self.adjusted(&options.properties);
+        let properties = adjusted.as_ref().unwrap_or(&options.properties);
         let len = meta_len(exchange, routing_key, properties);
         let size = len + body.len();
         if size > self.max_message_len {
@@ -429,6 +441,39 @@ impl Future for PublishConfirm {
 mod tests {
     use super::*;
     use crate::wire::{MessageMeta, MetaView};
+
+    /// The `opentelemetry` feature: a publish inside a span carries it, next to a stamped
+    /// message id; one with its own trace parent keeps it.
+    #[cfg(feature = "opentelemetry")]
+    #[test]
+    fn a_publish_carries_the_current_span() {
+        use opentelemetry::trace::{
+            SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+        };
+        let span = SpanContext::new(
+            TraceId::from_bytes([3; 16]),
+            SpanId::from_bytes([4; 8]),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        );
+        let _attached = opentelemetry::Context::new()
+            .with_remote_span_context(span)
+            .attach();
+        let mut encoder = MetaEncoder::new(1 << 20, true);
+        let body = || Bytes::from_static(b"1");
+        let traced = encoder
+            .encode("", "q", body(), &PublishOptions::new())
+            .unwrap();
+        let view = MetaView::parse(&traced.meta).unwrap();
+        let tp = view.trace_parent.expect("the current span");
+        assert_eq!((tp.trace_id, tp.span_id, tp.flags), ([3; 16], [4; 8], 1));
+        assert!(view.message_id.is_some());
+        let own = crate::wire::TraceParent::new([5; 16], [6; 8], 0).unwrap();
+        let options = PublishOptions::new().trace_parent(own);
+        let kept = encoder.encode("", "q", body(), &options).unwrap();
+        assert_eq!(MetaView::parse(&kept.meta).unwrap().trace_parent, Some(own));
+    }
 
     #[test]
     fn meta_blocks_share_buffers_and_match_the_wire_encoding() {

@@ -1,4 +1,4 @@
-//! `sluice chaos set|clear|list`: chaos injection per queue (docs/chaos.md, protocol.md §21),
+//! `sluice chaos set|clear|list`: chaos injection per queue (docs/chaos.md, protocol.md §22),
 //! and the JSON shape of a queue's chaos state shared with the HTTP API (docs/http-api.md).
 
 use std::time::Duration;

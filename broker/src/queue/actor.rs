@@ -9,8 +9,8 @@
 //! [`ReadySet`], [`InFlight`], [`DeadLetters`], [`Unconfirmed`] and [`RateBase`].
 
 mod browse;
-mod circuit;
 mod chaos;
+mod circuit;
 mod counters;
 mod dead_letter;
 mod expiry;

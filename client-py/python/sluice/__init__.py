@@ -33,7 +33,9 @@ from ._sluice import (
     Consumer,
     ConsumerInfo,
     DeclaredQueue,
+    HistoryEvent,
     Message,
+    MessageHistory,
     MessageProcess,
     OutgoingMessage,
     PublishResult,
@@ -41,6 +43,7 @@ from ._sluice import (
     ScheduledMessage,
     __version__,
 )
+from . import _tracing  # noqa: F401  (publishes carry the OpenTelemetry span when installed)
 from .exceptions import (
     AccessRefused,
     AlreadySettled,
@@ -111,6 +114,7 @@ __all__ = [
     "DeliveryLostError",
     "FrameTooLarge",
     "HeartbeatTimeout",
+    "HistoryEvent",
     "InternalError",
     "InvalidArgument",
     "InvalidUrl",
@@ -120,6 +124,7 @@ __all__ = [
     "MalformedRequest",
     "MemoryLimit",
     "Message",
+    "MessageHistory",
     "MessageProcess",
     "MessageTooLarge",
     "NotAllowed",

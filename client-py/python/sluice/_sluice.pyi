@@ -30,7 +30,9 @@ __all__ = [
     "ConsumerInfo",
     "DeclaredQueue",
     "ERROR_CODES",
+    "HistoryEvent",
     "Message",
+    "MessageHistory",
     "MessageProcess",
     "OutgoingMessage",
     "PublishResult",
@@ -38,6 +40,7 @@ __all__ = [
     "ScheduledMessage",
     "__version__",
     "_exception_for",
+    "_set_trace_injector",
 ]
 
 __version__: str
@@ -47,6 +50,11 @@ ERROR_CODES: list[tuple[int, str]]
 def _exception_for(kind: str, code: int, message: str) -> BaseException:
     """The exception the client raises for `code` arriving as `kind` (``"close"``,
     ``"error"``, ``"rejected"`` or ``"cancelled"``); for tests of the mapping."""
+
+def _set_trace_injector(injector: Any) -> None:
+    """Registers the callable returning the current OpenTelemetry context's
+    ``(traceparent, tracestate)`` headers, or None (``sluice._tracing`` does, when
+    ``opentelemetry-api`` is installed)."""
 
 #: What a message body may be: bytes are sent without a copy, str as UTF-8.
 _Body = Union[bytes, bytearray, memoryview, str]
@@ -117,6 +125,73 @@ class CircuitInfo:
     def failures(self) -> int: ...
     @property
     def reason(self) -> str: ...
+
+_HistoryEventKind = Literal[
+    "stored",
+    "delivered",
+    "acked",
+    "nacked",
+    "rejected",
+    "lease-expired",
+    "lease-extended",
+    "returned",
+    "dead-lettered",
+    "purged",
+    "moved",
+]
+
+@final
+class HistoryEvent:
+    """One thing that happened to a message (``trace_message``); fields that do not belong
+    to its ``kind`` are None."""
+
+    @property
+    def at_ms(self) -> int: ...
+    @property
+    def kind(self) -> _HistoryEventKind: ...
+    @property
+    def exchange(self) -> Optional[str]: ...
+    @property
+    def routing_key(self) -> Optional[str]: ...
+    @property
+    def consumer_tag(self) -> Optional[str]: ...
+    @property
+    def connection_id(self) -> Optional[int]: ...
+    @property
+    def delivery_tag(self) -> Optional[int]: ...
+    @property
+    def delivery_count(self) -> Optional[int]: ...
+    @property
+    def lease_deadline_ms(self) -> Optional[int]: ...
+    @property
+    def delay_ms(self) -> Optional[int]: ...
+    @property
+    def reason(self) -> Optional[str]: ...
+    @property
+    def cause(self) -> Optional[Literal["released", "connection-closed", "consumer-cancelled"]]: ...
+    @property
+    def to_queue(self) -> Optional[str]: ...
+
+@final
+class MessageHistory:
+    """One queue's record of one message (``trace_message``)."""
+
+    @property
+    def queue(self) -> str: ...
+    @property
+    def message_seq(self) -> int: ...
+    @property
+    def message_id(self) -> str: ...
+    @property
+    def state(self) -> Literal["ready", "delivered", "scheduled", "moving", "gone"]: ...
+    @property
+    def deadline_ms(self) -> Optional[int]: ...
+    @property
+    def trace_parent(self) -> Optional[str]: ...
+    @property
+    def events_dropped(self) -> int: ...
+    @property
+    def events(self) -> list[HistoryEvent]: ...
 
 @final
 class QueueInfo:
@@ -196,6 +271,8 @@ class OutgoingMessage:
         priority: Optional[int] = None,
         delay: Optional[float] = None,
         deliver_at: Union[datetime, float, None] = None,
+        trace_parent: Optional[str] = None,
+        trace_state: Optional[str] = None,
     ) -> OutgoingMessage: ...
     @property
     def exchange(self) -> str: ...
@@ -251,6 +328,14 @@ class BaseMessage:
     @property
     def priority(self) -> Optional[int]: ...
     @property
+    def trace_parent(self) -> Optional[str]:
+        """The W3C ``traceparent`` header it was published with, or None."""
+    @property
+    def trace_state(self) -> Optional[str]: ...
+    def trace_context(self) -> Any:
+        """An OpenTelemetry ``Context`` whose span is the publisher's (needs
+        ``opentelemetry-api``)."""
+    @property
     def settled(self) -> bool: ...
 
 @final
@@ -259,9 +344,14 @@ class Message(BaseMessage):
 
     def ack(self, *, confirm: bool = False) -> None: ...
     def nack(
-        self, requeue: bool = True, *, delay: Optional[float] = None, confirm: bool = False
+        self,
+        requeue: bool = True,
+        *,
+        delay: Optional[float] = None,
+        reason: Optional[str] = None,
+        confirm: bool = False,
     ) -> None: ...
-    def reject(self, *, confirm: bool = False) -> None: ...
+    def reject(self, *, reason: Optional[str] = None, confirm: bool = False) -> None: ...
     def extend(self, seconds: float, *, confirm: bool = False) -> None: ...
     def process(
         self, *, requeue: bool = False, reject_on_redelivered: bool = False
@@ -273,9 +363,16 @@ class AsyncMessage(BaseMessage):
 
     def ack(self, *, confirm: bool = False) -> Future[None]: ...
     def nack(
-        self, requeue: bool = True, *, delay: Optional[float] = None, confirm: bool = False
+        self,
+        requeue: bool = True,
+        *,
+        delay: Optional[float] = None,
+        reason: Optional[str] = None,
+        confirm: bool = False,
     ) -> Future[None]: ...
-    def reject(self, *, confirm: bool = False) -> Future[None]: ...
+    def reject(
+        self, *, reason: Optional[str] = None, confirm: bool = False
+    ) -> Future[None]: ...
     def extend(self, seconds: float, *, confirm: bool = False) -> Future[None]: ...
     def process(
         self, *, requeue: bool = False, reject_on_redelivered: bool = False
@@ -402,6 +499,7 @@ class Client:
     def purge_queue(self, name: str) -> int: ...
     def list_consumers(self) -> list[ConsumerInfo]: ...
     def inspect_queue(self, name: str) -> QueueInfo: ...
+    def trace_message(self, message_id: str) -> tuple[list[MessageHistory], bool]: ...
     def declare_exchange(
         self,
         name: str,
@@ -449,6 +547,8 @@ class Client:
         priority: Optional[int] = None,
         delay: Optional[float] = None,
         deliver_at: Union[datetime, float, None] = None,
+        trace_parent: Optional[str] = None,
+        trace_state: Optional[str] = None,
     ) -> PublishResult: ...
     @overload
     def publish_batch(
@@ -541,6 +641,9 @@ class AsyncClient:
     def purge_queue(self, name: str) -> Coroutine[Any, Any, int]: ...
     def list_consumers(self) -> Coroutine[Any, Any, list[ConsumerInfo]]: ...
     def inspect_queue(self, name: str) -> Coroutine[Any, Any, QueueInfo]: ...
+    def trace_message(
+        self, message_id: str
+    ) -> Coroutine[Any, Any, tuple[list[MessageHistory], bool]]: ...
     def declare_exchange(
         self,
         name: str,
@@ -590,6 +693,8 @@ class AsyncClient:
         priority: Optional[int] = None,
         delay: Optional[float] = None,
         deliver_at: Union[datetime, float, None] = None,
+        trace_parent: Optional[str] = None,
+        trace_state: Optional[str] = None,
     ) -> Coroutine[Any, Any, PublishResult]: ...
     @overload
     def publish_batch(

@@ -1,4 +1,4 @@
-//! Chaos injection per queue (protocol.md §21): an administrator makes a queue misbehave on
+//! Chaos injection per queue (protocol.md §22): an administrator makes a queue misbehave on
 //! purpose for a bounded time, to test its consumers and publishers before production.
 //!
 //! ```text

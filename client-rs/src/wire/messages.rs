@@ -10,8 +10,8 @@ use super::admin::{
     ListQueues, ListQueuesOk,
 };
 use super::browse::{BrowseQueue, BrowseQueueOk};
-use super::circuit::ConsumerCircuit;
 use super::chaos::{ClearChaos, ClearChaosOk, ListChaosOk, SetChaos, SetChaosOk};
+use super::circuit::ConsumerCircuit;
 use super::cluster::{AddNode, ClusterStatusOk, RemoveNode, TransferLeadership};
 use super::connection::{Blocked, Close, ErrorReply, Hello, Welcome};
 use super::connections::{CancelConsumer, CloseConnection, ListConnections, ListConnectionsOk};
@@ -165,9 +165,9 @@ frame_body! {
             RemoveNode(RemoveNode),
             /// Moves a group's leadership (§20); answered by `TransferLeadershipOk`.
             TransferLeadership(TransferLeadership),
-            /// Starts a queue's chaos injection (§21); answered by `SetChaosOk`.
+            /// Starts a queue's chaos injection (§22); answered by `SetChaosOk`.
             SetChaos(SetChaos),
-            /// Ends a queue's chaos injection (§21); answered by `ClearChaosOk`.
+            /// Ends a queue's chaos injection (§22); answered by `ClearChaosOk`.
             ClearChaos(ClearChaos),
         }
         empty {
@@ -177,7 +177,7 @@ frame_body! {
             CloseOk,
             /// Asks for the cluster's state (§20); answered by `ClusterStatusOk`.
             ClusterStatus,
-            /// Lists the queues with chaos injections (§21); answered by `ListChaosOk`.
+            /// Lists the queues with chaos injections (§22); answered by `ListChaosOk`.
             ListChaos,
         }
     }

@@ -37,8 +37,8 @@
 mod ack;
 mod admin;
 mod browse;
-mod circuit;
 mod chaos;
+mod circuit;
 mod cluster;
 mod connection;
 mod connections;
@@ -73,14 +73,14 @@ pub use admin::{
 pub use browse::{
     BrowseQueue, BrowseQueueOk, BrowsedMessage, BROWSE_FIXED_LEN, MAX_BROWSE_LIMIT, MIN_BROWSED_LEN,
 };
-pub use circuit::{
-    CircuitBreaker, CircuitState, ConsumerCircuit, CIRCUIT_BREAKER_LEN, MAX_CIRCUIT_MS,
-    MAX_FAILURE_THRESHOLD, MAX_SUCCESS_THRESHOLD,
-};
 pub use chaos::{
     ChaosDelay, ChaosEntry, ChaosPlan, ChaosRate, ChaosStats, ClearChaos, ClearChaosOk, DelayChaos,
     DropChaos, FailPublishChaos, ListChaosOk, SetChaos, SetChaosOk, ShortLeaseChaos,
     MAX_CHAOS_ENTRIES,
+};
+pub use circuit::{
+    CircuitBreaker, CircuitState, ConsumerCircuit, CIRCUIT_BREAKER_LEN, MAX_CIRCUIT_MS,
+    MAX_FAILURE_THRESHOLD, MAX_SUCCESS_THRESHOLD,
 };
 pub use cluster::{
     AddNode, ClusterGroup, ClusterMember, ClusterStatusOk, GroupReplica, RemoveNode,

@@ -1,4 +1,4 @@
-//! Chaos injection requests (protocol.md §21): setting and clearing need the administrator
+//! Chaos injection requests (protocol.md §22): setting and clearing need the administrator
 //! tag; listing shows the session's vhost to any user, as the other listings do.
 
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! Chaos injection per queue (docs/chaos.md, protocol.md §21): for a bounded time a queue
+//! Chaos injection per queue (docs/chaos.md, protocol.md §22): for a bounded time a queue
 //! delays, drops (and later redelivers), duplicates deliveries, refuses publishes or gives
 //! deliveries short leases, so that consumers and publishers can be tested against the
 //! failures they will meet in production.
