@@ -605,7 +605,19 @@ const EMPTY_META: MetaView<'static> = MetaView {
 };
 
 /// A reason as the wire carries it: an empty one is left out.
-fn non_empty(reason: String) -> Option<String> {
+/// Longer reasons (a stack trace) are cut at a character boundary to
+/// [`MAX_SETTLE_REASON_LEN`](crate::wire::MAX_SETTLE_REASON_LEN) bytes rather than refused:
+/// a settlement that could not be sent would leave the message in flight until its lease ran
+/// out.
+fn non_empty(mut reason: String) -> Option<String> {
+    let max = crate::wire::MAX_SETTLE_REASON_LEN;
+    if reason.len() > max {
+        let cut = (0..=max)
+            .rev()
+            .find(|&i| reason.is_char_boundary(i))
+            .unwrap_or(0);
+        reason.truncate(cut);
+    }
     (!reason.is_empty()).then_some(reason)
 }
 
@@ -878,7 +890,7 @@ impl Message {
 
     /// [`nack`](Self::nack) with the reason the worker gives up, kept in the message's
     /// history for operators (`sluice trace MESSAGE-ID`, the dashboard's Trace page).
-    /// At most [`MAX_SETTLE_REASON_LEN`](crate::wire::MAX_SETTLE_REASON_LEN) bytes; an
+    /// Cut to [`MAX_SETTLE_REASON_LEN`](crate::wire::MAX_SETTLE_REASON_LEN) bytes; an
     /// empty reason is sent as none.
     pub async fn nack_with_reason(&self, requeue: bool, reason: impl Into<String>) -> Result<()> {
         self.settle(Nack {
@@ -901,6 +913,15 @@ impl Message {
         reason: Option<String>,
         confirm: bool,
     ) -> Result<()> {
+        if delay.is_some() && !requeue {
+            // Checked before the message counts as settled: it can still be settled.
+            return Err(Error::InvalidArgument(
+                crate::wire::WireError::InvalidValue {
+                    what: "nack delay without requeue",
+                    value: 0,
+                },
+            ));
+        }
         let nack = Nack {
             delivery_tag: self.delivery_tag,
             multiple: false,
@@ -1001,5 +1022,22 @@ impl Message {
             delivery_tag: self.delivery_tag,
             extend_ms: millis_at_least_1(by),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::non_empty;
+    use crate::wire::MAX_SETTLE_REASON_LEN;
+
+    #[test]
+    fn a_reason_is_cut_to_the_wire_limit_at_a_character_boundary() {
+        assert_eq!(non_empty(String::new()), None);
+        assert_eq!(non_empty("db down".into()).as_deref(), Some("db down"));
+        let long = "é".repeat(MAX_SETTLE_REASON_LEN); // 2 bytes each
+        let cut = non_empty(long).unwrap();
+        assert_eq!(cut.len(), MAX_SETTLE_REASON_LEN);
+        let odd = format!("x{}", "é".repeat(MAX_SETTLE_REASON_LEN));
+        assert_eq!(non_empty(odd).unwrap().len(), MAX_SETTLE_REASON_LEN - 1);
     }
 }

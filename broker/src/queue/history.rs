@@ -20,6 +20,17 @@ use sluice_client::wire::{
     MAX_HISTORY_EVENTS,
 };
 
+/// Most bytes (roughly: strings and event records) one queue's history holds; past it the
+/// oldest records go, whatever the window and the count allow. It bounds what clients can
+/// make the broker keep: 10,000 messages nacked 64 times each with 1 KiB reasons would
+/// otherwise hold 650 MB.
+pub const MAX_HISTORY_BYTES: usize = 16 << 20;
+
+/// Bytes an event costs besides its strings.
+const EVENT_COST: usize = 64;
+/// Bytes a record costs besides its events and id.
+const RECORD_COST: usize = 160;
+
 /// How much history a queue keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistorySettings {
@@ -60,6 +71,8 @@ struct Record {
     left_at_ms: Option<u64>,
     /// When it is due, while it waits for its time (Unix ms).
     due_ms: Option<u64>,
+    /// What it costs in [`History::bytes`].
+    cost: usize,
 }
 
 /// The records of one queue's messages, by sequence number.
@@ -70,6 +83,27 @@ pub(super) struct History {
     /// Sequence numbers in the order their records were made, oldest first (some may have
     /// been removed from `records` already).
     order: VecDeque<u64>,
+    /// What the records cost, bounded by [`MAX_HISTORY_BYTES`].
+    bytes: usize,
+}
+
+/// What an event costs in [`History::bytes`].
+fn event_cost(kind: &HistoryEventKind) -> usize {
+    use HistoryEventKind as K;
+    let strings = match kind {
+        K::Stored {
+            exchange,
+            routing_key,
+        } => exchange.len() + routing_key.len(),
+        K::Delivered { consumer_tag, .. } => consumer_tag.len(),
+        K::Nacked { reason, .. } | K::Rejected { reason } => reason.as_ref().map_or(0, String::len),
+        K::DeadLettered { reason, exchange } => {
+            reason.len() + exchange.as_ref().map_or(0, String::len)
+        }
+        K::Moved { to_queue } => to_queue.len(),
+        _ => 0,
+    };
+    EVENT_COST + strings
 }
 
 impl History {
@@ -78,6 +112,26 @@ impl History {
             settings,
             records: HashMap::new(),
             order: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Removes message `seq`'s record.
+    fn remove(&mut self, seq: u64) {
+        if let Some(r) = self.records.remove(&seq) {
+            self.bytes -= r.cost;
+        }
+    }
+
+    /// Drops the oldest records until the history is within its count and byte bounds
+    /// (`room` more records wanted).
+    fn make_room(&mut self, room: usize) {
+        while self.order.len() + room > self.settings.max_messages || self.bytes > MAX_HISTORY_BYTES
+        {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            self.remove(old);
         }
     }
 
@@ -92,12 +146,7 @@ impl History {
         let Ok(view) = MetaView::parse(meta) else {
             return;
         };
-        while self.order.len() >= self.settings.max_messages {
-            let Some(old) = self.order.pop_front() else {
-                break;
-            };
-            self.records.remove(&old);
-        }
+        self.make_room(1);
         let first = HistoryEvent {
             at_ms,
             kind: HistoryEventKind::Stored {
@@ -105,6 +154,7 @@ impl History {
                 routing_key: view.routing_key.to_owned(),
             },
         };
+        let cost = RECORD_COST + message_id.len() + event_cost(&first.kind);
         let record = Record {
             message_id: message_id.into(),
             trace_parent: view.trace_parent,
@@ -112,8 +162,12 @@ impl History {
             events_dropped: 0,
             left_at_ms: None,
             due_ms: None,
+            cost,
         };
-        if self.records.insert(seq, record).is_none() {
+        self.bytes += cost;
+        if let Some(old) = self.records.insert(seq, record) {
+            self.bytes -= old.cost;
+        } else {
             self.order.push_back(seq);
         }
     }
@@ -133,12 +187,20 @@ impl History {
         let Some(r) = self.records.get_mut(&seq) else {
             return;
         };
+        let mut cost = event_cost(&kind) as isize;
         if r.events.len() >= MAX_HISTORY_EVENTS {
             // The first event (where it came from) stays; the oldest after it goes.
-            r.events.remove(1);
+            if let Some(gone) = r.events.remove(1) {
+                cost -= event_cost(&gone.kind) as isize;
+            }
             r.events_dropped += 1;
         }
         r.events.push_back(HistoryEvent { at_ms, kind });
+        r.cost = r.cost.saturating_add_signed(cost);
+        self.bytes = self.bytes.saturating_add_signed(cost);
+        if self.bytes > MAX_HISTORY_BYTES {
+            self.make_room(0);
+        }
     }
 
     /// Adds the last event of message `seq`: it left the queue.
@@ -172,8 +234,11 @@ impl History {
         while let Some(&seq) = self.order.front() {
             match self.records.get(&seq) {
                 None => {}
-                Some(r) if r.left_at_ms.is_some_and(|t| t + window_ms <= now_ms) => {
-                    self.records.remove(&seq);
+                Some(r)
+                    if r.left_at_ms
+                        .is_some_and(|t| t.saturating_add(window_ms) <= now_ms) =>
+                {
+                    self.remove(seq);
                 }
                 Some(_) => break,
             }
@@ -298,6 +363,26 @@ mod tests {
             .map(|m| m.message_seq)
             .collect();
         assert_eq!(seqs, [3, 4, 5]);
+    }
+
+    #[test]
+    fn the_oldest_records_go_when_the_history_holds_too_many_bytes() {
+        let mut h = History::new(settings(1000, 1_000_000));
+        let reason = "r".repeat(1024);
+        for seq in 0..2_000 {
+            h.stored(seq, &meta(Some("m")), 0);
+            for _ in 0..20 {
+                let kind = HistoryEventKind::Rejected {
+                    reason: Some(reason.clone()),
+                };
+                h.record(seq, 1, kind);
+            }
+        }
+        assert!(h.bytes <= MAX_HISTORY_BYTES, "{} bytes", h.bytes);
+        assert!(h.len() < 2_000 && h.len() > 500, "{} records", h.len());
+        let kept: usize = h.records.values().map(|r| r.cost).sum();
+        assert_eq!(kept, h.bytes, "the running total is the records' cost");
+        assert!(h.follows(1_999) && !h.follows(0), "the oldest went first");
     }
 
     #[test]

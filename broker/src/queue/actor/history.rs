@@ -63,7 +63,7 @@ impl Actor {
             Settlement::Release => Outcome::Returned,
         };
         self.span_settled(seq, outcome, reason.map(|r| &**r));
-        if !self.history.follows_any() {
+        if !self.history.follows(seq) {
             return;
         }
         let reason = reason.map(|r| r.to_string());
@@ -136,7 +136,9 @@ impl Actor {
                 reason: reason.as_str().to_owned(),
                 exchange: exchange.map(str::to_owned),
             };
-            self.history.left(seq, now_ms(), kind);
+            // Not gone yet: the copies must be stored first (`ack_in_log` says when it is);
+            // if they cannot be, the message stays, and its history says so.
+            self.history.record(seq, now_ms(), kind);
         }
     }
 

@@ -211,7 +211,8 @@ impl Actor {
     }
 
     /// Whether stored message `seq` waits in the timer index: live, not cancelled, and in no
-    /// other state (ready, in flight, held by a move, on its way to a dead-letter exchange).
+    /// other state (ready, in flight, held by a move or by chaos, on its way to a dead-letter
+    /// exchange).
     fn waits(&self, seq: u64) -> bool {
         self.log.as_ref().is_some_and(|l| l.contains(seq))
             && !self.schedule.is_cancelled(seq)
@@ -219,6 +220,7 @@ impl Actor {
             && !self.in_flight.contains(seq)
             && !self.held.contains(seq)
             && !self.dead.contains(seq)
+            && !self.chaos_held.holds(seq)
     }
 
     /// Deletes every scheduled message (a purge); returns how many.

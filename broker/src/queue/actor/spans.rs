@@ -90,11 +90,14 @@ impl Actor {
         let Some(t) = self.telemetry.clone() else {
             return;
         };
-        if let Some(m) = self.traced.remove(&seq) {
-            if let Some(span) = m.delivery {
+        // Kept until the message is gone (`span_forget`): a copy the dead-letter exchange's
+        // queues cannot store leaves the message here, and its next deliveries are traced.
+        let queue = namespace::split(&self.meta.name).local;
+        if let Some(m) = self.traced.get_mut(&seq) {
+            if let Some(span) = m.delivery.take() {
                 span.close(&t, Outcome::Reject, None);
             }
-            telemetry::dead_letter_span(&t, &m.parent, self.queue_name(), reason, dlx);
+            telemetry::dead_letter_span(&t, &m.parent, queue, reason, dlx);
         }
     }
 

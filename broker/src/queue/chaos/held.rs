@@ -43,6 +43,11 @@ impl ChaosHeld {
         self.by_time.insert((until, seq));
     }
 
+    /// Whether message `seq` is held.
+    pub(in crate::queue) fn holds(&self, seq: u64) -> bool {
+        self.messages.contains_key(&seq)
+    }
+
     /// The soonest release.
     pub(in crate::queue) fn next_release(&self) -> Option<Instant> {
         self.by_time.first().map(|&(t, _)| t)
