@@ -412,8 +412,6 @@ impl Actor {
                 Ok(_) => {
                     stored += 1;
                     self.ready.push_new(seq, 0, None);
-                    // Every replica follows it; the leader's record has the deliveries.
-                    self.history.stored(seq, &m.meta, ts_ms);
                     // Only a stored message enters the window: a refused one may be sent again.
                     if dedup {
                         if let Some(d) = self.dedup.as_mut() {
