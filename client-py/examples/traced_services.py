@@ -47,7 +47,9 @@ def setup_tracing() -> InMemorySpanExporter:
     provider.add_span_processor(SimpleSpanProcessor(memory))
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found]
+                OTLPSpanExporter,
+            )
 
             provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter()))
         except ImportError:
@@ -110,7 +112,7 @@ def print_trees(spans: tuple[ReadableSpan, ...]) -> None:
         roots = []
         for s in sorted(members, key=lambda s: s.start_time or 0):
             parent = s.parent.span_id if s.parent else None
-            if parent in ids:
+            if parent is not None and parent in ids:
                 children[parent].append(s)
             else:
                 roots.append(s)
