@@ -24,7 +24,7 @@ use crate::routing::Namespace;
 
 /// The names of `internal` as a listing shows them: with a scope, only the vhost's names, in
 /// its clients' terms; without one (the HTTP API, which splits them itself), every name.
-fn in_scope<'a>(scope: Option<&Namespace>, internal: &'a str) -> Option<&'a str> {
+pub(crate) fn in_scope<'a>(scope: Option<&Namespace>, internal: &'a str) -> Option<&'a str> {
     match scope {
         Some(ns) => ns.local(internal),
         None => Some(internal),

@@ -25,13 +25,7 @@ pub fn readable_queues(
     broker
         .queues()
         .into_iter()
-        .filter(|q| {
-            let local = match scope {
-                Some(ns) => ns.local(&q.meta.name),
-                None => Some(&q.meta.name[..]),
-            };
-            local.is_some_and(&may_read)
-        })
+        .filter(|q| crate::admin::in_scope(scope, &q.meta.name).is_some_and(&may_read))
         .collect()
 }
 

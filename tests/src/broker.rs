@@ -11,6 +11,22 @@ use std::time::Duration;
 /// builds on a busy two-core machine).
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// A client of `broker`, connected within [`WAIT`].
+pub async fn connect(broker: &BrokerProcess) -> sluice_client::Client {
+    within("connect", sluice_client::Client::connect(&broker.url()))
+        .await
+        .expect("connect")
+}
+
+/// The consumer's next delivery, within [`WAIT`].
+pub async fn next_delivery(consumer: &mut sluice_client::Consumer) -> sluice_client::Message {
+    use futures_util::StreamExt;
+    within("a delivery", consumer.next())
+        .await
+        .expect("the consumer ended")
+        .expect("a delivery")
+}
+
 /// Runs `f` under the test-wide time limit ([`WAIT`]); panics naming `what` if it runs out.
 pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(WAIT, f)

@@ -7,30 +7,16 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::Value;
 use sluice_client::wire::{HistoryEventKind, MessageState, TraceMessageOk};
-use sluice_client::{Client, ConsumeOptions, Consumer, Message, PublishOptions, QueueOptions};
-use sluice_tests::broker::{within, BrokerProcess};
+use sluice_client::{Client, ConsumeOptions, PublishOptions, QueueOptions};
+use sluice_tests::broker::{connect, next_delivery as next, within, BrokerProcess};
 use sluice_tests::http::HttpClient;
 
 fn start(extra: &[&str]) -> (BrokerProcess, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(dir.path(), extra);
     (broker, dir)
-}
-
-async fn connect(broker: &BrokerProcess) -> Client {
-    within("connect", Client::connect(&broker.url()))
-        .await
-        .expect("connect")
-}
-
-async fn next(consumer: &mut Consumer) -> Message {
-    within("a delivery", consumer.next())
-        .await
-        .expect("the consumer ended")
-        .expect("a delivery")
 }
 
 /// Polls the trace until `done` holds (settlements are not answered, so the queue may not

@@ -8,25 +8,13 @@
 
 use std::process::Stdio;
 
-use futures_util::StreamExt;
 use sluice_client::wire::TraceParent;
-use sluice_client::{Client, ConsumeOptions, Consumer, Message, PublishOptions, QueueOptions};
-use sluice_tests::broker::{sluice_command, wait_output, within, BrokerProcess};
+use sluice_client::{ConsumeOptions, PublishOptions, QueueOptions};
+use sluice_tests::broker::{
+    connect, next_delivery as next, sluice_command, wait_output, within, BrokerProcess,
+};
 use sluice_tests::http::HttpClient;
 use sluice_tests::otlp::{OtlpReceiver, ReceivedSpan};
-
-async fn connect(broker: &BrokerProcess) -> Client {
-    within("connect", Client::connect(&broker.url()))
-        .await
-        .expect("connect")
-}
-
-async fn next(consumer: &mut Consumer) -> Message {
-    within("a delivery", consumer.next())
-        .await
-        .expect("the consumer ended")
-        .expect("a delivery")
-}
 
 fn traced(tp: TraceParent) -> PublishOptions {
     let mut options = PublishOptions::new();

@@ -117,12 +117,10 @@ impl Actor {
     /// The lease of delivery `seq` now runs out at `deadline`.
     pub(super) fn note_lease_extended(&mut self, seq: u64, deadline: Instant) {
         if self.history.follows_any() {
-            let now = now_ms();
-            let left = deadline.saturating_duration_since(Instant::now());
             let kind = HistoryEventKind::LeaseExtended {
-                lease_deadline_ms: now.saturating_add(left.as_millis() as u64),
+                lease_deadline_ms: unix_ms_of(deadline),
             };
-            self.history.record(seq, now, kind);
+            self.history.record(seq, now_ms(), kind);
         }
     }
 
@@ -152,13 +150,9 @@ impl Actor {
     /// The histories of this queue's messages whose id is `message_id`.
     pub(super) fn trace(&self, message_id: &str) -> Vec<MessageHistory> {
         let queue = namespace::split(&self.meta.name).local;
-        let now_instant = Instant::now();
-        let now = now_ms();
         self.history.find(queue, message_id, |seq, due_ms| {
             if let Some(deadline) = self.in_flight.deadline_of(seq) {
-                let left = deadline.saturating_duration_since(now_instant);
-                let deadline_ms = now.saturating_add(left.as_millis() as u64);
-                return (MessageState::Delivered, deadline_ms);
+                return (MessageState::Delivered, unix_ms_of(deadline));
             }
             if self.held.contains(seq) {
                 return (MessageState::Moving, 0);
@@ -169,4 +163,9 @@ impl Actor {
             (MessageState::Scheduled, due_ms.unwrap_or(0))
         })
     }
+}
+
+/// The Unix time (ms) of a monotonic instant, as the history shows deadlines.
+fn unix_ms_of(at: Instant) -> u64 {
+    now_ms().saturating_add(at.saturating_duration_since(Instant::now()).as_millis() as u64)
 }
